@@ -1,0 +1,357 @@
+//! The per-worker frame pool.
+//!
+//! A worker owns one contiguous, page-aligned region cut into fixed-size frames. For
+//! AF_XDP that region is registered as the UMEM, so every socket of the worker shares it
+//! and forwarding between two AF_XDP ports moves a descriptor, never bytes. Drivers that
+//! cannot share memory (in-process rings, vhost-user) copy into and out of the pool.
+//!
+//! Frames are named by index; a [`crate::packet::Packet`] names a frame plus the offset
+//! and length of its data. Received data starts after [`FramePool::headroom`] bytes so
+//! that a VLAN tag or a VXLAN header can be pushed in front without moving the payload.
+
+use std::alloc::{self, Layout};
+use std::fmt;
+use std::ptr::NonNull;
+
+use crate::packet::Packet;
+
+/// Default frame size: one 2 KiB frame holds a 1500-byte MTU frame plus headroom.
+pub const DEFAULT_FRAME_SIZE: u32 = 2048;
+/// Default headroom in front of received data: room for a VLAN push and VXLAN encap.
+pub const DEFAULT_HEADROOM: u16 = 256;
+/// Alignment of the region: AF_XDP requires the UMEM to start on a page boundary.
+const REGION_ALIGN: usize = 4096;
+
+/// Index of a frame within its pool.
+pub type FrameId = u32;
+
+/// Why a pool could not be created.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolError {
+    /// The frame size must be a power of two between 512 bytes and 64 KiB.
+    BadFrameSize(u32),
+    /// The headroom must leave at least 64 bytes of data room in a frame.
+    BadHeadroom(u16),
+    /// Zero frames, or a region larger than the address space allows.
+    BadFrameCount(u32),
+    /// The allocator could not provide the region.
+    OutOfMemory(usize),
+}
+
+impl fmt::Display for PoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PoolError::BadFrameSize(s) => {
+                write!(f, "frame size {s} is not a power of two in 512..=65536")
+            }
+            PoolError::BadHeadroom(h) => {
+                write!(f, "headroom {h} leaves less than 64 bytes of data room")
+            }
+            PoolError::BadFrameCount(n) => write!(f, "cannot make a pool of {n} frames"),
+            PoolError::OutOfMemory(b) => write!(f, "cannot allocate a {b}-byte frame region"),
+        }
+    }
+}
+
+impl std::error::Error for PoolError {}
+
+/// A fixed set of equal-size frames in one page-aligned region, with a LIFO free list
+/// (the most recently freed frame is the one most likely still in cache).
+pub struct FramePool {
+    base: NonNull<u8>,
+    layout: Layout,
+    frame_shift: u32,
+    headroom: u16,
+    frames: u32,
+    free: Vec<FrameId>,
+    /// Catches double frees and leaks in test builds; absent from release builds.
+    #[cfg(debug_assertions)]
+    owned_by_pool: Vec<bool>,
+}
+
+// SAFETY: the pool owns its region exclusively (it is never aliased by another pool) and
+// only hands out references through `&self`/`&mut self`, so moving the pool to another
+// thread moves the sole access path with it.
+unsafe impl Send for FramePool {}
+
+impl fmt::Debug for FramePool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FramePool")
+            .field("frames", &self.frames)
+            .field("frame_size", &self.frame_size())
+            .field("headroom", &self.headroom)
+            .field("available", &self.free.len())
+            .finish()
+    }
+}
+
+impl FramePool {
+    /// Allocates `frames` frames of `frame_size` bytes, each with `headroom` bytes reserved
+    /// in front of received data.
+    pub fn new(frames: u32, frame_size: u32, headroom: u16) -> Result<Self, PoolError> {
+        if !frame_size.is_power_of_two() || !(512..=65536).contains(&frame_size) {
+            return Err(PoolError::BadFrameSize(frame_size));
+        }
+        if u32::from(headroom) + 64 > frame_size {
+            return Err(PoolError::BadHeadroom(headroom));
+        }
+        if frames == 0 {
+            return Err(PoolError::BadFrameCount(frames));
+        }
+        let bytes = (frames as usize)
+            .checked_mul(frame_size as usize)
+            .ok_or(PoolError::BadFrameCount(frames))?;
+        let layout = Layout::from_size_align(bytes, REGION_ALIGN)
+            .map_err(|_| PoolError::BadFrameCount(frames))?;
+        // SAFETY: `layout` has a non-zero size (frames > 0 and frame_size >= 512).
+        let raw = unsafe { alloc::alloc_zeroed(layout) };
+        let base = NonNull::new(raw).ok_or(PoolError::OutOfMemory(bytes))?;
+        // Hand out low indices first so a lightly loaded pool touches few pages.
+        let free = (0..frames).rev().collect();
+        Ok(FramePool {
+            base,
+            layout,
+            frame_shift: frame_size.trailing_zeros(),
+            headroom,
+            frames,
+            free,
+            #[cfg(debug_assertions)]
+            owned_by_pool: vec![true; frames as usize],
+        })
+    }
+
+    /// A pool with the default frame size and headroom.
+    pub fn with_frames(frames: u32) -> Result<Self, PoolError> {
+        Self::new(frames, DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM)
+    }
+
+    /// Size of every frame in bytes.
+    #[inline]
+    pub fn frame_size(&self) -> u32 {
+        1 << self.frame_shift
+    }
+
+    /// Bytes reserved in front of received data.
+    #[inline]
+    pub fn headroom(&self) -> u16 {
+        self.headroom
+    }
+
+    /// The largest frame a driver may receive into one frame of this pool.
+    #[inline]
+    pub fn max_data_len(&self) -> usize {
+        self.frame_size() as usize - usize::from(self.headroom)
+    }
+
+    /// Number of frames in the pool.
+    #[inline]
+    pub fn capacity(&self) -> u32 {
+        self.frames
+    }
+
+    /// Number of frames currently free.
+    #[inline]
+    pub fn available(&self) -> usize {
+        self.free.len()
+    }
+
+    /// Start of the region, for registering it with a kernel (AF_XDP UMEM).
+    pub fn region_ptr(&self) -> *mut u8 {
+        self.base.as_ptr()
+    }
+
+    /// Length of the region in bytes.
+    pub fn region_len(&self) -> usize {
+        self.layout.size()
+    }
+
+    /// Byte address of a frame relative to the region start (an AF_XDP descriptor address).
+    #[inline]
+    pub fn frame_addr(&self, frame: FrameId) -> u64 {
+        u64::from(frame) << self.frame_shift
+    }
+
+    /// Frame that contains region-relative address `addr`, if it lies inside the region.
+    #[inline]
+    pub fn frame_of_addr(&self, addr: u64) -> Option<FrameId> {
+        let frame = addr >> self.frame_shift;
+        (frame < u64::from(self.frames)).then_some(frame as FrameId)
+    }
+
+    /// Takes a frame from the free list.
+    #[inline]
+    pub fn alloc(&mut self) -> Option<FrameId> {
+        let frame = self.free.pop()?;
+        #[cfg(debug_assertions)]
+        {
+            debug_assert!(
+                self.owned_by_pool[frame as usize],
+                "frame {frame} allocated twice"
+            );
+            self.owned_by_pool[frame as usize] = false;
+        }
+        Some(frame)
+    }
+
+    /// Returns a frame to the free list.
+    #[inline]
+    pub fn free(&mut self, frame: FrameId) {
+        debug_assert!(frame < self.frames, "frame {frame} is not in this pool");
+        #[cfg(debug_assertions)]
+        {
+            debug_assert!(
+                !self.owned_by_pool[frame as usize],
+                "frame {frame} freed twice"
+            );
+            self.owned_by_pool[frame as usize] = true;
+        }
+        // The free list was allocated with room for every frame, so this never grows it.
+        self.free.push(frame);
+    }
+
+    /// The whole frame. Panics if `frame` is not in this pool.
+    #[inline]
+    pub fn frame(&self, frame: FrameId) -> &[u8] {
+        assert!(frame < self.frames, "frame {frame} is not in this pool");
+        let size = self.frame_size() as usize;
+        // SAFETY: `frame < self.frames`, so `frame * size .. (frame + 1) * size` lies inside
+        // the region allocated in `new`, which lives as long as `self`. Mutable access to any
+        // frame needs `&mut self`, so no `&mut` to these bytes can coexist with this `&`.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(frame as usize * size), size) }
+    }
+
+    /// The whole frame, writable. Panics if `frame` is not in this pool.
+    #[inline]
+    pub fn frame_mut(&mut self, frame: FrameId) -> &mut [u8] {
+        assert!(frame < self.frames, "frame {frame} is not in this pool");
+        let size = self.frame_size() as usize;
+        // SAFETY: bounds as in `frame`; `&mut self` guarantees this is the only live
+        // reference into the region.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.base.as_ptr().add(frame as usize * size), size)
+        }
+    }
+
+    /// The data of a packet.
+    #[inline]
+    pub fn data(&self, pkt: &Packet) -> &[u8] {
+        let start = usize::from(pkt.offset);
+        &self.frame(pkt.frame)[start..start + usize::from(pkt.len)]
+    }
+
+    /// The data of a packet, writable.
+    #[inline]
+    pub fn data_mut(&mut self, pkt: &Packet) -> &mut [u8] {
+        let start = usize::from(pkt.offset);
+        &mut self.frame_mut(pkt.frame)[start..start + usize::from(pkt.len)]
+    }
+
+    /// Copies `bytes` into a fresh frame after the headroom; `None` when the pool is empty
+    /// or the bytes do not fit (callers check [`FramePool::max_data_len`] first).
+    #[inline]
+    pub fn alloc_with(&mut self, bytes: &[u8]) -> Option<(FrameId, u16)> {
+        if bytes.len() > self.max_data_len() {
+            return None;
+        }
+        let frame = self.alloc()?;
+        let start = usize::from(self.headroom);
+        self.frame_mut(frame)[start..start + bytes.len()].copy_from_slice(bytes);
+        Some((frame, self.headroom))
+    }
+
+    /// A copy of `pkt` in a fresh frame, at the same offset so the copy keeps the same
+    /// headroom; `None` when the pool is empty.
+    #[inline]
+    pub fn clone_packet(&mut self, pkt: &Packet) -> Option<Packet> {
+        let frame = self.alloc()?;
+        let size = self.frame_size() as usize;
+        let start = usize::from(pkt.offset);
+        let len = usize::from(pkt.len);
+        assert!(start + len <= size && pkt.frame < self.frames && frame < self.frames);
+        // SAFETY: both ranges lie inside the region (checked above) and inside two distinct
+        // frames (`frame` was just taken from the free list, so it is not `pkt.frame`, which
+        // the caller owns), so they do not overlap; `&mut self` excludes other references.
+        unsafe {
+            let src = self.base.as_ptr().add(pkt.frame as usize * size + start);
+            let dst = self.base.as_ptr().add(frame as usize * size + start);
+            std::ptr::copy_nonoverlapping(src, dst, len);
+        }
+        Some(Packet { frame, ..*pkt })
+    }
+}
+
+impl Drop for FramePool {
+    fn drop(&mut self) {
+        // SAFETY: `base` was returned by `alloc_zeroed` with exactly `self.layout`, and the
+        // region is freed only here, once.
+        unsafe { alloc::dealloc(self.base.as_ptr(), self.layout) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_geometry() {
+        assert_eq!(
+            FramePool::new(8, 1000, 0).unwrap_err(),
+            PoolError::BadFrameSize(1000)
+        );
+        assert_eq!(
+            FramePool::new(8, 512, 500).unwrap_err(),
+            PoolError::BadHeadroom(500)
+        );
+        assert_eq!(
+            FramePool::new(0, 2048, 256).unwrap_err(),
+            PoolError::BadFrameCount(0)
+        );
+    }
+
+    #[test]
+    fn region_is_page_aligned_and_frames_are_disjoint() {
+        let mut pool = FramePool::with_frames(4).unwrap();
+        assert_eq!(pool.region_ptr() as usize % 4096, 0);
+        assert_eq!(pool.region_len(), 4 * 2048);
+        let a = pool.alloc().unwrap();
+        let b = pool.alloc().unwrap();
+        assert_ne!(a, b);
+        pool.frame_mut(a).fill(0xaa);
+        pool.frame_mut(b).fill(0xbb);
+        assert!(pool.frame(a).iter().all(|&x| x == 0xaa));
+        assert_eq!(pool.frame_of_addr(pool.frame_addr(b) + 100), Some(b));
+        assert_eq!(pool.frame_of_addr(4 * 2048), None);
+    }
+
+    #[test]
+    fn alloc_until_empty_then_free_restores() {
+        let mut pool = FramePool::with_frames(3).unwrap();
+        let frames: Vec<_> = std::iter::from_fn(|| pool.alloc()).collect();
+        assert_eq!(frames.len(), 3);
+        assert_eq!(pool.available(), 0);
+        frames.into_iter().for_each(|f| pool.free(f));
+        assert_eq!(pool.available(), 3);
+    }
+
+    #[test]
+    fn alloc_with_and_clone_keep_offset_and_bytes() {
+        let mut pool = FramePool::with_frames(4).unwrap();
+        let (frame, offset) = pool.alloc_with(b"hello, frame").unwrap();
+        assert_eq!(offset, DEFAULT_HEADROOM);
+        let pkt = Packet::received(frame, offset, 12);
+        let copy = pool.clone_packet(&pkt).unwrap();
+        assert_ne!(copy.frame, pkt.frame);
+        assert_eq!(pool.data(&copy), b"hello, frame");
+        assert!(pool.alloc_with(&vec![0; pool.max_data_len() + 1]).is_none());
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "freed twice")]
+    fn double_free_is_caught_in_test_builds() {
+        let mut pool = FramePool::with_frames(2).unwrap();
+        let f = pool.alloc().unwrap();
+        pool.free(f);
+        pool.free(f);
+    }
+}

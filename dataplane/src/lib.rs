@@ -1,0 +1,25 @@
+//! The Pollux data plane: everything a worker does to a packet.
+//!
+//! This crate performs no I/O, spawns no threads and makes no system calls, so every
+//! part of it can be exercised from byte arrays in tests. Drivers implement [`port::Port`]
+//! and the control crate composes workers, ports and snapshots into a running switch.
+//!
+//! A packet's path: a driver's `rx_burst` fills a [`packet::Batch`] with frames from the
+//! worker's [`buf::FramePool`]; [`classify`] parses the L2 headers once and picks the
+//! network; [`l2`] learns and picks the output; [`output`] encapsulates, replicates and
+//! batches per output port; the port's `tx_burst` takes the frames. Every frame ends in
+//! exactly one of: sent, or dropped with a [`drop::DropReason`].
+
+pub mod buf;
+pub mod classify;
+pub mod counters;
+pub mod drop;
+pub mod l2;
+pub mod output;
+pub mod packet;
+pub mod port;
+pub mod publish;
+pub mod snapshot;
+mod table;
+pub mod wire;
+pub mod worker;

@@ -1,0 +1,308 @@
+//! The last stage: egress encapsulation, replication, transmit batching and the
+//! accounting of every packet's fate.
+
+use crate::buf::FramePool;
+use crate::counters::{Stage, WorkerCounters};
+use crate::drop::DropReason;
+use crate::packet::{Meta, Next, Packet, MAX_BURST};
+use crate::port::{Port, PortId};
+use crate::snapshot::Snapshot;
+use crate::wire::{EtherType, VlanTag};
+
+const TAG_LEN: u16 = 4;
+/// Both MAC addresses: the bytes that move when a tag is pushed or popped.
+const MACS_LEN: usize = 12;
+
+struct Attached {
+    port: Box<dyn Port>,
+    pending: Vec<Packet>,
+    dirty: bool,
+}
+
+/// The ports a worker drives, with a transmit batch per port.
+pub struct PortSet {
+    slots: Vec<Option<Attached>>,
+    dirty: Vec<PortId>,
+    tx_queue: u16,
+}
+
+impl std::fmt::Debug for PortSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<_> = self
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|a| (i, a.port.name().to_string())))
+            .collect();
+        f.debug_struct("PortSet")
+            .field("ports", &names)
+            .field("tx_queue", &self.tx_queue)
+            .finish()
+    }
+}
+
+impl PortSet {
+    /// No ports; frames go out on transmit queue `tx_queue` of every port.
+    pub fn new(tx_queue: u16) -> Self {
+        PortSet {
+            slots: Vec::new(),
+            dirty: Vec::new(),
+            tx_queue,
+        }
+    }
+
+    /// Adds a port under `id`, replacing any port attached there before (returned).
+    pub fn attach(&mut self, id: PortId, port: Box<dyn Port>) -> Option<Box<dyn Port>> {
+        if self.slots.len() <= id.index() {
+            self.slots.resize_with(id.index() + 1, || None);
+        }
+        self.dirty.reserve(self.slots.len());
+        let new = Attached {
+            port,
+            pending: Vec::with_capacity(MAX_BURST),
+            dirty: false,
+        };
+        self.slots[id.index()].replace(new).map(|old| {
+            debug_assert!(old.pending.is_empty(), "detach after flushing");
+            old.port
+        })
+    }
+
+    /// Removes the port under `id` (call [`PortSet::flush`] first).
+    pub fn detach(&mut self, id: PortId) -> Option<Box<dyn Port>> {
+        let old = self.slots.get_mut(id.index())?.take()?;
+        self.dirty.retain(|&p| p != id);
+        Some(old.port)
+    }
+
+    /// One past the highest attached id.
+    pub fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// True when no port is attached.
+    pub fn is_empty(&self) -> bool {
+        self.slots.iter().all(Option::is_none)
+    }
+
+    /// The port attached under `id`.
+    pub fn get(&self, id: PortId) -> Option<&dyn Port> {
+        self.slots.get(id.index())?.as_ref().map(|a| &*a.port)
+    }
+
+    /// The port attached under `id`, writable.
+    #[inline]
+    pub fn get_mut(&mut self, id: PortId) -> Option<&mut (dyn Port + 'static)> {
+        self.slots
+            .get_mut(id.index())?
+            .as_mut()
+            .map(|a| &mut *a.port)
+    }
+
+    /// Every attached port with its id.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (PortId, &mut (dyn Port + 'static))> {
+        self.slots
+            .iter_mut()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_mut().map(|a| (PortId(i as u16), &mut *a.port)))
+    }
+
+    /// Queues `pkt` for `out`; sends the port's batch as soon as it is full.
+    #[inline]
+    fn enqueue(
+        &mut self,
+        pool: &mut FramePool,
+        counters: &WorkerCounters,
+        out: PortId,
+        pkt: Packet,
+    ) {
+        let Some(Some(a)) = self.slots.get_mut(out.index()) else {
+            drop_packet(pool, counters, pkt, DropReason::PortNotAttached);
+            if let Some(pc) = counters.port(out) {
+                pc.tx_dropped.inc();
+            }
+            return;
+        };
+        a.pending.push(pkt);
+        if !a.dirty {
+            a.dirty = true;
+            self.dirty.push(out);
+        }
+        if a.pending.len() == MAX_BURST {
+            send(a, out, self.tx_queue, pool, counters);
+        }
+    }
+
+    /// Sends every queued batch.
+    #[inline]
+    pub fn flush(&mut self, pool: &mut FramePool, counters: &WorkerCounters) {
+        for out in self.dirty.drain(..) {
+            if let Some(Some(a)) = self.slots.get_mut(out.index()) {
+                a.dirty = false;
+                if !a.pending.is_empty() {
+                    send(a, out, self.tx_queue, pool, counters);
+                }
+            }
+        }
+    }
+}
+
+#[inline]
+fn send(
+    a: &mut Attached,
+    out: PortId,
+    queue: u16,
+    pool: &mut FramePool,
+    counters: &WorkerCounters,
+) {
+    let sent = a
+        .port
+        .tx_burst(queue, pool, &a.pending)
+        .min(a.pending.len());
+    let bytes: u64 = a.pending[..sent].iter().map(|p| u64::from(p.len)).sum();
+    counters.tx_packets.add(sent as u64);
+    let pc = counters.port(out);
+    if let Some(pc) = pc {
+        pc.tx_packets.add(sent as u64);
+        pc.tx_bytes.add(bytes);
+    }
+    let refused = &a.pending[sent..];
+    if !refused.is_empty() {
+        for pkt in refused {
+            pool.free(pkt.frame);
+        }
+        counters.drops[DropReason::TxRingFull as usize].add(refused.len() as u64);
+        if let Some(pc) = pc {
+            pc.tx_dropped.add(refused.len() as u64);
+        }
+    }
+    a.pending.clear();
+}
+
+#[inline]
+fn drop_packet(pool: &mut FramePool, counters: &WorkerCounters, pkt: Packet, reason: DropReason) {
+    pool.free(pkt.frame);
+    counters.drops[reason as usize].inc();
+}
+
+/// Rewrites the frame so it carries 802.1Q VID `vid` on the wire, or no tag for `None`.
+/// Pushing uses the headroom in front of the frame; the received PCP is kept on a re-tag.
+#[inline]
+pub fn set_egress_tag(
+    pool: &mut FramePool,
+    pkt: &mut Packet,
+    vid: Option<u16>,
+) -> Result<(), DropReason> {
+    let tagged = pkt.meta.flags & Meta::VLAN != 0;
+    match (tagged, vid) {
+        (false, None) => {}
+        (true, Some(vid)) => {
+            let tci = (pkt.meta.tci & 0xf000) | vid;
+            pkt.meta.tci = tci;
+            VlanTag::new_unchecked(&mut pool.data_mut(pkt)[MACS_LEN + 2..]).set_tci(tci);
+        }
+        (true, None) => {
+            pool.data_mut(pkt)
+                .copy_within(..MACS_LEN, usize::from(TAG_LEN));
+            pkt.offset += TAG_LEN;
+            pkt.len -= TAG_LEN;
+            pkt.meta.flags &= !Meta::VLAN;
+            pkt.meta.l3_offset -= TAG_LEN as u8;
+        }
+        (false, Some(vid)) => {
+            if pkt.offset < TAG_LEN {
+                return Err(DropReason::NoHeadroom);
+            }
+            pkt.offset -= TAG_LEN;
+            pkt.len += TAG_LEN;
+            let data = pool.data_mut(pkt);
+            data.copy_within(usize::from(TAG_LEN)..usize::from(TAG_LEN) + MACS_LEN, 0);
+            data[MACS_LEN..MACS_LEN + 2].copy_from_slice(&EtherType::VLAN.0.to_be_bytes());
+            VlanTag::new_unchecked(&mut data[MACS_LEN + 2..]).set_tci(vid);
+            pkt.meta.flags |= Meta::VLAN;
+            pkt.meta.tci = vid;
+            pkt.meta.l3_offset += TAG_LEN as u8;
+        }
+    }
+    Ok(())
+}
+
+/// Sends, floods or drops every packet of a processed burst. After this, the worker owns
+/// none of their frames any more (queued frames belong to the port batches).
+#[inline]
+pub fn output(
+    snap: &Snapshot,
+    pool: &mut FramePool,
+    ports: &mut PortSet,
+    counters: &WorkerCounters,
+    pkts: &[Packet],
+) {
+    let mut unicast = 0;
+    let mut flooded = 0;
+    for &pkt in pkts {
+        match pkt.meta.next {
+            Next::Output(out) => {
+                unicast += 1;
+                emit(snap, pool, ports, counters, pkt, out);
+            }
+            Next::Flood => {
+                flooded += 1;
+                flood(snap, pool, ports, counters, pkt);
+            }
+            Next::Drop(reason) => drop_packet(pool, counters, pkt, reason),
+            Next::Classify | Next::L2 => {
+                debug_assert!(false, "packet left the pipeline unfinished: {pkt:?}");
+                drop_packet(pool, counters, pkt, DropReason::PortNotConfigured);
+            }
+        }
+    }
+    counters.stage_packets[Stage::Output as usize].add(unicast);
+    counters.stage_packets[Stage::Flood as usize].add(flooded);
+}
+
+#[inline]
+fn emit(
+    snap: &Snapshot,
+    pool: &mut FramePool,
+    ports: &mut PortSet,
+    counters: &WorkerCounters,
+    mut pkt: Packet,
+    out: PortId,
+) {
+    let vid = snap.egress_vid(out, pkt.meta.network);
+    match set_egress_tag(pool, &mut pkt, vid) {
+        Ok(()) => ports.enqueue(pool, counters, out, pkt),
+        Err(reason) => drop_packet(pool, counters, pkt, reason),
+    }
+}
+
+/// Replicates a packet to every port of its network except the one it came from. The
+/// original goes to the last port, so a frame with one target is never copied.
+fn flood(
+    snap: &Snapshot,
+    pool: &mut FramePool,
+    ports: &mut PortSet,
+    counters: &WorkerCounters,
+    pkt: Packet,
+) {
+    let targets = snap.flood_ports(pkt.meta.network);
+    let mut remaining = targets.iter().filter(|&&p| p != pkt.in_port).count();
+    if remaining == 0 {
+        return drop_packet(pool, counters, pkt, DropReason::NoFloodTargets);
+    }
+    for &out in targets {
+        if out == pkt.in_port {
+            continue;
+        }
+        remaining -= 1;
+        if remaining == 0 {
+            return emit(snap, pool, ports, counters, pkt, out);
+        }
+        // A copy is a new frame to account for, whether or not it could be made.
+        counters.replicas.inc();
+        match pool.clone_packet(&pkt) {
+            Some(copy) => emit(snap, pool, ports, counters, copy, out),
+            None => counters.drops[DropReason::NoBuffers as usize].inc(),
+        }
+    }
+}

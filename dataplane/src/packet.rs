@@ -1,0 +1,182 @@
+//! Packet handles, their per-packet metadata, and the batch they travel in.
+
+use crate::buf::FrameId;
+use crate::drop::DropReason;
+use crate::port::PortId;
+
+/// Most packets a driver hands over in one receive burst.
+pub const MAX_BURST: usize = 64;
+
+/// Where a packet goes after the stage that set it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Next {
+    /// Still to be classified into a network (the state right after receive).
+    #[default]
+    Classify,
+    /// Classified; the L2 stage decides the output.
+    L2,
+    /// Out through one port.
+    Output(PortId),
+    /// Out through every other port of the packet's network.
+    Flood,
+    /// Dropped, for this reason.
+    Drop(DropReason),
+}
+
+/// Facts that the parse stage extracts once so later stages never re-parse.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Bit set of `Meta::VLAN`, `Meta::MULTICAST`.
+    pub flags: u8,
+    /// Offset of the L3 header from the start of the packet's data.
+    pub l3_offset: u8,
+    /// EtherType after any 802.1Q tag.
+    pub ethertype: u16,
+    /// The received 802.1Q TCI; meaningful when `flags & Meta::VLAN` is set.
+    pub tci: u16,
+    /// The network's slot in the active snapshot, set by classification.
+    pub network: u16,
+    /// Destination MAC, packed big-endian into the low 48 bits.
+    pub dst_mac: u64,
+    /// Source MAC, packed big-endian into the low 48 bits.
+    pub src_mac: u64,
+    /// What happens to the packet next.
+    pub next: Next,
+}
+
+impl Meta {
+    /// The frame carries one 802.1Q tag right after the source MAC.
+    pub const VLAN: u8 = 1 << 0;
+    /// The destination MAC is a group address (broadcast included).
+    pub const MULTICAST: u8 = 1 << 1;
+}
+
+/// A packet: which frame holds it, where its data starts, how long it is, where it came
+/// from and what the pipeline knows about it. Small and `Copy`, so stages pass it by value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Packet {
+    /// Frame in the worker's pool.
+    pub frame: FrameId,
+    /// Start of the data within the frame.
+    pub offset: u16,
+    /// Length of the data.
+    pub len: u16,
+    /// Port the packet was received on.
+    pub in_port: PortId,
+    /// Per-packet metadata.
+    pub meta: Meta,
+}
+
+impl Packet {
+    /// A freshly received packet with empty metadata; the worker sets `in_port`.
+    #[inline]
+    pub fn received(frame: FrameId, offset: u16, len: u16) -> Self {
+        Packet {
+            frame,
+            offset,
+            len,
+            in_port: PortId(0),
+            meta: Meta::default(),
+        }
+    }
+}
+
+/// A bounded list of packets. Its storage is allocated once, at construction; pushing past
+/// capacity is refused rather than growing, so the hot path never allocates.
+#[derive(Debug)]
+pub struct Batch {
+    pkts: Vec<Packet>,
+}
+
+impl Batch {
+    /// An empty batch that holds up to `capacity` packets.
+    pub fn with_capacity(capacity: usize) -> Self {
+        Batch {
+            pkts: Vec::with_capacity(capacity),
+        }
+    }
+
+    /// Appends a packet; gives it back when the batch is full.
+    #[inline]
+    pub fn push(&mut self, pkt: Packet) -> Result<(), Packet> {
+        if self.pkts.len() == self.pkts.capacity() {
+            return Err(pkt);
+        }
+        self.pkts.push(pkt);
+        Ok(())
+    }
+
+    /// Room left before the batch is full.
+    #[inline]
+    pub fn remaining(&self) -> usize {
+        self.pkts.capacity() - self.pkts.len()
+    }
+
+    /// Most packets this batch can hold.
+    #[inline]
+    pub fn capacity(&self) -> usize {
+        self.pkts.capacity()
+    }
+
+    /// Number of packets held.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.pkts.len()
+    }
+
+    /// True when no packet is held.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.pkts.is_empty()
+    }
+
+    /// Forgets every packet (the caller has already disposed of their frames).
+    #[inline]
+    pub fn clear(&mut self) {
+        self.pkts.clear();
+    }
+
+    /// Drops the first `n` packets, keeping the rest in order.
+    #[inline]
+    pub fn consume_front(&mut self, n: usize) {
+        self.pkts.drain(..n.min(self.pkts.len()));
+    }
+
+    /// The packets.
+    #[inline]
+    pub fn as_slice(&self) -> &[Packet] {
+        &self.pkts
+    }
+
+    /// The packets, writable.
+    #[inline]
+    pub fn as_mut_slice(&mut self) -> &mut [Packet] {
+        &mut self.pkts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_refuses_past_capacity_without_growing() {
+        let mut b = Batch::with_capacity(2);
+        assert!(b.push(Packet::default()).is_ok());
+        assert!(b.push(Packet::default()).is_ok());
+        assert!(b.push(Packet::default()).is_err());
+        assert_eq!(b.capacity(), 2);
+        b.consume_front(1);
+        assert_eq!(b.len(), 1);
+        assert_eq!(b.remaining(), 1);
+    }
+
+    #[test]
+    fn packet_handle_stays_small() {
+        assert!(
+            std::mem::size_of::<Packet>() <= 48,
+            "{}",
+            std::mem::size_of::<Packet>()
+        );
+    }
+}

@@ -1,0 +1,71 @@
+//! The interface every driver implements.
+
+use std::fmt;
+
+use crate::buf::FramePool;
+use crate::packet::{Batch, Packet};
+
+/// A port's identity, stable across configuration generations (the control plane assigns
+/// it and never reuses one while the port exists). Indexes per-port tables directly.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortId(pub u16);
+
+impl PortId {
+    /// The id as a table index.
+    #[inline]
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+impl fmt::Display for PortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "port{}", self.0)
+    }
+}
+
+/// Counters a driver keeps about its own queues (what the pipeline cannot see).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PortStats {
+    /// Frames handed to the pipeline.
+    pub rx_packets: u64,
+    /// Bytes handed to the pipeline.
+    pub rx_bytes: u64,
+    /// Frames the driver dropped before the pipeline saw them (e.g. larger than a frame).
+    pub rx_dropped: u64,
+    /// Frames the driver accepted for transmission.
+    pub tx_packets: u64,
+    /// Bytes the driver accepted for transmission.
+    pub tx_bytes: u64,
+    /// Driver-specific counters (kernel socket statistics and the like), by name.
+    pub extra: Vec<(&'static str, u64)>,
+}
+
+/// A port driver: a source and sink of frames for one worker.
+///
+/// Frames live in the worker's [`FramePool`]. `rx_burst` fills frames from the pool (or
+/// hands over frames the hardware already filled) and `tx_burst` takes ownership of the
+/// frames it accepts, returning them to the pool when their transmission has completed.
+pub trait Port: Send {
+    /// Name for logs and the CLI (usually the kernel interface).
+    fn name(&self) -> &str;
+
+    /// Receives up to `batch.remaining()` frames from `queue` into `batch` and returns how
+    /// many it added. Never blocks.
+    fn rx_burst(&mut self, queue: u16, pool: &mut FramePool, batch: &mut Batch) -> usize;
+
+    /// Queues a prefix of `pkts` for transmission on `queue` and returns its length. The
+    /// port owns the frames of that prefix from now on; the caller keeps the rest.
+    fn tx_burst(&mut self, queue: u16, pool: &mut FramePool, pkts: &[Packet]) -> usize;
+
+    /// Periodic work off the per-packet path: reaping transmit completions, refilling
+    /// receive rings, reading kernel statistics. Called every few microseconds when busy
+    /// and on every idle loop.
+    fn housekeeping(&mut self, _pool: &mut FramePool) {}
+
+    /// Driver counters.
+    fn stats(&self) -> PortStats;
+
+    /// Returns every frame the port holds to `pool` (used before the worker stops).
+    fn release_frames(&mut self, _pool: &mut FramePool) {}
+}

@@ -1,0 +1,736 @@
+//! The immutable forwarding configuration that workers run: one generation of it.
+//!
+//! The control plane compiles the desired state into a [`Snapshot`] off the hot path
+//! (all hashing, sorting and validation happens in [`SnapshotBuilder::build`]); workers
+//! only read it. Mutable forwarding state (learned MACs and later connections, sessions)
+//! lives in the workers, keyed by identities that stay stable across generations.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use crate::port::PortId;
+use crate::table::U64Map;
+
+/// Stable identity of a network, assigned by the control plane and never reused, so that
+/// state learned under one network can never be applied to another that later takes its
+/// slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NetworkUid(pub u32);
+
+/// A physical network (Neutron's `physical_network`, the left side of `bridge_mappings`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PhysnetId(pub u16);
+
+/// How a network is carried: Neutron's `network_type` with its segment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Segment {
+    /// Only between ports of this host.
+    Local,
+    /// Untagged on the uplink of `physnet`.
+    Flat {
+        /// The physical network.
+        physnet: PhysnetId,
+    },
+    /// 802.1Q-tagged with `vid` on the uplink of `physnet`.
+    Vlan {
+        /// The physical network.
+        physnet: PhysnetId,
+        /// VLAN ID, 1..=4094.
+        vid: u16,
+    },
+}
+
+impl Segment {
+    /// The physical network carrying this segment, if any.
+    pub fn physnet(self) -> Option<PhysnetId> {
+        match self {
+            Segment::Local => None,
+            Segment::Flat { physnet } | Segment::Vlan { physnet, .. } => Some(physnet),
+        }
+    }
+}
+
+/// Learning parameters, Neutron/OVS-style defaults.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L2Config {
+    /// Seconds after which an idle learned MAC is forgotten (OVS `mac-aging-time`).
+    pub mac_aging_secs: u32,
+    /// Most learned MACs per network (OVS `mac-table-size` is per bridge; per network
+    /// keeps one tenant from filling another's table).
+    pub mac_limit_per_network: u32,
+}
+
+impl Default for L2Config {
+    fn default() -> Self {
+        L2Config {
+            mac_aging_secs: 300,
+            mac_limit_per_network: 8192,
+        }
+    }
+}
+
+/// Slot value meaning "no network".
+pub(crate) const NO_NETWORK: u16 = u16::MAX;
+/// Most networks one snapshot can hold (slots are `u16`, one value is reserved).
+pub const MAX_NETWORKS: usize = NO_NETWORK as usize;
+/// Packed-MAC value meaning "no MAC" (above 48 bits, so no real MAC equals it).
+pub(crate) const NO_MAC: u64 = u64::MAX;
+
+/// What a port is in the active configuration.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PortRole {
+    /// Not configured.
+    #[default]
+    Absent,
+    /// A VM port: an untagged member of one network.
+    Access {
+        /// Network slot.
+        network: u16,
+        /// The port's own MAC, packed; source MACs equal to it need no learning.
+        mac: u64,
+    },
+    /// An uplink to a physical network, carrying its flat and VLAN networks.
+    Uplink {
+        /// Index into the snapshot's VLAN maps.
+        vlan_map: u16,
+        /// The physical network.
+        physnet: PhysnetId,
+    },
+}
+
+/// One network in a snapshot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NetworkEntry {
+    /// Stable identity.
+    pub uid: NetworkUid,
+    /// How it is carried.
+    pub segment: Segment,
+    flood_start: u32,
+    flood_len: u32,
+}
+
+/// VLAN ID → network slot for one uplink.
+#[derive(Clone, Debug)]
+struct VlanMap {
+    by_vid: Box<[u16; 4096]>,
+    untagged: u16,
+}
+
+/// An immutable, compiled forwarding configuration. See the module documentation.
+pub struct Snapshot {
+    generation: u64,
+    ports: Box<[PortRole]>,
+    networks: Box<[NetworkEntry]>,
+    flood_ports: Box<[PortId]>,
+    vlan_maps: Box<[VlanMap]>,
+    fdb: U64Map<PortId>,
+    l2: L2Config,
+}
+
+impl fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("generation", &self.generation)
+            .field(
+                "ports",
+                &self
+                    .ports
+                    .iter()
+                    .filter(|p| **p != PortRole::Absent)
+                    .count(),
+            )
+            .field("networks", &self.networks.len())
+            .field("static_macs", &self.fdb.len())
+            .finish()
+    }
+}
+
+/// Key of the FDB tables: network slot in the top 16 bits, MAC in the low 48.
+#[inline]
+pub(crate) fn fdb_key(network: u16, mac: u64) -> u64 {
+    (u64::from(network) << 48) | mac
+}
+
+/// Packs a MAC big-endian into the low 48 bits of a `u64`.
+#[inline]
+pub fn mac_to_u64(mac: [u8; 6]) -> u64 {
+    u64::from_be_bytes([0, 0, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]])
+}
+
+/// Unpacks a MAC packed by [`mac_to_u64`].
+#[inline]
+pub fn mac_from_u64(mac: u64) -> [u8; 6] {
+    let b = mac.to_be_bytes();
+    [b[2], b[3], b[4], b[5], b[6], b[7]]
+}
+
+fn mac_is_group(mac: [u8; 6]) -> bool {
+    mac[0] & 1 == 1
+}
+
+fn fmt_mac(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+impl Snapshot {
+    /// The empty configuration, generation 0: no ports, so every frame is dropped.
+    pub fn empty() -> Self {
+        SnapshotBuilder::new()
+            .build(0)
+            .expect("the empty configuration is valid")
+    }
+
+    /// The empty configuration shared by every parked worker. It lives for the whole
+    /// process, so a worker that swaps it in never frees anything.
+    pub fn parked() -> std::sync::Arc<Snapshot> {
+        static PARKED: std::sync::OnceLock<std::sync::Arc<Snapshot>> = std::sync::OnceLock::new();
+        std::sync::Arc::clone(PARKED.get_or_init(|| std::sync::Arc::new(Snapshot::empty())))
+    }
+
+    /// This configuration's generation number.
+    #[inline]
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Learning parameters.
+    #[inline]
+    pub fn l2(&self) -> &L2Config {
+        &self.l2
+    }
+
+    /// Role of a port; `Absent` for unknown ids.
+    #[inline]
+    pub fn port(&self, port: PortId) -> PortRole {
+        self.ports.get(port.index()).copied().unwrap_or_default()
+    }
+
+    /// Number of port slots (one past the highest configured id).
+    pub fn port_slots(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// A network by slot.
+    #[inline]
+    pub fn network(&self, slot: u16) -> Option<&NetworkEntry> {
+        self.networks.get(usize::from(slot))
+    }
+
+    /// Every network, indexed by slot.
+    pub fn networks(&self) -> &[NetworkEntry] {
+        &self.networks
+    }
+
+    /// Slot of the network a frame received on uplink `vlan_map` belongs to: `tci` is the
+    /// received 802.1Q TCI, or `None` for an untagged frame. A priority tag (VID 0) counts
+    /// as untagged, as 802.1Q requires.
+    #[inline]
+    pub(crate) fn uplink_network(&self, vlan_map: u16, tci: Option<u16>) -> u16 {
+        let Some(map) = self.vlan_maps.get(usize::from(vlan_map)) else {
+            return NO_NETWORK;
+        };
+        match tci.map(|t| t & 0x0fff) {
+            None | Some(0) => map.untagged,
+            Some(vid) => map.by_vid[usize::from(vid)],
+        }
+    }
+
+    /// Ports that receive flooded frames of a network, in id order.
+    #[inline]
+    pub fn flood_ports(&self, slot: u16) -> &[PortId] {
+        match self.networks.get(usize::from(slot)) {
+            Some(n) => {
+                let start = n.flood_start as usize;
+                &self.flood_ports[start..start + n.flood_len as usize]
+            }
+            None => &[],
+        }
+    }
+
+    /// The port that owns `mac` statically in a network (a VM port's MAC).
+    #[inline]
+    pub fn static_mac(&self, slot: u16, mac: u64) -> Option<PortId> {
+        self.fdb.get(fdb_key(slot, mac))
+    }
+
+    /// Every static FDB entry as `(network slot, packed MAC, port)`.
+    pub fn static_macs(&self) -> impl Iterator<Item = (u16, u64, PortId)> + '_ {
+        self.fdb
+            .iter()
+            .map(|(k, p)| ((k >> 48) as u16, k & 0xffff_ffff_ffff, p))
+    }
+
+    /// Whether `port` carries network `slot` (so a MAC learned there may be used).
+    #[inline]
+    pub fn port_serves(&self, port: PortId, slot: u16) -> bool {
+        match self.port(port) {
+            PortRole::Absent => false,
+            PortRole::Access { network, .. } => network == slot,
+            PortRole::Uplink { physnet, .. } => self
+                .network(slot)
+                .is_some_and(|n| n.segment.physnet() == Some(physnet)),
+        }
+    }
+
+    /// The 802.1Q VID a frame of network `slot` carries when leaving through `port`, or
+    /// `None` when it leaves untagged.
+    #[inline]
+    pub fn egress_vid(&self, port: PortId, slot: u16) -> Option<u16> {
+        match (self.port(port), self.network(slot).map(|n| n.segment)) {
+            (PortRole::Uplink { .. }, Some(Segment::Vlan { vid, .. })) => Some(vid),
+            _ => None,
+        }
+    }
+}
+
+/// A port as the builder takes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortSpec {
+    /// A VM port on one network, owning the given MACs (Neutron's `mac_address` plus any
+    /// `allowed_address_pairs` MACs).
+    Access {
+        /// The network.
+        network: NetworkUid,
+        /// Static FDB entries for this port.
+        macs: Vec<[u8; 6]>,
+    },
+    /// The uplink of a physical network.
+    Uplink {
+        /// The physical network.
+        physnet: PhysnetId,
+    },
+}
+
+/// Why a configuration cannot be compiled. The control plane's validation should catch
+/// all of these earlier with field paths; this is the data plane's own last line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BuildError {
+    /// Two networks with one uid.
+    DuplicateNetwork(NetworkUid),
+    /// Two ports with one id.
+    DuplicatePort(PortId),
+    /// A port refers to a network that does not exist.
+    UnknownNetwork {
+        /// The port.
+        port: PortId,
+        /// The missing network.
+        network: NetworkUid,
+    },
+    /// VLAN ID outside 1..=4094.
+    VlanOutOfRange {
+        /// The network.
+        network: NetworkUid,
+        /// The VID.
+        vid: u16,
+    },
+    /// Two networks with one VLAN ID on one physnet.
+    VlanInUse {
+        /// The physnet.
+        physnet: PhysnetId,
+        /// The VID.
+        vid: u16,
+    },
+    /// Two flat networks on one physnet.
+    SecondFlatNetwork(PhysnetId),
+    /// Two uplinks for one physnet (each physnet has one uplink, as in `bridge_mappings`).
+    SecondUplink(PhysnetId),
+    /// A MAC given to two ports of one network.
+    DuplicateMac {
+        /// The network.
+        network: NetworkUid,
+        /// The MAC.
+        mac: [u8; 6],
+    },
+    /// A group (multicast or broadcast) MAC given to a port.
+    GroupMac {
+        /// The port.
+        port: PortId,
+        /// The MAC.
+        mac: [u8; 6],
+    },
+    /// More networks than slots.
+    TooManyNetworks(usize),
+    /// Port id 0xffff is reserved.
+    ReservedPortId,
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::DuplicateNetwork(n) => write!(f, "network uid {} is defined twice", n.0),
+            BuildError::DuplicatePort(p) => write!(f, "{p} is defined twice"),
+            BuildError::UnknownNetwork { port, network } => {
+                write!(f, "{port} refers to unknown network uid {}", network.0)
+            }
+            BuildError::VlanOutOfRange { network, vid } => {
+                write!(
+                    f,
+                    "network uid {} has VLAN ID {vid}, outside 1..=4094",
+                    network.0
+                )
+            }
+            BuildError::VlanInUse { physnet, vid } => {
+                write!(f, "VLAN ID {vid} is used twice on physnet {}", physnet.0)
+            }
+            BuildError::SecondFlatNetwork(p) => write!(f, "physnet {} has two flat networks", p.0),
+            BuildError::SecondUplink(p) => write!(f, "physnet {} has two uplinks", p.0),
+            BuildError::DuplicateMac { network, mac } => {
+                write!(
+                    f,
+                    "MAC {} is used twice in network uid {}",
+                    fmt_mac(*mac),
+                    network.0
+                )
+            }
+            BuildError::GroupMac { port, mac } => {
+                write!(
+                    f,
+                    "{port} has group MAC {}, which cannot be a station address",
+                    fmt_mac(*mac)
+                )
+            }
+            BuildError::TooManyNetworks(n) => {
+                write!(f, "{n} networks exceed the limit of {MAX_NETWORKS}")
+            }
+            BuildError::ReservedPortId => write!(f, "port id 65535 is reserved"),
+        }
+    }
+}
+
+impl std::error::Error for BuildError {}
+
+/// Collects networks and ports and compiles them into a [`Snapshot`].
+#[derive(Clone, Debug, Default)]
+pub struct SnapshotBuilder {
+    networks: Vec<(NetworkUid, Segment)>,
+    ports: Vec<(PortId, PortSpec)>,
+    l2: L2Config,
+}
+
+impl SnapshotBuilder {
+    /// An empty configuration with default learning parameters.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the learning parameters.
+    pub fn l2(&mut self, l2: L2Config) -> &mut Self {
+        self.l2 = l2;
+        self
+    }
+
+    /// Adds a network.
+    pub fn network(&mut self, uid: NetworkUid, segment: Segment) -> &mut Self {
+        self.networks.push((uid, segment));
+        self
+    }
+
+    /// Adds a VM port on `network` owning `macs`.
+    pub fn access_port(
+        &mut self,
+        port: PortId,
+        network: NetworkUid,
+        macs: &[[u8; 6]],
+    ) -> &mut Self {
+        self.ports.push((
+            port,
+            PortSpec::Access {
+                network,
+                macs: macs.to_vec(),
+            },
+        ));
+        self
+    }
+
+    /// Adds the uplink of `physnet`.
+    pub fn uplink(&mut self, port: PortId, physnet: PhysnetId) -> &mut Self {
+        self.ports.push((port, PortSpec::Uplink { physnet }));
+        self
+    }
+
+    /// Validates and compiles the configuration as generation `generation`.
+    pub fn build(&self, generation: u64) -> Result<Snapshot, BuildError> {
+        if self.networks.len() > MAX_NETWORKS {
+            return Err(BuildError::TooManyNetworks(self.networks.len()));
+        }
+        // Networks take slots in uid order, so equal configurations compile identically.
+        let mut nets: Vec<(NetworkUid, Segment)> = self.networks.clone();
+        nets.sort_by_key(|(uid, _)| *uid);
+        let mut slot_of: HashMap<NetworkUid, u16> = HashMap::new();
+        let mut vids: HashMap<(PhysnetId, u16), NetworkUid> = HashMap::new();
+        let mut flat: HashMap<PhysnetId, u16> = HashMap::new();
+        for (slot, (uid, segment)) in nets.iter().enumerate() {
+            let slot = slot as u16;
+            if slot_of.insert(*uid, slot).is_some() {
+                return Err(BuildError::DuplicateNetwork(*uid));
+            }
+            match *segment {
+                Segment::Local => {}
+                Segment::Flat { physnet } => {
+                    if flat.insert(physnet, slot).is_some() {
+                        return Err(BuildError::SecondFlatNetwork(physnet));
+                    }
+                }
+                Segment::Vlan { physnet, vid } => {
+                    if !(1..=4094).contains(&vid) {
+                        return Err(BuildError::VlanOutOfRange { network: *uid, vid });
+                    }
+                    if vids.insert((physnet, vid), *uid).is_some() {
+                        return Err(BuildError::VlanInUse { physnet, vid });
+                    }
+                }
+            }
+        }
+
+        let mut specs: Vec<&(PortId, PortSpec)> = self.ports.iter().collect();
+        specs.sort_by_key(|(id, _)| *id);
+        if let Some(w) = specs.windows(2).find(|w| w[0].0 == w[1].0) {
+            return Err(BuildError::DuplicatePort(w[0].0));
+        }
+        if specs.last().is_some_and(|(id, _)| id.0 == u16::MAX) {
+            return Err(BuildError::ReservedPortId);
+        }
+        let port_slots = specs.last().map_or(0, |(id, _)| id.index() + 1);
+        let mut ports = vec![PortRole::Absent; port_slots].into_boxed_slice();
+        let mut members: BTreeMap<u16, Vec<PortId>> = BTreeMap::new();
+        let mut uplink_of: BTreeMap<PhysnetId, PortId> = BTreeMap::new();
+        let mut vlan_maps = Vec::new();
+        let mut static_macs: Vec<(u16, [u8; 6], PortId)> = Vec::new();
+        for (id, spec) in specs {
+            ports[id.index()] = match spec {
+                PortSpec::Access { network, macs } => {
+                    let slot = *slot_of.get(network).ok_or(BuildError::UnknownNetwork {
+                        port: *id,
+                        network: *network,
+                    })?;
+                    for mac in macs {
+                        if mac_is_group(*mac) {
+                            return Err(BuildError::GroupMac {
+                                port: *id,
+                                mac: *mac,
+                            });
+                        }
+                        static_macs.push((slot, *mac, *id));
+                    }
+                    members.entry(slot).or_default().push(*id);
+                    PortRole::Access {
+                        network: slot,
+                        mac: macs.first().map_or(NO_MAC, |m| mac_to_u64(*m)),
+                    }
+                }
+                PortSpec::Uplink { physnet } => {
+                    if uplink_of.insert(*physnet, *id).is_some() {
+                        return Err(BuildError::SecondUplink(*physnet));
+                    }
+                    let mut by_vid = Box::new([NO_NETWORK; 4096]);
+                    for (&(p, vid), uid) in &vids {
+                        if p == *physnet {
+                            by_vid[usize::from(vid)] = slot_of[uid];
+                        }
+                    }
+                    let untagged = flat.get(physnet).copied().unwrap_or(NO_NETWORK);
+                    vlan_maps.push(VlanMap { by_vid, untagged });
+                    PortRole::Uplink {
+                        vlan_map: (vlan_maps.len() - 1) as u16,
+                        physnet: *physnet,
+                    }
+                }
+            };
+        }
+
+        let mut fdb = U64Map::with_max_len(static_macs.len());
+        for (slot, mac, port) in static_macs {
+            if fdb
+                .insert(fdb_key(slot, mac_to_u64(mac)), port)
+                .expect("sized for every MAC")
+                .is_some()
+            {
+                return Err(BuildError::DuplicateMac {
+                    network: nets[usize::from(slot)].0,
+                    mac,
+                });
+            }
+        }
+
+        let mut flood_ports = Vec::new();
+        let mut networks = Vec::with_capacity(nets.len());
+        for (slot, (uid, segment)) in nets.iter().enumerate() {
+            let start = flood_ports.len();
+            let mut list: Vec<PortId> = members.remove(&(slot as u16)).unwrap_or_default();
+            if let Some(uplink) = segment.physnet().and_then(|p| uplink_of.get(&p)) {
+                list.push(*uplink);
+            }
+            list.sort_unstable();
+            flood_ports.extend(list);
+            networks.push(NetworkEntry {
+                uid: *uid,
+                segment: *segment,
+                flood_start: start as u32,
+                flood_len: (flood_ports.len() - start) as u32,
+            });
+        }
+
+        Ok(Snapshot {
+            generation,
+            ports,
+            networks: networks.into_boxed_slice(),
+            flood_ports: flood_ports.into_boxed_slice(),
+            vlan_maps: vlan_maps.into_boxed_slice(),
+            fdb,
+            l2: self.l2,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const P1: PhysnetId = PhysnetId(1);
+
+    fn two_vlans() -> SnapshotBuilder {
+        let mut b = SnapshotBuilder::new();
+        b.network(
+            NetworkUid(10),
+            Segment::Vlan {
+                physnet: P1,
+                vid: 100,
+            },
+        )
+        .network(
+            NetworkUid(20),
+            Segment::Vlan {
+                physnet: P1,
+                vid: 200,
+            },
+        )
+        .network(NetworkUid(30), Segment::Flat { physnet: P1 })
+        .network(NetworkUid(40), Segment::Local)
+        .uplink(PortId(0), P1)
+        .access_port(PortId(1), NetworkUid(10), &[[2, 0, 0, 0, 0, 1]])
+        .access_port(PortId(2), NetworkUid(20), &[[2, 0, 0, 0, 0, 1]])
+        .access_port(PortId(3), NetworkUid(40), &[]);
+        b
+    }
+
+    #[test]
+    fn compiles_vlan_maps_flood_lists_and_static_macs() {
+        let s = two_vlans().build(7).unwrap();
+        assert_eq!(s.generation(), 7);
+        let map = match s.port(PortId(0)) {
+            PortRole::Uplink { vlan_map, .. } => vlan_map,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(s.uplink_network(map, Some(100)), 0);
+        assert_eq!(
+            s.uplink_network(map, Some(0x2000 | 200)),
+            1,
+            "PCP bits are ignored"
+        );
+        assert_eq!(s.uplink_network(map, None), 2);
+        assert_eq!(
+            s.uplink_network(map, Some(0)),
+            2,
+            "priority tag is untagged"
+        );
+        assert_eq!(s.uplink_network(map, Some(300)), NO_NETWORK);
+        assert_eq!(s.flood_ports(0), &[PortId(0), PortId(1)]);
+        assert_eq!(s.flood_ports(3), &[PortId(3)]);
+        // The same MAC in two networks is two independent entries.
+        let mac = mac_to_u64([2, 0, 0, 0, 0, 1]);
+        assert_eq!(s.static_mac(0, mac), Some(PortId(1)));
+        assert_eq!(s.static_mac(1, mac), Some(PortId(2)));
+        assert_eq!(s.static_mac(3, mac), None);
+        assert!(s.port_serves(PortId(0), 1) && !s.port_serves(PortId(0), 3));
+        assert_eq!(s.egress_vid(PortId(0), 1), Some(200));
+        assert_eq!(s.egress_vid(PortId(0), 2), None);
+        assert_eq!(s.egress_vid(PortId(1), 0), None);
+        assert_eq!(s.port(PortId(9)), PortRole::Absent);
+    }
+
+    #[test]
+    fn rejects_inconsistent_configurations() {
+        let mut b = two_vlans();
+        b.network(
+            NetworkUid(50),
+            Segment::Vlan {
+                physnet: P1,
+                vid: 100,
+            },
+        );
+        assert_eq!(
+            b.build(1).unwrap_err(),
+            BuildError::VlanInUse {
+                physnet: P1,
+                vid: 100
+            }
+        );
+
+        let mut b = two_vlans();
+        b.network(
+            NetworkUid(50),
+            Segment::Vlan {
+                physnet: P1,
+                vid: 4095,
+            },
+        );
+        assert!(matches!(
+            b.build(1),
+            Err(BuildError::VlanOutOfRange { vid: 4095, .. })
+        ));
+
+        let mut b = two_vlans();
+        b.access_port(PortId(5), NetworkUid(10), &[[2, 0, 0, 0, 0, 1]]);
+        assert!(matches!(b.build(1), Err(BuildError::DuplicateMac { .. })));
+
+        let mut b = two_vlans();
+        b.access_port(PortId(5), NetworkUid(99), &[]);
+        assert!(matches!(b.build(1), Err(BuildError::UnknownNetwork { .. })));
+
+        let mut b = two_vlans();
+        b.uplink(PortId(6), P1);
+        assert_eq!(b.build(1).unwrap_err(), BuildError::SecondUplink(P1));
+
+        let mut b = two_vlans();
+        b.access_port(PortId(1), NetworkUid(40), &[]);
+        assert_eq!(
+            b.build(1).unwrap_err(),
+            BuildError::DuplicatePort(PortId(1))
+        );
+
+        let mut b = two_vlans();
+        b.access_port(PortId(7), NetworkUid(40), &[[1, 0, 0x5e, 0, 0, 1]]);
+        assert!(matches!(b.build(1), Err(BuildError::GroupMac { .. })));
+        assert!(b
+            .build(1)
+            .unwrap_err()
+            .to_string()
+            .contains("01:00:5e:00:00:01"));
+    }
+
+    #[test]
+    fn mac_packing_round_trips() {
+        let mac = [0xfa, 0x16, 0x3e, 0x01, 0x02, 0x03];
+        assert_eq!(mac_to_u64(mac), 0xfa16_3e01_0203);
+        assert_eq!(mac_from_u64(mac_to_u64(mac)), mac);
+    }
+}
+
+thread_local! {
+    static FREED_HERE: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        FREED_HERE.with(|n| n.set(n.get() + 1));
+    }
+}
+
+/// How many snapshots the calling thread has freed. Workers must never free one (the
+/// control thread reclaims them), and tests check exactly that with this witness.
+pub fn snapshots_freed_on_this_thread() -> u64 {
+    FREED_HERE.with(|n| n.get())
+}

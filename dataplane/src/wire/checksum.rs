@@ -1,0 +1,213 @@
+//! The Internet checksum (RFC 1071) and its incremental update (RFC 1624).
+//!
+//! A *sum* here is the 16-bit one's-complement sum of big-endian words, folded but not
+//! complemented; a *checksum* is its complement, as stored in headers. Verifying a header
+//! means its sum, checksum field included, is `0xffff`.
+
+use std::net::Ipv4Addr;
+
+/// Folds a wide one's-complement accumulator into 16 bits.
+#[inline]
+pub fn fold(mut acc: u64) -> u16 {
+    while acc > 0xffff {
+        acc = (acc >> 16) + (acc & 0xffff);
+    }
+    acc as u16
+}
+
+/// One's-complement sum of `data` as big-endian 16-bit words; an odd last byte is padded
+/// with a zero low byte.
+///
+/// Adds 64-bit words with end-around carry and folds once at the end: one's-complement
+/// addition is the same in any word size that is a multiple of 16 bits (RFC 1071 §2(B)).
+#[inline]
+pub fn sum(data: &[u8]) -> u16 {
+    let mut acc: u64 = 0;
+    let mut add = |w: u64| {
+        let (s, carry) = acc.overflowing_add(w);
+        // `s` is at most 2^64 - 2 when the add carried, so this cannot overflow.
+        acc = s + u64::from(carry);
+    };
+    let mut chunks = data.chunks_exact(8);
+    for c in &mut chunks {
+        // `chunks_exact` yields 8-byte slices, so the fallback never happens.
+        add(u64::from_be_bytes(c.try_into().unwrap_or([0; 8])));
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        // The remainder starts at a multiple of 8, so zero padding on the right keeps
+        // every byte in its place within its 16-bit word.
+        let mut last = [0u8; 8];
+        last[..rest.len()].copy_from_slice(rest);
+        add(u64::from_be_bytes(last));
+    }
+    fold(acc)
+}
+
+/// The checksum of `data`: the complement of its [`sum`].
+#[inline]
+pub fn checksum(data: &[u8]) -> u16 {
+    !sum(data)
+}
+
+/// One's-complement addition of two sums.
+#[inline]
+pub fn add(a: u16, b: u16) -> u16 {
+    fold(u64::from(a) + u64::from(b))
+}
+
+/// One's-complement sum of several partial sums (for data in separate buffers, each part
+/// summed over an even number of bytes except possibly the last).
+#[inline]
+pub fn combine(sums: &[u16]) -> u16 {
+    fold(sums.iter().map(|&s| u64::from(s)).sum())
+}
+
+/// Sum of the IPv4 pseudo-header that UDP and TCP include in their checksums (RFC 768,
+/// RFC 9293 §3.1): source, destination, zero byte, protocol, and the L4 length.
+#[inline]
+pub fn pseudo_header_v4(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, length: u16) -> u16 {
+    let s = src.octets();
+    let d = dst.octets();
+    let words = [
+        u16::from_be_bytes([s[0], s[1]]),
+        u16::from_be_bytes([s[2], s[3]]),
+        u16::from_be_bytes([d[0], d[1]]),
+        u16::from_be_bytes([d[2], d[3]]),
+        u16::from(protocol),
+        length,
+    ];
+    combine(&words)
+}
+
+/// The new checksum after one 16-bit word of the covered data changes from `old` to `new`:
+/// RFC 1624 eqn. 3, `HC' = ~(~HC + ~m + m')`.
+///
+/// Equals full recomputation whenever the covered data is non-zero both before and after
+/// (true of every real header: IPv4 has its version, the pseudo-header its protocol). Only
+/// all-zero data could come out as `0x0000` instead of `0xffff`, the other zero.
+#[inline]
+pub fn update16(old_csum: u16, old: u16, new: u16) -> u16 {
+    !fold(u64::from(!old_csum) + u64::from(!old) + u64::from(new))
+}
+
+/// [`update16`] for an aligned 32-bit field, such as an IPv4 address.
+#[inline]
+pub fn update32(old_csum: u16, old: u32, new: u32) -> u16 {
+    let acc = u64::from(!old_csum)
+        + u64::from(!(old >> 16) as u16)
+        + u64::from(!old as u16)
+        + u64::from(new >> 16)
+        + u64::from(new & 0xffff);
+    !fold(acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// RFC 1071 as written: 16-bit words into a 32-bit accumulator.
+    fn naive_sum(data: &[u8]) -> u16 {
+        let mut acc: u32 = 0;
+        for pair in data.chunks(2) {
+            let hi = u32::from(pair[0]) << 8;
+            let lo = pair.get(1).map_or(0, |&b| u32::from(b));
+            acc += hi | lo;
+            acc = (acc >> 16) + (acc & 0xffff);
+        }
+        acc as u16
+    }
+
+    #[test]
+    fn rfc1071_example() {
+        // RFC 1071 §3: the words 0001 f203 f4f5 f6f7 sum to ddf2.
+        assert_eq!(
+            sum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            0xddf2
+        );
+        assert_eq!(
+            checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]),
+            !0xddf2
+        );
+    }
+
+    #[test]
+    fn ipv4_header_from_the_literature() {
+        // A widely quoted example header whose checksum is 0xb861.
+        let mut h = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0xb8, 0x61, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        assert_eq!(sum(&h), 0xffff);
+        h[10] = 0;
+        h[11] = 0;
+        assert_eq!(checksum(&h), 0xb861);
+    }
+
+    #[test]
+    fn edge_cases() {
+        assert_eq!(sum(&[]), 0);
+        assert_eq!(sum(&[0xab]), 0xab00);
+        assert_eq!(sum(&[0xff; 64]), 0xffff);
+        assert_eq!(add(0xffff, 0x0001), 0x0001);
+        assert_eq!(combine(&[]), 0);
+        assert_eq!(combine(&[0x8000, 0x8000]), 0x0001);
+        assert_eq!(fold(u64::MAX), 0xffff);
+    }
+
+    #[test]
+    fn pseudo_header_matches_bytes() {
+        let src = Ipv4Addr::new(192, 168, 1, 10);
+        let dst = Ipv4Addr::new(8, 8, 8, 8);
+        let bytes = [192, 168, 1, 10, 8, 8, 8, 8, 0, 17, 0x01, 0x2c];
+        assert_eq!(pseudo_header_v4(src, dst, 17, 300), sum(&bytes));
+    }
+
+    proptest! {
+        #[test]
+        fn sum_matches_naive(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+            prop_assert_eq!(sum(&data), naive_sum(&data));
+        }
+
+        #[test]
+        fn combine_matches_concatenation(
+            a in proptest::collection::vec(any::<u8>(), 0..40).prop_map(|mut v| { v.truncate(v.len() & !1); v }),
+            b in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            let whole: Vec<u8> = a.iter().chain(&b).copied().collect();
+            prop_assert_eq!(combine(&[sum(&a), sum(&b)]), sum(&whole));
+        }
+
+        #[test]
+        fn update16_matches_recompute(
+            mut words in proptest::collection::vec(any::<u16>(), 1..40),
+            at in any::<prop::sample::Index>(),
+            new in any::<u16>(),
+        ) {
+            // A fixed non-zero word, as every real header has.
+            words.insert(0, 0x4500);
+            let bytes = |w: &[u16]| w.iter().flat_map(|x| x.to_be_bytes()).collect::<Vec<u8>>();
+            let i = 1 + at.index(words.len() - 1);
+            let old_csum = checksum(&bytes(&words));
+            let old = words[i];
+            words[i] = new;
+            prop_assert_eq!(update16(old_csum, old, new), checksum(&bytes(&words)));
+        }
+
+        #[test]
+        fn update32_matches_recompute(
+            mut words in proptest::collection::vec(any::<u32>(), 1..20),
+            at in any::<prop::sample::Index>(),
+            new in any::<u32>(),
+        ) {
+            words.insert(0, 0x4500_0000);
+            let bytes = |w: &[u32]| w.iter().flat_map(|x| x.to_be_bytes()).collect::<Vec<u8>>();
+            let i = 1 + at.index(words.len() - 1);
+            let old_csum = checksum(&bytes(&words));
+            let old = words[i];
+            words[i] = new;
+            prop_assert_eq!(update32(old_csum, old, new), checksum(&bytes(&words)));
+        }
+    }
+}

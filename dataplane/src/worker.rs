@@ -1,0 +1,234 @@
+//! The worker: a poll-mode loop over its receive queues, in the manner of an OVS PMD
+//! thread. Each pass takes the active snapshot once, runs every receive burst through the
+//! stages, flushes the transmit batches, and acknowledges the generation it ran.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::buf::FramePool;
+use crate::classify::classify;
+use crate::counters::{Stage, WorkerCounters};
+use crate::l2::{self, MacTable};
+use crate::output::{output, PortSet};
+use crate::packet::{Batch, MAX_BURST};
+use crate::port::{Port, PortId};
+use crate::publish::{GenerationAck, SnapshotCell};
+use crate::snapshot::Snapshot;
+
+/// Tunables of a worker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerConfig {
+    /// Worker index; also the transmit queue it uses on every port.
+    pub id: u16,
+    /// Most MACs the worker learns across all networks.
+    pub mac_table_capacity: usize,
+    /// Nanoseconds between housekeeping rounds while busy (always done when idle).
+    pub housekeeping_interval_ns: u64,
+    /// Learned-table slots examined for aging per housekeeping round.
+    pub aging_budget: usize,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            id: 0,
+            mac_table_capacity: 65_536,
+            housekeeping_interval_ns: 100_000,
+            aging_budget: 512,
+        }
+    }
+}
+
+/// One worker's complete state. See the module documentation.
+pub struct Worker {
+    config: WorkerConfig,
+    pool: FramePool,
+    ports: PortSet,
+    poll_list: Vec<(PortId, u16)>,
+    cell: Arc<SnapshotCell>,
+    snap: Arc<Snapshot>,
+    ack: Arc<GenerationAck>,
+    macs: MacTable,
+    counters: Arc<WorkerCounters>,
+    batch: Batch,
+    next_housekeeping_ns: u64,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker")
+            .field("id", &self.config.id)
+            .field("generation", &self.snap.generation())
+            .field("ports", &self.ports)
+            .field("poll_list", &self.poll_list)
+            .field("pool", &self.pool)
+            .finish()
+    }
+}
+
+impl Worker {
+    /// A worker with no ports yet, running the snapshot in `cell` and acknowledging into
+    /// `ack`. Per-port counters are kept for port ids below `max_ports`.
+    pub fn new(
+        config: WorkerConfig,
+        pool: FramePool,
+        cell: Arc<SnapshotCell>,
+        ack: Arc<GenerationAck>,
+        max_ports: usize,
+    ) -> Self {
+        let snap = cell.load();
+        Worker {
+            pool,
+            ports: PortSet::new(config.id),
+            poll_list: Vec::new(),
+            snap,
+            cell,
+            ack,
+            macs: MacTable::new(config.mac_table_capacity),
+            counters: Arc::new(WorkerCounters::new(max_ports)),
+            batch: Batch::with_capacity(MAX_BURST),
+            next_housekeeping_ns: 0,
+            config,
+        }
+    }
+
+    /// Attaches a port under `id` and polls the given receive queues of it.
+    pub fn attach(&mut self, id: PortId, port: Box<dyn Port>, rx_queues: &[u16]) {
+        self.detach(id);
+        self.ports.attach(id, port);
+        self.poll_list.extend(rx_queues.iter().map(|&q| (id, q)));
+    }
+
+    /// Detaches the port under `id`, returning the frames it holds to the pool.
+    pub fn detach(&mut self, id: PortId) -> Option<Box<dyn Port>> {
+        self.ports.flush(&mut self.pool, &self.counters);
+        self.poll_list.retain(|&(p, _)| p != id);
+        let mut port = self.ports.detach(id)?;
+        port.release_frames(&mut self.pool);
+        Some(port)
+    }
+
+    /// The counters, shared with whoever exports them.
+    pub fn counters(&self) -> Arc<WorkerCounters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// The frame pool (free frames, geometry).
+    pub fn pool(&self) -> &FramePool {
+        &self.pool
+    }
+
+    /// The learned MAC table.
+    pub fn macs(&self) -> &MacTable {
+        &self.macs
+    }
+
+    /// The attached ports.
+    pub fn ports(&self) -> &PortSet {
+        &self.ports
+    }
+
+    /// Generation of the snapshot in use.
+    pub fn generation(&self) -> u64 {
+        self.snap.generation()
+    }
+
+    /// One pass over the poll list at time `now_ns` (any monotonic clock); returns the
+    /// number of frames received. Never inlined: it is the unit that profilers and the
+    /// instruction counter attribute a pass to.
+    #[inline(never)]
+    pub fn poll(&mut self, now_ns: u64) -> usize {
+        if self.cell.generation() != self.snap.generation() {
+            // The replaced snapshot is dropped here, but the publisher still holds it
+            // until this worker acknowledges, so this never frees it.
+            self.snap = self.cell.load();
+            self.counters.generation.set(self.snap.generation());
+        }
+        let now_secs = (now_ns / 1_000_000_000) as u32;
+        let mut received = 0;
+        for i in 0..self.poll_list.len() {
+            let (port_id, queue) = self.poll_list[i];
+            received += self.process_burst(port_id, queue, now_secs);
+        }
+        self.ports.flush(&mut self.pool, &self.counters);
+        if received == 0 || now_ns >= self.next_housekeeping_ns {
+            self.housekeeping(now_secs);
+            self.next_housekeeping_ns = now_ns + self.config.housekeeping_interval_ns;
+        }
+        self.ack.set(self.snap.generation());
+        self.counters.loops.inc();
+        if received > 0 {
+            self.counters.busy_loops.inc();
+        }
+        received
+    }
+
+    #[inline]
+    fn process_burst(&mut self, port_id: PortId, queue: u16, now_secs: u32) -> usize {
+        self.batch.clear();
+        let Some(port) = self.ports.get_mut(port_id) else {
+            return 0;
+        };
+        let n = port.rx_burst(queue, &mut self.pool, &mut self.batch);
+        if n == 0 {
+            return 0;
+        }
+        let counters = &*self.counters;
+        let pkts = self.batch.as_mut_slice();
+        counters.rx_packets.add(pkts.len() as u64);
+        if let Some(pc) = counters.port(port_id) {
+            pc.rx_packets.add(pkts.len() as u64);
+            pc.rx_bytes.add(pkts.iter().map(|p| u64::from(p.len)).sum());
+        }
+        counters.stage_packets[Stage::Classify as usize].add(pkts.len() as u64);
+        classify(&self.snap, &self.pool, port_id, pkts);
+        counters.stage_packets[Stage::L2 as usize].add(pkts.len() as u64);
+        l2::forward(&self.snap, &mut self.macs, counters, now_secs, pkts);
+        output(&self.snap, &mut self.pool, &mut self.ports, counters, pkts);
+        self.batch.clear();
+        n
+    }
+
+    fn housekeeping(&mut self, now_secs: u32) {
+        for (_, port) in self.ports.iter_mut() {
+            port.housekeeping(&mut self.pool);
+        }
+        let aged = self.macs.age(
+            now_secs,
+            self.snap.l2().mac_aging_secs,
+            self.config.aging_budget,
+        );
+        self.counters.macs_aged.add(aged as u64);
+        self.counters.macs.set(self.macs.len() as u64);
+    }
+
+    /// Polls until `stop` is set, reading time from `clock` (nanoseconds, monotonic) once
+    /// per pass and charging each pass to busy or idle time.
+    pub fn run(&mut self, stop: &AtomicBool, mut clock: impl FnMut() -> u64) {
+        let mut now = clock();
+        while !stop.load(Ordering::Relaxed) {
+            let received = self.poll(now);
+            let then = clock();
+            let spent = then.saturating_sub(now);
+            if received > 0 {
+                self.counters.busy_ns.add(spent);
+            } else {
+                self.counters.idle_ns.add(spent);
+            }
+            now = then;
+        }
+    }
+
+    /// Stops the worker: flushes, returns every port's frames to the pool, drops its
+    /// snapshot reference and tells the publisher it holds none.
+    pub fn park(&mut self) {
+        self.ports.flush(&mut self.pool, &self.counters);
+        for (_, port) in self.ports.iter_mut() {
+            port.release_frames(&mut self.pool);
+        }
+        // Hold the process-wide empty snapshot instead, which is never freed, so that
+        // dropping the real one here cannot be the last reference.
+        self.snap = Snapshot::parked();
+        self.ack.set(GenerationAck::PARKED);
+    }
+}

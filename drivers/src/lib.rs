@@ -1,0 +1,6 @@
+//! Port drivers: implementations of [`pollux_dataplane::port::Port`].
+//!
+//! Drivers know kernels, sockets and rings; they know nothing of networks or routers.
+
+pub mod mem;
+pub mod ring;

@@ -1,0 +1,212 @@
+//! The `mem` driver: a port whose "wire" is a pair of in-process rings.
+//!
+//! Tests and benchmarks hold the [`MemWire`] end and inject or collect frames as a peer on
+//! a cable would; the worker drives the [`MemPort`] end. Frames are copied into the
+//! worker's pool on receive and out of it on transmit, as for any port that cannot share
+//! memory with the pool.
+
+use pollux_dataplane::buf::FramePool;
+use pollux_dataplane::packet::{Batch, Packet};
+use pollux_dataplane::port::{Port, PortStats};
+
+use crate::ring::{ring, Consumer, Producer};
+
+/// Geometry of a mem port's rings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemPortConfig {
+    /// Slots per direction (rounded up to a power of two).
+    pub depth: usize,
+    /// Largest frame a slot carries.
+    pub max_frame: usize,
+}
+
+impl Default for MemPortConfig {
+    fn default() -> Self {
+        MemPortConfig {
+            depth: 1024,
+            max_frame: 2048,
+        }
+    }
+}
+
+/// Creates a connected port and wire end.
+pub fn mem_port(name: impl Into<String>, config: MemPortConfig) -> (MemPort, MemWire) {
+    let (to_port, from_wire) = ring(config.depth, config.max_frame);
+    let (to_wire, from_port) = ring(config.depth, config.max_frame);
+    (
+        MemPort {
+            name: name.into(),
+            rx: from_wire,
+            tx: to_wire,
+            stats: PortStats::default(),
+            tx_oversize: 0,
+        },
+        MemWire {
+            tx: to_port,
+            rx: from_port,
+        },
+    )
+}
+
+/// The worker's end. See the module documentation.
+#[derive(Debug)]
+pub struct MemPort {
+    name: String,
+    rx: Consumer,
+    tx: Producer,
+    stats: PortStats,
+    tx_oversize: u64,
+}
+
+impl Port for MemPort {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    #[inline]
+    fn rx_burst(&mut self, _queue: u16, pool: &mut FramePool, batch: &mut Batch) -> usize {
+        let max_len = pool.max_data_len();
+        let stats = &mut self.stats;
+        let mut added = 0;
+        self.rx.pop_burst(batch.remaining(), |frame| {
+            if frame.len() > max_len {
+                // Like a NIC given a frame larger than its buffers: count and discard.
+                stats.rx_dropped += 1;
+                return true;
+            }
+            // With no free frame, leave the frame in the ring: back-pressure, not loss.
+            let Some((id, offset)) = pool.alloc_with(frame) else {
+                return false;
+            };
+            let pushed = batch.push(Packet::received(id, offset, frame.len() as u16));
+            debug_assert!(pushed.is_ok(), "pop_burst is bounded by the batch's room");
+            stats.rx_packets += 1;
+            stats.rx_bytes += frame.len() as u64;
+            added += 1;
+            true
+        });
+        added
+    }
+
+    #[inline]
+    fn tx_burst(&mut self, _queue: u16, pool: &mut FramePool, pkts: &[Packet]) -> usize {
+        let mut oversize = 0usize;
+        let mut bytes = 0;
+        let sent = self.tx.push_burst(pkts.len(), |i, slot| {
+            let data = pool.data(&pkts[i]);
+            if data.len() > slot.len() {
+                oversize += 1;
+                return 0;
+            }
+            slot[..data.len()].copy_from_slice(data);
+            bytes += data.len() as u64;
+            data.len()
+        });
+        for pkt in &pkts[..sent] {
+            pool.free(pkt.frame);
+        }
+        self.tx_oversize += oversize as u64;
+        self.stats.tx_packets += (sent - oversize) as u64;
+        self.stats.tx_bytes += bytes;
+        sent
+    }
+
+    fn stats(&self) -> PortStats {
+        let mut stats = self.stats.clone();
+        stats.extra = vec![("tx_oversize", self.tx_oversize)];
+        stats
+    }
+}
+
+/// The peer's end of a mem port: what a test or benchmark sends and receives.
+#[derive(Debug)]
+pub struct MemWire {
+    tx: Producer,
+    rx: Consumer,
+}
+
+impl MemWire {
+    /// Offers a frame to the port; false when its receive ring is full or the frame is
+    /// larger than a slot.
+    pub fn send(&mut self, frame: &[u8]) -> bool {
+        self.tx.push(frame)
+    }
+
+    /// Offers the same frame `count` times; returns how many the ring took.
+    pub fn send_repeated(&mut self, frame: &[u8], count: usize) -> usize {
+        if frame.len() > self.tx.slot_size() {
+            return 0;
+        }
+        self.tx.push_burst(count, |_, slot| {
+            slot[..frame.len()].copy_from_slice(frame);
+            frame.len()
+        })
+    }
+
+    /// Takes the next frame the port sent.
+    pub fn recv(&mut self) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        self.rx.pop_into(&mut out).then_some(out)
+    }
+
+    /// Takes every frame the port has sent so far.
+    pub fn recv_all(&mut self) -> Vec<Vec<u8>> {
+        std::iter::from_fn(|| self.recv()).collect()
+    }
+
+    /// Discards up to `max` sent frames, passing each to `inspect`; returns how many.
+    pub fn drain(&mut self, max: usize, mut inspect: impl FnMut(&[u8])) -> usize {
+        self.rx.pop_burst(max, |f| {
+            inspect(f);
+            true
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_cross_both_ways_through_the_pool() {
+        let (mut port, mut wire) = mem_port(
+            "m0",
+            MemPortConfig {
+                depth: 4,
+                max_frame: 2048,
+            },
+        );
+        let mut pool = FramePool::with_frames(8).unwrap();
+        let mut batch = Batch::with_capacity(8);
+        assert!(wire.send(b"0123456789abcdef"));
+        assert!(
+            wire.send(&vec![7; 1900]),
+            "fits a slot but not a frame's data room"
+        );
+        assert_eq!(port.rx_burst(0, &mut pool, &mut batch), 1);
+        assert_eq!(port.stats().rx_dropped, 1);
+        let pkt = batch.as_slice()[0];
+        assert_eq!(pool.data(&pkt), b"0123456789abcdef");
+        assert_eq!(port.tx_burst(0, &mut pool, &[pkt]), 1);
+        assert_eq!(pool.available(), 8, "transmit returns the frame");
+        assert_eq!(wire.recv().unwrap(), b"0123456789abcdef");
+        assert!(wire.recv().is_none());
+    }
+
+    #[test]
+    fn empty_pool_leaves_frames_in_the_ring() {
+        let (mut port, mut wire) = mem_port("m0", MemPortConfig::default());
+        let mut pool = FramePool::with_frames(1).unwrap();
+        let mut batch = Batch::with_capacity(8);
+        assert_eq!(wire.send_repeated(b"frame", 3), 3);
+        assert_eq!(port.rx_burst(0, &mut pool, &mut batch), 1);
+        let pkt = batch.as_slice()[0];
+        port.tx_burst(0, &mut pool, &[pkt]);
+        batch.clear();
+        assert_eq!(
+            port.rx_burst(0, &mut pool, &mut batch),
+            1,
+            "the rest waited"
+        );
+    }
+}

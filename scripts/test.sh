@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs every check and test of the workspace. Works on a fresh machine: installs the
+# system packages it needs first (as root, with apt-get), and cargo fetches the crates.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(valgrind)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "missing packages: ${missing[*]} (run as root, or install them)" >&2
+        exit 1
+    fi
+    echo "== installing ${missing[*]}"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+fi
+for c in rustfmt clippy; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+done
+
+echo "== cargo fmt"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -q -- -D warnings
+echo "== cargo test"
+cargo test --workspace
+echo "== benchmarks compile and run once"
+cargo bench -q -p pollux-bench --bench pipeline -- --test
+echo "== instructions per packet (informational)"
+bench/instructions.sh

@@ -1,0 +1,94 @@
+//! The forwarding path never allocates: a counting global allocator watches the worker
+//! while it switches known unicast, VLAN push and pop, floods, and learns.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use pollux_dataplane::port::PortId;
+use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
+use pollux_tests::frames::{frame, mac, BROADCAST};
+use pollux_tests::harness::MemSwitch;
+
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: every method forwards to the system allocator with the caller's arguments
+// unchanged, so `Counting` upholds `GlobalAlloc`'s contract exactly as `System` does; the
+// counting itself only touches atomics and never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: forwarded unchanged; the caller upholds `alloc`'s contract.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: forwarded unchanged; `ptr` came from `System` via `alloc` above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if COUNTING.load(Ordering::Relaxed) {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: forwarded unchanged; the caller upholds `realloc`'s contract.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+#[test]
+fn forwarding_does_not_allocate() {
+    let phys = PhysnetId(1);
+    let mut b = SnapshotBuilder::new();
+    b.network(
+        NetworkUid(1),
+        Segment::Vlan {
+            physnet: phys,
+            vid: 100,
+        },
+    )
+    .uplink(PortId(0), phys);
+    for p in 1..=8u16 {
+        b.access_port(PortId(p), NetworkUid(1), &[mac(p as u8)]);
+    }
+    let ports: Vec<u16> = (0..=8).collect();
+    let mut sw = MemSwitch::new(&b, &ports);
+    let scenarios: Vec<(u16, Vec<u8>)> = vec![
+        (1, frame(mac(2), mac(1), None, 0, 64)), // known unicast
+        (0, frame(mac(1), mac(100), Some(100), 0, 64)), // pop, learning
+        (1, frame(mac(100), mac(1), None, 0, 64)), // push to a learned MAC
+        (3, frame(BROADCAST, mac(3), None, 0, 64)), // flood to 8 ports
+    ];
+    // Warm up: learn, and let every lazily sized structure reach its size.
+    for (port, f) in &scenarios {
+        sw.wires.get_mut(port).unwrap().send_repeated(f, 64);
+    }
+    sw.run();
+    sw.collect();
+
+    COUNTING.store(true, Ordering::SeqCst);
+    for _ in 0..20 {
+        for (port, f) in &scenarios {
+            sw.wires.get_mut(port).unwrap().send_repeated(f, 64);
+        }
+        while sw.worker.poll(sw.now_ns) > 0 {}
+        for wire in sw.wires.values_mut() {
+            wire.drain(usize::MAX, |_| {});
+        }
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    assert_eq!(
+        ALLOCATIONS.load(Ordering::SeqCst),
+        0,
+        "the forwarding path allocated"
+    );
+    assert!(sw.counters().tx_packets.get() > 20 * 64 * 10);
+    sw.assert_conserved();
+}
