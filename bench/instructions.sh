@@ -5,7 +5,10 @@
 # the fixed cost of starting the process. Only the worker pass (`Worker::poll` and what
 # it calls) is counted: offering frames and emptying output rings are the test bench.
 #
-# Usage: bench/instructions.sh            prints "<scenario> <instructions per packet>"
+# Prints one line per scenario: "<scenario> <instructions per packet>", the whole pass,
+# followed by "(pipeline N, mem driver M)": the part spent in the stages and transmit
+# batching, and the part inside the mem driver's rx_burst/tx_burst (copying each frame
+# into and out of the pool, which an AF_XDP port does not do).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install -y valgrind)" >&2; exit 1; }
@@ -17,16 +20,21 @@ burst=64
 small=200
 large=1200
 
-count() { # scenario rounds -> instructions inside Worker::poll
+count() { # scenario rounds -> "total driver" instructions inside Worker::poll
     valgrind --tool=callgrind --callgrind-out-file="$tmp/out" --collect-atstart=no \
         --toggle-collect='*Worker*poll*' "$bin" "$1" "$2" >/dev/null 2>"$tmp/log" \
         || { cat "$tmp/log" >&2; exit 1; }
-    awk '/^(summary|totals):/ { print $2; exit }' "$tmp/out"
+    total=$(awk '/^(summary|totals):/ { print $2; exit }' "$tmp/out")
+    # Run from outside the tree: inside it, callgrind_annotate shortens paths and then
+    # misattributes inlined code, which changes the inclusive figures.
+    driver=$(cd "$tmp" && callgrind_annotate --inclusive=yes out 2>/dev/null \
+        | awk '/MemPort as pollux_dataplane::port::Port>::(rx|tx)_burst \[/ { gsub(",", "", $1); s += $1 } END { print s + 0 }')
+    echo "$total $driver"
 }
 
-for scenario in access_to_access access_to_uplink_push uplink_to_access_pop flood_8_ports; do
-    a=$(count "$scenario" "$small")
-    b=$(count "$scenario" "$large")
-    awk -v a="$a" -v b="$b" -v n=$(( (large - small) * burst )) -v s="$scenario" \
-        'BEGIN { printf "%s %.1f\n", s, (b - a) / n }'
+for scenario in ${SCENARIOS:-access_to_access access_to_uplink_push uplink_to_access_pop flood_8_ports}; do
+    read -r a da < <(count "$scenario" "$small")
+    read -r b db < <(count "$scenario" "$large")
+    awk -v a="$a" -v b="$b" -v da="$da" -v db="$db" -v n=$(( (large - small) * burst )) -v s="$scenario" \
+        'BEGIN { t = (b - a) / n; d = (db - da) / n; printf "%s %.1f (pipeline %.1f, mem driver %.1f)\n", s, t, t - d, d }'
 done

@@ -93,6 +93,7 @@ impl Bench {
             &frame(BROADCAST, mac(OUTSIDE_MAC), Some(100), 0, FRAME_LEN),
         );
         sw.run();
+        sw.collect();
         let (input, frame, fanout) = match scenario {
             Scenario::AccessToAccess => (1, frame(mac(2), mac(1), None, 0, FRAME_LEN), 1),
             Scenario::AccessToUplink => (1, frame(mac(OUTSIDE_MAC), mac(1), None, 0, FRAME_LEN), 1),

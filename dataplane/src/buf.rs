@@ -63,7 +63,10 @@ pub struct FramePool {
     frame_shift: u32,
     headroom: u16,
     frames: u32,
-    free: Vec<FrameId>,
+    /// Free frame ids in `free[..free_len]`; fixed storage, one slot per frame, so freeing
+    /// never checks capacity or grows.
+    free: Box<[FrameId]>,
+    free_len: usize,
     /// Catches double frees and leaks in test builds; absent from release builds.
     #[cfg(debug_assertions)]
     owned_by_pool: Vec<bool>,
@@ -80,7 +83,7 @@ impl fmt::Debug for FramePool {
             .field("frames", &self.frames)
             .field("frame_size", &self.frame_size())
             .field("headroom", &self.headroom)
-            .field("available", &self.free.len())
+            .field("available", &self.free_len)
             .finish()
     }
 }
@@ -107,13 +110,14 @@ impl FramePool {
         let raw = unsafe { alloc::alloc_zeroed(layout) };
         let base = NonNull::new(raw).ok_or(PoolError::OutOfMemory(bytes))?;
         // Hand out low indices first so a lightly loaded pool touches few pages.
-        let free = (0..frames).rev().collect();
+        let free: Box<[FrameId]> = (0..frames).rev().collect();
         Ok(FramePool {
             base,
             layout,
             frame_shift: frame_size.trailing_zeros(),
             headroom,
             frames,
+            free_len: free.len(),
             free,
             #[cfg(debug_assertions)]
             owned_by_pool: vec![true; frames as usize],
@@ -152,7 +156,7 @@ impl FramePool {
     /// Number of frames currently free.
     #[inline]
     pub fn available(&self) -> usize {
-        self.free.len()
+        self.free_len
     }
 
     /// Start of the region, for registering it with a kernel (AF_XDP UMEM).
@@ -181,7 +185,8 @@ impl FramePool {
     /// Takes a frame from the free list.
     #[inline]
     pub fn alloc(&mut self) -> Option<FrameId> {
-        let frame = self.free.pop()?;
+        self.free_len = self.free_len.checked_sub(1)?;
+        let frame = self.free[self.free_len];
         #[cfg(debug_assertions)]
         {
             debug_assert!(
@@ -205,8 +210,10 @@ impl FramePool {
             );
             self.owned_by_pool[frame as usize] = true;
         }
-        // The free list was allocated with room for every frame, so this never grows it.
-        self.free.push(frame);
+        // Every frame has a slot, so the list cannot overflow unless a frame is freed twice,
+        // which the bounds check then catches even in release builds.
+        self.free[self.free_len] = frame;
+        self.free_len += 1;
     }
 
     /// The whole frame. Panics if `frame` is not in this pool.

@@ -5,66 +5,82 @@ use crate::buf::FramePool;
 use crate::drop::DropReason;
 use crate::packet::{Meta, Next, Packet};
 use crate::port::PortId;
-use crate::snapshot::{PortRole, Snapshot, NO_NETWORK};
+use crate::snapshot::{PortRole, Snapshot};
 use crate::wire::{EtherType, EthernetFrame, VlanTag};
 
-/// Parses and classifies every packet of a receive burst from `in_port`.
+/// Parses and classifies every packet of a receive burst from `in_port`. A burst comes
+/// from one port, so the port's role is looked up once and the loop is specialised to it.
 #[inline]
 pub fn classify(snap: &Snapshot, pool: &FramePool, in_port: PortId, pkts: &mut [Packet]) {
-    let role = snap.port(in_port);
+    match snap.port(in_port) {
+        PortRole::Absent => {
+            for pkt in pkts.iter_mut() {
+                pkt.in_port = in_port;
+                pkt.meta.next = Next::Drop(DropReason::PortNotConfigured);
+            }
+        }
+        // A priority tag (VID 0) on a VM port is tolerated, as 802.1Q asks.
+        PortRole::Access { network, .. } => classify_with(pool, in_port, pkts, |tci| match tci {
+            Some(t) if t & 0x0fff != 0 => Err(DropReason::TaggedOnAccess),
+            _ => Ok(network),
+        }),
+        PortRole::Uplink { vlan_map, .. } => {
+            let Some(map) = snap.vlan_map(vlan_map) else {
+                debug_assert!(false, "uplink without VLAN map");
+                return classify_with(pool, in_port, pkts, |_| Err(DropReason::PortNotConfigured));
+            };
+            classify_with(pool, in_port, pkts, |tci| match map.network(tci) {
+                Some(slot) => Ok(slot),
+                None if tci.is_some_and(|t| t & 0x0fff != 0) => Err(DropReason::UnknownVlan),
+                None => Err(DropReason::NoFlatNetwork),
+            })
+        }
+    }
+}
+
+#[inline(always)]
+fn classify_with(
+    pool: &FramePool,
+    in_port: PortId,
+    pkts: &mut [Packet],
+    network_of: impl Fn(Option<u16>) -> Result<u16, DropReason>,
+) {
     for pkt in pkts.iter_mut() {
         pkt.in_port = in_port;
         pkt.meta = match parse(pool.data(pkt)) {
             Ok(meta) => meta,
-            Err(reason) => {
-                pkt.meta.next = Next::Drop(reason);
-                continue;
-            }
+            Err(reason) => Meta {
+                next: Next::Drop(reason),
+                ..Meta::default()
+            },
         };
         let tci = (pkt.meta.flags & Meta::VLAN != 0).then_some(pkt.meta.tci);
-        let network = match role {
-            PortRole::Absent => Err(DropReason::PortNotConfigured),
-            // A priority tag (VID 0) on a VM port is tolerated, as 802.1Q asks.
-            PortRole::Access { network, .. } => match tci {
-                Some(t) if t & 0x0fff != 0 => Err(DropReason::TaggedOnAccess),
-                _ => Ok(network),
-            },
-            PortRole::Uplink { vlan_map, .. } => match snap.uplink_network(vlan_map, tci) {
-                NO_NETWORK if tci.is_some_and(|t| t & 0x0fff != 0) => Err(DropReason::UnknownVlan),
-                NO_NETWORK => Err(DropReason::NoFlatNetwork),
-                slot => Ok(slot),
-            },
-        };
-        match network {
-            Ok(slot) => {
-                pkt.meta.network = slot;
-                pkt.meta.next = Next::L2;
-            }
+        match network_of(tci) {
+            Ok(slot) if pkt.meta.next == Next::L2 => pkt.meta.network = slot,
+            Ok(_) => {}
             Err(reason) => pkt.meta.next = Next::Drop(reason),
         }
     }
 }
 
-/// Extracts the L2 facts of one frame.
+/// Extracts the L2 facts of one frame; the next step is L2 unless it is malformed.
 #[inline]
 pub fn parse(data: &[u8]) -> Result<Meta, DropReason> {
     let eth = EthernetFrame::new_checked(data).map_err(|_| DropReason::Runt)?;
-    let dst = eth.dst_addr();
-    let src = eth.src_addr();
-    if src.is_multicast() {
+    if eth.src_addr().is_multicast() {
         return Err(DropReason::SrcMacMulticast);
     }
     let mut meta = Meta {
-        dst_mac: dst.as_u64(),
-        src_mac: src.as_u64(),
-        l3_offset: EthernetFrame::<&[u8]>::HEADER_LEN as u8,
-        ethertype: eth.ethertype().0,
         next: Next::L2,
+        ethertype: eth.ethertype().0,
+        l3_offset: EthernetFrame::<&[u8]>::HEADER_LEN as u8,
+        flags: if eth.dst_addr().is_multicast() {
+            Meta::MULTICAST
+        } else {
+            0
+        },
         ..Meta::default()
     };
-    if dst.is_multicast() {
-        meta.flags |= Meta::MULTICAST;
-    }
     match EtherType(meta.ethertype) {
         EtherType::VLAN => {
             let tag = VlanTag::new_checked(eth.payload()).map_err(|_| DropReason::TruncatedVlan)?;

@@ -23,25 +23,23 @@ pub enum Next {
     Drop(DropReason),
 }
 
-/// Facts that the parse stage extracts once so later stages never re-parse.
+/// Facts that the classify stage extracts once so later stages never re-parse. Kept
+/// small: the handle is copied whole at every hand-over, so each byte costs on every packet.
+/// The MAC addresses stay in the frame, where the L2 stage reads them (same cache line).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Meta {
-    /// Bit set of `Meta::VLAN`, `Meta::MULTICAST`.
-    pub flags: u8,
-    /// Offset of the L3 header from the start of the packet's data.
-    pub l3_offset: u8,
+    /// What happens to the packet next.
+    pub next: Next,
+    /// The network's slot in the active snapshot, set by classification.
+    pub network: u16,
     /// EtherType after any 802.1Q tag.
     pub ethertype: u16,
     /// The received 802.1Q TCI; meaningful when `flags & Meta::VLAN` is set.
     pub tci: u16,
-    /// The network's slot in the active snapshot, set by classification.
-    pub network: u16,
-    /// Destination MAC, packed big-endian into the low 48 bits.
-    pub dst_mac: u64,
-    /// Source MAC, packed big-endian into the low 48 bits.
-    pub src_mac: u64,
-    /// What happens to the packet next.
-    pub next: Next,
+    /// Bit set of `Meta::VLAN`, `Meta::MULTICAST`.
+    pub flags: u8,
+    /// Offset of the L3 header from the start of the packet's data.
+    pub l3_offset: u8,
 }
 
 impl Meta {
@@ -81,77 +79,82 @@ impl Packet {
     }
 }
 
-/// A bounded list of packets. Its storage is allocated once, at construction; pushing past
-/// capacity is refused rather than growing, so the hot path never allocates.
+/// A bounded list of packets in fixed storage: at most [`MAX_BURST`], allocated once at
+/// construction, so the hot path never allocates and pushing past capacity is refused.
 #[derive(Debug)]
 pub struct Batch {
-    pkts: Vec<Packet>,
+    pkts: Box<[Packet; MAX_BURST]>,
+    len: usize,
+    capacity: usize,
 }
 
 impl Batch {
-    /// An empty batch that holds up to `capacity` packets.
+    /// An empty batch that holds up to `capacity` packets (at most [`MAX_BURST`]).
     pub fn with_capacity(capacity: usize) -> Self {
         Batch {
-            pkts: Vec::with_capacity(capacity),
+            pkts: Box::new([Packet::default(); MAX_BURST]),
+            len: 0,
+            capacity: capacity.min(MAX_BURST),
         }
     }
 
     /// Appends a packet; gives it back when the batch is full.
     #[inline]
     pub fn push(&mut self, pkt: Packet) -> Result<(), Packet> {
-        if self.pkts.len() == self.pkts.capacity() {
+        if self.len >= self.capacity {
             return Err(pkt);
         }
-        self.pkts.push(pkt);
+        self.pkts[self.len] = pkt;
+        self.len += 1;
         Ok(())
     }
 
     /// Room left before the batch is full.
     #[inline]
     pub fn remaining(&self) -> usize {
-        self.pkts.capacity() - self.pkts.len()
+        self.capacity - self.len
     }
 
     /// Most packets this batch can hold.
     #[inline]
     pub fn capacity(&self) -> usize {
-        self.pkts.capacity()
+        self.capacity
     }
 
     /// Number of packets held.
     #[inline]
     pub fn len(&self) -> usize {
-        self.pkts.len()
+        self.len
     }
 
     /// True when no packet is held.
     #[inline]
     pub fn is_empty(&self) -> bool {
-        self.pkts.is_empty()
+        self.len == 0
+    }
+
+    /// True when no more packets fit.
+    #[inline]
+    pub fn is_full(&self) -> bool {
+        self.len >= self.capacity
     }
 
     /// Forgets every packet (the caller has already disposed of their frames).
     #[inline]
     pub fn clear(&mut self) {
-        self.pkts.clear();
-    }
-
-    /// Drops the first `n` packets, keeping the rest in order.
-    #[inline]
-    pub fn consume_front(&mut self, n: usize) {
-        self.pkts.drain(..n.min(self.pkts.len()));
+        self.len = 0;
     }
 
     /// The packets.
     #[inline]
     pub fn as_slice(&self) -> &[Packet] {
-        &self.pkts
+        &self.pkts[..self.len]
     }
 
     /// The packets, writable.
     #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [Packet] {
-        &mut self.pkts
+        &mut self.pkts[..self.len]
     }
 }
 
@@ -166,9 +169,10 @@ mod tests {
         assert!(b.push(Packet::default()).is_ok());
         assert!(b.push(Packet::default()).is_err());
         assert_eq!(b.capacity(), 2);
-        b.consume_front(1);
-        assert_eq!(b.len(), 1);
-        assert_eq!(b.remaining(), 1);
+        assert!(b.is_full());
+        b.clear();
+        assert_eq!(b.remaining(), 2);
+        assert_eq!(Batch::with_capacity(1000).capacity(), MAX_BURST);
     }
 
     #[test]

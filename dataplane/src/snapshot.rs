@@ -105,15 +105,34 @@ pub struct NetworkEntry {
     pub uid: NetworkUid,
     /// How it is carried.
     pub segment: Segment,
+    /// VID on its uplink, 0 when it leaves the uplink untagged (or has none).
+    uplink_vid: u16,
     flood_start: u32,
     flood_len: u32,
 }
 
 /// VLAN ID → network slot for one uplink.
 #[derive(Clone, Debug)]
-struct VlanMap {
+pub struct VlanMap {
     by_vid: Box<[u16; 4096]>,
     untagged: u16,
+}
+
+impl VlanMap {
+    /// Slot of the network a frame belongs to: `tci` is the received 802.1Q TCI, or `None`
+    /// for an untagged frame. A priority tag (VID 0) counts as untagged, as 802.1Q requires.
+    /// `None` when no network of the physnet uses that VID (or it has no flat network).
+    #[inline]
+    pub fn network(&self, tci: Option<u16>) -> Option<u16> {
+        let slot = match tci {
+            None => self.untagged,
+            Some(t) => match t & 0x0fff {
+                0 => self.untagged,
+                vid => self.by_vid[usize::from(vid)],
+            },
+        };
+        (slot != NO_NETWORK).then_some(slot)
+    }
 }
 
 /// An immutable, compiled forwarding configuration. See the module documentation.
@@ -224,18 +243,10 @@ impl Snapshot {
         &self.networks
     }
 
-    /// Slot of the network a frame received on uplink `vlan_map` belongs to: `tci` is the
-    /// received 802.1Q TCI, or `None` for an untagged frame. A priority tag (VID 0) counts
-    /// as untagged, as 802.1Q requires.
+    /// The VLAN map of an uplink (`PortRole::Uplink::vlan_map`).
     #[inline]
-    pub(crate) fn uplink_network(&self, vlan_map: u16, tci: Option<u16>) -> u16 {
-        let Some(map) = self.vlan_maps.get(usize::from(vlan_map)) else {
-            return NO_NETWORK;
-        };
-        match tci.map(|t| t & 0x0fff) {
-            None | Some(0) => map.untagged,
-            Some(vid) => map.by_vid[usize::from(vid)],
-        }
+    pub fn vlan_map(&self, index: u16) -> Option<&VlanMap> {
+        self.vlan_maps.get(usize::from(index))
     }
 
     /// Ports that receive flooded frames of a network, in id order.
@@ -279,8 +290,12 @@ impl Snapshot {
     /// `None` when it leaves untagged.
     #[inline]
     pub fn egress_vid(&self, port: PortId, slot: u16) -> Option<u16> {
-        match (self.port(port), self.network(slot).map(|n| n.segment)) {
-            (PortRole::Uplink { .. }, Some(Segment::Vlan { vid, .. })) => Some(vid),
+        match self.ports.get(port.index()) {
+            Some(PortRole::Uplink { .. }) => self
+                .networks
+                .get(usize::from(slot))
+                .map(|n| n.uplink_vid)
+                .filter(|&vid| vid != 0),
             _ => None,
         }
     }
@@ -541,7 +556,9 @@ impl SnapshotBuilder {
             };
         }
 
-        let mut fdb = U64Map::with_max_len(static_macs.len());
+        // Every frame to a MAC behind an uplink misses here first: keep the table sparse so
+        // a miss costs about one probe.
+        let mut fdb = U64Map::with_slots_per_entry(static_macs.len(), 8);
         for (slot, mac, port) in static_macs {
             if fdb
                 .insert(fdb_key(slot, mac_to_u64(mac)), port)
@@ -568,6 +585,10 @@ impl SnapshotBuilder {
             networks.push(NetworkEntry {
                 uid: *uid,
                 segment: *segment,
+                uplink_vid: match segment {
+                    Segment::Vlan { vid, .. } => *vid,
+                    _ => 0,
+                },
                 flood_start: start as u32,
                 flood_len: (flood_ports.len() - start) as u32,
             });
@@ -624,19 +645,16 @@ mod tests {
             PortRole::Uplink { vlan_map, .. } => vlan_map,
             other => panic!("{other:?}"),
         };
-        assert_eq!(s.uplink_network(map, Some(100)), 0);
+        let map = s.vlan_map(map).unwrap();
+        assert_eq!(map.network(Some(100)), Some(0));
         assert_eq!(
-            s.uplink_network(map, Some(0x2000 | 200)),
-            1,
+            map.network(Some(0x2000 | 200)),
+            Some(1),
             "PCP bits are ignored"
         );
-        assert_eq!(s.uplink_network(map, None), 2);
-        assert_eq!(
-            s.uplink_network(map, Some(0)),
-            2,
-            "priority tag is untagged"
-        );
-        assert_eq!(s.uplink_network(map, Some(300)), NO_NETWORK);
+        assert_eq!(map.network(None), Some(2));
+        assert_eq!(map.network(Some(0)), Some(2), "priority tag is untagged");
+        assert_eq!(map.network(Some(300)), None);
         assert_eq!(s.flood_ports(0), &[PortId(0), PortId(1)]);
         assert_eq!(s.flood_ports(3), &[PortId(3)]);
         // The same MAC in two networks is two independent entries.

@@ -32,7 +32,13 @@ pub struct MapFull;
 impl<V: Copy + Default> U64Map<V> {
     /// A map that holds up to `max_len` entries at a load of at most one half.
     pub fn with_max_len(max_len: usize) -> Self {
-        let slots = (max_len.max(8) * 2).next_power_of_two();
+        Self::with_slots_per_entry(max_len, 2)
+    }
+
+    /// A map that holds up to `max_len` entries with at least `spread` slots per entry:
+    /// a sparser table makes misses (which probe to the next empty slot) cheaper.
+    pub fn with_slots_per_entry(max_len: usize, spread: usize) -> Self {
+        let slots = (max_len.max(8) * spread.max(2)).next_power_of_two();
         U64Map {
             entries: vec![
                 Entry {

@@ -183,7 +183,15 @@ impl Worker {
         counters.stage_packets[Stage::Classify as usize].add(pkts.len() as u64);
         classify(&self.snap, &self.pool, port_id, pkts);
         counters.stage_packets[Stage::L2 as usize].add(pkts.len() as u64);
-        l2::forward(&self.snap, &mut self.macs, counters, now_secs, pkts);
+        l2::forward(
+            &self.snap,
+            &self.pool,
+            &mut self.macs,
+            counters,
+            now_secs,
+            port_id,
+            pkts,
+        );
         output(&self.snap, &mut self.pool, &mut self.ports, counters, pkts);
         self.batch.clear();
         n

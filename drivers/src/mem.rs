@@ -66,47 +66,47 @@ impl Port for MemPort {
     #[inline]
     fn rx_burst(&mut self, _queue: u16, pool: &mut FramePool, batch: &mut Batch) -> usize {
         let max_len = pool.max_data_len();
-        let stats = &mut self.stats;
-        let mut added = 0;
+        let (mut added, mut bytes, mut oversize) = (0u64, 0u64, 0u64);
         self.rx.pop_burst(batch.remaining(), |frame| {
             if frame.len() > max_len {
                 // Like a NIC given a frame larger than its buffers: count and discard.
-                stats.rx_dropped += 1;
+                oversize += 1;
                 return true;
             }
             // With no free frame, leave the frame in the ring: back-pressure, not loss.
             let Some((id, offset)) = pool.alloc_with(frame) else {
                 return false;
             };
-            let pushed = batch.push(Packet::received(id, offset, frame.len() as u16));
-            debug_assert!(pushed.is_ok(), "pop_burst is bounded by the batch's room");
-            stats.rx_packets += 1;
-            stats.rx_bytes += frame.len() as u64;
+            // Cannot fail: `pop_burst` offers at most `remaining()` frames.
+            let _ = batch.push(Packet::received(id, offset, frame.len() as u16));
             added += 1;
+            bytes += frame.len() as u64;
             true
         });
-        added
+        self.stats.rx_packets += added;
+        self.stats.rx_bytes += bytes;
+        self.stats.rx_dropped += oversize;
+        added as usize
     }
 
     #[inline]
     fn tx_burst(&mut self, _queue: u16, pool: &mut FramePool, pkts: &[Packet]) -> usize {
-        let mut oversize = 0usize;
-        let mut bytes = 0;
+        let (mut oversize, mut bytes) = (0u64, 0u64);
         let sent = self.tx.push_burst(pkts.len(), |i, slot| {
             let data = pool.data(&pkts[i]);
-            if data.len() > slot.len() {
+            let Some(dst) = slot.get_mut(..data.len()) else {
                 oversize += 1;
                 return 0;
-            }
-            slot[..data.len()].copy_from_slice(data);
+            };
+            dst.copy_from_slice(data);
             bytes += data.len() as u64;
             data.len()
         });
         for pkt in &pkts[..sent] {
             pool.free(pkt.frame);
         }
-        self.tx_oversize += oversize as u64;
-        self.stats.tx_packets += (sent - oversize) as u64;
+        self.tx_oversize += oversize;
+        self.stats.tx_packets += sent as u64 - oversize;
         self.stats.tx_bytes += bytes;
         sent
     }

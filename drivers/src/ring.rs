@@ -7,6 +7,7 @@
 //! the ring is full (or empty), so a burst costs one shared-cache-line access per side.
 
 use std::cell::UnsafeCell;
+use std::ptr::NonNull;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -15,7 +16,9 @@ use std::sync::Arc;
 struct Padded(AtomicUsize);
 
 struct Ring {
-    data: Box<[UnsafeCell<u8>]>,
+    /// `depth * slot_size` bytes from a leaked `Box<[u8]>`, reclaimed in `Drop`. Slots are
+    /// only ever reached through raw pointers, never through references to the whole.
+    data: NonNull<u8>,
     lens: Box<[UnsafeCell<u32>]>,
     slot_size: usize,
     mask: usize,
@@ -40,9 +43,9 @@ impl Ring {
     #[inline]
     fn slot_ptr(&self, index: usize) -> *mut u8 {
         let start = (index & self.mask) * self.slot_size;
-        // `UnsafeCell<u8>` has the layout of `u8`, and writing through an `UnsafeCell`'s
-        // pointer is allowed while no reference to the byte exists.
-        UnsafeCell::raw_get(&self.data[start])
+        // SAFETY: `index & mask < depth`, so `start + slot_size <= depth * slot_size`, the
+        // length of the allocation `data` points to.
+        unsafe { self.data.as_ptr().add(start) }
     }
 
     #[inline]
@@ -51,11 +54,24 @@ impl Ring {
     }
 }
 
+impl Drop for Ring {
+    fn drop(&mut self) {
+        let len = (self.mask + 1) * self.slot_size;
+        let slice = std::ptr::slice_from_raw_parts_mut(self.data.as_ptr(), len);
+        // SAFETY: `data` came from `Box::into_raw` of a `len`-byte boxed slice in `ring`, and
+        // the ring is dropped once, when both ends are gone.
+        drop(unsafe { Box::from_raw(slice) });
+    }
+}
+
 /// Creates a ring of `depth` slots (rounded up to a power of two) of `slot_size` bytes.
 pub fn ring(depth: usize, slot_size: usize) -> (Producer, Consumer) {
     let depth = depth.max(2).next_power_of_two();
     let ring = Arc::new(Ring {
-        data: (0..depth * slot_size).map(|_| UnsafeCell::new(0)).collect(),
+        data: NonNull::new(
+            Box::into_raw(vec![0u8; depth * slot_size].into_boxed_slice()).cast::<u8>(),
+        )
+        .expect("Box::into_raw never returns null"),
         lens: (0..depth).map(|_| UnsafeCell::new(0)).collect(),
         slot_size,
         mask: depth - 1,

@@ -78,6 +78,26 @@ impl MacTable {
             .map(|e| e.port)
     }
 
+    /// Updates the timestamp of `mac` if it is already learned on `port` in this network;
+    /// returns false (changing nothing) otherwise.
+    #[inline]
+    pub fn refresh(
+        &mut self,
+        slot: u16,
+        uid: NetworkUid,
+        mac: u64,
+        port: PortId,
+        now: u32,
+    ) -> bool {
+        match self.map.get_mut(fdb_key(slot, mac)) {
+            Some(e) if e.uid == uid.0 && e.port == port => {
+                e.seen = now;
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Records that `mac` was seen on `port` in network `slot` at `now` (seconds). A new
     /// entry is added only when the network has fewer than `limit` entries.
     #[inline]

@@ -6,51 +6,60 @@ mod learn;
 
 pub use learn::{LearnOutcome, Learned, MacTable};
 
+use crate::buf::FramePool;
 use crate::counters::WorkerCounters;
 use crate::drop::DropReason;
 use crate::packet::{Meta, Next, Packet};
-use crate::snapshot::{PortRole, Snapshot};
+use crate::port::PortId;
+use crate::snapshot::{NetworkUid, PortRole, Snapshot, NO_MAC};
+use crate::wire::EthernetFrame;
 
-/// Learns source MACs and picks the output of every packet whose next step is L2.
-///
-/// `now` is the worker clock in seconds.
+/// Learns source MACs and picks the output of every packet of a burst from `in_port`
+/// whose next step is L2. `now` is the worker clock in seconds.
 #[inline]
 pub fn forward(
     snap: &Snapshot,
+    pool: &FramePool,
     macs: &mut MacTable,
     counters: &WorkerCounters,
     now: u32,
+    in_port: PortId,
     pkts: &mut [Packet],
 ) {
     let limit = snap.l2().mac_limit_per_network;
+    // A VM port's own MAC needs no learning: it is a static entry already.
+    let own_mac = match snap.port(in_port) {
+        PortRole::Access { mac, .. } => mac,
+        _ => NO_MAC,
+    };
     for pkt in pkts.iter_mut() {
         if pkt.meta.next != Next::L2 {
             continue;
         }
         let slot = pkt.meta.network;
         let Some(net) = snap.network(slot) else {
-            // Classification only assigns slots of this snapshot.
             debug_assert!(false, "packet classified into missing slot {slot}");
             pkt.meta.next = Next::Drop(DropReason::PortNotConfigured);
             continue;
         };
-        let uid = net.uid;
-        let src = pkt.meta.src_mac;
-        let own_mac = matches!(snap.port(pkt.in_port), PortRole::Access { mac, .. } if mac == src);
-        if !own_mac {
-            learn(snap, macs, counters, pkt, uid, now, limit);
+        // Classification checked that the frame holds a whole Ethernet header.
+        let eth = EthernetFrame::new_unchecked(pool.data(pkt));
+        let src = eth.src_addr_u64();
+        if src != own_mac {
+            learn(
+                snap, macs, counters, slot, net.uid, src, in_port, now, limit,
+            );
         }
-
-        let dst = pkt.meta.dst_mac;
         pkt.meta.next = if pkt.meta.flags & Meta::MULTICAST != 0 {
             Next::Flood
         } else {
+            let dst = eth.dst_addr_u64();
             let out = snap.static_mac(slot, dst).or_else(|| {
-                macs.lookup(slot, uid, dst)
+                macs.lookup(slot, net.uid, dst)
                     .filter(|&p| snap.port_serves(p, slot))
             });
             match out {
-                Some(p) if p == pkt.in_port => Next::Drop(DropReason::Hairpin),
+                Some(p) if p == in_port => Next::Drop(DropReason::Hairpin),
                 Some(p) => Next::Output(p),
                 None => Next::Flood,
             }
@@ -70,20 +79,20 @@ fn count_learn(counters: &WorkerCounters, outcome: LearnOutcome) {
 }
 
 #[inline]
+#[allow(clippy::too_many_arguments)]
 fn learn(
     snap: &Snapshot,
     macs: &mut MacTable,
     counters: &WorkerCounters,
-    pkt: &Packet,
-    uid: crate::snapshot::NetworkUid,
+    slot: u16,
+    uid: NetworkUid,
+    src: u64,
+    in_port: PortId,
     now: u32,
     limit: u32,
 ) {
-    let slot = pkt.meta.network;
-    let src = pkt.meta.src_mac;
     // The common case, a MAC already learned on this port, costs one lookup.
-    if macs.lookup(slot, uid, src) == Some(pkt.in_port) {
-        macs.learn(slot, uid, src, pkt.in_port, now, limit);
+    if macs.refresh(slot, uid, src, in_port, now) {
         return;
     }
     // A VM port's MAC is never learned elsewhere: the static entry wins, so a spoofed
@@ -91,6 +100,6 @@ fn learn(
     if snap.static_mac(slot, src).is_some() {
         return;
     }
-    let outcome = macs.learn(slot, uid, src, pkt.in_port, now, limit);
+    let outcome = macs.learn(slot, uid, src, in_port, now, limit);
     count_learn(counters, outcome);
 }
