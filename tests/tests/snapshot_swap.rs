@@ -78,7 +78,16 @@ fn thousands_of_swaps_under_a_steady_stream_lose_nothing() {
         let start = Instant::now();
         let (mut sent, mut received) = (0u32, 0u32);
         let mut misordered = 0u32;
-        // Keep the stream going until the publisher is done (and at least 100k frames).
+        let mut receive = |received: &mut u32| {
+            to.drain(usize::MAX, |f| {
+                if seq_of(f) != *received {
+                    misordered += 1;
+                }
+                *received += 1;
+            });
+        };
+        // Keep the stream going until the publisher is done (and at least 100k frames),
+        // with a bounded number of frames in flight so no ring can overflow.
         while (sent < 100_000 || !stream_done.load(Ordering::Relaxed)) && start.elapsed() < DEADLINE
         {
             while sent - received < IN_FLIGHT {
@@ -87,33 +96,40 @@ fn thousands_of_swaps_under_a_steady_stream_lose_nothing() {
                 }
                 sent += 1;
             }
-            to.drain(usize::MAX, |f| {
-                if seq_of(f) != received {
-                    misordered += 1;
-                }
-                received += 1;
-            });
+            receive(&mut received);
         }
         while received < sent && start.elapsed() < DEADLINE {
-            to.drain(usize::MAX, |f| {
-                if seq_of(f) != received {
-                    misordered += 1;
-                }
-                received += 1;
-            });
+            receive(&mut received);
         }
         (sent, received, misordered)
     });
 
+    // Let the stream get going, then swap under it.
+    let warm_up = Instant::now();
+    while counters.rx_packets.get() < 1000 && warm_up.elapsed() < DEADLINE {
+        std::thread::yield_now();
+    }
+    let forwarded_before = counters.tx_packets.get();
     let start = Instant::now();
-    let mut published = 0;
+    let (mut published, mut adopted) = (0, 0);
     while published < PUBLISHES && start.elapsed() < DEADLINE {
         let generation = publisher.generation() + 1;
         publisher
             .publish(config(generation).build(generation).unwrap())
             .unwrap();
         published += 1;
+        // Give the worker the chance to run this generation before the next replaces it,
+        // so the stream really crosses thousands of swaps (a worker that is slower simply
+        // skips to the newest, which is also correct).
+        let wait = Instant::now();
+        while counters.generation.get() < generation && wait.elapsed() < Duration::from_millis(5) {
+            std::thread::yield_now();
+        }
+        if counters.generation.get() == generation {
+            adopted += 1;
+        }
     }
+    let forwarded_during = counters.tx_packets.get() - forwarded_before;
     publishing_done.store(true, Ordering::Relaxed);
     let (sent, received, misordered) = stream.join().unwrap();
     let stopped = thread.stop().expect("worker thread did not panic");
@@ -140,8 +156,15 @@ fn thousands_of_swaps_under_a_steady_stream_lose_nothing() {
     for (id, w) in others.iter_mut() {
         assert!(w.recv().is_none(), "port {id} received stream frames");
     }
-    // The worker saw new generations while forwarding and freed none of them.
-    assert!(counters.generation.get() > 1);
+    // The worker switched generations thousands of times while forwarding, and freed none.
+    assert!(
+        adopted > PUBLISHES / 2,
+        "the worker ran only {adopted} of {PUBLISHES} generations"
+    );
+    assert!(
+        forwarded_during > 1_000,
+        "only {forwarded_during} frames forwarded during the swaps"
+    );
     assert_eq!(stopped.snapshots_freed, 0, "a worker freed a snapshot");
     // Once the worker is parked, the control thread reclaims every replaced snapshot.
     publisher.reclaim();
