@@ -95,3 +95,33 @@ proptest! {
         sw.assert_conserved();
     }
 }
+
+/// Frames that mostly reuse a few addresses, so learning and forwarding interact.
+fn chatty_frame() -> impl Strategy<Value = Vec<u8>> {
+    let station = prop_oneof![(1u8..4).prop_map(mac), (60u8..64).prop_map(mac)];
+    let dst = prop_oneof![1 => Just(BROADCAST), 4 => station.clone()];
+    (dst, station, any::<u32>()).prop_map(|(dst, src, seq)| frame(dst, src, Some(100), seq, 64))
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Batching is invisible: a sequence of frames from the uplink leaves every port the
+    /// same whether the worker takes it in one burst or one frame per pass.
+    #[test]
+    fn bursts_forward_like_single_frames(frames in proptest::collection::vec(chatty_frame(), 1..64)) {
+        let mut one_by_one = MemSwitch::new(&topology(), &PORTS);
+        for f in &frames {
+            one_by_one.send(0, f);
+            one_by_one.run();
+        }
+        let mut burst = MemSwitch::new(&topology(), &PORTS);
+        for f in &frames {
+            burst.send(0, f);
+        }
+        prop_assert_eq!(burst.run(), frames.len());
+        prop_assert_eq!(burst.collect(), one_by_one.collect());
+        prop_assert_eq!(burst.counters().drop_summary(), one_by_one.counters().drop_summary());
+        burst.assert_conserved();
+    }
+}

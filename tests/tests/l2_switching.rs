@@ -378,3 +378,30 @@ fn a_full_transmit_ring_is_a_counted_drop() {
     assert_eq!(sw.collect()[&A2].len(), 4);
     sw.assert_conserved();
 }
+
+#[test]
+fn learning_inside_a_burst_updates_later_decisions_in_it() {
+    let mut sw = switch();
+    // One burst from the uplink: X to an unknown M (flooded), M broadcasts from the uplink
+    // (learned there), then X to M again: now a hairpin, not a flood.
+    let x = mac(60);
+    let m = mac(61);
+    sw.send(UPLINK, &frame(m, x, Some(100), 1, 64));
+    sw.send(UPLINK, &frame(BROADCAST, m, Some(100), 2, 64));
+    sw.send(UPLINK, &frame(m, x, Some(100), 3, 64));
+    assert_eq!(sw.run(), 3, "one burst");
+    let out = sw.collect();
+    let seqs = |port: u16| -> Vec<u32> {
+        out.get(&port).map_or(vec![], |f| {
+            f.iter().map(|f| pollux_tests::frames::seq_of(f)).collect()
+        })
+    };
+    assert_eq!(seqs(A1), vec![1, 2], "the third frame was not flooded");
+    assert_eq!(seqs(A2), vec![1, 2]);
+    assert_eq!(
+        sw.counters().dropped(DropReason::Hairpin),
+        1,
+        "X and M are both behind the uplink"
+    );
+    sw.assert_conserved();
+}

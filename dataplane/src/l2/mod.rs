@@ -11,7 +11,7 @@ use crate::counters::WorkerCounters;
 use crate::drop::DropReason;
 use crate::packet::{Meta, Next, Packet};
 use crate::port::PortId;
-use crate::snapshot::{NetworkUid, PortRole, Snapshot, NO_MAC};
+use crate::snapshot::{fdb_key, NetworkUid, PortRole, Snapshot, NO_MAC};
 use crate::wire::EthernetFrame;
 
 /// Learns source MACs and picks the output of every packet of a burst from `in_port`
@@ -32,6 +32,13 @@ pub fn forward(
         PortRole::Access { mac, .. } => mac,
         _ => NO_MAC,
     };
+    // A burst is mostly runs of one flow. Like VPP's l2-learn and l2-fwd, remember the last
+    // key of each lookup within the burst, so a run costs one lookup rather than one per
+    // frame. No key equals `NO_KEY`: slot 0xffff is never assigned.
+    const NO_KEY: u64 = u64::MAX;
+    let mut last_src = NO_KEY;
+    let mut last_dst = NO_KEY;
+    let mut last_next = Next::Flood;
     for pkt in pkts.iter_mut() {
         if pkt.meta.next != Next::L2 {
             continue;
@@ -45,25 +52,35 @@ pub fn forward(
         // Classification checked that the frame holds a whole Ethernet header.
         let eth = EthernetFrame::new_unchecked(pool.data(pkt));
         let src = eth.src_addr_u64();
-        if src != own_mac {
-            learn(
+        let src_key = fdb_key(slot, src);
+        if src != own_mac && src_key != last_src {
+            last_src = src_key;
+            if learn(
                 snap, macs, counters, slot, net.uid, src, in_port, now, limit,
-            );
+            ) {
+                // The table changed: a cached forwarding decision may be stale.
+                last_dst = NO_KEY;
+            }
         }
-        pkt.meta.next = if pkt.meta.flags & Meta::MULTICAST != 0 {
-            Next::Flood
-        } else {
-            let dst = eth.dst_addr_u64();
+        if pkt.meta.flags & Meta::MULTICAST != 0 {
+            pkt.meta.next = Next::Flood;
+            continue;
+        }
+        let dst = eth.dst_addr_u64();
+        let dst_key = fdb_key(slot, dst);
+        if dst_key != last_dst {
             let out = snap.static_mac(slot, dst).or_else(|| {
                 macs.lookup(slot, net.uid, dst)
                     .filter(|&p| snap.port_serves(p, slot))
             });
-            match out {
+            last_next = match out {
                 Some(p) if p == in_port => Next::Drop(DropReason::Hairpin),
                 Some(p) => Next::Output(p),
                 None => Next::Flood,
-            }
-        };
+            };
+            last_dst = dst_key;
+        }
+        pkt.meta.next = last_next;
     }
 }
 
@@ -78,6 +95,8 @@ fn count_learn(counters: &WorkerCounters, outcome: LearnOutcome) {
     }
 }
 
+/// Learns or refreshes `src`; returns true when the table changed (an entry added or
+/// moved), which can change forwarding decisions.
 #[inline]
 #[allow(clippy::too_many_arguments)]
 fn learn(
@@ -90,16 +109,17 @@ fn learn(
     in_port: PortId,
     now: u32,
     limit: u32,
-) {
+) -> bool {
     // The common case, a MAC already learned on this port, costs one lookup.
     if macs.refresh(slot, uid, src, in_port, now) {
-        return;
+        return false;
     }
     // A VM port's MAC is never learned elsewhere: the static entry wins, so a spoofed
     // source cannot pull a VM's traffic to another port.
     if snap.static_mac(slot, src).is_some() {
-        return;
+        return false;
     }
     let outcome = macs.learn(slot, uid, src, in_port, now, limit);
     count_learn(counters, outcome);
+    matches!(outcome, LearnOutcome::Learned | LearnOutcome::Moved)
 }
