@@ -2,5 +2,7 @@
 //!
 //! Drivers know kernels, sockets and rings; they know nothing of networks or routers.
 
+pub mod bpf;
 pub mod mem;
 pub mod ring;
+pub mod xdp;
