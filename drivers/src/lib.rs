@@ -6,3 +6,4 @@ pub mod bpf;
 pub mod mem;
 pub mod ring;
 pub mod xdp;
+pub mod xsk;
