@@ -1,7 +1,11 @@
 //! The composition root of Pollux: it owns every thread that is not a worker, starts the
 //! workers, and publishes the configuration they run.
 //!
-//! The desired-state model, RPC socket, store and metrics arrive with the control-plane
-//! work; this crate currently provides the worker threads.
+//! Present so far: the desired-state model (`model`, Neutron's field names, read from TOML
+//! or JSON), its validation into a typed view (`validate`, every problem reported with the
+//! path of its field), and the worker threads (`workers`). Compiling a validated state into
+//! a snapshot, the RPC socket, the store and the metrics come next.
 
+pub mod model;
+pub mod validate;
 pub mod workers;
