@@ -166,7 +166,7 @@ impl Umem {
                 "AF_XDP aligned UMEM: frame size {frame_size} exceeds the page size {page}"
             )));
         }
-        if pool.region_ptr() as usize % page != 0 {
+        if !(pool.region_ptr() as usize).is_multiple_of(page) {
             return Err(invalid("AF_XDP UMEM: pool region is not page-aligned"));
         }
         let reg_headroom = u32::from(pool.headroom()).saturating_sub(XDP_PACKET_HEADROOM);

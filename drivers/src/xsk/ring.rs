@@ -97,7 +97,7 @@ impl<T: Copy> RawRing<T> {
         let flags = off.flags.map(|f| at(f).cast::<AtomicU32>());
         let descs = at(off.desc).cast::<T>();
         assert!(producer.as_ptr().is_aligned() && consumer.as_ptr().is_aligned());
-        assert!(flags.map_or(true, |f| f.as_ptr().is_aligned()));
+        assert!(flags.is_none_or(|f| f.as_ptr().is_aligned()));
         assert!(descs.as_ptr().is_aligned());
         RawRing {
             producer,
