@@ -42,8 +42,10 @@ impl Default for WorkerConfig {
 /// One worker's complete state. See the module documentation.
 pub struct Worker {
     config: WorkerConfig,
-    pool: FramePool,
+    // Declared before the pool so that they are dropped first: a port may have lent the
+    // pool's memory to the kernel (AF_XDP UMEM), which must stop using it before it goes.
     ports: PortSet,
+    pool: FramePool,
     poll_list: Vec<(PortId, u16)>,
     cell: Arc<SnapshotCell>,
     snap: Arc<Snapshot>,
