@@ -6,6 +6,7 @@
 //! path of its field), and the worker threads (`workers`). Compiling a validated state into
 //! a snapshot, the RPC socket, the store and the metrics come next.
 
+pub mod compile;
 pub mod model;
 pub mod validate;
 pub mod workers;

@@ -1,0 +1,359 @@
+//! Compiling a validated desired state into a data-plane [`Snapshot`].
+//!
+//! The data plane keys its mutable state (learned MACs, later connections) on identities
+//! that must mean the same thing from one generation to the next: a port's [`PortId`], a
+//! network's [`NetworkUid`]. [`Identities`] assigns them from the Neutron ids and carries
+//! them across generations. Compiling never changes the identities in use; it returns the
+//! updated set, which the caller keeps only if it publishes the snapshot.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use pollux_dataplane::port::PortId;
+use pollux_dataplane::snapshot::{
+    BuildError, NetworkUid, PhysnetId, Segment as DpSegment, Snapshot, SnapshotBuilder,
+};
+
+use crate::validate::{Binding, Segment, Validated};
+
+/// Port ids are `u16` and 0xffff is reserved by the data plane.
+const MAX_PORT_IDS: usize = u16::MAX as usize;
+
+/// Stable identities of ports, networks and physnets, carried across generations.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identities {
+    /// Port key (`uplink:NAME` or `port:ID`) → port id.
+    ports: BTreeMap<String, u16>,
+    /// Next port id to try: ids are handed out round-robin so that a removed port's id is
+    /// reused as late as possible (state learned on it has long aged out by then).
+    next_port: u16,
+    /// Network id → uid. A uid is never reused, so state left by a removed network can
+    /// never be mistaken for a new network's.
+    networks: BTreeMap<String, u32>,
+    next_network_uid: u32,
+    /// Physnet name → id.
+    physnets: BTreeMap<String, u16>,
+}
+
+impl Identities {
+    /// The id of the port with this key, if it has one.
+    pub fn port(&self, key: &str) -> Option<PortId> {
+        self.ports.get(key).map(|&id| PortId(id))
+    }
+
+    /// The id of `key`, assigning one not in `taken` (every id held by a key, marked by
+    /// [`Identities::taken_port_ids`]) if it has none.
+    fn assign_port(&mut self, key: &str, taken: &mut [bool]) -> Result<PortId, CompileError> {
+        if let Some(&id) = self.ports.get(key) {
+            return Ok(PortId(id));
+        }
+        for _ in 0..MAX_PORT_IDS {
+            let id = self.next_port;
+            self.next_port = if usize::from(id) + 1 >= MAX_PORT_IDS {
+                0
+            } else {
+                id + 1
+            };
+            if !taken[usize::from(id)] {
+                taken[usize::from(id)] = true;
+                self.ports.insert(key.to_string(), id);
+                return Ok(PortId(id));
+            }
+        }
+        Err(CompileError::TooManyPorts)
+    }
+
+    fn taken_port_ids(&self) -> Vec<bool> {
+        let mut taken = vec![false; MAX_PORT_IDS];
+        for &id in self.ports.values() {
+            taken[usize::from(id)] = true;
+        }
+        taken
+    }
+
+    fn network(&mut self, id: &str) -> Result<NetworkUid, CompileError> {
+        if let Some(&uid) = self.networks.get(id) {
+            return Ok(NetworkUid(uid));
+        }
+        let uid = self.next_network_uid;
+        self.next_network_uid = uid
+            .checked_add(1)
+            .ok_or(CompileError::NetworkUidsExhausted)?;
+        self.networks.insert(id.to_string(), uid);
+        Ok(NetworkUid(uid))
+    }
+
+    fn physnet(&mut self, name: &str) -> Result<PhysnetId, CompileError> {
+        if let Some(&id) = self.physnets.get(name) {
+            return Ok(PhysnetId(id));
+        }
+        let id = u16::try_from(self.physnets.len()).map_err(|_| CompileError::TooManyPhysnets)?;
+        self.physnets.insert(name.to_string(), id);
+        Ok(PhysnetId(id))
+    }
+
+    /// Forgets the ports and networks that are not in `keep_ports` / `keep_networks`, so
+    /// that their entries do not accumulate. Network uids are still never reused.
+    fn retain(&mut self, keep_ports: &[String], keep_networks: &[&str]) {
+        self.ports.retain(|k, _| keep_ports.contains(k));
+        self.networks
+            .retain(|k, _| keep_networks.contains(&k.as_str()));
+    }
+}
+
+/// What a port is attached as.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortKind {
+    /// The uplink of a physnet.
+    Uplink,
+    /// A VM port.
+    Vm,
+}
+
+/// A port the drivers must provide, with the id the snapshot knows it by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortPlan {
+    /// Data-plane id.
+    pub id: PortId,
+    /// Key in [`Identities`]: `uplink:NAME` or `port:ID`.
+    pub key: String,
+    /// Uplink or VM port.
+    pub kind: PortKind,
+    /// How to attach it.
+    pub binding: Binding,
+}
+
+/// The result of a compile: the snapshot, the ports it expects, and the identities to keep
+/// if the snapshot is published.
+#[derive(Debug)]
+pub struct Compiled {
+    /// The snapshot.
+    pub snapshot: Snapshot,
+    /// Every port the snapshot refers to, in id order.
+    pub ports: Vec<PortPlan>,
+    /// Identities including any assigned by this compile.
+    pub identities: Identities,
+}
+
+/// Why a valid desired state cannot be compiled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CompileError {
+    /// A network type the data plane does not forward yet.
+    Unsupported {
+        /// Path of the offending field.
+        path: String,
+        /// What is missing.
+        what: &'static str,
+    },
+    /// More than 65535 ports.
+    TooManyPorts,
+    /// More than 65536 physnets.
+    TooManyPhysnets,
+    /// Four billion networks created over the daemon's life.
+    NetworkUidsExhausted,
+    /// The data plane refused the configuration (validation should have caught it).
+    Build(BuildError),
+}
+
+impl fmt::Display for CompileError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CompileError::Unsupported { path, what } => write!(f, "{path}: {what}"),
+            CompileError::TooManyPorts => write!(f, "more than {MAX_PORT_IDS} ports"),
+            CompileError::TooManyPhysnets => write!(f, "more than 65536 physical networks"),
+            CompileError::NetworkUidsExhausted => {
+                write!(f, "network identities exhausted; restart polluxd")
+            }
+            CompileError::Build(e) => write!(f, "data plane refused the configuration: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for CompileError {}
+
+/// Compiles `state` as generation `generation`, starting from the identities in use.
+pub fn compile(
+    state: &Validated,
+    previous: &Identities,
+    generation: u64,
+) -> Result<Compiled, CompileError> {
+    let mut ids = previous.clone();
+    let mut taken = ids.taken_port_ids();
+    let mut b = SnapshotBuilder::new();
+    b.l2(state.l2);
+    let mut plans = Vec::new();
+
+    let mut uplink_physnet = Vec::with_capacity(state.uplinks.len());
+    for uplink in &state.uplinks {
+        let physnet = ids.physnet(&uplink.physnet)?;
+        uplink_physnet.push(physnet);
+        let key = format!("uplink:{}", uplink.name);
+        let id = ids.assign_port(&key, &mut taken)?;
+        b.uplink(id, physnet);
+        plans.push(PortPlan {
+            id,
+            key,
+            kind: PortKind::Uplink,
+            binding: uplink.binding.clone(),
+        });
+    }
+
+    let mut network_uid = Vec::with_capacity(state.networks.len());
+    for (i, net) in state.networks.iter().enumerate() {
+        let uid = ids.network(&net.id)?;
+        network_uid.push(uid);
+        let segment = match net.segment {
+            Segment::Local => DpSegment::Local,
+            Segment::Flat { uplink } => DpSegment::Flat {
+                physnet: uplink_physnet[uplink],
+            },
+            Segment::Vlan { uplink, vid } => DpSegment::Vlan {
+                physnet: uplink_physnet[uplink],
+                vid,
+            },
+            Segment::Vxlan { .. } => {
+                return Err(CompileError::Unsupported {
+                    path: format!("networks[{i}].network_type"),
+                    what: "vxlan networks are not forwarded by the data plane yet",
+                })
+            }
+        };
+        // A network that is administratively down has no ports in the data plane, so
+        // frames on its ports are dropped (as port_not_configured).
+        if net.admin_state_up {
+            b.network(uid, segment);
+        }
+    }
+
+    for port in &state.ports {
+        let key = format!("port:{}", port.id);
+        let id = ids.assign_port(&key, &mut taken)?;
+        if state.networks[port.network].admin_state_up {
+            b.access_port(id, network_uid[port.network], &port.macs());
+        }
+        plans.push(PortPlan {
+            id,
+            key,
+            kind: PortKind::Vm,
+            binding: port.binding.clone(),
+        });
+    }
+
+    let keep_ports: Vec<String> = plans.iter().map(|p| p.key.clone()).collect();
+    let keep_networks: Vec<&str> = state.networks.iter().map(|n| n.id.as_str()).collect();
+    ids.retain(&keep_ports, &keep_networks);
+    plans.sort_by_key(|p| p.id);
+    let snapshot = b.build(generation).map_err(CompileError::Build)?;
+    Ok(Compiled {
+        snapshot,
+        ports: plans,
+        identities: ids,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DesiredState;
+    use crate::validate::validate;
+
+    fn state(extra_port: bool) -> Validated {
+        let mut text = String::from(
+            r#"
+            [[uplinks]]
+            name = "uplink0"
+            physnet = "physnet1"
+            binding = { driver = "mem" }
+
+            [[networks]]
+            id = "net-a"
+            network_type = "vlan"
+            physical_network = "physnet1"
+            segmentation_id = 100
+
+            [[networks]]
+            id = "net-b"
+            network_type = "local"
+
+            [[ports]]
+            id = "vm1"
+            network_id = "net-a"
+            mac_address = "fa:16:3e:00:00:01"
+            binding = { driver = "mem" }
+
+            [[ports]]
+            id = "vm2"
+            network_id = "net-b"
+            mac_address = "fa:16:3e:00:00:02"
+            binding = { driver = "mem" }
+            "#,
+        );
+        if extra_port {
+            text.push_str(
+                r#"
+                [[ports]]
+                id = "vm0"
+                network_id = "net-a"
+                mac_address = "fa:16:3e:00:00:03"
+                binding = { driver = "mem" }
+                "#,
+            );
+        }
+        validate(&DesiredState::from_toml_str(&text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn identities_are_stable_across_generations() {
+        let first = compile(&state(false), &Identities::default(), 1).unwrap();
+        assert_eq!(first.ports.len(), 3);
+        let vm1 = first.identities.port("port:vm1").unwrap();
+        let second = compile(&state(true), &first.identities, 2).unwrap();
+        assert_eq!(
+            second.identities.port("port:vm1"),
+            Some(vm1),
+            "existing ports keep their id"
+        );
+        let vm0 = second.identities.port("port:vm0").unwrap();
+        assert!(
+            first.ports.iter().all(|p| p.id != vm0),
+            "a new port gets a fresh id"
+        );
+        assert_eq!(second.identities.networks, first.identities.networks);
+        // Removing vm0 and adding it back gives it a new id (ids are reused late).
+        let third = compile(&state(false), &second.identities, 3).unwrap();
+        assert_eq!(third.identities.port("port:vm0"), None);
+        let fourth = compile(&state(true), &third.identities, 4).unwrap();
+        assert_ne!(fourth.identities.port("port:vm0"), Some(vm0));
+        assert_eq!(fourth.snapshot.generation(), 4);
+    }
+
+    #[test]
+    fn compile_does_not_touch_the_identities_in_use() {
+        let ids = Identities::default();
+        let compiled = compile(&state(true), &ids, 1).unwrap();
+        assert_eq!(ids, Identities::default());
+        assert_ne!(compiled.identities, ids);
+    }
+
+    #[test]
+    fn vxlan_is_refused_with_a_path() {
+        let text = r#"
+            [[uplinks]]
+            name = "uplink0"
+            physnet = "physnet1"
+            binding = { driver = "mem" }
+            local_ip = "198.18.255.1/24"
+
+            [[networks]]
+            id = "net-x"
+            network_type = "vxlan"
+            segmentation_id = 5000
+            "#;
+        let v = validate(&DesiredState::from_toml_str(text).unwrap()).unwrap();
+        let err = compile(&v, &Identities::default(), 1).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "networks[0].network_type: vxlan networks are not forwarded by the data plane yet"
+        );
+    }
+}
