@@ -7,6 +7,7 @@
 //! a snapshot, the RPC socket, the store and the metrics come next.
 
 pub mod compile;
+pub mod daemon;
 pub mod model;
 pub mod validate;
 pub mod workers;
