@@ -3,3 +3,5 @@
 
 pub mod frames;
 pub mod harness;
+pub mod netns;
+pub mod ovs;
