@@ -1,0 +1,828 @@
+//! A private Open vSwitch instance (userspace `netdev` datapath) inside one network
+//! namespace: an independent 802.1Q implementation to test Pollux's uplinks against.
+//!
+//! [`OvsSwitch::start`] makes a fresh database in a work directory of its own and runs
+//! `ovsdb-server` and `ovs-vswitchd` as children of the test. Every socket, pid file, log
+//! and bridge management socket lives in that directory (the `OVS_*DIR` variables point
+//! there for every OVS command it runs), so it never touches `/var/run/openvswitch` or a
+//! system-wide instance. `ovs-vswitchd` runs inside the given namespace (`ip netns exec`),
+//! so it only ever sees that namespace's interfaces. Ports are `type=system` (AF_PACKET),
+//! which works on veth. Dropping the switch stops both daemons, waits for them and removes
+//! the work directory.
+//!
+//! [`NetnsGuard`] is the minimal namespace handling the OVS tests need: it creates
+//! namespaces and deletes them again on drop.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// The OVS database schema installed by Debian's `openvswitch-common`.
+pub const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
+
+/// The programs [`OvsSwitch`] runs (Debian: `apt-get install -y openvswitch-switch`).
+pub const OVS_TOOLS: &[&str] = &[
+    "ovsdb-tool",
+    "ovsdb-server",
+    "ovs-vswitchd",
+    "ovs-vsctl",
+    "ovs-appctl",
+    "ovs-ofctl",
+];
+
+/// Longest work directory accepted: OVS puts `<bridge>.mgmt` sockets there, and a Unix
+/// socket path has at most 107 bytes.
+pub const MAX_WORKDIR_LEN: usize = 80;
+
+/// How long any one OVS command may take (`--timeout` of the OVS tools).
+const CMD_TIMEOUT_SECS: u32 = 10;
+
+/// How long a daemon may take to come up or to go down.
+const DAEMON_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn other(msg: impl Into<String>) -> io::Error {
+    io::Error::other(msg.into())
+}
+
+/// Whether `tool` is an executable file in one of the `PATH` directories (or in `/sbin`,
+/// `/usr/sbin`, where Debian puts the OVS daemons).
+pub fn find_tool(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
+        .map(|dir| dir.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// The tools in `tools` that are not installed.
+pub fn missing_tools(tools: &[&str]) -> Vec<String> {
+    tools
+        .iter()
+        .filter(|t| find_tool(t).is_none())
+        .map(|t| t.to_string())
+        .collect()
+}
+
+/// The effective user id of this process, from `/proc/self/status`.
+pub fn effective_uid() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    line.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Runs `cmd` to completion, bounded by `limit` (the child is killed after that), and
+/// returns its stdout; a non-zero exit is an error that carries the command and stderr.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> io::Result<String> {
+    let desc = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| other(format!("cannot run {desc}: {e}")))?;
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
+    let status = wait_deadline(&mut child, limit)?;
+    let out = stdout.join().unwrap_or_default();
+    let err = stderr.join().unwrap_or_default();
+    match status {
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(other(format!(
+                "{desc} did not finish within {limit:?}; stderr: {err}"
+            )))
+        }
+        Some(s) if s.success() => Ok(out),
+        Some(s) => Err(other(format!("{desc} failed ({s}): {}", err.trim()))),
+    }
+}
+
+fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<String> {
+    thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut p) = pipe {
+            let mut buf = Vec::new();
+            let _ = p.read_to_end(&mut buf);
+            s = String::from_utf8_lossy(&buf).into_owned();
+        }
+        s
+    })
+}
+
+/// Waits for `child` at most `limit`; `None` if it is still running then.
+pub fn wait_deadline(child: &mut Child, limit: Duration) -> io::Result<Option<ExitStatus>> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops a child of ours: SIGTERM, then SIGKILL after `grace`, and always reaps it.
+pub fn stop_child(child: &mut Child, grace: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !matches!(wait_deadline(child, grace), Ok(Some(_))) {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+/// Polls `check` until it returns `Ok(true)` or `limit` passes; the error says what was
+/// awaited and carries the last error `check` returned.
+fn poll_until(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> io::Result<bool>,
+) -> io::Result<()> {
+    let deadline = Instant::now() + limit;
+    let mut last = String::new();
+    loop {
+        match check() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last = e.to_string(),
+        }
+        if Instant::now() >= deadline {
+            return Err(other(format!(
+                "timed out after {limit:?} waiting for {what}; last error: {last}"
+            )));
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Network namespaces created by a test, deleted again (in reverse order) on drop.
+#[derive(Debug, Default)]
+pub struct NetnsGuard {
+    names: Vec<String>,
+}
+
+impl NetnsGuard {
+    /// An empty guard.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Creates namespace `name` (it must not exist yet), brings its loopback up and turns
+    /// IPv6 off in it, so that no router or neighbour solicitation adds stray frames.
+    pub fn add(&mut self, name: &str) -> io::Result<()> {
+        run_bounded(
+            Command::new("ip").args(["netns", "add", name]),
+            Duration::from_secs(10),
+        )?;
+        self.names.push(name.to_string());
+        self.exec(name, &["ip", "link", "set", "lo", "up"])?;
+        self.exec(
+            name,
+            &[
+                "sh",
+                "-c",
+                "test ! -d /proc/sys/net/ipv6 || sysctl -qw net.ipv6.conf.all.disable_ipv6=1 \
+                 net.ipv6.conf.default.disable_ipv6=1",
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// The namespaces this guard owns, in creation order.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// Deletes namespaces `<prefix><pid>-<role>` left by test runs that were killed
+    /// (their pid is no longer alive), killing the processes still inside them first.
+    /// Returns the names deleted.
+    pub fn sweep_stale(prefix: &str) -> Vec<String> {
+        let list = run_bounded(
+            Command::new("ip").args(["netns", "list"]),
+            Duration::from_secs(10),
+        )
+        .unwrap_or_default();
+        let mut removed = Vec::new();
+        for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
+            let Some(pid) = name
+                .strip_prefix(prefix)
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+                continue;
+            }
+            // Processes that run still inside it (tcpdump, ovs-vswitchd) were that run's.
+            let pids = run_bounded(
+                Command::new("ip").args(["netns", "pids", name]),
+                Duration::from_secs(10),
+            )
+            .unwrap_or_default();
+            for p in pids.split_whitespace().filter(|p| p.parse::<u32>().is_ok()) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", p])
+                    .stdin(Stdio::null())
+                    .status();
+            }
+            if run_bounded(
+                Command::new("ip").args(["netns", "delete", name]),
+                Duration::from_secs(10),
+            )
+            .is_ok()
+            {
+                removed.push(name.to_string());
+            }
+        }
+        removed
+    }
+
+    /// Runs `argv` inside namespace `ns` (bounded to 10 s) and returns its stdout.
+    pub fn exec(&self, ns: &str, argv: &[&str]) -> io::Result<String> {
+        run_bounded(
+            Command::new("ip").args(["netns", "exec", ns]).args(argv),
+            Duration::from_secs(10),
+        )
+    }
+
+    /// A veth pair: `a_if` in namespace `a_ns` and `b_if` in `b_ns`, both up.
+    pub fn veth(&self, a_ns: &str, a_if: &str, b_ns: &str, b_if: &str) -> io::Result<()> {
+        for name in [a_if, b_if] {
+            if name.is_empty() || name.len() > 15 {
+                return Err(other(format!(
+                    "interface name {name:?} is not 1..=15 bytes"
+                )));
+            }
+        }
+        run_bounded(
+            Command::new("ip").args([
+                "-n", a_ns, "link", "add", "name", a_if, "type", "veth", "peer", "name", b_if,
+                "netns", b_ns,
+            ]),
+            Duration::from_secs(10),
+        )?;
+        self.exec(a_ns, &["ip", "link", "set", "dev", a_if, "up"])?;
+        self.exec(b_ns, &["ip", "link", "set", "dev", b_if, "up"])?;
+        Ok(())
+    }
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        for name in self.names.drain(..).rev() {
+            let _ = run_bounded(
+                Command::new("ip").args(["netns", "delete", &name]),
+                Duration::from_secs(10),
+            );
+        }
+    }
+}
+
+/// A private Open vSwitch (`ovsdb-server` + `ovs-vswitchd`) running inside one network
+/// namespace, with all its state in a work directory of its own.
+#[derive(Debug)]
+pub struct OvsSwitch {
+    netns: String,
+    workdir: PathBuf,
+    ovsdb: Option<Child>,
+    vswitchd: Option<Child>,
+}
+
+impl OvsSwitch {
+    /// Creates `workdir` (it must not exist: it is removed again on drop) with a fresh
+    /// database, starts `ovsdb-server` on it, initialises the database and starts
+    /// `ovs-vswitchd` inside namespace `netns`. Returns once both answer on their control
+    /// sockets.
+    pub fn start(netns: &str, workdir: &Path) -> io::Result<OvsSwitch> {
+        let missing = missing_tools(OVS_TOOLS);
+        if !missing.is_empty() {
+            return Err(other(format!(
+                "Open vSwitch tools not installed: {} (apt-get install -y openvswitch-switch)",
+                missing.join(", ")
+            )));
+        }
+        if !Path::new(SCHEMA).is_file() {
+            return Err(other(format!("OVS schema {SCHEMA} missing")));
+        }
+        let workdir = if workdir.is_absolute() {
+            workdir.to_path_buf()
+        } else {
+            std::env::current_dir()?.join(workdir)
+        };
+        if workdir.as_os_str().len() > MAX_WORKDIR_LEN {
+            return Err(other(format!(
+                "work directory {} is longer than {MAX_WORKDIR_LEN} bytes (Unix socket paths)",
+                workdir.display()
+            )));
+        }
+        if workdir.exists() {
+            return Err(other(format!(
+                "work directory {} already exists",
+                workdir.display()
+            )));
+        }
+        fs::create_dir_all(&workdir)?;
+        // From here on, Drop cleans up whatever has been started.
+        let mut sw = OvsSwitch {
+            netns: netns.to_string(),
+            workdir,
+            ovsdb: None,
+            vswitchd: None,
+        };
+        let db = sw.path("conf.db");
+        run_bounded(
+            sw.ovs_cmd("ovsdb-tool").arg("create").arg(&db).arg(SCHEMA),
+            DAEMON_TIMEOUT,
+        )?;
+
+        let mut ovsdb = sw.ovs_cmd("ovsdb-server");
+        ovsdb
+            .arg(&db)
+            .arg(format!("--remote=punix:{}", sw.path("db.sock").display()))
+            .arg(format!("--unixctl={}", sw.path("ovsdb.ctl").display()))
+            .arg(format!("--pidfile={}", sw.path("ovsdb.pid").display()))
+            .arg(format!("--log-file={}", sw.path("ovsdb.log").display()))
+            .arg("--no-chdir")
+            .stdin(Stdio::null())
+            .stdout(File::create(sw.path("ovsdb.out"))?)
+            .stderr(File::create(sw.path("ovsdb.err"))?);
+        sw.ovsdb = Some(
+            ovsdb
+                .spawn()
+                .map_err(|e| other(format!("cannot start ovsdb-server: {e}")))?,
+        );
+        let sock = sw.path("db.sock");
+        sw.wait_daemon(
+            "ovsdb-server",
+            |sw| Ok(sw.ovsdb_running()? && sock.exists()),
+        )?;
+        sw.vsctl(&["--no-wait", "init"])?;
+
+        let mut vswitchd = Command::new("ip");
+        vswitchd
+            .args(["netns", "exec", netns, "ovs-vswitchd"])
+            .arg(sw.db_target())
+            .arg(format!("--unixctl={}", sw.ctl().display()))
+            .arg(format!("--pidfile={}", sw.path("vswitchd.pid").display()))
+            .arg(format!("--log-file={}", sw.path("vswitchd.log").display()))
+            .arg("--no-chdir")
+            .stdin(Stdio::null())
+            .stdout(File::create(sw.path("vswitchd.out"))?)
+            .stderr(File::create(sw.path("vswitchd.err"))?);
+        sw.set_env(&mut vswitchd);
+        // `ip netns exec` execs the program, so this child is ovs-vswitchd itself.
+        sw.vswitchd = Some(
+            vswitchd
+                .spawn()
+                .map_err(|e| other(format!("cannot start ovs-vswitchd: {e}")))?,
+        );
+        sw.wait_daemon("ovs-vswitchd", |sw| {
+            Ok(sw.vswitchd_running()? && sw.appctl(&["version"]).is_ok())
+        })?;
+        Ok(sw)
+    }
+
+    /// The namespace `ovs-vswitchd` runs in.
+    pub fn netns(&self) -> &str {
+        &self.netns
+    }
+
+    /// The work directory (database, sockets, pid files, logs).
+    pub fn workdir(&self) -> &Path {
+        &self.workdir
+    }
+
+    /// `unix:<workdir>/db.sock`, the private database for `--db=`.
+    pub fn db_target(&self) -> String {
+        format!("unix:{}", self.path("db.sock").display())
+    }
+
+    /// The control socket of `ovs-vswitchd` (for `ovs-appctl -t`).
+    pub fn ctl(&self) -> PathBuf {
+        self.path("vswitchd.ctl")
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.workdir.join(name)
+    }
+
+    fn set_env(&self, cmd: &mut Command) {
+        for var in ["OVS_RUNDIR", "OVS_LOGDIR", "OVS_DBDIR", "OVS_SYSCONFDIR"] {
+            cmd.env(var, &self.workdir);
+        }
+    }
+
+    /// A command for one of the OVS tools with every `OVS_*DIR` set to the work directory.
+    fn ovs_cmd(&self, prog: &str) -> Command {
+        let mut cmd = Command::new(prog);
+        self.set_env(&mut cmd);
+        cmd
+    }
+
+    fn ovsdb_running(&mut self) -> io::Result<bool> {
+        match self.ovsdb.as_mut() {
+            Some(c) => match c.try_wait()? {
+                None => Ok(true),
+                Some(s) => Err(other(format!(
+                    "ovsdb-server exited ({s}); {}",
+                    self.log_tail("ovsdb.log", 20)
+                ))),
+            },
+            None => Ok(false),
+        }
+    }
+
+    fn vswitchd_running(&mut self) -> io::Result<bool> {
+        match self.vswitchd.as_mut() {
+            Some(c) => match c.try_wait()? {
+                None => Ok(true),
+                Some(s) => Err(other(format!(
+                    "ovs-vswitchd exited ({s}); {} {}",
+                    self.log_tail("vswitchd.log", 20),
+                    self.log_tail("vswitchd.err", 20)
+                ))),
+            },
+            None => Ok(false),
+        }
+    }
+
+    /// Waits until `ready` holds; a daemon that exits meanwhile ends the wait at once.
+    fn wait_daemon(
+        &mut self,
+        what: &str,
+        mut ready: impl FnMut(&mut Self) -> io::Result<bool>,
+    ) -> io::Result<()> {
+        let deadline = Instant::now() + DAEMON_TIMEOUT;
+        loop {
+            let exited = self.ovsdb_running().and(self.vswitchd_running());
+            exited?;
+            if ready(self).unwrap_or(false) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(other(format!(
+                    "{what} not ready within {DAEMON_TIMEOUT:?}; {}",
+                    self.log_tail(
+                        if what == "ovsdb-server" {
+                            "ovsdb.log"
+                        } else {
+                            "vswitchd.log"
+                        },
+                        20
+                    )
+                )));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The last `lines` lines of a file in the work directory, for error messages.
+    pub fn log_tail(&self, file: &str, lines: usize) -> String {
+        let text = fs::read_to_string(self.path(file)).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let start = all.len().saturating_sub(lines);
+        format!("--- {file} ---\n{}", all[start..].join("\n"))
+    }
+
+    /// Runs `ovs-vsctl` against the private database; waits for `ovs-vswitchd` to apply
+    /// the change unless `--no-wait` is among `args`.
+    pub fn vsctl(&self, args: &[&str]) -> io::Result<String> {
+        run_bounded(
+            self.ovs_cmd("ovs-vsctl")
+                .arg(format!("--db={}", self.db_target()))
+                .arg(format!("--timeout={CMD_TIMEOUT_SECS}"))
+                .args(args),
+            Duration::from_secs(u64::from(CMD_TIMEOUT_SECS) + 5),
+        )
+    }
+
+    /// Runs `ovs-appctl` against this `ovs-vswitchd`.
+    pub fn appctl(&self, args: &[&str]) -> io::Result<String> {
+        run_bounded(
+            self.ovs_cmd("ovs-appctl")
+                .arg("-t")
+                .arg(self.ctl())
+                .arg(format!("--timeout={CMD_TIMEOUT_SECS}"))
+                .args(args),
+            Duration::from_secs(u64::from(CMD_TIMEOUT_SECS) + 5),
+        )
+    }
+
+    /// Runs `ovs-ofctl <command> unix:<workdir>/<bridge>.mgmt <args>`.
+    pub fn ofctl(&self, command: &str, bridge: &str, args: &[&str]) -> io::Result<String> {
+        let target = format!("unix:{}", self.path(&format!("{bridge}.mgmt")).display());
+        run_bounded(
+            self.ovs_cmd("ovs-ofctl")
+                .arg(format!("--timeout={CMD_TIMEOUT_SECS}"))
+                .arg(command)
+                .arg(target)
+                .args(args),
+            Duration::from_secs(u64::from(CMD_TIMEOUT_SECS) + 5),
+        )
+    }
+
+    /// Adds bridge `name` on the userspace datapath (`datapath_type=netdev`), in the
+    /// default `standalone` mode (one `NORMAL` flow: a learning 802.1Q switch).
+    pub fn add_bridge(&self, name: &str) -> io::Result<()> {
+        self.vsctl(&[
+            "add-br",
+            name,
+            "--",
+            "set",
+            "bridge",
+            name,
+            "datapath_type=netdev",
+        ])?;
+        Ok(())
+    }
+
+    /// Adds interface `ifname` of the namespace as a `type=system` (AF_PACKET) port: an
+    /// access port on VLAN `tag`, or with `None` a trunk of every VLAN (untagged frames
+    /// are VLAN 0 there).
+    pub fn add_port(&self, bridge: &str, ifname: &str, tag: Option<u16>) -> io::Result<()> {
+        let tag_arg = tag.map(|t| format!("tag={t}"));
+        let mut args = vec!["add-port", bridge, ifname];
+        if let Some(t) = tag_arg.as_deref() {
+            args.extend(["vlan_mode=access", t]);
+        }
+        self.vsctl(&args)?;
+        Ok(())
+    }
+
+    /// Adds interface `ifname` as a trunk port (`vlan_mode=trunk`) carrying exactly the
+    /// VLANs in `trunks` (all VLANs if empty); frames of other VLANs are dropped.
+    pub fn add_trunk(&self, bridge: &str, ifname: &str, trunks: &[u16]) -> io::Result<()> {
+        if trunks.is_empty() {
+            return self.add_port(bridge, ifname, None);
+        }
+        let list: Vec<String> = trunks.iter().map(u16::to_string).collect();
+        let trunks_arg = format!("trunks={}", list.join(","));
+        self.vsctl(&["add-port", bridge, ifname, "vlan_mode=trunk", &trunks_arg])?;
+        Ok(())
+    }
+
+    /// Waits (at most 10 s) until every interface in the database has an OpenFlow port
+    /// number and no error, and shows up in the datapath (`dpif/show`).
+    pub fn wait_ready(&self) -> io::Result<()> {
+        poll_until("OVS ports to come up", DAEMON_TIMEOUT, || {
+            let rows = self.vsctl(&[
+                "--format=csv",
+                "--data=bare",
+                "--no-headings",
+                "--columns=name,ofport,error",
+                "list",
+                "Interface",
+            ])?;
+            let dpif = self.appctl(&["dpif/show"])?;
+            for row in rows.lines().filter(|r| !r.trim().is_empty()) {
+                let cols: Vec<&str> = row.splitn(3, ',').collect();
+                let (name, ofport, error) = match cols.as_slice() {
+                    [n, o, e] => (n.trim(), o.trim(), e.trim().trim_matches('"')),
+                    _ => return Err(other(format!("unexpected ovs-vsctl row {row:?}"))),
+                };
+                if !error.is_empty() {
+                    return Err(other(format!("interface {name}: {error}")));
+                }
+                let up = ofport.parse::<i64>().is_ok_and(|p| p > 0);
+                let in_dp = dpif
+                    .lines()
+                    .any(|l| l.split_whitespace().next() == Some(name));
+                if !up || !in_dp {
+                    return Err(other(format!(
+                        "interface {name} not ready (ofport {ofport:?}); dpif/show:\n{dpif}"
+                    )));
+                }
+            }
+            Ok(true)
+        })
+    }
+
+    /// The bridge's MAC learning table (`fdb/show`): `port VLAN MAC Age` rows.
+    pub fn fdb_show(&self, bridge: &str) -> io::Result<String> {
+        self.appctl(&["fdb/show", bridge])
+    }
+
+    /// The (MAC, VLAN) entries of the learning table, with the OpenFlow port they point to.
+    pub fn fdb_entries(&self, bridge: &str) -> io::Result<Vec<FdbEntry>> {
+        let text = self.fdb_show(bridge)?;
+        Ok(text
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                match f.as_slice() {
+                    [port, vlan, mac, ..] => Some(FdbEntry {
+                        port: port.to_string(),
+                        vlan: vlan.parse().ok()?,
+                        mac: mac.to_ascii_lowercase(),
+                    }),
+                    _ => None,
+                }
+            })
+            .collect())
+    }
+
+    /// The OpenFlow port number of interface `ifname`.
+    pub fn ofport(&self, ifname: &str) -> io::Result<String> {
+        Ok(self
+            .vsctl(&["get", "Interface", ifname, "ofport"])?
+            .trim()
+            .to_string())
+    }
+
+    /// The bridge's OpenFlow table (`ovs-ofctl dump-flows`).
+    pub fn dump_flows(&self, bridge: &str) -> io::Result<String> {
+        self.ofctl("dump-flows", bridge, &[])
+    }
+
+    /// The datapath flows the bridge installed (`dpif/dump-flows`).
+    pub fn dump_datapath_flows(&self, bridge: &str) -> io::Result<String> {
+        self.appctl(&["dpif/dump-flows", bridge])
+    }
+
+    /// `ovs-vsctl show`.
+    pub fn show(&self) -> io::Result<String> {
+        self.vsctl(&["show"])
+    }
+
+    /// What went on, for a failing test: `show`, `dpif/show`, flows and the log tails.
+    pub fn diagnostics(&self, bridge: &str) -> String {
+        let s = |r: io::Result<String>| r.unwrap_or_else(|e| format!("<{e}>"));
+        format!(
+            "--- ovs-vsctl show ---\n{}\n--- dpif/show ---\n{}\n--- fdb/show ---\n{}\n\
+             --- dump-flows ---\n{}\n{}\n{}",
+            s(self.show()),
+            s(self.appctl(&["dpif/show"])),
+            s(self.fdb_show(bridge)),
+            s(self.dump_flows(bridge)),
+            self.log_tail("vswitchd.log", 30),
+            self.log_tail("ovsdb.log", 10),
+        )
+    }
+}
+
+/// One row of [`OvsSwitch::fdb_entries`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FdbEntry {
+    /// OpenFlow port number (as `fdb/show` prints it).
+    pub port: String,
+    /// VLAN ID.
+    pub vlan: u16,
+    /// MAC address, lower case.
+    pub mac: String,
+}
+
+impl Drop for OvsSwitch {
+    fn drop(&mut self) {
+        // ovs-vswitchd first (it removes its tap devices on SIGTERM), then the database.
+        if let Some(mut c) = self.vswitchd.take() {
+            stop_child(&mut c, Duration::from_secs(5));
+        }
+        if let Some(mut c) = self.ovsdb.take() {
+            stop_child(&mut c, Duration::from_secs(5));
+        }
+        let _ = fs::remove_dir_all(&self.workdir);
+    }
+}
+
+/// Work directories `<parent>/<prefix><pid>` left by test runs that were killed: for each
+/// whose pid is no longer alive, stops the daemons named in its pid files (only if their
+/// command line names that directory) and removes it. Returns the directories removed.
+pub fn sweep_stale_workdirs(parent: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut removed = Vec::new();
+    let Ok(entries) = fs::read_dir(parent) else {
+        return removed;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(prefix)
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        let dir = entry.path();
+        for pidfile in ["vswitchd.pid", "ovsdb.pid"] {
+            let Ok(text) = fs::read_to_string(dir.join(pidfile)) else {
+                continue;
+            };
+            let Ok(daemon) = text.trim().parse::<u32>() else {
+                continue;
+            };
+            let cmdline = fs::read(format!("/proc/{daemon}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &daemon.to_string()])
+                    .stdin(Stdio::null())
+                    .status();
+            }
+        }
+        if fs::remove_dir_all(&dir).is_ok() {
+            removed.push(dir);
+        }
+    }
+    removed
+}
+
+/// A bounded `tcpdump` of the frames an interface receives (`-Q in`), inside a namespace,
+/// with link-level headers (`-e`, so 802.1Q tags show as `vlan N`) and no name lookups.
+#[derive(Debug)]
+pub struct Capture {
+    desc: String,
+    child: Option<Child>,
+    stdout: Option<thread::JoinHandle<String>>,
+    stderr: Option<thread::JoinHandle<String>>,
+}
+
+impl Capture {
+    /// Starts capturing at most `max_count` frames matching `filter` on `ifname` in
+    /// namespace `ns`, and returns once tcpdump listens (at most 10 s).
+    pub fn start(ns: &str, ifname: &str, filter: &str, max_count: u32) -> io::Result<Capture> {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns", "exec", ns, "tcpdump", "-i", ifname, "-Q", "in", "-e", "-nn",
+        ])
+        .args(["-l", "--immediate-mode", "-c", &max_count.to_string()]);
+        if !filter.is_empty() {
+            cmd.arg(filter);
+        }
+        let desc = format!("tcpdump in {ns} on {ifname} ({filter})");
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| other(format!("cannot start {desc}: {e}")))?;
+        let stdout = drain(child.stdout.take());
+        let (tx, rx) = mpsc::channel();
+        let mut err_pipe = child.stderr.take();
+        let stderr = thread::spawn(move || {
+            let mut all = String::new();
+            let mut buf = [0u8; 512];
+            let mut told = false;
+            while let Some(Ok(n)) = err_pipe.as_mut().map(|p| p.read(&mut buf)) {
+                if n == 0 {
+                    break;
+                }
+                all.push_str(&String::from_utf8_lossy(&buf[..n]));
+                if !told && all.contains("listening on") {
+                    told = true;
+                    let _ = tx.send(());
+                }
+            }
+            all
+        });
+        let mut cap = Capture {
+            desc,
+            child: Some(child),
+            stdout: Some(stdout),
+            stderr: Some(stderr),
+        };
+        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            let (_, err) = cap.stop();
+            return Err(other(format!("{} did not start: {err}", cap.desc)));
+        }
+        Ok(cap)
+    }
+
+    fn stop(&mut self) -> (String, String) {
+        if let Some(mut c) = self.child.take() {
+            stop_child(&mut c, Duration::from_secs(2));
+        }
+        let out = self.stdout.take().and_then(|h| h.join().ok());
+        let err = self.stderr.take().and_then(|h| h.join().ok());
+        (out.unwrap_or_default(), err.unwrap_or_default())
+    }
+
+    /// Lets the capture run until it has its `max_count` frames or `window` has passed,
+    /// stops it and returns the captured lines (tcpdump's stdout).
+    pub fn finish(mut self, window: Duration) -> io::Result<String> {
+        if let Some(c) = self.child.as_mut() {
+            wait_deadline(c, window)?;
+        }
+        Ok(self.stop().0)
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
