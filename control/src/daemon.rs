@@ -1,6 +1,8 @@
 //! `polluxd`: reads the desired state, binds every port to its driver, runs the worker and
 //! shuts down cleanly on SIGINT or SIGTERM.
 
+use std::collections::BTreeMap;
+use std::ffi::CString;
 use std::fmt::Write as _;
 use std::io;
 use std::path::PathBuf;
@@ -50,10 +52,13 @@ fn fail(msg: impl Into<String>) -> StartError {
 }
 
 /// Drivers' resources that must outlive the worker's ports but not the process: XDP
-/// programs (detached when dropped) and the far ends of mem ports.
+/// programs (detached when dropped), the interface each AF_XDP port is bound to, and the
+/// far ends of mem ports.
 #[derive(Default)]
 struct Bindings {
-    xdp: Vec<XdpAttachment>,
+    xdp: BTreeMap<PortId, XdpAttachment>,
+    /// Interface index each AF_XDP port's sockets are bound to; 0 while it is missing.
+    bound_ifindex: BTreeMap<PortId, u32>,
     mem_wires: Vec<MemWire>,
 }
 
@@ -129,7 +134,8 @@ fn bind(
             }
             let port = AfXdpPort::new(interface.clone(), sockets, pool)
                 .map_err(|e| fail(format!("{}: interface {interface}: {e}", plan.key)))?;
-            bindings.xdp.push(xdp);
+            bindings.bound_ifindex.insert(plan.id, xdp.ifindex());
+            bindings.xdp.insert(plan.id, xdp);
             // Port queue i is socket i.
             Ok((Box::new(port), (0..queues.len() as u16).collect()))
         }
@@ -168,15 +174,80 @@ fn block_termination_signals() -> io::Result<libc::sigset_t> {
     Ok(set)
 }
 
-fn wait_for_signal(set: &libc::sigset_t) -> i32 {
-    let mut sig = 0;
-    // SAFETY: `set` is an initialised signal set and `sig` a valid out-pointer; sigwait
-    // only reads the one and writes the other.
-    let rc = unsafe { libc::sigwait(set, &mut sig) };
-    if rc != 0 {
-        return libc::SIGTERM;
+/// Waits up to `timeout` for one of the signals in `set`; `None` on timeout.
+fn wait_for_signal(set: &libc::sigset_t, timeout: std::time::Duration) -> Option<i32> {
+    let ts = libc::timespec {
+        tv_sec: timeout.as_secs() as libc::time_t,
+        tv_nsec: timeout.subsec_nanos() as _,
+    };
+    // SAFETY: `set` is an initialised signal set, `ts` a valid timespec, and a null
+    // siginfo pointer is allowed; sigtimedwait only reads them.
+    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), &ts) };
+    (sig > 0).then_some(sig)
+}
+
+/// The index of interface `name` in this network namespace, 0 if there is none.
+fn ifindex(name: &str) -> u32 {
+    let Ok(c) = CString::new(name) else { return 0 };
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    unsafe { libc::if_nametoindex(c.as_ptr()) }
+}
+
+/// How often the daemon looks for AF_XDP interfaces that vanished or came back.
+const LINK_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Rebinds the AF_XDP ports whose interface vanished, reappeared or was recreated (a new
+/// index), with the worker paused meanwhile. Returns the (restarted) worker thread.
+fn supervise_links(
+    thread: workers::WorkerThread,
+    plans: &[PortPlan],
+    umem: &Umem,
+    bindings: &mut Bindings,
+    core: usize,
+) -> Result<workers::WorkerThread, StartError> {
+    let changed: Vec<&PortPlan> = plans
+        .iter()
+        .filter(|p| match &p.binding {
+            Binding::Afxdp { interface, .. } => {
+                bindings.bound_ifindex.get(&p.id).copied().unwrap_or(0) != ifindex(interface)
+            }
+            _ => false,
+        })
+        .collect();
+    if changed.is_empty() {
+        return Ok(thread);
     }
-    sig
+    let mut worker = thread
+        .pause()
+        .map_err(|_| fail("the worker thread panicked"))?
+        .worker;
+    for plan in changed {
+        let Binding::Afxdp { interface, .. } = &plan.binding else {
+            continue;
+        };
+        if worker.detach(plan.id).is_some() {
+            eprintln!(
+                "polluxd: {}: interface {interface} vanished or was recreated; port closed",
+                plan.key
+            );
+        }
+        bindings.xdp.remove(&plan.id);
+        bindings.bound_ifindex.insert(plan.id, 0);
+        if ifindex(interface) == 0 {
+            continue;
+        }
+        match bind(plan, worker.pool_mut(), umem, bindings) {
+            Ok((port, queues)) => {
+                worker.attach(plan.id, port, &queues);
+                eprintln!(
+                    "polluxd: {}: interface {interface} is back; port reopened",
+                    plan.key
+                );
+            }
+            Err(e) => eprintln!("polluxd: {e}; will retry"),
+        }
+    }
+    workers::spawn(worker, 0, Some(core)).map_err(|e| fail(format!("worker on CPU {core}: {e}")))
 }
 
 /// Runs the daemon until SIGINT or SIGTERM.
@@ -207,7 +278,6 @@ pub fn run(options: &Options) -> Result<(), StartError> {
             }
         }
     }
-    drop(umem);
 
     let max_ports = compiled
         .ports
@@ -215,6 +285,7 @@ pub fn run(options: &Options) -> Result<(), StartError> {
         .map(|p| p.id.index() + 1)
         .max()
         .unwrap_or(0);
+    let compiled_ports = compiled.ports;
     let mut publisher = Publisher::new(compiled.snapshot);
     let ack = publisher.register_worker();
     let mut worker = Worker::new(
@@ -234,7 +305,7 @@ pub fn run(options: &Options) -> Result<(), StartError> {
     let counters = worker.counters();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let core = options.core.unwrap_or(cores - 1);
-    let thread = workers::spawn(worker, 0, Some(core))
+    let mut thread = workers::spawn(worker, 0, Some(core))
         .map_err(|e| fail(format!("worker on CPU {core}: {e}")))?;
     eprintln!(
         "polluxd: ready: generation {}, {} port(s), worker 0 on CPU {core}",
@@ -242,7 +313,12 @@ pub fn run(options: &Options) -> Result<(), StartError> {
         names.len()
     );
 
-    let sig = wait_for_signal(&signals);
+    let sig = loop {
+        if let Some(sig) = wait_for_signal(&signals, LINK_CHECK) {
+            break sig;
+        }
+        thread = supervise_links(thread, &compiled_ports, &umem, &mut bindings, core)?;
+    };
     eprintln!("polluxd: signal {sig}, stopping");
     let stopped = thread
         .stop()
@@ -263,8 +339,10 @@ pub fn run(options: &Options) -> Result<(), StartError> {
             }
         }
     }
+    // The ports (in the worker) close before the XDP programs detach and the UMEM goes.
     drop(stopped);
     drop(bindings);
+    drop(umem);
     Ok(())
 }
 

@@ -13,13 +13,16 @@ use pollux_dataplane::worker::Worker;
 #[derive(Debug)]
 pub struct WorkerThread {
     stop: Arc<AtomicBool>,
+    /// Whether the worker releases its ports' frames when it stops (false: a pause).
+    release: Arc<AtomicBool>,
     handle: JoinHandle<StoppedWorker>,
 }
 
 /// What a worker thread hands back when it stops.
 #[derive(Debug)]
 pub struct StoppedWorker {
-    /// The worker, parked: it holds no snapshot and its ports hold no frames.
+    /// The worker, holding no snapshot; after [`WorkerThread::stop`] its ports hold no
+    /// frames either, after [`WorkerThread::pause`] they are still open.
     pub worker: Worker,
     /// Snapshots freed on the worker's thread; always 0 unless reclamation is broken
     /// (the control thread frees every snapshot).
@@ -31,8 +34,10 @@ pub struct StoppedWorker {
 /// ignored: an unpinned poll-mode thread silently halves throughput).
 pub fn spawn(mut worker: Worker, id: u16, core: Option<usize>) -> io::Result<WorkerThread> {
     let stop = Arc::new(AtomicBool::new(false));
+    let release = Arc::new(AtomicBool::new(true));
     let (pinned_tx, pinned_rx) = std::sync::mpsc::channel();
     let thread_stop = Arc::clone(&stop);
+    let thread_release = Arc::clone(&release);
     let handle = thread::Builder::new()
         .name(format!("pollux-worker-{id}"))
         .spawn(move || {
@@ -43,14 +48,22 @@ pub fn spawn(mut worker: Worker, id: u16, core: Option<usize>) -> io::Result<Wor
                 let epoch = Instant::now();
                 worker.run(&thread_stop, || epoch.elapsed().as_nanos() as u64);
             }
-            worker.park();
+            if thread_release.load(Ordering::Relaxed) {
+                worker.park();
+            } else {
+                worker.suspend();
+            }
             StoppedWorker {
                 worker,
                 snapshots_freed: snapshots_freed_on_this_thread(),
             }
         })?;
     match pinned_rx.recv() {
-        Ok(Ok(())) => Ok(WorkerThread { stop, handle }),
+        Ok(Ok(())) => Ok(WorkerThread {
+            stop,
+            release,
+            handle,
+        }),
         Ok(Err(e)) => {
             let _ = handle.join();
             Err(e)
@@ -60,8 +73,17 @@ pub fn spawn(mut worker: Worker, id: u16, core: Option<usize>) -> io::Result<Wor
 }
 
 impl WorkerThread {
-    /// Asks the worker to stop after its current pass and waits for it.
+    /// Asks the worker to stop after its current pass and waits for it; its ports release
+    /// their frames (and close).
     pub fn stop(self) -> thread::Result<StoppedWorker> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join()
+    }
+
+    /// Asks the worker to stop after its current pass and waits for it, leaving its ports
+    /// open, so that ports can be changed and the worker started again with [`spawn`].
+    pub fn pause(self) -> thread::Result<StoppedWorker> {
+        self.release.store(false, Ordering::Relaxed);
         self.stop.store(true, Ordering::Relaxed);
         self.handle.join()
     }

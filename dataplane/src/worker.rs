@@ -229,16 +229,29 @@ impl Worker {
         }
     }
 
-    /// Stops the worker: flushes, returns every port's frames to the pool, drops its
-    /// snapshot reference and tells the publisher it holds none.
-    pub fn park(&mut self) {
+    /// Pauses the worker between passes: flushes, drops its snapshot reference and tells
+    /// the publisher it holds none. Its ports stay open; the next [`Worker::poll`] picks up
+    /// the active snapshot again. Used to change the worker's ports from another thread.
+    pub fn suspend(&mut self) {
         self.ports.flush(&mut self.pool, &self.counters);
-        for (_, port) in self.ports.iter_mut() {
-            port.release_frames(&mut self.pool);
-        }
         // Hold the process-wide empty snapshot instead, which is never freed, so that
         // dropping the real one here cannot be the last reference.
         self.snap = Snapshot::parked();
         self.ack.set(GenerationAck::PARKED);
+    }
+
+    /// Stops the worker for good: suspends it and returns every port's frames to the pool
+    /// (an AF_XDP port closes its sockets).
+    pub fn park(&mut self) {
+        self.suspend();
+        for (_, port) in self.ports.iter_mut() {
+            port.release_frames(&mut self.pool);
+        }
+    }
+
+    /// The frame pool, writable: for opening ports (an AF_XDP port fills its rings from
+    /// it) while the worker is suspended.
+    pub fn pool_mut(&mut self) -> &mut FramePool {
+        &mut self.pool
     }
 }
