@@ -9,12 +9,17 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use pollux_dataplane::buf::{DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM};
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::snapshot::{
     BuildError, NetworkUid, PhysnetId, Segment as DpSegment, Snapshot, SnapshotBuilder,
 };
 
 use crate::validate::{Binding, Segment, Validated};
+
+/// The largest network MTU whose frames (with an Ethernet header and one 802.1Q tag) fit
+/// the data room of one frame of the worker's pool.
+pub const MAX_MTU: u16 = (DEFAULT_FRAME_SIZE - DEFAULT_HEADROOM as u32 - 18) as u16;
 
 /// Port ids are `u16` and 0xffff is reserved by the data plane.
 const MAX_PORT_IDS: usize = u16::MAX as usize;
@@ -143,7 +148,7 @@ pub enum CompileError {
         /// Path of the offending field.
         path: String,
         /// What is missing.
-        what: &'static str,
+        what: String,
     },
     /// More than 65535 ports.
     TooManyPorts,
@@ -200,6 +205,17 @@ pub fn compile(
 
     let mut network_uid = Vec::with_capacity(state.networks.len());
     for (i, net) in state.networks.iter().enumerate() {
+        if net.mtu > MAX_MTU {
+            return Err(CompileError::Unsupported {
+                path: format!("networks[{i}].mtu"),
+                what: format!(
+                    "{} is above {MAX_MTU}, the largest MTU whose frames fit the data plane's \
+                     {DEFAULT_FRAME_SIZE}-byte buffers (jumbo frames need multi-buffer AF_XDP, not \
+                     supported yet)",
+                    net.mtu
+                ),
+            });
+        }
         let uid = ids.network(&net.id)?;
         network_uid.push(uid);
         let segment = match net.segment {
@@ -214,7 +230,7 @@ pub fn compile(
             Segment::Vxlan { .. } => {
                 return Err(CompileError::Unsupported {
                     path: format!("networks[{i}].network_type"),
-                    what: "vxlan networks are not forwarded by the data plane yet",
+                    what: "vxlan networks are not forwarded by the data plane yet".into(),
                 })
             }
         };
@@ -333,6 +349,31 @@ mod tests {
         let compiled = compile(&state(true), &ids, 1).unwrap();
         assert_eq!(ids, Identities::default());
         assert_ne!(compiled.identities, ids);
+    }
+
+    #[test]
+    fn jumbo_mtu_is_refused_with_a_path() {
+        let text = r#"
+            [[uplinks]]
+            name = "uplink0"
+            physnet = "physnet1"
+            binding = { driver = "mem" }
+            mtu = 9000
+
+            [[networks]]
+            id = "net-j"
+            network_type = "flat"
+            physical_network = "physnet1"
+            mtu = 9000
+            "#;
+        let v = validate(&DesiredState::from_toml_str(text).unwrap()).unwrap();
+        let err = compile(&v, &Identities::default(), 1)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("networks[0].mtu: 9000 is above 1774"),
+            "{err}"
+        );
     }
 
     #[test]
