@@ -184,7 +184,6 @@ impl Worker {
         }
         counters.stage_packets[Stage::Classify as usize].add(pkts.len() as u64);
         classify(&self.snap, &self.pool, port_id, pkts);
-        counters.stage_packets[Stage::L2 as usize].add(pkts.len() as u64);
         l2::forward(
             &self.snap,
             &self.pool,

@@ -1,6 +1,7 @@
 //! L2 switching with Neutron semantics on mem ports: isolation between networks, VLAN
 //! push/pop on the uplink, static and learned MACs, flooding, aging and table limits.
 
+use pollux_dataplane::counters::Stage;
 use pollux_dataplane::drop::DropReason;
 use pollux_dataplane::snapshot::{L2Config, NetworkUid, PhysnetId, Segment, SnapshotBuilder};
 use pollux_tests::frames::{frame, mac, simple, untagged, vid_of, BROADCAST};
@@ -322,6 +323,14 @@ fn bad_frames_are_counted_drops() {
         assert!(out.is_empty(), "{reason}: nothing may leave, got {out:?}");
         assert_eq!(sw.counters().dropped(reason), before + 1, "{reason}");
     }
+    // Per-stage counters: all seven entered classification, only the hairpin reached L2.
+    let stages = &sw.counters().stage_packets;
+    assert_eq!(stages[Stage::Classify as usize].get(), 7);
+    assert_eq!(stages[Stage::L2 as usize].get(), 1);
+    assert_eq!(
+        stages[Stage::Output as usize].get() + stages[Stage::Flood as usize].get(),
+        0
+    );
     sw.assert_conserved();
 }
 

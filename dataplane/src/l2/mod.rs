@@ -7,7 +7,7 @@ mod learn;
 pub use learn::{LearnOutcome, Learned, MacTable};
 
 use crate::buf::FramePool;
-use crate::counters::WorkerCounters;
+use crate::counters::{Stage, WorkerCounters};
 use crate::drop::DropReason;
 use crate::packet::{Meta, Next, Packet};
 use crate::port::PortId;
@@ -39,10 +39,12 @@ pub fn forward(
     let mut last_src = NO_KEY;
     let mut last_dst = NO_KEY;
     let mut last_next = Next::Flood;
+    let mut entered = 0;
     for pkt in pkts.iter_mut() {
         if pkt.meta.next != Next::L2 {
             continue;
         }
+        entered += 1;
         let slot = pkt.meta.network;
         let Some(net) = snap.network(slot) else {
             debug_assert!(false, "packet classified into missing slot {slot}");
@@ -82,6 +84,7 @@ pub fn forward(
         }
         pkt.meta.next = last_next;
     }
+    counters.stage_packets[Stage::L2 as usize].add(entered);
 }
 
 #[cold]
