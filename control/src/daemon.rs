@@ -16,7 +16,7 @@ use pollux_drivers::mem::{mem_port, MemPortConfig, MemWire};
 use pollux_drivers::xdp::{XdpAttachment, XdpMode, XdpProgram};
 use pollux_drivers::xsk::{AfXdpPort, Umem, XskConfig, XskSocket};
 
-use crate::compile::{compile, Identities, PortPlan};
+use crate::compile::{compile, Identities, PortPlan, MAX_MTU};
 use crate::model::DesiredState;
 use crate::validate::{validate, Binding};
 use crate::workers;
@@ -91,6 +91,28 @@ fn pool_frames(plans: &[PortPlan]) -> u32 {
     queues * XSK_RING * 3 + SPARE_FRAMES
 }
 
+/// The MTU of interface `name` in this network namespace.
+fn interface_mtu(name: &str) -> io::Result<u32> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))?;
+    text.trim()
+        .parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad MTU {text:?}")))
+}
+
+/// Refuses an interface that can receive frames larger than one frame of the pool: the
+/// AF_XDP socket would drop them (as `xdp_rx_dropped`) where no drop reason shows them.
+fn check_mtu(interface: &str) -> Result<(), String> {
+    match interface_mtu(interface) {
+        Ok(mtu) if mtu > u32::from(MAX_MTU) => Err(format!(
+            "interface {interface} has MTU {mtu}, above {MAX_MTU}, the largest whose frames fit \
+             the data plane's {DEFAULT_FRAME_SIZE}-byte buffers (jumbo frames need multi-buffer \
+             AF_XDP, not supported yet); lower it with `ip link set {interface} mtu 1500`"
+        )),
+        // A missing interface is reported, with its name, by the XDP attach that follows.
+        _ => Ok(()),
+    }
+}
+
 /// Opens the driver for one port.
 fn bind(
     plan: &PortPlan,
@@ -100,6 +122,7 @@ fn bind(
 ) -> Result<(Box<dyn Port>, Vec<u16>), StartError> {
     match &plan.binding {
         Binding::Afxdp { interface, queues } => {
+            check_mtu(interface).map_err(|e| fail(format!("{}: {e}", plan.key)))?;
             let max_queue = queues.iter().copied().max().unwrap_or(0);
             let xdp = XdpProgram::attach(interface.as_str(), XdpMode::Auto, max_queue + 1)
                 .map_err(|e| fail(format!("{}: interface {interface}: {e}", plan.key)))?;
