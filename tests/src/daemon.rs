@@ -1,0 +1,339 @@
+//! Running the real `polluxd` in a network namespace, for end-to-end tests.
+//!
+//! - [`polluxd_path`] builds `polluxd` (release) once per test process and returns the
+//!   binary's path.
+//! - [`ConfigFile`] renders one of the workspace's `configs/*.toml` templates, replacing
+//!   `@P@` with a per-test interface prefix, into a temporary file removed on drop.
+//! - [`Polluxd`] runs `ip netns exec NS polluxd --config F --cores C` (so the child's PID
+//!   is polluxd itself: `ip netns exec` execs it), waits until it reports `ready`, and
+//!   kills it on drop, so no daemon outlives a failing test.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use crate::netns::{self, Netns, Proc};
+
+/// How long [`Polluxd::start`] waits for `ready` on stderr.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long [`Polluxd::stop`] waits for the daemon to exit after SIGINT.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound for building `polluxd` (a cold release build on a small, shared machine).
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(20 * 60);
+
+/// The placeholder templates use for the per-test interface prefix.
+pub const PLACEHOLDER: &str = "@P@";
+
+/// The Cargo workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .expect("the tests crate lives inside the workspace")
+        .to_path_buf()
+}
+
+/// The target directory Cargo builds into (`CARGO_TARGET_DIR` if set, else `target/`).
+fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                root.join(dir)
+            }
+        }
+        _ => root.join("target"),
+    }
+}
+
+fn build_polluxd() -> Result<PathBuf, String> {
+    let root = workspace_root();
+    // The `cargo` that runs the tests, if it told us (it sets CARGO for test processes).
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    cmd.current_dir(&root).args([
+        "build",
+        "--release",
+        "-q",
+        "-p",
+        "pollux-control",
+        "--bin",
+        "polluxd",
+    ]);
+    let line = format!(
+        "{} build --release -q -p pollux-control --bin polluxd (in {})",
+        cargo.to_string_lossy(),
+        root.display()
+    );
+    let out = netns::run_bounded(cmd, BUILD_TIMEOUT).map_err(|e| format!("`{line}`: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`{line}` failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let path = target_dir(&root).join("release").join("polluxd");
+    if !path.is_file() {
+        return Err(format!(
+            "`{line}` succeeded but {} does not exist",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
+/// Builds `polluxd` in release mode (once per test process; concurrent callers wait for
+/// the one build) and returns `target/release/polluxd`. Panics with Cargo's output if the
+/// build fails.
+pub fn polluxd_path() -> &'static Path {
+    static PATH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match PATH.get_or_init(build_polluxd) {
+        Ok(p) => p,
+        Err(e) => panic!("cannot build polluxd: {e}"),
+    }
+}
+
+/// The last CPU of the machine, as a `--cores` list: where the tests pin the worker.
+pub fn last_cpu() -> String {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (n - 1).to_string()
+}
+
+/// A configuration rendered from a template into a temporary file, removed on drop.
+#[derive(Debug)]
+pub struct ConfigFile {
+    path: PathBuf,
+}
+
+impl ConfigFile {
+    /// Renders `configs/<template>` of the workspace with every [`PLACEHOLDER`] replaced
+    /// by `prefix`, into `<tmp>/<prefix>-<template>`.
+    pub fn render(template: &str, prefix: &str) -> Result<ConfigFile, String> {
+        let src = workspace_root().join("configs").join(template);
+        let text = std::fs::read_to_string(&src)
+            .map_err(|e| format!("cannot read {}: {e}", src.display()))?;
+        if !text.contains(PLACEHOLDER) {
+            return Err(format!(
+                "{} has no {PLACEHOLDER} placeholder: its interface names would collide \
+                 between tests",
+                src.display()
+            ));
+        }
+        let path = std::env::temp_dir().join(format!("{prefix}-{template}"));
+        std::fs::write(&path, text.replace(PLACEHOLDER, prefix))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(ConfigFile { path })
+    }
+
+    /// Where the rendered configuration is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A `polluxd` running in a network namespace; SIGKILLed and reaped on drop.
+#[derive(Debug)]
+pub struct Polluxd {
+    proc: Option<Proc>,
+    ns: String,
+}
+
+impl Polluxd {
+    /// Starts `polluxd --config CONFIG --cores CORES` in `ns` without waiting for it.
+    pub fn spawn(ns: &Netns, config: &Path, cores: &str) -> Result<Polluxd, String> {
+        let bin = polluxd_path();
+        let bin = bin
+            .to_str()
+            .ok_or_else(|| format!("polluxd path {} is not UTF-8", bin.display()))?;
+        let config = config
+            .to_str()
+            .ok_or_else(|| format!("config path {} is not UTF-8", config.display()))?;
+        let proc = ns
+            .spawn(bin, &["--config", config, "--cores", cores])
+            .map_err(|e| format!("cannot start polluxd in {}: {e}", ns.name()))?;
+        Ok(Polluxd {
+            proc: Some(proc),
+            ns: ns.name().to_owned(),
+        })
+    }
+
+    /// Starts `polluxd` in `ns` and waits (at most [`READY_TIMEOUT`]) until it says
+    /// `ready` on stderr. On failure the daemon is killed and the error carries its
+    /// stderr.
+    pub fn start(ns: &Netns, config: &Path, cores: &str) -> Result<Polluxd, String> {
+        let mut d = Polluxd::spawn(ns, config, cores)?;
+        let p = d.proc_mut();
+        if p.wait_stderr_contains("polluxd: ready", READY_TIMEOUT) {
+            return Ok(d);
+        }
+        let running = p.is_running();
+        let stderr = p.stderr_so_far();
+        Err(format!(
+            "polluxd in {} did not report ready within {READY_TIMEOUT:?} ({}); stderr:\n{stderr}",
+            d.ns,
+            if running {
+                "still running"
+            } else {
+                "it exited"
+            },
+        ))
+    }
+
+    fn proc_mut(&mut self) -> &mut Proc {
+        self.proc
+            .as_mut()
+            .expect("the process is present until consumed")
+    }
+
+    fn take(&mut self) -> Proc {
+        self.proc
+            .take()
+            .expect("the process is present until consumed")
+    }
+
+    /// polluxd's PID.
+    pub fn pid(&self) -> u32 {
+        self.proc.as_ref().map_or(0, Proc::pid)
+    }
+
+    /// The namespace it runs in.
+    pub fn netns(&self) -> &str {
+        &self.ns
+    }
+
+    /// Whether it still runs.
+    pub fn is_running(&mut self) -> bool {
+        self.proc_mut().is_running()
+    }
+
+    /// Everything it wrote to stderr so far.
+    pub fn stderr_so_far(&self) -> String {
+        self.proc
+            .as_ref()
+            .map(Proc::stderr_so_far)
+            .unwrap_or_default()
+    }
+
+    /// Waits up to `limit` for it to exit by itself; its status and full stderr, or
+    /// `None` (still running; it is left running).
+    pub fn wait_exit(&mut self, limit: Duration) -> Result<Option<(ExitStatus, String)>, String> {
+        match self.proc_mut().wait_timeout(limit) {
+            Ok(None) => Ok(None),
+            Ok(Some(_)) => {
+                let out = self
+                    .take()
+                    .wait_output(Duration::from_secs(1))
+                    .map_err(|e| e.to_string())?;
+                Ok(Some((
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr).into_owned(),
+                )))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// SIGINT, then waits (at most [`STOP_TIMEOUT`]) for it to exit; returns its exit
+    /// status and full stderr. If it does not exit in time it is SIGKILLed and this is
+    /// an error carrying its stderr.
+    pub fn stop(mut self) -> Result<(ExitStatus, String), String> {
+        let p = self.take();
+        p.signal(libc::SIGINT);
+        let ns = self.ns.clone();
+        let out = p
+            .wait_output(STOP_TIMEOUT)
+            .map_err(|e| format!("polluxd in {ns} did not stop after SIGINT: {e}"))?;
+        Ok((
+            out.status,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ))
+    }
+
+    /// SIGKILL (no clean-up by polluxd itself), then reaps it; returns its exit status.
+    pub fn kill9(mut self) -> Result<ExitStatus, String> {
+        let p = self.take();
+        p.signal(libc::SIGKILL);
+        p.wait_output(Duration::from_secs(5))
+            .map(|out| out.status)
+            .map_err(|e| format!("polluxd did not die of SIGKILL: {e}"))
+    }
+}
+
+impl Drop for Polluxd {
+    fn drop(&mut self) {
+        // `Proc`'s own drop SIGKILLs the process group and reaps it.
+        self.proc.take();
+    }
+}
+
+/// The numbers of polluxd's final `polluxd: worker 0: rx N tx N flood copies N dropped N`
+/// line, if `stderr` has one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerTotals {
+    /// Frames received from all ports.
+    pub rx: u64,
+    /// Frames sent to all ports.
+    pub tx: u64,
+    /// Extra copies flooding made.
+    pub flood_copies: u64,
+    /// Frames dropped, for any reason.
+    pub dropped: u64,
+}
+
+/// Parses the worker totals line of polluxd's final counters.
+pub fn parse_worker_totals(stderr: &str) -> Option<WorkerTotals> {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("polluxd: worker 0: "))?;
+    let w: Vec<&str> = line.split_whitespace().collect();
+    // rx N tx N flood copies N dropped N
+    match w.as_slice() {
+        ["rx", rx, "tx", tx, "flood", "copies", fc, "dropped", d] => Some(WorkerTotals {
+            rx: rx.parse().ok()?,
+            tx: tx.parse().ok()?,
+            flood_copies: fc.parse().ok()?,
+            dropped: d.parse().ok()?,
+        }),
+        _ => None,
+    }
+}
+
+/// The `key value` pairs of polluxd's final `polluxd:   IFNAME driver: k v, k v` line for
+/// `ifname` (empty if there is none: it prints only non-zero driver counters).
+pub fn driver_counters(stderr: &str, ifname: &str) -> Vec<(String, u64)> {
+    let prefix = format!("polluxd:   {ifname} driver: ");
+    stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .flat_map(|rest| rest.split(", "))
+        .filter_map(|kv| {
+            let (k, v) = kv.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Interfaces among `ifnames` in `ns` that have an XDP program attached (`ip -d link
+/// show` lists `prog/xdp`).
+pub fn xdp_attached(ns: &Netns, ifnames: &[&str]) -> Result<Vec<String>, String> {
+    let mut with = Vec::new();
+    for name in ifnames {
+        let out = ns
+            .ip(&["-d", "link", "show", "dev", name])
+            .map_err(|e| e.to_string())?;
+        if out.contains("prog/xdp") {
+            with.push((*name).to_owned());
+        }
+    }
+    Ok(with)
+}
