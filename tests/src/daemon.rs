@@ -224,6 +224,11 @@ impl Polluxd {
             .unwrap_or_default()
     }
 
+    /// Waits up to `limit` until polluxd has written `needle` to stderr.
+    pub fn wait_stderr_contains(&mut self, needle: &str, limit: Duration) -> bool {
+        self.proc_mut().wait_stderr_contains(needle, limit)
+    }
+
     /// Waits up to `limit` for it to exit by itself; its status and full stderr, or
     /// `None` (still running; it is left running).
     pub fn wait_exit(&mut self, limit: Duration) -> Result<Option<(ExitStatus, String)>, String> {

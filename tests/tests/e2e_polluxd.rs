@@ -96,28 +96,33 @@ impl Lab {
         }
         let lab = Lab { topo };
         for vm in vms {
-            lab.topo
-                .veth_with(
-                    "host",
-                    &lab.switch_if(vm),
-                    vm.role,
-                    "eth0",
-                    &VethOptions {
-                        mac_b: Some(vm.mac.to_owned()),
-                        ..VethOptions::default()
-                    },
-                )
-                .unwrap();
-            // AF_XDP carries no checksum-offload state: the guest must fill in its own
-            // TCP/UDP checksums or the receiver drops the segments (see scripts/demo.sh).
-            lab.vm(vm)
-                .exec_ok("ethtool", &["-K", "eth0", "tx", "off"])
-                .unwrap();
-            lab.topo
-                .addr(vm.role, "eth0", &format!("{}/{PREFIX_LEN}", vm.ip))
-                .unwrap();
+            lab.plug(vm);
         }
         lab
+    }
+
+    /// Creates the veth between `host` and `vm` and configures the guest end.
+    fn plug(&self, vm: &Vm) {
+        self.topo
+            .veth_with(
+                "host",
+                &self.switch_if(vm),
+                vm.role,
+                "eth0",
+                &VethOptions {
+                    mac_b: Some(vm.mac.to_owned()),
+                    ..VethOptions::default()
+                },
+            )
+            .unwrap();
+        // AF_XDP carries no checksum-offload state: the guest must fill in its own
+        // TCP/UDP checksums or the receiver drops the segments (see scripts/demo.sh).
+        self.vm(vm)
+            .exec_ok("ethtool", &["-K", "eth0", "tx", "off"])
+            .unwrap();
+        self.topo
+            .addr(vm.role, "eth0", &format!("{}/{PREFIX_LEN}", vm.ip))
+            .unwrap();
     }
 
     fn prefix(&self) -> &str {
@@ -617,4 +622,47 @@ fn missing_interface_is_a_clear_error() {
         "polluxd: {stderr}\nmissing_interface_is_a_clear_error took {:?}",
         started.elapsed()
     );
+}
+
+/// A VM's interface deleted and created again (a VM restarted, its tap recreated): polluxd
+/// closes the port, then reopens it on the new interface, without a restart.
+#[test]
+fn interface_deleted_and_recreated_without_restart() {
+    let _serial = setup();
+    let lab = Lab::new(&[A1, A2, B1]);
+    let config = lab.config(CONFIG);
+    let mut polluxd = lab.start(&config);
+    lab.assert_reach(&A1, &A2, 2, &polluxd);
+
+    let a2_if = lab.switch_if(&A2);
+    lab.host().ip(&["link", "del", &a2_if]).unwrap();
+    assert!(
+        polluxd.wait_stderr_contains(
+            &format!("interface {a2_if} vanished"),
+            Duration::from_secs(5)
+        ),
+        "polluxd did not notice the interface vanish:\n{}",
+        polluxd.stderr_so_far()
+    );
+    assert_eq!(
+        lab.ping(&A1, &A2, 2).received,
+        0,
+        "a2 answered without an interface"
+    );
+
+    lab.plug(&A2);
+    assert!(
+        polluxd.wait_stderr_contains(
+            &format!("interface {a2_if} is back"),
+            Duration::from_secs(5)
+        ),
+        "polluxd did not reopen the port:\n{}",
+        polluxd.stderr_so_far()
+    );
+    lab.assert_reach(&A1, &A2, 3, &polluxd);
+    lab.assert_reach(&A2, &A1, 3, &polluxd);
+    assert!(polluxd.is_running(), "polluxd restarted or died");
+    let (totals, stderr) = stop_cleanly(polluxd);
+    eprintln!("polluxd after the interface came back:\n{stderr}");
+    assert!(totals.tx > 0);
 }
