@@ -666,3 +666,88 @@ fn interface_deleted_and_recreated_without_restart() {
     eprintln!("polluxd after the interface came back:\n{stderr}");
     assert!(totals.tx > 0);
 }
+
+/// Several queues per interface: with two-queue veths and one AF_XDP socket per queue,
+/// several TCP streams (spread over both queues by the sender's flow hash) all get through.
+#[test]
+fn several_queues_per_interface() {
+    let _serial = setup();
+    let lab = Lab::new(&[A1, A2]);
+    for vm in [A1, A2] {
+        let ifname = lab.switch_if(&vm);
+        lab.host().ip(&["link", "del", &ifname]).unwrap();
+        let vm_ns = lab.vm(&vm).name().to_owned();
+        lab.host()
+            .ip(&[
+                "link",
+                "add",
+                &ifname,
+                "numtxqueues",
+                "2",
+                "numrxqueues",
+                "2",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "numtxqueues",
+                "2",
+                "numrxqueues",
+                "2",
+                "netns",
+                &vm_ns,
+            ])
+            .unwrap();
+        lab.host().ip(&["link", "set", &ifname, "up"]).unwrap();
+        lab.topo.set_mac(vm.role, "eth0", vm.mac).unwrap();
+        lab.vm(&vm).ip(&["link", "set", "eth0", "up"]).unwrap();
+        lab.vm(&vm)
+            .exec_ok("ethtool", &["-K", "eth0", "tx", "off"])
+            .unwrap();
+        lab.topo
+            .addr(vm.role, "eth0", &format!("{}/{PREFIX_LEN}", vm.ip))
+            .unwrap();
+    }
+    let config = lab.config("e2e-multiqueue.toml");
+    let polluxd = lab.start(&config);
+    let ready = polluxd.stderr_so_far();
+    for vm in [A1, A2] {
+        for q in 0..2 {
+            let line = format!(" on {} queue {q}: ", lab.switch_if(&vm));
+            assert!(
+                ready.contains(&line),
+                "no socket on queue {q} of {}:\n{ready}",
+                vm.role
+            );
+        }
+    }
+    lab.assert_reach(&A1, &A2, 3, &polluxd);
+    let _server = netns::iperf3_server(lab.vm(&A2), A2.ip, 5201).unwrap();
+    let r = lab
+        .vm(&A1)
+        .exec_timeout(
+            "iperf3",
+            &[
+                "-c",
+                A2.ip,
+                "-t",
+                "2",
+                "-P",
+                "4",
+                "-J",
+                "--connect-timeout",
+                "3000",
+            ],
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    let summary = netns::parse_iperf3_json(&String::from_utf8_lossy(&r.stdout)).unwrap();
+    assert!(
+        summary.received_bps > 0.0,
+        "four TCP streams over two queues: {summary:?}"
+    );
+    let (totals, stderr) = stop_cleanly(polluxd);
+    eprintln!("polluxd with two queues per port:\n{stderr}");
+    assert!(totals.tx > 0);
+}
