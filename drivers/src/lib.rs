@@ -4,6 +4,7 @@
 
 pub mod bpf;
 pub mod mem;
+pub mod netdev;
 pub mod ring;
 pub mod xdp;
 pub mod xsk;

@@ -48,7 +48,7 @@
 
 mod ring;
 
-use std::ffi::CString;
+pub use crate::netdev::Interface;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -262,56 +262,6 @@ impl UmemShared {
 // Socket
 // ---------------------------------------------------------------------------------------
 
-/// An interface, by name or index, in the calling thread's network namespace.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Iface {
-    /// A name such as `eth1`.
-    Name(String),
-    /// An interface index.
-    Index(u32),
-}
-
-impl From<&str> for Iface {
-    fn from(name: &str) -> Self {
-        Iface::Name(name.to_owned())
-    }
-}
-
-impl From<String> for Iface {
-    fn from(name: String) -> Self {
-        Iface::Name(name)
-    }
-}
-
-impl From<u32> for Iface {
-    fn from(index: u32) -> Self {
-        Iface::Index(index)
-    }
-}
-
-impl Iface {
-    /// `(name for messages, index)`.
-    fn resolve(&self) -> io::Result<(String, u32)> {
-        match self {
-            Iface::Index(i) => Ok((format!("ifindex {i}"), *i)),
-            Iface::Name(name) => {
-                let c = CString::new(name.as_str())
-                    .map_err(|_| invalid(format!("interface name {name:?} contains NUL")))?;
-                // SAFETY: `c` is a NUL-terminated string that outlives the call, which only
-                // reads it.
-                let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-                if index == 0 {
-                    return Err(context(
-                        io::Error::last_os_error(),
-                        format_args!("no interface named {name:?} in this network namespace"),
-                    ));
-                }
-                Ok((name.clone(), index))
-            }
-        }
-    }
-}
-
 /// Which data path to ask the kernel for.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum BindMode {
@@ -427,7 +377,7 @@ impl XskSocket {
     /// (register [`XskSocket::fd`] in its `XSKMAP`); transmitting needs no program.
     pub fn new(
         umem: &Umem,
-        iface: impl Into<Iface>,
+        iface: impl Into<Interface>,
         queue: u32,
         config: &XskConfig,
     ) -> io::Result<XskSocket> {
@@ -1190,7 +1140,7 @@ mod tests {
 
     #[test]
     fn unknown_interface_is_named_in_the_error() {
-        let err = Iface::from("pxs-no-such-if").resolve().unwrap_err();
+        let err = Interface::from("pxs-no-such-if").resolve().unwrap_err();
         assert!(err.to_string().contains("pxs-no-such-if"), "{err}");
     }
 }
