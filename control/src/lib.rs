@@ -9,5 +9,6 @@
 pub mod compile;
 pub mod daemon;
 pub mod model;
+pub mod store;
 pub mod validate;
 pub mod workers;
