@@ -8,6 +8,7 @@
 
 pub mod compile;
 pub mod daemon;
+pub mod metrics;
 pub mod model;
 pub mod store;
 pub mod validate;

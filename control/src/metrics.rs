@@ -1,0 +1,619 @@
+//! Prometheus metrics: the exposition and the tiny HTTP server that serves it.
+//!
+//! Every worker writes only its own [`WorkerCounters`] (single writer, no atomic
+//! read-modify-write on the hot path). A scrape reads each worker's block once, sums
+//! over workers where the metric is not per worker, and encodes the result with the
+//! `prometheus-client` crate. That crate writes the OpenMetrics text format
+//! ([`render_openmetrics`]); [`render`] maps it to the Prometheus text format 0.0.4, which
+//! every scraper and `promtool check metrics` accept. The server picks by `Accept`.
+//! Config-apply statistics are kept here and updated by the control thread.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use pollux_dataplane::counters::{Stage, WorkerCounters};
+use pollux_dataplane::drop::DropReason;
+use pollux_dataplane::port::PortId;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+/// The `Content-Type` of [`render`]'s output (Prometheus text format 0.0.4).
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The `Content-Type` of [`render_openmetrics`]'s output.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Upper bounds (seconds) of the config-apply latency histogram: 100 µs to 10 s.
+pub const APPLY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+type GenerationFn = Box<dyn Fn() -> u64 + Send + Sync>;
+
+/// Everything a scrape reads: the workers' counters, the port names, the active
+/// generation and the config-apply statistics.
+pub struct MetricsSource {
+    workers: Vec<(usize, Arc<WorkerCounters>)>,
+    ports: Mutex<Vec<(PortId, String)>>,
+    generation: AtomicU64,
+    generation_fn: Option<GenerationFn>,
+    apply_total: Counter,
+    apply_failures_total: Counter,
+    apply_seconds: Histogram,
+}
+
+impl fmt::Debug for MetricsSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetricsSource")
+            .field("workers", &self.workers.len())
+            .field("ports", &self.ports.lock().map(|p| p.len()).unwrap_or(0))
+            .field("generation", &self.generation())
+            .field("apply_total", &self.apply_total.get())
+            .field("apply_failures_total", &self.apply_failures_total.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl MetricsSource {
+    /// A source over `workers` (worker id, its counters) and the port-name table `ports`.
+    pub fn new(workers: Vec<(usize, Arc<WorkerCounters>)>, ports: Vec<(PortId, String)>) -> Self {
+        MetricsSource {
+            workers,
+            ports: Mutex::new(ports),
+            generation: AtomicU64::new(0),
+            generation_fn: None,
+            apply_total: Counter::default(),
+            apply_failures_total: Counter::default(),
+            apply_seconds: Histogram::new(APPLY_BUCKETS),
+        }
+    }
+
+    /// Reads the active generation from `f` at each scrape instead of from
+    /// [`set_generation`](Self::set_generation).
+    pub fn with_generation_fn(mut self, f: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
+        self.generation_fn = Some(Box::new(f));
+        self
+    }
+
+    /// Replaces the port-name table (after a configuration change).
+    pub fn set_ports(&self, ports: Vec<(PortId, String)>) {
+        *self.ports.lock().unwrap_or_else(|e| e.into_inner()) = ports;
+    }
+
+    /// Records the active generation (ignored if a generation function was given).
+    pub fn set_generation(&self, generation: u64) {
+        self.generation.store(generation, Ordering::Relaxed);
+    }
+
+    /// The active generation as exported.
+    pub fn generation(&self) -> u64 {
+        match &self.generation_fn {
+            Some(f) => f(),
+            None => self.generation.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Records one configuration apply that took `elapsed` and succeeded or not.
+    pub fn record_apply(&self, ok: bool, elapsed: Duration) {
+        self.apply_total.inc();
+        if !ok {
+            self.apply_failures_total.inc();
+        }
+        self.apply_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    /// Applies recorded so far.
+    pub fn apply_total(&self) -> u64 {
+        self.apply_total.get()
+    }
+
+    /// Failed applies recorded so far.
+    pub fn apply_failures_total(&self) -> u64 {
+        self.apply_failures_total.get()
+    }
+
+    /// Reads every counter once into an owned snapshot.
+    fn scrape(&self) -> Scrape {
+        let ports = self.ports.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let ports = ports
+            .into_iter()
+            .map(|(id, name)| {
+                let mut v = [0u64; 5];
+                for (_, w) in &self.workers {
+                    if let Some(p) = w.port(id) {
+                        v[0] += p.rx_packets.get();
+                        v[1] += p.rx_bytes.get();
+                        v[2] += p.tx_packets.get();
+                        v[3] += p.tx_bytes.get();
+                        v[4] += p.tx_dropped.get();
+                    }
+                }
+                (name, v)
+            })
+            .collect();
+        let sum = |f: &dyn Fn(&WorkerCounters) -> u64| -> u64 {
+            self.workers.iter().map(|(_, w)| f(w)).sum()
+        };
+        Scrape {
+            ports,
+            drops: DropReason::ALL
+                .iter()
+                .map(|&r| (r.name(), sum(&|w| w.dropped(r))))
+                .collect(),
+            stages: Stage::ALL
+                .iter()
+                .map(|&s| (s.name(), sum(&|w| w.stage_packets[s as usize].get())))
+                .collect(),
+            workers: self
+                .workers
+                .iter()
+                .map(|(id, w)| WorkerScrape {
+                    id: id.to_string(),
+                    loops: w.loops.get(),
+                    busy_loops: w.busy_loops.get(),
+                    busy_ns: w.busy_ns.get(),
+                    idle_ns: w.idle_ns.get(),
+                })
+                .collect(),
+            generation: self.generation(),
+            apply_total: self.apply_total.get(),
+            apply_failures_total: self.apply_failures_total.get(),
+            apply_seconds: self.apply_seconds.clone(),
+            fdb_entries: sum(&|w| w.macs.get()),
+            mac_learned: sum(&|w| w.macs_learned.get()),
+            mac_moves: sum(&|w| w.mac_moves.get()),
+            mac_table_full: sum(&|w| w.mac_table_full.get()),
+            mac_aged: sum(&|w| w.macs_aged.get()),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct WorkerScrape {
+    id: String,
+    loops: u64,
+    busy_loops: u64,
+    busy_ns: u64,
+    idle_ns: u64,
+}
+
+/// One scrape's values, owned so the registry's collector can be `'static`.
+#[derive(Debug)]
+struct Scrape {
+    ports: Vec<(String, [u64; 5])>,
+    drops: Vec<(&'static str, u64)>,
+    stages: Vec<(&'static str, u64)>,
+    workers: Vec<WorkerScrape>,
+    generation: u64,
+    apply_total: u64,
+    apply_failures_total: u64,
+    apply_seconds: Histogram,
+    fdb_entries: u64,
+    mac_learned: u64,
+    mac_moves: u64,
+    mac_table_full: u64,
+    mac_aged: u64,
+}
+
+/// Writes one metric family of counters, one sample per label value.
+fn counter_family<V: prometheus_client::encoding::EncodeCounterValue + Copy>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    samples: impl IntoIterator<Item = (impl AsRef<str>, V)>,
+) -> fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value, n) in samples {
+        let labels = [(label, value.as_ref())];
+        ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+/// Writes one unlabelled counter.
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, n: u64) -> fmt::Result {
+    let c = ConstCounter::new(n);
+    c.encode(encoder.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+/// Writes one unlabelled gauge.
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, n: u64) -> fmt::Result {
+    let g = ConstGauge::new(n);
+    g.encode(encoder.encode_descriptor(name, help, None, g.metric_type())?)
+}
+
+impl Collector for Scrape {
+    // Counter names are given without `_total`: the encoder appends it to each sample.
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        type PortField = (&'static str, &'static str, usize);
+        const PORT_FIELDS: [PortField; 5] = [
+            (
+                "pollux_port_rx_packets",
+                "Frames received from the port.",
+                0,
+            ),
+            ("pollux_port_rx_bytes", "Bytes received from the port.", 1),
+            (
+                "pollux_port_tx_packets",
+                "Frames the port accepted for transmission.",
+                2,
+            ),
+            (
+                "pollux_port_tx_bytes",
+                "Bytes the port accepted for transmission.",
+                3,
+            ),
+            (
+                "pollux_port_tx_dropped",
+                "Frames meant for the port that it did not take.",
+                4,
+            ),
+        ];
+        for (name, help, i) in PORT_FIELDS {
+            counter_family(
+                &mut e,
+                name,
+                help,
+                "port",
+                self.ports.iter().map(|(p, v)| (p.as_str(), v[i])),
+            )?;
+        }
+        counter_family(
+            &mut e,
+            "pollux_drops",
+            "Frames dropped, by reason.",
+            "reason",
+            self.drops.iter().copied(),
+        )?;
+        counter_family(
+            &mut e,
+            "pollux_stage_packets",
+            "Packets that entered each pipeline stage.",
+            "stage",
+            self.stages.iter().copied(),
+        )?;
+        counter_family(
+            &mut e,
+            "pollux_worker_loops",
+            "Passes over the worker's poll list.",
+            "worker",
+            self.workers.iter().map(|w| (w.id.as_str(), w.loops)),
+        )?;
+        counter_family(
+            &mut e,
+            "pollux_worker_busy_loops",
+            "Passes that received at least one frame.",
+            "worker",
+            self.workers.iter().map(|w| (w.id.as_str(), w.busy_loops)),
+        )?;
+        counter_family(
+            &mut e,
+            "pollux_worker_busy_seconds",
+            "Time spent in passes that received frames.",
+            "worker",
+            self.workers
+                .iter()
+                .map(|w| (w.id.as_str(), w.busy_ns as f64 / 1e9)),
+        )?;
+        counter_family(
+            &mut e,
+            "pollux_worker_idle_seconds",
+            "Time spent in passes that received nothing.",
+            "worker",
+            self.workers
+                .iter()
+                .map(|w| (w.id.as_str(), w.idle_ns as f64 / 1e9)),
+        )?;
+        gauge(
+            &mut e,
+            "pollux_generation",
+            "Generation of the active configuration.",
+            self.generation,
+        )?;
+        counter(
+            &mut e,
+            "pollux_config_apply",
+            "Configuration applies attempted.",
+            self.apply_total,
+        )?;
+        counter(
+            &mut e,
+            "pollux_config_apply_failures",
+            "Configuration applies that failed.",
+            self.apply_failures_total,
+        )?;
+        let h = &self.apply_seconds;
+        h.encode(e.encode_descriptor(
+            "pollux_config_apply_seconds",
+            "Time taken to apply a configuration.",
+            None,
+            h.metric_type(),
+        )?)?;
+        gauge(
+            &mut e,
+            "pollux_fdb_entries",
+            "Learned MAC addresses held now, over all workers.",
+            self.fdb_entries,
+        )?;
+        counter(
+            &mut e,
+            "pollux_mac_learned",
+            "MAC addresses learned.",
+            self.mac_learned,
+        )?;
+        counter(
+            &mut e,
+            "pollux_mac_moves",
+            "Learned MAC addresses that moved to another port.",
+            self.mac_moves,
+        )?;
+        counter(
+            &mut e,
+            "pollux_mac_table_full",
+            "Source MACs not learned because the table was full.",
+            self.mac_table_full,
+        )?;
+        counter(
+            &mut e,
+            "pollux_mac_aged",
+            "Learned MAC addresses removed by aging.",
+            self.mac_aged,
+        )?;
+        Ok(())
+    }
+}
+
+/// Renders the OpenMetrics text exposition of `source` (ends with `# EOF`).
+pub fn render_openmetrics(source: &MetricsSource) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(source.scrape()));
+    let mut out = String::with_capacity(8192);
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .expect("writing to a String cannot fail");
+    out
+}
+
+/// Renders the Prometheus text format 0.0.4 exposition of `source`.
+pub fn render(source: &MetricsSource) -> String {
+    openmetrics_to_prometheus(&render_openmetrics(source))
+}
+
+/// Maps prometheus-client's OpenMetrics text to the Prometheus text format 0.0.4.
+///
+/// The two differ here only in that OpenMetrics names a counter family without its
+/// `_total` suffix in `# HELP`/`# TYPE` (the samples carry it), has `# UNIT` lines and
+/// ends with `# EOF`. Samples, label escaping and histograms are the same.
+fn openmetrics_to_prometheus(om: &str) -> String {
+    let counters: std::collections::HashSet<&str> = om
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(om.len() + 16 * counters.len());
+    for line in om.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((p, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(p);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Longest request head the server reads.
+const MAX_REQUEST: usize = 8192;
+/// How long the server waits for a request or for the client to take the response.
+const IO_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A tiny HTTP/1.1 server answering `GET /metrics` on its own thread.
+///
+/// Connections are served one at a time, each closed after one response; a request
+/// head is at most 8 KiB and must arrive within 2 s.
+#[derive(Debug)]
+pub struct MetricsServer {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl MetricsServer {
+    /// Binds `addr` and starts serving `source`.
+    pub fn bind(addr: SocketAddr, source: Arc<MetricsSource>) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("pollux-metrics".into())
+            .spawn({
+                let stop = Arc::clone(&stop);
+                move || serve(listener, &source, &stop)
+            })?;
+        Ok(MetricsServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound address (with the real port if bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops the server and waits for its thread.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept with a connection of our own.
+        let mut wake = self.addr;
+        if wake.ip().is_unspecified() {
+            wake.set_ip(match wake {
+                SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+            });
+        }
+        let _ = TcpStream::connect_timeout(&wake, Duration::from_secs(1));
+        let _ = thread.join();
+    }
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+fn serve(listener: TcpListener, source: &MetricsSource, stop: &AtomicBool) {
+    for conn in listener.incoming() {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        match conn {
+            Ok(stream) => {
+                let _ = handle(stream, source);
+            }
+            // Transient accept failures (EMFILE, ECONNABORTED): back off briefly.
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
+    }
+}
+
+/// Reads the request head: `Ok(None)` if it is larger than [`MAX_REQUEST`].
+fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n") {
+            return Ok(Some(buf));
+        }
+        if buf.len() >= MAX_REQUEST {
+            return Ok(None);
+        }
+        let n = stream.read(&mut chunk)?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+fn handle(mut stream: TcpStream, source: &MetricsSource) -> io::Result<()> {
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    let head = match read_head(&mut stream)? {
+        Some(head) => head,
+        None => {
+            return respond(
+                &mut stream,
+                "431 Request Header Fields Too Large",
+                "text/plain",
+                b"request too large\n",
+                false,
+            )
+        }
+    };
+    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
+    let line = String::from_utf8_lossy(line);
+    let mut parts = line.split_ascii_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let result = match (method, path) {
+        ("GET" | "HEAD", "/metrics") => {
+            let (body, content_type) = if accepts_openmetrics(&head) {
+                (render_openmetrics(source), OPENMETRICS_CONTENT_TYPE)
+            } else {
+                (render(source), CONTENT_TYPE)
+            };
+            respond(
+                &mut stream,
+                "200 OK",
+                content_type,
+                body.as_bytes(),
+                method == "HEAD",
+            )
+        }
+        (_, "/metrics") => respond(
+            &mut stream,
+            "405 Method Not Allowed",
+            "text/plain",
+            b"method not allowed\n",
+            false,
+        ),
+        _ => respond(
+            &mut stream,
+            "404 Not Found",
+            "text/plain",
+            b"not found\n",
+            false,
+        ),
+    };
+    let _ = stream.shutdown(Shutdown::Write);
+    result
+}
+
+/// Whether the request's `Accept` header names OpenMetrics text.
+fn accepts_openmetrics(head: &[u8]) -> bool {
+    String::from_utf8_lossy(head).lines().skip(1).any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.trim().eq_ignore_ascii_case("accept")
+                && v.to_ascii_lowercase()
+                    .contains("application/openmetrics-text")
+        })
+    })
+}
+
+fn respond(
+    stream: &mut TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &[u8],
+    head_only: bool,
+) -> io::Result<()> {
+    let mut out = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    if status.starts_with("405") {
+        out.push_str("Allow: GET, HEAD\r\n");
+    }
+    out.push_str("\r\n");
+    let mut out = out.into_bytes();
+    if !head_only {
+        out.extend_from_slice(body);
+    }
+    stream.write_all(&out)?;
+    stream.flush()
+}
