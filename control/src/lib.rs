@@ -10,6 +10,7 @@ pub mod compile;
 pub mod daemon;
 pub mod metrics;
 pub mod model;
+pub mod rpc;
 pub mod store;
 pub mod validate;
 pub mod workers;
