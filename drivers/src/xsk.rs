@@ -765,7 +765,14 @@ struct Counters {
 #[derive(Debug)]
 struct Queue {
     sock: XskSocket,
+    /// Kicks still to skip after the kernel said the link is down: the worker calls
+    /// `kick` on every idle pass, and a syscall per pass would burn the core for nothing
+    /// until the link comes back (about a millisecond of passes between retries).
+    kick_skip: u32,
 }
+
+/// Kicks skipped after a kick failed with ENETDOWN.
+const DOWN_KICK_SKIP: u32 = 1024;
 
 /// A port over AF_XDP sockets sharing the worker's pool as UMEM: port queue `i` is
 /// socket `i`. See the module documentation for addresses and frame ownership.
@@ -823,7 +830,10 @@ impl AfXdpPort {
         }
         let mut port = AfXdpPort {
             name,
-            queues: sockets.into_iter().map(|sock| Queue { sock }).collect(),
+            queues: sockets
+                .into_iter()
+                .map(|sock| Queue { sock, kick_skip: 0 })
+                .collect(),
             region: pool.region_ptr() as usize,
             held: Held::new(pool.capacity()),
             stats: PortStats::default(),
@@ -892,6 +902,10 @@ impl AfXdpPort {
     /// completion ring is full), so kick until the ring is drained, reaping in between,
     /// a bounded number of times; `housekeeping` picks up any rest.
     fn kick(&mut self, q: usize, pool: &mut FramePool) {
+        if self.queues[q].kick_skip > 0 {
+            self.queues[q].kick_skip -= 1;
+            return;
+        }
         let rounds = if self.queues[q].sock.mode == XskMode::Copy {
             self.queues[q].sock.tx.pending() / COPY_TX_BATCH + 2
         } else {
@@ -907,8 +921,12 @@ impl AfXdpPort {
                         break;
                     }
                 }
-                // Transient: the device queue is busy or full, or the link is down.
-                Err(Errno::BUSY | Errno::NOBUFS | Errno::NETDOWN) => break,
+                // Transient: the device queue is busy or full.
+                Err(Errno::BUSY | Errno::NOBUFS) => break,
+                Err(Errno::NETDOWN) => {
+                    self.queues[q].kick_skip = DOWN_KICK_SKIP;
+                    break;
+                }
                 Err(_) => {
                     self.counters.kick_errors += 1;
                     break;
@@ -926,7 +944,7 @@ impl Port for AfXdpPort {
     fn rx_burst(&mut self, queue: u16, pool: &mut FramePool, batch: &mut Batch) -> usize {
         self.check_pool(pool);
         let q = usize::from(queue);
-        let Some(Queue { sock }) = self.queues.get_mut(q) else {
+        let Some(Queue { sock, .. }) = self.queues.get_mut(q) else {
             return 0;
         };
         let held = &mut self.held;
@@ -1062,7 +1080,7 @@ impl Port for AfXdpPort {
         for q in 0..self.queues.len() {
             self.reap(q, pool);
         }
-        for Queue { sock } in std::mem::take(&mut self.queues) {
+        for Queue { sock, .. } in std::mem::take(&mut self.queues) {
             if let Ok(s) = sock.statistics() {
                 for (k, v) in self.closed.iter_mut().zip(kernel_stats(&s)) {
                     *k += v;
