@@ -48,15 +48,9 @@ fn other(msg: impl Into<String>) -> io::Error {
     io::Error::other(msg.into())
 }
 
-/// Whether `tool` is an executable file in one of the `PATH` directories (or in `/sbin`,
-/// `/usr/sbin`, where Debian puts the OVS daemons).
-pub fn find_tool(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from))
-        .map(|dir| dir.join(tool))
-        .find(|p| p.is_file())
-}
+/// Tools are looked up as the namespace library does (`PATH`, then the sbin directories
+/// where Debian puts the OVS daemons).
+pub use crate::netns::find_tool;
 
 /// The tools in `tools` that are not installed.
 pub fn missing_tools(tools: &[&str]) -> Vec<String> {
