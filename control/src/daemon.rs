@@ -2,7 +2,6 @@
 //! shuts down cleanly on SIGINT or SIGTERM.
 
 use std::collections::BTreeMap;
-use std::ffi::CString;
 use std::fmt::Write as _;
 use std::io;
 use std::path::PathBuf;
@@ -13,6 +12,7 @@ use pollux_dataplane::port::{Port, PortId};
 use pollux_dataplane::publish::Publisher;
 use pollux_dataplane::worker::{Worker, WorkerConfig};
 use pollux_drivers::mem::{mem_port, MemPortConfig, MemWire};
+use pollux_drivers::netdev::Interface;
 use pollux_drivers::xdp::{XdpAttachment, XdpMode, XdpProgram};
 use pollux_drivers::xsk::{AfXdpPort, Umem, XskConfig, XskSocket};
 
@@ -211,9 +211,9 @@ fn wait_for_signal(set: &libc::sigset_t, timeout: std::time::Duration) -> Option
 
 /// The index of interface `name` in this network namespace, 0 if there is none.
 fn ifindex(name: &str) -> u32 {
-    let Ok(c) = CString::new(name) else { return 0 };
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    unsafe { libc::if_nametoindex(c.as_ptr()) }
+    Interface::from(name)
+        .resolve()
+        .map_or(0, |(_, index)| index)
 }
 
 /// How often the daemon looks for AF_XDP interfaces that vanished or came back.
