@@ -36,6 +36,12 @@ impl Counter {
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Starts again from zero (a port id given to a new port). Only the owning worker may
+    /// call this; a scraper sees an ordinary counter reset.
+    pub fn reset(&self) {
+        self.0.store(0, Ordering::Relaxed);
+    }
 }
 
 /// A gauge with a single writer.
@@ -99,6 +105,21 @@ pub struct PortCounters {
     pub tx_bytes: Counter,
     /// Frames meant for the port that it did not take (ring full, not attached).
     pub tx_dropped: Counter,
+}
+
+impl PortCounters {
+    /// Zeroes every counter. Only the owning worker may call this.
+    pub fn reset(&self) {
+        for c in [
+            &self.rx_packets,
+            &self.rx_bytes,
+            &self.tx_packets,
+            &self.tx_bytes,
+            &self.tx_dropped,
+        ] {
+            c.reset();
+        }
+    }
 }
 
 /// Everything one worker counts.

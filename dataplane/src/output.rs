@@ -107,6 +107,14 @@ impl PortSet {
             .filter_map(|(i, s)| s.as_mut().map(|a| (PortId(i as u16), &mut *a.port)))
     }
 
+    /// Every attached port, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (PortId, &(dyn Port + 'static))> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| s.as_ref().map(|a| (PortId(i as u16), &*a.port)))
+    }
+
     /// Queues `pkt` for `out`; sends the port's batch as soon as it is full.
     #[inline(always)]
     fn enqueue(

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::buf::FramePool;
+use crate::buf::{FrameId, FramePool};
 use crate::packet::{Batch, Packet};
 
 /// A port's identity, stable across configuration generations (the control plane assigns
@@ -68,4 +68,13 @@ pub trait Port: Send {
 
     /// Returns every frame the port holds to `pool` (used before the worker stops).
     fn release_frames(&mut self, _pool: &mut FramePool) {}
+
+    /// Closes the port away from the worker, which has already let go of it (see
+    /// `Worker::take_port`): releases kernel resources, which may sleep (closing an AF_XDP
+    /// socket waits for an RCU grace period), and returns the pool frames the port still
+    /// held, for the worker to take back (`Worker::free_frames`). A port that holds no
+    /// frames between calls, like the default, returns none.
+    fn close(&mut self) -> Vec<FrameId> {
+        Vec::new()
+    }
 }

@@ -1,11 +1,17 @@
 //! The worker: a poll-mode loop over its receive queues, in the manner of an OVS PMD
 //! thread. Each pass takes the active snapshot once, runs every receive burst through the
 //! stages, flushes the transmit batches, and acknowledges the generation it ran.
+//!
+//! Whatever else must change inside a running worker (ports opened and closed, tables
+//! read for the CLI) is a [`Job`]: a closure the control thread posts to the worker's
+//! mailbox and the worker runs between passes, at its housekeeping cadence. The worker is
+//! never stopped or locked for it, and the other ports keep flowing.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 
-use crate::buf::FramePool;
+use crate::buf::{FrameId, FramePool};
 use crate::classify::classify;
 use crate::counters::{Stage, WorkerCounters};
 use crate::l2::{self, MacTable};
@@ -39,6 +45,36 @@ impl Default for WorkerConfig {
     }
 }
 
+/// Jobs a worker runs per housekeeping round at most.
+pub const JOBS_PER_ROUND: usize = 64;
+
+/// Work for a running worker, run on its thread between two passes.
+pub type Job = Box<dyn FnOnce(&mut Worker) + Send>;
+
+/// Posts [`Job`]s to one worker. Cloneable; the worker runs them in posting order.
+#[derive(Clone, Debug)]
+pub struct Mailbox(Sender<Job>);
+
+/// The worker that owned a [`Mailbox`] is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerGone;
+
+impl std::fmt::Display for WorkerGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the worker is gone")
+    }
+}
+
+impl std::error::Error for WorkerGone {}
+
+impl Mailbox {
+    /// Queues `job`; the worker runs it within one housekeeping interval while it runs
+    /// (a paused worker runs it when resumed).
+    pub fn post(&self, job: impl FnOnce(&mut Worker) + Send + 'static) -> Result<(), WorkerGone> {
+        self.0.send(Box::new(job)).map_err(|_| WorkerGone)
+    }
+}
+
 /// One worker's complete state. See the module documentation.
 pub struct Worker {
     config: WorkerConfig,
@@ -54,6 +90,11 @@ pub struct Worker {
     counters: Arc<WorkerCounters>,
     batch: Batch,
     next_housekeeping_ns: u64,
+    /// The worker's clock, in seconds, at the start of the latest pass.
+    now_secs: u32,
+    /// Never disconnected: the worker holds a sender itself.
+    jobs: Receiver<Job>,
+    mailbox: Sender<Job>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -79,6 +120,9 @@ impl Worker {
         max_ports: usize,
     ) -> Self {
         let snap = cell.load();
+        let (mailbox, jobs) = mpsc::channel();
+        let counters = Arc::new(WorkerCounters::new(max_ports));
+        counters.generation.set(snap.generation());
         Worker {
             pool,
             ports: PortSet::new(config.id),
@@ -87,10 +131,29 @@ impl Worker {
             cell,
             ack,
             macs: MacTable::new(config.mac_table_capacity),
-            counters: Arc::new(WorkerCounters::new(max_ports)),
+            counters,
             batch: Batch::with_capacity(MAX_BURST),
             next_housekeeping_ns: 0,
+            now_secs: 0,
+            jobs,
+            mailbox,
             config,
+        }
+    }
+
+    /// The worker's mailbox.
+    pub fn mailbox(&self) -> Mailbox {
+        Mailbox(self.mailbox.clone())
+    }
+
+    /// Runs the jobs posted so far, at most [`JOBS_PER_ROUND`] of them, so that a burst
+    /// of control work cannot hold the poll loop for long.
+    fn run_jobs(&mut self) {
+        for _ in 0..JOBS_PER_ROUND {
+            match self.jobs.try_recv() {
+                Ok(job) => job(self),
+                Err(_) => break,
+            }
         }
     }
 
@@ -101,13 +164,41 @@ impl Worker {
         self.poll_list.extend(rx_queues.iter().map(|&q| (id, q)));
     }
 
+    /// Attaches a port that is new under `id`: as [`Worker::attach`], with the port's
+    /// counters starting from zero (the id may have belonged to a removed port).
+    pub fn attach_new(&mut self, id: PortId, port: Box<dyn Port>, rx_queues: &[u16]) {
+        self.attach(id, port, rx_queues);
+        if let Some(c) = self.counters.port(id) {
+            c.reset();
+        }
+    }
+
     /// Detaches the port under `id`, returning the frames it holds to the pool.
     pub fn detach(&mut self, id: PortId) -> Option<Box<dyn Port>> {
-        self.ports.flush(&mut self.pool, &self.counters);
-        self.poll_list.retain(|&(p, _)| p != id);
-        let mut port = self.ports.detach(id)?;
+        let mut port = self.take_port(id)?;
         port.release_frames(&mut self.pool);
         Some(port)
+    }
+
+    /// Detaches the port under `id` without closing it, so that whoever closes it (which
+    /// may sleep: see [`Port::close`]) does so off the worker's thread. The frames it holds
+    /// stay out of the pool until handed back with [`Worker::free_frames`].
+    pub fn take_port(&mut self, id: PortId) -> Option<Box<dyn Port>> {
+        self.ports.flush(&mut self.pool, &self.counters);
+        self.poll_list.retain(|&(p, _)| p != id);
+        self.ports.detach(id)
+    }
+
+    /// Returns frames a closed port held (from [`Port::close`]) to the pool.
+    pub fn free_frames(&mut self, frames: &[FrameId]) {
+        for &frame in frames {
+            self.pool.free(frame);
+        }
+    }
+
+    /// The receive queues polled, as (port, queue) in polling order.
+    pub fn poll_list(&self) -> &[(PortId, u16)] {
+        &self.poll_list
     }
 
     /// The counters, shared with whoever exports them.
@@ -130,6 +221,11 @@ impl Worker {
         &self.ports
     }
 
+    /// The worker's clock in seconds (the time base of learned entries' `seen`).
+    pub fn now_secs(&self) -> u32 {
+        self.now_secs
+    }
+
     /// Generation of the snapshot in use.
     pub fn generation(&self) -> u64 {
         self.snap.generation()
@@ -147,6 +243,7 @@ impl Worker {
             self.counters.generation.set(self.snap.generation());
         }
         let now_secs = (now_ns / 1_000_000_000) as u32;
+        self.now_secs = now_secs;
         let mut received = 0;
         for i in 0..self.poll_list.len() {
             let (port_id, queue) = self.poll_list[i];
@@ -199,6 +296,7 @@ impl Worker {
     }
 
     fn housekeeping(&mut self, now_secs: u32) {
+        self.run_jobs();
         for (_, port) in self.ports.iter_mut() {
             port.housekeeping(&mut self.pool);
         }
