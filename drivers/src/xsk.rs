@@ -1076,10 +1076,20 @@ impl Port for AfXdpPort {
     /// afterwards: bursts return 0.
     fn release_frames(&mut self, pool: &mut FramePool) {
         self.check_pool(pool);
-        let mut all_closed = true;
         for q in 0..self.queues.len() {
             self.reap(q, pool);
         }
+        for frame in self.close() {
+            pool.free(frame);
+        }
+    }
+
+    /// Closes every socket (each close waits for the kernel to let go of it) and returns
+    /// the frames the kernel held, which are free once it has. A socket that could not be
+    /// closed keeps them: they are leaked rather than handed out while the kernel may
+    /// still write to them.
+    fn close(&mut self) -> Vec<FrameId> {
+        let mut all_closed = true;
         for Queue { sock, .. } in std::mem::take(&mut self.queues) {
             if let Ok(s) = sock.statistics() {
                 for (k, v) in self.closed.iter_mut().zip(kernel_stats(&s)) {
@@ -1089,11 +1099,11 @@ impl Port for AfXdpPort {
             all_closed &= sock.close();
         }
         if all_closed {
-            // The kernel is done with the UMEM frames of these sockets: frames on the rx
-            // ring, the fill ring, inside the kernel, or not yet completed are ours again.
-            for frame in self.held.drain() {
-                pool.free(frame);
-            }
+            // Frames on the rx ring, the fill ring, inside the kernel, or not yet
+            // completed are ours again.
+            self.held.drain()
+        } else {
+            Vec::new()
         }
     }
 }
