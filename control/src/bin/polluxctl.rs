@@ -1,0 +1,828 @@
+//! `polluxctl`, the command-line client of `polluxd`'s control socket (see
+//! `pollux_control::client`).
+//!
+//! Exit codes: 0 success, 1 the daemon refused the request (an RPC error), 2 a usage or
+//! local file problem, 3 the daemon could not be reached or answered nonsense.
+
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use pollux_control::client::{CallError, Client};
+use pollux_control::model::{DesiredState, TOP_LEVEL_KEYS};
+use serde_json::{json, Map, Value};
+
+/// Where `polluxd` listens unless told otherwise.
+const DEFAULT_SOCKET: &str = "/run/pollux/polluxd.sock";
+/// Overrides [`DEFAULT_SOCKET`]; `--socket` overrides both.
+const SOCKET_ENV: &str = "POLLUX_SOCKET";
+
+/// Controls polluxd, the Pollux virtual switch, through its control socket.
+#[derive(Debug, Parser)]
+#[command(name = "polluxctl", version)]
+struct Cli {
+    /// The control socket [default: $POLLUX_SOCKET, else /run/pollux/polluxd.sock].
+    #[arg(long, global = true, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print the daemon's result (or error object) as JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    /// Seconds to wait for the daemon; 0 waits forever.
+    #[arg(long, global = true, value_name = "SECS", default_value_t = 30)]
+    timeout: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply a desired state (TOML, or JSON if the name ends in .json; "-" reads TOML
+    /// from stdin).
+    Apply {
+        /// The desired state.
+        file: PathBuf,
+        /// Validate and show the diff, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Refuse unless the active generation is N.
+        #[arg(long, value_name = "N")]
+        expect_generation: Option<u64>,
+    },
+    /// Show the running state.
+    #[command(subcommand)]
+    Show(Show),
+    /// List the retained generations, newest first.
+    History,
+    /// Apply the state of a retained generation again, as a new generation.
+    Rollback {
+        /// The generation whose state to apply.
+        generation: u64,
+        /// Validate and show the diff, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Refuse unless the active generation is N.
+        #[arg(long, value_name = "N")]
+        expect_generation: Option<u64>,
+    },
+    /// Print the versions of polluxctl and polluxd.
+    Version,
+    /// List the daemon's methods.
+    RpcList,
+}
+
+#[derive(Debug, Subcommand)]
+enum Show {
+    /// The desired state, as TOML.
+    Config {
+        /// A retained generation instead of the active one.
+        #[arg(long, value_name = "N")]
+        generation: Option<u64>,
+    },
+    /// Ports and their counters.
+    Ports,
+    /// Networks.
+    Networks,
+    /// MAC forwarding entries.
+    Fdb {
+        /// Only this network.
+        #[arg(long, value_name = "ID")]
+        network: Option<String>,
+    },
+    /// Routes.
+    Routes {
+        /// Only this router.
+        #[arg(long, value_name = "ID")]
+        router: Option<String>,
+    },
+    /// Connection tracking sessions.
+    Sessions,
+    /// DHCP leases.
+    Leases,
+    /// Worker counters, drop reasons and apply totals.
+    Stats,
+}
+
+/// Why a command failed, which decides the exit code.
+#[derive(Debug)]
+enum Failure {
+    /// A local problem with the user's input (a file): exit 2.
+    Local(String),
+    /// The call failed: exit 1 for an RPC error, 3 otherwise.
+    Call(CallError),
+}
+
+impl From<CallError> for Failure {
+    fn from(e: CallError) -> Self {
+        Failure::Call(e)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(&cli) {
+        Ok(text) => {
+            print_stdout(&text);
+            ExitCode::SUCCESS
+        }
+        Err(failure) => report(&cli, failure),
+    }
+}
+
+/// Runs the command; its output, without the final newline.
+fn run(cli: &Cli) -> Result<String, Failure> {
+    // Local input first: a bad file is reported even when the daemon is down.
+    let (method, params) = request(&cli.command)?;
+    let mut client = connect(cli).map_err(|e| Failure::Call(CallError::Io(e)))?;
+    let result = client.call(method, params)?;
+    if cli.json {
+        return Ok(pretty(&result));
+    }
+    Ok(render(&cli.command, &result))
+}
+
+fn connect(cli: &Cli) -> io::Result<Client> {
+    let path = cli
+        .socket
+        .clone()
+        .or_else(|| {
+            std::env::var_os(SOCKET_ENV)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+    Client::connect(&path)?.with_timeout(Duration::from_secs(cli.timeout))
+}
+
+fn report(cli: &Cli, failure: Failure) -> ExitCode {
+    let (code, message) = match &failure {
+        Failure::Local(message) => (2, message.clone()),
+        Failure::Call(e @ CallError::Rpc { .. }) => (1, e.to_string()),
+        Failure::Call(e) => (3, e.to_string()),
+    };
+    if let (
+        true,
+        Failure::Call(CallError::Rpc {
+            code,
+            message,
+            data,
+        }),
+    ) = (cli.json, &failure)
+    {
+        let error = json!({ "code": code, "message": message, "data": data });
+        print_stdout(&pretty(&error));
+    }
+    eprintln!("polluxctl: {message}");
+    ExitCode::from(code)
+}
+
+/// Prints `text` and a newline; a closed stdout (`| head`) is not worth a panic.
+fn print_stdout(text: &str) {
+    let mut out = io::stdout().lock();
+    let _ = writeln!(out, "{text}").and_then(|()| out.flush());
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+}
+
+/// The method and params a command calls.
+fn request(command: &Command) -> Result<(&'static str, Value), Failure> {
+    Ok(match command {
+        Command::Apply {
+            file,
+            dry_run,
+            expect_generation,
+        } => {
+            let state = serde_json::to_value(load_state(file)?)
+                .map_err(|e| Failure::Local(format!("{}: {e}", file.display())))?;
+            let params = commit_params(json!({ "state": state }), *dry_run, *expect_generation);
+            ("config.apply", params)
+        }
+        Command::Rollback {
+            generation,
+            dry_run,
+            expect_generation,
+        } => {
+            let params = json!({ "generation": generation });
+            let params = commit_params(params, *dry_run, *expect_generation);
+            ("config.rollback", params)
+        }
+        Command::Show(show) => show_request(show),
+        Command::History => ("config.history", json!({})),
+        Command::Version => ("version.get", json!({})),
+        Command::RpcList => ("rpc.list", json!({})),
+    })
+}
+
+fn show_request(show: &Show) -> (&'static str, Value) {
+    match show {
+        Show::Config { generation } => ("config.get", optional("generation", generation)),
+        Show::Ports => ("ports.list", json!({})),
+        Show::Networks => ("networks.list", json!({})),
+        Show::Fdb { network } => ("fdb.list", optional("network_id", network)),
+        Show::Routes { router } => ("routes.list", optional("router_id", router)),
+        Show::Sessions => ("sessions.list", json!({})),
+        Show::Leases => ("leases.list", json!({})),
+        Show::Stats => ("stats.get", json!({})),
+    }
+}
+
+/// `{key: value}`, or `{}` when there is no value.
+fn optional<T: serde::Serialize>(key: &str, value: &Option<T>) -> Value {
+    let mut params = Map::new();
+    if let Some(v) = value {
+        params.insert(key.to_owned(), json!(v));
+    }
+    Value::Object(params)
+}
+
+fn commit_params(mut params: Value, dry_run: bool, expect_generation: Option<u64>) -> Value {
+    params["dry_run"] = json!(dry_run);
+    if let Some(n) = expect_generation {
+        params["expect_generation"] = json!(n);
+    }
+    params
+}
+
+/// Reads and parses the desired state, so that syntax errors name the file.
+fn load_state(file: &Path) -> Result<DesiredState, Failure> {
+    let stdin = file == Path::new("-");
+    let name = if stdin {
+        "<stdin>".to_owned()
+    } else {
+        file.display().to_string()
+    };
+    let text =
+        read_input(file, stdin).map_err(|e| Failure::Local(format!("cannot read {name}: {e}")))?;
+    let is_json = !stdin
+        && file
+            .extension()
+            .is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
+    let parsed = if is_json {
+        DesiredState::from_json_str(&text)
+    } else {
+        DesiredState::from_toml_str(&text)
+    };
+    parsed.map_err(|e| Failure::Local(format!("{name}: {e}")))
+}
+
+fn read_input(file: &Path, stdin: bool) -> io::Result<String> {
+    if stdin {
+        let mut text = String::new();
+        io::stdin().read_to_string(&mut text)?;
+        Ok(text)
+    } else {
+        std::fs::read_to_string(file)
+    }
+}
+
+/// A table column: its header, and where a row keeps its cell (a key, or a JSON pointer
+/// when it starts with `/`).
+type Column<'a> = (&'a str, &'a str);
+
+const PORT_COLUMNS: &[Column] = &[
+    ("ID", "id"),
+    ("KIND", "kind"),
+    ("NO", "port_no"),
+    ("NETWORK", "network_id"),
+    ("PHYSNET", "physnet"),
+    ("MAC", "mac_address"),
+    ("DRIVER", "driver"),
+    ("INTERFACE", "interface"),
+    ("STATE", "state"),
+    ("RX_PKTS", "rx_packets"),
+    ("RX_BYTES", "rx_bytes"),
+    ("TX_PKTS", "tx_packets"),
+    ("TX_BYTES", "tx_bytes"),
+    ("TX_DROP", "tx_dropped"),
+];
+
+const NETWORK_COLUMNS: &[Column] = &[
+    ("ID", "id"),
+    ("TYPE", "network_type"),
+    ("PHYSNET", "physical_network"),
+    ("SEG_ID", "segmentation_id"),
+    ("MTU", "mtu"),
+    ("UP", "admin_state_up"),
+    ("PORTS", "ports"),
+    ("SUBNETS", "subnets"),
+];
+
+const FDB_COLUMNS: &[Column] = &[
+    ("NETWORK", "network_id"),
+    ("MAC", "mac_address"),
+    ("PORT", "port"),
+    ("KIND", "kind"),
+    ("AGE", "age_secs"),
+];
+
+const ROUTE_COLUMNS: &[Column] = &[
+    ("ROUTER", "router_id"),
+    ("DESTINATION", "destination"),
+    ("NEXTHOP", "nexthop"),
+    ("KIND", "kind"),
+    ("INTERFACE", "interface"),
+];
+
+const WORKER_COLUMNS: &[Column] = &[
+    ("WORKER", "id"),
+    ("CORE", "core"),
+    ("RX_PKTS", "rx_packets"),
+    ("TX_PKTS", "tx_packets"),
+    ("FLOOD", "flood_copies"),
+    ("DROPPED", "dropped"),
+    ("LOOPS", "loops"),
+    ("BUSY_LOOPS", "busy_loops"),
+    ("BUSY_NS", "busy_ns"),
+    ("IDLE_NS", "idle_ns"),
+    ("MACS", "macs"),
+    ("GEN", "generation"),
+];
+
+const DROP_COLUMNS: &[Column] = &[("DROP_REASON", "reason"), ("COUNT", "count")];
+
+const HISTORY_COLUMNS: &[Column] = &[
+    ("GENERATION", "generation"),
+    ("APPLIED_AT", "applied_at"),
+    ("ACTIVE", "active"),
+];
+
+const METHOD_COLUMNS: &[Column] = &[("METHOD", "name"), ("USAGE", "usage")];
+
+/// The human-readable output of a command, without the final newline.
+fn render(command: &Command, result: &Value) -> String {
+    match command {
+        Command::Apply { .. } | Command::Rollback { .. } => commit_report(result),
+        Command::Show(show) => render_show(show, result),
+        Command::History => table(&history_rows(result), HISTORY_COLUMNS),
+        Command::Version => version_report(result),
+        Command::RpcList => table(rows(result, "methods"), METHOD_COLUMNS),
+    }
+}
+
+fn render_show(show: &Show, result: &Value) -> String {
+    match show {
+        Show::Config { .. } => config_report(result),
+        Show::Ports => table(rows(result, "ports"), PORT_COLUMNS),
+        Show::Networks => table(rows(result, "networks"), NETWORK_COLUMNS),
+        Show::Fdb { .. } => table(rows(result, "entries"), FDB_COLUMNS),
+        Show::Routes { .. } => table(rows(result, "routes"), ROUTE_COLUMNS),
+        Show::Sessions => any_table(rows(result, "sessions")),
+        Show::Leases => any_table(rows(result, "leases")),
+        Show::Stats => stats_report(result),
+    }
+}
+
+/// The list under `key`, or none.
+fn rows<'a>(result: &'a Value, key: &str) -> &'a [Value] {
+    result
+        .get(key)
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice)
+}
+
+/// A table of rows whose shape is not fixed yet: one column per key, in order of first
+/// appearance.
+fn any_table(rows: &[Value]) -> String {
+    let mut keys: Vec<&str> = Vec::new();
+    for key in rows.iter().filter_map(Value::as_object).flat_map(Map::keys) {
+        if !keys.contains(&key.as_str()) {
+            keys.push(key);
+        }
+    }
+    let headers: Vec<String> = keys.iter().map(|k| k.to_uppercase()).collect();
+    let columns: Vec<Column> = headers.iter().map(String::as_str).zip(keys).collect();
+    table(rows, &columns)
+}
+
+/// Renders `rows` as aligned columns under a header row: two spaces between columns,
+/// numeric columns right-aligned, no trailing spaces.
+fn table(rows: &[Value], columns: &[Column]) -> String {
+    let cells: Vec<Vec<Option<&Value>>> = rows
+        .iter()
+        .map(|row| columns.iter().map(|(_, key)| lookup(row, key)).collect())
+        .collect();
+    let mut lines: Vec<Vec<String>> = vec![columns.iter().map(|(h, _)| h.to_string()).collect()];
+    lines.extend(
+        cells
+            .iter()
+            .map(|row| row.iter().map(|v| cell_text(*v)).collect()),
+    );
+    let right: Vec<bool> = (0..columns.len())
+        .map(|i| is_numeric_column(cells.iter().map(|row| row[i])))
+        .collect();
+    let widths: Vec<usize> = (0..columns.len())
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let out: Vec<String> = lines
+        .iter()
+        .map(|line| layout_line(line, &widths, &right))
+        .collect();
+    out.join("\n")
+}
+
+fn layout_line(cells: &[String], widths: &[usize], right: &[bool]) -> String {
+    let padded: Vec<String> = cells
+        .iter()
+        .zip(widths.iter().zip(right))
+        .map(|(cell, (&w, &right))| {
+            if right {
+                format!("{cell:>w$}")
+            } else {
+                format!("{cell:<w$}")
+            }
+        })
+        .collect();
+    padded.join("  ").trim_end().to_owned()
+}
+
+fn lookup<'a>(row: &'a Value, key: &str) -> Option<&'a Value> {
+    if key.starts_with('/') {
+        row.pointer(key)
+    } else {
+        row.get(key)
+    }
+}
+
+/// A column is numeric when it holds numbers and nothing else but nulls.
+fn is_numeric_column<'a>(mut cells: impl Iterator<Item = Option<&'a Value>>) -> bool {
+    let mut any = false;
+    let all = cells.all(|v| match v {
+        Some(Value::Number(_)) => {
+            any = true;
+            true
+        }
+        None | Some(Value::Null) => true,
+        Some(_) => false,
+    });
+    all && any
+}
+
+/// A value as a table cell: strings without quotes, absent as `-`, lists joined by `,`.
+fn cell_text(v: Option<&Value>) -> String {
+    match v {
+        None | Some(Value::Null) => "-".to_owned(),
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(items)) if items.is_empty() => "-".to_owned(),
+        Some(Value::Array(items)) => {
+            let items: Vec<String> = items.iter().map(|i| cell_text(Some(i))).collect();
+            items.join(",")
+        }
+        Some(other) => other.to_string(),
+    }
+}
+
+/// The first line of `apply` and `rollback`, then the diff.
+fn commit_report(result: &Value) -> String {
+    let flag = |key| result.get(key).and_then(Value::as_bool).unwrap_or(false);
+    let generation = cell_text(result.get("generation"));
+    let mut summary = if flag("applied") {
+        format!("generation {generation} applied")
+    } else if !flag("changed") {
+        format!("no change (generation {generation})")
+    } else if flag("dry_run") {
+        "would change the running configuration".to_owned()
+    } else {
+        format!("not applied (generation {generation})")
+    };
+    if flag("dry_run") {
+        summary.insert_str(0, "dry run: ");
+    }
+    if let Some(to) = result.get("rolled_back_to").filter(|v| !v.is_null()) {
+        summary.push_str(&format!(
+            " (rollback to generation {})",
+            cell_text(Some(to))
+        ));
+    }
+    let mut lines = vec![summary];
+    lines.extend(diff_lines(result.get("diff").unwrap_or(&Value::Null)));
+    lines.join("\n")
+}
+
+/// One line per difference: `+ ports vm3`, `- networks net-x`, `~ ports vm1 (fixed_ips)`.
+fn diff_lines(diff: &Value) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (sign, section) in [('+', "added"), ('-', "removed"), ('~', "changed")] {
+        let Some(collections) = diff.get(section).and_then(Value::as_object) else {
+            continue;
+        };
+        for key in in_model_order(collections) {
+            lines.extend(entry_lines(sign, key, &collections[key]));
+        }
+    }
+    lines
+}
+
+/// The keys of `map`: the model's top-level keys in document order, then any others.
+fn in_model_order(map: &Map<String, Value>) -> Vec<&str> {
+    let known = TOP_LEVEL_KEYS
+        .iter()
+        .copied()
+        .filter(|k| map.contains_key(*k));
+    let others = map
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !TOP_LEVEL_KEYS.contains(k));
+    known.chain(others).collect()
+}
+
+fn entry_lines(sign: char, collection: &str, entries: &Value) -> Vec<String> {
+    match entries {
+        Value::Null | Value::Bool(false) => Vec::new(),
+        // A section that is not a list, e.g. `"l2": true`.
+        Value::Bool(true) => vec![format!("{sign} {collection}")],
+        Value::Array(items) => items
+            .iter()
+            .map(|item| format!("{sign} {collection}{}", item_text(item)))
+            .collect(),
+        other => vec![format!("{sign} {collection}{}", item_text(other))],
+    }
+}
+
+/// ` id (field, field)` for one diff entry; either part may be missing.
+fn item_text(item: &Value) -> String {
+    let Value::Object(obj) = item else {
+        return format!(" {}", cell_text(Some(item)));
+    };
+    let mut text = String::new();
+    if let Some(id) = obj.get("id").or_else(|| obj.get("name")) {
+        text = format!(" {}", cell_text(Some(id)));
+    }
+    let fields: Vec<String> = obj
+        .get("fields")
+        .and_then(Value::as_array)
+        .map(|f| f.iter().map(|v| cell_text(Some(v))).collect())
+        .unwrap_or_default();
+    if !fields.is_empty() {
+        text.push_str(&format!(" ({})", fields.join(", ")));
+    }
+    text
+}
+
+/// The state as TOML that `polluxctl apply` takes back; JSON if it does not fit the model
+/// this polluxctl knows (a newer daemon).
+fn config_report(result: &Value) -> String {
+    let state = result.get("state").cloned().unwrap_or(Value::Null);
+    let text = serde_json::from_value::<DesiredState>(state.clone())
+        .ok()
+        .and_then(|s| toml::to_string_pretty(&s).ok())
+        .unwrap_or_else(|| pretty(&state));
+    format!(
+        "# generation {}\n{}",
+        cell_text(result.get("generation")),
+        text.trim_end()
+    )
+}
+
+fn stats_report(result: &Value) -> String {
+    let drops: Vec<Value> = result
+        .get("drops")
+        .and_then(Value::as_object)
+        .map(|d| {
+            d.iter()
+                .map(|(reason, count)| json!({ "reason": reason, "count": count }))
+                .collect()
+        })
+        .unwrap_or_default();
+    let apply = result.get("apply").unwrap_or(&Value::Null);
+    [
+        table(rows(result, "workers"), WORKER_COLUMNS),
+        table(&drops, DROP_COLUMNS),
+        format!(
+            "applies: {} total, {} failed",
+            cell_text(apply.get("total")),
+            cell_text(apply.get("failures"))
+        ),
+    ]
+    .join("\n\n")
+}
+
+/// History rows with the commit time as UTC.
+fn history_rows(result: &Value) -> Vec<Value> {
+    rows(result, "history")
+        .iter()
+        .map(|row| {
+            let mut row = row.clone();
+            if let Some(secs) = row.get("applied_at_unix").and_then(Value::as_i64) {
+                row["applied_at"] = json!(utc_timestamp(secs));
+            }
+            row
+        })
+        .collect()
+}
+
+/// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
+fn utc_timestamp(secs: i64) -> String {
+    let (days, time) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days: days since 1970-01-01 to a proleptic Gregorian date.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        time / 3_600,
+        time % 3_600 / 60,
+        time % 60
+    )
+}
+
+fn version_report(result: &Value) -> String {
+    let name = result
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or("polluxd");
+    format!(
+        "polluxctl {}\n{name} {}, generation {}",
+        env!("CARGO_PKG_VERSION"),
+        cell_text(result.get("version")),
+        cell_text(result.get("generation"))
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns_and_right_aligns_numbers() {
+        let rows = vec![
+            json!({ "id": "vm1", "n": 5, "tags": ["a", "b"], "x": null }),
+            json!({ "id": "uplink:physnet1", "n": 12345, "tags": [], "x": { "y": true } }),
+            json!({ "id": "vm2", "tags": [1, 2] }),
+        ];
+        let columns = [("ID", "id"), ("N", "n"), ("TAGS", "tags"), ("Y", "/x/y")];
+        assert_eq!(
+            table(&rows, &columns),
+            "ID                   N  TAGS  Y\n\
+             vm1                  5  a,b   -\n\
+             uplink:physnet1  12345  -     true\n\
+             vm2                  -  1,2   -"
+        );
+    }
+
+    #[test]
+    fn table_with_no_rows_is_its_header() {
+        assert_eq!(table(&[], &[("A", "a"), ("BB", "b")]), "A  BB");
+    }
+
+    #[test]
+    fn mixed_column_is_left_aligned() {
+        let rows = vec![json!({ "v": 10 }), json!({ "v": "abc" })];
+        assert_eq!(table(&rows, &[("V", "v")]), "V\n10\nabc");
+    }
+
+    #[test]
+    fn any_table_takes_columns_from_the_rows() {
+        let rows = vec![
+            json!({ "ip": "198.18.1.10" }),
+            json!({ "mac": "m", "ip": "x" }),
+        ];
+        assert_eq!(
+            any_table(&rows),
+            "IP           MAC\n198.18.1.10  -\nx            m"
+        );
+    }
+
+    #[test]
+    fn diff_lines_in_model_order() {
+        let diff = json!({
+            "added": { "ports": ["vm3", "vm4"], "networks": ["net-c"] },
+            "removed": { "networks": ["net-x"] },
+            "changed": {
+                "l2": true,
+                "ports": [{ "id": "vm1", "fields": ["fixed_ips", "binding"] }],
+                "uplinks": [{ "name": "up0", "fields": [] }],
+                "widgets": ["w1"]
+            }
+        });
+        assert_eq!(
+            diff_lines(&diff),
+            [
+                "+ networks net-c",
+                "+ ports vm3",
+                "+ ports vm4",
+                "- networks net-x",
+                "~ l2",
+                "~ uplinks up0",
+                "~ ports vm1 (fixed_ips, binding)",
+                "~ widgets w1",
+            ]
+        );
+        assert!(diff_lines(&json!({})).is_empty());
+        assert!(diff_lines(&json!({ "changed": { "l2": false } })).is_empty());
+    }
+
+    #[test]
+    fn commit_report_summaries() {
+        let diff = json!({ "added": { "ports": ["vm3"] } });
+        let applied = json!({ "generation": 7, "applied": true, "changed": true,
+                              "dry_run": false, "diff": diff });
+        assert_eq!(commit_report(&applied), "generation 7 applied\n+ ports vm3");
+        let dry = json!({ "generation": 6, "applied": false, "changed": true,
+                          "dry_run": true, "diff": diff });
+        assert_eq!(
+            commit_report(&dry),
+            "dry run: would change the running configuration\n+ ports vm3"
+        );
+        let same = json!({ "generation": 6, "applied": false, "changed": false,
+                           "dry_run": false, "diff": {} });
+        assert_eq!(commit_report(&same), "no change (generation 6)");
+        let rollback = json!({ "generation": 8, "applied": true, "changed": true,
+                               "dry_run": false, "rolled_back_to": 5, "diff": {} });
+        assert_eq!(
+            commit_report(&rollback),
+            "generation 8 applied (rollback to generation 5)"
+        );
+    }
+
+    #[test]
+    fn utc_timestamps() {
+        assert_eq!(utc_timestamp(0), "1970-01-01T00:00:00Z");
+        assert_eq!(utc_timestamp(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(utc_timestamp(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(utc_timestamp(-1), "1969-12-31T23:59:59Z");
+    }
+
+    #[test]
+    fn stats_sections() {
+        let stats = json!({
+            "workers": [{ "id": 0, "core": 3, "rx_packets": 10, "tx_packets": 9,
+                          "flood_copies": 1, "dropped": 2, "loops": 100, "busy_loops": 4,
+                          "busy_ns": 500, "idle_ns": 9500, "macs": 2, "generation": 6 }],
+            "drops": { "vlan_unknown": 2 },
+            "apply": { "total": 3, "failures": 1 }
+        });
+        let text = stats_report(&stats);
+        let sections: Vec<&str> = text.split("\n\n").collect();
+        assert_eq!(sections.len(), 3, "{text}");
+        assert!(sections[0].starts_with("WORKER  CORE  RX_PKTS"), "{text}");
+        assert_eq!(sections[1], "DROP_REASON   COUNT\nvlan_unknown      2");
+        assert_eq!(sections[2], "applies: 3 total, 1 failed");
+    }
+
+    #[test]
+    fn config_is_toml_that_parses_back() {
+        let state =
+            DesiredState::from_toml_str("[[networks]]\nid = \"net-a\"\nnetwork_type = \"local\"\n")
+                .unwrap();
+        let result = json!({ "generation": 3, "state": state });
+        let text = config_report(&result);
+        assert!(text.starts_with("# generation 3\n"), "{text}");
+        assert_eq!(DesiredState::from_toml_str(&text).unwrap(), state);
+        let odd = json!({ "generation": 3, "state": { "future": 1 } });
+        assert!(config_report(&odd).contains("\"future\": 1"));
+    }
+
+    #[test]
+    fn cli_parses_the_contract() {
+        let cli = Cli::try_parse_from([
+            "polluxctl",
+            "--json",
+            "apply",
+            "-",
+            "--dry-run",
+            "--expect-generation",
+            "4",
+        ])
+        .unwrap();
+        assert!(cli.json);
+        assert!(matches!(
+            cli.command,
+            Command::Apply {
+                dry_run: true,
+                expect_generation: Some(4),
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from(["polluxctl", "show", "fdb", "--network", "net-a"]).unwrap();
+        let (method, params) = request(&cli.command).unwrap();
+        assert_eq!(
+            (method, params),
+            ("fdb.list", json!({ "network_id": "net-a" }))
+        );
+        let cli = Cli::try_parse_from(["polluxctl", "rollback", "5"]).unwrap();
+        let (method, params) = request(&cli.command).unwrap();
+        assert_eq!(
+            (method, params),
+            (
+                "config.rollback",
+                json!({ "generation": 5, "dry_run": false })
+            )
+        );
+        assert!(Cli::try_parse_from(["polluxctl", "show", "nothing"]).is_err());
+    }
+}
