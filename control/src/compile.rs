@@ -46,6 +46,32 @@ impl Identities {
         self.ports.get(key).map(|&id| PortId(id))
     }
 
+    /// The key (`port:ID`, `uplink:NAME`) of the port with id `id`.
+    pub fn port_key(&self, id: PortId) -> Option<&str> {
+        self.ports
+            .iter()
+            .find(|(_, &p)| p == id.0)
+            .map(|(k, _)| k.as_str())
+    }
+
+    /// The uid of network `id`, if it has one.
+    pub fn network_uid(&self, id: &str) -> Option<NetworkUid> {
+        self.networks.get(id).map(|&uid| NetworkUid(uid))
+    }
+
+    /// Network uid → network id, for the networks in use.
+    pub fn networks_by_uid(&self) -> BTreeMap<u32, &str> {
+        self.networks
+            .iter()
+            .map(|(id, &uid)| (uid, id.as_str()))
+            .collect()
+    }
+
+    /// Port id → key, for the ports in use.
+    pub fn ports_by_id(&self) -> BTreeMap<u16, &str> {
+        self.ports.iter().map(|(k, &id)| (id, k.as_str())).collect()
+    }
+
     /// The id of `key`, assigning one not in `taken` (every id held by a key, marked by
     /// [`Identities::taken_port_ids`]) if it has none.
     fn assign_port(&mut self, key: &str, taken: &mut [bool]) -> Result<PortId, CompileError> {
@@ -176,6 +202,19 @@ impl fmt::Display for CompileError {
 
 impl std::error::Error for CompileError {}
 
+/// Refuses the drivers that validate but have no implementation yet.
+fn supported_binding(binding: &Binding, path: impl Fn() -> String) -> Result<(), CompileError> {
+    let driver = match binding {
+        Binding::Afxdp { .. } | Binding::Mem => return Ok(()),
+        Binding::VhostUser { .. } => "vhost-user",
+        Binding::Tap { .. } => "tap",
+    };
+    Err(CompileError::Unsupported {
+        path: path(),
+        what: format!("{driver} ports are not supported by the data plane yet"),
+    })
+}
+
 /// Compiles `state` as generation `generation`, starting from the identities in use.
 pub fn compile(
     state: &Validated,
@@ -189,7 +228,8 @@ pub fn compile(
     let mut plans = Vec::new();
 
     let mut uplink_physnet = Vec::with_capacity(state.uplinks.len());
-    for uplink in &state.uplinks {
+    for (i, uplink) in state.uplinks.iter().enumerate() {
+        supported_binding(&uplink.binding, || format!("uplinks[{i}].binding.driver"))?;
         let physnet = ids.physnet(&uplink.physnet)?;
         uplink_physnet.push(physnet);
         let key = format!("uplink:{}", uplink.name);
@@ -241,7 +281,8 @@ pub fn compile(
         }
     }
 
-    for port in &state.ports {
+    for (i, port) in state.ports.iter().enumerate() {
+        supported_binding(&port.binding, || format!("ports[{i}].binding.driver"))?;
         let key = format!("port:{}", port.id);
         let id = ids.assign_port(&key, &mut taken)?;
         if state.networks[port.network].admin_state_up {

@@ -1,38 +1,86 @@
-//! `polluxd`: reads the desired state, binds every port to its driver, runs the worker and
-//! shuts down cleanly on SIGINT or SIGTERM.
+//! `polluxd`: starts the engine on the desired state, serves the control socket and the
+//! metrics endpoint, keeps the ports bound while interfaces come and go, and shuts down
+//! cleanly on SIGINT or SIGTERM.
+//!
+//! Which configuration it starts with:
+//!
+//! - the state directory holds a committed generation and no `--config` is given: that
+//!   generation (a restart comes back as it was);
+//! - `--config FILE` is given: the file, as the next generation if it differs from the
+//!   persisted one (as the same generation if it does not);
+//! - neither: an empty configuration, generation 0, waiting for `config.apply`.
+//!
+//! A state directory whose newest generation cannot be read is an error naming the file,
+//! which is left in place: polluxd never silently starts empty instead.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use pollux_dataplane::buf::{FramePool, DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM};
 use pollux_dataplane::counters::WorkerCounters;
-use pollux_dataplane::port::{Port, PortId};
-use pollux_dataplane::publish::Publisher;
-use pollux_dataplane::worker::{Worker, WorkerConfig};
-use pollux_drivers::mem::{mem_port, MemPortConfig, MemWire};
-use pollux_drivers::netdev::Interface;
-use pollux_drivers::xdp::{XdpAttachment, XdpMode, XdpProgram};
-use pollux_drivers::xsk::{AfXdpPort, Umem, XskConfig, XskSocket};
+use pollux_dataplane::port::PortId;
+use pollux_dataplane::worker::WorkerConfig;
+use pollux_drivers::mem::MemPortConfig;
 
-use crate::compile::{compile, Identities, PortPlan, MAX_MTU};
+use crate::binding::MemWires;
+use crate::engine::{Engine, EngineConfig, Initial, DEFAULT_POOL_FRAMES};
+use crate::metrics::MetricsServer;
 use crate::model::DesiredState;
-use crate::validate::{validate, Binding};
-use crate::workers;
+use crate::rpc::{RpcOptions, RpcServer};
+use crate::service::Service;
+use crate::store::{Store, DEFAULT_HISTORY};
+use crate::validate::validate;
 
-/// Ring entries per AF_XDP socket (each of rx, tx, fill, completion).
-const XSK_RING: u32 = 1024;
-/// Frames beyond what the rings can hold: flood copies and bursts in flight.
-const SPARE_FRAMES: u32 = 4096;
+/// Default control socket.
+pub const DEFAULT_SOCKET: &str = "/run/pollux/polluxd.sock";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/pollux";
+/// How often the daemon looks for AF_XDP interfaces that vanished or came back.
+const LINK_CHECK: Duration = Duration::from_millis(500);
+/// Longest wait for socket events before the daemon looks at signals and links again.
+const TICK: Duration = Duration::from_millis(100);
+/// Slots per direction of a `mem` port in polluxd: nobody plays the peer of a mem port
+/// in the daemon, so the rings only need to exist (a configuration of 10,000 of them
+/// stays small).
+const DAEMON_MEM_DEPTH: usize = 8;
 
 /// What `polluxd` was asked to do.
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// The desired state (TOML).
-    pub config: PathBuf,
+    /// The desired state (TOML) to start with, if any.
+    pub config: Option<PathBuf>,
+    /// The control socket.
+    pub socket: PathBuf,
+    /// Where generations are persisted.
+    pub state_dir: PathBuf,
+    /// Generations kept for rollback.
+    pub history: usize,
     /// The CPU the worker is pinned to; `None` picks the last CPU.
     pub core: Option<usize>,
+    /// Where to serve Prometheus metrics.
+    pub metrics: Option<SocketAddr>,
+    /// Longest request line on the control socket.
+    pub max_request: usize,
+    /// Frames in the worker's pool.
+    pub pool_frames: u32,
+}
+
+impl Options {
+    /// Defaults for everything but the configuration file.
+    pub fn new(config: Option<PathBuf>) -> Self {
+        Options {
+            config,
+            socket: DEFAULT_SOCKET.into(),
+            state_dir: DEFAULT_STATE_DIR.into(),
+            history: DEFAULT_HISTORY,
+            core: None,
+            metrics: None,
+            max_request: RpcOptions::default().max_line,
+            pool_frames: DEFAULT_POOL_FRAMES,
+        }
+    }
 }
 
 /// A startup failure, with a message fit for the user.
@@ -51,130 +99,92 @@ fn fail(msg: impl Into<String>) -> StartError {
     StartError(msg.into())
 }
 
-/// Drivers' resources that must outlive the worker's ports but not the process: XDP
-/// programs (detached when dropped), the interface each AF_XDP port is bound to, and the
-/// far ends of mem ports.
-#[derive(Default)]
-struct Bindings {
-    xdp: BTreeMap<PortId, XdpAttachment>,
-    /// Interface index each AF_XDP port's sockets are bound to; 0 while it is missing.
-    bound_ifindex: BTreeMap<PortId, u32>,
-    mem_wires: Vec<MemWire>,
-}
-
-/// Reads, validates and compiles the desired state at `path`.
-pub fn load(path: &std::path::Path) -> Result<crate::compile::Compiled, StartError> {
+/// Reads and validates the desired state at `path`; every problem with its field path.
+pub fn load(path: &std::path::Path) -> Result<DesiredState, StartError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
     let state =
         DesiredState::from_toml_str(&text).map_err(|e| fail(format!("{}: {e}", path.display())))?;
-    let valid = validate(&state).map_err(|errors| {
+    validate(&state).map_err(|errors| {
         let mut msg = format!("{}: {} problem(s):", path.display(), errors.len());
         for e in errors {
             let _ = write!(msg, "\n  {e}");
         }
         fail(msg)
     })?;
-    compile(&valid, &Identities::default(), 1).map_err(|e| fail(format!("{}: {e}", path.display())))
+    Ok(state)
 }
 
-/// Frames the pool needs so that every AF_XDP queue can keep its rings full.
-fn pool_frames(plans: &[PortPlan]) -> u32 {
-    let queues: u32 = plans
-        .iter()
-        .map(|p| match &p.binding {
-            Binding::Afxdp { queues, .. } => queues.len() as u32,
-            _ => 0,
-        })
-        .sum();
-    // Fill ring full, rx ring full (frames handed to the worker), tx in flight.
-    queues * XSK_RING * 3 + SPARE_FRAMES
-}
-
-/// The MTU of interface `name` in this network namespace.
-fn interface_mtu(name: &str) -> io::Result<u32> {
-    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))?;
-    text.trim()
-        .parse()
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad MTU {text:?}")))
-}
-
-/// Refuses an interface that can receive frames larger than one frame of the pool: the
-/// AF_XDP socket would drop them (as `xdp_rx_dropped`) where no drop reason shows them.
-fn check_mtu(interface: &str) -> Result<(), String> {
-    match interface_mtu(interface) {
-        Ok(mtu) if mtu > u32::from(MAX_MTU) => Err(format!(
-            "interface {interface} has MTU {mtu}, above {MAX_MTU}, the largest whose frames fit \
-             the data plane's {DEFAULT_FRAME_SIZE}-byte buffers (jumbo frames need multi-buffer \
-             AF_XDP, not supported yet); lower it with `ip link set {interface} mtu 1500`"
-        )),
-        // A missing interface is reported, with its name, by the XDP attach that follows.
-        _ => Ok(()),
-    }
-}
-
-/// Opens the driver for one port.
-fn bind(
-    plan: &PortPlan,
-    pool: &mut FramePool,
-    umem: &Umem,
-    bindings: &mut Bindings,
-) -> Result<(Box<dyn Port>, Vec<u16>), StartError> {
-    match &plan.binding {
-        Binding::Afxdp { interface, queues } => {
-            check_mtu(interface).map_err(|e| fail(format!("{}: {e}", plan.key)))?;
-            let max_queue = queues.iter().copied().max().unwrap_or(0);
-            let xdp = XdpProgram::attach(interface.as_str(), XdpMode::Auto, max_queue + 1)
-                .map_err(|e| fail(format!("{}: interface {interface}: {e}", plan.key)))?;
-            let config = XskConfig {
-                rx_size: XSK_RING,
-                tx_size: XSK_RING,
-                fill_size: XSK_RING,
-                comp_size: XSK_RING,
-                ..XskConfig::default()
-            };
-            let mut sockets = Vec::new();
-            for &q in queues {
-                let socket = XskSocket::new(umem, interface.as_str(), q, &config).map_err(|e| {
-                    fail(format!(
-                        "{}: interface {interface} queue {q}: {e}",
-                        plan.key
-                    ))
-                })?;
-                xdp.register(q, socket.fd()).map_err(|e| {
-                    fail(format!(
-                        "{}: interface {interface} queue {q}: {e}",
-                        plan.key
-                    ))
-                })?;
-                eprintln!(
-                    "polluxd: {} on {interface} queue {q}: XDP {} mode, AF_XDP {}",
-                    plan.key,
-                    xdp.mode(),
-                    socket.mode_note()
-                );
-                sockets.push(socket);
+/// Chooses the starting configuration (see the module documentation).
+fn initial_state(options: &Options, store: &Store) -> Result<Initial, StartError> {
+    let persisted = match store.current() {
+        Some((generation, value)) => {
+            let state: DesiredState = serde_json::from_value(value.clone()).map_err(|e| {
+                fail(format!(
+                    "{}: not a desired state: {e} (the file is left in place for inspection)",
+                    store.file(generation).display()
+                ))
+            })?;
+            Some((generation, state))
+        }
+        None => None,
+    };
+    let from_file = options.config.as_deref().map(load).transpose()?;
+    Ok(match (persisted, from_file) {
+        (Some((generation, state)), None) => {
+            eprintln!("polluxd: restarting into persisted generation {generation}");
+            Initial {
+                state,
+                generation,
+                persist: false,
             }
-            let port = AfXdpPort::new(interface.clone(), sockets, pool)
-                .map_err(|e| fail(format!("{}: interface {interface}: {e}", plan.key)))?;
-            bindings.bound_ifindex.insert(plan.id, xdp.ifindex());
-            bindings.xdp.insert(plan.id, xdp);
-            // Port queue i is socket i.
-            Ok((Box::new(port), (0..queues.len() as u16).collect()))
         }
-        Binding::Mem => {
-            let (port, wire) = mem_port(plan.key.clone(), MemPortConfig::default());
-            bindings.mem_wires.push(wire);
-            Ok((Box::new(port), vec![0]))
+        (Some((generation, old)), Some(state)) if old == state => Initial {
+            state,
+            generation,
+            persist: false,
+        },
+        (Some((generation, _)), Some(state)) => {
+            eprintln!(
+                "polluxd: {} differs from persisted generation {generation}; starting it as \
+                 generation {}",
+                options
+                    .config
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                generation + 1
+            );
+            Initial {
+                state,
+                generation: generation + 1,
+                persist: true,
+            }
         }
-        Binding::VhostUser { .. } => Err(fail(format!(
-            "{}: vhost-user ports are not supported yet",
-            plan.key
-        ))),
-        Binding::Tap { .. } => Err(fail(format!(
-            "{}: tap ports are not supported yet",
-            plan.key
-        ))),
+        (None, Some(state)) => Initial {
+            state,
+            generation: 1,
+            persist: true,
+        },
+        (None, None) => Initial {
+            state: DesiredState::default(),
+            generation: 0,
+            persist: false,
+        },
+    })
+}
+
+/// Creates the directory the socket goes in, if missing (mode 0755: the socket's own
+/// mode, 0660, is what limits access).
+fn socket_dir(socket: &std::path::Path) -> Result<(), StartError> {
+    match socket.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) if !dir.exists() => std::fs::create_dir_all(dir).map_err(|e| {
+            fail(format!(
+                "cannot create socket directory {}: {e}",
+                dir.display()
+            ))
+        }),
+        _ => Ok(()),
     }
 }
 
@@ -209,163 +219,87 @@ fn wait_for_signal(set: &libc::sigset_t, timeout: std::time::Duration) -> Option
     (sig > 0).then_some(sig)
 }
 
-/// The index of interface `name` in this network namespace, 0 if there is none.
-fn ifindex(name: &str) -> u32 {
-    Interface::from(name)
-        .resolve()
-        .map_or(0, |(_, index)| index)
-}
-
-/// How often the daemon looks for AF_XDP interfaces that vanished or came back.
-const LINK_CHECK: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// Rebinds the AF_XDP ports whose interface vanished, reappeared or was recreated (a new
-/// index), with the worker paused meanwhile. Returns the (restarted) worker thread.
-fn supervise_links(
-    thread: workers::WorkerThread,
-    plans: &[PortPlan],
-    umem: &Umem,
-    bindings: &mut Bindings,
-    core: usize,
-) -> Result<workers::WorkerThread, StartError> {
-    let changed: Vec<&PortPlan> = plans
-        .iter()
-        .filter(|p| match &p.binding {
-            Binding::Afxdp { interface, .. } => {
-                bindings.bound_ifindex.get(&p.id).copied().unwrap_or(0) != ifindex(interface)
-            }
-            _ => false,
-        })
-        .collect();
-    if changed.is_empty() {
-        return Ok(thread);
-    }
-    let mut worker = thread
-        .pause()
-        .map_err(|_| fail("the worker thread panicked"))?
-        .worker;
-    for plan in changed {
-        let Binding::Afxdp { interface, .. } = &plan.binding else {
-            continue;
-        };
-        if worker.detach(plan.id).is_some() {
-            eprintln!(
-                "polluxd: {}: interface {interface} vanished or was recreated; port closed",
-                plan.key
-            );
-        }
-        bindings.xdp.remove(&plan.id);
-        bindings.bound_ifindex.insert(plan.id, 0);
-        if ifindex(interface) == 0 {
-            continue;
-        }
-        match bind(plan, worker.pool_mut(), umem, bindings) {
-            Ok((port, queues)) => {
-                worker.attach(plan.id, port, &queues);
-                eprintln!(
-                    "polluxd: {}: interface {interface} is back; port reopened",
-                    plan.key
-                );
-            }
-            Err(e) => eprintln!("polluxd: {e}; will retry"),
-        }
-    }
-    workers::spawn(worker, 0, Some(core)).map_err(|e| fail(format!("worker on CPU {core}: {e}")))
-}
-
 /// Runs the daemon until SIGINT or SIGTERM.
 pub fn run(options: &Options) -> Result<(), StartError> {
     let signals =
         block_termination_signals().map_err(|e| fail(format!("cannot block signals: {e}")))?;
-    let compiled = load(&options.config)?;
-    let mut pool = FramePool::new(
-        pool_frames(&compiled.ports),
-        DEFAULT_FRAME_SIZE,
-        DEFAULT_HEADROOM,
-    )
-    .map_err(|e| fail(format!("frame pool: {e}")))?;
-    // SAFETY: every socket made from this UMEM belongs to a port that ends up in the worker
-    // (or in `opened`, dropped before `pool` on the error path below), and the worker drops
-    // its ports before its pool; no code indexes frames it does not own.
-    let umem = unsafe { Umem::new(&pool) }.map_err(|e| fail(format!("AF_XDP UMEM: {e}")))?;
-    let mut bindings = Bindings::default();
-    let mut opened: Vec<(PortId, Box<dyn Port>, Vec<u16>)> = Vec::new();
-    for plan in &compiled.ports {
-        match bind(plan, &mut pool, &umem, &mut bindings) {
-            Ok((port, queues)) => opened.push((plan.id, port, queues)),
-            Err(e) => {
-                for (_, mut port, _) in opened {
-                    port.release_frames(&mut pool);
-                }
-                return Err(e);
-            }
-        }
-    }
-
-    let max_ports = compiled
-        .ports
-        .iter()
-        .map(|p| p.id.index() + 1)
-        .max()
-        .unwrap_or(0);
-    let compiled_ports = compiled.ports;
-    let mut publisher = Publisher::new(compiled.snapshot);
-    let ack = publisher.register_worker();
-    let mut worker = Worker::new(
-        WorkerConfig::default(),
-        pool,
-        publisher.cell(),
-        ack,
-        max_ports,
-    );
-    let names: Vec<(PortId, String)> = opened
-        .iter()
-        .map(|(id, p, _)| (*id, p.name().to_string()))
-        .collect();
-    for (id, port, queues) in opened {
-        worker.attach(id, port, &queues);
-    }
-    let counters = worker.counters();
+    let store =
+        Store::open(&options.state_dir, options.history).map_err(|e| fail(e.to_string()))?;
+    let initial = initial_state(options, &store)?;
+    // The socket first: a second daemon on the same socket stops here, before it touches
+    // any interface.
+    socket_dir(&options.socket)?;
+    let rpc_options = RpcOptions {
+        max_line: options.max_request,
+        ..RpcOptions::default()
+    };
+    let mut server = RpcServer::bind(&options.socket, rpc_options)
+        .map_err(|e| fail(format!("control socket: {e}")))?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let core = options.core.unwrap_or(cores - 1);
-    let mut thread = workers::spawn(worker, 0, Some(core))
-        .map_err(|e| fail(format!("worker on CPU {core}: {e}")))?;
+    let config = EngineConfig {
+        core: Some(core),
+        pool_frames: options.pool_frames,
+        mem: MemPortConfig {
+            depth: DAEMON_MEM_DEPTH,
+            ..MemPortConfig::default()
+        },
+        worker: WorkerConfig::default(),
+    };
+    let engine = Engine::start(&config, initial, Some(store), MemWires::default()).map_err(fail)?;
+    let metrics = match options.metrics {
+        Some(addr) => Some(
+            MetricsServer::bind(addr, std::sync::Arc::clone(engine.metrics()))
+                .map_err(|e| fail(format!("metrics endpoint {addr}: {e}")))?,
+        ),
+        None => None,
+    };
     eprintln!(
-        "polluxd: ready: generation {}, {} port(s), worker 0 on CPU {core}",
-        publisher.generation(),
-        names.len()
+        "polluxd: ready: generation {}, {} port(s), worker 0 on CPU {core}, socket {}{}",
+        engine.generation(),
+        engine.plans().len(),
+        options.socket.display(),
+        metrics
+            .as_ref()
+            .map(|m| format!(", metrics http://{}/metrics", m.local_addr()))
+            .unwrap_or_default()
     );
 
+    let mut service = Service::new(engine);
+    let mut last_link_check = Instant::now();
     let sig = loop {
-        if let Some(sig) = wait_for_signal(&signals, LINK_CHECK) {
+        if let Err(e) = server.poll_once(&mut service, Some(TICK)) {
+            eprintln!("polluxd: control socket: {e}");
+        }
+        if let Some(sig) = wait_for_signal(&signals, Duration::ZERO) {
             break sig;
         }
-        thread = supervise_links(thread, &compiled_ports, &umem, &mut bindings, core)?;
+        if last_link_check.elapsed() >= LINK_CHECK {
+            service.engine.supervise_links();
+            last_link_check = Instant::now();
+        }
     };
     eprintln!("polluxd: signal {sig}, stopping");
-    let stopped = thread
-        .stop()
-        .map_err(|_| fail("the worker thread panicked"))?;
-    publisher.reclaim();
-    eprint!("{}", summary(&counters, &names));
-    for (id, name) in &names {
-        if let Some(port) = stopped.worker.ports().get(*id) {
-            let extra: Vec<String> = port
-                .stats()
-                .extra
-                .iter()
-                .filter(|(_, v)| *v > 0)
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect();
-            if !extra.is_empty() {
-                eprintln!("polluxd:   {name} driver: {}", extra.join(", "));
-            }
+    drop(server);
+    if let Some(m) = metrics {
+        m.shutdown();
+    }
+    let done = service.engine.shutdown().map_err(fail)?;
+    eprint!("{}", summary(&done.counters, &done.names));
+    for (id, name) in &done.names {
+        let Some(stats) = done.driver_stats.iter().find(|d| d.id == *id) else {
+            continue;
+        };
+        let extra: Vec<String> = stats
+            .extra
+            .iter()
+            .filter(|(_, v)| *v > 0)
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        if !extra.is_empty() {
+            eprintln!("polluxd:   {name} driver: {}", extra.join(", "));
         }
     }
-    // The ports (in the worker) close before the XDP programs detach and the UMEM goes.
-    drop(stopped);
-    drop(bindings);
-    drop(umem);
     Ok(())
 }
 

@@ -6,11 +6,17 @@
 //! path of its field), and the worker threads (`workers`). Compiling a validated state into
 //! a snapshot, the RPC socket, the store and the metrics come next.
 
+pub mod binding;
+pub mod client;
 pub mod compile;
 pub mod daemon;
+pub mod diff;
+pub mod engine;
 pub mod metrics;
 pub mod model;
+pub mod routes;
 pub mod rpc;
+pub mod service;
 pub mod store;
 pub mod validate;
 pub mod workers;

@@ -237,13 +237,13 @@ impl Store {
         });
         let mut bytes = serde_json::to_vec_pretty(&doc).map_err(|e| StoreError::Io {
             op: "encode generation for",
-            path: self.path(generation),
+            path: self.file(generation),
             source: io::Error::new(io::ErrorKind::InvalidData, e),
         })?;
         bytes.push(b'\n');
 
         let tmp = self.dir.join(file_name(generation, TMP_SUFFIX));
-        let path = self.path(generation);
+        let path = self.file(generation);
         let write = || -> Result<(), StoreError> {
             let mut file = OpenOptions::new()
                 .write(true)
@@ -303,13 +303,14 @@ impl Store {
         self.read(generation).map(|record| Some(record.state))
     }
 
-    fn path(&self, generation: u64) -> PathBuf {
+    /// The file generation `generation` is (or would be) stored in.
+    pub fn file(&self, generation: u64) -> PathBuf {
         self.dir.join(file_name(generation, SUFFIX))
     }
 
     /// Reads and checks one generation file.
     fn read(&self, generation: u64) -> Result<Record, StoreError> {
-        let path = self.path(generation);
+        let path = self.file(generation);
         let corrupt = |reason: String| StoreError::Corrupt {
             path: path.clone(),
             reason,
@@ -346,7 +347,7 @@ impl Store {
         let victims: Vec<u64> = self.index.keys().take(excess).copied().collect();
         let mut removed = false;
         for generation in victims {
-            match fs::remove_file(self.path(generation)) {
+            match fs::remove_file(self.file(generation)) {
                 Ok(()) => removed = true,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(_) => continue,

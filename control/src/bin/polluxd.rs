@@ -1,27 +1,59 @@
 //! `polluxd`, the Pollux daemon. See `pollux_control::daemon`.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use pollux_control::daemon::{run, Options};
+use pollux_control::daemon::{run, Options, DEFAULT_SOCKET, DEFAULT_STATE_DIR};
+use pollux_control::engine::DEFAULT_POOL_FRAMES;
+use pollux_control::store::DEFAULT_HISTORY;
 use pollux_control::workers::parse_cpu_list;
 
 /// The Pollux userspace virtual switch and router.
 #[derive(Debug, Parser)]
 #[command(name = "polluxd", version)]
 struct Args {
-    /// Desired state (TOML).
+    /// Desired state (TOML) to start with. Without it, polluxd restarts into the last
+    /// generation persisted in the state directory (or an empty configuration).
     #[arg(long, value_name = "FILE")]
-    config: PathBuf,
-    /// CPUs for the workers (e.g. `1` or `2-3`); one worker runs on the first. Default:
+    config: Option<PathBuf>,
+    /// Control socket (JSON-RPC 2.0, one object per line; mode 0660).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Where applied generations are persisted.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Generations kept for rollback.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_HISTORY)]
+    history: usize,
+    /// Worker threads (only 1 is supported so far).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    workers: usize,
+    /// CPUs for the workers (e.g. `1` or `2-3`); the worker runs on the first. Default:
     /// the last CPU.
     #[arg(long, value_name = "LIST")]
     cores: Option<String>,
+    /// Serve Prometheus metrics on ADDR (e.g. `127.0.0.1:9477`) at /metrics.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Longest request line accepted on the control socket, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
+    max_request: usize,
+    /// Frames (2 KiB each) in the worker's pool; each AF_XDP queue needs 3072.
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_POOL_FRAMES)]
+    pool_frames: u32,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if args.workers != 1 {
+        eprintln!(
+            "polluxd: --workers {}: only one worker is supported so far",
+            args.workers
+        );
+        return ExitCode::from(2);
+    }
     let core = match args.cores.as_deref().map(parse_cpu_list) {
         None => None,
         Some(Ok(cpus)) => cpus.first().copied(),
@@ -30,10 +62,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    match run(&Options {
+    let options = Options {
         config: args.config,
+        socket: args.socket,
+        state_dir: args.state_dir,
+        history: args.history,
         core,
-    }) {
+        metrics: args.metrics,
+        max_request: args.max_request,
+        pool_frames: args.pool_frames,
+    };
+    match run(&options) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("polluxd: {e}");

@@ -1,0 +1,239 @@
+//! Opening ports for their bindings, split between the control thread and the worker.
+//!
+//! Everything that can sleep or fail slowly (attaching the XDP program, creating and
+//! binding AF_XDP sockets, registering them in the XSKMAP) happens here, on the control
+//! thread, into a [`Prepared`] port. What needs the worker's frame pool (filling an AF_XDP
+//! port's fill ring) is the [`Prepared::open`] closure, which the engine runs on the
+//! worker's thread as a job, so the worker is never stopped to add a port.
+//!
+//! [`Bindings`] also keeps what must outlive a port's presence in the worker but not the
+//! daemon: the XDP programs (detached when dropped), the interface index each AF_XDP port
+//! is bound to (to notice an interface that vanished or was recreated), and the far ends of
+//! `mem` ports.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+
+use pollux_dataplane::buf::{FramePool, DEFAULT_FRAME_SIZE};
+use pollux_dataplane::port::{Port, PortId};
+use pollux_drivers::mem::{mem_port, MemPortConfig, MemWire};
+use pollux_drivers::netdev::Interface;
+use pollux_drivers::xdp::{XdpAttachment, XdpMode, XdpProgram};
+use pollux_drivers::xsk::{AfXdpPort, Umem, XskConfig, XskSocket};
+
+use crate::compile::{PortPlan, MAX_MTU};
+use crate::validate::Binding;
+
+/// Ring entries per AF_XDP socket (each of rx, tx, fill and completion).
+pub const XSK_RING: u32 = 1024;
+
+/// Frames one AF_XDP queue can tie up: a full fill ring, a full rx ring (frames handed to
+/// the worker) and a full tx ring in flight.
+pub const FRAMES_PER_QUEUE: u32 = XSK_RING * 3;
+
+/// The far ends of `mem` ports, by port key (`port:ID`, `uplink:NAME`): whoever plays the
+/// peer (a test, a benchmark) takes them from here.
+pub type MemWires = Arc<Mutex<BTreeMap<String, MemWire>>>;
+
+/// Opens a prepared port with the worker's pool, on the worker's thread.
+pub type Opener = Box<dyn FnOnce(&mut FramePool) -> io::Result<Box<dyn Port>> + Send>;
+
+/// A port made ready off the worker: what remains is [`Prepared::open`] on the worker.
+pub struct Prepared {
+    /// Runs on the worker's thread.
+    pub open: Opener,
+    /// Port queues to poll.
+    pub queues: Vec<u16>,
+    /// Frames of the pool the port will hold at most (see [`FRAMES_PER_QUEUE`]).
+    pub frames: u32,
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Prepared")
+            .field("queues", &self.queues)
+            .field("frames", &self.frames)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a port is bound to, for logs: `interface NAME` or the driver.
+pub fn describe(binding: &Binding) -> String {
+    match binding {
+        Binding::Afxdp { interface, .. } => format!("interface {interface}"),
+        Binding::VhostUser { socket } => format!("vhost-user socket {socket}"),
+        Binding::Mem => "mem rings".into(),
+        Binding::Tap { interface } => format!("tap {interface}"),
+    }
+}
+
+/// Driver resources of the ports, kept on the control thread. See the module docs.
+pub struct Bindings {
+    umem: Umem,
+    mem: MemPortConfig,
+    xdp: BTreeMap<PortId, XdpAttachment>,
+    /// Interface index each AF_XDP port's sockets are bound to.
+    ifindex: BTreeMap<PortId, u32>,
+    wires: MemWires,
+}
+
+impl std::fmt::Debug for Bindings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bindings")
+            .field("umem", &self.umem)
+            .field("xdp", &self.xdp.len())
+            .field("ifindex", &self.ifindex)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Bindings {
+    /// Bindings whose AF_XDP sockets share `umem`, whose `mem` ports have rings of `mem`
+    /// geometry, and whose `mem` far ends go to `wires`.
+    pub fn new(umem: Umem, mem: MemPortConfig, wires: MemWires) -> Self {
+        Bindings {
+            umem,
+            mem,
+            xdp: BTreeMap::new(),
+            ifindex: BTreeMap::new(),
+            wires,
+        }
+    }
+
+    /// Frames `binding` would hold once open.
+    pub fn frames_needed(binding: &Binding) -> u32 {
+        match binding {
+            Binding::Afxdp { queues, .. } => queues.len() as u32 * FRAMES_PER_QUEUE,
+            _ => 0,
+        }
+    }
+
+    /// Prepares `plan`'s port: for AF_XDP, checks the MTU, attaches the XDP program,
+    /// creates one socket per queue and registers it. Errors name the interface and queue.
+    pub fn prepare(&mut self, plan: &PortPlan) -> Result<Prepared, String> {
+        match &plan.binding {
+            Binding::Afxdp { interface, queues } => self.prepare_afxdp(plan, interface, queues),
+            Binding::Mem => {
+                let (port, wire) = mem_port(plan.key.clone(), self.mem);
+                lock(&self.wires).insert(plan.key.clone(), wire);
+                Ok(Prepared {
+                    open: Box::new(move |_| Ok(Box::new(port) as Box<dyn Port>)),
+                    queues: vec![0],
+                    frames: 0,
+                })
+            }
+            Binding::VhostUser { .. } => Err("vhost-user ports are not supported yet".into()),
+            Binding::Tap { .. } => Err("tap ports are not supported yet".into()),
+        }
+    }
+
+    fn prepare_afxdp(
+        &mut self,
+        plan: &PortPlan,
+        interface: &str,
+        queues: &[u32],
+    ) -> Result<Prepared, String> {
+        check_mtu(interface)?;
+        let max_queue = queues.iter().copied().max().unwrap_or(0);
+        let xdp = XdpProgram::attach(interface, XdpMode::Auto, max_queue + 1)
+            .map_err(|e| format!("interface {interface}: {e}"))?;
+        let config = XskConfig {
+            rx_size: XSK_RING,
+            tx_size: XSK_RING,
+            fill_size: XSK_RING,
+            comp_size: XSK_RING,
+            ..XskConfig::default()
+        };
+        let mut sockets = Vec::with_capacity(queues.len());
+        for &q in queues {
+            let socket = XskSocket::new(&self.umem, interface, q, &config)
+                .and_then(|s| xdp.register(q, s.fd()).map(|()| s))
+                .map_err(|e| format!("interface {interface} queue {q}: {e}"))?;
+            eprintln!(
+                "polluxd: {} on {interface} queue {q}: XDP {} mode, AF_XDP {}",
+                plan.key,
+                xdp.mode(),
+                socket.mode_note()
+            );
+            sockets.push(socket);
+        }
+        self.ifindex.insert(plan.id, xdp.ifindex());
+        self.xdp.insert(plan.id, xdp);
+        let name = interface.to_string();
+        Ok(Prepared {
+            frames: queues.len() as u32 * FRAMES_PER_QUEUE,
+            // Port queue i is socket i.
+            queues: (0..queues.len() as u16).collect(),
+            open: Box::new(move |pool| {
+                AfXdpPort::new(name, sockets, pool).map(|p| Box::new(p) as Box<dyn Port>)
+            }),
+        })
+    }
+
+    /// Forgets the driver resources of port `id` (detaching its XDP program, dropping the
+    /// far end of a mem port with key `key`). The port itself must be closed already.
+    pub fn release(&mut self, id: PortId, key: &str) {
+        self.xdp.remove(&id);
+        self.ifindex.remove(&id);
+        lock(&self.wires).remove(key);
+    }
+
+    /// Whether `plan`'s port is bound to what its binding names now: false for an AF_XDP
+    /// port whose interface is gone or was recreated (another index) since it was bound.
+    pub fn is_current(&self, plan: &PortPlan) -> bool {
+        match &plan.binding {
+            Binding::Afxdp { interface, .. } => {
+                self.ifindex.get(&plan.id).copied().unwrap_or(0) == ifindex(interface)
+            }
+            _ => true,
+        }
+    }
+
+    /// Whether the interface `plan`'s binding names exists (always true for other drivers).
+    pub fn interface_present(plan: &PortPlan) -> bool {
+        match &plan.binding {
+            Binding::Afxdp { interface, .. } => ifindex(interface) != 0,
+            _ => true,
+        }
+    }
+
+    /// The XDP mode of port `id`, if it is an AF_XDP port.
+    pub fn xdp_mode(&self, id: PortId) -> Option<String> {
+        self.xdp.get(&id).map(|x| x.mode().to_string())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Only inserts and removes happen under the lock: a panic cannot leave it half-done.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The index of interface `name` in this network namespace, 0 if there is none.
+pub fn ifindex(name: &str) -> u32 {
+    Interface::from(name)
+        .resolve()
+        .map_or(0, |(_, index)| index)
+}
+
+/// The MTU of interface `name` in this network namespace.
+fn interface_mtu(name: &str) -> io::Result<u32> {
+    let text = std::fs::read_to_string(format!("/sys/class/net/{name}/mtu"))?;
+    text.trim()
+        .parse()
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad MTU {text:?}")))
+}
+
+/// Refuses an interface that can receive frames larger than one frame of the pool: the
+/// AF_XDP socket would drop them (as `xdp_rx_dropped`) where no drop reason shows them.
+fn check_mtu(interface: &str) -> Result<(), String> {
+    match interface_mtu(interface) {
+        Ok(mtu) if mtu > u32::from(MAX_MTU) => Err(format!(
+            "interface {interface} has MTU {mtu}, above {MAX_MTU}, the largest whose frames fit \
+             the data plane's {DEFAULT_FRAME_SIZE}-byte buffers (jumbo frames need multi-buffer \
+             AF_XDP, not supported yet); lower it with `ip link set {interface} mtu 1500`"
+        )),
+        // A missing interface is reported, with its name, by the XDP attach that follows.
+        _ => Ok(()),
+    }
+}

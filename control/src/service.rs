@@ -1,0 +1,474 @@
+//! The socket methods: parameters in, engine calls, JSON out.
+//!
+//! The JSON shapes are the external contract documented in the README ("Control
+//! socket"); `polluxctl` and control-plane software rely on them. Parameters are objects
+//! with known fields only (a typo is an error, not a silently ignored option).
+
+use std::collections::HashMap;
+
+use pollux_dataplane::port::PortId;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use crate::compile::PortKind;
+use crate::engine::{kind_name, state_from_json, ApplyError, ApplyOptions, ApplyOutcome, Engine};
+use crate::model::{Binding, NetworkType};
+use crate::routes::routes;
+use crate::rpc::{Handler, MethodInfo, RpcError};
+use crate::validate::Segment;
+
+/// `config.apply`/`config.rollback`: the state does not parse or validate.
+pub const INVALID_CONFIG: i64 = -32001;
+/// `expect_generation` is not the active generation.
+pub const GENERATION_MISMATCH: i64 = -32002;
+/// Ports that could not be opened.
+pub const BIND_FAILED: i64 = -32003;
+/// The new generation could not be persisted.
+pub const STORE_FAILED: i64 = -32004;
+/// A generation that is not retained.
+pub const UNKNOWN_GENERATION: i64 = -32005;
+/// Valid, but not something the data plane runs yet.
+pub const NOT_SUPPORTED: i64 = -32006;
+/// Anything else that went wrong inside the daemon.
+pub const DAEMON_ERROR: i64 = -32010;
+
+/// The methods and their usage strings, as `rpc.list` reports them.
+const METHODS: &[(&str, &str)] = &[
+    (
+        "config.apply",
+        "{state, dry_run?: bool, expect_generation?: u64} -> {generation, applied, changed, \
+         dry_run, diff}: make `state` (the desired state as JSON) the running configuration",
+    ),
+    (
+        "config.get",
+        "{generation?: u64} -> {generation, state}: the active (or a retained) desired state",
+    ),
+    (
+        "config.history",
+        "{} -> {generation, history: [{generation, applied_at_unix, active}]}: retained \
+         generations, newest first",
+    ),
+    (
+        "config.rollback",
+        "{generation: u64, dry_run?: bool, expect_generation?: u64} -> as config.apply plus \
+         rolled_back_to: apply a retained generation's state as a new generation",
+    ),
+    (
+        "stats.get",
+        "{} -> {generation, uptime_secs, workers: [...], drops: {reason: n}, apply: {total, \
+         failures}}: worker counters",
+    ),
+    (
+        "ports.list",
+        "{} -> {generation, ports: [{id, kind, port_no, driver, state, rx_packets, ...}]}",
+    ),
+    (
+        "networks.list",
+        "{} -> {generation, networks: [{id, network_type, segmentation_id, mtu, ports, \
+         subnets}]}",
+    ),
+    (
+        "fdb.list",
+        "{network_id?: string} -> {generation, entries: [{network_id, mac_address, port, kind, \
+         age_secs}]}: static and learned MACs",
+    ),
+    (
+        "routes.list",
+        "{router_id?: string} -> {generation, routes: [{router_id, destination, nexthop, kind, \
+         interface}]}",
+    ),
+    (
+        "sessions.list",
+        "{} -> {generation, sessions: []}: tracked connections and NAT sessions",
+    ),
+    ("leases.list", "{} -> {generation, leases: []}: DHCP leases"),
+    ("version.get", "{} -> {generation, name, version}"),
+];
+
+/// The method handler of `polluxd`: the engine behind the socket.
+#[derive(Debug)]
+pub struct Service {
+    /// The engine the methods act on.
+    pub engine: Engine,
+}
+
+impl Service {
+    /// Serves `engine`.
+    pub fn new(engine: Engine) -> Self {
+        Service { engine }
+    }
+}
+
+impl Handler for Service {
+    fn call(&mut self, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
+        let e = &mut self.engine;
+        match method {
+            "config.apply" => config_apply(e, params),
+            "config.get" => config_get(e, params),
+            "config.history" => config_history(e, params),
+            "config.rollback" => config_rollback(e, params),
+            "stats.get" => stats_get(e, params),
+            "ports.list" => ports_list(e, params),
+            "networks.list" => networks_list(e, params),
+            "fdb.list" => fdb_list(e, params),
+            "routes.list" => routes_list(e, params),
+            "sessions.list" => {
+                parse::<NoParams>(params)?;
+                Ok(json!({ "sessions": [] }))
+            }
+            "leases.list" => {
+                parse::<NoParams>(params)?;
+                Ok(json!({ "leases": [] }))
+            }
+            "version.get" => {
+                parse::<NoParams>(params)?;
+                Ok(json!({ "name": "polluxd", "version": env!("CARGO_PKG_VERSION") }))
+            }
+            other => Err(RpcError::method_not_found(other)),
+        }
+    }
+
+    fn methods(&self) -> Vec<MethodInfo> {
+        METHODS
+            .iter()
+            .map(|(name, usage)| MethodInfo::new(*name, *usage))
+            .collect()
+    }
+
+    fn generation(&self) -> u64 {
+        self.engine.generation()
+    }
+}
+
+/// Parses `params` (absent: `{}`) into `T`, refusing arrays and unknown fields.
+fn parse<T: DeserializeOwned>(params: Option<Value>) -> Result<T, RpcError> {
+    let value = match params {
+        None => Value::Object(Map::new()),
+        Some(v @ Value::Object(_)) => v,
+        Some(_) => return Err(RpcError::invalid_params("params must be an object")),
+    };
+    serde_json::from_value(value).map_err(|e| RpcError::invalid_params(e.to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoParams {}
+
+/// The JSON-RPC form of an engine error.
+pub fn rpc_error(e: ApplyError) -> RpcError {
+    let message = e.to_string();
+    match e {
+        ApplyError::Invalid(errors) => {
+            let errors: Vec<Value> = errors
+                .iter()
+                .map(|e| json!({ "path": e.path, "message": e.message }))
+                .collect();
+            RpcError::application(INVALID_CONFIG, message, json!({ "errors": errors }))
+        }
+        ApplyError::GenerationMismatch { expected, current } => RpcError::application(
+            GENERATION_MISMATCH,
+            message,
+            json!({ "expected": expected, "current": current }),
+        ),
+        ApplyError::Unsupported { path, what } => RpcError::application(
+            NOT_SUPPORTED,
+            message,
+            json!({ "path": path, "details": what }),
+        ),
+        ApplyError::Bind(errors) => {
+            let errors: Vec<Value> = errors
+                .iter()
+                .map(|(port, why)| json!({ "port": port, "message": why }))
+                .collect();
+            RpcError::application(BIND_FAILED, message, json!({ "errors": errors }))
+        }
+        ApplyError::Store(e) => {
+            RpcError::application(STORE_FAILED, message, json!({ "details": e.to_string() }))
+        }
+        ApplyError::UnknownGeneration {
+            generation,
+            retained,
+        } => RpcError::application(
+            UNKNOWN_GENERATION,
+            message,
+            json!({ "requested": generation, "retained": retained }),
+        ),
+        ApplyError::Internal(why) => {
+            RpcError::application(DAEMON_ERROR, message, json!({ "details": why }))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApplyParams {
+    state: Value,
+    #[serde(default)]
+    dry_run: bool,
+    expect_generation: Option<u64>,
+}
+
+fn outcome_json(o: &ApplyOutcome, dry_run: bool) -> Value {
+    json!({
+        "generation": o.generation,
+        "applied": o.applied,
+        "changed": o.changed,
+        "dry_run": dry_run,
+        "diff": o.diff,
+    })
+}
+
+fn config_apply(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
+    let p: ApplyParams = parse(params)?;
+    let state = state_from_json(&p.state).map_err(rpc_error)?;
+    let options = ApplyOptions {
+        dry_run: p.dry_run,
+        expect_generation: p.expect_generation,
+    };
+    let outcome = e.apply(state, options).map_err(rpc_error)?;
+    Ok(outcome_json(&outcome, p.dry_run))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GetParams {
+    generation: Option<u64>,
+}
+
+fn config_get(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
+    let p: GetParams = parse(params)?;
+    let generation = p.generation.unwrap_or(e.generation());
+    let state = e.state_of(generation).map_err(rpc_error)?;
+    // `generation` here is the one asked for; the server adds the active one at the top
+    // level of the reply.
+    Ok(json!({ "state": state, "state_generation": generation }))
+}
+
+fn config_history(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
+    parse::<NoParams>(params)?;
+    let active = e.generation();
+    let history: Vec<Value> = e
+        .history()
+        .into_iter()
+        .map(|(g, at)| json!({ "generation": g, "applied_at_unix": at, "active": g == active }))
+        .collect();
+    Ok(json!({ "history": history }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackParams {
+    generation: u64,
+    #[serde(default)]
+    dry_run: bool,
+    expect_generation: Option<u64>,
+}
+
+fn config_rollback(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
+    let p: RollbackParams = parse(params)?;
+    let options = ApplyOptions {
+        dry_run: p.dry_run,
+        expect_generation: p.expect_generation,
+    };
+    let outcome = e.rollback(p.generation, options).map_err(rpc_error)?;
+    let mut v = outcome_json(&outcome, p.dry_run);
+    v["rolled_back_to"] = json!(p.generation);
+    Ok(v)
+}
+
+fn stats_get(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
+    parse::<NoParams>(params)?;
+    let c = e.counters();
+    let worker = json!({
+        "id": 0,
+        "core": e.worker_core(),
+        "rx_packets": c.rx_packets.get(),
+        "tx_packets": c.tx_packets.get(),
+        "flood_copies": c.replicas.get(),
+        "dropped": c.dropped_total(),
+        "loops": c.loops.get(),
+        "busy_loops": c.busy_loops.get(),
+        "busy_ns": c.busy_ns.get(),
+        "idle_ns": c.idle_ns.get(),
+        "macs": c.macs.get(),
+        "macs_learned": c.macs_learned.get(),
+        "mac_moves": c.mac_moves.get(),
+        "macs_aged": c.macs_aged.get(),
+        "mac_table_full": c.mac_table_full.get(),
+        "generation": c.generation.get(),
+    });
+    let drops: Map<String, Value> = c
+        .drop_summary()
+        .into_iter()
+        .map(|(reason, n)| (reason.name().to_string(), json!(n)))
+        .collect();
+    let m = e.metrics();
+    Ok(json!({
+        "uptime_secs": e.uptime().as_secs(),
+        "workers": [worker],
+        "drops": drops,
+        "apply": { "total": m.apply_total(), "failures": m.apply_failures_total() },
+    }))
+}
+
+fn driver_name(b: &Binding) -> (&'static str, Option<&str>) {
+    match b {
+        Binding::Afxdp { interface, .. } => ("afxdp", Some(interface)),
+        Binding::VhostUser { socket } => ("vhost-user", Some(socket)),
+        Binding::Mem {} => ("mem", None),
+        Binding::Tap { interface } => ("tap", Some(interface)),
+    }
+}
+
+fn ports_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
+    parse::<NoParams>(params)?;
+    let state = e.state();
+    let vms: HashMap<&str, &crate::model::Port> =
+        state.ports.iter().map(|p| (p.id.as_str(), p)).collect();
+    let uplinks: HashMap<&str, &crate::model::Uplink> =
+        state.uplinks.iter().map(|u| (u.name.as_str(), u)).collect();
+    let counters = e.counters();
+    let mut ports = Vec::with_capacity(e.plans().len());
+    for plan in e.plans() {
+        let mut entry = Map::new();
+        let binding = match plan.kind {
+            PortKind::Vm => {
+                let Some(p) = plan.key.strip_prefix("port:").and_then(|id| vms.get(id)) else {
+                    continue;
+                };
+                entry.insert("id".into(), json!(p.id));
+                entry.insert("network_id".into(), json!(p.network_id));
+                entry.insert("mac_address".into(), json!(p.mac_address));
+                &p.binding
+            }
+            PortKind::Uplink => {
+                let Some(u) = plan
+                    .key
+                    .strip_prefix("uplink:")
+                    .and_then(|n| uplinks.get(n))
+                else {
+                    continue;
+                };
+                entry.insert("id".into(), json!(u.name));
+                entry.insert("physnet".into(), json!(u.physnet));
+                &u.binding
+            }
+        };
+        entry.insert("kind".into(), json!(kind_name(plan.kind)));
+        entry.insert("port_no".into(), json!(plan.id.0));
+        let (driver, interface) = driver_name(binding);
+        entry.insert("driver".into(), json!(driver));
+        entry.insert("interface".into(), json!(interface));
+        entry.insert("xdp_mode".into(), json!(e.xdp_mode(plan.id)));
+        match e.port_status(plan.id) {
+            crate::engine::PortStatus::Up => {
+                entry.insert("state".into(), json!("up"));
+            }
+            crate::engine::PortStatus::Down(why) => {
+                entry.insert("state".into(), json!("down"));
+                entry.insert("reason".into(), json!(why));
+            }
+        }
+        if let Some(pc) = counters.port(PortId(plan.id.0)) {
+            entry.insert("rx_packets".into(), json!(pc.rx_packets.get()));
+            entry.insert("rx_bytes".into(), json!(pc.rx_bytes.get()));
+            entry.insert("tx_packets".into(), json!(pc.tx_packets.get()));
+            entry.insert("tx_bytes".into(), json!(pc.tx_bytes.get()));
+            entry.insert("tx_dropped".into(), json!(pc.tx_dropped.get()));
+        }
+        ports.push(Value::Object(entry));
+    }
+    Ok(json!({ "ports": ports }))
+}
+
+fn networks_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
+    parse::<NoParams>(params)?;
+    let valid = e.validated();
+    let state = e.state();
+    let mut port_counts = vec![0usize; valid.networks.len()];
+    for p in &valid.ports {
+        port_counts[p.network] += 1;
+    }
+    let mut subnets: Vec<Vec<String>> = vec![Vec::new(); valid.networks.len()];
+    for s in &valid.subnets {
+        subnets[s.network].push(s.cidr.to_string());
+    }
+    let networks: Vec<Value> = valid
+        .networks
+        .iter()
+        .zip(&state.networks)
+        .enumerate()
+        .map(|(i, (n, m))| {
+            let segmentation_id = match n.segment {
+                Segment::Vlan { vid, .. } => Some(u32::from(vid)),
+                Segment::Vxlan { vni, .. } => Some(vni),
+                Segment::Local | Segment::Flat { .. } => None,
+            };
+            let network_type = match m.network_type {
+                NetworkType::Local => "local",
+                NetworkType::Flat => "flat",
+                NetworkType::Vlan => "vlan",
+                NetworkType::Vxlan => "vxlan",
+            };
+            json!({
+                "id": n.id,
+                "name": n.name,
+                "network_type": network_type,
+                "physical_network": m.physical_network,
+                "segmentation_id": segmentation_id,
+                "mtu": n.mtu,
+                "admin_state_up": n.admin_state_up,
+                "ports": port_counts[i],
+                "subnets": subnets[i],
+            })
+        })
+        .collect();
+    Ok(json!({ "networks": networks }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FdbParams {
+    network_id: Option<String>,
+}
+
+fn fdb_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
+    let p: FdbParams = parse(params)?;
+    let entries: Vec<Value> = e
+        .fdb()
+        .map_err(rpc_error)?
+        .into_iter()
+        .filter(|f| p.network_id.as_ref().is_none_or(|n| *n == f.network_id))
+        .map(|f| {
+            json!({
+                "network_id": f.network_id,
+                "mac_address": f.mac,
+                "port": port_label(&f.port),
+                "kind": if f.learned { "learned" } else { "static" },
+                "age_secs": f.age_secs,
+            })
+        })
+        .collect();
+    Ok(json!({ "entries": entries }))
+}
+
+/// A port key as users name the port: a VM port by its id, an uplink as `uplink:NAME`.
+fn port_label(key: &str) -> &str {
+    key.strip_prefix("port:").unwrap_or(key)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoutesParams {
+    router_id: Option<String>,
+}
+
+fn routes_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
+    let p: RoutesParams = parse(params)?;
+    let routes: Vec<_> = routes(e.validated())
+        .into_iter()
+        .filter(|r| p.router_id.as_ref().is_none_or(|id| *id == r.router_id))
+        .collect();
+    Ok(json!({ "routes": routes }))
+}
