@@ -90,7 +90,7 @@ network_id = "bench"
 mac_address = "$SINK_MAC"
 binding = { driver = "afxdp", interface = "${P}k" }
 EOF
-ip netns exec "${P}sw" "$polluxd" --config "$work/pollux.toml" --cores 1 2>"$work/pollux.log" &
+ip netns exec "${P}sw" "$polluxd" --config "$work/pollux.toml" --cores 1 --socket "$work/pollux.sock" --state-dir "$work/pollux-state" 2>"$work/pollux.log" &
 pids+=($!)
 for _ in $(seq 50); do grep -q ready "$work/pollux.log" && break; sleep 0.1; done
 measure pollux

@@ -88,7 +88,7 @@ done
 start() { # namespace cpu
     # Not through `ns`: $! must be polluxd itself (ip netns exec execs it), so that the
     # SIGINT sent at the end reaches it rather than a waiting subshell.
-    ip netns exec "$P$1" "$polluxd" --config "$work/$1.toml" --cores "$2" >"$work/$1.log" 2>&1 &
+    ip netns exec "$P$1" "$polluxd" --config "$work/$1.toml" --cores "$2" --socket "$work/$1.sock" --state-dir "$work/$1-state" >"$work/$1.log" 2>&1 &
     pids+=($!)
     for _ in $(seq 50); do
         grep -q "ready" "$work/$1.log" && return 0

@@ -141,46 +141,126 @@ impl Drop for ConfigFile {
     }
 }
 
+/// A private directory for one polluxd's control socket and state directory, removed
+/// (with everything in it) on drop. Keep it across restarts to restart into the persisted
+/// state.
+#[derive(Debug)]
+pub struct RunDir {
+    path: PathBuf,
+}
+
+impl RunDir {
+    /// A fresh, empty directory `<tmp>/<name>-run`.
+    pub fn new(name: &str) -> Result<RunDir, String> {
+        let path = std::env::temp_dir().join(format!("{name}-run"));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path)
+            .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+        Ok(RunDir { path })
+    }
+
+    /// The control socket polluxd listens on.
+    pub fn socket(&self) -> PathBuf {
+        self.path.join("polluxd.sock")
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> PathBuf {
+        self.path.join("state")
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+fn utf8(path: &Path) -> Result<&str, String> {
+    path.to_str()
+        .ok_or_else(|| format!("path {} is not UTF-8", path.display()))
+}
+
 /// A `polluxd` running in a network namespace; SIGKILLed and reaped on drop.
 #[derive(Debug)]
 pub struct Polluxd {
     proc: Option<Proc>,
     ns: String,
+    socket: PathBuf,
+    /// Its own run directory, unless the caller keeps one across restarts.
+    _run: Option<RunDir>,
 }
 
 impl Polluxd {
-    /// Starts `polluxd --config CONFIG --cores CORES` in `ns` without waiting for it.
+    /// Starts `polluxd --config CONFIG --cores CORES` in `ns` without waiting for it, with
+    /// its socket and state in a run directory of its own.
     pub fn spawn(ns: &Netns, config: &Path, cores: &str) -> Result<Polluxd, String> {
+        let run = RunDir::new(ns.name())?;
+        let mut d = Polluxd::spawn_in(ns, Some(config), cores, &run, &[])?;
+        d._run = Some(run);
+        Ok(d)
+    }
+
+    /// Starts `polluxd [--config CONFIG] --cores CORES EXTRA...` in `ns` with its socket
+    /// and state in `run`, without waiting for it.
+    pub fn spawn_in(
+        ns: &Netns,
+        config: Option<&Path>,
+        cores: &str,
+        run: &RunDir,
+        extra: &[&str],
+    ) -> Result<Polluxd, String> {
         let bin = polluxd_path();
-        let bin = bin
-            .to_str()
-            .ok_or_else(|| format!("polluxd path {} is not UTF-8", bin.display()))?;
-        let config = config
-            .to_str()
-            .ok_or_else(|| format!("config path {} is not UTF-8", config.display()))?;
+        let socket = run.socket();
+        let state = run.state_dir();
+        let mut args = vec![
+            "--cores",
+            cores,
+            "--socket",
+            utf8(&socket)?,
+            "--state-dir",
+            utf8(&state)?,
+        ];
+        if let Some(config) = config {
+            args.extend(["--config", utf8(config)?]);
+        }
+        args.extend_from_slice(extra);
         let proc = ns
-            .spawn(bin, &["--config", config, "--cores", cores])
+            .spawn(utf8(bin)?, &args)
             .map_err(|e| format!("cannot start polluxd in {}: {e}", ns.name()))?;
         Ok(Polluxd {
             proc: Some(proc),
             ns: ns.name().to_owned(),
+            socket,
+            _run: None,
         })
+    }
+
+    /// Its control socket.
+    pub fn socket(&self) -> &Path {
+        &self.socket
     }
 
     /// Starts `polluxd` in `ns` and waits (at most [`READY_TIMEOUT`]) until it says
     /// `ready` on stderr. On failure the daemon is killed and the error carries its
     /// stderr.
     pub fn start(ns: &Netns, config: &Path, cores: &str) -> Result<Polluxd, String> {
-        let mut d = Polluxd::spawn(ns, config, cores)?;
-        let p = d.proc_mut();
+        let d = Polluxd::spawn(ns, config, cores)?;
+        d.ready()
+    }
+
+    /// Waits (at most [`READY_TIMEOUT`]) until the spawned polluxd says `ready`; on
+    /// failure it is killed and the error carries its stderr.
+    pub fn ready(mut self) -> Result<Polluxd, String> {
+        let p = self.proc_mut();
         if p.wait_stderr_contains("polluxd: ready", READY_TIMEOUT) {
-            return Ok(d);
+            return Ok(self);
         }
         let running = p.is_running();
         let stderr = p.stderr_so_far();
         Err(format!(
             "polluxd in {} did not report ready within {READY_TIMEOUT:?} ({}); stderr:\n{stderr}",
-            d.ns,
+            self.ns,
             if running {
                 "still running"
             } else {
