@@ -150,8 +150,8 @@ impl Bindings {
             let socket = XskSocket::new(&self.umem, interface, q, &config)
                 .and_then(|s| xdp.register(q, s.fd()).map(|()| s))
                 .map_err(|e| format!("interface {interface} queue {q}: {e}"))?;
-            eprintln!(
-                "polluxd: {} on {interface} queue {q}: XDP {} mode, AF_XDP {}",
+            crate::info!(
+                "{} on {interface} queue {q}: XDP {} mode, AF_XDP {}",
                 plan.key,
                 xdp.mode(),
                 socket.mode_note()

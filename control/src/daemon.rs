@@ -132,7 +132,7 @@ fn initial_state(options: &Options, store: &Store) -> Result<Initial, StartError
     let from_file = options.config.as_deref().map(load).transpose()?;
     Ok(match (persisted, from_file) {
         (Some((generation, state)), None) => {
-            eprintln!("polluxd: restarting into persisted generation {generation}");
+            crate::info!("restarting into persisted generation {generation}");
             Initial {
                 state,
                 generation,
@@ -145,8 +145,8 @@ fn initial_state(options: &Options, store: &Store) -> Result<Initial, StartError
             persist: false,
         },
         (Some((generation, _)), Some(state)) => {
-            eprintln!(
-                "polluxd: {} differs from persisted generation {generation}; starting it as \
+            crate::info!(
+                "{} differs from persisted generation {generation}; starting it as \
                  generation {}",
                 options
                     .config
@@ -254,8 +254,8 @@ pub fn run(options: &Options) -> Result<(), StartError> {
         ),
         None => None,
     };
-    eprintln!(
-        "polluxd: ready: generation {}, {} port(s), worker 0 on CPU {core}, socket {}{}",
+    crate::info!(
+        "ready: generation {}, {} port(s), worker 0 on CPU {core}, socket {}{}",
         engine.generation(),
         engine.plans().len(),
         options.socket.display(),
@@ -269,7 +269,7 @@ pub fn run(options: &Options) -> Result<(), StartError> {
     let mut last_link_check = Instant::now();
     let sig = loop {
         if let Err(e) = server.poll_once(&mut service, Some(TICK)) {
-            eprintln!("polluxd: control socket: {e}");
+            crate::warn!("control socket: {e}");
         }
         if let Some(sig) = wait_for_signal(&signals, Duration::ZERO) {
             break sig;
@@ -279,13 +279,15 @@ pub fn run(options: &Options) -> Result<(), StartError> {
             last_link_check = Instant::now();
         }
     };
-    eprintln!("polluxd: signal {sig}, stopping");
+    crate::info!("signal {sig}, stopping");
     drop(server);
     if let Some(m) = metrics {
         m.shutdown();
     }
     let done = service.engine.shutdown().map_err(fail)?;
-    eprint!("{}", summary(&done.counters, &done.names));
+    if crate::log::enabled(crate::log::Level::Info) {
+        eprint!("{}", summary(&done.counters, &done.names));
+    }
     for (id, name) in &done.names {
         let Some(stats) = done.driver_stats.iter().find(|d| d.id == *id) else {
             continue;
@@ -297,7 +299,7 @@ pub fn run(options: &Options) -> Result<(), StartError> {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         if !extra.is_empty() {
-            eprintln!("polluxd:   {name} driver: {}", extra.join(", "));
+            crate::info!("  {name} driver: {}", extra.join(", "));
         }
     }
     Ok(())

@@ -454,6 +454,23 @@ impl Engine {
     ) -> Result<ApplyOutcome, ApplyError> {
         let started = Instant::now();
         let result = self.apply_inner(state, options);
+        match &result {
+            Ok(o) if o.applied => {
+                let (added, removed, changed) = o.diff.counts();
+                crate::info!(
+                    "generation {} applied in {:?}: {added} added, {removed} removed, \
+                     {changed} changed",
+                    o.generation,
+                    started.elapsed()
+                );
+            }
+            Ok(_) => {}
+            Err(e) => crate::log!(
+                crate::log::Level::Debug,
+                "change refused: {}",
+                e.to_string().lines().next().unwrap_or_default()
+            ),
+        }
         if !options.dry_run {
             let changed = result.as_ref().map_or(true, |o| o.applied);
             if changed {
@@ -503,12 +520,10 @@ impl Engine {
                 return Err(ApplyError::Store(e));
             }
         }
-        self.publish(compiled.snapshot)?;
-
-        self.close_ports(&changes.removed);
-        // A port whose binding changed keeps its id: closed, then opened again with the
-        // new binding. A failure leaves it down, retried by `supervise_links`.
-        self.close_ports(&changes.rebound_old);
+        // Committed: from here on the new generation is the running one, whatever happens.
+        self.publisher
+            .publish(compiled.snapshot)
+            .map_err(|e| ApplyError::Internal(e.to_string()))?;
         self.active = Active {
             state,
             valid,
@@ -516,9 +531,15 @@ impl Engine {
             identities: compiled.identities,
             plans: compiled.ports,
         };
+        self.update_metric_ports();
+        self.wait_for_worker(next)?;
+
+        self.close_ports(&changes.removed);
+        // A port whose binding changed keeps its id: closed, then opened again with the
+        // new binding. A failure leaves it down, retried by `supervise_links`.
+        self.close_ports(&changes.rebound_old);
         self.reopen(&changes.rebound_new);
         self.publisher.reclaim();
-        self.update_metric_ports();
         Ok(ApplyOutcome {
             generation: next,
             applied: true,
@@ -650,8 +671,8 @@ impl Engine {
                 continue;
             }
             if up {
-                eprintln!(
-                    "polluxd: {}: {} vanished or was recreated; port closed",
+                crate::info!(
+                    "{}: {} vanished or was recreated; port closed",
                     plan.key,
                     describe(&plan.binding)
                 );
@@ -675,21 +696,21 @@ impl Engine {
         let outcomes = match self.open_each(plans) {
             Ok(o) => o,
             Err(e) => {
-                eprintln!("polluxd: {e}");
+                crate::warn!("{e}");
                 return;
             }
         };
         for (plan, result) in outcomes {
             match result {
-                Ok(()) => eprintln!(
-                    "polluxd: {}: {} is back; port reopened",
+                Ok(()) => crate::info!(
+                    "{}: {} is back; port reopened",
                     plan.key,
                     describe(&plan.binding)
                 ),
                 Err(why) => {
                     let down = PortStatus::Down(why.clone());
                     if self.status.get(&plan.id) != Some(&down) {
-                        eprintln!("polluxd: {}: {why}; will retry", plan.key);
+                        crate::warn!("{}: {why}; will retry", plan.key);
                     }
                     self.status.insert(plan.id, down);
                 }
@@ -700,10 +721,8 @@ impl Engine {
     /// Stops the worker (its ports release their frames and close) and frees everything.
     /// Returns the worker's counters and each port's driver statistics.
     pub fn shutdown(mut self) -> Result<Shutdown, String> {
-        let thread = self.worker.thread.take().expect("running until shutdown");
         let driver_stats = self.driver_stats().unwrap_or_default();
-        let stopped = thread.stop().map_err(|_| "the worker thread panicked")?;
-        self.publisher.reclaim();
+        let stopped = self.stop_worker()?;
         // Ports by their driver's name, as the logs called them while running.
         let names = self
             .port_names()
@@ -716,15 +735,24 @@ impl Engine {
                 (id, name.unwrap_or(key))
             })
             .collect();
-        // The ports (in the worker) close before the XDP programs detach and the UMEM
-        // goes with the bindings.
+        // The worker's ports are closed; its pool goes before the bindings (the XDP
+        // programs and the UMEM description), which go with `self`.
         drop(stopped);
-        drop(self.bindings);
         Ok(Shutdown {
-            counters: self.worker.counters,
+            counters: Arc::clone(&self.worker.counters),
             names,
             driver_stats,
         })
+    }
+
+    /// Stops the worker thread, if it runs: its ports release their frames and close.
+    fn stop_worker(&mut self) -> Result<Option<workers::StoppedWorker>, String> {
+        let Some(thread) = self.worker.thread.take() else {
+            return Ok(None);
+        };
+        let stopped = thread.stop().map_err(|_| "the worker thread panicked")?;
+        self.publisher.reclaim();
+        Ok(Some(stopped))
     }
 
     /// (port id, key) of every port of the active configuration.
@@ -736,8 +764,15 @@ impl Engine {
             .collect()
     }
 
+    /// Ports are labelled as `fdb.list` names them: a VM port by its id, an uplink as
+    /// `uplink:NAME`.
     fn update_metric_ports(&self) {
-        self.metrics.set_ports(self.port_names());
+        let labels = self
+            .port_names()
+            .into_iter()
+            .map(|(id, key)| (id, port_label(&key).to_string()))
+            .collect();
+        self.metrics.set_ports(labels);
     }
 
     /// Runs `f` on the worker's thread and returns its result.
@@ -881,26 +916,27 @@ impl Engine {
         }
     }
 
-    /// Publishes `snapshot` and waits until the worker runs it (or a newer one).
-    fn publish(
-        &mut self,
-        snapshot: pollux_dataplane::snapshot::Snapshot,
-    ) -> Result<(), ApplyError> {
-        let generation = snapshot.generation();
-        self.publisher
-            .publish(snapshot)
-            .map_err(|e| ApplyError::Internal(e.to_string()))?;
+    /// Waits until the worker runs `generation` (or a newer one).
+    fn wait_for_worker(&self, generation: u64) -> Result<(), ApplyError> {
         let deadline = Instant::now() + WORKER_TIMEOUT;
         while self.worker.ack.get() < generation {
             if Instant::now() > deadline {
                 return Err(ApplyError::Internal(format!(
-                    "the worker did not pick up generation {generation} within \
-                     {WORKER_TIMEOUT:?}"
+                    "generation {generation} is committed, but the worker has not picked it up \
+                     within {WORKER_TIMEOUT:?}"
                 )));
             }
             std::thread::sleep(Duration::from_micros(20));
         }
         Ok(())
+    }
+}
+
+impl Drop for Engine {
+    /// An engine dropped without [`Engine::shutdown`] (an error path, a failing test) still
+    /// stops its worker, so no poll loop outlives it.
+    fn drop(&mut self) {
+        let _ = self.stop_worker();
     }
 }
 
@@ -977,6 +1013,11 @@ impl PortChanges {
             .collect();
         changes
     }
+}
+
+/// A port key as users name the port: a VM port by its id, an uplink as `uplink:NAME`.
+pub fn port_label(key: &str) -> &str {
+    key.strip_prefix("port:").unwrap_or(key)
 }
 
 /// The kind of a port as `ports.list` shows it.

@@ -12,7 +12,9 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use crate::compile::PortKind;
-use crate::engine::{kind_name, state_from_json, ApplyError, ApplyOptions, ApplyOutcome, Engine};
+use crate::engine::{
+    kind_name, port_label, state_from_json, ApplyError, ApplyOptions, ApplyOutcome, Engine,
+};
 use crate::model::{Binding, NetworkType};
 use crate::routes::routes;
 use crate::rpc::{Handler, MethodInfo, RpcError};
@@ -451,11 +453,6 @@ fn fdb_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
         })
         .collect();
     Ok(json!({ "entries": entries }))
-}
-
-/// A port key as users name the port: a VM port by its id, an uplink as `uplink:NAME`.
-fn port_label(key: &str) -> &str {
-    key.strip_prefix("port:").unwrap_or(key)
 }
 
 #[derive(Deserialize)]

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use pollux_control::daemon::{run, Options, DEFAULT_SOCKET, DEFAULT_STATE_DIR};
 use pollux_control::engine::DEFAULT_POOL_FRAMES;
+use pollux_control::log::{set_level, Level};
 use pollux_control::store::DEFAULT_HISTORY;
 use pollux_control::workers::parse_cpu_list;
 
@@ -40,6 +41,9 @@ struct Args {
     /// Longest request line accepted on the control socket, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 16 << 20)]
     max_request: usize,
+    /// How much to log on stderr: error, warn, info or debug.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: Level,
     /// Frames (2 KiB each) in the worker's pool; each AF_XDP queue needs 3072.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_POOL_FRAMES)]
     pool_frames: u32,
@@ -47,6 +51,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    set_level(args.log_level);
     if args.workers != 1 {
         eprintln!(
             "polluxd: --workers {}: only one worker is supported so far",
