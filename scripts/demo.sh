@@ -34,8 +34,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 echo "== building polluxd (release)"
-cargo build --release -q -p pollux-control --bin polluxd
+cargo build --release -q -p pollux-control --bin polluxd --bin polluxctl
 polluxd=$PWD/target/release/polluxd
+polluxctl=$PWD/target/release/polluxctl
 
 # Per-run prefix: short enough for 15-byte interface names, unique per run.
 P="pd$(printf '%04x' $(( $$ % 65536 )))"
@@ -140,11 +141,19 @@ ping_check isolated a2 198.18.10.22 "isolation: VM a2 (A) -> server s2 (VLAN 200
 iperf_check a1 a2 198.18.10.12 "iperf3 3 s, VM a1 -> VM a2:"
 iperf_check a1 s1 198.18.10.21 "iperf3 3 s, VM a1 -> server s1 (tagged on the trunk):"
 
+echo "== the host's view through its control socket (polluxctl)"
+for what in ports fdb; do
+    echo "   polluxctl show $what"
+    "$polluxctl" --socket "$work/host.sock" show "$what" | sed 's/^/     /' \
+        || { failed=1; results+=("  FAIL  polluxctl show $what"); }
+done
+
 if [ "$keep" -eq 1 ]; then
     printf '%s\n' "${results[@]}"
     echo "== left running (prefix $P). Explore, e.g.:"
     echo "   ip netns exec ${P}a1 ping 198.18.10.21"
     echo "   cat $work/host.log"
+    echo "   $polluxctl --socket $work/host.sock show stats"
     echo "   clean up: kill -INT ${pids[*]}; for n in ${namespaces[*]}; do ip netns del $P\$n; done; rm -rf $work"
     exit "$failed"
 fi
