@@ -6,7 +6,7 @@
 //! them across generations. Compiling never changes the identities in use; it returns the
 //! updated set, which the caller keeps only if it publishes the snapshot.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use pollux_dataplane::buf::{DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM};
@@ -125,10 +125,10 @@ impl Identities {
 
     /// Forgets the ports and networks that are not in `keep_ports` / `keep_networks`, so
     /// that their entries do not accumulate. Network uids are still never reused.
-    fn retain(&mut self, keep_ports: &[String], keep_networks: &[&str]) {
-        self.ports.retain(|k, _| keep_ports.contains(k));
+    fn retain(&mut self, keep_ports: &HashSet<&str>, keep_networks: &HashSet<&str>) {
+        self.ports.retain(|k, _| keep_ports.contains(k.as_str()));
         self.networks
-            .retain(|k, _| keep_networks.contains(&k.as_str()));
+            .retain(|k, _| keep_networks.contains(k.as_str()));
     }
 }
 
@@ -296,8 +296,8 @@ pub fn compile(
         });
     }
 
-    let keep_ports: Vec<String> = plans.iter().map(|p| p.key.clone()).collect();
-    let keep_networks: Vec<&str> = state.networks.iter().map(|n| n.id.as_str()).collect();
+    let keep_ports: HashSet<&str> = plans.iter().map(|p| p.key.as_str()).collect();
+    let keep_networks: HashSet<&str> = state.networks.iter().map(|n| n.id.as_str()).collect();
     ids.retain(&keep_ports, &keep_networks);
     plans.sort_by_key(|p| p.id);
     let snapshot = b.build(generation).map_err(CompileError::Build)?;
