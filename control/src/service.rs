@@ -469,3 +469,134 @@ fn routes_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError>
         .collect();
     Ok(json!({ "routes": routes }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::binding::MemWires;
+    use crate::engine::{EngineConfig, Initial};
+    use crate::model::DesiredState;
+    use proptest::prelude::*;
+
+    const BASE: &str = r#"
+        [[uplinks]]
+        name = "uplink0"
+        physnet = "physnet1"
+        binding = { driver = "mem" }
+
+        [[networks]]
+        id = "net-a"
+        network_type = "vlan"
+        physical_network = "physnet1"
+        segmentation_id = 100
+
+        [[subnets]]
+        id = "sub-a"
+        network_id = "net-a"
+        cidr = "198.18.1.0/24"
+        gateway_ip = "198.18.1.1"
+
+        [[ports]]
+        id = "vm1"
+        network_id = "net-a"
+        mac_address = "fa:16:3e:00:00:01"
+        fixed_ips = [{ subnet_id = "sub-a", ip_address = "198.18.1.10" }]
+        binding = { driver = "mem" }
+
+        [[routers]]
+        id = "r1"
+        interfaces = ["sub-a"]
+    "#;
+
+    fn service() -> Service {
+        let config = EngineConfig {
+            pool_frames: 1024,
+            ..EngineConfig::default()
+        };
+        let initial = Initial {
+            state: DesiredState::from_toml_str(BASE).unwrap(),
+            generation: 1,
+            persist: false,
+        };
+        Service::new(Engine::start(&config, initial, None, MemWires::default()).unwrap())
+    }
+
+    /// Any JSON value, with object keys drawn mostly from the methods' parameter names so
+    /// that the generator reaches past "unknown field".
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(|n| json!(n)),
+            (0u64..5).prop_map(|n| json!(n)),
+            "[a-z0-9:.-]{0,12}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            let key = prop_oneof![
+                Just("state".to_string()),
+                Just("dry_run".to_string()),
+                Just("expect_generation".to_string()),
+                Just("generation".to_string()),
+                Just("network_id".to_string()),
+                Just("router_id".to_string()),
+                Just("ports".to_string()),
+                "[a-z_]{1,8}",
+            ];
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(key, inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn method() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(METHODS.iter().map(|(m, _)| *m).collect::<Vec<_>>())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the parameters, every method answers with a result or a documented
+        /// error, and only a successful apply or rollback changes the generation.
+        #[test]
+        fn any_params_get_a_result_or_a_documented_error(
+            calls in prop::collection::vec((method(), prop::option::of(json_value())), 1..8)
+        ) {
+            let mut s = service();
+            for (method, params) in calls {
+                let before = s.generation();
+                let outcome = s.call(method, params);
+                let changes = matches!(method, "config.apply" | "config.rollback");
+                match outcome {
+                    Ok(result) => {
+                        prop_assert!(result.is_object(), "{method}: {result}");
+                        if !changes {
+                            prop_assert_eq!(s.generation(), before);
+                        }
+                    }
+                    Err(e) => {
+                        prop_assert!(
+                            e.code == crate::rpc::INVALID_PARAMS
+                                || (NOT_SUPPORTED..=INVALID_CONFIG).contains(&e.code),
+                            "{method}: unexpected error {e:?}"
+                        );
+                        prop_assert!(!e.message.is_empty());
+                        prop_assert_eq!(s.generation(), before, "{} failed but changed", method);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rollback_to_the_active_generation_is_a_no_op() {
+        let mut s = service();
+        let r = s
+            .call("config.rollback", Some(json!({ "generation": 1 })))
+            .unwrap();
+        assert_eq!(r["changed"], json!(false));
+        assert_eq!(r["rolled_back_to"], json!(1));
+        assert_eq!(s.generation(), 1);
+    }
+}
