@@ -202,28 +202,27 @@ pub fn diff(old: &DesiredState, new: &DesiredState) -> Diff {
     d
 }
 
-/// The objects of one collection as JSON values, by key in order of first appearance; a
-/// repeated key replaces the earlier value (see the module documentation).
-fn index<'a, T: Serialize>(items: &'a [T], key: impl Fn(&T) -> &str) -> Vec<(&'a str, Value)> {
-    let mut out: Vec<(&'a str, Value)> = Vec::with_capacity(items.len());
+/// The objects of one collection by key in order of first appearance; a repeated key
+/// replaces the earlier object (see the module documentation).
+fn index<'a, T>(items: &'a [T], key: impl Fn(&T) -> &str) -> Vec<(&'a str, &'a T)> {
+    let mut out: Vec<(&'a str, &'a T)> = Vec::with_capacity(items.len());
     let mut pos: HashMap<&'a str, usize> = HashMap::with_capacity(items.len());
     for item in items {
-        // The model has only string-keyed structs, lists and scalars, which always
-        // convert.
-        let value = serde_json::to_value(item).expect("the model serialises to JSON");
         let k = key(item);
         match pos.get(k) {
-            Some(&i) => out[i].1 = value,
+            Some(&i) => out[i].1 = item,
             None => {
                 pos.insert(k, out.len());
-                out.push((k, value));
+                out.push((k, item));
             }
         }
     }
     out
 }
 
-fn diff_list<T: Serialize>(
+/// Objects are compared as typed values (cheap: a configuration of 10,000 ports changes
+/// one); only those that differ are converted to JSON to name the differing fields.
+fn diff_list<T: Serialize + PartialEq>(
     old: &[T],
     new: &[T],
     key: impl Fn(&T) -> &str,
@@ -233,14 +232,14 @@ fn diff_list<T: Serialize>(
 ) {
     let old = index(old, &key);
     let new = index(new, &key);
-    let old_by_key: HashMap<&str, &Value> = old.iter().map(|(k, v)| (*k, v)).collect();
+    let old_by_key: HashMap<&str, &T> = old.iter().map(|(k, v)| (*k, *v)).collect();
     let new_keys: HashSet<&str> = new.iter().map(|(k, _)| *k).collect();
     for (k, v) in &new {
         match old_by_key.get(k) {
             None => added.push((*k).to_owned()),
-            Some(&o) if o != v => changed.push(Change {
+            Some(&o) if o != *v => changed.push(Change {
                 id: (*k).to_owned(),
-                fields: differing_fields(o, v),
+                fields: differing_fields(&to_json(o), &to_json(*v)),
             }),
             Some(_) => {}
         }
@@ -250,6 +249,11 @@ fn diff_list<T: Serialize>(
             .filter(|(k, _)| !new_keys.contains(k))
             .map(|(k, _)| (*k).to_owned()),
     );
+}
+
+fn to_json<T: Serialize>(item: &T) -> Value {
+    // The model has only string-keyed structs, lists and scalars, which always convert.
+    serde_json::to_value(item).expect("the model serialises to JSON")
 }
 
 /// Top-level field names whose values differ, a field absent on one side included.

@@ -33,6 +33,7 @@ use pollux_dataplane::snapshot::mac_from_u64;
 use pollux_dataplane::worker::{Mailbox, Worker, WorkerConfig};
 use pollux_drivers::mem::MemPortConfig;
 use pollux_drivers::xsk::Umem;
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::binding::{describe, Bindings, MemWires};
@@ -248,6 +249,10 @@ impl fmt::Debug for Engine {
 
 /// Reads a desired state sent as JSON, with the paths of shape errors.
 pub fn state_from_json(value: &Value) -> Result<DesiredState, ApplyError> {
+    if let Ok(state) = DesiredState::deserialize(value) {
+        return Ok(state);
+    }
+    // The error path goes through the text parser, which locates the offending field.
     DesiredState::from_json_str(&value.to_string()).map_err(|e| {
         ApplyError::Invalid(vec![ValidationError {
             path: e.path.clone().unwrap_or_else(|| "state".into()),
@@ -316,7 +321,7 @@ impl Engine {
         }
         let persisted = match (&failure, initial.persist, store.as_mut()) {
             (None, true, Some(store)) => store
-                .commit(initial.generation, &to_value(&initial.state))
+                .commit_owned(initial.generation, to_value(&initial.state))
                 .map_err(|e| e.to_string()),
             _ => Ok(()),
         };
@@ -515,7 +520,7 @@ impl Engine {
         self.check_frame_budget(&changes)?;
         let added = self.open_ports(&changes.added)?;
         if let Some(store) = self.store.as_mut() {
-            if let Err(e) = store.commit(next, &to_value(&state)) {
+            if let Err(e) = store.commit_owned(next, to_value(&state)) {
                 self.close_ports(&added);
                 return Err(ApplyError::Store(e));
             }

@@ -4,7 +4,7 @@
 //! `gen-<20-digit zero-padded generation>.json`, each holding
 //!
 //! ```json
-//! {"generation": 7, "applied_at_unix": 1790000000, "state": { ... }}
+//! {"generation": 7, "applied_at_unix": 1790000000, "state": { ... }}   (compact, one line)
 //! ```
 //!
 //! The state is kept as a [`serde_json::Value`] so this module does not depend on the
@@ -219,6 +219,11 @@ impl Store {
     /// Pruning is best effort: a file that cannot be removed now is retried on the next
     /// commit, and never fails the commit.
     pub fn commit(&mut self, generation: u64, state: &Value) -> Result<(), StoreError> {
+        self.commit_owned(generation, state.clone())
+    }
+
+    /// [`Store::commit`] taking the state by value, which saves a copy of a large state.
+    pub fn commit_owned(&mut self, generation: u64, state: Value) -> Result<(), StoreError> {
         if let Some(current) = self.current_generation() {
             if generation <= current {
                 return Err(StoreError::StaleGeneration {
@@ -230,12 +235,21 @@ impl Store {
         let applied_at = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let doc = serde_json::json!({
-            "generation": generation,
-            "applied_at_unix": applied_at,
-            "state": state,
-        });
-        let mut bytes = serde_json::to_vec_pretty(&doc).map_err(|e| StoreError::Io {
+        // Borrowed, not built with `json!`, which would copy the whole state first.
+        #[derive(serde::Serialize)]
+        struct Doc<'a> {
+            generation: u64,
+            applied_at_unix: u64,
+            state: &'a Value,
+        }
+        let doc = Doc {
+            generation,
+            applied_at_unix: applied_at,
+            state: &state,
+        };
+        // Compact: half the bytes of pretty-printed JSON for a large state, and this is
+        // the daemon's record, not a file for people (`polluxctl show config` is).
+        let mut bytes = serde_json::to_vec(&doc).map_err(|e| StoreError::Io {
             op: "encode generation for",
             path: self.file(generation),
             source: io::Error::new(io::ErrorKind::InvalidData, e),
@@ -272,7 +286,7 @@ impl Store {
         // before the directory fsync, whose failure only means it might not survive a
         // crash.
         self.index.insert(generation, Some(applied_at));
-        self.current = Some((generation, state.clone()));
+        self.current = Some((generation, state));
         sync_dir(&self.dir)?;
 
         self.prune();
