@@ -23,7 +23,10 @@
 //! [`Store::get`] reports it as corrupt. Temp files left over by a crash mid-write are
 //! removed on open; any other file in the directory is ignored.
 //!
-//! A state directory has a single owner: one `Store` in one process at a time.
+//! A state directory has a single owner: [`Store::open`] takes an exclusive `flock` on
+//! `polluxd.lock` in it, held as long as the `Store` lives (the kernel drops it when the
+//! process dies, so a crash leaves nothing to clean up), and a second opener gets
+//! [`StoreError::Locked`] instead of two daemons overwriting each other's generations.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -42,6 +45,7 @@ const PREFIX: &str = "gen-";
 const SUFFIX: &str = ".json";
 const TMP_SUFFIX: &str = ".json.tmp";
 const DIGITS: usize = 20;
+const LOCK_FILE: &str = "polluxd.lock";
 
 /// Why the store could not do what was asked.
 #[derive(Debug)]
@@ -62,6 +66,11 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// Another `Store` (another polluxd) holds the directory.
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+    },
     /// A commit's generation is not newer than the committed one.
     StaleGeneration {
         /// The generation offered.
@@ -80,6 +89,11 @@ impl fmt::Display for StoreError {
             StoreError::Corrupt { path, reason } => write!(
                 f,
                 "state store: {} is corrupt: {reason} (the file is left in place for inspection)",
+                path.display()
+            ),
+            StoreError::Locked { path } => write!(
+                f,
+                "state store: {} is locked: another polluxd uses this state directory",
                 path.display()
             ),
             StoreError::StaleGeneration {
@@ -111,6 +125,28 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Sto
     }
 }
 
+/// Takes the directory's lock without waiting.
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io_err("open lock file", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path }),
+        Err(fs::TryLockError::Error(source)) => Err(StoreError::Io {
+            op: "lock",
+            path,
+            source,
+        }),
+    }
+}
+
 /// One generation as read back from its file.
 #[derive(Debug)]
 struct Record {
@@ -128,6 +164,8 @@ pub struct Store {
     /// Every generation file present: generation → its `applied_at_unix`, or `None` when
     /// the file (an older one) is corrupt.
     index: BTreeMap<u64, Option<u64>>,
+    /// Holds the directory's lock for as long as the store lives.
+    _lock: File,
 }
 
 impl Store {
@@ -151,6 +189,9 @@ impl Store {
                 source: io::Error::other("not a directory"),
             });
         }
+        // Before anything else touches the directory: a temp file may be another
+        // daemon's commit in flight.
+        let lock = lock_dir(dir)?;
         if created {
             // Make the new directory's own entry durable too (best effort: the parent may
             // not be ours to open).
@@ -184,6 +225,7 @@ impl Store {
             history: history.max(1),
             current: None,
             index: BTreeMap::new(),
+            _lock: lock,
         };
         if let Some((&newest, older)) = generations.split_last() {
             for &generation in older {

@@ -45,10 +45,12 @@ fn gen_file(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("gen-{generation:020}.json"))
 }
 
+/// The directory's files but the store's lock file, which is always there.
 fn files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
         .expect("list dir")
         .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .filter(|name| name != "polluxd.lock")
         .collect();
     names.sort();
     names
@@ -227,6 +229,30 @@ fn reopen_after_commit_returns_the_same() {
         Err(StoreError::StaleGeneration { .. })
     ));
     store.commit(10, &state(10)).expect("commit after reopen");
+}
+
+#[test]
+fn a_second_store_on_the_same_directory_is_refused_until_the_first_is_gone() {
+    let tmp = TempDir::new("lock");
+    let dir = tmp.path();
+    let mut first = Store::open(&dir, DEFAULT_HISTORY).expect("open");
+    first.commit(1, &state(1)).expect("commit");
+    // A temp file of a commit in flight must survive the refused open.
+    let in_flight = dir.join("gen-00000000000000000002.json.tmp");
+    fs::write(&in_flight, b"{").unwrap();
+
+    let err = Store::open(&dir, DEFAULT_HISTORY).expect_err("a second owner");
+    assert!(matches!(err, StoreError::Locked { .. }), "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("polluxd.lock") && message.contains("another polluxd"),
+        "{message}"
+    );
+    assert!(in_flight.exists(), "the refused open touched the directory");
+
+    drop(first);
+    let second = Store::open(&dir, DEFAULT_HISTORY).expect("open once the first is gone");
+    assert_eq!(second.current(), Some((1, &state(1))));
 }
 
 #[test]
