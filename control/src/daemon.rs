@@ -318,9 +318,11 @@ pub fn summary(c: &WorkerCounters, names: &[(PortId, String)]) -> String {
         if let Some(p) = c.port(*id) {
             let _ = writeln!(
                 s,
-                "polluxd:   {name}: rx {} pkts {} bytes, tx {} pkts {} bytes, tx dropped {}",
+                "polluxd:   {name}: rx {} pkts {} bytes {} dropped, tx {} pkts {} bytes {} \
+                 dropped",
                 p.rx_packets.get(),
                 p.rx_bytes.get(),
+                p.rx_dropped.get(),
                 p.tx_packets.get(),
                 p.tx_bytes.get(),
                 p.tx_dropped.get()

@@ -476,12 +476,6 @@ impl Engine {
                 e.to_string().lines().next().unwrap_or_default()
             ),
         }
-        if !options.dry_run {
-            let changed = result.as_ref().map_or(true, |o| o.applied);
-            if changed {
-                self.metrics.record_apply(result.is_ok(), started.elapsed());
-            }
-        }
         result
     }
 

@@ -130,7 +130,7 @@ impl MetricsSource {
         let ports = ports
             .into_iter()
             .map(|(id, name)| {
-                let mut v = [0u64; 5];
+                let mut v = [0u64; 6];
                 for (_, w) in &self.workers {
                     if let Some(p) = w.port(id) {
                         v[0] += p.rx_packets.get();
@@ -138,6 +138,7 @@ impl MetricsSource {
                         v[2] += p.tx_packets.get();
                         v[3] += p.tx_bytes.get();
                         v[4] += p.tx_dropped.get();
+                        v[5] += p.rx_dropped.get();
                     }
                 }
                 (name, v)
@@ -192,7 +193,7 @@ struct WorkerScrape {
 /// One scrape's values, owned so the registry's collector can be `'static`.
 #[derive(Debug)]
 struct Scrape {
-    ports: Vec<(String, [u64; 5])>,
+    ports: Vec<(String, [u64; 6])>,
     drops: Vec<(&'static str, u64)>,
     stages: Vec<(&'static str, u64)>,
     workers: Vec<WorkerScrape>,
@@ -239,7 +240,7 @@ impl Collector for Scrape {
     // Counter names are given without `_total`: the encoder appends it to each sample.
     fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
         type PortField = (&'static str, &'static str, usize);
-        const PORT_FIELDS: [PortField; 5] = [
+        const PORT_FIELDS: [PortField; 6] = [
             (
                 "pollux_port_rx_packets",
                 "Frames received from the port.",
@@ -260,6 +261,11 @@ impl Collector for Scrape {
                 "pollux_port_tx_dropped",
                 "Frames meant for the port that it did not take.",
                 4,
+            ),
+            (
+                "pollux_port_rx_dropped",
+                "Frames received from the port that the pipeline dropped.",
+                5,
             ),
         ];
         for (name, help, i) in PORT_FIELDS {
@@ -326,19 +332,19 @@ impl Collector for Scrape {
         counter(
             &mut e,
             "pollux_config_apply",
-            "Configuration applies attempted.",
+            "config.apply and config.rollback requests, dry runs excluded.",
             self.apply_total,
         )?;
         counter(
             &mut e,
             "pollux_config_apply_failures",
-            "Configuration applies that failed.",
+            "config.apply and config.rollback requests refused, for any reason.",
             self.apply_failures_total,
         )?;
         let h = &self.apply_seconds;
         h.encode(e.encode_descriptor(
             "pollux_config_apply_seconds",
-            "Time taken to apply a configuration.",
+            "Time taken to answer a config.apply or config.rollback request.",
             None,
             h.metric_type(),
         )?)?;

@@ -5,6 +5,7 @@
 //! with known fields only (a typo is an error, not a silently ignored option).
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 use pollux_dataplane::port::PortId;
 use serde::de::DeserializeOwned;
@@ -44,7 +45,8 @@ const METHODS: &[(&str, &str)] = &[
     ),
     (
         "config.get",
-        "{generation?: u64} -> {generation, state}: the active (or a retained) desired state",
+        "{generation?: u64} -> {generation, state_generation, state}: the desired state of \
+         the active generation, or of a retained one (-32005 if not retained)",
     ),
     (
         "config.history",
@@ -106,10 +108,29 @@ impl Handler for Service {
     fn call(&mut self, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
         let e = &mut self.engine;
         match method {
-            "config.apply" => config_apply(e, params),
+            "config.apply" | "config.rollback" => {
+                // Every request to change the configuration counts, whatever refuses it
+                // (params, validation, generation check, binding, store), so that
+                // `failures / total` is what a control plane sees; dry runs change nothing
+                // and are not counted.
+                let dry_run = params
+                    .as_ref()
+                    .and_then(|p| p.get("dry_run"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let started = Instant::now();
+                let result = if method == "config.apply" {
+                    config_apply(e, params)
+                } else {
+                    config_rollback(e, params)
+                };
+                if !dry_run {
+                    e.metrics().record_apply(result.is_ok(), started.elapsed());
+                }
+                result
+            }
             "config.get" => config_get(e, params),
             "config.history" => config_history(e, params),
-            "config.rollback" => config_rollback(e, params),
             "stats.get" => stats_get(e, params),
             "ports.list" => ports_list(e, params),
             "networks.list" => networks_list(e, params),
@@ -375,6 +396,7 @@ fn ports_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> 
         if let Some(pc) = counters.port(PortId(plan.id.0)) {
             entry.insert("rx_packets".into(), json!(pc.rx_packets.get()));
             entry.insert("rx_bytes".into(), json!(pc.rx_bytes.get()));
+            entry.insert("rx_dropped".into(), json!(pc.rx_dropped.get()));
             entry.insert("tx_packets".into(), json!(pc.tx_packets.get()));
             entry.insert("tx_bytes".into(), json!(pc.tx_bytes.get()));
             entry.insert("tx_dropped".into(), json!(pc.tx_dropped.get()));

@@ -135,11 +135,11 @@ fn ports() -> Value {
     json!({ "generation": GENERATION, "ports": [
         { "id": "vm1", "kind": "vm", "port_no": 1, "network_id": "net-a",
           "mac_address": "fa:16:3e:00:00:01", "driver": "mem", "state": "up",
-          "rx_packets": 12, "rx_bytes": 1200, "tx_packets": 3, "tx_bytes": 300,
+          "rx_packets": 12, "rx_bytes": 1200, "rx_dropped": 2, "tx_packets": 3, "tx_bytes": 300,
           "tx_dropped": 0 },
         { "id": "uplink:uplink0", "kind": "uplink", "port_no": 10, "physnet": "physnet1",
           "driver": "afxdp", "interface": "eth1", "state": "down",
-          "rx_packets": 0, "rx_bytes": 0, "tx_packets": 123456, "tx_bytes": 9876543,
+          "rx_packets": 0, "rx_bytes": 0, "rx_dropped": 0, "tx_packets": 123456, "tx_bytes": 9876543,
           "tx_dropped": 7 }
     ] })
 }
@@ -184,9 +184,9 @@ fn show_ports_prints_a_table() {
     let out = server.run(&["show", "ports"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let expected = "\
-ID              KIND    NO  NETWORK  PHYSNET   MAC                DRIVER  INTERFACE  STATE  RX_PKTS  RX_BYTES  TX_PKTS  TX_BYTES  TX_DROP
-vm1             vm       1  net-a    -         fa:16:3e:00:00:01  mem     -          up          12      1200        3       300        0
-uplink:uplink0  uplink  10  -        physnet1  -                  afxdp   eth1       down         0         0   123456   9876543        7
+ID              KIND    NO  NETWORK  PHYSNET   MAC                DRIVER  INTERFACE  STATE  RX_PKTS  RX_BYTES  RX_DROP  TX_PKTS  TX_BYTES  TX_DROP
+vm1             vm       1  net-a    -         fa:16:3e:00:00:01  mem     -          up          12      1200        2        3       300        0
+uplink:uplink0  uplink  10  -        physnet1  -                  afxdp   eth1       down         0         0        0   123456   9876543        7
 ";
     assert_eq!(stdout(&out), expected);
     assert_eq!(server.requests()[0]["method"], "ports.list");

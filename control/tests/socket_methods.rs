@@ -1620,6 +1620,26 @@ fn socket_mode_stale_socket_and_second_daemon() {
         dir.socket().exists(),
         "the second daemon removed the socket"
     );
+    // A second daemon on the same state directory (own socket) is refused too, and leaves
+    // the first one's generations alone.
+    let files_before = dir_contents(&dir.state_dir());
+    let second = Spec {
+        socket: dir.path().join("second.sock"),
+        state_dir: dir.state_dir(),
+        config: None,
+        extra: Vec::new(),
+    };
+    let (status, stderr) = second.fails();
+    assert!(!status.success(), "{status}: {stderr}");
+    assert!(
+        stderr.contains("polluxd.lock") && stderr.contains("another polluxd"),
+        "unclear error from the second daemon:\n{stderr}"
+    );
+    assert_eq!(dir_contents(&dir.state_dir()), files_before);
+    assert!(
+        !dir.path().join("second.sock").exists(),
+        "the refused daemon left its socket behind"
+    );
     let mut c = first.client();
     assert_eq!(c.call("version.get", json!({})).unwrap()["name"], "polluxd");
     drop(c);
@@ -1785,6 +1805,20 @@ fn metrics_endpoint_reports_generation_and_applies() {
     let state2 = with_port(&base_state(), "vm-a3", "net-a", "fa:16:3e:0a:00:14");
     let r = c.call("config.apply", json!({ "state": state2 })).unwrap();
     assert_eq!(r["generation"], 2, "{r}");
+    // Every refused request to change the configuration is a failure, whether the params,
+    // the state or the generation check refused it; a dry run is not an apply at all.
+    let refused = [
+        json!({ "state": { "no_such_field": 1 } }),
+        json!({ "state": state2, "expect_generation": 1 }),
+    ];
+    for params in refused {
+        c.call("config.apply", params).unwrap_err();
+    }
+    c.call(
+        "config.apply",
+        json!({ "state": base_state(), "dry_run": true }),
+    )
+    .unwrap();
     let stats = c.call("stats.get", json!({})).unwrap();
 
     let (status, body) = scrape(addr);
@@ -1792,7 +1826,7 @@ fn metrics_endpoint_reports_generation_and_applies() {
     assert_eq!(sample(&body, "pollux_generation"), 2.0, "{body}");
     let total = sample(&body, "pollux_config_apply_total");
     let failures = sample(&body, "pollux_config_apply_failures_total");
-    assert!(total >= 1.0, "{body}");
+    assert_eq!((total, failures), (3.0, 2.0), "{body}");
     assert_eq!(total, stats["apply"]["total"].as_f64().unwrap(), "{stats}");
     assert_eq!(
         failures,

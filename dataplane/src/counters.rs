@@ -99,6 +99,8 @@ pub struct PortCounters {
     pub rx_packets: Counter,
     /// Bytes received from the port.
     pub rx_bytes: Counter,
+    /// Frames received from the port that the pipeline dropped (any reason).
+    pub rx_dropped: Counter,
     /// Frames the port accepted for transmission.
     pub tx_packets: Counter,
     /// Bytes the port accepted for transmission.
@@ -113,6 +115,7 @@ impl PortCounters {
         for c in [
             &self.rx_packets,
             &self.rx_bytes,
+            &self.rx_dropped,
             &self.tx_packets,
             &self.tx_bytes,
             &self.tx_dropped,

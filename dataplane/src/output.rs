@@ -191,6 +191,9 @@ fn send(
 fn drop_packet(pool: &mut FramePool, counters: &WorkerCounters, pkt: Packet, reason: DropReason) {
     pool.free(pkt.frame);
     counters.drops[reason as usize].inc();
+    if let Some(pc) = counters.port(pkt.in_port) {
+        pc.rx_dropped.inc();
+    }
 }
 
 /// Rewrites the frame so it carries 802.1Q VID `vid` on the wire, or no tag for `None`.

@@ -52,7 +52,7 @@ const PHYS200_MAC: &str = "02:00:c6:12:3c:22";
 // ---------------------------------------------------------------------------------------
 
 /// `(rx packets, tx packets)` of port `name` from polluxd's final counter lines
-/// (`polluxd:   NAME: rx N pkts B bytes, tx M pkts B bytes, tx dropped D`).
+/// (`polluxd:   NAME: rx N pkts B bytes D dropped, tx M pkts B bytes D dropped`).
 fn port_counters(stderr: &str, name: &str) -> Option<(u64, u64)> {
     let needle = format!("{name}: rx ");
     let line = stderr.lines().find(|l| {

@@ -319,9 +319,16 @@ fn bad_frames_are_counted_drops() {
     ];
     for (input, f, reason) in cases {
         let before = sw.counters().dropped(reason);
+        let rx_dropped = |sw: &MemSwitch| sw.counters().port(port(input)).unwrap().rx_dropped.get();
+        let rx_dropped_before = rx_dropped(&sw);
         let out = sw.exchange(input, &f);
         assert!(out.is_empty(), "{reason}: nothing may leave, got {out:?}");
         assert_eq!(sw.counters().dropped(reason), before + 1, "{reason}");
+        assert_eq!(
+            rx_dropped(&sw),
+            rx_dropped_before + 1,
+            "{reason}: the drop counts against the port it came from"
+        );
     }
     // Per-stage counters: all seven entered classification, only the hairpin reached L2.
     let stages = &sw.counters().stage_packets;

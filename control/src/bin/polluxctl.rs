@@ -294,6 +294,7 @@ const PORT_COLUMNS: &[Column] = &[
     ("STATE", "state"),
     ("RX_PKTS", "rx_packets"),
     ("RX_BYTES", "rx_bytes"),
+    ("RX_DROP", "rx_dropped"),
     ("TX_PKTS", "tx_packets"),
     ("TX_BYTES", "tx_bytes"),
     ("TX_DROP", "tx_dropped"),
