@@ -31,7 +31,9 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cargo test --workspace 2>&1 | tee "$log"
 echo "== benchmarks compile and run once"
-cargo bench -q -p pollux-bench --bench pipeline -- --test
+cargo bench -q -p pollux-bench --benches -- --test
+echo "== config.apply latency, small state (informational)"
+bench/apply-latency.sh --ports 100 --networks 10 --routers 10 --changes 20 --keep-going-secs 1
 echo "== instructions per packet (informational)"
 bench/instructions.sh
 
