@@ -344,12 +344,13 @@ fn raw_connect(socket: &Path) -> UnixStream {
     s
 }
 
-/// Every file in `dir` (not recursive) with its bytes.
+/// Every file in `dir` (not recursive) with its bytes, but the store's lock file (always
+/// there, always empty).
 fn dir_contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap())
-        .filter(|e| e.file_type().unwrap().is_file())
+        .filter(|e| e.file_type().unwrap().is_file() && e.file_name() != "polluxd.lock")
         .map(|e| {
             (
                 e.file_name().to_string_lossy().into_owned(),
