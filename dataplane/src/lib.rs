@@ -12,6 +12,7 @@
 
 pub mod buf;
 pub mod classify;
+pub mod conntrack;
 pub mod counters;
 pub mod drop;
 pub mod frag;
