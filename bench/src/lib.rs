@@ -6,6 +6,8 @@
 //! pass (receive copy-in, classify, L2, output, transmit copy-out), and empties the
 //! output rings outside the measured pass.
 
+pub mod lpm;
+
 use pollux_dataplane::packet::MAX_BURST;
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};

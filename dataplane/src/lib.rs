@@ -18,6 +18,7 @@ pub mod drop;
 pub mod frag;
 pub mod icmp_error;
 pub mod l2;
+pub mod lpm;
 pub mod output;
 pub mod packet;
 pub mod port;
