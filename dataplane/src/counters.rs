@@ -71,6 +71,8 @@ pub enum Stage {
     Classify,
     /// MAC learning and forwarding decision.
     L2,
+    /// Routing, ARP and ICMP echo of the routers.
+    L3,
     /// Egress encapsulation and transmit batching.
     Output,
     /// Replication of broadcast, multicast and unknown unicast.
@@ -79,13 +81,20 @@ pub enum Stage {
 
 impl Stage {
     /// Every stage, in counter order.
-    pub const ALL: [Stage; 4] = [Stage::Classify, Stage::L2, Stage::Output, Stage::Flood];
+    pub const ALL: [Stage; 5] = [
+        Stage::Classify,
+        Stage::L2,
+        Stage::L3,
+        Stage::Output,
+        Stage::Flood,
+    ];
 
     /// Stable name for metrics and the CLI.
     pub const fn name(self) -> &'static str {
         match self {
             Stage::Classify => "classify",
             Stage::L2 => "l2",
+            Stage::L3 => "l3",
             Stage::Output => "output",
             Stage::Flood => "flood",
         }
@@ -138,6 +147,11 @@ pub struct WorkerCounters {
     pub tx_packets: Counter,
     /// Extra frames made by flooding (one per copy beyond the original).
     pub replicas: Counter,
+    /// Frames the worker made itself (a router's ARP requests).
+    pub originated: Counter,
+    /// Frames that ended inside the worker, neither sent nor dropped (ARP replies to a
+    /// router).
+    pub consumed: Counter,
     /// Drops, indexed by [`DropReason`] as `usize`.
     pub drops: [Counter; DropReason::COUNT],
     /// Packets that entered each stage, indexed by [`Stage`] as `usize`.
@@ -160,6 +174,18 @@ pub struct WorkerCounters {
     pub mac_table_full: Counter,
     /// Learned MAC addresses held now.
     pub macs: Gauge,
+    /// ICMP errors the routers sent.
+    pub icmp_errors: Counter,
+    /// ICMP errors not sent because of the rate limit.
+    pub icmp_rate_limited: Counter,
+    /// Fragments the routers made.
+    pub fragments: Counter,
+    /// NAT sessions held now.
+    pub sessions: Gauge,
+    /// Router neighbours (ARP entries) held now.
+    pub neighbors: Gauge,
+    /// Packets waiting for a next hop to answer ARP, at the last housekeeping.
+    pub neighbor_waiting: Gauge,
     /// Generation of the snapshot the worker is running.
     pub generation: Gauge,
     /// Per-port counters, indexed by [`PortId`].
@@ -173,6 +199,8 @@ impl WorkerCounters {
             rx_packets: Counter::default(),
             tx_packets: Counter::default(),
             replicas: Counter::default(),
+            originated: Counter::default(),
+            consumed: Counter::default(),
             drops: std::array::from_fn(|_| Counter::default()),
             stage_packets: std::array::from_fn(|_| Counter::default()),
             loops: Counter::default(),
@@ -184,6 +212,12 @@ impl WorkerCounters {
             macs_aged: Counter::default(),
             mac_table_full: Counter::default(),
             macs: Gauge::default(),
+            icmp_errors: Counter::default(),
+            icmp_rate_limited: Counter::default(),
+            fragments: Counter::default(),
+            sessions: Gauge::default(),
+            neighbors: Gauge::default(),
+            neighbor_waiting: Gauge::default(),
             generation: Gauge::default(),
             ports: (0..max_ports).map(|_| PortCounters::default()).collect(),
         }

@@ -45,6 +45,19 @@ drop_reasons! {
     NoHeadroom => "no_headroom", "No room in front of the frame to push a VLAN tag.";
     PortNotAttached => "port_not_attached", "Output port is configured but this worker has no driver for it.";
     TxRingFull => "tx_ring_full", "Output port did not accept the frame (transmit ring full).";
+    NotRoutable => "not_routable", "Frame to a router MAC that is neither IPv4 nor ARP.";
+    BadIpv4Header => "bad_ipv4_header", "Routed frame with a malformed IPv4 header (version, length, checksum).";
+    BadArp => "bad_arp", "ARP frame to a router that is not Ethernet/IPv4 ARP or is truncated.";
+    TtlExpired => "ttl_expired", "Routed packet whose TTL would reach zero.";
+    NoRoute => "no_route", "No route to the destination in the router's table.";
+    ToRouter => "to_router", "Addressed to a router address and not an ICMP echo request.";
+    MtuExceeded => "mtu_exceeded", "Routed packet larger than the egress MTU.";
+    NeighborUnresolved => "neighbor_unresolved", "Next hop did not answer ARP in time.";
+    NeighborQueueFull => "neighbor_queue_full", "Too many packets already waiting for ARP.";
+    NatUnsupported => "nat_unsupported", "Needs SNAT but has no ports to translate (a later fragment, ICMP other than echo, another protocol).";
+    NatPortsExhausted => "nat_ports_exhausted", "No free SNAT port towards that destination.";
+    NatTableFull => "nat_table_full", "The worker's NAT session table is full.";
+    NatQuotaExceeded => "nat_quota_exceeded", "The sending port already holds its quota of NAT sessions.";
 }
 
 impl fmt::Display for DropReason {

@@ -270,7 +270,8 @@ pub fn output(
                 flood(snap, pool, ports, counters, pkt);
             }
             Next::Drop(reason) => drop_packet(pool, counters, *pkt, reason),
-            Next::Classify | Next::L2 => {
+            Next::Consumed | Next::Waiting => {}
+            Next::Classify | Next::L2 | Next::Route(_) | Next::Arp => {
                 debug_assert!(false, "packet left the pipeline unfinished: {pkt:?}");
                 drop_packet(pool, counters, *pkt, DropReason::PortNotConfigured);
             }
@@ -296,8 +297,9 @@ fn emit(
     }
 }
 
-/// Replicates a packet to every port of its network except the one it came from. The
-/// original goes to the last port, so a frame with one target is never copied.
+/// Replicates a packet to every port of its network except the one it came from (a routed
+/// packet came from another network, so none is skipped). The original goes to the last
+/// port, so a frame with one target is never copied.
 fn flood(
     snap: &Snapshot,
     pool: &mut FramePool,
@@ -306,12 +308,17 @@ fn flood(
     pkt: &mut Packet,
 ) {
     let targets = snap.flood_ports(pkt.meta.network);
-    let mut remaining = targets.iter().filter(|&&p| p != pkt.in_port).count();
+    let skip = if pkt.meta.flags & Meta::ROUTED != 0 {
+        PortId(u16::MAX)
+    } else {
+        pkt.in_port
+    };
+    let mut remaining = targets.iter().filter(|&&p| p != skip).count();
     if remaining == 0 {
         return drop_packet(pool, counters, *pkt, DropReason::NoFloodTargets);
     }
     for &out in targets {
-        if out == pkt.in_port {
+        if out == skip {
             continue;
         }
         remaining -= 1;

@@ -19,8 +19,17 @@ pub enum Next {
     Output(PortId),
     /// Out through every other port of the packet's network.
     Flood,
+    /// To the router with this index (its MAC was the destination).
+    Route(u16),
+    /// A broadcast ARP on a network with router interfaces: answered if it asks for a
+    /// router address, flooded otherwise.
+    Arp,
     /// Dropped, for this reason.
     Drop(DropReason),
+    /// Taken by the worker (an ARP reply to a router); its frame is already free.
+    Consumed,
+    /// Waiting for its next hop to answer ARP; the router stage holds it.
+    Waiting,
 }
 
 /// Facts that the classify stage extracts once so later stages never re-parse. Kept
@@ -47,6 +56,9 @@ impl Meta {
     pub const VLAN: u8 = 1 << 0;
     /// The destination MAC is a group address (broadcast included).
     pub const MULTICAST: u8 = 1 << 1;
+    /// Routed (or made) by a router: flooding does not skip the input port, because the
+    /// packet entered on another network.
+    pub const ROUTED: u8 = 1 << 2;
 }
 
 /// A packet: which frame holds it, where its data starts, how long it is, where it came

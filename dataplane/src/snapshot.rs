@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
 use crate::port::PortId;
+use crate::routing::{RouterSpec, Routing, RoutingError};
 use crate::table::U64Map;
 
 /// Stable identity of a network, assigned by the control plane and never reused, so that
@@ -107,6 +108,8 @@ pub struct NetworkEntry {
     pub segment: Segment,
     /// VID on its uplink, 0 when it leaves the uplink untagged (or has none).
     uplink_vid: u16,
+    /// Some router has an interface here: the L2 stage looks for router MACs and ARP.
+    pub routed: bool,
     flood_start: u32,
     flood_len: u32,
 }
@@ -144,6 +147,7 @@ pub struct Snapshot {
     vlan_maps: Box<[VlanMap]>,
     fdb: U64Map<PortId>,
     l2: L2Config,
+    routing: Routing,
 }
 
 impl fmt::Debug for Snapshot {
@@ -160,6 +164,7 @@ impl fmt::Debug for Snapshot {
             )
             .field("networks", &self.networks.len())
             .field("static_macs", &self.fdb.len())
+            .field("routers", &self.routing.routers().len())
             .finish()
     }
 }
@@ -259,6 +264,12 @@ impl Snapshot {
             }
             None => &[],
         }
+    }
+
+    /// The routers.
+    #[inline]
+    pub fn routing(&self) -> &Routing {
+        &self.routing
     }
 
     /// The port that owns `mac` statically in a network (a VM port's MAC).
@@ -370,6 +381,8 @@ pub enum BuildError {
     TooManyNetworks(usize),
     /// Port id 0xffff is reserved.
     ReservedPortId,
+    /// The routers do not compile.
+    Routing(RoutingError),
 }
 
 impl fmt::Display for BuildError {
@@ -411,6 +424,7 @@ impl fmt::Display for BuildError {
                 write!(f, "{n} networks exceed the limit of {MAX_NETWORKS}")
             }
             BuildError::ReservedPortId => write!(f, "port id 65535 is reserved"),
+            BuildError::Routing(e) => e.fmt(f),
         }
     }
 }
@@ -423,6 +437,7 @@ pub struct SnapshotBuilder {
     networks: Vec<(NetworkUid, Segment)>,
     ports: Vec<(PortId, PortSpec)>,
     l2: L2Config,
+    routers: Vec<RouterSpec>,
 }
 
 impl SnapshotBuilder {
@@ -457,6 +472,12 @@ impl SnapshotBuilder {
                 macs: macs.to_vec(),
             },
         ));
+        self
+    }
+
+    /// Adds a router.
+    pub fn router(&mut self, router: RouterSpec) -> &mut Self {
+        self.routers.push(router);
         self
     }
 
@@ -572,6 +593,8 @@ impl SnapshotBuilder {
             }
         }
 
+        let routing =
+            Routing::compile(&self.routers, &slot_of, nets.len()).map_err(BuildError::Routing)?;
         let mut flood_ports = Vec::new();
         let mut networks = Vec::with_capacity(nets.len());
         for (slot, (uid, segment)) in nets.iter().enumerate() {
@@ -591,6 +614,7 @@ impl SnapshotBuilder {
                 },
                 flood_start: start as u32,
                 flood_len: (flood_ports.len() - start) as u32,
+                routed: !routing.on_network(slot as u16).is_empty(),
             });
         }
 
@@ -602,6 +626,7 @@ impl SnapshotBuilder {
             vlan_maps: vlan_maps.into_boxed_slice(),
             fdb,
             l2: self.l2,
+            routing,
         })
     }
 }

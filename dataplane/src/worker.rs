@@ -13,8 +13,10 @@ use std::sync::Arc;
 
 use crate::buf::{FrameId, FramePool};
 use crate::classify::classify;
+use crate::conntrack::ConnConfig;
 use crate::counters::{Stage, WorkerCounters};
 use crate::l2::{self, MacTable};
+use crate::l3::{self, RouterState};
 use crate::output::{output, PortSet};
 use crate::packet::{Batch, MAX_BURST};
 use crate::port::{Port, PortId};
@@ -32,6 +34,10 @@ pub struct WorkerConfig {
     pub housekeeping_interval_ns: u64,
     /// Learned-table slots examined for aging per housekeeping round.
     pub aging_budget: usize,
+    /// Most neighbours (ARP entries) the worker's routers hold.
+    pub neighbor_capacity: usize,
+    /// The worker's connection (NAT session) table.
+    pub conntrack: ConnConfig,
 }
 
 impl Default for WorkerConfig {
@@ -41,9 +47,14 @@ impl Default for WorkerConfig {
             mac_table_capacity: 65_536,
             housekeeping_interval_ns: 100_000,
             aging_budget: 512,
+            neighbor_capacity: l3::DEFAULT_NEIGHBORS,
+            conntrack: ConnConfig::with_capacity(DEFAULT_SESSIONS),
         }
     }
 }
+
+/// NAT sessions a worker holds by default (about 12 MiB).
+pub const DEFAULT_SESSIONS: usize = 65_536;
 
 /// Jobs a worker runs per housekeeping round at most.
 pub const JOBS_PER_ROUND: usize = 64;
@@ -87,11 +98,14 @@ pub struct Worker {
     snap: Arc<Snapshot>,
     ack: Arc<GenerationAck>,
     macs: MacTable,
+    router: RouterState,
     counters: Arc<WorkerCounters>,
     batch: Batch,
     next_housekeeping_ns: u64,
     /// The worker's clock, in seconds, at the start of the latest pass.
     now_secs: u32,
+    /// The same in nanoseconds.
+    now_ns: u64,
     /// Never disconnected: the worker holds a sender itself.
     jobs: Receiver<Job>,
     mailbox: Sender<Job>,
@@ -131,10 +145,12 @@ impl Worker {
             cell,
             ack,
             macs: MacTable::new(config.mac_table_capacity),
+            router: RouterState::new(config.neighbor_capacity, config.conntrack),
             counters,
             batch: Batch::with_capacity(MAX_BURST),
             next_housekeeping_ns: 0,
             now_secs: 0,
+            now_ns: 0,
             jobs,
             mailbox,
             config,
@@ -216,6 +232,11 @@ impl Worker {
         &self.macs
     }
 
+    /// The routers' per-worker state (neighbours, waiting packets).
+    pub fn router(&self) -> &RouterState {
+        &self.router
+    }
+
     /// The attached ports.
     pub fn ports(&self) -> &PortSet {
         &self.ports
@@ -244,6 +265,7 @@ impl Worker {
         }
         let now_secs = (now_ns / 1_000_000_000) as u32;
         self.now_secs = now_secs;
+        self.now_ns = now_ns;
         let mut received = 0;
         for i in 0..self.poll_list.len() {
             let (port_id, queue) = self.poll_list[i];
@@ -281,7 +303,7 @@ impl Worker {
         }
         counters.stage_packets[Stage::Classify as usize].add(pkts.len() as u64);
         classify(&self.snap, &self.pool, port_id, pkts);
-        l2::forward(
+        let routed = l2::forward(
             &self.snap,
             &self.pool,
             &mut self.macs,
@@ -290,7 +312,27 @@ impl Worker {
             port_id,
             pkts,
         );
+        if routed {
+            l3::route(
+                &self.snap,
+                &mut self.pool,
+                &self.macs,
+                &mut self.router,
+                counters,
+                self.now_ns,
+                pkts,
+            );
+        }
         output(&self.snap, &mut self.pool, &mut self.ports, counters, pkts);
+        if routed {
+            l3::flush_local(
+                &self.snap,
+                &mut self.pool,
+                &mut self.ports,
+                &mut self.router,
+                counters,
+            );
+        }
         self.batch.clear();
         n
     }
@@ -307,6 +349,26 @@ impl Worker {
         );
         self.counters.macs_aged.add(aged as u64);
         self.counters.macs.set(self.macs.len() as u64);
+        l3::housekeeping(
+            &self.snap,
+            &mut self.pool,
+            &self.macs,
+            &mut self.router,
+            &self.counters,
+            self.now_ns,
+            self.config.aging_budget,
+            false,
+        );
+        l3::flush_local(
+            &self.snap,
+            &mut self.pool,
+            &mut self.ports,
+            &mut self.router,
+            &self.counters,
+        );
+        // What housekeeping made (ICMP errors, released packets) leaves now, not a pass
+        // later.
+        self.ports.flush(&mut self.pool, &self.counters);
     }
 
     /// Polls until `stop` is set, reading time from `clock` (nanoseconds, monotonic) once
@@ -340,6 +402,24 @@ impl Worker {
     /// Stops the worker for good: suspends it and returns every port's frames to the pool
     /// (an AF_XDP port closes its sockets).
     pub fn park(&mut self) {
+        // Packets waiting for ARP hold frames: they are dropped, not leaked.
+        l3::housekeeping(
+            &self.snap,
+            &mut self.pool,
+            &self.macs,
+            &mut self.router,
+            &self.counters,
+            self.now_ns,
+            0,
+            true,
+        );
+        l3::flush_local(
+            &self.snap,
+            &mut self.pool,
+            &mut self.ports,
+            &mut self.router,
+            &self.counters,
+        );
         self.suspend();
         for (_, port) in self.ports.iter_mut() {
             port.release_frames(&mut self.pool);

@@ -57,3 +57,124 @@ pub fn seq_of(frame: &[u8]) -> u32 {
             .expect("frame carries a sequence number"),
     )
 }
+
+/// The Internet checksum of `data` (RFC 1071), written out here rather than taken from the
+/// code under test.
+pub fn internet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for chunk in data.chunks(2) {
+        let word = u16::from_be_bytes([chunk[0], *chunk.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn ethernet(dst: [u8; 6], src: [u8; 6], vid: Option<u16>, ethertype: u16) -> Vec<u8> {
+    let mut f = Vec::with_capacity(64);
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    if let Some(vid) = vid {
+        f.extend_from_slice(&[0x81, 0x00]);
+        f.extend_from_slice(&vid.to_be_bytes());
+    }
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f
+}
+
+/// An Ethernet/IPv4 ARP frame (operation 1 request, 2 reply), padded to 60 bytes.
+pub fn arp(
+    op: u16,
+    eth_dst: [u8; 6],
+    sender_mac: [u8; 6],
+    sender_ip: [u8; 4],
+    target_mac: [u8; 6],
+    target_ip: [u8; 4],
+) -> Vec<u8> {
+    let mut f = ethernet(eth_dst, sender_mac, None, 0x0806);
+    f.extend_from_slice(&[0x00, 0x01, 0x08, 0x00, 6, 4]);
+    f.extend_from_slice(&op.to_be_bytes());
+    f.extend_from_slice(&sender_mac);
+    f.extend_from_slice(&sender_ip);
+    f.extend_from_slice(&target_mac);
+    f.extend_from_slice(&target_ip);
+    f.resize(60, 0);
+    f
+}
+
+/// An IPv4 packet in an Ethernet frame: a 20-byte header (identification 0x1234, DF set)
+/// with a correct checksum, then `payload`.
+#[allow(clippy::too_many_arguments)]
+pub fn ipv4(
+    dst: [u8; 6],
+    src: [u8; 6],
+    vid: Option<u16>,
+    src_ip: [u8; 4],
+    dst_ip: [u8; 4],
+    ttl: u8,
+    protocol: u8,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut f = ethernet(dst, src, vid, 0x0800);
+    let total = (20 + payload.len()) as u16;
+    let mut h = vec![0x45, 0x00];
+    h.extend_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&[0x12, 0x34, 0x40, 0x00, ttl, protocol, 0, 0]);
+    h.extend_from_slice(&src_ip);
+    h.extend_from_slice(&dst_ip);
+    let sum = internet_checksum(&h);
+    h[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&h);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// An ICMP echo request (`reply` false) or reply with identifier `id`, sequence `seq` and
+/// 32 bytes of data, checksummed.
+pub fn icmp_echo(reply: bool, id: u16, seq: u16) -> Vec<u8> {
+    let mut m = vec![if reply { 0 } else { 8 }, 0, 0, 0];
+    m.extend_from_slice(&id.to_be_bytes());
+    m.extend_from_slice(&seq.to_be_bytes());
+    m.extend((0..32u8).map(|i| i.wrapping_mul(7)));
+    let sum = internet_checksum(&m);
+    m[2..4].copy_from_slice(&sum.to_be_bytes());
+    m
+}
+
+/// Offset of the IPv4 header in an Ethernet frame (after a tag, if any).
+pub fn l3_offset(frame: &[u8]) -> usize {
+    if vid_of(frame).is_some() {
+        18
+    } else {
+        14
+    }
+}
+
+/// A UDP datagram (checksummed over the pseudo-header) from `sport` to `dport` carrying
+/// `data`, as the payload of [`ipv4`] with protocol 17 between `src_ip` and `dst_ip`.
+pub fn udp(src_ip: [u8; 4], dst_ip: [u8; 4], sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
+    let len = (8 + data.len()) as u16;
+    let mut u = Vec::with_capacity(usize::from(len));
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&len.to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(data);
+    let sum = transport_checksum(src_ip, dst_ip, 17, &u);
+    u[6..8].copy_from_slice(&(if sum == 0 { 0xffff } else { sum }).to_be_bytes());
+    u
+}
+
+/// The checksum of a TCP or UDP segment `l4` (checksum field zero, or the result is 0 for
+/// a correct one) over the IPv4 pseudo-header.
+pub fn transport_checksum(src_ip: [u8; 4], dst_ip: [u8; 4], protocol: u8, l4: &[u8]) -> u16 {
+    let mut pseudo = Vec::with_capacity(12 + l4.len());
+    pseudo.extend_from_slice(&src_ip);
+    pseudo.extend_from_slice(&dst_ip);
+    pseudo.extend_from_slice(&[0, protocol]);
+    pseudo.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(l4);
+    internet_checksum(&pseudo)
+}

@@ -127,18 +127,22 @@ impl MemSwitch {
     /// that no frame leaked from the pool.
     pub fn assert_conserved(&self) {
         let c = self.counters();
+        let waiting = self.worker.router().neighbors().pending() as u64;
         assert_eq!(
-            c.rx_packets.get() + c.replicas.get(),
-            c.tx_packets.get() + c.dropped_total(),
-            "conservation: rx {} + replicas {} != tx {} + drops {:?}",
+            c.rx_packets.get() + c.replicas.get() + c.originated.get(),
+            c.tx_packets.get() + c.dropped_total() + c.consumed.get() + waiting,
+            "conservation: rx {} + replicas {} + originated {} != tx {} + drops {:?} + \
+             consumed {} + waiting for ARP {waiting}",
             c.rx_packets.get(),
             c.replicas.get(),
+            c.originated.get(),
             c.tx_packets.get(),
-            c.drop_summary()
+            c.drop_summary(),
+            c.consumed.get(),
         );
         let pool = self.worker.pool();
         assert_eq!(
-            pool.available(),
+            pool.available() + waiting as usize,
             pool.capacity() as usize,
             "frames leaked from the pool"
         );

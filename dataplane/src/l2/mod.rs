@@ -12,10 +12,12 @@ use crate::drop::DropReason;
 use crate::packet::{Meta, Next, Packet};
 use crate::port::PortId;
 use crate::snapshot::{fdb_key, NetworkUid, PortRole, Snapshot, NO_MAC};
-use crate::wire::EthernetFrame;
+use crate::wire::{EtherType, EthernetFrame};
 
 /// Learns source MACs and picks the output of every packet of a burst from `in_port`
-/// whose next step is L2. `now` is the worker clock in seconds.
+/// whose next step is L2. `now` is the worker clock in seconds. Returns true when some
+/// packet goes to a router ([`Next::Route`] or [`Next::Arp`]), so the router stage runs
+/// only for bursts that need it.
 #[inline]
 pub fn forward(
     snap: &Snapshot,
@@ -25,7 +27,7 @@ pub fn forward(
     now: u32,
     in_port: PortId,
     pkts: &mut [Packet],
-) {
+) -> bool {
     let limit = snap.l2().mac_limit_per_network;
     // A VM port's own MAC needs no learning: it is a static entry already.
     let own_mac = match snap.port(in_port) {
@@ -40,6 +42,7 @@ pub fn forward(
     let mut last_dst = NO_KEY;
     let mut last_next = Next::Flood;
     let mut entered = 0;
+    let mut routed = false;
     for pkt in pkts.iter_mut() {
         if pkt.meta.next != Next::L2 {
             continue;
@@ -65,26 +68,47 @@ pub fn forward(
             }
         }
         if pkt.meta.flags & Meta::MULTICAST != 0 {
-            pkt.meta.next = Next::Flood;
+            // A router answers ARP for its addresses; everything else floods.
+            pkt.meta.next = if net.routed && pkt.meta.ethertype == EtherType::ARP.0 {
+                routed = true;
+                Next::Arp
+            } else {
+                Next::Flood
+            };
             continue;
         }
         let dst = eth.dst_addr_u64();
         let dst_key = fdb_key(slot, dst);
         if dst_key != last_dst {
-            let out = snap.static_mac(slot, dst).or_else(|| {
-                macs.lookup(slot, net.uid, dst)
-                    .filter(|&p| snap.port_serves(p, slot))
-            });
-            last_next = match out {
+            last_next = match snap.static_mac(slot, dst) {
                 Some(p) if p == in_port => Next::Drop(DropReason::Hairpin),
                 Some(p) => Next::Output(p),
-                None => Next::Flood,
+                None => match net
+                    .routed
+                    .then(|| snap.routing().router_by_mac(slot, dst))
+                    .flatten()
+                {
+                    Some(router) => {
+                        // Every packet that reuses this decision is routed too.
+                        routed = true;
+                        Next::Route(router)
+                    }
+                    None => match macs
+                        .lookup(slot, net.uid, dst)
+                        .filter(|&p| snap.port_serves(p, slot))
+                    {
+                        Some(p) if p == in_port => Next::Drop(DropReason::Hairpin),
+                        Some(p) => Next::Output(p),
+                        None => Next::Flood,
+                    },
+                },
             };
             last_dst = dst_key;
         }
         pkt.meta.next = last_next;
     }
     counters.stage_packets[Stage::L2 as usize].add(entered);
+    routed
 }
 
 #[cold]

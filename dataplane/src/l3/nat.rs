@@ -1,0 +1,284 @@
+//! The header surgery of NAT: reading a packet's flow key and rewriting its addresses and
+//! ports with incremental checksum updates (RFC 1624), so a translated packet costs a few
+//! dozen instructions whatever its length.
+//!
+//! Only what NAT can key is handled: TCP, UDP and ICMP echo (request and reply, keyed by
+//! identifier), unfragmented or the first fragment. [`flow_key`] returns `None` for the
+//! rest; the router stage decides what to do with them.
+
+use crate::conntrack::{FlowKey, Rewrite};
+use crate::wire::checksum::{update16, update32};
+use crate::wire::{Icmpv4Type, IpProtocol, Ipv4Packet, TcpFlags};
+
+/// What the router needs to know of a packet's L4 header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L4 {
+    /// The flow key in `zone`.
+    pub key: FlowKey,
+    /// TCP flags (empty for other protocols).
+    pub flags: TcpFlags,
+}
+
+/// Why a packet has no flow key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unkeyed {
+    /// A fragment other than the first: it carries no ports.
+    Fragment,
+    /// ICMP other than echo, or another protocol.
+    Unsupported,
+    /// The L4 header is cut short.
+    Truncated,
+}
+
+const TCP: u8 = IpProtocol::TCP.0;
+const UDP: u8 = IpProtocol::UDP.0;
+const ICMP: u8 = IpProtocol::ICMP.0;
+
+/// The flow key of the IPv4 packet at the start of `ip` (its header already checked).
+#[inline]
+pub fn flow_key(ip: &[u8], zone: u32) -> Result<L4, Unkeyed> {
+    let p = Ipv4Packet::new_unchecked(ip);
+    if p.frag_offset() != 0 {
+        return Err(Unkeyed::Fragment);
+    }
+    let l4 = ip.get(p.header_len()..).ok_or(Unkeyed::Truncated)?;
+    let proto = p.protocol().0;
+    let word = |at: usize| -> Result<u16, Unkeyed> {
+        l4.get(at..at + 2)
+            .map(|b| u16::from_be_bytes([b[0], b[1]]))
+            .ok_or(Unkeyed::Truncated)
+    };
+    let (sport, dport, flags) = match proto {
+        TCP => {
+            let flags = word(12)? & 0x01ff;
+            (word(0)?, word(2)?, TcpFlags(flags))
+        }
+        UDP => (word(0)?, word(2)?, TcpFlags(0)),
+        ICMP => {
+            let ty = *l4.first().ok_or(Unkeyed::Truncated)?;
+            if ty != Icmpv4Type::ECHO_REQUEST.0 && ty != Icmpv4Type::ECHO_REPLY.0 {
+                return Err(Unkeyed::Unsupported);
+            }
+            let id = word(4)?;
+            (id, id, TcpFlags(0))
+        }
+        _ => return Err(Unkeyed::Unsupported),
+    };
+    Ok(L4 {
+        key: FlowKey {
+            zone,
+            proto,
+            src: u32::from(p.src_addr()),
+            dst: u32::from(p.dst_addr()),
+            sport,
+            dport,
+        },
+        flags,
+    })
+}
+
+/// Rewrites the packet at the start of `ip` (with flow key `key`, from [`flow_key`]) to
+/// carry `to`'s addresses and ports, patching the IPv4 header checksum and the L4 checksum
+/// (TCP and UDP cover the addresses through their pseudo-header; ICMP covers only its
+/// identifier). A UDP checksum of zero (none) stays zero.
+#[inline]
+pub fn rewrite(ip: &mut [u8], key: &FlowKey, to: &Rewrite) {
+    let mut p = Ipv4Packet::new_unchecked(&mut ip[..]);
+    if to.src != key.src {
+        p.set_src_incremental(to.src.into());
+    }
+    if to.dst != key.dst {
+        p.set_dst_incremental(to.dst.into());
+    }
+    let header_len = p.header_len();
+    let Some(l4) = ip.get_mut(header_len..) else {
+        return;
+    };
+    let (csum_at, addresses_covered) = match key.proto {
+        TCP => (16, true),
+        UDP => (6, true),
+        ICMP => (2, false),
+        _ => return,
+    };
+    let Some(old) = l4.get(csum_at..csum_at + 2) else {
+        return;
+    };
+    let mut csum = u16::from_be_bytes([old[0], old[1]]);
+    if key.proto == UDP && csum == 0 {
+        // No checksum: only the ports change.
+        set_ports(l4, key, to);
+        return;
+    }
+    if addresses_covered {
+        csum = update32(csum, key.src, to.src);
+        csum = update32(csum, key.dst, to.dst);
+    }
+    if key.proto == ICMP {
+        // The identifier is one field at offset 4, whichever direction.
+        csum = update16(csum, key.sport, to.sport);
+    } else {
+        csum = update16(csum, key.sport, to.sport);
+        csum = update16(csum, key.dport, to.dport);
+    }
+    if key.proto == UDP && csum == 0 {
+        // RFC 768: a computed zero is sent as all ones.
+        csum = 0xffff;
+    }
+    l4[csum_at..csum_at + 2].copy_from_slice(&csum.to_be_bytes());
+    set_ports(l4, key, to);
+}
+
+fn set_ports(l4: &mut [u8], key: &FlowKey, to: &Rewrite) {
+    if key.proto == ICMP {
+        if let Some(id) = l4.get_mut(4..6) {
+            id.copy_from_slice(&to.sport.to_be_bytes());
+        }
+        return;
+    }
+    if let Some(ports) = l4.get_mut(0..4) {
+        ports[..2].copy_from_slice(&to.sport.to_be_bytes());
+        ports[2..].copy_from_slice(&to.dport.to_be_bytes());
+    }
+}
+
+/// The rewrite that changes only the destination address to `dst` (a floating IP's fixed
+/// IP on the way in).
+#[inline]
+pub fn to_dst(key: &FlowKey, dst: u32) -> Rewrite {
+    Rewrite {
+        src: key.src,
+        sport: key.sport,
+        dst,
+        dport: key.dport,
+    }
+}
+
+/// The rewrite that changes only the source address to `src` (a floating IP on the way
+/// out).
+#[inline]
+pub fn to_src(key: &FlowKey, src: u32) -> Rewrite {
+    Rewrite {
+        src,
+        sport: key.sport,
+        dst: key.dst,
+        dport: key.dport,
+    }
+}
+
+/// Rewrites only the IPv4 addresses of a packet that has no flow key (a later fragment,
+/// ICMP other than echo) for a stateless 1:1 translation; the L4 header, which such a
+/// packet either lacks or does not checksum with addresses, is left alone.
+#[inline]
+pub fn rewrite_addresses(ip: &mut [u8], src: u32, dst: u32) {
+    let mut p = Ipv4Packet::new_unchecked(ip);
+    if u32::from(p.src_addr()) != src {
+        p.set_src_incremental(src.into());
+    }
+    if u32::from(p.dst_addr()) != dst {
+        p.set_dst_incremental(dst.into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::checksum;
+
+    /// A TCP or UDP packet (20-byte IPv4 header, 8 bytes of L4 header used, payload),
+    /// with both checksums computed in full.
+    fn packet(proto: u8, src: u32, dst: u32, sport: u16, dport: u16) -> Vec<u8> {
+        let l4_len = if proto == TCP { 20 } else { 8 };
+        let total = 20 + l4_len + 6;
+        let mut p = vec![0u8; total];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = proto;
+        p[12..16].copy_from_slice(&src.to_be_bytes());
+        p[16..20].copy_from_slice(&dst.to_be_bytes());
+        if proto == ICMP {
+            p[20] = 8;
+            p[24..26].copy_from_slice(&sport.to_be_bytes());
+        } else {
+            p[20..22].copy_from_slice(&sport.to_be_bytes());
+            p[22..24].copy_from_slice(&dport.to_be_bytes());
+        }
+        if proto == TCP {
+            p[32] = 5 << 4;
+            p[33] = 0x02;
+        }
+        if proto == UDP {
+            p[24..26].copy_from_slice(&((l4_len + 6) as u16).to_be_bytes());
+        }
+        p[20 + l4_len..].copy_from_slice(b"pollux");
+        fill(&mut p);
+        p
+    }
+
+    /// Both checksums computed in full.
+    fn fill(p: &mut [u8]) {
+        p[10..12].fill(0);
+        let h = checksum::checksum(&p[..20]);
+        p[10..12].copy_from_slice(&h.to_be_bytes());
+        let proto = p[9];
+        let at = match proto {
+            TCP => 20 + 16,
+            UDP => 20 + 6,
+            _ => 20 + 2,
+        };
+        p[at..at + 2].fill(0);
+        let len = (p.len() - 20) as u16;
+        let sum = if proto == ICMP {
+            checksum::checksum(&p[20..])
+        } else {
+            let src = u32::from_be_bytes(p[12..16].try_into().unwrap()).into();
+            let dst = u32::from_be_bytes(p[16..20].try_into().unwrap()).into();
+            let pseudo = checksum::pseudo_header_v4(src, dst, proto, len);
+            !checksum::add(!checksum::checksum(&p[20..]), pseudo)
+        };
+        let sum = if proto == UDP && sum == 0 {
+            0xffff
+        } else {
+            sum
+        };
+        p[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+    }
+
+    #[test]
+    fn rewriting_equals_recomputing_for_tcp_udp_and_icmp_echo() {
+        for proto in [TCP, UDP, ICMP] {
+            let before = packet(proto, 0xc612_010a, 0xcb00_71c8, 40000, 80);
+            let l4 = flow_key(&before, 7).unwrap();
+            assert_eq!(l4.key.zone, 7);
+            let to = Rewrite {
+                src: 0xcb00_710a,
+                sport: 1025,
+                dst: 0xcb00_71c8,
+                dport: if proto == ICMP { 1025 } else { 80 },
+            };
+            let mut after = before.clone();
+            rewrite(&mut after, &l4.key, &to);
+            let key = flow_key(&after, 7).unwrap().key;
+            assert_eq!(
+                (key.src, key.sport, key.dst, key.dport),
+                (to.src, to.sport, to.dst, to.dport),
+                "proto {proto}"
+            );
+            let mut expected = after.clone();
+            fill(&mut expected);
+            assert_eq!(after, expected, "proto {proto}: checksums as if recomputed");
+        }
+    }
+
+    #[test]
+    fn later_fragments_and_other_icmp_have_no_key() {
+        let mut p = packet(UDP, 1, 2, 3, 4);
+        p[6..8].copy_from_slice(&0x0001u16.to_be_bytes());
+        assert_eq!(flow_key(&p, 0), Err(Unkeyed::Fragment));
+        let mut p = packet(ICMP, 1, 2, 3, 3);
+        p[20] = 11;
+        assert_eq!(flow_key(&p, 0), Err(Unkeyed::Unsupported));
+        let p = packet(TCP, 1, 2, 3, 4);
+        assert_eq!(flow_key(&p[..30], 0), Err(Unkeyed::Truncated));
+    }
+}

@@ -1,0 +1,383 @@
+//! SNAT and floating IPs in the router stage, on `mem` ports: what leaves through the
+//! external gateway, what comes back, port collisions, hairpin to a floating IP, per-port
+//! session quotas, and sessions that survive a configuration swap. Every translated packet
+//! is checked field by field, with both checksums recomputed independently.
+
+use pollux_dataplane::conntrack::ConnConfig;
+use pollux_dataplane::drop::DropReason;
+use pollux_dataplane::port::PortId;
+use pollux_dataplane::routing::{InterfaceSpec, RouteSpec, RouterSpec, RouterUid};
+use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
+use pollux_dataplane::worker::WorkerConfig;
+use pollux_drivers::mem::MemPortConfig;
+use pollux_tests::frames::{
+    arp, icmp_echo, internet_checksum, ipv4, transport_checksum, udp, vid_of, BROADCAST,
+};
+use pollux_tests::harness::{MemSwitch, POOL_FRAMES};
+
+const NET_A: NetworkUid = NetworkUid(10);
+const NET_B: NetworkUid = NetworkUid(20);
+const NET_EXT: NetworkUid = NetworkUid(30);
+const PHYS: PhysnetId = PhysnetId(1);
+const EXT_VID: u16 = 300;
+
+const VM1: u16 = 1;
+const VM2: u16 = 2;
+const VM3: u16 = 3;
+const UPLINK: u16 = 9;
+
+const VM1_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 1];
+const VM2_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 2];
+const VM3_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 3];
+const UPSTREAM_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 1];
+const ROUTER_MAC: [u8; 6] = [0x02, 0x70, 0x6c, 0, 0, 1];
+
+const VM1_IP: [u8; 4] = [198, 18, 1, 10];
+const VM3_IP: [u8; 4] = [198, 18, 1, 11];
+const VM2_IP: [u8; 4] = [198, 18, 2, 10];
+const GW_A: [u8; 4] = [198, 18, 1, 1];
+const GW_B: [u8; 4] = [198, 18, 2, 1];
+const ROUTER_EXT: [u8; 4] = [203, 0, 113, 10];
+const UPSTREAM: [u8; 4] = [203, 0, 113, 1];
+const VM2_FIP: [u8; 4] = [203, 0, 113, 20];
+const INTERNET: [u8; 4] = [203, 0, 113, 200];
+
+fn config() -> SnapshotBuilder {
+    let iface = |network, ip: [u8; 4], prefix_len| InterfaceSpec {
+        network,
+        ip: ip.into(),
+        prefix_len,
+        mtu: 1500,
+    };
+    let mut b = SnapshotBuilder::new();
+    b.network(NET_A, Segment::Local)
+        .network(NET_B, Segment::Local)
+        .network(
+            NET_EXT,
+            Segment::Vlan {
+                physnet: PHYS,
+                vid: EXT_VID,
+            },
+        )
+        .access_port(PortId(VM1), NET_A, &[VM1_MAC])
+        .access_port(PortId(VM3), NET_A, &[VM3_MAC])
+        .access_port(PortId(VM2), NET_B, &[VM2_MAC])
+        .uplink(PortId(UPLINK), PHYS)
+        .router(RouterSpec {
+            uid: RouterUid(1),
+            mac: ROUTER_MAC,
+            interfaces: vec![
+                iface(NET_A, GW_A, 24),
+                iface(NET_B, GW_B, 24),
+                // A /25: INTERNET (.200) lies beyond the upstream gateway.
+                iface(NET_EXT, ROUTER_EXT, 25),
+            ],
+            routes: vec![RouteSpec {
+                destination: [0, 0, 0, 0].into(),
+                prefix_len: 0,
+                nexthop: UPSTREAM.into(),
+            }],
+            external: Some(2),
+            enable_snat: true,
+            floating_ips: vec![(VM2_IP.into(), VM2_FIP.into())],
+        });
+    b
+}
+
+fn switch_with(conntrack: ConnConfig) -> MemSwitch {
+    let mut sw = MemSwitch::with(
+        &config(),
+        &[VM1, VM2, VM3, UPLINK],
+        WorkerConfig {
+            conntrack,
+            ..WorkerConfig::default()
+        },
+        MemPortConfig::default(),
+        POOL_FRAMES,
+    );
+    // Every host announces itself to the router (as a host does when it first asks for
+    // its gateway), so no test waits on ARP.
+    for (port, mac, ip, gw) in [
+        (VM1, VM1_MAC, VM1_IP, GW_A),
+        (VM3, VM3_MAC, VM3_IP, GW_A),
+        (VM2, VM2_MAC, VM2_IP, GW_B),
+    ] {
+        let out = sw.exchange(port, &arp(1, BROADCAST, mac, ip, [0; 6], gw));
+        assert_eq!(out[&port].len(), 1, "the router answers ARP on {port}");
+    }
+    let mut upstream = arp(1, BROADCAST, UPSTREAM_MAC, UPSTREAM, [0; 6], ROUTER_EXT);
+    tag(&mut upstream);
+    let out = sw.exchange(UPLINK, &upstream);
+    assert_eq!(out[&UPLINK].len(), 1);
+    sw
+}
+
+fn switch() -> MemSwitch {
+    switch_with(ConnConfig::with_capacity(1024))
+}
+
+fn tag(frame: &mut Vec<u8>) {
+    frame.splice(12..12, [0x81, 0x00, (EXT_VID >> 8) as u8, EXT_VID as u8]);
+}
+
+/// A frame from the internet host, arriving tagged on the uplink, to the router's MAC.
+fn from_internet(dst: [u8; 4], payload: &[u8], protocol: u8) -> Vec<u8> {
+    let mut f = ipv4(
+        ROUTER_MAC,
+        UPSTREAM_MAC,
+        None,
+        INTERNET,
+        dst,
+        60,
+        protocol,
+        payload,
+    );
+    tag(&mut f);
+    f
+}
+
+/// The one frame `port` emitted, untagged.
+fn one(out: &std::collections::BTreeMap<u16, Vec<Vec<u8>>>, port: u16) -> Vec<u8> {
+    assert_eq!(
+        out.keys().copied().collect::<Vec<_>>(),
+        vec![port],
+        "expected output on port {port} only: {out:?}"
+    );
+    assert_eq!(out[&port].len(), 1, "{out:?}");
+    let f = out[&port][0].clone();
+    if vid_of(&f).is_some() {
+        assert_eq!(vid_of(&f), Some(EXT_VID));
+        [&f[..12], &f[16..]].concat()
+    } else {
+        f
+    }
+}
+
+/// (src, dst, sport, dport) of an untagged IPv4 frame, after checking the header checksum
+/// and the L4 checksum (UDP over the pseudo-header; ICMP over its message; the ICMP
+/// "ports" are its identifier).
+fn flow(f: &[u8]) -> ([u8; 4], [u8; 4], u16, u16) {
+    let h = &f[14..34];
+    assert_eq!(internet_checksum(h), 0, "IPv4 header checksum");
+    let src: [u8; 4] = h[12..16].try_into().unwrap();
+    let dst: [u8; 4] = h[16..20].try_into().unwrap();
+    let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
+    let l4 = &f[34..14 + total];
+    match h[9] {
+        17 => {
+            assert_eq!(transport_checksum(src, dst, 17, l4), 0, "UDP checksum");
+            let port = |i: usize| u16::from_be_bytes([l4[i], l4[i + 1]]);
+            (src, dst, port(0), port(2))
+        }
+        1 => {
+            assert_eq!(internet_checksum(l4), 0, "ICMP checksum");
+            let id = u16::from_be_bytes([l4[4], l4[5]]);
+            (src, dst, id, id)
+        }
+        p => panic!("unexpected protocol {p}"),
+    }
+}
+
+fn udp_from(mac: [u8; 6], src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> Vec<u8> {
+    ipv4(
+        ROUTER_MAC,
+        mac,
+        None,
+        src,
+        dst,
+        64,
+        17,
+        &udp(src, dst, sport, dport, b"query"),
+    )
+}
+
+#[test]
+fn snat_translates_out_and_back_keeping_the_port_when_free() {
+    let mut sw = switch();
+    let out = sw.exchange(VM1, &udp_from(VM1_MAC, VM1_IP, 40000, INTERNET, 53));
+    let f = one(&out, UPLINK);
+    assert_eq!(&f[..6], &UPSTREAM_MAC, "to the upstream gateway");
+    assert_eq!(&f[6..12], &ROUTER_MAC);
+    assert_eq!(flow(&f), (ROUTER_EXT, INTERNET, 40000, 53));
+
+    let answer = udp(INTERNET, ROUTER_EXT, 53, 40000, b"answer");
+    let out = sw.exchange(UPLINK, &from_internet(ROUTER_EXT, &answer, 17));
+    let f = one(&out, VM1);
+    assert_eq!(&f[..6], &VM1_MAC);
+    assert_eq!(flow(&f), (INTERNET, VM1_IP, 53, 40000));
+    assert_eq!(&f[42..48], b"answer");
+    assert_eq!(sw.worker.router().sessions().len(), 1);
+    sw.assert_conserved();
+}
+
+#[test]
+fn icmp_echo_is_translated_by_identifier() {
+    let mut sw = switch();
+    let ping = ipv4(
+        ROUTER_MAC,
+        VM1_MAC,
+        None,
+        VM1_IP,
+        INTERNET,
+        64,
+        1,
+        &icmp_echo(false, 0x4242, 1),
+    );
+    let f = one(&sw.exchange(VM1, &ping), UPLINK);
+    let (src, dst, id, _) = flow(&f);
+    assert_eq!((src, dst), (ROUTER_EXT, INTERNET));
+    let reply = from_internet(ROUTER_EXT, &icmp_echo(true, id, 1), 1);
+    let f = one(&sw.exchange(UPLINK, &reply), VM1);
+    assert_eq!(flow(&f), (INTERNET, VM1_IP, 0x4242, 0x4242));
+    // A ping to the gateway address itself is still answered by the router.
+    let ping_router = from_internet(ROUTER_EXT, &icmp_echo(false, 7, 1), 1);
+    let f = one(&sw.exchange(UPLINK, &ping_router), UPLINK);
+    assert_eq!(flow(&f), (ROUTER_EXT, INTERNET, 7, 7));
+    assert_eq!(f[34], 0, "echo reply");
+    sw.assert_conserved();
+}
+
+#[test]
+fn two_hosts_with_one_source_port_get_different_external_ports() {
+    let mut sw = switch();
+    let a = flow(&one(
+        &sw.exchange(VM1, &udp_from(VM1_MAC, VM1_IP, 40000, INTERNET, 53)),
+        UPLINK,
+    ));
+    let b = flow(&one(
+        &sw.exchange(VM3, &udp_from(VM3_MAC, VM3_IP, 40000, INTERNET, 53)),
+        UPLINK,
+    ));
+    assert_eq!(a.0, ROUTER_EXT);
+    assert_eq!(b.0, ROUTER_EXT);
+    assert_ne!(a.2, b.2, "the second flow must not reuse the first's port");
+    // Each reply finds its own host.
+    for (port, vm, ip) in [(a.2, VM1, VM1_IP), (b.2, VM3, VM3_IP)] {
+        let answer = udp(INTERNET, ROUTER_EXT, 53, port, b"answer");
+        let f = one(
+            &sw.exchange(UPLINK, &from_internet(ROUTER_EXT, &answer, 17)),
+            vm,
+        );
+        assert_eq!(flow(&f), (INTERNET, ip, 53, 40000));
+    }
+    sw.assert_conserved();
+}
+
+#[test]
+fn a_floating_ip_is_one_to_one_both_ways_and_answers_arp() {
+    let mut sw = switch();
+    let f = one(
+        &sw.exchange(VM2, &udp_from(VM2_MAC, VM2_IP, 5000, INTERNET, 53)),
+        UPLINK,
+    );
+    assert_eq!(
+        flow(&f),
+        (VM2_FIP, INTERNET, 5000, 53),
+        "source is the floating IP"
+    );
+
+    // Unsolicited traffic to the floating IP reaches the VM.
+    let inbound = udp(INTERNET, VM2_FIP, 6000, 7000, b"hello");
+    let f = one(
+        &sw.exchange(UPLINK, &from_internet(VM2_FIP, &inbound, 17)),
+        VM2,
+    );
+    assert_eq!(&f[..6], &VM2_MAC);
+    assert_eq!(flow(&f), (INTERNET, VM2_IP, 6000, 7000));
+
+    // The external network asks who has the floating IP: the router does.
+    let mut who = arp(1, BROADCAST, UPSTREAM_MAC, UPSTREAM, [0; 6], VM2_FIP);
+    tag(&mut who);
+    let f = one(&sw.exchange(UPLINK, &who), UPLINK);
+    assert_eq!(&f[20..22], &[0, 2], "ARP reply");
+    assert_eq!(&f[22..28], &ROUTER_MAC);
+    assert_eq!(&f[28..32], &VM2_FIP);
+    assert_eq!(
+        sw.worker.router().sessions().len(),
+        0,
+        "1:1 NAT keeps no state"
+    );
+    sw.assert_conserved();
+}
+
+#[test]
+fn hairpin_to_a_floating_ip_from_behind_the_same_router() {
+    let mut sw = switch();
+    // VM1 (no floating IP) talks to VM2's floating IP.
+    let f = one(
+        &sw.exchange(VM1, &udp_from(VM1_MAC, VM1_IP, 41000, VM2_FIP, 80)),
+        VM2,
+    );
+    let (src, dst, sport, dport) = flow(&f);
+    assert_eq!(
+        (src, dst, dport),
+        (ROUTER_EXT, VM2_IP, 80),
+        "DNAT to the fixed IP, SNAT to the gateway so the reply comes back through the router"
+    );
+    // VM2 answers the gateway address; VM1 sees the answer from the floating IP.
+    let answer = ipv4(
+        ROUTER_MAC,
+        VM2_MAC,
+        None,
+        VM2_IP,
+        ROUTER_EXT,
+        64,
+        17,
+        &udp(VM2_IP, ROUTER_EXT, 80, sport, b"answer"),
+    );
+    let f = one(&sw.exchange(VM2, &answer), VM1);
+    assert_eq!(flow(&f), (VM2_FIP, VM1_IP, 80, 41000));
+    sw.assert_conserved();
+}
+
+#[test]
+fn a_port_over_its_session_quota_is_refused_and_others_are_not() {
+    let mut sw = switch_with(ConnConfig {
+        owner_quota: 4,
+        ..ConnConfig::with_capacity(64)
+    });
+    for sport in 0..6 {
+        sw.exchange(VM1, &udp_from(VM1_MAC, VM1_IP, 50000 + sport, INTERNET, 53));
+    }
+    assert_eq!(sw.counters().dropped(DropReason::NatQuotaExceeded), 2);
+    assert_eq!(sw.worker.router().sessions().len(), 4);
+    let out = sw.exchange(VM3, &udp_from(VM3_MAC, VM3_IP, 50000, INTERNET, 53));
+    assert_eq!(
+        flow(&one(&out, UPLINK)).0,
+        ROUTER_EXT,
+        "another port still gets one"
+    );
+    sw.assert_conserved();
+}
+
+#[test]
+fn sessions_survive_a_configuration_swap() {
+    let mut sw = switch();
+    let f = one(
+        &sw.exchange(VM1, &udp_from(VM1_MAC, VM1_IP, 40000, INTERNET, 53)),
+        UPLINK,
+    );
+    let port = flow(&f).2;
+    sw.apply(&config());
+    let answer = udp(INTERNET, ROUTER_EXT, 53, port, b"answer");
+    let f = one(
+        &sw.exchange(UPLINK, &from_internet(ROUTER_EXT, &answer, 17)),
+        VM1,
+    );
+    assert_eq!(flow(&f), (INTERNET, VM1_IP, 53, 40000));
+    sw.assert_conserved();
+}
+
+#[test]
+fn what_cannot_be_translated_is_dropped_with_a_reason() {
+    let mut sw = switch();
+    // A later fragment of a UDP datagram carries no ports.
+    let mut frag = udp_from(VM1_MAC, VM1_IP, 40000, INTERNET, 53);
+    frag[20..22].copy_from_slice(&0x0010u16.to_be_bytes());
+    frag[24..26].fill(0);
+    let sum = internet_checksum(&frag[14..34]);
+    frag[24..26].copy_from_slice(&sum.to_be_bytes());
+    assert!(sw.exchange(VM1, &frag).is_empty());
+    assert_eq!(sw.counters().dropped(DropReason::NatUnsupported), 1);
+    sw.assert_conserved();
+}
