@@ -8,9 +8,11 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::net::Ipv4Addr;
 
 use pollux_dataplane::buf::{DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM};
 use pollux_dataplane::port::PortId;
+use pollux_dataplane::routing::{InterfaceSpec, RouteSpec, RouterSpec, RouterUid};
 use pollux_dataplane::snapshot::{
     BuildError, NetworkUid, PhysnetId, Segment as DpSegment, Snapshot, SnapshotBuilder,
 };
@@ -38,7 +40,17 @@ pub struct Identities {
     next_network_uid: u32,
     /// Physnet name → id.
     physnets: BTreeMap<String, u16>,
+    /// Router id → uid, never reused (the uid is in the router's MAC, which hosts cache).
+    routers: BTreeMap<String, u32>,
+    next_router_uid: u32,
 }
+
+/// The first three bytes of every router MAC (locally administered, unicast); validation
+/// keeps VM ports out of this range.
+pub const ROUTER_MAC_PREFIX: [u8; 3] = [0x02, 0x70, 0x6c];
+
+/// Router uids fit the low three bytes of the router's MAC.
+const MAX_ROUTER_UID: u32 = 1 << 24;
 
 impl Identities {
     /// The id of the port with this key, if it has one.
@@ -114,6 +126,33 @@ impl Identities {
         Ok(NetworkUid(uid))
     }
 
+    /// Router uid → router id, for the routers in use.
+    pub fn routers_by_uid(&self) -> BTreeMap<u32, &str> {
+        self.routers
+            .iter()
+            .map(|(id, &uid)| (uid, id.as_str()))
+            .collect()
+    }
+
+    /// The uid of router `id`, if it has one.
+    pub fn router_uid(&self, id: &str) -> Option<RouterUid> {
+        self.routers.get(id).map(|&uid| RouterUid(uid))
+    }
+
+    fn router(&mut self, id: &str) -> Result<RouterUid, CompileError> {
+        if let Some(&uid) = self.routers.get(id) {
+            return Ok(RouterUid(uid));
+        }
+        // Uid 0 is never handed out, so no router has the MAC 02:70:6c:00:00:00.
+        let uid = self.next_router_uid.max(1);
+        if uid >= MAX_ROUTER_UID {
+            return Err(CompileError::RouterUidsExhausted);
+        }
+        self.next_router_uid = uid + 1;
+        self.routers.insert(id.to_string(), uid);
+        Ok(RouterUid(uid))
+    }
+
     fn physnet(&mut self, name: &str) -> Result<PhysnetId, CompileError> {
         if let Some(&id) = self.physnets.get(name) {
             return Ok(PhysnetId(id));
@@ -125,10 +164,17 @@ impl Identities {
 
     /// Forgets the ports and networks that are not in `keep_ports` / `keep_networks`, so
     /// that their entries do not accumulate. Network uids are still never reused.
-    fn retain(&mut self, keep_ports: &HashSet<&str>, keep_networks: &HashSet<&str>) {
+    fn retain(
+        &mut self,
+        keep_ports: &HashSet<&str>,
+        keep_networks: &HashSet<&str>,
+        keep_routers: &HashSet<&str>,
+    ) {
         self.ports.retain(|k, _| keep_ports.contains(k.as_str()));
         self.networks
             .retain(|k, _| keep_networks.contains(k.as_str()));
+        self.routers
+            .retain(|k, _| keep_routers.contains(k.as_str()));
     }
 }
 
@@ -182,6 +228,8 @@ pub enum CompileError {
     TooManyPhysnets,
     /// Four billion networks created over the daemon's life.
     NetworkUidsExhausted,
+    /// Sixteen million routers created over the daemon's life.
+    RouterUidsExhausted,
     /// The data plane refused the configuration (validation should have caught it).
     Build(BuildError),
 }
@@ -194,6 +242,9 @@ impl fmt::Display for CompileError {
             CompileError::TooManyPhysnets => write!(f, "more than 65536 physical networks"),
             CompileError::NetworkUidsExhausted => {
                 write!(f, "network identities exhausted; restart polluxd")
+            }
+            CompileError::RouterUidsExhausted => {
+                write!(f, "router identities exhausted; restart polluxd")
             }
             CompileError::Build(e) => write!(f, "data plane refused the configuration: {e}"),
         }
@@ -296,9 +347,15 @@ pub fn compile(
         });
     }
 
+    for (index, router) in state.routers.iter().enumerate() {
+        let uid = ids.router(&router.id)?;
+        b.router(router_spec(state, index, uid, &network_uid));
+    }
+
     let keep_ports: HashSet<&str> = plans.iter().map(|p| p.key.as_str()).collect();
     let keep_networks: HashSet<&str> = state.networks.iter().map(|n| n.id.as_str()).collect();
-    ids.retain(&keep_ports, &keep_networks);
+    let keep_routers: HashSet<&str> = state.routers.iter().map(|r| r.id.as_str()).collect();
+    ids.retain(&keep_ports, &keep_networks, &keep_routers);
     plans.sort_by_key(|p| p.id);
     let snapshot = b.build(generation).map_err(CompileError::Build)?;
     Ok(Compiled {
@@ -306,6 +363,96 @@ pub fn compile(
         ports: plans,
         identities: ids,
     })
+}
+
+/// The MAC of router `uid`: [`ROUTER_MAC_PREFIX`] and the uid's low three bytes.
+pub fn router_mac(uid: RouterUid) -> [u8; 6] {
+    let [_, a, b, c] = uid.0.to_be_bytes();
+    let [p0, p1, p2] = ROUTER_MAC_PREFIX;
+    [p0, p1, p2, a, b, c]
+}
+
+/// The data plane's view of router `index`: an interface at the gateway IP of each of its
+/// subnets and one at its external gateway's address, the extra routes, a default route
+/// via the external subnet's gateway (as Neutron's L3 agent adds), SNAT, and its floating
+/// IPs. Interfaces on networks that are administratively down are left out, with the
+/// routes and floating IPs through them.
+fn router_spec(
+    state: &Validated,
+    index: usize,
+    uid: RouterUid,
+    network_uid: &[NetworkUid],
+) -> RouterSpec {
+    let router = &state.routers[index];
+    let up = |network: usize| state.networks[network].admin_state_up;
+    let iface = |subnet: usize, ip| {
+        let s = &state.subnets[subnet];
+        InterfaceSpec {
+            network: network_uid[s.network],
+            ip,
+            prefix_len: s.cidr.prefix,
+            mtu: state.networks[s.network].mtu,
+        }
+    };
+    let mut interfaces: Vec<InterfaceSpec> = router
+        .interfaces
+        .iter()
+        .filter(|&&s| up(state.subnets[s].network))
+        .filter_map(|&s| Some(iface(s, state.subnets[s].gateway_ip?)))
+        .collect();
+    let mut routes = Vec::new();
+    let mut external = None;
+    let mut enable_snat = false;
+    let mut floating_ips = Vec::new();
+    if let Some(g) = router.external_gateway.filter(|g| up(g.network)) {
+        external = Some(interfaces.len());
+        enable_snat = g.enable_snat;
+        interfaces.push(iface(g.subnet, g.ip));
+        floating_ips = state
+            .floating_ips
+            .iter()
+            .filter_map(|f| {
+                let t = f.target?;
+                let behind_up_network = up(state.ports[t.port].network);
+                (t.router == index && behind_up_network).then_some((t.fixed_ip, f.address))
+            })
+            .collect();
+        if let Some(gateway) = state.subnets[g.subnet].gateway_ip {
+            routes.push(RouteSpec {
+                destination: Ipv4Addr::UNSPECIFIED,
+                prefix_len: 0,
+                nexthop: gateway,
+            });
+        }
+    }
+    let connected = |ip: Ipv4Addr| {
+        interfaces.iter().any(|i| {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(i.prefix_len))
+                .unwrap_or(0);
+            u32::from(i.ip) & mask == u32::from(ip) & mask
+        })
+    };
+    routes.extend(
+        router
+            .routes
+            .iter()
+            .filter(|r| connected(r.nexthop))
+            .map(|r| RouteSpec {
+                destination: r.destination.addr,
+                prefix_len: r.destination.prefix,
+                nexthop: r.nexthop,
+            }),
+    );
+    RouterSpec {
+        uid,
+        mac: router_mac(uid),
+        interfaces,
+        routes,
+        external,
+        enable_snat,
+        floating_ips,
+    }
 }
 
 #[cfg(test)]
@@ -382,6 +529,98 @@ mod tests {
         let fourth = compile(&state(true), &third.identities, 4).unwrap();
         assert_ne!(fourth.identities.port("port:vm0"), Some(vm0));
         assert_eq!(fourth.snapshot.generation(), 4);
+    }
+
+    /// A router on two tenant subnets with an external gateway and an extra route; the
+    /// `up` flag sets net-b's admin state.
+    fn routed(up: bool) -> Validated {
+        let text = format!(
+            r#"
+            [[networks]]
+            id = "net-a"
+            network_type = "local"
+            [[networks]]
+            id = "net-b"
+            network_type = "local"
+            admin_state_up = {up}
+            [[networks]]
+            id = "ext"
+            network_type = "local"
+            [[subnets]]
+            id = "sub-a"
+            network_id = "net-a"
+            cidr = "198.18.1.0/24"
+            gateway_ip = "198.18.1.1"
+            [[subnets]]
+            id = "sub-b"
+            network_id = "net-b"
+            cidr = "198.18.2.0/24"
+            gateway_ip = "198.18.2.1"
+            [[subnets]]
+            id = "sub-ext"
+            network_id = "ext"
+            cidr = "203.0.113.0/25"
+            gateway_ip = "203.0.113.1"
+            [[routers]]
+            id = "r1"
+            interfaces = ["sub-a", "sub-b"]
+            external_gateway_info = {{ network_id = "ext", external_fixed_ip = "203.0.113.10" }}
+            routes = [{{ destination = "198.19.0.0/16", nexthop = "198.18.2.254" }}]
+            "#
+        );
+        validate(&DesiredState::from_toml_str(&text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn routers_compile_to_interfaces_routes_and_a_stable_mac() {
+        let first = compile(&routed(true), &Identities::default(), 1).unwrap();
+        let routing = first.snapshot.routing();
+        let [r] = routing.routers() else {
+            panic!("one router: {routing:?}")
+        };
+        assert_eq!(r.mac, [0x02, 0x70, 0x6c, 0, 0, 1]);
+        let ips: Vec<Ipv4Addr> = r
+            .interfaces
+            .iter()
+            .map(|&i| Ipv4Addr::from(routing.interface(i).unwrap().ip))
+            .collect();
+        assert_eq!(
+            ips,
+            [
+                Ipv4Addr::new(198, 18, 1, 1),
+                Ipv4Addr::new(198, 18, 2, 1),
+                Ipv4Addr::new(203, 0, 113, 10)
+            ]
+        );
+        let via = |dst: [u8; 4]| r.lookup(u32::from(Ipv4Addr::from(dst))).unwrap();
+        assert_eq!(via([198, 18, 2, 7]).gateway, 0, "connected");
+        assert_eq!(
+            Ipv4Addr::from(via([198, 19, 5, 5]).gateway),
+            Ipv4Addr::new(198, 18, 2, 254),
+            "the extra route"
+        );
+        assert_eq!(
+            Ipv4Addr::from(via([203, 0, 113, 200]).gateway),
+            Ipv4Addr::new(203, 0, 113, 1),
+            "the default route via the external subnet's gateway"
+        );
+        // The uid, and so the MAC, stays across generations.
+        let second = compile(&routed(true), &first.identities, 2).unwrap();
+        assert_eq!(second.snapshot.routing().routers()[0].mac, r.mac);
+
+        // net-b down: its interface and the route through it are gone.
+        let down = compile(&routed(false), &second.identities, 3).unwrap();
+        let r = &down.snapshot.routing().routers()[0];
+        assert_eq!(r.interfaces.len(), 2);
+        assert_eq!(
+            Ipv4Addr::from(
+                r.lookup(u32::from(Ipv4Addr::new(198, 19, 5, 5)))
+                    .unwrap()
+                    .gateway
+            ),
+            Ipv4Addr::new(203, 0, 113, 1),
+            "falls back to the default route"
+        );
     }
 
     #[test]

@@ -244,7 +244,7 @@ pub fn run(options: &Options) -> Result<(), StartError> {
             depth: DAEMON_MEM_DEPTH,
             ..MemPortConfig::default()
         },
-        worker: WorkerConfig::default(),
+        worker: worker_config(),
     };
     let engine = Engine::start(&config, initial, Some(store), MemWires::default()).map_err(fail)?;
     let metrics = match options.metrics {
@@ -333,4 +333,13 @@ pub fn summary(c: &WorkerCounters, names: &[(PortId, String)]) -> String {
         let _ = writeln!(s, "polluxd:   dropped {reason}: {n}");
     }
     s
+}
+
+/// The worker's tunables, with a fresh random seed for the connection table's hash, so
+/// that hosts outside cannot aim their flows at one probe run of it.
+fn worker_config() -> WorkerConfig {
+    use std::hash::BuildHasher;
+    let mut config = WorkerConfig::default();
+    config.conntrack.hash_seed = std::collections::hash_map::RandomState::new().hash_one(0u64);
+    config
 }

@@ -21,12 +21,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::net::Ipv4Addr;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pollux_dataplane::buf::{FramePool, DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM};
+use pollux_dataplane::conntrack::{Dir, FlowKey, TcpState};
 use pollux_dataplane::counters::WorkerCounters;
+use pollux_dataplane::l3::REACHABLE_SECS;
 use pollux_dataplane::port::{Port, PortId};
 use pollux_dataplane::publish::{GenerationAck, Publisher};
 use pollux_dataplane::snapshot::mac_from_u64;
@@ -644,6 +647,80 @@ impl Engine {
         Ok(out)
     }
 
+    /// The routers' neighbours (ARP entries) as the worker holds them, read by a job,
+    /// sorted by network and address. Entries of removed networks are not shown (they age
+    /// out).
+    pub fn neighbors(&self) -> Result<Vec<NeighborEntry>, ApplyError> {
+        let (now, entries) = self.call(|w| {
+            let entries: Vec<_> = w.router().neighbors().entries().collect();
+            (w.now_secs(), entries)
+        })?;
+        let networks = self.active.identities.networks_by_uid();
+        let mut out: Vec<NeighborEntry> = entries
+            .into_iter()
+            .filter_map(|(uid, ip, n)| {
+                let network_id = networks.get(&uid.0)?.to_string();
+                let age_secs = now.saturating_sub(n.confirmed);
+                let state = match n.mac() {
+                    None => NeighborState::Incomplete,
+                    Some(_) if age_secs >= REACHABLE_SECS => NeighborState::Stale,
+                    Some(_) => NeighborState::Reachable,
+                };
+                Some(NeighborEntry {
+                    network_id,
+                    ip: Ipv4Addr::from(ip),
+                    mac: n.mac().map(|m| fmt_mac(mac_from_u64(m))),
+                    state,
+                    age_secs,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.network_id, a.ip).cmp(&(&b.network_id, b.ip)));
+        Ok(out)
+    }
+
+    /// The routers' NAT sessions as the worker holds them (live ones), read by a job,
+    /// sorted by router and original flow. Sessions of removed routers are not shown.
+    pub fn sessions(&self) -> Result<Vec<SessionEntry>, ApplyError> {
+        let (now, sessions) = self.call(|w| {
+            let now = u64::from(w.now_secs());
+            let sessions: Vec<_> = w
+                .router()
+                .sessions()
+                .iter()
+                .filter(|(_, s)| !s.is_expired(now))
+                .map(|(_, s)| *s)
+                .collect();
+            (now, sessions)
+        })?;
+        let routers = self.active.identities.routers_by_uid();
+        let ports = self.active.identities.ports_by_id();
+        let mut out: Vec<SessionEntry> = sessions
+            .into_iter()
+            .filter_map(|s| {
+                let original = *s.key(Dir::Original);
+                let router_id = routers.get(&original.zone)?.to_string();
+                let owner = u16::try_from(s.owner()).ok();
+                Some(SessionEntry {
+                    router_id,
+                    port: owner.and_then(|p| ports.get(&p)).map(|k| k.to_string()),
+                    original,
+                    reply: *s.key(Dir::Reply),
+                    state: s.tcp_state().map(TcpState::name),
+                    idle_secs: now.saturating_sub(s.last_seen()),
+                    expires_in_secs: s.expires().saturating_sub(now),
+                    packets: [s.packets(Dir::Original), s.packets(Dir::Reply)],
+                    bytes: [s.bytes(Dir::Original), s.bytes(Dir::Reply)],
+                })
+            })
+            .collect();
+        out.sort_by_key(|e| {
+            let k = e.original;
+            (e.router_id.clone(), k.proto, k.src, k.sport, k.dst, k.dport)
+        });
+        Ok(out)
+    }
+
     /// Every open port's driver name (its interface, for AF_XDP) and driver statistics,
     /// read by a job.
     pub fn driver_stats(&self) -> Result<Vec<DriverStats>, ApplyError> {
@@ -955,6 +1032,66 @@ pub struct FdbEntry {
     pub learned: bool,
     /// Seconds since last seen (learned entries).
     pub age_secs: u32,
+}
+
+/// How sure the router is of a neighbour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NeighborState {
+    /// Asked for, no answer yet.
+    Incomplete,
+    /// Confirmed recently.
+    Reachable,
+    /// Still used, being asked again.
+    Stale,
+}
+
+impl NeighborState {
+    /// The name `neighbors.list` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            NeighborState::Incomplete => "incomplete",
+            NeighborState::Reachable => "reachable",
+            NeighborState::Stale => "stale",
+        }
+    }
+}
+
+/// One neighbour for `neighbors.list`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NeighborEntry {
+    /// The network.
+    pub network_id: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its MAC, once resolved.
+    pub mac: Option<String>,
+    /// Resolution state.
+    pub state: NeighborState,
+    /// Seconds since it last confirmed its address.
+    pub age_secs: u32,
+}
+
+/// One NAT session for `sessions.list`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionEntry {
+    /// The router translating it.
+    pub router_id: String,
+    /// The port that opened it (`port:ID`), if it still exists.
+    pub port: Option<String>,
+    /// The flow as its first packet arrived.
+    pub original: FlowKey,
+    /// The flow as replies carry it (after translation).
+    pub reply: FlowKey,
+    /// TCP state (TCP only).
+    pub state: Option<&'static str>,
+    /// Seconds since the last packet.
+    pub idle_secs: u64,
+    /// Seconds until it times out unless a packet comes.
+    pub expires_in_secs: u64,
+    /// Packets as originated, and as replied.
+    pub packets: [u64; 2],
+    /// Bytes as originated, and as replied.
+    pub bytes: [u64; 2],
 }
 
 /// One port's driver statistics.

@@ -177,6 +177,15 @@ impl MetricsSource {
             mac_moves: sum(&|w| w.mac_moves.get()),
             mac_table_full: sum(&|w| w.mac_table_full.get()),
             mac_aged: sum(&|w| w.macs_aged.get()),
+            router: [
+                sum(&|w| w.sessions.get()),
+                sum(&|w| w.neighbors.get()),
+                sum(&|w| w.icmp_errors.get()),
+                sum(&|w| w.icmp_rate_limited.get()),
+                sum(&|w| w.fragments.get()),
+                sum(&|w| w.originated.get()),
+                sum(&|w| w.consumed.get()),
+            ],
         }
     }
 }
@@ -206,7 +215,32 @@ struct Scrape {
     mac_moves: u64,
     mac_table_full: u64,
     mac_aged: u64,
+    /// In [`ROUTER_FAMILIES`] order.
+    router: [u64; 7],
 }
+
+/// The routers' families: name, help, and whether it is a gauge (else a counter).
+const ROUTER_FAMILIES: [(&str, &str, bool); 7] = [
+    ("pollux_nat_sessions", "NAT sessions held now, over all workers.", true),
+    ("pollux_neighbors", "Router neighbours (ARP entries) held now.", true),
+    ("pollux_icmp_errors", "ICMP errors the routers sent.", false),
+    (
+        "pollux_icmp_rate_limited",
+        "ICMP errors not sent because of the rate limit.",
+        false,
+    ),
+    ("pollux_fragments", "IPv4 fragments the routers made.", false),
+    (
+        "pollux_frames_originated",
+        "Frames the workers made (ARP requests, ICMP errors, fragments).",
+        false,
+    ),
+    (
+        "pollux_frames_consumed",
+        "Frames that ended in a worker: ARP replies to a router, datagrams sent as fragments.",
+        false,
+    ),
+];
 
 /// Writes one metric family of counters, one sample per label value.
 fn counter_family<V: prometheus_client::encoding::EncodeCounterValue + Copy>(
@@ -378,6 +412,13 @@ impl Collector for Scrape {
             "Learned MAC addresses removed by aging.",
             self.mac_aged,
         )?;
+        for ((name, help, is_gauge), n) in ROUTER_FAMILIES.into_iter().zip(self.router) {
+            if is_gauge {
+                gauge(&mut e, name, help, n)?;
+            } else {
+                counter(&mut e, name, help, n)?;
+            }
+        }
         Ok(())
     }
 }

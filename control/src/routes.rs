@@ -201,6 +201,10 @@ mod tests {
         network_type = "local"
 
         [[networks]]
+        id = "t3"
+        network_type = "local"
+
+        [[networks]]
         id = "ext"
         network_type = "local"
 
@@ -212,7 +216,7 @@ mod tests {
 
         [[subnets]]
         id = "t1-b"
-        network_id = "t1"
+        network_id = "t3"
         cidr = "9.9.9.0/24"
         gateway_ip = "9.9.9.1"
 

@@ -5,8 +5,10 @@
 //! with known fields only (a typo is an error, not a silently ignored option).
 
 use std::collections::HashMap;
+use std::net::Ipv4Addr;
 use std::time::Instant;
 
+use pollux_dataplane::conntrack::FlowKey;
 use pollux_dataplane::port::PortId;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -83,8 +85,17 @@ const METHODS: &[(&str, &str)] = &[
          interface}]}",
     ),
     (
+        "neighbors.list",
+        "{network_id?: string} -> {generation, neighbors: [{network_id, ip_address, \
+         mac_address (null until resolved), state: incomplete|reachable|stale, age_secs}]}: \
+         the routers' ARP entries",
+    ),
+    (
         "sessions.list",
-        "{} -> {generation, sessions: []}: tracked connections and NAT sessions",
+        "{router_id?: string} -> {generation, sessions: [{router_id, port, protocol, \
+         original: {src, sport, dst, dport}, reply: {src, sport, dst, dport}, state, \
+         idle_secs, expires_in_secs, packets_out, packets_in, bytes_out, bytes_in}]}: NAT \
+         sessions (for ICMP the ports are the echo identifier)",
     ),
     ("leases.list", "{} -> {generation, leases: []}: DHCP leases"),
     ("version.get", "{} -> {generation, name, version}"),
@@ -136,10 +147,8 @@ impl Handler for Service {
             "networks.list" => networks_list(e, params),
             "fdb.list" => fdb_list(e, params),
             "routes.list" => routes_list(e, params),
-            "sessions.list" => {
-                parse::<NoParams>(params)?;
-                Ok(json!({ "sessions": [] }))
-            }
+            "neighbors.list" => neighbors_list(e, params),
+            "sessions.list" => sessions_list(e, params),
             "leases.list" => {
                 parse::<NoParams>(params)?;
                 Ok(json!({ "leases": [] }))
@@ -453,12 +462,12 @@ fn networks_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcErro
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FdbParams {
+struct NetworkFilter {
     network_id: Option<String>,
 }
 
 fn fdb_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
-    let p: FdbParams = parse(params)?;
+    let p: NetworkFilter = parse(params)?;
     let entries: Vec<Value> = e
         .fdb()
         .map_err(rpc_error)?
@@ -477,14 +486,78 @@ fn fdb_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
     Ok(json!({ "entries": entries }))
 }
 
+fn neighbors_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
+    let p: NetworkFilter = parse(params)?;
+    let neighbors: Vec<Value> = e
+        .neighbors()
+        .map_err(rpc_error)?
+        .into_iter()
+        .filter(|n| p.network_id.as_ref().is_none_or(|id| *id == n.network_id))
+        .map(|n| {
+            json!({
+                "network_id": n.network_id,
+                "ip_address": n.ip.to_string(),
+                "mac_address": n.mac,
+                "state": n.state.name(),
+                "age_secs": n.age_secs,
+            })
+        })
+        .collect();
+    Ok(json!({ "neighbors": neighbors }))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RoutesParams {
+struct RouterFilter {
     router_id: Option<String>,
 }
 
+fn sessions_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
+    let p: RouterFilter = parse(params)?;
+    let endpoints = |k: &FlowKey| {
+        json!({
+            "src": Ipv4Addr::from(k.src).to_string(),
+            "sport": k.sport,
+            "dst": Ipv4Addr::from(k.dst).to_string(),
+            "dport": k.dport,
+        })
+    };
+    let sessions: Vec<Value> = e
+        .sessions()
+        .map_err(rpc_error)?
+        .into_iter()
+        .filter(|s| p.router_id.as_ref().is_none_or(|id| *id == s.router_id))
+        .map(|s| {
+            json!({
+                "router_id": s.router_id,
+                "port": s.port.as_deref().map(port_label),
+                "protocol": protocol_name(s.original.proto),
+                "original": endpoints(&s.original),
+                "reply": endpoints(&s.reply),
+                "state": s.state,
+                "idle_secs": s.idle_secs,
+                "expires_in_secs": s.expires_in_secs,
+                "packets_out": s.packets[0],
+                "packets_in": s.packets[1],
+                "bytes_out": s.bytes[0],
+                "bytes_in": s.bytes[1],
+            })
+        })
+        .collect();
+    Ok(json!({ "sessions": sessions }))
+}
+
+fn protocol_name(proto: u8) -> String {
+    match proto {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        other => other.to_string(),
+    }
+}
+
 fn routes_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
-    let p: RoutesParams = parse(params)?;
+    let p: RouterFilter = parse(params)?;
     let routes: Vec<_> = routes(e.validated())
         .into_iter()
         .filter(|r| p.router_id.as_ref().is_none_or(|id| *id == r.router_id))

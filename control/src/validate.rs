@@ -17,6 +17,7 @@ use std::net::Ipv4Addr;
 
 use pollux_dataplane::snapshot::L2Config;
 
+use crate::compile::ROUTER_MAC_PREFIX;
 use crate::model::{self, DesiredState, Direction, NetworkType, ProtocolSpec};
 
 /// One problem of a desired state.
@@ -495,6 +496,16 @@ impl Checker {
 
     fn mac(&mut self, path: &str, s: &str) -> Option<[u8; 6]> {
         match parse_station_mac(s) {
+            Ok(m) if m[..3] == ROUTER_MAC_PREFIX => {
+                self.err(
+                    path,
+                    format!(
+                        "{s} is in {}/24, which polluxd reserves for its routers",
+                        fmt_mac([m[0], m[1], m[2], 0, 0, 0])
+                    ),
+                );
+                None
+            }
             Ok(m) => Some(m),
             Err(m) => {
                 self.err(path, m);
@@ -1424,6 +1435,20 @@ impl Checker {
                 }
                 if let Some(other) = attached.get(&si) {
                     let m = format!("subnet {sid} already has an interface on router {other}");
+                    self.err(p, m);
+                    continue;
+                }
+                if let Some(&o) = interfaces
+                    .iter()
+                    .find(|&&o| subnets.items[o].network == s.network)
+                {
+                    // One interface per network: the data plane gives a router one MAC,
+                    // and each network sees it once.
+                    let m = format!(
+                        "subnet {sid} is on the same network as subnet {}, which already has \
+                         an interface on this router",
+                        subnets.items[o].id
+                    );
                     self.err(p, m);
                     continue;
                 }

@@ -1015,3 +1015,25 @@ fn route_model_type_is_shared() {
     };
     assert_eq!(two_networks().subnets[0].host_routes[0], r);
 }
+
+#[test]
+fn router_macs_are_reserved_and_a_router_has_one_interface_per_network() {
+    let mut s = router_fip();
+    s.ports[0].mac_address = "02:70:6c:00:00:01".into();
+    assert_errors(
+        &s,
+        &["ports[0].mac_address: 02:70:6c:00:00:01 is in 02:70:6c:00:00:00/24, which polluxd reserves for its routers"],
+    );
+
+    let mut s = router_fip();
+    let mut second = s.subnets[1].clone();
+    second.id = "tenant-v4-b".into();
+    second.cidr = "198.18.11.0/24".into();
+    second.gateway_ip = Some("198.18.11.1".into());
+    s.subnets.push(second);
+    s.routers[0].interfaces.push("tenant-v4-b".into());
+    assert_errors(
+        &s,
+        &["routers[0].interfaces[1]: subnet tenant-v4-b is on the same network as subnet tenant-v4, which already has an interface on this router"],
+    );
+}

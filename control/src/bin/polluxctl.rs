@@ -96,8 +96,19 @@ enum Show {
         #[arg(long, value_name = "ID")]
         router: Option<String>,
     },
-    /// Connection tracking sessions.
-    Sessions,
+    /// The routers' neighbours (ARP entries).
+    #[command(alias = "neighbors")]
+    Neighbours {
+        /// Only this network.
+        #[arg(long, value_name = "ID")]
+        network: Option<String>,
+    },
+    /// NAT sessions.
+    Sessions {
+        /// Only this router.
+        #[arg(long, value_name = "ID")]
+        router: Option<String>,
+    },
     /// DHCP leases.
     Leases,
     /// Worker counters, drop reasons and apply totals.
@@ -223,7 +234,8 @@ fn show_request(show: &Show) -> (&'static str, Value) {
         Show::Networks => ("networks.list", json!({})),
         Show::Fdb { network } => ("fdb.list", optional("network_id", network)),
         Show::Routes { router } => ("routes.list", optional("router_id", router)),
-        Show::Sessions => ("sessions.list", json!({})),
+        Show::Neighbours { network } => ("neighbors.list", optional("network_id", network)),
+        Show::Sessions { router } => ("sessions.list", optional("router_id", router)),
         Show::Leases => ("leases.list", json!({})),
         Show::Stats => ("stats.get", json!({})),
     }
@@ -319,6 +331,30 @@ const FDB_COLUMNS: &[Column] = &[
     ("AGE", "age_secs"),
 ];
 
+const SESSION_COLUMNS: &[Column] = &[
+    ("ROUTER", "router_id"),
+    ("PROTO", "protocol"),
+    ("SRC", "/original/src"),
+    ("SPORT", "/original/sport"),
+    ("DST", "/original/dst"),
+    ("DPORT", "/original/dport"),
+    ("REPLY_DST", "/reply/dst"),
+    ("REPLY_DPORT", "/reply/dport"),
+    ("STATE", "state"),
+    ("PKTS_OUT", "packets_out"),
+    ("PKTS_IN", "packets_in"),
+    ("IDLE", "idle_secs"),
+    ("EXPIRES", "expires_in_secs"),
+];
+
+const NEIGHBOR_COLUMNS: &[Column] = &[
+    ("NETWORK", "network_id"),
+    ("IP", "ip_address"),
+    ("MAC", "mac_address"),
+    ("STATE", "state"),
+    ("AGE", "age_secs"),
+];
+
 const ROUTE_COLUMNS: &[Column] = &[
     ("ROUTER", "router_id"),
     ("DESTINATION", "destination"),
@@ -370,7 +406,8 @@ fn render_show(show: &Show, result: &Value) -> String {
         Show::Networks => table(rows(result, "networks"), NETWORK_COLUMNS),
         Show::Fdb { .. } => table(rows(result, "entries"), FDB_COLUMNS),
         Show::Routes { .. } => table(rows(result, "routes"), ROUTE_COLUMNS),
-        Show::Sessions => any_table(rows(result, "sessions")),
+        Show::Neighbours { .. } => table(rows(result, "neighbors"), NEIGHBOR_COLUMNS),
+        Show::Sessions { .. } => table(rows(result, "sessions"), SESSION_COLUMNS),
         Show::Leases => any_table(rows(result, "leases")),
         Show::Stats => stats_report(result),
     }
@@ -815,6 +852,11 @@ mod tests {
             (method, params),
             ("fdb.list", json!({ "network_id": "net-a" }))
         );
+        for spelling in ["neighbours", "neighbors"] {
+            let cli = Cli::try_parse_from(["polluxctl", "show", spelling]).unwrap();
+            let (method, params) = request(&cli.command).unwrap();
+            assert_eq!((method, params), ("neighbors.list", json!({})));
+        }
         let cli = Cli::try_parse_from(["polluxctl", "rollback", "5"]).unwrap();
         let (method, params) = request(&cli.command).unwrap();
         assert_eq!(
