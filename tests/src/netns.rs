@@ -1388,11 +1388,25 @@ pub fn parse_iperf3_json(json: &str) -> Result<Iperf3Result> {
 /// Runs `iperf3 -c SERVER -p PORT -t SECS -J --connect-timeout 3000` in `ns` (TCP) and
 /// returns its summary. `secs` is 1..=10; the whole run is bounded by `secs + 15` s.
 pub fn iperf3_client(ns: &Netns, server: &str, port: u16, secs: u32) -> Result<Iperf3Result> {
+    iperf3_client_parallel(ns, server, port, secs, 1)
+}
+
+/// [`iperf3_client`] with `-P STREAMS` parallel TCP connections (1..=64).
+pub fn iperf3_client_parallel(
+    ns: &Netns,
+    server: &str,
+    port: u16,
+    secs: u32,
+    streams: u32,
+) -> Result<Iperf3Result> {
     check_test_ip(server)?;
     if !(1..=IPERF3_MAX_SECS).contains(&secs) {
         return invalid(format!("iperf3 -t {secs} not in 1..={IPERF3_MAX_SECS}"));
     }
-    let (port_s, secs_s) = (port.to_string(), secs.to_string());
+    if !(1..=64).contains(&streams) {
+        return invalid(format!("iperf3 -P {streams} not in 1..=64"));
+    }
+    let (port_s, secs_s, streams_s) = (port.to_string(), secs.to_string(), streams.to_string());
     let args = [
         "-c",
         server,
@@ -1400,6 +1414,8 @@ pub fn iperf3_client(ns: &Netns, server: &str, port: u16, secs: u32) -> Result<I
         &port_s,
         "-t",
         &secs_s,
+        "-P",
+        &streams_s,
         "-J",
         "--connect-timeout",
         "3000",
