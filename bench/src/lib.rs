@@ -3,15 +3,16 @@
 //!
 //! Each scenario is one worker on `mem` ports with a frame that takes one path through
 //! the pipeline. A round offers one burst of 64 identical 64-byte frames, runs one worker
-//! pass (receive copy-in, classify, L2, output, transmit copy-out), and empties the
-//! output rings outside the measured pass.
+//! pass (receive copy-in, classify, L2, for the routed scenarios L3, output, transmit
+//! copy-out), and empties the output rings outside the measured pass.
 
 pub mod lpm;
 
 use pollux_dataplane::packet::MAX_BURST;
 use pollux_dataplane::port::PortId;
+use pollux_dataplane::routing::{InterfaceSpec, RouteSpec, RouterSpec, RouterUid};
 use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
-use pollux_tests::frames::{frame, mac, BROADCAST};
+use pollux_tests::frames::{arp, frame, ipv4, mac, udp, BROADCAST};
 use pollux_tests::harness::MemSwitch;
 
 /// One forwarding path.
@@ -25,15 +26,25 @@ pub enum Scenario {
     UplinkToAccess,
     /// Broadcast from a VM port to 8 other ports of its network (7 VMs and the uplink).
     Flood8,
+    /// UDP from a VM through a router with 10 routes to a VM on another network.
+    Route10,
+    /// The same through a router whose table holds 1,000,000 routes.
+    Route1M,
+    /// UDP from a VM through a router's SNAT to the external network (VLAN push), the
+    /// session established: the steady state of a NATed flow.
+    SnatSteady,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 4] = [
+    pub const ALL: [Scenario; 7] = [
         Scenario::AccessToAccess,
         Scenario::AccessToUplink,
         Scenario::UplinkToAccess,
         Scenario::Flood8,
+        Scenario::Route10,
+        Scenario::Route1M,
+        Scenario::SnatSteady,
     ];
 
     /// Name used on the command line and in reports.
@@ -43,6 +54,18 @@ impl Scenario {
             Scenario::AccessToUplink => "access_to_uplink_push",
             Scenario::UplinkToAccess => "uplink_to_access_pop",
             Scenario::Flood8 => "flood_8_ports",
+            Scenario::Route10 => "route_10_routes",
+            Scenario::Route1M => "route_1m_routes",
+            Scenario::SnatSteady => "snat_steady",
+        }
+    }
+
+    /// Routes in the router's table, for the routing scenarios.
+    fn routes(self) -> Option<usize> {
+        match self {
+            Scenario::Route10 | Scenario::SnatSteady => Some(10),
+            Scenario::Route1M => Some(1_000_000),
+            _ => None,
         }
     }
 
@@ -73,6 +96,9 @@ pub struct Bench {
 impl Bench {
     /// Sets up `scenario` and warms it up (learning done, caches and rings primed).
     pub fn new(scenario: Scenario) -> Self {
+        if let Some(routes) = scenario.routes() {
+            return Bench::routed(scenario, routes);
+        }
         let phys = PhysnetId(1);
         let net = NetworkUid(1);
         let mut b = SnapshotBuilder::new();
@@ -105,6 +131,9 @@ impl Bench {
                 1,
             ),
             Scenario::Flood8 => (1, frame(BROADCAST, mac(1), None, 0, FRAME_LEN), 8),
+            Scenario::Route10 | Scenario::Route1M | Scenario::SnatSteady => {
+                unreachable!("routed scenarios are set up by Bench::routed")
+            }
         };
         let mut bench = Bench {
             sw,
@@ -115,6 +144,118 @@ impl Bench {
         for _ in 0..100 {
             bench.round();
         }
+        bench.sw.assert_conserved();
+        bench
+    }
+
+    /// A router between network A (VM port 1), network B (VM port 2) and an external
+    /// VLAN network on the uplink, with `routes` routes in its table; the frame goes from
+    /// VM 1 to VM 2 (routing) or, for [`Scenario::SnatSteady`], to a host beyond the
+    /// external gateway (routing, SNAT, VLAN push). Neighbours are resolved first.
+    fn routed(scenario: Scenario, routes: usize) -> Self {
+        const ROUTER_MAC: [u8; 6] = [0x02, 0x70, 0x6c, 0, 0, 1];
+        let (net_a, net_b, net_ext) = (NetworkUid(1), NetworkUid(2), NetworkUid(3));
+        let phys = PhysnetId(1);
+        let iface = |network, ip: [u8; 4], prefix_len| InterfaceSpec {
+            network,
+            ip: ip.into(),
+            prefix_len,
+            mtu: 1500,
+        };
+        let mut extra = vec![RouteSpec {
+            destination: [0, 0, 0, 0].into(),
+            prefix_len: 0,
+            nexthop: [203, 0, 113, 1].into(),
+        }];
+        // A BGP-like spread of /24s over the whole space, each via a host on network B;
+        // none of them covers the destinations used below.
+        let mut x: u32 = 0x2545_f491;
+        while extra.len() < routes.saturating_sub(3) {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let destination = x & 0xffff_ff00;
+            if destination >> 17 == u32::from_be_bytes([198, 18, 0, 0]) >> 17
+                || destination >> 8 == u32::from_be_bytes([203, 0, 113, 0]) >> 8
+            {
+                continue;
+            }
+            extra.push(RouteSpec {
+                destination: destination.into(),
+                prefix_len: 24,
+                nexthop: [198, 18, 2, 254].into(),
+            });
+        }
+        let mut b = SnapshotBuilder::new();
+        b.network(net_a, Segment::Local)
+            .network(net_b, Segment::Local)
+            .network(
+                net_ext,
+                Segment::Vlan {
+                    physnet: phys,
+                    vid: 300,
+                },
+            )
+            .access_port(PortId(1), net_a, &[mac(1)])
+            .access_port(PortId(2), net_b, &[mac(2)])
+            .uplink(PortId(UPLINK), phys)
+            .router(RouterSpec {
+                uid: RouterUid(1),
+                mac: ROUTER_MAC,
+                interfaces: vec![
+                    iface(net_a, [198, 18, 1, 1], 24),
+                    iface(net_b, [198, 18, 2, 1], 24),
+                    iface(net_ext, [203, 0, 113, 10], 25),
+                ],
+                routes: extra,
+                external: Some(2),
+                enable_snat: true,
+                floating_ips: Vec::new(),
+            });
+        let mut sw = MemSwitch::new(&b, &[UPLINK, 1, 2]);
+        // The hosts announce themselves (ARP requests for their gateways).
+        let mut upstream = arp(
+            1,
+            BROADCAST,
+            mac(OUTSIDE_MAC),
+            [203, 0, 113, 1],
+            [0; 6],
+            [203, 0, 113, 10],
+        );
+        upstream.splice(12..12, [0x81, 0x00, 0x01, 0x2c]);
+        for (port, f) in [
+            (1, arp(1, BROADCAST, mac(1), [198, 18, 1, 10], [0; 6], [198, 18, 1, 1])),
+            (2, arp(1, BROADCAST, mac(2), [198, 18, 2, 10], [0; 6], [198, 18, 2, 1])),
+            (UPLINK, upstream),
+        ] {
+            sw.send(port, &f);
+            sw.run();
+        }
+        sw.collect();
+        let dst = match scenario {
+            Scenario::SnatSteady => [203, 0, 113, 200],
+            _ => [198, 18, 2, 10],
+        };
+        let payload = udp([198, 18, 1, 10], dst, 40000, 9, &[0; 18]);
+        let frame = ipv4(ROUTER_MAC, mac(1), None, [198, 18, 1, 10], dst, 64, 17, &payload);
+        assert_eq!(frame.len(), FRAME_LEN);
+        let output = match scenario {
+            Scenario::SnatSteady => UPLINK,
+            _ => 2,
+        };
+        let mut bench = Bench {
+            sw,
+            input: 1,
+            frame,
+            emitted_per_round: BURST,
+        };
+        for _ in 0..100 {
+            bench.round();
+        }
+        bench.sw.send(1, &bench.frame.clone());
+        bench.sw.run();
+        let out = bench.sw.collect();
+        assert_eq!(out.keys().copied().collect::<Vec<_>>(), [output], "{out:?}");
         bench.sw.assert_conserved();
         bench
     }

@@ -1,10 +1,11 @@
 //! A bounded 64-byte UDP frame generator on AF_XDP, for the side-by-side benchmark.
 //!
-//! Usage: `pollux-gen IFACE DST_MAC SRC_MAC SECONDS [MAX_FRAMES]`, run inside the
-//! generator's network namespace. Sends identical minimum-size UDP frames
-//! (198.18.0.1:9 -> 198.18.99.99:9; the destination address is assigned nowhere, so the
-//! sink's kernel drops them without answering) as fast as the socket takes them, for at
-//! most SECONDS and MAX_FRAMES, and prints `sent N frames in S s (R Mpps)`.
+//! Usage: `pollux-gen IFACE DST_MAC SRC_MAC SECONDS [MAX_FRAMES [SRC_IP DST_IP]]`, run
+//! inside the generator's network namespace. Sends identical minimum-size UDP frames
+//! (by default 198.18.0.1:9 -> 198.18.99.99:9, an address assigned nowhere, so the sink's
+//! kernel drops them without answering; both addresses must be in 198.18.0.0/15 or
+//! 203.0.113.0/24) as fast as the socket takes them, for at most SECONDS and MAX_FRAMES,
+//! and prints `sent N frames in S s (R Mpps)`.
 //!
 //! A veth that cannot take a frame pushes back on the sender instead of dropping it, so
 //! what this reports as sent is what entered the wire.
@@ -28,7 +29,7 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
 }
 
 /// A 60-byte Ethernet/IPv4/UDP frame (64 on the wire with the FCS).
-fn udp_frame(dst: [u8; 6], src: [u8; 6]) -> [u8; 60] {
+fn udp_frame(dst: [u8; 6], src: [u8; 6], src_ip: [u8; 4], dst_ip: [u8; 4]) -> [u8; 60] {
     let mut f = [0u8; 60];
     f[..6].copy_from_slice(&dst);
     f[6..12].copy_from_slice(&src);
@@ -38,8 +39,8 @@ fn udp_frame(dst: [u8; 6], src: [u8; 6]) -> [u8; 60] {
     ip[2..4].copy_from_slice(&46u16.to_be_bytes()); // 20 IP + 8 UDP + 18 payload
     ip[8] = 64;
     ip[9] = 17;
-    ip[12..16].copy_from_slice(&[198, 18, 0, 1]);
-    ip[16..20].copy_from_slice(&[198, 18, 99, 99]);
+    ip[12..16].copy_from_slice(&src_ip);
+    ip[16..20].copy_from_slice(&dst_ip);
     let sum = pollux_dataplane::wire::checksum::checksum(ip);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     let udp = &mut f[34..42];
@@ -53,7 +54,9 @@ fn udp_frame(dst: [u8; 6], src: [u8; 6]) -> [u8; 60] {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = || -> ! {
-        eprintln!("usage: pollux-gen IFACE DST_MAC SRC_MAC SECONDS [MAX_FRAMES]");
+        eprintln!(
+            "usage: pollux-gen IFACE DST_MAC SRC_MAC SECONDS [MAX_FRAMES [SRC_IP DST_IP]]"
+        );
         std::process::exit(2)
     };
     if args.len() < 5 {
@@ -68,7 +71,22 @@ fn main() {
         .get(5)
         .map_or(Ok(u64::MAX), |m| m.parse())
         .unwrap_or_else(|_| usage());
-    let frame = udp_frame(dst, src);
+    let ip = |i: usize, default: [u8; 4]| -> [u8; 4] {
+        args.get(i).map_or(default, |s| {
+            s.parse::<std::net::Ipv4Addr>()
+                .unwrap_or_else(|_| usage())
+                .octets()
+        })
+    };
+    let (src_ip, dst_ip) = (ip(6, [198, 18, 0, 1]), ip(7, [198, 18, 99, 99]));
+    let in_test_range = |a: [u8; 4]| {
+        (a[0] == 198 && (a[1] & 0xfe) == 18) || (a[0..3] == [203, 0, 113])
+    };
+    if !in_test_range(src_ip) || !in_test_range(dst_ip) {
+        eprintln!("pollux-gen: addresses must be in 198.18.0.0/15 or 203.0.113.0/24");
+        std::process::exit(2);
+    }
+    let frame = udp_frame(dst, src, src_ip, dst_ip);
 
     let mut pool = FramePool::with_frames(8192).expect("frame pool");
     // SAFETY: the port (and with it every socket on this UMEM) is dropped before `pool`, at

@@ -1,0 +1,167 @@
+#!/usr/bin/env bash
+# Side-by-side routing and SNAT with 64-byte UDP frames, each device under test measured
+# in the same run on the same topology and CPU placement (issue #6):
+#
+#   namespace gen (pollux-gen on AF_XDP, CPU 0) ── veth ── namespace sw (the device under
+#   test, a router) ── veth ── namespace sink (owns the destination; counts rx_packets)
+#
+#   routing   198.18.0.1 -> 198.18.99.99 across two subnets
+#     pollux       polluxd, router r1 with an interface on each subnet, worker on CPU 1
+#     qrouter      the Neutron reference: a namespace with ip_forward, as an L3 agent's
+#                  qrouter (the kernel forwards on the sending CPU, see compare.sh)
+#   snat      198.18.0.1 -> 203.0.113.99 through SNAT to the gateway address 203.0.113.10
+#     pollux       polluxd, router r1 with external gateway and enable_snat
+#     qrouter      ip_forward + iptables -t nat POSTROUTING SNAT, as the L3 agent sets up
+#
+# Open vSwitch has no router or NAT without a controller programming it (OVN), so it is
+# not a device here; compare.sh has it for switching.
+#
+# Usage: bench/compare-l3.sh [SECONDS]   (default 5 s per device; needs root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${1:-5}
+[ "$(id -u)" -eq 0 ] || { echo "compare-l3: needs root" >&2; exit 1; }
+command -v iptables >/dev/null || {
+    echo "compare-l3: installing iptables" >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q iptables >/dev/null
+}
+cargo build --release -q -p pollux-control --bin polluxd -p pollux-bench --bin pollux-gen
+polluxd=$PWD/target/release/polluxd
+gen=$PWD/target/release/pollux-gen
+
+P="pl$(printf '%04x' $(( $$ % 65536 )))"
+work=$(mktemp -d "/tmp/$P.XXXX")
+GEN_MAC=02:00:00:00:01:01
+SINK_MAC=02:00:00:00:02:02
+# polluxd's first router gets identity 1, so this MAC (see README, "Routers").
+ROUTER_MAC=02:70:6c:00:00:01
+pids=()
+cleanup() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    for n in gen sw sink; do ip netns del "$P$n" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+for n in gen sw sink; do
+    ip netns add "$P$n"
+    ip -n "$P$n" link set lo up
+    ip netns exec "$P$n" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+done
+ip -n "${P}sw" link add "${P}g" type veth peer name eth0 netns "${P}gen"
+ip -n "${P}sw" link add "${P}k" type veth peer name eth0 netns "${P}sink"
+ip -n "${P}gen" link set eth0 address $GEN_MAC
+ip -n "${P}sink" link set eth0 address $SINK_MAC
+for l in "sw ${P}g" "sw ${P}k" "gen eth0" "sink eth0"; do set -- $l; ip -n "$P$1" link set "$2" up; done
+# The sink owns the destinations (so routers can resolve them) and discards the frames
+# before the UDP layer would answer with port unreachable.
+ip -n "${P}sink" addr add 198.18.99.99/24 dev eth0
+ip -n "${P}sink" addr add 203.0.113.99/24 dev eth0
+ip netns exec "${P}sink" iptables -A INPUT -p udp --dport 9 -j DROP
+
+sink_rx() { ip netns exec "${P}sink" cat /sys/class/net/eth0/statistics/rx_packets; }
+declare -A rate
+measure() { # label dst_mac dst_ip
+    local before after out secs sent
+    before=$(sink_rx)
+    out=$(ip netns exec "${P}gen" taskset -c 0 "$gen" eth0 "$2" $GEN_MAC "$seconds" \
+        18446744073709551615 198.18.0.1 "$3")
+    sleep 0.5
+    after=$(sink_rx)
+    sent=$(sed -n 's/^sent \([0-9]*\) frames in \([0-9.]*\) s.*/\1/p' <<<"$out")
+    secs=$(sed -n 's/^sent \([0-9]*\) frames in \([0-9.]*\) s.*/\2/p' <<<"$out")
+    rate[$1]=$(awk -v n=$((after - before)) -v s="$secs" 'BEGIN { printf "%.3f", n / s / 1e6 }')
+    printf '%-16s offered %.3f Mpps, forwarded %s Mpps (%d of %d frames)\n' "$1" \
+        "$(awk -v n="$sent" -v s="$secs" 'BEGIN { print n / s / 1e6 }')" "${rate[$1]}" \
+        $((after - before)) "$sent"
+}
+# Lets a router learn the sink's MAC before the measurement, as ongoing traffic would.
+warm() { # dst_mac dst_ip
+    ip netns exec "${P}gen" "$gen" eth0 "$1" $GEN_MAC 1 10 198.18.0.1 "$2" >/dev/null
+    sleep 1
+}
+
+pollux_config() { # snat?
+    cat <<EOF
+[[networks]]
+id = "a"
+network_type = "local"
+[[networks]]
+id = "b"
+network_type = "local"
+[[subnets]]
+id = "sub-a"
+network_id = "a"
+cidr = "198.18.0.0/24"
+gateway_ip = "198.18.0.254"
+[[subnets]]
+id = "sub-b"
+network_id = "b"
+cidr = "$([ "$1" = snat ] && echo 203.0.113.0/24 || echo 198.18.99.0/24)"
+gateway_ip = "$([ "$1" = snat ] && echo 203.0.113.1 || echo 198.18.99.254)"
+[[ports]]
+id = "gen"
+network_id = "a"
+mac_address = "$GEN_MAC"
+binding = { driver = "afxdp", interface = "${P}g" }
+[[ports]]
+id = "sink"
+network_id = "b"
+mac_address = "$SINK_MAC"
+binding = { driver = "afxdp", interface = "${P}k" }
+[[routers]]
+id = "r1"
+EOF
+    if [ "$1" = snat ]; then
+        echo 'interfaces = ["sub-a"]'
+        echo 'external_gateway_info = { network_id = "b", external_fixed_ip = "203.0.113.10", enable_snat = true }'
+    else
+        echo 'interfaces = ["sub-a", "sub-b"]'
+    fi
+}
+
+run_pollux() { # scenario dst_ip
+    pollux_config "$1" >"$work/$1.toml"
+    ip netns exec "${P}sw" "$polluxd" --config "$work/$1.toml" --cores 1 \
+        --socket "$work/$1.sock" --state-dir "$work/$1-state" 2>"$work/$1.log" &
+    pids+=($!)
+    for _ in $(seq 50); do grep -q ready "$work/$1.log" && break; sleep 0.1; done
+    warm $ROUTER_MAC "$2"
+    measure "pollux $1" $ROUTER_MAC "$2"
+    kill -INT "${pids[-1]}"; wait "${pids[-1]}" || true
+    grep -E "worker 0|dropped" "$work/$1.log" | sed 's/^/   /' | head -4
+}
+
+run_qrouter() { # scenario dst_ip
+    local sw=(ip netns exec "${P}sw")
+    "${sw[@]}" sysctl -qw net.ipv4.ip_forward=1
+    ip -n "${P}sw" addr add 198.18.0.254/24 dev "${P}g"
+    if [ "$1" = snat ]; then
+        ip -n "${P}sw" addr add 203.0.113.10/24 dev "${P}k"
+        "${sw[@]}" iptables -t nat -A POSTROUTING -o "${P}k" -j SNAT --to-source 203.0.113.10
+    else
+        ip -n "${P}sw" addr add 198.18.99.254/24 dev "${P}k"
+    fi
+    local mac
+    mac=$(ip -n "${P}sw" -o link show "${P}g" | sed -n 's/.*link\/ether \([0-9a-f:]*\).*/\1/p')
+    warm "$mac" "$2"
+    measure "qrouter $1" "$mac" "$2"
+    "${sw[@]}" iptables -t nat -F
+    ip -n "${P}sw" addr flush dev "${P}g"
+    ip -n "${P}sw" addr flush dev "${P}k"
+    "${sw[@]}" sysctl -qw net.ipv4.ip_forward=0
+}
+
+echo "== $seconds s per device; generator on CPU 0, polluxd's worker on CPU 1"
+run_pollux routing 198.18.99.99
+run_qrouter routing 198.18.99.99
+run_pollux snat 203.0.113.99
+run_qrouter snat 203.0.113.99
+
+echo "== ratios (same run)"
+awk -v pr="${rate[pollux routing]}" -v kr="${rate[qrouter routing]}" \
+    -v ps="${rate[pollux snat]}" -v ks="${rate[qrouter snat]}" 'BEGIN {
+    printf "routing: pollux / qrouter %.2f\n", (kr > 0 ? pr / kr : 0)
+    printf "snat:    pollux / qrouter %.2f\n", (ks > 0 ? ps / ks : 0)
+}'
