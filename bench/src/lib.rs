@@ -224,8 +224,28 @@ impl Bench {
         );
         upstream.splice(12..12, [0x81, 0x00, 0x01, 0x2c]);
         for (port, f) in [
-            (1, arp(1, BROADCAST, mac(1), [198, 18, 1, 10], [0; 6], [198, 18, 1, 1])),
-            (2, arp(1, BROADCAST, mac(2), [198, 18, 2, 10], [0; 6], [198, 18, 2, 1])),
+            (
+                1,
+                arp(
+                    1,
+                    BROADCAST,
+                    mac(1),
+                    [198, 18, 1, 10],
+                    [0; 6],
+                    [198, 18, 1, 1],
+                ),
+            ),
+            (
+                2,
+                arp(
+                    1,
+                    BROADCAST,
+                    mac(2),
+                    [198, 18, 2, 10],
+                    [0; 6],
+                    [198, 18, 2, 1],
+                ),
+            ),
             (UPLINK, upstream),
         ] {
             sw.send(port, &f);
@@ -237,7 +257,16 @@ impl Bench {
             _ => [198, 18, 2, 10],
         };
         let payload = udp([198, 18, 1, 10], dst, 40000, 9, &[0; 18]);
-        let frame = ipv4(ROUTER_MAC, mac(1), None, [198, 18, 1, 10], dst, 64, 17, &payload);
+        let frame = ipv4(
+            ROUTER_MAC,
+            mac(1),
+            None,
+            [198, 18, 1, 10],
+            dst,
+            64,
+            17,
+            &payload,
+        );
         assert_eq!(frame.len(), FRAME_LEN);
         let output = match scenario {
             Scenario::SnatSteady => UPLINK,

@@ -221,15 +221,27 @@ struct Scrape {
 
 /// The routers' families: name, help, and whether it is a gauge (else a counter).
 const ROUTER_FAMILIES: [(&str, &str, bool); 7] = [
-    ("pollux_nat_sessions", "NAT sessions held now, over all workers.", true),
-    ("pollux_neighbors", "Router neighbours (ARP entries) held now.", true),
+    (
+        "pollux_nat_sessions",
+        "NAT sessions held now, over all workers.",
+        true,
+    ),
+    (
+        "pollux_neighbors",
+        "Router neighbours (ARP entries) held now.",
+        true,
+    ),
     ("pollux_icmp_errors", "ICMP errors the routers sent.", false),
     (
         "pollux_icmp_rate_limited",
         "ICMP errors not sent because of the rate limit.",
         false,
     ),
-    ("pollux_fragments", "IPv4 fragments the routers made.", false),
+    (
+        "pollux_fragments",
+        "IPv4 fragments the routers made.",
+        false,
+    ),
     (
         "pollux_frames_originated",
         "Frames the workers made (ARP requests, ICMP errors, fragments).",

@@ -15,9 +15,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use crate::lpm::{Lpm, LpmBuilder};
 use crate::snapshot::{fdb_key, mac_to_u64, NetworkUid};
 use crate::table::U64Map;
-use crate::lpm::{Lpm, LpmBuilder};
 
 /// Stable identity of a router, assigned by the control plane and never reused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -464,4 +464,3 @@ fn same_prefix(a: u32, b: u32, len: u8) -> bool {
     };
     a & mask == b & mask
 }
-

@@ -54,9 +54,7 @@ fn udp_frame(dst: [u8; 6], src: [u8; 6], src_ip: [u8; 4], dst_ip: [u8; 4]) -> [u
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let usage = || -> ! {
-        eprintln!(
-            "usage: pollux-gen IFACE DST_MAC SRC_MAC SECONDS [MAX_FRAMES [SRC_IP DST_IP]]"
-        );
+        eprintln!("usage: pollux-gen IFACE DST_MAC SRC_MAC SECONDS [MAX_FRAMES [SRC_IP DST_IP]]");
         std::process::exit(2)
     };
     if args.len() < 5 {
@@ -79,9 +77,8 @@ fn main() {
         })
     };
     let (src_ip, dst_ip) = (ip(6, [198, 18, 0, 1]), ip(7, [198, 18, 99, 99]));
-    let in_test_range = |a: [u8; 4]| {
-        (a[0] == 198 && (a[1] & 0xfe) == 18) || (a[0..3] == [203, 0, 113])
-    };
+    let in_test_range =
+        |a: [u8; 4]| (a[0] == 198 && (a[1] & 0xfe) == 18) || (a[0..3] == [203, 0, 113]);
     if !in_test_range(src_ip) || !in_test_range(dst_ip) {
         eprintln!("pollux-gen: addresses must be in 198.18.0.0/15 or 203.0.113.0/24");
         std::process::exit(2);
