@@ -37,8 +37,8 @@ use crate::output::{output, PortSet};
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
 use crate::port::PortId;
 use crate::ratelimit::{KeyedLimiter, TokenBucket, DEFAULT_KEYED_BUCKETS};
-use crate::routing::Interface;
-use crate::snapshot::{mac_from_u64, mac_to_u64, Snapshot};
+use crate::routing::{Interface, NextHop, Router};
+use crate::snapshot::{mac_from_u64, mac_to_u64, NetworkUid, Snapshot};
 use crate::wire::{
     ArpOperation, ArpPacket, EtherType, EthernetAddress, EthernetFrame, Icmpv4Packet, Icmpv4Type,
     IpProtocol, Ipv4Packet,
@@ -70,6 +70,39 @@ pub struct RouterState {
     icmp_per_source: KeyedLimiter<DEFAULT_KEYED_BUCKETS>,
     /// IPv4 identification of the next packet the router originates.
     ident: u16,
+    /// The last route and neighbour looked up in this burst (see [`BurstCache`]).
+    cache: BurstCache,
+}
+
+/// A burst is mostly runs of one flow. Like the L2 stage (and VPP's l2-fwd), the router
+/// remembers the last destination's route and the last next hop's MAC within a burst, so
+/// a run costs one LPM lookup and one neighbour lookup. Cleared at the start of every
+/// burst, so nothing cached outlives a snapshot or a neighbour change by more than the
+/// burst that saw it.
+#[derive(Clone, Copy, Debug, Default)]
+struct BurstCache {
+    /// `(router, destination)` → its next hop.
+    route: Option<(u16, u32, Option<NextHop>)>,
+    /// `(network uid, next-hop address)` → its MAC (only resolved, fresh entries).
+    neighbor: Option<(NetworkUid, u32, u64)>,
+}
+
+impl BurstCache {
+    #[inline]
+    fn lookup(&mut self, r: &Router, router: u16, dst: u32) -> Option<NextHop> {
+        match self.route {
+            Some((cached_router, cached_dst, hop))
+                if cached_router == router && cached_dst == dst =>
+            {
+                hop
+            }
+            _ => {
+                let hop = r.lookup(dst);
+                self.route = Some((router, dst, hop));
+                hop
+            }
+        }
+    }
 }
 
 impl RouterState {
@@ -83,6 +116,7 @@ impl RouterState {
             icmp_budget: TokenBucket::default(),
             icmp_per_source: KeyedLimiter::default(),
             ident: 0,
+            cache: BurstCache::default(),
         }
     }
 
@@ -110,6 +144,7 @@ pub fn route(
     pkts: &mut [Packet],
 ) {
     let now = (now_ns / 1_000_000_000) as u32;
+    state.cache = BurstCache::default();
     let mut entered = 0;
     for pkt in pkts.iter_mut() {
         match pkt.meta.next {
@@ -306,6 +341,8 @@ fn arp(
             .learn(net.uid, sender_ip, mac, now, ours.is_some())
         {
             state.resolved = true;
+            // The MAC of a next hop may have changed under the burst's cache.
+            state.cache.neighbor = None;
         }
     }
     match (op, ours) {
@@ -352,7 +389,7 @@ fn ipv4(
     };
     let router_mac = mac_to_u64(r.mac);
     let l3 = usize::from(pkt.meta.l3_offset);
-    let (ttl, total_len, dont_frag, protocol) = {
+    let (ttl, total_len, dont_frag, protocol, arrived_dst) = {
         let data = pool.data(pkt);
         let Some(ip) = data.get(l3..).and_then(|b| Ipv4Packet::new_checked(b).ok()) else {
             return Next::Drop(DropReason::BadIpv4Header);
@@ -360,17 +397,36 @@ fn ipv4(
         if ip.version() != 4 || !ip.verify_checksum() {
             return Next::Drop(DropReason::BadIpv4Header);
         }
-        (ip.ttl(), ip.total_len(), ip.dont_frag(), ip.protocol())
+        let dst = u32::from(ip.dst_addr());
+        (ip.ttl(), ip.total_len(), ip.dont_frag(), ip.protocol(), dst)
     };
-    // Destination NAT first (as in a qrouter's PREROUTING): a packet of a known session
-    // takes the session's translation whole, otherwise a floating IP as destination
-    // becomes its fixed IP.
+    // The route of the destination as it arrived decides whether NAT can be involved at
+    // all: only what leaves through the external gateway, or is addressed to the
+    // gateway's address or a floating IP, is looked up in the session table. Routing
+    // between the router's own subnets pays nothing for NAT.
+    let mut hop = state.cache.lookup(r, router, arrived_dst);
+    let arrived_for_router = routing.is_own_address(r, arrived_dst);
     let nat = match r.external {
-        Some(_) => inbound_nat(snap, pool, state, now, router, pkt, total_len),
-        None => Inbound::default(),
+        Some(external)
+            if hop.is_some_and(|h| h.interface == external)
+                || arrived_for_router
+                || routing.fixed_of(router, arrived_dst).is_some() =>
+        {
+            // Destination NAT first (a qrouter's PREROUTING): a packet of a known session
+            // takes the session's translation whole, otherwise a floating IP as
+            // destination becomes its fixed IP.
+            inbound_nat(snap, pool, state, now, router, pkt, total_len)
+        }
+        _ => Inbound::default(),
     };
     let dst = u32::from(Ipv4Packet::new_unchecked(&pool.data(pkt)[l3..]).dst_addr());
-    if !nat.session && routing.is_own_address(r, dst) {
+    let for_router = if dst == arrived_dst {
+        arrived_for_router
+    } else {
+        hop = state.cache.lookup(r, router, dst);
+        routing.is_own_address(r, dst)
+    };
+    if !nat.session && for_router {
         let next = echo_reply(pool, pkt, router_mac);
         // Nothing listens on a router address: a port unreachable ends a UDP traceroute
         // to it and refuses TCP (Linux would send a RST; the ICMP error has the same
@@ -391,7 +447,7 @@ fn ipv4(
         icmp_error(snap, pool, state, counters, pkt, router, kind, now_ns);
         return Next::Drop(DropReason::TtlExpired);
     }
-    let Some(hop) = r.lookup(dst) else {
+    let Some(hop) = hop else {
         let kind = IcmpErrorKind::NetUnreachable;
         icmp_error(snap, pool, state, counters, pkt, router, kind, now_ns);
         return Next::Drop(DropReason::NoRoute);
@@ -408,16 +464,29 @@ fn ipv4(
     // sent to a floating IP from inside (hairpin, so the reply comes back through here),
     // takes its floating IP or, with SNAT on, the gateway's address and a port.
     let to_external = r.external == Some(hop.interface);
-    let from_external =
-        r.external.is_some() && routing.interface_on(router, pkt.meta.network) == r.external;
-    if !nat.session && !from_external && (to_external || nat.dnat) {
+    if !nat.session
+        && (to_external || nat.dnat)
+        && routing.interface_on(router, pkt.meta.network) != r.external
+    {
         if let Err(reason) = outbound_nat(snap, pool, state, now, router, pkt, &nat, total_len) {
             return Next::Drop(reason);
         }
     }
     Ipv4Packet::new_unchecked(&mut pool.data_mut(pkt)[l3..]).decrement_ttl();
     let target = if hop.gateway == 0 { dst } else { hop.gateway };
-    let resolution = state.neighbors.resolve(iface.network_uid, target, now);
+    let resolution = match state.cache.neighbor {
+        Some((uid, ip, mac)) if uid == iface.network_uid && ip == target => Resolution {
+            mac: Some(mac),
+            request: false,
+        },
+        _ => {
+            let resolution = state.neighbors.resolve(iface.network_uid, target, now);
+            if let (Some(mac), false) = (resolution.mac, resolution.request) {
+                state.cache.neighbor = Some((iface.network_uid, target, mac));
+            }
+            resolution
+        }
+    };
     if resolution.request {
         request(pool, state, counters, &iface, router_mac, target);
     }
