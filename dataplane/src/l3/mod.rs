@@ -202,6 +202,17 @@ pub fn housekeeping(
     all: bool,
 ) {
     let now = (now_ns / 1_000_000_000) as u32;
+    state.neighbors.age(now, budget);
+    state.conns.expire(u64::from(now), budget);
+    counters.sessions.set(state.conns.len() as u64);
+    counters.neighbors.set(state.neighbors.len() as u64);
+    counters
+        .neighbor_waiting
+        .set(state.neighbors.pending() as u64);
+    // Most rounds have nothing waiting: skip the rest (and its stack arrays).
+    if state.neighbors.pending() == 0 {
+        return;
+    }
     release_resolved(snap, pool, macs, state, counters);
     let mut expired = [Packet::default(); neighbor::PENDING_CAPACITY];
     let mut n = 0;
@@ -226,10 +237,6 @@ pub fn housekeeping(
         }
         drop_held(pool, counters, pkt, DropReason::NeighborUnresolved);
     }
-    state.neighbors.age(now, budget);
-    state.conns.expire(u64::from(now), budget);
-    counters.sessions.set(state.conns.len() as u64);
-    counters.neighbors.set(state.neighbors.len() as u64);
     counters
         .neighbor_waiting
         .set(state.neighbors.pending() as u64);
