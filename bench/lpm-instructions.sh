@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Instructions per IPv4 longest-prefix-match lookup, counted by callgrind (repeatable,
 # unlike time on a shared machine), for each structure in `pollux_bench::lpm` and each
-# table size: the poptrie the router uses, the multibit trie and DIR-24-8 it was chosen
-# over. Only the lookup loops are counted (table generation and build are not), so the
+# table size: `lpm` (the dataplane's trie in the shape it picks: 8-4-4-4-4-4-4 for 10
+# routes, DIR-24-8 for 1M), `multibit8` (8-bit strides: 8-8-8-8, 16-8-8) and `poptrie`.
+# Only the lookup loops are counted (table generation and build are not), so the
 # figure includes the loop and the summing of results, about 4 instructions per lookup.
 #
 # Prints one line per structure and size:
@@ -19,7 +20,7 @@ trap 'rm -rf "$tmp"' EXIT
 lookups=100000
 
 for routes in ${ROUTES:-10 1000000}; do
-    for structure in ${STRUCTURES:-poptrie multibit dir24}; do
+    for structure in ${STRUCTURES:-lpm multibit8 poptrie}; do
         # Collect only inside `Table::lookup_all` and dump after each of its two calls: out.1 holds
         # the random lookups, out.2 the routed ones.
         rm -f "$tmp"/out*

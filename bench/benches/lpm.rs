@@ -1,12 +1,13 @@
 //! Criterion benchmark of the IPv4 longest-prefix-match table (`pollux_dataplane::lpm`, a
-//! poptrie) against the structures it was chosen over (`pollux_bench::lpm`): a multibit
-//! trie with an adaptive root stride (8-8-8-8 or 16-8-8) and DIR-24-8.
+//! multibit trie shaped by table size: `lpm`) against what it was chosen over
+//! (`pollux_bench::lpm`): the same trie with 8-bit strides (`multibit8`) and a poptrie.
 //!
-//! Tables: a 10-route Neutron router, and 1,000,000 BGP-like routes (fixed seed). Lookups:
+//! Tables: a 10-route Neutron router, 1,000,000 BGP-like routes (fixed seed), and 1,000
+//! routers of 10 routes with each lookup in a random router's table (`1000x10`). Lookups:
 //! 4,194,304 uniformly random addresses (`random`) and as many inside random routes
 //! (`routed`), reported per lookup (criterion's time per element); `random_batch` is
 //! `Lpm::lookup_batch` over bursts of 64 addresses, as the router stage calls it. Build time is from a
-//! route list to a table; for the poptrie also `compile`, building from a filled
+//! route list to a table; for `lpm` also `compile`, building from a filled
 //! `LpmBuilder` (what a snapshot compile does when the builder is kept). Memory is printed
 //! before each group as `lpm memory: ...`.
 
@@ -14,7 +15,9 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pollux_bench::lpm::{random_addrs, routed_addrs, table, Route, Structure, Table};
+use pollux_bench::lpm::{
+    random_addrs, routed_addrs, routers, spread_lookups, table, Route, Structure, Table,
+};
 use pollux_dataplane::lpm::LpmBuilder;
 use pollux_dataplane::packet::MAX_BURST;
 
@@ -47,10 +50,10 @@ fn lookup(c: &mut Criterion) {
                     b.iter(|| t.lookup_all(black_box(addrs)))
                 });
             }
-            if let Table::Poptrie(lpm) = &t {
+            if let (Structure::Lpm, Table::Lpm(lpm)) = (structure, &t) {
                 // As the router stage calls it: one burst of packets at a time.
                 let mut out = [None; MAX_BURST];
-                group.bench_function("poptrie/random_batch", |b| {
+                group.bench_function("lpm/random_batch", |b| {
                     b.iter(|| {
                         let mut sum = 0u64;
                         for burst in black_box(&random).chunks(MAX_BURST) {
@@ -65,6 +68,30 @@ fn lookup(c: &mut Criterion) {
         }
         group.finish();
     }
+}
+
+/// 1,000 routers of 10 routes, each lookup in a random router's table: the tables compete
+/// for the cache as they do on a host with many routers.
+fn lookup_many_routers(c: &mut Criterion) {
+    let routes = routers(1000, 3);
+    let queries = spread_lookups(&routes, ADDRS, 4);
+    let mut group = c.benchmark_group("lpm_lookup_1000x10");
+    group.throughput(Throughput::Elements(ADDRS as u64));
+    group.sample_size(20);
+    group.warm_up_time(Duration::from_secs(1));
+    group.measurement_time(Duration::from_secs(5));
+    for structure in Structure::ALL {
+        let tables: Vec<Table> = routes.iter().map(|r| structure.build(r)).collect();
+        let memory: usize = tables.iter().map(Table::memory_bytes).sum();
+        println!(
+            "lpm memory: 1000 routers x 10 routes, {}: {memory} bytes",
+            structure.name()
+        );
+        group.bench_function(format!("{}/routed", structure.name()), |b| {
+            b.iter(|| Table::lookup_spread(&tables, black_box(&queries)))
+        });
+    }
+    group.finish();
 }
 
 fn builder(routes: &[Route]) -> LpmBuilder {
@@ -87,10 +114,10 @@ fn build(c: &mut Criterion) {
             });
         }
         let filled = builder(&routes);
-        group.bench_function("poptrie/compile", |b| b.iter(|| black_box(&filled).build()));
+        group.bench_function("lpm/compile", |b| b.iter(|| black_box(&filled).build()));
         group.finish();
     }
 }
 
-criterion_group!(benches, lookup, build);
+criterion_group!(benches, lookup, lookup_many_routers, build);
 criterion_main!(benches);

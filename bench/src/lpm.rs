@@ -1,6 +1,7 @@
-//! Routing tables and addresses for the LPM benchmarks, and the structures the poptrie
-//! in `pollux_dataplane::lpm` was measured against, shared by `benches/lpm.rs` and
-//! `bin/lpm-instructions.rs` so both measure the same work.
+//! Routing tables and addresses for the LPM benchmarks, and the structures measured,
+//! shared by `benches/lpm.rs` and `bin/lpm-instructions.rs` so both measure the same
+//! work: `pollux_dataplane::lpm` in the shape it picks, the same trie with 8-bit strides
+//! everywhere, and a poptrie (kept here: it lost, see `pollux_dataplane::lpm`).
 //!
 //! Everything is generated from fixed seeds: no external data.
 
@@ -60,6 +61,47 @@ pub fn neutron_router() -> Vec<Route> {
     ]
 }
 
+/// `n` small router tables, different for each router, as a host with many Neutron routers
+/// has them: a default route, then 9 of tenant subnets (mostly /24s in 10.0.0.0/8, some in
+/// 192.168.0.0/16 or anywhere), extra routes (/16-/28) and host routes (/32).
+pub fn routers(n: usize, seed: u64) -> Vec<Vec<Route>> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            let mut routes = vec![(0, 0, 0)];
+            while routes.len() < 10 {
+                let x = rng.next_u64() as u32;
+                let (addr, len) = match rng.below(10) {
+                    0..=4 => (10 << 24 | (x & 0x00ff_ff00), 24),
+                    5 => (ip(192, 168, 0, 0) | (x & 0xff00), 24),
+                    6 => (x, 24),
+                    7 => (x, 16 + (x % 13) as u8),
+                    _ => (x, 32),
+                };
+                let addr = addr & (u64::from(u32::MAX) << (32 - len)) as u32;
+                if !routes.iter().any(|&(a, l, _)| (a, l) == (addr, len)) {
+                    routes.push((addr, len, routes.len() as u32));
+                }
+            }
+            routes
+        })
+        .collect()
+}
+
+/// `n` lookups spread over `tables`: a random table's index and an address inside one of
+/// its routes.
+pub fn spread_lookups(tables: &[Vec<Route>], n: usize, seed: u64) -> Vec<(u32, u32)> {
+    let mut rng = Rng::new(seed);
+    (0..n)
+        .map(|_| {
+            let t = rng.below(tables.len() as u64) as usize;
+            let (addr, len, _) = tables[t][rng.below(tables[t].len() as u64) as usize];
+            let host = (u64::from(u32::MAX) >> len) as u32;
+            (t as u32, addr | (rng.next_u64() as u32 & host))
+        })
+        .collect()
+}
+
 /// Share of each prefix length in a generated table, per mille: close to today's IPv4 BGP
 /// table (mostly /24, then /16-/23), with more routes longer than /24 than a BGP feed
 /// carries, as an internal table has.
@@ -91,7 +133,7 @@ const LENGTHS: [(u8, u32); 25] = [
     (32, 15),
 ];
 
-/// A prefix length of at least `min`, drawn from [`LENGTHS`].
+/// A prefix length of at least `min`, drawn from `LENGTHS`.
 fn length(rng: &mut Rng, min: u8) -> u8 {
     let eligible = || LENGTHS.iter().filter(|&&(len, _)| len >= min);
     let total: u32 = eligible().map(|&(_, w)| w).sum();
@@ -110,7 +152,7 @@ fn length(rng: &mut Rng, min: u8) -> u8 {
 /// Real tables cluster: a network announces its allocation (a /8-/22) and more-specifics
 /// inside it, often runs of adjacent /24s. So routes are generated per allocation: the
 /// aggregate (60% of the time), then up to 512 more-specifics at lengths drawn from
-/// [`LENGTHS`], 70% adjacent to the previous one; most share the allocation's next hop.
+/// `LENGTHS`, 70% adjacent to the previous one; most share the allocation's next hop.
 pub fn bgp_like(n: usize, seed: u64) -> Vec<Route> {
     let mut rng = Rng::new(seed);
     let mut routes: HashMap<(u32, u8), u32> = HashMap::with_capacity(n);
@@ -187,25 +229,25 @@ pub fn routed_addrs(routes: &[Route], n: usize, seed: u64) -> Vec<u32> {
 /// A structure measured.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Structure {
-    /// `pollux_dataplane::lpm`, as the router uses it.
+    /// `pollux_dataplane::lpm` as the router uses it: 8-4-4-4-4-4-4 below 4,096 routes,
+    /// 16-8-8 below 131,072, DIR-24-8 above.
+    Lpm,
+    /// The same trie with 8-bit strides: 8-8-8-8 below 65,536 routes, 16-8-8 above.
+    Multibit8,
+    /// [`Poptrie`].
     Poptrie,
-    /// [`Multibit`] with its root stride adapted to the table: 8-8-8-8 below 65,536
-    /// routes, 16-8-8 above.
-    Multibit,
-    /// [`Multibit`] with a 24-bit root: DIR-24-8.
-    Dir24,
 }
 
 impl Structure {
     /// Every structure.
-    pub const ALL: [Structure; 3] = [Structure::Poptrie, Structure::Multibit, Structure::Dir24];
+    pub const ALL: [Structure; 3] = [Structure::Lpm, Structure::Multibit8, Structure::Poptrie];
 
     /// Name used on the command line and in reports.
     pub fn name(self) -> &'static str {
         match self {
+            Structure::Lpm => "lpm",
+            Structure::Multibit8 => "multibit8",
             Structure::Poptrie => "poptrie",
-            Structure::Multibit => "multibit",
-            Structure::Dir24 => "dir24",
         }
     }
 
@@ -216,19 +258,20 @@ impl Structure {
 
     /// Builds `routes` (distinct prefixes) into this structure.
     pub fn build(self, routes: &[Route]) -> Table {
+        let builder = || {
+            let mut b = LpmBuilder::new();
+            for &(addr, len, value) in routes {
+                b.insert(addr, len, value);
+            }
+            b
+        };
         match self {
-            Structure::Poptrie => {
-                let mut b = LpmBuilder::new();
-                for &(addr, len, value) in routes {
-                    b.insert(addr, len, value);
-                }
-                Table::Poptrie(b.build())
-            }
-            Structure::Multibit => {
+            Structure::Lpm => Table::Lpm(builder().build()),
+            Structure::Multibit8 => {
                 let root = if routes.len() < 65536 { 8 } else { 16 };
-                Table::Multibit(Multibit::build(routes, root))
+                Table::Lpm(builder().build_with(root, 8))
             }
-            Structure::Dir24 => Table::Multibit(Multibit::build(routes, 24)),
+            Structure::Poptrie => Table::Poptrie(Poptrie::build(routes)),
         }
     }
 }
@@ -236,10 +279,10 @@ impl Structure {
 /// A built table of any structure.
 #[derive(Clone, Debug)]
 pub enum Table {
-    /// The dataplane's table.
-    Poptrie(Lpm),
-    /// The multibit trie (or DIR-24-8).
-    Multibit(Multibit),
+    /// The dataplane's trie, in some shape.
+    Lpm(Lpm),
+    /// The poptrie.
+    Poptrie(Poptrie),
 }
 
 impl Table {
@@ -248,116 +291,309 @@ impl Table {
     #[inline(never)]
     pub fn lookup_all(&self, addrs: &[u32]) -> u64 {
         match self {
-            Table::Poptrie(t) => addrs
+            Table::Lpm(t) => addrs
                 .iter()
                 .map(|&a| t.lookup(a).map_or(0, u64::from))
                 .sum(),
-            Table::Multibit(t) => addrs
+            Table::Poptrie(t) => addrs
                 .iter()
                 .map(|&a| t.lookup(a).map_or(0, u64::from))
                 .sum(),
         }
     }
 
+    /// Looks up each `(table, address)` of `queries` in `tables[table]`; the sum of the
+    /// values found, as [`Table::lookup_all`].
+    #[inline(never)]
+    pub fn lookup_spread(tables: &[Table], queries: &[(u32, u32)]) -> u64 {
+        queries
+            .iter()
+            .map(|&(t, a)| tables[t as usize].lookup(a).map_or(0, u64::from))
+            .sum()
+    }
+
     /// One lookup.
+    #[inline]
     pub fn lookup(&self, addr: u32) -> Option<u32> {
         match self {
+            Table::Lpm(t) => t.lookup(addr),
             Table::Poptrie(t) => t.lookup(addr),
-            Table::Multibit(t) => t.lookup(addr),
         }
     }
 
     /// Bytes the table occupies.
     pub fn memory_bytes(&self) -> usize {
         match self {
+            Table::Lpm(t) => t.memory_bytes(),
             Table::Poptrie(t) => t.memory_bytes(),
-            Table::Multibit(t) => t.memory_bytes(),
         }
     }
 }
 
-/// In a multibit entry, marks a child node index (otherwise a value index).
-const CHILD: u32 = 1 << 31;
+/// Bits consumed by each subtree node: 64 slots, so each bitmap is one `u64`.
+const STRIDE: u32 = 6;
 
-/// The alternative measured: a leaf-pushed multibit trie, a root of 2^`root_bits` entries
-/// then 256-entry nodes (8-bit strides). Each entry is a child node index or the index of
-/// the longest match's value (values are deduplicated, 0 is "no route"), so a lookup is
-/// one load per level and one for the value, no population count; but every node costs
-/// 1 KiB however few routes it holds.
+/// In a direct entry, marks a leaf index (otherwise the entry is a node index).
+const LEAF: u32 = 1 << 31;
+
+/// A node of the builder's binary trie: one per prefix bit on the path to a route.
+#[derive(Clone, Copy, Debug, Default)]
+struct Bit {
+    /// Index of the child for a 0 and a 1 bit; 0 means none (index 0 is never a child).
+    child: [u32; 2],
+    /// The route ending exactly here, if any.
+    value: Option<u32>,
+}
+
+/// The root of the builder's binary trie; index 0 is a placeholder so 0 can mean "none".
+const ROOT: u32 = 1;
+
+/// Collects routes for a [`Poptrie`] in a binary trie, which building walks in address
+/// order.
 #[derive(Clone, Debug)]
-pub struct Multibit {
-    root_bits: u32,
-    entries: Box<[u32]>,
-    values: Box<[Option<u32>]>,
+struct PoptrieBuilder {
+    bits: Vec<Bit>,
+    routes: usize,
 }
 
-/// `width` bits of `addr` starting `start` bits from the top.
-fn bits(addr: u32, start: u32, width: u32) -> usize {
-    ((u64::from(addr) << (32 + start)) >> (64 - width)) as usize
+/// One slot of an expanded node while building: a leaf, or a subtree still to build
+/// (its binary-trie node and the longest match inherited from above it).
+#[derive(Clone, Copy, Debug)]
+enum Slot {
+    Leaf(Option<u32>),
+    Subtree(u32, Option<u32>),
 }
 
-impl Multibit {
-    /// Builds distinct-prefix `routes` with a root of `root_bits` (8, 16 or 24).
-    ///
-    /// Routes go in by increasing length, each filling its slot range at the level where
-    /// it ends; a level's slots are therefore still leaves when a route fills them (only
-    /// longer routes, inserted later, make children), and a new child starts as copies of
-    /// the leaf it replaces (leaf pushing).
-    pub fn build(routes: &[Route], root_bits: u32) -> Multibit {
-        assert!(matches!(root_bits, 8 | 16 | 24));
-        let mut sorted: Vec<(u8, u32, u32)> = routes.iter().map(|&(a, l, v)| (l, a, v)).collect();
-        sorted.sort_unstable();
-        let mut ids = HashMap::new();
-        let mut values = vec![None];
-        let mut entries = vec![0u32; 1 << root_bits];
-        for (len, addr, value) in sorted {
-            let len = u32::from(len);
-            let id = *ids.entry(value).or_insert_with(|| {
-                values.push(Some(value));
-                values.len() as u32 - 1
-            });
-            let (mut base, mut start, mut width) = (0, 0, root_bits);
-            while len > start + width {
-                let at = base + bits(addr, start, width);
-                let entry = entries[at];
-                if entry & CHILD == 0 {
-                    base = entries.len();
-                    entries.extend(std::iter::repeat_n(entry, 256));
-                    entries[at] = CHILD | base as u32;
-                } else {
-                    base = (entry & !CHILD) as usize;
-                }
-                start += width;
-                width = 8;
+impl PoptrieBuilder {
+    fn new() -> Self {
+        PoptrieBuilder {
+            bits: vec![Bit::default(); 2],
+            routes: 0,
+        }
+    }
+
+    /// Adds (or replaces) prefix `addr/len` → `value`. Host bits of `addr` are ignored.
+    fn insert(&mut self, addr: u32, len: u8, value: u32) {
+        assert!(len <= 32, "prefix length {len} is longer than 32");
+        let mut at = ROOT as usize;
+        for depth in 0..u32::from(len) {
+            let bit = ((addr >> (31 - depth)) & 1) as usize;
+            let mut next = self.bits[at].child[bit];
+            if next == 0 {
+                next = u32::try_from(self.bits.len()).expect("fewer than 2^32 trie nodes");
+                self.bits.push(Bit::default());
+                self.bits[at].child[bit] = next;
             }
-            let mask = (u64::from(u32::MAX) << (32 - len)) as u32;
-            let first = base + bits(addr & mask, start, width);
-            entries[first..first + (1 << (start + width - len))].fill(id);
+            at = next as usize;
         }
-        Multibit {
-            root_bits,
-            entries: entries.into_boxed_slice(),
-            values: values.into_boxed_slice(),
+        if self.bits[at].value.replace(value).is_none() {
+            self.routes += 1;
         }
+    }
+
+    /// Compiles the routes, with a direct array sized for their number: 6 bits (256 bytes)
+    /// below 1,024 routes, 12 bits (16 KiB) below 65,536, 18 bits (1 MiB) above. Node
+    /// boundaries then fall at 6, 12, 18 and 24 bits in every case.
+    fn build(&self) -> Poptrie {
+        let bits = match self.routes {
+            0..1024 => 6,
+            1024..65536 => 12,
+            _ => 18,
+        };
+        self.build_with_direct_bits(bits)
+    }
+
+    /// Compiles the routes with a direct array of 2^`bits` entries (1..=24).
+    fn build_with_direct_bits(&self, bits: u8) -> Poptrie {
+        assert!((1..=24).contains(&bits), "direct bits {bits} not in 1..=24");
+        let bits = u32::from(bits);
+        let mut out = Compiled::default();
+        let mut slots = Vec::with_capacity(1 << bits);
+        self.expand(ROOT, 0, bits, None, &mut slots);
+        let mut direct = Vec::with_capacity(slots.len());
+        let mut subtrees = Vec::new();
+        let mut last = None;
+        for slot in slots {
+            match slot {
+                Slot::Leaf(value) => {
+                    // Consecutive direct entries with the same answer share a leaf.
+                    if last != Some(value) {
+                        out.leaves.push(value);
+                        last = Some(value);
+                    }
+                    direct.push(LEAF | index(out.leaves.len() - 1));
+                }
+                Slot::Subtree(bit, inherited) => {
+                    direct.push(index(out.nodes.len()));
+                    out.nodes.push(Node::default());
+                    subtrees.push((bit, inherited));
+                    last = None;
+                }
+            }
+        }
+        for (i, (bit, inherited)) in subtrees.into_iter().enumerate() {
+            self.build_node(&mut out, i, bit, inherited);
+        }
+        Poptrie {
+            direct_shift: 32 - bits,
+            direct: direct.into_boxed_slice(),
+            nodes: out.nodes.into_boxed_slice(),
+            leaves: out.leaves.into_boxed_slice(),
+        }
+    }
+
+    /// Appends to `out` the 2^(`width` - `level`) slots under binary-trie node `bit`, which
+    /// sits `level` bits below the node being expanded: the longest match for each slot
+    /// (`best` is the one inherited from above), or the subtree holding longer routes.
+    fn expand(&self, bit: u32, level: u32, width: u32, best: Option<u32>, out: &mut Vec<Slot>) {
+        if bit == 0 {
+            out.extend(std::iter::repeat_n(Slot::Leaf(best), 1 << (width - level)));
+            return;
+        }
+        let node = self.bits[bit as usize];
+        let best = node.value.or(best);
+        if level == width {
+            out.push(if node.child == [0, 0] {
+                Slot::Leaf(best)
+            } else {
+                Slot::Subtree(bit, best)
+            });
+            return;
+        }
+        self.expand(node.child[0], level + 1, width, best, out);
+        self.expand(node.child[1], level + 1, width, best, out);
+    }
+
+    /// Fills `out.nodes[at]` (already reserved) with the subtree at binary-trie node `bit`,
+    /// appending its leaves and reserving its children contiguously, then recursing.
+    fn build_node(&self, out: &mut Compiled, at: usize, bit: u32, inherited: Option<u32>) {
+        let mut slots = Vec::with_capacity(1 << STRIDE);
+        self.expand(bit, 0, STRIDE, inherited, &mut slots);
+        let mut node = Node {
+            children: 0,
+            leaf_runs: 0,
+            first_leaf: index(out.leaves.len()),
+            first_child: index(out.nodes.len()),
+        };
+        let mut subtrees = Vec::new();
+        let mut last = None;
+        for (i, slot) in slots.into_iter().enumerate() {
+            match slot {
+                Slot::Leaf(value) => {
+                    // A child slot between two equal leaves does not break their run:
+                    // lookups count runs only over leaf slots.
+                    if last != Some(value) {
+                        node.leaf_runs |= 1 << i;
+                        out.leaves.push(value);
+                        last = Some(value);
+                    }
+                }
+                Slot::Subtree(child, best) => {
+                    node.children |= 1 << i;
+                    subtrees.push((child, best));
+                }
+            }
+        }
+        let first = out.nodes.len();
+        out.nodes
+            .extend(std::iter::repeat_n(Node::default(), subtrees.len()));
+        out.nodes[at] = node;
+        for (i, (child, best)) in subtrees.into_iter().enumerate() {
+            self.build_node(out, first + i, child, best);
+        }
+    }
+}
+
+/// An index into the compiled arrays, which stay far below 2^31 entries (one node or leaf
+/// per slot of a route's path at most, and routes are bounded by the configuration).
+fn index(i: usize) -> u32 {
+    let i = u32::try_from(i).expect("index below 2^31");
+    assert!(i < LEAF, "index below 2^31");
+    i
+}
+
+/// The arrays under construction.
+#[derive(Debug, Default)]
+struct Compiled {
+    nodes: Vec<Node>,
+    leaves: Vec<Option<u32>>,
+}
+
+/// A subtree node: 64 slots in 24 bytes. Slot `i` is bit `i` of both bitmaps.
+///
+/// Aligned to 32 bytes so a node never straddles two cache lines (3 in 8 would at 24):
+/// 10-15% faster lookups in a full table for 12% more memory.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(align(32))]
+struct Node {
+    /// Slots that are child nodes.
+    children: u64,
+    /// Leaf slots whose leaf differs from the previous leaf slot's (a run starts).
+    leaf_runs: u64,
+    /// Index in `leaves` of this node's first leaf run.
+    first_leaf: u32,
+    /// Index in `nodes` of this node's first child.
+    first_child: u32,
+}
+
+/// A poptrie (Asai and Ohara, SIGCOMM 2015): the top `s` bits index a direct array of
+/// leaves and subtree roots; a subtree node consumes 6 bits, one of 64 slots, each a child
+/// node or a leaf-pushed answer. Nodes are compressed with two bitmaps (slots that are
+/// children; slots where a run of equal leaves starts), children and leaf runs are
+/// contiguous, and a slot's child or leaf is found by a population count.
+#[derive(Clone, Debug)]
+pub struct Poptrie {
+    /// `32 - s` for a direct array of 2^s entries.
+    direct_shift: u32,
+    /// `LEAF | leaf index`, or a node index.
+    direct: Box<[u32]>,
+    nodes: Box<[Node]>,
+    leaves: Box<[Option<u32>]>,
+}
+
+impl Poptrie {
+    /// Builds distinct-prefix `routes`.
+    pub fn build(routes: &[Route]) -> Poptrie {
+        let mut b = PoptrieBuilder::new();
+        for &(addr, len, value) in routes {
+            b.insert(addr, len, value);
+        }
+        b.build()
     }
 
     /// The value of the longest prefix containing `addr`, if any.
     #[inline]
     pub fn lookup(&self, addr: u32) -> Option<u32> {
-        let mut shift = 32 - self.root_bits;
-        let mut entry = self.entries[(addr >> shift) as usize];
-        while entry & CHILD != 0 {
-            shift -= 8;
-            entry = self.entries[(entry & !CHILD) as usize + ((addr >> shift) & 0xff) as usize];
+        let entry = self.direct[(addr >> self.direct_shift) as usize];
+        if entry & LEAF != 0 {
+            return self.leaves[(entry & !LEAF) as usize];
         }
-        self.values[entry as usize]
+        let mut node = &self.nodes[entry as usize];
+        // The address in the top half of a u64, so the last node's slot (which may reach
+        // past bit 32) reads zeros; the builder expanded routes over those bits too.
+        let key = u64::from(addr) << 32;
+        let mut depth = 32 - self.direct_shift;
+        loop {
+            let slot = (key << depth) >> (64 - STRIDE);
+            let up_to_slot = u64::MAX >> (63 - slot);
+            if node.children & (1 << slot) == 0 {
+                let run = (node.leaf_runs & up_to_slot).count_ones();
+                return self.leaves[(node.first_leaf + run - 1) as usize];
+            }
+            let child = (node.children & up_to_slot).count_ones();
+            node = &self.nodes[(node.first_child + child - 1) as usize];
+            // Terminates: a node at depth d has children only if a route is longer than
+            // d + 6, so depth never passes 30.
+            depth += STRIDE;
+        }
     }
 
     /// Bytes the table occupies.
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
-            + std::mem::size_of_val(&*self.entries)
-            + std::mem::size_of_val(&*self.values)
+            + std::mem::size_of_val(&*self.direct)
+            + std::mem::size_of_val(&*self.nodes)
+            + std::mem::size_of_val(&*self.leaves)
     }
 }
 
@@ -372,6 +608,21 @@ mod tests {
         assert_eq!(a, bgp_like(20_000, 42));
         let share_24 = a.iter().filter(|r| r.1 == 24).count() as f64 / a.len() as f64;
         assert!((0.4..0.7).contains(&share_24), "{share_24}");
+    }
+
+    #[test]
+    fn router_tables_have_10_distinct_routes() {
+        let tables = routers(100, 3);
+        for t in &tables {
+            let mut b = LpmBuilder::new();
+            t.iter().for_each(|&(a, l, v)| b.insert(a, l, v));
+            assert_eq!(b.len(), 10);
+        }
+        let built: Vec<Table> = tables.iter().map(|t| Structure::Lpm.build(t)).collect();
+        let queries = spread_lookups(&tables, 1000, 4);
+        assert!(queries
+            .iter()
+            .all(|&(t, a)| built[t as usize].lookup(a).is_some()));
     }
 
     #[test]

@@ -1,124 +1,106 @@
-//! IPv4 longest-prefix match for the router stage: a poptrie.
+//! IPv4 longest-prefix match for the router stage: a leaf-pushed multibit trie whose shape
+//! follows the table's size.
 //!
 //! Every router has its own table (connected subnets, a default route through the
 //! external gateway, extra routes), so a small table must cost little: 1,000 routers of
-//! 10 routes each should not need a 2^16 or 2^24 array apiece. A single table must also
-//! hold a full Internet table (1,000,000 routes) and stay fast. [`LpmBuilder`] collects
-//! routes on the control thread; [`LpmBuilder::build`] compiles them into an immutable
-//! [`Lpm`] that lives in the snapshot and is only read by workers.
+//! 10 routes each must not need a 2^16 or 2^24 array apiece. A single table must also hold
+//! a full Internet table (1,000,000 routes) and stay fast. [`LpmBuilder`] collects routes
+//! on the control thread; [`LpmBuilder::build`] compiles them into an immutable [`Lpm`]
+//! that lives in the snapshot and is only read by workers.
 //!
 //! # Structure
 //!
-//! A poptrie (Asai and Ohara, "Poptrie: a compressed trie with population count for fast
-//! and scalable software IP routing table lookup", SIGCOMM 2015):
+//! The top `r` bits of the address index a root array; each further level is a node of
+//! 2^`k` entries indexed by the next `k` bits. Routes are leaf-pushed: every entry holds
+//! either a child node or the answer for all the addresses under it (the longest route
+//! covering them), so a lookup walks down until it reads an answer and never backtracks.
+//! An entry is a `u32`: a flag and a node index, or an index into a deduplicated array of
+//! `Option<u32>` values (a table has few next hops, so that array stays in cache). Index 0
+//! is "no route", so no value is reserved.
 //!
-//! - The top `s` bits of the address index a *direct* array. Each entry is either a leaf
-//!   (the answer for that whole `/s`) or the root of a subtree.
-//! - A subtree node consumes 6 more bits, one of 64 *slots*. Routes are leaf-pushed: a slot
-//!   is either a child node (some route in it is longer than the node's depth + 6) or a
-//!   leaf holding the longest match for the whole slot. Nodes are compressed with two
-//!   bitmaps: `children` marks the slots that are child nodes, `leaf_runs` marks each slot
-//!   where a run of equal leaves starts. A node's children are contiguous in `nodes` and
-//!   its leaf runs contiguous in `leaves`, so the index of a slot's child or leaf is the
-//!   node's base plus a population count of the bitmap below it. A node is 32 bytes
-//!   whatever its shape, and a leaf is stored once per run, not once per slot.
-//! - `s` adapts to the table: 6 bits (256 bytes) below 1,024 routes, 12 bits (16 KiB) below
-//!   65,536 routes, 18 bits (1 MiB) above. Depths 6, 12, 18, 24 are node boundaries in every
-//!   case, so the common `/24` and `/16` routes end exactly on a boundary and need no node
-//!   below them.
+//! `build` picks the shape by the number of routes:
 //!
-//! A lookup is one direct entry, then at most `(32 - s) / 6` rounded up nodes (3 for a
-//! large table, 5 for a small one), then one leaf: a few dependent loads, a shift, a
-//! population count and a branch per level, no allocation. Values are arbitrary `u32`s:
-//! leaves are `Option<u32>`, so no value is reserved.
+//! - below 4,096 routes, 8-4-4-4-4-4-4: a 1 KiB root and 64-byte nodes, so a route costs
+//!   at most 6 nodes (384 bytes), and usually shares them;
+//! - below 131,072, 16-8-8: a 256 KiB root and 1 KiB nodes;
+//! - above, DIR-24-8 (24-8): a 64 MiB root that answers every route up to `/24` in one
+//!   load, and a 1 KiB node per `/24` that holds longer routes.
+//!
+//! A lookup is one load per level (at most 7 for a small table, 2 for a large one) and one
+//! for the value: a shift, a mask, a load and a well-predicted branch per level, no
+//! allocation.
 //!
 //! # Why this structure: measurements
 //!
-//! Compared with a leaf-pushed multibit trie with 8-bit strides whose root stride adapts
-//! (8-8-8-8 for small tables, 16-8-8 for large ones) and with DIR-24-8 (24-8). All three
-//! are in `bench/src/lpm.rs`; `cargo bench -p pollux-bench --bench lpm` and
-//! `bench/lpm-instructions.sh` reproduce the figures. Tables: 10 routes as a Neutron
-//! router has them, and 1,000,000 routes with a BGP-like length mix (60% `/24`, 36%
-//! `/16`-`/23`, 2% `/8`-`/15`, 7% longer than `/24`, clustered in allocations), fixed
-//! seed. Lookups: uniformly random addresses, and addresses inside a random route.
-//! AMD EPYC (Zen 5) KVM guest, 2 vCPUs shared with other builds, so times are ±30%;
-//! instruction counts are exact.
+//! Measured against the same trie with 8-bit strides everywhere (8-8-8-8 below 65,536
+//! routes, 16-8-8 above: "multibit8") and against a poptrie (Asai and Ohara, SIGCOMM
+//! 2015: 6-bit nodes compressed with bitmaps and population counts, a direct array of 6,
+//! 12 or 18 bits). The poptrie and the benchmark tables are in `bench/src/lpm.rs`;
+//! `cargo bench -p pollux-bench --bench lpm` and `bench/lpm-instructions.sh` reproduce the
+//! figures. Tables: a Neutron router's 10 routes; 1,000 such routers with each lookup in a
+//! random router's table; 1,000,000 routes shaped like a BGP table (55% `/24`, 36%
+//! `/16`-`/23`, 1% `/8`-`/15`, 8% longer than `/24`, clustered in allocations; fixed seed).
+//! Lookups: 4M uniformly random addresses ("random") and 4M addresses inside random routes
+//! ("routed"). Machine: an AMD EPYC KVM guest, 2 vCPUs; two runs at low load. Instruction
+//! counts are exact and include about 4 for the benchmark loop.
 //!
-//! | | poptrie | multibit 8/16-8-8 | DIR-24-8 |
+//! | | this trie | multibit8 | poptrie |
 //! |---|---|---|---|
-//! | 10 routes: memory | 0.5 KiB (1.5 KiB scattered) | 3 KiB (21 KiB scattered) | 64 MiB |
-//! | 10 routes: ns/lookup random / routed | TODO | TODO | TODO |
-//! | 10 routes: instructions/lookup random / routed | TODO | TODO | TODO |
-//! | 1M routes: memory | TODO | TODO | TODO |
-//! | 1M routes: build | TODO | TODO | TODO |
-//! | 1M routes: ns/lookup random / routed | TODO | TODO | TODO |
-//! | 1M routes: instructions/lookup random / routed | TODO | TODO | TODO |
+//! | 10 routes: memory | 2,320 B | 11,408 B | 1,064 B |
+//! | 10 routes: build | 0.5 µs | 0.8 µs | 2.7 µs |
+//! | 10 routes: ns/lookup, random / routed | 1.1 / 9.9 | 1.1 / 8.2 | 2.9 / 14.4 |
+//! | 10 routes: instructions/lookup, random / routed | 21 / 52 | 21 / 38 | 26 / 111 |
+//! | 1,000 routers × 10 routes: memory | 3.4 MB | 17.4 MB | 1.5 MB |
+//! | 1,000 routers × 10 routes: ns/lookup | 20 | 15 | 30 |
+//! | 1M routes: memory | 141 MB | 119 MB | 13.8 MB |
+//! | 1M routes: build (from a filled builder) | 220 ms (126 ms) | 210-227 ms | 125-131 ms |
+//! | 1M routes: ns/lookup, random / routed | 13-14 / 16-17 | 16-17 / 21-22 | 20-33 / 47-66 |
+//! | 1M routes: instructions/lookup, random / routed | 21 / 22 | 28 / 33 | 38 / 65 |
 //!
-//! ("Scattered": 10 routes of lengths /16, /24 and /32 in unrelated parts of the address
-//! space, which costs the multibit trie two 1 KiB nodes per route.)
+//! The poptrie is the smallest at every size, 10 times smaller than the others with 1M
+//! routes, but it is the slowest everywhere. Each level costs a population count: the
+//! default `x86-64` target has no `popcnt` instruction, so that is a dozen instructions.
+//! A small table walks 3 to 5 levels of them. A full table fits the last-level cache only
+//! when nothing else is using it. With 1M routes, on a busier moment of the same machine,
+//! it measured 24-32 / 48-69 ns against DIR-24-8's 14 / 14-15. So it is kept in the
+//! benchmark and not here.
 //!
-//! The multibit trie needs fewer instructions per level (no population count) and wins on
-//! tiny tables by a few nanoseconds, but costs up to ~20 KiB per small router and ~100 MB
-//! for a full table, where every lookup leaves the cache; the poptrie is 10 times smaller
-//! at both ends, keeps a full table in the last-level cache, and is as fast there. Without
-//! a `popcnt` target feature (the default `x86-64` target) `count_ones` is a dozen
-//! instructions; building with `-C target-cpu=x86-64-v2` or later makes it one and takes
-//! about a third off the poptrie's lookup time. [`Lpm::lookup_batch`] is a plain loop:
-//! lookups of different addresses are independent, so the core already overlaps their
-//! cache misses; a hand-interleaved version (8 addresses advanced level by level) measured
-//! no faster.
+//! 8-bit strides are 1.7-5 ns faster than 4-bit strides on small tables, because they walk
+//! fewer levels. But they cost 1 KiB per node, which comes to 11 KiB for the Neutron
+//! router, 21 KiB for 10 routes scattered over the address space, and 17 MB for 1,000
+//! routers. With 4-bit strides a small table stays at a few KiB (2.3 KiB here, 3.7 KiB
+//! scattered). For a full table, DIR-24-8 answers most lookups in one load. It beats
+//! 16-8-8 on every figure except memory (141 MB against 119 MB).
+//!
+//! Limits: a large table costs 1 KiB for every `/24` that holds a longer route (72,600 of
+//! them in the benchmark table), so a million host routes in distinct `/24`s would take a
+//! GiB. Should such tables appear, the poptrie handles them in a few MB behind this same
+//! API.
+//!
+//! [`Lpm::lookup_batch`] is a plain loop over an always-inlined lookup. The lookups are
+//! independent and only a few instructions long, so the core already keeps many of them
+//! in flight: batch and single lookups measure the same (1.3 / 1.1 ns and 13-14 / 13-14 ns
+//! for random addresses).
 
+use std::collections::BTreeMap;
 use std::fmt;
 
-/// Bits consumed by each subtree node: 64 slots, so each bitmap is one `u64`.
-const STRIDE: u32 = 6;
-
-/// In a direct entry, marks a leaf index (otherwise the entry is a node index).
-const LEAF: u32 = 1 << 31;
-
-/// A node of the builder's binary trie: one per prefix bit on the path to a route.
-#[derive(Clone, Copy, Debug, Default)]
-struct Bit {
-    /// Index of the child for a 0 and a 1 bit; 0 means none (index 0 is never a child).
-    child: [u32; 2],
-    /// The route ending exactly here, if any.
-    value: Option<u32>,
-}
-
-/// The root of the builder's binary trie; index 0 is a placeholder so 0 can mean "none".
-const ROOT: u32 = 1;
+/// In an entry, marks a child node index; otherwise the entry is a value index.
+const CHILD: u32 = 1 << 31;
 
 /// Collects routes for an [`Lpm`]. Lives on the control thread and may allocate.
-///
-/// The routes are kept in a binary trie, so inserting replaces in place and building
-/// walks the routes in address order without sorting.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct LpmBuilder {
-    bits: Vec<Bit>,
-    routes: usize,
-}
-
-impl Default for LpmBuilder {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// One slot of an expanded node while building: a leaf, or a subtree still to build
-/// (its binary-trie node and the longest match inherited from above it).
-#[derive(Clone, Copy, Debug)]
-enum Slot {
-    Leaf(Option<u32>),
-    Subtree(u32, Option<u32>),
+    /// Value by (prefix length, prefix address with host bits cleared): iterating it goes
+    /// by increasing length, the order [`LpmBuilder::build_with`] needs. (A `BTreeMap`,
+    /// not a `HashMap`: no random seed, so no system call.)
+    routes: BTreeMap<(u8, u32), u32>,
 }
 
 impl LpmBuilder {
     /// An empty table.
     pub fn new() -> Self {
-        LpmBuilder {
-            bits: vec![Bit::default(); 2],
-            routes: 0,
-        }
+        Self::default()
     }
 
     /// Adds (or replaces) prefix `addr/len` → `value`. Host bits of `addr` are ignored.
@@ -128,191 +110,119 @@ impl LpmBuilder {
     /// If `len` is greater than 32 (validation rejects such routes before they get here).
     pub fn insert(&mut self, addr: u32, len: u8, value: u32) {
         assert!(len <= 32, "prefix length {len} is longer than 32");
-        let mut at = ROOT as usize;
-        for depth in 0..u32::from(len) {
-            let bit = ((addr >> (31 - depth)) & 1) as usize;
-            let mut next = self.bits[at].child[bit];
-            if next == 0 {
-                next = u32::try_from(self.bits.len()).expect("fewer than 2^32 trie nodes");
-                self.bits.push(Bit::default());
-                self.bits[at].child[bit] = next;
-            }
-            at = next as usize;
-        }
-        if self.bits[at].value.replace(value).is_none() {
-            self.routes += 1;
-        }
+        self.routes.insert((len, addr & prefix_mask(len)), value);
     }
 
     /// Number of distinct prefixes.
     pub fn len(&self) -> usize {
-        self.routes
+        self.routes.len()
     }
 
     /// True when no route has been inserted.
     pub fn is_empty(&self) -> bool {
-        self.routes == 0
+        self.routes.is_empty()
     }
 
-    /// Compiles the routes, with a direct array sized for their number (see the module
-    /// documentation).
+    /// Compiles the routes in the shape their number calls for (see the module
+    /// documentation): a root of `r` bits, then nodes of `k` bits.
     pub fn build(&self) -> Lpm {
-        let bits = match self.routes {
-            0..1024 => 6,
-            1024..65536 => 12,
-            _ => 18,
+        let (r, k) = match self.routes.len() {
+            0..4096 => (8, 4),
+            4096..131_072 => (16, 8),
+            _ => (24, 8),
         };
-        self.build_with_direct_bits(bits)
+        self.build_with(r, k)
     }
 
-    /// Compiles the routes with a direct array of 2^`bits` entries, for tests and
-    /// benchmarks of the choice [`LpmBuilder::build`] makes.
+    /// Compiles the routes with a root of 2^`root_bits` entries and nodes of 2^`stride`
+    /// entries, for tests and for benchmarks of the choice [`LpmBuilder::build`] makes.
     ///
     /// # Panics
     ///
-    /// If `bits` is not in 1..=24.
-    pub fn build_with_direct_bits(&self, bits: u8) -> Lpm {
-        assert!((1..=24).contains(&bits), "direct bits {bits} not in 1..=24");
-        let bits = u32::from(bits);
-        let mut out = Compiled::default();
-        let mut slots = Vec::with_capacity(1 << bits);
-        self.expand(ROOT, 0, bits, None, &mut slots);
-        let mut direct = Vec::with_capacity(slots.len());
-        let mut subtrees = Vec::new();
-        let mut last = None;
-        for slot in slots {
-            match slot {
-                Slot::Leaf(value) => {
-                    // Consecutive direct entries with the same answer share a leaf.
-                    if last != Some(value) {
-                        out.leaves.push(value);
-                        last = Some(value);
-                    }
-                    direct.push(LEAF | index(out.leaves.len() - 1));
-                }
-                Slot::Subtree(bit, inherited) => {
-                    direct.push(index(out.nodes.len()));
-                    out.nodes.push(Node::default());
-                    subtrees.push((bit, inherited));
-                    last = None;
-                }
+    /// Unless `root_bits` is in 1..=24, `stride` in 1..=8, and the strides end exactly at
+    /// bit 32 (`(32 - root_bits) % stride == 0`).
+    pub fn build_with(&self, root_bits: u8, stride: u8) -> Lpm {
+        let (r, k) = (u32::from(root_bits), u32::from(stride));
+        assert!(
+            (1..=24).contains(&r) && (1..=8).contains(&k) && (32 - r) % k == 0,
+            "shape {r}-{k} does not end at bit 32"
+        );
+        let mut entries = vec![0; 1 << r];
+        // Values are deduplicated: a table has few next hops, so this array stays small
+        // and cached. Index 0 is "no route", which every entry starts as.
+        let mut values = vec![None];
+        let mut ids = BTreeMap::new();
+        // By increasing length: a route fills its slots at the level where it ends, and
+        // those are all still values then, because only longer routes (which come later)
+        // turn a slot into a child. A new child starts as copies of the value it
+        // replaces, so shorter routes reach every address below them (leaf pushing).
+        for (&(len, addr), &value) in &self.routes {
+            let id = *ids.entry(value).or_insert_with(|| {
+                values.push(Some(value));
+                index(values.len() - 1)
+            });
+            let len = u32::from(len);
+            let (mut node, mut start, mut width) = (0, 0, r);
+            while len > start + width {
+                let at = node + bits(addr, start, width);
+                node = if entries[at] & CHILD == 0 {
+                    let child = entries.len();
+                    entries.extend(std::iter::repeat_n(entries[at], 1 << k));
+                    entries[at] = CHILD | index(child);
+                    child
+                } else {
+                    (entries[at] & !CHILD) as usize
+                };
+                start += width;
+                width = k;
             }
-        }
-        for (i, (bit, inherited)) in subtrees.into_iter().enumerate() {
-            self.build_node(&mut out, i, bit, inherited);
+            let first = node + bits(addr, start, width);
+            entries[first..first + (1 << (start + width - len))].fill(id);
         }
         Lpm {
-            direct_shift: 32 - bits,
-            direct: direct.into_boxed_slice(),
-            nodes: out.nodes.into_boxed_slice(),
-            leaves: out.leaves.into_boxed_slice(),
-            routes: self.routes,
-        }
-    }
-
-    /// Appends to `out` the 2^(`width` - `level`) slots under binary-trie node `bit`, which
-    /// sits `level` bits below the node being expanded: the longest match for each slot
-    /// (`best` is the one inherited from above), or the subtree holding longer routes.
-    fn expand(&self, bit: u32, level: u32, width: u32, best: Option<u32>, out: &mut Vec<Slot>) {
-        if bit == 0 {
-            out.extend(std::iter::repeat_n(Slot::Leaf(best), 1 << (width - level)));
-            return;
-        }
-        let node = self.bits[bit as usize];
-        let best = node.value.or(best);
-        if level == width {
-            out.push(if node.child == [0, 0] {
-                Slot::Leaf(best)
-            } else {
-                Slot::Subtree(bit, best)
-            });
-            return;
-        }
-        self.expand(node.child[0], level + 1, width, best, out);
-        self.expand(node.child[1], level + 1, width, best, out);
-    }
-
-    /// Fills `out.nodes[at]` (already reserved) with the subtree at binary-trie node `bit`,
-    /// appending its leaves and reserving its children contiguously, then recursing.
-    fn build_node(&self, out: &mut Compiled, at: usize, bit: u32, inherited: Option<u32>) {
-        let mut slots = Vec::with_capacity(1 << STRIDE);
-        self.expand(bit, 0, STRIDE, inherited, &mut slots);
-        let mut node = Node {
-            children: 0,
-            leaf_runs: 0,
-            first_leaf: index(out.leaves.len()),
-            first_child: index(out.nodes.len()),
-        };
-        let mut subtrees = Vec::new();
-        let mut last = None;
-        for (i, slot) in slots.into_iter().enumerate() {
-            match slot {
-                Slot::Leaf(value) => {
-                    // A child slot between two equal leaves does not break their run:
-                    // lookups count runs only over leaf slots.
-                    if last != Some(value) {
-                        node.leaf_runs |= 1 << i;
-                        out.leaves.push(value);
-                        last = Some(value);
-                    }
-                }
-                Slot::Subtree(child, best) => {
-                    node.children |= 1 << i;
-                    subtrees.push((child, best));
-                }
-            }
-        }
-        let first = out.nodes.len();
-        out.nodes
-            .extend(std::iter::repeat_n(Node::default(), subtrees.len()));
-        out.nodes[at] = node;
-        for (i, (child, best)) in subtrees.into_iter().enumerate() {
-            self.build_node(out, first + i, child, best);
+            root_shift: 32 - r,
+            stride: k,
+            slot_mask: (1 << k) - 1,
+            entries: entries.into_boxed_slice(),
+            values: values.into_boxed_slice(),
+            routes: self.routes.len(),
         }
     }
 }
 
-/// An index into the compiled arrays, which stay far below 2^31 entries (one node or leaf
-/// per slot of a route's path at most, and routes are bounded by the configuration).
+/// The mask of a prefix length's network bits.
+fn prefix_mask(len: u8) -> u32 {
+    (u64::from(u32::MAX) << (32 - u32::from(len))) as u32
+}
+
+/// `width` bits of `addr` starting `start` bits from the top, as an index.
+fn bits(addr: u32, start: u32, width: u32) -> usize {
+    ((u64::from(addr) << (32 + start)) >> (64 - width)) as usize
+}
+
+/// An index into the compiled arrays, which must stay below 2^31 to leave room for
+/// [`CHILD`]: 8 GiB of entries, far beyond any table the configuration allows.
 fn index(i: usize) -> u32 {
-    let i = u32::try_from(i).expect("index below 2^31");
-    assert!(i < LEAF, "index below 2^31");
-    i
-}
-
-/// The arrays under construction.
-#[derive(Default)]
-struct Compiled {
-    nodes: Vec<Node>,
-    leaves: Vec<Option<u32>>,
-}
-
-/// A subtree node: 64 slots in 24 bytes. Slot `i` is bit `i` of both bitmaps.
-///
-/// Aligned to 32 bytes so a node never straddles two cache lines (3 in 8 would at 24):
-/// 10-15% faster lookups in a full table for 12% more memory.
-#[derive(Clone, Copy, Debug, Default)]
-#[repr(align(32))]
-struct Node {
-    /// Slots that are child nodes.
-    children: u64,
-    /// Leaf slots whose leaf differs from the previous leaf slot's (a run starts).
-    leaf_runs: u64,
-    /// Index in `leaves` of this node's first leaf run.
-    first_leaf: u32,
-    /// Index in `nodes` of this node's first child.
-    first_child: u32,
+    match u32::try_from(i) {
+        Ok(i) if i < CHILD => i,
+        _ => panic!("routing table too large: index {i}"),
+    }
 }
 
 /// A compiled routing table: immutable, shared by workers through the snapshot.
+///
+/// `entries` holds the root (its first 2^r entries) and then every node (2^k entries
+/// each). An entry is `CHILD | index of a node's first entry`, or an index into `values`.
 #[derive(Clone)]
 pub struct Lpm {
-    /// `32 - s` for a direct array of 2^s entries.
-    direct_shift: u32,
-    /// `LEAF | leaf index`, or a node index.
-    direct: Box<[u32]>,
-    nodes: Box<[Node]>,
-    leaves: Box<[Option<u32>]>,
+    /// `32 - r`: shifts an address down to its root slot.
+    root_shift: u32,
+    /// `k`, the bits each node consumes.
+    stride: u32,
+    /// `2^k - 1`.
+    slot_mask: u32,
+    entries: Box<[u32]>,
+    values: Box<[Option<u32>]>,
     routes: usize,
 }
 
@@ -324,31 +234,18 @@ impl Lpm {
     }
 
     /// The lookup itself, always inlined so that [`Lpm::lookup_batch`]'s loop never
-    /// makes a call per address (measured: a third slower when it did).
+    /// makes a call per address.
     #[inline(always)]
     fn find(&self, addr: u32) -> Option<u32> {
-        let entry = self.direct[(addr >> self.direct_shift) as usize];
-        if entry & LEAF != 0 {
-            return self.leaves[(entry & !LEAF) as usize];
+        let mut shift = self.root_shift;
+        let mut entry = self.entries[(addr >> shift) as usize];
+        // At most (32 - r) / k rounds: nodes at the last level hold no children.
+        while entry & CHILD != 0 {
+            shift -= self.stride;
+            let slot = (addr >> shift) & self.slot_mask;
+            entry = self.entries[((entry & !CHILD) + slot) as usize];
         }
-        let mut node = &self.nodes[entry as usize];
-        // The address in the top half of a u64, so the last node's slot (which may reach
-        // past bit 32) reads zeros; the builder expanded routes over those bits too.
-        let key = u64::from(addr) << 32;
-        let mut depth = 32 - self.direct_shift;
-        loop {
-            let slot = (key << depth) >> (64 - STRIDE);
-            let up_to_slot = u64::MAX >> (63 - slot);
-            if node.children & (1 << slot) == 0 {
-                let run = (node.leaf_runs & up_to_slot).count_ones();
-                return self.leaves[(node.first_leaf + run - 1) as usize];
-            }
-            let child = (node.children & up_to_slot).count_ones();
-            node = &self.nodes[(node.first_child + child - 1) as usize];
-            // Terminates: a node at depth d has children only if a route is longer than
-            // d + 6, so depth never passes 30.
-            depth += STRIDE;
-        }
+        self.values[entry as usize]
     }
 
     /// Fills `out[i]` with `lookup(addrs[i])`, for the first `min(addrs.len(), out.len())`
@@ -366,25 +263,29 @@ impl Lpm {
     /// Bytes the table occupies.
     pub fn memory_bytes(&self) -> usize {
         std::mem::size_of::<Self>()
-            + std::mem::size_of_val(&*self.direct)
-            + std::mem::size_of_val(&*self.nodes)
-            + std::mem::size_of_val(&*self.leaves)
+            + std::mem::size_of_val(&*self.entries)
+            + std::mem::size_of_val(&*self.values)
     }
 
     /// Number of distinct prefixes in the table.
     pub fn routes(&self) -> usize {
         self.routes
     }
+
+    /// The shape: root bits and node bits (for example `(8, 4)` or `(24, 8)`).
+    pub fn shape(&self) -> (u32, u32) {
+        (32 - self.root_shift, self.stride)
+    }
 }
 
-/// A summary: the arrays of a full table are megabytes long.
+/// A summary: the entries of a large table are megabytes long.
 impl fmt::Debug for Lpm {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lpm")
             .field("routes", &self.routes)
-            .field("direct_bits", &(32 - self.direct_shift))
-            .field("nodes", &self.nodes.len())
-            .field("leaves", &self.leaves.len())
+            .field("shape", &self.shape())
+            .field("entries", &self.entries.len())
+            .field("values", &self.values.len())
             .field("memory_bytes", &self.memory_bytes())
             .finish()
     }
@@ -407,12 +308,13 @@ mod tests {
         b
     }
 
-    /// The table built every way that matters: adaptive (6 direct bits below 1,024
-    /// routes), and with each other direct size it picks, plus odd ones (1 bit, and 7 so
-    /// node boundaries fall off the multiples of 6).
+    /// The table built in every shape that matters: adaptive (8-4-4-4-4-4-4 below 4,096
+    /// routes), the medium shape, and odd ones whose node boundaries fall elsewhere (a
+    /// 1-bit root, 1-bit strides, 3-bit strides). DIR-24-8 (16M entries) is checked on
+    /// fixtures only, in `prefixes_at_and_across_stride_boundaries`.
     fn builds(b: &LpmBuilder) -> Vec<Lpm> {
         let mut all = vec![b.build()];
-        all.extend([1, 7, 12, 18].map(|bits| b.build_with_direct_bits(bits)));
+        all.extend([(16, 8), (8, 8), (1, 1), (2, 3), (4, 4)].map(|(r, k)| b.build_with(r, k)));
         all
     }
 
@@ -541,30 +443,32 @@ mod tests {
 
     #[test]
     fn prefixes_at_and_across_stride_boundaries() {
-        // Every length from 0 to 32 nested in one address, so each node boundary (6, 12,
-        // 18, 24, 30 and the direct sizes) has a route ending on it, before and after it.
+        // Every length from 0 to 32 nested in one address, so each node boundary (every 4
+        // bits, 8 bits, 16, 24) has a route ending on it, before and after it.
         let base = ip(198, 18, 85, 170);
         let nested: Vec<_> = (0..=32).map(|len| (base, len, u32::from(len))).collect();
         check(&nested, &adversarial(&nested));
         // Every other length only: leaves must be pushed through the missing ones.
         let sparse: Vec<_> = nested.iter().copied().step_by(2).collect();
         check(&sparse, &adversarial(&sparse));
-        // The largest direct array: everything up to /24 is a direct leaf.
-        let lpm = table(&nested).build_with_direct_bits(24);
+        // DIR-24-8, the shape of large tables: everything up to /24 is a root entry.
+        let lpm = table(&nested).build_with(24, 8);
         for addr in adversarial(&nested) {
             assert_eq!(lpm.lookup(addr), naive(&nested, addr), "{addr:#010x}");
         }
         // Siblings that differ only in the bit just after a boundary.
-        let siblings: Vec<_> = [5u8, 6, 7, 11, 12, 13, 17, 18, 19, 23, 24, 25, 29, 30, 31]
-            .iter()
-            .flat_map(|&len| {
-                let flip = 1u32 << (32 - len);
-                [
-                    (base, len, u32::from(len)),
-                    (base ^ flip, len, 100 + u32::from(len)),
-                ]
-            })
-            .collect();
+        let siblings: Vec<_> = [
+            3u8, 4, 5, 7, 8, 9, 15, 16, 17, 23, 24, 25, 27, 28, 29, 31, 32,
+        ]
+        .iter()
+        .flat_map(|&len| {
+            let flip = 1u32 << (32 - len);
+            [
+                (base, len, u32::from(len)),
+                (base ^ flip, len, 100 + u32::from(len)),
+            ]
+        })
+        .collect();
         check(&siblings, &adversarial(&siblings));
     }
 
@@ -584,8 +488,32 @@ mod tests {
             (ip(100, 64, 0, 0), 10, 9),
         ];
         let lpm = table(&routes).build();
-        assert!(lpm.memory_bytes() < 2048, "{lpm:?}");
+        assert!(lpm.memory_bytes() < 4096, "{lpm:?}");
         check(&routes, &adversarial(&routes));
+    }
+
+    #[test]
+    fn shape_follows_table_size() {
+        let mut b = LpmBuilder::new();
+        assert_eq!(b.build().shape(), (8, 4));
+        for i in 0..4096u32 {
+            b.insert(i << 12, 20, i);
+        }
+        assert_eq!(b.build().shape(), (16, 8));
+        for i in 0..131_072u32 {
+            b.insert(i << 8, 24, i);
+        }
+        let lpm = b.build();
+        assert_eq!(lpm.shape(), (24, 8));
+        assert_eq!(lpm.routes(), 4096 + 131_072);
+        assert_eq!(lpm.lookup(0x0001_2345), Some(0x123));
+        assert_eq!(lpm.lookup(0x0123_4567), Some(0x12345));
+    }
+
+    #[test]
+    #[should_panic(expected = "shape")]
+    fn shapes_that_do_not_end_at_32_bits_are_refused() {
+        LpmBuilder::new().build_with(8, 5);
     }
 
     #[test]
