@@ -14,7 +14,7 @@
 //!   FDB, as for a switched frame.
 //!
 //! Frames the stage makes (ARP requests) or releases from the waiting queue are collected
-//! in [`RouterState::local`] and sent after the burst by [`flush_local`].
+//! in the router state's local batch and sent after the burst by [`flush_local`].
 
 mod nat;
 mod neighbor;
