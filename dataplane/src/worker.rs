@@ -349,6 +349,12 @@ impl Worker {
         );
         self.counters.macs_aged.add(aged as u64);
         self.counters.macs.set(self.macs.len() as u64);
+        self.router_housekeeping(self.config.aging_budget, false);
+    }
+
+    /// The routers' housekeeping (see [`l3::housekeeping`]); what it makes (ICMP errors,
+    /// released packets) leaves now, not a pass later. `all` drops every waiting packet.
+    fn router_housekeeping(&mut self, budget: usize, all: bool) {
         l3::housekeeping(
             &self.snap,
             &mut self.pool,
@@ -356,8 +362,8 @@ impl Worker {
             &mut self.router,
             &self.counters,
             self.now_ns,
-            self.config.aging_budget,
-            false,
+            budget,
+            all,
         );
         l3::flush_local(
             &self.snap,
@@ -366,8 +372,6 @@ impl Worker {
             &mut self.router,
             &self.counters,
         );
-        // What housekeeping made (ICMP errors, released packets) leaves now, not a pass
-        // later.
         self.ports.flush(&mut self.pool, &self.counters);
     }
 
@@ -403,23 +407,7 @@ impl Worker {
     /// (an AF_XDP port closes its sockets).
     pub fn park(&mut self) {
         // Packets waiting for ARP hold frames: they are dropped, not leaked.
-        l3::housekeeping(
-            &self.snap,
-            &mut self.pool,
-            &self.macs,
-            &mut self.router,
-            &self.counters,
-            self.now_ns,
-            0,
-            true,
-        );
-        l3::flush_local(
-            &self.snap,
-            &mut self.pool,
-            &mut self.ports,
-            &mut self.router,
-            &self.counters,
-        );
+        self.router_housekeeping(0, true);
         self.suspend();
         for (_, port) in self.ports.iter_mut() {
             port.release_frames(&mut self.pool);
