@@ -676,12 +676,17 @@ fn send(
         .router(iface.router)
         .map_or(0, |r| mac_to_u64(r.mac));
     let l3 = usize::from(pkt.meta.l3_offset);
-    let total_len = pool
-        .data(pkt)
-        .get(l3..)
-        .and_then(|b| Ipv4Packet::new_checked(b).ok())
-        .map_or(0, |ip| ip.total_len());
-    if total_len <= iface.mtu {
+    // The frame bounds the datagram (its total length was checked against it), so a
+    // frame that fits needs no second look at the header.
+    let fits = |len: usize| len <= usize::from(iface.mtu);
+    if fits(usize::from(pkt.len).saturating_sub(l3))
+        || fits(
+            pool.data(pkt)
+                .get(l3..)
+                .and_then(|b| Ipv4Packet::new_checked(b).ok())
+                .map_or(0, |ip| usize::from(ip.total_len())),
+        )
+    {
         return rewrite(snap, pool, macs, pkt, iface, router_mac, mac);
     }
     let next = fragment(
