@@ -13,6 +13,7 @@ pub mod binding;
 pub mod client;
 pub mod compile;
 pub mod daemon;
+pub mod dhcp;
 pub mod diff;
 pub mod engine;
 pub mod log;

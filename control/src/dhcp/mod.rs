@@ -1,0 +1,143 @@
+//! The protocol core of the built-in DHCPv4 server (RFC 2131, options from RFC 2132 and
+//! RFC 3442), which replaces Neutron's DHCP agent and its dnsmasq per network.
+//!
+//! - `wire`: a zero-copy view of a DHCP message and a builder that writes a reply into a
+//!   caller's buffer.
+//! - `server`: [`DhcpServer`], the state machine, fed one message at a time with the time
+//!   supplied by the caller, answering with the bytes and where to send them.
+//! - `leases`: the lease table, its expiry and its persistence (the only I/O here).
+//!
+//! Neutron allocates addresses itself, so the server mostly hands each known MAC its fixed
+//! IP; serving unknown MACs from the rest of the subnet is opt-in per subnet.
+
+pub mod leases;
+pub mod server;
+pub mod wire;
+
+pub use leases::{Lease, LeaseError, LeaseInfo, LeaseState, LeaseTable};
+pub use server::{
+    DhcpConfig, DhcpServer, DhcpStats, ExtraOption, HostConfig, HostRoute, Reply, SubnetConfig,
+};
+pub use wire::{DhcpPacket, Message, MessageType, ReplyBuilder};
+
+/// Why a message got no reply. Every malformed or unwanted input ends as one of these, so
+/// the caller can count drops by reason; protocol outcomes that are silent by design
+/// (RELEASE, DECLINE, a REQUEST choosing another server) are `Ok(None)` instead.
+///
+/// Named after the outcome, not `std::ops::Drop`; refer to it as `dhcp::Drop`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Drop {
+    /// Shorter than the fixed header and magic cookie (240 bytes).
+    Truncated,
+    /// Longer than any DHCP message a client on this link may send.
+    Oversized,
+    /// `op` is not BOOTREQUEST: a server or relay reply looped back, or garbage.
+    NotBootRequest,
+    /// `htype`/`hlen` are not Ethernet's (1/6): the hardware address cannot be a MAC.
+    BadHardwareType,
+    /// The client hardware address is a multicast, broadcast or all-zero MAC.
+    BadClientMac,
+    /// The magic cookie is not 99.130.83.99: BOOTP or not DHCP at all.
+    BadMagicCookie,
+    /// An option's length byte or value runs past the end of the message.
+    OptionTruncated,
+    /// The options end without the End option (255).
+    MissingEnd,
+    /// An option the server reads has the wrong length (message type, addresses, ...).
+    BadOptionLength,
+    /// No DHCP message type option (53): a plain BOOTP request, not served.
+    MissingMessageType,
+    /// A message type a client does not send (OFFER, ACK, ...) or an unknown one.
+    UnexpectedMessageType,
+    /// Arrived through a relay agent (`giaddr` set); Neutron networks have none.
+    Relayed,
+    /// The sender's budget (per client or global) is spent.
+    RateLimited,
+    /// The MAC has no host entry and no lease, and its subnet serves only known MACs.
+    UnknownClient,
+    /// The host's address is in none of the configured subnets.
+    NoSubnet,
+    /// A subnet serving unknown MACs has no free address left.
+    PoolExhausted,
+    /// A REQUEST in no RFC 2131 state, a DECLINE without an address, an INFORM without
+    /// `ciaddr`.
+    BadRequest,
+    /// The mandatory options did not fit the client's maximum message size.
+    ReplyTooLarge,
+}
+
+impl Drop {
+    /// Every reason, for pre-registering counters.
+    pub const ALL: [Drop; 18] = [
+        Drop::Truncated,
+        Drop::Oversized,
+        Drop::NotBootRequest,
+        Drop::BadHardwareType,
+        Drop::BadClientMac,
+        Drop::BadMagicCookie,
+        Drop::OptionTruncated,
+        Drop::MissingEnd,
+        Drop::BadOptionLength,
+        Drop::MissingMessageType,
+        Drop::UnexpectedMessageType,
+        Drop::Relayed,
+        Drop::RateLimited,
+        Drop::UnknownClient,
+        Drop::NoSubnet,
+        Drop::PoolExhausted,
+        Drop::BadRequest,
+        Drop::ReplyTooLarge,
+    ];
+
+    /// A stable snake_case name, for metric labels and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Drop::Truncated => "truncated",
+            Drop::Oversized => "oversized",
+            Drop::NotBootRequest => "not_boot_request",
+            Drop::BadHardwareType => "bad_hardware_type",
+            Drop::BadClientMac => "bad_client_mac",
+            Drop::BadMagicCookie => "bad_magic_cookie",
+            Drop::OptionTruncated => "option_truncated",
+            Drop::MissingEnd => "missing_end",
+            Drop::BadOptionLength => "bad_option_length",
+            Drop::MissingMessageType => "missing_message_type",
+            Drop::UnexpectedMessageType => "unexpected_message_type",
+            Drop::Relayed => "relayed",
+            Drop::RateLimited => "rate_limited",
+            Drop::UnknownClient => "unknown_client",
+            Drop::NoSubnet => "no_subnet",
+            Drop::PoolExhausted => "pool_exhausted",
+            Drop::BadRequest => "bad_request",
+            Drop::ReplyTooLarge => "reply_too_large",
+        }
+    }
+}
+
+impl std::fmt::Display for Drop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Formats a MAC as `02:00:00:00:00:01`.
+pub fn format_mac(mac: &[u8; 6]) -> String {
+    format!(
+        "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]
+    )
+}
+
+/// Parses a MAC written as six colon-separated hex octets.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for byte in &mut mac {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 2 {
+            return None;
+        }
+        *byte = u8::from_str_radix(part, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
