@@ -17,7 +17,7 @@ use pollux_dataplane::snapshot::{
     BuildError, NetworkUid, PhysnetId, Segment as DpSegment, Snapshot, SnapshotBuilder,
 };
 
-use crate::validate::{Binding, Segment, Validated};
+use crate::validate::{Binding, Ipv4Cidr, Segment, Validated};
 
 /// The largest network MTU whose frames (with an Ethernet header and one 802.1Q tag) fit
 /// the data room of one frame of the worker's pool.
@@ -426,12 +426,9 @@ fn router_spec(
         }
     }
     let connected = |ip: Ipv4Addr| {
-        interfaces.iter().any(|i| {
-            let mask = u32::MAX
-                .checked_shl(32 - u32::from(i.prefix_len))
-                .unwrap_or(0);
-            u32::from(i.ip) & mask == u32::from(ip) & mask
-        })
+        interfaces
+            .iter()
+            .any(|i| Ipv4Cidr::new(i.ip, i.prefix_len).contains(ip))
     };
     routes.extend(
         router

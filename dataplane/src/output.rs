@@ -187,8 +187,15 @@ fn send(
     a.pending.clear();
 }
 
+/// Frees a packet's frame and counts it as dropped for `reason`, against the port it came
+/// from.
 #[inline]
-fn drop_packet(pool: &mut FramePool, counters: &WorkerCounters, pkt: Packet, reason: DropReason) {
+pub(crate) fn drop_packet(
+    pool: &mut FramePool,
+    counters: &WorkerCounters,
+    pkt: Packet,
+    reason: DropReason,
+) {
     pool.free(pkt.frame);
     counters.drops[reason as usize].inc();
     if let Some(pc) = counters.port(pkt.in_port) {

@@ -26,14 +26,14 @@ pub use neighbor::{
 
 use std::net::Ipv4Addr;
 
-use crate::buf::FramePool;
+use crate::buf::{FrameId, FramePool};
 use crate::conntrack::{ConnConfig, ConnTable, Dir, FlowKey, InsertError};
 use crate::counters::{Stage, WorkerCounters};
 use crate::drop::DropReason;
 use crate::frag::{self, FragError};
 use crate::icmp_error::{self, IcmpErrorKind};
 use crate::l2::MacTable;
-use crate::output::{output, PortSet};
+use crate::output::{drop_packet, output, PortSet};
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
 use crate::port::PortId;
 use crate::ratelimit::{KeyedLimiter, TokenBucket, DEFAULT_KEYED_BUCKETS};
@@ -50,6 +50,32 @@ pub const LOCAL_PORT: PortId = PortId(u16::MAX);
 
 /// TTL of packets the router originates or answers (Linux's default).
 const OWN_TTL: u8 = 64;
+
+/// A frame the router made in `frame` at `offset` (untagged Ethernet, `len` bytes) on
+/// network `network`, to go `next`: it comes from no port, and flooding skips none.
+fn originated(
+    frame: FrameId,
+    offset: u16,
+    len: usize,
+    network: u16,
+    ethertype: EtherType,
+    next: Next,
+) -> Packet {
+    Packet {
+        frame,
+        offset,
+        len: len as u16,
+        in_port: LOCAL_PORT,
+        meta: Meta {
+            next,
+            network,
+            ethertype: ethertype.0,
+            tci: 0,
+            flags: Meta::ROUTED,
+            l3_offset: EthernetFrame::<&[u8]>::HEADER_LEN as u8,
+        },
+    }
+}
 
 /// Length of an Ethernet ARP frame without FCS, padded to the 60-byte minimum.
 const ARP_FRAME_LEN: usize = 60;
@@ -235,20 +261,11 @@ pub fn housekeeping(
                 );
             }
         }
-        drop_held(pool, counters, pkt, DropReason::NeighborUnresolved);
+        drop_packet(pool, counters, *pkt, DropReason::NeighborUnresolved);
     }
     counters
         .neighbor_waiting
         .set(state.neighbors.pending() as u64);
-}
-
-/// Drops a packet the router stage holds (no longer in any batch).
-fn drop_held(pool: &mut FramePool, counters: &WorkerCounters, pkt: &Packet, reason: DropReason) {
-    pool.free(pkt.frame);
-    counters.drops[reason as usize].inc();
-    if let Some(pc) = counters.port(pkt.in_port) {
-        pc.rx_dropped.inc();
-    }
 }
 
 /// Moves waiting packets whose next hop is now known into the local batch, rewritten (and
@@ -748,20 +765,14 @@ fn fragment(
         let Some((id, offset)) = pool.alloc_with(&frame[..ETH + written]) else {
             return false;
         };
-        made[n] = Packet {
-            frame: id,
+        made[n] = originated(
+            id,
             offset,
-            len: (ETH + written) as u16,
-            in_port: LOCAL_PORT,
-            meta: Meta {
-                next: Next::Flood,
-                network: pkt.meta.network,
-                ethertype: EtherType::IPV4.0,
-                tci: 0,
-                flags: Meta::ROUTED,
-                l3_offset: ETH as u8,
-            },
-        };
+            ETH + written,
+            pkt.meta.network,
+            EtherType::IPV4,
+            Next::Flood,
+        );
         n += 1;
         true
     });
@@ -865,20 +876,10 @@ fn icmp_error(
     };
     counters.originated.inc();
     counters.icmp_errors.inc();
-    let _ = state.local.push(Packet {
-        frame: id,
-        offset,
-        len: len as u16,
-        in_port: LOCAL_PORT,
-        meta: Meta {
-            next: Next::Output(offending.in_port),
-            network: slot,
-            ethertype: EtherType::IPV4.0,
-            tci: 0,
-            flags: Meta::ROUTED,
-            l3_offset: EthernetFrame::<&[u8]>::HEADER_LEN as u8,
-        },
-    });
+    let next = Next::Output(offending.in_port);
+    let _ = state
+        .local
+        .push(originated(id, offset, len, slot, EtherType::IPV4, next));
 }
 
 /// Answers an ICMP echo request to a router address in place; anything else addressed to
@@ -960,19 +961,15 @@ fn request(
         return;
     };
     counters.originated.inc();
-    let pkt = Packet {
-        frame: id,
+    let mut pkt = originated(
+        id,
         offset,
-        len: ARP_FRAME_LEN as u16,
-        in_port: LOCAL_PORT,
-        meta: Meta {
-            next: Next::Flood,
-            network: iface.network,
-            ethertype: EtherType::ARP.0,
-            tci: 0,
-            flags: Meta::MULTICAST | Meta::ROUTED,
-            l3_offset: EthernetFrame::<&[u8]>::HEADER_LEN as u8,
-        },
-    };
+        ARP_FRAME_LEN,
+        iface.network,
+        EtherType::ARP,
+        Next::Flood,
+    );
+    // Broadcast, like any ARP request.
+    pkt.meta.flags |= Meta::MULTICAST;
     let _ = state.local.push(pkt);
 }
