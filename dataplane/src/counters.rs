@@ -77,16 +77,19 @@ pub enum Stage {
     Output,
     /// Replication of broadcast, multicast and unknown unicast.
     Flood,
+    /// Frames for the slow path (DHCP) and ARP for its addresses.
+    SlowPath,
 }
 
 impl Stage {
     /// Every stage, in counter order.
-    pub const ALL: [Stage; 5] = [
+    pub const ALL: [Stage; 6] = [
         Stage::Classify,
         Stage::L2,
         Stage::L3,
         Stage::Output,
         Stage::Flood,
+        Stage::SlowPath,
     ];
 
     /// Stable name for metrics and the CLI.
@@ -97,6 +100,7 @@ impl Stage {
             Stage::L3 => "l3",
             Stage::Output => "output",
             Stage::Flood => "flood",
+            Stage::SlowPath => "slow_path",
         }
     }
 }
@@ -147,11 +151,19 @@ pub struct WorkerCounters {
     pub tx_packets: Counter,
     /// Extra frames made by flooding (one per copy beyond the original).
     pub replicas: Counter,
-    /// Frames the worker made itself (a router's ARP requests).
+    /// Frames the worker made itself (a router's ARP requests) or took from the slow path's
+    /// inject ring.
     pub originated: Counter,
     /// Frames that ended inside the worker, neither sent nor dropped (ARP replies to a
-    /// router).
+    /// router, frames handed to the slow path).
     pub consumed: Counter,
+    /// Frames handed to the slow path through the punt ring (also counted in `consumed`).
+    pub punted: Counter,
+    /// Frames the slow path sent through the inject ring (also counted in `originated`).
+    pub injected: Counter,
+    /// Frames on the inject ring that could not be sent: their network or port is gone
+    /// from the configuration, they are malformed, or the pool was empty.
+    pub inject_dropped: Counter,
     /// Drops, indexed by [`DropReason`] as `usize`.
     pub drops: [Counter; DropReason::COUNT],
     /// Packets that entered each stage, indexed by [`Stage`] as `usize`.
@@ -201,6 +213,9 @@ impl WorkerCounters {
             replicas: Counter::default(),
             originated: Counter::default(),
             consumed: Counter::default(),
+            punted: Counter::default(),
+            injected: Counter::default(),
+            inject_dropped: Counter::default(),
             drops: std::array::from_fn(|_| Counter::default()),
             stage_packets: std::array::from_fn(|_| Counter::default()),
             loops: Counter::default(),

@@ -58,6 +58,10 @@ drop_reasons! {
     NatPortsExhausted => "nat_ports_exhausted", "No free SNAT port towards that destination.";
     NatTableFull => "nat_table_full", "The worker's NAT session table is full.";
     NatQuotaExceeded => "nat_quota_exceeded", "The sending port already holds its quota of NAT sessions.";
+    DhcpRateLimited => "dhcp_rate_limited", "The port already sent its share of DHCP messages this second.";
+    PuntQueueFull => "punt_queue_full", "The slow path is behind: its punt ring is full.";
+    PuntTooLarge => "punt_too_large", "Frame for the slow path larger than a punt ring slot.";
+    ToDhcpServer => "to_dhcp_server", "Sent to a DHCP server's MAC but not DHCP (UDP port 67) or ARP.";
 }
 
 impl fmt::Display for DropReason {

@@ -6,9 +6,11 @@
 //!
 //! A packet's path: a driver's `rx_burst` fills a [`packet::Batch`] with frames from the
 //! worker's [`buf::FramePool`]; [`classify`] parses the L2 headers once and picks the
-//! network; [`l2`] learns and picks the output; [`output`] encapsulates, replicates and
-//! batches per output port; the port's `tx_burst` takes the frames. Every frame ends in
-//! exactly one of: sent, or dropped with a [`drop::DropReason`].
+//! network; [`l2`] learns and picks the output; [`slowpath`] hands DHCP to the control
+//! plane through a punt ring (and sends its replies from the inject ring); [`l3`] routes;
+//! [`output`] encapsulates, replicates and batches per output port; the port's
+//! `tx_burst` takes the frames. Every frame ends in exactly one of: sent, consumed (taken
+//! by the worker or the slow path), or dropped with a [`drop::DropReason`].
 
 pub mod buf;
 pub mod classify;
@@ -25,7 +27,9 @@ pub mod packet;
 pub mod port;
 pub mod publish;
 pub mod ratelimit;
+pub mod ring;
 pub mod routing;
+pub mod slowpath;
 pub mod snapshot;
 mod table;
 pub mod wire;

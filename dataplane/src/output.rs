@@ -278,7 +278,7 @@ pub fn output(
             }
             Next::Drop(reason) => drop_packet(pool, counters, *pkt, reason),
             Next::Consumed | Next::Waiting => {}
-            Next::Classify | Next::L2 | Next::Route(_) | Next::Arp => {
+            Next::Classify | Next::L2 | Next::Route(_) | Next::Arp | Next::Local => {
                 debug_assert!(false, "packet left the pipeline unfinished: {pkt:?}");
                 drop_packet(pool, counters, *pkt, DropReason::PortNotConfigured);
             }

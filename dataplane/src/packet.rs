@@ -24,9 +24,14 @@ pub enum Next {
     /// A broadcast ARP on a network with router interfaces: answered if it asks for a
     /// router address, flooded otherwise.
     Arp,
+    /// To the slow-path stage: a broadcast on a network with a DHCP server, or a frame to
+    /// that server's MAC. DHCP goes up the punt ring; ARP for the server is answered;
+    /// other broadcasts flood on.
+    Local,
     /// Dropped, for this reason.
     Drop(DropReason),
-    /// Taken by the worker (an ARP reply to a router); its frame is already free.
+    /// Taken by the worker (an ARP reply to a router, a frame copied to the slow path);
+    /// its frame is already free.
     Consumed,
     /// Waiting for its next hop to answer ARP; the router stage holds it.
     Waiting,

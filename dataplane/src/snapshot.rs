@@ -7,9 +7,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::net::Ipv4Addr;
 
 use crate::port::PortId;
 use crate::routing::{RouterSpec, Routing, RoutingError};
+use crate::slowpath::SlowPathConfig;
 use crate::table::U64Map;
 
 /// Stable identity of a network, assigned by the control plane and never reused, so that
@@ -110,6 +112,9 @@ pub struct NetworkEntry {
     uplink_vid: u16,
     /// Some router has an interface here: the L2 stage looks for router MACs and ARP.
     pub routed: bool,
+    /// MAC of the network's DHCP server (packed), or [`NO_MAC`] when it has none: the L2
+    /// stage sends broadcasts and frames to this MAC to the slow-path stage.
+    pub dhcp_mac: u64,
     flood_start: u32,
     flood_len: u32,
 }
@@ -148,6 +153,9 @@ pub struct Snapshot {
     fdb: U64Map<PortId>,
     l2: L2Config,
     routing: Routing,
+    /// Per network slot, the DHCP server's addresses (host order), answered in ARP.
+    dhcp_ips: Box<[Box<[u32]>]>,
+    slow_path: SlowPathConfig,
 }
 
 impl fmt::Debug for Snapshot {
@@ -246,6 +254,24 @@ impl Snapshot {
     /// Every network, indexed by slot.
     pub fn networks(&self) -> &[NetworkEntry] {
         &self.networks
+    }
+
+    /// The slot of the network with identity `uid` (slots are taken in uid order).
+    pub fn network_slot(&self, uid: NetworkUid) -> Option<u16> {
+        self.networks
+            .binary_search_by_key(&uid, |n| n.uid)
+            .ok()
+            .map(|slot| slot as u16)
+    }
+
+    /// The DHCP server addresses of network `slot` (host byte order).
+    pub fn dhcp_addresses(&self, slot: u16) -> &[u32] {
+        self.dhcp_ips.get(usize::from(slot)).map_or(&[], |a| a)
+    }
+
+    /// The slow path's limits.
+    pub fn slow_path(&self) -> &SlowPathConfig {
+        &self.slow_path
     }
 
     /// The VLAN map of an uplink (`PortRole::Uplink::vlan_map`).
@@ -383,6 +409,10 @@ pub enum BuildError {
     ReservedPortId,
     /// The routers do not compile.
     Routing(RoutingError),
+    /// A DHCP server on a network that does not exist.
+    UnknownDhcpNetwork(NetworkUid),
+    /// A network with two DHCP servers, or one with a group MAC.
+    BadDhcpServer(NetworkUid),
 }
 
 impl fmt::Display for BuildError {
@@ -405,6 +435,14 @@ impl fmt::Display for BuildError {
             }
             BuildError::SecondFlatNetwork(p) => write!(f, "physnet {} has two flat networks", p.0),
             BuildError::SecondUplink(p) => write!(f, "physnet {} has two uplinks", p.0),
+            BuildError::UnknownDhcpNetwork(n) => {
+                write!(f, "DHCP server on unknown network uid {}", n.0)
+            }
+            BuildError::BadDhcpServer(n) => write!(
+                f,
+                "network uid {} has two DHCP servers or one with a group MAC",
+                n.0
+            ),
             BuildError::DuplicateMac { network, mac } => {
                 write!(
                     f,
@@ -438,6 +476,8 @@ pub struct SnapshotBuilder {
     ports: Vec<(PortId, PortSpec)>,
     l2: L2Config,
     routers: Vec<RouterSpec>,
+    dhcp_servers: Vec<(NetworkUid, [u8; 6], Vec<Ipv4Addr>)>,
+    slow_path: SlowPathConfig,
 }
 
 impl SnapshotBuilder {
@@ -478,6 +518,24 @@ impl SnapshotBuilder {
     /// Adds a router.
     pub fn router(&mut self, router: RouterSpec) -> &mut Self {
         self.routers.push(router);
+        self
+    }
+
+    /// Gives `network` a DHCP server at `mac` answering for `addresses` (one per subnet
+    /// with DHCP): its messages go up the punt ring, ARP for its addresses is answered.
+    pub fn dhcp_server(
+        &mut self,
+        network: NetworkUid,
+        mac: [u8; 6],
+        addresses: &[Ipv4Addr],
+    ) -> &mut Self {
+        self.dhcp_servers.push((network, mac, addresses.to_vec()));
+        self
+    }
+
+    /// Sets the slow path's limits.
+    pub fn slow_path(&mut self, config: SlowPathConfig) -> &mut Self {
+        self.slow_path = config;
         self
     }
 
@@ -595,6 +653,20 @@ impl SnapshotBuilder {
 
         let routing =
             Routing::compile(&self.routers, &slot_of, nets.len()).map_err(BuildError::Routing)?;
+        let mut dhcp_macs = vec![NO_MAC; nets.len()];
+        let mut dhcp_ips = vec![Box::<[u32]>::default(); nets.len()];
+        for (uid, mac, addresses) in &self.dhcp_servers {
+            let slot = usize::from(
+                *slot_of
+                    .get(uid)
+                    .ok_or(BuildError::UnknownDhcpNetwork(*uid))?,
+            );
+            if mac_is_group(*mac) || dhcp_macs[slot] != NO_MAC {
+                return Err(BuildError::BadDhcpServer(*uid));
+            }
+            dhcp_macs[slot] = mac_to_u64(*mac);
+            dhcp_ips[slot] = addresses.iter().map(|&a| u32::from(a)).collect();
+        }
         let mut flood_ports = Vec::new();
         let mut networks = Vec::with_capacity(nets.len());
         for (slot, (uid, segment)) in nets.iter().enumerate() {
@@ -615,6 +687,7 @@ impl SnapshotBuilder {
                 flood_start: start as u32,
                 flood_len: (flood_ports.len() - start) as u32,
                 routed: !routing.on_network(slot as u16).is_empty(),
+                dhcp_mac: dhcp_macs[slot],
             });
         }
 
@@ -627,6 +700,8 @@ impl SnapshotBuilder {
             fdb,
             l2: self.l2,
             routing,
+            dhcp_ips: dhcp_ips.into_boxed_slice(),
+            slow_path: self.slow_path,
         })
     }
 }

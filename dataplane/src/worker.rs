@@ -21,6 +21,7 @@ use crate::output::{output, PortSet};
 use crate::packet::{Batch, MAX_BURST};
 use crate::port::{Port, PortId};
 use crate::publish::{GenerationAck, SnapshotCell};
+use crate::slowpath::{self, SlowPath, SlowPathEnds};
 use crate::snapshot::Snapshot;
 
 /// Tunables of a worker.
@@ -99,6 +100,7 @@ pub struct Worker {
     ack: Arc<GenerationAck>,
     macs: MacTable,
     router: RouterState,
+    slow_path: SlowPath,
     counters: Arc<WorkerCounters>,
     batch: Batch,
     next_housekeeping_ns: u64,
@@ -146,6 +148,7 @@ impl Worker {
             ack,
             macs: MacTable::new(config.mac_table_capacity),
             router: RouterState::new(config.neighbor_capacity, config.conntrack),
+            slow_path: SlowPath::disconnected(),
             counters,
             batch: Batch::with_capacity(MAX_BURST),
             next_housekeeping_ns: 0,
@@ -160,6 +163,14 @@ impl Worker {
     /// The worker's mailbox.
     pub fn mailbox(&self) -> Mailbox {
         Mailbox(self.mailbox.clone())
+    }
+
+    /// Connects the worker's slow path (DHCP) with rings of `depth` slots and returns the
+    /// control plane's ends. Until then, frames for the slow path are dropped.
+    pub fn connect_slow_path(&mut self, depth: usize) -> SlowPathEnds {
+        let (slow_path, ends) = SlowPath::connected(depth);
+        self.slow_path = slow_path;
+        ends
     }
 
     /// Runs the jobs posted so far, at most [`JOBS_PER_ROUND`] of them, so that a burst
@@ -303,7 +314,7 @@ impl Worker {
         }
         counters.stage_packets[Stage::Classify as usize].add(pkts.len() as u64);
         classify(&self.snap, &self.pool, port_id, pkts);
-        let routed = l2::forward(
+        let onward = l2::forward(
             &self.snap,
             &self.pool,
             &mut self.macs,
@@ -312,6 +323,17 @@ impl Worker {
             port_id,
             pkts,
         );
+        let mut routed = onward.route;
+        if onward.local {
+            routed |= slowpath::run(
+                &self.snap,
+                &mut self.pool,
+                &mut self.slow_path,
+                counters,
+                self.now_ns,
+                pkts,
+            );
+        }
         if routed {
             l3::route(
                 &self.snap,
@@ -339,6 +361,13 @@ impl Worker {
 
     fn housekeeping(&mut self, now_secs: u32) {
         self.run_jobs();
+        slowpath::inject(
+            &self.snap,
+            &mut self.pool,
+            &mut self.ports,
+            &mut self.slow_path,
+            &self.counters,
+        );
         for (_, port) in self.ports.iter_mut() {
             port.housekeeping(&mut self.pool);
         }

@@ -5,6 +5,6 @@
 pub mod bpf;
 pub mod mem;
 pub mod netdev;
-pub mod ring;
+pub use pollux_dataplane::ring;
 pub mod xdp;
 pub mod xsk;

@@ -14,10 +14,19 @@ use crate::port::PortId;
 use crate::snapshot::{fdb_key, NetworkUid, PortRole, Snapshot, NO_MAC};
 use crate::wire::{EtherType, EthernetFrame};
 
+/// Which of the optional stages a burst needs after the L2 stage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Onward {
+    /// Some packet goes to a router ([`Next::Route`] or [`Next::Arp`]).
+    pub route: bool,
+    /// Some packet goes to the slow-path stage ([`Next::Local`]).
+    pub local: bool,
+}
+
 /// Learns source MACs and picks the output of every packet of a burst from `in_port`
-/// whose next step is L2. `now` is the worker clock in seconds. Returns true when some
-/// packet goes to a router ([`Next::Route`] or [`Next::Arp`]), so the router stage runs
-/// only for bursts that need it.
+/// whose next step is L2. `now` is the worker clock in seconds. Says which optional
+/// stages the burst needs, so the router and slow-path stages run only for bursts that
+/// need them.
 #[inline]
 pub fn forward(
     snap: &Snapshot,
@@ -27,7 +36,7 @@ pub fn forward(
     now: u32,
     in_port: PortId,
     pkts: &mut [Packet],
-) -> bool {
+) -> Onward {
     let limit = snap.l2().mac_limit_per_network;
     // A VM port's own MAC needs no learning: it is a static entry already.
     let own_mac = match snap.port(in_port) {
@@ -42,7 +51,7 @@ pub fn forward(
     let mut last_dst = NO_KEY;
     let mut last_next = Next::Flood;
     let mut entered = 0;
-    let mut routed = false;
+    let mut onward = Onward::default();
     for pkt in pkts.iter_mut() {
         if pkt.meta.next != Next::L2 {
             continue;
@@ -68,9 +77,16 @@ pub fn forward(
             }
         }
         if pkt.meta.flags & Meta::MULTICAST != 0 {
-            // A router answers ARP for its addresses; everything else floods.
-            pkt.meta.next = if net.routed && pkt.meta.ethertype == EtherType::ARP.0 {
-                routed = true;
+            // A DHCP server hears DHCP and ARP for its addresses, a router ARP for its
+            // addresses; everything else floods.
+            let ethertype = pkt.meta.ethertype;
+            pkt.meta.next = if net.dhcp_mac != NO_MAC
+                && (ethertype == EtherType::IPV4.0 || ethertype == EtherType::ARP.0)
+            {
+                onward.local = true;
+                Next::Local
+            } else if net.routed && ethertype == EtherType::ARP.0 {
+                onward.route = true;
                 Next::Arp
             } else {
                 Next::Flood
@@ -90,8 +106,12 @@ pub fn forward(
                 {
                     Some(router) => {
                         // Every packet that reuses this decision is routed too.
-                        routed = true;
+                        onward.route = true;
                         Next::Route(router)
+                    }
+                    None if dst == net.dhcp_mac => {
+                        onward.local = true;
+                        Next::Local
                     }
                     None => match macs
                         .lookup(slot, net.uid, dst)
@@ -108,7 +128,7 @@ pub fn forward(
         pkt.meta.next = last_next;
     }
     counters.stage_packets[Stage::L2 as usize].add(entered);
-    routed
+    onward
 }
 
 #[cold]

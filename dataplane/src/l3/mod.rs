@@ -371,16 +371,7 @@ fn arp(
     }
     match (op, ours) {
         (ArpOperation::REQUEST, Some(router)) => {
-            let own = EthernetAddress(router.mac);
-            let mut arp = arp;
-            arp.set_operation(ArpOperation::REPLY);
-            arp.set_target_hardware_addr(sender_mac);
-            arp.set_target_protocol_addr(Ipv4Addr::from(sender_ip));
-            arp.set_sender_hardware_addr(own);
-            arp.set_sender_protocol_addr(Ipv4Addr::from(target_ip));
-            let mut eth = EthernetFrame::new_unchecked(&mut data[..]);
-            eth.set_dst_addr(sender_mac);
-            eth.set_src_addr(own);
+            answer_arp_in_place(data, l3, EthernetAddress(router.mac));
             pkt.meta.flags &= !Meta::MULTICAST;
             Next::Output(pkt.in_port)
         }
@@ -392,6 +383,24 @@ fn arp(
         }
         _ => Next::Flood,
     }
+}
+
+/// Turns the ARP request in `data` (an Ethernet frame whose ARP header at `l3` has been
+/// checked) into `own`'s reply, in place: the asker becomes the target, `own` and the
+/// asked-for address the sender, and the frame is addressed back to the asker.
+pub(crate) fn answer_arp_in_place(data: &mut [u8], l3: usize, own: EthernetAddress) {
+    let mut arp = ArpPacket::new_unchecked(&mut data[l3..]);
+    let asker_mac = arp.sender_hardware_addr();
+    let asker_ip = arp.sender_protocol_addr();
+    let asked_ip = arp.target_protocol_addr();
+    arp.set_operation(ArpOperation::REPLY);
+    arp.set_target_hardware_addr(asker_mac);
+    arp.set_target_protocol_addr(asker_ip);
+    arp.set_sender_hardware_addr(own);
+    arp.set_sender_protocol_addr(asked_ip);
+    let mut eth = EthernetFrame::new_unchecked(data);
+    eth.set_dst_addr(asker_mac);
+    eth.set_src_addr(own);
 }
 
 /// An IPv4 packet sent to router `router`'s MAC.
