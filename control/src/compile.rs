@@ -13,6 +13,7 @@ use std::net::Ipv4Addr;
 use pollux_dataplane::buf::{DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM};
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::routing::{InterfaceSpec, RouteSpec, RouterSpec, RouterUid};
+use pollux_dataplane::slowpath::SlowPathConfig;
 use pollux_dataplane::snapshot::{
     BuildError, NetworkUid, PhysnetId, Segment as DpSegment, Snapshot, SnapshotBuilder,
 };
@@ -51,6 +52,24 @@ pub const ROUTER_MAC_PREFIX: [u8; 3] = [0x02, 0x70, 0x6c];
 
 /// Router uids fit the low three bytes of the router's MAC.
 const MAX_ROUTER_UID: u32 = 1 << 24;
+
+/// The first three bytes of every DHCP server MAC (locally administered, unicast);
+/// validation keeps VM ports out of this range too.
+pub const DHCP_MAC_PREFIX: [u8; 3] = [0x02, 0x70, 0x64];
+
+/// The MAC of the DHCP server of the network with uid `uid`: [`DHCP_MAC_PREFIX`] followed
+/// by the low 24 bits of the uid.
+pub fn dhcp_mac(uid: NetworkUid) -> [u8; 6] {
+    let [_, a, b, c] = uid.0.to_be_bytes();
+    [
+        DHCP_MAC_PREFIX[0],
+        DHCP_MAC_PREFIX[1],
+        DHCP_MAC_PREFIX[2],
+        a,
+        b,
+        c,
+    ]
+}
 
 impl Identities {
     /// The id of the port with this key, if it has one.
@@ -352,6 +371,20 @@ pub fn compile(
         b.router(router_spec(state, index, uid, &network_uid));
     }
 
+    b.slow_path(SlowPathConfig {
+        dhcp_per_port: state.dhcp.port,
+    });
+    let mut dhcp_addresses: BTreeMap<usize, Vec<Ipv4Addr>> = BTreeMap::new();
+    for (network, ip) in crate::dhcp::config::dhcp_server_addresses(state) {
+        dhcp_addresses.entry(network).or_default().push(ip);
+    }
+    for (network, addresses) in dhcp_addresses {
+        if state.networks[network].admin_state_up {
+            let uid = network_uid[network];
+            b.dhcp_server(uid, dhcp_mac(uid), &addresses);
+        }
+    }
+
     let keep_ports: HashSet<&str> = plans.iter().map(|p| p.key.as_str()).collect();
     let keep_networks: HashSet<&str> = state.networks.iter().map(|n| n.id.as_str()).collect();
     let keep_routers: HashSet<&str> = state.routers.iter().map(|r| r.id.as_str()).collect();
@@ -457,6 +490,20 @@ mod tests {
     use super::*;
     use crate::model::DesiredState;
     use crate::validate::validate;
+
+    #[test]
+    fn dhcp_macs_carry_the_network_uid() {
+        assert_eq!(
+            dhcp_mac(NetworkUid(0x0012_3456)),
+            [0x02, 0x70, 0x64, 0x12, 0x34, 0x56]
+        );
+        // Only the low 24 bits.
+        assert_eq!(
+            dhcp_mac(NetworkUid(0xab00_0001)),
+            [0x02, 0x70, 0x64, 0, 0, 1]
+        );
+        assert_ne!(DHCP_MAC_PREFIX, ROUTER_MAC_PREFIX);
+    }
 
     fn state(extra_port: bool) -> Validated {
         let mut text = String::from(

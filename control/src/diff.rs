@@ -110,6 +110,9 @@ pub struct Changed {
     /// Whether the `[l2]` section differs; serialised only when it does.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub l2: bool,
+    /// Whether the `[dhcp]` section differs; serialised only when it does.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dhcp: bool,
 }
 
 /// The difference between two desired states; see the module documentation.
@@ -123,7 +126,7 @@ pub struct Diff {
     pub added: ByCollection<String>,
     /// Keys only in the old state.
     pub removed: ByCollection<String>,
-    /// Objects in both that differ, and the `[l2]` section.
+    /// Objects in both that differ, and the `[l2]` and `[dhcp]` sections.
     pub changed: Changed,
 }
 
@@ -133,20 +136,20 @@ impl Diff {
         self.added.is_empty() && self.removed.is_empty() && self.changed_count() == 0
     }
 
-    /// Added, removed and changed objects. A changed `[l2]` section counts as one changed
-    /// object, so that the counts are all zero exactly when the diff [is
+    /// Added, removed and changed objects. A changed `[l2]` or `[dhcp]` section counts as
+    /// one changed object, so that the counts are all zero exactly when the diff [is
     /// empty](Self::is_empty).
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.added.len(), self.removed.len(), self.changed_count())
     }
 
     fn changed_count(&self) -> usize {
-        self.changed.objects.len() + usize::from(self.changed.l2)
+        self.changed.objects.len() + usize::from(self.changed.l2) + usize::from(self.changed.dhcp)
     }
 }
 
 /// One line per entry, each ending in a newline: `+ ports vm3`, `- networks net-x`,
-/// `~ ports vm1 (fixed_ips, mac_address)`, `~ l2`. An empty diff prints nothing.
+/// `~ ports vm1 (fixed_ips, mac_address)`, `~ l2`, `~ dhcp`. An empty diff prints nothing.
 impl fmt::Display for Diff {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (name, ids) in self.added.iter() {
@@ -170,6 +173,9 @@ impl fmt::Display for Diff {
         }
         if self.changed.l2 {
             writeln!(f, "~ l2")?;
+        }
+        if self.changed.dhcp {
+            writeln!(f, "~ dhcp")?;
         }
         Ok(())
     }
@@ -199,6 +205,7 @@ pub fn diff(old: &DesiredState, new: &DesiredState) -> Diff {
     collection!(floating_ips, id);
     collection!(security_groups, id);
     d.changed.l2 = old.l2 != new.l2;
+    d.changed.dhcp = old.dhcp != new.dhcp;
     d
 }
 
@@ -289,6 +296,7 @@ mod tests {
             segmentation_id: None,
             mtu: None,
             admin_state_up: true,
+            dns_domain: None,
         }
     }
 
@@ -302,6 +310,8 @@ mod tests {
             port_security_enabled: true,
             allowed_address_pairs: Vec::new(),
             binding: Binding::Mem {},
+            dns_name: None,
+            extra_dhcp_opts: Vec::new(),
         }
     }
 
@@ -372,6 +382,21 @@ mod tests {
         assert_eq!(
             d.to_string(),
             "+ ports vm3\n- networks net-x\n~ ports vm1 (fixed_ips, mac_address)\n~ l2\n"
+        );
+    }
+
+    #[test]
+    fn only_dhcp_limits_changed() {
+        let old = DesiredState::default();
+        let mut new = old.clone();
+        new.dhcp.port_rate = 7;
+        let d = diff(&old, &new);
+        assert!(!d.is_empty());
+        assert_eq!(d.counts(), (0, 0, 1));
+        assert_eq!(d.to_string(), "~ dhcp\n");
+        assert_eq!(
+            json(&d),
+            json!({"added": {}, "removed": {}, "changed": {"dhcp": true}})
         );
     }
 

@@ -32,6 +32,7 @@ use pollux_dataplane::counters::WorkerCounters;
 use pollux_dataplane::l3::REACHABLE_SECS;
 use pollux_dataplane::port::{Port, PortId};
 use pollux_dataplane::publish::{GenerationAck, Publisher};
+use pollux_dataplane::slowpath::DEFAULT_RING_DEPTH;
 use pollux_dataplane::snapshot::mac_from_u64;
 use pollux_dataplane::worker::{Mailbox, Worker, WorkerConfig};
 use pollux_drivers::mem::MemPortConfig;
@@ -40,7 +41,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::binding::{describe, Bindings, MemWires};
-use crate::compile::{compile, CompileError, Compiled, Identities, PortKind, PortPlan};
+use crate::compile::{compile, dhcp_mac, CompileError, Compiled, Identities, PortKind, PortPlan};
+use crate::dhcp::config::dhcp_configs;
+use crate::dhcp::service::{DhcpService, LeaseRow, NetworkDhcp, ServiceStats};
 use crate::diff::{diff, Diff};
 use crate::metrics::MetricsSource;
 use crate::model::DesiredState;
@@ -48,6 +51,8 @@ use crate::store::{Store, StoreError};
 use crate::validate::{fmt_mac, validate, Validated, ValidationError};
 use crate::workers::{self, WorkerThread};
 
+/// Directory of the DHCP lease files, inside the state directory.
+pub const LEASE_DIR: &str = "leases";
 /// Frames beyond what the AF_XDP rings can hold: flood copies and bursts in flight.
 pub const SPARE_FRAMES: u32 = 4096;
 /// Pool size when not configured: 65536 frames of 2 KiB (128 MiB), room for the rings of
@@ -238,6 +243,8 @@ pub struct Engine {
     pool_capacity: u32,
     metrics: Arc<MetricsSource>,
     started: Instant,
+    /// The DHCP server; `None` only after shutdown.
+    dhcp: Option<DhcpService>,
 }
 
 impl fmt::Debug for Engine {
@@ -262,6 +269,22 @@ pub fn state_from_json(value: &Value) -> Result<DesiredState, ApplyError> {
             message: e.message.clone(),
         }])
     })
+}
+
+/// The DHCP server configuration of every network with DHCP, keyed by the identities
+/// the snapshot uses.
+fn dhcp_networks(valid: &Validated, identities: &Identities) -> Vec<NetworkDhcp> {
+    let uid_of = |n: usize| identities.network_uid(&valid.networks[n].id);
+    dhcp_configs(valid, |n| uid_of(n).map(dhcp_mac).unwrap_or_default())
+        .into_iter()
+        .filter_map(|(n, config)| {
+            Some(NetworkDhcp {
+                uid: uid_of(n)?,
+                network_id: valid.networks[n].id.clone(),
+                config,
+            })
+        })
+        .collect()
 }
 
 fn to_value(state: &DesiredState) -> Value {
@@ -349,12 +372,20 @@ impl Engine {
             worker.attach(id, port, &queues);
             status.insert(id, PortStatus::Up);
         }
+        let slow_path = worker.connect_slow_path(DEFAULT_RING_DEPTH);
+        let dhcp = DhcpService::start(
+            vec![slow_path],
+            store.as_ref().map(|s| s.dir().join(LEASE_DIR)),
+            dhcp_networks(&valid, &identities),
+        )
+        .map_err(|e| format!("DHCP service: {e}"))?;
         let counters = worker.counters();
         let mailbox = worker.mailbox();
         let cell = publisher.cell();
         let metrics = Arc::new(
             MetricsSource::new(vec![(0, Arc::clone(&counters))], Vec::new())
-                .with_generation_fn(move || cell.generation()),
+                .with_generation_fn(move || cell.generation())
+                .with_dhcp_fn(dhcp.stats_fn()),
         );
         let thread = workers::spawn(worker, config.worker.id, config.core).map_err(|e| {
             format!(
@@ -385,6 +416,7 @@ impl Engine {
             pool_capacity,
             metrics,
             started: Instant::now(),
+            dhcp: Some(dhcp),
         };
         engine.update_metric_ports();
         Ok(engine)
@@ -534,6 +566,9 @@ impl Engine {
             plans: compiled.ports,
         };
         self.update_metric_ports();
+        if let Some(dhcp) = self.dhcp.as_mut() {
+            dhcp.reconfigure(dhcp_networks(&self.active.valid, &self.active.identities));
+        }
         self.wait_for_worker(next)?;
 
         self.close_ports(&changes.removed);
@@ -798,6 +833,10 @@ impl Engine {
     /// Returns the worker's counters and each port's driver statistics.
     pub fn shutdown(mut self) -> Result<Shutdown, String> {
         let driver_stats = self.driver_stats().unwrap_or_default();
+        // Its last lease changes are written before anything else stops.
+        if let Some(dhcp) = self.dhcp.take() {
+            dhcp.stop();
+        }
         let stopped = self.stop_worker()?;
         // Ports by their driver's name, as the logs called them while running.
         let names = self
@@ -829,6 +868,16 @@ impl Engine {
         let stopped = thread.stop().map_err(|_| "the worker thread panicked")?;
         self.publisher.reclaim();
         Ok(Some(stopped))
+    }
+
+    /// Every DHCP lease, by network id then address.
+    pub fn leases(&self) -> Vec<LeaseRow> {
+        self.dhcp.as_ref().map(|d| d.leases()).unwrap_or_default()
+    }
+
+    /// The DHCP server's counters.
+    pub fn dhcp_stats(&self) -> ServiceStats {
+        self.dhcp.as_ref().map(|d| d.stats()).unwrap_or_default()
     }
 
     /// (port id, key) of every port of the active configuration.

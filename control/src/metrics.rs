@@ -27,6 +27,8 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::dhcp::service::{FrameDrop, ServiceStats};
+
 /// The `Content-Type` of [`render`]'s output (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
@@ -41,6 +43,7 @@ pub const APPLY_BUCKETS: [f64; 16] = [
 ];
 
 type GenerationFn = Box<dyn Fn() -> u64 + Send + Sync>;
+type DhcpFn = Box<dyn Fn() -> ServiceStats + Send + Sync>;
 
 /// Everything a scrape reads: the workers' counters, the port names, the active
 /// generation and the config-apply statistics.
@@ -49,6 +52,7 @@ pub struct MetricsSource {
     ports: Mutex<Vec<(PortId, String)>>,
     generation: AtomicU64,
     generation_fn: Option<GenerationFn>,
+    dhcp_fn: Option<DhcpFn>,
     apply_total: Counter,
     apply_failures_total: Counter,
     apply_seconds: Histogram,
@@ -74,6 +78,7 @@ impl MetricsSource {
             ports: Mutex::new(ports),
             generation: AtomicU64::new(0),
             generation_fn: None,
+            dhcp_fn: None,
             apply_total: Counter::default(),
             apply_failures_total: Counter::default(),
             apply_seconds: Histogram::new(APPLY_BUCKETS),
@@ -84,6 +89,12 @@ impl MetricsSource {
     /// [`set_generation`](Self::set_generation).
     pub fn with_generation_fn(mut self, f: impl Fn() -> u64 + Send + Sync + 'static) -> Self {
         self.generation_fn = Some(Box::new(f));
+        self
+    }
+
+    /// Exports the DHCP server's counters, read from `f` at each scrape.
+    pub fn with_dhcp_fn(mut self, f: impl Fn() -> ServiceStats + Send + Sync + 'static) -> Self {
+        self.dhcp_fn = Some(Box::new(f));
         self
     }
 
@@ -186,6 +197,12 @@ impl MetricsSource {
                 sum(&|w| w.originated.get()),
                 sum(&|w| w.consumed.get()),
             ],
+            slow_path: [
+                sum(&|w| w.punted.get()),
+                sum(&|w| w.injected.get()),
+                sum(&|w| w.inject_dropped.get()),
+            ],
+            dhcp: self.dhcp_fn.as_ref().map(|f| f()),
         }
     }
 }
@@ -217,7 +234,26 @@ struct Scrape {
     mac_aged: u64,
     /// In [`ROUTER_FAMILIES`] order.
     router: [u64; 7],
+    /// In [`SLOW_PATH_FAMILIES`] order.
+    slow_path: [u64; 3],
+    dhcp: Option<ServiceStats>,
 }
+
+/// The slow path's counter families: name and help.
+const SLOW_PATH_FAMILIES: [(&str, &str); 3] = [
+    (
+        "pollux_frames_punted",
+        "Frames the workers handed to the slow path (DHCP).",
+    ),
+    (
+        "pollux_frames_injected",
+        "Frames the slow path sent through the workers (DHCP replies).",
+    ),
+    (
+        "pollux_inject_dropped",
+        "Slow-path frames not sent: their port or network was gone, or no buffer was free.",
+    ),
+];
 
 /// The routers' families: name, help, and whether it is a gauge (else a counter).
 const ROUTER_FAMILIES: [(&str, &str, bool); 7] = [
@@ -431,8 +467,71 @@ impl Collector for Scrape {
                 counter(&mut e, name, help, n)?;
             }
         }
+        for ((name, help), n) in SLOW_PATH_FAMILIES.into_iter().zip(self.slow_path) {
+            counter(&mut e, name, help, n)?;
+        }
+        if let Some(d) = &self.dhcp {
+            encode_dhcp(&mut e, d)?;
+        }
         Ok(())
     }
+}
+
+fn encode_dhcp(e: &mut DescriptorEncoder, d: &ServiceStats) -> fmt::Result {
+    counter(
+        e,
+        "pollux_dhcp_received",
+        "DHCP messages the server took from the punt rings.",
+        d.received,
+    )?;
+    counter(
+        e,
+        "pollux_dhcp_replies",
+        "DHCP replies the server sent.",
+        d.replies,
+    )?;
+    let s = &d.server;
+    counter_family(
+        e,
+        "pollux_dhcp_outcomes",
+        "DHCP exchanges by what the server did.",
+        "outcome",
+        [
+            ("offer", s.offers),
+            ("ack", s.acks),
+            ("nak", s.naks),
+            ("inform", s.informs),
+            ("release", s.releases),
+            ("decline", s.declines),
+            ("other_server", s.other_server),
+        ],
+    )?;
+    // Every reason is exported, zero or not, so that rates work from the first scrape.
+    let drops: Vec<(&str, u64)> = crate::dhcp::Drop::ALL
+        .iter()
+        .map(|r| r.as_str())
+        .chain(FrameDrop::ALL.iter().map(|r| r.as_str()))
+        .map(|r| (r, d.drops.get(r).copied().unwrap_or(0)))
+        .collect();
+    counter_family(
+        e,
+        "pollux_dhcp_drops",
+        "DHCP messages the server did not answer, by reason.",
+        "reason",
+        drops,
+    )?;
+    gauge(
+        e,
+        "pollux_dhcp_leases",
+        "DHCP leases held now (offered or bound).",
+        d.leases,
+    )?;
+    counter(
+        e,
+        "pollux_dhcp_lease_save_errors",
+        "Lease files that could not be written.",
+        d.save_errors,
+    )
 }
 
 /// Renders the OpenMetrics text exposition of `source` (ends with `# EOF`).

@@ -21,6 +21,9 @@ pub struct DesiredState {
     /// Learning parameters (`[l2]`).
     #[serde(default)]
     pub l2: L2,
+    /// Rate limits of the built-in DHCP server (`[dhcp]`); left out when all are defaults.
+    #[serde(default, skip_serializing_if = "DhcpLimits::is_default")]
+    pub dhcp: DhcpLimits,
     /// Physical network attachments (Neutron's `bridge_mappings` and tunnel `local_ip`).
     #[serde(default)]
     pub uplinks: Vec<Uplink>,
@@ -46,8 +49,9 @@ pub struct DesiredState {
 
 /// The top-level keys of a desired state, in document order. Every validation error path
 /// starts with one of them.
-pub const TOP_LEVEL_KEYS: [&str; 8] = [
+pub const TOP_LEVEL_KEYS: [&str; 9] = [
     "l2",
+    "dhcp",
     "uplinks",
     "networks",
     "subnets",
@@ -86,8 +90,82 @@ fn default_mac_limit_per_network() -> i64 {
     8192
 }
 
+/// Rate limits of the built-in DHCP server (`[dhcp]`), in messages per second and bucket
+/// sizes. A rate of 0 never refills the bucket (only the burst is ever allowed).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DhcpLimits {
+    /// Messages per second one port may send to the DHCP server (default 100).
+    #[serde(default = "default_dhcp_port_rate")]
+    pub port_rate: i64,
+    /// Burst of one port (default 200).
+    #[serde(default = "default_dhcp_port_burst")]
+    pub port_burst: i64,
+    /// Messages per second per client MAC (`chaddr`) (default 5).
+    #[serde(default = "default_dhcp_client_rate")]
+    pub client_rate: i64,
+    /// Burst per client MAC (default 20).
+    #[serde(default = "default_dhcp_client_burst")]
+    pub client_burst: i64,
+    /// Messages per second one network's server handles in all (default 5000).
+    #[serde(default = "default_dhcp_network_rate")]
+    pub network_rate: i64,
+    /// Burst of one network's server (default 1000).
+    #[serde(default = "default_dhcp_network_burst")]
+    pub network_burst: i64,
+}
+
+impl Default for DhcpLimits {
+    fn default() -> Self {
+        DhcpLimits {
+            port_rate: default_dhcp_port_rate(),
+            port_burst: default_dhcp_port_burst(),
+            client_rate: default_dhcp_client_rate(),
+            client_burst: default_dhcp_client_burst(),
+            network_rate: default_dhcp_network_rate(),
+            network_burst: default_dhcp_network_burst(),
+        }
+    }
+}
+
+impl DhcpLimits {
+    /// Whether every limit has its default value (the section is then not serialised, so
+    /// states written before it existed read and write back the same).
+    pub fn is_default(&self) -> bool {
+        *self == DhcpLimits::default()
+    }
+}
+
+fn default_dhcp_port_rate() -> i64 {
+    100
+}
+
+fn default_dhcp_port_burst() -> i64 {
+    200
+}
+
+fn default_dhcp_client_rate() -> i64 {
+    5
+}
+
+fn default_dhcp_client_burst() -> i64 {
+    20
+}
+
+fn default_dhcp_network_rate() -> i64 {
+    5000
+}
+
+fn default_dhcp_network_burst() -> i64 {
+    1000
+}
+
 fn default_true() -> bool {
     true
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn default_ethertype() -> String {
@@ -162,6 +240,9 @@ pub struct Network {
     /// Whether the network forwards (default true).
     #[serde(default = "default_true")]
     pub admin_state_up: bool,
+    /// Domain name handed out by DHCP (option 15), e.g. `openstacklocal`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_domain: Option<String>,
 }
 
 /// An IPv4 subnet of a network.
@@ -189,6 +270,18 @@ pub struct Subnet {
     /// Ranges DHCP allocates from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocation_pools: Option<Vec<AllocationPool>>,
+    /// The DHCP server's address on the subnet (Neutron's DHCP port). Default: the last
+    /// host address of `cidr` (`.254` of a /24).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp_server_ip: Option<String>,
+    /// Lease time in seconds (Neutron's `dhcp_lease_duration`); -1 is infinite. Default
+    /// 86400.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp_lease_duration: Option<i64>,
+    /// Whether MACs that are no port's get addresses from the rest of the subnet (default
+    /// false: only ports' MACs get offers, each its fixed IP).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub dhcp_serve_unknown: bool,
 }
 
 /// A static route: `destination` (a CIDR) via `nexthop`.
@@ -235,6 +328,26 @@ pub struct Port {
     pub allowed_address_pairs: Vec<AddressPair>,
     /// How the port is attached.
     pub binding: Binding,
+    /// The port's host name, handed out by DHCP (option 12): one label or a FQDN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns_name: Option<String>,
+    /// Further DHCP options for this port (Neutron's `extra_dhcp_opts`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_dhcp_opts: Vec<ExtraDhcpOpt>,
+}
+
+/// An entry of a port's `extra_dhcp_opts`, in Neutron's shape.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraDhcpOpt {
+    /// The option: a dnsmasq name (`ntp-server`), a number (`42`) or either after
+    /// `option:` (`option:ntp-server`).
+    pub opt_name: String,
+    /// The value, as dnsmasq reads it (`198.18.1.1,198.18.1.2`, `pxelinux.0`, ...).
+    pub opt_value: String,
+    /// 4 (or absent) for DHCPv4; 6 is accepted and ignored (no DHCPv6 yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_version: Option<i64>,
 }
 
 /// An address of a port in one subnet.
@@ -541,6 +654,9 @@ fn locate(doc: &serde_json::Value) -> Option<String> {
             "l2" => serde_json::from_value::<L2>(v.clone())
                 .err()
                 .map(|_| "l2".to_owned()),
+            "dhcp" => serde_json::from_value::<DhcpLimits>(v.clone())
+                .err()
+                .map(|_| "dhcp".to_owned()),
             "uplinks" => first_bad::<Uplink>(key, v),
             "networks" => first_bad::<Network>(key, v),
             "subnets" => first_bad::<Subnet>(key, v),
@@ -555,4 +671,136 @@ fn locate(doc: &serde_json::Value) -> Option<String> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A state as written before the DHCP fields existed: every field the serialiser
+    /// always writes is present, no DHCP field is.
+    const OLD_JSON: &str = r#"{
+  "l2": { "mac_aging_secs": 300, "mac_limit_per_network": 8192 },
+  "uplinks": [{ "name": "uplink0", "physnet": "physnet1", "binding": { "driver": "mem" } }],
+  "networks": [
+    { "id": "net-a", "network_type": "vlan", "physical_network": "physnet1",
+      "segmentation_id": 100, "admin_state_up": true }
+  ],
+  "subnets": [
+    { "id": "sub-a", "network_id": "net-a", "cidr": "198.18.1.0/24",
+      "gateway_ip": "198.18.1.1", "enable_dhcp": true, "dns_nameservers": ["198.18.1.1"],
+      "host_routes": [{ "destination": "198.19.0.0/16", "nexthop": "198.18.1.2" }] }
+  ],
+  "ports": [
+    { "id": "vm1", "network_id": "net-a", "mac_address": "fa:16:3e:00:00:01",
+      "fixed_ips": [{ "subnet_id": "sub-a", "ip_address": "198.18.1.10" }],
+      "security_groups": [], "port_security_enabled": true, "allowed_address_pairs": [],
+      "binding": { "driver": "mem" } }
+  ],
+  "routers": [],
+  "floating_ips": [],
+  "security_groups": []
+}"#;
+
+    #[test]
+    fn a_state_without_dhcp_fields_serialises_unchanged() {
+        let state = DesiredState::from_json_str(OLD_JSON).unwrap();
+        assert_eq!(state.dhcp, DhcpLimits::default());
+        assert!(state.subnets[0].dhcp_server_ip.is_none());
+        assert!(!state.subnets[0].dhcp_serve_unknown);
+        let written = state.to_json_string();
+        let old: serde_json::Value = serde_json::from_str(OLD_JSON).unwrap();
+        let new: serde_json::Value = serde_json::from_str(&written).unwrap();
+        assert_eq!(old, new);
+        for key in [
+            "dhcp",
+            "dns_domain",
+            "dns_name",
+            "extra_dhcp_opts",
+            "dhcp_server_ip",
+            "dhcp_lease_duration",
+            "dhcp_serve_unknown",
+        ] {
+            let quoted = format!("\"{key}\"");
+            assert!(!written.contains(&quoted), "{key} in {written}");
+        }
+        // The same through TOML.
+        let toml_text = toml::to_string(&state).unwrap();
+        assert_eq!(DesiredState::from_toml_str(&toml_text).unwrap(), state);
+        assert_eq!(toml_text.matches("dhcp").count(), 1, "{toml_text}"); // enable_dhcp
+    }
+
+    #[test]
+    fn dhcp_fields_round_trip() {
+        let text = r#"
+            [dhcp]
+            port_rate = 10
+            network_burst = 50
+
+            [[networks]]
+            id = "net-a"
+            network_type = "local"
+            dns_domain = "example.org"
+
+            [[subnets]]
+            id = "sub-a"
+            network_id = "net-a"
+            cidr = "198.18.1.0/24"
+            dhcp_server_ip = "198.18.1.2"
+            dhcp_lease_duration = -1
+            dhcp_serve_unknown = true
+
+            [[ports]]
+            id = "vm1"
+            network_id = "net-a"
+            mac_address = "fa:16:3e:00:00:01"
+            binding = { driver = "mem" }
+            dns_name = "vm1"
+            extra_dhcp_opts = [
+                { opt_name = "ntp-server", opt_value = "198.18.1.1" },
+                { opt_name = "dns-server", opt_value = "2001:db8::1", ip_version = 6 },
+            ]
+        "#;
+        let state = DesiredState::from_toml_str(text).unwrap();
+        assert_eq!(
+            state.dhcp,
+            DhcpLimits {
+                port_rate: 10,
+                network_burst: 50,
+                ..DhcpLimits::default()
+            }
+        );
+        assert_eq!(state.networks[0].dns_domain.as_deref(), Some("example.org"));
+        let s = &state.subnets[0];
+        assert_eq!(s.dhcp_server_ip.as_deref(), Some("198.18.1.2"));
+        assert_eq!(s.dhcp_lease_duration, Some(-1));
+        assert!(s.dhcp_serve_unknown);
+        let p = &state.ports[0];
+        assert_eq!(p.dns_name.as_deref(), Some("vm1"));
+        assert_eq!(
+            p.extra_dhcp_opts[1],
+            ExtraDhcpOpt {
+                opt_name: "dns-server".into(),
+                opt_value: "2001:db8::1".into(),
+                ip_version: Some(6),
+            }
+        );
+        let json = state.to_json_string();
+        assert_eq!(DesiredState::from_json_str(&json).unwrap(), state);
+        let toml_text = toml::to_string(&state).unwrap();
+        assert_eq!(DesiredState::from_toml_str(&toml_text).unwrap(), state);
+    }
+
+    #[test]
+    fn unknown_dhcp_fields_are_refused() {
+        let e = DesiredState::from_toml_str("[dhcp]\nport_rat = 1\n").unwrap_err();
+        assert_eq!(e.path.as_deref(), Some("dhcp"));
+        assert!(e.message.contains("port_rat"), "{e}");
+        let e = DesiredState::from_json_str(
+            r#"{"ports": [{"id": "p", "network_id": "n", "mac_address": "fa:16:3e:00:00:01",
+                "binding": {"driver": "mem"}, "extra_dhcp_opts": [{"opt_name": "42"}]}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(e.path.as_deref(), Some("ports[0]"));
+    }
 }

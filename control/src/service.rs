@@ -97,7 +97,12 @@ const METHODS: &[(&str, &str)] = &[
          idle_secs, expires_in_secs, packets_out, packets_in, bytes_out, bytes_in}]}: NAT \
          sessions (for ICMP the ports are the echo identifier)",
     ),
-    ("leases.list", "{} -> {generation, leases: []}: DHCP leases"),
+    (
+        "leases.list",
+        "{network_id?: string} -> {generation, leases: [{network_id, port_id (null for a MAC \
+         that is no port's), mac_address, ip_address, hostname?, state: offered|bound, \
+         expires_in_secs}]}: the DHCP server's leases",
+    ),
     ("version.get", "{} -> {generation, name, version}"),
 ];
 
@@ -149,10 +154,7 @@ impl Handler for Service {
             "routes.list" => routes_list(e, params),
             "neighbors.list" => neighbors_list(e, params),
             "sessions.list" => sessions_list(e, params),
-            "leases.list" => {
-                parse::<NoParams>(params)?;
-                Ok(json!({ "leases": [] }))
-            }
+            "leases.list" => leases_list(e, params),
             "version.get" => {
                 parse::<NoParams>(params)?;
                 Ok(json!({ "name": "polluxd", "version": env!("CARGO_PKG_VERSION") }))
@@ -336,10 +338,27 @@ fn stats_get(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
         .map(|(reason, n)| (reason.name().to_string(), json!(n)))
         .collect();
     let m = e.metrics();
+    let d = e.dhcp_stats();
+    let dhcp = json!({
+        "punted": c.punted.get(),
+        "injected": c.injected.get(),
+        "inject_dropped": c.inject_dropped.get(),
+        "received": d.received,
+        "replies": d.replies,
+        "offers": d.server.offers,
+        "acks": d.server.acks,
+        "naks": d.server.naks,
+        "informs": d.server.informs,
+        "releases": d.server.releases,
+        "declines": d.server.declines,
+        "drops": d.drops,
+        "save_errors": d.save_errors,
+    });
     Ok(json!({
         "uptime_secs": e.uptime().as_secs(),
         "workers": [worker],
         "drops": drops,
+        "dhcp": dhcp,
         "apply": { "total": m.apply_total(), "failures": m.apply_failures_total() },
     }))
 }
@@ -504,6 +523,41 @@ fn neighbors_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcErr
         })
         .collect();
     Ok(json!({ "neighbors": neighbors }))
+}
+
+fn leases_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
+    let p: NetworkFilter = parse(params)?;
+    let state = e.state();
+    let port_of = |network_id: &str, mac: &str| {
+        state
+            .ports
+            .iter()
+            .find(|port| {
+                port.network_id == network_id && port.mac_address.eq_ignore_ascii_case(mac)
+            })
+            .map(|port| port.id.clone())
+    };
+    let leases: Vec<Value> = e
+        .leases()
+        .into_iter()
+        .filter(|row| p.network_id.as_ref().is_none_or(|id| *id == row.network_id))
+        .map(|row| {
+            let l = &row.lease;
+            let mut v = json!({
+                "network_id": row.network_id,
+                "port_id": port_of(&row.network_id, &l.mac),
+                "mac_address": l.mac,
+                "ip_address": l.ip.to_string(),
+                "state": l.state.as_str(),
+                "expires_in_secs": l.expires_in_secs,
+            });
+            if let Some(h) = &l.hostname {
+                v["hostname"] = json!(h);
+            }
+            v
+        })
+        .collect();
+    Ok(json!({ "leases": leases }))
 }
 
 #[derive(Deserialize)]

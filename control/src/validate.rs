@@ -15,9 +15,13 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use pollux_dataplane::ratelimit::BucketConfig;
 use pollux_dataplane::snapshot::L2Config;
 
-use crate::compile::ROUTER_MAC_PREFIX;
+use crate::compile::{DHCP_MAC_PREFIX, ROUTER_MAC_PREFIX};
+use crate::dhcp::server::DEFAULT_LEASE_TIME;
+use crate::dhcp::wire::push_classless_route;
+use crate::dhcp::ExtraOption;
 use crate::model::{self, DesiredState, Direction, NetworkType, ProtocolSpec};
 
 /// One problem of a desired state.
@@ -102,6 +106,8 @@ fn mask(prefix: u8) -> u32 {
 pub struct Validated {
     /// Learning parameters.
     pub l2: L2Config,
+    /// Rate limits of the DHCP server.
+    pub dhcp: DhcpLimits,
     /// Uplinks.
     pub uplinks: Vec<Uplink>,
     /// Networks.
@@ -116,6 +122,21 @@ pub struct Validated {
     pub floating_ips: Vec<FloatingIp>,
     /// Security groups.
     pub security_groups: Vec<SecurityGroup>,
+}
+
+/// Checked rate limits of the DHCP server (`[dhcp]`): rates 0..=1,000,000 per second,
+/// bursts 1..=1,000,000.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DhcpLimits {
+    /// Messages one port may send to its network's DHCP server (`port_rate`,
+    /// `port_burst`).
+    pub port: BucketConfig,
+    /// Messages per client MAC (`client_rate`, `client_burst`): the server's per-client
+    /// limit.
+    pub client: BucketConfig,
+    /// Messages one network's server handles in all (`network_rate`, `network_burst`):
+    /// the server's global limit.
+    pub network: BucketConfig,
 }
 
 /// A checked binding.
@@ -196,6 +217,9 @@ pub struct Network {
     pub mtu: u16,
     /// Whether it forwards.
     pub admin_state_up: bool,
+    /// Domain name for DHCP option 15 (RFC 1123, without a trailing dot; an empty
+    /// `dns_domain` is none).
+    pub dns_domain: Option<String>,
 }
 
 /// A checked route.
@@ -226,6 +250,14 @@ pub struct Subnet {
     pub host_routes: Vec<Route>,
     /// Inclusive ranges inside `cidr`, disjoint, without the gateway. Empty: none given.
     pub allocation_pools: Vec<(Ipv4Addr, Ipv4Addr)>,
+    /// The DHCP server's address: `Some` exactly when `enable_dhcp`. Inside `cidr`, a host
+    /// address no one else on the network uses (`dhcp_server_ip`, by default the last
+    /// host address of `cidr`).
+    pub dhcp_server_ip: Option<Ipv4Addr>,
+    /// Lease time in seconds (`dhcp_lease_duration`); `u32::MAX` is infinite.
+    pub lease_time: u32,
+    /// Whether MACs that are no port's get addresses (`dhcp_serve_unknown`).
+    pub serve_unknown: bool,
 }
 
 /// A checked fixed IP.
@@ -265,6 +297,11 @@ pub struct Port {
     pub allowed_address_pairs: Vec<AddressPair>,
     /// How it is attached.
     pub binding: Binding,
+    /// Host name for DHCP option 12 (`dns_name`: one label or a FQDN, RFC 1123, without a
+    /// trailing dot; an empty `dns_name` is none).
+    pub hostname: Option<String>,
+    /// Its DHCPv4 `extra_dhcp_opts`, encoded (IPv6 entries are left out), distinct codes.
+    pub extra_dhcp_opts: Vec<ExtraOption>,
 }
 
 impl Port {
@@ -385,11 +422,18 @@ pub const VXLAN_OVERHEAD: u16 = 50;
 pub const MIN_MTU: i64 = 68;
 /// Largest MTU.
 pub const MAX_MTU: i64 = 9000;
+/// Shortest `dhcp_lease_duration` in seconds (a shorter lease only makes clients chatty).
+pub const MIN_LEASE_DURATION: i64 = 60;
+/// Largest `dhcp_lease_duration` in seconds: 2^31 - 1 (-1 is infinite).
+pub const MAX_LEASE_DURATION: i64 = i32::MAX as i64;
+/// Largest DHCP rate (per second) and burst of `[dhcp]`.
+pub const MAX_DHCP_LIMIT: i64 = 1_000_000;
 
 /// Checks a desired state; see the module documentation.
 pub fn validate(state: &DesiredState) -> Result<Validated, Vec<ValidationError>> {
     let mut c = Checker::default();
     let l2 = c.l2(&state.l2);
+    let dhcp = c.dhcp_limits(&state.dhcp);
     let uplinks = c.uplinks(&state.uplinks);
     let networks = c.networks(&state.networks, &uplinks);
     let subnets = c.subnets(&state.subnets, &networks);
@@ -397,11 +441,14 @@ pub fn validate(state: &DesiredState) -> Result<Validated, Vec<ValidationError>>
     let ports = c.ports(&state.ports, &networks, &subnets, &security_groups);
     let routers = c.routers(&state.routers, &networks, &subnets);
     let floating_ips = c.floating_ips(&state.floating_ips, &ports, &subnets, &routers);
+    // Last: every other address of each network is known by now.
+    c.dhcp_servers(&state.subnets, &subnets);
     if !c.errors.is_empty() {
         return Err(c.errors);
     }
     Ok(Validated {
         l2,
+        dhcp,
         uplinks,
         networks: networks.items,
         subnets: subnets.items,
@@ -496,11 +543,16 @@ impl Checker {
 
     fn mac(&mut self, path: &str, s: &str) -> Option<[u8; 6]> {
         match parse_station_mac(s) {
-            Ok(m) if m[..3] == ROUTER_MAC_PREFIX => {
+            Ok(m) if m[..3] == ROUTER_MAC_PREFIX || m[..3] == DHCP_MAC_PREFIX => {
+                let what = if m[..3] == ROUTER_MAC_PREFIX {
+                    "routers"
+                } else {
+                    "DHCP servers"
+                };
                 self.err(
                     path,
                     format!(
-                        "{s} is in {}/24, which polluxd reserves for its routers",
+                        "{s} is in {}/24, which polluxd reserves for its {what}",
                         fmt_mac([m[0], m[1], m[2], 0, 0, 0])
                     ),
                 );
@@ -664,6 +716,66 @@ impl Checker {
             ),
         }
         out
+    }
+
+    fn dhcp_limits(&mut self, d: &model::DhcpLimits) -> DhcpLimits {
+        let mut bucket = |name: &str, rate: i64, burst: i64, default: BucketConfig| {
+            let mut out = default;
+            match u32::try_from(rate) {
+                Ok(v) if i64::from(v) <= MAX_DHCP_LIMIT => out.rate_per_sec = v,
+                _ => self.err(
+                    format!("dhcp.{name}_rate"),
+                    format!("{rate} is outside 0..={MAX_DHCP_LIMIT} (messages per second)"),
+                ),
+            }
+            match u32::try_from(burst) {
+                Ok(v) if v >= 1 && i64::from(v) <= MAX_DHCP_LIMIT => out.burst = v,
+                _ => self.err(
+                    format!("dhcp.{name}_burst"),
+                    format!("{burst} is outside 1..={MAX_DHCP_LIMIT} (messages)"),
+                ),
+            }
+            out
+        };
+        let defaults = model::DhcpLimits::default();
+        let default_of = |rate: i64, burst: i64| BucketConfig {
+            rate_per_sec: rate as u32,
+            burst: burst as u32,
+        };
+        DhcpLimits {
+            port: bucket(
+                "port",
+                d.port_rate,
+                d.port_burst,
+                default_of(defaults.port_rate, defaults.port_burst),
+            ),
+            client: bucket(
+                "client",
+                d.client_rate,
+                d.client_burst,
+                default_of(defaults.client_rate, defaults.client_burst),
+            ),
+            network: bucket(
+                "network",
+                d.network_rate,
+                d.network_burst,
+                default_of(defaults.network_rate, defaults.network_burst),
+            ),
+        }
+    }
+
+    /// Checks an optional DNS name; an empty one is none.
+    fn dns_name(&mut self, path: String, name: Option<&str>) -> Option<String> {
+        match name {
+            None | Some("") => None,
+            Some(n) => match check_dns_name(n) {
+                Ok(n) => Some(n),
+                Err(m) => {
+                    self.err(path, m);
+                    None
+                }
+            },
+        }
     }
 
     fn uplinks(&mut self, uplinks: &[model::Uplink]) -> Vec<Uplink> {
@@ -933,6 +1045,7 @@ impl Checker {
                 segment: segment.unwrap_or(Segment::Local),
                 mtu: mtu.unwrap_or(DEFAULT_MTU),
                 admin_state_up: n.admin_state_up,
+                dns_domain: self.dns_name(format!("{base}.dns_domain"), n.dns_domain.as_deref()),
             });
             // Other objects may refer to a network whose segment is bad: that is the
             // network's error, not theirs.
@@ -1061,7 +1174,23 @@ impl Checker {
                 }
                 allocation_pools.push((start, end));
             }
-            let subnet = Subnet {
+            let lease_time = match s.dhcp_lease_duration {
+                None => DEFAULT_LEASE_TIME,
+                Some(-1) => u32::MAX,
+                Some(d) if (MIN_LEASE_DURATION..=MAX_LEASE_DURATION).contains(&d) => d as u32,
+                Some(d) => {
+                    self.err(
+                        format!("{base}.dhcp_lease_duration"),
+                        format!(
+                            "{d} is not a lease time: give seconds in \
+                             {MIN_LEASE_DURATION}..={MAX_LEASE_DURATION}, or -1 for infinite"
+                        ),
+                    );
+                    DEFAULT_LEASE_TIME
+                }
+            };
+            let dhcp_server_ip = self.subnet_dhcp_server_ip(&base, s, cidr, gateway_ip);
+            let mut subnet = Subnet {
                 id: s.id.clone(),
                 network: network.unwrap_or(usize::MAX),
                 cidr: cidr.unwrap_or(Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0)),
@@ -1070,6 +1199,9 @@ impl Checker {
                 dns_nameservers,
                 host_routes,
                 allocation_pools,
+                dhcp_server_ip,
+                lease_time,
+                serve_unknown: s.dhcp_serve_unknown,
             };
             // No two subnets of a network overlap.
             if core_ok {
@@ -1082,10 +1214,154 @@ impl Checker {
                         subnet.cidr, o.cidr, o.id, networks.items[subnet.network].id
                     );
                     self.err(format!("{base}.cidr"), m);
+                    // Its DHCP address would collide with the other subnet's: a
+                    // consequence, not reported.
+                    subnet.dhcp_server_ip = None;
                 }
             }
             out.items.push(subnet);
             out.ok.push(core_ok);
+        }
+        out
+    }
+
+    /// The DHCP server address of a subnet, with the checks that need only the subnet:
+    /// `None` when DHCP is off (a given `dhcp_server_ip` is still checked then) or the
+    /// address is bad. Collisions with other users of the network are checked last, by
+    /// [`Checker::dhcp_servers`].
+    fn subnet_dhcp_server_ip(
+        &mut self,
+        base: &str,
+        s: &model::Subnet,
+        cidr: Option<Ipv4Cidr>,
+        gateway_ip: Option<Ipv4Addr>,
+    ) -> Option<Ipv4Addr> {
+        let path = format!("{base}.dhcp_server_ip");
+        let explicit = match s.dhcp_server_ip.as_deref() {
+            Some(text) => Some(self.ip(&path, text)?),
+            None => None,
+        };
+        let cidr = cidr?;
+        if s.enable_dhcp && cidr.prefix >= 31 {
+            self.err(
+                format!("{base}.enable_dhcp"),
+                format!(
+                    "{cidr} has no room for a DHCP server next to its hosts; set \
+                     enable_dhcp = false"
+                ),
+            );
+            return None;
+        }
+        let ip = match explicit {
+            Some(ip) => {
+                if !cidr.contains(ip) {
+                    self.err(path, format!("{ip} is not inside the subnet's cidr {cidr}"));
+                    return None;
+                }
+                if cidr.is_reserved(ip) {
+                    self.err(
+                        path,
+                        format!("{ip} is the network or broadcast address of {cidr}"),
+                    );
+                    return None;
+                }
+                if gateway_ip == Some(ip) {
+                    self.err(path, format!("{ip} is the subnet's gateway_ip"));
+                    return None;
+                }
+                ip
+            }
+            None if !s.enable_dhcp => return None,
+            None => {
+                let ip = default_dhcp_server_ip(cidr);
+                if gateway_ip == Some(ip) {
+                    self.err(
+                        path,
+                        format!(
+                            "the default DHCP server address {ip} (the last host address of \
+                             {cidr}) is the subnet's gateway_ip; set dhcp_server_ip to a free \
+                             address of the subnet"
+                        ),
+                    );
+                    return None;
+                }
+                ip
+            }
+        };
+        s.enable_dhcp.then_some(ip)
+    }
+
+    /// Checks that no one else on its network uses a subnet's DHCP server address (ports'
+    /// fixed IPs, router gateways and floating IPs are all known by now), and reserves it.
+    fn dhcp_servers(&mut self, subnets: &[model::Subnet], checked: &Checked<Subnet>) {
+        for (i, (s, v)) in subnets.iter().zip(&checked.items).enumerate() {
+            let (Some(ip), true) = (v.dhcp_server_ip, checked.ok[i]) else {
+                continue;
+            };
+            let path = format!("subnets[{i}].dhcp_server_ip");
+            match self.used_ips.get(&(v.network, ip)) {
+                Some(owner) => {
+                    let m = if s.dhcp_server_ip.is_none() {
+                        format!(
+                            "the default DHCP server address {ip} (the last host address of {}) \
+                             is already used by {owner}; set dhcp_server_ip to a free address \
+                             of the subnet",
+                            v.cidr
+                        )
+                    } else {
+                        format!("{ip} is already used by {owner}")
+                    };
+                    self.err(path, m);
+                }
+                None => {
+                    let who = format!("the DHCP server of subnet {}", v.id);
+                    self.used_ips.insert((v.network, ip), who);
+                }
+            }
+        }
+    }
+
+    /// Encodes a port's `extra_dhcp_opts`; IPv6 entries are checked for their
+    /// `ip_version` only and left out.
+    fn extra_dhcp_opts(&mut self, base: &str, opts: &[model::ExtraDhcpOpt]) -> Vec<ExtraOption> {
+        let mut out: Vec<ExtraOption> = Vec::new();
+        let mut first: HashMap<u8, usize> = HashMap::new();
+        for (k, o) in opts.iter().enumerate() {
+            let p = format!("{base}.extra_dhcp_opts[{k}]");
+            match o.ip_version {
+                None | Some(4) => {}
+                Some(6) => continue,
+                Some(v) => {
+                    self.err(
+                        format!("{p}.ip_version"),
+                        format!("{v} is not an IP version (4, or 6 for DHCPv6, not served yet)"),
+                    );
+                    continue;
+                }
+            }
+            let (code, kind) = match dhcp_option_code(&o.opt_name) {
+                Ok(c) => c,
+                Err(m) => {
+                    self.err(format!("{p}.opt_name"), m);
+                    continue;
+                }
+            };
+            let value = match encode_dhcp_option(code, kind, &o.opt_value) {
+                Ok(v) => v,
+                Err(m) => {
+                    self.err(format!("{p}.opt_value"), m);
+                    continue;
+                }
+            };
+            if let Some(j) = first.insert(code, k) {
+                first.insert(code, j);
+                self.err(
+                    format!("{p}.opt_name"),
+                    format!("option {code} is already set by extra_dhcp_opts[{j}]"),
+                );
+                continue;
+            }
+            out.push(ExtraOption { code, value });
         }
         out
     }
@@ -1387,6 +1663,8 @@ impl Checker {
                 &p.binding,
                 &format!("port {}", p.id),
             );
+            let hostname = self.dns_name(format!("{base}.dns_name"), p.dns_name.as_deref());
+            let extra_dhcp_opts = self.extra_dhcp_opts(&base, &p.extra_dhcp_opts);
             out.items.push(Port {
                 id: p.id.clone(),
                 network: network.unwrap_or(usize::MAX),
@@ -1396,6 +1674,8 @@ impl Checker {
                 port_security_enabled: p.port_security_enabled,
                 allowed_address_pairs,
                 binding,
+                hostname,
+                extra_dhcp_opts,
             });
             out.ok.push(core_ok);
         }
@@ -1822,4 +2102,975 @@ pub fn fmt_mac(mac: [u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
+}
+
+/// The DHCP server address of a subnet that does not name one: its last host address
+/// (`.254` of a /24). Meant for prefixes up to /30.
+pub fn default_dhcp_server_ip(cidr: Ipv4Cidr) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(cidr.broadcast()).wrapping_sub(1))
+}
+
+/// Checks a DNS name (RFC 1123): one label or several joined by dots, a trailing dot
+/// allowed, at most 253 bytes, labels of 1..=63 letters, digits and `-` that neither start
+/// nor end with `-`. Returns the name without its trailing dot.
+pub fn check_dns_name(name: &str) -> Result<String, String> {
+    let bare = name.strip_suffix('.').unwrap_or(name);
+    if bare.is_empty() {
+        return Err(format!("{name:?} is not a DNS name"));
+    }
+    if bare.len() > 253 {
+        return Err(format!(
+            "the name is {} bytes; a DNS name has at most 253",
+            bare.len()
+        ));
+    }
+    for label in bare.split('.') {
+        if label.is_empty() {
+            return Err(format!("{name:?} is not a DNS name: it has an empty label"));
+        }
+        if label.len() > 63 {
+            return Err(format!(
+                "{name:?} is not a DNS name: label {label:?} is {} bytes; a label has at most 63",
+                label.len()
+            ));
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Err(format!(
+                "{name:?} is not a DNS name: label {label:?} has characters other than \
+                 letters, digits and '-'"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!(
+                "{name:?} is not a DNS name: label {label:?} starts or ends with '-'"
+            ));
+        }
+    }
+    Ok(bare.to_owned())
+}
+
+/// How the value of a DHCP option is written in `extra_dhcp_opts` and encoded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DhcpOptionKind {
+    /// One IPv4 address.
+    Ip,
+    /// Comma-separated IPv4 addresses, at least one.
+    IpList,
+    /// Comma-separated IPv4 addresses in pairs (option 33: destination, router).
+    IpPairs,
+    /// An integer 0..=255.
+    U8,
+    /// An integer 0..=65535, big-endian.
+    U16,
+    /// An integer 0..=2^32-1, big-endian.
+    U32,
+    /// `0` or `1`.
+    Bool,
+    /// Text, sent as is (no trailing NUL).
+    Text,
+    /// Comma-separated domain names in RFC 1035 encoding (option 119, RFC 3397).
+    DomainSearch,
+    /// Comma-separated `destination/prefix,router` pairs (option 121, RFC 3442).
+    ClasslessRoutes,
+    /// An option polluxd does not know: hex bytes (`0x0a0b` or `0a:0b`), else text.
+    Raw,
+}
+
+/// dnsmasq's names of the options `extra_dhcp_opts` may set, with their codes and value
+/// kinds.
+const DHCP_OPTION_NAMES: [(&str, u8, DhcpOptionKind); 28] = [
+    ("netmask", 1, DhcpOptionKind::Ip),
+    ("router", 3, DhcpOptionKind::IpList),
+    ("dns-server", 6, DhcpOptionKind::IpList),
+    ("log-server", 7, DhcpOptionKind::IpList),
+    ("hostname", 12, DhcpOptionKind::Text),
+    ("domain-name", 15, DhcpOptionKind::Text),
+    ("swap-server", 16, DhcpOptionKind::Ip),
+    ("root-path", 17, DhcpOptionKind::Text),
+    ("ip-forward-enable", 19, DhcpOptionKind::Bool),
+    ("mtu", 26, DhcpOptionKind::U16),
+    ("broadcast", 28, DhcpOptionKind::Ip),
+    ("static-route", 33, DhcpOptionKind::IpPairs),
+    ("nis-domain", 40, DhcpOptionKind::Text),
+    ("nis-server", 41, DhcpOptionKind::IpList),
+    ("ntp-server", 42, DhcpOptionKind::IpList),
+    ("vendor-encap", 43, DhcpOptionKind::Raw),
+    ("netbios-ns", 44, DhcpOptionKind::IpList),
+    ("netbios-dd", 45, DhcpOptionKind::IpList),
+    ("netbios-nodetype", 46, DhcpOptionKind::U8),
+    ("netbios-scope", 47, DhcpOptionKind::Text),
+    ("x-windows-fs", 48, DhcpOptionKind::IpList),
+    ("x-windows-dm", 49, DhcpOptionKind::IpList),
+    ("tftp-server", 66, DhcpOptionKind::Text),
+    ("bootfile-name", 67, DhcpOptionKind::Text),
+    ("user-class", 77, DhcpOptionKind::Raw),
+    ("client-arch", 93, DhcpOptionKind::U16),
+    ("domain-search", 119, DhcpOptionKind::DomainSearch),
+    (
+        "classless-static-route",
+        121,
+        DhcpOptionKind::ClasslessRoutes,
+    ),
+];
+
+/// Names of options the DHCP server sets itself, so that naming one gets a clear refusal
+/// rather than "unknown name".
+const DHCP_SERVER_OPTION_NAMES: [(&str, u8); 10] = [
+    ("requested-address", 50),
+    ("lease-time", 51),
+    ("option-overload", 52),
+    ("message-type", 53),
+    ("server-identifier", 54),
+    ("parameter-request", 55),
+    ("max-message-size", 57),
+    ("t1", 58),
+    ("t2", 59),
+    ("client-id", 61),
+];
+
+/// Resolves an `extra_dhcp_opts` name as dnsmasq (and so Neutron) reads it: a number
+/// (`42`), a name (`ntp-server`), or either after `option:`; case is ignored. Options the
+/// server sets itself (0, 50..=55, 57..=59, 61, 255) are refused, and so is
+/// `server-ip-address` (the `siaddr` header field, not an option).
+pub fn dhcp_option_code(name: &str) -> Result<(u8, DhcpOptionKind), String> {
+    let lower = name.trim().to_ascii_lowercase();
+    if lower.starts_with("option6:") {
+        return Err(format!(
+            "{name} is a DHCPv6 option; give it ip_version = 6 (DHCPv6 is not served yet)"
+        ));
+    }
+    if lower.starts_with("tag:") || lower.contains(',') {
+        return Err(format!(
+            "{name}: dnsmasq tags are not supported; give the option's name or number"
+        ));
+    }
+    let bare = lower.strip_prefix("option:").unwrap_or(&lower);
+    let code = if !bare.is_empty() && bare.bytes().all(|b| b.is_ascii_digit()) {
+        match bare.parse::<u8>() {
+            Ok(c) => c,
+            Err(_) => return Err(format!("{name} is not an option code (1..=254)")),
+        }
+    } else if bare == "server-ip-address" {
+        return Err(
+            "server-ip-address sets the siaddr header field, which polluxd does not set; \
+             give a TFTP server as tftp-server (option 66)"
+                .to_owned(),
+        );
+    } else if let Some(&(_, c, _)) = DHCP_OPTION_NAMES.iter().find(|(n, _, _)| *n == bare) {
+        c
+    } else if let Some(&(_, c)) = DHCP_SERVER_OPTION_NAMES.iter().find(|(n, _)| *n == bare) {
+        c
+    } else {
+        return Err(format!(
+            "{name} is not a DHCP option name polluxd knows; give the option's number \
+             (option:NUMBER)"
+        ));
+    };
+    match code {
+        0 | 255 => Err(format!("{code} is not an option code (1..=254)")),
+        51 | 58 | 59 => Err(format!(
+            "option {code} (lease, renewal and rebinding times) is set by the DHCP server; \
+             set the subnet's dhcp_lease_duration instead"
+        )),
+        50 | 52 | 53 | 54 | 55 | 57 | 61 => Err(format!(
+            "option {code} is part of the DHCP exchange and set by the server itself"
+        )),
+        _ => {
+            let kind = DHCP_OPTION_NAMES
+                .iter()
+                .find(|(_, c, _)| *c == code)
+                .map_or(DhcpOptionKind::Raw, |&(_, _, k)| k);
+            Ok((code, kind))
+        }
+    }
+}
+
+/// Encodes an `extra_dhcp_opts` value of option `code` as `kind` says; at most 255 bytes.
+pub fn encode_dhcp_option(code: u8, kind: DhcpOptionKind, value: &str) -> Result<Vec<u8>, String> {
+    if value.trim().is_empty() {
+        return Err(format!("option {code} needs a value"));
+    }
+    let items = || value.split(',').map(str::trim);
+    let ips = |min: usize| -> Result<Vec<u8>, String> {
+        let mut out = Vec::new();
+        for item in items() {
+            if item.is_empty() {
+                return Err(format!("{value:?} has an empty list entry (option {code})"));
+            }
+            out.extend_from_slice(&parse_ipv4(item)?.octets());
+        }
+        if out.len() / 4 < min {
+            return Err(format!(
+                "option {code} needs at least {min} IPv4 address(es)"
+            ));
+        }
+        Ok(out)
+    };
+    let int = |max: u64| -> Result<u64, String> {
+        let t = value.trim();
+        t.parse::<u64>()
+            .ok()
+            .filter(|&n| n <= max && !t.starts_with('+'))
+            .ok_or_else(|| format!("{value:?} is not an integer 0..={max} (option {code})"))
+    };
+    let out = match kind {
+        DhcpOptionKind::Ip => {
+            let v = ips(1)?;
+            if v.len() != 4 {
+                return Err(format!("option {code} takes one IPv4 address"));
+            }
+            v
+        }
+        DhcpOptionKind::IpList => ips(1)?,
+        DhcpOptionKind::IpPairs => {
+            let v = ips(2)?;
+            if !v.len().is_multiple_of(8) {
+                return Err(format!(
+                    "option {code} takes pairs of IPv4 addresses (destination,router)"
+                ));
+            }
+            v
+        }
+        DhcpOptionKind::U8 => vec![int(u64::from(u8::MAX))? as u8],
+        DhcpOptionKind::U16 => (int(u64::from(u16::MAX))? as u16).to_be_bytes().to_vec(),
+        DhcpOptionKind::U32 => (int(u64::from(u32::MAX))? as u32).to_be_bytes().to_vec(),
+        DhcpOptionKind::Bool => match value.trim() {
+            "0" => vec![0],
+            "1" => vec![1],
+            _ => return Err(format!("{value:?} is not 0 or 1 (option {code})")),
+        },
+        DhcpOptionKind::Text => value.as_bytes().to_vec(),
+        DhcpOptionKind::DomainSearch => {
+            let mut out = Vec::new();
+            for item in items() {
+                for label in check_dns_name(item)?.split('.') {
+                    out.push(label.len() as u8);
+                    out.extend_from_slice(label.as_bytes());
+                }
+                out.push(0);
+            }
+            out
+        }
+        DhcpOptionKind::ClasslessRoutes => {
+            let parts: Vec<&str> = items().collect();
+            if !parts.len().is_multiple_of(2) {
+                return Err(format!(
+                    "option {code} takes pairs destination/prefix,router (e.g. \
+                     198.19.0.0/16,198.18.1.1)"
+                ));
+            }
+            let mut out = Vec::new();
+            for pair in parts.chunks(2) {
+                let dst = parse_cidr(pair[0])?;
+                let router = parse_ipv4(pair[1])?;
+                push_classless_route(&mut out, dst.addr, dst.prefix, router);
+            }
+            out
+        }
+        DhcpOptionKind::Raw => parse_hex_bytes(value).unwrap_or_else(|| value.as_bytes().to_vec()),
+    };
+    if out.is_empty() {
+        return Err(format!("option {code} needs a value"));
+    }
+    if out.len() > 255 {
+        return Err(format!(
+            "the value of option {code} is {} bytes encoded; an option holds at most 255",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
+/// Bytes written as `0x0a0b` or `0a:0b` (at least two octets with colons), as dnsmasq
+/// reads hex; `None` for anything else.
+fn parse_hex_bytes(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        if hex.is_empty()
+            || !hex.len().is_multiple_of(2)
+            || !hex.bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            return None;
+        }
+        return (0..hex.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+            .collect();
+    }
+    if !s.contains(':') {
+        return None;
+    }
+    s.split(':')
+        .map(|p| {
+            let ok = (1..=2).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_hexdigit());
+            ok.then(|| u8::from_str_radix(p, 16).ok()).flatten()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A network with a /24 (DHCP on by default) and a port, a router with an external
+    /// gateway and a floating IP.
+    const BASE: &str = r#"
+        [[networks]]
+        id = "net-a"
+        network_type = "local"
+
+        [[networks]]
+        id = "ext"
+        network_type = "local"
+
+        [[subnets]]
+        id = "sub-a"
+        network_id = "net-a"
+        cidr = "198.18.1.0/24"
+        gateway_ip = "198.18.1.1"
+
+        [[subnets]]
+        id = "sub-ext"
+        network_id = "ext"
+        cidr = "203.0.113.0/24"
+        gateway_ip = "203.0.113.1"
+
+        [[ports]]
+        id = "vm1"
+        network_id = "net-a"
+        mac_address = "fa:16:3e:00:00:01"
+        fixed_ips = [{ subnet_id = "sub-a", ip_address = "198.18.1.10" }]
+        binding = { driver = "mem" }
+
+        [[routers]]
+        id = "r1"
+        interfaces = ["sub-a"]
+        external_gateway_info = { network_id = "ext", external_fixed_ip = "203.0.113.10" }
+
+        [[floating_ips]]
+        id = "fip1"
+        floating_ip_address = "203.0.113.20"
+        port_id = "vm1"
+    "#;
+
+    fn base() -> DesiredState {
+        DesiredState::from_toml_str(BASE).expect("the base state parses")
+    }
+
+    fn errors(state: &DesiredState) -> Vec<String> {
+        match validate(state) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[track_caller]
+    fn assert_errors(state: &DesiredState, expected: &[&str]) {
+        assert_eq!(errors(state), expected);
+    }
+
+    fn opt(name: &str, value: &str) -> model::ExtraDhcpOpt {
+        model::ExtraDhcpOpt {
+            opt_name: name.into(),
+            opt_value: value.into(),
+            ip_version: None,
+        }
+    }
+
+    /// The encoding of one extra option, or its error.
+    fn encode(name: &str, value: &str) -> Result<(u8, Vec<u8>), String> {
+        let (code, kind) = dhcp_option_code(name)?;
+        Ok((code, encode_dhcp_option(code, kind, value)?))
+    }
+
+    #[test]
+    fn dhcp_defaults() {
+        let v = validate(&base()).unwrap();
+        let s = &v.subnets[0];
+        assert_eq!(s.dhcp_server_ip, Some(Ipv4Addr::new(198, 18, 1, 254)));
+        assert_eq!(s.lease_time, 86_400);
+        assert!(!s.serve_unknown);
+        assert_eq!(v.networks[0].dns_domain, None);
+        assert_eq!(v.ports[0].hostname, None);
+        assert!(v.ports[0].extra_dhcp_opts.is_empty());
+        assert_eq!(
+            v.dhcp,
+            DhcpLimits {
+                port: BucketConfig {
+                    rate_per_sec: 100,
+                    burst: 200
+                },
+                client: BucketConfig {
+                    rate_per_sec: 5,
+                    burst: 20
+                },
+                network: BucketConfig {
+                    rate_per_sec: 5000,
+                    burst: 1000
+                },
+            }
+        );
+        // Without DHCP there is no server address.
+        let mut state = base();
+        state.subnets[0].enable_dhcp = false;
+        assert_eq!(validate(&state).unwrap().subnets[0].dhcp_server_ip, None);
+        // A /30's last host address.
+        state.subnets[0].enable_dhcp = true;
+        state.subnets[0].cidr = "198.18.1.8/30".into();
+        state.subnets[0].gateway_ip = Some("198.18.1.9".into());
+        state.ports[0].fixed_ips.clear();
+        state.floating_ips[0].port_id = None;
+        let v = validate(&state).unwrap();
+        assert_eq!(
+            v.subnets[0].dhcp_server_ip,
+            Some(Ipv4Addr::new(198, 18, 1, 10))
+        );
+    }
+
+    #[test]
+    fn dhcp_settings_are_read() {
+        let mut state = base();
+        state.dhcp.port_rate = 0;
+        state.dhcp.port_burst = 1;
+        state.dhcp.network_rate = 1_000_000;
+        state.subnets[0].dhcp_server_ip = Some("198.18.1.2".into());
+        state.subnets[0].dhcp_lease_duration = Some(-1);
+        state.subnets[0].dhcp_serve_unknown = true;
+        state.subnets[1].dhcp_lease_duration = Some(60);
+        state.networks[0].dns_domain = Some("Example.org.".into());
+        state.networks[1].dns_domain = Some(String::new());
+        state.ports[0].dns_name = Some("vm-1.example.org".into());
+        let v = validate(&state).unwrap();
+        assert_eq!(
+            v.dhcp.port,
+            BucketConfig {
+                rate_per_sec: 0,
+                burst: 1
+            }
+        );
+        assert_eq!(v.dhcp.network.rate_per_sec, 1_000_000);
+        assert_eq!(
+            v.subnets[0].dhcp_server_ip,
+            Some(Ipv4Addr::new(198, 18, 1, 2))
+        );
+        assert_eq!(v.subnets[0].lease_time, u32::MAX);
+        assert!(v.subnets[0].serve_unknown);
+        assert_eq!(v.subnets[1].lease_time, 60);
+        assert_eq!(v.networks[0].dns_domain.as_deref(), Some("Example.org"));
+        assert_eq!(v.networks[1].dns_domain, None);
+        assert_eq!(v.ports[0].hostname.as_deref(), Some("vm-1.example.org"));
+        // A server address given with DHCP off is checked, then not used.
+        state.subnets[0].enable_dhcp = false;
+        assert_eq!(validate(&state).unwrap().subnets[0].dhcp_server_ip, None);
+        state.subnets[0].dhcp_server_ip = Some("198.18.2.2".into());
+        assert_errors(
+            &state,
+            &["subnets[0].dhcp_server_ip: 198.18.2.2 is not inside the subnet's cidr 198.18.1.0/24"],
+        );
+    }
+
+    #[test]
+    fn dhcp_limits_are_bounded() {
+        let mut state = base();
+        state.dhcp.port_rate = -1;
+        state.dhcp.port_burst = 0;
+        state.dhcp.client_rate = 1_000_001;
+        state.dhcp.client_burst = 1_000_001;
+        state.dhcp.network_rate = i64::MAX;
+        state.dhcp.network_burst = -5;
+        assert_errors(
+            &state,
+            &[
+                "dhcp.port_rate: -1 is outside 0..=1000000 (messages per second)",
+                "dhcp.port_burst: 0 is outside 1..=1000000 (messages)",
+                "dhcp.client_rate: 1000001 is outside 0..=1000000 (messages per second)",
+                "dhcp.client_burst: 1000001 is outside 1..=1000000 (messages)",
+                "dhcp.network_rate: 9223372036854775807 is outside 0..=1000000 (messages per second)",
+                "dhcp.network_burst: -5 is outside 1..=1000000 (messages)",
+            ],
+        );
+    }
+
+    #[test]
+    fn lease_durations() {
+        let mut state = base();
+        for bad in [0, 59, -2, 1 << 31] {
+            state.subnets[0].dhcp_lease_duration = Some(bad);
+            assert_errors(
+                &state,
+                &[&format!(
+                    "subnets[0].dhcp_lease_duration: {bad} is not a lease time: give seconds in \
+                     60..=2147483647, or -1 for infinite"
+                )],
+            );
+        }
+        state.subnets[0].dhcp_lease_duration = Some((1 << 31) - 1);
+        assert_eq!(
+            validate(&state).unwrap().subnets[0].lease_time,
+            i32::MAX as u32
+        );
+    }
+
+    #[test]
+    fn dhcp_server_ip_must_be_a_free_host_address_of_the_subnet() {
+        let cases = [
+            ("198.18.1.300", "198.18.1.300 is not an IPv4 address"),
+            (
+                "198.18.2.5",
+                "198.18.2.5 is not inside the subnet's cidr 198.18.1.0/24",
+            ),
+            (
+                "198.18.1.0",
+                "198.18.1.0 is the network or broadcast address of 198.18.1.0/24",
+            ),
+            (
+                "198.18.1.255",
+                "198.18.1.255 is the network or broadcast address of 198.18.1.0/24",
+            ),
+            ("198.18.1.1", "198.18.1.1 is the subnet's gateway_ip"),
+            ("198.18.1.10", "198.18.1.10 is already used by port vm1"),
+        ];
+        for (ip, message) in cases {
+            let mut state = base();
+            state.subnets[0].dhcp_server_ip = Some(ip.into());
+            assert_errors(&state, &[&format!("subnets[0].dhcp_server_ip: {message}")]);
+        }
+        // The router's external address and a floating IP, on the external subnet.
+        for (ip, owner) in [
+            ("203.0.113.10", "the gateway of router r1"),
+            ("203.0.113.20", "floating IP fip1"),
+        ] {
+            let mut state = base();
+            state.subnets[1].dhcp_server_ip = Some(ip.into());
+            assert_errors(
+                &state,
+                &[&format!(
+                    "subnets[1].dhcp_server_ip: {ip} is already used by {owner}"
+                )],
+            );
+        }
+    }
+
+    #[test]
+    fn a_colliding_default_asks_for_an_explicit_address() {
+        let mut state = base();
+        state.ports[0].fixed_ips[0].ip_address = "198.18.1.254".into();
+        assert_errors(
+            &state,
+            &[
+                "subnets[0].dhcp_server_ip: the default DHCP server address 198.18.1.254 (the \
+               last host address of 198.18.1.0/24) is already used by port vm1; set \
+               dhcp_server_ip to a free address of the subnet",
+            ],
+        );
+        state.subnets[0].dhcp_server_ip = Some("198.18.1.253".into());
+        assert!(validate(&state).is_ok());
+
+        let mut state = base();
+        state.subnets[1].gateway_ip = Some("203.0.113.254".into());
+        assert_errors(
+            &state,
+            &[
+                "subnets[1].dhcp_server_ip: the default DHCP server address 203.0.113.254 (the \
+               last host address of 203.0.113.0/24) is the subnet's gateway_ip; set \
+               dhcp_server_ip to a free address of the subnet",
+            ],
+        );
+        // A floating IP on the default address.
+        let mut state = base();
+        state.floating_ips[0].floating_ip_address = "203.0.113.254".into();
+        assert_errors(
+            &state,
+            &[
+                "subnets[1].dhcp_server_ip: the default DHCP server address 203.0.113.254 (the \
+               last host address of 203.0.113.0/24) is already used by floating IP fip1; set \
+               dhcp_server_ip to a free address of the subnet",
+            ],
+        );
+    }
+
+    #[test]
+    fn dhcp_needs_room_in_the_subnet() {
+        for cidr in ["198.18.1.0/31", "198.18.1.0/32"] {
+            let mut state = base();
+            state.routers.clear();
+            state.floating_ips.clear();
+            state.subnets[0].cidr = cidr.into();
+            state.subnets[0].gateway_ip = None;
+            state.ports[0].fixed_ips[0].ip_address = "198.18.1.0".into();
+            assert_errors(
+                &state,
+                &[&format!(
+                    "subnets[0].enable_dhcp: {cidr} has no room for a DHCP server next to its \
+                     hosts; set enable_dhcp = false"
+                )],
+            );
+            state.subnets[0].enable_dhcp = false;
+            assert!(validate(&state).is_ok(), "{cidr} without DHCP");
+        }
+    }
+
+    #[test]
+    fn dns_names() {
+        let long_label = "a".repeat(64);
+        let long_name = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(62),
+        ]
+        .join(".");
+        assert_eq!(long_name.len(), 254);
+        let cases = [
+            (
+                "a..b",
+                "\"a..b\" is not a DNS name: it has an empty label".to_owned(),
+            ),
+            (".", "\".\" is not a DNS name".to_owned()),
+            (
+                "under_score",
+                "\"under_score\" is not a DNS name: label \"under_score\" has characters \
+                 other than letters, digits and '-'"
+                    .to_owned(),
+            ),
+            (
+                "-vm",
+                "\"-vm\" is not a DNS name: label \"-vm\" starts or ends with '-'".to_owned(),
+            ),
+            (
+                &long_label,
+                format!(
+                    "{long_label:?} is not a DNS name: label {long_label:?} is 64 bytes; a \
+                     label has at most 63"
+                ),
+            ),
+            (
+                &long_name,
+                "the name is 254 bytes; a DNS name has at most 253".to_owned(),
+            ),
+        ];
+        for (name, message) in &cases {
+            let mut state = base();
+            state.networks[0].dns_domain = Some((*name).to_owned());
+            state.ports[0].dns_name = Some((*name).to_owned());
+            assert_errors(
+                &state,
+                &[
+                    &format!("networks[0].dns_domain: {message}"),
+                    &format!("ports[0].dns_name: {message}"),
+                ],
+            );
+        }
+        assert_eq!(check_dns_name("vm1").as_deref(), Ok("vm1"));
+        assert_eq!(
+            check_dns_name("3com.example.").as_deref(),
+            Ok("3com.example")
+        );
+        let max = &long_name[1..];
+        assert_eq!(check_dns_name(max).as_deref(), Ok(max));
+    }
+
+    #[test]
+    fn reserved_macs_are_refused() {
+        let mut state = base();
+        state.ports[0].mac_address = "02:70:64:00:00:01".into();
+        assert_errors(
+            &state,
+            &[
+                "ports[0].mac_address: 02:70:64:00:00:01 is in 02:70:64:00:00:00/24, which \
+               polluxd reserves for its DHCP servers",
+            ],
+        );
+        let mut state = base();
+        state.ports[0].allowed_address_pairs = vec![model::AddressPair {
+            ip_address: "198.18.1.50".into(),
+            mac_address: Some("02:70:64:ab:cd:ef".into()),
+        }];
+        assert_errors(
+            &state,
+            &[
+                "ports[0].allowed_address_pairs[0].mac_address: 02:70:64:ab:cd:ef is in \
+               02:70:64:00:00:00/24, which polluxd reserves for its DHCP servers",
+            ],
+        );
+        let mut state = base();
+        state.ports[0].mac_address = "02:70:6c:00:00:01".into();
+        assert_errors(
+            &state,
+            &[
+                "ports[0].mac_address: 02:70:6c:00:00:01 is in 02:70:6c:00:00:00/24, which \
+               polluxd reserves for its routers",
+            ],
+        );
+    }
+
+    #[test]
+    fn extra_option_names_and_numbers() {
+        let ntp = Ok((42, vec![198, 18, 1, 1, 198, 18, 1, 2]));
+        for name in [
+            "ntp-server",
+            "option:ntp-server",
+            "42",
+            "option:42",
+            "NTP-Server",
+        ] {
+            assert_eq!(encode(name, "198.18.1.1,198.18.1.2"), ntp, "{name}");
+        }
+        assert_eq!(encode("ntp-server", " 198.18.1.1 , 198.18.1.2 "), ntp);
+        let table: [(&str, u8); 28] = [
+            ("netmask", 1),
+            ("router", 3),
+            ("dns-server", 6),
+            ("log-server", 7),
+            ("hostname", 12),
+            ("domain-name", 15),
+            ("swap-server", 16),
+            ("root-path", 17),
+            ("ip-forward-enable", 19),
+            ("mtu", 26),
+            ("broadcast", 28),
+            ("static-route", 33),
+            ("nis-domain", 40),
+            ("nis-server", 41),
+            ("ntp-server", 42),
+            ("vendor-encap", 43),
+            ("netbios-ns", 44),
+            ("netbios-dd", 45),
+            ("netbios-nodetype", 46),
+            ("netbios-scope", 47),
+            ("x-windows-fs", 48),
+            ("x-windows-dm", 49),
+            ("tftp-server", 66),
+            ("bootfile-name", 67),
+            ("user-class", 77),
+            ("client-arch", 93),
+            ("domain-search", 119),
+            ("classless-static-route", 121),
+        ];
+        for (name, code) in table {
+            assert_eq!(dhcp_option_code(name).map(|c| c.0), Ok(code), "{name}");
+        }
+    }
+
+    #[test]
+    fn extra_option_encodings_are_byte_exact() {
+        let cases: [(&str, &str, u8, Vec<u8>); 16] = [
+            ("netmask", "255.255.255.0", 1, vec![255, 255, 255, 0]),
+            ("router", "198.18.1.1", 3, vec![198, 18, 1, 1]),
+            (
+                "static-route",
+                "198.19.0.0,198.18.1.2",
+                33,
+                vec![198, 19, 0, 0, 198, 18, 1, 2],
+            ),
+            ("ip-forward-enable", "1", 19, vec![1]),
+            ("mtu", "1450", 26, vec![0x05, 0xaa]),
+            ("netbios-nodetype", "8", 46, vec![8]),
+            ("client-arch", "7", 93, vec![0, 7]),
+            ("bootfile-name", "pxelinux.0", 67, b"pxelinux.0".to_vec()),
+            ("tftp-server", "tftp.example", 66, b"tftp.example".to_vec()),
+            ("hostname", "other", 12, b"other".to_vec()),
+            (
+                "domain-search",
+                "example.org,eng.example.org.",
+                119,
+                [
+                    &b"\x07example\x03org\x00"[..],
+                    &b"\x03eng\x07example\x03org\x00"[..],
+                ]
+                .concat(),
+            ),
+            (
+                "classless-static-route",
+                "198.19.0.0/16,198.18.1.2,0.0.0.0/0,198.18.1.1",
+                121,
+                vec![16, 198, 19, 198, 18, 1, 2, 0, 198, 18, 1, 1],
+            ),
+            // Unknown codes: text, or hex bytes.
+            ("150", "198.18.1.5", 150, b"198.18.1.5".to_vec()),
+            ("option:224", "0x0a0B", 224, vec![0x0a, 0x0b]),
+            ("224", "0a:b:ff", 224, vec![0x0a, 0x0b, 0xff]),
+            (
+                "vendor-encap",
+                "01:04:c0:a8:00:01",
+                43,
+                vec![1, 4, 0xc0, 0xa8, 0, 1],
+            ),
+        ];
+        for (name, value, code, bytes) in cases {
+            assert_eq!(encode(name, value), Ok((code, bytes)), "{name} = {value}");
+        }
+        // Text that only looks a little like hex stays text.
+        assert_eq!(encode("224", "0xabc"), Ok((224, b"0xabc".to_vec())));
+        assert_eq!(encode("224", "abc"), Ok((224, b"abc".to_vec())));
+    }
+
+    #[test]
+    fn extra_options_reach_the_validated_port() {
+        let mut state = base();
+        state.ports[0].extra_dhcp_opts = vec![
+            opt("ntp-server", "198.18.1.1,198.18.1.2"),
+            model::ExtraDhcpOpt {
+                ip_version: Some(6),
+                ..opt("dns-server", "2001:db8::1")
+            },
+            model::ExtraDhcpOpt {
+                ip_version: Some(4),
+                ..opt("bootfile-name", "pxelinux.0")
+            },
+        ];
+        let v = validate(&state).unwrap();
+        assert_eq!(
+            v.ports[0].extra_dhcp_opts,
+            [
+                ExtraOption::raw(42, [198, 18, 1, 1, 198, 18, 1, 2]),
+                ExtraOption::text(67, "pxelinux.0"),
+            ]
+        );
+    }
+
+    #[test]
+    fn extra_option_errors() {
+        let long = "x".repeat(256);
+        let many_ips = vec!["198.18.1.1"; 64].join(",");
+        let cases: Vec<(model::ExtraDhcpOpt, &str)> = vec![
+            (
+                opt("no-such-option", "1"),
+                "opt_name: no-such-option is not a DHCP option name polluxd knows; give the \
+                 option's number (option:NUMBER)",
+            ),
+            (
+                opt("256", "1"),
+                "opt_name: 256 is not an option code (1..=254)",
+            ),
+            (opt("0", "1"), "opt_name: 0 is not an option code (1..=254)"),
+            (
+                opt("option:255", "1"),
+                "opt_name: 255 is not an option code (1..=254)",
+            ),
+            (
+                opt("lease-time", "60"),
+                "opt_name: option 51 (lease, renewal and rebinding times) is set by the DHCP \
+                 server; set the subnet's dhcp_lease_duration instead",
+            ),
+            (
+                opt("58", "60"),
+                "opt_name: option 58 (lease, renewal and rebinding times) is set by the DHCP \
+                 server; set the subnet's dhcp_lease_duration instead",
+            ),
+            (
+                opt("server-identifier", "198.18.1.1"),
+                "opt_name: option 54 is part of the DHCP exchange and set by the server itself",
+            ),
+            (
+                opt("option:61", "x"),
+                "opt_name: option 61 is part of the DHCP exchange and set by the server itself",
+            ),
+            (
+                opt("server-ip-address", "198.18.1.5"),
+                "opt_name: server-ip-address sets the siaddr header field, which polluxd does \
+                 not set; give a TFTP server as tftp-server (option 66)",
+            ),
+            (
+                opt("option6:dns-server", "2001:db8::1"),
+                "opt_name: option6:dns-server is a DHCPv6 option; give it ip_version = 6 \
+                 (DHCPv6 is not served yet)",
+            ),
+            (
+                opt("tag:pxe,bootfile-name", "x"),
+                "opt_name: tag:pxe,bootfile-name: dnsmasq tags are not supported; give the \
+                 option's name or number",
+            ),
+            (
+                model::ExtraDhcpOpt {
+                    ip_version: Some(5),
+                    ..opt("ntp-server", "198.18.1.1")
+                },
+                "ip_version: 5 is not an IP version (4, or 6 for DHCPv6, not served yet)",
+            ),
+            (
+                opt("ntp-server", "198.18.1.x"),
+                "opt_value: 198.18.1.x is not an IPv4 address",
+            ),
+            (opt("ntp-server", ""), "opt_value: option 42 needs a value"),
+            (
+                opt("ntp-server", "198.18.1.1,"),
+                "opt_value: \"198.18.1.1,\" has an empty list entry (option 42)",
+            ),
+            (
+                opt("netmask", "255.255.255.0,255.0.0.0"),
+                "opt_value: option 1 takes one IPv4 address",
+            ),
+            (
+                opt("static-route", "198.19.0.0"),
+                "opt_value: option 33 needs at least 2 IPv4 address(es)",
+            ),
+            (
+                opt("static-route", "198.19.0.0,198.18.1.1,198.20.0.0"),
+                "opt_value: option 33 takes pairs of IPv4 addresses (destination,router)",
+            ),
+            (
+                opt("mtu", "65536"),
+                "opt_value: \"65536\" is not an integer 0..=65535 (option 26)",
+            ),
+            (
+                opt("netbios-nodetype", "-1"),
+                "opt_value: \"-1\" is not an integer 0..=255 (option 46)",
+            ),
+            (
+                opt("ip-forward-enable", "yes"),
+                "opt_value: \"yes\" is not 0 or 1 (option 19)",
+            ),
+            (
+                opt("bootfile-name", ""),
+                "opt_value: option 67 needs a value",
+            ),
+            (
+                opt("root-path", &long),
+                "opt_value: the value of option 17 is 256 bytes encoded; an option holds at \
+                 most 255",
+            ),
+            (
+                opt("dns-server", &many_ips),
+                "opt_value: the value of option 6 is 256 bytes encoded; an option holds at \
+                 most 255",
+            ),
+            (
+                opt("domain-search", "example.org,bad_name"),
+                "opt_value: \"bad_name\" is not a DNS name: label \"bad_name\" has characters \
+                 other than letters, digits and '-'",
+            ),
+            (
+                opt("classless-static-route", "198.19.0.1/16,198.18.1.1"),
+                "opt_value: 198.19.0.1/16 has host bits set (the prefix is 198.19.0.0/16)",
+            ),
+            (
+                opt("classless-static-route", "198.19.0.0/16"),
+                "opt_value: option 121 takes pairs destination/prefix,router (e.g. \
+                 198.19.0.0/16,198.18.1.1)",
+            ),
+        ];
+        for (o, message) in cases {
+            let mut state = base();
+            state.ports[0].extra_dhcp_opts = vec![o.clone()];
+            assert_errors(&state, &[&format!("ports[0].extra_dhcp_opts[0].{message}")]);
+        }
+        // The same option twice.
+        let mut state = base();
+        state.ports[0].extra_dhcp_opts = vec![
+            opt("42", "198.18.1.1"),
+            opt("bootfile-name", "a"),
+            opt("ntp-server", "198.18.1.2"),
+        ];
+        assert_errors(
+            &state,
+            &[
+                "ports[0].extra_dhcp_opts[2].opt_name: option 42 is already set by \
+               extra_dhcp_opts[0]",
+            ],
+        );
+    }
 }

@@ -189,8 +189,10 @@ impl Drop for TempDir {
 fn dir_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     fs::read_dir(dir)
         .expect("list the state directory")
+        .map(|e| e.expect("directory entry"))
+        // The DHCP lease directory: no client runs here, so nothing writes in it.
+        .filter(|e| !e.file_type().is_ok_and(|t| t.is_dir()))
         .map(|e| {
-            let e = e.expect("directory entry");
             let name = e.file_name().into_string().expect("UTF-8 file name");
             let bytes = fs::read(e.path()).expect("read a state file");
             (name, bytes)
@@ -345,6 +347,8 @@ enum Expect {
     UnknownGeneration,
 }
 
+// A few ops live at a time; boxing the state would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 enum Op {
     Apply {
@@ -439,8 +443,9 @@ fn uplink_mtu(state: &DesiredState, physnet: Option<&str>) -> i64 {
         .unwrap_or(1500)
 }
 
-/// Addresses in use on network `network_id` by anyone but port `except`: subnet gateways
-/// and other ports' fixed IPs.
+/// Addresses in use on network `network_id` by anyone but port `except`: subnet gateways,
+/// DHCP server addresses (by default a subnet's last host address) and other ports'
+/// fixed IPs.
 fn used_ips(state: &DesiredState, network_id: &str, except: Option<usize>) -> HashSet<u32> {
     let on_net =
         |subnet_id: &str| subnet(state, subnet_id).is_some_and(|s| s.network_id == network_id);
@@ -451,6 +456,14 @@ fn used_ips(state: &DesiredState, network_id: &str, except: Option<usize>) -> Ha
         .filter_map(|s| s.gateway_ip.as_deref())
         .map(|g| u32::from(g.parse::<Ipv4Addr>().expect("gateway")))
         .collect();
+    for s in state.subnets.iter() {
+        if s.network_id == network_id && s.enable_dhcp {
+            used.insert(match s.dhcp_server_ip.as_deref() {
+                Some(ip) => u32::from(ip.parse::<Ipv4Addr>().expect("DHCP server IP")),
+                None => broadcast(cidr_of(&s.cidr)) - 1,
+            });
+        }
+    }
     for (i, p) in state.ports.iter().enumerate() {
         if Some(i) == except {
             continue;
@@ -555,6 +568,8 @@ fn plan(edit: &Edit, engine: &Engine, fresh: &mut Fresh) -> Option<Planned> {
                 port_security_enabled: true,
                 allowed_address_pairs: Vec::new(),
                 binding: Binding::Mem {},
+                dns_name: None,
+                extra_dhcp_opts: Vec::new(),
             });
             let expect = expect_valid(&s);
             Planned {
@@ -714,6 +729,7 @@ fn plan(edit: &Edit, engine: &Engine, fresh: &mut Fresh) -> Option<Planned> {
                 segmentation_id: Some(vid),
                 mtu: None,
                 admin_state_up: true,
+                dns_domain: None,
             });
             if *with_subnet {
                 let octet = n % 250;
@@ -726,6 +742,9 @@ fn plan(edit: &Edit, engine: &Engine, fresh: &mut Fresh) -> Option<Planned> {
                     dns_nameservers: Vec::new(),
                     host_routes: Vec::new(),
                     allocation_pools: None,
+                    dhcp_server_ip: None,
+                    dhcp_lease_duration: None,
+                    dhcp_serve_unknown: false,
                 });
             }
             let expect = expect_valid(&s);

@@ -214,7 +214,7 @@ fn http_server_serves_metrics_and_404s_others() {
     );
     assert!(body.contains("pollux_port_rx_packets_total{port=\"eth0\"} 30\n"));
     assert!(body.contains("pollux_mac_aged_total 4\n"), "{body}");
-    assert!(body.ends_with("pollux_frames_consumed_total 0\n"), "{body}");
+    assert!(body.ends_with("pollux_inject_dropped_total 0\n"), "{body}");
 
     let resp = http(addr, b"GET /metrics?x=1 HTTP/1.1\r\n\r\n");
     assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");

@@ -422,6 +422,8 @@ impl Churn {
             port_security_enabled: true,
             allowed_address_pairs: Vec::new(),
             binding: Binding::Mem {},
+            dns_name: None,
+            extra_dhcp_opts: Vec::new(),
         });
     }
 
@@ -471,6 +473,7 @@ impl Churn {
                     segmentation_id: Some(400),
                     mtu: None,
                     admin_state_up: true,
+                    dns_domain: None,
                 });
                 s.subnets.push(Subnet {
                     id: "sub-x".into(),
@@ -481,6 +484,9 @@ impl Churn {
                     dns_nameservers: Vec::new(),
                     host_routes: Vec::new(),
                     allocation_pools: None,
+                    dhcp_server_ip: None,
+                    dhcp_lease_duration: None,
+                    dhcp_serve_unknown: false,
                 });
                 let id = format!("xp{}", self.fresh());
                 self.add_port(&mut s, id, "net-x");

@@ -136,8 +136,9 @@ impl Layout {
             return Err(format!("--ports {ports} is too many for the MAC scheme"));
         }
         let per_network = ports.div_ceil(networks);
-        // Gateway, the ports and the spares, plus network and broadcast addresses.
-        let needed = (per_network + 1 + SPARES + 2) as u64;
+        // Gateway, the ports and the spares, plus network and broadcast addresses and the
+        // DHCP server's (the last host address).
+        let needed = (per_network + 1 + SPARES + 3) as u64;
         let mut prefix = 24u8;
         while prefix > 15 && (1u64 << (32 - prefix)) < needed {
             prefix -= 1;
@@ -245,6 +246,8 @@ fn port(id: String, net: usize, mac_no: u32, addr: u32) -> Port {
         port_security_enabled: true,
         allowed_address_pairs: Vec::new(),
         binding: Binding::Mem {},
+        dns_name: None,
+        extra_dhcp_opts: Vec::new(),
     }
 }
 
@@ -265,6 +268,7 @@ fn generate(layout: &Layout, ports: usize, routers: usize) -> (DesiredState, Vec
                 segmentation_id: vlan.then_some(i as i64 + 1),
                 mtu: None,
                 admin_state_up: true,
+                dns_domain: None,
             }
         })
         .collect();
@@ -278,6 +282,9 @@ fn generate(layout: &Layout, ports: usize, routers: usize) -> (DesiredState, Vec
             dns_nameservers: Vec::new(),
             host_routes: Vec::new(),
             allocation_pools: None,
+            dhcp_server_ip: None,
+            dhcp_lease_duration: None,
+            dhcp_serve_unknown: false,
         })
         .collect();
     let mut port_net = Vec::with_capacity(ports);
@@ -304,6 +311,7 @@ fn generate(layout: &Layout, ports: usize, routers: usize) -> (DesiredState, Vec
         .collect();
     let state = DesiredState {
         l2: Default::default(),
+        dhcp: Default::default(),
         uplinks: vec![Uplink {
             name: "uplink0".into(),
             physnet: "physnet1".into(),

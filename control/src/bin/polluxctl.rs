@@ -110,7 +110,11 @@ enum Show {
         router: Option<String>,
     },
     /// DHCP leases.
-    Leases,
+    Leases {
+        /// Only this network.
+        #[arg(long, value_name = "ID")]
+        network: Option<String>,
+    },
     /// Worker counters, drop reasons and apply totals.
     Stats,
 }
@@ -236,7 +240,7 @@ fn show_request(show: &Show) -> (&'static str, Value) {
         Show::Routes { router } => ("routes.list", optional("router_id", router)),
         Show::Neighbours { network } => ("neighbors.list", optional("network_id", network)),
         Show::Sessions { router } => ("sessions.list", optional("router_id", router)),
-        Show::Leases => ("leases.list", json!({})),
+        Show::Leases { network } => ("leases.list", optional("network_id", network)),
         Show::Stats => ("stats.get", json!({})),
     }
 }
@@ -355,6 +359,16 @@ const NEIGHBOR_COLUMNS: &[Column] = &[
     ("AGE", "age_secs"),
 ];
 
+const LEASE_COLUMNS: &[Column] = &[
+    ("NETWORK", "network_id"),
+    ("PORT", "port_id"),
+    ("MAC", "mac_address"),
+    ("IP", "ip_address"),
+    ("HOSTNAME", "hostname"),
+    ("STATE", "state"),
+    ("EXPIRES", "expires_in_secs"),
+];
+
 const ROUTE_COLUMNS: &[Column] = &[
     ("ROUTER", "router_id"),
     ("DESTINATION", "destination"),
@@ -408,7 +422,7 @@ fn render_show(show: &Show, result: &Value) -> String {
         Show::Routes { .. } => table(rows(result, "routes"), ROUTE_COLUMNS),
         Show::Neighbours { .. } => table(rows(result, "neighbors"), NEIGHBOR_COLUMNS),
         Show::Sessions { .. } => table(rows(result, "sessions"), SESSION_COLUMNS),
-        Show::Leases => any_table(rows(result, "leases")),
+        Show::Leases { .. } => table(rows(result, "leases"), LEASE_COLUMNS),
         Show::Stats => stats_report(result),
     }
 }
@@ -419,20 +433,6 @@ fn rows<'a>(result: &'a Value, key: &str) -> &'a [Value] {
         .get(key)
         .and_then(Value::as_array)
         .map_or(&[], Vec::as_slice)
-}
-
-/// A table of rows whose shape is not fixed yet: one column per key, in order of first
-/// appearance.
-fn any_table(rows: &[Value]) -> String {
-    let mut keys: Vec<&str> = Vec::new();
-    for key in rows.iter().filter_map(Value::as_object).flat_map(Map::keys) {
-        if !keys.contains(&key.as_str()) {
-            keys.push(key);
-        }
-    }
-    let headers: Vec<String> = keys.iter().map(|k| k.to_uppercase()).collect();
-    let columns: Vec<Column> = headers.iter().map(String::as_str).zip(keys).collect();
-    table(rows, &columns)
 }
 
 /// Renders `rows` as aligned columns under a header row: two spaces between columns,
@@ -631,7 +631,7 @@ fn stats_report(result: &Value) -> String {
         })
         .unwrap_or_default();
     let apply = result.get("apply").unwrap_or(&Value::Null);
-    [
+    let mut sections = vec![
         table(rows(result, "workers"), WORKER_COLUMNS),
         table(&drops, DROP_COLUMNS),
         format!(
@@ -639,8 +639,36 @@ fn stats_report(result: &Value) -> String {
             cell_text(apply.get("total")),
             cell_text(apply.get("failures"))
         ),
-    ]
-    .join("\n\n")
+    ];
+    if let Some(dhcp) = result.get("dhcp") {
+        sections.push(dhcp_line(dhcp));
+    }
+    sections.join("\n\n")
+}
+
+/// One line of the DHCP server's counters and its reasons for not answering.
+fn dhcp_line(dhcp: &Value) -> String {
+    let drops: Vec<String> = dhcp
+        .get("drops")
+        .and_then(Value::as_object)
+        .map(|d| d.iter().map(|(r, n)| format!("{r} {n}")).collect())
+        .unwrap_or_default();
+    format!(
+        "dhcp: {} punted, {} received, {} offers, {} acks, {} naks, {} releases, {} \
+         replies sent; not answered: {}",
+        cell_text(dhcp.get("punted")),
+        cell_text(dhcp.get("received")),
+        cell_text(dhcp.get("offers")),
+        cell_text(dhcp.get("acks")),
+        cell_text(dhcp.get("naks")),
+        cell_text(dhcp.get("releases")),
+        cell_text(dhcp.get("injected")),
+        if drops.is_empty() {
+            "none".to_string()
+        } else {
+            drops.join(", ")
+        }
+    )
 }
 
 /// History rows with the commit time as UTC.
@@ -724,18 +752,6 @@ mod tests {
     }
 
     #[test]
-    fn any_table_takes_columns_from_the_rows() {
-        let rows = vec![
-            json!({ "ip": "198.18.1.10" }),
-            json!({ "mac": "m", "ip": "x" }),
-        ];
-        assert_eq!(
-            any_table(&rows),
-            "IP           MAC\n198.18.1.10  -\nx            m"
-        );
-    }
-
-    #[test]
     fn diff_lines_in_model_order() {
         let diff = json!({
             "added": { "ports": ["vm3", "vm4"], "networks": ["net-c"] },
@@ -802,14 +818,21 @@ mod tests {
                           "flood_copies": 1, "dropped": 2, "loops": 100, "busy_loops": 4,
                           "busy_ns": 500, "idle_ns": 9500, "macs": 2, "generation": 6 }],
             "drops": { "vlan_unknown": 2 },
-            "apply": { "total": 3, "failures": 1 }
+            "apply": { "total": 3, "failures": 1 },
+            "dhcp": { "punted": 5, "received": 5, "offers": 2, "acks": 2, "naks": 0,
+                      "releases": 0, "injected": 4, "drops": { "unknown_client": 1 } }
         });
         let text = stats_report(&stats);
         let sections: Vec<&str> = text.split("\n\n").collect();
-        assert_eq!(sections.len(), 3, "{text}");
+        assert_eq!(sections.len(), 4, "{text}");
         assert!(sections[0].starts_with("WORKER  CORE  RX_PKTS"), "{text}");
         assert_eq!(sections[1], "DROP_REASON   COUNT\nvlan_unknown      2");
         assert_eq!(sections[2], "applies: 3 total, 1 failed");
+        assert_eq!(
+            sections[3],
+            "dhcp: 5 punted, 5 received, 2 offers, 2 acks, 0 naks, 0 releases, 4 replies \
+             sent; not answered: unknown_client 1"
+        );
     }
 
     #[test]

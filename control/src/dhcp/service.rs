@@ -1,0 +1,785 @@
+//! The DHCP server as polluxd runs it: a thread on the control side of the workers'
+//! slow-path rings, one [`DhcpServer`] per network with DHCP, leases persisted in the
+//! state directory.
+//!
+//! The thread drains the punt rings, answers through the inject ring of the worker that
+//! punted (the only one that holds the client's port), expires leases and writes the
+//! changed lease tables once per [`SAVE_INTERVAL`], and once more when stopped. Nothing
+//! here runs on a worker: a slow or stuck DHCP thread only fills the punt ring, which
+//! the worker counts as drops.
+//!
+//! The engine hands it a new configuration after every apply; a server keeps its leases
+//! across the change unless the port they belong to is gone or its address changed (the
+//! client then gets a NAK at its next renewal and starts over with the new address).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use pollux_dataplane::slowpath::{
+    RingHeader, SlowPathEnds, DHCP_SERVER_PORT, MAX_RING_FRAME, RING_HEADER_LEN,
+};
+use pollux_dataplane::snapshot::NetworkUid;
+use pollux_dataplane::wire::checksum;
+use pollux_dataplane::wire::{EtherType, IpProtocol, Ipv4Packet, UdpPacket};
+
+use super::server::{DhcpConfig, DhcpServer, DhcpStats, Reply};
+use super::{Drop, LeaseInfo, LeaseTable};
+
+/// How often changed lease tables are written.
+pub const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long the thread sleeps when the rings are empty: from the shortest, doubling each
+/// idle round up to the longest, and back to the shortest as soon as a message comes. A
+/// busy server answers within a fraction of a millisecond, an idle daemon wakes only 200
+/// times a second, and the worker never waits either way: it only fills a ring.
+const MIN_IDLE_SLEEP: Duration = Duration::from_micros(100);
+const MAX_IDLE_SLEEP: Duration = Duration::from_millis(5);
+/// Messages handled per ring per round, so one worker's ring cannot starve another's.
+const BURST: usize = 64;
+const UDP_HEADER_LEN: usize = 8;
+const IPV4_HEADER_LEN: usize = 20;
+/// TTL of replies (Linux's default, as dnsmasq's replies carry).
+const REPLY_TTL: u8 = 64;
+
+/// Why a punted frame got no reply before it reached a server: malformed below DHCP, or
+/// for a network whose server is gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FrameDrop {
+    /// The ring entry, IPv4 header or UDP header is truncated or inconsistent.
+    BadHeaders,
+    /// The IPv4 header checksum is wrong.
+    BadIpChecksum,
+    /// The network has no DHCP server (any more).
+    NoServer,
+    /// The reply did not fit a ring slot or the inject ring was full.
+    InjectFull,
+}
+
+impl FrameDrop {
+    /// Every reason.
+    pub const ALL: [FrameDrop; 4] = [
+        FrameDrop::BadHeaders,
+        FrameDrop::BadIpChecksum,
+        FrameDrop::NoServer,
+        FrameDrop::InjectFull,
+    ];
+
+    /// A stable snake_case name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FrameDrop::BadHeaders => "bad_headers",
+            FrameDrop::BadIpChecksum => "bad_ip_checksum",
+            FrameDrop::NoServer => "no_server",
+            FrameDrop::InjectFull => "inject_full",
+        }
+    }
+}
+
+/// One network's server and where its leases live.
+#[derive(Debug)]
+struct NetworkServer {
+    network_id: String,
+    server: DhcpServer,
+    file: Option<PathBuf>,
+    /// Leases changed since the last save.
+    dirty: bool,
+}
+
+/// Counters of the whole service, for metrics and `stats`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    /// Messages taken off the punt rings.
+    pub received: u64,
+    /// Replies put on the inject rings.
+    pub replies: u64,
+    /// Protocol outcomes, summed over the networks (including removed ones).
+    pub server: DhcpStats,
+    /// Messages a server refused, by reason.
+    pub drops: BTreeMap<&'static str, u64>,
+    /// Lease files that could not be written (the error is logged).
+    pub save_errors: u64,
+    /// Leases held now (offered or bound), over all networks.
+    pub leases: u64,
+}
+
+/// The state the DHCP thread and the control thread share.
+#[derive(Debug, Default)]
+struct Shared {
+    servers: HashMap<NetworkUid, NetworkServer>,
+    /// Stats of servers already removed, so totals never go backwards.
+    retired: DhcpStats,
+    stats: ServiceStats,
+}
+
+/// One network's server configuration, as the engine computes it from the desired state.
+#[derive(Clone, Debug)]
+pub struct NetworkDhcp {
+    /// The network's stable identity (what the worker puts on the punt ring).
+    pub uid: NetworkUid,
+    /// The network's id, for lease listings and file names.
+    pub network_id: String,
+    /// What its server serves.
+    pub config: DhcpConfig,
+}
+
+/// A lease as `leases.list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseRow {
+    /// The network's id.
+    pub network_id: String,
+    /// The lease.
+    pub lease: LeaseInfo,
+}
+
+/// The running DHCP service.
+#[derive(Debug)]
+pub struct DhcpService {
+    shared: Arc<Mutex<Shared>>,
+    lease_dir: Option<PathBuf>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Wall-clock seconds: lease expiry times are persisted, so they must survive a restart.
+pub fn wall_clock_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    // A panic on the DHCP thread must not take the control thread down with it.
+    shared.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// File name of a network's leases: the id hex-encoded, so any id is a safe name.
+fn lease_file(dir: &Path, network_id: &str) -> PathBuf {
+    let hex: String = network_id.bytes().map(|b| format!("{b:02x}")).collect();
+    dir.join(format!("{hex}.json"))
+}
+
+/// Loads a lease file; a missing file is an empty table, an unreadable one is moved aside
+/// (kept for inspection) with a warning. Addresses are Neutron's, fixed per port, so a
+/// lost table costs clients nothing but a NAK-free re-request.
+fn load_leases(path: &Path) -> LeaseTable {
+    if !path.exists() {
+        return LeaseTable::new();
+    }
+    match LeaseTable::load(path) {
+        Ok(table) => table,
+        Err(e) => {
+            let aside = path.with_extension("json.corrupt");
+            let moved = std::fs::rename(path, &aside).is_ok();
+            crate::warn!(
+                "{e}; starting that network's leases empty{}",
+                if moved {
+                    format!(" (the file is kept as {})", aside.display())
+                } else {
+                    String::new()
+                }
+            );
+            LeaseTable::new()
+        }
+    }
+}
+
+impl DhcpService {
+    /// Starts the service on the control ends of the workers' rings, serving `networks`,
+    /// with leases kept in `lease_dir` (created if missing) when given.
+    pub fn start(
+        ends: Vec<SlowPathEnds>,
+        lease_dir: Option<PathBuf>,
+        networks: Vec<NetworkDhcp>,
+    ) -> std::io::Result<DhcpService> {
+        if let Some(dir) = &lease_dir {
+            std::fs::create_dir_all(dir)?;
+        }
+        let shared = Arc::new(Mutex::new(Shared::default()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut service = DhcpService {
+            shared: Arc::clone(&shared),
+            lease_dir,
+            stop: Arc::clone(&stop),
+            thread: None,
+        };
+        service.reconfigure(networks);
+        let thread = std::thread::Builder::new()
+            .name("pollux-dhcp".into())
+            .spawn(move || serve(ends, &shared, &stop))?;
+        service.thread = Some(thread);
+        Ok(service)
+    }
+
+    /// Serves `networks` from now on: new networks get a server (with the leases in their
+    /// file), removed ones lose theirs and their file, the others are reconfigured.
+    pub fn reconfigure(&mut self, networks: Vec<NetworkDhcp>) {
+        let mut shared = lock(&self.shared);
+        let mut old = std::mem::take(&mut shared.servers);
+        for net in networks {
+            let entry = match old.remove(&net.uid) {
+                Some(mut s) => {
+                    let before = s.server.leases().len();
+                    s.server.reconfigure(net.config);
+                    s.dirty |= s.server.leases().len() != before;
+                    s.network_id = net.network_id;
+                    s
+                }
+                None => {
+                    let file = self
+                        .lease_dir
+                        .as_deref()
+                        .map(|d| lease_file(d, &net.network_id));
+                    let leases = file.as_deref().map(load_leases).unwrap_or_default();
+                    let before = leases.len();
+                    let server = DhcpServer::with_leases(net.config, leases);
+                    let dirty = server.leases().len() != before;
+                    NetworkServer {
+                        network_id: net.network_id,
+                        server,
+                        file,
+                        dirty,
+                    }
+                }
+            };
+            shared.servers.insert(net.uid, entry);
+        }
+        for (_, gone) in old {
+            add_stats(&mut shared.retired, gone.server.stats());
+            if let Some(file) = gone.file {
+                if let Err(e) = std::fs::remove_file(&file) {
+                    if e.kind() != std::io::ErrorKind::NotFound {
+                        crate::warn!("removing {}: {e}", file.display());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every lease, by network id then address.
+    pub fn leases(&self) -> Vec<LeaseRow> {
+        let now = wall_clock_secs();
+        let shared = lock(&self.shared);
+        let mut rows: Vec<LeaseRow> = shared
+            .servers
+            .values()
+            .flat_map(|s| {
+                s.server
+                    .leases()
+                    .list(now)
+                    .into_iter()
+                    .map(|lease| LeaseRow {
+                        network_id: s.network_id.clone(),
+                        lease,
+                    })
+            })
+            .collect();
+        rows.sort_by(|a, b| (&a.network_id, a.lease.ip).cmp(&(&b.network_id, b.lease.ip)));
+        rows
+    }
+
+    /// The service's counters.
+    pub fn stats(&self) -> ServiceStats {
+        stats_of(&self.shared)
+    }
+
+    /// A function that reads the counters, for the metrics endpoint's thread.
+    pub fn stats_fn(&self) -> impl Fn() -> ServiceStats + Send + Sync + 'static {
+        let shared = Arc::clone(&self.shared);
+        move || stats_of(&shared)
+    }
+
+    /// Stops the thread and writes every changed lease table.
+    pub fn stop(mut self) {
+        self.stop_thread();
+    }
+
+    fn stop_thread(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            if thread.join().is_err() {
+                crate::warn!("the DHCP thread panicked");
+            }
+        }
+        save_dirty(&mut lock(&self.shared));
+    }
+}
+
+impl std::ops::Drop for DhcpService {
+    fn drop(&mut self) {
+        self.stop_thread();
+    }
+}
+
+fn stats_of(shared: &Mutex<Shared>) -> ServiceStats {
+    let shared = lock(shared);
+    let mut stats = shared.stats.clone();
+    stats.server = shared.retired;
+    for s in shared.servers.values() {
+        add_stats(&mut stats.server, s.server.stats());
+        stats.leases += s.server.leases().len() as u64;
+    }
+    stats
+}
+
+fn add_stats(total: &mut DhcpStats, s: DhcpStats) {
+    total.offers += s.offers;
+    total.acks += s.acks;
+    total.naks += s.naks;
+    total.informs += s.informs;
+    total.releases += s.releases;
+    total.declines += s.declines;
+    total.other_server += s.other_server;
+}
+
+/// The DHCP thread's loop.
+fn serve(mut ends: Vec<SlowPathEnds>, shared: &Mutex<Shared>, stop: &AtomicBool) {
+    let mut last_save = Instant::now();
+    let mut idle_sleep = MIN_IDLE_SLEEP;
+    let mut reply = Vec::with_capacity(MAX_RING_FRAME);
+    while !stop.load(Ordering::Relaxed) {
+        let mut handled = 0;
+        {
+            let mut guard = lock(shared);
+            let shared = &mut *guard;
+            let now = wall_clock_secs();
+            for end in &mut ends {
+                let inject = &mut end.inject;
+                handled += end.punt.pop_burst(BURST, |entry| {
+                    shared.stats.received += 1;
+                    match handle_entry(&mut shared.servers, entry, now, &mut reply) {
+                        Ok(true) => {
+                            let sent = inject.push(&reply);
+                            if sent {
+                                shared.stats.replies += 1;
+                            } else {
+                                count_drop(&mut shared.stats, FrameDrop::InjectFull.as_str());
+                            }
+                        }
+                        Ok(false) => {}
+                        Err(reason) => count_drop(&mut shared.stats, reason),
+                    }
+                    true
+                });
+            }
+            if last_save.elapsed() >= SAVE_INTERVAL {
+                for s in shared.servers.values_mut() {
+                    s.dirty |= s.server.leases_mut().expire(now) > 0;
+                }
+                save_dirty(shared);
+                last_save = Instant::now();
+            }
+        }
+        if handled == 0 {
+            std::thread::sleep(idle_sleep);
+            idle_sleep = (idle_sleep * 2).min(MAX_IDLE_SLEEP);
+        } else {
+            idle_sleep = MIN_IDLE_SLEEP;
+        }
+    }
+}
+
+fn count_drop(stats: &mut ServiceStats, reason: &'static str) {
+    *stats.drops.entry(reason).or_default() += 1;
+}
+
+fn save_dirty(shared: &mut Shared) {
+    for s in shared.servers.values_mut() {
+        if !s.dirty {
+            continue;
+        }
+        let Some(file) = &s.file else {
+            s.dirty = false;
+            continue;
+        };
+        match s.server.leases().save(file) {
+            Ok(()) => s.dirty = false,
+            Err(e) => {
+                shared.stats.save_errors += 1;
+                crate::warn!("{e}");
+            }
+        }
+    }
+}
+
+/// Handles one punt ring entry: finds the network's server, hands it the DHCP message and,
+/// when it answers, writes the inject ring entry into `out`. Returns whether there is a
+/// reply, or the reason the entry was dropped (a [`FrameDrop`] or a server's [`Drop`]).
+fn handle_entry(
+    servers: &mut HashMap<NetworkUid, NetworkServer>,
+    entry: &[u8],
+    now: u64,
+    out: &mut Vec<u8>,
+) -> Result<bool, &'static str> {
+    let (header, frame) = RingHeader::read(entry).ok_or(FrameDrop::BadHeaders.as_str())?;
+    let payload = dhcp_payload(frame, usize::from(header.l3_offset)).map_err(FrameDrop::as_str)?;
+    let server = servers
+        .get_mut(&header.network)
+        .ok_or(FrameDrop::NoServer.as_str())?;
+    match server.server.handle(payload, now) {
+        Ok(Some(reply)) => {
+            // Any answer may have made or moved a lease.
+            server.dirty = true;
+            out.clear();
+            out.resize(RING_HEADER_LEN, 0);
+            RingHeader {
+                port: header.port,
+                network: header.network,
+                l3_offset: 0,
+            }
+            .write(out);
+            write_reply_frame(&reply, out);
+            if out.len() > RING_HEADER_LEN + MAX_RING_FRAME {
+                return Err(FrameDrop::InjectFull.as_str());
+            }
+            Ok(true)
+        }
+        Ok(None) => {
+            // RELEASE and DECLINE end or block leases without an answer.
+            server.dirty = true;
+            Ok(false)
+        }
+        Err(drop) => Err(Drop::as_str(drop)),
+    }
+}
+
+/// The UDP payload of the IPv4 packet at `l3` in `frame`: headers checked for length and
+/// consistency, the IPv4 header checksum verified. The UDP checksum is not: clients on a
+/// veth with checksum offload leave it unfinished, and Ethernet's FCS already covered it.
+fn dhcp_payload(frame: &[u8], l3: usize) -> Result<&[u8], FrameDrop> {
+    let ip = frame
+        .get(l3..)
+        .and_then(|b| Ipv4Packet::new_checked(b).ok())
+        .ok_or(FrameDrop::BadHeaders)?;
+    if ip.protocol() != IpProtocol::UDP {
+        return Err(FrameDrop::BadHeaders);
+    }
+    let header = &frame[l3..l3 + ip.header_len()];
+    if checksum::checksum(header) != 0 {
+        return Err(FrameDrop::BadIpChecksum);
+    }
+    let ip_payload = &frame[l3 + ip.header_len()..l3 + usize::from(ip.total_len())];
+    let udp = UdpPacket::new_checked(ip_payload).map_err(|_| FrameDrop::BadHeaders)?;
+    let udp_len = usize::from(udp.length());
+    if udp_len < UDP_HEADER_LEN || udp_len > ip_payload.len() {
+        return Err(FrameDrop::BadHeaders);
+    }
+    Ok(&ip_payload[UDP_HEADER_LEN..udp_len])
+}
+
+/// Appends the Ethernet/IPv4/UDP frame carrying `reply` to `out`.
+fn write_reply_frame(reply: &Reply, out: &mut Vec<u8>) {
+    let (dst_mac, dst_ip) = if reply.broadcast {
+        ([0xff; 6], Ipv4Addr::BROADCAST)
+    } else {
+        (reply.dst_mac, reply.dst_ip)
+    };
+    let udp_len = (UDP_HEADER_LEN + reply.bytes.len()) as u16;
+    let ip_len = IPV4_HEADER_LEN as u16 + udp_len;
+    out.extend_from_slice(&dst_mac);
+    out.extend_from_slice(&reply.src_mac);
+    out.extend_from_slice(&EtherType::IPV4.0.to_be_bytes());
+    let ip_start = out.len();
+    out.extend_from_slice(&[0x45, 0]);
+    out.extend_from_slice(&ip_len.to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0, REPLY_TTL, IpProtocol::UDP.0, 0, 0]);
+    out.extend_from_slice(&reply.src_ip.octets());
+    out.extend_from_slice(&dst_ip.octets());
+    let ip_sum = checksum::checksum(&out[ip_start..]);
+    out[ip_start + 10..ip_start + 12].copy_from_slice(&ip_sum.to_be_bytes());
+    let udp_start = out.len();
+    out.extend_from_slice(&DHCP_SERVER_PORT.to_be_bytes());
+    out.extend_from_slice(&reply.dst_port.to_be_bytes());
+    out.extend_from_slice(&udp_len.to_be_bytes());
+    out.extend_from_slice(&[0, 0]);
+    out.extend_from_slice(&reply.bytes);
+    let pseudo = checksum::pseudo_header_v4(reply.src_ip, dst_ip, IpProtocol::UDP.0, udp_len);
+    let sum = !checksum::combine(&[pseudo, checksum::sum(&out[udp_start..])]);
+    // RFC 768: a computed zero is sent as all ones (zero means "no checksum").
+    let sum = if sum == 0 { 0xffff } else { sum };
+    out[udp_start + 6..udp_start + 8].copy_from_slice(&sum.to_be_bytes());
+    debug_assert_eq!(out.len() - udp_start, usize::from(udp_len));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dhcp::server::SubnetConfig;
+    use crate::dhcp::{DhcpPacket, HostConfig, LeaseState, MessageType};
+    use crate::validate::Ipv4Cidr;
+    use pollux_dataplane::port::PortId;
+    use pollux_dataplane::ring::{ring, Consumer, Producer};
+    use pollux_dataplane::slowpath::RING_SLOT_SIZE;
+    use proptest::prelude::*;
+
+    const NET: NetworkUid = NetworkUid(7);
+    const VM: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 1];
+    const SERVER_MAC: [u8; 6] = [0x02, 0x70, 0x64, 0, 0, 7];
+    const VM_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
+    const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 254);
+
+    fn network() -> NetworkDhcp {
+        let mut subnet = SubnetConfig::new(
+            Ipv4Cidr::new(Ipv4Addr::new(198, 18, 1, 0), 24),
+            SERVER_IP,
+            SERVER_MAC,
+        );
+        subnet.gateway = Some(Ipv4Addr::new(198, 18, 1, 1));
+        NetworkDhcp {
+            uid: NET,
+            network_id: "net-a".into(),
+            config: DhcpConfig {
+                subnets: vec![subnet],
+                hosts: vec![HostConfig {
+                    mac: VM,
+                    ip: VM_IP,
+                    hostname: Some("vm1".into()),
+                    extra_options: Vec::new(),
+                }],
+                limiter_seed: Some(1),
+                ..DhcpConfig::default()
+            },
+        }
+    }
+
+    /// A client message of type `kind` from VM (with `extra` options), as a punt ring
+    /// entry: ring header, then Ethernet/IPv4/UDP from 0.0.0.0:68 to 255.255.255.255:67.
+    fn entry(kind: u8, extra: &[u8]) -> Vec<u8> {
+        let mut dhcp = vec![0u8; 240];
+        dhcp[..3].copy_from_slice(&[1, 1, 6]);
+        dhcp[4..8].copy_from_slice(&0x1234_5678u32.to_be_bytes());
+        dhcp[10] = 0x80; // broadcast flag
+        dhcp[28..34].copy_from_slice(&VM);
+        dhcp[236..240].copy_from_slice(&[99, 130, 83, 99]);
+        dhcp.extend_from_slice(&[53, 1, kind]);
+        dhcp.extend_from_slice(extra);
+        dhcp.push(255);
+        let reply = Reply {
+            bytes: dhcp,
+            message_type: MessageType::Discover,
+            src_ip: Ipv4Addr::UNSPECIFIED,
+            src_mac: VM,
+            dst_ip: Ipv4Addr::BROADCAST,
+            dst_mac: [0xff; 6],
+            dst_port: 67,
+            broadcast: true,
+        };
+        let mut out = vec![0u8; RING_HEADER_LEN];
+        RingHeader {
+            port: PortId(3),
+            network: NET,
+            l3_offset: 14,
+        }
+        .write(&mut out);
+        write_reply_frame(&reply, &mut out);
+        // write_reply_frame writes server-to-client ports; make it client-to-server.
+        let udp = RING_HEADER_LEN + 14 + 20;
+        out[udp..udp + 2].copy_from_slice(&68u16.to_be_bytes());
+        out[udp + 2..udp + 4].copy_from_slice(&67u16.to_be_bytes());
+        out
+    }
+
+    /// Checks an inject ring entry all the way down and returns the DHCP message.
+    fn parse_reply(entry: &[u8]) -> (RingHeader, Vec<u8>) {
+        let (header, frame) = RingHeader::read(entry).expect("header");
+        assert_eq!(&frame[12..14], &[0x08, 0x00]);
+        let ip = &frame[14..];
+        assert_eq!(checksum::checksum(&ip[..20]), 0, "IPv4 header checksum");
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        assert_eq!(total, ip.len());
+        let udp = &ip[20..total];
+        let src = Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]);
+        let dst = Ipv4Addr::new(ip[16], ip[17], ip[18], ip[19]);
+        let pseudo = checksum::pseudo_header_v4(src, dst, 17, udp.len() as u16);
+        assert_eq!(
+            checksum::combine(&[pseudo, checksum::sum(udp)]),
+            0xffff,
+            "UDP checksum"
+        );
+        assert_eq!(&udp[0..4], &[0, 67, 0, 68]);
+        (header, udp[8..].to_vec())
+    }
+
+    fn servers() -> HashMap<NetworkUid, NetworkServer> {
+        let n = network();
+        HashMap::from([(
+            n.uid,
+            NetworkServer {
+                network_id: n.network_id,
+                server: DhcpServer::new(n.config),
+                file: None,
+                dirty: false,
+            },
+        )])
+    }
+
+    #[test]
+    fn a_discover_entry_gets_an_offer_frame_back_to_its_port() {
+        let mut servers = servers();
+        let mut out = Vec::new();
+        assert_eq!(
+            handle_entry(&mut servers, &entry(1, &[]), 1_000, &mut out),
+            Ok(true)
+        );
+        let (header, dhcp) = parse_reply(&out);
+        assert_eq!(header.port, PortId(3));
+        assert_eq!(header.network, NET);
+        assert_eq!(&out[RING_HEADER_LEN..RING_HEADER_LEN + 6], &[0xff; 6]);
+        assert_eq!(&out[RING_HEADER_LEN + 6..RING_HEADER_LEN + 12], &SERVER_MAC);
+        let p = DhcpPacket::new_checked(&dhcp[..]).unwrap();
+        assert_eq!(p.yiaddr(), VM_IP);
+        assert!(servers[&NET].dirty);
+    }
+
+    #[test]
+    fn entries_that_are_not_dhcp_or_not_ours_are_counted_by_reason() {
+        let mut servers = servers();
+        let mut out = Vec::new();
+        let mut e = entry(1, &[]);
+        e[RING_HEADER_LEN + 14 + 10] ^= 0xff; // IPv4 checksum
+        assert_eq!(
+            handle_entry(&mut servers, &e, 1, &mut out),
+            Err("bad_ip_checksum")
+        );
+        let mut e = entry(1, &[]);
+        e[4..8].copy_from_slice(&99u32.to_le_bytes()); // another network
+        assert_eq!(
+            handle_entry(&mut servers, &e, 1, &mut out),
+            Err("no_server")
+        );
+        let e = entry(1, &[]);
+        assert_eq!(
+            handle_entry(&mut servers, &e[..RING_HEADER_LEN + 30], 1, &mut out),
+            Err("bad_headers")
+        );
+        // A DHCPOFFER from a client is the server core's to refuse.
+        assert_eq!(
+            handle_entry(&mut servers, &entry(2, &[]), 1, &mut out),
+            Err("unexpected_message_type")
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_entries_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..700)) {
+            let mut servers = servers();
+            let mut out = Vec::new();
+            let _ = handle_entry(&mut servers, &bytes, 1_000, &mut out);
+        }
+
+        #[test]
+        fn mutated_requests_never_panic_and_replies_are_well_formed(
+            kind in 1u8..9,
+            flips in proptest::collection::vec((0usize..600, any::<u8>()), 0..6),
+            cut in 0usize..600,
+        ) {
+            let mut servers = servers();
+            let mut e = entry(kind, &[50, 4, 198, 18, 1, 10, 54, 4, 198, 18, 1, 254]);
+            // Keep the ring header, so the mutation reaches the parsers.
+            for (at, value) in flips {
+                let at = RING_HEADER_LEN + at % (e.len() - RING_HEADER_LEN);
+                e[at] = value;
+            }
+            e.truncate(RING_HEADER_LEN + cut.max(1));
+            let mut out = Vec::new();
+            if let Ok(true) = handle_entry(&mut servers, &e, 1_000, &mut out) {
+                let (_, dhcp) = parse_reply(&out);
+                prop_assert!(DhcpPacket::new_checked(&dhcp[..]).is_ok());
+            }
+        }
+    }
+
+    fn rings() -> (Producer, Consumer, SlowPathEnds) {
+        let (punt_tx, punt_rx) = ring(16, RING_SLOT_SIZE);
+        let (inject_tx, inject_rx) = ring(16, RING_SLOT_SIZE);
+        (
+            punt_tx,
+            inject_rx,
+            SlowPathEnds {
+                punt: punt_rx,
+                inject: inject_tx,
+            },
+        )
+    }
+
+    fn await_reply(inject: &mut Consumer) -> Vec<u8> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut out = Vec::new();
+        while !inject.pop_into(&mut out) {
+            assert!(Instant::now() < deadline, "no reply within 5 s");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        out
+    }
+
+    struct TempDir(PathBuf);
+    impl std::ops::Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn the_service_answers_over_the_rings_and_its_leases_survive_a_restart() {
+        let dir = TempDir(std::env::temp_dir().join(format!(
+            "pollux-dhcp-service-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        )));
+        let (mut punt, mut inject, ends) = rings();
+        let service = DhcpService::start(vec![ends], Some(dir.0.clone()), vec![network()]).unwrap();
+        assert!(punt.push(&entry(1, &[])));
+        let (_, offer) = parse_reply(&await_reply(&mut inject));
+        assert_eq!(DhcpPacket::new_checked(&offer[..]).unwrap().yiaddr(), VM_IP);
+        assert!(punt.push(&entry(3, &[50, 4, 198, 18, 1, 10, 54, 4, 198, 18, 1, 254])));
+        let (_, ack) = parse_reply(&await_reply(&mut inject));
+        assert_eq!(DhcpPacket::new_checked(&ack[..]).unwrap().yiaddr(), VM_IP);
+        let leases = service.leases();
+        assert_eq!(leases.len(), 1);
+        assert_eq!(leases[0].network_id, "net-a");
+        assert_eq!(leases[0].lease.state, LeaseState::Bound);
+        let stats = service.stats();
+        assert_eq!((stats.received, stats.replies), (2, 2));
+        assert_eq!(
+            (stats.server.offers, stats.server.acks, stats.leases),
+            (1, 1, 1)
+        );
+        service.stop();
+        let file = lease_file(&dir.0, "net-a");
+        assert!(file.exists(), "leases written on stop");
+
+        // A new service on the same directory starts with the lease.
+        let (_, _, ends) = rings();
+        let mut service =
+            DhcpService::start(vec![ends], Some(dir.0.clone()), vec![network()]).unwrap();
+        assert_eq!(service.leases().len(), 1);
+        // The network goes: its server, leases and file with it.
+        service.reconfigure(Vec::new());
+        assert!(service.leases().is_empty());
+        assert!(!file.exists());
+        service.stop();
+    }
+
+    #[test]
+    fn a_corrupt_lease_file_is_kept_aside_and_the_network_starts_empty() {
+        let dir = TempDir(std::env::temp_dir().join(format!(
+            "pollux-dhcp-corrupt-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        )));
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let file = lease_file(&dir.0, "net-a");
+        std::fs::write(&file, b"{ not json").unwrap();
+        let (_, _, ends) = rings();
+        let service = DhcpService::start(vec![ends], Some(dir.0.clone()), vec![network()]).unwrap();
+        assert!(service.leases().is_empty());
+        assert_eq!(
+            std::fs::read(file.with_extension("json.corrupt")).unwrap(),
+            b"{ not json"
+        );
+        service.stop();
+    }
+}
