@@ -267,7 +267,15 @@ pub fn output(
     let mut unicast = 0;
     let mut flooded = 0;
     for pkt in pkts.iter_mut() {
+        // Unicast first: it is most packets, and testing for it alone keeps the common
+        // case off the dispatch over every other variant.
+        if let Next::Output(out) = pkt.meta.next {
+            unicast += 1;
+            emit(snap, pool, ports, counters, pkt, out);
+            continue;
+        }
         match pkt.meta.next {
+            // Taken above; kept so that the match stays exhaustive without a panic.
             Next::Output(out) => {
                 unicast += 1;
                 emit(snap, pool, ports, counters, pkt, out);

@@ -24,10 +24,6 @@ pub enum Next {
     /// A broadcast ARP on a network with router interfaces: answered if it asks for a
     /// router address, flooded otherwise.
     Arp,
-    /// To the slow-path stage: a broadcast on a network with a DHCP server, or a frame to
-    /// that server's MAC. DHCP goes up the punt ring; ARP for the server is answered;
-    /// other broadcasts flood on.
-    Local,
     /// Dropped, for this reason.
     Drop(DropReason),
     /// Taken by the worker (an ARP reply to a router, a frame copied to the slow path);
@@ -35,6 +31,10 @@ pub enum Next {
     Consumed,
     /// Waiting for its next hop to answer ARP; the router stage holds it.
     Waiting,
+    /// To the slow-path stage: a broadcast on a network with a DHCP server, or a frame to
+    /// that server's MAC. DHCP goes up the punt ring; ARP for the server is answered;
+    /// other broadcasts flood on.
+    Local,
 }
 
 /// Facts that the classify stage extracts once so later stages never re-parse. Kept
