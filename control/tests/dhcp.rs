@@ -722,3 +722,39 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn unknown_macs_get_addresses_from_the_allocation_pools_only() {
+    let mut c = config();
+    c.subnets[0].serve_unknown = true;
+    c.subnets[0].pools = vec![
+        (ip(198, 18, 1, 100), ip(198, 18, 1, 100)),
+        (ip(198, 18, 1, 200), ip(198, 18, 1, 201)),
+    ];
+    let mut s = DhcpServer::new(c);
+    let mut got = Vec::new();
+    for n in 0..4u8 {
+        let mac = [0xfa, 0x16, 0x3e, 0x00, 0x01, n];
+        match s.handle(&Msg::new(mac, 1).bytes(), NOW) {
+            Ok(Some(r)) => got.push(DhcpPacket::new_checked(&r.bytes[..]).unwrap().yiaddr()),
+            Err(e) => {
+                assert_eq!(e, Drop::PoolExhausted);
+                got.push(Ipv4Addr::UNSPECIFIED);
+            }
+            Ok(None) => panic!("no answer"),
+        }
+    }
+    assert_eq!(
+        got,
+        [
+            ip(198, 18, 1, 100),
+            ip(198, 18, 1, 200),
+            ip(198, 18, 1, 201),
+            Ipv4Addr::UNSPECIFIED
+        ]
+    );
+    // A requested address outside the pools is not given either.
+    let mac = [0xfa, 0x16, 0x3e, 0x00, 0x02, 0x01];
+    let r = s.handle(&Msg::new(mac, 1).requested(ip(198, 18, 1, 50)).bytes(), NOW);
+    assert_eq!(r, Err(Drop::PoolExhausted));
+}

@@ -129,6 +129,13 @@ impl ConfigFile {
         Ok(ConfigFile { path })
     }
 
+    /// Writes `text`, a desired state a test composed itself, to `<tmp>/<name>.toml`.
+    pub fn write(name: &str, text: &str) -> Result<ConfigFile, String> {
+        let path = std::env::temp_dir().join(format!("{name}.toml"));
+        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(ConfigFile { path })
+    }
+
     /// Where the rendered configuration is.
     pub fn path(&self) -> &Path {
         &self.path
@@ -331,13 +338,18 @@ impl Polluxd {
     /// SIGINT, then waits (at most [`STOP_TIMEOUT`]) for it to exit; returns its exit
     /// status and full stderr. If it does not exit in time it is SIGKILLed and this is
     /// an error carrying its stderr.
-    pub fn stop(mut self) -> Result<(ExitStatus, String), String> {
+    pub fn stop(self) -> Result<(ExitStatus, String), String> {
+        self.stop_with(libc::SIGINT)
+    }
+
+    /// [`Polluxd::stop`] with another signal (SIGTERM, as systemd sends).
+    pub fn stop_with(mut self, sig: libc::c_int) -> Result<(ExitStatus, String), String> {
         let p = self.take();
-        p.signal(libc::SIGINT);
+        p.signal(sig);
         let ns = self.ns.clone();
         let out = p
             .wait_output(STOP_TIMEOUT)
-            .map_err(|e| format!("polluxd in {ns} did not stop after SIGINT: {e}"))?;
+            .map_err(|e| format!("polluxd in {ns} did not stop after signal {sig}: {e}"))?;
         Ok((
             out.status,
             String::from_utf8_lossy(&out.stderr).into_owned(),

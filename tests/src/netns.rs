@@ -183,6 +183,9 @@ fn package_of(tool: &str) -> &str {
         "ping" => "iputils-ping",
         "arping" => "iputils-arping",
         "sysctl" => "procps",
+        "dhclient" => "isc-dhcp-client",
+        "dhcpcd" => "dhcpcd5",
+        "unshare" => "util-linux",
         other => other,
     }
 }

@@ -58,6 +58,7 @@ pub fn dhcp_configs(
                         })
                         .collect(),
                     serve_unknown: s.serve_unknown,
+                    pools: s.allocation_pools.clone(),
                 }
             })
             .collect();
@@ -208,6 +209,7 @@ mod tests {
                         nexthop: Ipv4Addr::new(198, 18, 1, 2),
                     }],
                     serve_unknown: false,
+                    pools: Vec::new(),
                 },
                 SubnetConfig {
                     cidr: cidr("198.18.2.0/28"),
@@ -220,6 +222,7 @@ mod tests {
                     lease_time: u32::MAX,
                     host_routes: Vec::new(),
                     serve_unknown: true,
+                    pools: Vec::new(),
                 },
             ]
         );

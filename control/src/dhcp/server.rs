@@ -117,6 +117,9 @@ pub struct SubnetConfig {
     /// Whether MACs without a host entry get an address from the rest of the subnet.
     /// Off by default: Neutron allocates every port's address itself.
     pub serve_unknown: bool,
+    /// Inclusive ranges unknown MACs get addresses from (Neutron's `allocation_pools`),
+    /// in order; empty: the whole subnet.
+    pub pools: Vec<(Ipv4Addr, Ipv4Addr)>,
 }
 
 impl SubnetConfig {
@@ -134,6 +137,7 @@ impl SubnetConfig {
             lease_time: DEFAULT_LEASE_TIME,
             host_routes: Vec::new(),
             serve_unknown: false,
+            pools: Vec::new(),
         }
     }
 }
@@ -381,7 +385,12 @@ impl DhcpServer {
         now: u64,
     ) -> bool {
         let has_bcast = s.cidr.prefix < 31;
+        let in_pool = s.pools.is_empty()
+            || s.pools
+                .iter()
+                .any(|&(first, last)| (first..=last).contains(&ip));
         s.cidr.contains(ip)
+            && in_pool
             && !(has_bcast && (ip == s.cidr.addr || ip == s.cidr.broadcast()))
             && ip != s.server_ip
             && Some(ip) != s.gateway
@@ -411,17 +420,26 @@ impl DhcpServer {
                     host: None,
                 });
             }
-            let first = u32::from(s.cidr.addr);
-            let size = 1u64 << (32 - u32::from(s.cidr.prefix.min(32)));
-            let count = size.min(u64::from(MAX_SCAN)) as u32;
-            for n in 0..count {
-                let ip = Ipv4Addr::from(first.wrapping_add(n));
-                if self.is_free(s, ip, &leased, now) {
-                    return Ok(Binding {
-                        subnet: i,
-                        ip,
-                        host: None,
-                    });
+            let whole = [(s.cidr.addr, s.cidr.broadcast())];
+            let ranges = if s.pools.is_empty() {
+                &whole[..]
+            } else {
+                &s.pools[..]
+            };
+            let mut budget = MAX_SCAN;
+            for &(first, last) in ranges {
+                let (first, last) = (u32::from(first), u32::from(last));
+                let count = (u64::from(last.saturating_sub(first)) + 1).min(u64::from(budget));
+                budget -= count as u32;
+                for n in 0..count as u32 {
+                    let ip = Ipv4Addr::from(first + n);
+                    if self.is_free(s, ip, &leased, now) {
+                        return Ok(Binding {
+                            subnet: i,
+                            ip,
+                            host: None,
+                        });
+                    }
                 }
             }
         }
