@@ -2,11 +2,13 @@
 //! slow-path rings, one [`DhcpServer`] per network with DHCP, leases persisted in the
 //! state directory.
 //!
-//! The thread drains the punt rings, answers through the inject ring of the worker that
-//! punted (the only one that holds the client's port), expires leases and writes the
-//! changed lease tables once per [`SAVE_INTERVAL`], and once more when stopped. Nothing
-//! here runs on a worker: a slow or stuck DHCP thread only fills the punt ring, which
-//! the worker counts as drops.
+//! The `pollux-dhcp` thread drains the punt rings and answers through the inject ring of
+//! the worker that punted (the only one that holds the client's port). The
+//! `pollux-leases` thread expires leases and writes the changed lease tables once per
+//! [`SAVE_INTERVAL`] (and the service once more when stopped), from copies taken under
+//! the lock, so that an fsync on a slow disk never holds up an answer. Nothing here runs
+//! on a worker: a slow or stuck DHCP thread only fills the punt ring, which the worker
+//! counts as drops.
 //!
 //! The engine hands it a new configuration after every apply; a server keeps its leases
 //! across the change unless the port they belong to is gone or its address changed (the
@@ -139,9 +141,12 @@ pub struct LeaseRow {
 #[derive(Debug)]
 pub struct DhcpService {
     shared: Arc<Mutex<Shared>>,
+    /// Held while lease files are written or removed, so that a table copied just before
+    /// its network was removed cannot be written after its file was deleted.
+    files: Arc<Mutex<()>>,
     lease_dir: Option<PathBuf>,
     stop: Arc<AtomicBool>,
-    thread: Option<JoinHandle<()>>,
+    threads: Vec<JoinHandle<()>>,
 }
 
 /// Wall-clock seconds: lease expiry times are persisted, so they must survive a restart.
@@ -151,9 +156,9 @@ pub fn wall_clock_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    // A panic on the DHCP thread must not take the control thread down with it.
-    shared.lock().unwrap_or_else(|e| e.into_inner())
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic on a DHCP thread must not take the control thread down with it.
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// File name of a network's leases: the id hex-encoded, so any id is a safe name.
@@ -198,19 +203,30 @@ impl DhcpService {
         if let Some(dir) = &lease_dir {
             std::fs::create_dir_all(dir)?;
         }
-        let shared = Arc::new(Mutex::new(Shared::default()));
-        let stop = Arc::new(AtomicBool::new(false));
         let mut service = DhcpService {
-            shared: Arc::clone(&shared),
+            shared: Arc::new(Mutex::new(Shared::default())),
+            files: Arc::new(Mutex::new(())),
             lease_dir,
-            stop: Arc::clone(&stop),
-            thread: None,
+            stop: Arc::new(AtomicBool::new(false)),
+            threads: Vec::new(),
         };
         service.reconfigure(networks);
-        let thread = std::thread::Builder::new()
-            .name("pollux-dhcp".into())
-            .spawn(move || serve(ends, &shared, &stop))?;
-        service.thread = Some(thread);
+        let (shared, stop) = (Arc::clone(&service.shared), Arc::clone(&service.stop));
+        service.threads.push(
+            std::thread::Builder::new()
+                .name("pollux-dhcp".into())
+                .spawn(move || serve(ends, &shared, &stop))?,
+        );
+        let (shared, files, stop) = (
+            Arc::clone(&service.shared),
+            Arc::clone(&service.files),
+            Arc::clone(&service.stop),
+        );
+        service.threads.push(
+            std::thread::Builder::new()
+                .name("pollux-leases".into())
+                .spawn(move || keep_leases(&shared, &files, &stop))?,
+        );
         Ok(service)
     }
 
@@ -247,13 +263,20 @@ impl DhcpService {
             };
             shared.servers.insert(net.uid, entry);
         }
+        let mut removed = Vec::new();
         for (_, gone) in old {
             add_stats(&mut shared.retired, gone.server.stats());
-            if let Some(file) = gone.file {
-                if let Err(e) = std::fs::remove_file(&file) {
-                    if e.kind() != std::io::ErrorKind::NotFound {
-                        crate::warn!("removing {}: {e}", file.display());
-                    }
+            removed.extend(gone.file);
+        }
+        drop(shared);
+        if removed.is_empty() {
+            return;
+        }
+        let _files = lock(&self.files);
+        for file in removed {
+            if let Err(e) = std::fs::remove_file(&file) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    crate::warn!("removing {}: {e}", file.display());
                 }
             }
         }
@@ -299,12 +322,13 @@ impl DhcpService {
 
     fn stop_thread(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
+            let name = thread.thread().name().unwrap_or("DHCP").to_string();
             if thread.join().is_err() {
-                crate::warn!("the DHCP thread panicked");
+                crate::warn!("the {name} thread panicked");
             }
         }
-        save_dirty(&mut lock(&self.shared));
+        save_dirty(&self.shared, &self.files, wall_clock_secs());
     }
 }
 
@@ -337,7 +361,6 @@ fn add_stats(total: &mut DhcpStats, s: DhcpStats) {
 
 /// The DHCP thread's loop.
 fn serve(mut ends: Vec<SlowPathEnds>, shared: &Mutex<Shared>, stop: &AtomicBool) {
-    let mut last_save = Instant::now();
     let mut idle_sleep = MIN_IDLE_SLEEP;
     let mut reply = Vec::with_capacity(MAX_RING_FRAME);
     while !stop.load(Ordering::Relaxed) {
@@ -365,13 +388,6 @@ fn serve(mut ends: Vec<SlowPathEnds>, shared: &Mutex<Shared>, stop: &AtomicBool)
                     true
                 });
             }
-            if last_save.elapsed() >= SAVE_INTERVAL {
-                for s in shared.servers.values_mut() {
-                    s.dirty |= s.server.leases_mut().expire(now) > 0;
-                }
-                save_dirty(shared);
-                last_save = Instant::now();
-            }
         }
         if handled == 0 {
             std::thread::sleep(idle_sleep);
@@ -386,20 +402,49 @@ fn count_drop(stats: &mut ServiceStats, reason: &'static str) {
     *stats.drops.entry(reason).or_default() += 1;
 }
 
-fn save_dirty(shared: &mut Shared) {
-    for s in shared.servers.values_mut() {
-        if !s.dirty {
-            continue;
+/// The lease thread's loop: every [`SAVE_INTERVAL`], expire and write what changed.
+fn keep_leases(shared: &Mutex<Shared>, files: &Mutex<()>, stop: &AtomicBool) {
+    let mut last_save = Instant::now();
+    while !stop.load(Ordering::Relaxed) {
+        // Short naps, so that a stop is noticed quickly.
+        std::thread::sleep(Duration::from_millis(50));
+        if last_save.elapsed() >= SAVE_INTERVAL {
+            save_dirty(shared, files, wall_clock_secs());
+            last_save = Instant::now();
         }
-        let Some(file) = &s.file else {
-            s.dirty = false;
-            continue;
-        };
-        match s.server.leases().save(file) {
-            Ok(()) => s.dirty = false,
-            Err(e) => {
-                shared.stats.save_errors += 1;
-                crate::warn!("{e}");
+    }
+}
+
+/// Expires leases at `now` and writes every table that changed since its last write:
+/// copies are taken under the shared lock, written outside it.
+fn save_dirty(shared: &Mutex<Shared>, files: &Mutex<()>, now: u64) {
+    let _files = lock(files);
+    let copies: Vec<(PathBuf, LeaseTable)> = {
+        let mut shared = lock(shared);
+        shared
+            .servers
+            .values_mut()
+            .filter_map(|s| {
+                s.dirty |= s.server.leases_mut().expire(now) > 0;
+                if !std::mem::take(&mut s.dirty) {
+                    return None;
+                }
+                Some((s.file.clone()?, s.server.leases().clone()))
+            })
+            .collect()
+    };
+    for (file, table) in copies {
+        if let Err(e) = table.save(&file) {
+            crate::warn!("{e}");
+            let mut shared = lock(shared);
+            shared.stats.save_errors += 1;
+            // Try again at the next round, if the network is still there.
+            if let Some(s) = shared
+                .servers
+                .values_mut()
+                .find(|s| s.file.as_ref() == Some(&file))
+            {
+                s.dirty = true;
             }
         }
     }
