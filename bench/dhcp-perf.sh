@@ -42,8 +42,8 @@
 #   --workdir  where the lease files live (polluxd's state directory, dnsmasq's lease
 #              file): default /dev/shm (tmpfs), so that both measure the server, not the
 #              fsync latency of a disk other jobs share; give a disk directory (/tmp) to
-#              include it (both write their leases with fsync: dnsmasq on every change,
-#              polluxd once a second, both on the thread that answers)
+#              include it (both write their leases with fsync: dnsmasq on every change
+#              on the thread that answers, polluxd once a second on its own lease thread)
 #   --profile  perf record polluxd's DHCP thread and dnsmasq during each run, print the top
 # Needs root, perfdhcp (kea-admin), dnsmasq (dnsmasq-base) and nft.
 set -euo pipefail
