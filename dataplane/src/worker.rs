@@ -283,9 +283,15 @@ impl Worker {
             received += self.process_burst(port_id, queue, now_secs);
         }
         self.ports.flush(&mut self.pool, &self.counters);
-        if received == 0 || now_ns >= self.next_housekeeping_ns {
-            self.housekeeping(now_secs);
-            self.next_housekeeping_ns = now_ns + self.config.housekeeping_interval_ns;
+        // Jobs, slow-path replies and the ports' own upkeep are cheap and latency matters
+        // to them: every idle pass does them. Aging scans tables: only on the cadence, so
+        // that a worker spinning on empty rings does not spend its time there.
+        let due = now_ns >= self.next_housekeeping_ns;
+        if received == 0 || due {
+            self.housekeeping(now_secs, due);
+            if due {
+                self.next_housekeeping_ns = now_ns + self.config.housekeeping_interval_ns;
+            }
         }
         self.ack.set(self.snap.generation());
         self.counters.loops.inc();
@@ -359,7 +365,7 @@ impl Worker {
         n
     }
 
-    fn housekeeping(&mut self, now_secs: u32) {
+    fn housekeeping(&mut self, now_secs: u32, age: bool) {
         self.run_jobs();
         slowpath::inject(
             &self.snap,
@@ -370,6 +376,10 @@ impl Worker {
         );
         for (_, port) in self.ports.iter_mut() {
             port.housekeeping(&mut self.pool);
+        }
+        if !age {
+            self.ports.flush(&mut self.pool, &self.counters);
+            return;
         }
         let aged = self.macs.age(
             now_secs,

@@ -4,6 +4,7 @@
 use pollux_dataplane::counters::Stage;
 use pollux_dataplane::drop::DropReason;
 use pollux_dataplane::snapshot::{L2Config, NetworkUid, PhysnetId, Segment, SnapshotBuilder};
+use pollux_dataplane::worker::WorkerConfig;
 use pollux_tests::frames::{frame, mac, simple, untagged, vid_of, BROADCAST};
 use pollux_tests::harness::MemSwitch;
 
@@ -249,8 +250,9 @@ fn learned_macs_age_out() {
     sw.run();
     assert_eq!(sw.worker.macs().len(), 1, "still fresh");
     sw.now_ns += 2_000_000_000;
-    // Aging sweeps a bounded part of the table per idle pass.
+    // Aging sweeps a bounded part of the table per housekeeping round, one per interval.
     for _ in 0..1000 {
+        sw.now_ns += WorkerConfig::default().housekeeping_interval_ns;
         sw.run();
     }
     assert_eq!(sw.worker.macs().len(), 0);
