@@ -37,5 +37,30 @@ bench/apply-latency.sh --ports 100 --networks 10 --routers 10 --changes 20 --kee
 echo "== instructions per packet (informational)"
 bench/instructions.sh
 
+echo "== benchmark harness smoke run (pollux-bench compare, 1 s trials, bounded)"
+if [ "$(id -u)" -eq 0 ]; then
+    cargo build -q -p pollux-control --bin polluxd --bin polluxctl -p pollux-bench --bin pollux-bench
+    bench_json=$(mktemp --suffix=.json)
+    timeout 90 target/debug/pollux-bench compare --trial-secs 1 --sizes 64 --max-trials 3 \
+        --duts pollux,xdp-redirect --scenarios l2-p2p --out "$bench_json" >/dev/null
+    python3 - "$bench_json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+r = d["results"]
+assert {e["dut"] for e in r} == {"pollux", "xdp-redirect"}, r
+for e in r:
+    assert e["frame_size"] == 64 and e["ndr_pps"] >= 0 and e["pdr_pps"] >= e["ndr_pps"], e
+    o = e["overload_trial"]
+    assert o["sent"] > 0 and o["received_pps"] > 0, (e["dut"], o)
+    assert e["all_trials"] and e["trials"] == len(e["all_trials"]), e["dut"]
+assert "ovs-afxdp" not in r[0].get("ratios", {}) and "xdp-redirect" in r[0]["ratios"], r[0]
+assert d["placement"], d
+print("bench smoke: " + ", ".join("%s NDR %.3f Mpps" % (e["dut"], e["ndr_pps"] / 1e6) for e in r))
+PY
+    rm -f "$bench_json" "${bench_json%.json}.svg"
+else
+    echo "skipped: needs root (network namespaces, XDP)"
+fi
+
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"

@@ -6,6 +6,7 @@
 //! pass (receive copy-in, classify, L2, for the routed scenarios L3, output, transmit
 //! copy-out), and empties the output rings outside the measured pass.
 
+pub mod compare;
 pub mod lpm;
 
 use pollux_dataplane::packet::MAX_BURST;

@@ -20,7 +20,7 @@ use pollux_dataplane::port::{Port, PortId};
 use pollux_drivers::mem::{mem_port, MemPortConfig, MemWire};
 use pollux_drivers::netdev::Interface;
 use pollux_drivers::xdp::{XdpAttachment, XdpMode, XdpProgram};
-use pollux_drivers::xsk::{AfXdpPort, Umem, XskConfig, XskSocket};
+use pollux_drivers::xsk::{AfXdpPort, BusyPoll, Umem, XskConfig, XskSocket};
 
 use crate::compile::{PortPlan, MAX_MTU};
 use crate::validate::Binding;
@@ -143,6 +143,7 @@ impl Bindings {
             tx_size: XSK_RING,
             fill_size: XSK_RING,
             comp_size: XSK_RING,
+            busy_poll: busy_poll(),
             ..XskConfig::default()
         };
         let mut sockets = Vec::with_capacity(queues.len());
@@ -202,6 +203,20 @@ impl Bindings {
     pub fn xdp_mode(&self, id: PortId) -> Option<String> {
         self.xdp.get(&id).map(|x| x.mode().to_string())
     }
+}
+
+/// Preferred busy polling for every AF_XDP socket this process binds (`polluxd
+/// --busy-poll`); set once at startup, off unless set.
+static BUSY_POLL: std::sync::OnceLock<BusyPoll> = std::sync::OnceLock::new();
+
+/// Turns on preferred busy polling for every AF_XDP socket bound from now on. Only the
+/// first call counts.
+pub fn set_busy_poll(config: BusyPoll) {
+    let _ = BUSY_POLL.set(config);
+}
+
+fn busy_poll() -> Option<BusyPoll> {
+    BUSY_POLL.get().copied()
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -310,6 +310,63 @@ pub struct XskConfig {
     /// `XDP_USE_NEED_WAKEUP`: the kernel says when it needs a syscall to make progress,
     /// instead of user space kicking every time. Inherited like `bind_mode`.
     pub need_wakeup: bool,
+    /// Preferred busy polling, per socket; `None` (the default) leaves it off.
+    pub busy_poll: Option<BusyPoll>,
+}
+
+/// Preferred busy polling of one socket: `SO_PREFER_BUSY_POLL`, `SO_BUSY_POLL` and
+/// `SO_BUSY_POLL_BUDGET`. The port then calls `recvfrom(MSG_DONTWAIT)` on every receive
+/// burst, which runs the device's NAPI poll for the socket's queue (the XDP program and,
+/// in copy mode, the copy into the UMEM) in the calling thread, up to `budget` frames,
+/// instead of in softirq or a NAPI thread on whatever CPU the device chose. For the
+/// kernel to leave the NAPI instance to the socket between polls, the interface should
+/// defer its interrupts (`napi_defer_hard_irqs` and `gro_flush_timeout` in
+/// `/sys/class/net/IF/`); without that, busy polling only adds polls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BusyPoll {
+    /// `SO_BUSY_POLL`: microseconds a blocking receive may spin (the port never blocks,
+    /// but the kernel busy-polls only sockets with a non-zero value).
+    pub usecs: u32,
+    /// `SO_BUSY_POLL_BUDGET`: frames one busy poll may process.
+    pub budget: u16,
+}
+
+impl Default for BusyPoll {
+    fn default() -> Self {
+        BusyPoll {
+            usecs: 20,
+            budget: 64,
+        }
+    }
+}
+
+/// `SO_BUSY_POLL` (asm-generic/socket.h).
+const SO_BUSY_POLL: libc::c_int = 46;
+/// `SO_PREFER_BUSY_POLL`.
+const SO_PREFER_BUSY_POLL: libc::c_int = 69;
+/// `SO_BUSY_POLL_BUDGET`.
+const SO_BUSY_POLL_BUDGET: libc::c_int = 70;
+
+/// `setsockopt(fd, SOL_SOCKET, opt, &value, sizeof(int))`.
+fn set_socket_int(fd: BorrowedFd<'_>, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: the option value is a live `c_int` on our stack and the length passed is
+    // exactly its size; the kernel only reads it during the call. `fd` is a borrowed,
+    // open socket.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 impl Default for XskConfig {
@@ -321,6 +378,7 @@ impl Default for XskConfig {
             comp_size: 2048,
             bind_mode: BindMode::Auto,
             need_wakeup: true,
+            busy_poll: None,
         }
     }
 }
@@ -341,6 +399,8 @@ pub struct XskSocket {
     mode: XskMode,
     need_wakeup: bool,
     shared: bool,
+    /// Preferred busy polling is on: every receive burst polls.
+    busy_poll: bool,
     note: String,
 }
 
@@ -354,6 +414,7 @@ impl fmt::Debug for XskSocket {
             .field("mode", &self.mode)
             .field("need_wakeup", &self.need_wakeup)
             .field("shared", &self.shared)
+            .field("busy_poll", &self.busy_poll)
             .finish()
     }
 }
@@ -558,6 +619,22 @@ impl XskSocket {
         };
         let shared = share_with.is_some();
         drop(share_with);
+        if let Some(bp) = config.busy_poll {
+            let usecs = libc::c_int::try_from(bp.usecs).unwrap_or(libc::c_int::MAX);
+            for (opt, value, what) in [
+                (SO_PREFER_BUSY_POLL, 1, "SO_PREFER_BUSY_POLL"),
+                (SO_BUSY_POLL, usecs, "SO_BUSY_POLL"),
+                (
+                    SO_BUSY_POLL_BUDGET,
+                    libc::c_int::from(bp.budget),
+                    "SO_BUSY_POLL_BUDGET",
+                ),
+            ] {
+                set_socket_int(fd.as_fd(), opt, value).map_err(|e| {
+                    context(e, format_args!("{what} (busy polling needs CAP_NET_ADMIN)"))
+                })?;
+            }
+        }
 
         let fd = Arc::new(fd);
         state.sockets.push(Arc::downgrade(&fd));
@@ -575,6 +652,7 @@ impl XskSocket {
             mode,
             need_wakeup,
             shared,
+            busy_poll: config.busy_poll.is_some(),
             note,
         })
     }
@@ -597,6 +675,11 @@ impl XskSocket {
     /// Whether the kernel uses the `XDP_RING_NEED_WAKEUP` protocol on this socket.
     pub fn need_wakeup(&self) -> bool {
         self.need_wakeup
+    }
+
+    /// Whether preferred busy polling is on for this socket.
+    pub fn busy_poll(&self) -> bool {
+        self.busy_poll
     }
 
     /// True when this socket shares a UMEM registered by another socket.
@@ -758,6 +841,8 @@ struct Counters {
     kick_errors: u64,
     /// `sendto` kicks issued.
     tx_kicks: u64,
+    /// `recvfrom` calls made to busy-poll.
+    busy_polls: u64,
     /// Frames returned on the completion ring.
     tx_completed: u64,
 }
@@ -947,6 +1032,15 @@ impl Port for AfXdpPort {
         let Some(Queue { sock, .. }) = self.queues.get_mut(q) else {
             return 0;
         };
+        let busy_poll = sock.busy_poll;
+        if busy_poll {
+            // Runs the device's NAPI poll for this queue here, before reading the ring, so
+            // what it receives is taken in this same burst.
+            self.counters.busy_polls += 1;
+            if !matches!(sock.wake_rx(), Ok(()) | Err(Errno::AGAIN)) {
+                self.counters.kick_errors += 1;
+            }
+        }
         let held = &mut self.held;
         let frame_size = u64::from(pool.frame_size());
         let (mut added, mut bytes, mut bad) = (0usize, 0u64, 0u64);
@@ -974,7 +1068,7 @@ impl Port for AfXdpPort {
             added += 1;
             bytes += u64::from(d.len);
         });
-        let wake = added == 0 && sock.fill.needs_wakeup();
+        let wake = !busy_poll && added == 0 && sock.fill.needs_wakeup();
         if wake && !matches!(sock.wake_rx(), Ok(()) | Err(Errno::AGAIN)) {
             self.counters.kick_errors += 1;
         }
@@ -1059,6 +1153,7 @@ impl Port for AfXdpPort {
             ("tx_bad_completions", c.tx_bad_completions),
             ("tx_completed", c.tx_completed),
             ("tx_kicks", c.tx_kicks),
+            ("busy_polls", c.busy_polls),
             ("kick_errors", c.kick_errors),
             ("frames_held", self.held.count as u64),
             (

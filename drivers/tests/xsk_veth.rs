@@ -201,6 +201,7 @@ fn small_config() -> XskConfig {
         comp_size: 256,
         bind_mode: BindMode::Auto,
         need_wakeup: true,
+        ..XskConfig::default()
     }
 }
 

@@ -10,6 +10,7 @@ use pollux_control::engine::DEFAULT_POOL_FRAMES;
 use pollux_control::log::{set_level, Level};
 use pollux_control::store::DEFAULT_HISTORY;
 use pollux_control::workers::parse_cpu_list;
+use pollux_drivers::xsk::BusyPoll;
 
 /// The Pollux userspace virtual switch and router.
 #[derive(Debug, Parser)]
@@ -47,6 +48,14 @@ struct Args {
     /// Frames (2 KiB each) in the worker's pool; each AF_XDP queue needs 3072.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_POOL_FRAMES)]
     pool_frames: u32,
+    /// Preferred busy polling on every AF_XDP socket (SO_PREFER_BUSY_POLL): the worker's
+    /// receive bursts run the interfaces' receive work (XDP, the copy into the pool) on
+    /// its own CPU. Set `napi_defer_hard_irqs` and `gro_flush_timeout` on the interfaces.
+    #[arg(long)]
+    busy_poll: bool,
+    /// Frames one busy poll may process (SO_BUSY_POLL_BUDGET), with --busy-poll.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    busy_poll_budget: u16,
 }
 
 fn main() -> ExitCode {
@@ -67,6 +76,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if args.busy_poll {
+        pollux_control::binding::set_busy_poll(BusyPoll {
+            budget: args.busy_poll_budget,
+            ..BusyPoll::default()
+        });
+    }
     let options = Options {
         config: args.config,
         socket: args.socket,

@@ -1,0 +1,462 @@
+//! The devices under test: how each is started in the DUT namespace for a scenario, what
+//! it reports, and how it is stopped. A [`Running`] device is stopped when dropped (child
+//! processes signalled and reaped, bridges deleted, XDP links closed), so a failed or
+//! interrupted run leaves nothing behind.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pollux_drivers::bpf::{BpfLink, BpfProgram, BPF_PROG_TYPE_XDP, BPF_XDP, XDP_FLAGS_DRV_MODE};
+use pollux_drivers::netdev::Interface;
+use pollux_drivers::xdp::encode;
+
+use super::scenario::{Ports, Scenario};
+use super::sys::{self, in_netns, interrupted, interrupted_error, run, run_in, write_in};
+use super::topology::Topology;
+
+/// A kind of device under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DutKind {
+    /// polluxd, one worker.
+    Pollux,
+    /// polluxd, one worker, its sockets in preferred busy-polling mode.
+    PolluxBusyPoll,
+    /// Open vSwitch userspace datapath with afxdp ports, one PMD thread.
+    OvsAfxdp,
+    /// The kernel bridge.
+    LinuxBridge,
+    /// An XDP program redirecting ingress to egress: the ceiling on veth.
+    XdpRedirect,
+}
+
+impl DutKind {
+    /// Every kind, in report order.
+    pub const ALL: [DutKind; 5] = [
+        DutKind::Pollux,
+        DutKind::PolluxBusyPoll,
+        DutKind::OvsAfxdp,
+        DutKind::LinuxBridge,
+        DutKind::XdpRedirect,
+    ];
+
+    /// Name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            DutKind::Pollux => "pollux",
+            DutKind::PolluxBusyPoll => "pollux-busy-poll",
+            DutKind::OvsAfxdp => "ovs-afxdp",
+            DutKind::LinuxBridge => "linux-bridge",
+            DutKind::XdpRedirect => "xdp-redirect",
+        }
+    }
+
+    /// The kind called `name`.
+    pub fn from_name(name: &str) -> Option<DutKind> {
+        Self::ALL.into_iter().find(|k| k.name() == name)
+    }
+
+    /// Whether this is Pollux (its ratios to the others are reported).
+    pub fn is_pollux(self) -> bool {
+        matches!(self, DutKind::Pollux | DutKind::PolluxBusyPoll)
+    }
+}
+
+/// What every device is started with.
+#[derive(Debug)]
+pub struct Env<'a> {
+    /// The topology.
+    pub topo: &'a Topology,
+    /// Scratch directory of this run.
+    pub work: &'a Path,
+    /// polluxd binary.
+    pub polluxd: &'a Path,
+    /// The DUT's CPU.
+    pub dut_cpu: usize,
+    /// `SO_BUSY_POLL_BUDGET` for pollux-busy-poll.
+    pub busy_poll_budget: u16,
+}
+
+/// A started device; dropping it stops it.
+#[derive(Debug, Default)]
+pub struct Running {
+    /// Children to stop (SIGINT, then SIGKILL), last first.
+    children: Vec<(String, Child)>,
+    /// Commands run in the DUT namespace when stopping.
+    cleanup: Vec<Vec<String>>,
+    /// sysfs writes `(path, value)` in the DUT namespace when stopping.
+    restore: Vec<(String, String)>,
+    xdp: Option<(BpfLink, BpfProgram)>,
+    /// OVS control sockets (ovs-vswitchd's) for statistics.
+    ovs_ctl: Option<PathBuf>,
+    /// polluxd's log and socket.
+    pollux: Option<(PathBuf, PathBuf)>,
+    ns: String,
+    /// Notes for the report (modes, versions).
+    pub notes: Vec<String>,
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<(), String> {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if interrupted() {
+            return Err(interrupted_error());
+        }
+        if ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Err(format!("timed out waiting for {what}"))
+}
+
+fn spawn(args: &[&str], log: &Path) -> Result<Child, String> {
+    let file = fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().map_err(|e| e.to_string())?)
+        .stderr(file)
+        .spawn()
+        .map_err(|e| format!("{}: {e}", args[0]))
+}
+
+/// Starts `kind` for `scenario`; `Ok(None)` when the device cannot do the scenario.
+pub fn start(
+    kind: DutKind,
+    env: &Env<'_>,
+    scenario: &dyn Scenario,
+) -> Result<Option<Running>, String> {
+    let t = env.topo;
+    let ports = Ports {
+        ingress: &t.ingress,
+        egress: &t.egress,
+    };
+    let mut r = Running::default();
+    r.ns.clone_from(&t.sw_ns);
+    match kind {
+        DutKind::Pollux | DutKind::PolluxBusyPoll => {
+            let Some(config) = scenario.pollux_config(ports) else {
+                return Ok(None);
+            };
+            let dir = env
+                .work
+                .join(format!("{}-{}", kind.name(), scenario.name()));
+            fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+            let conf = dir.join("pollux.toml");
+            fs::write(&conf, config).map_err(|e| e.to_string())?;
+            let (sock, log, state) = (dir.join("sock"), dir.join("polluxd.log"), dir.join("state"));
+            let cores = env.dut_cpu.to_string();
+            let mut args = vec![
+                "ip",
+                "netns",
+                "exec",
+                &t.sw_ns,
+                env.polluxd.to_str().ok_or("polluxd path is not UTF-8")?,
+                "--config",
+                conf.to_str().unwrap_or_default(),
+                "--cores",
+                &cores,
+                "--socket",
+                sock.to_str().unwrap_or_default(),
+                "--state-dir",
+                state.to_str().unwrap_or_default(),
+            ];
+            let budget = env.busy_poll_budget.to_string();
+            if kind == DutKind::PolluxBusyPoll {
+                // Preferred busy polling needs the device to defer its "interrupts" (for veth:
+                // the sender's napi_schedule) while the socket polls.
+                for dev in [&t.ingress, &t.egress] {
+                    for (file, value, old) in [
+                        ("napi_defer_hard_irqs", "2", "0"),
+                        ("gro_flush_timeout", "200000", "0"),
+                    ] {
+                        let path = format!("/sys/class/net/{dev}/{file}");
+                        write_in(&t.sw_ns, &path, value)?;
+                        r.restore.push((path, old.to_string()));
+                    }
+                }
+                args.extend(["--busy-poll", "--busy-poll-budget", &budget]);
+                r.notes.push(format!(
+                    "busy polling: SO_PREFER_BUSY_POLL, SO_BUSY_POLL_BUDGET {budget}; \
+                     napi_defer_hard_irqs 2, gro_flush_timeout 200 us on {} and {}",
+                    t.ingress, t.egress
+                ));
+            }
+            let child = spawn(&args, &log)?;
+            r.children.push(("polluxd".into(), child));
+            r.pollux = Some((log.clone(), sock));
+            let result = wait_for("polluxd ready", Duration::from_secs(15), || {
+                fs::read_to_string(&log).is_ok_and(|s| s.contains("ready"))
+            });
+            if let Err(e) = result {
+                let text = fs::read_to_string(&log).unwrap_or_default();
+                return Err(format!("{e}; polluxd log:\n{text}"));
+            }
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            r.notes.extend(
+                text.lines()
+                    .filter(|l| l.contains("AF_XDP") || l.contains("ready"))
+                    .map(|l| l.trim().to_string()),
+            );
+        }
+        DutKind::OvsAfxdp => {
+            let Some(commands) = scenario.ovs_commands(ports) else {
+                return Ok(None);
+            };
+            ensure_ovs()?;
+            let ovs = env.work.join(format!("ovs-{}", scenario.name()));
+            fs::create_dir_all(&ovs).map_err(|e| e.to_string())?;
+            let p = |name: &str| ovs.join(name).to_string_lossy().into_owned();
+            run(&[
+                "ovsdb-tool",
+                "create",
+                &p("conf.db"),
+                "/usr/share/openvswitch/vswitch.ovsschema",
+            ])?;
+            let remote = format!("--remote=punix:{}", p("db.sock"));
+            let child = spawn(
+                &[
+                    "ovsdb-server",
+                    &p("conf.db"),
+                    &remote,
+                    &format!("--unixctl={}", p("ovsdb.ctl")),
+                    &format!("--pidfile={}", p("ovsdb.pid")),
+                    &format!("--log-file={}", p("ovsdb.log")),
+                    "--no-chdir",
+                ],
+                &ovs.join("ovsdb.out"),
+            )?;
+            r.children.push(("ovsdb-server".into(), child));
+            let db = ovs.join("db.sock");
+            wait_for("ovsdb-server", Duration::from_secs(10), || db.exists())?;
+            let dbarg = format!("--db=unix:{}", p("db.sock"));
+            let vsctl = |args: &[&str]| -> Result<String, String> {
+                let mut full = vec!["ovs-vsctl", &dbarg, "--timeout=60"];
+                full.extend_from_slice(args);
+                run(&full)
+            };
+            vsctl(&["--no-wait", "init"])?;
+            let mask = format!("other_config:pmd-cpu-mask={:#x}", 1u64 << env.dut_cpu);
+            vsctl(&["--no-wait", "set", "Open_vSwitch", ".", &mask])?;
+            let ctl = p("vswitchd.ctl");
+            let child = spawn(
+                &[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &t.sw_ns,
+                    "ovs-vswitchd",
+                    &format!("unix:{}", p("db.sock")),
+                    &format!("--unixctl={ctl}"),
+                    &format!("--pidfile={}", p("vswitchd.pid")),
+                    &format!("--log-file={}", p("vswitchd.log")),
+                    "--no-chdir",
+                ],
+                &ovs.join("vswitchd.out"),
+            )?;
+            r.children.push(("ovs-vswitchd".into(), child));
+            r.ovs_ctl = Some(PathBuf::from(&ctl));
+            vsctl(&[
+                "add-br",
+                "br0",
+                "--",
+                "set",
+                "bridge",
+                "br0",
+                "datapath_type=netdev",
+            ])?;
+            for c in &commands {
+                let args: Vec<&str> = c.iter().map(String::as_str).collect();
+                vsctl(&args)?;
+            }
+            for dev in [&t.ingress, &t.egress] {
+                wait_for(&format!("OVS port {dev}"), Duration::from_secs(15), || {
+                    vsctl(&["get", "interface", dev, "ofport"])
+                        .is_ok_and(|s| s.trim().parse::<i64>().is_ok_and(|n| n > 0))
+                })?;
+                let err = vsctl(&["get", "interface", dev, "error"]).unwrap_or_default();
+                if !err.trim().is_empty() && err.trim() != "[]" {
+                    return Err(format!("OVS interface {dev}: {}", err.trim()));
+                }
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            let version = run(&["ovs-vswitchd", "--version"]).unwrap_or_default();
+            r.notes.push(format!(
+                "{}; netdev datapath, afxdp ports (xdp-mode=best-effort), pmd-cpu-mask {:#x}",
+                version.lines().next().unwrap_or("ovs").trim(),
+                1u64 << env.dut_cpu
+            ));
+        }
+        DutKind::LinuxBridge => {
+            let Some(commands) = scenario.linux_commands(ports) else {
+                return Ok(None);
+            };
+            r.cleanup = scenario.linux_cleanup(ports);
+            for c in &commands {
+                let args: Vec<&str> = c.iter().map(String::as_str).collect();
+                run_in(&t.sw_ns, &args)?;
+            }
+        }
+        DutKind::XdpRedirect => {
+            let (ingress, egress) = (t.ingress.clone(), t.egress.clone());
+            let loaded = in_netns(
+                &t.sw_ns,
+                || -> Result<Option<(BpfLink, BpfProgram)>, String> {
+                    let (_, in_idx) = Interface::from(ingress.as_str())
+                        .resolve()
+                        .map_err(|e| e.to_string())?;
+                    let (_, out_idx) = Interface::from(egress.as_str())
+                        .resolve()
+                        .map_err(|e| e.to_string())?;
+                    let Some(insns) = scenario.xdp_program(out_idx) else {
+                        return Ok(None);
+                    };
+                    let prog = BpfProgram::load(
+                        BPF_PROG_TYPE_XDP,
+                        BPF_XDP,
+                        "bench_redirect",
+                        &encode(&insns),
+                    )
+                    .map_err(|e| format!("load redirect program: {e}"))?;
+                    let link = BpfLink::create_xdp(&prog, in_idx, XDP_FLAGS_DRV_MODE)
+                        .map_err(|e| format!("attach redirect program to {ingress}: {e}"))?;
+                    Ok(Some((link, prog)))
+                },
+            )??;
+            let Some(loaded) = loaded else {
+                return Ok(None);
+            };
+            r.xdp = Some(loaded);
+            r.notes.push(format!(
+                "native XDP on {} calling bpf_redirect to {}",
+                t.ingress, t.egress
+            ));
+        }
+    }
+    Ok(Some(r))
+}
+
+/// Installs Open vSwitch with apt-get when `ovs-vswitchd` is missing.
+fn ensure_ovs() -> Result<(), String> {
+    if run(&["sh", "-c", "command -v ovs-vswitchd"]).is_ok() {
+        return Ok(());
+    }
+    eprintln!("pollux-bench: installing openvswitch-switch with apt-get");
+    run(&["apt-get", "update", "-q"])?;
+    run(&[
+        "env",
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "openvswitch-switch",
+    ])
+    .map(drop)
+}
+
+impl Running {
+    /// Process ids of the device's own processes (polluxd, ovs-vswitchd, ovsdb-server).
+    pub fn pids(&self) -> Vec<u32> {
+        self.children.iter().map(|(_, c)| c.id()).collect()
+    }
+
+    /// Device statistics worth keeping with the results (one line each).
+    pub fn stats(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(ctl) = &self.ovs_ctl {
+            let ctl = ctl.to_string_lossy();
+            if let Ok(s) = run(&["ovs-appctl", "-t", &ctl, "dpif-netdev/pmd-stats-show"]) {
+                out.extend(
+                    s.lines()
+                        .map(|l| l.trim().to_string())
+                        .filter(|l| !l.is_empty()),
+                );
+            }
+            if let Ok(s) = run(&["ovs-appctl", "-t", &ctl, "dpctl/show", "-s"]) {
+                out.extend(
+                    s.lines()
+                        .filter(|l| l.contains("dropped") || l.contains("port"))
+                        .map(|l| l.trim().to_string()),
+                );
+            }
+        }
+        if let Some((_, sock)) = &self.pollux {
+            let polluxctl = std::env::current_exe()
+                .ok()
+                .map(|p| p.with_file_name("polluxctl"))
+                .filter(|p| p.exists());
+            if let Some(ctl) = polluxctl {
+                let ctl = ctl.to_string_lossy();
+                let sock = sock.to_string_lossy();
+                if let Ok(s) = run(&[&ctl, "--socket", &sock, "show", "stats"]) {
+                    out.extend(s.lines().map(|l| l.trim_end().to_string()));
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Running {
+    /// Stops the device and returns its notes, with what it logged when stopping.
+    pub fn stop(mut self) -> Vec<String> {
+        self.shutdown();
+        std::mem::take(&mut self.notes)
+    }
+
+    fn shutdown(&mut self) {
+        self.xdp = None;
+        if let Some(ctl) = &self.ovs_ctl {
+            let _ = run(&[
+                "ovs-appctl",
+                "-t",
+                &ctl.to_string_lossy(),
+                "exit",
+                "--cleanup",
+            ]);
+        }
+        while let Some((name, mut child)) = self.children.pop() {
+            sys::kill(child.id(), libc::SIGINT);
+            let end = Instant::now() + Duration::from_secs(10);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() > end => {
+                        eprintln!("pollux-bench: {name} did not stop in 10 s; killing it");
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                }
+            }
+        }
+        if let Some((log, _)) = &self.pollux {
+            // polluxd logs its counters when it stops.
+            if let Ok(text) = fs::read_to_string(log) {
+                self.notes.extend(
+                    text.lines()
+                        .skip_while(|l| !l.contains("stopping") && !l.contains("stopped"))
+                        .filter(|l| !l.trim().is_empty())
+                        .map(|l| l.trim().to_string()),
+                );
+            }
+        }
+        for c in self.cleanup.drain(..) {
+            let args: Vec<&str> = c.iter().map(String::as_str).collect();
+            let _ = run_in(&self.ns, &args);
+        }
+        for (path, value) in self.restore.drain(..) {
+            let _ = write_in(&self.ns, &path, &value);
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}

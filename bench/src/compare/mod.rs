@@ -1,0 +1,17 @@
+//! `pollux-bench compare`: RFC 2544 throughput (NDR, PDR) and latency of Pollux, Open
+//! vSwitch (afxdp), the Linux bridge and an XDP redirect (the ceiling) on one veth
+//! topology, in one run, with one generator and one CPU placement. See the README's
+//! "Benchmark harness" section.
+
+pub mod dut;
+pub mod frame;
+pub mod pacing;
+pub mod placement;
+pub mod report;
+pub mod run;
+pub mod scenario;
+pub mod search;
+pub mod seq;
+pub mod sys;
+pub mod topology;
+pub mod traffic;

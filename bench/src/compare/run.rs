@@ -1,0 +1,334 @@
+//! The run: for each scenario and device under test, start the device, apply the
+//! placement, and for each frame size search the NDR and PDR and measure latency.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use super::dut::{self, DutKind, Env};
+use super::placement::{self, Cpus};
+use super::report::{Entry, LatencyPoint, Report};
+use super::scenario::Scenario;
+use super::search::{Search, SearchConfig};
+use super::sys::{self, interrupted, interrupted_error, pin_to_cpu, run};
+use super::topology::{counter_delta, Topology};
+use super::traffic::{Traffic, TrialResult, TrialSpec};
+
+/// Loss allowed at the PDR.
+pub const PDR_LOSS: f64 = 0.005;
+/// Fractions of the NDR at which latency is measured.
+pub const LATENCY_AT: [f64; 2] = [0.5, 0.9];
+
+/// What to run.
+#[derive(Debug)]
+pub struct Options {
+    /// Scenarios, in order.
+    pub scenarios: Vec<Box<dyn Scenario>>,
+    /// Devices, in order.
+    pub duts: Vec<DutKind>,
+    /// Frame sizes (with FCS).
+    pub sizes: Vec<u16>,
+    /// Seconds per trial.
+    pub trial_secs: f64,
+    /// Search bounds.
+    pub search: SearchConfig,
+    /// CPUs.
+    pub cpus: Cpus,
+    /// polluxd binary.
+    pub polluxd: PathBuf,
+    /// `SO_BUSY_POLL_BUDGET` for pollux-busy-poll.
+    pub busy_poll_budget: u16,
+}
+
+/// The progress line: rewritten in place on a terminal; elsewhere only trial results
+/// (`final_line`) are printed, one per line.
+fn progress_line(line: &str, final_line: bool) {
+    use std::io::IsTerminal;
+    let mut err = std::io::stderr().lock();
+    if err.is_terminal() {
+        let _ = write!(err, "\r\x1b[K{line}");
+    } else if final_line && !line.is_empty() {
+        let _ = writeln!(err, "{line}");
+    }
+    let _ = err.flush();
+}
+
+fn progress(line: &str) {
+    progress_line(line, false);
+}
+
+/// Runs everything; the topology is torn down before this returns, whatever happens.
+pub fn run_all(opts: &Options) -> Result<Report, String> {
+    let prefix = format!("pb{:04x}", std::process::id() % 0x10000);
+    // Release builds abort on panic, so no guard would run: delete what this run makes
+    // from the panic hook as well.
+    let hook_prefix = prefix.clone();
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        for ns in ["gen", "sw", "sink"] {
+            let _ = run(&["ip", "netns", "del", &format!("{hook_prefix}{ns}")]);
+        }
+        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{hook_prefix}.work")));
+    }));
+    let work = std::env::temp_dir().join(format!("{prefix}.work"));
+    std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
+    let result = run_in_topology(opts, &prefix, &work);
+    let _ = std::fs::remove_dir_all(&work);
+    result
+}
+
+fn run_in_topology(opts: &Options, prefix: &str, work: &std::path::Path) -> Result<Report, String> {
+    // Everything this process starts (polluxd's and OVS's control threads, `ip`) inherits
+    // the generator's CPU; the DUT's datapath threads pin themselves to the DUT's.
+    pin_to_cpu(opts.cpus.gen).map_err(|e| format!("pin to CPU {}: {e}", opts.cpus.gen))?;
+    if opts.cpus.realtime {
+        sys::set_nice(sys::gettid(), placement::DATAPATH_NICE)?;
+    }
+    let topo = Topology::create(prefix)?;
+    let mut traffic = Traffic::open(&topo.gen_ns, &topo.sink_ns)?;
+    let mut report = Report {
+        tool: format!("pollux-bench compare {}", env!("CARGO_PKG_VERSION")),
+        started_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        kernel: run(&["uname", "-r"]).unwrap_or_default().trim().to_string(),
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        trial_secs: opts.trial_secs,
+        resolution: opts.search.resolution,
+        placement: placement::describe(&topo, opts.cpus),
+        ..Report::default()
+    };
+    report
+        .placement
+        .push(placement::apply_sink(&topo, opts.cpus)?);
+    let _softirq = placement::SoftirqPriority::raise(opts.cpus)?;
+    if let Some(line) = _softirq.describe() {
+        report.placement.push(line);
+    }
+    for line in &report.placement {
+        eprintln!("placement: {line}");
+    }
+    let env = Env {
+        topo: &topo,
+        work,
+        polluxd: &opts.polluxd,
+        dut_cpu: opts.cpus.dut,
+        busy_poll_budget: opts.busy_poll_budget,
+    };
+    for sc in &opts.scenarios {
+        report
+            .scenarios
+            .insert(sc.name().to_string(), sc.describe().to_string());
+        for &kind in &opts.duts {
+            if interrupted() {
+                return Err(interrupted_error());
+            }
+            let key = format!("{}/{}", sc.name(), kind.name());
+            progress(&format!("[{key}] starting"));
+            topo.detach_xdp();
+            let running = match dut::start(kind, &env, sc.as_ref()) {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    report.notes.push(format!(
+                        "{key}: the device cannot do this scenario; skipped"
+                    ));
+                    continue;
+                }
+                Err(e) => {
+                    eprintln!("\npollux-bench: {key}: {e}");
+                    report.notes.push(format!("{key}: failed to start: {e}"));
+                    continue;
+                }
+            };
+            let mut notes = placement::apply(&topo, opts.cpus, &running.pids())?;
+            for l in &notes {
+                progress("");
+                eprintln!("[{key}] placement: {l}");
+            }
+            for &size in &opts.sizes {
+                let entry = measure(opts, &topo, &mut traffic, sc.as_ref(), kind, size)?;
+                progress("");
+                eprintln!(
+                    "[{key} {size}B] NDR {:.3} Mpps, PDR {:.3} Mpps ({} trials){}",
+                    entry.ndr_pps / 1e6,
+                    entry.pdr_pps / 1e6,
+                    entry.trials,
+                    entry
+                        .latency
+                        .iter()
+                        .map(|p| format!(
+                            "; @{:.0}% p50 {:.1} µs p99 {:.1} µs",
+                            p.fraction_of_ndr * 100.0,
+                            p.latency.p50_ns as f64 / 1e3,
+                            p.latency.p99_ns as f64 / 1e3
+                        ))
+                        .collect::<String>()
+                );
+                report.results.push(entry);
+            }
+            notes.extend(running.stats());
+            notes.extend(running.stop());
+            topo.detach_xdp();
+            report.dut_notes.insert(key, notes);
+        }
+    }
+    progress("");
+    if let Some(id) = traffic.sink_napi_id() {
+        report.notes.push(format!(
+            "SO_INCOMING_NAPI_ID of the sink's AF_XDP socket on veth: {id} (busy polling an \
+             AF_XDP socket polls this NAPI instance; 0 means the kernel never marked one, and \
+             busy polling does nothing)"
+        ));
+    }
+    report.compute_ratios();
+    Ok(report)
+}
+
+/// Searches NDR and PDR for one device and frame size, then measures latency.
+fn measure(
+    opts: &Options,
+    topo: &Topology,
+    traffic: &mut Traffic,
+    sc: &dyn Scenario,
+    kind: DutKind,
+    size: u16,
+) -> Result<Entry, String> {
+    let label = format!("[{}/{} {size}B]", sc.name(), kind.name());
+    let prime = sc.prime_frame();
+    let trials: std::cell::RefCell<Vec<TrialResult>> = Default::default();
+    let trial = |traffic: &mut Traffic, phase: &str, rate: f64| -> Result<TrialResult, String> {
+        if interrupted() {
+            return Err(interrupted_error());
+        }
+        traffic.prime(&prime);
+        let spec = TrialSpec {
+            rate_pps: rate,
+            secs: opts.trial_secs,
+            frame_size: size,
+            expect_vlan: sc.egress_vlan(),
+        };
+        let before = path_counters(topo, traffic);
+        let n = trials.borrow().len() + 1;
+        let mut r = traffic.trial(&spec, |sent, recv| {
+            progress(&format!(
+                "{label} {phase} trial {n} at {:.3} Mpps: sent {sent}, received {recv}",
+                rate / 1e6
+            ))
+        })?;
+        r.path = counter_delta(&before, &path_counters(topo, traffic));
+        progress_line(&format!(
+            "{label} {phase} trial {n} at {:.3} Mpps: offered {:.3}, received {:.3} Mpps, lost {}, not offered {}",
+            rate / 1e6,
+            r.offered_pps / 1e6,
+            r.received_pps / 1e6,
+            r.lost,
+            r.not_offered
+        ), true);
+        trials.borrow_mut().push(r.clone());
+        Ok(r)
+    };
+
+    // NDR.
+    let mut ndr_search = Search::new(opts.search);
+    let mut overload: Option<TrialResult> = None;
+    let mut ndr_trial: Option<TrialResult> = None;
+    let mut pdr_known: Vec<(f64, bool)> = Vec::new();
+    while let Some(rate) = ndr_search.next_rate() {
+        let r = trial(traffic, "NDR", rate)?;
+        let pass = r.passes(0.0);
+        ndr_search.record(rate, pass);
+        pdr_known.push((rate, r.passes(PDR_LOSS)));
+        if pass && ndr_trial.as_ref().is_none_or(|t| t.requested_pps < rate) {
+            ndr_trial = Some(r.clone());
+        }
+        if overload.is_none() {
+            // What got through while overloaded is close to the answer, unless the
+            // device collapsed under overload (receive livelock): then bisect.
+            if r.received_pps > 0.05 * rate {
+                ndr_search.set_hint(r.received_pps * 0.99);
+            }
+            overload = Some(r);
+        }
+    }
+    let ndr = ndr_search.result();
+    let ndr_rate = ndr;
+
+    // PDR: starts above the NDR, reusing what the NDR trials showed.
+    let mut pdr_search = Search::with_known_pass(opts.search, ndr_rate);
+    for &(rate, pass) in &pdr_known {
+        if pass {
+            pdr_search.record(rate, true);
+        } else {
+            pdr_search.known_fail(rate);
+        }
+    }
+    if let Some(o) = overload
+        .as_ref()
+        .filter(|o| o.received_pps > 0.05 * o.requested_pps)
+    {
+        pdr_search.set_hint(o.received_pps);
+    }
+    let mut pdr_trials = 0;
+    while let Some(rate) = pdr_search.next_rate() {
+        if pdr_trials >= opts.search.max_trials {
+            break;
+        }
+        let r = trial(traffic, "PDR", rate)?;
+        pdr_search.record(rate, r.passes(PDR_LOSS));
+        pdr_trials += 1;
+    }
+    // Report what was offered in the best passing trial, not what was asked for: the
+    // generator may fall short by up to MAX_NOT_OFFERED.
+    let offered_at = |rate: f64, max_loss: f64| {
+        trials
+            .borrow()
+            .iter()
+            .filter(|t| t.requested_pps == rate && t.passes(max_loss))
+            .map(|t| t.offered_pps)
+            .fold(0.0, f64::max)
+    };
+    let ndr = if ndr > 0.0 { offered_at(ndr, 0.0) } else { 0.0 };
+    let pdr_rate = pdr_search.result();
+    let pdr = if pdr_rate > 0.0 {
+        offered_at(pdr_rate, PDR_LOSS)
+    } else {
+        0.0
+    }
+    .max(ndr);
+
+    // Latency at fractions of the NDR.
+    let mut latency = Vec::new();
+    if ndr > 0.0 {
+        for f in LATENCY_AT {
+            let r = trial(traffic, &format!("latency {:.0}%", f * 100.0), ndr * f)?;
+            latency.push(LatencyPoint {
+                fraction_of_ndr: f,
+                rate_pps: ndr * f,
+                latency: r.latency,
+                lost: r.lost,
+            });
+        }
+    }
+    let all_trials = trials.into_inner();
+    Ok(Entry {
+        scenario: sc.name().to_string(),
+        dut: kind.name().to_string(),
+        frame_size: size,
+        ndr_pps: ndr,
+        pdr_pps: pdr,
+        pdr_loss: PDR_LOSS,
+        latency,
+        ratios: BTreeMap::new(),
+        trials: all_trials.len() as u32,
+        ndr_trial,
+        overload_trial: overload,
+        all_trials,
+    })
+}
+
+fn path_counters(topo: &Topology, traffic: &Traffic) -> BTreeMap<String, u64> {
+    let mut c = topo.path_counters();
+    c.extend(traffic.socket_counters());
+    c
+}

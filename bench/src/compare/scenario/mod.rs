@@ -1,0 +1,134 @@
+//! Scenarios: what the devices under test are asked to do with the generator's frames.
+//!
+//! Each scenario is a small module that says, for each kind of device, how to configure
+//! it (or that it cannot do the scenario), which VLAN the sink must see, and what the sink
+//! sends first so learning switches know where it is. Later scenarios (routing, SNAT,
+//! security groups, VXLAN, vhost-user) add a module here and an entry in [`all`].
+
+use pollux_drivers::xdp::BpfInsn;
+
+mod p2p;
+mod vlan_push;
+
+pub use p2p::PortToPort;
+pub use vlan_push::VlanPush;
+
+/// Names the DUT's two interfaces.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports<'a> {
+    /// Towards the generator.
+    pub ingress: &'a str,
+    /// Towards the sink.
+    pub egress: &'a str,
+}
+
+/// One way of forwarding the generator's frames to the sink.
+pub trait Scenario: std::fmt::Debug {
+    /// Name on the command line and in reports.
+    fn name(&self) -> &'static str;
+    /// One line for the report.
+    fn describe(&self) -> &'static str;
+    /// VLAN ID the frames carry when they reach the sink.
+    fn egress_vlan(&self) -> Option<u16>;
+    /// The frame the sink sends before each trial (learning switches learn its MAC).
+    fn prime_frame(&self) -> Vec<u8>;
+    /// polluxd's desired state (TOML), or `None` if Pollux cannot do this scenario.
+    fn pollux_config(&self, ports: Ports<'_>) -> Option<String>;
+    /// `ovs-vsctl` commands after `add-br br0` (netdev datapath), one argument list each;
+    /// `None` if Open vSwitch (without a controller) cannot do this scenario.
+    fn ovs_commands(&self, ports: Ports<'_>) -> Option<Vec<Vec<String>>>;
+    /// `ip`/`bridge` commands (run in the DUT's namespace) that build the kernel's
+    /// forwarding for this scenario, each an argument list.
+    fn linux_commands(&self, ports: Ports<'_>) -> Option<Vec<Vec<String>>>;
+    /// Commands that undo [`Scenario::linux_commands`] (run even if they failed halfway).
+    fn linux_cleanup(&self, _ports: Ports<'_>) -> Vec<Vec<String>> {
+        cmds(&[&["ip", "link", "del", "lbr0"]])
+    }
+    /// The XDP program for the ingress interface that does this scenario's rewriting and
+    /// redirects to `egress_ifindex`, or `None` if there is no such ceiling.
+    fn xdp_program(&self, egress_ifindex: u32) -> Option<Vec<BpfInsn>>;
+}
+
+/// Every scenario, in report order.
+pub fn all() -> Vec<Box<dyn Scenario>> {
+    vec![Box::new(PortToPort), Box::new(VlanPush { vid: 100 })]
+}
+
+/// The scenario called `name`.
+pub fn by_name(name: &str) -> Option<Box<dyn Scenario>> {
+    all().into_iter().find(|s| s.name() == name)
+}
+
+/// Argument lists from string slices.
+pub(crate) fn cmds(list: &[&[&str]]) -> Vec<Vec<String>> {
+    list.iter()
+        .map(|c| c.iter().map(|s| s.to_string()).collect())
+        .collect()
+}
+
+/// BPF encodings the scenarios' XDP programs need beyond `pollux_drivers::xdp`'s.
+pub(crate) mod bpf {
+    use pollux_drivers::xdp::{op, BpfInsn};
+
+    /// `bpf_redirect(ifindex, flags)`.
+    pub const FUNC_REDIRECT: i32 = 23;
+    /// `bpf_xdp_adjust_head(ctx, delta)`.
+    pub const FUNC_XDP_ADJUST_HEAD: i32 = 44;
+    /// XDP action: drop.
+    pub const XDP_DROP: i32 = 1;
+    const BPF_ST: u8 = 0x02;
+    const BPF_STX: u8 = 0x03;
+    const BPF_ADD: u8 = 0x00;
+    const BPF_JGT: u8 = 0x20;
+    const BPF_JNE: u8 = 0x50;
+
+    /// `*(size *)(dst + off) = imm`.
+    pub const fn st_mem(size: u8, dst: u8, off: i16, imm: i32) -> BpfInsn {
+        BpfInsn::new(BPF_ST | size | op::BPF_MEM, dst, 0, off, imm)
+    }
+    /// `*(size *)(dst + off) = src`.
+    pub const fn stx_mem(size: u8, dst: u8, src: u8, off: i16) -> BpfInsn {
+        BpfInsn::new(BPF_STX | size | op::BPF_MEM, dst, src, off, 0)
+    }
+    /// `dst += imm`.
+    pub const fn add64_imm(dst: u8, imm: i32) -> BpfInsn {
+        BpfInsn::new(op::BPF_ALU64 | BPF_ADD | op::BPF_K, dst, 0, 0, imm)
+    }
+    /// `if dst > src goto +off`.
+    pub const fn jgt_reg(dst: u8, src: u8, off: i16) -> BpfInsn {
+        BpfInsn::new(op::BPF_JMP | BPF_JGT | op::BPF_X, dst, src, off, 0)
+    }
+    /// `if dst != imm goto +off`.
+    pub const fn jne_imm(dst: u8, imm: i32, off: i16) -> BpfInsn {
+        BpfInsn::new(op::BPF_JMP | BPF_JNE | op::BPF_K, dst, 0, off, imm)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use pollux_drivers::xdp::reg::*;
+
+        #[test]
+        fn encodings_match_the_kernel() {
+            // *(u16 *)(r2 + 12) = 0x0081
+            assert_eq!(
+                st_mem(op::BPF_H, R2, 12, 0x81).to_bytes(),
+                [0x6a, 0x02, 12, 0, 0x81, 0, 0, 0]
+            );
+            // *(u32 *)(r2 + 0) = r3
+            assert_eq!(
+                stx_mem(op::BPF_W, R2, R3, 0).to_bytes(),
+                [0x63, 0x32, 0, 0, 0, 0, 0, 0]
+            );
+            assert_eq!(
+                add64_imm(R3, 18).to_bytes(),
+                [0x07, 0x03, 0, 0, 18, 0, 0, 0]
+            );
+            assert_eq!(
+                jgt_reg(R3, R1, 5).to_bytes(),
+                [0x2d, 0x13, 5, 0, 0, 0, 0, 0]
+            );
+            assert_eq!(jne_imm(R0, 0, 2).to_bytes(), [0x55, 0x00, 2, 0, 0, 0, 0, 0]);
+        }
+    }
+}

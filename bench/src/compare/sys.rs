@@ -1,0 +1,170 @@
+//! Small system helpers: running commands, signals, CPU affinity, entering a network
+//! namespace for the calling thread.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Installs SIGINT/SIGTERM/SIGHUP handlers that only set a flag: every loop of the
+/// harness checks [`interrupted`] and unwinds, so the topology's guards clean up.
+pub fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: `sigaction` with a zeroed struct plus a handler address is the documented
+        // way to install a handler; `on_signal` is async-signal-safe (one atomic store) and
+        // lives for the whole program. The old action is not needed (null pointer).
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(sig, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+/// True once SIGINT, SIGTERM or SIGHUP arrived.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::Relaxed)
+}
+
+/// Error for an interrupted run.
+pub fn interrupted_error() -> String {
+    "interrupted".to_string()
+}
+
+/// Runs `args`, returning stdout; an error carries stderr.
+pub fn run(args: &[&str]) -> Result<String, String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(format!(
+            "`{}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+/// Runs `args` inside network namespace `ns`.
+pub fn run_in(ns: &str, args: &[&str]) -> Result<String, String> {
+    let mut full = vec!["ip", "netns", "exec", ns];
+    full.extend_from_slice(args);
+    run(&full)
+}
+
+/// Writes `value` to a sysfs/procfs `path` as seen from namespace `ns`.
+pub fn write_in(ns: &str, path: &str, value: &str) -> Result<(), String> {
+    run_in(ns, &["sh", "-c", &format!("echo {value} > {path}")]).map(drop)
+}
+
+/// Pins the calling thread to `cpu`.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(cpu);
+    rustix::thread::sched_setaffinity(None, &set).map_err(io::Error::from)
+}
+
+/// Runs `f` with the calling thread inside network namespace `ns` (`/run/netns/NS`), then
+/// moves the thread back. Sockets and XDP links made in `f` stay bound to `ns`.
+pub fn in_netns<T>(ns: &str, f: impl FnOnce() -> T) -> Result<T, String> {
+    use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
+    let home = File::open("/proc/thread-self/ns/net").map_err(|e| format!("own netns: {e}"))?;
+    let target = File::open(format!("/run/netns/{ns}")).map_err(|e| format!("netns {ns}: {e}"))?;
+    move_into_link_name_space(target.as_fd(), Some(LinkNameSpaceType::Network))
+        .map_err(|e| format!("setns {ns}: {e}"))?;
+    let out = f();
+    move_into_link_name_space(home.as_fd(), Some(LinkNameSpaceType::Network))
+        .map_err(|e| format!("setns back from {ns}: {e}"))?;
+    Ok(out)
+}
+
+/// Processes whose name (`/proc/PID/comm`, 15 bytes at most) starts with `prefix`.
+pub fn pids_named(prefix: &str) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/comm")) {
+            let comm = comm.trim_end();
+            if comm.starts_with(prefix) {
+                out.push((pid, comm.to_string()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Threads of processes `pids` whose name starts with `prefix`: `(tid, name)`.
+pub fn threads_named(prefix: &str, pids: &[u32]) -> Vec<(u32, String)> {
+    let mut out = Vec::new();
+    for &pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for t in tasks.flatten() {
+            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            if let Ok(comm) = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")) {
+                let comm = comm.trim_end();
+                if comm.starts_with(prefix) {
+                    out.push((tid, comm.to_string()));
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Gives thread `tid` the real-time policy SCHED_FIFO at `prio` (0: back to SCHED_OTHER).
+pub fn set_fifo(tid: u32, prio: u32) -> Result<(), String> {
+    let tid = tid.to_string();
+    if prio == 0 {
+        run(&["chrt", "-o", "-p", "0", &tid]).map(drop)
+    } else {
+        run(&["chrt", "-f", "-p", &prio.to_string(), &tid]).map(drop)
+    }
+}
+
+/// Sets thread `tid`'s nice value (on Linux `setpriority(PRIO_PROCESS)` on a thread id
+/// applies to that thread alone).
+pub fn set_nice(tid: u32, nice: i32) -> Result<(), String> {
+    run(&["renice", "-n", &nice.to_string(), "-p", &tid.to_string()]).map(drop)
+}
+
+/// The calling thread's id.
+pub fn gettid() -> u32 {
+    rustix::thread::gettid().as_raw_nonzero().get() as u32
+}
+
+/// Sends `sig` to `pid`.
+pub fn kill(pid: u32, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory effects; a stale pid at worst signals nothing (we only
+    // signal children we spawned and have not reaped).
+    unsafe {
+        libc::kill(pid as libc::pid_t, sig);
+    }
+}

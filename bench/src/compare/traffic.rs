@@ -1,0 +1,428 @@
+//! The generator and the sink, on AF_XDP (the `pollux-drivers` sockets), driven by one
+//! thread pinned to the generator's CPU.
+//!
+//! The generator sends stamped frames paced by a [`Pacer`] (no sleeping per packet: the
+//! thread spins, sending whatever is due and receiving whatever arrived). The sink's
+//! socket sits behind Pollux's XSKMAP redirect program on the sink's `eth0`; every frame
+//! it receives is checked ([`SeqTracker`]) and its latency recorded (`hdrhistogram`).
+//! "Sent" counts frames the kernel completed on the generator's tx ring: a veth that
+//! cannot take a frame pushes back instead of dropping it, so those frames wait on the
+//! ring; a rate the path cannot take shows up as frames written off by the pacer.
+
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use pollux_dataplane::buf::FramePool;
+use pollux_dataplane::packet::{Batch, Packet};
+use pollux_dataplane::port::Port;
+use pollux_drivers::xdp::{XdpAttachment, XdpMode, XdpProgram};
+use pollux_drivers::xsk::{AfXdpPort, Umem, XskConfig, XskSocket};
+
+use super::frame;
+use super::pacing::Pacer;
+use super::seq::SeqTracker;
+use super::sys::{in_netns, interrupted, interrupted_error};
+
+const BURST: usize = 64;
+/// Frames the generator may send at once to catch up after falling behind: one burst,
+/// well below a veth's 256-entry ring, so catching up never overflows the ring by itself.
+const MAX_CATCH_UP: u64 = BURST as u64;
+/// Fraction of a trial's frames the generator may fall short by (its own limit, or
+/// hiccups of a shared machine); beyond it the rate counts as not offered and the trial
+/// fails. Results report the rate actually offered, never the rate asked for.
+pub const MAX_NOT_OFFERED: f64 = 0.05;
+/// Time after the last frame is sent during which the sink still waits for frames.
+const DRAIN: Duration = Duration::from_millis(300);
+
+/// One trial: offered rate, length, frame.
+#[derive(Clone, Debug)]
+pub struct TrialSpec {
+    /// Offered rate, frames per second.
+    pub rate_pps: f64,
+    /// Trial length.
+    pub secs: f64,
+    /// Frame size on the wire (with FCS).
+    pub frame_size: u16,
+    /// VLAN the frames must carry at the sink (`None`: untagged).
+    pub expect_vlan: Option<u16>,
+}
+
+/// Latency percentiles in nanoseconds.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Latency {
+    /// Frames measured.
+    pub samples: u64,
+    /// Median.
+    pub p50_ns: u64,
+    /// 99th percentile.
+    pub p99_ns: u64,
+    /// 99.9th percentile.
+    pub p999_ns: u64,
+    /// Largest.
+    pub max_ns: u64,
+}
+
+impl Latency {
+    /// Percentiles of `h`.
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        Latency {
+            samples: h.len(),
+            p50_ns: h.value_at_quantile(0.5),
+            p99_ns: h.value_at_quantile(0.99),
+            p999_ns: h.value_at_quantile(0.999),
+            max_ns: h.max(),
+        }
+    }
+}
+
+/// What one trial measured.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct TrialResult {
+    /// Rate asked for.
+    pub requested_pps: f64,
+    /// Frames the generator sent (completed by the kernel), per second of the trial.
+    pub offered_pps: f64,
+    /// Frames received by the sink (unique) per second of the trial.
+    pub received_pps: f64,
+    /// Frames sent.
+    pub sent: u64,
+    /// Frames the pacer wrote off: the path pushed back and the rate was not offered.
+    pub not_offered: u64,
+    /// Frames received, duplicates included.
+    pub received: u64,
+    /// Frames sent and never received.
+    pub lost: u64,
+    /// Duplicates received.
+    pub duplicates: u64,
+    /// Frames that arrived after a later one.
+    pub reordered: u64,
+    /// Frames with the wrong VLAN tag (or a tag where none was expected).
+    pub bad_vlan: u64,
+    /// Frames at the sink that were not this trial's.
+    pub foreign: u64,
+    /// Length of the sending phase, seconds.
+    pub secs: f64,
+    /// Latency of every received frame of the trial.
+    pub latency: Latency,
+    /// Counters along the path that changed during the trial (drops, errors, packets).
+    pub path: std::collections::BTreeMap<String, u64>,
+}
+
+impl TrialResult {
+    /// Whether the generator offered (nearly) the whole rate: at most
+    /// [`MAX_NOT_OFFERED`] of the trial's frames written off.
+    pub fn offered_in_full(&self) -> bool {
+        let wanted = self.sent + self.not_offered;
+        wanted > 0 && self.not_offered as f64 <= MAX_NOT_OFFERED * wanted as f64
+    }
+
+    /// Whether the trial passes with at most `max_loss` of the frames sent lost (0 for
+    /// the NDR): the rate was offered in full, and no frame arrived with a wrong tag.
+    pub fn passes(&self, max_loss: f64) -> bool {
+        self.sent > 0
+            && self.bad_vlan == 0
+            && self.offered_in_full()
+            && if max_loss == 0.0 {
+                self.lost == 0
+            } else {
+                self.lost as f64 <= max_loss * self.sent as f64
+            }
+    }
+}
+
+/// The generator's and the sink's sockets, with their pools (one UMEM each).
+pub struct Traffic {
+    // Declaration order is drop order: ports and the XDP attachment before the pools
+    // they use as UMEM (see `Umem::new`).
+    gen: AfXdpPort,
+    sink: AfXdpPort,
+    _sink_xdp: XdpAttachment,
+    gen_pool: Box<FramePool>,
+    sink_pool: Box<FramePool>,
+    clock: Instant,
+    run_tag: u32,
+    trials: u32,
+}
+
+impl std::fmt::Debug for Traffic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Traffic")
+            .field("trials", &self.trials)
+            .finish()
+    }
+}
+
+impl Traffic {
+    /// Opens the generator's socket on `eth0` of `gen_ns` and the sink's on `eth0` of
+    /// `sink_ns` (with the redirect program).
+    pub fn open(gen_ns: &str, sink_ns: &str) -> Result<Traffic, String> {
+        let mut gen_pool = Box::new(FramePool::with_frames(8192).map_err(|e| e.to_string())?);
+        let mut sink_pool = Box::new(FramePool::with_frames(8192).map_err(|e| e.to_string())?);
+        // SAFETY: both UMEMs describe pools owned by the `Traffic` being built, whose
+        // fields drop the ports (closing every socket) before the pools; frames are only
+        // read or written through packets the ports handed out.
+        let (gen_umem, sink_umem) = unsafe {
+            (
+                Umem::new(&gen_pool).map_err(|e| e.to_string())?,
+                Umem::new(&sink_pool).map_err(|e| e.to_string())?,
+            )
+        };
+        let gen_cfg = XskConfig {
+            rx_size: 64,
+            fill_size: 64,
+            tx_size: 2048,
+            comp_size: 2048,
+            ..XskConfig::default()
+        };
+        let sink_cfg = XskConfig {
+            rx_size: 4096,
+            fill_size: 4096,
+            tx_size: 64,
+            comp_size: 64,
+            ..XskConfig::default()
+        };
+        let gen_sock = in_netns(gen_ns, || XskSocket::new(&gen_umem, "eth0", 0, &gen_cfg))?
+            .map_err(|e| format!("generator socket: {e}"))?;
+        let (sink_xdp, sink_sock) = in_netns(sink_ns, || -> Result<_, String> {
+            let xdp = XdpProgram::attach("eth0", XdpMode::Native, 1)
+                .map_err(|e| format!("sink XDP: {e}"))?;
+            let sock = XskSocket::new(&sink_umem, "eth0", 0, &sink_cfg)
+                .map_err(|e| format!("sink socket: {e}"))?;
+            xdp.register(0, sock.fd()).map_err(|e| e.to_string())?;
+            Ok((xdp, sock))
+        })??;
+        let gen =
+            AfXdpPort::new("gen", vec![gen_sock], &mut gen_pool).map_err(|e| e.to_string())?;
+        let sink =
+            AfXdpPort::new("sink", vec![sink_sock], &mut sink_pool).map_err(|e| e.to_string())?;
+        let seed = std::process::id().wrapping_mul(0x9e37_79b9)
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos());
+        Ok(Traffic {
+            gen,
+            sink,
+            _sink_xdp: sink_xdp,
+            gen_pool,
+            sink_pool,
+            clock: Instant::now(),
+            run_tag: seed & 0xffff_0000,
+            trials: 0,
+        })
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.clock.elapsed().as_nanos() as u64
+    }
+
+    /// Sends `frame` from the sink (so learning switches learn the sink's MAC), and
+    /// discards whatever arrives for a moment.
+    pub fn prime(&mut self, frame: &[u8]) {
+        for _ in 0..3 {
+            if let Some((id, off)) = self.sink_pool.alloc_with(frame) {
+                let pkt = Packet::received(id, off, frame.len() as u16);
+                if self.sink.tx_burst(0, &mut self.sink_pool, &[pkt]) == 0 {
+                    self.sink_pool.free(id);
+                }
+            }
+        }
+        let until = Instant::now() + Duration::from_millis(50);
+        let mut batch = Batch::with_capacity(BURST);
+        while Instant::now() < until {
+            self.sink.housekeeping(&mut self.sink_pool);
+            self.discard(&mut batch);
+        }
+    }
+
+    fn discard(&mut self, batch: &mut Batch) {
+        batch.clear();
+        self.sink.rx_burst(0, &mut self.sink_pool, batch);
+        for p in batch.as_slice() {
+            self.sink_pool.free(p.frame);
+        }
+        batch.clear();
+    }
+
+    fn gen_completed(&self) -> u64 {
+        self.gen
+            .stats()
+            .extra
+            .iter()
+            .find(|(k, _)| *k == "tx_completed")
+            .map_or(0, |(_, v)| *v)
+    }
+
+    /// Runs one trial. `progress` is called about every 100 ms with the frames sent and
+    /// received so far.
+    pub fn trial(
+        &mut self,
+        spec: &TrialSpec,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<TrialResult, String> {
+        self.trials += 1;
+        let tag = self.run_tag | (self.trials & 0xffff);
+        let template = frame::build(
+            spec.frame_size,
+            crate::compare::topology::SINK_MAC,
+            crate::compare::topology::GEN_MAC,
+        );
+        let total = Pacer::frames_for(spec.rate_pps, spec.secs).min(u64::from(u32::MAX));
+        let mut tracker = SeqTracker::new(total);
+        let mut hist =
+            Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| e.to_string())?;
+        let (mut bad_vlan, mut foreign) = (0u64, 0u64);
+        let completed_before = self.gen_completed();
+        let mut batch = Batch::with_capacity(BURST);
+        let mut out: Vec<Packet> = Vec::with_capacity(BURST);
+
+        let start = self.now_ns();
+        let mut pacer = Pacer::new(spec.rate_pps, start, total, MAX_CATCH_UP);
+        let mut seq: u32 = 0;
+        let hard_end = start + ((spec.secs * 2.0 + 5.0) * 1e9) as u64;
+        let mut sent_done_at: Option<u64> = None;
+        let mut next_progress = start + 100_000_000;
+        loop {
+            let now = self.now_ns();
+            if interrupted() {
+                return Err(interrupted_error());
+            }
+            if now > hard_end {
+                break;
+            }
+            // Send what is due.
+            if !pacer.done() {
+                let due = pacer.due(now).min(BURST as u64) as usize;
+                if due > 0 {
+                    out.clear();
+                    for _ in 0..due {
+                        let Some((id, off)) = self.gen_pool.alloc_with(&template) else {
+                            break;
+                        };
+                        let pkt = Packet::received(id, off, template.len() as u16);
+                        frame::stamp(self.gen_pool.data_mut(&pkt), tag, seq, now);
+                        seq = seq.wrapping_add(1);
+                        out.push(pkt);
+                    }
+                    let n = self.gen.tx_burst(0, &mut self.gen_pool, &out);
+                    for p in &out[n..] {
+                        self.gen_pool.free(p.frame);
+                    }
+                    // Sequence numbers of refused frames are reused.
+                    seq = seq.wrapping_sub((out.len() - n) as u32);
+                    pacer.sent(n as u64);
+                    if n < out.len() {
+                        // The tx ring is full: `tx_burst` queued nothing new and so did not
+                        // kick; housekeeping reaps completions and kicks the kernel.
+                        self.gen.housekeeping(&mut self.gen_pool);
+                    }
+                } else {
+                    self.gen.housekeeping(&mut self.gen_pool);
+                }
+            } else {
+                self.gen.housekeeping(&mut self.gen_pool);
+                let done_at = *sent_done_at.get_or_insert(now);
+                let drained = self.gen_completed() - completed_before >= pacer.frames_sent();
+                if drained && tracker.unique >= pacer.frames_sent() {
+                    break;
+                }
+                if now > done_at + DRAIN.as_nanos() as u64 {
+                    break;
+                }
+            }
+            // Receive what arrived.
+            batch.clear();
+            let n = self.sink.rx_burst(0, &mut self.sink_pool, &mut batch);
+            if n > 0 {
+                let rx_now = self.now_ns();
+                for p in batch.as_slice() {
+                    match frame::parse(self.sink_pool.data(p)) {
+                        Some(s) if s.tag == tag => {
+                            tracker.record(u64::from(s.seq));
+                            if s.vlan != spec.expect_vlan {
+                                bad_vlan += 1;
+                            }
+                            let _ = hist.record(rx_now.saturating_sub(s.sent_ns).max(1));
+                        }
+                        _ => foreign += 1,
+                    }
+                    self.sink_pool.free(p.frame);
+                }
+            }
+            if now >= next_progress {
+                next_progress = now + 100_000_000;
+                progress(pacer.frames_sent(), tracker.unique);
+            }
+        }
+        let send_secs = (sent_done_at.unwrap_or_else(|| self.now_ns()) - start) as f64 / 1e9;
+        let secs = send_secs.max(spec.secs.min(send_secs.max(1e-3)));
+        let sent = (self.gen_completed() - completed_before).min(pacer.frames_sent());
+        Ok(TrialResult {
+            requested_pps: spec.rate_pps,
+            offered_pps: sent as f64 / secs,
+            received_pps: tracker.unique as f64 / secs,
+            sent,
+            not_offered: pacer.skipped() + (pacer.frames_sent() - sent),
+            received: tracker.received,
+            lost: tracker.lost(sent),
+            duplicates: tracker.duplicates,
+            reordered: tracker.reordered,
+            bad_vlan,
+            foreign,
+            secs,
+            latency: Latency::of(&hist),
+            path: Default::default(),
+        })
+    }
+
+    /// The NAPI instance the kernel marked on the sink's socket (`SO_INCOMING_NAPI_ID`):
+    /// busy polling a socket polls that instance, and does nothing while it is 0.
+    pub fn sink_napi_id(&self) -> Option<u32> {
+        use std::os::fd::AsRawFd;
+        const SO_INCOMING_NAPI_ID: libc::c_int = 56;
+        let fd = self.sink.socket(0)?.fd().as_raw_fd();
+        let mut value: libc::c_uint = 0;
+        let mut len = std::mem::size_of::<libc::c_uint>() as libc::socklen_t;
+        // SAFETY: `value` and `len` are live locals; the kernel writes at most `len` bytes
+        // (the size of `value`) into `value` and the actual length into `len`. `fd` is the
+        // sink's open socket, borrowed from `self` for the call.
+        let ret = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                SO_INCOMING_NAPI_ID,
+                (&mut value as *mut libc::c_uint).cast(),
+                &mut len,
+            )
+        };
+        (ret == 0).then_some(value)
+    }
+
+    /// Kernel and driver counters of the generator's and the sink's sockets.
+    pub fn socket_counters(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut out = std::collections::BTreeMap::new();
+        for (name, port) in [("gen_xsk", &self.gen), ("sink_xsk", &self.sink)] {
+            let s = port.stats();
+            out.insert(format!("{name}/rx_packets"), s.rx_packets);
+            out.insert(format!("{name}/tx_packets"), s.tx_packets);
+            for (k, v) in s.extra {
+                if k.contains("drop")
+                    || k.contains("full")
+                    || k.contains("invalid")
+                    || k.contains("empty")
+                    || k.contains("kick")
+                    || k.contains("completed")
+                {
+                    out.insert(format!("{name}/{k}"), v);
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.gen.release_frames(&mut self.gen_pool);
+        self.sink.release_frames(&mut self.sink_pool);
+    }
+}
