@@ -26,8 +26,10 @@ use pollux_dataplane::slowpath::{
     RingHeader, SlowPathEnds, DHCP_SERVER_PORT, MAX_RING_FRAME, RING_HEADER_LEN,
 };
 use pollux_dataplane::snapshot::NetworkUid;
-use pollux_dataplane::wire::checksum;
-use pollux_dataplane::wire::{EtherType, IpProtocol, Ipv4Packet, UdpPacket};
+use pollux_dataplane::wire::{
+    EtherType, EthernetAddress, EthernetFrame, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr,
+    UdpPacket, UdpRepr,
+};
 
 use super::server::{DhcpConfig, DhcpServer, DhcpStats, Reply};
 use super::{Drop, LeaseInfo, LeaseTable};
@@ -43,7 +45,6 @@ const MAX_IDLE_SLEEP: Duration = Duration::from_millis(5);
 /// Messages handled per ring per round, so one worker's ring cannot starve another's.
 const BURST: usize = 64;
 const UDP_HEADER_LEN: usize = 8;
-const IPV4_HEADER_LEN: usize = 20;
 /// TTL of replies (Linux's default, as dnsmasq's replies carry).
 const REPLY_TTL: u8 = 64;
 
@@ -502,17 +503,14 @@ fn dhcp_payload(frame: &[u8], l3: usize) -> Result<&[u8], FrameDrop> {
     if ip.protocol() != IpProtocol::UDP {
         return Err(FrameDrop::BadHeaders);
     }
-    let header = &frame[l3..l3 + ip.header_len()];
-    if checksum::checksum(header) != 0 {
+    if !ip.verify_checksum() {
         return Err(FrameDrop::BadIpChecksum);
     }
+    // `new_checked` held `header_len <= total_len <= buffer`, so these slices are in range.
     let ip_payload = &frame[l3 + ip.header_len()..l3 + usize::from(ip.total_len())];
     let udp = UdpPacket::new_checked(ip_payload).map_err(|_| FrameDrop::BadHeaders)?;
-    let udp_len = usize::from(udp.length());
-    if udp_len < UDP_HEADER_LEN || udp_len > ip_payload.len() {
-        return Err(FrameDrop::BadHeaders);
-    }
-    Ok(&ip_payload[UDP_HEADER_LEN..udp_len])
+    // `new_checked` held `8 <= length <= buffer`.
+    Ok(&ip_payload[UDP_HEADER_LEN..usize::from(udp.length())])
 }
 
 /// Appends the Ethernet/IPv4/UDP frame carrying `reply` to `out`.
@@ -522,31 +520,39 @@ fn write_reply_frame(reply: &Reply, out: &mut Vec<u8>) {
     } else {
         (reply.dst_mac, reply.dst_ip)
     };
-    let udp_len = (UDP_HEADER_LEN + reply.bytes.len()) as u16;
-    let ip_len = IPV4_HEADER_LEN as u16 + udp_len;
-    out.extend_from_slice(&dst_mac);
-    out.extend_from_slice(&reply.src_mac);
-    out.extend_from_slice(&EtherType::IPV4.0.to_be_bytes());
-    let ip_start = out.len();
-    out.extend_from_slice(&[0x45, 0]);
-    out.extend_from_slice(&ip_len.to_be_bytes());
-    out.extend_from_slice(&[0, 0, 0, 0, REPLY_TTL, IpProtocol::UDP.0, 0, 0]);
-    out.extend_from_slice(&reply.src_ip.octets());
-    out.extend_from_slice(&dst_ip.octets());
-    let ip_sum = checksum::checksum(&out[ip_start..]);
-    out[ip_start + 10..ip_start + 12].copy_from_slice(&ip_sum.to_be_bytes());
-    let udp_start = out.len();
-    out.extend_from_slice(&DHCP_SERVER_PORT.to_be_bytes());
-    out.extend_from_slice(&reply.dst_port.to_be_bytes());
-    out.extend_from_slice(&udp_len.to_be_bytes());
-    out.extend_from_slice(&[0, 0]);
-    out.extend_from_slice(&reply.bytes);
-    let pseudo = checksum::pseudo_header_v4(reply.src_ip, dst_ip, IpProtocol::UDP.0, udp_len);
-    let sum = !checksum::combine(&[pseudo, checksum::sum(&out[udp_start..])]);
-    // RFC 768: a computed zero is sent as all ones (zero means "no checksum").
-    let sum = if sum == 0 { 0xffff } else { sum };
-    out[udp_start + 6..udp_start + 8].copy_from_slice(&sum.to_be_bytes());
-    debug_assert_eq!(out.len() - udp_start, usize::from(udp_len));
+    let eth = EthernetRepr {
+        src_addr: EthernetAddress(reply.src_mac),
+        dst_addr: EthernetAddress(dst_mac),
+        ethertype: EtherType::IPV4,
+    };
+    let udp = UdpRepr {
+        src_port: DHCP_SERVER_PORT,
+        dst_port: reply.dst_port,
+        payload_len: reply.bytes.len(),
+    };
+    let ip = Ipv4Repr {
+        src_addr: reply.src_ip,
+        dst_addr: dst_ip,
+        protocol: IpProtocol::UDP,
+        payload_len: udp.buffer_len(),
+        ttl: REPLY_TTL,
+        dscp: 0,
+        ecn: 0,
+        ident: 0,
+        dont_frag: false,
+        more_frags: false,
+        frag_offset: 0,
+    };
+    let start = out.len();
+    out.resize(start + eth.buffer_len() + ip.buffer_len(), 0);
+    let (eth_bytes, rest) = out[start..].split_at_mut(eth.buffer_len());
+    eth.emit(&mut EthernetFrame::new_unchecked(eth_bytes));
+    let (ip_bytes, udp_bytes) = rest.split_at_mut(ip.header_len());
+    ip.emit(&mut Ipv4Packet::new_unchecked(ip_bytes));
+    let mut datagram = UdpPacket::new_unchecked(udp_bytes);
+    udp.emit(&mut datagram);
+    datagram.payload_mut().copy_from_slice(&reply.bytes);
+    datagram.fill_checksum(reply.src_ip, dst_ip);
 }
 
 #[cfg(test)]
@@ -558,6 +564,7 @@ mod tests {
     use pollux_dataplane::port::PortId;
     use pollux_dataplane::ring::{ring, Consumer, Producer};
     use pollux_dataplane::slowpath::RING_SLOT_SIZE;
+    use pollux_dataplane::wire::checksum;
     use proptest::prelude::*;
 
     const NET: NetworkUid = NetworkUid(7);
