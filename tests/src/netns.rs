@@ -145,6 +145,31 @@ fn invalid<T>(msg: impl Into<String>) -> Result<T> {
 // Preconditions
 // ---------------------------------------------------------------------------------------
 
+/// Removes the namespaces that earlier, dead runs left (see [`remove_stale`]), once per
+/// test process.
+pub fn remove_stale_once() {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        let removed = remove_stale(PREFIX_ROOT).expect("remove_stale");
+        if !removed.is_empty() {
+            eprintln!("removed stale namespaces: {removed:?}");
+        }
+    });
+}
+
+/// The start of a test that must not run beside the others of its process (they share
+/// daemons, CPUs and timing): root and `tools` checked, stale namespaces removed once,
+/// and a guard that keeps the next such test waiting until this one ends.
+pub fn exclusive(tools: &[&str]) -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    require_root();
+    require_tools(tools);
+    // A test that failed while holding the guard poisons it; the next one still runs.
+    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    remove_stale_once();
+    guard
+}
+
 /// Panics unless the process runs as root (namespaces need `CAP_SYS_ADMIN`).
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions and cannot fail.

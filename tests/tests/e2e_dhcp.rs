@@ -22,14 +22,14 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::MutexGuard;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use pollux_control::client::Client;
 use pollux_tests::daemon::{self, ConfigFile, Polluxd, RunDir};
 use pollux_tests::dhcp::{self, DhcpClient, Event, Kind};
-use pollux_tests::netns::{self, Netns, Topology, VethOptions, PREFIX_ROOT};
+use pollux_tests::netns::{self, Netns, Topology, VethOptions};
 use serde_json::{json, Value};
 
 const TOOLS: &[&str] = &[
@@ -109,21 +109,10 @@ const GUEST: Vm = Vm {
     interface_mac: "fa:16:3e:30:00:99",
 };
 
-static STALE: Once = Once::new();
-static SERIAL: Mutex<()> = Mutex::new(());
-
 /// Root, the tools, polluxd built, one test at a time, and a sweep of namespaces left by
 /// earlier, dead runs.
 fn setup() -> MutexGuard<'static, ()> {
-    netns::require_root();
-    netns::require_tools(TOOLS);
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    STALE.call_once(|| {
-        let removed = netns::remove_stale(PREFIX_ROOT).expect("remove_stale");
-        if !removed.is_empty() {
-            eprintln!("removed stale namespaces: {removed:?}");
-        }
-    });
+    let guard = netns::exclusive(TOOLS);
     daemon::polluxd_path();
     guard
 }

@@ -17,7 +17,7 @@
 //! when any is missing. The tests run one at a time (a poll-mode worker pinned to the last
 //! CPU each; the machine is small) and each stays well under 30 s.
 
-use std::sync::{Mutex, MutexGuard, Once};
+use std::sync::MutexGuard;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -26,7 +26,6 @@ use pollux_tests::daemon::{
 };
 use pollux_tests::netns::{
     self, iperf3_client, iperf3_server, ping, CaptureFormat, Netns, Topology, VethOptions,
-    PREFIX_ROOT,
 };
 
 const TOOLS: &[&str] = &["ip", "ping", "iperf3", "tcpdump", "ethtool"];
@@ -59,21 +58,10 @@ struct Vm {
     ip: &'static str,
 }
 
-static STALE: Once = Once::new();
-static SERIAL: Mutex<()> = Mutex::new(());
-
 /// Root, the tools, polluxd built, one test at a time, and a sweep of namespaces left by
 /// earlier, dead runs.
 fn setup() -> MutexGuard<'static, ()> {
-    netns::require_root();
-    netns::require_tools(TOOLS);
-    let guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    STALE.call_once(|| {
-        let removed = netns::remove_stale(PREFIX_ROOT).expect("remove_stale");
-        if !removed.is_empty() {
-            eprintln!("removed stale namespaces: {removed:?}");
-        }
-    });
+    let guard = netns::exclusive(TOOLS);
     daemon::polluxd_path();
     guard
 }

@@ -18,7 +18,6 @@ use pollux_control::client::Client;
 use pollux_tests::daemon::{self, ConfigFile, Polluxd};
 use pollux_tests::netns::{
     self, iperf3_client, iperf3_client_parallel, iperf3_server, ping, Netns, Topology, VethOptions,
-    PREFIX_ROOT,
 };
 use serde_json::{json, Value};
 
@@ -60,10 +59,7 @@ const B1: Vm = Vm {
 fn lab(internet: bool) -> Topology {
     netns::require_root();
     netns::require_tools(TOOLS);
-    let removed = netns::remove_stale(PREFIX_ROOT).expect("remove_stale");
-    if !removed.is_empty() {
-        eprintln!("removed stale namespaces: {removed:?}");
-    }
+    netns::remove_stale_once();
     daemon::polluxd_path();
     let mut topo = Topology::new();
     topo.add_ns("host").unwrap();

@@ -5,7 +5,6 @@
 //! Addresses: 198.18.0.0/15 and 203.0.113.0/24 only, inside namespaces the tests create.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::Once;
 use std::time::Duration;
 
 use pollux_tests::netns::{
@@ -13,18 +12,11 @@ use pollux_tests::netns::{
     Topology, VethOptions, PREFIX_ROOT,
 };
 
-static STALE: Once = Once::new();
-
 /// Root, tools, and a sweep of namespaces left by earlier, dead runs.
 fn setup(tools: &[&str]) {
     netns::require_root();
     netns::require_tools(tools);
-    STALE.call_once(|| {
-        let removed = netns::remove_stale(PREFIX_ROOT).expect("remove_stale");
-        if !removed.is_empty() {
-            eprintln!("removed stale namespaces: {removed:?}");
-        }
-    });
+    netns::remove_stale_once();
 }
 
 /// Namespaces `a` and `b` joined by `a:veth0` (198.18.1.1/24) ↔ `b:veth0` (198.18.1.2/24).
