@@ -251,7 +251,6 @@ fn is_dhcp_to_server(l3: &[u8]) -> bool {
     UdpPacket::new_checked(ip.payload()).is_ok_and(|udp| udp.dst_port() == DHCP_SERVER_PORT)
 }
 
-#[allow(clippy::too_many_arguments)]
 fn punt(
     snap: &Snapshot,
     pool: &mut FramePool,

@@ -13,20 +13,14 @@
 
 use std::collections::BTreeMap;
 
+use pollux_control::validate::fmt_mac;
+
 use super::sys::{run, run_in, write_in};
 
 /// MAC of the generator's interface.
 pub const GEN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
 /// MAC of the sink's interface.
 pub const SINK_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x02, 0x02];
-
-/// Formats a MAC address.
-pub fn mac_str(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 /// The three namespaces and two veth pairs of one run.
 #[derive(Debug)]
@@ -87,7 +81,7 @@ impl Topology {
             "set",
             "eth0",
             "address",
-            &mac_str(GEN_MAC),
+            &fmt_mac(GEN_MAC),
         ])?;
         run(&[
             "ip",
@@ -97,7 +91,7 @@ impl Topology {
             "set",
             "eth0",
             "address",
-            &mac_str(SINK_MAC),
+            &fmt_mac(SINK_MAC),
         ])?;
         for (ns, dev) in [
             (sw, &t.ingress),
@@ -221,6 +215,6 @@ mod tests {
             d,
             BTreeMap::from([("b".to_string(), 2), ("c".to_string(), 1)])
         );
-        assert_eq!(mac_str(GEN_MAC), "02:00:00:00:01:01");
+        assert_eq!(fmt_mac(GEN_MAC), "02:00:00:00:01:01");
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{format_mac, parse_mac};
+use crate::validate::{fmt_mac, parse_mac};
 
 /// Where a lease is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -192,7 +192,7 @@ impl LeaseTable {
     pub fn list(&self, now: u64) -> Vec<LeaseInfo> {
         self.iter()
             .map(|l| LeaseInfo {
-                mac: format_mac(&l.mac),
+                mac: fmt_mac(l.mac),
                 ip: l.ip,
                 hostname: l.hostname.clone(),
                 expires_in_secs: l.expires.saturating_sub(now),
@@ -209,7 +209,7 @@ impl LeaseTable {
             leases: self
                 .iter()
                 .map(|l| FileLease {
-                    mac: format_mac(&l.mac),
+                    mac: fmt_mac(l.mac),
                     ip: l.ip,
                     hostname: l.hostname.clone(),
                     expires: l.expires,
@@ -263,8 +263,7 @@ impl LeaseTable {
         }
         let mut table = LeaseTable::new();
         for l in file.leases {
-            let mac = parse_mac(&l.mac)
-                .ok_or_else(|| err(path, "parse", format!("{:?} is not a MAC", l.mac)))?;
+            let mac = parse_mac(&l.mac).map_err(|e| err(path, "parse", e))?;
             if table.leases.contains_key(&mac) {
                 return Err(err(path, "parse", format!("two leases for {}", l.mac)));
             }

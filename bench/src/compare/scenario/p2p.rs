@@ -1,9 +1,10 @@
 //! Port to port on one network: the generator's frames go, unchanged, to the sink.
 
+use pollux_control::validate::fmt_mac;
 use pollux_drivers::xdp::{reg::*, BpfInsn};
 
 use super::{bpf, cmds, Ports, Scenario};
-use crate::compare::topology::{mac_str, GEN_MAC, SINK_MAC};
+use crate::compare::topology::{GEN_MAC, SINK_MAC};
 
 /// L2 forwarding between two ports of one network (known unicast).
 #[derive(Clone, Copy, Debug)]
@@ -44,8 +45,8 @@ network_id = "bench"
 mac_address = "{sink}"
 binding = {{ driver = "afxdp", interface = "{egress}" }}
 "#,
-            gen = mac_str(GEN_MAC),
-            sink = mac_str(SINK_MAC),
+            gen = fmt_mac(GEN_MAC),
+            sink = fmt_mac(SINK_MAC),
             ingress = p.ingress,
             egress = p.egress,
         ))

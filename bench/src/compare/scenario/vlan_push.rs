@@ -1,10 +1,11 @@
 //! Access port to uplink: untagged frames from a VM port leave on the uplink with the
 //! network's 802.1Q tag pushed (a Neutron `vlan` network).
 
+use pollux_control::validate::fmt_mac;
 use pollux_drivers::xdp::{op, reg::*, BpfInsn};
 
 use super::{bpf, cmds, Ports, Scenario};
-use crate::compare::topology::{mac_str, GEN_MAC, SINK_MAC};
+use crate::compare::topology::{GEN_MAC, SINK_MAC};
 
 /// Access (VM) port → uplink trunk, VLAN `vid` pushed.
 #[derive(Clone, Copy, Debug)]
@@ -50,7 +51,7 @@ mac_address = "{gen}"
 binding = {{ driver = "afxdp", interface = "{ingress}" }}
 "#,
             vid = self.vid,
-            gen = mac_str(GEN_MAC),
+            gen = fmt_mac(GEN_MAC),
             ingress = p.ingress,
             egress = p.egress,
         ))
