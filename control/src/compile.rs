@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 
 use pollux_dataplane::buf::{DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM};
 use pollux_dataplane::port::PortId;
+use pollux_dataplane::port_security::{Ipv4Source, PortSecurity};
 use pollux_dataplane::routing::{InterfaceSpec, RouteSpec, RouterSpec, RouterUid};
 use pollux_dataplane::slowpath::SlowPathConfig;
 use pollux_dataplane::snapshot::{
@@ -355,8 +356,20 @@ pub fn compile(
         supported_binding(&port.binding, || format!("ports[{i}].binding.driver"))?;
         let key = format!("port:{}", port.id);
         let id = ids.assign_port(&key, &mut taken)?;
+        if !port.security_groups.is_empty() {
+            return Err(CompileError::Unsupported {
+                path: format!("ports[{i}].security_groups"),
+                what: "security groups are not enforced by the data plane yet; leave the list \
+                       empty (port security still applies)"
+                    .into(),
+            });
+        }
         if state.networks[port.network].admin_state_up {
-            b.access_port(id, network_uid[port.network], &port.macs());
+            let macs = port.macs();
+            b.access_port(id, network_uid[port.network], &macs);
+            if port.port_security_enabled {
+                b.port_security(id, port_security(port, &macs));
+            }
         }
         plans.push(PortPlan {
             id,
@@ -396,6 +409,22 @@ pub fn compile(
         ports: plans,
         identities: ids,
     })
+}
+
+/// The anti-spoofing policy of a port with port security: its MACs, its fixed IPs from
+/// its own MAC, and each address pair from the pair's MAC.
+fn port_security(port: &crate::validate::Port, macs: &[[u8; 6]]) -> PortSecurity {
+    let mut sources: Vec<Ipv4Source> = port
+        .fixed_ips
+        .iter()
+        .map(|f| Ipv4Source::new(port.mac, f.ip, 32))
+        .collect();
+    sources.extend(
+        port.allowed_address_pairs
+            .iter()
+            .map(|p| Ipv4Source::new(p.mac, p.ip.addr, p.ip.prefix)),
+    );
+    PortSecurity::new(macs, &sources)
 }
 
 /// The MAC of router `uid`: [`ROUTER_MAC_PREFIX`] and the uid's low three bytes.

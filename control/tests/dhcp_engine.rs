@@ -17,6 +17,7 @@ use pollux_control::dhcp::LeaseState;
 use pollux_control::engine::{ApplyOptions, Engine, EngineConfig, Initial, LEASE_DIR};
 use pollux_control::model::DesiredState;
 use pollux_control::store::Store;
+use pollux_dataplane::drop::DropReason;
 use pollux_dataplane::wire::checksum;
 use pollux_drivers::mem::MemWire;
 
@@ -32,6 +33,7 @@ fn state(vm1_ip: &str, with_vm2: bool) -> DesiredState {
         network_id = "net-a"
         mac_address = "fa:16:3e:00:00:02"
         fixed_ips = [{ subnet_id = "sub-a", ip_address = "198.18.1.11" }]
+        port_security_enabled = false
         binding = { driver = "mem" }
         "#
     } else {
@@ -280,9 +282,16 @@ fn a_vm_gets_its_address_and_options_through_the_worker() {
     assert_eq!(dhcp_of(&ack).1[&opt::MESSAGE_TYPE], [5]);
     assert_eq!(&ack[..6], &VM1_MAC, "unicast back to the client");
 
-    // An unknown MAC gets nothing, and the drop is counted.
+    // From vm1, port security refuses a foreign MAC before DHCP ever sees it.
     assert!(no_answer(
         &mut vm1,
+        &client_frame(STRANGER, 1, Ipv4Addr::UNSPECIFIED, &[])
+    ));
+    assert_eq!(engine.counters().dropped(DropReason::SpoofedMac), 1);
+    // vm2 has port security off (it may bridge other hosts): an unknown MAC behind it
+    // reaches the server, gets nothing, and the drop is counted.
+    assert!(no_answer(
+        &mut vm2,
         &client_frame(STRANGER, 1, Ipv4Addr::UNSPECIFIED, &[])
     ));
     let stats = engine.dhcp_stats();

@@ -41,6 +41,8 @@ const BURST: u64 = 256;
 /// How long any wait may go without progress.
 const STALL: Duration = Duration::from_secs(30);
 
+// The stream is L2 frames with an IPv4 EtherType but no IPv4 header: what is under test
+// is switching across reconfiguration, so the ports have port security off.
 const BASE: &str = r#"
 [[uplinks]]
 name = "uplink0"
@@ -88,6 +90,7 @@ id = "vm1"
 network_id = "net-a"
 mac_address = "fa:16:3e:00:00:01"
 fixed_ips = [{ subnet_id = "sub-a", ip_address = "10.0.1.11" }]
+port_security_enabled = false
 binding = { driver = "mem" }
 
 [[ports]]
@@ -95,6 +98,7 @@ id = "vm2"
 network_id = "net-a"
 mac_address = "fa:16:3e:00:00:02"
 fixed_ips = [{ subnet_id = "sub-a", ip_address = "10.0.1.12" }]
+port_security_enabled = false
 binding = { driver = "mem" }
 
 # A bystander on net-a: never changed, must never see the stream.
@@ -103,6 +107,7 @@ id = "vm3"
 network_id = "net-a"
 mac_address = "fa:16:3e:00:00:03"
 fixed_ips = [{ subnet_id = "sub-a", ip_address = "10.0.1.13" }]
+port_security_enabled = false
 binding = { driver = "mem" }
 
 [[ports]]
@@ -110,6 +115,7 @@ id = "vm4"
 network_id = "net-b"
 mac_address = "fa:16:3e:00:00:04"
 fixed_ips = [{ subnet_id = "sub-b", ip_address = "10.0.2.14" }]
+port_security_enabled = false
 binding = { driver = "mem" }
 
 [[ports]]
@@ -117,6 +123,7 @@ id = "vm5"
 network_id = "net-b"
 mac_address = "fa:16:3e:00:00:05"
 fixed_ips = [{ subnet_id = "sub-b", ip_address = "10.0.2.15" }]
+port_security_enabled = false
 binding = { driver = "mem" }
 
 [[ports]]
@@ -124,6 +131,7 @@ id = "vm6"
 network_id = "net-c"
 mac_address = "fa:16:3e:00:00:06"
 fixed_ips = [{ subnet_id = "sub-c", ip_address = "10.0.3.16" }]
+port_security_enabled = false
 binding = { driver = "mem" }
 
 # vm2's MAC on another network (each network is its own MAC space): must never see the
@@ -133,6 +141,7 @@ id = "vm7"
 network_id = "net-c"
 mac_address = "fa:16:3e:00:00:02"
 fixed_ips = [{ subnet_id = "sub-c", ip_address = "10.0.3.17" }]
+port_security_enabled = false
 binding = { driver = "mem" }
 
 [[routers]]

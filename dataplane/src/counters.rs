@@ -79,17 +79,20 @@ pub enum Stage {
     Flood,
     /// Frames for the slow path (DHCP) and ARP for its addresses.
     SlowPath,
+    /// Anti-spoofing of VM ports with port security.
+    PortSecurity,
 }
 
 impl Stage {
     /// Every stage, in counter order.
-    pub const ALL: [Stage; 6] = [
+    pub const ALL: [Stage; 7] = [
         Stage::Classify,
         Stage::L2,
         Stage::L3,
         Stage::Output,
         Stage::Flood,
         Stage::SlowPath,
+        Stage::PortSecurity,
     ];
 
     /// Stable name for metrics and the CLI.
@@ -101,6 +104,7 @@ impl Stage {
             Stage::Output => "output",
             Stage::Flood => "flood",
             Stage::SlowPath => "slow_path",
+            Stage::PortSecurity => "port_security",
         }
     }
 }

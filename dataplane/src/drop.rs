@@ -62,6 +62,13 @@ drop_reasons! {
     PuntQueueFull => "punt_queue_full", "The slow path is behind: its punt ring is full.";
     PuntTooLarge => "punt_too_large", "Frame for the slow path larger than a punt ring slot.";
     ToDhcpServer => "to_dhcp_server", "Sent to a DHCP server's MAC but not DHCP (UDP port 67) or ARP.";
+    SpoofedMac => "spoofed_mac", "Port security: source MAC is neither the port's nor one of its allowed address pairs'.";
+    SpoofedIp => "spoofed_ip", "Port security: source address is not the port's (fixed IPs, allowed address pairs, link-local) for that MAC.";
+    SpoofedArp => "spoofed_arp", "Port security: ARP sender MAC or IP does not belong to the port.";
+    DhcpServerFromVm => "dhcp_server_from_vm", "Port security: a DHCP or DHCPv6 server reply sent by a VM.";
+    RouterAdvertisementFromVm => "router_advertisement_from_vm", "Port security: an ICMPv6 router advertisement or redirect sent by a VM.";
+    EthertypeNotPermitted => "ethertype_not_permitted", "Port security: neither IPv4, ARP nor IPv6.";
+    BadIpv6Header => "bad_ipv6_header", "Malformed IPv6 header or extension header chain from a port with port security.";
 }
 
 impl fmt::Display for DropReason {

@@ -25,6 +25,7 @@ pub mod lpm;
 pub mod output;
 pub mod packet;
 pub mod port;
+pub mod port_security;
 pub mod publish;
 pub mod ratelimit;
 pub mod ring;

@@ -10,6 +10,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use crate::port::PortId;
+use crate::port_security::PortSecurity;
 use crate::routing::{RouterSpec, Routing, RoutingError};
 use crate::slowpath::SlowPathConfig;
 use crate::table::U64Map;
@@ -156,6 +157,8 @@ pub struct Snapshot {
     /// Per network slot, the DHCP server's addresses (host order), answered in ARP.
     dhcp_ips: Box<[Box<[u32]>]>,
     slow_path: SlowPathConfig,
+    /// Per port id, the port-security policy of a VM port that has it on.
+    port_security: Box<[Option<PortSecurity>]>,
 }
 
 impl fmt::Debug for Snapshot {
@@ -292,6 +295,12 @@ impl Snapshot {
         }
     }
 
+    /// The port-security policy of `port`, if it is a VM port with port security on.
+    #[inline]
+    pub fn port_security(&self, port: PortId) -> Option<&PortSecurity> {
+        self.port_security.get(port.index())?.as_ref()
+    }
+
     /// The routers.
     #[inline]
     pub fn routing(&self) -> &Routing {
@@ -413,6 +422,8 @@ pub enum BuildError {
     UnknownDhcpNetwork(NetworkUid),
     /// A network with two DHCP servers, or one with a group MAC.
     BadDhcpServer(NetworkUid),
+    /// Port security for a port that is not a VM port of this configuration.
+    PortSecurityNotOnVmPort(PortId),
 }
 
 impl fmt::Display for BuildError {
@@ -462,6 +473,9 @@ impl fmt::Display for BuildError {
                 write!(f, "{n} networks exceed the limit of {MAX_NETWORKS}")
             }
             BuildError::ReservedPortId => write!(f, "port id 65535 is reserved"),
+            BuildError::PortSecurityNotOnVmPort(p) => {
+                write!(f, "port security for {p}, which is not a VM port")
+            }
             BuildError::Routing(e) => e.fmt(f),
         }
     }
@@ -478,6 +492,7 @@ pub struct SnapshotBuilder {
     routers: Vec<RouterSpec>,
     dhcp_servers: Vec<(NetworkUid, [u8; 6], Vec<Ipv4Addr>)>,
     slow_path: SlowPathConfig,
+    port_security: Vec<(PortId, PortSecurity)>,
 }
 
 impl SnapshotBuilder {
@@ -530,6 +545,12 @@ impl SnapshotBuilder {
         addresses: &[Ipv4Addr],
     ) -> &mut Self {
         self.dhcp_servers.push((network, mac, addresses.to_vec()));
+        self
+    }
+
+    /// Turns port security on for the VM port `port`, with `policy`.
+    pub fn port_security(&mut self, port: PortId, policy: PortSecurity) -> &mut Self {
+        self.port_security.push((port, policy));
         self
     }
 
@@ -667,6 +688,13 @@ impl SnapshotBuilder {
             dhcp_macs[slot] = mac_to_u64(*mac);
             dhcp_ips[slot] = addresses.iter().map(|&a| u32::from(a)).collect();
         }
+        let mut port_security = vec![None; port_slots].into_boxed_slice();
+        for (port, policy) in &self.port_security {
+            match ports.get(port.index()) {
+                Some(PortRole::Access { .. }) => port_security[port.index()] = Some(policy.clone()),
+                _ => return Err(BuildError::PortSecurityNotOnVmPort(*port)),
+            }
+        }
         let mut flood_ports = Vec::new();
         let mut networks = Vec::with_capacity(nets.len());
         for (slot, (uid, segment)) in nets.iter().enumerate() {
@@ -702,6 +730,7 @@ impl SnapshotBuilder {
             routing,
             dhcp_ips: dhcp_ips.into_boxed_slice(),
             slow_path: self.slow_path,
+            port_security,
         })
     }
 }

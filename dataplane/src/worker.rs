@@ -20,6 +20,7 @@ use crate::l3::{self, RouterState};
 use crate::output::{output, PortSet};
 use crate::packet::{Batch, MAX_BURST};
 use crate::port::{Port, PortId};
+use crate::port_security;
 use crate::publish::{GenerationAck, SnapshotCell};
 use crate::slowpath::{self, SlowPath, SlowPathEnds};
 use crate::snapshot::Snapshot;
@@ -320,6 +321,10 @@ impl Worker {
         }
         counters.stage_packets[Stage::Classify as usize].add(pkts.len() as u64);
         classify(&self.snap, &self.pool, port_id, pkts);
+        if let Some(policy) = self.snap.port_security(port_id) {
+            counters.stage_packets[Stage::PortSecurity as usize].add(pkts.len() as u64);
+            port_security::check_burst(policy, &self.pool, pkts);
+        }
         let onward = l2::forward(
             &self.snap,
             &self.pool,

@@ -22,6 +22,7 @@ pub mod arp;
 pub mod ethernet;
 pub mod icmpv4;
 pub mod ipv4;
+pub mod ipv6;
 pub mod tcp;
 pub mod udp;
 pub mod vlan;

@@ -1,0 +1,534 @@
+//! Port security: a VM port sends only from the addresses Neutron gave it.
+//!
+//! What Neutron's firewall drivers enforce for a port with `port_security_enabled` (the
+//! OVS firewall's base flows, the iptables driver's `sg-fallback`/spoof chains and
+//! ebtables ARP rules), checked on every frame the port sends, before L2 learns from it:
+//!
+//! - the source MAC is the port's `mac_address` or an `allowed_address_pairs` MAC;
+//! - an IPv4 source is one of the port's fixed IPs or an address pair (a CIDR pair covers
+//!   its whole prefix), *for the MAC the frame comes from*; the only exception is a DHCP
+//!   client's first message, `0.0.0.0:68 → 255.255.255.255:67`;
+//! - ARP: the sender hardware address is the frame's source MAC and the sender IP belongs
+//!   to it as above (or is `0.0.0.0`, an RFC 5227 probe), so a VM can neither answer for
+//!   the gateway nor announce another's address in a gratuitous ARP;
+//! - IPv6: the source is the link-local address of an allowed MAC (modified EUI-64), or
+//!   `::` for the messages a host sends before it has an address (neighbour solicitation
+//!   for duplicate address detection, MLD reports); no IPv6 fixed IPs exist yet, so
+//!   nothing else passes;
+//! - no DHCP server replies (UDP 67 → 68), DHCPv6 server replies (547 → 546), router
+//!   advertisements or redirects from a VM;
+//! - only IPv4, ARP and IPv6 frames (Neutron's OVS firewall drops other EtherTypes from a
+//!   port with port security unless listed in `permitted_ethertypes`).
+//!
+//! Each refusal is a drop with its own reason. The check is per burst: a burst comes from
+//! one port, so its policy is looked up once, and the last allowed (MAC, IPv4 source) is
+//! remembered so that a run of one flow costs a comparison per frame.
+
+use core::net::{Ipv4Addr, Ipv6Addr};
+
+use crate::buf::FramePool;
+use crate::drop::DropReason;
+use crate::packet::{Next, Packet};
+use crate::wire::ipv6::{link_local_from_mac, Ipv6Packet, UpperLayer, ICMPV6};
+use crate::wire::{ArpPacket, EtherType, EthernetFrame, IpProtocol, Ipv4Packet, UdpPacket};
+
+/// DHCPv4 server and client ports.
+const DHCP_SERVER_PORT: u16 = 67;
+const DHCP_CLIENT_PORT: u16 = 68;
+/// DHCPv6 server and client ports.
+const DHCPV6_SERVER_PORT: u16 = 547;
+const DHCPV6_CLIENT_PORT: u16 = 546;
+/// ICMPv6 messages only a router sends: router advertisement and redirect.
+const ICMPV6_ROUTER_ADVERTISEMENT: u8 = 134;
+const ICMPV6_REDIRECT: u8 = 137;
+/// ICMPv6 messages a host sends from `::` before it has an address: MLD report (131),
+/// neighbour solicitation for duplicate address detection (135), MLDv2 report (143).
+const ICMPV6_FROM_UNSPECIFIED: [u8; 3] = [131, 135, 143];
+
+/// An IPv4 source a port may use: addresses within `addr/len`, sent from `mac`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Source {
+    /// The MAC that may send from these addresses, packed as [`mac_to_u64`] does.
+    ///
+    /// [`mac_to_u64`]: crate::snapshot::mac_to_u64
+    pub mac: u64,
+    /// The network address, host byte order.
+    pub addr: u32,
+    /// The prefix's mask, host byte order.
+    pub mask: u32,
+}
+
+impl Ipv4Source {
+    /// `addr/prefix_len` (bits outside the prefix are ignored) for `mac`.
+    pub fn new(mac: [u8; 6], addr: Ipv4Addr, prefix_len: u8) -> Self {
+        let mask = match prefix_len.min(32) {
+            0 => 0,
+            n => u32::MAX << (32 - u32::from(n)),
+        };
+        Ipv4Source {
+            mac: crate::snapshot::mac_to_u64(mac),
+            addr: u32::from(addr) & mask,
+            mask,
+        }
+    }
+
+    #[inline]
+    fn allows(&self, mac: u64, ip: u32) -> bool {
+        self.mac == mac && ip & self.mask == self.addr
+    }
+}
+
+/// The compiled port-security policy of one VM port. Small: Neutron allows ten address
+/// pairs per port by default, so linear scans beat any index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortSecurity {
+    /// MACs the port may send from, packed; its own first.
+    macs: Box<[u64]>,
+    /// Link-local IPv6 address of each MAC of `macs`, same order.
+    link_locals: Box<[Ipv6Addr]>,
+    /// IPv4 sources: fixed IPs as /32, then address pairs.
+    ipv4: Box<[Ipv4Source]>,
+}
+
+impl PortSecurity {
+    /// The policy of a port owning `macs` (its own first) and sending from `ipv4`.
+    pub fn new(macs: &[[u8; 6]], ipv4: &[Ipv4Source]) -> Self {
+        PortSecurity {
+            macs: macs
+                .iter()
+                .map(|&m| crate::snapshot::mac_to_u64(m))
+                .collect(),
+            link_locals: macs.iter().map(|&m| link_local_from_mac(m)).collect(),
+            ipv4: ipv4.into(),
+        }
+    }
+
+    /// The MACs the port may send from, packed.
+    pub fn macs(&self) -> &[u64] {
+        &self.macs
+    }
+
+    /// The IPv4 sources the port may use.
+    pub fn ipv4_sources(&self) -> &[Ipv4Source] {
+        &self.ipv4
+    }
+
+    #[inline]
+    fn allows_mac(&self, mac: u64) -> bool {
+        self.macs.contains(&mac)
+    }
+
+    #[inline]
+    fn allows_ipv4(&self, mac: u64, ip: u32) -> bool {
+        self.ipv4.iter().any(|s| s.allows(mac, ip))
+    }
+
+    fn allows_link_local(&self, mac: u64, ip: Ipv6Addr) -> bool {
+        self.macs
+            .iter()
+            .zip(self.link_locals.iter())
+            .any(|(&m, &ll)| m == mac && ll == ip)
+    }
+
+    /// What becomes of one frame the port sent (`data`, its L3 header at `l3_offset`,
+    /// EtherType `ethertype` after any tag): `None` when it may pass.
+    pub fn check(&self, data: &[u8], ethertype: u16, l3_offset: usize) -> Option<DropReason> {
+        // Classification checked that the frame holds a whole Ethernet header.
+        let src = EthernetFrame::new_unchecked(data).src_addr_u64();
+        if !self.allows_mac(src) {
+            return Some(DropReason::SpoofedMac);
+        }
+        let l3 = data.get(l3_offset..).unwrap_or_default();
+        match EtherType(ethertype) {
+            EtherType::IPV4 => self.check_ipv4(src, l3),
+            EtherType::ARP => self.check_arp(src, l3),
+            EtherType::IPV6 => self.check_ipv6(src, l3),
+            _ => Some(DropReason::EthertypeNotPermitted),
+        }
+    }
+
+    fn check_ipv4(&self, src_mac: u64, l3: &[u8]) -> Option<DropReason> {
+        let Ok(ip) = Ipv4Packet::new_checked(l3) else {
+            return Some(DropReason::BadIpv4Header);
+        };
+        let src = u32::from(ip.src_addr());
+        let udp = (ip.protocol() == IpProtocol::UDP && ip.frag_offset() == 0)
+            .then(|| UdpPacket::new_checked(ip.payload()).ok())
+            .flatten()
+            .map(|u| (u.src_port(), u.dst_port()));
+        if src == 0 {
+            // A DHCP client before it has an address, exactly as Neutron allows it.
+            let dhcp_client = ip.dst_addr() == Ipv4Addr::BROADCAST
+                && udp == Some((DHCP_CLIENT_PORT, DHCP_SERVER_PORT));
+            return (!dhcp_client).then_some(DropReason::SpoofedIp);
+        }
+        if !self.allows_ipv4(src_mac, src) {
+            return Some(DropReason::SpoofedIp);
+        }
+        (udp == Some((DHCP_SERVER_PORT, DHCP_CLIENT_PORT))).then_some(DropReason::DhcpServerFromVm)
+    }
+
+    fn check_arp(&self, src_mac: u64, l3: &[u8]) -> Option<DropReason> {
+        let arp = match ArpPacket::new_checked(l3) {
+            Ok(arp) if arp.is_ethernet_ipv4() => arp,
+            _ => return Some(DropReason::BadArp),
+        };
+        if arp.sender_hardware_addr().as_u64() != src_mac {
+            return Some(DropReason::SpoofedArp);
+        }
+        let spa = u32::from(arp.sender_protocol_addr());
+        // 0.0.0.0 is an address probe (RFC 5227), which claims nothing.
+        (spa != 0 && !self.allows_ipv4(src_mac, spa)).then_some(DropReason::SpoofedArp)
+    }
+
+    fn check_ipv6(&self, src_mac: u64, l3: &[u8]) -> Option<DropReason> {
+        let Ok(ip) = Ipv6Packet::new_checked(l3) else {
+            return Some(DropReason::BadIpv6Header);
+        };
+        let upper = match ip.upper_layer() {
+            Ok(UpperLayer::Header(proto, at)) => Some((proto, ip.payload().get(at..))),
+            Ok(UpperLayer::LaterFragment(_)) => None,
+            Err(_) => return Some(DropReason::BadIpv6Header),
+        };
+        let icmp_type = match upper {
+            Some((ICMPV6, h)) => match h.and_then(|h| h.first()) {
+                Some(&t) => Some(t),
+                None => return Some(DropReason::BadIpv6Header),
+            },
+            _ => None,
+        };
+        let src = ip.src_addr();
+        let allowed = if src.is_unspecified() {
+            icmp_type.is_some_and(|t| ICMPV6_FROM_UNSPECIFIED.contains(&t))
+        } else {
+            self.allows_link_local(src_mac, src)
+        };
+        if !allowed {
+            return Some(DropReason::SpoofedIp);
+        }
+        if matches!(
+            icmp_type,
+            Some(ICMPV6_ROUTER_ADVERTISEMENT | ICMPV6_REDIRECT)
+        ) {
+            return Some(DropReason::RouterAdvertisementFromVm);
+        }
+        match upper {
+            Some((IpProtocol::UDP, Some(h))) if h.len() >= 4 => {
+                let ports = (
+                    u16::from_be_bytes([h[0], h[1]]),
+                    u16::from_be_bytes([h[2], h[3]]),
+                );
+                (ports == (DHCPV6_SERVER_PORT, DHCPV6_CLIENT_PORT))
+                    .then_some(DropReason::DhcpServerFromVm)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Checks every packet of a burst that `policy`'s port sent and whose next step is L2;
+/// a refused one is dropped with its reason. Returns how many were refused.
+#[inline]
+pub fn check_burst(policy: &PortSecurity, pool: &FramePool, pkts: &mut [Packet]) -> u64 {
+    let mut refused = 0;
+    for pkt in pkts.iter_mut() {
+        if pkt.meta.next != Next::L2 {
+            continue;
+        }
+        let data = pool.data(pkt);
+        if let Some(reason) =
+            policy.check(data, pkt.meta.ethertype, usize::from(pkt.meta.l3_offset))
+        {
+            pkt.meta.next = Next::Drop(reason);
+            refused += 1;
+        }
+    }
+    refused
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::ipv4::Ipv4Repr;
+
+    const OWN: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 1];
+    const PAIR: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 2];
+    const OTHER: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 9];
+
+    fn policy() -> PortSecurity {
+        PortSecurity::new(
+            &[OWN, PAIR],
+            &[
+                Ipv4Source::new(OWN, Ipv4Addr::new(198, 18, 1, 10), 32),
+                Ipv4Source::new(PAIR, Ipv4Addr::new(198, 18, 2, 0), 24),
+            ],
+        )
+    }
+
+    fn eth(src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
+    }
+
+    fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, payload: &[u8]) -> Vec<u8> {
+        let repr = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            protocol: IpProtocol(proto),
+            payload_len: payload.len(),
+            ttl: 64,
+            dscp: 0,
+            ecn: 0,
+            ident: 1,
+            dont_frag: false,
+            more_frags: false,
+            frag_offset: 0,
+        };
+        let mut b = vec![0; repr.buffer_len()];
+        repr.emit(&mut Ipv4Packet::new_unchecked(&mut b[..]));
+        b[repr.buffer_len() - payload.len()..].copy_from_slice(payload);
+        b
+    }
+
+    fn udp(sport: u16, dport: u16) -> Vec<u8> {
+        let mut u = vec![0; 8];
+        u[0..2].copy_from_slice(&sport.to_be_bytes());
+        u[2..4].copy_from_slice(&dport.to_be_bytes());
+        u[4..6].copy_from_slice(&8u16.to_be_bytes());
+        u
+    }
+
+    fn arp(sha: [u8; 6], spa: Ipv4Addr) -> Vec<u8> {
+        let mut a = vec![0, 1, 8, 0, 6, 4, 0, 1];
+        a.extend_from_slice(&sha);
+        a.extend_from_slice(&spa.octets());
+        a.extend_from_slice(&[0; 6]);
+        a.extend_from_slice(&[198, 18, 1, 1]);
+        a
+    }
+
+    fn ipv6(src: Ipv6Addr, next: u8, payload: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        p.extend_from_slice(&[next, 255]);
+        p.extend_from_slice(&src.octets());
+        p.extend_from_slice(&"ff02::1".parse::<Ipv6Addr>().unwrap().octets());
+        p.extend_from_slice(payload);
+        p
+    }
+
+    fn verdict(frame: &[u8]) -> Option<DropReason> {
+        let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
+        policy().check(frame, ethertype, 14)
+    }
+
+    const V4: u16 = 0x0800;
+    const ARP: u16 = 0x0806;
+    const V6: u16 = 0x86dd;
+    const ROUTER: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 1);
+
+    #[test]
+    fn own_and_pair_sources_pass() {
+        let own = ipv4(Ipv4Addr::new(198, 18, 1, 10), ROUTER, 6, &[0; 20]);
+        assert_eq!(verdict(&eth(OWN, V4, &own)), None);
+        let pair = ipv4(Ipv4Addr::new(198, 18, 2, 77), ROUTER, 1, &[8, 0, 0, 0]);
+        assert_eq!(verdict(&eth(PAIR, V4, &pair)), None);
+        assert_eq!(
+            verdict(&eth(OWN, ARP, &arp(OWN, Ipv4Addr::new(198, 18, 1, 10)))),
+            None
+        );
+        assert_eq!(
+            verdict(&eth(PAIR, ARP, &arp(PAIR, Ipv4Addr::new(198, 18, 2, 5)))),
+            None
+        );
+        // An address probe claims nothing.
+        assert_eq!(
+            verdict(&eth(OWN, ARP, &arp(OWN, Ipv4Addr::UNSPECIFIED))),
+            None
+        );
+    }
+
+    #[test]
+    fn foreign_mac_is_refused_whatever_it_carries() {
+        let own_ip = ipv4(Ipv4Addr::new(198, 18, 1, 10), ROUTER, 6, &[0; 20]);
+        assert_eq!(
+            verdict(&eth(OTHER, V4, &own_ip)),
+            Some(DropReason::SpoofedMac)
+        );
+        assert_eq!(
+            verdict(&eth(OTHER, 0x88b5, &[0; 46])),
+            Some(DropReason::SpoofedMac)
+        );
+    }
+
+    #[test]
+    fn ipv4_source_must_belong_to_the_sending_mac() {
+        let other_ip = ipv4(Ipv4Addr::new(198, 18, 1, 11), ROUTER, 6, &[0; 20]);
+        assert_eq!(
+            verdict(&eth(OWN, V4, &other_ip)),
+            Some(DropReason::SpoofedIp)
+        );
+        // The pair's prefix is the pair MAC's, not the port MAC's.
+        let pair_ip = ipv4(Ipv4Addr::new(198, 18, 2, 77), ROUTER, 6, &[0; 20]);
+        assert_eq!(
+            verdict(&eth(OWN, V4, &pair_ip)),
+            Some(DropReason::SpoofedIp)
+        );
+        let own_ip = ipv4(Ipv4Addr::new(198, 18, 1, 10), ROUTER, 6, &[0; 20]);
+        assert_eq!(
+            verdict(&eth(PAIR, V4, &own_ip)),
+            Some(DropReason::SpoofedIp)
+        );
+    }
+
+    #[test]
+    fn dhcp_client_from_zero_only_as_neutron_allows() {
+        let bcast = Ipv4Addr::BROADCAST;
+        let discover = ipv4(Ipv4Addr::UNSPECIFIED, bcast, 17, &udp(68, 67));
+        assert_eq!(verdict(&eth(OWN, V4, &discover)), None);
+        let to_unicast = ipv4(Ipv4Addr::UNSPECIFIED, ROUTER, 17, &udp(68, 67));
+        assert_eq!(
+            verdict(&eth(OWN, V4, &to_unicast)),
+            Some(DropReason::SpoofedIp)
+        );
+        let other_ports = ipv4(Ipv4Addr::UNSPECIFIED, bcast, 17, &udp(1000, 67));
+        assert_eq!(
+            verdict(&eth(OWN, V4, &other_ports)),
+            Some(DropReason::SpoofedIp)
+        );
+        let tcp = ipv4(Ipv4Addr::UNSPECIFIED, bcast, 6, &[0; 20]);
+        assert_eq!(verdict(&eth(OWN, V4, &tcp)), Some(DropReason::SpoofedIp));
+    }
+
+    #[test]
+    fn dhcp_server_replies_from_a_vm_are_refused() {
+        let offer = ipv4(
+            Ipv4Addr::new(198, 18, 1, 10),
+            Ipv4Addr::BROADCAST,
+            17,
+            &udp(67, 68),
+        );
+        assert_eq!(
+            verdict(&eth(OWN, V4, &offer)),
+            Some(DropReason::DhcpServerFromVm)
+        );
+        let v6 = ipv6(link_local_from_mac(OWN), 17, &udp(547, 546));
+        assert_eq!(
+            verdict(&eth(OWN, V6, &v6)),
+            Some(DropReason::DhcpServerFromVm)
+        );
+    }
+
+    #[test]
+    fn arp_must_name_the_frames_mac_and_an_owned_address() {
+        let gateway = arp(OWN, ROUTER);
+        assert_eq!(
+            verdict(&eth(OWN, ARP, &gateway)),
+            Some(DropReason::SpoofedArp)
+        );
+        let other_sha = arp(OTHER, Ipv4Addr::new(198, 18, 1, 10));
+        assert_eq!(
+            verdict(&eth(OWN, ARP, &other_sha)),
+            Some(DropReason::SpoofedArp)
+        );
+        let pair_ip_own_mac = arp(OWN, Ipv4Addr::new(198, 18, 2, 5));
+        assert_eq!(
+            verdict(&eth(OWN, ARP, &pair_ip_own_mac)),
+            Some(DropReason::SpoofedArp)
+        );
+        assert_eq!(
+            verdict(&eth(OWN, ARP, &[0, 1, 8, 0])),
+            Some(DropReason::BadArp)
+        );
+    }
+
+    #[test]
+    fn ipv6_from_link_local_or_unspecified_only() {
+        let ns = [135, 0, 0, 0];
+        assert_eq!(
+            verdict(&eth(OWN, V6, &ipv6(link_local_from_mac(OWN), 58, &ns))),
+            None
+        );
+        assert_eq!(
+            verdict(&eth(PAIR, V6, &ipv6(link_local_from_mac(PAIR), 58, &ns))),
+            None
+        );
+        assert_eq!(
+            verdict(&eth(OWN, V6, &ipv6(Ipv6Addr::UNSPECIFIED, 58, &ns))),
+            None
+        );
+        assert_eq!(
+            verdict(&eth(OWN, V6, &ipv6(Ipv6Addr::UNSPECIFIED, 17, &udp(1, 2)))),
+            Some(DropReason::SpoofedIp)
+        );
+        assert_eq!(
+            verdict(&eth(OWN, V6, &ipv6(link_local_from_mac(PAIR), 58, &ns))),
+            Some(DropReason::SpoofedIp)
+        );
+        let global: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        assert_eq!(
+            verdict(&eth(OWN, V6, &ipv6(global, 58, &ns))),
+            Some(DropReason::SpoofedIp)
+        );
+        for ra in [134u8, 137] {
+            let p = ipv6(link_local_from_mac(OWN), 58, &[ra, 0, 0, 0]);
+            assert_eq!(
+                verdict(&eth(OWN, V6, &p)),
+                Some(DropReason::RouterAdvertisementFromVm)
+            );
+        }
+        // An RA behind a hop-by-hop header is found all the same.
+        let mut hidden = vec![58, 0, 0, 0, 0, 0, 0, 0];
+        hidden.extend_from_slice(&[134, 0, 0, 0]);
+        let p = ipv6(link_local_from_mac(OWN), 0, &hidden);
+        assert_eq!(
+            verdict(&eth(OWN, V6, &p)),
+            Some(DropReason::RouterAdvertisementFromVm)
+        );
+        assert_eq!(
+            verdict(&eth(OWN, V6, &[0x60; 20])),
+            Some(DropReason::BadIpv6Header)
+        );
+    }
+
+    #[test]
+    fn other_ethertypes_and_bad_headers() {
+        assert_eq!(
+            verdict(&eth(OWN, 0x88cc, &[0; 46])),
+            Some(DropReason::EthertypeNotPermitted)
+        );
+        assert_eq!(
+            verdict(&eth(OWN, V4, &[0x45, 0, 0])),
+            Some(DropReason::BadIpv4Header)
+        );
+    }
+
+    #[test]
+    fn cidr_pair_masks_host_bits() {
+        let s = Ipv4Source::new(PAIR, Ipv4Addr::new(198, 18, 2, 200), 24);
+        assert_eq!(s.addr, u32::from(Ipv4Addr::new(198, 18, 2, 0)));
+        let any = Ipv4Source::new(PAIR, Ipv4Addr::new(1, 2, 3, 4), 0);
+        assert_eq!((any.addr, any.mask), (0, 0));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(
+            data in proptest::collection::vec(proptest::num::u8::ANY, 0..120),
+            ethertype in proptest::prop_oneof![
+                proptest::strategy::Just(V4),
+                proptest::strategy::Just(ARP),
+                proptest::strategy::Just(V6),
+                proptest::num::u16::ANY
+            ],
+            l3 in 0usize..130,
+        ) {
+            let mut frame = eth(OWN, ethertype, &[]);
+            frame.extend_from_slice(&data);
+            let _ = policy().check(&frame, ethertype, l3.min(frame.len() + 4));
+        }
+    }
+}
