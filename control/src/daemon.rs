@@ -335,11 +335,14 @@ pub fn summary(c: &WorkerCounters, names: &[(PortId, String)]) -> String {
     s
 }
 
-/// The worker's tunables, with a fresh random seed for the connection table's hash, so
-/// that hosts outside cannot aim their flows at one probe run of it.
+/// The worker's tunables, with fresh random seeds for the hashes of the tables whose keys
+/// others choose (connections and neighbours, learned MACs), so that no VM or outside host
+/// can aim its keys at one probe run of them.
 fn worker_config() -> WorkerConfig {
     use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new();
     let mut config = WorkerConfig::default();
-    config.conntrack.hash_seed = std::collections::hash_map::RandomState::new().hash_one(0u64);
+    config.conntrack.hash_seed = random.hash_one(0u64);
+    config.hash_seed = random.hash_one(1u64);
     config
 }

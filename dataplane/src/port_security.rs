@@ -6,8 +6,12 @@
 //!
 //! - the source MAC is the port's `mac_address` or an `allowed_address_pairs` MAC;
 //! - an IPv4 source is one of the port's fixed IPs or an address pair (a CIDR pair covers
-//!   its whole prefix), *for the MAC the frame comes from*; the only exception is a DHCP
-//!   client's first message, `0.0.0.0:68 → 255.255.255.255:67`;
+//!   its whole prefix), *for the MAC the frame comes from*. The exception is a DHCP
+//!   client (UDP 68 → 67) talking to the network's DHCP server, broadcast or to one of the
+//!   server's addresses, from any source: its first message comes from `0.0.0.0`, and a
+//!   client whose fixed IP was changed renews from its old address and must get the NAK
+//!   that moves it on (Neutron's OVS firewall lets DHCP client traffic out whatever its
+//!   source, for the same reason; here it can reach nothing but the server);
 //! - ARP: the sender hardware address is the frame's source MAC and the sender IP belongs
 //!   to it as above (or is `0.0.0.0`, an RFC 5227 probe), so a VM can neither answer for
 //!   the gateway nor announce another's address in a gratuitous ARP;
@@ -131,8 +135,15 @@ impl PortSecurity {
     }
 
     /// What becomes of one frame the port sent (`data`, its L3 header at `l3_offset`,
-    /// EtherType `ethertype` after any tag): `None` when it may pass.
-    pub fn check(&self, data: &[u8], ethertype: u16, l3_offset: usize) -> Option<DropReason> {
+    /// EtherType `ethertype` after any tag) on a network whose DHCP server answers at
+    /// `dhcp_servers` (host byte order): `None` when it may pass.
+    pub fn check(
+        &self,
+        data: &[u8],
+        ethertype: u16,
+        l3_offset: usize,
+        dhcp_servers: &[u32],
+    ) -> Option<DropReason> {
         // Classification checked that the frame holds a whole Ethernet header.
         let src = EthernetFrame::new_unchecked(data).src_addr_u64();
         if !self.allows_mac(src) {
@@ -140,14 +151,14 @@ impl PortSecurity {
         }
         let l3 = data.get(l3_offset..).unwrap_or_default();
         match EtherType(ethertype) {
-            EtherType::IPV4 => self.check_ipv4(src, l3),
+            EtherType::IPV4 => self.check_ipv4(src, l3, dhcp_servers),
             EtherType::ARP => self.check_arp(src, l3),
             EtherType::IPV6 => self.check_ipv6(src, l3),
             _ => Some(DropReason::EthertypeNotPermitted),
         }
     }
 
-    fn check_ipv4(&self, src_mac: u64, l3: &[u8]) -> Option<DropReason> {
+    fn check_ipv4(&self, src_mac: u64, l3: &[u8], dhcp_servers: &[u32]) -> Option<DropReason> {
         let Ok(ip) = Ipv4Packet::new_checked(l3) else {
             return Some(DropReason::BadIpv4Header);
         };
@@ -156,13 +167,13 @@ impl PortSecurity {
             .then(|| UdpPacket::new_checked(ip.payload()).ok())
             .flatten()
             .map(|u| (u.src_port(), u.dst_port()));
-        if src == 0 {
-            // A DHCP client before it has an address, exactly as Neutron allows it.
-            let dhcp_client = ip.dst_addr() == Ipv4Addr::BROADCAST
-                && udp == Some((DHCP_CLIENT_PORT, DHCP_SERVER_PORT));
-            return (!dhcp_client).then_some(DropReason::SpoofedIp);
+        if udp == Some((DHCP_CLIENT_PORT, DHCP_SERVER_PORT)) {
+            let dst = ip.dst_addr();
+            if dst == Ipv4Addr::BROADCAST || dhcp_servers.contains(&u32::from(dst)) {
+                return None;
+            }
         }
-        if !self.allows_ipv4(src_mac, src) {
+        if src == 0 || !self.allows_ipv4(src_mac, src) {
             return Some(DropReason::SpoofedIp);
         }
         (udp == Some((DHCP_SERVER_PORT, DHCP_CLIENT_PORT))).then_some(DropReason::DhcpServerFromVm)
@@ -226,19 +237,24 @@ impl PortSecurity {
     }
 }
 
-/// Checks every packet of a burst that `policy`'s port sent and whose next step is L2;
-/// a refused one is dropped with its reason. Returns how many were refused.
+/// Checks every packet of a burst that `policy`'s port sent and whose next step is L2,
+/// on a network whose DHCP server answers at `dhcp_servers`; a refused one is dropped
+/// with its reason. Returns how many were refused.
 #[inline]
-pub fn check_burst(policy: &PortSecurity, pool: &FramePool, pkts: &mut [Packet]) -> u64 {
+pub fn check_burst(
+    policy: &PortSecurity,
+    dhcp_servers: &[u32],
+    pool: &FramePool,
+    pkts: &mut [Packet],
+) -> u64 {
     let mut refused = 0;
     for pkt in pkts.iter_mut() {
         if pkt.meta.next != Next::L2 {
             continue;
         }
         let data = pool.data(pkt);
-        if let Some(reason) =
-            policy.check(data, pkt.meta.ethertype, usize::from(pkt.meta.l3_offset))
-        {
+        let l3 = usize::from(pkt.meta.l3_offset);
+        if let Some(reason) = policy.check(data, pkt.meta.ethertype, l3, dhcp_servers) {
             pkt.meta.next = Next::Drop(reason);
             refused += 1;
         }
@@ -320,9 +336,12 @@ mod tests {
         p
     }
 
+    /// The network's DHCP server.
+    const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 254);
+
     fn verdict(frame: &[u8]) -> Option<DropReason> {
         let ethertype = u16::from_be_bytes([frame[12], frame[13]]);
-        policy().check(frame, ethertype, 14)
+        policy().check(frame, ethertype, 14, &[u32::from(SERVER)])
     }
 
     const V4: u16 = 0x0800;
@@ -385,14 +404,31 @@ mod tests {
     }
 
     #[test]
-    fn dhcp_client_from_zero_only_as_neutron_allows() {
+    fn dhcp_client_to_the_server_from_any_source() {
         let bcast = Ipv4Addr::BROADCAST;
         let discover = ipv4(Ipv4Addr::UNSPECIFIED, bcast, 17, &udp(68, 67));
         assert_eq!(verdict(&eth(OWN, V4, &discover)), None);
+        // A renewal from an address the port no longer has gets through to the server
+        // (which NAKs it), unicast or broadcast.
+        let old = Ipv4Addr::new(198, 18, 1, 99);
+        let renew = ipv4(old, SERVER, 17, &udp(68, 67));
+        assert_eq!(verdict(&eth(OWN, V4, &renew)), None);
+        let rebind = ipv4(old, bcast, 17, &udp(68, 67));
+        assert_eq!(verdict(&eth(OWN, V4, &rebind)), None);
+        // Not to anyone else, and never from another MAC.
         let to_unicast = ipv4(Ipv4Addr::UNSPECIFIED, ROUTER, 17, &udp(68, 67));
         assert_eq!(
             verdict(&eth(OWN, V4, &to_unicast)),
             Some(DropReason::SpoofedIp)
+        );
+        let to_other = ipv4(old, ROUTER, 17, &udp(68, 67));
+        assert_eq!(
+            verdict(&eth(OWN, V4, &to_other)),
+            Some(DropReason::SpoofedIp)
+        );
+        assert_eq!(
+            verdict(&eth(OTHER, V4, &renew)),
+            Some(DropReason::SpoofedMac)
         );
         let other_ports = ipv4(Ipv4Addr::UNSPECIFIED, bcast, 17, &udp(1000, 67));
         assert_eq!(
@@ -528,7 +564,7 @@ mod tests {
         ) {
             let mut frame = eth(OWN, ethertype, &[]);
             frame.extend_from_slice(&data);
-            let _ = policy().check(&frame, ethertype, l3.min(frame.len() + 4));
+            let _ = policy().check(&frame, ethertype, l3.min(frame.len() + 4), &[1]);
         }
     }
 }

@@ -2,10 +2,22 @@
 //!
 //! Both the static FDB (in the snapshot) and the learned MAC table (per worker) key on
 //! `network slot << 48 | MAC`, which fits a `u64` exactly. Linear probing over inline
-//! `(key, value)` entries keeps a hit to one or two cache lines; a multiplicative hash
-//! is a single multiply; deletion shifts entries back instead of leaving tombstones, so
-//! lookups never slow down as entries come and go. Capacity is fixed at construction and
-//! the load is capped at one half, so an insert into a full map fails instead of growing.
+//! `(key, value)` entries keeps a hit to one or two cache lines; deletion shifts entries
+//! back instead of leaving tombstones, so lookups never slow down as entries come and go.
+//! Capacity is fixed at construction and the load is capped at one half, so an insert
+//! into a full map fails instead of growing.
+//!
+//! Tables whose keys a VM or an outside host chooses (learned MACs, neighbours) must not
+//! let chosen keys pile up on one slot and turn every lookup into a scan. Two defences:
+//! the hash is keyed with a secret seed (a 64×64→128-bit multiply folded to 64 bits, the
+//! step wyhash and foldhash are built on, which no fixed multiplier can be aimed at), and
+//! no entry is ever stored more than [`MAX_DISPLACEMENT`] slots past its home: an insert
+//! that would go further fails like a full map. So a lookup, hit or miss, reads at most
+//! `MAX_DISPLACEMENT + 1` slots whatever keys were inserted.
+
+/// Most slots an entry may sit past its home slot. At a load of one half, honest keys
+/// almost never come near it (the expected displacement is below one slot).
+pub const MAX_DISPLACEMENT: usize = 32;
 
 /// A key no caller may use: slot 0xffff with the broadcast MAC (group MACs are never keys).
 const EMPTY: u64 = u64::MAX;
@@ -20,12 +32,14 @@ struct Entry<V> {
 #[derive(Clone, Debug)]
 pub struct U64Map<V: Copy + Default> {
     entries: Box<[Entry<V>]>,
+    seed: u64,
     shift: u32,
     len: usize,
     max_len: usize,
 }
 
-/// Returned by [`U64Map::insert`] when the map already holds its maximum.
+/// Returned by [`U64Map::insert`] when the map already holds its maximum, or when the
+/// key's home is so crowded that it would land past [`MAX_DISPLACEMENT`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MapFull;
 
@@ -33,6 +47,14 @@ impl<V: Copy + Default> U64Map<V> {
     /// A map that holds up to `max_len` entries at a load of at most one half.
     pub fn with_max_len(max_len: usize) -> Self {
         Self::with_slots_per_entry(max_len, 2)
+    }
+
+    /// As [`U64Map::with_max_len`], hashing with `seed`: for keys that others choose,
+    /// pick it at random.
+    pub fn with_seed(max_len: usize, seed: u64) -> Self {
+        let mut m = Self::with_max_len(max_len);
+        m.seed = seed;
+        m
     }
 
     /// A map that holds up to `max_len` entries with at least `spread` slots per entry:
@@ -48,6 +70,7 @@ impl<V: Copy + Default> U64Map<V> {
                 slots
             ]
             .into_boxed_slice(),
+            seed: 0,
             shift: 64 - slots.trailing_zeros(),
             len: 0,
             max_len,
@@ -73,16 +96,17 @@ impl<V: Copy + Default> U64Map<V> {
 
     #[inline]
     fn home(&self, key: u64) -> usize {
-        // Fibonacci hashing: the top bits of key * 2^64/phi spread nearby keys (MACs that
-        // differ in their last byte) across the whole table.
-        (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> self.shift) as usize
+        // The top bits of the folded product spread nearby keys (MACs that differ in their
+        // last byte) across the whole table.
+        let m = u128::from(key ^ self.seed) * u128::from(0x9e37_79b9_7f4a_7c15_u64);
+        (((m as u64) ^ ((m >> 64) as u64)) >> self.shift) as usize
     }
 
     #[inline]
     fn find(&self, key: u64) -> Option<usize> {
         let mask = self.mask();
         let mut i = self.home(key);
-        loop {
+        for _ in 0..=MAX_DISPLACEMENT {
             let k = self.entries[i].key;
             if k == key {
                 return Some(i);
@@ -92,6 +116,7 @@ impl<V: Copy + Default> U64Map<V> {
             }
             i = (i + 1) & mask;
         }
+        None
     }
 
     /// The value stored under `key`.
@@ -109,13 +134,13 @@ impl<V: Copy + Default> U64Map<V> {
     }
 
     /// Stores `val` under `key`, returning the previous value; fails when `key` is new and
-    /// the map is full.
+    /// the map is full or its home is crowded (see [`MapFull`]).
     #[inline]
     pub fn insert(&mut self, key: u64, val: V) -> Result<Option<V>, MapFull> {
         assert_ne!(key, EMPTY, "the reserved key cannot be stored");
         let mask = self.mask();
         let mut i = self.home(key);
-        loop {
+        for _ in 0..=MAX_DISPLACEMENT {
             let k = self.entries[i].key;
             if k == key {
                 return Ok(Some(std::mem::replace(&mut self.entries[i].val, val)));
@@ -130,6 +155,7 @@ impl<V: Copy + Default> U64Map<V> {
             }
             i = (i + 1) & mask;
         }
+        Err(MapFull)
     }
 
     /// Removes `key`, returning its value.
@@ -226,6 +252,29 @@ mod tests {
         assert_eq!(m.get(1), None);
         assert_eq!(m.len(), 3);
         assert_eq!(m.insert(5, 5), Ok(None));
+    }
+
+    /// `n` keys that all hash to the same home slot of `m`, found by brute force as an
+    /// attacker who knew the seed would.
+    fn colliding(m: &U64Map<u16>, n: usize) -> Vec<u64> {
+        let target = m.home(1);
+        (1u64..).filter(|&k| m.home(k) == target).take(n).collect()
+    }
+
+    #[test]
+    fn chosen_collisions_cannot_lengthen_probes() {
+        let mut m = U64Map::<u16>::with_seed(1024, 0x1234_5678);
+        let keys = colliding(&m, 100);
+        let stored = keys.iter().filter(|&&k| m.insert(k, 1).is_ok()).count();
+        assert_eq!(stored, MAX_DISPLACEMENT + 1, "one home holds a bounded run");
+        for &k in &keys[..stored] {
+            assert_eq!(m.get(k), Some(1));
+        }
+        assert_eq!(m.get(keys[stored]), None);
+        // Other keys are unaffected, and the same keys under another seed spread out.
+        assert!(m.insert(u64::MAX - 1, 2).is_ok() || m.home(u64::MAX - 1) == m.home(1));
+        let mut other = U64Map::<u16>::with_seed(1024, 0x9abc_def0);
+        assert!(keys.iter().all(|&k| other.insert(k, 1).is_ok()));
     }
 
     #[derive(Debug, Clone)]

@@ -23,7 +23,7 @@ use crate::port::{Port, PortId};
 use crate::port_security;
 use crate::publish::{GenerationAck, SnapshotCell};
 use crate::slowpath::{self, SlowPath, SlowPathEnds};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{PortRole, Snapshot};
 
 /// Tunables of a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,6 +40,8 @@ pub struct WorkerConfig {
     pub neighbor_capacity: usize,
     /// The worker's connection (NAT session) table.
     pub conntrack: ConnConfig,
+    /// Secret seed of the learned MAC table's hash; pick it at random.
+    pub hash_seed: u64,
 }
 
 impl Default for WorkerConfig {
@@ -51,6 +53,7 @@ impl Default for WorkerConfig {
             aging_budget: 512,
             neighbor_capacity: l3::DEFAULT_NEIGHBORS,
             conntrack: ConnConfig::with_capacity(DEFAULT_SESSIONS),
+            hash_seed: 0x1319_8a2e_0370_7344,
         }
     }
 }
@@ -147,7 +150,7 @@ impl Worker {
             snap,
             cell,
             ack,
-            macs: MacTable::new(config.mac_table_capacity),
+            macs: MacTable::with_seed(config.mac_table_capacity, config.hash_seed),
             router: RouterState::new(config.neighbor_capacity, config.conntrack),
             slow_path: SlowPath::disconnected(),
             counters,
@@ -323,7 +326,12 @@ impl Worker {
         classify(&self.snap, &self.pool, port_id, pkts);
         if let Some(policy) = self.snap.port_security(port_id) {
             counters.stage_packets[Stage::PortSecurity as usize].add(pkts.len() as u64);
-            port_security::check_burst(policy, &self.pool, pkts);
+            // Port security is only ever given to VM ports, each on one network.
+            let dhcp_servers = match self.snap.port(port_id) {
+                PortRole::Access { network, .. } => self.snap.dhcp_addresses(network),
+                _ => &[],
+            };
+            port_security::check_burst(policy, dhcp_servers, &self.pool, pkts);
         }
         let onward = l2::forward(
             &self.snap,

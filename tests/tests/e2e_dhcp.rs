@@ -193,6 +193,11 @@ binding = {{ driver = "afxdp", interface = "{prefix}s{tag}" }}
             role = vm.role,
             tag = vm.tag,
         ));
+        if vm.mac != vm.interface_mac {
+            // The port stands for a VM that bridges other hosts (the guest's MAC is not
+            // the port's), which Neutron allows only with port security off.
+            s.push_str("port_security_enabled = false\n");
+        }
         if let Some(ip) = vm.ip {
             s.push_str(&format!(
                 "fixed_ips = [{{ subnet_id = \"{SUBNET}\", ip_address = \"{ip}\" }}]\n"

@@ -78,7 +78,8 @@ impl Lab {
             };
             topo.veth_with("host", &switch_if, vm.role, "eth0", &options)
                 .unwrap();
-            topo.addr(vm.role, "eth0", &format!("{}/24", vm.ip)).unwrap();
+            topo.addr(vm.role, "eth0", &format!("{}/24", vm.ip))
+                .unwrap();
         }
         let config = ConfigFile::render(CONFIG, topo.prefix().as_str()).unwrap();
         let polluxd = Polluxd::start(topo.ns("host").unwrap(), config.path(), &daemon::last_cpu())
@@ -121,8 +122,14 @@ impl Lab {
     /// What `observer` captures (at most `count` frames matching `filter`, within 3 s)
     /// while `act` runs.
     fn seen_by(&self, observer: &Vm, filter: &[&str], count: u32, act: impl FnOnce()) -> usize {
-        let capture =
-            netns::tcpdump(self.vm(observer), "eth0", count, filter, CaptureFormat::Text).unwrap();
+        let capture = netns::tcpdump(
+            self.vm(observer),
+            "eth0",
+            count,
+            filter,
+            CaptureFormat::Text,
+        )
+        .unwrap();
         act();
         capture.finish(Duration::from_secs(3)).unwrap().lines.len()
     }
@@ -183,7 +190,15 @@ fn spoofed_addresses_reach_no_other_vm() {
     a1.ip(&["addr", "add", &format!("{GATEWAY}/32"), "dev", "eth0"])
         .unwrap();
     a1.ip(&[
-        "neigh", "replace", A3.ip, "lladdr", A3.mac, "dev", "eth0", "nud", "permanent",
+        "neigh",
+        "replace",
+        A3.ip,
+        "lladdr",
+        A3.mac,
+        "dev",
+        "eth0",
+        "nud",
+        "permanent",
     ])
     .unwrap();
 
@@ -195,14 +210,22 @@ fn spoofed_addresses_reach_no_other_vm() {
     let garp = ["arp", "and", "host", GATEWAY];
     let seen = lab.seen_by(&A2, &garp, 1, || gratuitous_arp_for_the_gateway(&lab));
     assert_eq!(seen, 0, "a2 saw a1's gratuitous ARP for the gateway");
-    assert!(lab.drops("spoofed_arp") >= 3, "{}", lab.drops("spoofed_arp"));
+    assert!(
+        lab.drops("spoofed_arp") >= 3,
+        "{}",
+        lab.drops("spoofed_arp")
+    );
     let neigh = a2.ip(&["neigh", "show", GATEWAY]).unwrap();
     assert!(!neigh.contains(A1.mac), "a2's ARP cache poisoned: {neigh}");
 
     let foreign = ["ether", "src", FOREIGN_MAC];
     let seen = lab.seen_by(&A3, &foreign, 1, || ping_from_a_foreign_mac(&lab));
     assert_eq!(seen, 0, "a3 saw frames from a MAC that is not a1's port's");
-    assert!(lab.drops("spoofed_mac") >= 1, "{}", lab.drops("spoofed_mac"));
+    assert!(
+        lab.drops("spoofed_mac") >= 1,
+        "{}",
+        lab.drops("spoofed_mac")
+    );
 
     // With port security off, the very same traffic gets through: the drops above were
     // port security's and nothing else's.

@@ -83,7 +83,16 @@ fn drops(sw: &MemSwitch, reason: DropReason) -> u64 {
 }
 
 fn ping(dst: [u8; 6], src: [u8; 6], src_ip: [u8; 4], dst_ip: [u8; 4]) -> Vec<u8> {
-    ipv4(dst, src, None, src_ip, dst_ip, 64, 1, &icmp_echo(false, 7, 1))
+    ipv4(
+        dst,
+        src,
+        None,
+        src_ip,
+        dst_ip,
+        64,
+        1,
+        &icmp_echo(false, 7, 1),
+    )
 }
 
 fn ipv6_frame(dst: [u8; 6], src: [u8; 6], src_ip: Ipv6Addr, next: u8, l4: &[u8]) -> Vec<u8> {
@@ -127,7 +136,9 @@ fn own_addresses_pass() {
     let discover = udp([0; 4], [255; 4], 68, 67, &[0; 240]);
     let out = sw.exchange(
         VM1,
-        &ipv4(BROADCAST, VM1_MAC, None, [0; 4], [255; 4], 64, 17, &discover),
+        &ipv4(
+            BROADCAST, VM1_MAC, None, [0; 4], [255; 4], 64, 17, &discover,
+        ),
     );
     assert_eq!(out.len(), 3, "flooded: no DHCP server on this network");
     // IPv6 neighbour solicitation from the MAC's link-local address and a DAD probe.
@@ -268,7 +279,16 @@ fn port_security_off_checks_nothing() {
     let offer = udp([198, 18, 1, 12], [255; 4], 67, 68, &[0; 240]);
     let out = sw.exchange(
         VM3,
-        &ipv4(BROADCAST, VM3_MAC, None, [198, 18, 1, 12], [255; 4], 64, 17, &offer),
+        &ipv4(
+            BROADCAST,
+            VM3_MAC,
+            None,
+            [198, 18, 1, 12],
+            [255; 4],
+            64,
+            17,
+            &offer,
+        ),
     );
     assert_eq!(out.len(), 3);
     assert_eq!(sw.counters().dropped_total(), 0);

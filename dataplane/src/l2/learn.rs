@@ -43,8 +43,14 @@ pub struct MacTable {
 impl MacTable {
     /// A table for up to `capacity` MACs across all networks.
     pub fn new(capacity: usize) -> Self {
+        Self::with_seed(capacity, 0)
+    }
+
+    /// As [`MacTable::new`], hashing with a secret `seed`, so that MACs chosen by a VM or
+    /// a host behind an uplink cannot crowd one slot of the table.
+    pub fn with_seed(capacity: usize, seed: u64) -> Self {
         MacTable {
-            map: U64Map::with_max_len(capacity),
+            map: U64Map::with_seed(capacity, seed),
             per_network: vec![0; MAX_NETWORKS].into_boxed_slice(),
             age_cursor: 0,
         }

@@ -133,9 +133,11 @@ impl BurstCache {
 
 impl RouterState {
     /// State for up to `neighbors` neighbours and a connection table as `conns` says.
+    /// The neighbour table is keyed with the connection table's secret seed: both hold
+    /// keys that hosts choose.
     pub fn new(neighbors: usize, conns: ConnConfig) -> Self {
         RouterState {
-            neighbors: NeighborTable::new(neighbors),
+            neighbors: NeighborTable::with_seed(neighbors, conns.hash_seed),
             conns: ConnTable::new(conns),
             local: Batch::with_capacity(MAX_BURST),
             resolved: false,

@@ -106,8 +106,14 @@ pub struct NeighborTable {
 impl NeighborTable {
     /// A table for up to `capacity` neighbours; all memory is taken here.
     pub fn new(capacity: usize) -> Self {
+        Self::with_seed(capacity, 0)
+    }
+
+    /// As [`NeighborTable::new`], hashing with a secret `seed` so that addresses chosen
+    /// by hosts cannot crowd one slot.
+    pub fn with_seed(capacity: usize, seed: u64) -> Self {
         NeighborTable {
-            map: U64Map::with_max_len(capacity),
+            map: U64Map::with_seed(capacity, seed),
             age_cursor: 0,
             pending: Vec::with_capacity(PENDING_CAPACITY),
         }
