@@ -9,6 +9,7 @@
 //! engine on the control socket (`rpc` carries JSON-RPC, `service` holds the methods) and
 //! the metrics endpoint (`metrics`); `client` is the other end of the socket.
 
+pub mod addr;
 pub mod binding;
 pub mod client;
 pub mod compile;

@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod leases;
+pub mod options;
 pub mod server;
 pub mod service;
 pub mod wire;
