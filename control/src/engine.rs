@@ -41,10 +41,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::binding::{describe, Bindings, MemWires};
-use crate::compile::{compile, dhcp_mac, CompileError, Compiled, Identities, PortKind, PortPlan};
-use crate::dhcp::config::dhcp_configs;
+use crate::compile::dhcp::dhcp_configs;
+use crate::compile::{compile, CompileError, Compiled, Identities, PortKind, PortPlan};
 use crate::dhcp::service::{DhcpService, LeaseRow, NetworkDhcp, ServiceStats};
 use crate::diff::{diff, Diff};
+use crate::identity::dhcp_mac;
 use crate::metrics::MetricsSource;
 use crate::model::DesiredState;
 use crate::store::{Store, StoreError};

@@ -558,9 +558,9 @@ fn write_reply_frame(reply: &Reply, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::Ipv4Cidr;
     use crate::dhcp::server::SubnetConfig;
     use crate::dhcp::{DhcpPacket, HostConfig, LeaseState, MessageType};
-    use crate::validate::Ipv4Cidr;
     use pollux_dataplane::port::PortId;
     use pollux_dataplane::ring::{ring, Consumer, Producer};
     use pollux_dataplane::slowpath::RING_SLOT_SIZE;

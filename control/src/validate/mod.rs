@@ -39,7 +39,7 @@ pub use crate::addr::{
 pub use crate::dhcp::options::{dhcp_option_code, encode_dhcp_option, DhcpOptionKind};
 pub use binding::{check_ifname, Binding};
 pub use floating_ip::{FloatingIp, FloatingIpTarget};
-pub use network::{Network, Segment, DEFAULT_MTU, MAX_MTU, MIN_MTU, VXLAN_OVERHEAD};
+pub use network::{Network, Segment, DEFAULT_MTU, JUMBO_MTU, MIN_MTU, VXLAN_OVERHEAD};
 pub use port::{AddressPair, FixedIp, Port};
 pub use router::{ExternalGateway, Router};
 pub use security_group::{Protocol, Remote, Rule, SecurityGroup};

@@ -6,9 +6,9 @@ use std::net::Ipv4Addr;
 
 use super::{Binding, Checked, Checker, Network, SecurityGroup, Subnet};
 use crate::addr::{fmt_mac, parse_station_mac, Ipv4Cidr};
-use crate::compile::{DHCP_MAC_PREFIX, ROUTER_MAC_PREFIX};
 use crate::dhcp::options::{dhcp_option_code, encode_dhcp_option};
 use crate::dhcp::ExtraOption;
+use crate::identity::{DHCP_MAC_PREFIX, ROUTER_MAC_PREFIX};
 use crate::model;
 
 /// A checked fixed IP.
