@@ -202,7 +202,9 @@ impl DhcpService {
         networks: Vec<NetworkDhcp>,
     ) -> std::io::Result<DhcpService> {
         if let Some(dir) = &lease_dir {
-            std::fs::create_dir_all(dir)?;
+            if let Some(note) = crate::private_fs::ensure_dir(dir)? {
+                crate::warn!("DHCP leases: {note}");
+            }
         }
         let mut service = DhcpService {
             shared: Arc::new(Mutex::new(Shared::default())),

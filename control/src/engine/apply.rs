@@ -242,3 +242,107 @@ impl Engine {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::binding::MemWires;
+    use crate::engine::{EngineConfig, Initial};
+    use crate::store::{Store, FAIL_NEXT};
+
+    const STATE: &str = r#"
+        [[networks]]
+        id = "net-a"
+        network_type = "local"
+
+        [[ports]]
+        id = "vm1"
+        network_id = "net-a"
+        mac_address = "fa:16:3e:00:00:01"
+        binding = { driver = "mem" }
+    "#;
+
+    struct TempDir(PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn with_port(state: &DesiredState, id: &str, mac: &str) -> DesiredState {
+        let mut state = state.clone();
+        let mut port = state.ports[0].clone();
+        port.id = id.into();
+        port.mac_address = mac.into();
+        state.ports.push(port);
+        state
+    }
+
+    /// A commit that fails at any step leaves the engine running the old generation and
+    /// the store holding it, so the next change gets the next number and succeeds, and a
+    /// restart boots the generation that ran.
+    #[test]
+    fn a_failed_commit_leaves_engine_and_store_agreeing() {
+        let dir = TempDir(
+            std::env::temp_dir().join(format!("pollux-engine-commit-{}", std::process::id())),
+        );
+        let _ = std::fs::remove_dir_all(&dir.0);
+        let state = DesiredState::from_toml_str(STATE).unwrap();
+        let config = EngineConfig {
+            pool_frames: 1024,
+            ..EngineConfig::default()
+        };
+        let initial = Initial {
+            state: state.clone(),
+            generation: 1,
+            persist: true,
+        };
+        let store = Store::open(&dir.0, 8).unwrap();
+        let mut engine = Engine::start(&config, initial, Some(store), MemWires::default()).unwrap();
+
+        let mut next = state.clone();
+        for (k, step) in ["write", "fsync", "rename", "fsync state directory"]
+            .into_iter()
+            .enumerate()
+        {
+            FAIL_NEXT.with(|f| f.set(Some(step)));
+            let refused = with_port(
+                &next,
+                &format!("vm-x{k}"),
+                &format!("fa:16:3e:00:01:{k:02x}"),
+            );
+            let err = engine.apply(refused, ApplyOptions::default()).unwrap_err();
+            assert!(matches!(err, ApplyError::Store(_)), "{step}: {err}");
+            let running = engine.generation();
+            assert_eq!(
+                engine.store().unwrap().current_generation(),
+                Some(running),
+                "{step}: the store and the engine disagree"
+            );
+            assert_eq!(engine.state(), &next, "{step}: the old state keeps running");
+            let tmp_left = std::fs::read_dir(&dir.0)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"));
+            assert!(!tmp_left, "{step}: a temp file is left");
+
+            next = with_port(
+                &next,
+                &format!("vm-{k}"),
+                &format!("fa:16:3e:00:02:{k:02x}"),
+            );
+            let outcome = engine.apply(next.clone(), ApplyOptions::default()).unwrap();
+            assert_eq!(outcome.generation, running + 1, "{step}");
+            assert_eq!(
+                engine.store().unwrap().current_generation(),
+                Some(running + 1)
+            );
+        }
+        let generation = engine.generation();
+        drop(engine);
+        let store = Store::open(&dir.0, 8).unwrap();
+        assert_eq!(store.current_generation(), Some(generation));
+    }
+}
