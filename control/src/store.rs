@@ -23,6 +23,10 @@
 //! [`Store::get`] reports it as corrupt. Temp files left over by a crash mid-write are
 //! removed on open; any other file in the directory is ignored.
 //!
+//! The directory and its files are private to polluxd (see [`crate::private_fs`]): mode
+//! 0700 and 0600, no symbolic link followed, a directory open to others tightened with a
+//! warning.
+//!
 //! A state directory has a single owner: [`Store::open`] takes an exclusive `flock` on
 //! `polluxd.lock` in it, held as long as the `Store` lives (the kernel drops it when the
 //! process dies, so a crash leaves nothing to clean up), and a second opener gets
@@ -30,13 +34,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+
+use crate::private_fs;
 
 /// How many generations are retained when the caller has no opinion.
 pub const DEFAULT_HISTORY: usize = 16;
@@ -128,14 +133,7 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Sto
 /// Takes the directory's lock without waiting.
 fn lock_dir(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io_err("open lock file", &path))?;
+    let file = private_fs::open_or_create(&path).map_err(io_err("open lock file", &path))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
         Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path }),
@@ -177,17 +175,10 @@ impl Store {
     /// cannot be read; leftover temp files are removed.
     pub fn open(dir: &Path, history: usize) -> Result<Store, StoreError> {
         let created = !dir.exists();
-        DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io_err("create state directory", dir))?;
-        if !dir.is_dir() {
-            return Err(StoreError::Io {
-                op: "open state directory",
-                path: dir.to_path_buf(),
-                source: io::Error::other("not a directory"),
-            });
+        if let Some(note) =
+            private_fs::ensure_dir(dir).map_err(io_err("use as state directory", dir))?
+        {
+            crate::warn!("state store: {note}");
         }
         // Before anything else touches the directory: a temp file may be another
         // daemon's commit in flight.
@@ -301,22 +292,20 @@ impl Store {
         let tmp = self.dir.join(file_name(generation, TMP_SUFFIX));
         let path = self.file(generation);
         let write = || -> Result<(), StoreError> {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .map_err(io_err("create", &tmp))?;
-            file.write_all(&bytes).map_err(io_err("write", &tmp))?;
-            file.sync_all().map_err(io_err("fsync", &tmp))?;
+            let mut file = private_fs::create_new(&tmp).map_err(io_err("create", &tmp))?;
+            fault("write")
+                .and_then(|()| file.write_all(&bytes))
+                .map_err(io_err("write", &tmp))?;
+            fault("fsync")
+                .and_then(|()| file.sync_all())
+                .map_err(io_err("fsync", &tmp))?;
             Ok(())
         };
         if let Err(e) = write() {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        if let Err(source) = fs::rename(&tmp, &path) {
+        if let Err(source) = fault("rename").and_then(|()| fs::rename(&tmp, &path)) {
             let _ = fs::remove_file(&tmp);
             return Err(StoreError::Io {
                 op: "rename temp file into place as",
@@ -324,12 +313,18 @@ impl Store {
                 source,
             });
         }
-        // The file is now visible under its name, and a reopen would find it: record it
-        // before the directory fsync, whose failure only means it might not survive a
-        // crash.
+        // A commit is all or nothing: when the directory cannot be made durable the
+        // generation is taken back, so that the caller, which keeps running the old
+        // generation, and the store (in memory, on disk, after a restart) agree on it. If
+        // even the removal fails, the file is overwritten by the next commit of that
+        // generation number, which is still free here.
+        if let Err(e) = sync_dir(&self.dir) {
+            let _ = fs::remove_file(&path);
+            let _ = sync_dir(&self.dir);
+            return Err(e);
+        }
         self.index.insert(generation, Some(applied_at));
         self.current = Some((generation, state));
-        sync_dir(&self.dir)?;
 
         self.prune();
         Ok(())
@@ -371,7 +366,7 @@ impl Store {
             path: path.clone(),
             reason,
         };
-        let bytes = fs::read(&path).map_err(|e| corrupt(format!("cannot read it: {e}")))?;
+        let bytes = private_fs::read(&path).map_err(|e| corrupt(format!("cannot read it: {e}")))?;
         let doc: Value =
             serde_json::from_slice(&bytes).map_err(|e| corrupt(format!("not valid JSON: {e}")))?;
         let Value::Object(mut doc) = doc else {
@@ -432,14 +427,95 @@ fn parse_name(name: &str, suffix: &str) -> Option<u64> {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)
+    fault("fsync state directory")
+        .and_then(|()| File::open(dir))
         .and_then(|d| d.sync_all())
         .map_err(io_err("fsync state directory", dir))
 }
 
 #[cfg(test)]
+thread_local! {
+    /// The step of this thread's next commit that fails (`"write"`, `"fsync"`,
+    /// `"rename"`, `"fsync state directory"`), for the tests of the failure paths.
+    pub(crate) static FAIL_NEXT: std::cell::Cell<Option<&'static str>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// An injected failure of `step` (tests only; always `Ok` in a build).
+#[cfg(test)]
+fn fault(step: &'static str) -> io::Result<()> {
+    if FAIL_NEXT.with(|f| f.get()) == Some(step) {
+        FAIL_NEXT.with(|f| f.set(None));
+        return Err(io::Error::other(format!("injected failure of {step}")));
+    }
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[inline(always)]
+fn fault(_step: &'static str) -> io::Result<()> {
+    Ok(())
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir = std::env::temp_dir()
+                .join(format!("pollux-store-unit-{name}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n != LOCK_FILE)
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Whichever step of a commit fails, the store is left as it was (in memory, on disk
+    /// and for the next open), no temp file remains, and the same generation commits
+    /// afterwards.
+    #[test]
+    fn a_failed_commit_changes_nothing_at_any_step() {
+        for step in ["write", "fsync", "rename", "fsync state directory"] {
+            let tmp = TempDir::new(&step.replace(' ', "-"));
+            let mut store = Store::open(&tmp.0, 4).unwrap();
+            store.commit(1, &serde_json::json!({"n": 1})).unwrap();
+            let before = names(&tmp.0);
+
+            FAIL_NEXT.with(|f| f.set(Some(step)));
+            let err = store.commit(2, &serde_json::json!({"n": 2})).unwrap_err();
+            assert!(
+                err.to_string().contains("injected failure"),
+                "{step}: {err}"
+            );
+            assert_eq!(store.current_generation(), Some(1), "{step}");
+            assert_eq!(store.history().len(), 1, "{step}");
+            assert_eq!(names(&tmp.0), before, "{step}: files left behind");
+            drop(store);
+            let mut store = Store::open(&tmp.0, 4).unwrap();
+            assert_eq!(store.current_generation(), Some(1), "{step}: after reopen");
+
+            store.commit(2, &serde_json::json!({"n": 2})).unwrap();
+            assert_eq!(store.current_generation(), Some(2), "{step}");
+        }
+    }
 
     #[test]
     fn names_round_trip() {

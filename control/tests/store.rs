@@ -474,3 +474,61 @@ proptest! {
         }
     }
 }
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted and removed on drop.
+struct SmallTmpfs(TempDir);
+
+impl SmallTmpfs {
+    fn mount(size: &str) -> SmallTmpfs {
+        assert!(
+            euid_is_root(),
+            "this test mounts a tmpfs to fill it up: run it as root (CI does)"
+        );
+        let dir = TempDir::new("tmpfs");
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
+            .arg("pollux-test")
+            .arg(&dir.0)
+            .status()
+            .expect("run mount");
+        assert!(status.success(), "mount tmpfs on {}", dir.0.display());
+        SmallTmpfs(dir)
+    }
+}
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0 .0).status();
+    }
+}
+
+fn euid_is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// A full disk fails the commit cleanly: the store keeps the old generation (also after a
+/// reopen), no temp file is left, and once there is room the same generation commits.
+#[test]
+fn a_full_disk_fails_the_commit_without_leaving_anything_behind() {
+    let fs = SmallTmpfs::mount("64k");
+    let dir = fs.0.path();
+    let mut store = Store::open(&dir, DEFAULT_HISTORY).expect("open");
+    store.commit(1, &state(1)).expect("a small commit fits");
+    let before = files(&dir);
+
+    let big = json!({"networks": [], "blob": "x".repeat(256 * 1024)});
+    let err = store.commit(2, &big).expect_err("the disk is full");
+    let message = err.to_string();
+    assert!(
+        message.contains("No space left on device"),
+        "not a full disk: {message}"
+    );
+    assert_eq!(store.current_generation(), Some(1));
+    assert_eq!(files(&dir), before, "a temp file or the refused generation is left");
+    drop(store);
+
+    let mut store = Store::open(&dir, DEFAULT_HISTORY).expect("reopen");
+    assert_eq!(store.current_generation(), Some(1));
+    store.commit(2, &state(2)).expect("a later commit succeeds");
+    assert_eq!(store.current(), Some((2, &state(2))));
+}

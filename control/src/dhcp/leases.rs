@@ -13,7 +13,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::validate::{fmt_mac, parse_mac};
+use crate::addr::{fmt_mac, parse_mac};
+use crate::private_fs;
 
 /// Where a lease is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -227,7 +228,7 @@ impl LeaseTable {
         tmp_name.push(".tmp");
         let tmp = dir.join(tmp_name);
         let write = || -> io::Result<()> {
-            let mut f = File::create(&tmp)?;
+            let mut f = private_fs::create_new(&tmp)?;
             f.write_all(&bytes)?;
             f.sync_all()
         };
@@ -248,7 +249,7 @@ impl LeaseTable {
     /// first start); a file that does not parse is refused rather than silently emptied,
     /// since serving from an empty table could hand a dynamic address out twice.
     pub fn load(path: &Path) -> Result<LeaseTable, LeaseError> {
-        let bytes = match fs::read(path) {
+        let bytes = match private_fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LeaseTable::new()),
             Err(e) => return Err(err(path, "read", e)),

@@ -6,19 +6,21 @@
 //! - `server`: [`DhcpServer`], the state machine, fed one message at a time with the time
 //!   supplied by the caller, answering with the bytes and where to send them.
 //! - `leases`: the lease table, its expiry and its persistence (the only I/O here).
-//! - `config`: each network's [`DhcpConfig`] from the validated desired state
-//!   ([`dhcp_configs`]) and the server addresses the data plane answers for.
+//! - `options`: the options a port may add (`extra_dhcp_opts`), by dnsmasq's names, and
+//!   their encodings.
+//!
+//! Each network's [`DhcpConfig`] is compiled from the validated desired state by
+//! `crate::compile::dhcp`.
 //!
 //! Neutron allocates addresses itself, so the server mostly hands each known MAC its fixed
 //! IP; serving unknown MACs from the rest of the subnet is opt-in per subnet.
 
-pub mod config;
 pub mod leases;
+pub mod options;
 pub mod server;
 pub mod service;
 pub mod wire;
 
-pub use config::{dhcp_configs, dhcp_server_addresses};
 pub use leases::{Lease, LeaseError, LeaseInfo, LeaseState, LeaseTable};
 pub use server::{
     DhcpConfig, DhcpServer, DhcpStats, ExtraOption, HostConfig, HostRoute, Reply, SubnetConfig,

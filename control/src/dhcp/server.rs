@@ -17,7 +17,7 @@ use super::wire::{
     self, opt, Message, MessageType, ReplyBuilder, ReplyHeader, BOOTREQUEST, MAX_MESSAGE_LEN,
 };
 use super::Drop;
-use crate::validate::Ipv4Cidr;
+use crate::addr::Ipv4Cidr;
 
 /// Neutron's default `dhcp_lease_duration`.
 pub const DEFAULT_LEASE_TIME: u32 = 86_400;

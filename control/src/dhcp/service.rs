@@ -202,7 +202,9 @@ impl DhcpService {
         networks: Vec<NetworkDhcp>,
     ) -> std::io::Result<DhcpService> {
         if let Some(dir) = &lease_dir {
-            std::fs::create_dir_all(dir)?;
+            if let Some(note) = crate::private_fs::ensure_dir(dir)? {
+                crate::warn!("DHCP leases: {note}");
+            }
         }
         let mut service = DhcpService {
             shared: Arc::new(Mutex::new(Shared::default())),
@@ -558,9 +560,9 @@ fn write_reply_frame(reply: &Reply, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::Ipv4Cidr;
     use crate::dhcp::server::SubnetConfig;
     use crate::dhcp::{DhcpPacket, HostConfig, LeaseState, MessageType};
-    use crate::validate::Ipv4Cidr;
     use pollux_dataplane::port::PortId;
     use pollux_dataplane::ring::{ring, Consumer, Producer};
     use pollux_dataplane::slowpath::RING_SLOT_SIZE;

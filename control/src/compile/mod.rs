@@ -19,11 +19,16 @@ use pollux_dataplane::snapshot::{
     BuildError, NetworkUid, PhysnetId, Segment as DpSegment, Snapshot, SnapshotBuilder,
 };
 
-use crate::validate::{Binding, Ipv4Cidr, Segment, Validated};
+use crate::addr::Ipv4Cidr;
+use crate::identity::{dhcp_mac, router_mac};
+use crate::validate::{Binding, Segment, Validated};
 
 /// The largest network MTU whose frames (with an Ethernet header and one 802.1Q tag) fit
-/// the data room of one frame of the worker's pool.
+/// the data room of one frame of the worker's pool: the one limit on MTUs the data plane
+/// forwards (validation's bound, [`crate::validate::JUMBO_MTU`], is the schema's).
 pub const MAX_MTU: u16 = (DEFAULT_FRAME_SIZE - DEFAULT_HEADROOM as u32 - 18) as u16;
+
+pub mod dhcp;
 
 /// Port ids are `u16` and 0xffff is reserved by the data plane.
 const MAX_PORT_IDS: usize = u16::MAX as usize;
@@ -47,30 +52,8 @@ pub struct Identities {
     next_router_uid: u32,
 }
 
-/// The first three bytes of every router MAC (locally administered, unicast); validation
-/// keeps VM ports out of this range.
-pub const ROUTER_MAC_PREFIX: [u8; 3] = [0x02, 0x70, 0x6c];
-
 /// Router uids fit the low three bytes of the router's MAC.
 const MAX_ROUTER_UID: u32 = 1 << 24;
-
-/// The first three bytes of every DHCP server MAC (locally administered, unicast);
-/// validation keeps VM ports out of this range too.
-pub const DHCP_MAC_PREFIX: [u8; 3] = [0x02, 0x70, 0x64];
-
-/// The MAC of the DHCP server of the network with uid `uid`: [`DHCP_MAC_PREFIX`] followed
-/// by the low 24 bits of the uid.
-pub fn dhcp_mac(uid: NetworkUid) -> [u8; 6] {
-    let [_, a, b, c] = uid.0.to_be_bytes();
-    [
-        DHCP_MAC_PREFIX[0],
-        DHCP_MAC_PREFIX[1],
-        DHCP_MAC_PREFIX[2],
-        a,
-        b,
-        c,
-    ]
-}
 
 impl Identities {
     /// The id of the port with this key, if it has one.
@@ -388,7 +371,7 @@ pub fn compile(
         dhcp_per_port: state.dhcp.port,
     });
     let mut dhcp_addresses: BTreeMap<usize, Vec<Ipv4Addr>> = BTreeMap::new();
-    for (network, ip) in crate::dhcp::config::dhcp_server_addresses(state) {
+    for (network, ip) in dhcp::dhcp_server_addresses(state) {
         dhcp_addresses.entry(network).or_default().push(ip);
     }
     for (network, addresses) in dhcp_addresses {
@@ -425,13 +408,6 @@ fn port_security(port: &crate::validate::Port, macs: &[[u8; 6]]) -> PortSecurity
             .map(|p| Ipv4Source::new(p.mac, p.ip.addr, p.ip.prefix)),
     );
     PortSecurity::new(macs, &sources)
-}
-
-/// The MAC of router `uid`: [`ROUTER_MAC_PREFIX`] and the uid's low three bytes.
-pub fn router_mac(uid: RouterUid) -> [u8; 6] {
-    let [_, a, b, c] = uid.0.to_be_bytes();
-    let [p0, p1, p2] = ROUTER_MAC_PREFIX;
-    [p0, p1, p2, a, b, c]
 }
 
 /// The data plane's view of router `index`: an interface at the gateway IP of each of its
@@ -519,20 +495,6 @@ mod tests {
     use super::*;
     use crate::model::DesiredState;
     use crate::validate::validate;
-
-    #[test]
-    fn dhcp_macs_carry_the_network_uid() {
-        assert_eq!(
-            dhcp_mac(NetworkUid(0x0012_3456)),
-            [0x02, 0x70, 0x64, 0x12, 0x34, 0x56]
-        );
-        // Only the low 24 bits.
-        assert_eq!(
-            dhcp_mac(NetworkUid(0xab00_0001)),
-            [0x02, 0x70, 0x64, 0, 0, 1]
-        );
-        assert_ne!(DHCP_MAC_PREFIX, ROUTER_MAC_PREFIX);
-    }
 
     fn state(extra_port: bool) -> Validated {
         let mut text = String::from(
@@ -725,6 +687,32 @@ mod tests {
             .to_string();
         assert!(
             err.starts_with("networks[0].mtu: 9000 is above 1774"),
+            "{err}"
+        );
+    }
+
+    /// The data plane's limit is the only one between a valid MTU and a forwarded one:
+    /// `MAX_MTU` compiles, one more is refused as not supported, and the schema's bound
+    /// lies above both.
+    #[test]
+    fn max_mtu_is_the_boundary_of_what_compiles() {
+        assert!(i64::from(MAX_MTU) < crate::validate::JUMBO_MTU);
+        assert!(i64::from(MAX_MTU) >= crate::validate::MIN_MTU);
+        let state = |mtu: u16| {
+            let text = format!(
+                r#"
+                [[networks]]
+                id = "net-m"
+                network_type = "local"
+                mtu = {mtu}
+                "#
+            );
+            validate(&DesiredState::from_toml_str(&text).unwrap()).expect("a valid MTU")
+        };
+        assert!(compile(&state(MAX_MTU), &Identities::default(), 1).is_ok());
+        let err = compile(&state(MAX_MTU + 1), &Identities::default(), 1).unwrap_err();
+        assert!(
+            matches!(&err, CompileError::Unsupported { path, .. } if path == "networks[0].mtu"),
             "{err}"
         );
     }

@@ -6,12 +6,12 @@
 
 use std::net::Ipv4Addr;
 
-use super::server::{DhcpConfig, HostConfig, HostRoute, SubnetConfig};
+use crate::dhcp::server::{DhcpConfig, HostConfig, HostRoute, SubnetConfig};
 use crate::validate::Validated;
 
 /// The DHCP server configuration of every network (by index into `v.networks`, in
 /// order) that has a subnet with DHCP on. `mac_of_network` gives the server's MAC of a
-/// network (its index), normally [`crate::compile::dhcp_mac`] of the network's uid.
+/// network (its index), normally [`crate::identity::dhcp_mac`] of the network's uid.
 ///
 /// Each DHCP subnet gets a [`SubnetConfig`]: its cidr, gateway (option 3 and the default
 /// route of option 121), server address, DNS servers, the network's `dns_domain` and

@@ -1,0 +1,348 @@
+//! Changes to the running configuration: apply (in the order the module documentation
+//! of [`super`] gives), rollback, and the retained generations.
+
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::ports::PortChanges;
+use super::{Active, ApplyError, Engine, WORKER_TIMEOUT};
+use crate::compile::dhcp::dhcp_configs;
+use crate::compile::{compile, Identities};
+use crate::dhcp::service::NetworkDhcp;
+use crate::diff::{diff, Diff};
+use crate::identity::dhcp_mac;
+use crate::model::DesiredState;
+use crate::validate::{validate, Validated, ValidationError};
+
+/// Options of one change.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ApplyOptions {
+    /// Validate, compile and diff only.
+    pub dry_run: bool,
+    /// Refuse unless this is the active generation.
+    pub expect_generation: Option<u64>,
+}
+
+/// What a change did.
+#[derive(Clone, Debug)]
+pub struct ApplyOutcome {
+    /// The active generation afterwards (the new one when applied).
+    pub generation: u64,
+    /// Whether a new generation was published.
+    pub applied: bool,
+    /// Whether the state differs from the active one.
+    pub changed: bool,
+    /// What differs.
+    pub diff: Diff,
+}
+
+/// Reads a desired state sent as JSON, with the paths of shape errors.
+pub fn state_from_json(value: &Value) -> Result<DesiredState, ApplyError> {
+    if let Ok(state) = DesiredState::deserialize(value) {
+        return Ok(state);
+    }
+    // The error path goes through the text parser, which locates the offending field.
+    DesiredState::from_json_str(&value.to_string()).map_err(|e| {
+        ApplyError::Invalid(vec![ValidationError {
+            path: e.path.clone().unwrap_or_else(|| "state".into()),
+            message: e.message.clone(),
+        }])
+    })
+}
+
+/// The DHCP server configuration of every network with DHCP, keyed by the identities
+/// the snapshot uses.
+pub(super) fn dhcp_networks(valid: &Validated, identities: &Identities) -> Vec<NetworkDhcp> {
+    let uid_of = |n: usize| identities.network_uid(&valid.networks[n].id);
+    dhcp_configs(valid, |n| uid_of(n).map(dhcp_mac).unwrap_or_default())
+        .into_iter()
+        .filter_map(|(n, config)| {
+            Some(NetworkDhcp {
+                uid: uid_of(n)?,
+                network_id: valid.networks[n].id.clone(),
+                config,
+            })
+        })
+        .collect()
+}
+
+pub(super) fn to_value(state: &DesiredState) -> Value {
+    serde_json::to_value(state).expect("the model serialises to JSON")
+}
+
+impl Engine {
+    /// Applies `state`. See the module documentation for the steps; on error nothing
+    /// changed.
+    pub fn apply(
+        &mut self,
+        state: DesiredState,
+        options: ApplyOptions,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        let started = Instant::now();
+        let result = self.apply_inner(state, options);
+        match &result {
+            Ok(o) if o.applied => {
+                let (added, removed, changed) = o.diff.counts();
+                crate::info!(
+                    "generation {} applied in {:?}: {added} added, {removed} removed, \
+                     {changed} changed",
+                    o.generation,
+                    started.elapsed()
+                );
+            }
+            Ok(_) => {}
+            Err(e) => crate::log!(
+                crate::log::Level::Debug,
+                "change refused: {}",
+                e.to_string().lines().next().unwrap_or_default()
+            ),
+        }
+        result
+    }
+
+    pub(super) fn apply_inner(
+        &mut self,
+        state: DesiredState,
+        options: ApplyOptions,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        if let Some(expected) = options.expect_generation {
+            if expected != self.active.generation {
+                return Err(ApplyError::GenerationMismatch {
+                    expected,
+                    current: self.active.generation,
+                });
+            }
+        }
+        let valid = validate(&state).map_err(ApplyError::Invalid)?;
+        let diff = diff(&self.active.state, &state);
+        let unchanged = ApplyOutcome {
+            generation: self.active.generation,
+            applied: false,
+            changed: !diff.is_empty(),
+            diff,
+        };
+        if !unchanged.changed {
+            return Ok(unchanged);
+        }
+        let next = self.active.generation + 1;
+        let compiled = compile(&valid, &self.active.identities, next)?;
+        if options.dry_run {
+            return Ok(unchanged);
+        }
+        let diff = unchanged.diff;
+
+        let changes = PortChanges::between(&self.active.plans, &compiled.ports);
+        self.check_frame_budget(&changes)?;
+        let added = self.open_ports(&changes.added)?;
+        if let Some(store) = self.store.as_mut() {
+            if let Err(e) = store.commit_owned(next, to_value(&state)) {
+                self.close_ports(&added);
+                return Err(ApplyError::Store(e));
+            }
+        }
+        // Committed: from here on the new generation is the running one, whatever happens.
+        self.publisher
+            .publish(compiled.snapshot)
+            .map_err(|e| ApplyError::Internal(e.to_string()))?;
+        self.active = Active {
+            state,
+            valid,
+            generation: next,
+            identities: compiled.identities,
+            plans: compiled.ports,
+        };
+        self.update_metric_ports();
+        if let Some(dhcp) = self.dhcp.as_mut() {
+            dhcp.reconfigure(dhcp_networks(&self.active.valid, &self.active.identities));
+        }
+        self.wait_for_worker(next)?;
+
+        self.close_ports(&changes.removed);
+        // A port whose binding changed keeps its id: closed, then opened again with the
+        // new binding. A failure leaves it down, retried by `supervise_links`.
+        self.close_ports(&changes.rebound_old);
+        self.reopen(&changes.rebound_new);
+        self.publisher.reclaim();
+        Ok(ApplyOutcome {
+            generation: next,
+            applied: true,
+            changed: true,
+            diff,
+        })
+    }
+
+    /// Rolls back to retained generation `generation`: applies its state as a new
+    /// generation.
+    pub fn rollback(
+        &mut self,
+        generation: u64,
+        options: ApplyOptions,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        let retained = || {
+            self.history()
+                .into_iter()
+                .map(|(g, _)| g)
+                .collect::<Vec<_>>()
+        };
+        let value = match &self.store {
+            Some(store) => store.get(generation).map_err(ApplyError::Store)?,
+            None => (generation == self.active.generation).then(|| to_value(&self.active.state)),
+        };
+        let Some(value) = value else {
+            return Err(ApplyError::UnknownGeneration {
+                generation,
+                retained: retained(),
+            });
+        };
+        let state = state_from_json(&value)?;
+        self.apply(state, options)
+    }
+
+    /// The retained generations and when each was applied (Unix seconds), newest first.
+    pub fn history(&self) -> Vec<(u64, u64)> {
+        match &self.store {
+            Some(store) => store.history(),
+            None => vec![(self.active.generation, 0)],
+        }
+    }
+
+    /// The state of a retained generation.
+    pub fn state_of(&self, generation: u64) -> Result<DesiredState, ApplyError> {
+        if generation == self.active.generation {
+            return Ok(self.active.state.clone());
+        }
+        let value = match &self.store {
+            Some(store) => store.get(generation).map_err(ApplyError::Store)?,
+            None => None,
+        };
+        match value {
+            Some(v) => state_from_json(&v),
+            None => Err(ApplyError::UnknownGeneration {
+                generation,
+                retained: self.history().into_iter().map(|(g, _)| g).collect(),
+            }),
+        }
+    }
+
+    /// Waits until the worker runs `generation` (or a newer one).
+    pub(super) fn wait_for_worker(&self, generation: u64) -> Result<(), ApplyError> {
+        let deadline = Instant::now() + WORKER_TIMEOUT;
+        while self.worker.ack.get() < generation {
+            if Instant::now() > deadline {
+                return Err(ApplyError::Internal(format!(
+                    "generation {generation} is committed, but the worker has not picked it up \
+                     within {WORKER_TIMEOUT:?}"
+                )));
+            }
+            std::thread::sleep(Duration::from_micros(20));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::binding::MemWires;
+    use crate::engine::{EngineConfig, Initial};
+    use crate::store::{Store, FAIL_NEXT};
+
+    const STATE: &str = r#"
+        [[networks]]
+        id = "net-a"
+        network_type = "local"
+
+        [[ports]]
+        id = "vm1"
+        network_id = "net-a"
+        mac_address = "fa:16:3e:00:00:01"
+        binding = { driver = "mem" }
+    "#;
+
+    struct TempDir(PathBuf);
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn with_port(state: &DesiredState, id: &str, mac: &str) -> DesiredState {
+        let mut state = state.clone();
+        let mut port = state.ports[0].clone();
+        port.id = id.into();
+        port.mac_address = mac.into();
+        state.ports.push(port);
+        state
+    }
+
+    /// A commit that fails at any step leaves the engine running the old generation and
+    /// the store holding it, so the next change gets the next number and succeeds, and a
+    /// restart boots the generation that ran.
+    #[test]
+    fn a_failed_commit_leaves_engine_and_store_agreeing() {
+        let dir = TempDir(
+            std::env::temp_dir().join(format!("pollux-engine-commit-{}", std::process::id())),
+        );
+        let _ = std::fs::remove_dir_all(&dir.0);
+        let state = DesiredState::from_toml_str(STATE).unwrap();
+        let config = EngineConfig {
+            pool_frames: 1024,
+            ..EngineConfig::default()
+        };
+        let initial = Initial {
+            state: state.clone(),
+            generation: 1,
+            persist: true,
+        };
+        let store = Store::open(&dir.0, 8).unwrap();
+        let mut engine = Engine::start(&config, initial, Some(store), MemWires::default()).unwrap();
+
+        let mut next = state.clone();
+        for (k, step) in ["write", "fsync", "rename", "fsync state directory"]
+            .into_iter()
+            .enumerate()
+        {
+            FAIL_NEXT.with(|f| f.set(Some(step)));
+            let refused = with_port(
+                &next,
+                &format!("vm-x{k}"),
+                &format!("fa:16:3e:00:01:{k:02x}"),
+            );
+            let err = engine.apply(refused, ApplyOptions::default()).unwrap_err();
+            assert!(matches!(err, ApplyError::Store(_)), "{step}: {err}");
+            let running = engine.generation();
+            assert_eq!(
+                engine.store().unwrap().current_generation(),
+                Some(running),
+                "{step}: the store and the engine disagree"
+            );
+            assert_eq!(engine.state(), &next, "{step}: the old state keeps running");
+            let tmp_left = std::fs::read_dir(&dir.0)
+                .unwrap()
+                .filter_map(|e| e.ok())
+                .any(|e| e.file_name().to_string_lossy().ends_with(".tmp"));
+            assert!(!tmp_left, "{step}: a temp file is left");
+
+            next = with_port(
+                &next,
+                &format!("vm-{k}"),
+                &format!("fa:16:3e:00:02:{k:02x}"),
+            );
+            let outcome = engine.apply(next.clone(), ApplyOptions::default()).unwrap();
+            assert_eq!(outcome.generation, running + 1, "{step}");
+            assert_eq!(
+                engine.store().unwrap().current_generation(),
+                Some(running + 1)
+            );
+        }
+        let generation = engine.generation();
+        drop(engine);
+        let store = Store::open(&dir.0, 8).unwrap();
+        assert_eq!(store.current_generation(), Some(generation));
+    }
+}

@@ -1,0 +1,266 @@
+//! Reads of the running data plane for the socket's list methods: the FDB, neighbours,
+//! NAT sessions, driver statistics and DHCP leases. Reads of the worker's tables run on
+//! the worker as a job, between two passes.
+
+use std::net::Ipv4Addr;
+use std::sync::mpsc;
+
+use pollux_dataplane::conntrack::{Dir, FlowKey, TcpState};
+use pollux_dataplane::l3::REACHABLE_SECS;
+use pollux_dataplane::port::PortId;
+use pollux_dataplane::snapshot::mac_from_u64;
+use pollux_dataplane::worker::Worker;
+
+use super::{ApplyError, Engine, WORKER_TIMEOUT};
+use crate::addr::fmt_mac;
+use crate::dhcp::service::{LeaseRow, ServiceStats};
+
+impl Engine {
+    /// Learned and static FDB entries: (network id, MAC, port key, learned, age in
+    /// seconds). Learned entries come from the worker's table, read by a job.
+    pub fn fdb(&self) -> Result<Vec<FdbEntry>, ApplyError> {
+        let (now, learned) = self.call(|w| {
+            let entries: Vec<_> = w.macs().entries().collect();
+            (w.now_secs(), entries)
+        })?;
+        let networks = self.active.identities.networks_by_uid();
+        let ports = self.active.identities.ports_by_id();
+        let snap = self.publisher.current();
+        let mut out = Vec::new();
+        for (slot, mac, port) in snap.static_macs() {
+            let Some(net) = snap.network(slot) else {
+                continue;
+            };
+            if let (Some(&network_id), Some(&port)) = (networks.get(&net.uid.0), ports.get(&port.0))
+            {
+                out.push(FdbEntry {
+                    network_id: network_id.to_string(),
+                    mac: fmt_mac(mac_from_u64(mac)),
+                    port: port.to_string(),
+                    learned: false,
+                    age_secs: 0,
+                });
+            }
+        }
+        for (_, mac, entry) in learned {
+            // Entries left by a removed network or port age out; they are not shown.
+            if let (Some(&network_id), Some(&port)) =
+                (networks.get(&entry.uid), ports.get(&entry.port.0))
+            {
+                out.push(FdbEntry {
+                    network_id: network_id.to_string(),
+                    mac: fmt_mac(mac_from_u64(mac)),
+                    port: port.to_string(),
+                    learned: true,
+                    age_secs: now.saturating_sub(entry.seen),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.network_id, &a.mac).cmp(&(&b.network_id, &b.mac)));
+        Ok(out)
+    }
+
+    /// The routers' neighbours (ARP entries) as the worker holds them, read by a job,
+    /// sorted by network and address. Entries of removed networks are not shown (they age
+    /// out).
+    pub fn neighbors(&self) -> Result<Vec<NeighborEntry>, ApplyError> {
+        let (now, entries) = self.call(|w| {
+            let entries: Vec<_> = w.router().neighbors().entries().collect();
+            (w.now_secs(), entries)
+        })?;
+        let networks = self.active.identities.networks_by_uid();
+        let mut out: Vec<NeighborEntry> = entries
+            .into_iter()
+            .filter_map(|(uid, ip, n)| {
+                let network_id = networks.get(&uid.0)?.to_string();
+                let age_secs = now.saturating_sub(n.confirmed);
+                let state = match n.mac() {
+                    None => NeighborState::Incomplete,
+                    Some(_) if age_secs >= REACHABLE_SECS => NeighborState::Stale,
+                    Some(_) => NeighborState::Reachable,
+                };
+                Some(NeighborEntry {
+                    network_id,
+                    ip: Ipv4Addr::from(ip),
+                    mac: n.mac().map(|m| fmt_mac(mac_from_u64(m))),
+                    state,
+                    age_secs,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.network_id, a.ip).cmp(&(&b.network_id, b.ip)));
+        Ok(out)
+    }
+
+    /// The routers' NAT sessions as the worker holds them (live ones), read by a job,
+    /// sorted by router and original flow. Sessions of removed routers are not shown.
+    pub fn sessions(&self) -> Result<Vec<SessionEntry>, ApplyError> {
+        let (now, sessions) = self.call(|w| {
+            let now = u64::from(w.now_secs());
+            let sessions: Vec<_> = w
+                .router()
+                .sessions()
+                .iter()
+                .filter(|(_, s)| !s.is_expired(now))
+                .map(|(_, s)| *s)
+                .collect();
+            (now, sessions)
+        })?;
+        let routers = self.active.identities.routers_by_uid();
+        let ports = self.active.identities.ports_by_id();
+        let mut out: Vec<SessionEntry> = sessions
+            .into_iter()
+            .filter_map(|s| {
+                let original = *s.key(Dir::Original);
+                let router_id = routers.get(&original.zone)?.to_string();
+                let owner = u16::try_from(s.owner()).ok();
+                Some(SessionEntry {
+                    router_id,
+                    port: owner.and_then(|p| ports.get(&p)).map(|k| k.to_string()),
+                    original,
+                    reply: *s.key(Dir::Reply),
+                    state: s.tcp_state().map(TcpState::name),
+                    idle_secs: now.saturating_sub(s.last_seen()),
+                    expires_in_secs: s.expires().saturating_sub(now),
+                    packets: [s.packets(Dir::Original), s.packets(Dir::Reply)],
+                    bytes: [s.bytes(Dir::Original), s.bytes(Dir::Reply)],
+                })
+            })
+            .collect();
+        out.sort_by_key(|e| {
+            let k = e.original;
+            (e.router_id.clone(), k.proto, k.src, k.sport, k.dst, k.dport)
+        });
+        Ok(out)
+    }
+
+    /// Every open port's driver name (its interface, for AF_XDP) and driver statistics,
+    /// read by a job.
+    pub fn driver_stats(&self) -> Result<Vec<DriverStats>, ApplyError> {
+        self.call(|w| {
+            w.ports()
+                .iter()
+                .map(|(id, p)| DriverStats {
+                    id,
+                    name: p.name().to_string(),
+                    extra: p.stats().extra,
+                })
+                .collect()
+        })
+    }
+
+    /// Every DHCP lease, by network id then address.
+    pub fn leases(&self) -> Vec<LeaseRow> {
+        self.dhcp.as_ref().map(|d| d.leases()).unwrap_or_default()
+    }
+
+    /// The DHCP server's counters.
+    pub fn dhcp_stats(&self) -> ServiceStats {
+        self.dhcp.as_ref().map(|d| d.stats()).unwrap_or_default()
+    }
+
+    /// Runs `f` on the worker's thread and returns its result.
+    pub(super) fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Worker) -> R + Send + 'static,
+    ) -> Result<R, ApplyError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.worker
+            .mailbox
+            .post(move |w| {
+                let _ = tx.send(f(w));
+            })
+            .map_err(|e| ApplyError::Internal(e.to_string()))?;
+        rx.recv_timeout(WORKER_TIMEOUT).map_err(|_| {
+            ApplyError::Internal(format!(
+                "the worker did not answer within {WORKER_TIMEOUT:?}"
+            ))
+        })
+    }
+}
+
+/// One FDB entry for `fdb.list`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FdbEntry {
+    /// The network.
+    pub network_id: String,
+    /// The MAC (`fa:16:3e:00:00:01`).
+    pub mac: String,
+    /// The port key (`port:ID`, `uplink:NAME`).
+    pub port: String,
+    /// Learned (true) or a VM port's own MAC (false).
+    pub learned: bool,
+    /// Seconds since last seen (learned entries).
+    pub age_secs: u32,
+}
+
+/// How sure the router is of a neighbour.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NeighborState {
+    /// Asked for, no answer yet.
+    Incomplete,
+    /// Confirmed recently.
+    Reachable,
+    /// Still used, being asked again.
+    Stale,
+}
+
+impl NeighborState {
+    /// The name `neighbors.list` uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            NeighborState::Incomplete => "incomplete",
+            NeighborState::Reachable => "reachable",
+            NeighborState::Stale => "stale",
+        }
+    }
+}
+
+/// One neighbour for `neighbors.list`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NeighborEntry {
+    /// The network.
+    pub network_id: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Its MAC, once resolved.
+    pub mac: Option<String>,
+    /// Resolution state.
+    pub state: NeighborState,
+    /// Seconds since it last confirmed its address.
+    pub age_secs: u32,
+}
+
+/// One NAT session for `sessions.list`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionEntry {
+    /// The router translating it.
+    pub router_id: String,
+    /// The port that opened it (`port:ID`), if it still exists.
+    pub port: Option<String>,
+    /// The flow as its first packet arrived.
+    pub original: FlowKey,
+    /// The flow as replies carry it (after translation).
+    pub reply: FlowKey,
+    /// TCP state (TCP only).
+    pub state: Option<&'static str>,
+    /// Seconds since the last packet.
+    pub idle_secs: u64,
+    /// Seconds until it times out unless a packet comes.
+    pub expires_in_secs: u64,
+    /// Packets as originated, and as replied.
+    pub packets: [u64; 2],
+    /// Bytes as originated, and as replied.
+    pub bytes: [u64; 2],
+}
+
+/// One port's driver statistics.
+#[derive(Clone, Debug)]
+pub struct DriverStats {
+    /// The port.
+    pub id: PortId,
+    /// The driver's name for it (the interface of an AF_XDP port).
+    pub name: String,
+    /// Driver counters by name.
+    pub extra: Vec<(&'static str, u64)>,
+}

@@ -1,0 +1,486 @@
+//! The engine: the running configuration and every change to it.
+//!
+//! It owns the active desired state and its generation, the snapshot publisher, the port
+//! identities, the state store, the port bindings and the worker. A change goes through
+//! [`Engine::apply`], in an order chosen so that a failure at any step leaves the running
+//! configuration, the published snapshot and the persisted file as they were:
+//!
+//! 1. check `expect_generation`, validate (every problem, with its path), compute the diff
+//!    (an identical state is a no-op), compile into the next generation's snapshot;
+//!    a dry run stops here;
+//! 2. prepare the new ports on the control thread (XDP program, AF_XDP sockets) and open
+//!    them on the worker as a job; nothing references them yet, so they carry no traffic;
+//! 3. persist the new generation (temp file, fsync, rename, directory fsync);
+//! 4. publish the snapshot and wait until the worker runs it;
+//! 5. take the removed ports out of the worker (a job), close them here (closing an
+//!    AF_XDP socket sleeps) and hand their frames back to the worker's pool (a job).
+//!
+//! The worker is never stopped: ports come and go through its mailbox between passes, and
+//! the snapshot swap is the usual generation check. Traffic between ports the change does
+//! not touch is not disturbed.
+//!
+//! `apply` holds the changes (apply, rollback, history), `ports` the port lifecycle (open,
+//! close, reopen a link that went away) and `inspect` the reads of the running data plane
+//! behind the socket's list methods.
+
+mod apply;
+mod inspect;
+mod ports;
+
+pub use apply::{state_from_json, ApplyOptions, ApplyOutcome};
+pub use inspect::{DriverStats, FdbEntry, NeighborEntry, NeighborState, SessionEntry};
+pub use ports::{kind_name, port_label, PortStatus};
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pollux_dataplane::buf::{FramePool, DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM};
+use pollux_dataplane::counters::WorkerCounters;
+use pollux_dataplane::port::{Port, PortId};
+use pollux_dataplane::publish::{GenerationAck, Publisher};
+use pollux_dataplane::slowpath::DEFAULT_RING_DEPTH;
+use pollux_dataplane::worker::{Mailbox, Worker, WorkerConfig};
+use pollux_drivers::mem::MemPortConfig;
+use pollux_drivers::xsk::Umem;
+
+use self::apply::{dhcp_networks, to_value};
+use crate::binding::{Bindings, MemWires};
+use crate::compile::{compile, CompileError, Compiled, Identities, PortPlan};
+use crate::dhcp::service::DhcpService;
+use crate::metrics::MetricsSource;
+use crate::model::DesiredState;
+use crate::store::{Store, StoreError};
+use crate::validate::{validate, Validated, ValidationError};
+use crate::workers::{self, WorkerThread};
+
+/// Directory of the DHCP lease files, inside the state directory.
+pub const LEASE_DIR: &str = "leases";
+/// Frames beyond what the AF_XDP rings can hold: flood copies and bursts in flight.
+pub const SPARE_FRAMES: u32 = 4096;
+/// Pool size when not configured: 65536 frames of 2 KiB (128 MiB), room for the rings of
+/// 20 AF_XDP queues.
+pub const DEFAULT_POOL_FRAMES: u32 = 65_536;
+/// Port ids are `u16` and 0xffff is reserved: per-port counters for every possible id.
+const PORT_ID_SLOTS: usize = u16::MAX as usize;
+/// How long the control thread waits for the worker to run a job or a new generation.
+/// Only a wedged worker takes this long.
+const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How the engine runs its worker.
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    /// CPU the worker is pinned to (`None`: not pinned).
+    pub core: Option<usize>,
+    /// Frames in the worker's pool; raised to what the initial ports need.
+    pub pool_frames: u32,
+    /// Ring geometry of `mem` ports.
+    pub mem: MemPortConfig,
+    /// Worker tunables.
+    pub worker: WorkerConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            core: None,
+            pool_frames: DEFAULT_POOL_FRAMES,
+            mem: MemPortConfig::default(),
+            worker: WorkerConfig::default(),
+        }
+    }
+}
+
+/// The configuration to start with.
+#[derive(Clone, Debug)]
+pub struct Initial {
+    /// The desired state.
+    pub state: DesiredState,
+    /// Its generation.
+    pub generation: u64,
+    /// Whether to persist it before starting (it is not in the store yet).
+    pub persist: bool,
+}
+
+/// Why a change was refused. Whatever the reason, nothing changed.
+#[derive(Debug)]
+pub enum ApplyError {
+    /// The state does not parse or validate; every problem with its path.
+    Invalid(Vec<ValidationError>),
+    /// `expect_generation` is not the active generation.
+    GenerationMismatch {
+        /// What the caller expected.
+        expected: u64,
+        /// The active generation.
+        current: u64,
+    },
+    /// Valid, but the data plane cannot run it (yet).
+    Unsupported {
+        /// Path of the field.
+        path: String,
+        /// Why.
+        what: String,
+    },
+    /// Ports that could not be opened: (port key, why).
+    Bind(Vec<(String, String)>),
+    /// The new generation could not be persisted.
+    Store(StoreError),
+    /// A rollback to a generation that is not retained.
+    UnknownGeneration {
+        /// The generation asked for.
+        generation: u64,
+        /// The retained generations.
+        retained: Vec<u64>,
+    },
+    /// Something that should not happen (a wedged worker, identities exhausted).
+    Internal(String),
+}
+
+impl fmt::Display for ApplyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApplyError::Invalid(errors) => {
+                write!(f, "invalid configuration: {} problem(s)", errors.len())?;
+                for e in errors {
+                    write!(f, "\n  {e}")?;
+                }
+                Ok(())
+            }
+            ApplyError::GenerationMismatch { expected, current } => write!(
+                f,
+                "generation mismatch: expected {expected}, the active generation is {current}"
+            ),
+            ApplyError::Unsupported { path, what } => write!(f, "not supported: {path}: {what}"),
+            ApplyError::Bind(errors) => {
+                write!(f, "cannot bind {} port(s)", errors.len())?;
+                for (key, why) in errors {
+                    write!(f, "\n  {key}: {why}")?;
+                }
+                Ok(())
+            }
+            ApplyError::Store(e) => write!(f, "{e}"),
+            ApplyError::UnknownGeneration {
+                generation,
+                retained,
+            } => write!(
+                f,
+                "generation {generation} is not retained (retained: {retained:?})"
+            ),
+            ApplyError::Internal(why) => write!(f, "internal error: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for ApplyError {}
+
+impl From<CompileError> for ApplyError {
+    fn from(e: CompileError) -> Self {
+        match e {
+            CompileError::Unsupported { path, what } => ApplyError::Unsupported { path, what },
+            other => ApplyError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// The running configuration.
+#[derive(Debug)]
+struct Active {
+    state: DesiredState,
+    valid: Validated,
+    generation: u64,
+    identities: Identities,
+    plans: Vec<PortPlan>,
+}
+
+/// The worker as the control thread sees it.
+#[derive(Debug)]
+struct WorkerLink {
+    thread: Option<WorkerThread>,
+    mailbox: Mailbox,
+    counters: Arc<WorkerCounters>,
+    ack: Arc<GenerationAck>,
+    core: Option<usize>,
+}
+
+/// The engine. See the module documentation.
+pub struct Engine {
+    active: Active,
+    publisher: Publisher,
+    store: Option<Store>,
+    bindings: Bindings,
+    worker: WorkerLink,
+    status: BTreeMap<PortId, PortStatus>,
+    /// Frames the open ports may hold, against the pool's capacity.
+    frames_committed: u32,
+    pool_capacity: u32,
+    metrics: Arc<MetricsSource>,
+    started: Instant,
+    /// The DHCP server; `None` only after shutdown.
+    dhcp: Option<DhcpService>,
+}
+
+impl fmt::Debug for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Engine")
+            .field("generation", &self.active.generation)
+            .field("ports", &self.active.plans.len())
+            .field("worker", &self.worker)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// Validates and compiles `initial`, opens every port, persists it when asked and
+    /// starts the worker. Errors are fit for the user (they name the port and why).
+    pub fn start(
+        config: &EngineConfig,
+        initial: Initial,
+        mut store: Option<Store>,
+        wires: MemWires,
+    ) -> Result<Engine, String> {
+        let valid = validate(&initial.state).map_err(|errors| {
+            let mut msg = format!("{} problem(s):", errors.len());
+            for e in errors {
+                msg.push_str(&format!("\n  {e}"));
+            }
+            msg
+        })?;
+        let Compiled {
+            snapshot,
+            ports: plans,
+            identities,
+        } = compile(&valid, &Identities::default(), initial.generation)
+            .map_err(|e| e.to_string())?;
+
+        let needed: u32 = plans
+            .iter()
+            .map(|p| Bindings::frames_needed(&p.binding))
+            .sum();
+        let pool_capacity = config.pool_frames.max(needed + SPARE_FRAMES);
+        let mut pool = FramePool::new(pool_capacity, DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM)
+            .map_err(|e| format!("frame pool of {pool_capacity} frames: {e}"))?;
+        // SAFETY: every socket made from this UMEM belongs to a port that lives in the
+        // worker (which drops its ports before its pool) or is closed by the engine before
+        // its frames go back to the pool; on the error path below the opened ports release
+        // their frames before the pool is dropped. No code indexes frames it does not own.
+        let umem = unsafe { Umem::new(&pool) }.map_err(|e| format!("AF_XDP UMEM: {e}"))?;
+        let mut bindings = Bindings::new(umem, config.mem, wires);
+
+        let mut opened: Vec<(PortId, Box<dyn Port>, Vec<u16>)> = Vec::new();
+        let mut failure = None;
+        for plan in &plans {
+            let result = bindings
+                .prepare(plan)
+                .and_then(|p| match (p.open)(&mut pool) {
+                    Ok(port) => Ok((port, p.queues)),
+                    Err(e) => Err(e.to_string()),
+                });
+            match result {
+                Ok((port, queues)) => opened.push((plan.id, port, queues)),
+                Err(e) => {
+                    failure = Some(format!("{}: {e}", plan.key));
+                    break;
+                }
+            }
+        }
+        let persisted = match (&failure, initial.persist, store.as_mut()) {
+            (None, true, Some(store)) => store
+                .commit_owned(initial.generation, to_value(&initial.state))
+                .map_err(|e| e.to_string()),
+            _ => Ok(()),
+        };
+        if let Some(e) = failure.or(persisted.err()) {
+            for (_, mut port, _) in opened {
+                port.release_frames(&mut pool);
+            }
+            return Err(e);
+        }
+
+        let mut publisher = Publisher::new(snapshot);
+        let ack = publisher.register_worker();
+        let mut worker = Worker::new(
+            config.worker,
+            pool,
+            publisher.cell(),
+            Arc::clone(&ack),
+            PORT_ID_SLOTS,
+        );
+        let mut status = BTreeMap::new();
+        for (id, port, queues) in opened {
+            worker.attach(id, port, &queues);
+            status.insert(id, PortStatus::Up);
+        }
+        let slow_path = worker.connect_slow_path(DEFAULT_RING_DEPTH);
+        let dhcp = DhcpService::start(
+            vec![slow_path],
+            store.as_ref().map(|s| s.dir().join(LEASE_DIR)),
+            dhcp_networks(&valid, &identities),
+        )
+        .map_err(|e| format!("DHCP service: {e}"))?;
+        let counters = worker.counters();
+        let mailbox = worker.mailbox();
+        let cell = publisher.cell();
+        let metrics = Arc::new(
+            MetricsSource::new(vec![(0, Arc::clone(&counters))], Vec::new())
+                .with_generation_fn(move || cell.generation())
+                .with_dhcp_fn(dhcp.stats_fn()),
+        );
+        let thread = workers::spawn(worker, config.worker.id, config.core).map_err(|e| {
+            format!(
+                "worker on CPU {}: {e}",
+                config.core.map_or("-".into(), |c| c.to_string())
+            )
+        })?;
+        let engine = Engine {
+            active: Active {
+                state: initial.state,
+                valid,
+                generation: initial.generation,
+                identities,
+                plans,
+            },
+            publisher,
+            store,
+            bindings,
+            worker: WorkerLink {
+                thread: Some(thread),
+                mailbox,
+                counters,
+                ack,
+                core: config.core,
+            },
+            status,
+            frames_committed: needed,
+            pool_capacity,
+            metrics,
+            started: Instant::now(),
+            dhcp: Some(dhcp),
+        };
+        engine.update_metric_ports();
+        Ok(engine)
+    }
+
+    /// The active generation.
+    pub fn generation(&self) -> u64 {
+        self.active.generation
+    }
+
+    /// The active desired state.
+    pub fn state(&self) -> &DesiredState {
+        &self.active.state
+    }
+
+    /// The active state, validated.
+    pub fn validated(&self) -> &Validated {
+        &self.active.valid
+    }
+
+    /// The ports of the active configuration.
+    pub fn plans(&self) -> &[PortPlan] {
+        &self.active.plans
+    }
+
+    /// The port identities in use.
+    pub fn identities(&self) -> &Identities {
+        &self.active.identities
+    }
+
+    /// The binding status of port `id`.
+    pub fn port_status(&self, id: PortId) -> PortStatus {
+        self.status
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| PortStatus::Down("not opened".into()))
+    }
+
+    /// The XDP mode of an AF_XDP port.
+    pub fn xdp_mode(&self, id: PortId) -> Option<String> {
+        self.bindings.xdp_mode(id)
+    }
+
+    /// The worker's counters.
+    pub fn counters(&self) -> &Arc<WorkerCounters> {
+        &self.worker.counters
+    }
+
+    /// The CPU the worker is pinned to.
+    pub fn worker_core(&self) -> Option<usize> {
+        self.worker.core
+    }
+
+    /// What the metrics endpoint exports.
+    pub fn metrics(&self) -> &Arc<MetricsSource> {
+        &self.metrics
+    }
+
+    /// Time since the engine started.
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// The state store, if the engine persists.
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
+    /// Stops the worker (its ports release their frames and close) and frees everything.
+    /// Returns the worker's counters and each port's driver statistics.
+    pub fn shutdown(mut self) -> Result<Shutdown, String> {
+        let driver_stats = self.driver_stats().unwrap_or_default();
+        // Its last lease changes are written before anything else stops.
+        if let Some(dhcp) = self.dhcp.take() {
+            dhcp.stop();
+        }
+        let stopped = self.stop_worker()?;
+        // Ports by their driver's name, as the logs called them while running.
+        let names = self
+            .port_names()
+            .into_iter()
+            .map(|(id, key)| {
+                let name = driver_stats
+                    .iter()
+                    .find(|d| d.id == id)
+                    .map(|d| d.name.clone());
+                (id, name.unwrap_or(key))
+            })
+            .collect();
+        // The worker's ports are closed; its pool goes before the bindings (the XDP
+        // programs and the UMEM description), which go with `self`.
+        drop(stopped);
+        Ok(Shutdown {
+            counters: Arc::clone(&self.worker.counters),
+            names,
+            driver_stats,
+        })
+    }
+
+    /// Stops the worker thread, if it runs: its ports release their frames and close.
+    fn stop_worker(&mut self) -> Result<Option<workers::StoppedWorker>, String> {
+        let Some(thread) = self.worker.thread.take() else {
+            return Ok(None);
+        };
+        let stopped = thread.stop().map_err(|_| "the worker thread panicked")?;
+        self.publisher.reclaim();
+        Ok(Some(stopped))
+    }
+}
+
+impl Drop for Engine {
+    /// An engine dropped without [`Engine::shutdown`] (an error path, a failing test) still
+    /// stops its worker, so no poll loop outlives it.
+    fn drop(&mut self) {
+        let _ = self.stop_worker();
+    }
+}
+
+/// What [`Engine::shutdown`] leaves.
+#[derive(Debug)]
+pub struct Shutdown {
+    /// The worker's final counters.
+    pub counters: Arc<WorkerCounters>,
+    /// (port id, driver name) of the ports.
+    pub names: Vec<(PortId, String)>,
+    /// Driver statistics of each port just before the stop.
+    pub driver_stats: Vec<DriverStats>,
+}

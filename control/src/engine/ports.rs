@@ -1,0 +1,272 @@
+//! The port lifecycle: opening the ports a change adds (within the pool's frame
+//! budget), closing those it removes, and reopening ports whose link went away.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use pollux_dataplane::port::PortId;
+
+use super::{ApplyError, Engine, SPARE_FRAMES};
+use crate::binding::{describe, Bindings};
+use crate::compile::{PortKind, PortPlan};
+
+/// The state of one port's binding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortStatus {
+    /// Open and polled.
+    Up,
+    /// Not open: why (an interface that vanished, a failed reopen). Retried.
+    Down(String),
+}
+
+impl Engine {
+    /// Closes and reopens AF_XDP ports whose interface vanished, came back or was
+    /// recreated, and retries ports that are down. Called on a timer.
+    pub fn supervise_links(&mut self) {
+        let mut close = Vec::new();
+        let mut reopen = Vec::new();
+        for plan in &self.active.plans {
+            let up = self.status.get(&plan.id) == Some(&PortStatus::Up);
+            if up && self.bindings.is_current(plan) {
+                continue;
+            }
+            if up {
+                crate::info!(
+                    "{}: {} vanished or was recreated; port closed",
+                    plan.key,
+                    describe(&plan.binding)
+                );
+                close.push(plan.clone());
+            }
+            if Bindings::interface_present(plan) {
+                reopen.push(plan.clone());
+            }
+        }
+        self.close_ports(&close);
+        for plan in &close {
+            self.status
+                .insert(plan.id, PortStatus::Down("interface vanished".into()));
+        }
+        self.reopen(&reopen);
+    }
+
+    /// Opens each of `plans`' ports, leaving those that fail down with their reason (logged
+    /// when it changes), for [`Engine::supervise_links`] to retry.
+    pub(super) fn reopen(&mut self, plans: &[PortPlan]) {
+        let outcomes = match self.open_each(plans) {
+            Ok(o) => o,
+            Err(e) => {
+                crate::warn!("{e}");
+                return;
+            }
+        };
+        for (plan, result) in outcomes {
+            match result {
+                Ok(()) => crate::info!(
+                    "{}: {} is back; port reopened",
+                    plan.key,
+                    describe(&plan.binding)
+                ),
+                Err(why) => {
+                    let down = PortStatus::Down(why.clone());
+                    if self.status.get(&plan.id) != Some(&down) {
+                        crate::warn!("{}: {why}; will retry", plan.key);
+                    }
+                    self.status.insert(plan.id, down);
+                }
+            }
+        }
+    }
+
+    /// (port id, key) of every port of the active configuration.
+    pub fn port_names(&self) -> Vec<(PortId, String)> {
+        self.active
+            .plans
+            .iter()
+            .map(|p| (p.id, p.key.clone()))
+            .collect()
+    }
+
+    /// Ports are labelled as `fdb.list` names them: a VM port by its id, an uplink as
+    /// `uplink:NAME`.
+    pub(super) fn update_metric_ports(&self) {
+        let labels = self
+            .port_names()
+            .into_iter()
+            .map(|(id, key)| (id, port_label(&key).to_string()))
+            .collect();
+        self.metrics.set_ports(labels);
+    }
+
+    pub(super) fn check_frame_budget(&self, changes: &PortChanges) -> Result<(), ApplyError> {
+        let frames = |plans: &[PortPlan]| -> u32 {
+            plans
+                .iter()
+                .map(|p| Bindings::frames_needed(&p.binding))
+                .sum()
+        };
+        let after = (self.frames_committed + frames(&changes.added) + frames(&changes.rebound_new))
+            .saturating_sub(frames(&changes.removed) + frames(&changes.rebound_old));
+        let budget = self.pool_capacity.saturating_sub(SPARE_FRAMES);
+        if after > budget {
+            return Err(ApplyError::Bind(vec![(
+                "ports".into(),
+                format!(
+                    "the AF_XDP queues would need {after} frames of the worker's pool, which \
+                     has {} ({SPARE_FRAMES} kept spare); start polluxd with a larger \
+                     --pool-frames",
+                    self.pool_capacity
+                ),
+            )]));
+        }
+        Ok(())
+    }
+
+    /// Prepares and opens `plans`' ports and attaches them to the worker. All or nothing:
+    /// on any failure the ones opened are closed again and every failure is reported.
+    pub(super) fn open_ports(&mut self, plans: &[PortPlan]) -> Result<Vec<PortPlan>, ApplyError> {
+        let mut opened = Vec::new();
+        let mut errors = Vec::new();
+        for (plan, result) in self.open_each(plans)? {
+            match result {
+                Ok(()) => opened.push(plan),
+                Err(e) => errors.push((plan.key, e)),
+            }
+        }
+        if errors.is_empty() {
+            return Ok(opened);
+        }
+        self.close_ports(&opened);
+        Err(ApplyError::Bind(errors))
+    }
+
+    /// Prepares and opens each of `plans`' ports, attaching those that open; the outcome
+    /// for each. Fails only when the worker does not answer.
+    pub(super) fn open_each(&mut self, plans: &[PortPlan]) -> Result<Vec<OpenOutcome>, ApplyError> {
+        let mut outcomes = Vec::new();
+        let mut pending = Vec::new();
+        let mut jobs = Vec::new();
+        for plan in plans {
+            match self.bindings.prepare(plan) {
+                Ok(p) => {
+                    jobs.push((plan.id, p.open, p.queues));
+                    pending.push((plan.clone(), p.frames));
+                }
+                Err(e) => outcomes.push((plan.clone(), Err(e))),
+            }
+        }
+        if jobs.is_empty() {
+            return Ok(outcomes);
+        }
+        let results = self.call(move |w| {
+            jobs.into_iter()
+                .map(|(id, open, queues)| {
+                    let port = open(w.pool_mut()).map_err(|e| e.to_string())?;
+                    w.attach_new(id, port, &queues);
+                    Ok(())
+                })
+                .collect::<Vec<Result<(), String>>>()
+        });
+        let results = match results {
+            Ok(r) => r,
+            Err(e) => {
+                for (plan, _) in &pending {
+                    self.bindings.release(plan.id, &plan.key);
+                }
+                return Err(e);
+            }
+        };
+        for ((plan, frames), result) in pending.into_iter().zip(results) {
+            match &result {
+                Ok(()) => {
+                    self.frames_committed += frames;
+                    self.status.insert(plan.id, PortStatus::Up);
+                }
+                Err(_) => self.bindings.release(plan.id, &plan.key),
+            }
+            outcomes.push((plan, result));
+        }
+        Ok(outcomes)
+    }
+
+    /// Takes `plans`' ports out of the worker, closes them here and gives their frames
+    /// back to the worker's pool.
+    pub(super) fn close_ports(&mut self, plans: &[PortPlan]) {
+        if plans.is_empty() {
+            return;
+        }
+        let ids: Vec<PortId> = plans.iter().map(|p| p.id).collect();
+        let taken = self.call(move |w| {
+            ids.iter()
+                .filter_map(|&id| w.take_port(id))
+                .collect::<Vec<_>>()
+        });
+        let mut frames = Vec::new();
+        if let Ok(ports) = taken {
+            for mut port in ports {
+                frames.extend(port.close());
+            }
+        }
+        if !frames.is_empty() {
+            // Without waiting: later jobs (ports opened next) run after this one.
+            let _ = self.worker.mailbox.post(move |w| w.free_frames(&frames));
+        }
+        for plan in plans {
+            self.frames_committed = self
+                .frames_committed
+                .saturating_sub(Bindings::frames_needed(&plan.binding));
+            self.bindings.release(plan.id, &plan.key);
+            self.status.remove(&plan.id);
+        }
+    }
+}
+
+/// A port and whether it opened (or why not).
+type OpenOutcome = (PortPlan, Result<(), String>);
+
+/// How the ports of two configurations differ.
+#[derive(Debug, Default)]
+pub(super) struct PortChanges {
+    pub(super) added: Vec<PortPlan>,
+    pub(super) removed: Vec<PortPlan>,
+    /// Same key, other binding: the old plan and the new one.
+    pub(super) rebound_old: Vec<PortPlan>,
+    pub(super) rebound_new: Vec<PortPlan>,
+}
+
+impl PortChanges {
+    pub(super) fn between(old: &[PortPlan], new: &[PortPlan]) -> Self {
+        let old_by_key: BTreeMap<&str, &PortPlan> =
+            old.iter().map(|p| (p.key.as_str(), p)).collect();
+        let new_keys: BTreeSet<&str> = new.iter().map(|p| p.key.as_str()).collect();
+        let mut changes = PortChanges::default();
+        for plan in new {
+            match old_by_key.get(plan.key.as_str()) {
+                None => changes.added.push(plan.clone()),
+                Some(old) if old.binding != plan.binding => {
+                    changes.rebound_old.push((*old).clone());
+                    changes.rebound_new.push(plan.clone());
+                }
+                Some(_) => {}
+            }
+        }
+        changes.removed = old
+            .iter()
+            .filter(|p| !new_keys.contains(p.key.as_str()))
+            .cloned()
+            .collect();
+        changes
+    }
+}
+
+/// A port key as users name the port: a VM port by its id, an uplink as `uplink:NAME`.
+pub fn port_label(key: &str) -> &str {
+    key.strip_prefix("port:").unwrap_or(key)
+}
+
+/// The kind of a port as `ports.list` shows it.
+pub fn kind_name(kind: PortKind) -> &'static str {
+    match kind {
+        PortKind::Uplink => "uplink",
+        PortKind::Vm => "vm",
+    }
+}

@@ -1,0 +1,221 @@
+//! Routers: interfaces on subnets (at their gateways), the external gateway and extra
+//! routes.
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use super::{Checked, Checker, Network, Route, Subnet};
+use crate::addr::Ipv4Cidr;
+use crate::model;
+
+/// A checked external gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExternalGateway {
+    /// Index of the external network.
+    pub network: usize,
+    /// Index of the external network's subnet holding `ip`.
+    pub subnet: usize,
+    /// The router's address there.
+    pub ip: Ipv4Addr,
+    /// SNAT on.
+    pub enable_snat: bool,
+}
+
+/// A checked router.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Router {
+    /// Unique id.
+    pub id: String,
+    /// Indices of the subnets it has an interface on (at their gateway IPs).
+    pub interfaces: Vec<usize>,
+    /// Its external gateway.
+    pub external_gateway: Option<ExternalGateway>,
+    /// Extra routes (next hops in connected subnets).
+    pub routes: Vec<Route>,
+}
+
+impl Checker {
+    pub(super) fn routers(
+        &mut self,
+        routers: &[model::Router],
+        networks: &Checked<Network>,
+        subnets: &Checked<Subnet>,
+    ) -> Checked<Router> {
+        let mut out = Checked::default();
+        let mut attached: HashMap<usize, String> = HashMap::new();
+        for (i, r) in routers.iter().enumerate() {
+            let base = format!("routers[{i}]");
+            let before = self.errors.len();
+            self.id(format!("{base}.id"), &r.id, "router", &mut out.by_id, i);
+            let id_ok = self.clean(before);
+            let mut interfaces: Vec<usize> = Vec::new();
+            for (k, sid) in r.interfaces.iter().enumerate() {
+                let p = format!("{base}.interfaces[{k}]");
+                let Some(si) = self.reference(&p, sid, "subnet", subnets) else {
+                    continue;
+                };
+                let s = &subnets.items[si];
+                if interfaces.contains(&si) {
+                    self.err(p, format!("subnet {sid} is listed twice"));
+                    continue;
+                }
+                if s.gateway_ip.is_none() {
+                    self.err(
+                        p,
+                        format!("subnet {sid} has no gateway_ip for the router's interface"),
+                    );
+                    continue;
+                }
+                if let Some(other) = attached.get(&si) {
+                    let m = format!("subnet {sid} already has an interface on router {other}");
+                    self.err(p, m);
+                    continue;
+                }
+                if let Some(&o) = interfaces
+                    .iter()
+                    .find(|&&o| subnets.items[o].network == s.network)
+                {
+                    // One interface per network: the data plane gives a router one MAC,
+                    // and each network sees it once.
+                    let m = format!(
+                        "subnet {sid} is on the same network as subnet {}, which already has \
+                         an interface on this router",
+                        subnets.items[o].id
+                    );
+                    self.err(p, m);
+                    continue;
+                }
+                if let Some(&o) = interfaces
+                    .iter()
+                    .find(|&&o| subnets.items[o].cidr.overlaps(&s.cidr))
+                {
+                    let o = &subnets.items[o];
+                    self.err(
+                        p,
+                        format!(
+                            "{} of subnet {sid} overlaps {} of subnet {} on the same router",
+                            s.cidr, o.cidr, o.id
+                        ),
+                    );
+                    continue;
+                }
+                attached.insert(si, r.id.clone());
+                interfaces.push(si);
+            }
+            let external_gateway = r.external_gateway_info.as_ref().and_then(|g| {
+                let gp = format!("{base}.external_gateway_info");
+                let network = self.reference(
+                    &format!("{gp}.network_id"),
+                    &g.network_id,
+                    "network",
+                    networks,
+                );
+                let ip = self.ip(&format!("{gp}.external_fixed_ip"), &g.external_fixed_ip);
+                let network = network?;
+                if interfaces
+                    .iter()
+                    .any(|&s| subnets.items[s].network == network)
+                {
+                    self.err(
+                        format!("{gp}.network_id"),
+                        format!(
+                            "network {} is also on an interface of this router",
+                            g.network_id
+                        ),
+                    );
+                    return None;
+                }
+                let ip = ip?;
+                let ip_path = format!("{gp}.external_fixed_ip");
+                let subnet = self.subnet_of(&ip_path, network, ip, subnets, networks)?;
+                if !self.host_ip(&ip_path, ip, &subnets.items[subnet]) {
+                    return None;
+                }
+                self.use_ip(
+                    &ip_path,
+                    network,
+                    ip,
+                    format!("the gateway of router {}", r.id),
+                );
+                Some(ExternalGateway {
+                    network,
+                    subnet,
+                    ip,
+                    enable_snat: g.enable_snat,
+                })
+            });
+            let connected: Vec<Ipv4Cidr> = interfaces
+                .iter()
+                .map(|&s| subnets.items[s].cidr)
+                .chain(external_gateway.map(|g| subnets.items[g.subnet].cidr))
+                .collect();
+            let routes = r
+                .routes
+                .iter()
+                .enumerate()
+                .filter_map(|(k, rt)| {
+                    let p = format!("{base}.routes[{k}]");
+                    let destination = self.cidr(&format!("{p}.destination"), &rt.destination);
+                    let nexthop = self.ip(&format!("{p}.nexthop"), &rt.nexthop)?;
+                    if !connected.iter().any(|c| c.contains(nexthop)) {
+                        self.err(
+                            format!("{p}.nexthop"),
+                            format!(
+                                "{nexthop} is not inside a subnet connected to router {}",
+                                r.id
+                            ),
+                        );
+                    }
+                    Some(Route {
+                        destination: destination?,
+                        nexthop,
+                    })
+                })
+                .collect();
+            out.items.push(Router {
+                id: r.id.clone(),
+                interfaces,
+                external_gateway,
+                routes,
+            });
+            out.ok.push(id_ok);
+        }
+        out
+    }
+
+    /// The valid subnet of `network` that contains `ip`; an error when there is none.
+    pub(super) fn subnet_of(
+        &mut self,
+        path: &str,
+        network: usize,
+        ip: Ipv4Addr,
+        subnets: &Checked<Subnet>,
+        networks: &Checked<Network>,
+    ) -> Option<usize> {
+        let found = subnets
+            .items
+            .iter()
+            .zip(&subnets.ok)
+            .position(|(s, &ok)| ok && s.network == network && s.cidr.contains(ip));
+        if found.is_none() {
+            let net = &networks.items[network].id;
+            let has_subnets = subnets
+                .items
+                .iter()
+                .zip(&subnets.ok)
+                .any(|(s, &ok)| ok && s.network == network);
+            if has_subnets {
+                self.err(
+                    path,
+                    format!("{ip} is not inside a subnet of network {net}"),
+                );
+            } else {
+                self.err(
+                    path,
+                    format!("{ip} needs a subnet of network {net}, which has none"),
+                );
+            }
+        }
+        found
+    }
+}

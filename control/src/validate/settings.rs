@@ -1,0 +1,209 @@
+//! The daemon-wide settings: learning parameters (`[l2]`) and the DHCP server's rate
+//! limits (`[dhcp]`).
+
+use pollux_dataplane::ratelimit::BucketConfig;
+use pollux_dataplane::snapshot::L2Config;
+
+use super::Checker;
+use crate::model;
+
+/// Checked rate limits of the DHCP server (`[dhcp]`): rates 0..=1,000,000 per second,
+/// bursts 1..=1,000,000.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DhcpLimits {
+    /// Messages one port may send to its network's DHCP server (`port_rate`,
+    /// `port_burst`).
+    pub port: BucketConfig,
+    /// Messages per client MAC (`client_rate`, `client_burst`): the server's per-client
+    /// limit.
+    pub client: BucketConfig,
+    /// Messages one network's server handles in all (`network_rate`, `network_burst`):
+    /// the server's global limit.
+    pub network: BucketConfig,
+}
+
+/// Largest DHCP rate (per second) and burst of `[dhcp]`.
+pub const MAX_DHCP_LIMIT: i64 = 1_000_000;
+
+impl Checker {
+    pub(super) fn l2(&mut self, l2: &model::L2) -> L2Config {
+        let mut out = L2Config::default();
+        match u32::try_from(l2.mac_aging_secs) {
+            Ok(v) if v >= 1 => out.mac_aging_secs = v,
+            _ => self.err(
+                "l2.mac_aging_secs",
+                format!("{} is outside 1..={}", l2.mac_aging_secs, u32::MAX),
+            ),
+        }
+        match u32::try_from(l2.mac_limit_per_network) {
+            Ok(v) if v >= 1 => out.mac_limit_per_network = v,
+            _ => self.err(
+                "l2.mac_limit_per_network",
+                format!("{} is outside 1..={}", l2.mac_limit_per_network, u32::MAX),
+            ),
+        }
+        out
+    }
+
+    pub(super) fn dhcp_limits(&mut self, d: &model::DhcpLimits) -> DhcpLimits {
+        let mut bucket = |name: &str, rate: i64, burst: i64, default: BucketConfig| {
+            let mut out = default;
+            match u32::try_from(rate) {
+                Ok(v) if i64::from(v) <= MAX_DHCP_LIMIT => out.rate_per_sec = v,
+                _ => self.err(
+                    format!("dhcp.{name}_rate"),
+                    format!("{rate} is outside 0..={MAX_DHCP_LIMIT} (messages per second)"),
+                ),
+            }
+            match u32::try_from(burst) {
+                Ok(v) if v >= 1 && i64::from(v) <= MAX_DHCP_LIMIT => out.burst = v,
+                _ => self.err(
+                    format!("dhcp.{name}_burst"),
+                    format!("{burst} is outside 1..={MAX_DHCP_LIMIT} (messages)"),
+                ),
+            }
+            out
+        };
+        let defaults = model::DhcpLimits::default();
+        let default_of = |rate: i64, burst: i64| BucketConfig {
+            rate_per_sec: rate as u32,
+            burst: burst as u32,
+        };
+        DhcpLimits {
+            port: bucket(
+                "port",
+                d.port_rate,
+                d.port_burst,
+                default_of(defaults.port_rate, defaults.port_burst),
+            ),
+            client: bucket(
+                "client",
+                d.client_rate,
+                d.client_burst,
+                default_of(defaults.client_rate, defaults.client_burst),
+            ),
+            network: bucket(
+                "network",
+                d.network_rate,
+                d.network_burst,
+                default_of(defaults.network_rate, defaults.network_burst),
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validate::fixtures::*;
+    use crate::validate::validate;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn dhcp_defaults() {
+        let v = validate(&base()).unwrap();
+        let s = &v.subnets[0];
+        assert_eq!(s.dhcp_server_ip, Some(Ipv4Addr::new(198, 18, 1, 254)));
+        assert_eq!(s.lease_time, 86_400);
+        assert!(!s.serve_unknown);
+        assert_eq!(v.networks[0].dns_domain, None);
+        assert_eq!(v.ports[0].hostname, None);
+        assert!(v.ports[0].extra_dhcp_opts.is_empty());
+        assert_eq!(
+            v.dhcp,
+            DhcpLimits {
+                port: BucketConfig {
+                    rate_per_sec: 100,
+                    burst: 200
+                },
+                client: BucketConfig {
+                    rate_per_sec: 5,
+                    burst: 20
+                },
+                network: BucketConfig {
+                    rate_per_sec: 5000,
+                    burst: 1000
+                },
+            }
+        );
+        // Without DHCP there is no server address.
+        let mut state = base();
+        state.subnets[0].enable_dhcp = false;
+        assert_eq!(validate(&state).unwrap().subnets[0].dhcp_server_ip, None);
+        // A /30's last host address.
+        state.subnets[0].enable_dhcp = true;
+        state.subnets[0].cidr = "198.18.1.8/30".into();
+        state.subnets[0].gateway_ip = Some("198.18.1.9".into());
+        state.ports[0].fixed_ips.clear();
+        state.floating_ips[0].port_id = None;
+        let v = validate(&state).unwrap();
+        assert_eq!(
+            v.subnets[0].dhcp_server_ip,
+            Some(Ipv4Addr::new(198, 18, 1, 10))
+        );
+    }
+
+    #[test]
+    fn dhcp_settings_are_read() {
+        let mut state = base();
+        state.dhcp.port_rate = 0;
+        state.dhcp.port_burst = 1;
+        state.dhcp.network_rate = 1_000_000;
+        state.subnets[0].dhcp_server_ip = Some("198.18.1.2".into());
+        state.subnets[0].dhcp_lease_duration = Some(-1);
+        state.subnets[0].dhcp_serve_unknown = true;
+        state.subnets[1].dhcp_lease_duration = Some(60);
+        state.networks[0].dns_domain = Some("Example.org.".into());
+        state.networks[1].dns_domain = Some(String::new());
+        state.ports[0].dns_name = Some("vm-1.example.org".into());
+        let v = validate(&state).unwrap();
+        assert_eq!(
+            v.dhcp.port,
+            BucketConfig {
+                rate_per_sec: 0,
+                burst: 1
+            }
+        );
+        assert_eq!(v.dhcp.network.rate_per_sec, 1_000_000);
+        assert_eq!(
+            v.subnets[0].dhcp_server_ip,
+            Some(Ipv4Addr::new(198, 18, 1, 2))
+        );
+        assert_eq!(v.subnets[0].lease_time, u32::MAX);
+        assert!(v.subnets[0].serve_unknown);
+        assert_eq!(v.subnets[1].lease_time, 60);
+        assert_eq!(v.networks[0].dns_domain.as_deref(), Some("Example.org"));
+        assert_eq!(v.networks[1].dns_domain, None);
+        assert_eq!(v.ports[0].hostname.as_deref(), Some("vm-1.example.org"));
+        // A server address given with DHCP off is checked, then not used.
+        state.subnets[0].enable_dhcp = false;
+        assert_eq!(validate(&state).unwrap().subnets[0].dhcp_server_ip, None);
+        state.subnets[0].dhcp_server_ip = Some("198.18.2.2".into());
+        assert_errors(
+            &state,
+            &["subnets[0].dhcp_server_ip: 198.18.2.2 is not inside the subnet's cidr 198.18.1.0/24"],
+        );
+    }
+
+    #[test]
+    fn dhcp_limits_are_bounded() {
+        let mut state = base();
+        state.dhcp.port_rate = -1;
+        state.dhcp.port_burst = 0;
+        state.dhcp.client_rate = 1_000_001;
+        state.dhcp.client_burst = 1_000_001;
+        state.dhcp.network_rate = i64::MAX;
+        state.dhcp.network_burst = -5;
+        assert_errors(
+            &state,
+            &[
+                "dhcp.port_rate: -1 is outside 0..=1000000 (messages per second)",
+                "dhcp.port_burst: 0 is outside 1..=1000000 (messages)",
+                "dhcp.client_rate: 1000001 is outside 0..=1000000 (messages per second)",
+                "dhcp.client_burst: 1000001 is outside 1..=1000000 (messages)",
+                "dhcp.network_rate: 9223372036854775807 is outside 0..=1000000 (messages per second)",
+                "dhcp.network_burst: -5 is outside 1..=1000000 (messages)",
+            ],
+        );
+    }
+}
