@@ -22,6 +22,7 @@ pub mod icmp_error;
 pub mod l2;
 pub mod l3;
 pub mod lpm;
+pub mod offload;
 pub mod output;
 pub mod packet;
 pub mod port;
