@@ -13,7 +13,7 @@ use pollux_drivers::netdev::Interface;
 use pollux_drivers::xdp::encode;
 
 use super::scenario::{Ports, Scenario};
-use super::sys::{self, in_netns, interrupted, interrupted_error, run, run_in, write_in};
+use super::sys::{self, interrupted, interrupted_error, run, run_in, write_in};
 use super::topology::Topology;
 
 /// A kind of device under test.
@@ -301,9 +301,9 @@ pub fn start(
         }
         DutKind::XdpRedirect => {
             let (ingress, egress) = (t.ingress.clone(), t.egress.clone());
-            let loaded = in_netns(
-                &t.sw_ns,
-                || -> Result<Option<(BpfLink, BpfProgram)>, String> {
+            let loaded = t
+                .ns("sw")
+                .run_here(|| -> Result<Option<(BpfLink, BpfProgram)>, String> {
                     let (_, in_idx) = Interface::from(ingress.as_str())
                         .resolve()
                         .map_err(|e| e.to_string())?;
@@ -323,8 +323,8 @@ pub fn start(
                     let link = BpfLink::create_xdp(&prog, in_idx, XDP_FLAGS_DRV_MODE)
                         .map_err(|e| format!("attach redirect program to {ingress}: {e}"))?;
                     Ok(Some((link, prog)))
-                },
-            )??;
+                })
+                .map_err(|e| e.to_string())??;
             let Some(loaded) = loaded else {
                 return Ok(None);
             };
