@@ -1542,6 +1542,37 @@ impl Capture {
         filter: &[&str],
         format: CaptureFormat,
     ) -> Result<Capture> {
+        Capture::start_with(ns, ifname, count, filter, format, &[])
+    }
+
+    /// [`Capture::start`] for the frames `ifname` receives only (`-Q in`), each handed to
+    /// tcpdump as it arrives (`--immediate-mode`): what a host sends itself is not seen,
+    /// and a capture finished right after the traffic has every frame.
+    pub fn start_inbound(
+        ns: &Netns,
+        ifname: &str,
+        count: u32,
+        filter: &[&str],
+        format: CaptureFormat,
+    ) -> Result<Capture> {
+        Capture::start_with(
+            ns,
+            ifname,
+            count,
+            filter,
+            format,
+            &["-Q", "in", "--immediate-mode"],
+        )
+    }
+
+    fn start_with(
+        ns: &Netns,
+        ifname: &str,
+        count: u32,
+        filter: &[&str],
+        format: CaptureFormat,
+        options: &[&str],
+    ) -> Result<Capture> {
         check_ifname(ifname)?;
         if !(1..=CAPTURE_MAX_COUNT).contains(&count) {
             return invalid(format!(
@@ -1560,6 +1591,7 @@ impl Capture {
         };
         let file_s = file.as_ref().map(|f| f.to_string_lossy().into_owned());
         let mut args: Vec<&str> = vec!["-i", ifname, "-c", &count_s, "-nn", "-Z", "root"];
+        args.extend(options);
         match &file_s {
             None => args.extend(["-e", "-l"]),
             Some(f) => args.extend(["-U", "-w", f]),
