@@ -8,13 +8,13 @@
 #   routing   198.18.0.1 -> 198.18.99.99 across two subnets
 #     pollux       polluxd, router r1 with an interface on each subnet, worker on CPU 1
 #     qrouter      the Neutron reference: a namespace with ip_forward, as an L3 agent's
-#                  qrouter (the kernel forwards on the sending CPU, see compare.sh)
+#                  qrouter (the kernel forwards on the sending CPU, see bench/README.md)
 #   snat      198.18.0.1 -> 203.0.113.99 through SNAT to the gateway address 203.0.113.10
 #     pollux       polluxd, router r1 with external gateway and enable_snat
 #     qrouter      ip_forward + iptables -t nat POSTROUTING SNAT, as the L3 agent sets up
 #
 # Open vSwitch has no router or NAT without a controller programming it (OVN), so it is
-# not a device here; compare.sh has it for switching.
+# not a device here; `pollux-bench compare` has it for switching.
 #
 # Usage: bench/compare-l3.sh [SECONDS]   (default 5 s per device; needs root)
 set -euo pipefail
