@@ -10,3 +10,4 @@
 pub mod dhcp;
 pub mod netns;
 pub mod ovs;
+pub mod signal;

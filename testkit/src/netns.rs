@@ -177,7 +177,8 @@ pub fn require_root() {
     assert!(
         euid == 0,
         "this test needs root (network namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN); \
-         effective uid is {euid}: run it as root, e.g. `sudo -E cargo test ...`"
+         effective uid is {euid}: run it as root with the ignored tests included, e.g. \
+         `sudo -E cargo test --workspace -- --include-ignored`"
     );
 }
 
