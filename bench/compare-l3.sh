@@ -35,23 +35,13 @@ SINK_MAC=02:00:00:00:02:02
 # polluxd's first router gets identity 1, so this MAC (see README, "Routers").
 ROUTER_MAC=02:70:6c:00:00:01
 # The topology of `pollux-bench compare`, made and held by the namespace kit: it deletes
-# the namespaces (and whatever still runs in them) when this script closes its stdin,
-# also when the script is killed. Sets PREFIX, NS_GEN, NS_SW and NS_SINK.
-coproc TOPO { exec "$PWD/target/release/pollux-netns" ns=gen ns=sw ns=sink \
-    "veth=sw/%g,gen/eth0@$GEN_MAC" "veth=sw/%k,sink/eth0@$SINK_MAC"; }
-topo_pid=$TOPO_PID
-read -r names <&"${TOPO[0]}" || { echo "compare-l3: no topology" >&2; exit 1; }
-eval "$names"
+# the namespaces (and whatever still runs in them) when this script ends, also when the
+# script is killed. Sets PREFIX, NS_GEN, NS_SW and NS_SINK.
+. bench/kit.sh
+trap kit_down EXIT
+kit_up "$PWD/target/release/pollux-netns" ns=gen ns=sw ns=sink \
+    "veth=sw/%g,gen/eth0@$GEN_MAC" "veth=sw/%k,sink/eth0@$SINK_MAC"
 work=$(mktemp -d "/tmp/$PREFIX.XXXX")
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    exec {TOPO[1]}>&-
-    wait "$topo_pid" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
 
 # The sink owns the destinations (so routers can resolve them) and discards the frames
 # before the UDP layer would answer with port unreachable.

@@ -86,16 +86,16 @@ polluxctl=$PWD/$target_dir/release/polluxctl
 [ -d "$workbase" ] || workbase=/tmp
 CLIENT_MAC=fa:16:3e:ff:ff:fe
 # The namespaces, made and held by the namespace kit: it deletes them (and whatever still
-# runs in them) when this script closes its stdin, also when the script is killed. sw and
-# dm hold the servers under test; cp and cd are their clients: eth0 is the link to the
-# server, perfdhcp listens on cin, whose peer cout forwards to and from eth0 (below).
-# Sets PREFIX, NS_SW, NS_DM, NS_CP and NS_CD.
-coproc TOPO { exec "$PWD/$target_dir/release/pollux-netns" ns=sw ns=dm ns=cp ns=cd \
+# runs in them) when this script ends, also when it is killed. sw and dm hold the servers
+# under test; cp and cd are their clients: eth0 is the link to the server, perfdhcp
+# listens on cin, whose peer cout forwards to and from eth0 (below). Sets PREFIX, NS_SW,
+# NS_DM, NS_CP and NS_CD.
+. bench/kit.sh
+trap kit_down EXIT
+trap 'exit 130' INT TERM
+kit_up "$PWD/$target_dir/release/pollux-netns" ns=sw ns=dm ns=cp ns=cd \
     veth=sw/%p,cp/eth0 veth=dm/%d,cd/eth0 \
-    "veth=cp/cin@$CLIENT_MAC,cp/cout" "veth=cd/cin@$CLIENT_MAC,cd/cout"; }
-topo_pid=$TOPO_PID
-read -r names <&"${TOPO[0]}" || { echo "dhcp-perf: no topology" >&2; exit 1; }
-eval "$names"
+    "veth=cp/cin@$CLIENT_MAC,cp/cout" "veth=cd/cin@$CLIENT_MAC,cd/cout"
 work=$(mktemp -d "$workbase/$PREFIX.XXXX")
 # dnsmasq reads its hosts and opts files after dropping root (as Neutron's does).
 chmod 755 "$work"
@@ -113,17 +113,6 @@ LEASE=86400
 DOMAIN=openstacklocal
 SUBNET_ID=3f1c0a52-9e4b-4bb4-8a51-7d3c0d5e0001
 
-pids=()
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    exec {TOPO[1]}>&-
-    wait "$topo_pid" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 # Addresses and forwarding in the client namespace of one server: perfdhcp listens on
 # cin, whose peer cout forwards to and from eth0, the link to the server.
