@@ -137,6 +137,7 @@ fn ip_keyword(mode: XdpMode) -> &'static str {
 }
 
 #[test]
+#[ignore = "needs root: XDP programs and AF_XDP sockets (run with --include-ignored as root)"]
 fn attach_detach_reattach_and_refuse_a_second_program() {
     require_root();
     let ns = TestNs::new();
@@ -201,6 +202,7 @@ fn attach_detach_reattach_and_refuse_a_second_program() {
 }
 
 #[test]
+#[ignore = "needs root: XDP programs and AF_XDP sockets (run with --include-ignored as root)"]
 fn attach_by_index_names_the_interface() {
     require_root();
     let ns = TestNs::new();
@@ -227,6 +229,7 @@ fn pollux_drivers_ifindex(name: &str) -> u32 {
 }
 
 #[test]
+#[ignore = "needs root: XDP programs and AF_XDP sockets (run with --include-ignored as root)"]
 fn verifier_rejection_carries_the_log() {
     require_root();
     // `exit` with r0 never written: the verifier refuses ("R0 !read_ok").
@@ -241,6 +244,7 @@ fn verifier_rejection_carries_the_log() {
 /// A process that attaches and is then killed (no destructors run) leaves nothing behind:
 /// the link fd is closed by the kernel and the program detached.
 #[test]
+#[ignore = "needs root: XDP programs and AF_XDP sockets (run with --include-ignored as root)"]
 fn detaches_when_the_owner_is_killed() {
     if let Ok(ns) = std::env::var(CHILD_NS_ENV) {
         attach_and_wait_to_be_killed(&ns);

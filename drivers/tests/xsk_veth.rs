@@ -234,6 +234,7 @@ fn extra(port: &AfXdpPort, name: &str) -> u64 {
 }
 
 #[test]
+#[ignore = "needs root: XDP programs and AF_XDP sockets (run with --include-ignored as root)"]
 fn tx_reaches_the_peer_byte_for_byte_on_two_ports_sharing_one_umem() {
     require_root();
     let ns = Netns::new("tx");
@@ -306,6 +307,7 @@ fn tx_reaches_the_peer_byte_for_byte_on_two_ports_sharing_one_umem() {
 }
 
 #[test]
+#[ignore = "needs root: XDP programs and AF_XDP sockets (run with --include-ignored as root)"]
 fn rx_via_xdp_redirect_returns_the_frames_byte_for_byte() {
     require_root();
     let ns = Netns::new("rx");

@@ -240,6 +240,7 @@ impl LineExt for &str {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn ovs_netdev_trunk_tags_and_separates_vlans() {
     preflight();
     netns::remove_stale_once();
