@@ -84,11 +84,13 @@ id = "sub-a"
 network_id = "a"
 cidr = "198.18.0.0/24"
 gateway_ip = "198.18.0.254"
+enable_dhcp = false
 [[subnets]]
 id = "sub-b"
 network_id = "b"
 cidr = "$([ "$1" = snat ] && echo 203.0.113.0/24 || echo 198.18.99.0/24)"
 gateway_ip = "$([ "$1" = snat ] && echo 203.0.113.1 || echo 198.18.99.254)"
+enable_dhcp = false
 [[ports]]
 id = "gen"
 network_id = "a"
