@@ -926,26 +926,36 @@ impl Netns {
         F: FnOnce() -> R + Send,
         R: Send,
     {
-        let path = self.path();
-        let file = std::fs::File::open(&path).map_err(|source| Error::Io {
-            what: format!("opening {}", path.display()),
-            source,
-        })?;
-        let outcome = thread::scope(|s| {
-            s.spawn(|| {
-                // This thread ends right after `f`, so it is never moved back.
-                setns_net(&file).map_err(|source| Error::Io {
-                    what: format!("setns into {}", path.display()),
-                    source,
-                })?;
-                Ok(f())
-            })
-            .join()
-        });
-        match outcome {
-            Ok(r) => r,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
+        run_in_named(&self.name, f)
+    }
+}
+
+/// [`Netns::run_in`] for a namespace this process does not own, by its name (a child
+/// process working in its parent's namespace); nothing is deleted afterwards.
+pub fn run_in_named<F, R>(name: &str, f: F) -> Result<R>
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+{
+    let path = Path::new("/run/netns").join(name);
+    let file = std::fs::File::open(&path).map_err(|source| Error::Io {
+        what: format!("opening {}", path.display()),
+        source,
+    })?;
+    let outcome = thread::scope(|s| {
+        s.spawn(|| {
+            // This thread ends right after `f`, so it is never moved back.
+            setns_net(&file).map_err(|source| Error::Io {
+                what: format!("setns into {}", path.display()),
+                source,
+            })?;
+            Ok(f())
+        })
+        .join()
+    });
+    match outcome {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
     }
 }
 
