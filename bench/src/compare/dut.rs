@@ -281,16 +281,21 @@ fn ensure_ovs() -> Result<(), String> {
         return Ok(());
     }
     eprintln!("pollux-bench: installing openvswitch-switch with apt-get");
-    run(&["apt-get", "update", "-q"])?;
-    run(&[
-        "env",
-        "DEBIAN_FRONTEND=noninteractive",
-        "apt-get",
-        "install",
-        "-y",
-        "-q",
-        "openvswitch-switch",
-    ])
+    // Package downloads take longer than the kit's default bound for a command.
+    let apt = Duration::from_secs(600);
+    sys::run_for(&["apt-get", "update", "-q"], apt)?;
+    sys::run_for(
+        &[
+            "env",
+            "DEBIAN_FRONTEND=noninteractive",
+            "apt-get",
+            "install",
+            "-y",
+            "-q",
+            "openvswitch-switch",
+        ],
+        apt,
+    )
     .map(drop)
 }
 
