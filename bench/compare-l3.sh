@@ -8,13 +8,13 @@
 #   routing   198.18.0.1 -> 198.18.99.99 across two subnets
 #     pollux       polluxd, router r1 with an interface on each subnet, worker on CPU 1
 #     qrouter      the Neutron reference: a namespace with ip_forward, as an L3 agent's
-#                  qrouter (the kernel forwards on the sending CPU, see compare.sh)
+#                  qrouter (the kernel forwards on the sending CPU, see bench/README.md)
 #   snat      198.18.0.1 -> 203.0.113.99 through SNAT to the gateway address 203.0.113.10
 #     pollux       polluxd, router r1 with external gateway and enable_snat
 #     qrouter      ip_forward + iptables -t nat POSTROUTING SNAT, as the L3 agent sets up
 #
 # Open vSwitch has no router or NAT without a controller programming it (OVN), so it is
-# not a device here; compare.sh has it for switching.
+# not a device here; `pollux-bench compare` has it for switching.
 #
 # Usage: bench/compare-l3.sh [SECONDS]   (default 5 s per device; needs root)
 set -euo pipefail
@@ -25,47 +25,36 @@ command -v iptables >/dev/null || {
     echo "compare-l3: installing iptables" >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q iptables >/dev/null
 }
-cargo build --release -q -p pollux-control --bin polluxd -p pollux-bench --bin pollux-gen
+cargo build --release -q -p pollux-control --bin polluxd -p pollux-bench --bin pollux-gen \
+    -p pollux-testkit --bin pollux-netns
 polluxd=$PWD/target/release/polluxd
 gen=$PWD/target/release/pollux-gen
 
-P="pl$(printf '%04x' $(( $$ % 65536 )))"
-work=$(mktemp -d "/tmp/$P.XXXX")
 GEN_MAC=02:00:00:00:01:01
 SINK_MAC=02:00:00:00:02:02
 # polluxd's first router gets identity 1, so this MAC (see README, "Routers").
 ROUTER_MAC=02:70:6c:00:00:01
-pids=()
-cleanup() {
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    for n in gen sw sink; do ip netns del "$P$n" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
+# The topology of `pollux-bench compare`, made and held by the namespace kit: it deletes
+# the namespaces (and whatever still runs in them) when this script ends, also when the
+# script is killed. Sets PREFIX, NS_GEN, NS_SW and NS_SINK.
+. bench/kit.sh
+trap kit_down EXIT
+kit_up "$PWD/target/release/pollux-netns" ns=gen ns=sw ns=sink \
+    "veth=sw/%g,gen/eth0@$GEN_MAC" "veth=sw/%k,sink/eth0@$SINK_MAC"
+work=$(mktemp -d "/tmp/$PREFIX.XXXX")
 
-for n in gen sw sink; do
-    ip netns add "$P$n"
-    ip -n "$P$n" link set lo up
-    ip netns exec "$P$n" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
-done
-ip -n "${P}sw" link add "${P}g" type veth peer name eth0 netns "${P}gen"
-ip -n "${P}sw" link add "${P}k" type veth peer name eth0 netns "${P}sink"
-ip -n "${P}gen" link set eth0 address $GEN_MAC
-ip -n "${P}sink" link set eth0 address $SINK_MAC
-for l in "sw ${P}g" "sw ${P}k" "gen eth0" "sink eth0"; do set -- $l; ip -n "$P$1" link set "$2" up; done
 # The sink owns the destinations (so routers can resolve them) and discards the frames
 # before the UDP layer would answer with port unreachable.
-ip -n "${P}sink" addr add 198.18.99.99/24 dev eth0
-ip -n "${P}sink" addr add 203.0.113.99/24 dev eth0
-ip netns exec "${P}sink" iptables -A INPUT -p udp --dport 9 -j DROP
+ip -n "$NS_SINK" addr add 198.18.99.99/24 dev eth0
+ip -n "$NS_SINK" addr add 203.0.113.99/24 dev eth0
+ip netns exec "$NS_SINK" iptables -A INPUT -p udp --dport 9 -j DROP
 
-sink_rx() { ip netns exec "${P}sink" cat /sys/class/net/eth0/statistics/rx_packets; }
+sink_rx() { ip netns exec "$NS_SINK" cat /sys/class/net/eth0/statistics/rx_packets; }
 declare -A rate
 measure() { # label dst_mac dst_ip
     local before after out secs sent
     before=$(sink_rx)
-    out=$(ip netns exec "${P}gen" taskset -c 0 "$gen" eth0 "$2" $GEN_MAC "$seconds" \
+    out=$(ip netns exec "$NS_GEN" taskset -c 0 "$gen" eth0 "$2" $GEN_MAC "$seconds" \
         18446744073709551615 198.18.0.1 "$3")
     sleep 0.5
     after=$(sink_rx)
@@ -78,7 +67,7 @@ measure() { # label dst_mac dst_ip
 }
 # Lets a router learn the sink's MAC before the measurement, as ongoing traffic would.
 warm() { # dst_mac dst_ip
-    ip netns exec "${P}gen" "$gen" eth0 "$1" $GEN_MAC 1 10 198.18.0.1 "$2" >/dev/null
+    ip netns exec "$NS_GEN" "$gen" eth0 "$1" $GEN_MAC 1 10 198.18.0.1 "$2" >/dev/null
     sleep 1
 }
 
@@ -95,21 +84,23 @@ id = "sub-a"
 network_id = "a"
 cidr = "198.18.0.0/24"
 gateway_ip = "198.18.0.254"
+enable_dhcp = false
 [[subnets]]
 id = "sub-b"
 network_id = "b"
 cidr = "$([ "$1" = snat ] && echo 203.0.113.0/24 || echo 198.18.99.0/24)"
 gateway_ip = "$([ "$1" = snat ] && echo 203.0.113.1 || echo 198.18.99.254)"
+enable_dhcp = false
 [[ports]]
 id = "gen"
 network_id = "a"
 mac_address = "$GEN_MAC"
-binding = { driver = "afxdp", interface = "${P}g" }
+binding = { driver = "afxdp", interface = "${PREFIX}g" }
 [[ports]]
 id = "sink"
 network_id = "b"
 mac_address = "$SINK_MAC"
-binding = { driver = "afxdp", interface = "${P}k" }
+binding = { driver = "afxdp", interface = "${PREFIX}k" }
 [[routers]]
 id = "r1"
 EOF
@@ -123,7 +114,7 @@ EOF
 
 run_pollux() { # scenario dst_ip
     pollux_config "$1" >"$work/$1.toml"
-    ip netns exec "${P}sw" "$polluxd" --config "$work/$1.toml" --cores 1 \
+    ip netns exec "$NS_SW" "$polluxd" --config "$work/$1.toml" --cores 1 \
         --socket "$work/$1.sock" --state-dir "$work/$1-state" 2>"$work/$1.log" &
     pids+=($!)
     for _ in $(seq 50); do grep -q ready "$work/$1.log" && break; sleep 0.1; done
@@ -134,22 +125,22 @@ run_pollux() { # scenario dst_ip
 }
 
 run_qrouter() { # scenario dst_ip
-    local sw=(ip netns exec "${P}sw")
+    local sw=(ip netns exec "$NS_SW")
     "${sw[@]}" sysctl -qw net.ipv4.ip_forward=1
-    ip -n "${P}sw" addr add 198.18.0.254/24 dev "${P}g"
+    ip -n "$NS_SW" addr add 198.18.0.254/24 dev "${PREFIX}g"
     if [ "$1" = snat ]; then
-        ip -n "${P}sw" addr add 203.0.113.10/24 dev "${P}k"
-        "${sw[@]}" iptables -t nat -A POSTROUTING -o "${P}k" -j SNAT --to-source 203.0.113.10
+        ip -n "$NS_SW" addr add 203.0.113.10/24 dev "${PREFIX}k"
+        "${sw[@]}" iptables -t nat -A POSTROUTING -o "${PREFIX}k" -j SNAT --to-source 203.0.113.10
     else
-        ip -n "${P}sw" addr add 198.18.99.254/24 dev "${P}k"
+        ip -n "$NS_SW" addr add 198.18.99.254/24 dev "${PREFIX}k"
     fi
     local mac
-    mac=$(ip -n "${P}sw" -o link show "${P}g" | sed -n 's/.*link\/ether \([0-9a-f:]*\).*/\1/p')
+    mac=$(ip -n "$NS_SW" -o link show "${PREFIX}g" | sed -n 's/.*link\/ether \([0-9a-f:]*\).*/\1/p')
     warm "$mac" "$2"
     measure "qrouter $1" "$mac" "$2"
     "${sw[@]}" iptables -t nat -F
-    ip -n "${P}sw" addr flush dev "${P}g"
-    ip -n "${P}sw" addr flush dev "${P}k"
+    ip -n "$NS_SW" addr flush dev "${PREFIX}g"
+    ip -n "$NS_SW" addr flush dev "${PREFIX}k"
     "${sw[@]}" sysctl -qw net.ipv4.ip_forward=0
 }
 

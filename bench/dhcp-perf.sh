@@ -77,14 +77,26 @@ for n in $hosts_list; do
     [ "$n" -ge 1 ] && [ "$n" -le 30000 ] || { echo "dhcp-perf: --hosts $n: 1..30000" >&2; exit 2; }
 done
 
-cargo build --release -q -p pollux-control --bin polluxd --bin polluxctl
+cargo build --release -q -p pollux-control --bin polluxd --bin polluxctl \
+    -p pollux-testkit --bin pollux-netns
 target_dir="${CARGO_TARGET_DIR:-target}"
 polluxd=$PWD/$target_dir/release/polluxd
 polluxctl=$PWD/$target_dir/release/polluxctl
 
-P="pd$(printf '%04x' $(($$ % 65536)))"
 [ -d "$workbase" ] || workbase=/tmp
-work=$(mktemp -d "$workbase/$P.XXXX")
+CLIENT_MAC=fa:16:3e:ff:ff:fe
+# The namespaces, made and held by the namespace kit: it deletes them (and whatever still
+# runs in them) when this script ends, also when it is killed. sw and dm hold the servers
+# under test; cp and cd are their clients: eth0 is the link to the server, perfdhcp
+# listens on cin, whose peer cout forwards to and from eth0 (below). Sets PREFIX, NS_SW,
+# NS_DM, NS_CP and NS_CD.
+. bench/kit.sh
+trap kit_down EXIT
+trap 'exit 130' INT TERM
+kit_up "$PWD/$target_dir/release/pollux-netns" ns=sw ns=dm ns=cp ns=cd \
+    veth=sw/%p,cp/eth0 veth=dm/%d,cd/eth0 \
+    "veth=cp/cin@$CLIENT_MAC,cp/cout" "veth=cd/cin@$CLIENT_MAC,cd/cout"
+work=$(mktemp -d "$workbase/$PREFIX.XXXX")
 # dnsmasq reads its hosts and opts files after dropping root (as Neutron's does).
 chmod 755 "$work"
 # Addresses (all in 198.18.0.0/15): subnet 198.18.0.0/17, gateway .0.1, DNS .0.53, hosts
@@ -96,36 +108,17 @@ PLEN=17
 GW=198.18.0.1
 DNS=198.18.0.53
 CLIENT_IP=198.18.127.250
-CLIENT_MAC=fa:16:3e:ff:ff:fe
 SERVER_IP=198.18.127.254
 LEASE=86400
 DOMAIN=openstacklocal
 SUBNET_ID=3f1c0a52-9e4b-4bb4-8a51-7d3c0d5e0001
 
-pids=()
-cleanup() {
-    local pid
-    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-    for n in sw dm cp cd; do ip netns del "$P$n" 2>/dev/null || true; done
-    rm -rf "$work"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
-# The client namespace of one server: eth0 is the link to the server (its peer $3 in
-# namespace $2); perfdhcp listens on cin, whose peer cout forwards to and from eth0.
-mk_client() { # ns peer_ns peer_if
+# Addresses and forwarding in the client namespace of one server: perfdhcp listens on
+# cin, whose peer cout forwards to and from eth0, the link to the server.
+setup_client() { # ns
     local c=$1
-    ip netns add "$c"
-    ip -n "$c" link set lo up
-    ip netns exec "$c" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
-    ip -n "$2" link add "$3" type veth peer name eth0 netns "$c"
-    ip -n "$c" link add cin type veth peer name cout
-    ip -n "$c" link set cin address "$CLIENT_MAC"
     ip -n "$c" addr add "$CLIENT_IP/$PLEN" dev cin
-    for l in eth0 cin cout; do ip -n "$c" link set "$l" up; done
-    ip -n "$2" link set "$3" up
     local cin_mac
     cin_mac=$(ip netns exec "$c" cat /sys/class/net/cin/address)
     ip netns exec "$c" nft -f - <<EOF
@@ -143,14 +136,9 @@ table netdev perfdhcp {
 EOF
 }
 
-for n in sw dm; do
-    ip netns add "$P$n"
-    ip -n "$P$n" link set lo up
-    ip netns exec "$P$n" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
-done
-mk_client "${P}cp" "${P}sw" "${P}p"
-mk_client "${P}cd" "${P}dm" "${P}d"
-ip -n "${P}dm" addr add "$SERVER_IP/$PLEN" dev "${P}d"
+setup_client "$NS_CP"
+setup_client "$NS_CD"
+ip -n "$NS_DM" addr add "$SERVER_IP/$PLEN" dev "${PREFIX}d"
 echo 0.0.0.0 >"$work/relay"
 
 # Host i (0-based): 198.18.1.0 + i, MAC fa:16:3e + (i + 1), Neutron's name host-a-b-c-d.
@@ -196,7 +184,7 @@ dhcp_lease_duration = $LEASE
 id = "perfdhcp"
 network_id = "net"
 mac_address = "$CLIENT_MAC"
-binding = { driver = "afxdp", interface = "${P}p" }
+binding = { driver = "afxdp", interface = "${PREFIX}p" }
 EOF
     awk -v s="$SUBNET_ID" '{
         printf "\n[[ports]]\nid = \"h%d\"\nnetwork_id = \"net\"\nmac_address = \"%s\"\n", $1, $2
@@ -324,7 +312,7 @@ for hosts in $hosts_list; do
     pollux_config "$work/hosts" >"$work/pollux.toml"
     rm -rf "$work/pollux-state"
     t0=$(date +%s.%N)
-    ip netns exec "${P}sw" "$polluxd" --config "$work/pollux.toml" --cores 1 \
+    ip netns exec "$NS_SW" "$polluxd" --config "$work/pollux.toml" --cores 1 \
         --socket "$work/pollux.sock" --state-dir "$work/pollux-state" 2>"$work/pollux.log" &
     ppid=$!
     pids+=("$ppid")
@@ -348,7 +336,7 @@ for hosts in $hosts_list; do
             perf record -q -g -t "$dhcp_tid" -o "$work/perf.data" -- sleep "$seconds" 2>/dev/null &
             perf_pid=$!
         fi
-        run_perfdhcp pollux "${P}cp" "$hosts" "$rate"
+        run_perfdhcp pollux "$NS_CP" "$hosts" "$rate"
         c1=$(cpu_ns "$ppid/task/$dhcp_tid")
         sw1=$(switches "$ppid" "$dhcp_tid")
         if [ "$profile" = 1 ]; then
@@ -374,12 +362,12 @@ for hosts in $hosts_list; do
     rm -rf "$dm"
     mkdir -p "$dm"
     dnsmasq_files "$work/hosts" "$dm"
-    ip netns exec "${P}dm" taskset -c 1 dnsmasq -k \
+    ip netns exec "$NS_DM" taskset -c 1 dnsmasq -k \
         --no-hosts --no-resolv --pid-file="$dm/pid" \
         --dhcp-hostsfile="$dm/host" --addn-hosts="$dm/addn_hosts" \
         --dhcp-optsfile="$dm/opts" --dhcp-leasefile="$dm/leases" \
         --dhcp-match=set:ipxe,175 --dhcp-userclass=set:ipxe6,iPXE \
-        --local-service --bind-dynamic --interface="${P}d" \
+        --local-service --bind-dynamic --interface="${PREFIX}d" \
         --dhcp-range="set:subnet-$SUBNET_ID,$NET,static,$MASK,${LEASE}s" \
         --dhcp-option-force=option:mtu,1500 \
         --dhcp-lease-max=$((1 << (32 - PLEN))) \
@@ -393,14 +381,14 @@ for hosts in $hosts_list; do
         "$(awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$dpid/status")"
     for rate in $rates; do
         c0=$(cpu_ns "$dpid")
-        u0=$(udp_counters "${P}dm")
+        u0=$(udp_counters "$NS_DM")
         if [ "$profile" = 1 ]; then
             perf record -q -g -p "$dpid" -o "$work/perf.data" -- sleep "$seconds" 2>/dev/null &
             perf_pid=$!
         fi
-        run_perfdhcp dnsmasq "${P}cd" "$hosts" "$rate"
+        run_perfdhcp dnsmasq "$NS_CD" "$hosts" "$rate"
         c1=$(cpu_ns "$dpid")
-        u1=$(udp_counters "${P}dm")
+        u1=$(udp_counters "$NS_DM")
         if [ "$profile" = 1 ]; then
             wait "$perf_pid" || true
             perf report -i "$work/perf.data" --stdio --no-children --percent-limit 2 -g none 2>/dev/null |

@@ -29,7 +29,13 @@ cargo clippy --workspace --all-targets -q -- -D warnings
 echo "== cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace 2>&1 | tee "$log"
+# Tests that need root (network namespaces, XDP) are #[ignore = "needs root: ..."]: as
+# root run them too; as another user they are listed as ignored, with the reason.
+if [ "$(id -u)" -eq 0 ]; then
+    cargo test --workspace -- --include-ignored 2>&1 | tee "$log"
+else
+    cargo test --workspace 2>&1 | tee "$log"
+fi
 echo "== benchmarks compile and run once"
 cargo bench -q -p pollux-bench --benches -- --test
 echo "== config.apply latency, small state (informational)"
@@ -63,4 +69,4 @@ else
 fi
 
 # One closing line for the whole run, summed over every test binary.
-awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d ignored\n", p, f, i }' "$log"

@@ -1,125 +1,55 @@
 //! XDP attach/detach on a veth pair in a throwaway network namespace. Needs root (it
 //! creates namespaces and loads BPF programs) and fails, never skips, without it.
 //!
-//! The test process itself never changes namespace: every attach runs on a fresh thread
-//! that `setns`es into the test namespace and exits afterwards. The attachment (plain fds)
+//! The namespace comes from the namespace kit (`pollux-testkit`). The test process itself
+//! never changes namespace: every attach runs on a fresh thread that `setns`es into the
+//! test namespace and exits afterwards. The attachment (plain fds)
 //! is then used and dropped from the test thread.
 
 use std::io::{self, BufRead, BufReader};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use pollux_drivers::bpf::{os_error, BpfProgram, BPF_PROG_TYPE_XDP, BPF_XDP};
 use pollux_drivers::xdp::{encode, BpfInsn, XdpAttachment, XdpMode, XdpProgram};
+use pollux_testkit::netns::{self, Netns, Topology};
 
 /// Env var that makes `detaches_when_the_owner_is_killed` play its own child process.
 const CHILD_NS_ENV: &str = "POLLUX_XDP_CHILD_NS";
 const CHILD_READY: &str = "POLLUX-XDP-CHILD-ATTACHED";
 
-fn require_root() {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "xdp_attach tests need root (network namespaces, veth, bpf(2)); run them as root, \
-         e.g. `sudo -E cargo test -p pollux-drivers --test xdp_attach`"
-    );
-}
-
-fn run(args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run `ip {}`: {e}", args.join(" ")));
-    assert!(
-        out.status.success(),
-        "`ip {}` failed: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace holding a veth pair `a` <-> `b`, deleted on drop.
+/// A network namespace (the kit's) holding a veth pair `a` <-> `b`, deleted on drop.
 struct TestNs {
-    name: String,
+    topo: Topology,
 }
 
 impl TestNs {
     fn new() -> Self {
-        static SEQ: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "pxt-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::Relaxed)
-        );
-        run(&["netns", "add", &name]);
-        // From here on the guard deletes the namespace, whatever fails next.
-        let ns = TestNs { name };
-        ns.ip(&[
-            "link", "add", "name", "a", "type", "veth", "peer", "name", "b",
-        ]);
-        ns.ip(&["link", "set", "dev", "a", "up"]);
-        ns.ip(&["link", "set", "dev", "b", "up"]);
-        ns
+        let mut topo = Topology::new();
+        topo.add_ns("x").expect("namespace");
+        topo.veth("x", "a", "x", "b").expect("veth a/b");
+        TestNs { topo }
     }
 
-    fn ip(&self, args: &[&str]) -> String {
-        let mut full = vec!["-n", self.name.as_str()];
-        full.extend_from_slice(args);
-        run(&full)
+    fn ns(&self) -> &Netns {
+        self.topo.ns("x").expect("namespace")
     }
 
     /// `ip -d link show dev a`.
     fn show_a(&self) -> String {
-        self.ip(&["-d", "link", "show", "dev", "a"])
+        self.ns()
+            .ip(&["-d", "link", "show", "dev", "a"])
+            .expect("ip link show")
     }
 
     /// Runs `f` on a new thread that has entered this namespace.
     fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        in_netns(&self.name, f)
+        self.ns().run_in(f).expect("entering the namespace")
     }
 
     fn attach(&self, mode: XdpMode) -> io::Result<XdpAttachment> {
         self.enter(|| XdpProgram::attach("a", mode, 1))
     }
-}
-
-impl Drop for TestNs {
-    fn drop(&mut self) {
-        let out = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-        match out {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => eprintln!(
-                "warning: `ip netns del {}` failed: {}",
-                self.name,
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => eprintln!("warning: cannot run `ip netns del {}`: {e}", self.name),
-        }
-    }
-}
-
-/// Runs `f` on a new thread that has entered network namespace `name`.
-fn in_netns<T: Send>(name: &str, f: impl FnOnce() -> T + Send) -> T {
-    let path = format!("/run/netns/{name}");
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let ns =
-                std::fs::File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
-            // SAFETY: `ns` is an open netns file for the duration of the call; setns
-            // changes only this thread's network namespace, and the thread ends when `f`
-            // returns, so no other code runs in the wrong namespace.
-            let ret = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(ret, 0, "setns({path}): {}", io::Error::last_os_error());
-            f()
-        })
-        .join()
-        .expect("namespace thread panicked")
-    })
 }
 
 /// Whether `ip -d link show` output reports an XDP program (`prog/xdp id N`).
@@ -137,8 +67,9 @@ fn ip_keyword(mode: XdpMode) -> &'static str {
 }
 
 #[test]
+#[ignore = "needs root: XDP programs and AF_XDP sockets (run with --include-ignored as root)"]
 fn attach_detach_reattach_and_refuse_a_second_program() {
-    require_root();
+    netns::require_root();
     let ns = TestNs::new();
     assert!(!has_xdp(&ns.show_a()), "fresh veth already has XDP");
 
@@ -201,8 +132,9 @@ fn attach_detach_reattach_and_refuse_a_second_program() {
 }
 
 #[test]
+#[ignore = "needs root: XDP programs and AF_XDP sockets (run with --include-ignored as root)"]
 fn attach_by_index_names_the_interface() {
-    require_root();
+    netns::require_root();
     let ns = TestNs::new();
     let att = ns
         .enter(|| {
@@ -227,8 +159,9 @@ fn pollux_drivers_ifindex(name: &str) -> u32 {
 }
 
 #[test]
+#[ignore = "needs root: XDP programs and AF_XDP sockets (run with --include-ignored as root)"]
 fn verifier_rejection_carries_the_log() {
-    require_root();
+    netns::require_root();
     // `exit` with r0 never written: the verifier refuses ("R0 !read_ok").
     let insns = encode(&[BpfInsn::exit()]);
     let err = BpfProgram::load(BPF_PROG_TYPE_XDP, BPF_XDP, "bad", &insns).unwrap_err();
@@ -241,20 +174,22 @@ fn verifier_rejection_carries_the_log() {
 /// A process that attaches and is then killed (no destructors run) leaves nothing behind:
 /// the link fd is closed by the kernel and the program detached.
 #[test]
+#[ignore = "needs root: XDP programs and AF_XDP sockets (run with --include-ignored as root)"]
 fn detaches_when_the_owner_is_killed() {
     if let Ok(ns) = std::env::var(CHILD_NS_ENV) {
         attach_and_wait_to_be_killed(&ns);
     }
-    require_root();
+    netns::require_root();
     let ns = TestNs::new();
     let exe = std::env::current_exe().expect("test executable");
     let mut child = Command::new(exe)
         .args([
             "--exact",
             "detaches_when_the_owner_is_killed",
+            "--include-ignored",
             "--nocapture",
         ])
-        .env(CHILD_NS_ENV, &ns.name)
+        .env(CHILD_NS_ENV, ns.ns().name())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -285,7 +220,9 @@ fn detaches_when_the_owner_is_killed() {
 /// the namespace in the environment): attaches, reports, and waits to be killed.
 fn attach_and_wait_to_be_killed(name: &str) -> ! {
     // No TestNs guard here: the namespace belongs to the parent.
-    let att = in_netns(name, || XdpProgram::attach("a", XdpMode::Auto, 1)).expect("child attach");
+    let att = netns::run_in_named(name, || XdpProgram::attach("a", XdpMode::Auto, 1))
+        .expect("entering the parent's namespace")
+        .expect("child attach");
     println!("{CHILD_READY} mode={}", att.mode());
     // Wait to be killed; the parent holds our stdin open until then.
     let mut line = String::new();

@@ -11,10 +11,8 @@
 //! leaves the namespace, which is deleted on every exit path.
 
 use std::ffi::CString;
-use std::fs::File;
 use std::io;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd};
-use std::process::Command;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use pollux_dataplane::buf::FramePool;
@@ -22,81 +20,28 @@ use pollux_dataplane::packet::{Batch, Packet};
 use pollux_dataplane::port::Port;
 use pollux_drivers::xdp::{XdpMode, XdpProgram};
 use pollux_drivers::xsk::{AfXdpPort, BindMode, Umem, XskConfig, XskSocket};
+use pollux_testkit::netns::{self, Topology};
 use rustix::net::sockopt::Timeout;
 use rustix::net::{RecvFlags, SendFlags};
-use rustix::thread::LinkNameSpaceType;
 
 const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 
-fn require_root() {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "xsk_veth needs root (network namespaces, veth, AF_XDP): run `sudo cargo test -p \
-         pollux-drivers --test xsk_veth`"
-    );
+/// One namespace (the kit's, deleted on drop) holding the veth pairs `pairs`, all up.
+/// Checks for root first: the tests fail, never skip, without it.
+fn veths(pairs: &[(&str, &str)]) -> Topology {
+    netns::require_root();
+    let mut topo = Topology::new();
+    topo.add_ns("x").expect("namespace");
+    for (a, b) in pairs {
+        topo.veth("x", a, "x", b).expect("veth pair");
+    }
+    topo
 }
 
-fn run(cmd: &[&str]) {
-    let out = Command::new(cmd[0])
-        .args(&cmd[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace, deleted on drop (also when a test panics).
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("pxs-{}-{tag}", std::process::id());
-        // A leftover of a crashed run with the same pid would make `add` fail.
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        run(&["ip", "netns", "add", &name]);
-        Netns { name }
-    }
-
-    /// A veth pair `a`/`b` inside the namespace, both up.
-    fn veth(&self, a: &str, b: &str) {
-        let n = self.name.as_str();
-        run(&[
-            "ip", "-n", n, "link", "add", a, "type", "veth", "peer", "name", b,
-        ]);
-        run(&["ip", "-n", n, "link", "set", a, "up"]);
-        run(&["ip", "-n", n, "link", "set", b, "up"]);
-    }
-
-    /// Runs `f` on a thread that has entered the namespace.
-    fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                rustix::thread::move_into_link_name_space(
-                    ns.as_fd(),
-                    Some(LinkNameSpaceType::Network),
-                )
-                .unwrap_or_else(|e| panic!("setns {path}: {e}"));
-                f()
-            })
-            .join()
-            .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
+/// Runs `f` on a thread that has entered the namespace of `topo`.
+fn enter<T: Send>(topo: &Topology, f: impl FnOnce() -> T + Send) -> T {
+    let ns = topo.ns("x").expect("namespace");
+    ns.run_in(f).expect("entering the namespace")
 }
 
 fn ifindex(name: &str) -> u32 {
@@ -234,12 +179,10 @@ fn extra(port: &AfXdpPort, name: &str) -> u64 {
 }
 
 #[test]
+#[ignore = "needs root: XDP programs and AF_XDP sockets (run with --include-ignored as root)"]
 fn tx_reaches_the_peer_byte_for_byte_on_two_ports_sharing_one_umem() {
-    require_root();
-    let ns = Netns::new("tx");
-    ns.veth("pxa", "pxb");
-    ns.veth("pxc", "pxd");
-    ns.enter(|| {
+    let topo = veths(&[("pxa", "pxb"), ("pxc", "pxd")]);
+    enter(&topo, || {
         let mut pool = FramePool::with_frames(2048).unwrap();
         // SAFETY: `pool` outlives both ports, which are released (sockets closed) below
         // before it drops, and the test touches only frames it owns.
@@ -306,11 +249,10 @@ fn tx_reaches_the_peer_byte_for_byte_on_two_ports_sharing_one_umem() {
 }
 
 #[test]
+#[ignore = "needs root: XDP programs and AF_XDP sockets (run with --include-ignored as root)"]
 fn rx_via_xdp_redirect_returns_the_frames_byte_for_byte() {
-    require_root();
-    let ns = Netns::new("rx");
-    ns.veth("pxa", "pxb");
-    ns.enter(|| {
+    let topo = veths(&[("pxa", "pxb")]);
+    enter(&topo, || {
         let mut pool = FramePool::with_frames(1024).unwrap();
         // SAFETY: as in the tx test: released before the pool drops.
         let umem = unsafe { Umem::new(&pool) }.unwrap();

@@ -1,9 +1,10 @@
-//! Helpers shared by the Pollux integration tests and benchmarks: frame builders and an
-//! in-memory switch (one worker, `mem` ports, a publisher) that a test drives by hand.
+//! Helpers shared by the Pollux integration tests and benchmarks: frame builders, an
+//! in-memory switch (one worker, `mem` ports, a publisher) that a test drives by hand, and
+//! a `polluxd` wrapper. The namespace kit (namespaces, probes, DHCP clients, the Open
+//! vSwitch peer) is `pollux-testkit`, re-exported here under its old paths.
 
 pub mod daemon;
-pub mod dhcp;
 pub mod frames;
 pub mod harness;
-pub mod netns;
-pub mod ovs;
+
+pub use pollux_testkit::{dhcp, netns, ovs};

@@ -460,6 +460,7 @@ fn stop_cleanly(polluxd: Polluxd, sig: libc::c_int) -> String {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn udhcpc_dhclient_and_dhcpcd_bind_renew_and_release() {
     let _serial = setup();
     let host = HostFiles::snapshot();
@@ -577,6 +578,7 @@ fn udhcpc_dhclient_and_dhcpcd_bind_renew_and_release() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn leases_survive_a_restart_and_the_client_keeps_its_address() {
     let _serial = setup();
     let host = HostFiles::snapshot();
@@ -634,6 +636,7 @@ fn leases_survive_a_restart_and_the_client_keeps_its_address() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn a_changed_fixed_ip_naks_the_renewal_and_a_removed_port_loses_its_lease() {
     let _serial = setup();
     let host = HostFiles::snapshot();
@@ -716,6 +719,7 @@ fn a_changed_fixed_ip_naks_the_renewal_and_a_removed_port_loses_its_lease() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn an_unknown_mac_gets_no_offer_unless_its_subnet_serves_unknown_macs() {
     let _serial = setup();
     let host = HostFiles::snapshot();

@@ -210,6 +210,7 @@ fn wait_xdp_gone(ns: &Netns, ifnames: &[&str]) -> Vec<String> {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn ping_iperf_arp_broadcast_and_isolation() {
     let _serial = setup();
     let started = Instant::now();
@@ -353,6 +354,7 @@ fn ping_iperf_arp_broadcast_and_isolation() {
 /// receive is 1792 bytes (`ping -M do -s 1750`). What happens above that is checked
 /// precisely, so that a change of behaviour shows here.
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn full_size_frames_and_jumbo() {
     let _serial = setup();
     let started = Instant::now();
@@ -471,6 +473,7 @@ fn assert_oversized_dropped_by_socket(
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn link_down_up_while_traffic_runs() {
     let _serial = setup();
     let started = Instant::now();
@@ -521,6 +524,7 @@ fn link_down_up_while_traffic_runs() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn sigkill_and_restart() {
     let _serial = setup();
     let started = Instant::now();
@@ -572,6 +576,7 @@ fn sigkill_and_restart() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn missing_interface_is_a_clear_error() {
     let _serial = setup();
     let started = Instant::now();
@@ -615,6 +620,7 @@ fn missing_interface_is_a_clear_error() {
 /// A VM's interface deleted and created again (a VM restarted, its tap recreated): polluxd
 /// closes the port, then reopens it on the new interface, without a restart.
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn interface_deleted_and_recreated_without_restart() {
     let _serial = setup();
     let lab = Lab::new(&[A1, A2, B1]);
@@ -658,6 +664,7 @@ fn interface_deleted_and_recreated_without_restart() {
 /// Several queues per interface: with two-queue veths and one AF_XDP socket per queue,
 /// several TCP streams (spread over both queues by the sender's flow hash) all get through.
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn several_queues_per_interface() {
     let _serial = setup();
     let lab = Lab::new(&[A1, A2]);

@@ -123,6 +123,7 @@ fn reply_ttl(ns: &Netns, dst: &str) -> Option<u32> {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn ping_and_tcp_across_a_router_with_arp_and_ttl() {
     let topo = lab(false);
     let config = ConfigFile::render(CONFIG, topo.prefix().as_str()).unwrap();
@@ -238,6 +239,7 @@ fn ping_and_tcp_across_a_router_with_arp_and_ttl() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn snat_floating_ip_and_hairpin_to_an_internet_namespace() {
     let topo = lab(true);
     let config = ConfigFile::render(NAT_CONFIG, topo.prefix().as_str()).unwrap();

@@ -313,6 +313,7 @@ fn ping_phase(topo: &Topology, vlan: &Vlan, other: &Vlan, diag: &dyn Fn() -> Str
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn pollux_vlan_uplink_interoperates_with_ovs() {
     let started = Instant::now();
     preflight();

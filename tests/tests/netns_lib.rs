@@ -78,6 +78,7 @@ fn require_tools_names_what_is_missing() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn hygiene_rejects_addresses_outside_the_test_ranges() {
     setup(&[]);
     let mut t = Topology::new();
@@ -98,6 +99,7 @@ fn hygiene_rejects_addresses_outside_the_test_ranges() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn veth_pair_pings_both_ways_and_leaves_root_namespace_alone() {
     setup(&["ping"]);
     let t = pair();
@@ -133,6 +135,7 @@ fn veth_pair_pings_both_ways_and_leaves_root_namespace_alone() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn link_down_breaks_ping_and_link_up_restores_it() {
     setup(&["ping"]);
     let t = pair();
@@ -157,6 +160,7 @@ fn link_down_breaks_ping_and_link_up_restores_it() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn commands_fail_with_stderr_in_the_error() {
     setup(&[]);
     let t = pair();
@@ -177,6 +181,7 @@ fn commands_fail_with_stderr_in_the_error() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn mac_route_and_sysctl_helpers() {
     setup(&["ping"]);
     let mut t = pair();
@@ -213,6 +218,7 @@ fn mac_route_and_sysctl_helpers() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn iperf3_between_namespaces_reports_throughput() {
     setup(&["iperf3"]);
     let t = pair();
@@ -229,6 +235,7 @@ fn iperf3_between_namespaces_reports_throughput() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn tcpdump_sees_the_icmp_frames() {
     setup(&["ping", "tcpdump"]);
     let t = pair();
@@ -271,6 +278,7 @@ fn tcpdump_sees_the_icmp_frames() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn topology_cleans_up_even_when_a_closure_panics() {
     setup(&["ping"]);
     // Normal drop.
@@ -311,6 +319,7 @@ fn topology_cleans_up_even_when_a_closure_panics() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn remove_stale_deletes_namespaces_of_dead_pids_only() {
     setup(&[]);
     // A PID that is certainly dead: a child we already reaped.

@@ -2,8 +2,8 @@
 //! the OVS instance the uplink tests use tags and separates VLANs as expected, seen from
 //! its trunk with tcpdump and hand-built tagged frames.
 //!
-//! Topology, all in namespaces this test makes (`pxovs<pid>-*`) and removes, addresses in
-//! 198.18.0.0/15 only:
+//! Topology, all in namespaces this test makes with the namespace kit (`plx<pid>t<n>-*`)
+//! and removes, addresses in 198.18.0.0/15 only:
 //!
 //! ```text
 //!   TRUNK ns            OVS ns: bridge br0 (netdev)         H100 ns / H200 ns
@@ -17,15 +17,11 @@
 //! (never skips) when any of that is missing.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use pollux_tests::ovs::{
-    effective_uid, missing_tools, run_bounded, sweep_stale_workdirs, Capture, NetnsGuard,
-    OvsSwitch, OVS_TOOLS,
-};
+use pollux_tests::netns::{self, Capture, CaptureFormat, Topology, VethOptions};
+use pollux_tests::ovs::{missing_tools, sweep_stale_workdirs, OvsSwitch, OVS_TOOLS};
 
-const NS_PREFIX: &str = "pxovs";
 const WORKDIR_PARENT: &str = "/tmp";
 const WORKDIR_PREFIX: &str = "pxovs-";
 const BRIDGE: &str = "br0";
@@ -62,15 +58,9 @@ fn python() -> &'static str {
 
 /// Fails (with what is missing) unless the test can run: root and the tools.
 fn preflight() {
-    match effective_uid() {
-        Some(0) => {}
-        uid => panic!(
-            "ovs_peer needs root (network namespaces, veth, AF_PACKET, tcpdump); \
-             effective uid is {uid:?}. Run the test as root."
-        ),
-    }
+    netns::require_root();
     let mut tools: Vec<&str> = OVS_TOOLS.to_vec();
-    tools.extend(["tcpdump", "ip", "ping", "sysctl"]);
+    tools.extend(["tcpdump", "ip", "ping"]);
     let mut missing = missing_tools(&tools);
     if !Path::new("/usr/bin/python3").is_file() && missing_tools(&["python3"]).len() == 1 {
         missing.push("python3".into());
@@ -84,53 +74,46 @@ fn preflight() {
     );
 }
 
-struct Topo {
-    ovs_ns: String,
-    trk: String,
-    h100: String,
-    h200: String,
+/// Runs `argv` in the namespace of `role` and returns its stdout (bounded, checked).
+fn exec(topo: &Topology, role: &str, argv: &[&str]) -> netns::Result<String> {
+    topo.ns(role)?.exec_ok(argv[0], &argv[1..])
 }
 
-fn exec(ns: &str, argv: &[&str]) -> std::io::Result<String> {
-    run_bounded(
-        Command::new("ip").args(["netns", "exec", ns]).args(argv),
-        Duration::from_secs(15),
-    )
+/// Frames `role` receives on `ifname`, with link-level headers.
+fn capture(topo: &Topology, role: &str, ifname: &str, count: u32) -> Capture {
+    let ns = topo.ns(role).expect("namespace");
+    Capture::start_inbound(ns, ifname, count, &[], CaptureFormat::Text)
+        .unwrap_or_else(|e| panic!("tcpdump in {role} on {ifname}: {e}"))
 }
 
-fn build_topology(guard: &mut NetnsGuard) -> Topo {
-    let pid = std::process::id();
-    let name = |role: &str| format!("{NS_PREFIX}{pid}-{role}");
-    let topo = Topo {
-        ovs_ns: name("ovs"),
-        trk: name("trunk"),
-        h100: name("h100"),
-        h200: name("h200"),
-    };
-    for ns in [&topo.ovs_ns, &topo.trk, &topo.h100, &topo.h200] {
-        guard
-            .add(ns)
-            .unwrap_or_else(|e| panic!("creating namespace {ns}: {e}"));
+/// What a capture saw, one line per frame.
+fn finish(cap: Capture, window: Duration) -> String {
+    cap.finish(window).expect("capture").lines.join("\n")
+}
+
+fn build_topology() -> Topology {
+    let mut topo = Topology::new();
+    for role in ["ovs", "trunk", "h100", "h200"] {
+        topo.add_ns(role)
+            .and_then(|ns| ns.disable_ipv6())
+            .unwrap_or_else(|e| panic!("creating namespace {role}: {e}"));
     }
     let veths = [
-        (&topo.trk, "trunk", None),
-        (&topo.h100, "acc100", Some(H100_MAC)),
-        (&topo.h200, "acc200", Some(H200_MAC)),
+        ("trunk", "trunk", None),
+        ("h100", "acc100", Some(H100_MAC)),
+        ("h200", "acc200", Some(H200_MAC)),
     ];
-    for (far_ns, ovs_if, mac) in veths {
+    for (far, ovs_if, mac) in veths {
         let far_if = if ovs_if == "trunk" { "trunk" } else { "eth0" };
-        guard
-            .veth(&topo.ovs_ns, ovs_if, far_ns, far_if)
+        let opts = VethOptions {
+            mac_b: mac.map(str::to_string),
+            ..VethOptions::default()
+        };
+        topo.veth_with("ovs", ovs_if, far, far_if, &opts)
             .unwrap_or_else(|e| panic!("veth {ovs_if}: {e}"));
-        if let Some(mac) = mac {
-            for argv in [
-                &["ip", "link", "set", "dev", "eth0", "down"][..],
-                &["ip", "link", "set", "dev", "eth0", "address", mac],
-                &["ip", "addr", "add", HOST_CIDR, "dev", "eth0"],
-                &["ip", "link", "set", "dev", "eth0", "up"],
-            ] {
-                exec(far_ns, argv).unwrap_or_else(|e| panic!("{far_ns}: {e}"));
-            }
+        if mac.is_some() {
+            topo.addr(far, "eth0", HOST_CIDR)
+                .unwrap_or_else(|e| panic!("{far}: {e}"));
         }
     }
     topo
@@ -141,7 +124,7 @@ fn build_topology(guard: &mut NetnsGuard) -> Topo {
 /// carried by the trunk; `silent` are the hosts that must see nothing.
 fn inject_case(
     sw: &OvsSwitch,
-    topo: &Topo,
+    topo: &Topology,
     vid: u16,
     answer: Option<(&str, &str)>,
     silent: &[&str],
@@ -149,19 +132,24 @@ fn inject_case(
     let diag = || sw.diagnostics(BRIDGE);
     // Forget what earlier cases taught the hosts, so the neighbour checks below see
     // only this case's frame.
-    for ns in [&topo.h100, &topo.h200] {
-        exec(ns, &["ip", "neigh", "flush", "to", PEER_IP, "dev", "eth0"])
-            .unwrap_or_else(|e| panic!("{ns}: {e}"));
+    for ns in ["h100", "h200"] {
+        exec(
+            topo,
+            ns,
+            &["ip", "neigh", "flush", "to", PEER_IP, "dev", "eth0"],
+        )
+        .unwrap_or_else(|e| panic!("{ns}: {e}"));
     }
-    let cap_trk = Capture::start(&topo.trk, "trunk", "", 20).expect("tcpdump on trunk");
-    let cap_answer = answer.map(|(ns, _)| Capture::start(ns, "eth0", "", 20).expect("tcpdump"));
+    let cap_trk = capture(topo, "trunk", "trunk", 20);
+    let cap_answer = answer.map(|(ns, _)| capture(topo, ns, "eth0", 20));
     let cap_silent: Vec<Capture> = silent
         .iter()
-        .map(|ns| Capture::start(ns, "eth0", "", 20).expect("tcpdump"))
+        .map(|ns| capture(topo, ns, "eth0", 20))
         .collect();
 
     exec(
-        &topo.trk,
+        topo,
+        "trunk",
         &[
             python(),
             "-c",
@@ -176,11 +164,11 @@ fn inject_case(
     .unwrap_or_else(|e| panic!("injecting the VID {vid} ARP request: {e}"));
 
     let window = Duration::from_secs(2);
-    let trk = cap_trk.finish(window).expect("trunk capture");
-    let got_answer = cap_answer.map(|c| c.finish(Duration::ZERO).expect("capture"));
+    let trk = finish(cap_trk, window);
+    let got_answer = cap_answer.map(|c| finish(c, Duration::ZERO));
     let got_silent: Vec<String> = cap_silent
         .into_iter()
-        .map(|c| c.finish(Duration::ZERO).expect("capture"))
+        .map(|c| finish(c, Duration::ZERO))
         .collect();
 
     for (ns, out) in silent.iter().zip(&got_silent) {
@@ -216,7 +204,7 @@ fn inject_case(
                  {vid}, got:\n{trk}\n{}",
                 diag()
             );
-            let neigh = exec(ns, &["ip", "neigh", "show", PEER_IP]).unwrap_or_default();
+            let neigh = exec(topo, ns, &["ip", "neigh", "show", PEER_IP]).unwrap_or_default();
             assert!(
                 neigh.contains(PEER_MAC),
                 "VID {vid}: {ns} must have learned {PEER_IP} at {PEER_MAC} from the request, \
@@ -232,7 +220,7 @@ fn inject_case(
         }
     }
     for ns in silent {
-        let neigh = exec(ns, &["ip", "neigh", "show", PEER_IP]).unwrap_or_default();
+        let neigh = exec(topo, ns, &["ip", "neigh", "show", PEER_IP]).unwrap_or_default();
         assert!(
             !neigh.contains(PEER_MAC),
             "VID {vid}: {ns} must not have heard of {PEER_MAC}, got {neigh:?}"
@@ -252,20 +240,20 @@ impl LineExt for &str {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn ovs_netdev_trunk_tags_and_separates_vlans() {
     preflight();
-    NetnsGuard::sweep_stale(NS_PREFIX);
+    netns::remove_stale_once();
     sweep_stale_workdirs(Path::new(WORKDIR_PARENT), WORKDIR_PREFIX);
 
     // Drop order is the reverse of declaration: captures, then the switch (daemons and
     // work directory), then the namespaces.
-    let mut guard = NetnsGuard::new();
-    let topo = build_topology(&mut guard);
+    let topo = build_topology();
     let workdir = PathBuf::from(format!(
         "{WORKDIR_PARENT}/{WORKDIR_PREFIX}{}",
         std::process::id()
     ));
-    let sw = OvsSwitch::start(&topo.ovs_ns, &workdir)
+    let sw = OvsSwitch::start(topo.ns("ovs").expect("ovs").name(), &workdir)
         .unwrap_or_else(|e| panic!("starting the private Open vSwitch: {e}"));
     let diag = || sw.diagnostics(BRIDGE);
 
@@ -279,15 +267,16 @@ fn ovs_netdev_trunk_tags_and_separates_vlans() {
 
     // (1) H100 resolves 198.18.50.2: its ARP requests leave the trunk tagged 100, and
     // neither the trunk nor H200 sees anything on VLAN 200.
-    let cap_trk = Capture::start(&topo.trk, "trunk", "", 50).expect("tcpdump on trunk");
-    let cap_h200 = Capture::start(&topo.h200, "eth0", "", 50).expect("tcpdump in H200");
+    let cap_trk = capture(&topo, "trunk", "trunk", 50);
+    let cap_h200 = capture(&topo, "h200", "eth0", 50);
     // No one answers, so ping fails; it only has to make H100 send ARP requests.
     let _ = exec(
-        &topo.h100,
+        &topo,
+        "h100",
         &["ping", "-n", "-c", "3", "-i", "0.5", "-w", "3", PEER_IP],
     );
-    let trk = cap_trk.finish(Duration::from_millis(500)).expect("capture");
-    let h200 = cap_h200.finish(Duration::ZERO).expect("capture");
+    let trk = finish(cap_trk, Duration::from_millis(500));
+    let h200 = finish(cap_h200, Duration::ZERO);
     let lines: Vec<&str> = trk.lines().filter(|l| !l.trim().is_empty()).collect();
     let req = format!("Request who-has {PEER_IP} tell {HOST_IP}");
     let tagged_100 = lines
@@ -315,9 +304,9 @@ fn ovs_netdev_trunk_tags_and_separates_vlans() {
     // (2) Tagged frames injected on the trunk reach only the host of their VLAN, and the
     // reply comes back tagged with the same VID; a VID the trunk does not carry reaches
     // no one.
-    inject_case(&sw, &topo, 200, Some((&topo.h200, H200_MAC)), &[&topo.h100]);
-    inject_case(&sw, &topo, 100, Some((&topo.h100, H100_MAC)), &[&topo.h200]);
-    inject_case(&sw, &topo, 300, None, &[&topo.h100, &topo.h200]);
+    inject_case(&sw, &topo, 200, Some(("h200", H200_MAC)), &["h100"]);
+    inject_case(&sw, &topo, 100, Some(("h100", H100_MAC)), &["h200"]);
+    inject_case(&sw, &topo, 300, None, &["h100", "h200"]);
 
     // (3) OVS learned every MAC on its own VLAN: the peer on 100 and 200 behind the trunk,
     // each host behind its access port, and nothing on VLAN 300.

@@ -13,8 +13,9 @@ use pollux_drivers::netdev::Interface;
 use pollux_drivers::xdp::encode;
 
 use super::scenario::{Ports, Scenario};
-use super::sys::{self, in_netns, interrupted, interrupted_error, run, run_in, write_in};
+use super::sys::{self, interrupted, interrupted_error, run, run_in, write_in};
 use super::topology::Topology;
+use pollux_testkit::ovs::OvsSwitch;
 
 /// A kind of device under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -88,8 +89,8 @@ pub struct Running {
     /// sysfs writes `(path, value)` in the DUT namespace when stopping.
     restore: Vec<(String, String)>,
     xdp: Option<(BpfLink, BpfProgram)>,
-    /// OVS control sockets (ovs-vswitchd's) for statistics.
-    ovs_ctl: Option<PathBuf>,
+    /// The private Open vSwitch of the kit.
+    ovs: Option<OvsSwitch>,
     /// polluxd's log and socket.
     pollux: Option<(PathBuf, PathBuf)>,
     ns: String,
@@ -206,87 +207,23 @@ pub fn start(
                 return Ok(None);
             };
             ensure_ovs()?;
-            let ovs = env.work.join(format!("ovs-{}", scenario.name()));
-            fs::create_dir_all(&ovs).map_err(|e| e.to_string())?;
-            let p = |name: &str| ovs.join(name).to_string_lossy().into_owned();
-            run(&[
-                "ovsdb-tool",
-                "create",
-                &p("conf.db"),
-                "/usr/share/openvswitch/vswitch.ovsschema",
-            ])?;
-            let remote = format!("--remote=punix:{}", p("db.sock"));
-            let child = spawn(
-                &[
-                    "ovsdb-server",
-                    &p("conf.db"),
-                    &remote,
-                    &format!("--unixctl={}", p("ovsdb.ctl")),
-                    &format!("--pidfile={}", p("ovsdb.pid")),
-                    &format!("--log-file={}", p("ovsdb.log")),
-                    "--no-chdir",
-                ],
-                &ovs.join("ovsdb.out"),
-            )?;
-            r.children.push(("ovsdb-server".into(), child));
-            let db = ovs.join("db.sock");
-            wait_for("ovsdb-server", Duration::from_secs(10), || db.exists())?;
-            let dbarg = format!("--db=unix:{}", p("db.sock"));
-            let vsctl = |args: &[&str]| -> Result<String, String> {
-                let mut full = vec!["ovs-vsctl", &dbarg, "--timeout=60"];
-                full.extend_from_slice(args);
-                run(&full)
-            };
-            vsctl(&["--no-wait", "init"])?;
-            let mask = format!("other_config:pmd-cpu-mask={:#x}", 1u64 << env.dut_cpu);
-            vsctl(&["--no-wait", "set", "Open_vSwitch", ".", &mask])?;
-            let ctl = p("vswitchd.ctl");
-            let child = spawn(
-                &[
-                    "ip",
-                    "netns",
-                    "exec",
-                    &t.sw_ns,
-                    "ovs-vswitchd",
-                    &format!("unix:{}", p("db.sock")),
-                    &format!("--unixctl={ctl}"),
-                    &format!("--pidfile={}", p("vswitchd.pid")),
-                    &format!("--log-file={}", p("vswitchd.log")),
-                    "--no-chdir",
-                ],
-                &ovs.join("vswitchd.out"),
-            )?;
-            r.children.push(("ovs-vswitchd".into(), child));
-            r.ovs_ctl = Some(PathBuf::from(&ctl));
-            vsctl(&[
-                "add-br",
-                "br0",
-                "--",
-                "set",
-                "bridge",
-                "br0",
-                "datapath_type=netdev",
-            ])?;
+            let mask = format!("{:#x}", 1u64 << env.dut_cpu);
+            let workdir = env.work.join(format!("ovs-{}", scenario.name()));
+            let sw = OvsSwitch::start_with(&t.sw_ns, &workdir, &[("pmd-cpu-mask", &mask)])
+                .map_err(|e| e.to_string())?;
+            let sw = r.ovs.insert(sw);
+            let vsctl = |args: &[&str]| sw.vsctl(args).map_err(|e| e.to_string());
+            sw.add_bridge("br0").map_err(|e| e.to_string())?;
             for c in &commands {
                 let args: Vec<&str> = c.iter().map(String::as_str).collect();
                 vsctl(&args)?;
             }
-            for dev in [&t.ingress, &t.egress] {
-                wait_for(&format!("OVS port {dev}"), Duration::from_secs(15), || {
-                    vsctl(&["get", "interface", dev, "ofport"])
-                        .is_ok_and(|s| s.trim().parse::<i64>().is_ok_and(|n| n > 0))
-                })?;
-                let err = vsctl(&["get", "interface", dev, "error"]).unwrap_or_default();
-                if !err.trim().is_empty() && err.trim() != "[]" {
-                    return Err(format!("OVS interface {dev}: {}", err.trim()));
-                }
-            }
+            sw.wait_ready().map_err(|e| e.to_string())?;
             std::thread::sleep(Duration::from_secs(1));
             let version = run(&["ovs-vswitchd", "--version"]).unwrap_or_default();
             r.notes.push(format!(
-                "{}; netdev datapath, afxdp ports (xdp-mode=best-effort), pmd-cpu-mask {:#x}",
+                "{}; netdev datapath, afxdp ports (xdp-mode=best-effort), pmd-cpu-mask {mask}",
                 version.lines().next().unwrap_or("ovs").trim(),
-                1u64 << env.dut_cpu
             ));
         }
         DutKind::LinuxBridge => {
@@ -301,9 +238,9 @@ pub fn start(
         }
         DutKind::XdpRedirect => {
             let (ingress, egress) = (t.ingress.clone(), t.egress.clone());
-            let loaded = in_netns(
-                &t.sw_ns,
-                || -> Result<Option<(BpfLink, BpfProgram)>, String> {
+            let loaded = t
+                .ns("sw")
+                .run_here(|| -> Result<Option<(BpfLink, BpfProgram)>, String> {
                     let (_, in_idx) = Interface::from(ingress.as_str())
                         .resolve()
                         .map_err(|e| e.to_string())?;
@@ -323,8 +260,8 @@ pub fn start(
                     let link = BpfLink::create_xdp(&prog, in_idx, XDP_FLAGS_DRV_MODE)
                         .map_err(|e| format!("attach redirect program to {ingress}: {e}"))?;
                     Ok(Some((link, prog)))
-                },
-            )??;
+                })
+                .map_err(|e| e.to_string())??;
             let Some(loaded) = loaded else {
                 return Ok(None);
             };
@@ -344,38 +281,44 @@ fn ensure_ovs() -> Result<(), String> {
         return Ok(());
     }
     eprintln!("pollux-bench: installing openvswitch-switch with apt-get");
-    run(&["apt-get", "update", "-q"])?;
-    run(&[
-        "env",
-        "DEBIAN_FRONTEND=noninteractive",
-        "apt-get",
-        "install",
-        "-y",
-        "-q",
-        "openvswitch-switch",
-    ])
+    // Package downloads take longer than the kit's default bound for a command.
+    let apt = Duration::from_secs(600);
+    sys::run_for(&["apt-get", "update", "-q"], apt)?;
+    sys::run_for(
+        &[
+            "env",
+            "DEBIAN_FRONTEND=noninteractive",
+            "apt-get",
+            "install",
+            "-y",
+            "-q",
+            "openvswitch-switch",
+        ],
+        apt,
+    )
     .map(drop)
 }
 
 impl Running {
     /// Process ids of the device's own processes (polluxd, ovs-vswitchd, ovsdb-server).
     pub fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(|(_, c)| c.id()).collect()
+        let mut pids: Vec<u32> = self.children.iter().map(|(_, c)| c.id()).collect();
+        pids.extend(self.ovs.iter().flat_map(OvsSwitch::pids));
+        pids
     }
 
     /// Device statistics worth keeping with the results (one line each).
     pub fn stats(&self) -> Vec<String> {
         let mut out = Vec::new();
-        if let Some(ctl) = &self.ovs_ctl {
-            let ctl = ctl.to_string_lossy();
-            if let Ok(s) = run(&["ovs-appctl", "-t", &ctl, "dpif-netdev/pmd-stats-show"]) {
+        if let Some(sw) = &self.ovs {
+            if let Ok(s) = sw.appctl(&["dpif-netdev/pmd-stats-show"]) {
                 out.extend(
                     s.lines()
                         .map(|l| l.trim().to_string())
                         .filter(|l| !l.is_empty()),
                 );
             }
-            if let Ok(s) = run(&["ovs-appctl", "-t", &ctl, "dpctl/show", "-s"]) {
+            if let Ok(s) = sw.appctl(&["dpctl/show", "-s"]) {
                 out.extend(
                     s.lines()
                         .filter(|l| l.contains("dropped") || l.contains("port"))
@@ -409,14 +352,10 @@ impl Running {
 
     fn shutdown(&mut self) {
         self.xdp = None;
-        if let Some(ctl) = &self.ovs_ctl {
-            let _ = run(&[
-                "ovs-appctl",
-                "-t",
-                &ctl.to_string_lossy(),
-                "exit",
-                "--cleanup",
-            ]);
+        if let Some(sw) = self.ovs.take() {
+            // `exit --cleanup` removes the afxdp ports (and their XDP programs) before the
+            // kit stops the daemons.
+            let _ = sw.appctl(&["exit", "--cleanup"]);
         }
         while let Some((name, mut child)) = self.children.pop() {
             sys::kill(child.id(), libc::SIGINT);

@@ -1,7 +1,7 @@
 //! `pollux-bench compare`: RFC 2544 throughput (NDR, PDR) and latency of Pollux, Open
 //! vSwitch (afxdp), the Linux bridge and an XDP redirect (the ceiling) on one veth
-//! topology, in one run, with one generator and one CPU placement. See the README's
-//! "Benchmark harness" section.
+//! topology, in one run, with one generator and one CPU placement. See bench/README.md,
+//! "Benchmark harness".
 
 pub mod dut;
 pub mod frame;

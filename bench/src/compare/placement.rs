@@ -133,8 +133,8 @@ pub fn apply_sink(topo: &Topology, cpus: Cpus) -> Result<String, String> {
 pub fn describe(topo: &Topology, cpus: Cpus) -> Vec<String> {
     vec![
         format!(
-            "generator + sink: one thread pinned to CPU {} (AF_XDP copy mode on {}gen/eth0 and {}sink/eth0)",
-            cpus.gen, topo.prefix, topo.prefix
+            "generator + sink: one thread pinned to CPU {} (AF_XDP copy mode on {}/eth0 and {}/eth0)",
+            cpus.gen, topo.gen_ns, topo.sink_ns
         ),
         if cpus.ingress_on_dut {
             format!(

@@ -11,7 +11,7 @@ use super::report::{Entry, LatencyPoint, Report};
 use super::scenario::Scenario;
 use super::search::{Search, SearchConfig};
 use super::sys::{self, interrupted, interrupted_error, pin_to_cpu, run};
-use super::topology::{counter_delta, Topology};
+use super::topology::{self, counter_delta, Topology};
 use super::traffic::{Traffic, TrialResult, TrialSpec};
 
 /// Loss allowed at the PDR.
@@ -59,34 +59,35 @@ fn progress(line: &str) {
 
 /// Runs everything; the topology is torn down before this returns, whatever happens.
 pub fn run_all(opts: &Options) -> Result<Report, String> {
-    let prefix = format!("pb{:04x}", std::process::id() % 0x10000);
     // Release builds abort on panic, so no guard would run: delete what this run makes
     // from the panic hook as well.
-    let hook_prefix = prefix.clone();
+    let work = std::env::temp_dir().join(format!(
+        "{}{:x}.work",
+        topology::PREFIX_ROOT,
+        std::process::id()
+    ));
+    let hook_work = work.clone();
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         previous(info);
-        for ns in ["gen", "sw", "sink"] {
-            let _ = run(&["ip", "netns", "del", &format!("{hook_prefix}{ns}")]);
-        }
-        let _ = std::fs::remove_dir_all(std::env::temp_dir().join(format!("{hook_prefix}.work")));
+        let _ = pollux_testkit::netns::remove_own(topology::PREFIX_ROOT);
+        let _ = std::fs::remove_dir_all(&hook_work);
     }));
-    let work = std::env::temp_dir().join(format!("{prefix}.work"));
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-    let result = run_in_topology(opts, &prefix, &work);
+    let result = run_in_topology(opts, &work);
     let _ = std::fs::remove_dir_all(&work);
     result
 }
 
-fn run_in_topology(opts: &Options, prefix: &str, work: &std::path::Path) -> Result<Report, String> {
+fn run_in_topology(opts: &Options, work: &std::path::Path) -> Result<Report, String> {
     // Everything this process starts (polluxd's and OVS's control threads, `ip`) inherits
     // the generator's CPU; the DUT's datapath threads pin themselves to the DUT's.
     pin_to_cpu(opts.cpus.gen).map_err(|e| format!("pin to CPU {}: {e}", opts.cpus.gen))?;
     if opts.cpus.realtime {
         sys::set_nice(sys::gettid(), placement::DATAPATH_NICE)?;
     }
-    let topo = Topology::create(prefix)?;
-    let mut traffic = Traffic::open(&topo.gen_ns, &topo.sink_ns)?;
+    let topo = Topology::create()?;
+    let mut traffic = Traffic::open(topo.ns("gen"), topo.ns("sink"))?;
     let mut report = Report {
         tool: format!("pollux-bench compare {}", env!("CARGO_PKG_VERSION")),
         started_unix: std::time::SystemTime::now()

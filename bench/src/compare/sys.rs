@@ -1,61 +1,30 @@
-//! Small system helpers: running commands, signals, CPU affinity, entering a network
-//! namespace for the calling thread.
+//! Small system helpers of the harness: signals, CPU affinity and priorities, and running
+//! commands (bounded, through the namespace kit).
 
-use std::fs::File;
 use std::io;
-use std::os::fd::AsFd;
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::process::Command;
+use std::time::Duration;
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+use pollux_testkit::netns;
 
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Installs SIGINT/SIGTERM/SIGHUP handlers that only set a flag: every loop of the
-/// harness checks [`interrupted`] and unwinds, so the topology's guards clean up.
-pub fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: `sigaction` with a zeroed struct plus a handler address is the documented
-        // way to install a handler; `on_signal` is async-signal-safe (one atomic store) and
-        // lives for the whole program. The old action is not needed (null pointer).
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(sig, &action, std::ptr::null_mut());
-        }
-    }
-}
-
-/// True once SIGINT, SIGTERM or SIGHUP arrived.
-pub fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::Relaxed)
-}
+pub use pollux_testkit::signal::{install_signal_handlers, interrupted};
 
 /// Error for an interrupted run.
 pub fn interrupted_error() -> String {
     "interrupted".to_string()
 }
 
-/// Runs `args`, returning stdout; an error carries stderr.
+/// Runs `args` through the namespace kit, bounded by its default timeout, returning
+/// stdout; an error carries stderr.
 pub fn run(args: &[&str]) -> Result<String, String> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "`{}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
+    run_for(args, netns::DEFAULT_TIMEOUT)
+}
+
+/// [`run`] with another bound.
+pub fn run_for(args: &[&str], limit: Duration) -> Result<String, String> {
+    let mut cmd = Command::new(args[0]);
+    cmd.args(&args[1..]);
+    netns::run_checked(cmd, limit).map_err(|e| e.to_string())
 }
 
 /// Runs `args` inside network namespace `ns`.
@@ -65,7 +34,8 @@ pub fn run_in(ns: &str, args: &[&str]) -> Result<String, String> {
     run(&full)
 }
 
-/// Writes `value` to a sysfs/procfs `path` as seen from namespace `ns`.
+/// Writes `value` to a sysfs/procfs `path` as seen from namespace `ns` (`ip netns exec`
+/// mounts the namespace's own `/sys`, which a `setns` thread would not see).
 pub fn write_in(ns: &str, path: &str, value: &str) -> Result<(), String> {
     run_in(ns, &["sh", "-c", &format!("echo {value} > {path}")]).map(drop)
 }
@@ -75,20 +45,6 @@ pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
     let mut set = rustix::thread::CpuSet::new();
     set.set(cpu);
     rustix::thread::sched_setaffinity(None, &set).map_err(io::Error::from)
-}
-
-/// Runs `f` with the calling thread inside network namespace `ns` (`/run/netns/NS`), then
-/// moves the thread back. Sockets and XDP links made in `f` stay bound to `ns`.
-pub fn in_netns<T>(ns: &str, f: impl FnOnce() -> T) -> Result<T, String> {
-    use rustix::thread::{move_into_link_name_space, LinkNameSpaceType};
-    let home = File::open("/proc/thread-self/ns/net").map_err(|e| format!("own netns: {e}"))?;
-    let target = File::open(format!("/run/netns/{ns}")).map_err(|e| format!("netns {ns}: {e}"))?;
-    move_into_link_name_space(target.as_fd(), Some(LinkNameSpaceType::Network))
-        .map_err(|e| format!("setns {ns}: {e}"))?;
-    let out = f();
-    move_into_link_name_space(home.as_fd(), Some(LinkNameSpaceType::Network))
-        .map_err(|e| format!("setns back from {ns}: {e}"))?;
-    Ok(out)
 }
 
 /// Processes whose name (`/proc/PID/comm`, 15 bytes at most) starts with `prefix`.

@@ -1,21 +1,28 @@
-//! The topology every device under test is measured on:
+//! The topology every device under test is measured on, built with the namespace kit
+//! (`pollux_testkit::netns`):
 //!
 //! ```text
-//!  ns PREFIXgen            ns PREFIXsw (device under test)            ns PREFIXsink
+//!  ns PREFIX-gen            ns PREFIX-sw (device under test)           ns PREFIX-sink
 //!  eth0 ─────── veth ─────── PREFIXg   [DUT]   PREFIXk ─────── veth ─────── eth0
 //!  (generator, CPU 0)        (ingress)          (egress)        (sink, AF_XDP)
 //! ```
 //!
-//! Names carry a per-run prefix (`pb` and the process id in hex); [`Topology`] deletes the
-//! namespaces (and with them the veths, bridges and XDP programs in them) when dropped,
-//! which happens on every exit path: errors unwind to it, and SIGINT/SIGTERM only set a
-//! flag that every loop checks.
+//! Names carry a per-run prefix (`pbn`, the process id in hex, `t` and a counter; see the
+//! kit's naming scheme). The DUT's interfaces carry it too, so their NAPI threads
+//! (`napi/PREFIXg-*`) are told apart from any other run's. The kit deletes the namespaces
+//! (and with them the veths, bridges and XDP programs in them) when [`Topology`] is
+//! dropped, which happens on every exit path: errors unwind to it, SIGINT/SIGTERM only set
+//! a flag that every loop checks, and a panic hook deletes them where panics abort.
 
 use std::collections::BTreeMap;
 
 use pollux_control::validate::fmt_mac;
+use pollux_testkit::netns::{self, Netns, Prefix, VethOptions};
 
-use super::sys::{run, run_in, write_in};
+use super::sys::{run, run_in};
+
+/// Root of every name the harness gives (the kit's tests use `plx`).
+pub const PREFIX_ROOT: &str = "pbn";
 
 /// MAC of the generator's interface.
 pub const GEN_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x01];
@@ -37,71 +44,49 @@ pub struct Topology {
     pub ingress: String,
     /// The DUT's interface towards the sink.
     pub egress: String,
-    created: Vec<String>,
+    kit: netns::Topology,
 }
 
 impl Topology {
-    /// Builds the topology with names starting with `prefix`.
-    pub fn create(prefix: &str) -> Result<Topology, String> {
-        let mut t = Topology {
+    /// Builds the topology under a fresh prefix, after deleting what dead runs left.
+    pub fn create() -> Result<Topology, String> {
+        let e = |e: netns::Error| e.to_string();
+        let removed = netns::remove_stale(PREFIX_ROOT).map_err(e)?;
+        if !removed.is_empty() {
+            eprintln!("pollux-bench: removed namespaces of dead runs: {removed:?}");
+        }
+        let prefix = Prefix::next_under(PREFIX_ROOT).map_err(e)?;
+        let mut kit = netns::Topology::with_prefix(prefix.clone());
+        for role in ["gen", "sw", "sink"] {
+            kit.add_ns(role).map_err(e)?.disable_ipv6().map_err(e)?;
+        }
+        let (ingress, egress) = (
+            prefix.ifname("g").map_err(e)?,
+            prefix.ifname("k").map_err(e)?,
+        );
+        for (dut_if, peer, mac) in [(&ingress, "gen", GEN_MAC), (&egress, "sink", SINK_MAC)] {
+            let opts = VethOptions {
+                mac_b: Some(fmt_mac(mac)),
+                ..VethOptions::default()
+            };
+            kit.veth_with("sw", dut_if, peer, "eth0", &opts)
+                .map_err(e)?;
+        }
+        let name = |role| kit.ns(role).map(|ns| ns.name().to_string()).map_err(e);
+        Ok(Topology {
             prefix: prefix.to_string(),
-            gen_ns: format!("{prefix}gen"),
-            sw_ns: format!("{prefix}sw"),
-            sink_ns: format!("{prefix}sink"),
-            ingress: format!("{prefix}g"),
-            egress: format!("{prefix}k"),
-            created: Vec::new(),
-        };
-        for ns in [t.gen_ns.clone(), t.sw_ns.clone(), t.sink_ns.clone()] {
-            run(&["ip", "netns", "add", &ns])?;
-            t.created.push(ns.clone());
-            run(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
-            for key in ["all", "default"] {
-                write_in(
-                    &ns,
-                    &format!("/proc/sys/net/ipv6/conf/{key}/disable_ipv6"),
-                    "1",
-                )?;
-            }
-        }
-        let (sw, gen, sink) = (&t.sw_ns, &t.gen_ns, &t.sink_ns);
-        run(&[
-            "ip", "-n", sw, "link", "add", &t.ingress, "type", "veth", "peer", "name", "eth0",
-            "netns", gen,
-        ])?;
-        run(&[
-            "ip", "-n", sw, "link", "add", &t.egress, "type", "veth", "peer", "name", "eth0",
-            "netns", sink,
-        ])?;
-        run(&[
-            "ip",
-            "-n",
-            gen,
-            "link",
-            "set",
-            "eth0",
-            "address",
-            &fmt_mac(GEN_MAC),
-        ])?;
-        run(&[
-            "ip",
-            "-n",
-            sink,
-            "link",
-            "set",
-            "eth0",
-            "address",
-            &fmt_mac(SINK_MAC),
-        ])?;
-        for (ns, dev) in [
-            (sw, &t.ingress),
-            (sw, &t.egress),
-            (gen, &"eth0".to_string()),
-            (sink, &"eth0".to_string()),
-        ] {
-            run(&["ip", "-n", ns, "link", "set", dev, "up"])?;
-        }
-        Ok(t)
+            gen_ns: name("gen")?,
+            sw_ns: name("sw")?,
+            sink_ns: name("sink")?,
+            ingress,
+            egress,
+            kit,
+        })
+    }
+
+    /// The namespace of `role` (`gen`, `sw`, `sink`).
+    pub fn ns(&self, role: &str) -> &Netns {
+        self.kit.ns(role).expect("the three roles exist")
     }
 
     /// Detaches any XDP program a device left on the DUT's interfaces (Open vSwitch
@@ -186,16 +171,6 @@ pub fn counter_delta(
             (d > 0).then(|| (k.clone(), d))
         })
         .collect()
-}
-
-impl Drop for Topology {
-    fn drop(&mut self) {
-        for ns in self.created.drain(..).rev() {
-            if let Err(e) = run(&["ip", "netns", "del", &ns]) {
-                eprintln!("pollux-bench: cleanup: {e}");
-            }
-        }
-    }
 }
 
 #[cfg(test)]

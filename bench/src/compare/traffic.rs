@@ -21,7 +21,8 @@ use pollux_drivers::xsk::{AfXdpPort, Umem, XskConfig, XskSocket};
 use super::frame;
 use super::pacing::Pacer;
 use super::seq::SeqTracker;
-use super::sys::{in_netns, interrupted, interrupted_error};
+use super::sys::{interrupted, interrupted_error};
+use pollux_testkit::netns::Netns;
 
 const BURST: usize = 64;
 /// Frames the generator may send at once to catch up after falling behind: one burst,
@@ -154,8 +155,9 @@ impl std::fmt::Debug for Traffic {
 
 impl Traffic {
     /// Opens the generator's socket on `eth0` of `gen_ns` and the sink's on `eth0` of
-    /// `sink_ns` (with the redirect program).
-    pub fn open(gen_ns: &str, sink_ns: &str) -> Result<Traffic, String> {
+    /// `sink_ns` (with the redirect program). Each socket is made on this thread moved
+    /// into its namespace, as the sockets share this thread's UMEMs.
+    pub fn open(gen_ns: &Netns, sink_ns: &Netns) -> Result<Traffic, String> {
         let mut gen_pool = Box::new(FramePool::with_frames(8192).map_err(|e| e.to_string())?);
         let mut sink_pool = Box::new(FramePool::with_frames(8192).map_err(|e| e.to_string())?);
         // SAFETY: both UMEMs describe pools owned by the `Traffic` being built, whose
@@ -181,16 +183,20 @@ impl Traffic {
             comp_size: 64,
             ..XskConfig::default()
         };
-        let gen_sock = in_netns(gen_ns, || XskSocket::new(&gen_umem, "eth0", 0, &gen_cfg))?
+        let gen_sock = gen_ns
+            .run_here(|| XskSocket::new(&gen_umem, "eth0", 0, &gen_cfg))
+            .map_err(|e| e.to_string())?
             .map_err(|e| format!("generator socket: {e}"))?;
-        let (sink_xdp, sink_sock) = in_netns(sink_ns, || -> Result<_, String> {
-            let xdp = XdpProgram::attach("eth0", XdpMode::Native, 1)
-                .map_err(|e| format!("sink XDP: {e}"))?;
-            let sock = XskSocket::new(&sink_umem, "eth0", 0, &sink_cfg)
-                .map_err(|e| format!("sink socket: {e}"))?;
-            xdp.register(0, sock.fd()).map_err(|e| e.to_string())?;
-            Ok((xdp, sock))
-        })??;
+        let (sink_xdp, sink_sock) = sink_ns
+            .run_here(|| -> Result<_, String> {
+                let xdp = XdpProgram::attach("eth0", XdpMode::Native, 1)
+                    .map_err(|e| format!("sink XDP: {e}"))?;
+                let sock = XskSocket::new(&sink_umem, "eth0", 0, &sink_cfg)
+                    .map_err(|e| format!("sink socket: {e}"))?;
+                xdp.register(0, sock.fd()).map_err(|e| e.to_string())?;
+                Ok((xdp, sock))
+            })
+            .map_err(|e| e.to_string())??;
         let gen =
             AfXdpPort::new("gen", vec![gen_sock], &mut gen_pool).map_err(|e| e.to_string())?;
         let sink =

@@ -7,19 +7,20 @@
 //! there for every OVS command it runs), so it never touches `/var/run/openvswitch` or a
 //! system-wide instance. `ovs-vswitchd` runs inside the given namespace (`ip netns exec`),
 //! so it only ever sees that namespace's interfaces. Ports are `type=system` (AF_PACKET),
-//! which works on veth. Dropping the switch stops both daemons, waits for them and removes
-//! the work directory.
+//! which works on veth (the benchmark harness adds `type=afxdp` ports instead). Dropping
+//! the switch stops both daemons, waits for them and removes the work directory.
 //!
-//! [`NetnsGuard`] is the minimal namespace handling the OVS tests need: it creates
-//! namespaces and deletes them again on drop.
+//! Namespaces, captures and bounded commands come from [`crate::netns`]; the daemons are
+//! [`Proc`]s (process group killed and reaped on drop).
 
-use std::fs::{self, File};
-use std::io::{self, Read};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use crate::netns::{self, Proc};
 
 /// The OVS database schema installed by Debian's `openvswitch-common`.
 pub const SCHEMA: &str = "/usr/share/openvswitch/vswitch.ovsschema";
@@ -38,11 +39,15 @@ pub const OVS_TOOLS: &[&str] = &[
 /// socket path has at most 107 bytes.
 pub const MAX_WORKDIR_LEN: usize = 80;
 
-/// How long any one OVS command may take (`--timeout` of the OVS tools).
-const CMD_TIMEOUT_SECS: u32 = 10;
+/// How long any one OVS command may take (`--timeout` of the OVS tools); adding an
+/// `afxdp` port waits for its XDP program and sockets, which takes seconds.
+const CMD_TIMEOUT_SECS: u32 = 30;
 
 /// How long a daemon may take to come up or to go down.
 const DAEMON_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the ports may take to come up ([`OvsSwitch::wait_ready`]).
+const PORTS_TIMEOUT: Duration = Duration::from_secs(15);
 
 fn other(msg: impl Into<String>) -> io::Error {
     io::Error::other(msg.into())
@@ -61,82 +66,10 @@ pub fn missing_tools(tools: &[&str]) -> Vec<String> {
         .collect()
 }
 
-/// The effective user id of this process, from `/proc/self/status`.
-pub fn effective_uid() -> Option<u32> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-    line.split_whitespace().nth(2)?.parse().ok()
-}
-
 /// Runs `cmd` to completion, bounded by `limit` (the child is killed after that), and
 /// returns its stdout; a non-zero exit is an error that carries the command and stderr.
-pub fn run_bounded(cmd: &mut Command, limit: Duration) -> io::Result<String> {
-    let desc = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| other(format!("cannot run {desc}: {e}")))?;
-    let stdout = drain(child.stdout.take());
-    let stderr = drain(child.stderr.take());
-    let status = wait_deadline(&mut child, limit)?;
-    let out = stdout.join().unwrap_or_default();
-    let err = stderr.join().unwrap_or_default();
-    match status {
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            Err(other(format!(
-                "{desc} did not finish within {limit:?}; stderr: {err}"
-            )))
-        }
-        Some(s) if s.success() => Ok(out),
-        Some(s) => Err(other(format!("{desc} failed ({s}): {}", err.trim()))),
-    }
-}
-
-fn drain<R: Read + Send + 'static>(pipe: Option<R>) -> thread::JoinHandle<String> {
-    thread::spawn(move || {
-        let mut s = String::new();
-        if let Some(mut p) = pipe {
-            let mut buf = Vec::new();
-            let _ = p.read_to_end(&mut buf);
-            s = String::from_utf8_lossy(&buf).into_owned();
-        }
-        s
-    })
-}
-
-/// Waits for `child` at most `limit`; `None` if it is still running then.
-pub fn wait_deadline(child: &mut Child, limit: Duration) -> io::Result<Option<ExitStatus>> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(Some(status));
-        }
-        if Instant::now() >= deadline {
-            return Ok(None);
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Stops a child of ours: SIGTERM, then SIGKILL after `grace`, and always reaps it.
-pub fn stop_child(child: &mut Child, grace: Duration) {
-    if let Ok(Some(_)) = child.try_wait() {
-        return;
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    if !matches!(wait_deadline(child, grace), Ok(Some(_))) {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
+fn run_bounded(cmd: Command, limit: Duration) -> io::Result<String> {
+    netns::run_checked(cmd, limit).map_err(|e| other(e.to_string()))
 }
 
 /// Polls `check` until it returns `Ok(true)` or `limit` passes; the error says what was
@@ -163,138 +96,14 @@ fn poll_until(
     }
 }
 
-/// Network namespaces created by a test, deleted again (in reverse order) on drop.
-#[derive(Debug, Default)]
-pub struct NetnsGuard {
-    names: Vec<String>,
-}
-
-impl NetnsGuard {
-    /// An empty guard.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Creates namespace `name` (it must not exist yet), brings its loopback up and turns
-    /// IPv6 off in it, so that no router or neighbour solicitation adds stray frames.
-    pub fn add(&mut self, name: &str) -> io::Result<()> {
-        run_bounded(
-            Command::new("ip").args(["netns", "add", name]),
-            Duration::from_secs(10),
-        )?;
-        self.names.push(name.to_string());
-        self.exec(name, &["ip", "link", "set", "lo", "up"])?;
-        self.exec(
-            name,
-            &[
-                "sh",
-                "-c",
-                "test ! -d /proc/sys/net/ipv6 || sysctl -qw net.ipv6.conf.all.disable_ipv6=1 \
-                 net.ipv6.conf.default.disable_ipv6=1",
-            ],
-        )?;
-        Ok(())
-    }
-
-    /// The namespaces this guard owns, in creation order.
-    pub fn names(&self) -> &[String] {
-        &self.names
-    }
-
-    /// Deletes namespaces `<prefix><pid>-<role>` left by test runs that were killed
-    /// (their pid is no longer alive), killing the processes still inside them first.
-    /// Returns the names deleted.
-    pub fn sweep_stale(prefix: &str) -> Vec<String> {
-        let list = run_bounded(
-            Command::new("ip").args(["netns", "list"]),
-            Duration::from_secs(10),
-        )
-        .unwrap_or_default();
-        let mut removed = Vec::new();
-        for name in list.lines().filter_map(|l| l.split_whitespace().next()) {
-            let Some(pid) = name
-                .strip_prefix(prefix)
-                .and_then(|r| r.split('-').next())
-                .and_then(|p| p.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
-                continue;
-            }
-            // Processes that run still inside it (tcpdump, ovs-vswitchd) were that run's.
-            let pids = run_bounded(
-                Command::new("ip").args(["netns", "pids", name]),
-                Duration::from_secs(10),
-            )
-            .unwrap_or_default();
-            for p in pids.split_whitespace().filter(|p| p.parse::<u32>().is_ok()) {
-                let _ = Command::new("kill")
-                    .args(["-KILL", p])
-                    .stdin(Stdio::null())
-                    .status();
-            }
-            if run_bounded(
-                Command::new("ip").args(["netns", "delete", name]),
-                Duration::from_secs(10),
-            )
-            .is_ok()
-            {
-                removed.push(name.to_string());
-            }
-        }
-        removed
-    }
-
-    /// Runs `argv` inside namespace `ns` (bounded to 10 s) and returns its stdout.
-    pub fn exec(&self, ns: &str, argv: &[&str]) -> io::Result<String> {
-        run_bounded(
-            Command::new("ip").args(["netns", "exec", ns]).args(argv),
-            Duration::from_secs(10),
-        )
-    }
-
-    /// A veth pair: `a_if` in namespace `a_ns` and `b_if` in `b_ns`, both up.
-    pub fn veth(&self, a_ns: &str, a_if: &str, b_ns: &str, b_if: &str) -> io::Result<()> {
-        for name in [a_if, b_if] {
-            if name.is_empty() || name.len() > 15 {
-                return Err(other(format!(
-                    "interface name {name:?} is not 1..=15 bytes"
-                )));
-            }
-        }
-        run_bounded(
-            Command::new("ip").args([
-                "-n", a_ns, "link", "add", "name", a_if, "type", "veth", "peer", "name", b_if,
-                "netns", b_ns,
-            ]),
-            Duration::from_secs(10),
-        )?;
-        self.exec(a_ns, &["ip", "link", "set", "dev", a_if, "up"])?;
-        self.exec(b_ns, &["ip", "link", "set", "dev", b_if, "up"])?;
-        Ok(())
-    }
-}
-
-impl Drop for NetnsGuard {
-    fn drop(&mut self) {
-        for name in self.names.drain(..).rev() {
-            let _ = run_bounded(
-                Command::new("ip").args(["netns", "delete", &name]),
-                Duration::from_secs(10),
-            );
-        }
-    }
-}
-
 /// A private Open vSwitch (`ovsdb-server` + `ovs-vswitchd`) running inside one network
 /// namespace, with all its state in a work directory of its own.
 #[derive(Debug)]
 pub struct OvsSwitch {
     netns: String,
     workdir: PathBuf,
-    ovsdb: Option<Child>,
-    vswitchd: Option<Child>,
+    ovsdb: Option<Proc>,
+    vswitchd: Option<Proc>,
 }
 
 impl OvsSwitch {
@@ -303,6 +112,17 @@ impl OvsSwitch {
     /// `ovs-vswitchd` inside namespace `netns`. Returns once both answer on their control
     /// sockets.
     pub fn start(netns: &str, workdir: &Path) -> io::Result<OvsSwitch> {
+        OvsSwitch::start_with(netns, workdir, &[])
+    }
+
+    /// [`OvsSwitch::start`], with `other_config` keys of the `Open_vSwitch` table set
+    /// before `ovs-vswitchd` starts (e.g. `("pmd-cpu-mask", "0x2")`), so its first
+    /// configuration already has them.
+    pub fn start_with(
+        netns: &str,
+        workdir: &Path,
+        other_config: &[(&str, &str)],
+    ) -> io::Result<OvsSwitch> {
         let missing = missing_tools(OVS_TOOLS);
         if !missing.is_empty() {
             return Err(other(format!(
@@ -339,10 +159,9 @@ impl OvsSwitch {
             vswitchd: None,
         };
         let db = sw.path("conf.db");
-        run_bounded(
-            sw.ovs_cmd("ovsdb-tool").arg("create").arg(&db).arg(SCHEMA),
-            DAEMON_TIMEOUT,
-        )?;
+        let mut create = sw.ovs_cmd("ovsdb-tool");
+        create.arg("create").arg(&db).arg(SCHEMA);
+        run_bounded(create, DAEMON_TIMEOUT)?;
 
         let mut ovsdb = sw.ovs_cmd("ovsdb-server");
         ovsdb
@@ -351,21 +170,18 @@ impl OvsSwitch {
             .arg(format!("--unixctl={}", sw.path("ovsdb.ctl").display()))
             .arg(format!("--pidfile={}", sw.path("ovsdb.pid").display()))
             .arg(format!("--log-file={}", sw.path("ovsdb.log").display()))
-            .arg("--no-chdir")
-            .stdin(Stdio::null())
-            .stdout(File::create(sw.path("ovsdb.out"))?)
-            .stderr(File::create(sw.path("ovsdb.err"))?);
-        sw.ovsdb = Some(
-            ovsdb
-                .spawn()
-                .map_err(|e| other(format!("cannot start ovsdb-server: {e}")))?,
-        );
+            .arg("--no-chdir");
+        sw.ovsdb = Some(Proc::spawn(ovsdb).map_err(|e| other(e.to_string()))?);
         let sock = sw.path("db.sock");
         sw.wait_daemon(
             "ovsdb-server",
             |sw| Ok(sw.ovsdb_running()? && sock.exists()),
         )?;
         sw.vsctl(&["--no-wait", "init"])?;
+        for (key, value) in other_config {
+            let setting = format!("other_config:{key}={value}");
+            sw.vsctl(&["--no-wait", "set", "Open_vSwitch", ".", &setting])?;
+        }
 
         let mut vswitchd = Command::new("ip");
         vswitchd
@@ -374,21 +190,23 @@ impl OvsSwitch {
             .arg(format!("--unixctl={}", sw.ctl().display()))
             .arg(format!("--pidfile={}", sw.path("vswitchd.pid").display()))
             .arg(format!("--log-file={}", sw.path("vswitchd.log").display()))
-            .arg("--no-chdir")
-            .stdin(Stdio::null())
-            .stdout(File::create(sw.path("vswitchd.out"))?)
-            .stderr(File::create(sw.path("vswitchd.err"))?);
+            .arg("--no-chdir");
         sw.set_env(&mut vswitchd);
         // `ip netns exec` execs the program, so this child is ovs-vswitchd itself.
-        sw.vswitchd = Some(
-            vswitchd
-                .spawn()
-                .map_err(|e| other(format!("cannot start ovs-vswitchd: {e}")))?,
-        );
+        sw.vswitchd = Some(Proc::spawn(vswitchd).map_err(|e| other(e.to_string()))?);
         sw.wait_daemon("ovs-vswitchd", |sw| {
             Ok(sw.vswitchd_running()? && sw.appctl(&["version"]).is_ok())
         })?;
         Ok(sw)
+    }
+
+    /// Process ids of `ovsdb-server` and `ovs-vswitchd` (for CPU placement).
+    pub fn pids(&self) -> Vec<u32> {
+        [&self.ovsdb, &self.vswitchd]
+            .into_iter()
+            .flatten()
+            .map(Proc::pid)
+            .collect()
     }
 
     /// The namespace `ovs-vswitchd` runs in.
@@ -429,30 +247,28 @@ impl OvsSwitch {
     }
 
     fn ovsdb_running(&mut self) -> io::Result<bool> {
-        match self.ovsdb.as_mut() {
-            Some(c) => match c.try_wait()? {
-                None => Ok(true),
-                Some(s) => Err(other(format!(
-                    "ovsdb-server exited ({s}); {}",
-                    self.log_tail("ovsdb.log", 20)
-                ))),
-            },
+        match self.ovsdb.as_mut().map(Proc::is_running) {
+            Some(true) => Ok(true),
+            Some(false) => Err(self.exited(self.ovsdb.as_ref(), "ovsdb-server", "ovsdb.log")),
             None => Ok(false),
         }
     }
 
     fn vswitchd_running(&mut self) -> io::Result<bool> {
-        match self.vswitchd.as_mut() {
-            Some(c) => match c.try_wait()? {
-                None => Ok(true),
-                Some(s) => Err(other(format!(
-                    "ovs-vswitchd exited ({s}); {} {}",
-                    self.log_tail("vswitchd.log", 20),
-                    self.log_tail("vswitchd.err", 20)
-                ))),
-            },
+        match self.vswitchd.as_mut().map(Proc::is_running) {
+            Some(true) => Ok(true),
+            Some(false) => Err(self.exited(self.vswitchd.as_ref(), "ovs-vswitchd", "vswitchd.log")),
             None => Ok(false),
         }
+    }
+
+    /// The error for a daemon that exited: its log's tail and its stderr.
+    fn exited(&self, daemon: Option<&Proc>, name: &str, log: &str) -> io::Error {
+        let stderr = daemon.map(Proc::stderr_so_far).unwrap_or_default();
+        other(format!(
+            "{name} exited; {}\n--- stderr ---\n{stderr}",
+            self.log_tail(log, 20)
+        ))
     }
 
     /// Waits until `ready` holds; a daemon that exits meanwhile ends the wait at once.
@@ -493,41 +309,31 @@ impl OvsSwitch {
         format!("--- {file} ---\n{}", all[start..].join("\n"))
     }
 
+    /// Runs one OVS tool with the common `--timeout`, bounded a little beyond it.
+    fn tool(&self, prog: &str, args: &[&str]) -> io::Result<String> {
+        let mut cmd = self.ovs_cmd(prog);
+        cmd.arg(format!("--timeout={CMD_TIMEOUT_SECS}")).args(args);
+        run_bounded(cmd, Duration::from_secs(u64::from(CMD_TIMEOUT_SECS) + 5))
+    }
+
     /// Runs `ovs-vsctl` against the private database; waits for `ovs-vswitchd` to apply
     /// the change unless `--no-wait` is among `args`.
     pub fn vsctl(&self, args: &[&str]) -> io::Result<String> {
-        run_bounded(
-            self.ovs_cmd("ovs-vsctl")
-                .arg(format!("--db={}", self.db_target()))
-                .arg(format!("--timeout={CMD_TIMEOUT_SECS}"))
-                .args(args),
-            Duration::from_secs(u64::from(CMD_TIMEOUT_SECS) + 5),
-        )
+        let db = format!("--db={}", self.db_target());
+        self.tool("ovs-vsctl", &[&[db.as_str()], args].concat())
     }
 
     /// Runs `ovs-appctl` against this `ovs-vswitchd`.
     pub fn appctl(&self, args: &[&str]) -> io::Result<String> {
-        run_bounded(
-            self.ovs_cmd("ovs-appctl")
-                .arg("-t")
-                .arg(self.ctl())
-                .arg(format!("--timeout={CMD_TIMEOUT_SECS}"))
-                .args(args),
-            Duration::from_secs(u64::from(CMD_TIMEOUT_SECS) + 5),
-        )
+        let ctl = self.ctl();
+        let ctl = ctl.to_string_lossy();
+        self.tool("ovs-appctl", &[&["-t", ctl.as_ref()], args].concat())
     }
 
     /// Runs `ovs-ofctl <command> unix:<workdir>/<bridge>.mgmt <args>`.
     pub fn ofctl(&self, command: &str, bridge: &str, args: &[&str]) -> io::Result<String> {
         let target = format!("unix:{}", self.path(&format!("{bridge}.mgmt")).display());
-        run_bounded(
-            self.ovs_cmd("ovs-ofctl")
-                .arg(format!("--timeout={CMD_TIMEOUT_SECS}"))
-                .arg(command)
-                .arg(target)
-                .args(args),
-            Duration::from_secs(u64::from(CMD_TIMEOUT_SECS) + 5),
-        )
+        self.tool("ovs-ofctl", &[&[command, target.as_str()], args].concat())
     }
 
     /// Adds bridge `name` on the userspace datapath (`datapath_type=netdev`), in the
@@ -573,7 +379,7 @@ impl OvsSwitch {
     /// Waits (at most 10 s) until every interface in the database has an OpenFlow port
     /// number and no error, and shows up in the datapath (`dpif/show`).
     pub fn wait_ready(&self) -> io::Result<()> {
-        poll_until("OVS ports to come up", DAEMON_TIMEOUT, || {
+        poll_until("OVS ports to come up", PORTS_TIMEOUT, || {
             let rows = self.vsctl(&[
                 "--format=csv",
                 "--data=bare",
@@ -683,11 +489,11 @@ pub struct FdbEntry {
 impl Drop for OvsSwitch {
     fn drop(&mut self) {
         // ovs-vswitchd first (it removes its tap devices on SIGTERM), then the database.
-        if let Some(mut c) = self.vswitchd.take() {
-            stop_child(&mut c, Duration::from_secs(5));
-        }
-        if let Some(mut c) = self.ovsdb.take() {
-            stop_child(&mut c, Duration::from_secs(5));
+        for daemon in [self.vswitchd.take(), self.ovsdb.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = daemon.stop(Duration::from_secs(5));
         }
         let _ = fs::remove_dir_all(&self.workdir);
     }
@@ -722,10 +528,11 @@ pub fn sweep_stale_workdirs(parent: &Path, prefix: &str) -> Vec<PathBuf> {
             };
             let cmdline = fs::read(format!("/proc/{daemon}/cmdline")).unwrap_or_default();
             if String::from_utf8_lossy(&cmdline).contains(&*dir.to_string_lossy()) {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &daemon.to_string()])
-                    .stdin(Stdio::null())
-                    .status();
+                if let Ok(pid) = libc::pid_t::try_from(daemon) {
+                    // SAFETY: kill has no memory-safety preconditions; the process runs a
+                    // daemon of this dead run's work directory (checked just above).
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
             }
         }
         if fs::remove_dir_all(&dir).is_ok() {
@@ -733,90 +540,4 @@ pub fn sweep_stale_workdirs(parent: &Path, prefix: &str) -> Vec<PathBuf> {
         }
     }
     removed
-}
-
-/// A bounded `tcpdump` of the frames an interface receives (`-Q in`), inside a namespace,
-/// with link-level headers (`-e`, so 802.1Q tags show as `vlan N`) and no name lookups.
-#[derive(Debug)]
-pub struct Capture {
-    desc: String,
-    child: Option<Child>,
-    stdout: Option<thread::JoinHandle<String>>,
-    stderr: Option<thread::JoinHandle<String>>,
-}
-
-impl Capture {
-    /// Starts capturing at most `max_count` frames matching `filter` on `ifname` in
-    /// namespace `ns`, and returns once tcpdump listens (at most 10 s).
-    pub fn start(ns: &str, ifname: &str, filter: &str, max_count: u32) -> io::Result<Capture> {
-        let mut cmd = Command::new("ip");
-        cmd.args([
-            "netns", "exec", ns, "tcpdump", "-i", ifname, "-Q", "in", "-e", "-nn",
-        ])
-        .args(["-l", "--immediate-mode", "-c", &max_count.to_string()]);
-        if !filter.is_empty() {
-            cmd.arg(filter);
-        }
-        let desc = format!("tcpdump in {ns} on {ifname} ({filter})");
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| other(format!("cannot start {desc}: {e}")))?;
-        let stdout = drain(child.stdout.take());
-        let (tx, rx) = mpsc::channel();
-        let mut err_pipe = child.stderr.take();
-        let stderr = thread::spawn(move || {
-            let mut all = String::new();
-            let mut buf = [0u8; 512];
-            let mut told = false;
-            while let Some(Ok(n)) = err_pipe.as_mut().map(|p| p.read(&mut buf)) {
-                if n == 0 {
-                    break;
-                }
-                all.push_str(&String::from_utf8_lossy(&buf[..n]));
-                if !told && all.contains("listening on") {
-                    told = true;
-                    let _ = tx.send(());
-                }
-            }
-            all
-        });
-        let mut cap = Capture {
-            desc,
-            child: Some(child),
-            stdout: Some(stdout),
-            stderr: Some(stderr),
-        };
-        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
-            let (_, err) = cap.stop();
-            return Err(other(format!("{} did not start: {err}", cap.desc)));
-        }
-        Ok(cap)
-    }
-
-    fn stop(&mut self) -> (String, String) {
-        if let Some(mut c) = self.child.take() {
-            stop_child(&mut c, Duration::from_secs(2));
-        }
-        let out = self.stdout.take().and_then(|h| h.join().ok());
-        let err = self.stderr.take().and_then(|h| h.join().ok());
-        (out.unwrap_or_default(), err.unwrap_or_default())
-    }
-
-    /// Lets the capture run until it has its `max_count` frames or `window` has passed,
-    /// stops it and returns the captured lines (tcpdump's stdout).
-    pub fn finish(mut self, window: Duration) -> io::Result<String> {
-        if let Some(c) = self.child.as_mut() {
-            wait_deadline(c, window)?;
-        }
-        Ok(self.stop().0)
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        self.stop();
-    }
 }

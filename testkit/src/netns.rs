@@ -177,7 +177,8 @@ pub fn require_root() {
     assert!(
         euid == 0,
         "this test needs root (network namespaces need CAP_SYS_ADMIN and CAP_NET_ADMIN); \
-         effective uid is {euid}: run it as root, e.g. `sudo -E cargo test ...`"
+         effective uid is {euid}: run it as root with the ignored tests included, e.g. \
+         `sudo -E cargo test --workspace -- --include-ignored`"
     );
 }
 
@@ -693,6 +694,13 @@ pub fn remove_stale(prefix_root: &str) -> Result<Vec<String>> {
     remove_matching(prefix_root, |pid| !pid_alive(pid))
 }
 
+/// Deletes every namespace under `prefix_root` that this process created. For a panic
+/// hook: where panics abort, no [`Netns`] is dropped, so nothing else would delete them.
+pub fn remove_own(prefix_root: &str) -> Result<Vec<String>> {
+    check_root(prefix_root)?;
+    remove_matching(prefix_root, |pid| pid == std::process::id())
+}
+
 fn remove_matching(root: &str, doomed: impl Fn(u32) -> bool) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     let mut first_err = None;
@@ -883,6 +891,33 @@ impl Netns {
         self.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
     }
 
+    /// Runs `f` on the calling thread moved into this namespace with `setns(2)`, then moves
+    /// the thread back (also when `f` panics). For what cannot cross threads, such as
+    /// AF_XDP sockets sharing one UMEM; sockets and XDP links `f` makes stay bound to
+    /// this namespace. Prefer [`Netns::run_in`], which leaves the caller untouched.
+    pub fn run_here<F, R>(&self, f: F) -> Result<R>
+    where
+        F: FnOnce() -> R,
+    {
+        let io_err = |what: String| move |source| Error::Io { what, source };
+        let home = std::fs::File::open("/proc/thread-self/ns/net")
+            .map_err(io_err("opening /proc/thread-self/ns/net".into()))?;
+        let target = std::fs::File::open(self.path())
+            .map_err(io_err(format!("opening {}", self.path().display())))?;
+        setns_net(&target).map_err(io_err(format!("setns into {}", self.name)))?;
+        /// Moves the thread home when dropped, so a panic in `f` does not leave it here.
+        struct Home(std::fs::File);
+        impl Drop for Home {
+            fn drop(&mut self) {
+                // A thread left in a test namespace would send the caller's later traffic
+                // there: that must not go unnoticed.
+                setns_net(&self.0).expect("setns back to the calling thread's namespace");
+            }
+        }
+        let _home = Home(home);
+        Ok(f())
+    }
+
     /// Runs `f` on a fresh thread that entered this namespace with `setns(2)`, and returns
     /// its result; the calling thread's namespace is untouched. A panic in `f` is resumed
     /// in the caller. Sockets `f` opens belong to the namespace.
@@ -891,31 +926,36 @@ impl Netns {
         F: FnOnce() -> R + Send,
         R: Send,
     {
-        let path = self.path();
-        let file = std::fs::File::open(&path).map_err(|source| Error::Io {
-            what: format!("opening {}", path.display()),
-            source,
-        })?;
-        let outcome = thread::scope(|s| {
-            s.spawn(|| {
-                // SAFETY: the fd is a valid open namespace file for the whole call (the
-                // File outlives the scope); setns only changes this thread's namespace,
-                // and this thread ends right after `f`.
-                let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                if r != 0 {
-                    return Err(Error::Io {
-                        what: format!("setns into {}", path.display()),
-                        source: io::Error::last_os_error(),
-                    });
-                }
-                Ok(f())
-            })
-            .join()
-        });
-        match outcome {
-            Ok(r) => r,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
+        run_in_named(&self.name, f)
+    }
+}
+
+/// [`Netns::run_in`] for a namespace this process does not own, by its name (a child
+/// process working in its parent's namespace); nothing is deleted afterwards.
+pub fn run_in_named<F, R>(name: &str, f: F) -> Result<R>
+where
+    F: FnOnce() -> R + Send,
+    R: Send,
+{
+    let path = Path::new("/run/netns").join(name);
+    let file = std::fs::File::open(&path).map_err(|source| Error::Io {
+        what: format!("opening {}", path.display()),
+        source,
+    })?;
+    let outcome = thread::scope(|s| {
+        s.spawn(|| {
+            // This thread ends right after `f`, so it is never moved back.
+            setns_net(&file).map_err(|source| Error::Io {
+                what: format!("setns into {}", path.display()),
+                source,
+            })?;
+            Ok(f())
+        })
+        .join()
+    });
+    match outcome {
+        Ok(r) => r,
+        Err(panic) => std::panic::resume_unwind(panic),
     }
 }
 
@@ -924,6 +964,17 @@ impl Drop for Netns {
         if let Err(e) = delete_netns(&self.name) {
             eprintln!("netns: cannot delete namespace {}: {e}", self.name);
         }
+    }
+}
+
+fn setns_net(ns: &std::fs::File) -> io::Result<()> {
+    // SAFETY: `ns` is an open namespace file for the duration of the call; setns only
+    // changes the calling thread's network namespace.
+    let r = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 
@@ -1502,6 +1553,37 @@ impl Capture {
         filter: &[&str],
         format: CaptureFormat,
     ) -> Result<Capture> {
+        Capture::start_with(ns, ifname, count, filter, format, &[])
+    }
+
+    /// [`Capture::start`] for the frames `ifname` receives only (`-Q in`), each handed to
+    /// tcpdump as it arrives (`--immediate-mode`): what a host sends itself is not seen,
+    /// and a capture finished right after the traffic has every frame.
+    pub fn start_inbound(
+        ns: &Netns,
+        ifname: &str,
+        count: u32,
+        filter: &[&str],
+        format: CaptureFormat,
+    ) -> Result<Capture> {
+        Capture::start_with(
+            ns,
+            ifname,
+            count,
+            filter,
+            format,
+            &["-Q", "in", "--immediate-mode"],
+        )
+    }
+
+    fn start_with(
+        ns: &Netns,
+        ifname: &str,
+        count: u32,
+        filter: &[&str],
+        format: CaptureFormat,
+        options: &[&str],
+    ) -> Result<Capture> {
         check_ifname(ifname)?;
         if !(1..=CAPTURE_MAX_COUNT).contains(&count) {
             return invalid(format!(
@@ -1520,6 +1602,7 @@ impl Capture {
         };
         let file_s = file.as_ref().map(|f| f.to_string_lossy().into_owned());
         let mut args: Vec<&str> = vec!["-i", ifname, "-c", &count_s, "-nn", "-Z", "root"];
+        args.extend(options);
         match &file_s {
             None => args.extend(["-e", "-l"]),
             Some(f) => args.extend(["-U", "-w", f]),

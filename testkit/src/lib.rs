@@ -1,0 +1,13 @@
+//! The namespace kit that the end-to-end tests (`pollux-tests`) and the benchmark harness
+//! (`pollux-bench compare`) share: network namespaces and topologies deleted on drop,
+//! processes killed and reaped on drop, bounded probes (`ping`, `arping`, `iperf3`,
+//! `tcpdump`, DHCP clients) and a private Open vSwitch peer.
+//!
+//! It knows nothing of Pollux (no dependency on its crates), so the harness and shell
+//! scripts can use it without building test code; everything Pollux-specific (frame
+//! builders, the in-memory switch, the `polluxd` wrapper) stays in `pollux-tests`.
+
+pub mod dhcp;
+pub mod netns;
+pub mod ovs;
+pub mod signal;
