@@ -175,6 +175,7 @@ fn ping_from_a_foreign_mac(lab: &Lab) {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn spoofed_addresses_reach_no_other_vm() {
     let _serial = setup();
     let lab = Lab::start();
@@ -284,6 +285,7 @@ impl Drop for RogueDhcp {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn a_rogue_dhcp_server_answers_nobody() {
     let _serial = setup();
     let lab = Lab::start();
