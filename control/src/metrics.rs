@@ -187,6 +187,8 @@ impl MetricsSource {
             mac_learned: sum(&|w| w.macs_learned.get()),
             mac_moves: sum(&|w| w.mac_moves.get()),
             mac_table_full: sum(&|w| w.mac_table_full.get()),
+            mac_port_limit: sum(&|w| w.mac_port_limit.get()),
+            mac_move_refused: sum(&|w| w.mac_move_refused.get()),
             mac_aged: sum(&|w| w.macs_aged.get()),
             router: [
                 sum(&|w| w.sessions.get()),
@@ -231,6 +233,8 @@ struct Scrape {
     mac_learned: u64,
     mac_moves: u64,
     mac_table_full: u64,
+    mac_port_limit: u64,
+    mac_move_refused: u64,
     mac_aged: u64,
     /// In [`ROUTER_FAMILIES`] order.
     router: [u64; 7],
@@ -453,6 +457,18 @@ impl Collector for Scrape {
             "pollux_mac_table_full",
             "Source MACs not learned because the table was full.",
             self.mac_table_full,
+        )?;
+        counter(
+            &mut e,
+            "pollux_mac_port_limit",
+            "Source MACs not learned because their VM port held its quota of learned MACs.",
+            self.mac_port_limit,
+        )?;
+        counter(
+            &mut e,
+            "pollux_mac_move_refused",
+            "MACs of hosts behind an uplink that a VM port sent from and did not take over.",
+            self.mac_move_refused,
         )?;
         counter(
             &mut e,

@@ -71,6 +71,13 @@ pub struct L2 {
     /// Most learned MACs per network (default 8192).
     #[serde(default = "default_mac_limit_per_network")]
     pub mac_limit_per_network: i64,
+    /// Most learned MACs per VM port, for VMs that bridge other hosts with port security
+    /// off (default 1024).
+    #[serde(
+        default = "default_mac_limit_per_port",
+        skip_serializing_if = "is_default_mac_limit_per_port"
+    )]
+    pub mac_limit_per_port: i64,
 }
 
 impl Default for L2 {
@@ -78,6 +85,7 @@ impl Default for L2 {
         L2 {
             mac_aging_secs: default_mac_aging_secs(),
             mac_limit_per_network: default_mac_limit_per_network(),
+            mac_limit_per_port: default_mac_limit_per_port(),
         }
     }
 }
@@ -88,6 +96,14 @@ fn default_mac_aging_secs() -> i64 {
 
 fn default_mac_limit_per_network() -> i64 {
     8192
+}
+
+fn default_mac_limit_per_port() -> i64 {
+    1024
+}
+
+fn is_default_mac_limit_per_port(v: &i64) -> bool {
+    *v == default_mac_limit_per_port()
 }
 
 /// Rate limits of the built-in DHCP server (`[dhcp]`), in messages per second and bucket

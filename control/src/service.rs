@@ -330,6 +330,8 @@ fn stats_get(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
         "mac_moves": c.mac_moves.get(),
         "macs_aged": c.macs_aged.get(),
         "mac_table_full": c.mac_table_full.get(),
+        "mac_port_limit": c.mac_port_limit.get(),
+        "mac_move_refused": c.mac_move_refused.get(),
         "generation": c.generation.get(),
     });
     let drops: Map<String, Value> = c

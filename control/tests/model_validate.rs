@@ -733,11 +733,13 @@ fn l2_limits() {
     let mut s = two_networks();
     s.l2.mac_aging_secs = 0;
     s.l2.mac_limit_per_network = -1;
+    s.l2.mac_limit_per_port = 0;
     assert_errors(
         &s,
         &[
             "l2.mac_aging_secs: 0 is outside 1..=4294967295",
             "l2.mac_limit_per_network: -1 is outside 1..=4294967295",
+            "l2.mac_limit_per_port: 0 is outside 1..=4294967295",
         ],
     );
 }

@@ -188,6 +188,10 @@ pub struct WorkerCounters {
     pub macs_aged: Counter,
     /// Source MACs not learned because the network's (or the worker's) table was full.
     pub mac_table_full: Counter,
+    /// Source MACs not learned because their VM port held its quota of learned MACs.
+    pub mac_port_limit: Counter,
+    /// MACs of hosts behind an uplink that a VM port sent from and did not take over.
+    pub mac_move_refused: Counter,
     /// Learned MAC addresses held now.
     pub macs: Gauge,
     /// ICMP errors the routers sent.
@@ -230,6 +234,8 @@ impl WorkerCounters {
             mac_moves: Counter::default(),
             macs_aged: Counter::default(),
             mac_table_full: Counter::default(),
+            mac_port_limit: Counter::default(),
+            mac_move_refused: Counter::default(),
             macs: Gauge::default(),
             icmp_errors: Counter::default(),
             icmp_rate_limited: Counter::default(),

@@ -62,6 +62,9 @@ pub struct L2Config {
     /// Most learned MACs per network (OVS `mac-table-size` is per bridge; per network
     /// keeps one tenant from filling another's table).
     pub mac_limit_per_network: u32,
+    /// Most learned MACs per VM port (one that bridges other hosts, with port security
+    /// off), so that no VM fills its network's quota.
+    pub mac_limit_per_port: u32,
 }
 
 impl Default for L2Config {
@@ -69,6 +72,7 @@ impl Default for L2Config {
         L2Config {
             mac_aging_secs: 300,
             mac_limit_per_network: 8192,
+            mac_limit_per_port: 1024,
         }
     }
 }

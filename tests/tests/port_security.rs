@@ -10,7 +10,7 @@ use pollux_dataplane::drop::DropReason;
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::port_security::{Ipv4Source, PortSecurity};
 use pollux_dataplane::routing::{InterfaceSpec, RouterSpec, RouterUid};
-use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
+use pollux_dataplane::snapshot::{L2Config, NetworkUid, PhysnetId, Segment, SnapshotBuilder};
 use pollux_dataplane::wire::ipv6::link_local_from_mac;
 use pollux_tests::frames::{arp, icmp_echo, ipv4, udp, BROADCAST};
 use pollux_tests::harness::MemSwitch;
@@ -326,5 +326,40 @@ fn a_mixed_burst_drops_exactly_the_spoofed_frames() {
     assert_eq!(out[&VM2].len(), 26);
     assert!(out[&VM2].iter().all(|f| *f == good));
     assert_eq!(drops(&sw, DropReason::SpoofedIp), 14);
+    sw.assert_conserved();
+}
+
+#[test]
+fn a_vm_cannot_take_over_a_mac_learned_on_the_uplink() {
+    let mut sw = switch();
+    // The physical gateway behind the uplink is learned there.
+    sw.exchange(UPLINK, &ping(BROADCAST, OUTSIDE_MAC, [198, 18, 1, 254], GW));
+    // VM3 (port security off, so its frames reach L2) sends from the gateway's MAC.
+    sw.exchange(VM3, &ping(BROADCAST, OUTSIDE_MAC, [198, 18, 1, 254], GW));
+    assert_eq!(sw.counters().mac_move_refused.get(), 1);
+    // Traffic for the gateway still goes to the uplink, not to VM3.
+    let out = sw.exchange(VM2, &ping(OUTSIDE_MAC, VM2_MAC, VM2_IP, [198, 18, 1, 254]));
+    assert_eq!(out.keys().copied().collect::<Vec<_>>(), vec![UPLINK]);
+    assert_eq!(sw.counters().mac_moves.get(), 0);
+    sw.assert_conserved();
+}
+
+#[test]
+fn a_bridging_vm_learns_only_its_quota_of_macs() {
+    let mut b = config();
+    b.l2(L2Config {
+        mac_limit_per_port: 4,
+        ..L2Config::default()
+    });
+    let mut sw = MemSwitch::new(&b, &[VM1, VM2, VM3, UPLINK]);
+    for n in 0..10u8 {
+        let src = [0x52, 0x54, 0, 0, 1, n];
+        sw.exchange(VM3, &ping(BROADCAST, src, [198, 18, 1, 100 + n], GW));
+    }
+    let c = sw.counters();
+    assert_eq!((c.macs_learned.get(), c.mac_port_limit.get()), (4, 6));
+    // The network's other hosts are still learned.
+    sw.exchange(UPLINK, &ping(BROADCAST, OUTSIDE_MAC, [198, 18, 1, 254], GW));
+    assert_eq!(sw.counters().macs_learned.get(), 5);
     sw.assert_conserved();
 }

@@ -42,6 +42,13 @@ impl Checker {
                 format!("{} is outside 1..={}", l2.mac_limit_per_network, u32::MAX),
             ),
         }
+        match u32::try_from(l2.mac_limit_per_port) {
+            Ok(v) if v >= 1 => out.mac_limit_per_port = v,
+            _ => self.err(
+                "l2.mac_limit_per_port",
+                format!("{} is outside 1..={}", l2.mac_limit_per_port, u32::MAX),
+            ),
+        }
         out
     }
 

@@ -2,7 +2,13 @@
 //!
 //! Entries are keyed by network slot and MAC and remember the network's stable uid, so an
 //! entry left behind when a slot changes hands in a new snapshot is never used for the
-//! new network. Each network has a quota so one tenant cannot fill the table for all.
+//! new network. Each network has a quota so one tenant cannot fill the table for all, and
+//! each VM port one so that a VM bridging other hosts (port security off) cannot fill its
+//! network's quota and keep the hosts behind the uplink from being learned.
+//!
+//! A MAC learned on an uplink (a host of the physical network, its gateway say) is never
+//! moved to a VM port: a VM sending from that MAC would otherwise pull the host's traffic
+//! to itself. The entry ages out if the host really went away.
 
 use crate::port::PortId;
 use crate::snapshot::{fdb_key, NetworkUid, MAX_NETWORKS};
@@ -17,6 +23,19 @@ pub struct Learned {
     pub uid: u32,
     /// Worker clock, in seconds, when the MAC was last seen.
     pub seen: u32,
+    /// Learned on a VM port (not an uplink).
+    pub on_vm: bool,
+}
+
+/// Where a MAC is being learned, and the quotas that apply.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LearnLimits {
+    /// Most entries in one network.
+    pub per_network: u32,
+    /// Most entries on one VM port (uplinks have no per-port quota).
+    pub per_vm_port: u32,
+    /// The port is a VM port.
+    pub vm_port: bool,
 }
 
 /// What [`MacTable::learn`] did.
@@ -30,6 +49,10 @@ pub enum LearnOutcome {
     Moved,
     /// Not learned: the network's quota or the table is full.
     Full,
+    /// Not learned: the VM port already holds its quota of learned MACs.
+    PortFull,
+    /// Not moved: the MAC belongs to a host behind an uplink and a VM port sent it.
+    MoveRefused,
 }
 
 /// See the module documentation.
@@ -37,6 +60,8 @@ pub enum LearnOutcome {
 pub struct MacTable {
     map: U64Map<Learned>,
     per_network: Box<[u32]>,
+    /// Entries on each VM port, by port index.
+    per_vm_port: Box<[u32]>,
     age_cursor: usize,
 }
 
@@ -52,6 +77,7 @@ impl MacTable {
         MacTable {
             map: U64Map::with_seed(capacity, seed),
             per_network: vec![0; MAX_NETWORKS].into_boxed_slice(),
+            per_vm_port: vec![0; usize::from(u16::MAX) + 1].into_boxed_slice(),
             age_cursor: 0,
         }
     }
@@ -73,6 +99,11 @@ impl MacTable {
             .get(usize::from(slot))
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Learned MACs on VM port `port`.
+    pub fn count_on_port(&self, port: PortId) -> u32 {
+        self.per_vm_port[port.index()]
     }
 
     /// The port a MAC was learned on in network `slot` with identity `uid`.
@@ -104,8 +135,8 @@ impl MacTable {
         }
     }
 
-    /// Records that `mac` was seen on `port` in network `slot` at `now` (seconds). A new
-    /// entry is added only when the network has fewer than `limit` entries.
+    /// Records that `mac` was seen on uplink `port` in network `slot` at `now` (seconds).
+    /// A new entry is added only when the network has fewer than `limit` entries.
     #[inline]
     pub fn learn(
         &mut self,
@@ -116,38 +147,73 @@ impl MacTable {
         now: u32,
         limit: u32,
     ) -> LearnOutcome {
+        let limits = LearnLimits {
+            per_network: limit,
+            per_vm_port: u32::MAX,
+            vm_port: false,
+        };
+        self.learn_on(slot, uid, mac, port, now, limits)
+    }
+
+    /// Records that `mac` was seen on `port` in network `slot` at `now` (seconds), within
+    /// `limits`: a new entry needs room in the network's and (on a VM port) the port's
+    /// quota; an entry learned on an uplink does not move to a VM port.
+    #[inline]
+    pub fn learn_on(
+        &mut self,
+        slot: u16,
+        uid: NetworkUid,
+        mac: u64,
+        port: PortId,
+        now: u32,
+        limits: LearnLimits,
+    ) -> LearnOutcome {
         let key = fdb_key(slot, mac);
+        let fresh = Learned {
+            port,
+            uid: uid.0,
+            seen: now,
+            on_vm: limits.vm_port,
+        };
         if let Some(e) = self.map.get_mut(key) {
-            let outcome = if e.uid != uid.0 {
-                // Left by the slot's previous network: reuse the entry (the slot's count
-                // already includes it).
+            let stale = e.uid != uid.0;
+            if !stale && e.port == port {
+                e.seen = now;
+                return LearnOutcome::Refreshed;
+            }
+            if !stale && !e.on_vm && limits.vm_port {
+                return LearnOutcome::MoveRefused;
+            }
+            if limits.vm_port && self.per_vm_port[port.index()] >= limits.per_vm_port {
+                return LearnOutcome::PortFull;
+            }
+            let old = std::mem::replace(e, fresh);
+            if old.on_vm {
+                self.per_vm_port[old.port.index()] -= 1;
+            }
+            if limits.vm_port {
+                self.per_vm_port[port.index()] += 1;
+            }
+            // An entry left by the slot's previous network is reused: the slot's count
+            // already includes it.
+            return if stale {
                 LearnOutcome::Learned
-            } else if e.port != port {
-                LearnOutcome::Moved
             } else {
-                LearnOutcome::Refreshed
+                LearnOutcome::Moved
             };
-            *e = Learned {
-                port,
-                uid: uid.0,
-                seen: now,
-            };
-            return outcome;
         }
-        let count = &mut self.per_network[usize::from(slot)];
-        if *count >= limit {
+        if self.per_network[usize::from(slot)] >= limits.per_network {
             return LearnOutcome::Full;
         }
-        match self.map.insert(
-            key,
-            Learned {
-                port,
-                uid: uid.0,
-                seen: now,
-            },
-        ) {
+        if limits.vm_port && self.per_vm_port[port.index()] >= limits.per_vm_port {
+            return LearnOutcome::PortFull;
+        }
+        match self.map.insert(key, fresh) {
             Ok(_) => {
-                *count += 1;
+                self.per_network[usize::from(slot)] += 1;
+                if limits.vm_port {
+                    self.per_vm_port[port.index()] += 1;
+                }
                 LearnOutcome::Learned
             }
             Err(_) => LearnOutcome::Full,
@@ -157,11 +223,14 @@ impl MacTable {
     /// Removes entries idle for `max_idle` seconds or longer, visiting at most `budget`
     /// slots from where the last call stopped; returns how many it removed.
     pub fn age(&mut self, now: u32, max_idle: u32, budget: usize) -> usize {
-        let counts = &mut self.per_network;
+        let (counts, ports) = (&mut self.per_network, &mut self.per_vm_port);
         let (cursor, removed) = self.map.retain_slots(self.age_cursor, budget, |key, e| {
             let keep = now.wrapping_sub(e.seen) < max_idle;
             if !keep {
                 counts[(key >> 48) as usize] -= 1;
+                if e.on_vm {
+                    ports[e.port.index()] -= 1;
+                }
             }
             keep
         });
@@ -231,5 +300,84 @@ mod tests {
             "table full"
         );
         assert_eq!(t.count_in(0), 3);
+    }
+
+    fn vm(per_vm_port: u32) -> LearnLimits {
+        LearnLimits {
+            per_network: 100,
+            per_vm_port,
+            vm_port: true,
+        }
+    }
+
+    #[test]
+    fn a_vm_port_cannot_take_an_uplinks_mac() {
+        let mut t = MacTable::new(16);
+        let gateway = 0x5254_0000_0001;
+        assert_eq!(
+            t.learn(0, NET, gateway, PortId(9), 10, 100),
+            LearnOutcome::Learned
+        );
+        assert_eq!(
+            t.learn_on(0, NET, gateway, PortId(1), 11, vm(8)),
+            LearnOutcome::MoveRefused
+        );
+        assert_eq!(t.lookup(0, NET, gateway), Some(PortId(9)));
+        assert_eq!(t.count_on_port(PortId(1)), 0);
+        // Once the host is gone (aged out), the MAC may be learned anywhere.
+        assert_eq!(t.age(400, 300, usize::MAX), 1);
+        assert_eq!(
+            t.learn_on(0, NET, gateway, PortId(1), 401, vm(8)),
+            LearnOutcome::Learned
+        );
+        // A VM's MAC may move to the uplink (the VM migrated) and between VM ports.
+        assert_eq!(
+            t.learn_on(0, NET, gateway, PortId(2), 402, vm(8)),
+            LearnOutcome::Moved
+        );
+        assert_eq!(
+            (t.count_on_port(PortId(1)), t.count_on_port(PortId(2))),
+            (0, 1)
+        );
+        assert_eq!(
+            t.learn(0, NET, gateway, PortId(9), 403, 100),
+            LearnOutcome::Moved
+        );
+        assert_eq!(t.count_on_port(PortId(2)), 0);
+    }
+
+    #[test]
+    fn each_vm_port_has_its_quota() {
+        let mut t = MacTable::new(64);
+        for mac in 0..4 {
+            assert_eq!(
+                t.learn_on(0, NET, mac, PortId(1), 0, vm(4)),
+                LearnOutcome::Learned
+            );
+        }
+        assert_eq!(
+            t.learn_on(0, NET, 99, PortId(1), 0, vm(4)),
+            LearnOutcome::PortFull
+        );
+        // Another VM port and the uplink still learn in the same network.
+        assert_eq!(
+            t.learn_on(0, NET, 99, PortId(2), 0, vm(4)),
+            LearnOutcome::Learned
+        );
+        assert_eq!(
+            t.learn(0, NET, 100, PortId(9), 0, 100),
+            LearnOutcome::Learned
+        );
+        // A full port cannot take another port's MAC either; aging frees its quota.
+        assert_eq!(
+            t.learn_on(0, NET, 99, PortId(1), 1, vm(4)),
+            LearnOutcome::PortFull
+        );
+        assert_eq!(t.age(1000, 300, usize::MAX), 6);
+        assert_eq!(t.count_on_port(PortId(1)), 0);
+        assert_eq!(
+            t.learn_on(0, NET, 99, PortId(1), 1000, vm(4)),
+            LearnOutcome::Learned
+        );
     }
 }

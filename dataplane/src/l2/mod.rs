@@ -4,7 +4,7 @@
 
 mod learn;
 
-pub use learn::{LearnOutcome, Learned, MacTable};
+pub use learn::{LearnLimits, LearnOutcome, Learned, MacTable};
 
 use crate::buf::FramePool;
 use crate::counters::{Stage, WorkerCounters};
@@ -37,11 +37,15 @@ pub fn forward(
     in_port: PortId,
     pkts: &mut [Packet],
 ) -> Onward {
-    let limit = snap.l2().mac_limit_per_network;
     // A VM port's own MAC needs no learning: it is a static entry already.
     let own_mac = match snap.port(in_port) {
         PortRole::Access { mac, .. } => mac,
         _ => NO_MAC,
+    };
+    let limits = LearnLimits {
+        per_network: snap.l2().mac_limit_per_network,
+        per_vm_port: snap.l2().mac_limit_per_port,
+        vm_port: matches!(snap.port(in_port), PortRole::Access { .. }),
     };
     // A burst is mostly runs of one flow. Like VPP's l2-learn and l2-fwd, remember the last
     // key of each lookup within the burst, so a run costs one lookup rather than one per
@@ -70,7 +74,7 @@ pub fn forward(
         if src != own_mac && src_key != last_src {
             last_src = src_key;
             if learn(
-                snap, macs, counters, slot, net.uid, src, in_port, now, limit,
+                snap, macs, counters, slot, net.uid, src, in_port, now, limits,
             ) {
                 // The table changed: a cached forwarding decision may be stale.
                 last_dst = NO_KEY;
@@ -139,6 +143,8 @@ fn count_learn(counters: &WorkerCounters, outcome: LearnOutcome) {
         LearnOutcome::Learned => counters.macs_learned.inc(),
         LearnOutcome::Moved => counters.mac_moves.inc(),
         LearnOutcome::Full => counters.mac_table_full.inc(),
+        LearnOutcome::PortFull => counters.mac_port_limit.inc(),
+        LearnOutcome::MoveRefused => counters.mac_move_refused.inc(),
     }
 }
 
@@ -155,7 +161,7 @@ fn learn(
     src: u64,
     in_port: PortId,
     now: u32,
-    limit: u32,
+    limits: LearnLimits,
 ) -> bool {
     // The common case, a MAC already learned on this port, costs one lookup.
     if macs.refresh(slot, uid, src, in_port, now) {
@@ -166,7 +172,7 @@ fn learn(
     if snap.static_mac(slot, src).is_some() {
         return false;
     }
-    let outcome = macs.learn(slot, uid, src, in_port, now, limit);
+    let outcome = macs.learn_on(slot, uid, src, in_port, now, limits);
     count_learn(counters, outcome);
     matches!(outcome, LearnOutcome::Learned | LearnOutcome::Moved)
 }
