@@ -159,7 +159,6 @@ impl<V: Copy + Default> U64Map<V> {
     }
 
     /// Removes `key`, returning its value.
-    #[cfg(test)]
     pub fn remove(&mut self, key: u64) -> Option<V> {
         let i = self.find(key)?;
         Some(self.remove_at(i))

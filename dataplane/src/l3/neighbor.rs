@@ -14,8 +14,13 @@
 //!
 //! Packets towards an incomplete entry wait in a fixed queue of [`PENDING_CAPACITY`]
 //! packets, at most [`PENDING_PER_NEIGHBOR`] per next hop (Linux's `unres_qlen` is
-//! per neighbour too), for at most [`PENDING_SECS`]; then they are dropped with
-//! `neighbor_unresolved`.
+//! per neighbour too) and [`PENDING_PER_NETWORK`] per network, for at most
+//! [`PENDING_SECS`]; then they are dropped with `neighbor_unresolved`.
+//!
+//! A VM can make the router create entries (by sending to every address of its subnet)
+//! and choose their keys, so each network holds at most a quota of the table (an eighth
+//! by default, so at least eight networks always fit), refusals are counted, and the
+//! table is hashed with a secret seed.
 
 use crate::packet::Packet;
 use crate::snapshot::NetworkUid;
@@ -33,6 +38,10 @@ pub const PENDING_SECS: u32 = 3;
 pub const PENDING_CAPACITY: usize = 256;
 /// Packets waiting for one next hop.
 pub const PENDING_PER_NEIGHBOR: usize = 16;
+/// Packets waiting for next hops of one network.
+pub const PENDING_PER_NETWORK: usize = 64;
+/// Networks that hold neighbours at once in one worker; past it, the quota refuses.
+pub const MAX_NETWORKS_WITH_NEIGHBORS: usize = 4096;
 /// Neighbours the table holds by default.
 pub const DEFAULT_CAPACITY: usize = 16_384;
 
@@ -99,6 +108,12 @@ pub struct Waiting {
 #[derive(Debug)]
 pub struct NeighborTable {
     map: U64Map<Neighbor>,
+    /// Entries per network uid.
+    per_network: U64Map<u32>,
+    /// Most entries one network may hold.
+    quota: u32,
+    /// Entries not created because their network held its quota.
+    quota_refusals: u64,
     age_cursor: usize,
     pending: Vec<Waiting>,
 }
@@ -114,6 +129,9 @@ impl NeighborTable {
     pub fn with_seed(capacity: usize, seed: u64) -> Self {
         NeighborTable {
             map: U64Map::with_seed(capacity, seed),
+            per_network: U64Map::with_max_len(MAX_NETWORKS_WITH_NEIGHBORS),
+            quota: (capacity / 8).max(1) as u32,
+            quota_refusals: 0,
             age_cursor: 0,
             pending: Vec::with_capacity(PENDING_CAPACITY),
         }
@@ -132,6 +150,39 @@ impl NeighborTable {
     /// Packets waiting for a resolution.
     pub fn pending(&self) -> usize {
         self.pending.len()
+    }
+
+    /// Most entries one network may hold.
+    pub fn quota(&self) -> u32 {
+        self.quota
+    }
+
+    /// Entries held for `network`.
+    pub fn count_in(&self, network: NetworkUid) -> u32 {
+        self.per_network.get(u64::from(network.0)).unwrap_or(0)
+    }
+
+    /// Entries not created because their network held its quota.
+    pub fn quota_refusals(&self) -> u64 {
+        self.quota_refusals
+    }
+
+    /// Adds a new entry under `k` if its network has room in its quota (and the table
+    /// has room); counts a refusal by quota.
+    fn insert_new(&mut self, k: u64, entry: Neighbor) -> bool {
+        let net = k >> 32;
+        let count = self.per_network.get(net).unwrap_or(0);
+        if count >= self.quota || (count == 0 && self.per_network.insert(net, 0).is_err()) {
+            self.quota_refusals += 1;
+            return false;
+        }
+        if self.map.insert(k, entry).is_err() {
+            return false;
+        }
+        if let Some(c) = self.per_network.get_mut(net) {
+            *c += 1;
+        }
+        true
     }
 
     /// What to do to reach `ip` on `network` at `now`: the MAC if known, and whether to
@@ -159,9 +210,10 @@ impl NeighborTable {
                     requested: now,
                     ..Neighbor::default()
                 };
-                // A full table still gets the request out; the answer then has nowhere to
-                // go, which the counters of the caller show as unresolved drops.
-                let _ = self.map.insert(k, entry);
+                // A full table (or network quota) still gets the request out; the answer
+                // then has nowhere to go, which the counters of the caller show as
+                // unresolved drops.
+                self.insert_new(k, entry);
                 Resolution {
                     mac: None,
                     request: true,
@@ -198,7 +250,7 @@ impl NeighborTable {
                 };
                 changed
             }
-            None if create => self.map.insert(k, entry).is_ok(),
+            None if create => self.insert_new(k, entry),
             None => false,
         }
     }
@@ -215,9 +267,15 @@ impl NeighborTable {
         now: u32,
     ) -> Result<(), Packet> {
         let k = key(network, ip);
-        if self.pending.len() >= PENDING_CAPACITY
-            || self.pending.iter().filter(|w| w.key == k).count() >= PENDING_PER_NEIGHBOR
-        {
+        if self.pending.len() >= PENDING_CAPACITY {
+            return Err(pkt);
+        }
+        let (mut same_hop, mut same_network) = (0, 0);
+        for w in &self.pending {
+            same_hop += usize::from(w.key == k);
+            same_network += usize::from(w.key >> 32 == k >> 32);
+        }
+        if same_hop >= PENDING_PER_NEIGHBOR || same_network >= PENDING_PER_NETWORK {
             return Err(pkt);
         }
         self.pending.push(Waiting {
@@ -263,8 +321,21 @@ impl NeighborTable {
     /// Forgets up to `budget` slots' worth of entries not confirmed (nor asked for) in
     /// [`EXPIRE_SECS`]; returns how many went.
     pub fn age(&mut self, now: u32, budget: usize) -> usize {
-        let (cursor, removed) = self.map.retain_slots(self.age_cursor, budget, |_, n| {
-            now.wrapping_sub(n.confirmed.max(n.requested)) < EXPIRE_SECS
+        let per_network = &mut self.per_network;
+        let (cursor, removed) = self.map.retain_slots(self.age_cursor, budget, |k, n| {
+            let keep = now.wrapping_sub(n.confirmed.max(n.requested)) < EXPIRE_SECS;
+            if !keep {
+                let net = k >> 32;
+                match per_network.get_mut(net) {
+                    // A network whose last neighbour went gives its slot back.
+                    Some(1) => {
+                        per_network.remove(net);
+                    }
+                    Some(c) => *c -= 1,
+                    None => debug_assert!(false, "neighbour without its network's count"),
+                }
+            }
+            keep
         });
         self.age_cursor = cursor;
         removed
@@ -347,5 +418,42 @@ mod tests {
         t.take_expired(10 + PENDING_SECS, false, |p| expired.push(p.frame));
         assert_eq!(expired.len(), PENDING_PER_NEIGHBOR - 4 + 1);
         assert_eq!(t.pending(), 0);
+    }
+
+    #[test]
+    fn each_network_holds_at_most_its_quota() {
+        let mut t = NeighborTable::new(64);
+        let quota = t.quota();
+        assert_eq!(quota, 8);
+        // A VM sends to every address of its subnet: only the quota becomes entries.
+        for ip in 0..100 {
+            t.resolve(NET, IP + ip, 10);
+        }
+        assert_eq!(t.count_in(NET), quota);
+        assert_eq!(t.quota_refusals(), 100 - u64::from(quota));
+        // Another network, and ARP that creates entries, still find room.
+        let other = NetworkUid(8);
+        assert!(t.learn(other, IP, 1, 10, true));
+        assert_eq!(t.count_in(other), 1);
+        // Aging gives the quota back.
+        assert_eq!(t.age(10 + EXPIRE_SECS, usize::MAX), quota as usize + 1);
+        assert_eq!((t.count_in(NET), t.count_in(other)), (0, 0));
+        assert!(t.is_empty());
+        t.resolve(NET, IP, 400);
+        assert_eq!(t.count_in(NET), 1);
+    }
+
+    #[test]
+    fn each_network_holds_at_most_its_share_of_waiting_packets() {
+        let mut t = NeighborTable::new(1024);
+        let pkt = Packet::default();
+        let mut queued = 0;
+        for ip in 0..PENDING_CAPACITY as u32 {
+            if t.wait(NET, IP + ip, pkt, 0, 1, 10).is_ok() {
+                queued += 1;
+            }
+        }
+        assert_eq!(queued, PENDING_PER_NETWORK);
+        assert!(t.wait(NetworkUid(8), IP, pkt, 0, 1, 10).is_ok());
     }
 }
