@@ -11,6 +11,7 @@ pub mod lpm;
 
 use pollux_dataplane::packet::MAX_BURST;
 use pollux_dataplane::port::PortId;
+use pollux_dataplane::port_security::{Ipv4Source, PortSecurity};
 use pollux_dataplane::routing::{InterfaceSpec, RouteSpec, RouterSpec, RouterUid};
 use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
 use pollux_tests::frames::{arp, frame, ipv4, mac, udp, BROADCAST};
@@ -21,6 +22,8 @@ use pollux_tests::harness::MemSwitch;
 pub enum Scenario {
     /// VM port to VM port on one network, destination MAC static.
     AccessToAccess,
+    /// The same with port security on the sending port: a UDP/IPv4 frame from its fixed IP.
+    AccessPortSecurity,
     /// VM port to a MAC learned behind the uplink: 802.1Q push.
     AccessToUplink,
     /// Uplink (tagged) to a VM port: 802.1Q pop, source learning refresh.
@@ -38,8 +41,9 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::AccessToAccess,
+        Scenario::AccessPortSecurity,
         Scenario::AccessToUplink,
         Scenario::UplinkToAccess,
         Scenario::Flood8,
@@ -52,6 +56,7 @@ impl Scenario {
     pub fn name(self) -> &'static str {
         match self {
             Scenario::AccessToAccess => "access_to_access",
+            Scenario::AccessPortSecurity => "access_port_security",
             Scenario::AccessToUplink => "access_to_uplink_push",
             Scenario::UplinkToAccess => "uplink_to_access_pop",
             Scenario::Flood8 => "flood_8_ports",
@@ -114,6 +119,12 @@ impl Bench {
         for p in 1..=8u16 {
             b.access_port(PortId(p), net, &[mac(p as u8)]);
         }
+        const VM1_IP: [u8; 4] = [198, 18, 1, 10];
+        if scenario == Scenario::AccessPortSecurity {
+            let policy =
+                PortSecurity::new(&[mac(1)], &[Ipv4Source::new(mac(1), VM1_IP.into(), 32)]);
+            b.port_security(PortId(1), policy);
+        }
         let ports: Vec<u16> = (0..=8).collect();
         let mut sw = MemSwitch::new(&b, &ports);
         // Learn the outside MAC on the uplink, as real traffic would have.
@@ -125,6 +136,21 @@ impl Bench {
         sw.collect();
         let (input, frame, fanout) = match scenario {
             Scenario::AccessToAccess => (1, frame(mac(2), mac(1), None, 0, FRAME_LEN), 1),
+            Scenario::AccessPortSecurity => {
+                let payload = udp(VM1_IP, [198, 18, 1, 11], 40000, 9, &[0; 18]);
+                let f = ipv4(
+                    mac(2),
+                    mac(1),
+                    None,
+                    VM1_IP,
+                    [198, 18, 1, 11],
+                    64,
+                    17,
+                    &payload,
+                );
+                assert_eq!(f.len(), FRAME_LEN);
+                (1, f, 1)
+            }
             Scenario::AccessToUplink => (1, frame(mac(OUTSIDE_MAC), mac(1), None, 0, FRAME_LEN), 1),
             Scenario::UplinkToAccess => (
                 UPLINK,
