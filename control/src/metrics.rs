@@ -507,7 +507,7 @@ fn encode_dhcp(e: &mut DescriptorEncoder, d: &ServiceStats) -> fmt::Result {
         ],
     )?;
     // Every reason is exported, zero or not, so that rates work from the first scrape.
-    let drops: Vec<(&str, u64)> = crate::dhcp::Drop::ALL
+    let drops: Vec<(&str, u64)> = crate::dhcp::Discard::ALL
         .iter()
         .map(|r| r.as_str())
         .chain(FrameDrop::ALL.iter().map(|r| r.as_str()))
