@@ -677,6 +677,9 @@ impl Conn {
         if self.sent == self.output.len() {
             let drained = !self.output.is_empty();
             self.output.clear();
+            if self.output.capacity() > READ_CHUNK {
+                self.output = Vec::new();
+            }
             self.sent = 0;
             if drained {
                 self.progressed();
@@ -762,6 +765,11 @@ impl Conn {
         self.input = input;
         self.input.drain(..start);
         self.scanned = self.input.len();
+        // A big request's buffer is not kept: it would count against the total held for
+        // all clients while this one idles.
+        if self.input.is_empty() && self.input.capacity() > READ_CHUNK {
+            self.input = Vec::new();
+        }
         true
     }
 

@@ -981,4 +981,16 @@ fn total_buffered_bytes_are_bounded_across_clients() {
     );
     let mut other = server.client();
     assert_eq!(other.call("echo", json!([1]), 1)["result"], json!([1]));
+
+    // A client that sent a big request and was answered holds nothing while it idles, so
+    // it is not what gets dropped for another client's bytes.
+    drop(clients);
+    let mut big = server.client();
+    let pad = "p".repeat(600 << 10);
+    assert_eq!(big.call("echo", json!([pad]), 1)["id"], 1);
+    let mut filler = server.client();
+    let _ = filler.writer.write_all(&partial);
+    let _ = filler.writer.write_all(&partial);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(big.call("echo", json!([2]), 2)["result"], json!([2]));
 }
