@@ -103,8 +103,8 @@ fn fail(msg: impl Into<String>) -> StartError {
 pub fn load(path: &std::path::Path) -> Result<DesiredState, StartError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| fail(format!("cannot read {}: {e}", path.display())))?;
-    let state =
-        DesiredState::from_toml_str(&text).map_err(|e| fail(format!("{}: {e}", path.display())))?;
+    let state = DesiredState::from_file_text(Some(path), &text)
+        .map_err(|e| fail(format!("{}: {e}", path.display())))?;
     validate(&state).map_err(|errors| {
         let mut msg = format!("{}: {} problem(s):", path.display(), errors.len());
         for e in errors {

@@ -11,10 +11,10 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pollux_dataplane::counters::{Stage, WorkerCounters};
 use pollux_dataplane::drop::DropReason;
@@ -523,7 +523,7 @@ fn encode_dhcp(e: &mut DescriptorEncoder, d: &ServiceStats) -> fmt::Result {
         ],
     )?;
     // Every reason is exported, zero or not, so that rates work from the first scrape.
-    let drops: Vec<(&str, u64)> = crate::dhcp::Drop::ALL
+    let drops: Vec<(&str, u64)> = crate::dhcp::Discard::ALL
         .iter()
         .map(|r| r.as_str())
         .chain(FrameDrop::ALL.iter().map(|r| r.as_str()))
@@ -603,13 +603,17 @@ fn openmetrics_to_prometheus(om: &str) -> String {
 
 /// Longest request head the server reads.
 const MAX_REQUEST: usize = 8192;
-/// How long the server waits for a request or for the client to take the response.
-const IO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one connection may take in all, from accept to the last byte of the response:
+/// bytes trickled in or taken out slowly do not extend it.
+const CONNECTION_DEADLINE: Duration = Duration::from_secs(2);
+/// Connections served at once; more are closed at once (a scraper retries).
+pub const MAX_CONCURRENT_SCRAPES: usize = 8;
 
-/// A tiny HTTP/1.1 server answering `GET /metrics` on its own thread.
+/// A tiny HTTP/1.1 server answering `GET /metrics`.
 ///
-/// Connections are served one at a time, each closed after one response; a request
-/// head is at most 8 KiB and must arrive within 2 s.
+/// Each connection is served on a thread of its own (at most
+/// [`MAX_CONCURRENT_SCRAPES`]), so a slow client delays no one else, and is closed after
+/// one response or when its 2 s deadline passes; a request head is at most 8 KiB.
 #[derive(Debug)]
 pub struct MetricsServer {
     addr: SocketAddr,
@@ -627,7 +631,7 @@ impl MetricsServer {
             .name("pollux-metrics".into())
             .spawn({
                 let stop = Arc::clone(&stop);
-                move || serve(listener, &source, &stop)
+                move || serve(listener, source, &stop)
             })?;
         Ok(MetricsServer {
             addr,
@@ -670,14 +674,29 @@ impl Drop for MetricsServer {
     }
 }
 
-fn serve(listener: TcpListener, source: &MetricsSource, stop: &AtomicBool) {
+fn serve(listener: TcpListener, source: Arc<MetricsSource>, stop: &AtomicBool) {
+    let active = Arc::new(AtomicUsize::new(0));
     for conn in listener.incoming() {
         if stop.load(Ordering::SeqCst) {
             break;
         }
         match conn {
             Ok(stream) => {
-                let _ = handle(stream, source);
+                if active.load(Ordering::SeqCst) >= MAX_CONCURRENT_SCRAPES {
+                    continue; // dropped: closed at once
+                }
+                active.fetch_add(1, Ordering::SeqCst);
+                let guard = ActiveGuard(Arc::clone(&active));
+                let source = Arc::clone(&source);
+                let spawned = std::thread::Builder::new()
+                    .name("pollux-scrape".into())
+                    .spawn(move || {
+                        let _guard = guard;
+                        let deadline = Instant::now() + CONNECTION_DEADLINE;
+                        let _ = handle(stream, &source, deadline);
+                    });
+                // A thread that cannot be created drops its guard and connection here.
+                drop(spawned);
             }
             // Transient accept failures (EMFILE, ECONNABORTED): back off briefly.
             Err(_) => std::thread::sleep(Duration::from_millis(10)),
@@ -685,8 +704,26 @@ fn serve(listener: TcpListener, source: &MetricsSource, stop: &AtomicBool) {
     }
 }
 
+/// Counts a connection being served for as long as it lives.
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// The time left before `deadline`, as a socket timeout; an error once it has passed.
+fn time_left(deadline: Instant) -> io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        return Err(io::ErrorKind::TimedOut.into());
+    }
+    Ok(left)
+}
+
 /// Reads the request head: `Ok(None)` if it is larger than [`MAX_REQUEST`].
-fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
+fn read_head(stream: &mut TcpStream, deadline: Instant) -> io::Result<Option<Vec<u8>>> {
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
@@ -696,6 +733,7 @@ fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
         if buf.len() >= MAX_REQUEST {
             return Ok(None);
         }
+        stream.set_read_timeout(Some(time_left(deadline)?))?;
         let n = stream.read(&mut chunk)?;
         if n == 0 {
             return Err(io::ErrorKind::UnexpectedEof.into());
@@ -704,10 +742,12 @@ fn read_head(stream: &mut TcpStream) -> io::Result<Option<Vec<u8>>> {
     }
 }
 
-fn handle(mut stream: TcpStream, source: &MetricsSource) -> io::Result<()> {
-    stream.set_read_timeout(Some(IO_TIMEOUT))?;
-    stream.set_write_timeout(Some(IO_TIMEOUT))?;
-    let head = match read_head(&mut stream)? {
+fn handle(mut stream: TcpStream, source: &MetricsSource, deadline: Instant) -> io::Result<()> {
+    let mut stream = Deadlined {
+        stream: &mut stream,
+        deadline,
+    };
+    let head = match read_head(stream.stream, deadline)? {
         Some(head) => head,
         None => {
             return respond(
@@ -754,8 +794,26 @@ fn handle(mut stream: TcpStream, source: &MetricsSource) -> io::Result<()> {
             false,
         ),
     };
-    let _ = stream.shutdown(Shutdown::Write);
+    let _ = stream.stream.shutdown(Shutdown::Write);
     result
+}
+
+/// A stream whose writes give up at `deadline`, however slowly the client reads.
+struct Deadlined<'a> {
+    stream: &'a mut TcpStream,
+    deadline: Instant,
+}
+
+impl Write for Deadlined<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.stream
+            .set_write_timeout(Some(time_left(self.deadline)?))?;
+        self.stream.write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.stream.flush()
+    }
 }
 
 /// Whether the request's `Accept` header names OpenMetrics text.
@@ -770,7 +828,7 @@ fn accepts_openmetrics(head: &[u8]) -> bool {
 }
 
 fn respond(
-    stream: &mut TcpStream,
+    stream: &mut impl Write,
     status: &str,
     content_type: &str,
     body: &[u8],

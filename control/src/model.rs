@@ -588,7 +588,7 @@ impl DesiredState {
             // syntax is fine; otherwise the line and column say enough.
             let path = toml::from_str::<serde_json::Value>(text)
                 .ok()
-                .and_then(|v| locate(&v));
+                .and_then(|v| locate(&v, e.message()));
             ParseError {
                 format: Format::Toml,
                 line,
@@ -605,7 +605,7 @@ impl DesiredState {
             let path = if e.is_data() {
                 serde_json::from_str::<serde_json::Value>(text)
                     .ok()
-                    .and_then(|v| locate(&v))
+                    .and_then(|v| locate(&v, &e.to_string()))
             } else {
                 None
             };
@@ -618,6 +618,28 @@ impl DesiredState {
                 message,
             }
         })
+    }
+
+    /// Reads a desired state from a file's text, in the format the one rule both
+    /// `polluxd --config` and `polluxctl apply` follow: a `.json` file is JSON, a `.toml`
+    /// file TOML, and anything else (another name, standard input: `path` `None`) is JSON
+    /// when its first non-blank character is `{` (which no TOML document starts with), else
+    /// TOML.
+    pub fn from_file_text(path: Option<&std::path::Path>, text: &str) -> Result<Self, ParseError> {
+        let ext = path
+            .and_then(|p| p.extension())
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase);
+        let json = match ext.as_deref() {
+            Some("json") => true,
+            Some("toml") => false,
+            _ => text.trim_start().starts_with('{'),
+        };
+        if json {
+            Self::from_json_str(text)
+        } else {
+            Self::from_toml_str(text)
+        }
     }
 
     /// Writes the desired state as pretty-printed JSON.
@@ -648,9 +670,10 @@ fn strip_json_position(message: &str) -> String {
     }
 }
 
-/// Finds the first list item of a document (already parsed as data) that does not
-/// deserialise into its type, as `ports[3]`.
-fn locate(doc: &serde_json::Value) -> Option<String> {
+/// Finds what a parse error of a document (already parsed as data) is about: a top-level
+/// key the schema does not have, when the error `message` names it (`dhpc`), else the
+/// first list item that does not deserialise into its type, as `ports[3]`.
+fn locate(doc: &serde_json::Value, message: &str) -> Option<String> {
     fn first_bad<T: serde::de::DeserializeOwned>(
         key: &str,
         v: &serde_json::Value,
@@ -665,6 +688,13 @@ fn locate(doc: &serde_json::Value) -> Option<String> {
         }
     }
     let obj = doc.as_object()?;
+    let unknown = obj
+        .keys()
+        .filter(|k| !TOP_LEVEL_KEYS.contains(&k.as_str()))
+        .find(|k| message.contains(&format!("unknown field `{k}`")));
+    if let Some(key) = unknown {
+        return Some(key.clone());
+    }
     for (key, v) in obj {
         let bad = match key.as_str() {
             "l2" => serde_json::from_value::<L2>(v.clone())
@@ -805,6 +835,63 @@ mod tests {
         assert_eq!(DesiredState::from_json_str(&json).unwrap(), state);
         let toml_text = toml::to_string(&state).unwrap();
         assert_eq!(DesiredState::from_toml_str(&toml_text).unwrap(), state);
+    }
+
+    #[test]
+    fn the_format_follows_the_extension_else_the_first_character() {
+        use std::path::Path;
+        let toml_text = "[[networks]]\nid = \"net-a\"\nnetwork_type = \"local\"\n";
+        let state = DesiredState::from_toml_str(toml_text).unwrap();
+        let json_text = state.to_json_string();
+        for (path, text) in [
+            (Some(Path::new("x.json")), json_text.as_str()),
+            (Some(Path::new("x.JSON")), json_text.as_str()),
+            (Some(Path::new("x.toml")), toml_text),
+            (Some(Path::new("x.conf")), toml_text),
+            (Some(Path::new("x.conf")), json_text.as_str()),
+            (None, toml_text),
+            (None, json_text.as_str()),
+        ] {
+            assert_eq!(
+                DesiredState::from_file_text(path, text).unwrap(),
+                state,
+                "{path:?}"
+            );
+        }
+        let e = DesiredState::from_file_text(Some(Path::new("x.json")), toml_text).unwrap_err();
+        assert_eq!(e.format, Format::Json);
+        let e = DesiredState::from_file_text(Some(Path::new("x.toml")), &json_text).unwrap_err();
+        assert_eq!(e.format, Format::Toml);
+    }
+
+    /// A misspelt top-level table is reported at its own name, not at an item of another
+    /// table, in both formats.
+    #[test]
+    fn an_unknown_top_level_table_is_reported_at_its_own_path() {
+        let text = "[dhpc]\nport_rate = 1\n\n[[networks]]\nid = \"net-a\"\n\
+                    network_type = \"local\"\n\n[[ports]]\nid = \"vm1\"\n\
+                    network_id = \"net-a\"\nmac_address = \"fa:16:3e:00:00:01\"\n\
+                    binding = { driver = \"mem\" }\n";
+        let e = DesiredState::from_toml_str(text).unwrap_err();
+        assert_eq!(e.path.as_deref(), Some("dhpc"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("TOML line 1, column 2 in dhpc: unknown field `dhpc`"),
+            "{e}"
+        );
+        let e = DesiredState::from_json_str(
+            r#"{"ports": [{"id": "p", "network_id": "n", "mac_address": "fa:16:3e:00:00:01",
+                "binding": {"driver": "mem"}, "extra_dhcp_opts": [{"opt_name": "42"}]}],
+                "dhpc": {}}"#,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.path.as_deref(),
+            Some("ports[0]"),
+            "the first error is the port's"
+        );
+        let e = DesiredState::from_json_str(r#"{"dhpc": {}, "ports": []}"#).unwrap_err();
+        assert_eq!(e.path.as_deref(), Some("dhpc"), "{e}");
     }
 
     #[test]

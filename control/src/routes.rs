@@ -13,7 +13,8 @@ use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
-use crate::validate::{Ipv4Cidr, Router, Validated};
+use crate::addr::Ipv4Cidr;
+use crate::validate::{Router, Validated};
 
 /// The `interface` of routes through a router's external gateway.
 pub const EXTERNAL: &str = "external";

@@ -11,6 +11,14 @@
 //! own input and output buffers, requests on a connection are answered in order, and a
 //! client that floods, stops reading, idles or vanishes costs the others nothing: it is
 //! dropped.
+//!
+//! Memory is bounded per connection (a request line, the unsent replies, the reply to one
+//! batch) and over all of them (the largest holders are dropped past the total). Time is
+//! bounded too: a request must arrive whole, and replies must be taken, within
+//! `request_timeout` of their first byte, however the client paces its bytes; a client
+//! with nothing in flight is dropped after `client_idle_timeout`. When every slot is
+//! taken, peers that have closed are reaped and a long-idle connection gives its slot up
+//! before a new client is refused.
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -177,6 +185,19 @@ pub struct RpcOptions {
     /// A client whose unsent replies exceed this many bytes when it sends another request
     /// is dropped (it is not reading). One reply of any size is always allowed.
     pub max_pending_output: usize,
+    /// The replies to one batch together: once they exceed this many bytes, the rest of
+    /// the batch is not run and the batch is answered with one -32600 error saying how
+    /// many of its requests ran.
+    pub max_batch_output: usize,
+    /// Bytes buffered (input and output) over all connections; past it, the connections
+    /// holding the most are dropped.
+    pub max_total_buffered: usize,
+    /// A request line must be complete, and pending replies taken, within this long of
+    /// their first byte; bytes trickled in or out do not extend it.
+    pub request_timeout: Option<Duration>,
+    /// When `max_clients` are connected, a connection with nothing in flight for this long
+    /// is closed to let a new client in.
+    pub evict_idle_after: Option<Duration>,
 }
 
 impl Default for RpcOptions {
@@ -186,6 +207,10 @@ impl Default for RpcOptions {
             client_idle_timeout: Some(Duration::from_secs(300)),
             max_clients: 256,
             max_pending_output: 16 << 20,
+            max_batch_output: 16 << 20,
+            max_total_buffered: 256 << 20,
+            request_timeout: Some(Duration::from_secs(30)),
+            evict_idle_after: Some(Duration::from_secs(5)),
         }
     }
 }
@@ -361,6 +386,9 @@ impl RpcServer {
             match self.listener.accept() {
                 Ok((mut stream, _)) => {
                     if self.conns.len() >= self.options.max_clients {
+                        self.make_room();
+                    }
+                    if self.conns.len() >= self.options.max_clients {
                         let err = RpcError::new(
                             TOO_MANY_CLIENTS,
                             "too many clients",
@@ -422,18 +450,64 @@ impl RpcServer {
         }
     }
 
-    fn drop_idle(&mut self) {
-        let Some(limit) = self.options.client_idle_timeout else {
+    /// Frees slots for new clients: closes connections whose peer is gone (their hang-up
+    /// may not have been polled yet), then, if every slot is still taken, the connection
+    /// idle the longest, when it has been idle for `evict_idle_after`.
+    fn make_room(&mut self) {
+        let gone: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.peer_gone())
+            .map(|(t, _)| *t)
+            .collect();
+        for token in gone {
+            self.drop_conn(token);
+        }
+        if self.conns.len() < self.options.max_clients {
+            return;
+        }
+        let Some(after) = self.options.evict_idle_after else {
             return;
         };
         let now = Instant::now();
-        let idle: Vec<Token> = self
+        let oldest = self
             .conns
             .iter()
-            .filter(|(_, c)| now.saturating_duration_since(c.last_activity) > limit)
+            .filter(|(_, c)| c.in_flight_since.is_none())
+            .filter(|(_, c)| now.saturating_duration_since(c.last_activity) >= after)
+            .min_by_key(|(_, c)| c.last_activity)
+            .map(|(t, _)| *t);
+        if let Some(token) = oldest {
+            self.drop_conn(token);
+        }
+    }
+
+    /// Drops the connections that are idle too long, or whose request or replies are in
+    /// flight too long, and the largest holders of buffers while the total is too large.
+    fn drop_idle(&mut self) {
+        let now = Instant::now();
+        let (idle, slow) = (
+            self.options.client_idle_timeout,
+            self.options.request_timeout,
+        );
+        let late: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| match c.in_flight_since {
+                Some(since) => slow.is_some_and(|l| now.saturating_duration_since(since) > l),
+                None => idle.is_some_and(|l| now.saturating_duration_since(c.last_activity) > l),
+            })
             .map(|(t, _)| *t)
             .collect();
-        for token in idle {
+        for token in late {
+            self.drop_conn(token);
+        }
+        let mut total: usize = self.conns.values().map(Conn::buffered).sum();
+        while total > self.options.max_total_buffered {
+            let Some((&token, conn)) = self.conns.iter().max_by_key(|(_, c)| c.buffered()) else {
+                break;
+            };
+            total -= conn.buffered();
             self.drop_conn(token);
         }
     }
@@ -520,7 +594,13 @@ struct Conn {
     output: Vec<u8>,
     /// How much of `output` has been sent.
     sent: usize,
+    /// When the connection last had nothing in flight: connected, a request answered, or
+    /// the replies all taken.
     last_activity: Instant,
+    /// Since when a request line has been arriving or replies waiting to be taken,
+    /// without a request completing or the replies draining: bytes trickled do not reset
+    /// it.
+    in_flight_since: Option<Instant>,
     /// No more requests: close once the output is sent.
     closing: bool,
 }
@@ -534,6 +614,7 @@ impl Conn {
             output: Vec::new(),
             sent: 0,
             last_activity: Instant::now(),
+            in_flight_since: None,
             closing: false,
         }
     }
@@ -542,23 +623,67 @@ impl Conn {
         self.output.len() - self.sent
     }
 
+    /// Bytes the connection holds in its buffers.
+    fn buffered(&self) -> usize {
+        self.input.capacity() + self.output.capacity()
+    }
+
+    /// Notes progress: a request completed or the replies drained. The clock of what is
+    /// still in flight restarts (or stops, when nothing is).
+    fn progressed(&mut self) {
+        let now = Instant::now();
+        self.last_activity = now;
+        let busy = !self.input.is_empty() || self.pending() > 0;
+        self.in_flight_since = busy.then_some(now);
+    }
+
+    /// Notes bytes that arrived or replies queued: starts the in-flight clock if it was
+    /// stopped, never restarts it.
+    fn in_flight(&mut self) {
+        if self.in_flight_since.is_none() && (!self.input.is_empty() || self.pending() > 0) {
+            self.in_flight_since = Some(Instant::now());
+        }
+    }
+
+    /// Whether the peer has closed with nothing left to answer or send: its slot can go
+    /// before its hang-up is polled.
+    fn peer_gone(&self) -> bool {
+        if self.pending() > 0 || !self.input.iter().all(u8::is_ascii_whitespace) {
+            return false;
+        }
+        let mut byte = [0u8; 1];
+        match rustix::net::recv(
+            &self.stream,
+            &mut byte,
+            rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT,
+        ) {
+            Ok((0, _)) => true,
+            Ok(_) => false,
+            Err(e) => e != rustix::io::Errno::AGAIN && e != rustix::io::Errno::INTR,
+        }
+    }
+
     /// Writes what the socket takes; false if the connection is dead.
     fn flush(&mut self) -> bool {
         while self.sent < self.output.len() {
             match send_nosignal(&self.stream, &self.output[self.sent..]) {
                 Ok(0) => return false,
-                Ok(n) => {
-                    self.sent += n;
-                    self.last_activity = Instant::now();
-                }
+                Ok(n) => self.sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return false,
             }
         }
         if self.sent == self.output.len() {
+            let drained = !self.output.is_empty();
             self.output.clear();
+            if self.output.capacity() > READ_CHUNK {
+                self.output = Vec::new();
+            }
             self.sent = 0;
+            if drained {
+                self.progressed();
+            }
         } else if self.sent > self.output.len() / 2 {
             self.output.drain(..self.sent);
             self.sent = 0;
@@ -595,13 +720,12 @@ impl Conn {
                 }
                 Ok(n) => {
                     budget = budget.saturating_sub(n);
-                    self.last_activity = Instant::now();
                     self.input.extend_from_slice(&chunk[..n]);
+                    self.in_flight();
                     if !self.answer_lines(handler, options) {
                         return ReadOutcome::Drop;
                     }
-                    // A slow handler does not make its client look idle.
-                    self.last_activity = Instant::now();
+                    self.in_flight();
                     if self.closing {
                         return ReadOutcome::Done;
                     }
@@ -630,6 +754,9 @@ impl Conn {
             }
             start = end + 1;
             from = start;
+            // A whole request arrived and was answered (a slow handler does not make its
+            // client look idle).
+            self.progressed();
         }
         if input.len() - start > options.max_line {
             self.too_long(handler, options);
@@ -638,6 +765,11 @@ impl Conn {
         self.input = input;
         self.input.drain(..start);
         self.scanned = self.input.len();
+        // A big request's buffer is not kept: it would count against the total held for
+        // all clients while this one idles.
+        if self.input.is_empty() && self.input.capacity() > READ_CHUNK {
+            self.input = Vec::new();
+        }
         true
     }
 
@@ -651,7 +783,7 @@ impl Conn {
         if self.pending() > options.max_pending_output {
             return false;
         }
-        if let Some(reply) = dispatch_line(handler, line) {
+        if let Some(reply) = dispatch_line_limited(handler, line, options.max_batch_output) {
             self.output.extend_from_slice(&reply);
         }
         true
@@ -674,6 +806,16 @@ impl Conn {
 /// Answers one request line (without its newline): the reply line, newline included, or
 /// `None` when nothing is to be sent (notifications, blank lines).
 pub fn dispatch_line<H: Handler + ?Sized>(handler: &mut H, line: &[u8]) -> Option<Vec<u8>> {
+    dispatch_line_limited(handler, line, usize::MAX)
+}
+
+/// [`dispatch_line`] with the replies to a batch bounded to `max_batch_output` bytes in
+/// all (see [`RpcOptions::max_batch_output`]).
+pub fn dispatch_line_limited<H: Handler + ?Sized>(
+    handler: &mut H,
+    line: &[u8],
+    max_batch_output: usize,
+) -> Option<Vec<u8>> {
     let line = line.strip_suffix(b"\r").unwrap_or(line);
     if line.iter().all(u8::is_ascii_whitespace) {
         return None;
@@ -689,22 +831,51 @@ pub fn dispatch_line<H: Handler + ?Sized>(handler: &mut H, line: &[u8]) -> Optio
             )));
         }
     };
-    dispatch_value(handler, value).map(|v| encode(&v))
+    dispatch_value_limited(handler, value, max_batch_output).map(|v| encode(&v))
 }
 
 /// Answers one parsed request or batch: the response value, or `None` for a notification
 /// or a batch of notifications.
 pub fn dispatch_value<H: Handler + ?Sized>(handler: &mut H, value: Value) -> Option<Value> {
+    dispatch_value_limited(handler, value, usize::MAX)
+}
+
+/// [`dispatch_value`] with the replies to a batch bounded to `max_batch_output` bytes.
+pub fn dispatch_value_limited<H: Handler + ?Sized>(
+    handler: &mut H,
+    value: Value,
+    max_batch_output: usize,
+) -> Option<Value> {
     match value {
         Value::Array(items) => {
             if items.is_empty() {
                 let err = RpcError::invalid_request("empty batch");
                 return Some(error_response(Value::Null, err, handler.generation()));
             }
-            let replies: Vec<Value> = items
-                .into_iter()
-                .filter_map(|item| dispatch_request(handler, item))
-                .collect();
+            let total = items.len();
+            let mut replies: Vec<Value> = Vec::new();
+            let mut bytes = 0usize;
+            for (ran, item) in items.into_iter().enumerate() {
+                let Some(reply) = dispatch_request(handler, item) else {
+                    continue;
+                };
+                bytes = bytes.saturating_add(encoded_len(&reply));
+                if bytes > max_batch_output {
+                    let err = RpcError::invalid_request(format!(
+                        "the replies to this batch exceed {max_batch_output} bytes: its first \
+                         {} of {total} requests ran, the rest did not; send fewer per batch",
+                        ran + 1
+                    ));
+                    let mut err = err;
+                    err.data = Some(json!({
+                        "max_batch_output": max_batch_output,
+                        "ran": ran + 1,
+                        "requests": total,
+                    }));
+                    return Some(error_response(Value::Null, err, handler.generation()));
+                }
+                replies.push(reply);
+            }
             if replies.is_empty() {
                 None
             } else {
@@ -816,6 +987,23 @@ fn error_response(id: Value, err: RpcError, generation: u64) -> Value {
     error.insert("message".into(), json!(err.message));
     error.insert("data".into(), data);
     json!({ "jsonrpc": "2.0", "id": id, "error": error, "generation": generation })
+}
+
+/// The length of `v` encoded, without building the bytes.
+fn encoded_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, v);
+    count.0 + 1
 }
 
 fn encode(v: &Value) -> Vec<u8> {

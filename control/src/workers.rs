@@ -46,7 +46,16 @@ pub fn spawn(mut worker: Worker, id: u16, core: Option<usize>) -> io::Result<Wor
             let _ = pinned_tx.send(pinned);
             if ok {
                 let epoch = Instant::now();
-                worker.run(&thread_stop, || epoch.elapsed().as_nanos() as u64);
+                // Release builds unwind (so that the control socket can survive a panicking
+                // method), but a worker that panicked would leave a daemon that answers
+                // and does not forward: end the process as an abort would have.
+                let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    worker.run(&thread_stop, || epoch.elapsed().as_nanos() as u64)
+                }));
+                if run.is_err() {
+                    eprintln!("polluxd: worker {id} panicked; aborting");
+                    std::process::abort();
+                }
             }
             if thread_release.load(Ordering::Relaxed) {
                 worker.park();

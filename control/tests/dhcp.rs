@@ -2,11 +2,11 @@
 
 use std::net::Ipv4Addr;
 
+use pollux_control::addr::Ipv4Cidr;
 use pollux_control::dhcp::wire::{DhcpPacket, Message, MessageType, BOOTREPLY, MAX_MESSAGE_LEN};
 use pollux_control::dhcp::{
-    DhcpConfig, DhcpServer, Drop, ExtraOption, HostConfig, HostRoute, LeaseState, SubnetConfig,
+    DhcpConfig, DhcpServer, Discard, ExtraOption, HostConfig, HostRoute, LeaseState, SubnetConfig,
 };
-use pollux_control::validate::Ipv4Cidr;
 use proptest::prelude::*;
 
 const VM1: [u8; 6] = [0xfa, 0x16, 0x3e, 0x00, 0x00, 0x01];
@@ -340,7 +340,7 @@ fn dhcp_request_init_reboot() {
     assert!(r.broadcast);
 
     let unknown = Msg::new(STRANGER, 3).requested(ip(198, 18, 1, 50));
-    assert_eq!(s.handle(&unknown.bytes(), NOW), Err(Drop::UnknownClient));
+    assert_eq!(s.handle(&unknown.bytes(), NOW), Err(Discard::UnknownClient));
 }
 
 #[test]
@@ -371,7 +371,7 @@ fn dhcp_request_renewing_and_rebinding() {
     assert!(r.broadcast);
 
     let nothing = Msg::new(VM1, 3);
-    assert_eq!(s.handle(&nothing.bytes(), NOW), Err(Drop::BadRequest));
+    assert_eq!(s.handle(&nothing.bytes(), NOW), Err(Discard::BadRequest));
 }
 
 #[test]
@@ -418,7 +418,7 @@ fn dhcp_release_decline_inform() {
     assert!(s.leases().get(&VM1).is_none());
     assert_eq!(
         s.handle(&Msg::new(VM1, 4).bytes(), NOW),
-        Err(Drop::BadRequest)
+        Err(Discard::BadRequest)
     );
 
     // INFORM: no PRL, so everything the server has, extras included; no lease.
@@ -438,10 +438,13 @@ fn dhcp_release_decline_inform() {
     assert_eq!(s.stats().informs, 1);
     assert_eq!(
         s.handle(&Msg::new(VM1, 8).bytes(), NOW),
-        Err(Drop::BadRequest)
+        Err(Discard::BadRequest)
     );
     let stranger = Msg::new(STRANGER, 8).ciaddr(ip(198, 18, 1, 50));
-    assert_eq!(s.handle(&stranger.bytes(), NOW), Err(Drop::UnknownClient));
+    assert_eq!(
+        s.handle(&stranger.bytes(), NOW),
+        Err(Discard::UnknownClient)
+    );
 }
 
 #[test]
@@ -494,11 +497,11 @@ fn dhcp_reconfigure_moves_and_removes_hosts() {
     let renew2 = Msg::new(VM2, 3).ciaddr(ip(198, 18, 1, 11));
     assert_eq!(
         s.handle(&renew2.bytes(), NOW + 12),
-        Err(Drop::UnknownClient)
+        Err(Discard::UnknownClient)
     );
     assert_eq!(
         s.handle(&Msg::new(VM2, 1).bytes(), NOW + 12),
-        Err(Drop::UnknownClient)
+        Err(Discard::UnknownClient)
     );
 }
 
@@ -507,7 +510,7 @@ fn dhcp_unknown_macs_only_when_allowed() {
     let mut s = DhcpServer::new(config());
     assert_eq!(
         s.handle(&Msg::new(STRANGER, 1).bytes(), NOW),
-        Err(Drop::UnknownClient)
+        Err(Discard::UnknownClient)
     );
     let mut cfg = config();
     cfg.subnets[0].cidr = Ipv4Cidr::new(ip(203, 0, 113, 0), 29);
@@ -528,7 +531,7 @@ fn dhcp_unknown_macs_only_when_allowed() {
         match s.handle(&Msg::new(mac, 1).bytes(), NOW) {
             Ok(Some(r)) => got.push(DhcpPacket::new_checked(&r.bytes[..]).unwrap().yiaddr()),
             Err(e) => got.push({
-                assert_eq!(e, Drop::PoolExhausted);
+                assert_eq!(e, Discard::PoolExhausted);
                 Ipv4Addr::UNSPECIFIED
             }),
             Ok(None) => panic!("no reply"),
@@ -572,7 +575,7 @@ fn dhcp_rate_limit_is_per_client() {
     let flood = Msg::new(VM1, 1).bytes();
     let mut limited = 0;
     for _ in 0..100 {
-        if s.handle(&flood, NOW) == Err(Drop::RateLimited) {
+        if s.handle(&flood, NOW) == Err(Discard::RateLimited) {
             limited += 1;
         }
     }
@@ -622,24 +625,24 @@ fn dhcp_reply_respects_max_message_size() {
 #[test]
 fn dhcp_drop_reasons() {
     let mut s = DhcpServer::new(config());
-    assert_eq!(s.handle(&[0u8; 10], NOW), Err(Drop::Truncated));
-    assert_eq!(s.handle(&[0u8; 1600], NOW), Err(Drop::Oversized));
+    assert_eq!(s.handle(&[0u8; 10], NOW), Err(Discard::Truncated));
+    assert_eq!(s.handle(&[0u8; 1600], NOW), Err(Discard::Oversized));
     let mut b = Msg::new(VM1, 1).bytes();
     b[0] = 2;
-    assert_eq!(s.handle(&b, NOW), Err(Drop::NotBootRequest));
+    assert_eq!(s.handle(&b, NOW), Err(Discard::NotBootRequest));
     let mut b = Msg::new(VM1, 1).bytes();
     b[24] = 198;
-    assert_eq!(s.handle(&b, NOW), Err(Drop::Relayed));
+    assert_eq!(s.handle(&b, NOW), Err(Discard::Relayed));
     assert_eq!(
         s.handle(&Msg::new([0xff; 6], 1).bytes(), NOW),
-        Err(Drop::BadClientMac)
+        Err(Discard::BadClientMac)
     );
     assert_eq!(
         s.handle(&Msg::new(VM1, 2).bytes(), NOW),
-        Err(Drop::UnexpectedMessageType)
+        Err(Discard::UnexpectedMessageType)
     );
-    let names: std::collections::HashSet<_> = Drop::ALL.iter().map(|d| d.as_str()).collect();
-    assert_eq!(names.len(), Drop::ALL.len());
+    let names: std::collections::HashSet<_> = Discard::ALL.iter().map(|d| d.as_str()).collect();
+    assert_eq!(names.len(), Discard::ALL.len());
 }
 
 #[test]
@@ -738,7 +741,7 @@ fn unknown_macs_get_addresses_from_the_allocation_pools_only() {
         match s.handle(&Msg::new(mac, 1).bytes(), NOW) {
             Ok(Some(r)) => got.push(DhcpPacket::new_checked(&r.bytes[..]).unwrap().yiaddr()),
             Err(e) => {
-                assert_eq!(e, Drop::PoolExhausted);
+                assert_eq!(e, Discard::PoolExhausted);
                 got.push(Ipv4Addr::UNSPECIFIED);
             }
             Ok(None) => panic!("no answer"),
@@ -756,5 +759,5 @@ fn unknown_macs_get_addresses_from_the_allocation_pools_only() {
     // A requested address outside the pools is not given either.
     let mac = [0xfa, 0x16, 0x3e, 0x00, 0x02, 0x01];
     let r = s.handle(&Msg::new(mac, 1).requested(ip(198, 18, 1, 50)).bytes(), NOW);
-    assert_eq!(r, Err(Drop::PoolExhausted));
+    assert_eq!(r, Err(Discard::PoolExhausted));
 }

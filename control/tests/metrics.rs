@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pollux_control::metrics::{
-    render, render_openmetrics, MetricsServer, MetricsSource, CONTENT_TYPE,
+    render, render_openmetrics, MetricsServer, MetricsSource, CONTENT_TYPE, MAX_CONCURRENT_SCRAPES,
     OPENMETRICS_CONTENT_TYPE,
 };
 use pollux_dataplane::counters::{Stage, WorkerCounters};
@@ -193,6 +193,63 @@ fn http(addr: SocketAddr, request: &[u8]) -> String {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     out
+}
+
+/// Slow clients (one that trickles its request a byte at a time, others that send nothing
+/// and hold every slot) neither delay a scrape beside them for long nor hold their
+/// connection past the 2 s deadline, however they pace their bytes.
+#[test]
+fn slow_clients_neither_block_scrapes_nor_outstay_the_deadline() {
+    let server = MetricsServer::bind("127.0.0.1:0".parse().unwrap(), Arc::new(source())).unwrap();
+    let addr = server.local_addr();
+
+    let trickler = std::thread::spawn(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let started = std::time::Instant::now();
+        for b in b"GET /metrics HTTP/1.1\r\nHost: a-very-slow-client.example\r\n\r\n" {
+            if s.write_all(&[*b]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        (started.elapsed(), out)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let resp = http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "a scrape waited {:?} behind a slow client",
+        started.elapsed()
+    );
+    let (held, out) = trickler.join().unwrap();
+    assert!(out.is_empty(), "the trickling client was answered");
+    assert!(
+        held < Duration::from_secs(4),
+        "the trickling client was held {held:?}, past the 2 s deadline"
+    );
+
+    // Silent clients beyond the limit are closed at once; those within it at the deadline.
+    let silent: Vec<TcpStream> = (0..MAX_CONCURRENT_SCRAPES + 2)
+        .map(|_| TcpStream::connect(addr).unwrap())
+        .collect();
+    let started = std::time::Instant::now();
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut buf = [0u8; 16];
+        let closed = matches!(s.read(&mut buf), Ok(0) | Err(_));
+        assert!(closed, "a silent client got bytes");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "silent clients held for {:?}",
+        started.elapsed()
+    );
+    let resp = http(addr, b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
 }
 
 #[test]

@@ -296,3 +296,30 @@ fn apply_dry_run_sends_dry_run_and_prints_the_diff() {
     assert_eq!(params["state"]["ports"][0]["id"], "vm1");
     assert_eq!(params["state"]["networks"][0]["id"], "net-a");
 }
+
+/// `polluxctl apply` and `polluxd --config` read a file by one rule: `.json` is JSON,
+/// `.toml` TOML, any other name by its first character. Both sides, both formats.
+#[test]
+fn apply_and_the_daemon_read_json_and_toml_files_alike() {
+    let server = FakeServer::start();
+    let state = pollux_control::model::DesiredState::from_toml_str(GOOD_STATE).unwrap();
+    let json = state.to_json_string();
+    let files = [
+        write_file(&server.dir, "state.toml", GOOD_STATE),
+        write_file(&server.dir, "state.json", &json),
+        write_file(&server.dir, "state.conf", &json),
+        write_file(&server.dir, "state.cfg", GOOD_STATE),
+    ];
+    for file in &files {
+        let out = server.run(&["apply", file.to_str().unwrap(), "--dry-run"]);
+        assert!(out.status.success(), "{}: {}", file.display(), stderr(&out));
+        let loaded = pollux_control::daemon::load(file)
+            .unwrap_or_else(|e| panic!("polluxd --config {}: {e}", file.display()));
+        assert_eq!(loaded, state, "{}", file.display());
+    }
+    let requests = server.requests();
+    assert_eq!(requests.len(), files.len());
+    for r in &requests {
+        assert_eq!(r["params"]["state"]["ports"][0]["id"], "vm1");
+    }
+}

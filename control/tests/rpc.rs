@@ -610,7 +610,10 @@ fn over_long_line_is_refused_and_connection_closed() {
     long.push(b'\n');
     long.extend_from_slice(b"{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"echo\"}\n");
     let _ = c2.writer.write_all(&long);
-    let _ = c2.recv_line(); // the blank line is too long: -32600, then closed
+    // The blank line is too long: -32600, then closed.
+    let r: Value = serde_json::from_str(&c2.recv_line().expect("a -32600 reply")).unwrap();
+    assert_eq!(error_code(&r), INVALID_REQUEST, "{r}");
+    assert_eq!(r["error"]["data"]["max_line"], 1024, "{r}");
     assert_eq!(c2.recv_line(), None);
 
     // The daemon is fine.
@@ -836,4 +839,158 @@ proptest! {
         drop(c);
         let _ = server.finish();
     }
+}
+
+/// A client trickling a request a byte at a time is dropped `request_timeout` after its
+/// first byte: the bytes do not extend the deadline (its idle timeout is far away).
+#[test]
+fn trickling_client_is_dropped_on_a_deadline_bytes_do_not_reset() {
+    let server = Server::start_with(RpcOptions {
+        request_timeout: Some(Duration::from_millis(300)),
+        client_idle_timeout: Some(Duration::from_secs(60)),
+        ..RpcOptions::default()
+    });
+    let mut c = server.client();
+    let start = Instant::now();
+    let request = br#"{"jsonrpc":"2.0","id":1,"method":"echo","params":["slowly, slowly"]}"#;
+    let mut dropped = false;
+    for b in request.iter().cycle().take(200) {
+        if c.writer.write_all(&[*b]).is_err() {
+            dropped = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        if start.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+    }
+    if !dropped {
+        assert_eq!(
+            c.recv_line(),
+            None,
+            "the trickling client is still connected"
+        );
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    let mut other = server.client();
+    assert_eq!(other.call("echo", json!([1]), 1)["result"], json!([1]));
+}
+
+/// 2,000 clients that connect and close at once, followed at once by `rpc.list`: the
+/// closed peers are reaped before anyone is refused.
+#[test]
+fn a_burst_of_short_lived_connections_does_not_lock_out_the_next_client() {
+    let server = Server::start();
+    for _ in 0..2000 {
+        drop(UnixStream::connect(&server.path).unwrap());
+    }
+    let mut c = server.client();
+    let r = c.call("rpc.list", json!({}), 1);
+    assert!(r["result"]["methods"].is_array(), "{r}");
+}
+
+/// When every slot is taken, a connection idle for `evict_idle_after` makes room.
+#[test]
+fn a_long_idle_connection_gives_its_slot_to_a_new_client() {
+    let server = Server::start_with(RpcOptions {
+        max_clients: 2,
+        evict_idle_after: Some(Duration::from_millis(100)),
+        ..RpcOptions::default()
+    });
+    let mut a = server.client();
+    let mut b = server.client();
+    assert_eq!(a.call("echo", json!([1]), 1)["id"], 1);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(b.call("echo", json!([1]), 1)["id"], 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut c = server.client();
+    assert_eq!(c.call("echo", json!([3]), 3)["result"], json!([3]));
+    assert_eq!(
+        a.recv_line(),
+        None,
+        "the longest idle connection was closed"
+    );
+    assert_eq!(b.call("echo", json!([2]), 2)["result"], json!([2]));
+}
+
+/// The replies to one batch are bounded as a whole: past `max_batch_output` the rest of
+/// the batch is not run, and the batch gets one error saying how many ran.
+#[test]
+fn batch_output_is_bounded_as_a_whole() {
+    let server = Server::start_with(RpcOptions {
+        max_batch_output: 1000,
+        ..RpcOptions::default()
+    });
+    let mut c = server.client();
+    let batch: Vec<Value> = (0..100)
+        .map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "counter.add", "params": {"n": 1}}))
+        .collect();
+    c.send(&Value::Array(batch));
+    let r = c.recv();
+    assert_eq!(error_code(&r), INVALID_REQUEST, "{r}");
+    let ran = r["error"]["data"]["ran"].as_i64().expect("how many ran");
+    assert!((1..100).contains(&ran), "{r}");
+    assert_eq!(r["error"]["data"]["requests"], 100, "{r}");
+    // Exactly those ran.
+    let v = c.call("counter.add", json!({"n": 0}), 1000);
+    assert_eq!(v["result"]["value"], json!(ran), "{v}");
+    // A batch within the bound is answered as usual.
+    let small: Vec<Value> = (0..3)
+        .map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "echo", "params": [i]}))
+        .collect();
+    c.send(&Value::Array(small));
+    assert_eq!(c.recv().as_array().map(Vec::len), Some(3));
+}
+
+/// Memory over all clients is bounded: clients each holding a large unfinished request
+/// are dropped, largest first, once the total passes `max_total_buffered`.
+#[test]
+fn total_buffered_bytes_are_bounded_across_clients() {
+    let server = Server::start_with(RpcOptions {
+        max_total_buffered: 1 << 20,
+        ..RpcOptions::default()
+    });
+    let partial = vec![b'['; 400 << 10];
+    let mut clients: Vec<Client> = (0..4).map(|_| server.client()).collect();
+    for c in &mut clients {
+        let _ = c.writer.write_all(&partial);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut closed = 0;
+    for c in &mut clients {
+        c.reader
+            .get_ref()
+            .set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut line = String::new();
+        match c.reader.read_line(&mut line) {
+            Ok(0) => closed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => closed += 1,
+            Err(_) => {}
+            Ok(_) => panic!("an unfinished request got a reply: {line}"),
+        }
+    }
+    assert!(
+        closed >= 2,
+        "only {closed} of 4 clients holding 1.6 MB were dropped"
+    );
+    let mut other = server.client();
+    assert_eq!(other.call("echo", json!([1]), 1)["result"], json!([1]));
+
+    // A client that sent a big request and was answered holds nothing while it idles, so
+    // it is not what gets dropped for another client's bytes.
+    drop(clients);
+    let mut big = server.client();
+    let pad = "p".repeat(600 << 10);
+    assert_eq!(big.call("echo", json!([pad]), 1)["id"], 1);
+    let mut filler = server.client();
+    let _ = filler.writer.write_all(&partial);
+    let _ = filler.writer.write_all(&partial);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(big.call("echo", json!([2]), 2)["result"], json!([2]));
 }

@@ -538,3 +538,35 @@ fn a_full_disk_fails_the_commit_without_leaving_anything_behind() {
     store.commit(2, &state(2)).expect("a later commit succeeds");
     assert_eq!(store.current(), Some((2, &state(2))));
 }
+
+/// The store's files are private: a loose directory is tightened to 0700, generation and
+/// lock files are 0600, and a symbolic link planted at the temp file's name is replaced,
+/// not followed (the file it points at is untouched).
+#[test]
+fn files_are_private_and_links_are_not_followed() {
+    let tmp = TempDir::new("private");
+    let dir = tmp.path();
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let mut store = Store::open(&dir, DEFAULT_HISTORY).expect("open");
+    let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "the loose directory was not tightened");
+
+    let victim = tmp.0.join("victim");
+    fs::write(&victim, b"precious").unwrap();
+    let planted = dir.join("gen-00000000000000000001.json.tmp");
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    store
+        .commit(1, &state(1))
+        .expect("commit past a planted link");
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    assert_eq!(mode(&gen_file(&dir, 1)), 0o600);
+    assert_eq!(mode(&dir.join("polluxd.lock")), 0o600);
+    drop(store);
+
+    // A generation file that is a link is not read through.
+    fs::remove_file(gen_file(&dir, 1)).unwrap();
+    std::os::unix::fs::symlink(&victim, gen_file(&dir, 1)).unwrap();
+    let e = Store::open(&dir, DEFAULT_HISTORY).expect_err("a linked generation file");
+    assert!(e.to_string().contains("cannot read it"), "{e}");
+}

@@ -96,9 +96,10 @@ enum Show {
         #[arg(long, value_name = "ID")]
         router: Option<String>,
     },
-    /// The routers' neighbours (ARP entries).
-    #[command(alias = "neighbors")]
-    Neighbours {
+    /// The routers' neighbors (ARP entries), as `neighbors.list` returns them; the
+    /// British spelling `neighbours` is an alias.
+    #[command(alias = "neighbours")]
+    Neighbors {
         /// Only this network.
         #[arg(long, value_name = "ID")]
         network: Option<String>,
@@ -188,8 +189,32 @@ fn report(cli: &Cli, failure: Failure) -> ExitCode {
         let error = json!({ "code": code, "message": message, "data": data });
         print_stdout(&pretty(&error));
     }
-    eprintln!("polluxctl: {message}");
+    eprintln!("polluxctl: {}", printable(&message, true));
     ExitCode::from(code)
+}
+
+/// `s` safe to print on a terminal: strings from the daemon carry what clients sent (a
+/// DHCP client's host name, say), so control characters (escape sequences, carriage
+/// returns), invisible format characters (bidirectional overrides) and backslashes are
+/// written as escapes. Newlines are kept when `keep_newlines`, for multi-line messages.
+fn printable(s: &str, keep_newlines: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let invisible = matches!(
+            c,
+            '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}'
+        );
+        if c == '\n' && keep_newlines {
+            out.push(c);
+        } else if c == '\\' {
+            out.push_str("\\\\");
+        } else if c.is_control() || invisible {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Prints `text` and a newline; a closed stdout (`| head`) is not worth a panic.
@@ -238,7 +263,7 @@ fn show_request(show: &Show) -> (&'static str, Value) {
         Show::Networks => ("networks.list", json!({})),
         Show::Fdb { network } => ("fdb.list", optional("network_id", network)),
         Show::Routes { router } => ("routes.list", optional("router_id", router)),
-        Show::Neighbours { network } => ("neighbors.list", optional("network_id", network)),
+        Show::Neighbors { network } => ("neighbors.list", optional("network_id", network)),
         Show::Sessions { router } => ("sessions.list", optional("router_id", router)),
         Show::Leases { network } => ("leases.list", optional("network_id", network)),
         Show::Stats => ("stats.get", json!({})),
@@ -272,16 +297,8 @@ fn load_state(file: &Path) -> Result<DesiredState, Failure> {
     };
     let text =
         read_input(file, stdin).map_err(|e| Failure::Local(format!("cannot read {name}: {e}")))?;
-    let is_json = !stdin
-        && file
-            .extension()
-            .is_some_and(|ext| ext.eq_ignore_ascii_case("json"));
-    let parsed = if is_json {
-        DesiredState::from_json_str(&text)
-    } else {
-        DesiredState::from_toml_str(&text)
-    };
-    parsed.map_err(|e| Failure::Local(format!("{name}: {e}")))
+    DesiredState::from_file_text((!stdin).then_some(file), &text)
+        .map_err(|e| Failure::Local(format!("{name}: {e}")))
 }
 
 fn read_input(file: &Path, stdin: bool) -> io::Result<String> {
@@ -420,7 +437,7 @@ fn render_show(show: &Show, result: &Value) -> String {
         Show::Networks => table(rows(result, "networks"), NETWORK_COLUMNS),
         Show::Fdb { .. } => table(rows(result, "entries"), FDB_COLUMNS),
         Show::Routes { .. } => table(rows(result, "routes"), ROUTE_COLUMNS),
-        Show::Neighbours { .. } => table(rows(result, "neighbors"), NEIGHBOR_COLUMNS),
+        Show::Neighbors { .. } => table(rows(result, "neighbors"), NEIGHBOR_COLUMNS),
         Show::Sessions { .. } => table(rows(result, "sessions"), SESSION_COLUMNS),
         Show::Leases { .. } => table(rows(result, "leases"), LEASE_COLUMNS),
         Show::Stats => stats_report(result),
@@ -508,7 +525,7 @@ fn is_numeric_column<'a>(mut cells: impl Iterator<Item = Option<&'a Value>>) -> 
 fn cell_text(v: Option<&Value>) -> String {
     match v {
         None | Some(Value::Null) => "-".to_owned(),
-        Some(Value::String(s)) => s.clone(),
+        Some(Value::String(s)) => printable(s, false),
         Some(Value::Array(items)) if items.is_empty() => "-".to_owned(),
         Some(Value::Array(items)) => {
             let items: Vec<String> = items.iter().map(|i| cell_text(Some(i))).collect();
@@ -738,6 +755,20 @@ mod tests {
              uplink:physnet1  12345  -     true\n\
              vm2                  -  1,2   -"
         );
+    }
+
+    #[test]
+    fn client_supplied_strings_are_escaped_in_tables_and_messages() {
+        let rows = vec![json!({ "hostname": "evil\u{1b}[2J\r\nroot\u{202e}gpj.exe\\x" })];
+        let out = table(&rows, &[("HOSTNAME", "hostname")]);
+        assert_eq!(
+            out,
+            "HOSTNAME\nevil\\u{1b}[2J\\r\\nroot\\u{202e}gpj.exe\\\\x"
+        );
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'));
+        assert_eq!(out.lines().count(), 2);
+        assert_eq!(printable("a\nb\u{7}", true), "a\nb\\u{7}");
+        assert_eq!(printable("plain-host.example", false), "plain-host.example");
     }
 
     #[test]

@@ -104,9 +104,10 @@ pub fn dhcp_server_addresses(v: &Validated) -> Vec<(usize, Ipv4Addr)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::addr::Ipv4Cidr;
     use crate::dhcp::ExtraOption;
     use crate::model::DesiredState;
-    use crate::validate::{validate, Ipv4Cidr};
+    use crate::validate::validate;
     use pollux_dataplane::ratelimit::BucketConfig;
 
     const STATE: &str = r#"
@@ -180,7 +181,7 @@ mod tests {
     "#;
 
     fn cidr(s: &str) -> Ipv4Cidr {
-        crate::validate::parse_cidr(s).unwrap()
+        crate::addr::parse_cidr(s).unwrap()
     }
 
     #[test]

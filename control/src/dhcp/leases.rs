@@ -327,6 +327,31 @@ mod tests {
         assert!(t.is_empty());
     }
 
+    /// A lease file is 0600 and written past, not through, a link planted at its temp
+    /// name; a lease file that is a link is not read.
+    #[test]
+    fn lease_files_are_private_and_links_are_not_followed() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = temp_dir("private");
+        let path = dir.join("leases.json");
+        let victim = dir.join("victim");
+        fs::write(&victim, b"precious").unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join("leases.json.tmp")).unwrap();
+        let mut t = LeaseTable::new();
+        t.insert(lease(10, 100, LeaseState::Bound));
+        t.save(&path).unwrap();
+        assert_eq!(fs::read(&victim).unwrap(), b"precious");
+        let mode = fs::symlink_metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        assert!(
+            LeaseTable::load(&path).is_err(),
+            "a linked lease file was read"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn dhcp_leases_round_trip() {
         let dir = temp_dir("roundtrip");

@@ -31,9 +31,9 @@ pub use wire::{DhcpPacket, Message, MessageType, ReplyBuilder};
 /// the caller can count drops by reason; protocol outcomes that are silent by design
 /// (RELEASE, DECLINE, a REQUEST choosing another server) are `Ok(None)` instead.
 ///
-/// Named after the outcome, not `std::ops::Drop`; refer to it as `dhcp::Drop`.
+/// Not called `Drop`, which would shadow the prelude's `Drop` wherever it is imported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Drop {
+pub enum Discard {
     /// Shorter than the fixed header and magic cookie (240 bytes).
     Truncated,
     /// Longer than any DHCP message a client on this link may send.
@@ -73,55 +73,55 @@ pub enum Drop {
     ReplyTooLarge,
 }
 
-impl Drop {
+impl Discard {
     /// Every reason, for pre-registering counters.
-    pub const ALL: [Drop; 18] = [
-        Drop::Truncated,
-        Drop::Oversized,
-        Drop::NotBootRequest,
-        Drop::BadHardwareType,
-        Drop::BadClientMac,
-        Drop::BadMagicCookie,
-        Drop::OptionTruncated,
-        Drop::MissingEnd,
-        Drop::BadOptionLength,
-        Drop::MissingMessageType,
-        Drop::UnexpectedMessageType,
-        Drop::Relayed,
-        Drop::RateLimited,
-        Drop::UnknownClient,
-        Drop::NoSubnet,
-        Drop::PoolExhausted,
-        Drop::BadRequest,
-        Drop::ReplyTooLarge,
+    pub const ALL: [Discard; 18] = [
+        Discard::Truncated,
+        Discard::Oversized,
+        Discard::NotBootRequest,
+        Discard::BadHardwareType,
+        Discard::BadClientMac,
+        Discard::BadMagicCookie,
+        Discard::OptionTruncated,
+        Discard::MissingEnd,
+        Discard::BadOptionLength,
+        Discard::MissingMessageType,
+        Discard::UnexpectedMessageType,
+        Discard::Relayed,
+        Discard::RateLimited,
+        Discard::UnknownClient,
+        Discard::NoSubnet,
+        Discard::PoolExhausted,
+        Discard::BadRequest,
+        Discard::ReplyTooLarge,
     ];
 
     /// A stable snake_case name, for metric labels and logs.
     pub const fn as_str(self) -> &'static str {
         match self {
-            Drop::Truncated => "truncated",
-            Drop::Oversized => "oversized",
-            Drop::NotBootRequest => "not_boot_request",
-            Drop::BadHardwareType => "bad_hardware_type",
-            Drop::BadClientMac => "bad_client_mac",
-            Drop::BadMagicCookie => "bad_magic_cookie",
-            Drop::OptionTruncated => "option_truncated",
-            Drop::MissingEnd => "missing_end",
-            Drop::BadOptionLength => "bad_option_length",
-            Drop::MissingMessageType => "missing_message_type",
-            Drop::UnexpectedMessageType => "unexpected_message_type",
-            Drop::Relayed => "relayed",
-            Drop::RateLimited => "rate_limited",
-            Drop::UnknownClient => "unknown_client",
-            Drop::NoSubnet => "no_subnet",
-            Drop::PoolExhausted => "pool_exhausted",
-            Drop::BadRequest => "bad_request",
-            Drop::ReplyTooLarge => "reply_too_large",
+            Discard::Truncated => "truncated",
+            Discard::Oversized => "oversized",
+            Discard::NotBootRequest => "not_boot_request",
+            Discard::BadHardwareType => "bad_hardware_type",
+            Discard::BadClientMac => "bad_client_mac",
+            Discard::BadMagicCookie => "bad_magic_cookie",
+            Discard::OptionTruncated => "option_truncated",
+            Discard::MissingEnd => "missing_end",
+            Discard::BadOptionLength => "bad_option_length",
+            Discard::MissingMessageType => "missing_message_type",
+            Discard::UnexpectedMessageType => "unexpected_message_type",
+            Discard::Relayed => "relayed",
+            Discard::RateLimited => "rate_limited",
+            Discard::UnknownClient => "unknown_client",
+            Discard::NoSubnet => "no_subnet",
+            Discard::PoolExhausted => "pool_exhausted",
+            Discard::BadRequest => "bad_request",
+            Discard::ReplyTooLarge => "reply_too_large",
         }
     }
 }
 
-impl std::fmt::Display for Drop {
+impl std::fmt::Display for Discard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }

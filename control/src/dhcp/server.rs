@@ -3,7 +3,7 @@
 //! The caller (the slow path) hands [`DhcpServer::handle`] the UDP payload of a message
 //! that arrived on port 67 and the current time in seconds; it gets back the reply's
 //! bytes and the L2/L3 destination to send them to, `Ok(None)` when the protocol wants
-//! silence, or the [`Drop`] reason. Nothing here does I/O or reads a clock.
+//! silence, or the [`Discard`] reason. Nothing here does I/O or reads a clock.
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet};
@@ -16,7 +16,7 @@ use super::leases::{Lease, LeaseState, LeaseTable};
 use super::wire::{
     self, opt, Message, MessageType, ReplyBuilder, ReplyHeader, BOOTREQUEST, MAX_MESSAGE_LEN,
 };
-use super::Drop;
+use super::Discard;
 use crate::addr::Ipv4Cidr;
 
 /// Neutron's default `dhcp_lease_duration`.
@@ -192,7 +192,7 @@ pub struct Reply {
     pub broadcast: bool,
 }
 
-/// What the server did, for metrics (drops are counted by the caller from [`Drop`]).
+/// What the server did, for metrics (drops are counted by the caller from [`Discard`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DhcpStats {
     pub offers: u64,
@@ -313,23 +313,23 @@ impl DhcpServer {
     }
 
     /// Handles one message from a client (the UDP payload) at `now` (seconds).
-    pub fn handle(&mut self, msg: &[u8], now: u64) -> Result<Option<Reply>, Drop> {
+    pub fn handle(&mut self, msg: &[u8], now: u64) -> Result<Option<Reply>, Discard> {
         let m = Message::parse(msg)?;
         if m.op != BOOTREQUEST {
-            return Err(Drop::NotBootRequest);
+            return Err(Discard::NotBootRequest);
         }
         let mac = m.chaddr;
         if mac[0] & 1 != 0 || mac == [0; 6] {
-            return Err(Drop::BadClientMac);
+            return Err(Discard::BadClientMac);
         }
         if m.giaddr != Ipv4Addr::UNSPECIFIED {
-            return Err(Drop::Relayed);
+            return Err(Discard::Relayed);
         }
         // chaddr is the client's claim, so the caller should also limit per port; keyed
         // here it still keeps one honest-but-looping client from starving the rest.
         let now_ns = now.saturating_mul(1_000_000_000);
         if !self.per_client.allow(mac_key(&mac), now_ns) || !self.global.allow(now_ns) {
-            return Err(Drop::RateLimited);
+            return Err(Discard::RateLimited);
         }
         match m.message_type {
             MessageType::Discover => self.discover(&m, now).map(Some),
@@ -338,7 +338,7 @@ impl DhcpServer {
             MessageType::Release => self.release(&m),
             MessageType::Inform => self.inform(&m).map(Some),
             MessageType::Offer | MessageType::Ack | MessageType::Nak => {
-                Err(Drop::UnexpectedMessageType)
+                Err(Discard::UnexpectedMessageType)
             }
         }
     }
@@ -352,10 +352,10 @@ impl DhcpServer {
     }
 
     /// The address `mac` has: its host entry's, or a live dynamic lease.
-    fn resolve(&self, mac: &[u8; 6], now: u64) -> Result<Option<Binding>, Drop> {
+    fn resolve(&self, mac: &[u8; 6], now: u64) -> Result<Option<Binding>, Discard> {
         if let Some(&h) = self.hosts.get(mac) {
-            let ip = self.config.hosts.get(h).ok_or(Drop::NoSubnet)?.ip;
-            let subnet = self.subnet_of(ip).ok_or(Drop::NoSubnet)?;
+            let ip = self.config.hosts.get(h).ok_or(Discard::NoSubnet)?.ip;
+            let subnet = self.subnet_of(ip).ok_or(Discard::NoSubnet)?;
             return Ok(Some(Binding {
                 subnet,
                 ip,
@@ -400,7 +400,12 @@ impl DhcpServer {
     }
 
     /// A free address for an unknown MAC: the one it asks for if free, else the lowest.
-    fn allocate(&self, mac: &[u8; 6], wanted: Option<Ipv4Addr>, now: u64) -> Result<Binding, Drop> {
+    fn allocate(
+        &self,
+        mac: &[u8; 6],
+        wanted: Option<Ipv4Addr>,
+        now: u64,
+    ) -> Result<Binding, Discard> {
         let leased: HashSet<Ipv4Addr> = self
             .leases
             .iter()
@@ -444,9 +449,9 @@ impl DhcpServer {
             }
         }
         Err(if any {
-            Drop::PoolExhausted
+            Discard::PoolExhausted
         } else {
-            Drop::UnknownClient
+            Discard::UnknownClient
         })
     }
 
@@ -460,7 +465,7 @@ impl DhcpServer {
             })
     }
 
-    fn discover(&mut self, m: &Message<'_>, now: u64) -> Result<Reply, Drop> {
+    fn discover(&mut self, m: &Message<'_>, now: u64) -> Result<Reply, Discard> {
         let b = match self.resolve(&m.chaddr, now)? {
             Some(b) => b,
             None => self.allocate(&m.chaddr, m.requested_ip, now)?,
@@ -486,7 +491,7 @@ impl DhcpServer {
         Ok(reply)
     }
 
-    fn request(&mut self, m: &Message<'_>, now: u64) -> Result<Option<Reply>, Drop> {
+    fn request(&mut self, m: &Message<'_>, now: u64) -> Result<Option<Reply>, Discard> {
         let ciaddr = (m.ciaddr != Ipv4Addr::UNSPECIFIED).then_some(m.ciaddr);
         let (b, wanted) = if let Some(sid) = m.server_id {
             // SELECTING: the client names the server it chose.
@@ -501,20 +506,26 @@ impl DhcpServer {
                 self.stats.other_server += 1;
                 return Ok(None);
             }
-            let b = self.resolve(&m.chaddr, now)?.ok_or(Drop::UnknownClient)?;
+            let b = self
+                .resolve(&m.chaddr, now)?
+                .ok_or(Discard::UnknownClient)?;
             let ok = self.config.subnets.get(b.subnet).map(|s| s.server_ip) == Some(sid);
             (b, m.requested_ip.or(ciaddr).filter(|_| ok))
         } else if let (Some(req), None) = (m.requested_ip, ciaddr) {
             // INIT-REBOOT: a client that remembers its address; silence if we do not
             // know it, as another server may.
-            let b = self.resolve(&m.chaddr, now)?.ok_or(Drop::UnknownClient)?;
+            let b = self
+                .resolve(&m.chaddr, now)?
+                .ok_or(Discard::UnknownClient)?;
             (b, Some(req))
         } else if let Some(ci) = ciaddr {
             // RENEWING (unicast) or REBINDING (broadcast).
-            let b = self.resolve(&m.chaddr, now)?.ok_or(Drop::UnknownClient)?;
+            let b = self
+                .resolve(&m.chaddr, now)?
+                .ok_or(Discard::UnknownClient)?;
             (b, Some(ci))
         } else {
-            return Err(Drop::BadRequest);
+            return Err(Discard::BadRequest);
         };
         if wanted != Some(b.ip) {
             self.stats.naks += 1;
@@ -538,8 +549,8 @@ impl DhcpServer {
         Ok(Some(reply))
     }
 
-    fn decline(&mut self, m: &Message<'_>, now: u64) -> Result<Option<Reply>, Drop> {
-        let ip = m.requested_ip.ok_or(Drop::BadRequest)?;
+    fn decline(&mut self, m: &Message<'_>, now: u64) -> Result<Option<Reply>, Discard> {
+        let ip = m.requested_ip.ok_or(Discard::BadRequest)?;
         if m.server_id.is_some_and(|sid| !self.is_ours(sid)) {
             return Ok(None);
         }
@@ -558,7 +569,7 @@ impl DhcpServer {
         Ok(None)
     }
 
-    fn release(&mut self, m: &Message<'_>) -> Result<Option<Reply>, Drop> {
+    fn release(&mut self, m: &Message<'_>) -> Result<Option<Reply>, Discard> {
         if m.server_id.is_some_and(|sid| !self.is_ours(sid)) {
             return Ok(None);
         }
@@ -569,11 +580,11 @@ impl DhcpServer {
         Ok(None)
     }
 
-    fn inform(&mut self, m: &Message<'_>) -> Result<Reply, Drop> {
+    fn inform(&mut self, m: &Message<'_>) -> Result<Reply, Discard> {
         if m.ciaddr == Ipv4Addr::UNSPECIFIED {
-            return Err(Drop::BadRequest);
+            return Err(Discard::BadRequest);
         }
-        let subnet = self.subnet_of(m.ciaddr).ok_or(Drop::NoSubnet)?;
+        let subnet = self.subnet_of(m.ciaddr).ok_or(Discard::NoSubnet)?;
         let host = self.hosts.get(&m.chaddr).copied();
         let serves = self
             .config
@@ -581,7 +592,7 @@ impl DhcpServer {
             .get(subnet)
             .is_some_and(|s| s.serve_unknown);
         if host.is_none() && !serves {
-            return Err(Drop::UnknownClient);
+            return Err(Discard::UnknownClient);
         }
         let b = Binding {
             subnet,
@@ -593,8 +604,8 @@ impl DhcpServer {
         Ok(reply)
     }
 
-    fn nak(&self, m: &Message<'_>, subnet: usize) -> Result<Reply, Drop> {
-        let s = self.config.subnets.get(subnet).ok_or(Drop::NoSubnet)?;
+    fn nak(&self, m: &Message<'_>, subnet: usize) -> Result<Reply, Discard> {
+        let s = self.config.subnets.get(subnet).ok_or(Discard::NoSubnet)?;
         let mut buf = [0u8; MAX_MESSAGE_LEN];
         let h = ReplyHeader {
             xid: m.xid,
@@ -605,11 +616,11 @@ impl DhcpServer {
             giaddr: m.giaddr,
             chaddr: m.chaddr,
         };
-        let mut w =
-            ReplyBuilder::new(&mut buf, m.max_reply_len(), &h).map_err(|_| Drop::ReplyTooLarge)?;
+        let mut w = ReplyBuilder::new(&mut buf, m.max_reply_len(), &h)
+            .map_err(|_| Discard::ReplyTooLarge)?;
         w.option(opt::MESSAGE_TYPE, &[MessageType::Nak.to_u8()])
             .and_then(|()| w.option(opt::SERVER_ID, &s.server_ip.octets()))
-            .map_err(|_| Drop::ReplyTooLarge)?;
+            .map_err(|_| Discard::ReplyTooLarge)?;
         let _ = w.option(opt::MESSAGE, b"address not assigned to this client");
         let len = w.finish();
         // RFC 2131 §4.1: without a relay, a NAK is always broadcast, since the client's
@@ -659,8 +670,8 @@ impl DhcpServer {
         }
     }
 
-    fn reply(&self, m: &Message<'_>, kind: MessageType, b: &Binding) -> Result<Reply, Drop> {
-        let s = self.config.subnets.get(b.subnet).ok_or(Drop::NoSubnet)?;
+    fn reply(&self, m: &Message<'_>, kind: MessageType, b: &Binding) -> Result<Reply, Discard> {
+        let s = self.config.subnets.get(b.subnet).ok_or(Discard::NoSubnet)?;
         let inform = m.message_type == MessageType::Inform;
         let mut buf = [0u8; MAX_MESSAGE_LEN];
         // A configured MTU below the client's stated maximum caps it too, but never below
@@ -684,11 +695,11 @@ impl DhcpServer {
             giaddr: m.giaddr,
             chaddr: m.chaddr,
         };
-        let mut w = ReplyBuilder::new(&mut buf, limit, &h).map_err(|_| Drop::ReplyTooLarge)?;
+        let mut w = ReplyBuilder::new(&mut buf, limit, &h).map_err(|_| Discard::ReplyTooLarge)?;
         let mut sent: Vec<u8> = Vec::with_capacity(16);
         let mut must = |w: &mut ReplyBuilder<'_>, code: u8, v: &[u8]| {
             sent.push(code);
-            w.option(code, v).map_err(|_| Drop::ReplyTooLarge)
+            w.option(code, v).map_err(|_| Discard::ReplyTooLarge)
         };
         must(&mut w, opt::MESSAGE_TYPE, &[kind.to_u8()])?;
         must(&mut w, opt::SERVER_ID, &s.server_ip.octets())?;

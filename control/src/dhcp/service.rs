@@ -32,7 +32,7 @@ use pollux_dataplane::wire::{
 };
 
 use super::server::{DhcpConfig, DhcpServer, DhcpStats, Reply};
-use super::{Drop, LeaseInfo, LeaseTable};
+use super::{Discard, LeaseInfo, LeaseTable};
 
 /// How often changed lease tables are written.
 pub const SAVE_INTERVAL: Duration = Duration::from_secs(1);
@@ -455,7 +455,7 @@ fn save_dirty(shared: &Mutex<Shared>, files: &Mutex<()>, now: u64) {
 
 /// Handles one punt ring entry: finds the network's server, hands it the DHCP message and,
 /// when it answers, writes the inject ring entry into `out`. Returns whether there is a
-/// reply, or the reason the entry was dropped (a [`FrameDrop`] or a server's [`Drop`]).
+/// reply, or the reason the entry was dropped (a [`FrameDrop`] or a server's [`Discard`]).
 fn handle_entry(
     servers: &mut HashMap<NetworkUid, NetworkServer>,
     entry: &[u8],
@@ -490,7 +490,7 @@ fn handle_entry(
             server.dirty = true;
             Ok(false)
         }
-        Err(drop) => Err(Drop::as_str(drop)),
+        Err(drop) => Err(Discard::as_str(drop)),
     }
 }
 

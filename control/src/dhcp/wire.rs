@@ -6,7 +6,7 @@
 
 use std::net::Ipv4Addr;
 
-use super::Drop;
+use super::Discard;
 
 /// `op` of a client's message.
 pub const BOOTREQUEST: u8 = 1;
@@ -146,16 +146,16 @@ impl<T: AsRef<[u8]>> DhcpPacket<T> {
     }
 
     /// A view of a buffer that holds at least the fixed header and the magic cookie.
-    pub fn new_checked(buffer: T) -> Result<Self, Drop> {
+    pub fn new_checked(buffer: T) -> Result<Self, Discard> {
         let b = buffer.as_ref();
         if b.len() < HEADER_LEN {
-            return Err(Drop::Truncated);
+            return Err(Discard::Truncated);
         }
         if b.len() > MAX_MESSAGE_LEN {
-            return Err(Drop::Oversized);
+            return Err(Discard::Oversized);
         }
         if b.get(field::COOKIE) != Some(&MAGIC_COOKIE[..]) {
-            return Err(Drop::BadMagicCookie);
+            return Err(Discard::BadMagicCookie);
         }
         Ok(DhcpPacket { buffer })
     }
@@ -264,7 +264,7 @@ pub struct Options<'a> {
 }
 
 impl<'a> Iterator for Options<'a> {
-    type Item = Result<DhcpOption<'a>, Drop>;
+    type Item = Result<DhcpOption<'a>, Discard>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
@@ -273,7 +273,7 @@ impl<'a> Iterator for Options<'a> {
         loop {
             let Some((&code, rest)) = self.data.split_first() else {
                 self.done = true;
-                return Some(Err(Drop::MissingEnd));
+                return Some(Err(Discard::MissingEnd));
             };
             match code {
                 opt::PAD => self.data = rest,
@@ -284,12 +284,12 @@ impl<'a> Iterator for Options<'a> {
                 _ => {
                     let Some((&len, rest)) = rest.split_first() else {
                         self.done = true;
-                        return Some(Err(Drop::OptionTruncated));
+                        return Some(Err(Discard::OptionTruncated));
                     };
                     let len = usize::from(len);
                     if rest.len() < len {
                         self.done = true;
-                        return Some(Err(Drop::OptionTruncated));
+                        return Some(Err(Discard::OptionTruncated));
                     }
                     let (data, rest) = rest.split_at(len);
                     self.data = rest;
@@ -300,10 +300,10 @@ impl<'a> Iterator for Options<'a> {
     }
 }
 
-fn addr_opt(data: &[u8]) -> Result<Ipv4Addr, Drop> {
+fn addr_opt(data: &[u8]) -> Result<Ipv4Addr, Discard> {
     match *data {
         [a, b, c, d] => Ok(Ipv4Addr::new(a, b, c, d)),
-        _ => Err(Drop::BadOptionLength),
+        _ => Err(Discard::BadOptionLength),
     }
 }
 
@@ -339,10 +339,10 @@ impl<'a> Message<'a> {
     /// Parses and validates a message of either direction: Ethernet hardware addresses,
     /// a sound option layout ending in End, a known message type, well-sized values of
     /// the options read here.
-    pub fn parse(bytes: &'a [u8]) -> Result<Self, Drop> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, Discard> {
         let p = DhcpPacket::new_checked(bytes)?;
         if p.htype() != HTYPE_ETHERNET || p.hlen() != 6 {
-            return Err(Drop::BadHardwareType);
+            return Err(Discard::BadHardwareType);
         }
         let mut msg_type = None;
         let mut m = Message {
@@ -372,9 +372,9 @@ impl<'a> Message<'a> {
             match o.code {
                 opt::MESSAGE_TYPE if msg_type.is_none() => {
                     let &[v] = o.data else {
-                        return Err(Drop::BadOptionLength);
+                        return Err(Discard::BadOptionLength);
                     };
-                    msg_type = Some(MessageType::from_u8(v).ok_or(Drop::UnexpectedMessageType)?);
+                    msg_type = Some(MessageType::from_u8(v).ok_or(Discard::UnexpectedMessageType)?);
                 }
                 opt::REQUESTED_IP if m.requested_ip.is_none() => {
                     m.requested_ip = Some(addr_opt(o.data)?);
@@ -384,11 +384,11 @@ impl<'a> Message<'a> {
                 }
                 opt::LEASE_TIME if m.lease_time.is_none() => match *o.data {
                     [a, b, c, d] => m.lease_time = Some(u32::from_be_bytes([a, b, c, d])),
-                    _ => return Err(Drop::BadOptionLength),
+                    _ => return Err(Discard::BadOptionLength),
                 },
                 opt::MAX_MESSAGE_SIZE if m.max_message_size.is_none() => match *o.data {
                     [a, b] => m.max_message_size = Some(u16::from_be_bytes([a, b])),
-                    _ => return Err(Drop::BadOptionLength),
+                    _ => return Err(Discard::BadOptionLength),
                 },
                 opt::PARAMETER_REQUEST_LIST if m.parameter_request_list.is_empty() => {
                     m.parameter_request_list = o.data;
@@ -399,7 +399,7 @@ impl<'a> Message<'a> {
                 _ => {}
             }
         }
-        m.message_type = msg_type.ok_or(Drop::MissingMessageType)?;
+        m.message_type = msg_type.ok_or(Discard::MissingMessageType)?;
         Ok(m)
     }
 
@@ -565,36 +565,36 @@ mod tests {
 
     #[test]
     fn dhcp_wire_distinct_errors() {
-        assert_eq!(Message::parse(&[0u8; 100]), Err(Drop::Truncated));
-        assert_eq!(Message::parse(&[0u8; 2000]), Err(Drop::Oversized));
+        assert_eq!(Message::parse(&[0u8; 100]), Err(Discard::Truncated));
+        assert_eq!(Message::parse(&[0u8; 2000]), Err(Discard::Oversized));
         let mut b = minimal(1);
         b[236] = 0;
-        assert_eq!(Message::parse(&b), Err(Drop::BadMagicCookie));
+        assert_eq!(Message::parse(&b), Err(Discard::BadMagicCookie));
         let mut b = minimal(1);
         b[1] = 6;
-        assert_eq!(Message::parse(&b), Err(Drop::BadHardwareType));
+        assert_eq!(Message::parse(&b), Err(Discard::BadHardwareType));
         let mut b = minimal(1);
         b.pop();
-        assert_eq!(Message::parse(&b), Err(Drop::MissingEnd));
+        assert_eq!(Message::parse(&b), Err(Discard::MissingEnd));
         let mut b = minimal(1);
         b.truncate(b.len() - 2);
-        assert_eq!(Message::parse(&b), Err(Drop::OptionTruncated));
+        assert_eq!(Message::parse(&b), Err(Discard::OptionTruncated));
         let mut b = minimal(1);
         b.truncate(HEADER_LEN);
         b.extend_from_slice(&[53, 2, 1, 1, 255]);
-        assert_eq!(Message::parse(&b), Err(Drop::BadOptionLength));
+        assert_eq!(Message::parse(&b), Err(Discard::BadOptionLength));
         let mut b = minimal(1);
         b.truncate(HEADER_LEN);
         b.extend_from_slice(&[0, 0, 255]);
-        assert_eq!(Message::parse(&b), Err(Drop::MissingMessageType));
+        assert_eq!(Message::parse(&b), Err(Discard::MissingMessageType));
         assert_eq!(
             Message::parse(&minimal(9)),
-            Err(Drop::UnexpectedMessageType)
+            Err(Discard::UnexpectedMessageType)
         );
         let mut b = minimal(1);
         b.truncate(HEADER_LEN);
         b.extend_from_slice(&[53, 1, 1, 50, 3, 1, 2, 3, 255]);
-        assert_eq!(Message::parse(&b), Err(Drop::BadOptionLength));
+        assert_eq!(Message::parse(&b), Err(Discard::BadOptionLength));
     }
 
     #[test]

@@ -30,13 +30,11 @@ use std::net::Ipv4Addr;
 
 use pollux_dataplane::snapshot::L2Config;
 
+use crate::addr::{check_dns_name, parse_cidr, parse_ipv4, Ipv4Cidr};
 use crate::model::DesiredState;
 
-pub use crate::addr::{
-    check_dns_name, fmt_mac, parse_cidr, parse_interface_addr, parse_ipv4, parse_mac,
-    parse_station_mac, Ipv4Cidr,
-};
-pub use crate::dhcp::options::{dhcp_option_code, encode_dhcp_option, DhcpOptionKind};
+/// The benchmark harness names the MAC formatter by this path (`crate::addr` has it).
+pub use crate::addr::fmt_mac;
 pub use binding::{check_ifname, Binding};
 pub use floating_ip::{FloatingIp, FloatingIpTarget};
 pub use network::{Network, Segment, DEFAULT_MTU, JUMBO_MTU, MIN_MTU, VXLAN_OVERHEAD};
