@@ -511,6 +511,7 @@ fn euid_is_root() -> bool {
 /// A full disk fails the commit cleanly: the store keeps the old generation (also after a
 /// reopen), no temp file is left, and once there is room the same generation commits.
 #[test]
+#[ignore = "needs root: mounts a tmpfs (run with --include-ignored as root)"]
 fn a_full_disk_fails_the_commit_without_leaving_anything_behind() {
     let fs = SmallTmpfs::mount("64k");
     let dir = fs.0.path();
