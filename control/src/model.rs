@@ -361,7 +361,7 @@ pub struct ExtraDhcpOpt {
     pub opt_name: String,
     /// The value, as dnsmasq reads it (`198.18.1.1,198.18.1.2`, `pxelinux.0`, ...).
     pub opt_value: String,
-    /// 4 (or absent) for DHCPv4; 6 is accepted and ignored (no DHCPv6 yet).
+    /// 4 (or absent) for DHCPv4; 6 (DHCPv6) is refused as not supported yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_version: Option<i64>,
 }

@@ -234,8 +234,8 @@ impl Checker {
         out
     }
 
-    /// Encodes a port's `extra_dhcp_opts`; IPv6 entries are checked for their
-    /// `ip_version` only and left out.
+    /// Encodes a port's `extra_dhcp_opts`. DHCPv6 entries are refused: there is no DHCPv6
+    /// server to hand them out, and an option accepted but never served would be a lie.
     pub(super) fn extra_dhcp_opts(
         &mut self,
         base: &str,
@@ -247,7 +247,14 @@ impl Checker {
             let p = format!("{base}.extra_dhcp_opts[{k}]");
             match o.ip_version {
                 None | Some(4) => {}
-                Some(6) => continue,
+                Some(6) => {
+                    self.err(
+                        format!("{p}.ip_version"),
+                        "not supported: DHCPv6 options are not served (there is no DHCPv6 \
+                         server yet); leave the entry out",
+                    );
+                    continue;
+                }
                 Some(v) => {
                     self.err(
                         format!("{p}.ip_version"),
@@ -331,10 +338,6 @@ mod tests {
         state.ports[0].extra_dhcp_opts = vec![
             opt("ntp-server", "198.18.1.1,198.18.1.2"),
             model::ExtraDhcpOpt {
-                ip_version: Some(6),
-                ..opt("dns-server", "2001:db8::1")
-            },
-            model::ExtraDhcpOpt {
                 ip_version: Some(4),
                 ..opt("bootfile-name", "pxelinux.0")
             },
@@ -395,6 +398,14 @@ mod tests {
                 opt("option6:dns-server", "2001:db8::1"),
                 "opt_name: option6:dns-server is a DHCPv6 option; give it ip_version = 6 \
                  (DHCPv6 is not served yet)",
+            ),
+            (
+                model::ExtraDhcpOpt {
+                    ip_version: Some(6),
+                    ..opt("dns-server", "2001:db8::1")
+                },
+                "ip_version: not supported: DHCPv6 options are not served (there is no \
+                 DHCPv6 server yet); leave the entry out",
             ),
             (
                 opt("tag:pxe,bootfile-name", "x"),
