@@ -4,19 +4,52 @@
 use crate::buf::FramePool;
 use crate::drop::DropReason;
 use crate::packet::{Meta, Next, Packet};
+use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::PortId;
 use crate::snapshot::{PortRole, Snapshot};
 use crate::wire::{EtherType, EthernetFrame, VlanTag};
 
-/// Parses and classifies every packet of a receive burst from `in_port`. A burst comes
-/// from one port, so the port's role is looked up once and the loop is specialised to it.
+/// The classify stage: stateless.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Classify;
+
+impl BurstStage for Classify {
+    #[inline(always)]
+    fn id(&self) -> Stage {
+        Stage::Classify
+    }
+
+    #[inline(always)]
+    fn wants(&self) -> Pending {
+        Pending::CLASSIFY
+    }
+
+    #[inline(always)]
+    fn process(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
+        classify(cx.snap, cx.pool, cx.in_port, cx.role, pkts);
+        Outcome {
+            packets: pkts.len() as u32,
+            produced: Pending::L2 | Pending::DONE,
+        }
+    }
+}
+
+/// Parses and classifies every packet of a receive burst from `in_port`, whose role is
+/// `role`. A burst comes from one port, so the loop is specialised to its role.
 #[inline]
-pub fn classify(snap: &Snapshot, pool: &FramePool, in_port: PortId, pkts: &mut [Packet]) {
-    match snap.port(in_port) {
+pub fn classify(
+    snap: &Snapshot,
+    pool: &FramePool,
+    in_port: PortId,
+    role: PortRole,
+    pkts: &mut [Packet],
+) {
+    match role {
         PortRole::Absent => {
             for pkt in pkts.iter_mut() {
                 pkt.in_port = in_port;
                 pkt.meta.next = Next::Drop(DropReason::PortNotConfigured);
+                pkt.meta.stage = Stage::Classify;
             }
         }
         // A priority tag (VID 0) on a VM port is tolerated, as 802.1Q asks.
@@ -27,7 +60,7 @@ pub fn classify(snap: &Snapshot, pool: &FramePool, in_port: PortId, pkts: &mut [
         PortRole::Uplink { vlan_map, .. } => {
             let Some(map) = snap.vlan_map(vlan_map) else {
                 debug_assert!(false, "uplink without VLAN map");
-                return classify_with(pool, in_port, pkts, |_| Err(DropReason::PortNotConfigured));
+                return classify_with(pool, in_port, pkts, |_| Err(DropReason::InternalError));
             };
             classify_with(pool, in_port, pkts, |tci| match map.network(tci) {
                 Some(slot) => Ok(slot),
@@ -47,6 +80,7 @@ fn classify_with(
 ) {
     for pkt in pkts.iter_mut() {
         pkt.in_port = in_port;
+        // `Meta::default()` names the classify stage as the decider.
         pkt.meta = match parse(pool.data(pkt)) {
             Ok(meta) => meta,
             Err(reason) => Meta {

@@ -62,6 +62,7 @@ drop_reasons! {
     PuntQueueFull => "punt_queue_full", "The slow path is behind: its punt ring is full.";
     PuntTooLarge => "punt_too_large", "Frame for the slow path larger than a punt ring slot.";
     ToDhcpServer => "to_dhcp_server", "Sent to a DHCP server's MAC but not DHCP (UDP port 67) or ARP.";
+    InternalError => "internal_error", "A broken internal invariant (a bug): e.g. a packet classified into a network or router its snapshot lacks, or one that left the pipeline unfinished.";
 }
 
 impl fmt::Display for DropReason {

@@ -24,6 +24,7 @@ pub mod l3;
 pub mod lpm;
 pub mod output;
 pub mod packet;
+pub mod pipeline;
 pub mod port;
 pub mod publish;
 pub mod ratelimit;

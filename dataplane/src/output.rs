@@ -2,9 +2,11 @@
 //! accounting of every packet's fate.
 
 use crate::buf::FramePool;
-use crate::counters::{Stage, WorkerCounters};
+use crate::counters::WorkerCounters;
 use crate::drop::DropReason;
+use crate::l3::LOCAL_PORT;
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
+use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::{Port, PortId};
 use crate::snapshot::Snapshot;
 use crate::wire::{EtherType, VlanTag};
@@ -125,7 +127,13 @@ impl PortSet {
         pkt: Packet,
     ) {
         let Some(Some(a)) = self.slots.get_mut(out.index()) else {
-            drop_packet(pool, counters, pkt, DropReason::PortNotAttached);
+            drop_packet(
+                pool,
+                counters,
+                pkt,
+                Stage::Output,
+                DropReason::PortNotAttached,
+            );
             if let Some(pc) = counters.port(out) {
                 pc.tx_dropped.inc();
             }
@@ -179,7 +187,12 @@ fn send(
         for pkt in refused {
             pool.free(pkt.frame);
         }
-        counters.drops[DropReason::TxRingFull as usize].add(refused.len() as u64);
+        counters.count_drop(
+            Some(out),
+            Stage::Output,
+            DropReason::TxRingFull,
+            refused.len() as u64,
+        );
         if let Some(pc) = pc {
             pc.tx_dropped.add(refused.len() as u64);
         }
@@ -187,17 +200,20 @@ fn send(
     a.pending.clear();
 }
 
-/// Frees a packet's frame and counts it as dropped for `reason`, against the port it came
-/// from.
+/// Frees a packet's frame and counts it as dropped by `stage` for `reason`, against the
+/// port it came from.
 #[inline]
 pub(crate) fn drop_packet(
     pool: &mut FramePool,
     counters: &WorkerCounters,
     pkt: Packet,
+    stage: Stage,
     reason: DropReason,
 ) {
     pool.free(pkt.frame);
-    counters.drops[reason as usize].inc();
+    // Frames the worker made itself come from no port.
+    let port = (pkt.in_port != LOCAL_PORT).then_some(pkt.in_port);
+    counters.count_drop(port, stage, reason, 1);
     if let Some(pc) = counters.port(pkt.in_port) {
         pc.rx_dropped.inc();
     }
@@ -254,16 +270,40 @@ pub fn set_egress_tag(
     Ok(())
 }
 
-/// Sends, floods or drops every packet of a processed burst. After this, the worker owns
-/// none of their frames any more (queued frames belong to the port batches).
+/// The output stage: the end of every burst.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Output;
+
+impl BurstStage for Output {
+    #[inline(always)]
+    fn id(&self) -> Stage {
+        Stage::Output
+    }
+
+    /// Everything: a packet still pending for a stage that did not run is a bug, dropped
+    /// here as `internal_error` rather than leaked.
+    #[inline(always)]
+    fn wants(&self) -> Pending {
+        Pending::ALL
+    }
+
+    #[inline(always)]
+    fn process(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
+        Outcome {
+            packets: output(cx, pkts),
+            produced: Pending::NONE,
+        }
+    }
+}
+
+/// Sends, floods or drops every packet of a processed burst; returns how many were sent
+/// to one port (the flooded ones are counted under [`Stage::Flood`] here). After this,
+/// the worker owns none of their frames any more (queued frames belong to the port
+/// batches).
 #[inline]
-pub fn output(
-    snap: &Snapshot,
-    pool: &mut FramePool,
-    ports: &mut PortSet,
-    counters: &WorkerCounters,
-    pkts: &mut [Packet],
-) {
+pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
+    let (snap, counters) = (cx.snap, cx.counters);
+    let (pool, ports) = (&mut *cx.pool, &mut *cx.ports);
     let mut unicast = 0;
     let mut flooded = 0;
     for pkt in pkts.iter_mut() {
@@ -284,16 +324,21 @@ pub fn output(
                 flooded += 1;
                 flood(snap, pool, ports, counters, pkt);
             }
-            Next::Drop(reason) => drop_packet(pool, counters, *pkt, reason),
+            Next::Drop(reason) => drop_packet(pool, counters, *pkt, pkt.meta.stage, reason),
             Next::Consumed | Next::Waiting => {}
             Next::Classify | Next::L2 | Next::Route(_) | Next::Arp | Next::Local => {
                 debug_assert!(false, "packet left the pipeline unfinished: {pkt:?}");
-                drop_packet(pool, counters, *pkt, DropReason::PortNotConfigured);
+                let stage = pkt.meta.stage;
+                drop_packet(pool, counters, *pkt, stage, DropReason::InternalError);
             }
         }
     }
-    counters.stage_packets[Stage::Output as usize].add(unicast);
-    counters.stage_packets[Stage::Flood as usize].add(flooded);
+    if flooded > 0 {
+        let i = Stage::Flood as usize;
+        counters.stage_calls[i].inc();
+        counters.stage_packets[i].add(flooded);
+    }
+    unicast
 }
 
 #[inline(always)]
@@ -308,7 +353,7 @@ fn emit(
     let vid = snap.egress_vid(out, pkt.meta.network);
     match set_egress_tag(pool, pkt, vid) {
         Ok(()) => ports.enqueue(pool, counters, out, *pkt),
-        Err(reason) => drop_packet(pool, counters, *pkt, reason),
+        Err(reason) => drop_packet(pool, counters, *pkt, Stage::Output, reason),
     }
 }
 
@@ -330,7 +375,13 @@ fn flood(
     };
     let mut remaining = targets.iter().filter(|&&p| p != skip).count();
     if remaining == 0 {
-        return drop_packet(pool, counters, *pkt, DropReason::NoFloodTargets);
+        return drop_packet(
+            pool,
+            counters,
+            *pkt,
+            Stage::Flood,
+            DropReason::NoFloodTargets,
+        );
     }
     for &out in targets {
         if out == skip {
@@ -344,7 +395,7 @@ fn flood(
         counters.replicas.inc();
         match pool.clone_packet(pkt) {
             Some(mut copy) => emit(snap, pool, ports, counters, &mut copy, out),
-            None => counters.drops[DropReason::NoBuffers as usize].inc(),
+            None => counters.count_drop(None, Stage::Flood, DropReason::NoBuffers, 1),
         }
     }
 }

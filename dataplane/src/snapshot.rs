@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use crate::pipeline::{Stage, StageSet};
 use crate::port::PortId;
 use crate::routing::{RouterSpec, Routing, RoutingError};
 use crate::slowpath::SlowPathConfig;
@@ -147,6 +148,8 @@ impl VlanMap {
 pub struct Snapshot {
     generation: u64,
     ports: Box<[PortRole]>,
+    /// Per port (by id), the stages its received bursts may pass.
+    port_stages: Box<[StageSet]>,
     networks: Box<[NetworkEntry]>,
     flood_ports: Box<[PortId]>,
     vlan_maps: Box<[VlanMap]>,
@@ -238,6 +241,16 @@ impl Snapshot {
     #[inline]
     pub fn port(&self, port: PortId) -> PortRole {
         self.ports.get(port.index()).copied().unwrap_or_default()
+    }
+
+    /// The stages a burst received on `port` may pass (VPP's feature arc of the
+    /// interface): only classification and output for a port not configured.
+    #[inline]
+    pub fn port_stages(&self, port: PortId) -> StageSet {
+        self.port_stages
+            .get(port.index())
+            .copied()
+            .unwrap_or(StageSet::BASE)
     }
 
     /// Number of port slots (one past the highest configured id).
@@ -413,6 +426,13 @@ pub enum BuildError {
     UnknownDhcpNetwork(NetworkUid),
     /// A network with two DHCP servers, or one with a group MAC.
     BadDhcpServer(NetworkUid),
+    /// A stage enabled for a port the configuration does not have.
+    StageOnUnknownPort {
+        /// The port.
+        port: PortId,
+        /// The stage.
+        stage: Stage,
+    },
 }
 
 impl fmt::Display for BuildError {
@@ -463,6 +483,12 @@ impl fmt::Display for BuildError {
             }
             BuildError::ReservedPortId => write!(f, "port id 65535 is reserved"),
             BuildError::Routing(e) => e.fmt(f),
+            BuildError::StageOnUnknownPort { port, stage } => {
+                write!(
+                    f,
+                    "stage {stage} enabled on {port}, which is not configured"
+                )
+            }
         }
     }
 }
@@ -478,6 +504,7 @@ pub struct SnapshotBuilder {
     routers: Vec<RouterSpec>,
     dhcp_servers: Vec<(NetworkUid, [u8; 6], Vec<Ipv4Addr>)>,
     slow_path: SlowPathConfig,
+    stages: Vec<(PortId, Stage)>,
 }
 
 impl SnapshotBuilder {
@@ -536,6 +563,13 @@ impl SnapshotBuilder {
     /// Sets the slow path's limits.
     pub fn slow_path(&mut self, config: SlowPathConfig) -> &mut Self {
         self.slow_path = config;
+        self
+    }
+
+    /// Enables `stage` for the bursts received on `port` (a feature of that port, such as
+    /// port security). The built-in stages are enabled where they are needed without this.
+    pub fn enable_stage(&mut self, port: PortId, stage: Stage) -> &mut Self {
+        self.stages.push((port, stage));
         self
     }
 
@@ -691,9 +725,44 @@ impl SnapshotBuilder {
             });
         }
 
+        let mut port_stages: Box<[StageSet]> = ports
+            .iter()
+            .map(|role| {
+                // A port pays only for the optional stages some network it carries uses.
+                let carried = |slot: usize| match *role {
+                    PortRole::Absent => false,
+                    PortRole::Access { network, .. } => usize::from(network) == slot,
+                    PortRole::Uplink { physnet, .. } => {
+                        networks[slot].segment.physnet() == Some(physnet)
+                    }
+                };
+                let mut set = StageSet::BASE;
+                if *role == PortRole::Absent {
+                    return set;
+                }
+                set = set.with(Stage::L2);
+                for (slot, net) in networks.iter().enumerate() {
+                    if carried(slot) && net.routed {
+                        set = set.with(Stage::L3);
+                    }
+                    if carried(slot) && net.dhcp_mac != NO_MAC {
+                        set = set.with(Stage::SlowPath);
+                    }
+                }
+                set
+            })
+            .collect();
+        for &(port, stage) in &self.stages {
+            match port_stages.get_mut(port.index()) {
+                Some(set) if ports[port.index()] != PortRole::Absent => *set = set.with(stage),
+                _ => return Err(BuildError::StageOnUnknownPort { port, stage }),
+            }
+        }
+
         Ok(Snapshot {
             generation,
             ports,
+            port_stages,
             networks: networks.into_boxed_slice(),
             flood_ports: flood_ports.into_boxed_slice(),
             vlan_maps: vlan_maps.into_boxed_slice(),
