@@ -16,6 +16,7 @@ pub mod daemon;
 pub mod dhcp;
 pub mod diff;
 pub mod engine;
+pub mod inspect_stages;
 pub mod log;
 pub mod metrics;
 pub mod model;
