@@ -297,6 +297,7 @@ impl PortDrops {
     }
 
     /// Adds `n` drops. Only the owning worker may call this.
+    #[inline(never)]
     pub fn add(&self, port: PortId, stage: Stage, reason: DropReason, n: u64) {
         let key = Self::key(port, stage, reason);
         let mask = self.keys.len() - 1;

@@ -201,8 +201,10 @@ fn send(
 }
 
 /// Frees a packet's frame and counts it as dropped by `stage` for `reason`, against the
-/// port it came from.
-#[inline]
+/// port it came from. Out of line: drops are the exception, and the loops that call it
+/// stay small.
+#[cold]
+#[inline(never)]
 pub(crate) fn drop_packet(
     pool: &mut FramePool,
     counters: &WorkerCounters,
@@ -217,6 +219,12 @@ pub(crate) fn drop_packet(
     if let Some(pc) = counters.port(pkt.in_port) {
         pc.rx_dropped.inc();
     }
+}
+
+#[cold]
+#[inline(never)]
+fn count_no_buffers(counters: &WorkerCounters) {
+    counters.count_drop(None, Stage::Flood, DropReason::NoBuffers, 1);
 }
 
 /// Rewrites the frame so it carries 802.1Q VID `vid` on the wire, or no tag for `None`.
@@ -306,12 +314,18 @@ pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
     let (pool, ports) = (&mut *cx.pool, &mut *cx.ports);
     let mut unicast = 0;
     let mut flooded = 0;
+    // A burst is mostly runs of one flow: its egress tag is looked up once per run.
+    let mut last = (PortId(u16::MAX), u16::MAX, None);
     for pkt in pkts.iter_mut() {
         // Unicast first: it is most packets, and testing for it alone keeps the common
         // case off the dispatch over every other variant.
         if let Next::Output(out) = pkt.meta.next {
             unicast += 1;
-            emit(snap, pool, ports, counters, pkt, out);
+            let network = pkt.meta.network;
+            if (out, network) != (last.0, last.1) {
+                last = (out, network, snap.egress_vid(out, network));
+            }
+            emit_tagged(pool, ports, counters, pkt, out, last.2);
             continue;
         }
         match pkt.meta.next {
@@ -351,6 +365,19 @@ fn emit(
     out: PortId,
 ) {
     let vid = snap.egress_vid(out, pkt.meta.network);
+    emit_tagged(pool, ports, counters, pkt, out, vid);
+}
+
+/// Tags `pkt` with `vid` (its egress tag on `out`) and queues it there.
+#[inline(always)]
+fn emit_tagged(
+    pool: &mut FramePool,
+    ports: &mut PortSet,
+    counters: &WorkerCounters,
+    pkt: &mut Packet,
+    out: PortId,
+    vid: Option<u16>,
+) {
     match set_egress_tag(pool, pkt, vid) {
         Ok(()) => ports.enqueue(pool, counters, out, *pkt),
         Err(reason) => drop_packet(pool, counters, *pkt, Stage::Output, reason),
@@ -395,7 +422,7 @@ fn flood(
         counters.replicas.inc();
         match pool.clone_packet(pkt) {
             Some(mut copy) => emit(snap, pool, ports, counters, &mut copy, out),
-            None => counters.count_drop(None, Stage::Flood, DropReason::NoBuffers, 1),
+            None => count_no_buffers(counters),
         }
     }
 }

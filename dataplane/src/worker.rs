@@ -320,9 +320,9 @@ impl Worker {
         let counters = &*self.counters;
         let pkts = self.batch.as_mut_slice();
         counters.rx_packets.add(pkts.len() as u64);
+        // The classify stage counts the bytes, in its loop over the packets.
         if let Some(pc) = counters.port(port_id) {
             pc.rx_packets.add(pkts.len() as u64);
-            pc.rx_bytes.add(pkts.iter().map(|p| u64::from(p.len)).sum());
         }
         let mut cx = BurstCtx {
             snap: &self.snap,

@@ -43,7 +43,7 @@ impl BurstStage for L2 {
 fn forward(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
     let snap = cx.snap;
     let in_port = cx.in_port;
-    let pool = &*cx.pool;
+    let frames = cx.pool.reader();
     let mut learner = Learner {
         snap,
         macs: &mut *cx.macs,
@@ -80,7 +80,7 @@ fn forward(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
             continue;
         };
         // Classification checked that the frame holds a whole Ethernet header.
-        let eth = EthernetFrame::new_unchecked(pool.data(pkt));
+        let eth = EthernetFrame::new_unchecked(frames.data(pkt));
         let src = eth.src_addr_u64();
         let src_key = fdb_key(slot, src);
         if src != own_mac && src_key != last_src {

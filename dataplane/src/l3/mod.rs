@@ -214,6 +214,8 @@ impl BurstStage for RouterState {
 }
 
 impl RouterState {
+    /// Housekeeping: releases waiting packets whose next hop answered, drops those that waited
+    /// too long (all of them with `all`) with an ICMP host unreachable to their senders, and
     /// ages neighbours.
     pub fn housekeeping(&mut self, cx: &mut BurstCtx<'_>, budget: usize, all: bool) {
         let counters = cx.counters;
@@ -255,6 +257,7 @@ impl RouterState {
             .set(self.neighbors.pending() as u64);
     }
 
+    /// Moves waiting packets whose next hop is now known into the local batch, rewritten (and
     /// fragmented when they need it).
     fn release_resolved(&mut self, cx: &mut BurstCtx<'_>) {
         let snap = cx.snap;
@@ -361,6 +364,7 @@ impl RouterState {
     }
 
     /// An IPv4 packet sent to router `router`'s MAC.
+    #[inline]
     fn ipv4(&mut self, cx: &mut BurstCtx<'_>, router: u16, pkt: &mut Packet) -> Next {
         let snap = cx.snap;
         let now = cx.now_secs;
@@ -541,6 +545,8 @@ impl RouterState {
         }
     }
 
+    /// Source NAT of router `router` on a packet leaving through its external gateway (or
+    /// hairpinning): its floating IP if its source has one, else with SNAT on a new session
     /// from the gateway's address.
     fn outbound_nat(
         &mut self,
@@ -616,7 +622,10 @@ impl RouterState {
         Ok(())
     }
 
+    /// Sends a routed packet (TTL already decremented) to `mac` through `iface`: in place when
+    /// it fits the egress MTU, else as fragments made into new frames (the original is then
     /// consumed). Returns the packet's next step; fragments go to the local batch.
+    #[inline]
     fn send(
         &mut self,
         cx: &mut BurstCtx<'_>,
@@ -654,6 +663,7 @@ impl RouterState {
         next
     }
 
+    /// Splits a routed packet into fragments of `iface`'s MTU, each in a new frame addressed
     /// to `mac`, queued on the local batch.
     fn fragment(
         &mut self,
@@ -724,6 +734,9 @@ impl RouterState {
         Next::Consumed
     }
 
+    /// Sends an ICMP error about `offending` back where it came from: out of its input port,
+    /// to the MAC it came from (the sender, or the router before this one), from router
+    /// `router`'s address on that network. Rate limited in all and per offending source;
     /// never about packets RFC 1812 exempts (see [`icmp_error::build`]).
     fn icmp_error(
         &mut self,
@@ -823,9 +836,6 @@ impl RouterState {
     }
 }
 
-/// Housekeeping: releases waiting packets whose next hop answered, drops those that waited
-/// too long (all of them with `all`) with an ICMP host unreachable to their senders, and
-/// Moves waiting packets whose next hop is now known into the local batch, rewritten (and
 /// Turns the ARP request in `data` (an Ethernet frame whose ARP header at `l3` has been
 /// checked) into `own`'s reply, in place: the asker becomes the target, `own` and the
 /// asked-for address the sender, and the frame is addressed back to the asker.
@@ -855,11 +865,6 @@ struct Inbound {
     original: Option<nat::L4>,
 }
 
-/// Source NAT of router `router` on a packet leaving through its external gateway (or
-/// hairpinning): its floating IP if its source has one, else with SNAT on a new session
-/// Sends a routed packet (TTL already decremented) to `mac` through `iface`: in place when
-/// it fits the egress MTU, else as fragments made into new frames (the original is then
-/// Splits a routed packet into fragments of `iface`'s MTU, each in a new frame addressed
 /// Points a routed packet at `mac` through `iface` and picks its port as the L2 stage
 /// would on the egress network.
 #[inline]
@@ -888,9 +893,6 @@ fn rewrite(
     }
 }
 
-/// Sends an ICMP error about `offending` back where it came from: out of its input port,
-/// to the MAC it came from (the sender, or the router before this one), from router
-/// `router`'s address on that network. Rate limited in all and per offending source;
 /// Answers an ICMP echo request to a router address in place; anything else addressed to
 /// the router is dropped.
 fn echo_reply(pool: &mut FramePool, pkt: &mut Packet, router_mac: u64) -> Next {
