@@ -23,6 +23,7 @@ pub mod dhcp;
 pub mod diff;
 pub mod engine;
 pub mod identity;
+pub mod inspect_stages;
 pub mod log;
 pub mod metrics;
 pub mod model;

@@ -205,6 +205,9 @@ impl MetricsSource {
                 sum(&|w| w.inject_dropped.get()),
             ],
             dhcp: self.dhcp_fn.as_ref().map(|f| f()),
+            stage_metrics: crate::inspect_stages::StageMetrics::scrape(
+                self.workers.iter().map(|(_, w)| &**w),
+            ),
         }
     }
 }
@@ -241,6 +244,7 @@ struct Scrape {
     /// In [`SLOW_PATH_FAMILIES`] order.
     slow_path: [u64; 3],
     dhcp: Option<ServiceStats>,
+    stage_metrics: crate::inspect_stages::StageMetrics,
 }
 
 /// The slow path's counter families: name and help.
@@ -377,6 +381,7 @@ impl Collector for Scrape {
             "stage",
             self.stages.iter().copied(),
         )?;
+        self.stage_metrics.encode(&mut e)?;
         counter_family(
             &mut e,
             "pollux_worker_loops",

@@ -18,6 +18,7 @@ use crate::compile::PortKind;
 use crate::engine::{
     kind_name, port_label, state_from_json, ApplyError, ApplyOptions, ApplyOutcome, Engine,
 };
+use crate::inspect_stages;
 use crate::model::{Binding, NetworkType};
 use crate::routes::routes;
 use crate::rpc::{Handler, MethodInfo, RpcError};
@@ -104,6 +105,8 @@ const METHODS: &[(&str, &str)] = &[
          expires_in_secs}]}: the DHCP server's leases",
     ),
     ("version.get", "{} -> {generation, name, version}"),
+    ("drops.list", inspect_stages::DROPS_LIST_USAGE),
+    ("runtime.get", inspect_stages::RUNTIME_GET_USAGE),
 ];
 
 /// The method handler of `polluxd`: the engine behind the socket.
@@ -155,6 +158,8 @@ impl Handler for Service {
             "neighbors.list" => neighbors_list(e, params),
             "sessions.list" => sessions_list(e, params),
             "leases.list" => leases_list(e, params),
+            "drops.list" => inspect_stages::drops_list(e, params),
+            "runtime.get" => inspect_stages::runtime_get(e, params),
             "version.get" => {
                 parse::<NoParams>(params)?;
                 Ok(json!({ "name": "polluxd", "version": env!("CARGO_PKG_VERSION") }))
@@ -176,7 +181,7 @@ impl Handler for Service {
 }
 
 /// Parses `params` (absent: `{}`) into `T`, refusing arrays and unknown fields.
-fn parse<T: DeserializeOwned>(params: Option<Value>) -> Result<T, RpcError> {
+pub(crate) fn parse<T: DeserializeOwned>(params: Option<Value>) -> Result<T, RpcError> {
     let value = match params {
         None => Value::Object(Map::new()),
         Some(v @ Value::Object(_)) => v,
@@ -187,7 +192,7 @@ fn parse<T: DeserializeOwned>(params: Option<Value>) -> Result<T, RpcError> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NoParams {}
+pub(crate) struct NoParams {}
 
 /// The JSON-RPC form of an engine error.
 pub fn rpc_error(e: ApplyError) -> RpcError {
@@ -690,6 +695,8 @@ mod tests {
                 Just("generation".to_string()),
                 Just("network_id".to_string()),
                 Just("router_id".to_string()),
+                Just("port".to_string()),
+                Just("per_port".to_string()),
                 Just("ports".to_string()),
                 "[a-z_]{1,8}",
             ];

@@ -44,7 +44,7 @@ const METHOD_NOT_FOUND: i64 = -32601;
 const INVALID_PARAMS: i64 = -32602;
 
 /// Every method the contract (README "Control socket") names.
-const CONTRACT_METHODS: [&str; 13] = [
+const CONTRACT_METHODS: [&str; 15] = [
     "config.apply",
     "config.get",
     "config.history",
@@ -58,6 +58,8 @@ const CONTRACT_METHODS: [&str; 13] = [
     "leases.list",
     "version.get",
     "rpc.list",
+    "drops.list",
+    "runtime.get",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -738,6 +740,31 @@ fn every_method_over_the_real_socket() {
         assert!(workers[0][key].is_u64(), "{key}: {stats}");
     }
     assert!(stats["drops"].is_object(), "{stats}");
+
+    // drops.list, runtime.get
+    let drops = s.ok("drops.list", json!({}));
+    assert!(drops["drops"].is_array(), "{drops}");
+    let drops = s.ok("drops.list", json!({ "per_port": true }));
+    assert!(drops["drops"].is_array(), "{drops}");
+    s.err(
+        "drops.list",
+        json!({ "port": "no-such-port" }),
+        INVALID_PARAMS,
+    );
+    let runtime = s.ok("runtime.get", json!({}));
+    let stages = runtime["stages"].as_array().unwrap();
+    let names: Vec<&str> = stages
+        .iter()
+        .map(|r| r["stage"].as_str().unwrap())
+        .collect();
+    for want in ["classify", "l2", "l3", "output", "slow_path"] {
+        assert!(names.contains(&want), "{runtime}");
+    }
+    for r in stages {
+        for key in ["calls", "packets", "cycles"] {
+            assert!(r[key].is_u64(), "{key}: {runtime}");
+        }
+    }
     assert!(stats["apply"]["total"].is_u64(), "{stats}");
     assert!(stats["apply"]["failures"].is_u64(), "{stats}");
 

@@ -11,6 +11,7 @@
 
 use std::alloc::{self, Layout};
 use std::fmt;
+use std::marker::PhantomData;
 use std::ptr::NonNull;
 
 use crate::packet::Packet;
@@ -70,6 +71,35 @@ pub struct FramePool {
     /// Catches double frees and leaks in test builds; absent from release builds.
     #[cfg(debug_assertions)]
     owned_by_pool: Vec<bool>,
+}
+
+/// Read access to a pool's frames: see [`FramePool::reader`].
+#[derive(Clone, Copy, Debug)]
+pub struct FrameReader<'a> {
+    base: NonNull<u8>,
+    frames: u32,
+    frame_shift: u32,
+    _pool: PhantomData<&'a FramePool>,
+}
+
+impl<'a> FrameReader<'a> {
+    /// The data of a packet (as [`FramePool::data`]).
+    #[inline(always)]
+    pub fn data(&self, pkt: &Packet) -> &'a [u8] {
+        assert!(
+            pkt.frame < self.frames,
+            "frame {} is not in this pool",
+            pkt.frame
+        );
+        let size = 1usize << self.frame_shift;
+        // SAFETY: as in `FramePool::frame`: the frame lies inside the pool's region, which
+        // the borrow `'a` of the pool keeps alive and free of `&mut` access.
+        let frame = unsafe {
+            std::slice::from_raw_parts(self.base.as_ptr().add(pkt.frame as usize * size), size)
+        };
+        let start = usize::from(pkt.offset);
+        &frame[start..start + usize::from(pkt.len)]
+    }
 }
 
 // SAFETY: the pool owns its region exclusively (it is never aliased by another pool) and
@@ -236,6 +266,19 @@ impl FramePool {
         // reference into the region.
         unsafe {
             std::slice::from_raw_parts_mut(self.base.as_ptr().add(frame as usize * size), size)
+        }
+    }
+
+    /// A read-only view of the frames for a loop over a burst: its fields are copied into
+    /// locals, so the compiler keeps them in registers even across calls it cannot see
+    /// into, instead of reloading the pool's fields for every packet.
+    #[inline(always)]
+    pub fn reader(&self) -> FrameReader<'_> {
+        FrameReader {
+            base: self.base,
+            frames: self.frames,
+            frame_shift: self.frame_shift,
+            _pool: PhantomData,
         }
     }
 

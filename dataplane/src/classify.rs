@@ -4,20 +4,61 @@
 use crate::buf::FramePool;
 use crate::drop::DropReason;
 use crate::packet::{Meta, Next, Packet};
+use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::PortId;
 use crate::snapshot::{PortRole, Snapshot};
 use crate::wire::{EtherType, EthernetFrame, VlanTag};
 
-/// Parses and classifies every packet of a receive burst from `in_port`. A burst comes
-/// from one port, so the port's role is looked up once and the loop is specialised to it.
+/// The classify stage: stateless.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Classify;
+
+impl BurstStage for Classify {
+    #[inline(always)]
+    fn id(&self) -> Stage {
+        Stage::Classify
+    }
+
+    #[inline(always)]
+    fn wants(&self) -> Pending {
+        Pending::CLASSIFY
+    }
+
+    #[inline(always)]
+    fn process(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
+        let bytes = classify(cx.snap, cx.pool, cx.in_port, cx.role, pkts);
+        // The received bytes are summed here, in the loop that reads every packet anyway.
+        if let Some(pc) = cx.counters.port(cx.in_port) {
+            pc.rx_bytes.add(bytes);
+        }
+        Outcome {
+            packets: pkts.len() as u32,
+            produced: Pending::L2 | Pending::DONE,
+        }
+    }
+}
+
+/// Parses and classifies every packet of a receive burst from `in_port`, whose role is
+/// `role`. A burst comes from one port, so the loop is specialised to its role. Returns
+/// the bytes received.
 #[inline]
-pub fn classify(snap: &Snapshot, pool: &FramePool, in_port: PortId, pkts: &mut [Packet]) {
-    match snap.port(in_port) {
+pub fn classify(
+    snap: &Snapshot,
+    pool: &FramePool,
+    in_port: PortId,
+    role: PortRole,
+    pkts: &mut [Packet],
+) -> u64 {
+    match role {
         PortRole::Absent => {
+            let mut bytes = 0;
             for pkt in pkts.iter_mut() {
                 pkt.in_port = in_port;
                 pkt.meta.next = Next::Drop(DropReason::PortNotConfigured);
+                pkt.meta.stage = Stage::Classify;
+                bytes += u64::from(pkt.len);
             }
+            bytes
         }
         // A priority tag (VID 0) on a VM port is tolerated, as 802.1Q asks.
         PortRole::Access { network, .. } => classify_with(pool, in_port, pkts, |tci| match tci {
@@ -27,7 +68,7 @@ pub fn classify(snap: &Snapshot, pool: &FramePool, in_port: PortId, pkts: &mut [
         PortRole::Uplink { vlan_map, .. } => {
             let Some(map) = snap.vlan_map(vlan_map) else {
                 debug_assert!(false, "uplink without VLAN map");
-                return classify_with(pool, in_port, pkts, |_| Err(DropReason::PortNotConfigured));
+                return classify_with(pool, in_port, pkts, |_| Err(DropReason::InternalError));
             };
             classify_with(pool, in_port, pkts, |tci| match map.network(tci) {
                 Some(slot) => Ok(slot),
@@ -44,10 +85,14 @@ fn classify_with(
     in_port: PortId,
     pkts: &mut [Packet],
     network_of: impl Fn(Option<u16>) -> Result<u16, DropReason>,
-) {
+) -> u64 {
+    let frames = pool.reader();
+    let mut bytes = 0;
     for pkt in pkts.iter_mut() {
+        bytes += u64::from(pkt.len);
         pkt.in_port = in_port;
-        pkt.meta = match parse(pool.data(pkt)) {
+        // `Meta::default()` names the classify stage as the decider.
+        pkt.meta = match parse(frames.data(pkt)) {
             Ok(meta) => meta,
             Err(reason) => Meta {
                 next: Next::Drop(reason),
@@ -61,6 +106,7 @@ fn classify_with(
             Err(reason) => pkt.meta.next = Next::Drop(reason),
         }
     }
+    bytes
 }
 
 /// Extracts the L2 facts of one frame; the next step is L2 unless it is malformed.

@@ -10,6 +10,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::drop::DropReason;
 use crate::port::PortId;
 
+pub use crate::pipeline::Stage;
+
 /// A monotonically increasing counter with a single writer.
 #[derive(Debug, Default)]
 #[repr(transparent)]
@@ -60,52 +62,6 @@ impl Gauge {
     #[inline]
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// The stages of the pipeline, for per-stage packet counts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Stage {
-    /// Ethernet/802.1Q parsing and network classification.
-    Classify,
-    /// MAC learning and forwarding decision.
-    L2,
-    /// Routing, ARP and ICMP echo of the routers.
-    L3,
-    /// Egress encapsulation and transmit batching.
-    Output,
-    /// Replication of broadcast, multicast and unknown unicast.
-    Flood,
-    /// Frames for the slow path (DHCP) and ARP for its addresses.
-    SlowPath,
-    /// Anti-spoofing of VM ports with port security.
-    PortSecurity,
-}
-
-impl Stage {
-    /// Every stage, in counter order.
-    pub const ALL: [Stage; 7] = [
-        Stage::Classify,
-        Stage::L2,
-        Stage::L3,
-        Stage::Output,
-        Stage::Flood,
-        Stage::SlowPath,
-        Stage::PortSecurity,
-    ];
-
-    /// Stable name for metrics and the CLI.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Stage::Classify => "classify",
-            Stage::L2 => "l2",
-            Stage::L3 => "l3",
-            Stage::Output => "output",
-            Stage::Flood => "flood",
-            Stage::SlowPath => "slow_path",
-            Stage::PortSecurity => "port_security",
-        }
     }
 }
 
@@ -171,7 +127,17 @@ pub struct WorkerCounters {
     /// Drops, indexed by [`DropReason`] as `usize`.
     pub drops: [Counter; DropReason::COUNT],
     /// Packets that entered each stage, indexed by [`Stage`] as `usize`.
-    pub stage_packets: [Counter; Stage::ALL.len()],
+    pub stage_packets: [Counter; Stage::COUNT],
+    /// Calls of each stage (bursts it ran for), indexed by [`Stage`] as `usize`.
+    pub stage_calls: [Counter; Stage::COUNT],
+    /// Time-stamp-counter cycles spent in each stage, indexed by [`Stage`] as `usize`.
+    pub stage_cycles: [Counter; Stage::COUNT],
+    /// Drops by the stage that decided them and reason: index
+    /// `stage as usize * DropReason::COUNT + reason as usize` (see
+    /// [`WorkerCounters::stage_dropped`]).
+    pub stage_drops: Box<[Counter]>,
+    /// Drops by (port, stage, reason).
+    pub port_drops: PortDrops,
     /// Passes over the poll list.
     pub loops: Counter,
     /// Passes that received at least one frame.
@@ -226,6 +192,12 @@ impl WorkerCounters {
             inject_dropped: Counter::default(),
             drops: std::array::from_fn(|_| Counter::default()),
             stage_packets: std::array::from_fn(|_| Counter::default()),
+            stage_calls: std::array::from_fn(|_| Counter::default()),
+            stage_cycles: std::array::from_fn(|_| Counter::default()),
+            stage_drops: (0..Stage::COUNT * DropReason::COUNT)
+                .map(|_| Counter::default())
+                .collect(),
+            port_drops: PortDrops::new(PORT_DROP_SLOTS),
             loops: Counter::default(),
             busy_loops: Counter::default(),
             busy_ns: Counter::default(),
@@ -253,6 +225,23 @@ impl WorkerCounters {
         self.drops[reason as usize].get()
     }
 
+    /// Count of drops decided by `stage` for `reason`.
+    pub fn stage_dropped(&self, stage: Stage, reason: DropReason) -> u64 {
+        self.stage_drops[stage as usize * DropReason::COUNT + reason as usize].get()
+    }
+
+    /// Counts `n` drops that `stage` decided for `reason`, charged to `port` when the
+    /// drop belongs to one (the input port of a received frame, the output port of a
+    /// frame its ring refused). The per-reason total is counted here as well.
+    #[inline]
+    pub fn count_drop(&self, port: Option<PortId>, stage: Stage, reason: DropReason, n: u64) {
+        self.drops[reason as usize].add(n);
+        self.stage_drops[stage as usize * DropReason::COUNT + reason as usize].add(n);
+        if let Some(port) = port {
+            self.port_drops.add(port, stage, reason, n);
+        }
+    }
+
     /// Count of all drops.
     pub fn dropped_total(&self) -> u64 {
         self.drops.iter().map(Counter::get).sum()
@@ -273,6 +262,98 @@ impl WorkerCounters {
     }
 }
 
+/// Slots of a worker's [`PortDrops`] table.
+pub const PORT_DROP_SLOTS: usize = 4096;
+
+/// Slots looked at for a key before a drop counts as overflow.
+const PORT_DROP_PROBES: usize = 16;
+
+/// Drops per (port, stage, reason), for one worker: a fixed open-addressed table, since
+/// only a few of the (port, stage, reason) combinations ever happen and a dense array for
+/// every port id would be megabytes. Written only by its worker (an entry is claimed by
+/// storing its key, never removed); read by anyone. What does not fit is counted in
+/// `overflow` (it is still in the per-stage and per-reason totals).
+#[derive(Debug)]
+pub struct PortDrops {
+    /// `0` for a free slot, else `1 << 32 | port << 16 | stage << 8 | reason`.
+    keys: Box<[AtomicU64]>,
+    counts: Box<[Counter]>,
+    /// Drops that found no slot.
+    pub overflow: Counter,
+}
+
+impl PortDrops {
+    /// A table of `slots` entries (rounded up to a power of two).
+    pub fn new(slots: usize) -> Self {
+        let slots = slots.next_power_of_two();
+        PortDrops {
+            keys: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            counts: (0..slots).map(|_| Counter::default()).collect(),
+            overflow: Counter::default(),
+        }
+    }
+
+    fn key(port: PortId, stage: Stage, reason: DropReason) -> u64 {
+        1 << 32 | u64::from(port.0) << 16 | (stage as u64) << 8 | reason as u64
+    }
+
+    fn home(&self, key: u64) -> usize {
+        // Fibonacci hashing spreads ports and reasons over the table.
+        (key.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize & (self.keys.len() - 1)
+    }
+
+    /// Adds `n` drops. Only the owning worker may call this.
+    #[inline(never)]
+    pub fn add(&self, port: PortId, stage: Stage, reason: DropReason, n: u64) {
+        let key = Self::key(port, stage, reason);
+        let mask = self.keys.len() - 1;
+        let mut i = self.home(key);
+        for _ in 0..PORT_DROP_PROBES {
+            let k = self.keys[i].load(Ordering::Relaxed);
+            if k == key {
+                self.counts[i].add(n);
+                return;
+            }
+            if k == 0 {
+                self.counts[i].reset();
+                self.counts[i].add(n);
+                // A reader that sees the key sees its count (or a later one).
+                self.keys[i].store(key, Ordering::Release);
+                return;
+            }
+            i = (i + 1) & mask;
+        }
+        self.overflow.add(n);
+    }
+
+    /// Zeroes the counts of `port` (its id given to a new port). Only the owning worker.
+    pub fn reset_port(&self, port: PortId) {
+        for (k, c) in self.keys.iter().zip(self.counts.iter()) {
+            let k = k.load(Ordering::Relaxed);
+            if k != 0 && (k >> 16) as u16 == port.0 {
+                c.reset();
+            }
+        }
+    }
+
+    /// Every non-zero count as (port, stage, reason, count).
+    pub fn iter(&self) -> impl Iterator<Item = (PortId, Stage, DropReason, u64)> + '_ {
+        self.keys
+            .iter()
+            .zip(self.counts.iter())
+            .filter_map(|(k, c)| {
+                let k = k.load(Ordering::Acquire);
+                if k == 0 {
+                    return None;
+                }
+                let stage = Stage::from_index(((k >> 8) & 0xff) as usize)?;
+                let reason = *DropReason::ALL.get((k & 0xff) as usize)?;
+                let n = c.get();
+                (n > 0).then_some((PortId((k >> 16) as u16), stage, reason, n))
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,5 +370,39 @@ mod tests {
         );
         assert!(c.port(PortId(3)).is_some() && c.port(PortId(4)).is_none());
         assert_eq!(std::mem::align_of::<WorkerCounters>(), 128);
+    }
+
+    #[test]
+    fn drops_count_per_stage_and_port() {
+        let c = WorkerCounters::new(4);
+        c.count_drop(Some(PortId(2)), Stage::L2, DropReason::Hairpin, 2);
+        c.count_drop(Some(PortId(2)), Stage::L2, DropReason::Hairpin, 1);
+        c.count_drop(Some(PortId(3)), Stage::Classify, DropReason::Runt, 1);
+        c.count_drop(None, Stage::Flood, DropReason::NoBuffers, 5);
+        assert_eq!(c.dropped(DropReason::Hairpin), 3);
+        assert_eq!(c.stage_dropped(Stage::L2, DropReason::Hairpin), 3);
+        assert_eq!(c.stage_dropped(Stage::Flood, DropReason::NoBuffers), 5);
+        let mut per_port: Vec<_> = c.port_drops.iter().collect();
+        per_port.sort();
+        assert_eq!(
+            per_port,
+            vec![
+                (PortId(2), Stage::L2, DropReason::Hairpin, 3),
+                (PortId(3), Stage::Classify, DropReason::Runt, 1)
+            ]
+        );
+        c.port_drops.reset_port(PortId(2));
+        assert_eq!(c.port_drops.iter().count(), 1);
+    }
+
+    #[test]
+    fn port_drops_overflow_instead_of_growing() {
+        let t = PortDrops::new(4);
+        for p in 0..10u16 {
+            t.add(PortId(p), Stage::L2, DropReason::Hairpin, 1);
+        }
+        let held: u64 = t.iter().map(|e| e.3).sum();
+        assert_eq!(held + t.overflow.get(), 10);
+        assert_eq!(t.iter().count(), 4);
     }
 }

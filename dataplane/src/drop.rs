@@ -69,6 +69,7 @@ drop_reasons! {
     RouterAdvertisementFromVm => "router_advertisement_from_vm", "Port security: an ICMPv6 router advertisement or redirect sent by a VM.";
     EthertypeNotPermitted => "ethertype_not_permitted", "Port security: neither IPv4, ARP nor IPv6.";
     BadIpv6Header => "bad_ipv6_header", "Malformed IPv6 header or extension header chain from a port with port security.";
+    InternalError => "internal_error", "A broken internal invariant (a bug): e.g. a packet classified into a network or router its snapshot lacks, or one that left the pipeline unfinished.";
 }
 
 impl fmt::Display for DropReason {

@@ -25,6 +25,7 @@ pub mod lpm;
 pub mod offload;
 pub mod output;
 pub mod packet;
+pub mod pipeline;
 pub mod port;
 pub mod port_security;
 pub mod publish;

@@ -2,9 +2,11 @@
 //! accounting of every packet's fate.
 
 use crate::buf::FramePool;
-use crate::counters::{Stage, WorkerCounters};
+use crate::counters::WorkerCounters;
 use crate::drop::DropReason;
+use crate::l3::LOCAL_PORT;
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
+use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::{Port, PortId};
 use crate::snapshot::Snapshot;
 use crate::wire::{EtherType, VlanTag};
@@ -125,7 +127,13 @@ impl PortSet {
         pkt: Packet,
     ) {
         let Some(Some(a)) = self.slots.get_mut(out.index()) else {
-            drop_packet(pool, counters, pkt, DropReason::PortNotAttached);
+            drop_packet(
+                pool,
+                counters,
+                pkt,
+                Stage::Output,
+                DropReason::PortNotAttached,
+            );
             if let Some(pc) = counters.port(out) {
                 pc.tx_dropped.inc();
             }
@@ -179,7 +187,12 @@ fn send(
         for pkt in refused {
             pool.free(pkt.frame);
         }
-        counters.drops[DropReason::TxRingFull as usize].add(refused.len() as u64);
+        counters.count_drop(
+            Some(out),
+            Stage::Output,
+            DropReason::TxRingFull,
+            refused.len() as u64,
+        );
         if let Some(pc) = pc {
             pc.tx_dropped.add(refused.len() as u64);
         }
@@ -187,20 +200,31 @@ fn send(
     a.pending.clear();
 }
 
-/// Frees a packet's frame and counts it as dropped for `reason`, against the port it came
-/// from.
-#[inline]
+/// Frees a packet's frame and counts it as dropped by `stage` for `reason`, against the
+/// port it came from. Out of line: drops are the exception, and the loops that call it
+/// stay small.
+#[cold]
+#[inline(never)]
 pub(crate) fn drop_packet(
     pool: &mut FramePool,
     counters: &WorkerCounters,
     pkt: Packet,
+    stage: Stage,
     reason: DropReason,
 ) {
     pool.free(pkt.frame);
-    counters.drops[reason as usize].inc();
+    // Frames the worker made itself come from no port.
+    let port = (pkt.in_port != LOCAL_PORT).then_some(pkt.in_port);
+    counters.count_drop(port, stage, reason, 1);
     if let Some(pc) = counters.port(pkt.in_port) {
         pc.rx_dropped.inc();
     }
+}
+
+#[cold]
+#[inline(never)]
+fn count_no_buffers(counters: &WorkerCounters) {
+    counters.count_drop(None, Stage::Flood, DropReason::NoBuffers, 1);
 }
 
 /// Rewrites the frame so it carries 802.1Q VID `vid` on the wire, or no tag for `None`.
@@ -254,24 +278,54 @@ pub fn set_egress_tag(
     Ok(())
 }
 
-/// Sends, floods or drops every packet of a processed burst. After this, the worker owns
-/// none of their frames any more (queued frames belong to the port batches).
+/// The output stage: the end of every burst.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Output;
+
+impl BurstStage for Output {
+    #[inline(always)]
+    fn id(&self) -> Stage {
+        Stage::Output
+    }
+
+    /// Everything: a packet still pending for a stage that did not run is a bug, dropped
+    /// here as `internal_error` rather than leaked.
+    #[inline(always)]
+    fn wants(&self) -> Pending {
+        Pending::ALL
+    }
+
+    #[inline(always)]
+    fn process(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
+        Outcome {
+            packets: output(cx, pkts),
+            produced: Pending::NONE,
+        }
+    }
+}
+
+/// Sends, floods or drops every packet of a processed burst; returns how many were sent
+/// to one port (the flooded ones are counted under [`Stage::Flood`] here). After this,
+/// the worker owns none of their frames any more (queued frames belong to the port
+/// batches).
 #[inline]
-pub fn output(
-    snap: &Snapshot,
-    pool: &mut FramePool,
-    ports: &mut PortSet,
-    counters: &WorkerCounters,
-    pkts: &mut [Packet],
-) {
+pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
+    let (snap, counters) = (cx.snap, cx.counters);
+    let (pool, ports) = (&mut *cx.pool, &mut *cx.ports);
     let mut unicast = 0;
     let mut flooded = 0;
+    // A burst is mostly runs of one flow: its egress tag is looked up once per run.
+    let mut last = (PortId(u16::MAX), u16::MAX, None);
     for pkt in pkts.iter_mut() {
         // Unicast first: it is most packets, and testing for it alone keeps the common
         // case off the dispatch over every other variant.
         if let Next::Output(out) = pkt.meta.next {
             unicast += 1;
-            emit(snap, pool, ports, counters, pkt, out);
+            let network = pkt.meta.network;
+            if (out, network) != (last.0, last.1) {
+                last = (out, network, snap.egress_vid(out, network));
+            }
+            emit_tagged(pool, ports, counters, pkt, out, last.2);
             continue;
         }
         match pkt.meta.next {
@@ -284,16 +338,21 @@ pub fn output(
                 flooded += 1;
                 flood(snap, pool, ports, counters, pkt);
             }
-            Next::Drop(reason) => drop_packet(pool, counters, *pkt, reason),
+            Next::Drop(reason) => drop_packet(pool, counters, *pkt, pkt.meta.stage, reason),
             Next::Consumed | Next::Waiting => {}
             Next::Classify | Next::L2 | Next::Route(_) | Next::Arp | Next::Local => {
                 debug_assert!(false, "packet left the pipeline unfinished: {pkt:?}");
-                drop_packet(pool, counters, *pkt, DropReason::PortNotConfigured);
+                let stage = pkt.meta.stage;
+                drop_packet(pool, counters, *pkt, stage, DropReason::InternalError);
             }
         }
     }
-    counters.stage_packets[Stage::Output as usize].add(unicast);
-    counters.stage_packets[Stage::Flood as usize].add(flooded);
+    if flooded > 0 {
+        let i = Stage::Flood as usize;
+        counters.stage_calls[i].inc();
+        counters.stage_packets[i].add(flooded);
+    }
+    unicast
 }
 
 #[inline(always)]
@@ -306,9 +365,22 @@ fn emit(
     out: PortId,
 ) {
     let vid = snap.egress_vid(out, pkt.meta.network);
+    emit_tagged(pool, ports, counters, pkt, out, vid);
+}
+
+/// Tags `pkt` with `vid` (its egress tag on `out`) and queues it there.
+#[inline(always)]
+fn emit_tagged(
+    pool: &mut FramePool,
+    ports: &mut PortSet,
+    counters: &WorkerCounters,
+    pkt: &mut Packet,
+    out: PortId,
+    vid: Option<u16>,
+) {
     match set_egress_tag(pool, pkt, vid) {
         Ok(()) => ports.enqueue(pool, counters, out, *pkt),
-        Err(reason) => drop_packet(pool, counters, *pkt, reason),
+        Err(reason) => drop_packet(pool, counters, *pkt, Stage::Output, reason),
     }
 }
 
@@ -330,7 +402,13 @@ fn flood(
     };
     let mut remaining = targets.iter().filter(|&&p| p != skip).count();
     if remaining == 0 {
-        return drop_packet(pool, counters, *pkt, DropReason::NoFloodTargets);
+        return drop_packet(
+            pool,
+            counters,
+            *pkt,
+            Stage::Flood,
+            DropReason::NoFloodTargets,
+        );
     }
     for &out in targets {
         if out == skip {
@@ -344,7 +422,7 @@ fn flood(
         counters.replicas.inc();
         match pool.clone_packet(pkt) {
             Some(mut copy) => emit(snap, pool, ports, counters, &mut copy, out),
-            None => counters.drops[DropReason::NoBuffers as usize].inc(),
+            None => count_no_buffers(counters),
         }
     }
 }

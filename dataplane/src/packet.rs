@@ -2,6 +2,7 @@
 
 use crate::buf::FrameId;
 use crate::drop::DropReason;
+use crate::pipeline::Stage;
 use crate::port::PortId;
 
 /// Most packets a driver hands over in one receive burst.
@@ -54,6 +55,8 @@ pub struct Meta {
     pub flags: u8,
     /// Offset of the L3 header from the start of the packet's data.
     pub l3_offset: u8,
+    /// The stage that last decided `next`: the one a drop is counted against.
+    pub stage: Stage,
 }
 
 impl Meta {

@@ -34,6 +34,8 @@ use core::net::{Ipv4Addr, Ipv6Addr};
 use crate::buf::FramePool;
 use crate::drop::DropReason;
 use crate::packet::{Next, Packet};
+use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
+use crate::snapshot::PortRole;
 use crate::wire::ipv6::{link_local_from_mac, Ipv6Packet, UpperLayer, ICMPV6};
 use crate::wire::{ArpPacket, EtherType, EthernetFrame, IpProtocol, Ipv4Packet, UdpPacket};
 
@@ -239,6 +241,48 @@ impl PortSecurity {
     }
 }
 
+/// The port-security stage: runs right after classification for the VM ports the
+/// snapshot gives a policy (and only for them: see [`crate::snapshot::Snapshot::port_stages`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PortSecurityStage;
+
+impl BurstStage for PortSecurityStage {
+    #[inline(always)]
+    fn id(&self) -> Stage {
+        Stage::PortSecurity
+    }
+
+    #[inline(always)]
+    fn wants(&self) -> Pending {
+        Pending::L2
+    }
+
+    #[inline]
+    fn process(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
+        let Some(policy) = cx.snap.port_security(cx.in_port) else {
+            return Outcome {
+                packets: 0,
+                produced: Pending::L2,
+            };
+        };
+        // Port security is only ever given to VM ports, each on one network.
+        let dhcp_servers = match cx.role {
+            PortRole::Access { network, .. } => cx.snap.dhcp_addresses(network),
+            _ => &[],
+        };
+        let checked = pkts.iter().filter(|p| p.meta.next == Next::L2).count() as u32;
+        let refused = check_burst(policy, dhcp_servers, cx.pool, pkts);
+        Outcome {
+            packets: checked,
+            produced: if refused > 0 {
+                Pending::L2 | Pending::DONE
+            } else {
+                Pending::L2
+            },
+        }
+    }
+}
+
 /// Checks every packet of a burst that `policy`'s port sent and whose next step is L2,
 /// on a network whose DHCP server answers at `dhcp_servers`; a refused one is dropped
 /// with its reason. Returns how many were refused.
@@ -271,6 +315,7 @@ pub fn check_burst(
         match policy.check(data, pkt.meta.ethertype, l3, dhcp_servers) {
             Some(reason) => {
                 pkt.meta.next = Next::Drop(reason);
+                pkt.meta.stage = Stage::PortSecurity;
                 refused += 1;
             }
             None => {

@@ -21,11 +21,11 @@
 //! and the DHCP client retries.
 
 use crate::buf::FramePool;
-use crate::counters::{Stage, WorkerCounters};
 use crate::drop::DropReason;
 use crate::l3::{answer_arp_in_place, LOCAL_PORT};
-use crate::output::{output, PortSet};
+use crate::output::output;
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
+use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::PortId;
 use crate::ratelimit::{BucketConfig, TokenBucket};
 use crate::ring::{self, Consumer, Producer};
@@ -168,63 +168,129 @@ impl SlowPath {
     }
 }
 
-/// Runs every packet of a burst whose next step is [`Next::Local`]. Returns true when
-/// some packet now goes to the router stage (a broadcast ARP on a routed network).
-pub fn run(
-    snap: &Snapshot,
-    pool: &mut FramePool,
-    sp: &mut SlowPath,
-    counters: &WorkerCounters,
-    now_ns: u64,
-    pkts: &mut [Packet],
-) -> bool {
-    let mut routed = false;
-    let mut entered = 0;
-    for pkt in pkts.iter_mut() {
-        if pkt.meta.next != Next::Local {
-            continue;
-        }
-        entered += 1;
-        pkt.meta.next = local(snap, pool, sp, counters, now_ns, pkt);
-        routed |= pkt.meta.next == Next::Arp;
+impl BurstStage for SlowPath {
+    #[inline(always)]
+    fn id(&self) -> Stage {
+        Stage::SlowPath
     }
-    counters.stage_packets[Stage::SlowPath as usize].add(entered);
-    routed
+
+    #[inline(always)]
+    fn wants(&self) -> Pending {
+        Pending::LOCAL
+    }
+
+    /// Runs every packet of a burst whose next step is [`Next::Local`]; some may go on to
+    /// the router stage (a broadcast ARP on a routed network).
+    fn process(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
+        let mut produced = Pending::NONE;
+        let mut entered = 0;
+        for pkt in pkts.iter_mut() {
+            if pkt.meta.next != Next::Local {
+                continue;
+            }
+            entered += 1;
+            pkt.meta.next = self.local(cx, pkt);
+            pkt.meta.stage = Stage::SlowPath;
+            produced |= Pending::of(pkt.meta.next);
+        }
+        Outcome {
+            packets: entered,
+            produced,
+        }
+    }
 }
 
-fn local(
-    snap: &Snapshot,
-    pool: &mut FramePool,
-    sp: &mut SlowPath,
-    counters: &WorkerCounters,
-    now_ns: u64,
-    pkt: &mut Packet,
-) -> Next {
-    let slot = pkt.meta.network;
-    let Some(net) = snap.network(slot) else {
-        return Next::Drop(DropReason::PortNotConfigured);
-    };
-    let l3 = usize::from(pkt.meta.l3_offset);
-    if pkt.meta.ethertype == EtherType::IPV4.0 {
-        if is_dhcp_to_server(pool.data(pkt).get(l3..).unwrap_or_default()) {
-            return punt(snap, pool, sp, counters, now_ns, pkt, net.uid);
-        }
-    } else if pkt.meta.ethertype == EtherType::ARP.0 {
-        let data = pool.data_mut(pkt);
-        if let Some(arp) = data.get(l3..).and_then(|b| ArpPacket::new_checked(b).ok()) {
-            let asked = u32::from(arp.target_protocol_addr());
-            if arp.is_ethernet_ipv4()
-                && arp.operation() == ArpOperation::REQUEST
-                && snap.dhcp_addresses(slot).contains(&asked)
-            {
-                let own = EthernetAddress(mac_from_u64(net.dhcp_mac));
-                answer_arp_in_place(data, l3, own);
-                pkt.meta.flags &= !Meta::MULTICAST;
-                return Next::Output(pkt.in_port);
+impl SlowPath {
+    fn local(&mut self, cx: &mut BurstCtx<'_>, pkt: &mut Packet) -> Next {
+        let snap = cx.snap;
+        let slot = pkt.meta.network;
+        let Some(net) = snap.network(slot) else {
+            return Next::Drop(DropReason::InternalError);
+        };
+        let l3 = usize::from(pkt.meta.l3_offset);
+        if pkt.meta.ethertype == EtherType::IPV4.0 {
+            if is_dhcp_to_server(cx.pool.data(pkt).get(l3..).unwrap_or_default()) {
+                return self.punt(cx, pkt, net.uid);
+            }
+        } else if pkt.meta.ethertype == EtherType::ARP.0 {
+            let data = cx.pool.data_mut(pkt);
+            if let Some(arp) = data.get(l3..).and_then(|b| ArpPacket::new_checked(b).ok()) {
+                let asked = u32::from(arp.target_protocol_addr());
+                if arp.is_ethernet_ipv4()
+                    && arp.operation() == ArpOperation::REQUEST
+                    && snap.dhcp_addresses(slot).contains(&asked)
+                {
+                    let own = EthernetAddress(mac_from_u64(net.dhcp_mac));
+                    answer_arp_in_place(data, l3, own);
+                    pkt.meta.flags &= !Meta::MULTICAST;
+                    return Next::Output(pkt.in_port);
+                }
             }
         }
+        not_for_server(net, pkt)
     }
-    not_for_server(net, pkt)
+
+    fn punt(&mut self, cx: &mut BurstCtx<'_>, pkt: &Packet, network: NetworkUid) -> Next {
+        if !self
+            .budget(pkt.in_port, cx.snap.slow_path().dhcp_per_port)
+            .allow(cx.now_ns)
+        {
+            return Next::Drop(DropReason::DhcpRateLimited);
+        }
+        let frame = cx.pool.data(pkt);
+        if frame.len() > MAX_RING_FRAME {
+            return Next::Drop(DropReason::PuntTooLarge);
+        }
+        let header = RingHeader {
+            port: pkt.in_port,
+            network,
+            l3_offset: u16::from(pkt.meta.l3_offset),
+        };
+        let pushed = self.punt.as_mut().is_some_and(|ring| {
+            ring.push_burst(1, |_, slot| {
+                header.write(slot);
+                slot[RING_HEADER_LEN..RING_HEADER_LEN + frame.len()].copy_from_slice(frame);
+                RING_HEADER_LEN + frame.len()
+            }) == 1
+        });
+        if !pushed {
+            return Next::Drop(DropReason::PuntQueueFull);
+        }
+        cx.pool.free(pkt.frame);
+        cx.counters.punted.inc();
+        cx.counters.consumed.inc();
+        Next::Consumed
+    }
+
+    /// Sends up to one burst of frames from the inject ring. Returns how many were taken
+    /// off the ring.
+    pub fn inject(&mut self, cx: &mut BurstCtx<'_>) -> usize {
+        let Some(ring) = self.inject.as_mut() else {
+            return 0;
+        };
+        let (snap, counters) = (cx.snap, cx.counters);
+        let local = &mut self.local;
+        local.clear();
+        let pool = &mut *cx.pool;
+        let taken = ring.pop_burst(MAX_BURST, |entry| {
+            match injected_packet(snap, pool, entry) {
+                Some(pkt) => {
+                    // A batch of MAX_BURST always has room: at most MAX_BURST are taken.
+                    let _ = local.push(pkt);
+                    counters.injected.inc();
+                    counters.originated.inc();
+                }
+                None => counters.inject_dropped.inc(),
+            }
+            true
+        });
+        if !local.is_empty() {
+            let sent = output(cx, self.local.as_mut_slice());
+            counters.stage_packets[Stage::Output as usize].add(u64::from(sent));
+            self.local.clear();
+        }
+        taken
+    }
 }
 
 /// Where a frame the server does not take goes: broadcasts on to their usual place, a
@@ -249,79 +315,6 @@ fn is_dhcp_to_server(l3: &[u8]) -> bool {
         return false;
     }
     UdpPacket::new_checked(ip.payload()).is_ok_and(|udp| udp.dst_port() == DHCP_SERVER_PORT)
-}
-
-fn punt(
-    snap: &Snapshot,
-    pool: &mut FramePool,
-    sp: &mut SlowPath,
-    counters: &WorkerCounters,
-    now_ns: u64,
-    pkt: &Packet,
-    network: NetworkUid,
-) -> Next {
-    if !sp
-        .budget(pkt.in_port, snap.slow_path().dhcp_per_port)
-        .allow(now_ns)
-    {
-        return Next::Drop(DropReason::DhcpRateLimited);
-    }
-    let frame = pool.data(pkt);
-    if frame.len() > MAX_RING_FRAME {
-        return Next::Drop(DropReason::PuntTooLarge);
-    }
-    let header = RingHeader {
-        port: pkt.in_port,
-        network,
-        l3_offset: u16::from(pkt.meta.l3_offset),
-    };
-    let pushed = sp.punt.as_mut().is_some_and(|ring| {
-        ring.push_burst(1, |_, slot| {
-            header.write(slot);
-            slot[RING_HEADER_LEN..RING_HEADER_LEN + frame.len()].copy_from_slice(frame);
-            RING_HEADER_LEN + frame.len()
-        }) == 1
-    });
-    if !pushed {
-        return Next::Drop(DropReason::PuntQueueFull);
-    }
-    pool.free(pkt.frame);
-    counters.punted.inc();
-    counters.consumed.inc();
-    Next::Consumed
-}
-
-/// Sends up to one burst of frames from the inject ring. Returns how many were taken
-/// off the ring.
-pub fn inject(
-    snap: &Snapshot,
-    pool: &mut FramePool,
-    ports: &mut PortSet,
-    sp: &mut SlowPath,
-    counters: &WorkerCounters,
-) -> usize {
-    let Some(ring) = sp.inject.as_mut() else {
-        return 0;
-    };
-    let local = &mut sp.local;
-    local.clear();
-    let taken = ring.pop_burst(MAX_BURST, |entry| {
-        match injected_packet(snap, pool, entry) {
-            Some(pkt) => {
-                // A batch of MAX_BURST always has room: at most MAX_BURST are taken.
-                let _ = local.push(pkt);
-                counters.injected.inc();
-                counters.originated.inc();
-            }
-            None => counters.inject_dropped.inc(),
-        }
-        true
-    });
-    if !local.is_empty() {
-        output(snap, pool, ports, counters, local.as_mut_slice());
-        local.clear();
-    }
-    taken
 }
 
 /// A packet for an inject ring entry, in a frame of the pool; `None` when the entry is
@@ -351,6 +344,7 @@ fn injected_packet(snap: &Snapshot, pool: &mut FramePool, entry: &[u8]) -> Optio
             tci: 0,
             flags: 0,
             l3_offset: EthernetFrame::<&[u8]>::HEADER_LEN as u8,
+            stage: Stage::SlowPath,
         },
     })
 }

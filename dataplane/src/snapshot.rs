@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use crate::pipeline::{Stage, StageSet};
 use crate::port::PortId;
 use crate::port_security::PortSecurity;
 use crate::routing::{RouterSpec, Routing, RoutingError};
@@ -152,6 +153,8 @@ impl VlanMap {
 pub struct Snapshot {
     generation: u64,
     ports: Box<[PortRole]>,
+    /// Per port (by id), the stages its received bursts may pass.
+    port_stages: Box<[StageSet]>,
     networks: Box<[NetworkEntry]>,
     flood_ports: Box<[PortId]>,
     vlan_maps: Box<[VlanMap]>,
@@ -245,6 +248,16 @@ impl Snapshot {
     #[inline]
     pub fn port(&self, port: PortId) -> PortRole {
         self.ports.get(port.index()).copied().unwrap_or_default()
+    }
+
+    /// The stages a burst received on `port` may pass (VPP's feature arc of the
+    /// interface): only classification and output for a port not configured.
+    #[inline]
+    pub fn port_stages(&self, port: PortId) -> StageSet {
+        self.port_stages
+            .get(port.index())
+            .copied()
+            .unwrap_or(StageSet::BASE)
     }
 
     /// Number of port slots (one past the highest configured id).
@@ -428,6 +441,13 @@ pub enum BuildError {
     BadDhcpServer(NetworkUid),
     /// Port security for a port that is not a VM port of this configuration.
     PortSecurityNotOnVmPort(PortId),
+    /// A stage enabled for a port the configuration does not have.
+    StageOnUnknownPort {
+        /// The port.
+        port: PortId,
+        /// The stage.
+        stage: Stage,
+    },
 }
 
 impl fmt::Display for BuildError {
@@ -481,6 +501,12 @@ impl fmt::Display for BuildError {
                 write!(f, "port security for {p}, which is not a VM port")
             }
             BuildError::Routing(e) => e.fmt(f),
+            BuildError::StageOnUnknownPort { port, stage } => {
+                write!(
+                    f,
+                    "stage {stage} enabled on {port}, which is not configured"
+                )
+            }
         }
     }
 }
@@ -497,6 +523,7 @@ pub struct SnapshotBuilder {
     dhcp_servers: Vec<(NetworkUid, [u8; 6], Vec<Ipv4Addr>)>,
     slow_path: SlowPathConfig,
     port_security: Vec<(PortId, PortSecurity)>,
+    stages: Vec<(PortId, Stage)>,
 }
 
 impl SnapshotBuilder {
@@ -561,6 +588,13 @@ impl SnapshotBuilder {
     /// Sets the slow path's limits.
     pub fn slow_path(&mut self, config: SlowPathConfig) -> &mut Self {
         self.slow_path = config;
+        self
+    }
+
+    /// Enables `stage` for the bursts received on `port` (a feature of that port, such as
+    /// port security). The built-in stages are enabled where they are needed without this.
+    pub fn enable_stage(&mut self, port: PortId, stage: Stage) -> &mut Self {
+        self.stages.push((port, stage));
         self
     }
 
@@ -723,9 +757,57 @@ impl SnapshotBuilder {
             });
         }
 
+        // A port pays only for the optional stages some network it carries uses. A VM port
+        // carries one network; an uplink those of its physnet (looked at once per physnet,
+        // so that compiling stays linear in ports plus networks).
+        let needs = |net: &NetworkEntry| {
+            let mut set = StageSet::EMPTY;
+            if net.routed {
+                set = set.with(Stage::L3);
+            }
+            if net.dhcp_mac != NO_MAC {
+                set = set.with(Stage::SlowPath);
+            }
+            set
+        };
+        let mut physnet_needs: BTreeMap<PhysnetId, StageSet> = BTreeMap::new();
+        for net in &networks {
+            if let Some(p) = net.segment.physnet() {
+                let set = physnet_needs.entry(p).or_default();
+                *set = set.union(needs(net));
+            }
+        }
+        let mut port_stages: Box<[StageSet]> = ports
+            .iter()
+            .map(|role| {
+                let base = StageSet::BASE.with(Stage::L2);
+                match *role {
+                    PortRole::Absent => StageSet::BASE,
+                    PortRole::Access { network, .. } => base.union(
+                        networks
+                            .get(usize::from(network))
+                            .map_or(StageSet::EMPTY, needs),
+                    ),
+                    PortRole::Uplink { physnet, .. } => {
+                        base.union(physnet_needs.get(&physnet).copied().unwrap_or_default())
+                    }
+                }
+            })
+            .collect();
+        for (port, _) in &self.port_security {
+            port_stages[port.index()] = port_stages[port.index()].with(Stage::PortSecurity);
+        }
+        for &(port, stage) in &self.stages {
+            match port_stages.get_mut(port.index()) {
+                Some(set) if ports[port.index()] != PortRole::Absent => *set = set.with(stage),
+                _ => return Err(BuildError::StageOnUnknownPort { port, stage }),
+            }
+        }
+
         Ok(Snapshot {
             generation,
             ports,
+            port_stages,
             networks: networks.into_boxed_slice(),
             flood_ports: flood_ports.into_boxed_slice(),
             vlan_maps: vlan_maps.into_boxed_slice(),

@@ -12,17 +12,16 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 
 use crate::buf::{FrameId, FramePool};
-use crate::classify::classify;
 use crate::conntrack::ConnConfig;
-use crate::counters::{Stage, WorkerCounters};
-use crate::l2::{self, MacTable};
-use crate::l3::{self, RouterState};
-use crate::output::{output, PortSet};
+use crate::counters::WorkerCounters;
+use crate::l2::MacTable;
+use crate::l3::{self, RouterState, LOCAL_PORT};
+use crate::output::PortSet;
 use crate::packet::{Batch, MAX_BURST};
+use crate::pipeline::{BurstCtx, BurstStage, StageTable};
 use crate::port::{Port, PortId};
-use crate::port_security;
 use crate::publish::{GenerationAck, SnapshotCell};
-use crate::slowpath::{self, SlowPath, SlowPathEnds};
+use crate::slowpath::{SlowPath, SlowPathEnds};
 use crate::snapshot::{PortRole, Snapshot};
 
 /// Tunables of a worker.
@@ -103,8 +102,7 @@ pub struct Worker {
     snap: Arc<Snapshot>,
     ack: Arc<GenerationAck>,
     macs: MacTable,
-    router: RouterState,
-    slow_path: SlowPath,
+    stages: StageTable,
     counters: Arc<WorkerCounters>,
     batch: Batch,
     next_housekeeping_ns: u64,
@@ -151,8 +149,7 @@ impl Worker {
             cell,
             ack,
             macs: MacTable::with_seed(config.mac_table_capacity, config.hash_seed),
-            router: RouterState::new(config.neighbor_capacity, config.conntrack),
-            slow_path: SlowPath::disconnected(),
+            stages: StageTable::new(RouterState::new(config.neighbor_capacity, config.conntrack)),
             counters,
             batch: Batch::with_capacity(MAX_BURST),
             next_housekeeping_ns: 0,
@@ -173,8 +170,15 @@ impl Worker {
     /// control plane's ends. Until then, frames for the slow path are dropped.
     pub fn connect_slow_path(&mut self, depth: usize) -> SlowPathEnds {
         let (slow_path, ends) = SlowPath::connected(depth);
-        self.slow_path = slow_path;
+        self.stages.slow_path = slow_path;
         ends
+    }
+
+    /// Adds a stage that runs after classification for the ports whose snapshot stage
+    /// set has [`crate::pipeline::Stage::Extension`] (see the [`crate::pipeline`]
+    /// documentation); for stages that are not built in, such as tests' and experiments'.
+    pub fn add_stage(&mut self, stage: Box<dyn BurstStage + Send>) {
+        self.stages.add(stage);
     }
 
     /// Runs the jobs posted so far, at most [`JOBS_PER_ROUND`] of them, so that a burst
@@ -202,6 +206,7 @@ impl Worker {
         if let Some(c) = self.counters.port(id) {
             c.reset();
         }
+        self.counters.port_drops.reset_port(id);
     }
 
     /// Detaches the port under `id`, returning the frames it holds to the pool.
@@ -249,7 +254,7 @@ impl Worker {
 
     /// The routers' per-worker state (neighbours, waiting packets).
     pub fn router(&self) -> &RouterState {
-        &self.router
+        &self.stages.l3
     }
 
     /// The attached ports.
@@ -284,7 +289,7 @@ impl Worker {
         let mut received = 0;
         for i in 0..self.poll_list.len() {
             let (port_id, queue) = self.poll_list[i];
-            received += self.process_burst(port_id, queue, now_secs);
+            received += self.process_burst(port_id, queue);
         }
         self.ports.flush(&mut self.pool, &self.counters);
         // Jobs, slow-path replies and the ports' own upkeep are cheap and latency matters
@@ -306,7 +311,7 @@ impl Worker {
     }
 
     #[inline]
-    fn process_burst(&mut self, port_id: PortId, queue: u16, now_secs: u32) -> usize {
+    fn process_burst(&mut self, port_id: PortId, queue: u16) -> usize {
         self.batch.clear();
         let Some(port) = self.ports.get_mut(port_id) else {
             return 0;
@@ -318,75 +323,42 @@ impl Worker {
         let counters = &*self.counters;
         let pkts = self.batch.as_mut_slice();
         counters.rx_packets.add(pkts.len() as u64);
+        // The classify stage counts the bytes, in its loop over the packets.
         if let Some(pc) = counters.port(port_id) {
             pc.rx_packets.add(pkts.len() as u64);
-            pc.rx_bytes.add(pkts.iter().map(|p| u64::from(p.len)).sum());
         }
-        counters.stage_packets[Stage::Classify as usize].add(pkts.len() as u64);
-        classify(&self.snap, &self.pool, port_id, pkts);
-        if let Some(policy) = self.snap.port_security(port_id) {
-            counters.stage_packets[Stage::PortSecurity as usize].add(pkts.len() as u64);
-            // Port security is only ever given to VM ports, each on one network.
-            let dhcp_servers = match self.snap.port(port_id) {
-                PortRole::Access { network, .. } => self.snap.dhcp_addresses(network),
-                _ => &[],
-            };
-            port_security::check_burst(policy, dhcp_servers, &self.pool, pkts);
-        }
-        let onward = l2::forward(
-            &self.snap,
-            &self.pool,
-            &mut self.macs,
+        let mut cx = BurstCtx {
+            snap: &self.snap,
+            pool: &mut self.pool,
+            ports: &mut self.ports,
+            macs: &mut self.macs,
             counters,
-            now_secs,
-            port_id,
-            pkts,
-        );
-        let mut routed = onward.route;
-        if onward.local {
-            routed |= slowpath::run(
-                &self.snap,
-                &mut self.pool,
-                &mut self.slow_path,
-                counters,
-                self.now_ns,
-                pkts,
-            );
-        }
-        if routed {
-            l3::route(
-                &self.snap,
-                &mut self.pool,
-                &self.macs,
-                &mut self.router,
-                counters,
-                self.now_ns,
-                pkts,
-            );
-        }
-        output(&self.snap, &mut self.pool, &mut self.ports, counters, pkts);
-        if routed {
-            l3::flush_local(
-                &self.snap,
-                &mut self.pool,
-                &mut self.ports,
-                &mut self.router,
-                counters,
-            );
-        }
+            now_ns: self.now_ns,
+            now_secs: self.now_secs,
+            in_port: port_id,
+            role: self.snap.port(port_id),
+        };
+        self.stages.run(&mut cx, pkts);
         self.batch.clear();
         n
     }
 
     fn housekeeping(&mut self, now_secs: u32, age: bool) {
         self.run_jobs();
-        slowpath::inject(
-            &self.snap,
-            &mut self.pool,
-            &mut self.ports,
-            &mut self.slow_path,
-            &self.counters,
-        );
+        {
+            let mut cx = BurstCtx {
+                snap: &self.snap,
+                pool: &mut self.pool,
+                ports: &mut self.ports,
+                macs: &mut self.macs,
+                counters: &self.counters,
+                now_ns: self.now_ns,
+                now_secs: self.now_secs,
+                in_port: LOCAL_PORT,
+                role: PortRole::Absent,
+            };
+            self.stages.slow_path.inject(&mut cx);
+        }
         for (_, port) in self.ports.iter_mut() {
             port.housekeeping(&mut self.pool);
         }
@@ -404,26 +376,24 @@ impl Worker {
         self.router_housekeeping(self.config.aging_budget, false);
     }
 
-    /// The routers' housekeeping (see [`l3::housekeeping`]); what it makes (ICMP errors,
-    /// released packets) leaves now, not a pass later. `all` drops every waiting packet.
+    /// The routers' housekeeping (see [`RouterState::housekeeping`]); what it makes (ICMP
+    /// errors, released packets) leaves now, not a pass later. `all` drops every waiting
+    /// packet.
     fn router_housekeeping(&mut self, budget: usize, all: bool) {
-        l3::housekeeping(
-            &self.snap,
-            &mut self.pool,
-            &self.macs,
-            &mut self.router,
-            &self.counters,
-            self.now_ns,
-            budget,
-            all,
-        );
-        l3::flush_local(
-            &self.snap,
-            &mut self.pool,
-            &mut self.ports,
-            &mut self.router,
-            &self.counters,
-        );
+        let mut cx = BurstCtx {
+            snap: &self.snap,
+            pool: &mut self.pool,
+            ports: &mut self.ports,
+            macs: &mut self.macs,
+            counters: &self.counters,
+            now_ns: self.now_ns,
+            now_secs: self.now_secs,
+            in_port: LOCAL_PORT,
+            role: PortRole::Absent,
+        };
+        let router = &mut self.stages.l3;
+        router.housekeeping(&mut cx, budget, all);
+        router.finish(&mut cx);
         self.ports.flush(&mut self.pool, &self.counters);
     }
 

@@ -118,6 +118,17 @@ enum Show {
     },
     /// Worker counters, drop reasons and apply totals.
     Stats,
+    /// Drops by the stage that decided them and reason, most first.
+    Drops {
+        /// Only the drops charged to this port (a VM port's id, or uplink:NAME).
+        #[arg(long, value_name = "PORT")]
+        port: Option<String>,
+        /// One row per port, stage and reason.
+        #[arg(long)]
+        per_port: bool,
+    },
+    /// Each pipeline stage's calls, packets per call and time per packet.
+    Runtime,
 }
 
 /// Why a command failed, which decides the exit code.
@@ -267,6 +278,14 @@ fn show_request(show: &Show) -> (&'static str, Value) {
         Show::Sessions { router } => ("sessions.list", optional("router_id", router)),
         Show::Leases { network } => ("leases.list", optional("network_id", network)),
         Show::Stats => ("stats.get", json!({})),
+        Show::Drops { port, per_port } => {
+            let mut params = optional("port", port);
+            if *per_port {
+                params["per_port"] = json!(true);
+            }
+            ("drops.list", params)
+        }
+        Show::Runtime => ("runtime.get", json!({})),
     }
 }
 
@@ -411,6 +430,29 @@ const WORKER_COLUMNS: &[Column] = &[
 
 const DROP_COLUMNS: &[Column] = &[("DROP_REASON", "reason"), ("COUNT", "count")];
 
+const STAGE_DROP_COLUMNS: &[Column] = &[
+    ("COUNT", "count"),
+    ("STAGE", "stage"),
+    ("REASON", "reason"),
+    ("HELP", "help"),
+];
+
+const PORT_STAGE_DROP_COLUMNS: &[Column] = &[
+    ("COUNT", "count"),
+    ("PORT", "port"),
+    ("STAGE", "stage"),
+    ("REASON", "reason"),
+];
+
+const RUNTIME_COLUMNS: &[Column] = &[
+    ("STAGE", "stage"),
+    ("CALLS", "calls"),
+    ("PACKETS", "packets"),
+    ("VECTOR", "vector_size"),
+    ("CYCLES/PKT", "cycles_per_packet"),
+    ("NS/PKT", "ns_per_packet"),
+];
+
 const HISTORY_COLUMNS: &[Column] = &[
     ("GENERATION", "generation"),
     ("APPLIED_AT", "applied_at"),
@@ -441,6 +483,11 @@ fn render_show(show: &Show, result: &Value) -> String {
         Show::Sessions { .. } => table(rows(result, "sessions"), SESSION_COLUMNS),
         Show::Leases { .. } => table(rows(result, "leases"), LEASE_COLUMNS),
         Show::Stats => stats_report(result),
+        Show::Drops { port, per_port } if port.is_some() || *per_port => {
+            table(rows(result, "drops"), PORT_STAGE_DROP_COLUMNS)
+        }
+        Show::Drops { .. } => table(rows(result, "drops"), STAGE_DROP_COLUMNS),
+        Show::Runtime => table(rows(result, "stages"), RUNTIME_COLUMNS),
     }
 }
 
@@ -921,5 +968,49 @@ mod tests {
             )
         );
         assert!(Cli::try_parse_from(["polluxctl", "show", "nothing"]).is_err());
+    }
+
+    #[test]
+    fn show_drops_and_runtime() {
+        let cli = Cli::try_parse_from(["polluxctl", "show", "drops", "--port", "vm1"]).unwrap();
+        let (method, params) = request(&cli.command).unwrap();
+        assert_eq!((method, params), ("drops.list", json!({ "port": "vm1" })));
+        let cli = Cli::try_parse_from(["polluxctl", "show", "drops", "--per-port"]).unwrap();
+        let (method, params) = request(&cli.command).unwrap();
+        assert_eq!(
+            (method, params),
+            ("drops.list", json!({ "per_port": true }))
+        );
+        let Command::Show(show) = &cli.command else {
+            unreachable!()
+        };
+        let result = json!({ "drops": [
+            { "stage": "l2", "reason": "hairpin", "count": 12, "port": "vm1", "help": "h" },
+        ]});
+        assert_eq!(
+            render_show(show, &result),
+            "COUNT  PORT  STAGE  REASON\n   12  vm1   l2     hairpin"
+        );
+        let cli = Cli::try_parse_from(["polluxctl", "show", "runtime"]).unwrap();
+        let (method, _) = request(&cli.command).unwrap();
+        assert_eq!(method, "runtime.get");
+        let Command::Show(show) = &cli.command else {
+            unreachable!()
+        };
+        let result = json!({ "stages": [
+            { "stage": "l2", "calls": 2, "packets": 128, "vector_size": 64.0,
+              "cycles_per_packet": 40.5, "ns_per_packet": 13.5 },
+            { "stage": "l3", "calls": 0, "packets": 0, "vector_size": null,
+              "cycles_per_packet": null, "ns_per_packet": null },
+        ]});
+        let text = render_show(show, &result);
+        assert!(
+            text.starts_with("STAGE  CALLS  PACKETS  VECTOR  CYCLES/PKT  NS/PKT"),
+            "{text}"
+        );
+        assert!(
+            text.contains("l3         0        0       -           -       -"),
+            "{text}"
+        );
     }
 }

@@ -6,46 +6,60 @@ mod learn;
 
 pub use learn::{LearnLimits, LearnOutcome, Learned, MacTable};
 
-use crate::buf::FramePool;
-use crate::counters::{Stage, WorkerCounters};
+use crate::counters::WorkerCounters;
 use crate::drop::DropReason;
 use crate::packet::{Meta, Next, Packet};
+use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::PortId;
 use crate::snapshot::{fdb_key, NetworkUid, PortRole, Snapshot, NO_MAC};
 use crate::wire::{EtherType, EthernetFrame};
 
-/// Which of the optional stages a burst needs after the L2 stage.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Onward {
-    /// Some packet goes to a router ([`Next::Route`] or [`Next::Arp`]).
-    pub route: bool,
-    /// Some packet goes to the slow-path stage ([`Next::Local`]).
-    pub local: bool,
+/// The L2 stage. Its table of learned MACs is the worker's (in the [`BurstCtx`]), since
+/// the router's egress looks MACs up in it as well.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct L2;
+
+impl BurstStage for L2 {
+    #[inline(always)]
+    fn id(&self) -> Stage {
+        Stage::L2
+    }
+
+    #[inline(always)]
+    fn wants(&self) -> Pending {
+        Pending::L2
+    }
+
+    /// Learns source MACs and picks the output of every packet whose next step is L2.
+    /// Says which optional stages the burst needs, so the router and slow-path stages run
+    /// only for bursts that need them.
+    #[inline]
+    fn process(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
+        forward(cx, pkts)
+    }
 }
 
-/// Learns source MACs and picks the output of every packet of a burst from `in_port`
-/// whose next step is L2. `now` is the worker clock in seconds. Says which optional
-/// stages the burst needs, so the router and slow-path stages run only for bursts that
-/// need them.
-#[inline]
-pub fn forward(
-    snap: &Snapshot,
-    pool: &FramePool,
-    macs: &mut MacTable,
-    counters: &WorkerCounters,
-    now: u32,
-    in_port: PortId,
-    pkts: &mut [Packet],
-) -> Onward {
+#[inline(always)]
+fn forward(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
+    let snap = cx.snap;
+    let in_port = cx.in_port;
+    let frames = cx.pool.reader();
+    let mut learner = Learner {
+        snap,
+        macs: &mut *cx.macs,
+        counters: cx.counters,
+        in_port,
+        now: cx.now_secs,
+        limits: LearnLimits {
+            per_network: snap.l2().mac_limit_per_network,
+            per_vm_port: snap.l2().mac_limit_per_port,
+            vm_port: matches!(cx.role, PortRole::Access { .. }),
+        },
+    };
     // A VM port's own MAC needs no learning: it is a static entry already.
-    let own_mac = match snap.port(in_port) {
+    let own_mac = match cx.role {
         PortRole::Access { mac, .. } => mac,
         _ => NO_MAC,
-    };
-    let limits = LearnLimits {
-        per_network: snap.l2().mac_limit_per_network,
-        per_vm_port: snap.l2().mac_limit_per_port,
-        vm_port: matches!(snap.port(in_port), PortRole::Access { .. }),
     };
     // A burst is mostly runs of one flow. Like VPP's l2-learn and l2-fwd, remember the last
     // key of each lookup within the burst, so a run costs one lookup rather than one per
@@ -55,27 +69,27 @@ pub fn forward(
     let mut last_dst = NO_KEY;
     let mut last_next = Next::Flood;
     let mut entered = 0;
-    let mut onward = Onward::default();
+    let mut produced = Pending::SEND;
     for pkt in pkts.iter_mut() {
         if pkt.meta.next != Next::L2 {
             continue;
         }
         entered += 1;
+        pkt.meta.stage = Stage::L2;
         let slot = pkt.meta.network;
         let Some(net) = snap.network(slot) else {
             debug_assert!(false, "packet classified into missing slot {slot}");
-            pkt.meta.next = Next::Drop(DropReason::PortNotConfigured);
+            pkt.meta.next = Next::Drop(DropReason::InternalError);
+            produced |= Pending::DONE;
             continue;
         };
         // Classification checked that the frame holds a whole Ethernet header.
-        let eth = EthernetFrame::new_unchecked(pool.data(pkt));
+        let eth = EthernetFrame::new_unchecked(frames.data(pkt));
         let src = eth.src_addr_u64();
         let src_key = fdb_key(slot, src);
         if src != own_mac && src_key != last_src {
             last_src = src_key;
-            if learn(
-                snap, macs, counters, slot, net.uid, src, in_port, now, limits,
-            ) {
+            if learner.learn(slot, net.uid, src) {
                 // The table changed: a cached forwarding decision may be stale.
                 last_dst = NO_KEY;
             }
@@ -87,10 +101,10 @@ pub fn forward(
             pkt.meta.next = if net.dhcp_mac != NO_MAC
                 && (ethertype == EtherType::IPV4.0 || ethertype == EtherType::ARP.0)
             {
-                onward.local = true;
+                produced |= Pending::LOCAL;
                 Next::Local
             } else if net.routed && ethertype == EtherType::ARP.0 {
-                onward.route = true;
+                produced |= Pending::ROUTE;
                 Next::Arp
             } else {
                 Next::Flood
@@ -108,16 +122,10 @@ pub fn forward(
                     .then(|| snap.routing().router_by_mac(slot, dst))
                     .flatten()
                 {
-                    Some(router) => {
-                        // Every packet that reuses this decision is routed too.
-                        onward.route = true;
-                        Next::Route(router)
-                    }
-                    None if dst == net.dhcp_mac => {
-                        onward.local = true;
-                        Next::Local
-                    }
-                    None => match macs
+                    Some(router) => Next::Route(router),
+                    None if dst == net.dhcp_mac => Next::Local,
+                    None => match learner
+                        .macs
                         .lookup(slot, net.uid, dst)
                         .filter(|&p| snap.port_serves(p, slot))
                     {
@@ -127,12 +135,16 @@ pub fn forward(
                     },
                 },
             };
+            // Every packet that reuses this decision needs the same stages.
+            produced |= Pending::of(last_next);
             last_dst = dst_key;
         }
         pkt.meta.next = last_next;
     }
-    counters.stage_packets[Stage::L2 as usize].add(entered);
-    onward
+    Outcome {
+        packets: entered,
+        produced,
+    }
 }
 
 #[cold]
@@ -148,31 +160,36 @@ fn count_learn(counters: &WorkerCounters, outcome: LearnOutcome) {
     }
 }
 
-/// Learns or refreshes `src`; returns true when the table changed (an entry added or
-/// moved), which can change forwarding decisions.
-#[inline]
-#[allow(clippy::too_many_arguments)]
-fn learn(
-    snap: &Snapshot,
-    macs: &mut MacTable,
-    counters: &WorkerCounters,
-    slot: u16,
-    uid: NetworkUid,
-    src: u64,
+/// What learning needs from the burst, split from the context so that the frame being
+/// read and the table being written are borrowed apart.
+struct Learner<'a> {
+    snap: &'a Snapshot,
+    macs: &'a mut MacTable,
+    counters: &'a WorkerCounters,
     in_port: PortId,
     now: u32,
     limits: LearnLimits,
-) -> bool {
-    // The common case, a MAC already learned on this port, costs one lookup.
-    if macs.refresh(slot, uid, src, in_port, now) {
-        return false;
+}
+
+impl Learner<'_> {
+    /// Learns or refreshes `src` on network `slot` (identity `uid`) from the burst's input
+    /// port; returns true when the table changed (an entry added or moved), which can
+    /// change forwarding decisions.
+    #[inline]
+    fn learn(&mut self, slot: u16, uid: NetworkUid, src: u64) -> bool {
+        // The common case, a MAC already learned on this port, costs one lookup.
+        if self.macs.refresh(slot, uid, src, self.in_port, self.now) {
+            return false;
+        }
+        // A VM port's MAC is never learned elsewhere: the static entry wins, so a spoofed
+        // source cannot pull a VM's traffic to another port.
+        if self.snap.static_mac(slot, src).is_some() {
+            return false;
+        }
+        let outcome = self
+            .macs
+            .learn_on(slot, uid, src, self.in_port, self.now, self.limits);
+        count_learn(self.counters, outcome);
+        matches!(outcome, LearnOutcome::Learned | LearnOutcome::Moved)
     }
-    // A VM port's MAC is never learned elsewhere: the static entry wins, so a spoofed
-    // source cannot pull a VM's traffic to another port.
-    if snap.static_mac(slot, src).is_some() {
-        return false;
-    }
-    let outcome = macs.learn_on(slot, uid, src, in_port, now, limits);
-    count_learn(counters, outcome);
-    matches!(outcome, LearnOutcome::Learned | LearnOutcome::Moved)
 }

@@ -14,7 +14,7 @@
 //!   FDB, as for a switched frame.
 //!
 //! Frames the stage makes (ARP requests) or releases from the waiting queue are collected
-//! in the router state's local batch and sent after the burst by [`flush_local`].
+//! in the router state's local batch and sent after the burst (`BurstStage::finish`).
 
 mod nat;
 mod neighbor;
@@ -28,17 +28,16 @@ use std::net::Ipv4Addr;
 
 use crate::buf::{FrameId, FramePool};
 use crate::conntrack::{ConnConfig, ConnTable, Dir, FlowKey, InsertError};
-use crate::counters::{Stage, WorkerCounters};
 use crate::drop::DropReason;
 use crate::frag::{self, FragError};
 use crate::icmp_error::{self, IcmpErrorKind};
-use crate::l2::MacTable;
-use crate::output::{drop_packet, output, PortSet};
+use crate::output::{drop_packet, output};
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
+use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::PortId;
 use crate::ratelimit::{KeyedLimiter, TokenBucket, DEFAULT_KEYED_BUCKETS};
 use crate::routing::{Interface, NextHop, Router};
-use crate::snapshot::{mac_from_u64, mac_to_u64, NetworkUid, Snapshot};
+use crate::snapshot::{mac_from_u64, mac_to_u64, NetworkUid};
 use crate::wire::{
     ArpOperation, ArpPacket, EtherType, EthernetAddress, EthernetFrame, Icmpv4Packet, Icmpv4Type,
     IpProtocol, Ipv4Packet,
@@ -73,6 +72,7 @@ fn originated(
             tci: 0,
             flags: Meta::ROUTED,
             l3_offset: EthernetFrame::<&[u8]>::HEADER_LEN as u8,
+            stage: Stage::L3,
         },
     }
 }
@@ -159,231 +159,682 @@ impl RouterState {
     }
 }
 
-/// Runs every packet of a burst whose next step is [`Next::Route`] or [`Next::Arp`]
-/// through its router. `now_ns` is the worker clock.
-#[allow(clippy::too_many_arguments)]
-pub fn route(
-    snap: &Snapshot,
-    pool: &mut FramePool,
-    macs: &MacTable,
-    state: &mut RouterState,
-    counters: &WorkerCounters,
-    now_ns: u64,
-    pkts: &mut [Packet],
-) {
-    let now = (now_ns / 1_000_000_000) as u32;
-    state.cache = BurstCache::default();
-    let mut entered = 0;
-    for pkt in pkts.iter_mut() {
-        match pkt.meta.next {
-            Next::Route(router) => {
-                entered += 1;
-                pkt.meta.next = if pkt.meta.ethertype == EtherType::ARP.0 {
-                    arp(snap, pool, state, counters, now, pkt, true)
-                } else if pkt.meta.ethertype == EtherType::IPV4.0 {
-                    ipv4(snap, pool, macs, state, counters, now_ns, router, pkt)
-                } else {
-                    Next::Drop(DropReason::NotRoutable)
-                };
-            }
-            Next::Arp => {
-                entered += 1;
-                pkt.meta.next = arp(snap, pool, state, counters, now, pkt, false);
-            }
-            _ => {}
-        }
+/// The router stage: its per-worker state is its `self`.
+impl BurstStage for RouterState {
+    #[inline(always)]
+    fn id(&self) -> Stage {
+        Stage::L3
     }
-    if state.resolved {
-        state.resolved = false;
-        release_resolved(snap, pool, macs, state, counters);
-    }
-    counters.stage_packets[Stage::L3 as usize].add(entered);
-}
 
-/// Sends the frames the router made or released in this pass.
-pub fn flush_local(
-    snap: &Snapshot,
-    pool: &mut FramePool,
-    ports: &mut PortSet,
-    state: &mut RouterState,
-    counters: &WorkerCounters,
-) {
-    if state.local.is_empty() {
-        return;
+    #[inline(always)]
+    fn wants(&self) -> Pending {
+        Pending::ROUTE
     }
-    output(snap, pool, ports, counters, state.local.as_mut_slice());
-    state.local.clear();
-}
 
-/// Housekeeping: releases waiting packets whose next hop answered, drops those that waited
-/// too long (all of them with `all`) with an ICMP host unreachable to their senders, and
-/// ages neighbours.
-#[allow(clippy::too_many_arguments)]
-pub fn housekeeping(
-    snap: &Snapshot,
-    pool: &mut FramePool,
-    macs: &MacTable,
-    state: &mut RouterState,
-    counters: &WorkerCounters,
-    now_ns: u64,
-    budget: usize,
-    all: bool,
-) {
-    let now = (now_ns / 1_000_000_000) as u32;
-    state.neighbors.age(now, budget);
-    state.conns.expire(u64::from(now), budget);
-    counters.sessions.set(state.conns.len() as u64);
-    counters.neighbors.set(state.neighbors.len() as u64);
-    counters
-        .neighbor_waiting
-        .set(state.neighbors.pending() as u64);
-    // Most rounds have nothing waiting: skip the rest (and its stack arrays).
-    if state.neighbors.pending() == 0 {
-        return;
-    }
-    release_resolved(snap, pool, macs, state, counters);
-    let mut expired = [Packet::default(); neighbor::PENDING_CAPACITY];
-    let mut n = 0;
-    state.neighbors.take_expired(now, all, |pkt| {
-        expired[n] = pkt;
-        n += 1;
-    });
-    for pkt in &expired[..n] {
-        if !all {
-            if let Next::Route(router) = pkt.meta.next {
-                icmp_error(
-                    snap,
-                    pool,
-                    state,
-                    counters,
-                    pkt,
-                    router,
-                    IcmpErrorKind::HostUnreachable,
-                    now_ns,
-                );
-            }
-        }
-        drop_packet(pool, counters, *pkt, DropReason::NeighborUnresolved);
-    }
-    counters
-        .neighbor_waiting
-        .set(state.neighbors.pending() as u64);
-}
-
-/// Moves waiting packets whose next hop is now known into the local batch, rewritten (and
-/// fragmented when they need it).
-fn release_resolved(
-    snap: &Snapshot,
-    pool: &mut FramePool,
-    macs: &MacTable,
-    state: &mut RouterState,
-    counters: &WorkerCounters,
-) {
-    let mut ready = [(Packet::default(), 0u16, 0u64); MAX_BURST];
-    let mut n = 0;
-    let generation = snap.generation();
-    state
-        .neighbors
-        .take_resolved(state.local.remaining(), |w, mac| {
-            // An interface index is only meaningful in the snapshot it was taken from.
-            let interface = if w.generation == generation {
-                w.interface
-            } else {
-                u16::MAX
+    /// Runs every packet of a burst whose next step is [`Next::Route`] or [`Next::Arp`]
+    /// through its router.
+    fn process(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
+        self.cache = BurstCache::default();
+        let mut entered = 0;
+        for pkt in pkts.iter_mut() {
+            let next = match pkt.meta.next {
+                Next::Route(router) => {
+                    if pkt.meta.ethertype == EtherType::ARP.0 {
+                        self.arp(cx, pkt, true)
+                    } else if pkt.meta.ethertype == EtherType::IPV4.0 {
+                        self.ipv4(cx, router, pkt)
+                    } else {
+                        Next::Drop(DropReason::NotRoutable)
+                    }
+                }
+                Next::Arp => self.arp(cx, pkt, false),
+                _ => continue,
             };
-            ready[n] = (w.pkt, interface, mac);
+            entered += 1;
+            pkt.meta.next = next;
+            pkt.meta.stage = Stage::L3;
+        }
+        if self.resolved {
+            self.resolved = false;
+            self.release_resolved(cx);
+        }
+        Outcome {
+            packets: entered,
+            produced: Pending::SEND | Pending::DONE,
+        }
+    }
+
+    /// Sends the frames the router made or released in this pass.
+    fn finish(&mut self, cx: &mut BurstCtx<'_>) {
+        if self.local.is_empty() {
+            return;
+        }
+        let sent = output(cx, self.local.as_mut_slice());
+        cx.counters.stage_packets[Stage::Output as usize].add(u64::from(sent));
+        self.local.clear();
+    }
+}
+
+impl RouterState {
+    /// Housekeeping: releases waiting packets whose next hop answered, drops those that waited
+    /// too long (all of them with `all`) with an ICMP host unreachable to their senders, and
+    /// ages neighbours.
+    pub fn housekeeping(&mut self, cx: &mut BurstCtx<'_>, budget: usize, all: bool) {
+        let counters = cx.counters;
+        let now = cx.now_secs;
+        self.neighbors.age(now, budget);
+        self.conns.expire(u64::from(now), budget);
+        counters.sessions.set(self.conns.len() as u64);
+        counters.neighbors.set(self.neighbors.len() as u64);
+        counters
+            .neighbor_waiting
+            .set(self.neighbors.pending() as u64);
+        // Most rounds have nothing waiting: skip the rest (and its stack arrays).
+        if self.neighbors.pending() == 0 {
+            return;
+        }
+        self.release_resolved(cx);
+        let mut expired = [Packet::default(); neighbor::PENDING_CAPACITY];
+        let mut n = 0;
+        self.neighbors.take_expired(now, all, |pkt| {
+            expired[n] = pkt;
             n += 1;
         });
-    for &(mut pkt, interface, mac) in &ready[..n] {
-        let routing = snap.routing();
-        match routing.interface(interface) {
-            Some(iface) => {
-                let iface = *iface;
-                pkt.meta.next = send(snap, pool, macs, state, counters, &mut pkt, &iface, mac);
-                if pkt.meta.next != Next::Consumed {
-                    let _ = state.local.push(pkt);
+        for pkt in &expired[..n] {
+            if !all {
+                if let Next::Route(router) = pkt.meta.next {
+                    self.icmp_error(cx, pkt, router, IcmpErrorKind::HostUnreachable);
                 }
             }
-            None => {
-                pkt.meta.next = Next::Drop(DropReason::NeighborUnresolved);
-                let _ = state.local.push(pkt);
+            drop_packet(
+                cx.pool,
+                cx.counters,
+                *pkt,
+                Stage::L3,
+                DropReason::NeighborUnresolved,
+            );
+        }
+        counters
+            .neighbor_waiting
+            .set(self.neighbors.pending() as u64);
+    }
+
+    /// Moves waiting packets whose next hop is now known into the local batch, rewritten (and
+    /// fragmented when they need it).
+    fn release_resolved(&mut self, cx: &mut BurstCtx<'_>) {
+        let snap = cx.snap;
+        let mut ready = [(Packet::default(), 0u16, 0u64); MAX_BURST];
+        let mut n = 0;
+        let generation = snap.generation();
+        self.neighbors
+            .take_resolved(self.local.remaining(), |w, mac| {
+                // An interface index is only meaningful in the snapshot it was taken from.
+                let interface = if w.generation == generation {
+                    w.interface
+                } else {
+                    u16::MAX
+                };
+                ready[n] = (w.pkt, interface, mac);
+                n += 1;
+            });
+        for &(mut pkt, interface, mac) in &ready[..n] {
+            let routing = snap.routing();
+            match routing.interface(interface) {
+                Some(iface) => {
+                    let iface = *iface;
+                    pkt.meta.next = self.send(cx, &mut pkt, &iface, mac);
+                    if pkt.meta.next != Next::Consumed {
+                        let _ = self.local.push(pkt);
+                    }
+                }
+                None => {
+                    pkt.meta.next = Next::Drop(DropReason::NeighborUnresolved);
+                    let _ = self.local.push(pkt);
+                }
             }
         }
     }
-}
 
-/// ARP to a router (`unicast`: sent to its MAC) or broadcast on a routed network.
-fn arp(
-    snap: &Snapshot,
-    pool: &mut FramePool,
-    state: &mut RouterState,
-    counters: &WorkerCounters,
-    now: u32,
-    pkt: &mut Packet,
-    unicast: bool,
-) -> Next {
-    let routing = snap.routing();
-    let slot = pkt.meta.network;
-    let Some(net) = snap.network(slot) else {
-        return Next::Drop(DropReason::PortNotConfigured);
-    };
-    let l3 = usize::from(pkt.meta.l3_offset);
-    let data = pool.data_mut(pkt);
-    let Some(arp) = data
-        .get_mut(l3..)
-        .and_then(|b| ArpPacket::new_checked(b).ok())
-    else {
-        return if unicast {
-            Next::Drop(DropReason::BadArp)
-        } else {
-            Next::Flood
+    /// ARP to a router (`unicast`: sent to its MAC) or broadcast on a routed network.
+    fn arp(&mut self, cx: &mut BurstCtx<'_>, pkt: &mut Packet, unicast: bool) -> Next {
+        let snap = cx.snap;
+        let counters = cx.counters;
+        let now = cx.now_secs;
+        let routing = snap.routing();
+        let slot = pkt.meta.network;
+        let Some(net) = snap.network(slot) else {
+            return Next::Drop(DropReason::InternalError);
         };
-    };
-    if !arp.is_ethernet_ipv4() {
-        return if unicast {
-            Next::Drop(DropReason::BadArp)
-        } else {
-            Next::Flood
+        let l3 = usize::from(pkt.meta.l3_offset);
+        let data = cx.pool.data_mut(pkt);
+        let Some(arp) = data
+            .get_mut(l3..)
+            .and_then(|b| ArpPacket::new_checked(b).ok())
+        else {
+            return if unicast {
+                Next::Drop(DropReason::BadArp)
+            } else {
+                Next::Flood
+            };
         };
+        if !arp.is_ethernet_ipv4() {
+            return if unicast {
+                Next::Drop(DropReason::BadArp)
+            } else {
+                Next::Flood
+            };
+        }
+        let op = arp.operation();
+        let sender_ip = u32::from(arp.sender_protocol_addr());
+        let sender_mac = arp.sender_hardware_addr();
+        let target_ip = u32::from(arp.target_protocol_addr());
+        // The router owning the asked-for address: an interface address, or a floating IP
+        // (which the external gateway answers for, as Neutron's qg- port holds them).
+        let ours = routing
+            .owner_of(slot, target_ip)
+            .and_then(|i| routing.interface(i))
+            .map(|i| i.router)
+            .or_else(|| routing.floating_owner(slot, target_ip))
+            .and_then(|r| routing.router(r));
+        // RFC 826: update the sender's entry if we have one; create it when the packet is for
+        // us. A sender claiming a group MAC or no address teaches nothing.
+        if sender_mac.is_unicast() && sender_ip != 0 {
+            let mac = sender_mac.as_u64();
+            if self
+                .neighbors
+                .learn(net.uid, sender_ip, mac, now, ours.is_some())
+            {
+                self.resolved = true;
+                // The MAC of a next hop may have changed under the burst's cache.
+                self.cache.neighbor = None;
+            }
+        }
+        match (op, ours) {
+            (ArpOperation::REQUEST, Some(router)) => {
+                answer_arp_in_place(data, l3, EthernetAddress(router.mac));
+                pkt.meta.flags &= !Meta::MULTICAST;
+                Next::Output(pkt.in_port)
+            }
+            // A reply (or a request for another host) sent to our MAC: its news are taken.
+            _ if unicast => {
+                counters.consumed.inc();
+                cx.pool.free(pkt.frame);
+                Next::Consumed
+            }
+            _ => Next::Flood,
+        }
     }
-    let op = arp.operation();
-    let sender_ip = u32::from(arp.sender_protocol_addr());
-    let sender_mac = arp.sender_hardware_addr();
-    let target_ip = u32::from(arp.target_protocol_addr());
-    // The router owning the asked-for address: an interface address, or a floating IP
-    // (which the external gateway answers for, as Neutron's qg- port holds them).
-    let ours = routing
-        .owner_of(slot, target_ip)
-        .and_then(|i| routing.interface(i))
-        .map(|i| i.router)
-        .or_else(|| routing.floating_owner(slot, target_ip))
-        .and_then(|r| routing.router(r));
-    // RFC 826: update the sender's entry if we have one; create it when the packet is for
-    // us. A sender claiming a group MAC or no address teaches nothing.
-    if sender_mac.is_unicast() && sender_ip != 0 {
-        let mac = sender_mac.as_u64();
-        if state
-            .neighbors
-            .learn(net.uid, sender_ip, mac, now, ours.is_some())
+
+    /// An IPv4 packet sent to router `router`'s MAC.
+    #[inline]
+    fn ipv4(&mut self, cx: &mut BurstCtx<'_>, router: u16, pkt: &mut Packet) -> Next {
+        let snap = cx.snap;
+        let now = cx.now_secs;
+        let routing = snap.routing();
+        let Some(r) = routing.router(router) else {
+            return Next::Drop(DropReason::InternalError);
+        };
+        let router_mac = mac_to_u64(r.mac);
+        let l3 = usize::from(pkt.meta.l3_offset);
+        let (ttl, total_len, dont_frag, protocol, arrived_dst) = {
+            let data = cx.pool.data(pkt);
+            let Some(ip) = data.get(l3..).and_then(|b| Ipv4Packet::new_checked(b).ok()) else {
+                return Next::Drop(DropReason::BadIpv4Header);
+            };
+            if ip.version() != 4 || !ip.verify_checksum() {
+                return Next::Drop(DropReason::BadIpv4Header);
+            }
+            let dst = u32::from(ip.dst_addr());
+            (ip.ttl(), ip.total_len(), ip.dont_frag(), ip.protocol(), dst)
+        };
+        // The route of the destination as it arrived decides whether NAT can be involved at
+        // all: only what leaves through the external gateway, or is addressed to the
+        // gateway's address or a floating IP, is looked up in the session table. Routing
+        // between the router's own subnets pays nothing for NAT.
+        let mut hop = self.cache.lookup(r, router, arrived_dst);
+        let arrived_for_router = routing.is_own_address(r, arrived_dst);
+        let nat = match r.external {
+            Some(external)
+                if hop.is_some_and(|h| h.interface == external)
+                    || arrived_for_router
+                    || routing.fixed_of(router, arrived_dst).is_some() =>
+            {
+                // Destination NAT first (a qrouter's PREROUTING): a packet of a known session
+                // takes the session's translation whole, otherwise a floating IP as
+                // destination becomes its fixed IP.
+                self.inbound_nat(cx, router, pkt, total_len)
+            }
+            _ => Inbound::default(),
+        };
+        let dst = u32::from(Ipv4Packet::new_unchecked(&cx.pool.data(pkt)[l3..]).dst_addr());
+        let for_router = if dst == arrived_dst {
+            arrived_for_router
+        } else {
+            hop = self.cache.lookup(r, router, dst);
+            routing.is_own_address(r, dst)
+        };
+        if !nat.session && for_router {
+            let next = echo_reply(cx.pool, pkt, router_mac);
+            // Nothing listens on a router address: a port unreachable ends a UDP traceroute
+            // to it and refuses TCP (Linux would send a RST; the ICMP error has the same
+            // effect on the client), a protocol unreachable refuses the rest. ICMP other than
+            // echo gets nothing, as RFC 1122 asks.
+            let kind = match protocol {
+                IpProtocol::ICMP => None,
+                IpProtocol::UDP | IpProtocol::TCP => Some(IcmpErrorKind::PortUnreachable),
+                _ => Some(IcmpErrorKind::ProtocolUnreachable),
+            };
+            if let (Next::Drop(DropReason::ToRouter), Some(kind)) = (next, kind) {
+                self.icmp_error(cx, pkt, router, kind);
+            }
+            return next;
+        }
+        if ttl <= 1 {
+            let kind = IcmpErrorKind::TimeExceeded;
+            self.icmp_error(cx, pkt, router, kind);
+            return Next::Drop(DropReason::TtlExpired);
+        }
+        let Some(hop) = hop else {
+            let kind = IcmpErrorKind::NetUnreachable;
+            self.icmp_error(cx, pkt, router, kind);
+            return Next::Drop(DropReason::NoRoute);
+        };
+        let Some(iface) = routing.interface(hop.interface).copied() else {
+            return Next::Drop(DropReason::NoRoute);
+        };
+        if total_len > iface.mtu && dont_frag {
+            let kind = IcmpErrorKind::FragNeeded { mtu: iface.mtu };
+            self.icmp_error(cx, pkt, router, kind);
+            return Next::Drop(DropReason::MtuExceeded);
+        }
+        // Source NAT (POSTROUTING): what leaves through the external gateway, and what was
+        // sent to a floating IP from inside (hairpin, so the reply comes back through here),
+        // takes its floating IP or, with SNAT on, the gateway's address and a port.
+        let to_external = r.external == Some(hop.interface);
+        if !nat.session
+            && (to_external || nat.dnat)
+            && routing.interface_on(router, pkt.meta.network) != r.external
         {
-            state.resolved = true;
-            // The MAC of a next hop may have changed under the burst's cache.
-            state.cache.neighbor = None;
+            if let Err(reason) = self.outbound_nat(cx, router, pkt, &nat, total_len) {
+                return Next::Drop(reason);
+            }
+        }
+        Ipv4Packet::new_unchecked(&mut cx.pool.data_mut(pkt)[l3..]).decrement_ttl();
+        let target = if hop.gateway == 0 { dst } else { hop.gateway };
+        let resolution = match self.cache.neighbor {
+            Some((uid, ip, mac)) if uid == iface.network_uid && ip == target => Resolution {
+                mac: Some(mac),
+                request: false,
+            },
+            _ => {
+                let resolution = self.neighbors.resolve(iface.network_uid, target, now);
+                if let (Some(mac), false) = (resolution.mac, resolution.request) {
+                    self.cache.neighbor = Some((iface.network_uid, target, mac));
+                }
+                resolution
+            }
+        };
+        if resolution.request {
+            self.request(cx, &iface, router_mac, target);
+        }
+        match resolution.mac {
+            Some(mac) => self.send(cx, pkt, &iface, mac),
+            None => {
+                // Remembered so that an ICMP host unreachable can name the router later.
+                pkt.meta.next = Next::Route(router);
+                match self.neighbors.wait(
+                    iface.network_uid,
+                    target,
+                    *pkt,
+                    hop.interface,
+                    snap.generation(),
+                    now,
+                ) {
+                    Ok(()) => Next::Waiting,
+                    Err(_) => Next::Drop(DropReason::NeighborQueueFull),
+                }
+            }
         }
     }
-    match (op, ours) {
-        (ArpOperation::REQUEST, Some(router)) => {
-            answer_arp_in_place(data, l3, EthernetAddress(router.mac));
-            pkt.meta.flags &= !Meta::MULTICAST;
-            Next::Output(pkt.in_port)
+
+    /// Destination NAT of router `router` (which has an external gateway) on the packet.
+    fn inbound_nat(
+        &mut self,
+        cx: &mut BurstCtx<'_>,
+        router: u16,
+        pkt: &Packet,
+        total_len: u16,
+    ) -> Inbound {
+        let snap = cx.snap;
+        let now = cx.now_secs;
+        let routing = snap.routing();
+        let Some(zone) = routing.router(router).map(|r| r.uid.0) else {
+            return Inbound::default();
+        };
+        let l3 = usize::from(pkt.meta.l3_offset);
+        let ip = &mut cx.pool.data_mut(pkt)[l3..];
+        let now = u64::from(now);
+        match nat::flow_key(ip, zone) {
+            Ok(l4) => {
+                let mut inbound = Inbound {
+                    original: Some(l4),
+                    ..Inbound::default()
+                };
+                if let Some((id, dir)) = self.conns.lookup(&l4.key, now) {
+                    if let Some(to) = self.conns.session(id).rewrite(dir) {
+                        nat::rewrite(ip, &l4.key, &to);
+                    }
+                    self.conns
+                        .touch(id, dir, l4.flags, u32::from(total_len), now);
+                    inbound.session = true;
+                } else if let Some(fixed) = routing.fixed_of(router, l4.key.dst) {
+                    nat::rewrite(ip, &l4.key, &nat::to_dst(&l4.key, fixed));
+                    inbound.dnat = true;
+                }
+                inbound
+            }
+            Err(_) => {
+                // No ports: a floating IP still translates its address 1:1.
+                let p = Ipv4Packet::new_unchecked(&ip[..]);
+                let (src, dst) = (u32::from(p.src_addr()), u32::from(p.dst_addr()));
+                let mut inbound = Inbound::default();
+                if let Some(fixed) = routing.fixed_of(router, dst) {
+                    nat::rewrite_addresses(ip, src, fixed);
+                    inbound.dnat = true;
+                }
+                inbound
+            }
         }
-        // A reply (or a request for another host) sent to our MAC: its news are taken.
-        _ if unicast => {
-            counters.consumed.inc();
-            pool.free(pkt.frame);
-            Next::Consumed
+    }
+
+    /// Source NAT of router `router` on a packet leaving through its external gateway (or
+    /// hairpinning): its floating IP if its source has one, else with SNAT on a new session
+    /// from the gateway's address.
+    fn outbound_nat(
+        &mut self,
+        cx: &mut BurstCtx<'_>,
+        router: u16,
+        pkt: &Packet,
+        inbound: &Inbound,
+        total_len: u16,
+    ) -> Result<(), DropReason> {
+        let snap = cx.snap;
+        let now = cx.now_secs;
+        let routing = snap.routing();
+        let Some(r) = routing.router(router) else {
+            return Ok(());
+        };
+        let zone = r.uid.0;
+        let l3 = usize::from(pkt.meta.l3_offset);
+        let ip = &mut cx.pool.data_mut(pkt)[l3..];
+        let p = Ipv4Packet::new_unchecked(&ip[..]);
+        let (src, dst) = (u32::from(p.src_addr()), u32::from(p.dst_addr()));
+        let current = nat::flow_key(ip, zone);
+        if let Some(floating) = routing.floating_of(router, src) {
+            match current {
+                Ok(l4) => nat::rewrite(ip, &l4.key, &nat::to_src(&l4.key, floating)),
+                Err(_) => nat::rewrite_addresses(ip, floating, dst),
+            }
+            return Ok(());
         }
-        _ => Next::Flood,
+        if !r.enable_snat {
+            return Ok(());
+        }
+        let (Ok(current), Some(original)) = (current, inbound.original) else {
+            return Err(DropReason::NatUnsupported);
+        };
+        let Some(external_ip) = r.external.and_then(|i| routing.interface(i)).map(|i| i.ip) else {
+            return Ok(());
+        };
+        let key = current.key;
+        let now = u64::from(now);
+        let Some(port) =
+            self.conns
+                .alloc_snat(zone, key.proto, external_ip, key.dst, key.dport, key.sport)
+        else {
+            return Err(DropReason::NatPortsExhausted);
+        };
+        // The session is keyed by the packet as it arrived (before any DNAT), so that the
+        // next one of the flow finds it; replies come to the gateway's address and port.
+        let reply = FlowKey {
+            zone,
+            proto: key.proto,
+            src: key.dst,
+            dst: external_ip,
+            sport: if key.proto == IpProtocol::ICMP.0 {
+                port
+            } else {
+                key.dport
+            },
+            dport: port,
+        };
+        let owner = u32::from(pkt.in_port.0);
+        let id = match self.conns.insert(original.key, reply, owner, 0, now) {
+            Ok(id) => id,
+            Err(InsertError::QuotaExceeded) => return Err(DropReason::NatQuotaExceeded),
+            Err(InsertError::TableFull | InsertError::Exists) => {
+                return Err(DropReason::NatTableFull)
+            }
+        };
+        if let Some(to) = self.conns.session(id).rewrite(Dir::Original) {
+            nat::rewrite(ip, &key, &to);
+        }
+        self.conns
+            .touch(id, Dir::Original, original.flags, u32::from(total_len), now);
+        Ok(())
+    }
+
+    /// Sends a routed packet (TTL already decremented) to `mac` through `iface`: in place when
+    /// it fits the egress MTU, else as fragments made into new frames (the original is then
+    /// consumed). Returns the packet's next step; fragments go to the local batch.
+    #[inline]
+    fn send(
+        &mut self,
+        cx: &mut BurstCtx<'_>,
+        pkt: &mut Packet,
+        iface: &Interface,
+        mac: u64,
+    ) -> Next {
+        let snap = cx.snap;
+        let counters = cx.counters;
+        let router_mac = snap
+            .routing()
+            .router(iface.router)
+            .map_or(0, |r| mac_to_u64(r.mac));
+        let l3 = usize::from(pkt.meta.l3_offset);
+        // The frame bounds the datagram (its total length was checked against it), so a
+        // frame that fits needs no second look at the header.
+        let fits = |len: usize| len <= usize::from(iface.mtu);
+        if fits(usize::from(pkt.len).saturating_sub(l3))
+            || fits(
+                cx.pool
+                    .data(pkt)
+                    .get(l3..)
+                    .and_then(|b| Ipv4Packet::new_checked(b).ok())
+                    .map_or(0, |ip| usize::from(ip.total_len())),
+            )
+        {
+            return rewrite(cx, pkt, iface, router_mac, mac);
+        }
+        let next = self.fragment(cx, pkt, iface, router_mac, mac);
+        if let Next::Drop(_) = next {
+            return next;
+        }
+        cx.pool.free(pkt.frame);
+        counters.consumed.inc();
+        next
+    }
+
+    /// Splits a routed packet into fragments of `iface`'s MTU, each in a new frame addressed
+    /// to `mac`, queued on the local batch.
+    fn fragment(
+        &mut self,
+        cx: &mut BurstCtx<'_>,
+        pkt: &Packet,
+        iface: &Interface,
+        router_mac: u64,
+        mac: u64,
+    ) -> Next {
+        let counters = cx.counters;
+        const ETH: usize = EthernetFrame::<&[u8]>::HEADER_LEN;
+        let l3 = usize::from(pkt.meta.l3_offset);
+        let data = cx.pool.data(pkt);
+        let Some(datagram) = data.get(l3..) else {
+            return Next::Drop(DropReason::BadIpv4Header);
+        };
+        let pieces = match frag::fragment_count(datagram, iface.mtu) {
+            Ok(n) => n,
+            Err(FragError::DontFragment) => return Next::Drop(DropReason::MtuExceeded),
+            Err(_) => return Next::Drop(DropReason::BadIpv4Header),
+        };
+        // All fragments or none: a datagram missing one is worthless to the receiver.
+        if pieces > self.local.remaining() || pieces > cx.pool.available() {
+            return Next::Drop(DropReason::NoBuffers);
+        }
+        let mut frame = [0u8; 2048];
+        let mut made = [Packet::default(); MAX_BURST];
+        let mut n = 0;
+        // The datagram stays in its frame while its fragments are made: copy it out first so
+        // that the cx.pool can hand out new frames.
+        let mut copy = [0u8; 2048];
+        let len = datagram.len().min(copy.len());
+        copy[..len].copy_from_slice(&datagram[..len]);
+        let result = frag::fragment(&copy[..len], iface.mtu, |piece| {
+            let Some(written) = piece.write_to(&mut frame[ETH..]) else {
+                return false;
+            };
+            let mut eth = EthernetFrame::new_unchecked(&mut frame[..ETH]);
+            eth.set_dst_addr(EthernetAddress::from_u64(mac));
+            eth.set_src_addr(EthernetAddress::from_u64(router_mac));
+            eth.set_ethertype(EtherType::IPV4);
+            let Some((id, offset)) = cx.pool.alloc_with(&frame[..ETH + written]) else {
+                return false;
+            };
+            made[n] = originated(
+                id,
+                offset,
+                ETH + written,
+                pkt.meta.network,
+                EtherType::IPV4,
+                Next::Flood,
+            );
+            n += 1;
+            true
+        });
+        if result.is_err() {
+            for p in &made[..n] {
+                cx.pool.free(p.frame);
+            }
+            return Next::Drop(DropReason::NoBuffers);
+        }
+        for p in &mut made[..n] {
+            p.meta.next = rewrite(cx, p, iface, router_mac, mac);
+            counters.originated.inc();
+            let _ = self.local.push(*p);
+        }
+        counters.fragments.add(n as u64);
+        Next::Consumed
+    }
+
+    /// Sends an ICMP error about `offending` back where it came from: out of its input port,
+    /// to the MAC it came from (the sender, or the router before this one), from router
+    /// `router`'s address on that network. Rate limited in all and per offending source;
+    /// never about packets RFC 1812 exempts (see [`icmp_error::build`]).
+    fn icmp_error(
+        &mut self,
+        cx: &mut BurstCtx<'_>,
+        offending: &Packet,
+        router: u16,
+        kind: IcmpErrorKind,
+    ) {
+        let snap = cx.snap;
+        let counters = cx.counters;
+        if self.local.is_full() {
+            return;
+        }
+        let routing = snap.routing();
+        let slot = offending.meta.network;
+        let (Some(r), Some(iface)) = (
+            routing.router(router),
+            routing
+                .interface_on(router, slot)
+                .and_then(|i| routing.interface(i)),
+        ) else {
+            return;
+        };
+        let data = cx.pool.data(offending);
+        let l3 = usize::from(offending.meta.l3_offset);
+        let (Some(ip), Ok(eth)) = (data.get(l3..), EthernetFrame::new_checked(data)) else {
+            return;
+        };
+        let source = Ipv4Packet::new_checked(ip).map_or(0, |p| u32::from(p.src_addr()));
+        if !self.icmp_per_source.allow(source, cx.now_ns) || !self.icmp_budget.allow(cx.now_ns) {
+            counters.icmp_rate_limited.inc();
+            return;
+        }
+        let mut frame = [0u8; EthernetFrame::<&[u8]>::HEADER_LEN + icmp_error::MAX_ERROR_LEN];
+        self.ident = self.ident.wrapping_add(1);
+        let built = icmp_error::build_frame(
+            kind,
+            Ipv4Addr::from(iface.ip),
+            self.ident,
+            ip,
+            eth.src_addr(),
+            EthernetAddress(r.mac),
+            &mut frame,
+        );
+        let Ok(len) = built else {
+            return;
+        };
+        let Some((id, offset)) = cx.pool.alloc_with(&frame[..len]) else {
+            return;
+        };
+        counters.originated.inc();
+        counters.icmp_errors.inc();
+        let next = Next::Output(offending.in_port);
+        let _ = self
+            .local
+            .push(originated(id, offset, len, slot, EtherType::IPV4, next));
+    }
+
+    /// Broadcasts an ARP request for `target` out of `iface`, from the router.
+    fn request(&mut self, cx: &mut BurstCtx<'_>, iface: &Interface, router_mac: u64, target: u32) {
+        let counters = cx.counters;
+        if self.local.is_full() {
+            return;
+        }
+        let mut frame = [0u8; ARP_FRAME_LEN];
+        {
+            let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+            eth.set_dst_addr(EthernetAddress::BROADCAST);
+            eth.set_src_addr(EthernetAddress::from_u64(router_mac));
+            eth.set_ethertype(EtherType::ARP);
+        }
+        let repr = crate::wire::ArpRepr {
+            operation: ArpOperation::REQUEST,
+            sender_hardware_addr: EthernetAddress(mac_from_u64(router_mac)),
+            sender_protocol_addr: Ipv4Addr::from(iface.ip),
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: Ipv4Addr::from(target),
+        };
+        repr.emit(&mut ArpPacket::new_unchecked(
+            &mut frame[EthernetFrame::<&[u8]>::HEADER_LEN..],
+        ));
+        let Some((id, offset)) = cx.pool.alloc_with(&frame) else {
+            return;
+        };
+        counters.originated.inc();
+        let mut pkt = originated(
+            id,
+            offset,
+            ARP_FRAME_LEN,
+            iface.network,
+            EtherType::ARP,
+            Next::Flood,
+        );
+        // Broadcast, like any ARP request.
+        pkt.meta.flags |= Meta::MULTICAST;
+        let _ = self.local.push(pkt);
     }
 }
 
@@ -405,146 +856,6 @@ pub(crate) fn answer_arp_in_place(data: &mut [u8], l3: usize, own: EthernetAddre
     eth.set_src_addr(own);
 }
 
-/// An IPv4 packet sent to router `router`'s MAC.
-#[allow(clippy::too_many_arguments)]
-fn ipv4(
-    snap: &Snapshot,
-    pool: &mut FramePool,
-    macs: &MacTable,
-    state: &mut RouterState,
-    counters: &WorkerCounters,
-    now_ns: u64,
-    router: u16,
-    pkt: &mut Packet,
-) -> Next {
-    let now = (now_ns / 1_000_000_000) as u32;
-    let routing = snap.routing();
-    let Some(r) = routing.router(router) else {
-        return Next::Drop(DropReason::PortNotConfigured);
-    };
-    let router_mac = mac_to_u64(r.mac);
-    let l3 = usize::from(pkt.meta.l3_offset);
-    let (ttl, total_len, dont_frag, protocol, arrived_dst) = {
-        let data = pool.data(pkt);
-        let Some(ip) = data.get(l3..).and_then(|b| Ipv4Packet::new_checked(b).ok()) else {
-            return Next::Drop(DropReason::BadIpv4Header);
-        };
-        if ip.version() != 4 || !ip.verify_checksum() {
-            return Next::Drop(DropReason::BadIpv4Header);
-        }
-        let dst = u32::from(ip.dst_addr());
-        (ip.ttl(), ip.total_len(), ip.dont_frag(), ip.protocol(), dst)
-    };
-    // The route of the destination as it arrived decides whether NAT can be involved at
-    // all: only what leaves through the external gateway, or is addressed to the
-    // gateway's address or a floating IP, is looked up in the session table. Routing
-    // between the router's own subnets pays nothing for NAT.
-    let mut hop = state.cache.lookup(r, router, arrived_dst);
-    let arrived_for_router = routing.is_own_address(r, arrived_dst);
-    let nat = match r.external {
-        Some(external)
-            if hop.is_some_and(|h| h.interface == external)
-                || arrived_for_router
-                || routing.fixed_of(router, arrived_dst).is_some() =>
-        {
-            // Destination NAT first (a qrouter's PREROUTING): a packet of a known session
-            // takes the session's translation whole, otherwise a floating IP as
-            // destination becomes its fixed IP.
-            inbound_nat(snap, pool, state, now, router, pkt, total_len)
-        }
-        _ => Inbound::default(),
-    };
-    let dst = u32::from(Ipv4Packet::new_unchecked(&pool.data(pkt)[l3..]).dst_addr());
-    let for_router = if dst == arrived_dst {
-        arrived_for_router
-    } else {
-        hop = state.cache.lookup(r, router, dst);
-        routing.is_own_address(r, dst)
-    };
-    if !nat.session && for_router {
-        let next = echo_reply(pool, pkt, router_mac);
-        // Nothing listens on a router address: a port unreachable ends a UDP traceroute
-        // to it and refuses TCP (Linux would send a RST; the ICMP error has the same
-        // effect on the client), a protocol unreachable refuses the rest. ICMP other than
-        // echo gets nothing, as RFC 1122 asks.
-        let kind = match protocol {
-            IpProtocol::ICMP => None,
-            IpProtocol::UDP | IpProtocol::TCP => Some(IcmpErrorKind::PortUnreachable),
-            _ => Some(IcmpErrorKind::ProtocolUnreachable),
-        };
-        if let (Next::Drop(DropReason::ToRouter), Some(kind)) = (next, kind) {
-            icmp_error(snap, pool, state, counters, pkt, router, kind, now_ns);
-        }
-        return next;
-    }
-    if ttl <= 1 {
-        let kind = IcmpErrorKind::TimeExceeded;
-        icmp_error(snap, pool, state, counters, pkt, router, kind, now_ns);
-        return Next::Drop(DropReason::TtlExpired);
-    }
-    let Some(hop) = hop else {
-        let kind = IcmpErrorKind::NetUnreachable;
-        icmp_error(snap, pool, state, counters, pkt, router, kind, now_ns);
-        return Next::Drop(DropReason::NoRoute);
-    };
-    let Some(iface) = routing.interface(hop.interface).copied() else {
-        return Next::Drop(DropReason::NoRoute);
-    };
-    if total_len > iface.mtu && dont_frag {
-        let kind = IcmpErrorKind::FragNeeded { mtu: iface.mtu };
-        icmp_error(snap, pool, state, counters, pkt, router, kind, now_ns);
-        return Next::Drop(DropReason::MtuExceeded);
-    }
-    // Source NAT (POSTROUTING): what leaves through the external gateway, and what was
-    // sent to a floating IP from inside (hairpin, so the reply comes back through here),
-    // takes its floating IP or, with SNAT on, the gateway's address and a port.
-    let to_external = r.external == Some(hop.interface);
-    if !nat.session
-        && (to_external || nat.dnat)
-        && routing.interface_on(router, pkt.meta.network) != r.external
-    {
-        if let Err(reason) = outbound_nat(snap, pool, state, now, router, pkt, &nat, total_len) {
-            return Next::Drop(reason);
-        }
-    }
-    Ipv4Packet::new_unchecked(&mut pool.data_mut(pkt)[l3..]).decrement_ttl();
-    let target = if hop.gateway == 0 { dst } else { hop.gateway };
-    let resolution = match state.cache.neighbor {
-        Some((uid, ip, mac)) if uid == iface.network_uid && ip == target => Resolution {
-            mac: Some(mac),
-            request: false,
-        },
-        _ => {
-            let resolution = state.neighbors.resolve(iface.network_uid, target, now);
-            if let (Some(mac), false) = (resolution.mac, resolution.request) {
-                state.cache.neighbor = Some((iface.network_uid, target, mac));
-            }
-            resolution
-        }
-    };
-    if resolution.request {
-        request(pool, state, counters, &iface, router_mac, target);
-    }
-    match resolution.mac {
-        Some(mac) => send(snap, pool, macs, state, counters, pkt, &iface, mac),
-        None => {
-            // Remembered so that an ICMP host unreachable can name the router later.
-            pkt.meta.next = Next::Route(router);
-            match state.neighbors.wait(
-                iface.network_uid,
-                target,
-                *pkt,
-                hop.interface,
-                snap.generation(),
-                now,
-            ) {
-                Ok(()) => Next::Waiting,
-                Err(_) => Next::Drop(DropReason::NeighborQueueFull),
-            }
-        }
-    }
-}
-
 /// What destination NAT did to a packet.
 #[derive(Clone, Copy, Debug, Default)]
 struct Inbound {
@@ -556,341 +867,32 @@ struct Inbound {
     original: Option<nat::L4>,
 }
 
-/// Destination NAT of router `router` (which has an external gateway) on the packet.
-fn inbound_nat(
-    snap: &Snapshot,
-    pool: &mut FramePool,
-    state: &mut RouterState,
-    now: u32,
-    router: u16,
-    pkt: &Packet,
-    total_len: u16,
-) -> Inbound {
-    let routing = snap.routing();
-    let Some(zone) = routing.router(router).map(|r| r.uid.0) else {
-        return Inbound::default();
-    };
-    let l3 = usize::from(pkt.meta.l3_offset);
-    let ip = &mut pool.data_mut(pkt)[l3..];
-    let now = u64::from(now);
-    match nat::flow_key(ip, zone) {
-        Ok(l4) => {
-            let mut inbound = Inbound {
-                original: Some(l4),
-                ..Inbound::default()
-            };
-            if let Some((id, dir)) = state.conns.lookup(&l4.key, now) {
-                if let Some(to) = state.conns.session(id).rewrite(dir) {
-                    nat::rewrite(ip, &l4.key, &to);
-                }
-                state
-                    .conns
-                    .touch(id, dir, l4.flags, u32::from(total_len), now);
-                inbound.session = true;
-            } else if let Some(fixed) = routing.fixed_of(router, l4.key.dst) {
-                nat::rewrite(ip, &l4.key, &nat::to_dst(&l4.key, fixed));
-                inbound.dnat = true;
-            }
-            inbound
-        }
-        Err(_) => {
-            // No ports: a floating IP still translates its address 1:1.
-            let p = Ipv4Packet::new_unchecked(&ip[..]);
-            let (src, dst) = (u32::from(p.src_addr()), u32::from(p.dst_addr()));
-            let mut inbound = Inbound::default();
-            if let Some(fixed) = routing.fixed_of(router, dst) {
-                nat::rewrite_addresses(ip, src, fixed);
-                inbound.dnat = true;
-            }
-            inbound
-        }
-    }
-}
-
-/// Source NAT of router `router` on a packet leaving through its external gateway (or
-/// hairpinning): its floating IP if its source has one, else with SNAT on a new session
-/// from the gateway's address.
-#[allow(clippy::too_many_arguments)]
-fn outbound_nat(
-    snap: &Snapshot,
-    pool: &mut FramePool,
-    state: &mut RouterState,
-    now: u32,
-    router: u16,
-    pkt: &Packet,
-    inbound: &Inbound,
-    total_len: u16,
-) -> Result<(), DropReason> {
-    let routing = snap.routing();
-    let Some(r) = routing.router(router) else {
-        return Ok(());
-    };
-    let zone = r.uid.0;
-    let l3 = usize::from(pkt.meta.l3_offset);
-    let ip = &mut pool.data_mut(pkt)[l3..];
-    let p = Ipv4Packet::new_unchecked(&ip[..]);
-    let (src, dst) = (u32::from(p.src_addr()), u32::from(p.dst_addr()));
-    let current = nat::flow_key(ip, zone);
-    if let Some(floating) = routing.floating_of(router, src) {
-        match current {
-            Ok(l4) => nat::rewrite(ip, &l4.key, &nat::to_src(&l4.key, floating)),
-            Err(_) => nat::rewrite_addresses(ip, floating, dst),
-        }
-        return Ok(());
-    }
-    if !r.enable_snat {
-        return Ok(());
-    }
-    let (Ok(current), Some(original)) = (current, inbound.original) else {
-        return Err(DropReason::NatUnsupported);
-    };
-    let Some(external_ip) = r.external.and_then(|i| routing.interface(i)).map(|i| i.ip) else {
-        return Ok(());
-    };
-    let key = current.key;
-    let now = u64::from(now);
-    let Some(port) =
-        state
-            .conns
-            .alloc_snat(zone, key.proto, external_ip, key.dst, key.dport, key.sport)
-    else {
-        return Err(DropReason::NatPortsExhausted);
-    };
-    // The session is keyed by the packet as it arrived (before any DNAT), so that the
-    // next one of the flow finds it; replies come to the gateway's address and port.
-    let reply = FlowKey {
-        zone,
-        proto: key.proto,
-        src: key.dst,
-        dst: external_ip,
-        sport: if key.proto == IpProtocol::ICMP.0 {
-            port
-        } else {
-            key.dport
-        },
-        dport: port,
-    };
-    let owner = u32::from(pkt.in_port.0);
-    let id = match state.conns.insert(original.key, reply, owner, 0, now) {
-        Ok(id) => id,
-        Err(InsertError::QuotaExceeded) => return Err(DropReason::NatQuotaExceeded),
-        Err(InsertError::TableFull | InsertError::Exists) => return Err(DropReason::NatTableFull),
-    };
-    if let Some(to) = state.conns.session(id).rewrite(Dir::Original) {
-        nat::rewrite(ip, &key, &to);
-    }
-    state
-        .conns
-        .touch(id, Dir::Original, original.flags, u32::from(total_len), now);
-    Ok(())
-}
-
-/// Sends a routed packet (TTL already decremented) to `mac` through `iface`: in place when
-/// it fits the egress MTU, else as fragments made into new frames (the original is then
-/// consumed). Returns the packet's next step; fragments go to the local batch.
-#[allow(clippy::too_many_arguments)]
-fn send(
-    snap: &Snapshot,
-    pool: &mut FramePool,
-    macs: &MacTable,
-    state: &mut RouterState,
-    counters: &WorkerCounters,
-    pkt: &mut Packet,
-    iface: &Interface,
-    mac: u64,
-) -> Next {
-    let router_mac = snap
-        .routing()
-        .router(iface.router)
-        .map_or(0, |r| mac_to_u64(r.mac));
-    let l3 = usize::from(pkt.meta.l3_offset);
-    // The frame bounds the datagram (its total length was checked against it), so a
-    // frame that fits needs no second look at the header.
-    let fits = |len: usize| len <= usize::from(iface.mtu);
-    if fits(usize::from(pkt.len).saturating_sub(l3))
-        || fits(
-            pool.data(pkt)
-                .get(l3..)
-                .and_then(|b| Ipv4Packet::new_checked(b).ok())
-                .map_or(0, |ip| usize::from(ip.total_len())),
-        )
-    {
-        return rewrite(snap, pool, macs, pkt, iface, router_mac, mac);
-    }
-    let next = fragment(
-        snap, pool, macs, state, counters, pkt, iface, router_mac, mac,
-    );
-    if let Next::Drop(_) = next {
-        return next;
-    }
-    pool.free(pkt.frame);
-    counters.consumed.inc();
-    next
-}
-
-/// Splits a routed packet into fragments of `iface`'s MTU, each in a new frame addressed
-/// to `mac`, queued on the local batch.
-#[allow(clippy::too_many_arguments)]
-fn fragment(
-    snap: &Snapshot,
-    pool: &mut FramePool,
-    macs: &MacTable,
-    state: &mut RouterState,
-    counters: &WorkerCounters,
-    pkt: &Packet,
-    iface: &Interface,
-    router_mac: u64,
-    mac: u64,
-) -> Next {
-    const ETH: usize = EthernetFrame::<&[u8]>::HEADER_LEN;
-    let l3 = usize::from(pkt.meta.l3_offset);
-    let data = pool.data(pkt);
-    let Some(datagram) = data.get(l3..) else {
-        return Next::Drop(DropReason::BadIpv4Header);
-    };
-    let pieces = match frag::fragment_count(datagram, iface.mtu) {
-        Ok(n) => n,
-        Err(FragError::DontFragment) => return Next::Drop(DropReason::MtuExceeded),
-        Err(_) => return Next::Drop(DropReason::BadIpv4Header),
-    };
-    // All fragments or none: a datagram missing one is worthless to the receiver.
-    if pieces > state.local.remaining() || pieces > pool.available() {
-        return Next::Drop(DropReason::NoBuffers);
-    }
-    let mut frame = [0u8; 2048];
-    let mut made = [Packet::default(); MAX_BURST];
-    let mut n = 0;
-    // The datagram stays in its frame while its fragments are made: copy it out first so
-    // that the pool can hand out new frames.
-    let mut copy = [0u8; 2048];
-    let len = datagram.len().min(copy.len());
-    copy[..len].copy_from_slice(&datagram[..len]);
-    let result = frag::fragment(&copy[..len], iface.mtu, |piece| {
-        let Some(written) = piece.write_to(&mut frame[ETH..]) else {
-            return false;
-        };
-        let mut eth = EthernetFrame::new_unchecked(&mut frame[..ETH]);
-        eth.set_dst_addr(EthernetAddress::from_u64(mac));
-        eth.set_src_addr(EthernetAddress::from_u64(router_mac));
-        eth.set_ethertype(EtherType::IPV4);
-        let Some((id, offset)) = pool.alloc_with(&frame[..ETH + written]) else {
-            return false;
-        };
-        made[n] = originated(
-            id,
-            offset,
-            ETH + written,
-            pkt.meta.network,
-            EtherType::IPV4,
-            Next::Flood,
-        );
-        n += 1;
-        true
-    });
-    if result.is_err() {
-        for p in &made[..n] {
-            pool.free(p.frame);
-        }
-        return Next::Drop(DropReason::NoBuffers);
-    }
-    for p in &mut made[..n] {
-        p.meta.next = rewrite(snap, pool, macs, p, iface, router_mac, mac);
-        counters.originated.inc();
-        let _ = state.local.push(*p);
-    }
-    counters.fragments.add(n as u64);
-    Next::Consumed
-}
-
 /// Points a routed packet at `mac` through `iface` and picks its port as the L2 stage
 /// would on the egress network.
 #[inline]
 fn rewrite(
-    snap: &Snapshot,
-    pool: &mut FramePool,
-    macs: &MacTable,
+    cx: &mut BurstCtx<'_>,
     pkt: &mut Packet,
     iface: &Interface,
     router_mac: u64,
     mac: u64,
 ) -> Next {
-    let mut eth = EthernetFrame::new_unchecked(pool.data_mut(pkt));
+    let snap = cx.snap;
+    let mut eth = EthernetFrame::new_unchecked(cx.pool.data_mut(pkt));
     eth.set_dst_addr(EthernetAddress::from_u64(mac));
     eth.set_src_addr(EthernetAddress::from_u64(router_mac));
     let slot = iface.network;
     pkt.meta.network = slot;
     pkt.meta.flags |= Meta::ROUTED;
     let port = snap.static_mac(slot, mac).or_else(|| {
-        macs.lookup(slot, iface.network_uid, mac)
+        cx.macs
+            .lookup(slot, iface.network_uid, mac)
             .filter(|&p| snap.port_serves(p, slot))
     });
     match port {
         Some(p) => Next::Output(p),
         None => Next::Flood,
     }
-}
-
-/// Sends an ICMP error about `offending` back where it came from: out of its input port,
-/// to the MAC it came from (the sender, or the router before this one), from router
-/// `router`'s address on that network. Rate limited in all and per offending source;
-/// never about packets RFC 1812 exempts (see [`icmp_error::build`]).
-#[allow(clippy::too_many_arguments)]
-fn icmp_error(
-    snap: &Snapshot,
-    pool: &mut FramePool,
-    state: &mut RouterState,
-    counters: &WorkerCounters,
-    offending: &Packet,
-    router: u16,
-    kind: IcmpErrorKind,
-    now_ns: u64,
-) {
-    if state.local.is_full() {
-        return;
-    }
-    let routing = snap.routing();
-    let slot = offending.meta.network;
-    let (Some(r), Some(iface)) = (
-        routing.router(router),
-        routing
-            .interface_on(router, slot)
-            .and_then(|i| routing.interface(i)),
-    ) else {
-        return;
-    };
-    let data = pool.data(offending);
-    let l3 = usize::from(offending.meta.l3_offset);
-    let (Some(ip), Ok(eth)) = (data.get(l3..), EthernetFrame::new_checked(data)) else {
-        return;
-    };
-    let source = Ipv4Packet::new_checked(ip).map_or(0, |p| u32::from(p.src_addr()));
-    if !state.icmp_per_source.allow(source, now_ns) || !state.icmp_budget.allow(now_ns) {
-        counters.icmp_rate_limited.inc();
-        return;
-    }
-    let mut frame = [0u8; EthernetFrame::<&[u8]>::HEADER_LEN + icmp_error::MAX_ERROR_LEN];
-    state.ident = state.ident.wrapping_add(1);
-    let built = icmp_error::build_frame(
-        kind,
-        Ipv4Addr::from(iface.ip),
-        state.ident,
-        ip,
-        eth.src_addr(),
-        EthernetAddress(r.mac),
-        &mut frame,
-    );
-    let Ok(len) = built else {
-        return;
-    };
-    let Some((id, offset)) = pool.alloc_with(&frame[..len]) else {
-        return;
-    };
-    counters.originated.inc();
-    counters.icmp_errors.inc();
-    let next = Next::Output(offending.in_port);
-    let _ = state
-        .local
-        .push(originated(id, offset, len, slot, EtherType::IPV4, next));
 }
 
 /// Answers an ICMP echo request to a router address in place; anything else addressed to
@@ -937,50 +939,4 @@ fn echo_reply(pool: &mut FramePool, pkt: &mut Packet, router_mac: u64) -> Next {
     eth.set_dst_addr(peer);
     eth.set_src_addr(EthernetAddress::from_u64(router_mac));
     Next::Output(pkt.in_port)
-}
-
-/// Broadcasts an ARP request for `target` out of `iface`, from the router.
-fn request(
-    pool: &mut FramePool,
-    state: &mut RouterState,
-    counters: &WorkerCounters,
-    iface: &Interface,
-    router_mac: u64,
-    target: u32,
-) {
-    if state.local.is_full() {
-        return;
-    }
-    let mut frame = [0u8; ARP_FRAME_LEN];
-    {
-        let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
-        eth.set_dst_addr(EthernetAddress::BROADCAST);
-        eth.set_src_addr(EthernetAddress::from_u64(router_mac));
-        eth.set_ethertype(EtherType::ARP);
-    }
-    let repr = crate::wire::ArpRepr {
-        operation: ArpOperation::REQUEST,
-        sender_hardware_addr: EthernetAddress(mac_from_u64(router_mac)),
-        sender_protocol_addr: Ipv4Addr::from(iface.ip),
-        target_hardware_addr: EthernetAddress([0; 6]),
-        target_protocol_addr: Ipv4Addr::from(target),
-    };
-    repr.emit(&mut ArpPacket::new_unchecked(
-        &mut frame[EthernetFrame::<&[u8]>::HEADER_LEN..],
-    ));
-    let Some((id, offset)) = pool.alloc_with(&frame) else {
-        return;
-    };
-    counters.originated.inc();
-    let mut pkt = originated(
-        id,
-        offset,
-        ARP_FRAME_LEN,
-        iface.network,
-        EtherType::ARP,
-        Next::Flood,
-    );
-    // Broadcast, like any ARP request.
-    pkt.meta.flags |= Meta::MULTICAST;
-    let _ = state.local.push(pkt);
 }

@@ -1,0 +1,114 @@
+//! The table the worker walks for every burst: the built-in stages in order, with static
+//! dispatch (each `step!` below is a direct, inlinable call), and the stages added at run
+//! time, after classification, through dynamic dispatch.
+
+use super::{tsc, BurstCtx, BurstStage, Pending, Stage, StageSet};
+use crate::classify::Classify;
+use crate::counters::WorkerCounters;
+use crate::l2::L2;
+use crate::l3::RouterState;
+use crate::output::Output;
+use crate::packet::Packet;
+use crate::port_security::PortSecurityStage;
+use crate::slowpath::SlowPath;
+
+/// The stages of one worker, each with its per-worker state. See the module documentation
+/// of [`crate::pipeline`].
+pub struct StageTable {
+    classify: Classify,
+    port_security: PortSecurityStage,
+    /// Stages added at run time; they run after classification.
+    extensions: Vec<Box<dyn BurstStage + Send>>,
+    l2: L2,
+    /// The slow path's rings and per-port budgets.
+    pub(crate) slow_path: SlowPath,
+    /// The routers' neighbours, sessions and frames of their own.
+    pub(crate) l3: RouterState,
+    output: Output,
+}
+
+impl std::fmt::Debug for StageTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StageTable")
+            .field("extensions", &self.extensions.len())
+            .field("slow_path", &self.slow_path)
+            .field("l3", &self.l3)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StageTable {
+    /// The built-in stages, the router with its state in `l3`, the slow path disconnected.
+    pub fn new(l3: RouterState) -> Self {
+        StageTable {
+            classify: Classify,
+            port_security: PortSecurityStage,
+            extensions: Vec::new(),
+            l2: L2,
+            slow_path: SlowPath::disconnected(),
+            l3,
+            output: Output,
+        }
+    }
+
+    /// Adds a stage that runs after classification (and after the stages added before it),
+    /// for the ports whose stage set has [`Stage::Extension`].
+    pub fn add(&mut self, stage: Box<dyn BurstStage + Send>) {
+        self.extensions.push(stage);
+    }
+
+    /// Runs one burst from `cx.in_port` through every stage the snapshot enables for that
+    /// port and that has packets pending, then lets the stages that ran send what they
+    /// made. Each stage's calls, packets and cycles are counted.
+    #[inline]
+    pub fn run(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) {
+        let enabled = cx.snap.port_stages(cx.in_port);
+        let mut pending = Pending::CLASSIFY;
+        let mut ran = StageSet::EMPTY;
+        let mut t = tsc::now();
+        macro_rules! step {
+            ($stage:expr) => {{
+                let stage = &mut $stage;
+                let id = stage.id();
+                if enabled.contains(id) && pending.intersects(stage.wants()) {
+                    let outcome = stage.process(cx, pkts);
+                    pending |= outcome.produced;
+                    ran = ran.with(id);
+                    let then = tsc::now();
+                    account(cx.counters, id, outcome.packets, then.wrapping_sub(t));
+                    t = then;
+                }
+            }};
+        }
+        step!(self.classify);
+        step!(self.port_security);
+        if !self.extensions.is_empty() {
+            for ext in self.extensions.iter_mut() {
+                step!(**ext);
+            }
+        }
+        step!(self.l2);
+        step!(self.slow_path);
+        step!(self.l3);
+        step!(self.output);
+        if ran.contains(Stage::Extension) {
+            for ext in self.extensions.iter_mut() {
+                ext.finish(cx);
+            }
+        }
+        if ran.contains(Stage::L3) {
+            self.l3.finish(cx);
+            // What the router sent after the burst is the router's time.
+            cx.counters.stage_cycles[Stage::L3 as usize].add(tsc::now().wrapping_sub(t));
+        }
+    }
+}
+
+/// Counts one call of `stage` over `packets` packets that took `cycles`.
+#[inline(always)]
+fn account(counters: &WorkerCounters, stage: Stage, packets: u32, cycles: u64) {
+    let i = stage as usize;
+    counters.stage_calls[i].inc();
+    counters.stage_packets[i].add(u64::from(packets));
+    counters.stage_cycles[i].add(cycles);
+}
