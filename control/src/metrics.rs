@@ -189,6 +189,7 @@ impl MetricsSource {
             mac_table_full: sum(&|w| w.mac_table_full.get()),
             mac_port_limit: sum(&|w| w.mac_port_limit.get()),
             mac_move_refused: sum(&|w| w.mac_move_refused.get()),
+            checksums_completed: sum(&|w| w.checksums_completed.get()),
             mac_aged: sum(&|w| w.macs_aged.get()),
             router: [
                 sum(&|w| w.sessions.get()),
@@ -238,6 +239,7 @@ struct Scrape {
     mac_table_full: u64,
     mac_port_limit: u64,
     mac_move_refused: u64,
+    checksums_completed: u64,
     mac_aged: u64,
     /// In [`ROUTER_FAMILIES`] order.
     router: [u64; 7],
@@ -474,6 +476,12 @@ impl Collector for Scrape {
             "pollux_mac_move_refused",
             "MACs of hosts behind an uplink that a VM port sent from and did not take over.",
             self.mac_move_refused,
+        )?;
+        counter(
+            &mut e,
+            "pollux_checksums_completed",
+            "TCP/UDP checksums completed for kernel senders that left them partial (checksum offload).",
+            self.checksums_completed,
         )?;
         counter(
             &mut e,

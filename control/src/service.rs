@@ -337,6 +337,7 @@ fn stats_get(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
         "mac_table_full": c.mac_table_full.get(),
         "mac_port_limit": c.mac_port_limit.get(),
         "mac_move_refused": c.mac_move_refused.get(),
+        "checksums_completed": c.checksums_completed.get(),
         "generation": c.generation.get(),
     });
     let drops: Map<String, Value> = c

@@ -158,6 +158,8 @@ pub struct WorkerCounters {
     pub mac_port_limit: Counter,
     /// MACs of hosts behind an uplink that a VM port sent from and did not take over.
     pub mac_move_refused: Counter,
+    /// TCP/UDP checksums completed for kernel senders that left them partial.
+    pub checksums_completed: Counter,
     /// Learned MAC addresses held now.
     pub macs: Gauge,
     /// ICMP errors the routers sent.
@@ -208,6 +210,7 @@ impl WorkerCounters {
             mac_table_full: Counter::default(),
             mac_port_limit: Counter::default(),
             mac_move_refused: Counter::default(),
+            checksums_completed: Counter::default(),
             macs: Gauge::default(),
             icmp_errors: Counter::default(),
             icmp_rate_limited: Counter::default(),

@@ -19,6 +19,7 @@ use core::net::Ipv4Addr;
 
 use crate::buf::FramePool;
 use crate::packet::{Next, Packet};
+use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::wire::checksum;
 use crate::wire::{EtherType, IpProtocol, Ipv4Packet};
 
@@ -70,6 +71,36 @@ pub fn complete_partial_checksum(frame: &mut [u8], l3: usize) -> bool {
 #[inline]
 fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, length: u16) -> u16 {
     checksum::pseudo_header_v4(src, dst, protocol, length)
+}
+
+/// The stage: enabled by the control plane for ports on kernel interfaces (AF_XDP),
+/// where local senders leave checksums partial; it runs before port security and L2, so
+/// every later stage, the slow path and the receivers see complete checksums.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ChecksumOffload;
+
+impl BurstStage for ChecksumOffload {
+    #[inline(always)]
+    fn id(&self) -> Stage {
+        Stage::ChecksumOffload
+    }
+
+    #[inline(always)]
+    fn wants(&self) -> Pending {
+        Pending::L2
+    }
+
+    #[inline]
+    fn process(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
+        let completed = complete_burst(cx.pool, pkts);
+        if completed > 0 {
+            cx.counters.checksums_completed.add(completed);
+        }
+        Outcome {
+            packets: pkts.len() as u32,
+            produced: Pending::L2,
+        }
+    }
 }
 
 /// Completes partial checksums in every IPv4 packet of a burst whose next step is L2;

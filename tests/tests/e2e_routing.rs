@@ -80,8 +80,7 @@ fn lab(internet: bool) -> Topology {
         )
         .unwrap();
         let ns = topo.ns(vm.role).unwrap();
-        // AF_XDP carries no checksum-offload state (see scripts/demo.sh).
-        ns.exec_ok("ethtool", &["-K", "eth0", "tx", "off"]).unwrap();
+        // Default offloads: polluxd completes the checksums the veth leaves partial.
         ns.ip(&["link", "set", "eth0", "mtu", vm.mtu]).unwrap();
         topo.addr(vm.role, "eth0", vm.cidr).unwrap();
         topo.route(vm.role, "default", vm.gateway).unwrap();
@@ -91,8 +90,6 @@ fn lab(internet: bool) -> Topology {
         topo.ns("internet").unwrap().disable_ipv6().unwrap();
         let switch_if = topo.prefix().ifname("ext").unwrap();
         topo.veth("host", &switch_if, "internet", "eth0").unwrap();
-        let ns = topo.ns("internet").unwrap();
-        ns.exec_ok("ethtool", &["-K", "eth0", "tx", "off"]).unwrap();
         topo.addr("internet", "eth0", &format!("{INTERNET}/24"))
             .unwrap();
     }

@@ -11,6 +11,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use pollux_dataplane::buf::{DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM};
+use pollux_dataplane::pipeline::Stage;
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::port_security::{Ipv4Source, PortSecurity};
 use pollux_dataplane::routing::{InterfaceSpec, RouteSpec, RouterSpec, RouterUid};
@@ -289,6 +290,9 @@ pub fn compile(
         let key = format!("uplink:{}", uplink.name);
         let id = ids.assign_port(&key, &mut taken)?;
         b.uplink(id, physnet);
+        if kernel_interface(&uplink.binding) {
+            b.enable_stage(id, Stage::ChecksumOffload);
+        }
         plans.push(PortPlan {
             id,
             key,
@@ -353,6 +357,9 @@ pub fn compile(
             if port.port_security_enabled {
                 b.port_security(id, port_security(port, &macs));
             }
+            if kernel_interface(&port.binding) {
+                b.enable_stage(id, Stage::ChecksumOffload);
+            }
         }
         plans.push(PortPlan {
             id,
@@ -392,6 +399,12 @@ pub fn compile(
         ports: plans,
         identities: ids,
     })
+}
+
+/// Whether frames of this binding come from a kernel interface whose local senders may
+/// leave TCP/UDP checksums to an offload that AF_XDP does not carry.
+fn kernel_interface(binding: &Binding) -> bool {
+    matches!(binding, Binding::Afxdp { .. })
 }
 
 /// The anti-spoofing policy of a port with port security: its MACs, its fixed IPs from

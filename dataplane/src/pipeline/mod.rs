@@ -89,6 +89,7 @@ stages! {
     SlowPath => "slow_path", "Frames for the slow path (DHCP) and ARP for its addresses.";
     Extension => "extension", "A stage added at run time (Worker::add_stage), not built in.";
     PortSecurity => "port_security", "Anti-spoofing of VM ports with port security (source MAC, addresses, ARP; no DHCP server or router advertisement from a VM).";
+    ChecksumOffload => "checksum_offload", "Completes TCP/UDP checksums that a kernel sender with checksum offload left partial (AF_XDP ports).";
 }
 
 impl Stage {

@@ -7,6 +7,7 @@ use crate::classify::Classify;
 use crate::counters::WorkerCounters;
 use crate::l2::L2;
 use crate::l3::RouterState;
+use crate::offload::ChecksumOffload;
 use crate::output::Output;
 use crate::packet::Packet;
 use crate::port_security::PortSecurityStage;
@@ -16,6 +17,7 @@ use crate::slowpath::SlowPath;
 /// of [`crate::pipeline`].
 pub struct StageTable {
     classify: Classify,
+    checksum_offload: ChecksumOffload,
     port_security: PortSecurityStage,
     /// Stages added at run time; they run after classification.
     extensions: Vec<Box<dyn BurstStage + Send>>,
@@ -42,6 +44,7 @@ impl StageTable {
     pub fn new(l3: RouterState) -> Self {
         StageTable {
             classify: Classify,
+            checksum_offload: ChecksumOffload,
             port_security: PortSecurityStage,
             extensions: Vec::new(),
             l2: L2,
@@ -81,6 +84,7 @@ impl StageTable {
             }};
         }
         step!(self.classify);
+        step!(self.checksum_offload);
         step!(self.port_security);
         if !self.extensions.is_empty() {
             for ext in self.extensions.iter_mut() {
