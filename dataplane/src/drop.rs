@@ -68,6 +68,9 @@ drop_reasons! {
     DhcpServerFromVm => "dhcp_server_from_vm", "Port security: a DHCP or DHCPv6 server reply sent by a VM.";
     RouterAdvertisementFromVm => "router_advertisement_from_vm", "Port security: an ICMPv6 router advertisement or redirect sent by a VM.";
     EthertypeNotPermitted => "ethertype_not_permitted", "Port security: neither IPv4, ARP nor IPv6.";
+    ArpClaimsRouter => "arp_claims_router", "ARP from a host announcing a router's own address or a floating IP on that network (a gateway takeover).";
+    ArpClaimsDhcpServer => "arp_claims_dhcp_server", "ARP from a host announcing the DHCP server's address on that network.";
+    DhcpForeignClient => "dhcp_foreign_client", "A DHCP client message for a hardware address (chaddr) that is not the port's: another port's MAC, or not one of a port-security port's MACs.";
     BadIpv6Header => "bad_ipv6_header", "Malformed IPv6 header or extension header chain from a port with port security.";
     InternalError => "internal_error", "A broken internal invariant (a bug): e.g. a packet classified into a network or router its snapshot lacks, or one that left the pipeline unfinished.";
 }

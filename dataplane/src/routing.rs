@@ -412,6 +412,16 @@ impl Routing {
             .find(|&i| self.interfaces[usize::from(i)].router == router)
     }
 
+    /// Whether `ip` lies in the connected subnet of some router interface on network
+    /// `slot`: a neighbour the routers may learn there.
+    #[inline]
+    pub fn on_connected_subnet(&self, slot: u16, ip: u32) -> bool {
+        self.on_network(slot).iter().any(|&i| {
+            let iface = &self.interfaces[usize::from(i)];
+            same_prefix(iface.ip, ip, iface.prefix_len)
+        })
+    }
+
     /// The interface on network `slot` that owns address `ip` (host byte order).
     #[inline]
     pub fn owner_of(&self, slot: u16, ip: u32) -> Option<u16> {

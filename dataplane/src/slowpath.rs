@@ -29,7 +29,7 @@ use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::PortId;
 use crate::ratelimit::{BucketConfig, TokenBucket};
 use crate::ring::{self, Consumer, Producer};
-use crate::snapshot::{mac_from_u64, NetworkEntry, NetworkUid, Snapshot};
+use crate::snapshot::{mac_from_u64, mac_to_u64, NetworkEntry, NetworkUid, Snapshot};
 use crate::wire::{
     ArpOperation, ArpPacket, EtherType, EthernetAddress, EthernetFrame, IpProtocol, Ipv4Packet,
     UdpPacket,
@@ -209,13 +209,21 @@ impl SlowPath {
         };
         let l3 = usize::from(pkt.meta.l3_offset);
         if pkt.meta.ethertype == EtherType::IPV4.0 {
-            if is_dhcp_to_server(cx.pool.data(pkt).get(l3..).unwrap_or_default()) {
+            let ip = cx.pool.data(pkt).get(l3..).unwrap_or_default();
+            if is_dhcp_to_server(ip) {
+                if !client_belongs_to_port(snap, slot, pkt.in_port, ip) {
+                    return Next::Drop(DropReason::DhcpForeignClient);
+                }
                 return self.punt(cx, pkt, net.uid);
             }
         } else if pkt.meta.ethertype == EtherType::ARP.0 {
             let data = cx.pool.data_mut(pkt);
             if let Some(arp) = data.get(l3..).and_then(|b| ArpPacket::new_checked(b).ok()) {
                 let asked = u32::from(arp.target_protocol_addr());
+                let sender = u32::from(arp.sender_protocol_addr());
+                if arp.is_ethernet_ipv4() && snap.dhcp_addresses(slot).contains(&sender) {
+                    return Next::Drop(DropReason::ArpClaimsDhcpServer);
+                }
                 if arp.is_ethernet_ipv4()
                     && arp.operation() == ArpOperation::REQUEST
                     && snap.dhcp_addresses(slot).contains(&asked)
@@ -303,6 +311,36 @@ fn not_for_server(net: &NetworkEntry, pkt: &Packet) -> Next {
     } else {
         Next::Flood
     }
+}
+
+/// Whether the client hardware address (`chaddr`) of the DHCP message in `l3` may be asked
+/// for from `port`: never another port's MAC (the server would hand that port's address and
+/// options to whoever asks), and on a port with port security only one of its own MACs
+/// (else one VM could drain a pool that serves unknown MACs). A message too short to carry
+/// one is left to the server, which drops it.
+fn client_belongs_to_port(snap: &Snapshot, slot: u16, port: PortId, l3: &[u8]) -> bool {
+    let Some(chaddr) = dhcp_chaddr(l3) else {
+        return true;
+    };
+    if snap
+        .static_mac(slot, chaddr)
+        .is_some_and(|owner| owner != port)
+    {
+        return false;
+    }
+    snap.port_security(port)
+        .is_none_or(|policy| policy.macs().contains(&chaddr))
+}
+
+/// The `chaddr` of the DHCP message in the IPv4/UDP packet `l3`, packed, when the
+/// message is long enough to hold it.
+fn dhcp_chaddr(l3: &[u8]) -> Option<u64> {
+    let ip = Ipv4Packet::new_checked(l3).ok()?;
+    let udp = UdpPacket::new_checked(ip.payload()).ok()?;
+    // BOOTP: op, htype, hlen, hops, xid (4), secs, flags, ciaddr, yiaddr, siaddr, giaddr,
+    // then chaddr at offset 28 (RFC 2131 §2).
+    let mac = udp.payload().get(28..34)?;
+    Some(mac_to_u64([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]]))
 }
 
 /// Whether `l3` starts an IPv4 packet to UDP port 67, unfragmented (a fragment of a DHCP

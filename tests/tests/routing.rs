@@ -551,3 +551,31 @@ fn a_new_generation_without_the_router_stops_routing() {
     assert_eq!(out.keys().copied().collect::<Vec<_>>(), vec![VM3]);
     sw.assert_conserved();
 }
+
+#[test]
+fn a_gratuitous_arp_for_the_gateway_goes_nowhere_and_teaches_nothing() {
+    let mut sw = switch();
+    // VM1 (no port security in this configuration) announces the gateway's address.
+    let garp = arp(1, BROADCAST, VM1_MAC, GW_A, [0; 6], GW_A);
+    assert!(sw.exchange(VM1, &garp).is_empty(), "not flooded to VM3");
+    let reply = arp(2, BROADCAST, VM1_MAC, GW_A, BROADCAST, GW_A);
+    assert!(sw.exchange(VM1, &reply).is_empty());
+    assert_eq!(sw.counters().dropped(DropReason::ArpClaimsRouter), 2);
+    assert_eq!(sw.worker.router().neighbors().len(), 0);
+    sw.assert_conserved();
+}
+
+#[test]
+fn arp_from_outside_every_connected_subnet_creates_no_neighbour() {
+    let mut sw = switch();
+    // A request for the gateway from an address outside 198.18.1.0/24 is answered (as
+    // Linux does) but teaches the router nothing.
+    let request = arp(1, BROADCAST, VM1_MAC, [198, 19, 7, 7], [0; 6], GW_A);
+    only(&sw.exchange(VM1, &request), VM1);
+    assert_eq!(sw.worker.router().neighbors().len(), 0);
+    // From inside it, it does.
+    let request = arp(1, BROADCAST, VM1_MAC, VM1_IP, [0; 6], GW_A);
+    only(&sw.exchange(VM1, &request), VM1);
+    assert_eq!(sw.worker.router().neighbors().len(), 1);
+    sw.assert_conserved();
+}

@@ -9,7 +9,7 @@ use pollux_dataplane::ratelimit::BucketConfig;
 use pollux_dataplane::routing::{InterfaceSpec, RouterSpec, RouterUid};
 use pollux_dataplane::slowpath::{RingHeader, SlowPathConfig, SlowPathEnds, RING_HEADER_LEN};
 use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
-use pollux_tests::frames::{arp, icmp_echo, ipv4, udp, vid_of, BROADCAST};
+use pollux_tests::frames::{arp, icmp_echo, ipv4, mac, udp, vid_of, BROADCAST};
 use pollux_tests::harness::MemSwitch;
 
 const NET: NetworkUid = NetworkUid(10);
@@ -368,5 +368,28 @@ fn fragmented_dhcp_is_not_punted() {
         vec![VM2]
     );
     assert!(punted(&mut ends).is_empty());
+    sw.assert_conserved();
+}
+
+#[test]
+fn a_client_asking_for_another_ports_mac_is_refused() {
+    let (mut sw, mut ends) = switch(None, 64);
+    // VM1 sends a DISCOVER whose chaddr is VM2's MAC: the server would answer with VM2's
+    // address and options.
+    let l4 = udp([0; 4], [255; 4], 68, 67, &discover_payload(VM2_MAC, 1));
+    let forged = ipv4(BROADCAST, VM1_MAC, None, [0; 4], [255; 4], 64, 17, &l4);
+    assert!(sw.exchange(VM1, &forged).is_empty());
+    assert_eq!(drops(&sw, DropReason::DhcpForeignClient), 1);
+    // Nor VM2 for VM1's.
+    let l4 = udp([0; 4], [255; 4], 68, 67, &discover_payload(VM1_MAC, 2));
+    let forged = ipv4(BROADCAST, VM2_MAC, None, [0; 4], [255; 4], 64, 17, &l4);
+    assert!(sw.exchange(VM2, &forged).is_empty());
+    assert!(punted(&mut ends).is_empty());
+    // A MAC no port has (a host behind a bridging VM) is the server's to judge.
+    let l4 = udp([0; 4], [255; 4], 68, 67, &discover_payload(mac(0x42), 3));
+    let unknown = ipv4(BROADCAST, VM1_MAC, None, [0; 4], [255; 4], 64, 17, &l4);
+    sw.exchange(VM1, &unknown);
+    assert_eq!(punted(&mut ends).len(), 1);
+    assert_eq!(drops(&sw, DropReason::DhcpForeignClient), 2);
     sw.assert_conserved();
 }

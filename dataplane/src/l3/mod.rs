@@ -336,9 +336,19 @@ impl RouterState {
             .map(|i| i.router)
             .or_else(|| routing.floating_owner(slot, target_ip))
             .and_then(|r| routing.router(r));
+        // Someone else announcing a router's own address (or a floating IP) on its network
+        // is taking over the gateway: it goes nowhere, and teaches nothing.
+        if routing.owner_of(slot, sender_ip).is_some()
+            || routing.floating_owner(slot, sender_ip).is_some()
+        {
+            return Next::Drop(DropReason::ArpClaimsRouter);
+        }
         // RFC 826: update the sender's entry if we have one; create it when the packet is for
-        // us. A sender claiming a group MAC or no address teaches nothing.
-        if sender_mac.is_unicast() && sender_ip != 0 {
+        // us. A sender claiming a group MAC or no address teaches nothing, and neither does
+        // one outside every connected subnet of the network (it could only be a VM filling
+        // the table with addresses of its choosing).
+        if sender_mac.is_unicast() && sender_ip != 0 && routing.on_connected_subnet(slot, sender_ip)
+        {
             let mac = sender_mac.as_u64();
             if self
                 .neighbors
