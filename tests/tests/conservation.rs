@@ -1,7 +1,9 @@
 //! Property tests: whatever bytes arrive on whatever port, the worker never panics, every
 //! frame is accounted for exactly once, and no frame leaks from the pool.
 
+use pollux_dataplane::pipeline::Stage;
 use pollux_dataplane::port::PortId;
+use pollux_dataplane::port_security::{Ipv4Source, PortSecurity};
 use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
 use pollux_tests::frames::{frame, mac, BROADCAST};
 use pollux_tests::harness::MemSwitch;
@@ -24,9 +26,47 @@ fn topology() -> SnapshotBuilder {
     .uplink(PortId(0), phys)
     .access_port(PortId(1), NetworkUid(1), &[mac(1)])
     .access_port(PortId(2), NetworkUid(1), &[mac(2)])
-    .access_port(PortId(3), NetworkUid(2), &[mac(3)]);
+    .access_port(PortId(3), NetworkUid(2), &[mac(3)])
+    // Port 2 has port security, port 1 the checksum-offload stage (as AF_XDP ports do).
+    .port_security(
+        PortId(2),
+        PortSecurity::new(
+            &[mac(2)],
+            &[Ipv4Source::new(mac(2), [198, 18, 1, 2].into(), 32)],
+        ),
+    )
+    .enable_stage(PortId(1), Stage::ChecksumOffload);
     // Port 4 is attached but not configured.
     b
+}
+
+/// Frames with an IPv4, ARP or IPv6 EtherType and a header that is plausible or random,
+/// for the stages that read past Ethernet (port security, checksum offload).
+fn l3_frame() -> impl Strategy<Value = Vec<u8>> {
+    let ethertype = prop_oneof![Just(0x0800u16), Just(0x0806), Just(0x86dd)];
+    let src = prop_oneof![Just(mac(1)), Just(mac(2)), Just(mac(3)), any::<[u8; 6]>()];
+    (
+        src,
+        ethertype,
+        any::<bool>(),
+        proptest::collection::vec(any::<u8>(), 0..200),
+    )
+        .prop_map(|(src, ethertype, plausible, mut l3)| {
+            if plausible && l3.len() >= 20 && ethertype == 0x0800 {
+                // Version 4, IHL 5, the length it has, UDP or TCP from 198.18.1.2.
+                let total = l3.len() as u16;
+                l3[0] = 0x45;
+                l3[2..4].copy_from_slice(&total.to_be_bytes());
+                l3[6] &= 0x40;
+                l3[9] = if l3[9] & 1 == 0 { 17 } else { 6 };
+                l3[12..16].copy_from_slice(&[198, 18, 1, 2]);
+            }
+            let mut f = BROADCAST.to_vec();
+            f.extend_from_slice(&src);
+            f.extend_from_slice(&ethertype.to_be_bytes());
+            f.extend_from_slice(&l3);
+            f
+        })
 }
 
 /// Frames that exercise the parser's branches: random bytes, well-formed frames to
@@ -56,6 +96,7 @@ fn any_frame() -> impl Strategy<Value = Vec<u8>> {
     });
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..80),
+        l3_frame(),
         structured.clone(),
         (structured.clone(), 0usize..20).prop_map(|(f, n)| f[..n.min(f.len())].to_vec()),
         (structured, 1700usize..2100).prop_map(|(mut f, n)| {
