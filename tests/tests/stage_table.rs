@@ -48,8 +48,7 @@ impl BurstStage for OddFilter {
             let l3 = usize::from(pkt.meta.l3_offset);
             let odd = cx.pool.data(pkt).get(l3 + 3).is_some_and(|b| b & 1 == 1);
             if odd {
-                pkt.meta.next = Next::Drop(DropReason::NotRoutable);
-                pkt.meta.stage = Stage::Extension;
+                pkt.meta.next = Next::Drop(DropReason::NotRoutable, Stage::Extension);
                 outcome.produced |= Pending::DONE;
             }
         }
