@@ -865,7 +865,7 @@ struct Inbound {
 
 /// Points a routed packet at `mac` through `iface` and picks its port as the L2 stage
 /// would on the egress network.
-#[inline]
+#[inline(always)]
 fn rewrite(
     cx: &mut BurstCtx<'_>,
     pkt: &mut Packet,
