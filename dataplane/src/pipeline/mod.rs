@@ -37,6 +37,7 @@
 //! [`Stage::Extension`], through dynamic dispatch.
 
 mod table;
+pub mod trace;
 pub mod tsc;
 
 pub use table::StageTable;
