@@ -17,6 +17,7 @@ pub mod dhcp;
 pub mod diff;
 pub mod engine;
 pub mod inspect_stages;
+pub mod inspect_trace;
 pub mod log;
 pub mod metrics;
 pub mod model;

@@ -19,6 +19,7 @@ use crate::engine::{
     kind_name, port_label, state_from_json, ApplyError, ApplyOptions, ApplyOutcome, Engine,
 };
 use crate::inspect_stages;
+use crate::inspect_trace;
 use crate::model::{Binding, NetworkType};
 use crate::routes::routes;
 use crate::rpc::{Handler, MethodInfo, RpcError};
@@ -107,6 +108,9 @@ const METHODS: &[(&str, &str)] = &[
     ("version.get", "{} -> {generation, name, version}"),
     ("drops.list", inspect_stages::DROPS_LIST_USAGE),
     ("runtime.get", inspect_stages::RUNTIME_GET_USAGE),
+    ("trace.start", inspect_trace::TRACE_START_USAGE),
+    ("trace.show", inspect_trace::TRACE_SHOW_USAGE),
+    ("trace.stop", inspect_trace::TRACE_STOP_USAGE),
 ];
 
 /// The method handler of `polluxd`: the engine behind the socket.
@@ -160,6 +164,9 @@ impl Handler for Service {
             "leases.list" => leases_list(e, params),
             "drops.list" => inspect_stages::drops_list(e, params),
             "runtime.get" => inspect_stages::runtime_get(e, params),
+            "trace.start" => inspect_trace::trace_start(e, params),
+            "trace.show" => inspect_trace::trace_show(e, params),
+            "trace.stop" => inspect_trace::trace_stop(e, params),
             "version.get" => {
                 parse::<NoParams>(params)?;
                 Ok(json!({ "name": "polluxd", "version": env!("CARGO_PKG_VERSION") }))
@@ -695,6 +702,8 @@ mod tests {
                 Just("router_id".to_string()),
                 Just("port".to_string()),
                 Just("per_port".to_string()),
+                Just("count".to_string()),
+                Just("match".to_string()),
                 Just("ports".to_string()),
                 "[a-z_]{1,8}",
             ];
