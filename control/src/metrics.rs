@@ -206,7 +206,7 @@ impl MetricsSource {
                 sum(&|w| w.inject_dropped.get()),
             ],
             dhcp: self.dhcp_fn.as_ref().map(|f| f()),
-            stage_metrics: crate::inspect_stages::StageMetrics::scrape(
+            stage_metrics: crate::stage_counters::StageMetrics::scrape(
                 self.workers.iter().map(|(_, w)| &**w),
             ),
         }
@@ -246,7 +246,7 @@ struct Scrape {
     /// In [`SLOW_PATH_FAMILIES`] order.
     slow_path: [u64; 3],
     dhcp: Option<ServiceStats>,
-    stage_metrics: crate::inspect_stages::StageMetrics,
+    stage_metrics: crate::stage_counters::StageMetrics,
 }
 
 /// The slow path's counter families: name and help.

@@ -44,7 +44,7 @@ const METHOD_NOT_FOUND: i64 = -32601;
 const INVALID_PARAMS: i64 = -32602;
 
 /// Every method the contract (README "Control socket") names.
-const CONTRACT_METHODS: [&str; 15] = [
+const CONTRACT_METHODS: [&str; 18] = [
     "config.apply",
     "config.get",
     "config.history",
@@ -60,6 +60,9 @@ const CONTRACT_METHODS: [&str; 15] = [
     "rpc.list",
     "drops.list",
     "runtime.get",
+    "trace.start",
+    "trace.show",
+    "trace.stop",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -765,6 +768,41 @@ fn every_method_over_the_real_socket() {
             assert!(r[key].is_u64(), "{key}: {runtime}");
         }
     }
+
+    // trace.start, trace.show, trace.stop (mem ports carry no traffic here: the trace
+    // waits; its recordings are tested in the pollux-tests stage_table suite)
+    let first_port = ports
+        .iter()
+        .find(|p| p["kind"] == "vm")
+        .and_then(|p| p["id"].as_str())
+        .unwrap()
+        .to_owned();
+    let shown = s.ok("trace.show", json!({}));
+    assert_eq!(shown["running"], false, "{shown}");
+    let started = s.ok("trace.start", json!({ "port": first_port, "count": 5 }));
+    assert_eq!(started["count"], 5, "{started}");
+    let shown = s.ok("trace.show", json!({}));
+    assert_eq!(shown["running"], true, "{shown}");
+    assert_eq!(shown["remaining"], 5, "{shown}");
+    assert_eq!(shown["packets"], json!([]), "{shown}");
+    s.err(
+        "trace.start",
+        json!({ "port": first_port, "match": "udp" }),
+        NOT_SUPPORTED,
+    );
+    s.err(
+        "trace.start",
+        json!({ "port": "no-such-port" }),
+        INVALID_PARAMS,
+    );
+    s.err(
+        "trace.start",
+        json!({ "port": first_port, "count": 0 }),
+        INVALID_PARAMS,
+    );
+    let stopped = s.ok("trace.stop", json!({}));
+    assert_eq!(stopped["stopped"], true, "{stopped}");
+    assert_eq!(s.ok("trace.stop", json!({}))["stopped"], false);
     assert!(stats["apply"]["total"].is_u64(), "{stats}");
     assert!(stats["apply"]["failures"].is_u64(), "{stats}");
 

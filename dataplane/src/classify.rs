@@ -54,8 +54,7 @@ pub fn classify(
             let mut bytes = 0;
             for pkt in pkts.iter_mut() {
                 pkt.in_port = in_port;
-                pkt.meta.next = Next::Drop(DropReason::PortNotConfigured);
-                pkt.meta.stage = Stage::Classify;
+                pkt.meta.next = Next::Drop(DropReason::PortNotConfigured, Stage::Classify);
                 bytes += u64::from(pkt.len);
             }
             bytes
@@ -91,11 +90,10 @@ fn classify_with(
     for pkt in pkts.iter_mut() {
         bytes += u64::from(pkt.len);
         pkt.in_port = in_port;
-        // `Meta::default()` names the classify stage as the decider.
         pkt.meta = match parse(frames.data(pkt)) {
             Ok(meta) => meta,
             Err(reason) => Meta {
-                next: Next::Drop(reason),
+                next: Next::Drop(reason, Stage::Classify),
                 ..Meta::default()
             },
         };
@@ -103,7 +101,7 @@ fn classify_with(
         match network_of(tci) {
             Ok(slot) if pkt.meta.next == Next::L2 => pkt.meta.network = slot,
             Ok(_) => {}
-            Err(reason) => pkt.meta.next = Next::Drop(reason),
+            Err(reason) => pkt.meta.next = Next::Drop(reason, Stage::Classify),
         }
     }
     bytes

@@ -315,17 +315,21 @@ pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
     let mut unicast = 0;
     let mut flooded = 0;
     // A burst is mostly runs of one flow: its egress tag is looked up once per run.
-    let mut last = (PortId(u16::MAX), u16::MAX, None);
+    // The key packs (port, network) into one word: one compare per packet.
+    let mut last_key = u32::MAX;
+    let mut last_vid = None;
     for pkt in pkts.iter_mut() {
         // Unicast first: it is most packets, and testing for it alone keeps the common
         // case off the dispatch over every other variant.
         if let Next::Output(out) = pkt.meta.next {
             unicast += 1;
             let network = pkt.meta.network;
-            if (out, network) != (last.0, last.1) {
-                last = (out, network, snap.egress_vid(out, network));
+            let key = u32::from(out.0) << 16 | u32::from(network);
+            if key != last_key {
+                last_key = key;
+                last_vid = snap.egress_vid(out, network);
             }
-            emit_tagged(pool, ports, counters, pkt, out, last.2);
+            emit_tagged(pool, ports, counters, pkt, out, last_vid);
             continue;
         }
         match pkt.meta.next {
@@ -338,12 +342,17 @@ pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
                 flooded += 1;
                 flood(snap, pool, ports, counters, pkt);
             }
-            Next::Drop(reason) => drop_packet(pool, counters, *pkt, pkt.meta.stage, reason),
+            Next::Drop(reason, stage) => drop_packet(pool, counters, *pkt, stage, reason),
             Next::Consumed | Next::Waiting => {}
             Next::Classify | Next::L2 | Next::Route(_) | Next::Arp | Next::Local => {
                 debug_assert!(false, "packet left the pipeline unfinished: {pkt:?}");
-                let stage = pkt.meta.stage;
-                drop_packet(pool, counters, *pkt, stage, DropReason::InternalError);
+                drop_packet(
+                    pool,
+                    counters,
+                    *pkt,
+                    Stage::Output,
+                    DropReason::InternalError,
+                );
             }
         }
     }

@@ -25,8 +25,9 @@ pub enum Next {
     /// A broadcast ARP on a network with router interfaces: answered if it asks for a
     /// router address, flooded otherwise.
     Arp,
-    /// Dropped, for this reason.
-    Drop(DropReason),
+    /// Dropped by this stage, for this reason. The stage travels in the same word as the
+    /// reason, so naming it costs nothing on the fast path.
+    Drop(DropReason, Stage),
     /// Taken by the worker (an ARP reply to a router, a frame copied to the slow path);
     /// its frame is already free.
     Consumed,
@@ -55,8 +56,6 @@ pub struct Meta {
     pub flags: u8,
     /// Offset of the L3 header from the start of the packet's data.
     pub l3_offset: u8,
-    /// The stage that last decided `next`: the one a drop is counted against.
-    pub stage: Stage,
 }
 
 impl Meta {

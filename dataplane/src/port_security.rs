@@ -314,8 +314,7 @@ pub fn check_burst(
         }
         match policy.check(data, pkt.meta.ethertype, l3, dhcp_servers) {
             Some(reason) => {
-                pkt.meta.next = Next::Drop(reason);
-                pkt.meta.stage = Stage::PortSecurity;
+                pkt.meta.next = Next::Drop(reason, Stage::PortSecurity);
                 refused += 1;
             }
             None => {
@@ -684,7 +683,7 @@ mod tests {
             let alone = p.check(f, ethertype, 14, &servers);
             assert_eq!(
                 pkt.meta.next,
-                alone.map_or(Next::L2, Next::Drop),
+                alone.map_or(Next::L2, |r| Next::Drop(r, Stage::PortSecurity)),
                 "{f:02x?}"
             );
         }

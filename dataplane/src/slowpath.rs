@@ -190,7 +190,6 @@ impl BurstStage for SlowPath {
             }
             entered += 1;
             pkt.meta.next = self.local(cx, pkt);
-            pkt.meta.stage = Stage::SlowPath;
             produced |= Pending::of(pkt.meta.next);
         }
         Outcome {
@@ -205,14 +204,14 @@ impl SlowPath {
         let snap = cx.snap;
         let slot = pkt.meta.network;
         let Some(net) = snap.network(slot) else {
-            return Next::Drop(DropReason::InternalError);
+            return Next::Drop(DropReason::InternalError, Stage::SlowPath);
         };
         let l3 = usize::from(pkt.meta.l3_offset);
         if pkt.meta.ethertype == EtherType::IPV4.0 {
             let ip = cx.pool.data(pkt).get(l3..).unwrap_or_default();
             if is_dhcp_to_server(ip) {
                 if !client_belongs_to_port(snap, slot, pkt.in_port, ip) {
-                    return Next::Drop(DropReason::DhcpForeignClient);
+                    return Next::Drop(DropReason::DhcpForeignClient, Stage::SlowPath);
                 }
                 return self.punt(cx, pkt, net.uid);
             }
@@ -222,7 +221,7 @@ impl SlowPath {
                 let asked = u32::from(arp.target_protocol_addr());
                 let sender = u32::from(arp.sender_protocol_addr());
                 if arp.is_ethernet_ipv4() && snap.dhcp_addresses(slot).contains(&sender) {
-                    return Next::Drop(DropReason::ArpClaimsDhcpServer);
+                    return Next::Drop(DropReason::ArpClaimsDhcpServer, Stage::SlowPath);
                 }
                 if arp.is_ethernet_ipv4()
                     && arp.operation() == ArpOperation::REQUEST
@@ -243,11 +242,11 @@ impl SlowPath {
             .budget(pkt.in_port, cx.snap.slow_path().dhcp_per_port)
             .allow(cx.now_ns)
         {
-            return Next::Drop(DropReason::DhcpRateLimited);
+            return Next::Drop(DropReason::DhcpRateLimited, Stage::SlowPath);
         }
         let frame = cx.pool.data(pkt);
         if frame.len() > MAX_RING_FRAME {
-            return Next::Drop(DropReason::PuntTooLarge);
+            return Next::Drop(DropReason::PuntTooLarge, Stage::SlowPath);
         }
         let header = RingHeader {
             port: pkt.in_port,
@@ -262,7 +261,7 @@ impl SlowPath {
             }) == 1
         });
         if !pushed {
-            return Next::Drop(DropReason::PuntQueueFull);
+            return Next::Drop(DropReason::PuntQueueFull, Stage::SlowPath);
         }
         cx.pool.free(pkt.frame);
         cx.counters.punted.inc();
@@ -305,7 +304,7 @@ impl SlowPath {
 /// frame to the server's MAC nowhere.
 fn not_for_server(net: &NetworkEntry, pkt: &Packet) -> Next {
     if pkt.meta.flags & Meta::MULTICAST == 0 {
-        Next::Drop(DropReason::ToDhcpServer)
+        Next::Drop(DropReason::ToDhcpServer, Stage::SlowPath)
     } else if net.routed && pkt.meta.ethertype == EtherType::ARP.0 {
         Next::Arp
     } else {
@@ -382,7 +381,6 @@ fn injected_packet(snap: &Snapshot, pool: &mut FramePool, entry: &[u8]) -> Optio
             tci: 0,
             flags: 0,
             l3_offset: EthernetFrame::<&[u8]>::HEADER_LEN as u8,
-            stage: Stage::SlowPath,
         },
     })
 }

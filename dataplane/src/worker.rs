@@ -18,6 +18,7 @@ use crate::l2::MacTable;
 use crate::l3::{self, RouterState, LOCAL_PORT};
 use crate::output::PortSet;
 use crate::packet::{Batch, MAX_BURST};
+use crate::pipeline::trace::Tracer;
 use crate::pipeline::{BurstCtx, BurstStage, StageTable};
 use crate::port::{Port, PortId};
 use crate::publish::{GenerationAck, SnapshotCell};
@@ -172,6 +173,22 @@ impl Worker {
         let (slow_path, ends) = SlowPath::connected(depth);
         self.stages.slow_path = slow_path;
         ends
+    }
+
+    /// Starts a packet trace of the next `count` packets received on `port` (at most
+    /// [`crate::pipeline::trace::MAX_TRACE_PACKETS`]), replacing any trace before.
+    pub fn trace_start(&mut self, port: PortId, count: usize) {
+        self.stages.trace = Some(Box::new(Tracer::new(port, count)));
+    }
+
+    /// Stops the trace; returns what it recorded.
+    pub fn trace_stop(&mut self) -> Option<Box<Tracer>> {
+        self.stages.trace.take()
+    }
+
+    /// The running (or completed, not yet stopped) trace.
+    pub fn trace(&self) -> Option<&Tracer> {
+        self.stages.trace.as_deref()
     }
 
     /// Adds a stage that runs after classification for the ports whose snapshot stage

@@ -1362,10 +1362,13 @@ impl Iperf3Server {
 }
 
 /// Starts `iperf3 -s -B BIND -p PORT` in `ns` and waits (at most 5 s) until it listens.
+/// Its output is flushed line by line (`--forceflush`): on a pipe, stdio would hold lines
+/// such as "Accepted connection from" until 4 KiB had gathered, and a test reading them
+/// would see nothing.
 pub fn iperf3_server(ns: &Netns, bind: &str, port: u16) -> Result<Iperf3Server> {
     check_test_ip(bind)?;
     let port_s = port.to_string();
-    let mut proc = ns.spawn("iperf3", &["-s", "-B", bind, "-p", &port_s])?;
+    let mut proc = ns.spawn("iperf3", &["-s", "--forceflush", "-B", bind, "-p", &port_s])?;
     let end = Instant::now() + Duration::from_secs(5);
     loop {
         if ns.run_in(|| tcp_listening(port))?? {

@@ -48,8 +48,7 @@ impl BurstStage for OddFilter {
             let l3 = usize::from(pkt.meta.l3_offset);
             let odd = cx.pool.data(pkt).get(l3 + 3).is_some_and(|b| b & 1 == 1);
             if odd {
-                pkt.meta.next = Next::Drop(DropReason::NotRoutable);
-                pkt.meta.stage = Stage::Extension;
+                pkt.meta.next = Next::Drop(DropReason::NotRoutable, Stage::Extension);
                 outcome.produced |= Pending::DONE;
             }
         }
@@ -169,5 +168,56 @@ fn runtime_counts_calls_packets_and_skips_stages_without_work() {
     if cfg!(target_arch = "x86_64") {
         assert!(c.stage_cycles[Stage::L2 as usize].get() > 0);
     }
+    sw.assert_conserved();
+}
+
+#[test]
+fn trace_records_each_stage_and_its_decision_for_the_next_packets_of_a_port() {
+    let (mut sw, _) = switch_with_filter(&[]);
+    sw.worker.trace_start(PortId(A), 3);
+    // Not from A: not traced.
+    sw.exchange(C, &frame(mac(2), mac(3), None, 1, 64));
+    // From A: switched, hairpin (dropped by L2), a runt (dropped by classification), and
+    // a fourth beyond the count.
+    sw.send(A, &frame(mac(2), mac(1), None, 2, 64));
+    sw.send(A, &simple(mac(1), mac(1), None));
+    sw.send(A, &[0u8; 10]);
+    sw.send(A, &frame(mac(3), mac(1), None, 3, 64));
+    sw.run();
+    let trace = sw.worker.trace().expect("trace running");
+    assert_eq!(trace.remaining(), 0);
+    let steps: Vec<Vec<(Stage, Next)>> = trace
+        .records()
+        .iter()
+        .map(|r| r.steps().iter().map(|s| (s.stage, s.next)).collect())
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            vec![
+                (Stage::Classify, Next::L2),
+                (Stage::L2, Next::Output(PortId(B))),
+                (Stage::Output, Next::Output(PortId(B))),
+            ],
+            vec![
+                (Stage::Classify, Next::L2),
+                (Stage::L2, Next::Drop(DropReason::Hairpin, Stage::L2)),
+                (Stage::Output, Next::Drop(DropReason::Hairpin, Stage::L2)),
+            ],
+            vec![
+                (
+                    Stage::Classify,
+                    Next::Drop(DropReason::Runt, Stage::Classify)
+                ),
+                (Stage::Output, Next::Drop(DropReason::Runt, Stage::Classify)),
+            ],
+        ]
+    );
+    assert!(trace.records().iter().all(|r| r.port == PortId(A)));
+    assert_eq!(trace.records()[0].generation, 1);
+    assert_eq!(trace.records()[2].len, 10);
+    let stopped = sw.worker.trace_stop().expect("was running");
+    assert_eq!(stopped.records().len(), 3);
+    assert!(sw.worker.trace().is_none());
     sw.assert_conserved();
 }

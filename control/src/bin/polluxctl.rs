@@ -66,6 +66,9 @@ enum Command {
         #[arg(long, value_name = "N")]
         expect_generation: Option<u64>,
     },
+    /// Trace the next packets of a port through every stage.
+    #[command(subcommand)]
+    Trace(Trace),
     /// Print the versions of polluxctl and polluxd.
     Version,
     /// List the daemon's methods.
@@ -129,6 +132,23 @@ enum Show {
     },
     /// Each pipeline stage's calls, packets per call and time per packet.
     Runtime,
+}
+
+#[derive(Debug, Subcommand)]
+enum Trace {
+    /// Trace the next packets received on a port.
+    Start {
+        /// The port (a VM port's id, or uplink:NAME).
+        #[arg(long, value_name = "PORT")]
+        port: String,
+        /// How many packets (1 to 256).
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        count: u32,
+    },
+    /// Show what the trace recorded.
+    Show,
+    /// Stop the trace.
+    Stop,
 }
 
 /// Why a command failed, which decides the exit code.
@@ -264,6 +284,11 @@ fn request(command: &Command) -> Result<(&'static str, Value), Failure> {
         Command::History => ("config.history", json!({})),
         Command::Version => ("version.get", json!({})),
         Command::RpcList => ("rpc.list", json!({})),
+        Command::Trace(Trace::Start { port, count }) => {
+            ("trace.start", json!({ "port": port, "count": count }))
+        }
+        Command::Trace(Trace::Show) => ("trace.show", json!({})),
+        Command::Trace(Trace::Stop) => ("trace.stop", json!({})),
     })
 }
 
@@ -469,7 +494,47 @@ fn render(command: &Command, result: &Value) -> String {
         Command::History => table(&history_rows(result), HISTORY_COLUMNS),
         Command::Version => version_report(result),
         Command::RpcList => table(rows(result, "methods"), METHOD_COLUMNS),
+        Command::Trace(Trace::Start { .. }) => format!(
+            "tracing the next {} packets of {}",
+            cell_text(result.get("count")),
+            cell_text(result.get("port"))
+        ),
+        Command::Trace(Trace::Show) => trace_report(result),
+        Command::Trace(Trace::Stop) => format!(
+            "trace stopped: {} packets recorded",
+            cell_text(result.get("packets"))
+        ),
     }
+}
+
+/// Each traced packet, then the stages it passed and what each decided.
+fn trace_report(result: &Value) -> String {
+    if result.get("running") != Some(&Value::Bool(true)) {
+        return "no trace running".to_owned();
+    }
+    let mut out = vec![format!(
+        "trace of {}: {} packets recorded, {} to go",
+        cell_text(result.get("port")),
+        rows(result, "packets").len(),
+        cell_text(result.get("remaining"))
+    )];
+    for (i, p) in rows(result, "packets").iter().enumerate() {
+        out.push(format!(
+            "packet {}: {} bytes from {}, generation {}",
+            i + 1,
+            cell_text(p.get("len")),
+            cell_text(p.get("port")),
+            cell_text(p.get("generation"))
+        ));
+        for step in rows(p, "steps") {
+            out.push(format!(
+                "  {:<10} -> {}",
+                cell_text(step.get("stage")),
+                cell_text(step.get("next"))
+            ));
+        }
+    }
+    out.join("\n")
 }
 
 fn render_show(show: &Show, result: &Value) -> String {
@@ -968,6 +1033,42 @@ mod tests {
             )
         );
         assert!(Cli::try_parse_from(["polluxctl", "show", "nothing"]).is_err());
+    }
+
+    #[test]
+    fn trace_commands() {
+        let cli = Cli::try_parse_from([
+            "polluxctl",
+            "trace",
+            "start",
+            "--port",
+            "vm1",
+            "--count",
+            "3",
+        ])
+        .unwrap();
+        let (method, params) = request(&cli.command).unwrap();
+        assert_eq!(
+            (method, params),
+            ("trace.start", json!({ "port": "vm1", "count": 3 }))
+        );
+        let result = json!({ "running": true, "port": "vm1", "remaining": 2, "packets": [
+            { "generation": 4, "port": "vm1", "len": 64, "steps": [
+                { "stage": "classify", "next": "l2" },
+                { "stage": "l2", "next": "drop hairpin (l2)" },
+            ]},
+        ]});
+        assert_eq!(
+            trace_report(&result),
+            "trace of vm1: 1 packets recorded, 2 to go\n\
+             packet 1: 64 bytes from vm1, generation 4\n\
+             \x20 classify   -> l2\n\
+             \x20 l2         -> drop hairpin (l2)"
+        );
+        assert_eq!(
+            trace_report(&json!({ "running": false })),
+            "no trace running"
+        );
     }
 
     #[test]

@@ -168,7 +168,6 @@ mod tests {
         dns_name = "vm1"
         extra_dhcp_opts = [
             { opt_name = "ntp-server", opt_value = "198.18.1.123" },
-            { opt_name = "bootfile-name", opt_value = "pxelinux.0", ip_version = 6 },
         ]
         binding = { driver = "mem" }
 

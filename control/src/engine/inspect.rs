@@ -160,7 +160,7 @@ impl Engine {
     }
 
     /// Runs `f` on the worker's thread and returns its result.
-    pub(super) fn call<R: Send + 'static>(
+    pub(crate) fn call<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Worker) -> R + Send + 'static,
     ) -> Result<R, ApplyError> {

@@ -57,10 +57,13 @@ fn forward(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
         },
     };
     // A VM port's own MAC needs no learning: it is a static entry already.
-    let own_mac = match cx.role {
+    // Opaque to the optimiser, so it is worked out once here rather than re-read from the
+    // context for every packet (the context may change across the learning calls, as far
+    // as the compiler can tell).
+    let own_mac = std::hint::black_box(match cx.role {
         PortRole::Access { mac, .. } => mac,
         _ => NO_MAC,
-    };
+    });
     // A burst is mostly runs of one flow. Like VPP's l2-learn and l2-fwd, remember the last
     // key of each lookup within the burst, so a run costs one lookup rather than one per
     // frame. No key equals `NO_KEY`: slot 0xffff is never assigned.
@@ -75,11 +78,10 @@ fn forward(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
             continue;
         }
         entered += 1;
-        pkt.meta.stage = Stage::L2;
         let slot = pkt.meta.network;
         let Some(net) = snap.network(slot) else {
             debug_assert!(false, "packet classified into missing slot {slot}");
-            pkt.meta.next = Next::Drop(DropReason::InternalError);
+            pkt.meta.next = Next::Drop(DropReason::InternalError, Stage::L2);
             produced |= Pending::DONE;
             continue;
         };
@@ -115,7 +117,7 @@ fn forward(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
         let dst_key = fdb_key(slot, dst);
         if dst_key != last_dst {
             last_next = match snap.static_mac(slot, dst) {
-                Some(p) if p == in_port => Next::Drop(DropReason::Hairpin),
+                Some(p) if p == in_port => Next::Drop(DropReason::Hairpin, Stage::L2),
                 Some(p) => Next::Output(p),
                 None => match net
                     .routed
@@ -129,7 +131,7 @@ fn forward(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
                         .lookup(slot, net.uid, dst)
                         .filter(|&p| snap.port_serves(p, slot))
                     {
-                        Some(p) if p == in_port => Next::Drop(DropReason::Hairpin),
+                        Some(p) if p == in_port => Next::Drop(DropReason::Hairpin, Stage::L2),
                         Some(p) => Next::Output(p),
                         None => Next::Flood,
                     },

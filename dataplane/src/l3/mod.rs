@@ -72,7 +72,6 @@ fn originated(
             tci: 0,
             flags: Meta::ROUTED,
             l3_offset: EthernetFrame::<&[u8]>::HEADER_LEN as u8,
-            stage: Stage::L3,
         },
     }
 }
@@ -184,7 +183,7 @@ impl BurstStage for RouterState {
                     } else if pkt.meta.ethertype == EtherType::IPV4.0 {
                         self.ipv4(cx, router, pkt)
                     } else {
-                        Next::Drop(DropReason::NotRoutable)
+                        Next::Drop(DropReason::NotRoutable, Stage::L3)
                     }
                 }
                 Next::Arp => self.arp(cx, pkt, false),
@@ -192,7 +191,6 @@ impl BurstStage for RouterState {
             };
             entered += 1;
             pkt.meta.next = next;
-            pkt.meta.stage = Stage::L3;
         }
         if self.resolved {
             self.resolved = false;
@@ -288,7 +286,7 @@ impl RouterState {
                     }
                 }
                 None => {
-                    pkt.meta.next = Next::Drop(DropReason::NeighborUnresolved);
+                    pkt.meta.next = Next::Drop(DropReason::NeighborUnresolved, Stage::L3);
                     let _ = self.local.push(pkt);
                 }
             }
@@ -303,7 +301,7 @@ impl RouterState {
         let routing = snap.routing();
         let slot = pkt.meta.network;
         let Some(net) = snap.network(slot) else {
-            return Next::Drop(DropReason::InternalError);
+            return Next::Drop(DropReason::InternalError, Stage::L3);
         };
         let l3 = usize::from(pkt.meta.l3_offset);
         let data = cx.pool.data_mut(pkt);
@@ -312,14 +310,14 @@ impl RouterState {
             .and_then(|b| ArpPacket::new_checked(b).ok())
         else {
             return if unicast {
-                Next::Drop(DropReason::BadArp)
+                Next::Drop(DropReason::BadArp, Stage::L3)
             } else {
                 Next::Flood
             };
         };
         if !arp.is_ethernet_ipv4() {
             return if unicast {
-                Next::Drop(DropReason::BadArp)
+                Next::Drop(DropReason::BadArp, Stage::L3)
             } else {
                 Next::Flood
             };
@@ -341,7 +339,7 @@ impl RouterState {
         if routing.owner_of(slot, sender_ip).is_some()
             || routing.floating_owner(slot, sender_ip).is_some()
         {
-            return Next::Drop(DropReason::ArpClaimsRouter);
+            return Next::Drop(DropReason::ArpClaimsRouter, Stage::L3);
         }
         // RFC 826: update the sender's entry if we have one; create it when the packet is for
         // us. A sender claiming a group MAC or no address teaches nothing, and neither does
@@ -382,17 +380,17 @@ impl RouterState {
         let now = cx.now_secs;
         let routing = snap.routing();
         let Some(r) = routing.router(router) else {
-            return Next::Drop(DropReason::InternalError);
+            return Next::Drop(DropReason::InternalError, Stage::L3);
         };
         let router_mac = mac_to_u64(r.mac);
         let l3 = usize::from(pkt.meta.l3_offset);
         let (ttl, total_len, dont_frag, protocol, arrived_dst) = {
             let data = cx.pool.data(pkt);
             let Some(ip) = data.get(l3..).and_then(|b| Ipv4Packet::new_checked(b).ok()) else {
-                return Next::Drop(DropReason::BadIpv4Header);
+                return Next::Drop(DropReason::BadIpv4Header, Stage::L3);
             };
             if ip.version() != 4 || !ip.verify_checksum() {
-                return Next::Drop(DropReason::BadIpv4Header);
+                return Next::Drop(DropReason::BadIpv4Header, Stage::L3);
             }
             let dst = u32::from(ip.dst_addr());
             (ip.ttl(), ip.total_len(), ip.dont_frag(), ip.protocol(), dst)
@@ -434,7 +432,7 @@ impl RouterState {
                 IpProtocol::UDP | IpProtocol::TCP => Some(IcmpErrorKind::PortUnreachable),
                 _ => Some(IcmpErrorKind::ProtocolUnreachable),
             };
-            if let (Next::Drop(DropReason::ToRouter), Some(kind)) = (next, kind) {
+            if let (Next::Drop(DropReason::ToRouter, _), Some(kind)) = (next, kind) {
                 self.icmp_error(cx, pkt, router, kind);
             }
             return next;
@@ -442,20 +440,20 @@ impl RouterState {
         if ttl <= 1 {
             let kind = IcmpErrorKind::TimeExceeded;
             self.icmp_error(cx, pkt, router, kind);
-            return Next::Drop(DropReason::TtlExpired);
+            return Next::Drop(DropReason::TtlExpired, Stage::L3);
         }
         let Some(hop) = hop else {
             let kind = IcmpErrorKind::NetUnreachable;
             self.icmp_error(cx, pkt, router, kind);
-            return Next::Drop(DropReason::NoRoute);
+            return Next::Drop(DropReason::NoRoute, Stage::L3);
         };
         let Some(iface) = routing.interface(hop.interface).copied() else {
-            return Next::Drop(DropReason::NoRoute);
+            return Next::Drop(DropReason::NoRoute, Stage::L3);
         };
         if total_len > iface.mtu && dont_frag {
             let kind = IcmpErrorKind::FragNeeded { mtu: iface.mtu };
             self.icmp_error(cx, pkt, router, kind);
-            return Next::Drop(DropReason::MtuExceeded);
+            return Next::Drop(DropReason::MtuExceeded, Stage::L3);
         }
         // Source NAT (POSTROUTING): what leaves through the external gateway, and what was
         // sent to a floating IP from inside (hairpin, so the reply comes back through here),
@@ -466,7 +464,7 @@ impl RouterState {
             && routing.interface_on(router, pkt.meta.network) != r.external
         {
             if let Err(reason) = self.outbound_nat(cx, router, pkt, &nat, total_len) {
-                return Next::Drop(reason);
+                return Next::Drop(reason, Stage::L3);
             }
         }
         Ipv4Packet::new_unchecked(&mut cx.pool.data_mut(pkt)[l3..]).decrement_ttl();
@@ -501,7 +499,7 @@ impl RouterState {
                     now,
                 ) {
                     Ok(()) => Next::Waiting,
-                    Err(_) => Next::Drop(DropReason::NeighborQueueFull),
+                    Err(_) => Next::Drop(DropReason::NeighborQueueFull, Stage::L3),
                 }
             }
         }
@@ -667,7 +665,7 @@ impl RouterState {
             return rewrite(cx, pkt, iface, router_mac, mac);
         }
         let next = self.fragment(cx, pkt, iface, router_mac, mac);
-        if let Next::Drop(_) = next {
+        if let Next::Drop(..) = next {
             return next;
         }
         cx.pool.free(pkt.frame);
@@ -690,16 +688,16 @@ impl RouterState {
         let l3 = usize::from(pkt.meta.l3_offset);
         let data = cx.pool.data(pkt);
         let Some(datagram) = data.get(l3..) else {
-            return Next::Drop(DropReason::BadIpv4Header);
+            return Next::Drop(DropReason::BadIpv4Header, Stage::L3);
         };
         let pieces = match frag::fragment_count(datagram, iface.mtu) {
             Ok(n) => n,
-            Err(FragError::DontFragment) => return Next::Drop(DropReason::MtuExceeded),
-            Err(_) => return Next::Drop(DropReason::BadIpv4Header),
+            Err(FragError::DontFragment) => return Next::Drop(DropReason::MtuExceeded, Stage::L3),
+            Err(_) => return Next::Drop(DropReason::BadIpv4Header, Stage::L3),
         };
         // All fragments or none: a datagram missing one is worthless to the receiver.
         if pieces > self.local.remaining() || pieces > cx.pool.available() {
-            return Next::Drop(DropReason::NoBuffers);
+            return Next::Drop(DropReason::NoBuffers, Stage::L3);
         }
         let mut frame = [0u8; 2048];
         let mut made = [Packet::default(); MAX_BURST];
@@ -735,7 +733,7 @@ impl RouterState {
             for p in &made[..n] {
                 cx.pool.free(p.frame);
             }
-            return Next::Drop(DropReason::NoBuffers);
+            return Next::Drop(DropReason::NoBuffers, Stage::L3);
         }
         for p in &mut made[..n] {
             p.meta.next = rewrite(cx, p, iface, router_mac, mac);
@@ -879,7 +877,7 @@ struct Inbound {
 
 /// Points a routed packet at `mac` through `iface` and picks its port as the L2 stage
 /// would on the egress network.
-#[inline]
+#[inline(always)]
 fn rewrite(
     cx: &mut BurstCtx<'_>,
     pkt: &mut Packet,
@@ -914,23 +912,23 @@ fn echo_reply(pool: &mut FramePool, pkt: &mut Packet, router_mac: u64) -> Next {
         .get_mut(l3..)
         .and_then(|b| Ipv4Packet::new_checked(b).ok())
     else {
-        return Next::Drop(DropReason::BadIpv4Header);
+        return Next::Drop(DropReason::BadIpv4Header, Stage::L3);
     };
     if ip.protocol() != IpProtocol::ICMP || ip.is_fragment() {
-        return Next::Drop(DropReason::ToRouter);
+        return Next::Drop(DropReason::ToRouter, Stage::L3);
     }
     let header_len = ip.header_len();
     let total_len = usize::from(ip.total_len());
     let (src, dst) = (ip.src_addr(), ip.dst_addr());
     {
         let Some(icmp_bytes) = ip.into_inner().get_mut(header_len..total_len) else {
-            return Next::Drop(DropReason::BadIpv4Header);
+            return Next::Drop(DropReason::BadIpv4Header, Stage::L3);
         };
         let Ok(mut icmp) = Icmpv4Packet::new_checked(icmp_bytes) else {
-            return Next::Drop(DropReason::ToRouter);
+            return Next::Drop(DropReason::ToRouter, Stage::L3);
         };
         if icmp.msg_type() != Icmpv4Type::ECHO_REQUEST || icmp.msg_code() != 0 {
-            return Next::Drop(DropReason::ToRouter);
+            return Next::Drop(DropReason::ToRouter, Stage::L3);
         }
         // Only the type changes (8 → 0): patch the checksum for that word (RFC 1624).
         let old = u16::from(Icmpv4Type::ECHO_REQUEST.0) << 8;

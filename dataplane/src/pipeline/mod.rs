@@ -12,7 +12,7 @@
 //!   [`Next`] it takes ([`BurstStage::wants`]) and says which kinds it produced, so the
 //!   router or the slow path never runs for a burst that has nothing for them.
 //!
-//! Every packet carries the stage that last decided its next step (`Meta::stage`), so a
+//! A dropped packet carries the stage that dropped it (`Next::Drop(reason, stage)`), so a
 //! drop is counted against the (stage, reason) that made it, per worker and per port.
 //! The table also keeps each stage's runtime (calls, packets, time-stamp-counter cycles),
 //! as VPP's `show runtime`.
@@ -23,8 +23,8 @@
 //!    `wants` the kinds of next step it takes (e.g. [`Pending::L2`] for an ingress feature
 //!    such as port security, which sees packets after classification), `process` loops
 //!    over the burst, skips packets whose `meta.next` it does not take, and sets
-//!    `meta.next` and `meta.stage` of those it decides (a drop is
-//!    `Next::Drop(reason)`; the output stage frees and counts it).
+//!    `meta.next` of those it decides (a drop is `Next::Drop(reason, its id)`; the
+//!    output stage frees and counts it).
 //! 2. A line in the `stages!` list of [`Stage`] (its name and help).
 //! 3. A field and a `step!` line in [`StageTable`] (`table.rs`), where in the order it
 //!    runs.
@@ -37,6 +37,7 @@
 //! [`Stage::Extension`], through dynamic dispatch.
 
 mod table;
+pub mod trace;
 pub mod tsc;
 
 pub use table::StageTable;
@@ -190,7 +191,7 @@ impl Pending {
             Next::Route(_) | Next::Arp => Pending::ROUTE,
             Next::Local => Pending::LOCAL,
             Next::Output(_) | Next::Flood => Pending::SEND,
-            Next::Drop(_) | Next::Consumed | Next::Waiting => Pending::DONE,
+            Next::Drop(..) | Next::Consumed | Next::Waiting => Pending::DONE,
         }
     }
 

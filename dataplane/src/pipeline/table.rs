@@ -2,6 +2,7 @@
 //! dispatch (each `step!` below is a direct, inlinable call), and the stages added at run
 //! time, after classification, through dynamic dispatch.
 
+use super::trace::Tracer;
 use super::{tsc, BurstCtx, BurstStage, Pending, Stage, StageSet};
 use crate::classify::Classify;
 use crate::counters::WorkerCounters;
@@ -27,6 +28,8 @@ pub struct StageTable {
     /// The routers' neighbours, sessions and frames of their own.
     pub(crate) l3: RouterState,
     output: Output,
+    /// The packet trace, when one was started.
+    pub(crate) trace: Option<Box<Tracer>>,
 }
 
 impl std::fmt::Debug for StageTable {
@@ -51,6 +54,7 @@ impl StageTable {
             slow_path: SlowPath::disconnected(),
             l3,
             output: Output,
+            trace: None,
         }
     }
 
@@ -68,6 +72,11 @@ impl StageTable {
         let enabled = cx.snap.port_stages(cx.in_port);
         let mut pending = Pending::CLASSIFY;
         let mut ran = StageSet::EMPTY;
+        // One branch per burst while no trace runs.
+        let mut traced = 0;
+        if let Some(tracer) = self.trace.as_deref_mut() {
+            traced = tracer.begin(cx.in_port, pkts, cx.snap.generation());
+        }
         let mut t = tsc::now();
         macro_rules! step {
             ($stage:expr) => {{
@@ -77,6 +86,9 @@ impl StageTable {
                     let outcome = stage.process(cx, pkts);
                     pending |= outcome.produced;
                     ran = ran.with(id);
+                    if traced > 0 {
+                        record(&mut self.trace, id, &pkts[..traced]);
+                    }
                     let then = tsc::now();
                     account(cx.counters, id, outcome.packets, then.wrapping_sub(t));
                     t = then;
@@ -105,6 +117,22 @@ impl StageTable {
             // What the router sent after the burst is the router's time.
             cx.counters.stage_cycles[Stage::L3 as usize].add(tsc::now().wrapping_sub(t));
         }
+    }
+}
+
+/// Records `stage`'s decisions about the traced packets; kept out of line, since it runs
+/// only while a trace does.
+#[cold]
+#[inline(never)]
+fn record(trace: &mut Option<Box<Tracer>>, stage: Stage, pkts: &[Packet]) {
+    if let Some(tracer) = trace.as_deref_mut() {
+        // Classification and output always say what they did; the others when they
+        // changed the packet's next step.
+        tracer.record(
+            stage,
+            pkts,
+            matches!(stage, Stage::Classify | Stage::Output),
+        );
     }
 }
 

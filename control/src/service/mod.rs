@@ -4,6 +4,9 @@
 //! socket"); `polluxctl` and control-plane software rely on them. Parameters are objects
 //! with known fields only (a typo is an error, not a silently ignored option).
 
+mod stages;
+mod trace;
+
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::time::Instant;
@@ -18,7 +21,6 @@ use crate::compile::PortKind;
 use crate::engine::{
     kind_name, port_label, state_from_json, ApplyError, ApplyOptions, ApplyOutcome, Engine,
 };
-use crate::inspect_stages;
 use crate::model::{Binding, NetworkType};
 use crate::routes::routes;
 use crate::rpc::{Handler, MethodInfo, RpcError};
@@ -105,8 +107,11 @@ const METHODS: &[(&str, &str)] = &[
          expires_in_secs}]}: the DHCP server's leases",
     ),
     ("version.get", "{} -> {generation, name, version}"),
-    ("drops.list", inspect_stages::DROPS_LIST_USAGE),
-    ("runtime.get", inspect_stages::RUNTIME_GET_USAGE),
+    ("drops.list", stages::DROPS_LIST_USAGE),
+    ("runtime.get", stages::RUNTIME_GET_USAGE),
+    ("trace.start", trace::TRACE_START_USAGE),
+    ("trace.show", trace::TRACE_SHOW_USAGE),
+    ("trace.stop", trace::TRACE_STOP_USAGE),
 ];
 
 /// The method handler of `polluxd`: the engine behind the socket.
@@ -158,8 +163,11 @@ impl Handler for Service {
             "neighbors.list" => neighbors_list(e, params),
             "sessions.list" => sessions_list(e, params),
             "leases.list" => leases_list(e, params),
-            "drops.list" => inspect_stages::drops_list(e, params),
-            "runtime.get" => inspect_stages::runtime_get(e, params),
+            "drops.list" => stages::drops_list(e, params),
+            "runtime.get" => stages::runtime_get(e, params),
+            "trace.start" => trace::trace_start(e, params),
+            "trace.show" => trace::trace_show(e, params),
+            "trace.stop" => trace::trace_stop(e, params),
             "version.get" => {
                 parse::<NoParams>(params)?;
                 Ok(json!({ "name": "polluxd", "version": env!("CARGO_PKG_VERSION") }))
@@ -698,6 +706,8 @@ mod tests {
                 Just("router_id".to_string()),
                 Just("port".to_string()),
                 Just("per_port".to_string()),
+                Just("count".to_string()),
+                Just("match".to_string()),
                 Just("ports".to_string()),
                 "[a-z_]{1,8}",
             ];

@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use crate::engine::{port_label, Engine};
 use crate::rpc::RpcError;
+use crate::stage_counters::runtime;
 
 /// `rpc.list` usage of `drops.list`.
 pub const DROPS_LIST_USAGE: &str =
@@ -91,7 +92,7 @@ pub fn drop_rows(
 
 /// `drops.list`.
 pub fn drops_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
-    let p: DropsParams = crate::service::parse(params)?;
+    let p: DropsParams = super::parse(params)?;
     let names: BTreeMap<PortId, String> = e
         .port_names()
         .into_iter()
@@ -144,37 +145,9 @@ pub fn tsc_hz() -> Option<f64> {
     })
 }
 
-/// One stage's runtime summed over workers.
-#[derive(Clone, Copy, Debug, Default, PartialEq)]
-pub struct StageRuntime {
-    /// Bursts the stage ran for.
-    pub calls: u64,
-    /// Packets it took.
-    pub packets: u64,
-    /// Time-stamp-counter cycles it took.
-    pub cycles: u64,
-}
-
-/// Every stage's runtime, summed over `workers`.
-pub fn runtime(workers: &[&WorkerCounters]) -> Vec<(Stage, StageRuntime)> {
-    Stage::ALL
-        .iter()
-        .map(|&s| {
-            let i = s as usize;
-            let mut r = StageRuntime::default();
-            for w in workers {
-                r.calls += w.stage_calls[i].get();
-                r.packets += w.stage_packets[i].get();
-                r.cycles += w.stage_cycles[i].get();
-            }
-            (s, r)
-        })
-        .collect()
-}
-
 /// `runtime.get`.
 pub fn runtime_get(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
-    crate::service::parse::<crate::service::NoParams>(params)?;
+    super::parse::<super::NoParams>(params)?;
     let hz = tsc_hz();
     let stages: Vec<Value> = runtime(&[e.counters()])
         .into_iter()
@@ -195,77 +168,6 @@ pub fn runtime_get(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcEr
         })
         .collect();
     Ok(json!({ "tsc_hz": hz.map(|h| h.round() as u64), "stages": stages }))
-}
-
-/// The stages' metric families as one scrape read them.
-#[derive(Debug, Default)]
-pub struct StageMetrics {
-    drops: Vec<(&'static str, &'static str, u64)>,
-    runtime: Vec<(&'static str, StageRuntime)>,
-}
-
-impl StageMetrics {
-    /// Reads `workers`' counters once.
-    pub fn scrape<'a>(workers: impl IntoIterator<Item = &'a WorkerCounters>) -> Self {
-        let workers: Vec<&WorkerCounters> = workers.into_iter().collect();
-        let mut drops = Vec::new();
-        for stage in Stage::ALL {
-            for &reason in DropReason::ALL {
-                let n: u64 = workers.iter().map(|w| w.stage_dropped(stage, reason)).sum();
-                if n > 0 {
-                    drops.push((stage.name(), reason.name(), n));
-                }
-            }
-        }
-        let runtime = runtime(&workers)
-            .into_iter()
-            .map(|(s, r)| (s.name(), r))
-            .collect();
-        StageMetrics { drops, runtime }
-    }
-
-    /// Writes `pollux_stage_drops_total{stage, reason}` (only the pairs that happened),
-    /// `pollux_stage_calls_total{stage}` and `pollux_stage_cycles_total{stage}`.
-    pub fn encode(
-        &self,
-        e: &mut prometheus_client::encoding::DescriptorEncoder,
-    ) -> std::fmt::Result {
-        use prometheus_client::encoding::EncodeMetric;
-        use prometheus_client::metrics::counter::ConstCounter;
-        use prometheus_client::metrics::MetricType;
-
-        let mut family = e.encode_descriptor(
-            "pollux_stage_drops",
-            "Frames dropped, by the pipeline stage that decided it and reason.",
-            None,
-            MetricType::Counter,
-        )?;
-        for &(stage, reason, n) in &self.drops {
-            let labels = [("stage", stage), ("reason", reason)];
-            ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
-        }
-        type Field = fn(&StageRuntime) -> u64;
-        let families: [(&str, &str, Field); 2] = [
-            (
-                "pollux_stage_calls",
-                "Bursts each pipeline stage ran for (packets per call: pollux_stage_packets / this).",
-                |r| r.calls,
-            ),
-            (
-                "pollux_stage_cycles",
-                "Time-stamp-counter cycles spent in each pipeline stage.",
-                |r| r.cycles,
-            ),
-        ];
-        for (name, help, field) in families {
-            let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
-            for (stage, r) in &self.runtime {
-                let labels = [("stage", *stage)];
-                ConstCounter::new(field(r)).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        Ok(())
-    }
 }
 
 #[cfg(test)]
