@@ -498,7 +498,9 @@ impl SmallTmpfs {
 
 impl Drop for SmallTmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0 .0).status();
+        let _ = std::process::Command::new("umount")
+            .arg(&self.0 .0)
+            .status();
     }
 }
 
@@ -524,7 +526,11 @@ fn a_full_disk_fails_the_commit_without_leaving_anything_behind() {
         "not a full disk: {message}"
     );
     assert_eq!(store.current_generation(), Some(1));
-    assert_eq!(files(&dir), before, "a temp file or the refused generation is left");
+    assert_eq!(
+        files(&dir),
+        before,
+        "a temp file or the refused generation is left"
+    );
     drop(store);
 
     let mut store = Store::open(&dir, DEFAULT_HISTORY).expect("reopen");
