@@ -19,8 +19,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 use super::vnet::VNET_HDR_LEN;
+use crate::netdev::Interface;
 
-/// `IFF_*` bits of `/sys/class/net/NAME/tun_flags` and `TUNSETIFF`.
+/// `IFF_*` bits of `TUNSETIFF`.
 const IFF_TAP: c_int = libc::IFF_TAP;
 const IFF_NO_PI: c_int = libc::IFF_NO_PI;
 const IFF_VNET_HDR: c_int = libc::IFF_VNET_HDR;
@@ -67,21 +68,6 @@ impl TapDevice {
         if name.is_empty() || name.len() >= libc::IF_NAMESIZE || name.contains(['/', '\0']) {
             return Err(invalid(format!("{name:?} is not an interface name")));
         }
-        let origin = match existing_tun_flags(name)? {
-            None => Origin::Created,
-            Some(flags) if flags & IFF_TAP == 0 => {
-                return Err(invalid(format!(
-                    "{name} is a tun (layer 3) device, not a tap"
-                )))
-            }
-            Some(flags) => Origin::Attached {
-                multi_queue: flags & IFF_MULTI_QUEUE != 0,
-            },
-        };
-        let multi_queue = match origin {
-            Origin::Attached { multi_queue } => multi_queue,
-            Origin::Created => true,
-        };
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -89,25 +75,29 @@ impl TapDevice {
             .open("/dev/net/tun")
             .map_err(|e| io::Error::new(e.kind(), format!("/dev/net/tun: {e}")))?;
         let fd = OwnedFd::from(file);
-
-        let mut req = IfReqFlags {
-            name: [0; libc::IF_NAMESIZE],
-            flags: (IFF_TAP
-                | IFF_NO_PI
-                | IFF_VNET_HDR
-                | if multi_queue { IFF_MULTI_QUEUE } else { 0 })
-                as libc::c_short,
-            _pad: [0; 22],
+        // Looked up by index, not in /sys: sysfs shows the namespace it was mounted in,
+        // which need not be this thread's.
+        let exists = Interface::from(name).resolve().is_ok();
+        let base = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+        // The kernel attaches only with the device's own IFF_MULTI_QUEUE setting and
+        // answers EINVAL otherwise (and for a device that is not a tap): try both.
+        let origin = match set_iff(&fd, name, base | IFF_MULTI_QUEUE) {
+            Ok(()) if exists => Origin::Attached { multi_queue: true },
+            // Created with multi_queue, so more queues can join later.
+            Ok(()) => Origin::Created,
+            Err(e) if exists && e.raw_os_error() == Some(libc::EINVAL) => {
+                match set_iff(&fd, name, base) {
+                    Ok(()) => Origin::Attached { multi_queue: false },
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        return Err(invalid(format!(
+                            "interface {name} exists and is not a tap (a tun, or another kind)"
+                        )))
+                    }
+                    Err(e) => return Err(context(e, &format!("TUNSETIFF {name}"))),
+                }
+            }
+            Err(e) => return Err(context(e, &format!("TUNSETIFF {name}"))),
         };
-        req.name[..name.len()].copy_from_slice(name.as_bytes());
-        // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` is a 40-byte
-        // `#[repr(C)]` struct with the same layout for the fields it touches (name, then
-        // the flags at offset 16), valid for the duration of the call.
-        let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) };
-        if ret < 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("TUNSETIFF {name}: {e}")));
-        }
         set_int(
             &fd,
             libc::TUNSETVNETHDRSZ,
@@ -126,24 +116,27 @@ impl TapDevice {
     }
 }
 
-/// The `tun_flags` of an existing device `name` in this namespace; `None` if there is no
-/// such device; an error if it exists but is not a tun/tap.
-fn existing_tun_flags(name: &str) -> io::Result<Option<c_int>> {
-    let dir = format!("/sys/class/net/{name}");
-    if std::fs::symlink_metadata(&dir).is_err() {
-        return Ok(None);
+/// `TUNSETIFF` on `fd` for device `name` with `flags`.
+fn set_iff(fd: &OwnedFd, name: &str, flags: c_int) -> io::Result<()> {
+    let mut req = IfReqFlags {
+        name: [0; libc::IF_NAMESIZE],
+        flags: flags as libc::c_short,
+        _pad: [0; 22],
+    };
+    req.name[..name.len()].copy_from_slice(name.as_bytes());
+    // SAFETY: TUNSETIFF reads and writes a `struct ifreq`; `req` is a 40-byte
+    // `#[repr(C)]` struct with the same layout for the fields it touches (the
+    // NUL-terminated name, then the flags at offset 16), valid for the duration of the
+    // call.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut req) };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
     }
-    let text = std::fs::read_to_string(format!("{dir}/tun_flags"))
-        .map_err(|_| invalid(format!("interface {name} exists and is not a tap")))?;
-    parse_tun_flags(&text)
-        .map(Some)
-        .ok_or_else(|| invalid(format!("{dir}/tun_flags: cannot read {text:?}")))
+    Ok(())
 }
 
-/// Parses `tun_flags` as sysfs prints it (`0x1102`).
-fn parse_tun_flags(text: &str) -> Option<c_int> {
-    let hex = text.trim().strip_prefix("0x")?;
-    c_int::from_str_radix(hex, 16).ok()
+fn context(e: io::Error, what: &str) -> io::Error {
+    io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
 fn set_int(fd: &OwnedFd, req: libc::Ioctl, value: c_int, what: &str) -> io::Result<()> {
@@ -175,14 +168,6 @@ fn invalid(msg: String) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn tun_flags_parse_as_sysfs_prints_them() {
-        assert_eq!(parse_tun_flags("0x1102\n"), Some(0x1102));
-        assert_eq!(parse_tun_flags("0x5002"), Some(0x5002));
-        assert_eq!(parse_tun_flags("1102"), None);
-        assert_eq!(parse_tun_flags("0xzz"), None);
-    }
 
     #[test]
     fn ifreq_has_the_kernel_layout() {
