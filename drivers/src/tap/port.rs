@@ -183,6 +183,9 @@ impl Port for TapPort {
     }
 
     fn rx_burst(&mut self, _queue: u16, pool: &mut FramePool, batch: &mut Batch) -> usize {
+        if self.queue.kick().is_err() {
+            self.counters.submit_errors += 1;
+        }
         self.reap();
         let (mut added, mut bytes, mut dropped) = (0usize, 0u64, 0u64);
         while batch.remaining() > 0 {
@@ -210,9 +213,9 @@ impl Port for TapPort {
                 }
             }
         }
+        // Posted again now, submitted by the next kick or transmit: one syscall per burst.
         if added > 0 || dropped > 0 {
             self.queue.post_reads();
-            self.submit();
         }
         self.stats.rx_packets += added as u64;
         self.stats.rx_bytes += bytes;

@@ -2,11 +2,16 @@
 //! every buffer while the kernel may touch it.
 //!
 //! Receive: every free receive slot has a read posted ahead. On a non-blocking tap the
-//! kernel arms a poll for each and completes it when a frame arrives, running the copy as
-//! task work in this thread's context, so completions show up in the completion queue
-//! without a syscall (measured: no io-wq threads appear). The driver reaps them, copies
-//! the frames into the worker's pool and posts the reads again, with one `io_uring_enter`
-//! for the whole burst.
+//! kernel arms a poll for each (no io-wq thread is involved: checked, none appears) and,
+//! when a frame arrives, queues the copy as task work for this thread. The ring is set up
+//! with `IORING_SETUP_COOP_TASKRUN | IORING_SETUP_TASKRUN_FLAG`: rather than interrupting
+//! the busy-polling worker with an IPI for every wake-up, the kernel raises a flag in the
+//! submission ring, and [`TapQueue::kick`] enters the kernel once, at the start of a burst,
+//! only when that flag is up or reads are queued for posting. The driver then reaps the
+//! completions (shared memory, no syscall), copies the frames into the worker's pool and
+//! queues the reads again for the next kick: one `io_uring_enter` per burst at most, none
+//! on an idle poll. (Measured against the default IPI notification on TAP↔TAP TCP: at
+//! least as fast, and it leaves the worker's core uninterrupted.)
 //!
 //! Transmit: each frame is copied out of the pool into a free transmit slot (header,
 //! then frame) and a write is queued; one `io_uring_enter` submits the burst. The pool
@@ -150,7 +155,10 @@ impl TapQueue {
         let entries = (slots + 1).next_power_of_two() as u32;
         // The completion queue (twice the submission queue) has room for every slot's
         // completion plus the cancel: it cannot overflow.
-        let ring = IoUring::new(entries)?;
+        let ring = IoUring::builder()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
+            .build(entries)?;
         let slab = Slab::new(slots, config.slot_size as usize)?;
         let iov = libc::iovec {
             iov_base: slab.base.as_ptr().cast(),
@@ -182,6 +190,18 @@ impl TapQueue {
     /// Bytes per slot.
     pub fn slot_size(&self) -> usize {
         self.config.slot_size as usize
+    }
+
+    /// Lets the kernel finish what it has pending for this queue: submits what was queued
+    /// and, when the kernel flagged task work (completed reads waiting to be copied),
+    /// enters it so that work runs. At most one syscall, none when there is nothing to do.
+    pub fn kick(&mut self) -> io::Result<()> {
+        if self.queued == 0 && !self.ring.submission().taskrun() {
+            return Ok(());
+        }
+        self.ring.submit()?;
+        self.queued = 0;
+        Ok(())
     }
 
     /// Moves every available completion into its slots' done queues; no syscall.
