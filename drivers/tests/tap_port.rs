@@ -299,3 +299,34 @@ fn a_device_that_is_not_a_tap_is_refused() {
         ip(&["link", "del", "ptun2"]);
     });
 }
+
+#[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
+fn a_port_opened_on_one_thread_closes_on_another_while_the_first_sleeps() {
+    let topo = namespace();
+    enter(&topo, || {
+        let pool = FramePool::with_frames(64).unwrap();
+        let (port_tx, port_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let max = pool.max_data_len();
+        // The opener (the worker, in polluxd) posts the reads, then blocks.
+        let opener = std::thread::spawn(move || {
+            let device = TapDevice::open("ptap3").unwrap();
+            let port = TapPort::new(device, max, TapPortConfig::default()).unwrap();
+            port_tx.send(port).unwrap();
+            let _ = done_rx.recv();
+        });
+        let mut port = port_rx.recv().unwrap();
+        assert_eq!(extra(&port, "rx_posted"), 256);
+        let started = Instant::now();
+        assert!(port.close().is_empty());
+        let took = started.elapsed();
+        eprintln!("close with the opener asleep: {took:?}");
+        assert_eq!(extra(&port, "rx_posted"), 0, "every posted read was reaped");
+        assert!(took < Duration::from_millis(500), "close took {took:?}");
+        drop(port);
+        done_tx.send(()).unwrap();
+        opener.join().unwrap();
+        assert!(!exists("ptap3"));
+    });
+}
