@@ -10,7 +10,8 @@ use pollux_dataplane::port::{Port, PortStats};
 
 use super::device::{Origin, TapDevice};
 use super::queue::{Dir, QueueConfig, TapQueue};
-use super::vnet::{self, VnetHdr, VNET_HDR_LEN};
+use super::rx::{classify_read, ReadOutcome, RxDrop};
+use super::vnet::{self, VNET_HDR_LEN};
 
 /// Geometry of a tap port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,47 +132,35 @@ impl TapPort {
         result: i32,
         pool: &mut FramePool,
     ) -> Result<Option<Packet>, ()> {
-        if result < 0 {
-            // EAGAIN only means the read was tried before a frame came: post it again.
-            if result != -libc::EAGAIN {
-                self.counters.rx_errors += 1;
-            }
-            return Ok(None);
-        }
-        let len = result as usize;
-        let max_len = pool.max_data_len();
+        let max_frame = pool.max_data_len();
         let Some(bytes) = self.queue.slot_mut(Dir::Rx, slot) else {
             return Ok(None);
         };
-        if len < VNET_HDR_LEN {
-            self.counters.rx_short += 1;
-            return Ok(None);
-        }
-        if len > bytes.len() || len - VNET_HDR_LEN > max_len {
-            self.counters.rx_oversize += 1;
-            return Ok(None);
-        }
-        let Ok(hdr) = VnetHdr::parse(bytes) else {
-            self.counters.rx_short += 1;
-            return Ok(None);
+        let (hdr, len) = match classify_read(bytes, result, max_frame) {
+            ReadOutcome::Frame { hdr, len } => (hdr, len),
+            ReadOutcome::Retry => return Ok(None),
+            ReadOutcome::Drop(why) => {
+                let c = &mut self.counters;
+                *match why {
+                    RxDrop::Error => &mut c.rx_errors,
+                    RxDrop::Short => &mut c.rx_short,
+                    RxDrop::Oversize => &mut c.rx_oversize,
+                    RxDrop::Gso => &mut c.rx_gso_dropped,
+                    RxDrop::BadCsumOffsets => &mut c.rx_bad_csum_offsets,
+                } += 1;
+                return Ok(None);
+            }
         };
-        if hdr.is_gso() {
-            self.counters.rx_gso_dropped += 1;
-            return Ok(None);
-        }
-        let frame = &bytes[VNET_HDR_LEN..len];
+        let frame = &bytes[VNET_HDR_LEN..VNET_HDR_LEN + len];
         let Some((id, offset)) = pool.alloc_with(frame) else {
             return Err(());
         };
-        let pkt = Packet::received(id, offset, frame.len() as u16);
-        if hdr.needs_csum() {
-            if vnet::complete_checksum(pool.data_mut(&pkt), hdr.csum_start, hdr.csum_offset) {
-                self.counters.rx_csum_completed += 1;
-            } else {
-                self.counters.rx_bad_csum_offsets += 1;
-                pool.free(id);
-                return Ok(None);
-            }
+        let pkt = Packet::received(id, offset, len as u16);
+        // `classify_read` checked the offsets against the frame, so this completes.
+        if hdr.needs_csum()
+            && vnet::complete_checksum(pool.data_mut(&pkt), hdr.csum_start, hdr.csum_offset)
+        {
+            self.counters.rx_csum_completed += 1;
         }
         Ok(Some(pkt))
     }
