@@ -26,6 +26,37 @@ use rustix::net::{RecvFlags, SendFlags};
 
 const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 
+/// Counts this thread's allocations, so the tests can check that bursts make none.
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: defers every operation to the system allocator unchanged; the thread-local
+// counter is const-initialised, so touching it never allocates (no recursion).
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        // SAFETY: forwarded with the caller's own guarantees.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: forwarded with the caller's own guarantees.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// Runs `f` and returns its result and how many allocations this thread made meanwhile.
+fn counting<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let before = ALLOCATIONS.with(|c| c.get());
+    let out = f();
+    (out, ALLOCATIONS.with(|c| c.get()) - before)
+}
+
 /// One namespace of the kit (deleted on drop, with every tap in it).
 fn namespace() -> Topology {
     netns::require_root();
@@ -170,7 +201,11 @@ fn rx_until(port: &mut TapPort, pool: &mut FramePool, want: usize) -> Vec<Vec<u8
     let mut batch = Batch::with_capacity(64);
     while got.len() < want && Instant::now() < deadline {
         batch.clear();
-        port.rx_burst(0, pool, &mut batch);
+        let (_, allocs) = counting(|| {
+            port.rx_burst(0, pool, &mut batch);
+            port.housekeeping(pool);
+        });
+        assert_eq!(allocs, 0, "rx_burst and housekeeping allocate nothing");
         for pkt in batch.as_slice() {
             let data = pool.data(pkt).to_vec();
             pool.free(pkt.frame);
@@ -178,7 +213,6 @@ fn rx_until(port: &mut TapPort, pool: &mut FramePool, want: usize) -> Vec<Vec<u8
                 got.push(data);
             }
         }
-        port.housekeeping(pool);
         std::thread::sleep(Duration::from_micros(200));
     }
     got
@@ -208,7 +242,9 @@ fn frames_cross_a_created_tap_both_ways_and_the_tap_goes_with_the_port() {
                     Packet::received(id, off, f.len() as u16)
                 })
                 .collect();
-            assert_eq!(port.tx_burst(0, &mut pool, &pkts), pkts.len());
+            let (sent, allocs) = counting(|| port.tx_burst(0, &mut pool, &pkts));
+            assert_eq!(sent, pkts.len());
+            assert_eq!(allocs, 0, "tx_burst allocates nothing");
         }
         assert_eq!(
             pool.available(),
