@@ -366,3 +366,36 @@ fn a_port_opened_on_one_thread_closes_on_another_while_the_first_sleeps() {
         assert!(!exists("ptap3"));
     });
 }
+
+#[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
+fn a_deleted_tap_is_counted_not_spun_on() {
+    let topo = namespace();
+    enter(&topo, || {
+        ip(&["tuntap", "add", "dev", "ptap4", "mode", "tap", "vnet_hdr"]);
+        let device = TapDevice::open("ptap4").unwrap();
+        assert_eq!(device.origin, Origin::Attached { multi_queue: false });
+        let mut pool = FramePool::with_frames(256).unwrap();
+        let mut port = TapPort::new(device, pool.max_data_len(), TapPortConfig::default()).unwrap();
+        ip(&["link", "del", "ptap4"]);
+        let mut batch = Batch::with_capacity(64);
+        for _ in 0..200 {
+            batch.clear();
+            assert_eq!(port.rx_burst(0, &mut pool, &mut batch), 0);
+            port.housekeeping(&mut pool);
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        let errors = extra(&port, "rx_errors");
+        assert!(
+            errors >= 256,
+            "every posted read failed and was counted: {errors}"
+        );
+        assert!(
+            errors < 256 + 400,
+            "after the first failures, one probe per round at most: {errors}"
+        );
+        assert!(extra(&port, "rx_posted") <= 1);
+        assert!(port.close().is_empty());
+        assert_eq!(pool.available(), 256);
+    });
+}

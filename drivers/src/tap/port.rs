@@ -72,6 +72,9 @@ pub struct TapPort {
     queue: TapQueue,
     stats: PortStats,
     counters: TapCounters,
+    /// The last reads failed and none has brought a frame since (a deleted tap): reads
+    /// are posted again one at a time, as probes, not all at once.
+    rx_failing: bool,
 }
 
 impl TapPort {
@@ -98,6 +101,7 @@ impl TapPort {
             queue,
             stats: PortStats::default(),
             counters: TapCounters::default(),
+            rx_failing: false,
         })
     }
 
@@ -140,9 +144,13 @@ impl TapPort {
             return Ok(None);
         };
         let (hdr, len) = match classify_read(bytes, result, max_frame) {
-            ReadOutcome::Frame { hdr, len } => (hdr, len),
+            ReadOutcome::Frame { hdr, len } => {
+                self.rx_failing = false;
+                (hdr, len)
+            }
             ReadOutcome::Retry => return Ok(None),
             ReadOutcome::Drop(why) => {
+                self.rx_failing |= why == RxDrop::Error;
                 let c = &mut self.counters;
                 *match why {
                     RxDrop::Error => &mut c.rx_errors,
@@ -207,7 +215,7 @@ impl Port for TapPort {
         }
         // Posted again now, submitted by the next kick or transmit: one syscall per burst.
         if added > 0 || dropped > 0 {
-            self.queue.post_reads();
+            self.queue.post_reads(usize::MAX);
         }
         self.stats.rx_packets += added as u64;
         self.stats.rx_bytes += bytes;
@@ -258,8 +266,10 @@ impl Port for TapPort {
     fn housekeeping(&mut self, _pool: &mut FramePool) {
         self.reap();
         // Slots whose read failed were released without a repost: post them here, on the
-        // housekeeping cadence, so a dead tap cannot spin the worker.
-        self.queue.post_reads();
+        // housekeeping cadence, and only one while reads keep failing, so a deleted tap
+        // costs one failed read per round rather than a storm of them.
+        self.queue
+            .post_reads(if self.rx_failing { 1 } else { usize::MAX });
         self.submit();
     }
 

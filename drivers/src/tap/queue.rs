@@ -177,7 +177,7 @@ impl TapQueue {
             fd,
             queued: 0,
         };
-        q.post_reads();
+        q.post_reads(usize::MAX);
         q.submit()?;
         Ok(q)
     }
@@ -289,10 +289,14 @@ impl TapQueue {
         true
     }
 
-    /// Posts a read on every free receive slot (as far as the submission queue allows).
-    pub fn post_reads(&mut self) {
+    /// Posts a read on up to `max` free receive slots (as far as the submission queue
+    /// allows).
+    pub fn post_reads(&mut self, max: usize) {
         let fd = types::Fd(self.fd.as_raw_fd());
-        while let Some(slot) = self.rx.take_free() {
+        for _ in 0..max {
+            let Some(slot) = self.rx.take_free() else {
+                return;
+            };
             let index = self.index(Dir::Rx, slot);
             let Some(slab) = self.slab.as_ref() else {
                 let _ = self.rx.release(slot);
