@@ -15,17 +15,19 @@
 //!
 //! Every tap lives only in the test's namespaces, which are deleted (taps with them) on
 //! every exit path; the one polluxd created also goes away when polluxd exits, which the
-//! test checks. Needs root and `ip`, `ping`, `iperf3`, `ethtool`: it fails, never skips,
+//! test checks, also when a change removes the port at runtime. Needs root and `ip`, `ping`, `iperf3`, `ethtool`: it fails, never skips,
 //! when any is missing.
 
 use std::sync::MutexGuard;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use pollux_control::client::Client;
 use pollux_tests::daemon::{self, driver_counters, parse_worker_totals, ConfigFile, Polluxd};
 use pollux_tests::netns::{
     self, iperf3_client, iperf3_server, parse_iperf3_json, ping, Netns, Topology, VethOptions,
 };
+use serde_json::{json, Value};
 
 const TOOLS: &[&str] = &["ip", "ping", "iperf3", "ethtool"];
 const CONFIG: &str = "e2e-tap.toml";
@@ -207,6 +209,23 @@ impl Lab {
     }
 }
 
+fn call(polluxd: &Polluxd, method: &str, params: Value) -> Value {
+    let mut client = Client::connect(polluxd.socket())
+        .unwrap_or_else(|e| panic!("connect to {}: {e}", polluxd.socket().display()));
+    client
+        .call(method, params)
+        .unwrap_or_else(|e| panic!("{method}: {e}"))
+}
+
+/// Waits up to 5 s for `ifname` to leave namespace `role`; whether it did.
+fn wait_gone(lab: &Lab, role: &str, ifname: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while lab.has_link(role, ifname) && Instant::now() < deadline {
+        thread::sleep(Duration::from_millis(20));
+    }
+    !lab.has_link(role, ifname)
+}
+
 fn counter(counters: &[(String, u64)], name: &str) -> u64 {
     counters
         .iter()
@@ -279,12 +298,8 @@ fn tap_namespaces_exchange_ping_tcp_and_udp_and_reach_an_afxdp_namespace() {
     }
 
     // The tap polluxd created left with it; the one it attached to stays.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while lab.has_link(T1.role, &lab.ifname(&T1)) && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(20));
-    }
     assert!(
-        !lab.has_link(T1.role, &lab.ifname(&T1)),
+        wait_gone(&lab, T1.role, &lab.ifname(&T1)),
         "the tap polluxd created outlived it"
     );
     assert!(
@@ -295,4 +310,50 @@ fn tap_namespaces_exchange_ping_tcp_and_udp_and_reach_an_afxdp_namespace() {
         .ip(&["link", "del", "dev", &lab.ifname(&T2)])
         .unwrap();
     eprintln!("e2e tap: {:.1} s", started.elapsed().as_secs_f64());
+}
+
+#[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
+fn a_tap_port_removed_and_added_back_at_runtime() {
+    let _serial = setup();
+    let lab = Lab::new();
+    let config = ConfigFile::render(CONFIG, lab.topo.prefix().as_str()).unwrap();
+    let polluxd = Polluxd::start(lab.host(), config.path(), &daemon::last_cpu())
+        .unwrap_or_else(|e| panic!("{e}"));
+    lab.move_tap(&T1);
+    lab.move_tap(&T2);
+    lab.assert_reach(&T1, &T2, 3, &polluxd);
+
+    // Without vm-t1, polluxd closes its port (on the control thread, the worker running
+    // on): the tap it created goes with it, in whatever namespace it lives now.
+    let full = call(&polluxd, "config.get", json!({}))["state"].clone();
+    let mut without = full.clone();
+    without["ports"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|p| p["id"] != "vm-t1");
+    call(&polluxd, "config.apply", json!({ "state": without }));
+    assert!(
+        wait_gone(&lab, T1.role, &lab.ifname(&T1)),
+        "the created tap outlived its port; polluxd stderr:\n{}",
+        polluxd.stderr_so_far()
+    );
+    // t2's port, untouched by the change, still forwards.
+    lab.assert_reach(&T2, &X1, 3, &polluxd);
+
+    // Back again: a new tap, created in polluxd's namespace, moved and working.
+    call(&polluxd, "config.apply", json!({ "state": full }));
+    assert!(
+        lab.has_link("host", &lab.ifname(&T1)),
+        "no new tap in polluxd's namespace"
+    );
+    lab.move_tap(&T1);
+    lab.assert_reach(&T1, &T2, 3, &polluxd);
+
+    let (status, stderr) = polluxd.stop().unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success(), "polluxd exited with {status}:\n{stderr}");
+    assert!(wait_gone(&lab, T1.role, &lab.ifname(&T1)));
+    lab.ns(T2.role)
+        .ip(&["link", "del", "dev", &lab.ifname(&T2)])
+        .unwrap();
 }
