@@ -14,9 +14,9 @@
 //! segments before a frame reaches polluxd.
 //!
 //! Every tap lives only in the test's namespaces, which are deleted (taps with them) on
-//! every exit path; the one polluxd created also goes away when polluxd exits, which the
-//! test checks, also when a change removes the port at runtime. Needs root and `ip`, `ping`, `iperf3`, `ethtool`: it fails, never skips,
-//! when any is missing.
+//! every exit path; the one polluxd created also goes away when polluxd exits or a change
+//! removes its port at runtime, which the tests check. Needs root and `ip`, `ping`,
+//! `iperf3`, `ethtool`: it fails, never skips, when any is missing.
 
 use std::sync::MutexGuard;
 use std::thread;
