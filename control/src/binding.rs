@@ -19,6 +19,7 @@ use pollux_dataplane::buf::{FramePool, DEFAULT_FRAME_SIZE};
 use pollux_dataplane::port::{Port, PortId};
 use pollux_drivers::mem::{mem_port, MemPortConfig, MemWire};
 use pollux_drivers::netdev::Interface;
+use pollux_drivers::tap::{Origin, TapDevice, TapPort, TapPortConfig};
 use pollux_drivers::xdp::{XdpAttachment, XdpMode, XdpProgram};
 use pollux_drivers::xsk::{AfXdpPort, BusyPoll, Umem, XskConfig, XskSocket};
 
@@ -124,7 +125,7 @@ impl Bindings {
                 })
             }
             Binding::VhostUser { .. } => Err("vhost-user ports are not supported yet".into()),
-            Binding::Tap { .. } => Err("tap ports are not supported yet".into()),
+            Binding::Tap { interface } => prepare_tap(plan, interface),
         }
     }
 
@@ -205,6 +206,35 @@ impl Bindings {
     }
 }
 
+/// Opens `plan`'s tap on the control thread (attaching to an existing tap or creating
+/// it: see `pollux_drivers::tap::device`); the worker then sets up its io_uring queue and
+/// posts the reads. The port holds no pool frames between calls.
+fn prepare_tap(plan: &PortPlan, interface: &str) -> Result<Prepared, String> {
+    check_mtu(interface)?;
+    let device = TapDevice::open(interface).map_err(|e| format!("tap {interface}: {e}"))?;
+    crate::info!(
+        "{} on tap {interface}: {}",
+        plan.key,
+        match device.origin {
+            Origin::Created => "created (removed when the port closes)".to_string(),
+            Origin::Attached { multi_queue } => format!(
+                "attached to the existing device{}",
+                if multi_queue { " (multi_queue)" } else { "" }
+            ),
+        }
+    );
+    let name = interface.to_string();
+    Ok(Prepared {
+        open: Box::new(move |pool| {
+            TapPort::new(device, pool.max_data_len(), TapPortConfig::default())
+                .map(|p| Box::new(p) as Box<dyn Port>)
+                .map_err(|e| io::Error::new(e.kind(), format!("tap {name}: io_uring queue: {e}")))
+        }),
+        queues: vec![0],
+        frames: 0,
+    })
+}
+
 /// Preferred busy polling for every AF_XDP socket this process binds (`polluxd
 /// --busy-poll`); set once at startup, off unless set.
 static BUSY_POLL: std::sync::OnceLock<BusyPoll> = std::sync::OnceLock::new();
@@ -240,7 +270,8 @@ fn interface_mtu(name: &str) -> io::Result<u32> {
 }
 
 /// Refuses an interface that can receive frames larger than one frame of the pool: the
-/// AF_XDP socket would drop them (as `xdp_rx_dropped`) where no drop reason shows them.
+/// AF_XDP socket would drop them (as `xdp_rx_dropped`) where no drop reason shows them,
+/// a tap port as `rx_oversize`.
 fn check_mtu(interface: &str) -> Result<(), String> {
     match interface_mtu(interface) {
         Ok(mtu) if mtu > u32::from(MAX_MTU) => Err(format!(

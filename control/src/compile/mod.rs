@@ -260,9 +260,8 @@ impl std::error::Error for CompileError {}
 /// Refuses the drivers that validate but have no implementation yet.
 fn supported_binding(binding: &Binding, path: impl Fn() -> String) -> Result<(), CompileError> {
     let driver = match binding {
-        Binding::Afxdp { .. } | Binding::Mem => return Ok(()),
+        Binding::Afxdp { .. } | Binding::Mem | Binding::Tap { .. } => return Ok(()),
         Binding::VhostUser { .. } => "vhost-user",
-        Binding::Tap { .. } => "tap",
     };
     Err(CompileError::Unsupported {
         path: path(),
