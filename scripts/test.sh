@@ -55,13 +55,21 @@ d = json.load(open(sys.argv[1]))
 r = d["results"]
 assert {e["dut"] for e in r} == {"pollux", "xdp-redirect"}, r
 for e in r:
-    assert e["frame_size"] == 64 and e["ndr_pps"] >= 0 and e["pdr_pps"] >= e["ndr_pps"], e
+    assert e["frame_size"] == 64, e
+    # A rate is either found (> 0) or null with the reason and the loss figures: never 0.
+    for k in ("ndr", "pdr"):
+        v, f = e[k + "_pps"], e[k + "_search"]
+        assert (v is None and f["note"].startswith("none found") and f["lowest_failure"]) or v > 0, (e["dut"], k, f)
+    if e["ndr_pps"] is not None:
+        assert e["pdr_pps"] >= e["ndr_pps"], e
     o = e["overload_trial"]
     assert o["sent"] > 0 and o["received_pps"] > 0, (e["dut"], o)
     assert e["all_trials"] and e["trials"] == len(e["all_trials"]), e["dut"]
+    assert all(isinstance(t["generator_limited"], bool) for t in e["all_trials"]), e["dut"]
 assert "ovs-afxdp" not in r[0].get("ratios", {}) and "xdp-redirect" in r[0]["ratios"], r[0]
 assert d["placement"], d
-print("bench smoke: " + ", ".join("%s NDR %.3f Mpps" % (e["dut"], e["ndr_pps"] / 1e6) for e in r))
+mpps = lambda v: "none" if v is None else "%.3f Mpps" % (v / 1e6)
+print("bench smoke: " + ", ".join("%s NDR %s" % (e["dut"], mpps(e["ndr_pps"])) for e in r))
 PY
     rm -f "$bench_json" "${bench_json%.json}.svg"
 else

@@ -13,5 +13,6 @@ pub mod scenario;
 pub mod search;
 pub mod seq;
 pub mod sys;
+pub mod throughput;
 pub mod topology;
 pub mod traffic;

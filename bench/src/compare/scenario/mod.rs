@@ -59,6 +59,37 @@ pub fn by_name(name: &str) -> Option<Box<dyn Scenario>> {
     all().into_iter().find(|s| s.name() == name)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every scenario's desired state is one polluxd accepts, and its ports run without
+    /// port security: the generator's addresses are no port's fixed IPs, and the other
+    /// devices check no source addresses either (with it on, every frame is a
+    /// `spoofed_ip` drop).
+    #[test]
+    fn pollux_configs_validate_without_port_security() {
+        let ports = Ports {
+            ingress: "pbn1t0g",
+            egress: "pbn1t0k",
+        };
+        for sc in all() {
+            let text = sc.pollux_config(ports).unwrap();
+            let state = pollux_control::model::DesiredState::from_toml_str(&text)
+                .unwrap_or_else(|e| panic!("{}: {e:?}", sc.name()));
+            assert!(!state.ports.is_empty(), "{}", sc.name());
+            assert!(
+                state.ports.iter().all(|p| !p.port_security_enabled),
+                "{}",
+                sc.name()
+            );
+            if let Err(errors) = pollux_control::validate::validate(&state) {
+                panic!("{}: {errors:?}", sc.name());
+            }
+        }
+    }
+}
+
 /// Argument lists from string slices.
 pub(crate) fn cmds(list: &[&[&str]]) -> Vec<Vec<String>> {
     list.iter()

@@ -37,12 +37,14 @@ network_type = "local"
 id = "gen"
 network_id = "bench"
 mac_address = "{gen}"
+port_security_enabled = false
 binding = {{ driver = "afxdp", interface = "{ingress}" }}
 
 [[ports]]
 id = "sink"
 network_id = "bench"
 mac_address = "{sink}"
+port_security_enabled = false
 binding = {{ driver = "afxdp", interface = "{egress}" }}
 "#,
             gen = fmt_mac(GEN_MAC),

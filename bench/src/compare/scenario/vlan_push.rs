@@ -48,6 +48,7 @@ segmentation_id = {vid}
 id = "gen"
 network_id = "net-{vid}"
 mac_address = "{gen}"
+port_security_enabled = false
 binding = {{ driver = "afxdp", interface = "{ingress}" }}
 "#,
             vid = self.vid,
