@@ -39,8 +39,9 @@ pub struct Cpus {
 pub const NAPI_PRIO: u32 = 50;
 /// Nice value of the generator and of the DUT's datapath threads.
 pub const DATAPATH_NICE: i32 = -20;
-/// Names of the DUT datapath threads given `DATAPATH_PRIO` (polluxd's worker, OVS's PMD).
-const DATAPATH_THREADS: [&str; 2] = ["pollux-worker", "pmd-c"];
+/// Names of the DUT datapath threads given `DATAPATH_NICE` (polluxd's worker, xsk-fwd's
+/// forwarding thread, OVS's PMD).
+const DATAPATH_THREADS: [&str; 3] = ["pollux-worker", super::xsk_fwd::THREAD_NAME, "pmd-c"];
 
 /// Moves the ingress receive work onto the DUT's CPU (after the DUT attached whatever
 /// it attaches, since NAPI instances come and go with XDP programs); returns what was
@@ -138,12 +139,12 @@ pub fn describe(topo: &Topology, cpus: Cpus) -> Vec<String> {
         ),
         if cpus.ingress_on_dut {
             format!(
-                "device under test: CPU {} (polluxd's worker, OVS's PMD thread); the ingress veth {}'s receive work moved there (threaded NAPI pinned, or RPS)",
+                "device under test: CPU {} (polluxd's worker, xsk-fwd's thread, OVS's PMD thread); the ingress veth {}'s receive work moved there (threaded NAPI pinned, or RPS)",
                 cpus.dut, topo.ingress
             )
         } else {
             format!(
-                "device under test: CPU {} (polluxd's worker, OVS's PMD thread); the ingress veth {}'s receive work left on the sending CPU {}",
+                "device under test: CPU {} (polluxd's worker, xsk-fwd's thread, OVS's PMD thread); the ingress veth {}'s receive work left on the sending CPU {}",
                 cpus.dut, topo.ingress, cpus.gen
             )
         },

@@ -210,6 +210,17 @@ impl Report {
                         );
                     }
                 }
+                let others: Vec<&String> = dedup(
+                    self.results
+                        .iter()
+                        .filter(|e| &e.scenario == sc)
+                        .map(|e| &e.dut),
+                );
+                for (dut, meaning) in RATIO_MEANINGS {
+                    if others.iter().any(|o| o.as_str() == dut) {
+                        let _ = writeln!(s, "\n- pollux / {dut}: {meaning}");
+                    }
+                }
             }
             s.push('\n');
         }
@@ -283,6 +294,18 @@ impl Report {
     }
 }
 
+/// What Pollux's ratio to each reference device measures.
+const RATIO_MEANINGS: [(&str, &str); 2] = [
+    (
+        "xsk-fwd",
+        "what Pollux's pipeline costs (same AF_XDP driver, sockets and placement, no pipeline)",
+    ),
+    (
+        "xdp-redirect",
+        "what userspace costs (the kernel redirecting in XDP, no AF_XDP copy or socket)",
+    ),
+];
+
 /// `0.123 Mpps`, or `none` when no rate was found.
 pub fn mpps(pps: Option<f64>) -> String {
     pps.map_or("none".to_string(), |v| format!("{:.3} Mpps", v / 1e6))
@@ -347,6 +370,7 @@ mod tests {
             entry("pollux", 64, 900_000.0),
             entry("ovs-afxdp", 64, 450_000.0),
             entry("xdp-redirect", 64, 1_000_000.0),
+            entry("xsk-fwd", 64, 1_200_000.0),
             entry("linux-bridge", 64, 0.0),
             entry("pollux", 1518, 500_000.0),
         ];
@@ -358,12 +382,13 @@ mod tests {
     fn ratios_are_pollux_over_each_other_device_of_the_same_size() {
         let r = report();
         let p = &r.results[0];
-        assert_eq!(p.ratios.len(), 3);
+        assert_eq!(p.ratios.len(), 4);
+        assert!((p.ratios["xsk-fwd"].ndr.unwrap() - 0.75).abs() < 1e-9);
         assert!((p.ratios["ovs-afxdp"].ndr.unwrap() - 2.0).abs() < 1e-9);
         assert!((p.ratios["xdp-redirect"].ndr.unwrap() - 0.9).abs() < 1e-9);
         assert_eq!(p.ratios["linux-bridge"].ndr, None, "no ratio to a zero NDR");
         assert!(r.results[1].ratios.is_empty(), "only Pollux gets ratios");
-        assert!(r.results[4].ratios.is_empty(), "nothing else at 1518 bytes");
+        assert!(r.results[5].ratios.is_empty(), "nothing else at 1518 bytes");
     }
 
     #[test]
@@ -400,6 +425,18 @@ mod tests {
         );
         assert!(
             md.contains("| 64 | pollux | linux-bridge | – | – |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 64 | pollux | xsk-fwd | 0.75 | 0.75 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- pollux / xsk-fwd: what Pollux's pipeline costs"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- pollux / xdp-redirect: what userspace costs"),
             "{md}"
         );
     }

@@ -44,6 +44,9 @@ pub trait Scenario: std::fmt::Debug {
     fn linux_cleanup(&self, _ports: Ports<'_>) -> Vec<Vec<String>> {
         cmds(&[&["ip", "link", "del", "lbr0"]])
     }
+    /// Arguments of `pollux-bench xsk-fwd` beyond the interfaces and CPU (the bare AF_XDP
+    /// forwarder: only a tag push is available), or `None` if it cannot do this scenario.
+    fn xsk_fwd_args(&self) -> Option<Vec<String>>;
     /// The XDP program for the ingress interface that does this scenario's rewriting and
     /// redirects to `egress_ifindex`, or `None` if there is no such ceiling.
     fn xdp_program(&self, egress_ifindex: u32) -> Option<Vec<BpfInsn>>;

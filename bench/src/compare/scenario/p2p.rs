@@ -84,6 +84,10 @@ binding = {{ driver = "afxdp", interface = "{egress}" }}
         ]))
     }
 
+    fn xsk_fwd_args(&self) -> Option<Vec<String>> {
+        Some(Vec::new())
+    }
+
     fn xdp_program(&self, egress_ifindex: u32) -> Option<Vec<BpfInsn>> {
         Some(vec![
             BpfInsn::mov64_imm(R1, egress_ifindex as i32),

@@ -113,6 +113,12 @@ binding = {{ driver = "afxdp", interface = "{ingress}" }}
         ])
     }
 
+    /// The forwarder pushes the tag itself, in the frame's headroom, as the XDP ceiling
+    /// and Pollux do.
+    fn xsk_fwd_args(&self) -> Option<Vec<String>> {
+        Some(vec!["--push-vlan".to_string(), self.vid.to_string()])
+    }
+
     /// Pushes the tag in place (`bpf_xdp_adjust_head` by -4, the MACs moved to the new
     /// start, TPID and TCI written) and redirects.
     fn xdp_program(&self, egress_ifindex: u32) -> Option<Vec<BpfInsn>> {
