@@ -12,7 +12,7 @@ use pollux_bench::compare::placement::Cpus;
 use pollux_bench::compare::run::{run_all, Options};
 use pollux_bench::compare::scenario;
 use pollux_bench::compare::search::SearchConfig;
-use pollux_bench::compare::sys::install_signal_handlers;
+use pollux_bench::compare::sys::{self, install_signal_handlers};
 use pollux_bench::compare::xsk_fwd;
 
 #[derive(Debug, Parser)]
@@ -233,6 +233,7 @@ fn compare(args: CompareArgs) -> Result<(), String> {
         polluxd,
         busy_poll_budget: args.busy_poll_budget,
     };
+    sys::ensure_packages(&sys::HARNESS_PACKAGES)?;
     install_signal_handlers();
     let mut report = run_all(&opts)?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

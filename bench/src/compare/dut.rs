@@ -318,26 +318,7 @@ pub fn start(
 
 /// Installs Open vSwitch with apt-get when `ovs-vswitchd` is missing.
 fn ensure_ovs() -> Result<(), String> {
-    if run(&["sh", "-c", "command -v ovs-vswitchd"]).is_ok() {
-        return Ok(());
-    }
-    eprintln!("pollux-bench: installing openvswitch-switch with apt-get");
-    // Package downloads take longer than the kit's default bound for a command.
-    let apt = Duration::from_secs(600);
-    sys::run_for(&["apt-get", "update", "-q"], apt)?;
-    sys::run_for(
-        &[
-            "env",
-            "DEBIAN_FRONTEND=noninteractive",
-            "apt-get",
-            "install",
-            "-y",
-            "-q",
-            "openvswitch-switch",
-        ],
-        apt,
-    )
-    .map(drop)
+    sys::ensure_packages(&[("ovs-vswitchd", "openvswitch-switch")])
 }
 
 impl Running {
