@@ -1,6 +1,7 @@
-//! `pollux-bench`: benchmark runners. `pollux-bench compare` measures Pollux, Open vSwitch
-//! (afxdp), the Linux bridge and an XDP redirect side by side on veth (RFC 2544 NDR, PDR
-//! and latency). Needs root. See bench/README.md, "Benchmark harness".
+//! `pollux-bench`: benchmark runners. `pollux-bench compare` measures Pollux, a bare
+//! forwarder on Pollux's AF_XDP driver (`pollux-bench xsk-fwd`), Open vSwitch (afxdp), the
+//! Linux bridge and an XDP redirect side by side on veth (RFC 2544 NDR, PDR and latency).
+//! Needs root. See bench/README.md, "Benchmark harness".
 
 use std::path::PathBuf;
 use std::process::ExitCode;

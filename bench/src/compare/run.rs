@@ -108,6 +108,10 @@ fn run_in_topology(opts: &Options, work: &std::path::Path) -> Result<Report, Str
     if let Some(line) = _softirq.describe() {
         report.placement.push(line);
     }
+    let own_group = placement::AutogroupPriority::raise(opts.cpus, &[std::process::id()], &[]);
+    if let Some(line) = own_group.describe() {
+        report.placement.push(line);
+    }
     for line in &report.placement {
         eprintln!("placement: {line}");
     }
@@ -144,6 +148,9 @@ fn run_in_topology(opts: &Options, work: &std::path::Path) -> Result<Report, Str
                 }
             };
             let mut notes = placement::apply(&topo, opts.cpus, &running.pids())?;
+            let dut_group =
+                placement::AutogroupPriority::raise(opts.cpus, &running.pids(), &own_group.names());
+            notes.extend(dut_group.describe());
             for l in &notes {
                 progress("");
                 eprintln!("[{key}] placement: {l}");
@@ -177,6 +184,7 @@ fn run_in_topology(opts: &Options, work: &std::path::Path) -> Result<Report, Str
             }
             notes.extend(running.stats());
             notes.extend(running.stop());
+            drop(dut_group);
             topo.detach_xdp();
             report.dut_notes.insert(key, notes);
         }
