@@ -216,9 +216,14 @@ impl Report {
                         .filter(|e| &e.scenario == sc)
                         .map(|e| &e.dut),
                 );
+                let mut first = true;
                 for (dut, meaning) in RATIO_MEANINGS {
                     if others.iter().any(|o| o.as_str() == dut) {
-                        let _ = writeln!(s, "\n- pollux / {dut}: {meaning}");
+                        if first {
+                            s.push('\n');
+                            first = false;
+                        }
+                        let _ = writeln!(s, "- pollux / {dut}: {meaning}");
                     }
                 }
             }
