@@ -21,10 +21,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-5}
 [ "$(id -u)" -eq 0 ] || { echo "compare-l3: needs root" >&2; exit 1; }
-command -v iptables >/dev/null || {
-    echo "compare-l3: installing iptables" >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q iptables >/dev/null
-}
+. bench/need.sh
+need iptables:iptables ip:iproute2 taskset:util-linux awk:gawk
 cargo build --release -q -p pollux-control --bin polluxd -p pollux-bench --bin pollux-gen \
     -p pollux-testkit --bin pollux-netns
 polluxd=$PWD/target/release/polluxd

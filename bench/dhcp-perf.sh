@@ -45,7 +45,8 @@
 #              include it (both write their leases with fsync: dnsmasq on every change
 #              on the thread that answers, polluxd once a second on its own lease thread)
 #   --profile  perf record polluxd's DHCP thread and dnsmasq during each run, print the top
-# Needs root, perfdhcp (kea-admin), dnsmasq (dnsmasq-base) and nft.
+# Needs root; installs perfdhcp (kea-admin), dnsmasq (dnsmasq-base), nft (nftables) and,
+# with --profile, perf (linux-perf) with apt-get when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -70,9 +71,10 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ "$(id -u)" -eq 0 ] || { echo "dhcp-perf: needs root" >&2; exit 1; }
-for tool in perfdhcp dnsmasq nft python3; do
-    command -v "$tool" >/dev/null || { echo "dhcp-perf: $tool missing" >&2; exit 1; }
-done
+. bench/need.sh
+need perfdhcp:kea-admin dnsmasq:dnsmasq-base nft:nftables python3:python3 ip:iproute2 \
+    taskset:util-linux awk:gawk
+[ "$profile" = 0 ] || need perf:linux-perf
 for n in $hosts_list; do
     [ "$n" -ge 1 ] && [ "$n" -le 30000 ] || { echo "dhcp-perf: --hosts $n: 1..30000" >&2; exit 2; }
 done

@@ -11,7 +11,8 @@
 # into and out of the pool, which an AF_XDP port does not do).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install -y valgrind)" >&2; exit 1; }
+. bench/need.sh
+need valgrind:valgrind
 cargo build --release -q -p pollux-bench --bin pipeline-instructions
 bin=target/release/pipeline-instructions
 tmp=$(mktemp -d)

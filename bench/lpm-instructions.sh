@@ -12,7 +12,8 @@
 # ROUTES (default "10 1000000") and STRUCTURES (default all) narrow the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-command -v valgrind >/dev/null || { echo "valgrind is not installed (apt-get install -y valgrind)" >&2; exit 1; }
+. bench/need.sh
+need valgrind:valgrind
 cargo build --release -q -p pollux-bench --bin lpm-instructions
 bin=$(realpath "${CARGO_TARGET_DIR:-target}")/release/lpm-instructions
 tmp=$(mktemp -d)

@@ -1,6 +1,7 @@
-//! `pollux-bench`: benchmark runners. `pollux-bench compare` measures Pollux, Open vSwitch
-//! (afxdp), the Linux bridge and an XDP redirect side by side on veth (RFC 2544 NDR, PDR
-//! and latency). Needs root. See bench/README.md, "Benchmark harness".
+//! `pollux-bench`: benchmark runners. `pollux-bench compare` measures Pollux, a bare
+//! forwarder on Pollux's AF_XDP driver (`pollux-bench xsk-fwd`), Open vSwitch (afxdp), the
+//! Linux bridge and an XDP redirect side by side on veth (RFC 2544 NDR, PDR and latency).
+//! Needs root. See bench/README.md, "Benchmark harness".
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,7 +13,8 @@ use pollux_bench::compare::placement::Cpus;
 use pollux_bench::compare::run::{run_all, Options};
 use pollux_bench::compare::scenario;
 use pollux_bench::compare::search::SearchConfig;
-use pollux_bench::compare::sys::install_signal_handlers;
+use pollux_bench::compare::sys::{self, install_signal_handlers};
+use pollux_bench::compare::xsk_fwd;
 
 #[derive(Debug, Parser)]
 #[command(name = "pollux-bench", version, about = "Pollux benchmark runners")]
@@ -26,6 +28,26 @@ enum Cmd {
     /// RFC 2544 throughput (NDR, PDR) and latency, every device in one run on one veth
     /// topology: generator ↔ veth ↔ device under test ↔ veth ↔ sink.
     Compare(CompareArgs),
+    /// The `xsk-fwd` device under test, which `compare` starts in the DUT's namespace: a
+    /// bare forwarder on Pollux's AF_XDP driver, rx on INGRESS to tx on EGRESS, one thread
+    /// pinned to CPU, until SIGINT or SIGTERM.
+    XskFwd(XskFwdArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct XskFwdArgs {
+    /// Interface to receive on.
+    #[arg(long, value_name = "IF")]
+    ingress: String,
+    /// Interface to transmit on.
+    #[arg(long, value_name = "IF")]
+    egress: String,
+    /// CPU of the forwarding thread.
+    #[arg(long, value_name = "CPU")]
+    cpu: usize,
+    /// Push this 802.1Q VLAN tag (1..=4094) on every frame.
+    #[arg(long, value_name = "VID", value_parser = clap::value_parser!(u16).range(1..=4094))]
+    push_vlan: Option<u16>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -39,11 +61,12 @@ struct CompareArgs {
     /// Frame sizes with FCS, comma-separated.
     #[arg(long, value_delimiter = ',', default_values_t = RFC2544_SIZES.to_vec())]
     sizes: Vec<u16>,
-    /// Devices under test: pollux, pollux-busy-poll, ovs-afxdp, linux-bridge, xdp-redirect.
+    /// Devices under test: pollux, pollux-busy-poll, xsk-fwd, ovs-afxdp, linux-bridge,
+    /// xdp-redirect.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "pollux,pollux-busy-poll,ovs-afxdp,linux-bridge,xdp-redirect"
+        default_value = "pollux,pollux-busy-poll,xsk-fwd,ovs-afxdp,linux-bridge,xdp-redirect"
     )]
     duts: Vec<String>,
     /// Scenarios: l2-p2p, l2-vlan-push.
@@ -92,14 +115,56 @@ struct CompareArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Cmd::Compare(args) = cli.command;
-    match compare(args) {
+    let result = match cli.command {
+        Cmd::Compare(args) => compare(args),
+        Cmd::XskFwd(args) => xsk_fwd(args),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("pollux-bench: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn xsk_fwd(args: XskFwdArgs) -> Result<(), String> {
+    install_signal_handlers();
+    let opts = xsk_fwd::Options {
+        ingress: args.ingress,
+        egress: args.egress,
+        cpu: args.cpu,
+        push_vlan: args.push_vlan,
+    };
+    let stats = xsk_fwd::run(&opts, |ports| {
+        for p in ports {
+            eprintln!("xsk-fwd: {p}");
+        }
+        eprintln!(
+            "xsk-fwd: ready: {} -> {}{}, thread {} on CPU {}",
+            opts.ingress,
+            opts.egress,
+            opts.push_vlan
+                .map_or(String::new(), |v| format!(", pushing VLAN {v}")),
+            xsk_fwd::THREAD_NAME,
+            opts.cpu
+        );
+    })?;
+    eprintln!(
+        "xsk-fwd: stopped: received {}, forwarded {}, tx ring full {}, too short to tag {}, \
+         received on egress (dropped) {}, loops {} ({} busy)",
+        stats.received,
+        stats.forwarded,
+        stats.tx_ring_full,
+        stats.too_short,
+        stats.reverse_dropped,
+        stats.loops,
+        stats.busy_loops
+    );
+    for line in &stats.ports {
+        eprintln!("xsk-fwd:   {line}");
+    }
+    Ok(())
 }
 
 fn compare(args: CompareArgs) -> Result<(), String> {
@@ -169,6 +234,7 @@ fn compare(args: CompareArgs) -> Result<(), String> {
         polluxd,
         busy_poll_budget: args.busy_poll_budget,
     };
+    sys::ensure_packages(&sys::HARNESS_PACKAGES)?;
     install_signal_handlers();
     let mut report = run_all(&opts)?;
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();

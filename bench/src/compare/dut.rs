@@ -24,6 +24,9 @@ pub enum DutKind {
     Pollux,
     /// polluxd, one worker, its sockets in preferred busy-polling mode.
     PolluxBusyPoll,
+    /// A bare forwarder on Pollux's AF_XDP driver (`pollux-bench xsk-fwd`): the ceiling of
+    /// Pollux's AF_XDP path, placed as polluxd's worker.
+    XskFwd,
     /// Open vSwitch userspace datapath with afxdp ports, one PMD thread.
     OvsAfxdp,
     /// The kernel bridge.
@@ -34,9 +37,10 @@ pub enum DutKind {
 
 impl DutKind {
     /// Every kind, in report order.
-    pub const ALL: [DutKind; 5] = [
+    pub const ALL: [DutKind; 6] = [
         DutKind::Pollux,
         DutKind::PolluxBusyPoll,
+        DutKind::XskFwd,
         DutKind::OvsAfxdp,
         DutKind::LinuxBridge,
         DutKind::XdpRedirect,
@@ -47,6 +51,7 @@ impl DutKind {
         match self {
             DutKind::Pollux => "pollux",
             DutKind::PolluxBusyPoll => "pollux-busy-poll",
+            DutKind::XskFwd => "xsk-fwd",
             DutKind::OvsAfxdp => "ovs-afxdp",
             DutKind::LinuxBridge => "linux-bridge",
             DutKind::XdpRedirect => "xdp-redirect",
@@ -93,6 +98,8 @@ pub struct Running {
     ovs: Option<OvsSwitch>,
     /// polluxd's log and socket.
     pollux: Option<(PathBuf, PathBuf)>,
+    /// xsk-fwd's log.
+    fwd_log: Option<PathBuf>,
     ns: String,
     /// Notes for the report (modes, versions).
     pub notes: Vec<String>,
@@ -202,6 +209,40 @@ pub fn start(
                     .map(|l| l.trim().to_string()),
             );
         }
+        DutKind::XskFwd => {
+            let Some(extra) = scenario.xsk_fwd_args() else {
+                return Ok(None);
+            };
+            let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+            let log = env.work.join(format!("xsk-fwd-{}.log", scenario.name()));
+            let cpu = env.dut_cpu.to_string();
+            let mut args = vec![
+                "ip",
+                "netns",
+                "exec",
+                &t.sw_ns,
+                exe.to_str().ok_or("pollux-bench path is not UTF-8")?,
+                "xsk-fwd",
+                "--ingress",
+                &t.ingress,
+                "--egress",
+                &t.egress,
+                "--cpu",
+                &cpu,
+            ];
+            args.extend(extra.iter().map(String::as_str));
+            let child = spawn(&args, &log)?;
+            r.children.push(("xsk-fwd".into(), child));
+            r.fwd_log = Some(log.clone());
+            let result = wait_for("xsk-fwd ready", Duration::from_secs(15), || {
+                fs::read_to_string(&log).is_ok_and(|s| s.contains("ready"))
+            });
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            if let Err(e) = result {
+                return Err(format!("{e}; xsk-fwd log:\n{text}"));
+            }
+            r.notes.extend(text.lines().map(|l| l.trim().to_string()));
+        }
         DutKind::OvsAfxdp => {
             let Some(commands) = scenario.ovs_commands(ports) else {
                 return Ok(None);
@@ -277,26 +318,7 @@ pub fn start(
 
 /// Installs Open vSwitch with apt-get when `ovs-vswitchd` is missing.
 fn ensure_ovs() -> Result<(), String> {
-    if run(&["sh", "-c", "command -v ovs-vswitchd"]).is_ok() {
-        return Ok(());
-    }
-    eprintln!("pollux-bench: installing openvswitch-switch with apt-get");
-    // Package downloads take longer than the kit's default bound for a command.
-    let apt = Duration::from_secs(600);
-    sys::run_for(&["apt-get", "update", "-q"], apt)?;
-    sys::run_for(
-        &[
-            "env",
-            "DEBIAN_FRONTEND=noninteractive",
-            "apt-get",
-            "install",
-            "-y",
-            "-q",
-            "openvswitch-switch",
-        ],
-        apt,
-    )
-    .map(drop)
+    sys::ensure_packages(&[("ovs-vswitchd", "openvswitch-switch")])
 }
 
 impl Running {
@@ -371,6 +393,16 @@ impl Running {
                     }
                     Ok(None) => std::thread::sleep(Duration::from_millis(50)),
                 }
+            }
+        }
+        if let Some(log) = &self.fwd_log {
+            // xsk-fwd prints its counters when it stops.
+            if let Ok(text) = fs::read_to_string(log) {
+                self.notes.extend(
+                    text.lines()
+                        .skip_while(|l| !l.contains("stopped"))
+                        .map(|l| l.trim().to_string()),
+                );
             }
         }
         if let Some((log, _)) = &self.pollux {

@@ -1,5 +1,6 @@
-//! `pollux-bench compare`: RFC 2544 throughput (NDR, PDR) and latency of Pollux, Open
-//! vSwitch (afxdp), the Linux bridge and an XDP redirect (the ceiling) on one veth
+//! `pollux-bench compare`: RFC 2544 throughput (NDR, PDR) and latency of Pollux, a bare
+//! AF_XDP forwarder on Pollux's driver, Open vSwitch (afxdp), the Linux bridge and an XDP
+//! redirect (the ceiling) on one veth
 //! topology, in one run, with one generator and one CPU placement. See bench/README.md,
 //! "Benchmark harness".
 
@@ -13,5 +14,7 @@ pub mod scenario;
 pub mod search;
 pub mod seq;
 pub mod sys;
+pub mod throughput;
 pub mod topology;
 pub mod traffic;
+pub mod xsk_fwd;

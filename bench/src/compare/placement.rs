@@ -39,8 +39,9 @@ pub struct Cpus {
 pub const NAPI_PRIO: u32 = 50;
 /// Nice value of the generator and of the DUT's datapath threads.
 pub const DATAPATH_NICE: i32 = -20;
-/// Names of the DUT datapath threads given `DATAPATH_PRIO` (polluxd's worker, OVS's PMD).
-const DATAPATH_THREADS: [&str; 2] = ["pollux-worker", "pmd-c"];
+/// Names of the DUT datapath threads given `DATAPATH_NICE` (polluxd's worker, xsk-fwd's
+/// forwarding thread, OVS's PMD).
+const DATAPATH_THREADS: [&str; 3] = ["pollux-worker", super::xsk_fwd::THREAD_NAME, "pmd-c"];
 
 /// Moves the ingress receive work onto the DUT's CPU (after the DUT attached whatever
 /// it attaches, since NAPI instances come and go with XDP programs); returns what was
@@ -138,12 +139,12 @@ pub fn describe(topo: &Topology, cpus: Cpus) -> Vec<String> {
         ),
         if cpus.ingress_on_dut {
             format!(
-                "device under test: CPU {} (polluxd's worker, OVS's PMD thread); the ingress veth {}'s receive work moved there (threaded NAPI pinned, or RPS)",
+                "device under test: CPU {} (polluxd's worker, xsk-fwd's thread, OVS's PMD thread); the ingress veth {}'s receive work moved there (threaded NAPI pinned, or RPS)",
                 cpus.dut, topo.ingress
             )
         } else {
             format!(
-                "device under test: CPU {} (polluxd's worker, OVS's PMD thread); the ingress veth {}'s receive work left on the sending CPU {}",
+                "device under test: CPU {} (polluxd's worker, xsk-fwd's thread, OVS's PMD thread); the ingress veth {}'s receive work left on the sending CPU {}",
                 cpus.dut, topo.ingress, cpus.gen
             )
         },
@@ -156,6 +157,86 @@ pub fn describe(topo: &Topology, cpus: Cpus) -> Vec<String> {
             "priorities: not raised (every thread SCHED_OTHER, nice 0)".to_string()
         },
     ]
+}
+
+/// With autogroup scheduling (`kernel.sched_autogroup_enabled`), a thread's nice value
+/// weighs only against the threads of its own autogroup (its session): against another
+/// session's build, the harness's nice -20 threads get one autogroup's share, like any
+/// other session, and the figures fall with the load of the machine. Raising the nice of
+/// the autogroups of the harness and of the DUT's processes (which may start a session of
+/// their own, as the detached ovs-vswitchd does) gives those threads back the weight the
+/// placement says they have. The old values are written back when dropped.
+#[derive(Debug, Default)]
+pub struct AutogroupPriority {
+    /// `(pid, autogroup, nice before)` of each autogroup raised.
+    saved: Vec<(u32, String, i32)>,
+}
+
+/// `/proc/PID/autogroup`: `/autogroup-65 nice 0`.
+fn autogroup_of(pid: u32) -> Option<(String, i32)> {
+    parse_autogroup(&std::fs::read_to_string(format!("/proc/{pid}/autogroup")).ok()?)
+}
+
+fn parse_autogroup(text: &str) -> Option<(String, i32)> {
+    let mut words = text.split_whitespace();
+    let name = words.next()?.to_string();
+    let nice = (words.next()? == "nice")
+        .then(|| words.next())??
+        .parse()
+        .ok()?;
+    Some((name, nice))
+}
+
+impl AutogroupPriority {
+    /// Raises the autogroup of every process in `pids` to [`DATAPATH_NICE`] if
+    /// `cpus.realtime` and autogroup scheduling is on; `skip` are autogroups already
+    /// raised (by another guard).
+    pub fn raise(cpus: Cpus, pids: &[u32], skip: &[String]) -> AutogroupPriority {
+        let mut guard = AutogroupPriority::default();
+        let enabled = std::fs::read_to_string("/proc/sys/kernel/sched_autogroup_enabled")
+            .is_ok_and(|s| s.trim() == "1");
+        if !cpus.realtime || !enabled {
+            return guard;
+        }
+        for &pid in pids {
+            let Some((name, nice)) = autogroup_of(pid) else {
+                continue;
+            };
+            if skip.contains(&name) || guard.saved.iter().any(|s| s.1 == name) {
+                continue;
+            }
+            let path = format!("/proc/{pid}/autogroup");
+            if std::fs::write(&path, DATAPATH_NICE.to_string()).is_ok() {
+                guard.saved.push((pid, name, nice));
+            }
+        }
+        guard
+    }
+
+    /// The autogroups raised.
+    pub fn names(&self) -> Vec<String> {
+        self.saved.iter().map(|s| s.1.clone()).collect()
+    }
+
+    /// The placement line, if anything was raised.
+    pub fn describe(&self) -> Option<String> {
+        (!self.saved.is_empty()).then(|| {
+            format!(
+                "autogroup {} at nice {DATAPATH_NICE} (autogroup scheduling is on: without it \
+                 the nice values above weigh only inside the harness's own session)",
+                self.names().join(",")
+            )
+        })
+    }
+}
+
+impl Drop for AutogroupPriority {
+    fn drop(&mut self) {
+        for (pid, _, nice) in &self.saved {
+            // The process may be gone, and its autogroup with it.
+            let _ = std::fs::write(format!("/proc/{pid}/autogroup"), nice.to_string());
+        }
+    }
 }
 
 /// `ksoftirqd/DUT` under SCHED_FIFO for the run (softirq work deferred there, such as the
@@ -197,5 +278,23 @@ impl Drop for SoftirqPriority {
         for (pid, _) in &self.pids {
             let _ = set_fifo(*pid, 0);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn autogroup_lines_parse() {
+        assert_eq!(
+            parse_autogroup("/autogroup-65 nice 0\n"),
+            Some(("/autogroup-65".to_string(), 0))
+        );
+        assert_eq!(
+            parse_autogroup("/autogroup-7 nice -20"),
+            Some(("/autogroup-7".to_string(), -20))
+        );
+        assert_eq!(parse_autogroup("/autogroup-7"), None);
     }
 }

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::throughput::Finding;
 use super::traffic::{Latency, TrialResult};
 
 /// Latency at a fraction of the NDR.
@@ -25,7 +26,7 @@ pub struct LatencyPoint {
 /// Pollux's NDR and PDR divided by another device's, same scenario and frame size.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct Ratio {
-    /// NDR ratio (`None` when the other's NDR is 0).
+    /// NDR ratio (`None` when either device has no NDR).
     pub ndr: Option<f64>,
     /// PDR ratio.
     pub pdr: Option<f64>,
@@ -40,10 +41,11 @@ pub struct Entry {
     pub dut: String,
     /// Frame size with FCS.
     pub frame_size: u16,
-    /// Highest rate with zero loss.
-    pub ndr_pps: f64,
-    /// Highest rate with at most `pdr_loss` loss.
-    pub pdr_pps: f64,
+    /// Highest rate measured with zero loss (`None`: no trial had zero loss; `ndr_search`
+    /// says why, with the loss figures).
+    pub ndr_pps: Option<f64>,
+    /// Highest rate measured with at most `pdr_loss` loss (`None`: see `pdr_search`).
+    pub pdr_pps: Option<f64>,
     /// Loss allowed for the PDR (0.005).
     pub pdr_loss: f64,
     /// Latency at 50% and 90% of the NDR.
@@ -55,6 +57,10 @@ pub struct Entry {
     pub trials: u32,
     /// The trial at the NDR (counters along the path included).
     pub ndr_trial: Option<TrialResult>,
+    /// How the NDR was found, or why none was: notes, the lowest failed trial's loss.
+    pub ndr_search: Finding,
+    /// The same for the PDR.
+    pub pdr_search: Finding,
     /// The first trial, at the maximum rate: what the device forwards when overloaded,
     /// and where the frames it could not take went.
     pub overload_trial: Option<TrialResult>,
@@ -100,7 +106,10 @@ impl Report {
             e.ratios.clear();
             for o in &snapshot {
                 if o.scenario == e.scenario && o.frame_size == e.frame_size && o.dut != e.dut {
-                    let div = |a: f64, b: f64| (b > 0.0).then(|| a / b);
+                    let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+                        _ => None,
+                    };
                     e.ratios.insert(
                         o.dut.clone(),
                         Ratio {
@@ -149,16 +158,34 @@ impl Report {
                             )
                         })
                 };
+                let cell = |pps: Option<f64>, f: &Finding, mark: &str| match pps {
+                    Some(v) if f.note.is_some() => format!("{:.3}{mark}", v / 1e6),
+                    Some(v) => format!("{:.3}", v / 1e6),
+                    None => format!("none{mark}"),
+                };
                 let _ = writeln!(
                     s,
-                    "| {} | {} | {:.3} | {:.3} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} |",
                     e.frame_size,
                     e.dut,
-                    e.ndr_pps / 1e6,
-                    e.pdr_pps / 1e6,
+                    cell(e.ndr_pps, &e.ndr_search, "¹"),
+                    cell(e.pdr_pps, &e.pdr_search, "²"),
                     lat(0.5),
                     lat(0.9)
                 );
+            }
+            let mut first = true;
+            for e in self.results.iter().filter(|e| &e.scenario == sc) {
+                for (mark, what, f) in [("¹", "NDR", &e.ndr_search), ("²", "PDR", &e.pdr_search)]
+                {
+                    if let Some(note) = &f.note {
+                        if first {
+                            s.push('\n');
+                            first = false;
+                        }
+                        let _ = writeln!(s, "{mark} {} {} B {what}: {note}  ", e.dut, e.frame_size);
+                    }
+                }
             }
             let pollux: Vec<&Entry> = self
                 .results
@@ -181,6 +208,22 @@ impl Report {
                             f(r.ndr),
                             f(r.pdr)
                         );
+                    }
+                }
+                let others: Vec<&String> = dedup(
+                    self.results
+                        .iter()
+                        .filter(|e| &e.scenario == sc)
+                        .map(|e| &e.dut),
+                );
+                let mut first = true;
+                for (dut, meaning) in RATIO_MEANINGS {
+                    if others.iter().any(|o| o.as_str() == dut) {
+                        if first {
+                            s.push('\n');
+                            first = false;
+                        }
+                        let _ = writeln!(s, "- pollux / {dut}: {meaning}");
                     }
                 }
             }
@@ -206,7 +249,7 @@ impl Report {
             let entries: Vec<&Entry> = self.results.iter().filter(|e| &e.scenario == *sc).collect();
             let ymax = entries
                 .iter()
-                .map(|e| e.ndr_pps.max(e.pdr_pps) / 1e6)
+                .map(|e| e.ndr_pps.unwrap_or(0.0).max(e.pdr_pps.unwrap_or(0.0)) / 1e6)
                 .fold(0.1f64, f64::max)
                 * 1.15;
             let mut chart = ChartBuilder::on(panel)
@@ -226,7 +269,7 @@ impl Report {
                 let mut pts: Vec<(f64, f64)> = entries
                     .iter()
                     .filter(|e| &e.dut == *dut)
-                    .map(|e| (f64::from(e.frame_size), e.ndr_pps / 1e6))
+                    .filter_map(|e| Some((f64::from(e.frame_size), e.ndr_pps? / 1e6)))
                     .collect();
                 if pts.is_empty() {
                     continue;
@@ -256,6 +299,23 @@ impl Report {
     }
 }
 
+/// What Pollux's ratio to each reference device measures.
+const RATIO_MEANINGS: [(&str, &str); 2] = [
+    (
+        "xsk-fwd",
+        "what Pollux's pipeline costs (same AF_XDP driver, sockets and placement, no pipeline)",
+    ),
+    (
+        "xdp-redirect",
+        "what userspace costs (the kernel redirecting in XDP, no AF_XDP copy or socket)",
+    ),
+];
+
+/// `0.123 Mpps`, or `none` when no rate was found.
+pub fn mpps(pps: Option<f64>) -> String {
+    pps.map_or("none".to_string(), |v| format!("{:.3} Mpps", v / 1e6))
+}
+
 fn us(ns: u64) -> String {
     format!("{:.1}", ns as f64 / 1000.0)
 }
@@ -279,8 +339,8 @@ mod tests {
             scenario: "l2-p2p".into(),
             dut: dut.into(),
             frame_size: size,
-            ndr_pps: ndr,
-            pdr_pps: ndr * 1.1,
+            ndr_pps: (ndr > 0.0).then_some(ndr),
+            pdr_pps: (ndr > 0.0).then_some(ndr * 1.1),
             pdr_loss: 0.005,
             latency: vec![LatencyPoint {
                 fraction_of_ndr: 0.5,
@@ -298,6 +358,8 @@ mod tests {
             trials: 7,
             ndr_trial: None,
             overload_trial: None,
+            ndr_search: Finding::default(),
+            pdr_search: Finding::default(),
             all_trials: Vec::new(),
         }
     }
@@ -313,6 +375,7 @@ mod tests {
             entry("pollux", 64, 900_000.0),
             entry("ovs-afxdp", 64, 450_000.0),
             entry("xdp-redirect", 64, 1_000_000.0),
+            entry("xsk-fwd", 64, 1_200_000.0),
             entry("linux-bridge", 64, 0.0),
             entry("pollux", 1518, 500_000.0),
         ];
@@ -324,12 +387,13 @@ mod tests {
     fn ratios_are_pollux_over_each_other_device_of_the_same_size() {
         let r = report();
         let p = &r.results[0];
-        assert_eq!(p.ratios.len(), 3);
+        assert_eq!(p.ratios.len(), 4);
+        assert!((p.ratios["xsk-fwd"].ndr.unwrap() - 0.75).abs() < 1e-9);
         assert!((p.ratios["ovs-afxdp"].ndr.unwrap() - 2.0).abs() < 1e-9);
         assert!((p.ratios["xdp-redirect"].ndr.unwrap() - 0.9).abs() < 1e-9);
         assert_eq!(p.ratios["linux-bridge"].ndr, None, "no ratio to a zero NDR");
         assert!(r.results[1].ratios.is_empty(), "only Pollux gets ratios");
-        assert!(r.results[4].ratios.is_empty(), "nothing else at 1518 bytes");
+        assert!(r.results[5].ratios.is_empty(), "nothing else at 1518 bytes");
     }
 
     #[test]
@@ -368,6 +432,42 @@ mod tests {
             md.contains("| 64 | pollux | linux-bridge | – | – |"),
             "{md}"
         );
+        assert!(
+            md.contains("| 64 | pollux | xsk-fwd | 0.75 | 0.75 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- pollux / xsk-fwd: what Pollux's pipeline costs"),
+            "{md}"
+        );
+        assert!(
+            md.contains("- pollux / xdp-redirect: what userspace costs"),
+            "{md}"
+        );
+    }
+
+    #[test]
+    fn a_device_without_ndr_shows_none_and_why_never_zero() {
+        let mut r = report();
+        let e = &mut r.results[2];
+        e.ndr_pps = None;
+        e.ndr_search.note = Some("none found with zero loss: loss at every rate tried".into());
+        r.compute_ratios();
+        let md = r.to_markdown();
+        assert!(md.contains("| 64 | xdp-redirect | none¹ | 1.100 |"), "{md}");
+        assert!(
+            md.contains(
+                "¹ xdp-redirect 64 B NDR: none found with zero loss: loss at every rate tried"
+            ),
+            "{md}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert!(v["results"][2]["ndr_pps"].is_null());
+        assert_eq!(
+            v["results"][2]["ndr_search"]["note"],
+            "none found with zero loss: loss at every rate tried"
+        );
+        assert!(v["results"][0]["ratios"]["xdp-redirect"]["ndr"].is_null());
     }
 
     #[test]

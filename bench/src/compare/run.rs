@@ -7,10 +7,11 @@ use std::path::PathBuf;
 
 use super::dut::{self, DutKind, Env};
 use super::placement::{self, Cpus};
-use super::report::{Entry, LatencyPoint, Report};
+use super::report::{mpps, Entry, LatencyPoint, Report};
 use super::scenario::Scenario;
-use super::search::{Search, SearchConfig};
+use super::search::SearchConfig;
 use super::sys::{self, interrupted, interrupted_error, pin_to_cpu, run};
+use super::throughput;
 use super::topology::{self, counter_delta, Topology};
 use super::traffic::{Traffic, TrialResult, TrialSpec};
 
@@ -107,6 +108,10 @@ fn run_in_topology(opts: &Options, work: &std::path::Path) -> Result<Report, Str
     if let Some(line) = _softirq.describe() {
         report.placement.push(line);
     }
+    let own_group = placement::AutogroupPriority::raise(opts.cpus, &[std::process::id()], &[]);
+    if let Some(line) = own_group.describe() {
+        report.placement.push(line);
+    }
     for line in &report.placement {
         eprintln!("placement: {line}");
     }
@@ -143,6 +148,9 @@ fn run_in_topology(opts: &Options, work: &std::path::Path) -> Result<Report, Str
                 }
             };
             let mut notes = placement::apply(&topo, opts.cpus, &running.pids())?;
+            let dut_group =
+                placement::AutogroupPriority::raise(opts.cpus, &running.pids(), &own_group.names());
+            notes.extend(dut_group.describe());
             for l in &notes {
                 progress("");
                 eprintln!("[{key}] placement: {l}");
@@ -151,9 +159,9 @@ fn run_in_topology(opts: &Options, work: &std::path::Path) -> Result<Report, Str
                 let entry = measure(opts, &topo, &mut traffic, sc.as_ref(), kind, size)?;
                 progress("");
                 eprintln!(
-                    "[{key} {size}B] NDR {:.3} Mpps, PDR {:.3} Mpps ({} trials){}",
-                    entry.ndr_pps / 1e6,
-                    entry.pdr_pps / 1e6,
+                    "[{key} {size}B] NDR {}, PDR {} ({} trials){}",
+                    mpps(entry.ndr_pps),
+                    mpps(entry.pdr_pps),
                     entry.trials,
                     entry
                         .latency
@@ -166,10 +174,17 @@ fn run_in_topology(opts: &Options, work: &std::path::Path) -> Result<Report, Str
                         ))
                         .collect::<String>()
                 );
+                for note in [&entry.ndr_search.note, &entry.pdr_search.note]
+                    .into_iter()
+                    .flatten()
+                {
+                    eprintln!("[{key} {size}B] {note}");
+                }
                 report.results.push(entry);
             }
             notes.extend(running.stats());
             notes.extend(running.stop());
+            drop(dut_group);
             topo.detach_xdp();
             report.dut_notes.insert(key, notes);
         }
@@ -219,88 +234,25 @@ fn measure(
         })?;
         r.path = counter_delta(&before, &path_counters(topo, traffic));
         progress_line(&format!(
-            "{label} {phase} trial {n} at {:.3} Mpps: offered {:.3}, received {:.3} Mpps, lost {}, not offered {}",
+            "{label} {phase} trial {n} at {:.3} Mpps: offered {:.3}, received {:.3} Mpps, lost {}, not offered {}{}",
             rate / 1e6,
             r.offered_pps / 1e6,
             r.received_pps / 1e6,
             r.lost,
-            r.not_offered
+            r.not_offered,
+            if r.generator_limited { " (generator-limited)" } else { "" }
         ), true);
         trials.borrow_mut().push(r.clone());
         Ok(r)
     };
 
-    // NDR.
-    let mut ndr_search = Search::new(opts.search);
-    let mut overload: Option<TrialResult> = None;
-    let mut ndr_trial: Option<TrialResult> = None;
-    let mut pdr_known: Vec<(f64, bool)> = Vec::new();
-    while let Some(rate) = ndr_search.next_rate() {
-        let r = trial(traffic, "NDR", rate)?;
-        let pass = r.passes(0.0);
-        ndr_search.record(rate, pass);
-        pdr_known.push((rate, r.passes(PDR_LOSS)));
-        if pass && ndr_trial.as_ref().is_none_or(|t| t.requested_pps < rate) {
-            ndr_trial = Some(r.clone());
-        }
-        if overload.is_none() {
-            // What got through while overloaded is close to the answer, unless the
-            // device collapsed under overload (receive livelock): then bisect.
-            if r.received_pps > 0.05 * rate {
-                ndr_search.set_hint(r.received_pps * 0.99);
-            }
-            overload = Some(r);
-        }
-    }
-    let ndr = ndr_search.result();
-    let ndr_rate = ndr;
-
-    // PDR: starts above the NDR, reusing what the NDR trials showed.
-    let mut pdr_search = Search::with_known_pass(opts.search, ndr_rate);
-    for &(rate, pass) in &pdr_known {
-        if pass {
-            pdr_search.record(rate, true);
-        } else {
-            pdr_search.known_fail(rate);
-        }
-    }
-    if let Some(o) = overload
-        .as_ref()
-        .filter(|o| o.received_pps > 0.05 * o.requested_pps)
-    {
-        pdr_search.set_hint(o.received_pps);
-    }
-    let mut pdr_trials = 0;
-    while let Some(rate) = pdr_search.next_rate() {
-        if pdr_trials >= opts.search.max_trials {
-            break;
-        }
-        let r = trial(traffic, "PDR", rate)?;
-        pdr_search.record(rate, r.passes(PDR_LOSS));
-        pdr_trials += 1;
-    }
-    // Report what was offered in the best passing trial, not what was asked for: the
-    // generator may fall short by up to MAX_NOT_OFFERED.
-    let offered_at = |rate: f64, max_loss: f64| {
-        trials
-            .borrow()
-            .iter()
-            .filter(|t| t.requested_pps == rate && t.passes(max_loss))
-            .map(|t| t.offered_pps)
-            .fold(0.0, f64::max)
-    };
-    let ndr = if ndr > 0.0 { offered_at(ndr, 0.0) } else { 0.0 };
-    let pdr_rate = pdr_search.result();
-    let pdr = if pdr_rate > 0.0 {
-        offered_at(pdr_rate, PDR_LOSS)
-    } else {
-        0.0
-    }
-    .max(ndr);
+    let found = throughput::measure(opts.search, PDR_LOSS, |phase, rate| {
+        trial(traffic, phase, rate)
+    })?;
 
     // Latency at fractions of the NDR.
     let mut latency = Vec::new();
-    if ndr > 0.0 {
+    if let Some(ndr) = found.ndr.pps {
         for f in LATENCY_AT {
             let r = trial(traffic, &format!("latency {:.0}%", f * 100.0), ndr * f)?;
             latency.push(LatencyPoint {
@@ -316,14 +268,16 @@ fn measure(
         scenario: sc.name().to_string(),
         dut: kind.name().to_string(),
         frame_size: size,
-        ndr_pps: ndr,
-        pdr_pps: pdr,
+        ndr_pps: found.ndr.pps,
+        pdr_pps: found.pdr.pps,
         pdr_loss: PDR_LOSS,
         latency,
         ratios: BTreeMap::new(),
         trials: all_trials.len() as u32,
-        ndr_trial,
-        overload_trial: overload,
+        ndr_trial: found.ndr_trial,
+        overload_trial: found.overload,
+        ndr_search: found.ndr,
+        pdr_search: found.pdr,
         all_trials,
     })
 }

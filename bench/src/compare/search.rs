@@ -41,13 +41,16 @@ impl Default for SearchConfig {
 }
 
 /// The state of one binary search.
+///
+/// Every outcome is kept, so a noisy device (a failure at or below a rate that passed)
+/// never makes the search forget a pass: the bracket is always (highest pass, lowest
+/// failure above it), and failures at or below the highest pass are counted as
+/// inconsistencies for the report instead.
 #[derive(Clone, Debug)]
 pub struct Search {
     cfg: SearchConfig,
-    /// Highest rate that passed (0: none yet).
-    lo: f64,
-    /// Lowest rate that failed (`None`: the maximum is untested).
-    hi: Option<f64>,
+    /// Every outcome known, `(rate, passed)`: trials, and facts from elsewhere.
+    known: Vec<(f64, bool)>,
     hint: Option<f64>,
     /// A hint was tried: refine around it rather than bisect the whole range.
     hinted: bool,
@@ -62,8 +65,7 @@ impl Search {
     pub fn new(cfg: SearchConfig) -> Self {
         Search {
             cfg,
-            lo: 0.0,
-            hi: None,
+            known: Vec::new(),
             hint: None,
             hinted: false,
             gallops: 0,
@@ -75,17 +77,23 @@ impl Search {
     /// zero-loss rate also has at most 0.5% loss).
     pub fn with_known_pass(cfg: SearchConfig, rate: f64) -> Self {
         let mut s = Search::new(cfg);
-        s.lo = rate.clamp(0.0, cfg.max_pps);
-        // The answer is usually just above: refine from there, as after a hint.
-        s.hinted = s.lo > 0.0;
+        let rate = rate.clamp(0.0, cfg.max_pps);
+        if rate > 0.0 {
+            s.known.push((rate, true));
+            // The answer is usually just above: refine from there, as after a hint.
+            s.hinted = true;
+        }
         s
     }
 
     /// A search that already knows `rate` fails (e.g. the maximum, tried by another search).
     pub fn known_fail(&mut self, rate: f64) {
-        if rate > self.lo && self.hi.is_none_or(|h| rate < h) {
-            self.hi = Some(rate);
-        }
+        self.known.push((rate, false));
+    }
+
+    /// A search that already knows `rate` passes, without counting a trial.
+    pub fn known_pass(&mut self, rate: f64) {
+        self.known.push((rate, true));
     }
 
     /// Rate to try after the current bracket is known, before bisecting.
@@ -95,32 +103,52 @@ impl Search {
         }
     }
 
+    /// Highest rate that passed (0: none yet).
+    fn lo(&self) -> f64 {
+        self.known
+            .iter()
+            .filter(|k| k.1)
+            .map(|k| k.0)
+            .fold(0.0, f64::max)
+    }
+
+    /// Lowest rate above [`Search::lo`] that failed (`None`: nothing above it failed).
+    fn hi(&self) -> Option<f64> {
+        let lo = self.lo();
+        self.known
+            .iter()
+            .filter(|k| !k.1 && k.0 > lo)
+            .map(|k| k.0)
+            .reduce(f64::min)
+    }
+
     /// The rate to try next, or `None` when the search is done.
     pub fn next_rate(&mut self) -> Option<f64> {
         if self.trials >= self.cfg.max_trials {
             return None;
         }
-        let Some(hi) = self.hi else {
-            // Nothing failed yet: try the maximum (done if it passed).
-            return (self.lo < self.cfg.max_pps).then_some(self.cfg.max_pps);
+        let lo = self.lo();
+        let Some(hi) = self.hi() else {
+            // Nothing failed above the best pass: try the maximum (done if it passed).
+            return (lo < self.cfg.max_pps).then_some(self.cfg.max_pps);
         };
-        if hi <= self.cfg.min_pps || hi - self.lo <= self.cfg.resolution * hi {
+        if hi <= self.cfg.min_pps || hi - lo <= self.cfg.resolution * hi {
             return None;
         }
         if let Some(h) = self.hint.take() {
             // Only a hint inside the open bracket is worth a trial.
             let margin = self.cfg.resolution * hi / 2.0;
-            if h > self.lo + margin && h < hi - margin {
+            if h > lo + margin && h < hi - margin {
                 self.hinted = true;
                 return Some(h);
             }
         }
-        let mid = (self.lo + hi) / 2.0;
+        let mid = (lo + hi) / 2.0;
         let x = if !self.hinted || self.gallops >= MAX_GALLOPS {
             mid
-        } else if self.lo > 0.0 {
+        } else if lo > 0.0 {
             self.gallops += 1;
-            mid.min(self.lo * (1.0 + self.cfg.gallop))
+            mid.min(lo * (1.0 + self.cfg.gallop))
         } else {
             self.gallops += 1;
             mid.max(hi * (1.0 - self.cfg.gallop))
@@ -131,29 +159,19 @@ impl Search {
     /// Records the outcome of a trial at `rate`.
     pub fn record(&mut self, rate: f64, passed: bool) {
         self.trials += 1;
-        if passed {
-            if rate > self.lo {
-                self.lo = rate;
-            }
-            if self.hi.is_some_and(|h| h <= rate) {
-                // Inconsistent (noise): a pass at or above a failure. Trust the newer
-                // result; the upper bound is unknown again.
-                self.hi = None;
-            }
-        } else {
-            if self.hi.is_none_or(|h| rate < h) {
-                self.hi = Some(rate);
-            }
-            if self.lo >= rate {
-                // A failure at or below a pass: the earlier pass was luck; search below.
-                self.lo = 0.0;
-            }
-        }
+        self.known.push((rate, passed));
     }
 
-    /// The highest passing rate found (0 when none passed).
+    /// The highest passing rate found (0 when none passed). A later failure at a lower
+    /// rate does not take it back: see [`Search::inconsistencies`].
     pub fn result(&self) -> f64 {
-        self.lo
+        self.lo()
+    }
+
+    /// Failures at or below the highest pass: the device (or the machine) is noisy there.
+    pub fn inconsistencies(&self) -> usize {
+        let lo = self.lo();
+        self.known.iter().filter(|k| !k.1 && k.0 <= lo).count()
     }
 
     /// Trials recorded.
@@ -190,6 +208,21 @@ mod tests {
         s.record(cfg.max_pps, true);
         assert_eq!(s.next_rate(), None);
         assert_eq!(s.result(), cfg.max_pps);
+    }
+
+    /// The smoke run's fault: a trial passes, a later one at a lower rate fails (noise),
+    /// and the search forgot the pass and reported 0.
+    #[test]
+    fn a_failure_below_a_pass_keeps_the_pass() {
+        let cfg = SearchConfig {
+            max_trials: 4,
+            ..SearchConfig::default()
+        };
+        let mut s = Search::new(cfg);
+        s.record(2_000_000.0, false);
+        s.record(500_000.0, true);
+        s.record(480_000.0, false);
+        assert_eq!(s.result(), 500_000.0);
     }
 
     #[test]
@@ -230,6 +263,40 @@ mod tests {
             // The lowest failure is above the threshold, and within resolution of r.
             prop_assert!(r >= threshold * (1.0 - 2.0 * cfg.resolution) - 1.0,
                 "result {} too far below {}", r, threshold);
+        }
+
+        /// A noisy device: above the threshold every trial fails, below it a trial fails
+        /// now and then. Whatever the order of outcomes, a rate that passed is never
+        /// forgotten, and the result is always a rate that passed.
+        #[test]
+        fn a_noisy_device_never_loses_a_pass(
+            threshold in 2_000.0f64..2_000_000.0,
+            noise in any::<u64>(),
+            hint in proptest::option::of(1_000.0f64..2_500_000.0),
+        ) {
+            let cfg = SearchConfig { max_trials: 12, ..SearchConfig::default() };
+            let mut s = Search::new(cfg);
+            let mut bits = noise;
+            let mut passed: Vec<f64> = Vec::new();
+            let mut first = true;
+            while let Some(r) = s.next_rate() {
+                let unlucky = bits & 3 == 0;
+                bits = bits.rotate_right(2);
+                let pass = r <= threshold && !unlucky;
+                s.record(r, pass);
+                if pass {
+                    passed.push(r);
+                }
+                if first {
+                    if let Some(h) = hint {
+                        s.set_hint(h);
+                    }
+                    first = false;
+                }
+            }
+            let best = passed.iter().copied().fold(0.0, f64::max);
+            prop_assert_eq!(s.result(), best);
+            prop_assert!(s.result() <= threshold);
         }
 
         #[test]

@@ -9,6 +9,44 @@ use pollux_testkit::netns;
 
 pub use pollux_testkit::signal::{install_signal_handlers, interrupted};
 
+/// What the harness itself runs, `(command, Debian package)`: installed by
+/// [`ensure_packages`] before the run (Open vSwitch only when it is measured).
+pub const HARNESS_PACKAGES: [(&str, &str); 3] = [
+    ("ip", "iproute2"),
+    ("ethtool", "ethtool"),
+    ("taskset", "util-linux"),
+];
+
+/// Installs with apt-get (the harness runs as root) the package of every command that is
+/// not found, as scripts/test.sh does on a fresh machine.
+pub fn ensure_packages(needed: &[(&str, &str)]) -> Result<(), String> {
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(cmd, _)| run(&["sh", "-c", &format!("command -v {cmd}")]).is_err())
+        .map(|&(_, pkg)| pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!(
+        "pollux-bench: installing {} with apt-get",
+        missing.join(" ")
+    );
+    // Package downloads take longer than the kit's default bound for a command.
+    let apt = Duration::from_secs(600);
+    run_for(&["apt-get", "update", "-q"], apt)?;
+    let mut args = vec![
+        "env",
+        "DEBIAN_FRONTEND=noninteractive",
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+    ];
+    args.extend(&missing);
+    run_for(&args, apt).map(drop)
+}
+
 /// Error for an interrupted run.
 pub fn interrupted_error() -> String {
     "interrupted".to_string()

@@ -89,6 +89,9 @@ pub struct TrialResult {
     pub sent: u64,
     /// Frames the pacer wrote off: the path pushed back and the rate was not offered.
     pub not_offered: u64,
+    /// More than [`MAX_NOT_OFFERED`] of the frames were not offered: the trial says
+    /// nothing about the device at the asked rate (it fails, whatever the loss).
+    pub generator_limited: bool,
     /// Frames received, duplicates included.
     pub received: u64,
     /// Frames sent and never received.
@@ -362,7 +365,7 @@ impl Traffic {
         let send_secs = (sent_done_at.unwrap_or_else(|| self.now_ns()) - start) as f64 / 1e9;
         let secs = send_secs.max(spec.secs.min(send_secs.max(1e-3)));
         let sent = (self.gen_completed() - completed_before).min(pacer.frames_sent());
-        Ok(TrialResult {
+        let mut result = TrialResult {
             requested_pps: spec.rate_pps,
             offered_pps: sent as f64 / secs,
             received_pps: tracker.unique as f64 / secs,
@@ -377,7 +380,10 @@ impl Traffic {
             secs,
             latency: Latency::of(&hist),
             path: Default::default(),
-        })
+            ..TrialResult::default()
+        };
+        result.generator_limited = !result.offered_in_full();
+        Ok(result)
     }
 
     /// The NAPI instance the kernel marked on the sink's socket (`SO_INCOMING_NAPI_ID`):

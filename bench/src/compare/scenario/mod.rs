@@ -44,6 +44,9 @@ pub trait Scenario: std::fmt::Debug {
     fn linux_cleanup(&self, _ports: Ports<'_>) -> Vec<Vec<String>> {
         cmds(&[&["ip", "link", "del", "lbr0"]])
     }
+    /// Arguments of `pollux-bench xsk-fwd` beyond the interfaces and CPU (the bare AF_XDP
+    /// forwarder: only a tag push is available), or `None` if it cannot do this scenario.
+    fn xsk_fwd_args(&self) -> Option<Vec<String>>;
     /// The XDP program for the ingress interface that does this scenario's rewriting and
     /// redirects to `egress_ifindex`, or `None` if there is no such ceiling.
     fn xdp_program(&self, egress_ifindex: u32) -> Option<Vec<BpfInsn>>;
@@ -57,6 +60,37 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
 /// The scenario called `name`.
 pub fn by_name(name: &str) -> Option<Box<dyn Scenario>> {
     all().into_iter().find(|s| s.name() == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every scenario's desired state is one polluxd accepts, and its ports run without
+    /// port security: the generator's addresses are no port's fixed IPs, and the other
+    /// devices check no source addresses either (with it on, every frame is a
+    /// `spoofed_ip` drop).
+    #[test]
+    fn pollux_configs_validate_without_port_security() {
+        let ports = Ports {
+            ingress: "pbn1t0g",
+            egress: "pbn1t0k",
+        };
+        for sc in all() {
+            let text = sc.pollux_config(ports).unwrap();
+            let state = pollux_control::model::DesiredState::from_toml_str(&text)
+                .unwrap_or_else(|e| panic!("{}: {e:?}", sc.name()));
+            assert!(!state.ports.is_empty(), "{}", sc.name());
+            assert!(
+                state.ports.iter().all(|p| !p.port_security_enabled),
+                "{}",
+                sc.name()
+            );
+            if let Err(errors) = pollux_control::validate::validate(&state) {
+                panic!("{}: {errors:?}", sc.name());
+            }
+        }
+    }
 }
 
 /// Argument lists from string slices.

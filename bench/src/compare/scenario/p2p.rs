@@ -37,12 +37,14 @@ network_type = "local"
 id = "gen"
 network_id = "bench"
 mac_address = "{gen}"
+port_security_enabled = false
 binding = {{ driver = "afxdp", interface = "{ingress}" }}
 
 [[ports]]
 id = "sink"
 network_id = "bench"
 mac_address = "{sink}"
+port_security_enabled = false
 binding = {{ driver = "afxdp", interface = "{egress}" }}
 "#,
             gen = fmt_mac(GEN_MAC),
@@ -80,6 +82,10 @@ binding = {{ driver = "afxdp", interface = "{egress}" }}
             &["ip", "link", "set", p.egress, "master", "lbr0"],
             &["ip", "link", "set", "lbr0", "up"],
         ]))
+    }
+
+    fn xsk_fwd_args(&self) -> Option<Vec<String>> {
+        Some(Vec::new())
     }
 
     fn xdp_program(&self, egress_ifindex: u32) -> Option<Vec<BpfInsn>> {

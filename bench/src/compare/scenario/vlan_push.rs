@@ -48,6 +48,7 @@ segmentation_id = {vid}
 id = "gen"
 network_id = "net-{vid}"
 mac_address = "{gen}"
+port_security_enabled = false
 binding = {{ driver = "afxdp", interface = "{ingress}" }}
 "#,
             vid = self.vid,
@@ -110,6 +111,12 @@ binding = {{ driver = "afxdp", interface = "{ingress}" }}
             &["ip", "link", "del", "lbr0"],
             &["ip", "link", "del", &vlan_dev],
         ])
+    }
+
+    /// The forwarder pushes the tag itself, in the frame's headroom, as the XDP ceiling
+    /// and Pollux do.
+    fn xsk_fwd_args(&self) -> Option<Vec<String>> {
+        Some(vec!["--push-vlan".to_string(), self.vid.to_string()])
     }
 
     /// Pushes the tag in place (`bpf_xdp_adjust_head` by -4, the MACs moved to the new
