@@ -23,6 +23,9 @@ use crate::routes::routes;
 use crate::rpc::{Handler, MethodInfo, RpcError};
 use crate::validate::Segment;
 
+mod objects;
+use objects::object_method;
+
 /// `config.apply`/`config.rollback`: the state does not parse or validate.
 pub const INVALID_CONFIG: i64 = -32001;
 /// `expect_generation` is not the active generation.
@@ -37,6 +40,8 @@ pub const UNKNOWN_GENERATION: i64 = -32005;
 pub const NOT_SUPPORTED: i64 = -32006;
 /// Anything else that went wrong inside the daemon.
 pub const DAEMON_ERROR: i64 = -32010;
+/// `<collection>.delete`/`config.patch`: a delete of an object the state does not hold.
+pub const UNKNOWN_OBJECT: i64 = -32007;
 
 /// The methods and their usage strings, as `rpc.list` reports them.
 const METHODS: &[(&str, &str)] = &[
@@ -155,6 +160,19 @@ impl Handler for Service {
             "neighbors.list" => neighbors_list(e, params),
             "sessions.list" => sessions_list(e, params),
             "leases.list" => leases_list(e, params),
+            m if m == "config.patch" || object_method(m).is_some() => {
+                let dry_run = params
+                    .as_ref()
+                    .and_then(|p| p.get("dry_run"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let started = Instant::now();
+                let result = objects::call(e, m, params);
+                if !dry_run {
+                    e.metrics().record_apply(result.is_ok(), started.elapsed());
+                }
+                result
+            }
             "version.get" => {
                 parse::<NoParams>(params)?;
                 Ok(json!({ "name": "polluxd", "version": env!("CARGO_PKG_VERSION") }))
@@ -167,6 +185,7 @@ impl Handler for Service {
         METHODS
             .iter()
             .map(|(name, usage)| MethodInfo::new(*name, *usage))
+            .chain(objects::methods())
             .collect()
     }
 
@@ -227,6 +246,15 @@ pub fn rpc_error(e: ApplyError) -> RpcError {
             UNKNOWN_GENERATION,
             message,
             json!({ "requested": generation, "retained": retained }),
+        ),
+        ApplyError::UnknownObject {
+            collection,
+            id,
+            change,
+        } => RpcError::application(
+            UNKNOWN_OBJECT,
+            message,
+            json!({ "collection": collection, "id": id, "change": change }),
         ),
         ApplyError::Internal(why) => {
             RpcError::application(DAEMON_ERROR, message, json!({ "details": why }))
@@ -691,6 +719,12 @@ mod tests {
                 Just("network_id".to_string()),
                 Just("router_id".to_string()),
                 Just("ports".to_string()),
+                Just("port".to_string()),
+                Just("id".to_string()),
+                Just("changes".to_string()),
+                Just("op".to_string()),
+                Just("collection".to_string()),
+                Just("object".to_string()),
                 "[a-z_]{1,8}",
             ];
             prop_oneof![
@@ -701,8 +735,13 @@ mod tests {
         })
     }
 
-    fn method() -> impl Strategy<Value = &'static str> {
-        prop::sample::select(METHODS.iter().map(|(m, _)| *m).collect::<Vec<_>>())
+    fn method() -> impl Strategy<Value = String> {
+        let names: Vec<String> = METHODS
+            .iter()
+            .map(|(m, _)| (*m).to_owned())
+            .chain(objects::methods().into_iter().map(|m| m.name))
+            .collect();
+        prop::sample::select(names)
     }
 
     proptest! {
@@ -717,8 +756,11 @@ mod tests {
             let mut s = service();
             for (method, params) in calls {
                 let before = s.generation();
+                let method = method.as_str();
                 let outcome = s.call(method, params);
-                let changes = matches!(method, "config.apply" | "config.rollback");
+                let changes = matches!(method, "config.apply" | "config.rollback")
+                    || method == "config.patch"
+                    || object_method(method).is_some();
                 match outcome {
                     Ok(result) => {
                         prop_assert!(result.is_object(), "{method}: {result}");
@@ -729,7 +771,8 @@ mod tests {
                     Err(e) => {
                         prop_assert!(
                             e.code == crate::rpc::INVALID_PARAMS
-                                || (NOT_SUPPORTED..=INVALID_CONFIG).contains(&e.code),
+                                || (NOT_SUPPORTED..=INVALID_CONFIG).contains(&e.code)
+                                || e.code == UNKNOWN_OBJECT,
                             "{method}: unexpected error {e:?}"
                         );
                         prop_assert!(!e.message.is_empty());
