@@ -436,8 +436,7 @@ fn two_clients_racing_with_expect_generation() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    for round in 0..ROUNDS {
-        let (a, b) = (&results[0][round], &results[1][round]);
+    for (round, (a, b)) in results[0].iter().zip(&results[1]).enumerate() {
         assert_eq!(a.0, b.0, "round {round}: both read the same generation");
         let wins = [&a.1, &b.1].iter().filter(|r| r.is_ok()).count();
         assert_eq!(wins, 1, "round {round}: exactly one wins: {a:?} {b:?}");
