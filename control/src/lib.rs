@@ -26,6 +26,7 @@ pub mod identity;
 pub mod log;
 pub mod metrics;
 pub mod model;
+pub mod patch;
 pub mod private_fs;
 pub mod routes;
 pub mod rpc;

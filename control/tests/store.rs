@@ -251,7 +251,19 @@ fn a_second_store_on_the_same_directory_is_refused_until_the_first_is_gone() {
     assert!(in_flight.exists(), "the refused open touched the directory");
 
     drop(first);
-    let second = Store::open(&dir, DEFAULT_HISTORY).expect("open once the first is gone");
+    // Another test of this process may be starting a command (mount, umount) right now:
+    // between its fork and its exec, the child holds a copy of every descriptor, the
+    // lock file's included (close-on-exec closes it only at the exec), so the lock can
+    // outlive `first` by that moment. Retry for a bounded while.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let second = loop {
+        match Store::open(&dir, DEFAULT_HISTORY) {
+            Err(StoreError::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            other => break other.expect("open once the first is gone"),
+        }
+    };
     assert_eq!(second.current(), Some((1, &state(1))));
 }
 

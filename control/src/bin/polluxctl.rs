@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use pollux_control::client::{CallError, Client};
 use pollux_control::model::{DesiredState, TOP_LEVEL_KEYS};
+use pollux_control::patch::Collection;
 use serde_json::{json, Map, Value};
 
 /// Where `polluxd` listens unless told otherwise.
@@ -69,6 +70,34 @@ enum Command {
     /// Trace the next packets of a port through every stage.
     #[command(subcommand)]
     Trace(Trace),
+    /// Create or replace one object (JSON, or TOML; "-" reads stdin), e.g.
+    /// `polluxctl put port vm1.json`.
+    Put {
+        /// Its collection: port(s), network(s), subnet(s), router(s), floating-ip(s),
+        /// security-group(s), uplink(s).
+        kind: String,
+        /// The object, bare or as `{"port": {...}}`.
+        file: PathBuf,
+        /// Validate and show the diff, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Refuse unless the active generation is N.
+        #[arg(long, value_name = "N")]
+        expect_generation: Option<u64>,
+    },
+    /// Remove one object by its id (an uplink by its name).
+    Delete {
+        /// Its collection, as for `put`.
+        kind: String,
+        /// Its id.
+        id: String,
+        /// Validate and show the diff, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Refuse unless the active generation is N.
+        #[arg(long, value_name = "N")]
+        expect_generation: Option<u64>,
+    },
     /// Print the versions of polluxctl and polluxd.
     Version,
     /// List the daemon's methods.
@@ -280,6 +309,28 @@ fn request(command: &Command) -> Result<(&'static str, Value), Failure> {
             let params = commit_params(params, *dry_run, *expect_generation);
             ("config.rollback", params)
         }
+        Command::Put {
+            kind,
+            file,
+            dry_run,
+            expect_generation,
+        } => {
+            let c = collection(kind)?;
+            let mut params = Map::new();
+            params.insert(c.singular().to_owned(), load_object(c, file)?);
+            let params = commit_params(Value::Object(params), *dry_run, *expect_generation);
+            (object_method_name(c, true), params)
+        }
+        Command::Delete {
+            kind,
+            id,
+            dry_run,
+            expect_generation,
+        } => {
+            let c = collection(kind)?;
+            let params = commit_params(json!({ "id": id }), *dry_run, *expect_generation);
+            (object_method_name(c, false), params)
+        }
         Command::Show(show) => show_request(show),
         Command::History => ("config.history", json!({})),
         Command::Version => ("version.get", json!({})),
@@ -343,6 +394,69 @@ fn load_state(file: &Path) -> Result<DesiredState, Failure> {
         read_input(file, stdin).map_err(|e| Failure::Local(format!("cannot read {name}: {e}")))?;
     DesiredState::from_file_text((!stdin).then_some(file), &text)
         .map_err(|e| Failure::Local(format!("{name}: {e}")))
+}
+
+fn collection(kind: &str) -> Result<Collection, Failure> {
+    Collection::parse(kind).ok_or_else(|| {
+        let kinds: Vec<_> = Collection::ALL.iter().map(|c| c.singular()).collect();
+        Failure::Local(format!(
+            "unknown kind {kind:?}, expected one of {}",
+            kinds.join(", ")
+        ))
+    })
+}
+
+/// The socket method that puts (or deletes) an object of `c`.
+fn object_method_name(c: Collection, put: bool) -> &'static str {
+    match (c, put) {
+        (Collection::Uplinks, true) => "uplinks.put",
+        (Collection::Uplinks, false) => "uplinks.delete",
+        (Collection::Networks, true) => "networks.put",
+        (Collection::Networks, false) => "networks.delete",
+        (Collection::Subnets, true) => "subnets.put",
+        (Collection::Subnets, false) => "subnets.delete",
+        (Collection::Ports, true) => "ports.put",
+        (Collection::Ports, false) => "ports.delete",
+        (Collection::Routers, true) => "routers.put",
+        (Collection::Routers, false) => "routers.delete",
+        (Collection::FloatingIps, true) => "floating_ips.put",
+        (Collection::FloatingIps, false) => "floating_ips.delete",
+        (Collection::SecurityGroups, true) => "security_groups.put",
+        (Collection::SecurityGroups, false) => "security_groups.delete",
+    }
+}
+
+/// Reads one object: JSON when it starts with `{`, else TOML; `{"port": {...}}` (the
+/// request body of the socket method) is accepted as well as the bare object.
+fn load_object(c: Collection, file: &Path) -> Result<Value, Failure> {
+    let stdin = file == Path::new("-");
+    let name = if stdin {
+        "<stdin>".to_owned()
+    } else {
+        file.display().to_string()
+    };
+    let text =
+        read_input(file, stdin).map_err(|e| Failure::Local(format!("cannot read {name}: {e}")))?;
+    let json = match file.extension().and_then(|e| e.to_str()) {
+        Some("json") => true,
+        Some("toml") => false,
+        _ => text.trim_start().starts_with('{'),
+    };
+    let value: Value = if json {
+        serde_json::from_str(&text).map_err(|e| Failure::Local(format!("{name}: {e}")))?
+    } else {
+        toml::from_str(&text).map_err(|e| Failure::Local(format!("{name}: {e}")))?
+    };
+    let value = match value {
+        Value::Object(mut map) if map.len() == 1 && map.contains_key(c.singular()) => {
+            map.remove(c.singular()).unwrap_or_default()
+        }
+        other => other,
+    };
+    if !value.is_object() {
+        return Err(Failure::Local(format!("{name}: not an object")));
+    }
+    Ok(value)
 }
 
 fn read_input(file: &Path, stdin: bool) -> io::Result<String> {
@@ -489,7 +603,10 @@ const METHOD_COLUMNS: &[Column] = &[("METHOD", "name"), ("USAGE", "usage")];
 /// The human-readable output of a command, without the final newline.
 fn render(command: &Command, result: &Value) -> String {
     match command {
-        Command::Apply { .. } | Command::Rollback { .. } => commit_report(result),
+        Command::Apply { .. }
+        | Command::Rollback { .. }
+        | Command::Put { .. }
+        | Command::Delete { .. } => commit_report(result),
         Command::Show(show) => render_show(show, result),
         Command::History => table(&history_rows(result), HISTORY_COLUMNS),
         Command::Version => version_report(result),
@@ -1113,5 +1230,21 @@ mod tests {
             text.contains("l3         0        0       -           -       -"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn put_and_delete_name_their_socket_method() {
+        for c in Collection::ALL {
+            for kind in [c.name(), c.singular()] {
+                let cli = Cli::try_parse_from(["polluxctl", "delete", kind, "x1"]).unwrap();
+                let (method, params) = request(&cli.command).unwrap();
+                assert_eq!(method, format!("{}.delete", c.name()));
+                assert_eq!(params, json!({ "id": "x1", "dry_run": false }));
+                let put = object_method_name(c, true);
+                assert_eq!(put, format!("{}.put", c.name()));
+            }
+        }
+        let cli = Cli::try_parse_from(["polluxctl", "delete", "widget", "x"]).unwrap();
+        assert!(matches!(request(&cli.command), Err(Failure::Local(_))));
     }
 }

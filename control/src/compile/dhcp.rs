@@ -23,14 +23,21 @@ pub fn dhcp_configs(
     v: &Validated,
     mac_of_network: impl Fn(usize) -> [u8; 6],
 ) -> Vec<(usize, DhcpConfig)> {
+    // Subnets and ports by network, in their order, in one pass each: looking them up per
+    // network would cost networks x (subnets + ports) on every change.
+    let mut subnets_of = vec![Vec::new(); v.networks.len()];
+    for (i, s) in v.subnets.iter().enumerate() {
+        subnets_of[s.network].push(i);
+    }
+    let mut ports_of = vec![Vec::new(); v.networks.len()];
+    for (i, p) in v.ports.iter().enumerate() {
+        ports_of[p.network].push(i);
+    }
     let mut out = Vec::new();
     for (n, net) in v.networks.iter().enumerate() {
-        let served: Vec<(usize, Ipv4Addr)> = v
-            .subnets
+        let served: Vec<(usize, Ipv4Addr)> = subnets_of[n]
             .iter()
-            .enumerate()
-            .filter(|(_, s)| s.network == n)
-            .filter_map(|(i, s)| Some((i, s.dhcp_server_ip?)))
+            .filter_map(|&i| Some((i, v.subnets[i].dhcp_server_ip?)))
             .collect();
         if served.is_empty() {
             continue;
@@ -62,10 +69,9 @@ pub fn dhcp_configs(
                 }
             })
             .collect();
-        let hosts = v
-            .ports
+        let hosts = ports_of[n]
             .iter()
-            .filter(|p| p.network == n)
+            .map(|&i| &v.ports[i])
             .flat_map(|p| {
                 p.fixed_ips
                     .iter()

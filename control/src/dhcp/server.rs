@@ -262,6 +262,12 @@ impl DhcpServer {
     /// changed loses its lease (a RENEWING client gets NAK and starts over), a removed
     /// host's lease ends.
     pub fn reconfigure(&mut self, config: DhcpConfig) {
+        // Every change of the desired state reconfigures every network's server; most
+        // are unchanged, and reinstalling the same configuration keeps the same leases
+        // (the server only hands out what it allows), so there is nothing to do.
+        if config == self.config {
+            return;
+        }
         if config.per_client_limit != self.config.per_client_limit
             || config.limiter_seed != self.config.limiter_seed
         {

@@ -16,6 +16,35 @@ use crate::identity::dhcp_mac;
 use crate::model::DesiredState;
 use crate::validate::{validate, Validated, ValidationError};
 
+/// How long each step of a change took, for the log: where the time of an apply goes.
+struct Phases {
+    last: Instant,
+    took: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn start() -> Phases {
+        Phases {
+            last: Instant::now(),
+            took: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, phase: &'static str) {
+        let now = Instant::now();
+        self.took.push((phase, now - self.last));
+        self.last = now;
+    }
+
+    fn summary(&self) -> String {
+        self.took
+            .iter()
+            .map(|(phase, d)| format!("{phase} {:.2} ms", d.as_secs_f64() * 1e3))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
 /// Options of one change.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ApplyOptions {
@@ -68,6 +97,36 @@ pub(super) fn dhcp_networks(valid: &Validated, identities: &Identities) -> Vec<N
         .collect()
 }
 
+/// Whether a change can change the DHCP servers' configuration: it is made of the
+/// networks (whose MTU can come from their uplink), their subnets and ports, and the
+/// settings sections (and the identities of networks, which only change when networks
+/// come or go). Routers, floating IPs and security groups are not part of it.
+fn touches_dhcp(diff: &Diff) -> bool {
+    fn objects<T>(c: &crate::diff::ByCollection<T>) -> bool {
+        !c.uplinks.is_empty()
+            || !c.networks.is_empty()
+            || !c.subnets.is_empty()
+            || !c.ports.is_empty()
+    }
+    objects(&diff.added)
+        || objects(&diff.removed)
+        || objects(&diff.changed.objects)
+        || diff.changed.dhcp
+        || diff.changed.l2
+}
+
+/// Drops a replaced configuration on a thread of its own: freeing a large state takes
+/// tens of milliseconds that the reply need not wait for. Inline if no thread starts.
+fn drop_elsewhere(old: Active) {
+    // On failure the closure, and `old` with it, is dropped right here.
+    let spawned = std::thread::Builder::new()
+        .name("pollux-drop".into())
+        .spawn(move || drop(old));
+    if let Err(e) = spawned {
+        crate::log!(crate::log::Level::Debug, "dropping inline: {e}");
+    }
+}
+
 pub(super) fn to_value(state: &DesiredState) -> Value {
     serde_json::to_value(state).expect("the model serialises to JSON")
 }
@@ -115,8 +174,11 @@ impl Engine {
                 });
             }
         }
+        let mut phases = Phases::start();
         let valid = validate(&state).map_err(ApplyError::Invalid)?;
+        phases.mark("validate");
         let diff = diff(&self.active.state, &state);
+        phases.mark("diff");
         let unchanged = ApplyOutcome {
             generation: self.active.generation,
             applied: false,
@@ -128,6 +190,7 @@ impl Engine {
         }
         let next = self.active.generation + 1;
         let compiled = compile(&valid, &self.active.identities, next)?;
+        phases.mark("compile");
         if options.dry_run {
             return Ok(unchanged);
         }
@@ -136,28 +199,58 @@ impl Engine {
         let changes = PortChanges::between(&self.active.plans, &compiled.ports);
         self.check_frame_budget(&changes)?;
         let added = self.open_ports(&changes.added)?;
+        phases.mark("open");
         if let Some(store) = self.store.as_mut() {
             if let Err(e) = store.commit_owned(next, to_value(&state)) {
                 self.close_ports(&added);
                 return Err(ApplyError::Store(e));
             }
         }
+        phases.mark("persist");
         // Committed: from here on the new generation is the running one, whatever happens.
         self.publisher
             .publish(compiled.snapshot)
             .map_err(|e| ApplyError::Internal(e.to_string()))?;
-        self.active = Active {
-            state,
-            valid,
-            generation: next,
-            identities: compiled.identities,
-            plans: compiled.ports,
-        };
-        self.update_metric_ports();
-        if let Some(dhcp) = self.dhcp.as_mut() {
-            dhcp.reconfigure(dhcp_networks(&self.active.valid, &self.active.identities));
+        phases.mark("publish");
+        let old = std::mem::replace(
+            &mut self.active,
+            Active {
+                state,
+                valid,
+                generation: next,
+                identities: compiled.identities,
+                plans: compiled.ports,
+            },
+        );
+        let before = cfg!(debug_assertions).then(|| (old.valid.clone(), old.identities.clone()));
+        drop_elsewhere(old);
+        phases.mark("activate");
+        // Port labels are by id and key, which a port keeps for as long as it exists.
+        if !changes.added.is_empty() || !changes.removed.is_empty() {
+            self.update_metric_ports();
         }
+        phases.mark("metrics");
+        if touches_dhcp(&diff) {
+            if let Some(dhcp) = self.dhcp.as_mut() {
+                dhcp.reconfigure(dhcp_networks(&self.active.valid, &self.active.identities));
+            }
+        } else if let Some((old_valid, old_identities)) = &before {
+            // The rule above is a claim about what the configuration is made of; the test
+            // builds check it on every change they make.
+            let key = |n: Vec<NetworkDhcp>| -> Vec<_> {
+                n.into_iter()
+                    .map(|n| (n.uid, n.network_id, n.config))
+                    .collect()
+            };
+            debug_assert_eq!(
+                key(dhcp_networks(&self.active.valid, &self.active.identities)),
+                key(dhcp_networks(old_valid, old_identities)),
+                "a change that touches no DHCP input changed the DHCP configuration"
+            );
+        }
+        phases.mark("dhcp");
         self.wait_for_worker(next)?;
+        phases.mark("worker");
 
         self.close_ports(&changes.removed);
         // A port whose binding changed keeps its id: closed, then opened again with the
@@ -165,6 +258,12 @@ impl Engine {
         self.close_ports(&changes.rebound_old);
         self.reopen(&changes.rebound_new);
         self.publisher.reclaim();
+        phases.mark("close");
+        crate::log!(
+            crate::log::Level::Debug,
+            "generation {next}: {}",
+            phases.summary()
+        );
         Ok(ApplyOutcome {
             generation: next,
             applied: true,

@@ -25,6 +25,7 @@
 
 mod apply;
 mod inspect;
+mod objects;
 mod ports;
 
 pub use apply::{state_from_json, ApplyOptions, ApplyOutcome};
@@ -133,6 +134,15 @@ pub enum ApplyError {
         /// The retained generations.
         retained: Vec<u64>,
     },
+    /// A delete of an object the state does not hold.
+    UnknownObject {
+        /// Its collection (`ports`).
+        collection: String,
+        /// Its id.
+        id: String,
+        /// Its position in the batch of changes.
+        change: usize,
+    },
     /// Something that should not happen (a wedged worker, identities exhausted).
     Internal(String),
 }
@@ -166,6 +176,14 @@ impl fmt::Display for ApplyError {
             } => write!(
                 f,
                 "generation {generation} is not retained (retained: {retained:?})"
+            ),
+            ApplyError::UnknownObject {
+                collection,
+                id,
+                change,
+            } => write!(
+                f,
+                "unknown object: changes[{change}]: {collection} has no object {id:?}"
             ),
             ApplyError::Internal(why) => write!(f, "internal error: {why}"),
         }

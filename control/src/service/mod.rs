@@ -26,6 +26,9 @@ use crate::routes::routes;
 use crate::rpc::{Handler, MethodInfo, RpcError};
 use crate::validate::Segment;
 
+mod objects;
+use objects::object_method;
+
 /// `config.apply`/`config.rollback`: the state does not parse or validate.
 pub const INVALID_CONFIG: i64 = -32001;
 /// `expect_generation` is not the active generation.
@@ -40,6 +43,8 @@ pub const UNKNOWN_GENERATION: i64 = -32005;
 pub const NOT_SUPPORTED: i64 = -32006;
 /// Anything else that went wrong inside the daemon.
 pub const DAEMON_ERROR: i64 = -32010;
+/// `<collection>.delete`/`config.patch`: a delete of an object the state does not hold.
+pub const UNKNOWN_OBJECT: i64 = -32007;
 
 /// The methods and their usage strings, as `rpc.list` reports them.
 const METHODS: &[(&str, &str)] = &[
@@ -168,6 +173,19 @@ impl Handler for Service {
             "trace.start" => trace::trace_start(e, params),
             "trace.show" => trace::trace_show(e, params),
             "trace.stop" => trace::trace_stop(e, params),
+            m if m == "config.patch" || object_method(m).is_some() => {
+                let dry_run = params
+                    .as_ref()
+                    .and_then(|p| p.get("dry_run"))
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false);
+                let started = Instant::now();
+                let result = objects::call(e, m, params);
+                if !dry_run {
+                    e.metrics().record_apply(result.is_ok(), started.elapsed());
+                }
+                result
+            }
             "version.get" => {
                 parse::<NoParams>(params)?;
                 Ok(json!({ "name": "polluxd", "version": env!("CARGO_PKG_VERSION") }))
@@ -180,6 +198,7 @@ impl Handler for Service {
         METHODS
             .iter()
             .map(|(name, usage)| MethodInfo::new(*name, *usage))
+            .chain(objects::methods())
             .collect()
     }
 
@@ -240,6 +259,15 @@ pub fn rpc_error(e: ApplyError) -> RpcError {
             UNKNOWN_GENERATION,
             message,
             json!({ "requested": generation, "retained": retained }),
+        ),
+        ApplyError::UnknownObject {
+            collection,
+            id,
+            change,
+        } => RpcError::application(
+            UNKNOWN_OBJECT,
+            message,
+            json!({ "collection": collection, "id": id, "change": change }),
         ),
         ApplyError::Internal(why) => {
             RpcError::application(DAEMON_ERROR, message, json!({ "details": why }))
@@ -709,6 +737,12 @@ mod tests {
                 Just("count".to_string()),
                 Just("match".to_string()),
                 Just("ports".to_string()),
+                Just("port".to_string()),
+                Just("id".to_string()),
+                Just("changes".to_string()),
+                Just("op".to_string()),
+                Just("collection".to_string()),
+                Just("object".to_string()),
                 "[a-z_]{1,8}",
             ];
             prop_oneof![
@@ -719,8 +753,13 @@ mod tests {
         })
     }
 
-    fn method() -> impl Strategy<Value = &'static str> {
-        prop::sample::select(METHODS.iter().map(|(m, _)| *m).collect::<Vec<_>>())
+    fn method() -> impl Strategy<Value = String> {
+        let names: Vec<String> = METHODS
+            .iter()
+            .map(|(m, _)| (*m).to_owned())
+            .chain(objects::methods().into_iter().map(|m| m.name))
+            .collect();
+        prop::sample::select(names)
     }
 
     proptest! {
@@ -735,8 +774,11 @@ mod tests {
             let mut s = service();
             for (method, params) in calls {
                 let before = s.generation();
+                let method = method.as_str();
                 let outcome = s.call(method, params);
-                let changes = matches!(method, "config.apply" | "config.rollback");
+                let changes = matches!(method, "config.apply" | "config.rollback")
+                    || method == "config.patch"
+                    || object_method(method).is_some();
                 match outcome {
                     Ok(result) => {
                         prop_assert!(result.is_object(), "{method}: {result}");
@@ -747,7 +789,8 @@ mod tests {
                     Err(e) => {
                         prop_assert!(
                             e.code == crate::rpc::INVALID_PARAMS
-                                || (NOT_SUPPORTED..=INVALID_CONFIG).contains(&e.code),
+                                || (NOT_SUPPORTED..=INVALID_CONFIG).contains(&e.code)
+                                || e.code == UNKNOWN_OBJECT,
                             "{method}: unexpected error {e:?}"
                         );
                         prop_assert!(!e.message.is_empty());

@@ -1,0 +1,464 @@
+//! Changes to one object of the desired state: put (create or replace by id) and delete.
+//!
+//! A change here only edits a [`DesiredState`]; the engine then runs the result exactly as
+//! a whole-state apply of it (validation against the whole state, diff, all-or-nothing,
+//! history), so the two kinds of change cannot mean different things. A replaced object
+//! keeps its index and a new one goes last, so the error paths of validation name the
+//! index the object has in the resulting state, and the state equals what a client that
+//! edits its copy and sends it whole would send.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::model::{
+    DesiredState, FloatingIp, Network, Port, Router, SecurityGroup, Subnet, Uplink,
+};
+use crate::validate::ValidationError;
+
+/// A collection of the desired state whose objects have a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Collection {
+    /// `uplinks`, keyed by `name`.
+    Uplinks,
+    /// `networks`.
+    Networks,
+    /// `subnets`.
+    Subnets,
+    /// `ports`.
+    Ports,
+    /// `routers`.
+    Routers,
+    /// `floating_ips`.
+    FloatingIps,
+    /// `security_groups` (with their rules).
+    SecurityGroups,
+}
+
+impl Collection {
+    /// Every collection, in document order.
+    pub const ALL: [Collection; 7] = [
+        Collection::Uplinks,
+        Collection::Networks,
+        Collection::Subnets,
+        Collection::Ports,
+        Collection::Routers,
+        Collection::FloatingIps,
+        Collection::SecurityGroups,
+    ];
+
+    /// The collection's key in the desired state (`ports`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Collection::Uplinks => "uplinks",
+            Collection::Networks => "networks",
+            Collection::Subnets => "subnets",
+            Collection::Ports => "ports",
+            Collection::Routers => "routers",
+            Collection::FloatingIps => "floating_ips",
+            Collection::SecurityGroups => "security_groups",
+        }
+    }
+
+    /// One object of it (`port`): the key of the object in a `put`'s parameters, as in
+    /// the Neutron API's request bodies.
+    pub fn singular(self) -> &'static str {
+        match self {
+            Collection::Uplinks => "uplink",
+            Collection::Networks => "network",
+            Collection::Subnets => "subnet",
+            Collection::Ports => "port",
+            Collection::Routers => "router",
+            Collection::FloatingIps => "floating_ip",
+            Collection::SecurityGroups => "security_group",
+        }
+    }
+
+    /// The field that identifies an object.
+    pub fn key_field(self) -> &'static str {
+        match self {
+            Collection::Uplinks => "name",
+            _ => "id",
+        }
+    }
+
+    /// The collection named `kind`: plural or singular, `-` or `_` (`floating-ip`).
+    pub fn parse(kind: &str) -> Option<Collection> {
+        let kind = kind.replace('-', "_");
+        Collection::ALL
+            .into_iter()
+            .find(|c| c.name() == kind || c.singular() == kind)
+    }
+
+    /// The ids of its objects in `state`, in order.
+    pub fn ids(self, state: &DesiredState) -> Vec<&str> {
+        match self {
+            Collection::Uplinks => state.uplinks.iter().map(|o| o.name.as_str()).collect(),
+            Collection::Networks => state.networks.iter().map(|o| o.id.as_str()).collect(),
+            Collection::Subnets => state.subnets.iter().map(|o| o.id.as_str()).collect(),
+            Collection::Ports => state.ports.iter().map(|o| o.id.as_str()).collect(),
+            Collection::Routers => state.routers.iter().map(|o| o.id.as_str()).collect(),
+            Collection::FloatingIps => state.floating_ips.iter().map(|o| o.id.as_str()).collect(),
+            Collection::SecurityGroups => state
+                .security_groups
+                .iter()
+                .map(|o| o.id.as_str())
+                .collect(),
+        }
+    }
+}
+
+impl fmt::Display for Collection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One object, typed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Object {
+    /// An uplink.
+    Uplink(Uplink),
+    /// A network.
+    Network(Network),
+    /// A subnet.
+    Subnet(Subnet),
+    /// A port.
+    Port(Port),
+    /// A router.
+    Router(Router),
+    /// A floating IP.
+    FloatingIp(FloatingIp),
+    /// A security group.
+    SecurityGroup(SecurityGroup),
+}
+
+impl Object {
+    /// Its collection.
+    pub fn collection(&self) -> Collection {
+        match self {
+            Object::Uplink(_) => Collection::Uplinks,
+            Object::Network(_) => Collection::Networks,
+            Object::Subnet(_) => Collection::Subnets,
+            Object::Port(_) => Collection::Ports,
+            Object::Router(_) => Collection::Routers,
+            Object::FloatingIp(_) => Collection::FloatingIps,
+            Object::SecurityGroup(_) => Collection::SecurityGroups,
+        }
+    }
+
+    /// Its id (an uplink's name).
+    pub fn id(&self) -> &str {
+        match self {
+            Object::Uplink(o) => &o.name,
+            Object::Network(o) => &o.id,
+            Object::Subnet(o) => &o.id,
+            Object::Port(o) => &o.id,
+            Object::Router(o) => &o.id,
+            Object::FloatingIp(o) => &o.id,
+            Object::SecurityGroup(o) => &o.id,
+        }
+    }
+
+    /// Reads an object of `collection` sent as JSON; a shape error is reported at `path`
+    /// (the index the object would have), as a whole-state apply reports it.
+    pub fn from_json(
+        collection: Collection,
+        value: Value,
+        path: &str,
+    ) -> Result<Object, ValidationError> {
+        fn read<T: DeserializeOwned>(value: Value, path: &str) -> Result<T, ValidationError> {
+            serde_json::from_value(value).map_err(|e| ValidationError {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })
+        }
+        Ok(match collection {
+            Collection::Uplinks => Object::Uplink(read(value, path)?),
+            Collection::Networks => Object::Network(read(value, path)?),
+            Collection::Subnets => Object::Subnet(read(value, path)?),
+            Collection::Ports => Object::Port(read(value, path)?),
+            Collection::Routers => Object::Router(read(value, path)?),
+            Collection::FloatingIps => Object::FloatingIp(read(value, path)?),
+            Collection::SecurityGroups => Object::SecurityGroup(read(value, path)?),
+        })
+    }
+}
+
+/// One change of a batch.
+// A batch is short-lived and mostly puts: boxing the object would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// Create or replace the object with its id.
+    Put(Object),
+    /// Remove the object with this id.
+    Delete {
+        /// Where.
+        collection: Collection,
+        /// Which.
+        id: String,
+    },
+}
+
+/// One change as a client sends it: the object still JSON, read once its index is known.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RawChange {
+    /// Create or replace the object (JSON) in the collection.
+    Put {
+        /// Where.
+        collection: Collection,
+        /// The object.
+        object: Value,
+    },
+    /// Remove the object with this id.
+    Delete {
+        /// Where.
+        collection: Collection,
+        /// Which.
+        id: String,
+    },
+}
+
+/// Why a batch cannot be made into a state. Nothing changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PatchError {
+    /// An object does not have the shape of its collection's objects.
+    Invalid(ValidationError),
+    /// A delete of an id the collection does not hold (at that point of the batch).
+    UnknownObject {
+        /// Where.
+        collection: Collection,
+        /// Which.
+        id: String,
+        /// Its position in the batch.
+        change: usize,
+    },
+}
+
+impl fmt::Display for PatchError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PatchError::Invalid(e) => write!(f, "{e}"),
+            PatchError::UnknownObject {
+                collection,
+                id,
+                change,
+            } => write!(f, "changes[{change}]: {collection} has no object {id:?}"),
+        }
+    }
+}
+
+fn position(ids: &[&str], id: &str) -> Option<usize> {
+    ids.iter().position(|x| *x == id)
+}
+
+/// Puts `object` into `state`: replaces the object with its id in place, or appends it.
+/// Returns its index.
+pub fn put(state: &mut DesiredState, object: Object) -> usize {
+    fn place<T>(items: &mut Vec<T>, at: Option<usize>, item: T) -> usize {
+        match at {
+            Some(i) => {
+                items[i] = item;
+                i
+            }
+            None => {
+                items.push(item);
+                items.len() - 1
+            }
+        }
+    }
+    let at = position(&object.collection().ids(state), object.id());
+    match object {
+        Object::Uplink(o) => place(&mut state.uplinks, at, o),
+        Object::Network(o) => place(&mut state.networks, at, o),
+        Object::Subnet(o) => place(&mut state.subnets, at, o),
+        Object::Port(o) => place(&mut state.ports, at, o),
+        Object::Router(o) => place(&mut state.routers, at, o),
+        Object::FloatingIp(o) => place(&mut state.floating_ips, at, o),
+        Object::SecurityGroup(o) => place(&mut state.security_groups, at, o),
+    }
+}
+
+/// Removes the object `id` of `collection`, keeping the order of the others. `false`
+/// when there is none.
+pub fn delete(state: &mut DesiredState, collection: Collection, id: &str) -> bool {
+    let Some(i) = position(&collection.ids(state), id) else {
+        return false;
+    };
+    match collection {
+        Collection::Uplinks => drop(state.uplinks.remove(i)),
+        Collection::Networks => drop(state.networks.remove(i)),
+        Collection::Subnets => drop(state.subnets.remove(i)),
+        Collection::Ports => drop(state.ports.remove(i)),
+        Collection::Routers => drop(state.routers.remove(i)),
+        Collection::FloatingIps => drop(state.floating_ips.remove(i)),
+        Collection::SecurityGroups => drop(state.security_groups.remove(i)),
+    }
+    true
+}
+
+/// `state` with `changes` made in order.
+pub fn edit(state: &DesiredState, changes: Vec<Change>) -> Result<DesiredState, PatchError> {
+    let mut next = state.clone();
+    for (k, change) in changes.into_iter().enumerate() {
+        match change {
+            Change::Put(object) => {
+                put(&mut next, object);
+            }
+            Change::Delete { collection, id } => {
+                if !delete(&mut next, collection, &id) {
+                    return Err(PatchError::UnknownObject {
+                        collection,
+                        id,
+                        change: k,
+                    });
+                }
+            }
+        }
+    }
+    Ok(next)
+}
+
+/// `state` with `changes` (as sent) made in order; a put object that does not read is
+/// reported at the index it would have had.
+pub fn edit_raw(state: &DesiredState, changes: Vec<RawChange>) -> Result<DesiredState, PatchError> {
+    let mut next = state.clone();
+    for (k, change) in changes.into_iter().enumerate() {
+        match change {
+            RawChange::Put { collection, object } => {
+                let ids = collection.ids(&next);
+                let id = object.get(collection.key_field()).and_then(Value::as_str);
+                let index = id.and_then(|id| position(&ids, id)).unwrap_or(ids.len());
+                let path = format!("{collection}[{index}]");
+                let object =
+                    Object::from_json(collection, object, &path).map_err(PatchError::Invalid)?;
+                put(&mut next, object);
+            }
+            RawChange::Delete { collection, id } => {
+                if !delete(&mut next, collection, &id) {
+                    return Err(PatchError::UnknownObject {
+                        collection,
+                        id,
+                        change: k,
+                    });
+                }
+            }
+        }
+    }
+    Ok(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn state() -> DesiredState {
+        DesiredState::from_toml_str(
+            r#"
+            [[networks]]
+            id = "net-a"
+            network_type = "local"
+
+            [[ports]]
+            id = "vm1"
+            network_id = "net-a"
+            mac_address = "fa:16:3e:00:00:01"
+            binding = { driver = "mem" }
+
+            [[ports]]
+            id = "vm2"
+            network_id = "net-a"
+            mac_address = "fa:16:3e:00:00:02"
+            binding = { driver = "mem" }
+            "#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn kinds_parse_singular_plural_and_dashed() {
+        for c in Collection::ALL {
+            assert_eq!(Collection::parse(c.name()), Some(c));
+            assert_eq!(Collection::parse(c.singular()), Some(c));
+        }
+        assert_eq!(
+            Collection::parse("floating-ip"),
+            Some(Collection::FloatingIps)
+        );
+        assert_eq!(Collection::parse("portz"), None);
+    }
+
+    #[test]
+    fn put_replaces_in_place_and_appends_new() {
+        let s = state();
+        let mut vm1 = s.ports[0].clone();
+        vm1.mac_address = "fa:16:3e:00:00:09".into();
+        let mut vm3 = vm1.clone();
+        vm3.id = "vm3".into();
+        let next = edit(
+            &s,
+            vec![
+                Change::Put(Object::Port(vm1)),
+                Change::Put(Object::Port(vm3)),
+            ],
+        )
+        .unwrap();
+        let ids: Vec<_> = next.ports.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(ids, ["vm1", "vm2", "vm3"]);
+        assert_eq!(next.ports[0].mac_address, "fa:16:3e:00:00:09");
+    }
+
+    #[test]
+    fn delete_keeps_order_and_refuses_unknown_ids() {
+        let s = state();
+        let del = |id: &str| Change::Delete {
+            collection: Collection::Ports,
+            id: id.into(),
+        };
+        let next = edit(&s, vec![del("vm1")]).unwrap();
+        assert_eq!(next.ports.len(), 1);
+        assert_eq!(next.ports[0].id, "vm2");
+        let err = edit(&s, vec![del("vm1"), del("vm1")]).unwrap_err();
+        assert_eq!(
+            err,
+            PatchError::UnknownObject {
+                collection: Collection::Ports,
+                id: "vm1".into(),
+                change: 1
+            }
+        );
+    }
+
+    #[test]
+    fn a_bad_object_is_reported_at_its_index() {
+        let s = state();
+        let bad = json!({ "id": "vm2", "network_id": "net-a", "mac_address": 5,
+                          "binding": { "driver": "mem" } });
+        let err = edit_raw(
+            &s,
+            vec![RawChange::Put {
+                collection: Collection::Ports,
+                object: bad.clone(),
+            }],
+        )
+        .unwrap_err();
+        let PatchError::Invalid(e) = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(e.path, "ports[1]");
+        let mut new = bad;
+        new["id"] = json!("vm9");
+        let err = edit_raw(
+            &s,
+            vec![RawChange::Put {
+                collection: Collection::Ports,
+                object: new,
+            }],
+        )
+        .unwrap_err();
+        assert!(matches!(err, PatchError::Invalid(e) if e.path == "ports[2]"));
+    }
+}
