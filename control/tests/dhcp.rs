@@ -3,10 +3,10 @@
 use std::net::Ipv4Addr;
 
 use pollux_control::addr::Ipv4Cidr;
-use pollux_control::dhcp::wire::{DhcpPacket, Message, MessageType, BOOTREPLY, MAX_MESSAGE_LEN};
 use pollux_control::dhcp::{
     DhcpConfig, DhcpServer, Discard, ExtraOption, HostConfig, HostRoute, LeaseState, SubnetConfig,
 };
+use pollux_dataplane::wire::dhcp::{DhcpPacket, Message, MessageType, BOOTREPLY, MAX_MESSAGE_LEN};
 use proptest::prelude::*;
 
 const VM1: [u8; 6] = [0xfa, 0x16, 0x3e, 0x00, 0x00, 0x01];
