@@ -11,9 +11,9 @@
 //!
 //! Underneath them: `identity` holds the MACs polluxd gives its own routers and DHCP
 //! servers. The DHCP server itself (`dhcp`), address parsing (`addr`), private files
-//! (`private_fs`) and the log (`log`) live in `pollux-services`, which this crate composes;
-//! they are re-exported here under their old paths. Modules import each other without
-//! cycles (the test `tests/module_graph.rs` keeps it so, and prints the graph).
+//! (`private_fs`) and the log (`log`) live in `pollux-services`, which this crate composes.
+//! Modules import each other without cycles (the test `tests/module_graph.rs` keeps it so,
+//! and prints the graph).
 
 pub mod binding;
 pub mod client;
@@ -31,7 +31,3 @@ pub mod stage_counters;
 pub mod store;
 pub mod validate;
 pub mod workers;
-
-pub use pollux_services::{addr, dhcp, private_fs};
-// `log` is both the module and the macro; `info!` and `warn!` go with it.
-pub use pollux_services::{info, log, warn};

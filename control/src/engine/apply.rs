@@ -10,11 +10,11 @@ use super::ports::PortChanges;
 use super::{Active, ApplyError, Engine, WORKER_TIMEOUT};
 use crate::compile::dhcp::dhcp_configs;
 use crate::compile::{compile, Identities};
-use crate::dhcp::service::NetworkDhcp;
 use crate::diff::{diff, Diff};
 use crate::identity::dhcp_mac;
 use crate::model::DesiredState;
 use crate::validate::{validate, Validated, ValidationError};
+use pollux_services::dhcp::service::NetworkDhcp;
 
 /// Options of one change.
 #[derive(Clone, Copy, Debug, Default)]
@@ -85,7 +85,7 @@ impl Engine {
         match &result {
             Ok(o) if o.applied => {
                 let (added, removed, changed) = o.diff.counts();
-                crate::info!(
+                pollux_services::info!(
                     "generation {} applied in {:?}: {added} added, {removed} removed, \
                      {changed} changed",
                     o.generation,
@@ -93,8 +93,8 @@ impl Engine {
                 );
             }
             Ok(_) => {}
-            Err(e) => crate::log!(
-                crate::log::Level::Debug,
+            Err(e) => pollux_services::log!(
+                pollux_services::log::Level::Debug,
                 "change refused: {}",
                 e.to_string().lines().next().unwrap_or_default()
             ),
