@@ -1,6 +1,7 @@
-//! DHCPv4 on the wire (RFC 2131 §2, RFC 2132): a zero-copy view in the style of smoltcp,
-//! a validated summary of a message ([`Message`]) and a builder that writes a reply into
-//! a caller's buffer without allocating.
+//! DHCPv4 on the wire (RFC 2131 §2, RFC 2132), in the style of the other protocols here: a
+//! zero-copy view ([`DhcpPacket`], with `check_len` and `new_checked`), a validated summary
+//! of a message ([`Message::parse`], the repr) and a builder that emits a reply into a
+//! caller's buffer without allocating ([`ReplyBuilder`]).
 //!
 //! Nothing here indexes a slice it has not bounds-checked, so no input can panic it.
 
@@ -169,17 +170,25 @@ impl<T: AsRef<[u8]>> DhcpPacket<T> {
 
     /// A view of a buffer that holds at least the fixed header and the magic cookie.
     pub fn new_checked(buffer: T) -> Result<Self, DhcpError> {
-        let b = buffer.as_ref();
-        if b.len() < HEADER_LEN {
-            return Err(DhcpError::Truncated);
-        }
-        if b.len() > MAX_MESSAGE_LEN {
-            return Err(DhcpError::Oversized);
-        }
-        if b.get(field::COOKIE) != Some(&MAGIC_COOKIE[..]) {
+        let packet = DhcpPacket { buffer };
+        packet.check_len()?;
+        if packet.b().get(field::COOKIE) != Some(&MAGIC_COOKIE[..]) {
             return Err(DhcpError::BadMagicCookie);
         }
-        Ok(DhcpPacket { buffer })
+        Ok(packet)
+    }
+
+    /// Checks that the buffer holds the fixed header and magic cookie and is no longer
+    /// than [`MAX_MESSAGE_LEN`].
+    pub fn check_len(&self) -> Result<(), DhcpError> {
+        let len = self.b().len();
+        if len < HEADER_LEN {
+            return Err(DhcpError::Truncated);
+        }
+        if len > MAX_MESSAGE_LEN {
+            return Err(DhcpError::Oversized);
+        }
+        Ok(())
     }
 
     /// The underlying buffer.
@@ -575,6 +584,34 @@ mod tests {
         b[236..240].copy_from_slice(&MAGIC_COOKIE);
         b.extend_from_slice(&[53, 1, msg_type, 255]);
         b
+    }
+
+    #[test]
+    fn check_len_bounds_the_message() {
+        assert_eq!(
+            DhcpPacket::new_unchecked(&[0u8; HEADER_LEN - 1][..]).check_len(),
+            Err(DhcpError::Truncated)
+        );
+        assert_eq!(
+            DhcpPacket::new_unchecked(&[0u8; HEADER_LEN][..]).check_len(),
+            Ok(())
+        );
+        assert_eq!(
+            DhcpPacket::new_unchecked(&[0u8; MAX_MESSAGE_LEN][..]).check_len(),
+            Ok(())
+        );
+        assert_eq!(
+            DhcpPacket::new_unchecked(&[0u8; MAX_MESSAGE_LEN + 1][..]).check_len(),
+            Err(DhcpError::Oversized)
+        );
+        // Long enough but not DHCP: the view refuses it, the length check alone does not.
+        let mut b = minimal(1);
+        b[236] = 0;
+        assert_eq!(DhcpPacket::new_unchecked(&b[..]).check_len(), Ok(()));
+        assert_eq!(
+            DhcpPacket::new_checked(&b[..]).map(|_| ()),
+            Err(DhcpError::BadMagicCookie)
+        );
     }
 
     #[test]
