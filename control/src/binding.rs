@@ -152,7 +152,7 @@ impl Bindings {
             let socket = XskSocket::new(&self.umem, interface, q, &config)
                 .and_then(|s| xdp.register(q, s.fd()).map(|()| s))
                 .map_err(|e| format!("interface {interface} queue {q}: {e}"))?;
-            crate::info!(
+            pollux_services::info!(
                 "{} on {interface} queue {q}: XDP {} mode, AF_XDP {}",
                 plan.key,
                 xdp.mode(),
@@ -212,7 +212,7 @@ impl Bindings {
 fn prepare_tap(plan: &PortPlan, interface: &str) -> Result<Prepared, String> {
     check_mtu(interface)?;
     let device = TapDevice::open(interface).map_err(|e| format!("tap {interface}: {e}"))?;
-    crate::info!(
+    pollux_services::info!(
         "{} on tap {interface}: {}",
         plan.key,
         match device.origin {

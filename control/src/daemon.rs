@@ -132,7 +132,7 @@ fn initial_state(options: &Options, store: &Store) -> Result<Initial, StartError
     let from_file = options.config.as_deref().map(load).transpose()?;
     Ok(match (persisted, from_file) {
         (Some((generation, state)), None) => {
-            crate::info!("restarting into persisted generation {generation}");
+            pollux_services::info!("restarting into persisted generation {generation}");
             Initial {
                 state,
                 generation,
@@ -145,7 +145,7 @@ fn initial_state(options: &Options, store: &Store) -> Result<Initial, StartError
             persist: false,
         },
         (Some((generation, _)), Some(state)) => {
-            crate::info!(
+            pollux_services::info!(
                 "{} differs from persisted generation {generation}; starting it as \
                  generation {}",
                 options
@@ -254,7 +254,7 @@ pub fn run(options: &Options) -> Result<(), StartError> {
         ),
         None => None,
     };
-    crate::info!(
+    pollux_services::info!(
         "ready: generation {}, {} port(s), worker 0 on CPU {core}, socket {}{}",
         engine.generation(),
         engine.plans().len(),
@@ -269,7 +269,7 @@ pub fn run(options: &Options) -> Result<(), StartError> {
     let mut last_link_check = Instant::now();
     let sig = loop {
         if let Err(e) = server.poll_once(&mut service, Some(TICK)) {
-            crate::warn!("control socket: {e}");
+            pollux_services::warn!("control socket: {e}");
         }
         if let Some(sig) = wait_for_signal(&signals, Duration::ZERO) {
             break sig;
@@ -279,13 +279,13 @@ pub fn run(options: &Options) -> Result<(), StartError> {
             last_link_check = Instant::now();
         }
     };
-    crate::info!("signal {sig}, stopping");
+    pollux_services::info!("signal {sig}, stopping");
     drop(server);
     if let Some(m) = metrics {
         m.shutdown();
     }
     let done = service.engine.shutdown().map_err(fail)?;
-    if crate::log::enabled(crate::log::Level::Info) {
+    if pollux_services::log::enabled(pollux_services::log::Level::Info) {
         eprint!("{}", summary(&done.counters, &done.names));
     }
     for (id, name) in &done.names {
@@ -299,7 +299,7 @@ pub fn run(options: &Options) -> Result<(), StartError> {
             .map(|(k, v)| format!("{k} {v}"))
             .collect();
         if !extra.is_empty() {
-            crate::info!("  {name} driver: {}", extra.join(", "));
+            pollux_services::info!("  {name} driver: {}", extra.join(", "));
         }
     }
     Ok(())

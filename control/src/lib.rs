@@ -9,25 +9,22 @@
 //! engine on the control socket (`rpc` carries JSON-RPC, `service` holds the methods) and
 //! the metrics endpoint (`metrics`); `client` is the other end of the socket.
 //!
-//! Underneath them: `addr` parses and prints addresses (IPv4, prefixes, MACs, DNS names),
-//! `identity` holds the MACs polluxd gives its own routers and DHCP servers, and `dhcp` is
-//! the DHCP server's protocol core. Modules import each other without cycles (the test
-//! `tests/module_graph.rs` keeps it so, and prints the graph).
+//! Underneath them: `identity` holds the MACs polluxd gives its own routers and DHCP
+//! servers. The DHCP server itself (`dhcp`), address parsing (`addr`), private files
+//! (`private_fs`) and the log (`log`) live in `pollux-services`, which this crate composes.
+//! Modules import each other without cycles (the test `tests/module_graph.rs` keeps it so,
+//! and prints the graph).
 
-pub mod addr;
 pub mod binding;
 pub mod client;
 pub mod compile;
 pub mod daemon;
-pub mod dhcp;
 pub mod diff;
 pub mod engine;
 pub mod identity;
-pub mod log;
 pub mod metrics;
 pub mod model;
 pub mod patch;
-pub mod private_fs;
 pub mod routes;
 pub mod rpc;
 pub mod service;

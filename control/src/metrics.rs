@@ -27,7 +27,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::dhcp::service::{FrameDrop, ServiceStats};
+use pollux_services::dhcp::service::{FrameDrop, ServiceStats};
 
 /// The `Content-Type` of [`render`]'s output (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -536,7 +536,7 @@ fn encode_dhcp(e: &mut DescriptorEncoder, d: &ServiceStats) -> fmt::Result {
         ],
     )?;
     // Every reason is exported, zero or not, so that rates work from the first scrape.
-    let drops: Vec<(&str, u64)> = crate::dhcp::Discard::ALL
+    let drops: Vec<(&str, u64)> = pollux_services::dhcp::Discard::ALL
         .iter()
         .map(|r| r.as_str())
         .chain(FrameDrop::ALL.iter().map(|r| r.as_str()))

@@ -13,8 +13,8 @@ use std::net::Ipv4Addr;
 
 use serde::Serialize;
 
-use crate::addr::Ipv4Cidr;
 use crate::validate::{Router, Validated};
+use pollux_services::addr::Ipv4Cidr;
 
 /// The `interface` of routes through a router's external gateway.
 pub const EXTERNAL: &str = "external";

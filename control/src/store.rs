@@ -23,7 +23,7 @@
 //! [`Store::get`] reports it as corrupt. Temp files left over by a crash mid-write are
 //! removed on open; any other file in the directory is ignored.
 //!
-//! The directory and its files are private to polluxd (see [`crate::private_fs`]): mode
+//! The directory and its files are private to polluxd (see [`pollux_services::private_fs`]): mode
 //! 0700 and 0600, no symbolic link followed, a directory open to others tightened with a
 //! warning.
 //!
@@ -41,7 +41,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
-use crate::private_fs;
+use pollux_services::private_fs;
 
 /// How many generations are retained when the caller has no opinion.
 pub const DEFAULT_HISTORY: usize = 16;
@@ -178,7 +178,7 @@ impl Store {
         if let Some(note) =
             private_fs::ensure_dir(dir).map_err(io_err("use as state directory", dir))?
         {
-            crate::warn!("state store: {note}");
+            pollux_services::warn!("state store: {note}");
         }
         // Before anything else touches the directory: a temp file may be another
         // daemon's commit in flight.

@@ -12,14 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pollux_control::binding::MemWires;
-use pollux_control::dhcp::wire::{opt, DhcpPacket};
-use pollux_control::dhcp::LeaseState;
 use pollux_control::engine::{ApplyOptions, Engine, EngineConfig, Initial, LEASE_DIR};
 use pollux_control::model::DesiredState;
 use pollux_control::store::Store;
 use pollux_dataplane::drop::DropReason;
 use pollux_dataplane::wire::checksum;
+use pollux_dataplane::wire::dhcp::{opt, DhcpPacket};
 use pollux_drivers::mem::MemWire;
+use pollux_services::dhcp::LeaseState;
 
 const VM1_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 1];
 const STRANGER: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x99];

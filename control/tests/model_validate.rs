@@ -4,12 +4,12 @@
 
 use std::net::Ipv4Addr;
 
-use pollux_control::addr::Ipv4Cidr;
 use pollux_control::model::{
     Binding, DesiredState, ExternalGateway, FloatingIp, Format, NetworkType, ProtocolSpec, Route,
     Router, Uplink, TOP_LEVEL_KEYS,
 };
 use pollux_control::validate::{self, validate, Protocol, Remote, Segment, Validated};
+use pollux_services::addr::Ipv4Cidr;
 use proptest::prelude::*;
 use serde_json::Value;
 

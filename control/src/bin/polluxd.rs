@@ -7,10 +7,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use pollux_control::daemon::{run, Options, DEFAULT_SOCKET, DEFAULT_STATE_DIR};
 use pollux_control::engine::DEFAULT_POOL_FRAMES;
-use pollux_control::log::{set_level, Level};
 use pollux_control::store::DEFAULT_HISTORY;
 use pollux_control::workers::parse_cpu_list;
 use pollux_drivers::xsk::BusyPoll;
+use pollux_services::log::{set_level, Level};
 
 /// The Pollux userspace virtual switch and router.
 #[derive(Debug, Parser)]

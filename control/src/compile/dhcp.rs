@@ -6,8 +6,8 @@
 
 use std::net::Ipv4Addr;
 
-use crate::dhcp::server::{DhcpConfig, HostConfig, HostRoute, SubnetConfig};
 use crate::validate::Validated;
+use pollux_services::dhcp::server::{DhcpConfig, HostConfig, HostRoute, SubnetConfig};
 
 /// The DHCP server configuration of every network (by index into `v.networks`, in
 /// order) that has a subnet with DHCP on. `mac_of_network` gives the server's MAC of a
@@ -110,11 +110,11 @@ pub fn dhcp_server_addresses(v: &Validated) -> Vec<(usize, Ipv4Addr)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::addr::Ipv4Cidr;
-    use crate::dhcp::ExtraOption;
     use crate::model::DesiredState;
     use crate::validate::validate;
     use pollux_dataplane::ratelimit::BucketConfig;
+    use pollux_services::addr::Ipv4Cidr;
+    use pollux_services::dhcp::ExtraOption;
 
     const STATE: &str = r#"
         [dhcp]
@@ -186,7 +186,7 @@ mod tests {
     "#;
 
     fn cidr(s: &str) -> Ipv4Cidr {
-        crate::addr::parse_cidr(s).unwrap()
+        pollux_services::addr::parse_cidr(s).unwrap()
     }
 
     #[test]

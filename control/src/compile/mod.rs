@@ -20,9 +20,9 @@ use pollux_dataplane::snapshot::{
     BuildError, NetworkUid, PhysnetId, Segment as DpSegment, Snapshot, SnapshotBuilder,
 };
 
-use crate::addr::Ipv4Cidr;
 use crate::identity::{dhcp_mac, router_mac};
 use crate::validate::{Binding, Segment, Validated};
+use pollux_services::addr::Ipv4Cidr;
 
 /// The largest network MTU whose frames (with an Ethernet header and one 802.1Q tag) fit
 /// the data room of one frame of the worker's pool: the one limit on MTUs the data plane

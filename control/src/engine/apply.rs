@@ -10,11 +10,11 @@ use super::ports::PortChanges;
 use super::{Active, ApplyError, Engine, WORKER_TIMEOUT};
 use crate::compile::dhcp::dhcp_configs;
 use crate::compile::{compile, Identities};
-use crate::dhcp::service::NetworkDhcp;
 use crate::diff::{diff, Diff};
 use crate::identity::dhcp_mac;
 use crate::model::DesiredState;
 use crate::validate::{validate, Validated, ValidationError};
+use pollux_services::dhcp::service::NetworkDhcp;
 
 /// How long each step of a change took, for the log: where the time of an apply goes.
 struct Phases {
@@ -123,7 +123,7 @@ fn drop_elsewhere(old: Active) {
         .name("pollux-drop".into())
         .spawn(move || drop(old));
     if let Err(e) = spawned {
-        crate::log!(crate::log::Level::Debug, "dropping inline: {e}");
+        pollux_services::log!(pollux_services::log::Level::Debug, "dropping inline: {e}");
     }
 }
 
@@ -144,7 +144,7 @@ impl Engine {
         match &result {
             Ok(o) if o.applied => {
                 let (added, removed, changed) = o.diff.counts();
-                crate::info!(
+                pollux_services::info!(
                     "generation {} applied in {:?}: {added} added, {removed} removed, \
                      {changed} changed",
                     o.generation,
@@ -152,8 +152,8 @@ impl Engine {
                 );
             }
             Ok(_) => {}
-            Err(e) => crate::log!(
-                crate::log::Level::Debug,
+            Err(e) => pollux_services::log!(
+                pollux_services::log::Level::Debug,
                 "change refused: {}",
                 e.to_string().lines().next().unwrap_or_default()
             ),
@@ -259,8 +259,8 @@ impl Engine {
         self.reopen(&changes.rebound_new);
         self.publisher.reclaim();
         phases.mark("close");
-        crate::log!(
-            crate::log::Level::Debug,
+        pollux_services::log!(
+            pollux_services::log::Level::Debug,
             "generation {next}: {}",
             phases.summary()
         );

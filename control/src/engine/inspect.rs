@@ -12,8 +12,8 @@ use pollux_dataplane::snapshot::mac_from_u64;
 use pollux_dataplane::worker::Worker;
 
 use super::{ApplyError, Engine, WORKER_TIMEOUT};
-use crate::addr::fmt_mac;
-use crate::dhcp::service::{LeaseRow, ServiceStats};
+use pollux_services::addr::fmt_mac;
+use pollux_services::dhcp::service::{LeaseRow, ServiceStats};
 
 impl Engine {
     /// Learned and static FDB entries: (network id, MAC, port key, learned, age in

@@ -49,12 +49,12 @@ use pollux_drivers::xsk::Umem;
 use self::apply::{dhcp_networks, to_value};
 use crate::binding::{Bindings, MemWires};
 use crate::compile::{compile, CompileError, Compiled, Identities, PortPlan};
-use crate::dhcp::service::DhcpService;
 use crate::metrics::MetricsSource;
 use crate::model::DesiredState;
 use crate::store::{Store, StoreError};
 use crate::validate::{validate, Validated, ValidationError};
 use crate::workers::{self, WorkerThread};
+use pollux_services::dhcp::service::DhcpService;
 
 /// Directory of the DHCP lease files, inside the state directory.
 pub const LEASE_DIR: &str = "leases";

@@ -30,7 +30,7 @@ impl Engine {
                 continue;
             }
             if up {
-                crate::info!(
+                pollux_services::info!(
                     "{}: {} vanished or was recreated; port closed",
                     plan.key,
                     describe(&plan.binding)
@@ -55,13 +55,13 @@ impl Engine {
         let outcomes = match self.open_each(plans) {
             Ok(o) => o,
             Err(e) => {
-                crate::warn!("{e}");
+                pollux_services::warn!("{e}");
                 return;
             }
         };
         for (plan, result) in outcomes {
             match result {
-                Ok(()) => crate::info!(
+                Ok(()) => pollux_services::info!(
                     "{}: {} is back; port reopened",
                     plan.key,
                     describe(&plan.binding)
@@ -69,7 +69,7 @@ impl Engine {
                 Err(why) => {
                     let down = PortStatus::Down(why.clone());
                     if self.status.get(&plan.id) != Some(&down) {
-                        crate::warn!("{}: {why}; will retry", plan.key);
+                        pollux_services::warn!("{}: {why}; will retry", plan.key);
                     }
                     self.status.insert(plan.id, down);
                 }

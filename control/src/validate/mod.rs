@@ -30,14 +30,14 @@ use std::net::Ipv4Addr;
 
 use pollux_dataplane::snapshot::L2Config;
 
-use crate::addr::{check_dns_name, parse_cidr, parse_ipv4, Ipv4Cidr};
 use crate::model::DesiredState;
+use pollux_services::addr::{check_dns_name, parse_cidr, parse_ipv4, Ipv4Cidr};
 
-/// The benchmark harness names the MAC formatter by this path (`crate::addr` has it).
-pub use crate::addr::fmt_mac;
 pub use binding::{check_ifname, Binding};
 pub use floating_ip::{FloatingIp, FloatingIpTarget};
 pub use network::{Network, Segment, DEFAULT_MTU, JUMBO_MTU, MIN_MTU, VXLAN_OVERHEAD};
+/// The benchmark harness names the MAC formatter by this path (`pollux_services::addr` has it).
+pub use pollux_services::addr::fmt_mac;
 pub use port::{AddressPair, FixedIp, Port};
 pub use router::{ExternalGateway, Router};
 pub use security_group::{Protocol, Remote, Rule, SecurityGroup};
@@ -288,8 +288,8 @@ impl Checker {
 
 #[cfg(test)]
 mod tests {
-    use crate::addr::check_dns_name;
     use crate::validate::fixtures::*;
+    use pollux_services::addr::check_dns_name;
 
     #[test]
     fn dns_names() {

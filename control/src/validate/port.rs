@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use super::{Binding, Checked, Checker, Network, SecurityGroup, Subnet};
-use crate::addr::{fmt_mac, parse_station_mac, Ipv4Cidr};
-use crate::dhcp::options::{dhcp_option_code, encode_dhcp_option};
-use crate::dhcp::ExtraOption;
 use crate::identity::{DHCP_MAC_PREFIX, ROUTER_MAC_PREFIX};
 use crate::model;
+use pollux_services::addr::{fmt_mac, parse_station_mac, Ipv4Cidr};
+use pollux_services::dhcp::options::{dhcp_option_code, encode_dhcp_option};
+use pollux_services::dhcp::ExtraOption;
 
 /// A checked fixed IP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -293,10 +293,10 @@ impl Checker {
 
 #[cfg(test)]
 mod tests {
-    use crate::dhcp::ExtraOption;
     use crate::model;
     use crate::validate::fixtures::*;
     use crate::validate::validate;
+    use pollux_services::dhcp::ExtraOption;
 
     #[test]
     fn reserved_macs_are_refused() {

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use super::{Checked, Checker, Network, Route, Subnet};
-use crate::addr::Ipv4Cidr;
 use crate::model;
+use pollux_services::addr::Ipv4Cidr;
 
 /// A checked external gateway.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

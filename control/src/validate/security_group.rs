@@ -1,8 +1,8 @@
 //! Security groups and their rules (IPv4).
 
 use super::{Checked, Checker};
-use crate::addr::Ipv4Cidr;
 use crate::model::{self, Direction, ProtocolSpec};
+use pollux_services::addr::Ipv4Cidr;
 
 /// A rule's protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,9 +5,9 @@
 use std::net::Ipv4Addr;
 
 use super::{Checked, Checker, Network, Route};
-use crate::addr::Ipv4Cidr;
-use crate::dhcp::server::DEFAULT_LEASE_TIME;
 use crate::model;
+use pollux_services::addr::Ipv4Cidr;
+use pollux_services::dhcp::server::DEFAULT_LEASE_TIME;
 
 /// A checked subnet.
 #[derive(Clone, Debug, PartialEq, Eq)]

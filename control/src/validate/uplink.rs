@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use super::{Binding, Checker, DEFAULT_MTU};
-use crate::addr::{parse_interface_addr, Ipv4Cidr};
 use crate::model;
+use pollux_services::addr::{parse_interface_addr, Ipv4Cidr};
 
 /// A checked uplink.
 #[derive(Clone, Debug, PartialEq, Eq)]

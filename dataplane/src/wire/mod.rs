@@ -19,6 +19,7 @@ use core::ops::{Range, RangeFrom};
 pub mod checksum;
 
 pub mod arp;
+pub mod dhcp;
 pub mod ethernet;
 pub mod icmpv4;
 pub mod ipv4;

@@ -1,12 +1,35 @@
-//! DHCPv4 on the wire (RFC 2131 §2, RFC 2132): a zero-copy view in the style of smoltcp,
-//! a validated summary of a message ([`Message`]) and a builder that writes a reply into
-//! a caller's buffer without allocating.
+//! DHCPv4 on the wire (RFC 2131 §2, RFC 2132), in the style of the other protocols here: a
+//! zero-copy view ([`DhcpPacket`], with `check_len` and `new_checked`), a validated summary
+//! of a message ([`Message::parse`], the repr) and a builder that emits a reply into a
+//! caller's buffer without allocating ([`ReplyBuilder`]).
 //!
 //! Nothing here indexes a slice it has not bounds-checked, so no input can panic it.
 
 use std::net::Ipv4Addr;
 
-use super::Discard;
+/// Why bytes are not a DHCP message this view can read. Fine-grained (unlike
+/// [`super::Error`]) because a DHCP server counts each as its own drop reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DhcpError {
+    /// Shorter than the fixed header and magic cookie (240 bytes).
+    Truncated,
+    /// Longer than [`MAX_MESSAGE_LEN`].
+    Oversized,
+    /// `htype`/`hlen` are not Ethernet's (1/6): the hardware address cannot be a MAC.
+    BadHardwareType,
+    /// The magic cookie is not 99.130.83.99: BOOTP or not DHCP at all.
+    BadMagicCookie,
+    /// An option's length byte or value runs past the end of the message.
+    OptionTruncated,
+    /// The options end without the End option (255).
+    MissingEnd,
+    /// An option read here has the wrong length (message type, addresses, ...).
+    BadOptionLength,
+    /// No DHCP message type option (53): a plain BOOTP message.
+    MissingMessageType,
+    /// An unknown message type.
+    UnexpectedMessageType,
+}
 
 /// `op` of a client's message.
 pub const BOOTREQUEST: u8 = 1;
@@ -146,18 +169,26 @@ impl<T: AsRef<[u8]>> DhcpPacket<T> {
     }
 
     /// A view of a buffer that holds at least the fixed header and the magic cookie.
-    pub fn new_checked(buffer: T) -> Result<Self, Discard> {
-        let b = buffer.as_ref();
-        if b.len() < HEADER_LEN {
-            return Err(Discard::Truncated);
+    pub fn new_checked(buffer: T) -> Result<Self, DhcpError> {
+        let packet = DhcpPacket { buffer };
+        packet.check_len()?;
+        if packet.b().get(field::COOKIE) != Some(&MAGIC_COOKIE[..]) {
+            return Err(DhcpError::BadMagicCookie);
         }
-        if b.len() > MAX_MESSAGE_LEN {
-            return Err(Discard::Oversized);
+        Ok(packet)
+    }
+
+    /// Checks that the buffer holds the fixed header and magic cookie and is no longer
+    /// than [`MAX_MESSAGE_LEN`].
+    pub fn check_len(&self) -> Result<(), DhcpError> {
+        let len = self.b().len();
+        if len < HEADER_LEN {
+            return Err(DhcpError::Truncated);
         }
-        if b.get(field::COOKIE) != Some(&MAGIC_COOKIE[..]) {
-            return Err(Discard::BadMagicCookie);
+        if len > MAX_MESSAGE_LEN {
+            return Err(DhcpError::Oversized);
         }
-        Ok(DhcpPacket { buffer })
+        Ok(())
     }
 
     /// The underlying buffer.
@@ -264,7 +295,7 @@ pub struct Options<'a> {
 }
 
 impl<'a> Iterator for Options<'a> {
-    type Item = Result<DhcpOption<'a>, Discard>;
+    type Item = Result<DhcpOption<'a>, DhcpError>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.done {
@@ -273,7 +304,7 @@ impl<'a> Iterator for Options<'a> {
         loop {
             let Some((&code, rest)) = self.data.split_first() else {
                 self.done = true;
-                return Some(Err(Discard::MissingEnd));
+                return Some(Err(DhcpError::MissingEnd));
             };
             match code {
                 opt::PAD => self.data = rest,
@@ -284,12 +315,12 @@ impl<'a> Iterator for Options<'a> {
                 _ => {
                     let Some((&len, rest)) = rest.split_first() else {
                         self.done = true;
-                        return Some(Err(Discard::OptionTruncated));
+                        return Some(Err(DhcpError::OptionTruncated));
                     };
                     let len = usize::from(len);
                     if rest.len() < len {
                         self.done = true;
-                        return Some(Err(Discard::OptionTruncated));
+                        return Some(Err(DhcpError::OptionTruncated));
                     }
                     let (data, rest) = rest.split_at(len);
                     self.data = rest;
@@ -300,10 +331,10 @@ impl<'a> Iterator for Options<'a> {
     }
 }
 
-fn addr_opt(data: &[u8]) -> Result<Ipv4Addr, Discard> {
+fn addr_opt(data: &[u8]) -> Result<Ipv4Addr, DhcpError> {
     match *data {
         [a, b, c, d] => Ok(Ipv4Addr::new(a, b, c, d)),
-        _ => Err(Discard::BadOptionLength),
+        _ => Err(DhcpError::BadOptionLength),
     }
 }
 
@@ -339,10 +370,10 @@ impl<'a> Message<'a> {
     /// Parses and validates a message of either direction: Ethernet hardware addresses,
     /// a sound option layout ending in End, a known message type, well-sized values of
     /// the options read here.
-    pub fn parse(bytes: &'a [u8]) -> Result<Self, Discard> {
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, DhcpError> {
         let p = DhcpPacket::new_checked(bytes)?;
         if p.htype() != HTYPE_ETHERNET || p.hlen() != 6 {
-            return Err(Discard::BadHardwareType);
+            return Err(DhcpError::BadHardwareType);
         }
         let mut msg_type = None;
         let mut m = Message {
@@ -372,9 +403,10 @@ impl<'a> Message<'a> {
             match o.code {
                 opt::MESSAGE_TYPE if msg_type.is_none() => {
                     let &[v] = o.data else {
-                        return Err(Discard::BadOptionLength);
+                        return Err(DhcpError::BadOptionLength);
                     };
-                    msg_type = Some(MessageType::from_u8(v).ok_or(Discard::UnexpectedMessageType)?);
+                    msg_type =
+                        Some(MessageType::from_u8(v).ok_or(DhcpError::UnexpectedMessageType)?);
                 }
                 opt::REQUESTED_IP if m.requested_ip.is_none() => {
                     m.requested_ip = Some(addr_opt(o.data)?);
@@ -384,11 +416,11 @@ impl<'a> Message<'a> {
                 }
                 opt::LEASE_TIME if m.lease_time.is_none() => match *o.data {
                     [a, b, c, d] => m.lease_time = Some(u32::from_be_bytes([a, b, c, d])),
-                    _ => return Err(Discard::BadOptionLength),
+                    _ => return Err(DhcpError::BadOptionLength),
                 },
                 opt::MAX_MESSAGE_SIZE if m.max_message_size.is_none() => match *o.data {
                     [a, b] => m.max_message_size = Some(u16::from_be_bytes([a, b])),
-                    _ => return Err(Discard::BadOptionLength),
+                    _ => return Err(DhcpError::BadOptionLength),
                 },
                 opt::PARAMETER_REQUEST_LIST if m.parameter_request_list.is_empty() => {
                     m.parameter_request_list = o.data;
@@ -399,7 +431,7 @@ impl<'a> Message<'a> {
                 _ => {}
             }
         }
-        m.message_type = msg_type.ok_or(Discard::MissingMessageType)?;
+        m.message_type = msg_type.ok_or(DhcpError::MissingMessageType)?;
         Ok(m)
     }
 
@@ -555,6 +587,34 @@ mod tests {
     }
 
     #[test]
+    fn check_len_bounds_the_message() {
+        assert_eq!(
+            DhcpPacket::new_unchecked(&[0u8; HEADER_LEN - 1][..]).check_len(),
+            Err(DhcpError::Truncated)
+        );
+        assert_eq!(
+            DhcpPacket::new_unchecked(&[0u8; HEADER_LEN][..]).check_len(),
+            Ok(())
+        );
+        assert_eq!(
+            DhcpPacket::new_unchecked(&[0u8; MAX_MESSAGE_LEN][..]).check_len(),
+            Ok(())
+        );
+        assert_eq!(
+            DhcpPacket::new_unchecked(&[0u8; MAX_MESSAGE_LEN + 1][..]).check_len(),
+            Err(DhcpError::Oversized)
+        );
+        // Long enough but not DHCP: the view refuses it, the length check alone does not.
+        let mut b = minimal(1);
+        b[236] = 0;
+        assert_eq!(DhcpPacket::new_unchecked(&b[..]).check_len(), Ok(()));
+        assert_eq!(
+            DhcpPacket::new_checked(&b[..]).map(|_| ()),
+            Err(DhcpError::BadMagicCookie)
+        );
+    }
+
+    #[test]
     fn dhcp_wire_parses_minimal_discover() {
         let b = minimal(1);
         let m = Message::parse(&b).unwrap();
@@ -565,36 +625,36 @@ mod tests {
 
     #[test]
     fn dhcp_wire_distinct_errors() {
-        assert_eq!(Message::parse(&[0u8; 100]), Err(Discard::Truncated));
-        assert_eq!(Message::parse(&[0u8; 2000]), Err(Discard::Oversized));
+        assert_eq!(Message::parse(&[0u8; 100]), Err(DhcpError::Truncated));
+        assert_eq!(Message::parse(&[0u8; 2000]), Err(DhcpError::Oversized));
         let mut b = minimal(1);
         b[236] = 0;
-        assert_eq!(Message::parse(&b), Err(Discard::BadMagicCookie));
+        assert_eq!(Message::parse(&b), Err(DhcpError::BadMagicCookie));
         let mut b = minimal(1);
         b[1] = 6;
-        assert_eq!(Message::parse(&b), Err(Discard::BadHardwareType));
+        assert_eq!(Message::parse(&b), Err(DhcpError::BadHardwareType));
         let mut b = minimal(1);
         b.pop();
-        assert_eq!(Message::parse(&b), Err(Discard::MissingEnd));
+        assert_eq!(Message::parse(&b), Err(DhcpError::MissingEnd));
         let mut b = minimal(1);
         b.truncate(b.len() - 2);
-        assert_eq!(Message::parse(&b), Err(Discard::OptionTruncated));
+        assert_eq!(Message::parse(&b), Err(DhcpError::OptionTruncated));
         let mut b = minimal(1);
         b.truncate(HEADER_LEN);
         b.extend_from_slice(&[53, 2, 1, 1, 255]);
-        assert_eq!(Message::parse(&b), Err(Discard::BadOptionLength));
+        assert_eq!(Message::parse(&b), Err(DhcpError::BadOptionLength));
         let mut b = minimal(1);
         b.truncate(HEADER_LEN);
         b.extend_from_slice(&[0, 0, 255]);
-        assert_eq!(Message::parse(&b), Err(Discard::MissingMessageType));
+        assert_eq!(Message::parse(&b), Err(DhcpError::MissingMessageType));
         assert_eq!(
             Message::parse(&minimal(9)),
-            Err(Discard::UnexpectedMessageType)
+            Err(DhcpError::UnexpectedMessageType)
         );
         let mut b = minimal(1);
         b.truncate(HEADER_LEN);
         b.extend_from_slice(&[53, 1, 1, 50, 3, 1, 2, 3, 255]);
-        assert_eq!(Message::parse(&b), Err(Discard::BadOptionLength));
+        assert_eq!(Message::parse(&b), Err(DhcpError::BadOptionLength));
     }
 
     #[test]

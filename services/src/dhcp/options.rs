@@ -2,7 +2,7 @@
 //! Neutron passes them) and their encodings.
 
 use crate::addr::{check_dns_name, parse_cidr, parse_ipv4};
-use crate::dhcp::wire::push_classless_route;
+use pollux_dataplane::wire::dhcp::push_classless_route;
 
 /// How the value of a DHCP option is written in `extra_dhcp_opts` and encoded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

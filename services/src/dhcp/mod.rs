@@ -8,9 +8,10 @@
 //! - `leases`: the lease table, its expiry and its persistence (the only I/O here).
 //! - `options`: the options a port may add (`extra_dhcp_opts`), by dnsmasq's names, and
 //!   their encodings.
+//! - `service`: the thread that serves every network's server on the punt/inject rings.
 //!
 //! Each network's [`DhcpConfig`] is compiled from the validated desired state by
-//! `crate::compile::dhcp`.
+//! `pollux_control::compile::dhcp`.
 //!
 //! Neutron allocates addresses itself, so the server mostly hands each known MAC its fixed
 //! IP; serving unknown MACs from the rest of the subnet is opt-in per subnet.
@@ -19,13 +20,12 @@ pub mod leases;
 pub mod options;
 pub mod server;
 pub mod service;
-pub mod wire;
 
 pub use leases::{Lease, LeaseError, LeaseInfo, LeaseState, LeaseTable};
+pub use pollux_dataplane::wire::dhcp::{DhcpError, DhcpPacket, Message, MessageType, ReplyBuilder};
 pub use server::{
     DhcpConfig, DhcpServer, DhcpStats, ExtraOption, HostConfig, HostRoute, Reply, SubnetConfig,
 };
-pub use wire::{DhcpPacket, Message, MessageType, ReplyBuilder};
 
 /// Why a message got no reply. Every malformed or unwanted input ends as one of these, so
 /// the caller can count drops by reason; protocol outcomes that are silent by design
@@ -124,5 +124,21 @@ impl Discard {
 impl std::fmt::Display for Discard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+impl From<DhcpError> for Discard {
+    fn from(e: DhcpError) -> Self {
+        match e {
+            DhcpError::Truncated => Discard::Truncated,
+            DhcpError::Oversized => Discard::Oversized,
+            DhcpError::BadHardwareType => Discard::BadHardwareType,
+            DhcpError::BadMagicCookie => Discard::BadMagicCookie,
+            DhcpError::OptionTruncated => Discard::OptionTruncated,
+            DhcpError::MissingEnd => Discard::MissingEnd,
+            DhcpError::BadOptionLength => Discard::BadOptionLength,
+            DhcpError::MissingMessageType => Discard::MissingMessageType,
+            DhcpError::UnexpectedMessageType => Discard::UnexpectedMessageType,
+        }
     }
 }

@@ -2,9 +2,9 @@
 
 use std::net::Ipv4Addr;
 
-use pollux_control::addr::Ipv4Cidr;
-use pollux_control::dhcp::wire::{DhcpPacket, Message, MessageType, BOOTREPLY, MAX_MESSAGE_LEN};
-use pollux_control::dhcp::{
+use pollux_dataplane::wire::dhcp::{DhcpPacket, Message, MessageType, BOOTREPLY, MAX_MESSAGE_LEN};
+use pollux_services::addr::Ipv4Cidr;
+use pollux_services::dhcp::{
     DhcpConfig, DhcpServer, Discard, ExtraOption, HostConfig, HostRoute, LeaseState, SubnetConfig,
 };
 use proptest::prelude::*;
@@ -656,17 +656,17 @@ fn dhcp_leases_survive_a_restart() {
         .unwrap()
         .unwrap();
     s.leases().save(&path).unwrap();
-    let restored = pollux_control::dhcp::LeaseTable::load(&path).unwrap();
+    let restored = pollux_services::dhcp::LeaseTable::load(&path).unwrap();
     let s2 = DhcpServer::with_leases(config(), restored);
     assert_eq!(s2.leases(), s.leases());
     assert_eq!(s2.leases().get(&VM1).unwrap().expires, NOW + 86_400);
     std::fs::write(&path, b"not json").unwrap();
-    let e = pollux_control::dhcp::LeaseTable::load(&path).unwrap_err();
+    let e = pollux_services::dhcp::LeaseTable::load(&path).unwrap_err();
     assert!(e.to_string().contains("leases.json"), "{e}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
-fn check_reply(r: &pollux_control::dhcp::Reply, request: &[u8]) {
+fn check_reply(r: &pollux_services::dhcp::Reply, request: &[u8]) {
     let m = Message::parse(&r.bytes).expect("reply parses with the module's own view");
     assert_eq!(m.op, BOOTREPLY);
     assert_eq!(m.message_type, r.message_type);

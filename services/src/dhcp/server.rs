@@ -13,11 +13,12 @@ use std::net::Ipv4Addr;
 use pollux_dataplane::ratelimit::{BucketConfig, KeyedLimiter, TokenBucket};
 
 use super::leases::{Lease, LeaseState, LeaseTable};
-use super::wire::{
-    self, opt, Message, MessageType, ReplyBuilder, ReplyHeader, BOOTREQUEST, MAX_MESSAGE_LEN,
-};
 use super::Discard;
 use crate::addr::Ipv4Cidr;
+use pollux_dataplane::wire::dhcp::{
+    self as wire, opt, Message, MessageType, ReplyBuilder, ReplyHeader, BOOTREQUEST,
+    MAX_MESSAGE_LEN,
+};
 
 /// Neutron's default `dhcp_lease_duration`.
 pub const DEFAULT_LEASE_TIME: u32 = 86_400;
