@@ -6,12 +6,13 @@
 //!
 //! - the source MAC is the port's `mac_address` or an `allowed_address_pairs` MAC;
 //! - an IPv4 source is one of the port's fixed IPs or an address pair (a CIDR pair covers
-//!   its whole prefix), *for the MAC the frame comes from*. The exception is a DHCP
-//!   client (UDP 68 → 67) talking to the network's DHCP server, broadcast or to one of the
-//!   server's addresses, from any source: its first message comes from `0.0.0.0`, and a
-//!   client whose fixed IP was changed renews from its old address and must get the NAK
-//!   that moves it on (Neutron's OVS firewall lets DHCP client traffic out whatever its
-//!   source, for the same reason; here it can reach nothing but the server);
+//!   its whole prefix), *for the MAC the frame comes from*. The exceptions are DHCP
+//!   clients (UDP 68 → 67): `0.0.0.0 → 255.255.255.255`, a client's first message, as
+//!   Neutron allows it; and, on a network with a DHCP server, a client talking to that
+//!   server (broadcast or to one of its addresses) from any source, because a client whose
+//!   fixed IP was changed renews from its old address and must get the NAK that moves it
+//!   on (Neutron's OVS firewall lets DHCP client traffic out whatever its source for the
+//!   same reason; here such a broadcast reaches the server's punt ring, not the other VMs);
 //! - ARP: the sender hardware address is the frame's source MAC and the sender IP belongs
 //!   to it as above (or is `0.0.0.0`, an RFC 5227 probe), so a VM can neither answer for
 //!   the gateway nor announce another's address in a gratuitous ARP;
@@ -173,7 +174,11 @@ impl PortSecurity {
             .map(|u| (u.src_port(), u.dst_port()));
         if udp == Some((DHCP_CLIENT_PORT, DHCP_SERVER_PORT)) {
             let dst = ip.dst_addr();
-            if dst == Ipv4Addr::BROADCAST || dhcp_servers.contains(&u32::from(dst)) {
+            let broadcast = dst == Ipv4Addr::BROADCAST;
+            let first_message = src == 0 && broadcast;
+            let to_server =
+                !dhcp_servers.is_empty() && (broadcast || dhcp_servers.contains(&u32::from(dst)));
+            if first_message || to_server {
                 return None;
             }
         }
@@ -541,6 +546,11 @@ mod tests {
             verdict(&eth(OTHER, V4, &renew)),
             Some(DropReason::SpoofedMac)
         );
+        // On a network without a DHCP server such a broadcast would flood to the other
+        // VMs: only a client's first message (from 0.0.0.0) passes there.
+        let check = |f: &[u8]| policy().check(f, V4, 14, &[]);
+        assert_eq!(check(&eth(OWN, V4, &discover)), None);
+        assert_eq!(check(&eth(OWN, V4, &rebind)), Some(DropReason::SpoofedIp));
         let other_ports = ipv4(Ipv4Addr::UNSPECIFIED, bcast, 17, &udp(1000, 67));
         assert_eq!(
             verdict(&eth(OWN, V4, &other_ports)),
