@@ -12,8 +12,6 @@
 //! live only in the kit's namespace, deleted (with them) on every exit path.
 
 use std::ffi::CString;
-use std::io;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use pollux_dataplane::buf::FramePool;
@@ -21,8 +19,7 @@ use pollux_dataplane::packet::{Batch, Packet};
 use pollux_dataplane::port::Port;
 use pollux_drivers::tap::{Origin, TapDevice, TapPort, TapPortConfig};
 use pollux_testkit::netns::{self, Topology};
-use rustix::net::sockopt::Timeout;
-use rustix::net::{RecvFlags, SendFlags};
+use pollux_testkit::packet_socket::PacketSocket;
 
 const ETHERTYPE: [u8; 2] = [0x88, 0xb5];
 
@@ -89,88 +86,6 @@ fn exists(name: &str) -> bool {
     let c = CString::new(name).unwrap();
     // SAFETY: `c` is NUL-terminated and outlives the call, which only reads it.
     unsafe { libc::if_nametoindex(c.as_ptr()) != 0 }
-}
-
-fn ifindex(name: &str) -> u32 {
-    let c = CString::new(name).unwrap();
-    // SAFETY: `c` is NUL-terminated and outlives the call, which only reads it.
-    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    assert_ne!(
-        index,
-        0,
-        "no interface {name}: {}",
-        io::Error::last_os_error()
-    );
-    index
-}
-
-/// An AF_PACKET socket bound to one interface, seeing every frame on it.
-struct PacketSocket {
-    fd: OwnedFd,
-}
-
-impl PacketSocket {
-    fn open(ifname: &str) -> PacketSocket {
-        let proto = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: plain socket(2) call; the result is checked before use.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                i32::from(proto),
-            )
-        };
-        assert!(raw >= 0, "AF_PACKET socket: {}", io::Error::last_os_error());
-        // SAFETY: `raw` is a fresh fd that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_ll is plain data for which all-zero is valid.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = ifindex(ifname) as i32;
-        // SAFETY: `sll` is a valid sockaddr_ll of the length passed, read during the call.
-        let ret = unsafe {
-            libc::bind(
-                raw,
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(
-            ret,
-            0,
-            "bind AF_PACKET to {ifname}: {}",
-            io::Error::last_os_error()
-        );
-        rustix::net::sockopt::set_socket_timeout(
-            &fd,
-            Timeout::Recv,
-            Some(Duration::from_millis(50)),
-        )
-        .unwrap();
-        PacketSocket { fd }
-    }
-
-    fn send(&self, frame: &[u8]) {
-        let n = rustix::net::send(&self.fd, frame, SendFlags::empty()).unwrap();
-        assert_eq!(n, frame.len());
-    }
-
-    /// Our test frames seen within `timeout`, until `want` arrived.
-    fn recv_ours(&self, want: usize, timeout: Duration) -> Vec<Vec<u8>> {
-        let deadline = Instant::now() + timeout;
-        let mut got = Vec::new();
-        let mut buf = vec![0u8; 4096];
-        while got.len() < want && Instant::now() < deadline {
-            match rustix::net::recv(&self.fd, &mut buf[..], RecvFlags::empty()) {
-                Ok((n, _)) if n >= 14 && buf[12..14] == ETHERTYPE => got.push(buf[..n].to_vec()),
-                Ok(_) => {} // IPv6 autoconfiguration and the like.
-                Err(e) if e == rustix::io::Errno::AGAIN || e == rustix::io::Errno::INTR => {}
-                Err(e) => panic!("recv AF_PACKET: {e}"),
-            }
-        }
-        got
-    }
 }
 
 /// A broadcast test frame carrying `i`, `len` bytes long.
@@ -251,7 +166,7 @@ fn frames_cross_a_created_tap_both_ways_and_the_tap_goes_with_the_port() {
             1024,
             "transmit frees the pool frames at once"
         );
-        let seen = sock.recv_ours(frames.len(), Duration::from_secs(5));
+        let seen = sock.recv_ethertype(ETHERTYPE, frames.len(), Duration::from_secs(5));
         assert_eq!(
             seen, frames,
             "the netdev received every frame, byte for byte, in order"

@@ -10,4 +10,5 @@
 pub mod dhcp;
 pub mod netns;
 pub mod ovs;
+pub mod packet_socket;
 pub mod signal;
