@@ -129,6 +129,11 @@ pub struct DhcpLimits {
     /// Burst of one network's server (default 1000).
     #[serde(default = "default_dhcp_network_burst")]
     pub network_burst: i64,
+    /// Most dynamic leases (subnets with `dhcp_serve_unknown`) the clients behind one
+    /// port may hold at once (default 16): a VM cycling through made-up MACs cannot drain
+    /// the pool that others are served from.
+    #[serde(default = "default_dhcp_leases_per_port")]
+    pub leases_per_port: i64,
 }
 
 impl Default for DhcpLimits {
@@ -140,6 +145,7 @@ impl Default for DhcpLimits {
             client_burst: default_dhcp_client_burst(),
             network_rate: default_dhcp_network_rate(),
             network_burst: default_dhcp_network_burst(),
+            leases_per_port: default_dhcp_leases_per_port(),
         }
     }
 }
@@ -174,6 +180,10 @@ fn default_dhcp_network_rate() -> i64 {
 
 fn default_dhcp_network_burst() -> i64 {
     1000
+}
+
+fn default_dhcp_leases_per_port() -> i64 {
+    16
 }
 
 fn default_true() -> bool {

@@ -365,3 +365,42 @@ fn changes_reach_the_server_and_leases_survive_a_restart() {
     );
     engine.shutdown().expect("shutdown");
 }
+
+#[test]
+fn made_up_macs_behind_one_port_get_a_bounded_number_of_leases() {
+    let dir = TempDir::new();
+    let wires = MemWires::default();
+    let mut desired = state("198.18.1.10", true);
+    desired.subnets[0].dhcp_serve_unknown = true;
+    desired.dhcp.leases_per_port = 2;
+    let engine = start(&dir, desired, &wires);
+    let mut vm1 = wire(&wires, "port:vm1");
+    let mut vm2 = wire(&wires, "port:vm2");
+    // vm2 bridges other hosts (port security off): each made-up MAC behind it asks.
+    let made_up = |n: u8| [0x02, 0xaa, 0, 0, 0, n];
+    for n in 0..2 {
+        let offer = exchange(
+            &mut vm2,
+            &client_frame(made_up(n), 1, Ipv4Addr::UNSPECIFIED, &[]),
+        )
+        .expect("an offer within the port's budget");
+        assert_eq!(dhcp_of(&offer).1[&opt::MESSAGE_TYPE], [2]);
+    }
+    for n in 2..6 {
+        assert!(no_answer(
+            &mut vm2,
+            &client_frame(made_up(n), 1, Ipv4Addr::UNSPECIFIED, &[])
+        ));
+    }
+    let stats = engine.dhcp_stats();
+    assert_eq!(stats.drops.get("port_lease_limit"), Some(&4), "{stats:?}");
+    // The pool is not drained for others: vm1 still gets its own address.
+    let offer = exchange(
+        &mut vm1,
+        &client_frame(VM1_MAC, 1, Ipv4Addr::UNSPECIFIED, &[]),
+    )
+    .expect("vm1's offer");
+    assert_eq!(yiaddr(&dhcp_of(&offer).0), Ipv4Addr::new(198, 18, 1, 10));
+    assert_eq!(engine.leases().len(), 3, "two dynamic offers and vm1's");
+    engine.shutdown().expect("clean shutdown");
+}

@@ -2,10 +2,12 @@
 
 use std::net::Ipv4Addr;
 
+use pollux_dataplane::port::PortId;
 use pollux_dataplane::wire::dhcp::{DhcpPacket, Message, MessageType, BOOTREPLY, MAX_MESSAGE_LEN};
 use pollux_services::addr::Ipv4Cidr;
 use pollux_services::dhcp::{
-    DhcpConfig, DhcpServer, Discard, ExtraOption, HostConfig, HostRoute, LeaseState, SubnetConfig,
+    DhcpConfig, DhcpServer, Discard, ExtraOption, HostConfig, HostRoute, LeaseState, Reply,
+    SubnetConfig,
 };
 use proptest::prelude::*;
 
@@ -14,6 +16,31 @@ const VM2: [u8; 6] = [0xfa, 0x16, 0x3e, 0x00, 0x00, 0x02];
 const STRANGER: [u8; 6] = [0xfa, 0x16, 0x3e, 0x00, 0x00, 0x99];
 const SERVER_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0x00, 0x00, 0xfe];
 const NOW: u64 = 1_700_000_000;
+/// The data-plane ports the clients are plugged into: VM1 and VM2 each on their own,
+/// every other MAC behind a third.
+const VM1_PORT: PortId = PortId(1);
+const VM2_PORT: PortId = PortId(2);
+const OTHER_PORT: PortId = PortId(9);
+
+fn port_of(mac: &[u8]) -> PortId {
+    match mac {
+        m if m == VM1 => VM1_PORT,
+        m if m == VM2 => VM2_PORT,
+        _ => OTHER_PORT,
+    }
+}
+
+/// Messages as they come in on the port of the client they name.
+trait OwnPort {
+    fn handle_on_own_port(&mut self, msg: &[u8], now: u64) -> Result<Option<Reply>, Discard>;
+}
+
+impl OwnPort for DhcpServer {
+    fn handle_on_own_port(&mut self, msg: &[u8], now: u64) -> Result<Option<Reply>, Discard> {
+        let chaddr = msg.get(28..34).unwrap_or_default();
+        self.handle(msg, now, port_of(chaddr))
+    }
+}
 
 fn ip(a: u8, b: u8, c: u8, d: u8) -> Ipv4Addr {
     Ipv4Addr::new(a, b, c, d)
@@ -42,6 +69,7 @@ fn config() -> DhcpConfig {
         hosts: vec![
             HostConfig {
                 mac: VM1,
+                port: Some(VM1_PORT),
                 ip: ip(198, 18, 1, 10),
                 hostname: Some("vm1".into()),
                 extra_options: vec![
@@ -51,6 +79,7 @@ fn config() -> DhcpConfig {
             },
             HostConfig {
                 mac: VM2,
+                port: Some(VM2_PORT),
                 ip: ip(198, 18, 1, 11),
                 hostname: None,
                 extra_options: vec![],
@@ -194,7 +223,10 @@ fn get(opts: &[(u8, Vec<u8>)], code: u8) -> Option<&[u8]> {
 #[test]
 fn dhcp_discover_from_dhclient_gets_exact_offer() {
     let mut s = DhcpServer::new(config());
-    let r = s.handle(&dhclient_discover(), NOW).unwrap().unwrap();
+    let r = s
+        .handle_on_own_port(&dhclient_discover(), NOW)
+        .unwrap()
+        .unwrap();
     assert_eq!(r.message_type, MessageType::Offer);
     // No broadcast flag, no ciaddr: unicast to the offered address at the client's MAC.
     assert_eq!(r.dst_ip, ip(198, 18, 1, 10));
@@ -255,9 +287,11 @@ fn dhcp_discover_from_dhclient_gets_exact_offer() {
 #[test]
 fn dhcp_request_selecting_from_udhcpc_gets_ack() {
     let mut s = DhcpServer::new(config());
-    s.handle(&dhclient_discover(), NOW).unwrap().unwrap();
+    s.handle_on_own_port(&dhclient_discover(), NOW)
+        .unwrap()
+        .unwrap();
     let r = s
-        .handle(&udhcpc_request(ip(198, 18, 1, 2)), NOW + 1)
+        .handle_on_own_port(&udhcpc_request(ip(198, 18, 1, 2)), NOW + 1)
         .unwrap()
         .unwrap();
     assert_eq!(r.message_type, MessageType::Ack);
@@ -297,9 +331,11 @@ fn dhcp_request_selecting_from_udhcpc_gets_ack() {
 #[test]
 fn dhcp_request_selecting_other_server_forgets_offer() {
     let mut s = DhcpServer::new(config());
-    s.handle(&dhclient_discover(), NOW).unwrap();
+    s.handle_on_own_port(&dhclient_discover(), NOW).unwrap();
     assert!(s.leases().get(&VM1).is_some());
-    let r = s.handle(&udhcpc_request(ip(203, 0, 113, 9)), NOW).unwrap();
+    let r = s
+        .handle_on_own_port(&udhcpc_request(ip(203, 0, 113, 9)), NOW)
+        .unwrap();
     assert!(r.is_none());
     assert!(s.leases().get(&VM1).is_none());
     assert_eq!(s.stats().other_server, 1);
@@ -311,7 +347,7 @@ fn dhcp_request_selecting_wrong_address_is_nak() {
     let m = Msg::new(VM1, 3)
         .requested(ip(198, 18, 1, 77))
         .server(ip(198, 18, 1, 2));
-    let r = s.handle(&m.bytes(), NOW).unwrap().unwrap();
+    let r = s.handle_on_own_port(&m.bytes(), NOW).unwrap().unwrap();
     assert_eq!(r.message_type, MessageType::Nak);
     assert_eq!(
         (r.dst_ip, r.dst_mac, r.broadcast),
@@ -330,24 +366,27 @@ fn dhcp_request_selecting_wrong_address_is_nak() {
 fn dhcp_request_init_reboot() {
     let mut s = DhcpServer::new(config());
     let ok = Msg::new(VM1, 3).requested(ip(198, 18, 1, 10));
-    let r = s.handle(&ok.bytes(), NOW).unwrap().unwrap();
+    let r = s.handle_on_own_port(&ok.bytes(), NOW).unwrap().unwrap();
     assert_eq!(r.message_type, MessageType::Ack);
     assert_eq!(s.leases().get(&VM1).unwrap().state, LeaseState::Bound);
 
     let wrong = Msg::new(VM2, 3).requested(ip(198, 18, 1, 10));
-    let r = s.handle(&wrong.bytes(), NOW).unwrap().unwrap();
+    let r = s.handle_on_own_port(&wrong.bytes(), NOW).unwrap().unwrap();
     assert_eq!(r.message_type, MessageType::Nak);
     assert!(r.broadcast);
 
     let unknown = Msg::new(STRANGER, 3).requested(ip(198, 18, 1, 50));
-    assert_eq!(s.handle(&unknown.bytes(), NOW), Err(Discard::UnknownClient));
+    assert_eq!(
+        s.handle_on_own_port(&unknown.bytes(), NOW),
+        Err(Discard::UnknownClient)
+    );
 }
 
 #[test]
 fn dhcp_request_renewing_and_rebinding() {
     let mut s = DhcpServer::new(config());
     let renew = Msg::new(VM1, 3).ciaddr(ip(198, 18, 1, 10));
-    let r = s.handle(&renew.bytes(), NOW).unwrap().unwrap();
+    let r = s.handle_on_own_port(&renew.bytes(), NOW).unwrap().unwrap();
     assert_eq!(r.message_type, MessageType::Ack);
     // To ciaddr, unicast, and ciaddr echoed.
     assert_eq!(
@@ -361,17 +400,20 @@ fn dhcp_request_renewing_and_rebinding() {
     // Rebinding is the same message broadcast; the broadcast flag is the client's.
     let mut rebind = Msg::new(VM1, 3).ciaddr(ip(198, 18, 1, 10));
     rebind.flags = 0x8000;
-    let r = s.handle(&rebind.bytes(), NOW).unwrap().unwrap();
+    let r = s.handle_on_own_port(&rebind.bytes(), NOW).unwrap().unwrap();
     assert_eq!(r.message_type, MessageType::Ack);
     assert_eq!(r.dst_ip, ip(198, 18, 1, 10));
 
     let wrong = Msg::new(VM1, 3).ciaddr(ip(198, 18, 1, 99));
-    let r = s.handle(&wrong.bytes(), NOW).unwrap().unwrap();
+    let r = s.handle_on_own_port(&wrong.bytes(), NOW).unwrap().unwrap();
     assert_eq!(r.message_type, MessageType::Nak);
     assert!(r.broadcast);
 
     let nothing = Msg::new(VM1, 3);
-    assert_eq!(s.handle(&nothing.bytes(), NOW), Err(Discard::BadRequest));
+    assert_eq!(
+        s.handle_on_own_port(&nothing.bytes(), NOW),
+        Err(Discard::BadRequest)
+    );
 }
 
 #[test]
@@ -379,7 +421,7 @@ fn dhcp_broadcast_flag_means_broadcast_reply() {
     let mut s = DhcpServer::new(config());
     let mut m = Msg::new(VM1, 1);
     m.flags = 0x8000;
-    let r = s.handle(&m.bytes(), NOW).unwrap().unwrap();
+    let r = s.handle_on_own_port(&m.bytes(), NOW).unwrap().unwrap();
     assert_eq!(
         (r.dst_ip, r.dst_mac, r.broadcast),
         (Ipv4Addr::BROADCAST, [0xff; 6], true)
@@ -394,11 +436,11 @@ fn dhcp_broadcast_flag_means_broadcast_reply() {
 fn dhcp_release_decline_inform() {
     let mut s = DhcpServer::new(config());
     let req = Msg::new(VM1, 3).requested(ip(198, 18, 1, 10));
-    s.handle(&req.bytes(), NOW).unwrap().unwrap();
+    s.handle_on_own_port(&req.bytes(), NOW).unwrap().unwrap();
     let rel = Msg::new(VM1, 7)
         .ciaddr(ip(198, 18, 1, 10))
         .server(ip(198, 18, 1, 2));
-    assert_eq!(s.handle(&rel.bytes(), NOW), Ok(None));
+    assert_eq!(s.handle_on_own_port(&rel.bytes(), NOW), Ok(None));
     assert!(s.leases().get(&VM1).is_none());
     assert_eq!(s.stats().releases, 1);
 
@@ -406,24 +448,24 @@ fn dhcp_release_decline_inform() {
     let foreign = Msg::new(VM2, 4)
         .requested(ip(198, 18, 1, 10))
         .server(ip(198, 18, 1, 2));
-    assert_eq!(s.handle(&foreign.bytes(), NOW), Ok(None));
+    assert_eq!(s.handle_on_own_port(&foreign.bytes(), NOW), Ok(None));
     assert_eq!(s.stats().declines, 0);
-    s.handle(&req.bytes(), NOW).unwrap().unwrap();
+    s.handle_on_own_port(&req.bytes(), NOW).unwrap().unwrap();
     let dec = Msg::new(VM1, 4)
         .requested(ip(198, 18, 1, 10))
         .server(ip(198, 18, 1, 2));
-    assert_eq!(s.handle(&dec.bytes(), NOW), Ok(None));
+    assert_eq!(s.handle_on_own_port(&dec.bytes(), NOW), Ok(None));
     assert_eq!(s.stats().declines, 1);
     assert!(s.leases().is_declined(ip(198, 18, 1, 10), NOW));
     assert!(s.leases().get(&VM1).is_none());
     assert_eq!(
-        s.handle(&Msg::new(VM1, 4).bytes(), NOW),
+        s.handle_on_own_port(&Msg::new(VM1, 4).bytes(), NOW),
         Err(Discard::BadRequest)
     );
 
     // INFORM: no PRL, so everything the server has, extras included; no lease.
     let inf = Msg::new(VM1, 8).ciaddr(ip(198, 18, 1, 10));
-    let r = s.handle(&inf.bytes(), NOW).unwrap().unwrap();
+    let r = s.handle_on_own_port(&inf.bytes(), NOW).unwrap().unwrap();
     assert_eq!(r.message_type, MessageType::Ack);
     assert_eq!((r.dst_ip, r.dst_mac), (ip(198, 18, 1, 10), VM1));
     let p = DhcpPacket::new_checked(&r.bytes[..]).unwrap();
@@ -437,12 +479,12 @@ fn dhcp_release_decline_inform() {
     assert!(s.leases().get(&VM1).is_none());
     assert_eq!(s.stats().informs, 1);
     assert_eq!(
-        s.handle(&Msg::new(VM1, 8).bytes(), NOW),
+        s.handle_on_own_port(&Msg::new(VM1, 8).bytes(), NOW),
         Err(Discard::BadRequest)
     );
     let stranger = Msg::new(STRANGER, 8).ciaddr(ip(198, 18, 1, 50));
     assert_eq!(
-        s.handle(&stranger.bytes(), NOW),
+        s.handle_on_own_port(&stranger.bytes(), NOW),
         Err(Discard::UnknownClient)
     );
 }
@@ -455,7 +497,7 @@ fn dhcp_extra_options_follow_request_list_and_override() {
         .push(ExtraOption::raw(6, vec![203, 0, 113, 54]));
     let mut s = DhcpServer::new(cfg);
     let m = Msg::new(VM1, 1).opt(55, &[67, 6, 66, 1]);
-    let r = s.handle(&m.bytes(), NOW).unwrap().unwrap();
+    let r = s.handle_on_own_port(&m.bytes(), NOW).unwrap().unwrap();
     let codes: Vec<u8> = options(&r.bytes).iter().map(|(c, _)| *c).collect();
     assert_eq!(codes, [53, 54, 51, 58, 59, 1, 3, 67, 6, 66]);
     assert_eq!(get(&options(&r.bytes), 6), Some(&[203, 0, 113, 54][..]));
@@ -471,7 +513,10 @@ fn dhcp_reconfigure_moves_and_removes_hosts() {
             ip(198, 18, 1, 11)
         });
         assert_eq!(
-            s.handle(&req.bytes(), NOW).unwrap().unwrap().message_type,
+            s.handle_on_own_port(&req.bytes(), NOW)
+                .unwrap()
+                .unwrap()
+                .message_type,
             MessageType::Ack
         );
     }
@@ -483,10 +528,13 @@ fn dhcp_reconfigure_moves_and_removes_hosts() {
     assert!(s.leases().get(&VM1).is_none());
     assert!(s.leases().get(&VM2).is_none());
     let renew = Msg::new(VM1, 3).ciaddr(ip(198, 18, 1, 10));
-    let r = s.handle(&renew.bytes(), NOW + 10).unwrap().unwrap();
+    let r = s
+        .handle_on_own_port(&renew.bytes(), NOW + 10)
+        .unwrap()
+        .unwrap();
     assert_eq!(r.message_type, MessageType::Nak);
     let r = s
-        .handle(&Msg::new(VM1, 1).bytes(), NOW + 11)
+        .handle_on_own_port(&Msg::new(VM1, 1).bytes(), NOW + 11)
         .unwrap()
         .unwrap();
     assert_eq!(r.message_type, MessageType::Offer);
@@ -496,11 +544,11 @@ fn dhcp_reconfigure_moves_and_removes_hosts() {
     );
     let renew2 = Msg::new(VM2, 3).ciaddr(ip(198, 18, 1, 11));
     assert_eq!(
-        s.handle(&renew2.bytes(), NOW + 12),
+        s.handle_on_own_port(&renew2.bytes(), NOW + 12),
         Err(Discard::UnknownClient)
     );
     assert_eq!(
-        s.handle(&Msg::new(VM2, 1).bytes(), NOW + 12),
+        s.handle_on_own_port(&Msg::new(VM2, 1).bytes(), NOW + 12),
         Err(Discard::UnknownClient)
     );
 }
@@ -509,7 +557,7 @@ fn dhcp_reconfigure_moves_and_removes_hosts() {
 fn dhcp_unknown_macs_only_when_allowed() {
     let mut s = DhcpServer::new(config());
     assert_eq!(
-        s.handle(&Msg::new(STRANGER, 1).bytes(), NOW),
+        s.handle_on_own_port(&Msg::new(STRANGER, 1).bytes(), NOW),
         Err(Discard::UnknownClient)
     );
     let mut cfg = config();
@@ -519,6 +567,7 @@ fn dhcp_unknown_macs_only_when_allowed() {
     cfg.subnets[0].serve_unknown = true;
     cfg.hosts = vec![HostConfig {
         mac: VM1,
+        port: Some(VM1_PORT),
         ip: ip(203, 0, 113, 3),
         hostname: None,
         extra_options: vec![],
@@ -528,7 +577,7 @@ fn dhcp_unknown_macs_only_when_allowed() {
     let mut got = Vec::new();
     for last in 0x10..0x14u8 {
         let mac = [0xfa, 0x16, 0x3e, 0, 1, last];
-        match s.handle(&Msg::new(mac, 1).bytes(), NOW) {
+        match s.handle_on_own_port(&Msg::new(mac, 1).bytes(), NOW) {
             Ok(Some(r)) => got.push(DhcpPacket::new_checked(&r.bytes[..]).unwrap().yiaddr()),
             Err(e) => got.push({
                 assert_eq!(e, Discard::PoolExhausted);
@@ -551,13 +600,16 @@ fn dhcp_unknown_macs_only_when_allowed() {
         .requested(ip(203, 0, 113, 4))
         .server(ip(203, 0, 113, 2));
     assert_eq!(
-        s.handle(&req.bytes(), NOW).unwrap().unwrap().message_type,
+        s.handle_on_own_port(&req.bytes(), NOW)
+            .unwrap()
+            .unwrap()
+            .message_type,
         MessageType::Ack
     );
     // Offers lapse, and their addresses come back.
     s.leases_mut().expire(NOW + 1000);
     let r = s
-        .handle(
+        .handle_on_own_port(
             &Msg::new([0xfa, 0x16, 0x3e, 0, 1, 0x13], 1).bytes(),
             NOW + 1000,
         )
@@ -575,20 +627,20 @@ fn dhcp_rate_limit_is_per_client() {
     let flood = Msg::new(VM1, 1).bytes();
     let mut limited = 0;
     for _ in 0..100 {
-        if s.handle(&flood, NOW) == Err(Discard::RateLimited) {
+        if s.handle_on_own_port(&flood, NOW) == Err(Discard::RateLimited) {
             limited += 1;
         }
     }
     assert!(limited >= 70, "{limited}");
     assert_eq!(
-        s.handle(&Msg::new(VM2, 1).bytes(), NOW)
+        s.handle_on_own_port(&Msg::new(VM2, 1).bytes(), NOW)
             .unwrap()
             .unwrap()
             .message_type,
         MessageType::Offer
     );
     // The flooder's budget comes back with time.
-    assert!(s.handle(&flood, NOW + 2).unwrap().is_some());
+    assert!(s.handle_on_own_port(&flood, NOW + 2).unwrap().is_some());
 }
 
 #[test]
@@ -600,7 +652,7 @@ fn dhcp_reply_respects_max_message_size() {
     let mut s = DhcpServer::new(cfg);
     let prl = [1, 3, 224, 6];
     let r = s
-        .handle(&Msg::new(VM1, 1).opt(55, &prl).bytes(), NOW)
+        .handle_on_own_port(&Msg::new(VM1, 1).opt(55, &prl).bytes(), NOW)
         .unwrap()
         .unwrap();
     assert!(r.bytes.len() <= 548);
@@ -610,7 +662,10 @@ fn dhcp_reply_respects_max_message_size() {
     let big = Msg::new(VM1, 1)
         .opt(57, &1500u16.to_be_bytes())
         .opt(55, &prl);
-    let r = s.handle(&big.bytes(), NOW + 10).unwrap().unwrap();
+    let r = s
+        .handle_on_own_port(&big.bytes(), NOW + 10)
+        .unwrap()
+        .unwrap();
     assert!(r.bytes.len() <= 1450 - 28, "capped by the subnet's MTU");
     let o = options(&r.bytes);
     // Split in two instances (RFC 3396).
@@ -625,20 +680,26 @@ fn dhcp_reply_respects_max_message_size() {
 #[test]
 fn dhcp_drop_reasons() {
     let mut s = DhcpServer::new(config());
-    assert_eq!(s.handle(&[0u8; 10], NOW), Err(Discard::Truncated));
-    assert_eq!(s.handle(&[0u8; 1600], NOW), Err(Discard::Oversized));
+    assert_eq!(
+        s.handle_on_own_port(&[0u8; 10], NOW),
+        Err(Discard::Truncated)
+    );
+    assert_eq!(
+        s.handle_on_own_port(&[0u8; 1600], NOW),
+        Err(Discard::Oversized)
+    );
     let mut b = Msg::new(VM1, 1).bytes();
     b[0] = 2;
-    assert_eq!(s.handle(&b, NOW), Err(Discard::NotBootRequest));
+    assert_eq!(s.handle_on_own_port(&b, NOW), Err(Discard::NotBootRequest));
     let mut b = Msg::new(VM1, 1).bytes();
     b[24] = 198;
-    assert_eq!(s.handle(&b, NOW), Err(Discard::Relayed));
+    assert_eq!(s.handle_on_own_port(&b, NOW), Err(Discard::Relayed));
     assert_eq!(
-        s.handle(&Msg::new([0xff; 6], 1).bytes(), NOW),
+        s.handle_on_own_port(&Msg::new([0xff; 6], 1).bytes(), NOW),
         Err(Discard::BadClientMac)
     );
     assert_eq!(
-        s.handle(&Msg::new(VM1, 2).bytes(), NOW),
+        s.handle_on_own_port(&Msg::new(VM1, 2).bytes(), NOW),
         Err(Discard::UnexpectedMessageType)
     );
     let names: std::collections::HashSet<_> = Discard::ALL.iter().map(|d| d.as_str()).collect();
@@ -652,13 +713,17 @@ fn dhcp_leases_survive_a_restart() {
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("leases.json");
     let mut s = DhcpServer::new(config());
-    s.handle(&udhcpc_request(ip(198, 18, 1, 2)), NOW)
+    s.handle_on_own_port(&udhcpc_request(ip(198, 18, 1, 2)), NOW)
         .unwrap()
         .unwrap();
     s.leases().save(&path).unwrap();
     let restored = pollux_services::dhcp::LeaseTable::load(&path).unwrap();
     let s2 = DhcpServer::with_leases(config(), restored);
-    assert_eq!(s2.leases(), s.leases());
+    // Port ids are per run, so the port a lease came in on is not kept.
+    let mut expected = s.leases().get(&VM1).unwrap().clone();
+    expected.port = None;
+    assert_eq!(s2.leases().len(), 1);
+    assert_eq!(s2.leases().get(&VM1), Some(&expected));
     assert_eq!(s2.leases().get(&VM1).unwrap().expires, NOW + 86_400);
     std::fs::write(&path, b"not json").unwrap();
     let e = pollux_services::dhcp::LeaseTable::load(&path).unwrap_err();
@@ -687,7 +752,7 @@ proptest! {
         let p = DhcpPacket::new_unchecked(&bytes[..]);
         let _ = (p.xid(), p.ciaddr(), p.chaddr(), p.options().count());
         let mut s = DhcpServer::new(config());
-        if let Ok(Some(r)) = s.handle(&bytes, NOW) {
+        if let Ok(Some(r)) = s.handle_on_own_port(&bytes, NOW) {
             check_reply(&r, &bytes);
         }
     }
@@ -719,7 +784,7 @@ proptest! {
         let mut s = DhcpServer::new(cfg);
         // Twice: the second message meets the state the first one left.
         for t in 0..2 {
-            if let Ok(Some(r)) = s.handle(&bytes, NOW + t) {
+            if let Ok(Some(r)) = s.handle_on_own_port(&bytes, NOW + t) {
                 check_reply(&r, &bytes);
             }
         }
@@ -738,7 +803,7 @@ fn unknown_macs_get_addresses_from_the_allocation_pools_only() {
     let mut got = Vec::new();
     for n in 0..4u8 {
         let mac = [0xfa, 0x16, 0x3e, 0x00, 0x01, n];
-        match s.handle(&Msg::new(mac, 1).bytes(), NOW) {
+        match s.handle_on_own_port(&Msg::new(mac, 1).bytes(), NOW) {
             Ok(Some(r)) => got.push(DhcpPacket::new_checked(&r.bytes[..]).unwrap().yiaddr()),
             Err(e) => {
                 assert_eq!(e, Discard::PoolExhausted);
@@ -758,6 +823,77 @@ fn unknown_macs_get_addresses_from_the_allocation_pools_only() {
     );
     // A requested address outside the pools is not given either.
     let mac = [0xfa, 0x16, 0x3e, 0x00, 0x02, 0x01];
-    let r = s.handle(&Msg::new(mac, 1).requested(ip(198, 18, 1, 50)).bytes(), NOW);
+    let r = s.handle_on_own_port(&Msg::new(mac, 1).requested(ip(198, 18, 1, 50)).bytes(), NOW);
     assert_eq!(r, Err(Discard::PoolExhausted));
+}
+
+#[test]
+fn dhcp_answers_a_port_only_on_its_own_port() {
+    let mut s = DhcpServer::new(config());
+    // VM2's MAC asked for on VM1's port: no offer, and not one message of VM2's budget
+    // spent (the per-client burst is 20).
+    for _ in 0..40 {
+        assert_eq!(
+            s.handle(&Msg::new(VM2, 1).bytes(), NOW, VM1_PORT),
+            Err(Discard::ForeignClient)
+        );
+    }
+    let offer = s.handle(&Msg::new(VM2, 1).bytes(), NOW, VM2_PORT);
+    assert_eq!(offer.unwrap().unwrap().message_type, MessageType::Offer);
+    // VM1 binds; another port can neither renew, release nor decline its address.
+    let req = Msg::new(VM1, 3).requested(ip(198, 18, 1, 10));
+    s.handle(&req.bytes(), NOW, VM1_PORT).unwrap().unwrap();
+    let release = Msg::new(VM1, 7).ciaddr(ip(198, 18, 1, 10));
+    let decline = Msg::new(VM1, 4).requested(ip(198, 18, 1, 10));
+    let renew = Msg::new(VM1, 3).ciaddr(ip(198, 18, 1, 10));
+    for m in [&release, &decline, &renew] {
+        assert_eq!(
+            s.handle(&m.bytes(), NOW, OTHER_PORT),
+            Err(Discard::ForeignClient)
+        );
+    }
+    let lease = s.leases().get(&VM1).expect("lease kept");
+    assert_eq!(lease.state, LeaseState::Bound);
+    assert_eq!(lease.port, Some(VM1_PORT));
+    assert_eq!(s.stats().releases + s.stats().declines, 0);
+    // A port that is not on this host is served by nobody here.
+    let mut cfg = config();
+    cfg.hosts[0].port = None;
+    let mut s = DhcpServer::new(cfg);
+    assert_eq!(
+        s.handle(&Msg::new(VM1, 1).bytes(), NOW, VM1_PORT),
+        Err(Discard::ForeignClient)
+    );
+}
+
+#[test]
+fn dhcp_dynamic_leases_are_capped_per_port_and_owned_by_it() {
+    let mut cfg = config();
+    cfg.subnets[0].serve_unknown = true;
+    cfg.leases_per_port = 3;
+    let mut s = DhcpServer::new(cfg);
+    let stranger = |n: u8| [0x02, 0xaa, 0, 0, 0, n];
+    for n in 0..3 {
+        let r = s.handle(&Msg::new(stranger(n), 1).bytes(), NOW, OTHER_PORT);
+        assert_eq!(r.unwrap().unwrap().message_type, MessageType::Offer);
+    }
+    // The fourth made-up MAC behind the same port gets nothing; one behind another port
+    // still does, and a client that has its lease keeps being answered.
+    assert_eq!(
+        s.handle(&Msg::new(stranger(3), 1).bytes(), NOW, OTHER_PORT),
+        Err(Discard::PortLeaseLimit)
+    );
+    let elsewhere = s.handle(&Msg::new(stranger(4), 1).bytes(), NOW, PortId(5));
+    assert_eq!(elsewhere.unwrap().unwrap().message_type, MessageType::Offer);
+    let again = s.handle(&Msg::new(stranger(0), 1).bytes(), NOW, OTHER_PORT);
+    assert_eq!(again.unwrap().unwrap().message_type, MessageType::Offer);
+    // A dynamic client is its port's: the same MAC on another port is refused.
+    assert_eq!(
+        s.handle(&Msg::new(stranger(0), 1).bytes(), NOW, PortId(5)),
+        Err(Discard::ForeignClient)
+    );
+    // Once the offers lapse, the port may be served again.
+    s.leases_mut().expire(NOW + 1000);
+    let later = s.handle(&Msg::new(stranger(3), 1).bytes(), NOW + 1000, OTHER_PORT);
+    assert_eq!(later.unwrap().unwrap().message_type, MessageType::Offer);
 }

@@ -7,6 +7,7 @@
 use std::net::Ipv4Addr;
 
 use crate::validate::Validated;
+use pollux_dataplane::port::PortId;
 use pollux_services::dhcp::server::{DhcpConfig, HostConfig, HostRoute, SubnetConfig};
 
 /// The DHCP server configuration of every network (by index into `v.networks`, in
@@ -17,11 +18,14 @@ use pollux_services::dhcp::server::{DhcpConfig, HostConfig, HostRoute, SubnetCon
 /// route of option 121), server address, DNS servers, the network's `dns_domain` and
 /// MTU, its lease time, host routes and `dhcp_serve_unknown`. Each (port, fixed IP in a
 /// DHCP subnet) gets a [`HostConfig`] with the port's host name and extra options. The
-/// per-client and per-network limits come from `[dhcp]`; the limiter seed is left to
+/// host answers only on `port_of(i)`, the data-plane port of port `i` (none: the port is
+/// not here). The per-client and per-network limits and the per-port dynamic lease limit
+/// come from `[dhcp]`; the limiter seed is left to
 /// the server (random).
 pub fn dhcp_configs(
     v: &Validated,
     mac_of_network: impl Fn(usize) -> [u8; 6],
+    port_of: impl Fn(usize) -> Option<PortId>,
 ) -> Vec<(usize, DhcpConfig)> {
     // Subnets and ports by network, in their order, in one pass each: looking them up per
     // network would cost networks x (subnets + ports) on every change.
@@ -71,13 +75,15 @@ pub fn dhcp_configs(
             .collect();
         let hosts = ports_of[n]
             .iter()
-            .map(|&i| &v.ports[i])
-            .flat_map(|p| {
+            .flat_map(|&i| {
+                let p = &v.ports[i];
+                let port = port_of(i);
                 p.fixed_ips
                     .iter()
                     .filter(|f| served.iter().any(|&(i, _)| i == f.subnet))
                     .map(move |f| HostConfig {
                         mac: p.mac,
+                        port,
                         ip: f.ip,
                         hostname: p.hostname.clone(),
                         extra_options: p.extra_dhcp_opts.clone(),
@@ -92,6 +98,7 @@ pub fn dhcp_configs(
                 per_client_limit: v.dhcp.client,
                 global_limit: v.dhcp.network,
                 limiter_seed: None,
+                leases_per_port: v.dhcp.leases_per_port,
             },
         ));
     }
@@ -193,7 +200,9 @@ mod tests {
     fn one_server_per_network_with_dhcp() {
         let v = validate(&DesiredState::from_toml_str(STATE).unwrap()).unwrap();
         let mac = |n: usize| [0x02, 0x70, 0x64, 0, 0, n as u8 + 1];
-        let configs = dhcp_configs(&v, mac);
+        // Port i is data-plane port 10 + i; the second port is not on this host.
+        let port_of = |i: usize| (i == 0).then_some(PortId(10));
+        let configs = dhcp_configs(&v, mac, port_of);
         assert_eq!(configs.len(), 1, "net-b has no DHCP subnet");
         let (n, c) = &configs[0];
         assert_eq!(*n, 0);
@@ -234,6 +243,7 @@ mod tests {
         );
         let host = |ip: Ipv4Addr| HostConfig {
             mac: [0xfa, 0x16, 0x3e, 0, 0, 1],
+            port: Some(PortId(10)),
             ip,
             hostname: Some("vm1".into()),
             extra_options: vec![ExtraOption::raw(42, [198, 18, 1, 123])],
@@ -261,6 +271,7 @@ mod tests {
             }
         );
         assert_eq!(c.limiter_seed, None);
+        assert_eq!(c.leases_per_port, 16);
         assert_eq!(
             dhcp_server_addresses(&v),
             [
@@ -275,7 +286,7 @@ mod tests {
         let text = STATE.replace("dhcp_lease_duration = 3600", "enable_dhcp = false");
         let text = text.replace("dhcp_serve_unknown = true", "enable_dhcp = false");
         let v = validate(&DesiredState::from_toml_str(&text).unwrap()).unwrap();
-        assert!(dhcp_configs(&v, |_| [2, 0, 0, 0, 0, 1]).is_empty());
+        assert!(dhcp_configs(&v, |_| [2, 0, 0, 0, 0, 1], |_| None).is_empty());
         assert!(dhcp_server_addresses(&v).is_empty());
     }
 }

@@ -53,6 +53,11 @@ pub struct Identities {
     next_router_uid: u32,
 }
 
+/// The identity key of a Neutron port.
+fn vm_port_key(port_id: &str) -> String {
+    format!("port:{port_id}")
+}
+
 /// Router uids fit the low three bytes of the router's MAC.
 const MAX_ROUTER_UID: u32 = 1 << 24;
 
@@ -60,6 +65,11 @@ impl Identities {
     /// The id of the port with this key, if it has one.
     pub fn port(&self, key: &str) -> Option<PortId> {
         self.ports.get(key).map(|&id| PortId(id))
+    }
+
+    /// The id of the Neutron port `port_id`, if it has one.
+    pub fn vm_port(&self, port_id: &str) -> Option<PortId> {
+        self.port(&vm_port_key(port_id))
     }
 
     /// The key (`port:ID`, `uplink:NAME`) of the port with id `id`.
@@ -340,7 +350,7 @@ pub fn compile(
 
     for (i, port) in state.ports.iter().enumerate() {
         supported_binding(&port.binding, || format!("ports[{i}].binding.driver"))?;
-        let key = format!("port:{}", port.id);
+        let key = vm_port_key(&port.id);
         let id = ids.assign_port(&key, &mut taken)?;
         if !port.security_groups.is_empty() {
             return Err(CompileError::Unsupported {

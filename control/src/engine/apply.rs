@@ -85,16 +85,21 @@ pub fn state_from_json(value: &Value) -> Result<DesiredState, ApplyError> {
 /// the snapshot uses.
 pub(super) fn dhcp_networks(valid: &Validated, identities: &Identities) -> Vec<NetworkDhcp> {
     let uid_of = |n: usize| identities.network_uid(&valid.networks[n].id);
-    dhcp_configs(valid, |n| uid_of(n).map(dhcp_mac).unwrap_or_default())
-        .into_iter()
-        .filter_map(|(n, config)| {
-            Some(NetworkDhcp {
-                uid: uid_of(n)?,
-                network_id: valid.networks[n].id.clone(),
-                config,
-            })
+    let port_of = |i: usize| identities.vm_port(&valid.ports[i].id);
+    dhcp_configs(
+        valid,
+        |n| uid_of(n).map(dhcp_mac).unwrap_or_default(),
+        port_of,
+    )
+    .into_iter()
+    .filter_map(|(n, config)| {
+        Some(NetworkDhcp {
+            uid: uid_of(n)?,
+            network_id: valid.networks[n].id.clone(),
+            config,
         })
-        .collect()
+    })
+    .collect()
 }
 
 /// Whether a change can change the DHCP servers' configuration: it is made of the

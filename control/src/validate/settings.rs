@@ -20,6 +20,8 @@ pub struct DhcpLimits {
     /// Messages one network's server handles in all (`network_rate`, `network_burst`):
     /// the server's global limit.
     pub network: BucketConfig,
+    /// Dynamic leases the clients behind one port may hold (`leases_per_port`).
+    pub leases_per_port: u32,
 }
 
 /// Largest DHCP rate (per second) and burst of `[dhcp]`.
@@ -53,6 +55,16 @@ impl Checker {
     }
 
     pub(super) fn dhcp_limits(&mut self, d: &model::DhcpLimits) -> DhcpLimits {
+        let leases_per_port = match u32::try_from(d.leases_per_port) {
+            Ok(v) if (1..=65_535).contains(&v) => v,
+            _ => {
+                self.err(
+                    "dhcp.leases_per_port",
+                    format!("{} is outside 1..=65535 (leases)", d.leases_per_port),
+                );
+                default_dhcp_leases()
+            }
+        };
         let mut bucket = |name: &str, rate: i64, burst: i64, default: BucketConfig| {
             let mut out = default;
             match u32::try_from(rate) {
@@ -95,8 +107,13 @@ impl Checker {
                 d.network_burst,
                 default_of(defaults.network_rate, defaults.network_burst),
             ),
+            leases_per_port,
         }
     }
+}
+
+fn default_dhcp_leases() -> u32 {
+    model::DhcpLimits::default().leases_per_port as u32
 }
 
 #[cfg(test)]
@@ -131,6 +148,7 @@ mod tests {
                     rate_per_sec: 5000,
                     burst: 1000
                 },
+                leases_per_port: 16,
             }
         );
         // Without DHCP there is no server address.
@@ -156,6 +174,7 @@ mod tests {
         state.dhcp.port_rate = 0;
         state.dhcp.port_burst = 1;
         state.dhcp.network_rate = 1_000_000;
+        state.dhcp.leases_per_port = 2;
         state.subnets[0].dhcp_server_ip = Some("198.18.1.2".into());
         state.subnets[0].dhcp_lease_duration = Some(-1);
         state.subnets[0].dhcp_serve_unknown = true;
@@ -172,6 +191,7 @@ mod tests {
             }
         );
         assert_eq!(v.dhcp.network.rate_per_sec, 1_000_000);
+        assert_eq!(v.dhcp.leases_per_port, 2);
         assert_eq!(
             v.subnets[0].dhcp_server_ip,
             Some(Ipv4Addr::new(198, 18, 1, 2))
@@ -201,9 +221,11 @@ mod tests {
         state.dhcp.client_burst = 1_000_001;
         state.dhcp.network_rate = i64::MAX;
         state.dhcp.network_burst = -5;
+        state.dhcp.leases_per_port = 0;
         assert_errors(
             &state,
             &[
+                "dhcp.leases_per_port: 0 is outside 1..=65535 (leases)",
                 "dhcp.port_rate: -1 is outside 0..=1000000 (messages per second)",
                 "dhcp.port_burst: 0 is outside 1..=1000000 (messages)",
                 "dhcp.client_rate: 1000001 is outside 0..=1000000 (messages per second)",

@@ -11,6 +11,7 @@ use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+use pollux_dataplane::port::PortId;
 use serde::{Deserialize, Serialize};
 
 use crate::addr::{fmt_mac, parse_mac};
@@ -44,6 +45,10 @@ pub struct Lease {
     /// Absolute time (caller's seconds) at which the lease ends.
     pub expires: u64,
     pub state: LeaseState,
+    /// The data-plane port the client came in on (not persisted: port ids are per run).
+    /// Only that port may renew, release or decline the lease, and it counts against the
+    /// port's dynamic lease limit.
+    pub port: Option<PortId>,
 }
 
 /// A lease as `leases.list` shows it.
@@ -274,6 +279,7 @@ impl LeaseTable {
                 hostname: l.hostname,
                 expires: l.expires,
                 state: l.state,
+                port: None,
             });
         }
         table.declined = file.declined.into_iter().collect();
@@ -303,6 +309,7 @@ mod tests {
             hostname: last.is_multiple_of(2).then(|| format!("vm{last}")),
             expires,
             state,
+            port: None,
         }
     }
 

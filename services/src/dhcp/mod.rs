@@ -71,11 +71,16 @@ pub enum Discard {
     BadRequest,
     /// The mandatory options did not fit the client's maximum message size.
     ReplyTooLarge,
+    /// `chaddr` is another port's MAC (or a dynamic client of another port): a VM
+    /// speaking in someone else's name.
+    ForeignClient,
+    /// The port's clients already hold `[dhcp] leases_per_port` dynamic leases.
+    PortLeaseLimit,
 }
 
 impl Discard {
     /// Every reason, for pre-registering counters.
-    pub const ALL: [Discard; 18] = [
+    pub const ALL: [Discard; 20] = [
         Discard::Truncated,
         Discard::Oversized,
         Discard::NotBootRequest,
@@ -94,6 +99,8 @@ impl Discard {
         Discard::PoolExhausted,
         Discard::BadRequest,
         Discard::ReplyTooLarge,
+        Discard::ForeignClient,
+        Discard::PortLeaseLimit,
     ];
 
     /// A stable snake_case name, for metric labels and logs.
@@ -117,6 +124,8 @@ impl Discard {
             Discard::PoolExhausted => "pool_exhausted",
             Discard::BadRequest => "bad_request",
             Discard::ReplyTooLarge => "reply_too_large",
+            Discard::ForeignClient => "foreign_client",
+            Discard::PortLeaseLimit => "port_lease_limit",
         }
     }
 }

@@ -10,6 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::net::Ipv4Addr;
 
+use pollux_dataplane::port::PortId;
 use pollux_dataplane::ratelimit::{BucketConfig, KeyedLimiter, TokenBucket};
 
 use super::leases::{Lease, LeaseState, LeaseTable};
@@ -40,6 +41,8 @@ pub const DEFAULT_GLOBAL: BucketConfig = BucketConfig {
     burst: 200,
 };
 const LIMITER_BUCKETS: usize = 256;
+/// Default of [`DhcpConfig::leases_per_port`].
+pub const DEFAULT_LEASES_PER_PORT: u32 = 16;
 /// Largest dynamic range scanned for a free address, so a /8 cannot make one DISCOVER
 /// loop over 16 million addresses.
 const MAX_SCAN: u32 = 65_536;
@@ -147,6 +150,11 @@ impl SubnetConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HostConfig {
     pub mac: [u8; 6],
+    /// The data-plane port the host is plugged into here: its messages are answered only
+    /// when they come in on it, so that no VM can ask, renew, release or decline in
+    /// another port's name by putting that port's MAC in `chaddr`. `None`: the port is
+    /// not on this host (another host's server answers it), so nobody here is.
+    pub port: Option<PortId>,
     pub ip: Ipv4Addr,
     pub hostname: Option<String>,
     pub extra_options: Vec<ExtraOption>,
@@ -164,6 +172,8 @@ pub struct DhcpConfig {
     /// Seed of the per-client limiter's hash; `None` picks one at random so a flooder
     /// cannot choose hardware addresses that share a victim's bucket.
     pub limiter_seed: Option<u32>,
+    /// Most dynamic leases (offered or bound) the clients behind one port may hold.
+    pub leases_per_port: u32,
 }
 
 impl Default for DhcpConfig {
@@ -174,6 +184,7 @@ impl Default for DhcpConfig {
             per_client_limit: DEFAULT_PER_CLIENT,
             global_limit: DEFAULT_GLOBAL,
             limiter_seed: None,
+            leases_per_port: DEFAULT_LEASES_PER_PORT,
         }
     }
 }
@@ -319,8 +330,9 @@ impl DhcpServer {
         self.stats
     }
 
-    /// Handles one message from a client (the UDP payload) at `now` (seconds).
-    pub fn handle(&mut self, msg: &[u8], now: u64) -> Result<Option<Reply>, Discard> {
+    /// Handles one message from a client (the UDP payload) that came in on data-plane
+    /// port `port`, at `now` (seconds).
+    pub fn handle(&mut self, msg: &[u8], now: u64, port: PortId) -> Result<Option<Reply>, Discard> {
         let m = Message::parse(msg)?;
         if m.op != BOOTREQUEST {
             return Err(Discard::NotBootRequest);
@@ -332,6 +344,9 @@ impl DhcpServer {
         if m.giaddr != Ipv4Addr::UNSPECIFIED {
             return Err(Discard::Relayed);
         }
+        // Before the limiter: a message in another port's name must not spend that
+        // client's budget either.
+        self.check_client_port(&mac, port, now)?;
         // chaddr is the client's claim, so the caller should also limit per port; keyed
         // here it still keeps one honest-but-looping client from starving the rest.
         let now_ns = now.saturating_mul(1_000_000_000);
@@ -339,14 +354,30 @@ impl DhcpServer {
             return Err(Discard::RateLimited);
         }
         match m.message_type {
-            MessageType::Discover => self.discover(&m, now).map(Some),
-            MessageType::Request => self.request(&m, now),
+            MessageType::Discover => self.discover(&m, now, port).map(Some),
+            MessageType::Request => self.request(&m, now, port),
             MessageType::Decline => self.decline(&m, now),
             MessageType::Release => self.release(&m),
             MessageType::Inform => self.inform(&m).map(Some),
             MessageType::Offer | MessageType::Ack | MessageType::Nak => {
                 Err(Discard::UnexpectedMessageType)
             }
+        }
+    }
+
+    /// Whether a message with client hardware address `mac` may come in on `port`: a
+    /// port's MAC only on that port, a dynamic lease's client only on the port it first
+    /// came in on; anyone else is a new client of `port`.
+    fn check_client_port(&self, mac: &[u8; 6], port: PortId, now: u64) -> Result<(), Discard> {
+        if let Some(&h) = self.hosts.get(mac) {
+            return match self.config.hosts.get(h).and_then(|h| h.port) {
+                Some(p) if p == port => Ok(()),
+                _ => Err(Discard::ForeignClient),
+            };
+        }
+        match self.leases.get_valid(mac, now).and_then(|l| l.port) {
+            Some(p) if p != port => Err(Discard::ForeignClient),
+            _ => Ok(()),
         }
     }
 
@@ -404,6 +435,25 @@ impl DhcpServer {
             && !self.host_ips.contains(&ip)
             && !leased.contains(&ip)
             && !self.leases.is_declined(ip, now)
+    }
+
+    /// Refuses a new dynamic lease to a client of `port` when the port's clients hold
+    /// [`DhcpConfig::leases_per_port`] live dynamic leases already.
+    fn check_port_lease_limit(&self, mac: &[u8; 6], port: PortId, now: u64) -> Result<(), Discard> {
+        let held = self
+            .leases
+            .iter()
+            .filter(|l| {
+                l.port == Some(port)
+                    && &l.mac != mac
+                    && l.expires > now
+                    && !self.hosts.contains_key(&l.mac)
+            })
+            .count();
+        if held >= self.config.leases_per_port as usize {
+            return Err(Discard::PortLeaseLimit);
+        }
+        Ok(())
     }
 
     /// A free address for an unknown MAC: the one it asks for if free, else the lowest.
@@ -472,10 +522,13 @@ impl DhcpServer {
             })
     }
 
-    fn discover(&mut self, m: &Message<'_>, now: u64) -> Result<Reply, Discard> {
+    fn discover(&mut self, m: &Message<'_>, now: u64, port: PortId) -> Result<Reply, Discard> {
         let b = match self.resolve(&m.chaddr, now)? {
             Some(b) => b,
-            None => self.allocate(&m.chaddr, m.requested_ip, now)?,
+            None => {
+                self.check_port_lease_limit(&m.chaddr, port, now)?;
+                self.allocate(&m.chaddr, m.requested_ip, now)?
+            }
         };
         let reply = self.reply(m, MessageType::Offer, &b)?;
         // A client that rebooted into DISCOVER keeps its bound lease; otherwise the offer
@@ -492,13 +545,19 @@ impl DhcpServer {
                 hostname,
                 expires: now.saturating_add(OFFER_HOLD_SECS),
                 state: LeaseState::Offered,
+                port: Some(port),
             });
         }
         self.stats.offers += 1;
         Ok(reply)
     }
 
-    fn request(&mut self, m: &Message<'_>, now: u64) -> Result<Option<Reply>, Discard> {
+    fn request(
+        &mut self,
+        m: &Message<'_>,
+        now: u64,
+        port: PortId,
+    ) -> Result<Option<Reply>, Discard> {
         let ciaddr = (m.ciaddr != Ipv4Addr::UNSPECIFIED).then_some(m.ciaddr);
         let (b, wanted) = if let Some(sid) = m.server_id {
             // SELECTING: the client names the server it chose.
@@ -551,6 +610,7 @@ impl DhcpServer {
             hostname,
             expires: now.saturating_add(u64::from(lease_time)),
             state: LeaseState::Bound,
+            port: Some(port),
         });
         self.stats.acks += 1;
         Ok(Some(reply))

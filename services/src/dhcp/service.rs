@@ -467,7 +467,7 @@ fn handle_entry(
     let server = servers
         .get_mut(&header.network)
         .ok_or(FrameDrop::NoServer.as_str())?;
-    match server.server.handle(payload, now) {
+    match server.server.handle(payload, now, header.port) {
         Ok(Some(reply)) => {
             // Any answer may have made or moved a lease.
             server.dirty = true;
@@ -589,6 +589,7 @@ mod tests {
                 subnets: vec![subnet],
                 hosts: vec![HostConfig {
                     mac: VM,
+                    port: Some(PortId(3)),
                     ip: VM_IP,
                     hostname: Some("vm1".into()),
                     extra_options: Vec::new(),
