@@ -175,6 +175,9 @@ pub struct Router {
     pub external: Option<u16>,
     /// Source NAT through the external gateway.
     pub enable_snat: bool,
+    /// Whether it has floating IPs (an external gateway and at least one), so that a
+    /// router without them never looks a destination up among floating IPs.
+    pub has_floating_ips: bool,
 }
 
 impl Router {
@@ -358,6 +361,7 @@ impl Routing {
                 nexthops,
                 external,
                 enable_snat: spec.enable_snat && external.is_some(),
+                has_floating_ips: external.is_some() && !spec.floating_ips.is_empty(),
             });
         }
         routing.macs = Some(macs);

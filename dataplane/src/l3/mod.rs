@@ -405,7 +405,7 @@ impl RouterState {
             Some(external)
                 if hop.is_some_and(|h| h.interface == external)
                     || arrived_for_router
-                    || routing.fixed_of(router, arrived_dst).is_some() =>
+                    || (r.has_floating_ips && routing.fixed_of(router, arrived_dst).is_some()) =>
             {
                 // Destination NAT first (a qrouter's PREROUTING): a packet of a known session
                 // takes the session's translation whole, otherwise a floating IP as
