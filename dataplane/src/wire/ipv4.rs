@@ -383,11 +383,19 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
     /// A TTL of 0 is left alone. A router drops the packet when this returns 0.
     #[inline]
     pub fn decrement_ttl(&mut self) -> u8 {
-        let ttl = self.ttl().saturating_sub(1);
-        if ttl != self.ttl() {
-            self.set_ttl_incremental(ttl);
+        let b = self.buffer.as_mut();
+        let ttl = b[field::TTL];
+        if ttl == 0 {
+            return 0;
         }
-        ttl
+        b[field::TTL] = ttl - 1;
+        // The TTL is the high byte of its 16-bit word, so the header's sum drops by 0x0100
+        // and its complement, the checksum, rises by as much with end-around carry (RFC
+        // 1624; Linux's ip_decrease_ttl). A result of 0xffff is written as 0x0000, the
+        // value a full recomputation gives: no real header sums to zero.
+        let c = u32::from(get_u16(b, field::CHECKSUM)) + 0x0100;
+        set_u16(b, field::CHECKSUM, (c + u32::from(c >= 0xffff)) as u16);
+        ttl - 1
     }
 
     /// Sets the source address, patches the header checksum for it, and returns the old
