@@ -156,6 +156,10 @@ pub struct NextHop {
     pub interface: u16,
     /// The next hop's address, or 0 for a connected route (the destination itself).
     pub gateway: u32,
+    /// The destination is the router's own address on `interface` (a receive
+    /// adjacency, as VPP and Linux's local table have): the one route lookup a packet
+    /// makes also tells whether it is for the router.
+    pub local: bool,
 }
 
 /// One compiled router.
@@ -285,6 +289,7 @@ impl Routing {
                 nexthops.push(NextHop {
                     interface: at,
                     gateway: 0,
+                    local: false,
                 });
             }
             for r in &spec.routes {
@@ -308,6 +313,18 @@ impl Routing {
                 nexthops.push(NextHop {
                     interface: iface,
                     gateway: via,
+                    local: false,
+                });
+            }
+            // Own addresses last: a /32 replaces any route to the same prefix, so no
+            // static route can take a router's own address away from it.
+            for &at in &own {
+                let ip = routing.interfaces[usize::from(at)].ip;
+                fib.insert(ip, 32, nexthops.len() as u32);
+                nexthops.push(NextHop {
+                    interface: at,
+                    gateway: 0,
+                    local: true,
                 });
             }
             let external = match spec.external {
@@ -457,15 +474,6 @@ impl Routing {
         self.floating_of
             .as_ref()?
             .get((u64::from(router) << 32) | u64::from(ip))
-    }
-
-    /// Whether `ip` is one of router `router`'s own addresses.
-    #[inline]
-    pub fn is_own_address(&self, router: &Router, ip: u32) -> bool {
-        router
-            .interfaces
-            .iter()
-            .any(|&i| self.interfaces[usize::from(i)].ip == ip)
     }
 }
 

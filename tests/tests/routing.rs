@@ -69,6 +69,10 @@ fn router(default_route: bool) -> RouterSpec {
 }
 
 fn config(default_route: bool) -> SnapshotBuilder {
+    config_with(router(default_route))
+}
+
+fn config_with(router: RouterSpec) -> SnapshotBuilder {
     let mut b = SnapshotBuilder::new();
     b.network(NET_A, Segment::Local)
         .network(NET_B, Segment::Local)
@@ -83,7 +87,7 @@ fn config(default_route: bool) -> SnapshotBuilder {
         .access_port(PortId(VM3), NET_A, &[VM3_MAC])
         .access_port(PortId(VM2), NET_B, &[VM2_MAC])
         .uplink(PortId(UPLINK), PHYS)
-        .router(router(default_route));
+        .router(router);
     b
 }
 
@@ -194,6 +198,31 @@ fn the_router_answers_pings_to_each_of_its_addresses() {
     let out = sw.exchange(VM1, &udp);
     assert_icmp_error(&only(&out, VM1), &udp, GW_A, 3, 3, 0);
     assert_eq!(sw.counters().dropped(DropReason::ToRouter), 1);
+    sw.assert_conserved();
+}
+
+#[test]
+fn a_static_route_over_a_router_address_does_not_take_it_away() {
+    // Routes more specific than network A's subnet that cover the router's own address
+    // there, down to a /32: the router still answers for its address (Linux's local table comes
+    // first), and routes the rest of the prefix to the next hop.
+    let mut spec = router(true);
+    for (destination, prefix_len) in [([198, 18, 1, 0], 28), (GW_A, 32)] {
+        spec.routes.push(RouteSpec {
+            destination: destination.into(),
+            prefix_len,
+            nexthop: VM2_IP.into(),
+        });
+    }
+    let mut sw = MemSwitch::new(&config_with(spec), &[VM1, VM2, VM3, UPLINK]);
+    let request = ping(VM1_MAC, VM1_IP, GW_A, 5, 1);
+    let reply = only(&sw.exchange(VM1, &request), VM1);
+    assert_eq!(ip_fields(&reply), (64, GW_A, VM1_IP));
+    assert_eq!(reply[34], 0, "echo reply");
+    // 198.18.1.2 is in the /28: it goes to VM2 (an ARP request for VM2 first).
+    let out = sw.exchange(VM1, &ping(VM1_MAC, VM1_IP, [198, 18, 1, 2], 5, 2));
+    let arp_request = only(&out, VM2);
+    assert_eq!(&arp_request[38..42], &VM2_IP);
     sw.assert_conserved();
 }
 

@@ -400,7 +400,7 @@ impl RouterState {
         // gateway's address or a floating IP, is looked up in the session table. Routing
         // between the router's own subnets pays nothing for NAT.
         let mut hop = self.cache.lookup(r, router, arrived_dst);
-        let arrived_for_router = routing.is_own_address(r, arrived_dst);
+        let arrived_for_router = hop.is_some_and(|h| h.local);
         let nat = match r.external {
             Some(external)
                 if hop.is_some_and(|h| h.interface == external)
@@ -419,7 +419,7 @@ impl RouterState {
             arrived_for_router
         } else {
             hop = self.cache.lookup(r, router, dst);
-            routing.is_own_address(r, dst)
+            hop.is_some_and(|h| h.local)
         };
         if !nat.session && for_router {
             let next = echo_reply(cx.pool, pkt, router_mac);
@@ -441,6 +441,11 @@ impl RouterState {
             let kind = IcmpErrorKind::TimeExceeded;
             self.icmp_error(cx, pkt, router, kind);
             return Next::Drop(DropReason::TtlExpired, Stage::L3);
+        }
+        if for_router {
+            // A session translated it to one of the router's own addresses: there is
+            // nothing to forward it to.
+            return Next::Drop(DropReason::ToRouter, Stage::L3);
         }
         let Some(hop) = hop else {
             let kind = IcmpErrorKind::NetUnreachable;
