@@ -14,7 +14,7 @@ use std::net::Ipv4Addr;
 
 use crate::wire::checksum;
 use crate::wire::icmpv4::HEADER_LEN as ICMP_HEADER_LEN;
-use crate::wire::ipv4::HEADER_LEN as IPV4_HEADER_LEN;
+use crate::wire::ipv4::{DEFAULT_TTL, HEADER_LEN as IPV4_HEADER_LEN};
 use crate::wire::{
     EtherType, EthernetAddress, EthernetFrame, EthernetRepr, Icmpv4Packet, Icmpv4Type, IpProtocol,
     Ipv4Packet, Ipv4Repr,
@@ -26,8 +26,6 @@ use crate::wire::{
 pub const MAX_ERROR_LEN: usize = 576;
 /// Most bytes of the offending datagram an error quotes.
 pub const MAX_QUOTE_LEN: usize = MAX_ERROR_LEN - IPV4_HEADER_LEN - ICMP_HEADER_LEN;
-/// TTL of the messages the router originates (Linux's default `ip_default_ttl`).
-pub const TTL: u8 = 64;
 /// DSCP of errors: CS6, precedence 6 "internetwork control" (RFC 1812 §4.3.2.5), so
 /// errors survive congestion that drops ordinary traffic.
 const ERROR_DSCP: u8 = 48;
@@ -231,7 +229,7 @@ pub fn build(
         dst_addr: Ipv4Packet::new_unchecked(quote).src_addr(),
         protocol: IpProtocol::ICMP,
         payload_len: icmp_len,
-        ttl: TTL,
+        ttl: DEFAULT_TTL,
         dscp: ERROR_DSCP,
         ecn: 0,
         ident,
@@ -376,7 +374,7 @@ fn finish_reply(
     // Clears DF, MF, the reserved bit and the (already zero) offset in one go.
     header[6..8].fill(0);
     let mut ip = Ipv4Packet::new_unchecked(&mut *header);
-    ip.set_ttl(TTL);
+    ip.set_ttl(DEFAULT_TTL);
     ip.set_src_addr(dst);
     ip.set_dst_addr(src);
     ip.fill_checksum();
@@ -962,7 +960,7 @@ mod tests {
         prop_assert!(ip.verify_checksum());
         prop_assert_eq!(usize::from(ip.total_len()), out.len());
         prop_assert_eq!(ip.protocol(), IpProtocol::ICMP);
-        prop_assert_eq!(ip.ttl(), TTL);
+        prop_assert_eq!(ip.ttl(), DEFAULT_TTL);
         prop_assert!(!ip.dont_frag() && !ip.is_fragment());
         let orig = Ipv4Packet::new_checked(offending).unwrap();
         prop_assert_eq!(ip.dst_addr(), orig.src_addr());

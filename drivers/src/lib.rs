@@ -5,7 +5,6 @@
 pub mod bpf;
 pub mod mem;
 pub mod netdev;
-pub use pollux_dataplane::ring;
 pub mod tap;
 pub mod xdp;
 pub mod xsk;

@@ -9,7 +9,7 @@ use pollux_dataplane::buf::FramePool;
 use pollux_dataplane::packet::{Batch, Packet};
 use pollux_dataplane::port::{Port, PortStats};
 
-use crate::ring::{ring, Consumer, Producer};
+use pollux_dataplane::ring::{ring, Consumer, Producer};
 
 /// Geometry of a mem port's rings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

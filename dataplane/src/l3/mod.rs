@@ -39,16 +39,13 @@ use crate::ratelimit::{KeyedLimiter, TokenBucket, DEFAULT_KEYED_BUCKETS};
 use crate::routing::{Interface, NextHop, Router};
 use crate::snapshot::{mac_from_u64, mac_to_u64, NetworkUid};
 use crate::wire::{
-    ArpOperation, ArpPacket, EtherType, EthernetAddress, EthernetFrame, Icmpv4Packet, Icmpv4Type,
-    IpProtocol, Ipv4Packet,
+    ipv4, ArpOperation, ArpPacket, EtherType, EthernetAddress, EthernetFrame, Icmpv4Packet,
+    Icmpv4Type, IpProtocol, Ipv4Packet,
 };
 
 /// Input port of frames the router makes itself: no port has it, so flooding skips none
 /// and no port's counters are charged for them.
 pub const LOCAL_PORT: PortId = PortId(u16::MAX);
-
-/// TTL of packets the router originates or answers (Linux's default).
-const OWN_TTL: u8 = 64;
 
 /// A frame the router made in `frame` at `offset` (untagged Ethernet, `len` bytes) on
 /// network `network`, to go `next`: it comes from no port, and flooding skips none.
@@ -946,7 +943,7 @@ fn echo_reply(pool: &mut FramePool, pkt: &mut Packet, router_mac: u64) -> Next {
     // Swapping the addresses leaves the header sum as it is; the TTL does not.
     ip.set_src_addr(dst);
     ip.set_dst_addr(src);
-    ip.set_ttl_incremental(OWN_TTL);
+    ip.set_ttl_incremental(ipv4::DEFAULT_TTL);
     let mut eth = EthernetFrame::new_unchecked(&mut data[..]);
     let peer = eth.src_addr();
     eth.set_dst_addr(peer);

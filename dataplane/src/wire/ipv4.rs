@@ -33,6 +33,10 @@ impl fmt::Display for IpProtocol {
 /// Length of a header without options.
 pub const HEADER_LEN: usize = field::DST.end;
 
+/// TTL of the packets Pollux originates or answers itself (router replies, ICMP errors,
+/// DHCP replies): Linux's default `ip_default_ttl`.
+pub const DEFAULT_TTL: u8 = 64;
+
 /// The Don't Fragment bit of the flags/fragment-offset word.
 const FLAG_DF: u16 = 0x4000;
 /// The More Fragments bit.

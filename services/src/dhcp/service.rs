@@ -45,8 +45,6 @@ const MAX_IDLE_SLEEP: Duration = Duration::from_millis(5);
 /// Messages handled per ring per round, so one worker's ring cannot starve another's.
 const BURST: usize = 64;
 const UDP_HEADER_LEN: usize = 8;
-/// TTL of replies (Linux's default, as dnsmasq's replies carry).
-const REPLY_TTL: u8 = 64;
 
 /// Why a punted frame got no reply before it reached a server: malformed below DHCP, or
 /// for a network whose server is gone.
@@ -537,7 +535,7 @@ fn write_reply_frame(reply: &Reply, out: &mut Vec<u8>) {
         dst_addr: dst_ip,
         protocol: IpProtocol::UDP,
         payload_len: udp.buffer_len(),
-        ttl: REPLY_TTL,
+        ttl: pollux_dataplane::wire::ipv4::DEFAULT_TTL,
         dscp: 0,
         ecn: 0,
         ident: 0,
