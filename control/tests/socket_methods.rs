@@ -785,11 +785,28 @@ fn every_method_over_the_real_socket() {
     assert_eq!(shown["running"], true, "{shown}");
     assert_eq!(shown["remaining"], 5, "{shown}");
     assert_eq!(shown["packets"], json!([]), "{shown}");
-    s.err(
+    for bad in [
+        "udp",
+        "proto=udp,proto=tcp",
+        "colour=red",
+        "dst_port=70000",
+        "",
+    ] {
+        s.err(
+            "trace.start",
+            json!({ "port": first_port, "match": bad }),
+            INVALID_PARAMS,
+        );
+    }
+    let started = s.ok(
         "trace.start",
-        json!({ "port": first_port, "match": "udp" }),
-        NOT_SUPPORTED,
+        json!({ "port": first_port, "match": "proto=udp, dst_ip=198.18.1.0/24" }),
     );
+    assert_eq!(
+        started["match"], "dst_ip=198.18.1.0/24,proto=17",
+        "{started}"
+    );
+    assert_eq!(s.ok("trace.show", json!({}))["match"], started["match"]);
     s.err(
         "trace.start",
         json!({ "port": "no-such-port" }),

@@ -18,7 +18,7 @@ use crate::l2::MacTable;
 use crate::l3::{self, RouterState, LOCAL_PORT};
 use crate::output::PortSet;
 use crate::packet::{Batch, MAX_BURST};
-use crate::pipeline::trace::Tracer;
+use crate::pipeline::trace::{TraceMatch, Tracer};
 use crate::pipeline::{BurstCtx, BurstStage, StageTable};
 use crate::port::{Port, PortId};
 use crate::publish::{GenerationAck, SnapshotCell};
@@ -176,9 +176,10 @@ impl Worker {
     }
 
     /// Starts a packet trace of the next `count` packets received on `port` (at most
-    /// [`crate::pipeline::trace::MAX_TRACE_PACKETS`]), replacing any trace before.
-    pub fn trace_start(&mut self, port: PortId, count: usize) {
-        self.stages.trace = Some(Box::new(Tracer::new(port, count)));
+    /// [`crate::pipeline::trace::MAX_TRACE_PACKETS`]) that `filter` matches, replacing any
+    /// trace before.
+    pub fn trace_start(&mut self, port: PortId, count: usize, filter: TraceMatch) {
+        self.stages.trace = Some(Box::new(Tracer::new(port, count, filter)));
     }
 
     /// Stops the trace; returns what it recorded.

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use pollux_dataplane::counters::Stage;
 use pollux_dataplane::drop::DropReason;
 use pollux_dataplane::packet::{Next, Packet};
+use pollux_dataplane::pipeline::trace::TraceMatch;
 use pollux_dataplane::pipeline::{BurstCtx, BurstStage, Outcome, Pending};
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::snapshot::{NetworkUid, Segment, SnapshotBuilder};
-use pollux_tests::frames::{frame, mac, simple};
+use pollux_tests::frames::{frame, ipv4, mac, simple, udp};
 use pollux_tests::harness::MemSwitch;
 
 const NET: NetworkUid = NetworkUid(7);
@@ -174,7 +175,7 @@ fn runtime_counts_calls_packets_and_skips_stages_without_work() {
 #[test]
 fn trace_records_each_stage_and_its_decision_for_the_next_packets_of_a_port() {
     let (mut sw, _) = switch_with_filter(&[]);
-    sw.worker.trace_start(PortId(A), 3);
+    sw.worker.trace_start(PortId(A), 3, TraceMatch::default());
     // Not from A: not traced.
     sw.exchange(C, &frame(mac(2), mac(3), None, 1, 64));
     // From A: switched, hairpin (dropped by L2), a runt (dropped by classification), and
@@ -219,5 +220,51 @@ fn trace_records_each_stage_and_its_decision_for_the_next_packets_of_a_port() {
     let stopped = sw.worker.trace_stop().expect("was running");
     assert_eq!(stopped.records().len(), 3);
     assert!(sw.worker.trace().is_none());
+    sw.assert_conserved();
+}
+
+#[test]
+fn a_trace_with_a_match_records_only_the_packets_it_takes() {
+    let (mut sw, _) = switch_with_filter(&[]);
+    let dns = TraceMatch {
+        proto: Some(17),
+        dst_port: Some(53),
+        dst_ip: Some((u32::from_be_bytes([198, 18, 1, 0]), 24)),
+        ..TraceMatch::default()
+    };
+    sw.worker.trace_start(PortId(A), 2, dns);
+    let to = |dst: [u8; 4], dport: u16| {
+        let l4 = udp([198, 18, 1, 10], dst, 40000, dport, b"query");
+        ipv4(mac(2), mac(1), None, [198, 18, 1, 10], dst, 64, 17, &l4)
+    };
+    // In one burst: not UDP, the wrong port, the wrong prefix, then two that match with
+    // a non-matching one between them, and a third that matches beyond the count.
+    sw.send(A, &simple(mac(2), mac(1), None));
+    sw.send(A, &to([198, 18, 1, 20], 54));
+    sw.send(A, &to([198, 18, 2, 20], 53));
+    sw.send(A, &to([198, 18, 1, 20], 53));
+    sw.send(A, &simple(mac(1), mac(1), None));
+    sw.send(A, &to([198, 18, 1, 30], 53));
+    sw.send(A, &to([198, 18, 1, 40], 53));
+    sw.run();
+    let trace = sw.worker.trace().expect("trace running");
+    assert_eq!(trace.remaining(), 0);
+    assert_eq!(trace.records().len(), 2);
+    for r in trace.records() {
+        // The matched packets' own fates, not their neighbours' in the burst (the
+        // hairpin between them was dropped).
+        let steps: Vec<(Stage, Next)> = r.steps().iter().map(|s| (s.stage, s.next)).collect();
+        assert_eq!(
+            steps,
+            vec![
+                (Stage::Classify, Next::L2),
+                (Stage::L2, Next::Output(PortId(B))),
+                (Stage::Output, Next::Output(PortId(B))),
+            ]
+        );
+    }
+    let empty = TraceMatch::default();
+    assert!(empty.matches(&[]), "an empty match takes even a runt");
+    assert!(!dns.matches(&[0u8; 10]), "a runt has no fields to match");
     sw.assert_conserved();
 }

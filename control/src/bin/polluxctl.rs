@@ -173,6 +173,11 @@ enum Trace {
         /// How many packets (1 to 256).
         #[arg(long, value_name = "N", default_value_t = 10)]
         count: u32,
+        /// Only packets that match, as comma-separated field=value (src_mac, dst_mac,
+        /// vlan, ethertype, src_ip, dst_ip, proto, src_port, dst_port), e.g.
+        /// "proto=udp,dst_port=53,src_ip=198.18.1.0/24".
+        #[arg(long = "match", value_name = "EXPR")]
+        filter: Option<String>,
     },
     /// Show what the trace recorded.
     Show,
@@ -335,8 +340,16 @@ fn request(command: &Command) -> Result<(&'static str, Value), Failure> {
         Command::History => ("config.history", json!({})),
         Command::Version => ("version.get", json!({})),
         Command::RpcList => ("rpc.list", json!({})),
-        Command::Trace(Trace::Start { port, count }) => {
-            ("trace.start", json!({ "port": port, "count": count }))
+        Command::Trace(Trace::Start {
+            port,
+            count,
+            filter,
+        }) => {
+            let mut params = json!({ "port": port, "count": count });
+            if let Some(f) = filter {
+                params["match"] = json!(f);
+            }
+            ("trace.start", params)
         }
         Command::Trace(Trace::Show) => ("trace.show", json!({})),
         Command::Trace(Trace::Stop) => ("trace.stop", json!({})),
@@ -611,11 +624,19 @@ fn render(command: &Command, result: &Value) -> String {
         Command::History => table(&history_rows(result), HISTORY_COLUMNS),
         Command::Version => version_report(result),
         Command::RpcList => table(rows(result, "methods"), METHOD_COLUMNS),
-        Command::Trace(Trace::Start { .. }) => format!(
-            "tracing the next {} packets of {}",
-            cell_text(result.get("count")),
-            cell_text(result.get("port"))
-        ),
+        Command::Trace(Trace::Start { .. }) => {
+            let filter = result.get("match").and_then(Value::as_str).unwrap_or("");
+            format!(
+                "tracing the next {} packets of {}{}",
+                cell_text(result.get("count")),
+                cell_text(result.get("port")),
+                if filter.is_empty() {
+                    String::new()
+                } else {
+                    format!(" matching {filter}")
+                }
+            )
+        }
         Command::Trace(Trace::Show) => trace_report(result),
         Command::Trace(Trace::Stop) => format!(
             "trace stopped: {} packets recorded",
@@ -629,9 +650,15 @@ fn trace_report(result: &Value) -> String {
     if result.get("running") != Some(&Value::Bool(true)) {
         return "no trace running".to_owned();
     }
+    let filter = result.get("match").and_then(Value::as_str).unwrap_or("");
     let mut out = vec![format!(
-        "trace of {}: {} packets recorded, {} to go",
+        "trace of {}{}: {} packets recorded, {} to go",
         cell_text(result.get("port")),
+        if filter.is_empty() {
+            String::new()
+        } else {
+            format!(" matching {filter}")
+        },
         rows(result, "packets").len(),
         cell_text(result.get("remaining"))
     )];
@@ -1185,6 +1212,30 @@ mod tests {
         assert_eq!(
             trace_report(&json!({ "running": false })),
             "no trace running"
+        );
+        let cli = Cli::try_parse_from([
+            "polluxctl",
+            "trace",
+            "start",
+            "--port",
+            "vm1",
+            "--match",
+            "proto=udp,dst_port=53",
+        ])
+        .unwrap();
+        let (method, params) = request(&cli.command).unwrap();
+        assert_eq!(
+            (method, params),
+            (
+                "trace.start",
+                json!({ "port": "vm1", "count": 10, "match": "proto=udp,dst_port=53" })
+            )
+        );
+        let result = json!({ "running": true, "port": "vm1", "remaining": 10,
+            "match": "proto=17,dst_port=53", "packets": [] });
+        assert_eq!(
+            trace_report(&result),
+            "trace of vm1 matching proto=17,dst_port=53: 0 packets recorded, 10 to go"
         );
     }
 

@@ -75,7 +75,7 @@ impl StageTable {
         // One branch per burst while no trace runs.
         let mut traced = 0;
         if let Some(tracer) = self.trace.as_deref_mut() {
-            traced = tracer.begin(cx.in_port, pkts, cx.snap.generation());
+            traced = tracer.begin(cx.in_port, pkts, cx.pool, cx.snap.generation());
         }
         let mut t = tsc::now();
         macro_rules! step {
@@ -87,7 +87,7 @@ impl StageTable {
                     pending |= outcome.produced;
                     ran = ran.with(id);
                     if traced > 0 {
-                        record(&mut self.trace, id, &pkts[..traced]);
+                        record(&mut self.trace, id, pkts);
                     }
                     let then = tsc::now();
                     account(cx.counters, id, outcome.packets, then.wrapping_sub(t));
