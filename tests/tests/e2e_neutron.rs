@@ -658,4 +658,5 @@ fn neutron_drives_polluxd_through_etcd() {
         "every change applied as one object method:\n{}",
         lab.agent_log()
     );
+    eprintln!("pollux-agent's log:\n{}", lab.agent_log());
 }
