@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 use pollux_control::client::Client;
 use pollux_tests::daemon::{self, Polluxd, RunDir};
 use pollux_tests::dhcp::{DhcpClient, Kind};
+use pollux_tests::etcd::{self as etcd_kit, Etcd};
 use pollux_tests::netns::{self, Netns, Prefix, Proc, Topology, VethOptions};
 use serde_json::{json, Value};
 
@@ -47,7 +48,7 @@ const TOOLS: &[&str] = &[
     "python3",
 ];
 
-const ETCD: &str = "http://127.0.0.1:2379";
+const ETCD: &str = etcd_kit::CLIENT_URL;
 const NEUTRON: &str = "http://127.0.0.1:9696/v2.0";
 const PROJECT: &str = "pollux-e2e";
 const CIDR: &str = "198.18.40.0/24";
@@ -59,7 +60,6 @@ const MAC_B: &str = "fa:16:3e:40:00:0b";
 const MAC_C: &str = "fa:16:3e:40:00:0c";
 
 const NEUTRON_START: Duration = Duration::from_secs(120);
-const ETCD_START: Duration = Duration::from_secs(20);
 const CONVERGE: Duration = Duration::from_secs(20);
 const COMMAND: Duration = Duration::from_secs(60);
 
@@ -97,7 +97,7 @@ struct Lab {
     agent: Option<Proc>,
     polluxd: Option<Polluxd>,
     neutron: Option<Proc>,
-    etcd: Option<Proc>,
+    etcd: Option<Etcd>,
     topo: Topology,
     run: RunDir,
     dir: Scratch,
@@ -215,64 +215,17 @@ impl Lab {
     }
 
     fn start_etcd(&mut self) {
-        let data = self.dir.str("etcd");
-        let etcd = self
-            .sw()
-            .spawn(
-                "etcd",
-                &[
-                    "--name",
-                    "nt",
-                    "--data-dir",
-                    &data,
-                    "--listen-client-urls",
-                    ETCD,
-                    "--advertise-client-urls",
-                    ETCD,
-                    "--listen-peer-urls",
-                    "http://127.0.0.1:2380",
-                    "--initial-advertise-peer-urls",
-                    "http://127.0.0.1:2380",
-                    "--initial-cluster",
-                    "nt=http://127.0.0.1:2380",
-                ],
-            )
-            .unwrap();
+        let etcd = Etcd::start(self.sw(), &self.dir.path("etcd")).unwrap_or_else(|e| panic!("{e}"));
         self.etcd = Some(etcd);
-        let end = Instant::now() + ETCD_START;
-        while self.etcd_range("/pollux/", true).is_none() {
-            assert!(
-                Instant::now() < end,
-                "etcd did not answer within {ETCD_START:?}:\n{}",
-                self.etcd.as_ref().unwrap().stderr_so_far()
-            );
-            thread::sleep(Duration::from_millis(200));
-        }
     }
 
-    /// The keys (decoded) under `key` (as a prefix) or equal to it, through etcd's HTTP
-    /// gateway; `None` while etcd does not answer.
-    fn etcd_range(&self, key: &str, prefix: bool) -> Option<Vec<String>> {
-        let script = r#"
-import json, sys
-from etcd3gw.client import Etcd3Client
-c = Etcd3Client(host='127.0.0.1', port=2379, api_path='/v3/', timeout=3)
-key, prefix = sys.argv[1], sys.argv[2] == '1'
-items = c.get_prefix(key) if prefix else c.get(key, metadata=True)
-print(json.dumps([m['key'].decode() if isinstance(m['key'], bytes) else m['key'] for _, m in items]))
-"#;
-        let out = self
-            .sw()
-            .exec_timeout(
-                "/usr/bin/python3",
-                &["-c", script, key, if prefix { "1" } else { "0" }],
-                Duration::from_secs(10),
-            )
-            .ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        serde_json::from_slice(&out.stdout).ok()
+    /// The keys under `prefix`.
+    fn etcd_keys(&self, prefix: &str) -> Vec<String> {
+        self.etcd
+            .as_ref()
+            .unwrap()
+            .keys(self.sw(), prefix)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The driver installed into the scratch directory, the schema made from Neutron's
@@ -514,10 +467,11 @@ fn neutron_drives_polluxd_through_etcd() {
     lab.start_etcd();
     lab.start_neutron();
     lab.start_pollux();
+    let agent_key = format!("/pollux/agents/{}", lab.host);
     assert_eq!(
-        lab.etcd_range(&format!("/pollux/agents/{}", lab.host), false),
-        Some(vec![format!("/pollux/agents/{}", lab.host)]),
-        "the agent's key under its lease"
+        lab.etcd_keys(&agent_key),
+        vec![agent_key.clone()],
+        "the agent's key"
     );
 
     // A network and a subnet: no host has a port on them yet, so no host gets them.
@@ -542,7 +496,7 @@ fn neutron_drives_polluxd_through_etcd() {
     )["subnet"]
         .clone();
     let host_prefix = format!("/pollux/hosts/{}/", lab.host);
-    assert_eq!(lab.etcd_range(&host_prefix, true), Some(vec![]));
+    assert_eq!(lab.etcd_keys(&host_prefix), Vec::<String>::new());
 
     // Two ports bound to this host, on the switch-side veths.
     let a = lab.create_port(&net_id, MAC_A, &lab.ifname("sa"), Some(json!([])));
@@ -555,7 +509,7 @@ fn neutron_drives_polluxd_through_etcd() {
         a["id"].as_str().unwrap().to_owned(),
         b["id"].as_str().unwrap().to_owned(),
     );
-    let mut keys = lab.etcd_range(&host_prefix, true).unwrap();
+    let mut keys = lab.etcd_keys(&host_prefix);
     keys.sort();
     let mut expected = vec![
         format!("{host_prefix}networks/{net_id}"),
@@ -630,7 +584,7 @@ fn neutron_drives_polluxd_through_etcd() {
     lab.api("DELETE", &format!("ports/{b_id}"), None, 204);
     lab.wait_ports("port b removed", |ids| !ids.contains(&b_id));
     assert!(lab.pollux_port_ids().contains(&a_id));
-    let keys = lab.etcd_range(&host_prefix, true).unwrap();
+    let keys = lab.etcd_keys(&host_prefix);
     assert!(
         !keys.iter().any(|k| k.ends_with(&b_id)),
         "b's key is still in etcd: {keys:?}"
@@ -643,7 +597,7 @@ fn neutron_drives_polluxd_through_etcd() {
     // The last port leaving the host takes the network and subnet with it.
     lab.api("DELETE", &format!("ports/{a_id}"), None, 204);
     lab.wait_ports("port a removed", |ids| ids.is_empty());
-    assert_eq!(lab.etcd_range(&host_prefix, true), Some(vec![]));
+    assert_eq!(lab.etcd_keys(&host_prefix), Vec::<String>::new());
     let end = Instant::now() + CONVERGE;
     loop {
         let state = lab.call("config.get", json!({}))["state"].clone();
