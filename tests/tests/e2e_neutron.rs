@@ -13,7 +13,7 @@
 //! interfaces. Through Neutron's REST API the test creates a local network, a subnet
 //! with DHCP (198.18.40.0/24, pool .10–.200; polluxd's DHCP server is at .254) and two
 //! ports bound to the test's host with a binding profile naming the switch-side veths;
-//! a third port keeps Neutron's default security group, which polluxd refuses until
+//! a port set administratively down leaves polluxd and comes back; a third port keeps Neutron's default security group, which polluxd refuses until
 //! security groups are enforced (the agent logs it and the port stays off the switch);
 //! deleting a port in Neutron removes it from polluxd.
 //!
@@ -547,6 +547,34 @@ fn neutron_drives_polluxd_through_etcd() {
     }
     assert!(ping(lab.vm("a"), &ip_b, 3), "a cannot ping b ({ip_b})");
     assert!(ping(lab.vm("b"), &ip_a, 3), "b cannot ping a ({ip_a})");
+
+    // A port set administratively down leaves polluxd (Pollux has no per-port admin
+    // state) and comes back when set up again; its VM's traffic stops meanwhile.
+    let set_admin = |up: bool| {
+        let p = lab.api(
+            "PUT",
+            &format!("ports/{b_id}"),
+            Some(json!({ "port": { "admin_state_up": up } })),
+            200,
+        );
+        assert_eq!(p["port"]["admin_state_up"], up, "{p}");
+    };
+    set_admin(false);
+    lab.wait_ports("port b down", |ids| {
+        ids.contains(&a_id) && !ids.contains(&b_id)
+    });
+    assert!(
+        !ping(lab.vm("a"), &ip_b, 2),
+        "b answers while its port is down"
+    );
+    set_admin(true);
+    lab.wait_ports("port b up again", |ids| {
+        ids.contains(&a_id) && ids.contains(&b_id)
+    });
+    assert!(
+        ping(lab.vm("a"), &ip_b, 3),
+        "a cannot ping b once b is up again"
+    );
 
     // A port with Neutron's default security group: written to etcd with it, refused by
     // polluxd (security groups are not enforced yet), logged by the agent, kept off.
