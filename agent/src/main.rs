@@ -104,10 +104,13 @@ async fn session(cli: &Cli) -> SessionEnd {
     {
         return etcd(e);
     }
-    let (mut keeper, mut keep_stream) = match client.lease_keep_alive(lease).await {
+    let (keeper, keep_stream) = match client.lease_keep_alive(lease).await {
         Ok(k) => k,
         Err(e) => return etcd(e),
     };
+    // A task of its own, so that the lease is renewed while an apply waits on polluxd.
+    let period = Duration::from_secs((cli.lease_ttl / 3).max(1) as u64);
+    let mut lease_task = AbortOnDrop(tokio::spawn(keep_lease(keeper, keep_stream, period)));
 
     let prefix = keys::host_prefix(&cli.prefix, &cli.host);
     let snapshot = match client
@@ -128,15 +131,16 @@ async fn session(cli: &Cli) -> SessionEnd {
             )),
         }
     }
-    let mut applier = Applier::new(cli.socket.clone());
-    if let Err(why) = applier.resync(&objects) {
+    let count = objects.len();
+    let applier = Applier::new(cli.socket.clone());
+    let (mut applier, outcome) = off_thread(applier, move |a| a.resync(&objects)).await;
+    if let Err(why) = outcome {
         // polluxd is away or broken: nothing to watch for until it is back.
         tokio::time::sleep(Duration::from_secs(1)).await;
         return SessionEnd::Resync(why);
     }
     log(format!(
-        "in sync with etcd revision {revision}: {} objects",
-        objects.len()
+        "in sync with etcd revision {revision}: {count} objects"
     ));
 
     let options = WatchOptions::new()
@@ -146,20 +150,11 @@ async fn session(cli: &Cli) -> SessionEnd {
         Ok(w) => w,
         Err(e) => return etcd(e),
     };
-    let mut tick = tokio::time::interval(Duration::from_secs((cli.lease_ttl / 3).max(1) as u64));
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                if let Err(e) = keeper.keep_alive().await {
-                    return etcd(e);
-                }
+            lost = &mut lease_task.0 => {
+                return SessionEnd::Etcd(lost.unwrap_or_else(|e| format!("lease task: {e}")));
             }
-            reply = keep_stream.message() => match reply {
-                Ok(Some(r)) if r.ttl() > 0 => {}
-                Ok(Some(_)) => return SessionEnd::Etcd("the agent's lease expired".into()),
-                Ok(None) => return SessionEnd::Etcd("keep-alive stream closed".into()),
-                Err(e) => return etcd(e),
-            },
             message = watch.message() => {
                 let response = match message {
                     Ok(Some(r)) => r,
@@ -172,28 +167,88 @@ async fn session(cli: &Cli) -> SessionEnd {
                         response.compact_revision()
                     ));
                 }
+                let mut changes = Vec::new();
                 for event in response.events() {
                     let Some(kv) = event.kv() else { continue };
                     let key = String::from_utf8_lossy(kv.key()).into_owned();
-                    let outcome = match event.event_type() {
+                    match event.event_type() {
                         EventType::Put => match decode(&prefix, &key, kv.value()) {
-                            Some((k, object)) => applier.put(&k, object),
-                            None => {
-                                log(format!("ignoring key {key}: not an object of a known collection"));
-                                Ok(())
+                            Some((k, object)) => changes.push(Change::Put(k, object)),
+                            None => log(format!(
+                                "ignoring key {key}: not an object of a known collection"
+                            )),
+                        },
+                        EventType::Delete => {
+                            if let Some(k) = keys::parse_key(&prefix, &key) {
+                                changes.push(Change::Delete(k));
                             }
-                        },
-                        EventType::Delete => match keys::parse_key(&prefix, &key) {
-                            Some(k) => applier.delete(&k),
-                            None => Ok(()),
-                        },
-                    };
-                    if let Err(why) = outcome {
-                        return SessionEnd::Resync(why);
+                        }
                     }
+                }
+                let (back, outcome) = off_thread(applier, move |a| {
+                    changes.into_iter().try_for_each(|c| match c {
+                        Change::Put(k, object) => a.put(&k, object),
+                        Change::Delete(k) => a.delete(&k),
+                    })
+                })
+                .await;
+                applier = back;
+                if let Err(why) = outcome {
+                    return SessionEnd::Resync(why);
                 }
             }
         }
+    }
+}
+
+/// One watched change, in revision order.
+#[derive(Debug)]
+enum Change {
+    Put(ObjectKey, Value),
+    Delete(ObjectKey),
+}
+
+/// Runs `f` (blocking calls on polluxd's socket) on tokio's blocking pool, so that the
+/// lease task goes on meanwhile.
+async fn off_thread<T: Send + 'static>(
+    mut applier: Applier,
+    f: impl FnOnce(&mut Applier) -> T + Send + 'static,
+) -> (Applier, T) {
+    tokio::task::spawn_blocking(move || {
+        let out = f(&mut applier);
+        (applier, out)
+    })
+    .await
+    .expect("an apply does not panic")
+}
+
+/// Renews the lease every `period` until it fails; returns why.
+async fn keep_lease(
+    mut keeper: etcd_client::LeaseKeeper,
+    mut replies: etcd_client::LeaseKeepAliveStream,
+    period: Duration,
+) -> String {
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        if let Err(e) = keeper.keep_alive().await {
+            return e.to_string();
+        }
+        match replies.message().await {
+            Ok(Some(r)) if r.ttl() > 0 => {}
+            Ok(Some(_)) => return "the agent's lease expired".into(),
+            Ok(None) => return "keep-alive stream closed".into(),
+            Err(e) => return e.to_string(),
+        }
+    }
+}
+
+/// A task aborted when its session ends, whichever way.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
