@@ -499,6 +499,7 @@ fn neutron_drives_polluxd_through_etcd() {
     assert_eq!(lab.etcd_keys(&host_prefix), Vec::<String>::new());
 
     // Two ports bound to this host, on the switch-side veths.
+    let t0 = Instant::now();
     let a = lab.create_port(&net_id, MAC_A, &lab.ifname("sa"), Some(json!([])));
     let b = lab.create_port(&net_id, MAC_B, &lab.ifname("sb"), Some(json!([])));
     for p in [&a, &b] {
@@ -522,6 +523,10 @@ fn neutron_drives_polluxd_through_etcd() {
     lab.wait_ports("both ports applied", |ids| {
         ids.contains(&a_id) && ids.contains(&b_id)
     });
+    eprintln!(
+        "two ports from Neutron's API to polluxd in {:?}",
+        t0.elapsed()
+    );
     let state = lab.call("config.get", json!({}))["state"].clone();
     assert_eq!(state["networks"][0]["id"], net_id.as_str(), "{state}");
     assert_eq!(state["subnets"][0]["cidr"], CIDR, "{state}");
