@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-packages=(valgrind iproute2 iputils-ping iperf3 tcpdump ethtool openvswitch-switch python3 prometheus traceroute udhcpc isc-dhcp-client dhcpcd5 arping dnsmasq-base)
+packages=(valgrind iproute2 iputils-ping iperf3 tcpdump ethtool openvswitch-switch python3 prometheus traceroute udhcpc isc-dhcp-client dhcpcd5 arping dnsmasq-base curl protobuf-compiler etcd-server neutron-server python3-neutron python3-etcd3gw python3-pip python3-setuptools)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -36,6 +36,8 @@ if [ "$(id -u)" -eq 0 ]; then
 else
     cargo test --workspace 2>&1 | tee "$log"
 fi
+echo "== ML2 mechanism driver unit tests (the interpreter neutron-server runs on)"
+/usr/bin/python3 -m unittest discover -s neutron -t neutron
 echo "== benchmarks compile and run once"
 cargo bench -q -p pollux-bench --benches -- --test
 echo "== config.apply latency, small state (informational)"

@@ -97,6 +97,47 @@ pub fn polluxd_path() -> &'static Path {
     }
 }
 
+fn build_agent() -> Result<PathBuf, String> {
+    let root = workspace_root();
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(&cargo);
+    // A debug build: the agent is off the packet path, and this saves a release build of
+    // etcd-client's gRPC stack.
+    cmd.current_dir(&root)
+        .args(["build", "-q", "-p", "pollux-agent", "--bin", "pollux-agent"]);
+    let line = format!(
+        "{} build -q -p pollux-agent (in {})",
+        cargo.to_string_lossy(),
+        root.display()
+    );
+    let out = netns::run_bounded(cmd, BUILD_TIMEOUT).map_err(|e| format!("`{line}`: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`{line}` failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let path = target_dir(&root).join("debug").join("pollux-agent");
+    if !path.is_file() {
+        return Err(format!(
+            "`{line}` succeeded but {} does not exist",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
+/// Builds `pollux-agent` (debug, once per test process) and returns its path. Panics
+/// with Cargo's output if the build fails.
+pub fn agent_path() -> &'static Path {
+    static PATH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match PATH.get_or_init(build_agent) {
+        Ok(p) => p,
+        Err(e) => panic!("cannot build pollux-agent: {e}"),
+    }
+}
+
 /// The last CPU of the machine, as a `--cores` list: where the tests pin the worker.
 pub fn last_cpu() -> String {
     let n = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -4,6 +4,7 @@
 //! vSwitch peer) is `pollux-testkit`, re-exported here under its old paths.
 
 pub mod daemon;
+pub mod etcd;
 pub mod frames;
 pub mod harness;
 

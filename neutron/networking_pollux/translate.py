@@ -1,0 +1,123 @@
+"""Neutron's resources as Pollux objects (control/src/model.rs), and the etcd keys they
+live under. Pure functions: no Neutron, no etcd, so that they are tested on their own.
+
+Every field Pollux enforces is carried over as Neutron has it, including those Pollux
+refuses today (security groups, IPv6 subnets): polluxd refuses such an object with the
+field's path and the agent logs it, rather than the driver dropping the field and
+letting the port forward as if it had been honoured.
+"""
+
+#: Neutron's name for the tap device of a port (nova and os-vif use the same).
+TAP_PREFIX = 'tap'
+#: The binding profile key naming a kernel interface to attach over AF_XDP (the
+#: namespace-as-VM setup of the tests; a real VM gets a tap).
+PROFILE_AFXDP_INTERFACE = 'pollux_afxdp_interface'
+
+NETWORK_TYPES = ('local', 'flat', 'vlan', 'vxlan')
+
+
+def tap_name(port_id):
+    return TAP_PREFIX + port_id[:11]
+
+
+def host_prefix(prefix, host):
+    return '%s/hosts/%s/' % (prefix.rstrip('/'), host)
+
+
+def object_key(prefix, host, collection, obj_id):
+    return host_prefix(prefix, host) + '%s/%s' % (collection, obj_id)
+
+
+def agent_key(prefix, host):
+    return '%s/agents/%s' % (prefix.rstrip('/'), host)
+
+
+def binding(port):
+    """The Pollux binding of a port: AF_XDP on the interface its binding profile names,
+    else the tap device Neutron names for it."""
+    profile = port.get('binding:profile') or {}
+    interface = profile.get(PROFILE_AFXDP_INTERFACE)
+    if interface:
+        return {'driver': 'afxdp', 'interface': interface}
+    return {'driver': 'tap', 'interface': tap_name(port['id'])}
+
+
+def network(net, segment):
+    """A network, with the one segment bound on the host (`segment`: Neutron's
+    segment dict with network_type, physical_network, segmentation_id)."""
+    obj = {
+        'id': net['id'],
+        'network_type': segment['network_type'],
+        'admin_state_up': bool(net.get('admin_state_up', True)),
+    }
+    if net.get('name'):
+        obj['name'] = net['name']
+    if segment.get('physical_network'):
+        obj['physical_network'] = segment['physical_network']
+    if segment.get('segmentation_id') is not None:
+        obj['segmentation_id'] = segment['segmentation_id']
+    if net.get('mtu'):
+        obj['mtu'] = net['mtu']
+    if net.get('dns_domain'):
+        obj['dns_domain'] = net['dns_domain'].rstrip('.')
+    return obj
+
+
+def subnet(sub):
+    # ip_version 6 is not carried as a field: its cidr is, and polluxd refuses a cidr
+    # that is not IPv4 with the field's path.
+    obj = {
+        'id': sub['id'],
+        'network_id': sub['network_id'],
+        'cidr': sub['cidr'],
+        'enable_dhcp': bool(sub.get('enable_dhcp', True)),
+        'dns_nameservers': list(sub.get('dns_nameservers') or []),
+        'host_routes': [{'destination': r['destination'],
+                         'nexthop': r['nexthop']}
+                        for r in sub.get('host_routes') or []],
+    }
+    if sub.get('gateway_ip'):
+        obj['gateway_ip'] = sub['gateway_ip']
+    pools = sub.get('allocation_pools')
+    if pools:
+        obj['allocation_pools'] = [{'start': p['start'], 'end': p['end']}
+                                   for p in pools]
+    return obj
+
+
+def port(p):
+    obj = {
+        'id': p['id'],
+        'network_id': p['network_id'],
+        'mac_address': p['mac_address'],
+        'fixed_ips': [{'subnet_id': ip['subnet_id'],
+                       'ip_address': ip['ip_address']}
+                      for ip in p.get('fixed_ips') or []],
+        'security_groups': list(p.get('security_groups') or []),
+        'port_security_enabled': bool(p.get('port_security_enabled', True)),
+        'allowed_address_pairs': [],
+        'binding': binding(p),
+    }
+    for pair in p.get('allowed_address_pairs') or []:
+        entry = {'ip_address': pair['ip_address']}
+        if pair.get('mac_address'):
+            entry['mac_address'] = pair['mac_address']
+        obj['allowed_address_pairs'].append(entry)
+    if p.get('dns_name'):
+        obj['dns_name'] = p['dns_name']
+    opts = []
+    for o in p.get('extra_dhcp_opts') or []:
+        entry = {'opt_name': o['opt_name'], 'opt_value': o['opt_value']}
+        if o.get('ip_version') is not None:
+            entry['ip_version'] = o['ip_version']
+        opts.append(entry)
+    if opts:
+        obj['extra_dhcp_opts'] = opts
+    return obj
+
+
+def port_is_served(p):
+    """Whether a port belongs on its host's polluxd: bound to a host and
+    administratively up (Pollux has no per-port admin state, so a port that is down is
+    removed from its host, which stops its traffic)."""
+    return bool(p.get('binding:host_id')) and bool(p.get('admin_state_up', True))

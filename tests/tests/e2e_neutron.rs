@@ -1,0 +1,649 @@
+//! End to end (issue #23, first slice): a real `neutron-server` with the Pollux ML2
+//! mechanism driver writes into a real etcd, `pollux-agent` applies it to `polluxd`, and
+//! the VMs get their addresses by DHCP from polluxd and ping each other.
+//!
+//! ```text
+//!   namespace sw: etcd (127.0.0.1:2379), neutron-server (127.0.0.1:9696, SQLite, noauth,
+//!                 ML2 mechanism_drivers = pollux), polluxd, pollux-agent --host <HOST>
+//!   namespace a:  <P>ca (fa:16:3e:40:00:0a) ──veth── <P>sa ┐ polluxd (AF_XDP on the
+//!   namespace b:  <P>cb (fa:16:3e:40:00:0b) ──veth── <P>sb ┘ ports' profile interfaces)
+//! ```
+//!
+//! Everything listens on the loopback of namespace `sw`, so nothing touches the host's
+//! interfaces. Through Neutron's REST API the test creates a local network, a subnet
+//! with DHCP (198.18.40.0/24, pool .10–.200; polluxd's DHCP server is at .254) and two
+//! ports bound to the test's host with a binding profile naming the switch-side veths;
+//! a port set administratively down leaves polluxd and comes back; a third port keeps Neutron's default security group, which polluxd refuses until
+//! security groups are enforced (the agent logs it and the port stays off the switch);
+//! deleting a port in Neutron removes it from polluxd.
+//!
+//! Needs root and the Debian packages `etcd-server`, `neutron-server`, `python3-etcd3gw`,
+//! `python3-pip` (the driver is installed with pip into a directory of the test's own,
+//! put on neutron-server's `PYTHONPATH`: nothing is installed on the host), plus `ip`,
+//! `curl`, `udhcpc`, `ping`. It fails, never skips, when any is missing. Every process is
+//! killed and every namespace and directory removed on every path (drop order of
+//! [`Lab`]). One neutron-server and one etcd for the whole binary: it has one test.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use pollux_control::client::Client;
+use pollux_tests::daemon::{self, Polluxd, RunDir};
+use pollux_tests::dhcp::{DhcpClient, Kind};
+use pollux_tests::etcd::{self as etcd_kit, Etcd};
+use pollux_tests::netns::{self, Netns, Prefix, Proc, Topology, VethOptions};
+use serde_json::{json, Value};
+
+const TOOLS: &[&str] = &[
+    "ip",
+    "sh",
+    "curl",
+    "udhcpc",
+    "ping",
+    "etcd",
+    "neutron-server",
+    "neutron-db-manage",
+    "python3",
+];
+
+const ETCD: &str = etcd_kit::CLIENT_URL;
+const NEUTRON: &str = "http://127.0.0.1:9696/v2.0";
+const PROJECT: &str = "pollux-e2e";
+const CIDR: &str = "198.18.40.0/24";
+const GATEWAY: &str = "198.18.40.1";
+/// polluxd's default DHCP server address: the last host address, outside Neutron's pool.
+const DHCP_SERVER: &str = "198.18.40.254";
+const MAC_A: &str = "fa:16:3e:40:00:0a";
+const MAC_B: &str = "fa:16:3e:40:00:0b";
+const MAC_C: &str = "fa:16:3e:40:00:0c";
+
+const NEUTRON_START: Duration = Duration::from_secs(120);
+const CONVERGE: Duration = Duration::from_secs(20);
+const COMMAND: Duration = Duration::from_secs(60);
+
+/// A directory of the test's own (etcd's data, neutron's configuration, database, logs
+/// and the driver's install), removed on drop.
+#[derive(Debug)]
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(name: &str) -> Scratch {
+        let path = std::env::temp_dir().join(format!("{name}-neutron"));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(path.join("lock")).unwrap();
+        Scratch(path)
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.0.join(rel)
+    }
+
+    fn str(&self, rel: &str) -> String {
+        self.path(rel).to_str().expect("UTF-8 temp dir").to_owned()
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The whole stack. Fields drop in order: processes, then namespaces, then files.
+struct Lab {
+    clients: Vec<DhcpClient>,
+    agent: Option<Proc>,
+    polluxd: Option<Polluxd>,
+    neutron: Option<Proc>,
+    etcd: Option<Etcd>,
+    topo: Topology,
+    run: RunDir,
+    dir: Scratch,
+    host: String,
+}
+
+fn run_ok(mut cmd: Command, what: &str) -> String {
+    cmd.current_dir(std::env::temp_dir());
+    match netns::run_bounded(cmd, COMMAND) {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Ok(out) => panic!(
+            "{what} failed ({}):\n{}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
+fn neutron_conf(dir: &Scratch) -> String {
+    format!(
+        r#"[DEFAULT]
+core_plugin = ml2
+service_plugins =
+auth_strategy = noauth
+transport_url = fake:/
+bind_host = 127.0.0.1
+bind_port = 9696
+api_workers = 0
+rpc_workers = 0
+rpc_state_report_workers = 0
+state_path = {state}
+dhcp_agent_notification = false
+debug = true
+log_file = {log}
+
+[database]
+connection = sqlite:///{db}
+
+[oslo_concurrency]
+lock_path = {lock}
+
+[ml2]
+type_drivers = local,flat,vlan
+tenant_network_types = local
+mechanism_drivers = pollux
+extension_drivers = port_security
+
+[ml2_type_vlan]
+network_vlan_ranges = physnet1:100:199
+
+[ml2_pollux]
+etcd_host = 127.0.0.1
+etcd_port = 2379
+prefix = /pollux
+"#,
+        state = dir.str(""),
+        log = dir.str("neutron.log"),
+        db = dir.str("neutron.sqlite"),
+        lock = dir.str("lock"),
+    )
+}
+
+impl Lab {
+    fn sw(&self) -> &Netns {
+        self.topo.ns("sw").unwrap()
+    }
+
+    fn vm(&self, role: &str) -> &Netns {
+        self.topo.ns(role).unwrap()
+    }
+
+    fn ifname(&self, suffix: &str) -> String {
+        self.topo.prefix().ifname(suffix).unwrap()
+    }
+
+    fn new() -> Lab {
+        let prefix = Prefix::next_under("nt").unwrap();
+        let mut topo = Topology::with_prefix(prefix);
+        topo.add_ns("sw").unwrap();
+        topo.ns("sw").unwrap().disable_ipv6().unwrap();
+        for (role, mac) in [("a", MAC_A), ("b", MAC_B)] {
+            topo.add_ns(role).unwrap();
+            topo.ns(role).unwrap().disable_ipv6().unwrap();
+            let switch_if = topo.prefix().ifname(&format!("s{role}")).unwrap();
+            let vm_if = topo.prefix().ifname(&format!("c{role}")).unwrap();
+            topo.veth_with(
+                "sw",
+                &switch_if,
+                role,
+                &vm_if,
+                &VethOptions {
+                    mac_b: Some(mac.to_owned()),
+                    ..VethOptions::default()
+                },
+            )
+            .unwrap();
+        }
+        let name = topo.prefix().as_str().to_owned();
+        let run = RunDir::new(&name).unwrap();
+        let dir = Scratch::new(&name);
+        let host = format!("{name}-host");
+        Lab {
+            clients: Vec::new(),
+            agent: None,
+            polluxd: None,
+            neutron: None,
+            etcd: None,
+            topo,
+            run,
+            dir,
+            host,
+        }
+    }
+
+    fn start_etcd(&mut self) {
+        let etcd = Etcd::start(self.sw(), &self.dir.path("etcd")).unwrap_or_else(|e| panic!("{e}"));
+        self.etcd = Some(etcd);
+    }
+
+    /// The keys under `prefix`.
+    fn etcd_keys(&self, prefix: &str) -> Vec<String> {
+        self.etcd
+            .as_ref()
+            .unwrap()
+            .keys(self.sw(), prefix)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The driver installed into the scratch directory, the schema made from Neutron's
+    /// models (SQLite cannot run Neutron's migrations) and stamped as current, then
+    /// neutron-server, waited for until its API answers.
+    fn start_neutron(&mut self) {
+        let conf = self.dir.path("neutron.conf");
+        std::fs::write(&conf, neutron_conf(&self.dir)).unwrap();
+        let src = daemon::workspace_root().join("neutron");
+        // A copy, so that pip's build files never land in the source tree.
+        let mut cp = Command::new("cp");
+        cp.args(["-r"]).arg(&src).arg(self.dir.path("src"));
+        run_ok(cp, "copying the driver's source");
+        let mut pip = Command::new("/usr/bin/python3");
+        pip.args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-cache-dir",
+            "--disable-pip-version-check",
+            "--target",
+        ])
+        .arg(self.dir.path("site"))
+        .arg(self.dir.path("src"));
+        run_ok(pip, "pip install of networking-pollux");
+        let mut schema = Command::new("/usr/bin/python3");
+        schema.args([
+            "-c",
+            "import sys, sqlalchemy\n\
+             from neutron.db.migration.models import head\n\
+             head.get_metadata().create_all(sqlalchemy.create_engine('sqlite:///' + sys.argv[1]))",
+        ]);
+        schema.arg(self.dir.path("neutron.sqlite"));
+        run_ok(schema, "creating Neutron's schema");
+        let mut stamp = Command::new("neutron-db-manage");
+        stamp
+            .arg("--config-file")
+            .arg(&conf)
+            .args(["stamp", "heads"]);
+        run_ok(stamp, "neutron-db-manage stamp heads");
+
+        let pythonpath = format!("PYTHONPATH={}", self.dir.str("site"));
+        let conf = conf.to_str().unwrap().to_owned();
+        let neutron = self
+            .sw()
+            .spawn(
+                "env",
+                &[&pythonpath, "neutron-server", "--config-file", &conf],
+            )
+            .unwrap();
+        self.neutron = Some(neutron);
+        let end = Instant::now() + NEUTRON_START;
+        loop {
+            if let Some((200, _)) = self.try_api("GET", "networks", None) {
+                break;
+            }
+            let running = self.neutron.as_mut().unwrap().is_running();
+            assert!(
+                running && Instant::now() < end,
+                "neutron-server did not serve its API within {NEUTRON_START:?} \
+                 (running: {running}); its log:\n{}",
+                self.neutron_log_tail()
+            );
+            thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    fn neutron_log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.path("neutron.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().filter(|l| !l.contains(" DEBUG ")).collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// One request to Neutron's API (noauth: the caller is admin; resources carry
+    /// their project in the body); `None` when nothing answered.
+    fn try_api(&self, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, Value)> {
+        let url = format!("{NEUTRON}/{path}");
+        let mut args = vec![
+            "-s",
+            "-m",
+            "30",
+            "-X",
+            method,
+            "-H",
+            "Content-Type: application/json",
+            "-H",
+            "X-Project-Id: pollux-e2e",
+            "-w",
+            "\n%{http_code}",
+        ];
+        let body_text = body.map(Value::to_string);
+        if let Some(b) = &body_text {
+            args.extend(["-d", b]);
+        }
+        args.push(&url);
+        let out = self
+            .sw()
+            .exec_timeout("curl", &args, Duration::from_secs(40))
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n')?;
+        let code: u16 = code.trim().parse().ok()?;
+        if code == 0 {
+            return None;
+        }
+        let value = if body.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(body).unwrap_or(Value::String(body.to_owned()))
+        };
+        Some((code, value))
+    }
+
+    fn api(&self, method: &str, path: &str, body: Option<Value>, expect: u16) -> Value {
+        match self.try_api(method, path, body.as_ref()) {
+            Some((code, v)) if code == expect => v,
+            other => panic!(
+                "{method} {path} {body:?}: expected {expect}, got {other:?}\n{}",
+                self.neutron_log_tail()
+            ),
+        }
+    }
+
+    fn start_pollux(&mut self) {
+        let polluxd = Polluxd::spawn_in(self.sw(), None, &daemon::last_cpu(), &self.run, &[])
+            .and_then(Polluxd::ready)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let socket = polluxd.socket().to_str().unwrap().to_owned();
+        self.polluxd = Some(polluxd);
+        let agent = self
+            .sw()
+            .spawn(
+                daemon::agent_path().to_str().unwrap(),
+                &[
+                    "--etcd",
+                    ETCD,
+                    "--host",
+                    &self.host,
+                    "--socket",
+                    &socket,
+                    "--lease-ttl",
+                    "5",
+                ],
+            )
+            .unwrap();
+        self.agent = Some(agent);
+        let agent = self.agent.as_mut().unwrap();
+        assert!(
+            agent.wait_stderr_contains("in sync with etcd", CONVERGE),
+            "the agent did not sync:\n{}",
+            agent.stderr_so_far()
+        );
+    }
+
+    fn agent_log(&self) -> String {
+        self.agent.as_ref().unwrap().stderr_so_far()
+    }
+
+    fn call(&self, method: &str, params: Value) -> Value {
+        let socket = self.polluxd.as_ref().unwrap().socket();
+        let mut client = Client::connect(socket).unwrap();
+        client
+            .call(method, params)
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    fn pollux_port_ids(&self) -> Vec<String> {
+        self.call("ports.list", json!({}))["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["kind"] == "vm")
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Waits (at most [`CONVERGE`]) until polluxd's VM ports satisfy `done`.
+    fn wait_ports(&self, what: &str, done: impl Fn(&[String]) -> bool) {
+        let end = Instant::now() + CONVERGE;
+        loop {
+            let ids = self.pollux_port_ids();
+            if done(&ids) {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "{what}: polluxd's ports after {CONVERGE:?}: {ids:?}\nagent:\n{}",
+                self.agent_log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn create_port(&self, network: &str, mac: &str, interface: &str, sg: Option<Value>) -> Value {
+        let mut port = json!({
+            "network_id": network,
+            "project_id": PROJECT,
+            "mac_address": mac,
+            "device_owner": "compute:pollux-e2e",
+            "device_id": format!("vm-{mac}"),
+            "binding:host_id": self.host,
+            "binding:profile": { "pollux_afxdp_interface": interface },
+        });
+        if let Some(sg) = sg {
+            port["security_groups"] = sg;
+        }
+        self.api("POST", "ports", Some(json!({ "port": port })), 201)["port"].clone()
+    }
+}
+
+fn ping(ns: &Netns, dst: &str, count: u32) -> bool {
+    let count = count.to_string();
+    ns.exec_timeout(
+        "ping",
+        &["-c", &count, "-W", "1", "-i", "0.2", dst],
+        Duration::from_secs(15),
+    )
+    .map(|o| o.status.success())
+    .unwrap_or(false)
+}
+
+fn fixed_ip(port: &Value) -> String {
+    port["fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no fixed IP: {port}"))
+        .to_owned()
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, etcd-server and neutron-server (run with --include-ignored as root)"]
+fn neutron_drives_polluxd_through_etcd() {
+    let _guard = netns::exclusive(TOOLS);
+    daemon::polluxd_path();
+    daemon::agent_path();
+    let mut lab = Lab::new();
+    lab.start_etcd();
+    lab.start_neutron();
+    lab.start_pollux();
+    let agent_key = format!("/pollux/agents/{}", lab.host);
+    assert_eq!(
+        lab.etcd_keys(&agent_key),
+        vec![agent_key.clone()],
+        "the agent's key"
+    );
+
+    // A network and a subnet: no host has a port on them yet, so no host gets them.
+    let net = lab.api(
+        "POST",
+        "networks",
+        Some(json!({ "network": { "name": "pollux-e2e", "project_id": PROJECT } })),
+        201,
+    )["network"]
+        .clone();
+    assert_eq!(net["provider:network_type"], "local", "{net}");
+    let net_id = net["id"].as_str().unwrap().to_owned();
+    let subnet = lab.api(
+        "POST",
+        "subnets",
+        Some(json!({ "subnet": {
+            "network_id": net_id, "project_id": PROJECT, "ip_version": 4,
+            "cidr": CIDR, "gateway_ip": GATEWAY, "enable_dhcp": true,
+            "allocation_pools": [{ "start": "198.18.40.10", "end": "198.18.40.200" }],
+        } })),
+        201,
+    )["subnet"]
+        .clone();
+    let host_prefix = format!("/pollux/hosts/{}/", lab.host);
+    assert_eq!(lab.etcd_keys(&host_prefix), Vec::<String>::new());
+
+    // Two ports bound to this host, on the switch-side veths.
+    let t0 = Instant::now();
+    let a = lab.create_port(&net_id, MAC_A, &lab.ifname("sa"), Some(json!([])));
+    let b = lab.create_port(&net_id, MAC_B, &lab.ifname("sb"), Some(json!([])));
+    for p in [&a, &b] {
+        assert_eq!(p["binding:vif_type"], "other", "{p}");
+        assert_eq!(p["status"], "ACTIVE", "{p}");
+    }
+    let (a_id, b_id) = (
+        a["id"].as_str().unwrap().to_owned(),
+        b["id"].as_str().unwrap().to_owned(),
+    );
+    let mut keys = lab.etcd_keys(&host_prefix);
+    keys.sort();
+    let mut expected = vec![
+        format!("{host_prefix}networks/{net_id}"),
+        format!("{host_prefix}ports/{a_id}"),
+        format!("{host_prefix}ports/{b_id}"),
+        format!("{host_prefix}subnets/{}", subnet["id"].as_str().unwrap()),
+    ];
+    expected.sort();
+    assert_eq!(keys, expected);
+    lab.wait_ports("both ports applied", |ids| {
+        ids.contains(&a_id) && ids.contains(&b_id)
+    });
+    eprintln!(
+        "two ports from Neutron's API to polluxd in {:?}",
+        t0.elapsed()
+    );
+    let state = lab.call("config.get", json!({}))["state"].clone();
+    assert_eq!(state["networks"][0]["id"], net_id.as_str(), "{state}");
+    assert_eq!(state["subnets"][0]["cidr"], CIDR, "{state}");
+
+    // The VMs get Neutron's addresses from polluxd's DHCP server and reach each other.
+    let (ip_a, ip_b) = (fixed_ip(&a), fixed_ip(&b));
+    for (role, ip) in [("a", &ip_a), ("b", &ip_b)] {
+        let ifname = lab.ifname(&format!("c{role}"));
+        let mut client = DhcpClient::start(Kind::Udhcpc, lab.vm(role), &ifname)
+            .unwrap_or_else(|e| panic!("udhcpc in {role}: {e}"));
+        let ev = client
+            .wait_bound()
+            .unwrap_or_else(|e| panic!("udhcpc in {role}: {e}\n{}", client.log()));
+        assert_eq!(ev.get("ip"), ip.as_str(), "{role}: {ev:?}");
+        assert_eq!(ev.get("server"), DHCP_SERVER, "{role}: {ev:?}");
+        assert_eq!(ev.get("router"), GATEWAY, "{role}: {ev:?}");
+        let addrs = lab
+            .vm(role)
+            .ip(&["-4", "-o", "addr", "show", "dev", &ifname])
+            .unwrap();
+        assert!(addrs.contains(&format!("inet {ip}/24 ")), "{role}: {addrs}");
+        lab.clients.push(client);
+    }
+    assert!(ping(lab.vm("a"), &ip_b, 3), "a cannot ping b ({ip_b})");
+    assert!(ping(lab.vm("b"), &ip_a, 3), "b cannot ping a ({ip_a})");
+
+    // A port set administratively down leaves polluxd (Pollux has no per-port admin
+    // state) and comes back when set up again; its VM's traffic stops meanwhile.
+    let set_admin = |up: bool| {
+        let p = lab.api(
+            "PUT",
+            &format!("ports/{b_id}"),
+            Some(json!({ "port": { "admin_state_up": up } })),
+            200,
+        );
+        assert_eq!(p["port"]["admin_state_up"], up, "{p}");
+    };
+    set_admin(false);
+    lab.wait_ports("port b down", |ids| {
+        ids.contains(&a_id) && !ids.contains(&b_id)
+    });
+    assert!(
+        !ping(lab.vm("a"), &ip_b, 2),
+        "b answers while its port is down"
+    );
+    set_admin(true);
+    lab.wait_ports("port b up again", |ids| {
+        ids.contains(&a_id) && ids.contains(&b_id)
+    });
+    assert!(
+        ping(lab.vm("a"), &ip_b, 3),
+        "a cannot ping b once b is up again"
+    );
+
+    // A port with Neutron's default security group: written to etcd with it, refused by
+    // polluxd (security groups are not enforced yet), logged by the agent, kept off.
+    let c = lab.create_port(&net_id, MAC_C, &lab.ifname("sc"), None);
+    let c_id = c["id"].as_str().unwrap().to_owned();
+    assert!(
+        c["security_groups"]
+            .as_array()
+            .is_some_and(|s| !s.is_empty()),
+        "{c}"
+    );
+    let end = Instant::now() + CONVERGE;
+    while !lab
+        .agent_log()
+        .contains(&format!("polluxd refuses ports/{c_id}"))
+    {
+        assert!(
+            Instant::now() < end,
+            "the agent did not report the refusal of {c_id}:\n{}",
+            lab.agent_log()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        lab.agent_log().contains("security_groups"),
+        "the refusal names the field:\n{}",
+        lab.agent_log()
+    );
+    let ids = lab.pollux_port_ids();
+    assert!(!ids.contains(&c_id), "{ids:?}");
+    assert!(ids.contains(&a_id) && ids.contains(&b_id), "{ids:?}");
+    lab.api("DELETE", &format!("ports/{c_id}"), None, 204);
+
+    // Deleting a port in Neutron removes it from etcd and from polluxd.
+    lab.api("DELETE", &format!("ports/{b_id}"), None, 204);
+    lab.wait_ports("port b removed", |ids| !ids.contains(&b_id));
+    assert!(lab.pollux_port_ids().contains(&a_id));
+    let keys = lab.etcd_keys(&host_prefix);
+    assert!(
+        !keys.iter().any(|k| k.ends_with(&b_id)),
+        "b's key is still in etcd: {keys:?}"
+    );
+    assert!(
+        !ping(lab.vm("a"), &ip_b, 2),
+        "b still answers after its port's delete"
+    );
+
+    // The last port leaving the host takes the network and subnet with it.
+    lab.api("DELETE", &format!("ports/{a_id}"), None, 204);
+    lab.wait_ports("port a removed", |ids| ids.is_empty());
+    assert_eq!(lab.etcd_keys(&host_prefix), Vec::<String>::new());
+    let end = Instant::now() + CONVERGE;
+    loop {
+        let state = lab.call("config.get", json!({}))["state"].clone();
+        if state["networks"] == json!([]) && state["subnets"] == json!([]) {
+            break;
+        }
+        assert!(Instant::now() < end, "network left on polluxd: {state}");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !lab.agent_log().contains("resynchronising"),
+        "every change applied as one object method:\n{}",
+        lab.agent_log()
+    );
+    eprintln!("pollux-agent's log:\n{}", lab.agent_log());
+}
