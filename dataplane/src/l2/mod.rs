@@ -35,12 +35,21 @@ impl BurstStage for L2 {
     /// only for bursts that need them.
     #[inline]
     fn process(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
-        forward(cx, pkts)
+        // Only the tunnel endpoint's uplink has packets from several ports (decapsulated
+        // ones come from their sender's tunnel port): every other port keeps the loop
+        // that takes the input port once per burst.
+        if cx.in_port == cx.snap.overlay().uplink() {
+            forward::<true>(cx, pkts)
+        } else {
+            forward::<false>(cx, pkts)
+        }
     }
 }
 
+/// `PER_PACKET_PORT`: each packet's own `in_port` is its input port (the burst's may be
+/// only the uplink a tunnel's packets arrived on).
 #[inline(always)]
-fn forward(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
+fn forward<const PER_PACKET_PORT: bool>(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
     let snap = cx.snap;
     let in_port = cx.in_port;
     let frames = cx.pool.reader();
@@ -78,6 +87,17 @@ fn forward(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
             continue;
         }
         entered += 1;
+        let in_port = if PER_PACKET_PORT {
+            if pkt.in_port != learner.in_port {
+                // Cached decisions (hairpin) and learning are per input port.
+                learner.in_port = pkt.in_port;
+                last_src = NO_KEY;
+                last_dst = NO_KEY;
+            }
+            pkt.in_port
+        } else {
+            in_port
+        };
         let slot = pkt.meta.network;
         let Some(net) = snap.network(slot) else {
             debug_assert!(false, "packet classified into missing slot {slot}");
