@@ -435,7 +435,11 @@ fn ports_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> 
                 entry.insert("id".into(), json!(p.id));
                 entry.insert("network_id".into(), json!(p.network_id));
                 entry.insert("mac_address".into(), json!(p.mac_address));
-                &p.binding
+                // Only ports of this host have plans, and they have a binding.
+                let Some(b) = &p.binding else {
+                    continue;
+                };
+                b
             }
             PortKind::Uplink => {
                 let Some(u) = plan
