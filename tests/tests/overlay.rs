@@ -9,7 +9,7 @@ use pollux_dataplane::drop::DropReason;
 use pollux_dataplane::overlay::{vtep_mac, EndpointSpec};
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
-use pollux_tests::frames::{arp, frame, internet_checksum, mac, BROADCAST};
+use pollux_tests::frames::{self, arp, frame, internet_checksum, mac, BROADCAST};
 use pollux_tests::harness::MemSwitch;
 
 const UPLINK: u16 = 0;
@@ -78,26 +78,7 @@ fn vtep() -> [u8; 6] {
 
 /// A VXLAN packet from `src_ip` (MAC `src_mac`) to the local endpoint carrying `inner`.
 fn vxlan(src_mac: [u8; 6], src_ip: [u8; 4], vni: u32, inner: &[u8]) -> Vec<u8> {
-    let mut f = Vec::new();
-    f.extend_from_slice(&vtep());
-    f.extend_from_slice(&src_mac);
-    f.extend_from_slice(&[0x08, 0x00]);
-    let total = (20 + 8 + 8 + inner.len()) as u16;
-    let mut h = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
-    h[2..4].copy_from_slice(&total.to_be_bytes());
-    h.extend_from_slice(&src_ip);
-    h.extend_from_slice(&LOCAL);
-    let sum = internet_checksum(&h);
-    h[10..12].copy_from_slice(&sum.to_be_bytes());
-    f.extend_from_slice(&h);
-    f.extend_from_slice(&54321u16.to_be_bytes());
-    f.extend_from_slice(&4789u16.to_be_bytes());
-    f.extend_from_slice(&(total - 20).to_be_bytes());
-    f.extend_from_slice(&[0, 0]);
-    f.extend_from_slice(&[0x08, 0, 0, 0]);
-    f.extend_from_slice(&(vni << 8).to_be_bytes());
-    f.extend_from_slice(inner);
-    f
+    frames::vxlan(vtep(), src_mac, src_ip, LOCAL, vni, inner)
 }
 
 /// Checks the outer headers of an encapsulated frame towards `dst_ip` at `dst_mac` and
