@@ -38,6 +38,11 @@ impl BurstStage for VxlanDecap<'_> {
         let ov = cx.snap.overlay();
         let mut entered = 0;
         let mut produced = Pending::L2 | Pending::DONE;
+        // A peer's MAC is confirmed once per burst and per change, not for every packet.
+        let mut confirmed = (0u32, u64::MAX);
+        // Runs of one tunnel: its VNI and source are looked up once per run.
+        let mut run = Run::default();
+        let mut decapsulated = 0;
         for pkt in pkts.iter_mut() {
             let candidate = matches!(
                 pkt.meta.next,
@@ -58,10 +63,13 @@ impl BurstStage for VxlanDecap<'_> {
                     continue;
                 }
                 entered += 1;
-                pkt.meta.next = match decap(ov, data, l3) {
+                pkt.meta.next = match decap(ov, data, l3, &mut run) {
                     Ok(d) => {
                         let src_mac = EthernetFrame::new_unchecked(data).src_addr_u64();
-                        self.under.learn(ov, d.outer_src, src_mac, cx.now_secs);
+                        if confirmed != (d.outer_src, src_mac) {
+                            confirmed = (d.outer_src, src_mac);
+                            self.under.learn_peer(d.outer_src, src_mac, cx.now_secs);
+                        }
                         pkt.offset += d.strip as u16;
                         pkt.len = d.inner_len as u16;
                         pkt.in_port = d.tunnel;
@@ -69,7 +77,7 @@ impl BurstStage for VxlanDecap<'_> {
                             network: d.slot,
                             ..d.inner
                         };
-                        cx.counters.vxlan_decapsulated.inc();
+                        decapsulated += 1;
                         Next::L2
                     }
                     Err(reason) => Next::Drop(reason, Stage::VxlanDecap),
@@ -97,11 +105,25 @@ impl BurstStage for VxlanDecap<'_> {
                 entered += 1;
             }
         }
+        if decapsulated > 0 {
+            cx.counters.vxlan_decapsulated.add(decapsulated);
+        }
         Outcome {
             packets: entered,
             produced,
         }
     }
+}
+
+/// The last (VNI, source) looked up and what it resolved to.
+#[derive(Clone, Copy, Default)]
+struct Run {
+    vni: u32,
+    src: u32,
+    slot: u16,
+    tunnel: PortId,
+    /// Whether the fields above hold a lookup that succeeded.
+    valid: bool,
 }
 
 /// A VXLAN packet for one of this host's networks, from one of its peers.
@@ -119,7 +141,7 @@ struct Decapped {
 
 /// Checks the outer headers of a packet to `local_ip` and finds its network and tunnel.
 #[inline]
-fn decap(ov: &Overlay, data: &[u8], l3: usize) -> Result<Decapped, DropReason> {
+fn decap(ov: &Overlay, data: &[u8], l3: usize, run: &mut Run) -> Result<Decapped, DropReason> {
     let ip = data.get(l3..).ok_or(DropReason::BadVxlan)?;
     if ip.len() < 20 || ip[0] >> 4 != 4 {
         return Err(DropReason::BadVxlan);
@@ -151,11 +173,23 @@ fn decap(ov: &Overlay, data: &[u8], l3: usize) -> Result<Decapped, DropReason> {
     // inner frame's own checksums protect what matters.
     let vx =
         vxlan::VxlanPacket::new_checked(&udp[UDP..udp_len]).map_err(|_| DropReason::BadVxlan)?;
-    let slot = ov.network_of_vni(vx.vni()).ok_or(DropReason::UnknownVni)?;
+    let vni = vx.vni();
     let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
-    let tunnel = ov
-        .peer(slot, src)
-        .ok_or(DropReason::UnknownTunnelEndpoint)?;
+    if !(run.valid && run.vni == vni && run.src == src) {
+        run.valid = false;
+        let slot = ov.network_of_vni(vni).ok_or(DropReason::UnknownVni)?;
+        let tunnel = ov
+            .peer(slot, src)
+            .ok_or(DropReason::UnknownTunnelEndpoint)?;
+        *run = Run {
+            vni,
+            src,
+            slot,
+            tunnel,
+            valid: true,
+        };
+    }
+    let (slot, tunnel) = (run.slot, run.tunnel);
     let inner = crate::classify::parse(vx.payload()).map_err(|_| DropReason::BadVxlan)?;
     if inner.flags & Meta::VLAN != 0 {
         return Err(DropReason::BadVxlan);

@@ -16,7 +16,7 @@ use crate::packet::{Meta, Next, Packet};
 use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::PortId;
 use crate::snapshot::mac_from_u64;
-use crate::wire::{checksum, vxlan, EtherType};
+use crate::wire::{vxlan, EtherType};
 
 const ETH: usize = 14;
 const IP: usize = 20;
@@ -49,10 +49,11 @@ impl BurstStage for VxlanEncap<'_> {
         let ov = snap.overlay();
         let mut entered = 0;
         let mut produced = Pending::SEND;
-        // Runs of one flow: the tunnel and its underlay MAC are looked up once per run.
+        // Runs of one flow: the tunnel, its underlay MAC and the outer headers are made
+        // once per run.
         let mut last_out = PortId(u16::MAX);
         let mut last_remote = None;
-        let mut resolved = (0u32, None::<u64>);
+        let mut run: Option<(u32, u16, Outer)> = None;
         for pkt in pkts.iter_mut() {
             match pkt.meta.next {
                 Next::Output(out) => {
@@ -69,18 +70,45 @@ impl BurstStage for VxlanEncap<'_> {
                         produced |= Pending::DONE;
                         continue;
                     }
-                    if resolved.0 != remote || resolved.1.is_none() {
-                        let mac = self.under.resolve(
-                            ov,
-                            remote,
-                            cx.now_secs,
-                            cx.pool,
-                            cx.ports,
-                            cx.counters,
-                        );
-                        resolved = (remote, mac);
-                    }
-                    pkt.meta.next = encap(ov, cx.pool, cx.counters, pkt, remote, resolved.1);
+                    let slot = pkt.meta.network;
+                    let outer = match run {
+                        Some((r, s, outer)) if r == remote && s == slot => outer,
+                        _ => {
+                            let mac = self.under.resolve(
+                                ov,
+                                remote,
+                                cx.now_secs,
+                                cx.pool,
+                                cx.ports,
+                                cx.counters,
+                            );
+                            match (mac, ov.vni(slot)) {
+                                (Some(mac), Some(vni)) => {
+                                    let outer = Outer::new(OuterHeaders {
+                                        dst_mac: mac_from_u64(mac),
+                                        src_mac: mac_from_u64(ov.mac()),
+                                        src_ip: ov.local_ip(),
+                                        dst_ip: remote,
+                                        vni,
+                                    });
+                                    run = Some((remote, slot, outer));
+                                    outer
+                                }
+                                (mac, _) => {
+                                    run = None;
+                                    let reason = if mac.is_none() {
+                                        DropReason::TunnelUnresolved
+                                    } else {
+                                        DropReason::InternalError
+                                    };
+                                    pkt.meta.next = Next::Drop(reason, Stage::VxlanEncap);
+                                    produced |= Pending::DONE;
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    pkt.meta.next = push_outer(ov, cx.pool, cx.counters, pkt, &outer);
                     produced |= Pending::of(pkt.meta.next);
                 }
                 Next::Flood => {
@@ -183,6 +211,25 @@ pub fn encap(
     let Some(mac) = mac else {
         return Next::Drop(DropReason::TunnelUnresolved, Stage::VxlanEncap);
     };
+    let outer = Outer::new(OuterHeaders {
+        dst_mac: mac_from_u64(mac),
+        src_mac: mac_from_u64(ov.mac()),
+        src_ip: ov.local_ip(),
+        dst_ip: remote,
+        vni,
+    });
+    push_outer(ov, pool, counters, pkt, &outer)
+}
+
+/// Puts `outer` in front of `pkt` (in its headroom); its next step.
+#[inline(always)]
+fn push_outer(
+    ov: &Overlay,
+    pool: &mut FramePool,
+    counters: &WorkerCounters,
+    pkt: &mut Packet,
+    outer: &Outer,
+) -> Next {
     // The inner frame is untagged on the overlay.
     if pkt.meta.flags & Meta::VLAN != 0 {
         if let Err(reason) = set_egress_tag(pool, pkt, None) {
@@ -193,22 +240,14 @@ pub fn encap(
         return Next::Drop(DropReason::NoHeadroom, Stage::VxlanEncap);
     }
     let sport = SPORT_BASE | (flow_hash(pool.data(pkt), &pkt.meta) & 0x3fff);
-    let inner = usize::from(pkt.len);
+    let inner = pkt.len;
     pkt.offset -= VXLAN_OVERHEAD;
     pkt.len += VXLAN_OVERHEAD;
     let d = pool.data_mut(pkt);
-    write_outer(
-        &mut d[..usize::from(VXLAN_OVERHEAD)],
-        OuterHeaders {
-            dst_mac: mac_from_u64(mac),
-            src_mac: mac_from_u64(ov.mac()),
-            src_ip: ov.local_ip(),
-            dst_ip: remote,
-            sport,
-            vni,
-            inner_len: inner,
-        },
-    );
+    let Some(out) = d.first_chunk_mut::<OUTER_LEN>() else {
+        return Next::Drop(DropReason::InternalError, Stage::VxlanEncap);
+    };
+    outer.write(out, inner, sport);
     pkt.meta.flags = 0;
     pkt.meta.ethertype = EtherType::IPV4.0;
     pkt.meta.l3_offset = ETH as u8;
@@ -216,7 +255,11 @@ pub fn encap(
     Next::Output(ov.uplink())
 }
 
-/// The values of one packet's outer headers.
+/// Bytes of outer headers.
+const OUTER_LEN: usize = ETH + IP + UDP + vxlan::HEADER_LEN;
+
+/// The values of the outer headers that are the same for every packet to one endpoint
+/// on one network.
 #[derive(Clone, Copy, Debug)]
 pub struct OuterHeaders {
     /// The next hop's MAC on the underlay.
@@ -227,75 +270,92 @@ pub struct OuterHeaders {
     pub src_ip: u32,
     /// The remote endpoint, host order.
     pub dst_ip: u32,
-    /// UDP source port (from the inner flow).
-    pub sport: u16,
     /// The network's VNI.
     pub vni: u32,
-    /// Length of the inner frame.
-    pub inner_len: usize,
 }
 
-/// Writes the 50 bytes of outer Ethernet, IPv4 (DF set, checksum filled), UDP (checksum
-/// zero, as RFC 7348 allows over IPv4) and VXLAN headers into `out`.
-#[inline]
-pub fn write_outer(out: &mut [u8], h: OuterHeaders) {
-    let out = &mut out[..ETH + IP + UDP + vxlan::HEADER_LEN];
-    out[0..6].copy_from_slice(&h.dst_mac);
-    out[6..12].copy_from_slice(&h.src_mac);
-    out[12..14].copy_from_slice(&EtherType::IPV4.0.to_be_bytes());
-    let total = (IP + UDP + vxlan::HEADER_LEN + h.inner_len) as u16;
-    let ip = &mut out[ETH..ETH + IP];
-    ip[0] = 0x45;
-    ip[1] = 0;
-    ip[2..4].copy_from_slice(&total.to_be_bytes());
-    // Identification 0 with DF: an atomic datagram (RFC 6864).
-    ip[4..6].copy_from_slice(&[0, 0]);
-    ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
-    ip[8] = OUTER_TTL;
-    ip[9] = 17;
-    ip[10..12].copy_from_slice(&[0, 0]);
-    ip[12..16].copy_from_slice(&h.src_ip.to_be_bytes());
-    ip[16..20].copy_from_slice(&h.dst_ip.to_be_bytes());
-    let csum = checksum::checksum(ip);
-    ip[10..12].copy_from_slice(&csum.to_be_bytes());
-    let udp = &mut out[ETH + IP..ETH + IP + UDP];
-    udp[0..2].copy_from_slice(&h.sport.to_be_bytes());
-    udp[2..4].copy_from_slice(&vxlan::VXLAN_PORT.to_be_bytes());
-    udp[4..6].copy_from_slice(&(total - IP as u16).to_be_bytes());
-    udp[6..8].copy_from_slice(&[0, 0]);
-    let vx = &mut out[ETH + IP + UDP..];
-    vx[0] = vxlan::FLAG_I;
-    vx[1..4].copy_from_slice(&[0, 0, 0]);
-    vx[4..8].copy_from_slice(&((h.vni & vxlan::VNI_MAX) << 8).to_be_bytes());
+/// The outer headers towards one endpoint on one network, made once per run of packets:
+/// each packet copies them and fills in its lengths, IPv4 checksum and source port.
+#[derive(Clone, Copy, Debug)]
+pub struct Outer {
+    hdr: [u8; OUTER_LEN],
+    /// One's-complement sum of the IPv4 header words without the total length.
+    ip_sum: u32,
+}
+
+impl Outer {
+    /// Outer Ethernet, IPv4 (DF set, identification 0: an atomic datagram, RFC 6864), UDP
+    /// (checksum zero, as RFC 7348 allows over IPv4) and VXLAN headers.
+    pub fn new(h: OuterHeaders) -> Outer {
+        let mut hdr = [0u8; OUTER_LEN];
+        hdr[0..6].copy_from_slice(&h.dst_mac);
+        hdr[6..12].copy_from_slice(&h.src_mac);
+        hdr[12..14].copy_from_slice(&EtherType::IPV4.0.to_be_bytes());
+        let ip = &mut hdr[ETH..ETH + IP];
+        ip[0] = 0x45;
+        ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
+        ip[8] = OUTER_TTL;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&h.src_ip.to_be_bytes());
+        ip[16..20].copy_from_slice(&h.dst_ip.to_be_bytes());
+        let ip_sum = ip
+            .chunks_exact(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        hdr[ETH + IP + 2..ETH + IP + 4].copy_from_slice(&vxlan::VXLAN_PORT.to_be_bytes());
+        let vx = &mut hdr[ETH + IP + UDP..];
+        vx[0] = vxlan::FLAG_I;
+        vx[4..8].copy_from_slice(&((h.vni & vxlan::VNI_MAX) << 8).to_be_bytes());
+        Outer { hdr, ip_sum }
+    }
+
+    /// Writes the headers for an inner frame of `inner_len` bytes and UDP source port
+    /// `sport` into `out`.
+    #[inline(always)]
+    pub fn write(&self, out: &mut [u8; OUTER_LEN], inner_len: u16, sport: u16) {
+        *out = self.hdr;
+        let total = (IP + UDP + vxlan::HEADER_LEN) as u16 + inner_len;
+        let mut sum = self.ip_sum + u32::from(total);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        let csum = !(sum as u16);
+        out[ETH + 2..ETH + 4].copy_from_slice(&total.to_be_bytes());
+        out[ETH + 10..ETH + 12].copy_from_slice(&csum.to_be_bytes());
+        out[ETH + IP..ETH + IP + 2].copy_from_slice(&sport.to_be_bytes());
+        out[ETH + IP + 4..ETH + IP + 6].copy_from_slice(&(total - IP as u16).to_be_bytes());
+    }
 }
 
 /// A hash of the inner frame's flow (MACs, and for IPv4 the addresses, protocol and
 /// TCP/UDP ports), so that underlay paths with ECMP keep each flow on one path.
 #[inline]
 pub fn flow_hash(data: &[u8], meta: &Meta) -> u16 {
-    let word = |b: &[u8]| -> u64 {
-        let mut w = [0u8; 8];
-        let n = b.len().min(8);
-        w[..n].copy_from_slice(&b[..n]);
-        u64::from_le_bytes(w)
+    let le64 = |b: &[u8; 8]| u64::from_le_bytes(*b);
+    let le32 = |b: &[u8; 4]| u64::from(u32::from_le_bytes(*b));
+    let mut h = match data.first_chunk::<12>() {
+        Some(m) => {
+            let (a, b) = m.split_at(8);
+            le64(a.try_into().unwrap_or(&[0; 8])) ^ le32(b.try_into().unwrap_or(&[0; 4])) << 29
+        }
+        None => 0,
     };
-    let mut h = word(&data[..8.min(data.len())])
-        ^ word(&data[8.min(data.len())..12.min(data.len())]).rotate_left(32);
-    let l3 = usize::from(meta.l3_offset);
     if meta.ethertype == EtherType::IPV4.0 {
-        if let Some(ip) = data.get(l3..l3 + IP) {
-            h ^= word(&ip[12..20]).rotate_left(17) ^ u64::from(ip[9]);
-            let ihl = usize::from(ip[0] & 0x0f) * 4;
-            let fragment = u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0;
-            if (ip[9] == 6 || ip[9] == 17) && !fragment {
-                if let Some(ports) = data.get(l3 + ihl..l3 + ihl + 4) {
-                    h ^= word(ports).rotate_left(41);
+        let ip = data.get(usize::from(meta.l3_offset)..).unwrap_or(&[]);
+        if let Some(hdr) = ip.first_chunk::<20>() {
+            let addrs: &[u8; 8] = hdr[12..20].try_into().unwrap_or(&[0; 8]);
+            h ^= le64(addrs).rotate_left(17) ^ u64::from(hdr[9]);
+            // Ports when they follow a header without options and this is no fragment.
+            let ports_here = hdr[0] == 0x45
+                && (hdr[9] == 6 || hdr[9] == 17)
+                && u16::from_be_bytes([hdr[6], hdr[7]]) & 0x3fff == 0;
+            if ports_here {
+                if let Some(ports) = ip.get(20..24) {
+                    h ^= le32(ports.try_into().unwrap_or(&[0; 4])).rotate_left(41);
                 }
             }
         }
     }
-    let h = h.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    (h >> 48) as u16
+    (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u16
 }
 
 #[cfg(test)]
@@ -305,18 +365,14 @@ mod tests {
     #[test]
     fn outer_headers_are_exact() {
         let mut out = [0u8; 50];
-        write_outer(
-            &mut out,
-            OuterHeaders {
-                dst_mac: [0x02, 0, 0, 0, 0, 2],
-                src_mac: [0x02, 0x70, 0x76, 18, 0, 1],
-                src_ip: u32::from(std::net::Ipv4Addr::new(198, 18, 0, 1)),
-                dst_ip: u32::from(std::net::Ipv4Addr::new(198, 18, 0, 2)),
-                sport: 50000,
-                vni: 0x123456,
-                inner_len: 60,
-            },
-        );
+        Outer::new(OuterHeaders {
+            dst_mac: [0x02, 0, 0, 0, 0, 2],
+            src_mac: [0x02, 0x70, 0x76, 18, 0, 1],
+            src_ip: u32::from(std::net::Ipv4Addr::new(198, 18, 0, 1)),
+            dst_ip: u32::from(std::net::Ipv4Addr::new(198, 18, 0, 2)),
+            vni: 0x123456,
+        })
+        .write(&mut out, 60, 50000);
         let ip = crate::wire::Ipv4Packet::new_unchecked(&out[14..34]);
         assert!(ip.verify_checksum());
         assert!(ip.dont_frag());

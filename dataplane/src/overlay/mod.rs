@@ -100,6 +100,8 @@ pub struct Overlay {
     arp: U64Map<u64>,
     /// Per port id, the remote address of a tunnel port (0 for other ports).
     remote_of: Box<[u32]>,
+    /// Remote address → its tunnel port.
+    by_remote: U64Map<PortId>,
 }
 
 impl Default for Overlay {
@@ -115,6 +117,7 @@ impl Default for Overlay {
             flood: Box::default(),
             arp: U64Map::with_max_len(0),
             remote_of: Box::default(),
+            by_remote: U64Map::with_max_len(0),
         }
     }
 }
@@ -196,8 +199,9 @@ impl Overlay {
     }
 
     /// Whether `ip` is the address of a tunnel port (a known remote endpoint).
+    #[inline]
     pub fn is_remote_endpoint(&self, ip: u32) -> bool {
-        ip != 0 && self.remote_of.contains(&ip)
+        self.by_remote.get(u64::from(ip)).is_some()
     }
 
     /// Every tunnel port with its remote endpoint.
@@ -256,6 +260,7 @@ impl OverlayBuilder {
             vni_of[usize::from(slot)] = vni;
         }
         let mut remote_of = vec![0u32; ports.len()].into_boxed_slice();
+        let mut by_remote = U64Map::with_max_len(self.tunnels.len());
         for &(port, ip) in &self.tunnels {
             let ip = u32::from(ip);
             if ip == 0 || ip == local_ip {
@@ -264,7 +269,17 @@ impl OverlayBuilder {
                 ));
             }
             match ports.get(port.index()) {
-                Some(PortRole::Tunnel) => remote_of[port.index()] = ip,
+                Some(PortRole::Tunnel) => {
+                    remote_of[port.index()] = ip;
+                    if by_remote
+                        .insert(u64::from(ip), port)
+                        .ok()
+                        .flatten()
+                        .is_some()
+                    {
+                        return Err(BuildError::Overlay("two tunnels to one remote endpoint"));
+                    }
+                }
                 _ => return Err(BuildError::Overlay("a tunnel that is not a tunnel port")),
             }
         }
@@ -321,6 +336,7 @@ impl OverlayBuilder {
             flood: flood.into_boxed_slice(),
             arp,
             remote_of,
+            by_remote,
         })
     }
 }

@@ -71,6 +71,12 @@ impl Underlay {
         }
     }
 
+    /// Records that `ip`, a peer that just sent a VXLAN packet, has `mac`.
+    #[inline]
+    pub(crate) fn learn_peer(&mut self, ip: u32, mac: u64, now: u32) {
+        self.neighbors.learn(UNDERLAY, ip, mac, now, true);
+    }
+
     /// The remote endpoints known now, with their MAC (`None`: asked, not answered).
     pub fn entries(&self) -> impl Iterator<Item = (u32, Option<u64>)> + '_ {
         self.neighbors
