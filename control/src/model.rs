@@ -383,7 +383,8 @@ pub struct Port {
     /// host's tunnel endpoint (only on vxlan networks).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding_host_id: Option<String>,
-    /// How the port is attached: needed for a port of this host, refused for a remote one.
+    /// How the port is attached: needed for a port of this host; for a port of another
+    /// host, that host's business (so one state fits every host), not used here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub binding: Option<Binding>,
     /// The port's host name, handed out by DHCP (option 12): one label or a FQDN.

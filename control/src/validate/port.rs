@@ -251,14 +251,10 @@ impl Checker {
                     self.err(bpath, "a port of this host needs a binding");
                     None
                 }
-                (Some(_), true) => {
-                    self.err(
-                        bpath,
-                        "a port bound to another host (binding_host_id) has no binding on this one",
-                    );
-                    None
-                }
-                (None, true) => None,
+                // A port of another host is attached there: its binding is that host's to
+                // check and use (so every host can be given the same state), never this
+                // one's, which reaches the port over the overlay.
+                (_, true) => None,
             };
             let hostname = self.dns_name(format!("{base}.dns_name"), p.dns_name.as_deref());
             let extra_dhcp_opts = self.extra_dhcp_opts(&base, &p.extra_dhcp_opts);
