@@ -282,3 +282,177 @@ fn mac_bytes(s: &str) -> [u8; 6] {
     }
     m
 }
+
+/// Two polluxd hosts on one underlay bridge:
+///
+/// ```text
+///  a1 (X, .11), a2 (Y, .11) ── polluxd hosta (ns ha, 198.18.0.1) ── <P>ula ─┐
+///                                                                  under: br0
+///  b1 (X, .12), b2 (Y, .13) ── polluxd hostb (ns hb, 198.18.0.2) ── <P>ulb ─┘
+/// ```
+struct TwoHosts {
+    topo: Topology,
+}
+
+/// (role, host namespace, MAC, address) of the VMs of `configs/e2e-vxlan-two-hosts.toml`.
+const TWO_HOST_VMS: [(&str, &str, &str, &str); 4] = [
+    ("a1", "ha", "fa:16:3e:18:01:11", "203.0.113.11"),
+    ("a2", "ha", "fa:16:3e:18:01:21", "203.0.113.11"),
+    ("b1", "hb", "fa:16:3e:18:01:12", "203.0.113.12"),
+    ("b2", "hb", "fa:16:3e:18:01:22", "203.0.113.13"),
+];
+
+impl TwoHosts {
+    fn new() -> TwoHosts {
+        let mut topo = Topology::with_prefix(Prefix::next_under("ov").unwrap());
+        for role in ["ha", "hb", "under", "a1", "a2", "b1", "b2"] {
+            topo.add_ns(role).unwrap();
+            topo.ns(role).unwrap().disable_ipv6().unwrap();
+        }
+        for (role, host, mac, ip) in TWO_HOST_VMS {
+            let ifname = topo.prefix().ifname(role).unwrap();
+            topo.veth_with(
+                host,
+                &ifname,
+                role,
+                "eth0",
+                &VethOptions {
+                    mtu: Some(TENANT_MTU),
+                    mac_b: Some(mac.into()),
+                    ..VethOptions::default()
+                },
+            )
+            .unwrap();
+            topo.addr(role, "eth0", &format!("{ip}/24")).unwrap();
+        }
+        let under = topo.ns("under").unwrap();
+        under.ip(&["link", "add", "br0", "type", "bridge"]).unwrap();
+        for (host, ul, port) in [("ha", "ula", "ua"), ("hb", "ulb", "ub")] {
+            let ifname = topo.prefix().ifname(ul).unwrap();
+            topo.veth(host, &ifname, "under", port).unwrap();
+            topo.ns("under")
+                .unwrap()
+                .ip(&["link", "set", port, "master", "br0"])
+                .unwrap();
+        }
+        topo.link_up("under", "br0").unwrap();
+        TwoHosts { topo }
+    }
+
+    /// polluxd for `host` ("hosta" or "hostb") in its namespace, its worker on `core`.
+    fn start(&self, host: &str, core: &str) -> (Polluxd, ConfigFile) {
+        let template = std::fs::read_to_string(
+            daemon::workspace_root()
+                .join("configs")
+                .join("e2e-vxlan-two-hosts.toml"),
+        )
+        .unwrap();
+        let (ns, ul, local) = match host {
+            "hosta" => ("ha", "ula", "198.18.0.1"),
+            _ => ("hb", "ulb", "198.18.0.2"),
+        };
+        let text = template
+            .replace("@HOST@", host)
+            .replace("@UL@", ul)
+            .replace("@LOCAL@", local)
+            .replace(daemon::PLACEHOLDER, self.topo.prefix().as_str());
+        let config = ConfigFile::write(&format!("{}-{host}", self.topo.prefix()), &text).unwrap();
+        let polluxd = Polluxd::start(self.topo.ns(ns).unwrap(), config.path(), core)
+            .unwrap_or_else(|e| panic!("{e}"));
+        (polluxd, config)
+    }
+
+    fn ns(&self, role: &str) -> &Netns {
+        self.topo.ns(role).unwrap()
+    }
+
+    fn ping(&self, from: &str, to: &str, count: u32) -> netns::PingResult {
+        let limit = Duration::from_millis(u64::from(count) * 200 + 3000);
+        ping(self.ns(from), to, count, limit).unwrap()
+    }
+}
+
+#[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
+fn two_polluxd_hosts_reach_isolate_and_answer_arp_locally() {
+    let _serial = setup();
+    let lab = TwoHosts::new();
+    // One worker per CPU for the length of the test.
+    let (host_a, _ca) = lab.start("hosta", "0");
+    let (host_b, _cb) = lab.start("hostb", &daemon::last_cpu());
+
+    // Warm-up: each endpoint learns the other's underlay MAC (the first frame to an
+    // unresolved endpoint is dropped while it is asked for).
+    let _ = lab.ping("a1", "203.0.113.12", 2);
+    let _ = lab.ping("a2", "203.0.113.13", 2);
+
+    for (from, to) in [
+        ("a1", "203.0.113.12"),
+        ("b1", "203.0.113.11"),
+        ("a2", "203.0.113.13"),
+        ("b2", "203.0.113.11"),
+    ] {
+        let r = lab.ping(from, to, 4);
+        assert!(
+            r.all_received(),
+            "{from} -> {to}: {r:?}\nhosta:\n{}\nhostb:\n{}",
+            host_a.stderr_so_far(),
+            host_b.stderr_so_far()
+        );
+    }
+    // Same subnet, other VNI: nothing crosses.
+    for (from, to) in [("a1", "203.0.113.13"), ("a2", "203.0.113.12")] {
+        let r = lab.ping(from, to, 2);
+        assert_eq!(r.received, 0, "{from} -> {to} crossed networks: {r:?}");
+    }
+
+    // ARP: a1 asks for b1; hosta answers, and no ARP is carried over the underlay.
+    let capture = Capture::start_inbound(
+        lab.ns("under"),
+        "ua",
+        200,
+        &["udp", "dst", "port", "4789"],
+        CaptureFormat::Pcap,
+    )
+    .unwrap();
+    let before = worker_stat(&host_a, "arp_responder_replies");
+    lab.ns("a1").ip(&["neigh", "flush", "dev", "eth0"]).unwrap();
+    let got = arping(
+        lab.ns("a1"),
+        "eth0",
+        "203.0.113.12",
+        3,
+        Duration::from_secs(5),
+    )
+    .unwrap();
+    assert_eq!(got, 3, "arping a1 -> b1");
+    let r = lab.ping("a1", "203.0.113.12", 2);
+    assert!(r.all_received(), "{r:?}");
+    let answered = worker_stat(&host_a, "arp_responder_replies") - before;
+    assert!(answered >= 3, "hosta's ARP responder answered {answered}");
+    let crossed = capture.finish(Duration::from_secs(1)).unwrap();
+    assert!(!crossed.frames.is_empty(), "the pings crossed the underlay");
+    let inner_arp = crossed
+        .frames
+        .iter()
+        .filter(|f| f.len() >= 64 && f[62..64] == [0x08, 0x06])
+        .count();
+    assert_eq!(inner_arp, 0, "ARP carried over the underlay");
+
+    // TCP between the hosts.
+    let server = iperf3_server(lab.ns("b1"), "203.0.113.12", 5201).unwrap();
+    let tcp = iperf3_client(lab.ns("a1"), "203.0.113.12", server.port(), 2).unwrap();
+    drop(server);
+    assert!(
+        tcp.received_bytes > 0,
+        "iperf3 a1 -> b1 moved nothing: {tcp:?}"
+    );
+    eprintln!(
+        "iperf3 a1 (hosta) -> b1 (hostb), polluxd to polluxd over VXLAN: {:.0} Mbit/s",
+        tcp.received_bps / 1e6
+    );
+    for (name, p) in [("hosta", host_a), ("hostb", host_b)] {
+        let (status, stderr) = p.stop().unwrap_or_else(|e| panic!("{e}"));
+        assert!(status.success(), "{name} exited with {status}:\n{stderr}");
+    }
+}
