@@ -390,6 +390,8 @@ impl Worker {
         );
         self.counters.macs_aged.add(aged as u64);
         self.counters.macs.set(self.macs.len() as u64);
+        // Remote tunnel endpoints that went quiet (or left the configuration) are forgotten.
+        self.stages.underlay.age(now_secs, self.config.aging_budget);
         self.router_housekeeping(self.config.aging_budget, false);
     }
 

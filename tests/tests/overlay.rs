@@ -397,3 +397,27 @@ fn malformed_outer_headers_are_counted_drops() {
     assert!(decap_drops >= lies.len() as u64);
     sw.assert_conserved();
 }
+
+#[test]
+fn underlay_macs_expire_and_are_asked_for_again() {
+    let mut sw = switch();
+    resolve_hosts(&mut sw);
+    let inner = frame(REMOTE_A_B, mac(1), None, 1, 64);
+    let out = sw.exchange(VM1, &inner);
+    check_outer(&out[&UPLINK][0], HOST_B_MAC, HOST_B, VNI_A);
+    // Five minutes and more of silence from host B.
+    sw.now_ns += 301 * 1_000_000_000;
+    sw.run();
+    let out = sw.exchange(VM1, &inner);
+    assert_eq!(
+        out[&UPLINK],
+        vec![arp(1, BROADCAST, vtep(), LOCAL, [0; 6], HOST_B)[..42].to_vec()],
+        "asked again, the frame dropped"
+    );
+    assert_eq!(
+        sw.counters()
+            .stage_dropped(Stage::VxlanEncap, DropReason::TunnelUnresolved),
+        1
+    );
+    sw.assert_conserved();
+}
