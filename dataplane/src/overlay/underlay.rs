@@ -32,12 +32,15 @@ const ARP_LEN: usize = 28;
 #[derive(Debug)]
 pub struct Underlay {
     neighbors: NeighborTable,
+    /// When [`Underlay::probe_new`] last looked for endpoints without an entry.
+    probed: u32,
 }
 
 impl Default for Underlay {
     fn default() -> Self {
         Underlay {
             neighbors: NeighborTable::new(CAPACITY),
+            probed: u32::MAX,
         }
     }
 }
@@ -83,6 +86,29 @@ impl Underlay {
             .entries()
             .filter(|(uid, _, _)| *uid == UNDERLAY)
             .map(|(_, ip, n)| (ip, n.mac()))
+    }
+
+    /// Asks for the MAC of every remote endpoint the table has no entry for (a host new in
+    /// the configuration, or one forgotten), at most once a second: so that the first
+    /// frames towards it find it resolved rather than being dropped while it is asked.
+    pub fn probe_new(
+        &mut self,
+        ov: &Overlay,
+        now: u32,
+        pool: &mut FramePool,
+        ports: &mut PortSet,
+        counters: &WorkerCounters,
+    ) {
+        if !ov.enabled() || now == self.probed {
+            return;
+        }
+        self.probed = now;
+        for (_, ip) in ov.tunnels() {
+            let ip = u32::from(ip);
+            if self.neighbors.get(UNDERLAY, ip).is_none() {
+                self.resolve(ov, ip, now, pool, ports, counters);
+            }
+        }
     }
 
     /// Forgets entries not confirmed for a while (housekeeping); returns how many.
