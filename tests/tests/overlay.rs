@@ -453,3 +453,41 @@ fn underlay_macs_expire_and_are_asked_for_again() {
     );
     sw.assert_conserved();
 }
+
+#[test]
+fn a_host_never_relays_between_two_remote_hosts() {
+    let mut sw = switch();
+    resolve_hosts(&mut sw);
+    // From host B, to a port of host C: host B should have sent it to C itself.
+    let out = sw.exchange(
+        UPLINK,
+        &vxlan(
+            HOST_B_MAC,
+            HOST_B,
+            VNI_A,
+            &frame(REMOTE_A_C, REMOTE_A_B, None, 1, 64),
+        ),
+    );
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(
+        sw.counters()
+            .stage_dropped(Stage::L2, DropReason::TunnelToTunnel),
+        1
+    );
+    // To a MAC of host B itself: a hairpin.
+    let out = sw.exchange(
+        UPLINK,
+        &vxlan(
+            HOST_B_MAC,
+            HOST_B,
+            VNI_A,
+            &frame(REMOTE_A_B, [2, 0, 0, 0, 0, 0x42], None, 1, 64),
+        ),
+    );
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(
+        sw.counters().stage_dropped(Stage::L2, DropReason::Hairpin),
+        1
+    );
+    sw.assert_conserved();
+}

@@ -157,6 +157,9 @@ fn forward<const PER_PACKET_PORT: bool>(cx: &mut BurstCtx<'_>, pkts: &mut [Packe
                     },
                 },
             };
+            if PER_PACKET_PORT {
+                last_next = split_horizon(snap, in_port, last_next);
+            }
             // Every packet that reuses this decision needs the same stages.
             produced |= Pending::of(last_next);
             last_dst = dst_key;
@@ -166,6 +169,21 @@ fn forward<const PER_PACKET_PORT: bool>(cx: &mut BurstCtx<'_>, pkts: &mut [Packe
     Outcome {
         packets: entered,
         produced,
+    }
+}
+
+/// A frame decapsulated from one remote host never goes to another: the sender
+/// replicated it to every host itself (hosts relay only between the overlay and their
+/// own ports).
+#[inline]
+fn split_horizon(snap: &Snapshot, in_port: PortId, next: Next) -> Next {
+    match next {
+        Next::Output(p)
+            if snap.overlay().remote(p).is_some() && snap.overlay().remote(in_port).is_some() =>
+        {
+            Next::Drop(DropReason::TunnelToTunnel, Stage::L2)
+        }
+        other => other,
     }
 }
 

@@ -65,11 +65,8 @@ impl BurstStage for VxlanEncap<'_> {
                         continue;
                     };
                     entered += 1;
-                    if ov.remote(pkt.in_port).is_some() {
-                        pkt.meta.next = Next::Drop(DropReason::TunnelToTunnel, Stage::VxlanEncap);
-                        produced |= Pending::DONE;
-                        continue;
-                    }
+                    // Only VM ports have this stage: the L2 stage keeps decapsulated
+                    // frames from other tunnels.
                     let slot = pkt.meta.network;
                     let outer = match run {
                         Some((r, s, outer)) if r == remote && s == slot => outer,

@@ -342,18 +342,21 @@ impl OverlayBuilder {
 }
 
 impl Overlay {
-    /// Adds the overlay stages to the ports that need them: decapsulation and
-    /// encapsulation on the endpoint's uplink, the ARP responder and encapsulation on VM
-    /// ports of overlay networks. Nothing for anyone else.
+    /// Adds the overlay stages to the ports that need them: decapsulation on the
+    /// endpoint's uplink, the ARP responder and encapsulation on VM ports of overlay
+    /// networks. Nothing for anyone else.
     pub(crate) fn enable_stages(&self, ports: &[PortRole], stages: &mut [StageSet]) {
         if !self.enabled() {
             return;
         }
         for (i, role) in ports.iter().enumerate() {
             let add = match *role {
-                PortRole::Uplink { .. } if PortId(i as u16) == self.uplink => StageSet::EMPTY
-                    .with(Stage::VxlanDecap)
-                    .with(Stage::VxlanEncap),
+                // Nothing it receives is encapsulated again: L2 drops a decapsulated
+                // frame to another tunnel (`tunnel_to_tunnel`), and floods from a tunnel
+                // stay local.
+                PortRole::Uplink { .. } if PortId(i as u16) == self.uplink => {
+                    StageSet::EMPTY.with(Stage::VxlanDecap)
+                }
                 PortRole::Access { network, .. } if self.vni(network).is_some() => StageSet::EMPTY
                     .with(Stage::ArpResponder)
                     .with(Stage::VxlanEncap),
