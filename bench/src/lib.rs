@@ -9,12 +9,13 @@
 pub mod compare;
 pub mod lpm;
 
+use pollux_dataplane::overlay::{vtep_mac, EndpointSpec};
 use pollux_dataplane::packet::MAX_BURST;
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::port_security::{Ipv4Source, PortSecurity};
 use pollux_dataplane::routing::{InterfaceSpec, RouteSpec, RouterSpec, RouterUid};
 use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
-use pollux_tests::frames::{arp, frame, ipv4, mac, udp, BROADCAST};
+use pollux_tests::frames::{arp, frame, ipv4, mac, udp, vxlan, BROADCAST};
 use pollux_tests::harness::MemSwitch;
 
 /// One forwarding path.
@@ -37,11 +38,16 @@ pub enum Scenario {
     /// UDP from a VM through a router's SNAT to the external network (VLAN push), the
     /// session established: the steady state of a NATed flow.
     SnatSteady,
+    /// VM port to a remote port of a VXLAN network (l2population): encapsulated out of
+    /// the uplink.
+    VxlanEncap,
+    /// VXLAN from the remote host on the uplink, decapsulated to a VM port.
+    VxlanDecap,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 10] = [
         Scenario::AccessToAccess,
         Scenario::AccessPortSecurity,
         Scenario::AccessToUplink,
@@ -50,6 +56,8 @@ impl Scenario {
         Scenario::Route10,
         Scenario::Route1M,
         Scenario::SnatSteady,
+        Scenario::VxlanEncap,
+        Scenario::VxlanDecap,
     ];
 
     /// Name used on the command line and in reports.
@@ -63,6 +71,8 @@ impl Scenario {
             Scenario::Route10 => "route_10_routes",
             Scenario::Route1M => "route_1m_routes",
             Scenario::SnatSteady => "snat_steady",
+            Scenario::VxlanEncap => "vxlan_encap",
+            Scenario::VxlanDecap => "vxlan_decap",
         }
     }
 
@@ -104,6 +114,9 @@ impl Bench {
     pub fn new(scenario: Scenario) -> Self {
         if let Some(routes) = scenario.routes() {
             return Bench::routed(scenario, routes);
+        }
+        if matches!(scenario, Scenario::VxlanEncap | Scenario::VxlanDecap) {
+            return Bench::overlay(scenario);
         }
         let phys = PhysnetId(1);
         let net = NetworkUid(1);
@@ -158,8 +171,12 @@ impl Bench {
                 1,
             ),
             Scenario::Flood8 => (1, frame(BROADCAST, mac(1), None, 0, FRAME_LEN), 8),
-            Scenario::Route10 | Scenario::Route1M | Scenario::SnatSteady => {
-                unreachable!("routed scenarios are set up by Bench::routed")
+            Scenario::Route10
+            | Scenario::Route1M
+            | Scenario::SnatSteady
+            | Scenario::VxlanEncap
+            | Scenario::VxlanDecap => {
+                unreachable!("routed and overlay scenarios have their own set-up")
             }
         };
         let mut bench = Bench {
@@ -312,6 +329,61 @@ impl Bench {
         bench.sw.run();
         let out = bench.sw.collect();
         assert_eq!(out.keys().copied().collect::<Vec<_>>(), [output], "{out:?}");
+        bench.sw.assert_conserved();
+        bench
+    }
+
+    /// A VXLAN network (VNI 100) with VM ports 1 and 2 here and a remote port (MAC
+    /// `OUTSIDE_MAC`) on host 198.18.0.2, whose underlay MAC is known.
+    fn overlay(scenario: Scenario) -> Self {
+        const LOCAL: [u8; 4] = [198, 18, 0, 1];
+        const REMOTE: [u8; 4] = [198, 18, 0, 2];
+        const REMOTE_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 2];
+        let net = NetworkUid(1);
+        let mut b = SnapshotBuilder::new();
+        b.network(net, Segment::Vxlan { vni: 100 })
+            .uplink(PortId(UPLINK), PhysnetId(1))
+            .tunnel_endpoint(EndpointSpec {
+                uplink: PortId(UPLINK),
+                local_ip: LOCAL.into(),
+            })
+            .tunnel_port(PortId(10), REMOTE.into())
+            .remote_port(net, PortId(10), &[mac(OUTSIDE_MAC)]);
+        for p in 1..=2u16 {
+            b.access_port(PortId(p), net, &[mac(p as u8)]);
+        }
+        let mut sw = MemSwitch::new(&b, &[UPLINK, 1, 2]);
+        // The remote endpoint resolves ours, which teaches its MAC.
+        sw.send(
+            UPLINK,
+            &arp(1, BROADCAST, REMOTE_MAC, REMOTE, [0; 6], LOCAL),
+        );
+        sw.run();
+        sw.collect();
+        let vtep = vtep_mac(LOCAL.into());
+        let (input, frame) = match scenario {
+            Scenario::VxlanEncap => (1, frame(mac(OUTSIDE_MAC), mac(1), None, 0, FRAME_LEN)),
+            _ => (
+                UPLINK,
+                vxlan(
+                    vtep,
+                    REMOTE_MAC,
+                    REMOTE,
+                    LOCAL,
+                    100,
+                    &frame(mac(2), mac(OUTSIDE_MAC), None, 0, FRAME_LEN),
+                ),
+            ),
+        };
+        let mut bench = Bench {
+            sw,
+            input,
+            frame,
+            emitted_per_round: BURST,
+        };
+        for _ in 0..100 {
+            bench.round();
+        }
         bench.sw.assert_conserved();
         bench
     }

@@ -309,7 +309,8 @@ mod tests {
             security_groups: Vec::new(),
             port_security_enabled: true,
             allowed_address_pairs: Vec::new(),
-            binding: Binding::Mem {},
+            binding_host_id: None,
+            binding: Some(Binding::Mem {}),
             dns_name: None,
             extra_dhcp_opts: Vec::new(),
         }
@@ -506,9 +507,9 @@ mod tests {
     fn field_names_are_the_serde_names() {
         let old = state(Vec::new(), vec![port("p", "n", "fa:16:3e:00:00:01")]);
         let mut new = old.clone();
-        new.ports[0].binding = Binding::Tap {
+        new.ports[0].binding = Some(Binding::Tap {
             interface: "tap0".to_owned(),
-        };
+        });
         new.ports[0].port_security_enabled = false;
         let d = diff(&old, &new);
         assert_eq!(

@@ -190,6 +190,11 @@ impl MetricsSource {
             mac_port_limit: sum(&|w| w.mac_port_limit.get()),
             mac_move_refused: sum(&|w| w.mac_move_refused.get()),
             checksums_completed: sum(&|w| w.checksums_completed.get()),
+            overlay: [
+                sum(&|w| w.vxlan_encapsulated.get()),
+                sum(&|w| w.vxlan_decapsulated.get()),
+                sum(&|w| w.arp_responder_replies.get()),
+            ],
             mac_aged: sum(&|w| w.macs_aged.get()),
             router: [
                 sum(&|w| w.sessions.get()),
@@ -240,6 +245,8 @@ struct Scrape {
     mac_port_limit: u64,
     mac_move_refused: u64,
     checksums_completed: u64,
+    /// Encapsulated, decapsulated, ARP responder replies.
+    overlay: [u64; 3],
     mac_aged: u64,
     /// In [`ROUTER_FAMILIES`] order.
     router: [u64; 7],
@@ -483,6 +490,25 @@ impl Collector for Scrape {
             "TCP/UDP checksums completed for kernel senders that left them partial (checksum offload).",
             self.checksums_completed,
         )?;
+        for (name, help, v) in [
+            (
+                "pollux_vxlan_encapsulated",
+                "Frames encapsulated towards a remote tunnel endpoint (head-end copies included).",
+                self.overlay[0],
+            ),
+            (
+                "pollux_vxlan_decapsulated",
+                "VXLAN packets decapsulated into an overlay network.",
+                self.overlay[1],
+            ),
+            (
+                "pollux_arp_responder_replies",
+                "ARP requests on overlay networks answered on the host (never sent over the underlay).",
+                self.overlay[2],
+            ),
+        ] {
+            counter(&mut e, name, help, v)?;
+        }
         counter(
             &mut e,
             "pollux_mac_aged",

@@ -24,6 +24,13 @@ pub struct DesiredState {
     /// Rate limits of the built-in DHCP server (`[dhcp]`); left out when all are defaults.
     #[serde(default, skip_serializing_if = "DhcpLimits::is_default")]
     pub dhcp: DhcpLimits,
+    /// This polluxd's own settings (`[agent]`): the host it runs on.
+    #[serde(default, skip_serializing_if = "Agent::is_default")]
+    pub agent: Agent,
+    /// The hosts of the deployment and their tunnel endpoints (`[[hosts]]`): where ports
+    /// bound to another host are reached over the overlay (l2population).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<Host>,
     /// Physical network attachments (Neutron's `bridge_mappings` and tunnel `local_ip`).
     #[serde(default)]
     pub uplinks: Vec<Uplink>,
@@ -49,9 +56,11 @@ pub struct DesiredState {
 
 /// The top-level keys of a desired state, in document order. Every validation error path
 /// starts with one of them.
-pub const TOP_LEVEL_KEYS: [&str; 9] = [
+pub const TOP_LEVEL_KEYS: [&str; 11] = [
     "l2",
     "dhcp",
+    "agent",
+    "hosts",
     "uplinks",
     "networks",
     "subnets",
@@ -104,6 +113,33 @@ fn default_mac_limit_per_port() -> i64 {
 
 fn is_default_mac_limit_per_port(v: &i64) -> bool {
     *v == default_mac_limit_per_port()
+}
+
+/// This polluxd's own settings (`[agent]`, as Neutron's agents' `host` option).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Agent {
+    /// The name of the host this polluxd runs on, as ports' `binding_host_id` and
+    /// `hosts[].name` give it (default: the machine's hostname).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+impl Agent {
+    /// Whether nothing is set (the section is then not serialised).
+    pub fn is_default(&self) -> bool {
+        *self == Agent::default()
+    }
+}
+
+/// A host of the deployment (a Neutron agent's `host`) and its tunnel endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Host {
+    /// Its name, as ports' `binding_host_id` gives it.
+    pub name: String,
+    /// The IPv4 address of its VXLAN endpoint (its `local_ip`).
+    pub tunnel_ip: String,
 }
 
 /// Rate limits of the built-in DHCP server (`[dhcp]`), in messages per second and bucket
@@ -352,8 +388,15 @@ pub struct Port {
     /// Further addresses the port may use as source.
     #[serde(default)]
     pub allowed_address_pairs: Vec<AddressPair>,
-    /// How the port is attached.
-    pub binding: Binding,
+    /// The host the port is bound to (Neutron's `binding:host_id`). Absent or this host's
+    /// name: a port of this host. Another host's name: a remote port, reached through that
+    /// host's tunnel endpoint (only on vxlan networks).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding_host_id: Option<String>,
+    /// How the port is attached: needed for a port of this host; for a port of another
+    /// host, that host's business (so one state fits every host), not used here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding: Option<Binding>,
     /// The port's host name, handed out by DHCP (option 12): one label or a FQDN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_name: Option<String>,

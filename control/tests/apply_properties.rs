@@ -499,7 +499,7 @@ fn expect_valid(state: &DesiredState) -> Expect {
     let not_mem = state
         .ports
         .iter()
-        .map(|p| &p.binding)
+        .filter_map(|p| p.binding.as_ref())
         .chain(state.uplinks.iter().map(|u| &u.binding))
         .any(|b| !matches!(b, Binding::Mem {}));
     if mtu_too_big || not_mem {
@@ -567,7 +567,8 @@ fn plan(edit: &Edit, engine: &Engine, fresh: &mut Fresh) -> Option<Planned> {
                 security_groups: Vec::new(),
                 port_security_enabled: true,
                 allowed_address_pairs: Vec::new(),
-                binding: Binding::Mem {},
+                binding_host_id: None,
+                binding: Some(Binding::Mem {}),
                 dns_name: None,
                 extra_dhcp_opts: Vec::new(),
             });
@@ -820,9 +821,9 @@ fn plan(edit: &Edit, engine: &Engine, fresh: &mut Fresh) -> Option<Planned> {
         }
         Edit::VhostUser { port } => {
             let i = pick(s.ports.len(), *port)?;
-            s.ports[i].binding = Binding::VhostUser {
+            s.ports[i].binding = Some(Binding::VhostUser {
                 socket: format!("/tmp/pollux-apply-properties-{}.sock", fresh.next()),
-            };
+            });
             Planned {
                 what: format!("bind port {} to a vhost-user socket", s.ports[i].id),
                 op: apply(s),

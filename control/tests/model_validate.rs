@@ -61,7 +61,10 @@ fn two_networks_vlan_example_parses_and_validates() {
     assert_eq!(state.subnets.len(), 2);
     assert_eq!(state.ports.len(), 4);
     assert_eq!(state.security_groups.len(), 1);
-    assert!(state.ports.iter().all(|p| p.binding == Binding::Mem {}));
+    assert!(state
+        .ports
+        .iter()
+        .all(|p| p.binding == Some(Binding::Mem {})));
     // Defaults.
     assert_eq!(state.networks[1].mtu, None);
     assert!(state.networks[1].admin_state_up);
@@ -111,7 +114,7 @@ fn two_networks_vlan_example_parses_and_validates() {
     assert_eq!(v.ports[3].network, 1);
     assert_eq!(v.ports[0].fixed_ips[0].ip, Ipv4Addr::new(198, 18, 1, 10));
     assert_eq!(v.ports[0].security_groups, vec![0]);
-    assert_eq!(v.ports[0].binding, validate::Binding::Mem);
+    assert_eq!(v.ports[0].binding, Some(validate::Binding::Mem));
     assert_eq!(v.ports[0].macs(), vec![[0xfa, 0x16, 0x3e, 0, 0, 1]]);
     assert_eq!(
         v.ports[0].allowed_address_pairs[0].ip,
@@ -571,19 +574,19 @@ fn bindings_are_checked() {
         interface: "eth1".into(),
         queues: Some(vec![0, 1, 1]),
     };
-    s.ports[0].binding = Binding::Afxdp {
+    s.ports[0].binding = Some(Binding::Afxdp {
         interface: "".into(),
         queues: None,
-    };
-    s.ports[1].binding = Binding::Tap {
+    });
+    s.ports[1].binding = Some(Binding::Tap {
         interface: "a-very-long-interface".into(),
-    };
-    s.ports[2].binding = Binding::Tap {
+    });
+    s.ports[2].binding = Some(Binding::Tap {
         interface: "eth1".into(),
-    };
-    s.ports[3].binding = Binding::VhostUser {
+    });
+    s.ports[3].binding = Some(Binding::VhostUser {
         socket: "relative.sock".into(),
-    };
+    });
     assert_errors(
         &s,
         &[
@@ -594,17 +597,17 @@ fn bindings_are_checked() {
             "ports[3].binding.socket: \"relative.sock\" is not an absolute path for the vhost-user socket",
         ],
     );
-    s.ports[0].binding = Binding::Afxdp {
+    s.ports[0].binding = Some(Binding::Afxdp {
         interface: "vm1-host".into(),
         queues: None,
-    };
-    s.ports[1].binding = Binding::Tap {
+    });
+    s.ports[1].binding = Some(Binding::Tap {
         interface: "tap-vm2".into(),
-    };
-    s.ports[2].binding = Binding::Mem {};
-    s.ports[3].binding = Binding::VhostUser {
+    });
+    s.ports[2].binding = Some(Binding::Mem {});
+    s.ports[3].binding = Some(Binding::VhostUser {
         socket: "/run/pollux/vm4.sock".into(),
-    };
+    });
     s.uplinks[0].binding = Binding::Afxdp {
         interface: "eth1".into(),
         queues: Some(vec![0, 1]),
@@ -612,10 +615,10 @@ fn bindings_are_checked() {
     let v = valid(&s);
     assert_eq!(
         v.ports[0].binding,
-        validate::Binding::Afxdp {
+        Some(validate::Binding::Afxdp {
             interface: "vm1-host".into(),
             queues: vec![0]
-        }
+        })
     );
 }
 

@@ -430,7 +430,8 @@ impl Churn {
             security_groups: Vec::new(),
             port_security_enabled: true,
             allowed_address_pairs: Vec::new(),
-            binding: Binding::Mem {},
+            binding_host_id: None,
+            binding: Some(Binding::Mem {}),
             dns_name: None,
             extra_dhcp_opts: Vec::new(),
         });

@@ -1051,20 +1051,29 @@ fn invalid_configurations_change_nothing() {
     assert!(data.to_string().contains("widgets"), "{data}");
     unchanged(&mut s, "unknown top-level field");
 
-    // Valid but not supported: a vxlan network.
-    let mut vxlan = base_state();
-    vxlan["uplinks"][0]["local_ip"] = json!("198.18.255.1/24");
-    vxlan["networks"]
-        .as_array_mut()
-        .unwrap()
-        .push(json!({ "id": "net-x", "network_type": "vxlan", "segmentation_id": 5001 }));
-    let data = s.err("config.apply", json!({ "state": vxlan }), NOT_SUPPORTED);
-    assert_eq!(data["path"], "networks[2].network_type", "{data}");
+    // Valid but not supported: a port of another host on a VLAN network (only vxlan
+    // networks reach other hosts).
+    let mut remote = base_state();
+    remote["agent"] = json!({ "host": "compute-1" });
+    remote["hosts"] = json!([{ "name": "compute-2", "tunnel_ip": "198.18.255.2" }]);
+    let k = remote["ports"].as_array().unwrap().len();
+    remote["ports"].as_array_mut().unwrap().push(json!({
+        "id": "vm-remote",
+        "network_id": "net-a",
+        "mac_address": "fa:16:3e:0a:00:99",
+        "binding_host_id": "compute-2",
+    }));
+    let data = s.err("config.apply", json!({ "state": remote }), NOT_SUPPORTED);
+    assert_eq!(
+        data["path"],
+        format!("ports[{k}].binding_host_id"),
+        "{data}"
+    );
     assert!(
         data["details"].as_str().is_some_and(|d| !d.is_empty()),
         "{data}"
     );
-    unchanged(&mut s, "vxlan");
+    unchanged(&mut s, "remote port on a vlan network");
 
     // The daemon still applies a good state afterwards.
     s.generation = 2;

@@ -50,7 +50,7 @@ pub fn classify(
     pkts: &mut [Packet],
 ) -> u64 {
     match role {
-        PortRole::Absent => {
+        PortRole::Absent | PortRole::Tunnel => {
             let mut bytes = 0;
             for pkt in pkts.iter_mut() {
                 pkt.in_port = in_port;

@@ -160,6 +160,12 @@ pub struct WorkerCounters {
     pub mac_move_refused: Counter,
     /// TCP/UDP checksums completed for kernel senders that left them partial.
     pub checksums_completed: Counter,
+    /// ARP requests on overlay networks answered by the ARP responder.
+    pub arp_responder_replies: Counter,
+    /// Frames encapsulated towards a remote tunnel endpoint (head-end copies included).
+    pub vxlan_encapsulated: Counter,
+    /// VXLAN packets decapsulated into an overlay network.
+    pub vxlan_decapsulated: Counter,
     /// Learned MAC addresses held now.
     pub macs: Gauge,
     /// ICMP errors the routers sent.
@@ -211,6 +217,9 @@ impl WorkerCounters {
             mac_port_limit: Counter::default(),
             mac_move_refused: Counter::default(),
             checksums_completed: Counter::default(),
+            arp_responder_replies: Counter::default(),
+            vxlan_encapsulated: Counter::default(),
+            vxlan_decapsulated: Counter::default(),
             macs: Gauge::default(),
             icmp_errors: Counter::default(),
             icmp_rate_limited: Counter::default(),

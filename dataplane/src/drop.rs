@@ -73,6 +73,12 @@ drop_reasons! {
     DhcpForeignClient => "dhcp_foreign_client", "A DHCP client message for a hardware address (chaddr) that is not the port's: another port's MAC, or not one of a port-security port's MACs.";
     BadIpv6Header => "bad_ipv6_header", "Malformed IPv6 header or extension header chain from a port with port security.";
     InternalError => "internal_error", "A broken internal invariant (a bug): e.g. a packet classified into a network or router its snapshot lacks, or one that left the pipeline unfinished.";
+    UnknownVni => "unknown_vni", "VXLAN packet to the tunnel endpoint for a VNI no network of this host has.";
+    UnknownTunnelEndpoint => "unknown_tunnel_endpoint", "VXLAN packet from an endpoint that is not a peer of the VNI's network (no port of the network is bound to that host).";
+    BadVxlan => "bad_vxlan", "Malformed packet to the tunnel endpoint: outer IPv4 or UDP header, a fragment, VXLAN flags without the VNI bit, or a runt or 802.1Q-tagged inner frame.";
+    NotVxlan => "not_vxlan", "Sent to the tunnel endpoint's address but neither VXLAN (UDP 4789) nor ARP.";
+    TunnelUnresolved => "tunnel_unresolved", "The remote tunnel endpoint's underlay MAC is not known yet (an ARP request was sent).";
+    TunnelToTunnel => "tunnel_to_tunnel", "Decapsulated frame to a MAC behind another tunnel endpoint: hosts only relay between the overlay and their own ports.";
 }
 
 impl fmt::Display for DropReason {

@@ -24,6 +24,7 @@ pub mod l3;
 pub mod lpm;
 pub mod offload;
 pub mod output;
+pub mod overlay;
 pub mod packet;
 pub mod pipeline;
 pub mod port;

@@ -119,7 +119,7 @@ impl PortSet {
 
     /// Queues `pkt` for `out`; sends the port's batch as soon as it is full.
     #[inline(always)]
-    fn enqueue(
+    pub(crate) fn enqueue(
         &mut self,
         pool: &mut FramePool,
         counters: &WorkerCounters,

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use crate::overlay::{EndpointSpec, Overlay, OverlayBuilder, OverlayNetworks};
 use crate::pipeline::{Stage, StageSet};
 use crate::port::PortId;
 use crate::port_security::PortSecurity;
@@ -43,13 +44,18 @@ pub enum Segment {
         /// VLAN ID, 1..=4094.
         vid: u16,
     },
+    /// VXLAN-encapsulated with `vni` between tunnel endpoints (see [`crate::overlay`]).
+    Vxlan {
+        /// VXLAN network identifier, 1..=16777215.
+        vni: u32,
+    },
 }
 
 impl Segment {
     /// The physical network carrying this segment, if any.
     pub fn physnet(self) -> Option<PhysnetId> {
         match self {
-            Segment::Local => None,
+            Segment::Local | Segment::Vxlan { .. } => None,
             Segment::Flat { physnet } | Segment::Vlan { physnet, .. } => Some(physnet),
         }
     }
@@ -105,6 +111,9 @@ pub enum PortRole {
         /// The physical network.
         physnet: PhysnetId,
     },
+    /// A remote host's tunnel endpoint (no driver): frames sent to it are encapsulated
+    /// towards that host, decapsulated frames from it come in as received on it.
+    Tunnel,
 }
 
 /// One network in a snapshot.
@@ -166,6 +175,8 @@ pub struct Snapshot {
     slow_path: SlowPathConfig,
     /// Per port id, the port-security policy of a VM port that has it on.
     port_security: Box<[Option<PortSecurity>]>,
+    /// The tunnel endpoint and overlay networks, if any.
+    overlay: Overlay,
 }
 
 impl fmt::Debug for Snapshot {
@@ -318,6 +329,12 @@ impl Snapshot {
         self.port_security.get(port.index())?.as_ref()
     }
 
+    /// The overlay tables (empty without a tunnel endpoint).
+    #[inline]
+    pub fn overlay(&self) -> &Overlay {
+        &self.overlay
+    }
+
     /// The routers.
     #[inline]
     pub fn routing(&self) -> &Routing {
@@ -343,6 +360,7 @@ impl Snapshot {
         match self.port(port) {
             PortRole::Absent => false,
             PortRole::Access { network, .. } => network == slot,
+            PortRole::Tunnel => self.overlay.vni(slot).is_some(),
             PortRole::Uplink { physnet, .. } => self
                 .network(slot)
                 .is_some_and(|n| n.segment.physnet() == Some(physnet)),
@@ -380,6 +398,8 @@ pub enum PortSpec {
         /// The physical network.
         physnet: PhysnetId,
     },
+    /// The tunnel port of a remote endpoint.
+    Tunnel,
 }
 
 /// Why a configuration cannot be compiled. The control plane's validation should catch
@@ -441,6 +461,8 @@ pub enum BuildError {
     BadDhcpServer(NetworkUid),
     /// Port security for a port that is not a VM port of this configuration.
     PortSecurityNotOnVmPort(PortId),
+    /// The overlay configuration is inconsistent (what is wrong).
+    Overlay(&'static str),
     /// A stage enabled for a port the configuration does not have.
     StageOnUnknownPort {
         /// The port.
@@ -501,6 +523,7 @@ impl fmt::Display for BuildError {
                 write!(f, "port security for {p}, which is not a VM port")
             }
             BuildError::Routing(e) => e.fmt(f),
+            BuildError::Overlay(what) => write!(f, "overlay: {what}"),
             BuildError::StageOnUnknownPort { port, stage } => {
                 write!(
                     f,
@@ -524,6 +547,9 @@ pub struct SnapshotBuilder {
     slow_path: SlowPathConfig,
     port_security: Vec<(PortId, PortSecurity)>,
     stages: Vec<(PortId, Stage)>,
+    overlay: OverlayBuilder,
+    /// MACs of remote ports: static FDB entries on their host's tunnel port.
+    remote_macs: Vec<(NetworkUid, PortId, [u8; 6])>,
 }
 
 impl SnapshotBuilder {
@@ -598,6 +624,46 @@ impl SnapshotBuilder {
         self
     }
 
+    /// Makes `endpoint` this host's VXLAN tunnel endpoint.
+    pub fn tunnel_endpoint(&mut self, endpoint: EndpointSpec) -> &mut Self {
+        self.overlay.endpoint = Some(endpoint);
+        self
+    }
+
+    /// Adds tunnel port `port` towards the remote endpoint `remote`.
+    pub fn tunnel_port(&mut self, port: PortId, remote: Ipv4Addr) -> &mut Self {
+        self.ports.push((port, PortSpec::Tunnel));
+        self.overlay.tunnels.push((port, remote));
+        self
+    }
+
+    /// Puts the host behind tunnel port `tunnel` in the peer and flood lists of `network`
+    /// (it has ports there).
+    pub fn tunnel_peer(&mut self, network: NetworkUid, tunnel: PortId) -> &mut Self {
+        self.overlay.peers.push((network, tunnel));
+        self
+    }
+
+    /// A remote port (l2population): `macs` on `network` are behind tunnel port `tunnel`,
+    /// whose host becomes a peer of the network.
+    pub fn remote_port(
+        &mut self,
+        network: NetworkUid,
+        tunnel: PortId,
+        macs: &[[u8; 6]],
+    ) -> &mut Self {
+        self.tunnel_peer(network, tunnel);
+        self.remote_macs
+            .extend(macs.iter().map(|&mac| (network, tunnel, mac)));
+        self
+    }
+
+    /// Lets the ARP responder answer for `ip` on `network` with `mac`.
+    pub fn arp_entry(&mut self, network: NetworkUid, ip: Ipv4Addr, mac: [u8; 6]) -> &mut Self {
+        self.overlay.arp.push((network, ip, mac));
+        self
+    }
+
     /// Adds the uplink of `physnet`.
     pub fn uplink(&mut self, port: PortId, physnet: PhysnetId) -> &mut Self {
         self.ports.push((port, PortSpec::Uplink { physnet }));
@@ -615,6 +681,7 @@ impl SnapshotBuilder {
         let mut slot_of: HashMap<NetworkUid, u16> = HashMap::new();
         let mut vids: HashMap<(PhysnetId, u16), NetworkUid> = HashMap::new();
         let mut flat: HashMap<PhysnetId, u16> = HashMap::new();
+        let mut vnis: Vec<(u16, u32)> = Vec::new();
         for (slot, (uid, segment)) in nets.iter().enumerate() {
             let slot = slot as u16;
             if slot_of.insert(*uid, slot).is_some() {
@@ -622,6 +689,7 @@ impl SnapshotBuilder {
             }
             match *segment {
                 Segment::Local => {}
+                Segment::Vxlan { vni } => vnis.push((slot, vni)),
                 Segment::Flat { physnet } => {
                     if flat.insert(physnet, slot).is_some() {
                         return Err(BuildError::SecondFlatNetwork(physnet));
@@ -691,8 +759,27 @@ impl SnapshotBuilder {
                         physnet: *physnet,
                     }
                 }
+                PortSpec::Tunnel => PortRole::Tunnel,
             };
         }
+        for &(network, tunnel, mac) in &self.remote_macs {
+            let slot = *slot_of.get(&network).ok_or(BuildError::UnknownNetwork {
+                port: tunnel,
+                network,
+            })?;
+            if mac_is_group(mac) {
+                return Err(BuildError::GroupMac { port: tunnel, mac });
+            }
+            static_macs.push((slot, mac, tunnel));
+        }
+        let overlay = self.overlay.build(
+            &OverlayNetworks {
+                slot_of: &slot_of,
+                vnis,
+                slots: nets.len(),
+            },
+            &ports,
+        )?;
 
         // Every frame to a MAC behind an uplink misses here first: keep the table sparse so
         // a miss costs about one probe.
@@ -782,7 +869,7 @@ impl SnapshotBuilder {
             .map(|role| {
                 let base = StageSet::BASE.with(Stage::L2);
                 match *role {
-                    PortRole::Absent => StageSet::BASE,
+                    PortRole::Absent | PortRole::Tunnel => StageSet::BASE,
                     PortRole::Access { network, .. } => base.union(
                         networks
                             .get(usize::from(network))
@@ -797,6 +884,7 @@ impl SnapshotBuilder {
         for (port, _) in &self.port_security {
             port_stages[port.index()] = port_stages[port.index()].with(Stage::PortSecurity);
         }
+        overlay.enable_stages(&ports, &mut port_stages);
         for &(port, stage) in &self.stages {
             match port_stages.get_mut(port.index()) {
                 Some(set) if ports[port.index()] != PortRole::Absent => *set = set.with(stage),
@@ -817,6 +905,7 @@ impl SnapshotBuilder {
             dhcp_ips: dhcp_ips.into_boxed_slice(),
             slow_path: self.slow_path,
             port_security,
+            overlay,
         })
     }
 }

@@ -391,6 +391,16 @@ impl Worker {
         );
         self.counters.macs_aged.add(aged as u64);
         self.counters.macs.set(self.macs.len() as u64);
+        // Remote tunnel endpoints that went quiet (or left the configuration) are forgotten;
+        // new ones are asked for before traffic needs them.
+        self.stages.underlay.age(now_secs, self.config.aging_budget);
+        self.stages.underlay.probe_new(
+            self.snap.overlay(),
+            now_secs,
+            &mut self.pool,
+            &mut self.ports,
+            &self.counters,
+        );
         self.router_housekeeping(self.config.aging_budget, false);
     }
 

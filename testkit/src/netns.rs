@@ -1327,8 +1327,13 @@ pub fn arping(ns: &Netns, ifname: &str, dst: &str, count: u32, timeout: Duration
     stdout
         .lines()
         .find_map(|l| {
-            let rest = l.strip_prefix("Received ")?;
-            rest.split_whitespace().next()?.parse().ok()
+            // iputils: "Received 3 response(s)"; the Debian `arping` package (Habets):
+            // "3 packets transmitted, 3 packets received, ...".
+            if let Some(rest) = l.strip_prefix("Received ") {
+                return rest.split_whitespace().next()?.parse().ok();
+            }
+            let (_, received) = l.split_once(" packets transmitted, ")?;
+            received.split_whitespace().next()?.parse().ok()
         })
         .ok_or_else(|| Error::Parse {
             what: "arping summary".into(),

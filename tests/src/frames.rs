@@ -178,3 +178,32 @@ pub fn transport_checksum(src_ip: [u8; 4], dst_ip: [u8; 4], protocol: u8, l4: &[
     pseudo.extend_from_slice(l4);
     internet_checksum(&pseudo)
 }
+
+/// A VXLAN packet (RFC 7348) in Ethernet/IPv4/UDP: from `src_ip` (MAC `src_mac`) to
+/// `dst_ip` (MAC `dst_mac`), UDP source port 54321 to 4789, DF set, IPv4 checksum filled,
+/// UDP checksum zero, the I flag and `vni`, then `inner`.
+pub fn vxlan(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src_ip: [u8; 4],
+    dst_ip: [u8; 4],
+    vni: u32,
+    inner: &[u8],
+) -> Vec<u8> {
+    let mut f = ethernet(dst_mac, src_mac, None, 0x0800);
+    let total = (20 + 8 + 8 + inner.len()) as u16;
+    let mut h = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    h[2..4].copy_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&src_ip);
+    h.extend_from_slice(&dst_ip);
+    let sum = internet_checksum(&h);
+    h[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&h);
+    f.extend_from_slice(&54321u16.to_be_bytes());
+    f.extend_from_slice(&4789u16.to_be_bytes());
+    f.extend_from_slice(&(total - 20).to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0x08, 0, 0, 0]);
+    f.extend_from_slice(&(vni << 8).to_be_bytes());
+    f.extend_from_slice(inner);
+    f
+}

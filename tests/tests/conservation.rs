@@ -1,6 +1,7 @@
 //! Property tests: whatever bytes arrive on whatever port, the worker never panics, every
 //! frame is accounted for exactly once, and no frame leaks from the pool.
 
+use pollux_dataplane::overlay::EndpointSpec;
 use pollux_dataplane::pipeline::Stage;
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::port_security::{Ipv4Source, PortSecurity};
@@ -9,7 +10,10 @@ use pollux_tests::frames::{frame, mac, BROADCAST};
 use pollux_tests::harness::MemSwitch;
 use proptest::prelude::*;
 
-const PORTS: [u16; 5] = [0, 1, 2, 3, 4];
+const PORTS: [u16; 6] = [0, 1, 2, 3, 4, 5];
+/// The uplink's VXLAN endpoint and the one remote host of network 4.
+const LOCAL_IP: [u8; 4] = [198, 18, 0, 1];
+const REMOTE_IP: [u8; 4] = [198, 18, 0, 2];
 
 fn topology() -> SnapshotBuilder {
     let phys = PhysnetId(1);
@@ -37,7 +41,58 @@ fn topology() -> SnapshotBuilder {
     )
     .enable_stage(PortId(1), Stage::ChecksumOffload);
     // Port 4 is attached but not configured.
+    // Network 4 is VXLAN (VNI 7) with port 5 here and mac(6) at the remote host.
+    b.network(NetworkUid(4), Segment::Vxlan { vni: 7 })
+        .tunnel_endpoint(EndpointSpec {
+            uplink: PortId(0),
+            local_ip: LOCAL_IP.into(),
+        })
+        .access_port(PortId(5), NetworkUid(4), &[mac(5)])
+        .tunnel_port(PortId(10), REMOTE_IP.into())
+        .remote_port(NetworkUid(4), PortId(10), &[mac(6)])
+        .arp_entry(NetworkUid(4), [203, 0, 113, 6].into(), mac(6));
     b
+}
+
+/// VXLAN packets to the endpoint, plausible or broken: VNI, source, lengths, flags and
+/// the inner frame vary; some are cut short, some have a byte changed in the outer headers.
+fn vxlan_frame() -> impl Strategy<Value = Vec<u8>> {
+    let vni = prop_oneof![Just(7u32), any::<u32>()];
+    let src = prop_oneof![Just(REMOTE_IP), any::<[u8; 4]>()];
+    let inner = prop_oneof![
+        (any::<u32>(), 14usize..200).prop_map(|(seq, len)| frame(mac(5), mac(6), None, seq, len)),
+        (any::<u32>(), 14usize..200).prop_map(|(seq, len)| frame(
+            BROADCAST,
+            mac(9),
+            None,
+            seq,
+            len
+        )),
+        proptest::collection::vec(any::<u8>(), 0..100),
+    ];
+    let damage = prop_oneof![Just(None), (14usize..50, any::<u8>()).prop_map(Some),];
+    (vni, src, inner, damage, any::<u16>()).prop_map(|(vni, src, inner, damage, cut)| {
+        let vtep = pollux_dataplane::overlay::vtep_mac(LOCAL_IP.into());
+        let mut f = vtep.to_vec();
+        f.extend_from_slice(&[0x02, 0xbb, 0, 0, 0, 2, 0x08, 0x00]);
+        let total = (36 + inner.len()) as u16;
+        f.extend_from_slice(&[0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&LOCAL_IP);
+        f.extend_from_slice(&[0xc0, 0x00, 0x12, 0xb5]);
+        f.extend_from_slice(&(total - 20).to_be_bytes());
+        f.extend_from_slice(&[0, 0, 0x08, 0, 0, 0]);
+        f.extend_from_slice(&(vni << 8).to_be_bytes());
+        f.extend_from_slice(&inner);
+        if let Some((at, byte)) = damage {
+            f[at] = byte;
+        }
+        if cut % 4 == 0 {
+            f.truncate(usize::from(cut) % (f.len() + 1));
+        }
+        f
+    })
 }
 
 /// Frames with an IPv4, ARP or IPv6 EtherType and a header that is plausible or random,
@@ -104,7 +159,23 @@ fn any_frame() -> impl Strategy<Value = Vec<u8>> {
             f
         }),
         stacked,
+        vxlan_frame(),
+        // Towards the remote host, and underlay ARP for the endpoint.
+        (any::<u32>(), 14usize..300).prop_map(|(seq, len)| frame(mac(6), mac(5), None, seq, len)),
+        Just(arp_for_local_ip()),
     ]
+}
+
+/// The remote host asking for the endpoint's MAC (which teaches its own).
+fn arp_for_local_ip() -> Vec<u8> {
+    pollux_tests::frames::arp(
+        1,
+        BROADCAST,
+        [0x02, 0xbb, 0, 0, 0, 2],
+        REMOTE_IP,
+        [0; 6],
+        LOCAL_IP,
+    )
 }
 
 proptest! {

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
-use pollux_tests::frames::{frame, mac, BROADCAST};
+use pollux_tests::frames::{arp, frame, mac, vxlan, BROADCAST};
 use pollux_tests::harness::MemSwitch;
 
 struct Counting;
@@ -43,8 +43,13 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// The counter is global: the tests take turns, so one's set-up is not counted in
+/// another's forwarding.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 fn forwarding_does_not_allocate() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let phys = PhysnetId(1);
     let mut b = SnapshotBuilder::new();
     b.network(
@@ -90,5 +95,93 @@ fn forwarding_does_not_allocate() {
         "the forwarding path allocated"
     );
     assert!(sw.counters().tx_packets.get() > 20 * 64 * 10);
+    sw.assert_conserved();
+}
+
+#[test]
+fn overlay_forwarding_does_not_allocate() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let local = [198, 18, 0, 1];
+    let remote = [198, 18, 0, 2];
+    let remote_mac = [0x02, 0xbb, 0, 0, 0, 2];
+    let vtep = pollux_dataplane::overlay::vtep_mac(local.into());
+    let mut b = SnapshotBuilder::new();
+    b.network(NetworkUid(1), Segment::Vxlan { vni: 100 })
+        .uplink(PortId(0), PhysnetId(1))
+        .tunnel_endpoint(pollux_dataplane::overlay::EndpointSpec {
+            uplink: PortId(0),
+            local_ip: local.into(),
+        })
+        .access_port(PortId(1), NetworkUid(1), &[mac(1)])
+        .access_port(PortId(2), NetworkUid(1), &[mac(2)])
+        .tunnel_port(PortId(10), remote.into())
+        .remote_port(NetworkUid(1), PortId(10), &[mac(9)])
+        .arp_entry(NetworkUid(1), [203, 0, 113, 9].into(), mac(9));
+    let mut sw = MemSwitch::new(&b, &[0, 1, 2]);
+    let scenarios: Vec<(u16, Vec<u8>)> = vec![
+        // The remote endpoint resolves the local one (and so becomes known).
+        (0, arp(1, BROADCAST, remote_mac, remote, [0; 6], local)),
+        (1, frame(mac(9), mac(1), None, 0, 64)), // encapsulated to the remote host
+        (1, frame(BROADCAST, mac(1), None, 0, 64)), // flooded here and replicated there
+        (
+            0,
+            vxlan(
+                vtep,
+                remote_mac,
+                remote,
+                local,
+                100,
+                &frame(mac(1), mac(9), None, 0, 64),
+            ),
+        ),
+        (
+            0,
+            vxlan(
+                vtep,
+                remote_mac,
+                remote,
+                local,
+                100,
+                &frame(mac(1), mac(77), None, 0, 64),
+            ),
+        ), // learned remote MAC
+        (
+            2,
+            arp(
+                1,
+                BROADCAST,
+                mac(2),
+                [203, 0, 113, 2],
+                [0; 6],
+                [203, 0, 113, 9],
+            ),
+        ), // ARP responder
+    ];
+    for (port, f) in &scenarios {
+        sw.wires.get_mut(port).unwrap().send_repeated(f, 64);
+        sw.run();
+    }
+    sw.collect();
+
+    COUNTING.store(true, Ordering::SeqCst);
+    for _ in 0..20 {
+        for (port, f) in &scenarios {
+            sw.wires.get_mut(port).unwrap().send_repeated(f, 64);
+        }
+        while sw.worker.poll(sw.now_ns) > 0 {}
+        for wire in sw.wires.values_mut() {
+            wire.drain(usize::MAX, |_| {});
+        }
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    assert_eq!(
+        ALLOCATIONS.load(Ordering::SeqCst),
+        0,
+        "the overlay path allocated"
+    );
+    let c = sw.counters();
+    assert!(c.vxlan_encapsulated.get() >= 20 * 64 * 2);
+    assert!(c.vxlan_decapsulated.get() >= 20 * 64 * 2);
+    assert!(c.arp_responder_replies.get() >= 20 * 64);
     sw.assert_conserved();
 }

@@ -271,7 +271,8 @@ fn port(id: String, net: usize, mac_no: u32, addr: u32) -> Port {
         security_groups: groups,
         port_security_enabled: true,
         allowed_address_pairs: Vec::new(),
-        binding: Binding::Mem {},
+        binding_host_id: None,
+        binding: Some(Binding::Mem {}),
         dns_name: None,
         extra_dhcp_opts: Vec::new(),
     }
@@ -338,6 +339,8 @@ fn generate(layout: &Layout, ports: usize, routers: usize) -> (DesiredState, Vec
     let state = DesiredState {
         l2: Default::default(),
         dhcp: Default::default(),
+        agent: Default::default(),
+        hosts: Vec::new(),
         uplinks: vec![Uplink {
             name: "uplink0".into(),
             physnet: "physnet1".into(),

@@ -34,8 +34,11 @@ pub fn dhcp_configs(
         subnets_of[s.network].push(i);
     }
     let mut ports_of = vec![Vec::new(); v.networks.len()];
+    // A port of another host gets its addresses from its own host's server.
     for (i, p) in v.ports.iter().enumerate() {
-        ports_of[p.network].push(i);
+        if p.remote_host.is_none() {
+            ports_of[p.network].push(i);
+        }
     }
     let mut out = Vec::new();
     for (n, net) in v.networks.iter().enumerate() {

@@ -30,6 +30,9 @@ use pollux_services::addr::Ipv4Cidr;
 pub const MAX_MTU: u16 = (DEFAULT_FRAME_SIZE - DEFAULT_HEADROOM as u32 - 18) as u16;
 
 pub mod dhcp;
+mod overlay;
+
+pub use overlay::tunnel_key;
 
 /// Port ids are `u16` and 0xffff is reserved by the data plane.
 const MAX_PORT_IDS: usize = u16::MAX as usize;
@@ -292,12 +295,14 @@ pub fn compile(
     let mut plans = Vec::new();
 
     let mut uplink_physnet = Vec::with_capacity(state.uplinks.len());
+    let mut uplink_ids = Vec::with_capacity(state.uplinks.len());
     for (i, uplink) in state.uplinks.iter().enumerate() {
         supported_binding(&uplink.binding, || format!("uplinks[{i}].binding.driver"))?;
         let physnet = ids.physnet(&uplink.physnet)?;
         uplink_physnet.push(physnet);
         let key = format!("uplink:{}", uplink.name);
         let id = ids.assign_port(&key, &mut taken)?;
+        uplink_ids.push(id);
         b.uplink(id, physnet);
         if kernel_interface(&uplink.binding) {
             b.enable_stage(id, Stage::ChecksumOffload);
@@ -334,12 +339,7 @@ pub fn compile(
                 physnet: uplink_physnet[uplink],
                 vid,
             },
-            Segment::Vxlan { .. } => {
-                return Err(CompileError::Unsupported {
-                    path: format!("networks[{i}].network_type"),
-                    what: "vxlan networks are not forwarded by the data plane yet".into(),
-                })
-            }
+            Segment::Vxlan { vni, .. } => DpSegment::Vxlan { vni },
         };
         // A network that is administratively down has no ports in the data plane, so
         // frames on its ports are dropped (as port_not_configured).
@@ -349,7 +349,11 @@ pub fn compile(
     }
 
     for (i, port) in state.ports.iter().enumerate() {
-        supported_binding(&port.binding, || format!("ports[{i}].binding.driver"))?;
+        // A port of another host has no binding here: the overlay reaches it.
+        let Some(binding) = &port.binding else {
+            continue;
+        };
+        supported_binding(binding, || format!("ports[{i}].binding.driver"))?;
         let key = vm_port_key(&port.id);
         let id = ids.assign_port(&key, &mut taken)?;
         if !port.security_groups.is_empty() {
@@ -366,7 +370,7 @@ pub fn compile(
             if port.port_security_enabled {
                 b.port_security(id, port_security(port, &macs));
             }
-            if kernel_interface(&port.binding) {
+            if kernel_interface(binding) {
                 b.enable_stage(id, Stage::ChecksumOffload);
             }
         }
@@ -374,9 +378,17 @@ pub fn compile(
             id,
             key,
             kind: PortKind::Vm,
-            binding: port.binding.clone(),
+            binding: binding.clone(),
         });
     }
+    let tunnel_keys = overlay::compile_overlay(
+        state,
+        &mut ids,
+        &mut taken,
+        &mut b,
+        &uplink_ids,
+        &network_uid,
+    )?;
 
     for (index, router) in state.routers.iter().enumerate() {
         let uid = ids.router(&router.id)?;
@@ -397,7 +409,11 @@ pub fn compile(
         }
     }
 
-    let keep_ports: HashSet<&str> = plans.iter().map(|p| p.key.as_str()).collect();
+    let keep_ports: HashSet<&str> = plans
+        .iter()
+        .map(|p| p.key.as_str())
+        .chain(tunnel_keys.iter().map(String::as_str))
+        .collect();
     let keep_networks: HashSet<&str> = state.networks.iter().map(|n| n.id.as_str()).collect();
     let keep_routers: HashSet<&str> = state.routers.iter().map(|r| r.id.as_str()).collect();
     ids.retain(&keep_ports, &keep_networks, &keep_routers);
@@ -739,9 +755,22 @@ mod tests {
         );
     }
 
-    #[test]
-    fn vxlan_is_refused_with_a_path() {
-        let text = r#"
+    const OVERLAY: &str = r#"
+            [agent]
+            host = "compute-1"
+
+            [[hosts]]
+            name = "compute-1"
+            tunnel_ip = "198.18.255.1"
+
+            [[hosts]]
+            name = "compute-2"
+            tunnel_ip = "198.18.255.2"
+
+            [[hosts]]
+            name = "compute-3"
+            tunnel_ip = "198.18.255.3"
+
             [[uplinks]]
             name = "uplink0"
             physnet = "physnet1"
@@ -752,12 +781,90 @@ mod tests {
             id = "net-x"
             network_type = "vxlan"
             segmentation_id = 5000
+
+            [[subnets]]
+            id = "sub-x"
+            network_id = "net-x"
+            cidr = "203.0.113.0/24"
+            enable_dhcp = false
+
+            [[ports]]
+            id = "vm1"
+            network_id = "net-x"
+            mac_address = "fa:16:3e:00:00:01"
+            fixed_ips = [{ subnet_id = "sub-x", ip_address = "203.0.113.11" }]
+            binding = { driver = "mem" }
+
+            [[ports]]
+            id = "vm2"
+            network_id = "net-x"
+            mac_address = "fa:16:3e:00:00:02"
+            fixed_ips = [{ subnet_id = "sub-x", ip_address = "203.0.113.12" }]
+            binding_host_id = "compute-2"
             "#;
-        let v = validate(&DesiredState::from_toml_str(text).unwrap()).unwrap();
-        let err = compile(&v, &Identities::default(), 1).unwrap_err();
+
+    #[test]
+    fn vxlan_compiles_to_tunnels_l2pop_and_arp_entries() {
+        let v = validate(&DesiredState::from_toml_str(OVERLAY).unwrap()).unwrap();
+        let c = compile(&v, &Identities::default(), 1).unwrap();
+        // Only ports of this host are bound; compute-3 has no port, so no tunnel.
+        let keys: Vec<&str> = c.ports.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(keys, ["uplink:uplink0", "port:vm1"]);
+        let tunnel = c.identities.port("host:compute-2").expect("a tunnel port");
+        assert!(c.identities.port("host:compute-3").is_none());
+        let ov = c.snapshot.overlay();
+        assert!(ov.enabled());
+        assert_eq!(ov.local_ip(), u32::from(Ipv4Addr::new(198, 18, 255, 1)));
+        let slot = ov.network_of_vni(5000).unwrap();
+        assert_eq!(ov.flood_tunnels(slot), &[tunnel]);
         assert_eq!(
-            err.to_string(),
-            "networks[0].network_type: vxlan networks are not forwarded by the data plane yet"
+            ov.peer(slot, u32::from(Ipv4Addr::new(198, 18, 255, 2))),
+            Some(tunnel)
+        );
+        let vm2 = pollux_dataplane::snapshot::mac_to_u64([0xfa, 0x16, 0x3e, 0, 0, 2]);
+        assert_eq!(c.snapshot.static_mac(slot, vm2), Some(tunnel));
+        assert_eq!(
+            ov.arp_answer(slot, u32::from(Ipv4Addr::new(203, 0, 113, 12))),
+            Some(vm2)
+        );
+        assert!(ov
+            .arp_answer(slot, u32::from(Ipv4Addr::new(203, 0, 113, 11)))
+            .is_some());
+        // The tunnel port's id is stable across generations.
+        let again = compile(&v, &c.identities, 2).unwrap();
+        assert_eq!(again.identities.port("host:compute-2"), Some(tunnel));
+    }
+
+    #[test]
+    fn what_the_overlay_does_not_do_is_refused_with_a_path() {
+        let refused = |extra: &str, edit: &dyn Fn(&str) -> String| {
+            let text = edit(&format!("{OVERLAY}{extra}"));
+            let v = validate(&DesiredState::from_toml_str(&text).unwrap()).unwrap();
+            compile(&v, &Identities::default(), 1)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            refused(
+                "\n[[routers]]\nid = \"r1\"\ninterfaces = [\"sub-x\"]\n",
+                &|t| t.replace(
+                    "enable_dhcp = false",
+                    "enable_dhcp = false\ngateway_ip = \"203.0.113.1\""
+                ),
+            ),
+            "routers[0]: routers on vxlan networks are not supported by the data plane yet"
+        );
+        assert_eq!(
+            refused("", &|t| t.replace("198.18.255.2\"", "198.18.254.2\"")),
+            "hosts[1].tunnel_ip: 198.18.254.2 is outside 198.18.255.0/24, the subnet of \
+             local_ip: tunnel endpoints behind a router of the underlay are not supported yet"
+        );
+        let on_local = "\n[[networks]]\nid = \"net-l\"\nnetwork_type = \"local\"\n\n\
+                        [[ports]]\nid = \"vm3\"\nnetwork_id = \"net-l\"\n\
+                        mac_address = \"fa:16:3e:00:00:03\"\nbinding_host_id = \"compute-2\"\n";
+        assert_eq!(
+            refused(on_local, &|t| t.to_owned()),
+            "ports[2].binding_host_id: ports of other hosts are supported on vxlan networks only"
         );
     }
 }

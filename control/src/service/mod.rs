@@ -374,6 +374,9 @@ fn stats_get(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
         "mac_port_limit": c.mac_port_limit.get(),
         "mac_move_refused": c.mac_move_refused.get(),
         "checksums_completed": c.checksums_completed.get(),
+        "vxlan_encapsulated": c.vxlan_encapsulated.get(),
+        "vxlan_decapsulated": c.vxlan_decapsulated.get(),
+        "arp_responder_replies": c.arp_responder_replies.get(),
         "generation": c.generation.get(),
     });
     let drops: Map<String, Value> = c
@@ -435,7 +438,11 @@ fn ports_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> 
                 entry.insert("id".into(), json!(p.id));
                 entry.insert("network_id".into(), json!(p.network_id));
                 entry.insert("mac_address".into(), json!(p.mac_address));
-                &p.binding
+                // Only ports of this host have plans, and they have a binding.
+                let Some(b) = &p.binding else {
+                    continue;
+                };
+                b
             }
             PortKind::Uplink => {
                 let Some(u) = plan

@@ -13,6 +13,7 @@
 
 mod binding;
 mod floating_ip;
+mod host;
 mod network;
 mod port;
 mod router;
@@ -35,6 +36,7 @@ use pollux_services::addr::{check_dns_name, parse_cidr, parse_ipv4, Ipv4Cidr};
 
 pub use binding::{check_ifname, Binding};
 pub use floating_ip::{FloatingIp, FloatingIpTarget};
+pub use host::{machine_hostname, Host, Hosts};
 pub use network::{Network, Segment, DEFAULT_MTU, JUMBO_MTU, MIN_MTU, VXLAN_OVERHEAD};
 /// The benchmark harness names the MAC formatter by this path (`pollux_services::addr` has it).
 pub use pollux_services::addr::fmt_mac;
@@ -69,6 +71,8 @@ pub struct Validated {
     pub l2: L2Config,
     /// Rate limits of the DHCP server.
     pub dhcp: DhcpLimits,
+    /// The hosts, and which one this is.
+    pub hosts: Hosts,
     /// Uplinks.
     pub uplinks: Vec<Uplink>,
     /// Networks.
@@ -100,10 +104,11 @@ pub fn validate(state: &DesiredState) -> Result<Validated, Vec<ValidationError>>
     let l2 = c.l2(&state.l2);
     let dhcp = c.dhcp_limits(&state.dhcp);
     let uplinks = c.uplinks(&state.uplinks);
+    let hosts = c.hosts(&state.agent, &state.hosts, &uplinks);
     let networks = c.networks(&state.networks, &uplinks);
     let subnets = c.subnets(&state.subnets, &networks);
     let security_groups = c.security_groups(&state.security_groups);
-    let ports = c.ports(&state.ports, &networks, &subnets, &security_groups);
+    let ports = c.ports(&state.ports, &networks, &subnets, &security_groups, &hosts);
     let routers = c.routers(&state.routers, &networks, &subnets);
     let floating_ips = c.floating_ips(&state.floating_ips, &ports, &subnets, &routers);
     // Last: every other address of each network is known by now.
@@ -114,6 +119,7 @@ pub fn validate(state: &DesiredState) -> Result<Validated, Vec<ValidationError>>
     Ok(Validated {
         l2,
         dhcp,
+        hosts,
         uplinks,
         networks: networks.items,
         subnets: subnets.items,

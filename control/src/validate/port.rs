@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
-use super::{Binding, Checked, Checker, Network, SecurityGroup, Subnet};
+use super::{Binding, Checked, Checker, Hosts, Network, SecurityGroup, Subnet};
 use crate::identity::{DHCP_MAC_PREFIX, ROUTER_MAC_PREFIX};
 use crate::model;
+use pollux_dataplane::overlay::VTEP_MAC_PREFIX;
 use pollux_services::addr::{fmt_mac, parse_station_mac, Ipv4Cidr};
 use pollux_services::dhcp::options::{dhcp_option_code, encode_dhcp_option};
 use pollux_services::dhcp::ExtraOption;
@@ -47,7 +48,11 @@ pub struct Port {
     /// Allowed address pairs.
     pub allowed_address_pairs: Vec<AddressPair>,
     /// How it is attached.
-    pub binding: Binding,
+    /// How it is attached: `None` for a port of another host.
+    pub binding: Option<Binding>,
+    /// The host it is bound to when that is another host (an index of `hosts`): a remote
+    /// port, reached over the overlay.
+    pub remote_host: Option<usize>,
     /// Host name for DHCP option 12 (`dns_name`: one label or a FQDN, RFC 1123, without a
     /// trailing dot; an empty `dns_name` is none).
     pub hostname: Option<String>,
@@ -72,11 +77,17 @@ impl Port {
 impl Checker {
     pub(super) fn mac(&mut self, path: &str, s: &str) -> Option<[u8; 6]> {
         match parse_station_mac(s) {
-            Ok(m) if m[..3] == ROUTER_MAC_PREFIX || m[..3] == DHCP_MAC_PREFIX => {
+            Ok(m)
+                if m[..3] == ROUTER_MAC_PREFIX
+                    || m[..3] == DHCP_MAC_PREFIX
+                    || m[..3] == VTEP_MAC_PREFIX =>
+            {
                 let what = if m[..3] == ROUTER_MAC_PREFIX {
                     "routers"
-                } else {
+                } else if m[..3] == DHCP_MAC_PREFIX {
                     "DHCP servers"
+                } else {
+                    "VXLAN tunnel endpoints"
                 };
                 self.err(
                     path,
@@ -101,6 +112,7 @@ impl Checker {
         networks: &Checked<Network>,
         subnets: &Checked<Subnet>,
         groups: &Checked<SecurityGroup>,
+        hosts: &Hosts,
     ) -> Checked<Port> {
         let mut out = Checked::default();
         let mut macs: HashMap<(usize, [u8; 6]), String> = HashMap::new();
@@ -210,11 +222,40 @@ impl Checker {
                     }
                 }
             }
-            let binding = self.binding(
-                &format!("{base}.binding"),
-                &p.binding,
-                &format!("port {}", p.id),
-            );
+            let remote_host = match p.binding_host_id.as_deref() {
+                None => None,
+                Some(h) if h == hosts.local => None,
+                Some(h) => match hosts.index(h) {
+                    Some(k) => hosts.ok[k].then_some(k),
+                    None => {
+                        self.err(
+                            format!("{base}.binding_host_id"),
+                            format!(
+                                "no host has name {h:?} (hosts[].name), and this host is {:?} \
+                                 (agent.host)",
+                                hosts.local
+                            ),
+                        );
+                        None
+                    }
+                },
+            };
+            let is_remote = p
+                .binding_host_id
+                .as_deref()
+                .is_some_and(|h| h != hosts.local);
+            let bpath = format!("{base}.binding");
+            let binding = match (&p.binding, is_remote) {
+                (Some(b), false) => Some(self.binding(&bpath, b, &format!("port {}", p.id))),
+                (None, false) => {
+                    self.err(bpath, "a port of this host needs a binding");
+                    None
+                }
+                // A port of another host is attached there: its binding is that host's to
+                // check and use (so every host can be given the same state), never this
+                // one's, which reaches the port over the overlay.
+                (_, true) => None,
+            };
             let hostname = self.dns_name(format!("{base}.dns_name"), p.dns_name.as_deref());
             let extra_dhcp_opts = self.extra_dhcp_opts(&base, &p.extra_dhcp_opts);
             out.items.push(Port {
@@ -226,6 +267,7 @@ impl Checker {
                 port_security_enabled: p.port_security_enabled,
                 allowed_address_pairs,
                 binding,
+                remote_host,
                 hostname,
                 extra_dhcp_opts,
             });

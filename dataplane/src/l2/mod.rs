@@ -35,12 +35,21 @@ impl BurstStage for L2 {
     /// only for bursts that need them.
     #[inline]
     fn process(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
-        forward(cx, pkts)
+        // Only the tunnel endpoint's uplink has packets from several ports (decapsulated
+        // ones come from their sender's tunnel port): every other port keeps the loop
+        // that takes the input port once per burst.
+        if cx.in_port == cx.snap.overlay().uplink() {
+            forward::<true>(cx, pkts)
+        } else {
+            forward::<false>(cx, pkts)
+        }
     }
 }
 
+/// `PER_PACKET_PORT`: each packet's own `in_port` is its input port (the burst's may be
+/// only the uplink a tunnel's packets arrived on).
 #[inline(always)]
-fn forward(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
+fn forward<const PER_PACKET_PORT: bool>(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
     let snap = cx.snap;
     let in_port = cx.in_port;
     let frames = cx.pool.reader();
@@ -78,6 +87,17 @@ fn forward(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
             continue;
         }
         entered += 1;
+        let in_port = if PER_PACKET_PORT {
+            if pkt.in_port != learner.in_port {
+                // Cached decisions (hairpin) and learning are per input port.
+                learner.in_port = pkt.in_port;
+                last_src = NO_KEY;
+                last_dst = NO_KEY;
+            }
+            pkt.in_port
+        } else {
+            in_port
+        };
         let slot = pkt.meta.network;
         let Some(net) = snap.network(slot) else {
             debug_assert!(false, "packet classified into missing slot {slot}");
@@ -137,6 +157,9 @@ fn forward(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
                     },
                 },
             };
+            if PER_PACKET_PORT {
+                last_next = split_horizon(snap, in_port, last_next);
+            }
             // Every packet that reuses this decision needs the same stages.
             produced |= Pending::of(last_next);
             last_dst = dst_key;
@@ -146,6 +169,21 @@ fn forward(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
     Outcome {
         packets: entered,
         produced,
+    }
+}
+
+/// A frame decapsulated from one remote host never goes to another: the sender
+/// replicated it to every host itself (hosts relay only between the overlay and their
+/// own ports).
+#[inline]
+fn split_horizon(snap: &Snapshot, in_port: PortId, next: Next) -> Next {
+    match next {
+        Next::Output(p)
+            if snap.overlay().remote(p).is_some() && snap.overlay().remote(in_port).is_some() =>
+        {
+            Next::Drop(DropReason::TunnelToTunnel, Stage::L2)
+        }
+        other => other,
     }
 }
 

@@ -341,6 +341,12 @@ impl NeighborTable {
         removed
     }
 
+    /// The entry for `ip` on `network`, if the table has one (complete or not).
+    #[inline]
+    pub fn get(&self, network: NetworkUid, ip: u32) -> Option<Neighbor> {
+        self.map.get(key(network, ip))
+    }
+
     /// Every entry as `(network uid, address, entry)`.
     pub fn entries(&self) -> impl Iterator<Item = (NetworkUid, u32, Neighbor)> + '_ {
         self.map

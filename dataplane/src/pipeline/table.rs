@@ -10,6 +10,10 @@ use crate::l2::L2;
 use crate::l3::RouterState;
 use crate::offload::ChecksumOffload;
 use crate::output::Output;
+use crate::overlay::arp_responder::ArpResponder;
+use crate::overlay::decap::VxlanDecap;
+use crate::overlay::encap::VxlanEncap;
+use crate::overlay::underlay::Underlay;
 use crate::packet::Packet;
 use crate::port_security::PortSecurityStage;
 use crate::slowpath::SlowPath;
@@ -28,6 +32,9 @@ pub struct StageTable {
     /// The routers' neighbours, sessions and frames of their own.
     pub(crate) l3: RouterState,
     output: Output,
+    /// Remote tunnel endpoints' MACs: the overlay stages' state, shared by decapsulation
+    /// (which learns them) and encapsulation (which uses them).
+    pub(crate) underlay: Underlay,
     /// The packet trace, when one was started.
     pub(crate) trace: Option<Box<Tracer>>,
 }
@@ -54,6 +61,7 @@ impl StageTable {
             slow_path: SlowPath::disconnected(),
             l3,
             output: Output,
+            underlay: Underlay::default(),
             trace: None,
         }
     }
@@ -96,6 +104,9 @@ impl StageTable {
             }};
         }
         step!(self.classify);
+        step!(VxlanDecap {
+            under: &mut self.underlay
+        });
         step!(self.checksum_offload);
         step!(self.port_security);
         if !self.extensions.is_empty() {
@@ -106,6 +117,10 @@ impl StageTable {
         step!(self.l2);
         step!(self.slow_path);
         step!(self.l3);
+        step!(ArpResponder);
+        step!(VxlanEncap {
+            under: &mut self.underlay
+        });
         step!(self.output);
         if ran.contains(Stage::Extension) {
             for ext in self.extensions.iter_mut() {

@@ -1,0 +1,395 @@
+//! Encapsulation towards remote tunnel endpoints, right before output.
+//!
+//! A frame the L2 stage sent to a tunnel port gets outer Ethernet, IPv4, UDP and VXLAN
+//! headers written into its headroom (the payload never moves) and leaves on the
+//! endpoint's uplink. A flooded frame of an overlay network is also copied, head-end, to
+//! every host of the network's flood list; a frame that came from a tunnel is never sent
+//! to another one (the sender replicated it to every host already).
+
+use crate::buf::FramePool;
+use crate::counters::WorkerCounters;
+use crate::drop::DropReason;
+use crate::output::{drop_packet, set_egress_tag};
+use crate::overlay::underlay::Underlay;
+use crate::overlay::{Overlay, VXLAN_OVERHEAD};
+use crate::packet::{Meta, Next, Packet};
+use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
+use crate::port::PortId;
+use crate::snapshot::mac_from_u64;
+use crate::wire::{vxlan, EtherType};
+
+const ETH: usize = 14;
+const IP: usize = 20;
+const UDP: usize = 8;
+/// TTL of the outer header (Linux's default for its own packets).
+const OUTER_TTL: u8 = 64;
+/// Outer UDP source ports come from the inner flow, in the range RFC 7348 recommends.
+const SPORT_BASE: u16 = 49152;
+
+/// The encapsulation stage: a view of the worker's underlay state for one burst.
+#[derive(Debug)]
+pub struct VxlanEncap<'a> {
+    /// Remote endpoints' MACs, asked for when unknown.
+    pub under: &'a mut Underlay,
+}
+
+impl BurstStage for VxlanEncap<'_> {
+    #[inline(always)]
+    fn id(&self) -> Stage {
+        Stage::VxlanEncap
+    }
+
+    #[inline(always)]
+    fn wants(&self) -> Pending {
+        Pending::SEND
+    }
+
+    fn process(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
+        let snap = cx.snap;
+        let ov = snap.overlay();
+        let mut entered = 0;
+        let mut produced = Pending::SEND;
+        // Runs of one flow: the tunnel, its underlay MAC and the outer headers are made
+        // once per run.
+        let mut last_out = PortId(u16::MAX);
+        let mut last_remote = None;
+        let mut run: Option<(u32, u16, Outer)> = None;
+        for pkt in pkts.iter_mut() {
+            match pkt.meta.next {
+                Next::Output(out) => {
+                    if out != last_out {
+                        last_out = out;
+                        last_remote = ov.remote(out);
+                    }
+                    let Some(remote) = last_remote else {
+                        continue;
+                    };
+                    entered += 1;
+                    // Only VM ports have this stage: the L2 stage keeps decapsulated
+                    // frames from other tunnels.
+                    let slot = pkt.meta.network;
+                    let outer = match run {
+                        Some((r, s, outer)) if r == remote && s == slot => outer,
+                        _ => {
+                            let mac = self.under.resolve(
+                                ov,
+                                remote,
+                                cx.now_secs,
+                                cx.pool,
+                                cx.ports,
+                                cx.counters,
+                            );
+                            match (mac, ov.vni(slot)) {
+                                (Some(mac), Some(vni)) => {
+                                    let outer = Outer::new(OuterHeaders {
+                                        dst_mac: mac_from_u64(mac),
+                                        src_mac: mac_from_u64(ov.mac()),
+                                        src_ip: ov.local_ip(),
+                                        dst_ip: remote,
+                                        vni,
+                                    });
+                                    run = Some((remote, slot, outer));
+                                    outer
+                                }
+                                (mac, _) => {
+                                    run = None;
+                                    let reason = if mac.is_none() {
+                                        DropReason::TunnelUnresolved
+                                    } else {
+                                        DropReason::InternalError
+                                    };
+                                    pkt.meta.next = Next::Drop(reason, Stage::VxlanEncap);
+                                    produced |= Pending::DONE;
+                                    continue;
+                                }
+                            }
+                        }
+                    };
+                    pkt.meta.next = push_outer(ov, cx.pool, cx.counters, pkt, &outer);
+                    produced |= Pending::of(pkt.meta.next);
+                }
+                Next::Flood => {
+                    let tunnels = ov.flood_tunnels(pkt.meta.network);
+                    if tunnels.is_empty() || ov.remote(pkt.in_port).is_some() {
+                        continue;
+                    }
+                    entered += 1;
+                    pkt.meta.next = self.replicate(cx, pkt, tunnels);
+                    produced |= Pending::of(pkt.meta.next);
+                }
+                _ => {}
+            }
+        }
+        Outcome {
+            packets: entered,
+            produced,
+        }
+    }
+}
+
+impl VxlanEncap<'_> {
+    /// Sends a copy of a flooded frame to every host in `tunnels`; the original stays to
+    /// be flooded to the local ports, or, when there is none but its input port, goes to
+    /// the last host itself. Returns the original's next step.
+    #[cold]
+    fn replicate(&mut self, cx: &mut BurstCtx<'_>, pkt: &mut Packet, tunnels: &[PortId]) -> Next {
+        let ov = cx.snap.overlay();
+        let skip = if pkt.meta.flags & Meta::ROUTED != 0 {
+            PortId(u16::MAX)
+        } else {
+            pkt.in_port
+        };
+        let locals = cx
+            .snap
+            .flood_ports(pkt.meta.network)
+            .iter()
+            .any(|&p| p != skip);
+        let (copies, last) = match (locals, tunnels.split_last()) {
+            (false, Some((last, rest))) => (rest, Some(*last)),
+            _ => (tunnels, None),
+        };
+        for &tunnel in copies {
+            let Some(remote) = ov.remote(tunnel) else {
+                continue;
+            };
+            cx.counters.replicas.inc();
+            let Some(mut copy) = cx.pool.clone_packet(pkt) else {
+                cx.counters
+                    .count_drop(None, Stage::VxlanEncap, DropReason::NoBuffers, 1);
+                continue;
+            };
+            let mac = self
+                .under
+                .resolve(ov, remote, cx.now_secs, cx.pool, cx.ports, cx.counters);
+            match encap(ov, cx.pool, cx.counters, &mut copy, remote, mac) {
+                Next::Output(uplink) => cx.ports.enqueue(cx.pool, cx.counters, uplink, copy),
+                Next::Drop(reason, stage) => drop_packet(cx.pool, cx.counters, copy, stage, reason),
+                _ => unreachable_next(cx, copy),
+            }
+        }
+        match last.and_then(|t| ov.remote(t)) {
+            Some(remote) => {
+                let mac =
+                    self.under
+                        .resolve(ov, remote, cx.now_secs, cx.pool, cx.ports, cx.counters);
+                encap(ov, cx.pool, cx.counters, pkt, remote, mac)
+            }
+            None => Next::Flood,
+        }
+    }
+}
+
+#[cold]
+fn unreachable_next(cx: &mut BurstCtx<'_>, pkt: Packet) {
+    debug_assert!(false, "encapsulation leaves a frame sent or dropped");
+    drop_packet(
+        cx.pool,
+        cx.counters,
+        pkt,
+        Stage::VxlanEncap,
+        DropReason::InternalError,
+    );
+}
+
+/// Writes the outer headers of `pkt` towards `remote` (whose underlay MAC is `mac`, if
+/// known) in front of it; returns its next step: out of the uplink, or a drop.
+#[inline]
+pub fn encap(
+    ov: &Overlay,
+    pool: &mut FramePool,
+    counters: &WorkerCounters,
+    pkt: &mut Packet,
+    remote: u32,
+    mac: Option<u64>,
+) -> Next {
+    let Some(vni) = ov.vni(pkt.meta.network) else {
+        return Next::Drop(DropReason::InternalError, Stage::VxlanEncap);
+    };
+    let Some(mac) = mac else {
+        return Next::Drop(DropReason::TunnelUnresolved, Stage::VxlanEncap);
+    };
+    let outer = Outer::new(OuterHeaders {
+        dst_mac: mac_from_u64(mac),
+        src_mac: mac_from_u64(ov.mac()),
+        src_ip: ov.local_ip(),
+        dst_ip: remote,
+        vni,
+    });
+    push_outer(ov, pool, counters, pkt, &outer)
+}
+
+/// Puts `outer` in front of `pkt` (in its headroom); its next step.
+#[inline(always)]
+fn push_outer(
+    ov: &Overlay,
+    pool: &mut FramePool,
+    counters: &WorkerCounters,
+    pkt: &mut Packet,
+    outer: &Outer,
+) -> Next {
+    // The inner frame is untagged on the overlay.
+    if pkt.meta.flags & Meta::VLAN != 0 {
+        if let Err(reason) = set_egress_tag(pool, pkt, None) {
+            return Next::Drop(reason, Stage::VxlanEncap);
+        }
+    }
+    if pkt.offset < VXLAN_OVERHEAD {
+        return Next::Drop(DropReason::NoHeadroom, Stage::VxlanEncap);
+    }
+    let sport = SPORT_BASE | (flow_hash(pool.data(pkt), &pkt.meta) & 0x3fff);
+    let inner = pkt.len;
+    pkt.offset -= VXLAN_OVERHEAD;
+    pkt.len += VXLAN_OVERHEAD;
+    let d = pool.data_mut(pkt);
+    let Some(out) = d.first_chunk_mut::<OUTER_LEN>() else {
+        return Next::Drop(DropReason::InternalError, Stage::VxlanEncap);
+    };
+    outer.write(out, inner, sport);
+    pkt.meta.flags = 0;
+    pkt.meta.ethertype = EtherType::IPV4.0;
+    pkt.meta.l3_offset = ETH as u8;
+    counters.vxlan_encapsulated.inc();
+    Next::Output(ov.uplink())
+}
+
+/// Bytes of outer headers.
+const OUTER_LEN: usize = ETH + IP + UDP + vxlan::HEADER_LEN;
+
+/// The values of the outer headers that are the same for every packet to one endpoint
+/// on one network.
+#[derive(Clone, Copy, Debug)]
+pub struct OuterHeaders {
+    /// The next hop's MAC on the underlay.
+    pub dst_mac: [u8; 6],
+    /// The endpoint's MAC.
+    pub src_mac: [u8; 6],
+    /// `local_ip`, host order.
+    pub src_ip: u32,
+    /// The remote endpoint, host order.
+    pub dst_ip: u32,
+    /// The network's VNI.
+    pub vni: u32,
+}
+
+/// The outer headers towards one endpoint on one network, made once per run of packets:
+/// each packet copies them and fills in its lengths, IPv4 checksum and source port.
+#[derive(Clone, Copy, Debug)]
+pub struct Outer {
+    hdr: [u8; OUTER_LEN],
+    /// One's-complement sum of the IPv4 header words without the total length.
+    ip_sum: u32,
+}
+
+impl Outer {
+    /// Outer Ethernet, IPv4 (DF set, identification 0: an atomic datagram, RFC 6864), UDP
+    /// (checksum zero, as RFC 7348 allows over IPv4) and VXLAN headers.
+    pub fn new(h: OuterHeaders) -> Outer {
+        let mut hdr = [0u8; OUTER_LEN];
+        hdr[0..6].copy_from_slice(&h.dst_mac);
+        hdr[6..12].copy_from_slice(&h.src_mac);
+        hdr[12..14].copy_from_slice(&EtherType::IPV4.0.to_be_bytes());
+        let ip = &mut hdr[ETH..ETH + IP];
+        ip[0] = 0x45;
+        ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
+        ip[8] = OUTER_TTL;
+        ip[9] = 17;
+        ip[12..16].copy_from_slice(&h.src_ip.to_be_bytes());
+        ip[16..20].copy_from_slice(&h.dst_ip.to_be_bytes());
+        let ip_sum = ip
+            .chunks_exact(2)
+            .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+            .sum();
+        hdr[ETH + IP + 2..ETH + IP + 4].copy_from_slice(&vxlan::VXLAN_PORT.to_be_bytes());
+        let vx = &mut hdr[ETH + IP + UDP..];
+        vx[0] = vxlan::FLAG_I;
+        vx[4..8].copy_from_slice(&((h.vni & vxlan::VNI_MAX) << 8).to_be_bytes());
+        Outer { hdr, ip_sum }
+    }
+
+    /// Writes the headers for an inner frame of `inner_len` bytes and UDP source port
+    /// `sport` into `out`.
+    #[inline(always)]
+    pub fn write(&self, out: &mut [u8; OUTER_LEN], inner_len: u16, sport: u16) {
+        *out = self.hdr;
+        let total = (IP + UDP + vxlan::HEADER_LEN) as u16 + inner_len;
+        let mut sum = self.ip_sum + u32::from(total);
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        let csum = !(sum as u16);
+        out[ETH + 2..ETH + 4].copy_from_slice(&total.to_be_bytes());
+        out[ETH + 10..ETH + 12].copy_from_slice(&csum.to_be_bytes());
+        out[ETH + IP..ETH + IP + 2].copy_from_slice(&sport.to_be_bytes());
+        out[ETH + IP + 4..ETH + IP + 6].copy_from_slice(&(total - IP as u16).to_be_bytes());
+    }
+}
+
+/// A hash of the inner frame's flow (MACs, and for IPv4 the addresses, protocol and
+/// TCP/UDP ports), so that underlay paths with ECMP keep each flow on one path.
+#[inline]
+pub fn flow_hash(data: &[u8], meta: &Meta) -> u16 {
+    let le64 = |b: &[u8; 8]| u64::from_le_bytes(*b);
+    let le32 = |b: &[u8; 4]| u64::from(u32::from_le_bytes(*b));
+    let mut h = match data.first_chunk::<12>() {
+        Some(m) => {
+            let (a, b) = m.split_at(8);
+            le64(a.try_into().unwrap_or(&[0; 8])) ^ le32(b.try_into().unwrap_or(&[0; 4])) << 29
+        }
+        None => 0,
+    };
+    if meta.ethertype == EtherType::IPV4.0 {
+        let ip = data.get(usize::from(meta.l3_offset)..).unwrap_or(&[]);
+        if let Some(hdr) = ip.first_chunk::<20>() {
+            let addrs: &[u8; 8] = hdr[12..20].try_into().unwrap_or(&[0; 8]);
+            h ^= le64(addrs).rotate_left(17) ^ u64::from(hdr[9]);
+            // Ports when they follow a header without options and this is no fragment.
+            let ports_here = hdr[0] == 0x45
+                && (hdr[9] == 6 || hdr[9] == 17)
+                && u16::from_be_bytes([hdr[6], hdr[7]]) & 0x3fff == 0;
+            if ports_here {
+                if let Some(ports) = ip.get(20..24) {
+                    h ^= le32(ports.try_into().unwrap_or(&[0; 4])).rotate_left(41);
+                }
+            }
+        }
+    }
+    (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 48) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outer_headers_are_exact() {
+        let mut out = [0u8; 50];
+        Outer::new(OuterHeaders {
+            dst_mac: [0x02, 0, 0, 0, 0, 2],
+            src_mac: [0x02, 0x70, 0x76, 18, 0, 1],
+            src_ip: u32::from(std::net::Ipv4Addr::new(198, 18, 0, 1)),
+            dst_ip: u32::from(std::net::Ipv4Addr::new(198, 18, 0, 2)),
+            vni: 0x123456,
+        })
+        .write(&mut out, 60, 50000);
+        let ip = crate::wire::Ipv4Packet::new_unchecked(&out[14..34]);
+        assert!(ip.verify_checksum());
+        assert!(ip.dont_frag());
+        assert_eq!(ip.total_len(), 20 + 8 + 8 + 60);
+        assert_eq!(&out[34..36], &50000u16.to_be_bytes());
+        assert_eq!(&out[36..38], &4789u16.to_be_bytes());
+        assert_eq!(&out[38..40], &(8u16 + 8 + 60).to_be_bytes());
+        assert_eq!(&out[40..42], &[0, 0]);
+        assert_eq!(&out[42..50], &[0x08, 0, 0, 0, 0x12, 0x34, 0x56, 0]);
+    }
+
+    #[test]
+    fn flow_hash_never_panics_on_short_frames() {
+        let meta = Meta {
+            ethertype: EtherType::IPV4.0,
+            l3_offset: 14,
+            ..Meta::default()
+        };
+        for len in 0..80 {
+            let _ = flow_hash(&vec![0x45; len], &meta);
+        }
+    }
+}
