@@ -2,12 +2,14 @@
 //! accounting of every packet's fate.
 
 use crate::buf::FramePool;
+use crate::conntrack::ConnTable;
 use crate::counters::WorkerCounters;
 use crate::drop::DropReason;
 use crate::l3::LOCAL_PORT;
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
 use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::{Port, PortId};
+use crate::secgroup;
 use crate::snapshot::Snapshot;
 use crate::wire::{EtherType, VlanTag};
 
@@ -221,6 +223,18 @@ pub(crate) fn drop_packet(
     }
 }
 
+/// Counts a flooded replica that `out`'s security groups refused, as [`drop_packet`] would
+/// have counted it had it been copied.
+#[cold]
+#[inline(never)]
+fn count_refused_replica(counters: &WorkerCounters, in_port: PortId, reason: DropReason) {
+    let port = (in_port != LOCAL_PORT).then_some(in_port);
+    counters.count_drop(port, Stage::SgIngress, reason, 1);
+    if let Some(pc) = counters.port(in_port) {
+        pc.rx_dropped.inc();
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn count_no_buffers(counters: &WorkerCounters) {
@@ -312,6 +326,7 @@ impl BurstStage for Output {
 pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
     let (snap, counters) = (cx.snap, cx.counters);
     let (pool, ports) = (&mut *cx.pool, &mut *cx.ports);
+    let (conns, now) = (&mut *cx.conns, u64::from(cx.now_secs));
     let mut unicast = 0;
     let mut flooded = 0;
     // A burst is mostly runs of one flow: its egress tag is looked up once per run.
@@ -340,7 +355,7 @@ pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
             }
             Next::Flood => {
                 flooded += 1;
-                flood(snap, pool, ports, counters, pkt);
+                flood(snap, pool, ports, counters, pkt, conns, now);
             }
             Next::Drop(reason, stage) => drop_packet(pool, counters, *pkt, stage, reason),
             Next::Consumed | Next::Waiting => {}
@@ -395,14 +410,19 @@ fn emit_tagged(
 
 /// Replicates a packet to every port of its network except the one it came from (a routed
 /// packet came from another network, so none is skipped). The original goes to the last
-/// port, so a frame with one target is never copied.
+/// port, so a frame with one target is never copied. A replica for a port whose security
+/// groups refuse it is counted as made and dropped (with the reason, under `sg_ingress`),
+/// without copying the frame.
 fn flood(
     snap: &Snapshot,
     pool: &mut FramePool,
     ports: &mut PortSet,
     counters: &WorkerCounters,
     pkt: &mut Packet,
+    conns: &mut ConnTable,
+    now: u64,
 ) {
+    let groups = !snap.security_groups().is_empty();
     let targets = snap.flood_ports(pkt.meta.network);
     let skip = if pkt.meta.flags & Meta::ROUTED != 0 {
         PortId(u16::MAX)
@@ -424,11 +444,23 @@ fn flood(
             continue;
         }
         remaining -= 1;
+        let verdict = if groups {
+            secgroup::filter_ingress(snap, conns, now, out, pool.data(pkt), &pkt.meta)
+        } else {
+            Ok(())
+        };
         if remaining == 0 {
-            return emit(snap, pool, ports, counters, pkt, out);
+            return match verdict {
+                Ok(()) => emit(snap, pool, ports, counters, pkt, out),
+                Err(reason) => drop_packet(pool, counters, *pkt, Stage::SgIngress, reason),
+            };
         }
         // A copy is a new frame to account for, whether or not it could be made.
         counters.replicas.inc();
+        if let Err(reason) = verdict {
+            count_refused_replica(counters, pkt.in_port, reason);
+            continue;
+        }
         match pool.clone_packet(pkt) {
             Some(mut copy) => emit(snap, pool, ports, counters, &mut copy, out),
             None => count_no_buffers(counters),

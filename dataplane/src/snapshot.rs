@@ -13,6 +13,7 @@ use crate::pipeline::{Stage, StageSet};
 use crate::port::PortId;
 use crate::port_security::PortSecurity;
 use crate::routing::{RouterSpec, Routing, RoutingError};
+use crate::secgroup::SgTables;
 use crate::slowpath::SlowPathConfig;
 use crate::table::U64Map;
 
@@ -166,6 +167,8 @@ pub struct Snapshot {
     slow_path: SlowPathConfig,
     /// Per port id, the port-security policy of a VM port that has it on.
     port_security: Box<[Option<PortSecurity>]>,
+    /// Security groups: per-port compiled rules, address sets, rule names and hits.
+    security_groups: SgTables,
 }
 
 impl fmt::Debug for Snapshot {
@@ -314,6 +317,12 @@ impl Snapshot {
 
     /// The port-security policy of `port`, if it is a VM port with port security on.
     #[inline]
+    pub fn security_groups(&self) -> &SgTables {
+        &self.security_groups
+    }
+
+    /// The port-security policy of `port`, if it has port security on.
+    #[inline]
     pub fn port_security(&self, port: PortId) -> Option<&PortSecurity> {
         self.port_security.get(port.index())?.as_ref()
     }
@@ -441,6 +450,8 @@ pub enum BuildError {
     BadDhcpServer(NetworkUid),
     /// Port security for a port that is not a VM port of this configuration.
     PortSecurityNotOnVmPort(PortId),
+    /// Security groups given to a port without port security.
+    SecurityGroupsWithoutPortSecurity(PortId),
     /// A stage enabled for a port the configuration does not have.
     StageOnUnknownPort {
         /// The port.
@@ -497,6 +508,9 @@ impl fmt::Display for BuildError {
                 write!(f, "{n} networks exceed the limit of {MAX_NETWORKS}")
             }
             BuildError::ReservedPortId => write!(f, "port id 65535 is reserved"),
+            BuildError::SecurityGroupsWithoutPortSecurity(p) => {
+                write!(f, "security groups on port {} without port security", p.0)
+            }
             BuildError::PortSecurityNotOnVmPort(p) => {
                 write!(f, "port security for {p}, which is not a VM port")
             }
@@ -523,6 +537,7 @@ pub struct SnapshotBuilder {
     dhcp_servers: Vec<(NetworkUid, [u8; 6], Vec<Ipv4Addr>)>,
     slow_path: SlowPathConfig,
     port_security: Vec<(PortId, PortSecurity)>,
+    security_groups: SgTables,
     stages: Vec<(PortId, Stage)>,
 }
 
@@ -582,6 +597,12 @@ impl SnapshotBuilder {
     /// Turns port security on for the VM port `port`, with `policy`.
     pub fn port_security(&mut self, port: PortId, policy: PortSecurity) -> &mut Self {
         self.port_security.push((port, policy));
+        self
+    }
+
+    /// Sets the security groups of the VM ports (each of which must have port security).
+    pub fn security_groups(&mut self, tables: SgTables) -> &mut Self {
+        self.security_groups = tables;
         self
     }
 
@@ -797,6 +818,22 @@ impl SnapshotBuilder {
         for (port, _) in &self.port_security {
             port_stages[port.index()] = port_stages[port.index()].with(Stage::PortSecurity);
         }
+        let security_groups = self.security_groups.clone();
+        for port in security_groups.ports() {
+            if self.port_security.iter().all(|(p, _)| *p != port) {
+                return Err(BuildError::SecurityGroupsWithoutPortSecurity(port));
+            }
+            port_stages[port.index()] = port_stages[port.index()].with(Stage::SgEgress);
+        }
+        // Traffic to a port with groups may come from any port, switched or routed: the
+        // ingress stage looks at every burst's unicast output once any port has groups.
+        if !security_groups.is_empty() {
+            for (set, role) in port_stages.iter_mut().zip(ports.iter()) {
+                if *role != PortRole::Absent {
+                    *set = set.with(Stage::SgIngress);
+                }
+            }
+        }
         for &(port, stage) in &self.stages {
             match port_stages.get_mut(port.index()) {
                 Some(set) if ports[port.index()] != PortRole::Absent => *set = set.with(stage),
@@ -817,6 +854,7 @@ impl SnapshotBuilder {
             dhcp_ips: dhcp_ips.into_boxed_slice(),
             slow_path: self.slow_path,
             port_security,
+            security_groups,
         })
     }
 }

@@ -30,6 +30,7 @@ use pollux_services::addr::Ipv4Cidr;
 pub const MAX_MTU: u16 = (DEFAULT_FRAME_SIZE - DEFAULT_HEADROOM as u32 - 18) as u16;
 
 pub mod dhcp;
+pub mod security_groups;
 
 /// Port ids are `u16` and 0xffff is reserved by the data plane.
 const MAX_PORT_IDS: usize = u16::MAX as usize;
@@ -338,23 +339,19 @@ pub fn compile(
         }
     }
 
+    let mut filtered = Vec::new();
     for (i, port) in state.ports.iter().enumerate() {
         supported_binding(&port.binding, || format!("ports[{i}].binding.driver"))?;
         let key = format!("port:{}", port.id);
         let id = ids.assign_port(&key, &mut taken)?;
-        if !port.security_groups.is_empty() {
-            return Err(CompileError::Unsupported {
-                path: format!("ports[{i}].security_groups"),
-                what: "security groups are not enforced by the data plane yet; leave the list \
-                       empty (port security still applies)"
-                    .into(),
-            });
-        }
         if state.networks[port.network].admin_state_up {
             let macs = port.macs();
             b.access_port(id, network_uid[port.network], &macs);
             if port.port_security_enabled {
                 b.port_security(id, port_security(port, &macs));
+                // Port security brings security groups: no group is deny-all but for
+                // Neutron's implicit allows.
+                filtered.push((i, id));
             }
             if kernel_interface(&port.binding) {
                 b.enable_stage(id, Stage::ChecksumOffload);
@@ -367,6 +364,8 @@ pub fn compile(
             binding: port.binding.clone(),
         });
     }
+
+    b.security_groups(security_groups::tables(state, &filtered));
 
     for (index, router) in state.routers.iter().enumerate() {
         let uid = ids.router(&router.id)?;

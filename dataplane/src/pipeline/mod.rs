@@ -43,6 +43,7 @@ pub mod tsc;
 pub use table::StageTable;
 
 use crate::buf::FramePool;
+use crate::conntrack::ConnTable;
 use crate::counters::WorkerCounters;
 use crate::l2::MacTable;
 use crate::output::PortSet;
@@ -91,6 +92,8 @@ stages! {
     Extension => "extension", "A stage added at run time (Worker::add_stage), not built in.";
     PortSecurity => "port_security", "Anti-spoofing of VM ports with port security (source MAC, addresses, ARP; no DHCP server or router advertisement from a VM).";
     ChecksumOffload => "checksum_offload", "Completes TCP/UDP checksums that a kernel sender with checksum offload left partial (AF_XDP ports).";
+    SgEgress => "sg_egress", "Security groups of VM ports, on traffic from the VM (after port security).";
+    SgIngress => "sg_ingress", "Security groups of VM ports, on traffic to the VM (after the forwarding decision; flooded replicas per output port).";
 }
 
 impl Stage {
@@ -247,6 +250,9 @@ pub struct BurstCtx<'a> {
     /// Learned MACs: the L2 stage learns them and the router's egress looks them up, so
     /// they are the worker's, not one stage's.
     pub macs: &'a mut MacTable,
+    /// The worker's connection table: NAT sessions (zone = router) and security-group
+    /// connections (zone = port) on one lookup path.
+    pub conns: &'a mut ConnTable,
     /// The worker's counters.
     pub counters: &'a WorkerCounters,
     /// The worker's clock at the start of the pass, in nanoseconds.

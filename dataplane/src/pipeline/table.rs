@@ -12,6 +12,7 @@ use crate::offload::ChecksumOffload;
 use crate::output::Output;
 use crate::packet::Packet;
 use crate::port_security::PortSecurityStage;
+use crate::secgroup::{SgEgress, SgIngress};
 use crate::slowpath::SlowPath;
 
 /// The stages of one worker, each with its per-worker state. See the module documentation
@@ -20,6 +21,7 @@ pub struct StageTable {
     classify: Classify,
     checksum_offload: ChecksumOffload,
     port_security: PortSecurityStage,
+    sg_egress: SgEgress,
     /// Stages added at run time; they run after classification.
     extensions: Vec<Box<dyn BurstStage + Send>>,
     l2: L2,
@@ -27,6 +29,7 @@ pub struct StageTable {
     pub(crate) slow_path: SlowPath,
     /// The routers' neighbours, sessions and frames of their own.
     pub(crate) l3: RouterState,
+    sg_ingress: SgIngress,
     output: Output,
     /// The packet trace, when one was started.
     pub(crate) trace: Option<Box<Tracer>>,
@@ -49,10 +52,12 @@ impl StageTable {
             classify: Classify,
             checksum_offload: ChecksumOffload,
             port_security: PortSecurityStage,
+            sg_egress: SgEgress,
             extensions: Vec::new(),
             l2: L2,
             slow_path: SlowPath::disconnected(),
             l3,
+            sg_ingress: SgIngress,
             output: Output,
             trace: None,
         }
@@ -98,6 +103,7 @@ impl StageTable {
         step!(self.classify);
         step!(self.checksum_offload);
         step!(self.port_security);
+        step!(self.sg_egress);
         if !self.extensions.is_empty() {
             for ext in self.extensions.iter_mut() {
                 step!(**ext);
@@ -106,6 +112,7 @@ impl StageTable {
         step!(self.l2);
         step!(self.slow_path);
         step!(self.l3);
+        step!(self.sg_ingress);
         step!(self.output);
         if ran.contains(Stage::Extension) {
             for ext in self.extensions.iter_mut() {
