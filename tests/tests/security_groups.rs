@@ -754,3 +754,66 @@ fn forged_rst_and_out_of_window_segments_are_dropped() {
         &tcp_frame(&CLIENT, &WEB, 44000, 80, 1001, 0, RST),
     );
 }
+
+#[test]
+fn later_fragments_pass_only_behind_an_admitted_first_fragment() {
+    let mut sg = Sg::new(&state(true, true));
+    let fragment = |ident: u16, offset_words: u16, more: bool, payload: &[u8]| {
+        let mut f = ipv4(WEB.mac, OPEN.mac, None, OPEN.ip, WEB.ip, 64, 17, payload);
+        f[18..20].copy_from_slice(&ident.to_be_bytes());
+        let flags = if more { 0x2000 } else { 0 } | offset_words;
+        f[20..22].copy_from_slice(&flags.to_be_bytes());
+        // The header checksum covers what changed.
+        f[24..26].copy_from_slice(&[0, 0]);
+        let sum = internet_checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&sum.to_be_bytes());
+        f
+    };
+    // UDP 5000 is allowed in: the first fragment, then the rest of its datagram.
+    let mut first = udp(OPEN.ip, WEB.ip, 6000, 5000, &[7; 24]);
+    first.truncate(16);
+    sg.passes(&OPEN, &WEB, &fragment(0x1111, 0, true, &first));
+    sg.passes(&OPEN, &WEB, &fragment(0x1111, 2, false, &[7; 16]));
+    // A later fragment of a datagram whose first fragment never came (or was refused).
+    sg.refused(
+        &OPEN,
+        &fragment(0x2222, 2, false, &[7; 16]),
+        Stage::SgIngress,
+        DropReason::SgFragment,
+    );
+    let mut refused_first = udp(OPEN.ip, WEB.ip, 6000, 5001, &[7; 24]);
+    refused_first.truncate(16);
+    sg.refused(
+        &OPEN,
+        &fragment(0x3333, 0, true, &refused_first),
+        Stage::SgIngress,
+        DropReason::SgNoRule,
+    );
+    sg.refused(
+        &OPEN,
+        &fragment(0x3333, 2, false, &[7; 16]),
+        Stage::SgIngress,
+        DropReason::SgFragment,
+    );
+}
+
+#[test]
+fn drops_are_charged_to_the_sending_port_with_stage_and_reason() {
+    let mut sg = Sg::new(&state(true, true));
+    let open = pollux_dataplane::port::PortId(sg.id(&OPEN));
+    sg.refused(
+        &OPEN,
+        &tcp_frame(&OPEN, &WEB, 1, 9999, 1, 0, SYN),
+        Stage::SgIngress,
+        DropReason::SgNoRule,
+    );
+    let per_port: Vec<_> = sg
+        .sw
+        .counters()
+        .port_drops
+        .iter()
+        .filter(|&(p, _, _, n)| p == open && n > 0)
+        .map(|(_, stage, reason, n)| (stage, reason, n))
+        .collect();
+    assert_eq!(per_port, vec![(Stage::SgIngress, DropReason::SgNoRule, 1)]);
+}

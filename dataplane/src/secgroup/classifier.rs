@@ -382,4 +382,79 @@ mod tests {
         assert_eq!(full.lookup(0), 3);
         assert_eq!(full.lookup(u16::MAX), 3);
     }
+
+    mod against_the_reference {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Addresses and ports from small pools, so that rules and packets collide.
+        fn remote() -> impl Strategy<Value = SgRemote> {
+            prop_oneof![
+                Just(SgRemote::Any),
+                (
+                    0u32..4,
+                    prop_oneof![Just(8u8), Just(24), Just(30), Just(32), Just(0)]
+                )
+                    .prop_map(|(a, len)| SgRemote::Prefix {
+                        addr: 0xc612_0000 | a << 2,
+                        len
+                    }),
+                (0u32..3).prop_map(SgRemote::Set),
+            ]
+        }
+
+        fn rule() -> impl Strategy<Value = SgRule> {
+            (
+                prop_oneof![Just(None), Just(Some(6u8)), Just(Some(17)), Just(Some(1))],
+                0u16..40,
+                0u16..40,
+                remote(),
+            )
+                .prop_map(|(proto, a, b, remote)| {
+                    let (lo, hi) = if proto.is_none() {
+                        (0, u16::MAX)
+                    } else {
+                        (a.min(b), a.max(b))
+                    };
+                    SgRule {
+                        proto,
+                        lo,
+                        hi,
+                        remote,
+                        id: 0,
+                    }
+                })
+        }
+
+        proptest! {
+            /// The classifier admits exactly what some rule admits, and names the first
+            /// such rule of the list.
+            #[test]
+            fn lookup_is_the_first_matching_rule(
+                mut rules in proptest::collection::vec(rule(), 0..40),
+                packets in proptest::collection::vec(
+                    (0u32..16, prop_oneof![Just(6u8), Just(17), Just(1), Just(47)], 0u16..42),
+                    1..60,
+                ),
+            ) {
+                for (i, r) in rules.iter_mut().enumerate() {
+                    r.id = 100 + i as u32;
+                }
+                let sets = [
+                    AddressSet::new(&[(0xc612_0004, 32), (0xc612_0008, 30)]),
+                    AddressSet::new(&[(0xc612_0000, 28)]),
+                    AddressSet::new(&[]),
+                ];
+                let rs = RuleSet::build(&rules);
+                for (host, proto, key) in packets {
+                    let ip = 0xc612_0000 | host;
+                    let expected = rules
+                        .iter()
+                        .find(|r| r.matches(&sets, ip, proto, key))
+                        .map(|r| r.id);
+                    prop_assert_eq!(rs.lookup(&sets, ip, proto, key), expected);
+                }
+            }
+        }
+    }
 }
