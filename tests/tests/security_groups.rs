@@ -817,3 +817,17 @@ fn drops_are_charged_to_the_sending_port_with_stage_and_reason() {
         .collect();
     assert_eq!(per_port, vec![(Stage::SgIngress, DropReason::SgNoRule, 1)]);
 }
+
+#[test]
+fn an_allowed_ping_lets_its_reply_back_not_a_ping_the_other_way() {
+    let mut sg = Sg::new(&state(true, true));
+    sg.passes(&CLIENT, &OPEN, &ping(&CLIENT, &OPEN, false));
+    sg.passes(&OPEN, &CLIENT, &ping(&OPEN, &CLIENT, true));
+    // A request from the open port with the same identifier is no reply.
+    sg.refused(
+        &OPEN,
+        &ping(&OPEN, &CLIENT, false),
+        Stage::SgIngress,
+        DropReason::SgNoRule,
+    );
+}

@@ -295,12 +295,18 @@ fn ipv4_flow(ip: &[u8], zone: u32) -> Result<Flow, DropReason> {
             };
             flow.port_key = u16::from(ty) << 8 | u16::from(code);
             match ty {
-                // Echo: request and reply share the identifier, so a reply's key is the
-                // request's reversed (as NAT keys them). Other queries share one
-                // connection per pair of hosts.
-                0 | 8 => {
+                // Echo: a request is keyed (id, !id) and a reply (!id, id), so a reply's
+                // key is its request's reversed while a request the other way is a new
+                // flow (Linux keys the type too; the key has no room for it). Other
+                // queries share one connection per pair of hosts.
+                8 => {
                     let id = word(4).ok_or(DropReason::SgTruncated)?;
                     flow.key.sport = id;
+                    flow.key.dport = !id;
+                }
+                0 => {
+                    let id = word(4).ok_or(DropReason::SgTruncated)?;
+                    flow.key.sport = !id;
                     flow.key.dport = id;
                 }
                 // Errors: destination unreachable, source quench, redirect, time
@@ -368,7 +374,11 @@ fn inner_flow(quoted: &[u8], zone: u32) -> Option<FlowKey> {
         TCP | UDP | SCTP | DCCP | UDPLITE => (word(0)?, word(2)?),
         ICMP => {
             let id = word(4)?;
-            (id, id)
+            match l4.first()? {
+                8 => (id, !id),
+                0 => (!id, id),
+                _ => (0, 0),
+            }
         }
         _ => (0, 0),
     };
