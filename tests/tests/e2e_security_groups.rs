@@ -2,9 +2,9 @@
 //! kernel's own `ping` and `iperf3` from VM namespaces.
 //!
 //! ```text
-//!   namespace web:      198.18.31.11 ──veth── <P>web      ┐
-//!   namespace client:   198.18.31.12 ──veth── <P>client   ├ polluxd (namespace host)
-//!   namespace stranger: 198.18.31.13 ──veth── <P>stranger ┘
+//!   namespace web (port web):     198.18.31.11 ──veth── <P>web ┐
+//!   namespace cl (port client):   198.18.31.12 ──veth── <P>cl  ├ polluxd (namespace host)
+//!   namespace st (port stranger): 198.18.31.13 ──veth── <P>st  ┘
 //! ```
 //!
 //! `web` accepts ping and TCP 5201 from members of `clients` (the client) and has no
@@ -40,12 +40,12 @@ const WEB: Vm = Vm {
     ip: "198.18.31.11",
 };
 const CLIENT: Vm = Vm {
-    role: "client",
+    role: "cl",
     mac: "fa:16:3e:1f:00:12",
     ip: "198.18.31.12",
 };
 const STRANGER: Vm = Vm {
-    role: "stranger",
+    role: "st",
     mac: "fa:16:3e:1f:00:13",
     ip: "198.18.31.13",
 };
