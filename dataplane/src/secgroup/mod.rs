@@ -392,6 +392,11 @@ fn inner_flow(quoted: &[u8], zone: u32) -> Option<FlowKey> {
     })
 }
 
+/// The connection the previous packet of a burst hit (its key, slot and direction): runs
+/// of one flow pay one lookup. Valid within one burst (one clock reading), where only
+/// [`revalidate`] removes connections, and it clears it first.
+pub type LastHit = Option<(FlowKey, crate::conntrack::SessionId, Dir)>;
+
 /// A connection's tag: the policy version that admitted it, the direction it was
 /// admitted in and its port key, so that it can be re-evaluated when the rules change.
 #[inline]
@@ -423,6 +428,7 @@ pub fn filter(
     dir: Direction,
     data: &[u8],
     meta: &Meta,
+    last: &mut LastHit,
 ) -> Result<(), DropReason> {
     let l3 = data.get(usize::from(meta.l3_offset)..).unwrap_or(&[]);
     match EtherType(meta.ethertype) {
@@ -437,7 +443,7 @@ pub fn filter(
         return Ok(());
     }
     match flow.fragment {
-        None => decide(snap, conns, now, port, policy, dir, &flow),
+        None => decide(snap, conns, now, port, policy, dir, &flow, last),
         // Later fragments carry no ports: they pass when their first fragment did.
         Some((ident, true)) => {
             match policy.stateful && conns.lookup(&flow.fragment_key(ident), now).is_some() {
@@ -446,7 +452,7 @@ pub fn filter(
             }
         }
         Some((ident, false)) => {
-            decide(snap, conns, now, port, policy, dir, &flow)?;
+            decide(snap, conns, now, port, policy, dir, &flow, last)?;
             if policy.stateful {
                 let key = flow.fragment_key(ident);
                 // A full table only costs the later fragments.
@@ -458,6 +464,7 @@ pub fn filter(
 }
 
 /// Decides a packet that is not a later fragment.
+#[allow(clippy::too_many_arguments)]
 #[inline]
 fn decide(
     snap: &Snapshot,
@@ -467,6 +474,7 @@ fn decide(
     policy: &SgPolicy,
     dir: Direction,
     flow: &Flow,
+    last: &mut LastHit,
 ) -> Result<(), DropReason> {
     let flow = *flow;
     let tables = snap.security_groups();
@@ -484,11 +492,19 @@ fn decide(
             None => Err(DropReason::SgNoRule),
         };
     }
-    if let Some((id, cdir)) = conns.lookup(&flow.key, now) {
+    let hit = match *last {
+        // The connection of the previous packet of the burst, already checked against
+        // this policy: no lookup.
+        Some((key, id, cdir)) if key == flow.key => Some((id, cdir)),
+        _ => conns.lookup(&flow.key, now),
+    };
+    if let Some((id, cdir)) = hit {
         let t = conns.session(id).tag();
         if (t >> 17) as u16 != policy.version {
+            *last = None;
             revalidate(conns, tables, policy, id, t)?;
         }
+        *last = Some((flow.key, id, cdir));
         if flow.key.proto == TCP && !conns.tcp_window(id, cdir, &flow.tcp) {
             return Err(DropReason::SgInvalid);
         }
@@ -635,6 +651,7 @@ pub fn filter_ingress(
             Direction::Ingress,
             data,
             meta,
+            &mut None,
         ),
     }
 }
@@ -666,6 +683,7 @@ impl BurstStage for SgEgress {
         let frames = cx.pool.reader();
         let mut checked = 0;
         let mut refused = false;
+        let mut last: LastHit = None;
         for pkt in pkts.iter_mut() {
             if pkt.meta.next != Next::L2 {
                 continue;
@@ -681,6 +699,7 @@ impl BurstStage for SgEgress {
                 Direction::Egress,
                 data,
                 &pkt.meta,
+                &mut last,
             ) {
                 pkt.meta.next = Next::Drop(reason, Stage::SgEgress);
                 refused = true;
@@ -721,6 +740,7 @@ impl BurstStage for SgIngress {
         let frames = cx.pool.reader();
         let mut checked = 0;
         let mut refused = false;
+        let mut last: LastHit = None;
         for pkt in pkts.iter_mut() {
             let Next::Output(out) = pkt.meta.next else {
                 continue;
@@ -739,6 +759,7 @@ impl BurstStage for SgIngress {
                 Direction::Ingress,
                 data,
                 &pkt.meta,
+                &mut last,
             ) {
                 pkt.meta.next = Next::Drop(reason, Stage::SgIngress);
                 refused = true;
