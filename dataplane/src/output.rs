@@ -327,7 +327,6 @@ pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
     let (snap, counters) = (cx.snap, cx.counters);
     let (pool, ports) = (&mut *cx.pool, &mut *cx.ports);
     let (conns, now) = (&mut *cx.conns, u64::from(cx.now_secs));
-    let groups = !snap.security_groups().is_empty();
     let mut unicast = 0;
     let mut flooded = 0;
     // A burst is mostly runs of one flow: its egress tag is looked up once per run.
@@ -356,7 +355,7 @@ pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
             }
             Next::Flood => {
                 flooded += 1;
-                if groups {
+                if snap.security_groups().any() {
                     flood_filtered(snap, pool, ports, counters, pkt, conns, now);
                 } else {
                     flood(snap, pool, ports, counters, pkt);

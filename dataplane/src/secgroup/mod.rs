@@ -131,6 +131,8 @@ pub struct SgTables {
     rules: Box<[RuleName]>,
     /// Per rule: connections (stateful) or packets (stateless) it admitted.
     hits: Box<[Counter]>,
+    /// Some port has a policy.
+    any: bool,
 }
 
 /// A copy starts its hit counters from zero.
@@ -142,6 +144,7 @@ impl Clone for SgTables {
             sets: self.sets.clone(),
             rules: self.rules.clone(),
             hits: (0..self.rules.len()).map(|_| Counter::default()).collect(),
+            any: self.any,
         }
     }
 }
@@ -168,6 +171,7 @@ impl SgTables {
         let hits = (0..rules.len()).map(|_| Counter::default()).collect();
         SgTables {
             policies: policies.into(),
+            any: !port_policy.is_empty(),
             port_policy: by_port.into(),
             sets: sets.into(),
             rules: rules.into(),
@@ -191,9 +195,15 @@ impl SgTables {
             .map(|(p, _)| PortId(p as u16))
     }
 
-    /// Whether any port has a policy.
+    /// Whether no port has a policy.
     pub fn is_empty(&self) -> bool {
-        self.port_policy.iter().all(|&i| i == u32::MAX)
+        !self.any
+    }
+
+    /// Whether some port has a policy (one read: flooding asks it per packet).
+    #[inline(always)]
+    pub fn any(&self) -> bool {
+        self.any
     }
 
     /// The address sets of remote and address groups.
