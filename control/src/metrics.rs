@@ -504,19 +504,6 @@ impl Collector for Scrape {
             "Learned MAC addresses removed by aging.",
             self.mac_aged,
         )?;
-        for ((name, help, is_gauge), n) in ROUTER_FAMILIES.into_iter().zip(self.router) {
-            if is_gauge {
-                gauge(&mut e, name, help, n)?;
-            } else {
-                counter(&mut e, name, help, n)?;
-            }
-        }
-        for ((name, help), n) in SLOW_PATH_FAMILIES.into_iter().zip(self.slow_path) {
-            counter(&mut e, name, help, n)?;
-        }
-        if let Some(d) = &self.dhcp {
-            encode_dhcp(&mut e, d)?;
-        }
         if !self.sg_rules.is_empty() {
             let mut family = e.encode_descriptor(
                 "pollux_sg_rule_hits",
@@ -529,6 +516,19 @@ impl Collector for Scrape {
                 let labels = [("group", group.as_str()), ("rule", rule.as_str())];
                 ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
             }
+        }
+        for ((name, help, is_gauge), n) in ROUTER_FAMILIES.into_iter().zip(self.router) {
+            if is_gauge {
+                gauge(&mut e, name, help, n)?;
+            } else {
+                counter(&mut e, name, help, n)?;
+            }
+        }
+        for ((name, help), n) in SLOW_PATH_FAMILIES.into_iter().zip(self.slow_path) {
+            counter(&mut e, name, help, n)?;
+        }
+        if let Some(d) = &self.dhcp {
+            encode_dhcp(&mut e, d)?;
         }
         Ok(())
     }
