@@ -10,13 +10,17 @@ pub mod compare;
 pub mod lpm;
 
 use pollux_dataplane::overlay::{vtep_mac, EndpointSpec};
+use pollux_dataplane::conntrack::ConnConfig;
 use pollux_dataplane::packet::MAX_BURST;
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::port_security::{Ipv4Source, PortSecurity};
 use pollux_dataplane::routing::{InterfaceSpec, RouteSpec, RouterSpec, RouterUid};
+use pollux_dataplane::secgroup::{RuleName, RuleSet, SgPolicy, SgRemote, SgRule, SgTables};
 use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
+use pollux_dataplane::worker::WorkerConfig;
+use pollux_drivers::mem::MemPortConfig;
 use pollux_tests::frames::{arp, frame, ipv4, mac, udp, vxlan, BROADCAST};
-use pollux_tests::harness::MemSwitch;
+use pollux_tests::harness::{MemSwitch, POOL_FRAMES};
 
 /// One forwarding path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,11 +47,24 @@ pub enum Scenario {
     VxlanEncap,
     /// VXLAN from the remote host on the uplink, decapsulated to a VM port.
     VxlanDecap,
+    /// UDP between two VM ports with port security and stateful security groups of 10
+    /// rules each, the connection established: a conntrack hit in each port's zone.
+    SgEstablished10,
+    /// The same with 10,000 rules per port: the established path ignores the rules.
+    SgEstablished10k,
+    /// The same as [`Scenario::SgEstablished10`], every packet a new connection (a new
+    /// source and destination port): the rules evaluated and a connection inserted in each
+    /// port's zone.
+    SgNew10,
+    /// New connections with 1,000 rules per port.
+    SgNew1k,
+    /// New connections with 10,000 rules per port.
+    SgNew10k,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 10] = [
+    pub const ALL: [Scenario; 15] = [
         Scenario::AccessToAccess,
         Scenario::AccessPortSecurity,
         Scenario::AccessToUplink,
@@ -58,6 +75,11 @@ impl Scenario {
         Scenario::SnatSteady,
         Scenario::VxlanEncap,
         Scenario::VxlanDecap,
+        Scenario::SgEstablished10,
+        Scenario::SgEstablished10k,
+        Scenario::SgNew10,
+        Scenario::SgNew1k,
+        Scenario::SgNew10k,
     ];
 
     /// Name used on the command line and in reports.
@@ -73,6 +95,11 @@ impl Scenario {
             Scenario::SnatSteady => "snat_steady",
             Scenario::VxlanEncap => "vxlan_encap",
             Scenario::VxlanDecap => "vxlan_decap",
+            Scenario::SgEstablished10 => "sg_established_10_rules",
+            Scenario::SgEstablished10k => "sg_established_10k_rules",
+            Scenario::SgNew10 => "sg_new_10_rules",
+            Scenario::SgNew1k => "sg_new_1k_rules",
+            Scenario::SgNew10k => "sg_new_10k_rules",
         }
     }
 
@@ -81,6 +108,19 @@ impl Scenario {
         match self {
             Scenario::Route10 | Scenario::SnatSteady => Some(10),
             Scenario::Route1M => Some(1_000_000),
+            _ => None,
+        }
+    }
+
+    /// Rules per port and whether every packet opens a new connection, for the
+    /// security-group scenarios.
+    fn security_groups(self) -> Option<(usize, bool)> {
+        match self {
+            Scenario::SgEstablished10 => Some((10, false)),
+            Scenario::SgEstablished10k => Some((10_000, false)),
+            Scenario::SgNew10 => Some((10, true)),
+            Scenario::SgNew1k => Some((1_000, true)),
+            Scenario::SgNew10k => Some((10_000, true)),
             _ => None,
         }
     }
@@ -107,6 +147,8 @@ pub struct Bench {
     frame: Vec<u8>,
     /// Frames each round emits (BURST, or BURST * 8 for the flood).
     pub emitted_per_round: usize,
+    /// Frames offered so far, when each must open a new connection (its ports follow).
+    new_flows: Option<u32>,
 }
 
 impl Bench {
@@ -117,6 +159,9 @@ impl Bench {
         }
         if matches!(scenario, Scenario::VxlanEncap | Scenario::VxlanDecap) {
             return Bench::overlay(scenario);
+        }
+        if let Some((rules, new_flows)) = scenario.security_groups() {
+            return Bench::security_groups(rules, new_flows);
         }
         let phys = PhysnetId(1);
         let net = NetworkUid(1);
@@ -178,12 +223,14 @@ impl Bench {
             | Scenario::VxlanDecap => {
                 unreachable!("routed and overlay scenarios have their own set-up")
             }
+            _ => unreachable!("security-group scenarios are set up by Bench::security_groups"),
         };
         let mut bench = Bench {
             sw,
             input,
             frame,
             emitted_per_round: BURST * fanout,
+            new_flows: None,
         };
         for _ in 0..100 {
             bench.round();
@@ -321,6 +368,7 @@ impl Bench {
             input: 1,
             frame,
             emitted_per_round: BURST,
+            new_flows: None,
         };
         for _ in 0..100 {
             bench.round();
@@ -380,6 +428,106 @@ impl Bench {
             input,
             frame,
             emitted_per_round: BURST,
+            new_flows: None,
+        };
+        for _ in 0..100 {
+            bench.round();
+        }
+        bench.sw.assert_conserved();
+        bench
+    }
+
+    /// VM 1 (198.18.1.10) to VM 2 (198.18.1.11) on one network, both with port security
+    /// and a stateful security group of `rules` rules per direction (a spread of remote
+    /// prefixes of three lengths and port ranges, the rule that matches last in the list),
+    /// UDP; with `new_flows`, every frame has ports no earlier frame had.
+    fn security_groups(rules: usize, new_flows: bool) -> Self {
+        const VM1_IP: [u8; 4] = [198, 18, 1, 10];
+        const VM2_IP: [u8; 4] = [198, 18, 1, 11];
+        let net = NetworkUid(1);
+        let mut b = SnapshotBuilder::new();
+        b.network(net, Segment::Local)
+            .access_port(PortId(1), net, &[mac(1)])
+            .access_port(PortId(2), net, &[mac(2)])
+            .port_security(
+                PortId(1),
+                PortSecurity::new(&[mac(1)], &[Ipv4Source::new(mac(1), VM1_IP.into(), 32)]),
+            )
+            .port_security(
+                PortId(2),
+                PortSecurity::new(&[mac(2)], &[Ipv4Source::new(mac(2), VM2_IP.into(), 32)]),
+            );
+        let spread = |n: usize, allow: SgRule| -> Vec<SgRule> {
+            let mut out: Vec<SgRule> = (0..n.saturating_sub(1))
+                .map(|i| {
+                    let i32 = i as u32;
+                    let (addr, len) = match i % 3 {
+                        0 => (0x0a00_0000 | i32 << 8 | 7, 32),
+                        1 => (0x0b00_0000 | i32 << 8, 24),
+                        _ => (0x0c00_0000 | (i32 & 0xff) << 16, 16),
+                    };
+                    let port = 1000 + (i % 50_000) as u16;
+                    SgRule {
+                        proto: Some(if i % 2 == 0 { 6 } else { 17 }),
+                        lo: port,
+                        hi: port.saturating_add((i % 7) as u16),
+                        remote: SgRemote::Prefix { addr, len },
+                        id: 0,
+                    }
+                })
+                .collect();
+            out.push(allow);
+            out
+        };
+        let allow = |remote: [u8; 4]| SgRule {
+            proto: Some(17),
+            lo: 1,
+            hi: u16::MAX,
+            remote: SgRemote::Prefix {
+                addr: u32::from_be_bytes(remote),
+                len: 32,
+            },
+            id: 0,
+        };
+        let policy = |remote| SgPolicy {
+            ingress: RuleSet::build(&spread(rules, allow(remote))),
+            egress: RuleSet::build(&spread(rules, allow(remote))),
+            stateful: true,
+            version: 1,
+        };
+        b.security_groups(SgTables::new(
+            vec![policy(VM2_IP), policy(VM1_IP)],
+            &[(PortId(1), 0), (PortId(2), 1)],
+            Vec::new(),
+            vec![RuleName {
+                group: "bench".into(),
+                rule: "any".into(),
+            }],
+        ));
+        // Room for every connection the longest run opens, in both zones.
+        let worker = WorkerConfig {
+            conntrack: ConnConfig {
+                owner_quota: 1 << 18,
+                ..ConnConfig::with_capacity(1 << 18)
+            },
+            ..WorkerConfig::default()
+        };
+        let sw = MemSwitch::with_snapshot(
+            b.build(1).expect("valid"),
+            &[1, 2],
+            worker,
+            MemPortConfig::default(),
+            POOL_FRAMES,
+        );
+        let payload = udp(VM1_IP, VM2_IP, 40000, 9, &[0; 18]);
+        let frame = ipv4(mac(2), mac(1), None, VM1_IP, VM2_IP, 64, 17, &payload);
+        assert_eq!(frame.len(), FRAME_LEN);
+        let mut bench = Bench {
+            sw,
+            input: 1,
+            frame,
+            emitted_per_round: BURST,
+            new_flows: new_flows.then_some(0),
         };
         for _ in 0..100 {
             bench.round();
@@ -391,6 +539,17 @@ impl Bench {
     /// Offers one burst outside the measured code.
     #[inline]
     pub fn offer(&mut self) {
+        if let Some(n) = self.new_flows.as_mut() {
+            let wire = self.sw.wires.get_mut(&self.input).expect("input port");
+            for _ in 0..BURST {
+                *n += 1;
+                // Source port, then destination port: 2^32 distinct flows.
+                self.frame[34..36].copy_from_slice(&(*n as u16).to_be_bytes());
+                self.frame[36..38].copy_from_slice(&((*n >> 16) as u16 | 1).to_be_bytes());
+                assert!(wire.send(&self.frame));
+            }
+            return;
+        }
         let n = self
             .sw
             .wires

@@ -65,6 +65,9 @@ pub struct Options {
     pub max_request: usize,
     /// Frames in the worker's pool.
     pub pool_frames: u32,
+    /// Connections (NAT sessions and security-group connections) one port may hold in the
+    /// worker's table; `None`: 1/8 of the table.
+    pub conn_per_port: Option<usize>,
 }
 
 impl Options {
@@ -79,6 +82,7 @@ impl Options {
             metrics: None,
             max_request: RpcOptions::default().max_line,
             pool_frames: DEFAULT_POOL_FRAMES,
+            conn_per_port: None,
         }
     }
 }
@@ -244,7 +248,7 @@ pub fn run(options: &Options) -> Result<(), StartError> {
             depth: DAEMON_MEM_DEPTH,
             ..MemPortConfig::default()
         },
-        worker: worker_config(),
+        worker: worker_config(options.conn_per_port).map_err(fail)?,
     };
     let engine = Engine::start(&config, initial, Some(store), MemWires::default()).map_err(fail)?;
     let metrics = match options.metrics {
@@ -338,11 +342,37 @@ pub fn summary(c: &WorkerCounters, names: &[(PortId, String)]) -> String {
 /// The worker's tunables, with fresh random seeds for the hashes of the tables whose keys
 /// others choose (connections and neighbours, learned MACs), so that no VM or outside host
 /// can aim its keys at one probe run of them.
-fn worker_config() -> WorkerConfig {
+fn worker_config(conn_per_port: Option<usize>) -> Result<WorkerConfig, String> {
     use std::hash::BuildHasher;
     let random = std::collections::hash_map::RandomState::new();
     let mut config = WorkerConfig::default();
     config.conntrack.hash_seed = random.hash_one(0u64);
     config.hash_seed = random.hash_one(1u64);
-    config
+    if let Some(n) = conn_per_port {
+        let capacity = config.conntrack.capacity;
+        if !(1..=capacity).contains(&n) {
+            return Err(format!(
+                "--conn-per-port {n}: must be between 1 and the connection table's {capacity}"
+            ));
+        }
+        config.conntrack.owner_quota = n;
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::worker_config;
+
+    #[test]
+    fn conn_per_port_sets_the_quota_within_the_table() {
+        let default = worker_config(None).unwrap();
+        assert_eq!(
+            default.conntrack.owner_quota,
+            default.conntrack.capacity / 8
+        );
+        assert_eq!(worker_config(Some(100)).unwrap().conntrack.owner_quota, 100);
+        assert!(worker_config(Some(0)).is_err());
+        assert!(worker_config(Some(default.conntrack.capacity + 1)).is_err());
+    }
 }

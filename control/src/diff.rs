@@ -43,6 +43,12 @@ pub struct ByCollection<T> {
     /// Security groups.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub security_groups: Vec<T>,
+    /// Top-level security group rules.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub security_group_rules: Vec<T>,
+    /// Address groups.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub address_groups: Vec<T>,
 }
 
 // Written out because the derive would require `T: Default`, which an empty list does not
@@ -57,6 +63,8 @@ impl<T> Default for ByCollection<T> {
             routers: Vec::new(),
             floating_ips: Vec::new(),
             security_groups: Vec::new(),
+            security_group_rules: Vec::new(),
+            address_groups: Vec::new(),
         }
     }
 }
@@ -72,6 +80,8 @@ impl<T> ByCollection<T> {
             ("routers", self.routers.as_slice()),
             ("floating_ips", self.floating_ips.as_slice()),
             ("security_groups", self.security_groups.as_slice()),
+            ("security_group_rules", self.security_group_rules.as_slice()),
+            ("address_groups", self.address_groups.as_slice()),
         ]
         .into_iter()
     }
@@ -204,6 +214,15 @@ pub fn diff(old: &DesiredState, new: &DesiredState) -> Diff {
     collection!(routers, id);
     collection!(floating_ips, id);
     collection!(security_groups, id);
+    diff_list(
+        &old.security_group_rules,
+        &new.security_group_rules,
+        |x| x.id.as_deref().unwrap_or(""),
+        &mut d.added.security_group_rules,
+        &mut d.removed.security_group_rules,
+        &mut d.changed.objects.security_group_rules,
+    );
+    collection!(address_groups, id);
     d.changed.l2 = old.l2 != new.l2;
     d.changed.dhcp = old.dhcp != new.dhcp;
     d
@@ -428,6 +447,9 @@ mod tests {
         );
         new.security_groups = vec![SecurityGroup {
             id: "sg".to_owned(),
+            name: None,
+            description: None,
+            stateful: true,
             rules: Vec::new(),
         }];
         new.uplinks = vec![Uplink {

@@ -44,6 +44,8 @@ pub const APPLY_BUCKETS: [f64; 16] = [
 
 type GenerationFn = Box<dyn Fn() -> u64 + Send + Sync>;
 type DhcpFn = Box<dyn Fn() -> ServiceStats + Send + Sync>;
+/// Each security-group rule's (group, rule, hits).
+type SgRulesFn = Box<dyn Fn() -> Vec<(String, String, u64)> + Send + Sync>;
 
 /// Everything a scrape reads: the workers' counters, the port names, the active
 /// generation and the config-apply statistics.
@@ -53,6 +55,7 @@ pub struct MetricsSource {
     generation: AtomicU64,
     generation_fn: Option<GenerationFn>,
     dhcp_fn: Option<DhcpFn>,
+    sg_rules_fn: Option<SgRulesFn>,
     apply_total: Counter,
     apply_failures_total: Counter,
     apply_seconds: Histogram,
@@ -79,6 +82,7 @@ impl MetricsSource {
             generation: AtomicU64::new(0),
             generation_fn: None,
             dhcp_fn: None,
+            sg_rules_fn: None,
             apply_total: Counter::default(),
             apply_failures_total: Counter::default(),
             apply_seconds: Histogram::new(APPLY_BUCKETS),
@@ -95,6 +99,15 @@ impl MetricsSource {
     /// Exports the DHCP server's counters, read from `f` at each scrape.
     pub fn with_dhcp_fn(mut self, f: impl Fn() -> ServiceStats + Send + Sync + 'static) -> Self {
         self.dhcp_fn = Some(Box::new(f));
+        self
+    }
+
+    /// Exports each security-group rule's hits, read from `f` at each scrape.
+    pub fn with_sg_rules_fn(
+        mut self,
+        f: impl Fn() -> Vec<(String, String, u64)> + Send + Sync + 'static,
+    ) -> Self {
+        self.sg_rules_fn = Some(Box::new(f));
         self
     }
 
@@ -211,6 +224,7 @@ impl MetricsSource {
                 sum(&|w| w.inject_dropped.get()),
             ],
             dhcp: self.dhcp_fn.as_ref().map(|f| f()),
+            sg_rules: self.sg_rules_fn.as_ref().map(|f| f()).unwrap_or_default(),
             stage_metrics: crate::stage_counters::StageMetrics::scrape(
                 self.workers.iter().map(|(_, w)| &**w),
             ),
@@ -253,6 +267,7 @@ struct Scrape {
     /// In [`SLOW_PATH_FAMILIES`] order.
     slow_path: [u64; 3],
     dhcp: Option<ServiceStats>,
+    sg_rules: Vec<(String, String, u64)>,
     stage_metrics: crate::stage_counters::StageMetrics,
 }
 
@@ -515,6 +530,19 @@ impl Collector for Scrape {
             "Learned MAC addresses removed by aging.",
             self.mac_aged,
         )?;
+        if !self.sg_rules.is_empty() {
+            let mut family = e.encode_descriptor(
+                "pollux_sg_rule_hits",
+                "Connections (stateless groups: packets) each security-group rule admitted, \
+                 since the configuration that has it was applied.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (group, rule, n) in &self.sg_rules {
+                let labels = [("group", group.as_str()), ("rule", rule.as_str())];
+                ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+            }
+        }
         for ((name, help, is_gauge), n) in ROUTER_FAMILIES.into_iter().zip(self.router) {
             if is_gauge {
                 gauge(&mut e, name, help, n)?;

@@ -52,11 +52,18 @@ pub struct DesiredState {
     /// Security groups.
     #[serde(default)]
     pub security_groups: Vec<SecurityGroup>,
+    /// Security group rules outside their group, as the Neutron API lists them (each with
+    /// its `id` and `security_group_id`); besides the rules nested in their group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub security_group_rules: Vec<SecurityGroupRule>,
+    /// Address groups (Neutron's), for `remote_address_group_id`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub address_groups: Vec<AddressGroup>,
 }
 
 /// The top-level keys of a desired state, in document order. Every validation error path
 /// starts with one of them.
-pub const TOP_LEVEL_KEYS: [&str; 11] = [
+pub const TOP_LEVEL_KEYS: [&str; 13] = [
     "l2",
     "dhcp",
     "agent",
@@ -68,6 +75,8 @@ pub const TOP_LEVEL_KEYS: [&str; 11] = [
     "routers",
     "floating_ips",
     "security_groups",
+    "security_group_rules",
+    "address_groups",
 ];
 
 /// MAC learning parameters.
@@ -518,9 +527,40 @@ pub struct FloatingIp {
 pub struct SecurityGroup {
     /// Unique id.
     pub id: String,
+    /// Descriptive name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Descriptive text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Connection tracking on (default): replies of allowed connections pass. Off: every
+    /// packet needs a rule in its own direction.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub stateful: bool,
     /// Allow rules.
     #[serde(default)]
     pub rules: Vec<SecurityGroupRule>,
+}
+
+fn is_true(v: &bool) -> bool {
+    *v
+}
+
+/// A Neutron address group: prefixes a rule names with `remote_address_group_id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddressGroup {
+    /// Unique id.
+    pub id: String,
+    /// Descriptive name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Descriptive text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Addresses or prefixes (IPv4 or IPv6).
+    #[serde(default)]
+    pub addresses: Vec<String>,
 }
 
 /// Direction of a security group rule, seen from the port.
@@ -557,6 +597,17 @@ impl fmt::Display for ProtocolSpec {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecurityGroupRule {
+    /// The rule's id: required in the top-level `security_group_rules`; optional in a
+    /// group, where it defaults to `<group id>/<index>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The group the rule belongs to: required in `security_group_rules`; in a group, it
+    /// may only name that group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_group_id: Option<String>,
+    /// Descriptive text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
     /// Ingress or egress.
     pub direction: Direction,
     /// `IPv4` (default); `IPv6` is not supported yet.
@@ -565,10 +616,10 @@ pub struct SecurityGroupRule {
     /// Protocol; absent means any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol: Option<ProtocolSpec>,
-    /// First port (tcp, udp).
+    /// First destination port (tcp, udp, sctp, dccp, udplite); ICMP type (icmp).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_range_min: Option<i64>,
-    /// Last port (tcp, udp).
+    /// Last destination port; ICMP code (icmp).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_range_max: Option<i64>,
     /// Remote addresses this rule allows.
@@ -577,6 +628,9 @@ pub struct SecurityGroupRule {
     /// Remote ports (members of this group) this rule allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_group_id: Option<String>,
+    /// Remote addresses (of this address group) this rule allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_address_group_id: Option<String>,
 }
 
 /// Which syntax a document was in.
@@ -763,6 +817,8 @@ fn locate(doc: &serde_json::Value, message: &str) -> Option<String> {
             "routers" => first_bad::<Router>(key, v),
             "floating_ips" => first_bad::<FloatingIp>(key, v),
             "security_groups" => first_bad::<SecurityGroup>(key, v),
+            "security_group_rules" => first_bad::<SecurityGroupRule>(key, v),
+            "address_groups" => first_bad::<AddressGroup>(key, v),
             _ => None,
         };
         if bad.is_some() {

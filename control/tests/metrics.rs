@@ -49,7 +49,13 @@ fn source() -> MetricsSource {
             (PortId(0), "eth0".to_string()),
             (PortId(1), "we\"ird\\name".to_string()),
         ],
-    );
+    )
+    .with_sg_rules_fn(|| {
+        vec![
+            ("web".to_string(), "web/0".to_string(), 3),
+            ("web".to_string(), "r-ssh".to_string(), 0),
+        ]
+    });
     src.set_generation(42);
     src.record_apply(true, Duration::from_micros(300));
     src.record_apply(false, Duration::from_millis(20));
@@ -173,6 +179,18 @@ fn ports_beyond_a_workers_range_and_renames() {
         &[
             r#"pollux_port_rx_packets_total{port="uplink"} 30"#,
             r#"pollux_port_rx_packets_total{port="far"} 0"#,
+        ],
+    );
+}
+
+#[test]
+fn security_group_rule_hits_by_group_and_rule() {
+    let text = render(&source());
+    assert_lines(
+        &text,
+        &[
+            "pollux_sg_rule_hits_total{group=\"web\",rule=\"web/0\"} 3",
+            "pollux_sg_rule_hits_total{group=\"web\",rule=\"r-ssh\"} 0",
         ],
     );
 }

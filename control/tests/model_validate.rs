@@ -8,7 +8,7 @@ use pollux_control::model::{
     Binding, DesiredState, ExternalGateway, FloatingIp, Format, NetworkType, ProtocolSpec, Route,
     Router, Uplink, TOP_LEVEL_KEYS,
 };
-use pollux_control::validate::{self, validate, Protocol, Remote, Segment, Validated};
+use pollux_control::validate::{self, validate, PortMatch, Remote, Segment, Validated};
 use pollux_services::addr::Ipv4Cidr;
 use proptest::prelude::*;
 use serde_json::Value;
@@ -124,8 +124,8 @@ fn two_networks_vlan_example_parses_and_validates() {
         }
     );
     let rules = &v.security_groups[0].rules;
-    assert_eq!(rules[0].protocol, Some(Protocol::Tcp));
-    assert_eq!(rules[0].ports, Some((80, 80)));
+    assert_eq!(rules[0].protocol, Some(6));
+    assert_eq!(rules[0].ports, PortMatch::Ports(80, 80));
     assert_eq!(
         rules[0].remote,
         Remote::Prefix(Ipv4Cidr {
@@ -133,7 +133,7 @@ fn two_networks_vlan_example_parses_and_validates() {
             prefix: 0
         })
     );
-    assert_eq!(rules[1].protocol, Some(Protocol::Icmp));
+    assert_eq!(rules[1].protocol, Some(1));
     assert_eq!(rules[1].remote, Remote::Group(0));
     assert_eq!(rules[2].protocol, None);
     assert_eq!(rules[2].remote, Remote::Any);
@@ -182,7 +182,7 @@ fn router_floating_ip_example_parses_and_validates() {
     assert_eq!(v.floating_ips[1].network, 0);
     assert_eq!(
         v.security_groups[0].rules[2].protocol,
-        Some(Protocol::Udp),
+        Some(17),
         "17 is udp"
     );
 }
@@ -692,6 +692,7 @@ fn security_group_rules_are_checked() {
     let mut s = two_networks();
     let rules = &mut s.security_groups[0].rules;
     rules[0].port_range_min = Some(443);
+    rules[1].protocol = Some(ProtocolSpec::Name("gre".into()));
     rules[1].port_range_min = Some(1);
     rules[1].port_range_max = Some(2);
     rules[2].protocol = Some(ProtocolSpec::Name("gre-ish".into()));
@@ -708,13 +709,13 @@ fn security_group_rules_are_checked() {
         &s,
         &[
             "security_groups[0].rules[0].port_range_min: 443 is greater than port_range_max 80",
-            "security_groups[0].rules[1].port_range_min: a port range needs protocol tcp or udp, not icmp",
-            "security_groups[0].rules[2].protocol: gre-ish is not a protocol (tcp, udp, icmp or a number 0..=255)",
+            "security_groups[0].rules[1].port_range_min: a port range needs protocol tcp, udp, sctp, dccp or udplite (or icmp, for a type and code), not gre",
+            "security_groups[0].rules[2].protocol: gre-ish is not a protocol (a name such as tcp, udp, icmp, sctp, or a number 0..=255, or any)",
             "security_groups[0].rules[3].port_range_min: 0 is not a port (1..=65535)",
             "security_groups[0].rules[3].port_range_max: 70000 is not a port (1..=65535)",
-            "security_groups[0].rules[4].ethertype: IPv6 rules are not supported yet",
+            "security_groups[0].rules[4].ethertype: IPv6 rules are not supported yet (connections are tracked for IPv4 only; a port with port security passes only IPv6 neighbour discovery, MLD and DHCPv6)",
             "security_groups[0].rules[4].port_range_max: port_range_min needs port_range_max too",
-            "security_groups[0].rules[4].remote_group_id: give remote_ip_prefix or remote_group_id, not both",
+            "security_groups[0].rules[4].remote_group_id: give at most one of remote_ip_prefix, remote_group_id and remote_address_group_id",
         ],
     );
 }

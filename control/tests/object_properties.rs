@@ -251,6 +251,9 @@ fn resolve(state: &DesiredState, spec: &Spec) -> Change {
                     .security_groups
                     .get(target)
                     .map_or(format!("sg{target}-new"), |g| g.id.clone()),
+                name: None,
+                description: None,
+                stateful: true,
                 rules: vec![rule; rules],
             };
             Change::Put(Object::SecurityGroup(group))

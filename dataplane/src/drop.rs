@@ -72,6 +72,12 @@ drop_reasons! {
     ArpClaimsDhcpServer => "arp_claims_dhcp_server", "ARP from a host announcing the DHCP server's address on that network.";
     DhcpForeignClient => "dhcp_foreign_client", "A DHCP client message for a hardware address (chaddr) that is not the port's: another port's MAC, or not one of a port-security port's MACs.";
     BadIpv6Header => "bad_ipv6_header", "Malformed IPv6 header or extension header chain from a port with port security.";
+    SgNoRule => "sg_no_rule", "Security groups: no rule of the port's groups allows it (to or from a port with port security), and it is not a reply of an allowed connection.";
+    SgConnLimit => "sg_conn_limit", "Security groups: the port holds its quota of tracked connections, or the worker's connection table is full.";
+    SgConnectionCut => "sg_connection_cut", "Security groups: a tracked connection the port's rules no longer allow after a change (the connection is removed).";
+    SgInvalid => "sg_invalid", "Security groups: a TCP segment outside the tracked connection's sequence window (a forged RST, an out-of-window segment).";
+    SgFragment => "sg_fragment", "Security groups: an IPv4 fragment other than the first whose first fragment was not admitted (or for a stateless group): it carries no ports to evaluate.";
+    SgTruncated => "sg_truncated", "Security groups: the L4 header is cut short.";
     InternalError => "internal_error", "A broken internal invariant (a bug): e.g. a packet classified into a network or router its snapshot lacks, or one that left the pipeline unfinished.";
     UnknownVni => "unknown_vni", "VXLAN packet to the tunnel endpoint for a VNI no network of this host has.";
     UnknownTunnelEndpoint => "unknown_tunnel_endpoint", "VXLAN packet from an endpoint that is not a peer of the VNI's network (no port of the network is bound to that host).";

@@ -33,6 +33,7 @@ pub mod publish;
 pub mod ratelimit;
 pub mod ring;
 pub mod routing;
+pub mod secgroup;
 pub mod slowpath;
 pub mod snapshot;
 mod table;

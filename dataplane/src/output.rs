@@ -2,12 +2,14 @@
 //! accounting of every packet's fate.
 
 use crate::buf::FramePool;
+use crate::conntrack::ConnTable;
 use crate::counters::WorkerCounters;
 use crate::drop::DropReason;
 use crate::l3::LOCAL_PORT;
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
 use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::{Port, PortId};
+use crate::secgroup;
 use crate::snapshot::Snapshot;
 use crate::wire::{EtherType, VlanTag};
 
@@ -221,6 +223,18 @@ pub(crate) fn drop_packet(
     }
 }
 
+/// Counts a flooded replica that `out`'s security groups refused, as [`drop_packet`] would
+/// have counted it had it been copied.
+#[cold]
+#[inline(never)]
+fn count_refused_replica(counters: &WorkerCounters, in_port: PortId, reason: DropReason) {
+    let port = (in_port != LOCAL_PORT).then_some(in_port);
+    counters.count_drop(port, Stage::SgIngress, reason, 1);
+    if let Some(pc) = counters.port(in_port) {
+        pc.rx_dropped.inc();
+    }
+}
+
 #[cold]
 #[inline(never)]
 fn count_no_buffers(counters: &WorkerCounters) {
@@ -312,6 +326,7 @@ impl BurstStage for Output {
 pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
     let (snap, counters) = (cx.snap, cx.counters);
     let (pool, ports) = (&mut *cx.pool, &mut *cx.ports);
+    let (conns, now) = (&mut *cx.conns, u64::from(cx.now_secs));
     let mut unicast = 0;
     let mut flooded = 0;
     // A burst is mostly runs of one flow: its egress tag is looked up once per run.
@@ -340,7 +355,11 @@ pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
             }
             Next::Flood => {
                 flooded += 1;
-                flood(snap, pool, ports, counters, pkt);
+                if snap.security_groups().any() {
+                    flood_filtered(snap, pool, ports, counters, pkt, conns, now);
+                } else {
+                    flood(snap, pool, ports, counters, pkt);
+                }
             }
             Next::Drop(reason, stage) => drop_packet(pool, counters, *pkt, stage, reason),
             Next::Consumed | Next::Waiting => {}
@@ -395,7 +414,8 @@ fn emit_tagged(
 
 /// Replicates a packet to every port of its network except the one it came from (a routed
 /// packet came from another network, so none is skipped). The original goes to the last
-/// port, so a frame with one target is never copied.
+/// port, so a frame with one target is never copied. When some port has security groups,
+/// [`flood_filtered`] does this instead, with a check per copy.
 fn flood(
     snap: &Snapshot,
     pool: &mut FramePool,
@@ -404,11 +424,7 @@ fn flood(
     pkt: &mut Packet,
 ) {
     let targets = snap.flood_ports(pkt.meta.network);
-    let skip = if pkt.meta.flags & Meta::ROUTED != 0 {
-        PortId(u16::MAX)
-    } else {
-        pkt.in_port
-    };
+    let skip = flood_skip(pkt);
     let mut remaining = targets.iter().filter(|&&p| p != skip).count();
     if remaining == 0 {
         return drop_packet(
@@ -429,6 +445,66 @@ fn flood(
         }
         // A copy is a new frame to account for, whether or not it could be made.
         counters.replicas.inc();
+        match pool.clone_packet(pkt) {
+            Some(mut copy) => emit(snap, pool, ports, counters, &mut copy, out),
+            None => count_no_buffers(counters),
+        }
+    }
+}
+
+/// The port a flood skips: the input port, unless the packet was routed (it came from
+/// another network, so none is skipped).
+#[inline(always)]
+fn flood_skip(pkt: &Packet) -> PortId {
+    if pkt.meta.flags & Meta::ROUTED != 0 {
+        PortId(u16::MAX)
+    } else {
+        pkt.in_port
+    }
+}
+
+/// [`flood`] when some port has security groups: a copy for a port whose groups refuse
+/// it is counted as made and dropped (with the reason, under `sg_ingress`), without
+/// copying the frame; the others go out.
+#[inline(never)]
+fn flood_filtered(
+    snap: &Snapshot,
+    pool: &mut FramePool,
+    ports: &mut PortSet,
+    counters: &WorkerCounters,
+    pkt: &mut Packet,
+    conns: &mut ConnTable,
+    now: u64,
+) {
+    let targets = snap.flood_ports(pkt.meta.network);
+    let skip = flood_skip(pkt);
+    let mut remaining = targets.iter().filter(|&&p| p != skip).count();
+    if remaining == 0 {
+        return drop_packet(
+            pool,
+            counters,
+            *pkt,
+            Stage::Flood,
+            DropReason::NoFloodTargets,
+        );
+    }
+    for &out in targets {
+        if out == skip {
+            continue;
+        }
+        remaining -= 1;
+        let verdict = secgroup::filter_ingress(snap, conns, now, out, pool.data(pkt), &pkt.meta);
+        if remaining == 0 {
+            return match verdict {
+                Ok(()) => emit(snap, pool, ports, counters, pkt, out),
+                Err(reason) => drop_packet(pool, counters, *pkt, Stage::SgIngress, reason),
+            };
+        }
+        counters.replicas.inc();
+        if let Err(reason) = verdict {
+            count_refused_replica(counters, pkt.in_port, reason);
+            continue;
+        }
         match pool.clone_packet(pkt) {
             Some(mut copy) => emit(snap, pool, ports, counters, &mut copy, out),
             None => count_no_buffers(counters),

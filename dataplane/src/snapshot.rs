@@ -14,6 +14,7 @@ use crate::pipeline::{Stage, StageSet};
 use crate::port::PortId;
 use crate::port_security::PortSecurity;
 use crate::routing::{RouterSpec, Routing, RoutingError};
+use crate::secgroup::SgTables;
 use crate::slowpath::SlowPathConfig;
 use crate::table::U64Map;
 
@@ -177,6 +178,8 @@ pub struct Snapshot {
     port_security: Box<[Option<PortSecurity>]>,
     /// The tunnel endpoint and overlay networks, if any.
     overlay: Overlay,
+    /// Security groups: per-port compiled rules, address sets, rule names and hits.
+    security_groups: SgTables,
 }
 
 impl fmt::Debug for Snapshot {
@@ -325,6 +328,12 @@ impl Snapshot {
 
     /// The port-security policy of `port`, if it is a VM port with port security on.
     #[inline]
+    pub fn security_groups(&self) -> &SgTables {
+        &self.security_groups
+    }
+
+    /// The port-security policy of `port`, if it has port security on.
+    #[inline]
     pub fn port_security(&self, port: PortId) -> Option<&PortSecurity> {
         self.port_security.get(port.index())?.as_ref()
     }
@@ -463,6 +472,8 @@ pub enum BuildError {
     PortSecurityNotOnVmPort(PortId),
     /// The overlay configuration is inconsistent (what is wrong).
     Overlay(&'static str),
+    /// Security groups given to a port without port security.
+    SecurityGroupsWithoutPortSecurity(PortId),
     /// A stage enabled for a port the configuration does not have.
     StageOnUnknownPort {
         /// The port.
@@ -519,6 +530,9 @@ impl fmt::Display for BuildError {
                 write!(f, "{n} networks exceed the limit of {MAX_NETWORKS}")
             }
             BuildError::ReservedPortId => write!(f, "port id 65535 is reserved"),
+            BuildError::SecurityGroupsWithoutPortSecurity(p) => {
+                write!(f, "security groups on port {} without port security", p.0)
+            }
             BuildError::PortSecurityNotOnVmPort(p) => {
                 write!(f, "port security for {p}, which is not a VM port")
             }
@@ -546,6 +560,7 @@ pub struct SnapshotBuilder {
     dhcp_servers: Vec<(NetworkUid, [u8; 6], Vec<Ipv4Addr>)>,
     slow_path: SlowPathConfig,
     port_security: Vec<(PortId, PortSecurity)>,
+    security_groups: SgTables,
     stages: Vec<(PortId, Stage)>,
     overlay: OverlayBuilder,
     /// MACs of remote ports: static FDB entries on their host's tunnel port.
@@ -608,6 +623,12 @@ impl SnapshotBuilder {
     /// Turns port security on for the VM port `port`, with `policy`.
     pub fn port_security(&mut self, port: PortId, policy: PortSecurity) -> &mut Self {
         self.port_security.push((port, policy));
+        self
+    }
+
+    /// Sets the security groups of the VM ports (each of which must have port security).
+    pub fn security_groups(&mut self, tables: SgTables) -> &mut Self {
+        self.security_groups = tables;
         self
     }
 
@@ -885,6 +906,22 @@ impl SnapshotBuilder {
             port_stages[port.index()] = port_stages[port.index()].with(Stage::PortSecurity);
         }
         overlay.enable_stages(&ports, &mut port_stages);
+        let security_groups = self.security_groups.clone();
+        for port in security_groups.ports() {
+            if self.port_security.iter().all(|(p, _)| *p != port) {
+                return Err(BuildError::SecurityGroupsWithoutPortSecurity(port));
+            }
+            port_stages[port.index()] = port_stages[port.index()].with(Stage::SgEgress);
+        }
+        // Traffic to a port with groups may come from any port, switched or routed: the
+        // ingress stage looks at every burst's unicast output once any port has groups.
+        if !security_groups.is_empty() {
+            for (set, role) in port_stages.iter_mut().zip(ports.iter()) {
+                if *role != PortRole::Absent {
+                    *set = set.with(Stage::SgIngress);
+                }
+            }
+        }
         for &(port, stage) in &self.stages {
             match port_stages.get_mut(port.index()) {
                 Some(set) if ports[port.index()] != PortRole::Absent => *set = set.with(stage),
@@ -906,6 +943,7 @@ impl SnapshotBuilder {
             slow_path: self.slow_path,
             port_security,
             overlay,
+            security_groups,
         })
     }
 }

@@ -12,7 +12,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 
 use crate::buf::{FrameId, FramePool};
-use crate::conntrack::ConnConfig;
+use crate::conntrack::{ConnConfig, ConnTable};
 use crate::counters::WorkerCounters;
 use crate::l2::MacTable;
 use crate::l3::{self, RouterState, LOCAL_PORT};
@@ -103,6 +103,8 @@ pub struct Worker {
     snap: Arc<Snapshot>,
     ack: Arc<GenerationAck>,
     macs: MacTable,
+    /// NAT sessions and security-group connections, by zone.
+    conns: ConnTable,
     stages: StageTable,
     counters: Arc<WorkerCounters>,
     batch: Batch,
@@ -150,7 +152,11 @@ impl Worker {
             cell,
             ack,
             macs: MacTable::with_seed(config.mac_table_capacity, config.hash_seed),
-            stages: StageTable::new(RouterState::new(config.neighbor_capacity, config.conntrack)),
+            conns: ConnTable::new(config.conntrack),
+            stages: StageTable::new(RouterState::new(
+                config.neighbor_capacity,
+                config.conntrack.hash_seed,
+            )),
             counters,
             batch: Batch::with_capacity(MAX_BURST),
             next_housekeeping_ns: 0,
@@ -275,6 +281,12 @@ impl Worker {
         &self.stages.l3
     }
 
+    /// The connection table: NAT sessions (zone = router uid) and security-group
+    /// connections (zone = [`crate::secgroup::port_zone`] of their port).
+    pub fn sessions(&self) -> &ConnTable {
+        &self.conns
+    }
+
     /// The attached ports.
     pub fn ports(&self) -> &PortSet {
         &self.ports
@@ -350,6 +362,7 @@ impl Worker {
             pool: &mut self.pool,
             ports: &mut self.ports,
             macs: &mut self.macs,
+            conns: &mut self.conns,
             counters,
             now_ns: self.now_ns,
             now_secs: self.now_secs,
@@ -369,6 +382,7 @@ impl Worker {
                 pool: &mut self.pool,
                 ports: &mut self.ports,
                 macs: &mut self.macs,
+                conns: &mut self.conns,
                 counters: &self.counters,
                 now_ns: self.now_ns,
                 now_secs: self.now_secs,
@@ -413,6 +427,7 @@ impl Worker {
             pool: &mut self.pool,
             ports: &mut self.ports,
             macs: &mut self.macs,
+            conns: &mut self.conns,
             counters: &self.counters,
             now_ns: self.now_ns,
             now_secs: self.now_secs,

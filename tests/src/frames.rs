@@ -207,3 +207,32 @@ pub fn vxlan(
     f.extend_from_slice(inner);
     f
 }
+
+/// A TCP segment (20-byte header, checksummed) from `sport` to `dport` with sequence and
+/// acknowledgment numbers, `flags` (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10), window
+/// `window` and `data`, as the payload of [`ipv4`] with protocol 6.
+#[allow(clippy::too_many_arguments)]
+pub fn tcp(
+    src_ip: [u8; 4],
+    dst_ip: [u8; 4],
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    window: u16,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut t = Vec::with_capacity(20 + data.len());
+    t.extend_from_slice(&sport.to_be_bytes());
+    t.extend_from_slice(&dport.to_be_bytes());
+    t.extend_from_slice(&seq.to_be_bytes());
+    t.extend_from_slice(&ack.to_be_bytes());
+    t.extend_from_slice(&[0x50, flags]);
+    t.extend_from_slice(&window.to_be_bytes());
+    t.extend_from_slice(&[0, 0, 0, 0]);
+    t.extend_from_slice(data);
+    let sum = transport_checksum(src_ip, dst_ip, 6, &t);
+    t[16..18].copy_from_slice(&sum.to_be_bytes());
+    t
+}

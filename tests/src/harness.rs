@@ -48,7 +48,26 @@ impl MemSwitch {
         ring: MemPortConfig,
         pool_frames: u32,
     ) -> Self {
-        let mut publisher = Publisher::new(config.build(1).expect("valid test configuration"));
+        Self::with_snapshot(
+            config.build(1).expect("valid test configuration"),
+            ports,
+            worker_config,
+            ring,
+            pool_frames,
+        )
+    }
+
+    /// A switch running `snapshot` (a compiled desired state, say), with explicit worker,
+    /// ring and pool sizes.
+    pub fn with_snapshot(
+        snapshot: Snapshot,
+        ports: &[u16],
+        worker_config: WorkerConfig,
+        ring: MemPortConfig,
+        pool_frames: u32,
+    ) -> Self {
+        let next_generation = snapshot.generation() + 1;
+        let mut publisher = Publisher::new(snapshot);
         let ack = publisher.register_worker();
         let pool = FramePool::with_frames(pool_frames).expect("pool");
         let max_ports = ports
@@ -68,8 +87,14 @@ impl MemSwitch {
             publisher,
             wires,
             now_ns: 1_000_000_000,
-            next_generation: 2,
+            next_generation,
         }
+    }
+
+    /// Publishes `snapshot` (whose generation must be newer than the running one).
+    pub fn publish(&mut self, snapshot: Snapshot) -> u64 {
+        self.next_generation = self.next_generation.max(snapshot.generation() + 1);
+        self.publisher.publish(snapshot).expect("newer generation")
     }
 
     /// Publishes `config` as the next generation.

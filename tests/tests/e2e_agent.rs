@@ -200,7 +200,7 @@ fn agent_applies_changes_resyncs_and_rides_out_etcd_outages() {
     lab.wait_ports(&[2]);
     lab.wait_log(&format!("ports.delete {}", port_id(1)), 1);
 
-    // A port polluxd refuses (security groups are not enforced yet) is logged and kept
+    // A port polluxd refuses (its security group is not in the desired state) is logged and kept
     // off; the others are untouched.
     let mut refused = port(5);
     refused["security_groups"] = json!(["sg-default"]);

@@ -114,6 +114,8 @@ impl Lab {
         for port in state["ports"].as_array_mut().unwrap() {
             if port["id"] == "vm-a1" {
                 port["port_security_enabled"] = json!(on);
+                // Security groups come with port security (Neutron refuses them without).
+                port["security_groups"] = if on { json!(["allow-all"]) } else { json!([]) };
             }
         }
         self.call("config.apply", json!({ "state": state }));

@@ -234,6 +234,10 @@ fn security_groups() -> Vec<SecurityGroup> {
         port_range_max: ports.map(|p| p.1),
         remote_ip_prefix: None,
         remote_group_id: None,
+        remote_address_group_id: None,
+        id: None,
+        security_group_id: None,
+        description: None,
     };
     let mut from_group = rule(Direction::Ingress, None, None);
     from_group.remote_group_id = Some("sg-default".into());
@@ -242,6 +246,9 @@ fn security_groups() -> Vec<SecurityGroup> {
     vec![
         SecurityGroup {
             id: "sg-default".into(),
+            name: None,
+            description: None,
+            stateful: true,
             rules: vec![
                 rule(Direction::Egress, None, None),
                 from_group,
@@ -250,14 +257,18 @@ fn security_groups() -> Vec<SecurityGroup> {
         },
         SecurityGroup {
             id: "sg-web".into(),
+            name: None,
+            description: None,
+            stateful: true,
             rules: vec![web, rule(Direction::Ingress, Some("tcp"), Some((443, 443)))],
         },
     ]
 }
 
 fn port(id: String, net: usize, mac_no: u32, addr: u32) -> Port {
-    // polluxd refuses a port that lists security groups until the data plane enforces
-    // them (never accept and ignore); the groups stay in the state, unreferenced.
+    // The ports list no groups (each compiles to Neutron's deny-all), so that the
+    // figures stay comparable with those measured before groups were enforced; the
+    // groups stay in the state, unreferenced.
     let _ = mac_no.is_multiple_of(4);
     let groups = Vec::new();
     Port {
@@ -354,6 +365,8 @@ fn generate(layout: &Layout, ports: usize, routers: usize) -> (DesiredState, Vec
         routers,
         floating_ips: Vec::new(),
         security_groups: security_groups(),
+        security_group_rules: Vec::new(),
+        address_groups: Vec::new(),
     };
     (state, port_net)
 }

@@ -524,7 +524,7 @@ const FDB_COLUMNS: &[Column] = &[
 ];
 
 const SESSION_COLUMNS: &[Column] = &[
-    ("ROUTER", "router_id"),
+    ("ZONE", "zone"),
     ("PROTO", "protocol"),
     ("SRC", "/original/src"),
     ("SPORT", "/original/sport"),

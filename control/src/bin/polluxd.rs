@@ -48,6 +48,10 @@ struct Args {
     /// Frames (2 KiB each) in the worker's pool; each AF_XDP queue needs 3072.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_POOL_FRAMES)]
     pool_frames: u32,
+    /// Connections one port may hold in the worker's connection table (its NAT sessions
+    /// and security-group connections together); default 1/8 of the table.
+    #[arg(long, value_name = "N")]
+    conn_per_port: Option<usize>,
     /// Preferred busy polling on every AF_XDP socket (SO_PREFER_BUSY_POLL): the worker's
     /// receive bursts run the interfaces' receive work (XDP, the copy into the pool) on
     /// its own CPU. Set `napi_defer_hard_irqs` and `gro_flush_timeout` on the interfaces.
@@ -91,6 +95,7 @@ fn main() -> ExitCode {
         metrics: args.metrics,
         max_request: args.max_request,
         pool_frames: args.pool_frames,
+        conn_per_port: args.conn_per_port,
     };
     match run(&options) {
         Ok(()) => ExitCode::SUCCESS,

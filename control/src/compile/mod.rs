@@ -33,6 +33,7 @@ pub mod dhcp;
 mod overlay;
 
 pub use overlay::tunnel_key;
+pub mod security_groups;
 
 /// Port ids are `u16` and 0xffff is reserved by the data plane.
 const MAX_PORT_IDS: usize = u16::MAX as usize;
@@ -348,6 +349,7 @@ pub fn compile(
         }
     }
 
+    let mut filtered = Vec::new();
     for (i, port) in state.ports.iter().enumerate() {
         // A port of another host has no binding here: the overlay reaches it.
         let Some(binding) = &port.binding else {
@@ -356,19 +358,14 @@ pub fn compile(
         supported_binding(binding, || format!("ports[{i}].binding.driver"))?;
         let key = vm_port_key(&port.id);
         let id = ids.assign_port(&key, &mut taken)?;
-        if !port.security_groups.is_empty() {
-            return Err(CompileError::Unsupported {
-                path: format!("ports[{i}].security_groups"),
-                what: "security groups are not enforced by the data plane yet; leave the list \
-                       empty (port security still applies)"
-                    .into(),
-            });
-        }
         if state.networks[port.network].admin_state_up {
             let macs = port.macs();
             b.access_port(id, network_uid[port.network], &macs);
             if port.port_security_enabled {
                 b.port_security(id, port_security(port, &macs));
+                // Port security brings security groups: no group is deny-all but for
+                // Neutron's implicit allows.
+                filtered.push((i, id));
             }
             if kernel_interface(binding) {
                 b.enable_stage(id, Stage::ChecksumOffload);
@@ -389,6 +386,8 @@ pub fn compile(
         &uplink_ids,
         &network_uid,
     )?;
+
+    b.security_groups(security_groups::tables(state, &filtered));
 
     for (index, router) in state.routers.iter().enumerate() {
         let uid = ids.router(&router.id)?;

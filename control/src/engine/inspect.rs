@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use pollux_dataplane::conntrack::{Dir, FlowKey, TcpState};
 use pollux_dataplane::l3::REACHABLE_SECS;
 use pollux_dataplane::port::PortId;
+use pollux_dataplane::secgroup::zone_port;
 use pollux_dataplane::snapshot::mac_from_u64;
 use pollux_dataplane::worker::Worker;
 
@@ -92,13 +93,13 @@ impl Engine {
         Ok(out)
     }
 
-    /// The routers' NAT sessions as the worker holds them (live ones), read by a job,
-    /// sorted by router and original flow. Sessions of removed routers are not shown.
+    /// The connections the worker tracks (live ones), read by a job, sorted by zone and
+    /// original flow: the routers' NAT sessions and the security groups' connections.
+    /// Those of removed routers and ports are not shown.
     pub fn sessions(&self) -> Result<Vec<SessionEntry>, ApplyError> {
         let (now, sessions) = self.call(|w| {
             let now = u64::from(w.now_secs());
             let sessions: Vec<_> = w
-                .router()
                 .sessions()
                 .iter()
                 .filter(|(_, s)| !s.is_expired(now))
@@ -112,9 +113,16 @@ impl Engine {
             .into_iter()
             .filter_map(|s| {
                 let original = *s.key(Dir::Original);
-                let router_id = routers.get(&original.zone)?.to_string();
+                let (zone, router_id) = match zone_port(original.zone) {
+                    Some(port) => (ports.get(&port.0)?.to_string(), None),
+                    None => {
+                        let id = routers.get(&original.zone)?.to_string();
+                        (format!("router:{id}"), Some(id))
+                    }
+                };
                 let owner = u16::try_from(s.owner()).ok();
                 Some(SessionEntry {
+                    zone,
                     router_id,
                     port: owner.and_then(|p| ports.get(&p)).map(|k| k.to_string()),
                     original,
@@ -129,7 +137,7 @@ impl Engine {
             .collect();
         out.sort_by_key(|e| {
             let k = e.original;
-            (e.router_id.clone(), k.proto, k.src, k.sport, k.dst, k.dport)
+            (e.zone.clone(), k.proto, k.src, k.sport, k.dst, k.dport)
         });
         Ok(out)
     }
@@ -234,8 +242,11 @@ pub struct NeighborEntry {
 /// One NAT session for `sessions.list`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionEntry {
-    /// The router translating it.
-    pub router_id: String,
+    /// Its conntrack zone: `router:ID` (a NAT session) or `port:ID` (a security-group
+    /// connection of that VM port).
+    pub zone: String,
+    /// The router translating it (NAT sessions).
+    pub router_id: Option<String>,
     /// The port that opened it (`port:ID`), if it still exists.
     pub port: Option<String>,
     /// The flow as its first packet arrived.

@@ -339,10 +339,19 @@ impl Engine {
         let counters = worker.counters();
         let mailbox = worker.mailbox();
         let cell = publisher.cell();
+        let rules_cell = publisher.cell();
         let metrics = Arc::new(
             MetricsSource::new(vec![(0, Arc::clone(&counters))], Vec::new())
                 .with_generation_fn(move || cell.generation())
-                .with_dhcp_fn(dhcp.stats_fn()),
+                .with_dhcp_fn(dhcp.stats_fn())
+                .with_sg_rules_fn(move || {
+                    rules_cell
+                        .load()
+                        .security_groups()
+                        .rule_hits()
+                        .map(|(n, hits)| (n.group.clone(), n.rule.clone(), hits))
+                        .collect()
+                }),
         );
         let thread = workers::spawn(worker, config.worker.id, config.core).map_err(|e| {
             format!(

@@ -100,10 +100,11 @@ const METHODS: &[(&str, &str)] = &[
     ),
     (
         "sessions.list",
-        "{router_id?: string} -> {generation, sessions: [{router_id, port, protocol, \
+        "{router_id?: string} -> {generation, sessions: [{zone, router_id, port, protocol, \
          original: {src, sport, dst, dport}, reply: {src, sport, dst, dport}, state, \
          idle_secs, expires_in_secs, packets_out, packets_in, bytes_out, bytes_in}]}: NAT \
-         sessions (for ICMP the ports are the echo identifier)",
+         sessions (zone router:ID) and security-group connections (zone port:ID); for ICMP \
+         the ports are the echo identifier",
     ),
     (
         "leases.list",
@@ -631,9 +632,14 @@ fn sessions_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcErro
         .sessions()
         .map_err(rpc_error)?
         .into_iter()
-        .filter(|s| p.router_id.as_ref().is_none_or(|id| *id == s.router_id))
+        .filter(|s| {
+            p.router_id
+                .as_ref()
+                .is_none_or(|id| Some(id) == s.router_id.as_ref())
+        })
         .map(|s| {
             json!({
+                "zone": s.zone,
                 "router_id": s.router_id,
                 "port": s.port.as_deref().map(port_label),
                 "protocol": protocol_name(s.original.proto),

@@ -42,7 +42,7 @@ pub use network::{Network, Segment, DEFAULT_MTU, JUMBO_MTU, MIN_MTU, VXLAN_OVERH
 pub use pollux_services::addr::fmt_mac;
 pub use port::{AddressPair, FixedIp, Port};
 pub use router::{ExternalGateway, Router};
-pub use security_group::{Protocol, Remote, Rule, SecurityGroup};
+pub use security_group::{protocol_number, AddressGroup, PortMatch, Remote, Rule, SecurityGroup};
 pub use settings::{DhcpLimits, MAX_DHCP_LIMIT};
 pub use subnet::{default_dhcp_server_ip, Subnet, MAX_LEASE_DURATION, MIN_LEASE_DURATION};
 pub use uplink::Uplink;
@@ -87,6 +87,8 @@ pub struct Validated {
     pub floating_ips: Vec<FloatingIp>,
     /// Security groups.
     pub security_groups: Vec<SecurityGroup>,
+    /// Address groups.
+    pub address_groups: Vec<AddressGroup>,
 }
 
 /// A checked route.
@@ -107,7 +109,12 @@ pub fn validate(state: &DesiredState) -> Result<Validated, Vec<ValidationError>>
     let hosts = c.hosts(&state.agent, &state.hosts, &uplinks);
     let networks = c.networks(&state.networks, &uplinks);
     let subnets = c.subnets(&state.subnets, &networks);
-    let security_groups = c.security_groups(&state.security_groups);
+    let address_groups = c.address_groups(&state.address_groups);
+    let security_groups = c.security_groups(
+        &state.security_groups,
+        &state.security_group_rules,
+        &address_groups,
+    );
     let ports = c.ports(&state.ports, &networks, &subnets, &security_groups, &hosts);
     let routers = c.routers(&state.routers, &networks, &subnets);
     let floating_ips = c.floating_ips(&state.floating_ips, &ports, &subnets, &routers);
@@ -127,6 +134,7 @@ pub fn validate(state: &DesiredState) -> Result<Validated, Vec<ValidationError>>
         routers: routers.items,
         floating_ips: floating_ips.items,
         security_groups: security_groups.items,
+        address_groups: address_groups.items,
     })
 }
 

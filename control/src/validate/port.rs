@@ -165,6 +165,17 @@ impl Checker {
                     }
                 }
             }
+            let stateful = security_groups
+                .iter()
+                .map(|&g| groups.items[g].stateful)
+                .collect::<Vec<_>>();
+            if stateful.contains(&true) && stateful.contains(&false) {
+                self.err(
+                    format!("{base}.security_groups"),
+                    "a port cannot have both stateful and stateless security groups (Neutron \
+                     refuses this too)",
+                );
+            }
             if !p.port_security_enabled {
                 if !p.security_groups.is_empty() {
                     self.err(

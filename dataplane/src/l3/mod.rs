@@ -27,7 +27,7 @@ pub use neighbor::{
 use std::net::Ipv4Addr;
 
 use crate::buf::{FrameId, FramePool};
-use crate::conntrack::{ConnConfig, ConnTable, Dir, FlowKey, InsertError};
+use crate::conntrack::{Dir, FlowKey, InsertError};
 use crate::drop::DropReason;
 use crate::frag::{self, FragError};
 use crate::icmp_error::{self, IcmpErrorKind};
@@ -81,8 +81,6 @@ const ARP_FRAME_LEN: usize = 60;
 #[derive(Debug)]
 pub struct RouterState {
     neighbors: NeighborTable,
-    /// SNAT sessions (keyed in the zone of the router's uid).
-    conns: ConnTable,
     local: Batch,
     /// A neighbour was completed in this pass: waiting packets may go.
     resolved: bool,
@@ -128,13 +126,13 @@ impl BurstCache {
 }
 
 impl RouterState {
-    /// State for up to `neighbors` neighbours and a connection table as `conns` says.
-    /// The neighbour table is keyed with the connection table's secret seed: both hold
-    /// keys that hosts choose.
-    pub fn new(neighbors: usize, conns: ConnConfig) -> Self {
+    /// State for up to `neighbors` neighbours, keyed with the secret `hash_seed` (the
+    /// connection table's: both hold keys that hosts choose). The SNAT sessions live in
+    /// the worker's connection table (`BurstCtx::conns`, zone = the router's uid), which
+    /// the security groups share.
+    pub fn new(neighbors: usize, hash_seed: u64) -> Self {
         RouterState {
-            neighbors: NeighborTable::with_seed(neighbors, conns.hash_seed),
-            conns: ConnTable::new(conns),
+            neighbors: NeighborTable::with_seed(neighbors, hash_seed),
             local: Batch::with_capacity(MAX_BURST),
             resolved: false,
             icmp_budget: TokenBucket::default(),
@@ -147,11 +145,6 @@ impl RouterState {
     /// The neighbour table.
     pub fn neighbors(&self) -> &NeighborTable {
         &self.neighbors
-    }
-
-    /// The NAT sessions.
-    pub fn sessions(&self) -> &ConnTable {
-        &self.conns
     }
 }
 
@@ -204,6 +197,25 @@ impl BurstStage for RouterState {
         if self.local.is_empty() {
             return;
         }
+        // What the router sends after the burst (released packets, ICMP errors) did not
+        // pass the ingress security groups of its output port.
+        if !cx.snap.security_groups().is_empty() {
+            for pkt in self.local.as_mut_slice() {
+                if let Next::Output(out) = pkt.meta.next {
+                    let data = cx.pool.data(pkt);
+                    if let Err(reason) = crate::secgroup::filter_ingress(
+                        cx.snap,
+                        cx.conns,
+                        u64::from(cx.now_secs),
+                        out,
+                        data,
+                        &pkt.meta,
+                    ) {
+                        pkt.meta.next = Next::Drop(reason, Stage::SgIngress);
+                    }
+                }
+            }
+        }
         let sent = output(cx, self.local.as_mut_slice());
         cx.counters.stage_packets[Stage::Output as usize].add(u64::from(sent));
         self.local.clear();
@@ -218,8 +230,8 @@ impl RouterState {
         let counters = cx.counters;
         let now = cx.now_secs;
         self.neighbors.age(now, budget);
-        self.conns.expire(u64::from(now), budget);
-        counters.sessions.set(self.conns.len() as u64);
+        cx.conns.expire(u64::from(now), budget);
+        counters.sessions.set(cx.conns.len() as u64);
         counters.neighbors.set(self.neighbors.len() as u64);
         counters
             .neighbor_waiting
@@ -530,12 +542,11 @@ impl RouterState {
                     original: Some(l4),
                     ..Inbound::default()
                 };
-                if let Some((id, dir)) = self.conns.lookup(&l4.key, now) {
-                    if let Some(to) = self.conns.session(id).rewrite(dir) {
+                if let Some((id, dir)) = cx.conns.lookup(&l4.key, now) {
+                    if let Some(to) = cx.conns.session(id).rewrite(dir) {
                         nat::rewrite(ip, &l4.key, &to);
                     }
-                    self.conns
-                        .touch(id, dir, l4.flags, u32::from(total_len), now);
+                    cx.conns.touch(id, dir, l4.flags, u32::from(total_len), now);
                     inbound.session = true;
                 } else if let Some(fixed) = routing.fixed_of(router, l4.key.dst) {
                     nat::rewrite(ip, &l4.key, &nat::to_dst(&l4.key, fixed));
@@ -599,7 +610,7 @@ impl RouterState {
         let key = current.key;
         let now = u64::from(now);
         let Some(port) =
-            self.conns
+            cx.conns
                 .alloc_snat(zone, key.proto, external_ip, key.dst, key.dport, key.sport)
         else {
             return Err(DropReason::NatPortsExhausted);
@@ -619,17 +630,17 @@ impl RouterState {
             dport: port,
         };
         let owner = u32::from(pkt.in_port.0);
-        let id = match self.conns.insert(original.key, reply, owner, 0, now) {
+        let id = match cx.conns.insert(original.key, reply, owner, 0, now) {
             Ok(id) => id,
             Err(InsertError::QuotaExceeded) => return Err(DropReason::NatQuotaExceeded),
             Err(InsertError::TableFull | InsertError::Exists) => {
                 return Err(DropReason::NatTableFull)
             }
         };
-        if let Some(to) = self.conns.session(id).rewrite(Dir::Original) {
+        if let Some(to) = cx.conns.session(id).rewrite(Dir::Original) {
             nat::rewrite(ip, &key, &to);
         }
-        self.conns
+        cx.conns
             .touch(id, Dir::Original, original.flags, u32::from(total_len), now);
         Ok(())
     }

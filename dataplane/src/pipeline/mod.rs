@@ -43,6 +43,7 @@ pub mod tsc;
 pub use table::StageTable;
 
 use crate::buf::FramePool;
+use crate::conntrack::ConnTable;
 use crate::counters::WorkerCounters;
 use crate::l2::MacTable;
 use crate::output::PortSet;
@@ -94,6 +95,8 @@ stages! {
     VxlanDecap => "vxlan_decap", "VXLAN to the tunnel endpoint: VNI to network, inner frame on to L2 from the sender's tunnel port; ARP for the endpoint's address.";
     ArpResponder => "arp_responder", "Answers ARP requests on overlay networks for addresses of known ports (l2population), on the host.";
     VxlanEncap => "vxlan_encap", "Outer Ethernet/IPv4/UDP/VXLAN headers for frames to remote hosts; head-end replication of floods.";
+    SgEgress => "sg_egress", "Security groups of VM ports, on traffic from the VM (after port security).";
+    SgIngress => "sg_ingress", "Security groups of VM ports, on traffic to the VM (after the forwarding decision; flooded replicas per output port).";
 }
 
 impl Stage {
@@ -250,6 +253,9 @@ pub struct BurstCtx<'a> {
     /// Learned MACs: the L2 stage learns them and the router's egress looks them up, so
     /// they are the worker's, not one stage's.
     pub macs: &'a mut MacTable,
+    /// The worker's connection table: NAT sessions (zone = router) and security-group
+    /// connections (zone = port) on one lookup path.
+    pub conns: &'a mut ConnTable,
     /// The worker's counters.
     pub counters: &'a WorkerCounters,
     /// The worker's clock at the start of the pass, in nanoseconds.

@@ -16,6 +16,7 @@ use crate::overlay::encap::VxlanEncap;
 use crate::overlay::underlay::Underlay;
 use crate::packet::Packet;
 use crate::port_security::PortSecurityStage;
+use crate::secgroup::{SgEgress, SgIngress};
 use crate::slowpath::SlowPath;
 
 /// The stages of one worker, each with its per-worker state. See the module documentation
@@ -24,6 +25,7 @@ pub struct StageTable {
     classify: Classify,
     checksum_offload: ChecksumOffload,
     port_security: PortSecurityStage,
+    sg_egress: SgEgress,
     /// Stages added at run time; they run after classification.
     extensions: Vec<Box<dyn BurstStage + Send>>,
     l2: L2,
@@ -31,6 +33,7 @@ pub struct StageTable {
     pub(crate) slow_path: SlowPath,
     /// The routers' neighbours, sessions and frames of their own.
     pub(crate) l3: RouterState,
+    sg_ingress: SgIngress,
     output: Output,
     /// Remote tunnel endpoints' MACs: the overlay stages' state, shared by decapsulation
     /// (which learns them) and encapsulation (which uses them).
@@ -56,10 +59,12 @@ impl StageTable {
             classify: Classify,
             checksum_offload: ChecksumOffload,
             port_security: PortSecurityStage,
+            sg_egress: SgEgress,
             extensions: Vec::new(),
             l2: L2,
             slow_path: SlowPath::disconnected(),
             l3,
+            sg_ingress: SgIngress,
             output: Output,
             underlay: Underlay::default(),
             trace: None,
@@ -109,6 +114,7 @@ impl StageTable {
         });
         step!(self.checksum_offload);
         step!(self.port_security);
+        step!(self.sg_egress);
         if !self.extensions.is_empty() {
             for ext in self.extensions.iter_mut() {
                 step!(**ext);
@@ -121,6 +127,7 @@ impl StageTable {
         step!(VxlanEncap {
             under: &mut self.underlay
         });
+        step!(self.sg_ingress);
         step!(self.output);
         if ran.contains(Stage::Extension) {
             for ext in self.extensions.iter_mut() {

@@ -1,0 +1,153 @@
+//! Security groups compiled for the data plane: each port with port security gets the
+//! union of its groups' rules per direction (ports with the same groups share one
+//! compiled policy), and every remote group and address group becomes one address set
+//! that all the rules naming it share. A change of membership changes the set only; the
+//! rule sets refer to it by index.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+
+use pollux_dataplane::port::PortId;
+use pollux_dataplane::secgroup::{
+    AddressSet, RuleName, RuleSet, SgPolicy, SgRemote, SgRule, SgTables,
+};
+
+use crate::model::Direction;
+use crate::validate::{PortMatch, Remote, Rule, Validated};
+
+/// The address set of security group `g` is set `g`; address group `a`'s is set
+/// `groups + a`.
+fn set_of(state: &Validated, remote: Remote) -> SgRemote {
+    match remote {
+        Remote::Any => SgRemote::Any,
+        Remote::Prefix(c) => SgRemote::Prefix {
+            addr: u32::from(c.addr),
+            len: c.prefix,
+        },
+        Remote::Group(g) => SgRemote::Set(g as u32),
+        Remote::AddressGroup(a) => SgRemote::Set((state.security_groups.len() + a) as u32),
+    }
+}
+
+fn compile_rule(state: &Validated, r: &Rule, id: u32) -> SgRule {
+    let (lo, hi) = match (r.protocol, r.ports) {
+        (None, _) | (_, PortMatch::Any) => (0, u16::MAX),
+        (_, PortMatch::Ports(a, b)) => (a, b),
+        (_, PortMatch::Icmp(Some(t), Some(c))) => {
+            let k = u16::from(t) << 8 | u16::from(c);
+            (k, k)
+        }
+        (_, PortMatch::Icmp(Some(t), None)) => (u16::from(t) << 8, u16::from(t) << 8 | 0xff),
+        (_, PortMatch::Icmp(None, _)) => (0, u16::MAX),
+    };
+    SgRule {
+        proto: r.protocol,
+        lo,
+        hi,
+        remote: set_of(state, r.remote),
+        id,
+    }
+}
+
+/// The prefixes of each address set, in set order.
+fn set_prefixes(state: &Validated) -> Vec<Vec<(u32, u8)>> {
+    let mut sets: Vec<Vec<(u32, u8)>> = vec![Vec::new(); state.security_groups.len()];
+    for port in &state.ports {
+        for &g in &port.security_groups {
+            let set = &mut sets[g];
+            set.extend(port.fixed_ips.iter().map(|f| (u32::from(f.ip), 32)));
+            set.extend(
+                port.allowed_address_pairs
+                    .iter()
+                    .map(|p| (u32::from(p.ip.addr), p.ip.prefix)),
+            );
+        }
+    }
+    for ag in &state.address_groups {
+        sets.push(
+            ag.ipv4
+                .iter()
+                .map(|c| (u32::from(c.addr), c.prefix))
+                .collect(),
+        );
+    }
+    for s in &mut sets {
+        s.sort_unstable();
+        s.dedup();
+    }
+    sets
+}
+
+/// The security-group tables of `ports` (each: a port with port security, as (index into
+/// `state.ports`, its id)).
+pub fn tables(state: &Validated, ports: &[(usize, PortId)]) -> SgTables {
+    let prefixes = set_prefixes(state);
+    let mut names = Vec::new();
+    let mut rules_of: Vec<Vec<(Direction, SgRule)>> = Vec::new();
+    for g in &state.security_groups {
+        let mut compiled = Vec::new();
+        for r in &g.rules {
+            let id = names.len() as u32;
+            names.push(RuleName {
+                group: g.id.clone(),
+                rule: r.id.clone(),
+            });
+            compiled.push((r.direction, compile_rule(state, r, id)));
+        }
+        rules_of.push(compiled);
+    }
+    let mut policies: Vec<SgPolicy> = Vec::new();
+    let mut by_groups: BTreeMap<Vec<usize>, u32> = BTreeMap::new();
+    let mut port_policy = Vec::with_capacity(ports.len());
+    for &(index, id) in ports {
+        let mut groups = state.ports[index].security_groups.clone();
+        groups.sort_unstable();
+        let next = policies.len() as u32;
+        let at = *by_groups.entry(groups.clone()).or_insert_with(|| {
+            policies.push(policy(state, &groups, &rules_of, &prefixes));
+            next
+        });
+        port_policy.push((id, at));
+    }
+    let sets = prefixes.iter().map(|p| AddressSet::new(p)).collect();
+    SgTables::new(policies, &port_policy, sets, names)
+}
+
+fn policy(
+    state: &Validated,
+    groups: &[usize],
+    rules_of: &[Vec<(Direction, SgRule)>],
+    prefixes: &[Vec<(u32, u8)>],
+) -> SgPolicy {
+    let pick = |dir: Direction| -> Vec<SgRule> {
+        groups
+            .iter()
+            .flat_map(|&g| rules_of[g].iter())
+            .filter(|(d, _)| *d == dir)
+            .map(|&(_, r)| r)
+            .collect()
+    };
+    let ingress = pick(Direction::Ingress);
+    let egress = pick(Direction::Egress);
+    // The version is a digest of what decides: the rules (without their ids, which only
+    // name them) and the address sets they use.
+    let mut h = DefaultHasher::new();
+    for (tag, rules) in [(0u8, &ingress), (1, &egress)] {
+        tag.hash(&mut h);
+        for r in rules.iter() {
+            (r.proto, r.lo, r.hi, r.remote).hash(&mut h);
+            if let SgRemote::Set(s) = r.remote {
+                prefixes[s as usize].hash(&mut h);
+            }
+        }
+    }
+    let stateful = groups.iter().all(|&g| state.security_groups[g].stateful);
+    stateful.hash(&mut h);
+    SgPolicy {
+        ingress: RuleSet::build(&ingress),
+        egress: RuleSet::build(&egress),
+        stateful,
+        version: (h.finish() & 0x7fff) as u16,
+    }
+}

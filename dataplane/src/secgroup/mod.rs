@@ -1,0 +1,796 @@
+//! Security groups with Neutron's semantics, enforced per VM port on the worker's
+//! connection table (one lookup path with the routers' NAT: zone = the port).
+//!
+//! - **Egress** (traffic from the VM): the [`SgEgress`] stage, right after port security
+//!   on the port the burst came from.
+//! - **Ingress** (traffic to the VM): decided for the *output* port, so it runs after the
+//!   forwarding decision: the [`SgIngress`] stage before output for unicast, and
+//!   [`filter_ingress`] for each flooded replica (a replica to a port whose groups refuse
+//!   it is dropped while the others go out) and for the frames the router sends after a
+//!   burst.
+//! - **Stateful** groups: the first packet of a flow is evaluated against the rules; if a
+//!   rule allows it, a connection is tracked in the port's zone (charged to the port's
+//!   quota) and its replies, and ICMP errors whose inner header is a tracked flow, pass
+//!   without the rules. The established path is one conntrack lookup whatever the rule
+//!   count. Each connection remembers the version of the policy that admitted it; when
+//!   the port's rules change, its next packet re-evaluates the rules and the connection
+//!   is cut if they no longer allow it.
+//! - **Stateless** groups: every packet needs a rule of its own direction.
+//! - **Implicit allows** (Neutron's iptables driver): ARP; DHCP client requests out
+//!   (UDP 68 → 67) and the network's DHCP server's replies in (67 → 68); IPv6 neighbour
+//!   discovery, MLD, router solicitations out and advertisements in, DHCPv6 client
+//!   traffic. Nothing else: no rule is a drop (`sg_no_rule`).
+//!
+//! Only IPv4 rules exist (the connection table keys IPv4): IPv6 rules are refused by the
+//! control plane, so other IPv6 traffic of a port with security groups is dropped.
+
+pub mod classifier;
+
+use crate::conntrack::{ConnTable, Dir, FlowKey, InsertError, TcpSegment};
+use crate::counters::Counter;
+use crate::drop::DropReason;
+use crate::packet::{Meta, Next, Packet};
+use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
+use crate::port::PortId;
+use crate::snapshot::Snapshot;
+use crate::wire::ipv6::{Ipv6Packet, UpperLayer, ICMPV6};
+use crate::wire::{EtherType, IpProtocol, Ipv4Packet, TcpFlags};
+
+pub use classifier::{AddressSet, RuleSet, SgRemote, SgRule};
+
+/// Zones of security-group connections have this bit; NAT zones (router uids, 24 bits)
+/// never do.
+pub const PORT_ZONE: u32 = 1 << 31;
+
+/// Zones of the fragment entries of a port: a first fragment that passed lets the later
+/// fragments of its datagram (same source, destination, protocol and identification)
+/// pass, as conntrack's defragmentation would.
+const FRAGMENT_ZONE: u32 = 1 << 30;
+
+/// The conntrack zone of a port's security-group connections.
+#[inline]
+pub const fn port_zone(port: PortId) -> u32 {
+    PORT_ZONE | port.0 as u32
+}
+
+/// The port of a security-group connection's zone; `None` for a router's zone (NAT) and
+/// for the entries that admit later fragments.
+pub const fn zone_port(zone: u32) -> Option<PortId> {
+    if zone & (PORT_ZONE | FRAGMENT_ZONE) == PORT_ZONE {
+        Some(PortId(zone as u16))
+    } else {
+        None
+    }
+}
+
+const TCP: u8 = IpProtocol::TCP.0;
+const UDP: u8 = IpProtocol::UDP.0;
+const ICMP: u8 = IpProtocol::ICMP.0;
+const SCTP: u8 = 132;
+const DCCP: u8 = 33;
+const UDPLITE: u8 = 136;
+const DHCP_SERVER: u16 = 67;
+const DHCP_CLIENT: u16 = 68;
+const DHCPV6_CLIENT: u16 = 546;
+const DHCPV6_SERVER: u16 = 547;
+/// ICMPv6 neighbour discovery and MLD types Neutron lets through on every port: MLD query,
+/// report, done (130-132), router solicitation (133), router advertisement (134, in
+/// only), neighbour solicitation and advertisement (135, 136), MLDv2 report (143).
+const ICMPV6_IMPLICIT: [u8; 8] = [130, 131, 132, 133, 134, 135, 136, 143];
+const ICMPV6_ROUTER_ADVERTISEMENT: u8 = 134;
+
+/// Which way a packet crosses the port, seen from the VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// To the VM.
+    Ingress,
+    /// From the VM.
+    Egress,
+}
+
+/// The compiled security groups of one port: the union of its groups' rules, per
+/// direction (IPv4).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SgPolicy {
+    /// Rules for traffic to the port.
+    pub ingress: RuleSet,
+    /// Rules for traffic from the port.
+    pub egress: RuleSet,
+    /// Connection tracking (all of the port's groups are stateful or none is).
+    pub stateful: bool,
+    /// A digest of the rules and the address sets they use: a connection admitted under
+    /// another version is re-evaluated on its next packet.
+    pub version: u16,
+}
+
+impl SgPolicy {
+    fn rules(&self, dir: Direction) -> &RuleSet {
+        match dir {
+            Direction::Ingress => &self.ingress,
+            Direction::Egress => &self.egress,
+        }
+    }
+}
+
+/// Names of a rule, for counters and the CLI.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleName {
+    /// The security group's id.
+    pub group: String,
+    /// The rule's id.
+    pub rule: String,
+}
+
+/// Everything the snapshot holds for security groups.
+#[derive(Debug, Default)]
+pub struct SgTables {
+    policies: Box<[SgPolicy]>,
+    /// Per port id, its policy's index, or `u32::MAX`.
+    port_policy: Box<[u32]>,
+    sets: Box<[AddressSet]>,
+    rules: Box<[RuleName]>,
+    /// Per rule: connections (stateful) or packets (stateless) it admitted.
+    hits: Box<[Counter]>,
+    /// Some port has a policy.
+    any: bool,
+}
+
+/// A copy starts its hit counters from zero.
+impl Clone for SgTables {
+    fn clone(&self) -> Self {
+        SgTables {
+            policies: self.policies.clone(),
+            port_policy: self.port_policy.clone(),
+            sets: self.sets.clone(),
+            rules: self.rules.clone(),
+            hits: (0..self.rules.len()).map(|_| Counter::default()).collect(),
+            any: self.any,
+        }
+    }
+}
+
+impl SgTables {
+    /// Tables of `policies` (ports share one when they have the same groups), with
+    /// `port_policy` giving each port's (`(port, index into policies)`), the address
+    /// `sets` the rules refer to, and every rule's names (indexed by [`SgRule::id`]).
+    pub fn new(
+        policies: Vec<SgPolicy>,
+        port_policy: &[(PortId, u32)],
+        sets: Vec<AddressSet>,
+        rules: Vec<RuleName>,
+    ) -> Self {
+        let slots = port_policy
+            .iter()
+            .map(|(p, _)| p.index() + 1)
+            .max()
+            .unwrap_or(0);
+        let mut by_port = vec![u32::MAX; slots];
+        for &(p, i) in port_policy {
+            by_port[p.index()] = i;
+        }
+        let hits = (0..rules.len()).map(|_| Counter::default()).collect();
+        SgTables {
+            policies: policies.into(),
+            any: !port_policy.is_empty(),
+            port_policy: by_port.into(),
+            sets: sets.into(),
+            rules: rules.into(),
+            hits,
+        }
+    }
+
+    /// The policy of `port`, if it has security groups (port security on).
+    #[inline]
+    pub fn policy(&self, port: PortId) -> Option<&SgPolicy> {
+        let i = *self.port_policy.get(port.index())?;
+        self.policies.get(i as usize)
+    }
+
+    /// Ports with a policy.
+    pub fn ports(&self) -> impl Iterator<Item = PortId> + '_ {
+        self.port_policy
+            .iter()
+            .enumerate()
+            .filter(|(_, &i)| i != u32::MAX)
+            .map(|(p, _)| PortId(p as u16))
+    }
+
+    /// Whether no port has a policy.
+    pub fn is_empty(&self) -> bool {
+        !self.any
+    }
+
+    /// Whether some port has a policy (one read: flooding asks it per packet).
+    #[inline(always)]
+    pub fn any(&self) -> bool {
+        self.any
+    }
+
+    /// The address sets of remote and address groups.
+    pub fn sets(&self) -> &[AddressSet] {
+        &self.sets
+    }
+
+    /// Every rule's names with its hit count, by rule id.
+    pub fn rule_hits(&self) -> impl Iterator<Item = (&RuleName, u64)> + '_ {
+        self.rules
+            .iter()
+            .zip(self.hits.iter())
+            .map(|(n, c)| (n, c.get()))
+    }
+
+    /// Counts a packet or connection admitted by rule `id` (an id the tables do not name
+    /// counts nowhere rather than panicking).
+    #[inline]
+    fn count_hit(&self, id: u32) {
+        if let Some(c) = self.hits.get(id as usize) {
+            c.inc();
+        }
+    }
+
+    /// The names of rule `id`.
+    pub fn rule(&self, id: u32) -> Option<&RuleName> {
+        self.rules.get(id as usize)
+    }
+}
+
+/// What the filter reads of an IPv4 packet.
+#[derive(Clone, Copy, Debug)]
+struct Flow {
+    key: FlowKey,
+    flags: TcpFlags,
+    /// Destination port, or ICMP `type << 8 | code`.
+    port_key: u16,
+    /// For an ICMP error: the flow of the packet it is about, as that packet was sent.
+    related: Option<FlowKey>,
+    len: u16,
+    /// TCP: what the window check reads.
+    tcp: TcpSegment,
+    /// Fragmentation: `None`, or the identification of a first fragment (`Some((id,
+    /// false))`) or of a later one (`Some((id, true))`).
+    fragment: Option<(u16, bool)>,
+}
+
+impl Flow {
+    /// The key under which the fragments of this datagram are admitted.
+    fn fragment_key(&self, ident: u16) -> FlowKey {
+        FlowKey {
+            zone: self.key.zone | FRAGMENT_ZONE,
+            proto: self.key.proto,
+            src: self.key.src,
+            dst: self.key.dst,
+            sport: ident,
+            dport: 0,
+        }
+    }
+}
+
+/// Reads the flow of the IPv4 packet `ip` in `zone`.
+#[inline]
+fn ipv4_flow(ip: &[u8], zone: u32) -> Result<Flow, DropReason> {
+    let p = Ipv4Packet::new_checked(ip).map_err(|_| DropReason::BadIpv4Header)?;
+    let proto = p.protocol().0;
+    let l4 = p.payload();
+    let word = |at: usize| l4.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let mut flow = Flow {
+        key: FlowKey {
+            zone,
+            proto,
+            src: u32::from(p.src_addr()),
+            dst: u32::from(p.dst_addr()),
+            sport: 0,
+            dport: 0,
+        },
+        flags: TcpFlags(0),
+        port_key: 0,
+        related: None,
+        len: p.total_len(),
+        tcp: TcpSegment::default(),
+        fragment: None,
+    };
+    if p.frag_offset() != 0 {
+        flow.fragment = Some((p.ident(), true));
+        return Ok(flow);
+    }
+    if p.more_frags() {
+        flow.fragment = Some((p.ident(), false));
+    }
+    match proto {
+        TCP | UDP | SCTP | DCCP | UDPLITE => {
+            let (Some(s), Some(d)) = (word(0), word(2)) else {
+                return Err(DropReason::SgTruncated);
+            };
+            flow.key.sport = s;
+            flow.key.dport = d;
+            flow.port_key = d;
+            if proto == TCP {
+                flow.tcp = tcp_segment(l4).ok_or(DropReason::SgTruncated)?;
+                flow.flags = flow.tcp.flags;
+            }
+        }
+        ICMP => {
+            let (Some(&ty), Some(&code)) = (l4.first(), l4.get(1)) else {
+                return Err(DropReason::SgTruncated);
+            };
+            flow.port_key = u16::from(ty) << 8 | u16::from(code);
+            match ty {
+                // Echo: a request is keyed (id, !id) and a reply (!id, id), so a reply's
+                // key is its request's reversed while a request the other way is a new
+                // flow (Linux keys the type too; the key has no room for it). Other
+                // queries share one connection per pair of hosts.
+                8 => {
+                    let id = word(4).ok_or(DropReason::SgTruncated)?;
+                    flow.key.sport = id;
+                    flow.key.dport = !id;
+                }
+                0 => {
+                    let id = word(4).ok_or(DropReason::SgTruncated)?;
+                    flow.key.sport = !id;
+                    flow.key.dport = id;
+                }
+                // Errors: destination unreachable, source quench, redirect, time
+                // exceeded, parameter problem.
+                3 | 4 | 5 | 11 | 12 => flow.related = inner_flow(l4.get(8..).unwrap_or(&[]), zone),
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+    Ok(flow)
+}
+
+/// The window-relevant fields of the TCP segment `l4` (its window scale option only on a
+/// SYN, where it counts).
+fn tcp_segment(l4: &[u8]) -> Option<TcpSegment> {
+    let h = l4.get(..20)?;
+    let word = |at: usize| u32::from_be_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+    let header_len = usize::from(h[12] >> 4) * 4;
+    if header_len < 20 || header_len > l4.len() {
+        return None;
+    }
+    let flags = TcpFlags(u16::from_be_bytes([h[12], h[13]]) & 0x01ff);
+    let mut wscale = None;
+    if flags.contains(TcpFlags::SYN) {
+        let mut opts = &l4[20..header_len];
+        while let [kind, rest @ ..] = opts {
+            match *kind {
+                0 => break,
+                1 => opts = rest,
+                _ => {
+                    let len = usize::from(*rest.first()?);
+                    if len < 2 || len > opts.len() {
+                        break;
+                    }
+                    if *kind == 3 && len == 3 {
+                        wscale = Some(opts[2]);
+                    }
+                    opts = &opts[len..];
+                }
+            }
+        }
+    }
+    Some(TcpSegment {
+        seq: word(4),
+        ack: word(8),
+        len: (l4.len() - header_len) as u32,
+        window: u16::from_be_bytes([h[14], h[15]]),
+        flags,
+        wscale,
+    })
+}
+
+/// The flow of the packet quoted in an ICMP error (its IPv4 header and first 8 bytes).
+fn inner_flow(quoted: &[u8], zone: u32) -> Option<FlowKey> {
+    let h = quoted.get(..20)?;
+    if h[0] >> 4 != 4 {
+        return None;
+    }
+    let ihl = usize::from(h[0] & 0x0f) * 4;
+    let proto = h[9];
+    let l4 = quoted.get(ihl..)?;
+    let word = |at: usize| l4.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let (sport, dport) = match proto {
+        TCP | UDP | SCTP | DCCP | UDPLITE => (word(0)?, word(2)?),
+        ICMP => {
+            let id = word(4)?;
+            match l4.first()? {
+                8 => (id, !id),
+                0 => (!id, id),
+                _ => (0, 0),
+            }
+        }
+        _ => (0, 0),
+    };
+    Some(FlowKey {
+        zone,
+        proto,
+        src: u32::from_be_bytes([h[12], h[13], h[14], h[15]]),
+        dst: u32::from_be_bytes([h[16], h[17], h[18], h[19]]),
+        sport,
+        dport,
+    })
+}
+
+/// The connection the previous packet of a burst hit (its key, slot and direction): runs
+/// of one flow pay one lookup. Valid within one burst (one clock reading), where only
+/// [`revalidate`] removes connections, and it clears it first.
+pub type LastHit = Option<(FlowKey, crate::conntrack::SessionId, Dir)>;
+
+/// A connection's tag: the policy version that admitted it, the direction it was
+/// admitted in and its port key, so that it can be re-evaluated when the rules change.
+#[inline]
+const fn tag(version: u16, dir: Direction, port_key: u16) -> u32 {
+    (version as u32) << 17 | (matches!(dir, Direction::Ingress) as u32) << 16 | port_key as u32
+}
+
+/// The remote end of a packet crossing the port in `dir`.
+#[inline]
+fn remote(key: &FlowKey, dir: Direction) -> u32 {
+    match dir {
+        Direction::Ingress => key.src,
+        Direction::Egress => key.dst,
+    }
+}
+
+/// Decides one packet crossing `port` (whose policy is `policy`) in `dir`: `Ok` when it
+/// may pass. `data` is the frame, `meta` its metadata.
+// The stages pass what they looked up once per burst (policy) or per pass (time); a
+// context struct would be rebuilt per packet.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+pub fn filter(
+    snap: &Snapshot,
+    conns: &mut ConnTable,
+    now: u64,
+    port: PortId,
+    policy: &SgPolicy,
+    dir: Direction,
+    data: &[u8],
+    meta: &Meta,
+    last: &mut LastHit,
+) -> Result<(), DropReason> {
+    let l3 = data.get(usize::from(meta.l3_offset)..).unwrap_or(&[]);
+    match EtherType(meta.ethertype) {
+        EtherType::IPV4 => {}
+        EtherType::ARP => return Ok(()),
+        EtherType::IPV6 => return ipv6_implicit(l3, dir),
+        _ => return Err(DropReason::SgNoRule),
+    }
+    let zone = port_zone(port);
+    let flow = ipv4_flow(l3, zone)?;
+    if ipv4_implicit(snap, &flow, dir, meta.network) {
+        return Ok(());
+    }
+    match flow.fragment {
+        None => decide(snap, conns, now, port, policy, dir, &flow, last),
+        // Later fragments carry no ports: they pass when their first fragment did.
+        Some((ident, true)) => {
+            match policy.stateful && conns.lookup(&flow.fragment_key(ident), now).is_some() {
+                true => Ok(()),
+                false => Err(DropReason::SgFragment),
+            }
+        }
+        Some((ident, false)) => {
+            decide(snap, conns, now, port, policy, dir, &flow, last)?;
+            if policy.stateful {
+                let key = flow.fragment_key(ident);
+                // A full table only costs the later fragments.
+                let _ = conns.insert(key, key.reversed(), u32::from(port.0), 0, now);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Decides a packet that is not a later fragment.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn decide(
+    snap: &Snapshot,
+    conns: &mut ConnTable,
+    now: u64,
+    port: PortId,
+    policy: &SgPolicy,
+    dir: Direction,
+    flow: &Flow,
+    last: &mut LastHit,
+) -> Result<(), DropReason> {
+    let flow = *flow;
+    let tables = snap.security_groups();
+    if !policy.stateful {
+        return match policy.rules(dir).lookup(
+            tables.sets(),
+            remote(&flow.key, dir),
+            flow.key.proto,
+            flow.port_key,
+        ) {
+            Some(rule) => {
+                tables.count_hit(rule);
+                Ok(())
+            }
+            None => Err(DropReason::SgNoRule),
+        };
+    }
+    let hit = match *last {
+        // The connection of the previous packet of the burst, already checked against
+        // this policy: no lookup.
+        Some((key, id, cdir)) if key == flow.key => Some((id, cdir)),
+        _ => conns.lookup(&flow.key, now),
+    };
+    if let Some((id, cdir)) = hit {
+        let t = conns.session(id).tag();
+        if (t >> 17) as u16 != policy.version {
+            *last = None;
+            revalidate(conns, tables, policy, id, t)?;
+        }
+        *last = Some((flow.key, id, cdir));
+        if flow.key.proto == TCP && !conns.tcp_window(id, cdir, &flow.tcp) {
+            return Err(DropReason::SgInvalid);
+        }
+        conns.touch(id, cdir, flow.flags, u32::from(flow.len), now);
+        return Ok(());
+    }
+    if let Some(inner) = flow.related {
+        if conns.lookup(&inner, now).is_some() {
+            return Ok(());
+        }
+    }
+    let Some(rule) = policy.rules(dir).lookup(
+        tables.sets(),
+        remote(&flow.key, dir),
+        flow.key.proto,
+        flow.port_key,
+    ) else {
+        return Err(DropReason::SgNoRule);
+    };
+    tables.count_hit(rule);
+    let owner = u32::from(port.0);
+    match conns.insert(
+        flow.key,
+        flow.key.reversed(),
+        owner,
+        tag(policy.version, dir, flow.port_key),
+        now,
+    ) {
+        Ok(id) => {
+            if flow.key.proto == TCP {
+                conns.tcp_window(id, Dir::Original, &flow.tcp);
+            }
+            conns.touch(id, Dir::Original, flow.flags, u32::from(flow.len), now);
+            Ok(())
+        }
+        Err(InsertError::QuotaExceeded | InsertError::TableFull) => Err(DropReason::SgConnLimit),
+        // A live connection holds the reverse key (a flow to itself): let it pass untracked.
+        Err(InsertError::Exists) => Ok(()),
+    }
+}
+
+/// Re-evaluates connection `id` (tag `t`) against the port's current rules: cut when no
+/// rule allows it any more, else carried on under the new version.
+#[cold]
+#[inline(never)]
+fn revalidate(
+    conns: &mut ConnTable,
+    tables: &SgTables,
+    policy: &SgPolicy,
+    id: crate::conntrack::SessionId,
+    t: u32,
+) -> Result<(), DropReason> {
+    let dir = if t & (1 << 16) != 0 {
+        Direction::Ingress
+    } else {
+        Direction::Egress
+    };
+    let original = *conns.session(id).key(Dir::Original);
+    let allowed = policy
+        .rules(dir)
+        .lookup(
+            tables.sets(),
+            remote(&original, dir),
+            original.proto,
+            t as u16,
+        )
+        .is_some();
+    if allowed {
+        conns.set_tag(id, tag(policy.version, dir, t as u16));
+        Ok(())
+    } else {
+        conns.remove(id);
+        Err(DropReason::SgConnectionCut)
+    }
+}
+
+/// Neutron's implicit IPv4 allows: DHCP client requests out, the network's DHCP server's
+/// replies in.
+#[inline]
+fn ipv4_implicit(snap: &Snapshot, flow: &Flow, dir: Direction, network: u16) -> bool {
+    if flow.key.proto != UDP {
+        return false;
+    }
+    match dir {
+        Direction::Egress => flow.key.sport == DHCP_CLIENT && flow.key.dport == DHCP_SERVER,
+        Direction::Ingress => {
+            flow.key.sport == DHCP_SERVER
+                && flow.key.dport == DHCP_CLIENT
+                && snap.dhcp_addresses(network).contains(&flow.key.src)
+        }
+    }
+}
+
+/// IPv6: only Neutron's implicit allows pass (there are no IPv6 rules).
+fn ipv6_implicit(l3: &[u8], dir: Direction) -> Result<(), DropReason> {
+    let ip = Ipv6Packet::new_checked(l3).map_err(|_| DropReason::BadIpv6Header)?;
+    let Ok(UpperLayer::Header(proto, at)) = ip.upper_layer() else {
+        return Err(DropReason::SgNoRule);
+    };
+    let h = ip.payload().get(at..).unwrap_or(&[]);
+    let ok = match proto {
+        ICMPV6 => h.first().is_some_and(|&t| {
+            ICMPV6_IMPLICIT.contains(&t)
+                && (t != ICMPV6_ROUTER_ADVERTISEMENT || dir == Direction::Ingress)
+        }),
+        IpProtocol::UDP if h.len() >= 4 => {
+            let ports = (
+                u16::from_be_bytes([h[0], h[1]]),
+                u16::from_be_bytes([h[2], h[3]]),
+            );
+            match dir {
+                Direction::Egress => ports == (DHCPV6_CLIENT, DHCPV6_SERVER),
+                Direction::Ingress => ports == (DHCPV6_SERVER, DHCPV6_CLIENT),
+            }
+        }
+        _ => false,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(DropReason::SgNoRule)
+    }
+}
+
+/// Filters a packet about to be sent to `out` (a flooded replica, a frame the router
+/// sends after the burst): `Err` with the reason when `out`'s groups refuse it.
+#[inline]
+pub fn filter_ingress(
+    snap: &Snapshot,
+    conns: &mut ConnTable,
+    now: u64,
+    out: PortId,
+    data: &[u8],
+    meta: &Meta,
+) -> Result<(), DropReason> {
+    match snap.security_groups().policy(out) {
+        None => Ok(()),
+        Some(policy) => filter(
+            snap,
+            conns,
+            now,
+            out,
+            policy,
+            Direction::Ingress,
+            data,
+            meta,
+            &mut None,
+        ),
+    }
+}
+
+/// The egress stage: traffic from a VM port with security groups, after port security.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SgEgress;
+
+impl BurstStage for SgEgress {
+    #[inline(always)]
+    fn id(&self) -> Stage {
+        Stage::SgEgress
+    }
+
+    #[inline(always)]
+    fn wants(&self) -> Pending {
+        Pending::L2
+    }
+
+    fn process(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
+        let snap = cx.snap;
+        let Some(policy) = snap.security_groups().policy(cx.in_port) else {
+            return Outcome {
+                packets: 0,
+                produced: Pending::L2,
+            };
+        };
+        let now = u64::from(cx.now_secs);
+        let frames = cx.pool.reader();
+        let mut checked = 0;
+        let mut refused = false;
+        let mut last: LastHit = None;
+        for pkt in pkts.iter_mut() {
+            if pkt.meta.next != Next::L2 {
+                continue;
+            }
+            checked += 1;
+            let data = frames.data(pkt);
+            if let Err(reason) = filter(
+                snap,
+                cx.conns,
+                now,
+                cx.in_port,
+                policy,
+                Direction::Egress,
+                data,
+                &pkt.meta,
+                &mut last,
+            ) {
+                pkt.meta.next = Next::Drop(reason, Stage::SgEgress);
+                refused = true;
+            }
+        }
+        Outcome {
+            packets: checked,
+            produced: if refused {
+                Pending::L2 | Pending::DONE
+            } else {
+                Pending::L2
+            },
+        }
+    }
+}
+
+/// The ingress stage: unicast traffic to VM ports with security groups, after the
+/// forwarding decision (switched or routed). Flooded replicas are filtered per replica
+/// in the output stage ([`filter_ingress`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SgIngress;
+
+impl BurstStage for SgIngress {
+    #[inline(always)]
+    fn id(&self) -> Stage {
+        Stage::SgIngress
+    }
+
+    #[inline(always)]
+    fn wants(&self) -> Pending {
+        Pending::SEND
+    }
+
+    fn process(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
+        let snap = cx.snap;
+        let tables = snap.security_groups();
+        let now = u64::from(cx.now_secs);
+        let frames = cx.pool.reader();
+        let mut checked = 0;
+        let mut refused = false;
+        let mut last: LastHit = None;
+        for pkt in pkts.iter_mut() {
+            let Next::Output(out) = pkt.meta.next else {
+                continue;
+            };
+            let Some(policy) = tables.policy(out) else {
+                continue;
+            };
+            checked += 1;
+            let data = frames.data(pkt);
+            if let Err(reason) = filter(
+                snap,
+                cx.conns,
+                now,
+                out,
+                policy,
+                Direction::Ingress,
+                data,
+                &pkt.meta,
+                &mut last,
+            ) {
+                pkt.meta.next = Next::Drop(reason, Stage::SgIngress);
+                refused = true;
+            }
+        }
+        Outcome {
+            packets: checked,
+            produced: if refused {
+                Pending::SEND | Pending::DONE
+            } else {
+                Pending::SEND
+            },
+        }
+    }
+}
