@@ -89,6 +89,8 @@ pub struct SgGroup {
 #[derive(Debug, Clone, Deserialize)]
 pub struct SgRule {
     #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
     pub security_group_id: Option<String>,
     pub direction: String,
     #[serde(default)]
@@ -231,6 +233,81 @@ impl SgState {
             .collect())
     }
 
+    /// Filtered ports (port security on) sorted by id, as the driver walks them; a port's
+    /// conntrack zone follows from its place.
+    fn filtered_sorted(&self) -> Vec<&SgPort> {
+        let mut ports: Vec<&SgPort> = self
+            .ports
+            .iter()
+            .filter(|p| p.port_security_enabled)
+            .collect();
+        ports.sort_by(|a, b| a.id.cmp(&b.id));
+        ports
+    }
+
+    /// The conntrack zone of filtered port `id`.
+    pub fn zone(&self, id: &str) -> Option<u32> {
+        self.filtered_sorted()
+            .iter()
+            .position(|p| p.id == id)
+            .map(|n| FIRST_ZONE + n as u32)
+    }
+
+    /// The `conntrack -D` commands the driver runs when `rule` is removed from group
+    /// `group_id` (`ip_conntrack.delete_conntrack_state_by_rule`): for every filtered port
+    /// of the group and each of its IPv4 addresses, the entries of the rule's protocol
+    /// to (ingress) or from (egress) that address in the port's zone. Like the driver, it
+    /// does not narrow by port range or remote.
+    pub fn conntrack_deletes(&self, group_id: &str, rule: &SgRule) -> Vec<Vec<String>> {
+        let mut cmds = Vec::new();
+        for port in self.filtered_sorted() {
+            if !port.security_groups.iter().any(|g| g == group_id) {
+                continue;
+            }
+            let zone = self.zone(&port.id).expect("a filtered port has a zone");
+            for f in port
+                .fixed_ips
+                .iter()
+                .filter(|f| !f.ip_address.contains(':'))
+            {
+                let mut cmd = vec!["-D".to_owned()];
+                if let Some(p) = &rule.protocol {
+                    let p = match p {
+                        Protocol::Number(0) => "ip".to_owned(),
+                        Protocol::Number(n) => n.to_string(),
+                        Protocol::Name(n) => n.clone(),
+                    };
+                    cmd.extend(["-p".to_owned(), p]);
+                }
+                cmd.extend(["-f".to_owned(), "ipv4".to_owned()]);
+                cmd.push(
+                    if rule.direction == "ingress" {
+                        "-d"
+                    } else {
+                        "-s"
+                    }
+                    .to_owned(),
+                );
+                cmd.extend([f.ip_address.clone(), "-w".to_owned(), zone.to_string()]);
+                cmds.push(cmd);
+            }
+        }
+        cmds
+    }
+
+    /// The rule with `id` (nested or top-level) and its group.
+    pub fn rule_by_id(&self, id: &str) -> Option<(String, SgRule)> {
+        for g in &self.security_groups {
+            if let Some(r) = g.rules.iter().find(|r| r.id.as_deref() == Some(id)) {
+                return Some((g.id.clone(), r.clone()));
+            }
+        }
+        self.security_group_rules
+            .iter()
+            .find(|r| r.id.as_deref() == Some(id))
+            .map(|r| (r.security_group_id.clone().unwrap_or_default(), r.clone()))
+    }
+
     /// The kernel's version of these groups.
     pub fn to_hybrid_firewall(&self) -> Result<HybridFirewall, String> {
         // Sets: every remote group / address group a filtered port's rule names, when it
@@ -277,9 +354,7 @@ impl SgState {
         let mut input = Vec::new();
         let mut sg_chain = Vec::new();
         let mut port_chains: Vec<(String, Vec<String>)> = Vec::new();
-        let mut sorted = filtered.clone();
-        sorted.sort_by(|a, b| a.id.cmp(&b.id));
-        for (n, port) in sorted.iter().enumerate() {
+        for (n, port) in self.filtered_sorted().iter().enumerate() {
             let tap = tap_device(&port.id);
             let stateful = match port.security_groups.first() {
                 Some(g) => self.group(g)?.stateful,
@@ -643,6 +718,38 @@ fn rule_args(
     Ok(Some(args.join(" ")))
 }
 
+/// `text` (a TOML desired state) without the rule whose `id` is `rule_id`, nested or
+/// top-level: the state after a rule deletion.
+pub fn toml_without_rule(text: &str, rule_id: &str) -> Result<String, String> {
+    let mut doc: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    let is_it = |r: &toml::Value| r.get("id").and_then(toml::Value::as_str) == Some(rule_id);
+    let mut removed = 0;
+    if let Some(groups) = doc
+        .get_mut("security_groups")
+        .and_then(toml::Value::as_array_mut)
+    {
+        for g in groups {
+            if let Some(rules) = g.get_mut("rules").and_then(toml::Value::as_array_mut) {
+                let before = rules.len();
+                rules.retain(|r| !is_it(r));
+                removed += before - rules.len();
+            }
+        }
+    }
+    if let Some(rules) = doc
+        .get_mut("security_group_rules")
+        .and_then(toml::Value::as_array_mut)
+    {
+        let before = rules.len();
+        rules.retain(|r| !is_it(r));
+        removed += before - rules.len();
+    }
+    if removed != 1 {
+        return Err(format!("{removed} rules with id `{rule_id}`"));
+    }
+    toml::to_string(&doc).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -766,6 +873,23 @@ binding = { driver = "mem" }
         assert!(s.contains("add NIPv4app 198.18.40.12 -exist"), "{s}");
         assert!(s.contains("add NIPv4admins 203.0.113.0/28 -exist"), "{s}");
         assert!(!s.contains("NIPv4web"), "{s}");
+    }
+
+    #[test]
+    fn a_removed_rule_deletes_the_ports_connections_as_the_driver_does() {
+        let state = SgState::from_toml(STATE).unwrap();
+        let (group, rule) = state.rule_by_id("r1").unwrap();
+        assert_eq!(group, "web");
+        let cmds = state.conntrack_deletes(&group, &rule);
+        let want: Vec<String> = "-D -p udp -f ipv4 -d 198.18.40.11 -w 4097"
+            .split(' ')
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(cmds, vec![want]);
+        let after = SgState::from_toml(&toml_without_rule(STATE, "r1").unwrap()).unwrap();
+        assert!(after.rule_by_id("r1").is_none());
+        assert!(after.rule_by_id("r2").is_some());
+        assert!(toml_without_rule(STATE, "nope").is_err());
     }
 
     #[test]

@@ -20,25 +20,32 @@
 //! `eth0` within the run.
 //!
 //! The kernel half builds once per test binary and its verdicts are shared. Needs root,
-//! `ip`, `bridge`, `iptables-restore` and `ipset` (apt: ipset); fails, never skips.
+//! `ip`, `bridge`, `iptables-restore`, `ipset` and `conntrack` (apt: ipset, conntrack);
+//! fails, never skips.
 
 use std::collections::BTreeMap;
 use std::sync::{MutexGuard, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use pollux_control::client::Client;
 use pollux_testkit::packet_socket::PacketSocket;
 use pollux_tests::daemon::{self, ConfigFile, Polluxd};
 use pollux_tests::frames::{internet_checksum, transport_checksum};
 use pollux_tests::netns::{self, Prefix, Topology, VethOptions};
 use pollux_tests::neutron_iptables::{self as nif, SgState};
+use serde_json::json;
 
-const TOOLS: &[&str] = &["ip", "bridge", "iptables-restore", "ipset"];
+const TOOLS: &[&str] = &["ip", "bridge", "iptables-restore", "ipset", "conntrack"];
 const CONFIG: &str = "e2e-sg-matrix.toml";
 /// Prefix root of this test's namespaces (the branch's tag), swept of dead runs first.
 const ROOT: &str = "sm";
 /// Time between phases, for conntrack on either side to see the previous phase.
 const PHASE_GAP: Duration = Duration::from_millis(300);
+/// The rule deleted before [`DELETION_PHASE`].
+const DELETED_RULE: &str = "web-http";
+/// The phase sent after [`DELETED_RULE`] is deleted.
+const DELETION_PHASE: u8 = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Host {
@@ -869,6 +876,40 @@ fn table() -> Table {
 
     // Phases 3 and 4: the established TCP connection carries data both ways.
     t.exchange("m3<->m1 tcp/80", http, true);
+
+    // Phase 5, after rule web-http is deleted (in the kernel with the connections it
+    // allowed, as the driver deletes them): the connection it allowed is cut, others stay.
+    t.tcp_segment(
+        DELETION_PHASE,
+        "m3->m1 tcp/80 data after web-http is deleted: cut",
+        http.client,
+        http.server,
+        (http.sport, http.dport),
+        (http.client_seq + 5, http.server_seq + 5),
+        PSH_ACK,
+        b"GET ",
+        false,
+    );
+    t.tcp_segment(
+        DELETION_PHASE,
+        "m1->m3 tcp/80 data after web-http is deleted: cut",
+        http.server,
+        http.client,
+        (http.dport, http.sport),
+        (http.server_seq + 5, http.client_seq + 5),
+        PSH_ACK,
+        b"200 ",
+        false,
+    );
+    t.udp(
+        DELETION_PHASE,
+        "m1->m2 udp reply 5000->sport after the deletion: kept",
+        at(M1),
+        at(M2),
+        5000,
+        sport_5000,
+        true,
+    );
     t
 }
 
@@ -889,7 +930,8 @@ fn config_text() -> String {
 
 /// Sends every probe phase by phase from its host's `eth0`, then reads what each host
 /// received; the verdict of each probe, in table order.
-fn run_probes(topo: &Topology, probes: &[Probe]) -> Vec<bool> {
+/// `delete_rule` runs before [`DELETION_PHASE`].
+fn run_probes(topo: &Topology, probes: &[Probe], delete_rule: &mut dyn FnMut()) -> Vec<bool> {
     let sockets: BTreeMap<Host, PacketSocket> = HOSTS
         .iter()
         .map(|h| {
@@ -903,6 +945,9 @@ fn run_probes(topo: &Topology, probes: &[Probe]) -> Vec<bool> {
     }
     let phases = probes.iter().map(|p| p.phase).max().unwrap_or(0);
     for phase in 1..=phases {
+        if phase == DELETION_PHASE {
+            delete_rule();
+        }
         for p in probes.iter().filter(|p| p.phase == phase) {
             sockets[&p.from].send(&p.frame);
             thread::sleep(Duration::from_millis(2));
@@ -1007,23 +1052,52 @@ fn kernel_lab() -> Topology {
     // br-int is Open vSwitch in Neutron: no netfilter on it.
     ki.sysctl("net.bridge.bridge-nf-call-iptables", "0")
         .unwrap();
-    let dir = std::env::temp_dir();
-    let ipset_file = dir.join(format!("{}-ipset", topo.prefix()));
-    let iptables_file = dir.join(format!("{}-iptables", topo.prefix()));
-    std::fs::write(&ipset_file, &fw.ipset).unwrap();
-    std::fs::write(&iptables_file, &fw.iptables).unwrap();
-    let loaded = kh
-        .exec_ok("ipset", &["restore", "-file", ipset_file.to_str().unwrap()])
-        .and_then(|_| kh.exec_ok("iptables-restore", &[iptables_file.to_str().unwrap()]));
-    let _ = std::fs::remove_file(&ipset_file);
-    let _ = std::fs::remove_file(&iptables_file);
-    if let Err(e) = loaded {
-        panic!(
-            "loading the translated rules: {e}\nipset:\n{}\niptables:\n{}",
-            fw.ipset, fw.iptables
-        );
-    }
+    load(kh, topo.prefix(), "ipset", &["restore", "-file"], &fw.ipset);
+    load(kh, topo.prefix(), "iptables-restore", &[], &fw.iptables);
     topo
+}
+
+/// Runs `tool ARGS FILE` in `ns` with `script` in FILE (a temporary file).
+fn load(ns: &netns::Netns, prefix: &Prefix, tool: &str, args: &[&str], script: &str) {
+    let file = std::env::temp_dir().join(format!("{prefix}-{tool}"));
+    std::fs::write(&file, script).unwrap();
+    let mut argv = args.to_vec();
+    argv.push(file.to_str().unwrap());
+    let loaded = ns.exec_ok(tool, &argv);
+    let _ = std::fs::remove_file(&file);
+    if let Err(e) = loaded {
+        panic!("loading the translated rules with {tool}: {e}\n{script}");
+    }
+}
+
+/// What the driver does when [`DELETED_RULE`] is deleted: the rules rewritten without
+/// it, then the connections it may have allowed deleted from its ports' zones.
+fn kernel_delete_rule(topo: &Topology) {
+    let text = config_text();
+    let before = SgState::from_toml(&text).unwrap();
+    let (group, rule) = before
+        .rule_by_id(DELETED_RULE)
+        .expect("the deleted rule exists");
+    let after = nif::toml_without_rule(&text, DELETED_RULE)
+        .and_then(|t| SgState::from_toml(&t))
+        .and_then(|s| s.to_hybrid_firewall())
+        .unwrap();
+    let kh = topo.ns("kh").unwrap();
+    load(kh, topo.prefix(), "iptables-restore", &[], &after.iptables);
+    let mut deleted = 0;
+    for cmd in before.conntrack_deletes(&group, &rule) {
+        let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
+        let out = kh.exec("conntrack", &argv).unwrap();
+        // "conntrack v1.4.7 (conntrack-tools): 2 flow entries have been deleted."
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        deleted += stderr
+            .split("): ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .and_then(|n| n.parse::<u32>().ok())
+            .unwrap_or_else(|| panic!("conntrack {argv:?}: {stderr}"));
+    }
+    assert!(deleted > 0, "deleting {DELETED_RULE} removed no connection");
 }
 
 /// The kernel's verdicts, measured once per test binary.
@@ -1032,7 +1106,7 @@ fn kernel_verdicts() -> &'static [bool] {
     VERDICTS.get_or_init(|| {
         let probes = table().probes;
         let topo = kernel_lab();
-        run_probes(&topo, &probes)
+        run_probes(&topo, &probes, &mut || kernel_delete_rule(&topo))
     })
 }
 
@@ -1062,6 +1136,28 @@ fn render(probes: &[Probe], columns: &[(&str, &[bool])]) -> String {
         s.push('\n');
     }
     s
+}
+
+/// [`DELETED_RULE`] deleted from polluxd's running state with `config.apply`.
+fn pollux_delete_rule(polluxd: &Polluxd) {
+    let mut client = Client::connect(polluxd.socket()).expect("connect to polluxd");
+    let mut state = client.call("config.get", json!({})).expect("config.get")["state"].clone();
+    let mut removed = 0;
+    for group in state["security_groups"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+    {
+        if let Some(rules) = group["rules"].as_array_mut() {
+            let before = rules.len();
+            rules.retain(|r| r["id"] != DELETED_RULE);
+            removed += before - rules.len();
+        }
+    }
+    assert_eq!(removed, 1, "{DELETED_RULE} in polluxd's state: {state}");
+    client
+        .call("config.apply", json!({ "state": state }))
+        .unwrap_or_else(|e| panic!("config.apply without {DELETED_RULE}: {e:?}"));
 }
 
 #[test]
@@ -1110,7 +1206,7 @@ fn pollux_gives_the_kernels_verdicts() {
     let config = ConfigFile::render(CONFIG, topo.prefix().as_str()).unwrap();
     let polluxd = Polluxd::start(topo.ns("host").unwrap(), config.path(), &daemon::last_cpu())
         .unwrap_or_else(|e| panic!("{e}"));
-    let pollux = run_probes(&topo, &probes);
+    let pollux = run_probes(&topo, &probes, &mut || pollux_delete_rule(&polluxd));
     let stopped = polluxd.stop();
 
     let table = render(&probes, &[("kernel", kernel), ("pollux", &pollux)]);
