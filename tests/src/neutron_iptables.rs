@@ -308,8 +308,20 @@ impl SgState {
             .map(|r| (r.security_group_id.clone().unwrap_or_default(), r.clone()))
     }
 
-    /// The kernel's version of these groups.
+    /// The kernel's version of these groups, each port's VM-side device named as the
+    /// hybrid plug names it (`tap<port id>`).
     pub fn to_hybrid_firewall(&self) -> Result<HybridFirewall, String> {
+        self.to_hybrid_firewall_on(&BTreeMap::new())
+    }
+
+    /// [`SgState::to_hybrid_firewall`] with the VM-side device of the ports in `devices`
+    /// (port id → interface) named otherwise, for a topology that is not the hybrid
+    /// plug's (the benchmark's bridge between two given interfaces).
+    pub fn to_hybrid_firewall_on(
+        &self,
+        devices: &BTreeMap<String, String>,
+    ) -> Result<HybridFirewall, String> {
+        let tap_device = |id: &str| devices.get(id).cloned().unwrap_or_else(|| tap_device(id));
         // Sets: every remote group / address group a filtered port's rule names, when it
         // has IPv4 members (the driver creates no set for an empty group and leaves the
         // rule out, so nothing matches it).
