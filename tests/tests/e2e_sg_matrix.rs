@@ -819,6 +819,19 @@ fn table() -> Table {
         m1_ping,
         false,
     );
+    // Linux tracks each ICMP query by type and identifier: an allowed timestamp lets
+    // its answer back, not other queries between the same two hosts.
+    let info_id = t.port();
+    t.icmp(
+        2,
+        "ex(203.0.113.5)->m1 icmp 15/0 after its allowed 13/0",
+        admin,
+        at(M1),
+        (15, 0),
+        [(info_id >> 8) as u8, info_id as u8, 0, 1],
+        &[],
+        false,
+    );
     t.syn_ack("m3->m1 SYN-ACK of m1's refused SYN", m1_out, false);
     t.udp(
         2,
