@@ -525,9 +525,10 @@ fn table() -> Table {
         (13, 0),
         false,
     );
+    // From another member of the address group: no ICMP of this pair of hosts before.
     t.icmp_query(
-        "ex(203.0.113.5)->m1 icmp 13/1: code mismatch",
-        admin,
+        "ex(203.0.113.6)->m1 icmp 13/1: code mismatch",
+        ex_as([203, 0, 113, 6]),
         at(M1),
         (13, 1),
         false,
@@ -1226,6 +1227,7 @@ fn pollux_gives_the_kernels_verdicts() {
     eprintln!("{table}");
     let differ: Vec<usize> = (0..probes.len())
         .filter(|&i| pollux[i] != kernel[i])
+        .map(|i| i + 1)
         .collect();
     let unexpected = (0..probes.len())
         .filter(|&i| pollux[i] != probes[i].expect)
