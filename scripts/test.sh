@@ -32,8 +32,9 @@ trap 'rm -f "$log"' EXIT
 # Tests that need root (network namespaces, XDP) are #[ignore = "needs root: ..."]: as
 # root run them too; as another user they are listed as ignored, with the reason.
 if [ "$(id -u)" -eq 0 ]; then
-    # Skipped by name, not silently: polluxd does not enforce security groups until the
-    # secgroups branch is merged (tests/tests/e2e_sg_matrix.rs); remove the --skip then.
+    # Skipped by name, not silently: polluxd does not enforce security groups as Neutron
+    # does until the secgroups branch is merged and agrees with the kernel on every probe
+    # of tests/tests/e2e_sg_matrix.rs; remove the --skip then.
     cargo test --workspace -- --include-ignored --skip pollux_gives_the_kernels_verdicts 2>&1 | tee "$log"
 else
     cargo test --workspace 2>&1 | tee "$log"
