@@ -9,8 +9,8 @@
 pub mod compare;
 pub mod lpm;
 
-use pollux_dataplane::overlay::{vtep_mac, EndpointSpec};
 use pollux_dataplane::conntrack::ConnConfig;
+use pollux_dataplane::overlay::{vtep_mac, EndpointSpec};
 use pollux_dataplane::packet::MAX_BURST;
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::port_security::{Ipv4Source, PortSecurity};

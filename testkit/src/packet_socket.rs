@@ -100,4 +100,40 @@ impl PacketSocket {
         }
         got
     }
+    /// Every frame that arrived on the interface (not those sent from it) until `quiet`
+    /// passed without one or `limit` frames were read.
+    pub fn recv_incoming(&self, quiet: Duration, limit: usize) -> Vec<Vec<u8>> {
+        let mut got = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        let mut last = Instant::now();
+        while got.len() < limit && last.elapsed() < quiet {
+            // SAFETY: sockaddr_ll is plain data for which all-zero is valid.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut from_len = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: `buf` and `from` are valid for writes of the lengths passed and
+            // outlive the call; the fd is open.
+            let n = unsafe {
+                libc::recvfrom(
+                    std::os::fd::AsRawFd::as_raw_fd(&self.fd),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&mut from as *mut libc::sockaddr_ll).cast(),
+                    &mut from_len,
+                )
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => continue,
+                    _ => panic!("recvfrom AF_PACKET: {e}"),
+                }
+            }
+            if from.sll_pkttype != libc::PACKET_OUTGOING {
+                got.push(buf[..n as usize].to_vec());
+                last = Instant::now();
+            }
+        }
+        got
+    }
 }

@@ -7,5 +7,6 @@ pub mod daemon;
 pub mod etcd;
 pub mod frames;
 pub mod harness;
+pub mod neutron_iptables;
 
 pub use pollux_testkit::{dhcp, netns, ovs};

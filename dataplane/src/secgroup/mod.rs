@@ -17,7 +17,7 @@
 //!   is cut if they no longer allow it.
 //! - **Stateless** groups: every packet needs a rule of its own direction.
 //! - **Implicit allows** (Neutron's iptables driver): ARP; DHCP client requests out
-//!   (UDP 68 → 67) and the network's DHCP server's replies in (67 → 68); IPv6 neighbour
+//!   (UDP 68 → 67) and DHCP replies in (67 → 68, from any server); IPv6 neighbour
 //!   discovery, MLD, router solicitations out and advertisements in, DHCPv6 client
 //!   traffic. Nothing else: no rule is a drop (`sg_no_rule`).
 //!
@@ -313,25 +313,14 @@ fn ipv4_flow(ip: &[u8], zone: u32) -> Result<Flow, DropReason> {
                 return Err(DropReason::SgTruncated);
             };
             flow.port_key = u16::from(ty) << 8 | u16::from(code);
-            match ty {
-                // Echo: a request is keyed (id, !id) and a reply (!id, id), so a reply's
-                // key is its request's reversed while a request the other way is a new
-                // flow (Linux keys the type too; the key has no room for it). Other
-                // queries share one connection per pair of hosts.
-                8 => {
-                    let id = word(4).ok_or(DropReason::SgTruncated)?;
-                    flow.key.sport = id;
-                    flow.key.dport = !id;
-                }
-                0 => {
-                    let id = word(4).ok_or(DropReason::SgTruncated)?;
-                    flow.key.sport = !id;
-                    flow.key.dport = id;
-                }
+            if let Some((kind, request)) = icmp_query(ty) {
+                let id = word(4).ok_or(DropReason::SgTruncated)?;
+                (flow.key.sport, flow.key.dport) = icmp_query_ports(id, request);
+                flow.key.zone |= kind;
+            } else if matches!(ty, 3 | 4 | 5 | 11 | 12) {
                 // Errors: destination unreachable, source quench, redirect, time
                 // exceeded, parameter problem.
-                3 | 4 | 5 | 11 | 12 => flow.related = inner_flow(l4.get(8..).unwrap_or(&[]), zone),
-                _ => {}
+                flow.related = inner_flow(l4.get(8..).unwrap_or(&[]), zone);
             }
         }
         _ => {}
@@ -379,6 +368,40 @@ fn tcp_segment(l4: &[u8]) -> Option<TcpSegment> {
     })
 }
 
+/// ICMP queries are tracked per kind (echo, timestamp, information, address mask) and
+/// identifier, as Linux tracks them: the kind goes into zone bits no port zone uses, so
+/// an allowed query of one kind lets no query of another kind through.
+const ICMP_KIND_SHIFT: u32 = 24;
+
+/// The kind of an ICMP query or reply of type `ty` (in the zone's kind bits) and whether
+/// it is the request; `None` for errors and everything else.
+#[inline]
+fn icmp_query(ty: u8) -> Option<(u32, bool)> {
+    let (kind, request) = match ty {
+        8 => (0, true),
+        0 => (0, false),
+        13 => (1, true),
+        14 => (1, false),
+        15 => (2, true),
+        16 => (2, false),
+        17 => (3, true),
+        18 => (3, false),
+        _ => return None,
+    };
+    Some((kind << ICMP_KIND_SHIFT, request))
+}
+
+/// A query is keyed (id, !id) and its reply (!id, id): a reply's key is its request's
+/// reversed, while a request the other way is a new flow.
+#[inline]
+fn icmp_query_ports(id: u16, request: bool) -> (u16, u16) {
+    if request {
+        (id, !id)
+    } else {
+        (!id, id)
+    }
+}
+
 /// The flow of the packet quoted in an ICMP error (its IPv4 header and first 8 bytes).
 fn inner_flow(quoted: &[u8], zone: u32) -> Option<FlowKey> {
     let h = quoted.get(..20)?;
@@ -389,20 +412,20 @@ fn inner_flow(quoted: &[u8], zone: u32) -> Option<FlowKey> {
     let proto = h[9];
     let l4 = quoted.get(ihl..)?;
     let word = |at: usize| l4.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]));
+    let mut query_kind = 0;
     let (sport, dport) = match proto {
         TCP | UDP | SCTP | DCCP | UDPLITE => (word(0)?, word(2)?),
-        ICMP => {
-            let id = word(4)?;
-            match l4.first()? {
-                8 => (id, !id),
-                0 => (!id, id),
-                _ => (0, 0),
+        ICMP => match icmp_query(*l4.first()?) {
+            Some((kind, request)) => {
+                query_kind = kind;
+                icmp_query_ports(word(4)?, request)
             }
-        }
+            None => (0, 0),
+        },
         _ => (0, 0),
     };
     Some(FlowKey {
-        zone,
+        zone: zone | query_kind,
         proto,
         src: u32::from_be_bytes([h[12], h[13], h[14], h[15]]),
         dst: u32::from_be_bytes([h[16], h[17], h[18], h[19]]),
@@ -458,7 +481,7 @@ pub fn filter(
     }
     let zone = port_zone(port);
     let flow = ipv4_flow(l3, zone)?;
-    if ipv4_implicit(snap, &flow, dir, meta.network) {
+    if ipv4_implicit(&flow, dir) {
         return Ok(());
     }
     match flow.fragment {
@@ -600,20 +623,18 @@ fn revalidate(
     }
 }
 
-/// Neutron's implicit IPv4 allows: DHCP client requests out, the network's DHCP server's
-/// replies in.
+/// Neutron's implicit IPv4 allows: DHCP client requests out, DHCP replies in. The replies
+/// may come from any server, as Neutron's `_add_ingress_dhcp_rule` has it (a VM with
+/// port security off may serve a network without Neutron's DHCP); a VM with port
+/// security cannot send them (port security drops its DHCP server messages).
 #[inline]
-fn ipv4_implicit(snap: &Snapshot, flow: &Flow, dir: Direction, network: u16) -> bool {
+fn ipv4_implicit(flow: &Flow, dir: Direction) -> bool {
     if flow.key.proto != UDP {
         return false;
     }
     match dir {
         Direction::Egress => flow.key.sport == DHCP_CLIENT && flow.key.dport == DHCP_SERVER,
-        Direction::Ingress => {
-            flow.key.sport == DHCP_SERVER
-                && flow.key.dport == DHCP_CLIENT
-                && snap.dhcp_addresses(network).contains(&flow.key.src)
-        }
+        Direction::Ingress => flow.key.sport == DHCP_SERVER && flow.key.dport == DHCP_CLIENT,
     }
 }
 
