@@ -5,7 +5,7 @@ use crate::buf::FramePool;
 use crate::conntrack::ConnTable;
 use crate::counters::WorkerCounters;
 use crate::drop::DropReason;
-use crate::l3::LOCAL_PORT;
+use crate::l3::ORIGINATED;
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
 use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::{Port, PortId};
@@ -216,7 +216,7 @@ pub(crate) fn drop_packet(
 ) {
     pool.free(pkt.frame);
     // Frames the worker made itself come from no port.
-    let port = (pkt.in_port != LOCAL_PORT).then_some(pkt.in_port);
+    let port = (pkt.in_port != ORIGINATED).then_some(pkt.in_port);
     counters.count_drop(port, stage, reason, 1);
     if let Some(pc) = counters.port(pkt.in_port) {
         pc.rx_dropped.inc();
@@ -228,7 +228,7 @@ pub(crate) fn drop_packet(
 #[cold]
 #[inline(never)]
 fn count_refused_replica(counters: &WorkerCounters, in_port: PortId, reason: DropReason) {
-    let port = (in_port != LOCAL_PORT).then_some(in_port);
+    let port = (in_port != ORIGINATED).then_some(in_port);
     counters.count_drop(port, Stage::SgIngress, reason, 1);
     if let Some(pc) = counters.port(in_port) {
         pc.rx_dropped.inc();
@@ -363,7 +363,7 @@ pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
             }
             Next::Drop(reason, stage) => drop_packet(pool, counters, *pkt, stage, reason),
             Next::Consumed | Next::Waiting => {}
-            Next::Classify | Next::L2 | Next::Route(_) | Next::Arp | Next::Local => {
+            Next::Classify | Next::L2 | Next::Route(_) | Next::Arp | Next::SlowPath => {
                 debug_assert!(false, "packet left the pipeline unfinished: {pkt:?}");
                 drop_packet(
                     pool,

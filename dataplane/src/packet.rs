@@ -36,7 +36,7 @@ pub enum Next {
     /// To the slow-path stage: a broadcast on a network with a DHCP server, or a frame to
     /// that server's MAC. DHCP goes up the punt ring; ARP for the server is answered;
     /// other broadcasts flood on.
-    Local,
+    SlowPath,
 }
 
 /// Facts that the classify stage extracts once so later stages never re-parse. Kept

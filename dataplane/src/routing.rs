@@ -159,7 +159,7 @@ pub struct NextHop {
     /// The destination is the router's own address on `interface` (a receive
     /// adjacency, as VPP and Linux's local table have): the one route lookup a packet
     /// makes also tells whether it is for the router.
-    pub local: bool,
+    pub own_address: bool,
 }
 
 /// One compiled router.
@@ -289,7 +289,7 @@ impl Routing {
                 nexthops.push(NextHop {
                     interface: at,
                     gateway: 0,
-                    local: false,
+                    own_address: false,
                 });
             }
             for r in &spec.routes {
@@ -313,7 +313,7 @@ impl Routing {
                 nexthops.push(NextHop {
                     interface: iface,
                     gateway: via,
-                    local: false,
+                    own_address: false,
                 });
             }
             // Own addresses last: a /32 replaces any route to the same prefix, so no
@@ -324,7 +324,7 @@ impl Routing {
                 nexthops.push(NextHop {
                     interface: at,
                     gateway: 0,
-                    local: true,
+                    own_address: true,
                 });
             }
             let external = match spec.external {

@@ -1,7 +1,7 @@
 //! The worker's side of the slow path: the punt ring up to the control plane and the
 //! inject ring back, as in the design's packet path.
 //!
-//! The L2 stage sends a frame here ([`Next::Local`]) when it is a broadcast on a network
+//! The L2 stage sends a frame here ([`Next::SlowPath`]) when it is a broadcast on a network
 //! with a DHCP server, or is addressed to that server's MAC. This stage then:
 //!
 //! - copies a DHCP client message (IPv4, UDP to port 67, not a fragment) into the punt
@@ -22,7 +22,7 @@
 
 use crate::buf::FramePool;
 use crate::drop::DropReason;
-use crate::l3::{answer_arp_in_place, LOCAL_PORT};
+use crate::l3::{answer_arp_in_place, ORIGINATED};
 use crate::output::output;
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
 use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
@@ -176,16 +176,16 @@ impl BurstStage for SlowPath {
 
     #[inline(always)]
     fn wants(&self) -> Pending {
-        Pending::LOCAL
+        Pending::SLOW_PATH
     }
 
-    /// Runs every packet of a burst whose next step is [`Next::Local`]; some may go on to
+    /// Runs every packet of a burst whose next step is [`Next::SlowPath`]; some may go on to
     /// the router stage (a broadcast ARP on a routed network).
     fn process(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
         let mut produced = Pending::NONE;
         let mut entered = 0;
         for pkt in pkts.iter_mut() {
-            if pkt.meta.next != Next::Local {
+            if pkt.meta.next != Next::SlowPath {
                 continue;
             }
             entered += 1;
@@ -365,7 +365,7 @@ fn injected_packet(snap: &Snapshot, pool: &mut FramePool, entry: &[u8]) -> Optio
         return None;
     }
     let slot = snap.network_slot(header.network)?;
-    if !snap.port_serves(header.port, slot) || header.port == LOCAL_PORT {
+    if !snap.port_serves(header.port, slot) || header.port == ORIGINATED {
         return None;
     }
     let (id, offset) = pool.alloc_with(frame)?;
@@ -373,7 +373,7 @@ fn injected_packet(snap: &Snapshot, pool: &mut FramePool, entry: &[u8]) -> Optio
         frame: id,
         offset,
         len: frame.len() as u16,
-        in_port: LOCAL_PORT,
+        in_port: ORIGINATED,
         meta: Meta {
             next: Next::Output(header.port),
             network: slot,

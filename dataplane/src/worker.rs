@@ -15,7 +15,7 @@ use crate::buf::{FrameId, FramePool};
 use crate::conntrack::{ConnConfig, ConnTable};
 use crate::counters::WorkerCounters;
 use crate::l2::MacTable;
-use crate::l3::{self, RouterState, LOCAL_PORT};
+use crate::l3::{self, RouterState, ORIGINATED};
 use crate::output::PortSet;
 use crate::packet::{Batch, MAX_BURST};
 use crate::pipeline::trace::{TraceMatch, Tracer};
@@ -386,7 +386,7 @@ impl Worker {
                 counters: &self.counters,
                 now_ns: self.now_ns,
                 now_secs: self.now_secs,
-                in_port: LOCAL_PORT,
+                in_port: ORIGINATED,
                 role: PortRole::Absent,
             };
             self.stages.slow_path.inject(&mut cx);
@@ -431,7 +431,7 @@ impl Worker {
             counters: &self.counters,
             now_ns: self.now_ns,
             now_secs: self.now_secs,
-            in_port: LOCAL_PORT,
+            in_port: ORIGINATED,
             role: PortRole::Absent,
         };
         let router = &mut self.stages.l3;

@@ -198,7 +198,7 @@ fn next_text(next: Next, names: &BTreeMap<PortId, String>) -> String {
         Next::Drop(reason, stage) => format!("drop {reason} ({stage})"),
         Next::Consumed => "consumed".into(),
         Next::Waiting => "waiting for arp".into(),
-        Next::Local => "slow path".into(),
+        Next::SlowPath => "slow path".into(),
     }
 }
 

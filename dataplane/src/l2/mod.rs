@@ -123,8 +123,8 @@ fn forward<const PER_PACKET_PORT: bool>(cx: &mut BurstCtx<'_>, pkts: &mut [Packe
             pkt.meta.next = if net.dhcp_mac != NO_MAC
                 && (ethertype == EtherType::IPV4.0 || ethertype == EtherType::ARP.0)
             {
-                produced |= Pending::LOCAL;
-                Next::Local
+                produced |= Pending::SLOW_PATH;
+                Next::SlowPath
             } else if net.routed && ethertype == EtherType::ARP.0 {
                 produced |= Pending::ROUTE;
                 Next::Arp
@@ -145,7 +145,7 @@ fn forward<const PER_PACKET_PORT: bool>(cx: &mut BurstCtx<'_>, pkts: &mut [Packe
                     .flatten()
                 {
                     Some(router) => Next::Route(router),
-                    None if dst == net.dhcp_mac => Next::Local,
+                    None if dst == net.dhcp_mac => Next::SlowPath,
                     None => match learner
                         .macs
                         .lookup(slot, net.uid, dst)

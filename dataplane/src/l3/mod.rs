@@ -14,7 +14,7 @@
 //!   FDB, as for a switched frame.
 //!
 //! Frames the stage makes (ARP requests) or releases from the waiting queue are collected
-//! in the router state's local batch and sent after the burst (`BurstStage::finish`).
+//! in the router state's originated batch and sent after the burst (`BurstStage::finish`).
 
 mod nat;
 mod neighbor;
@@ -45,7 +45,7 @@ use crate::wire::{
 
 /// Input port of frames the router makes itself: no port has it, so flooding skips none
 /// and no port's counters are charged for them.
-pub const LOCAL_PORT: PortId = PortId(u16::MAX);
+pub const ORIGINATED: PortId = PortId(u16::MAX);
 
 /// A frame the router made in `frame` at `offset` (untagged Ethernet, `len` bytes) on
 /// network `network`, to go `next`: it comes from no port, and flooding skips none.
@@ -61,7 +61,7 @@ fn originated(
         frame,
         offset,
         len: len as u16,
-        in_port: LOCAL_PORT,
+        in_port: ORIGINATED,
         meta: Meta {
             next,
             network,
@@ -81,7 +81,9 @@ const ARP_FRAME_LEN: usize = 60;
 #[derive(Debug)]
 pub struct RouterState {
     neighbors: NeighborTable,
-    local: Batch,
+    /// Frames the router made or released in this burst (ARP requests and replies, ICMP,
+    /// fragments, packets whose neighbour just answered): sent after the burst.
+    originated: Batch,
     /// A neighbour was completed in this pass: waiting packets may go.
     resolved: bool,
     /// ICMP errors the worker may send, in all and per offending source (RFC 1812
@@ -133,7 +135,7 @@ impl RouterState {
     pub fn new(neighbors: usize, hash_seed: u64) -> Self {
         RouterState {
             neighbors: NeighborTable::with_seed(neighbors, hash_seed),
-            local: Batch::with_capacity(MAX_BURST),
+            originated: Batch::with_capacity(MAX_BURST),
             resolved: false,
             icmp_budget: TokenBucket::default(),
             icmp_per_source: KeyedLimiter::default(),
@@ -194,13 +196,13 @@ impl BurstStage for RouterState {
 
     /// Sends the frames the router made or released in this pass.
     fn finish(&mut self, cx: &mut BurstCtx<'_>) {
-        if self.local.is_empty() {
+        if self.originated.is_empty() {
             return;
         }
         // What the router sends after the burst (released packets, ICMP errors) did not
         // pass the ingress security groups of its output port.
         if !cx.snap.security_groups().is_empty() {
-            for pkt in self.local.as_mut_slice() {
+            for pkt in self.originated.as_mut_slice() {
                 if let Next::Output(out) = pkt.meta.next {
                     let data = cx.pool.data(pkt);
                     if let Err(reason) = crate::secgroup::filter_ingress(
@@ -216,9 +218,9 @@ impl BurstStage for RouterState {
                 }
             }
         }
-        let sent = output(cx, self.local.as_mut_slice());
+        let sent = output(cx, self.originated.as_mut_slice());
         cx.counters.stage_packets[Stage::Output as usize].add(u64::from(sent));
-        self.local.clear();
+        self.originated.clear();
     }
 }
 
@@ -266,7 +268,7 @@ impl RouterState {
             .set(self.neighbors.pending() as u64);
     }
 
-    /// Moves waiting packets whose next hop is now known into the local batch, rewritten (and
+    /// Moves waiting packets whose next hop is now known into the originated batch, rewritten (and
     /// fragmented when they need it).
     fn release_resolved(&mut self, cx: &mut BurstCtx<'_>) {
         let snap = cx.snap;
@@ -274,7 +276,7 @@ impl RouterState {
         let mut n = 0;
         let generation = snap.generation();
         self.neighbors
-            .take_resolved(self.local.remaining(), |w, mac| {
+            .take_resolved(self.originated.remaining(), |w, mac| {
                 // An interface index is only meaningful in the snapshot it was taken from.
                 let interface = if w.generation == generation {
                     w.interface
@@ -291,12 +293,12 @@ impl RouterState {
                     let iface = *iface;
                     pkt.meta.next = self.send(cx, &mut pkt, &iface, mac);
                     if pkt.meta.next != Next::Consumed {
-                        let _ = self.local.push(pkt);
+                        let _ = self.originated.push(pkt);
                     }
                 }
                 None => {
                     pkt.meta.next = Next::Drop(DropReason::NeighborUnresolved, Stage::L3);
-                    let _ = self.local.push(pkt);
+                    let _ = self.originated.push(pkt);
                 }
             }
         }
@@ -409,7 +411,7 @@ impl RouterState {
         // gateway's address or a floating IP, is looked up in the session table. Routing
         // between the router's own subnets pays nothing for NAT.
         let mut hop = self.cache.lookup(r, router, arrived_dst);
-        let arrived_for_router = hop.is_some_and(|h| h.local);
+        let arrived_for_router = hop.is_some_and(|h| h.own_address);
         let nat = match r.external {
             Some(external)
                 if hop.is_some_and(|h| h.interface == external)
@@ -428,7 +430,7 @@ impl RouterState {
             arrived_for_router
         } else {
             hop = self.cache.lookup(r, router, dst);
-            hop.is_some_and(|h| h.local)
+            hop.is_some_and(|h| h.own_address)
         };
         if !nat.session && for_router {
             let next = echo_reply(cx.pool, pkt, router_mac);
@@ -647,7 +649,7 @@ impl RouterState {
 
     /// Sends a routed packet (TTL already decremented) to `mac` through `iface`: in place when
     /// it fits the egress MTU, else as fragments made into new frames (the original is then
-    /// consumed). Returns the packet's next step; fragments go to the local batch.
+    /// consumed). Returns the packet's next step; fragments go to the originated batch.
     #[inline]
     fn send(
         &mut self,
@@ -687,7 +689,7 @@ impl RouterState {
     }
 
     /// Splits a routed packet into fragments of `iface`'s MTU, each in a new frame addressed
-    /// to `mac`, queued on the local batch.
+    /// to `mac`, queued on the originated batch.
     fn fragment(
         &mut self,
         cx: &mut BurstCtx<'_>,
@@ -709,7 +711,7 @@ impl RouterState {
             Err(_) => return Next::Drop(DropReason::BadIpv4Header, Stage::L3),
         };
         // All fragments or none: a datagram missing one is worthless to the receiver.
-        if pieces > self.local.remaining() || pieces > cx.pool.available() {
+        if pieces > self.originated.remaining() || pieces > cx.pool.available() {
             return Next::Drop(DropReason::NoBuffers, Stage::L3);
         }
         let mut frame = [0u8; 2048];
@@ -751,7 +753,7 @@ impl RouterState {
         for p in &mut made[..n] {
             p.meta.next = rewrite(cx, p, iface, router_mac, mac);
             counters.originated.inc();
-            let _ = self.local.push(*p);
+            let _ = self.originated.push(*p);
         }
         counters.fragments.add(n as u64);
         Next::Consumed
@@ -770,7 +772,7 @@ impl RouterState {
     ) {
         let snap = cx.snap;
         let counters = cx.counters;
-        if self.local.is_full() {
+        if self.originated.is_full() {
             return;
         }
         let routing = snap.routing();
@@ -814,14 +816,14 @@ impl RouterState {
         counters.icmp_errors.inc();
         let next = Next::Output(offending.in_port);
         let _ = self
-            .local
+            .originated
             .push(originated(id, offset, len, slot, EtherType::IPV4, next));
     }
 
     /// Broadcasts an ARP request for `target` out of `iface`, from the router.
     fn request(&mut self, cx: &mut BurstCtx<'_>, iface: &Interface, router_mac: u64, target: u32) {
         let counters = cx.counters;
-        if self.local.is_full() {
+        if self.originated.is_full() {
             return;
         }
         let mut frame = [0u8; ARP_FRAME_LEN];
@@ -855,7 +857,7 @@ impl RouterState {
         );
         // Broadcast, like any ARP request.
         pkt.meta.flags |= Meta::MULTICAST;
-        let _ = self.local.push(pkt);
+        let _ = self.originated.push(pkt);
     }
 }
 

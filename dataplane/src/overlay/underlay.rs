@@ -10,7 +10,7 @@
 use crate::buf::FramePool;
 use crate::counters::WorkerCounters;
 use crate::l3::NeighborTable;
-use crate::l3::LOCAL_PORT;
+use crate::l3::ORIGINATED;
 use crate::output::PortSet;
 use crate::overlay::Overlay;
 use crate::packet::{Meta, Next, Packet};
@@ -151,7 +151,7 @@ fn request(
         frame: id,
         offset,
         len: frame.len() as u16,
-        in_port: LOCAL_PORT,
+        in_port: ORIGINATED,
         meta: Meta {
             next: Next::Output(ov.uplink()),
             ethertype: EtherType::ARP.0,

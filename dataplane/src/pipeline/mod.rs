@@ -179,8 +179,8 @@ impl Pending {
     pub const L2: Pending = Pending(1 << 1);
     /// [`Next::Route`] or [`Next::Arp`]: for a router.
     pub const ROUTE: Pending = Pending(1 << 2);
-    /// [`Next::Local`]: for the slow path.
-    pub const LOCAL: Pending = Pending(1 << 3);
+    /// [`Next::SlowPath`]: for the slow path.
+    pub const SLOW_PATH: Pending = Pending(1 << 3);
     /// [`Next::Output`] or [`Next::Flood`]: decided, to send.
     pub const SEND: Pending = Pending(1 << 4);
     /// [`Next::Drop`], [`Next::Consumed`] or [`Next::Waiting`]: decided, not sent now.
@@ -195,7 +195,7 @@ impl Pending {
             Next::Classify => Pending::CLASSIFY,
             Next::L2 => Pending::L2,
             Next::Route(_) | Next::Arp => Pending::ROUTE,
-            Next::Local => Pending::LOCAL,
+            Next::SlowPath => Pending::SLOW_PATH,
             Next::Output(_) | Next::Flood => Pending::SEND,
             Next::Drop(..) | Next::Consumed | Next::Waiting => Pending::DONE,
         }
@@ -242,7 +242,7 @@ pub struct Outcome {
 }
 
 /// Everything a stage needs for one burst besides its own state. Built once per burst by
-/// the worker (and for housekeeping, with [`crate::l3::LOCAL_PORT`] as the input port).
+/// the worker (and for housekeeping, with [`crate::l3::ORIGINATED`] as the input port).
 pub struct BurstCtx<'a> {
     /// The snapshot of this pass: a burst never sees two generations.
     pub snap: &'a Snapshot,
