@@ -49,23 +49,23 @@ fn target_dir(root: &Path) -> PathBuf {
     }
 }
 
-fn build_polluxd() -> Result<PathBuf, String> {
+/// Builds binary `bin` of package `package` with Cargo (in release mode with `release`)
+/// and returns its path in the target directory.
+fn build_binary(package: &str, bin: &str, release: bool) -> Result<PathBuf, String> {
     let root = workspace_root();
     // The `cargo` that runs the tests, if it told us (it sets CARGO for test processes).
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut args = vec!["build"];
+    if release {
+        args.push("--release");
+    }
+    args.extend(["-q", "-p", package, "--bin", bin]);
     let mut cmd = Command::new(&cargo);
-    cmd.current_dir(&root).args([
-        "build",
-        "--release",
-        "-q",
-        "-p",
-        "pollux-control",
-        "--bin",
-        "polluxd",
-    ]);
+    cmd.current_dir(&root).args(&args);
     let line = format!(
-        "{} build --release -q -p pollux-control --bin polluxd (in {})",
+        "{} {} (in {})",
         cargo.to_string_lossy(),
+        args.join(" "),
         root.display()
     );
     let out = netns::run_bounded(cmd, BUILD_TIMEOUT).map_err(|e| format!("`{line}`: {e}"))?;
@@ -76,7 +76,8 @@ fn build_polluxd() -> Result<PathBuf, String> {
             String::from_utf8_lossy(&out.stderr)
         ));
     }
-    let path = target_dir(&root).join("release").join("polluxd");
+    let profile = if release { "release" } else { "debug" };
+    let path = target_dir(&root).join(profile).join(bin);
     if !path.is_file() {
         return Err(format!(
             "`{line}` succeeded but {} does not exist",
@@ -91,48 +92,18 @@ fn build_polluxd() -> Result<PathBuf, String> {
 /// build fails.
 pub fn polluxd_path() -> &'static Path {
     static PATH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match PATH.get_or_init(build_polluxd) {
+    match PATH.get_or_init(|| build_binary("pollux-control", "polluxd", true)) {
         Ok(p) => p,
         Err(e) => panic!("cannot build polluxd: {e}"),
     }
 }
 
-fn build_agent() -> Result<PathBuf, String> {
-    let root = workspace_root();
-    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let mut cmd = Command::new(&cargo);
-    // A debug build: the agent is off the packet path, and this saves a release build of
-    // etcd-client's gRPC stack.
-    cmd.current_dir(&root)
-        .args(["build", "-q", "-p", "pollux-agent", "--bin", "pollux-agent"]);
-    let line = format!(
-        "{} build -q -p pollux-agent (in {})",
-        cargo.to_string_lossy(),
-        root.display()
-    );
-    let out = netns::run_bounded(cmd, BUILD_TIMEOUT).map_err(|e| format!("`{line}`: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "`{line}` failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let path = target_dir(&root).join("debug").join("pollux-agent");
-    if !path.is_file() {
-        return Err(format!(
-            "`{line}` succeeded but {} does not exist",
-            path.display()
-        ));
-    }
-    Ok(path)
-}
-
-/// Builds `pollux-agent` (debug, once per test process) and returns its path. Panics
-/// with Cargo's output if the build fails.
+/// Builds `pollux-agent` (debug, once per test process) and returns its path: the agent
+/// is off the packet path, and a debug build saves a release build of etcd-client's gRPC
+/// stack. Panics with Cargo's output if the build fails.
 pub fn agent_path() -> &'static Path {
     static PATH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    match PATH.get_or_init(build_agent) {
+    match PATH.get_or_init(|| build_binary("pollux-agent", "pollux-agent", false)) {
         Ok(p) => p,
         Err(e) => panic!("cannot build pollux-agent: {e}"),
     }
