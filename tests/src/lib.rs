@@ -8,5 +8,6 @@ pub mod etcd;
 pub mod frames;
 pub mod harness;
 pub mod neutron_iptables;
+pub mod vm_lab;
 
 pub use pollux_testkit::{dhcp, netns, ovs};

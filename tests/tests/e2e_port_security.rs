@@ -18,20 +18,14 @@
 use std::sync::MutexGuard;
 use std::time::Duration;
 
-use pollux_control::client::Client;
-use pollux_tests::daemon::{self, ConfigFile, Polluxd};
+use pollux_tests::daemon;
 use pollux_tests::dhcp::DhcpClient;
-use pollux_tests::netns::{self, ping, CaptureFormat, Netns, Topology, VethOptions};
-use serde_json::{json, Value};
+use pollux_tests::netns::{self, ping, CaptureFormat, Netns};
+use pollux_tests::vm_lab::{Vm, VmLab};
+use serde_json::json;
 
 const TOOLS: &[&str] = &["ip", "ping", "tcpdump", "arping", "dnsmasq", "udhcpc"];
 const CONFIG: &str = "e2e-port-security.toml";
-
-struct Vm {
-    role: &'static str,
-    mac: &'static str,
-    ip: &'static str,
-}
 
 const A1: Vm = Vm {
     role: "a1",
@@ -57,89 +51,31 @@ fn setup() -> MutexGuard<'static, ()> {
     guard
 }
 
-struct Lab {
-    topo: Topology,
-    polluxd: Polluxd,
-    _config: ConfigFile,
+/// Applies the running state with a1's port security switched `on` or off.
+fn set_port_security(lab: &VmLab, on: bool) {
+    let mut state = lab.call("config.get", json!({}))["state"].clone();
+    for port in state["ports"].as_array_mut().unwrap() {
+        if port["id"] == "vm-a1" {
+            port["port_security_enabled"] = json!(on);
+            // Security groups come with port security (Neutron refuses them without).
+            port["security_groups"] = if on { json!(["allow-all"]) } else { json!([]) };
+        }
+    }
+    lab.call("config.apply", json!({ "state": state }));
 }
 
-impl Lab {
-    fn start() -> Lab {
-        let mut topo = Topology::new();
-        topo.add_ns("host").unwrap();
-        topo.ns("host").unwrap().disable_ipv6().unwrap();
-        for vm in [&A1, &A2, &A3] {
-            topo.add_ns(vm.role).unwrap();
-            topo.ns(vm.role).unwrap().disable_ipv6().unwrap();
-            let switch_if = topo.prefix().ifname(vm.role).unwrap();
-            let options = VethOptions {
-                mac_b: Some(vm.mac.to_owned()),
-                ..VethOptions::default()
-            };
-            topo.veth_with("host", &switch_if, vm.role, "eth0", &options)
-                .unwrap();
-            topo.addr(vm.role, "eth0", &format!("{}/24", vm.ip))
-                .unwrap();
-        }
-        let config = ConfigFile::render(CONFIG, topo.prefix().as_str()).unwrap();
-        let polluxd = Polluxd::start(topo.ns("host").unwrap(), config.path(), &daemon::last_cpu())
-            .unwrap_or_else(|e| panic!("{e}"));
-        Lab {
-            topo,
-            polluxd,
-            _config: config,
-        }
-    }
-
-    fn vm(&self, vm: &Vm) -> &Netns {
-        self.topo.ns(vm.role).unwrap()
-    }
-
-    fn call(&self, method: &str, params: Value) -> Value {
-        let mut client = Client::connect(self.polluxd.socket()).expect("connect to polluxd");
-        client
-            .call(method, params)
-            .unwrap_or_else(|e| panic!("{method}: {e:?}"))
-    }
-
-    fn drops(&self, reason: &str) -> u64 {
-        self.call("stats.get", json!({}))["drops"][reason]
-            .as_u64()
-            .unwrap_or(0)
-    }
-
-    /// Applies the running state with a1's port security switched `on` or off.
-    fn set_port_security(&self, on: bool) {
-        let mut state = self.call("config.get", json!({}))["state"].clone();
-        for port in state["ports"].as_array_mut().unwrap() {
-            if port["id"] == "vm-a1" {
-                port["port_security_enabled"] = json!(on);
-                // Security groups come with port security (Neutron refuses them without).
-                port["security_groups"] = if on { json!(["allow-all"]) } else { json!([]) };
-            }
-        }
-        self.call("config.apply", json!({ "state": state }));
-    }
-
-    /// What `observer` captures (at most `count` frames matching `filter`, within 3 s)
-    /// while `act` runs.
-    fn seen_by(&self, observer: &Vm, filter: &[&str], count: u32, act: impl FnOnce()) -> usize {
-        let capture = netns::tcpdump(
-            self.vm(observer),
-            "eth0",
-            count,
-            filter,
-            CaptureFormat::Text,
-        )
-        .unwrap();
-        act();
-        capture.finish(Duration::from_secs(3)).unwrap().lines.len()
-    }
+/// What `observer` captures (at most `count` frames matching `filter`, within 3 s)
+/// while `act` runs.
+fn seen_by(lab: &VmLab, observer: &Vm, filter: &[&str], count: u32, act: impl FnOnce()) -> usize {
+    let capture =
+        netns::tcpdump(lab.vm(observer), "eth0", count, filter, CaptureFormat::Text).unwrap();
+    act();
+    capture.finish(Duration::from_secs(3)).unwrap().lines.len()
 }
 
 /// a1 pings a3 from a2's address (a3's neighbour entry set by hand, so that only the
 /// IPv4 source is forged, not ARP).
-fn ping_from_a2s_address(lab: &Lab) {
+fn ping_from_a2s_address(lab: &VmLab) {
     let a1 = lab.vm(&A1);
     let _ = ping_from(a1, A2.ip, A3.ip, 3);
 }
@@ -156,7 +92,7 @@ fn ping_from(ns: &Netns, src: &str, dst: &str, count: u32) -> String {
 }
 
 /// a1 announces the gateway's address as its own, three times.
-fn gratuitous_arp_for_the_gateway(lab: &Lab) {
+fn gratuitous_arp_for_the_gateway(lab: &VmLab) {
     lab.vm(&A1)
         .exec_timeout(
             "arping",
@@ -169,7 +105,7 @@ fn gratuitous_arp_for_the_gateway(lab: &Lab) {
 }
 
 /// a1 takes a MAC that is not its port's and pings a3.
-fn ping_from_a_foreign_mac(lab: &Lab) {
+fn ping_from_a_foreign_mac(lab: &VmLab) {
     lab.topo.set_mac(A1.role, "eth0", FOREIGN_MAC).unwrap();
     let _ = ping(lab.vm(&A1), A3.ip, 3, Duration::from_secs(4));
     lab.topo.set_mac(A1.role, "eth0", A1.mac).unwrap();
@@ -180,7 +116,7 @@ fn ping_from_a_foreign_mac(lab: &Lab) {
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn spoofed_addresses_reach_no_other_vm() {
     let _serial = setup();
-    let lab = Lab::start();
+    let lab = VmLab::start(CONFIG, &[&A1, &A2, &A3]);
     let (a1, a2) = (lab.vm(&A1), lab.vm(&A2));
 
     // Honest traffic flows, with the kernel's default offloads on every guest.
@@ -206,12 +142,12 @@ fn spoofed_addresses_reach_no_other_vm() {
     .unwrap();
 
     let forged_ip = ["icmp", "and", "src", "host", A2.ip];
-    let seen = lab.seen_by(&A3, &forged_ip, 1, || ping_from_a2s_address(&lab));
+    let seen = seen_by(&lab, &A3, &forged_ip, 1, || ping_from_a2s_address(&lab));
     assert_eq!(seen, 0, "a3 saw pings from a2's address sent by a1");
     assert!(lab.drops("spoofed_ip") >= 3, "{}", lab.drops("spoofed_ip"));
 
     let garp = ["arp", "and", "host", GATEWAY];
-    let seen = lab.seen_by(&A2, &garp, 1, || gratuitous_arp_for_the_gateway(&lab));
+    let seen = seen_by(&lab, &A2, &garp, 1, || gratuitous_arp_for_the_gateway(&lab));
     assert_eq!(seen, 0, "a2 saw a1's gratuitous ARP for the gateway");
     assert!(
         lab.drops("spoofed_arp") >= 3,
@@ -222,7 +158,7 @@ fn spoofed_addresses_reach_no_other_vm() {
     assert!(!neigh.contains(A1.mac), "a2's ARP cache poisoned: {neigh}");
 
     let foreign = ["ether", "src", FOREIGN_MAC];
-    let seen = lab.seen_by(&A3, &foreign, 1, || ping_from_a_foreign_mac(&lab));
+    let seen = seen_by(&lab, &A3, &foreign, 1, || ping_from_a_foreign_mac(&lab));
     assert_eq!(seen, 0, "a3 saw frames from a MAC that is not a1's port's");
     assert!(
         lab.drops("spoofed_mac") >= 1,
@@ -232,12 +168,12 @@ fn spoofed_addresses_reach_no_other_vm() {
 
     // With port security off, the very same traffic gets through: the drops above were
     // port security's and nothing else's.
-    lab.set_port_security(false);
-    let seen = lab.seen_by(&A3, &forged_ip, 1, || ping_from_a2s_address(&lab));
+    set_port_security(&lab, false);
+    let seen = seen_by(&lab, &A3, &forged_ip, 1, || ping_from_a2s_address(&lab));
     assert_eq!(seen, 1, "without port security a3 sees the forged pings");
-    let seen = lab.seen_by(&A2, &garp, 1, || gratuitous_arp_for_the_gateway(&lab));
+    let seen = seen_by(&lab, &A2, &garp, 1, || gratuitous_arp_for_the_gateway(&lab));
     assert_eq!(seen, 1, "without port security a2 sees the gratuitous ARP");
-    let seen = lab.seen_by(&A3, &foreign, 1, || ping_from_a_foreign_mac(&lab));
+    let seen = seen_by(&lab, &A3, &foreign, 1, || ping_from_a_foreign_mac(&lab));
     assert_eq!(seen, 1, "without port security a3 sees the foreign MAC");
 }
 
@@ -290,12 +226,12 @@ impl Drop for RogueDhcp {
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn a_rogue_dhcp_server_answers_nobody() {
     let _serial = setup();
-    let lab = Lab::start();
+    let lab = VmLab::start(CONFIG, &[&A1, &A2, &A3]);
     let _rogue = RogueDhcp::start(lab.vm(&A1));
     let offers = ["udp", "and", "src", "port", "67"];
 
     // a2 asks three times; no offer from a1 ever reaches it.
-    let seen = lab.seen_by(&A2, &offers, 1, || {
+    let seen = seen_by(&lab, &A2, &offers, 1, || {
         let mut client = DhcpClient::udhcpc_once(lab.vm(&A2), "eth0", 3).unwrap();
         let _ = client.wait_exit(Duration::from_secs(8));
     });
@@ -307,8 +243,8 @@ fn a_rogue_dhcp_server_answers_nobody() {
     );
 
     // Without port security on a1, its offers reach a2.
-    lab.set_port_security(false);
-    let seen = lab.seen_by(&A2, &offers, 1, || {
+    set_port_security(&lab, false);
+    let seen = seen_by(&lab, &A2, &offers, 1, || {
         let mut client = DhcpClient::udhcpc_once(lab.vm(&A2), "eth0", 3).unwrap();
         let _ = client.wait_exit(Duration::from_secs(8));
     });

@@ -19,20 +19,14 @@
 use std::sync::MutexGuard;
 use std::time::Duration;
 
-use pollux_control::client::Client;
-use pollux_tests::daemon::{self, ConfigFile, Polluxd};
-use pollux_tests::netns::{self, iperf3_client, iperf3_server, ping, Netns, Topology, VethOptions};
-use serde_json::{json, Value};
+use pollux_tests::daemon;
+use pollux_tests::netns::{self, iperf3_client, iperf3_server, ping};
+use pollux_tests::vm_lab::{Vm, VmLab};
+use serde_json::json;
 
 const TOOLS: &[&str] = &["ip", "ping", "iperf3"];
 const CONFIG: &str = "e2e-security-groups.toml";
 const IPERF3_PORT: u16 = 5201;
-
-struct Vm {
-    role: &'static str,
-    mac: &'static str,
-    ip: &'static str,
-}
 
 const WEB: Vm = Vm {
     role: "web",
@@ -56,63 +50,11 @@ fn setup() -> MutexGuard<'static, ()> {
     guard
 }
 
-struct Lab {
-    topo: Topology,
-    polluxd: Polluxd,
-    _config: ConfigFile,
-}
-
-impl Lab {
-    fn start() -> Lab {
-        let mut topo = Topology::new();
-        topo.add_ns("host").unwrap();
-        topo.ns("host").unwrap().disable_ipv6().unwrap();
-        for vm in [&WEB, &CLIENT, &STRANGER] {
-            topo.add_ns(vm.role).unwrap();
-            topo.ns(vm.role).unwrap().disable_ipv6().unwrap();
-            let switch_if = topo.prefix().ifname(vm.role).unwrap();
-            let options = VethOptions {
-                mac_b: Some(vm.mac.to_owned()),
-                ..VethOptions::default()
-            };
-            topo.veth_with("host", &switch_if, vm.role, "eth0", &options)
-                .unwrap();
-            topo.addr(vm.role, "eth0", &format!("{}/24", vm.ip))
-                .unwrap();
-        }
-        let config = ConfigFile::render(CONFIG, topo.prefix().as_str()).unwrap();
-        let polluxd = Polluxd::start(topo.ns("host").unwrap(), config.path(), &daemon::last_cpu())
-            .unwrap_or_else(|e| panic!("{e}"));
-        Lab {
-            topo,
-            polluxd,
-            _config: config,
-        }
-    }
-
-    fn vm(&self, vm: &Vm) -> &Netns {
-        self.topo.ns(vm.role).unwrap()
-    }
-
-    fn call(&self, method: &str, params: Value) -> Value {
-        let mut client = Client::connect(self.polluxd.socket()).expect("connect to polluxd");
-        client
-            .call(method, params)
-            .unwrap_or_else(|e| panic!("{method}: {e:?}"))
-    }
-
-    fn drops(&self, reason: &str) -> u64 {
-        self.call("stats.get", json!({}))["drops"][reason]
-            .as_u64()
-            .unwrap_or(0)
-    }
-}
-
 #[test]
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn groups_allow_deny_and_let_replies_back() {
     let _serial = setup();
-    let lab = Lab::start();
+    let lab = VmLab::start(CONFIG, &[&WEB, &CLIENT, &STRANGER]);
     let (web, client, stranger) = (lab.vm(&WEB), lab.vm(&CLIENT), lab.vm(&STRANGER));
 
     // Allowed: the client's pings reach web, whose replies go back without an egress rule.
