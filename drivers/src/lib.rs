@@ -7,5 +7,6 @@ pub mod mem;
 pub mod netdev;
 pub use pollux_dataplane::ring;
 pub mod tap;
+pub mod vhost_user;
 pub mod xdp;
 pub mod xsk;
