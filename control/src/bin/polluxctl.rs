@@ -491,6 +491,21 @@ const PORT_COLUMNS: &[Column] = &[
     ("TX_DROP", "tx_dropped"),
 ];
 
+/// The vhost-user state of the ports that have one, under the ports table.
+const VHOST_USER_COLUMNS: &[Column] = &[
+    ("ID", "id"),
+    ("SOCKET", "interface"),
+    ("MODE", "/vhost_user/mode"),
+    ("CONNECTED", "/vhost_user/connected"),
+    ("RUNNING", "/vhost_user/running"),
+    ("FEATURES", "/vhost_user/feature_names"),
+    ("PROTOCOL", "/vhost_user/protocol_features"),
+    ("QUEUES", "/vhost_user/queues"),
+    ("DISCONNECTS", "/vhost_user/disconnects"),
+    ("BROKEN", "/vhost_user/broken_queues"),
+    ("LAST_ERROR", "/vhost_user/last_error"),
+];
+
 const NETWORK_COLUMNS: &[Column] = &[
     ("ID", "id"),
     ("TYPE", "network_type"),
@@ -657,7 +672,20 @@ fn trace_report(result: &Value) -> String {
 fn render_show(show: &Show, result: &Value) -> String {
     match show {
         Show::Config { .. } => config_report(result),
-        Show::Ports => table(rows(result, "ports"), PORT_COLUMNS),
+        Show::Ports => {
+            let ports = rows(result, "ports");
+            let vhost: Vec<Value> = ports
+                .iter()
+                .filter(|p| p.get("vhost_user").is_some())
+                .cloned()
+                .collect();
+            let mut out = table(ports, PORT_COLUMNS);
+            if !vhost.is_empty() {
+                out.push_str("\n\nvhost-user:\n");
+                out.push_str(&table(&vhost, VHOST_USER_COLUMNS));
+            }
+            out
+        }
         Show::Networks => table(rows(result, "networks"), NETWORK_COLUMNS),
         Show::Fdb { .. } => table(rows(result, "entries"), FDB_COLUMNS),
         Show::Routes { .. } => table(rows(result, "routes"), ROUTE_COLUMNS),

@@ -43,9 +43,26 @@ pub const F_VERSION_1: u64 = 1 << 32;
 /// Every virtio feature offered.
 pub const OFFERED: u64 = F_MRG_RXBUF | F_PROTOCOL_FEATURES | F_VERSION_1;
 
+/// The names of the offered features in `features`, for `polluxctl show ports`.
+pub fn feature_names(features: u64) -> Vec<&'static str> {
+    [
+        (F_VERSION_1, "VERSION_1"),
+        (F_MRG_RXBUF, "MRG_RXBUF"),
+        (F_PROTOCOL_FEATURES, "PROTOCOL_FEATURES"),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| features & bit != 0)
+    .map(|(_, name)| name)
+    .collect()
+}
+
 /// How long the protocol thread waits for the worker to take a command (the worker looks
 /// every few microseconds when it runs; longer means it is not running this port yet).
 const WORKER_ACK: Duration = Duration::from_secs(1);
+
+/// How often the thread looks at its stop flag while it waits for a front end (the
+/// longest a port removal waits for it).
+const POLL_MS: i32 = 50;
 
 /// Pollux's role on the socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -540,7 +557,7 @@ fn serve(
     while !stop.load(Ordering::Relaxed) {
         let stream = match &listener {
             Some(l) => {
-                if !readable(l.as_raw_fd(), 200) {
+                if !readable(l.as_raw_fd(), POLL_MS) {
                     continue;
                 }
                 match l.accept() {
@@ -551,7 +568,7 @@ fn serve(
             None => match UnixStream::connect(path) {
                 Ok(s) => s,
                 Err(_) => {
-                    std::thread::sleep(Duration::from_millis(250));
+                    std::thread::sleep(Duration::from_millis(POLL_MS as u64));
                     continue;
                 }
             },
@@ -595,7 +612,7 @@ fn serve(
         });
         if listener.is_none() && !stop.load(Ordering::Relaxed) {
             // A client that lost its server waits a little before trying again.
-            std::thread::sleep(Duration::from_millis(250));
+            std::thread::sleep(Duration::from_millis(POLL_MS as u64));
         }
     }
 }
