@@ -228,6 +228,13 @@ impl Bindings {
             .map(|(_, m)| (m.status(), m.broken()))
     }
 
+    /// Each vhost-user port's mailbox (its shared state).
+    pub fn vhost_user_mailboxes(&self) -> impl Iterator<Item = (PortId, Arc<Mailbox>)> + '_ {
+        self.vhost_user
+            .iter()
+            .map(|(id, (_, m))| (*id, Arc::clone(m)))
+    }
+
     /// Forgets the driver resources of port `id` (detaching its XDP program, dropping the
     /// far end of a mem port with key `key`, stopping a vhost-user protocol thread). The
     /// port itself must be closed already.

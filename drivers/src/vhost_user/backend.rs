@@ -91,9 +91,14 @@ struct Handler {
     owned: bool,
     features: u64,
     protocol: u64,
+    /// SET_PROTOCOL_FEATURES was received on this connection.
+    protocol_set: bool,
     mem: Option<Arc<GuestMemory>>,
     queues: [QueueState; 2],
     running: bool,
+    /// The front end enabled the rings before it set the features (QEMU restores the
+    /// enable state first, then starts the device), and the crate refused the message.
+    early_enable: bool,
 }
 
 fn param(what: &str) -> Error {
@@ -122,9 +127,11 @@ impl Handler {
             owned: false,
             features: 0,
             protocol: 0,
+            protocol_set: false,
             mem: None,
             queues: Default::default(),
             running: false,
+            early_enable: false,
         }
     }
 
@@ -149,7 +156,7 @@ impl Handler {
 
     /// Starts the queues in the worker when everything they need is there.
     fn try_start(&mut self) -> Result<()> {
-        let need_enable = self.features & F_PROTOCOL_FEATURES != 0;
+        let need_enable = self.features & F_PROTOCOL_FEATURES != 0 && !self.early_enable;
         let ready = self.mem.is_some()
             && self.queues.iter().all(|q| {
                 q.size > 0 && q.addrs.is_some() && q.kicked && (q.enabled || !need_enable)
@@ -228,7 +235,9 @@ impl Handler {
         self.queues = Default::default();
         self.features = 0;
         self.protocol = 0;
+        self.protocol_set = false;
         self.owned = false;
+        self.early_enable = false;
         self.mailbox.update_status(|s| {
             s.features = 0;
             s.protocol_features = 0;
@@ -381,6 +390,7 @@ impl VhostUserBackendReqHandlerMut for Handler {
             return Err(param("protocol features that were not offered"));
         }
         self.protocol = features;
+        self.protocol_set = true;
         self.mailbox
             .update_status(|s| s.protocol_features = features);
         Ok(())
@@ -589,9 +599,26 @@ fn serve(
         let why = loop {
             match session.handle_request() {
                 Ok(()) => {}
-                // A refused request was answered (with REPLY_ACK) and the stream is in
-                // step: note it and go on.
-                Err(e @ (Error::ReqHandlerError(_) | Error::InvalidParam)) => {
+                // A refused request was read whole (and answered, with REPLY_ACK), so the
+                // stream is in step: note it and go on. QEMU, for one, disables the rings
+                // before it sets the features that make SET_VRING_ENABLE valid.
+                // The one message the crate refuses for want of acknowledged features
+                // is SET_VRING_ENABLE, which QEMU sends (to enable: it restores the
+                // state) before SET_FEATURES. The spec allows it once the protocol
+                // features are negotiated, which they are by then; DPDK takes it.
+                Err(Error::InactiveFeature(f))
+                    if f.bits() == F_PROTOCOL_FEATURES && lock(handler).protocol_set =>
+                {
+                    lock(handler).early_enable = true;
+                }
+                Err(
+                    e @ (Error::ReqHandlerError(_)
+                    | Error::InvalidParam
+                    | Error::InvalidOperation(_)
+                    | Error::InactiveFeature(_)
+                    | Error::InactiveOperation(_)
+                    | Error::FeatureMismatch),
+                ) => {
                     let text = e.to_string();
                     pollux_services_log(&name, &format!("refused a request: {text}"));
                     mailbox.update_status(|s| s.last_error = Some(text));
