@@ -1029,6 +1029,34 @@ mod tests {
     }
 
     #[test]
+    fn show_ports_adds_the_vhost_user_state_of_the_ports_that_have_one() {
+        let result = json!({ "ports": [
+            { "id": "vm1", "driver": "afxdp", "interface": "vm1-host" },
+            { "id": "vm2", "driver": "vhost-user", "interface": "/run/vm2.sock",
+              "vhost_user": { "mode": "server", "connected": true, "running": true,
+                "feature_names": ["VERSION_1", "MRG_RXBUF"], "protocol_features": "0x8",
+                "queues": [256, 256], "disconnects": 1, "broken_queues": 0,
+                "last_error": null } },
+        ]});
+        let out = render_show(&Show::Ports, &result);
+        let (ports, vhost) = out.split_once("\n\nvhost-user:\n").expect(&out);
+        assert_eq!(ports.lines().count(), 3, "{out}");
+        let lines: Vec<&str> = vhost.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert!(
+            lines[0].starts_with("ID   SOCKET         MODE    CONNECTED"),
+            "{out}"
+        );
+        assert!(
+            lines[1].contains("vm2  /run/vm2.sock  server  true")
+                && lines[1].contains("VERSION_1,MRG_RXBUF  0x8       256,256"),
+            "{out}"
+        );
+        let plain = json!({ "ports": [{ "id": "vm1", "driver": "afxdp" }] });
+        assert!(!render_show(&Show::Ports, &plain).contains("vhost-user"));
+    }
+
+    #[test]
     fn table_with_no_rows_is_its_header() {
         assert_eq!(table(&[], &[("A", "a"), ("BB", "b")]), "A  BB");
     }
