@@ -3,7 +3,9 @@
 # and transmit (pool → guest receive queue) paths, counted by callgrind on a synthetic
 # guest in a shared memfd (no QEMU): bursts of 64 frames, one descriptor per frame. As in
 # instructions.sh, two round counts are run and the difference is divided by the extra
-# packets. Only `VhostUserPort::rx_burst` / `tx_burst` (and what they call) are counted.
+# packets. Only `VhostUserPort::rx_burst` / `tx_burst` (and what they call) are counted;
+# `vq-rx` / `vq-tx` are the same paths written on rust-vmm's `virtio-queue` crate, for
+# comparison.
 # Prints "<direction> <frame length> <instructions per packet>".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,14 +18,22 @@ trap 'rm -rf "$tmp"' EXIT
 small=50
 large=250
 
+toggle() { # direction -> the function counted
+    case "$1" in
+        vq-rx) echo '*vq_rx_burst*' ;;
+        vq-tx) echo '*vq_tx_burst*' ;;
+        *) echo "*VhostUserPort*${1}_burst*" ;;
+    esac
+}
+
 count() { # direction rounds len -> instructions inside the burst function
     valgrind --tool=callgrind --callgrind-out-file="$tmp/out" --collect-atstart=no \
-        --toggle-collect="*VhostUserPort*${1}_burst*" "$bin" "$1" "$2" "$3" >/dev/null 2>"$tmp/log" \
+        --toggle-collect="$(toggle "$1")" "$bin" "$1" "$2" "$3" >/dev/null 2>"$tmp/log" \
         || { cat "$tmp/log" >&2; exit 1; }
     awk '/^(summary|totals):/ { print $2; exit }' "$tmp/out"
 }
 
-for dir in rx tx; do
+for dir in ${DIRECTIONS:-rx tx vq-rx vq-tx}; do
     for len in ${LENGTHS:-64 1514}; do
         a=$(count "$dir" "$small" "$len")
         b=$(count "$dir" "$large" "$len")
