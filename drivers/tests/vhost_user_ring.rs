@@ -16,20 +16,74 @@ use proptest::prelude::*;
 
 mod vu_guest;
 
+/// Counts this thread's allocations, so the tests can check that bursts make none.
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+// SAFETY: defers every operation to the system allocator unchanged; the thread-local
+// counter is const-initialised, so touching it never allocates (no recursion).
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.with(|c| c.set(c.get() + 1));
+        // SAFETY: forwarded with the caller's own guarantees.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: forwarded with the caller's own guarantees.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAlloc = CountingAlloc;
+
+/// Runs `f` and returns its result and how many allocations this thread made meanwhile.
+fn counting<T>(f: impl FnOnce() -> T) -> (T, u64) {
+    let before = ALLOCATIONS.with(|c| c.get());
+    let out = f();
+    (out, ALLOCATIONS.with(|c| c.get()) - before)
+}
+
 use vu_guest::*;
 
 /// A port with both queues started on `guest`'s rings.
 fn started(guest: &Guest, mergeable: bool, pool: &mut FramePool) -> (VhostUserPort, Arc<Mailbox>) {
+    started_with_err(guest, mergeable, pool, None)
+}
+
+/// An eventfd (non-blocking), as the front end passes for errors.
+fn eventfd() -> std::fs::File {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain eventfd(2); the descriptor is owned by the File from here.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK) };
+    assert!(fd >= 0);
+    // SAFETY: `fd` is fresh and owned by nobody else.
+    unsafe { std::fs::File::from_raw_fd(fd) }
+}
+
+/// As [`started`], the transmit queue with error eventfd `tx_err`.
+fn started_with_err(
+    guest: &Guest,
+    mergeable: bool,
+    pool: &mut FramePool,
+    tx_err: Option<std::fs::File>,
+) -> (VhostUserPort, Arc<Mailbox>) {
     let mailbox = Mailbox::new();
     let mut port = VhostUserPort::new("vu-test", Arc::clone(&mailbox));
     let setup = |q| QueueSetup {
         addrs: Guest::addrs(q),
         base: 0,
         call: None,
+        err: None,
     };
+    let mut tx = setup(1);
+    tx.err = tx_err;
     let dev = Device {
         mem: guest.memory(),
-        queues: [setup(0), setup(1)],
+        queues: [setup(0), tx],
         hdr_len: HDR,
         mergeable,
     };
@@ -151,15 +205,45 @@ fn frames_to_the_guest_fill_its_buffers_and_merge_when_small() {
     pool.free(id);
 }
 
+#[test]
+fn bursts_allocate_nothing() {
+    let mut g = Guest::new();
+    let mut pool = FramePool::with_frames(256).unwrap();
+    let (mut port, _mb) = started(&g, true, &mut pool);
+    for i in 0..64u16 {
+        guest_sends(&mut g, i, &frame(100, i as u8));
+        g.desc(0, i, GPA + BUF + 0x80000 + 0x800 * u64::from(i), 2048, 2, 0);
+        g.make_available(0, i);
+    }
+    let mut batch = Batch::with_capacity(64);
+    let (got, allocs) = counting(|| port.rx_burst(0, &mut pool, &mut batch));
+    assert_eq!((got, allocs), (64, 0));
+    let pkts: Vec<Packet> = batch.as_slice().to_vec();
+    let (sent, allocs) = counting(|| port.tx_burst(0, &mut pool, &pkts));
+    assert_eq!((sent, allocs), (64, 0));
+    let (_, allocs) = counting(|| port.housekeeping(&mut pool));
+    assert_eq!(allocs, 0);
+    assert_eq!(g.used_idx(0), 64);
+    assert_eq!(pool.available(), 256);
+}
+
 /// Builds a hostile transmit queue with `hostile`, then checks the port gives it up
 /// with a counter, hands over no frame, leaks none and keeps refusing quietly.
 fn assert_broken(hostile: impl FnOnce(&mut Guest)) {
     let mut g = Guest::new();
     let mut pool = FramePool::with_frames(64).unwrap();
-    let (mut port, mailbox) = started(&g, true, &mut pool);
+    let err = eventfd();
+    let (mut port, mailbox) = started_with_err(&g, true, &mut pool, Some(err.try_clone().unwrap()));
     hostile(&mut g);
     assert!(rx_all(&mut port, &mut pool).is_empty());
     assert_eq!(extra(&port, "broken_queues"), 1);
+    let mut told = [0u8; 8];
+    assert_eq!(
+        std::io::Read::read(&mut &err, &mut told).unwrap(),
+        8,
+        "the front end's error eventfd was not signalled"
+    );
+    assert_eq!(u64::from_ne_bytes(told), 1);
     assert_eq!(mailbox.broken(), 1);
     assert_eq!(pool.available(), 64);
     // Given up: later bursts do nothing, even with an honest chain.
@@ -260,11 +344,13 @@ fn a_ring_outside_guest_memory_is_given_up_at_start() {
                 addrs: Guest::addrs(0),
                 base: 0,
                 call: None,
+                err: None,
             },
             QueueSetup {
                 addrs: bad,
                 base: 0,
                 call: None,
+                err: None,
             },
         ],
         hdr_len: HDR,

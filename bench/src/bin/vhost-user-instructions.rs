@@ -138,6 +138,7 @@ fn main() {
         addrs: Guest::addrs(q),
         base: 0,
         call: None,
+        err: None,
     };
     let dev = Device {
         mem: Arc::new(mem),

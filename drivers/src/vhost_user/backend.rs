@@ -81,6 +81,7 @@ struct QueueState {
     kicked: bool,
     enabled: bool,
     call: Option<File>,
+    err: Option<File>,
 }
 
 /// The device state the messages of one connection build.
@@ -170,10 +171,12 @@ impl Handler {
         let mut setups = Vec::with_capacity(2);
         for q in &self.queues {
             let (desc, used, avail) = q.addrs.unwrap_or_default();
-            let call = match &q.call {
-                Some(f) => Some(f.try_clone().map_err(Error::ReqHandlerError)?),
-                None => None,
+            let dup = |f: &Option<File>| -> Result<Option<File>> {
+                f.as_ref()
+                    .map(|f| f.try_clone().map_err(Error::ReqHandlerError))
+                    .transpose()
             };
+            let (call, err) = (dup(&q.call)?, dup(&q.err)?);
             setups.push(QueueSetup {
                 addrs: VringAddrs {
                     size: q.size,
@@ -183,6 +186,7 @@ impl Handler {
                 },
                 base: q.base,
                 call,
+                err,
             });
         }
         let tx = setups.pop();
@@ -375,9 +379,11 @@ impl VhostUserBackendReqHandlerMut for Handler {
     }
 
     fn set_vring_err(&mut self, index: u8, fd: Option<File>) -> Result<()> {
-        queue(u32::from(index))?;
-        drop(fd);
-        Ok(())
+        let q = queue(u32::from(index))?;
+        self.restarting(|h| {
+            h.queues[q].err = fd;
+            Ok(())
+        })
     }
 
     fn get_protocol_features(&mut self) -> Result<VhostUserProtocolFeatures> {

@@ -30,6 +30,8 @@ pub struct QueueSetup {
     pub base: u16,
     /// The eventfd that interrupts the guest (none: the guest polls).
     pub call: Option<File>,
+    /// The eventfd that tells the front end the queue broke (none: not told).
+    pub err: Option<File>,
 }
 
 /// A started device: what the worker needs to run both queues.

@@ -94,23 +94,41 @@ impl VhostUserPort {
                 hdr: [0; 12],
                 dev: Arc::clone(&dev),
             };
-            match rx {
-                Ok(r) => active.rx = Some(r),
-                Err(why) => self.broken(why),
-            }
-            match tx {
-                Ok(r) => active.tx = Some(r),
-                Err(why) => self.broken(why),
-            }
+            let (rx_err, tx_err) = (rx.as_ref().err().copied(), tx.as_ref().err().copied());
+            active.rx = rx.ok();
+            active.tx = tx.ok();
+            // Active first, so that `broken` finds the queues' error eventfds.
             self.active = Some(active);
+            if let Some(why) = rx_err {
+                self.broken(RX_QUEUE, why);
+            }
+            if let Some(why) = tx_err {
+                self.broken(TX_QUEUE, why);
+            }
         }
         self.mailbox.applied(seq, stopped);
     }
 
-    fn broken(&mut self, why: Broken) {
+    fn broken(&mut self, queue: usize, why: Broken) {
         self.counters.broken_queues += 1;
         self.counters.last_broken = Some(why);
         self.mailbox.count_broken();
+        // The front end learns it through the queue's error eventfd (QEMU logs it).
+        if let Some(err) = self
+            .active
+            .as_ref()
+            .and_then(|a| a.dev.queues[queue].err.as_ref())
+        {
+            Self::signal(err);
+        }
+    }
+
+    /// Writes 1 to eventfd `fd`; whether it took it.
+    fn signal(fd: &std::fs::File) -> bool {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live local to an eventfd the device holds open.
+        let r = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+        r == 8
     }
 
     fn call(&mut self, queue: usize) {
@@ -118,10 +136,7 @@ impl VhostUserPort {
         let Some(call) = &a.dev.queues[queue].call else {
             return;
         };
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a live local to the eventfd the device holds open.
-        let r = unsafe { libc::write(call.as_raw_fd(), one.as_ptr().cast(), 8) };
-        if r == 8 {
+        if Self::signal(call) {
             self.counters.calls += 1;
         } else {
             self.counters.call_errors += 1;
@@ -135,6 +150,9 @@ impl Port for VhostUserPort {
     }
 
     fn rx_burst(&mut self, _queue: u16, pool: &mut FramePool, batch: &mut Batch) -> usize {
+        // A stop or a new table is taken before the rings are touched again (two loads
+        // when there is none), not only on the housekeeping cadence.
+        self.poll_mailbox();
         let Some(a) = &mut self.active else { return 0 };
         let Some(ring) = &mut a.tx else { return 0 };
         let hdr_len = a.dev.hdr_len;
@@ -186,7 +204,7 @@ impl Port for VhostUserPort {
         let wants_call = taken > 0 && ring.publish();
         if let Some(why) = broken {
             a.tx = None;
-            self.broken(why);
+            self.broken(TX_QUEUE, why);
         }
         self.counters.rx_short += short;
         self.counters.rx_oversize += oversize;
@@ -249,7 +267,7 @@ impl Port for VhostUserPort {
         let wants_call = delivered > 0 && ring.publish();
         if let Some(why) = broken {
             a.rx = None;
-            self.broken(why);
+            self.broken(RX_QUEUE, why);
         }
         self.counters.tx_too_big += too_big;
         self.counters.tx_no_buffers += u64::from(no_buffers);
