@@ -100,6 +100,9 @@ struct Handler {
     /// The front end enabled the rings before it set the features (QEMU restores the
     /// enable state first, then starts the device), and the crate refused the message.
     early_enable: bool,
+    /// How long to wait for the worker's acknowledgements: zero once the port is being
+    /// removed (the engine has taken it out of the worker already, nobody would answer).
+    ack_timeout: Duration,
 }
 
 fn param(what: &str) -> Error {
@@ -133,6 +136,7 @@ impl Handler {
             queues: Default::default(),
             running: false,
             early_enable: false,
+            ack_timeout: WORKER_ACK,
         }
     }
 
@@ -141,7 +145,7 @@ impl Handler {
         if !self.running {
             return;
         }
-        if !self.mailbox.send(Command::Stop, WORKER_ACK) {
+        if !self.mailbox.send(Command::Stop, self.ack_timeout) && !self.ack_timeout.is_zero() {
             pollux_services_log(
                 &self.name,
                 "the worker did not acknowledge the stop in time",
@@ -206,7 +210,10 @@ impl Handler {
             hdr_len,
             mergeable,
         };
-        if !self.mailbox.send(Command::Start(Arc::new(dev)), WORKER_ACK) {
+        if !self
+            .mailbox
+            .send(Command::Start(Arc::new(dev)), self.ack_timeout)
+        {
             pollux_services_log(
                 &self.name,
                 "queues ready; the worker takes them when it runs the port",
@@ -633,7 +640,12 @@ fn serve(
             }
         };
         *lock(conn) = None;
-        lock(handler).reset();
+        let mut h = lock(handler);
+        if stop.load(Ordering::Relaxed) {
+            h.ack_timeout = Duration::ZERO;
+        }
+        h.reset();
+        drop(h);
         let text = why.to_string();
         pollux_services_log(&name, &format!("front end gone ({text})"));
         mailbox.update_status(|s| {
