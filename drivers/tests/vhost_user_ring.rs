@@ -11,6 +11,7 @@ use pollux_dataplane::buf::FramePool;
 use pollux_dataplane::packet::{Batch, Packet};
 use pollux_dataplane::port::Port;
 use pollux_drivers::vhost_user::mailbox::{Command, Device, Mailbox, QueueSetup};
+use pollux_drivers::vhost_user::memory::{GuestMemory, RegionSpec};
 use pollux_drivers::vhost_user::VhostUserPort;
 use proptest::prelude::*;
 
@@ -360,6 +361,23 @@ fn a_ring_outside_guest_memory_is_given_up_at_start() {
     port.housekeeping(&mut pool);
     assert_eq!(extra(&port, "broken_queues"), 1);
     assert!(rx_all(&mut port, &mut pool).is_empty());
+}
+
+#[test]
+fn a_memory_table_past_the_end_of_its_file_is_refused() {
+    let g = Guest::new();
+    let spec = |size: u64, mmap_offset: u64| RegionSpec {
+        guest_phys_addr: GPA,
+        size,
+        user_addr: UVA,
+        mmap_offset,
+    };
+    let file = || [g.file.try_clone().unwrap()];
+    assert!(GuestMemory::map(&[spec(SIZE as u64, 0)], &file()).is_ok());
+    assert!(GuestMemory::map(&[spec(SIZE as u64 + 4096, 0)], &file()).is_err());
+    assert!(GuestMemory::map(&[spec(SIZE as u64, 4096)], &file()).is_err());
+    assert!(GuestMemory::map(&[spec(0, 0)], &file()).is_err());
+    assert!(GuestMemory::map(&[spec(u64::MAX, 0)], &file()).is_err());
 }
 
 #[test]

@@ -84,6 +84,15 @@ impl GuestMemory {
         for (spec, file) in specs.iter().zip(files) {
             let map_len = usize::try_from(spec.mmap_offset + spec.size)
                 .map_err(|_| invalid("memory table: region too large"))?;
+            // Pages past the end of the file would fault (SIGBUS) when touched: refuse a
+            // region the file does not hold. (A front end that shrinks the file later can
+            // still do that to itself, as with any vhost-user back end.)
+            let file_len = file.metadata()?.len();
+            if file_len < spec.mmap_offset + spec.size {
+                return Err(invalid(
+                    "memory table: a region extends past the end of its file",
+                ));
+            }
             // SAFETY: a fresh shared mapping of `file` chosen by the kernel (no address
             // hint), so it cannot alias any Rust object; it is unmapped in `Drop` only.
             let map = unsafe {
