@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 use pollux_dataplane::buf::FramePool;
 use pollux_dataplane::packet::Batch;
 use pollux_dataplane::port::Port;
-use pollux_drivers::vhost_user::backend::{F_MRG_RXBUF, F_PROTOCOL_FEATURES, F_VERSION_1};
+use pollux_drivers::vhost_user::backend::{
+    F_EVENT_IDX, F_MRG_RXBUF, F_PROTOCOL_FEATURES, F_VERSION_1,
+};
 use pollux_drivers::vhost_user::{Mailbox, Mode, VhostUserBackend, VhostUserPort};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
@@ -105,7 +107,10 @@ fn session(
 ) -> u32 {
     front.set_owner().unwrap();
     let features = front.get_features().unwrap();
-    assert_eq!(features, F_VERSION_1 | F_MRG_RXBUF | F_PROTOCOL_FEATURES);
+    assert_eq!(
+        features,
+        F_VERSION_1 | F_MRG_RXBUF | F_EVENT_IDX | F_PROTOCOL_FEATURES
+    );
     let protocol = front.get_protocol_features().unwrap();
     assert_eq!(protocol, VhostUserProtocolFeatures::REPLY_ACK);
     front.set_protocol_features(protocol).unwrap();
@@ -128,7 +133,8 @@ fn session(
         mmap_handle: g.file.as_raw_fd(),
     };
     front.set_mem_table(&[region]).unwrap();
-    let call = EventFd::new(0).unwrap();
+    // Non-blocking: a missing interrupt fails the wait below instead of hanging.
+    let call = EventFd::new(libc::EFD_NONBLOCK).unwrap();
     let kick = EventFd::new(0).unwrap();
     for q in 0..2 {
         let a = Guest::addrs(q);
@@ -167,6 +173,11 @@ fn session(
     let addr = BUF + 0x1000 * u64::from(head);
     g.write(addr, &hdr_and_frame);
     g.desc(1, head, GPA + addr, hdr_and_frame.len() as u32, 0, 0);
+    // EVENT_IDX is negotiated: the guest asks for an interrupt at this entry.
+    g.write(
+        Guest::q(1) + AVAIL + 4 + 2 * u64::from(QSIZE),
+        &base.to_le_bytes(),
+    );
     g.make_available(1, head);
     let got = worker.wait_frames(before + 1);
     assert_eq!(

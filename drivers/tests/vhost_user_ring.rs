@@ -87,6 +87,7 @@ fn started_with_err(
         queues: [setup(0), tx],
         hdr_len: HDR,
         mergeable,
+        event_idx: false,
     };
     // Not acknowledged yet: the port takes it on its next housekeeping.
     assert!(!mailbox.send(Command::Start(Arc::new(dev)), Duration::ZERO));
@@ -356,11 +357,63 @@ fn a_ring_outside_guest_memory_is_given_up_at_start() {
         ],
         hdr_len: HDR,
         mergeable: true,
+        event_idx: false,
     };
     mailbox.send(Command::Start(Arc::new(dev)), Duration::ZERO);
     port.housekeeping(&mut pool);
     assert_eq!(extra(&port, "broken_queues"), 1);
     assert!(rx_all(&mut port, &mut pool).is_empty());
+}
+
+#[test]
+fn with_event_idx_the_guest_is_interrupted_only_when_it_asked_and_never_asked_to_kick() {
+    let mut g = Guest::new();
+    let mut pool = FramePool::with_frames(64).unwrap();
+    let call = eventfd();
+    let mailbox = Mailbox::new();
+    let mut port = VhostUserPort::new("vu-test", Arc::clone(&mailbox));
+    let setup = |q| QueueSetup {
+        addrs: Guest::addrs(q),
+        base: 0,
+        call: None,
+        err: None,
+    };
+    let mut tx = setup(1);
+    tx.call = Some(call.try_clone().unwrap());
+    let dev = Device {
+        mem: g.memory(),
+        queues: [setup(0), tx],
+        hdr_len: HDR,
+        mergeable: true,
+        event_idx: true,
+    };
+    mailbox.send(Command::Start(Arc::new(dev)), Duration::ZERO);
+    port.housekeeping(&mut pool);
+    let avail_event = |g: &Guest| {
+        let b = g.read(Guest::q(1) + USED + 4 + 8 * u64::from(QSIZE), 2);
+        u16::from_le_bytes([b[0], b[1]])
+    };
+    assert_eq!(avail_event(&g), u16::MAX, "kicks held from the start");
+    // The guest wants to hear when used entry 1 (the second) is there.
+    g.write(
+        Guest::q(1) + AVAIL + 4 + 2 * u64::from(QSIZE),
+        &1u16.to_le_bytes(),
+    );
+    guest_sends(&mut g, 0, &frame(60, 0));
+    assert_eq!(rx_all(&mut port, &mut pool).len(), 1);
+    assert_eq!(extra(&port, "calls"), 0, "used entry 0 was not asked for");
+    guest_sends(&mut g, 1, &frame(60, 1));
+    guest_sends(&mut g, 2, &frame(60, 2));
+    assert_eq!(rx_all(&mut port, &mut pool).len(), 2);
+    assert_eq!(extra(&port, "calls"), 1, "entry 1 was asked for");
+    let mut n = [0u8; 8];
+    assert_eq!(std::io::Read::read(&mut &call, &mut n).unwrap(), 8);
+    assert_eq!(u64::from_ne_bytes(n), 1);
+    assert_eq!(avail_event(&g), 2, "one behind the next entry to take");
+    // Asked already: the next publish (entry 3) does not interrupt again.
+    guest_sends(&mut g, 3, &frame(60, 3));
+    assert_eq!(rx_all(&mut port, &mut pool).len(), 1);
+    assert_eq!(extra(&port, "calls"), 1);
 }
 
 #[test]

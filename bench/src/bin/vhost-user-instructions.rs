@@ -145,6 +145,7 @@ fn main() {
         queues: [setup(0), setup(1)],
         hdr_len: HDR,
         mergeable: true,
+        event_idx: false,
     };
     mailbox.send(Command::Start(Arc::new(dev)), Duration::ZERO);
     port.housekeeping(&mut pool);

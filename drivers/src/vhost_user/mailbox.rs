@@ -46,6 +46,8 @@ pub struct Device {
     pub hdr_len: usize,
     /// Whether a frame to the guest may span several receive chains (`MRG_RXBUF`).
     pub mergeable: bool,
+    /// `VIRTIO_RING_F_EVENT_IDX` was negotiated.
+    pub event_idx: bool,
 }
 
 /// A command for the worker.

@@ -186,6 +186,11 @@ pub struct Ring {
     used_idx: u16,
     /// Whether the queue carries device-writable buffers (receive, to the guest).
     writable: bool,
+    /// `VIRTIO_RING_F_EVENT_IDX`: interrupts by the driver's `used_event`, kicks by the
+    /// device's `avail_event`, instead of the flags.
+    event_idx: bool,
+    /// The used index last published (for `used_event`).
+    published: u16,
 }
 
 // SAFETY: the raw pointers point into `mem`, which the ring owns a share of; the ring is
@@ -223,10 +228,38 @@ impl Ring {
             last_avail: base,
             used_idx: base,
             writable,
+            event_idx: false,
+            published: base,
         };
         // SAFETY: `used` is checked to hold `6 + 8 * size` bytes, aligned to 4.
         unsafe { std::ptr::write_volatile(ring.used.cast::<u16>(), USED_F_NO_NOTIFY.to_le()) };
         Ok(ring)
+    }
+
+    /// With `on`, notifications follow `VIRTIO_RING_F_EVENT_IDX` (as negotiated): the
+    /// driver is asked never to kick (the worker polls) and interrupted only when it
+    /// asked for the used entries published.
+    pub fn with_event_idx(mut self, on: bool) -> Ring {
+        self.event_idx = on;
+        if on {
+            self.hold_kicks();
+        }
+        self
+    }
+
+    /// Sets `avail_event` one behind the next entry to take: the driver kicks only when
+    /// it makes that entry available, a whole index wrap (65,536 entries) away.
+    #[inline]
+    fn hold_kicks(&self) {
+        let slot = 4 + 8 * (usize::from(self.mask) + 1);
+        // SAFETY: `avail_event` follows the used ring's entries, inside the checked
+        // `6 + 8 * size` bytes, 2-aligned.
+        unsafe {
+            std::ptr::write_volatile(
+                self.used.add(slot).cast::<u16>(),
+                self.last_avail.wrapping_sub(1).to_le(),
+            )
+        };
     }
 
     /// The next available index to take (what `GET_VRING_BASE` reports).
@@ -344,10 +377,25 @@ impl Ring {
         fence(Ordering::Release);
         // SAFETY: `used + 2` is inside the checked used ring, 2-aligned.
         unsafe { std::ptr::write_volatile(self.used.add(2).cast::<u16>(), self.used_idx.to_le()) };
+        if self.event_idx {
+            self.hold_kicks();
+        }
         // The driver re-enables interrupts and then re-checks the used index; the device
         // stores the index and then checks the flag. Without a full fence both could miss
         // the other's store (virtio 1.x 2.7.7.2).
         fence(Ordering::SeqCst);
+        if self.event_idx {
+            let (new, old) = (self.used_idx, self.published);
+            self.published = new;
+            let slot = 4 + 2 * (usize::from(self.mask) + 1);
+            // SAFETY: `used_event` follows the available ring's entries, inside the
+            // checked `6 + 2 * size` bytes, 2-aligned.
+            let event = u16::from_le(unsafe {
+                std::ptr::read_volatile(self.avail.add(slot).cast::<u16>())
+            });
+            // vring_need_event: the driver asked to hear once `event` is used.
+            return new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old);
+        }
         // SAFETY: `avail` is the checked available ring's flags field.
         let flags = u16::from_le(unsafe { std::ptr::read_volatile(self.avail.cast::<u16>()) });
         flags & AVAIL_F_NO_INTERRUPT == 0
