@@ -196,9 +196,19 @@ fn session(
     stopped_at
 }
 
+/// Removes the socket file on drop, whatever happened.
+struct SocketFile(String);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn run(mode: Mode, tag: &str) {
     let path = socket_path(tag);
     let _ = std::fs::remove_file(&path);
+    let _cleanup = SocketFile(path.clone());
     // Client mode: the test listens, as QEMU with server=on would.
     let listener = (mode == Mode::Client).then(|| UnixListener::bind(&path).unwrap());
     let mailbox = Mailbox::new();

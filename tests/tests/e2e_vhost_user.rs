@@ -164,6 +164,15 @@ fn write_exec(path: &Path, text: &str) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// A file removed on drop (the socket, should polluxd die before removing it).
+struct TempFile(PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// A directory removed on drop.
 struct TempDir(PathBuf);
 
@@ -298,6 +307,7 @@ fn a_qemu_guest_on_a_vhost_user_port_gets_dhcp_and_pings_an_afxdp_namespace() {
 
     let config = ConfigFile::render(CONFIG, &prefix).unwrap();
     let socket = format!("/tmp/{prefix}-v1.sock");
+    let _socket_file = TempFile(PathBuf::from(&socket));
     let polluxd =
         Polluxd::start(host, config.path(), &daemon::last_cpu()).unwrap_or_else(|e| panic!("{e}"));
     let before = port(&polluxd, "vm-v1");
