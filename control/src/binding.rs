@@ -20,10 +20,12 @@ use pollux_dataplane::port::{Port, PortId};
 use pollux_drivers::mem::{mem_port, MemPortConfig, MemWire};
 use pollux_drivers::netdev::Interface;
 use pollux_drivers::tap::{Origin, TapDevice, TapPort, TapPortConfig};
+use pollux_drivers::vhost_user::{self, Mailbox, VhostUserBackend, VhostUserPort};
 use pollux_drivers::xdp::{XdpAttachment, XdpMode, XdpProgram};
 use pollux_drivers::xsk::{AfXdpPort, BusyPoll, Umem, XskConfig, XskSocket};
 
 use crate::compile::{PortPlan, MAX_MTU};
+use crate::model::VhostUserMode;
 use crate::validate::Binding;
 
 /// Ring entries per AF_XDP socket (each of rx, tx, fill and completion).
@@ -63,7 +65,9 @@ impl std::fmt::Debug for Prepared {
 pub fn describe(binding: &Binding) -> String {
     match binding {
         Binding::Afxdp { interface, .. } => format!("interface {interface}"),
-        Binding::VhostUser { socket } => format!("vhost-user socket {socket}"),
+        Binding::VhostUser { socket, mode } => {
+            format!("vhost-user socket {socket} ({})", mode_name(*mode))
+        }
         Binding::Mem => "mem rings".into(),
         Binding::Tap { interface } => format!("tap {interface}"),
     }
@@ -77,6 +81,8 @@ pub struct Bindings {
     /// Interface index each AF_XDP port's sockets are bound to.
     ifindex: BTreeMap<PortId, u32>,
     wires: MemWires,
+    /// The protocol thread of each vhost-user port (stopped when removed).
+    vhost_user: BTreeMap<PortId, (VhostUserBackend, Arc<Mailbox>)>,
 }
 
 impl std::fmt::Debug for Bindings {
@@ -99,6 +105,7 @@ impl Bindings {
             xdp: BTreeMap::new(),
             ifindex: BTreeMap::new(),
             wires,
+            vhost_user: BTreeMap::new(),
         }
     }
 
@@ -124,7 +131,7 @@ impl Bindings {
                     frames: 0,
                 })
             }
-            Binding::VhostUser { .. } => Err("vhost-user ports are not supported yet".into()),
+            Binding::VhostUser { socket, mode } => self.prepare_vhost_user(plan, socket, *mode),
             Binding::Tap { interface } => prepare_tap(plan, interface),
         }
     }
@@ -173,9 +180,66 @@ impl Bindings {
         })
     }
 
+    /// Starts the protocol thread of a vhost-user port (binding its socket now in server
+    /// mode, so that a bad path fails the apply); the worker's port takes its queues from
+    /// the mailbox when a front end has set them up.
+    fn prepare_vhost_user(
+        &mut self,
+        plan: &PortPlan,
+        socket: &str,
+        mode: VhostUserMode,
+    ) -> Result<Prepared, String> {
+        // A port rebound in place (same id) stops its old thread first, freeing the path.
+        self.vhost_user.remove(&plan.id);
+        let driver_mode = match mode {
+            VhostUserMode::Server => {
+                check_socket_path(socket)?;
+                vhost_user::Mode::Server
+            }
+            VhostUserMode::Client => vhost_user::Mode::Client,
+        };
+        let mailbox = Mailbox::new();
+        let backend = VhostUserBackend::start(&plan.key, socket, driver_mode, Arc::clone(&mailbox))
+            .map_err(|e| format!("vhost-user socket {socket}: {e}"))?;
+        pollux_services::info!(
+            "{} on vhost-user socket {socket}: {}",
+            plan.key,
+            match mode {
+                VhostUserMode::Server => "listening",
+                VhostUserMode::Client => "connecting (and reconnecting) to the VM's process",
+            }
+        );
+        self.vhost_user
+            .insert(plan.id, (backend, Arc::clone(&mailbox)));
+        let name = plan.key.clone();
+        Ok(Prepared {
+            open: Box::new(move |_| {
+                Ok(Box::new(VhostUserPort::new(name, mailbox)) as Box<dyn Port>)
+            }),
+            queues: vec![0],
+            frames: 0,
+        })
+    }
+
+    /// The vhost-user state of port `id`, if it is a vhost-user port.
+    pub fn vhost_user_status(&self, id: PortId) -> Option<(vhost_user::Status, u64)> {
+        self.vhost_user
+            .get(&id)
+            .map(|(_, m)| (m.status(), m.broken()))
+    }
+
+    /// Each vhost-user port's mailbox (its shared state).
+    pub fn vhost_user_mailboxes(&self) -> impl Iterator<Item = (PortId, Arc<Mailbox>)> + '_ {
+        self.vhost_user
+            .iter()
+            .map(|(id, (_, m))| (*id, Arc::clone(m)))
+    }
+
     /// Forgets the driver resources of port `id` (detaching its XDP program, dropping the
-    /// far end of a mem port with key `key`). The port itself must be closed already.
+    /// far end of a mem port with key `key`, stopping a vhost-user protocol thread). The
+    /// port itself must be closed already.
     pub fn release(&mut self, id: PortId, key: &str) {
+        self.vhost_user.remove(&id);
         self.xdp.remove(&id);
         self.ifindex.remove(&id);
         lock(&self.wires).remove(key);
@@ -233,6 +297,45 @@ fn prepare_tap(plan: &PortPlan, interface: &str) -> Result<Prepared, String> {
         queues: vec![0],
         frames: 0,
     })
+}
+
+/// The name of a vhost-user mode, as in the configuration.
+pub fn mode_name(mode: VhostUserMode) -> &'static str {
+    match mode {
+        VhostUserMode::Server => "server",
+        VhostUserMode::Client => "client",
+    }
+}
+
+/// Refuses a server-mode socket path whose directory is missing, that is something other
+/// than a socket (never unlinked: polluxd runs as root), or a socket another process
+/// serves; a stale socket of a process that died is removed.
+fn check_socket_path(path: &str) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    let p = std::path::Path::new(path);
+    match p.parent().map(std::fs::metadata) {
+        Some(Ok(m)) if m.is_dir() => {}
+        _ => {
+            return Err(format!(
+                "vhost-user socket {path}: its directory does not exist"
+            ))
+        }
+    }
+    match std::fs::symlink_metadata(p) {
+        Err(_) => Ok(()),
+        Ok(m) if !m.file_type().is_socket() => Err(format!(
+            "vhost-user socket {path}: the path exists and is not a socket"
+        )),
+        Ok(_) => {
+            if std::os::unix::net::UnixStream::connect(p).is_ok() {
+                return Err(format!(
+                    "vhost-user socket {path}: another process is listening on it"
+                ));
+            }
+            std::fs::remove_file(p)
+                .map_err(|e| format!("vhost-user socket {path}: removing the stale socket: {e}"))
+        }
+    }
 }
 
 /// Preferred busy polling for every AF_XDP socket this process binds (`polluxd

@@ -27,6 +27,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use pollux_drivers::vhost_user::Mailbox;
 use pollux_services::dhcp::service::{FrameDrop, ServiceStats};
 
 /// The `Content-Type` of [`render`]'s output (Prometheus text format 0.0.4).
@@ -52,6 +53,8 @@ type SgRulesFn = Box<dyn Fn() -> Vec<(String, String, u64)> + Send + Sync>;
 pub struct MetricsSource {
     workers: Vec<(usize, Arc<WorkerCounters>)>,
     ports: Mutex<Vec<(PortId, String)>>,
+    /// The vhost-user ports' shared state, by port label.
+    vhost_user: Mutex<Vec<(String, Arc<Mailbox>)>>,
     generation: AtomicU64,
     generation_fn: Option<GenerationFn>,
     dhcp_fn: Option<DhcpFn>,
@@ -79,6 +82,7 @@ impl MetricsSource {
         MetricsSource {
             workers,
             ports: Mutex::new(ports),
+            vhost_user: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
             generation_fn: None,
             dhcp_fn: None,
@@ -114,6 +118,11 @@ impl MetricsSource {
     /// Replaces the port-name table (after a configuration change).
     pub fn set_ports(&self, ports: Vec<(PortId, String)>) {
         *self.ports.lock().unwrap_or_else(|e| e.into_inner()) = ports;
+    }
+
+    /// Replaces the vhost-user ports' table (after a configuration change).
+    pub fn set_vhost_user(&self, ports: Vec<(String, Arc<Mailbox>)>) {
+        *self.vhost_user.lock().unwrap_or_else(|e| e.into_inner()) = ports;
     }
 
     /// Records the active generation (ignored if a generation function was given).
@@ -171,8 +180,22 @@ impl MetricsSource {
         let sum = |f: &dyn Fn(&WorkerCounters) -> u64| -> u64 {
             self.workers.iter().map(|(_, w)| f(w)).sum()
         };
+        let vhost_user = self
+            .vhost_user
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(label, m)| {
+                let s = m.status();
+                (
+                    label.clone(),
+                    [u64::from(s.connected), s.disconnects, m.broken()],
+                )
+            })
+            .collect();
         Scrape {
             ports,
+            vhost_user,
             drops: DropReason::ALL
                 .iter()
                 .map(|&r| (r.name(), sum(&|w| w.dropped(r))))
@@ -245,6 +268,8 @@ struct WorkerScrape {
 #[derive(Debug)]
 struct Scrape {
     ports: Vec<(String, [u64; 6])>,
+    /// Per vhost-user port: connected (0/1), disconnects, queues given up.
+    vhost_user: Vec<(String, [u64; 3])>,
     drops: Vec<(&'static str, u64)>,
     stages: Vec<(&'static str, u64)>,
     workers: Vec<WorkerScrape>,
@@ -391,6 +416,30 @@ impl Collector for Scrape {
                 self.ports.iter().map(|(p, v)| (p.as_str(), v[i])),
             )?;
         }
+        let mut connected = e.encode_descriptor(
+            "pollux_vhost_user_connected",
+            "1 while a front end is connected to the vhost-user port.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (port, v) in &self.vhost_user {
+            let labels = [("port", port.as_str())];
+            ConstGauge::new(v[0]).encode(connected.encode_family(&labels)?)?;
+        }
+        counter_family(
+            &mut e,
+            "pollux_vhost_user_disconnects",
+            "Connections of the vhost-user port that ended.",
+            "port",
+            self.vhost_user.iter().map(|(p, v)| (p.as_str(), v[1])),
+        )?;
+        counter_family(
+            &mut e,
+            "pollux_vhost_user_broken_queues",
+            "Queues of the vhost-user port given up for descriptors breaking the rules.",
+            "port",
+            self.vhost_user.iter().map(|(p, v)| (p.as_str(), v[2])),
+        )?;
         counter_family(
             &mut e,
             "pollux_drops",

@@ -465,6 +465,10 @@ pub enum Binding {
     VhostUser {
         /// Path of the Unix socket.
         socket: String,
+        /// Pollux's role on the socket (default `server`). Neutron's `vhostuser_mode`
+        /// names QEMU's role, the opposite one.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mode: Option<VhostUserMode>,
     },
     /// An in-process ring pair, for tests and benchmarks.
     Mem {},
@@ -473,6 +477,18 @@ pub enum Binding {
         /// The interface name.
         interface: String,
     },
+}
+
+/// Pollux's role on a vhost-user socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VhostUserMode {
+    /// Pollux creates the socket and listens; the VM's process connects (QEMU's
+    /// `server=off`, Neutron's `vhostuser_mode = client`).
+    Server,
+    /// Pollux connects to the VM's process, and again when it restarts (QEMU's
+    /// `server=on`, Neutron's `vhostuser_mode = server`, OVS's `dpdkvhostuserclient`).
+    Client,
 }
 
 /// A router.

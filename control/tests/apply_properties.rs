@@ -5,7 +5,8 @@
 //! edits to whatever state is running: valid ones (add or remove a port or a network, set
 //! a free address, a free VLAN ID, an MTU in range, roll back to a retained generation)
 //! and invalid or unsupported ones (random MAC and IP strings, duplicates, out-of-range
-//! numbers, references to missing objects, duplicate ids, a vhost-user binding, a stale
+//! numbers, references to missing objects, duplicate ids, a vhost-user binding (accepted,
+//! in client mode), a stale
 //! `expect_generation`, an unknown generation to roll back to). Every edit is first tried
 //! as a dry run, then applied. The invariants:
 //!
@@ -36,7 +37,8 @@ use pollux_control::engine::{
     ApplyError, ApplyOptions, ApplyOutcome, Engine, EngineConfig, Initial, PortStatus,
 };
 use pollux_control::model::{
-    Binding, DesiredState, FixedIp, Network, NetworkType, Port, Subnet, TOP_LEVEL_KEYS,
+    Binding, DesiredState, FixedIp, Network, NetworkType, Port, Subnet, VhostUserMode,
+    TOP_LEVEL_KEYS,
 };
 use pollux_control::store::Store;
 use proptest::prelude::*;
@@ -489,7 +491,8 @@ fn used_macs(state: &DesiredState, network_id: &str, except: Option<usize>) -> H
 }
 
 /// What the engine must answer for a state that passes validation: unsupported when a
-/// network's MTU exceeds what the data plane's buffers hold or a port is not `mem`.
+/// network's MTU exceeds what the data plane's buffers hold or a port is neither `mem` nor
+/// `vhost-user` (the only drivers that open without root and a kernel interface).
 fn expect_valid(state: &DesiredState) -> Expect {
     let mtu_too_big = state.networks.iter().any(|n| {
         n.mtu
@@ -501,7 +504,7 @@ fn expect_valid(state: &DesiredState) -> Expect {
         .iter()
         .filter_map(|p| p.binding.as_ref())
         .chain(state.uplinks.iter().map(|u| &u.binding))
-        .any(|b| !matches!(b, Binding::Mem {}));
+        .any(|b| !matches!(b, Binding::Mem {} | Binding::VhostUser { .. }));
     if mtu_too_big || not_mem {
         Expect::Unsupported
     } else {
@@ -821,13 +824,16 @@ fn plan(edit: &Edit, engine: &Engine, fresh: &mut Fresh) -> Option<Planned> {
         }
         Edit::VhostUser { port } => {
             let i = pick(s.ports.len(), *port)?;
+            // A client-mode port only connects (and retries) in the background: the apply
+            // succeeds whether or not a VM is there.
             s.ports[i].binding = Some(Binding::VhostUser {
                 socket: format!("/tmp/pollux-apply-properties-{}.sock", fresh.next()),
+                mode: Some(VhostUserMode::Client),
             });
             Planned {
                 what: format!("bind port {} to a vhost-user socket", s.ports[i].id),
                 op: apply(s),
-                expect: Expect::Unsupported,
+                expect: Expect::Ok,
             }
         }
         Edit::StaleGeneration { ahead } => {
@@ -1102,8 +1108,22 @@ fn check_ports(engine: &Engine, wires: &MemWires, ctx: &str) {
         .keys()
         .cloned()
         .collect();
+    // Every mem port has its far end; a port rebound to vhost-user has none.
+    let want_wired: BTreeSet<String> = state
+        .ports
+        .iter()
+        .filter(|p| p.binding == Some(Binding::Mem {}))
+        .map(|p| format!("port:{}", p.id))
+        .chain(
+            state
+                .uplinks
+                .iter()
+                .filter(|u| u.binding == Binding::Mem {})
+                .map(|u| format!("uplink:{}", u.name)),
+        )
+        .collect();
     assert_eq!(
-        wired, want,
+        wired, want_wired,
         "{ctx}: the mem wires are not those of the state's ports"
     );
 }

@@ -13,7 +13,8 @@ use pollux_dataplane::counters::{Stage, WorkerCounters};
 use pollux_dataplane::drop::DropReason;
 use pollux_dataplane::port::PortId;
 
-/// Two workers with hand-set counters; ports 0 (`eth0`) and 1 (`we"ird\name`).
+/// Two workers with hand-set counters; ports 0 (`eth0`) and 1 (`we"ird\name`), and a
+/// vhost-user port `vm7`.
 fn source() -> MetricsSource {
     let a = Arc::new(WorkerCounters::new(4));
     let b = Arc::new(WorkerCounters::new(4));
@@ -56,6 +57,13 @@ fn source() -> MetricsSource {
             ("web".to_string(), "r-ssh".to_string(), 0),
         ]
     });
+    let vm7 = pollux_drivers::vhost_user::Mailbox::new();
+    vm7.update_status(|s| {
+        s.connected = true;
+        s.disconnects = 2;
+    });
+    vm7.count_broken();
+    src.set_vhost_user(vec![("vm7".to_string(), vm7)]);
     src.set_generation(42);
     src.record_apply(true, Duration::from_micros(300));
     src.record_apply(false, Duration::from_millis(20));
@@ -110,6 +118,18 @@ fn sums_over_workers() {
     assert!(
         !text.contains("# EOF"),
         "0.0.4 text has no EOF marker:\n{text}"
+    );
+}
+
+#[test]
+fn vhost_user_ports_have_their_state() {
+    assert_lines(
+        &render(&source()),
+        &[
+            "pollux_vhost_user_connected{port=\"vm7\"} 1",
+            "pollux_vhost_user_disconnects_total{port=\"vm7\"} 2",
+            "pollux_vhost_user_broken_queues_total{port=\"vm7\"} 1",
+        ],
     );
 }
 

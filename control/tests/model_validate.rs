@@ -6,7 +6,7 @@ use std::net::Ipv4Addr;
 
 use pollux_control::model::{
     Binding, DesiredState, ExternalGateway, FloatingIp, Format, NetworkType, ProtocolSpec, Route,
-    Router, Uplink, TOP_LEVEL_KEYS,
+    Router, Uplink, VhostUserMode, TOP_LEVEL_KEYS,
 };
 use pollux_control::validate::{self, validate, PortMatch, Remote, Segment, Validated};
 use pollux_services::addr::Ipv4Cidr;
@@ -249,6 +249,13 @@ fn toml_bad_enum_and_syntax_errors_name_the_position() {
     )
     .unwrap_err();
     assert!(e.message.contains("missing field `interface`"), "{e}");
+    assert_eq!(e.path.as_deref(), Some("ports[0]"));
+
+    let e = DesiredState::from_toml_str(
+        "[[ports]]\nid = \"p\"\nnetwork_id = \"n\"\nmac_address = \"fa:16:3e:00:00:01\"\nbinding = { driver = \"vhost-user\", socket = \"/run/p.sock\", mode = \"both\" }\n",
+    )
+    .unwrap_err();
+    assert!(e.message.contains("unknown variant `both`"), "{e}");
     assert_eq!(e.path.as_deref(), Some("ports[0]"));
 }
 
@@ -586,6 +593,7 @@ fn bindings_are_checked() {
     });
     s.ports[3].binding = Some(Binding::VhostUser {
         socket: "relative.sock".into(),
+        mode: None,
     });
     assert_errors(
         &s,
@@ -607,6 +615,7 @@ fn bindings_are_checked() {
     s.ports[2].binding = Some(Binding::Mem {});
     s.ports[3].binding = Some(Binding::VhostUser {
         socket: "/run/pollux/vm4.sock".into(),
+        mode: Some(VhostUserMode::Client),
     });
     s.uplinks[0].binding = Binding::Afxdp {
         interface: "eth1".into(),
@@ -619,6 +628,25 @@ fn bindings_are_checked() {
             interface: "vm1-host".into(),
             queues: vec![0]
         })
+    );
+    assert_eq!(
+        v.ports[3].binding,
+        Some(validate::Binding::VhostUser {
+            socket: "/run/pollux/vm4.sock".into(),
+            mode: VhostUserMode::Client,
+        })
+    );
+    s.ports[3].binding = Some(Binding::VhostUser {
+        socket: "/run/pollux/vm4.sock".into(),
+        mode: None,
+    });
+    assert_eq!(
+        valid(&s).ports[3].binding,
+        Some(validate::Binding::VhostUser {
+            socket: "/run/pollux/vm4.sock".into(),
+            mode: VhostUserMode::Server,
+        }),
+        "Pollux is the server unless told otherwise"
     );
 }
 

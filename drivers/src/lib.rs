@@ -6,5 +6,6 @@ pub mod bpf;
 pub mod mem;
 pub mod netdev;
 pub mod tap;
+pub mod vhost_user;
 pub mod xdp;
 pub mod xsk;

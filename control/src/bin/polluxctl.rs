@@ -504,6 +504,21 @@ const PORT_COLUMNS: &[Column] = &[
     ("TX_DROP", "tx_dropped"),
 ];
 
+/// The vhost-user state of the ports that have one, under the ports table.
+const VHOST_USER_COLUMNS: &[Column] = &[
+    ("ID", "id"),
+    ("SOCKET", "interface"),
+    ("MODE", "/vhost_user/mode"),
+    ("CONNECTED", "/vhost_user/connected"),
+    ("RUNNING", "/vhost_user/running"),
+    ("FEATURES", "/vhost_user/feature_names"),
+    ("PROTOCOL", "/vhost_user/protocol_features"),
+    ("QUEUES", "/vhost_user/queues"),
+    ("DISCONNECTS", "/vhost_user/disconnects"),
+    ("BROKEN", "/vhost_user/broken_queues"),
+    ("LAST_ERROR", "/vhost_user/last_error"),
+];
+
 const NETWORK_COLUMNS: &[Column] = &[
     ("ID", "id"),
     ("TYPE", "network_type"),
@@ -684,7 +699,20 @@ fn trace_report(result: &Value) -> String {
 fn render_show(show: &Show, result: &Value) -> String {
     match show {
         Show::Config { .. } => config_report(result),
-        Show::Ports => table(rows(result, "ports"), PORT_COLUMNS),
+        Show::Ports => {
+            let ports = rows(result, "ports");
+            let vhost: Vec<Value> = ports
+                .iter()
+                .filter(|p| p.get("vhost_user").is_some())
+                .cloned()
+                .collect();
+            let mut out = table(ports, PORT_COLUMNS);
+            if !vhost.is_empty() {
+                out.push_str("\n\nvhost-user:\n");
+                out.push_str(&table(&vhost, VHOST_USER_COLUMNS));
+            }
+            out
+        }
         Show::Networks => table(rows(result, "networks"), NETWORK_COLUMNS),
         Show::Fdb { .. } => table(rows(result, "entries"), FDB_COLUMNS),
         Show::Routes { .. } => table(rows(result, "routes"), ROUTE_COLUMNS),
@@ -1025,6 +1053,34 @@ mod tests {
         assert_eq!(out.lines().count(), 2);
         assert_eq!(printable("a\nb\u{7}", true), "a\nb\\u{7}");
         assert_eq!(printable("plain-host.example", false), "plain-host.example");
+    }
+
+    #[test]
+    fn show_ports_adds_the_vhost_user_state_of_the_ports_that_have_one() {
+        let result = json!({ "ports": [
+            { "id": "vm1", "driver": "afxdp", "interface": "vm1-host" },
+            { "id": "vm2", "driver": "vhost-user", "interface": "/run/vm2.sock",
+              "vhost_user": { "mode": "server", "connected": true, "running": true,
+                "feature_names": ["VERSION_1", "MRG_RXBUF"], "protocol_features": "0x8",
+                "queues": [256, 256], "disconnects": 1, "broken_queues": 0,
+                "last_error": null } },
+        ]});
+        let out = render_show(&Show::Ports, &result);
+        let (ports, vhost) = out.split_once("\n\nvhost-user:\n").expect(&out);
+        assert_eq!(ports.lines().count(), 3, "{out}");
+        let lines: Vec<&str> = vhost.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert!(
+            lines[0].starts_with("ID   SOCKET         MODE    CONNECTED"),
+            "{out}"
+        );
+        assert!(
+            lines[1].contains("vm2  /run/vm2.sock  server  true")
+                && lines[1].contains("VERSION_1,MRG_RXBUF  0x8       256,256"),
+            "{out}"
+        );
+        let plain = json!({ "ports": [{ "id": "vm1", "driver": "afxdp" }] });
+        assert!(!render_show(&Show::Ports, &plain).contains("vhost-user"));
     }
 
     #[test]

@@ -426,6 +426,15 @@ impl Engine {
         self.bindings.xdp_mode(id)
     }
 
+    /// The vhost-user state of port `id` and its queues given up, if it is a vhost-user
+    /// port.
+    pub fn vhost_user_status(
+        &self,
+        id: PortId,
+    ) -> Option<(pollux_drivers::vhost_user::Status, u64)> {
+        self.bindings.vhost_user_status(id)
+    }
+
     /// The worker's counters.
     pub fn counters(&self) -> &Arc<WorkerCounters> {
         &self.worker.counters

@@ -95,6 +95,14 @@ impl Engine {
             .map(|(id, key)| (id, port_label(&key).to_string()))
             .collect();
         self.metrics.set_ports(labels);
+        let names: std::collections::BTreeMap<PortId, String> =
+            self.port_names().into_iter().collect();
+        self.metrics.set_vhost_user(
+            self.bindings
+                .vhost_user_mailboxes()
+                .filter_map(|(id, m)| Some((port_label(names.get(&id)?).to_string(), m)))
+                .collect(),
+        );
     }
 
     pub(super) fn check_frame_budget(&self, changes: &PortChanges) -> Result<(), ApplyError> {

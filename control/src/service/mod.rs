@@ -414,7 +414,7 @@ fn stats_get(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
 fn driver_name(b: &Binding) -> (&'static str, Option<&str>) {
     match b {
         Binding::Afxdp { interface, .. } => ("afxdp", Some(interface)),
-        Binding::VhostUser { socket } => ("vhost-user", Some(socket)),
+        Binding::VhostUser { socket, .. } => ("vhost-user", Some(socket)),
         Binding::Mem {} => ("mem", None),
         Binding::Tap { interface } => ("tap", Some(interface)),
     }
@@ -464,6 +464,27 @@ fn ports_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> 
         entry.insert("driver".into(), json!(driver));
         entry.insert("interface".into(), json!(interface));
         entry.insert("xdp_mode".into(), json!(e.xdp_mode(plan.id)));
+        if let Some((s, broken)) = e.vhost_user_status(plan.id) {
+            let mode = match binding {
+                Binding::VhostUser { mode, .. } => mode.map_or("server", crate::binding::mode_name),
+                _ => "server",
+            };
+            entry.insert(
+                "vhost_user".into(),
+                json!({
+                    "mode": mode,
+                    "connected": s.connected,
+                    "running": s.running,
+                    "features": format!("{:#x}", s.features),
+                    "feature_names": pollux_drivers::vhost_user::backend::feature_names(s.features),
+                    "protocol_features": format!("{:#x}", s.protocol_features),
+                    "queues": s.queue_sizes,
+                    "disconnects": s.disconnects,
+                    "broken_queues": broken,
+                    "last_error": s.last_error,
+                }),
+            );
+        }
         match e.port_status(plan.id) {
             crate::engine::PortStatus::Up => {
                 entry.insert("state".into(), json!("up"));

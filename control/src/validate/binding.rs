@@ -20,6 +20,8 @@ pub enum Binding {
     VhostUser {
         /// Socket path.
         socket: String,
+        /// Pollux's role on it.
+        mode: model::VhostUserMode,
     },
     /// In-process rings.
     Mem,
@@ -73,7 +75,7 @@ impl Checker {
                     interface: interface.clone(),
                 }
             }
-            model::Binding::VhostUser { socket } => {
+            model::Binding::VhostUser { socket, mode } => {
                 let p = format!("{path}.socket");
                 if !socket.starts_with('/') || socket.len() < 2 || socket.contains('\0') {
                     self.err(
@@ -93,6 +95,7 @@ impl Checker {
                 }
                 Binding::VhostUser {
                     socket: socket.clone(),
+                    mode: mode.unwrap_or(model::VhostUserMode::Server),
                 }
             }
         }

@@ -1,0 +1,301 @@
+//! [`VhostUserPort`]: the worker's side of a vhost-user port. Receive takes the guest's
+//! transmit chains and copies each frame (after the virtio-net header) into a pool frame;
+//! transmit copies pool frames into the guest's receive chains behind a header. Queues
+//! arrive from the protocol thread through the [`Mailbox`]; a queue whose descriptors
+//! break the rules is given up and counted, and the port carries on without it.
+
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use pollux_dataplane::buf::FramePool;
+use pollux_dataplane::packet::{Batch, Packet};
+use pollux_dataplane::port::{Port, PortStats};
+
+use super::mailbox::{Command, Device, Mailbox, RX_QUEUE, TX_QUEUE};
+use super::ring::{Broken, Ring, Segments};
+
+/// Frames the driver dropped or could not place, by reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Counters {
+    /// Guest frames longer than a pool frame.
+    rx_oversize: u64,
+    /// Guest chains shorter than the virtio-net header.
+    rx_short: u64,
+    /// Frames for the guest larger than the receive buffer it posted (without
+    /// `MRG_RXBUF`).
+    tx_too_big: u64,
+    /// Transmit bursts cut short because the guest had no receive buffers.
+    tx_no_buffers: u64,
+    /// Interrupts sent to the guest (call eventfd writes).
+    calls: u64,
+    /// Interrupts that could not be sent.
+    call_errors: u64,
+    /// Queues given up, by any reason.
+    broken_queues: u64,
+    /// Why the last queue was given up.
+    last_broken: Option<Broken>,
+}
+
+/// The queues of a started device.
+#[derive(Debug)]
+struct Active {
+    dev: Arc<Device>,
+    /// The guest's receive queue (written here), `None` once given up.
+    rx: Option<Ring>,
+    /// The guest's transmit queue (read here), `None` once given up.
+    tx: Option<Ring>,
+    hdr: [u8; 12],
+}
+
+/// A vhost-user port in a worker. See the module documentation.
+#[derive(Debug)]
+pub struct VhostUserPort {
+    name: String,
+    mailbox: Arc<Mailbox>,
+    active: Option<Active>,
+    segs: Box<Segments>,
+    stats: PortStats,
+    counters: Counters,
+}
+
+impl VhostUserPort {
+    /// A port that takes its queues from `mailbox`.
+    pub fn new(name: impl Into<String>, mailbox: Arc<Mailbox>) -> Self {
+        VhostUserPort {
+            name: name.into(),
+            mailbox,
+            active: None,
+            segs: Box::default(),
+            stats: PortStats::default(),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Applies a command from the protocol thread.
+    fn poll_mailbox(&mut self) {
+        let Some((seq, cmd)) = self.mailbox.take() else {
+            return;
+        };
+        let stopped = self.active.take().map(|a| {
+            let base = |r: &Option<Ring>, q: usize| {
+                r.as_ref().map_or(a.dev.queues[q].base, |r| r.last_avail())
+            };
+            [base(&a.rx, RX_QUEUE), base(&a.tx, TX_QUEUE)]
+        });
+        if let Command::Start(dev) = cmd {
+            let ring = |q: usize, writable: bool| {
+                let setup = &dev.queues[q];
+                Ring::new(Arc::clone(&dev.mem), setup.addrs, setup.base, writable)
+                    .map(|r| r.with_event_idx(dev.event_idx))
+            };
+            let (rx, tx) = (ring(RX_QUEUE, true), ring(TX_QUEUE, false));
+            let mut active = Active {
+                rx: None,
+                tx: None,
+                hdr: [0; 12],
+                dev: Arc::clone(&dev),
+            };
+            let (rx_err, tx_err) = (rx.as_ref().err().copied(), tx.as_ref().err().copied());
+            active.rx = rx.ok();
+            active.tx = tx.ok();
+            // Active first, so that `broken` finds the queues' error eventfds.
+            self.active = Some(active);
+            if let Some(why) = rx_err {
+                self.broken(RX_QUEUE, why);
+            }
+            if let Some(why) = tx_err {
+                self.broken(TX_QUEUE, why);
+            }
+        }
+        self.mailbox.applied(seq, stopped);
+    }
+
+    fn broken(&mut self, queue: usize, why: Broken) {
+        self.counters.broken_queues += 1;
+        self.counters.last_broken = Some(why);
+        self.mailbox.count_broken();
+        // The front end learns it through the queue's error eventfd (QEMU logs it).
+        if let Some(err) = self
+            .active
+            .as_ref()
+            .and_then(|a| a.dev.queues[queue].err.as_ref())
+        {
+            Self::signal(err);
+        }
+    }
+
+    /// Writes 1 to eventfd `fd`; whether it took it.
+    fn signal(fd: &std::fs::File) -> bool {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writes 8 bytes from a live local to an eventfd the device holds open.
+        let r = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), 8) };
+        r == 8
+    }
+
+    fn call(&mut self, queue: usize) {
+        let Some(a) = &self.active else { return };
+        let Some(call) = &a.dev.queues[queue].call else {
+            return;
+        };
+        if Self::signal(call) {
+            self.counters.calls += 1;
+        } else {
+            self.counters.call_errors += 1;
+        }
+    }
+}
+
+impl Port for VhostUserPort {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn rx_burst(&mut self, _queue: u16, pool: &mut FramePool, batch: &mut Batch) -> usize {
+        // A stop or a new table is taken before the rings are touched again (two loads
+        // when there is none), not only on the housekeeping cadence.
+        self.poll_mailbox();
+        let Some(a) = &mut self.active else { return 0 };
+        let Some(ring) = &mut a.tx else { return 0 };
+        let hdr_len = a.dev.hdr_len;
+        let max = pool.max_data_len();
+        let headroom = usize::from(pool.headroom());
+        let (mut added, mut bytes, mut short, mut oversize) = (0usize, 0u64, 0u64, 0u64);
+        let mut broken = None;
+        let mut taken = 0u16;
+        match ring.available() {
+            Err(why) => broken = Some(why),
+            Ok(avail) => {
+                let n = avail.min(batch.remaining().min(usize::from(u16::MAX)) as u16);
+                while taken < n {
+                    let Some(frame) = pool.alloc() else { break };
+                    self.segs.clear();
+                    let (head, total) = match ring.collect(taken, &mut self.segs) {
+                        Ok(c) => c,
+                        Err(why) => {
+                            pool.free(frame);
+                            broken = Some(why);
+                            break;
+                        }
+                    };
+                    taken += 1;
+                    ring.push_used(head, 0);
+                    let total = total as usize;
+                    if total < hdr_len {
+                        short += 1;
+                        pool.free(frame);
+                        continue;
+                    }
+                    let len = total - hdr_len;
+                    if len > max {
+                        oversize += 1;
+                        pool.free(frame);
+                        continue;
+                    }
+                    let buf = &mut pool.frame_mut(frame)[headroom..headroom + len];
+                    let copied = self.segs.read_into(hdr_len, buf);
+                    // Cannot fail: at most `batch.remaining()` chains are taken.
+                    let _ = batch.push(Packet::received(frame, headroom as u16, copied as u16));
+                    added += 1;
+                    bytes += copied as u64;
+                }
+            }
+        }
+        // Chains taken before a bad one are returned to the guest all the same.
+        ring.take(taken);
+        let wants_call = taken > 0 && ring.publish();
+        if let Some(why) = broken {
+            a.tx = None;
+            self.broken(TX_QUEUE, why);
+        }
+        self.counters.rx_short += short;
+        self.counters.rx_oversize += oversize;
+        self.stats.rx_packets += added as u64;
+        self.stats.rx_bytes += bytes;
+        self.stats.rx_dropped += short + oversize;
+        if wants_call {
+            self.call(TX_QUEUE);
+        }
+        added
+    }
+
+    fn tx_burst(&mut self, _queue: u16, pool: &mut FramePool, pkts: &[Packet]) -> usize {
+        let Some(a) = &mut self.active else { return 0 };
+        let Some(ring) = &mut a.rx else { return 0 };
+        let (hdr_len, mergeable) = (a.dev.hdr_len, a.dev.mergeable);
+        let mut chains = [(0u16, 0u32); 32];
+        let (mut sent, mut delivered, mut bytes, mut too_big) = (0usize, 0usize, 0u64, 0u64);
+        let mut no_buffers = false;
+        let mut broken = None;
+        match ring.available() {
+            Err(why) => broken = Some(why),
+            Ok(mut avail) => {
+                'frames: for pkt in pkts {
+                    let data = pool.data(pkt);
+                    let need = hdr_len + data.len();
+                    self.segs.clear();
+                    let (mut n, mut have) = (0usize, 0usize);
+                    while have < need && n < chains.len() && (mergeable || n == 0) {
+                        if n as u16 >= avail {
+                            no_buffers = true;
+                            break 'frames;
+                        }
+                        match ring.collect(n as u16, &mut self.segs) {
+                            Ok(chain) => chains[n] = chain,
+                            Err(why) => {
+                                broken = Some(why);
+                                break 'frames;
+                            }
+                        }
+                        have += chains[n].1 as usize;
+                        n += 1;
+                    }
+                    let hdr = &mut a.hdr[..hdr_len];
+                    match ring.fill(&self.segs, &chains[..n], hdr, data) {
+                        Some(used) => {
+                            avail -= used as u16;
+                            bytes += data.len() as u64;
+                            delivered += 1;
+                        }
+                        // Larger than the guest's buffers: dropped here; the buffers
+                        // stay for the next frame.
+                        None => too_big += 1,
+                    }
+                    pool.free(pkt.frame);
+                    sent += 1;
+                }
+            }
+        }
+        let wants_call = delivered > 0 && ring.publish();
+        if let Some(why) = broken {
+            a.rx = None;
+            self.broken(RX_QUEUE, why);
+        }
+        self.counters.tx_too_big += too_big;
+        self.counters.tx_no_buffers += u64::from(no_buffers);
+        self.stats.tx_packets += delivered as u64;
+        self.stats.tx_bytes += bytes;
+        if wants_call {
+            self.call(RX_QUEUE);
+        }
+        sent
+    }
+
+    fn housekeeping(&mut self, _pool: &mut FramePool) {
+        self.poll_mailbox();
+    }
+
+    fn stats(&self) -> PortStats {
+        let c = &self.counters;
+        let mut stats = self.stats.clone();
+        stats.extra = vec![
+            ("rx_oversize", c.rx_oversize),
+            ("rx_short", c.rx_short),
+            ("tx_too_big", c.tx_too_big),
+            ("tx_no_buffers", c.tx_no_buffers),
+            ("calls", c.calls),
+            ("call_errors", c.call_errors),
+            ("broken_queues", c.broken_queues),
+        ];
+        stats
+    }
+}
