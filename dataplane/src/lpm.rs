@@ -190,9 +190,12 @@ impl LpmBuilder {
     }
 }
 
-/// The mask of a prefix length's network bits.
-fn prefix_mask(len: u8) -> u32 {
-    (u64::from(u32::MAX) << (32 - u32::from(len))) as u32
+/// The mask of a prefix length's network bits (a length above 32 is taken as 32): the one
+/// the routers, port security, security groups and the trace match all use.
+#[inline]
+pub const fn prefix_mask(len: u8) -> u32 {
+    let len = if len > 32 { 32 } else { len };
+    ((u32::MAX as u64) << (32 - len as u32)) as u32
 }
 
 /// `width` bits of `addr` starting `start` bits from the top, as an index.

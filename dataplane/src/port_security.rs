@@ -69,10 +69,7 @@ pub struct Ipv4Source {
 impl Ipv4Source {
     /// `addr/prefix_len` (bits outside the prefix are ignored) for `mac`.
     pub fn new(mac: [u8; 6], addr: Ipv4Addr, prefix_len: u8) -> Self {
-        let mask = match prefix_len.min(32) {
-            0 => 0,
-            n => u32::MAX << (32 - u32::from(n)),
-        };
+        let mask = crate::lpm::prefix_mask(prefix_len);
         Ipv4Source {
             mac: crate::snapshot::mac_to_u64(mac),
             addr: u32::from(addr) & mask,

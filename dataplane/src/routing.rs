@@ -479,10 +479,6 @@ impl Routing {
 
 /// Whether `a` and `b` share their first `len` bits.
 fn same_prefix(a: u32, b: u32, len: u8) -> bool {
-    let mask = if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - len.min(32))
-    };
+    let mask = crate::lpm::prefix_mask(len);
     a & mask == b & mask
 }

@@ -6,6 +6,7 @@
 
 use super::Stage;
 use crate::buf::FramePool;
+use crate::lpm::prefix_mask;
 use crate::packet::{Next, Packet};
 use crate::port::PortId;
 
@@ -99,11 +100,7 @@ impl FrameFields {
 }
 
 fn in_prefix(ip: u32, (net, len): (u32, u8)) -> bool {
-    let mask = if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - u32::from(len.min(32)))
-    };
+    let mask = prefix_mask(len);
     ip & mask == net & mask
 }
 

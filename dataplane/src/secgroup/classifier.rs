@@ -17,6 +17,7 @@
 //!
 //! Everything is built on the control thread; a lookup allocates nothing.
 
+use crate::lpm::prefix_mask;
 use std::collections::{BTreeMap, BinaryHeap};
 
 /// No rule.
@@ -61,19 +62,10 @@ impl SgRule {
         let port_ok = (self.lo..=self.hi).contains(&port_key);
         let remote_ok = match self.remote {
             SgRemote::Any => true,
-            SgRemote::Prefix { addr, len } => remote & mask(len) == addr & mask(len),
+            SgRemote::Prefix { addr, len } => remote & prefix_mask(len) == addr & prefix_mask(len),
             SgRemote::Set(s) => sets.get(s as usize).is_some_and(|s| s.contains(remote)),
         };
         proto_ok && port_ok && remote_ok
-    }
-}
-
-#[inline]
-const fn mask(len: u8) -> u32 {
-    if len == 0 {
-        0
-    } else {
-        u32::MAX << (32 - len as u32)
     }
 }
 
@@ -94,7 +86,7 @@ impl AddressSet {
         let mut nets: Vec<(u32, u32)> = prefixes
             .iter()
             .filter(|p| p.1 < 32)
-            .map(|&(a, l)| (a & mask(l), mask(l)))
+            .map(|&(a, l)| (a & prefix_mask(l), prefix_mask(l)))
             .collect();
         nets.sort_unstable();
         nets.dedup();
@@ -268,7 +260,7 @@ impl RuleSet {
                     by_len
                         .entry(len)
                         .or_default()
-                        .entry(addr & mask(len))
+                        .entry(addr & prefix_mask(len))
                         .or_default()
                         .push((order, *r))
                 }
@@ -312,7 +304,7 @@ impl RuleSet {
     pub fn lookup(&self, sets: &[AddressSet], remote: u32, proto: u8, key: u16) -> Option<u32> {
         let mut best = NONE;
         for t in self.tuples.iter() {
-            let masked = remote & mask(t.len);
+            let masked = remote & prefix_mask(t.len);
             if let Ok(i) = t.keys.binary_search(&masked) {
                 best = best.min(t.buckets[i].lookup(proto, key));
             }
