@@ -437,38 +437,31 @@ impl DhcpServer {
             && !self.leases.is_declined(ip, now)
     }
 
-    /// Refuses a new dynamic lease to a client of `port` when the port's clients hold
+    /// A free address for an unknown MAC that came in on `port`: the one it asks for if
+    /// free, else the lowest; refused when the port's clients hold
     /// [`DhcpConfig::leases_per_port`] live dynamic leases already.
-    fn check_port_lease_limit(&self, mac: &[u8; 6], port: PortId, now: u64) -> Result<(), Discard> {
-        let held = self
-            .leases
-            .iter()
-            .filter(|l| {
-                l.port == Some(port)
-                    && &l.mac != mac
-                    && l.expires > now
-                    && !self.hosts.contains_key(&l.mac)
-            })
-            .count();
-        if held >= self.config.leases_per_port as usize {
-            return Err(Discard::PortLeaseLimit);
-        }
-        Ok(())
-    }
-
-    /// A free address for an unknown MAC: the one it asks for if free, else the lowest.
     fn allocate(
         &self,
         mac: &[u8; 6],
         wanted: Option<Ipv4Addr>,
         now: u64,
+        port: PortId,
     ) -> Result<Binding, Discard> {
-        let leased: HashSet<Ipv4Addr> = self
-            .leases
-            .iter()
-            .filter(|l| &l.mac != mac && l.expires > now)
-            .map(|l| l.ip)
-            .collect();
+        // One pass over the leases: the addresses taken, and the port's dynamic leases.
+        let mut leased = HashSet::new();
+        let mut held_by_port = 0usize;
+        for l in self.leases.iter() {
+            if &l.mac == mac || l.expires <= now {
+                continue;
+            }
+            leased.insert(l.ip);
+            if l.port == Some(port) && !self.hosts.contains_key(&l.mac) {
+                held_by_port += 1;
+            }
+        }
+        if held_by_port >= self.config.leases_per_port as usize {
+            return Err(Discard::PortLeaseLimit);
+        }
         let mut any = false;
         for (i, s) in self.config.subnets.iter().enumerate() {
             if !s.serve_unknown {
@@ -525,10 +518,7 @@ impl DhcpServer {
     fn discover(&mut self, m: &Message<'_>, now: u64, port: PortId) -> Result<Reply, Discard> {
         let b = match self.resolve(&m.chaddr, now)? {
             Some(b) => b,
-            None => {
-                self.check_port_lease_limit(&m.chaddr, port, now)?;
-                self.allocate(&m.chaddr, m.requested_ip, now)?
-            }
+            None => self.allocate(&m.chaddr, m.requested_ip, now, port)?,
         };
         let reply = self.reply(m, MessageType::Offer, &b)?;
         // A client that rebooted into DISCOVER keeps its bound lease; otherwise the offer
