@@ -713,46 +713,61 @@ impl BurstStage for SgEgress {
 
     fn process(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
         let snap = cx.snap;
-        let Some(policy) = snap.security_groups().policy(cx.in_port) else {
+        let in_port = cx.in_port;
+        let Some(policy) = snap.security_groups().policy(in_port) else {
             return Outcome {
                 packets: 0,
                 produced: Pending::L2,
             };
         };
-        let now = u64::from(cx.now_secs);
-        let frames = cx.pool.reader();
-        let mut checked = 0;
-        let mut refused = false;
-        let mut last: LastHit = None;
-        for pkt in pkts.iter_mut() {
-            if pkt.meta.next != Next::L2 {
-                continue;
-            }
-            checked += 1;
-            let data = frames.data(pkt);
-            if let Err(reason) = filter(
-                snap,
-                cx.conns,
-                now,
-                cx.in_port,
-                policy,
-                Direction::Egress,
-                data,
-                &pkt.meta,
-                &mut last,
-            ) {
-                pkt.meta.next = Next::Drop(reason, Stage::SgEgress);
-                refused = true;
-            }
+        filter_burst(cx, pkts, Direction::Egress, Pending::L2, |next| {
+            (next == Next::L2).then_some((in_port, policy))
+        })
+    }
+}
+
+/// Runs [`filter`] in direction `dir` over the packets of a burst for which `pick` (given
+/// a packet's next step) names the VM port and policy to check; a refused packet is
+/// dropped under the stage of `dir`. The stage produced `pending` (and, if it dropped any,
+/// [`Pending::DONE`]).
+#[inline(always)]
+fn filter_burst<'s>(
+    cx: &mut BurstCtx<'s>,
+    pkts: &mut [Packet],
+    dir: Direction,
+    pending: Pending,
+    pick: impl Fn(Next) -> Option<(PortId, &'s SgPolicy)>,
+) -> Outcome {
+    let stage = match dir {
+        Direction::Egress => Stage::SgEgress,
+        Direction::Ingress => Stage::SgIngress,
+    };
+    let snap = cx.snap;
+    let now = u64::from(cx.now_secs);
+    let frames = cx.pool.reader();
+    let mut checked = 0;
+    let mut refused = false;
+    let mut last: LastHit = None;
+    for pkt in pkts.iter_mut() {
+        let Some((port, policy)) = pick(pkt.meta.next) else {
+            continue;
+        };
+        checked += 1;
+        let data = frames.data(pkt);
+        if let Err(reason) = filter(
+            snap, cx.conns, now, port, policy, dir, data, &pkt.meta, &mut last,
+        ) {
+            pkt.meta.next = Next::Drop(reason, stage);
+            refused = true;
         }
-        Outcome {
-            packets: checked,
-            produced: if refused {
-                Pending::L2 | Pending::DONE
-            } else {
-                Pending::L2
-            },
-        }
+    }
+    Outcome {
+        packets: checked,
+        produced: if refused {
+            pending | Pending::DONE
+        } else {
+            pending
+        },
     }
 }
 
@@ -774,44 +789,16 @@ impl BurstStage for SgIngress {
     }
 
     fn process(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
-        let snap = cx.snap;
-        let tables = snap.security_groups();
-        let now = u64::from(cx.now_secs);
-        let frames = cx.pool.reader();
-        let mut checked = 0;
-        let mut refused = false;
-        let mut last: LastHit = None;
-        for pkt in pkts.iter_mut() {
-            let Next::Output(out) = pkt.meta.next else {
-                continue;
-            };
-            let Some(policy) = tables.policy(out) else {
-                continue;
-            };
-            checked += 1;
-            let data = frames.data(pkt);
-            if let Err(reason) = filter(
-                snap,
-                cx.conns,
-                now,
-                out,
-                policy,
-                Direction::Ingress,
-                data,
-                &pkt.meta,
-                &mut last,
-            ) {
-                pkt.meta.next = Next::Drop(reason, Stage::SgIngress);
-                refused = true;
-            }
-        }
-        Outcome {
-            packets: checked,
-            produced: if refused {
-                Pending::SEND | Pending::DONE
-            } else {
-                Pending::SEND
+        let tables = cx.snap.security_groups();
+        filter_burst(
+            cx,
+            pkts,
+            Direction::Ingress,
+            Pending::SEND,
+            |next| match next {
+                Next::Output(out) => tables.policy(out).map(|policy| (out, policy)),
+                _ => None,
             },
-        }
+        )
     }
 }
