@@ -328,7 +328,7 @@ for hosts in $hosts_list; do
     printf '== pollux, %d hosts (%d mem ports + 1 afxdp): ready in %.1f s, RSS %s MB\n' "$hosts" "$hosts" \
         "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" \
         "$(awk '/VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$ppid/status")"
-    dhcp_tid=$(grep -l pollux-dhcp /proc/"$ppid"/task/*/comm | head -1 | cut -d/ -f5)
+    dhcp_tid=$(grep -l pollux-slowpath /proc/"$ppid"/task/*/comm | head -1 | cut -d/ -f5)
     if [ "$dhcp_cpu" != any ]; then taskset -pc "$dhcp_cpu" "$dhcp_tid" >/dev/null; fi
     for rate in $rates; do
         stats_json >"$work/s0.json"

@@ -27,8 +27,10 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use pollux_dataplane::slowpath::SERVICES;
 use pollux_drivers::vhost_user::Mailbox;
 use pollux_services::dhcp::service::{FrameDrop, ServiceStats};
+use pollux_services::dispatch::DispatchStats;
 
 /// The `Content-Type` of [`render`]'s output (Prometheus text format 0.0.4).
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -45,6 +47,7 @@ pub const APPLY_BUCKETS: [f64; 16] = [
 
 type GenerationFn = Box<dyn Fn() -> u64 + Send + Sync>;
 type DhcpFn = Box<dyn Fn() -> ServiceStats + Send + Sync>;
+type SlowPathFn = Box<dyn Fn() -> DispatchStats + Send + Sync>;
 /// Each security-group rule's (group, rule, hits).
 type SgRulesFn = Box<dyn Fn() -> Vec<(String, String, u64)> + Send + Sync>;
 
@@ -58,6 +61,7 @@ pub struct MetricsSource {
     generation: AtomicU64,
     generation_fn: Option<GenerationFn>,
     dhcp_fn: Option<DhcpFn>,
+    slow_path_fn: Option<SlowPathFn>,
     sg_rules_fn: Option<SgRulesFn>,
     apply_total: Counter,
     apply_failures_total: Counter,
@@ -86,6 +90,7 @@ impl MetricsSource {
             generation: AtomicU64::new(0),
             generation_fn: None,
             dhcp_fn: None,
+            slow_path_fn: None,
             sg_rules_fn: None,
             apply_total: Counter::default(),
             apply_failures_total: Counter::default(),
@@ -103,6 +108,15 @@ impl MetricsSource {
     /// Exports the DHCP server's counters, read from `f` at each scrape.
     pub fn with_dhcp_fn(mut self, f: impl Fn() -> ServiceStats + Send + Sync + 'static) -> Self {
         self.dhcp_fn = Some(Box::new(f));
+        self
+    }
+
+    /// Exports the slow-path thread's per-service counters, read from `f` at each scrape.
+    pub fn with_slow_path_fn(
+        mut self,
+        f: impl Fn() -> DispatchStats + Send + Sync + 'static,
+    ) -> Self {
+        self.slow_path_fn = Some(Box::new(f));
         self
     }
 
@@ -246,6 +260,11 @@ impl MetricsSource {
                 sum(&|w| w.injected.get()),
                 sum(&|w| w.inject_dropped.get()),
             ],
+            punted_by_service: SERVICES
+                .iter()
+                .map(|k| (k.name, sum(&|w| w.punted_by_service[k.id.index()].get())))
+                .collect(),
+            dispatch: self.slow_path_fn.as_ref().map(|f| f()),
             dhcp: self.dhcp_fn.as_ref().map(|f| f()),
             sg_rules: self.sg_rules_fn.as_ref().map(|f| f()).unwrap_or_default(),
             stage_metrics: crate::stage_counters::StageMetrics::scrape(
@@ -291,6 +310,9 @@ struct Scrape {
     router: [u64; 7],
     /// In [`SLOW_PATH_FAMILIES`] order.
     slow_path: [u64; 3],
+    /// Per service of the data plane, the frames punted for it.
+    punted_by_service: Vec<(&'static str, u64)>,
+    dispatch: Option<DispatchStats>,
     dhcp: Option<ServiceStats>,
     sg_rules: Vec<(String, String, u64)>,
     stage_metrics: crate::stage_counters::StageMetrics,
@@ -300,7 +322,7 @@ struct Scrape {
 const SLOW_PATH_FAMILIES: [(&str, &str); 3] = [
     (
         "pollux_frames_punted",
-        "Frames the workers handed to the slow path (DHCP).",
+        "Frames the workers handed to the slow path (every service).",
     ),
     (
         "pollux_frames_injected",
@@ -599,14 +621,62 @@ impl Collector for Scrape {
                 counter(&mut e, name, help, n)?;
             }
         }
+        counter_family(
+            &mut e,
+            "pollux_slowpath_punted",
+            "Frames the workers punted, by the service they were punted for.",
+            "service",
+            self.punted_by_service.iter().copied(),
+        )?;
         for ((name, help), n) in SLOW_PATH_FAMILIES.into_iter().zip(self.slow_path) {
             counter(&mut e, name, help, n)?;
         }
         if let Some(d) = &self.dhcp {
             encode_dhcp(&mut e, d)?;
         }
+        if let Some(d) = &self.dispatch {
+            encode_dispatch(&mut e, d)?;
+        }
         Ok(())
     }
+}
+
+/// Reads one counter of a service's [`pollux_services::dispatch::ServiceCounts`].
+type ServiceCount = fn(&pollux_services::dispatch::ServiceCounts) -> u64;
+
+fn encode_dispatch(e: &mut DescriptorEncoder, d: &DispatchStats) -> fmt::Result {
+    let families: [(&str, &str, ServiceCount); 3] = [
+        (
+            "pollux_slowpath_received",
+            "Punted frames the slow-path thread handed to each service.",
+            |c| c.received,
+        ),
+        (
+            "pollux_slowpath_replies",
+            "Replies of each service put on the inject rings.",
+            |c| c.replies,
+        ),
+        (
+            "pollux_slowpath_replies_lost",
+            "Replies of each service the inject rings had no room for.",
+            |c| c.replies_lost,
+        ),
+    ];
+    for (name, help, value) in families {
+        counter_family(
+            e,
+            name,
+            help,
+            "service",
+            d.services.iter().map(|(service, c)| (*service, value(c))),
+        )?;
+    }
+    counter(
+        e,
+        "pollux_slowpath_unhandled",
+        "Punted frames no service was registered for (or too short for a ring header).",
+        d.unhandled,
+    )
 }
 
 fn encode_dhcp(e: &mut DescriptorEncoder, d: &ServiceStats) -> fmt::Result {

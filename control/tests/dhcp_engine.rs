@@ -16,6 +16,7 @@ use pollux_control::engine::{ApplyOptions, Engine, EngineConfig, Initial, LEASE_
 use pollux_control::model::DesiredState;
 use pollux_control::store::Store;
 use pollux_dataplane::drop::DropReason;
+use pollux_dataplane::slowpath::ServiceId;
 use pollux_dataplane::wire::checksum;
 use pollux_dataplane::wire::dhcp::{opt, DhcpPacket};
 use pollux_drivers::mem::MemWire;
@@ -303,6 +304,30 @@ fn a_vm_gets_its_address_and_options_through_the_worker() {
     );
     assert_eq!(engine.counters().punted.get(), 4);
     assert_eq!(engine.counters().injected.get(), 3);
+    // Every punted frame carried the DHCP service's id, and the slow-path thread handed
+    // each to the DHCP service, which answered three.
+    assert_eq!(
+        engine.counters().punted_by_service[ServiceId::DHCP.index()].get(),
+        4
+    );
+    let dispatched = engine.slow_path_stats();
+    assert_eq!(dispatched.unhandled, 0);
+    assert_eq!(dispatched.services.len(), 1, "{dispatched:?}");
+    let (name, counts) = dispatched.services[0];
+    assert_eq!(name, "dhcp");
+    assert_eq!(
+        (counts.received, counts.replies, counts.replies_lost),
+        (4, 3, 0)
+    );
+    let metrics = pollux_control::metrics::render(engine.metrics());
+    for line in [
+        "pollux_slowpath_punted_total{service=\"dhcp\"} 4\n",
+        "pollux_slowpath_received_total{service=\"dhcp\"} 4\n",
+        "pollux_slowpath_replies_total{service=\"dhcp\"} 3\n",
+        "pollux_slowpath_unhandled_total 0\n",
+    ] {
+        assert!(metrics.contains(line), "{line} in\n{metrics}");
+    }
 
     let leases = engine.leases();
     assert_eq!(leases.len(), 1);

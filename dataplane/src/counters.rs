@@ -119,6 +119,9 @@ pub struct WorkerCounters {
     pub consumed: Counter,
     /// Frames handed to the slow path through the punt ring (also counted in `consumed`).
     pub punted: Counter,
+    /// The same frames by the service they were punted for, indexed by
+    /// [`crate::slowpath::ServiceId`] as `usize`.
+    pub punted_by_service: [Counter; crate::slowpath::MAX_SERVICES],
     /// Frames the slow path sent through the inject ring (also counted in `originated`).
     pub injected: Counter,
     /// Frames on the inject ring that could not be sent: their network or port is gone
@@ -196,6 +199,7 @@ impl WorkerCounters {
             originated: Counter::default(),
             consumed: Counter::default(),
             punted: Counter::default(),
+            punted_by_service: std::array::from_fn(|_| Counter::default()),
             injected: Counter::default(),
             inject_dropped: Counter::default(),
             drops: std::array::from_fn(|_| Counter::default()),

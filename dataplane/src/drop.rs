@@ -61,7 +61,7 @@ drop_reasons! {
     DhcpRateLimited => "dhcp_rate_limited", "The port already sent its share of DHCP messages this second.";
     PuntQueueFull => "punt_queue_full", "The slow path is behind: its punt ring is full.";
     PuntTooLarge => "punt_too_large", "Frame for the slow path larger than a punt ring slot.";
-    ToDhcpServer => "to_dhcp_server", "Sent to a DHCP server's MAC but not DHCP (UDP port 67) or ARP.";
+    ToDhcpServer => "to_dhcp_server", "Sent to the network's service MAC (its DHCP server's) but neither a service's packet nor ARP.";
     SpoofedMac => "spoofed_mac", "Port security: source MAC is neither the port's nor one of its allowed address pairs'.";
     SpoofedIp => "spoofed_ip", "Port security: source address is not the port's (fixed IPs, allowed address pairs, link-local) for that MAC.";
     SpoofedArp => "spoofed_arp", "Port security: ARP sender MAC or IP does not belong to the port.";
@@ -69,7 +69,7 @@ drop_reasons! {
     RouterAdvertisementFromVm => "router_advertisement_from_vm", "Port security: an ICMPv6 router advertisement or redirect sent by a VM.";
     EthertypeNotPermitted => "ethertype_not_permitted", "Port security: neither IPv4, ARP nor IPv6.";
     ArpClaimsRouter => "arp_claims_router", "ARP from a host announcing a router's own address or a floating IP on that network (a gateway takeover).";
-    ArpClaimsDhcpServer => "arp_claims_dhcp_server", "ARP from a host announcing the DHCP server's address on that network.";
+    ArpClaimsDhcpServer => "arp_claims_dhcp_server", "ARP from a host announcing a service's address (the DHCP server's) on that network.";
     DhcpForeignClient => "dhcp_foreign_client", "A DHCP client message for a hardware address (chaddr) that is not the port's: another port's MAC, or not one of a port-security port's MACs.";
     BadIpv6Header => "bad_ipv6_header", "Malformed IPv6 header or extension header chain from a port with port security.";
     SgNoRule => "sg_no_rule", "Security groups: no rule of the port's groups allows it (to or from a port with port security), and it is not a reply of an allowed connection.";

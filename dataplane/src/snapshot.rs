@@ -15,7 +15,7 @@ use crate::port::PortId;
 use crate::port_security::PortSecurity;
 use crate::routing::{RouterSpec, Routing, RoutingError};
 use crate::secgroup::SgTables;
-use crate::slowpath::SlowPathConfig;
+use crate::slowpath::{NetworkService, NetworkServices, ServiceId, SlowPathConfig};
 use crate::table::U64Map;
 
 /// Stable identity of a network, assigned by the control plane and never reused, so that
@@ -128,9 +128,10 @@ pub struct NetworkEntry {
     uplink_vid: u16,
     /// Some router has an interface here: the L2 stage looks for router MACs and ARP.
     pub routed: bool,
-    /// MAC of the network's DHCP server (packed), or [`NO_MAC`] when it has none: the L2
-    /// stage sends broadcasts and frames to this MAC to the slow-path stage.
-    pub dhcp_mac: u64,
+    /// MAC of the network's services (packed; the DHCP server's), or [`NO_MAC`] when it
+    /// offers none: the L2 stage sends broadcasts and frames to this MAC to the slow-path
+    /// stage.
+    pub service_mac: u64,
     flood_start: u32,
     flood_len: u32,
 }
@@ -171,8 +172,8 @@ pub struct Snapshot {
     fdb: U64Map<PortId>,
     l2: L2Config,
     routing: Routing,
-    /// Per network slot, the DHCP server's addresses (host order), answered in ARP.
-    dhcp_ips: Box<[Box<[u32]>]>,
+    /// Per network slot, the services it offers (the slow path's table).
+    services: Box<[NetworkServices]>,
     slow_path: SlowPathConfig,
     /// Per port id, the port-security policy of a VM port that has it on.
     port_security: Box<[Option<PortSecurity>]>,
@@ -300,7 +301,14 @@ impl Snapshot {
 
     /// The DHCP server addresses of network `slot` (host byte order).
     pub fn dhcp_addresses(&self, slot: u16) -> &[u32] {
-        self.dhcp_ips.get(usize::from(slot)).map_or(&[], |a| a)
+        self.services(slot).addresses_of(ServiceId::DHCP)
+    }
+
+    /// The services network `slot` offers (an empty table when it offers none).
+    #[inline]
+    pub fn services(&self, slot: u16) -> &NetworkServices {
+        static NONE: NetworkServices = NetworkServices::EMPTY;
+        self.services.get(usize::from(slot)).unwrap_or(&NONE)
     }
 
     /// The slow path's limits.
@@ -464,10 +472,11 @@ pub enum BuildError {
     ReservedPortId,
     /// The routers do not compile.
     Routing(RoutingError),
-    /// A DHCP server on a network that does not exist.
-    UnknownDhcpNetwork(NetworkUid),
-    /// A network with two DHCP servers, or one with a group MAC.
-    BadDhcpServer(NetworkUid),
+    /// A service (the DHCP server) on a network that does not exist.
+    UnknownServiceNetwork(NetworkUid),
+    /// A network offering one service twice, services behind different MACs or a group
+    /// MAC, or a service id that [`crate::slowpath::SERVICES`] does not have.
+    BadService(NetworkUid),
     /// Port security for a port that is not a VM port of this configuration.
     PortSecurityNotOnVmPort(PortId),
     /// The overlay configuration is inconsistent (what is wrong).
@@ -503,12 +512,13 @@ impl fmt::Display for BuildError {
             }
             BuildError::SecondFlatNetwork(p) => write!(f, "physnet {} has two flat networks", p.0),
             BuildError::SecondUplink(p) => write!(f, "physnet {} has two uplinks", p.0),
-            BuildError::UnknownDhcpNetwork(n) => {
-                write!(f, "DHCP server on unknown network uid {}", n.0)
+            BuildError::UnknownServiceNetwork(n) => {
+                write!(f, "service (DHCP server) on unknown network uid {}", n.0)
             }
-            BuildError::BadDhcpServer(n) => write!(
+            BuildError::BadService(n) => write!(
                 f,
-                "network uid {} has two DHCP servers or one with a group MAC",
+                "network uid {} offers a service twice, its services have different or \
+                 group MACs, or one is unknown",
                 n.0
             ),
             BuildError::DuplicateMac { network, mac } => {
@@ -557,7 +567,8 @@ pub struct SnapshotBuilder {
     ports: Vec<(PortId, PortSpec)>,
     l2: L2Config,
     routers: Vec<RouterSpec>,
-    dhcp_servers: Vec<(NetworkUid, [u8; 6], Vec<Ipv4Addr>)>,
+    /// Per network, the service MAC and the services on it.
+    services: Vec<(NetworkUid, [u8; 6], NetworkService)>,
     slow_path: SlowPathConfig,
     port_security: Vec<(PortId, PortSecurity)>,
     security_groups: SgTables,
@@ -616,7 +627,27 @@ impl SnapshotBuilder {
         mac: [u8; 6],
         addresses: &[Ipv4Addr],
     ) -> &mut Self {
-        self.dhcp_servers.push((network, mac, addresses.to_vec()));
+        self.service(
+            network,
+            mac,
+            NetworkService {
+                id: ServiceId::DHCP,
+                matches: crate::slowpath::dhcp::MATCH,
+                addresses: addresses.iter().map(|&a| u32::from(a)).collect(),
+            },
+        )
+    }
+
+    /// Offers `service` on `network`, behind the network's service MAC `mac` (every
+    /// service of a network gives the same one): the packets it matches go up the punt
+    /// ring with its id, ARP for its addresses is answered with `mac`.
+    pub fn service(
+        &mut self,
+        network: NetworkUid,
+        mac: [u8; 6],
+        service: NetworkService,
+    ) -> &mut Self {
+        self.services.push((network, mac, service));
         self
     }
 
@@ -820,20 +851,28 @@ impl SnapshotBuilder {
 
         let routing =
             Routing::compile(&self.routers, &slot_of, nets.len()).map_err(BuildError::Routing)?;
-        let mut dhcp_macs = vec![NO_MAC; nets.len()];
-        let mut dhcp_ips = vec![Box::<[u32]>::default(); nets.len()];
-        for (uid, mac, addresses) in &self.dhcp_servers {
+        let mut service_macs = vec![NO_MAC; nets.len()];
+        let mut services: Vec<Vec<NetworkService>> = vec![Vec::new(); nets.len()];
+        for (uid, mac, service) in &self.services {
             let slot = usize::from(
                 *slot_of
                     .get(uid)
-                    .ok_or(BuildError::UnknownDhcpNetwork(*uid))?,
+                    .ok_or(BuildError::UnknownServiceNetwork(*uid))?,
             );
-            if mac_is_group(*mac) || dhcp_macs[slot] != NO_MAC {
-                return Err(BuildError::BadDhcpServer(*uid));
+            let packed = mac_to_u64(*mac);
+            let taken = &services[slot];
+            if mac_is_group(*mac)
+                || (service_macs[slot] != NO_MAC && service_macs[slot] != packed)
+                || taken.iter().any(|s| s.id == service.id)
+                || service.id.kind().is_none()
+            {
+                return Err(BuildError::BadService(*uid));
             }
-            dhcp_macs[slot] = mac_to_u64(*mac);
-            dhcp_ips[slot] = addresses.iter().map(|&a| u32::from(a)).collect();
+            service_macs[slot] = packed;
+            services[slot].push(service.clone());
         }
+        let services: Box<[NetworkServices]> =
+            services.into_iter().map(NetworkServices::new).collect();
         let mut port_security = vec![None; port_slots].into_boxed_slice();
         for (port, policy) in &self.port_security {
             match ports.get(port.index()) {
@@ -861,7 +900,7 @@ impl SnapshotBuilder {
                 flood_start: start as u32,
                 flood_len: (flood_ports.len() - start) as u32,
                 routed: !routing.on_network(slot as u16).is_empty(),
-                dhcp_mac: dhcp_macs[slot],
+                service_mac: service_macs[slot],
             });
         }
 
@@ -873,7 +912,7 @@ impl SnapshotBuilder {
             if net.routed {
                 set = set.with(Stage::L3);
             }
-            if net.dhcp_mac != NO_MAC {
+            if net.service_mac != NO_MAC {
                 set = set.with(Stage::SlowPath);
             }
             set
@@ -939,7 +978,7 @@ impl SnapshotBuilder {
             fdb,
             l2: self.l2,
             routing,
-            dhcp_ips: dhcp_ips.into_boxed_slice(),
+            services,
             slow_path: self.slow_path,
             port_security,
             overlay,

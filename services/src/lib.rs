@@ -1,5 +1,7 @@
 //! Slow-path services of Pollux: protocols above the data plane, served on the control side
-//! of the workers' punt/inject rings. Today that is the DHCP server (`dhcp`).
+//! of the workers' punt/inject rings. `dispatch` is the thread that drains the rings and
+//! hands each frame to the service its ring header names; today the one service is the
+//! DHCP server (`dhcp`).
 //!
 //! The design's rule: this crate knows protocols, never drivers; it depends on
 //! `pollux-dataplane` (rings, wire formats, identities) and nothing else of Pollux.
@@ -11,5 +13,6 @@
 
 pub mod addr;
 pub mod dhcp;
+pub mod dispatch;
 pub mod log;
 pub mod private_fs;

@@ -7,8 +7,12 @@ use pollux_dataplane::drop::DropReason;
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::ratelimit::BucketConfig;
 use pollux_dataplane::routing::{InterfaceSpec, RouterSpec, RouterUid};
-use pollux_dataplane::slowpath::{RingHeader, SlowPathConfig, SlowPathEnds, RING_HEADER_LEN};
+use pollux_dataplane::slowpath::{
+    NetworkService, RingHeader, ServiceId, ServiceMatch, SlowPathConfig, SlowPathEnds,
+    RING_HEADER_LEN,
+};
 use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
+use pollux_dataplane::wire::IpProtocol;
 use pollux_tests::frames::{arp, icmp_echo, ipv4, mac, udp, vid_of, BROADCAST};
 use pollux_tests::harness::MemSwitch;
 
@@ -67,9 +71,7 @@ fn config(per_port: Option<BucketConfig>) -> SnapshotBuilder {
             routes: Vec::new(),
         });
     if let Some(limit) = per_port {
-        b.slow_path(SlowPathConfig {
-            dhcp_per_port: limit,
-        });
+        b.slow_path(SlowPathConfig::default().with_per_port(ServiceId::DHCP, limit));
     }
     b
 }
@@ -114,6 +116,7 @@ fn inject(ends: &mut SlowPathEnds, port: u16, network: NetworkUid, frame: &[u8])
     RingHeader {
         port: PortId(port),
         network,
+        service: ServiceId::DHCP,
         l3_offset: 0,
     }
     .write(&mut entry);
@@ -138,6 +141,7 @@ fn dhcp_broadcast_is_punted_not_flooded() {
         RingHeader {
             port: PortId(VM1),
             network: NET,
+            service: ServiceId::DHCP,
             l3_offset: 14
         }
     );
@@ -157,6 +161,7 @@ fn tagged_dhcp_from_the_uplink_is_punted_with_its_network() {
     assert_eq!(p[0].0.network, NET_VLAN);
     assert_eq!(p[0].0.port, PortId(UPLINK));
     assert_eq!(p[0].0.l3_offset, 18, "after the 802.1Q tag");
+    assert_eq!(p[0].0.service, ServiceId::DHCP);
     sw.assert_conserved();
 }
 
@@ -392,4 +397,92 @@ fn a_client_asking_for_another_ports_mac_is_refused() {
     assert_eq!(punted(&mut ends).len(), 1);
     assert_eq!(drops(&sw, DropReason::DhcpForeignClient), 2);
     sw.assert_conserved();
+}
+
+#[test]
+fn the_network_service_table_decides_what_is_punted_and_for_which_service() {
+    // The same network, its DHCP entry matching UDP 6767 to one address instead of the
+    // usual UDP 67 to anything: the stage follows the table, not a built-in protocol.
+    let entry = NetworkService {
+        id: ServiceId::DHCP,
+        matches: ServiceMatch {
+            protocol: IpProtocol::UDP,
+            dst_port: 6767,
+            dst_addr: Some(SERVER_IP.into()),
+        },
+        addresses: Box::new([u32::from_be_bytes(SERVER_IP)]),
+    };
+    let mut b = SnapshotBuilder::new();
+    b.network(NET, Segment::Local)
+        .access_port(PortId(VM1), NET, &[VM1_MAC])
+        .access_port(PortId(VM2), NET, &[VM2_MAC])
+        .service(NET, SERVER_MAC, entry);
+    let mut sw = MemSwitch::new(&b, &[VM1, VM2]);
+    let mut ends = sw.worker.connect_slow_path(64);
+    let vm1_ip = [198, 18, 1, 11];
+    let to_server = |dst_port: u16| {
+        let l4 = udp(
+            vm1_ip,
+            SERVER_IP,
+            68,
+            dst_port,
+            &discover_payload(VM1_MAC, 1),
+        );
+        ipv4(SERVER_MAC, VM1_MAC, None, vm1_ip, SERVER_IP, 64, 17, &l4)
+    };
+    assert!(sw.exchange(VM1, &to_server(6767)).is_empty());
+    let p = punted(&mut ends);
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].0.service, ServiceId::DHCP);
+    // UDP 67 is no longer the service's: to the service MAC it goes nowhere, broadcast it
+    // floods as any broadcast.
+    assert!(sw.exchange(VM1, &to_server(67)).is_empty());
+    assert_eq!(drops(&sw, DropReason::ToDhcpServer), 1);
+    assert_eq!(
+        sw.exchange(VM1, &discover(VM1_MAC, None, 2))
+            .keys()
+            .copied()
+            .collect::<Vec<_>>(),
+        vec![VM2]
+    );
+    // To another address on the service's port: not the service's either.
+    let l4 = udp(vm1_ip, GW, 68, 6767, &[0; 8]);
+    let elsewhere = ipv4(SERVER_MAC, VM1_MAC, None, vm1_ip, GW, 64, 17, &l4);
+    assert!(sw.exchange(VM1, &elsewhere).is_empty());
+    assert_eq!(drops(&sw, DropReason::ToDhcpServer), 2);
+    assert!(punted(&mut ends).is_empty());
+    let c = sw.counters();
+    assert_eq!(c.punted.get(), 1);
+    assert_eq!(c.punted_by_service[ServiceId::DHCP.index()].get(), 1);
+    assert_eq!(
+        c.punted_by_service[1..]
+            .iter()
+            .map(|c| c.get())
+            .sum::<u64>(),
+        0
+    );
+    sw.assert_conserved();
+}
+
+#[test]
+fn a_service_the_data_plane_does_not_know_or_a_second_mac_is_refused() {
+    let dhcp = |id| NetworkService {
+        id,
+        matches: ServiceMatch::udp(67),
+        addresses: Box::new([]),
+    };
+    let mut b = SnapshotBuilder::new();
+    b.network(NET, Segment::Local)
+        .service(NET, SERVER_MAC, dhcp(ServiceId(3)));
+    assert!(b.build(1).is_err(), "no such service");
+    let mut b = SnapshotBuilder::new();
+    b.network(NET, Segment::Local)
+        .service(NET, SERVER_MAC, dhcp(ServiceId::DHCP))
+        .service(NET, SERVER_MAC, dhcp(ServiceId::DHCP));
+    assert!(b.build(1).is_err(), "one service twice");
+    let mut b = SnapshotBuilder::new();
+    b.network(NET, Segment::Local)
+        .dhcp_server(NET, SERVER_MAC, &[SERVER_IP.into()])
+        .dhcp_server(NET, SERVER_MAC_VLAN, &[SERVER_IP.into()]);
+    assert!(b.build(1).is_err(), "two MACs");
 }

@@ -15,7 +15,7 @@ use pollux_dataplane::pipeline::Stage;
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::port_security::{Ipv4Source, PortSecurity};
 use pollux_dataplane::routing::{InterfaceSpec, RouteSpec, RouterSpec, RouterUid};
-use pollux_dataplane::slowpath::SlowPathConfig;
+use pollux_dataplane::slowpath::{ServiceId, SlowPathConfig};
 use pollux_dataplane::snapshot::{
     BuildError, NetworkUid, PhysnetId, Segment as DpSegment, Snapshot, SnapshotBuilder,
 };
@@ -392,9 +392,7 @@ pub fn compile(
         b.router(router_spec(state, index, uid, &network_uid));
     }
 
-    b.slow_path(SlowPathConfig {
-        dhcp_per_port: state.dhcp.port,
-    });
+    b.slow_path(SlowPathConfig::default().with_per_port(ServiceId::DHCP, state.dhcp.port));
     let mut dhcp_addresses: BTreeMap<usize, Vec<Ipv4Addr>> = BTreeMap::new();
     for (network, ip) in dhcp::dhcp_server_addresses(state) {
         dhcp_addresses.entry(network).or_default().push(ip);

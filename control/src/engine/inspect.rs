@@ -15,6 +15,7 @@ use pollux_dataplane::worker::Worker;
 use super::{ApplyError, Engine, WORKER_TIMEOUT};
 use pollux_services::addr::fmt_mac;
 use pollux_services::dhcp::service::{LeaseRow, ServiceStats};
+use pollux_services::dispatch::DispatchStats;
 
 impl Engine {
     /// Learned and static FDB entries: (network id, MAC, port key, learned, age in
@@ -165,6 +166,14 @@ impl Engine {
     /// The DHCP server's counters.
     pub fn dhcp_stats(&self) -> ServiceStats {
         self.dhcp.as_ref().map(|d| d.stats()).unwrap_or_default()
+    }
+
+    /// The slow-path thread's counters, per service.
+    pub fn slow_path_stats(&self) -> DispatchStats {
+        self.slow_path
+            .as_ref()
+            .map(|s| s.stats())
+            .unwrap_or_default()
     }
 
     /// Runs `f` on the worker's thread and returns its result.

@@ -55,6 +55,7 @@ use crate::store::{Store, StoreError};
 use crate::validate::{validate, Validated, ValidationError};
 use crate::workers::{self, WorkerThread};
 use pollux_services::dhcp::service::DhcpService;
+use pollux_services::dispatch::{PuntService, SlowPathThread};
 
 /// Directory of the DHCP lease files, inside the state directory.
 pub const LEASE_DIR: &str = "leases";
@@ -234,6 +235,8 @@ pub struct Engine {
     pool_capacity: u32,
     metrics: Arc<MetricsSource>,
     started: Instant,
+    /// The thread that hands punted frames to the services; `None` only after shutdown.
+    slow_path: Option<SlowPathThread>,
     /// The DHCP server; `None` only after shutdown.
     dhcp: Option<DhcpService>,
 }
@@ -329,13 +332,17 @@ impl Engine {
             worker.attach(id, port, &queues);
             status.insert(id, PortStatus::Up);
         }
-        let slow_path = worker.connect_slow_path(DEFAULT_RING_DEPTH);
+        let ends = worker.connect_slow_path(DEFAULT_RING_DEPTH);
         let dhcp = DhcpService::start(
-            vec![slow_path],
             store.as_ref().map(|s| s.dir().join(LEASE_DIR)),
             dhcp_networks(&valid, &identities),
         )
         .map_err(|e| format!("DHCP service: {e}"))?;
+        // The slow path's services, each taking the frames punted with its id: a service
+        // joins with a line here (and its entry in the data plane's `slowpath::SERVICES`).
+        let services: Vec<Box<dyn PuntService>> = vec![Box::new(dhcp.punt_handler())];
+        let slow_path = SlowPathThread::start(vec![ends], services)
+            .map_err(|e| format!("slow-path thread: {e}"))?;
         let counters = worker.counters();
         let mailbox = worker.mailbox();
         let cell = publisher.cell();
@@ -344,6 +351,7 @@ impl Engine {
             MetricsSource::new(vec![(0, Arc::clone(&counters))], Vec::new())
                 .with_generation_fn(move || cell.generation())
                 .with_dhcp_fn(dhcp.stats_fn())
+                .with_slow_path_fn(slow_path.stats_fn())
                 .with_sg_rules_fn(move || {
                     rules_cell
                         .load()
@@ -382,6 +390,7 @@ impl Engine {
             pool_capacity,
             metrics,
             started: Instant::now(),
+            slow_path: Some(slow_path),
             dhcp: Some(dhcp),
         };
         engine.update_metric_ports();
@@ -464,7 +473,11 @@ impl Engine {
     /// Returns the worker's counters and each port's driver statistics.
     pub fn shutdown(mut self) -> Result<Shutdown, String> {
         let driver_stats = self.driver_stats().unwrap_or_default();
-        // Its last lease changes are written before anything else stops.
+        // No service sees a frame after this, so the last lease changes are written
+        // before anything else stops.
+        if let Some(slow_path) = self.slow_path.take() {
+            slow_path.stop();
+        }
         if let Some(dhcp) = self.dhcp.take() {
             dhcp.stop();
         }

@@ -13,6 +13,7 @@ use std::time::Instant;
 
 use pollux_dataplane::conntrack::FlowKey;
 use pollux_dataplane::port::PortId;
+use pollux_dataplane::slowpath::SERVICES;
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -402,11 +403,32 @@ fn stats_get(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
         "drops": d.drops,
         "save_errors": d.save_errors,
     });
+    // Per service: what the workers punted for it and what the slow-path thread did.
+    let dispatched = e.slow_path_stats();
+    let slow_path: Map<String, Value> = SERVICES
+        .iter()
+        .map(|kind| {
+            let handled = dispatched
+                .services
+                .iter()
+                .find(|(name, _)| *name == kind.name)
+                .map(|(_, c)| *c)
+                .unwrap_or_default();
+            let entry = json!({
+                "punted": c.punted_by_service[kind.id.index()].get(),
+                "received": handled.received,
+                "replies": handled.replies,
+                "replies_lost": handled.replies_lost,
+            });
+            (kind.name.to_string(), entry)
+        })
+        .collect();
     Ok(json!({
         "uptime_secs": e.uptime().as_secs(),
         "workers": [worker],
         "drops": drops,
         "dhcp": dhcp,
+        "slow_path": { "services": slow_path, "unhandled": dispatched.unhandled },
         "apply": { "total": m.apply_total(), "failures": m.apply_failures_total() },
     }))
 }

@@ -117,10 +117,10 @@ fn forward<const PER_PACKET_PORT: bool>(cx: &mut BurstCtx<'_>, pkts: &mut [Packe
             }
         }
         if pkt.meta.flags & Meta::MULTICAST != 0 {
-            // A DHCP server hears DHCP and ARP for its addresses, a router ARP for its
-            // addresses; everything else floods.
+            // The network's services hear what they take (DHCP) and ARP for their
+            // addresses, a router ARP for its addresses; everything else floods.
             let ethertype = pkt.meta.ethertype;
-            pkt.meta.next = if net.dhcp_mac != NO_MAC
+            pkt.meta.next = if net.service_mac != NO_MAC
                 && (ethertype == EtherType::IPV4.0 || ethertype == EtherType::ARP.0)
             {
                 produced |= Pending::SLOW_PATH;
@@ -145,7 +145,7 @@ fn forward<const PER_PACKET_PORT: bool>(cx: &mut BurstCtx<'_>, pkts: &mut [Packe
                     .flatten()
                 {
                     Some(router) => Next::Route(router),
-                    None if dst == net.dhcp_mac => Next::SlowPath,
+                    None if dst == net.service_mac => Next::SlowPath,
                     None => match learner
                         .macs
                         .lookup(slot, net.uid, dst)

@@ -1,14 +1,12 @@
-//! The DHCP server as polluxd runs it: a thread on the control side of the workers'
-//! slow-path rings, one [`DhcpServer`] per network with DHCP, leases persisted in the
+//! The DHCP server as polluxd runs it: a service of the slow path (the frames punted with
+//! [`ServiceId::DHCP`]), one [`DhcpServer`] per network with DHCP, leases persisted in the
 //! state directory.
 //!
-//! The `pollux-dhcp` thread drains the punt rings and answers through the inject ring of
-//! the worker that punted (the only one that holds the client's port). The
-//! `pollux-leases` thread expires leases and writes the changed lease tables once per
-//! [`SAVE_INTERVAL`] (and the service once more when stopped), from copies taken under
-//! the lock, so that an fsync on a slow disk never holds up an answer. Nothing here runs
-//! on a worker: a slow or stuck DHCP thread only fills the punt ring, which the worker
-//! counts as drops.
+//! The slow-path thread ([`crate::dispatch`]) hands this service its frames through
+//! [`DhcpService::punt_handler`]. The `pollux-leases` thread expires leases and writes the
+//! changed lease tables once per [`SAVE_INTERVAL`] (and the service once more when
+//! stopped), from copies taken under the lock, so that an fsync on a slow disk never holds
+//! up an answer.
 //!
 //! The engine hands it a new configuration after every apply; a server keeps its leases
 //! across the change unless the port they belong to is gone or its address changed (the
@@ -23,7 +21,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use pollux_dataplane::slowpath::{
-    RingHeader, SlowPathEnds, DHCP_SERVER_PORT, MAX_RING_FRAME, RING_HEADER_LEN,
+    RingHeader, ServiceId, DHCP_SERVER_PORT, MAX_RING_FRAME, RING_HEADER_LEN,
 };
 use pollux_dataplane::snapshot::NetworkUid;
 use pollux_dataplane::wire::{
@@ -36,14 +34,6 @@ use super::{Discard, LeaseInfo, LeaseTable};
 
 /// How often changed lease tables are written.
 pub const SAVE_INTERVAL: Duration = Duration::from_secs(1);
-/// How long the thread sleeps when the rings are empty: from the shortest, doubling each
-/// idle round up to the longest, and back to the shortest as soon as a message comes. A
-/// busy server answers within a fraction of a millisecond, an idle daemon wakes only 200
-/// times a second, and the worker never waits either way: it only fills a ring.
-const MIN_IDLE_SLEEP: Duration = Duration::from_micros(100);
-const MAX_IDLE_SLEEP: Duration = Duration::from_millis(5);
-/// Messages handled per ring per round, so one worker's ring cannot starve another's.
-const BURST: usize = 64;
 const UDP_HEADER_LEN: usize = 8;
 
 /// Why a punted frame got no reply before it reached a server: malformed below DHCP, or
@@ -192,10 +182,10 @@ fn load_leases(path: &Path) -> LeaseTable {
 }
 
 impl DhcpService {
-    /// Starts the service on the control ends of the workers' rings, serving `networks`,
-    /// with leases kept in `lease_dir` (created if missing) when given.
+    /// Starts the service (its lease thread) serving `networks`, with leases kept in
+    /// `lease_dir` (created if missing) when given. Frames reach it once its
+    /// [`DhcpService::punt_handler`] is registered with the slow-path thread.
     pub fn start(
-        ends: Vec<SlowPathEnds>,
         lease_dir: Option<PathBuf>,
         networks: Vec<NetworkDhcp>,
     ) -> std::io::Result<DhcpService> {
@@ -212,12 +202,6 @@ impl DhcpService {
             threads: Vec::new(),
         };
         service.reconfigure(networks);
-        let (shared, stop) = (Arc::clone(&service.shared), Arc::clone(&service.stop));
-        service.threads.push(
-            std::thread::Builder::new()
-                .name("pollux-dhcp".into())
-                .spawn(move || serve(ends, &shared, &stop))?,
-        );
         let (shared, files, stop) = (
             Arc::clone(&service.shared),
             Arc::clone(&service.files),
@@ -305,6 +289,13 @@ impl DhcpService {
         rows
     }
 
+    /// What the slow-path thread hands this service's frames to.
+    pub fn punt_handler(&self) -> DhcpPunt {
+        DhcpPunt {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
     /// The service's counters.
     pub fn stats(&self) -> ServiceStats {
         stats_of(&self.shared)
@@ -360,41 +351,37 @@ fn add_stats(total: &mut DhcpStats, s: DhcpStats) {
     total.other_server += s.other_server;
 }
 
-/// The DHCP thread's loop.
-fn serve(mut ends: Vec<SlowPathEnds>, shared: &Mutex<Shared>, stop: &AtomicBool) {
-    let mut idle_sleep = MIN_IDLE_SLEEP;
-    let mut reply = Vec::with_capacity(MAX_RING_FRAME);
-    while !stop.load(Ordering::Relaxed) {
-        let mut handled = 0;
-        {
-            let mut guard = lock(shared);
-            let shared = &mut *guard;
-            let now = wall_clock_secs();
-            for end in &mut ends {
-                let inject = &mut end.inject;
-                handled += end.punt.pop_burst(BURST, |entry| {
-                    shared.stats.received += 1;
-                    match handle_entry(&mut shared.servers, entry, now, &mut reply) {
-                        Ok(true) => {
-                            let sent = inject.push(&reply);
-                            if sent {
-                                shared.stats.replies += 1;
-                            } else {
-                                count_drop(&mut shared.stats, FrameDrop::InjectFull.as_str());
-                            }
-                        }
-                        Ok(false) => {}
-                        Err(reason) => count_drop(&mut shared.stats, reason),
-                    }
-                    true
-                });
+/// The DHCP server's side of the slow path: answers the frames punted for
+/// [`ServiceId::DHCP`], on the slow-path thread.
+#[derive(Debug)]
+pub struct DhcpPunt {
+    shared: Arc<Mutex<Shared>>,
+}
+
+impl crate::dispatch::PuntService for DhcpPunt {
+    fn id(&self) -> ServiceId {
+        ServiceId::DHCP
+    }
+
+    fn handle(&mut self, entry: &[u8], reply: &mut Vec<u8>) -> bool {
+        let mut guard = lock(&self.shared);
+        let shared = &mut *guard;
+        shared.stats.received += 1;
+        match handle_entry(&mut shared.servers, entry, wall_clock_secs(), reply) {
+            Ok(answered) => answered,
+            Err(reason) => {
+                count_drop(&mut shared.stats, reason);
+                false
             }
         }
-        if handled == 0 {
-            std::thread::sleep(idle_sleep);
-            idle_sleep = (idle_sleep * 2).min(MAX_IDLE_SLEEP);
+    }
+
+    fn replied(&mut self, sent: bool) {
+        let mut shared = lock(&self.shared);
+        if sent {
+            shared.stats.replies += 1;
         } else {
-            idle_sleep = MIN_IDLE_SLEEP;
+            count_drop(&mut shared.stats, FrameDrop::InjectFull.as_str());
         }
     }
 }
@@ -474,6 +461,7 @@ fn handle_entry(
             RingHeader {
                 port: header.port,
                 network: header.network,
+                service: ServiceId::DHCP,
                 l3_offset: 0,
             }
             .write(out);
@@ -561,9 +549,10 @@ mod tests {
     use crate::addr::Ipv4Cidr;
     use crate::dhcp::server::SubnetConfig;
     use crate::dhcp::{DhcpPacket, HostConfig, LeaseState, MessageType};
+    use crate::dispatch::SlowPathThread;
     use pollux_dataplane::port::PortId;
     use pollux_dataplane::ring::{ring, Consumer, Producer};
-    use pollux_dataplane::slowpath::RING_SLOT_SIZE;
+    use pollux_dataplane::slowpath::{SlowPathEnds, RING_SLOT_SIZE};
     use pollux_dataplane::wire::checksum;
     use proptest::prelude::*;
 
@@ -624,6 +613,7 @@ mod tests {
         RingHeader {
             port: PortId(3),
             network: NET,
+            service: ServiceId::DHCP,
             l3_offset: 14,
         }
         .write(&mut out);
@@ -783,7 +773,9 @@ mod tests {
             std::thread::current().id()
         )));
         let (mut punt, mut inject, ends) = rings();
-        let service = DhcpService::start(vec![ends], Some(dir.0.clone()), vec![network()]).unwrap();
+        let service = DhcpService::start(Some(dir.0.clone()), vec![network()]).unwrap();
+        let slow_path =
+            SlowPathThread::start(vec![ends], vec![Box::new(service.punt_handler())]).unwrap();
         assert!(punt.push(&entry(1, &[])));
         let (_, offer) = parse_reply(&await_reply(&mut inject));
         assert_eq!(DhcpPacket::new_checked(&offer[..]).unwrap().yiaddr(), VM_IP);
@@ -800,14 +792,23 @@ mod tests {
             (stats.server.offers, stats.server.acks, stats.leases),
             (1, 1, 1)
         );
+        let dispatched = slow_path.stats();
+        assert_eq!(dispatched.services.len(), 1);
+        assert_eq!(dispatched.services[0].0, "dhcp");
+        assert_eq!(
+            (
+                dispatched.services[0].1.received,
+                dispatched.services[0].1.replies
+            ),
+            (2, 2)
+        );
+        slow_path.stop();
         service.stop();
         let file = lease_file(&dir.0, "net-a");
         assert!(file.exists(), "leases written on stop");
 
         // A new service on the same directory starts with the lease.
-        let (_, _, ends) = rings();
-        let mut service =
-            DhcpService::start(vec![ends], Some(dir.0.clone()), vec![network()]).unwrap();
+        let mut service = DhcpService::start(Some(dir.0.clone()), vec![network()]).unwrap();
         assert_eq!(service.leases().len(), 1);
         // The network goes: its server, leases and file with it.
         service.reconfigure(Vec::new());
@@ -826,8 +827,7 @@ mod tests {
         std::fs::create_dir_all(&dir.0).unwrap();
         let file = lease_file(&dir.0, "net-a");
         std::fs::write(&file, b"{ not json").unwrap();
-        let (_, _, ends) = rings();
-        let service = DhcpService::start(vec![ends], Some(dir.0.clone()), vec![network()]).unwrap();
+        let service = DhcpService::start(Some(dir.0.clone()), vec![network()]).unwrap();
         assert!(service.leases().is_empty());
         assert_eq!(
             std::fs::read(file.with_extension("json.corrupt")).unwrap(),

@@ -2,15 +2,17 @@
 //! inject ring back, as in the design's packet path.
 //!
 //! The L2 stage sends a frame here ([`Next::SlowPath`]) when it is a broadcast on a network
-//! with a DHCP server, or is addressed to that server's MAC. This stage then:
+//! that offers services, or is addressed to the network's service MAC. This stage then:
 //!
-//! - copies a DHCP client message (IPv4, UDP to port 67, not a fragment) into the punt
-//!   ring, within the input port's budget, and frees the frame. The broadcast is not
-//!   flooded on: like OVN's native DHCP, the server is the only one to hear it;
-//! - answers ARP requests for the server's addresses in place, as the router stage does
-//!   for router addresses, so that clients can unicast their renewals;
+//! - copies a packet that one of the network's services takes (its [`service`] table in the
+//!   snapshot: protocol, destination port, optionally address) into the punt ring, with
+//!   the service's id in the ring header, once the service admitted it and within the
+//!   input port's budget for that service, and frees the frame. A broadcast taken so is
+//!   not flooded on: like OVN's native DHCP, the service is the only one to hear it;
+//! - answers ARP requests for the services' addresses in place, as the router stage does
+//!   for router addresses, so that clients can unicast to them (DHCP renewals);
 //! - sends every other broadcast on to where it would have gone (flooding, or the router
-//!   stage for ARP on a routed network), and drops anything else sent to the server's MAC.
+//!   stage for ARP on a routed network), and drops anything else sent to the service MAC.
 //!
 //! Replies come back on the inject ring as whole Ethernet frames with the port and network
 //! to leave by; the worker sends them at its next housekeeping round, tagging them for
@@ -18,7 +20,15 @@
 //!
 //! Both rings are the bounded SPSC slot rings of [`crate::ring`]: the worker never
 //! allocates, blocks or waits on the control plane. A full punt ring is a counted drop,
-//! and the DHCP client retries.
+//! and the client retries.
+
+pub mod dhcp;
+pub mod service;
+
+pub use dhcp::DHCP_SERVER_PORT;
+pub use service::{
+    NetworkService, NetworkServices, ServiceId, ServiceKind, ServiceMatch, MAX_SERVICES, SERVICES,
+};
 
 use crate::buf::FramePool;
 use crate::drop::DropReason;
@@ -29,14 +39,9 @@ use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::PortId;
 use crate::ratelimit::{BucketConfig, TokenBucket};
 use crate::ring::{self, Consumer, Producer};
-use crate::snapshot::{mac_from_u64, mac_to_u64, NetworkEntry, NetworkUid, Snapshot};
-use crate::wire::{
-    ArpOperation, ArpPacket, EtherType, EthernetAddress, EthernetFrame, IpProtocol, Ipv4Packet,
-    UdpPacket,
-};
+use crate::snapshot::{mac_from_u64, NetworkEntry, NetworkUid, Snapshot};
+use crate::wire::{ArpOperation, ArpPacket, EtherType, EthernetAddress, EthernetFrame};
 
-/// UDP port of DHCP servers (RFC 2131 §4.1).
-pub const DHCP_SERVER_PORT: u16 = 67;
 /// Bytes in front of every frame on either ring (see [`RingHeader`]).
 pub const RING_HEADER_LEN: usize = 8;
 /// Size of a ring slot: the header and a frame of up to 2040 bytes.
@@ -49,38 +54,58 @@ pub const DEFAULT_RING_DEPTH: usize = 1024;
 /// Limits of the slow path, part of the snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlowPathConfig {
-    /// DHCP messages one port may send to the server: one VM cannot starve the others.
-    pub dhcp_per_port: BucketConfig,
+    /// Per service (by id), the frames one port may punt to it: one VM cannot starve the
+    /// others, nor spend another service's share.
+    per_port: [BucketConfig; MAX_SERVICES],
 }
 
 impl Default for SlowPathConfig {
     fn default() -> Self {
         SlowPathConfig {
-            dhcp_per_port: BucketConfig {
+            per_port: [BucketConfig {
                 rate_per_sec: 100,
                 burst: 200,
-            },
+            }; MAX_SERVICES],
         }
     }
 }
 
+impl SlowPathConfig {
+    /// This configuration with `per_port` as each port's budget for `service`.
+    pub fn with_per_port(mut self, service: ServiceId, per_port: BucketConfig) -> Self {
+        if let Some(slot) = self.per_port.get_mut(service.index()) {
+            *slot = per_port;
+        }
+        self
+    }
+
+    /// Each port's budget for `service`.
+    pub fn per_port(&self, service: ServiceId) -> BucketConfig {
+        self.per_port[service.index() % MAX_SERVICES]
+    }
+}
+
 /// What travels in front of a frame on the rings: the port it came in by (punt) or leaves
-/// by (inject), its network, and (punt only) where its IPv4 header starts.
+/// by (inject), its network, the service it is for (punt) or from (inject), and (punt
+/// only) where its IPv4 header starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RingHeader {
     /// The port.
     pub port: PortId,
     /// The network's stable identity (slots change between snapshots, uids do not).
     pub network: NetworkUid,
+    /// The service: the control plane dispatches a punted frame by it.
+    pub service: ServiceId,
     /// Offset of the L3 header in the frame (after any 802.1Q tag); 0 on inject.
-    pub l3_offset: u16,
+    pub l3_offset: u8,
 }
 
 impl RingHeader {
     /// Writes the header into the first [`RING_HEADER_LEN`] bytes of `out`.
     pub fn write(&self, out: &mut [u8]) {
         out[0..2].copy_from_slice(&self.port.0.to_le_bytes());
-        out[2..4].copy_from_slice(&self.l3_offset.to_le_bytes());
+        out[2] = self.l3_offset;
+        out[3] = self.service.0;
         out[4..8].copy_from_slice(&self.network.0.to_le_bytes());
     }
 
@@ -90,7 +115,8 @@ impl RingHeader {
         Some((
             RingHeader {
                 port: PortId(u16::from_le_bytes([head[0], head[1]])),
-                l3_offset: u16::from_le_bytes([head[2], head[3]]),
+                l3_offset: head[2],
+                service: ServiceId(head[3]),
                 network: NetworkUid(u32::from_le_bytes([head[4], head[5], head[6], head[7]])),
             },
             frame,
@@ -112,9 +138,10 @@ pub struct SlowPathEnds {
 pub struct SlowPath {
     punt: Option<Producer>,
     inject: Option<Consumer>,
-    /// Per input port (by index), its DHCP budget; grown when a port first punts.
+    /// Per input port (by index) and service, its budget (index
+    /// `port * MAX_SERVICES + service`); grown when a port first punts.
     budgets: Vec<TokenBucket>,
-    budget_config: BucketConfig,
+    budget_config: SlowPathConfig,
     local: Batch,
 }
 
@@ -124,7 +151,7 @@ impl Default for SlowPath {
             punt: None,
             inject: None,
             budgets: Vec::new(),
-            budget_config: SlowPathConfig::default().dhcp_per_port,
+            budget_config: SlowPathConfig::default(),
             local: Batch::with_capacity(MAX_BURST),
         }
     }
@@ -154,17 +181,23 @@ impl SlowPath {
         )
     }
 
-    /// The budget of `port`, following the snapshot's configuration.
-    fn budget(&mut self, port: PortId, config: BucketConfig) -> &mut TokenBucket {
-        if config != self.budget_config {
-            self.budget_config = config;
+    /// The budget of `port` for `service`, following the snapshot's configuration.
+    fn budget(
+        &mut self,
+        port: PortId,
+        service: ServiceId,
+        config: &SlowPathConfig,
+    ) -> &mut TokenBucket {
+        if *config != self.budget_config {
+            self.budget_config = *config;
             self.budgets.clear();
         }
-        let index = port.index();
-        if index >= self.budgets.len() {
-            self.budgets.resize(index + 1, TokenBucket::new(config));
+        let first = port.index() * MAX_SERVICES;
+        while self.budgets.len() <= first {
+            self.budgets
+                .extend(self.budget_config.per_port.map(TokenBucket::new));
         }
-        &mut self.budgets[index]
+        &mut self.budgets[first + service.index() % MAX_SERVICES]
     }
 }
 
@@ -206,43 +239,50 @@ impl SlowPath {
         let Some(net) = snap.network(slot) else {
             return Next::Drop(DropReason::InternalError, Stage::SlowPath);
         };
+        let services = snap.services(slot);
         let l3 = usize::from(pkt.meta.l3_offset);
         if pkt.meta.ethertype == EtherType::IPV4.0 {
             let ip = cx.pool.data(pkt).get(l3..).unwrap_or_default();
-            if is_dhcp_to_server(ip) {
-                if !client_belongs_to_port(snap, slot, pkt.in_port, ip) {
-                    return Next::Drop(DropReason::DhcpForeignClient, Stage::SlowPath);
+            if let Some(kind) = services.match_ipv4(ip).and_then(ServiceId::kind) {
+                if let Some(reason) = (kind.admit)(snap, slot, pkt.in_port, ip) {
+                    return Next::Drop(reason, Stage::SlowPath);
                 }
-                return self.punt(cx, pkt, net.uid);
+                return self.punt(cx, pkt, net.uid, kind);
             }
         } else if pkt.meta.ethertype == EtherType::ARP.0 {
             let data = cx.pool.data_mut(pkt);
             if let Some(arp) = data.get(l3..).and_then(|b| ArpPacket::new_checked(b).ok()) {
                 let asked = u32::from(arp.target_protocol_addr());
                 let sender = u32::from(arp.sender_protocol_addr());
-                if arp.is_ethernet_ipv4() && snap.dhcp_addresses(slot).contains(&sender) {
+                if arp.is_ethernet_ipv4() && services.addresses().contains(&sender) {
                     return Next::Drop(DropReason::ArpClaimsDhcpServer, Stage::SlowPath);
                 }
                 if arp.is_ethernet_ipv4()
                     && arp.operation() == ArpOperation::REQUEST
-                    && snap.dhcp_addresses(slot).contains(&asked)
+                    && services.addresses().contains(&asked)
                 {
-                    let own = EthernetAddress(mac_from_u64(net.dhcp_mac));
+                    let own = EthernetAddress(mac_from_u64(net.service_mac));
                     answer_arp_in_place(data, l3, own);
                     pkt.meta.flags &= !Meta::MULTICAST;
                     return Next::Output(pkt.in_port);
                 }
             }
         }
-        not_for_server(net, pkt)
+        not_for_service(net, pkt)
     }
 
-    fn punt(&mut self, cx: &mut BurstCtx<'_>, pkt: &Packet, network: NetworkUid) -> Next {
+    fn punt(
+        &mut self,
+        cx: &mut BurstCtx<'_>,
+        pkt: &Packet,
+        network: NetworkUid,
+        service: &ServiceKind,
+    ) -> Next {
         if !self
-            .budget(pkt.in_port, cx.snap.slow_path().dhcp_per_port)
+            .budget(pkt.in_port, service.id, cx.snap.slow_path())
             .allow(cx.now_ns)
         {
-            return Next::Drop(DropReason::DhcpRateLimited, Stage::SlowPath);
+            return Next::Drop(service.rate_limited, Stage::SlowPath);
         }
         let frame = cx.pool.data(pkt);
         if frame.len() > MAX_RING_FRAME {
@@ -251,7 +291,8 @@ impl SlowPath {
         let header = RingHeader {
             port: pkt.in_port,
             network,
-            l3_offset: u16::from(pkt.meta.l3_offset),
+            service: service.id,
+            l3_offset: pkt.meta.l3_offset,
         };
         let pushed = self.punt.as_mut().is_some_and(|ring| {
             ring.push_burst(1, |_, slot| {
@@ -265,6 +306,7 @@ impl SlowPath {
         }
         cx.pool.free(pkt.frame);
         cx.counters.punted.inc();
+        cx.counters.punted_by_service[service.id.index() % MAX_SERVICES].inc();
         cx.counters.consumed.inc();
         Next::Consumed
     }
@@ -300,9 +342,9 @@ impl SlowPath {
     }
 }
 
-/// Where a frame the server does not take goes: broadcasts on to their usual place, a
-/// frame to the server's MAC nowhere.
-fn not_for_server(net: &NetworkEntry, pkt: &Packet) -> Next {
+/// Where a frame no service takes goes: broadcasts on to their usual place, a frame to
+/// the service MAC nowhere.
+fn not_for_service(net: &NetworkEntry, pkt: &Packet) -> Next {
     if pkt.meta.flags & Meta::MULTICAST == 0 {
         Next::Drop(DropReason::ToDhcpServer, Stage::SlowPath)
     } else if net.routed && pkt.meta.ethertype == EtherType::ARP.0 {
@@ -310,48 +352,6 @@ fn not_for_server(net: &NetworkEntry, pkt: &Packet) -> Next {
     } else {
         Next::Flood
     }
-}
-
-/// Whether the client hardware address (`chaddr`) of the DHCP message in `l3` may be asked
-/// for from `port`: never another port's MAC (the server would hand that port's address and
-/// options to whoever asks), and on a port with port security only one of its own MACs
-/// (else one VM could drain a pool that serves unknown MACs). A message too short to carry
-/// one is left to the server, which drops it.
-fn client_belongs_to_port(snap: &Snapshot, slot: u16, port: PortId, l3: &[u8]) -> bool {
-    let Some(chaddr) = dhcp_chaddr(l3) else {
-        return true;
-    };
-    if snap
-        .static_mac(slot, chaddr)
-        .is_some_and(|owner| owner != port)
-    {
-        return false;
-    }
-    snap.port_security(port)
-        .is_none_or(|policy| policy.macs().contains(&chaddr))
-}
-
-/// The `chaddr` of the DHCP message in the IPv4/UDP packet `l3`, packed, when the
-/// message is long enough to hold it.
-fn dhcp_chaddr(l3: &[u8]) -> Option<u64> {
-    let ip = Ipv4Packet::new_checked(l3).ok()?;
-    let udp = UdpPacket::new_checked(ip.payload()).ok()?;
-    // BOOTP: op, htype, hlen, hops, xid (4), secs, flags, ciaddr, yiaddr, siaddr, giaddr,
-    // then chaddr at offset 28 (RFC 2131 §2).
-    let mac = udp.payload().get(28..34)?;
-    Some(mac_to_u64([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]]))
-}
-
-/// Whether `l3` starts an IPv4 packet to UDP port 67, unfragmented (a fragment of a DHCP
-/// message is not a message the server could read).
-fn is_dhcp_to_server(l3: &[u8]) -> bool {
-    let Ok(ip) = Ipv4Packet::new_checked(l3) else {
-        return false;
-    };
-    if ip.protocol() != IpProtocol::UDP || ip.more_frags() || ip.frag_offset() != 0 {
-        return false;
-    }
-    UdpPacket::new_checked(ip.payload()).is_ok_and(|udp| udp.dst_port() == DHCP_SERVER_PORT)
 }
 
 /// A packet for an inject ring entry, in a frame of the pool; `None` when the entry is
@@ -394,6 +394,7 @@ mod tests {
         let header = RingHeader {
             port: PortId(0x1234),
             network: NetworkUid(0xdead_beef),
+            service: ServiceId(3),
             l3_offset: 18,
         };
         let mut entry = [0u8; 12];
@@ -403,28 +404,5 @@ mod tests {
         assert_eq!(read, header);
         assert_eq!(frame, &[1, 2, 3, 4]);
         assert!(RingHeader::read(&entry[..7]).is_none());
-    }
-
-    #[test]
-    fn dhcp_test_needs_udp_67_unfragmented() {
-        let mut ip = [0u8; 28];
-        ip[0] = 0x45;
-        ip[2..4].copy_from_slice(&28u16.to_be_bytes());
-        ip[9] = 17;
-        ip[20..22].copy_from_slice(&68u16.to_be_bytes());
-        ip[22..24].copy_from_slice(&67u16.to_be_bytes());
-        ip[24..26].copy_from_slice(&8u16.to_be_bytes());
-        assert!(is_dhcp_to_server(&ip));
-        let mut frag = ip;
-        frag[6] = 0x20; // more fragments
-        assert!(!is_dhcp_to_server(&frag));
-        let mut tcp = ip;
-        tcp[9] = 6;
-        assert!(!is_dhcp_to_server(&tcp));
-        let mut other = ip;
-        other[23] = 68;
-        assert!(!is_dhcp_to_server(&other));
-        assert!(!is_dhcp_to_server(&ip[..24]));
-        assert!(!is_dhcp_to_server(&[]));
     }
 }
