@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 use pollux_control::binding::MemWires;
 use pollux_control::engine::{ApplyOptions, Engine, EngineConfig, Initial, LEASE_DIR};
 use pollux_control::model::DesiredState;
+use pollux_control::rpc::{dispatch_line, Handler, MethodInfo, RpcError};
+use pollux_control::service::Service;
 use pollux_control::store::Store;
 use pollux_dataplane::drop::DropReason;
 use pollux_dataplane::slowpath::ServiceId;
@@ -21,6 +23,7 @@ use pollux_dataplane::wire::checksum;
 use pollux_dataplane::wire::dhcp::{opt, DhcpPacket};
 use pollux_drivers::mem::MemWire;
 use pollux_services::dhcp::LeaseState;
+use serde_json::Value;
 
 const VM1_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 1];
 const STRANGER: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 0x99];
@@ -428,4 +431,57 @@ fn made_up_macs_behind_one_port_get_a_bounded_number_of_leases() {
     assert_eq!(yiaddr(&dhcp_of(&offer).0), Ipv4Addr::new(198, 18, 1, 10));
     assert_eq!(engine.leases().len(), 3, "two dynamic offers and vm1's");
     engine.shutdown().expect("clean shutdown");
+}
+
+/// The daemon's handler with one method that panics (a bug), as the socket would call it.
+struct WithABug(Service);
+
+impl Handler for WithABug {
+    fn call(&mut self, method: &str, params: Option<Value>) -> Result<Value, RpcError> {
+        if method == "bug.trigger" {
+            let _ = self.0.engine.generation();
+            panic!("a bug in a handler");
+        }
+        self.0.call(method, params)
+    }
+    fn methods(&self) -> Vec<MethodInfo> {
+        let mut methods = self.0.methods();
+        methods.push(MethodInfo::new("bug.trigger", "bug.trigger -> never"));
+        methods
+    }
+    fn generation(&self) -> u64 {
+        self.0.generation()
+    }
+}
+
+/// A handler that panics is answered with -32603 and the process goes on: the worker
+/// keeps forwarding (a DHCP exchange through it, before and after) and the next method
+/// is served. Release builds unwind too (`release_profile.rs`), so this holds there.
+#[test]
+fn a_panicking_handler_neither_stops_forwarding_nor_the_next_method() {
+    let dir = TempDir::new();
+    let wires = MemWires::default();
+    let engine = start(&dir, state("198.18.1.10", true), &wires);
+    let mut vm1 = wire(&wires, "port:vm1");
+    let discover = client_frame(VM1_MAC, 1, Ipv4Addr::UNSPECIFIED, &[]);
+    assert!(exchange(&mut vm1, &discover).is_some(), "an offer before");
+
+    let mut handler = WithABug(Service::new(engine));
+    let reply = dispatch_line(
+        &mut handler,
+        br#"{"jsonrpc":"2.0","id":1,"method":"bug.trigger"}"#,
+    )
+    .expect("a reply");
+    let reply: Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(reply["error"]["code"], -32603, "{reply}");
+
+    assert!(exchange(&mut vm1, &discover).is_some(), "an offer after");
+    let reply = dispatch_line(
+        &mut handler,
+        br#"{"jsonrpc":"2.0","id":2,"method":"stats.get"}"#,
+    )
+    .expect("a reply");
+    let reply: Value = serde_json::from_slice(&reply).unwrap();
+    assert_eq!(reply["result"]["dhcp"]["offers"], 2, "{reply}");
+    handler.0.engine.shutdown().expect("clean shutdown");
 }
