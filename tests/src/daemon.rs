@@ -6,12 +6,17 @@
 //!   `@P@` with a per-test interface prefix, into a temporary file removed on drop.
 //! - [`Polluxd`] runs `ip netns exec NS polluxd --config F --cores C` (so the child's PID
 //!   is polluxd itself: `ip netns exec` execs it), waits until it reports `ready`, and
-//!   kills it on drop, so no daemon outlives a failing test.
+//!   kills it on drop, so no daemon outlives a failing test; [`Polluxd::call`] calls a
+//!   method on its socket.
+//! - [`setup`] is what every test of polluxd in namespaces starts with.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
-use std::sync::OnceLock;
+use std::sync::{MutexGuard, OnceLock};
 use std::time::Duration;
+
+use pollux_control::client::Client;
+use serde_json::{json, Value};
 
 use crate::netns::{self, Netns, Proc};
 
@@ -107,6 +112,14 @@ pub fn agent_path() -> &'static Path {
         Ok(p) => p,
         Err(e) => panic!("cannot build pollux-agent: {e}"),
     }
+}
+
+/// Root and `tools` (it fails, never skips, when one is missing), one test at a time, and
+/// polluxd built before the test's clock starts. Hold the guard for the whole test.
+pub fn setup(tools: &[&str]) -> MutexGuard<'static, ()> {
+    let guard = netns::exclusive(tools);
+    polluxd_path();
+    guard
 }
 
 /// The last CPU of the machine, as a `--cores` list: where the tests pin the worker.
@@ -253,6 +266,23 @@ impl Polluxd {
             socket,
             _run: None,
         })
+    }
+
+    /// Calls `method` on the daemon's socket; panics on any error.
+    pub fn call(&self, method: &str, params: Value) -> Value {
+        let mut client = Client::connect(self.socket())
+            .unwrap_or_else(|e| panic!("connect to {}: {e}", self.socket().display()));
+        client
+            .call(method, params)
+            .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    /// The worker's counter `name` (`stats.get` → `workers[0]`); panics when it has none.
+    pub fn worker_stat(&self, name: &str) -> u64 {
+        let stats = self.call("stats.get", json!({}));
+        stats["workers"][0][name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("stats.get has no workers[0].{name}: {stats}"))
     }
 
     /// Its control socket.

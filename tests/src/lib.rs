@@ -1,6 +1,6 @@
 //! Helpers shared by the Pollux integration tests and benchmarks: frame builders, an
-//! in-memory switch (one worker, `mem` ports, a publisher) that a test drives by hand, and
-//! a `polluxd` wrapper. The namespace kit (namespaces, probes, DHCP clients, the Open
+//! in-memory switch (one worker, `mem` ports, a publisher) that a test drives by hand, a
+//! `polluxd` wrapper, and `vm_lab` (namespaces as VMs plugged into polluxd's namespace). The namespace kit (namespaces, probes, DHCP clients, the Open
 //! vSwitch peer) is `pollux-testkit`, re-exported here under its old paths.
 
 pub mod daemon;

@@ -1,20 +1,126 @@
 //! polluxd in a host namespace with namespaces as VMs plugged into it over veths, the
-//! set-up the netns e2e tests of port security and security groups share.
+//! set-up the netns e2e tests share: [`VmNet`] is the namespaces alone (a test starts
+//! polluxd, or several, itself), [`VmLab`] the namespaces with polluxd running.
 
-use pollux_control::client::Client;
+use std::time::Duration;
+
 use serde_json::{json, Value};
 
 use crate::daemon::{self, ConfigFile, Polluxd};
-use crate::netns::{Netns, Topology, VethOptions};
+use crate::netns::{self, Netns, Topology, VethOptions};
 
 /// A VM: namespace `role`, whose `eth0` has `mac` and `ip`/24. Its veth's other end is in
 /// the host namespace, named from the run's prefix and `role` (the configuration's
 /// `@P@<role>`).
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub struct Vm {
     pub role: &'static str,
     pub mac: &'static str,
     pub ip: &'static str,
+}
+
+/// Namespace `host` (where polluxd runs) and one namespace per VM, joined by veths
+/// `host:<P><role>` ↔ `<role>:eth0`, IPv6 off everywhere (its link-local chatter would
+/// only add noise to counters and captures). Dropping it deletes the namespaces.
+#[derive(Debug)]
+pub struct VmNet {
+    pub topo: Topology,
+}
+
+impl VmNet {
+    /// Namespace `host` and `vms`, plugged; panics on any failure.
+    pub fn new(vms: &[&Vm]) -> VmNet {
+        VmNet::with_roles(Topology::new(), &[], vms)
+    }
+
+    /// `topo` with namespace `host`, one namespace per `extra` role (not plugged: the
+    /// test wires them) and `vms`, plugged.
+    pub fn with_roles(mut topo: Topology, extra: &[&str], vms: &[&Vm]) -> VmNet {
+        let roles = std::iter::once("host")
+            .chain(extra.iter().copied())
+            .chain(vms.iter().map(|vm| vm.role));
+        for role in roles {
+            topo.add_ns(role).unwrap();
+            topo.ns(role).unwrap().disable_ipv6().unwrap();
+        }
+        let net = VmNet { topo };
+        for vm in vms {
+            net.plug(vm, &VethOptions::default());
+        }
+        net
+    }
+
+    /// Creates the veth between `host` and `vm` (with `options`; the guest end gets the
+    /// VM's MAC) and gives the guest end its address. The guest keeps the kernel's default
+    /// offloads: polluxd completes the TCP/UDP checksums its veth leaves partial.
+    pub fn plug(&self, vm: &Vm, options: &VethOptions) {
+        let options = VethOptions {
+            mac_b: Some(vm.mac.to_owned()),
+            ..options.clone()
+        };
+        self.topo
+            .veth_with("host", &self.switch_if(vm), vm.role, "eth0", &options)
+            .unwrap();
+        self.topo
+            .addr(vm.role, "eth0", &format!("{}/24", vm.ip))
+            .unwrap();
+    }
+
+    /// The run's interface prefix (`@P@` in configurations).
+    pub fn prefix(&self) -> &str {
+        self.topo.prefix().as_str()
+    }
+
+    /// The switch-side interface of `vm` (in namespace `host`).
+    pub fn switch_if(&self, vm: &Vm) -> String {
+        self.topo.prefix().ifname(vm.role).unwrap()
+    }
+
+    /// The namespace of `role`.
+    pub fn ns(&self, role: &str) -> &Netns {
+        self.topo.ns(role).unwrap()
+    }
+
+    /// Namespace `host`.
+    pub fn host(&self) -> &Netns {
+        self.ns("host")
+    }
+
+    /// The namespace of `vm`.
+    pub fn vm(&self, vm: &Vm) -> &Netns {
+        self.ns(vm.role)
+    }
+
+    /// `template` (a file in `configs/`) rendered with this run's prefix.
+    pub fn config(&self, template: &str) -> ConfigFile {
+        ConfigFile::render(template, self.prefix()).unwrap()
+    }
+
+    /// polluxd in namespace `host` with `config`, its worker on the last CPU; panics when
+    /// it does not get ready.
+    pub fn start(&self, config: &ConfigFile) -> Polluxd {
+        Polluxd::start(self.host(), config.path(), &daemon::last_cpu())
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Every one of `count` pings from `from` to `to` answered; else panics with polluxd's
+    /// stderr so far.
+    pub fn assert_reach(&self, from: &Vm, to: &Vm, count: u32, polluxd: &Polluxd) {
+        let r = self.ping(from.role, to.ip, count);
+        assert!(
+            r.all_received(),
+            "{} -> {}: {r:?}, expected every reply; polluxd stderr so far:\n{}",
+            from.role,
+            to.role,
+            polluxd.stderr_so_far()
+        );
+    }
+
+    /// `count` pings from namespace `from` to `to`, 0.2 s apart, at most `count * 0.2 + 3` s.
+    pub fn ping(&self, from: &str, to: &str, count: u32) -> netns::PingResult {
+        let limit = Duration::from_millis(u64::from(count) * 200 + 3000);
+        netns::ping(self.ns(from), to, count, limit).unwrap()
+    }
 }
 
 /// A running lab; dropping it stops polluxd and deletes the namespaces.
@@ -26,31 +132,14 @@ pub struct VmLab {
 }
 
 impl VmLab {
-    /// Plugs `vms` (IPv6 off everywhere, so no stray neighbour discovery) and starts
-    /// polluxd in the host namespace with configuration `config` (a file in `configs/`
-    /// with `@P@` for the prefix) on the last CPU. Panics on any failure.
+    /// Plugs `vms` and starts polluxd in the host namespace with configuration `config` (a
+    /// file in `configs/` with `@P@` for the prefix) on the last CPU. Panics on any failure.
     pub fn start(config: &str, vms: &[&Vm]) -> VmLab {
-        let mut topo = Topology::new();
-        topo.add_ns("host").unwrap();
-        topo.ns("host").unwrap().disable_ipv6().unwrap();
-        for vm in vms {
-            topo.add_ns(vm.role).unwrap();
-            topo.ns(vm.role).unwrap().disable_ipv6().unwrap();
-            let switch_if = topo.prefix().ifname(vm.role).unwrap();
-            let options = VethOptions {
-                mac_b: Some(vm.mac.to_owned()),
-                ..VethOptions::default()
-            };
-            topo.veth_with("host", &switch_if, vm.role, "eth0", &options)
-                .unwrap();
-            topo.addr(vm.role, "eth0", &format!("{}/24", vm.ip))
-                .unwrap();
-        }
-        let config = ConfigFile::render(config, topo.prefix().as_str()).unwrap();
-        let polluxd = Polluxd::start(topo.ns("host").unwrap(), config.path(), &daemon::last_cpu())
-            .unwrap_or_else(|e| panic!("{e}"));
+        let net = VmNet::new(vms);
+        let config = net.config(config);
+        let polluxd = net.start(&config);
         VmLab {
-            topo,
+            topo: net.topo,
             polluxd,
             _config: config,
         }
@@ -63,10 +152,7 @@ impl VmLab {
 
     /// Calls `method` on polluxd's socket; panics on an error.
     pub fn call(&self, method: &str, params: Value) -> Value {
-        let mut client = Client::connect(self.polluxd.socket()).expect("connect to polluxd");
-        client
-            .call(method, params)
-            .unwrap_or_else(|e| panic!("{method}: {e:?}"))
+        self.polluxd.call(method, params)
     }
 
     /// Frames dropped for `reason` so far (`stats.get`).

@@ -22,14 +22,12 @@
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
-use std::sync::MutexGuard;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pollux_control::client::Client;
 use pollux_tests::daemon::{self, ConfigFile, Polluxd, RunDir};
 use pollux_tests::dhcp::{self, DhcpClient, Event, Kind};
-use pollux_tests::netns::{self, Netns, Topology, VethOptions};
+use pollux_tests::netns::{Netns, Topology, VethOptions};
 use serde_json::{json, Value};
 
 const TOOLS: &[&str] = &[
@@ -108,14 +106,6 @@ const GUEST: Vm = Vm {
     ip: None,
     interface_mac: "fa:16:3e:30:00:99",
 };
-
-/// Root, the tools, polluxd built, one test at a time, and a sweep of namespaces left by
-/// earlier, dead runs.
-fn setup() -> MutexGuard<'static, ()> {
-    let guard = netns::exclusive(TOOLS);
-    daemon::polluxd_path();
-    guard
-}
 
 /// What of the host a DHCP client could change by mistake, to compare after a test.
 #[derive(Debug, PartialEq, Eq)]
@@ -301,17 +291,9 @@ impl Lab {
     }
 }
 
-fn call(polluxd: &Polluxd, method: &str, params: Value) -> Value {
-    let mut client = Client::connect(polluxd.socket())
-        .unwrap_or_else(|e| panic!("connect to {}: {e}", polluxd.socket().display()));
-    client
-        .call(method, params)
-        .unwrap_or_else(|e| panic!("{method}: {e}"))
-}
-
 /// `stats.get`'s `dhcp` object.
 fn dhcp_stats(polluxd: &Polluxd) -> Value {
-    call(polluxd, "stats.get", json!({}))["dhcp"].clone()
+    polluxd.call("stats.get", json!({}))["dhcp"].clone()
 }
 
 fn counter(stats: &Value, key: &str) -> u64 {
@@ -322,7 +304,7 @@ fn counter(stats: &Value, key: &str) -> u64 {
 
 /// `leases.list` for the network: its leases.
 fn leases(polluxd: &Polluxd) -> Vec<Value> {
-    let r = call(polluxd, "leases.list", json!({ "network_id": NETWORK }));
+    let r = polluxd.call("leases.list", json!({ "network_id": NETWORK }));
     assert!(
         r["generation"].is_u64(),
         "leases.list without generation: {r}"
@@ -458,7 +440,7 @@ fn stop_cleanly(polluxd: Polluxd, sig: libc::c_int) -> String {
 #[test]
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn udhcpc_dhclient_and_dhcpcd_bind_renew_and_release() {
-    let _serial = setup();
+    let _serial = daemon::setup(TOOLS);
     let host = HostFiles::snapshot();
     let started = Instant::now();
     let vms = [(Kind::Udhcpc, U), (Kind::Dhclient, D), (Kind::Dhcpcd, C)];
@@ -576,7 +558,7 @@ fn udhcpc_dhclient_and_dhcpcd_bind_renew_and_release() {
 #[test]
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn leases_survive_a_restart_and_the_client_keeps_its_address() {
-    let _serial = setup();
+    let _serial = daemon::setup(TOOLS);
     let host = HostFiles::snapshot();
     let started = Instant::now();
     let lab = Lab::new(&[U], "");
@@ -634,7 +616,7 @@ fn leases_survive_a_restart_and_the_client_keeps_its_address() {
 #[test]
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn a_changed_fixed_ip_naks_the_renewal_and_a_removed_port_loses_its_lease() {
-    let _serial = setup();
+    let _serial = daemon::setup(TOOLS);
     let host = HostFiles::snapshot();
     let started = Instant::now();
     let lab = Lab::new(&[U, B], "");
@@ -653,12 +635,12 @@ fn a_changed_fixed_ip_naks_the_renewal_and_a_removed_port_loses_its_lease() {
 
     // Without a restart: vm-u's fixed IP changes, vm-b goes.
     let new_ip = "198.18.30.31";
-    let mut state = call(&polluxd, "config.get", json!({}))["state"].clone();
+    let mut state = polluxd.call("config.get", json!({}))["state"].clone();
     let ports = state["ports"].as_array_mut().unwrap();
     ports.retain(|p| p["id"] != B.port);
     let port_u = ports.iter_mut().find(|p| p["id"] == U.port).unwrap();
     port_u["fixed_ips"][0]["ip_address"] = json!(new_ip);
-    let applied = call(&polluxd, "config.apply", json!({ "state": state }));
+    let applied = polluxd.call("config.apply", json!({ "state": state }));
     assert_eq!(applied["applied"], true, "{applied}");
 
     let listed = leases(&polluxd);
@@ -717,7 +699,7 @@ fn a_changed_fixed_ip_naks_the_renewal_and_a_removed_port_loses_its_lease() {
 #[test]
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn an_unknown_mac_gets_no_offer_unless_its_subnet_serves_unknown_macs() {
-    let _serial = setup();
+    let _serial = daemon::setup(TOOLS);
     let host = HostFiles::snapshot();
     let started = Instant::now();
     // A port with a fixed IP at the start of the subnet, in memory: the dynamic pool must
@@ -769,9 +751,9 @@ binding = {{ driver = "mem" }}
     drop(client);
 
     // The subnet serves unknown MACs: the guest gets a free address of the subnet.
-    let mut state = call(&polluxd, "config.get", json!({}))["state"].clone();
+    let mut state = polluxd.call("config.get", json!({}))["state"].clone();
     state["subnets"][0]["dhcp_serve_unknown"] = json!(true);
-    let applied = call(&polluxd, "config.apply", json!({ "state": state }));
+    let applied = polluxd.call("config.apply", json!({ "state": state }));
     assert_eq!(applied["applied"], true, "{applied}");
     let mut client = DhcpClient::udhcpc_once(ns, &ifname, 3).unwrap();
     let ev = client

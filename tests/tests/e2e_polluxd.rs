@@ -17,16 +17,12 @@
 //! when any is missing. The tests run one at a time (a poll-mode worker pinned to the last
 //! CPU each; the machine is small) and each stays well under 30 s.
 
-use std::sync::MutexGuard;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pollux_tests::daemon::{
-    self, driver_counters, parse_worker_totals, xdp_attached, ConfigFile, Polluxd,
-};
-use pollux_tests::netns::{
-    self, iperf3_client, iperf3_server, ping, CaptureFormat, Netns, Topology, VethOptions,
-};
+use pollux_tests::daemon::{self, driver_counters, parse_worker_totals, xdp_attached, Polluxd};
+use pollux_tests::netns::{self, iperf3_client, iperf3_server, CaptureFormat, Netns, VethOptions};
+use pollux_tests::vm_lab::{Vm, VmNet};
 
 const TOOLS: &[&str] = &["ip", "ping", "iperf3", "tcpdump", "ethtool"];
 const CONFIG: &str = "e2e-two-local-networks.toml";
@@ -51,106 +47,22 @@ const B1: Vm = Vm {
 const PREFIX_LEN: u8 = 24;
 const SUBNET_BROADCAST: &str = "198.18.20.255";
 
-#[derive(Debug, Clone, Copy)]
-struct Vm {
-    role: &'static str,
-    mac: &'static str,
-    ip: &'static str,
-}
-
-/// Root, the tools, polluxd built, one test at a time, and a sweep of namespaces left by
-/// earlier, dead runs.
-fn setup() -> MutexGuard<'static, ()> {
-    let guard = netns::exclusive(TOOLS);
-    daemon::polluxd_path();
-    guard
-}
-
 /// A test's topology: namespace `host` (where polluxd runs) and one namespace per VM,
-/// joined by veths `host:<P><role>` ↔ `<role>:eth0`.
-struct Lab {
-    topo: Topology,
+/// joined by veths `host:<P><role>` ↔ `<role>:eth0` (the kit's [`VmNet`]).
+fn new_lab(vms: &[Vm]) -> VmNet {
+    VmNet::new(&vms.iter().collect::<Vec<_>>())
 }
 
-impl Lab {
-    fn new(vms: &[Vm]) -> Lab {
-        let mut topo = Topology::new();
-        topo.add_ns("host").unwrap();
-        topo.ns("host").unwrap().disable_ipv6().unwrap();
-        for vm in vms {
-            topo.add_ns(vm.role).unwrap();
-            // No IPv6: its link-local chatter would only add noise to counters and captures.
-            topo.ns(vm.role).unwrap().disable_ipv6().unwrap();
-        }
-        let lab = Lab { topo };
-        for vm in vms {
-            lab.plug(vm);
-        }
-        lab
-    }
+/// The pings these tests send.
+trait Pings {
+    fn ping_vm(&self, from: &Vm, to: &Vm, count: u32) -> netns::PingResult;
+    fn ping_df(&self, from: &Vm, to: &Vm, size: u32, count: u32) -> netns::PingResult;
+}
 
-    /// Creates the veth between `host` and `vm` and configures the guest end.
-    fn plug(&self, vm: &Vm) {
-        self.topo
-            .veth_with(
-                "host",
-                &self.switch_if(vm),
-                vm.role,
-                "eth0",
-                &VethOptions {
-                    mac_b: Some(vm.mac.to_owned()),
-                    ..VethOptions::default()
-                },
-            )
-            .unwrap();
-        // The guest keeps the kernel's default offloads: polluxd completes the TCP/UDP
-        // checksums its veth leaves partial.
-        self.topo
-            .addr(vm.role, "eth0", &format!("{}/{PREFIX_LEN}", vm.ip))
-            .unwrap();
-    }
-
-    fn prefix(&self) -> &str {
-        self.topo.prefix().as_str()
-    }
-
-    /// The switch-side interface of `vm` (in namespace `host`).
-    fn switch_if(&self, vm: &Vm) -> String {
-        self.topo.prefix().ifname(vm.role).unwrap()
-    }
-
-    fn host(&self) -> &Netns {
-        self.topo.ns("host").unwrap()
-    }
-
-    fn vm(&self, vm: &Vm) -> &Netns {
-        self.topo.ns(vm.role).unwrap()
-    }
-
-    fn config(&self, template: &str) -> ConfigFile {
-        ConfigFile::render(template, self.prefix()).unwrap()
-    }
-
-    fn start(&self, config: &ConfigFile) -> Polluxd {
-        Polluxd::start(self.host(), config.path(), &daemon::last_cpu())
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
+impl Pings for VmNet {
     /// `count` pings from `from` to `to`, 0.2 s apart, at most `count * 0.2 + 3` s.
-    fn ping(&self, from: &Vm, to: &Vm, count: u32) -> netns::PingResult {
-        let limit = Duration::from_millis(u64::from(count) * 200 + 3000);
-        ping(self.vm(from), to.ip, count, limit).unwrap()
-    }
-
-    fn assert_reach(&self, from: &Vm, to: &Vm, count: u32, polluxd: &Polluxd) {
-        let r = self.ping(from, to, count);
-        assert!(
-            r.all_received(),
-            "{} -> {}: {r:?}, expected every reply; polluxd stderr so far:\n{}",
-            from.role,
-            to.role,
-            polluxd.stderr_so_far()
-        );
+    fn ping_vm(&self, from: &Vm, to: &Vm, count: u32) -> netns::PingResult {
+        self.ping(from.role, to.ip, count)
     }
 
     /// `ping -M do -s SIZE` (don't fragment) from `from` to `to`, with a 2 s deadline: when
@@ -209,9 +121,9 @@ fn wait_xdp_gone(ns: &Netns, ifnames: &[&str]) -> Vec<String> {
 #[test]
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn ping_iperf_arp_broadcast_and_isolation() {
-    let _serial = setup();
+    let _serial = daemon::setup(TOOLS);
     let started = Instant::now();
-    let lab = Lab::new(&[A1, A2, B1]);
+    let lab = new_lab(&[A1, A2, B1]);
     let config = lab.config(CONFIG);
     let polluxd = lab.start(&config);
 
@@ -307,7 +219,7 @@ fn ping_iperf_arp_broadcast_and_isolation() {
 
     // Isolation: same subnet, different network: no replies either way.
     for (from, to) in [(&A1, &B1), (&B1, &A2)] {
-        let r = lab.ping(from, to, 3);
+        let r = lab.ping_vm(from, to, 3);
         assert_eq!(
             r.received,
             0,
@@ -353,9 +265,9 @@ fn ping_iperf_arp_broadcast_and_isolation() {
 #[test]
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn full_size_frames_and_jumbo() {
-    let _serial = setup();
+    let _serial = daemon::setup(TOOLS);
     let started = Instant::now();
-    let lab = Lab::new(&[A1, A2, B1]);
+    let lab = new_lab(&[A1, A2, B1]);
     let (a1_if, a2_if) = (lab.switch_if(&A1), lab.switch_if(&A2));
 
     // A network MTU of 9000 in the configuration is refused at startup.
@@ -472,9 +384,9 @@ fn assert_oversized_dropped_by_socket(
 #[test]
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn link_down_up_while_traffic_runs() {
-    let _serial = setup();
+    let _serial = daemon::setup(TOOLS);
     let started = Instant::now();
-    let lab = Lab::new(&[A1, A2, B1]);
+    let lab = new_lab(&[A1, A2, B1]);
     let config = lab.config(CONFIG);
     let mut polluxd = lab.start(&config);
     lab.assert_reach(&A1, &A2, 2, &polluxd);
@@ -523,9 +435,9 @@ fn link_down_up_while_traffic_runs() {
 #[test]
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn sigkill_and_restart() {
-    let _serial = setup();
+    let _serial = daemon::setup(TOOLS);
     let started = Instant::now();
-    let lab = Lab::new(&[A1, A2, B1]);
+    let lab = new_lab(&[A1, A2, B1]);
     let ifnames: Vec<String> = [A1, A2, B1].iter().map(|vm| lab.switch_if(vm)).collect();
     let ifnames: Vec<&str> = ifnames.iter().map(String::as_str).collect();
     let config = lab.config(CONFIG);
@@ -554,13 +466,13 @@ fn sigkill_and_restart() {
         left.is_empty(),
         "XDP programs survived polluxd's SIGKILL on {left:?}"
     );
-    let r = lab.ping(&A1, &A2, 2);
+    let r = lab.ping_vm(&A1, &A2, 2);
     assert_eq!(r.received, 0, "a1 reached a2 with no switch running: {r:?}");
 
     // A new polluxd on the same configuration, no manual clean-up.
     let polluxd = lab.start(&config);
     lab.assert_reach(&A1, &A2, 3, &polluxd);
-    let r = lab.ping(&A1, &B1, 2);
+    let r = lab.ping_vm(&A1, &B1, 2);
     assert_eq!(r.received, 0, "isolation lost after the restart: {r:?}");
     let (totals, stderr) = stop_cleanly(polluxd);
     assert!(totals.rx > 0 && totals.tx > 0, "{stderr}");
@@ -575,10 +487,10 @@ fn sigkill_and_restart() {
 #[test]
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn missing_interface_is_a_clear_error() {
-    let _serial = setup();
+    let _serial = daemon::setup(TOOLS);
     let started = Instant::now();
     // b1's interface is missing; a1's and a2's exist and are bound first.
-    let lab = Lab::new(&[A1, A2]);
+    let lab = new_lab(&[A1, A2]);
     let missing = lab.switch_if(&B1);
     let config = lab.config(CONFIG);
     let mut polluxd = Polluxd::spawn(lab.host(), config.path(), &daemon::last_cpu()).unwrap();
@@ -619,8 +531,8 @@ fn missing_interface_is_a_clear_error() {
 #[test]
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn interface_deleted_and_recreated_without_restart() {
-    let _serial = setup();
-    let lab = Lab::new(&[A1, A2, B1]);
+    let _serial = daemon::setup(TOOLS);
+    let lab = new_lab(&[A1, A2, B1]);
     let config = lab.config(CONFIG);
     let mut polluxd = lab.start(&config);
     lab.assert_reach(&A1, &A2, 2, &polluxd);
@@ -636,12 +548,12 @@ fn interface_deleted_and_recreated_without_restart() {
         polluxd.stderr_so_far()
     );
     assert_eq!(
-        lab.ping(&A1, &A2, 2).received,
+        lab.ping_vm(&A1, &A2, 2).received,
         0,
         "a2 answered without an interface"
     );
 
-    lab.plug(&A2);
+    lab.plug(&A2, &VethOptions::default());
     assert!(
         polluxd.wait_stderr_contains(
             &format!("interface {a2_if} is back"),
@@ -663,8 +575,8 @@ fn interface_deleted_and_recreated_without_restart() {
 #[test]
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn several_queues_per_interface() {
-    let _serial = setup();
-    let lab = Lab::new(&[A1, A2]);
+    let _serial = daemon::setup(TOOLS);
+    let lab = new_lab(&[A1, A2]);
     for vm in [A1, A2] {
         let ifname = lab.switch_if(&vm);
         lab.host().ip(&["link", "del", &ifname]).unwrap();

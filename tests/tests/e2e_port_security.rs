@@ -15,7 +15,6 @@
 //! Needs root and `ip`, `ping`, `tcpdump`, `arping`, `dnsmasq`, `udhcpc`; fails, never
 //! skips, when any is missing. The guests keep the kernel's default offloads.
 
-use std::sync::MutexGuard;
 use std::time::Duration;
 
 use pollux_tests::daemon;
@@ -44,12 +43,6 @@ const A3: Vm = Vm {
 };
 const GATEWAY: &str = "198.18.30.1";
 const FOREIGN_MAC: &str = "fa:16:3e:1e:99:99";
-
-fn setup() -> MutexGuard<'static, ()> {
-    let guard = netns::exclusive(TOOLS);
-    daemon::polluxd_path();
-    guard
-}
 
 /// Applies the running state with a1's port security switched `on` or off.
 fn set_port_security(lab: &VmLab, on: bool) {
@@ -115,7 +108,7 @@ fn ping_from_a_foreign_mac(lab: &VmLab) {
 #[test]
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn spoofed_addresses_reach_no_other_vm() {
-    let _serial = setup();
+    let _serial = daemon::setup(TOOLS);
     let lab = VmLab::start(CONFIG, &[&A1, &A2, &A3]);
     let (a1, a2) = (lab.vm(&A1), lab.vm(&A2));
 
@@ -225,7 +218,7 @@ impl Drop for RogueDhcp {
 #[test]
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn a_rogue_dhcp_server_answers_nobody() {
-    let _serial = setup();
+    let _serial = daemon::setup(TOOLS);
     let lab = VmLab::start(CONFIG, &[&A1, &A2, &A3]);
     let _rogue = RogueDhcp::start(lab.vm(&A1));
     let offers = ["udp", "and", "src", "port", "67"];

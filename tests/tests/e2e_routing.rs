@@ -19,7 +19,7 @@ use pollux_tests::daemon::{self, ConfigFile, Polluxd};
 use pollux_tests::netns::{
     self, iperf3_client, iperf3_client_parallel, iperf3_server, ping, Netns, Topology, VethOptions,
 };
-use serde_json::{json, Value};
+use serde_json::json;
 
 const TOOLS: &[&str] = &["ip", "ping", "iperf3", "ethtool", "traceroute"];
 const CONFIG: &str = "e2e-router.toml";
@@ -96,14 +96,6 @@ fn lab(internet: bool) -> Topology {
     topo
 }
 
-fn call(polluxd: &Polluxd, method: &str) -> Value {
-    let mut client = Client::connect(polluxd.socket())
-        .unwrap_or_else(|e| panic!("connect to {}: {e}", polluxd.socket().display()));
-    client
-        .call(method, json!({}))
-        .unwrap_or_else(|e| panic!("{method}: {e}"))
-}
-
 /// One ping with the reply's TTL: `ping -c 1` prints `ttl=N` for the reply.
 fn reply_ttl(ns: &Netns, dst: &str) -> Option<u32> {
     let out = ns
@@ -156,7 +148,7 @@ fn ping_and_tcp_across_a_router_with_arp_and_ttl() {
     let r = ping(b1, A1.ip, 5, Duration::from_secs(5)).unwrap();
     assert!(r.all_received(), "b1 -> a1: {r:?}");
 
-    let neighbors = call(&polluxd, "neighbors.list");
+    let neighbors = polluxd.call("neighbors.list", json!({}));
     let entries = neighbors["neighbors"].as_array().unwrap();
     for (network, ip, mac) in [("net-a", A1.ip, A1.mac), ("net-b", B1.ip, B1.mac)] {
         assert!(
@@ -224,7 +216,7 @@ fn ping_and_tcp_across_a_router_with_arp_and_ttl() {
     let fitting = ping_df("1372");
     let summary = netns::parse_ping_summary(&fitting).unwrap();
     assert!(summary.all_received(), "{fitting}");
-    let stats = call(&polluxd, "stats.get");
+    let stats = polluxd.call("stats.get", json!({}));
     eprintln!("drops at the end: {}", stats["drops"]);
     assert!(
         stats["drops"]["mtu_exceeded"].as_u64() >= Some(1),
@@ -274,7 +266,7 @@ fn snat_floating_ip_and_hairpin_to_an_internet_namespace() {
         tcp.received_bps / 1e9,
         tcp.retransmits
     );
-    let sessions = call(&polluxd, "sessions.list");
+    let sessions = polluxd.call("sessions.list", json!({}));
     let tcp_sessions = sessions["sessions"]
         .as_array()
         .unwrap()
@@ -358,7 +350,7 @@ fn snat_floating_ip_and_hairpin_to_an_internet_namespace() {
         tcp.received_bps / 1e9
     );
 
-    let stats = call(&polluxd, "stats.get");
+    let stats = polluxd.call("stats.get", json!({}));
     eprintln!("drops at the end: {}", stats["drops"]);
     let (status, stderr) = polluxd.stop().unwrap_or_else(|e| panic!("{e}"));
     assert!(status.success(), "polluxd exited with {status}:\n{stderr}");

@@ -16,11 +16,10 @@
 //!
 //! Needs root and `ip`, `ping`, `iperf3`; fails, never skips, when any is missing.
 
-use std::sync::MutexGuard;
 use std::time::Duration;
 
 use pollux_tests::daemon;
-use pollux_tests::netns::{self, iperf3_client, iperf3_server, ping};
+use pollux_tests::netns::{iperf3_client, iperf3_server, ping};
 use pollux_tests::vm_lab::{Vm, VmLab};
 use serde_json::json;
 
@@ -44,16 +43,10 @@ const STRANGER: Vm = Vm {
     ip: "198.18.31.13",
 };
 
-fn setup() -> MutexGuard<'static, ()> {
-    let guard = netns::exclusive(TOOLS);
-    daemon::polluxd_path();
-    guard
-}
-
 #[test]
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn groups_allow_deny_and_let_replies_back() {
-    let _serial = setup();
+    let _serial = daemon::setup(TOOLS);
     let lab = VmLab::start(CONFIG, &[&WEB, &CLIENT, &STRANGER]);
     let (web, client, stranger) = (lab.vm(&WEB), lab.vm(&CLIENT), lab.vm(&STRANGER));
 

@@ -18,26 +18,16 @@
 //! removes its port at runtime, which the tests check. Needs root and `ip`, `ping`,
 //! `iperf3`, `ethtool`: it fails, never skips, when any is missing.
 
-use std::sync::MutexGuard;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pollux_control::client::Client;
 use pollux_tests::daemon::{self, driver_counters, parse_worker_totals, ConfigFile, Polluxd};
-use pollux_tests::netns::{
-    self, iperf3_client, iperf3_server, parse_iperf3_json, ping, Netns, Topology, VethOptions,
-};
-use serde_json::{json, Value};
+use pollux_tests::netns::{iperf3_client, iperf3_server, parse_iperf3_json, Topology};
+use pollux_tests::vm_lab::{Vm, VmNet};
+use serde_json::json;
 
 const TOOLS: &[&str] = &["ip", "ping", "iperf3", "ethtool"];
 const CONFIG: &str = "e2e-tap.toml";
-
-#[derive(Debug, Clone, Copy)]
-struct Vm {
-    role: &'static str,
-    mac: &'static str,
-    ip: &'static str,
-}
 
 const T1: Vm = Vm {
     role: "t1",
@@ -55,68 +45,40 @@ const X1: Vm = Vm {
     ip: "198.18.21.13",
 };
 
-fn setup() -> MutexGuard<'static, ()> {
-    let guard = netns::exclusive(TOOLS);
-    daemon::polluxd_path();
-    guard
+/// The lab: namespace `host` (polluxd), `t1` and `t2` (their taps are moved in by the
+/// tests), `x1` plugged over a veth (the kit's [`VmNet`]).
+fn new_lab() -> VmNet {
+    // x1 keeps the kernel's default offloads: polluxd completes the checksums the veth
+    // leaves partial.
+    let lab = VmNet::with_roles(Topology::new(), &[T1.role, T2.role], &[&X1]);
+    // t2's tap exists before polluxd starts, as a VM manager would have made it.
+    lab.host()
+        .ip(&[
+            "tuntap",
+            "add",
+            "dev",
+            &lab.ifname(&T2),
+            "mode",
+            "tap",
+            "vnet_hdr",
+            "multi_queue",
+        ])
+        .unwrap();
+    lab
 }
 
-struct Lab {
-    topo: Topology,
+/// What the tests do with the taps and between the VMs.
+trait TapLab {
+    fn ifname(&self, vm: &Vm) -> String;
+    fn move_tap(&self, vm: &Vm);
+    fn has_link(&self, role: &str, ifname: &str) -> bool;
+    fn tcp(&self, from: &Vm, to: &Vm, secs: u32) -> u64;
+    fn udp(&self, from: &Vm, to: &Vm) -> (u64, u64);
 }
 
-impl Lab {
-    fn new() -> Lab {
-        let mut topo = Topology::new();
-        for role in ["host", T1.role, T2.role, X1.role] {
-            topo.add_ns(role).unwrap();
-            // No IPv6: its link-local chatter would only add noise to the counters.
-            topo.ns(role).unwrap().disable_ipv6().unwrap();
-        }
-        let lab = Lab { topo };
-        lab.topo
-            .veth_with(
-                "host",
-                &lab.ifname(&X1),
-                X1.role,
-                "eth0",
-                &VethOptions {
-                    mac_b: Some(X1.mac.to_owned()),
-                    ..VethOptions::default()
-                },
-            )
-            .unwrap();
-        // Default offloads here too: polluxd completes the checksums the veth leaves
-        // partial.
-        lab.topo
-            .addr(X1.role, "eth0", &format!("{}/24", X1.ip))
-            .unwrap();
-        // t2's tap exists before polluxd starts, as a VM manager would have made it.
-        lab.host()
-            .ip(&[
-                "tuntap",
-                "add",
-                "dev",
-                &lab.ifname(&T2),
-                "mode",
-                "tap",
-                "vnet_hdr",
-                "multi_queue",
-            ])
-            .unwrap();
-        lab
-    }
-
+impl TapLab for VmNet {
     fn ifname(&self, vm: &Vm) -> String {
-        self.topo.prefix().ifname(vm.role).unwrap()
-    }
-
-    fn ns(&self, role: &str) -> &Netns {
-        self.topo.ns(role).unwrap()
-    }
-
-    fn host(&self) -> &Netns {
-        self.ns("host")
+        self.switch_if(vm)
     }
 
     /// Moves `vm`'s tap from `host` into its namespace and configures it there.
@@ -134,18 +96,6 @@ impl Lab {
 
     fn has_link(&self, role: &str, ifname: &str) -> bool {
         self.ns(role).ip(&["link", "show", "dev", ifname]).is_ok()
-    }
-
-    fn assert_reach(&self, from: &Vm, to: &Vm, count: u32, polluxd: &Polluxd) {
-        let limit = Duration::from_millis(u64::from(count) * 200 + 3000);
-        let r = ping(self.ns(from.role), to.ip, count, limit).unwrap();
-        assert!(
-            r.all_received(),
-            "{} -> {}: {r:?}, expected every reply; polluxd stderr so far:\n{}",
-            from.role,
-            to.role,
-            polluxd.stderr_so_far()
-        );
     }
 
     /// TCP from `from` to `to` for `secs` s; returns the bytes the server received.
@@ -205,16 +155,8 @@ impl Lab {
     }
 }
 
-fn call(polluxd: &Polluxd, method: &str, params: Value) -> Value {
-    let mut client = Client::connect(polluxd.socket())
-        .unwrap_or_else(|e| panic!("connect to {}: {e}", polluxd.socket().display()));
-    client
-        .call(method, params)
-        .unwrap_or_else(|e| panic!("{method}: {e}"))
-}
-
 /// Waits up to 5 s for `ifname` to leave namespace `role`; whether it did.
-fn wait_gone(lab: &Lab, role: &str, ifname: &str) -> bool {
+fn wait_gone(lab: &VmNet, role: &str, ifname: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(5);
     while lab.has_link(role, ifname) && Instant::now() < deadline {
         thread::sleep(Duration::from_millis(20));
@@ -232,9 +174,9 @@ fn counter(counters: &[(String, u64)], name: &str) -> u64 {
 #[test]
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn tap_namespaces_exchange_ping_tcp_and_udp_and_reach_an_afxdp_namespace() {
-    let _serial = setup();
+    let _serial = daemon::setup(TOOLS);
     let started = Instant::now();
-    let lab = Lab::new();
+    let lab = new_lab();
     let config = ConfigFile::render(CONFIG, lab.topo.prefix().as_str()).unwrap();
     let polluxd = Polluxd::start(lab.host(), config.path(), &daemon::last_cpu())
         .unwrap_or_else(|e| panic!("{e}"));
@@ -311,8 +253,8 @@ fn tap_namespaces_exchange_ping_tcp_and_udp_and_reach_an_afxdp_namespace() {
 #[test]
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn a_tap_port_removed_and_added_back_at_runtime() {
-    let _serial = setup();
-    let lab = Lab::new();
+    let _serial = daemon::setup(TOOLS);
+    let lab = new_lab();
     let config = ConfigFile::render(CONFIG, lab.topo.prefix().as_str()).unwrap();
     let polluxd = Polluxd::start(lab.host(), config.path(), &daemon::last_cpu())
         .unwrap_or_else(|e| panic!("{e}"));
@@ -322,13 +264,13 @@ fn a_tap_port_removed_and_added_back_at_runtime() {
 
     // Without vm-t1, polluxd closes its port (on the control thread, the worker running
     // on): the tap it created goes with it, in whatever namespace it lives now.
-    let full = call(&polluxd, "config.get", json!({}))["state"].clone();
+    let full = polluxd.call("config.get", json!({}))["state"].clone();
     let mut without = full.clone();
     without["ports"]
         .as_array_mut()
         .unwrap()
         .retain(|p| p["id"] != "vm-t1");
-    call(&polluxd, "config.apply", json!({ "state": without }));
+    polluxd.call("config.apply", json!({ "state": without }));
     assert!(
         wait_gone(&lab, T1.role, &lab.ifname(&T1)),
         "the created tap outlived its port; polluxd stderr:\n{}",
@@ -338,7 +280,7 @@ fn a_tap_port_removed_and_added_back_at_runtime() {
     lab.assert_reach(&T2, &X1, 3, &polluxd);
 
     // Back again: a new tap, created in polluxd's namespace, moved and working.
-    call(&polluxd, "config.apply", json!({ "state": full }));
+    polluxd.call("config.apply", json!({ "state": full }));
     assert!(
         lab.has_link("host", &lab.ifname(&T1)),
         "no new tap in polluxd's namespace"

@@ -20,13 +20,11 @@
 //! it fails, never skips, when any is missing.
 
 use std::path::{Path, PathBuf};
-use std::sync::MutexGuard;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use pollux_control::client::Client;
 use pollux_tests::daemon::{self, ConfigFile, Polluxd};
-use pollux_tests::netns::{self, ping, Netns, Proc, Topology, VethOptions};
+use pollux_tests::netns::{ping, Netns, Proc, Topology, VethOptions};
 use serde_json::{json, Value};
 
 const TOOLS: &[&str] = &[
@@ -86,12 +84,6 @@ bound|renew)
     ;;
 esac
 "#;
-
-fn setup() -> MutexGuard<'static, ()> {
-    let guard = netns::exclusive(TOOLS);
-    daemon::polluxd_path();
-    guard
-}
 
 /// The installed `linux-image-amd64` kernel whose modules are present: (vmlinuz, modules
 /// directory). The running kernel does not matter (the guest boots this one).
@@ -244,16 +236,8 @@ fn wait_console(qemu: &mut Proc, marker: &str, deadline: Instant) -> String {
     }
 }
 
-fn call(polluxd: &Polluxd, method: &str, params: Value) -> Value {
-    let mut client = Client::connect(polluxd.socket())
-        .unwrap_or_else(|e| panic!("connect to {}: {e}", polluxd.socket().display()));
-    client
-        .call(method, params)
-        .unwrap_or_else(|e| panic!("{method}: {e}"))
-}
-
 fn port(polluxd: &Polluxd, id: &str) -> Value {
-    let list = call(polluxd, "ports.list", json!({}));
+    let list = polluxd.call("ports.list", json!({}));
     list["ports"]
         .as_array()
         .unwrap()
@@ -278,7 +262,7 @@ fn wait_port(polluxd: &Polluxd, id: &str, limit: Duration, f: impl Fn(&Value) ->
 #[test]
 #[ignore = "needs root: network namespaces, AF_XDP and QEMU (run with --include-ignored as root)"]
 fn a_qemu_guest_on_a_vhost_user_port_gets_dhcp_and_pings_an_afxdp_namespace() {
-    let _serial = setup();
+    let _serial = daemon::setup(TOOLS);
     let started = Instant::now();
     let (kernel, modules) = guest_kernel();
     let mut topo = Topology::new();

@@ -17,16 +17,14 @@
 //! Needs root and `ip`, `ping`, `arping`, `iperf3`, `tcpdump`: it fails, never skips, when
 //! any is missing. Namespaces and interfaces are named under the prefix `ov<pid>t<n>`.
 
-use std::sync::MutexGuard;
 use std::time::Duration;
 
-use pollux_control::client::Client;
 use pollux_tests::daemon::{self, parse_worker_totals, ConfigFile, Polluxd};
 use pollux_tests::netns::{
     self, arping, iperf3_client, iperf3_server, ping, Capture, CaptureFormat, Netns, Prefix,
     Topology, VethOptions,
 };
-use serde_json::{json, Value};
+use pollux_tests::vm_lab::{Vm, VmNet};
 
 const TOOLS: &[&str] = &["ip", "ping", "arping", "iperf3", "tcpdump"];
 const CONFIG: &str = "e2e-vxlan.toml";
@@ -41,43 +39,27 @@ const VNI: u32 = 5000;
 /// The underlay's 1500 minus the 50 bytes of VXLAN.
 const TENANT_MTU: u32 = 1450;
 
-fn setup() -> MutexGuard<'static, ()> {
-    let guard = netns::exclusive(TOOLS);
-    daemon::polluxd_path();
-    guard
-}
+/// a1, the VM on polluxd.
+const A1: Vm = Vm {
+    role: "a1",
+    mac: A1_MAC,
+    ip: A1_IP,
+};
 
-struct Lab {
-    topo: Topology,
-}
-
-impl Lab {
-    fn new() -> Lab {
+/// The lab: the kit's [`VmNet`] with a1 on polluxd, and the underlay and host B wired by
+/// the test.
+fn new_lab() -> VmNet {
+    {
         let topo = Topology::with_prefix(Prefix::next_under("ov").unwrap());
-        let mut lab = Lab { topo };
-        for role in ["host", "under", "hostb", "a1", "b1"] {
-            lab.topo.add_ns(role).unwrap();
-            lab.topo.ns(role).unwrap().disable_ipv6().unwrap();
-        }
-        let t = &lab.topo;
         let tenant = VethOptions {
             mtu: Some(TENANT_MTU),
             ..VethOptions::default()
         };
+        let net = VmNet::with_roles(topo, &[A1.role, "under", "hostb", "b1"], &[]);
         // This host: a1 on polluxd, the uplink into the underlay.
-        let a1_if = t.prefix().ifname("a1").unwrap();
-        t.veth_with(
-            "host",
-            &a1_if,
-            "a1",
-            "eth0",
-            &VethOptions {
-                mac_b: Some(A1_MAC.into()),
-                ..tenant.clone()
-            },
-        )
-        .unwrap();
-        t.addr("a1", "eth0", &format!("{A1_IP}/24")).unwrap();
+        net.plug(&A1, &tenant);
+        let lab = net;
+        let t = &lab.topo;
         let ul = t.prefix().ifname("ul").unwrap();
         t.veth("host", &ul, "under", "ua").unwrap();
         // The underlay: one bridge.
@@ -131,35 +113,6 @@ impl Lab {
         t.addr("b1", "eth0", &format!("{B1_IP}/24")).unwrap();
         lab
     }
-
-    fn ns(&self, role: &str) -> &Netns {
-        self.topo.ns(role).unwrap()
-    }
-
-    fn start(&self, config: &ConfigFile) -> Polluxd {
-        Polluxd::start(self.ns("host"), config.path(), &daemon::last_cpu())
-            .unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    fn ping(&self, from: &str, to: &str, count: u32) -> netns::PingResult {
-        let limit = Duration::from_millis(u64::from(count) * 200 + 3000);
-        ping(self.ns(from), to, count, limit).unwrap()
-    }
-}
-
-fn call(polluxd: &Polluxd, method: &str, params: Value) -> Value {
-    let mut client = Client::connect(polluxd.socket())
-        .unwrap_or_else(|e| panic!("connect to {}: {e}", polluxd.socket().display()));
-    client
-        .call(method, params)
-        .unwrap_or_else(|e| panic!("{method}: {e}"))
-}
-
-fn worker_stat(polluxd: &Polluxd, name: &str) -> u64 {
-    let stats = call(polluxd, "stats.get", json!({}));
-    stats["workers"][0][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("stats.get has no workers[0].{name}: {stats}"))
 }
 
 /// Checks the outer headers of one VXLAN frame polluxd sent to host B; returns the
@@ -192,8 +145,8 @@ fn check_outer(f: &[u8]) -> &[u8] {
 #[test]
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn vxlan_with_a_kernel_host_ping_arp_broadcast_headers_and_tcp() {
-    let _serial = setup();
-    let lab = Lab::new();
+    let _serial = daemon::setup(TOOLS);
+    let lab = new_lab();
     let config = ConfigFile::render(CONFIG, lab.topo.prefix().as_str()).unwrap();
     let polluxd = lab.start(&config);
 
@@ -229,10 +182,10 @@ fn vxlan_with_a_kernel_host_ping_arp_broadcast_headers_and_tcp() {
 
     // ARP both ways: a1's requests for b1 are answered by polluxd's ARP responder
     // without crossing the underlay; b1's reach a1 over the overlay.
-    let before = worker_stat(&polluxd, "arp_responder_replies");
+    let before = polluxd.worker_stat("arp_responder_replies");
     let got = arping(lab.ns("a1"), "eth0", B1_IP, 3, Duration::from_secs(5)).unwrap();
     assert_eq!(got, 3, "arping a1 -> b1");
-    let answered = worker_stat(&polluxd, "arp_responder_replies") - before;
+    let answered = polluxd.worker_stat("arp_responder_replies") - before;
     assert!(answered >= 3, "ARP responder answered {answered}");
     let got = arping(lab.ns("b1"), "eth0", A1_IP, 3, Duration::from_secs(5)).unwrap();
     assert_eq!(got, 3, "arping b1 -> a1");
@@ -265,8 +218,8 @@ fn vxlan_with_a_kernel_host_ping_arp_broadcast_headers_and_tcp() {
         "iperf3 a1 -> b1 over VXLAN: {:.0} Mbit/s",
         tcp.received_bps / 1e6
     );
-    let encapsulated = worker_stat(&polluxd, "vxlan_encapsulated");
-    let decapsulated = worker_stat(&polluxd, "vxlan_decapsulated");
+    let encapsulated = polluxd.worker_stat("vxlan_encapsulated");
+    let decapsulated = polluxd.worker_stat("vxlan_decapsulated");
     assert!(encapsulated > 0 && decapsulated > 0);
 
     let (status, stderr) = polluxd.stop().unwrap_or_else(|e| panic!("{e}"));
@@ -375,7 +328,7 @@ impl TwoHosts {
 #[test]
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn two_polluxd_hosts_reach_isolate_and_answer_arp_locally() {
-    let _serial = setup();
+    let _serial = daemon::setup(TOOLS);
     let lab = TwoHosts::new();
     // One worker per CPU for the length of the test.
     let (host_a, _ca) = lab.start("hosta", "0");
@@ -415,7 +368,7 @@ fn two_polluxd_hosts_reach_isolate_and_answer_arp_locally() {
         CaptureFormat::Pcap,
     )
     .unwrap();
-    let before = worker_stat(&host_a, "arp_responder_replies");
+    let before = host_a.worker_stat("arp_responder_replies");
     lab.ns("a1").ip(&["neigh", "flush", "dev", "eth0"]).unwrap();
     let got = arping(
         lab.ns("a1"),
@@ -428,7 +381,7 @@ fn two_polluxd_hosts_reach_isolate_and_answer_arp_locally() {
     assert_eq!(got, 3, "arping a1 -> b1");
     let r = lab.ping("a1", "203.0.113.12", 2);
     assert!(r.all_received(), "{r:?}");
-    let answered = worker_stat(&host_a, "arp_responder_replies") - before;
+    let answered = host_a.worker_stat("arp_responder_replies") - before;
     assert!(answered >= 3, "hosta's ARP responder answered {answered}");
     let crossed = capture.finish(Duration::from_secs(1)).unwrap();
     assert!(!crossed.frames.is_empty(), "the pings crossed the underlay");
