@@ -944,7 +944,41 @@ fn stats_report(result: &Value) -> String {
     if let Some(dhcp) = result.get("dhcp") {
         sections.push(dhcp_line(dhcp));
     }
+    if let Some(slow_path) = result.get("slow_path") {
+        sections.push(slow_path_line(slow_path));
+    }
     sections.join("\n\n")
+}
+
+/// One line of the slow path's counters per service.
+fn slow_path_line(slow_path: &Value) -> String {
+    let services: Vec<String> = slow_path
+        .get("services")
+        .and_then(Value::as_object)
+        .map(|services| {
+            services
+                .iter()
+                .map(|(name, c)| {
+                    format!(
+                        "{name} {} punted, {} received, {} replies, {} lost",
+                        cell_text(c.get("punted")),
+                        cell_text(c.get("received")),
+                        cell_text(c.get("replies")),
+                        cell_text(c.get("replies_lost")),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    format!(
+        "slow path: {}; unhandled {}",
+        if services.is_empty() {
+            "no services".to_string()
+        } else {
+            services.join("; ")
+        },
+        cell_text(slow_path.get("unhandled"))
+    )
 }
 
 /// One line of the DHCP server's counters and its reasons for not answering.
@@ -1175,6 +1209,21 @@ mod tests {
             sections[3],
             "dhcp: 5 punted, 5 received, 2 offers, 2 acks, 0 naks, 0 releases, 4 replies \
              sent; not answered: unknown_client 1"
+        );
+    }
+
+    #[test]
+    fn the_slow_path_line_names_each_service() {
+        let stats = json!({
+            "workers": [], "drops": {}, "apply": { "total": 0, "failures": 0 },
+            "slow_path": { "services": { "dhcp": { "punted": 5, "received": 5, "replies": 4,
+                                                   "replies_lost": 0 } },
+                           "unhandled": 1 }
+        });
+        let text = stats_report(&stats);
+        assert!(
+            text.ends_with("slow path: dhcp 5 punted, 5 received, 4 replies, 0 lost; unhandled 1"),
+            "{text}"
         );
     }
 

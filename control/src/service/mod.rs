@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use pollux_dataplane::conntrack::FlowKey;
 use pollux_dataplane::port::PortId;
-use pollux_dataplane::slowpath::SERVICES;
+use pollux_dataplane::slowpath::{ServiceId, SERVICES};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
@@ -389,7 +389,7 @@ fn stats_get(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
     let m = e.metrics();
     let d = e.dhcp_stats();
     let dhcp = json!({
-        "punted": c.punted.get(),
+        "punted": c.punted_by_service[ServiceId::DHCP.index()].get(),
         "injected": c.injected.get(),
         "inject_dropped": c.inject_dropped.get(),
         "received": d.received,
