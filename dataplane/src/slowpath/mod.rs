@@ -142,7 +142,8 @@ pub struct SlowPath {
     /// `port * MAX_SERVICES + service`); grown when a port first punts.
     budgets: Vec<TokenBucket>,
     budget_config: SlowPathConfig,
-    local: Batch,
+    /// The frames taken off the inject ring in one round.
+    to_send: Batch,
 }
 
 impl Default for SlowPath {
@@ -152,7 +153,7 @@ impl Default for SlowPath {
             inject: None,
             budgets: Vec::new(),
             budget_config: SlowPathConfig::default(),
-            local: Batch::with_capacity(MAX_BURST),
+            to_send: Batch::with_capacity(MAX_BURST),
         }
     }
 }
@@ -222,7 +223,7 @@ impl BurstStage for SlowPath {
                 continue;
             }
             entered += 1;
-            pkt.meta.next = self.local(cx, pkt);
+            pkt.meta.next = self.next_step(cx, pkt);
             produced |= Pending::of(pkt.meta.next);
         }
         Outcome {
@@ -233,7 +234,8 @@ impl BurstStage for SlowPath {
 }
 
 impl SlowPath {
-    fn local(&mut self, cx: &mut BurstCtx<'_>, pkt: &mut Packet) -> Next {
+    /// Where `pkt` goes: punted for a service, answered (ARP), or on to its usual place.
+    fn next_step(&mut self, cx: &mut BurstCtx<'_>, pkt: &mut Packet) -> Next {
         let snap = cx.snap;
         let slot = pkt.meta.network;
         let Some(net) = snap.network(slot) else {
@@ -318,14 +320,14 @@ impl SlowPath {
             return 0;
         };
         let (snap, counters) = (cx.snap, cx.counters);
-        let local = &mut self.local;
-        local.clear();
+        let to_send = &mut self.to_send;
+        to_send.clear();
         let pool = &mut *cx.pool;
         let taken = ring.pop_burst(MAX_BURST, |entry| {
             match injected_packet(snap, pool, entry) {
                 Some(pkt) => {
                     // A batch of MAX_BURST always has room: at most MAX_BURST are taken.
-                    let _ = local.push(pkt);
+                    let _ = to_send.push(pkt);
                     counters.injected.inc();
                     counters.originated.inc();
                 }
@@ -333,10 +335,10 @@ impl SlowPath {
             }
             true
         });
-        if !local.is_empty() {
-            let sent = output(cx, self.local.as_mut_slice());
+        if !to_send.is_empty() {
+            let sent = output(cx, self.to_send.as_mut_slice());
             counters.stage_packets[Stage::Output as usize].add(u64::from(sent));
-            self.local.clear();
+            self.to_send.clear();
         }
         taken
     }
