@@ -144,8 +144,20 @@ impl Engine {
         state: DesiredState,
         options: ApplyOptions,
     ) -> Result<ApplyOutcome, ApplyError> {
+        self.apply_persisting(state, options, None)
+    }
+
+    /// [`Engine::apply`] of a state made by `changes` (in the journal's form, see
+    /// [`crate::patch::journal_form`]) to the active one: persisted as those changes,
+    /// appended to the store's journal, instead of as the whole state.
+    pub(super) fn apply_persisting(
+        &mut self,
+        state: DesiredState,
+        options: ApplyOptions,
+        changes: Option<Value>,
+    ) -> Result<ApplyOutcome, ApplyError> {
         let started = Instant::now();
-        let result = self.apply_inner(state, options);
+        let result = self.apply_inner(state, options, changes);
         match &result {
             Ok(o) if o.applied => {
                 let (added, removed, changed) = o.diff.counts();
@@ -166,10 +178,11 @@ impl Engine {
         result
     }
 
-    pub(super) fn apply_inner(
+    fn apply_inner(
         &mut self,
         state: DesiredState,
         options: ApplyOptions,
+        journal: Option<Value>,
     ) -> Result<ApplyOutcome, ApplyError> {
         if let Some(expected) = options.expect_generation {
             if expected != self.active.generation {
@@ -206,7 +219,11 @@ impl Engine {
         let added = self.open_ports(&changes.added)?;
         phases.mark("open");
         if let Some(store) = self.store.as_mut() {
-            if let Err(e) = store.commit_owned(next, to_value(&state)) {
+            let committed = match journal {
+                Some(edits) if store.can_append() => store.append(next, &edits),
+                _ => store.commit_owned(next, to_value(&state)),
+            };
+            if let Err(e) = committed {
                 self.close_ports(&added);
                 return Err(ApplyError::Store(e));
             }
