@@ -372,6 +372,34 @@ pub fn edit_raw(
     Ok((next, typed))
 }
 
+/// What a batch of changes is, beside the state it makes: the objects it touches (so that
+/// the diff looks at those alone) and its journal form (so that the store appends it
+/// instead of writing the whole state).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Edits {
+    /// Collection and key of each object put or deleted, in batch order (a key touched
+    /// twice is listed twice).
+    pub touched: Vec<(Collection, String)>,
+    /// The changes in the journal's form: see [`journal_form`].
+    pub journal: Value,
+}
+
+impl Edits {
+    /// The edits of `changes`.
+    pub fn of(changes: &[Change]) -> Edits {
+        Edits {
+            touched: changes
+                .iter()
+                .map(|c| match c {
+                    Change::Put(o) => (o.collection(), o.id().to_owned()),
+                    Change::Delete { collection, id } => (*collection, id.clone()),
+                })
+                .collect(),
+            journal: journal_form(changes),
+        }
+    }
+}
+
 /// `changes` as the store's journal records them (see [`crate::store`]): the same edits,
 /// made on the serialised state, each object in its serialised form.
 pub fn journal_form(changes: &[Change]) -> Value {

@@ -11,9 +11,10 @@ use super::ports::PortChanges;
 use super::{Active, ApplyError, Engine, WORKER_TIMEOUT};
 use crate::compile::dhcp::dhcp_configs_of;
 use crate::compile::{compile, Identities};
-use crate::diff::{diff, Diff};
+use crate::diff::{diff, diff_of, Diff};
 use crate::identity::dhcp_mac;
 use crate::model::DesiredState;
+use crate::patch::Edits;
 use crate::validate::{validate, Validated, ValidationError};
 use pollux_services::dhcp::service::NetworkDhcp;
 
@@ -176,6 +177,10 @@ fn dhcp_scope(diff: &Diff, old: &Validated, new: &Validated) -> Option<Vec<bool>
     )
 }
 
+/// Objects a batch may touch for its diff to look at them alone; a larger batch (it
+/// costs objects x state) is diffed whole.
+const DIFF_BY_TOUCHED_MAX: usize = 64;
+
 /// Drops a replaced configuration on a thread of its own: freeing a large state takes
 /// tens of milliseconds that the reply need not wait for. Inline if no thread starts.
 fn drop_elsewhere(old: Active) {
@@ -200,20 +205,20 @@ impl Engine {
         state: DesiredState,
         options: ApplyOptions,
     ) -> Result<ApplyOutcome, ApplyError> {
-        self.apply_persisting(state, options, None)
+        self.apply_edits(state, options, None)
     }
 
-    /// [`Engine::apply`] of a state made by `changes` (in the journal's form, see
-    /// [`crate::patch::journal_form`]) to the active one: persisted as those changes,
-    /// appended to the store's journal, instead of as the whole state.
-    pub(super) fn apply_persisting(
+    /// [`Engine::apply`] of a state that `edits` made of the active one: diffed over the
+    /// objects they touch alone and persisted as those edits, appended to the store's
+    /// journal, instead of as the whole state.
+    pub(super) fn apply_edits(
         &mut self,
         state: DesiredState,
         options: ApplyOptions,
-        changes: Option<Value>,
+        edits: Option<Edits>,
     ) -> Result<ApplyOutcome, ApplyError> {
         let started = Instant::now();
-        let result = self.apply_inner(state, options, changes);
+        let result = self.apply_inner(state, options, edits);
         match &result {
             Ok(o) if o.applied => {
                 let (added, removed, changed) = o.diff.counts();
@@ -238,7 +243,7 @@ impl Engine {
         &mut self,
         state: DesiredState,
         options: ApplyOptions,
-        journal: Option<Value>,
+        edits: Option<Edits>,
     ) -> Result<ApplyOutcome, ApplyError> {
         if let Some(expected) = options.expect_generation {
             if expected != self.active.generation {
@@ -251,7 +256,18 @@ impl Engine {
         let mut phases = Phases::start();
         let valid = validate(&state).map_err(ApplyError::Invalid)?;
         phases.mark("validate");
-        let diff = diff(&self.active.state, &state);
+        let diff = match &edits {
+            Some(edits) if edits.touched.len() <= DIFF_BY_TOUCHED_MAX => {
+                let d = diff_of(&self.active.state, &state, &edits.touched);
+                debug_assert_eq!(
+                    d,
+                    diff(&self.active.state, &state),
+                    "the diff over the touched objects is not the whole diff"
+                );
+                d
+            }
+            _ => diff(&self.active.state, &state),
+        };
         phases.mark("diff");
         let unchanged = ApplyOutcome {
             generation: self.active.generation,
@@ -278,8 +294,8 @@ impl Engine {
         let added = self.open_ports(&changes.added)?;
         phases.mark("open");
         if let Some(store) = self.store.as_mut() {
-            let committed = match journal {
-                Some(edits) if store.can_append() => store.append(next, &edits),
+            let committed = match edits {
+                Some(edits) if store.can_append() => store.append(next, &edits.journal),
                 _ => store.commit_owned(next, to_value(&state)),
             };
             if let Err(e) = committed {

@@ -1,11 +1,11 @@
 //! Changes to single objects (`<collection>.put`, `.delete`, `config.patch`): each batch is
 //! made into the whole resulting state and applied as [`Engine::apply`] applies a state,
-//! so both kinds of change share validation, diff, history and rollback. Only their
-//! persistence differs: a batch is appended to the store's journal as the changes it is,
-//! where a whole state is written whole.
+//! so both kinds of change share validation, diff, history and rollback. What differs is
+//! cost: the diff looks at the objects a batch touches alone, and the store appends the
+//! batch to its journal where a whole state is written whole.
 
 use super::{ApplyError, ApplyOptions, ApplyOutcome, Engine};
-use crate::patch::{edit, edit_raw, journal_form, Change, PatchError, RawChange};
+use crate::patch::{edit, edit_raw, Change, Edits, PatchError, RawChange};
 
 impl From<PatchError> for ApplyError {
     fn from(e: PatchError) -> Self {
@@ -32,9 +32,9 @@ impl Engine {
         options: ApplyOptions,
     ) -> Result<ApplyOutcome, ApplyError> {
         self.check_generation(options)?;
-        let journal = journal_form(&changes);
+        let edits = Edits::of(&changes);
         let state = edit(&self.active.state, changes)?;
-        self.apply_persisting(state, options, Some(journal))
+        self.apply_edits(state, options, Some(edits))
     }
 
     /// [`Engine::patch`] with the objects as a client sent them (JSON).
@@ -45,7 +45,7 @@ impl Engine {
     ) -> Result<ApplyOutcome, ApplyError> {
         self.check_generation(options)?;
         let (state, typed) = edit_raw(&self.active.state, changes)?;
-        self.apply_persisting(state, options, Some(journal_form(&typed)))
+        self.apply_edits(state, options, Some(Edits::of(&typed)))
     }
 
     /// A stale `expect_generation` is refused before the changes are looked at: they were
