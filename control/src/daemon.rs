@@ -280,6 +280,7 @@ pub fn run(options: &Options) -> Result<(), StartError> {
         }
         if last_link_check.elapsed() >= LINK_CHECK {
             service.engine.supervise_links();
+            service.engine.compact_store();
             last_link_check = Instant::now();
         }
     };

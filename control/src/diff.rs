@@ -17,6 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::model::DesiredState;
+use crate::patch::Collection;
 
 /// Per-collection lists, in document order of the collections. Serialises as an object
 /// that names only the non-empty collections, with [`DesiredState`]'s field names.
@@ -226,6 +227,83 @@ pub fn diff(old: &DesiredState, new: &DesiredState) -> Diff {
     d.changed.l2 = old.l2 != new.l2;
     d.changed.dhcp = old.dhcp != new.dhcp;
     d
+}
+
+/// [`diff`] of two valid states (no key twice in a collection) of which `new` differs
+/// from `old` at most in the `touched` objects and the settings sections: it looks at
+/// those objects alone, so that a change of one port costs what a port is. The same
+/// answer as [`diff`] under that condition.
+pub fn diff_of(old: &DesiredState, new: &DesiredState, touched: &[(Collection, String)]) -> Diff {
+    let mut d = Diff::default();
+    macro_rules! collection {
+        ($c:expr, $field:ident, $key:ident) => {{
+            let mut keys: Vec<&str> = Vec::new();
+            for (c, k) in touched {
+                if *c == $c && !keys.contains(&k.as_str()) {
+                    keys.push(k);
+                }
+            }
+            if !keys.is_empty() {
+                diff_keys(
+                    &old.$field,
+                    &new.$field,
+                    |x| x.$key.as_str(),
+                    &keys,
+                    &mut d.added.$field,
+                    &mut d.removed.$field,
+                    &mut d.changed.objects.$field,
+                );
+            }
+        }};
+    }
+    collection!(Collection::Uplinks, uplinks, name);
+    collection!(Collection::Networks, networks, id);
+    collection!(Collection::Subnets, subnets, id);
+    collection!(Collection::Ports, ports, id);
+    collection!(Collection::Routers, routers, id);
+    collection!(Collection::FloatingIps, floating_ips, id);
+    collection!(Collection::SecurityGroups, security_groups, id);
+    d.changed.l2 = old.l2 != new.l2;
+    d.changed.dhcp = old.dhcp != new.dhcp;
+    d
+}
+
+/// [`diff_list`] restricted to `keys`, found by scanning (a few keys in a large list).
+fn diff_keys<T: Serialize + PartialEq>(
+    old: &[T],
+    new: &[T],
+    key: impl Fn(&T) -> &str,
+    keys: &[&str],
+    added: &mut Vec<String>,
+    removed: &mut Vec<String>,
+    changed: &mut Vec<Change>,
+) {
+    let find = |items: &[T], k: &str| items.iter().position(|x| key(x) == k);
+    let mut added_at = Vec::new();
+    let mut removed_at = Vec::new();
+    let mut changed_at = Vec::new();
+    for &k in keys {
+        match (find(old, k), find(new, k)) {
+            (None, Some(i)) => added_at.push((i, k.to_owned())),
+            (Some(j), None) => removed_at.push((j, k.to_owned())),
+            (Some(j), Some(i)) if old[j] != new[i] => changed_at.push((
+                i,
+                Change {
+                    id: k.to_owned(),
+                    fields: differing_fields(&to_json(&old[j]), &to_json(&new[i])),
+                },
+            )),
+            _ => {}
+        }
+    }
+    // In the order [`diff`] gives: added and changed as in the new state, removed as in
+    // the old one.
+    added_at.sort_by_key(|(i, _)| *i);
+    removed_at.sort_by_key(|(j, _)| *j);
+    changed_at.sort_by_key(|(i, _)| *i);
+    added.extend(added_at.into_iter().map(|(_, k)| k));
+    removed.extend(removed_at.into_iter().map(|(_, k)| k));
+    changed.extend(changed_at.into_iter().map(|(_, c)| c));
 }
 
 /// The objects of one collection by key in order of first appearance; a repeated key

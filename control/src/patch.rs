@@ -161,6 +161,22 @@ impl Object {
         }
     }
 
+    /// Its JSON form, as it is in the serialised state.
+    pub fn to_value(&self) -> Value {
+        fn value<T: serde::Serialize>(o: &T) -> Value {
+            serde_json::to_value(o).expect("the model serialises to JSON")
+        }
+        match self {
+            Object::Uplink(o) => value(o),
+            Object::Network(o) => value(o),
+            Object::Subnet(o) => value(o),
+            Object::Port(o) => value(o),
+            Object::Router(o) => value(o),
+            Object::FloatingIp(o) => value(o),
+            Object::SecurityGroup(o) => value(o),
+        }
+    }
+
     /// Reads an object of `collection` sent as JSON; a shape error is reported at `path`
     /// (the index the object would have), as a whole-state apply reports it.
     pub fn from_json(
@@ -321,10 +337,14 @@ pub fn edit(state: &DesiredState, changes: Vec<Change>) -> Result<DesiredState, 
     Ok(next)
 }
 
-/// `state` with `changes` (as sent) made in order; a put object that does not read is
-/// reported at the index it would have had.
-pub fn edit_raw(state: &DesiredState, changes: Vec<RawChange>) -> Result<DesiredState, PatchError> {
+/// `state` with `changes` (as sent) made in order, and the changes read; a put object
+/// that does not read is reported at the index it would have had.
+pub fn edit_raw(
+    state: &DesiredState,
+    changes: Vec<RawChange>,
+) -> Result<(DesiredState, Vec<Change>), PatchError> {
     let mut next = state.clone();
+    let mut typed = Vec::with_capacity(changes.len());
     for (k, change) in changes.into_iter().enumerate() {
         match change {
             RawChange::Put { collection, object } => {
@@ -334,7 +354,8 @@ pub fn edit_raw(state: &DesiredState, changes: Vec<RawChange>) -> Result<Desired
                 let path = format!("{collection}[{index}]");
                 let object =
                     Object::from_json(collection, object, &path).map_err(PatchError::Invalid)?;
-                put(&mut next, object);
+                put(&mut next, object.clone());
+                typed.push(Change::Put(object));
             }
             RawChange::Delete { collection, id } => {
                 if !delete(&mut next, collection, &id) {
@@ -344,10 +365,63 @@ pub fn edit_raw(state: &DesiredState, changes: Vec<RawChange>) -> Result<Desired
                         change: k,
                     });
                 }
+                typed.push(Change::Delete { collection, id });
             }
         }
     }
-    Ok(next)
+    Ok((next, typed))
+}
+
+/// What a batch of changes is, beside the state it makes: the objects it touches (so that
+/// the diff looks at those alone) and its journal form (so that the store appends it
+/// instead of writing the whole state).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Edits {
+    /// Collection and key of each object put or deleted, in batch order (a key touched
+    /// twice is listed twice).
+    pub touched: Vec<(Collection, String)>,
+    /// The changes in the journal's form: see [`journal_form`].
+    pub journal: Value,
+}
+
+impl Edits {
+    /// The edits of `changes`.
+    pub fn of(changes: &[Change]) -> Edits {
+        Edits {
+            touched: changes
+                .iter()
+                .map(|c| match c {
+                    Change::Put(o) => (o.collection(), o.id().to_owned()),
+                    Change::Delete { collection, id } => (*collection, id.clone()),
+                })
+                .collect(),
+            journal: journal_form(changes),
+        }
+    }
+}
+
+/// `changes` as the store's journal records them (see [`crate::store`]): the same edits,
+/// made on the serialised state, each object in its serialised form.
+pub fn journal_form(changes: &[Change]) -> Value {
+    Value::Array(
+        changes
+            .iter()
+            .map(|change| match change {
+                Change::Put(object) => serde_json::json!({
+                    "op": "put",
+                    "collection": object.collection().name(),
+                    "key": object.collection().key_field(),
+                    "object": object.to_value(),
+                }),
+                Change::Delete { collection, id } => serde_json::json!({
+                    "op": "delete",
+                    "collection": collection.name(),
+                    "key": collection.key_field(),
+                    "id": id,
+                }),
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]

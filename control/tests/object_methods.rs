@@ -516,3 +516,71 @@ fn polluxctl_put_and_delete() {
     let (code, _, e) = polluxctl(&d.socket, &["delete", "widget", "x"], None);
     assert_eq!(code, 2, "{e}");
 }
+
+/// A daemon SIGKILLed at any moment of a stream of one-port changes (each appended to the
+/// store's journal) restarts into a generation it had reached whole: at least the last one
+/// acknowledged, at most the one in flight, holding exactly the ports the changes up to it
+/// made. Each round kills at another moment of the stream.
+#[test]
+fn killed_mid_change_restarts_into_a_whole_generation() {
+    const ROUNDS: u64 = 6;
+    const MAX_PORTS: usize = 200;
+    let dir = TempDir::new();
+    let mut daemon = start_base(&dir);
+    // Ports put in order: generation g holds vm1 and the first g - 1 of them.
+    let mut added: Vec<String> = Vec::new();
+    let mut acked = 1u64;
+    for round in 0..ROUNDS {
+        let mut c = daemon.client();
+        let pid = daemon.child.id();
+        let delay = Duration::from_millis(15 + 23 * round);
+        let killer = std::thread::spawn(move || {
+            std::thread::sleep(delay);
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        });
+        let in_flight = loop {
+            let n = added.len();
+            assert!(n < MAX_PORTS, "the daemon outlived {MAX_PORTS} changes");
+            let id = format!("vm-k{n}");
+            let p = port(
+                &id,
+                &format!("fa:16:3e:0b:{:02x}:{:02x}", n / 256, n % 256),
+                &format!("198.18.10.{}", 20 + n),
+            );
+            added.push(id);
+            match c.call("ports.put", json!({ "port": p })) {
+                Ok(r) => {
+                    acked = r["generation"].as_u64().unwrap();
+                    assert_eq!(acked, 1 + added.len() as u64);
+                }
+                Err(_) => break acked + 1,
+            }
+        };
+        killer.join().unwrap();
+        drop(daemon);
+
+        daemon = Daemon::start(&dir, None);
+        let mut c = daemon.client();
+        let g = generation(&mut c);
+        assert!(
+            (acked..=in_flight).contains(&g),
+            "round {round}: restarted into generation {g}, acknowledged {acked}, in flight \
+             {in_flight}"
+        );
+        let ids: Vec<String> = state(&mut c)["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect();
+        let reached = usize::try_from(g - 1).unwrap();
+        let mut expected = vec!["vm1".to_owned()];
+        expected.extend_from_slice(&added[..reached]);
+        assert_eq!(ids, expected, "round {round}: generation {g}");
+        // What was lost in flight is sent again by the next round's client.
+        added.truncate(reached);
+        acked = g;
+    }
+}

@@ -947,7 +947,9 @@ impl SnapshotBuilder {
         overlay.enable_stages(&ports, &mut port_stages);
         let security_groups = self.security_groups.clone();
         for port in security_groups.ports() {
-            if self.port_security.iter().all(|(p, _)| *p != port) {
+            // By index: a scan of the policies per port costs ports squared, 100 million
+            // comparisons on a host with 10,000 ports.
+            if port_security.get(port.index()).is_none_or(Option::is_none) {
                 return Err(BuildError::SecurityGroupsWithoutPortSecurity(port));
             }
             port_stages[port.index()] = port_stages[port.index()].with(Stage::SgEgress);

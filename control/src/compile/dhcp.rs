@@ -27,6 +27,16 @@ pub fn dhcp_configs(
     mac_of_network: impl Fn(usize) -> [u8; 6],
     port_of: impl Fn(usize) -> Option<PortId>,
 ) -> Vec<(usize, DhcpConfig)> {
+    dhcp_configs_of(v, |_| true, mac_of_network, port_of)
+}
+
+/// [`dhcp_configs`] of the networks (indices into `v.networks`) `wanted` says yes to.
+pub fn dhcp_configs_of(
+    v: &Validated,
+    wanted: impl Fn(usize) -> bool,
+    mac_of_network: impl Fn(usize) -> [u8; 6],
+    port_of: impl Fn(usize) -> Option<PortId>,
+) -> Vec<(usize, DhcpConfig)> {
     // Subnets and ports by network, in their order, in one pass each: looking them up per
     // network would cost networks x (subnets + ports) on every change.
     let mut subnets_of = vec![Vec::new(); v.networks.len()];
@@ -42,6 +52,9 @@ pub fn dhcp_configs(
     }
     let mut out = Vec::new();
     for (n, net) in v.networks.iter().enumerate() {
+        if !wanted(n) {
+            continue;
+        }
         let served: Vec<(usize, Ipv4Addr)> = subnets_of[n]
             .iter()
             .filter_map(|&i| Some((i, v.subnets[i].dhcp_server_ip?)))

@@ -1,6 +1,7 @@
 //! Changes to the running configuration: apply (in the order the module documentation
 //! of [`super`] gives), rollback, and the retained generations.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -8,11 +9,12 @@ use serde_json::Value;
 
 use super::ports::PortChanges;
 use super::{Active, ApplyError, Engine, WORKER_TIMEOUT};
-use crate::compile::dhcp::dhcp_configs;
+use crate::compile::dhcp::dhcp_configs_of;
 use crate::compile::{compile, Identities};
-use crate::diff::{diff, Diff};
+use crate::diff::{diff, diff_of, Diff};
 use crate::identity::dhcp_mac;
 use crate::model::DesiredState;
+use crate::patch::Edits;
 use crate::validate::{validate, Validated, ValidationError};
 use pollux_services::dhcp::service::NetworkDhcp;
 
@@ -84,10 +86,20 @@ pub fn state_from_json(value: &Value) -> Result<DesiredState, ApplyError> {
 /// The DHCP server configuration of every network with DHCP, keyed by the identities
 /// the snapshot uses.
 pub(super) fn dhcp_networks(valid: &Validated, identities: &Identities) -> Vec<NetworkDhcp> {
+    dhcp_networks_of(valid, identities, |_| true)
+}
+
+/// [`dhcp_networks`] of the networks (indices into `valid.networks`) `wanted` says yes to.
+fn dhcp_networks_of(
+    valid: &Validated,
+    identities: &Identities,
+    wanted: impl Fn(usize) -> bool,
+) -> Vec<NetworkDhcp> {
     let uid_of = |n: usize| identities.network_uid(&valid.networks[n].id);
     let port_of = |i: usize| identities.vm_port(&valid.ports[i].id);
-    dhcp_configs(
+    dhcp_configs_of(
         valid,
+        wanted,
         |n| uid_of(n).map(dhcp_mac).unwrap_or_default(),
         port_of,
     )
@@ -120,6 +132,55 @@ fn touches_dhcp(diff: &Diff) -> bool {
         || diff.changed.l2
 }
 
+/// The networks (indices into `new.networks`) whose DHCP servers a change can alter when
+/// it is made of ports alone: those its ports were on and are on. `None` when it touches
+/// anything else DHCP is made of, and every server is reconfigured.
+fn dhcp_scope(diff: &Diff, old: &Validated, new: &Validated) -> Option<Vec<bool>> {
+    fn none<T>(c: &crate::diff::ByCollection<T>) -> bool {
+        c.uplinks.is_empty() && c.networks.is_empty() && c.subnets.is_empty()
+    }
+    let ports_only = none(&diff.added)
+        && none(&diff.removed)
+        && none(&diff.changed.objects)
+        && !diff.changed.dhcp
+        && !diff.changed.l2;
+    if !ports_only {
+        return None;
+    }
+    let changed: HashSet<&str> = diff
+        .changed
+        .objects
+        .ports
+        .iter()
+        .map(|c| c.id.as_str())
+        .collect();
+    let now: HashSet<&str> = diff.added.ports.iter().map(String::as_str).collect();
+    let before: HashSet<&str> = diff.removed.ports.iter().map(String::as_str).collect();
+    // The networks are the same objects in both states (none changed), but not
+    // necessarily at the same index: matched by id.
+    let mut touched: HashSet<&str> = HashSet::new();
+    for p in &new.ports {
+        if now.contains(p.id.as_str()) || changed.contains(p.id.as_str()) {
+            touched.insert(new.networks[p.network].id.as_str());
+        }
+    }
+    for p in &old.ports {
+        if before.contains(p.id.as_str()) || changed.contains(p.id.as_str()) {
+            touched.insert(old.networks[p.network].id.as_str());
+        }
+    }
+    Some(
+        new.networks
+            .iter()
+            .map(|n| touched.contains(n.id.as_str()))
+            .collect(),
+    )
+}
+
+/// Objects a batch may touch for its diff to look at them alone; a larger batch (it
+/// costs objects x state) is diffed whole.
+const DIFF_BY_TOUCHED_MAX: usize = 64;
+
 /// Drops a replaced configuration on a thread of its own: freeing a large state takes
 /// tens of milliseconds that the reply need not wait for. Inline if no thread starts.
 fn drop_elsewhere(old: Active) {
@@ -144,8 +205,20 @@ impl Engine {
         state: DesiredState,
         options: ApplyOptions,
     ) -> Result<ApplyOutcome, ApplyError> {
+        self.apply_edits(state, options, None)
+    }
+
+    /// [`Engine::apply`] of a state that `edits` made of the active one: diffed over the
+    /// objects they touch alone and persisted as those edits, appended to the store's
+    /// journal, instead of as the whole state.
+    pub(super) fn apply_edits(
+        &mut self,
+        state: DesiredState,
+        options: ApplyOptions,
+        edits: Option<Edits>,
+    ) -> Result<ApplyOutcome, ApplyError> {
         let started = Instant::now();
-        let result = self.apply_inner(state, options);
+        let result = self.apply_inner(state, options, edits);
         match &result {
             Ok(o) if o.applied => {
                 let (added, removed, changed) = o.diff.counts();
@@ -166,10 +239,11 @@ impl Engine {
         result
     }
 
-    pub(super) fn apply_inner(
+    fn apply_inner(
         &mut self,
         state: DesiredState,
         options: ApplyOptions,
+        edits: Option<Edits>,
     ) -> Result<ApplyOutcome, ApplyError> {
         if let Some(expected) = options.expect_generation {
             if expected != self.active.generation {
@@ -182,7 +256,18 @@ impl Engine {
         let mut phases = Phases::start();
         let valid = validate(&state).map_err(ApplyError::Invalid)?;
         phases.mark("validate");
-        let diff = diff(&self.active.state, &state);
+        let diff = match &edits {
+            Some(edits) if edits.touched.len() <= DIFF_BY_TOUCHED_MAX => {
+                let d = diff_of(&self.active.state, &state, &edits.touched);
+                debug_assert_eq!(
+                    d,
+                    diff(&self.active.state, &state),
+                    "the diff over the touched objects is not the whole diff"
+                );
+                d
+            }
+            _ => diff(&self.active.state, &state),
+        };
         phases.mark("diff");
         let unchanged = ApplyOutcome {
             generation: self.active.generation,
@@ -200,13 +285,20 @@ impl Engine {
             return Ok(unchanged);
         }
         let diff = unchanged.diff;
+        let dhcp_scope = touches_dhcp(&diff)
+            .then(|| dhcp_scope(&diff, &self.active.valid, &valid))
+            .flatten();
 
         let changes = PortChanges::between(&self.active.plans, &compiled.ports);
         self.check_frame_budget(&changes)?;
         let added = self.open_ports(&changes.added)?;
         phases.mark("open");
         if let Some(store) = self.store.as_mut() {
-            if let Err(e) = store.commit_owned(next, to_value(&state)) {
+            let committed = match edits {
+                Some(edits) if store.can_append() => store.append(next, &edits.journal),
+                _ => store.commit_owned(next, to_value(&state)),
+            };
+            if let Err(e) = committed {
                 self.close_ports(&added);
                 return Err(ApplyError::Store(e));
             }
@@ -237,7 +329,48 @@ impl Engine {
         phases.mark("metrics");
         if touches_dhcp(&diff) {
             if let Some(dhcp) = self.dhcp.as_mut() {
-                dhcp.reconfigure(dhcp_networks(&self.active.valid, &self.active.identities));
+                let (valid, identities) = (&self.active.valid, &self.active.identities);
+                match &dhcp_scope {
+                    Some(touched) => {
+                        dhcp.update(dhcp_networks_of(valid, identities, |n| touched[n]))
+                    }
+                    None => dhcp.reconfigure(dhcp_networks(valid, identities)),
+                }
+            }
+            if let (Some(touched), Some((old_valid, old_identities))) = (&dhcp_scope, &before) {
+                // The scope is a claim about what DHCP is made of; the test builds check
+                // that the networks left out kept their configuration.
+                let key = |n: Vec<NetworkDhcp>| -> Vec<_> {
+                    let mut k: Vec<_> = n
+                        .into_iter()
+                        .map(|n| (n.network_id, n.uid, n.config))
+                        .collect();
+                    k.sort_by(|a, b| a.0.cmp(&b.0));
+                    k
+                };
+                let untouched: HashSet<&str> = self
+                    .active
+                    .valid
+                    .networks
+                    .iter()
+                    .zip(touched)
+                    .filter(|(_, t)| !**t)
+                    .map(|(n, _)| n.id.as_str())
+                    .collect();
+                let old_untouched: Vec<usize> = (0..old_valid.networks.len())
+                    .filter(|&n| untouched.contains(old_valid.networks[n].id.as_str()))
+                    .collect();
+                debug_assert_eq!(
+                    key(dhcp_networks_of(
+                        &self.active.valid,
+                        &self.active.identities,
+                        |n| { !touched[n] }
+                    )),
+                    key(dhcp_networks_of(old_valid, old_identities, |n| {
+                        old_untouched.contains(&n)
+                    })),
+                    "a change of ports changed the DHCP configuration of another network"
+                );
             }
         } else if let Some((old_valid, old_identities)) = &before {
             // The rule above is a claim about what the configuration is made of; the test

@@ -1,9 +1,11 @@
 //! Changes to single objects (`<collection>.put`, `.delete`, `config.patch`): each batch is
 //! made into the whole resulting state and applied as [`Engine::apply`] applies a state,
-//! so both kinds of change share validation, diff, history and rollback.
+//! so both kinds of change share validation, diff, history and rollback. What differs is
+//! cost: the diff looks at the objects a batch touches alone, and the store appends the
+//! batch to its journal where a whole state is written whole.
 
 use super::{ApplyError, ApplyOptions, ApplyOutcome, Engine};
-use crate::patch::{edit, edit_raw, Change, PatchError, RawChange};
+use crate::patch::{edit, edit_raw, Change, Edits, PatchError, RawChange};
 
 impl From<PatchError> for ApplyError {
     fn from(e: PatchError) -> Self {
@@ -30,8 +32,9 @@ impl Engine {
         options: ApplyOptions,
     ) -> Result<ApplyOutcome, ApplyError> {
         self.check_generation(options)?;
+        let edits = Edits::of(&changes);
         let state = edit(&self.active.state, changes)?;
-        self.apply(state, options)
+        self.apply_edits(state, options, Some(edits))
     }
 
     /// [`Engine::patch`] with the objects as a client sent them (JSON).
@@ -41,8 +44,8 @@ impl Engine {
         options: ApplyOptions,
     ) -> Result<ApplyOutcome, ApplyError> {
         self.check_generation(options)?;
-        let state = edit_raw(&self.active.state, changes)?;
-        self.apply(state, options)
+        let (state, typed) = edit_raw(&self.active.state, changes)?;
+        self.apply_edits(state, options, Some(Edits::of(&typed)))
     }
 
     /// A stale `expect_generation` is refused before the changes are looked at: they were

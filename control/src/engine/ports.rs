@@ -19,6 +19,29 @@ pub enum PortStatus {
 }
 
 impl Engine {
+    /// Folds the store's journal into a generation file when it is due (see
+    /// [`crate::store::Store::compaction_due`]). Called on a timer, between requests; a
+    /// failure is logged and retried at the next call, the journal still holding
+    /// everything.
+    pub fn compact_store(&mut self) {
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        if !store.compaction_due(std::time::Instant::now()) {
+            return;
+        }
+        let records = store.journal_len();
+        let started = std::time::Instant::now();
+        match store.compact() {
+            Ok(()) => pollux_services::log!(
+                pollux_services::log::Level::Debug,
+                "state store: {records} journal records folded into a generation file in {:?}",
+                started.elapsed()
+            ),
+            Err(e) => pollux_services::warn!("state store: compaction: {e}"),
+        }
+    }
+
     /// Closes and reopens AF_XDP ports whose interface vanished, came back or was
     /// recreated, and retries ports that are down. Called on a timer.
     pub fn supervise_links(&mut self) {

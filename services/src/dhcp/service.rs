@@ -221,32 +221,9 @@ impl DhcpService {
         let mut shared = lock(&self.shared);
         let mut old = std::mem::take(&mut shared.servers);
         for net in networks {
-            let entry = match old.remove(&net.uid) {
-                Some(mut s) => {
-                    let before = s.server.leases().len();
-                    s.server.reconfigure(net.config);
-                    s.dirty |= s.server.leases().len() != before;
-                    s.network_id = net.network_id;
-                    s
-                }
-                None => {
-                    let file = self
-                        .lease_dir
-                        .as_deref()
-                        .map(|d| lease_file(d, &net.network_id));
-                    let leases = file.as_deref().map(load_leases).unwrap_or_default();
-                    let before = leases.len();
-                    let server = DhcpServer::with_leases(net.config, leases);
-                    let dirty = server.leases().len() != before;
-                    NetworkServer {
-                        network_id: net.network_id,
-                        server,
-                        file,
-                        dirty,
-                    }
-                }
-            };
-            shared.servers.insert(net.uid, entry);
+            let uid = net.uid;
+            let entry = self.configured(old.remove(&uid), net);
+            shared.servers.insert(uid, entry);
         }
         let mut removed = Vec::new();
         for (_, gone) in old {
@@ -262,6 +239,47 @@ impl DhcpService {
             if let Err(e) = std::fs::remove_file(&file) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     crate::warn!("removing {}: {e}", file.display());
+                }
+            }
+        }
+    }
+
+    /// Reconfigures the servers of `networks` only (creating those that are new) and
+    /// leaves every other server as it is: a change to a few ports costs what their
+    /// networks are, not what the host is.
+    pub fn update(&mut self, networks: Vec<NetworkDhcp>) {
+        let mut shared = lock(&self.shared);
+        for net in networks {
+            let uid = net.uid;
+            let entry = self.configured(shared.servers.remove(&uid), net);
+            shared.servers.insert(uid, entry);
+        }
+    }
+
+    /// The server of `net`: `old` reconfigured, or a new one with the leases in its file.
+    fn configured(&self, old: Option<NetworkServer>, net: NetworkDhcp) -> NetworkServer {
+        match old {
+            Some(mut s) => {
+                let before = s.server.leases().len();
+                s.server.reconfigure(net.config);
+                s.dirty |= s.server.leases().len() != before;
+                s.network_id = net.network_id;
+                s
+            }
+            None => {
+                let file = self
+                    .lease_dir
+                    .as_deref()
+                    .map(|d| lease_file(d, &net.network_id));
+                let leases = file.as_deref().map(load_leases).unwrap_or_default();
+                let before = leases.len();
+                let server = DhcpServer::with_leases(net.config, leases);
+                let dirty = server.leases().len() != before;
+                NetworkServer {
+                    network_id: net.network_id,
+                    server,
+                    file,
+                    dirty,
                 }
             }
         }
