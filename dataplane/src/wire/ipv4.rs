@@ -383,6 +383,16 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         self.set_checksum(checksum::update16(self.checksum(), old, new));
     }
 
+    /// Sets the DSCP (low 6 bits used), keeping the ECN bits, and patches the checksum for
+    /// the change (RFC 1624): the DSCP shares its 16-bit word with version and IHL.
+    #[inline]
+    pub fn set_dscp_incremental(&mut self, dscp: u8) {
+        let old = get_u16(self.buffer.as_ref(), 0..2);
+        self.set_dscp(dscp);
+        let new = get_u16(self.buffer.as_ref(), 0..2);
+        self.set_checksum(checksum::update16(self.checksum(), old, new));
+    }
+
     /// Decrements the TTL (with an incremental checksum update) and returns the new TTL.
     /// A TTL of 0 is left alone. A router drops the packet when this returns 0.
     #[inline]
