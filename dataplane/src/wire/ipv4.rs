@@ -711,6 +711,30 @@ mod tests {
     }
 
     proptest! {
+        /// The DSCP rewrite's incremental checksum equals a full recomputation, and only
+        /// the DSCP bits change.
+        #[test]
+        fn dscp_incremental_matches_full_checksum(
+            mut header in proptest::array::uniform20(any::<u8>()),
+            dscp in 0u8..64,
+        ) {
+            header[0] = 0x45;
+            let mut p = Ipv4Packet::new_unchecked(header);
+            p.fill_checksum();
+            let before = p.into_inner();
+            let mut p = Ipv4Packet::new_unchecked(before);
+            p.set_dscp_incremental(dscp);
+            prop_assert!(p.verify_checksum());
+            prop_assert_eq!(p.dscp(), dscp);
+            let after = p.into_inner();
+            prop_assert_eq!(after[1] & 3, before[1] & 3);
+            let mut full = Ipv4Packet::new_unchecked(after);
+            full.fill_checksum();
+            prop_assert_eq!(full.into_inner(), after);
+        }
+    }
+
+    proptest! {
         #[test]
         fn checked_never_panics(mut data in proptest::collection::vec(any::<u8>(), 0..200), fix in any::<Option<(u8, u16)>>()) {
             // Random bytes rarely pass `check_len`; half the time make version and lengths plausible.
