@@ -62,11 +62,18 @@ pub struct DesiredState {
     /// QoS policies (Neutron's), attached by a port's or a network's `qos_policy_id`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub qos_policies: Vec<QosPolicy>,
+    /// Neutron's metering labels: not built, so validation refuses any as not supported
+    /// (kept as raw values so that the refusal names them by path, not as unknown keys).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metering_labels: Vec<serde_json::Value>,
+    /// Neutron's metering label rules: refused as not supported, as the labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metering_label_rules: Vec<serde_json::Value>,
 }
 
 /// The top-level keys of a desired state, in document order. Every validation error path
 /// starts with one of them.
-pub const TOP_LEVEL_KEYS: [&str; 14] = [
+pub const TOP_LEVEL_KEYS: [&str; 16] = [
     "l2",
     "dhcp",
     "agent",
@@ -81,6 +88,8 @@ pub const TOP_LEVEL_KEYS: [&str; 14] = [
     "security_group_rules",
     "address_groups",
     "qos_policies",
+    "metering_labels",
+    "metering_label_rules",
 ];
 
 /// MAC learning parameters.

@@ -370,6 +370,8 @@ fn generate(layout: &Layout, ports: usize, routers: usize) -> (DesiredState, Vec
         security_group_rules: Vec::new(),
         address_groups: Vec::new(),
         qos_policies: Vec::new(),
+        metering_labels: Vec::new(),
+        metering_label_rules: Vec::new(),
     };
     (state, port_net)
 }
