@@ -14,6 +14,8 @@ use pollux_dataplane::overlay::{vtep_mac, EndpointSpec};
 use pollux_dataplane::packet::MAX_BURST;
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::port_security::{Ipv4Source, PortSecurity};
+use pollux_dataplane::qos::PortQos;
+use pollux_dataplane::ratelimit::ByteRate;
 use pollux_dataplane::routing::{InterfaceSpec, RouteSpec, RouterSpec, RouterUid};
 use pollux_dataplane::secgroup::{RuleName, RuleSet, SgPolicy, SgRemote, SgRule, SgTables};
 use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
@@ -60,11 +62,17 @@ pub enum Scenario {
     SgNew1k,
     /// New connections with 10,000 rules per port.
     SgNew10k,
+    /// [`Scenario::AccessToAccess`] from a port with a QoS egress bandwidth limit whose
+    /// bucket is deep enough that every frame passes: the cost of policing.
+    AccessQosPoliced,
+    /// The UDP/IPv4 frame of [`Scenario::AccessPortSecurity`] (without port security) from
+    /// a port whose QoS policy marks DSCP EF: the rewrite with its checksum update.
+    AccessQosMarked,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 15] = [
+    pub const ALL: [Scenario; 17] = [
         Scenario::AccessToAccess,
         Scenario::AccessPortSecurity,
         Scenario::AccessToUplink,
@@ -80,6 +88,8 @@ impl Scenario {
         Scenario::SgNew10,
         Scenario::SgNew1k,
         Scenario::SgNew10k,
+        Scenario::AccessQosPoliced,
+        Scenario::AccessQosMarked,
     ];
 
     /// Name used on the command line and in reports.
@@ -100,6 +110,8 @@ impl Scenario {
             Scenario::SgNew10 => "sg_new_10_rules",
             Scenario::SgNew1k => "sg_new_1k_rules",
             Scenario::SgNew10k => "sg_new_10k_rules",
+            Scenario::AccessQosPoliced => "access_qos_policed",
+            Scenario::AccessQosMarked => "access_qos_marked",
         }
     }
 
@@ -183,6 +195,32 @@ impl Bench {
                 PortSecurity::new(&[mac(1)], &[Ipv4Source::new(mac(1), VM1_IP.into(), 32)]);
             b.port_security(PortId(1), policy);
         }
+        match scenario {
+            Scenario::AccessQosPoliced => {
+                // Deep enough for every frame a benchmark sends at a standing clock.
+                let rate = ByteRate {
+                    max_kbps: 10_000_000,
+                    burst_kbit: u32::MAX,
+                };
+                b.qos(
+                    PortId(1),
+                    PortQos {
+                        egress: Some(rate),
+                        ..PortQos::default()
+                    },
+                );
+            }
+            Scenario::AccessQosMarked => {
+                b.qos(
+                    PortId(1),
+                    PortQos {
+                        dscp: Some(46),
+                        ..PortQos::default()
+                    },
+                );
+            }
+            _ => {}
+        }
         let ports: Vec<u16> = (0..=8).collect();
         let mut sw = MemSwitch::new(&b, &ports);
         // Learn the outside MAC on the uplink, as real traffic would have.
@@ -193,8 +231,10 @@ impl Bench {
         sw.run();
         sw.collect();
         let (input, frame, fanout) = match scenario {
-            Scenario::AccessToAccess => (1, frame(mac(2), mac(1), None, 0, FRAME_LEN), 1),
-            Scenario::AccessPortSecurity => {
+            Scenario::AccessToAccess | Scenario::AccessQosPoliced => {
+                (1, frame(mac(2), mac(1), None, 0, FRAME_LEN), 1)
+            }
+            Scenario::AccessPortSecurity | Scenario::AccessQosMarked => {
                 let payload = udp(VM1_IP, [198, 18, 1, 11], 40000, 9, &[0; 18]);
                 let f = ipv4(
                     mac(2),

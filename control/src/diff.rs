@@ -50,6 +50,9 @@ pub struct ByCollection<T> {
     /// Address groups.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub address_groups: Vec<T>,
+    /// QoS policies.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub qos_policies: Vec<T>,
 }
 
 // Written out because the derive would require `T: Default`, which an empty list does not
@@ -66,6 +69,7 @@ impl<T> Default for ByCollection<T> {
             security_groups: Vec::new(),
             security_group_rules: Vec::new(),
             address_groups: Vec::new(),
+            qos_policies: Vec::new(),
         }
     }
 }
@@ -83,6 +87,7 @@ impl<T> ByCollection<T> {
             ("security_groups", self.security_groups.as_slice()),
             ("security_group_rules", self.security_group_rules.as_slice()),
             ("address_groups", self.address_groups.as_slice()),
+            ("qos_policies", self.qos_policies.as_slice()),
         ]
         .into_iter()
     }
@@ -224,6 +229,7 @@ pub fn diff(old: &DesiredState, new: &DesiredState) -> Diff {
         &mut d.changed.objects.security_group_rules,
     );
     collection!(address_groups, id);
+    collection!(qos_policies, id);
     d.changed.l2 = old.l2 != new.l2;
     d.changed.dhcp = old.dhcp != new.dhcp;
     d
@@ -394,6 +400,7 @@ mod tests {
             mtu: None,
             admin_state_up: true,
             dns_domain: None,
+            qos_policy_id: None,
         }
     }
 
@@ -410,6 +417,7 @@ mod tests {
             binding: Some(Binding::Mem {}),
             dns_name: None,
             extra_dhcp_opts: Vec::new(),
+            qos_policy_id: None,
         }
     }
 

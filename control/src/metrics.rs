@@ -177,7 +177,7 @@ impl MetricsSource {
         let ports = ports
             .into_iter()
             .map(|(id, name)| {
-                let mut v = [0u64; 6];
+                let mut v = [0u64; PORT_VALUES];
                 for (_, w) in &self.workers {
                     if let Some(p) = w.port(id) {
                         v[0] += p.rx_packets.get();
@@ -186,6 +186,11 @@ impl MetricsSource {
                         v[3] += p.tx_bytes.get();
                         v[4] += p.tx_dropped.get();
                         v[5] += p.rx_dropped.get();
+                        v[6] += p.policed_egress_packets.get();
+                        v[7] += p.policed_egress_bytes.get();
+                        v[8] += p.policed_ingress_packets.get();
+                        v[9] += p.policed_ingress_bytes.get();
+                        v[10] += p.dscp_marked.get();
                     }
                 }
                 (name, v)
@@ -283,10 +288,13 @@ struct WorkerScrape {
     idle_ns: u64,
 }
 
+/// Counters per port in a scrape: rx/tx packets, bytes and drops, then QoS's.
+const PORT_VALUES: usize = 11;
+
 /// One scrape's values, owned so the registry's collector can be `'static`.
 #[derive(Debug)]
 struct Scrape {
-    ports: Vec<(String, [u64; 6])>,
+    ports: Vec<(String, [u64; PORT_VALUES])>,
     /// Per vhost-user port: connected (0/1), disconnects, queues given up.
     vhost_user: Vec<(String, [u64; 3])>,
     drops: Vec<(&'static str, u64)>,
@@ -401,7 +409,7 @@ impl Collector for Scrape {
     // Counter names are given without `_total`: the encoder appends it to each sample.
     fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
         type PortField = (&'static str, &'static str, usize);
-        const PORT_FIELDS: [PortField; 6] = [
+        const PORT_FIELDS: [PortField; PORT_VALUES] = [
             (
                 "pollux_port_rx_packets",
                 "Frames received from the port.",
@@ -427,6 +435,31 @@ impl Collector for Scrape {
                 "pollux_port_rx_dropped",
                 "Frames received from the port that the pipeline dropped.",
                 5,
+            ),
+            (
+                "pollux_port_qos_policed_egress_packets",
+                "Frames from the port (Neutron egress) its QoS bandwidth limit dropped.",
+                6,
+            ),
+            (
+                "pollux_port_qos_policed_egress_bytes",
+                "Bytes of frames from the port its QoS bandwidth limit dropped.",
+                7,
+            ),
+            (
+                "pollux_port_qos_policed_ingress_packets",
+                "Frames to the port (Neutron ingress) its QoS bandwidth limit dropped.",
+                8,
+            ),
+            (
+                "pollux_port_qos_policed_ingress_bytes",
+                "Bytes of frames to the port its QoS bandwidth limit dropped.",
+                9,
+            ),
+            (
+                "pollux_port_qos_dscp_marked",
+                "Packets from the port whose DSCP its QoS policy rewrote.",
+                10,
             ),
         ];
         for (name, help, i) in PORT_FIELDS {

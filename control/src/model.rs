@@ -59,11 +59,21 @@ pub struct DesiredState {
     /// Address groups (Neutron's), for `remote_address_group_id`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub address_groups: Vec<AddressGroup>,
+    /// QoS policies (Neutron's), attached by a port's or a network's `qos_policy_id`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub qos_policies: Vec<QosPolicy>,
+    /// Neutron's metering labels: not built, so validation refuses any as not supported
+    /// (kept as raw values so that the refusal names them by path, not as unknown keys).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metering_labels: Vec<serde_json::Value>,
+    /// Neutron's metering label rules: refused as not supported, as the labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metering_label_rules: Vec<serde_json::Value>,
 }
 
 /// The top-level keys of a desired state, in document order. Every validation error path
 /// starts with one of them.
-pub const TOP_LEVEL_KEYS: [&str; 13] = [
+pub const TOP_LEVEL_KEYS: [&str; 16] = [
     "l2",
     "dhcp",
     "agent",
@@ -77,6 +87,9 @@ pub const TOP_LEVEL_KEYS: [&str; 13] = [
     "security_groups",
     "security_group_rules",
     "address_groups",
+    "qos_policies",
+    "metering_labels",
+    "metering_label_rules",
 ];
 
 /// MAC learning parameters.
@@ -314,6 +327,10 @@ pub struct Network {
     /// Domain name handed out by DHCP (option 15), e.g. `openstacklocal`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns_domain: Option<String>,
+    /// The QoS policy of its ports that have none of their own (Neutron's network
+    /// `qos_policy_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos_policy_id: Option<String>,
 }
 
 /// An IPv4 subnet of a network.
@@ -412,6 +429,9 @@ pub struct Port {
     /// Further DHCP options for this port (Neutron's `extra_dhcp_opts`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_dhcp_opts: Vec<ExtraDhcpOpt>,
+    /// Its QoS policy; absent: its network's, if any (Neutron's port `qos_policy_id`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qos_policy_id: Option<String>,
 }
 
 /// An entry of a port's `extra_dhcp_opts`, in Neutron's shape.
@@ -489,6 +509,47 @@ pub enum VhostUserMode {
     /// Pollux connects to the VM's process, and again when it restarts (QEMU's
     /// `server=on`, Neutron's `vhostuser_mode = server`, OVS's `dpdkvhostuserclient`).
     Client,
+}
+
+/// A QoS policy: a set of rules, in Neutron's shape.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QosPolicy {
+    /// Unique id.
+    pub id: String,
+    /// Human-readable name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its rules: at most one `bandwidth_limit` per direction and one `dscp_marking`.
+    #[serde(default)]
+    pub rules: Vec<QosRule>,
+}
+
+/// A rule of a QoS policy, as the Neutron API lists a policy's rules (each with its
+/// `type`). Which fields a rule takes depends on its type; validation says which.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QosRule {
+    /// Its id (optional here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// `bandwidth_limit` or `dscp_marking` (Neutron's other types are refused as not
+    /// supported).
+    #[serde(rename = "type")]
+    pub rule_type: String,
+    /// `bandwidth_limit`: the average rate in kbit/s (1000 bits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_kbps: Option<i64>,
+    /// `bandwidth_limit`: the burst in kbit; absent or 0: 80% of `max_kbps`, as Neutron's
+    /// OVS and Linux bridge drivers default it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_burst_kbps: Option<i64>,
+    /// `bandwidth_limit`: `egress` (from the VM, the default) or `ingress` (to the VM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direction: Option<String>,
+    /// `dscp_marking`: the DSCP written into what the VM sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dscp_mark: Option<i64>,
 }
 
 /// A router.
@@ -835,6 +896,7 @@ fn locate(doc: &serde_json::Value, message: &str) -> Option<String> {
             "security_groups" => first_bad::<SecurityGroup>(key, v),
             "security_group_rules" => first_bad::<SecurityGroupRule>(key, v),
             "address_groups" => first_bad::<AddressGroup>(key, v),
+            "qos_policies" => first_bad::<QosPolicy>(key, v),
             _ => None,
         };
         if bad.is_some() {

@@ -574,6 +574,7 @@ fn plan(edit: &Edit, engine: &Engine, fresh: &mut Fresh) -> Option<Planned> {
                 binding: Some(Binding::Mem {}),
                 dns_name: None,
                 extra_dhcp_opts: Vec::new(),
+                qos_policy_id: None,
             });
             let expect = expect_valid(&s);
             Planned {
@@ -734,6 +735,7 @@ fn plan(edit: &Edit, engine: &Engine, fresh: &mut Fresh) -> Option<Planned> {
                 mtu: None,
                 admin_state_up: true,
                 dns_domain: None,
+                qos_policy_id: None,
             });
             if *with_subnet {
                 let octet = n % 250;

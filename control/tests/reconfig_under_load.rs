@@ -434,6 +434,7 @@ impl Churn {
             binding: Some(Binding::Mem {}),
             dns_name: None,
             extra_dhcp_opts: Vec::new(),
+            qos_policy_id: None,
         });
     }
 
@@ -484,6 +485,7 @@ impl Churn {
                     mtu: None,
                     admin_state_up: true,
                     dns_domain: None,
+                    qos_policy_id: None,
                 });
                 s.subnets.push(Subnet {
                     id: "sub-x".into(),

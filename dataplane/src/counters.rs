@@ -80,6 +80,16 @@ pub struct PortCounters {
     pub tx_bytes: Counter,
     /// Frames meant for the port that it did not take (ring full, not attached).
     pub tx_dropped: Counter,
+    /// Frames from the port (Neutron egress) its bandwidth limit dropped.
+    pub policed_egress_packets: Counter,
+    /// Their bytes.
+    pub policed_egress_bytes: Counter,
+    /// Frames to the port (Neutron ingress) its bandwidth limit dropped.
+    pub policed_ingress_packets: Counter,
+    /// Their bytes.
+    pub policed_ingress_bytes: Counter,
+    /// IPv4 and IPv6 packets from the port whose DSCP its QoS policy rewrote.
+    pub dscp_marked: Counter,
 }
 
 impl PortCounters {
@@ -92,6 +102,11 @@ impl PortCounters {
             &self.tx_packets,
             &self.tx_bytes,
             &self.tx_dropped,
+            &self.policed_egress_packets,
+            &self.policed_egress_bytes,
+            &self.policed_ingress_packets,
+            &self.policed_ingress_bytes,
+            &self.dscp_marked,
         ] {
             c.reset();
         }

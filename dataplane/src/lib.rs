@@ -30,6 +30,7 @@ pub mod pipeline;
 pub mod port;
 pub mod port_security;
 pub mod publish;
+pub mod qos;
 pub mod ratelimit;
 pub mod ring;
 pub mod routing;

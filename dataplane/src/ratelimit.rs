@@ -1,4 +1,5 @@
-//! Token buckets for the packets a router generates itself (ICMP errors, echo replies).
+//! Token buckets for the packets a router generates itself (ICMP errors, echo replies),
+//! and byte buckets for policing a port's bandwidth ([`ByteBucket`]).
 //!
 //! Time comes from the caller as monotonic nanoseconds (the worker reads its clock once per
 //! pass), so nothing here makes a syscall and tests can drive a simulated clock. Credit is
@@ -196,6 +197,69 @@ impl Default for KeyedLimiter<DEFAULT_KEYED_BUCKETS> {
     }
 }
 
+/// A byte policer's rate and burst, in Neutron's units: kilobits of 1000 bits (as OVS's
+/// `ingress_policing_rate` and tc's `kbit`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ByteRate {
+    /// Average rate in kbit/s. 0 never refills.
+    pub max_kbps: u32,
+    /// Bucket size in kbit: what may pass at once after an idle spell.
+    pub burst_kbit: u32,
+}
+
+/// Credit units of a [`ByteBucket`] per byte. The unit is chosen so that a rate of `k`
+/// kbit/s adds exactly `k` units per nanosecond (`k * 1000 / 8` bytes per 10^9 ns, so a
+/// byte is `8 * 10^6` units): refilling is one integer multiplication, and a burst of
+/// `b` kbit is `b * 10^9` units, which fits a `u64` for every `u32` burst.
+const UNITS_PER_BYTE: u64 = 8_000_000;
+/// Credit units per kbit of burst.
+const UNITS_PER_KBIT: u64 = 1_000_000_000;
+
+/// A token bucket counting bytes, for policing a port's traffic (Neutron's
+/// `bandwidth_limit` rules). A packet passes when the bucket holds its length, and takes
+/// it; a packet larger than the whole bucket never passes, as with tc's policer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ByteBucket {
+    rate: ByteRate,
+    credit: u64,
+    last_ns: u64,
+}
+
+impl ByteBucket {
+    /// A full bucket for `rate`, its clock at `now_ns`.
+    pub const fn full(rate: ByteRate, now_ns: u64) -> Self {
+        ByteBucket {
+            rate,
+            credit: rate.burst_kbit as u64 * UNITS_PER_KBIT,
+            last_ns: now_ns,
+        }
+    }
+
+    /// The rate it polices to.
+    pub const fn rate(&self) -> ByteRate {
+        self.rate
+    }
+
+    /// Takes `bytes` if the bucket holds them at `now_ns` (monotonic nanoseconds).
+    #[inline]
+    pub fn allow(&mut self, now_ns: u64, bytes: u32) -> bool {
+        let capacity = u64::from(self.rate.burst_kbit) * UNITS_PER_KBIT;
+        // As in `BucketState::allow`: a clock going backwards adds nothing.
+        if now_ns > self.last_ns {
+            let refill = (now_ns - self.last_ns).saturating_mul(u64::from(self.rate.max_kbps));
+            self.credit = self.credit.saturating_add(refill).min(capacity);
+            self.last_ns = now_ns;
+        }
+        let cost = u64::from(bytes) * UNITS_PER_BYTE;
+        if self.credit >= cost {
+            self.credit -= cost;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +390,24 @@ mod tests {
         }
     }
 
+    #[test]
+    fn byte_bucket_passes_its_burst_then_its_rate_to_the_byte() {
+        // 8000 kbit/s is 1_000_000 bytes/s; a burst of 80 kbit is 10_000 bytes.
+        let rate = ByteRate {
+            max_kbps: 8000,
+            burst_kbit: 80,
+        };
+        let mut b = ByteBucket::full(rate, 5 * SEC);
+        assert_eq!((0..1000).filter(|_| b.allow(5 * SEC, 100)).count(), 100);
+        // One millisecond is 1000 bytes: ten more, not eleven.
+        let t = 5 * SEC + SEC / 1000;
+        assert_eq!((0..1000).filter(|_| b.allow(t, 100)).count(), 10);
+        // A frame larger than the bucket never passes, however long the wait.
+        assert!(!b.allow(100 * SEC, 10_001));
+        assert!(b.allow(100 * SEC, 10_000));
+        assert!(!b.allow(50 * SEC, 1), "a clock going back adds nothing");
+    }
+
     proptest! {
         #[test]
         fn never_more_than_burst_plus_rate(
@@ -343,6 +425,27 @@ mod tests {
             }
             let bound = u64::from(burst) + (now - start) * u64::from(rate) / SEC;
             prop_assert!(allowed <= bound, "{} > {}", allowed, bound);
+        }
+
+        #[test]
+        fn byte_bucket_never_more_than_burst_plus_rate(
+            kbps in 1u32..100_000,
+            burst in 0u32..10_000,
+            steps in proptest::collection::vec((0u64..5_000_000, 60u32..1600), 1..300),
+        ) {
+            let start = SEC;
+            let mut b = ByteBucket::full(ByteRate { max_kbps: kbps, burst_kbit: burst }, start);
+            let mut now = start;
+            let mut passed = 0u64;
+            for (dt, len) in steps {
+                now += dt;
+                if b.allow(now, len) {
+                    passed += u64::from(len);
+                }
+            }
+            // In bits: the burst plus what the rate adds over the time elapsed.
+            let bound = u64::from(burst) * 1000 + (now - start) * u64::from(kbps) / 1_000_000;
+            prop_assert!(passed * 8 <= bound, "{} > {}", passed * 8, bound);
         }
 
         #[test]

@@ -13,6 +13,7 @@ use crate::overlay::{EndpointSpec, Overlay, OverlayBuilder, OverlayNetworks};
 use crate::pipeline::{Stage, StageSet};
 use crate::port::PortId;
 use crate::port_security::PortSecurity;
+use crate::qos::PortQos;
 use crate::routing::{RouterSpec, Routing, RoutingError};
 use crate::secgroup::SgTables;
 use crate::slowpath::{NetworkService, NetworkServices, ServiceId, SlowPathConfig};
@@ -177,6 +178,8 @@ pub struct Snapshot {
     slow_path: SlowPathConfig,
     /// Per port id, the port-security policy of a VM port that has it on.
     port_security: Box<[Option<PortSecurity>]>,
+    /// Per port id, the QoS of a VM port that has a policy.
+    qos: Box<[Option<PortQos>]>,
     /// The tunnel endpoint and overlay networks, if any.
     overlay: Overlay,
     /// Security groups: per-port compiled rules, address sets, rule names and hits.
@@ -346,6 +349,12 @@ impl Snapshot {
         self.port_security.get(port.index())?.as_ref()
     }
 
+    /// The QoS of `port`, if it has a policy (its own or its network's).
+    #[inline]
+    pub fn qos(&self, port: PortId) -> Option<&PortQos> {
+        self.qos.get(port.index())?.as_ref()
+    }
+
     /// The overlay tables (empty without a tunnel endpoint).
     #[inline]
     pub fn overlay(&self) -> &Overlay {
@@ -479,6 +488,8 @@ pub enum BuildError {
     BadService(NetworkUid),
     /// Port security for a port that is not a VM port of this configuration.
     PortSecurityNotOnVmPort(PortId),
+    /// QoS for a port that is not a VM port of this configuration.
+    QosNotOnVmPort(PortId),
     /// The overlay configuration is inconsistent (what is wrong).
     Overlay(&'static str),
     /// Security groups given to a port without port security.
@@ -546,6 +557,7 @@ impl fmt::Display for BuildError {
             BuildError::PortSecurityNotOnVmPort(p) => {
                 write!(f, "port security for {p}, which is not a VM port")
             }
+            BuildError::QosNotOnVmPort(p) => write!(f, "QoS for {p}, which is not a VM port"),
             BuildError::Routing(e) => e.fmt(f),
             BuildError::Overlay(what) => write!(f, "overlay: {what}"),
             BuildError::StageOnUnknownPort { port, stage } => {
@@ -571,6 +583,7 @@ pub struct SnapshotBuilder {
     services: Vec<(NetworkUid, [u8; 6], NetworkService)>,
     slow_path: SlowPathConfig,
     port_security: Vec<(PortId, PortSecurity)>,
+    qos: Vec<(PortId, PortQos)>,
     security_groups: SgTables,
     stages: Vec<(PortId, Stage)>,
     overlay: OverlayBuilder,
@@ -654,6 +667,12 @@ impl SnapshotBuilder {
     /// Turns port security on for the VM port `port`, with `policy`.
     pub fn port_security(&mut self, port: PortId, policy: PortSecurity) -> &mut Self {
         self.port_security.push((port, policy));
+        self
+    }
+
+    /// Gives the VM port `port` its QoS (bandwidth limits, DSCP marking).
+    pub fn qos(&mut self, port: PortId, qos: PortQos) -> &mut Self {
+        self.qos.push((port, qos));
         self
     }
 
@@ -880,6 +899,13 @@ impl SnapshotBuilder {
                 _ => return Err(BuildError::PortSecurityNotOnVmPort(*port)),
             }
         }
+        let mut qos = vec![None; port_slots].into_boxed_slice();
+        for (port, q) in &self.qos {
+            match ports.get(port.index()) {
+                Some(PortRole::Access { .. }) => qos[port.index()] = Some(*q),
+                _ => return Err(BuildError::QosNotOnVmPort(*port)),
+            }
+        }
         let mut flood_ports = Vec::new();
         let mut networks = Vec::with_capacity(nets.len());
         for (slot, (uid, segment)) in nets.iter().enumerate() {
@@ -963,6 +989,20 @@ impl SnapshotBuilder {
                 }
             }
         }
+        // As with security groups: the egress stage only on the ports with a policy that
+        // acts there, the ingress one on every burst once some port limits its ingress.
+        for (port, q) in &self.qos {
+            if q.acts_on_egress() {
+                port_stages[port.index()] = port_stages[port.index()].with(Stage::QosEgress);
+            }
+        }
+        if self.qos.iter().any(|(_, q)| q.ingress.is_some()) {
+            for (set, role) in port_stages.iter_mut().zip(ports.iter()) {
+                if *role != PortRole::Absent {
+                    *set = set.with(Stage::QosIngress);
+                }
+            }
+        }
         for &(port, stage) in &self.stages {
             match port_stages.get_mut(port.index()) {
                 Some(set) if ports[port.index()] != PortRole::Absent => *set = set.with(stage),
@@ -983,6 +1023,7 @@ impl SnapshotBuilder {
             services,
             slow_path: self.slow_path,
             port_security,
+            qos,
             overlay,
             security_groups,
         })

@@ -153,10 +153,10 @@ impl Worker {
             ack,
             macs: MacTable::with_seed(config.mac_table_capacity, config.hash_seed),
             conns: ConnTable::new(config.conntrack),
-            stages: StageTable::new(RouterState::new(
-                config.neighbor_capacity,
-                config.conntrack.hash_seed,
-            )),
+            stages: StageTable::new(
+                RouterState::new(config.neighbor_capacity, config.conntrack.hash_seed),
+                max_ports,
+            ),
             counters,
             batch: Batch::with_capacity(MAX_BURST),
             next_housekeeping_ns: 0,

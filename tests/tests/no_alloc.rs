@@ -5,8 +5,10 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use pollux_dataplane::port::PortId;
+use pollux_dataplane::qos::PortQos;
+use pollux_dataplane::ratelimit::ByteRate;
 use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
-use pollux_tests::frames::{arp, frame, mac, vxlan, BROADCAST};
+use pollux_tests::frames::{arp, frame, ipv4, mac, udp, vxlan, BROADCAST};
 use pollux_tests::harness::MemSwitch;
 
 struct Counting;
@@ -183,5 +185,76 @@ fn overlay_forwarding_does_not_allocate() {
     assert!(c.vxlan_encapsulated.get() >= 20 * 64 * 2);
     assert!(c.vxlan_decapsulated.get() >= 20 * 64 * 2);
     assert!(c.arp_responder_replies.get() >= 20 * 64);
+    sw.assert_conserved();
+}
+
+/// Policing (passing and dropping, both directions) and DSCP marking do not allocate.
+#[test]
+fn qos_does_not_allocate() {
+    let _turn = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let rate = ByteRate {
+        max_kbps: 1000,
+        burst_kbit: 100,
+    };
+    let mut b = SnapshotBuilder::new();
+    b.network(NetworkUid(1), Segment::Local);
+    for p in 1..=3u16 {
+        b.access_port(PortId(p), NetworkUid(1), &[mac(p as u8)]);
+    }
+    b.qos(
+        PortId(1),
+        PortQos {
+            egress: Some(rate),
+            ingress: None,
+            dscp: Some(46),
+        },
+    )
+    .qos(
+        PortId(3),
+        PortQos {
+            ingress: Some(rate),
+            ..PortQos::default()
+        },
+    );
+    let mut sw = MemSwitch::new(&b, &[1, 2, 3]);
+    let udp4 = |from: u8, to: u8| {
+        let (s, d) = ([198, 18, 1, from], [198, 18, 1, to]);
+        ipv4(
+            mac(to),
+            mac(from),
+            None,
+            s,
+            d,
+            64,
+            17,
+            &udp(s, d, 1, 2, &[0; 32]),
+        )
+    };
+    let scenarios = [(1u16, udp4(1, 2)), (2, udp4(2, 3))];
+    let round = |sw: &mut MemSwitch| {
+        for (port, f) in &scenarios {
+            sw.wires.get_mut(port).unwrap().send_repeated(f, 64);
+        }
+        while sw.worker.poll(sw.now_ns) > 0 {}
+        for wire in sw.wires.values_mut() {
+            wire.drain(usize::MAX, |_| {});
+        }
+        sw.now_ns += 1_000_000;
+    };
+    round(&mut sw);
+    COUNTING.store(true, Ordering::SeqCst);
+    for _ in 0..20 {
+        round(&mut sw);
+    }
+    COUNTING.store(false, Ordering::SeqCst);
+    assert_eq!(
+        ALLOCATIONS.load(Ordering::SeqCst),
+        0,
+        "the QoS stages allocated"
+    );
+    let c = sw.counters();
+    assert!(c.port(PortId(1)).unwrap().policed_egress_packets.get() > 0);
+    assert!(c.port(PortId(3)).unwrap().policed_ingress_packets.get() > 0);
+    assert!(c.port(PortId(1)).unwrap().dscp_marked.get() > 0);
     sw.assert_conserved();
 }

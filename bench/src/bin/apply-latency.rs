@@ -286,6 +286,7 @@ fn port(id: String, net: usize, mac_no: u32, addr: u32) -> Port {
         binding: Some(Binding::Mem {}),
         dns_name: None,
         extra_dhcp_opts: Vec::new(),
+        qos_policy_id: None,
     }
 }
 
@@ -307,6 +308,7 @@ fn generate(layout: &Layout, ports: usize, routers: usize) -> (DesiredState, Vec
                 mtu: None,
                 admin_state_up: true,
                 dns_domain: None,
+                qos_policy_id: None,
             }
         })
         .collect();
@@ -367,6 +369,9 @@ fn generate(layout: &Layout, ports: usize, routers: usize) -> (DesiredState, Vec
         security_groups: security_groups(),
         security_group_rules: Vec::new(),
         address_groups: Vec::new(),
+        qos_policies: Vec::new(),
+        metering_labels: Vec::new(),
+        metering_label_rules: Vec::new(),
     };
     (state, port_net)
 }

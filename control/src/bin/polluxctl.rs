@@ -161,6 +161,9 @@ enum Show {
     },
     /// Each pipeline stage's calls, packets per call and time per packet.
     Runtime,
+    /// The VM ports with a QoS policy: what their bandwidth limits dropped (packets and
+    /// bytes, per direction) and how many packets they marked.
+    Qos,
 }
 
 #[derive(Debug, Subcommand)]
@@ -375,6 +378,7 @@ fn show_request(show: &Show) -> (&'static str, Value) {
             ("drops.list", params)
         }
         Show::Runtime => ("runtime.get", json!({})),
+        Show::Qos => ("stats.get", json!({})),
     }
 }
 
@@ -562,6 +566,16 @@ const NEIGHBOR_COLUMNS: &[Column] = &[
     ("AGE", "age_secs"),
 ];
 
+const QOS_COLUMNS: &[Column] = &[
+    ("PORT", "port_id"),
+    ("POLICY", "qos_policy_id"),
+    ("POLICED_EGRESS_PKTS", "policed_egress_packets"),
+    ("POLICED_EGRESS_BYTES", "policed_egress_bytes"),
+    ("POLICED_INGRESS_PKTS", "policed_ingress_packets"),
+    ("POLICED_INGRESS_BYTES", "policed_ingress_bytes"),
+    ("DSCP_MARKED", "dscp_marked"),
+];
+
 const LEASE_COLUMNS: &[Column] = &[
     ("NETWORK", "network_id"),
     ("PORT", "port_id"),
@@ -725,6 +739,7 @@ fn render_show(show: &Show, result: &Value) -> String {
         }
         Show::Drops { .. } => table(rows(result, "drops"), STAGE_DROP_COLUMNS),
         Show::Runtime => table(rows(result, "stages"), RUNTIME_COLUMNS),
+        Show::Qos => table(rows(result, "qos"), QOS_COLUMNS),
     }
 }
 
@@ -1341,6 +1356,31 @@ mod tests {
         assert_eq!(
             trace_report(&result),
             "trace of vm1 matching proto=17,dst_port=53: 0 packets recorded, 10 to go"
+        );
+    }
+
+    #[test]
+    fn show_qos() {
+        let cli = Cli::try_parse_from(["polluxctl", "show", "qos"]).unwrap();
+        let Command::Show(show) = &cli.command else {
+            panic!("not show: {cli:?}");
+        };
+        assert_eq!(show_request(show).0, "stats.get");
+        let result = json!({ "qos": [{
+            "port_id": "vm1", "qos_policy_id": "gold", "policed_egress_packets": 3,
+            "policed_egress_bytes": 4500, "policed_ingress_packets": 0,
+            "policed_ingress_bytes": 0, "dscp_marked": 12
+        }]});
+        assert_eq!(
+            render_show(show, &result),
+            [
+                "PORT  POLICY  POLICED_EGRESS_PKTS  POLICED_EGRESS_BYTES  POLICED_INGRESS_PKTS  \
+                 POLICED_INGRESS_BYTES  DSCP_MARKED",
+                "vm1   gold                      3                  4500                     0  \
+                 {}0           12",
+            ]
+            .join("\n")
+            .replace("{}", &" ".repeat(20))
         );
     }
 

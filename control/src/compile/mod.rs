@@ -14,6 +14,8 @@ use pollux_dataplane::buf::{DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM};
 use pollux_dataplane::pipeline::Stage;
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::port_security::{Ipv4Source, PortSecurity};
+use pollux_dataplane::qos::PortQos;
+use pollux_dataplane::ratelimit::ByteRate;
 use pollux_dataplane::routing::{InterfaceSpec, RouteSpec, RouterSpec, RouterUid};
 use pollux_dataplane::slowpath::{ServiceId, SlowPathConfig};
 use pollux_dataplane::snapshot::{
@@ -368,6 +370,9 @@ pub fn compile(
             if kernel_interface(binding) {
                 b.enable_stage(id, Stage::ChecksumOffload);
             }
+            if let Some(q) = port.qos_policy {
+                b.qos(id, port_qos(&state.qos_policies[q]));
+            }
         }
         plans.push(PortPlan {
             id,
@@ -425,6 +430,19 @@ pub fn compile(
 /// leave TCP/UDP checksums to an offload that AF_XDP does not carry.
 fn kernel_interface(binding: &Binding) -> bool {
     matches!(binding, Binding::Afxdp { .. })
+}
+
+/// What the data plane enforces of a QoS policy.
+fn port_qos(policy: &crate::validate::QosPolicy) -> PortQos {
+    let rate = |l: crate::validate::BandwidthLimit| ByteRate {
+        max_kbps: l.max_kbps,
+        burst_kbit: l.burst_kbit,
+    };
+    PortQos {
+        egress: policy.egress.map(rate),
+        ingress: policy.ingress.map(rate),
+        dscp: policy.dscp_mark,
+    }
 }
 
 /// The anti-spoofing policy of a port with port security: its MACs, its fixed IPs from
@@ -572,6 +590,77 @@ mod tests {
             );
         }
         validate(&DesiredState::from_toml_str(&text).unwrap()).unwrap()
+    }
+
+    /// A port's own policy wins over its network's; the network's reaches its other
+    /// ports; a port on a network without one, and no policy, has no QoS stage.
+    #[test]
+    fn qos_port_policy_over_network_policy() {
+        let text = r#"
+            [[networks]]
+            id = "net-a"
+            network_type = "local"
+            qos_policy_id = "slow"
+
+            [[networks]]
+            id = "net-b"
+            network_type = "local"
+
+            [[ports]]
+            id = "vm1"
+            network_id = "net-a"
+            mac_address = "fa:16:3e:00:00:01"
+            binding = { driver = "mem" }
+
+            [[ports]]
+            id = "vm2"
+            network_id = "net-a"
+            mac_address = "fa:16:3e:00:00:02"
+            binding = { driver = "mem" }
+            qos_policy_id = "marked"
+
+            [[ports]]
+            id = "vm3"
+            network_id = "net-b"
+            mac_address = "fa:16:3e:00:00:03"
+            binding = { driver = "mem" }
+
+            [[qos_policies]]
+            id = "slow"
+            rules = [{ type = "bandwidth_limit", max_kbps = 2000 }]
+
+            [[qos_policies]]
+            id = "marked"
+            rules = [{ type = "dscp_marking", dscp_mark = 46 }]
+        "#;
+        let valid = validate(&DesiredState::from_toml_str(text).unwrap()).unwrap();
+        let c = compile(&valid, &Identities::default(), 1).unwrap();
+        let id = |p: &str| c.identities.port(&format!("port:{p}")).unwrap();
+        let snap = &c.snapshot;
+        let slow = ByteRate {
+            max_kbps: 2000,
+            burst_kbit: 1600,
+        };
+        assert_eq!(
+            snap.qos(id("vm1")),
+            Some(&PortQos {
+                egress: Some(slow),
+                ..PortQos::default()
+            })
+        );
+        assert_eq!(
+            snap.qos(id("vm2")),
+            Some(&PortQos {
+                dscp: Some(46),
+                ..PortQos::default()
+            }),
+            "the port's policy replaces the network's"
+        );
+        assert_eq!(snap.qos(id("vm3")), None);
+        assert!(snap.port_stages(id("vm1")).contains(Stage::QosEgress));
+        assert!(snap.port_stages(id("vm2")).contains(Stage::QosEgress));
+        assert!(!snap.port_stages(id("vm3")).contains(Stage::QosEgress));
+        assert!(!snap.port_stages(id("vm3")).contains(Stage::QosIngress));
     }
 
     #[test]

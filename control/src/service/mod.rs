@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 use std::time::Instant;
 
 use pollux_dataplane::conntrack::FlowKey;
+use pollux_dataplane::counters::PortCounters;
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::slowpath::{ServiceId, SERVICES};
 use serde::de::DeserializeOwned;
@@ -386,6 +387,24 @@ fn stats_get(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
         .into_iter()
         .map(|(reason, n)| (reason.name().to_string(), json!(n)))
         .collect();
+    // Per VM port with a QoS policy, what it policed and marked.
+    let mut qos = Vec::new();
+    for (port_id, policy_id) in qos_policy_ids(e) {
+        let Some(pc) = e
+            .plans()
+            .iter()
+            .find(|p| p.key.strip_prefix("port:") == Some(port_id.as_str()))
+            .and_then(|p| c.port(PortId(p.id.0)))
+        else {
+            continue;
+        };
+        let mut entry = Map::new();
+        entry.insert("port_id".into(), json!(port_id));
+        entry.insert("qos_policy_id".into(), json!(policy_id));
+        insert_qos_counters(&mut entry, pc);
+        qos.push(Value::Object(entry));
+    }
+    qos.sort_by(|a, b| a["port_id"].as_str().cmp(&b["port_id"].as_str()));
     let m = e.metrics();
     let d = e.dhcp_stats();
     let dhcp = json!({
@@ -429,6 +448,7 @@ fn stats_get(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
         "drops": drops,
         "dhcp": dhcp,
         "slow_path": { "services": slow_path, "unhandled": dispatched.unhandled },
+        "qos": qos,
         "apply": { "total": m.apply_total(), "failures": m.apply_failures_total() },
     }))
 }
@@ -442,6 +462,33 @@ fn driver_name(b: &Binding) -> (&'static str, Option<&str>) {
     }
 }
 
+/// The QoS policy in force for each VM port that has one (its own, else its network's),
+/// by port id.
+fn qos_policy_ids(e: &Engine) -> HashMap<String, String> {
+    let valid = e.validated();
+    valid
+        .ports
+        .iter()
+        .filter_map(|p| {
+            let q = valid.qos_policies.get(p.qos_policy?)?;
+            Some((p.id.clone(), q.id.clone()))
+        })
+        .collect()
+}
+
+/// A port's QoS counters: what its bandwidth limits dropped, and what it marked.
+fn insert_qos_counters(entry: &mut Map<String, Value>, pc: &PortCounters) {
+    for (name, c) in [
+        ("policed_egress_packets", &pc.policed_egress_packets),
+        ("policed_egress_bytes", &pc.policed_egress_bytes),
+        ("policed_ingress_packets", &pc.policed_ingress_packets),
+        ("policed_ingress_bytes", &pc.policed_ingress_bytes),
+        ("dscp_marked", &pc.dscp_marked),
+    ] {
+        entry.insert(name.into(), json!(c.get()));
+    }
+}
+
 fn ports_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
     parse::<NoParams>(params)?;
     let state = e.state();
@@ -449,6 +496,7 @@ fn ports_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> 
         state.ports.iter().map(|p| (p.id.as_str(), p)).collect();
     let uplinks: HashMap<&str, &crate::model::Uplink> =
         state.uplinks.iter().map(|u| (u.name.as_str(), u)).collect();
+    let qos = qos_policy_ids(e);
     let counters = e.counters();
     let mut ports = Vec::with_capacity(e.plans().len());
     for plan in e.plans() {
@@ -461,6 +509,7 @@ fn ports_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> 
                 entry.insert("id".into(), json!(p.id));
                 entry.insert("network_id".into(), json!(p.network_id));
                 entry.insert("mac_address".into(), json!(p.mac_address));
+                entry.insert("qos_policy_id".into(), json!(qos.get(p.id.as_str())));
                 // Only ports of this host have plans, and they have a binding.
                 let Some(b) = &p.binding else {
                     continue;
@@ -523,6 +572,7 @@ fn ports_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> 
             entry.insert("tx_packets".into(), json!(pc.tx_packets.get()));
             entry.insert("tx_bytes".into(), json!(pc.tx_bytes.get()));
             entry.insert("tx_dropped".into(), json!(pc.tx_dropped.get()));
+            insert_qos_counters(&mut entry, pc);
         }
         ports.push(Value::Object(entry));
     }

@@ -16,6 +16,7 @@ mod floating_ip;
 mod host;
 mod network;
 mod port;
+mod qos;
 mod router;
 mod security_group;
 mod settings;
@@ -41,6 +42,7 @@ pub use network::{Network, Segment, DEFAULT_MTU, JUMBO_MTU, MIN_MTU, VXLAN_OVERH
 /// The benchmark harness names the MAC formatter by this path (`pollux_services::addr` has it).
 pub use pollux_services::addr::fmt_mac;
 pub use port::{AddressPair, FixedIp, Port};
+pub use qos::{default_burst_kbit, BandwidthLimit, QosPolicy, MAX_KBPS, VALID_DSCP_MARKS};
 pub use router::{ExternalGateway, Router};
 pub use security_group::{protocol_number, AddressGroup, PortMatch, Remote, Rule, SecurityGroup};
 pub use settings::{DhcpLimits, MAX_DHCP_LIMIT};
@@ -89,6 +91,8 @@ pub struct Validated {
     pub security_groups: Vec<SecurityGroup>,
     /// Address groups.
     pub address_groups: Vec<AddressGroup>,
+    /// QoS policies.
+    pub qos_policies: Vec<QosPolicy>,
 }
 
 /// A checked route.
@@ -107,7 +111,7 @@ pub fn validate(state: &DesiredState) -> Result<Validated, Vec<ValidationError>>
     let dhcp = c.dhcp_limits(&state.dhcp);
     let uplinks = c.uplinks(&state.uplinks);
     let hosts = c.hosts(&state.agent, &state.hosts, &uplinks);
-    let networks = c.networks(&state.networks, &uplinks);
+    let mut networks = c.networks(&state.networks, &uplinks);
     let subnets = c.subnets(&state.subnets, &networks);
     let address_groups = c.address_groups(&state.address_groups);
     let security_groups = c.security_groups(
@@ -115,7 +119,10 @@ pub fn validate(state: &DesiredState) -> Result<Validated, Vec<ValidationError>>
         &state.security_group_rules,
         &address_groups,
     );
-    let ports = c.ports(&state.ports, &networks, &subnets, &security_groups, &hosts);
+    let mut ports = c.ports(&state.ports, &networks, &subnets, &security_groups, &hosts);
+    let qos_policies = c.qos_policies(&state.qos_policies);
+    c.attach_qos(state, &qos_policies, &mut networks, &mut ports);
+    c.metering(state);
     let routers = c.routers(&state.routers, &networks, &subnets);
     let floating_ips = c.floating_ips(&state.floating_ips, &ports, &subnets, &routers);
     // Last: every other address of each network is known by now.
@@ -135,6 +142,7 @@ pub fn validate(state: &DesiredState) -> Result<Validated, Vec<ValidationError>>
         floating_ips: floating_ips.items,
         security_groups: security_groups.items,
         address_groups: address_groups.items,
+        qos_policies: qos_policies.items,
     })
 }
 

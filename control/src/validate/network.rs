@@ -47,6 +47,8 @@ pub struct Network {
     /// Domain name for DHCP option 15 (RFC 1123, without a trailing dot; an empty
     /// `dns_domain` is none).
     pub dns_domain: Option<String>,
+    /// Its QoS policy (an index of `qos_policies`), for its ports without one.
+    pub qos_policy: Option<usize>,
 }
 
 /// Default MTU of an uplink (and of a local network).
@@ -263,6 +265,8 @@ impl Checker {
                 mtu: mtu.unwrap_or(DEFAULT_MTU),
                 admin_state_up: n.admin_state_up,
                 dns_domain: self.dns_name(format!("{base}.dns_domain"), n.dns_domain.as_deref()),
+                // Resolved with the ports' (`Checker::attach_qos`).
+                qos_policy: None,
             });
             // Other objects may refer to a network whose segment is bad: that is the
             // network's error, not theirs.

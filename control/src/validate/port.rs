@@ -58,6 +58,9 @@ pub struct Port {
     pub hostname: Option<String>,
     /// Its DHCPv4 `extra_dhcp_opts`, encoded (IPv6 entries are left out), distinct codes.
     pub extra_dhcp_opts: Vec<ExtraOption>,
+    /// The QoS policy in force (an index of `qos_policies`): its own `qos_policy_id`, else
+    /// its network's.
+    pub qos_policy: Option<usize>,
 }
 
 impl Port {
@@ -281,6 +284,8 @@ impl Checker {
                 remote_host,
                 hostname,
                 extra_dhcp_opts,
+                // Resolved once every port is known (`Checker::attach_qos`).
+                qos_policy: None,
             });
             out.ok.push(core_ok);
         }

@@ -97,6 +97,8 @@ stages! {
     VxlanEncap => "vxlan_encap", "Outer Ethernet/IPv4/UDP/VXLAN headers for frames to remote hosts; head-end replication of floods.";
     SgEgress => "sg_egress", "Security groups of VM ports, on traffic from the VM (after port security).";
     SgIngress => "sg_ingress", "Security groups of VM ports, on traffic to the VM (after the forwarding decision; flooded replicas per output port).";
+    QosEgress => "qos_egress", "QoS of VM ports on traffic from the VM (Neutron egress): bandwidth limit, then DSCP marking.";
+    QosIngress => "qos_ingress", "QoS of VM ports on traffic to the VM (Neutron ingress): bandwidth limit, after the forwarding decision.";
 }
 
 impl Stage {

@@ -16,6 +16,7 @@ use crate::overlay::encap::VxlanEncap;
 use crate::overlay::underlay::Underlay;
 use crate::packet::Packet;
 use crate::port_security::PortSecurityStage;
+use crate::qos::{QosEgress, QosIngress};
 use crate::secgroup::{SgEgress, SgIngress};
 use crate::slowpath::SlowPath;
 
@@ -26,6 +27,7 @@ pub struct StageTable {
     checksum_offload: ChecksumOffload,
     port_security: PortSecurityStage,
     sg_egress: SgEgress,
+    qos_egress: QosEgress,
     /// Stages added at run time; they run after classification.
     extensions: Vec<Box<dyn BurstStage + Send>>,
     l2: L2,
@@ -34,6 +36,7 @@ pub struct StageTable {
     /// The routers' neighbours, sessions and frames of their own.
     pub(crate) l3: RouterState,
     sg_ingress: SgIngress,
+    qos_ingress: QosIngress,
     output: Output,
     /// Remote tunnel endpoints' MACs: the overlay stages' state, shared by decapsulation
     /// (which learns them) and encapsulation (which uses them).
@@ -53,18 +56,21 @@ impl std::fmt::Debug for StageTable {
 }
 
 impl StageTable {
-    /// The built-in stages, the router with its state in `l3`, the slow path disconnected.
-    pub fn new(l3: RouterState) -> Self {
+    /// The built-in stages, the router with its state in `l3`, the slow path disconnected,
+    /// per-port state for port ids below `max_ports`.
+    pub fn new(l3: RouterState, max_ports: usize) -> Self {
         StageTable {
             classify: Classify,
             checksum_offload: ChecksumOffload,
             port_security: PortSecurityStage,
             sg_egress: SgEgress,
+            qos_egress: QosEgress::new(max_ports),
             extensions: Vec::new(),
             l2: L2,
             slow_path: SlowPath::disconnected(),
             l3,
             sg_ingress: SgIngress,
+            qos_ingress: QosIngress::new(max_ports),
             output: Output,
             underlay: Underlay::default(),
             trace: None,
@@ -115,6 +121,7 @@ impl StageTable {
         step!(self.checksum_offload);
         step!(self.port_security);
         step!(self.sg_egress);
+        step!(self.qos_egress);
         if !self.extensions.is_empty() {
             for ext in self.extensions.iter_mut() {
                 step!(**ext);
@@ -128,6 +135,7 @@ impl StageTable {
             under: &mut self.underlay
         });
         step!(self.sg_ingress);
+        step!(self.qos_ingress);
         step!(self.output);
         if ran.contains(Stage::Extension) {
             for ext in self.extensions.iter_mut() {

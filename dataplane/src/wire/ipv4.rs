@@ -383,6 +383,16 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         self.set_checksum(checksum::update16(self.checksum(), old, new));
     }
 
+    /// Sets the DSCP (low 6 bits used), keeping the ECN bits, and patches the checksum for
+    /// the change (RFC 1624): the DSCP shares its 16-bit word with version and IHL.
+    #[inline]
+    pub fn set_dscp_incremental(&mut self, dscp: u8) {
+        let old = get_u16(self.buffer.as_ref(), 0..2);
+        self.set_dscp(dscp);
+        let new = get_u16(self.buffer.as_ref(), 0..2);
+        self.set_checksum(checksum::update16(self.checksum(), old, new));
+    }
+
     /// Decrements the TTL (with an incremental checksum update) and returns the new TTL.
     /// A TTL of 0 is left alone. A router drops the packet when this returns 0.
     #[inline]
@@ -698,6 +708,30 @@ mod tests {
                 Ipv4Packet::new_unchecked(&mut bytes[..]).fill_checksum();
                 bytes
             })
+    }
+
+    proptest! {
+        /// The DSCP rewrite's incremental checksum equals a full recomputation, and only
+        /// the DSCP bits change.
+        #[test]
+        fn dscp_incremental_matches_full_checksum(
+            mut header in proptest::array::uniform20(any::<u8>()),
+            dscp in 0u8..64,
+        ) {
+            header[0] = 0x45;
+            let mut p = Ipv4Packet::new_unchecked(header);
+            p.fill_checksum();
+            let before = p.into_inner();
+            let mut p = Ipv4Packet::new_unchecked(before);
+            p.set_dscp_incremental(dscp);
+            prop_assert!(p.verify_checksum());
+            prop_assert_eq!(p.dscp(), dscp);
+            let after = p.into_inner();
+            prop_assert_eq!(after[1] & 3, before[1] & 3);
+            let mut full = Ipv4Packet::new_unchecked(after);
+            full.fill_checksum();
+            prop_assert_eq!(full.into_inner(), after);
+        }
     }
 
     proptest! {
