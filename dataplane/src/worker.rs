@@ -18,6 +18,7 @@ use crate::l2::MacTable;
 use crate::l3::{self, RouterState, ORIGINATED};
 use crate::output::PortSet;
 use crate::packet::{Batch, MAX_BURST};
+use crate::pipeline::capture::Capturer;
 use crate::pipeline::trace::{TraceMatch, Tracer};
 use crate::pipeline::{BurstCtx, BurstStage, StageTable};
 use crate::port::{Port, PortId};
@@ -191,6 +192,26 @@ impl Worker {
     /// Stops the trace; returns what it recorded.
     pub fn trace_stop(&mut self) -> Option<Box<Tracer>> {
         self.stages.trace.take()
+    }
+
+    /// Starts a frame capture (see [`crate::pipeline::capture`]); gives it back, not taken,
+    /// when one already runs: captures are one at a time.
+    pub fn capture_start(&mut self, capturer: Box<Capturer>) -> Result<(), Box<Capturer>> {
+        if self.ports.capture.is_some() {
+            return Err(capturer);
+        }
+        self.ports.capture = Some(capturer);
+        Ok(())
+    }
+
+    /// Stops the capture; returns its worker end (whose ring the reader may still drain).
+    pub fn capture_stop(&mut self) -> Option<Box<Capturer>> {
+        self.ports.capture.take()
+    }
+
+    /// The running capture.
+    pub fn capture(&self) -> Option<&Capturer> {
+        self.ports.capture.as_deref()
     }
 
     /// The running (or completed, not yet stopped) trace.
