@@ -318,6 +318,12 @@ impl Worker {
         self.now_secs
     }
 
+    /// The worker's clock in nanoseconds at the start of the latest pass (the time base
+    /// of captured frames).
+    pub fn now_ns(&self) -> u64 {
+        self.now_ns
+    }
+
     /// Generation of the snapshot in use.
     pub fn generation(&self) -> u64 {
         self.snap.generation()
