@@ -205,12 +205,10 @@ pub enum StreamPoll {
 /// until it is done, and dropped (which must end whatever feeds it) when it is done or
 /// its client goes away.
 pub trait RpcStream: Send {
-    /// The method name of the notifications it sends (e.g. `capture.frame`).
-    fn notification(&self) -> &'static str;
-    /// Gives `emit` the params of each notification to send now, stopping once the bytes
-    /// `emit` reports (each notification's encoded length) reach `room`; or says the
+    /// Gives `emit` each notification (method, params) to send now, stopping once the
+    /// bytes `emit` reports (each notification's encoded length) reach `room`; or says the
     /// stream is over.
-    fn poll(&mut self, room: usize, emit: &mut dyn FnMut(Value) -> usize) -> StreamPoll;
+    fn poll(&mut self, room: usize, emit: &mut dyn FnMut(&str, Value) -> usize) -> StreamPoll;
 }
 
 /// Unsent bytes a connection with an open stream may hold before its stream is offered
@@ -695,7 +693,7 @@ struct Conn {
 
 impl std::fmt::Debug for dyn RpcStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "RpcStream({})", self.notification())
+        f.write_str("RpcStream")
     }
 }
 
@@ -721,9 +719,8 @@ impl Conn {
             return true;
         };
         let room = STREAM_OUTPUT.saturating_sub(self.pending());
-        let method = stream.notification();
         let output = &mut self.output;
-        let outcome = stream.poll(room, &mut |params| {
+        let outcome = stream.poll(room, &mut |method, params| {
             let line = encode(&json!({ "jsonrpc": "2.0", "method": method, "params": params }));
             output.extend_from_slice(&line);
             line.len()

@@ -174,9 +174,16 @@ fn capture(lab: &Lab, params: Value) -> thread::JoinHandle<Streamed> {
     thread::spawn(move || {
         let mut client = Client::connect(&socket).expect("connect");
         let mut frames = Vec::new();
+        let mut announced = 0;
         let result = client.call_streaming("capture.start", params, |method, params| {
-            assert_eq!(method, "capture.frame");
-            frames.push(params);
+            match method {
+                "capture.started" => announced += 1,
+                "capture.frame" => {
+                    assert_eq!(announced, 1, "announced first");
+                    frames.push(params)
+                }
+                other => panic!("notification {other}"),
+            }
             Ok(())
         });
         (frames, result)
@@ -259,8 +266,11 @@ fn a_client_that_hangs_up_ends_its_capture_and_an_idle_capture_ends_by_its_durat
     let quitter = thread::spawn(move || {
         let mut client = Client::connect(&socket).expect("connect");
         // Gives up at its first frame.
-        client.call_streaming("capture.start", json!({ "port": "vm1" }), |_, _| {
-            Err(CallError::Protocol("enough".into()))
+        client.call_streaming("capture.start", json!({ "port": "vm1" }), |method, _| {
+            if method == "capture.frame" {
+                return Err(CallError::Protocol("enough".into()));
+            }
+            Ok(())
         })
     });
     lab.serve_until(|lab| lab.server.stream_count() == 1);

@@ -424,6 +424,17 @@ fn capture(cli: &Cli, client: Client, params: Value, path: &Path) -> Result<Valu
     let mut pcap = PcapngFile::new(io::BufWriter::new(file), &port, snaplen).map_err(&local)?;
     let mut failed = None;
     let outcome = client.call_streaming("capture.start", params, |method, params| {
+        if method == "capture.started" {
+            // As tcpdump's "listening on": the capture is armed from here on.
+            eprintln!(
+                "polluxctl: capturing {} of {} (snaplen {}) into {}",
+                printable(params["direction"].as_str().unwrap_or("?"), false),
+                printable(params["port"].as_str().unwrap_or("?"), false),
+                params["snaplen"],
+                path.display()
+            );
+            return Ok(());
+        }
         if method != "capture.frame" {
             return Ok(());
         }

@@ -1,6 +1,7 @@
 //! Frame capture on live traffic, as VPP's `pcap trace` and `ovs-tcpdump`: `capture.start`
-//! streams the frames a port receives, sends or drops to its client as `capture.frame`
-//! notifications on the same connection, then answers with what it captured and lost.
+//! announces the capture armed (a `capture.started` notification), streams the frames a
+//! port receives, sends or drops to its client as `capture.frame` notifications on the
+//! same connection, then answers with what it captured and lost.
 //! The daemon writes no file: the client (`polluxctl capture -w`) does.
 //!
 //! Bounded in size (frames, bytes, snap length, one ring per worker) and time (a duration
@@ -28,9 +29,10 @@ pub const CAPTURE_START_USAGE: &str =
     "{port: string, direction?: string (rx, tx, drop, comma-separated; default rx,tx), \
      count?: u64 (default 1000, at most 1000000), duration_secs?: u64 (default 10, at most \
      600), snaplen?: u32 (default 2048, at most 9216), max_bytes?: u64 (default 64 MiB, at \
-     most 1 GiB)} -> streams {jsonrpc, method: \"capture.frame\", params: {direction, \
-     timestamp_ns (Unix), orig_len, data (base64, cut at snaplen), stage?, reason? (drops)}} \
-     notifications, then {generation, port, direction, snaplen, frames, bytes, lost, \
+     most 1 GiB)} -> streams a capture.started notification {port, direction, snaplen} \
+     once armed, then a capture.frame notification {direction, timestamp_ns (Unix), \
+     orig_len, data (base64, cut at snaplen), stage?, reason? (drops)} per frame, then \
+     {generation, port, direction, snaplen, frames, bytes, lost, \
      unsent, ended: count|duration|max_bytes}; one capture at a time (-32011 while one runs)";
 
 /// A capture runs already.
@@ -191,6 +193,7 @@ pub fn open(e: &mut Engine, params: Option<Value>) -> Result<Box<dyn RpcStream>,
         frames: 0,
         bytes: 0,
         state: State::Running,
+        announced: false,
     }))
 }
 
@@ -215,6 +218,8 @@ struct CaptureStream {
     frames: u64,
     bytes: u64,
     state: State,
+    /// Whether `capture.started` was sent.
+    announced: bool,
 }
 
 fn frame_params(f: &CapturedFrame<'_>, clock_offset: u64) -> Value {
@@ -233,7 +238,7 @@ fn frame_params(f: &CapturedFrame<'_>, clock_offset: u64) -> Value {
 
 impl CaptureStream {
     /// Streams what the ring holds, within `room` bytes and the capture's bounds.
-    fn drain(&mut self, room: usize, emit: &mut dyn FnMut(Value) -> usize) {
+    fn drain(&mut self, room: usize, emit: &mut dyn FnMut(&str, Value) -> usize) {
         let mut used = 0;
         let (max_frames, max_bytes, offset) =
             (self.req.count, self.req.max_bytes, self.clock_offset);
@@ -242,7 +247,7 @@ impl CaptureStream {
             if used >= room || *frames >= max_frames || *bytes >= max_bytes {
                 return false;
             }
-            used += emit(frame_params(&f, offset));
+            used += emit("capture.frame", frame_params(&f, offset));
             *frames += 1;
             *bytes += f.data.len() as u64;
             true
@@ -295,11 +300,16 @@ impl CaptureStream {
 }
 
 impl RpcStream for CaptureStream {
-    fn notification(&self) -> &'static str {
-        "capture.frame"
-    }
-
-    fn poll(&mut self, room: usize, emit: &mut dyn FnMut(Value) -> usize) -> StreamPoll {
+    fn poll(&mut self, room: usize, emit: &mut dyn FnMut(&str, Value) -> usize) -> StreamPoll {
+        if !self.announced {
+            self.announced = true;
+            let started = json!({
+                "port": self.req.port,
+                "direction": directions_text(self.req.directions),
+                "snaplen": self.req.snaplen,
+            });
+            emit("capture.started", started);
+        }
         self.drain(room, emit);
         match self.state {
             State::Running => {
