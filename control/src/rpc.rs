@@ -837,6 +837,7 @@ impl Conn {
 
     /// Writes what the socket takes; false if the connection is dead.
     fn flush(&mut self) -> bool {
+        let before = self.sent;
         while self.sent < self.output.len() {
             match send_nosignal(&self.stream, &self.output[self.sent..]) {
                 Ok(0) => return false,
@@ -845,6 +846,11 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return false,
             }
+        }
+        if self.streaming.is_some() && self.sent > before {
+            // A stream's output may never drain to nothing while it runs: a client that
+            // takes it makes progress (the stream's own duration bounds the rest).
+            self.in_flight_since = Some(Instant::now());
         }
         if self.sent == self.output.len() {
             let drained = !self.output.is_empty();
