@@ -38,6 +38,12 @@ pub enum CallError {
     },
 }
 
+impl std::os::fd::AsRawFd for Client {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.reader.get_ref().as_raw_fd()
+    }
+}
+
 impl Client {
     /// Connects to the socket at `path`, with [`DEFAULT_TIMEOUT`] for reads and writes.
     ///

@@ -16,7 +16,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, ChildStderr, Command, Stdio};
 use std::time::Duration;
 
 use pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption;
@@ -70,6 +70,52 @@ fn packets(path: &Path) -> Vec<(Option<String>, Vec<u8>)> {
     out
 }
 
+/// Runs `polluxctl capture` of everything on vm-a1 into `file` for `secs` seconds, and
+/// waits until it says the capture is armed (as tcpdump says "listening on").
+fn start_capture(
+    polluxctl: &Path,
+    lab: &VmLab,
+    file: &Path,
+    secs: &str,
+) -> (Child, BufReader<ChildStderr>) {
+    let mut capture = Command::new(polluxctl)
+        .arg("--socket")
+        .arg(lab.polluxd.socket())
+        .args([
+            "capture",
+            "--port",
+            "vm-a1",
+            "--direction",
+            "rx,tx,drop",
+            "--count",
+            "10000",
+            "--duration",
+            secs,
+            "-w",
+        ])
+        .arg(file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run polluxctl capture");
+    let mut stderr = BufReader::new(capture.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).expect("polluxctl's first line");
+    assert!(line.contains("capturing rx,tx,drop of vm-a1"), "{line}");
+    (capture, stderr)
+}
+
+/// tcpdump's reading of `file`.
+fn tcpdump(file: &Path) -> String {
+    let dump = Command::new("tcpdump")
+        .args(["-n", "-r"])
+        .arg(file)
+        .output()
+        .expect("run tcpdump");
+    assert!(dump.status.success(), "{dump:?}");
+    String::from_utf8_lossy(&dump.stdout).into_owned()
+}
+
 fn ipv4_addrs(frame: &[u8]) -> Option<([u8; 4], [u8; 4], u8)> {
     (frame.get(12..14)? == [0x08, 0x00]).then_some(())?;
     Some((
@@ -91,31 +137,7 @@ fn polluxctl_capture_writes_what_tcpdump_reads_with_drop_reasons() {
     std::fs::create_dir_all(&dir.0).unwrap();
     let file = dir.0.join("a1.pcap");
 
-    let mut capture = Command::new(polluxctl)
-        .arg("--socket")
-        .arg(lab.polluxd.socket())
-        .args([
-            "capture",
-            "--port",
-            "vm-a1",
-            "--direction",
-            "rx,tx,drop",
-            "--count",
-            "10000",
-            "--duration",
-            "5",
-            "-w",
-        ])
-        .arg(&file)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run polluxctl capture");
-    // It says when the capture is armed, as tcpdump says "listening on".
-    let mut stderr = BufReader::new(capture.stderr.take().unwrap());
-    let mut line = String::new();
-    stderr.read_line(&mut line).expect("polluxctl's first line");
-    assert!(line.contains("capturing rx,tx,drop of vm-a1"), "{line}");
+    let (capture, mut stderr) = start_capture(polluxctl, &lab, &file, "5");
 
     let r = ping(a1, A2.ip, 3, Duration::from_secs(4)).unwrap();
     assert!(r.all_received(), "a1 -> a2: {r:?}");
@@ -154,13 +176,7 @@ fn polluxctl_capture_writes_what_tcpdump_reads_with_drop_reasons() {
 
     // tcpdump reads the file: the echo requests from a1, the replies sent to it, and
     // the forged requests (in the file as received, and again as dropped).
-    let dump = Command::new("tcpdump")
-        .args(["-n", "-r"])
-        .arg(&file)
-        .output()
-        .expect("run tcpdump");
-    assert!(dump.status.success(), "{dump:?}");
-    let text = String::from_utf8_lossy(&dump.stdout);
+    let text = tcpdump(&file);
     eprintln!("tcpdump -n -r:\n{text}");
     let count = |needle: &str| text.lines().filter(|l| l.contains(needle)).count();
     let request = format!("{} > {}: ICMP echo request", A1.ip, A2.ip);
@@ -185,6 +201,30 @@ fn polluxctl_capture_writes_what_tcpdump_reads_with_drop_reasons() {
             ipv4_addrs(frame),
             Some(([198, 18, 30, 12], [198, 18, 30, 13], 1)),
             "{frame:02x?}"
+        );
+    }
+
+    // Ctrl-C ends a capture cleanly: the file holds what came, and the daemon stops the
+    // capture (the next one starts).
+    for round in 0..2 {
+        let file = dir.0.join(format!("interrupted-{round}.pcap"));
+        let (capture, mut stderr) = start_capture(polluxctl, &lab, &file, "60");
+        let r = ping(lab.vm(&A3), A1.ip, 1, Duration::from_secs(4)).unwrap();
+        assert!(r.all_received(), "a3 -> a1: {r:?}");
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(capture.id() as i32, libc::SIGINT) }, 0);
+        let out = capture.wait_with_output().expect("polluxctl capture ends");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let mut rest = String::new();
+        let _ = stderr.read_to_string(&mut rest);
+        assert!(out.status.success(), "interrupted capture: {stdout} {rest}");
+        assert!(stdout.contains("ended by interrupt"), "{stdout}");
+        let text = tcpdump(&file);
+        let request = format!("{} > {}: ICMP echo request", A3.ip, A1.ip);
+        assert_eq!(
+            text.lines().filter(|l| l.contains(&request)).count(),
+            1,
+            "{text}"
         );
     }
 }

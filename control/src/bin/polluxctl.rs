@@ -5,8 +5,10 @@
 //! local file problem, 3 the daemon could not be reached or answered nonsense.
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
@@ -414,6 +416,7 @@ fn request(command: &Command) -> Result<(&'static str, Value), Failure> {
 fn capture(cli: &Cli, client: Client, params: Value, path: &Path) -> Result<Value, Failure> {
     let local = |e: String| Failure::Local(format!("{}: {e}", path.display()));
     let port = params["port"].as_str().unwrap_or_default().to_owned();
+    let direction = params["direction"].as_str().unwrap_or("rx,tx").to_owned();
     let snaplen = params["snaplen"].as_u64().unwrap_or(0) as u32;
     // The daemon ends the capture by its duration; wait that long plus the usual timeout.
     let wait = params["duration_secs"].as_u64().unwrap_or(0) + cli.timeout;
@@ -423,6 +426,9 @@ fn capture(cli: &Cli, client: Client, params: Value, path: &Path) -> Result<Valu
     let file = std::fs::File::create(path).map_err(|e| local(e.to_string()))?;
     let mut pcap = PcapngFile::new(io::BufWriter::new(file), &port, snaplen).map_err(&local)?;
     let mut failed = None;
+    let mut frames = 0u64;
+    let mut bytes = 0u64;
+    let _interrupt = InterruptEndsCapture::install(&client);
     let outcome = client.call_streaming("capture.start", params, |method, params| {
         if method == "capture.started" {
             // As tcpdump's "listening on": the capture is armed from here on.
@@ -438,7 +444,11 @@ fn capture(cli: &Cli, client: Client, params: Value, path: &Path) -> Result<Valu
         if method != "capture.frame" {
             return Ok(());
         }
-        let written = StreamedFrame::from_params(&params).and_then(|f| pcap.write(&f));
+        let written = StreamedFrame::from_params(&params).and_then(|f| {
+            frames += 1;
+            bytes += f.data.len() as u64;
+            pcap.write(&f)
+        });
         written.map_err(|e| {
             failed = Some(e.clone());
             CallError::Protocol(e)
@@ -447,9 +457,58 @@ fn capture(cli: &Cli, client: Client, params: Value, path: &Path) -> Result<Valu
     if let Some(e) = failed {
         return Err(local(e));
     }
-    let result = outcome?;
+    let result = match outcome {
+        // Interrupted: the file keeps what came so far, as tcpdump's does.
+        Err(CallError::Io(_)) if INTERRUPTED.load(Ordering::Relaxed) => json!({
+            "port": port, "direction": direction, "frames": frames, "bytes": bytes,
+            "ended": "interrupt",
+        }),
+        other => other?,
+    };
     pcap.finish().map_err(local)?;
     Ok(result)
+}
+
+/// Set by SIGINT or SIGTERM during a capture.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// The capture's socket, which the signal handler shuts for reading.
+static CAPTURE_SOCKET: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn end_capture(_signal: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+    let fd = CAPTURE_SOCKET.load(Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: shutdown(2) is async-signal-safe and only touches the descriptor, which
+        // stays open for as long as the handler is installed (see InterruptEndsCapture).
+        unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+    }
+}
+
+/// While alive, Ctrl-C (or SIGTERM) ends the capture cleanly: the socket is shut for
+/// reading, the stream's read sees the end, and the file is finished; the daemon sees
+/// the hang-up when polluxctl exits and stops the capture.
+struct InterruptEndsCapture;
+
+impl InterruptEndsCapture {
+    fn install(client: &Client) -> InterruptEndsCapture {
+        CAPTURE_SOCKET.store(client.as_raw_fd(), Ordering::Relaxed);
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: the handler only stores to atomics and calls shutdown(2), both
+            // async-signal-safe.
+            unsafe { libc::signal(signal, end_capture as *const () as libc::sighandler_t) };
+        }
+        InterruptEndsCapture
+    }
+}
+
+impl Drop for InterruptEndsCapture {
+    fn drop(&mut self) {
+        CAPTURE_SOCKET.store(-1, Ordering::Relaxed);
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: restores the default disposition.
+            unsafe { libc::signal(signal, libc::SIG_DFL) };
+        }
+    }
 }
 
 /// What a capture wrote and what it missed.
