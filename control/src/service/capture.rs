@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use pollux_dataplane::pipeline::capture::{
-    capture, CaptureReader, CaptureSpec, CapturedFrame, Directions, MAX_SNAPLEN,
+    capture, CaptureReader, CaptureSpec, CapturedFrame, Capturer, Directions, MAX_SNAPLEN,
 };
 use pollux_dataplane::worker::Mailbox;
 use serde::Deserialize;
@@ -200,8 +200,8 @@ pub fn open(e: &mut Engine, params: Option<Value>) -> Result<Box<dyn RpcStream>,
 #[derive(Debug)]
 enum State {
     Running,
-    /// Asked the worker to stop; the receiver hears when it has.
-    Stopping(Receiver<()>, &'static str),
+    /// Asked the worker to stop; the receiver hears when it has (with its end).
+    Stopping(Receiver<Option<Box<Capturer>>>, &'static str),
     /// The worker stopped: what is left in the ring is the last of it.
     Draining(&'static str),
 }
@@ -269,10 +269,8 @@ impl CaptureStream {
     fn stop(&mut self, why: &'static str) {
         let (tx, rx) = mpsc::sync_channel(1);
         let posted = self.mailbox.post(move |w| {
-            // The worker end goes back to whoever hears it stop (and is freed there,
-            // not on the worker's thread).
-            let _ = tx.send(());
-            drop(w.capture_stop());
+            // The worker end comes back to be freed here, not on the worker's thread.
+            let _ = tx.send(w.capture_stop());
         });
         self.state = match posted {
             Ok(()) => State::Stopping(rx, why),
@@ -318,7 +316,7 @@ impl RpcStream for CaptureStream {
                 }
             }
             State::Stopping(ref rx, why) => match rx.try_recv() {
-                Ok(()) | Err(TryRecvError::Disconnected) => self.state = State::Draining(why),
+                Ok(_) | Err(TryRecvError::Disconnected) => self.state = State::Draining(why),
                 Err(TryRecvError::Empty) => {
                     // A worker that does not run its jobs (it is stuck) must not hold the
                     // stream open forever.
@@ -349,6 +347,8 @@ impl RpcStream for CaptureStream {
 
 impl Drop for CaptureStream {
     fn drop(&mut self) {
+        // Its client is gone: the worker stops copying at once (and frees its end in the
+        // job, between passes, as it does any control work).
         if matches!(self.state, State::Running) {
             let _ = self.mailbox.post(|w| drop(w.capture_stop()));
         }
