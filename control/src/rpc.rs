@@ -555,7 +555,8 @@ impl RpcServer {
         let oldest = self
             .conns
             .iter()
-            .filter(|(_, c)| c.in_flight_since.is_none())
+            // A stream with no output for a while is not idle: its client waits on it.
+            .filter(|(_, c)| c.in_flight_since.is_none() && c.streaming.is_none())
             .filter(|(_, c)| now.saturating_duration_since(c.last_activity) >= after)
             .min_by_key(|(_, c)| c.last_activity)
             .map(|(t, _)| *t);
