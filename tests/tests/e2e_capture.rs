@@ -211,6 +211,9 @@ fn polluxctl_capture_writes_what_tcpdump_reads_with_drop_reasons() {
         let (capture, mut stderr) = start_capture(polluxctl, &lab, &file, "60");
         let r = ping(lab.vm(&A3), A1.ip, 1, Duration::from_secs(4)).unwrap();
         assert!(r.all_received(), "a3 -> a1: {r:?}");
+        // Frames on their way to polluxctl when it is interrupted are lost with it, as
+        // tcpdump's are: let the daemon's stream (polled every 5 ms) deliver them first.
+        std::thread::sleep(Duration::from_secs(1));
         // SAFETY: kill(2) on our own child's pid.
         assert_eq!(unsafe { libc::kill(capture.id() as i32, libc::SIGINT) }, 0);
         let out = capture.wait_with_output().expect("polluxctl capture ends");
