@@ -38,6 +38,12 @@ pub enum CallError {
     },
 }
 
+impl std::os::fd::AsRawFd for Client {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.reader.get_ref().as_raw_fd()
+    }
+}
+
 impl Client {
     /// Connects to the socket at `path`, with [`DEFAULT_TIMEOUT`] for reads and writes.
     ///
@@ -81,6 +87,44 @@ impl Client {
             .map_err(|e| CallError::Protocol(format!("cannot encode the request: {e}")))?;
         let reply = self.call_raw(&line).map_err(CallError::Io)?;
         parse_reply(&reply, id)
+    }
+
+    /// Calls a streaming method (see [`crate::rpc::RpcStream`]): gives each notification
+    /// that arrives before the reply to `notified` (method, params), then returns the
+    /// reply's `result`. An error from `notified` ends the call (and the connection should
+    /// be dropped, which ends the stream).
+    pub fn call_streaming(
+        &mut self,
+        method: &str,
+        params: Value,
+        mut notified: impl FnMut(&str, Value) -> Result<(), CallError>,
+    ) -> Result<Value, CallError> {
+        let id = self.next_id;
+        self.next_id += 1;
+        let mut request = json!({ "jsonrpc": "2.0", "id": id, "method": method });
+        if !params.is_null() {
+            request["params"] = params;
+        }
+        let line = serde_json::to_vec(&request)
+            .map_err(|e| CallError::Protocol(format!("cannot encode the request: {e}")))?;
+        self.send(&line)
+            .map_err(|e| CallError::Io(self.annotate(e, "send to")))?;
+        loop {
+            let line = self
+                .receive()
+                .map_err(|e| CallError::Io(self.annotate(e, "read from")))?;
+            let notification = serde_json::from_slice::<Value>(&line)
+                .ok()
+                .filter(|v| v.get("id").is_none())
+                .and_then(|mut v| {
+                    let method = v.get("method")?.as_str()?.to_owned();
+                    Some((method, v.get_mut("params").map(Value::take)?))
+                });
+            match notification {
+                Some((method, params)) => notified(&method, params)?,
+                None => return parse_reply(&line, id),
+            }
+        }
     }
 
     /// Sends `line` as it is, plus a newline, and returns the next reply line without its

@@ -25,6 +25,7 @@ pub mod identity;
 pub mod metrics;
 pub mod model;
 pub mod patch;
+pub mod pcap;
 pub mod routes;
 pub mod rpc;
 pub mod service;

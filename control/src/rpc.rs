@@ -19,6 +19,13 @@
 //! with nothing in flight is dropped after `client_idle_timeout`. When every slot is
 //! taken, peers that have closed are reaped and a long-idle connection gives its slot up
 //! before a new client is refused.
+//!
+//! A streaming method ([`Handler::open_stream`]) answers with notifications on the same
+//! connection, then its final response. The connection reads no further request until
+//! then. The stream is polled on every pass of the loop and offered only the room left
+//! under [`STREAM_OUTPUT`] unsent bytes, so a client that reads slowly makes the stream
+//! fall behind (it drops and counts, its own business), never the server buffer more. A
+//! client that hangs up ends its stream (dropping it is its cancellation).
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -170,7 +177,45 @@ pub trait Handler {
     fn methods(&self) -> Vec<MethodInfo>;
     /// The active generation, reported in every reply.
     fn generation(&self) -> u64;
+    /// The streaming methods among [`Handler::methods`]: requests for them are given to
+    /// [`Handler::open_stream`] instead of [`Handler::call`].
+    fn streaming_methods(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// Starts a streaming method (one of [`Handler::streaming_methods`]).
+    fn open_stream(
+        &mut self,
+        method: &str,
+        _params: Option<Value>,
+    ) -> Result<Box<dyn RpcStream>, RpcError> {
+        Err(RpcError::method_not_found(method))
+    }
 }
+
+/// What [`RpcStream::poll`] says.
+#[derive(Debug)]
+pub enum StreamPoll {
+    /// More to come.
+    Pending,
+    /// Over: the final response's result or error.
+    Done(Result<Value, RpcError>),
+}
+
+/// The server's side of a streaming method: polled on every pass of the server's loop
+/// until it is done, and dropped (which must end whatever feeds it) when it is done or
+/// its client goes away.
+pub trait RpcStream: Send {
+    /// Gives `emit` each notification (method, params) to send now, stopping once the
+    /// bytes `emit` reports (each notification's encoded length) reach `room`; or says the
+    /// stream is over.
+    fn poll(&mut self, room: usize, emit: &mut dyn FnMut(&str, Value) -> usize) -> StreamPoll;
+}
+
+/// Unsent bytes a connection with an open stream may hold before its stream is offered
+/// no more room.
+pub const STREAM_OUTPUT: usize = 1 << 20;
+/// How often a server with an open stream polls it, at least.
+pub const STREAM_TICK: Duration = Duration::from_millis(5);
 
 /// Limits of an [`RpcServer`].
 #[derive(Clone, Debug)]
@@ -320,6 +365,14 @@ impl RpcServer {
         self.conns.len()
     }
 
+    /// Streams currently open.
+    pub fn stream_count(&self) -> usize {
+        self.conns
+            .values()
+            .filter(|c| c.streaming.is_some())
+            .count()
+    }
+
     /// Serves until `stop` is set (checked at least every 50 ms).
     pub fn serve_until<H: Handler + ?Sized>(
         &mut self,
@@ -340,10 +393,12 @@ impl RpcServer {
         handler: &mut H,
         timeout: Option<Duration>,
     ) -> io::Result<()> {
-        let timeout = if self.backlog.is_empty() {
-            timeout
-        } else {
+        let timeout = if !self.backlog.is_empty() {
             Some(Duration::ZERO)
+        } else if self.conns.values().any(|c| c.streaming.is_some()) {
+            Some(timeout.map_or(STREAM_TICK, |t| t.min(STREAM_TICK)))
+        } else {
+            timeout
         };
         match self.poll.poll(&mut self.events, timeout) {
             Ok(()) => {}
@@ -377,8 +432,35 @@ impl RpcServer {
             self.accept_all(handler);
         }
         self.ready = ready;
+        self.poll_streams(handler);
         self.drop_idle();
         Ok(())
+    }
+
+    /// Lets every open stream send what its connection has room for; a finished stream's
+    /// final response goes out, and then the requests that waited behind it are answered.
+    fn poll_streams<H: Handler + ?Sized>(&mut self, handler: &mut H) {
+        let streaming: Vec<Token> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.streaming.is_some())
+            .map(|(t, _)| *t)
+            .collect();
+        for token in streaming {
+            let Some(conn) = self.conns.get_mut(&token) else {
+                continue;
+            };
+            let mut keep = conn.poll_stream(handler, &self.options);
+            if keep {
+                keep = conn.flush();
+            }
+            if keep && conn.closing && conn.pending() == 0 && conn.streaming.is_none() {
+                keep = false;
+            }
+            if !keep {
+                self.drop_conn(token);
+            }
+        }
     }
 
     fn accept_all<H: Handler + ?Sized>(&mut self, handler: &mut H) {
@@ -473,7 +555,8 @@ impl RpcServer {
         let oldest = self
             .conns
             .iter()
-            .filter(|(_, c)| c.in_flight_since.is_none())
+            // A stream with no output for a while is not idle: its client waits on it.
+            .filter(|(_, c)| c.in_flight_since.is_none() && c.streaming.is_none())
             .filter(|(_, c)| now.saturating_duration_since(c.last_activity) >= after)
             .min_by_key(|(_, c)| c.last_activity)
             .map(|(t, _)| *t);
@@ -495,6 +578,8 @@ impl RpcServer {
             .iter()
             .filter(|(_, c)| match c.in_flight_since {
                 Some(since) => slow.is_some_and(|l| now.saturating_duration_since(since) > l),
+                // An open stream bounds its own time.
+                None if c.streaming.is_some() => false,
                 None => idle.is_some_and(|l| now.saturating_duration_since(c.last_activity) > l),
             })
             .map(|(t, _)| *t)
@@ -603,6 +688,14 @@ struct Conn {
     in_flight_since: Option<Instant>,
     /// No more requests: close once the output is sent.
     closing: bool,
+    /// The streaming request being answered: its id and stream.
+    streaming: Option<(Value, Box<dyn RpcStream>)>,
+}
+
+impl std::fmt::Debug for dyn RpcStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RpcStream")
+    }
 }
 
 impl Conn {
@@ -616,7 +709,87 @@ impl Conn {
             last_activity: Instant::now(),
             in_flight_since: None,
             closing: false,
+            streaming: None,
         }
+    }
+
+    /// Polls the open stream; on its end, queues its final response and answers the
+    /// requests that arrived meanwhile. False if the connection must be dropped.
+    fn poll_stream<H: Handler + ?Sized>(&mut self, handler: &mut H, options: &RpcOptions) -> bool {
+        let Some((id, mut stream)) = self.streaming.take() else {
+            return true;
+        };
+        let room = STREAM_OUTPUT.saturating_sub(self.pending());
+        let output = &mut self.output;
+        let outcome = stream.poll(room, &mut |method, params| {
+            let line = encode(&json!({ "jsonrpc": "2.0", "method": method, "params": params }));
+            output.extend_from_slice(&line);
+            line.len()
+        });
+        self.in_flight();
+        match outcome {
+            StreamPoll::Pending => {
+                self.streaming = Some((id, stream));
+                true
+            }
+            StreamPoll::Done(result) => {
+                // Whatever feeds the stream ends before its final response is sent.
+                drop(stream);
+                let generation = handler.generation();
+                let reply = match result {
+                    Ok(result) => ok_response(id, result, generation),
+                    Err(err) => error_response(id, err, generation),
+                };
+                self.output.extend_from_slice(&encode(&reply));
+                self.progressed();
+                self.closing || self.answer_lines(handler, options)
+            }
+        }
+    }
+
+    /// Opens a stream if `line` is a request for a streaming method (with an id); true if
+    /// it was (answered with an error, or now streaming).
+    fn open_stream<H: Handler + ?Sized>(&mut self, handler: &mut H, line: &[u8]) -> bool {
+        let streaming = handler.streaming_methods();
+        if !streaming
+            .iter()
+            .any(|m| line.windows(m.len()).any(|w| w == m.as_bytes()))
+        {
+            return false;
+        }
+        let Ok(Value::Object(mut request)) = serde_json::from_slice::<Value>(line) else {
+            return false;
+        };
+        let method = match request.get("method") {
+            Some(Value::String(m)) if streaming.contains(&m.as_str()) => m.clone(),
+            _ => return false,
+        };
+        let id = match request.remove("id") {
+            Some(id @ (Value::String(_) | Value::Number(_))) => id,
+            // Notifications and malformed ids get the usual answers.
+            _ => return false,
+        };
+        let params = match request.remove("params") {
+            None => None,
+            Some(p @ (Value::Array(_) | Value::Object(_))) => Some(p),
+            Some(_) => return false,
+        };
+        if request.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+            return false;
+        }
+        match catch_unwind(AssertUnwindSafe(|| handler.open_stream(&method, params))) {
+            Ok(Ok(stream)) => self.streaming = Some((id, stream)),
+            Ok(Err(err)) => {
+                let reply = error_response(id, err, handler.generation());
+                self.output.extend_from_slice(&encode(&reply));
+            }
+            Err(_) => {
+                let err = RpcError::internal(format!("{method}: handler panicked"));
+                let reply = error_response(id, err, handler.generation());
+                self.output.extend_from_slice(&encode(&reply));
+            }
+        }
+        true
     }
 
     fn pending(&self) -> usize {
@@ -665,6 +838,7 @@ impl Conn {
 
     /// Writes what the socket takes; false if the connection is dead.
     fn flush(&mut self) -> bool {
+        let before = self.sent;
         while self.sent < self.output.len() {
             match send_nosignal(&self.stream, &self.output[self.sent..]) {
                 Ok(0) => return false,
@@ -673,6 +847,11 @@ impl Conn {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => return false,
             }
+        }
+        if self.streaming.is_some() && self.sent > before {
+            // A stream's output may never drain to nothing while it runs: a client that
+            // takes it makes progress (the stream's own duration bounds the rest).
+            self.in_flight_since = Some(Instant::now());
         }
         if self.sent == self.output.len() {
             let drained = !self.output.is_empty();
@@ -703,6 +882,8 @@ impl Conn {
                 return ReadOutcome::More;
             }
             match self.stream.read(chunk) {
+                // A client that hangs up during its stream is gone: nobody takes the rest.
+                Ok(0) if self.streaming.is_some() => return ReadOutcome::Drop,
                 Ok(0) => {
                     // The client is done sending: answer a last unterminated line, then
                     // close once the replies are out.
@@ -722,6 +903,13 @@ impl Conn {
                     budget = budget.saturating_sub(n);
                     self.input.extend_from_slice(&chunk[..n]);
                     self.in_flight();
+                    if self.streaming.is_some() {
+                        // Answered after the stream, in order; held within one line.
+                        if self.input.len() > options.max_line {
+                            return ReadOutcome::Drop;
+                        }
+                        continue;
+                    }
                     if !self.answer_lines(handler, options) {
                         return ReadOutcome::Drop;
                     }
@@ -757,6 +945,10 @@ impl Conn {
             // A whole request arrived and was answered (a slow handler does not make its
             // client look idle).
             self.progressed();
+            if self.streaming.is_some() {
+                // The requests after a streaming one wait for its end.
+                break;
+            }
         }
         if input.len() - start > options.max_line {
             self.too_long(handler, options);
@@ -764,7 +956,12 @@ impl Conn {
         }
         self.input = input;
         self.input.drain(..start);
-        self.scanned = self.input.len();
+        // Behind an open stream, the rest is not scanned yet.
+        self.scanned = if self.streaming.is_some() {
+            0
+        } else {
+            self.input.len()
+        };
         // A big request's buffer is not kept: it would count against the total held for
         // all clients while this one idles.
         if self.input.is_empty() && self.input.capacity() > READ_CHUNK {
@@ -782,6 +979,9 @@ impl Conn {
     ) -> bool {
         if self.pending() > options.max_pending_output {
             return false;
+        }
+        if self.open_stream(handler, line) {
+            return true;
         }
         if let Some(reply) = dispatch_line_limited(handler, line, options.max_batch_output) {
             self.output.extend_from_slice(&reply);

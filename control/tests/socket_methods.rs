@@ -44,7 +44,7 @@ const METHOD_NOT_FOUND: i64 = -32601;
 const INVALID_PARAMS: i64 = -32602;
 
 /// Every method the contract (README "Control socket") names.
-const CONTRACT_METHODS: [&str; 18] = [
+const CONTRACT_METHODS: [&str; 19] = [
     "config.apply",
     "config.get",
     "config.history",
@@ -63,6 +63,7 @@ const CONTRACT_METHODS: [&str; 18] = [
     "trace.start",
     "trace.show",
     "trace.stop",
+    "capture.start",
 ];
 
 // ---------------------------------------------------------------------------------------

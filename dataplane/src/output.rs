@@ -7,6 +7,7 @@ use crate::counters::WorkerCounters;
 use crate::drop::DropReason;
 use crate::l3::ORIGINATED;
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
+use crate::pipeline::capture::Capturer;
 use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::{Port, PortId};
 use crate::secgroup;
@@ -28,6 +29,9 @@ pub struct PortSet {
     slots: Vec<Option<Attached>>,
     dirty: Vec<PortId>,
     tx_queue: u16,
+    /// The frame capture, when one runs: here, because transmit batches go out from
+    /// here (the stage table reaches it through the burst context for the rest).
+    pub(crate) capture: Option<Box<Capturer>>,
 }
 
 impl std::fmt::Debug for PortSet {
@@ -52,6 +56,7 @@ impl PortSet {
             slots: Vec::new(),
             dirty: Vec::new(),
             tx_queue,
+            capture: None,
         }
     }
 
@@ -149,7 +154,7 @@ impl PortSet {
         let queued = a.pending.push(pkt);
         debug_assert!(queued.is_ok());
         if a.pending.is_full() {
-            send(a, out, self.tx_queue, pool, counters);
+            send(a, out, self.tx_queue, pool, counters, &mut self.capture);
         }
     }
 
@@ -160,7 +165,7 @@ impl PortSet {
             if let Some(Some(a)) = self.slots.get_mut(out.index()) {
                 a.dirty = false;
                 if !a.pending.is_empty() {
-                    send(a, out, self.tx_queue, pool, counters);
+                    send(a, out, self.tx_queue, pool, counters, &mut self.capture);
                 }
             }
         }
@@ -174,8 +179,13 @@ fn send(
     queue: u16,
     pool: &mut FramePool,
     counters: &WorkerCounters,
+    capture: &mut Option<Box<Capturer>>,
 ) {
     let pending = a.pending.as_slice();
+    // One branch per batch while no capture runs.
+    if let Some(capture) = capture.as_deref_mut() {
+        capture.transmit(out, pending, pool);
+    }
     let sent = a.port.tx_burst(queue, pool, pending).min(pending.len());
     let bytes: u64 = pending[..sent].iter().map(|p| u64::from(p.len)).sum();
     counters.tx_packets.add(sent as u64);

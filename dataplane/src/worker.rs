@@ -18,6 +18,7 @@ use crate::l2::MacTable;
 use crate::l3::{self, RouterState, ORIGINATED};
 use crate::output::PortSet;
 use crate::packet::{Batch, MAX_BURST};
+use crate::pipeline::capture::Capturer;
 use crate::pipeline::trace::{TraceMatch, Tracer};
 use crate::pipeline::{BurstCtx, BurstStage, StageTable};
 use crate::port::{Port, PortId};
@@ -193,6 +194,26 @@ impl Worker {
         self.stages.trace.take()
     }
 
+    /// Starts a frame capture (see [`crate::pipeline::capture`]); gives it back, not taken,
+    /// when one already runs: captures are one at a time.
+    pub fn capture_start(&mut self, capturer: Box<Capturer>) -> Result<(), Box<Capturer>> {
+        if self.ports.capture.is_some() {
+            return Err(capturer);
+        }
+        self.ports.capture = Some(capturer);
+        Ok(())
+    }
+
+    /// Stops the capture; returns its worker end (whose ring the reader may still drain).
+    pub fn capture_stop(&mut self) -> Option<Box<Capturer>> {
+        self.ports.capture.take()
+    }
+
+    /// The running capture.
+    pub fn capture(&self) -> Option<&Capturer> {
+        self.ports.capture.as_deref()
+    }
+
     /// The running (or completed, not yet stopped) trace.
     pub fn trace(&self) -> Option<&Tracer> {
         self.stages.trace.as_deref()
@@ -295,6 +316,12 @@ impl Worker {
     /// The worker's clock in seconds (the time base of learned entries' `seen`).
     pub fn now_secs(&self) -> u32 {
         self.now_secs
+    }
+
+    /// The worker's clock in nanoseconds at the start of the latest pass (the time base
+    /// of captured frames).
+    pub fn now_ns(&self) -> u64 {
+        self.now_ns
     }
 
     /// Generation of the snapshot in use.

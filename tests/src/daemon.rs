@@ -103,6 +103,15 @@ pub fn polluxd_path() -> &'static Path {
     }
 }
 
+/// Builds `polluxctl` in release mode (once per test process) and returns its path.
+pub fn polluxctl_path() -> &'static Path {
+    static PATH: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    match PATH.get_or_init(|| build_binary("pollux-control", "polluxctl", true)) {
+        Ok(p) => p,
+        Err(e) => panic!("cannot build polluxctl: {e}"),
+    }
+}
+
 /// Builds `pollux-agent` (debug, once per test process) and returns its path: the agent
 /// is off the packet path, and a debug build saves a release build of etcd-client's gRPC
 /// stack. Panics with Cargo's output if the build fails.

@@ -5,14 +5,17 @@
 //! local file problem, 3 the daemon could not be reached or answered nonsense.
 
 use std::io::{self, Read, Write};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use pollux_control::client::{CallError, Client};
 use pollux_control::model::{DesiredState, TOP_LEVEL_KEYS};
 use pollux_control::patch::Collection;
+use pollux_control::pcap::{PcapngFile, StreamedFrame};
 use serde_json::{json, Map, Value};
 
 /// Where `polluxd` listens unless told otherwise.
@@ -70,6 +73,33 @@ enum Command {
     /// Trace the next packets of a port through every stage.
     #[command(subcommand)]
     Trace(Trace),
+    /// Capture a port's frames into a pcapng file (as ovs-tcpdump or VPP's pcap trace):
+    /// received (as they arrived), sent (as they left) and dropped (with the stage and
+    /// reason as each packet's comment). Ends after --count frames, --duration seconds or
+    /// --max-bytes, whichever comes first.
+    Capture {
+        /// The port (a VM port's id, or uplink:NAME).
+        #[arg(long, value_name = "PORT")]
+        port: String,
+        /// rx, tx or drop; several comma-separated [default: rx,tx].
+        #[arg(long, value_name = "DIR")]
+        direction: Option<String>,
+        /// Frames at most (1 to 1000000).
+        #[arg(long, value_name = "N", default_value_t = 1000)]
+        count: u64,
+        /// Seconds at most (1 to 600).
+        #[arg(long, value_name = "SECS", default_value_t = 10)]
+        duration: u64,
+        /// Bytes kept of each frame (14 to 9216).
+        #[arg(long, value_name = "BYTES", default_value_t = 2048)]
+        snaplen: u32,
+        /// Frame bytes at most (up to 1 GiB).
+        #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+        max_bytes: u64,
+        /// The pcapng file to write (replaced if it exists).
+        #[arg(short = 'w', value_name = "FILE")]
+        write: PathBuf,
+    },
     /// Create or replace one object (JSON, or TOML; "-" reads stdin), e.g.
     /// `polluxctl put port vm1.json`.
     Put {
@@ -219,6 +249,14 @@ fn run(cli: &Cli) -> Result<String, Failure> {
     // Local input first: a bad file is reported even when the daemon is down.
     let (method, params) = request(&cli.command)?;
     let mut client = connect(cli).map_err(|e| Failure::Call(CallError::Io(e)))?;
+    if let Command::Capture { write, .. } = &cli.command {
+        // Streamed: frames are written as they arrive.
+        let result = capture(cli, client, params, write)?;
+        if cli.json {
+            return Ok(pretty(&result));
+        }
+        return Ok(render(&cli.command, &result));
+    }
     let result = client.call(method, params)?;
     if cli.json {
         return Ok(pretty(&result));
@@ -356,7 +394,147 @@ fn request(command: &Command) -> Result<(&'static str, Value), Failure> {
         }
         Command::Trace(Trace::Show) => ("trace.show", json!({})),
         Command::Trace(Trace::Stop) => ("trace.stop", json!({})),
+        Command::Capture {
+            port,
+            direction,
+            count,
+            duration,
+            snaplen,
+            max_bytes,
+            write: _,
+        } => {
+            let mut params = json!({
+                "port": port, "count": count, "duration_secs": duration,
+                "snaplen": snaplen, "max_bytes": max_bytes,
+            });
+            if let Some(d) = direction {
+                params["direction"] = json!(d);
+            }
+            ("capture.start", params)
+        }
     })
+}
+
+/// Runs `capture.start` and writes the frames it streams to `path` as they come.
+fn capture(cli: &Cli, client: Client, params: Value, path: &Path) -> Result<Value, Failure> {
+    let local = |e: String| Failure::Local(format!("{}: {e}", path.display()));
+    let port = params["port"].as_str().unwrap_or_default().to_owned();
+    let direction = params["direction"].as_str().unwrap_or("rx,tx").to_owned();
+    let snaplen = params["snaplen"].as_u64().unwrap_or(0) as u32;
+    // The daemon ends the capture by its duration; wait that long plus the usual timeout.
+    let wait = params["duration_secs"].as_u64().unwrap_or(0) + cli.timeout;
+    let mut client = client
+        .with_timeout(Duration::from_secs(if cli.timeout == 0 { 0 } else { wait }))
+        .map_err(|e| Failure::Call(CallError::Io(e)))?;
+    let file = std::fs::File::create(path).map_err(|e| local(e.to_string()))?;
+    let mut pcap = PcapngFile::new(io::BufWriter::new(file), &port, snaplen).map_err(&local)?;
+    let mut failed = None;
+    let mut frames = 0u64;
+    let mut bytes = 0u64;
+    let _interrupt = InterruptEndsCapture::install(&client);
+    let outcome = client.call_streaming("capture.start", params, |method, params| {
+        if method == "capture.started" {
+            // As tcpdump's "listening on": the capture is armed from here on.
+            eprintln!(
+                "polluxctl: capturing {} of {} (snaplen {}) into {}",
+                printable(params["direction"].as_str().unwrap_or("?"), false),
+                printable(params["port"].as_str().unwrap_or("?"), false),
+                params["snaplen"],
+                path.display()
+            );
+            return Ok(());
+        }
+        if method != "capture.frame" {
+            return Ok(());
+        }
+        let written = StreamedFrame::from_params(&params).and_then(|f| {
+            frames += 1;
+            bytes += f.data.len() as u64;
+            pcap.write(&f)
+        });
+        written.map_err(|e| {
+            failed = Some(e.clone());
+            CallError::Protocol(e)
+        })
+    });
+    if let Some(e) = failed {
+        return Err(local(e));
+    }
+    let result = match outcome {
+        // Interrupted: the file keeps what came so far, as tcpdump's does.
+        Err(CallError::Io(_)) if INTERRUPTED.load(Ordering::Relaxed) => json!({
+            "port": port, "direction": direction, "frames": frames, "bytes": bytes,
+            "ended": "interrupt",
+        }),
+        other => other?,
+    };
+    pcap.finish().map_err(local)?;
+    Ok(result)
+}
+
+/// Set by SIGINT or SIGTERM during a capture.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+/// The capture's socket, which the signal handler shuts for reading.
+static CAPTURE_SOCKET: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn end_capture(_signal: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+    let fd = CAPTURE_SOCKET.load(Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: shutdown(2) is async-signal-safe and only touches the descriptor, which
+        // stays open for as long as the handler is installed (see InterruptEndsCapture).
+        unsafe { libc::shutdown(fd, libc::SHUT_RD) };
+    }
+}
+
+/// While alive, Ctrl-C (or SIGTERM) ends the capture cleanly: the socket is shut for
+/// reading, the stream's read sees the end, and the file is finished; the daemon sees
+/// the hang-up when polluxctl exits and stops the capture.
+struct InterruptEndsCapture;
+
+impl InterruptEndsCapture {
+    fn install(client: &Client) -> InterruptEndsCapture {
+        CAPTURE_SOCKET.store(client.as_raw_fd(), Ordering::Relaxed);
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: the handler only stores to atomics and calls shutdown(2), both
+            // async-signal-safe.
+            unsafe { libc::signal(signal, end_capture as *const () as libc::sighandler_t) };
+        }
+        InterruptEndsCapture
+    }
+}
+
+impl Drop for InterruptEndsCapture {
+    fn drop(&mut self) {
+        CAPTURE_SOCKET.store(-1, Ordering::Relaxed);
+        for signal in [libc::SIGINT, libc::SIGTERM] {
+            // SAFETY: restores the default disposition.
+            unsafe { libc::signal(signal, libc::SIG_DFL) };
+        }
+    }
+}
+
+/// What a capture wrote and what it missed.
+fn capture_report(result: &Value, path: &Path) -> String {
+    let n = |k: &str| result[k].as_u64().unwrap_or(0);
+    let mut out = format!(
+        "{} frames ({} bytes) of {} {} written to {} (ended by {})",
+        n("frames"),
+        n("bytes"),
+        printable(result["port"].as_str().unwrap_or("?"), false),
+        result["direction"].as_str().unwrap_or("?"),
+        path.display(),
+        result["ended"].as_str().unwrap_or("?"),
+    );
+    if n("lost") > 0 || n("unsent") > 0 {
+        out.push_str(&format!(
+            "\n{} frames lost (the capture ring was full: the reader was too slow), {} \
+             not sent (past --max-bytes)",
+            n("lost"),
+            n("unsent")
+        ));
+    }
+    out
 }
 
 fn show_request(show: &Show) -> (&'static str, Value) {
@@ -671,6 +849,7 @@ fn render(command: &Command, result: &Value) -> String {
             "trace stopped: {} packets recorded",
             cell_text(result.get("packets"))
         ),
+        Command::Capture { write, .. } => capture_report(result, write),
     }
 }
 
@@ -1297,6 +1476,39 @@ mod tests {
             )
         );
         assert!(Cli::try_parse_from(["polluxctl", "show", "nothing"]).is_err());
+    }
+
+    #[test]
+    fn capture_command_and_report() {
+        let cli = Cli::try_parse_from([
+            "polluxctl",
+            "capture",
+            "--port",
+            "vm1",
+            "--direction",
+            "rx,drop",
+            "--count",
+            "5",
+            "-w",
+            "f.pcap",
+        ])
+        .unwrap();
+        let (method, params) = request(&cli.command).unwrap();
+        assert_eq!(method, "capture.start");
+        assert_eq!(
+            params,
+            json!({ "port": "vm1", "direction": "rx,drop", "count": 5, "duration_secs": 10,
+                    "snaplen": 2048, "max_bytes": 64 << 20 })
+        );
+        let result = json!({ "port": "vm1", "direction": "rx,drop", "frames": 5, "bytes": 490,
+                             "lost": 2, "unsent": 0, "ended": "count" });
+        assert_eq!(
+            render(&cli.command, &result),
+            "5 frames (490 bytes) of vm1 rx,drop written to f.pcap (ended by count)\n\
+             2 frames lost (the capture ring was full: the reader was too slow), 0 not sent \
+             (past --max-bytes)"
+        );
+        assert!(Cli::try_parse_from(["polluxctl", "capture", "--port", "vm1"]).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use pollux_dataplane::l3::REACHABLE_SECS;
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::secgroup::zone_port;
 use pollux_dataplane::snapshot::mac_from_u64;
-use pollux_dataplane::worker::Worker;
+use pollux_dataplane::worker::{Mailbox, Worker};
 
 use super::{ApplyError, Engine, WORKER_TIMEOUT};
 use pollux_services::addr::fmt_mac;
@@ -174,6 +174,11 @@ impl Engine {
             .as_ref()
             .map(|s| s.stats())
             .unwrap_or_default()
+    }
+
+    /// The worker's mailbox, for work that outlives one request (a capture's end).
+    pub(crate) fn mailbox(&self) -> Mailbox {
+        self.worker.mailbox.clone()
     }
 
     /// Runs `f` on the worker's thread and returns its result.

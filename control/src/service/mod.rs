@@ -4,6 +4,7 @@
 //! socket"); `polluxctl` and control-plane software rely on them. Parameters are objects
 //! with known fields only (a typo is an error, not a silently ignored option).
 
+mod capture;
 mod stages;
 mod trace;
 
@@ -120,6 +121,7 @@ const METHODS: &[(&str, &str)] = &[
     ("trace.start", trace::TRACE_START_USAGE),
     ("trace.show", trace::TRACE_SHOW_USAGE),
     ("trace.stop", trace::TRACE_STOP_USAGE),
+    ("capture.start", capture::CAPTURE_START_USAGE),
 ];
 
 /// The method handler of `polluxd`: the engine behind the socket.
@@ -176,6 +178,10 @@ impl Handler for Service {
             "trace.start" => trace::trace_start(e, params),
             "trace.show" => trace::trace_show(e, params),
             "trace.stop" => trace::trace_stop(e, params),
+            // Served by `open_stream`; only a notification (no id to stream to) gets here.
+            "capture.start" => Err(RpcError::invalid_request(
+                "capture.start streams its frames: send it with an id",
+            )),
             m if m == "config.patch" || object_method(m).is_some() => {
                 let dry_run = params
                     .as_ref()
@@ -207,6 +213,21 @@ impl Handler for Service {
 
     fn generation(&self) -> u64 {
         self.engine.generation()
+    }
+
+    fn streaming_methods(&self) -> &'static [&'static str] {
+        &["capture.start"]
+    }
+
+    fn open_stream(
+        &mut self,
+        method: &str,
+        params: Option<Value>,
+    ) -> Result<Box<dyn crate::rpc::RpcStream>, RpcError> {
+        match method {
+            "capture.start" => capture::open(&mut self.engine, params),
+            other => Err(RpcError::method_not_found(other)),
+        }
     }
 }
 

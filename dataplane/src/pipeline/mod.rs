@@ -36,6 +36,7 @@
 //! `Worker::add_stage`: they run right after classification, under the id
 //! [`Stage::Extension`], through dynamic dispatch.
 
+pub mod capture;
 mod table;
 pub mod trace;
 pub mod tsc;

@@ -96,6 +96,11 @@ impl StageTable {
         if let Some(tracer) = self.trace.as_deref_mut() {
             traced = tracer.begin(cx.in_port, pkts, cx.pool, cx.snap.generation());
         }
+        // And one more while no capture runs.
+        let mut capture_drops = false;
+        if let Some(capture) = cx.ports.capture.as_deref_mut() {
+            capture_drops = capture.begin_burst(cx.in_port, pkts, cx.pool, cx.now_ns);
+        }
         let mut t = tsc::now();
         macro_rules! step {
             ($stage:expr) => {{
@@ -136,6 +141,9 @@ impl StageTable {
         });
         step!(self.sg_ingress);
         step!(self.qos_ingress);
+        if capture_drops {
+            capture_dropped(cx, pkts);
+        }
         step!(self.output);
         if ran.contains(Stage::Extension) {
             for ext in self.extensions.iter_mut() {
@@ -163,6 +171,16 @@ fn record(trace: &mut Option<Box<Tracer>>, stage: Stage, pkts: &[Packet]) {
             pkts,
             matches!(stage, Stage::Classify | Stage::Output),
         );
+    }
+}
+
+/// Copies the burst's dropped packets into the capture before the output stage frees
+/// them; out of line, since it runs only while a capture of drops does.
+#[cold]
+#[inline(never)]
+fn capture_dropped(cx: &mut BurstCtx<'_>, pkts: &[Packet]) {
+    if let Some(capture) = cx.ports.capture.as_deref_mut() {
+        capture.drops(pkts, cx.pool);
     }
 }
 
