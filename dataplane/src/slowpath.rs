@@ -238,6 +238,12 @@ impl SlowPath {
     }
 
     fn punt(&mut self, cx: &mut BurstCtx<'_>, pkt: &Packet, network: NetworkUid) -> Next {
+        if cx.dry_run {
+            // An explained packet would go to the slow path: it takes no token and is
+            // not handed over.
+            cx.pool.free(pkt.frame);
+            return Next::Consumed;
+        }
         if !self
             .budget(pkt.in_port, cx.snap.slow_path().dhcp_per_port)
             .allow(cx.now_ns)

@@ -222,6 +222,30 @@ impl NeighborTable {
         }
     }
 
+    /// What [`NeighborTable::resolve`] would answer at `now`, changing nothing (for an
+    /// explained packet: no entry created, no request time noted).
+    pub fn would_resolve(&self, network: NetworkUid, ip: u32, now: u32) -> Resolution {
+        match self.map.get(key(network, ip)) {
+            Some(n) => {
+                let age = now.wrapping_sub(n.confirmed);
+                let mac = match n.mac {
+                    INCOMPLETE => None,
+                    _ if age >= EXPIRE_SECS => None,
+                    m => Some(m),
+                };
+                let due = mac.is_none() || age >= REACHABLE_SECS;
+                Resolution {
+                    mac,
+                    request: due && now.wrapping_sub(n.requested) >= RETRY_SECS,
+                }
+            }
+            None => Resolution {
+                mac: None,
+                request: true,
+            },
+        }
+    }
+
     /// Records that `ip` on `network` has `mac` (an ARP packet from it). Only addresses
     /// the table already tracks are updated unless `create` is set (an ARP request to one
     /// of our addresses: its sender will surely be talked to, as RFC 826 suggests).

@@ -36,6 +36,7 @@
 //! `Worker::add_stage`: they run right after classification, under the id
 //! [`Stage::Extension`], through dynamic dispatch.
 
+pub mod explain;
 mod table;
 pub mod trace;
 pub mod tsc;
@@ -266,6 +267,13 @@ pub struct BurstCtx<'a> {
     pub in_port: PortId,
     /// Its role in the snapshot, looked up once for the burst.
     pub role: PortRole,
+    /// An explained packet ([`crate::pipeline::explain`]): every stage decides as it
+    /// would, but leaves the worker's tables as they are (no learning, no session, no
+    /// neighbour entry or ARP request, no rate-limiter token, nothing punted). Counters
+    /// and transmission need no check: an explain pass runs with counters and ports of
+    /// its own. Stages test it where they already branch (a table miss, a new flow), or
+    /// once per burst, never per packet on the forwarding path.
+    pub dry_run: bool,
 }
 
 impl std::fmt::Debug for BurstCtx<'_> {
@@ -275,6 +283,7 @@ impl std::fmt::Debug for BurstCtx<'_> {
             .field("in_port", &self.in_port)
             .field("role", &self.role)
             .field("now_ns", &self.now_ns)
+            .field("dry_run", &self.dry_run)
             .finish_non_exhaustive()
     }
 }
