@@ -374,6 +374,11 @@ impl Worker {
         self.now_secs
     }
 
+    /// The snapshot in use.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snap
+    }
+
     /// Generation of the snapshot in use.
     pub fn generation(&self) -> u64 {
         self.snap.generation()

@@ -4,6 +4,7 @@
 //! socket"); `polluxctl` and control-plane software rely on them. Parameters are objects
 //! with known fields only (a typo is an error, not a silently ignored option).
 
+pub mod explain;
 mod stages;
 mod trace;
 
@@ -118,6 +119,7 @@ const METHODS: &[(&str, &str)] = &[
     ("trace.start", trace::TRACE_START_USAGE),
     ("trace.show", trace::TRACE_SHOW_USAGE),
     ("trace.stop", trace::TRACE_STOP_USAGE),
+    ("explain.run", explain::EXPLAIN_RUN_USAGE),
 ];
 
 /// The method handler of `polluxd`: the engine behind the socket.
@@ -174,6 +176,7 @@ impl Handler for Service {
             "trace.start" => trace::trace_start(e, params),
             "trace.show" => trace::trace_show(e, params),
             "trace.stop" => trace::trace_stop(e, params),
+            "explain.run" => explain::explain_run(e, params),
             m if m == "config.patch" || object_method(m).is_some() => {
                 let dry_run = params
                     .as_ref()

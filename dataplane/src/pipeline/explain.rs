@@ -22,10 +22,12 @@ use crate::conntrack::{ConnTable, Dir, FlowKey, TcpState};
 use crate::counters::WorkerCounters;
 use crate::drop::DropReason;
 use crate::l3::nat;
+use crate::l3::NeighborTable;
+use crate::lpm::prefix_mask;
 use crate::port::PortId;
-use crate::routing::Routing;
+use crate::routing::{Interface, Routing};
 use crate::secgroup::port_zone;
-use crate::snapshot::NetworkUid;
+use crate::snapshot::{mac_from_u64, NetworkUid, PortRole, Snapshot};
 
 /// A frame an explained packet would send.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -204,4 +206,42 @@ pub(crate) fn connections(
         found.extend(entry(ConnOwner::Port(e.port), port_zone(e.port), &e.frame));
     }
     found
+}
+
+/// The destination MAC of a frame from VM port `port` (from `src_ip`) to `dst_ip` when
+/// whoever asks for an explanation does not give one, as the VM would address it: a
+/// router's own address is the router's MAC; an address beyond the VM's subnet goes to
+/// its subnet's router (the gateway); one on its subnet is `owner` (the configured port
+/// holding the address, from the control plane), else the routers' neighbour entry for
+/// it. `None` when nothing is known, or for a port that is no VM port.
+pub fn default_dst_mac(
+    snap: &Snapshot,
+    neighbors: &NeighborTable,
+    port: PortId,
+    src_ip: u32,
+    dst_ip: u32,
+    owner: Option<[u8; 6]>,
+) -> Option<[u8; 6]> {
+    let PortRole::Access { network: slot, .. } = snap.port(port) else {
+        return owner;
+    };
+    let routing = snap.routing();
+    let router_mac = |i: &Interface| routing.router(i.router).map(|r| r.mac);
+    let mut on_network = routing.interfaces().iter().filter(|i| i.network == slot);
+    if let Some(i) = on_network.clone().find(|i| i.ip == dst_ip) {
+        return router_mac(i);
+    }
+    let mask = |i: &Interface| prefix_mask(i.prefix_len);
+    match on_network.find(|i| src_ip & mask(i) == i.ip & mask(i)) {
+        Some(gateway) if dst_ip & mask(gateway) != gateway.ip & mask(gateway) => {
+            router_mac(gateway)
+        }
+        _ => owner.or_else(|| {
+            let uid = snap.network(slot)?.uid;
+            neighbors
+                .get(uid, dst_ip)
+                .and_then(|n| n.mac())
+                .map(mac_from_u64)
+        }),
+    }
 }
