@@ -404,6 +404,31 @@ mod tests {
         assert!(!r.request);
     }
 
+    /// An explained packet's question gets the answer a real one would, and leaves the
+    /// table as it was.
+    #[test]
+    fn would_resolve_answers_as_resolve_and_changes_nothing() {
+        let mut t = NeighborTable::new(16);
+        for (now, learn) in [
+            (100, None),
+            (100, None),
+            (101, None),
+            (101, Some(0x0a0b)),
+            (102, None),
+            (102 + REACHABLE_SECS, None),
+            (102 + REACHABLE_SECS, None),
+            (103 + EXPIRE_SECS, None),
+        ] {
+            if let Some(mac) = learn {
+                t.learn(NET, IP, mac, now, false);
+            }
+            let before: Vec<_> = t.entries().collect();
+            let asked = t.would_resolve(NET, IP, now);
+            assert_eq!(t.entries().collect::<Vec<_>>(), before);
+            assert_eq!(asked, t.resolve(NET, IP, now), "at {now}");
+        }
+    }
+
     #[test]
     fn unsolicited_answers_create_nothing_unless_asked_to() {
         let mut t = NeighborTable::new(16);

@@ -24,7 +24,10 @@
 //!    such as port security, which sees packets after classification), `process` loops
 //!    over the burst, skips packets whose `meta.next` it does not take, and sets
 //!    `meta.next` of those it decides (a drop is `Next::Drop(reason, its id)`; the
-//!    output stage frees and counts it).
+//!    output stage frees and counts it). A stage that changes state other than the
+//!    packet and the counters (a table, a rate limiter, a queue) leaves it as it is for
+//!    a [`BurstCtx::dry_run`] burst (an explained packet, see [`explain`]), deciding as
+//!    it would.
 //! 2. A line in the `stages!` list of [`Stage`] (its name and help).
 //! 3. A field and a `step!` line in [`StageTable`] (`table.rs`), where in the order it
 //!    runs.

@@ -265,8 +265,10 @@ impl Flow {
     }
 }
 
-/// Reads the flow of the IPv4 packet `ip` in `zone`.
-#[inline]
+/// Reads the flow of the IPv4 packet `ip` in `zone`. Always inlined: with a caller for
+/// explained packets besides the forwarding one, the compiler would otherwise keep it
+/// out of line, a call per packet and per direction.
+#[inline(always)]
 fn ipv4_flow(ip: &[u8], zone: u32) -> Result<Flow, DropReason> {
     let p = Ipv4Packet::new_checked(ip).map_err(|_| DropReason::BadIpv4Header)?;
     let proto = p.protocol().0;
