@@ -265,10 +265,8 @@ impl Flow {
     }
 }
 
-/// Reads the flow of the IPv4 packet `ip` in `zone`. Always inlined: with a caller for
-/// explained packets besides the forwarding one, the compiler would otherwise keep it
-/// out of line, a call per packet and per direction.
-#[inline(always)]
+/// Reads the flow of the IPv4 packet `ip` in `zone`.
+#[inline]
 fn ipv4_flow(ip: &[u8], zone: u32) -> Result<Flow, DropReason> {
     let p = Ipv4Packet::new_checked(ip).map_err(|_| DropReason::BadIpv4Header)?;
     let proto = p.protocol().0;
@@ -458,14 +456,16 @@ fn remote(key: &FlowKey, dir: Direction) -> u32 {
 }
 
 /// Decides one packet crossing `port` (whose policy is `policy`) in `dir`: `Ok` when it
-/// may pass. `data` is the frame, `meta` its metadata. `DRY` (an explained packet)
+/// may pass. `data` is the frame, `meta` its metadata. `dry` (an explained packet)
 /// decides the same but changes nothing: no connection created, touched, re-tagged or
-/// cut, no window moved, no rule hit counted.
+/// cut, no window moved, no rule hit counted. It is a flag rather than a second
+/// instance of this function, so that the frame parsing stays where the compiler
+/// inlines it (one caller).
 // The stages pass what they looked up once per burst (policy) or per pass (time); a
 // context struct would be rebuilt per packet.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-pub fn filter<const DRY: bool>(
+pub fn filter(
     snap: &Snapshot,
     conns: &mut ConnTable,
     now: u64,
@@ -475,6 +475,7 @@ pub fn filter<const DRY: bool>(
     data: &[u8],
     meta: &Meta,
     last: &mut LastHit,
+    dry: bool,
 ) -> Result<(), DropReason> {
     let l3 = data.get(usize::from(meta.l3_offset)..).unwrap_or(&[]);
     match EtherType(meta.ethertype) {
@@ -489,7 +490,8 @@ pub fn filter<const DRY: bool>(
         return Ok(());
     }
     match flow.fragment {
-        None => decide::<DRY>(snap, conns, now, port, policy, dir, &flow, last),
+        None if dry => decide_dry(snap, conns, now, port, policy, dir, &flow),
+        None => decide::<false>(snap, conns, now, port, policy, dir, &flow, last),
         // Later fragments carry no ports: they pass when their first fragment did.
         Some((ident, true)) => {
             match policy.stateful && conns.lookup(&flow.fragment_key(ident), now).is_some() {
@@ -498,8 +500,11 @@ pub fn filter<const DRY: bool>(
             }
         }
         Some((ident, false)) => {
-            decide::<DRY>(snap, conns, now, port, policy, dir, &flow, last)?;
-            if policy.stateful && !DRY {
+            if dry {
+                return decide_dry(snap, conns, now, port, policy, dir, &flow);
+            }
+            decide::<false>(snap, conns, now, port, policy, dir, &flow, last)?;
+            if policy.stateful {
                 let key = flow.fragment_key(ident);
                 // A full table only costs the later fragments.
                 let _ = conns.insert(key, key.reversed(), u32::from(port.0), 0, now);
@@ -507,6 +512,21 @@ pub fn filter<const DRY: bool>(
             Ok(())
         }
     }
+}
+
+/// [`decide`] for an explained packet, out of the forwarding path's code.
+#[cold]
+#[inline(never)]
+fn decide_dry(
+    snap: &Snapshot,
+    conns: &mut ConnTable,
+    now: u64,
+    port: PortId,
+    policy: &SgPolicy,
+    dir: Direction,
+    flow: &Flow,
+) -> Result<(), DropReason> {
+    decide::<true>(snap, conns, now, port, policy, dir, flow, &mut None)
 }
 
 /// Decides a packet that is not a later fragment.
@@ -734,10 +754,9 @@ pub fn filter_ingress(
         return Ok(());
     };
     let dir = Direction::Ingress;
-    if dry_run {
-        return filter::<true>(snap, conns, now, out, policy, dir, data, meta, &mut None);
-    }
-    filter::<false>(snap, conns, now, out, policy, dir, data, meta, &mut None)
+    filter(
+        snap, conns, now, out, policy, dir, data, meta, &mut None, dry_run,
+    )
 }
 
 /// The egress stage: traffic from a VM port with security groups, after port security.
@@ -782,34 +801,6 @@ fn filter_burst<'s>(
     pending: Pending,
     pick: impl Fn(Next) -> Option<(PortId, &'s SgPolicy)>,
 ) -> Outcome {
-    if cx.dry_run {
-        return filter_burst_dry(cx, pkts, dir, pending, pick);
-    }
-    filter_burst_as::<false>(cx, pkts, dir, pending, pick)
-}
-
-/// [`filter_burst`] for an explained packet, kept out of the forwarding path's code.
-#[cold]
-#[inline(never)]
-fn filter_burst_dry<'s>(
-    cx: &mut BurstCtx<'s>,
-    pkts: &mut [Packet],
-    dir: Direction,
-    pending: Pending,
-    pick: impl Fn(Next) -> Option<(PortId, &'s SgPolicy)>,
-) -> Outcome {
-    filter_burst_as::<true>(cx, pkts, dir, pending, pick)
-}
-
-/// [`filter_burst`], for explained packets with `DRY`.
-#[inline(always)]
-fn filter_burst_as<'s, const DRY: bool>(
-    cx: &mut BurstCtx<'s>,
-    pkts: &mut [Packet],
-    dir: Direction,
-    pending: Pending,
-    pick: impl Fn(Next) -> Option<(PortId, &'s SgPolicy)>,
-) -> Outcome {
     let stage = match dir {
         Direction::Egress => Stage::SgEgress,
         Direction::Ingress => Stage::SgIngress,
@@ -820,14 +811,15 @@ fn filter_burst_as<'s, const DRY: bool>(
     let mut checked = 0;
     let mut refused = false;
     let mut last: LastHit = None;
+    let dry = cx.dry_run;
     for pkt in pkts.iter_mut() {
         let Some((port, policy)) = pick(pkt.meta.next) else {
             continue;
         };
         checked += 1;
         let data = frames.data(pkt);
-        if let Err(reason) = filter::<DRY>(
-            snap, cx.conns, now, port, policy, dir, data, &pkt.meta, &mut last,
+        if let Err(reason) = filter(
+            snap, cx.conns, now, port, policy, dir, data, &pkt.meta, &mut last, dry,
         ) {
             pkt.meta.next = Next::Drop(reason, stage);
             refused = true;
