@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use pollux_dataplane::conntrack::{Dir, FlowKey};
+use pollux_dataplane::packet::Next;
 use pollux_dataplane::pipeline::explain::{default_dst_mac, ConnOwner, Explanation};
 use pollux_dataplane::pipeline::Stage;
 use pollux_dataplane::port::PortId;
@@ -350,24 +351,46 @@ fn summary(ex: &Explanation, names: &BTreeMap<PortId, String>) -> (&'static str,
             "would go to the slow path (DHCP server)".into(),
         );
     }
-    if ex.sent.is_empty() {
-        if let Some(d) = ex.dropped.first() {
-            return (
-                "dropped",
-                format!("would be dropped by {}: {}", d.stage, d.reason.name()),
+    let ports = |sent: &[pollux_dataplane::pipeline::explain::Emitted]| {
+        sent.iter()
+            .map(|e| name(e.port))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    // The packet's own fate is its last step; what else would leave (an ICMP error, an
+    // ARP request, fragments) is said after it.
+    if let Some(Next::Drop(reason, stage)) = ex.steps.last().map(|s| s.next) {
+        let mut text = format!("would be dropped by {stage}: {}", reason.name());
+        if !ex.sent.is_empty() {
+            text += &format!(
+                "; the router would send {} to {}",
+                if ex.sent.len() == 1 {
+                    "a frame"
+                } else {
+                    "frames"
+                },
+                ports(&ex.sent)
             );
         }
-        if ex.consumed {
-            return ("consumed", "would be taken where it arrived".into());
+        return ("dropped", text);
+    }
+    if !ex.sent.is_empty() {
+        let mut text = format!("would be sent to {}", ports(&ex.sent));
+        if !ex.dropped.is_empty() {
+            text += &format!(" ({} copies dropped)", ex.dropped.len());
         }
-        return ("dropped", "would go nowhere".into());
+        return ("sent", text);
     }
-    let ports: Vec<String> = ex.sent.iter().map(|e| name(e.port)).collect();
-    let mut text = format!("would be sent to {}", ports.join(", "));
-    if !ex.dropped.is_empty() {
-        text += &format!(" ({} copies dropped)", ex.dropped.len());
+    if let Some(d) = ex.dropped.first() {
+        return (
+            "dropped",
+            format!("would be dropped by {}: {}", d.stage, d.reason.name()),
+        );
     }
-    ("sent", text)
+    if ex.consumed {
+        return ("consumed", "would be taken where it arrived".into());
+    }
+    ("dropped", "would go nowhere".into())
 }
 
 fn endpoints(k: &FlowKey) -> Value {
@@ -503,7 +526,7 @@ fn explanation_json(
     // The port whose groups refused it: the input port's on the way out of the VM, the
     // output port's (the last the packet was headed for) on the way in.
     let headed_for = ex.steps.iter().rev().find_map(|s| match s.next {
-        pollux_dataplane::packet::Next::Output(p) => Some(p),
+        Next::Output(p) => Some(p),
         _ => None,
     });
     let dropped: Vec<Value> = ex
@@ -650,6 +673,51 @@ mod tests {
             ..ExplainParams::default()
         };
         assert!(flow_of(&p, &uplink).unwrap_err().contains("src_mac"));
+    }
+
+    #[test]
+    fn the_summary_is_the_packets_own_fate_then_what_else_would_leave() {
+        use pollux_dataplane::drop::DropReason;
+        use pollux_dataplane::pipeline::explain::{Dropped, Emitted};
+        use pollux_dataplane::pipeline::trace::TraceStep;
+        let names: BTreeMap<PortId, String> = [(PortId(1), "vm1".to_owned())].into();
+        let expired = Next::Drop(DropReason::TtlExpired, Stage::L3);
+        let mut ex = Explanation {
+            generation: 2,
+            worker: 0,
+            in_port: PortId(1),
+            steps: vec![TraceStep {
+                stage: Stage::L3,
+                next: expired,
+            }],
+            sent: vec![Emitted {
+                port: PortId(1),
+                frame: vec![0; 60],
+            }],
+            dropped: vec![Dropped {
+                stage: Stage::L3,
+                reason: DropReason::TtlExpired,
+            }],
+            waiting_for: None,
+            to_slow_path: false,
+            consumed: false,
+            connections: Vec::new(),
+        };
+        assert_eq!(
+            summary(&ex, &names),
+            (
+                "dropped",
+                "would be dropped by l3: ttl_expired; the router would send a frame to vm1"
+                    .to_owned()
+            )
+        );
+        ex.steps[0].next = Next::Flood;
+        assert_eq!(summary(&ex, &names).0, "sent");
+        ex.waiting_for = Some((pollux_dataplane::snapshot::NetworkUid(1), 0xc612_0201));
+        assert_eq!(
+            summary(&ex, &names).1,
+            "would wait for the MAC of next hop 198.18.2.1 (an ARP request would be sent)"
+        );
     }
 
     #[test]
