@@ -265,9 +265,12 @@ impl Flow {
     }
 }
 
-/// Reads the flow of the IPv4 packet `ip` in `zone`.
+/// Reads the flow of the IPv4 packet `ip` in `zone`. `DRY` is that of the one caller,
+/// [`filter`]: an instance per caller keeps it a function with a single call site,
+/// which the compiler inlines; with the explain pass's caller besides, it would stay out
+/// of line, a call per packet and per direction.
 #[inline]
-fn ipv4_flow(ip: &[u8], zone: u32) -> Result<Flow, DropReason> {
+fn ipv4_flow<const DRY: bool>(ip: &[u8], zone: u32) -> Result<Flow, DropReason> {
     let p = Ipv4Packet::new_checked(ip).map_err(|_| DropReason::BadIpv4Header)?;
     let proto = p.protocol().0;
     let l4 = p.payload();
@@ -456,16 +459,14 @@ fn remote(key: &FlowKey, dir: Direction) -> u32 {
 }
 
 /// Decides one packet crossing `port` (whose policy is `policy`) in `dir`: `Ok` when it
-/// may pass. `data` is the frame, `meta` its metadata. `dry` (an explained packet)
+/// may pass. `data` is the frame, `meta` its metadata. `DRY` (an explained packet)
 /// decides the same but changes nothing: no connection created, touched, re-tagged or
-/// cut, no window moved, no rule hit counted. It is a flag rather than a second
-/// instance of this function, so that the frame parsing stays where the compiler
-/// inlines it (one caller).
+/// cut, no window moved, no rule hit counted.
 // The stages pass what they looked up once per burst (policy) or per pass (time); a
 // context struct would be rebuilt per packet.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-pub fn filter(
+pub fn filter<const DRY: bool>(
     snap: &Snapshot,
     conns: &mut ConnTable,
     now: u64,
@@ -475,7 +476,6 @@ pub fn filter(
     data: &[u8],
     meta: &Meta,
     last: &mut LastHit,
-    dry: bool,
 ) -> Result<(), DropReason> {
     let l3 = data.get(usize::from(meta.l3_offset)..).unwrap_or(&[]);
     match EtherType(meta.ethertype) {
@@ -485,13 +485,12 @@ pub fn filter(
         _ => return Err(DropReason::SgNoRule),
     }
     let zone = port_zone(port);
-    let flow = ipv4_flow(l3, zone)?;
+    let flow = ipv4_flow::<DRY>(l3, zone)?;
     if ipv4_implicit(&flow, dir) {
         return Ok(());
     }
     match flow.fragment {
-        None if dry => decide_dry(snap, conns, now, port, policy, dir, &flow),
-        None => decide::<false>(snap, conns, now, port, policy, dir, &flow, last),
+        None => decide::<DRY>(snap, conns, now, port, policy, dir, &flow, last),
         // Later fragments carry no ports: they pass when their first fragment did.
         Some((ident, true)) => {
             match policy.stateful && conns.lookup(&flow.fragment_key(ident), now).is_some() {
@@ -500,11 +499,8 @@ pub fn filter(
             }
         }
         Some((ident, false)) => {
-            if dry {
-                return decide_dry(snap, conns, now, port, policy, dir, &flow);
-            }
-            decide::<false>(snap, conns, now, port, policy, dir, &flow, last)?;
-            if policy.stateful {
+            decide::<DRY>(snap, conns, now, port, policy, dir, &flow, last)?;
+            if policy.stateful && !DRY {
                 let key = flow.fragment_key(ident);
                 // A full table only costs the later fragments.
                 let _ = conns.insert(key, key.reversed(), u32::from(port.0), 0, now);
@@ -512,21 +508,6 @@ pub fn filter(
             Ok(())
         }
     }
-}
-
-/// [`decide`] for an explained packet, out of the forwarding path's code.
-#[cold]
-#[inline(never)]
-fn decide_dry(
-    snap: &Snapshot,
-    conns: &mut ConnTable,
-    now: u64,
-    port: PortId,
-    policy: &SgPolicy,
-    dir: Direction,
-    flow: &Flow,
-) -> Result<(), DropReason> {
-    decide::<true>(snap, conns, now, port, policy, dir, flow, &mut None)
 }
 
 /// Decides a packet that is not a later fragment.
@@ -754,9 +735,10 @@ pub fn filter_ingress(
         return Ok(());
     };
     let dir = Direction::Ingress;
-    filter(
-        snap, conns, now, out, policy, dir, data, meta, &mut None, dry_run,
-    )
+    if dry_run {
+        return filter::<true>(snap, conns, now, out, policy, dir, data, meta, &mut None);
+    }
+    filter::<false>(snap, conns, now, out, policy, dir, data, meta, &mut None)
 }
 
 /// The egress stage: traffic from a VM port with security groups, after port security.
@@ -801,6 +783,34 @@ fn filter_burst<'s>(
     pending: Pending,
     pick: impl Fn(Next) -> Option<(PortId, &'s SgPolicy)>,
 ) -> Outcome {
+    if cx.dry_run {
+        return filter_burst_dry(cx, pkts, dir, pending, pick);
+    }
+    filter_burst_as::<false>(cx, pkts, dir, pending, pick)
+}
+
+/// [`filter_burst`] for an explained packet, kept out of the forwarding path's code.
+#[cold]
+#[inline(never)]
+fn filter_burst_dry<'s>(
+    cx: &mut BurstCtx<'s>,
+    pkts: &mut [Packet],
+    dir: Direction,
+    pending: Pending,
+    pick: impl Fn(Next) -> Option<(PortId, &'s SgPolicy)>,
+) -> Outcome {
+    filter_burst_as::<true>(cx, pkts, dir, pending, pick)
+}
+
+/// [`filter_burst`], for explained packets with `DRY`.
+#[inline(always)]
+fn filter_burst_as<'s, const DRY: bool>(
+    cx: &mut BurstCtx<'s>,
+    pkts: &mut [Packet],
+    dir: Direction,
+    pending: Pending,
+    pick: impl Fn(Next) -> Option<(PortId, &'s SgPolicy)>,
+) -> Outcome {
     let stage = match dir {
         Direction::Egress => Stage::SgEgress,
         Direction::Ingress => Stage::SgIngress,
@@ -811,15 +821,14 @@ fn filter_burst<'s>(
     let mut checked = 0;
     let mut refused = false;
     let mut last: LastHit = None;
-    let dry = cx.dry_run;
     for pkt in pkts.iter_mut() {
         let Some((port, policy)) = pick(pkt.meta.next) else {
             continue;
         };
         checked += 1;
         let data = frames.data(pkt);
-        if let Err(reason) = filter(
-            snap, cx.conns, now, port, policy, dir, data, &pkt.meta, &mut last, dry,
+        if let Err(reason) = filter::<DRY>(
+            snap, cx.conns, now, port, policy, dir, data, &pkt.meta, &mut last,
         ) {
             pkt.meta.next = Next::Drop(reason, stage);
             refused = true;
