@@ -44,7 +44,7 @@ const METHOD_NOT_FOUND: i64 = -32601;
 const INVALID_PARAMS: i64 = -32602;
 
 /// Every method the contract (README "Control socket") names.
-const CONTRACT_METHODS: [&str; 19] = [
+const CONTRACT_METHODS: [&str; 20] = [
     "config.apply",
     "config.get",
     "config.history",
@@ -64,6 +64,7 @@ const CONTRACT_METHODS: [&str; 19] = [
     "trace.show",
     "trace.stop",
     "capture.start",
+    "explain.run",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -821,6 +822,76 @@ fn every_method_over_the_real_socket() {
     let stopped = s.ok("trace.stop", json!({}));
     assert_eq!(stopped["stopped"], true, "{stopped}");
     assert_eq!(s.ok("trace.stop", json!({}))["stopped"], false);
+
+    // explain.run: the base ports have port security and no group, so IPv4 from them is
+    // dropped on the way out, naming the groups (none); ARP passes: a request for a VM's
+    // address floods the network (the uplink's copy tagged), one for the gateway is
+    // answered by the router. The tables are as they were, though a real request for the
+    // gateway would teach the router its sender.
+    let tables = |s: &mut Session| {
+        ["fdb.list", "neighbors.list", "sessions.list"].map(|m| s.ok(m, json!({})))
+    };
+    let before = tables(&mut s);
+    let ex = s.ok(
+        "explain.run",
+        json!({ "port": "vm-a1", "dst_ip": "198.18.10.12", "proto": "udp" }),
+    );
+    assert_eq!(ex["verdict"], "dropped", "{ex}");
+    assert_eq!(ex["dropped"][0]["stage"], "sg_egress", "{ex}");
+    assert_eq!(ex["dropped"][0]["reason"], "sg_no_rule", "{ex}");
+    assert_eq!(ex["dropped"][0]["security_groups"], json!([]), "{ex}");
+    assert_eq!(ex["frame"]["dst_mac"], "fa:16:3e:0a:00:12", "{ex}");
+    assert_eq!(ex["frame"]["src_ip"], "198.18.10.11", "{ex}");
+    assert_eq!(ex["frame"]["dst_port"], 53, "{ex}");
+    let routed = s.ok(
+        "explain.run",
+        json!({ "port": "vm-a1", "dst_ip": "198.18.20.13" }),
+    );
+    assert_eq!(
+        routed["frame"]["dst_mac"], "02:70:6c:00:00:01",
+        "the router's MAC: {routed}"
+    );
+    let arp_for = |target: [u8; 4]| {
+        let mut f = vec![0xff; 6];
+        f.extend_from_slice(&[0xfa, 0x16, 0x3e, 0x0a, 0x00, 0x11, 0x08, 0x06]);
+        f.extend_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        f.extend_from_slice(&[0xfa, 0x16, 0x3e, 0x0a, 0x00, 0x11, 198, 18, 10, 11]);
+        f.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        f.extend_from_slice(&target);
+        f.resize(60, 0);
+        f.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let ex = s.ok(
+        "explain.run",
+        json!({ "port": "vm-a1", "frame": arp_for([198, 18, 10, 12]) }),
+    );
+    assert_eq!(ex["verdict"], "sent", "{ex}");
+    let out: Vec<(&str, &Value)> = ex["sent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["port"].as_str().unwrap(), &e["frame"]["vlan"]))
+        .collect();
+    assert!(out.contains(&("vm-a2", &Value::Null)), "{ex}");
+    assert!(out.contains(&("uplink:uplink0", &json!(100))), "{ex}");
+    let ex = s.ok(
+        "explain.run",
+        json!({ "port": "vm-a1", "frame": arp_for([198, 18, 10, 1]) }),
+    );
+    assert_eq!(ex["sent"][0]["port"], "vm-a1", "the router answers: {ex}");
+    assert_eq!(ex["sent"].as_array().unwrap().len(), 1, "{ex}");
+    assert_eq!(tables(&mut s), before);
+    for bad in [
+        json!({ "port": "vm-a1" }),
+        json!({ "port": "vm-a1", "frame": "0g" }),
+        json!({ "port": "vm-a1", "frame": "ffff", "ttl": 3 }),
+        json!({ "port": "vm-a1", "dst_ip": "198.18.10.12", "proto": "sctp" }),
+        json!({ "port": "no-such-port", "dst_ip": "198.18.10.12" }),
+        json!({ "port": "uplink:uplink0", "dst_ip": "198.18.10.12" }),
+        json!({ "port": "vm-a1", "dst_ip": "198.18.10.12", "colour": "red" }),
+    ] {
+        s.err("explain.run", bad, INVALID_PARAMS);
+    }
     assert!(stats["apply"]["total"].is_u64(), "{stats}");
     assert!(stats["apply"]["failures"].is_u64(), "{stats}");
 
@@ -1820,6 +1891,43 @@ fn polluxctl_against_the_daemon() {
         "rollback: {stdout}"
     );
     assert!(stdout.contains("- ports vm-a3"), "rollback: {stdout}");
+
+    let out = polluxctl(
+        &socket,
+        &[
+            "explain",
+            "--port",
+            "vm-a1",
+            "--dst-ip",
+            "198.18.10.12",
+            "--dst-port",
+            "22",
+        ],
+    );
+    assert!(out.status.success(), "explain: {out:?}");
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("would be dropped by sg_egress: sg_no_rule")
+            && stdout.contains("port vm-a1 has security groups []"),
+        "explain: {stdout}"
+    );
+    if std::env::var_os("POLLUX_SHOW_EXPLAIN").is_some() {
+        for args in [
+            &[
+                "explain",
+                "--port",
+                "vm-a1",
+                "--dst-ip",
+                "198.18.10.12",
+                "--dst-port",
+                "22",
+            ][..],
+            &["explain", "--port", "vm-a1", "--frame", "ffffffffffff fa163e0a0011 0806 0001 0800 0604 0001 fa163e0a0011 c6120a0b 000000000000 c6120a0c"][..],
+        ] {
+            let out = polluxctl(&socket, args);
+            eprintln!("$ polluxctl {}\n{}", args.join(" "), text(&out.stdout));
+        }
+    }
 
     let mut bad = base_state();
     bad["ports"][1]["mac_address"] = json!("zz:zz");

@@ -32,6 +32,9 @@ pub struct PortSet {
     /// The frame capture, when one runs: here, because transmit batches go out from
     /// here (the stage table reaches it through the burst context for the rest).
     pub(crate) capture: Option<Box<Capturer>>,
+    /// The port set of an explain pass, which has no ports: what would have been sent is
+    /// recorded here instead (port and frame as it would leave).
+    sink: Option<Vec<(PortId, Vec<u8>)>>,
 }
 
 impl std::fmt::Debug for PortSet {
@@ -57,7 +60,22 @@ impl PortSet {
             dirty: Vec::new(),
             tx_queue,
             capture: None,
+            sink: None,
         }
+    }
+
+    /// No ports, and a record of what is queued for any port instead of a transmission:
+    /// the port set of an explain pass.
+    pub(crate) fn recorder(tx_queue: u16) -> Self {
+        PortSet {
+            sink: Some(Vec::with_capacity(8)),
+            ..PortSet::new(tx_queue)
+        }
+    }
+
+    /// What a recorder was given to send, as (port, frame).
+    pub(crate) fn take_recorded(&mut self) -> Vec<(PortId, Vec<u8>)> {
+        self.sink.take().unwrap_or_default()
     }
 
     /// Adds a port under `id`, replacing any port attached there before (returned).
@@ -134,6 +152,9 @@ impl PortSet {
         pkt: Packet,
     ) {
         let Some(Some(a)) = self.slots.get_mut(out.index()) else {
+            if let Some(sink) = self.sink.as_mut() {
+                return record(sink, pool, out, pkt);
+            }
             drop_packet(
                 pool,
                 counters,
@@ -170,6 +191,14 @@ impl PortSet {
             }
         }
     }
+}
+
+/// Records a frame an explain pass would send, and frees it.
+#[cold]
+#[inline(never)]
+fn record(sink: &mut Vec<(PortId, Vec<u8>)>, pool: &mut FramePool, out: PortId, pkt: Packet) {
+    sink.push((out, pool.data(&pkt).to_vec()));
+    pool.free(pkt.frame);
 }
 
 #[inline]
@@ -336,7 +365,7 @@ impl BurstStage for Output {
 pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
     let (snap, counters) = (cx.snap, cx.counters);
     let (pool, ports) = (&mut *cx.pool, &mut *cx.ports);
-    let (conns, now) = (&mut *cx.conns, u64::from(cx.now_secs));
+    let (conns, now, dry_run) = (&mut *cx.conns, u64::from(cx.now_secs), cx.dry_run);
     let mut unicast = 0;
     let mut flooded = 0;
     // A burst is mostly runs of one flow: its egress tag is looked up once per run.
@@ -366,7 +395,7 @@ pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
             Next::Flood => {
                 flooded += 1;
                 if snap.security_groups().any() {
-                    flood_filtered(snap, pool, ports, counters, pkt, conns, now);
+                    flood_filtered(snap, pool, ports, counters, pkt, conns, now, dry_run);
                 } else {
                     flood(snap, pool, ports, counters, pkt);
                 }
@@ -476,6 +505,7 @@ fn flood_skip(pkt: &Packet) -> PortId {
 /// [`flood`] when some port has security groups: a copy for a port whose groups refuse
 /// it is counted as made and dropped (with the reason, under `sg_ingress`), without
 /// copying the frame; the others go out.
+#[allow(clippy::too_many_arguments)]
 #[inline(never)]
 fn flood_filtered(
     snap: &Snapshot,
@@ -485,6 +515,7 @@ fn flood_filtered(
     pkt: &mut Packet,
     conns: &mut ConnTable,
     now: u64,
+    dry_run: bool,
 ) {
     let targets = snap.flood_ports(pkt.meta.network);
     let skip = flood_skip(pkt);
@@ -503,7 +534,8 @@ fn flood_filtered(
             continue;
         }
         remaining -= 1;
-        let verdict = secgroup::filter_ingress(snap, conns, now, out, pool.data(pkt), &pkt.meta);
+        let data = pool.data(pkt);
+        let verdict = secgroup::filter_ingress(snap, conns, now, out, data, &pkt.meta, dry_run);
         if remaining == 0 {
             return match verdict {
                 Ok(()) => emit(snap, pool, ports, counters, pkt, out),

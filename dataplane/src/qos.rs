@@ -60,11 +60,26 @@ impl Buckets {
         Buckets(vec![ByteBucket::default(); max_ports].into_boxed_slice())
     }
 
-    /// Takes `bytes` from `port`'s bucket at `rate`.
+    /// Takes `bytes` from `port`'s bucket at `rate`; in a dry run (an explained packet)
+    /// says whether it would, taking nothing.
     #[inline]
-    fn allow(&mut self, port: PortId, rate: ByteRate, now_ns: u64, bytes: u16) -> bool {
+    fn allow(
+        &mut self,
+        port: PortId,
+        rate: ByteRate,
+        now_ns: u64,
+        bytes: u16,
+        dry_run: bool,
+    ) -> bool {
         match self.0.get_mut(port.index()) {
             Some(b) => {
+                let mut probe;
+                let b = if dry_run {
+                    probe = *b;
+                    &mut probe
+                } else {
+                    b
+                };
                 if b.rate() != rate {
                     *b = ByteBucket::full(rate, now_ns);
                 }
@@ -155,7 +170,7 @@ impl BurstStage for QosEgress {
             }
             checked += 1;
             if let Some(rate) = qos.egress {
-                if !self.buckets.allow(port, rate, now, pkt.len) {
+                if !self.buckets.allow(port, rate, now, pkt.len, cx.dry_run) {
                     pkt.meta.next = Next::Drop(DropReason::Policed, Stage::QosEgress);
                     policed += 1;
                     policed_bytes += u64::from(pkt.len);
@@ -226,7 +241,7 @@ impl BurstStage for QosIngress {
                 continue;
             };
             checked += 1;
-            if !self.buckets.allow(out, rate, now, pkt.len) {
+            if !self.buckets.allow(out, rate, now, pkt.len, cx.dry_run) {
                 pkt.meta.next = Next::Drop(DropReason::Policed, Stage::QosIngress);
                 refused = true;
                 if let Some(pc) = cx.counters.port(out) {

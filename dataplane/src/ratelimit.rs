@@ -125,6 +125,12 @@ impl TokenBucket {
     pub fn allow(&mut self, now_ns: u64) -> bool {
         self.state.allow(self.config, now_ns)
     }
+
+    /// Whether [`TokenBucket::allow`] would give a token at `now_ns`, taking none.
+    pub fn would_allow(&self, now_ns: u64) -> bool {
+        let mut state = self.state;
+        state.allow(self.config, now_ns)
+    }
 }
 
 impl Default for TokenBucket {
@@ -186,6 +192,14 @@ impl<const N: usize> KeyedLimiter<N> {
         self.buckets
             .get_mut(slot)
             .is_some_and(|b| b.allow(config, now_ns))
+    }
+
+    /// Whether [`KeyedLimiter::allow`] would give `key` a token at `now_ns`, taking none.
+    pub fn would_allow(&self, key: u32, now_ns: u64) -> bool {
+        let mut bucket = self.buckets.get(self.slot(key)).copied();
+        bucket
+            .as_mut()
+            .is_some_and(|b| b.allow(self.config, now_ns))
     }
 }
 

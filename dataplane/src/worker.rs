@@ -18,7 +18,9 @@ use crate::l2::MacTable;
 use crate::l3::{self, RouterState, ORIGINATED};
 use crate::output::PortSet;
 use crate::packet::{Batch, MAX_BURST};
+use crate::packet::{Next, Packet};
 use crate::pipeline::capture::Capturer;
+use crate::pipeline::explain::{self, Emitted, ExplainError, Explanation};
 use crate::pipeline::trace::{TraceMatch, Tracer};
 use crate::pipeline::{BurstCtx, BurstStage, StageTable};
 use crate::port::{Port, PortId};
@@ -219,6 +221,81 @@ impl Worker {
         self.stages.trace.as_deref()
     }
 
+    /// Runs `frame` as if received on `port` through the stages, with the live snapshot
+    /// and tables, changing nothing: no table, counter or trace of the worker moves and
+    /// nothing is sent. See [`crate::pipeline::explain`].
+    pub fn explain(&mut self, port: PortId, frame: &[u8]) -> Result<Explanation, ExplainError> {
+        if self.ports.get(port).is_none() {
+            return Err(ExplainError::NoSuchPort);
+        }
+        if frame.len() > self.pool.max_data_len() {
+            return Err(ExplainError::TooLong);
+        }
+        let (id, offset) = self.pool.alloc_with(frame).ok_or(ExplainError::NoBuffers)?;
+        let mut pkt = Packet::received(id, offset, frame.len() as u16);
+        pkt.in_port = port;
+        let mut pkts = [pkt];
+        let counters = WorkerCounters::new(self.counters.ports.len());
+        let mut ports = PortSet::recorder(self.config.id);
+        let running =
+            self.stages
+                .trace
+                .replace(Box::new(Tracer::new(port, 1, TraceMatch::default())));
+        self.stages.l3.explained_wait = None;
+        let now = u64::from(self.now_secs);
+        {
+            let mut cx = BurstCtx {
+                snap: &self.snap,
+                pool: &mut self.pool,
+                ports: &mut ports,
+                macs: &mut self.macs,
+                conns: &mut self.conns,
+                counters: &counters,
+                now_ns: self.now_ns,
+                now_secs: self.now_secs,
+                in_port: port,
+                role: self.snap.port(port),
+                dry_run: true,
+            };
+            self.stages.run(&mut cx, &mut pkts);
+        }
+        let traced = std::mem::replace(&mut self.stages.trace, running);
+        let steps = traced
+            .as_deref()
+            .and_then(|t| t.records().first().map(|r| r.steps().to_vec()))
+            .unwrap_or_default();
+        let sent: Vec<Emitted> = ports
+            .take_recorded()
+            .into_iter()
+            .map(|(port, frame)| Emitted { port, frame })
+            .collect();
+        let last = steps.last().map(|s| s.next);
+        let slow_path = steps
+            .iter()
+            .any(|s| s.stage == crate::pipeline::Stage::SlowPath && s.next == Next::Consumed);
+        let connections = explain::connections(
+            &self.conns,
+            self.snap.routing(),
+            now,
+            port,
+            frame,
+            &steps,
+            &sent,
+        );
+        Ok(Explanation {
+            generation: self.snap.generation(),
+            worker: self.config.id,
+            in_port: port,
+            dropped: explain::drops_counted(&counters),
+            waiting_for: self.stages.l3.explained_wait.take(),
+            to_slow_path: slow_path,
+            consumed: last == Some(Next::Consumed) && !slow_path,
+            steps,
+            sent,
+            connections,
+        })
+    }
+
     /// Adds a stage that runs after classification for the ports whose snapshot stage
     /// set has [`crate::pipeline::Stage::Extension`] (see the [`crate::pipeline`]
     /// documentation); for stages that are not built in, such as tests' and experiments'.
@@ -324,6 +401,11 @@ impl Worker {
         self.now_ns
     }
 
+    /// The snapshot in use.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snap
+    }
+
     /// Generation of the snapshot in use.
     pub fn generation(&self) -> u64 {
         self.snap.generation()
@@ -395,6 +477,7 @@ impl Worker {
             now_secs: self.now_secs,
             in_port: port_id,
             role: self.snap.port(port_id),
+            dry_run: false,
         };
         self.stages.run(&mut cx, pkts);
         self.batch.clear();
@@ -415,6 +498,7 @@ impl Worker {
                 now_secs: self.now_secs,
                 in_port: ORIGINATED,
                 role: PortRole::Absent,
+                dry_run: false,
             };
             self.stages.slow_path.inject(&mut cx);
         }
@@ -460,6 +544,7 @@ impl Worker {
             now_secs: self.now_secs,
             in_port: ORIGINATED,
             role: PortRole::Absent,
+            dry_run: false,
         };
         let router = &mut self.stages.l3;
         router.housekeeping(&mut cx, budget, all);

@@ -160,6 +160,47 @@ fn ping_and_tcp_across_a_router_with_arp_and_ttl() {
         );
     }
 
+    // Explain, on the live AF_XDP data plane: a ping from a1 to b1 would leave on b1's
+    // port from the router's MAC to b1's, TTL down by one, as the pings above did; asking
+    // changes no neighbour and sends nothing.
+    let mut client = Client::connect(polluxd.socket()).unwrap();
+    let learned = |client: &mut Client| {
+        let list = client.call("neighbors.list", json!({})).unwrap();
+        let mut rows: Vec<String> = list["neighbors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                format!(
+                    "{} {} {}",
+                    n["network_id"], n["ip_address"], n["mac_address"]
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    };
+    let before = learned(&mut client);
+    let ex = client
+        .call(
+            "explain.run",
+            json!({ "port": "vm-a1", "dst_ip": B1.ip, "proto": "icmp" }),
+        )
+        .unwrap_or_else(|e| panic!("explain.run: {e}"));
+    assert_eq!(ex["verdict"], "sent", "{ex}");
+    assert_eq!(ex["sent"].as_array().map(Vec::len), Some(1), "{ex}");
+    let out = &ex["sent"][0];
+    assert_eq!(out["port"], "vm-b1", "{ex}");
+    assert_eq!(out["frame"]["dst_mac"], B1.mac, "{ex}");
+    assert!(
+        out["frame"]["src_mac"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("02:70:6c:")),
+        "{ex}"
+    );
+    assert_eq!(out["frame"]["ttl"], 63, "{ex}");
+    assert_eq!(learned(&mut client), before);
+
     // TCP through the router for 3 s. b1's MTU is 1400, so its MSS keeps a1's segments
     // within network B's MTU.
     let server = iperf3_server(b1, B1.ip, 5201).unwrap();

@@ -100,6 +100,12 @@ enum Command {
         #[arg(short = 'w', value_name = "FILE")]
         write: PathBuf,
     },
+    /// What the data plane would do with a frame received on a port, from its live
+    /// tables, changing nothing: where it would go (rewritten how) or what would drop it.
+    /// Give the whole frame (--frame) or the flow's fields; the rest is filled in as the
+    /// port's VM would send it (a TCP SYN from its MAC and fixed IP, to its router's MAC
+    /// off its subnet).
+    Explain(Explain),
     /// Create or replace one object (JSON, or TOML; "-" reads stdin), e.g.
     /// `polluxctl put port vm1.json`.
     Put {
@@ -194,6 +200,71 @@ enum Show {
     /// The VM ports with a QoS policy: what their bandwidth limits dropped (packets and
     /// bytes, per direction) and how many packets they marked.
     Qos,
+}
+
+#[derive(Debug, clap::Args)]
+struct Explain {
+    /// The port it is received on (a VM port's id, or uplink:NAME).
+    #[arg(long, value_name = "PORT")]
+    port: String,
+    /// The whole frame in hex (bytes may be separated by spaces or colons).
+    #[arg(long, value_name = "HEX", conflicts_with_all = [
+        "src_mac", "dst_mac", "vlan", "src_ip", "dst_ip", "proto", "src_port", "dst_port", "ttl",
+    ])]
+    frame: Option<String>,
+    /// Source MAC [default: the port's].
+    #[arg(long, value_name = "MAC")]
+    src_mac: Option<String>,
+    /// Destination MAC [default: the router's off the subnet, else the address's port].
+    #[arg(long, value_name = "MAC")]
+    dst_mac: Option<String>,
+    /// An 802.1Q tag with this VLAN id.
+    #[arg(long, value_name = "VID")]
+    vlan: Option<u16>,
+    /// Source address [default: the port's first fixed IP].
+    #[arg(long, value_name = "IP")]
+    src_ip: Option<String>,
+    /// Destination address (required without --frame).
+    #[arg(long, value_name = "IP")]
+    dst_ip: Option<String>,
+    /// tcp, udp, icmp or a number [default: tcp].
+    #[arg(long, value_name = "PROTO")]
+    proto: Option<String>,
+    /// Source port, or ICMP echo identifier [default: 40000].
+    #[arg(long, value_name = "N")]
+    src_port: Option<u16>,
+    /// Destination port [default: 80 for TCP, 53 for UDP].
+    #[arg(long, value_name = "N")]
+    dst_port: Option<u16>,
+    /// Time to live [default: 64].
+    #[arg(long, value_name = "N")]
+    ttl: Option<u8>,
+}
+
+impl Explain {
+    /// The `explain.run` parameters: only what was given.
+    fn params(&self) -> Value {
+        let mut p = Map::new();
+        p.insert("port".into(), json!(self.port));
+        let fields = [
+            ("frame", self.frame.as_ref().map(|v| json!(v))),
+            ("src_mac", self.src_mac.as_ref().map(|v| json!(v))),
+            ("dst_mac", self.dst_mac.as_ref().map(|v| json!(v))),
+            ("vlan", self.vlan.map(|v| json!(v))),
+            ("src_ip", self.src_ip.as_ref().map(|v| json!(v))),
+            ("dst_ip", self.dst_ip.as_ref().map(|v| json!(v))),
+            ("proto", self.proto.as_ref().map(|v| json!(v))),
+            ("src_port", self.src_port.map(|v| json!(v))),
+            ("dst_port", self.dst_port.map(|v| json!(v))),
+            ("ttl", self.ttl.map(|v| json!(v))),
+        ];
+        for (key, value) in fields {
+            if let Some(v) = value {
+                p.insert(key.into(), v);
+            }
+        }
+        Value::Object(p)
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -412,6 +483,7 @@ fn request(command: &Command) -> Result<(&'static str, Value), Failure> {
             }
             ("capture.start", params)
         }
+        Command::Explain(explain) => ("explain.run", explain.params()),
     })
 }
 
@@ -850,7 +922,113 @@ fn render(command: &Command, result: &Value) -> String {
             cell_text(result.get("packets"))
         ),
         Command::Capture { write, .. } => capture_report(result, write),
+        Command::Explain(_) => explain_report(result),
     }
+}
+
+/// A frame's fields as `explain.run` describes them, on one line.
+fn frame_text(f: &Value) -> String {
+    let field = |k: &str| {
+        f.get(k)
+            .filter(|v| !v.is_null())
+            .map(|v| cell_text(Some(v)))
+    };
+    let mut out = format!(
+        "{} > {}",
+        field("src_mac").unwrap_or_default(),
+        field("dst_mac").unwrap_or_default()
+    );
+    if let Some(v) = field("vlan") {
+        out += &format!(" vlan {v}");
+    }
+    if let (Some(src), Some(dst)) = (field("src_ip"), field("dst_ip")) {
+        let port = |k: &str| field(k).map(|p| format!(":{p}")).unwrap_or_default();
+        out += &format!(
+            ", {} {src}{} > {dst}{} ttl {}",
+            field("proto").unwrap_or_default(),
+            port("src_port"),
+            port("dst_port"),
+            field("ttl").unwrap_or_default()
+        );
+    } else if let Some(e) = field("ethertype") {
+        out += &format!(", ethertype {e}");
+    }
+    out
+}
+
+/// The answer, the stages passed and what each decided, what would leave where, and the
+/// connections the packet matched.
+fn explain_report(result: &Value) -> String {
+    let mut out = vec![
+        format!(
+            "{} on {}: {}",
+            frame_text(result.get("frame").unwrap_or(&Value::Null)),
+            cell_text(result.get("port")),
+            cell_text(result.get("summary"))
+        ),
+        format!(
+            "generation {}, worker {}",
+            cell_text(result.get("generation")),
+            cell_text(result.get("worker"))
+        ),
+    ];
+    for step in rows(result, "steps") {
+        out.push(format!(
+            "  {:<16} -> {}",
+            cell_text(step.get("stage")),
+            cell_text(step.get("next"))
+        ));
+    }
+    for s in rows(result, "sent") {
+        out.push(format!(
+            "  out {}: {}",
+            cell_text(s.get("port")),
+            frame_text(s.get("frame").unwrap_or(&Value::Null))
+        ));
+    }
+    for d in rows(result, "dropped") {
+        let mut line = format!(
+            "  dropped by {}: {} ({})",
+            cell_text(d.get("stage")),
+            cell_text(d.get("reason")),
+            cell_text(d.get("help"))
+        );
+        if let Some(groups) = d.get("security_groups").and_then(Value::as_array) {
+            let names: Vec<String> = groups.iter().map(|g| cell_text(Some(g))).collect();
+            line += &format!(
+                "; port {} has security groups [{}]",
+                cell_text(d.get("port")),
+                names.join(", ")
+            );
+        }
+        out.push(line);
+    }
+    for c in rows(result, "connections") {
+        let end = |k: &str| {
+            let e = c.get(k).unwrap_or(&Value::Null);
+            format!(
+                "{}:{} > {}:{}",
+                cell_text(e.get("src")),
+                cell_text(e.get("sport")),
+                cell_text(e.get("dst")),
+                cell_text(e.get("dport"))
+            )
+        };
+        out.push(format!(
+            "  matched {} {} ({} direction{}): {} {}, reply {}",
+            cell_text(c.get("kind")),
+            cell_text(c.get("zone")),
+            cell_text(c.get("dir")),
+            c.get("state")
+                .and_then(Value::as_str)
+                .map(|s| format!(", {s}"))
+                .unwrap_or_default(),
+            cell_text(c.get("protocol")),
+            end("original"),
+            end("reply")
+        ));
+    }
+    out.join("\n")
 }
 
 /// Each traced packet, then the stages it passed and what each decided.
@@ -1654,5 +1832,132 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["polluxctl", "delete", "widget", "x"]).unwrap();
         assert!(matches!(request(&cli.command), Err(Failure::Local(_))));
+    }
+
+    #[test]
+    fn explain_command() {
+        let cli = Cli::try_parse_from([
+            "polluxctl",
+            "explain",
+            "--port",
+            "vm1",
+            "--dst-ip",
+            "198.18.2.10",
+            "--proto",
+            "udp",
+            "--dst-port",
+            "53",
+        ])
+        .unwrap();
+        let (method, params) = request(&cli.command).unwrap();
+        assert_eq!(
+            (method, params),
+            (
+                "explain.run",
+                json!({ "port": "vm1", "dst_ip": "198.18.2.10", "proto": "udp", "dst_port": 53 })
+            )
+        );
+        let cli = Cli::try_parse_from(["polluxctl", "explain", "--port", "vm1", "--frame", "ffff"])
+            .unwrap();
+        assert_eq!(
+            request(&cli.command).unwrap().1,
+            json!({ "port": "vm1", "frame": "ffff" })
+        );
+        // A frame is whole: no field beside it.
+        assert!(Cli::try_parse_from([
+            "polluxctl",
+            "explain",
+            "--port",
+            "vm1",
+            "--frame",
+            "ff",
+            "--ttl",
+            "3"
+        ])
+        .is_err());
+        let result = json!({
+            "generation": 4, "worker": 0, "port": "vm1",
+            "frame": { "src_mac": "fa:16:3e:00:00:01", "dst_mac": "fa:16:3e:00:00:02",
+                       "src_ip": "198.18.1.10", "dst_ip": "198.18.1.11", "proto": "tcp",
+                       "src_port": 40000, "dst_port": 22, "ttl": 64 },
+            "summary": "would be dropped by sg_ingress: sg_no_rule",
+            "steps": [
+                { "stage": "classify", "next": "l2" },
+                { "stage": "l2", "next": "output vm2" },
+                { "stage": "sg_ingress", "next": "drop sg_no_rule (sg_ingress)" },
+            ],
+            "sent": [],
+            "dropped": [{ "stage": "sg_ingress", "reason": "sg_no_rule", "help": "no rule",
+                          "port": "vm2", "security_groups": ["web"] }],
+            "connections": [],
+        });
+        assert_eq!(
+            explain_report(&result),
+            "fa:16:3e:00:00:01 > fa:16:3e:00:00:02, tcp 198.18.1.10:40000 > 198.18.1.11:22 ttl \
+             64 on vm1: would be dropped by sg_ingress: sg_no_rule\n\
+             generation 4, worker 0\n\
+             \x20 classify         -> l2\n\
+             \x20 l2               -> output vm2\n\
+             \x20 sg_ingress       -> drop sg_no_rule (sg_ingress)\n\
+             \x20 dropped by sg_ingress: sg_no_rule (no rule); port vm2 has security groups [web]"
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever fields are given on the command line reach the daemon as the
+        /// parameters `explain.run` reads, and nothing else.
+        #[test]
+        fn explain_flags_become_the_parameters_the_daemon_reads(
+            src_mac in proptest::option::of("[0-9a-f]{2}(:[0-9a-f]{2}){5}"),
+            dst_mac in proptest::option::of("[0-9a-f]{2}(:[0-9a-f]{2}){5}"),
+            vlan in proptest::option::of(proptest::prelude::any::<u16>()),
+            src_ip in proptest::option::of("[0-9]{1,3}(\\.[0-9]{1,3}){3}"),
+            dst_ip in proptest::option::of("[0-9]{1,3}(\\.[0-9]{1,3}){3}"),
+            proto in proptest::option::of("tcp|udp|icmp|[0-9]{1,3}"),
+            src_port in proptest::option::of(proptest::prelude::any::<u16>()),
+            dst_port in proptest::option::of(proptest::prelude::any::<u16>()),
+            ttl in proptest::option::of(proptest::prelude::any::<u8>()),
+        ) {
+            use pollux_control::service::explain::ExplainParams;
+            let mut args = vec!["polluxctl".to_owned(), "explain".into(), "--port".into(), "vm1".into()];
+            let mut flag = |name: &str, v: Option<String>| {
+                if let Some(v) = v {
+                    args.push(format!("--{name}"));
+                    args.push(v);
+                }
+            };
+            flag("src-mac", src_mac.clone());
+            flag("dst-mac", dst_mac.clone());
+            flag("vlan", vlan.map(|v| v.to_string()));
+            flag("src-ip", src_ip.clone());
+            flag("dst-ip", dst_ip.clone());
+            flag("proto", proto.clone());
+            flag("src-port", src_port.map(|v| v.to_string()));
+            flag("dst-port", dst_port.map(|v| v.to_string()));
+            flag("ttl", ttl.map(|v| v.to_string()));
+            let cli = Cli::try_parse_from(&args).unwrap();
+            let (method, params) = request(&cli.command).unwrap();
+            proptest::prop_assert_eq!(method, "explain.run");
+            let read: ExplainParams = serde_json::from_value(params).unwrap();
+            proptest::prop_assert_eq!(read, ExplainParams {
+                port: "vm1".into(),
+                frame: None,
+                src_mac, dst_mac, vlan, src_ip, dst_ip, proto, src_port, dst_port, ttl,
+            });
+        }
+
+        /// A frame given in hex reaches the daemon as given, which reads it back.
+        #[test]
+        fn explain_frames_reach_the_daemon_whole(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..128),
+        ) {
+            use pollux_control::service::explain::{parse_hex, ExplainParams};
+            let hex: Vec<String> = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let hex = hex.join(":");
+            let cli = Cli::try_parse_from(["polluxctl", "explain", "--port", "vm1", "--frame", &hex]).unwrap();
+            let (_, params) = request(&cli.command).unwrap();
+            let read: ExplainParams = serde_json::from_value(params).unwrap();
+            proptest::prop_assert_eq!(parse_hex(read.frame.as_deref().unwrap()), Ok(bytes));
+        }
     }
 }

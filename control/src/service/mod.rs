@@ -5,6 +5,7 @@
 //! with known fields only (a typo is an error, not a silently ignored option).
 
 mod capture;
+pub mod explain;
 mod stages;
 mod trace;
 
@@ -122,6 +123,7 @@ const METHODS: &[(&str, &str)] = &[
     ("trace.show", trace::TRACE_SHOW_USAGE),
     ("trace.stop", trace::TRACE_STOP_USAGE),
     ("capture.start", capture::CAPTURE_START_USAGE),
+    ("explain.run", explain::EXPLAIN_RUN_USAGE),
 ];
 
 /// The method handler of `polluxd`: the engine behind the socket.
@@ -182,6 +184,7 @@ impl Handler for Service {
             "capture.start" => Err(RpcError::invalid_request(
                 "capture.start streams its frames: send it with an id",
             )),
+            "explain.run" => explain::explain_run(e, params),
             m if m == "config.patch" || object_method(m).is_some() => {
                 let dry_run = params
                     .as_ref()

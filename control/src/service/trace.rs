@@ -148,7 +148,7 @@ pub fn match_text(m: &TraceMatch) -> String {
     terms.join(",")
 }
 
-fn port_names(e: &Engine) -> BTreeMap<PortId, String> {
+pub(super) fn port_names(e: &Engine) -> BTreeMap<PortId, String> {
     e.port_names()
         .into_iter()
         .map(|(id, key)| (id, port_label(&key).to_owned()))
@@ -181,7 +181,7 @@ pub fn trace_start(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcEr
 }
 
 /// A next step as `trace.show` prints it.
-fn next_text(next: Next, names: &BTreeMap<PortId, String>) -> String {
+pub(super) fn next_text(next: Next, names: &BTreeMap<PortId, String>) -> String {
     let port = |p: PortId| {
         names
             .get(&p)

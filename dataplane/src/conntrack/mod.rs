@@ -514,6 +514,16 @@ impl Session {
         })
     }
 
+    /// What a session of these keys would write into a packet of its original direction
+    /// (for an explained packet, whose session is not created).
+    pub fn planned_rewrite(original: FlowKey, reply: FlowKey) -> Option<Rewrite> {
+        Session {
+            keys: [original, reply],
+            ..Session::EMPTY
+        }
+        .rewrite(Dir::Original)
+    }
+
     /// Whether the session translates addresses or ports.
     #[inline]
     pub fn is_nat(&self) -> bool {
@@ -911,6 +921,29 @@ impl ConnTable {
         remote_port: u16,
         hint: u16,
     ) -> Option<u16> {
+        let port = self.probe_snat(zone, proto, external_ip, remote_ip, remote_port, hint);
+        // The hint is only ever returned when it was free: any other outcome probed
+        // candidates under the next salt.
+        if port != Some(hint) {
+            self.snat_salt = self.snat_salt.wrapping_add(1);
+        }
+        if port.is_none() {
+            self.stats.nat_ports_exhausted += 1;
+        }
+        port
+    }
+
+    /// The port [`ConnTable::alloc_snat`] would pick now, changing nothing (for an
+    /// explained packet).
+    pub fn probe_snat(
+        &self,
+        zone: u32,
+        proto: u8,
+        external_ip: u32,
+        remote_ip: u32,
+        remote_port: u16,
+        hint: u16,
+    ) -> Option<u16> {
         let reply = |port: u16| FlowKey {
             zone,
             proto,
@@ -922,7 +955,7 @@ impl ConnTable {
         if self.snat_slice.contains(hint) && self.find(&reply(hint)).is_none() {
             return Some(hint);
         }
-        self.snat_salt = self.snat_salt.wrapping_add(1);
+        let salt = self.snat_salt.wrapping_add(1);
         let h = FlowKey {
             zone,
             proto,
@@ -931,14 +964,51 @@ impl ConnTable {
             sport: remote_port,
             dport: hint,
         }
-        .hash(self.seed ^ self.snat_salt.wrapping_mul(K1));
-        for port in snat::candidates(self.snat_slice, h, self.snat_probes) {
-            if self.find(&reply(port)).is_none() {
-                return Some(port);
-            }
+        .hash(self.seed ^ salt.wrapping_mul(K1));
+        snat::candidates(self.snat_slice, h, self.snat_probes)
+            .find(|&port| self.find(&reply(port)).is_none())
+    }
+
+    /// What [`ConnTable::insert`] would answer now, changing nothing (for an explained
+    /// packet): a key held by an expired session counts as free, as insert would sweep it.
+    pub fn check_insert(
+        &self,
+        original: &FlowKey,
+        reply: &FlowKey,
+        owner: u32,
+        now: u64,
+    ) -> Result<(), InsertError> {
+        let live = |key: &FlowKey| {
+            self.find(key)
+                .is_some_and(|(id, _)| self.sessions[id as usize].expires > now)
+        };
+        if live(original) || live(reply) {
+            return Err(InsertError::Exists);
         }
-        self.stats.nat_ports_exhausted += 1;
-        None
+        if self.owners.get(owner) >= self.quota {
+            return Err(InsertError::QuotaExceeded);
+        }
+        if self.len >= self.capacity() {
+            return Err(InsertError::TableFull);
+        }
+        Ok(())
+    }
+
+    /// Whether TCP segment `seg` in direction `dir` lies within session `id`'s windows,
+    /// as [`ConnTable::tcp_window`] answers, changing nothing.
+    pub fn tcp_window_check(&self, id: SessionId, dir: Dir, seg: &TcpSegment) -> bool {
+        let mut window = self.windows[id.index()];
+        if dir == Dir::Original
+            && seg.flags.contains(TcpFlags::SYN)
+            && !seg.flags.contains(TcpFlags::ACK)
+            && matches!(
+                self.sessions[id.index()].tcp,
+                TcpState::TimeWait | TcpState::Closed
+            )
+        {
+            window = Window::NEW;
+        }
+        window.accept(dir.index(), seg)
     }
 
     /// Every session held, live or expired-but-unswept (filter with

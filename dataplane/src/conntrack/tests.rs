@@ -855,3 +855,52 @@ proptest! {
         }
     }
 }
+
+/// What an explained packet is told (the port SNAT would pick, whether the session could
+/// be created, whether a segment fits the window) is what the next real packet gets, and
+/// asking changes nothing.
+#[test]
+fn probes_answer_as_the_real_calls_would_and_change_nothing() {
+    let mut t = ConnTable::new(ConnConfig {
+        owner_quota: 20,
+        ..ConnConfig::with_capacity(32)
+    });
+    let mut refused = std::collections::HashSet::new();
+    for vm in 0..60u32 {
+        let orig = key(UDP, 0xc612_0000 + vm, 5000, REMOTE, 53);
+        let owner = u32::from(vm >= 25);
+        let probed = t.probe_snat(1, UDP, EXT, REMOTE, 53, 5000);
+        let before = (t.stats(), t.len(), t.snat_salt);
+        let reply = probed.map(|p| orig.snat_reply(EXT, p));
+        let checked = reply.map(|r| t.check_insert(&orig, &r, owner, 0));
+        assert_eq!(
+            (t.stats(), t.len(), t.snat_salt),
+            before,
+            "probing changed the table"
+        );
+        let port = t.alloc_snat(1, UDP, EXT, REMOTE, 53, 5000);
+        assert_eq!(port, probed, "flow {vm}");
+        let Some(port) = port else { continue };
+        let inserted = t.insert(orig, orig.snat_reply(EXT, port), owner, 0, 0);
+        assert_eq!(inserted.map(|_| ()), checked.unwrap(), "flow {vm}");
+        if let Err(e) = inserted {
+            refused.insert(format!("{e:?}"));
+        }
+        let rewrite = Session::planned_rewrite(orig, orig.snat_reply(EXT, port));
+        if let Ok(id) = inserted {
+            assert_eq!(t.session(id).rewrite(Dir::Original), rewrite);
+        }
+    }
+    assert_eq!(
+        refused.len(),
+        2,
+        "both the quota and a full table were met: {refused:?}"
+    );
+    // An existing key is what insert says too.
+    let orig = key(UDP, 0xc612_0000, 5000, REMOTE, 53);
+    assert_eq!(
+        t.check_insert(&orig, &orig.reversed(), 7, 0),
+        t.insert(orig, orig.reversed(), 7, 0, 0).map(|_| ())
+    );
+    check(&t);
+}

@@ -59,6 +59,7 @@ fn forward<const PER_PACKET_PORT: bool>(cx: &mut BurstCtx<'_>, pkts: &mut [Packe
         counters: cx.counters,
         in_port,
         now: cx.now_secs,
+        dry_run: cx.dry_run,
         limits: LearnLimits {
             per_network: snap.l2().mac_limit_per_network,
             per_vm_port: snap.l2().mac_limit_per_port,
@@ -208,6 +209,8 @@ struct Learner<'a> {
     counters: &'a WorkerCounters,
     in_port: PortId,
     now: u32,
+    /// An explained packet teaches nothing.
+    dry_run: bool,
     limits: LearnLimits,
 }
 
@@ -217,6 +220,9 @@ impl Learner<'_> {
     /// change forwarding decisions.
     #[inline]
     fn learn(&mut self, slot: u16, uid: NetworkUid, src: u64) -> bool {
+        if self.dry_run {
+            return false;
+        }
         // The common case, a MAC already learned on this port, costs one lookup.
         if self.macs.refresh(slot, uid, src, self.in_port, self.now) {
             return false;

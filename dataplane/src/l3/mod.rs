@@ -16,7 +16,7 @@
 //! Frames the stage makes (ARP requests) or releases from the waiting queue are collected
 //! in the router state's originated batch and sent after the burst (`BurstStage::finish`).
 
-mod nat;
+pub(crate) mod nat;
 mod neighbor;
 
 pub use neighbor::{
@@ -94,6 +94,8 @@ pub struct RouterState {
     ident: u16,
     /// The last route and neighbour looked up in this burst (see [`BurstCache`]).
     cache: BurstCache,
+    /// The next hop (network, address) an explained packet would wait for.
+    pub(crate) explained_wait: Option<(NetworkUid, u32)>,
 }
 
 /// A burst is mostly runs of one flow. Like the L2 stage (and VPP's l2-fwd), the router
@@ -137,6 +139,7 @@ impl RouterState {
             neighbors: NeighborTable::with_seed(neighbors, hash_seed),
             originated: Batch::with_capacity(MAX_BURST),
             resolved: false,
+            explained_wait: None,
             icmp_budget: TokenBucket::default(),
             icmp_per_source: KeyedLimiter::default(),
             ident: 0,
@@ -212,6 +215,7 @@ impl BurstStage for RouterState {
                         out,
                         data,
                         &pkt.meta,
+                        cx.dry_run,
                     ) {
                         pkt.meta.next = Next::Drop(reason, Stage::SgIngress);
                     }
@@ -356,7 +360,10 @@ impl RouterState {
         // us. A sender claiming a group MAC or no address teaches nothing, and neither does
         // one outside every connected subnet of the network (it could only be a VM filling
         // the table with addresses of its choosing).
-        if sender_mac.is_unicast() && sender_ip != 0 && routing.on_connected_subnet(slot, sender_ip)
+        if sender_mac.is_unicast()
+            && sender_ip != 0
+            && routing.on_connected_subnet(slot, sender_ip)
+            && !cx.dry_run
         {
             let mac = sender_mac.as_u64();
             if self
@@ -490,6 +497,9 @@ impl RouterState {
                 mac: Some(mac),
                 request: false,
             },
+            // An explained packet leaves no entry behind; the request it would make is
+            // shown, not sent (the explain pass has no ports).
+            _ if cx.dry_run => self.neighbors.would_resolve(iface.network_uid, target, now),
             _ => {
                 let resolution = self.neighbors.resolve(iface.network_uid, target, now);
                 if let (Some(mac), false) = (resolution.mac, resolution.request) {
@@ -503,6 +513,13 @@ impl RouterState {
         }
         match resolution.mac {
             Some(mac) => self.send(cx, pkt, &iface, mac),
+            None if cx.dry_run => {
+                // It would wait for the answer to an ARP request; nothing waits for an
+                // explained packet.
+                self.explained_wait = Some((iface.network_uid, target));
+                cx.pool.free(pkt.frame);
+                Next::Waiting
+            }
             None => {
                 // Remembered so that an ICMP host unreachable can name the router later.
                 pkt.meta.next = Next::Route(router);
@@ -548,7 +565,9 @@ impl RouterState {
                     if let Some(to) = cx.conns.session(id).rewrite(dir) {
                         nat::rewrite(ip, &l4.key, &to);
                     }
-                    cx.conns.touch(id, dir, l4.flags, u32::from(total_len), now);
+                    if !cx.dry_run {
+                        cx.conns.touch(id, dir, l4.flags, u32::from(total_len), now);
+                    }
                     inbound.session = true;
                 } else if let Some(fixed) = routing.fixed_of(router, l4.key.dst) {
                     nat::rewrite(ip, &l4.key, &nat::to_dst(&l4.key, fixed));
@@ -611,6 +630,9 @@ impl RouterState {
         };
         let key = current.key;
         let now = u64::from(now);
+        if cx.dry_run {
+            return planned_snat(cx, zone, external_ip, pkt, &original, &current);
+        }
         let Some(port) =
             cx.conns
                 .alloc_snat(zone, key.proto, external_ip, key.dst, key.dport, key.sport)
@@ -791,16 +813,27 @@ impl RouterState {
             return;
         };
         let source = Ipv4Packet::new_checked(ip).map_or(0, |p| u32::from(p.src_addr()));
-        if !self.icmp_per_source.allow(source, cx.now_ns) || !self.icmp_budget.allow(cx.now_ns) {
+        // An explained packet takes no token of the rate limits and no identification:
+        // the error it shows is the one a real packet would make now.
+        let allowed = if cx.dry_run {
+            self.icmp_per_source.would_allow(source, cx.now_ns)
+                && self.icmp_budget.would_allow(cx.now_ns)
+        } else {
+            self.icmp_per_source.allow(source, cx.now_ns) && self.icmp_budget.allow(cx.now_ns)
+        };
+        if !allowed {
             counters.icmp_rate_limited.inc();
             return;
         }
         let mut frame = [0u8; EthernetFrame::<&[u8]>::HEADER_LEN + icmp_error::MAX_ERROR_LEN];
-        self.ident = self.ident.wrapping_add(1);
+        let ident = self.ident.wrapping_add(1);
+        if !cx.dry_run {
+            self.ident = ident;
+        }
         let built = icmp_error::build_frame(
             kind,
             Ipv4Addr::from(iface.ip),
-            self.ident,
+            ident,
             ip,
             eth.src_addr(),
             EthernetAddress(r.mac),
@@ -962,4 +995,52 @@ fn echo_reply(pool: &mut FramePool, pkt: &mut Packet, router_mac: u64) -> Next {
     eth.set_dst_addr(peer);
     eth.set_src_addr(EthernetAddress::from_u64(router_mac));
     Next::Output(pkt.in_port)
+}
+
+/// Source NAT of an explained packet: the translation [`RouterState::outbound_nat`] would
+/// make (the port it would allocate, the session it would create), written into the
+/// packet, with no session created and no port taken.
+#[cold]
+#[inline(never)]
+fn planned_snat(
+    cx: &mut BurstCtx<'_>,
+    zone: u32,
+    external_ip: u32,
+    pkt: &Packet,
+    original: &nat::L4,
+    current: &nat::L4,
+) -> Result<(), DropReason> {
+    let key = current.key;
+    let Some(port) =
+        cx.conns
+            .probe_snat(zone, key.proto, external_ip, key.dst, key.dport, key.sport)
+    else {
+        return Err(DropReason::NatPortsExhausted);
+    };
+    let reply = FlowKey {
+        zone,
+        proto: key.proto,
+        src: key.dst,
+        dst: external_ip,
+        sport: if key.proto == IpProtocol::ICMP.0 {
+            port
+        } else {
+            key.dport
+        },
+        dport: port,
+    };
+    let owner = u32::from(pkt.in_port.0);
+    let now = u64::from(cx.now_secs);
+    match cx.conns.check_insert(&original.key, &reply, owner, now) {
+        Ok(()) => {}
+        Err(InsertError::QuotaExceeded) => return Err(DropReason::NatQuotaExceeded),
+        Err(InsertError::TableFull | InsertError::Exists) => return Err(DropReason::NatTableFull),
+    }
+    // The session would be keyed by the packet as it arrived; the rewrite follows from
+    // its reply key.
+    if let Some(to) = crate::conntrack::Session::planned_rewrite(original.key, reply) {
+        let l3 = usize::from(pkt.meta.l3_offset);
+        nat::rewrite(&mut cx.pool.data_mut(pkt)[l3..], &key, &to);
+    }
+    Ok(())
 }

@@ -222,6 +222,30 @@ impl NeighborTable {
         }
     }
 
+    /// What [`NeighborTable::resolve`] would answer at `now`, changing nothing (for an
+    /// explained packet: no entry created, no request time noted).
+    pub fn would_resolve(&self, network: NetworkUid, ip: u32, now: u32) -> Resolution {
+        match self.map.get(key(network, ip)) {
+            Some(n) => {
+                let age = now.wrapping_sub(n.confirmed);
+                let mac = match n.mac {
+                    INCOMPLETE => None,
+                    _ if age >= EXPIRE_SECS => None,
+                    m => Some(m),
+                };
+                let due = mac.is_none() || age >= REACHABLE_SECS;
+                Resolution {
+                    mac,
+                    request: due && now.wrapping_sub(n.requested) >= RETRY_SECS,
+                }
+            }
+            None => Resolution {
+                mac: None,
+                request: true,
+            },
+        }
+    }
+
     /// Records that `ip` on `network` has `mac` (an ARP packet from it). Only addresses
     /// the table already tracks are updated unless `create` is set (an ARP request to one
     /// of our addresses: its sender will surely be talked to, as RFC 826 suggests).
@@ -378,6 +402,31 @@ mod tests {
         let r = t.resolve(NET, IP, 102);
         assert_eq!(r.mac, Some(0x0a0b_0c0d_0e0f));
         assert!(!r.request);
+    }
+
+    /// An explained packet's question gets the answer a real one would, and leaves the
+    /// table as it was.
+    #[test]
+    fn would_resolve_answers_as_resolve_and_changes_nothing() {
+        let mut t = NeighborTable::new(16);
+        for (now, learn) in [
+            (100, None),
+            (100, None),
+            (101, None),
+            (101, Some(0x0a0b)),
+            (102, None),
+            (102 + REACHABLE_SECS, None),
+            (102 + REACHABLE_SECS, None),
+            (103 + EXPIRE_SECS, None),
+        ] {
+            if let Some(mac) = learn {
+                t.learn(NET, IP, mac, now, false);
+            }
+            let before: Vec<_> = t.entries().collect();
+            let asked = t.would_resolve(NET, IP, now);
+            assert_eq!(t.entries().collect::<Vec<_>>(), before);
+            assert_eq!(asked, t.resolve(NET, IP, now), "at {now}");
+        }
     }
 
     #[test]

@@ -68,7 +68,9 @@ impl BurstStage for VxlanDecap<'_> {
                         let src_mac = EthernetFrame::new_unchecked(data).src_addr_u64();
                         if confirmed != (d.outer_src, src_mac) {
                             confirmed = (d.outer_src, src_mac);
-                            self.under.learn_peer(d.outer_src, src_mac, cx.now_secs);
+                            if !cx.dry_run {
+                                self.under.learn_peer(d.outer_src, src_mac, cx.now_secs);
+                            }
                         }
                         pkt.offset += d.strip as u16;
                         pkt.len = d.inner_len as u16;
@@ -85,7 +87,7 @@ impl BurstStage for VxlanDecap<'_> {
             } else if ethertype == EtherType::ARP {
                 let now = cx.now_secs;
                 let data = cx.pool.data_mut(pkt);
-                match underlay::arp(ov, self.under, data, l3, now) {
+                match underlay::arp(ov, self.under, data, l3, now, cx.dry_run) {
                     ArpOutcome::NotOurs => continue,
                     ArpOutcome::Reply => {
                         pkt.meta.next = Next::Output(ov.uplink());

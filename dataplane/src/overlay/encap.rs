@@ -71,14 +71,7 @@ impl BurstStage for VxlanEncap<'_> {
                     let outer = match run {
                         Some((r, s, outer)) if r == remote && s == slot => outer,
                         _ => {
-                            let mac = self.under.resolve(
-                                ov,
-                                remote,
-                                cx.now_secs,
-                                cx.pool,
-                                cx.ports,
-                                cx.counters,
-                            );
+                            let mac = self.under.resolve_for(ov, remote, cx);
                             match (mac, ov.vni(slot)) {
                                 (Some(mac), Some(vni)) => {
                                     let outer = Outer::new(OuterHeaders {
@@ -158,9 +151,7 @@ impl VxlanEncap<'_> {
                     .count_drop(None, Stage::VxlanEncap, DropReason::NoBuffers, 1);
                 continue;
             };
-            let mac = self
-                .under
-                .resolve(ov, remote, cx.now_secs, cx.pool, cx.ports, cx.counters);
+            let mac = self.under.resolve_for(ov, remote, cx);
             match encap(ov, cx.pool, cx.counters, &mut copy, remote, mac) {
                 Next::Output(uplink) => cx.ports.enqueue(cx.pool, cx.counters, uplink, copy),
                 Next::Drop(reason, stage) => drop_packet(cx.pool, cx.counters, copy, stage, reason),
@@ -169,9 +160,7 @@ impl VxlanEncap<'_> {
         }
         match last.and_then(|t| ov.remote(t)) {
             Some(remote) => {
-                let mac =
-                    self.under
-                        .resolve(ov, remote, cx.now_secs, cx.pool, cx.ports, cx.counters);
+                let mac = self.under.resolve_for(ov, remote, cx);
                 encap(ov, cx.pool, cx.counters, pkt, remote, mac)
             }
             None => Next::Flood,

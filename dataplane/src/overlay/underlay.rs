@@ -65,6 +65,25 @@ impl Underlay {
         r.mac
     }
 
+    /// [`Underlay::resolve`] for a packet of the burst of `cx`: an explained packet asks
+    /// nobody and leaves no entry behind.
+    #[inline]
+    pub(crate) fn resolve_for(
+        &mut self,
+        ov: &Overlay,
+        ip: u32,
+        cx: &mut crate::pipeline::BurstCtx<'_>,
+    ) -> Option<u64> {
+        if cx.dry_run {
+            let r = self.neighbors.would_resolve(UNDERLAY, ip, cx.now_secs);
+            if r.request {
+                request(ov, ip, cx.pool, cx.ports, cx.counters);
+            }
+            return r.mac;
+        }
+        self.resolve(ov, ip, cx.now_secs, cx.pool, cx.ports, cx.counters)
+    }
+
     /// Records that remote endpoint `ip` has `mac`. Addresses that are no remote endpoint
     /// of the snapshot are ignored.
     #[inline]
@@ -183,6 +202,7 @@ pub(crate) fn arp(
     data: &mut [u8],
     l3: usize,
     now: u32,
+    dry_run: bool,
 ) -> ArpOutcome {
     let Some(body) = data.get(l3..) else {
         return ArpOutcome::Bad;
@@ -196,7 +216,9 @@ pub(crate) fn arp(
     let sender_ip = u32::from(req.sender_protocol_addr());
     let sender_mac = req.sender_hardware_addr();
     let op = req.operation();
-    under.learn(ov, sender_ip, sender_mac.as_u64(), now);
+    if !dry_run {
+        under.learn(ov, sender_ip, sender_mac.as_u64(), now);
+    }
     if op != ArpOperation::REQUEST {
         return ArpOutcome::Consumed;
     }

@@ -24,7 +24,10 @@
 //!    such as port security, which sees packets after classification), `process` loops
 //!    over the burst, skips packets whose `meta.next` it does not take, and sets
 //!    `meta.next` of those it decides (a drop is `Next::Drop(reason, its id)`; the
-//!    output stage frees and counts it).
+//!    output stage frees and counts it). A stage that changes state other than the
+//!    packet and the counters (a table, a rate limiter, a queue) leaves it as it is for
+//!    a [`BurstCtx::dry_run`] burst (an explained packet, see [`explain`]), deciding as
+//!    it would.
 //! 2. A line in the `stages!` list of [`Stage`] (its name and help).
 //! 3. A field and a `step!` line in [`StageTable`] (`table.rs`), where in the order it
 //!    runs.
@@ -37,6 +40,7 @@
 //! [`Stage::Extension`], through dynamic dispatch.
 
 pub mod capture;
+pub mod explain;
 mod table;
 pub mod trace;
 pub mod tsc;
@@ -269,6 +273,13 @@ pub struct BurstCtx<'a> {
     pub in_port: PortId,
     /// Its role in the snapshot, looked up once for the burst.
     pub role: PortRole,
+    /// An explained packet ([`crate::pipeline::explain`]): every stage decides as it
+    /// would, but leaves the worker's tables as they are (no learning, no session, no
+    /// neighbour entry or ARP request, no rate-limiter token, nothing punted). Counters
+    /// and transmission need no check: an explain pass runs with counters and ports of
+    /// its own. Stages test it where they already branch (a table miss, a new flow), or
+    /// once per burst, never per packet on the forwarding path.
+    pub dry_run: bool,
 }
 
 impl std::fmt::Debug for BurstCtx<'_> {
@@ -278,6 +289,7 @@ impl std::fmt::Debug for BurstCtx<'_> {
             .field("in_port", &self.in_port)
             .field("role", &self.role)
             .field("now_ns", &self.now_ns)
+            .field("dry_run", &self.dry_run)
             .finish_non_exhaustive()
     }
 }

@@ -265,9 +265,12 @@ impl Flow {
     }
 }
 
-/// Reads the flow of the IPv4 packet `ip` in `zone`.
+/// Reads the flow of the IPv4 packet `ip` in `zone`. `DRY` is that of the one caller,
+/// [`filter`]: an instance per caller keeps it a function with a single call site,
+/// which the compiler inlines; with the explain pass's caller besides, it would stay out
+/// of line, a call per packet and per direction.
 #[inline]
-fn ipv4_flow(ip: &[u8], zone: u32) -> Result<Flow, DropReason> {
+fn ipv4_flow<const DRY: bool>(ip: &[u8], zone: u32) -> Result<Flow, DropReason> {
     let p = Ipv4Packet::new_checked(ip).map_err(|_| DropReason::BadIpv4Header)?;
     let proto = p.protocol().0;
     let l4 = p.payload();
@@ -456,12 +459,14 @@ fn remote(key: &FlowKey, dir: Direction) -> u32 {
 }
 
 /// Decides one packet crossing `port` (whose policy is `policy`) in `dir`: `Ok` when it
-/// may pass. `data` is the frame, `meta` its metadata.
+/// may pass. `data` is the frame, `meta` its metadata. `DRY` (an explained packet)
+/// decides the same but changes nothing: no connection created, touched, re-tagged or
+/// cut, no window moved, no rule hit counted.
 // The stages pass what they looked up once per burst (policy) or per pass (time); a
 // context struct would be rebuilt per packet.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-pub fn filter(
+pub fn filter<const DRY: bool>(
     snap: &Snapshot,
     conns: &mut ConnTable,
     now: u64,
@@ -480,12 +485,12 @@ pub fn filter(
         _ => return Err(DropReason::SgNoRule),
     }
     let zone = port_zone(port);
-    let flow = ipv4_flow(l3, zone)?;
+    let flow = ipv4_flow::<DRY>(l3, zone)?;
     if ipv4_implicit(&flow, dir) {
         return Ok(());
     }
     match flow.fragment {
-        None => decide(snap, conns, now, port, policy, dir, &flow, last),
+        None => decide::<DRY>(snap, conns, now, port, policy, dir, &flow, last),
         // Later fragments carry no ports: they pass when their first fragment did.
         Some((ident, true)) => {
             match policy.stateful && conns.lookup(&flow.fragment_key(ident), now).is_some() {
@@ -494,8 +499,8 @@ pub fn filter(
             }
         }
         Some((ident, false)) => {
-            decide(snap, conns, now, port, policy, dir, &flow, last)?;
-            if policy.stateful {
+            decide::<DRY>(snap, conns, now, port, policy, dir, &flow, last)?;
+            if policy.stateful && !DRY {
                 let key = flow.fragment_key(ident);
                 // A full table only costs the later fragments.
                 let _ = conns.insert(key, key.reversed(), u32::from(port.0), 0, now);
@@ -508,7 +513,7 @@ pub fn filter(
 /// Decides a packet that is not a later fragment.
 #[allow(clippy::too_many_arguments)]
 #[inline]
-fn decide(
+fn decide<const DRY: bool>(
     snap: &Snapshot,
     conns: &mut ConnTable,
     now: u64,
@@ -528,7 +533,9 @@ fn decide(
             flow.port_key,
         ) {
             Some(rule) => {
-                tables.count_hit(rule);
+                if !DRY {
+                    tables.count_hit(rule);
+                }
                 Ok(())
             }
             None => Err(DropReason::SgNoRule),
@@ -544,9 +551,19 @@ fn decide(
         let t = conns.session(id).tag();
         if (t >> 17) as u16 != policy.version {
             *last = None;
-            revalidate(conns, tables, policy, id, t)?;
+            if DRY {
+                revalidated(conns, tables, policy, id, t)?;
+            } else {
+                revalidate(conns, tables, policy, id, t)?;
+            }
         }
         *last = Some((flow.key, id, cdir));
+        if DRY {
+            if flow.key.proto == TCP && !conns.tcp_window_check(id, cdir, &flow.tcp) {
+                return Err(DropReason::SgInvalid);
+            }
+            return Ok(());
+        }
         if flow.key.proto == TCP && !conns.tcp_window(id, cdir, &flow.tcp) {
             return Err(DropReason::SgInvalid);
         }
@@ -566,8 +583,16 @@ fn decide(
     ) else {
         return Err(DropReason::SgNoRule);
     };
-    tables.count_hit(rule);
     let owner = u32::from(port.0);
+    if DRY {
+        return match conns.check_insert(&flow.key, &flow.key.reversed(), owner, now) {
+            Err(InsertError::QuotaExceeded | InsertError::TableFull) => {
+                Err(DropReason::SgConnLimit)
+            }
+            Ok(()) | Err(InsertError::Exists) => Ok(()),
+        };
+    }
+    tables.count_hit(rule);
     match conns.insert(
         flow.key,
         flow.key.reversed(),
@@ -599,11 +624,38 @@ fn revalidate(
     id: crate::conntrack::SessionId,
     t: u32,
 ) -> Result<(), DropReason> {
-    let dir = if t & (1 << 16) != 0 {
+    match revalidated(conns, tables, policy, id, t) {
+        Ok(()) => {
+            conns.set_tag(id, tag(policy.version, tagged_direction(t), t as u16));
+            Ok(())
+        }
+        Err(reason) => {
+            conns.remove(id);
+            Err(reason)
+        }
+    }
+}
+
+/// The direction a connection's tag `t` says it was admitted in.
+fn tagged_direction(t: u32) -> Direction {
+    if t & (1 << 16) != 0 {
         Direction::Ingress
     } else {
         Direction::Egress
-    };
+    }
+}
+
+/// What [`revalidate`] decides, changing nothing.
+#[cold]
+#[inline(never)]
+fn revalidated(
+    conns: &ConnTable,
+    tables: &SgTables,
+    policy: &SgPolicy,
+    id: crate::conntrack::SessionId,
+    t: u32,
+) -> Result<(), DropReason> {
+    let dir = tagged_direction(t);
     let original = *conns.session(id).key(Dir::Original);
     let allowed = policy
         .rules(dir)
@@ -615,10 +667,8 @@ fn revalidate(
         )
         .is_some();
     if allowed {
-        conns.set_tag(id, tag(policy.version, dir, t as u16));
         Ok(())
     } else {
-        conns.remove(id);
         Err(DropReason::SgConnectionCut)
     }
 }
@@ -679,21 +729,16 @@ pub fn filter_ingress(
     out: PortId,
     data: &[u8],
     meta: &Meta,
+    dry_run: bool,
 ) -> Result<(), DropReason> {
-    match snap.security_groups().policy(out) {
-        None => Ok(()),
-        Some(policy) => filter(
-            snap,
-            conns,
-            now,
-            out,
-            policy,
-            Direction::Ingress,
-            data,
-            meta,
-            &mut None,
-        ),
+    let Some(policy) = snap.security_groups().policy(out) else {
+        return Ok(());
+    };
+    let dir = Direction::Ingress;
+    if dry_run {
+        return filter::<true>(snap, conns, now, out, policy, dir, data, meta, &mut None);
     }
+    filter::<false>(snap, conns, now, out, policy, dir, data, meta, &mut None)
 }
 
 /// The egress stage: traffic from a VM port with security groups, after port security.
@@ -738,6 +783,34 @@ fn filter_burst<'s>(
     pending: Pending,
     pick: impl Fn(Next) -> Option<(PortId, &'s SgPolicy)>,
 ) -> Outcome {
+    if cx.dry_run {
+        return filter_burst_dry(cx, pkts, dir, pending, pick);
+    }
+    filter_burst_as::<false>(cx, pkts, dir, pending, pick)
+}
+
+/// [`filter_burst`] for an explained packet, kept out of the forwarding path's code.
+#[cold]
+#[inline(never)]
+fn filter_burst_dry<'s>(
+    cx: &mut BurstCtx<'s>,
+    pkts: &mut [Packet],
+    dir: Direction,
+    pending: Pending,
+    pick: impl Fn(Next) -> Option<(PortId, &'s SgPolicy)>,
+) -> Outcome {
+    filter_burst_as::<true>(cx, pkts, dir, pending, pick)
+}
+
+/// [`filter_burst`], for explained packets with `DRY`.
+#[inline(always)]
+fn filter_burst_as<'s, const DRY: bool>(
+    cx: &mut BurstCtx<'s>,
+    pkts: &mut [Packet],
+    dir: Direction,
+    pending: Pending,
+    pick: impl Fn(Next) -> Option<(PortId, &'s SgPolicy)>,
+) -> Outcome {
     let stage = match dir {
         Direction::Egress => Stage::SgEgress,
         Direction::Ingress => Stage::SgIngress,
@@ -754,7 +827,7 @@ fn filter_burst<'s>(
         };
         checked += 1;
         let data = frames.data(pkt);
-        if let Err(reason) = filter(
+        if let Err(reason) = filter::<DRY>(
             snap, cx.conns, now, port, policy, dir, data, &pkt.meta, &mut last,
         ) {
             pkt.meta.next = Next::Drop(reason, stage);

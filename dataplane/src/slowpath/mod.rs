@@ -280,6 +280,12 @@ impl SlowPath {
         network: NetworkUid,
         service: &ServiceKind,
     ) -> Next {
+        if cx.dry_run {
+            // An explained packet would go to the slow path: it takes no token and is
+            // not handed over.
+            cx.pool.free(pkt.frame);
+            return Next::Consumed;
+        }
         if !self
             .budget(pkt.in_port, service.id, cx.snap.slow_path())
             .allow(cx.now_ns)
