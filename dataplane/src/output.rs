@@ -326,7 +326,7 @@ impl BurstStage for Output {
 pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
     let (snap, counters) = (cx.snap, cx.counters);
     let (pool, ports) = (&mut *cx.pool, &mut *cx.ports);
-    let (conns, now) = (&mut *cx.conns, u64::from(cx.now_secs));
+    let (conns, conns6, now) = (&mut *cx.conns, &mut *cx.conns6, u64::from(cx.now_secs));
     let mut unicast = 0;
     let mut flooded = 0;
     // A burst is mostly runs of one flow: its egress tag is looked up once per run.
@@ -356,7 +356,7 @@ pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
             Next::Flood => {
                 flooded += 1;
                 if snap.security_groups().any() {
-                    flood_filtered(snap, pool, ports, counters, pkt, conns, now);
+                    flood_filtered(snap, pool, ports, counters, pkt, conns, conns6, now);
                 } else {
                     flood(snap, pool, ports, counters, pkt);
                 }
@@ -467,6 +467,7 @@ fn flood_skip(pkt: &Packet) -> PortId {
 /// it is counted as made and dropped (with the reason, under `sg_ingress`), without
 /// copying the frame; the others go out.
 #[inline(never)]
+#[allow(clippy::too_many_arguments)]
 fn flood_filtered(
     snap: &Snapshot,
     pool: &mut FramePool,
@@ -474,6 +475,7 @@ fn flood_filtered(
     counters: &WorkerCounters,
     pkt: &mut Packet,
     conns: &mut ConnTable,
+    conns6: &mut ConnTable<crate::conntrack::FlowKey6>,
     now: u64,
 ) {
     let targets = snap.flood_ports(pkt.meta.network);
@@ -493,7 +495,8 @@ fn flood_filtered(
             continue;
         }
         remaining -= 1;
-        let verdict = secgroup::filter_ingress(snap, conns, now, out, pool.data(pkt), &pkt.meta);
+        let verdict =
+            secgroup::filter_ingress(snap, conns, conns6, now, out, pool.data(pkt), &pkt.meta);
         if remaining == 0 {
             return match verdict {
                 Ok(()) => emit(snap, pool, ports, counters, pkt, out),

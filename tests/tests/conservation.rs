@@ -263,12 +263,14 @@ fn topology_with_groups() -> SnapshotBuilder {
         egress: RuleSet::build(&[rule(Some(17), 0, u16::MAX, 2)]),
         stateful: true,
         version: 1,
+        ..SgPolicy::default()
     };
     let stateless = SgPolicy {
         ingress: RuleSet::build(&[rule(Some(17), 0, u16::MAX, 3)]),
         egress: RuleSet::build(&[rule(Some(17), 0, u16::MAX, 3)]),
         stateful: false,
         version: 2,
+        ..SgPolicy::default()
     };
     let names = (0..4)
         .map(|i| RuleName {

@@ -40,7 +40,7 @@ pub use host::{machine_hostname, Host, Hosts};
 pub use network::{Network, Segment, DEFAULT_MTU, JUMBO_MTU, MIN_MTU, VXLAN_OVERHEAD};
 /// The benchmark harness names the MAC formatter by this path (`pollux_services::addr` has it).
 pub use pollux_services::addr::fmt_mac;
-pub use port::{AddressPair, FixedIp, Port};
+pub use port::{AddressPair, AddressPair6, FixedIp, Port};
 pub use router::{ExternalGateway, Router};
 pub use security_group::{protocol_number, AddressGroup, PortMatch, Remote, Rule, SecurityGroup};
 pub use settings::{DhcpLimits, MAX_DHCP_LIMIT};

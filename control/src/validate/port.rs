@@ -30,6 +30,17 @@ pub struct AddressPair {
     pub mac: [u8; 6],
 }
 
+/// A checked allowed address pair with an IPv6 address or prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddressPair6 {
+    /// Network address (the address itself for a /128).
+    pub addr: std::net::Ipv6Addr,
+    /// Prefix length.
+    pub prefix: u8,
+    /// The MAC (the port's own when not given).
+    pub mac: [u8; 6],
+}
+
 /// A checked port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Port {
@@ -45,8 +56,10 @@ pub struct Port {
     pub security_groups: Vec<usize>,
     /// Port security on.
     pub port_security_enabled: bool,
-    /// Allowed address pairs.
+    /// Allowed address pairs (IPv4).
     pub allowed_address_pairs: Vec<AddressPair>,
+    /// Allowed address pairs with IPv6 addresses or prefixes.
+    pub allowed_address_pairs6: Vec<AddressPair6>,
     /// How it is attached.
     /// How it is attached: `None` for a port of another host.
     pub binding: Option<Binding>,
@@ -191,13 +204,20 @@ impl Checker {
                 }
             }
             let mut allowed_address_pairs = Vec::new();
+            let mut allowed_address_pairs6 = Vec::new();
             let mut own_macs: Vec<([u8; 6], String)> = Vec::new();
             if let Some(m) = mac {
                 own_macs.push((m, format!("{base}.mac_address")));
             }
             for (k, a) in p.allowed_address_pairs.iter().enumerate() {
                 let ap = format!("{base}.allowed_address_pairs[{k}]");
-                let ip = if a.ip_address.contains('/') {
+                let ip6 = a
+                    .ip_address
+                    .contains(':')
+                    .then(|| self.ipv6_prefix(&format!("{ap}.ip_address"), &a.ip_address));
+                let ip = if ip6.is_some() {
+                    None
+                } else if a.ip_address.contains('/') {
                     self.cidr(&format!("{ap}.ip_address"), &a.ip_address)
                 } else {
                     self.ip(&format!("{ap}.ip_address"), &a.ip_address)
@@ -214,6 +234,9 @@ impl Checker {
                 }
                 if let (Some(ip), Some(mac)) = (ip, pair_mac) {
                     allowed_address_pairs.push(AddressPair { ip, mac });
+                }
+                if let (Some(Some((addr, prefix))), Some(mac)) = (ip6, pair_mac) {
+                    allowed_address_pairs6.push(AddressPair6 { addr, prefix, mac });
                 }
             }
             if let Some(net) = network {
@@ -277,6 +300,7 @@ impl Checker {
                 security_groups,
                 port_security_enabled: p.port_security_enabled,
                 allowed_address_pairs,
+                allowed_address_pairs6,
                 binding,
                 remote_host,
                 hostname,
