@@ -1,6 +1,6 @@
 //! IPv6 security groups and port security through the whole worker on `mem` ports, from a
 //! desired state compiled by the control plane: IPv6 rules (protocol, ports, ICMPv6 type,
-//! remote group of IPv6 address pairs) admit what they allow in each direction, replies
+//! remote group of IPv6 fixed IPs and address pairs) admit what they allow in each direction, replies
 //! of tracked IPv6 connections pass without a rule, neighbour discovery passes without
 //! one, and everything else is dropped with its reason. Addresses: 2001:db8::/32 and
 //! fe80::/10 only.
@@ -63,6 +63,14 @@ network_id = "net"
 cidr = "198.18.1.0/24"
 enable_dhcp = false
 
+[[subnets]]
+id = "sub6"
+network_id = "net"
+ip_version = 6
+cidr = "2001:db8:1::/64"
+gateway_ip = "2001:db8:1::1"
+enable_dhcp = false
+
 [[security_groups]]
 id = "web"
 rules = [
@@ -94,7 +102,7 @@ binding = { driver = "mem" }
 id = "client"
 network_id = "net"
 mac_address = "fa:16:3e:00:00:02"
-allowed_address_pairs = [{ ip_address = "2001:db8:1::11/128" }]
+fixed_ips = [{ subnet_id = "sub6", ip_address = "2001:db8:1::11" }]
 security_groups = ["clients"]
 binding = { driver = "mem" }
 
@@ -441,4 +449,41 @@ fn ipv6_rules_are_checked_against_their_ethertype() {
     let desired = DesiredState::from_toml_str(&bad).expect("parses");
     let text = format!("{:?}", validate(&desired).expect_err("host bits"));
     assert!(text.contains("host bits set"), "{text}");
+}
+
+#[test]
+fn ipv6_subnets_hold_addresses_and_promise_nothing_else() {
+    let check = |from: &str, to: &str, expect: &str| {
+        let bad = STATE.replace(from, to);
+        let desired = DesiredState::from_toml_str(&bad).expect("parses");
+        let text = format!("{:?}", validate(&desired).expect_err(expect));
+        assert!(text.contains(expect), "{expect}: {text}");
+    };
+    check(
+        "ip_version = 6\ncidr = \"2001:db8:1::/64\"\ngateway_ip = \"2001:db8:1::1\"\nenable_dhcp = false",
+        "ip_version = 6\ncidr = \"2001:db8:1::/64\"",
+        "DHCPv6 is not served; set enable_dhcp = false",
+    );
+    check(
+        "ip_address = \"2001:db8:1::11\"",
+        "ip_address = \"2001:db8:2::11\"",
+        "is not inside the subnet's cidr 2001:db8:1::/64",
+    );
+    check(
+        "ip_address = \"2001:db8:1::11\"",
+        "ip_address = \"2001:db8:1::1\"",
+        "is the gateway_ip of subnet sub6",
+    );
+    check(
+        "ip_address = \"2001:db8:1::11\"",
+        "ip_address = \"198.18.1.11\"",
+        "is not an IPv6 address (subnet sub6 is IPv6)",
+    );
+    let routed = format!("{STATE}\n[[routers]]\nid = \"r\"\ninterfaces = [\"sub6\"]\n");
+    let desired = DesiredState::from_toml_str(&routed).expect("parses");
+    let text = format!("{:?}", validate(&desired).expect_err("routed IPv6"));
+    assert!(
+        text.contains("is an IPv6 subnet: not supported on a router"),
+        "{text}"
+    );
 }

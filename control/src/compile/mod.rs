@@ -443,9 +443,14 @@ fn port_security(port: &crate::validate::Port, macs: &[[u8; 6]]) -> PortSecurity
             .map(|p| Ipv4Source::new(p.mac, p.ip.addr, p.ip.prefix)),
     );
     let sources6: Vec<Ipv6Source> = port
-        .allowed_address_pairs6
+        .fixed_ips6
         .iter()
-        .map(|p| Ipv6Source::new(p.mac, p.addr, p.prefix))
+        .map(|&ip| Ipv6Source::new(port.mac, ip, 128))
+        .chain(
+            port.allowed_address_pairs6
+                .iter()
+                .map(|p| Ipv6Source::new(p.mac, p.addr, p.prefix)),
+        )
         .collect();
     PortSecurity::new(macs, &sources).with_ipv6(&sources6)
 }

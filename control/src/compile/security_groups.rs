@@ -119,6 +119,7 @@ fn set_prefixes6(state: &Validated) -> Vec<Vec<(u128, u8)>> {
     let mut sets: Vec<Vec<(u128, u8)>> = vec![Vec::new(); state.security_groups.len()];
     for port in &state.ports {
         for &g in &port.security_groups {
+            sets[g].extend(port.fixed_ips6.iter().map(|&ip| (u128::from(ip), 128)));
             sets[g].extend(
                 port.allowed_address_pairs6
                     .iter()

@@ -517,7 +517,11 @@ fn networks_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcErro
     }
     let mut subnets: Vec<Vec<String>> = vec![Vec::new(); valid.networks.len()];
     for s in &valid.subnets {
-        subnets[s.network].push(s.cidr.to_string());
+        let cidr = match s.ipv6 {
+            Some(v6) => format!("{}/{}", v6.addr, v6.prefix),
+            None => s.cidr.to_string(),
+        };
+        subnets[s.network].push(cidr);
     }
     let networks: Vec<Value> = valid
         .networks

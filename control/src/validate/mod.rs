@@ -44,7 +44,9 @@ pub use port::{AddressPair, AddressPair6, FixedIp, Port};
 pub use router::{ExternalGateway, Router};
 pub use security_group::{protocol_number, AddressGroup, PortMatch, Remote, Rule, SecurityGroup};
 pub use settings::{DhcpLimits, MAX_DHCP_LIMIT};
-pub use subnet::{default_dhcp_server_ip, Subnet, MAX_LEASE_DURATION, MIN_LEASE_DURATION};
+pub use subnet::{
+    default_dhcp_server_ip, Ipv6Subnet, Subnet, MAX_LEASE_DURATION, MIN_LEASE_DURATION,
+};
 pub use uplink::Uplink;
 
 /// One problem of a desired state.

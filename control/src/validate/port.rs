@@ -50,8 +50,10 @@ pub struct Port {
     pub network: usize,
     /// Its unicast MAC, unique on the network.
     pub mac: [u8; 6],
-    /// Its addresses.
+    /// Its IPv4 addresses.
     pub fixed_ips: Vec<FixedIp>,
+    /// Its IPv6 addresses (fixed IPs on IPv6 subnets).
+    pub fixed_ips6: Vec<std::net::Ipv6Addr>,
     /// Indices of its security groups.
     pub security_groups: Vec<usize>,
     /// Port security on.
@@ -129,6 +131,7 @@ impl Checker {
     ) -> Checked<Port> {
         let mut out = Checked::default();
         let mut macs: HashMap<(usize, [u8; 6]), String> = HashMap::new();
+        let mut ips6: HashMap<(usize, std::net::Ipv6Addr), String> = HashMap::new();
         for (i, p) in ports.iter().enumerate() {
             let base = format!("ports[{i}]");
             let before = self.errors.len();
@@ -142,8 +145,57 @@ impl Checker {
             let mac = self.mac(&format!("{base}.mac_address"), &p.mac_address);
             let core_ok = self.clean(before);
             let mut fixed_ips = Vec::new();
+            let mut fixed_ips6 = Vec::new();
             for (k, f) in p.fixed_ips.iter().enumerate() {
                 let fp = format!("{base}.fixed_ips[{k}]");
+                let v6 = subnets
+                    .by_id
+                    .get(f.subnet_id.as_str())
+                    .and_then(|&i| Some((i, subnets.items[i].ipv6?)));
+                if let Some((si, net6)) = v6 {
+                    let ip_path = format!("{fp}.ip_address");
+                    let Ok(ip) = f.ip_address.parse::<std::net::Ipv6Addr>() else {
+                        self.err(
+                            ip_path,
+                            format!(
+                                "{:?} is not an IPv6 address (subnet {} is IPv6)",
+                                f.ip_address, f.subnet_id
+                            ),
+                        );
+                        continue;
+                    };
+                    let s = &subnets.items[si];
+                    if let Some(net) = network.filter(|&n| n != s.network) {
+                        self.err(
+                            format!("{fp}.subnet_id"),
+                            format!(
+                                "subnet {} is on network {}, not on the port's network {}",
+                                s.id, networks.items[s.network].id, networks.items[net].id
+                            ),
+                        );
+                        continue;
+                    }
+                    if !net6.contains(ip) {
+                        self.err(
+                            ip_path,
+                            format!(
+                                "{ip} is not inside the subnet's cidr {}/{}",
+                                net6.addr, net6.prefix
+                            ),
+                        );
+                    } else if net6.gateway_ip == Some(ip) {
+                        self.err(
+                            ip_path,
+                            format!("{ip} is the gateway_ip of subnet {}", s.id),
+                        );
+                    } else if let Some(owner) = ips6.get(&(s.network, ip)) {
+                        self.err(ip_path, format!("{ip} is already used by port {owner}"));
+                    } else {
+                        ips6.insert((s.network, ip), p.id.clone());
+                        fixed_ips6.push(ip);
+                    }
+                    continue;
+                }
                 let subnet =
                     self.reference(&format!("{fp}.subnet_id"), &f.subnet_id, "subnet", subnets);
                 let ip = self.ip(&format!("{fp}.ip_address"), &f.ip_address);
@@ -297,6 +349,7 @@ impl Checker {
                 network: network.unwrap_or(usize::MAX),
                 mac: mac.unwrap_or_default(),
                 fixed_ips,
+                fixed_ips6,
                 security_groups,
                 port_security_enabled: p.port_security_enabled,
                 allowed_address_pairs,
