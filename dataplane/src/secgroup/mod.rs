@@ -256,11 +256,13 @@ impl SgTables {
 pub trait SgKey: ConnKey {
     /// The family's addresses.
     type Addr: SgAddr;
+    /// The identification of a fragmented datagram (IPv4: 16 bits, IPv6: 32).
+    type Ident: Copy + core::fmt::Debug;
     /// The remote end of a packet crossing the port in `dir`.
     fn remote(&self, dir: Direction) -> Self::Addr;
     /// The key under which the later fragments of this datagram (identification
     /// `ident`) are admitted.
-    fn fragment_key(&self, ident: u32) -> Self;
+    fn fragment_key(&self, ident: Self::Ident) -> Self;
     /// The family's rules of `policy` in `dir`.
     fn rules(policy: &SgPolicy, dir: Direction) -> &RuleSet<Self::Addr>;
     /// The family's address sets.
@@ -269,6 +271,7 @@ pub trait SgKey: ConnKey {
 
 impl SgKey for FlowKey {
     type Addr = u32;
+    type Ident = u16;
 
     #[inline(always)]
     fn remote(&self, dir: Direction) -> u32 {
@@ -278,13 +281,13 @@ impl SgKey for FlowKey {
         }
     }
 
-    fn fragment_key(&self, ident: u32) -> FlowKey {
+    fn fragment_key(&self, ident: u16) -> FlowKey {
         FlowKey {
             zone: self.zone | FRAGMENT_ZONE,
             proto: self.proto,
             src: self.src,
             dst: self.dst,
-            sport: ident as u16,
+            sport: ident,
             dport: 0,
         }
     }
@@ -305,6 +308,7 @@ impl SgKey for FlowKey {
 
 impl SgKey for FlowKey6 {
     type Addr = u128;
+    type Ident = u32;
 
     #[inline(always)]
     fn remote(&self, dir: Direction) -> u128 {
@@ -341,7 +345,7 @@ impl SgKey for FlowKey6 {
 
 /// What the filter reads of an IP packet.
 #[derive(Clone, Copy, Debug)]
-struct Flow<K> {
+struct Flow<K: SgKey> {
     key: K,
     flags: TcpFlags,
     /// Destination port, or ICMP `type << 8 | code`.
@@ -353,7 +357,7 @@ struct Flow<K> {
     tcp: TcpSegment,
     /// Fragmentation: `None`, or the identification of a first fragment (`Some((id,
     /// false))`) or of a later one (`Some((id, true))`).
-    fragment: Option<(u32, bool)>,
+    fragment: Option<(K::Ident, bool)>,
 }
 
 /// Reads the flow of the IPv4 packet `ip` in `zone`.
@@ -380,11 +384,11 @@ fn ipv4_flow(ip: &[u8], zone: u32) -> Result<Flow<FlowKey>, DropReason> {
         fragment: None,
     };
     if p.frag_offset() != 0 {
-        flow.fragment = Some((u32::from(p.ident()), true));
+        flow.fragment = Some((p.ident(), true));
         return Ok(flow);
     }
     if p.more_frags() {
-        flow.fragment = Some((u32::from(p.ident()), false));
+        flow.fragment = Some((p.ident(), false));
     }
     match proto {
         TCP | UDP | SCTP | DCCP | UDPLITE => {
@@ -560,13 +564,7 @@ pub fn filter(
     match EtherType(meta.ethertype) {
         EtherType::IPV4 => {}
         EtherType::ARP => return Ok(()),
-        EtherType::IPV6 => {
-            let flow = ipv6_flow(l3, port_zone(port))?;
-            if ipv6_implicit(&flow, dir) {
-                return Ok(());
-            }
-            return filter_flow(snap, conns6, now, port, policy, dir, &flow, &mut None);
-        }
+        EtherType::IPV6 => return filter_ipv6(snap, conns6, now, port, policy, dir, l3),
         _ => return Err(DropReason::SgNoRule),
     }
     let zone = port_zone(port);
@@ -575,6 +573,26 @@ pub fn filter(
         return Ok(());
     }
     filter_flow(snap, conns, now, port, policy, dir, &flow, last)
+}
+
+/// [`filter`] for the IPv6 packet `l3`. Out of line: inlined, its parsing and its own
+/// instance of the decision made the IPv4 path of [`filter`] spill registers (measured:
+/// `sg_established_10_rules` 1134.5 -> 1148.7 instructions per packet).
+#[inline(never)]
+fn filter_ipv6(
+    snap: &Snapshot,
+    conns6: &mut ConnTable<FlowKey6>,
+    now: u64,
+    port: PortId,
+    policy: &SgPolicy,
+    dir: Direction,
+    l3: &[u8],
+) -> Result<(), DropReason> {
+    let flow = ipv6_flow(l3, port_zone(port))?;
+    if ipv6_implicit(&flow, dir) {
+        return Ok(());
+    }
+    filter_flow(snap, conns6, now, port, policy, dir, &flow, &mut None)
 }
 
 /// Decides a parsed packet of either family, its fragments included.
