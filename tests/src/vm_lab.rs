@@ -30,12 +30,23 @@ impl VmLab {
     /// polluxd in the host namespace with configuration `config` (a file in `configs/`
     /// with `@P@` for the prefix) on the last CPU. Panics on any failure.
     pub fn start(config: &str, vms: &[&Vm]) -> VmLab {
+        VmLab::start_with_ipv6(config, vms, &[])
+    }
+
+    /// [`VmLab::start`] where the VM `vms[i]` also has IPv6 on, with the address
+    /// `ipv6[i]` (a prefix of 2001:db8::/32, e.g. `2001:db8:31::11/64`) besides its
+    /// link-local one; the host namespace keeps IPv6 off.
+    pub fn start_with_ipv6(config: &str, vms: &[&Vm], ipv6: &[&str]) -> VmLab {
         let mut topo = Topology::new();
         topo.add_ns("host").unwrap();
         topo.ns("host").unwrap().disable_ipv6().unwrap();
-        for vm in vms {
+        for (i, vm) in vms.iter().enumerate() {
             topo.add_ns(vm.role).unwrap();
-            topo.ns(vm.role).unwrap().disable_ipv6().unwrap();
+            if ipv6.get(i).is_some() {
+                topo.ns(vm.role).unwrap().enable_ipv6().unwrap();
+            } else {
+                topo.ns(vm.role).unwrap().disable_ipv6().unwrap();
+            }
             let switch_if = topo.prefix().ifname(vm.role).unwrap();
             let options = VethOptions {
                 mac_b: Some(vm.mac.to_owned()),
@@ -45,6 +56,9 @@ impl VmLab {
                 .unwrap();
             topo.addr(vm.role, "eth0", &format!("{}/24", vm.ip))
                 .unwrap();
+            if let Some(cidr) = ipv6.get(i) {
+                topo.addr6(vm.role, "eth0", cidr).unwrap();
+            }
         }
         let config = ConfigFile::render(config, topo.prefix().as_str()).unwrap();
         let polluxd = Polluxd::start(topo.ns("host").unwrap(), config.path(), &daemon::last_cpu())
