@@ -487,3 +487,29 @@ fn ipv6_subnets_hold_addresses_and_promise_nothing_else() {
         "{text}"
     );
 }
+
+/// An ICMPv6 error of `ty` from `from` to `to` quoting `quoted` (an IPv6 packet without its
+/// Ethernet header), as much as fits in the minimum MTU.
+fn icmpv6_error(from: &Vm, to: &Vm, ty: u8, quoted: &[u8]) -> Vec<u8> {
+    let mut body = vec![0, 0, 0x05, 0x00];
+    body.extend_from_slice(&quoted[..quoted.len().min(1232)]);
+    let m = icmpv6(from.ip, to.ip, ty, 0, &body);
+    ipv6_frame(to.mac, from.mac, from.ip, to.ip, 58, &m)
+}
+
+#[test]
+fn icmpv6_errors_about_tracked_flows_pass_as_related() {
+    let mut sg = Sg::new();
+    let syn = tcp6(&CLIENT, &WEB, 42000, 80, 1000, 0, SYN);
+    sg.passes(&CLIENT, &WEB, &syn);
+    // Web (no egress rule) tells the client its segment was too big: related, passes.
+    sg.passes(&WEB, &CLIENT, &icmpv6_error(&WEB, &CLIENT, 2, &syn[14..]));
+    // The same about a flow nobody opened is not.
+    let other = tcp6(&CLIENT, &WEB, 42001, 80, 1000, 0, SYN);
+    sg.refused(
+        &WEB,
+        &icmpv6_error(&WEB, &CLIENT, 2, &other[14..]),
+        Stage::SgEgress,
+        DropReason::SgNoRule,
+    );
+}
