@@ -139,6 +139,15 @@ impl Sg {
         }
     }
 
+    /// Publishes the state `text` compiled as generation 2.
+    fn apply(&mut self, text: &str) {
+        let desired = DesiredState::from_toml_str(text).expect("parses");
+        let valid = validate(&desired).unwrap_or_else(|e| panic!("valid: {e:?}"));
+        let c = compile(&valid, &self.ids, 2).expect("compiles");
+        self.ids = c.identities;
+        self.sw.publish(c.snapshot);
+    }
+
     fn id(&self, vm: &Vm) -> u16 {
         self.ids
             .port(&format!("port:{}", vm.name))
@@ -512,4 +521,29 @@ fn icmpv6_errors_about_tracked_flows_pass_as_related() {
         Stage::SgEgress,
         DropReason::SgNoRule,
     );
+}
+
+#[test]
+fn a_rule_change_cuts_the_ipv6_connections_it_no_longer_allows() {
+    let mut sg = Sg::new();
+    sg.passes(&CLIENT, &WEB, &tcp6(&CLIENT, &WEB, 43000, 80, 1000, 0, SYN));
+    sg.passes(
+        &WEB,
+        &CLIENT,
+        &tcp6(&WEB, &CLIENT, 80, 43000, 5000, 1001, SYN_ACK),
+    );
+    sg.passes(&STRANGER, &WEB, &ping6(&STRANGER, &WEB, false));
+    // Web's TCP rule goes; its ICMPv6 rule stays.
+    sg.apply(&STATE.replace(
+        r#"  { direction = "ingress", ethertype = "IPv6", protocol = "tcp", port_range_min = 80, port_range_max = 80, remote_group_id = "clients" },
+"#,
+        "",
+    ));
+    sg.refused(
+        &CLIENT,
+        &tcp6(&CLIENT, &WEB, 43000, 80, 1001, 5001, ACK),
+        Stage::SgIngress,
+        DropReason::SgConnectionCut,
+    );
+    sg.passes(&WEB, &STRANGER, &ping6(&WEB, &STRANGER, true));
 }
