@@ -138,6 +138,8 @@ impl FlowKey {
 pub trait ConnKey: Copy + Eq + core::fmt::Debug {
     /// The key of an unused slot.
     const EMPTY: Self;
+    /// The family's ICMP protocol number (ICMP, ICMPv6), for the timeouts.
+    const ICMP: u8;
     /// The seeded hash the index files the key under.
     fn hash_with(&self, seed: u64) -> u64;
     /// IP protocol number.
@@ -147,6 +149,7 @@ pub trait ConnKey: Copy + Eq + core::fmt::Debug {
 }
 
 impl ConnKey for FlowKey {
+    const ICMP: u8 = ICMP;
     const EMPTY: Self = FlowKey {
         zone: 0,
         proto: 0,
@@ -207,6 +210,7 @@ impl FlowKey6 {
 }
 
 impl ConnKey for FlowKey6 {
+    const ICMP: u8 = ICMPV6;
     const EMPTY: Self = FlowKey6 {
         zone: 0,
         proto: 0,
@@ -399,7 +403,8 @@ impl Default for Timeouts {
 
 impl Timeouts {
     #[inline]
-    fn of(&self, proto: u8, tcp: TcpState, replied: bool) -> u32 {
+    /// The timeout of a session of `proto` (`icmp`: the family's ICMP protocol number).
+    fn of(&self, proto: u8, icmp: u8, tcp: TcpState, replied: bool) -> u32 {
         match proto {
             TCP => match tcp {
                 TcpState::Established if replied => self.tcp_established,
@@ -412,7 +417,7 @@ impl Timeouts {
             },
             UDP if replied => self.udp_replied,
             UDP => self.udp_unreplied,
-            ICMP | ICMPV6 => self.icmp,
+            p if p == icmp => self.icmp,
             _ => self.other,
         }
     }
@@ -825,6 +830,7 @@ impl<K: ConnKey> ConnTable<K> {
         }
         let expires = now.saturating_add(u64::from(self.timeouts.of(
             proto,
+            K::ICMP,
             s.tcp,
             s.flags & REPLIED != 0,
         )));
@@ -902,6 +908,7 @@ impl<K: ConnKey> ConnTable<K> {
         };
         let expires = now.saturating_add(u64::from(self.timeouts.of(
             original.proto(),
+            K::ICMP,
             TcpState::New,
             false,
         )));
