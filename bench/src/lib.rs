@@ -13,7 +13,7 @@ use pollux_dataplane::conntrack::ConnConfig;
 use pollux_dataplane::overlay::{vtep_mac, EndpointSpec};
 use pollux_dataplane::packet::MAX_BURST;
 use pollux_dataplane::port::PortId;
-use pollux_dataplane::port_security::{Ipv4Source, PortSecurity};
+use pollux_dataplane::port_security::{Ipv4Source, Ipv6Source, PortSecurity};
 use pollux_dataplane::qos::PortQos;
 use pollux_dataplane::ratelimit::ByteRate;
 use pollux_dataplane::routing::{InterfaceSpec, RouteSpec, RouterSpec, RouterUid};
@@ -21,7 +21,7 @@ use pollux_dataplane::secgroup::{RuleName, RuleSet, SgPolicy, SgRemote, SgRule, 
 use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
 use pollux_dataplane::worker::WorkerConfig;
 use pollux_drivers::mem::MemPortConfig;
-use pollux_tests::frames::{arp, frame, ipv4, mac, udp, vxlan, BROADCAST};
+use pollux_tests::frames::{arp, frame, ipv4, ipv6_frame, mac, udp, udp6, vxlan, BROADCAST};
 use pollux_tests::harness::{MemSwitch, POOL_FRAMES};
 
 /// One forwarding path.
@@ -60,6 +60,9 @@ pub enum Scenario {
     SgNew10,
     /// New connections with 1,000 rules per port.
     SgNew1k,
+    /// [`Scenario::SgEstablished10`] over IPv6 (2001:db8::/32 addresses from allowed
+    /// address pairs, IPv6 rules): a hit in the IPv6 connection table.
+    SgEstablished10Ipv6,
     /// New connections with 10,000 rules per port.
     SgNew10k,
     /// [`Scenario::AccessToAccess`] from a port with a QoS egress bandwidth limit whose
@@ -72,7 +75,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 17] = [
+    pub const ALL: [Scenario; 18] = [
         Scenario::AccessToAccess,
         Scenario::AccessPortSecurity,
         Scenario::AccessToUplink,
@@ -90,6 +93,7 @@ impl Scenario {
         Scenario::SgNew10k,
         Scenario::AccessQosPoliced,
         Scenario::AccessQosMarked,
+        Scenario::SgEstablished10Ipv6,
     ];
 
     /// Name used on the command line and in reports.
@@ -112,6 +116,7 @@ impl Scenario {
             Scenario::SgNew10k => "sg_new_10k_rules",
             Scenario::AccessQosPoliced => "access_qos_policed",
             Scenario::AccessQosMarked => "access_qos_marked",
+            Scenario::SgEstablished10Ipv6 => "sg_established_10_rules_ipv6",
         }
     }
 
@@ -173,7 +178,10 @@ impl Bench {
             return Bench::overlay(scenario);
         }
         if let Some((rules, new_flows)) = scenario.security_groups() {
-            return Bench::security_groups(rules, new_flows);
+            return Bench::security_groups(rules, new_flows, false);
+        }
+        if scenario == Scenario::SgEstablished10Ipv6 {
+            return Bench::security_groups(10, false, true);
         }
         let phys = PhysnetId(1);
         let net = NetworkUid(1);
@@ -481,9 +489,11 @@ impl Bench {
     /// and a stateful security group of `rules` rules per direction (a spread of remote
     /// prefixes of three lengths and port ranges, the rule that matches last in the list),
     /// UDP; with `new_flows`, every frame has ports no earlier frame had.
-    fn security_groups(rules: usize, new_flows: bool) -> Self {
+    fn security_groups(rules: usize, new_flows: bool, ipv6: bool) -> Self {
         const VM1_IP: [u8; 4] = [198, 18, 1, 10];
         const VM2_IP: [u8; 4] = [198, 18, 1, 11];
+        const VM1_IP6: u128 = 0x2001_0db8_0000_0000_0000_0000_0000_0010;
+        const VM2_IP6: u128 = 0x2001_0db8_0000_0000_0000_0000_0000_0011;
         let net = NetworkUid(1);
         let mut b = SnapshotBuilder::new();
         b.network(net, Segment::Local)
@@ -491,11 +501,13 @@ impl Bench {
             .access_port(PortId(2), net, &[mac(2)])
             .port_security(
                 PortId(1),
-                PortSecurity::new(&[mac(1)], &[Ipv4Source::new(mac(1), VM1_IP.into(), 32)]),
+                PortSecurity::new(&[mac(1)], &[Ipv4Source::new(mac(1), VM1_IP.into(), 32)])
+                    .with_ipv6(&[Ipv6Source::new(mac(1), VM1_IP6.into(), 128)]),
             )
             .port_security(
                 PortId(2),
-                PortSecurity::new(&[mac(2)], &[Ipv4Source::new(mac(2), VM2_IP.into(), 32)]),
+                PortSecurity::new(&[mac(2)], &[Ipv4Source::new(mac(2), VM2_IP.into(), 32)])
+                    .with_ipv6(&[Ipv6Source::new(mac(2), VM2_IP6.into(), 128)]),
             );
         let spread = |n: usize, allow: SgRule| -> Vec<SgRule> {
             let mut out: Vec<SgRule> = (0..n.saturating_sub(1))
@@ -529,14 +541,41 @@ impl Bench {
             },
             id: 0,
         };
-        let policy = |remote| SgPolicy {
-            ingress: RuleSet::build(&spread(rules, allow(remote))),
-            egress: RuleSet::build(&spread(rules, allow(remote))),
-            stateful: true,
-            version: 1,
+        // The IPv6 rules: the same spread, the prefixes moved into 2001:db8::/32.
+        let six = |r: SgRule| SgRule::<u128> {
+            proto: r.proto,
+            lo: r.lo,
+            hi: r.hi,
+            remote: match r.remote {
+                SgRemote::Prefix { addr, len } => SgRemote::Prefix {
+                    addr: 0x2001_0db8 << 96 | u128::from(addr),
+                    len: len + 96,
+                },
+                SgRemote::Any => SgRemote::Any,
+                SgRemote::Set(s) => SgRemote::Set(s),
+            },
+            id: r.id,
+        };
+        let policy = |remote: [u8; 4], remote6: u128| {
+            let mut rules6: Vec<SgRule<u128>> =
+                spread(rules, allow(remote)).into_iter().map(six).collect();
+            if let Some(last) = rules6.last_mut() {
+                last.remote = SgRemote::Prefix {
+                    addr: remote6,
+                    len: 128,
+                };
+            }
+            SgPolicy {
+                ingress: RuleSet::build(&spread(rules, allow(remote))),
+                egress: RuleSet::build(&spread(rules, allow(remote))),
+                ingress6: RuleSet::build(&rules6),
+                egress6: RuleSet::build(&rules6),
+                stateful: true,
+                version: 1,
+            }
         };
         b.security_groups(SgTables::new(
-            vec![policy(VM2_IP), policy(VM1_IP)],
+            vec![policy(VM2_IP, VM2_IP6), policy(VM1_IP, VM1_IP6)],
             &[(PortId(1), 0), (PortId(2), 1)],
             Vec::new(),
             vec![RuleName {
@@ -559,9 +598,17 @@ impl Bench {
             MemPortConfig::default(),
             POOL_FRAMES,
         );
-        let payload = udp(VM1_IP, VM2_IP, 40000, 9, &[0; 18]);
-        let frame = ipv4(mac(2), mac(1), None, VM1_IP, VM2_IP, 64, 17, &payload);
-        assert_eq!(frame.len(), FRAME_LEN);
+        let frame = if ipv6 {
+            let src = VM1_IP6.to_be_bytes();
+            let dst = VM2_IP6.to_be_bytes();
+            let payload = udp6(src, dst, 40000, 9, &[0; 18]);
+            ipv6_frame(mac(2), mac(1), src, dst, 17, &payload)
+        } else {
+            let payload = udp(VM1_IP, VM2_IP, 40000, 9, &[0; 18]);
+            let frame = ipv4(mac(2), mac(1), None, VM1_IP, VM2_IP, 64, 17, &payload);
+            assert_eq!(frame.len(), FRAME_LEN);
+            frame
+        };
         let mut bench = Bench {
             sw,
             input: 1,

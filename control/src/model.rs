@@ -333,7 +333,9 @@ pub struct Network {
     pub qos_policy_id: Option<String>,
 }
 
-/// An IPv4 subnet of a network.
+/// A subnet of a network: IPv4, or IPv6 with `ip_version = 6` (whose addresses port
+/// security and the security groups know, but which is neither served by DHCP nor
+/// routed).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Subnet {
@@ -341,7 +343,10 @@ pub struct Subnet {
     pub id: String,
     /// The network it belongs to.
     pub network_id: String,
-    /// The prefix, host bits zero (`198.18.1.0/24`).
+    /// 4 (or absent) or 6.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_version: Option<i64>,
+    /// The prefix, host bits zero (`198.18.1.0/24`, `2001:db8:1::/64`).
     pub cidr: String,
     /// The gateway (a router interface takes this address). Absent: no gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]

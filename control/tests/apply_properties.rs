@@ -742,6 +742,7 @@ fn plan(edit: &Edit, engine: &Engine, fresh: &mut Fresh) -> Option<Planned> {
                 s.subnets.push(Subnet {
                     id: format!("sx{n}"),
                     network_id: id.clone(),
+                    ip_version: None,
                     cidr: format!("172.16.{octet}.0/24"),
                     gateway_ip: Some(format!("172.16.{octet}.1")),
                     enable_dhcp: true,

@@ -733,6 +733,26 @@ fn security_group_rules_are_checked() {
     r.ethertype = "IPv6".into();
     r.remote_group_id = Some("web".into());
     rules.push(r);
+    // IPv6 rules: an IPv4 prefix or protocol, a prefix with host bits, an IPv4-only
+    // protocol.
+    let mut r = rules[0].clone();
+    r.ethertype = "IPv6".into();
+    r.port_range_min = Some(80);
+    r.remote_ip_prefix = Some("198.18.0.0/15".into());
+    rules.push(r);
+    let mut r = rules[5].clone();
+    r.remote_ip_prefix = Some("2001:db8::1/64".into());
+    rules.push(r);
+    let mut r = rules[5].clone();
+    r.protocol = Some(ProtocolSpec::Name("igmp".into()));
+    r.port_range_min = None;
+    r.port_range_max = None;
+    r.remote_ip_prefix = Some("2001:db8::/64".into());
+    rules.push(r);
+    let mut r = rules[5].clone();
+    r.ethertype = "IPv4".into();
+    r.remote_ip_prefix = Some("2001:db8::/64".into());
+    rules.push(r);
     assert_errors(
         &s,
         &[
@@ -741,9 +761,12 @@ fn security_group_rules_are_checked() {
             "security_groups[0].rules[2].protocol: gre-ish is not a protocol (a name such as tcp, udp, icmp, sctp, or a number 0..=255, or any)",
             "security_groups[0].rules[3].port_range_min: 0 is not a port (1..=65535)",
             "security_groups[0].rules[3].port_range_max: 70000 is not a port (1..=65535)",
-            "security_groups[0].rules[4].ethertype: IPv6 rules are not supported yet (connections are tracked for IPv4 only; a port with port security passes only IPv6 neighbour discovery, MLD and DHCPv6)",
             "security_groups[0].rules[4].port_range_max: port_range_min needs port_range_max too",
             "security_groups[0].rules[4].remote_group_id: give at most one of remote_ip_prefix, remote_group_id and remote_address_group_id",
+            "security_groups[0].rules[5].remote_ip_prefix: 198.18.0.0/15 is an IPv4 prefix; this rule's ethertype is IPv6",
+            "security_groups[0].rules[6].remote_ip_prefix: 2001:db8::1/64 has host bits set (the prefix is 2001:db8::/64)",
+            "security_groups[0].rules[7].protocol: igmp is an IPv4 protocol; this rule's ethertype is IPv6",
+            "security_groups[0].rules[8].remote_ip_prefix: 2001:db8::/64 is an IPv6 prefix; this rule's ethertype is IPv4",
         ],
     );
 }

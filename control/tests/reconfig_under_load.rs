@@ -490,6 +490,7 @@ impl Churn {
                 s.subnets.push(Subnet {
                     id: "sub-x".into(),
                     network_id: "net-x".into(),
+                    ip_version: None,
                     cidr: "10.0.9.0/24".into(),
                     gateway_ip: Some("10.0.9.1".into()),
                     enable_dhcp: true,

@@ -65,13 +65,14 @@ drop_reasons! {
     SpoofedMac => "spoofed_mac", "Port security: source MAC is neither the port's nor one of its allowed address pairs'.";
     SpoofedIp => "spoofed_ip", "Port security: source address is not the port's (fixed IPs, allowed address pairs, link-local) for that MAC.";
     SpoofedArp => "spoofed_arp", "Port security: ARP sender MAC or IP does not belong to the port.";
+    SpoofedNd => "spoofed_nd", "Port security: an IPv6 neighbour advertisement (or duplicate address detection probe) for an address the port does not own, or a link-layer address option that is not the frame's source MAC.";
     DhcpServerFromVm => "dhcp_server_from_vm", "Port security: a DHCP or DHCPv6 server reply sent by a VM.";
     RouterAdvertisementFromVm => "router_advertisement_from_vm", "Port security: an ICMPv6 router advertisement or redirect sent by a VM.";
     EthertypeNotPermitted => "ethertype_not_permitted", "Port security: neither IPv4, ARP nor IPv6.";
     ArpClaimsRouter => "arp_claims_router", "ARP from a host announcing a router's own address or a floating IP on that network (a gateway takeover).";
     ArpClaimsDhcpServer => "arp_claims_dhcp_server", "ARP from a host announcing a service's address (the DHCP server's) on that network.";
     DhcpForeignClient => "dhcp_foreign_client", "A DHCP client message for a hardware address (chaddr) that is not the port's: another port's MAC, or not one of a port-security port's MACs.";
-    BadIpv6Header => "bad_ipv6_header", "Malformed IPv6 header or extension header chain from a port with port security.";
+    BadIpv6Header => "bad_ipv6_header", "Malformed IPv6 header, extension header chain (longer than 8 headers, or cut short) or neighbour discovery message, to or from a port with port security.";
     SgNoRule => "sg_no_rule", "Security groups: no rule of the port's groups allows it (to or from a port with port security), and it is not a reply of an allowed connection.";
     SgConnLimit => "sg_conn_limit", "Security groups: the port holds its quota of tracked connections, or the worker's connection table is full.";
     SgConnectionCut => "sg_connection_cut", "Security groups: a tracked connection the port's rules no longer allow after a change (the connection is removed).";

@@ -21,6 +21,7 @@ use crate::buf::FramePool;
 use crate::packet::{Next, Packet};
 use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::wire::checksum;
+use crate::wire::ipv6::{Ipv6Packet, UpperLayer};
 use crate::wire::{EtherType, IpProtocol, Ipv4Packet};
 
 /// Offset of the checksum field within a TCP and a UDP header.
@@ -73,6 +74,47 @@ fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, protocol: u8, length: u16) ->
     checksum::pseudo_header_v4(src, dst, protocol, length)
 }
 
+/// The same for the IPv6 packet at `l3` (RFC 8200 §8.1 pseudo-header), whose TCP or UDP
+/// header follows any extension headers; fragments are left alone.
+pub fn complete_partial_checksum6(frame: &mut [u8], l3: usize) -> bool {
+    let Some(ip_bytes) = frame.get_mut(l3..) else {
+        return false;
+    };
+    let Ok(ip) = Ipv6Packet::new_checked(&*ip_bytes) else {
+        return false;
+    };
+    let Ok(UpperLayer::Header(protocol, at)) = ip.upper_layer() else {
+        return false;
+    };
+    let field = match protocol {
+        IpProtocol::TCP => TCP_CHECKSUM_AT,
+        IpProtocol::UDP => UDP_CHECKSUM_AT,
+        _ => return false,
+    };
+    let end = Ipv6Packet::<&[u8]>::HEADER_LEN + usize::from(ip.payload_len());
+    let start = Ipv6Packet::<&[u8]>::HEADER_LEN + at;
+    let addrs = checksum::sum(&ip_bytes[8..40]);
+    let Some(l4) = ip_bytes.get_mut(start..end) else {
+        return false;
+    };
+    if l4.len() < field + 2 || l4.len() > usize::from(u16::MAX) {
+        return false;
+    }
+    let len = l4.len() as u32;
+    let pseudo = checksum::combine(&[addrs, (len >> 16) as u16, len as u16, u16::from(protocol.0)]);
+    let stored = u16::from_be_bytes([l4[field], l4[field + 1]]);
+    if stored != pseudo {
+        return false;
+    }
+    let mut csum = !checksum::sum(l4);
+    if csum == 0 {
+        // UDP over IPv6 must carry a checksum; 0xffff is zero's one's-complement twin.
+        csum = 0xffff;
+    }
+    l4[field..field + 2].copy_from_slice(&csum.to_be_bytes());
+    true
+}
+
 /// The stage: enabled by the control plane for ports on kernel interfaces (AF_XDP),
 /// where local senders leave checksums partial; it runs before port security and L2, so
 /// every later stage, the slow path and the receivers see complete checksums.
@@ -103,17 +145,22 @@ impl BurstStage for ChecksumOffload {
     }
 }
 
-/// Completes partial checksums in every IPv4 packet of a burst whose next step is L2;
+/// Completes partial checksums in every IPv4 and IPv6 packet of a burst whose next step is L2;
 /// returns how many it completed (the caller counts them).
 #[inline]
 pub fn complete_burst(pool: &mut FramePool, pkts: &[Packet]) -> u64 {
     let mut completed = 0;
     for pkt in pkts {
-        if pkt.meta.next != Next::L2 || pkt.meta.ethertype != EtherType::IPV4.0 {
+        if pkt.meta.next != Next::L2 {
             continue;
         }
         let l3 = usize::from(pkt.meta.l3_offset);
-        if complete_partial_checksum(pool.data_mut(pkt), l3) {
+        let done = match EtherType(pkt.meta.ethertype) {
+            EtherType::IPV4 => complete_partial_checksum(pool.data_mut(pkt), l3),
+            EtherType::IPV6 => complete_partial_checksum6(pool.data_mut(pkt), l3),
+            _ => false,
+        };
+        if done {
             completed += 1;
         }
     }
@@ -128,6 +175,46 @@ mod tests {
 
     const SRC: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 10);
     const DST: Ipv4Addr = Ipv4Addr::new(198, 18, 1, 11);
+
+    #[test]
+    fn ipv6_partial_checksums_are_completed_behind_extension_headers() {
+        let src = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10,
+        ];
+        let dst = [
+            0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x11,
+        ];
+        // TCP: ports, sequence numbers, header length 5, SYN, window, checksum, urgent.
+        let mut tcp = vec![
+            0x9c, 0x40, 0, 80, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xfa, 0xf0,
+        ];
+        tcp.extend_from_slice(&[0, 0, 0, 0, b'h', b'i', b'!']);
+        let len = tcp.len() as u32;
+        let pseudo = checksum::combine(&[
+            checksum::sum(&src),
+            checksum::sum(&dst),
+            (len >> 16) as u16,
+            len as u16,
+            6,
+        ]);
+        let full = !checksum::combine(&[pseudo, checksum::sum(&tcp)]);
+        // A hop-by-hop header (8 octets of padding) before TCP.
+        let mut payload = vec![6, 0, 1, 4, 0, 0, 0, 0];
+        payload.extend_from_slice(&tcp);
+        let mut f = vec![0u8; 12];
+        f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+        f.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+        f.extend_from_slice(&[0, 64]);
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&dst);
+        f.extend_from_slice(&payload);
+        let at = 14 + 40 + 8 + 16;
+        f[at..at + 2].copy_from_slice(&pseudo.to_be_bytes());
+        assert!(complete_partial_checksum6(&mut f, 14));
+        assert_eq!(u16::from_be_bytes([f[at], f[at + 1]]), full);
+        // Complete now: left alone.
+        assert!(!complete_partial_checksum6(&mut f, 14));
+    }
 
     /// An Ethernet/IPv4 frame carrying `l4` (whose checksum field is computed in full).
     fn frame(protocol: u8, l4: &[u8]) -> Vec<u8> {

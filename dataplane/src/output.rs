@@ -365,7 +365,12 @@ impl BurstStage for Output {
 pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
     let (snap, counters) = (cx.snap, cx.counters);
     let (pool, ports) = (&mut *cx.pool, &mut *cx.ports);
-    let (conns, now, dry_run) = (&mut *cx.conns, u64::from(cx.now_secs), cx.dry_run);
+    let (conns, conns6, now, dry_run) = (
+        &mut *cx.conns,
+        &mut *cx.conns6,
+        u64::from(cx.now_secs),
+        cx.dry_run,
+    );
     let mut unicast = 0;
     let mut flooded = 0;
     // A burst is mostly runs of one flow: its egress tag is looked up once per run.
@@ -395,7 +400,9 @@ pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
             Next::Flood => {
                 flooded += 1;
                 if snap.security_groups().any() {
-                    flood_filtered(snap, pool, ports, counters, pkt, conns, now, dry_run);
+                    flood_filtered(
+                        snap, pool, ports, counters, pkt, conns, conns6, now, dry_run,
+                    );
                 } else {
                     flood(snap, pool, ports, counters, pkt);
                 }
@@ -514,6 +521,7 @@ fn flood_filtered(
     counters: &WorkerCounters,
     pkt: &mut Packet,
     conns: &mut ConnTable,
+    conns6: &mut ConnTable<crate::conntrack::FlowKey6>,
     now: u64,
     dry_run: bool,
 ) {
@@ -535,7 +543,8 @@ fn flood_filtered(
         }
         remaining -= 1;
         let data = pool.data(pkt);
-        let verdict = secgroup::filter_ingress(snap, conns, now, out, data, &pkt.meta, dry_run);
+        let verdict =
+            secgroup::filter_ingress(snap, conns, conns6, now, out, data, &pkt.meta, dry_run);
         if remaining == 0 {
             return match verdict {
                 Ok(()) => emit(snap, pool, ports, counters, pkt, out),

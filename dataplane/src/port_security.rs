@@ -16,10 +16,16 @@
 //! - ARP: the sender hardware address is the frame's source MAC and the sender IP belongs
 //!   to it as above (or is `0.0.0.0`, an RFC 5227 probe), so a VM can neither answer for
 //!   the gateway nor announce another's address in a gratuitous ARP;
-//! - IPv6: the source is the link-local address of an allowed MAC (modified EUI-64), or
-//!   `::` for the messages a host sends before it has an address (neighbour solicitation
-//!   for duplicate address detection, MLD reports); no IPv6 fixed IPs exist yet, so
-//!   nothing else passes;
+//! - IPv6: the source is the link-local address of an allowed MAC (modified EUI-64), one
+//!   of the port's IPv6 addresses (allowed address pairs with an IPv6 address or prefix)
+//!   for that MAC, or `::` for the messages a host sends before it has an address
+//!   (neighbour solicitation for duplicate address detection, MLD reports);
+//! - neighbour discovery, as ARP: a neighbour advertisement's target, and a duplicate
+//!   address detection probe's, is an address the port owns for the frame's MAC, and a
+//!   link-layer address option (source in a solicitation, target in an advertisement) is
+//!   the frame's source MAC, so a VM can neither answer for the router nor another VM nor
+//!   steer their traffic to another MAC (`spoofed_nd`); a solicitation for someone
+//!   else's address is the normal way to ask and passes;
 //! - no DHCP server replies (UDP 67 → 68), DHCPv6 server replies (547 → 546), router
 //!   advertisements or redirects from a VM;
 //! - only IPv4, ARP and IPv6 frames (Neutron's OVS firewall drops other EtherTypes from a
@@ -49,6 +55,9 @@ const DHCPV6_CLIENT_PORT: u16 = 546;
 /// ICMPv6 messages only a router sends: router advertisement and redirect.
 const ICMPV6_ROUTER_ADVERTISEMENT: u8 = 134;
 const ICMPV6_REDIRECT: u8 = 137;
+/// Neighbour discovery: solicitation and advertisement.
+const ICMPV6_NEIGHBOR_SOLICITATION: u8 = 135;
+const ICMPV6_NEIGHBOR_ADVERTISEMENT: u8 = 136;
 /// ICMPv6 messages a host sends from `::` before it has an address: MLD report (131),
 /// neighbour solicitation for duplicate address detection (135), MLDv2 report (143).
 const ICMPV6_FROM_UNSPECIFIED: [u8; 3] = [131, 135, 143];
@@ -83,6 +92,36 @@ impl Ipv4Source {
     }
 }
 
+/// An IPv6 source a port may use: addresses within `addr/len`, sent from `mac`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv6Source {
+    /// The MAC that may send from these addresses, packed as
+    /// [`crate::snapshot::mac_to_u64`] does.
+    pub mac: u64,
+    /// The network address.
+    pub addr: u128,
+    /// The prefix length, 0..=128.
+    pub len: u8,
+}
+
+impl Ipv6Source {
+    /// `addr/prefix_len` (bits outside the prefix are ignored) for `mac`.
+    pub fn new(mac: [u8; 6], addr: Ipv6Addr, prefix_len: u8) -> Self {
+        use crate::secgroup::SgAddr;
+        let len = prefix_len.min(128);
+        Ipv6Source {
+            mac: crate::snapshot::mac_to_u64(mac),
+            addr: u128::from(addr).masked(len),
+            len,
+        }
+    }
+
+    fn allows(&self, mac: u64, ip: u128) -> bool {
+        use crate::secgroup::SgAddr;
+        self.mac == mac && ip.masked(self.len) == self.addr
+    }
+}
+
 /// The compiled port-security policy of one VM port. Small: Neutron allows ten address
 /// pairs per port by default, so linear scans beat any index.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +132,8 @@ pub struct PortSecurity {
     link_locals: Box<[Ipv6Addr]>,
     /// IPv4 sources: fixed IPs as /32, then address pairs.
     ipv4: Box<[Ipv4Source]>,
+    /// IPv6 sources besides the link-local addresses.
+    ipv6: Box<[Ipv6Source]>,
 }
 
 impl PortSecurity {
@@ -105,6 +146,26 @@ impl PortSecurity {
                 .collect(),
             link_locals: macs.iter().map(|&m| link_local_from_mac(m)).collect(),
             ipv4: ipv4.into(),
+            ipv6: Box::default(),
+        }
+    }
+
+    /// This policy with the IPv6 sources `ipv6` (besides the link-local addresses).
+    pub fn with_ipv6(mut self, ipv6: &[Ipv6Source]) -> Self {
+        self.ipv6 = ipv6.into();
+        self
+    }
+
+    /// The IPv6 sources the port may use besides its link-local addresses.
+    pub fn ipv6_sources(&self) -> &[Ipv6Source] {
+        &self.ipv6
+    }
+
+    /// Whether `mac` owns IPv6 address `ip`: its link-local address or an IPv6 source.
+    fn owns_ipv6(&self, mac: u64, ip: Ipv6Addr) -> bool {
+        self.allows_link_local(mac, ip) || {
+            let ip = u128::from(ip);
+            self.ipv6.iter().any(|s| s.allows(mac, ip))
         }
     }
 
@@ -185,6 +246,39 @@ impl PortSecurity {
         (udp == Some((DHCP_SERVER_PORT, DHCP_CLIENT_PORT))).then_some(DropReason::DhcpServerFromVm)
     }
 
+    /// Neighbour solicitation or advertisement `icmp` (type `ty`, from `::` when
+    /// `unspecified`) sent from `src_mac`: see the module documentation.
+    fn check_nd(&self, src_mac: u64, ty: u8, unspecified: bool, icmp: &[u8]) -> Option<DropReason> {
+        // Type, code, checksum, flags or reserved (8), target (16), then options.
+        let Some(target) = icmp.get(8..24) else {
+            return Some(DropReason::BadIpv6Header);
+        };
+        let mut t = [0u8; 16];
+        t.copy_from_slice(target);
+        let target = Ipv6Addr::from(t);
+        let claims = ty == ICMPV6_NEIGHBOR_ADVERTISEMENT || unspecified;
+        if claims && !self.owns_ipv6(src_mac, target) {
+            return Some(DropReason::SpoofedNd);
+        }
+        // Link-layer address options (source: 1, target: 2), length in 8-octet units.
+        let mut opts = &icmp[24..];
+        while let [kind, len, ..] = *opts {
+            let len = usize::from(len) * 8;
+            if len == 0 || len > opts.len() {
+                return Some(DropReason::BadIpv6Header);
+            }
+            if (kind == 1 || kind == 2) && len >= 8 {
+                let mut m = [0u8; 6];
+                m.copy_from_slice(&opts[2..8]);
+                if crate::snapshot::mac_to_u64(m) != src_mac {
+                    return Some(DropReason::SpoofedNd);
+                }
+            }
+            opts = &opts[len..];
+        }
+        None
+    }
+
     fn check_arp(&self, src_mac: u64, l3: &[u8]) -> Option<DropReason> {
         let arp = match ArpPacket::new_checked(l3) {
             Ok(arp) if arp.is_ethernet_ipv4() => arp,
@@ -218,10 +312,17 @@ impl PortSecurity {
         let allowed = if src.is_unspecified() {
             icmp_type.is_some_and(|t| ICMPV6_FROM_UNSPECIFIED.contains(&t))
         } else {
-            self.allows_link_local(src_mac, src)
+            self.owns_ipv6(src_mac, src)
         };
         if !allowed {
             return Some(DropReason::SpoofedIp);
+        }
+        if let (
+            Some(t @ (ICMPV6_NEIGHBOR_SOLICITATION | ICMPV6_NEIGHBOR_ADVERTISEMENT)),
+            Some((_, Some(h))),
+        ) = (icmp_type, upper)
+        {
+            return self.check_nd(src_mac, t, src.is_unspecified(), h);
         }
         if matches!(
             icmp_type,
@@ -600,8 +701,55 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_sources_and_neighbour_advertisements_belong_to_the_mac() {
+        let global: Ipv6Addr = "2001:db8:1::10".parse().unwrap();
+        let pair_net: Ipv6Addr = "2001:db8:2::".parse().unwrap();
+        let p = policy().with_ipv6(&[
+            Ipv6Source::new(OWN, global, 128),
+            Ipv6Source::new(PAIR, pair_net, 64),
+        ]);
+        let check = |f: &[u8]| p.check(f, V6, 14, &[]);
+        let in_pair: Ipv6Addr = "2001:db8:2::77".parse().unwrap();
+        assert_eq!(check(&eth(OWN, V6, &ipv6(global, 17, &udp(1, 2)))), None);
+        assert_eq!(check(&eth(PAIR, V6, &ipv6(in_pair, 17, &udp(1, 2)))), None);
+        assert_eq!(
+            check(&eth(OWN, V6, &ipv6(in_pair, 17, &udp(1, 2)))),
+            Some(DropReason::SpoofedIp),
+            "the pair's prefix is the pair MAC's"
+        );
+        let na = |target: Ipv6Addr, lla: Option<[u8; 6]>| {
+            let mut m = vec![136, 0, 0, 0, 0x60, 0, 0, 0];
+            m.extend_from_slice(&target.octets());
+            if let Some(mac) = lla {
+                m.extend_from_slice(&[2, 1]);
+                m.extend_from_slice(&mac);
+            }
+            m
+        };
+        let ll = link_local_from_mac(OWN);
+        assert_eq!(
+            check(&eth(OWN, V6, &ipv6(ll, 58, &na(global, Some(OWN))))),
+            None
+        );
+        assert_eq!(
+            check(&eth(OWN, V6, &ipv6(ll, 58, &na(in_pair, None)))),
+            Some(DropReason::SpoofedNd)
+        );
+        assert_eq!(
+            check(&eth(OWN, V6, &ipv6(ll, 58, &na(global, Some(OTHER))))),
+            Some(DropReason::SpoofedNd)
+        );
+        assert_eq!(
+            check(&eth(OWN, V6, &ipv6(ll, 58, &na(global, None)[..20]))),
+            Some(DropReason::BadIpv6Header)
+        );
+    }
+
+    #[test]
     fn ipv6_from_link_local_or_unspecified_only() {
-        let ns = [135, 0, 0, 0];
+        // A neighbour solicitation (a DAD probe names an address its MAC owns).
+        let mut ns = vec![135, 0, 0, 0, 0, 0, 0, 0];
+        ns.extend_from_slice(&link_local_from_mac(OWN).octets());
         assert_eq!(
             verdict(&eth(OWN, V6, &ipv6(link_local_from_mac(OWN), 58, &ns))),
             None

@@ -12,7 +12,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 
 use crate::buf::{FrameId, FramePool};
-use crate::conntrack::{ConnConfig, ConnTable};
+use crate::conntrack::{ConnConfig, ConnTable, FlowKey6};
 use crate::counters::WorkerCounters;
 use crate::l2::MacTable;
 use crate::l3::{self, RouterState, ORIGINATED};
@@ -108,6 +108,9 @@ pub struct Worker {
     macs: MacTable,
     /// NAT sessions and security-group connections, by zone.
     conns: ConnTable,
+    /// IPv6 security-group connections, by zone: a table of their own so that the IPv4
+    /// one keeps its narrow keys.
+    conns6: ConnTable<FlowKey6>,
     stages: StageTable,
     counters: Arc<WorkerCounters>,
     batch: Batch,
@@ -156,6 +159,7 @@ impl Worker {
             ack,
             macs: MacTable::with_seed(config.mac_table_capacity, config.hash_seed),
             conns: ConnTable::new(config.conntrack),
+            conns6: ConnTable::new(ipv6_conntrack(config.conntrack)),
             stages: StageTable::new(
                 RouterState::new(config.neighbor_capacity, config.conntrack.hash_seed),
                 max_ports,
@@ -250,6 +254,7 @@ impl Worker {
                 ports: &mut ports,
                 macs: &mut self.macs,
                 conns: &mut self.conns,
+                conns6: &mut self.conns6,
                 counters: &counters,
                 now_ns: self.now_ns,
                 now_secs: self.now_secs,
@@ -385,6 +390,11 @@ impl Worker {
         &self.conns
     }
 
+    /// The IPv6 connection table: security-group connections of IPv6 flows.
+    pub fn sessions6(&self) -> &ConnTable<FlowKey6> {
+        &self.conns6
+    }
+
     /// The attached ports.
     pub fn ports(&self) -> &PortSet {
         &self.ports
@@ -472,6 +482,7 @@ impl Worker {
             ports: &mut self.ports,
             macs: &mut self.macs,
             conns: &mut self.conns,
+            conns6: &mut self.conns6,
             counters,
             now_ns: self.now_ns,
             now_secs: self.now_secs,
@@ -493,6 +504,7 @@ impl Worker {
                 ports: &mut self.ports,
                 macs: &mut self.macs,
                 conns: &mut self.conns,
+                conns6: &mut self.conns6,
                 counters: &self.counters,
                 now_ns: self.now_ns,
                 now_secs: self.now_secs,
@@ -539,6 +551,7 @@ impl Worker {
             ports: &mut self.ports,
             macs: &mut self.macs,
             conns: &mut self.conns,
+            conns6: &mut self.conns6,
             counters: &self.counters,
             now_ns: self.now_ns,
             now_secs: self.now_secs,
@@ -595,5 +608,17 @@ impl Worker {
     /// it) while the worker is suspended.
     pub fn pool_mut(&mut self) -> &mut FramePool {
         &mut self.pool
+    }
+}
+
+/// The IPv6 connection table's configuration: a quarter of the IPv4 table's capacity
+/// (IPv6 is a VM's second family; its sessions are wider) and the same share per owner.
+fn ipv6_conntrack(v4: ConnConfig) -> ConnConfig {
+    let capacity = (v4.capacity / 4).max(1024).min(v4.capacity.max(1));
+    let quota = v4.owner_quota as u128 * capacity as u128 / v4.capacity.max(1) as u128;
+    ConnConfig {
+        capacity,
+        owner_quota: (quota as usize).max(1),
+        ..v4
     }
 }

@@ -47,7 +47,7 @@ use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::fmt;
 use std::io::{self, Read};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -251,6 +251,22 @@ fn check_test_ip(s: &str) -> Result<Ipv4Addr> {
         ));
     }
     Ok(ip)
+}
+
+/// Checks an address a probe sends to or binds: an IPv4 test address, or an IPv6 address
+/// in 2001:db8::/32 (the documentation range, which the IPv6 tests use only inside their
+/// namespaces, besides link-local addresses).
+fn check_test_host(s: &str) -> Result<()> {
+    if !s.contains(':') {
+        return check_test_ip(s).map(drop);
+    }
+    let ip: Ipv6Addr = s
+        .parse()
+        .map_err(|_| Error::Invalid(format!("`{s}` is not an IPv6 address")))?;
+    if ip.segments()[..2] != [0x2001, 0x0db8] {
+        return invalid(format!("{ip} is outside 2001:db8::/32 (network hygiene)"));
+    }
+    Ok(())
 }
 
 /// Checks `a.b.c.d/len` with the address and the whole prefix inside a test range.
@@ -891,6 +907,13 @@ impl Netns {
         self.sysctl("net.ipv6.conf.default.disable_ipv6", "1")
     }
 
+    /// Turns IPv6 on in the namespace (link-local addresses, neighbour discovery), for the
+    /// IPv6 tests; addresses beyond link-local come from [`Topology::addr6`].
+    pub fn enable_ipv6(&self) -> Result<()> {
+        self.sysctl("net.ipv6.conf.all.disable_ipv6", "0")?;
+        self.sysctl("net.ipv6.conf.default.disable_ipv6", "0")
+    }
+
     /// Runs `f` on the calling thread moved into this namespace with `setns(2)`, then moves
     /// the thread back (also when `f` panics). For what cannot cross threads, such as
     /// AF_XDP sockets sharing one UMEM; sockets and XDP links `f` makes stay bound to
@@ -1122,6 +1145,24 @@ impl Topology {
             .map(drop)
     }
 
+    /// `ip -6 addr add CIDR dev IFNAME nodad` in `ns`: an address and prefix inside
+    /// 2001:db8::/32 (no duplicate address detection, so it is usable at once).
+    pub fn addr6(&self, ns: &str, ifname: &str, cidr: &str) -> Result<()> {
+        let (ip, len) = cidr
+            .split_once('/')
+            .ok_or_else(|| Error::Invalid(format!("`{cidr}` is not of the form addr/len")))?;
+        check_test_host(ip)?;
+        if !ip.contains(':') || !len.parse::<u8>().is_ok_and(|l| (32..=128).contains(&l)) {
+            return invalid(format!(
+                "`{cidr}` is not an IPv6 prefix inside 2001:db8::/32 (network hygiene)"
+            ));
+        }
+        check_ifname(ifname)?;
+        self.ns(ns)?
+            .ip(&["-6", "addr", "add", cidr, "dev", ifname, "nodad"])
+            .map(drop)
+    }
+
     /// `ip route replace DST via VIA` in `ns`; `dst` is `default` or a test-range CIDR,
     /// `via` a test-range address.
     pub fn route(&self, ns: &str, dst: &str, via: &str) -> Result<()> {
@@ -1278,7 +1319,7 @@ pub fn parse_ping_summary(out: &str) -> Option<PingResult> {
 /// Returns the summary whether or not replies came; an error if ping printed no summary
 /// (e.g. `Network is unreachable`), with its stderr.
 pub fn ping(ns: &Netns, dst: &str, count: u32, timeout: Duration) -> Result<PingResult> {
-    check_test_ip(dst)?;
+    check_test_host(dst)?;
     if !(1..=PING_MAX_COUNT).contains(&count) {
         return invalid(format!("ping count {count} not in 1..={PING_MAX_COUNT}"));
     }
@@ -1371,7 +1412,7 @@ impl Iperf3Server {
 /// such as "Accepted connection from" until 4 KiB had gathered, and a test reading them
 /// would see nothing.
 pub fn iperf3_server(ns: &Netns, bind: &str, port: u16) -> Result<Iperf3Server> {
-    check_test_ip(bind)?;
+    check_test_host(bind)?;
     let port_s = port.to_string();
     let mut proc = ns.spawn("iperf3", &["-s", "--forceflush", "-B", bind, "-p", &port_s])?;
     let end = Instant::now() + Duration::from_secs(5);
@@ -1486,7 +1527,7 @@ pub fn iperf3_client_parallel(
     secs: u32,
     streams: u32,
 ) -> Result<Iperf3Result> {
-    check_test_ip(server)?;
+    check_test_host(server)?;
     if !(1..=IPERF3_MAX_SECS).contains(&secs) {
         return invalid(format!("iperf3 -t {secs} not in 1..={IPERF3_MAX_SECS}"));
     }

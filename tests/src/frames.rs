@@ -236,3 +236,58 @@ pub fn tcp(
     t[16..18].copy_from_slice(&sum.to_be_bytes());
     t
 }
+
+/// An untagged IPv6 frame from `src_ip` to `dst_ip` with next header `next` and payload
+/// `l4` (hop limit 64).
+pub fn ipv6_frame(
+    dst: [u8; 6],
+    src: [u8; 6],
+    src_ip: [u8; 16],
+    dst_ip: [u8; 16],
+    next: u8,
+    l4: &[u8],
+) -> Vec<u8> {
+    let mut f = dst.to_vec();
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+    f.extend_from_slice(&(l4.len() as u16).to_be_bytes());
+    f.extend_from_slice(&[next, 64]);
+    f.extend_from_slice(&src_ip);
+    f.extend_from_slice(&dst_ip);
+    f.extend_from_slice(l4);
+    f
+}
+
+/// The checksum of an upper-layer header `l4` of protocol `next` over IPv6 (RFC 8200
+/// pseudo-header).
+pub fn transport_checksum6(src_ip: [u8; 16], dst_ip: [u8; 16], next: u8, l4: &[u8]) -> u16 {
+    let mut data = Vec::with_capacity(40 + l4.len());
+    data.extend_from_slice(&src_ip);
+    data.extend_from_slice(&dst_ip);
+    data.extend_from_slice(&(l4.len() as u32).to_be_bytes());
+    data.extend_from_slice(&[0, 0, 0, next]);
+    data.extend_from_slice(l4);
+    internet_checksum(&data)
+}
+
+/// A UDP datagram over IPv6 with its checksum.
+pub fn udp6(src_ip: [u8; 16], dst_ip: [u8; 16], sport: u16, dport: u16, data: &[u8]) -> Vec<u8> {
+    let mut u = Vec::with_capacity(8 + data.len());
+    u.extend_from_slice(&sport.to_be_bytes());
+    u.extend_from_slice(&dport.to_be_bytes());
+    u.extend_from_slice(&((8 + data.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(data);
+    let c = transport_checksum6(src_ip, dst_ip, 17, &u);
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    u
+}
+
+/// An ICMPv6 message of `ty` and `code` with `body` (after the checksum) and its checksum.
+pub fn icmpv6(src_ip: [u8; 16], dst_ip: [u8; 16], ty: u8, code: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty, code, 0, 0];
+    m.extend_from_slice(body);
+    let c = transport_checksum6(src_ip, dst_ip, 58, &m);
+    m[2..4].copy_from_slice(&c.to_be_bytes());
+    m
+}

@@ -135,7 +135,19 @@ impl VmLab {
     /// Plugs `vms` and starts polluxd in the host namespace with configuration `config` (a
     /// file in `configs/` with `@P@` for the prefix) on the last CPU. Panics on any failure.
     pub fn start(config: &str, vms: &[&Vm]) -> VmLab {
+        VmLab::start_with_ipv6(config, vms, &[])
+    }
+
+    /// [`VmLab::start`] where the VM `vms[i]` also has IPv6 on, with the address
+    /// `ipv6[i]` (a prefix of 2001:db8::/32, e.g. `2001:db8:31::11/64`) besides its
+    /// link-local one; the host namespace keeps IPv6 off.
+    pub fn start_with_ipv6(config: &str, vms: &[&Vm], ipv6: &[&str]) -> VmLab {
         let net = VmNet::new(vms);
+        for (vm, cidr) in vms.iter().zip(ipv6) {
+            // Turning IPv6 on for the namespace ("all") turns it on for its eth0 too.
+            net.vm(vm).enable_ipv6().unwrap();
+            net.topo.addr6(vm.role, "eth0", cidr).unwrap();
+        }
         let config = net.config(config);
         let polluxd = net.start(&config);
         VmLab {

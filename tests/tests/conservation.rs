@@ -4,10 +4,10 @@
 use pollux_dataplane::overlay::EndpointSpec;
 use pollux_dataplane::pipeline::Stage;
 use pollux_dataplane::port::PortId;
-use pollux_dataplane::port_security::{Ipv4Source, PortSecurity};
+use pollux_dataplane::port_security::{Ipv4Source, Ipv6Source, PortSecurity};
 use pollux_dataplane::secgroup::{RuleName, RuleSet, SgPolicy, SgRemote, SgRule, SgTables};
 use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
-use pollux_tests::frames::{frame, ipv4, mac, BROADCAST};
+use pollux_tests::frames::{frame, ipv4, ipv6_frame, mac, BROADCAST};
 use pollux_tests::harness::MemSwitch;
 use proptest::prelude::*;
 
@@ -249,9 +249,17 @@ fn topology_with_groups() -> SnapshotBuilder {
         PortSecurity::new(
             &[mac(3)],
             &[Ipv4Source::new(mac(3), [198, 18, 1, 3].into(), 32)],
-        ),
+        )
+        .with_ipv6(&[Ipv6Source::new(mac(3), ip6(3).into(), 128)]),
     );
     let rule = |proto, lo, hi, id| SgRule {
+        proto,
+        lo,
+        hi,
+        remote: SgRemote::Any,
+        id,
+    };
+    let rule6 = |proto, lo, hi, id| SgRule::<u128> {
         proto,
         lo,
         hi,
@@ -261,12 +269,16 @@ fn topology_with_groups() -> SnapshotBuilder {
     let stateful = SgPolicy {
         ingress: RuleSet::build(&[rule(Some(6), 80, 80, 0), rule(Some(1), 0, u16::MAX, 1)]),
         egress: RuleSet::build(&[rule(Some(17), 0, u16::MAX, 2)]),
+        ingress6: RuleSet::build(&[rule6(Some(6), 80, 80, 0), rule6(Some(58), 0, u16::MAX, 1)]),
+        egress6: RuleSet::build(&[rule6(Some(17), 0, u16::MAX, 2)]),
         stateful: true,
         version: 1,
     };
     let stateless = SgPolicy {
         ingress: RuleSet::build(&[rule(Some(17), 0, u16::MAX, 3)]),
         egress: RuleSet::build(&[rule(Some(17), 0, u16::MAX, 3)]),
+        ingress6: RuleSet::build(&[rule6(Some(17), 0, u16::MAX, 3)]),
+        egress6: RuleSet::build(&[rule6(Some(17), 0, u16::MAX, 3)]),
         stateful: false,
         version: 2,
     };
@@ -344,6 +356,82 @@ fn flow_frame() -> impl Strategy<Value = Vec<u8>> {
         )
 }
 
+/// An IPv6 address of host `n` in 2001:db8:1::/64.
+fn ip6(n: u8) -> [u8; 16] {
+    [0x20, 0x01, 0x0d, 0xb8, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, n]
+}
+
+/// IPv6 flows between the hosts of ports 1 to 3 (and strangers), from their global or
+/// link-local addresses or `::`: TCP, UDP, ICMPv6 (echo, errors, neighbour discovery,
+/// router advertisements) behind random chains of extension headers (fragments among
+/// them, chains too long or cut), truncations.
+fn flow6_frame() -> impl Strategy<Value = Vec<u8>> {
+    let host = 1u8..5;
+    (
+        (host.clone(), host, 0u8..3),
+        prop_oneof![Just(6u8), Just(17), Just(58)],
+        prop_oneof![Just(80u16), Just(53), Just(546), any::<u16>()],
+        prop_oneof![Just(1000u16), Just(547), any::<u16>()],
+        any::<u8>(),
+        proptest::collection::vec(prop_oneof![Just(0u8), Just(43), Just(44), Just(60)], 0..10),
+        proptest::collection::vec(any::<u8>(), 0..40),
+        0usize..80,
+    )
+        .prop_map(
+            |((s, d, from), proto, dport, sport, flags, chain, body, cut)| {
+                let mut l4 = Vec::new();
+                match proto {
+                    58 => {
+                        let ty = [128, 129, 1, 3, 135, 136, 134, 143][usize::from(flags & 7)];
+                        l4.extend_from_slice(&[ty, 0, 0, 0]);
+                        l4.extend_from_slice(&sport.to_be_bytes());
+                        l4.extend_from_slice(&[0, 1]);
+                    }
+                    _ => {
+                        l4.extend_from_slice(&sport.to_be_bytes());
+                        l4.extend_from_slice(&dport.to_be_bytes());
+                        if proto == 6 {
+                            l4.extend_from_slice(&u32::from(dport).to_be_bytes());
+                            l4.extend_from_slice(&u32::from(sport).to_be_bytes());
+                            l4.extend_from_slice(&[0x50, flags & 0x17, 0xff, 0xff, 0, 0, 0, 0]);
+                        } else {
+                            l4.extend_from_slice(&[0, 8, 0, 0]);
+                        }
+                    }
+                }
+                l4.extend_from_slice(&body);
+                // The extension headers, each naming the next, the last the protocol.
+                let mut payload = Vec::new();
+                for (k, &h) in chain.iter().enumerate() {
+                    let next = chain.get(k + 1).copied().unwrap_or(proto);
+                    match h {
+                        44 => {
+                            let offset: u16 = if flags & 0x40 != 0 { 8 } else { 0 };
+                            payload.push(next);
+                            payload.push(0);
+                            payload
+                                .extend_from_slice(&(offset | u16::from(flags >> 7)).to_be_bytes());
+                            payload.extend_from_slice(&u32::from(sport).to_be_bytes());
+                        }
+                        _ => payload.extend_from_slice(&[next, 0, 1, 4, 0, 0, 0, 0]),
+                    }
+                }
+                payload.extend_from_slice(&l4);
+                let src = match from {
+                    0 => ip6(s),
+                    1 => pollux_dataplane::wire::ipv6::link_local_from_mac(mac(s)).octets(),
+                    _ => [0; 16],
+                };
+                let first = chain.first().copied().unwrap_or(proto);
+                let mut f = ipv6_frame(mac(d), mac(s), src, ip6(d), first, &payload);
+                if cut > 0 && cut < f.len() {
+                    f.truncate(f.len() - cut);
+                }
+                f
+            },
+        )
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
@@ -352,7 +440,10 @@ proptest! {
     #[test]
     fn every_frame_is_accounted_for_with_security_groups(
         inputs in proptest::collection::vec(
-            (0usize..PORTS.len(), prop_oneof![3 => flow_frame(), 1 => any_frame()]),
+            (
+                0usize..PORTS.len(),
+                prop_oneof![3 => flow_frame(), 2 => flow6_frame(), 1 => any_frame()],
+            ),
             1..120,
         ),
     ) {

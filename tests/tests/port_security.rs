@@ -141,8 +141,10 @@ fn own_addresses_pass() {
         ),
     );
     assert_eq!(out.len(), 3, "flooded: no DHCP server on this network");
-    // IPv6 neighbour solicitation from the MAC's link-local address and a DAD probe.
-    let ns = [135, 0, 0, 0, 0, 0, 0, 0];
+    // IPv6 neighbour solicitation from the MAC's link-local address and a DAD probe (for
+    // the port's own link-local address, the target a probe may name).
+    let mut ns = vec![135, 0, 0, 0, 0, 0, 0, 0];
+    ns.extend_from_slice(&link_local_from_mac(VM1_MAC).octets());
     for src in [link_local_from_mac(VM1_MAC), Ipv6Addr::UNSPECIFIED] {
         let out = sw.exchange(VM1, &ipv6_frame(BROADCAST, VM1_MAC, src, 58, &ns));
         assert_eq!(out.len(), 3, "from {src}");

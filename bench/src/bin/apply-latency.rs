@@ -316,6 +316,7 @@ fn generate(layout: &Layout, ports: usize, routers: usize) -> (DesiredState, Vec
         .map(|i| Subnet {
             id: subnet_id(i),
             network_id: network_id(i),
+            ip_version: None,
             cidr: format!("{}/{}", ip(layout.subnet_base(i)), layout.prefix),
             gateway_ip: Some(ip(layout.host(i, 0))),
             enable_dhcp: true,

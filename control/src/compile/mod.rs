@@ -13,7 +13,7 @@ use std::net::Ipv4Addr;
 use pollux_dataplane::buf::{DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM};
 use pollux_dataplane::pipeline::Stage;
 use pollux_dataplane::port::PortId;
-use pollux_dataplane::port_security::{Ipv4Source, PortSecurity};
+use pollux_dataplane::port_security::{Ipv4Source, Ipv6Source, PortSecurity};
 use pollux_dataplane::qos::PortQos;
 use pollux_dataplane::ratelimit::ByteRate;
 use pollux_dataplane::routing::{InterfaceSpec, RouteSpec, RouterSpec, RouterUid};
@@ -458,7 +458,17 @@ fn port_security(port: &crate::validate::Port, macs: &[[u8; 6]]) -> PortSecurity
             .iter()
             .map(|p| Ipv4Source::new(p.mac, p.ip.addr, p.ip.prefix)),
     );
-    PortSecurity::new(macs, &sources)
+    let sources6: Vec<Ipv6Source> = port
+        .fixed_ips6
+        .iter()
+        .map(|&ip| Ipv6Source::new(port.mac, ip, 128))
+        .chain(
+            port.allowed_address_pairs6
+                .iter()
+                .map(|p| Ipv6Source::new(p.mac, p.addr, p.prefix)),
+        )
+        .collect();
+    PortSecurity::new(macs, &sources).with_ipv6(&sources6)
 }
 
 /// The data plane's view of router `index`: an interface at the gateway IP of each of its

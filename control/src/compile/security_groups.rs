@@ -2,7 +2,9 @@
 //! union of its groups' rules per direction (ports with the same groups share one
 //! compiled policy), and every remote group and address group becomes one address set
 //! that all the rules naming it share. A change of membership changes the set only; the
-//! rule sets refer to it by index.
+//! rule sets refer to it by index. IPv6 rules compile into the policy's IPv6 rule sets,
+//! and every group has an IPv6 address set too (its members' IPv6 address pairs), by the
+//! same index.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeMap;
@@ -16,21 +18,44 @@ use pollux_dataplane::secgroup::{
 use crate::model::Direction;
 use crate::validate::{PortMatch, Remote, Rule, Validated};
 
+/// A compiled rule of either family.
+#[derive(Clone, Copy, Debug)]
+enum Compiled {
+    V4(SgRule),
+    V6(SgRule<u128>),
+}
+
 /// The address set of security group `g` is set `g`; address group `a`'s is set
-/// `groups + a`.
+/// `groups + a` (in either family's sets).
+fn set_index(state: &Validated, remote: Remote) -> Option<u32> {
+    match remote {
+        Remote::Group(g) => Some(g as u32),
+        Remote::AddressGroup(a) => Some((state.security_groups.len() + a) as u32),
+        _ => None,
+    }
+}
+
 fn set_of(state: &Validated, remote: Remote) -> SgRemote {
     match remote {
-        Remote::Any => SgRemote::Any,
         Remote::Prefix(c) => SgRemote::Prefix {
             addr: u32::from(c.addr),
             len: c.prefix,
         },
-        Remote::Group(g) => SgRemote::Set(g as u32),
-        Remote::AddressGroup(a) => SgRemote::Set((state.security_groups.len() + a) as u32),
+        r => set_index(state, r).map_or(SgRemote::Any, SgRemote::Set),
     }
 }
 
-fn compile_rule(state: &Validated, r: &Rule, id: u32) -> SgRule {
+fn set_of6(state: &Validated, remote: Remote) -> SgRemote<u128> {
+    match remote {
+        Remote::Prefix6(a, len) => SgRemote::Prefix {
+            addr: u128::from(a),
+            len,
+        },
+        r => set_index(state, r).map_or(SgRemote::Any, SgRemote::Set),
+    }
+}
+
+fn compile_rule(state: &Validated, r: &Rule, id: u32) -> Compiled {
     let (lo, hi) = match (r.protocol, r.ports) {
         (None, _) | (_, PortMatch::Any) => (0, u16::MAX),
         (_, PortMatch::Ports(a, b)) => (a, b),
@@ -41,12 +66,22 @@ fn compile_rule(state: &Validated, r: &Rule, id: u32) -> SgRule {
         (_, PortMatch::Icmp(Some(t), None)) => (u16::from(t) << 8, u16::from(t) << 8 | 0xff),
         (_, PortMatch::Icmp(None, _)) => (0, u16::MAX),
     };
-    SgRule {
-        proto: r.protocol,
-        lo,
-        hi,
-        remote: set_of(state, r.remote),
-        id,
+    if r.ipv6 {
+        Compiled::V6(SgRule {
+            proto: r.protocol,
+            lo,
+            hi,
+            remote: set_of6(state, r.remote),
+            id,
+        })
+    } else {
+        Compiled::V4(SgRule {
+            proto: r.protocol,
+            lo,
+            hi,
+            remote: set_of(state, r.remote),
+            id,
+        })
     }
 }
 
@@ -79,12 +114,36 @@ fn set_prefixes(state: &Validated) -> Vec<Vec<(u32, u8)>> {
     sets
 }
 
+/// The IPv6 prefixes of each address set, by the same indices as [`set_prefixes`].
+fn set_prefixes6(state: &Validated) -> Vec<Vec<(u128, u8)>> {
+    let mut sets: Vec<Vec<(u128, u8)>> = vec![Vec::new(); state.security_groups.len()];
+    for port in &state.ports {
+        for &g in &port.security_groups {
+            sets[g].extend(port.fixed_ips6.iter().map(|&ip| (u128::from(ip), 128)));
+            sets[g].extend(
+                port.allowed_address_pairs6
+                    .iter()
+                    .map(|p| (u128::from(p.addr), p.prefix)),
+            );
+        }
+    }
+    for ag in &state.address_groups {
+        sets.push(ag.ipv6.iter().map(|&(a, l)| (u128::from(a), l)).collect());
+    }
+    for s in &mut sets {
+        s.sort_unstable();
+        s.dedup();
+    }
+    sets
+}
+
 /// The security-group tables of `ports` (each: a port with port security, as (index into
 /// `state.ports`, its id)).
 pub fn tables(state: &Validated, ports: &[(usize, PortId)]) -> SgTables {
     let prefixes = set_prefixes(state);
+    let prefixes6 = set_prefixes6(state);
     let mut names = Vec::new();
-    let mut rules_of: Vec<Vec<(Direction, SgRule)>> = Vec::new();
+    let mut rules_of: Vec<Vec<(Direction, Compiled)>> = Vec::new();
     for g in &state.security_groups {
         let mut compiled = Vec::new();
         for r in &g.rules {
@@ -105,31 +164,52 @@ pub fn tables(state: &Validated, ports: &[(usize, PortId)]) -> SgTables {
         groups.sort_unstable();
         let next = policies.len() as u32;
         let at = *by_groups.entry(groups.clone()).or_insert_with(|| {
-            policies.push(policy(state, &groups, &rules_of, &prefixes));
+            policies.push(policy(state, &groups, &rules_of, (&prefixes, &prefixes6)));
             next
         });
         port_policy.push((id, at));
     }
     let sets = prefixes.iter().map(|p| AddressSet::new(p)).collect();
-    SgTables::new(policies, &port_policy, sets, names)
+    let sets6 = prefixes6.iter().map(|p| AddressSet::new(p)).collect();
+    SgTables::new(policies, &port_policy, sets, names).with_ipv6_sets(sets6)
 }
+
+/// The IPv4 and IPv6 prefixes of every address set.
+type SetPrefixes<'a> = (&'a [Vec<(u32, u8)>], &'a [Vec<(u128, u8)>]);
 
 fn policy(
     state: &Validated,
     groups: &[usize],
-    rules_of: &[Vec<(Direction, SgRule)>],
-    prefixes: &[Vec<(u32, u8)>],
+    rules_of: &[Vec<(Direction, Compiled)>],
+    (prefixes, prefixes6): SetPrefixes<'_>,
 ) -> SgPolicy {
-    let pick = |dir: Direction| -> Vec<SgRule> {
+    let of_dir = |dir: Direction| {
         groups
             .iter()
             .flat_map(|&g| rules_of[g].iter())
-            .filter(|(d, _)| *d == dir)
+            .filter(move |(d, _)| *d == dir)
             .map(|&(_, r)| r)
+    };
+    let pick = |dir: Direction| -> Vec<SgRule> {
+        of_dir(dir)
+            .filter_map(|r| match r {
+                Compiled::V4(r) => Some(r),
+                Compiled::V6(_) => None,
+            })
+            .collect()
+    };
+    let pick6 = |dir: Direction| -> Vec<SgRule<u128>> {
+        of_dir(dir)
+            .filter_map(|r| match r {
+                Compiled::V6(r) => Some(r),
+                Compiled::V4(_) => None,
+            })
             .collect()
     };
     let ingress = pick(Direction::Ingress);
     let egress = pick(Direction::Egress);
+    let ingress6 = pick6(Direction::Ingress);
+    let egress6 = pick6(Direction::Egress);
     // The version is a digest of what decides: the rules (without their ids, which only
     // name them) and the address sets they use.
     let mut h = DefaultHasher::new();
@@ -142,11 +222,22 @@ fn policy(
             }
         }
     }
+    for (tag, rules) in [(2u8, &ingress6), (3, &egress6)] {
+        tag.hash(&mut h);
+        for r in rules.iter() {
+            (r.proto, r.lo, r.hi, r.remote).hash(&mut h);
+            if let SgRemote::Set(s) = r.remote {
+                prefixes6[s as usize].hash(&mut h);
+            }
+        }
+    }
     let stateful = groups.iter().all(|&g| state.security_groups[g].stateful);
     stateful.hash(&mut h);
     SgPolicy {
         ingress: RuleSet::build(&ingress),
         egress: RuleSet::build(&egress),
+        ingress6: RuleSet::build(&ingress6),
+        egress6: RuleSet::build(&egress6),
         stateful,
         version: (h.finish() & 0x7fff) as u16,
     }

@@ -5,7 +5,7 @@
 use std::net::Ipv4Addr;
 use std::sync::mpsc;
 
-use pollux_dataplane::conntrack::{Dir, FlowKey, TcpState};
+use pollux_dataplane::conntrack::{ConnKey, Dir, FlowKey, Session, TcpState};
 use pollux_dataplane::l3::REACHABLE_SECS;
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::secgroup::zone_port;
@@ -100,39 +100,44 @@ impl Engine {
     pub fn sessions(&self) -> Result<Vec<SessionEntry>, ApplyError> {
         let (now, sessions) = self.call(|w| {
             let now = u64::from(w.now_secs());
-            let sessions: Vec<_> = w
+            let mut rows: Vec<SessionRow> = w
                 .sessions()
                 .iter()
                 .filter(|(_, s)| !s.is_expired(now))
-                .map(|(_, s)| *s)
+                .map(|(_, s)| SessionRow::of(s, |k| (k.zone, SessionFlow::from(*k))))
                 .collect();
-            (now, sessions)
+            rows.extend(
+                w.sessions6()
+                    .iter()
+                    .filter(|(_, s)| !s.is_expired(now))
+                    .map(|(_, s)| SessionRow::of(s, |k| (k.zone, SessionFlow::from(*k)))),
+            );
+            (now, rows)
         })?;
         let routers = self.active.identities.routers_by_uid();
         let ports = self.active.identities.ports_by_id();
         let mut out: Vec<SessionEntry> = sessions
             .into_iter()
             .filter_map(|s| {
-                let original = *s.key(Dir::Original);
-                let (zone, router_id) = match zone_port(original.zone) {
+                let (zone, router_id) = match zone_port(s.zone) {
                     Some(port) => (ports.get(&port.0)?.to_string(), None),
                     None => {
-                        let id = routers.get(&original.zone)?.to_string();
+                        let id = routers.get(&s.zone)?.to_string();
                         (format!("router:{id}"), Some(id))
                     }
                 };
-                let owner = u16::try_from(s.owner()).ok();
+                let owner = u16::try_from(s.owner).ok();
                 Some(SessionEntry {
                     zone,
                     router_id,
                     port: owner.and_then(|p| ports.get(&p)).map(|k| k.to_string()),
-                    original,
-                    reply: *s.key(Dir::Reply),
-                    state: s.tcp_state().map(TcpState::name),
-                    idle_secs: now.saturating_sub(s.last_seen()),
-                    expires_in_secs: s.expires().saturating_sub(now),
-                    packets: [s.packets(Dir::Original), s.packets(Dir::Reply)],
-                    bytes: [s.bytes(Dir::Original), s.bytes(Dir::Reply)],
+                    original: s.original,
+                    reply: s.reply,
+                    state: s.state,
+                    idle_secs: now.saturating_sub(s.last_seen),
+                    expires_in_secs: s.expires.saturating_sub(now),
+                    packets: s.packets,
+                    bytes: s.bytes,
                 })
             })
             .collect();
@@ -264,9 +269,9 @@ pub struct SessionEntry {
     /// The port that opened it (`port:ID`), if it still exists.
     pub port: Option<String>,
     /// The flow as its first packet arrived.
-    pub original: FlowKey,
+    pub original: SessionFlow,
     /// The flow as replies carry it (after translation).
-    pub reply: FlowKey,
+    pub reply: SessionFlow,
     /// TCP state (TCP only).
     pub state: Option<&'static str>,
     /// Seconds since the last packet.
@@ -277,6 +282,76 @@ pub struct SessionEntry {
     pub packets: [u64; 2],
     /// Bytes as originated, and as replied.
     pub bytes: [u64; 2],
+}
+
+/// What the job copies out of a session of either table.
+struct SessionRow {
+    zone: u32,
+    original: SessionFlow,
+    reply: SessionFlow,
+    owner: u32,
+    state: Option<&'static str>,
+    last_seen: u64,
+    expires: u64,
+    packets: [u64; 2],
+    bytes: [u64; 2],
+}
+
+impl SessionRow {
+    fn of<K: ConnKey>(s: &Session<K>, flow: impl Fn(&K) -> (u32, SessionFlow)) -> Self {
+        let (zone, original) = flow(s.key(Dir::Original));
+        let (_, reply) = flow(s.key(Dir::Reply));
+        SessionRow {
+            zone,
+            original,
+            reply,
+            owner: s.owner(),
+            state: s.tcp_state().map(TcpState::name),
+            last_seen: s.last_seen(),
+            expires: s.expires(),
+            packets: [s.packets(Dir::Original), s.packets(Dir::Reply)],
+            bytes: [s.bytes(Dir::Original), s.bytes(Dir::Reply)],
+        }
+    }
+}
+
+/// One direction of a listed connection, IPv4 or IPv6.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionFlow {
+    /// IP protocol number.
+    pub proto: u8,
+    /// Source address.
+    pub src: std::net::IpAddr,
+    /// Source port (ICMP: identifier).
+    pub sport: u16,
+    /// Destination address.
+    pub dst: std::net::IpAddr,
+    /// Destination port (ICMP: identifier).
+    pub dport: u16,
+}
+
+impl From<FlowKey> for SessionFlow {
+    fn from(k: FlowKey) -> Self {
+        SessionFlow {
+            proto: k.proto,
+            src: std::net::Ipv4Addr::from(k.src).into(),
+            sport: k.sport,
+            dst: std::net::Ipv4Addr::from(k.dst).into(),
+            dport: k.dport,
+        }
+    }
+}
+
+impl From<pollux_dataplane::conntrack::FlowKey6> for SessionFlow {
+    fn from(k: pollux_dataplane::conntrack::FlowKey6) -> Self {
+        SessionFlow {
+            proto: k.proto,
+            src: std::net::Ipv6Addr::from(k.src).into(),
+            sport: k.sport,
+            dst: std::net::Ipv6Addr::from(k.dst).into(),
+            dport: k.dport,
+        }
+    }
 }
 
 /// One port's driver statistics.

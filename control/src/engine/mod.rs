@@ -29,7 +29,7 @@ mod objects;
 mod ports;
 
 pub use apply::{state_from_json, ApplyOptions, ApplyOutcome};
-pub use inspect::{DriverStats, FdbEntry, NeighborEntry, NeighborState, SessionEntry};
+pub use inspect::{DriverStats, FdbEntry, NeighborEntry, NeighborState, SessionEntry, SessionFlow};
 pub use ports::{kind_name, port_label, PortStatus};
 
 use std::collections::BTreeMap;

@@ -10,10 +10,8 @@ mod stages;
 mod trace;
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use pollux_dataplane::conntrack::FlowKey;
 use pollux_dataplane::counters::PortCounters;
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::slowpath::{ServiceId, SERVICES};
@@ -24,6 +22,7 @@ use serde_json::{json, Map, Value};
 use crate::compile::PortKind;
 use crate::engine::{
     kind_name, port_label, state_from_json, ApplyError, ApplyOptions, ApplyOutcome, Engine,
+    SessionFlow,
 };
 use crate::model::{Binding, NetworkType};
 use crate::routes::routes;
@@ -613,7 +612,11 @@ fn networks_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcErro
     }
     let mut subnets: Vec<Vec<String>> = vec![Vec::new(); valid.networks.len()];
     for s in &valid.subnets {
-        subnets[s.network].push(s.cidr.to_string());
+        let cidr = match s.ipv6 {
+            Some(v6) => format!("{}/{}", v6.addr, v6.prefix),
+            None => s.cidr.to_string(),
+        };
+        subnets[s.network].push(cidr);
     }
     let networks: Vec<Value> = valid
         .networks
@@ -737,11 +740,11 @@ struct RouterFilter {
 
 fn sessions_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
     let p: RouterFilter = parse(params)?;
-    let endpoints = |k: &FlowKey| {
+    let endpoints = |k: &SessionFlow| {
         json!({
-            "src": Ipv4Addr::from(k.src).to_string(),
+            "src": k.src.to_string(),
             "sport": k.sport,
-            "dst": Ipv4Addr::from(k.dst).to_string(),
+            "dst": k.dst.to_string(),
             "dport": k.dport,
         })
     };
@@ -778,6 +781,7 @@ fn sessions_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcErro
 fn protocol_name(proto: u8) -> String {
     match proto {
         1 => "icmp".into(),
+        58 => "ipv6-icmp".into(),
         6 => "tcp".into(),
         17 => "udp".into(),
         other => other.to_string(),

@@ -41,12 +41,14 @@ pub use host::{machine_hostname, Host, Hosts};
 pub use network::{Network, Segment, DEFAULT_MTU, JUMBO_MTU, MIN_MTU, VXLAN_OVERHEAD};
 /// The benchmark harness names the MAC formatter by this path (`pollux_services::addr` has it).
 pub use pollux_services::addr::fmt_mac;
-pub use port::{AddressPair, FixedIp, Port};
+pub use port::{AddressPair, AddressPair6, FixedIp, Port};
 pub use qos::{default_burst_kbit, BandwidthLimit, QosPolicy, MAX_KBPS, VALID_DSCP_MARKS};
 pub use router::{ExternalGateway, Router};
 pub use security_group::{protocol_number, AddressGroup, PortMatch, Remote, Rule, SecurityGroup};
 pub use settings::{DhcpLimits, MAX_DHCP_LIMIT};
-pub use subnet::{default_dhcp_server_ip, Subnet, MAX_LEASE_DURATION, MIN_LEASE_DURATION};
+pub use subnet::{
+    default_dhcp_server_ip, Ipv6Subnet, Subnet, MAX_LEASE_DURATION, MIN_LEASE_DURATION,
+};
 pub use uplink::Uplink;
 
 /// One problem of a desired state.

@@ -30,6 +30,17 @@ pub struct AddressPair {
     pub mac: [u8; 6],
 }
 
+/// A checked allowed address pair with an IPv6 address or prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AddressPair6 {
+    /// Network address (the address itself for a /128).
+    pub addr: std::net::Ipv6Addr,
+    /// Prefix length.
+    pub prefix: u8,
+    /// The MAC (the port's own when not given).
+    pub mac: [u8; 6],
+}
+
 /// A checked port.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Port {
@@ -39,14 +50,18 @@ pub struct Port {
     pub network: usize,
     /// Its unicast MAC, unique on the network.
     pub mac: [u8; 6],
-    /// Its addresses.
+    /// Its IPv4 addresses.
     pub fixed_ips: Vec<FixedIp>,
+    /// Its IPv6 addresses (fixed IPs on IPv6 subnets).
+    pub fixed_ips6: Vec<std::net::Ipv6Addr>,
     /// Indices of its security groups.
     pub security_groups: Vec<usize>,
     /// Port security on.
     pub port_security_enabled: bool,
-    /// Allowed address pairs.
+    /// Allowed address pairs (IPv4).
     pub allowed_address_pairs: Vec<AddressPair>,
+    /// Allowed address pairs with IPv6 addresses or prefixes.
+    pub allowed_address_pairs6: Vec<AddressPair6>,
     /// How it is attached.
     /// How it is attached: `None` for a port of another host.
     pub binding: Option<Binding>,
@@ -119,6 +134,7 @@ impl Checker {
     ) -> Checked<Port> {
         let mut out = Checked::default();
         let mut macs: HashMap<(usize, [u8; 6]), String> = HashMap::new();
+        let mut ips6: HashMap<(usize, std::net::Ipv6Addr), String> = HashMap::new();
         for (i, p) in ports.iter().enumerate() {
             let base = format!("ports[{i}]");
             let before = self.errors.len();
@@ -132,8 +148,57 @@ impl Checker {
             let mac = self.mac(&format!("{base}.mac_address"), &p.mac_address);
             let core_ok = self.clean(before);
             let mut fixed_ips = Vec::new();
+            let mut fixed_ips6 = Vec::new();
             for (k, f) in p.fixed_ips.iter().enumerate() {
                 let fp = format!("{base}.fixed_ips[{k}]");
+                let v6 = subnets
+                    .by_id
+                    .get(f.subnet_id.as_str())
+                    .and_then(|&i| Some((i, subnets.items[i].ipv6?)));
+                if let Some((si, net6)) = v6 {
+                    let ip_path = format!("{fp}.ip_address");
+                    let Ok(ip) = f.ip_address.parse::<std::net::Ipv6Addr>() else {
+                        self.err(
+                            ip_path,
+                            format!(
+                                "{:?} is not an IPv6 address (subnet {} is IPv6)",
+                                f.ip_address, f.subnet_id
+                            ),
+                        );
+                        continue;
+                    };
+                    let s = &subnets.items[si];
+                    if let Some(net) = network.filter(|&n| n != s.network) {
+                        self.err(
+                            format!("{fp}.subnet_id"),
+                            format!(
+                                "subnet {} is on network {}, not on the port's network {}",
+                                s.id, networks.items[s.network].id, networks.items[net].id
+                            ),
+                        );
+                        continue;
+                    }
+                    if !net6.contains(ip) {
+                        self.err(
+                            ip_path,
+                            format!(
+                                "{ip} is not inside the subnet's cidr {}/{}",
+                                net6.addr, net6.prefix
+                            ),
+                        );
+                    } else if net6.gateway_ip == Some(ip) {
+                        self.err(
+                            ip_path,
+                            format!("{ip} is the gateway_ip of subnet {}", s.id),
+                        );
+                    } else if let Some(owner) = ips6.get(&(s.network, ip)) {
+                        self.err(ip_path, format!("{ip} is already used by port {owner}"));
+                    } else {
+                        ips6.insert((s.network, ip), p.id.clone());
+                        fixed_ips6.push(ip);
+                    }
+                    continue;
+                }
                 let subnet =
                     self.reference(&format!("{fp}.subnet_id"), &f.subnet_id, "subnet", subnets);
                 let ip = self.ip(&format!("{fp}.ip_address"), &f.ip_address);
@@ -194,13 +259,20 @@ impl Checker {
                 }
             }
             let mut allowed_address_pairs = Vec::new();
+            let mut allowed_address_pairs6 = Vec::new();
             let mut own_macs: Vec<([u8; 6], String)> = Vec::new();
             if let Some(m) = mac {
                 own_macs.push((m, format!("{base}.mac_address")));
             }
             for (k, a) in p.allowed_address_pairs.iter().enumerate() {
                 let ap = format!("{base}.allowed_address_pairs[{k}]");
-                let ip = if a.ip_address.contains('/') {
+                let ip6 = a
+                    .ip_address
+                    .contains(':')
+                    .then(|| self.ipv6_prefix(&format!("{ap}.ip_address"), &a.ip_address));
+                let ip = if ip6.is_some() {
+                    None
+                } else if a.ip_address.contains('/') {
                     self.cidr(&format!("{ap}.ip_address"), &a.ip_address)
                 } else {
                     self.ip(&format!("{ap}.ip_address"), &a.ip_address)
@@ -217,6 +289,9 @@ impl Checker {
                 }
                 if let (Some(ip), Some(mac)) = (ip, pair_mac) {
                     allowed_address_pairs.push(AddressPair { ip, mac });
+                }
+                if let (Some(Some((addr, prefix))), Some(mac)) = (ip6, pair_mac) {
+                    allowed_address_pairs6.push(AddressPair6 { addr, prefix, mac });
                 }
             }
             if let Some(net) = network {
@@ -277,9 +352,11 @@ impl Checker {
                 network: network.unwrap_or(usize::MAX),
                 mac: mac.unwrap_or_default(),
                 fixed_ips,
+                fixed_ips6,
                 security_groups,
                 port_security_enabled: p.port_security_enabled,
                 allowed_address_pairs,
+                allowed_address_pairs6,
                 binding,
                 remote_host,
                 hostname,

@@ -51,6 +51,20 @@ impl Checker {
             let mut interfaces: Vec<usize> = Vec::new();
             for (k, sid) in r.interfaces.iter().enumerate() {
                 let p = format!("{base}.interfaces[{k}]");
+                if subnets
+                    .by_id
+                    .get(sid.as_str())
+                    .is_some_and(|&i| subnets.items[i].ipv6.is_some())
+                {
+                    self.err(
+                        p,
+                        format!(
+                            "subnet {sid} is an IPv6 subnet: not supported on a router (IPv6 \
+                             is switched and filtered, not routed)"
+                        ),
+                    );
+                    continue;
+                }
                 let Some(si) = self.reference(&p, sid, "subnet", subnets) else {
                     continue;
                 };

@@ -16,6 +16,8 @@ const UDPLITE: u8 = 136;
 pub const ICMP: u8 = 1;
 /// ICMPv6.
 const ICMPV6: u8 = 58;
+/// IGMP, which IPv6 does not have (MLD is ICMPv6).
+const ICMP_V4_ONLY: u8 = 2;
 
 /// The protocol names the Neutron API accepts, with their numbers.
 const PROTOCOL_NAMES: [(&str, u8); 24] = [
@@ -63,19 +65,23 @@ pub enum Remote {
     Any,
     /// Addresses in a prefix.
     Prefix(Ipv4Cidr),
+    /// Addresses in an IPv6 prefix (network address, length), in an IPv6 rule.
+    Prefix6(Ipv6Addr, u8),
     /// The addresses of the ports in a security group (index).
     Group(usize),
     /// The addresses of an address group (index).
     AddressGroup(usize),
 }
 
-/// A checked security group rule (IPv4).
+/// A checked security group rule.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     /// Its id: given, or `<group id>/<index>` for a nested rule without one.
     pub id: String,
     /// Direction.
     pub direction: Direction,
+    /// `ethertype = "IPv6"`: the rule matches IPv6 packets only (else IPv4 only).
+    pub ipv6: bool,
     /// IP protocol number; `None` is any.
     pub protocol: Option<u8>,
     /// Ports or ICMP type and code.
@@ -95,14 +101,16 @@ pub struct SecurityGroup {
     pub rules: Vec<Rule>,
 }
 
-/// A checked address group: its IPv4 prefixes (IPv6 ones are accepted and match no IPv4
-/// packet, as Neutron keeps one set per ethertype).
+/// A checked address group: its IPv4 prefixes, which IPv4 rules naming it match, and its
+/// IPv6 prefixes, which IPv6 rules match (Neutron keeps one set per ethertype).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AddressGroup {
     /// Unique id.
     pub id: String,
     /// IPv4 prefixes.
     pub ipv4: Vec<Ipv4Cidr>,
+    /// IPv6 prefixes (network address, length).
+    pub ipv6: Vec<(Ipv6Addr, u8)>,
 }
 
 /// The number of a protocol name (any case) or number in a string, as Neutron accepts.
@@ -133,11 +141,12 @@ impl Checker {
                 i,
             );
             let mut ipv4 = Vec::new();
+            let mut ipv6 = Vec::new();
             for (k, a) in g.addresses.iter().enumerate() {
                 let path = format!("address_groups[{i}].addresses[{k}]");
                 if a.contains(':') {
-                    if !valid_ipv6_prefix(a) {
-                        self.err(path, format!("{a:?} is not an IPv6 address or prefix"));
+                    if let Some(p) = self.ipv6_prefix(&path, a) {
+                        ipv6.push(p);
                     }
                     continue;
                 }
@@ -154,6 +163,7 @@ impl Checker {
             out.items.push(AddressGroup {
                 id: g.id.clone(),
                 ipv4,
+                ipv6,
             });
         }
         out
@@ -260,18 +270,17 @@ impl Checker {
         groups: &Checked<SecurityGroup>,
         address_groups: &Checked<AddressGroup>,
     ) -> Rule {
-        match r.ethertype.as_str() {
-            "IPv4" => {}
-            "IPv6" => self.err(
-                format!("{base}.ethertype"),
-                "IPv6 rules are not supported yet (connections are tracked for IPv4 only; a \
-                 port with port security passes only IPv6 neighbour discovery, MLD and DHCPv6)",
-            ),
-            e => self.err(
-                format!("{base}.ethertype"),
-                format!("{e:?} is not an ethertype (IPv4 or IPv6)"),
-            ),
-        }
+        let ipv6 = match r.ethertype.as_str() {
+            "IPv4" => false,
+            "IPv6" => true,
+            e => {
+                self.err(
+                    format!("{base}.ethertype"),
+                    format!("{e:?} is not an ethertype (IPv4 or IPv6)"),
+                );
+                false
+            }
+        };
         let mut protocol_bad = false;
         let protocol = match &r.protocol {
             None => None,
@@ -282,7 +291,17 @@ impl Checker {
                     ProtocolSpec::Name(s) => protocol_number(s),
                 };
                 match parsed {
-                    Some(ICMPV6) if r.ethertype == "IPv4" => {
+                    // Neutron stores `icmp` in an IPv6 rule as ICMPv6.
+                    Some(ICMP) if ipv6 => Some(ICMPV6),
+                    Some(ICMP_V4_ONLY) if ipv6 => {
+                        self.err(
+                            format!("{base}.protocol"),
+                            format!("{p} is an IPv4 protocol; this rule's ethertype is IPv6"),
+                        );
+                        protocol_bad = true;
+                        None
+                    }
+                    Some(ICMPV6) if !ipv6 => {
                         self.err(
                             format!("{base}.protocol"),
                             format!("{p} is an IPv6 protocol; this rule's ethertype is IPv4"),
@@ -310,10 +329,11 @@ impl Checker {
         } else {
             self.port_match(base, r, protocol)
         };
-        let remote = self.remote(base, r, groups, address_groups);
+        let remote = self.remote(base, r, ipv6, groups, address_groups);
         Rule {
             id,
             direction: r.direction,
+            ipv6,
             protocol,
             ports,
             remote,
@@ -331,7 +351,7 @@ impl Checker {
             return PortMatch::Any;
         }
         match protocol {
-            Some(ICMP) => {
+            Some(ICMP | ICMPV6) => {
                 let mut byte = |field: &str, v: Option<i64>| -> Option<u8> {
                     let v = v?;
                     let b = u8::try_from(v).ok();
@@ -431,6 +451,7 @@ impl Checker {
         &mut self,
         base: &str,
         r: &model::SecurityGroupRule,
+        ipv6: bool,
         groups: &Checked<SecurityGroup>,
         address_groups: &Checked<AddressGroup>,
     ) -> Remote {
@@ -448,6 +469,19 @@ impl Checker {
             return Remote::Any;
         }
         if let Some(p) = &r.remote_ip_prefix {
+            let path = format!("{base}.remote_ip_prefix");
+            if ipv6 {
+                if !p.contains(':') {
+                    self.err(
+                        path,
+                        format!("{p} is an IPv4 prefix; this rule's ethertype is IPv6"),
+                    );
+                    return Remote::Any;
+                }
+                return self
+                    .ipv6_prefix(&path, p)
+                    .map_or(Remote::Any, |(a, l)| Remote::Prefix6(a, l));
+            }
             if p.contains(':') {
                 self.err(
                     format!("{base}.remote_ip_prefix"),
@@ -483,10 +517,29 @@ impl Checker {
     }
 }
 
-fn valid_ipv6_prefix(s: &str) -> bool {
-    let (addr, len) = match s.split_once('/') {
-        Some((a, l)) => (a, Some(l)),
-        None => (s, None),
-    };
-    addr.parse::<Ipv6Addr>().is_ok() && len.is_none_or(|l| l.parse::<u8>().is_ok_and(|l| l <= 128))
+impl Checker {
+    /// An IPv6 address (a /128) or prefix without host bits.
+    pub(super) fn ipv6_prefix(&mut self, path: &str, s: &str) -> Option<(Ipv6Addr, u8)> {
+        let (addr, len) = match s.split_once('/') {
+            Some((a, l)) => (a, l.parse::<u8>().ok().filter(|&l| l <= 128)),
+            None => (s, Some(128)),
+        };
+        let (Ok(addr), Some(len)) = (addr.parse::<Ipv6Addr>(), len) else {
+            self.err(path, format!("{s:?} is not an IPv6 address or prefix"));
+            return None;
+        };
+        let mask = match len {
+            0 => 0,
+            l => u128::MAX << (128 - u32::from(l)),
+        };
+        let net = Ipv6Addr::from(u128::from(addr) & mask);
+        if net != addr {
+            self.err(
+                path,
+                format!("{s} has host bits set (the prefix is {net}/{len})"),
+            );
+            return None;
+        }
+        Some((addr, len))
+    }
 }

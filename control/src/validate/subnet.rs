@@ -2,20 +2,47 @@
 //! the DHCP server address of each (checked last, against every other user of the
 //! network).
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::{Checked, Checker, Network, Route};
 use crate::model;
 use pollux_services::addr::Ipv4Cidr;
 use pollux_services::dhcp::server::DEFAULT_LEASE_TIME;
 
-/// A checked subnet.
+/// What an IPv6 subnet holds: its prefix and gateway (the addresses port security and
+/// the security groups need; IPv6 is neither routed nor served by DHCP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv6Subnet {
+    /// Network address.
+    pub addr: Ipv6Addr,
+    /// Prefix length.
+    pub prefix: u8,
+    /// Gateway, inside the prefix (an address no port may take).
+    pub gateway_ip: Option<Ipv6Addr>,
+}
+
+impl Ipv6Subnet {
+    /// Whether `ip` is inside the prefix.
+    pub fn contains(&self, ip: Ipv6Addr) -> bool {
+        let mask = match self.prefix {
+            0 => 0,
+            l => u128::MAX << (128 - u32::from(l.min(128))),
+        };
+        u128::from(ip) & mask == u128::from(self.addr)
+    }
+}
+
+/// A checked subnet. An IPv6 subnet (`ipv6`) is kept here too, so that ids and indices
+/// are shared, but is never valid as an IPv4 subnet: its `cidr` is `0.0.0.0/0`, it has no
+/// DHCP, and a reference that needs an IPv4 subnet refuses it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Subnet {
     /// Unique id.
     pub id: String,
     /// Index of its network.
     pub network: usize,
+    /// The IPv6 subnet, for `ip_version = 6`.
+    pub ipv6: Option<Ipv6Subnet>,
     /// Its prefix (no overlap with the network's other subnets).
     pub cidr: Ipv4Cidr,
     /// Gateway, inside `cidr`.
@@ -52,6 +79,19 @@ impl Checker {
         let mut out: Checked<Subnet> = Checked::default();
         for (i, s) in subnets.iter().enumerate() {
             let base = format!("subnets[{i}]");
+            match s.ip_version {
+                None | Some(4) => {}
+                Some(6) => {
+                    let (subnet, ok) = self.subnet6(&base, i, s, networks, &mut out.by_id);
+                    out.items.push(subnet);
+                    out.ok.push(ok);
+                    continue;
+                }
+                Some(v) => self.err(
+                    format!("{base}.ip_version"),
+                    format!("{v} is not an IP version (4 or 6)"),
+                ),
+            }
             let before = self.errors.len();
             self.id(format!("{base}.id"), &s.id, "subnet", &mut out.by_id, i);
             let network = self.reference(
@@ -183,6 +223,7 @@ impl Checker {
             let mut subnet = Subnet {
                 id: s.id.clone(),
                 network: network.unwrap_or(usize::MAX),
+                ipv6: None,
                 cidr: cidr.unwrap_or(Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0)),
                 gateway_ip,
                 enable_dhcp: s.enable_dhcp,
@@ -213,6 +254,97 @@ impl Checker {
             out.ok.push(core_ok);
         }
         out
+    }
+
+    /// An IPv6 subnet (`ip_version = 6`): its id, network, prefix and gateway; the DHCP
+    /// fields are refused (DHCPv6 is not served). Returned with `ok = false`, so that a
+    /// reference needing an IPv4 subnet gets none; the ports find it by id.
+    fn subnet6(
+        &mut self,
+        base: &str,
+        i: usize,
+        s: &model::Subnet,
+        networks: &Checked<Network>,
+        by_id: &mut std::collections::HashMap<String, usize>,
+    ) -> (Subnet, bool) {
+        self.id(format!("{base}.id"), &s.id, "subnet", by_id, i);
+        let network = self.reference(
+            &format!("{base}.network_id"),
+            &s.network_id,
+            "network",
+            networks,
+        );
+        let cidr_path = format!("{base}.cidr");
+        let cidr = if !s.cidr.contains(':') || !s.cidr.contains('/') {
+            self.err(
+                &cidr_path,
+                format!("{:?} is not an IPv6 prefix (ip_version = 6)", s.cidr),
+            );
+            None
+        } else {
+            self.ipv6_prefix(&cidr_path, &s.cidr)
+        };
+        let gateway_ip = s.gateway_ip.as_deref().and_then(|g| {
+            let p = format!("{base}.gateway_ip");
+            let Ok(ip) = g.parse::<Ipv6Addr>() else {
+                self.err(p, format!("{g:?} is not an IPv6 address"));
+                return None;
+            };
+            let (addr, prefix) = cidr?;
+            let net = Ipv6Subnet {
+                addr,
+                prefix,
+                gateway_ip: None,
+            };
+            if !net.contains(ip) {
+                self.err(
+                    p,
+                    format!("{ip} is not inside the subnet's cidr {}", s.cidr),
+                );
+                return None;
+            }
+            Some(ip)
+        });
+        let refuse = |c: &mut Self, field: &str, given: bool| {
+            if given {
+                c.err(
+                    format!("{base}.{field}"),
+                    "not supported on an IPv6 subnet: DHCPv6 is not served (leave it out)",
+                );
+            }
+        };
+        if s.enable_dhcp {
+            self.err(
+                format!("{base}.enable_dhcp"),
+                "not supported on an IPv6 subnet: DHCPv6 is not served; set enable_dhcp = false",
+            );
+        }
+        refuse(self, "dns_nameservers", !s.dns_nameservers.is_empty());
+        refuse(self, "host_routes", !s.host_routes.is_empty());
+        refuse(self, "allocation_pools", s.allocation_pools.is_some());
+        refuse(self, "dhcp_server_ip", s.dhcp_server_ip.is_some());
+        refuse(self, "dhcp_lease_duration", s.dhcp_lease_duration.is_some());
+        refuse(self, "dhcp_serve_unknown", s.dhcp_serve_unknown);
+        let (addr, prefix) = cidr.unwrap_or((Ipv6Addr::UNSPECIFIED, 0));
+        let subnet = Subnet {
+            id: s.id.clone(),
+            network: network.unwrap_or(usize::MAX),
+            ipv6: Some(Ipv6Subnet {
+                addr,
+                prefix,
+                gateway_ip,
+            }),
+            cidr: Ipv4Cidr::new(Ipv4Addr::UNSPECIFIED, 0),
+            gateway_ip: None,
+            enable_dhcp: false,
+            dns_nameservers: Vec::new(),
+            host_routes: Vec::new(),
+            allocation_pools: Vec::new(),
+            dhcp_server_ip: None,
+            lease_time: DEFAULT_LEASE_TIME,
+            serve_unknown: false,
+        };
+        (subnet, false)
     }
 
     /// The DHCP server address of a subnet, with the checks that need only the subnet:

@@ -59,6 +59,7 @@ pub use window::{TcpSegment, Window};
 const TCP: u8 = IpProtocol::TCP.0;
 const UDP: u8 = IpProtocol::UDP.0;
 const ICMP: u8 = IpProtocol::ICMP.0;
+const ICMPV6: u8 = 58;
 
 // Constants of wyhash: odd, with well-spread bits.
 const K0: u64 = 0xa076_1d64_78bd_642f;
@@ -128,6 +129,114 @@ impl FlowKey {
         let b =
             (u64::from(self.zone) << 32) | (u64::from(self.sport) << 16) | u64::from(self.dport);
         fold(fold(a ^ seed ^ K0, b ^ K1) ^ u64::from(self.proto) ^ K2, K3)
+    }
+}
+
+/// A key the table indexes: one direction of a flow. The table is generic over it so
+/// that IPv6 flows get a table of their own (a wider key) while the IPv4 table, its
+/// index and its sessions stay exactly as narrow as before.
+pub trait ConnKey: Copy + Eq + core::fmt::Debug {
+    /// The key of an unused slot.
+    const EMPTY: Self;
+    /// The family's ICMP protocol number (ICMP, ICMPv6), for the timeouts.
+    const ICMP: u8;
+    /// The seeded hash the index files the key under.
+    fn hash_with(&self, seed: u64) -> u64;
+    /// IP protocol number.
+    fn proto(&self) -> u8;
+    /// The key of a packet going the other way, untranslated.
+    fn reverse(&self) -> Self;
+}
+
+impl ConnKey for FlowKey {
+    const ICMP: u8 = ICMP;
+    const EMPTY: Self = FlowKey {
+        zone: 0,
+        proto: 0,
+        src: 0,
+        dst: 0,
+        sport: 0,
+        dport: 0,
+    };
+
+    #[inline(always)]
+    fn hash_with(&self, seed: u64) -> u64 {
+        self.hash(seed)
+    }
+
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+
+    #[inline(always)]
+    fn reverse(&self) -> Self {
+        self.reversed()
+    }
+}
+
+/// The 5-tuple of one direction of an IPv6 flow, in its zone (the same zones as
+/// [`FlowKey`]'s). Addresses are the 16 octets read as one big-endian number; for
+/// ICMPv6 queries, `sport` and `dport` hold the identifier as for ICMP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey6 {
+    /// Tenant scope: a port for security groups.
+    pub zone: u32,
+    /// Upper-layer protocol (after the extension headers).
+    pub proto: u8,
+    /// Source port (ICMPv6: identifier).
+    pub sport: u16,
+    /// Destination port (ICMPv6: identifier).
+    pub dport: u16,
+    /// Source address.
+    pub src: u128,
+    /// Destination address.
+    pub dst: u128,
+}
+
+impl FlowKey6 {
+    /// The key of a packet going the other way.
+    #[inline]
+    pub const fn reversed(&self) -> FlowKey6 {
+        FlowKey6 {
+            zone: self.zone,
+            proto: self.proto,
+            sport: self.dport,
+            dport: self.sport,
+            src: self.dst,
+            dst: self.src,
+        }
+    }
+}
+
+impl ConnKey for FlowKey6 {
+    const ICMP: u8 = ICMPV6;
+    const EMPTY: Self = FlowKey6 {
+        zone: 0,
+        proto: 0,
+        sport: 0,
+        dport: 0,
+        src: 0,
+        dst: 0,
+    };
+
+    #[inline]
+    fn hash_with(&self, seed: u64) -> u64 {
+        let a = fold(self.src as u64 ^ seed ^ K0, (self.src >> 64) as u64 ^ K1);
+        let b = fold(self.dst as u64 ^ K2, (self.dst >> 64) as u64 ^ seed ^ K3);
+        let c =
+            (u64::from(self.zone) << 32) | (u64::from(self.sport) << 16) | u64::from(self.dport);
+        fold(fold(a ^ c ^ K1, b ^ u64::from(self.proto) ^ K2), K3)
+    }
+
+    #[inline(always)]
+    fn proto(&self) -> u8 {
+        self.proto
+    }
+
+    #[inline(always)]
+    fn reverse(&self) -> Self {
+        self.reversed()
     }
 }
 
@@ -294,7 +403,8 @@ impl Default for Timeouts {
 
 impl Timeouts {
     #[inline]
-    fn of(&self, proto: u8, tcp: TcpState, replied: bool) -> u32 {
+    /// The timeout of a session of `proto` (`icmp`: the family's ICMP protocol number).
+    fn of(&self, proto: u8, icmp: u8, tcp: TcpState, replied: bool) -> u32 {
         match proto {
             TCP => match tcp {
                 TcpState::Established if replied => self.tcp_established,
@@ -307,7 +417,7 @@ impl Timeouts {
             },
             UDP if replied => self.udp_replied,
             UDP => self.udp_unreplied,
-            ICMP => self.icmp,
+            p if p == icmp => self.icmp,
             _ => self.other,
         }
     }
@@ -450,8 +560,8 @@ const FINS: u8 = 0b11;
 
 /// One tracked connection. Read-only outside the table: the keys are indexed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Session {
-    keys: [FlowKey; 2],
+pub struct Session<K: ConnKey = FlowKey> {
+    keys: [K; 2],
     expires: u64,
     last_seen: u64,
     packets: [u64; 2],
@@ -463,16 +573,9 @@ pub struct Session {
     flags: u8,
 }
 
-impl Session {
-    const EMPTY: Session = Session {
-        keys: [FlowKey {
-            zone: 0,
-            proto: 0,
-            src: 0,
-            dst: 0,
-            sport: 0,
-            dport: 0,
-        }; 2],
+impl<K: ConnKey> Session<K> {
+    const EMPTY: Session<K> = Session {
+        keys: [K::EMPTY; 2],
         expires: 0,
         last_seen: 0,
         packets: [0; 2],
@@ -485,10 +588,67 @@ impl Session {
 
     /// The key packets in direction `dir` carry.
     #[inline]
-    pub fn key(&self, dir: Dir) -> &FlowKey {
+    pub fn key(&self, dir: Dir) -> &K {
         &self.keys[dir.index()]
     }
 
+    /// The owner charged for the session.
+    #[inline]
+    pub fn owner(&self) -> u32 {
+        self.owner
+    }
+
+    /// The caller's tag (e.g. the security-group rule or the router that admitted it).
+    #[inline]
+    pub fn tag(&self) -> u32 {
+        self.tag
+    }
+
+    /// The TCP state, `None` for other protocols.
+    #[inline]
+    pub fn tcp_state(&self) -> Option<TcpState> {
+        (self.keys[0].proto() == TCP).then_some(self.tcp)
+    }
+
+    /// Whether a packet has been seen in the reply direction.
+    #[inline]
+    pub fn replied(&self) -> bool {
+        self.flags & REPLIED != 0
+    }
+
+    /// When the last packet was seen (the creation time before any).
+    #[inline]
+    pub fn last_seen(&self) -> u64 {
+        self.last_seen
+    }
+
+    /// The second from which the session counts as gone.
+    #[inline]
+    pub fn expires(&self) -> u64 {
+        self.expires
+    }
+
+    /// Whether the session has timed out at `now`.
+    #[inline]
+    pub fn is_expired(&self, now: u64) -> bool {
+        self.expires <= now
+    }
+
+    /// Packets seen in direction `dir`.
+    #[inline]
+    pub fn packets(&self, dir: Dir) -> u64 {
+        self.packets[dir.index()]
+    }
+
+    /// Bytes seen in direction `dir`.
+    #[inline]
+    pub fn bytes(&self, dir: Dir) -> u64 {
+        self.bytes[dir.index()]
+    }
+}
+
+/// NAT is IPv4 only.
+impl Session<FlowKey> {
     /// The key a packet in direction `dir` carries after translation: the reverse of the
     /// other direction's key.
     #[inline]
@@ -529,66 +689,12 @@ impl Session {
     pub fn is_nat(&self) -> bool {
         self.rewrite(Dir::Original).is_some()
     }
-
-    /// The owner charged for the session.
-    #[inline]
-    pub fn owner(&self) -> u32 {
-        self.owner
-    }
-
-    /// The caller's tag (e.g. the security-group rule or the router that admitted it).
-    #[inline]
-    pub fn tag(&self) -> u32 {
-        self.tag
-    }
-
-    /// The TCP state, `None` for other protocols.
-    #[inline]
-    pub fn tcp_state(&self) -> Option<TcpState> {
-        (self.keys[0].proto == TCP).then_some(self.tcp)
-    }
-
-    /// Whether a packet has been seen in the reply direction.
-    #[inline]
-    pub fn replied(&self) -> bool {
-        self.flags & REPLIED != 0
-    }
-
-    /// When the last packet was seen (the creation time before any).
-    #[inline]
-    pub fn last_seen(&self) -> u64 {
-        self.last_seen
-    }
-
-    /// The second from which the session counts as gone.
-    #[inline]
-    pub fn expires(&self) -> u64 {
-        self.expires
-    }
-
-    /// Whether the session has timed out at `now`.
-    #[inline]
-    pub fn is_expired(&self, now: u64) -> bool {
-        self.expires <= now
-    }
-
-    /// Packets seen in direction `dir`.
-    #[inline]
-    pub fn packets(&self, dir: Dir) -> u64 {
-        self.packets[dir.index()]
-    }
-
-    /// Bytes seen in direction `dir`.
-    #[inline]
-    pub fn bytes(&self, dir: Dir) -> u64 {
-        self.bytes[dir.index()]
-    }
 }
 
 /// See the module documentation.
 #[derive(Debug)]
-pub struct ConnTable {
-    sessions: Box<[Session]>,
+pub struct ConnTable<K: ConnKey = FlowKey> {
+    sessions: Box<[Session<K>]>,
     /// TCP sequence windows by session slot, apart from the sessions so that the lookup
     /// path (and NAT, which does not check windows) reads no more than before.
     windows: Box<[Window]>,
@@ -608,7 +714,7 @@ pub struct ConnTable {
     stats: ConnStats,
 }
 
-impl ConnTable {
+impl<K: ConnKey> ConnTable<K> {
     /// A table as `config` describes, all of its memory allocated now.
     ///
     /// # Panics
@@ -681,8 +787,8 @@ impl ConnTable {
 
     /// Where the index holds `key`, live or expired.
     #[inline]
-    fn find(&self, key: &FlowKey) -> Option<(u32, Dir)> {
-        let tag = (key.hash(self.seed) >> 32) as u32;
+    fn find(&self, key: &K) -> Option<(u32, Dir)> {
+        let tag = (key.hash_with(self.seed) >> 32) as u32;
         let sessions = &self.sessions;
         self.index
             .find(tag, |val| {
@@ -693,7 +799,7 @@ impl ConnTable {
 
     /// The live session `key` belongs to and the direction it matched.
     #[inline]
-    pub fn lookup(&self, key: &FlowKey, now: u64) -> Option<(SessionId, Dir)> {
+    pub fn lookup(&self, key: &K, now: u64) -> Option<(SessionId, Dir)> {
         let (id, dir) = self.find(key)?;
         if self.sessions[id as usize].expires <= now {
             return None;
@@ -705,12 +811,12 @@ impl ConnTable {
     /// expire or remove (an id out of range panics; a stale id reads whatever the slot
     /// holds now).
     #[inline]
-    pub fn session(&self, id: SessionId) -> &Session {
+    pub fn session(&self, id: SessionId) -> &Session<K> {
         &self.sessions[id.index()]
     }
 
     /// The session in slot `id`, if the slot is in use (live or expired, not yet swept).
-    pub fn get(&self, id: SessionId) -> Option<&Session> {
+    pub fn get(&self, id: SessionId) -> Option<&Session<K>> {
         self.wheel.is_live(id.0).then(|| &self.sessions[id.index()])
     }
 
@@ -726,7 +832,7 @@ impl ConnTable {
         if dir == Dir::Reply {
             s.flags |= REPLIED;
         }
-        let proto = s.keys[0].proto;
+        let proto = s.keys[0].proto();
         if proto == TCP {
             let mut fins = s.flags & FINS;
             s.tcp = s.tcp.next(dir, flags, &mut fins);
@@ -734,6 +840,7 @@ impl ConnTable {
         }
         let expires = now.saturating_add(u64::from(self.timeouts.of(
             proto,
+            K::ICMP,
             s.tcp,
             s.flags & REPLIED != 0,
         )));
@@ -772,7 +879,7 @@ impl ConnTable {
     /// Reclaims the expired session holding `key`, if any; true when `key` is held by a
     /// live session.
     #[inline]
-    fn key_in_use(&mut self, key: &FlowKey, now: u64) -> bool {
+    fn key_in_use(&mut self, key: &K, now: u64) -> bool {
         match self.find(key) {
             Some((id, _)) if self.sessions[id as usize].expires <= now => {
                 self.forget(id);
@@ -791,8 +898,8 @@ impl ConnTable {
     #[inline]
     pub fn insert(
         &mut self,
-        original: FlowKey,
-        reply: FlowKey,
+        original: K,
+        reply: K,
         owner: u32,
         tag: u32,
         now: u64,
@@ -810,7 +917,8 @@ impl ConnTable {
             return Err(InsertError::TableFull);
         };
         let expires = now.saturating_add(u64::from(self.timeouts.of(
-            original.proto,
+            original.proto(),
+            K::ICMP,
             TcpState::New,
             false,
         )));
@@ -824,12 +932,12 @@ impl ConnTable {
             ..Session::EMPTY
         };
         self.index
-            .insert((original.hash(self.seed) >> 32) as u32, id << 1);
+            .insert((original.hash_with(self.seed) >> 32) as u32, id << 1);
         // A flow to itself (same address and port both ends) has one key for both
         // directions; indexing it twice would leave a lookup ambiguous.
         if reply != original {
             self.index
-                .insert((reply.hash(self.seed) >> 32) as u32, (id << 1) | 1);
+                .insert((reply.hash_with(self.seed) >> 32) as u32, (id << 1) | 1);
         }
         self.owners.inc(owner);
         self.wheel.schedule(id, expires);
@@ -845,12 +953,12 @@ impl ConnTable {
         let owner = s.owner;
         let removed = self
             .index
-            .remove((original.hash(self.seed) >> 32) as u32, id << 1);
+            .remove((original.hash_with(self.seed) >> 32) as u32, id << 1);
         debug_assert!(removed, "original key of session {id} not indexed");
         if reply != original {
             let removed = self
                 .index
-                .remove((reply.hash(self.seed) >> 32) as u32, (id << 1) | 1);
+                .remove((reply.hash_with(self.seed) >> 32) as u32, (id << 1) | 1);
             debug_assert!(removed, "reply key of session {id} not indexed");
         }
         self.owners.dec(owner);
@@ -903,6 +1011,61 @@ impl ConnTable {
         freed
     }
 
+    /// Every session held, live or expired-but-unswept (filter with
+    /// [`Session::is_expired`]). O(capacity): for `sessions.list`, not the packet path.
+    pub fn iter(&self) -> impl Iterator<Item = (SessionId, &Session<K>)> + '_ {
+        self.sessions
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| self.wheel.is_live(i as u32))
+            .map(|(i, s)| (SessionId(i as u32), s))
+    }
+
+    /// What [`ConnTable::insert`] would answer now, changing nothing (for an explained
+    /// packet): a key held by an expired session counts as free, as insert would sweep it.
+    pub fn check_insert(
+        &self,
+        original: &K,
+        reply: &K,
+        owner: u32,
+        now: u64,
+    ) -> Result<(), InsertError> {
+        let live = |key: &K| {
+            self.find(key)
+                .is_some_and(|(id, _)| self.sessions[id as usize].expires > now)
+        };
+        if live(original) || live(reply) {
+            return Err(InsertError::Exists);
+        }
+        if self.owners.get(owner) >= self.quota {
+            return Err(InsertError::QuotaExceeded);
+        }
+        if self.len >= self.capacity() {
+            return Err(InsertError::TableFull);
+        }
+        Ok(())
+    }
+
+    /// Whether TCP segment `seg` in direction `dir` lies within session `id`'s windows,
+    /// as [`ConnTable::tcp_window`] answers, changing nothing.
+    pub fn tcp_window_check(&self, id: SessionId, dir: Dir, seg: &TcpSegment) -> bool {
+        let mut window = self.windows[id.index()];
+        if dir == Dir::Original
+            && seg.flags.contains(TcpFlags::SYN)
+            && !seg.flags.contains(TcpFlags::ACK)
+            && matches!(
+                self.sessions[id.index()].tcp,
+                TcpState::TimeWait | TcpState::Closed
+            )
+        {
+            window = Window::NEW;
+        }
+        window.accept(dir.index(), seg)
+    }
+}
+
+/// SNAT is IPv4 only.
+impl ConnTable<FlowKey> {
     /// A source port (for ICMP, identifier) for a flow in `zone` leaving from `external_ip`
     /// towards `remote_ip:remote_port` such that the reply key
     /// (`remote → external_ip:port`) is not in the table, from this worker's slice of the
@@ -967,57 +1130,5 @@ impl ConnTable {
         .hash(self.seed ^ salt.wrapping_mul(K1));
         snat::candidates(self.snat_slice, h, self.snat_probes)
             .find(|&port| self.find(&reply(port)).is_none())
-    }
-
-    /// What [`ConnTable::insert`] would answer now, changing nothing (for an explained
-    /// packet): a key held by an expired session counts as free, as insert would sweep it.
-    pub fn check_insert(
-        &self,
-        original: &FlowKey,
-        reply: &FlowKey,
-        owner: u32,
-        now: u64,
-    ) -> Result<(), InsertError> {
-        let live = |key: &FlowKey| {
-            self.find(key)
-                .is_some_and(|(id, _)| self.sessions[id as usize].expires > now)
-        };
-        if live(original) || live(reply) {
-            return Err(InsertError::Exists);
-        }
-        if self.owners.get(owner) >= self.quota {
-            return Err(InsertError::QuotaExceeded);
-        }
-        if self.len >= self.capacity() {
-            return Err(InsertError::TableFull);
-        }
-        Ok(())
-    }
-
-    /// Whether TCP segment `seg` in direction `dir` lies within session `id`'s windows,
-    /// as [`ConnTable::tcp_window`] answers, changing nothing.
-    pub fn tcp_window_check(&self, id: SessionId, dir: Dir, seg: &TcpSegment) -> bool {
-        let mut window = self.windows[id.index()];
-        if dir == Dir::Original
-            && seg.flags.contains(TcpFlags::SYN)
-            && !seg.flags.contains(TcpFlags::ACK)
-            && matches!(
-                self.sessions[id.index()].tcp,
-                TcpState::TimeWait | TcpState::Closed
-            )
-        {
-            window = Window::NEW;
-        }
-        window.accept(dir.index(), seg)
-    }
-
-    /// Every session held, live or expired-but-unswept (filter with
-    /// [`Session::is_expired`]). O(capacity): for `sessions.list`, not the packet path.
-    pub fn iter(&self) -> impl Iterator<Item = (SessionId, &Session)> + '_ {
-        self.sessions
-            .iter()
-            .enumerate()
-            .filter(|&(i, _)| self.wheel.is_live(i as u32))
-            .map(|(i, s)| (SessionId(i as u32), s))
     }
 }

@@ -211,6 +211,7 @@ impl BurstStage for RouterState {
                     if let Err(reason) = crate::secgroup::filter_ingress(
                         cx.snap,
                         cx.conns,
+                        cx.conns6,
                         u64::from(cx.now_secs),
                         out,
                         data,
@@ -237,7 +238,10 @@ impl RouterState {
         let now = cx.now_secs;
         self.neighbors.age(now, budget);
         cx.conns.expire(u64::from(now), budget);
-        counters.sessions.set(cx.conns.len() as u64);
+        cx.conns6.expire(u64::from(now), budget);
+        counters
+            .sessions
+            .set((cx.conns.len() + cx.conns6.len()) as u64);
         counters.neighbors.set(self.neighbors.len() as u64);
         counters
             .neighbor_waiting

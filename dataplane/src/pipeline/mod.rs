@@ -263,6 +263,8 @@ pub struct BurstCtx<'a> {
     /// The worker's connection table: NAT sessions (zone = router) and security-group
     /// connections (zone = port) on one lookup path.
     pub conns: &'a mut ConnTable,
+    /// The worker's IPv6 connection table (security groups; same zones).
+    pub conns6: &'a mut ConnTable<crate::conntrack::FlowKey6>,
     /// The worker's counters.
     pub counters: &'a WorkerCounters,
     /// The worker's clock at the start of the pass, in nanoseconds.

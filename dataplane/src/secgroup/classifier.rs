@@ -23,16 +23,48 @@ use std::collections::{BTreeMap, BinaryHeap};
 /// No rule.
 const NONE: u32 = u32::MAX;
 
+/// An address the classifier matches remote ends on: IPv4 (`u32`) or IPv6 (`u128`), in
+/// host byte order. The classifier is generic so that IPv6 rules get their own sets,
+/// compiled the same way, and IPv4 lookups stay as they were.
+pub trait SgAddr: Copy + Ord + Eq + core::hash::Hash + core::fmt::Debug + Default {
+    /// Bits in an address (the longest prefix).
+    const BITS: u8;
+    /// The address with the bits after the first `len` cleared.
+    fn masked(self, len: u8) -> Self;
+}
+
+impl SgAddr for u32 {
+    const BITS: u8 = 32;
+
+    #[inline(always)]
+    fn masked(self, len: u8) -> Self {
+        self & prefix_mask(len)
+    }
+}
+
+impl SgAddr for u128 {
+    const BITS: u8 = 128;
+
+    #[inline(always)]
+    fn masked(self, len: u8) -> Self {
+        match len {
+            0 => 0,
+            l if l >= 128 => self,
+            l => self & (u128::MAX << (128 - u32::from(l))),
+        }
+    }
+}
+
 /// Whom a compiled rule allows at the remote end.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum SgRemote {
+pub enum SgRemote<A: SgAddr = u32> {
     /// Any address.
     Any,
     /// Addresses within `addr/len` (host byte order).
     Prefix {
         /// Network address.
-        addr: u32,
-        /// Prefix length, 0..=32.
+        addr: A,
+        /// Prefix length, 0..=32 (IPv6: 0..=128).
         len: u8,
     },
     /// The members of an address set of the snapshot (a remote or address group).
@@ -41,7 +73,7 @@ pub enum SgRemote {
 
 /// One allow rule as the classifier takes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SgRule {
+pub struct SgRule<A: SgAddr = u32> {
     /// IP protocol; `None` is any (then `lo..=hi` is the whole range).
     pub proto: Option<u8>,
     /// First port key matched: destination port, or ICMP `type << 8 | code`.
@@ -49,20 +81,20 @@ pub struct SgRule {
     /// Last port key matched.
     pub hi: u16,
     /// Remote end.
-    pub remote: SgRemote,
+    pub remote: SgRemote<A>,
     /// The rule's index in the snapshot's rule table (names, hit counters).
     pub id: u32,
 }
 
-impl SgRule {
+impl<A: SgAddr> SgRule<A> {
     /// Whether the rule admits a packet from or to `remote` with `proto` and `port_key`
     /// (the reference semantics, used by tests against the classifier).
-    pub fn matches(&self, sets: &[AddressSet], remote: u32, proto: u8, port_key: u16) -> bool {
+    pub fn matches(&self, sets: &[AddressSet<A>], remote: A, proto: u8, port_key: u16) -> bool {
         let proto_ok = self.proto.is_none_or(|p| p == proto);
         let port_ok = (self.lo..=self.hi).contains(&port_key);
         let remote_ok = match self.remote {
             SgRemote::Any => true,
-            SgRemote::Prefix { addr, len } => remote & prefix_mask(len) == addr & prefix_mask(len),
+            SgRemote::Prefix { addr, len } => remote.masked(len) == addr.masked(len),
             SgRemote::Set(s) => sets.get(s as usize).is_some_and(|s| s.contains(remote)),
         };
         proto_ok && port_ok && remote_ok
@@ -72,21 +104,26 @@ impl SgRule {
 /// The addresses of a remote group (its members' fixed IPs and allowed address pairs) or
 /// an address group: single addresses in a sorted array, prefixes in a short list.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct AddressSet {
-    hosts: Box<[u32]>,
-    prefixes: Box<[(u32, u32)]>,
+pub struct AddressSet<A: SgAddr = u32> {
+    hosts: Box<[A]>,
+    /// (network address, prefix length).
+    prefixes: Box<[(A, u8)]>,
 }
 
-impl AddressSet {
+impl<A: SgAddr> AddressSet<A> {
     /// The set of `prefixes` (address, length; host byte order).
-    pub fn new(prefixes: &[(u32, u8)]) -> Self {
-        let mut hosts: Vec<u32> = prefixes.iter().filter(|p| p.1 >= 32).map(|p| p.0).collect();
+    pub fn new(prefixes: &[(A, u8)]) -> Self {
+        let mut hosts: Vec<A> = prefixes
+            .iter()
+            .filter(|p| p.1 >= A::BITS)
+            .map(|p| p.0)
+            .collect();
         hosts.sort_unstable();
         hosts.dedup();
-        let mut nets: Vec<(u32, u32)> = prefixes
+        let mut nets: Vec<(A, u8)> = prefixes
             .iter()
-            .filter(|p| p.1 < 32)
-            .map(|&(a, l)| (a & prefix_mask(l), prefix_mask(l)))
+            .filter(|p| p.1 < A::BITS)
+            .map(|&(a, l)| (a.masked(l), l))
             .collect();
         nets.sort_unstable();
         nets.dedup();
@@ -98,8 +135,9 @@ impl AddressSet {
 
     /// Whether `ip` is in the set.
     #[inline]
-    pub fn contains(&self, ip: u32) -> bool {
-        self.hosts.binary_search(&ip).is_ok() || self.prefixes.iter().any(|&(a, m)| ip & m == a)
+    pub fn contains(&self, ip: A) -> bool {
+        self.hosts.binary_search(&ip).is_ok()
+            || self.prefixes.iter().any(|&(a, l)| ip.masked(l) == a)
     }
 
     /// Addresses and prefixes held.
@@ -184,7 +222,7 @@ struct Bucket {
 }
 
 impl Bucket {
-    fn build(rules: &[(u32, SgRule)]) -> Self {
+    fn build<A: SgAddr>(rules: &[(u32, SgRule<A>)]) -> Self {
         let any_proto = rules
             .iter()
             .filter(|(_, r)| r.proto.is_none())
@@ -224,43 +262,44 @@ impl Bucket {
 
 /// Remote prefixes of one length.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Tuple {
+struct Tuple<A: SgAddr> {
     len: u8,
     /// Masked addresses, ascending.
-    keys: Box<[u32]>,
+    keys: Box<[A]>,
     buckets: Box<[Bucket]>,
 }
 
 /// The compiled rules of one direction of one port. See the module documentation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RuleSet {
-    tuples: Box<[Tuple]>,
+pub struct RuleSet<A: SgAddr = u32> {
+    tuples: Box<[Tuple<A>]>,
     /// Rules on address sets: the set and its bucket.
     sets: Box<[(u32, Bucket)]>,
     /// Rule ids (into the snapshot's table) by position in the list given to `build`.
     ids: Box<[u32]>,
 }
 
-impl RuleSet {
+impl<A: SgAddr> RuleSet<A> {
     /// Compiles `rules` (their order decides which rule is reported when several match).
-    pub fn build(rules: &[SgRule]) -> Self {
-        let mut by_len: BTreeMap<u8, BTreeMap<u32, Vec<(u32, SgRule)>>> = BTreeMap::new();
-        let mut by_set: BTreeMap<u32, Vec<(u32, SgRule)>> = BTreeMap::new();
+    pub fn build(rules: &[SgRule<A>]) -> Self {
+        type Ordered<A> = Vec<(u32, SgRule<A>)>;
+        let mut by_len: BTreeMap<u8, BTreeMap<A, Ordered<A>>> = BTreeMap::new();
+        let mut by_set: BTreeMap<u32, Ordered<A>> = BTreeMap::new();
         for (order, r) in rules.iter().enumerate() {
             let order = order as u32;
             match r.remote {
                 SgRemote::Any => by_len
                     .entry(0)
                     .or_default()
-                    .entry(0)
+                    .entry(A::default())
                     .or_default()
                     .push((order, *r)),
                 SgRemote::Prefix { addr, len } => {
-                    let len = len.min(32);
+                    let len = len.min(A::BITS);
                     by_len
                         .entry(len)
                         .or_default()
-                        .entry(addr & prefix_mask(len))
+                        .entry(addr.masked(len))
                         .or_default()
                         .push((order, *r))
                 }
@@ -301,10 +340,10 @@ impl RuleSet {
     /// `remote`, protocol `proto` and port key `key`, looking address-set rules up in
     /// `sets`; `None` when no rule does.
     #[inline]
-    pub fn lookup(&self, sets: &[AddressSet], remote: u32, proto: u8, key: u16) -> Option<u32> {
+    pub fn lookup(&self, sets: &[AddressSet<A>], remote: A, proto: u8, key: u16) -> Option<u32> {
         let mut best = NONE;
         for t in self.tuples.iter() {
-            let masked = remote & prefix_mask(t.len);
+            let masked = remote.masked(t.len);
             if let Ok(i) = t.keys.binary_search(&masked) {
                 best = best.min(t.buckets[i].lookup(proto, key));
             }
