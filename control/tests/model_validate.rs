@@ -753,6 +753,13 @@ fn security_group_rules_are_checked() {
     r.ethertype = "IPv4".into();
     r.remote_ip_prefix = Some("2001:db8::/64".into());
     rules.push(r);
+    // ICMPv6 type and code through the port-range fields are bytes, as ICMP's.
+    let mut r = rules[5].clone();
+    r.protocol = Some(ProtocolSpec::Name("ipv6-icmp".into()));
+    r.remote_ip_prefix = None;
+    r.port_range_min = Some(300);
+    r.port_range_max = Some(256);
+    rules.push(r);
     assert_errors(
         &s,
         &[
@@ -767,6 +774,8 @@ fn security_group_rules_are_checked() {
             "security_groups[0].rules[6].remote_ip_prefix: 2001:db8::1/64 has host bits set (the prefix is 2001:db8::/64)",
             "security_groups[0].rules[7].protocol: igmp is an IPv4 protocol; this rule's ethertype is IPv6",
             "security_groups[0].rules[8].remote_ip_prefix: 2001:db8::/64 is an IPv6 prefix; this rule's ethertype is IPv4",
+            "security_groups[0].rules[9].port_range_min: 300 is not an ICMP type (0..=255)",
+            "security_groups[0].rules[9].port_range_max: 256 is not an ICMP code (0..=255)",
         ],
     );
 }
