@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::model::{
-    DesiredState, FloatingIp, Network, Port, Router, SecurityGroup, Subnet, Uplink,
+    DesiredState, FloatingIp, Network, Port, QosPolicy, Router, SecurityGroup, Subnet, Uplink,
 };
 use crate::validate::ValidationError;
 
@@ -34,11 +34,13 @@ pub enum Collection {
     FloatingIps,
     /// `security_groups` (with their rules).
     SecurityGroups,
+    /// `qos_policies` (with their rules).
+    QosPolicies,
 }
 
 impl Collection {
     /// Every collection, in document order.
-    pub const ALL: [Collection; 7] = [
+    pub const ALL: [Collection; 8] = [
         Collection::Uplinks,
         Collection::Networks,
         Collection::Subnets,
@@ -46,6 +48,7 @@ impl Collection {
         Collection::Routers,
         Collection::FloatingIps,
         Collection::SecurityGroups,
+        Collection::QosPolicies,
     ];
 
     /// The collection's key in the desired state (`ports`).
@@ -58,6 +61,7 @@ impl Collection {
             Collection::Routers => "routers",
             Collection::FloatingIps => "floating_ips",
             Collection::SecurityGroups => "security_groups",
+            Collection::QosPolicies => "qos_policies",
         }
     }
 
@@ -72,6 +76,7 @@ impl Collection {
             Collection::Routers => "router",
             Collection::FloatingIps => "floating_ip",
             Collection::SecurityGroups => "security_group",
+            Collection::QosPolicies => "qos_policy",
         }
     }
 
@@ -105,6 +110,7 @@ impl Collection {
                 .iter()
                 .map(|o| o.id.as_str())
                 .collect(),
+            Collection::QosPolicies => state.qos_policies.iter().map(|o| o.id.as_str()).collect(),
         }
     }
 }
@@ -132,6 +138,8 @@ pub enum Object {
     FloatingIp(FloatingIp),
     /// A security group.
     SecurityGroup(SecurityGroup),
+    /// A QoS policy.
+    QosPolicy(QosPolicy),
 }
 
 impl Object {
@@ -145,6 +153,7 @@ impl Object {
             Object::Router(_) => Collection::Routers,
             Object::FloatingIp(_) => Collection::FloatingIps,
             Object::SecurityGroup(_) => Collection::SecurityGroups,
+            Object::QosPolicy(_) => Collection::QosPolicies,
         }
     }
 
@@ -158,6 +167,7 @@ impl Object {
             Object::Router(o) => &o.id,
             Object::FloatingIp(o) => &o.id,
             Object::SecurityGroup(o) => &o.id,
+            Object::QosPolicy(o) => &o.id,
         }
     }
 
@@ -174,6 +184,7 @@ impl Object {
             Object::Router(o) => value(o),
             Object::FloatingIp(o) => value(o),
             Object::SecurityGroup(o) => value(o),
+            Object::QosPolicy(o) => value(o),
         }
     }
 
@@ -198,6 +209,7 @@ impl Object {
             Collection::Routers => Object::Router(read(value, path)?),
             Collection::FloatingIps => Object::FloatingIp(read(value, path)?),
             Collection::SecurityGroups => Object::SecurityGroup(read(value, path)?),
+            Collection::QosPolicies => Object::QosPolicy(read(value, path)?),
         })
     }
 }
@@ -294,6 +306,7 @@ pub fn put(state: &mut DesiredState, object: Object) -> usize {
         Object::Router(o) => place(&mut state.routers, at, o),
         Object::FloatingIp(o) => place(&mut state.floating_ips, at, o),
         Object::SecurityGroup(o) => place(&mut state.security_groups, at, o),
+        Object::QosPolicy(o) => place(&mut state.qos_policies, at, o),
     }
 }
 
@@ -311,6 +324,7 @@ pub fn delete(state: &mut DesiredState, collection: Collection, id: &str) -> boo
         Collection::Routers => drop(state.routers.remove(i)),
         Collection::FloatingIps => drop(state.floating_ips.remove(i)),
         Collection::SecurityGroups => drop(state.security_groups.remove(i)),
+        Collection::QosPolicies => drop(state.qos_policies.remove(i)),
     }
     true
 }

@@ -171,8 +171,8 @@ fn spec() -> impl Strategy<Value = Spec> {
         ),
         1 => (0usize..5, 0u8..4).prop_map(|(target, vid)| Spec::Network { target, vid }),
         1 => (0usize..3, 0usize..3).prop_map(|(target, rules)| Spec::SecurityGroup { target, rules }),
-        1 => (0usize..7, 0usize..3).prop_map(|(collection, target)| Spec::Same { collection, target }),
-        3 => (0usize..7, 0usize..4).prop_map(|(collection, target)| Spec::Delete { collection, target }),
+        1 => (0usize..8, 0usize..3).prop_map(|(collection, target)| Spec::Same { collection, target }),
+        3 => (0usize..8, 0usize..4).prop_map(|(collection, target)| Spec::Delete { collection, target }),
     ]
 }
 
@@ -196,6 +196,7 @@ fn nth(state: &DesiredState, collection: Collection, target: usize) -> Option<Ob
         Collection::SecurityGroups => {
             Object::SecurityGroup(state.security_groups.get(target)?.clone())
         }
+        Collection::QosPolicies => Object::QosPolicy(state.qos_policies.get(target)?.clone()),
     })
 }
 
@@ -286,18 +287,9 @@ fn base() -> DesiredState {
 fn raw(change: &Change) -> RawChange {
     match change {
         Change::Put(object) => {
-            let value = match object {
-                Object::Uplink(o) => serde_json::to_value(o),
-                Object::Network(o) => serde_json::to_value(o),
-                Object::Subnet(o) => serde_json::to_value(o),
-                Object::Port(o) => serde_json::to_value(o),
-                Object::Router(o) => serde_json::to_value(o),
-                Object::FloatingIp(o) => serde_json::to_value(o),
-                Object::SecurityGroup(o) => serde_json::to_value(o),
-            };
             RawChange::Put {
                 collection: object.collection(),
-                object: value.unwrap(),
+                object: object.to_value(),
             }
         }
         Change::Delete { collection, id } => RawChange::Delete {
