@@ -286,12 +286,10 @@ fn base() -> DesiredState {
 
 fn raw(change: &Change) -> RawChange {
     match change {
-        Change::Put(object) => {
-            RawChange::Put {
-                collection: object.collection(),
-                object: object.to_value(),
-            }
-        }
+        Change::Put(object) => RawChange::Put {
+            collection: object.collection(),
+            object: object.to_value(),
+        },
         Change::Delete { collection, id } => RawChange::Delete {
             collection: *collection,
             id: id.clone(),
