@@ -7,6 +7,7 @@
 use pollux_dataplane::counters::Stage;
 use pollux_dataplane::drop::DropReason;
 use pollux_dataplane::pipeline::capture::{capture, CaptureReader, CaptureSpec, Directions};
+use pollux_dataplane::pipeline::trace::TraceMatch;
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
 use pollux_tests::frames::{frame, mac};
@@ -46,11 +47,22 @@ fn drain(reader: &mut CaptureReader) -> Seen {
 }
 
 fn start(sw: &mut MemSwitch, port: u16, directions: Directions, count: u64) -> CaptureReader {
+    start_matching(sw, port, directions, count, TraceMatch::default())
+}
+
+fn start_matching(
+    sw: &mut MemSwitch,
+    port: u16,
+    directions: Directions,
+    count: u64,
+    filter: TraceMatch,
+) -> CaptureReader {
     let (capturer, reader) = capture(CaptureSpec {
         port: PortId(port),
         directions,
         snaplen: 1500,
         count,
+        filter,
     });
     sw.worker
         .capture_start(Box::new(capturer))
@@ -125,6 +137,7 @@ fn snaplen_cuts_and_count_bounds_and_a_full_ring_is_counted_lost() {
         directions: Directions::RX,
         snaplen: 20,
         count: 2000,
+        filter: TraceMatch::default(),
     });
     sw.worker.capture_start(Box::new(capturer)).unwrap();
     let (again, _) = capture(CaptureSpec {
@@ -132,6 +145,7 @@ fn snaplen_cuts_and_count_bounds_and_a_full_ring_is_counted_lost() {
         directions: Directions::RX,
         snaplen: 20,
         count: 1,
+        filter: TraceMatch::default(),
     });
     assert!(
         sw.worker.capture_start(Box::new(again)).is_err(),
@@ -165,5 +179,33 @@ fn snaplen_cuts_and_count_bounds_and_a_full_ring_is_counted_lost() {
     // Forwarding did not suffer: every frame flooded to B and the uplink.
     let out = sw.collect();
     assert_eq!(out[&B].len(), 600);
+    sw.assert_conserved();
+}
+
+/// A capture with a match takes only the frames that match, as they are where they are
+/// copied, and its count counts only those.
+#[test]
+fn a_match_takes_only_the_matching_frames() {
+    let mut sw = switch();
+    let filter = TraceMatch {
+        dst_mac: Some(mac(9)),
+        ..TraceMatch::default()
+    };
+    let mut reader = start_matching(&mut sw, A, Directions::RX, 2, filter);
+    let to_9 = frame(mac(9), mac(1), None, 1, 64);
+    let to_8 = frame(mac(8), mac(1), None, 2, 64);
+    for f in [&to_8, &to_9, &to_8, &to_9, &to_9] {
+        sw.exchange(A, f);
+    }
+    let seen = drain(&mut reader);
+    assert_eq!(
+        seen,
+        vec![
+            (Directions::RX, None, 64, to_9.clone()),
+            (Directions::RX, None, 64, to_9)
+        ],
+        "only frames to mac(9), and only `count` of them"
+    );
+    assert_eq!((reader.captured(), reader.lost()), (2, 0));
     sw.assert_conserved();
 }

@@ -5,6 +5,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use pollux_dataplane::pipeline::capture::{capture, CaptureSpec, Directions};
+use pollux_dataplane::pipeline::trace::TraceMatch;
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::qos::PortQos;
 use pollux_dataplane::ratelimit::ByteRate;
@@ -116,6 +117,7 @@ fn capturing_does_not_allocate() {
         directions: Directions::ALL,
         snaplen: 2048,
         count: u64::MAX,
+        filter: TraceMatch::default(),
     });
     sw.worker.capture_start(Box::new(capturer)).unwrap();
     let scenarios: Vec<(u16, Vec<u8>)> = vec![

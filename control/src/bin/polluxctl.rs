@@ -96,6 +96,11 @@ enum Command {
         /// Frame bytes at most (up to 1 GiB).
         #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
         max_bytes: u64,
+        /// Only frames that match, as trace's --match (comma-separated field=value:
+        /// src_mac, dst_mac, vlan, ethertype, src_ip, dst_ip, proto, src_port, dst_port),
+        /// looked at as each frame is where it is copied (received, sent, dropped).
+        #[arg(long = "match", value_name = "EXPR")]
+        filter: Option<String>,
         /// The pcapng file to write (replaced if it exists).
         #[arg(short = 'w', value_name = "FILE")]
         write: PathBuf,
@@ -472,6 +477,7 @@ fn request(command: &Command) -> Result<(&'static str, Value), Failure> {
             duration,
             snaplen,
             max_bytes,
+            filter,
             write: _,
         } => {
             let mut params = json!({
@@ -480,6 +486,9 @@ fn request(command: &Command) -> Result<(&'static str, Value), Failure> {
             });
             if let Some(d) = direction {
                 params["direction"] = json!(d);
+            }
+            if let Some(f) = filter {
+                params["match"] = json!(f);
             }
             ("capture.start", params)
         }

@@ -16,10 +16,12 @@ use base64::Engine as _;
 use pollux_dataplane::pipeline::capture::{
     capture, CaptureReader, CaptureSpec, CapturedFrame, Capturer, Directions, MAX_SNAPLEN,
 };
+use pollux_dataplane::pipeline::trace::TraceMatch;
 use pollux_dataplane::worker::Mailbox;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::trace::{match_text, parse_match};
 use super::{parse, rpc_error, DAEMON_ERROR};
 use crate::engine::{port_label, Engine};
 use crate::rpc::{RpcError, RpcStream, StreamPoll};
@@ -29,10 +31,11 @@ pub const CAPTURE_START_USAGE: &str =
     "{port: string, direction?: string (rx, tx, drop, comma-separated; default rx,tx), \
      count?: u64 (default 1000, at most 1000000), duration_secs?: u64 (default 10, at most \
      600), snaplen?: u32 (default 2048, at most 9216), max_bytes?: u64 (default 64 MiB, at \
-     most 1 GiB)} -> streams a capture.started notification {port, direction, snaplen} \
+     most 1 GiB), match?: string (as trace.start's)} -> streams a capture.started \
+     notification {port, direction, snaplen, match} \
      once armed, then a capture.frame notification {direction, timestamp_ns (Unix), \
      orig_len, data (base64, cut at snaplen), stage?, reason? (drops)} per frame, then \
-     {generation, port, direction, snaplen, frames, bytes, lost, \
+     {generation, port, direction, snaplen, match, frames, bytes, lost, \
      unsent, ended: count|duration|max_bytes}; one capture at a time (-32011 while one runs)";
 
 /// A capture runs already.
@@ -64,6 +67,8 @@ struct StartParams {
     duration_secs: Option<u64>,
     snaplen: Option<usize>,
     max_bytes: Option<u64>,
+    #[serde(rename = "match")]
+    filter: Option<String>,
 }
 
 /// A `capture.start` request, checked.
@@ -81,6 +86,8 @@ pub struct CaptureRequest {
     pub snaplen: usize,
     /// Frame bytes streamed at most.
     pub max_bytes: u64,
+    /// Which frames (as `trace.start`'s `match`); the empty match takes every frame.
+    pub filter: TraceMatch,
 }
 
 /// Parses a direction set: `rx`, `tx`, `drop`, comma-separated, each at most once.
@@ -138,6 +145,10 @@ pub fn parse_request(params: Option<Value>) -> Result<CaptureRequest, RpcError> 
     if !(1..=MAX_BYTES).contains(&max_bytes) {
         return Err(bad("max_bytes", format!("must be 1 to {MAX_BYTES}")));
     }
+    let filter = match p.filter.as_deref() {
+        None => TraceMatch::default(),
+        Some(text) => parse_match(text).map_err(|e| bad("match", e))?,
+    };
     Ok(CaptureRequest {
         port: p.port,
         directions,
@@ -145,6 +156,7 @@ pub fn parse_request(params: Option<Value>) -> Result<CaptureRequest, RpcError> 
         duration: Duration::from_secs(secs),
         snaplen,
         max_bytes,
+        filter,
     })
 }
 
@@ -163,6 +175,7 @@ pub fn open(e: &mut Engine, params: Option<Value>) -> Result<Box<dyn RpcStream>,
         directions: req.directions,
         snaplen: req.snaplen,
         count: req.count,
+        filter: req.filter,
     });
     let capturer = Box::new(capturer);
     let started = e
@@ -288,6 +301,7 @@ impl CaptureStream {
             "port": self.req.port,
             "direction": directions_text(self.req.directions),
             "snaplen": self.req.snaplen,
+            "match": match_text(&self.req.filter),
             "frames": self.frames,
             "bytes": self.bytes,
             "lost": self.reader.lost(),
@@ -305,6 +319,7 @@ impl RpcStream for CaptureStream {
                 "port": self.req.port,
                 "direction": directions_text(self.req.directions),
                 "snaplen": self.req.snaplen,
+                "match": match_text(&self.req.filter),
             });
             emit("capture.started", started);
         }
@@ -372,6 +387,7 @@ mod tests {
                 duration: Duration::from_secs(DEFAULT_DURATION_SECS),
                 snaplen: DEFAULT_SNAPLEN,
                 max_bytes: DEFAULT_MAX_BYTES,
+                filter: TraceMatch::default(),
             }
         );
         let r = parse_request(Some(json!({
@@ -381,6 +397,11 @@ mod tests {
         .unwrap();
         assert_eq!(r.directions, Directions::RX.with(Directions::DROP));
         assert_eq!(directions_text(r.directions), "rx,drop");
+        let r = parse_request(Some(
+            json!({ "port": "vm1", "match": "proto=udp,dst_port=53" }),
+        ))
+        .unwrap();
+        assert_eq!(match_text(&r.filter), "proto=17,dst_port=53");
         for (params, says) in [
             (json!({ "port": "a", "count": 0 }), "count"),
             (json!({ "port": "a", "count": 1_000_001 }), "count"),
@@ -389,6 +410,7 @@ mod tests {
                 "duration_secs",
             ),
             (json!({ "port": "a", "snaplen": 13 }), "snaplen"),
+            (json!({ "port": "a", "match": "colour=blue" }), "match"),
             (json!({ "port": "a", "snaplen": 9217 }), "snaplen"),
             (json!({ "port": "a", "max_bytes": 0 }), "max_bytes"),
             (json!({ "port": "a", "direction": "in" }), "direction"),

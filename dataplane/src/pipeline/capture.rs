@@ -11,6 +11,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::trace::TraceMatch;
 use super::Stage;
 use crate::buf::FramePool;
 use crate::drop::DropReason;
@@ -84,6 +85,9 @@ pub struct CaptureSpec {
     pub snaplen: usize,
     /// Frames taken at most (captured or lost), after which the capture copies nothing.
     pub count: u64,
+    /// Which frames, by their headers as they are where they are copied (as received,
+    /// as sent, as dropped); the empty match takes every frame.
+    pub filter: TraceMatch,
 }
 
 /// Counts a capture shares between the worker and its reader.
@@ -170,6 +174,8 @@ impl Capturer {
         pool: &FramePool,
         select: impl Fn(&Packet) -> Option<(u8, u8)>,
     ) {
+        let filter = self.spec.filter;
+        let select = |p: &Packet| select(p).filter(|_| filter.matches(pool.data(p)));
         let wanted =
             (pkts.iter().filter(|p| select(p).is_some()).count() as u64).min(self.budget) as usize;
         if wanted == 0 {
