@@ -8,6 +8,7 @@ pub mod etcd;
 pub mod frames;
 pub mod harness;
 pub mod neutron_iptables;
+pub mod port_lab;
 pub mod vm_lab;
 
 pub use pollux_testkit::{dhcp, netns, ovs};

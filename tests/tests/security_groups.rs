@@ -6,18 +6,13 @@
 //! nothing, a rule change cuts what it no longer allows, and a port flooding new
 //! connections hits its own quota only. Every frame is accounted for.
 
-use pollux_control::compile::{compile, Compiled, Identities};
-use pollux_control::model::DesiredState;
-use pollux_control::validate::validate;
 use pollux_dataplane::conntrack::ConnConfig;
 use pollux_dataplane::drop::DropReason;
 use pollux_dataplane::pipeline::Stage;
 use pollux_dataplane::secgroup::port_zone;
-use pollux_dataplane::snapshot::Snapshot;
 use pollux_dataplane::worker::WorkerConfig;
-use pollux_drivers::mem::MemPortConfig;
 use pollux_tests::frames::{arp, icmp_echo, internet_checksum, ipv4, tcp, udp, BROADCAST};
-use pollux_tests::harness::{MemSwitch, POOL_FRAMES};
+use pollux_tests::port_lab::{NamedVm, PortLab};
 
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
@@ -202,16 +197,26 @@ port_range_max = 80
     s
 }
 
-struct Sg {
-    sw: MemSwitch,
-    ids: Identities,
-    generation: u64,
+/// The lab, with what only these tests look at.
+struct Sg(PortLab);
+
+impl std::ops::Deref for Sg {
+    type Target = PortLab;
+    fn deref(&self) -> &PortLab {
+        &self.0
+    }
 }
 
-fn compile_state(text: &str, ids: &Identities, generation: u64) -> Compiled {
-    let desired = DesiredState::from_toml_str(text).expect("parses");
-    let valid = validate(&desired).unwrap_or_else(|e| panic!("valid: {e:?}"));
-    compile(&valid, ids, generation).expect("compiles")
+impl std::ops::DerefMut for Sg {
+    fn deref_mut(&mut self) -> &mut PortLab {
+        &mut self.0
+    }
+}
+
+impl NamedVm for Vm {
+    fn name(&self) -> &'static str {
+        self.name
+    }
 }
 
 impl Sg {
@@ -220,81 +225,7 @@ impl Sg {
     }
 
     fn with(text: &str, worker: WorkerConfig) -> Self {
-        let c = compile_state(text, &Identities::default(), 1);
-        let ports: Vec<u16> = c.ports.iter().map(|p| p.id.0).collect();
-        let sw = MemSwitch::with_snapshot(
-            c.snapshot,
-            &ports,
-            worker,
-            MemPortConfig::default(),
-            POOL_FRAMES,
-        );
-        Sg {
-            sw,
-            ids: c.identities,
-            generation: 1,
-        }
-    }
-
-    fn apply(&mut self, text: &str) {
-        self.generation += 1;
-        let c = compile_state(text, &self.ids, self.generation);
-        self.ids = c.identities;
-        self.sw.publish(c.snapshot);
-    }
-
-    fn id(&self, vm: &Vm) -> u16 {
-        self.ids
-            .port(&format!("port:{}", vm.name))
-            .expect("port has an id")
-            .0
-    }
-
-    fn snap(&self) -> std::sync::Arc<Snapshot> {
-        self.sw.publisher.current()
-    }
-
-    /// Sends `frame` from `from`; returns the frames each VM received, by VM name.
-    fn send(&mut self, from: &Vm, frame: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
-        let id = self.id(from);
-        let out = self.sw.exchange(id, frame);
-        let mut got = Vec::new();
-        for vm in VMS {
-            if let Some(frames) = out.get(&self.id(&vm)) {
-                got.extend(frames.iter().map(|f| (vm.name, f.clone())));
-            }
-        }
-        self.sw.assert_conserved();
-        got
-    }
-
-    /// Sends `frame` from `from` and asserts that exactly `to` received it, unchanged.
-    fn passes(&mut self, from: &Vm, to: &Vm, frame: &[u8]) {
-        let got = self.send(from, frame);
-        assert_eq!(
-            got,
-            vec![(to.name, frame.to_vec())],
-            "{} -> {}",
-            from.name,
-            to.name
-        );
-    }
-
-    /// Sends `frame` from `from` and asserts that nothing left and that one more drop was
-    /// counted for `reason` under `stage`.
-    fn refused(&mut self, from: &Vm, frame: &[u8], stage: Stage, reason: DropReason) {
-        let before = self.sw.counters().stage_dropped(stage, reason);
-        let got = self.send(from, frame);
-        assert!(
-            got.is_empty(),
-            "{} sent {reason}: nothing may leave, got {got:?}",
-            from.name
-        );
-        assert_eq!(
-            self.sw.counters().stage_dropped(stage, reason),
-            before + 1,
-            "{stage}/{reason} counted once"
-        );
+        Sg(PortLab::new(text, &VMS.map(|vm| vm.name), worker))
     }
 
     fn hits(&self, group: &str, rule: &str) -> u64 {

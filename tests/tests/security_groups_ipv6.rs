@@ -5,16 +5,14 @@
 //! one, and everything else is dropped with its reason. Addresses: 2001:db8::/32 and
 //! fe80::/10 only.
 
-use pollux_control::compile::{compile, Identities};
 use pollux_control::model::DesiredState;
 use pollux_control::validate::validate;
 use pollux_dataplane::drop::DropReason;
 use pollux_dataplane::pipeline::Stage;
 use pollux_dataplane::wire::ipv6::link_local_from_mac;
 use pollux_dataplane::worker::WorkerConfig;
-use pollux_drivers::mem::MemPortConfig;
 use pollux_tests::frames::{icmpv6, ipv6_frame, transport_checksum6, udp6};
-use pollux_tests::harness::{MemSwitch, POOL_FRAMES};
+use pollux_tests::port_lab::{NamedVm, PortLab};
 
 const SYN: u8 = 0x02;
 const ACK: u8 = 0x10;
@@ -115,83 +113,35 @@ security_groups = ["outsiders"]
 binding = { driver = "mem" }
 "#;
 
-struct Sg {
-    sw: MemSwitch,
-    ids: Identities,
+/// The lab, with what only these tests look at.
+struct Sg(PortLab);
+
+impl std::ops::Deref for Sg {
+    type Target = PortLab;
+    fn deref(&self) -> &PortLab {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Sg {
+    fn deref_mut(&mut self) -> &mut PortLab {
+        &mut self.0
+    }
+}
+
+impl NamedVm for Vm {
+    fn name(&self) -> &'static str {
+        self.name
+    }
 }
 
 impl Sg {
     fn new() -> Self {
-        let desired = DesiredState::from_toml_str(STATE).expect("parses");
-        let valid = validate(&desired).unwrap_or_else(|e| panic!("valid: {e:?}"));
-        let c = compile(&valid, &Identities::default(), 1).expect("compiles");
-        let ports: Vec<u16> = c.ports.iter().map(|p| p.id.0).collect();
-        let sw = MemSwitch::with_snapshot(
-            c.snapshot,
-            &ports,
+        Sg(PortLab::new(
+            STATE,
+            &VMS.map(|vm| vm.name),
             WorkerConfig::default(),
-            MemPortConfig::default(),
-            POOL_FRAMES,
-        );
-        Sg {
-            sw,
-            ids: c.identities,
-        }
-    }
-
-    /// Publishes the state `text` compiled as generation 2.
-    fn apply(&mut self, text: &str) {
-        let desired = DesiredState::from_toml_str(text).expect("parses");
-        let valid = validate(&desired).unwrap_or_else(|e| panic!("valid: {e:?}"));
-        let c = compile(&valid, &self.ids, 2).expect("compiles");
-        self.ids = c.identities;
-        self.sw.publish(c.snapshot);
-    }
-
-    fn id(&self, vm: &Vm) -> u16 {
-        self.ids
-            .port(&format!("port:{}", vm.name))
-            .expect("port has an id")
-            .0
-    }
-
-    fn send(&mut self, from: &Vm, frame: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
-        let id = self.id(from);
-        let out = self.sw.exchange(id, frame);
-        let mut got = Vec::new();
-        for vm in VMS {
-            if let Some(frames) = out.get(&self.id(&vm)) {
-                got.extend(frames.iter().map(|f| (vm.name, f.clone())));
-            }
-        }
-        self.sw.assert_conserved();
-        got
-    }
-
-    fn passes(&mut self, from: &Vm, to: &Vm, frame: &[u8]) {
-        let got = self.send(from, frame);
-        assert_eq!(
-            got,
-            vec![(to.name, frame.to_vec())],
-            "{} -> {}",
-            from.name,
-            to.name
-        );
-    }
-
-    fn refused(&mut self, from: &Vm, frame: &[u8], stage: Stage, reason: DropReason) {
-        let before = self.sw.counters().stage_dropped(stage, reason);
-        let got = self.send(from, frame);
-        assert!(
-            got.is_empty(),
-            "{}: {reason}: nothing may leave, got {got:?}",
-            from.name
-        );
-        assert_eq!(
-            self.sw.counters().stage_dropped(stage, reason),
-            before + 1,
-            "{stage}/{reason} counted once"
-        );
+        ))
     }
 
     fn sessions6(&self) -> usize {

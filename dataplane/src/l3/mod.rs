@@ -645,18 +645,7 @@ impl RouterState {
         };
         // The session is keyed by the packet as it arrived (before any DNAT), so that the
         // next one of the flow finds it; replies come to the gateway's address and port.
-        let reply = FlowKey {
-            zone,
-            proto: key.proto,
-            src: key.dst,
-            dst: external_ip,
-            sport: if key.proto == IpProtocol::ICMP.0 {
-                port
-            } else {
-                key.dport
-            },
-            dport: port,
-        };
+        let reply = FlowKey { zone, ..key }.snat_reply(external_ip, port);
         let owner = u32::from(pkt.in_port.0);
         let id = match cx.conns.insert(original.key, reply, owner, 0, now) {
             Ok(id) => id,
@@ -1021,18 +1010,7 @@ fn planned_snat(
     else {
         return Err(DropReason::NatPortsExhausted);
     };
-    let reply = FlowKey {
-        zone,
-        proto: key.proto,
-        src: key.dst,
-        dst: external_ip,
-        sport: if key.proto == IpProtocol::ICMP.0 {
-            port
-        } else {
-            key.dport
-        },
-        dport: port,
-    };
+    let reply = FlowKey { zone, ..key }.snat_reply(external_ip, port);
     let owner = u32::from(pkt.in_port.0);
     let now = u64::from(cx.now_secs);
     match cx.conns.check_insert(&original.key, &reply, owner, now) {
