@@ -797,27 +797,32 @@ fn now_unix() -> u64 {
 }
 
 fn journal_name(base: u64) -> String {
-    format!("{JOURNAL_PREFIX}{base:0DIGITS$}{JOURNAL_SUFFIX}")
+    numbered(JOURNAL_PREFIX, base, JOURNAL_SUFFIX)
 }
 
 /// The base generation named by `journal-<20 digits>.log`.
 fn parse_journal_name(name: &str) -> Option<u64> {
-    let digits = name
-        .strip_prefix(JOURNAL_PREFIX)?
-        .strip_suffix(JOURNAL_SUFFIX)?;
-    if digits.len() != DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    digits.parse().ok()
+    parse_numbered(name, JOURNAL_PREFIX, JOURNAL_SUFFIX)
 }
 
 fn file_name(generation: u64, suffix: &str) -> String {
-    format!("{PREFIX}{generation:0DIGITS$}{suffix}")
+    numbered(PREFIX, generation, suffix)
 }
 
 /// The generation named by `gen-<20 digits><suffix>`, or `None` for any other name.
 fn parse_name(name: &str, suffix: &str) -> Option<u64> {
-    let digits = name.strip_prefix(PREFIX)?.strip_suffix(suffix)?;
+    parse_numbered(name, PREFIX, suffix)
+}
+
+/// `<prefix><n, zero-padded to 20 digits><suffix>`: the names of the store's files.
+fn numbered(prefix: &str, n: u64, suffix: &str) -> String {
+    format!("{prefix}{n:0DIGITS$}{suffix}")
+}
+
+/// The number of a name [`numbered`] made with `prefix` and `suffix`, or `None` for any
+/// other name.
+fn parse_numbered(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
     if digits.len() != DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
@@ -994,5 +999,8 @@ mod tests {
         assert_eq!(parse_name("gen-7.json", SUFFIX), None);
         assert_eq!(parse_name("gen-99999999999999999999.json", SUFFIX), None);
         assert_eq!(parse_name("gen-0000000000000000000+.json", SUFFIX), None);
+        assert_eq!(journal_name(7), "journal-00000000000000000007.log");
+        assert_eq!(parse_journal_name(&journal_name(7)), Some(7));
+        assert_eq!(parse_journal_name(&file_name(7, SUFFIX)), None);
     }
 }
