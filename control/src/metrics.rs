@@ -256,6 +256,7 @@ impl MetricsSource {
                 sum(&|w| w.neighbors.get()),
                 sum(&|w| w.icmp_errors.get()),
                 sum(&|w| w.icmp_rate_limited.get()),
+                sum(&|w| w.nat_icmp_errors.get()),
                 sum(&|w| w.fragments.get()),
                 sum(&|w| w.originated.get()),
                 sum(&|w| w.consumed.get()),
@@ -315,7 +316,7 @@ struct Scrape {
     overlay: [u64; 3],
     mac_aged: u64,
     /// In [`ROUTER_FAMILIES`] order.
-    router: [u64; 7],
+    router: [u64; 8],
     /// In [`SLOW_PATH_FAMILIES`] order.
     slow_path: [u64; 3],
     /// Per service of the data plane, the frames punted for it.
@@ -343,7 +344,7 @@ const SLOW_PATH_FAMILIES: [(&str, &str); 3] = [
 ];
 
 /// The routers' families: name, help, and whether it is a gauge (else a counter).
-const ROUTER_FAMILIES: [(&str, &str, bool); 7] = [
+const ROUTER_FAMILIES: [(&str, &str, bool); 8] = [
     (
         "pollux_nat_sessions",
         "NAT sessions held now, over all workers.",
@@ -358,6 +359,11 @@ const ROUTER_FAMILIES: [(&str, &str, bool); 7] = [
     (
         "pollux_icmp_rate_limited",
         "ICMP errors not sent because of the rate limit.",
+        false,
+    ),
+    (
+        "pollux_nat_icmp_errors",
+        "ICMP errors about NATed flows translated as their flow (RFC 5508).",
         false,
     ),
     (

@@ -190,6 +190,8 @@ pub struct WorkerCounters {
     pub icmp_errors: Counter,
     /// ICMP errors not sent because of the rate limit.
     pub icmp_rate_limited: Counter,
+    /// ICMP errors about NATed flows translated as their flow (RFC 5508), sent or passed.
+    pub nat_icmp_errors: Counter,
     /// Fragments the routers made.
     pub fragments: Counter,
     /// NAT sessions held now.
@@ -242,6 +244,7 @@ impl WorkerCounters {
             macs: Gauge::default(),
             icmp_errors: Counter::default(),
             icmp_rate_limited: Counter::default(),
+            nat_icmp_errors: Counter::default(),
             fragments: Counter::default(),
             sessions: Gauge::default(),
             neighbors: Gauge::default(),

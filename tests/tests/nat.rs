@@ -1,7 +1,9 @@
 //! SNAT and floating IPs in the router stage, on `mem` ports: what leaves through the
 //! external gateway, what comes back, port collisions, hairpin to a floating IP, per-port
 //! session quotas, and sessions that survive a configuration swap. Every translated packet
-//! is checked field by field, with both checksums recomputed independently.
+//! is checked field by field, with both checksums recomputed independently. ICMP errors
+//! about translated flows, whichever side sends them (a router upstream, a VM, the router
+//! itself), come through translated as their flow (RFC 5508).
 
 use pollux_dataplane::conntrack::ConnConfig;
 use pollux_dataplane::drop::DropReason;
@@ -43,11 +45,17 @@ const VM2_FIP: [u8; 4] = [203, 0, 113, 20];
 const INTERNET: [u8; 4] = [203, 0, 113, 200];
 
 fn config() -> SnapshotBuilder {
+    config_with_tenant_mtu(1500)
+}
+
+/// The topology, with the tenant networks' router interfaces at `mtu` (the external one
+/// stays at 1500).
+fn config_with_tenant_mtu(mtu: u16) -> SnapshotBuilder {
     let iface = |network, ip: [u8; 4], prefix_len| InterfaceSpec {
         network,
         ip: ip.into(),
         prefix_len,
-        mtu: 1500,
+        mtu: if network == NET_EXT { 1500 } else { mtu },
     };
     let mut b = SnapshotBuilder::new();
     b.network(NET_A, Segment::Local)
@@ -85,8 +93,12 @@ fn config() -> SnapshotBuilder {
 }
 
 fn switch_with(conntrack: ConnConfig) -> MemSwitch {
+    switch_of(&config(), conntrack)
+}
+
+fn switch_of(config: &SnapshotBuilder, conntrack: ConnConfig) -> MemSwitch {
     let mut sw = MemSwitch::with(
-        &config(),
+        config,
         &[VM1, VM2, VM3, UPLINK],
         WorkerConfig {
             conntrack,
@@ -376,4 +388,265 @@ fn what_cannot_be_translated_is_dropped_with_a_reason() {
     assert!(sw.exchange(VM1, &frag).is_empty());
     assert_eq!(sw.counters().dropped(DropReason::NatUnsupported), 1);
     sw.assert_conserved();
+}
+
+/// An ICMP error message of `ty` and `code` (the next 4 bytes `rest`) quoting `quoted`.
+fn icmp_error(ty: u8, code: u8, rest: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty, code, 0, 0];
+    m.extend_from_slice(&rest);
+    m.extend_from_slice(quoted);
+    let sum = internet_checksum(&m);
+    m[2..4].copy_from_slice(&sum.to_be_bytes());
+    m
+}
+
+/// The IPv4 packet of an untagged frame, whole.
+fn ip_of(f: &[u8]) -> &[u8] {
+    let total = usize::from(u16::from_be_bytes([f[16], f[17]]));
+    &f[14..14 + total]
+}
+
+/// (source, destination, quoted packet) of the ICMP error in an untagged frame, after
+/// checking its IPv4 header checksum, its ICMP checksum and the quoted header's checksum.
+fn error_of(f: &[u8]) -> ([u8; 4], [u8; 4], Vec<u8>) {
+    let ip = ip_of(f);
+    assert_eq!(internet_checksum(&ip[..20]), 0, "IPv4 header checksum");
+    assert_eq!(ip[9], 1, "ICMP");
+    assert_eq!(internet_checksum(&ip[20..]), 0, "ICMP checksum");
+    let quoted = ip[28..].to_vec();
+    assert_eq!(
+        internet_checksum(&quoted[..20]),
+        0,
+        "quoted header checksum"
+    );
+    let addr = |at: usize| -> [u8; 4] { ip[at..at + 4].try_into().unwrap() };
+    (addr(12), addr(16), quoted)
+}
+
+/// Whether `quoted` is `sent` as it left its sender (the IPv4 header but its TTL and
+/// checksum, which a router on the way changes, and the L4 bytes the quote holds).
+fn quotes(quoted: &[u8], sent: &[u8]) -> bool {
+    let mut a = quoted.to_vec();
+    let mut b = sent[..quoted.len()].to_vec();
+    for p in [&mut a, &mut b] {
+        p[8] = 0;
+        p[10..12].fill(0);
+    }
+    a == b
+}
+
+#[test]
+fn an_error_from_upstream_about_a_snat_flow_reaches_its_host_as_about_its_own_packet() {
+    let mut sw = switch();
+    let sent = udp_from(VM1_MAC, VM1_IP, 40000, INTERNET, 53);
+    let out = one(&sw.exchange(VM1, &sent), UPLINK);
+    let port = flow(&out).2;
+    // The upstream gateway cannot forward it (frag needed, next-hop MTU 1280), and
+    // quotes only the first 8 bytes past the header, as RFC 792 allows.
+    let error = icmp_error(3, 4, [0, 0, 0x05, 0x00], &ip_of(&out)[..28]);
+    let mut back = ipv4(
+        ROUTER_MAC,
+        UPSTREAM_MAC,
+        None,
+        UPSTREAM,
+        ROUTER_EXT,
+        64,
+        1,
+        &error,
+    );
+    tag(&mut back);
+    let f = one(&sw.exchange(UPLINK, &back), VM1);
+    assert_eq!(&f[..6], &VM1_MAC);
+    let (src, dst, quoted) = error_of(&f);
+    assert_eq!(
+        (src, dst),
+        (UPSTREAM, VM1_IP),
+        "to the host, from who sent it"
+    );
+    assert_eq!(quoted.len(), 28);
+    assert!(
+        quotes(&quoted, ip_of(&sent)),
+        "the quote is the host's own packet, UDP checksum included (port {port}):\n{quoted:02x?}\n{:02x?}",
+        &ip_of(&sent)[..28]
+    );
+    assert_eq!(&f[34..36], &[3, 4], "type and code");
+    assert_eq!(&f[38..42], &[0, 0, 0x05, 0x00], "the next-hop MTU is kept");
+    assert_eq!(sw.counters().nat_icmp_errors.get(), 1);
+    assert_eq!(sw.worker.sessions().len(), 1);
+    sw.assert_conserved();
+}
+
+#[test]
+fn an_error_about_an_echo_request_finds_its_session_by_identifier() {
+    let mut sw = switch();
+    let ping = ipv4(
+        ROUTER_MAC,
+        VM1_MAC,
+        None,
+        VM1_IP,
+        INTERNET,
+        64,
+        1,
+        &icmp_echo(false, 0x4242, 1),
+    );
+    let out = one(&sw.exchange(VM1, &ping), UPLINK);
+    // Time exceeded, quoting the whole request as Linux does.
+    let error = icmp_error(11, 0, [0; 4], ip_of(&out));
+    let mut back = ipv4(
+        ROUTER_MAC,
+        UPSTREAM_MAC,
+        None,
+        UPSTREAM,
+        ROUTER_EXT,
+        64,
+        1,
+        &error,
+    );
+    tag(&mut back);
+    let f = one(&sw.exchange(UPLINK, &back), VM1);
+    let (src, dst, quoted) = error_of(&f);
+    assert_eq!((src, dst), (UPSTREAM, VM1_IP));
+    assert!(
+        quotes(&quoted, ip_of(&ping)),
+        "identifier and ICMP checksum restored"
+    );
+    sw.assert_conserved();
+}
+
+#[test]
+fn an_error_from_upstream_about_a_floating_ip_flow_reaches_the_fixed_ip() {
+    let mut sw = switch();
+    let sent = udp_from(VM2_MAC, VM2_IP, 5000, INTERNET, 53);
+    let out = one(&sw.exchange(VM2, &sent), UPLINK);
+    assert_eq!(flow(&out).0, VM2_FIP);
+    let error = icmp_error(3, 3, [0; 4], ip_of(&out));
+    let f = one(
+        &sw.exchange(UPLINK, &from_internet(VM2_FIP, &error, 1)),
+        VM2,
+    );
+    let (src, dst, quoted) = error_of(&f);
+    assert_eq!((src, dst), (INTERNET, VM2_IP));
+    assert!(quotes(&quoted, ip_of(&sent)));
+    assert_eq!(sw.counters().nat_icmp_errors.get(), 1);
+    sw.assert_conserved();
+}
+
+#[test]
+fn a_vm_error_about_a_translated_flow_leaves_as_about_the_packet_that_arrived() {
+    let mut sw = switch();
+    // A reply of VM1's SNAT session, and VM1's port unreachable about it.
+    let out = one(
+        &sw.exchange(VM1, &udp_from(VM1_MAC, VM1_IP, 40000, INTERNET, 53)),
+        UPLINK,
+    );
+    let port = flow(&out).2;
+    let answer = from_internet(
+        ROUTER_EXT,
+        &udp(INTERNET, ROUTER_EXT, 53, port, b"late"),
+        17,
+    );
+    let delivered = one(&sw.exchange(UPLINK, &answer), VM1);
+    let error = icmp_error(3, 3, [0; 4], ip_of(&delivered));
+    let unreachable = ipv4(ROUTER_MAC, VM1_MAC, None, VM1_IP, INTERNET, 64, 1, &error);
+    let f = one(&sw.exchange(VM1, &unreachable), UPLINK);
+    let (src, dst, quoted) = error_of(&f);
+    assert_eq!(
+        (src, dst),
+        (ROUTER_EXT, INTERNET),
+        "from the gateway address"
+    );
+    assert!(
+        quotes(&quoted, &untagged_ip(&answer)),
+        "about the answer as it was sent"
+    );
+
+    // The same for a packet that reached VM2 through its floating IP.
+    let inbound = from_internet(VM2_FIP, &udp(INTERNET, VM2_FIP, 6000, 7000, b"hi"), 17);
+    let delivered = one(&sw.exchange(UPLINK, &inbound), VM2);
+    let error = icmp_error(3, 3, [0; 4], ip_of(&delivered));
+    let unreachable = ipv4(ROUTER_MAC, VM2_MAC, None, VM2_IP, INTERNET, 64, 1, &error);
+    let f = one(&sw.exchange(VM2, &unreachable), UPLINK);
+    let (src, dst, quoted) = error_of(&f);
+    assert_eq!((src, dst), (VM2_FIP, INTERNET), "from the floating IP");
+    assert!(quotes(&quoted, &untagged_ip(&inbound)));
+    assert_eq!(sw.counters().nat_icmp_errors.get(), 2);
+    assert_eq!(sw.counters().dropped(DropReason::NatUnsupported), 0);
+    sw.assert_conserved();
+}
+
+#[test]
+fn the_routers_own_frag_needed_names_the_address_the_sender_used() {
+    // Tenant networks at 1400: a 1450-byte datagram with DF from outside does not fit.
+    let mut sw = switch_of(
+        &config_with_tenant_mtu(1400),
+        ConnConfig::with_capacity(1024),
+    );
+    let big = vec![0x5a; 1450 - 28];
+    let inbound = from_internet(VM2_FIP, &udp(INTERNET, VM2_FIP, 6000, 7000, &big), 17);
+    let f = one(&sw.exchange(UPLINK, &inbound), UPLINK);
+    let (src, dst, quoted) = error_of(&f);
+    assert_eq!((src, dst), (ROUTER_EXT, INTERNET));
+    assert_eq!(&f[34..36], &[3, 4], "fragmentation needed");
+    assert_eq!(&f[40..42], &1400u16.to_be_bytes());
+    assert!(
+        quotes(&quoted, &untagged_ip(&inbound)),
+        "about the floating IP, not the fixed one"
+    );
+    assert_eq!(sw.counters().dropped(DropReason::MtuExceeded), 1);
+
+    // A SNAT session's reply too large for the tenant network.
+    let out = one(
+        &sw.exchange(VM1, &udp_from(VM1_MAC, VM1_IP, 40000, INTERNET, 53)),
+        UPLINK,
+    );
+    let port = flow(&out).2;
+    let answer = from_internet(ROUTER_EXT, &udp(INTERNET, ROUTER_EXT, 53, port, &big), 17);
+    let f = one(&sw.exchange(UPLINK, &answer), UPLINK);
+    let (src, dst, quoted) = error_of(&f);
+    assert_eq!((src, dst), (ROUTER_EXT, INTERNET));
+    assert!(
+        quotes(&quoted, &untagged_ip(&answer)),
+        "about the gateway address and port"
+    );
+    assert_eq!(sw.counters().nat_icmp_errors.get(), 2);
+    sw.assert_conserved();
+}
+
+#[test]
+fn an_error_about_no_flow_of_ours_or_with_a_bad_checksum_is_not_forwarded() {
+    let mut sw = switch();
+    let stranger = ipv4(
+        [0; 6],
+        [0; 6],
+        None,
+        ROUTER_EXT,
+        INTERNET,
+        63,
+        17,
+        &udp(ROUTER_EXT, INTERNET, 33333, 53, b"x"),
+    );
+    let error = icmp_error(3, 3, [0; 4], ip_of(&stranger));
+    assert!(sw
+        .exchange(UPLINK, &from_internet(ROUTER_EXT, &error, 1))
+        .is_empty());
+    assert_eq!(sw.counters().dropped(DropReason::ToRouter), 1);
+
+    let out = one(
+        &sw.exchange(VM1, &udp_from(VM1_MAC, VM1_IP, 40000, INTERNET, 53)),
+        UPLINK,
+    );
+    let mut error = icmp_error(3, 3, [0; 4], ip_of(&out));
+    error[2] ^= 0xff;
+    assert!(sw
+        .exchange(UPLINK, &from_internet(ROUTER_EXT, &error, 1))
+        .is_empty());
+    assert_eq!(sw.counters().dropped(DropReason::ToRouter), 2);
+    assert_eq!(sw.counters().nat_icmp_errors.get(), 0);
+    sw.assert_conserved();
+}
+
+/// The IPv4 packet of a frame that may be tagged.
+fn untagged_ip(f: &[u8]) -> Vec<u8> {
+    let f = pollux_tests::frames::untagged(f);
+    ip_of(&f).to_vec()
 }

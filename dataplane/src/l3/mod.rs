@@ -18,6 +18,7 @@
 
 pub(crate) mod nat;
 mod neighbor;
+mod related;
 
 pub use neighbor::{
     Neighbor, NeighborTable, Resolution, DEFAULT_CAPACITY as DEFAULT_NEIGHBORS, EXPIRE_SECS,
@@ -42,6 +43,7 @@ use crate::wire::{
     ipv4, ArpOperation, ArpPacket, EtherType, EthernetAddress, EthernetFrame, Icmpv4Packet,
     Icmpv4Type, IpProtocol, Ipv4Packet,
 };
+use related::{Crossing, Related};
 
 /// Input port of frames the router makes itself: no port has it, so flooding skips none
 /// and no port's counters are charged for them.
@@ -580,6 +582,24 @@ impl RouterState {
                 inbound
             }
             Err(_) => {
+                let crossing = Crossing::Inbound;
+                match related::translate(cx.conns, routing, now, router, zone, ip, crossing) {
+                    Related::No => {}
+                    Related::Session => {
+                        cx.counters.nat_icmp_errors.inc();
+                        return Inbound {
+                            session: true,
+                            ..Inbound::default()
+                        };
+                    }
+                    Related::Floating => {
+                        cx.counters.nat_icmp_errors.inc();
+                        return Inbound {
+                            dnat: true,
+                            ..Inbound::default()
+                        };
+                    }
+                }
                 // No ports: a floating IP still translates its address 1:1.
                 let p = Ipv4Packet::new_unchecked(&ip[..]);
                 let (src, dst) = (u32::from(p.src_addr()), u32::from(p.dst_addr()));
@@ -616,6 +636,15 @@ impl RouterState {
         let p = Ipv4Packet::new_unchecked(&ip[..]);
         let (src, dst) = (u32::from(p.src_addr()), u32::from(p.dst_addr()));
         let current = nat::flow_key(ip, zone);
+        if current.is_err() {
+            let now = u64::from(now);
+            let crossing = Crossing::Outbound;
+            if related::translate(cx.conns, routing, now, router, zone, ip, crossing) != Related::No
+            {
+                cx.counters.nat_icmp_errors.inc();
+                return Ok(());
+            }
+        }
         if let Some(floating) = routing.floating_of(router, src) {
             match current {
                 Ok(l4) => nat::rewrite(ip, &l4.key, &nat::to_src(&l4.key, floating)),
@@ -835,6 +864,23 @@ impl RouterState {
         let Ok(len) = built else {
             return;
         };
+        if r.external.is_some() {
+            // The packet it quotes may have been translated on its way here (an inbound
+            // reply of a SNAT session, a packet to a floating IP, one translated before
+            // it waited for ARP): the error names it as its sender sent it.
+            let crossing = if routing.interface_on(router, slot) == r.external {
+                Crossing::Outbound
+            } else {
+                Crossing::Inbound
+            };
+            let ip = &mut frame[EthernetFrame::<&[u8]>::HEADER_LEN..len];
+            let now = u64::from(cx.now_secs);
+            if related::translate(cx.conns, routing, now, router, r.uid.0, ip, crossing)
+                != Related::No
+            {
+                counters.nat_icmp_errors.inc();
+            }
+        }
         let Some((id, offset)) = cx.pool.alloc_with(&frame[..len]) else {
             return;
         };

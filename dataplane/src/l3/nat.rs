@@ -4,7 +4,9 @@
 //!
 //! Only what NAT can key is handled: TCP, UDP and ICMP echo (request and reply, keyed by
 //! identifier), unfragmented or the first fragment. [`flow_key`] returns `None` for the
-//! rest; the router stage decides what to do with them.
+//! rest; the router stage decides what to do with them. ICMP errors about such a flow
+//! ([`icmp_error_quote`]) are translated as the flow is, quoted packet and all
+//! ([`translate_icmp_error`]), as RFC 5508 asks of a NAT.
 
 use crate::conntrack::{FlowKey, Rewrite};
 use crate::wire::checksum::{update16, update32};
@@ -37,6 +39,13 @@ const ICMP: u8 = IpProtocol::ICMP.0;
 /// The flow key of the IPv4 packet at the start of `ip` (its header already checked).
 #[inline]
 pub fn flow_key(ip: &[u8], zone: u32) -> Result<L4, Unkeyed> {
+    key_of(ip, zone, true)
+}
+
+/// The flow key of `ip`, with its TCP flags if `flags` (a quoted packet's TCP header may
+/// stop after its first 8 bytes, before the flags).
+#[inline(always)]
+fn key_of(ip: &[u8], zone: u32, flags: bool) -> Result<L4, Unkeyed> {
     let p = Ipv4Packet::new_unchecked(ip);
     if p.frag_offset() != 0 {
         return Err(Unkeyed::Fragment);
@@ -50,7 +59,7 @@ pub fn flow_key(ip: &[u8], zone: u32) -> Result<L4, Unkeyed> {
     };
     let (sport, dport, flags) = match proto {
         TCP => {
-            let flags = word(12)? & 0x01ff;
+            let flags = if flags { word(12)? & 0x01ff } else { 0 };
             (word(0)?, word(2)?, TcpFlags(flags))
         }
         UDP => (word(0)?, word(2)?, TcpFlags(0)),
@@ -101,6 +110,9 @@ pub fn rewrite(ip: &mut [u8], key: &FlowKey, to: &Rewrite) {
         _ => return,
     };
     let Some(old) = l4.get(csum_at..csum_at + 2) else {
+        // The packet quoted in an ICMP error may end before its checksum (its first 8
+        // bytes are all an error must carry): the ports are there all the same.
+        set_ports(l4, key, to);
         return;
     };
     let mut csum = u16::from_be_bytes([old[0], old[1]]);
@@ -176,6 +188,76 @@ pub fn rewrite_addresses(ip: &mut [u8], src: u32, dst: u32) {
     }
     if u32::from(p.dst_addr()) != dst {
         p.set_dst_incremental(dst.into());
+    }
+}
+
+/// ICMP error types a NAT translates: destination unreachable, source quench, time
+/// exceeded, parameter problem (RFC 5508 REQ-3; redirects do not cross a NAT).
+const NAT_ERRORS: [u8; 4] = [3, 4, 11, 12];
+
+/// The packet an ICMP error quotes, as [`icmp_error_quote`] found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quote {
+    /// Offset of the quoted IPv4 header in the error's IPv4 packet.
+    inner: usize,
+    /// End of the ICMP message in the error's IPv4 packet (its total length).
+    end: usize,
+    /// The flow key of the quoted packet (in the zone asked for), as that packet was sent.
+    pub key: FlowKey,
+}
+
+/// The quote of the ICMP error at the start of `ip` (an IPv4 packet whose header is
+/// already checked), when it is an error a NAT translates, whole (not a fragment, its
+/// ICMP checksum right) and quoting a packet NAT could key (see [`flow_key`]); `None`
+/// for anything else.
+pub fn icmp_error_quote(ip: &[u8], zone: u32) -> Option<Quote> {
+    let p = Ipv4Packet::new_unchecked(ip);
+    if p.protocol().0 != ICMP || p.is_fragment() {
+        return None;
+    }
+    let start = p.header_len();
+    let end = usize::from(p.total_len());
+    let icmp = ip.get(start..end)?;
+    if !NAT_ERRORS.contains(icmp.first()?) || icmp.len() < 8 + 20 {
+        return None;
+    }
+    if crate::wire::checksum::checksum(icmp) != 0 {
+        return None;
+    }
+    let inner = start + 8;
+    let quoted = &ip[inner..end];
+    if quoted[0] >> 4 != 4 || usize::from(quoted[0] & 0x0f) * 4 < 20 {
+        return None;
+    }
+    // The quoted header's own checksum and total length are not checked: routers quote
+    // what they got, and the quote is cut short by design.
+    let key = key_of(quoted, zone, false).ok()?.key;
+    Some(Quote { inner, end, key })
+}
+
+/// Rewrites the ICMP error at the start of `ip` (whose quote `quote` is) for a NAT: the
+/// quoted packet to carry `quoted`'s addresses and ports (its IPv4 header checksum and,
+/// where the quote holds it, its L4 checksum patched), the error's own source and
+/// destination to `src` and `dst`, and the ICMP checksum computed again over the message.
+pub fn translate_icmp_error(ip: &mut [u8], quote: &Quote, quoted: &Rewrite, src: u32, dst: u32) {
+    rewrite(&mut ip[quote.inner..quote.end], &quote.key, quoted);
+    rewrite_addresses(ip, src, dst);
+    let start = Ipv4Packet::new_unchecked(&ip[..]).header_len();
+    let icmp = &mut ip[start..quote.end];
+    icmp[2..4].fill(0);
+    let sum = crate::wire::checksum::checksum(icmp);
+    icmp[2..4].copy_from_slice(&sum.to_be_bytes());
+}
+
+/// The translation that undoes `to` on a packet of the opposite direction: what a packet
+/// quoted in an error travelling that way must carry.
+#[inline]
+pub fn mirrored(to: &Rewrite) -> Rewrite {
+    Rewrite {
+        src: to.dst,
+        sport: to.dport,
+        dst: to.src,
+        dport: to.sport,
     }
 }
 
@@ -280,5 +362,80 @@ mod tests {
         assert_eq!(flow_key(&p, 0), Err(Unkeyed::Unsupported));
         let p = packet(TCP, 1, 2, 3, 4);
         assert_eq!(flow_key(&p[..30], 0), Err(Unkeyed::Truncated));
+    }
+
+    /// An IPv4 ICMP error (type `ty`) from `src` to `dst` quoting `quoted`, checksummed.
+    fn error(ty: u8, src: u32, dst: u32, quoted: &[u8]) -> Vec<u8> {
+        let total = 20 + 8 + quoted.len();
+        let mut p = vec![0u8; 28];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+        p[8] = 64;
+        p[9] = ICMP;
+        p[12..16].copy_from_slice(&src.to_be_bytes());
+        p[16..20].copy_from_slice(&dst.to_be_bytes());
+        p[20] = ty;
+        p.extend_from_slice(quoted);
+        let h = checksum::checksum(&p[..20]);
+        p[10..12].copy_from_slice(&h.to_be_bytes());
+        let m = checksum::checksum(&p[20..]);
+        p[22..24].copy_from_slice(&m.to_be_bytes());
+        p
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn a_quote_is_found_and_translated_with_every_checksum_right(
+            proto in proptest::sample::select(vec![TCP, UDP, ICMP]),
+            ty in proptest::sample::select(NAT_ERRORS.to_vec()),
+            (src, dst, sport, dport) in proptest::arbitrary::any::<(u32, u32, u16, u16)>(),
+            (to_src, to_dst, to_sport, to_dport) in proptest::arbitrary::any::<(u32, u32, u16, u16)>(),
+            cut in 0usize..40,
+            outer in proptest::arbitrary::any::<(u32, u32)>(),
+        ) {
+            let sent = packet(proto, src, dst, sport, if proto == ICMP { sport } else { dport });
+            let quoted = &sent[..(28 + cut).min(sent.len())];
+            let mut ip = error(ty, outer.0, outer.1, quoted);
+            let quote = icmp_error_quote(&ip, 3).expect("a quote NAT can key");
+            let key = flow_key(&sent, 3).unwrap().key;
+            proptest::prop_assert_eq!(quote.key, key);
+            let to_dport = if proto == ICMP { to_sport } else { to_dport };
+            let to = Rewrite { src: to_src, sport: to_sport, dst: to_dst, dport: to_dport };
+            translate_icmp_error(&mut ip, &quote, &to, outer.1, outer.0);
+            proptest::prop_assert_eq!(checksum::checksum(&ip[..20]), 0, "outer header");
+            proptest::prop_assert_eq!(checksum::checksum(&ip[20..]), 0, "ICMP message");
+            proptest::prop_assert_eq!(checksum::checksum(&ip[28..48]), 0, "quoted header");
+            proptest::prop_assert_eq!(&ip[12..16], &outer.1.to_be_bytes()[..]);
+            let again = icmp_error_quote(&ip, 3).expect("still a quote");
+            let k = again.key;
+            proptest::prop_assert_eq!((k.src, k.sport, k.dst, k.dport), (to.src, to.sport, to.dst, to.dport));
+            // Where the quote holds the whole datagram, its L4 checksum is right too.
+            if cut >= 40 || quoted.len() == sent.len() {
+                let mut expected = ip[28..].to_vec();
+                fill(&mut expected);
+                proptest::prop_assert_eq!(&ip[28..], &expected[..]);
+            }
+        }
+
+        #[test]
+        fn quotes_are_looked_for_in_arbitrary_bytes_without_panicking(
+            mut data in proptest::collection::vec(proptest::arbitrary::any::<u8>(), 24..120),
+            ty in proptest::sample::select(vec![3u8, 4, 11, 12, 0, 8]),
+        ) {
+            data[0] = 0x45;
+            data[9] = ICMP;
+            data[6..8].fill(0);
+            let total = data.len() as u16;
+            data[2..4].copy_from_slice(&total.to_be_bytes());
+            data[20] = ty;
+            data[22..24].fill(0);
+            let m = checksum::checksum(&data[20..]);
+            data[22..24].copy_from_slice(&m.to_be_bytes());
+            if let Some(quote) = icmp_error_quote(&data, 0) {
+                let to = Rewrite { src: 1, sport: 2, dst: 3, dport: 2 };
+                translate_icmp_error(&mut data, &quote, &to, 4, 5);
+                proptest::prop_assert_eq!(checksum::checksum(&data[20..]), 0);
+            }
+        }
     }
 }
