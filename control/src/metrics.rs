@@ -257,6 +257,7 @@ impl MetricsSource {
                 sum(&|w| w.icmp_errors.get()),
                 sum(&|w| w.icmp_rate_limited.get()),
                 sum(&|w| w.nat_icmp_errors.get()),
+                sum(&|w| w.tcp_resets.get()),
                 sum(&|w| w.fragments.get()),
                 sum(&|w| w.originated.get()),
                 sum(&|w| w.consumed.get()),
@@ -316,7 +317,7 @@ struct Scrape {
     overlay: [u64; 3],
     mac_aged: u64,
     /// In [`ROUTER_FAMILIES`] order.
-    router: [u64; 8],
+    router: [u64; 9],
     /// In [`SLOW_PATH_FAMILIES`] order.
     slow_path: [u64; 3],
     /// Per service of the data plane, the frames punted for it.
@@ -344,7 +345,7 @@ const SLOW_PATH_FAMILIES: [(&str, &str); 3] = [
 ];
 
 /// The routers' families: name, help, and whether it is a gauge (else a counter).
-const ROUTER_FAMILIES: [(&str, &str, bool); 8] = [
+const ROUTER_FAMILIES: [(&str, &str, bool); 9] = [
     (
         "pollux_nat_sessions",
         "NAT sessions held now, over all workers.",
@@ -364,6 +365,11 @@ const ROUTER_FAMILIES: [(&str, &str, bool); 8] = [
     (
         "pollux_nat_icmp_errors",
         "ICMP errors about NATed flows translated as their flow (RFC 5508).",
+        false,
+    ),
+    (
+        "pollux_tcp_resets",
+        "TCP resets the routers sent for segments to their own addresses.",
         false,
     ),
     (

@@ -192,6 +192,8 @@ pub struct WorkerCounters {
     pub icmp_rate_limited: Counter,
     /// ICMP errors about NATed flows translated as their flow (RFC 5508), sent or passed.
     pub nat_icmp_errors: Counter,
+    /// TCP resets the routers sent for segments to their own addresses.
+    pub tcp_resets: Counter,
     /// Fragments the routers made.
     pub fragments: Counter,
     /// NAT sessions held now.
@@ -245,6 +247,7 @@ impl WorkerCounters {
             icmp_errors: Counter::default(),
             icmp_rate_limited: Counter::default(),
             nat_icmp_errors: Counter::default(),
+            tcp_resets: Counter::default(),
             fragments: Counter::default(),
             sessions: Gauge::default(),
             neighbors: Gauge::default(),

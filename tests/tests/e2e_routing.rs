@@ -6,7 +6,9 @@
 //!   namespace b1: eth0 198.18.22.10/24 via .1 ──veth── <P>b1 ┘ router r1 at .1 on each
 //! ```
 //!
-//! (`configs/e2e-router.toml`; network B has MTU 1400.) Checked with the kernel's own
+//! (`configs/e2e-router.toml`; network B has MTU 1400.) The NAT case adds an "internet"
+//! namespace on the external network, which routes on to a "far" host over a 1280-byte
+//! link, for path MTU discovery through SNAT and a floating IP. Checked with the kernel's own
 //! ARP, ping and iperf3 in the namespaces, and with `neighbors.list` and `stats.get` over
 //! the control socket. Needs root and `ip`, `ping`, `iperf3`, `ethtool`, `traceroute`: it
 //! fails, never skips, when any is missing. Everything it makes is removed on every path.
@@ -29,6 +31,10 @@ const NAT_CONFIG: &str = "e2e-router-nat.toml";
 const INTERNET: &str = "203.0.113.1";
 const ROUTER_EXT: &str = "203.0.113.10";
 const B1_FIP: &str = "203.0.113.20";
+/// A host beyond the "internet" namespace, which routes to it over a 1280-byte link: the
+/// kernel there answers larger datagrams with DF with "fragmentation needed" to the
+/// address they came from (the router's gateway address, or a floating IP).
+const FAR: &str = "198.19.99.2";
 
 struct Vm {
     role: &'static str,
@@ -91,6 +97,23 @@ fn lab(internet: bool) -> Topology {
         let switch_if = topo.prefix().ifname("ext").unwrap();
         topo.veth("host", &switch_if, "internet", "eth0").unwrap();
         topo.addr("internet", "eth0", &format!("{INTERNET}/24"))
+            .unwrap();
+        topo.add_ns("far").unwrap();
+        topo.ns("far").unwrap().disable_ipv6().unwrap();
+        topo.veth("internet", "narrow", "far", "eth0").unwrap();
+        for ns in ["internet", "far"] {
+            let ifname = if ns == "far" { "eth0" } else { "narrow" };
+            topo.ns(ns)
+                .unwrap()
+                .ip(&["link", "set", ifname, "mtu", "1280"])
+                .unwrap();
+        }
+        topo.addr("internet", "narrow", "198.19.99.1/24").unwrap();
+        topo.addr("far", "eth0", &format!("{FAR}/24")).unwrap();
+        topo.route("far", "default", "198.19.99.1").unwrap();
+        topo.ns("internet")
+            .unwrap()
+            .sysctl("net.ipv4.ip_forward", "1")
             .unwrap();
     }
     topo
@@ -318,6 +341,31 @@ fn snat_floating_ip_and_hairpin_to_an_internet_namespace() {
         tcp_sessions >= 33,
         "32 streams and the control connection: {sessions}"
     );
+
+    // Path MTU discovery through the NAT: the internet namespace's kernel answers a
+    // 1378-byte datagram with DF for the far host with "fragmentation needed" (MTU 1280)
+    // to the router's gateway address (a1, SNAT) or b1's floating IP; polluxd translates
+    // the error back (RFC 5508), so each VM's kernel learns the path MTU.
+    for vm in [a1, b1] {
+        let out = vm
+            .exec_timeout(
+                "ping",
+                &["-n", "-M", "do", "-s", "1350", "-c", "2", "-W", "2", FAR],
+                Duration::from_secs(10),
+            )
+            .unwrap();
+        let route = vm.ip(&["-4", "route", "get", FAR]).unwrap();
+        assert!(
+            route.contains("mtu 1280"),
+            "{}: the path MTU to {FAR} was not learnt: {route}\n{}{}",
+            vm.name(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Smaller datagrams then get through.
+        let r = ping(vm, FAR, 2, Duration::from_secs(5)).unwrap();
+        assert!(r.all_received(), "{} -> far host: {r:?}", vm.name());
+    }
 
     // The floating IP: reachable from the internet, and b1's own traffic leaves from it.
     let r = ping(internet, B1_FIP, 3, Duration::from_secs(5)).unwrap();

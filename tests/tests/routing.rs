@@ -7,7 +7,9 @@ use pollux_dataplane::l3::{PENDING_PER_NEIGHBOR, PENDING_SECS};
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::routing::{InterfaceSpec, RouteSpec, RouterSpec, RouterUid};
 use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
-use pollux_tests::frames::{arp, icmp_echo, internet_checksum, ipv4, l3_offset, vid_of, BROADCAST};
+use pollux_tests::frames::{
+    arp, icmp_echo, internet_checksum, ipv4, l3_offset, tcp, transport_checksum, vid_of, BROADCAST,
+};
 use pollux_tests::harness::MemSwitch;
 
 const NET_A: NetworkUid = NetworkUid(10);
@@ -198,6 +200,71 @@ fn the_router_answers_pings_to_each_of_its_addresses() {
     let out = sw.exchange(VM1, &udp);
     assert_icmp_error(&only(&out, VM1), &udp, GW_A, 3, 3, 0);
     assert_eq!(sw.counters().dropped(DropReason::ToRouter), 1);
+    sw.assert_conserved();
+}
+
+#[test]
+fn tcp_to_a_router_address_is_refused_with_a_reset_as_linux_does() {
+    let mut sw = switch();
+    // A SYN: RST+ACK acknowledging it, from the address and port it was sent to.
+    let syn = ipv4(
+        ROUTER_MAC,
+        VM1_MAC,
+        None,
+        VM1_IP,
+        GW_A,
+        64,
+        6,
+        &tcp(VM1_IP, GW_A, 40000, 22, 1000, 0, 0x02, 64240, &[]),
+    );
+    let rst = only(&sw.exchange(VM1, &syn), VM1);
+    assert_eq!(
+        rst.len(),
+        54,
+        "Ethernet, IPv4 and TCP headers, nothing more"
+    );
+    assert_eq!(&rst[..6], &VM1_MAC);
+    assert_eq!(&rst[6..12], &ROUTER_MAC);
+    let (ttl, src, dst) = ip_fields(&rst);
+    assert_eq!((ttl, src, dst), (64, GW_A, VM1_IP));
+    assert_eq!(internet_checksum(&rst[14..34]), 0, "IPv4 header checksum");
+    let t = &rst[34..54];
+    assert_eq!(transport_checksum(GW_A, VM1_IP, 6, t), 0, "TCP checksum");
+    assert_eq!(&t[..4], &[0, 22, 0x9c, 0x40], "ports swapped");
+    assert_eq!(&t[4..8], &[0; 4], "sequence 0: the SYN carried no ACK");
+    assert_eq!(&t[8..12], &1001u32.to_be_bytes(), "acknowledges the SYN");
+    assert_eq!(t[13], 0x14, "RST, ACK");
+
+    // A segment with ACK and data: a bare RST at its acknowledgement number.
+    let data = ipv4(
+        ROUTER_MAC,
+        VM1_MAC,
+        None,
+        VM1_IP,
+        GW_B,
+        64,
+        6,
+        &tcp(VM1_IP, GW_B, 40001, 80, 5, 777, 0x18, 64240, b"GET /"),
+    );
+    let rst = only(&sw.exchange(VM1, &data), VM1);
+    let t = &rst[34..54];
+    assert_eq!(transport_checksum(GW_B, VM1_IP, 6, t), 0);
+    assert_eq!((&t[4..8], t[13]), (&777u32.to_be_bytes()[..], 0x04));
+
+    // A reset gets nothing back.
+    let reset = ipv4(
+        ROUTER_MAC,
+        VM1_MAC,
+        None,
+        VM1_IP,
+        GW_A,
+        64,
+        6,
+        &tcp(VM1_IP, GW_A, 40002, 22, 1, 1, 0x14, 0, &[]),
+    );
+    assert!(sw.exchange(VM1, &reset).is_empty());
+    assert_eq!(sw.counters().dropped(DropReason::ToRouter), 1);
+    assert_eq!(sw.counters().tcp_resets.get(), 2);
     sw.assert_conserved();
 }
 

@@ -19,6 +19,7 @@
 pub(crate) mod nat;
 mod neighbor;
 mod related;
+mod reset;
 
 pub use neighbor::{
     Neighbor, NeighborTable, Resolution, DEFAULT_CAPACITY as DEFAULT_NEIGHBORS, EXPIRE_SECS,
@@ -446,14 +447,16 @@ impl RouterState {
             hop.is_some_and(|h| h.own_address)
         };
         if !nat.session && for_router {
+            if protocol == IpProtocol::TCP {
+                return self.tcp_reset(cx, pkt, router_mac);
+            }
             let next = echo_reply(cx.pool, pkt, router_mac);
             // Nothing listens on a router address: a port unreachable ends a UDP traceroute
-            // to it and refuses TCP (Linux would send a RST; the ICMP error has the same
-            // effect on the client), a protocol unreachable refuses the rest. ICMP other than
-            // echo gets nothing, as RFC 1122 asks.
+            // to it, a protocol unreachable refuses the rest (TCP gets a reset, above).
+            // ICMP other than echo gets nothing, as RFC 1122 asks.
             let kind = match protocol {
                 IpProtocol::ICMP => None,
-                IpProtocol::UDP | IpProtocol::TCP => Some(IcmpErrorKind::PortUnreachable),
+                IpProtocol::UDP => Some(IcmpErrorKind::PortUnreachable),
                 _ => Some(IcmpErrorKind::ProtocolUnreachable),
             };
             if let (Next::Drop(DropReason::ToRouter, _), Some(kind)) = (next, kind) {
@@ -835,16 +838,7 @@ impl RouterState {
             return;
         };
         let source = Ipv4Packet::new_checked(ip).map_or(0, |p| u32::from(p.src_addr()));
-        // An explained packet takes no token of the rate limits and no identification:
-        // the error it shows is the one a real packet would make now.
-        let allowed = if cx.dry_run {
-            self.icmp_per_source.would_allow(source, cx.now_ns)
-                && self.icmp_budget.would_allow(cx.now_ns)
-        } else {
-            self.icmp_per_source.allow(source, cx.now_ns) && self.icmp_budget.allow(cx.now_ns)
-        };
-        if !allowed {
-            counters.icmp_rate_limited.inc();
+        if !self.may_answer(cx, source) {
             return;
         }
         let mut frame = [0u8; EthernetFrame::<&[u8]>::HEADER_LEN + icmp_error::MAX_ERROR_LEN];
@@ -890,6 +884,47 @@ impl RouterState {
         let _ = self
             .originated
             .push(originated(id, offset, len, slot, EtherType::IPV4, next));
+    }
+
+    /// Whether the router may answer a packet from `source` with an error (an ICMP error
+    /// or a TCP reset) now: rate limited in all and per source, so that no sender can make
+    /// the router spend its time answering. Counts the refusals.
+    fn may_answer(&mut self, cx: &BurstCtx<'_>, source: u32) -> bool {
+        // An explained packet takes no token of the rate limits: the answer it shows is
+        // the one a real packet would get now.
+        let allowed = if cx.dry_run {
+            self.icmp_per_source.would_allow(source, cx.now_ns)
+                && self.icmp_budget.would_allow(cx.now_ns)
+        } else {
+            self.icmp_per_source.allow(source, cx.now_ns) && self.icmp_budget.allow(cx.now_ns)
+        };
+        if !allowed {
+            cx.counters.icmp_rate_limited.inc();
+        }
+        allowed
+    }
+
+    /// Refuses a TCP segment to a router address with a reset made in its place and sent
+    /// back out of its port, under the same rate limits as ICMP errors.
+    fn tcp_reset(&mut self, cx: &mut BurstCtx<'_>, pkt: &mut Packet, router_mac: u64) -> Next {
+        let l3 = usize::from(pkt.meta.l3_offset);
+        let data = cx.pool.data(pkt);
+        let source = Ipv4Packet::new_checked(&data[l3..]).map_or(0, |p| u32::from(p.src_addr()));
+        if !self.may_answer(cx, source) {
+            return Next::Drop(DropReason::ToRouter, Stage::L3);
+        }
+        let data = cx.pool.data_mut(pkt);
+        let Some(len) = reset::reset_in_place(data, l3) else {
+            return Next::Drop(DropReason::ToRouter, Stage::L3);
+        };
+        let mut eth = EthernetFrame::new_unchecked(&mut data[..]);
+        let peer = eth.src_addr();
+        eth.set_dst_addr(peer);
+        eth.set_src_addr(EthernetAddress::from_u64(router_mac));
+        // The reset is shorter than the segment it replaces; it fits in its frame.
+        pkt.len = len as u16;
+        cx.counters.tcp_resets.inc();
+        Next::Output(pkt.in_port)
     }
 
     /// Broadcasts an ARP request for `target` out of `iface`, from the router.
