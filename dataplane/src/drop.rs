@@ -54,7 +54,7 @@ drop_reasons! {
     MtuExceeded => "mtu_exceeded", "Routed packet larger than the egress MTU.";
     NeighborUnresolved => "neighbor_unresolved", "Next hop did not answer ARP in time.";
     NeighborQueueFull => "neighbor_queue_full", "Too many packets already waiting for ARP.";
-    NatUnsupported => "nat_unsupported", "Needs SNAT but has no ports to translate (a later fragment, ICMP other than echo or an error about a translated flow, another protocol).";
+    NatUnsupported => "nat_unsupported", "Needs SNAT but has no ports to translate (a later fragment whose first was not seen, ICMP other than echo or an error about a translated flow, another protocol).";
     NatPortsExhausted => "nat_ports_exhausted", "No free SNAT port towards that destination.";
     NatTableFull => "nat_table_full", "The worker's NAT session table is full.";
     NatQuotaExceeded => "nat_quota_exceeded", "The sending port already holds its quota of NAT sessions.";

@@ -650,3 +650,83 @@ fn untagged_ip(f: &[u8]) -> Vec<u8> {
     let f = pollux_tests::frames::untagged(f);
     ip_of(&f).to_vec()
 }
+
+/// The two fragments of the IPv4 datagram in `frame` (an untagged frame from `ipv4`):
+/// the first with the first 24 bytes of its payload and MF, the second with the rest at
+/// offset 24, each with its header checksum.
+fn two_fragments(frame: &[u8], ident: u16) -> (Vec<u8>, Vec<u8>) {
+    let (eth, ip) = (&frame[..14], &frame[14..]);
+    let payload = &ip[20..];
+    let part = |data: &[u8], flags_offset: u16| {
+        let mut h = ip[..20].to_vec();
+        h[2..4].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
+        h[4..6].copy_from_slice(&ident.to_be_bytes());
+        h[6..8].copy_from_slice(&flags_offset.to_be_bytes());
+        h[10..12].fill(0);
+        let sum = internet_checksum(&h);
+        h[10..12].copy_from_slice(&sum.to_be_bytes());
+        [eth, &h, data].concat()
+    };
+    (part(&payload[..24], 0x2000), part(&payload[24..], 24 / 8))
+}
+
+#[test]
+fn later_fragments_take_their_first_fragments_translation_both_ways() {
+    let mut sw = switch();
+    let whole = ipv4(
+        ROUTER_MAC,
+        VM1_MAC,
+        None,
+        VM1_IP,
+        INTERNET,
+        64,
+        17,
+        &udp(VM1_IP, INTERNET, 40000, 53, &[0x42; 40]),
+    );
+    let (first, second) = two_fragments(&whole, 0x0bad);
+    let out_first = one(&sw.exchange(VM1, &first), UPLINK);
+    let out_second = one(&sw.exchange(VM1, &second), UPLINK);
+    let port = u16::from_be_bytes([out_first[34], out_first[35]]);
+    for f in [&out_first, &out_second] {
+        assert_eq!(internet_checksum(&f[14..34]), 0);
+        assert_eq!(&f[26..30], &ROUTER_EXT, "from the gateway address");
+        assert_eq!(&f[30..34], &INTERNET);
+        assert_eq!(&f[18..20], &0x0badu16.to_be_bytes(), "identification kept");
+    }
+    // Put back together, the datagram is the translated one, UDP checksum right.
+    let mut l4 = out_first[34..].to_vec();
+    l4.extend_from_slice(&out_second[34..]);
+    assert_eq!(transport_checksum(ROUTER_EXT, INTERNET, 17, &l4), 0);
+
+    // The answer, fragmented by the internet host, reaches VM1 whole.
+    let answer = ipv4(
+        ROUTER_MAC,
+        UPSTREAM_MAC,
+        None,
+        INTERNET,
+        ROUTER_EXT,
+        60,
+        17,
+        &udp(INTERNET, ROUTER_EXT, 53, port, &[0x24; 40]),
+    );
+    let (a1, a2) = two_fragments(&answer, 0x7777);
+    let mut delivered = Vec::new();
+    for mut f in [a1, a2] {
+        tag(&mut f);
+        delivered.push(one(&sw.exchange(UPLINK, &f), VM1));
+    }
+    for f in &delivered {
+        assert_eq!(internet_checksum(&f[14..34]), 0);
+        assert_eq!(&f[30..34], &VM1_IP);
+    }
+    let mut l4 = delivered[0][34..].to_vec();
+    l4.extend_from_slice(&delivered[1][34..]);
+    assert_eq!(transport_checksum(INTERNET, VM1_IP, 17, &l4), 0);
+    assert_eq!(u16::from_be_bytes([l4[2], l4[3]]), 40000);
+
+    // A later fragment whose first fragment never came has nothing to take.
+    let (_, orphan) = two_fragments(&whole, 0x0bae);
+    assert!(sw.exchange(VM1, &orphan).is_empty());
+    assert_eq!(sw.counters().dropped(DropReason::NatUnsupported), 1);
+    sw.assert_conserved();
+}

@@ -56,6 +56,12 @@ use wheel::Wheel;
 pub use snat::{owner_worker, worker_for_external_port, PortRange};
 pub use window::{TcpSegment, Window};
 
+/// Zones of the entries that admit or translate the later fragments of a datagram whose
+/// first fragment passed (same source, destination, protocol and identification), as
+/// conntrack's defragmentation would: the owner's zone (a port's or a router's) with this
+/// bit. Neither a port's zone nor a router's uid (24 bits) has it.
+pub const FRAGMENT_ZONE: u32 = 1 << 30;
+
 const TCP: u8 = IpProtocol::TCP.0;
 const UDP: u8 = IpProtocol::UDP.0;
 const ICMP: u8 = IpProtocol::ICMP.0;

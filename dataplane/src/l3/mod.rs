@@ -572,6 +572,10 @@ impl RouterState {
                 };
                 if let Some((id, dir)) = cx.conns.lookup(&l4.key, now) {
                     if let Some(to) = cx.conns.session(id).rewrite(dir) {
+                        if !cx.dry_run {
+                            let owner = cx.conns.session(id).owner();
+                            remember_fragments(cx.conns, ip, &l4.key, &to, owner, now);
+                        }
                         nat::rewrite(ip, &l4.key, &to);
                     }
                     if !cx.dry_run {
@@ -583,6 +587,21 @@ impl RouterState {
                     inbound.dnat = true;
                 }
                 inbound
+            }
+            Err(nat::Unkeyed::Fragment) => {
+                // A later fragment of a datagram whose first fragment a session translated
+                // takes the same addresses (it has no ports to translate).
+                let key = nat::later_fragment_key(ip, zone);
+                if let Some((id, dir)) = cx.conns.lookup(&key, now) {
+                    if let Some(to) = cx.conns.session(id).rewrite(dir) {
+                        nat::rewrite_addresses(ip, to.src, to.dst);
+                    }
+                    return Inbound {
+                        session: true,
+                        ..Inbound::default()
+                    };
+                }
+                floating_one_to_one(routing, router, ip)
             }
             Err(_) => {
                 let crossing = Crossing::Inbound;
@@ -603,15 +622,7 @@ impl RouterState {
                         };
                     }
                 }
-                // No ports: a floating IP still translates its address 1:1.
-                let p = Ipv4Packet::new_unchecked(&ip[..]);
-                let (src, dst) = (u32::from(p.src_addr()), u32::from(p.dst_addr()));
-                let mut inbound = Inbound::default();
-                if let Some(fixed) = routing.fixed_of(router, dst) {
-                    nat::rewrite_addresses(ip, src, fixed);
-                    inbound.dnat = true;
-                }
-                inbound
+                floating_one_to_one(routing, router, ip)
             }
         }
     }
@@ -687,6 +698,7 @@ impl RouterState {
             }
         };
         if let Some(to) = cx.conns.session(id).rewrite(Dir::Original) {
+            remember_fragments(cx.conns, ip, &original.key, &to, owner, now);
             nat::rewrite(ip, &key, &to);
         }
         cx.conns
@@ -984,6 +996,41 @@ pub(crate) fn answer_arp_in_place(data: &mut [u8], l3: usize, own: EthernetAddre
     let mut eth = EthernetFrame::new_unchecked(data);
     eth.set_dst_addr(asker_mac);
     eth.set_src_addr(own);
+}
+
+/// Destination NAT of a packet without ports (a later fragment, ICMP other than echo): a
+/// floating IP still translates its address 1:1.
+fn floating_one_to_one(routing: &crate::routing::Routing, router: u16, ip: &mut [u8]) -> Inbound {
+    let p = Ipv4Packet::new_unchecked(&ip[..]);
+    let (src, dst) = (u32::from(p.src_addr()), u32::from(p.dst_addr()));
+    let mut inbound = Inbound::default();
+    if let Some(fixed) = routing.fixed_of(router, dst) {
+        nat::rewrite_addresses(ip, src, fixed);
+        inbound.dnat = true;
+    }
+    inbound
+}
+
+/// When the packet at the start of `ip` (flow key `arrived`, as it arrived) is the first
+/// fragment of a datagram that a session translates by `to`, remembers the translation for
+/// its later fragments, which carry no ports (conntrack reassembles; this is VPP's shallow
+/// virtual reassembly without the buffering: a later fragment that comes before its
+/// first is `nat_unsupported`). The entry is charged to `owner` and lives as a session of
+/// the protocol; a full table only costs the later fragments.
+#[inline]
+fn remember_fragments(
+    conns: &mut crate::conntrack::ConnTable,
+    ip: &[u8],
+    arrived: &FlowKey,
+    to: &crate::conntrack::Rewrite,
+    owner: u32,
+    now: u64,
+) {
+    let Some(ident) = nat::first_fragment(ip) else {
+        return;
+    };
+    let key = nat::fragment_key(arrived, ident);
+    let _ = conns.insert(key, nat::fragment_reply(&key, to), owner, 0, now);
 }
 
 /// What destination NAT did to a packet.

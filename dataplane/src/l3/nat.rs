@@ -8,7 +8,7 @@
 //! ([`icmp_error_quote`]) are translated as the flow is, quoted packet and all
 //! ([`translate_icmp_error`]), as RFC 5508 asks of a NAT.
 
-use crate::conntrack::{FlowKey, Rewrite};
+use crate::conntrack::{FlowKey, Rewrite, FRAGMENT_ZONE};
 use crate::wire::checksum::{update16, update32};
 use crate::wire::{Icmpv4Type, IpProtocol, Ipv4Packet, TcpFlags};
 
@@ -188,6 +188,58 @@ pub fn rewrite_addresses(ip: &mut [u8], src: u32, dst: u32) {
     }
     if u32::from(p.dst_addr()) != dst {
         p.set_dst_incremental(dst.into());
+    }
+}
+
+/// The key of the fragment entry that translates the later fragments of the datagram
+/// whose first fragment has flow key `key` (as it arrived) and identification `ident`:
+/// later fragments carry no ports, only the addresses, protocol and identification.
+#[inline]
+pub fn fragment_key(key: &FlowKey, ident: u16) -> FlowKey {
+    FlowKey {
+        zone: key.zone | FRAGMENT_ZONE,
+        proto: key.proto,
+        src: key.src,
+        dst: key.dst,
+        sport: ident,
+        dport: 0,
+    }
+}
+
+/// The fragment key of the later fragment at the start of `ip` (its header checked).
+#[inline]
+pub fn later_fragment_key(ip: &[u8], zone: u32) -> FlowKey {
+    let p = Ipv4Packet::new_unchecked(ip);
+    let key = FlowKey {
+        zone,
+        proto: p.protocol().0,
+        src: u32::from(p.src_addr()),
+        dst: u32::from(p.dst_addr()),
+        sport: 0,
+        dport: 0,
+    };
+    fragment_key(&key, p.ident())
+}
+
+/// The identification of the packet at the start of `ip` if it is a first fragment (more
+/// fragments follow it), whose translation its later fragments must find.
+#[inline]
+pub fn first_fragment(ip: &[u8]) -> Option<u16> {
+    let p = Ipv4Packet::new_unchecked(ip);
+    (p.more_frags() && p.frag_offset() == 0).then(|| p.ident())
+}
+
+/// The reply key of a fragment entry whose datagram is translated by `to`: unique per
+/// translated flow (the translated source port is in it), never looked up.
+#[inline]
+pub fn fragment_reply(fragment: &FlowKey, to: &Rewrite) -> FlowKey {
+    FlowKey {
+        zone: fragment.zone,
+        proto: fragment.proto,
+        src: to.dst,
+        dst: to.src,
+        sport: to.sport,
+        dport: fragment.sport,
     }
 }
 

@@ -31,7 +31,9 @@
 
 pub mod classifier;
 
-use crate::conntrack::{ConnKey, ConnTable, Dir, FlowKey, FlowKey6, InsertError, TcpSegment};
+use crate::conntrack::{
+    ConnKey, ConnTable, Dir, FlowKey, FlowKey6, InsertError, TcpSegment, FRAGMENT_ZONE,
+};
 use crate::counters::Counter;
 use crate::drop::DropReason;
 use crate::packet::{Meta, Next, Packet};
@@ -46,11 +48,6 @@ pub use classifier::{AddressSet, RuleSet, SgAddr, SgRemote, SgRule};
 /// Zones of security-group connections have this bit; NAT zones (router uids, 24 bits)
 /// never do.
 pub const PORT_ZONE: u32 = 1 << 31;
-
-/// Zones of the fragment entries of a port: a first fragment that passed lets the later
-/// fragments of its datagram (same source, destination, protocol and identification)
-/// pass, as conntrack's defragmentation would.
-const FRAGMENT_ZONE: u32 = 1 << 30;
 
 /// The conntrack zone of a port's security-group connections.
 #[inline]
