@@ -367,6 +367,21 @@ fn snat_floating_ip_and_hairpin_to_an_internet_namespace() {
         assert!(r.all_received(), "{} -> far host: {r:?}", vm.name());
     }
 
+    // Fragmented datagrams through SNAT: a 3028-byte echo request leaves a1 as three
+    // fragments, and its reply comes back as three; the later ones carry no identifier.
+    let out = a1
+        .exec_timeout(
+            "ping",
+            &["-n", "-s", "3000", "-c", "2", "-W", "2", INTERNET],
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains("2 received"),
+        "fragmented pings through SNAT:\n{summary}"
+    );
+
     // The floating IP: reachable from the internet, and b1's own traffic leaves from it.
     let r = ping(internet, B1_FIP, 3, Duration::from_secs(5)).unwrap();
     assert!(r.all_received(), "internet -> b1's floating IP: {r:?}");
