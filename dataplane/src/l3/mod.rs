@@ -112,6 +112,8 @@ struct BurstCache {
     route: Option<(u16, u32, Option<NextHop>)>,
     /// `(network uid, next-hop address)` → its MAC (only resolved, fresh entries).
     neighbor: Option<(NetworkUid, u32, u64)>,
+    /// `(network slot, MAC)` → the port a routed frame to it leaves by (`None`: flooded).
+    egress: Option<(u16, u64, Option<PortId>)>,
 }
 
 impl BurstCache {
@@ -237,6 +239,8 @@ impl RouterState {
     /// too long (all of them with `all`) with an ICMP host unreachable to their senders, and
     /// ages neighbours.
     pub fn housekeeping(&mut self, cx: &mut BurstCtx<'_>, budget: usize, all: bool) {
+        // Between bursts: what the last burst cached may be stale now.
+        self.cache = BurstCache::default();
         let counters = cx.counters;
         let now = cx.now_secs;
         self.neighbors.age(now, budget);
@@ -301,8 +305,10 @@ impl RouterState {
             let routing = snap.routing();
             match routing.interface(interface) {
                 Some(iface) => {
-                    let iface = *iface;
-                    pkt.meta.next = self.send(cx, &mut pkt, &iface, mac);
+                    let router_mac = routing
+                        .router(iface.router)
+                        .map_or(0, |r| mac_to_u64(r.mac));
+                    pkt.meta.next = self.send(cx, &mut pkt, iface, router_mac, mac);
                     if pkt.meta.next != Next::Consumed {
                         let _ = self.originated.push(pkt);
                     }
@@ -439,7 +445,11 @@ impl RouterState {
             }
             _ => Inbound::default(),
         };
-        let dst = u32::from(Ipv4Packet::new_unchecked(&cx.pool.data(pkt)[l3..]).dst_addr());
+        let dst = if nat.session || nat.dnat {
+            u32::from(Ipv4Packet::new_unchecked(&cx.pool.data(pkt)[l3..]).dst_addr())
+        } else {
+            arrived_dst
+        };
         let for_router = if dst == arrived_dst {
             arrived_for_router
         } else {
@@ -479,7 +489,7 @@ impl RouterState {
             self.icmp_error(cx, pkt, router, kind);
             return Next::Drop(DropReason::NoRoute, Stage::L3);
         };
-        let Some(iface) = routing.interface(hop.interface).copied() else {
+        let Some(iface) = routing.interface(hop.interface) else {
             return Next::Drop(DropReason::NoRoute, Stage::L3);
         };
         if total_len > iface.mtu && dont_frag {
@@ -499,7 +509,6 @@ impl RouterState {
                 return Next::Drop(reason, Stage::L3);
             }
         }
-        Ipv4Packet::new_unchecked(&mut cx.pool.data_mut(pkt)[l3..]).decrement_ttl();
         let target = if hop.gateway == 0 { dst } else { hop.gateway };
         let resolution = match self.cache.neighbor {
             Some((uid, ip, mac)) if uid == iface.network_uid && ip == target => Resolution {
@@ -518,10 +527,10 @@ impl RouterState {
             }
         };
         if resolution.request {
-            self.request(cx, &iface, router_mac, target);
+            self.request(cx, iface, router_mac, target);
         }
         match resolution.mac {
-            Some(mac) => self.send(cx, pkt, &iface, mac),
+            Some(mac) => self.send(cx, pkt, iface, router_mac, mac),
             None if cx.dry_run => {
                 // It would wait for the answer to an ARP request; nothing waits for an
                 // explained packet.
@@ -715,28 +724,27 @@ impl RouterState {
         cx: &mut BurstCtx<'_>,
         pkt: &mut Packet,
         iface: &Interface,
+        router_mac: u64,
         mac: u64,
     ) -> Next {
-        let snap = cx.snap;
         let counters = cx.counters;
-        let router_mac = snap
-            .routing()
-            .router(iface.router)
-            .map_or(0, |r| mac_to_u64(r.mac));
         let l3 = usize::from(pkt.meta.l3_offset);
+        // The TTL is decremented here, once the packet leaves (not while it waits for ARP),
+        // with the one write access that also rewrites its MACs.
+        let data = cx.pool.data_mut(pkt);
+        Ipv4Packet::new_unchecked(&mut data[l3..]).decrement_ttl();
         // The frame bounds the datagram (its total length was checked against it), so a
         // frame that fits needs no second look at the header.
         let fits = |len: usize| len <= usize::from(iface.mtu);
-        if fits(usize::from(pkt.len).saturating_sub(l3))
+        if fits(data.len().saturating_sub(l3))
             || fits(
-                cx.pool
-                    .data(pkt)
-                    .get(l3..)
+                data.get(l3..)
                     .and_then(|b| Ipv4Packet::new_checked(b).ok())
                     .map_or(0, |ip| usize::from(ip.total_len())),
             )
         {
-            return rewrite(cx, pkt, iface, router_mac, mac);
+            set_macs(data, router_mac, mac);
+            return self.egress(cx, pkt, iface, mac);
         }
         let next = self.fragment(cx, pkt, iface, router_mac, mac);
         if let Next::Drop(..) = next {
@@ -745,6 +753,40 @@ impl RouterState {
         cx.pool.free(pkt.frame);
         counters.consumed.inc();
         next
+    }
+
+    /// Puts a routed packet (addressed to `mac`) on `iface`'s network and picks its port as
+    /// the L2 stage would there. The choice is remembered for the rest of the burst: the L2
+    /// stage has learnt what it will from this burst before the router runs, so it cannot
+    /// change until the next one.
+    #[inline(always)]
+    fn egress(
+        &mut self,
+        cx: &mut BurstCtx<'_>,
+        pkt: &mut Packet,
+        iface: &Interface,
+        mac: u64,
+    ) -> Next {
+        let slot = iface.network;
+        pkt.meta.network = slot;
+        pkt.meta.flags |= Meta::ROUTED;
+        let port = match self.cache.egress {
+            Some((s, m, port)) if s == slot && m == mac => port,
+            _ => {
+                let snap = cx.snap;
+                let port = snap.static_mac(slot, mac).or_else(|| {
+                    cx.macs
+                        .lookup(slot, iface.network_uid, mac)
+                        .filter(|&p| snap.port_serves(p, slot))
+                });
+                self.cache.egress = Some((slot, mac, port));
+                port
+            }
+        };
+        match port {
+            Some(p) => Next::Output(p),
+            None => Next::Flood,
+        }
     }
 
     /// Splits a routed packet into fragments of `iface`'s MTU, each in a new frame addressed
@@ -810,7 +852,8 @@ impl RouterState {
             return Next::Drop(DropReason::NoBuffers, Stage::L3);
         }
         for p in &mut made[..n] {
-            p.meta.next = rewrite(cx, p, iface, router_mac, mac);
+            set_macs(cx.pool.data_mut(p), router_mac, mac);
+            p.meta.next = self.egress(cx, p, iface, mac);
             counters.originated.inc();
             let _ = self.originated.push(*p);
         }
@@ -1044,32 +1087,12 @@ struct Inbound {
     original: Option<nat::L4>,
 }
 
-/// Points a routed packet at `mac` through `iface` and picks its port as the L2 stage
-/// would on the egress network.
+/// Addresses a routed frame to `mac`, from the router.
 #[inline(always)]
-fn rewrite(
-    cx: &mut BurstCtx<'_>,
-    pkt: &mut Packet,
-    iface: &Interface,
-    router_mac: u64,
-    mac: u64,
-) -> Next {
-    let snap = cx.snap;
-    let mut eth = EthernetFrame::new_unchecked(cx.pool.data_mut(pkt));
+fn set_macs(frame: &mut [u8], router_mac: u64, mac: u64) {
+    let mut eth = EthernetFrame::new_unchecked(frame);
     eth.set_dst_addr(EthernetAddress::from_u64(mac));
     eth.set_src_addr(EthernetAddress::from_u64(router_mac));
-    let slot = iface.network;
-    pkt.meta.network = slot;
-    pkt.meta.flags |= Meta::ROUTED;
-    let port = snap.static_mac(slot, mac).or_else(|| {
-        cx.macs
-            .lookup(slot, iface.network_uid, mac)
-            .filter(|&p| snap.port_serves(p, slot))
-    });
-    match port {
-        Some(p) => Next::Output(p),
-        None => Next::Flood,
-    }
 }
 
 /// Answers an ICMP echo request to a router address in place; anything else addressed to
