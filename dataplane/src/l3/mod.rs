@@ -114,6 +114,10 @@ struct BurstCache {
     neighbor: Option<(NetworkUid, u32, u64)>,
     /// `(network slot, MAC)` → the port a routed frame to it leaves by (`None`: flooded).
     egress: Option<(u16, u64, Option<PortId>)>,
+    /// The NAT session the last translated flow key hit, and its direction. Within a burst
+    /// (one clock reading) the router removes no live session: an insert only forgets
+    /// sessions already expired at that reading, which a lookup never returns.
+    session: Option<(FlowKey, crate::conntrack::SessionId, Dir)>,
 }
 
 impl BurstCache {
@@ -579,7 +583,17 @@ impl RouterState {
                     original: Some(l4),
                     ..Inbound::default()
                 };
-                if let Some((id, dir)) = cx.conns.lookup(&l4.key, now) {
+                let hit = match self.cache.session {
+                    Some((key, id, dir)) if key == l4.key => Some((id, dir)),
+                    _ => {
+                        let hit = cx.conns.lookup(&l4.key, now);
+                        if let Some((id, dir)) = hit {
+                            self.cache.session = Some((l4.key, id, dir));
+                        }
+                        hit
+                    }
+                };
+                if let Some((id, dir)) = hit {
                     if let Some(to) = cx.conns.session(id).rewrite(dir) {
                         if !cx.dry_run {
                             let owner = cx.conns.session(id).owner();

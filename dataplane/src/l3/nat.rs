@@ -9,7 +9,7 @@
 //! ([`translate_icmp_error`]), as RFC 5508 asks of a NAT.
 
 use crate::conntrack::{FlowKey, Rewrite, FRAGMENT_ZONE};
-use crate::wire::checksum::{update16, update32};
+use crate::wire::checksum::{apply, delta16, delta32};
 use crate::wire::{Icmpv4Type, IpProtocol, Ipv4Packet, TcpFlags};
 
 /// What the router needs to know of a packet's L4 header.
@@ -92,21 +92,27 @@ fn key_of(ip: &[u8], zone: u32, flags: bool) -> Result<L4, Unkeyed> {
 /// identifier). A UDP checksum of zero (none) stays zero.
 #[inline]
 pub fn rewrite(ip: &mut [u8], key: &FlowKey, to: &Rewrite) {
+    // Every changed field's difference is summed, then each checksum is patched once.
+    let addresses = delta32(key.src, to.src) + delta32(key.dst, to.dst);
     let mut p = Ipv4Packet::new_unchecked(&mut ip[..]);
-    if to.src != key.src {
-        p.set_src_incremental(to.src.into());
-    }
-    if to.dst != key.dst {
-        p.set_dst_incremental(to.dst.into());
-    }
+    p.set_src_addr(to.src.into());
+    p.set_dst_addr(to.dst.into());
+    p.set_checksum(apply(p.checksum(), addresses));
     let header_len = p.header_len();
     let Some(l4) = ip.get_mut(header_len..) else {
         return;
     };
-    let (csum_at, addresses_covered) = match key.proto {
-        TCP => (16, true),
-        UDP => (6, true),
-        ICMP => (2, false),
+    let (csum_at, ports) = match key.proto {
+        TCP => (
+            16,
+            addresses + delta16(key.sport, to.sport) + delta16(key.dport, to.dport),
+        ),
+        UDP => (
+            6,
+            addresses + delta16(key.sport, to.sport) + delta16(key.dport, to.dport),
+        ),
+        // ICMP covers no pseudo-header; the identifier is one field at offset 4.
+        ICMP => (2, delta16(key.sport, to.sport)),
         _ => return,
     };
     let Some(old) = l4.get(csum_at..csum_at + 2) else {
@@ -115,23 +121,13 @@ pub fn rewrite(ip: &mut [u8], key: &FlowKey, to: &Rewrite) {
         set_ports(l4, key, to);
         return;
     };
-    let mut csum = u16::from_be_bytes([old[0], old[1]]);
+    let csum = u16::from_be_bytes([old[0], old[1]]);
     if key.proto == UDP && csum == 0 {
         // No checksum: only the ports change.
         set_ports(l4, key, to);
         return;
     }
-    if addresses_covered {
-        csum = update32(csum, key.src, to.src);
-        csum = update32(csum, key.dst, to.dst);
-    }
-    if key.proto == ICMP {
-        // The identifier is one field at offset 4, whichever direction.
-        csum = update16(csum, key.sport, to.sport);
-    } else {
-        csum = update16(csum, key.sport, to.sport);
-        csum = update16(csum, key.dport, to.dport);
-    }
+    let mut csum = apply(csum, ports);
     if key.proto == UDP && csum == 0 {
         // RFC 768: a computed zero is sent as all ones.
         csum = 0xffff;

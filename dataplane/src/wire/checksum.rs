@@ -6,13 +6,14 @@
 
 use std::net::Ipv4Addr;
 
-/// Folds a wide one's-complement accumulator into 16 bits.
+/// Folds a wide one's-complement accumulator into 16 bits, without a loop: 64 → 33 →
+/// 18 → 17 bits, then one last carry.
 #[inline]
-pub fn fold(mut acc: u64) -> u16 {
-    while acc > 0xffff {
-        acc = (acc >> 16) + (acc & 0xffff);
-    }
-    acc as u16
+pub fn fold(acc: u64) -> u16 {
+    let a = (acc >> 32) + (acc & 0xffff_ffff);
+    let a = (a >> 16) + (a & 0xffff);
+    let a = (a >> 16) + (a & 0xffff);
+    ((a >> 16) + (a & 0xffff)) as u16
 }
 
 /// One's-complement sum of `data` as big-endian 16-bit words; an odd last byte is padded
@@ -106,6 +107,31 @@ pub fn update16(old_csum: u16, old: u16, new: u16) -> u16 {
     !fold(u64::from(!old_csum) + u64::from(!old) + u64::from(new))
 }
 
+/// What changing one 16-bit word from `old` to `new` adds to a checksum's complement
+/// (`~m + m'` of RFC 1624 eqn. 3), to be summed with other changes and applied once by
+/// [`apply`].
+#[inline(always)]
+pub fn delta16(old: u16, new: u16) -> u64 {
+    u64::from(!old) + u64::from(new)
+}
+
+/// [`delta16`] for an aligned 32-bit field, such as an IPv4 address.
+#[inline(always)]
+pub fn delta32(old: u32, new: u32) -> u64 {
+    u64::from(!(old >> 16) as u16)
+        + u64::from(!old as u16)
+        + (u64::from(new) >> 16)
+        + u64::from(new & 0xffff)
+}
+
+/// The checksum `csum` after the changes summed in `delta` (from [`delta16`] and
+/// [`delta32`]): one fold for any number of changed fields, the same result as applying
+/// [`update16`]/[`update32`] one by one.
+#[inline(always)]
+pub fn apply(csum: u16, delta: u64) -> u16 {
+    !fold(u64::from(!csum) + delta)
+}
+
 /// [`update16`] for an aligned 32-bit field, such as an IPv4 address.
 #[inline]
 pub fn update32(old_csum: u16, old: u32, new: u32) -> u16 {
@@ -180,6 +206,25 @@ mod tests {
     }
 
     proptest! {
+        #[test]
+        fn fold_matches_the_loop(acc in any::<u64>()) {
+            let mut slow = acc;
+            while slow > 0xffff {
+                slow = (slow >> 16) + (slow & 0xffff);
+            }
+            prop_assert_eq!(fold(acc), slow as u16);
+        }
+
+        #[test]
+        fn deltas_applied_at_once_equal_updates_one_by_one(
+            csum in any::<u16>(),
+            a in any::<(u32, u32)>(),
+            b in any::<(u16, u16)>(),
+        ) {
+            let one_by_one = update16(update32(csum, a.0, a.1), b.0, b.1);
+            prop_assert_eq!(apply(csum, delta32(a.0, a.1) + delta16(b.0, b.1)), one_by_one);
+        }
+
         #[test]
         fn sum20_matches_sum(header in proptest::array::uniform20(any::<u8>())) {
             prop_assert_eq!(sum20(&header), sum(&header));
