@@ -699,6 +699,8 @@ fn object_method_name(c: Collection, put: bool) -> &'static str {
         (Collection::FloatingIps, false) => "floating_ips.delete",
         (Collection::SecurityGroups, true) => "security_groups.put",
         (Collection::SecurityGroups, false) => "security_groups.delete",
+        (Collection::AddressGroups, true) => "address_groups.put",
+        (Collection::AddressGroups, false) => "address_groups.delete",
         (Collection::QosPolicies, true) => "qos_policies.put",
         (Collection::QosPolicies, false) => "qos_policies.delete",
     }
