@@ -14,13 +14,14 @@ use serde_json::{Map, Value};
 
 /// The collections the driver writes, in the order a whole state lists them (the order
 /// matters only to error paths: validation is of the whole state).
-pub const COLLECTIONS: [&str; 6] = [
+pub const COLLECTIONS: [&str; 7] = [
     "networks",
     "subnets",
     "ports",
     "routers",
     "floating_ips",
     "security_groups",
+    "address_groups",
 ];
 
 /// The prefix under which `host`'s objects live, with its trailing `/`.
@@ -159,6 +160,14 @@ mod tests {
         assert_eq!(singular("ports"), "port");
         assert_eq!(singular("floating_ips"), "floating_ip");
         assert_eq!(singular("security_groups"), "security_group");
+        assert_eq!(singular("address_groups"), "address_group");
+        assert_eq!(
+            parse_key(&p, "/pollux/hosts/compute-1/address_groups/sg-members:4f1c"),
+            Some(ObjectKey {
+                collection: "address_groups",
+                id: "sg-members:4f1c".into()
+            })
+        );
     }
 
     #[test]

@@ -3,21 +3,33 @@ and writes each host's networks, subnets and ports into etcd after Neutron commi
 them (postcommit), under the keys translate.py names.
 
 A network and its subnets go to every host that has a served port on the network;
-a host's last port leaving the network takes them away there. What this driver does
-not see or cannot express yet (routers, floating IPs, security group rules, QoS) is
-not written; what it writes carries every field Pollux enforces, so an unsupported
-one is refused by polluxd and logged by the agent, never silently dropped.
+a host's last port leaving the network takes them away there. A host gets the security
+groups of its ports that have port security, and for every group their rules name as a
+remote group an address group of that group's members on every host (see translate);
+Neutron's security group callbacks (a rule created or deleted, a group updated) and
+every port change that moves a group's membership rewrite them where they are held.
+Objects a port refers to are written before the port and removed after it, so that the
+agent, which applies the keys in revision order, never applies a dangling reference.
+
+What this driver does not see or cannot express yet (routers, floating IPs, QoS,
+Neutron's address groups) is not written; what it writes carries every field Pollux
+enforces, so an unsupported one is refused by polluxd and logged by the agent, never
+silently dropped.
 
 Not yet: a journal (a postcommit write that fails while etcd is away is logged and
 lost until the resource changes again), routers and floating IPs (an L3 service
-plugin), security group callbacks, l2population.
+plugin), l2population.
 """
 
 import json
 
 from etcd3gw.client import Etcd3Client
 from neutron_lib.api.definitions import portbindings
+from neutron_lib.callbacks import events
+from neutron_lib.callbacks import registry
+from neutron_lib.callbacks import resources
 from neutron_lib import constants as n_const
+from neutron_lib.db import api as db_api
 from neutron_lib.plugins import directory
 from neutron_lib.plugins.ml2 import api
 from oslo_config import cfg
@@ -37,6 +49,9 @@ OPTS = [
 cfg.CONF.register_opts(OPTS, 'ml2_pollux')
 
 SUPPORTED_NETWORK_TYPES = ('local', 'flat', 'vlan')
+#: The collections of a host's security, in the order a reference needs them written
+#: (a group's rules name members' address groups).
+SECURITY_COLLECTIONS = ('address_groups', 'security_groups')
 
 
 class PolluxMechanismDriver(api.MechanismDriver):
@@ -48,6 +63,17 @@ class PolluxMechanismDriver(api.MechanismDriver):
                                 api_path=conf.etcd_api_path)
         LOG.info('Pollux mechanism driver: etcd %s:%s%s, prefix %s',
                  conf.etcd_host, conf.etcd_port, conf.etcd_api_path, self.prefix)
+        self._subscribe()
+
+    def _subscribe(self):
+        registry.subscribe(self._security_group_rule_changed,
+                           resources.SECURITY_GROUP_RULE, events.AFTER_CREATE)
+        registry.subscribe(self._security_group_rule_changed,
+                           resources.SECURITY_GROUP_RULE, events.AFTER_DELETE)
+        registry.subscribe(self._security_group_changed,
+                           resources.SECURITY_GROUP, events.AFTER_UPDATE)
+        registry.subscribe(self._security_group_changed,
+                           resources.SECURITY_GROUP, events.AFTER_DELETE)
 
     # -- etcd ------------------------------------------------------------------
 
@@ -55,6 +81,19 @@ class PolluxMechanismDriver(api.MechanismDriver):
         key = translate.object_key(self.prefix, host, collection, obj['id'])
         self.etcd.put(key, json.dumps(obj, sort_keys=True))
         LOG.debug('pollux: put %s', key)
+
+    def _held(self, host, collection):
+        """The objects of a collection a host's keys hold: id -> their JSON text."""
+        prefix = translate.host_prefix(self.prefix, host) + collection + '/'
+        held = {}
+        for value, meta in self.etcd.get_prefix(prefix):
+            key = meta['key']
+            if isinstance(key, bytes):
+                key = key.decode()
+            if isinstance(value, bytes):
+                value = value.decode()
+            held[key[len(prefix):]] = value
+        return held
 
     def _delete(self, host, collection, obj_id):
         self.etcd.delete(translate.object_key(self.prefix, host, collection, obj_id))
@@ -90,6 +129,12 @@ class PolluxMechanismDriver(api.MechanismDriver):
                 'segmentation_id': net.get('provider:segmentation_id'),
             }
         return translate.network(net, segment)
+
+    def _host_ports(self, plugin_context, host):
+        """The ports a host serves, on any network."""
+        ports = self._plugin().get_ports(
+            plugin_context, filters={portbindings.HOST_ID: [host]})
+        return [p for p in ports if self._bound_here(p, p.get(portbindings.VIF_TYPE))]
 
     def _served_ports(self, plugin_context, network_id, host):
         ports = self._plugin().get_ports(
@@ -128,6 +173,87 @@ class PolluxMechanismDriver(api.MechanismDriver):
         sub_id = context.current['id']
         for host in self._hosts_with('subnets', sub_id):
             self._delete(host, 'subnets', sub_id)
+
+    # -- security groups -------------------------------------------------------
+
+    def _group_members(self, admin, sg_id):
+        bindings = self._plugin()._get_port_security_group_bindings(
+            admin, filters={'security_group_id': [sg_id]})
+        port_ids = [b['port_id'] for b in bindings]
+        ports = self._plugin().get_ports(admin, filters={'id': port_ids}) \
+            if port_ids else []
+        return translate.members_group(sg_id, ports)
+
+    def _host_security(self, admin, host):
+        """What a host's keys must hold for its ports' security: collection ->
+        id -> object."""
+        groups = {}
+        for p in self._host_ports(admin, host):
+            if p.get('port_security_enabled', True):
+                groups.update((g, None) for g in p.get('security_groups') or [])
+        wanted = {'security_groups': {}, 'address_groups': {}}
+        for sg_id in groups:
+            sg = self._plugin().get_security_group(admin, sg_id)
+            wanted['security_groups'][sg_id] = translate.security_group(sg)
+            for remote in translate.remote_group_ids(sg):
+                ag = self._group_members(admin, remote)
+                wanted['address_groups'][ag['id']] = ag
+        return wanted
+
+    @staticmethod
+    def _reading(plugin_context):
+        """A reader transaction for lookups that expect one (the security group
+        bindings): without it the session opens one that is never closed, which on
+        SQLite locks every later write out."""
+        return db_api.CONTEXT_READER.using(plugin_context)
+
+    def _sync_security(self, plugin_context, host, remove=True):
+        """Writes what a host's ports need of security groups and members' address
+        groups, in reference order; with `remove`, then deletes what none needs any
+        more (after the port changes that stopped needing it)."""
+        admin = plugin_context.elevated()
+        with self._reading(admin):
+            wanted = self._host_security(admin, host)
+        held = {c: self._held(host, c) for c in SECURITY_COLLECTIONS}
+        for c in SECURITY_COLLECTIONS:
+            for obj_id, obj in sorted(wanted[c].items()):
+                if held[c].get(obj_id) != json.dumps(obj, sort_keys=True):
+                    self._put(host, c, obj)
+        if remove:
+            for c in reversed(SECURITY_COLLECTIONS):
+                for obj_id in sorted(set(held[c]) - set(wanted[c])):
+                    self._delete(host, c, obj_id)
+
+    def _update_members(self, plugin_context, sg_ids):
+        """Rewrites the members' address group of each group in `sg_ids` on the hosts
+        that hold it (a port joined, left or changed its addresses)."""
+        for sg_id in sorted(sg_ids):
+            ag_id = translate.members_group_id(sg_id)
+            hosts = self._hosts_with('address_groups', ag_id)
+            if not hosts:
+                continue
+            admin = plugin_context.elevated()
+            with self._reading(admin):
+                ag = self._group_members(admin, sg_id)
+            text = json.dumps(ag, sort_keys=True)
+            for host in sorted(hosts):
+                if self._held(host, 'address_groups').get(ag_id) != text:
+                    self._put(host, 'address_groups', ag)
+
+    def _security_group_rule_changed(self, resource, event, trigger, payload):
+        if event == events.AFTER_CREATE:
+            sg_id = payload.latest_state['security_group_id']
+        else:
+            sg_id = payload.metadata['security_group_id']
+        self._security_group_changed(resource, event, trigger, payload, sg_id)
+
+    def _security_group_changed(self, resource, event, trigger, payload, sg_id=None):
+        sg_id = sg_id or payload.resource_id
+        hosts = self._hosts_with('security_groups', sg_id)
+        LOG.debug('pollux: security group %s changed (%s %s): hosts %s',
+                  sg_id, resource, event, sorted(hosts))
+        for host in sorted(hosts):
+            self._sync_security(payload.context, host)
 
     # -- ports -----------------------------------------------------------------
 
@@ -168,7 +294,9 @@ class PolluxMechanismDriver(api.MechanismDriver):
                 portbindings.VNIC_NORMAL:
             LOG.warning('pollux: port %s has vnic_type %s; Pollux serves normal '
                         'ports only', port['id'], port.get(portbindings.VNIC_TYPE))
+        self._sync_security(plugin_context, host, remove=False)
         self._put(host, 'ports', translate.port(port))
+        self._sync_security(plugin_context, host)
 
     def _remove_port(self, context, port, host):
         self._delete(host, 'ports', port['id'])
@@ -181,14 +309,20 @@ class PolluxMechanismDriver(api.MechanismDriver):
                     context._plugin_context, filters={'network_id': [network_id]}):
                 self._delete(host, 'subnets', sub['id'])
             self._delete(host, 'networks', network_id)
+        self._sync_security(context._plugin_context, host)
 
     def _bound_here(self, port, vif_type):
         return translate.port_is_served(port) and vif_type in (
             portbindings.VIF_TYPE_TAP, portbindings.VIF_TYPE_OTHER)
 
+    @staticmethod
+    def _groups(port):
+        return set(port.get('security_groups') or []) if port else set()
+
     def create_port_postcommit(self, context):
         if self._bound_here(context.current, context.vif_type):
             self._write_port(context, context.current, context.bottom_bound_segment)
+        self._update_members(context._plugin_context, self._groups(context.current))
 
     def update_port_postcommit(self, context):
         port, original = context.current, context.original
@@ -200,9 +334,15 @@ class PolluxMechanismDriver(api.MechanismDriver):
             self._remove_port(context, original, old_host)
         if now_served:
             self._write_port(context, port, context.bottom_bound_segment)
+        if original is None or self._groups(port) != self._groups(original) or \
+                translate.member_addresses(port) != \
+                translate.member_addresses(original):
+            self._update_members(context._plugin_context,
+                                 self._groups(port) | self._groups(original))
 
     def delete_port_postcommit(self, context):
         port = context.current
         host = port.get(portbindings.HOST_ID)
         if host:
             self._remove_port(context, port, host)
+        self._update_members(context._plugin_context, self._groups(port))

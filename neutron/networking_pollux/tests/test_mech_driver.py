@@ -3,6 +3,7 @@ it binds and which keys each postcommit leaves in etcd. Needs neutron-lib, oslo.
 and etcd3gw importable (Debian: python3-neutron, python3-etcd3gw).
 Run: /usr/bin/python3 -m unittest discover -s neutron -t neutron"""
 
+import contextlib
 import json
 import unittest
 
@@ -18,9 +19,11 @@ LOCAL = {'id': 'seg-1', 'network_type': 'local', 'physical_network': None,
 class FakeEtcd(object):
     def __init__(self):
         self.kv = {}
+        self.log = []
 
     def put(self, key, value, lease=None):
         self.kv[key] = value
+        self.log.append(('put', key))
 
     def get(self, key, **kw):
         return [self.kv[key]] if key in self.kv else []
@@ -30,12 +33,23 @@ class FakeEtcd(object):
                 if k.startswith(prefix)]
 
     def delete(self, key, **kw):
+        self.log.append(('delete', key))
         return self.kv.pop(key, None) is not None
 
 
 class FakePlugin(object):
     def __init__(self):
         self.ports = {}
+        self.groups = {}
+
+    def get_security_group(self, ctx, sg_id):
+        return self.groups[sg_id]
+
+    def _get_port_security_group_bindings(self, ctx, filters=None):
+        wanted = filters['security_group_id']
+        return [{'port_id': p['id'], 'security_group_id': g}
+                for p in self.ports.values() for g in p['security_groups']
+                if g in wanted]
 
     def get_network(self, ctx, net_id):
         return {'id': net_id, 'name': 'n', 'admin_state_up': True, 'mtu': 1500,
@@ -66,6 +80,11 @@ def neutron_port(pid, host='h1', **kw):
     return p
 
 
+class FakePluginContext(object):
+    def elevated(self):
+        return self
+
+
 class FakePortContext(object):
     def __init__(self, current, original=None, segments=(LOCAL,)):
         self.current = current
@@ -75,25 +94,28 @@ class FakePortContext(object):
         self.original_vif_type = original.get('binding:vif_type') if original else None
         self.segments_to_bind = list(segments)
         self.bottom_bound_segment = segments[0] if segments else None
-        self._plugin_context = object()
+        self._plugin_context = FakePluginContext()
         self.bound = None
 
     def set_binding(self, segment_id, vif_type, vif_details, status=None):
         self.bound = (segment_id, vif_type, vif_details, status)
 
 
-class DriverTest(unittest.TestCase):
+class DriverCase(unittest.TestCase):
     def setUp(self):
         self.driver = mech_driver.PolluxMechanismDriver()
         self.driver.prefix = '/pollux'
         self.driver.etcd = self.etcd = FakeEtcd()
         self.plugin = FakePlugin()
         self.driver._plugin = lambda: self.plugin
+        self.driver._reading = lambda ctx: contextlib.nullcontext()
 
     def keys(self, host):
         prefix = translate.host_prefix('/pollux', host)
         return sorted(k[len(prefix):] for k in self.etcd.kv if k.startswith(prefix))
 
+
+class DriverTest(DriverCase):
     def test_binds_only_where_an_agent_lives(self):
         ctx = FakePortContext(neutron_port('p1', **{'binding:vif_type': 'unbound'}))
         self.driver.bind_port(ctx)
@@ -160,6 +182,115 @@ class DriverTest(unittest.TestCase):
         self.assertEqual(self.keys('h2'), [])
         self.driver.delete_subnet_postcommit(Ctx())
         self.assertNotIn('subnets/sub-2', self.keys('h1'))
+
+
+def sg_rule(rid, direction, **kw):
+    r = {'id': rid, 'security_group_id': 'sg-1', 'direction': direction,
+         'ethertype': 'IPv4', 'protocol': None, 'port_range_min': None,
+         'port_range_max': None, 'remote_ip_prefix': None, 'remote_group_id': None,
+         'remote_address_group_id': None, 'description': ''}
+    r.update(kw)
+    return r
+
+
+class Payload(object):
+    def __init__(self, resource_id=None, state=None, metadata=None):
+        self.context = FakePluginContext()
+        self.resource_id = resource_id
+        self.latest_state = state
+        self.metadata = metadata or {}
+
+
+class SecurityGroupTest(DriverCase):
+    def setUp(self):
+        super(SecurityGroupTest, self).setUp()
+        self.plugin.groups['sg-1'] = {
+            'id': 'sg-1', 'name': 'default', 'stateful': True,
+            'security_group_rules': [
+                sg_rule('r-egress', 'egress'),
+                sg_rule('r-members', 'ingress', remote_group_id='sg-1')]}
+
+    def add(self, pid, host, ip, groups=('sg-1',)):
+        port = neutron_port(pid, host=host, security_groups=list(groups),
+                            fixed_ips=[{'subnet_id': SUB, 'ip_address': ip}])
+        self.plugin.ports[pid] = port
+        self.driver.create_port_postcommit(FakePortContext(port, None))
+        return port
+
+    def held(self, host, collection, obj_id):
+        return json.loads(self.etcd.kv[translate.object_key(
+            '/pollux', host, collection, obj_id)])
+
+    def test_groups_and_members_go_before_the_port(self):
+        self.add('p1', 'h1', '198.18.40.11')
+        members = translate.members_group_id('sg-1')
+        self.assertEqual(self.keys('h1'), [
+            'address_groups/' + members, 'networks/' + NET, 'ports/p1',
+            'security_groups/sg-1', 'subnets/' + SUB])
+        order = [k.split('/', 4)[4] for op, k in self.etcd.log if op == 'put']
+        self.assertLess(order.index('address_groups/' + members),
+                        order.index('security_groups/sg-1'))
+        self.assertLess(order.index('security_groups/sg-1'), order.index('ports/p1'))
+        sg = self.held('h1', 'security_groups', 'sg-1')
+        self.assertEqual(sg['rules'][1], {
+            'id': 'r-members', 'direction': 'ingress', 'ethertype': 'IPv4',
+            'remote_address_group_id': members})
+        self.assertEqual(self.held('h1', 'address_groups', members)['addresses'],
+                         ['198.18.40.11'])
+        # A member on another host joins the address group of h1 as well.
+        self.add('p2', 'h2', '198.18.40.12')
+        for host in ('h1', 'h2'):
+            self.assertEqual(self.held(host, 'address_groups', members)['addresses'],
+                             ['198.18.40.11', '198.18.40.12'])
+        # A port outside the group changes nothing of it; p2 leaving it does.
+        self.add('p3', 'h2', '198.18.40.13', groups=())
+        del self.plugin.ports['p2']
+        self.driver.delete_port_postcommit(FakePortContext(neutron_port(
+            'p2', host='h2', security_groups=['sg-1']), None))
+        self.assertEqual(self.held('h1', 'address_groups', members)['addresses'],
+                         ['198.18.40.11'])
+        self.assertNotIn('security_groups/sg-1', self.keys('h2'))
+        self.assertIn('ports/p3', self.keys('h2'))
+
+    def test_rule_changes_reach_the_hosts_holding_the_group(self):
+        self.add('p1', 'h1', '198.18.40.11')
+        self.add('p9', 'h9', '198.18.40.19', groups=())
+        icmp = sg_rule('r-icmp', 'ingress', protocol='icmp',
+                       remote_ip_prefix='203.0.113.0/24')
+        self.plugin.groups['sg-1']['security_group_rules'].append(icmp)
+        self.etcd.log = []
+        self.driver._security_group_rule_changed(
+            'security_group_rule', mech_driver.events.AFTER_CREATE, None,
+            Payload('r-icmp', state=icmp))
+        self.assertEqual(self.etcd.log, [('put', '/pollux/hosts/h1/security_groups/sg-1')])
+        rules = self.held('h1', 'security_groups', 'sg-1')['rules']
+        self.assertIn({'id': 'r-icmp', 'direction': 'ingress', 'ethertype': 'IPv4',
+                       'protocol': 'icmp', 'remote_ip_prefix': '203.0.113.0/24'}, rules)
+        # The rule naming the remote group goes: its address group goes after it.
+        self.plugin.groups['sg-1']['security_group_rules'] = [
+            r for r in self.plugin.groups['sg-1']['security_group_rules']
+            if r['id'] != 'r-members']
+        self.etcd.log = []
+        self.driver._security_group_rule_changed(
+            'security_group_rule', mech_driver.events.AFTER_DELETE, None,
+            Payload('r-members', metadata={'security_group_id': 'sg-1'}))
+        self.assertEqual(self.etcd.log, [
+            ('put', '/pollux/hosts/h1/security_groups/sg-1'),
+            ('delete', '/pollux/hosts/h1/address_groups/'
+             + translate.members_group_id('sg-1'))])
+
+    def test_a_port_leaving_its_groups_takes_them_after_it(self):
+        p1 = self.add('p1', 'h1', '198.18.40.11')
+        bare = neutron_port('p1', security_groups=[], port_security_enabled=False,
+                            fixed_ips=p1['fixed_ips'])
+        self.plugin.ports['p1'] = bare
+        self.etcd.log = []
+        self.driver.update_port_postcommit(FakePortContext(bare, p1))
+        self.assertEqual(self.keys('h1'),
+                         ['networks/' + NET, 'ports/p1', 'subnets/' + SUB])
+        ops = [(op, k.split('/', 4)[4]) for op, k in self.etcd.log]
+        self.assertLess(ops.index(('put', 'ports/p1')),
+                        ops.index(('delete', 'security_groups/sg-1')))
 
 
 if __name__ == '__main__':
