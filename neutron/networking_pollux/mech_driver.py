@@ -23,7 +23,6 @@ plugin), l2population.
 
 import json
 
-from etcd3gw.client import Etcd3Client
 from neutron_lib.api.definitions import portbindings
 from neutron_lib.callbacks import events
 from neutron_lib.callbacks import registry
@@ -35,18 +34,10 @@ from neutron_lib.plugins.ml2 import api
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from networking_pollux import store
 from networking_pollux import translate
 
 LOG = logging.getLogger(__name__)
-
-OPTS = [
-    cfg.StrOpt('etcd_host', default='127.0.0.1', help='etcd host (gRPC gateway)'),
-    cfg.PortOpt('etcd_port', default=2379, help='etcd client port'),
-    cfg.StrOpt('etcd_api_path', default='/v3/',
-               help="etcd's HTTP gateway path (/v3/ from etcd 3.4)"),
-    cfg.StrOpt('prefix', default='/pollux', help='key prefix shared with the agents'),
-]
-cfg.CONF.register_opts(OPTS, 'ml2_pollux')
 
 SUPPORTED_NETWORK_TYPES = ('local', 'flat', 'vlan')
 #: The collections of a host's security, in the order a reference needs them written
@@ -54,13 +45,11 @@ SUPPORTED_NETWORK_TYPES = ('local', 'flat', 'vlan')
 SECURITY_COLLECTIONS = ('address_groups', 'security_groups')
 
 
-class PolluxMechanismDriver(api.MechanismDriver):
+class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
 
     def initialize(self):
         conf = cfg.CONF.ml2_pollux
-        self.prefix = conf.prefix
-        self.etcd = Etcd3Client(host=conf.etcd_host, port=conf.etcd_port,
-                                api_path=conf.etcd_api_path)
+        self.connect()
         LOG.info('Pollux mechanism driver: etcd %s:%s%s, prefix %s',
                  conf.etcd_host, conf.etcd_port, conf.etcd_api_path, self.prefix)
         self._subscribe()
@@ -75,60 +64,11 @@ class PolluxMechanismDriver(api.MechanismDriver):
         registry.subscribe(self._security_group_changed,
                            resources.SECURITY_GROUP, events.AFTER_DELETE)
 
-    # -- etcd ------------------------------------------------------------------
-
-    def _put(self, host, collection, obj):
-        key = translate.object_key(self.prefix, host, collection, obj['id'])
-        self.etcd.put(key, json.dumps(obj, sort_keys=True))
-        LOG.debug('pollux: put %s', key)
-
-    def _held(self, host, collection):
-        """The objects of a collection a host's keys hold: id -> their JSON text."""
-        prefix = translate.host_prefix(self.prefix, host) + collection + '/'
-        held = {}
-        for value, meta in self.etcd.get_prefix(prefix):
-            key = meta['key']
-            if isinstance(key, bytes):
-                key = key.decode()
-            if isinstance(value, bytes):
-                value = value.decode()
-            held[key[len(prefix):]] = value
-        return held
-
-    def _delete(self, host, collection, obj_id):
-        self.etcd.delete(translate.object_key(self.prefix, host, collection, obj_id))
-
-    def _hosts_with(self, collection, obj_id):
-        """Every host whose keys hold this object (for updates and deletes of
-        networks and subnets)."""
-        suffix = '/%s/%s' % (collection, obj_id)
-        hosts = set()
-        for _value, meta in self.etcd.get_prefix(self.prefix.rstrip('/') + '/hosts/'):
-            key = meta['key']
-            if isinstance(key, bytes):
-                key = key.decode()
-            if key.endswith(suffix):
-                hosts.add(key[len(self.prefix.rstrip('/') + '/hosts/'):-len(suffix)])
-        return hosts
-
-    def _agent_alive(self, host):
-        return bool(self.etcd.get(translate.agent_key(self.prefix, host)))
-
     # -- Neutron lookups -------------------------------------------------------
 
     @staticmethod
     def _plugin():
         return directory.get_plugin()
-
-    def _network_object(self, plugin_context, network_id, segment=None):
-        net = self._plugin().get_network(plugin_context, network_id)
-        if segment is None:
-            segment = {
-                'network_type': net.get('provider:network_type'),
-                'physical_network': net.get('provider:physical_network'),
-                'segmentation_id': net.get('provider:segmentation_id'),
-            }
-        return translate.network(net, segment)
 
     def _host_ports(self, plugin_context, host):
         """The ports a host serves, on any network."""
@@ -299,12 +239,17 @@ class PolluxMechanismDriver(api.MechanismDriver):
         self._sync_security(plugin_context, host)
 
     def _remove_port(self, context, port, host):
+        # Floating IPs the L3 plugin gave the port on this host go first: polluxd keeps
+        # no floating IP of a port it does not have.
+        for fip_id, text in sorted(self._held(host, 'floating_ips').items()):
+            if json.loads(text).get('port_id') == port['id']:
+                self._delete(host, 'floating_ips', fip_id)
         self._delete(host, 'ports', port['id'])
         network_id = port['network_id']
         others = [p for p in self._served_ports(context._plugin_context,
                                                 network_id, host)
                   if p['id'] != port['id']]
-        if not others:
+        if not others and network_id not in self._routed_networks(host):
             for sub in self._plugin().get_subnets(
                     context._plugin_context, filters={'network_id': [network_id]}):
                 self._delete(host, 'subnets', sub['id'])

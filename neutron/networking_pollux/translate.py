@@ -188,3 +188,35 @@ def member_addresses(p):
     """What a port adds to the members of its groups."""
     return sorted({ip['ip_address'] for ip in p.get('fixed_ips') or []} |
                   {pair['ip_address'] for pair in p.get('allowed_address_pairs') or []})
+
+
+def router(r, interface_subnets):
+    """A Neutron router, with the subnets of its interfaces (each at the subnet's
+    gateway_ip: polluxd has no other address for an interface), as polluxd's router."""
+    obj = {
+        'id': r['id'],
+        'interfaces': sorted(interface_subnets),
+        'routes': [{'destination': rt['destination'], 'nexthop': rt['nexthop']}
+                   for rt in r.get('routes') or []],
+    }
+    gateway = r.get('external_gateway_info')
+    if gateway:
+        ips = [ip['ip_address'] for ip in gateway.get('external_fixed_ips') or []
+               if ':' not in ip['ip_address']]
+        obj['external_gateway_info'] = {
+            'network_id': gateway['network_id'],
+            # None when Neutron gave the gateway no IPv4 address: polluxd refuses it
+            # with the field's path rather than the driver routing without it.
+            'external_fixed_ip': ips[0] if ips else None,
+            'enable_snat': bool(gateway.get('enable_snat', True)),
+        }
+    return obj
+
+
+def floating_ip(f):
+    obj = {'id': f['id'], 'floating_ip_address': f['floating_ip_address']}
+    if f.get('port_id'):
+        obj['port_id'] = f['port_id']
+        if f.get('fixed_ip_address'):
+            obj['fixed_ip_address'] = f['fixed_ip_address']
+    return obj

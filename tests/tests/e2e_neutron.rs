@@ -64,6 +64,11 @@ const DHCP_SERVER: &str = "198.18.40.254";
 const MAC_A: &str = "fa:16:3e:40:00:0a";
 const MAC_B: &str = "fa:16:3e:40:00:0b";
 const MAC_C: &str = "fa:16:3e:40:00:0c";
+const MAC_O: &str = "fa:16:3e:40:00:0e";
+/// The external network's subnet, the "outside" namespace's address on it, and the
+/// range Neutron gives the router's gateway and floating IPs from.
+const EXT_CIDR: &str = "203.0.113.0/24";
+const OUTSIDE: &str = "203.0.113.10";
 
 const NEUTRON_START: Duration = Duration::from_secs(120);
 const CONVERGE: Duration = Duration::from_secs(20);
@@ -127,11 +132,11 @@ fn run_ok(mut cmd: Command, what: &str) -> String {
     }
 }
 
-fn neutron_conf(dir: &Scratch) -> String {
+fn neutron_conf(dir: &Scratch, host: &str) -> String {
     format!(
         r#"[DEFAULT]
 core_plugin = ml2
-service_plugins =
+service_plugins = pollux_router
 auth_strategy = noauth
 transport_url = fake:/
 bind_host = 127.0.0.1
@@ -163,7 +168,9 @@ network_vlan_ranges = physnet1:100:199
 etcd_host = 127.0.0.1
 etcd_port = 2379
 prefix = /pollux
+l3_host = {host}
 "#,
+        host = host,
         state = dir.str(""),
         log = dir.str("neutron.log"),
         db = dir.str("neutron.sqlite"),
@@ -189,7 +196,7 @@ impl Lab {
         let mut topo = Topology::with_prefix(prefix);
         topo.add_ns("sw").unwrap();
         topo.ns("sw").unwrap().disable_ipv6().unwrap();
-        for (role, mac) in [("a", MAC_A), ("b", MAC_B), ("c", MAC_C)] {
+        for (role, mac) in [("a", MAC_A), ("b", MAC_B), ("c", MAC_C), ("o", MAC_O)] {
             topo.add_ns(role).unwrap();
             topo.ns(role).unwrap().disable_ipv6().unwrap();
             let switch_if = topo.prefix().ifname(&format!("s{role}")).unwrap();
@@ -242,7 +249,7 @@ impl Lab {
     /// neutron-server, waited for until its API answers.
     fn start_neutron(&mut self) {
         let conf = self.dir.path("neutron.conf");
-        std::fs::write(&conf, neutron_conf(&self.dir)).unwrap();
+        std::fs::write(&conf, neutron_conf(&self.dir, &self.host)).unwrap();
         let src = daemon::workspace_root().join("neutron");
         // A copy, so that pip's build files never land in the source tree.
         let mut cp = Command::new("cp");
@@ -731,6 +738,172 @@ fn neutron_drives_polluxd_through_etcd() {
             .iter()
             .any(|k| k.ends_with(&sg_c) || k.ends_with(&c_id)),
         "c's group stays on a host with no port in it: {keys:?}"
+    );
+
+    // A router with SNAT between the subnet and an external network, on this host (the
+    // L3 plugin's l3_host). The "outside" namespace is a port on the external network
+    // with port security off and a fixed address.
+    let ext = lab.api(
+        "POST",
+        "networks",
+        Some(
+            json!({ "network": { "name": "pollux-e2e-ext", "project_id": PROJECT,
+                                  "router:external": true } }),
+        ),
+        201,
+    )["network"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ext_subnet = lab.api(
+        "POST",
+        "subnets",
+        Some(json!({ "subnet": {
+            "network_id": ext, "project_id": PROJECT, "ip_version": 4, "cidr": EXT_CIDR,
+            "gateway_ip": "203.0.113.1", "enable_dhcp": false,
+            "allocation_pools": [{ "start": "203.0.113.100", "end": "203.0.113.150" }],
+        } })),
+        201,
+    )["subnet"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let outside = lab.api(
+        "POST",
+        "ports",
+        Some(json!({ "port": {
+            "network_id": ext, "project_id": PROJECT, "mac_address": MAC_O,
+            "fixed_ips": [{ "subnet_id": ext_subnet, "ip_address": OUTSIDE }],
+            "port_security_enabled": false, "security_groups": [],
+            "device_owner": "compute:pollux-e2e", "device_id": "outside",
+            "binding:host_id": lab.host,
+            "binding:profile": { "pollux_afxdp_interface": lab.ifname("so") },
+        } })),
+        201,
+    )["port"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    lab.wait_ports("the outside port applied", |ids| ids.contains(&outside));
+    let co = lab.ifname("co");
+    lab.vm("o")
+        .ip(&["addr", "add", &format!("{OUTSIDE}/24"), "dev", &co])
+        .unwrap();
+    let t0 = Instant::now();
+    let router = lab.api(
+        "POST",
+        "routers",
+        Some(
+            json!({ "router": { "name": "pollux-e2e", "project_id": PROJECT,
+            "external_gateway_info": { "network_id": ext, "enable_snat": true } } }),
+        ),
+        201,
+    )["router"]
+        .clone();
+    let router_id = router["id"].as_str().unwrap().to_owned();
+    let router_ext = router["external_gateway_info"]["external_fixed_ips"][0]["ip_address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    lab.api(
+        "PUT",
+        &format!("routers/{router_id}/add_router_interface"),
+        Some(json!({ "subnet_id": subnet["id"] })),
+        200,
+    );
+    eprintln!("router: API {:?}", t0.elapsed());
+    lab.vm("a")
+        .ip(&["route", "replace", "default", "via", GATEWAY])
+        .unwrap();
+    let snat = until_ping(
+        lab.vm("a"),
+        OUTSIDE,
+        true,
+        t0,
+        "a reaches outside through SNAT",
+    );
+    eprintln!(
+        "router created and attached: a's ping to outside through {snat:?} after the first call"
+    );
+    let state = lab.call("config.get", json!({}))["state"].clone();
+    assert_eq!(
+        state["routers"],
+        json!([{ "id": router_id, "interfaces": [subnet["id"]], "routes": [],
+                 "external_gateway_info": { "network_id": ext,
+                     "external_fixed_ip": router_ext, "enable_snat": true } }]),
+        "{state}"
+    );
+    // Outside saw the router's address, not a's: it resolved the one and not the other.
+    let neigh = lab.vm("o").ip(&["neigh", "show", "dev", &co]).unwrap();
+    assert!(neigh.contains(&router_ext), "SNAT: {neigh}");
+    assert!(
+        !neigh.contains(&ip_a),
+        "a's own address reached outside: {neigh}"
+    );
+
+    // A floating IP makes a reachable from outside (the default group lets ICMP in from
+    // the external network by a rule of its own).
+    lab.api(
+        "POST",
+        "security-group-rules",
+        Some(json!({ "security_group_rule": {
+            "security_group_id": default_sg, "project_id": PROJECT, "direction": "ingress",
+            "ethertype": "IPv4", "protocol": "icmp", "remote_ip_prefix": EXT_CIDR,
+        } })),
+        201,
+    );
+    assert!(
+        !ping(lab.vm("o"), &ip_a, 1),
+        "a's fixed IP answers from outside"
+    );
+    let t0 = Instant::now();
+    let fip = lab.api(
+        "POST",
+        "floatingips",
+        Some(
+            json!({ "floatingip": { "floating_network_id": ext, "port_id": a_id,
+                                     "project_id": PROJECT } }),
+        ),
+        201,
+    )["floatingip"]
+        .clone();
+    eprintln!("floating IP: API {:?}", t0.elapsed());
+    let fip_id = fip["id"].as_str().unwrap().to_owned();
+    let fip_ip = fip["floating_ip_address"].as_str().unwrap().to_owned();
+    let dnat = until_ping(
+        lab.vm("o"),
+        &fip_ip,
+        true,
+        t0,
+        "outside reaches a's floating IP",
+    );
+    eprintln!("floating IP created: outside's ping to it through {dnat:?} after the call");
+    let t0 = Instant::now();
+    lab.api("DELETE", &format!("floatingips/{fip_id}"), None, 204);
+    let gone = until_ping(lab.vm("o"), &fip_ip, false, t0, "the floating IP's delete");
+    eprintln!("floating IP deleted: unreachable {gone:?} after the call");
+
+    // The router goes: interface, router, then the outside port takes the external
+    // network with it.
+    lab.api(
+        "PUT",
+        &format!("routers/{router_id}/remove_router_interface"),
+        Some(json!({ "subnet_id": subnet["id"] })),
+        200,
+    );
+    lab.api("DELETE", &format!("routers/{router_id}"), None, 204);
+    lab.api("DELETE", &format!("ports/{outside}"), None, 204);
+    lab.wait_ports("the outside port removed", |ids| !ids.contains(&outside));
+    let keys = lab.etcd_keys(&host_prefix);
+    assert!(
+        !keys
+            .iter()
+            .any(|k| k.contains("/routers/") || k.contains("/floating_ips/") || k.ends_with(&ext)),
+        "the router's objects stay on the host: {keys:?}"
+    );
+    assert!(
+        !ping(lab.vm("a"), OUTSIDE, 1),
+        "a reaches outside with no router"
     );
 
     // Deleting a port in Neutron removes it from etcd and from polluxd.
