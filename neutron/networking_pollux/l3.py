@@ -23,7 +23,6 @@ from neutron_lib.callbacks import events
 from neutron_lib.callbacks import registry
 from neutron_lib.callbacks import resources
 from neutron_lib import constants as n_const
-from neutron_lib.db import api as db_api
 from neutron_lib.plugins import constants as plugin_constants
 from neutron_lib.plugins import directory
 from neutron_lib.services import base as service_base
@@ -114,7 +113,7 @@ class PolluxL3RouterPlugin(store.HostKeys,
                       'IPs are not written anywhere')
             return
         admin = context.elevated()
-        with db_api.CONTEXT_READER.using(admin):
+        with self._reading(admin):
             wanted = self._wanted(admin)
         host = self.l3_host
         served = self._port_networks(host)

@@ -28,7 +28,6 @@ from neutron_lib.callbacks import events
 from neutron_lib.callbacks import registry
 from neutron_lib.callbacks import resources
 from neutron_lib import constants as n_const
-from neutron_lib.db import api as db_api
 from neutron_lib.plugins import directory
 from neutron_lib.plugins.ml2 import api
 from oslo_config import cfg
@@ -139,13 +138,6 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
                 ag = self._group_members(admin, remote)
                 wanted['address_groups'][ag['id']] = ag
         return wanted
-
-    @staticmethod
-    def _reading(plugin_context):
-        """A reader transaction for lookups that expect one (the security group
-        bindings): without it the session opens one that is never closed, which on
-        SQLite locks every later write out."""
-        return db_api.CONTEXT_READER.using(plugin_context)
 
     def _sync_security(self, plugin_context, host, remove=True):
         """Writes what a host's ports need of security groups and members' address

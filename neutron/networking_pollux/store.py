@@ -7,6 +7,7 @@ while the other still needs it there (a served port, a router's interface or gat
 import json
 
 from etcd3gw.client import Etcd3Client
+from neutron_lib.db import api as db_api
 from oslo_config import cfg
 from oslo_log import log as logging
 
@@ -39,6 +40,13 @@ class HostKeys(object):
         self.prefix = conf.prefix
         self.etcd = Etcd3Client(host=conf.etcd_host, port=conf.etcd_port,
                                 api_path=conf.etcd_api_path)
+
+    @staticmethod
+    def _reading(plugin_context):
+        """A reader transaction for lookups that expect one (the security group
+        bindings): without it the session opens one that is never closed, which on
+        SQLite locks every later write out."""
+        return db_api.CONTEXT_READER.using(plugin_context)
 
     def _put(self, host, collection, obj):
         key = translate.object_key(self.prefix, host, collection, obj['id'])

@@ -7,7 +7,8 @@
 //!                 ML2 mechanism_drivers = pollux), polluxd, pollux-agent --host <HOST>
 //!   namespace a:  <P>ca (fa:16:3e:40:00:0a) ──veth── <P>sa ┐ polluxd (AF_XDP on the
 //!   namespace b:  <P>cb (fa:16:3e:40:00:0b) ──veth── <P>sb ┤ ports' profile interfaces)
-//!   namespace c:  <P>cc (fa:16:3e:40:00:0c) ──veth── <P>sc ┘
+//!   namespace c:  <P>cc (fa:16:3e:40:00:0c) ──veth── <P>sc ┤
+//!   namespace o:  <P>co (fa:16:3e:40:00:0e) ──veth── <P>so ┘ (external network)
 //! ```
 //!
 //! Everything listens on the loopback of namespace `sw`, so nothing touches the host's
@@ -19,7 +20,11 @@
 //! addresses by DHCP and a and b ping each other; a port set administratively down
 //! leaves polluxd and comes back; a rule created in Neutron (ICMP from the subnet) is
 //! enforced on the host within a second, and its delete blocks again; c joining the
-//! default group reaches a (the members' address group grows on the host); deleting a
+//! default group reaches a (the members' address group grows on the host). Through the
+//! L3 service plugin `pollux_router` (this host is its `l3_host`): a router with SNAT
+//! between the subnet and an external network (203.0.113.0/24, local) on which namespace
+//! o is a port with port security off and a fixed address lets a reach o (which sees
+//! the router's address), a floating IP lets o reach a, and both go again. Deleting a
 //! port in Neutron removes it from polluxd.
 //!
 //! Needs root and the Debian packages `etcd-server`, `neutron-server`, `python3-etcd3gw`,

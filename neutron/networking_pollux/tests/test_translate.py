@@ -141,5 +141,32 @@ class SecurityGroupTest(unittest.TestCase):
             'addresses': ['198.18.40.11', '198.18.40.99']})
 
 
+class L3Test(unittest.TestCase):
+    def test_router_and_floating_ip(self):
+        r = {'id': 'r1', 'name': 'x', 'routes': [{'destination': '198.19.0.0/16',
+                                                   'nexthop': '198.18.40.5'}],
+             'external_gateway_info': {
+                 'network_id': 'ext', 'enable_snat': False,
+                 'external_fixed_ips': [{'subnet_id': 's6', 'ip_address': '2001:db8::5'},
+                                        {'subnet_id': 's4',
+                                         'ip_address': '203.0.113.101'}]}}
+        self.assertEqual(translate.router(r, {'sub-b': '198.18.41.1',
+                                              'sub-a': '198.18.40.1'}), {
+            'id': 'r1', 'interfaces': ['sub-a', 'sub-b'],
+            'routes': [{'destination': '198.19.0.0/16', 'nexthop': '198.18.40.5'}],
+            'external_gateway_info': {'network_id': 'ext', 'enable_snat': False,
+                                      'external_fixed_ip': '203.0.113.101'}})
+        self.assertNotIn('external_gateway_info',
+                         translate.router(dict(r, external_gateway_info=None), {}))
+        f = {'id': 'f1', 'floating_ip_address': '203.0.113.120', 'port_id': None,
+             'fixed_ip_address': None, 'router_id': None}
+        self.assertEqual(translate.floating_ip(f),
+                         {'id': 'f1', 'floating_ip_address': '203.0.113.120'})
+        f.update(port_id='p1', fixed_ip_address='198.18.40.11')
+        self.assertEqual(translate.floating_ip(f), {
+            'id': 'f1', 'floating_ip_address': '203.0.113.120', 'port_id': 'p1',
+            'fixed_ip_address': '198.18.40.11'})
+
+
 if __name__ == '__main__':
     unittest.main()
