@@ -4,6 +4,8 @@
 //! ```text
 //! <prefix>/hosts/<host>/<collection>/<id>   JSON object in polluxd's schema
 //! <prefix>/agents/<host>                    held under the agent's lease while it lives
+//! <prefix>/status/<host>/ports/<id>         {"status": "ACTIVE"} while polluxd holds
+//!                                           the port (written by the agent)
 //! ```
 //!
 //! Only the collections Neutron owns are taken from etcd; a host's uplinks (its
@@ -32,6 +34,12 @@ pub fn host_prefix(prefix: &str, host: &str) -> String {
 /// The key the agent keeps alive under its lease.
 pub fn agent_key(prefix: &str, host: &str) -> String {
     format!("{}/agents/{host}", prefix.trim_end_matches('/'))
+}
+
+/// The prefix of the status keys the agent writes for `host`'s ports, with its
+/// trailing `/`.
+pub fn port_status_prefix(prefix: &str, host: &str) -> String {
+    format!("{}/status/{host}/ports/", prefix.trim_end_matches('/'))
 }
 
 /// What a key under a host's prefix names.
@@ -158,6 +166,10 @@ mod tests {
         assert_eq!(parse_key(&p, "/pollux/hosts/compute-1/ports/a/b"), None);
         assert_eq!(parse_key(&p, "/pollux/hosts/compute-2/ports/a"), None);
         assert_eq!(singular("ports"), "port");
+        assert_eq!(
+            port_status_prefix("/pollux/", "compute-1"),
+            "/pollux/status/compute-1/ports/"
+        );
         assert_eq!(singular("floating_ips"), "floating_ip");
         assert_eq!(singular("security_groups"), "security_group");
         assert_eq!(singular("address_groups"), "address_group");

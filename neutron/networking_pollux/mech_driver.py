@@ -27,12 +27,12 @@ from neutron_lib.api.definitions import portbindings
 from neutron_lib.callbacks import events
 from neutron_lib.callbacks import registry
 from neutron_lib.callbacks import resources
-from neutron_lib import constants as n_const
 from neutron_lib.plugins import directory
 from neutron_lib.plugins.ml2 import api
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from networking_pollux import status
 from networking_pollux import store
 from networking_pollux import translate
 
@@ -52,6 +52,9 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
         LOG.info('Pollux mechanism driver: etcd %s:%s%s, prefix %s',
                  conf.etcd_host, conf.etcd_port, conf.etcd_api_path, self.prefix)
         self._subscribe()
+
+    def get_workers(self):
+        return [status.PortStatusWorker(status.PortStatus(self.etcd, self.prefix))]
 
     def _subscribe(self):
         registry.subscribe(self._security_group_rule_changed,
@@ -203,9 +206,9 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
                 vif_type = portbindings.VIF_TYPE_TAP
             else:
                 vif_type = portbindings.VIF_TYPE_OTHER
+            # DOWN until the host's agent reports polluxd has the port (status.py).
             context.set_binding(segment[api.ID], vif_type,
-                                {'pollux_binding': pollux_binding},
-                                status=n_const.PORT_STATUS_ACTIVE)
+                                {'pollux_binding': pollux_binding})
             LOG.info('pollux: bound port %s on host %s (%s)',
                      context.current['id'], host, pollux_binding)
             return
@@ -217,17 +220,19 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
         host = port[portbindings.HOST_ID]
         plugin_context = context._plugin_context
         # The network and its subnets first: polluxd validates a port against them.
-        self._put(host, 'networks',
-                  self._network_object(plugin_context, port['network_id'], segment))
+        # Each only if it differs from the key: a port's status change comes back here,
+        # and must not make the agent apply the port again.
+        self._put_if_changed(host, 'networks', self._network_object(
+            plugin_context, port['network_id'], segment))
         for sub in self._plugin().get_subnets(
                 plugin_context, filters={'network_id': [port['network_id']]}):
-            self._put(host, 'subnets', translate.subnet(sub))
+            self._put_if_changed(host, 'subnets', translate.subnet(sub))
         if port.get(portbindings.VNIC_TYPE, portbindings.VNIC_NORMAL) != \
                 portbindings.VNIC_NORMAL:
             LOG.warning('pollux: port %s has vnic_type %s; Pollux serves normal '
                         'ports only', port['id'], port.get(portbindings.VNIC_TYPE))
         self._sync_security(plugin_context, host, remove=False)
-        self._put(host, 'ports', translate.port(port))
+        self._put_if_changed(host, 'ports', translate.port(port))
         self._sync_security(plugin_context, host)
 
     def _remove_port(self, context, port, host):

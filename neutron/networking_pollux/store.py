@@ -58,6 +58,13 @@ class HostKeys(object):
         if held.get(obj['id']) != json.dumps(obj, sort_keys=True):
             self._put(host, collection, obj)
 
+    def _put_if_changed(self, host, collection, obj):
+        """Puts `obj` unless its key holds it as it is."""
+        key = translate.object_key(self.prefix, host, collection, obj['id'])
+        held = self.etcd.get(key)
+        if not held or _text(held[0]) != json.dumps(obj, sort_keys=True):
+            self._put(host, collection, obj)
+
     def _delete(self, host, collection, obj_id):
         self.etcd.delete(translate.object_key(self.prefix, host, collection, obj_id))
         LOG.debug('pollux: delete %s/%s on %s', collection, obj_id, host)

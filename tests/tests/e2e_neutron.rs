@@ -469,6 +469,25 @@ impl Lab {
         port
     }
 
+    /// Waits (at most [`CONVERGE`]) until Neutron shows the port with `status`; the time
+    /// it took.
+    fn wait_status(&self, port_id: &str, status: &str) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            let port = self.api("GET", &format!("ports/{port_id}"), None, 200)["port"].clone();
+            if port["status"] == status {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < CONVERGE,
+                "port {port_id}: {} after {CONVERGE:?}, not {status}\nagent:\n{}",
+                port["status"],
+                self.agent_log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// DHCP in the VM of `role` until bound to `ip`; the client is kept running.
     fn dhcp(&mut self, role: &str, ip: &str) {
         let ifname = self.ifname(&format!("c{role}"));
@@ -574,12 +593,15 @@ fn neutron_drives_polluxd_through_etcd() {
     let b = lab.create_port(&net_id, MAC_B, &lab.ifname("sb"), None);
     for p in [&a, &b] {
         assert_eq!(p["binding:vif_type"], "other", "{p}");
-        assert_eq!(p["status"], "ACTIVE", "{p}");
     }
     let (a_id, b_id) = (
         a["id"].as_str().unwrap().to_owned(),
         b["id"].as_str().unwrap().to_owned(),
     );
+    // Bound DOWN; ACTIVE once the agent reports that polluxd has the port.
+    let active = lab.wait_status(&b_id, "ACTIVE");
+    lab.wait_status(&a_id, "ACTIVE");
+    eprintln!("port status ACTIVE in Neutron {active:?} after the port's create");
     let default_sg = a["security_groups"][0].as_str().unwrap().to_owned();
     assert_eq!(b["security_groups"], json!([default_sg]), "{b}");
     let members = format!("sg-members:{default_sg}");
@@ -642,6 +664,7 @@ fn neutron_drives_polluxd_through_etcd() {
     lab.wait_ports("port b down", |ids| {
         ids.contains(&a_id) && !ids.contains(&b_id)
     });
+    lab.wait_status(&b_id, "DOWN");
     assert!(
         !ping(lab.vm("a"), &ip_b, 2),
         "b answers while its port is down"
@@ -650,6 +673,7 @@ fn neutron_drives_polluxd_through_etcd() {
     lab.wait_ports("port b up again", |ids| {
         ids.contains(&a_id) && ids.contains(&b_id)
     });
+    lab.wait_status(&b_id, "ACTIVE");
     assert!(
         ping(lab.vm("a"), &ip_b, 3),
         "a cannot ping b once b is up again"

@@ -123,7 +123,7 @@ class DriverTest(DriverCase):
         self.etcd.put('/pollux/agents/h1', '{}')
         self.driver.bind_port(ctx)
         self.assertEqual(ctx.bound, ('seg-1', 'tap', {'pollux_binding': {
-            'driver': 'tap', 'interface': 'tapp1'}}, 'ACTIVE'))
+            'driver': 'tap', 'interface': 'tapp1'}}, None))
         ctx = FakePortContext(neutron_port(
             'p2', **{'binding:profile': {'pollux_afxdp_interface': 'veth1'}}))
         self.driver.bind_port(ctx)
