@@ -7,6 +7,8 @@ while the other still needs it there (a served port, a router's interface or gat
 import json
 
 from etcd3gw.client import Etcd3Client
+from etcd3gw.utils import _encode
+from etcd3gw.utils import _increment_last_byte
 from neutron_lib.db import api as db_api
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -80,11 +82,17 @@ class HostKeys(object):
         hosts_prefix = self.prefix.rstrip('/') + '/hosts/'
         suffix = '/%s/%s' % (collection, obj_id)
         hosts = set()
-        for _value, meta in self.etcd.get_prefix(hosts_prefix):
-            key = _text(meta['key'])
+        for key in self._keys(hosts_prefix):
             if key.endswith(suffix):
                 hosts.add(key[len(hosts_prefix):-len(suffix)])
         return hosts
+
+    def _keys(self, prefix):
+        """The keys under `prefix`, without their values (a scan of every host's keys
+        stays small)."""
+        found = self.etcd.get(prefix, metadata=True, keys_only=True,
+                              range_end=_encode(_increment_last_byte(prefix)))
+        return [_text(meta['key']) for _value, meta in found]
 
     def _agent_alive(self, host):
         return bool(self.etcd.get(translate.agent_key(self.prefix, host)))

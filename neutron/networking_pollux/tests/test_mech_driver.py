@@ -26,6 +26,10 @@ class FakeEtcd(object):
         self.log.append(('put', key))
 
     def get(self, key, **kw):
+        if 'range_end' in kw:
+            # Only what the driver asks: a prefix's keys, without their values.
+            assert kw.get('keys_only') and kw.get('metadata'), kw
+            return [(b'', meta) for _v, meta in self.get_prefix(key)]
         return [self.kv[key]] if key in self.kv else []
 
     def get_prefix(self, prefix, **kw):
@@ -168,6 +172,25 @@ class DriverTest(DriverCase):
         del self.plugin.ports['p1']
         self.driver.delete_port_postcommit(FakePortContext(moved, None))
         self.assertEqual(self.keys('h2'), [])
+
+    def test_a_ports_floating_ips_and_routed_networks_on_its_removal(self):
+        port = neutron_port('p1')
+        self.plugin.ports['p1'] = port
+        self.driver.update_port_postcommit(FakePortContext(port, None))
+        # The L3 plugin's objects on the same host: a floating IP of p1, and a router
+        # with an interface on p1's subnet.
+        self.etcd.put('/pollux/hosts/h1/floating_ips/f1', json.dumps(
+            {'id': 'f1', 'floating_ip_address': '203.0.113.120', 'port_id': 'p1'}))
+        self.etcd.put('/pollux/hosts/h1/routers/r1', json.dumps(
+            {'id': 'r1', 'interfaces': [SUB], 'routes': []}))
+        self.etcd.log = []
+        del self.plugin.ports['p1']
+        self.driver.delete_port_postcommit(FakePortContext(port, None))
+        ops = [(op, k.split('/', 4)[4]) for op, k in self.etcd.log]
+        self.assertEqual(ops, [('delete', 'floating_ips/f1'), ('delete', 'ports/p1')])
+        # The router still needs the network and subnet.
+        self.assertEqual(self.keys('h1'),
+                         ['networks/' + NET, 'routers/r1', 'subnets/' + SUB])
 
     def test_subnet_and_network_changes_reach_the_hosts_holding_them(self):
         port = neutron_port('p1')
