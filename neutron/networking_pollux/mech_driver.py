@@ -11,14 +11,15 @@ every port change that moves a group's membership rewrite them where they are he
 Objects a port refers to are written before the port and removed after it, so that the
 agent, which applies the keys in revision order, never applies a dangling reference.
 
-What this driver does not see or cannot express yet (routers, floating IPs, QoS,
-Neutron's address groups) is not written; what it writes carries every field Pollux
+A rule's Neutron address group (`remote_address_group_id`) goes with it, and again
+when its addresses change. What this driver does not see or cannot express yet (QoS,
+metering) is not written; what it writes carries every field Pollux
 enforces, so an unsupported one is refused by polluxd and logged by the agent, never
 silently dropped.
 
 Not yet: a journal (a postcommit write that fails while etcd is away is logged and
-lost until the resource changes again), routers and floating IPs (an L3 service
-plugin), l2population.
+lost until the resource changes again), l2population. Routers and floating IPs are the
+L3 service plugin's (l3.py).
 """
 
 import json
@@ -65,6 +66,8 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
                            resources.SECURITY_GROUP, events.AFTER_UPDATE)
         registry.subscribe(self._security_group_changed,
                            resources.SECURITY_GROUP, events.AFTER_DELETE)
+        registry.subscribe(self._address_group_changed,
+                           resources.ADDRESS_GROUP, events.AFTER_UPDATE)
 
     # -- Neutron lookups -------------------------------------------------------
 
@@ -140,6 +143,9 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
             for remote in translate.remote_group_ids(sg):
                 ag = self._group_members(admin, remote)
                 wanted['address_groups'][ag['id']] = ag
+            for ag_id in translate.remote_address_group_ids(sg):
+                wanted['address_groups'][ag_id] = translate.address_group(
+                    self._plugin().get_address_group(admin, ag_id))
         return wanted
 
     def _sync_security(self, plugin_context, host, remove=True):
@@ -174,6 +180,12 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
             for host in sorted(hosts):
                 if self._held(host, 'address_groups').get(ag_id) != text:
                     self._put(host, 'address_groups', ag)
+
+    def _address_group_changed(self, resource, event, trigger, payload):
+        """Addresses added to or removed from a Neutron address group: the hosts whose
+        rules name it get it again."""
+        for host in sorted(self._hosts_with('address_groups', payload.resource_id)):
+            self._sync_security(payload.context, host)
 
     def _security_group_rule_changed(self, resource, event, trigger, payload):
         if event == events.AFTER_CREATE:

@@ -178,6 +178,21 @@ def members_group(sg_id, ports):
             'addresses': sorted(addresses)}
 
 
+def address_group(ag):
+    """A Neutron address group, as polluxd's (the same fields)."""
+    obj = {'id': ag['id'], 'addresses': sorted(ag.get('addresses') or [])}
+    for field in ('name', 'description'):
+        if ag.get(field):
+            obj[field] = ag[field]
+    return obj
+
+
+def remote_address_group_ids(sg):
+    """The Neutron address groups a group's rules name."""
+    return {r['remote_address_group_id'] for r in sg.get('security_group_rules') or []
+            if r.get('remote_address_group_id')}
+
+
 def remote_group_ids(sg):
     """The security groups a group's rules name as remote groups."""
     return {r['remote_group_id'] for r in sg.get('security_group_rules') or []

@@ -20,7 +20,8 @@
 //! addresses by DHCP and a and b ping each other; a port set administratively down
 //! leaves polluxd and comes back; a rule created in Neutron (ICMP from the subnet) is
 //! enforced on the host within a second, and its delete blocks again; c joining the
-//! default group reaches a (the members' address group grows on the host). Through the
+//! default group reaches a (the members' address group grows on the host); a rule naming
+//! a Neutron address group lets in its addresses, and one added to it. Through the
 //! L3 service plugin `pollux_router` (this host is its `l3_host`): a router with SNAT
 //! between the subnet and an external network (203.0.113.0/24, local) on which namespace
 //! o is a port with port security off and a fixed address lets a reach o (which sees
@@ -740,6 +741,58 @@ fn neutron_drives_polluxd_through_etcd() {
         "a reaches c once the rule is gone"
     );
 
+    // A rule naming a Neutron address group lets in its addresses only (a, not b); an
+    // address added to the group in Neutron is let in too.
+    let ag = lab.api(
+        "POST",
+        "address-groups",
+        Some(
+            json!({ "address_group": { "name": "pollux-e2e", "project_id": PROJECT,
+                                         "addresses": [format!("{ip_a}/32")] } }),
+        ),
+        201,
+    )["address_group"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    lab.api(
+        "POST",
+        "security-group-rules",
+        Some(json!({ "security_group_rule": {
+            "security_group_id": sg_c, "project_id": PROJECT, "direction": "ingress",
+            "ethertype": "IPv4", "protocol": "icmp", "remote_address_group_id": ag,
+        } })),
+        201,
+    );
+    until_ping(
+        lab.vm("a"),
+        &ip_c,
+        true,
+        Instant::now(),
+        "a, in the address group",
+    );
+    assert!(
+        !ping(lab.vm("b"), &ip_c, 2),
+        "b reaches c, not in the address group"
+    );
+    let t0 = Instant::now();
+    lab.api(
+        "PUT",
+        &format!("address-groups/{ag}/add_addresses"),
+        Some(json!({ "addresses": [format!("{ip_b}/32")] })),
+        200,
+    );
+    let added = until_ping(
+        lab.vm("b"),
+        &ip_c,
+        true,
+        t0,
+        "b, added to the address group",
+    );
+    eprintln!(
+        "address added to a Neutron address group: b's ping through {added:?} after the call"
+    );
+    assert!(added < SG_ENFORCED, "the address group took {added:?}");
     // c joining the default group becomes one of its members on the host: a lets it in.
     let t0 = Instant::now();
     lab.api(

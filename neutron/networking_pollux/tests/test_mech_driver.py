@@ -45,9 +45,13 @@ class FakePlugin(object):
     def __init__(self):
         self.ports = {}
         self.groups = {}
+        self.address_groups = {}
 
     def get_security_group(self, ctx, sg_id):
         return self.groups[sg_id]
+
+    def get_address_group(self, ctx, ag_id):
+        return self.address_groups[ag_id]
 
     def _get_port_security_group_bindings(self, ctx, filters=None):
         wanted = filters['security_group_id']
@@ -301,6 +305,30 @@ class SecurityGroupTest(DriverCase):
             ('put', '/pollux/hosts/h1/security_groups/sg-1'),
             ('delete', '/pollux/hosts/h1/address_groups/'
              + translate.members_group_id('sg-1'))])
+
+    def test_neutron_address_groups_go_with_the_rules_naming_them(self):
+        self.plugin.address_groups['ag-1'] = {
+            'id': 'ag-1', 'name': 'office', 'description': '', 'project_id': 'p',
+            'addresses': ['203.0.113.0/25', '198.18.50.0/24']}
+        self.plugin.groups['sg-1']['security_group_rules'].append(
+            sg_rule('r-ag', 'ingress', protocol='tcp', port_range_min=22,
+                    port_range_max=22, remote_address_group_id='ag-1'))
+        self.add('p1', 'h1', '198.18.40.11')
+        self.assertEqual(self.held('h1', 'address_groups', 'ag-1'), {
+            'id': 'ag-1', 'name': 'office',
+            'addresses': ['198.18.50.0/24', '203.0.113.0/25']})
+        self.assertIn({'id': 'r-ag', 'direction': 'ingress', 'ethertype': 'IPv4',
+                       'protocol': 'tcp', 'port_range_min': 22, 'port_range_max': 22,
+                       'remote_address_group_id': 'ag-1'},
+                      self.held('h1', 'security_groups', 'sg-1')['rules'])
+        self.plugin.address_groups['ag-1']['addresses'] = ['203.0.113.0/25']
+        self.etcd.log = []
+        self.driver._address_group_changed('address_group',
+                                           mech_driver.events.AFTER_UPDATE, None,
+                                           Payload('ag-1'))
+        self.assertEqual(self.etcd.log, [('put', '/pollux/hosts/h1/address_groups/ag-1')])
+        self.assertEqual(self.held('h1', 'address_groups', 'ag-1')['addresses'],
+                         ['203.0.113.0/25'])
 
     def test_a_port_leaving_its_groups_takes_them_after_it(self):
         p1 = self.add('p1', 'h1', '198.18.40.11')
