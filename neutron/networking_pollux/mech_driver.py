@@ -149,17 +149,16 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
         return wanted
 
     def _sync_security(self, plugin_context, host, remove=True):
-        """Writes what a host's ports need of security groups and members' address
-        groups, in reference order; with `remove`, then deletes what none needs any
-        more (after the port changes that stopped needing it)."""
+        """Writes what a host's ports need of security groups and address groups, in
+        reference order; with `remove`, then deletes what none needs any more (after
+        the port changes that stopped needing it)."""
         admin = plugin_context.elevated()
         with self._reading(admin):
             wanted = self._host_security(admin, host)
         held = {c: self._held(host, c) for c in SECURITY_COLLECTIONS}
         for c in SECURITY_COLLECTIONS:
-            for obj_id, obj in sorted(wanted[c].items()):
-                if held[c].get(obj_id) != json.dumps(obj, sort_keys=True):
-                    self._put(host, c, obj)
+            for _id, obj in sorted(wanted[c].items()):
+                self._put_changed(host, c, obj, held[c])
         if remove:
             for c in reversed(SECURITY_COLLECTIONS):
                 for obj_id in sorted(set(held[c]) - set(wanted[c])):
@@ -176,10 +175,8 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
             admin = plugin_context.elevated()
             with self._reading(admin):
                 ag = self._group_members(admin, sg_id)
-            text = json.dumps(ag, sort_keys=True)
             for host in sorted(hosts):
-                if self._held(host, 'address_groups').get(ag_id) != text:
-                    self._put(host, 'address_groups', ag)
+                self._put_if_changed(host, 'address_groups', ag)
 
     def _address_group_changed(self, resource, event, trigger, payload):
         """Addresses added to or removed from a Neutron address group: the hosts whose
