@@ -115,7 +115,7 @@ enum Command {
     /// `polluxctl put port vm1.json`.
     Put {
         /// Its collection: port(s), network(s), subnet(s), router(s), floating-ip(s),
-        /// security-group(s), uplink(s).
+        /// security-group(s), address-group(s), qos-polic(y|ies), uplink(s).
         kind: String,
         /// The object, bare or as `{"port": {...}}`.
         file: PathBuf,
