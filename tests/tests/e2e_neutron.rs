@@ -76,6 +76,23 @@ const MAC_O: &str = "fa:16:3e:40:00:0e";
 const EXT_CIDR: &str = "203.0.113.0/24";
 const OUTSIDE: &str = "203.0.113.10";
 
+/// Loaded by neutron-server's interpreter (`sitecustomize` on its `PYTHONPATH`): on
+/// SQLite, a write that meets another connection's lock fails at once with "database is
+/// locked" (two green threads' transactions: an API request's and the port status
+/// worker's), which oslo.db reports as a plain error where MySQL's lock conflict is a
+/// deadlock that Neutron retries. This reports SQLite's as the deadlock it is, so that
+/// Neutron retries it as it would on the databases it runs on in production.
+const SQLITE_LOCKED_IS_DEADLOCK: &str = r#"
+from oslo_db import exception as _db_exc
+from oslo_db.sqlalchemy import exc_filters as _filters
+from sqlalchemy import exc as _sqla_exc
+
+
+@_filters.filters("sqlite", _sqla_exc.OperationalError, r".*database is locked")
+def _sqlite_locked(operational_error, match, engine_name, is_disconnect):
+    raise _db_exc.DBDeadlock(operational_error)
+"#;
+
 const NEUTRON_START: Duration = Duration::from_secs(120);
 const CONVERGE: Duration = Duration::from_secs(20);
 const COMMAND: Duration = Duration::from_secs(60);
@@ -276,6 +293,11 @@ impl Lab {
         .arg(self.dir.path("site"))
         .arg(self.dir.path("src"));
         run_ok(pip, "pip install of networking-pollux");
+        std::fs::write(
+            self.dir.path("site/sitecustomize.py"),
+            SQLITE_LOCKED_IS_DEADLOCK,
+        )
+        .unwrap();
         let mut schema = Command::new("/usr/bin/python3");
         schema.args([
             "-c",
@@ -509,15 +531,18 @@ impl Lab {
     }
 }
 
-/// Probes with one ping each 100 ms until the answer is `reachable`; the time from
-/// `since` when it first was (panics after [`CONVERGE`]).
+/// Probes with one ping at a time until the answer is `reachable`; the time from
+/// `since` when it first was (panics after [`CONVERGE`]). A probe waits 100 ms for an
+/// answer while waiting for one, and 500 ms while waiting for none, so that a reply slow
+/// on a busy machine is not taken for a block.
 fn until_ping(ns: &Netns, dst: &str, reachable: bool, since: Instant, what: &str) -> Duration {
     let end = Instant::now() + CONVERGE;
+    let wait = if reachable { "0.1" } else { "0.5" };
     loop {
         let ok = ns
             .exec_timeout(
                 "ping",
-                &["-c", "1", "-W", "0.1", dst],
+                &["-c", "1", "-W", wait, dst],
                 Duration::from_secs(5),
             )
             .map(|o| o.status.success())
