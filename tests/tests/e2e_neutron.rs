@@ -532,13 +532,15 @@ impl Lab {
 }
 
 /// Probes with one ping at a time until the answer is `reachable`; the time from
-/// `since` when it first was (panics after [`CONVERGE`]). A probe waits 100 ms for an
-/// answer while waiting for one, and 500 ms while waiting for none, so that a reply slow
-/// on a busy machine is not taken for a block.
+/// `since` when it first was: when the answer came, or when the unanswered probe was
+/// sent (panics after [`CONVERGE`]). A probe waits 100 ms for an answer while waiting
+/// for one, and 500 ms while waiting for none, so that a reply slow on a busy machine is
+/// not taken for a block.
 fn until_ping(ns: &Netns, dst: &str, reachable: bool, since: Instant, what: &str) -> Duration {
     let end = Instant::now() + CONVERGE;
     let wait = if reachable { "0.1" } else { "0.5" };
     loop {
+        let sent = since.elapsed();
         let ok = ns
             .exec_timeout(
                 "ping",
@@ -548,7 +550,7 @@ fn until_ping(ns: &Netns, dst: &str, reachable: bool, since: Instant, what: &str
             .map(|o| o.status.success())
             .unwrap_or(false);
         if ok == reachable {
-            return since.elapsed();
+            return if reachable { since.elapsed() } else { sent };
         }
         assert!(Instant::now() < end, "{what}: not so after {CONVERGE:?}");
     }
@@ -755,8 +757,9 @@ fn neutron_drives_polluxd_through_etcd() {
     // ...and its delete blocks again.
     let t0 = Instant::now();
     lab.api("DELETE", &format!("security-group-rules/{rule}"), None, 204);
+    let api = t0.elapsed();
     let blocked = until_ping(lab.vm("a"), &ip_c, false, t0, "the rule's delete blocks a");
-    eprintln!("rule deleted: a's ping blocked {blocked:?} after the call");
+    eprintln!("rule deleted: API {api:?}, a's ping blocked {blocked:?} after the call");
     assert!(
         blocked < SG_ENFORCED,
         "the rule's delete took {blocked:?} to be enforced"
@@ -807,6 +810,7 @@ fn neutron_drives_polluxd_through_etcd() {
         Some(json!({ "addresses": [format!("{ip_b}/32")] })),
         200,
     );
+    let api = t0.elapsed();
     let added = until_ping(
         lab.vm("b"),
         &ip_c,
@@ -814,9 +818,7 @@ fn neutron_drives_polluxd_through_etcd() {
         t0,
         "b, added to the address group",
     );
-    eprintln!(
-        "address added to a Neutron address group: b's ping through {added:?} after the call"
-    );
+    eprintln!("address added to a Neutron address group: API {api:?}, b's ping through {added:?} after the call");
     assert!(added < SG_ENFORCED, "the address group took {added:?}");
     // c joining the default group becomes one of its members on the host: a lets it in.
     let t0 = Instant::now();
@@ -826,8 +828,11 @@ fn neutron_drives_polluxd_through_etcd() {
         Some(json!({ "port": { "security_groups": [sg_c, default_sg] } })),
         200,
     );
+    let api = t0.elapsed();
     let joined = until_ping(lab.vm("c"), &ip_a, true, t0, "c, a member now, reaches a");
-    eprintln!("c joined the default group: its ping to a through {joined:?} after the call");
+    eprintln!(
+        "c joined the default group: API {api:?}, its ping to a through {joined:?} after the call"
+    );
     assert!(joined < SG_ENFORCED, "membership took {joined:?}");
     let state = lab.call("config.get", json!({}))["state"].clone();
     let mut all = vec![ip_a.clone(), ip_b.clone(), ip_c.clone()];
