@@ -7,7 +7,12 @@ a host's last port leaving the network takes them away there. A host gets the se
 groups of its ports that have port security, and for every group their rules name as a
 remote group an address group of that group's members on every host (see translate);
 Neutron's security group callbacks (a rule created or deleted, a group updated) and
-every port change that moves a group's membership rewrite them where they are held.
+every port change that moves a group's membership rewrite them where they are held: a
+port's create adds its addresses to its groups' members with a compare-and-swap on each
+key, other changes recompute the members from Neutron's database. A port's write
+reads only what that port needs, so that binding many ports costs each port's share,
+not the host's whole; what a port stops needing is removed by a whole recomputation of
+its host's share.
 Objects a port refers to are written before the port and removed after it, so that the
 agent, which applies the keys in revision order, never applies a dangling reference.
 
@@ -148,6 +153,32 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
                     self._plugin().get_address_group(admin, ag_id))
         return wanted
 
+    def _port_security(self, admin, host, port):
+        """What one port needs on its host: its groups and the address groups their
+        rules name. A members' address group the host holds already is left out: the
+        membership updates keep it current, and recomputing it is a read of every
+        port in the group."""
+        wanted = {'security_groups': {}, 'address_groups': {}}
+        if not port.get('port_security_enabled', True):
+            return wanted
+        held = self._held(host, 'address_groups')
+        for sg_id in port.get('security_groups') or []:
+            sg = self._plugin().get_security_group(admin, sg_id)
+            wanted['security_groups'][sg_id] = translate.security_group(sg)
+            for remote in translate.remote_group_ids(sg):
+                if translate.members_group_id(remote) not in held:
+                    ag = self._group_members(admin, remote)
+                    wanted['address_groups'][ag['id']] = ag
+            for ag_id in translate.remote_address_group_ids(sg):
+                wanted['address_groups'][ag_id] = translate.address_group(
+                    self._plugin().get_address_group(admin, ag_id))
+        return wanted
+
+    def _put_security(self, host, wanted, held):
+        for c in SECURITY_COLLECTIONS:
+            for _id, obj in sorted(wanted[c].items()):
+                self._put_changed(host, c, obj, held[c])
+
     def _sync_security(self, plugin_context, host, remove=True):
         """Writes what a host's ports need of security groups and address groups, in
         reference order; with `remove`, then deletes what none needs any more (after
@@ -156,9 +187,7 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
         with self._reading(admin):
             wanted = self._host_security(admin, host)
         held = {c: self._held(host, c) for c in SECURITY_COLLECTIONS}
-        for c in SECURITY_COLLECTIONS:
-            for _id, obj in sorted(wanted[c].items()):
-                self._put_changed(host, c, obj, held[c])
+        self._put_security(host, wanted, held)
         if remove:
             for c in reversed(SECURITY_COLLECTIONS):
                 for obj_id in sorted(set(held[c]) - set(wanted[c])):
@@ -177,6 +206,36 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
                 ag = self._group_members(admin, sg_id)
             for host in sorted(hosts):
                 self._put_if_changed(host, 'address_groups', ag)
+
+    def _add_members(self, port):
+        """A new port's addresses joined to its groups' members' address groups where
+        they are held: a compare-and-swap on each key, so that two servers adding
+        members at once lose neither."""
+        addresses = translate.member_addresses(port)
+        if not addresses:
+            return
+        for sg_id in sorted(self._groups(port)):
+            ag_id = translate.members_group_id(sg_id)
+            for host in sorted(self._hosts_with('address_groups', ag_id)):
+                self._merge_members(host, ag_id, addresses)
+
+    def _merge_members(self, host, ag_id, addresses):
+        key = translate.object_key(self.prefix, host, 'address_groups', ag_id)
+        for _attempt in range(10):
+            held = self.etcd.get(key)
+            if not held:
+                return
+            old = store._text(held[0])
+            ag = json.loads(old)
+            merged = sorted(set(ag['addresses']) | set(addresses))
+            if merged == ag['addresses']:
+                return
+            ag['addresses'] = merged
+            if self.etcd.replace(key, old, json.dumps(ag, sort_keys=True)):
+                LOG.debug('pollux: members of %s on %s: %s', ag_id, host, merged)
+                return
+        LOG.error('pollux: %s on %s changed under every attempt to add %s',
+                  ag_id, host, addresses)
 
     def _address_group_changed(self, resource, event, trigger, payload):
         """Addresses added to or removed from a Neutron address group: the hosts whose
@@ -225,7 +284,9 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
                  context.current['id'],
                  [s[api.NETWORK_TYPE] for s in context.segments_to_bind])
 
-    def _write_port(self, context, port, segment):
+    def _write_port(self, context, port, segment, remove_unneeded=False):
+        """Writes a port with what it refers to before it; `remove_unneeded` (the port
+        left groups or port security) then removes what no port of the host needs."""
         host = port[portbindings.HOST_ID]
         plugin_context = context._plugin_context
         # The network and its subnets first: polluxd validates a port against them.
@@ -240,9 +301,14 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
                 portbindings.VNIC_NORMAL:
             LOG.warning('pollux: port %s has vnic_type %s; Pollux serves normal '
                         'ports only', port['id'], port.get(portbindings.VNIC_TYPE))
-        self._sync_security(plugin_context, host, remove=False)
+        admin = plugin_context.elevated()
+        with self._reading(admin):
+            needed = self._port_security(admin, host, port)
+        self._put_security(host, needed,
+                           {c: self._held(host, c) for c in SECURITY_COLLECTIONS})
         self._put_if_changed(host, 'ports', translate.port(port))
-        self._sync_security(plugin_context, host)
+        if remove_unneeded:
+            self._sync_security(plugin_context, host)
 
     def _remove_port(self, context, port, host):
         # Floating IPs the L3 plugin gave the port on this host go first: polluxd keeps
@@ -273,7 +339,7 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
     def create_port_postcommit(self, context):
         if self._bound_here(context.current, context.vif_type):
             self._write_port(context, context.current, context.bottom_bound_segment)
-        self._update_members(context._plugin_context, self._groups(context.current))
+        self._add_members(context.current)
 
     def update_port_postcommit(self, context):
         port, original = context.current, context.original
@@ -284,7 +350,13 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
         if was_served and (not now_served or old_host != port[portbindings.HOST_ID]):
             self._remove_port(context, original, old_host)
         if now_served:
-            self._write_port(context, port, context.bottom_bound_segment)
+            stayed = was_served and old_host == port[portbindings.HOST_ID]
+            left = stayed and (
+                self._groups(original) - self._groups(port) or
+                original.get('port_security_enabled', True) and
+                not port.get('port_security_enabled', True))
+            self._write_port(context, port, context.bottom_bound_segment,
+                             remove_unneeded=bool(left))
         if original is None or self._groups(port) != self._groups(original) or \
                 translate.member_addresses(port) != \
                 translate.member_addresses(original):

@@ -36,6 +36,12 @@ class FakeEtcd(object):
         return [(v, {'key': k.encode()}) for k, v in sorted(self.kv.items())
                 if k.startswith(prefix)]
 
+    def replace(self, key, initial, new):
+        if self.kv.get(key) != initial:
+            return False
+        self.put(key, new)
+        return True
+
     def delete(self, key, **kw):
         self.log.append(('delete', key))
         return self.kv.pop(key, None) is not None
