@@ -285,6 +285,24 @@ class SecurityGroupTest(DriverCase):
         self.assertNotIn('security_groups/sg-1', self.keys('h2'))
         self.assertIn('ports/p3', self.keys('h2'))
 
+    def test_a_new_member_survives_a_concurrent_change(self):
+        self.add('p1', 'h1', '198.18.40.11')
+        members = translate.members_group_id('sg-1')
+        key = translate.object_key('/pollux', 'h1', 'address_groups', members)
+        real_replace = self.etcd.replace
+
+        def racing_replace(k, initial, new):
+            # Another server adds 198.18.40.77 between this one's read and its swap.
+            self.etcd.replace = real_replace
+            ag = json.loads(self.etcd.kv[k])
+            ag['addresses'] = sorted(ag['addresses'] + ['198.18.40.77'])
+            self.etcd.kv[k] = json.dumps(ag, sort_keys=True)
+            return real_replace(k, initial, new)
+        self.etcd.replace = racing_replace
+        self.add('p2', 'h2', '198.18.40.12')
+        self.assertEqual(json.loads(self.etcd.kv[key])['addresses'],
+                         ['198.18.40.11', '198.18.40.12', '198.18.40.77'])
+
     def test_rule_changes_reach_the_hosts_holding_the_group(self):
         self.add('p1', 'h1', '198.18.40.11')
         self.add('p9', 'h9', '198.18.40.19', groups=())
