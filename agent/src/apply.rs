@@ -3,6 +3,7 @@
 //! `expect_generation` so that a change made behind the agent's back (another client on
 //! the socket, a rollback) is noticed and repaired by a resynchronisation.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use pollux_control::client::{CallError, Client};
@@ -26,6 +27,9 @@ const MAX_RESYNC_ROUNDS: usize = 16;
 pub struct Applier {
     socket: PathBuf,
     generation: Option<u64>,
+    /// The ports polluxd holds from etcd, as far as the agent's calls tell: what it
+    /// reports as ACTIVE.
+    ports: BTreeSet<String>,
 }
 
 impl Applier {
@@ -33,6 +37,22 @@ impl Applier {
         Applier {
             socket,
             generation: None,
+            ports: BTreeSet::new(),
+        }
+    }
+
+    /// The ports polluxd holds from etcd.
+    pub fn ports(&self) -> &BTreeSet<String> {
+        &self.ports
+    }
+
+    fn held(&mut self, key: &ObjectKey, held: bool) {
+        if key.collection == "ports" {
+            if held {
+                self.ports.insert(key.id.clone());
+            } else {
+                self.ports.remove(&key.id);
+            }
         }
     }
 
@@ -67,6 +87,11 @@ impl Applier {
                         "applied the whole state: generation {} (changed: {})",
                         r["generation"], r["changed"]
                     ));
+                    self.ports = objects
+                        .iter()
+                        .filter(|(k, _)| k.collection == "ports")
+                        .map(|(k, _)| k.id.clone())
+                        .collect();
                     return Ok(());
                 }
                 Err(CallError::Rpc { code, .. }) if code == GENERATION_MISMATCH => continue,
@@ -110,6 +135,7 @@ impl Applier {
                     "{method} {}: generation {} (changed: {})",
                     key.id, r["generation"], r["changed"]
                 ));
+                self.held(key, true);
                 Ok(())
             }
             Err(CallError::Rpc {
@@ -140,9 +166,13 @@ impl Applier {
                     "{method} {}: generation {}",
                     key.id, r["generation"]
                 ));
+                self.held(key, false);
                 Ok(())
             }
-            Err(CallError::Rpc { code, .. }) if code == UNKNOWN_OBJECT => Ok(()),
+            Err(CallError::Rpc { code, .. }) if code == UNKNOWN_OBJECT => {
+                self.held(key, false);
+                Ok(())
+            }
             Err(e) => Err(format!("{method} {}: {e}", key.id)),
         }
     }

@@ -4,6 +4,8 @@
 //! ```text
 //! <prefix>/hosts/<host>/<collection>/<id>   JSON object in polluxd's schema
 //! <prefix>/agents/<host>                    held under the agent's lease while it lives
+//! <prefix>/status/<host>/ports/<id>         {"status": "ACTIVE"} while polluxd holds
+//!                                           the port (written by the agent)
 //! ```
 //!
 //! Only the collections Neutron owns are taken from etcd; a host's uplinks (its
@@ -14,13 +16,14 @@ use serde_json::{Map, Value};
 
 /// The collections the driver writes, in the order a whole state lists them (the order
 /// matters only to error paths: validation is of the whole state).
-pub const COLLECTIONS: [&str; 6] = [
+pub const COLLECTIONS: [&str; 7] = [
     "networks",
     "subnets",
     "ports",
     "routers",
     "floating_ips",
     "security_groups",
+    "address_groups",
 ];
 
 /// The prefix under which `host`'s objects live, with its trailing `/`.
@@ -31,6 +34,12 @@ pub fn host_prefix(prefix: &str, host: &str) -> String {
 /// The key the agent keeps alive under its lease.
 pub fn agent_key(prefix: &str, host: &str) -> String {
     format!("{}/agents/{host}", prefix.trim_end_matches('/'))
+}
+
+/// The prefix of the status keys the agent writes for `host`'s ports, with its
+/// trailing `/`.
+pub fn port_status_prefix(prefix: &str, host: &str) -> String {
+    format!("{}/status/{host}/ports/", prefix.trim_end_matches('/'))
 }
 
 /// What a key under a host's prefix names.
@@ -157,8 +166,20 @@ mod tests {
         assert_eq!(parse_key(&p, "/pollux/hosts/compute-1/ports/a/b"), None);
         assert_eq!(parse_key(&p, "/pollux/hosts/compute-2/ports/a"), None);
         assert_eq!(singular("ports"), "port");
+        assert_eq!(
+            port_status_prefix("/pollux/", "compute-1"),
+            "/pollux/status/compute-1/ports/"
+        );
         assert_eq!(singular("floating_ips"), "floating_ip");
         assert_eq!(singular("security_groups"), "security_group");
+        assert_eq!(singular("address_groups"), "address_group");
+        assert_eq!(
+            parse_key(&p, "/pollux/hosts/compute-1/address_groups/sg-members:4f1c"),
+            Some(ObjectKey {
+                collection: "address_groups",
+                id: "sg-members:4f1c".into()
+            })
+        );
     }
 
     #[test]

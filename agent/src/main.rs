@@ -5,12 +5,16 @@
 //! all of it to polluxd (one `config.apply`), then watches the prefix from the next
 //! revision and applies each change as one object method (`ports.put`, `ports.delete`,
 //! ...). A lost watch, a lost lease or a generation changed behind its back sends it back
-//! to a full resynchronisation. While etcd is unreachable polluxd keeps the state it has:
+//! to a full resynchronisation. It reports the ports polluxd holds under
+//! `<prefix>/status/<host>/ports/<id>` (`{"status": "ACTIVE"}`), which the driver turns
+//! into the ports' status in Neutron, and removes the key of a port polluxd no longer
+//! has (deleted, or refused). While etcd is unreachable polluxd keeps the state it has:
 //! the agent only retries.
 
 mod apply;
 mod keys;
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -142,6 +146,28 @@ async fn session(cli: &Cli) -> SessionEnd {
     log(format!(
         "in sync with etcd revision {revision}: {count} objects"
     ));
+    let status_prefix = keys::port_status_prefix(&cli.prefix, &cli.host);
+    let mut reported = match client
+        .get(
+            status_prefix.as_str(),
+            Some(GetOptions::new().with_prefix().with_keys_only()),
+        )
+        .await
+    {
+        Ok(r) => r
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                String::from_utf8_lossy(kv.key())
+                    .strip_prefix(status_prefix.as_str())
+                    .map(str::to_owned)
+            })
+            .collect(),
+        Err(e) => return etcd(e),
+    };
+    if let Err(e) = report(&mut client, &status_prefix, &mut reported, applier.ports()).await {
+        return etcd(e);
+    }
 
     let options = WatchOptions::new()
         .with_prefix()
@@ -193,12 +219,36 @@ async fn session(cli: &Cli) -> SessionEnd {
                 })
                 .await;
                 applier = back;
+                if let Err(e) = report(&mut client, &status_prefix, &mut reported, applier.ports()).await {
+                    return etcd(e);
+                }
                 if let Err(why) = outcome {
                     return SessionEnd::Resync(why);
                 }
             }
         }
     }
+}
+
+/// Brings the status keys (`reported`: the ports they name) to the ports polluxd holds.
+async fn report(
+    client: &mut Client,
+    status_prefix: &str,
+    reported: &mut BTreeSet<String>,
+    held: &BTreeSet<String>,
+) -> Result<(), etcd_client::Error> {
+    let status = serde_json::json!({ "status": "ACTIVE" }).to_string();
+    for id in held.difference(reported).cloned().collect::<Vec<_>>() {
+        client
+            .put(format!("{status_prefix}{id}"), status.as_str(), None)
+            .await?;
+        reported.insert(id);
+    }
+    for id in reported.difference(held).cloned().collect::<Vec<_>>() {
+        client.delete(format!("{status_prefix}{id}"), None).await?;
+        reported.remove(&id);
+    }
+    Ok(())
 }
 
 /// One watched change, in revision order.

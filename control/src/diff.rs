@@ -269,6 +269,7 @@ pub fn diff_of(old: &DesiredState, new: &DesiredState, touched: &[(Collection, S
     collection!(Collection::Routers, routers, id);
     collection!(Collection::FloatingIps, floating_ips, id);
     collection!(Collection::SecurityGroups, security_groups, id);
+    collection!(Collection::AddressGroups, address_groups, id);
     collection!(Collection::QosPolicies, qos_policies, id);
     d.changed.l2 = old.l2 != new.l2;
     d.changed.dhcp = old.dhcp != new.dhcp;

@@ -13,7 +13,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::model::{
-    DesiredState, FloatingIp, Network, Port, QosPolicy, Router, SecurityGroup, Subnet, Uplink,
+    AddressGroup, DesiredState, FloatingIp, Network, Port, QosPolicy, Router, SecurityGroup,
+    Subnet, Uplink,
 };
 use crate::validate::ValidationError;
 
@@ -34,13 +35,15 @@ pub enum Collection {
     FloatingIps,
     /// `security_groups` (with their rules).
     SecurityGroups,
+    /// `address_groups`.
+    AddressGroups,
     /// `qos_policies` (with their rules).
     QosPolicies,
 }
 
 impl Collection {
     /// Every collection, in document order.
-    pub const ALL: [Collection; 8] = [
+    pub const ALL: [Collection; 9] = [
         Collection::Uplinks,
         Collection::Networks,
         Collection::Subnets,
@@ -48,6 +51,7 @@ impl Collection {
         Collection::Routers,
         Collection::FloatingIps,
         Collection::SecurityGroups,
+        Collection::AddressGroups,
         Collection::QosPolicies,
     ];
 
@@ -61,6 +65,7 @@ impl Collection {
             Collection::Routers => "routers",
             Collection::FloatingIps => "floating_ips",
             Collection::SecurityGroups => "security_groups",
+            Collection::AddressGroups => "address_groups",
             Collection::QosPolicies => "qos_policies",
         }
     }
@@ -76,6 +81,7 @@ impl Collection {
             Collection::Routers => "router",
             Collection::FloatingIps => "floating_ip",
             Collection::SecurityGroups => "security_group",
+            Collection::AddressGroups => "address_group",
             Collection::QosPolicies => "qos_policy",
         }
     }
@@ -110,6 +116,9 @@ impl Collection {
                 .iter()
                 .map(|o| o.id.as_str())
                 .collect(),
+            Collection::AddressGroups => {
+                state.address_groups.iter().map(|o| o.id.as_str()).collect()
+            }
             Collection::QosPolicies => state.qos_policies.iter().map(|o| o.id.as_str()).collect(),
         }
     }
@@ -138,6 +147,8 @@ pub enum Object {
     FloatingIp(FloatingIp),
     /// A security group.
     SecurityGroup(SecurityGroup),
+    /// An address group.
+    AddressGroup(AddressGroup),
     /// A QoS policy.
     QosPolicy(QosPolicy),
 }
@@ -153,6 +164,7 @@ impl Object {
             Object::Router(_) => Collection::Routers,
             Object::FloatingIp(_) => Collection::FloatingIps,
             Object::SecurityGroup(_) => Collection::SecurityGroups,
+            Object::AddressGroup(_) => Collection::AddressGroups,
             Object::QosPolicy(_) => Collection::QosPolicies,
         }
     }
@@ -167,6 +179,7 @@ impl Object {
             Object::Router(o) => &o.id,
             Object::FloatingIp(o) => &o.id,
             Object::SecurityGroup(o) => &o.id,
+            Object::AddressGroup(o) => &o.id,
             Object::QosPolicy(o) => &o.id,
         }
     }
@@ -184,6 +197,7 @@ impl Object {
             Object::Router(o) => value(o),
             Object::FloatingIp(o) => value(o),
             Object::SecurityGroup(o) => value(o),
+            Object::AddressGroup(o) => value(o),
             Object::QosPolicy(o) => value(o),
         }
     }
@@ -209,6 +223,7 @@ impl Object {
             Collection::Routers => Object::Router(read(value, path)?),
             Collection::FloatingIps => Object::FloatingIp(read(value, path)?),
             Collection::SecurityGroups => Object::SecurityGroup(read(value, path)?),
+            Collection::AddressGroups => Object::AddressGroup(read(value, path)?),
             Collection::QosPolicies => Object::QosPolicy(read(value, path)?),
         })
     }
@@ -306,6 +321,7 @@ pub fn put(state: &mut DesiredState, object: Object) -> usize {
         Object::Router(o) => place(&mut state.routers, at, o),
         Object::FloatingIp(o) => place(&mut state.floating_ips, at, o),
         Object::SecurityGroup(o) => place(&mut state.security_groups, at, o),
+        Object::AddressGroup(o) => place(&mut state.address_groups, at, o),
         Object::QosPolicy(o) => place(&mut state.qos_policies, at, o),
     }
 }
@@ -324,6 +340,7 @@ pub fn delete(state: &mut DesiredState, collection: Collection, id: &str) -> boo
         Collection::Routers => drop(state.routers.remove(i)),
         Collection::FloatingIps => drop(state.floating_ips.remove(i)),
         Collection::SecurityGroups => drop(state.security_groups.remove(i)),
+        Collection::AddressGroups => drop(state.address_groups.remove(i)),
         Collection::QosPolicies => drop(state.qos_policies.remove(i)),
     }
     true

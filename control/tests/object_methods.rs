@@ -199,6 +199,7 @@ fn every_object_method_over_the_socket() {
         ("routers", "router"),
         ("floating_ips", "floating_ip"),
         ("security_groups", "security_group"),
+        ("address_groups", "address_group"),
         ("qos_policies", "qos_policy"),
     ];
     assert!(names.contains(&"config.patch"), "{list}");
@@ -220,6 +221,7 @@ fn every_object_method_over_the_socket() {
         json!({ "id": "r2", "interfaces": ["sub-b"] }),
         json!({ "id": "fip1", "floating_ip_address": "203.0.113.20", "port_id": "vm1" }),
         json!({ "id": "sg1", "rules": [{ "direction": "ingress", "ethertype": "IPv4" }] }),
+        json!({ "id": "ag1", "addresses": ["198.18.7.0/24", "2001:db8::/64"] }),
         json!({ "id": "qos1", "rules": [{ "type": "dscp_marking", "dscp_mark": 26 }] }),
     ];
     let mut g = 1;

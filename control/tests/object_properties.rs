@@ -171,8 +171,8 @@ fn spec() -> impl Strategy<Value = Spec> {
         ),
         1 => (0usize..5, 0u8..4).prop_map(|(target, vid)| Spec::Network { target, vid }),
         1 => (0usize..3, 0usize..3).prop_map(|(target, rules)| Spec::SecurityGroup { target, rules }),
-        1 => (0usize..8, 0usize..3).prop_map(|(collection, target)| Spec::Same { collection, target }),
-        3 => (0usize..8, 0usize..4).prop_map(|(collection, target)| Spec::Delete { collection, target }),
+        1 => (0usize..9, 0usize..3).prop_map(|(collection, target)| Spec::Same { collection, target }),
+        3 => (0usize..9, 0usize..4).prop_map(|(collection, target)| Spec::Delete { collection, target }),
     ]
 }
 
@@ -195,6 +195,9 @@ fn nth(state: &DesiredState, collection: Collection, target: usize) -> Option<Ob
         Collection::FloatingIps => Object::FloatingIp(state.floating_ips.get(target)?.clone()),
         Collection::SecurityGroups => {
             Object::SecurityGroup(state.security_groups.get(target)?.clone())
+        }
+        Collection::AddressGroups => {
+            Object::AddressGroup(state.address_groups.get(target)?.clone())
         }
         Collection::QosPolicies => Object::QosPolicy(state.qos_policies.get(target)?.clone()),
     })

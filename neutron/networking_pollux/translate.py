@@ -2,9 +2,14 @@
 live under. Pure functions: no Neutron, no etcd, so that they are tested on their own.
 
 Every field Pollux enforces is carried over as Neutron has it, including those Pollux
-refuses today (security groups, IPv6 subnets): polluxd refuses such an object with the
-field's path and the agent logs it, rather than the driver dropping the field and
-letting the port forward as if it had been honoured.
+refuses: polluxd refuses such an object with the field's path and the agent logs it,
+rather than the driver dropping the field and letting the port forward as if it had been
+honoured.
+
+A rule's `remote_group_id` becomes a `remote_address_group_id` naming an address group of
+the remote group's members (`members_group`): polluxd takes a remote group's members
+from the ports of its own state, which are only its host's, while Neutron means every
+port of the group on every host.
 """
 
 #: Neutron's name for the tap device of a port (nova and os-vif use the same).
@@ -14,6 +19,8 @@ TAP_PREFIX = 'tap'
 PROFILE_AFXDP_INTERFACE = 'pollux_afxdp_interface'
 
 NETWORK_TYPES = ('local', 'flat', 'vlan', 'vxlan')
+#: The id of the address group that carries a security group's members.
+MEMBERS_PREFIX = 'sg-members:'
 
 
 def tap_name(port_id):
@@ -121,3 +128,110 @@ def port_is_served(p):
     administratively up (Pollux has no per-port admin state, so a port that is down is
     removed from its host, which stops its traffic)."""
     return bool(p.get('binding:host_id')) and bool(p.get('admin_state_up', True))
+
+
+def members_group_id(sg_id):
+    return MEMBERS_PREFIX + sg_id
+
+
+def security_group(sg):
+    """A Neutron security group with its `security_group_rules` as polluxd's group."""
+    obj = {
+        'id': sg['id'],
+        'stateful': bool(sg.get('stateful', True)),
+        'rules': [security_group_rule(r) for r in
+                  sorted(sg.get('security_group_rules') or [], key=lambda r: r['id'])],
+    }
+    for field in ('name', 'description'):
+        if sg.get(field):
+            obj[field] = sg[field]
+    return obj
+
+
+def security_group_rule(r):
+    obj = {'id': r['id'], 'direction': r['direction'],
+           'ethertype': r.get('ethertype') or 'IPv4'}
+    for field in ('protocol', 'port_range_min', 'port_range_max', 'remote_ip_prefix',
+                  'remote_address_group_id', 'description'):
+        if r.get(field) is not None and r.get(field) != '':
+            obj[field] = r[field]
+    if r.get('remote_group_id'):
+        # Given with remote_address_group_id too, polluxd refuses the rule by its path
+        # (Neutron refuses it before).
+        if 'remote_address_group_id' in obj:
+            obj['remote_group_id'] = r['remote_group_id']
+        else:
+            obj['remote_address_group_id'] = members_group_id(r['remote_group_id'])
+    return obj
+
+
+def members_group(sg_id, ports):
+    """The address group of security group `sg_id`'s members: the fixed IPs and allowed
+    address pairs of `ports` (every port of the group, on any host), as Neutron's
+    firewalls match a remote group."""
+    addresses = set()
+    for p in ports:
+        if sg_id in (p.get('security_groups') or []):
+            addresses.update(member_addresses(p))
+    return {'id': members_group_id(sg_id),
+            'description': 'members of security group %s' % sg_id,
+            'addresses': sorted(addresses)}
+
+
+def address_group(ag):
+    """A Neutron address group, as polluxd's (the same fields)."""
+    obj = {'id': ag['id'], 'addresses': sorted(ag.get('addresses') or [])}
+    for field in ('name', 'description'):
+        if ag.get(field):
+            obj[field] = ag[field]
+    return obj
+
+
+def remote_address_group_ids(sg):
+    """The Neutron address groups a group's rules name."""
+    return {r['remote_address_group_id'] for r in sg.get('security_group_rules') or []
+            if r.get('remote_address_group_id')}
+
+
+def remote_group_ids(sg):
+    """The security groups a group's rules name as remote groups."""
+    return {r['remote_group_id'] for r in sg.get('security_group_rules') or []
+            if r.get('remote_group_id')}
+
+
+def member_addresses(p):
+    """What a port adds to the members of its groups."""
+    return sorted({ip['ip_address'] for ip in p.get('fixed_ips') or []} |
+                  {pair['ip_address'] for pair in p.get('allowed_address_pairs') or []})
+
+
+def router(r, interface_subnets):
+    """A Neutron router, with the subnets of its interfaces (each at the subnet's
+    gateway_ip: polluxd has no other address for an interface), as polluxd's router."""
+    obj = {
+        'id': r['id'],
+        'interfaces': sorted(interface_subnets),
+        'routes': [{'destination': rt['destination'], 'nexthop': rt['nexthop']}
+                   for rt in r.get('routes') or []],
+    }
+    gateway = r.get('external_gateway_info')
+    if gateway:
+        ips = [ip['ip_address'] for ip in gateway.get('external_fixed_ips') or []
+               if ':' not in ip['ip_address']]
+        obj['external_gateway_info'] = {
+            'network_id': gateway['network_id'],
+            # None when Neutron gave the gateway no IPv4 address: polluxd refuses it
+            # with the field's path rather than the driver routing without it.
+            'external_fixed_ip': ips[0] if ips else None,
+            'enable_snat': bool(gateway.get('enable_snat', True)),
+        }
+    return obj
+
+
+def floating_ip(f):
+    obj = {'id': f['id'], 'floating_ip_address': f['floating_ip_address']}
+    if f.get('port_id'):
+        obj['port_id'] = f['port_id']
+        if f.get('fixed_ip_address'):
+            obj['fixed_ip_address'] = f['fixed_ip_address']
+    return obj

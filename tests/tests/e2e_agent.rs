@@ -2,7 +2,9 @@
 //! the keys written as the mechanism driver writes them but without neutron-server (that
 //! is `e2e_neutron`): changes applied one object at a time, a resynchronisation after an
 //! agent restart, the agent's lease, polluxd's state kept while etcd is away and brought
-//! back in line after, and an object polluxd refuses left out without holding the rest.
+//! back in line after, and an object polluxd refuses left out without holding the rest;
+//! the status keys name the ports polluxd holds (not a refused one, not one deleted while
+//! no agent ran).
 //!
 //! Namespace `sw` holds etcd (127.0.0.1:2379), polluxd and the agent; the ports are `mem`
 //! ports (in-process rings), as forwarding is not what this test is about. Needs root,
@@ -56,6 +58,32 @@ impl Lab {
 
     fn key(&self, collection: &str, id: &str) -> String {
         format!("/pollux/hosts/{}/{collection}/{id}", self.host)
+    }
+
+    /// The ports the agent reports as held by polluxd (its status keys), waited for
+    /// until they are `expected` (the agent writes them after the apply).
+    fn wait_reported(&self, expected: &[String]) {
+        let prefix = format!("/pollux/status/{}/ports/", self.host);
+        let end = Instant::now() + WAIT;
+        loop {
+            let mut ids: Vec<String> = self
+                .etcd
+                .keys(self.sw(), &prefix)
+                .unwrap()
+                .iter()
+                .map(|k| k[prefix.len()..].to_owned())
+                .collect();
+            ids.sort();
+            if ids == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < end,
+                "status keys {ids:?}, expected {expected:?}\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
     }
 
     fn put(&self, collection: &str, object: &Value) {
@@ -212,6 +240,8 @@ fn agent_applies_changes_resyncs_and_rides_out_etcd_outages() {
         lab.log()
     );
     assert_eq!(lab.ports(), vec![port_id(2)]);
+    // Reported: the port polluxd holds, not the refused one.
+    lab.wait_reported(&[port_id(2)]);
 
     // The agent dies; its lease lapses and its key goes. What changed meanwhile is applied
     // by the resynchronisation of the next agent, without the refused port.
@@ -225,6 +255,9 @@ fn agent_applies_changes_resyncs_and_rides_out_etcd_outages() {
     lab.put("ports", &port(3));
     lab.start_agent();
     lab.wait_ports(&[3]);
+    // The resynchronisation brings the status keys to polluxd's ports: port 2's, deleted
+    // while no agent ran, goes.
+    lab.wait_reported(&[port_id(3)]);
     assert!(
         lab.log()
             .contains(&format!("polluxd refuses ports/{}", port_id(5))),

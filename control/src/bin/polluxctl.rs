@@ -115,7 +115,7 @@ enum Command {
     /// `polluxctl put port vm1.json`.
     Put {
         /// Its collection: port(s), network(s), subnet(s), router(s), floating-ip(s),
-        /// security-group(s), uplink(s).
+        /// security-group(s), address-group(s), qos-polic(y|ies), uplink(s).
         kind: String,
         /// The object, bare or as `{"port": {...}}`.
         file: PathBuf,
@@ -699,6 +699,8 @@ fn object_method_name(c: Collection, put: bool) -> &'static str {
         (Collection::FloatingIps, false) => "floating_ips.delete",
         (Collection::SecurityGroups, true) => "security_groups.put",
         (Collection::SecurityGroups, false) => "security_groups.delete",
+        (Collection::AddressGroups, true) => "address_groups.put",
+        (Collection::AddressGroups, false) => "address_groups.delete",
         (Collection::QosPolicies, true) => "qos_policies.put",
         (Collection::QosPolicies, false) => "qos_policies.delete",
     }

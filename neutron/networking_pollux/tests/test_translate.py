@@ -109,5 +109,64 @@ class NetworkSubnetTest(unittest.TestCase):
         self.assertNotIn('gateway_ip', translate.subnet(no_gw))
 
 
+class SecurityGroupTest(unittest.TestCase):
+    def test_rules_as_polluxd_has_them(self):
+        sg = {'id': 'sg-1', 'name': 'web', 'description': '', 'stateful': False,
+              'project_id': 'p', 'security_group_rules': [
+                  {'id': 'r2', 'security_group_id': 'sg-1', 'direction': 'ingress',
+                   'ethertype': 'IPv6', 'protocol': 'tcp', 'port_range_min': 80,
+                   'port_range_max': 80, 'remote_ip_prefix': '2001:db8::/64',
+                   'remote_group_id': None, 'remote_address_group_id': None,
+                   'normalized_cidr': '2001:db8::/64', 'description': ''},
+                  {'id': 'r1', 'security_group_id': 'sg-1', 'direction': 'ingress',
+                   'ethertype': 'IPv4', 'protocol': '1', 'port_range_min': 8,
+                   'port_range_max': None, 'remote_ip_prefix': None,
+                   'remote_group_id': 'sg-2', 'remote_address_group_id': None}]}
+        self.assertEqual(translate.security_group(sg), {
+            'id': 'sg-1', 'name': 'web', 'stateful': False, 'rules': [
+                {'id': 'r1', 'direction': 'ingress', 'ethertype': 'IPv4',
+                 'protocol': '1', 'port_range_min': 8,
+                 'remote_address_group_id': 'sg-members:sg-2'},
+                {'id': 'r2', 'direction': 'ingress', 'ethertype': 'IPv6',
+                 'protocol': 'tcp', 'port_range_min': 80, 'port_range_max': 80,
+                 'remote_ip_prefix': '2001:db8::/64'}]})
+        self.assertEqual(translate.remote_group_ids(sg), {'sg-2'})
+
+    def test_members_are_fixed_ips_and_address_pairs(self):
+        ports = [neutron_port(), neutron_port(id='other', security_groups=['sg-9'],
+                                              fixed_ips=[{'subnet_id': 's',
+                                                          'ip_address': '198.18.40.50'}])]
+        self.assertEqual(translate.members_group('sg-1', ports), {
+            'id': 'sg-members:sg-1', 'description': 'members of security group sg-1',
+            'addresses': ['198.18.40.11', '198.18.40.99']})
+
+
+class L3Test(unittest.TestCase):
+    def test_router_and_floating_ip(self):
+        r = {'id': 'r1', 'name': 'x', 'routes': [{'destination': '198.19.0.0/16',
+                                                   'nexthop': '198.18.40.5'}],
+             'external_gateway_info': {
+                 'network_id': 'ext', 'enable_snat': False,
+                 'external_fixed_ips': [{'subnet_id': 's6', 'ip_address': '2001:db8::5'},
+                                        {'subnet_id': 's4',
+                                         'ip_address': '203.0.113.101'}]}}
+        self.assertEqual(translate.router(r, {'sub-b': '198.18.41.1',
+                                              'sub-a': '198.18.40.1'}), {
+            'id': 'r1', 'interfaces': ['sub-a', 'sub-b'],
+            'routes': [{'destination': '198.19.0.0/16', 'nexthop': '198.18.40.5'}],
+            'external_gateway_info': {'network_id': 'ext', 'enable_snat': False,
+                                      'external_fixed_ip': '203.0.113.101'}})
+        self.assertNotIn('external_gateway_info',
+                         translate.router(dict(r, external_gateway_info=None), {}))
+        f = {'id': 'f1', 'floating_ip_address': '203.0.113.120', 'port_id': None,
+             'fixed_ip_address': None, 'router_id': None}
+        self.assertEqual(translate.floating_ip(f),
+                         {'id': 'f1', 'floating_ip_address': '203.0.113.120'})
+        f.update(port_id='p1', fixed_ip_address='198.18.40.11')
+        self.assertEqual(translate.floating_ip(f), {
+            'id': 'f1', 'floating_ip_address': '203.0.113.120', 'port_id': 'p1',
+            'fixed_ip_address': '198.18.40.11'})
+
+
 if __name__ == '__main__':
     unittest.main()

@@ -1,0 +1,100 @@
+"""Port status back from the hosts: pollux-agent keeps `<prefix>/status/<host>/ports/<id>`
+while its polluxd holds the port; a worker in neutron-server watches those keys and sets
+the port ACTIVE when its key appears, DOWN when it goes (the port was removed from the
+host, or polluxd refused it). The driver binds a port DOWN, so ACTIVE means forwarding.
+"""
+
+import time
+
+import eventlet
+from neutron_lib import constants as n_const
+from neutron_lib import context as n_context
+from neutron_lib.plugins import directory
+from neutron_lib import worker
+from oslo_log import log as logging
+
+LOG = logging.getLogger(__name__)
+
+#: Seconds between attempts while etcd is away.
+RETRY = 1.0
+
+
+def status_prefix(prefix):
+    return '%s/status/' % prefix.rstrip('/')
+
+
+def parse_status_key(prefix, key):
+    """(host, port id) of a status key; None for any other key."""
+    rest = key[len(status_prefix(prefix)):] if key.startswith(status_prefix(prefix)) \
+        else None
+    parts = rest.split('/') if rest else []
+    if len(parts) != 3 or parts[1] != 'ports' or not parts[0] or not parts[2]:
+        return None
+    return parts[0], parts[2]
+
+
+class PortStatus(object):
+    """Applies status keys to Neutron's ports."""
+
+    def __init__(self, etcd, prefix, plugin=directory.get_plugin):
+        self.etcd = etcd
+        self.prefix = prefix
+        self._plugin = plugin
+
+    def apply(self, key, present):
+        parsed = parse_status_key(self.prefix, key)
+        if parsed is None:
+            return
+        host, port_id = parsed
+        status = n_const.PORT_STATUS_ACTIVE if present else n_const.PORT_STATUS_DOWN
+        self._plugin().update_port_status(n_context.get_admin_context(), port_id,
+                                          status, host=host)
+        LOG.debug('pollux: port %s on %s: %s', port_id, host, status)
+
+    def run(self):
+        """Watches the status keys for good: after the watch is set up, the keys as
+        they are, then every change (a key seen twice is applied twice, harmlessly)."""
+        while True:
+            cancel = None
+            try:
+                events, cancel = self.etcd.watch_prefix(status_prefix(self.prefix))
+                for _value, meta in self.etcd.get_prefix(status_prefix(self.prefix)):
+                    self.apply(_text(meta['key']), True)
+                for event in events:
+                    self.apply(_text(event['kv']['key']), event.get('type') != 'DELETE')
+            except Exception:
+                LOG.exception('pollux: watching port status in etcd; retrying')
+            finally:
+                if cancel is not None:
+                    cancel()
+            time.sleep(RETRY)
+
+
+def _text(b):
+    return b.decode() if isinstance(b, bytes) else b
+
+
+class PortStatusWorker(worker.BaseWorker):
+    """Runs the watch in a green thread of one neutron-server process."""
+
+    def __init__(self, port_status):
+        super(PortStatusWorker, self).__init__(worker_process_count=0,
+                                               desc='pollux port status')
+        self.port_status = port_status
+        self._thread = None
+
+    def start(self):
+        super(PortStatusWorker, self).start(desc='pollux port status')
+        self._thread = eventlet.spawn(self.port_status.run)
+
+    def stop(self):
+        if self._thread is not None:
+            self._thread.kill()
+            self._thread = None
+
+    def wait(self):
+        pass
+
+    @staticmethod
+    def reset():
+        pass

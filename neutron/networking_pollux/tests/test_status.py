@@ -1,0 +1,35 @@
+"""Port status from the agents' keys into Neutron.
+Run: /usr/bin/python3 -m unittest discover -s neutron -t neutron"""
+
+import unittest
+
+from networking_pollux import status
+
+
+class FakePlugin(object):
+    def __init__(self):
+        self.calls = []
+
+    def update_port_status(self, ctx, port_id, st, host=None):
+        self.calls.append((port_id, st, host))
+
+
+class StatusTest(unittest.TestCase):
+    def test_keys(self):
+        self.assertEqual(status.parse_status_key('/pollux/', '/pollux/status/h1/ports/p1'),
+                         ('h1', 'p1'))
+        for key in ('/pollux/status/h1/ports/', '/pollux/status/h1/networks/n',
+                    '/pollux/hosts/h1/ports/p1', '/pollux/status/h1/ports/p/x'):
+            self.assertIsNone(status.parse_status_key('/pollux', key), key)
+
+    def test_present_is_active_and_gone_is_down(self):
+        plugin = FakePlugin()
+        ps = status.PortStatus(None, '/pollux', plugin=lambda: plugin)
+        ps.apply('/pollux/status/h1/ports/p1', True)
+        ps.apply('/pollux/status/h1/ports/p1', False)
+        ps.apply('/pollux/agents/h1', True)
+        self.assertEqual(plugin.calls, [('p1', 'ACTIVE', 'h1'), ('p1', 'DOWN', 'h1')])
+
+
+if __name__ == '__main__':
+    unittest.main()
