@@ -146,6 +146,7 @@ fn main() {
         hdr_len: HDR,
         mergeable: true,
         event_idx: false,
+        indirect: false,
     };
     mailbox.send(Command::Start(Arc::new(dev)), Duration::ZERO);
     port.housekeeping(&mut pool);

@@ -3,9 +3,9 @@
 //! device state they build, and hands a started device to the worker through the
 //! [`Mailbox`].
 //!
-//! What is offered: `VERSION_1`, `MRG_RXBUF`, `EVENT_IDX` and `PROTOCOL_FEATURES`; as
-//! protocol features only `REPLY_ACK`. No checksum or segmentation offload, no
-//! indirect descriptors, one queue pair, no dirty logging: the front end negotiates them
+//! What is offered: `VERSION_1`, `MRG_RXBUF`, `INDIRECT_DESC`, `EVENT_IDX` and
+//! `PROTOCOL_FEATURES`; as protocol features only `REPLY_ACK`. No checksum or
+//! segmentation offload, one queue pair, no dirty logging: the front end negotiates them
 //! away. The queues start when both have a memory table, a size, addresses and a kick
 //! (and, with `PROTOCOL_FEATURES`, are enabled); `GET_VRING_BASE` stops them and answers
 //! with the worker's last index; a new memory table, call eventfd or ring address while
@@ -36,6 +36,8 @@ use super::ring::{VringAddrs, MAX_QUEUE_SIZE};
 
 /// `VIRTIO_NET_F_MRG_RXBUF`.
 pub const F_MRG_RXBUF: u64 = 1 << 15;
+/// `VIRTIO_RING_F_INDIRECT_DESC`.
+pub const F_INDIRECT_DESC: u64 = 1 << 28;
 /// `VIRTIO_RING_F_EVENT_IDX`.
 pub const F_EVENT_IDX: u64 = 1 << 29;
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
@@ -43,13 +45,15 @@ pub const F_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// `VIRTIO_F_VERSION_1`.
 pub const F_VERSION_1: u64 = 1 << 32;
 /// Every virtio feature offered.
-pub const OFFERED: u64 = F_MRG_RXBUF | F_EVENT_IDX | F_PROTOCOL_FEATURES | F_VERSION_1;
+pub const OFFERED: u64 =
+    F_MRG_RXBUF | F_INDIRECT_DESC | F_EVENT_IDX | F_PROTOCOL_FEATURES | F_VERSION_1;
 
 /// The names of the offered features in `features`, for `polluxctl show ports`.
 pub fn feature_names(features: u64) -> Vec<&'static str> {
     [
         (F_VERSION_1, "VERSION_1"),
         (F_MRG_RXBUF, "MRG_RXBUF"),
+        (F_INDIRECT_DESC, "INDIRECT_DESC"),
         (F_EVENT_IDX, "EVENT_IDX"),
         (F_PROTOCOL_FEATURES, "PROTOCOL_FEATURES"),
     ]
@@ -213,6 +217,7 @@ impl Handler {
             hdr_len,
             mergeable,
             event_idx: self.features & F_EVENT_IDX != 0,
+            indirect: self.features & F_INDIRECT_DESC != 0,
         };
         if !self
             .mailbox

@@ -48,6 +48,8 @@ pub struct Device {
     pub mergeable: bool,
     /// `VIRTIO_RING_F_EVENT_IDX` was negotiated.
     pub event_idx: bool,
+    /// `VIRTIO_RING_F_INDIRECT_DESC` was negotiated.
+    pub indirect: bool,
 }
 
 /// A command for the worker.

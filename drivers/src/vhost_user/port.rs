@@ -86,7 +86,7 @@ impl VhostUserPort {
             let ring = |q: usize, writable: bool| {
                 let setup = &dev.queues[q];
                 Ring::new(Arc::clone(&dev.mem), setup.addrs, setup.base, writable)
-                    .map(|r| r.with_event_idx(dev.event_idx))
+                    .map(|r| r.with_event_idx(dev.event_idx).with_indirect(dev.indirect))
             };
             let (rx, tx) = (ring(RX_QUEUE, true), ring(TX_QUEUE, false));
             let mut active = Active {
