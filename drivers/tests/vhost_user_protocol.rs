@@ -16,7 +16,7 @@ use pollux_dataplane::buf::FramePool;
 use pollux_dataplane::packet::Batch;
 use pollux_dataplane::port::Port;
 use pollux_drivers::vhost_user::backend::{
-    F_EVENT_IDX, F_INDIRECT_DESC, F_MRG_RXBUF, F_PROTOCOL_FEATURES, F_VERSION_1,
+    F_EVENT_IDX, F_INDIRECT_DESC, F_MQ, F_MRG_RXBUF, F_PROTOCOL_FEATURES, F_VERSION_1,
 };
 use pollux_drivers::vhost_user::{Mailbox, Mode, VhostUserBackend, VhostUserPort};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -109,10 +109,13 @@ fn session(
     let features = front.get_features().unwrap();
     assert_eq!(
         features,
-        F_VERSION_1 | F_MRG_RXBUF | F_INDIRECT_DESC | F_EVENT_IDX | F_PROTOCOL_FEATURES
+        F_VERSION_1 | F_MRG_RXBUF | F_MQ | F_INDIRECT_DESC | F_EVENT_IDX | F_PROTOCOL_FEATURES
     );
     let protocol = front.get_protocol_features().unwrap();
-    assert_eq!(protocol, VhostUserProtocolFeatures::REPLY_ACK);
+    assert_eq!(
+        protocol,
+        VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::MQ
+    );
     front.set_protocol_features(protocol).unwrap();
     // A checksum offload was not offered: refused (noted as the last error), and the
     // session goes on.

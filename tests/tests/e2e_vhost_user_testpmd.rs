@@ -45,6 +45,16 @@ const B_IP: &str = "198.18.0.3";
 const TRAFFIC: Duration = Duration::from_millis(1500);
 const WAIT: Duration = Duration::from_secs(15);
 
+/// A testpmd port: its vhost-user socket, whether testpmd listens on it, its MAC and
+/// queue pairs.
+#[derive(Clone, Copy)]
+struct Front<'a> {
+    socket: &'a str,
+    server: bool,
+    mac: &'a str,
+    queues: u8,
+}
+
 /// A running `dpdk-testpmd`; killed with its process group, and its files removed, on drop.
 struct Testpmd {
     proc: Option<Proc>,
@@ -54,21 +64,27 @@ struct Testpmd {
 }
 
 impl Testpmd {
-    /// testpmd on vhost-user socket `socket` (`server`: it listens) with port MAC `mac`,
-    /// in forwarding mode `mode` (`txonly` sends to `peer`).
+    /// testpmd on `port`'s vhost-user socket in forwarding mode `mode` (`txonly` sends
+    /// to `peer`).
     fn start(
         host: &Netns,
         file_prefix: &str,
-        socket: &str,
-        server: bool,
-        mac: &str,
+        port: &Front,
         mode: &str,
         peer: Option<&str>,
     ) -> Testpmd {
+        let Front {
+            socket,
+            server,
+            mac,
+            queues,
+        } = *port;
         let vdev = format!(
-            "net_virtio_user0,path={socket},server={},queues=1,mac={mac}",
+            "net_virtio_user0,path={socket},server={},queues={queues},mac={mac}",
             u8::from(server)
         );
+        let rxq = format!("--rxq={queues}");
+        let txq = format!("--txq={queues}");
         let forward = format!("--forward-mode={mode}");
         let mut args = vec![
             "--lcores",
@@ -90,6 +106,8 @@ impl Testpmd {
             "1",
             "--total-num-mbufs",
             "8192",
+            &rxq,
+            &txq,
         ];
         let peer = peer.map(|p| format!("--eth-peer=0,{p}"));
         if let Some(p) = &peer {
@@ -137,7 +155,12 @@ impl Testpmd {
 
     /// Stops testpmd with SIGTERM (it stops forwarding and prints its forward statistics
     /// first) and returns (received, sent).
-    fn stop(mut self) -> (u64, u64) {
+    fn stop(self) -> (u64, u64) {
+        Self::counts(&self.stop_text())
+    }
+
+    /// As [`Testpmd::stop`], returning all it printed.
+    fn stop_text(mut self) -> String {
         let proc = self.proc.take().expect("running");
         let out = proc
             .stop(Duration::from_secs(5))
@@ -148,7 +171,17 @@ impl Testpmd {
             "testpmd printed no final statistics:\n{text}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        Self::counts(&text)
+        text
+    }
+
+    /// Frames sent from transmit queue `q`, from the per-stream forward statistics
+    /// testpmd prints when it stops with more than one queue.
+    fn sent_on_queue(text: &str, q: u16) -> u64 {
+        let stream = format!("Queue= {q} -> TX Port= 0/Queue= {q}");
+        let Some((_, rest)) = text.rsplit_once(&stream) else {
+            return 0;
+        };
+        Self::counts(rest.split("-------\n").nth(1).unwrap_or(rest)).1
     }
 
     /// Kills testpmd (SIGKILL), as a crashing front end; returns the last statistics it
@@ -259,22 +292,35 @@ impl Lab<'_> {
     /// B (rxonly, listening: polluxd's `client` port connects) and A (txonly to `peer`,
     /// connecting to polluxd's `server` port), both running when this returns.
     fn start_pair(&self, round: u32, peer: &str) -> (Testpmd, Testpmd) {
+        self.start_pair_with(round, peer, 1)
+    }
+
+    /// As [`Lab::start_pair`], each testpmd with `queues` queue pairs.
+    fn start_pair_with(&self, round: u32, peer: &str, queues: u8) -> (Testpmd, Testpmd) {
+        let b_port = Front {
+            socket: &self.b_sock,
+            server: true,
+            mac: B_MAC,
+            queues,
+        };
         let b = Testpmd::start(
             self.host,
             &format!("{}-b{round}", self.prefix),
-            &self.b_sock,
-            true,
-            B_MAC,
+            &b_port,
             "rxonly",
             None,
         );
         wait_port(&self.polluxd, "tp-b", "running", running);
+        let a_port = Front {
+            socket: &self.a_sock,
+            server: false,
+            mac: A_MAC,
+            queues,
+        };
         let a = Testpmd::start(
             self.host,
             &format!("{}-a{round}", self.prefix),
-            &self.a_sock,
-            false,
-            A_MAC,
+            &a_port,
             "txonly",
             Some(peer),
         );
@@ -428,6 +474,50 @@ fn testpmd_front_ends_exchange_traffic_reconnect_and_reach_an_afxdp_namespace() 
         counter(&port(&lab.polluxd, "tp-x1"), "rx_packets") >= 100,
         "tp-x1 did not take x1's pings"
     );
+
+    // 4. Two queue pairs (VIRTIO_NET_F_MQ, protocol MQ): testpmd enables the second pair
+    // through its control queue (SET_VRING_ENABLE); A sends on both transmit queues.
+    lab.wait_disconnects("tp-a", 4);
+    lab.wait_disconnects("tp-b", 4);
+    let a_rx_before = counter(&port(&lab.polluxd, "tp-a"), "rx_packets");
+    let b_tx_before = counter(&port(&lab.polluxd, "tp-b"), "tx_packets");
+    let (a, mut b) = lab.start_pair_with(4, B_MAC, 2);
+    let two_pairs =
+        |p: &Value| running(p) && p["vhost_user"]["queues_running"] == json!([0, 1, 2, 3]);
+    let pa = wait_port(&lab.polluxd, "tp-a", "running two pairs", two_pairs);
+    wait_port(&lab.polluxd, "tp-b", "running two pairs", two_pairs);
+    assert!(
+        pa["vhost_user"]["feature_names"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("MQ")),
+        "{pa}"
+    );
+    assert!(
+        b.wait_rx(1000),
+        "with two pairs, B received under 1000 frames"
+    );
+    let text = a.stop_text();
+    let (on_0, on_1) = (
+        Testpmd::sent_on_queue(&text, 0),
+        Testpmd::sent_on_queue(&text, 1),
+    );
+    let a_rx = settled(&lab.polluxd, "tp-a", "rx_packets") - a_rx_before;
+    let b_tx = settled(&lab.polluxd, "tp-b", "tx_packets") - b_tx_before;
+    let (b_rx, _) = b.stop();
+    eprintln!(
+        "two pairs: A sent {on_0} + {on_1}; polluxd took {a_rx}, gave B {b_tx}; B got {b_rx}"
+    );
+    assert!(
+        on_0 > 0 && on_1 > 0,
+        "A did not send on both queues:\n{text}"
+    );
+    assert!(
+        a_rx > on_0.max(on_1) && a_rx <= on_0 + on_1,
+        "polluxd took {a_rx} of A's {on_0} + {on_1}: not from both queues"
+    );
+    assert!(b_tx > 0);
+    assert_eq!(b_rx, b_tx, "B's count against polluxd's tp-b tx_packets");
 
     let Lab { polluxd, .. } = lab;
     let (status, stderr) = polluxd.stop().unwrap_or_else(|e| panic!("{e}"));
