@@ -508,6 +508,7 @@ impl Ring {
     /// the virtio-net header `hdr` (its `num_buffers` set to the chains used), then
     /// `frame`. `chains` holds each collected chain's head and length. Returns how many
     /// chains the frame used, `None` when they cannot hold it all.
+    #[inline]
     pub fn fill(
         &mut self,
         segs: &Segments,
