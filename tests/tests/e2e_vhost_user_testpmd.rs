@@ -17,6 +17,8 @@
 //! 3. vhost-user ↔ AF_XDP: A floods x1 (testpmd's default 198.18.0.1 → 198.18.0.2), whose
 //!    kernel counts the frames, while x1 pings B's MAC (a static neighbour) and B counts
 //!    the requests.
+//! 4. Multiqueue: both with `queues=2`; polluxd runs queues 0–3 once testpmd's control
+//!    queue enabled the second pair, and takes A's frames from both transmit queues.
 //!
 //! testpmd runs without hugepages (`--no-huge`: its memory is then a memfd, which it can
 //! share), both instances on CPU 0 and polluxd's worker on the last CPU. Every testpmd is
