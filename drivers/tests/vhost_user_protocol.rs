@@ -16,7 +16,7 @@ use pollux_dataplane::buf::FramePool;
 use pollux_dataplane::packet::Batch;
 use pollux_dataplane::port::Port;
 use pollux_drivers::vhost_user::backend::{
-    F_EVENT_IDX, F_MRG_RXBUF, F_PROTOCOL_FEATURES, F_VERSION_1,
+    F_EVENT_IDX, F_INDIRECT_DESC, F_MQ, F_MRG_RXBUF, F_PROTOCOL_FEATURES, F_VERSION_1,
 };
 use pollux_drivers::vhost_user::{Mailbox, Mode, VhostUserBackend, VhostUserPort};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
@@ -109,10 +109,13 @@ fn session(
     let features = front.get_features().unwrap();
     assert_eq!(
         features,
-        F_VERSION_1 | F_MRG_RXBUF | F_EVENT_IDX | F_PROTOCOL_FEATURES
+        F_VERSION_1 | F_MRG_RXBUF | F_MQ | F_INDIRECT_DESC | F_EVENT_IDX | F_PROTOCOL_FEATURES
     );
     let protocol = front.get_protocol_features().unwrap();
-    assert_eq!(protocol, VhostUserProtocolFeatures::REPLY_ACK);
+    assert_eq!(
+        protocol,
+        VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::MQ
+    );
     front.set_protocol_features(protocol).unwrap();
     // A checksum offload was not offered: refused (noted as the last error), and the
     // session goes on.
@@ -252,4 +255,94 @@ fn server_mode_negotiates_runs_stops_and_takes_a_second_session() {
 #[test]
 fn client_mode_connects_and_reconnects_to_the_front_end() {
     run(Mode::Client, "client");
+}
+
+/// Sets up ring `q` at [`Guest::addrs`] from index 0.
+fn setup_ring(front: &mut Frontend, q: usize, call: &EventFd, kick: &EventFd) {
+    let a = Guest::addrs(q);
+    front.set_vring_num(q, QSIZE).unwrap();
+    let config = VringConfigData {
+        queue_max_size: QSIZE,
+        queue_size: QSIZE,
+        flags: 0,
+        desc_table_addr: a.desc,
+        used_ring_addr: a.used,
+        avail_ring_addr: a.avail,
+        log_addr: None,
+    };
+    front.set_vring_addr(q, &config).unwrap();
+    front.set_vring_base(q, 0).unwrap();
+    front.set_vring_call(q, call).unwrap();
+    front.set_vring_kick(q, kick).unwrap();
+}
+
+#[test]
+fn a_second_pair_runs_while_enabled() {
+    let path = socket_path("mq");
+    let _ = std::fs::remove_file(&path);
+    let _cleanup = SocketFile(path.clone());
+    let mailbox = Mailbox::new();
+    let worker = Worker::start(Arc::clone(&mailbox));
+    let _backend =
+        VhostUserBackend::start("vu-mq", &path, Mode::Server, Arc::clone(&mailbox)).unwrap();
+    let mut front = Frontend::connect(&path, 4).unwrap();
+    let g = Guest::new();
+    front.set_owner().unwrap();
+    let features = front.get_features().unwrap();
+    assert_ne!(features & F_MQ, 0);
+    let protocol = front.get_protocol_features().unwrap();
+    front.set_protocol_features(protocol).unwrap();
+    assert_eq!(front.get_queue_num().unwrap(), 8);
+    front.set_features(features).unwrap();
+    let region = VhostUserMemoryRegionInfo {
+        guest_phys_addr: GPA,
+        memory_size: SIZE as u64,
+        userspace_addr: UVA,
+        mmap_offset: 0,
+        mmap_handle: g.file.as_raw_fd(),
+    };
+    front.set_mem_table(&[region]).unwrap();
+    let call = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+    let kick = EventFd::new(0).unwrap();
+    for q in 0..4 {
+        setup_ring(&mut front, q, &call, &kick);
+    }
+    for q in 0..2 {
+        front.set_vring_enable(q, true).unwrap();
+    }
+    let running = |qs: &[u16]| mailbox.status().running && mailbox.status().queues_running == qs;
+    wait("the first pair to run alone", || running(&[0, 1]));
+    for q in 2..4 {
+        front.set_vring_enable(q, true).unwrap();
+    }
+    wait("both pairs to run", || running(&[0, 1, 2, 3]));
+    assert_eq!(mailbox.status().queue_sizes, [QSIZE; 4]);
+    // A frame on the second pair's transmit queue arrives.
+    let mut g = g;
+    let send = |g: &mut Guest, i: u16, byte: u8| {
+        let mut bytes = vec![0u8; HDR];
+        bytes.extend_from_slice(&[byte; 60]);
+        let addr = BUF + 0x1000 * u64::from(i);
+        g.write(addr, &bytes);
+        g.desc(3, i, GPA + addr, bytes.len() as u32, 0, 0);
+        g.make_available(3, i);
+    };
+    send(&mut g, 0, 0x33);
+    assert_eq!(worker.wait_frames(1), vec![vec![0x33; 60]]);
+    // Disabled, it is not polled; enabled again, it resumes where it was.
+    front.set_vring_enable(3, false).unwrap();
+    wait("the second pair's transmit queue to stop", || {
+        running(&[0, 1, 2])
+    });
+    send(&mut g, 1, 0x44);
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        worker.got.lock().unwrap().len(),
+        1,
+        "a disabled queue was polled"
+    );
+    front.set_vring_enable(3, true).unwrap();
+    assert_eq!(worker.wait_frames(2)[1], vec![0x44; 60]);
+    assert_eq!(g.used_idx(3), 2);
+    assert_eq!(mailbox.broken(), 0);
 }

@@ -72,6 +72,17 @@ fn started_with_err(
     pool: &mut FramePool,
     tx_err: Option<std::fs::File>,
 ) -> (VhostUserPort, Arc<Mailbox>) {
+    started_as(guest, mergeable, false, pool, tx_err)
+}
+
+/// As [`started_with_err`], with `VIRTIO_RING_F_INDIRECT_DESC` negotiated or not.
+fn started_as(
+    guest: &Guest,
+    mergeable: bool,
+    indirect: bool,
+    pool: &mut FramePool,
+    tx_err: Option<std::fs::File>,
+) -> (VhostUserPort, Arc<Mailbox>) {
     let mailbox = Mailbox::new();
     let mut port = VhostUserPort::new("vu-test", Arc::clone(&mailbox));
     let setup = |q| QueueSetup {
@@ -84,10 +95,11 @@ fn started_with_err(
     tx.err = tx_err;
     let dev = Device {
         mem: guest.memory(),
-        queues: [setup(0), tx],
+        queues: vec![Some(setup(0)), Some(tx)],
         hdr_len: HDR,
         mergeable,
         event_idx: false,
+        indirect,
     };
     // Not acknowledged yet: the port takes it on its next housekeeping.
     assert!(!mailbox.send(Command::Start(Arc::new(dev)), Duration::ZERO));
@@ -232,10 +244,21 @@ fn bursts_allocate_nothing() {
 /// Builds a hostile transmit queue with `hostile`, then checks the port gives it up
 /// with a counter, hands over no frame, leaks none and keeps refusing quietly.
 fn assert_broken(hostile: impl FnOnce(&mut Guest)) {
+    assert_broken_as(false, hostile)
+}
+
+/// As [`assert_broken`], with indirect descriptors negotiated or not.
+fn assert_broken_as(indirect: bool, hostile: impl FnOnce(&mut Guest)) {
     let mut g = Guest::new();
     let mut pool = FramePool::with_frames(64).unwrap();
     let err = eventfd();
-    let (mut port, mailbox) = started_with_err(&g, true, &mut pool, Some(err.try_clone().unwrap()));
+    let (mut port, mailbox) = started_as(
+        &g,
+        true,
+        indirect,
+        &mut pool,
+        Some(err.try_clone().unwrap()),
+    );
     hostile(&mut g);
     assert!(rx_all(&mut port, &mut pool).is_empty());
     assert_eq!(extra(&port, "broken_queues"), 1);
@@ -318,6 +341,267 @@ fn an_indirect_descriptor_breaks_the_queue() {
     });
 }
 
+/// Where the tests put indirect tables (guest offset).
+const TABLE: u64 = BUF + 0x40000;
+
+/// Writes an indirect table of `descs` (addr, len, flags, next) at guest offset `at`.
+fn table(g: &Guest, at: u64, descs: &[(u64, u32, u16, u16)]) {
+    for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
+        let mut d = [0u8; 16];
+        d[..8].copy_from_slice(&addr.to_le_bytes());
+        d[8..12].copy_from_slice(&len.to_le_bytes());
+        d[12..14].copy_from_slice(&flags.to_le_bytes());
+        d[14..16].copy_from_slice(&next.to_le_bytes());
+        g.write(at + 16 * i as u64, &d);
+    }
+}
+
+/// Head 0 of the transmit queue points to an indirect table at `TABLE` of `len` bytes
+/// holding `descs`, and is made available.
+fn indirect_head(g: &mut Guest, len: u32, descs: &[(u64, u32, u16, u16)]) {
+    table(g, TABLE, descs);
+    g.desc(1, 0, GPA + TABLE, len, 4, 0);
+    g.make_available(1, 0);
+}
+
+#[test]
+fn indirect_chains_cross_byte_for_byte_both_ways() {
+    let mut g = Guest::new();
+    let mut pool = FramePool::with_frames(64).unwrap();
+    let (mut port, _mb) = started_as(&g, true, true, &mut pool, None);
+    // From the guest: header and frame in two descriptors of a table, then the same
+    // from a table that is not even 8-aligned, then a direct chain.
+    let (a, b, c) = (frame(700, 1), frame(64, 2), frame(90, 3));
+    g.write(BUF, &[0; HDR]);
+    g.write(BUF + 0x1000, &a);
+    indirect_head(
+        &mut g,
+        32,
+        &[
+            (GPA + BUF, HDR as u32, 1, 1),
+            (GPA + BUF + 0x1000, a.len() as u32, 0, 0),
+        ],
+    );
+    let mut one = vec![0u8; HDR];
+    one.extend_from_slice(&b);
+    g.write(BUF + 0x6000, &one);
+    table(
+        &g,
+        TABLE + 0x103,
+        &[(GPA + BUF + 0x6000, one.len() as u32, 0, 0)],
+    );
+    g.desc(1, 1, GPA + TABLE + 0x103, 16, 4, 0);
+    g.make_available(1, 1);
+    guest_sends(&mut g, 2, &c);
+    assert_eq!(rx_all(&mut port, &mut pool), vec![a.clone(), b, c]);
+    assert_eq!(g.used_idx(1), 3);
+    assert_eq!(g.used(1, 0).0, 0);
+    assert_eq!(g.used(1, 1).0, 1);
+    // To the guest: a receive chain through a table of two writable buffers (the
+    // indirect descriptor's own WRITE flag is ignored, as the spec says).
+    table(
+        &g,
+        TABLE + 0x1000,
+        &[
+            (GPA + BUF + 0x8000, 100, 3, 1),
+            (GPA + BUF + 0x9000, 2048, 2, 0),
+        ],
+    );
+    g.desc(0, 0, GPA + TABLE + 0x1000, 32, 4 | 2, 0);
+    g.make_available(0, 0);
+    let (id, off) = pool.alloc_with(&a).unwrap();
+    let pkt = Packet::received(id, off, a.len() as u16);
+    assert_eq!(port.tx_burst(0, &mut pool, &[pkt]), 1);
+    assert_eq!(g.used_idx(0), 1);
+    assert_eq!(g.used(0, 0), (0, (HDR + a.len()) as u32));
+    let mut got = g.read(BUF + 0x8000 + HDR as u64, 100 - HDR);
+    got.extend(g.read(BUF + 0x9000, a.len() - (100 - HDR)));
+    assert_eq!(got, a);
+    assert_eq!(extra(&port, "broken_queues"), 0);
+    assert_eq!(pool.available(), 64);
+}
+
+#[test]
+fn an_indirect_descriptor_inside_a_table_breaks_the_queue() {
+    assert_broken_as(true, |g| {
+        indirect_head(g, 16, &[(GPA + TABLE, 16, 4, 0)]);
+    });
+}
+
+#[test]
+fn an_indirect_descriptor_with_next_breaks_the_queue() {
+    assert_broken_as(true, |g| {
+        table(g, TABLE, &[(GPA + BUF, 100, 0, 0)]);
+        g.desc(1, 0, GPA + TABLE, 16, 4 | 1, 1);
+        g.desc(1, 1, GPA + BUF, 100, 0, 0);
+        g.make_available(1, 0);
+    });
+}
+
+#[test]
+fn an_indirect_table_of_partial_descriptors_breaks_the_queue() {
+    assert_broken_as(true, |g| indirect_head(g, 24, &[(GPA + BUF, 100, 0, 0)]));
+}
+
+#[test]
+fn an_empty_indirect_table_breaks_the_queue() {
+    assert_broken_as(true, |g| indirect_head(g, 0, &[]));
+}
+
+#[test]
+fn an_indirect_table_outside_guest_memory_breaks_the_queue() {
+    assert_broken_as(true, |g| {
+        g.desc(1, 0, GPA + SIZE as u64 - 16, 32, 4, 0);
+        g.make_available(1, 0);
+    });
+}
+
+#[test]
+fn an_indirect_table_below_guest_memory_breaks_the_queue() {
+    assert_broken_as(true, |g| {
+        g.desc(1, 0, GPA - 16, 32, 4, 0);
+        g.make_available(1, 0);
+    });
+}
+
+#[test]
+fn an_oversized_indirect_table_breaks_the_queue() {
+    assert_broken_as(true, |g| {
+        let descs: Vec<_> = (0..65u16)
+            .map(|i| (GPA + BUF, 1, if i < 64 { 1 } else { 0 }, i + 1))
+            .collect();
+        indirect_head(g, 16 * 65, &descs);
+    });
+}
+
+#[test]
+fn a_huge_indirect_length_breaks_the_queue() {
+    assert_broken_as(true, |g| {
+        indirect_head(g, u32::MAX - 15, &[(GPA + BUF, 1, 0, 0)])
+    });
+}
+
+#[test]
+fn a_next_beyond_the_indirect_table_breaks_the_queue() {
+    // Index 2 is inside the ring's table but not inside this two-entry table.
+    assert_broken_as(true, |g| {
+        indirect_head(g, 32, &[(GPA + BUF, 10, 1, 2), (GPA + BUF, 10, 0, 0)]);
+    });
+}
+
+#[test]
+fn a_loop_inside_an_indirect_table_breaks_the_queue() {
+    assert_broken_as(true, |g| {
+        indirect_head(g, 32, &[(GPA + BUF, 10, 1, 1), (GPA + BUF, 10, 1, 0)]);
+    });
+}
+
+#[test]
+fn a_writable_descriptor_in_a_transmit_indirect_table_breaks_the_queue() {
+    assert_broken_as(true, |g| indirect_head(g, 16, &[(GPA + BUF, 100, 2, 0)]));
+}
+
+#[test]
+fn a_buffer_outside_guest_memory_in_an_indirect_table_breaks_the_queue() {
+    assert_broken_as(true, |g| {
+        indirect_head(g, 16, &[(GPA + SIZE as u64 - 10, 100, 0, 0)]);
+    });
+}
+
+#[test]
+fn a_chain_too_long_across_an_indirect_table_breaks_the_queue() {
+    // 40 direct descriptors, then a table of 40: 80 in all, over the bound of 64.
+    assert_broken_as(true, |g| {
+        let descs: Vec<_> = (0..40u16)
+            .map(|i| (GPA + BUF, 1, if i < 39 { 1 } else { 0 }, i + 1))
+            .collect();
+        table(g, TABLE, &descs);
+        for i in 0..40u16 {
+            g.desc(1, i, GPA + BUF, 1, 1, i + 1);
+        }
+        g.desc(1, 40, GPA + TABLE, 16 * 40, 4, 0);
+        g.make_available(1, 0);
+    });
+}
+
+/// A port on a device with two queue pairs, pair 1 running or not.
+fn started_two_pairs(g: &Guest, pool: &mut FramePool, second: bool) -> VhostUserPort {
+    let mailbox = Mailbox::new();
+    let mut port = VhostUserPort::new("vu-mq", Arc::clone(&mailbox));
+    let setup = |q| {
+        Some(QueueSetup {
+            addrs: Guest::addrs(q),
+            base: 0,
+            call: None,
+            err: None,
+        })
+    };
+    let queues = if second {
+        vec![setup(0), setup(1), setup(2), setup(3)]
+    } else {
+        vec![setup(0), setup(1), None, None]
+    };
+    let dev = Device {
+        mem: g.memory(),
+        queues,
+        hdr_len: HDR,
+        mergeable: true,
+        event_idx: false,
+        indirect: false,
+    };
+    mailbox.send(Command::Start(Arc::new(dev)), Duration::ZERO);
+    port.housekeeping(pool);
+    port
+}
+
+/// The guest sends `bytes` on transmit queue `q` from descriptor `i`.
+fn guest_sends_on(g: &mut Guest, q: usize, i: u16, bytes: &[u8]) {
+    let addr = BUF + 0x40000 + 0x1000 * (16 * q as u64 + u64::from(i));
+    let mut buf = vec![0u8; HDR];
+    buf.extend_from_slice(bytes);
+    g.write(addr, &buf);
+    g.desc(q, i, GPA + addr, buf.len() as u32, 0, 0);
+    g.make_available(q, i);
+}
+
+#[test]
+fn every_running_pair_is_polled_and_frames_to_the_guest_use_the_first() {
+    let mut g = Guest::new();
+    let mut pool = FramePool::with_frames(64).unwrap();
+    let mut port = started_two_pairs(&g, &mut pool, true);
+    let (a, b) = (frame(100, 1), frame(200, 2));
+    guest_sends_on(&mut g, 1, 0, &a);
+    guest_sends_on(&mut g, 3, 0, &b);
+    let mut got = rx_all(&mut port, &mut pool);
+    got.sort_by_key(Vec::len);
+    assert_eq!(got, vec![a.clone(), b]);
+    assert_eq!((g.used_idx(1), g.used_idx(3)), (1, 1));
+    // Receive buffers on both pairs: the frame goes to pair 0's.
+    for q in [0, 2] {
+        g.desc(q, 0, GPA + BUF + 0x1000 * q as u64, 2048, 2, 0);
+        g.make_available(q, 0);
+    }
+    let (id, off) = pool.alloc_with(&a).unwrap();
+    assert_eq!(
+        port.tx_burst(0, &mut pool, &[Packet::received(id, off, a.len() as u16)]),
+        1
+    );
+    assert_eq!((g.used_idx(0), g.used_idx(2)), (1, 0));
+    assert_eq!(g.read(BUF + HDR as u64, a.len()), a);
+    assert_eq!(pool.available(), 64);
+}
+
+#[test]
+fn a_pair_not_running_is_not_polled() {
+    let mut g = Guest::new();
+    let mut pool = FramePool::with_frames(64).unwrap();
+    let mut port = started_two_pairs(&g, &mut pool, false);
+    guest_sends_on(&mut g, 3, 0, &frame(100, 1));
+    guest_sends_on(&mut g, 1, 0, &frame(60, 2));
+    assert_eq!(rx_all(&mut port, &mut pool), vec![frame(60, 2)]);
+    assert_eq!((g.used_idx(1), g.used_idx(3)), (1, 0));
+}
+
 #[test]
 fn a_writable_descriptor_on_the_transmit_queue_breaks_it() {
     assert_broken(|g| {
@@ -341,23 +625,24 @@ fn a_ring_outside_guest_memory_is_given_up_at_start() {
     bad.used = UVA + SIZE as u64 - 8;
     let dev = Device {
         mem: g.memory(),
-        queues: [
-            QueueSetup {
+        queues: vec![
+            Some(QueueSetup {
                 addrs: Guest::addrs(0),
                 base: 0,
                 call: None,
                 err: None,
-            },
-            QueueSetup {
+            }),
+            Some(QueueSetup {
                 addrs: bad,
                 base: 0,
                 call: None,
                 err: None,
-            },
+            }),
         ],
         hdr_len: HDR,
         mergeable: true,
         event_idx: false,
+        indirect: false,
     };
     mailbox.send(Command::Start(Arc::new(dev)), Duration::ZERO);
     port.housekeeping(&mut pool);
@@ -382,10 +667,11 @@ fn with_event_idx_the_guest_is_interrupted_only_when_it_asked_and_never_asked_to
     tx.call = Some(call.try_clone().unwrap());
     let dev = Device {
         mem: g.memory(),
-        queues: [setup(0), tx],
+        queues: vec![Some(setup(0)), Some(tx)],
         hdr_len: HDR,
         mergeable: true,
         event_idx: true,
+        indirect: false,
     };
     mailbox.send(Command::Start(Arc::new(dev)), Duration::ZERO);
     port.housekeeping(&mut pool);
@@ -462,7 +748,7 @@ fn stopping_reports_where_the_queues_stopped() {
     assert_eq!(rx_all(&mut port, &mut pool).len(), 3);
     mailbox.send(Command::Stop, Duration::ZERO);
     port.housekeeping(&mut pool);
-    assert_eq!(mailbox.bases(), [0, 3]);
+    assert_eq!(mailbox.bases()[..2], [0, 3]);
     guest_sends(&mut g, 3, &frame(60, 0));
     assert!(
         rx_all(&mut port, &mut pool).is_empty(),
@@ -498,6 +784,41 @@ proptest! {
         }
         if idx_jump > 300 {
             g.set_avail_idx(1, idx_jump);
+        }
+        for _ in 0..3 {
+            let got = rx_all(&mut port, &mut pool);
+            for f in &got {
+                prop_assert!(f.len() <= pool.max_data_len());
+            }
+            let (id, off) = pool.alloc_with(&frame(100, 0)).unwrap();
+            let taken = port.tx_burst(0, &mut pool, &[Packet::received(id, off, 100)]);
+            if taken == 0 {
+                pool.free(id);
+            }
+        }
+        prop_assert_eq!(pool.available(), 128);
+    }
+
+    /// The same with indirect descriptors negotiated: heads point to random tables
+    /// (random lengths, some inside guest memory) of random descriptors.
+    #[test]
+    fn random_indirect_tables_never_panic_or_leak(
+        heads in proptest::collection::vec((0u64..0x3000, 0u32..2000, 0u16..16, 0u16..8), 1..32),
+        entries in proptest::collection::vec((0u64..0x30000, 0u32..3000, 0u16..8, 0u16..80), 0..256),
+    ) {
+        let mut g = Guest::new();
+        let mut pool = FramePool::with_frames(128).unwrap();
+        let (mut port, _mb) = started_as(&g, true, true, &mut pool, None);
+        let descs: Vec<_> = entries.iter().map(|&(a, l, f, n)| (GPA + BUF + a, l, f, n)).collect();
+        table(&g, TABLE, &descs);
+        for (i, &(at, len, flags, next)) in heads.iter().enumerate() {
+            // Mostly indirect heads; the offset may run past the table, or past memory.
+            let flags = if flags < 12 { 4 | (flags & 3) } else { flags & 7 };
+            let addr = GPA + TABLE + at * 8 % 0x50000;
+            g.desc(1, i as u16, addr, len, flags, next);
+            g.desc(0, i as u16, addr, len, flags | 2, next);
+            g.make_available(1, i as u16);
+            g.make_available(0, i as u16);
         }
         for _ in 0..3 {
             let got = rx_all(&mut port, &mut pool);

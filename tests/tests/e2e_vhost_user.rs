@@ -338,7 +338,7 @@ fn a_qemu_guest_on_a_vhost_user_port_gets_dhcp_and_pings_an_afxdp_namespace() {
     assert_eq!(vu["broken_queues"], 0, "{p}");
     assert_eq!(vu["queues"], json!([256, 256]), "{p}");
     let names = vu["feature_names"].as_array().unwrap();
-    for f in ["VERSION_1", "MRG_RXBUF", "EVENT_IDX"] {
+    for f in ["VERSION_1", "MRG_RXBUF", "INDIRECT_DESC", "EVENT_IDX"] {
         assert!(names.contains(&json!(f)), "{f} not negotiated: {p}");
     }
     assert_eq!(p["state"], "up", "{p}");

@@ -142,10 +142,11 @@ fn main() {
     };
     let dev = Device {
         mem: Arc::new(mem),
-        queues: [setup(0), setup(1)],
+        queues: vec![Some(setup(0)), Some(setup(1))],
         hdr_len: HDR,
         mergeable: true,
         event_idx: false,
+        indirect: false,
     };
     mailbox.send(Command::Start(Arc::new(dev)), Duration::ZERO);
     port.housekeeping(&mut pool);

@@ -781,6 +781,7 @@ const VHOST_USER_COLUMNS: &[Column] = &[
     ("FEATURES", "/vhost_user/feature_names"),
     ("PROTOCOL", "/vhost_user/protocol_features"),
     ("QUEUES", "/vhost_user/queues"),
+    ("RUNNING_QUEUES", "/vhost_user/queues_running"),
     ("DISCONNECTS", "/vhost_user/disconnects"),
     ("BROKEN", "/vhost_user/broken_queues"),
     ("LAST_ERROR", "/vhost_user/last_error"),

@@ -573,6 +573,7 @@ fn ports_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> 
                     "feature_names": pollux_drivers::vhost_user::backend::feature_names(s.features),
                     "protocol_features": format!("{:#x}", s.protocol_features),
                     "queues": s.queue_sizes,
+                    "queues_running": s.queues_running,
                     "disconnects": s.disconnects,
                     "broken_queues": broken,
                     "last_error": s.last_error,

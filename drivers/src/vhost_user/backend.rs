@@ -3,13 +3,15 @@
 //! device state they build, and hands a started device to the worker through the
 //! [`Mailbox`].
 //!
-//! What is offered: `VERSION_1`, `MRG_RXBUF`, `EVENT_IDX` and `PROTOCOL_FEATURES`; as
-//! protocol features only `REPLY_ACK`. No checksum or segmentation offload, no
-//! indirect descriptors, one queue pair, no dirty logging: the front end negotiates them
-//! away. The queues start when both have a memory table, a size, addresses and a kick
-//! (and, with `PROTOCOL_FEATURES`, are enabled); `GET_VRING_BASE` stops them and answers
-//! with the worker's last index; a new memory table, call eventfd or ring address while
-//! running stops the worker's queues first (acknowledged) and starts them again.
+//! What is offered: `VERSION_1`, `MRG_RXBUF`, `MQ` (up to [`MAX_QUEUE_PAIRS`] pairs),
+//! `INDIRECT_DESC`, `EVENT_IDX` and `PROTOCOL_FEATURES`; as protocol features `REPLY_ACK`
+//! and `MQ`. No checksum or segmentation offload, no dirty logging: the front end
+//! negotiates them away. The queues start when there is a memory table and the first pair
+//! has a size, addresses and a kick (and, with `PROTOCOL_FEATURES`, is enabled), with every
+//! other queue that is ready by then; `GET_VRING_BASE` stops them and answers with the
+//! worker's last index; a new memory table, call eventfd, ring address, queue enabled or
+//! disabled, or queue set up while running stops the worker's queues first
+//! (acknowledged) and starts the new set.
 
 use std::fs::File;
 use std::io;
@@ -30,12 +32,16 @@ use vhost::vhost_user::{
     BackendReqHandler, Error, GpuBackend, Listener, Result, VhostUserBackendReqHandlerMut,
 };
 
-use super::mailbox::{Command, Device, Mailbox, QueueSetup};
+use super::mailbox::{Command, Device, Mailbox, QueueSetup, MAX_QUEUES, MAX_QUEUE_PAIRS};
 use super::memory::{GuestMemory, RegionSpec};
 use super::ring::{VringAddrs, MAX_QUEUE_SIZE};
 
 /// `VIRTIO_NET_F_MRG_RXBUF`.
 pub const F_MRG_RXBUF: u64 = 1 << 15;
+/// `VIRTIO_NET_F_MQ`.
+pub const F_MQ: u64 = 1 << 22;
+/// `VIRTIO_RING_F_INDIRECT_DESC`.
+pub const F_INDIRECT_DESC: u64 = 1 << 28;
 /// `VIRTIO_RING_F_EVENT_IDX`.
 pub const F_EVENT_IDX: u64 = 1 << 29;
 /// `VHOST_USER_F_PROTOCOL_FEATURES`.
@@ -43,13 +49,16 @@ pub const F_PROTOCOL_FEATURES: u64 = 1 << 30;
 /// `VIRTIO_F_VERSION_1`.
 pub const F_VERSION_1: u64 = 1 << 32;
 /// Every virtio feature offered.
-pub const OFFERED: u64 = F_MRG_RXBUF | F_EVENT_IDX | F_PROTOCOL_FEATURES | F_VERSION_1;
+pub const OFFERED: u64 =
+    F_MRG_RXBUF | F_MQ | F_INDIRECT_DESC | F_EVENT_IDX | F_PROTOCOL_FEATURES | F_VERSION_1;
 
 /// The names of the offered features in `features`, for `polluxctl show ports`.
 pub fn feature_names(features: u64) -> Vec<&'static str> {
     [
         (F_VERSION_1, "VERSION_1"),
         (F_MRG_RXBUF, "MRG_RXBUF"),
+        (F_MQ, "MQ"),
+        (F_INDIRECT_DESC, "INDIRECT_DESC"),
         (F_EVENT_IDX, "EVENT_IDX"),
         (F_PROTOCOL_FEATURES, "PROTOCOL_FEATURES"),
     ]
@@ -87,6 +96,13 @@ struct QueueState {
     err: Option<File>,
 }
 
+impl QueueState {
+    /// Set up far enough to run: size, addresses and kick.
+    fn ready(&self) -> bool {
+        self.size > 0 && self.addrs.is_some() && self.kicked
+    }
+}
+
 /// The device state the messages of one connection build.
 #[derive(Debug)]
 struct Handler {
@@ -98,7 +114,8 @@ struct Handler {
     /// SET_PROTOCOL_FEATURES was received on this connection.
     protocol_set: bool,
     mem: Option<Arc<GuestMemory>>,
-    queues: [QueueState; 2],
+    /// By queue number (pair `p`: receive `2 * p`, transmit `2 * p + 1`).
+    queues: [QueueState; MAX_QUEUES],
     running: bool,
     /// The front end enabled the rings before it set the features (QEMU restores the
     /// enable state first, then starts the device), and the crate refused the message.
@@ -120,9 +137,11 @@ fn unsupported(what: &str) -> Error {
 }
 
 fn queue(index: u32) -> Result<usize> {
-    match index {
-        0 | 1 => Ok(index as usize),
-        _ => Err(param("only one queue pair is offered")),
+    match usize::try_from(index) {
+        Ok(q) if q < MAX_QUEUES => Ok(q),
+        _ => Err(param(
+            "queue beyond the queue pairs offered (GET_QUEUE_NUM)",
+        )),
     }
 }
 
@@ -159,24 +178,31 @@ impl Handler {
             q.base = b;
         }
         self.running = false;
-        self.mailbox.update_status(|s| s.running = false);
+        self.mailbox.update_status(|s| {
+            s.running = false;
+            s.queues_running.clear();
+        });
     }
 
-    /// Starts the queues in the worker when everything they need is there.
+    /// Starts the queues in the worker when everything they need is there: the memory
+    /// table and the first pair; every other queue set up (and enabled) by then starts
+    /// with them, later ones restart the device.
     fn try_start(&mut self) -> Result<()> {
         let need_enable = self.features & F_PROTOCOL_FEATURES != 0 && !self.early_enable;
-        let ready = self.mem.is_some()
-            && self.queues.iter().all(|q| {
-                q.size > 0 && q.addrs.is_some() && q.kicked && (q.enabled || !need_enable)
-            });
+        let runs = |q: &QueueState| q.ready() && (q.enabled || !need_enable);
+        let ready = self.mem.is_some() && self.queues[..2].iter().all(runs);
         if !ready || self.running {
             return Ok(());
         }
         let Some(mem) = self.mem.clone() else {
             return Ok(());
         };
-        let mut setups = Vec::with_capacity(2);
+        let mut queues = Vec::with_capacity(MAX_QUEUES);
         for q in &self.queues {
+            if !runs(q) {
+                queues.push(None);
+                continue;
+            }
             let (desc, used, avail) = q.addrs.unwrap_or_default();
             let dup = |f: &Option<File>| -> Result<Option<File>> {
                 f.as_ref()
@@ -184,7 +210,7 @@ impl Handler {
                     .transpose()
             };
             let (call, err) = (dup(&q.call)?, dup(&q.err)?);
-            setups.push(QueueSetup {
+            queues.push(Some(QueueSetup {
                 addrs: VringAddrs {
                     size: q.size,
                     desc,
@@ -194,13 +220,14 @@ impl Handler {
                 base: q.base,
                 call,
                 err,
-            });
+            }));
         }
-        let tx = setups.pop();
-        let rx = setups.pop();
-        let (Some(rx), Some(tx)) = (rx, tx) else {
-            return Ok(());
-        };
+        while queues.len() > 2 && queues.last().is_some_and(Option::is_none) {
+            queues.pop();
+        }
+        let running: Vec<u16> = (0..queues.len() as u16)
+            .filter(|&q| queues[usize::from(q)].is_some())
+            .collect();
         let mergeable = self.features & F_MRG_RXBUF != 0;
         let hdr_len = if self.features & (F_VERSION_1 | F_MRG_RXBUF) != 0 {
             12
@@ -209,10 +236,11 @@ impl Handler {
         };
         let dev = Device {
             mem,
-            queues: [rx, tx],
+            queues,
             hdr_len,
             mergeable,
             event_idx: self.features & F_EVENT_IDX != 0,
+            indirect: self.features & F_INDIRECT_DESC != 0,
         };
         if !self
             .mailbox
@@ -224,12 +252,23 @@ impl Handler {
             );
         }
         self.running = true;
-        let sizes = [self.queues[0].size, self.queues[1].size];
+        let sizes = self.queue_sizes();
         self.mailbox.update_status(|s| {
             s.running = true;
             s.queue_sizes = sizes;
+            s.queues_running = running;
         });
         Ok(())
+    }
+
+    /// Each queue's size up to the last one set up.
+    fn queue_sizes(&self) -> Vec<u16> {
+        let n = self
+            .queues
+            .iter()
+            .rposition(|q| q.size > 0)
+            .map_or(0, |i| i + 1);
+        self.queues[..n].iter().map(|q| q.size).collect()
     }
 
     /// Applies a change to a running device: stop, change, start again.
@@ -256,7 +295,7 @@ impl Handler {
         self.mailbox.update_status(|s| {
             s.features = 0;
             s.protocol_features = 0;
-            s.queue_sizes = [0; 2];
+            s.queue_sizes.clear();
         });
     }
 }
@@ -377,7 +416,14 @@ impl VhostUserBackendReqHandlerMut for Handler {
         // The worker polls: the used ring tells the guest not to kick, and the eventfd
         // is not read (dropping it closes only this process's copy).
         drop(fd);
-        self.queues[q].kicked = true;
+        if self.queues[q].kicked {
+            return self.try_start();
+        }
+        // A queue that joins a running device (another pair) restarts it.
+        self.restarting(|h| {
+            h.queues[q].kicked = true;
+            Ok(())
+        })?;
         self.try_start()
     }
 
@@ -399,11 +445,12 @@ impl VhostUserBackendReqHandlerMut for Handler {
 
     fn get_protocol_features(&mut self) -> Result<VhostUserProtocolFeatures> {
         // REPLY_ACK is added by the crate, which implements it.
-        Ok(VhostUserProtocolFeatures::empty())
+        Ok(VhostUserProtocolFeatures::MQ)
     }
 
     fn set_protocol_features(&mut self, features: u64) -> Result<()> {
-        if features & !VhostUserProtocolFeatures::REPLY_ACK.bits() != 0 {
+        let offered = VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::MQ;
+        if features & !offered.bits() != 0 {
             return Err(param("protocol features that were not offered"));
         }
         self.protocol = features;
@@ -414,19 +461,21 @@ impl VhostUserBackendReqHandlerMut for Handler {
     }
 
     fn get_queue_num(&mut self) -> Result<u64> {
-        Ok(1)
+        Ok(MAX_QUEUE_PAIRS as u64)
     }
 
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> Result<()> {
         let q = queue(index)?;
-        if enable {
-            self.queues[q].enabled = true;
-            self.try_start()
-        } else {
-            self.stop();
-            self.queues[q].enabled = false;
-            Ok(())
+        if self.queues[q].enabled == enable {
+            return Ok(());
         }
+        // The worker runs exactly the enabled queues: a change restarts the device (a
+        // disabled first pair stops it until enabled again).
+        self.restarting(|h| {
+            h.queues[q].enabled = enable;
+            Ok(())
+        })?;
+        self.try_start()
     }
 
     fn get_config(&mut self, _: u32, _: u32, _: VhostUserConfigFlags) -> Result<Vec<u8>> {

@@ -16,10 +16,16 @@ use std::time::{Duration, Instant};
 use super::memory::GuestMemory;
 use super::ring::VringAddrs;
 
-/// The guest's receive queue (the device writes: Pollux's transmit).
+/// The guest's receive queue of the first pair (the device writes: Pollux's transmit);
+/// pair `p`'s is `2 * p`.
 pub const RX_QUEUE: usize = 0;
-/// The guest's transmit queue (Pollux's receive).
+/// The guest's transmit queue of the first pair (Pollux's receive); pair `p`'s is
+/// `2 * p + 1`.
 pub const TX_QUEUE: usize = 1;
+/// Queue pairs a device may have (`VIRTIO_NET_F_MQ`, `GET_QUEUE_NUM`).
+pub const MAX_QUEUE_PAIRS: usize = 8;
+/// Queues a device may have.
+pub const MAX_QUEUES: usize = 2 * MAX_QUEUE_PAIRS;
 
 /// One queue as the front end set it up.
 #[derive(Debug)]
@@ -34,13 +40,15 @@ pub struct QueueSetup {
     pub err: Option<File>,
 }
 
-/// A started device: what the worker needs to run both queues.
+/// A started device: what the worker needs to run its queues.
 #[derive(Debug)]
 pub struct Device {
     /// Guest memory.
     pub mem: Arc<GuestMemory>,
-    /// Indexed by [`RX_QUEUE`] and [`TX_QUEUE`].
-    pub queues: [QueueSetup; 2],
+    /// Indexed by queue number (pair `p`: receive `2 * p`, transmit `2 * p + 1`); `None`
+    /// for a queue not set up or not enabled, which the worker does not touch. The first
+    /// pair is always there.
+    pub queues: Vec<Option<QueueSetup>>,
     /// Bytes of virtio-net header before each frame (10, or 12 with `VERSION_1` or
     /// `MRG_RXBUF`).
     pub hdr_len: usize,
@@ -48,6 +56,8 @@ pub struct Device {
     pub mergeable: bool,
     /// `VIRTIO_RING_F_EVENT_IDX` was negotiated.
     pub event_idx: bool,
+    /// `VIRTIO_RING_F_INDIRECT_DESC` was negotiated.
+    pub indirect: bool,
 }
 
 /// A command for the worker.
@@ -70,8 +80,10 @@ pub struct Status {
     pub features: u64,
     /// Negotiated vhost-user protocol features.
     pub protocol_features: u64,
-    /// Size of each queue (0: not set up).
-    pub queue_sizes: [u16; 2],
+    /// Size of each queue up to the last one set up (0: not set up).
+    pub queue_sizes: Vec<u16>,
+    /// Queues the worker runs (set up and enabled), by number.
+    pub queues_running: Vec<u16>,
     /// Connections that ended (the front end went away or broke the protocol).
     pub disconnects: u64,
     /// The last protocol error, if any.
@@ -85,7 +97,7 @@ pub struct Mailbox {
     posted: AtomicU64,
     applied: AtomicU64,
     /// Next available index of each queue, written by the worker when it stops.
-    bases: [AtomicU16; 2],
+    bases: [AtomicU16; MAX_QUEUES],
     /// Queues the worker gave up (bad descriptors), by the worker.
     broken: AtomicU64,
     status: Mutex<Status>,
@@ -107,7 +119,9 @@ impl Mailbox {
     pub fn send(&self, cmd: Command, timeout: Duration) -> bool {
         if let Command::Start(dev) = &cmd {
             for (q, base) in dev.queues.iter().zip(&self.bases) {
-                base.store(q.base, Ordering::Relaxed);
+                if let Some(q) = q {
+                    base.store(q.base, Ordering::Relaxed);
+                }
             }
         }
         let seq = {
@@ -137,22 +151,22 @@ impl Mailbox {
         lock(&self.slot).take()
     }
 
-    /// The worker applied the command numbered `seq`; `bases` when it stopped queues.
-    pub fn applied(&self, seq: u64, bases: Option<[u16; 2]>) {
+    /// The worker applied the command numbered `seq`; `bases` (by queue number, `None`
+    /// for a queue it did not run) when it stopped queues.
+    pub fn applied(&self, seq: u64, bases: Option<[Option<u16>; MAX_QUEUES]>) {
         if let Some(b) = bases {
             for (slot, v) in self.bases.iter().zip(b) {
-                slot.store(v, Ordering::Relaxed);
+                if let Some(v) = v {
+                    slot.store(v, Ordering::Relaxed);
+                }
             }
         }
         self.applied.fetch_max(seq, Ordering::Release);
     }
 
-    /// Where each queue stopped (or was set to start).
-    pub fn bases(&self) -> [u16; 2] {
-        [
-            self.bases[0].load(Ordering::Relaxed),
-            self.bases[1].load(Ordering::Relaxed),
-        ]
+    /// Where each queue stopped (or was set to start), by queue number.
+    pub fn bases(&self) -> [u16; MAX_QUEUES] {
+        std::array::from_fn(|q| self.bases[q].load(Ordering::Relaxed))
     }
 
     /// Counts a queue the worker gave up.

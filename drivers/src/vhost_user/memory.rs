@@ -139,6 +139,17 @@ impl GuestMemory {
         None
     }
 
+    /// Guest-physical `addr` with `len` bytes, wholly inside one region: its host
+    /// pointer; `None` otherwise.
+    pub fn gpa_range(&self, addr: u64, len: u64) -> Option<*mut u8> {
+        self.regions.iter().find_map(|r| {
+            let off = addr.checked_sub(r.spec.guest_phys_addr)?;
+            (off.checked_add(len)? <= r.spec.size)
+                // SAFETY: `off + len <= size`: the range lies inside the mapped region.
+                .then(|| unsafe { r.host.as_ptr().add(off as usize) })
+        })
+    }
+
     /// Front-end virtual `addr` with `len` bytes, wholly inside one region and aligned
     /// to `align`; `None` otherwise.
     pub fn uva(&self, addr: u64, len: u64, align: u64) -> Option<*mut u8> {

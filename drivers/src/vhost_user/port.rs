@@ -11,7 +11,7 @@ use pollux_dataplane::buf::FramePool;
 use pollux_dataplane::packet::{Batch, Packet};
 use pollux_dataplane::port::{Port, PortStats};
 
-use super::mailbox::{Command, Device, Mailbox, RX_QUEUE, TX_QUEUE};
+use super::mailbox::{Command, Device, Mailbox, MAX_QUEUES, MAX_QUEUE_PAIRS, RX_QUEUE, TX_QUEUE};
 use super::ring::{Broken, Ring, Segments};
 
 /// Frames the driver dropped or could not place, by reason.
@@ -40,10 +40,12 @@ struct Counters {
 #[derive(Debug)]
 struct Active {
     dev: Arc<Device>,
-    /// The guest's receive queue (written here), `None` once given up.
-    rx: Option<Ring>,
-    /// The guest's transmit queue (read here), `None` once given up.
-    tx: Option<Ring>,
+    /// The guest's receive queue of each pair (written here), `None` when not run or
+    /// given up.
+    rx: Vec<Option<Ring>>,
+    /// The guest's transmit queue of each pair (read here), `None` when not run or given
+    /// up.
+    tx: Vec<Option<Ring>>,
     hdr: [u8; 12],
 }
 
@@ -56,6 +58,8 @@ pub struct VhostUserPort {
     segs: Box<Segments>,
     stats: PortStats,
     counters: Counters,
+    /// The pair whose transmit queue the next receive burst starts with.
+    next_rx_pair: usize,
 }
 
 impl VhostUserPort {
@@ -68,6 +72,7 @@ impl VhostUserPort {
             segs: Box::default(),
             stats: PortStats::default(),
             counters: Counters::default(),
+            next_rx_pair: 0,
         }
     }
 
@@ -77,34 +82,52 @@ impl VhostUserPort {
             return;
         };
         let stopped = self.active.take().map(|a| {
-            let base = |r: &Option<Ring>, q: usize| {
-                r.as_ref().map_or(a.dev.queues[q].base, |r| r.last_avail())
-            };
-            [base(&a.rx, RX_QUEUE), base(&a.tx, TX_QUEUE)]
+            let mut bases = [None; MAX_QUEUES];
+            for (q, base) in bases.iter_mut().enumerate() {
+                let rings = if q % 2 == RX_QUEUE { &a.rx } else { &a.tx };
+                let ring = rings.get(q / 2).and_then(Option::as_ref);
+                let setup = a.dev.queues.get(q).and_then(Option::as_ref);
+                *base = ring.map(Ring::last_avail).or(setup.map(|s| s.base));
+            }
+            bases
         });
         if let Command::Start(dev) = cmd {
-            let ring = |q: usize, writable: bool| {
-                let setup = &dev.queues[q];
-                Ring::new(Arc::clone(&dev.mem), setup.addrs, setup.base, writable)
-                    .map(|r| r.with_event_idx(dev.event_idx))
-            };
-            let (rx, tx) = (ring(RX_QUEUE, true), ring(TX_QUEUE, false));
+            let pairs = dev.queues.len().div_ceil(2).min(MAX_QUEUE_PAIRS);
             let mut active = Active {
-                rx: None,
-                tx: None,
+                rx: Vec::with_capacity(pairs),
+                tx: Vec::with_capacity(pairs),
                 hdr: [0; 12],
                 dev: Arc::clone(&dev),
             };
-            let (rx_err, tx_err) = (rx.as_ref().err().copied(), tx.as_ref().err().copied());
-            active.rx = rx.ok();
-            active.tx = tx.ok();
+            let mut failed = Vec::new();
+            for q in 0..2 * pairs {
+                let ring = dev.queues.get(q).and_then(Option::as_ref).map(|setup| {
+                    Ring::new(
+                        Arc::clone(&dev.mem),
+                        setup.addrs,
+                        setup.base,
+                        q % 2 == RX_QUEUE,
+                    )
+                    .map(|r| r.with_event_idx(dev.event_idx).with_indirect(dev.indirect))
+                });
+                let ring = match ring {
+                    Some(Ok(r)) => Some(r),
+                    Some(Err(why)) => {
+                        failed.push((q, why));
+                        None
+                    }
+                    None => None,
+                };
+                if q % 2 == RX_QUEUE {
+                    active.rx.push(ring);
+                } else {
+                    active.tx.push(ring);
+                }
+            }
             // Active first, so that `broken` finds the queues' error eventfds.
             self.active = Some(active);
-            if let Some(why) = rx_err {
-                self.broken(RX_QUEUE, why);
-            }
-            if let Some(why) = tx_err {
-                self.broken(TX_QUEUE, why);
+            for (q, why) in failed {
+                self.broken(q, why);
             }
         }
         self.mailbox.applied(seq, stopped);
@@ -118,7 +141,7 @@ impl VhostUserPort {
         if let Some(err) = self
             .active
             .as_ref()
-            .and_then(|a| a.dev.queues[queue].err.as_ref())
+            .and_then(|a| a.dev.queues.get(queue)?.as_ref()?.err.as_ref())
         {
             Self::signal(err);
         }
@@ -134,7 +157,12 @@ impl VhostUserPort {
 
     fn call(&mut self, queue: usize) {
         let Some(a) = &self.active else { return };
-        let Some(call) = &a.dev.queues[queue].call else {
+        let Some(call) = a
+            .dev
+            .queues
+            .get(queue)
+            .and_then(|q| q.as_ref()?.call.as_ref())
+        else {
             return;
         };
         if Self::signal(call) {
@@ -154,8 +182,121 @@ impl Port for VhostUserPort {
         // A stop or a new table is taken before the rings are touched again (two loads
         // when there is none), not only on the housekeeping cadence.
         self.poll_mailbox();
+        let Some(a) = &self.active else { return 0 };
+        // Every pair's transmit queue, from a different one each burst so that none
+        // starves when the batch fills up.
+        let pairs = a.tx.len();
+        let first = self.next_rx_pair % pairs.max(1);
+        self.next_rx_pair = first + 1;
+        let mut added = 0;
+        for i in 0..pairs {
+            if batch.remaining() == 0 {
+                break;
+            }
+            let pair = (first + i) % pairs;
+            added += self.rx_queue(pair, pool, batch);
+        }
+        added
+    }
+
+    fn tx_burst(&mut self, _queue: u16, pool: &mut FramePool, pkts: &[Packet]) -> usize {
         let Some(a) = &mut self.active else { return 0 };
-        let Some(ring) = &mut a.tx else { return 0 };
+        // Frames for the guest go to the first receive queue it runs: one queue keeps
+        // each flow's order (spreading by flow is for when pairs spread over workers).
+        let Some(pair) = a.rx.iter().position(Option::is_some) else {
+            return 0;
+        };
+        let Some(ring) = a.rx[pair].as_mut() else {
+            return 0;
+        };
+        let (hdr_len, mergeable) = (a.dev.hdr_len, a.dev.mergeable);
+        let mut chains = [(0u16, 0u32); 32];
+        let (mut sent, mut delivered, mut bytes, mut too_big) = (0usize, 0usize, 0u64, 0u64);
+        let mut no_buffers = false;
+        let mut broken = None;
+        match ring.available() {
+            Err(why) => broken = Some(why),
+            Ok(mut avail) => {
+                'frames: for pkt in pkts {
+                    let data = pool.data(pkt);
+                    let need = hdr_len + data.len();
+                    self.segs.clear();
+                    let (mut n, mut have) = (0usize, 0usize);
+                    while have < need && n < chains.len() && (mergeable || n == 0) {
+                        if n as u16 >= avail {
+                            no_buffers = true;
+                            break 'frames;
+                        }
+                        match ring.collect(n as u16, &mut self.segs) {
+                            Ok(chain) => chains[n] = chain,
+                            Err(why) => {
+                                broken = Some(why);
+                                break 'frames;
+                            }
+                        }
+                        have += chains[n].1 as usize;
+                        n += 1;
+                    }
+                    let hdr = &mut a.hdr[..hdr_len];
+                    match ring.fill(&self.segs, &chains[..n], hdr, data) {
+                        Some(used) => {
+                            avail -= used as u16;
+                            bytes += data.len() as u64;
+                            delivered += 1;
+                        }
+                        // Larger than the guest's buffers: dropped here; the buffers
+                        // stay for the next frame.
+                        None => too_big += 1,
+                    }
+                    pool.free(pkt.frame);
+                    sent += 1;
+                }
+            }
+        }
+        let wants_call = delivered > 0 && ring.publish();
+        let queue = 2 * pair + RX_QUEUE;
+        if let Some(why) = broken {
+            a.rx[pair] = None;
+            self.broken(queue, why);
+        }
+        self.counters.tx_too_big += too_big;
+        self.counters.tx_no_buffers += u64::from(no_buffers);
+        self.stats.tx_packets += delivered as u64;
+        self.stats.tx_bytes += bytes;
+        if wants_call {
+            self.call(queue);
+        }
+        sent
+    }
+
+    fn housekeeping(&mut self, _pool: &mut FramePool) {
+        self.poll_mailbox();
+    }
+
+    fn stats(&self) -> PortStats {
+        let c = &self.counters;
+        let mut stats = self.stats.clone();
+        stats.extra = vec![
+            ("rx_oversize", c.rx_oversize),
+            ("rx_short", c.rx_short),
+            ("tx_too_big", c.tx_too_big),
+            ("tx_no_buffers", c.tx_no_buffers),
+            ("calls", c.calls),
+            ("call_errors", c.call_errors),
+            ("broken_queues", c.broken_queues),
+        ];
+        stats
+    }
+}
+
+impl VhostUserPort {
+    /// Receives from the guest's transmit queue of pair `pair` into `batch`.
+    #[inline]
+    fn rx_queue(&mut self, pair: usize, pool: &mut FramePool, batch: &mut Batch) -> usize {
+        let Some(a) = &mut self.active else { return 0 };
+        let Some(ring) = a.tx[pair].as_mut() else {
+            return 0;
+        };
         let hdr_len = a.dev.hdr_len;
         let max = pool.max_data_len();
         let headroom = usize::from(pool.headroom());
@@ -203,9 +344,10 @@ impl Port for VhostUserPort {
         // Chains taken before a bad one are returned to the guest all the same.
         ring.take(taken);
         let wants_call = taken > 0 && ring.publish();
+        let queue = 2 * pair + TX_QUEUE;
         if let Some(why) = broken {
-            a.tx = None;
-            self.broken(TX_QUEUE, why);
+            a.tx[pair] = None;
+            self.broken(queue, why);
         }
         self.counters.rx_short += short;
         self.counters.rx_oversize += oversize;
@@ -213,89 +355,8 @@ impl Port for VhostUserPort {
         self.stats.rx_bytes += bytes;
         self.stats.rx_dropped += short + oversize;
         if wants_call {
-            self.call(TX_QUEUE);
+            self.call(queue);
         }
         added
-    }
-
-    fn tx_burst(&mut self, _queue: u16, pool: &mut FramePool, pkts: &[Packet]) -> usize {
-        let Some(a) = &mut self.active else { return 0 };
-        let Some(ring) = &mut a.rx else { return 0 };
-        let (hdr_len, mergeable) = (a.dev.hdr_len, a.dev.mergeable);
-        let mut chains = [(0u16, 0u32); 32];
-        let (mut sent, mut delivered, mut bytes, mut too_big) = (0usize, 0usize, 0u64, 0u64);
-        let mut no_buffers = false;
-        let mut broken = None;
-        match ring.available() {
-            Err(why) => broken = Some(why),
-            Ok(mut avail) => {
-                'frames: for pkt in pkts {
-                    let data = pool.data(pkt);
-                    let need = hdr_len + data.len();
-                    self.segs.clear();
-                    let (mut n, mut have) = (0usize, 0usize);
-                    while have < need && n < chains.len() && (mergeable || n == 0) {
-                        if n as u16 >= avail {
-                            no_buffers = true;
-                            break 'frames;
-                        }
-                        match ring.collect(n as u16, &mut self.segs) {
-                            Ok(chain) => chains[n] = chain,
-                            Err(why) => {
-                                broken = Some(why);
-                                break 'frames;
-                            }
-                        }
-                        have += chains[n].1 as usize;
-                        n += 1;
-                    }
-                    let hdr = &mut a.hdr[..hdr_len];
-                    match ring.fill(&self.segs, &chains[..n], hdr, data) {
-                        Some(used) => {
-                            avail -= used as u16;
-                            bytes += data.len() as u64;
-                            delivered += 1;
-                        }
-                        // Larger than the guest's buffers: dropped here; the buffers
-                        // stay for the next frame.
-                        None => too_big += 1,
-                    }
-                    pool.free(pkt.frame);
-                    sent += 1;
-                }
-            }
-        }
-        let wants_call = delivered > 0 && ring.publish();
-        if let Some(why) = broken {
-            a.rx = None;
-            self.broken(RX_QUEUE, why);
-        }
-        self.counters.tx_too_big += too_big;
-        self.counters.tx_no_buffers += u64::from(no_buffers);
-        self.stats.tx_packets += delivered as u64;
-        self.stats.tx_bytes += bytes;
-        if wants_call {
-            self.call(RX_QUEUE);
-        }
-        sent
-    }
-
-    fn housekeeping(&mut self, _pool: &mut FramePool) {
-        self.poll_mailbox();
-    }
-
-    fn stats(&self) -> PortStats {
-        let c = &self.counters;
-        let mut stats = self.stats.clone();
-        stats.extra = vec![
-            ("rx_oversize", c.rx_oversize),
-            ("rx_short", c.rx_short),
-            ("tx_too_big", c.tx_too_big),
-            ("tx_no_buffers", c.tx_no_buffers),
-            ("calls", c.calls),
-            ("call_errors", c.call_errors),
-            ("broken_queues", c.broken_queues),
-        ];
-        stats
     }
 }

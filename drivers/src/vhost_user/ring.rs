@@ -9,9 +9,13 @@
 //! Every value read from the guest is checked before use: the available index may run at
 //! most one ring ahead, heads and `next` fields must index the table, a chain may not be
 //! longer than [`MAX_CHAIN`] descriptors (which also ends loops), descriptors must point
-//! into guest memory and go in the queue's direction, and indirect descriptors (not
-//! negotiated) are refused. Any violation is a [`Broken`] queue: the caller stops using
-//! it, counts it, and never panics.
+//! into guest memory and go in the queue's direction. An indirect descriptor (with
+//! `VIRTIO_RING_F_INDIRECT_DESC` negotiated) is followed to its table under the same
+//! rules, plus the table's own: wholly in one region of guest memory, a whole number of
+//! descriptors (at most [`MAX_CHAIN`]), no `NEXT` beside `INDIRECT`, and no indirect
+//! descriptor inside a table (so the hop happens once a chain and cannot loop); its
+//! descriptors count towards the same chain length. Any violation is a [`Broken`] queue:
+//! the caller stops using it, counts it, and never panics.
 
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
@@ -63,8 +67,12 @@ pub enum Broken {
     /// A chain longer than [`MAX_CHAIN`] descriptors (or a loop), or a frame spread
     /// over more than [`MAX_SEGS`] pieces.
     ChainTooLong,
-    /// An indirect descriptor (not negotiated).
+    /// An indirect descriptor without `VIRTIO_RING_F_INDIRECT_DESC`, or inside an
+    /// indirect table.
     Indirect,
+    /// An indirect descriptor with `NEXT`, or whose table is empty, not a whole number
+    /// of descriptors, or not wholly inside one region of guest memory.
+    IndirectTable,
     /// A device-writable descriptor on a transmit queue or a readable one on a receive
     /// queue.
     Direction,
@@ -81,6 +89,7 @@ impl Broken {
             Broken::DescIndex => "desc_index",
             Broken::ChainTooLong => "chain_too_long",
             Broken::Indirect => "indirect",
+            Broken::IndirectTable => "indirect_table",
             Broken::Direction => "direction",
             Broken::BufferAddress => "buffer_address",
         }
@@ -189,6 +198,8 @@ pub struct Ring {
     /// `VIRTIO_RING_F_EVENT_IDX`: interrupts by the driver's `used_event`, kicks by the
     /// device's `avail_event`, instead of the flags.
     event_idx: bool,
+    /// `VIRTIO_RING_F_INDIRECT_DESC`: a descriptor may point to a table of them.
+    indirect: bool,
     /// The used index last published (for `used_event`).
     published: u16,
 }
@@ -229,6 +240,7 @@ impl Ring {
             used_idx: base,
             writable,
             event_idx: false,
+            indirect: false,
             published: base,
         };
         // SAFETY: `used` is checked to hold `6 + 8 * size` bytes, aligned to 4.
@@ -244,6 +256,13 @@ impl Ring {
         if on {
             self.hold_kicks();
         }
+        self
+    }
+
+    /// With `on`, chains may go through an indirect table (`VIRTIO_RING_F_INDIRECT_DESC`
+    /// negotiated); without, an indirect descriptor breaks the queue.
+    pub fn with_indirect(mut self, on: bool) -> Ring {
+        self.indirect = on;
         self
     }
 
@@ -298,12 +317,12 @@ impl Ring {
 
     /// Appends the segments of the `i`-th chain not taken yet to `segs`; returns its
     /// head and its length in bytes.
-    #[inline]
+    #[inline(always)]
     pub fn collect(&self, i: u16, segs: &mut Segments) -> Result<(u16, u32), Broken> {
         let head = self.head(i)?;
         let mut index = head;
         let mut total = 0u32;
-        for _ in 0..MAX_CHAIN {
+        for walked in 0..MAX_CHAIN {
             // SAFETY: `index <= mask`, so the 16 bytes at `16 * index` are inside the
             // checked descriptor table (16-aligned).
             let (addr, len, flags, next) = unsafe {
@@ -316,27 +335,10 @@ impl Ring {
                 )
             };
             if flags & DESC_F_INDIRECT != 0 {
-                return Err(Broken::Indirect);
+                let total = self.collect_indirect(addr, len, flags, walked, total, segs)?;
+                return Ok((head, total));
             }
-            if (flags & DESC_F_WRITE != 0) != self.writable {
-                return Err(Broken::Direction);
-            }
-            total = total.checked_add(len).ok_or(Broken::BufferAddress)?;
-            let (mut addr, mut left) = (addr, len);
-            while left > 0 {
-                let (ptr, n) = self
-                    .mem
-                    .gpa_prefix(addr, left)
-                    .ok_or(Broken::BufferAddress)?;
-                if segs.n == MAX_SEGS {
-                    return Err(Broken::ChainTooLong);
-                }
-                segs.ptr[segs.n] = ptr;
-                segs.len[segs.n] = n;
-                segs.n += 1;
-                addr = addr.wrapping_add(u64::from(n));
-                left -= n;
-            }
+            total = self.segment(addr, len, flags, total, segs)?;
             if flags & DESC_F_NEXT == 0 {
                 return Ok((head, total));
             }
@@ -346,6 +348,107 @@ impl Ring {
             index = next;
         }
         Err(Broken::ChainTooLong)
+    }
+
+    /// Checks descriptor (`addr`, `len`, `flags`) and appends its pieces to `segs`;
+    /// returns the chain's length so far, `total` before it.
+    #[inline(always)]
+    fn segment(
+        &self,
+        addr: u64,
+        len: u32,
+        flags: u16,
+        total: u32,
+        segs: &mut Segments,
+    ) -> Result<u32, Broken> {
+        if (flags & DESC_F_WRITE != 0) != self.writable {
+            return Err(Broken::Direction);
+        }
+        let total = total.checked_add(len).ok_or(Broken::BufferAddress)?;
+        let (mut addr, mut left) = (addr, len);
+        while left > 0 {
+            let (ptr, n) = self
+                .mem
+                .gpa_prefix(addr, left)
+                .ok_or(Broken::BufferAddress)?;
+            if segs.n == MAX_SEGS {
+                return Err(Broken::ChainTooLong);
+            }
+            segs.ptr[segs.n] = ptr;
+            segs.len[segs.n] = n;
+            segs.n += 1;
+            addr = addr.wrapping_add(u64::from(n));
+            left -= n;
+        }
+        Ok(total)
+    }
+
+    /// The rest of a chain from the indirect descriptor (`addr`, `len`, `flags`) on,
+    /// `walked` descriptors and `total` bytes into it: the table's descriptors, under the
+    /// same checks. Out of line, so that the direct walk stays as short as it was.
+    #[cold]
+    #[inline(never)]
+    fn collect_indirect(
+        &self,
+        addr: u64,
+        len: u32,
+        flags: u16,
+        walked: usize,
+        mut total: u32,
+        segs: &mut Segments,
+    ) -> Result<u32, Broken> {
+        if !self.indirect {
+            return Err(Broken::Indirect);
+        }
+        let (table, last) = self.indirect_table(addr, len, flags)?;
+        let mut index = 0u16;
+        for _ in walked..MAX_CHAIN {
+            // SAFETY: `index <= last`, and the table was checked to hold
+            // `16 * (last + 1)` bytes of guest memory (`indirect_table`). It need not be
+            // aligned: read as bytes, once.
+            let d = unsafe {
+                std::ptr::read_volatile(table.add(16 * usize::from(index)).cast::<[u8; 16]>())
+            };
+            let [a0, a1, a2, a3, a4, a5, a6, a7, l0, l1, l2, l3, f0, f1, n0, n1] = d;
+            let addr = u64::from_le_bytes([a0, a1, a2, a3, a4, a5, a6, a7]);
+            let len = u32::from_le_bytes([l0, l1, l2, l3]);
+            let flags = u16::from_le_bytes([f0, f1]);
+            let next = u16::from_le_bytes([n0, n1]);
+            // No table inside a table: the hop happens once, so it cannot loop.
+            if flags & DESC_F_INDIRECT != 0 {
+                return Err(Broken::Indirect);
+            }
+            total = self.segment(addr, len, flags, total, segs)?;
+            if flags & DESC_F_NEXT == 0 {
+                return Ok(total);
+            }
+            if u32::from(next) > last {
+                return Err(Broken::DescIndex);
+            }
+            index = next;
+        }
+        Err(Broken::ChainTooLong)
+    }
+
+    /// The indirect table an `INDIRECT` descriptor (`addr`, `len`, `flags`) points to:
+    /// its first byte in this process and its last index.
+    fn indirect_table(&self, addr: u64, len: u32, flags: u16) -> Result<(*const u8, u32), Broken> {
+        // virtio 1.x 2.7.5.3.1: an indirect descriptor does not chain on (its table is
+        // the rest of the chain), and its table is whole descriptors, at least one.
+        if flags & DESC_F_NEXT != 0 || len == 0 || !len.is_multiple_of(16) {
+            return Err(Broken::IndirectTable);
+        }
+        // A table longer than a chain may be is refused outright (a `next` could never
+        // reach its end anyway: indices are 16-bit).
+        let entries = len / 16;
+        if entries as usize > MAX_CHAIN {
+            return Err(Broken::ChainTooLong);
+        }
+        let table = self
+            .mem
+            .gpa_range(addr, u64::from(len))
+            .ok_or(Broken::IndirectTable)?;
+        Ok((table.cast_const(), entries - 1))
     }
 
     /// Records chain `head` as used with `len` bytes written; visible to the driver
@@ -405,6 +508,7 @@ impl Ring {
     /// the virtio-net header `hdr` (its `num_buffers` set to the chains used), then
     /// `frame`. `chains` holds each collected chain's head and length. Returns how many
     /// chains the frame used, `None` when they cannot hold it all.
+    #[inline]
     pub fn fill(
         &mut self,
         segs: &Segments,

@@ -1,5 +1,6 @@
-//! A guest played by a test: one shared memfd holding two split rings (queue 0: the
-//! guest's receive queue, queue 1: its transmit queue) and buffers, written as a virtio-net
+//! A guest played by a test: one shared memfd holding up to four split rings (queue 0:
+//! the guest's receive queue, queue 1: its transmit queue; 2 and 3 a second pair) and
+//! buffers, written as a virtio-net
 //! driver would. Shared by the vhost-user tests (each uses a part of it).
 #![allow(dead_code)]
 
@@ -26,7 +27,7 @@ pub const HDR: usize = 12;
 pub struct Guest {
     base: *mut u8,
     pub file: File,
-    avail_idx: [u16; 2],
+    avail_idx: [u16; 4],
 }
 
 impl Guest {
@@ -52,7 +53,7 @@ impl Guest {
         Guest {
             base: base.cast(),
             file,
-            avail_idx: [0; 2],
+            avail_idx: [0; 4],
         }
     }
 
