@@ -977,15 +977,14 @@ impl RouterState {
     /// back out of its port, under the same rate limits as ICMP errors.
     fn tcp_reset(&mut self, cx: &mut BurstCtx<'_>, pkt: &mut Packet, router_mac: u64) -> Next {
         let l3 = usize::from(pkt.meta.l3_offset);
-        let data = cx.pool.data(pkt);
-        let source = Ipv4Packet::new_checked(&data[l3..]).map_or(0, |p| u32::from(p.src_addr()));
-        if !self.may_answer(cx, source) {
+        let Some(reset) = reset::reset_for(cx.pool.data(pkt), l3) else {
+            return Next::Drop(DropReason::ToRouter, Stage::L3);
+        };
+        if !self.may_answer(cx, reset.source()) {
             return Next::Drop(DropReason::ToRouter, Stage::L3);
         }
         let data = cx.pool.data_mut(pkt);
-        let Some(len) = reset::reset_in_place(data, l3) else {
-            return Next::Drop(DropReason::ToRouter, Stage::L3);
-        };
+        let len = reset::write(data, l3, &reset);
         let mut eth = EthernetFrame::new_unchecked(&mut data[..]);
         let peer = eth.src_addr();
         eth.set_dst_addr(peer);

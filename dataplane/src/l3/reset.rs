@@ -13,22 +13,39 @@ const ACK: u8 = 0x10;
 /// IPv4 and TCP headers of the reset, without options.
 const RESET_LEN: usize = 40;
 
-/// Turns the TCP segment in the IPv4 packet at `l3` of `frame` (its header checked) into
-/// the reset that refuses it, in place, and returns the frame's new length; `None` (and
-/// the frame left as it was) for a segment that gets no reset: a reset itself, a fragment
-/// (its length is not the segment's), or one cut short. The Ethernet header is the
-/// caller's.
-pub fn reset_in_place(frame: &mut [u8], l3: usize) -> Option<usize> {
+/// The reset that refuses a TCP segment: what [`reset_in_place`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Reset {
+    // The refused segment's addresses and ports.
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: [u8; 2],
+    dport: [u8; 2],
+    seq: u32,
+    ack: u32,
+    flags: u8,
+}
+
+impl Reset {
+    /// The refused segment's source address, whom the reset goes to.
+    pub fn source(&self) -> u32 {
+        u32::from_be_bytes(self.src)
+    }
+}
+
+/// The reset that refuses the TCP segment in the IPv4 packet at `l3` of `frame` (its
+/// header checked); `None` for a segment that gets none: a reset itself, a fragment (its
+/// length is not the segment's), or one cut short.
+pub fn reset_for(frame: &[u8], l3: usize) -> Option<Reset> {
     let ip = Ipv4Packet::new_checked(frame.get(l3..)?).ok()?;
     if ip.protocol() != IpProtocol::TCP || ip.is_fragment() {
         return None;
     }
     let header_len = ip.header_len();
     let total = usize::from(ip.total_len());
-    let (src, dst) = (ip.src_addr(), ip.dst_addr());
     let tcp = frame.get(l3 + header_len..l3 + total)?;
     let data_offset = usize::from(tcp.get(12)? >> 4) * 4;
-    if data_offset < 20 || data_offset > tcp.len() {
+    if data_offset < 20 || data_offset > tcp.len() || frame.len() < l3 + RESET_LEN {
         return None;
     }
     let flags = tcp[13];
@@ -36,39 +53,59 @@ pub fn reset_in_place(frame: &mut [u8], l3: usize) -> Option<usize> {
         return None;
     }
     let word = |at: usize| u32::from_be_bytes([tcp[at], tcp[at + 1], tcp[at + 2], tcp[at + 3]]);
-    let (sport, dport) = ([tcp[0], tcp[1]], [tcp[2], tcp[3]]);
-    let (seq, ack) = (word(4), word(8));
     // SYN and FIN each take a sequence number.
     let seg_len = (tcp.len() - data_offset) as u32
         + u32::from(flags & SYN != 0)
         + u32::from(flags & FIN != 0);
     let (seq, ack, flags) = if flags & ACK != 0 {
-        (ack, 0, RST)
+        (word(8), 0, RST)
     } else {
-        (0, seq.wrapping_add(seg_len), RST | ACK)
+        (0, word(4).wrapping_add(seg_len), RST | ACK)
     };
-    let out = frame.get_mut(l3..l3 + RESET_LEN)?;
+    Some(Reset {
+        src: ip.src_addr().octets(),
+        dst: ip.dst_addr().octets(),
+        sport: [tcp[0], tcp[1]],
+        dport: [tcp[2], tcp[3]],
+        seq,
+        ack,
+        flags,
+    })
+}
+
+/// Writes `reset` (from [`reset_for`] on the same frame) over the IPv4 packet at `l3` of
+/// `frame` and returns the frame's new length. The Ethernet header is the caller's.
+pub fn write(frame: &mut [u8], l3: usize, reset: &Reset) -> usize {
+    let out = &mut frame[l3..l3 + RESET_LEN];
     out.fill(0);
     out[0] = 0x45;
     out[2..4].copy_from_slice(&(RESET_LEN as u16).to_be_bytes());
     out[6] = 0x40; // DF, as Linux sends its resets.
     out[8] = ipv4::DEFAULT_TTL;
     out[9] = IpProtocol::TCP.0;
-    out[12..16].copy_from_slice(&dst.octets());
-    out[16..20].copy_from_slice(&src.octets());
+    out[12..16].copy_from_slice(&reset.dst);
+    out[16..20].copy_from_slice(&reset.src);
     let header = checksum::checksum(&out[..20]);
     out[10..12].copy_from_slice(&header.to_be_bytes());
     let t = &mut out[20..];
-    t[0..2].copy_from_slice(&dport);
-    t[2..4].copy_from_slice(&sport);
-    t[4..8].copy_from_slice(&seq.to_be_bytes());
-    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[0..2].copy_from_slice(&reset.dport);
+    t[2..4].copy_from_slice(&reset.sport);
+    t[4..8].copy_from_slice(&reset.seq.to_be_bytes());
+    t[8..12].copy_from_slice(&reset.ack.to_be_bytes());
     t[12] = 5 << 4;
-    t[13] = flags;
-    let pseudo = checksum::pseudo_header_v4(dst, src, IpProtocol::TCP.0, 20);
+    t[13] = reset.flags;
+    let pseudo =
+        checksum::pseudo_header_v4(reset.dst.into(), reset.src.into(), IpProtocol::TCP.0, 20);
     let sum = !checksum::add(checksum::sum(t), pseudo);
     t[16..18].copy_from_slice(&sum.to_be_bytes());
-    Some(l3 + RESET_LEN)
+    l3 + RESET_LEN
+}
+
+/// [`reset_for`] then [`write`]: the frame turned into its reset, in place.
+#[cfg(test)]
+fn reset_in_place(frame: &mut [u8], l3: usize) -> Option<usize> {
+    let reset = reset_for(frame, l3)?;
+    Some(write(frame, l3, &reset))
 }
 
 #[cfg(test)]
