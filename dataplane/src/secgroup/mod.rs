@@ -650,9 +650,12 @@ fn filter_flow<const DRY: bool, K: SgKey>(
     }
 }
 
-/// Decides a packet that is not a later fragment.
+/// Decides a packet that is not a later fragment: the established path (a connection of
+/// the port's zone, usually the previous packet's) first, then [`decide_new`]. Both are
+/// inlined into the stage and read the flow in place (a copy of it cost the established
+/// path ~30 instructions per packet, the IPv6 one ~115).
 #[allow(clippy::too_many_arguments)]
-#[inline]
+#[inline(always)]
 fn decide<const DRY: bool, K: SgKey>(
     snap: &Snapshot,
     conns: &mut ConnTable<K>,
@@ -663,7 +666,53 @@ fn decide<const DRY: bool, K: SgKey>(
     flow: &Flow<K>,
     last: &mut LastHit<K>,
 ) -> Result<(), DropReason> {
-    let flow = *flow;
+    if policy.stateful {
+        let hit = match *last {
+            // The connection of the previous packet of the burst, already checked against
+            // this policy: no lookup.
+            Some((key, id, cdir)) if key == flow.key => Some((id, cdir)),
+            _ => conns.lookup(&flow.key, now),
+        };
+        if let Some((id, cdir)) = hit {
+            let t = conns.session(id).tag();
+            if (t >> 17) as u16 != policy.version {
+                *last = None;
+                let tables = snap.security_groups();
+                if DRY {
+                    revalidated(conns, tables, policy, id, t)?;
+                } else {
+                    revalidate(conns, tables, policy, id, t)?;
+                }
+            }
+            *last = Some((flow.key, id, cdir));
+            if DRY {
+                if flow.key.proto() == TCP && !conns.tcp_window_check(id, cdir, &flow.tcp) {
+                    return Err(DropReason::SgInvalid);
+                }
+                return Ok(());
+            }
+            if flow.key.proto() == TCP && !conns.tcp_window(id, cdir, &flow.tcp) {
+                return Err(DropReason::SgInvalid);
+            }
+            conns.touch(id, cdir, flow.flags, u32::from(flow.len), now);
+            return Ok(());
+        }
+    }
+    decide_new::<DRY, K>(snap, conns, now, port, policy, dir, flow)
+}
+
+/// Decides a packet of no known connection: by the rules (stateless groups, or a new
+/// connection, inserted), or as an ICMP error related to a connection.
+#[inline(always)]
+fn decide_new<const DRY: bool, K: SgKey>(
+    snap: &Snapshot,
+    conns: &mut ConnTable<K>,
+    now: u64,
+    port: PortId,
+    policy: &SgPolicy,
+    dir: Direction,
+    flow: &Flow<K>,
+) -> Result<(), DropReason> {
     let tables = snap.security_groups();
     if !policy.stateful {
         return match K::rules(policy, dir).lookup(
@@ -680,35 +729,6 @@ fn decide<const DRY: bool, K: SgKey>(
             }
             None => Err(DropReason::SgNoRule),
         };
-    }
-    let hit = match *last {
-        // The connection of the previous packet of the burst, already checked against
-        // this policy: no lookup.
-        Some((key, id, cdir)) if key == flow.key => Some((id, cdir)),
-        _ => conns.lookup(&flow.key, now),
-    };
-    if let Some((id, cdir)) = hit {
-        let t = conns.session(id).tag();
-        if (t >> 17) as u16 != policy.version {
-            *last = None;
-            if DRY {
-                revalidated(conns, tables, policy, id, t)?;
-            } else {
-                revalidate(conns, tables, policy, id, t)?;
-            }
-        }
-        *last = Some((flow.key, id, cdir));
-        if DRY {
-            if flow.key.proto() == TCP && !conns.tcp_window_check(id, cdir, &flow.tcp) {
-                return Err(DropReason::SgInvalid);
-            }
-            return Ok(());
-        }
-        if flow.key.proto() == TCP && !conns.tcp_window(id, cdir, &flow.tcp) {
-            return Err(DropReason::SgInvalid);
-        }
-        conns.touch(id, cdir, flow.flags, u32::from(flow.len), now);
-        return Ok(());
     }
     if let Some(inner) = flow.related {
         if conns.lookup(&inner, now).is_some() {
