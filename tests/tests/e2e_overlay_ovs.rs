@@ -159,7 +159,7 @@ fn start_ovs(lab: &VmNet, workdir: &Path) -> OvsSwitch {
         ovs.add_port(n.bridge, n.c_port, None).unwrap();
         let kind = format!("type={}", n.kind);
         let key = format!("options:key={}", n.id);
-        ovs.vsctl(&[
+        let args = [
             "add-port",
             n.bridge,
             n.tunnel,
@@ -170,12 +170,39 @@ fn start_ovs(lab: &VmNet, workdir: &Path) -> OvsSwitch {
             &kind,
             "options:remote_ip=198.18.0.1",
             &key,
-        ])
-        .unwrap();
+        ];
+        ovs.vsctl(&args).unwrap();
     }
     ovs.wait_ready()
         .unwrap_or_else(|e| panic!("{e}\n{}", ovs.diagnostics("br-ul")));
     ovs
+}
+
+/// The tunnel header of one packet OVS sent to polluxd on network `n`: its kind's
+/// identifier (for GRE after the checksum, if OVS sends one).
+fn check_from_ovs(n: &Net, f: &[u8]) {
+    assert_eq!(&f[26..30], &HOSTC_IP, "{}: outer source", n.kind);
+    assert_eq!(&f[30..34], &LOCAL_IP, "{}: outer destination", n.kind);
+    let vni = (n.id << 8).to_be_bytes();
+    match n.kind {
+        "gre" => {
+            assert_eq!(f[23], 47);
+            assert_eq!(f[34] & 0x30, 0x20, "GRE K flag, no sequence number");
+            assert_eq!(&f[36..38], &[0x65, 0x58]);
+            let key = if f[34] & 0x80 != 0 { 42 } else { 38 };
+            assert_eq!(&f[key..key + 4], &n.id.to_be_bytes(), "GRE key");
+        }
+        "geneve" => {
+            assert_eq!(&f[36..38], &6081u16.to_be_bytes());
+            assert_eq!(&f[44..46], &[0x65, 0x58]);
+            assert_eq!(&f[46..49], &vni[..3]);
+        }
+        _ => {
+            assert_eq!(&f[36..38], &4789u16.to_be_bytes());
+            assert_eq!(f[42], 0x08);
+            assert_eq!(&f[46..49], &vni[..3]);
+        }
+    }
 }
 
 /// Checks the outer headers of one packet polluxd sent to hostc on network `n`, byte for
@@ -295,7 +322,9 @@ fn vxlan_geneve_and_gre_with_open_vswitch_userspace_tunnels() {
                 n.kind
             );
         }
-        // The other way, and a full-size frame (DF) of the tenant MTU both ways.
+        // The other way (what OVS sends checked on its way out), and a full-size frame
+        // (DF) of the tenant MTU both ways.
+        let capture = from_ovs(&lab, n);
         let r = lab.ping(n.c.0, A_IP, 3);
         assert!(
             r.all_received(),
@@ -304,6 +333,11 @@ fn vxlan_geneve_and_gre_with_open_vswitch_userspace_tunnels() {
             n.c.0,
             n.a.role
         );
+        let captured = capture.finish(Duration::from_secs(3)).unwrap();
+        assert_eq!(captured.frames.len(), 3, "{}: {captured:?}", n.kind);
+        for f in &captured.frames {
+            check_from_ovs(n, f);
+        }
         let size = (n.mtu - 28).to_string();
         for (from, to) in [(n.a.role, C_IP), (n.c.0, A_IP)] {
             let out = lab
@@ -348,9 +382,89 @@ fn vxlan_geneve_and_gre_with_open_vswitch_userspace_tunnels() {
         );
     }
 
+    geneve_options_from_ovs(&lab, &ovs, &polluxd);
+    gre_checksums_from_ovs(&lab, &ovs);
+
     let (status, stderr) = polluxd.stop().unwrap_or_else(|e| panic!("{e}"));
     assert!(status.success(), "polluxd exited with {status}:\n{stderr}");
     let totals = parse_worker_totals(&stderr).expect("the final worker line");
     eprintln!("polluxd: {totals:?}");
     drop(ovs);
+}
+
+/// Captures (both directions, on hostc's eth0) the next 3 tunnel packets hostc sends to
+/// polluxd on network `n`.
+fn from_ovs(lab: &VmNet, n: &Net) -> Capture {
+    let mut filter = vec!["src", "host", "198.18.0.3", "and"];
+    filter.extend_from_slice(n.filter);
+    Capture::start(lab.ns("hostc"), "eth0", 3, &filter, CaptureFormat::Pcap).unwrap()
+}
+
+/// OVS sends Geneve options when a flow sets tunnel metadata: a plain option is skipped
+/// by its length (the ping goes through), a critical one is a counted drop.
+fn geneve_options_from_ovs(lab: &VmNet, ovs: &OvsSwitch, polluxd: &Polluxd) {
+    let n = &NETS[1];
+    assert_eq!(n.kind, "geneve");
+    ovs.ofctl(
+        "add-tlv-map",
+        n.bridge,
+        &["{class=0x0102,type=0x05,len=4}->tun_metadata0,{class=0x0102,type=0x85,len=4}->tun_metadata1"],
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let with_option = |field: &str| {
+        let flow = format!(
+            "priority=10,in_port={},actions=set_field:0x1234->{field},output:{}",
+            n.c_port, n.tunnel
+        );
+        ovs.ofctl("add-flow", n.bridge, &[&flow])
+            .unwrap_or_else(|e| panic!("{e}"));
+    };
+    with_option("tun_metadata0");
+    let capture = from_ovs(lab, n);
+    let r = lab.ping(n.c.0, A_IP, 3);
+    assert!(r.all_received(), "geneve with an option: {r:?}");
+    let captured = capture.finish(Duration::from_secs(3)).unwrap();
+    assert_eq!(captured.frames.len(), 3, "{captured:?}");
+    for f in &captured.frames {
+        check_from_ovs(n, f);
+        assert_eq!(f[42] & 0x3f, 2, "two words of options");
+        assert_eq!(&f[50..54], &[0x01, 0x02, 0x05, 0x01], "the option's header");
+    }
+
+    with_option("tun_metadata1");
+    let dropped = || -> u64 {
+        polluxd.call("stats.get", serde_json::json!({}))["drops"]["geneve_critical_option"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = dropped();
+    let capture = from_ovs(lab, n);
+    let r = lab.ping(n.c.0, A_IP, 3);
+    assert_eq!(r.received, 0, "a critical option went through: {r:?}");
+    let captured = capture.finish(Duration::from_secs(3)).unwrap();
+    assert_eq!(captured.frames.len(), 3, "{captured:?}");
+    assert_eq!(&captured.frames[0][50..54], &[0x01, 0x02, 0x85, 0x01]);
+    assert!(
+        dropped() - before >= 3,
+        "geneve_critical_option counted {}",
+        dropped() - before
+    );
+}
+
+/// OVS sends GRE checksums with `options:csum=true`: polluxd verifies them and takes the
+/// packets.
+fn gre_checksums_from_ovs(lab: &VmNet, ovs: &OvsSwitch) {
+    let n = &NETS[2];
+    assert_eq!(n.kind, "gre");
+    ovs.vsctl(&["set", "interface", n.tunnel, "options:csum=true"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let capture = from_ovs(lab, n);
+    let r = lab.ping(n.c.0, A_IP, 3);
+    assert!(r.all_received(), "gre with checksums: {r:?}");
+    let captured = capture.finish(Duration::from_secs(3)).unwrap();
+    assert_eq!(captured.frames.len(), 3, "{captured:?}");
+    for f in &captured.frames {
+        check_from_ovs(n, f);
+        assert_eq!(f[34] & 0x80, 0x80, "GRE C flag");
+    }
 }
