@@ -43,7 +43,7 @@ impl BurstStage for VxlanDecap<'_> {
         let mut confirmed = (0u32, u64::MAX);
         // Runs of one tunnel: its VNI and source are looked up once per run.
         let mut run = Run::default();
-        let mut decapsulated = [0u64; Encapsulation::ALL.len()];
+
         for pkt in pkts.iter_mut() {
             let candidate = matches!(
                 pkt.meta.next,
@@ -80,7 +80,7 @@ impl BurstStage for VxlanDecap<'_> {
                             network: d.slot,
                             ..d.inner
                         };
-                        decapsulated[d.kind as usize] += 1;
+                        run.packets += 1;
                         Next::L2
                     }
                     Err(reason) => Next::Drop(reason, Stage::VxlanDecap),
@@ -108,7 +108,8 @@ impl BurstStage for VxlanDecap<'_> {
                 entered += 1;
             }
         }
-        for (kind, n) in Encapsulation::ALL.into_iter().zip(decapsulated) {
+        run.flush();
+        for (kind, n) in Encapsulation::ALL.into_iter().zip(run.decapsulated) {
             if n > 0 {
                 kind.decapsulated(cx.counters).add(n);
             }
@@ -120,34 +121,48 @@ impl BurstStage for VxlanDecap<'_> {
     }
 }
 
-/// The last (kind, VNI or key, source) looked up and what it resolved to.
+/// The last (kind, VNI or key, source) looked up and what it resolved to, with the
+/// packets decapsulated in it; so the per-kind counts are sorted out once per run.
 #[derive(Clone, Copy)]
 struct Run {
+    /// [`Encapsulation::key`] of the kind and identifier; `u64::MAX` (no key) before the
+    /// first lookup that succeeded.
+    key: u64,
     kind: Encapsulation,
-    id: u32,
     src: u32,
     slot: u16,
     tunnel: PortId,
-    /// Whether the fields above hold a lookup that succeeded.
-    valid: bool,
+    /// Packets decapsulated in this run, not yet in `decapsulated`.
+    packets: u64,
+    /// Packets decapsulated per kind (index: `Encapsulation as usize`) in earlier runs.
+    decapsulated: [u64; Encapsulation::ALL.len()],
 }
 
 impl Default for Run {
     fn default() -> Self {
         Run {
+            key: u64::MAX,
             kind: Encapsulation::Vxlan,
-            id: 0,
             src: 0,
             slot: 0,
             tunnel: PortId::default(),
-            valid: false,
+            packets: 0,
+            decapsulated: [0; Encapsulation::ALL.len()],
         }
+    }
+}
+
+impl Run {
+    /// Moves the run's packets to its kind's count.
+    #[cold]
+    fn flush(&mut self) {
+        self.decapsulated[self.kind as usize] += self.packets;
+        self.packets = 0;
     }
 }
 
 /// A tunnel packet for one of this host's networks, from one of its peers.
 struct Decapped {
-    kind: Encapsulation,
     /// Bytes in front of the inner frame.
     strip: usize,
     inner_len: usize,
@@ -160,14 +175,14 @@ struct Decapped {
 }
 
 /// What a per-kind parser found after the outer IPv4 header.
-struct TunnelHeader {
+struct TunnelHeader<'a> {
     kind: Encapsulation,
     /// VNI or key.
     id: u32,
     /// Offset of the inner frame from the start of the IPv4 payload.
     inner_at: usize,
-    /// Length of the inner frame.
-    inner_len: usize,
+    /// The inner frame (what follows the tunnel header, to the end of the datagram).
+    inner: &'a [u8],
 }
 
 /// Checks the outer headers of a packet to `local_ip` and finds its network and tunnel.
@@ -188,14 +203,18 @@ fn decap(ov: &Overlay, data: &[u8], l3: usize, run: &mut Run) -> Result<Decapped
     }
     // What followed the IPv4 datagram (Ethernet padding) is not part of the inner frame.
     let payload = &ip[ihl..total];
-    let hdr = match ip[9] {
-        PROTO_UDP => udp_tunnel(payload)?,
-        gre::IP_PROTOCOL => gre_tunnel(payload)?,
-        _ => return Err(DropReason::NotVxlan),
+    let hdr = if ip[9] == PROTO_UDP {
+        udp_tunnel(payload)?
+    } else if ip[9] == gre::IP_PROTOCOL {
+        gre_tunnel(payload)?
+    } else {
+        return Err(DropReason::NotVxlan);
     };
     let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
-    if !(run.valid && run.kind == hdr.kind && run.id == hdr.id && run.src == src) {
-        run.valid = false;
+    let key = hdr.kind.key(hdr.id);
+    if !(run.key == key && run.src == src) {
+        run.flush();
+        run.key = u64::MAX;
         let slot = ov
             .network_of(hdr.kind, hdr.id)
             .ok_or(DropReason::UnknownVni)?;
@@ -203,31 +222,27 @@ fn decap(ov: &Overlay, data: &[u8], l3: usize, run: &mut Run) -> Result<Decapped
             .peer(slot, src)
             .ok_or(DropReason::UnknownTunnelEndpoint)?;
         *run = Run {
+            key,
             kind: hdr.kind,
-            id: hdr.id,
             src,
             slot,
             tunnel,
-            valid: true,
+            ..*run
         };
     }
     let (slot, tunnel) = (run.slot, run.tunnel);
-    let bad = match hdr.kind {
+    let bad = || match hdr.kind {
         Encapsulation::Vxlan => DropReason::BadVxlan,
         Encapsulation::Geneve => DropReason::BadGeneve,
         Encapsulation::Gre => DropReason::BadGre,
     };
-    let frame = payload
-        .get(hdr.inner_at..hdr.inner_at + hdr.inner_len)
-        .ok_or(bad)?;
-    let inner = crate::classify::parse(frame).map_err(|_| bad)?;
+    let inner = crate::classify::parse(hdr.inner).map_err(|_| bad())?;
     if inner.flags & Meta::VLAN != 0 {
-        return Err(bad);
+        return Err(bad());
     }
     Ok(Decapped {
-        kind: hdr.kind,
         strip: l3 + ihl + hdr.inner_at,
-        inner_len: hdr.inner_len,
+        inner_len: hdr.inner.len(),
         inner,
         slot,
         tunnel,
@@ -237,7 +252,7 @@ fn decap(ov: &Overlay, data: &[u8], l3: usize, run: &mut Run) -> Result<Decapped
 
 /// VXLAN or Geneve in the UDP datagram `udp`.
 #[inline(always)]
-fn udp_tunnel(udp: &[u8]) -> Result<TunnelHeader, DropReason> {
+fn udp_tunnel(udp: &[u8]) -> Result<TunnelHeader<'_>, DropReason> {
     let Some(h) = udp.first_chunk::<UDP>() else {
         return Err(DropReason::BadOuterIpv4);
     };
@@ -245,52 +260,44 @@ fn udp_tunnel(udp: &[u8]) -> Result<TunnelHeader, DropReason> {
     let udp_len = usize::from(u16::from_be_bytes([h[4], h[5]]));
     // The UDP checksum is not checked: senders may leave it zero (RFC 7348, RFC 8926), and
     // the inner frame's own checksums protect what matters.
-    match dport {
-        vxlan::VXLAN_PORT => {
-            if udp_len < UDP + vxlan::HEADER_LEN || udp_len > udp.len() {
-                return Err(DropReason::BadVxlan);
-            }
-            let vx = vxlan::VxlanPacket::new_checked(&udp[UDP..udp_len])
-                .map_err(|_| DropReason::BadVxlan)?;
-            Ok(TunnelHeader {
-                kind: Encapsulation::Vxlan,
-                id: vx.vni(),
-                inner_at: UDP + vxlan::HEADER_LEN,
-                inner_len: udp_len - UDP - vxlan::HEADER_LEN,
-            })
+    if dport == vxlan::VXLAN_PORT {
+        let body = udp.get(UDP..udp_len).ok_or(DropReason::BadVxlan)?;
+        let vx = vxlan::VxlanPacket::new_checked(body).map_err(|_| DropReason::BadVxlan)?;
+        Ok(TunnelHeader {
+            kind: Encapsulation::Vxlan,
+            id: vx.vni(),
+            inner_at: UDP + vxlan::HEADER_LEN,
+            inner: vx.into_inner().get(vxlan::HEADER_LEN..).unwrap_or_default(),
+        })
+    } else if dport == geneve::GENEVE_PORT {
+        let body = udp.get(UDP..udp_len).ok_or(DropReason::BadGeneve)?;
+        let gn = geneve::GenevePacket::new_checked(body).map_err(|_| DropReason::BadGeneve)?;
+        if gn.flags() & geneve::FLAG_OAM != 0 {
+            return Err(DropReason::GeneveControl);
         }
-        geneve::GENEVE_PORT => {
-            if udp_len < UDP + geneve::HEADER_LEN || udp_len > udp.len() {
-                return Err(DropReason::BadGeneve);
-            }
-            let gn = geneve::GenevePacket::new_checked(&udp[UDP..udp_len])
-                .map_err(|_| DropReason::BadGeneve)?;
-            if gn.flags() & geneve::FLAG_OAM != 0 {
-                return Err(DropReason::GeneveControl);
-            }
-            match gn.has_critical_option() {
-                Ok(false) => {}
-                Ok(true) => return Err(DropReason::GeneveCriticalOption),
-                Err(_) => return Err(DropReason::BadGeneve),
-            }
-            if gn.protocol() != geneve::PROTO_ETHERNET {
-                return Err(DropReason::TunnelNotEthernet);
-            }
-            let hlen = gn.header_len();
-            Ok(TunnelHeader {
-                kind: Encapsulation::Geneve,
-                id: gn.vni(),
-                inner_at: UDP + hlen,
-                inner_len: udp_len - UDP - hlen,
-            })
+        match gn.has_critical_option() {
+            Ok(false) => {}
+            Ok(true) => return Err(DropReason::GeneveCriticalOption),
+            Err(_) => return Err(DropReason::BadGeneve),
         }
-        _ => Err(DropReason::NotVxlan),
+        if gn.protocol() != geneve::PROTO_ETHERNET {
+            return Err(DropReason::TunnelNotEthernet);
+        }
+        let hlen = gn.header_len();
+        Ok(TunnelHeader {
+            kind: Encapsulation::Geneve,
+            id: gn.vni(),
+            inner_at: UDP + hlen,
+            inner: body.get(hlen..).unwrap_or_default(),
+        })
+    } else {
+        Err(DropReason::NotVxlan)
     }
 }
 
 /// GRE with a key, in the IPv4 payload `payload`.
 #[inline(always)]
-fn gre_tunnel(payload: &[u8]) -> Result<TunnelHeader, DropReason> {
+fn gre_tunnel(payload: &[u8]) -> Result<TunnelHeader<'_>, DropReason> {
     let g = gre::GrePacket::new_checked(payload).map_err(|_| DropReason::BadGre)?;
     if !g.verify_checksum() {
         return Err(DropReason::GreChecksum);
@@ -306,6 +313,6 @@ fn gre_tunnel(payload: &[u8]) -> Result<TunnelHeader, DropReason> {
         kind: Encapsulation::Gre,
         id: key,
         inner_at: hlen,
-        inner_len: payload.len() - hlen,
+        inner: payload.get(hlen..).unwrap_or_default(),
     })
 }

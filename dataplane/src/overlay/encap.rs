@@ -8,7 +8,7 @@
 //! to another one (the sender replicated it to every host already).
 
 use crate::buf::FramePool;
-use crate::counters::WorkerCounters;
+use crate::counters::{Counter, WorkerCounters};
 use crate::drop::DropReason;
 use crate::output::{drop_packet, set_egress_tag};
 use crate::overlay::underlay::Underlay;
@@ -54,7 +54,7 @@ impl BurstStage for VxlanEncap<'_> {
         // once per run.
         let mut last_out = PortId(u16::MAX);
         let mut last_remote = None;
-        let mut run: Option<(u32, u16, Outer)> = None;
+        let mut run: Option<(u32, u16, Outer, &Counter)> = None;
         for pkt in pkts.iter_mut() {
             match pkt.meta.next {
                 Next::Output(out) => {
@@ -69,37 +69,40 @@ impl BurstStage for VxlanEncap<'_> {
                     // Only VM ports have this stage: the L2 stage keeps decapsulated
                     // frames from other tunnels.
                     let slot = pkt.meta.network;
-                    let outer = match run {
-                        Some((r, s, outer)) if r == remote && s == slot => outer,
-                        _ => {
-                            let mac = self.under.resolve_for(ov, remote, cx);
-                            match (mac, ov.tunnel(slot)) {
-                                (Some(mac), Some(tunnel)) => {
-                                    let outer = Outer::new(OuterHeaders {
-                                        dst_mac: mac_from_u64(mac),
-                                        src_mac: mac_from_u64(ov.mac()),
-                                        src_ip: ov.local_ip(),
-                                        dst_ip: remote,
-                                        tunnel,
-                                    });
-                                    run = Some((remote, slot, outer));
-                                    outer
-                                }
-                                (mac, _) => {
-                                    run = None;
-                                    let reason = if mac.is_none() {
-                                        DropReason::TunnelUnresolved
-                                    } else {
-                                        DropReason::InternalError
-                                    };
-                                    pkt.meta.next = Next::Drop(reason, Stage::VxlanEncap);
-                                    produced |= Pending::DONE;
-                                    continue;
-                                }
+                    let hit = matches!(run, Some((r, s, ..)) if r == remote && s == slot);
+                    if !hit {
+                        let mac = self.under.resolve_for(ov, remote, cx);
+                        match (mac, ov.tunnel(slot)) {
+                            (Some(mac), Some(tunnel)) => {
+                                let outer = Outer::new(OuterHeaders {
+                                    dst_mac: mac_from_u64(mac),
+                                    src_mac: mac_from_u64(ov.mac()),
+                                    src_ip: ov.local_ip(),
+                                    dst_ip: remote,
+                                    tunnel,
+                                });
+                                let counter = tunnel.encapsulation.encapsulated(cx.counters);
+                                run = Some((remote, slot, outer, counter));
+                            }
+                            (mac, _) => {
+                                run = None;
+                                let reason = if mac.is_none() {
+                                    DropReason::TunnelUnresolved
+                                } else {
+                                    DropReason::InternalError
+                                };
+                                pkt.meta.next = Next::Drop(reason, Stage::VxlanEncap);
+                                produced |= Pending::DONE;
+                                continue;
                             }
                         }
+                    }
+                    // Used in place: the headers are not copied out of the run for each
+                    // packet. The run also holds the counter of its encapsulation.
+                    let Some((_, _, outer, counter)) = &run else {
+                        continue;
                     };
-                    pkt.meta.next = push_outer(ov, cx.pool, cx.counters, pkt, &outer);
+                    pkt.meta.next = push_outer(ov, cx.pool, counter, pkt, outer);
                     produced |= Pending::of(pkt.meta.next);
                 }
                 Next::Flood => {
@@ -205,7 +208,8 @@ pub fn encap(
         dst_ip: remote,
         tunnel,
     });
-    push_outer(ov, pool, counters, pkt, &outer)
+    let counter = tunnel.encapsulation.encapsulated(counters);
+    push_outer(ov, pool, counter, pkt, &outer)
 }
 
 /// Puts `outer` in front of `pkt` (in its headroom); its next step.
@@ -213,7 +217,7 @@ pub fn encap(
 fn push_outer(
     ov: &Overlay,
     pool: &mut FramePool,
-    counters: &WorkerCounters,
+    counter: &Counter,
     pkt: &mut Packet,
     outer: &Outer,
 ) -> Next {
@@ -223,26 +227,33 @@ fn push_outer(
             return Next::Drop(reason, Stage::VxlanEncap);
         }
     }
-    let overhead = outer.overhead();
+    let overhead = outer.overhead;
     if pkt.offset < overhead {
         return Next::Drop(DropReason::NoHeadroom, Stage::VxlanEncap);
     }
-    // GRE has no field to carry the flow's entropy.
-    let sport = if outer.kind == Encapsulation::Gre {
-        0
-    } else {
-        SPORT_BASE | (flow_hash(pool.data(pkt), &pkt.meta) & 0x3fff)
+    // One view of the headroom and the frame: the inner frame to hash, the headroom to
+    // write.
+    let start = usize::from(pkt.offset - overhead);
+    let end = usize::from(pkt.offset) + usize::from(pkt.len);
+    let Some(region) = pool.frame_mut(pkt.frame).get_mut(start..end) else {
+        return Next::Drop(DropReason::InternalError, Stage::VxlanEncap);
     };
-    let inner = pkt.len;
-    pkt.offset -= overhead;
-    pkt.len += overhead;
-    if !outer.write(pool.data_mut(pkt), inner, sport) {
+    let (headers, inner) = region.split_at_mut(usize::from(overhead));
+    // GRE has no field to carry the flow's entropy.
+    let sport = if outer.udp {
+        SPORT_BASE | (flow_hash(inner, &pkt.meta) & 0x3fff)
+    } else {
+        0
+    };
+    if !outer.write(headers, pkt.len, sport) {
         return Next::Drop(DropReason::InternalError, Stage::VxlanEncap);
     }
+    pkt.offset -= overhead;
+    pkt.len += overhead;
     pkt.meta.flags = 0;
     pkt.meta.ethertype = EtherType::IPV4.0;
     pkt.meta.l3_offset = ETH as u8;
-    outer.kind.encapsulated(counters).inc();
+    counter.inc();
     Next::Output(ov.uplink())
 }
 
@@ -273,9 +284,12 @@ pub struct OuterHeaders {
 /// each packet copies them and fills in its lengths, IPv4 checksum and (UDP) source port.
 #[derive(Clone, Copy, Debug)]
 pub struct Outer {
-    /// The headers, the first `kind.overhead()` bytes used.
+    /// The headers, the first `overhead` bytes used.
     hdr: [u8; OUTER_MAX],
-    kind: Encapsulation,
+    /// Bytes of the headers, and whether they end in UDP (VXLAN, Geneve) rather than GRE:
+    /// the kind's properties the packet path needs, so that it does not branch on it.
+    overhead: u16,
+    udp: bool,
     /// One's-complement sum of the IPv4 header words without the total length.
     ip_sum: u32,
 }
@@ -327,20 +341,25 @@ impl Outer {
             }
             .emit(l4),
         }
-        Outer { hdr, kind, ip_sum }
+        Outer {
+            hdr,
+            overhead: kind.overhead(),
+            udp: kind != Encapsulation::Gre,
+            ip_sum,
+        }
     }
 
     /// Bytes of the outer headers.
     #[inline(always)]
     pub fn overhead(&self) -> u16 {
-        self.kind.overhead()
+        self.overhead
     }
 
     /// Writes the headers for an inner frame of `inner_len` bytes and UDP source port
     /// `sport` (unused by GRE) at the start of `out`; false if `out` is too short.
     #[inline(always)]
     pub fn write(&self, out: &mut [u8], inner_len: u16, sport: u16) -> bool {
-        let total = self.overhead() - ETH as u16 + inner_len;
+        let total = self.overhead - ETH as u16 + inner_len;
         let mut sum = self.ip_sum + u32::from(total);
         sum = (sum & 0xffff) + (sum >> 16);
         sum = (sum & 0xffff) + (sum >> 16);
@@ -349,23 +368,20 @@ impl Outer {
             out[ETH + 2..ETH + 4].copy_from_slice(&total.to_be_bytes());
             out[ETH + 10..ETH + 12].copy_from_slice(&csum.to_be_bytes());
         };
-        match self.kind {
-            Encapsulation::Vxlan | Encapsulation::Geneve => {
-                let Some(out) = out.first_chunk_mut::<OUTER_UDP>() else {
-                    return false;
-                };
-                *out = self.hdr;
-                ip_lengths(out);
-                out[ETH + IP..ETH + IP + 2].copy_from_slice(&sport.to_be_bytes());
-                out[ETH + IP + 4..ETH + IP + 6].copy_from_slice(&(total - IP as u16).to_be_bytes());
-            }
-            Encapsulation::Gre => {
-                let Some(out) = out.first_chunk_mut::<OUTER_GRE>() else {
-                    return false;
-                };
-                out.copy_from_slice(&self.hdr[..OUTER_GRE]);
-                ip_lengths(out);
-            }
+        if self.udp {
+            let Some(out) = out.first_chunk_mut::<OUTER_UDP>() else {
+                return false;
+            };
+            *out = self.hdr;
+            ip_lengths(out);
+            out[ETH + IP..ETH + IP + 2].copy_from_slice(&sport.to_be_bytes());
+            out[ETH + IP + 4..ETH + IP + 6].copy_from_slice(&(total - IP as u16).to_be_bytes());
+        } else {
+            let Some(out) = out.first_chunk_mut::<OUTER_GRE>() else {
+                return false;
+            };
+            out.copy_from_slice(&self.hdr[..OUTER_GRE]);
+            ip_lengths(out);
         }
         true
     }

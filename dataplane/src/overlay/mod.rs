@@ -116,7 +116,7 @@ impl Encapsulation {
     /// Key of the (kind, identifier) → network table: a VNI of VXLAN and the same number
     /// as a GRE key are different networks.
     #[inline(always)]
-    fn key(self, id: u32) -> u64 {
+    pub(crate) fn key(self, id: u32) -> u64 {
         (self as u64) << 32 | u64::from(id)
     }
 }
