@@ -126,6 +126,17 @@ impl<T: AsRef<[u8]>> GenevePacket<T> {
     /// if none has, [`Error::Malformed`] if an option's length runs past the options area.
     #[inline]
     pub fn has_critical_option(&self) -> Result<bool> {
+        // What Pollux and Open vSwitch send by default: nothing to walk.
+        if self.options_len() == 0 {
+            return Ok(false);
+        }
+        self.walk_options()
+    }
+
+    /// The options walk of [`has_critical_option`](Self::has_critical_option), out of the
+    /// way of packets without options.
+    #[inline(never)]
+    fn walk_options(&self) -> Result<bool> {
         let mut rest = self.options();
         let mut critical = false;
         while !rest.is_empty() {
