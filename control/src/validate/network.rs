@@ -266,60 +266,59 @@ impl Checker {
                         _ => None,
                     }
                 }
-                NetworkType::Vxlan | NetworkType::Geneve | NetworkType::Gre => {
-                    let Some(kind) = overlay_kind(ty) else {
-                        unreachable!("an overlay network type has its kind")
-                    };
-                    let OverlayKind {
+                NetworkType::Vxlan | NetworkType::Geneve | NetworkType::Gre => match overlay_kind(ty) {
+                    None => None,
+                    Some(OverlayKind {
                         label,
                         id_name,
                         max_id,
-                    } = kind;
-                    if n.physical_network.is_some() {
-                        self.err(
-                            &pn_path,
-                            format!("a {ty} network has no physical_network; it uses the uplink with local_ip"),
-                        );
-                    }
-                    if vtep.is_none() {
-                        self.err(
-                            format!("{base}.network_type"),
-                            format!("a {ty} network needs an uplink with local_ip (the {label} endpoint)"),
-                        );
-                    }
-                    let id = match n.segmentation_id {
-                        None => {
-                            self.err(&seg_path, format!("a {ty} network needs a segmentation_id ({id_name} 1..={max_id})"));
-                            None
+                    }) => {
+                        if n.physical_network.is_some() {
+                            self.err(
+                                &pn_path,
+                                format!("a {ty} network has no physical_network; it uses the uplink with local_ip"),
+                            );
                         }
-                        Some(v) if (1..=max_id).contains(&v) => {
-                            let v = v as u32;
-                            if let Some(first) = tunnel_ids.get(&(ty, v)) {
-                                let m = match ty {
-                                    NetworkType::Vxlan => format!("VNI {v} is already used by network {first}"),
-                                    _ => format!("{label} {id_name} {v} is already used by network {first}"),
-                                };
-                                self.err(&seg_path, m);
+                        if vtep.is_none() {
+                            self.err(
+                                format!("{base}.network_type"),
+                                format!("a {ty} network needs an uplink with local_ip (the {label} endpoint)"),
+                            );
+                        }
+                        let id = match n.segmentation_id {
+                            None => {
+                                self.err(&seg_path, format!("a {ty} network needs a segmentation_id ({id_name} 1..={max_id})"));
                                 None
-                            } else {
-                                tunnel_ids.insert((ty, v), n.id.clone());
-                                Some(v)
                             }
+                            Some(v) if (1..=max_id).contains(&v) => {
+                                let v = v as u32;
+                                if let Some(first) = tunnel_ids.get(&(ty, v)) {
+                                    let m = match ty {
+                                        NetworkType::Vxlan => format!("VNI {v} is already used by network {first}"),
+                                        _ => format!("{label} {id_name} {v} is already used by network {first}"),
+                                    };
+                                    self.err(&seg_path, m);
+                                    None
+                                } else {
+                                    tunnel_ids.insert((ty, v), n.id.clone());
+                                    Some(v)
+                                }
+                            }
+                            Some(v) => {
+                                self.err(&seg_path, format!("{v} is not a {label} {id_name} (1..={max_id})"));
+                                None
+                            }
+                        };
+                        match (vtep, id) {
+                            (Some(uplink), Some(id)) => Some(match ty {
+                                NetworkType::Geneve => Segment::Geneve { uplink, vni: id },
+                                NetworkType::Gre => Segment::Gre { uplink, key: id },
+                                _ => Segment::Vxlan { uplink, vni: id },
+                            }),
+                            _ => None,
                         }
-                        Some(v) => {
-                            self.err(&seg_path, format!("{v} is not a {label} {id_name} (1..={max_id})"));
-                            None
-                        }
-                    };
-                    match (vtep, id) {
-                        (Some(uplink), Some(id)) => Some(match ty {
-                            NetworkType::Geneve => Segment::Geneve { uplink, vni: id },
-                            NetworkType::Gre => Segment::Gre { uplink, key: id },
-                            _ => Segment::Vxlan { uplink, vni: id },
-                        }),
-                        _ => None,
                     }
-                }
+                },
             };
             let mtu_path = format!("{base}.mtu");
             let (limit, why) = match segment {

@@ -261,6 +261,8 @@ fn push_outer(
 const OUTER_MAX: usize = ETH + IP + UDP + vxlan::HEADER_LEN;
 /// Bytes of outer headers with UDP (VXLAN, Geneve without options).
 const OUTER_UDP: usize = ETH + IP + UDP + vxlan::HEADER_LEN;
+// VXLAN's and Geneve's (without options) headers have one length: one template size.
+const _: () = assert!(geneve::HEADER_LEN == vxlan::HEADER_LEN);
 /// Bytes of outer headers with GRE and a key.
 const OUTER_GRE: usize = ETH + IP + gre::KEYED_LEN;
 
