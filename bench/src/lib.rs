@@ -21,7 +21,9 @@ use pollux_dataplane::secgroup::{RuleName, RuleSet, SgPolicy, SgRemote, SgRule, 
 use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
 use pollux_dataplane::worker::WorkerConfig;
 use pollux_drivers::mem::MemPortConfig;
-use pollux_tests::frames::{arp, frame, ipv4, ipv6_frame, mac, udp, udp6, vxlan, BROADCAST};
+use pollux_tests::frames::{
+    arp, frame, geneve, gre, ipv4, ipv6_frame, mac, udp, udp6, vxlan, BROADCAST,
+};
 use pollux_tests::harness::{MemSwitch, POOL_FRAMES};
 
 /// One forwarding path.
@@ -49,6 +51,14 @@ pub enum Scenario {
     VxlanEncap,
     /// VXLAN from the remote host on the uplink, decapsulated to a VM port.
     VxlanDecap,
+    /// [`Scenario::VxlanEncap`] on a Geneve network.
+    GeneveEncap,
+    /// [`Scenario::VxlanDecap`] on a Geneve network (no options).
+    GeneveDecap,
+    /// [`Scenario::VxlanEncap`] on a GRE network.
+    GreEncap,
+    /// [`Scenario::VxlanDecap`] on a GRE network (key, no checksum or sequence number).
+    GreDecap,
     /// UDP between two VM ports with port security and stateful security groups of 10
     /// rules each, the connection established: a conntrack hit in each port's zone.
     SgEstablished10,
@@ -75,7 +85,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 18] = [
+    pub const ALL: [Scenario; 22] = [
         Scenario::AccessToAccess,
         Scenario::AccessPortSecurity,
         Scenario::AccessToUplink,
@@ -86,6 +96,10 @@ impl Scenario {
         Scenario::SnatSteady,
         Scenario::VxlanEncap,
         Scenario::VxlanDecap,
+        Scenario::GeneveEncap,
+        Scenario::GeneveDecap,
+        Scenario::GreEncap,
+        Scenario::GreDecap,
         Scenario::SgEstablished10,
         Scenario::SgEstablished10k,
         Scenario::SgNew10,
@@ -109,6 +123,10 @@ impl Scenario {
             Scenario::SnatSteady => "snat_steady",
             Scenario::VxlanEncap => "vxlan_encap",
             Scenario::VxlanDecap => "vxlan_decap",
+            Scenario::GeneveEncap => "geneve_encap",
+            Scenario::GeneveDecap => "geneve_decap",
+            Scenario::GreEncap => "gre_encap",
+            Scenario::GreDecap => "gre_decap",
             Scenario::SgEstablished10 => "sg_established_10_rules",
             Scenario::SgEstablished10k => "sg_established_10k_rules",
             Scenario::SgNew10 => "sg_new_10_rules",
@@ -125,6 +143,20 @@ impl Scenario {
         match self {
             Scenario::Route10 | Scenario::SnatSteady => Some(10),
             Scenario::Route1M => Some(1_000_000),
+            _ => None,
+        }
+    }
+
+    /// The overlay segment of the overlay scenarios, and whether the scenario
+    /// encapsulates (else it decapsulates).
+    fn overlay(self) -> Option<(Segment, bool)> {
+        match self {
+            Scenario::VxlanEncap => Some((Segment::Vxlan { vni: 100 }, true)),
+            Scenario::VxlanDecap => Some((Segment::Vxlan { vni: 100 }, false)),
+            Scenario::GeneveEncap => Some((Segment::Geneve { vni: 100 }, true)),
+            Scenario::GeneveDecap => Some((Segment::Geneve { vni: 100 }, false)),
+            Scenario::GreEncap => Some((Segment::Gre { key: 100 }, true)),
+            Scenario::GreDecap => Some((Segment::Gre { key: 100 }, false)),
             _ => None,
         }
     }
@@ -174,8 +206,8 @@ impl Bench {
         if let Some(routes) = scenario.routes() {
             return Bench::routed(scenario, routes);
         }
-        if matches!(scenario, Scenario::VxlanEncap | Scenario::VxlanDecap) {
-            return Bench::overlay(scenario);
+        if let Some((segment, _)) = scenario.overlay() {
+            return Bench::overlay(scenario, segment);
         }
         if let Some((rules, new_flows)) = scenario.security_groups() {
             return Bench::security_groups(rules, new_flows, false);
@@ -268,7 +300,11 @@ impl Bench {
             | Scenario::Route1M
             | Scenario::SnatSteady
             | Scenario::VxlanEncap
-            | Scenario::VxlanDecap => {
+            | Scenario::VxlanDecap
+            | Scenario::GeneveEncap
+            | Scenario::GeneveDecap
+            | Scenario::GreEncap
+            | Scenario::GreDecap => {
                 unreachable!("routed and overlay scenarios have their own set-up")
             }
             _ => unreachable!("security-group scenarios are set up by Bench::security_groups"),
@@ -429,15 +465,15 @@ impl Bench {
         bench
     }
 
-    /// A VXLAN network (VNI 100) with VM ports 1 and 2 here and a remote port (MAC
-    /// `OUTSIDE_MAC`) on host 198.18.0.2, whose underlay MAC is known.
-    fn overlay(scenario: Scenario) -> Self {
+    /// An overlay network (`segment`: VNI or key 100) with VM ports 1 and 2 here and a
+    /// remote port (MAC `OUTSIDE_MAC`) on host 198.18.0.2, whose underlay MAC is known.
+    fn overlay(scenario: Scenario, segment: Segment) -> Self {
         const LOCAL: [u8; 4] = [198, 18, 0, 1];
         const REMOTE: [u8; 4] = [198, 18, 0, 2];
         const REMOTE_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 2];
         let net = NetworkUid(1);
         let mut b = SnapshotBuilder::new();
-        b.network(net, Segment::Vxlan { vni: 100 })
+        b.network(net, segment)
             .uplink(PortId(UPLINK), PhysnetId(1))
             .tunnel_endpoint(EndpointSpec {
                 uplink: PortId(UPLINK),
@@ -457,19 +493,18 @@ impl Bench {
         sw.run();
         sw.collect();
         let vtep = vtep_mac(LOCAL.into());
-        let (input, frame) = match scenario {
-            Scenario::VxlanEncap => (1, frame(mac(OUTSIDE_MAC), mac(1), None, 0, FRAME_LEN)),
-            _ => (
+        let inner = frame(mac(2), mac(OUTSIDE_MAC), None, 0, FRAME_LEN);
+        let (input, frame) = match (scenario.overlay(), segment) {
+            (Some((_, true)), _) => (1, frame(mac(OUTSIDE_MAC), mac(1), None, 0, FRAME_LEN)),
+            (_, Segment::Geneve { vni }) => (
                 UPLINK,
-                vxlan(
-                    vtep,
-                    REMOTE_MAC,
-                    REMOTE,
-                    LOCAL,
-                    100,
-                    &frame(mac(2), mac(OUTSIDE_MAC), None, 0, FRAME_LEN),
-                ),
+                geneve(vtep, REMOTE_MAC, REMOTE, LOCAL, vni, &[], &inner),
             ),
+            (_, Segment::Gre { key }) => (
+                UPLINK,
+                gre(vtep, REMOTE_MAC, REMOTE, LOCAL, key, false, None, &inner),
+            ),
+            _ => (UPLINK, vxlan(vtep, REMOTE_MAC, REMOTE, LOCAL, 100, &inner)),
         };
         let mut bench = Bench {
             sw,

@@ -249,6 +249,10 @@ impl MetricsSource {
                 sum(&|w| w.vxlan_encapsulated.get()),
                 sum(&|w| w.vxlan_decapsulated.get()),
                 sum(&|w| w.arp_responder_replies.get()),
+                sum(&|w| w.geneve_encapsulated.get()),
+                sum(&|w| w.geneve_decapsulated.get()),
+                sum(&|w| w.gre_encapsulated.get()),
+                sum(&|w| w.gre_decapsulated.get()),
             ],
             mac_aged: sum(&|w| w.macs_aged.get()),
             router: [
@@ -313,8 +317,9 @@ struct Scrape {
     mac_port_limit: u64,
     mac_move_refused: u64,
     checksums_completed: u64,
-    /// Encapsulated, decapsulated, ARP responder replies.
-    overlay: [u64; 3],
+    /// VXLAN encapsulated and decapsulated, ARP responder replies, Geneve and GRE
+    /// encapsulated and decapsulated.
+    overlay: [u64; 7],
     mac_aged: u64,
     /// In [`ROUTER_FAMILIES`] order.
     router: [u64; 9],
@@ -624,7 +629,7 @@ impl Collector for Scrape {
         for (name, help, v) in [
             (
                 "pollux_vxlan_encapsulated",
-                "Frames encapsulated towards a remote tunnel endpoint (head-end copies included).",
+                "Frames VXLAN-encapsulated towards a remote tunnel endpoint (head-end copies included).",
                 self.overlay[0],
             ),
             (
@@ -636,6 +641,26 @@ impl Collector for Scrape {
                 "pollux_arp_responder_replies",
                 "ARP requests on overlay networks answered on the host (never sent over the underlay).",
                 self.overlay[2],
+            ),
+            (
+                "pollux_geneve_encapsulated",
+                "Frames Geneve-encapsulated towards a remote tunnel endpoint (head-end copies included).",
+                self.overlay[3],
+            ),
+            (
+                "pollux_geneve_decapsulated",
+                "Geneve packets decapsulated into an overlay network.",
+                self.overlay[4],
+            ),
+            (
+                "pollux_gre_encapsulated",
+                "Frames GRE-encapsulated towards a remote tunnel endpoint (head-end copies included).",
+                self.overlay[5],
+            ),
+            (
+                "pollux_gre_decapsulated",
+                "GRE packets decapsulated into an overlay network.",
+                self.overlay[6],
             ),
         ] {
             counter(&mut e, name, help, v)?;

@@ -287,6 +287,10 @@ pub enum NetworkType {
     Vlan,
     /// VXLAN-encapsulated between tunnel endpoints.
     Vxlan,
+    /// Geneve-encapsulated (without options) between tunnel endpoints.
+    Geneve,
+    /// GRE-encapsulated (with a key) between tunnel endpoints.
+    Gre,
 }
 
 impl fmt::Display for NetworkType {
@@ -296,6 +300,8 @@ impl fmt::Display for NetworkType {
             NetworkType::Flat => "flat",
             NetworkType::Vlan => "vlan",
             NetworkType::Vxlan => "vxlan",
+            NetworkType::Geneve => "geneve",
+            NetworkType::Gre => "gre",
         })
     }
 }
@@ -314,11 +320,12 @@ pub struct Network {
     /// The physnet of a flat or VLAN network.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub physical_network: Option<String>,
-    /// VLAN ID (vlan) or VNI (vxlan).
+    /// VLAN ID (vlan), VNI (vxlan, geneve) or key (gre).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub segmentation_id: Option<i64>,
     /// MTU. When absent: 1500 for local networks, the uplink's MTU for flat and VLAN
-    /// networks, and the uplink's MTU minus the 50 bytes of VXLAN overhead for vxlan.
+    /// networks, and the uplink's MTU minus the overhead for overlays: 50 bytes for vxlan
+    /// and geneve, 42 for gre.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<i64>,
     /// Whether the network forwards (default true).

@@ -575,6 +575,84 @@ fn mtu_bounds_and_vxlan_overhead() {
 }
 
 #[test]
+fn geneve_and_gre_segments_ranges_and_overhead() {
+    // The VXLAN network of router_fip as Geneve, then as GRE: the same endpoint, each
+    // kind's identifier range, uniqueness within a kind, and its overhead.
+    let mut s = router_fip();
+    s.uplinks[0].mtu = None;
+    s.networks[1].network_type = NetworkType::Geneve;
+    let v = valid(&s);
+    assert_eq!(
+        v.networks[1].segment,
+        Segment::Geneve {
+            uplink: 0,
+            vni: 5001
+        }
+    );
+    assert_eq!(v.networks[1].mtu, 1450, "1500 minus 50 bytes of Geneve");
+    s.networks[1].mtu = Some(1451);
+    assert_errors(
+        &s,
+        &["networks[1].mtu: MTU 1451 exceeds 1450, the MTU 1500 of uplink uplink0 minus 50 bytes of Geneve overhead"],
+    );
+    s.networks[1].mtu = None;
+    s.networks[1].segmentation_id = Some(16_777_216);
+    assert_errors(
+        &s,
+        &["networks[1].segmentation_id: 16777216 is not a Geneve VNI (1..=16777215)"],
+    );
+    s.networks[1].segmentation_id = Some(5001);
+    let mut second = s.networks[1].clone();
+    second.id = "tenant2".into();
+    s.networks.push(second.clone());
+    assert_errors(
+        &s,
+        &["networks[3].segmentation_id: Geneve VNI 5001 is already used by network tenant"],
+    );
+    // One number in two kinds is two networks.
+    s.networks[3].network_type = NetworkType::Vxlan;
+    valid(&s);
+
+    let mut s = router_fip();
+    s.uplinks[0].mtu = None;
+    s.networks[1].network_type = NetworkType::Gre;
+    s.networks[1].segmentation_id = Some(4_294_967_295);
+    let v = valid(&s);
+    assert_eq!(
+        v.networks[1].segment,
+        Segment::Gre {
+            uplink: 0,
+            key: 4_294_967_295
+        }
+    );
+    assert_eq!(
+        v.networks[1].mtu, 1458,
+        "1500 minus 42 bytes of GRE with a key"
+    );
+    s.networks[1].mtu = Some(1459);
+    s.networks[1].segmentation_id = Some(0);
+    assert_errors(
+        &s,
+        &["networks[1].segmentation_id: 0 is not a GRE key (1..=4294967295)"],
+    );
+    s.networks[1].segmentation_id = Some(7);
+    assert_errors(
+        &s,
+        &["networks[1].mtu: MTU 1459 exceeds 1458, the MTU 1500 of uplink uplink0 minus 42 bytes of GRE overhead"],
+    );
+    s.networks[1].mtu = None;
+    s.networks[1].physical_network = Some("physnet1".into());
+    s.uplinks[0].local_ip = None;
+    assert_errors(
+        &s,
+        &[
+            "networks[1].physical_network: a gre network has no physical_network; it uses the uplink with local_ip",
+            "networks[1].network_type: a gre network needs an uplink with local_ip (the GRE endpoint)",
+        ],
+    );
+}
+
+#[test]
 fn bindings_are_checked() {
     let mut s = two_networks();
     s.uplinks[0].binding = Binding::Afxdp {

@@ -1123,8 +1123,8 @@ fn invalid_configurations_change_nothing() {
     assert!(data.to_string().contains("widgets"), "{data}");
     unchanged(&mut s, "unknown top-level field");
 
-    // Valid but not supported: a port of another host on a VLAN network (only vxlan
-    // networks reach other hosts).
+    // Valid but not supported: a port of another host on a VLAN network (only vxlan,
+    // geneve and gre networks reach other hosts).
     let mut remote = base_state();
     remote["agent"] = json!({ "host": "compute-1" });
     remote["hosts"] = json!([{ "name": "compute-2", "tunnel_ip": "198.18.255.2" }]);

@@ -180,10 +180,21 @@ pub struct WorkerCounters {
     pub checksums_completed: Counter,
     /// ARP requests on overlay networks answered by the ARP responder.
     pub arp_responder_replies: Counter,
-    /// Frames encapsulated towards a remote tunnel endpoint (head-end copies included).
+    /// Frames VXLAN-encapsulated towards a remote tunnel endpoint (head-end copies
+    /// included).
     pub vxlan_encapsulated: Counter,
     /// VXLAN packets decapsulated into an overlay network.
     pub vxlan_decapsulated: Counter,
+    /// Frames Geneve-encapsulated towards a remote tunnel endpoint (head-end copies
+    /// included).
+    pub geneve_encapsulated: Counter,
+    /// Geneve packets decapsulated into an overlay network.
+    pub geneve_decapsulated: Counter,
+    /// Frames GRE-encapsulated towards a remote tunnel endpoint (head-end copies
+    /// included).
+    pub gre_encapsulated: Counter,
+    /// GRE packets decapsulated into an overlay network.
+    pub gre_decapsulated: Counter,
     /// Learned MAC addresses held now.
     pub macs: Gauge,
     /// ICMP errors the routers sent.
@@ -243,6 +254,10 @@ impl WorkerCounters {
             arp_responder_replies: Counter::default(),
             vxlan_encapsulated: Counter::default(),
             vxlan_decapsulated: Counter::default(),
+            geneve_encapsulated: Counter::default(),
+            geneve_decapsulated: Counter::default(),
+            gre_encapsulated: Counter::default(),
+            gre_decapsulated: Counter::default(),
             macs: Gauge::default(),
             icmp_errors: Counter::default(),
             icmp_rate_limited: Counter::default(),

@@ -9,7 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
 
-use crate::overlay::{EndpointSpec, Overlay, OverlayBuilder, OverlayNetworks};
+use crate::overlay::{
+    Encapsulation, EndpointSpec, Overlay, OverlayBuilder, OverlayNetworks, TunnelId,
+};
 use crate::pipeline::{Stage, StageSet};
 use crate::port::PortId;
 use crate::port_security::PortSecurity;
@@ -51,13 +53,37 @@ pub enum Segment {
         /// VXLAN network identifier, 1..=16777215.
         vni: u32,
     },
+    /// Geneve-encapsulated (without options) with `vni` between tunnel endpoints.
+    Geneve {
+        /// Geneve virtual network identifier, 1..=16777215.
+        vni: u32,
+    },
+    /// GRE-encapsulated with `key` between tunnel endpoints.
+    Gre {
+        /// GRE key, 1..=4294967295.
+        key: u32,
+    },
 }
 
 impl Segment {
+    /// The encapsulation and identifier of an overlay segment.
+    pub fn tunnel(self) -> Option<TunnelId> {
+        let (encapsulation, id) = match self {
+            Segment::Vxlan { vni } => (Encapsulation::Vxlan, vni),
+            Segment::Geneve { vni } => (Encapsulation::Geneve, vni),
+            Segment::Gre { key } => (Encapsulation::Gre, key),
+            Segment::Local | Segment::Flat { .. } | Segment::Vlan { .. } => return None,
+        };
+        Some(TunnelId { encapsulation, id })
+    }
+
     /// The physical network carrying this segment, if any.
     pub fn physnet(self) -> Option<PhysnetId> {
         match self {
-            Segment::Local | Segment::Vxlan { .. } => None,
+            Segment::Local
+            | Segment::Vxlan { .. }
+            | Segment::Geneve { .. }
+            | Segment::Gre { .. } => None,
             Segment::Flat { physnet } | Segment::Vlan { physnet, .. } => Some(physnet),
         }
     }
@@ -386,7 +412,7 @@ impl Snapshot {
         match self.port(port) {
             PortRole::Absent => false,
             PortRole::Access { network, .. } => network == slot,
-            PortRole::Tunnel => self.overlay.vni(slot).is_some(),
+            PortRole::Tunnel => self.overlay.tunnel(slot).is_some(),
             PortRole::Uplink { physnet, .. } => self
                 .network(slot)
                 .is_some_and(|n| n.segment.physnet() == Some(physnet)),
@@ -752,7 +778,7 @@ impl SnapshotBuilder {
         let mut slot_of: HashMap<NetworkUid, u16> = HashMap::new();
         let mut vids: HashMap<(PhysnetId, u16), NetworkUid> = HashMap::new();
         let mut flat: HashMap<PhysnetId, u16> = HashMap::new();
-        let mut vnis: Vec<(u16, u32)> = Vec::new();
+        let mut tunnels: Vec<(u16, TunnelId)> = Vec::new();
         for (slot, (uid, segment)) in nets.iter().enumerate() {
             let slot = slot as u16;
             if slot_of.insert(*uid, slot).is_some() {
@@ -760,7 +786,9 @@ impl SnapshotBuilder {
             }
             match *segment {
                 Segment::Local => {}
-                Segment::Vxlan { vni } => vnis.push((slot, vni)),
+                Segment::Vxlan { .. } | Segment::Geneve { .. } | Segment::Gre { .. } => {
+                    tunnels.extend(segment.tunnel().map(|t| (slot, t)))
+                }
                 Segment::Flat { physnet } => {
                     if flat.insert(physnet, slot).is_some() {
                         return Err(BuildError::SecondFlatNetwork(physnet));
@@ -846,7 +874,7 @@ impl SnapshotBuilder {
         let overlay = self.overlay.build(
             &OverlayNetworks {
                 slot_of: &slot_of,
-                vnis,
+                tunnels,
                 slots: nets.len(),
             },
             &ports,

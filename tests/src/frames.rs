@@ -208,6 +208,89 @@ pub fn vxlan(
     f
 }
 
+/// An outer IPv4 header (DF, TTL 64, checksummed) of protocol `proto` from `src_ip` to
+/// `dst_ip` carrying `payload_len` bytes, behind an Ethernet header.
+fn outer_ipv4(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src_ip: [u8; 4],
+    dst_ip: [u8; 4],
+    proto: u8,
+    payload_len: usize,
+) -> Vec<u8> {
+    let mut f = ethernet(dst_mac, src_mac, None, 0x0800);
+    let total = (20 + payload_len) as u16;
+    let mut h = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, proto, 0, 0];
+    h[2..4].copy_from_slice(&total.to_be_bytes());
+    h.extend_from_slice(&src_ip);
+    h.extend_from_slice(&dst_ip);
+    let sum = internet_checksum(&h);
+    h[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&h);
+    f
+}
+
+/// A Geneve packet (UDP 54321 → 6081, checksum zero) from `src_ip` to `dst_ip` in VNI
+/// `vni`, with the `options` bytes (a multiple of 4) after the base header and protocol
+/// type 0x6558, carrying `inner`.
+pub fn geneve(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src_ip: [u8; 4],
+    dst_ip: [u8; 4],
+    vni: u32,
+    options: &[u8],
+    inner: &[u8],
+) -> Vec<u8> {
+    assert_eq!(options.len() % 4, 0, "Geneve options are whole words");
+    let udp_len = 8 + 8 + options.len() + inner.len();
+    let mut f = outer_ipv4(dst_mac, src_mac, src_ip, dst_ip, 17, udp_len);
+    f.extend_from_slice(&54321u16.to_be_bytes());
+    f.extend_from_slice(&6081u16.to_be_bytes());
+    f.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(&[(options.len() / 4) as u8, 0, 0x65, 0x58]);
+    f.extend_from_slice(&(vni << 8).to_be_bytes());
+    f.extend_from_slice(options);
+    f.extend_from_slice(inner);
+    f
+}
+
+/// A GRE packet (IPv4 protocol 47, protocol 0x6558) from `src_ip` to `dst_ip` with key
+/// `key`, a checksum if `csum`, a sequence number if `seq` is some, carrying `inner`.
+#[allow(clippy::too_many_arguments)]
+pub fn gre(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    src_ip: [u8; 4],
+    dst_ip: [u8; 4],
+    key: u32,
+    csum: bool,
+    seq: Option<u32>,
+    inner: &[u8],
+) -> Vec<u8> {
+    let mut g = Vec::new();
+    let flags: u16 =
+        0x2000 | if csum { 0x8000 } else { 0 } | if seq.is_some() { 0x1000 } else { 0 };
+    g.extend_from_slice(&flags.to_be_bytes());
+    g.extend_from_slice(&0x6558u16.to_be_bytes());
+    if csum {
+        g.extend_from_slice(&[0; 4]);
+    }
+    g.extend_from_slice(&key.to_be_bytes());
+    if let Some(seq) = seq {
+        g.extend_from_slice(&seq.to_be_bytes());
+    }
+    g.extend_from_slice(inner);
+    if csum {
+        let sum = internet_checksum(&g);
+        g[4..6].copy_from_slice(&sum.to_be_bytes());
+    }
+    let mut f = outer_ipv4(dst_mac, src_mac, src_ip, dst_ip, 47, g.len());
+    f.extend_from_slice(&g);
+    f
+}
+
 /// A TCP segment (20-byte header, checksummed) from `sport` to `dport` with sequence and
 /// acknowledgment numbers, `flags` (FIN 0x01, SYN 0x02, RST 0x04, ACK 0x10), window
 /// `window` and `data`, as the payload of [`ipv4`] with protocol 6.

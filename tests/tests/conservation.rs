@@ -11,8 +11,8 @@ use pollux_tests::frames::{frame, ipv4, ipv6_frame, mac, BROADCAST};
 use pollux_tests::harness::MemSwitch;
 use proptest::prelude::*;
 
-const PORTS: [u16; 6] = [0, 1, 2, 3, 4, 5];
-/// The uplink's VXLAN endpoint and the one remote host of network 4.
+const PORTS: [u16; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+/// The uplink's tunnel endpoint and the one remote host of networks 4, 5 and 6.
 const LOCAL_IP: [u8; 4] = [198, 18, 0, 1];
 const REMOTE_IP: [u8; 4] = [198, 18, 0, 2];
 
@@ -52,7 +52,70 @@ fn topology() -> SnapshotBuilder {
         .tunnel_port(PortId(10), REMOTE_IP.into())
         .remote_port(NetworkUid(4), PortId(10), &[mac(6)])
         .arp_entry(NetworkUid(4), [203, 0, 113, 6].into(), mac(6));
+    // Network 5 is Geneve (VNI 7) with port 6 here, network 6 GRE (key 7) with port 7
+    // here, both with mac(8) at the same remote host.
+    b.network(NetworkUid(5), Segment::Geneve { vni: 7 })
+        .network(NetworkUid(6), Segment::Gre { key: 7 })
+        .access_port(PortId(6), NetworkUid(5), &[mac(7)])
+        .access_port(PortId(7), NetworkUid(6), &[mac(7)])
+        .remote_port(NetworkUid(5), PortId(10), &[mac(8)])
+        .remote_port(NetworkUid(6), PortId(10), &[mac(8)]);
     b
+}
+
+/// Geneve and GRE packets to the endpoint, plausible or broken: identifier, source,
+/// options, checksum and sequence flags and the inner frame vary; some are cut short,
+/// some have a byte changed in the outer or tunnel headers.
+fn geneve_gre_frame() -> impl Strategy<Value = Vec<u8>> {
+    let id = prop_oneof![Just(7u32), any::<u32>()];
+    let src = prop_oneof![Just(REMOTE_IP), any::<[u8; 4]>()];
+    let inner = prop_oneof![
+        (any::<u32>(), 14usize..200).prop_map(|(seq, len)| frame(mac(7), mac(8), None, seq, len)),
+        (any::<u32>(), 14usize..200).prop_map(|(seq, len)| frame(
+            BROADCAST,
+            mac(9),
+            None,
+            seq,
+            len
+        )),
+        proptest::collection::vec(any::<u8>(), 0..100),
+    ];
+    let damage = prop_oneof![Just(None), (14usize..60, any::<u8>()).prop_map(Some),];
+    let shape = (
+        any::<bool>(),
+        0usize..4,
+        any::<[u8; 16]>(),
+        any::<bool>(),
+        any::<Option<u32>>(),
+    );
+    (id, src, inner, damage, any::<u16>(), shape).prop_map(
+        |(id, src, inner, damage, cut, (is_geneve, words, opts, csum, seq))| {
+            let vtep = pollux_dataplane::overlay::vtep_mac(LOCAL_IP.into());
+            let remote = [0x02, 0xbb, 0, 0, 0, 2];
+            let mut f = if is_geneve {
+                pollux_tests::frames::geneve(
+                    vtep,
+                    remote,
+                    src,
+                    LOCAL_IP,
+                    id & 0x00ff_ffff,
+                    &opts[..words * 4],
+                    &inner,
+                )
+            } else {
+                pollux_tests::frames::gre(vtep, remote, src, LOCAL_IP, id, csum, seq, &inner)
+            };
+            if let Some((at, byte)) = damage {
+                if at < f.len() {
+                    f[at] = byte;
+                }
+            }
+            if cut % 4 == 0 {
+                f.truncate(usize::from(cut) % (f.len() + 1));
+            }
+            f
+        },
+    )
 }
 
 /// VXLAN packets to the endpoint, plausible or broken: VNI, source, lengths, flags and
@@ -161,8 +224,10 @@ fn any_frame() -> impl Strategy<Value = Vec<u8>> {
         }),
         stacked,
         vxlan_frame(),
+        geneve_gre_frame(),
         // Towards the remote host, and underlay ARP for the endpoint.
         (any::<u32>(), 14usize..300).prop_map(|(seq, len)| frame(mac(6), mac(5), None, seq, len)),
+        (any::<u32>(), 14usize..300).prop_map(|(seq, len)| frame(mac(8), mac(7), None, seq, len)),
         Just(arp_for_local_ip()),
     ]
 }

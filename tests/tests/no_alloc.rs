@@ -177,7 +177,14 @@ fn overlay_forwarding_does_not_allocate() {
         .tunnel_port(PortId(10), remote.into())
         .remote_port(NetworkUid(1), PortId(10), &[mac(9)])
         .arp_entry(NetworkUid(1), [203, 0, 113, 9].into(), mac(9));
-    let mut sw = MemSwitch::new(&b, &[0, 1, 2]);
+    // A Geneve network (port 3) and a GRE one (port 4) to the same remote host.
+    b.network(NetworkUid(2), Segment::Geneve { vni: 100 })
+        .network(NetworkUid(3), Segment::Gre { key: 100 })
+        .access_port(PortId(3), NetworkUid(2), &[mac(3)])
+        .access_port(PortId(4), NetworkUid(3), &[mac(4)])
+        .remote_port(NetworkUid(2), PortId(10), &[mac(10)])
+        .remote_port(NetworkUid(3), PortId(10), &[mac(11)]);
+    let mut sw = MemSwitch::new(&b, &[0, 1, 2, 3, 4]);
     let scenarios: Vec<(u16, Vec<u8>)> = vec![
         // The remote endpoint resolves the local one (and so becomes known).
         (0, arp(1, BROADCAST, remote_mac, remote, [0; 6], local)),
@@ -216,6 +223,33 @@ fn overlay_forwarding_does_not_allocate() {
                 [203, 0, 113, 9],
             ),
         ), // ARP responder
+        (3, frame(mac(10), mac(3), None, 0, 64)), // Geneve-encapsulated
+        (4, frame(mac(11), mac(4), None, 0, 64)), // GRE-encapsulated
+        (
+            0,
+            pollux_tests::frames::geneve(
+                vtep,
+                remote_mac,
+                remote,
+                local,
+                100,
+                &[0, 1, 2, 0],
+                &frame(mac(3), mac(10), None, 0, 64),
+            ),
+        ),
+        (
+            0,
+            pollux_tests::frames::gre(
+                vtep,
+                remote_mac,
+                remote,
+                local,
+                100,
+                true,
+                Some(1),
+                &frame(mac(4), mac(11), None, 0, 64),
+            ),
+        ),
     ];
     for (port, f) in &scenarios {
         sw.wires.get_mut(port).unwrap().send_repeated(f, 64);
@@ -243,6 +277,14 @@ fn overlay_forwarding_does_not_allocate() {
     assert!(c.vxlan_encapsulated.get() >= 20 * 64 * 2);
     assert!(c.vxlan_decapsulated.get() >= 20 * 64 * 2);
     assert!(c.arp_responder_replies.get() >= 20 * 64);
+    for kind in [
+        &c.geneve_encapsulated,
+        &c.geneve_decapsulated,
+        &c.gre_encapsulated,
+        &c.gre_decapsulated,
+    ] {
+        assert!(kind.get() >= 20 * 64);
+    }
     sw.assert_conserved();
 }
 

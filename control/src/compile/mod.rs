@@ -341,6 +341,8 @@ pub fn compile(
                 vid,
             },
             Segment::Vxlan { vni, .. } => DpSegment::Vxlan { vni },
+            Segment::Geneve { vni, .. } => DpSegment::Geneve { vni },
+            Segment::Gre { key, .. } => DpSegment::Gre { key },
         };
         // A network that is administratively down has no ports in the data plane, so
         // frames on its ports are dropped (as port_not_configured).
@@ -556,6 +558,7 @@ mod tests {
     use super::*;
     use crate::model::DesiredState;
     use crate::validate::validate;
+    use pollux_dataplane::overlay::Encapsulation;
 
     fn state(extra_port: bool) -> Validated {
         let mut text = String::from(
@@ -909,7 +912,7 @@ mod tests {
         let ov = c.snapshot.overlay();
         assert!(ov.enabled());
         assert_eq!(ov.local_ip(), u32::from(Ipv4Addr::new(198, 18, 255, 1)));
-        let slot = ov.network_of_vni(5000).unwrap();
+        let slot = ov.network_of(Encapsulation::Vxlan, 5000).unwrap();
         assert_eq!(ov.flood_tunnels(slot), &[tunnel]);
         assert_eq!(
             ov.peer(slot, u32::from(Ipv4Addr::new(198, 18, 255, 2))),
@@ -930,6 +933,33 @@ mod tests {
     }
 
     #[test]
+    fn geneve_and_gre_compile_to_their_encapsulation() {
+        for (ty, kind) in [
+            ("geneve", Encapsulation::Geneve),
+            ("gre", Encapsulation::Gre),
+        ] {
+            let toml = OVERLAY.replace(
+                "network_type = \"vxlan\"",
+                &format!("network_type = \"{ty}\""),
+            );
+            let v = validate(&DesiredState::from_toml_str(&toml).unwrap()).unwrap();
+            let c = compile(&v, &Identities::default(), 1).unwrap();
+            let ov = c.snapshot.overlay();
+            let slot = ov.network_of(kind, 5000).expect("the network");
+            assert!(ov.network_of(Encapsulation::Vxlan, 5000).is_none());
+            assert_eq!(
+                ov.tunnel(slot),
+                Some(pollux_dataplane::overlay::TunnelId {
+                    encapsulation: kind,
+                    id: 5000
+                })
+            );
+            let tunnel = c.identities.port("host:compute-2").expect("a tunnel port");
+            assert_eq!(ov.flood_tunnels(slot), &[tunnel]);
+        }
+    }
+
+    #[test]
     fn what_the_overlay_does_not_do_is_refused_with_a_path() {
         let refused = |extra: &str, edit: &dyn Fn(&str) -> String| {
             let text = edit(&format!("{OVERLAY}{extra}"));
@@ -946,7 +976,7 @@ mod tests {
                     "enable_dhcp = false\ngateway_ip = \"203.0.113.1\""
                 ),
             ),
-            "routers[0]: routers on vxlan networks are not supported by the data plane yet"
+            "routers[0]: routers on vxlan, geneve and gre networks are not supported by the data plane yet"
         );
         assert_eq!(
             refused("", &|t| t.replace("198.18.255.2\"", "198.18.254.2\"")),
@@ -958,7 +988,7 @@ mod tests {
                         mac_address = \"fa:16:3e:00:00:03\"\nbinding_host_id = \"compute-2\"\n";
         assert_eq!(
             refused(on_local, &|t| t.to_owned()),
-            "ports[2].binding_host_id: ports of other hosts are supported on vxlan networks only"
+            "ports[2].binding_host_id: ports of other hosts are supported on vxlan, geneve and gre networks only"
         );
     }
 }

@@ -10,7 +10,7 @@ use pollux_dataplane::port::PortId;
 use pollux_dataplane::snapshot::{NetworkUid, SnapshotBuilder};
 
 use super::{CompileError, Identities};
-use crate::validate::{Segment, Validated};
+use crate::validate::Validated;
 
 /// The key of the tunnel port towards host `name` in [`Identities`].
 pub fn tunnel_key(name: &str) -> String {
@@ -30,15 +30,14 @@ pub(super) fn compile_overlay(
 ) -> Result<Vec<String>, CompileError> {
     let overlay_net = |n: usize| {
         let net = &state.networks[n];
-        net.admin_state_up && matches!(net.segment, Segment::Vxlan { .. })
+        net.admin_state_up && net.segment.is_overlay()
     };
     for (i, port) in state.ports.iter().enumerate() {
-        if port.remote_host.is_some()
-            && !matches!(state.networks[port.network].segment, Segment::Vxlan { .. })
-        {
+        if port.remote_host.is_some() && !state.networks[port.network].segment.is_overlay() {
             return Err(CompileError::Unsupported {
                 path: format!("ports[{i}].binding_host_id"),
-                what: "ports of other hosts are supported on vxlan networks only".into(),
+                what: "ports of other hosts are supported on vxlan, geneve and gre networks only"
+                    .into(),
             });
         }
     }
@@ -48,11 +47,11 @@ pub(super) fn compile_overlay(
             .iter()
             .map(|&s| state.subnets[s].network)
             .chain(router.external_gateway.as_ref().map(|g| g.network))
-            .any(|n| matches!(state.networks[n].segment, Segment::Vxlan { .. }));
+            .any(|n| state.networks[n].segment.is_overlay());
         if on_overlay {
             return Err(CompileError::Unsupported {
                 path: format!("routers[{r}]"),
-                what: "routers on vxlan networks are not supported by the data plane yet".into(),
+                what: "routers on vxlan, geneve and gre networks are not supported by the data plane yet".into(),
             });
         }
     }

@@ -402,6 +402,10 @@ fn stats_get(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
         "checksums_completed": c.checksums_completed.get(),
         "vxlan_encapsulated": c.vxlan_encapsulated.get(),
         "vxlan_decapsulated": c.vxlan_decapsulated.get(),
+        "geneve_encapsulated": c.geneve_encapsulated.get(),
+        "geneve_decapsulated": c.geneve_decapsulated.get(),
+        "gre_encapsulated": c.gre_encapsulated.get(),
+        "gre_decapsulated": c.gre_decapsulated.get(),
         "arp_responder_replies": c.arp_responder_replies.get(),
         "generation": c.generation.get(),
     });
@@ -627,7 +631,8 @@ fn networks_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcErro
         .map(|(i, (n, m))| {
             let segmentation_id = match n.segment {
                 Segment::Vlan { vid, .. } => Some(u32::from(vid)),
-                Segment::Vxlan { vni, .. } => Some(vni),
+                Segment::Vxlan { vni, .. } | Segment::Geneve { vni, .. } => Some(vni),
+                Segment::Gre { key, .. } => Some(key),
                 Segment::Local | Segment::Flat { .. } => None,
             };
             let network_type = match m.network_type {
@@ -635,6 +640,8 @@ fn networks_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcErro
                 NetworkType::Flat => "flat",
                 NetworkType::Vlan => "vlan",
                 NetworkType::Vxlan => "vxlan",
+                NetworkType::Geneve => "geneve",
+                NetworkType::Gre => "gre",
             };
             json!({
                 "id": n.id,

@@ -1,4 +1,5 @@
-//! Networks: their segments (local, flat, VLAN, VXLAN) on the uplinks and their MTUs.
+//! Networks: their segments (local, flat, VLAN, VXLAN, Geneve, GRE) on the uplinks and
+//! their MTUs.
 
 use std::collections::HashMap;
 
@@ -26,9 +27,80 @@ pub enum Segment {
     Vxlan {
         /// Index of the uplink with `local_ip`.
         uplink: usize,
-        /// VNI, 1..=16777215, unique.
+        /// VNI, 1..=16777215, unique among VXLAN networks.
         vni: u32,
     },
+    /// Geneve (without options) with `vni` through the endpoint uplink.
+    Geneve {
+        /// Index of the uplink with `local_ip`.
+        uplink: usize,
+        /// VNI, 1..=16777215, unique among Geneve networks.
+        vni: u32,
+    },
+    /// GRE with `key` through the endpoint uplink.
+    Gre {
+        /// Index of the uplink with `local_ip`.
+        uplink: usize,
+        /// Key, 1..=4294967295, unique among GRE networks.
+        key: u32,
+    },
+}
+
+impl Segment {
+    /// The endpoint uplink of an overlay segment (VXLAN, Geneve, GRE).
+    pub fn overlay_uplink(self) -> Option<usize> {
+        match self {
+            Segment::Vxlan { uplink, .. }
+            | Segment::Geneve { uplink, .. }
+            | Segment::Gre { uplink, .. } => Some(uplink),
+            Segment::Local | Segment::Flat { .. } | Segment::Vlan { .. } => None,
+        }
+    }
+
+    /// The name of an overlay's encapsulation in messages and the bytes it adds on the
+    /// uplink (nothing for other segments).
+    pub fn overhead(self) -> (&'static str, u16) {
+        match self {
+            Segment::Vxlan { .. } => ("VXLAN", VXLAN_OVERHEAD),
+            Segment::Geneve { .. } => ("Geneve", GENEVE_OVERHEAD),
+            Segment::Gre { .. } => ("GRE", GRE_OVERHEAD),
+            Segment::Local | Segment::Flat { .. } | Segment::Vlan { .. } => ("", 0),
+        }
+    }
+
+    /// Whether the segment is carried between tunnel endpoints.
+    pub fn is_overlay(self) -> bool {
+        self.overlay_uplink().is_some()
+    }
+}
+
+/// What an overlay network type needs: its name in messages and the range of its
+/// identifier.
+struct OverlayKind {
+    label: &'static str,
+    id_name: &'static str,
+    max_id: i64,
+}
+
+fn overlay_kind(ty: NetworkType) -> Option<OverlayKind> {
+    Some(match ty {
+        NetworkType::Vxlan => OverlayKind {
+            label: "VXLAN",
+            id_name: "VNI",
+            max_id: 16_777_215,
+        },
+        NetworkType::Geneve => OverlayKind {
+            label: "Geneve",
+            id_name: "VNI",
+            max_id: 16_777_215,
+        },
+        NetworkType::Gre => OverlayKind {
+            label: "GRE",
+            id_name: "key",
+            max_id: 4_294_967_295,
+        },
+        NetworkType::Local | NetworkType::Flat | NetworkType::Vlan => return None,
+    })
 }
 
 /// A checked network.
@@ -55,6 +127,11 @@ pub struct Network {
 pub const DEFAULT_MTU: u16 = 1500;
 /// Bytes VXLAN adds on the uplink: outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8.
 pub const VXLAN_OVERHEAD: u16 = 50;
+/// Bytes Geneve without options adds on the uplink: outer Ethernet 14 + IPv4 20 + UDP 8 +
+/// Geneve 8.
+pub const GENEVE_OVERHEAD: u16 = 50;
+/// Bytes GRE with a key adds on the uplink: outer Ethernet 14 + IPv4 20 + GRE 4 + key 4.
+pub const GRE_OVERHEAD: u16 = 42;
 /// Smallest MTU (IPv4's minimum).
 pub const MIN_MTU: i64 = 68;
 /// The largest MTU a desired state may name (jumbo frames). What the data plane forwards
@@ -119,7 +196,7 @@ impl Checker {
         let vtep = uplinks.iter().position(|u| u.local_ip.is_some());
         let mut flat: HashMap<usize, String> = HashMap::new();
         let mut vlans: HashMap<(usize, u16), String> = HashMap::new();
-        let mut vnis: HashMap<u32, String> = HashMap::new();
+        let mut tunnel_ids: HashMap<(NetworkType, u32), String> = HashMap::new();
         for (i, n) in networks.iter().enumerate() {
             let base = format!("networks[{i}]");
             let before = self.errors.len();
@@ -189,45 +266,59 @@ impl Checker {
                         _ => None,
                     }
                 }
-                NetworkType::Vxlan => {
-                    if n.physical_network.is_some() {
-                        self.err(
-                            &pn_path,
-                            "a vxlan network has no physical_network; it uses the uplink with local_ip",
-                        );
-                    }
-                    if vtep.is_none() {
-                        self.err(
-                            format!("{base}.network_type"),
-                            "a vxlan network needs an uplink with local_ip (the VXLAN endpoint)",
-                        );
-                    }
-                    let vni = match n.segmentation_id {
-                        None => {
-                            self.err(&seg_path, "a vxlan network needs a segmentation_id (VNI 1..=16777215)");
-                            None
+                NetworkType::Vxlan | NetworkType::Geneve | NetworkType::Gre => match overlay_kind(ty) {
+                    None => None,
+                    Some(OverlayKind {
+                        label,
+                        id_name,
+                        max_id,
+                    }) => {
+                        if n.physical_network.is_some() {
+                            self.err(
+                                &pn_path,
+                                format!("a {ty} network has no physical_network; it uses the uplink with local_ip"),
+                            );
                         }
-                        Some(v) if (1..=16_777_215).contains(&v) => {
-                            let v = v as u32;
-                            if let Some(first) = vnis.get(&v) {
-                                let m = format!("VNI {v} is already used by network {first}");
-                                self.err(&seg_path, m);
+                        if vtep.is_none() {
+                            self.err(
+                                format!("{base}.network_type"),
+                                format!("a {ty} network needs an uplink with local_ip (the {label} endpoint)"),
+                            );
+                        }
+                        let id = match n.segmentation_id {
+                            None => {
+                                self.err(&seg_path, format!("a {ty} network needs a segmentation_id ({id_name} 1..={max_id})"));
                                 None
-                            } else {
-                                vnis.insert(v, n.id.clone());
-                                Some(v)
                             }
+                            Some(v) if (1..=max_id).contains(&v) => {
+                                let v = v as u32;
+                                if let Some(first) = tunnel_ids.get(&(ty, v)) {
+                                    let m = match ty {
+                                        NetworkType::Vxlan => format!("VNI {v} is already used by network {first}"),
+                                        _ => format!("{label} {id_name} {v} is already used by network {first}"),
+                                    };
+                                    self.err(&seg_path, m);
+                                    None
+                                } else {
+                                    tunnel_ids.insert((ty, v), n.id.clone());
+                                    Some(v)
+                                }
+                            }
+                            Some(v) => {
+                                self.err(&seg_path, format!("{v} is not a {label} {id_name} (1..={max_id})"));
+                                None
+                            }
+                        };
+                        match (vtep, id) {
+                            (Some(uplink), Some(id)) => Some(match ty {
+                                NetworkType::Geneve => Segment::Geneve { uplink, vni: id },
+                                NetworkType::Gre => Segment::Gre { uplink, key: id },
+                                _ => Segment::Vxlan { uplink, vni: id },
+                            }),
+                            _ => None,
                         }
-                        Some(v) => {
-                            self.err(&seg_path, format!("{v} is not a VXLAN VNI (1..=16777215)"));
-                            None
-                        }
-                    };
-                    match (vtep, vni) {
-                        (Some(uplink), Some(vni)) => Some(Segment::Vxlan { uplink, vni }),
-                        _ => None,
                     }
-                }
+                },
             };
             let mtu_path = format!("{base}.mtu");
             let (limit, why) = match segment {
@@ -235,13 +326,17 @@ impl Checker {
                     Some(uplinks[uplink].mtu),
                     format!("the MTU of uplink {}", uplinks[uplink].name),
                 ),
-                Some(Segment::Vxlan { uplink, .. }) => (
-                    uplinks[uplink].mtu.checked_sub(VXLAN_OVERHEAD),
-                    format!(
-                        "the MTU {} of uplink {} minus {VXLAN_OVERHEAD} bytes of VXLAN overhead",
-                        uplinks[uplink].mtu, uplinks[uplink].name
-                    ),
-                ),
+                Some(seg) if seg.is_overlay() => {
+                    let (label, overhead) = seg.overhead();
+                    let uplink = seg.overlay_uplink().unwrap_or_default();
+                    (
+                        uplinks[uplink].mtu.checked_sub(overhead),
+                        format!(
+                            "the MTU {} of uplink {} minus {overhead} bytes of {label} overhead",
+                            uplinks[uplink].mtu, uplinks[uplink].name
+                        ),
+                    )
+                }
                 _ => (None, String::new()),
             };
             let mtu = match n.mtu {

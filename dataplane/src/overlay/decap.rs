@@ -1,17 +1,18 @@
 //! Decapsulation on the tunnel endpoint's uplink, right after classification.
 //!
-//! The underlay is untagged, so classification has put a VXLAN packet on the physnet's
+//! The underlay is untagged, so classification has put a tunnel packet on the physnet's
 //! flat network (`Next::L2`) or found none (`no_flat_network`); both are looked at here.
-//! A packet to `local_ip` is the endpoint's: VXLAN (UDP 4789) is decapsulated, ARP for
-//! the address answered, anything else dropped. Every other frame goes on untouched.
+//! A packet to `local_ip` is the endpoint's: VXLAN (UDP 4789), Geneve (UDP 6081) and GRE
+//! (IPv4 protocol 47) are decapsulated, each by its own parser, ARP for the address
+//! answered, anything else dropped. Every other frame goes on untouched.
 
 use crate::drop::DropReason;
 use crate::overlay::underlay::{self, ArpOutcome, Underlay};
-use crate::overlay::Overlay;
+use crate::overlay::{Encapsulation, Overlay};
 use crate::packet::{Meta, Next, Packet};
 use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::PortId;
-use crate::wire::{vxlan, EtherType, EthernetFrame};
+use crate::wire::{geneve, gre, vxlan, EtherType, EthernetFrame};
 
 const UDP: usize = 8;
 const PROTO_UDP: u8 = 17;
@@ -42,7 +43,7 @@ impl BurstStage for VxlanDecap<'_> {
         let mut confirmed = (0u32, u64::MAX);
         // Runs of one tunnel: its VNI and source are looked up once per run.
         let mut run = Run::default();
-        let mut decapsulated = 0;
+
         for pkt in pkts.iter_mut() {
             let candidate = matches!(
                 pkt.meta.next,
@@ -79,7 +80,7 @@ impl BurstStage for VxlanDecap<'_> {
                             network: d.slot,
                             ..d.inner
                         };
-                        decapsulated += 1;
+                        run.packets += 1;
                         Next::L2
                     }
                     Err(reason) => Next::Drop(reason, Stage::VxlanDecap),
@@ -107,8 +108,11 @@ impl BurstStage for VxlanDecap<'_> {
                 entered += 1;
             }
         }
-        if decapsulated > 0 {
-            cx.counters.vxlan_decapsulated.add(decapsulated);
+        run.flush();
+        for (kind, n) in Encapsulation::ALL.into_iter().zip(run.decapsulated) {
+            if n > 0 {
+                kind.decapsulated(cx.counters).add(n);
+            }
         }
         Outcome {
             packets: entered,
@@ -117,18 +121,47 @@ impl BurstStage for VxlanDecap<'_> {
     }
 }
 
-/// The last (VNI, source) looked up and what it resolved to.
-#[derive(Clone, Copy, Default)]
+/// The last (kind, VNI or key, source) looked up and what it resolved to, with the
+/// packets decapsulated in it; so the per-kind counts are sorted out once per run.
+#[derive(Clone, Copy)]
 struct Run {
-    vni: u32,
+    /// [`Encapsulation::key`] of the kind and identifier; `u64::MAX` (no key) before the
+    /// first lookup that succeeded.
+    key: u64,
+    kind: Encapsulation,
     src: u32,
     slot: u16,
     tunnel: PortId,
-    /// Whether the fields above hold a lookup that succeeded.
-    valid: bool,
+    /// Packets decapsulated in this run, not yet in `decapsulated`.
+    packets: u64,
+    /// Packets decapsulated per kind (index: `Encapsulation as usize`) in earlier runs.
+    decapsulated: [u64; Encapsulation::ALL.len()],
 }
 
-/// A VXLAN packet for one of this host's networks, from one of its peers.
+impl Default for Run {
+    fn default() -> Self {
+        Run {
+            key: u64::MAX,
+            kind: Encapsulation::Vxlan,
+            src: 0,
+            slot: 0,
+            tunnel: PortId::default(),
+            packets: 0,
+            decapsulated: [0; Encapsulation::ALL.len()],
+        }
+    }
+}
+
+impl Run {
+    /// Moves the run's packets to its kind's count.
+    #[cold]
+    fn flush(&mut self) {
+        self.decapsulated[self.kind as usize] += self.packets;
+        self.packets = 0;
+    }
+}
+
+/// A tunnel packet for one of this host's networks, from one of its peers.
 struct Decapped {
     /// Bytes in front of the inner frame.
     strip: usize,
@@ -141,68 +174,145 @@ struct Decapped {
     outer_src: u32,
 }
 
+/// What a per-kind parser found after the outer IPv4 header.
+struct TunnelHeader<'a> {
+    kind: Encapsulation,
+    /// VNI or key.
+    id: u32,
+    /// Offset of the inner frame from the start of the IPv4 payload.
+    inner_at: usize,
+    /// The inner frame (what follows the tunnel header, to the end of the datagram).
+    inner: &'a [u8],
+}
+
 /// Checks the outer headers of a packet to `local_ip` and finds its network and tunnel.
 #[inline]
 fn decap(ov: &Overlay, data: &[u8], l3: usize, run: &mut Run) -> Result<Decapped, DropReason> {
-    let ip = data.get(l3..).ok_or(DropReason::BadVxlan)?;
+    let ip = data.get(l3..).ok_or(DropReason::BadOuterIpv4)?;
     if ip.len() < 20 || ip[0] >> 4 != 4 {
-        return Err(DropReason::BadVxlan);
+        return Err(DropReason::BadOuterIpv4);
     }
     let ihl = usize::from(ip[0] & 0x0f) * 4;
     let total = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
     if ihl < 20 || total < ihl || total > ip.len() {
-        return Err(DropReason::BadVxlan);
+        return Err(DropReason::BadOuterIpv4);
     }
     // A fragment (MF set or a non-zero offset) cannot be decapsulated alone.
     if u16::from_be_bytes([ip[6], ip[7]]) & 0x3fff != 0 {
-        return Err(DropReason::BadVxlan);
+        return Err(DropReason::BadOuterIpv4);
     }
-    if ip[9] != PROTO_UDP {
+    // What followed the IPv4 datagram (Ethernet padding) is not part of the inner frame.
+    let payload = &ip[ihl..total];
+    let hdr = if ip[9] == PROTO_UDP {
+        udp_tunnel(payload)?
+    } else if ip[9] == gre::IP_PROTOCOL {
+        gre_tunnel(payload)?
+    } else {
         return Err(DropReason::NotVxlan);
-    }
-    let udp = &ip[ihl..total];
-    if udp.len() < UDP {
-        return Err(DropReason::BadVxlan);
-    }
-    if u16::from_be_bytes([udp[2], udp[3]]) != vxlan::VXLAN_PORT {
-        return Err(DropReason::NotVxlan);
-    }
-    let udp_len = usize::from(u16::from_be_bytes([udp[4], udp[5]]));
-    if udp_len < UDP + vxlan::HEADER_LEN || udp_len > udp.len() {
-        return Err(DropReason::BadVxlan);
-    }
-    // The UDP checksum is not checked: senders may leave it zero (RFC 7348), and the
-    // inner frame's own checksums protect what matters.
-    let vx =
-        vxlan::VxlanPacket::new_checked(&udp[UDP..udp_len]).map_err(|_| DropReason::BadVxlan)?;
-    let vni = vx.vni();
+    };
     let src = u32::from_be_bytes([ip[12], ip[13], ip[14], ip[15]]);
-    if !(run.valid && run.vni == vni && run.src == src) {
-        run.valid = false;
-        let slot = ov.network_of_vni(vni).ok_or(DropReason::UnknownVni)?;
+    let key = hdr.kind.key(hdr.id);
+    if !(run.key == key && run.src == src) {
+        run.flush();
+        run.key = u64::MAX;
+        let slot = ov
+            .network_of(hdr.kind, hdr.id)
+            .ok_or(DropReason::UnknownVni)?;
         let tunnel = ov
             .peer(slot, src)
             .ok_or(DropReason::UnknownTunnelEndpoint)?;
         *run = Run {
-            vni,
+            key,
+            kind: hdr.kind,
             src,
             slot,
             tunnel,
-            valid: true,
+            ..*run
         };
     }
     let (slot, tunnel) = (run.slot, run.tunnel);
-    let inner = crate::classify::parse(vx.payload()).map_err(|_| DropReason::BadVxlan)?;
+    let bad = || match hdr.kind {
+        Encapsulation::Vxlan => DropReason::BadVxlan,
+        Encapsulation::Geneve => DropReason::BadGeneve,
+        Encapsulation::Gre => DropReason::BadGre,
+    };
+    let inner = crate::classify::parse(hdr.inner).map_err(|_| bad())?;
     if inner.flags & Meta::VLAN != 0 {
-        return Err(DropReason::BadVxlan);
+        return Err(bad());
     }
     Ok(Decapped {
-        strip: l3 + ihl + UDP + vxlan::HEADER_LEN,
-        // What followed the UDP datagram (Ethernet padding) is not part of the inner frame.
-        inner_len: udp_len - UDP - vxlan::HEADER_LEN,
+        strip: l3 + ihl + hdr.inner_at,
+        inner_len: hdr.inner.len(),
         inner,
         slot,
         tunnel,
         outer_src: src,
+    })
+}
+
+/// VXLAN or Geneve in the UDP datagram `udp`.
+#[inline(always)]
+fn udp_tunnel(udp: &[u8]) -> Result<TunnelHeader<'_>, DropReason> {
+    let Some(h) = udp.first_chunk::<UDP>() else {
+        return Err(DropReason::BadOuterIpv4);
+    };
+    let dport = u16::from_be_bytes([h[2], h[3]]);
+    let udp_len = usize::from(u16::from_be_bytes([h[4], h[5]]));
+    // The UDP checksum is not checked: senders may leave it zero (RFC 7348, RFC 8926), and
+    // the inner frame's own checksums protect what matters.
+    if dport == vxlan::VXLAN_PORT {
+        let body = udp.get(UDP..udp_len).ok_or(DropReason::BadVxlan)?;
+        let vx = vxlan::VxlanPacket::new_checked(body).map_err(|_| DropReason::BadVxlan)?;
+        Ok(TunnelHeader {
+            kind: Encapsulation::Vxlan,
+            id: vx.vni(),
+            inner_at: UDP + vxlan::HEADER_LEN,
+            inner: vx.into_inner().get(vxlan::HEADER_LEN..).unwrap_or_default(),
+        })
+    } else if dport == geneve::GENEVE_PORT {
+        let body = udp.get(UDP..udp_len).ok_or(DropReason::BadGeneve)?;
+        let gn = geneve::GenevePacket::new_checked(body).map_err(|_| DropReason::BadGeneve)?;
+        if gn.flags() & geneve::FLAG_OAM != 0 {
+            return Err(DropReason::GeneveControl);
+        }
+        match gn.has_critical_option() {
+            Ok(false) => {}
+            Ok(true) => return Err(DropReason::GeneveCriticalOption),
+            Err(_) => return Err(DropReason::BadGeneve),
+        }
+        if gn.protocol() != geneve::PROTO_ETHERNET {
+            return Err(DropReason::TunnelNotEthernet);
+        }
+        let hlen = gn.header_len();
+        Ok(TunnelHeader {
+            kind: Encapsulation::Geneve,
+            id: gn.vni(),
+            inner_at: UDP + hlen,
+            inner: body.get(hlen..).unwrap_or_default(),
+        })
+    } else {
+        Err(DropReason::NotVxlan)
+    }
+}
+
+/// GRE with a key, in the IPv4 payload `payload`.
+#[inline(always)]
+fn gre_tunnel(payload: &[u8]) -> Result<TunnelHeader<'_>, DropReason> {
+    let g = gre::GrePacket::new_checked(payload).map_err(|_| DropReason::BadGre)?;
+    if !g.verify_checksum() {
+        return Err(DropReason::GreChecksum);
+    }
+    if g.protocol() != gre::PROTO_ETHERNET {
+        return Err(DropReason::TunnelNotEthernet);
+    }
+    // A sequence number is skipped: no reordering, as Linux's and Open vSwitch's GRE
+    // receivers by default.
+    let key = g.key().ok_or(DropReason::BadGre)?;
+    let hlen = g.header_len();
+    Ok(TunnelHeader {
+        kind: Encapsulation::Gre,
+        id: key,
+        inner_at: hlen,
+        inner: payload.get(hlen..).unwrap_or_default(),
     })
 }

@@ -1,22 +1,23 @@
 //! Encapsulation towards remote tunnel endpoints, right before output.
 //!
-//! A frame the L2 stage sent to a tunnel port gets outer Ethernet, IPv4, UDP and VXLAN
-//! headers written into its headroom (the payload never moves) and leaves on the
+//! A frame the L2 stage sent to a tunnel port gets outer Ethernet, IPv4 and the tunnel
+//! headers of its network's encapsulation (UDP and VXLAN, UDP and Geneve, or GRE with a
+//! key) written into its headroom (the payload never moves) and leaves on the
 //! endpoint's uplink. A flooded frame of an overlay network is also copied, head-end, to
 //! every host of the network's flood list; a frame that came from a tunnel is never sent
 //! to another one (the sender replicated it to every host already).
 
 use crate::buf::FramePool;
-use crate::counters::WorkerCounters;
+use crate::counters::{Counter, WorkerCounters};
 use crate::drop::DropReason;
 use crate::output::{drop_packet, set_egress_tag};
 use crate::overlay::underlay::Underlay;
-use crate::overlay::{Overlay, VXLAN_OVERHEAD};
+use crate::overlay::{Encapsulation, Overlay, TunnelId};
 use crate::packet::{Meta, Next, Packet};
 use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::PortId;
 use crate::snapshot::mac_from_u64;
-use crate::wire::{vxlan, EtherType};
+use crate::wire::{geneve, gre, vxlan, EtherType};
 
 const ETH: usize = 14;
 const IP: usize = 20;
@@ -53,7 +54,7 @@ impl BurstStage for VxlanEncap<'_> {
         // once per run.
         let mut last_out = PortId(u16::MAX);
         let mut last_remote = None;
-        let mut run: Option<(u32, u16, Outer)> = None;
+        let mut run: Option<(u32, u16, Outer, &Counter)> = None;
         for pkt in pkts.iter_mut() {
             match pkt.meta.next {
                 Next::Output(out) => {
@@ -68,37 +69,40 @@ impl BurstStage for VxlanEncap<'_> {
                     // Only VM ports have this stage: the L2 stage keeps decapsulated
                     // frames from other tunnels.
                     let slot = pkt.meta.network;
-                    let outer = match run {
-                        Some((r, s, outer)) if r == remote && s == slot => outer,
-                        _ => {
-                            let mac = self.under.resolve_for(ov, remote, cx);
-                            match (mac, ov.vni(slot)) {
-                                (Some(mac), Some(vni)) => {
-                                    let outer = Outer::new(OuterHeaders {
-                                        dst_mac: mac_from_u64(mac),
-                                        src_mac: mac_from_u64(ov.mac()),
-                                        src_ip: ov.local_ip(),
-                                        dst_ip: remote,
-                                        vni,
-                                    });
-                                    run = Some((remote, slot, outer));
-                                    outer
-                                }
-                                (mac, _) => {
-                                    run = None;
-                                    let reason = if mac.is_none() {
-                                        DropReason::TunnelUnresolved
-                                    } else {
-                                        DropReason::InternalError
-                                    };
-                                    pkt.meta.next = Next::Drop(reason, Stage::VxlanEncap);
-                                    produced |= Pending::DONE;
-                                    continue;
-                                }
+                    let hit = matches!(run, Some((r, s, ..)) if r == remote && s == slot);
+                    if !hit {
+                        let mac = self.under.resolve_for(ov, remote, cx);
+                        match (mac, ov.tunnel(slot)) {
+                            (Some(mac), Some(tunnel)) => {
+                                let outer = Outer::new(OuterHeaders {
+                                    dst_mac: mac_from_u64(mac),
+                                    src_mac: mac_from_u64(ov.mac()),
+                                    src_ip: ov.local_ip(),
+                                    dst_ip: remote,
+                                    tunnel,
+                                });
+                                let counter = tunnel.encapsulation.encapsulated(cx.counters);
+                                run = Some((remote, slot, outer, counter));
+                            }
+                            (mac, _) => {
+                                run = None;
+                                let reason = if mac.is_none() {
+                                    DropReason::TunnelUnresolved
+                                } else {
+                                    DropReason::InternalError
+                                };
+                                pkt.meta.next = Next::Drop(reason, Stage::VxlanEncap);
+                                produced |= Pending::DONE;
+                                continue;
                             }
                         }
+                    }
+                    // Used in place: the headers are not copied out of the run for each
+                    // packet. The run also holds the counter of its encapsulation.
+                    let Some((_, _, outer, counter)) = &run else {
+                        continue;
                     };
-                    pkt.meta.next = push_outer(ov, cx.pool, cx.counters, pkt, &outer);
+                    pkt.meta.next = push_outer(ov, cx.pool, counter, pkt, outer);
                     produced |= Pending::of(pkt.meta.next);
                 }
                 Next::Flood => {
@@ -191,7 +195,7 @@ pub fn encap(
     remote: u32,
     mac: Option<u64>,
 ) -> Next {
-    let Some(vni) = ov.vni(pkt.meta.network) else {
+    let Some(tunnel) = ov.tunnel(pkt.meta.network) else {
         return Next::Drop(DropReason::InternalError, Stage::VxlanEncap);
     };
     let Some(mac) = mac else {
@@ -202,9 +206,10 @@ pub fn encap(
         src_mac: mac_from_u64(ov.mac()),
         src_ip: ov.local_ip(),
         dst_ip: remote,
-        vni,
+        tunnel,
     });
-    push_outer(ov, pool, counters, pkt, &outer)
+    let counter = tunnel.encapsulation.encapsulated(counters);
+    push_outer(ov, pool, counter, pkt, &outer)
 }
 
 /// Puts `outer` in front of `pkt` (in its headroom); its next step.
@@ -212,7 +217,7 @@ pub fn encap(
 fn push_outer(
     ov: &Overlay,
     pool: &mut FramePool,
-    counters: &WorkerCounters,
+    counter: &Counter,
     pkt: &mut Packet,
     outer: &Outer,
 ) -> Next {
@@ -222,27 +227,44 @@ fn push_outer(
             return Next::Drop(reason, Stage::VxlanEncap);
         }
     }
-    if pkt.offset < VXLAN_OVERHEAD {
+    let overhead = outer.overhead;
+    if pkt.offset < overhead {
         return Next::Drop(DropReason::NoHeadroom, Stage::VxlanEncap);
     }
-    let sport = SPORT_BASE | (flow_hash(pool.data(pkt), &pkt.meta) & 0x3fff);
-    let inner = pkt.len;
-    pkt.offset -= VXLAN_OVERHEAD;
-    pkt.len += VXLAN_OVERHEAD;
-    let d = pool.data_mut(pkt);
-    let Some(out) = d.first_chunk_mut::<OUTER_LEN>() else {
+    // One view of the headroom and the frame: the inner frame to hash, the headroom to
+    // write.
+    let start = usize::from(pkt.offset - overhead);
+    let end = usize::from(pkt.offset) + usize::from(pkt.len);
+    let Some(region) = pool.frame_mut(pkt.frame).get_mut(start..end) else {
         return Next::Drop(DropReason::InternalError, Stage::VxlanEncap);
     };
-    outer.write(out, inner, sport);
+    let (headers, inner) = region.split_at_mut(usize::from(overhead));
+    // GRE has no field to carry the flow's entropy.
+    let sport = if outer.udp {
+        SPORT_BASE | (flow_hash(inner, &pkt.meta) & 0x3fff)
+    } else {
+        0
+    };
+    if !outer.write(headers, pkt.len, sport) {
+        return Next::Drop(DropReason::InternalError, Stage::VxlanEncap);
+    }
+    pkt.offset -= overhead;
+    pkt.len += overhead;
     pkt.meta.flags = 0;
     pkt.meta.ethertype = EtherType::IPV4.0;
     pkt.meta.l3_offset = ETH as u8;
-    counters.vxlan_encapsulated.inc();
+    counter.inc();
     Next::Output(ov.uplink())
 }
 
-/// Bytes of outer headers.
-const OUTER_LEN: usize = ETH + IP + UDP + vxlan::HEADER_LEN;
+/// Bytes of the longest outer headers (VXLAN's and Geneve's).
+const OUTER_MAX: usize = ETH + IP + UDP + vxlan::HEADER_LEN;
+/// Bytes of outer headers with UDP (VXLAN, Geneve without options).
+const OUTER_UDP: usize = ETH + IP + UDP + vxlan::HEADER_LEN;
+// VXLAN's and Geneve's (without options) headers have one length: one template size.
+const _: () = assert!(geneve::HEADER_LEN == vxlan::HEADER_LEN);
+/// Bytes of outer headers with GRE and a key.
+const OUTER_GRE: usize = ETH + IP + gre::KEYED_LEN;
 
 /// The values of the outer headers that are the same for every packet to one endpoint
 /// on one network.
@@ -256,24 +278,31 @@ pub struct OuterHeaders {
     pub src_ip: u32,
     /// The remote endpoint, host order.
     pub dst_ip: u32,
-    /// The network's VNI.
-    pub vni: u32,
+    /// The network's encapsulation and VNI or key.
+    pub tunnel: TunnelId,
 }
 
 /// The outer headers towards one endpoint on one network, made once per run of packets:
-/// each packet copies them and fills in its lengths, IPv4 checksum and source port.
+/// each packet copies them and fills in its lengths, IPv4 checksum and (UDP) source port.
 #[derive(Clone, Copy, Debug)]
 pub struct Outer {
-    hdr: [u8; OUTER_LEN],
+    /// The headers, the first `overhead` bytes used.
+    hdr: [u8; OUTER_MAX],
+    /// Bytes of the headers, and whether they end in UDP (VXLAN, Geneve) rather than GRE:
+    /// the kind's properties the packet path needs, so that it does not branch on it.
+    overhead: u16,
+    udp: bool,
     /// One's-complement sum of the IPv4 header words without the total length.
     ip_sum: u32,
 }
 
 impl Outer {
-    /// Outer Ethernet, IPv4 (DF set, identification 0: an atomic datagram, RFC 6864), UDP
-    /// (checksum zero, as RFC 7348 allows over IPv4) and VXLAN headers.
+    /// Outer Ethernet, IPv4 (DF set, identification 0: an atomic datagram, RFC 6864) and
+    /// the tunnel headers: UDP (checksum zero, as RFC 7348 and RFC 8926 allow over IPv4)
+    /// and VXLAN or Geneve (no options), or GRE with the key.
     pub fn new(h: OuterHeaders) -> Outer {
-        let mut hdr = [0u8; OUTER_LEN];
+        let kind = h.tunnel.encapsulation;
+        let mut hdr = [0u8; OUTER_MAX];
         hdr[0..6].copy_from_slice(&h.dst_mac);
         hdr[6..12].copy_from_slice(&h.src_mac);
         hdr[12..14].copy_from_slice(&EtherType::IPV4.0.to_be_bytes());
@@ -281,34 +310,82 @@ impl Outer {
         ip[0] = 0x45;
         ip[6..8].copy_from_slice(&0x4000u16.to_be_bytes());
         ip[8] = OUTER_TTL;
-        ip[9] = 17;
+        ip[9] = match kind {
+            Encapsulation::Vxlan | Encapsulation::Geneve => 17,
+            Encapsulation::Gre => gre::IP_PROTOCOL,
+        };
         ip[12..16].copy_from_slice(&h.src_ip.to_be_bytes());
         ip[16..20].copy_from_slice(&h.dst_ip.to_be_bytes());
         let ip_sum = ip
             .chunks_exact(2)
             .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
             .sum();
-        hdr[ETH + IP + 2..ETH + IP + 4].copy_from_slice(&vxlan::VXLAN_PORT.to_be_bytes());
-        let vx = &mut hdr[ETH + IP + UDP..];
-        vx[0] = vxlan::FLAG_I;
-        vx[4..8].copy_from_slice(&((h.vni & vxlan::VNI_MAX) << 8).to_be_bytes());
-        Outer { hdr, ip_sum }
+        let id = h.tunnel.id;
+        let l4 = &mut hdr[ETH + IP..];
+        match kind {
+            Encapsulation::Vxlan => {
+                l4[2..4].copy_from_slice(&vxlan::VXLAN_PORT.to_be_bytes());
+                let vx = &mut l4[UDP..];
+                vx[0] = vxlan::FLAG_I;
+                vx[4..8].copy_from_slice(&((id & vxlan::VNI_MAX) << 8).to_be_bytes());
+            }
+            Encapsulation::Geneve => {
+                l4[2..4].copy_from_slice(&geneve::GENEVE_PORT.to_be_bytes());
+                geneve::GeneveRepr {
+                    vni: id,
+                    protocol: geneve::PROTO_ETHERNET,
+                }
+                .emit(&mut l4[UDP..]);
+            }
+            Encapsulation::Gre => gre::GreRepr {
+                key: id,
+                protocol: gre::PROTO_ETHERNET,
+            }
+            .emit(l4),
+        }
+        Outer {
+            hdr,
+            overhead: kind.overhead(),
+            udp: kind != Encapsulation::Gre,
+            ip_sum,
+        }
+    }
+
+    /// Bytes of the outer headers.
+    #[inline(always)]
+    pub fn overhead(&self) -> u16 {
+        self.overhead
     }
 
     /// Writes the headers for an inner frame of `inner_len` bytes and UDP source port
-    /// `sport` into `out`.
+    /// `sport` (unused by GRE) at the start of `out`; false if `out` is too short.
     #[inline(always)]
-    pub fn write(&self, out: &mut [u8; OUTER_LEN], inner_len: u16, sport: u16) {
-        *out = self.hdr;
-        let total = (IP + UDP + vxlan::HEADER_LEN) as u16 + inner_len;
+    pub fn write(&self, out: &mut [u8], inner_len: u16, sport: u16) -> bool {
+        let total = self.overhead - ETH as u16 + inner_len;
         let mut sum = self.ip_sum + u32::from(total);
         sum = (sum & 0xffff) + (sum >> 16);
         sum = (sum & 0xffff) + (sum >> 16);
         let csum = !(sum as u16);
-        out[ETH + 2..ETH + 4].copy_from_slice(&total.to_be_bytes());
-        out[ETH + 10..ETH + 12].copy_from_slice(&csum.to_be_bytes());
-        out[ETH + IP..ETH + IP + 2].copy_from_slice(&sport.to_be_bytes());
-        out[ETH + IP + 4..ETH + IP + 6].copy_from_slice(&(total - IP as u16).to_be_bytes());
+        let ip_lengths = |out: &mut [u8]| {
+            out[ETH + 2..ETH + 4].copy_from_slice(&total.to_be_bytes());
+            out[ETH + 10..ETH + 12].copy_from_slice(&csum.to_be_bytes());
+        };
+        if self.udp {
+            let Some(out) = out.first_chunk_mut::<OUTER_UDP>() else {
+                return false;
+            };
+            *out = self.hdr;
+            ip_lengths(out);
+            out[ETH + IP..ETH + IP + 2].copy_from_slice(&sport.to_be_bytes());
+            out[ETH + IP + 4..ETH + IP + 6].copy_from_slice(&(total - IP as u16).to_be_bytes());
+        } else {
+            let Some(out) = out.first_chunk_mut::<OUTER_GRE>() else {
+                return false;
+            };
+            out.copy_from_slice(&self.hdr[..OUTER_GRE]);
+            ip_lengths(out);
+        }
+        true
     }
 }
 
@@ -351,14 +428,7 @@ mod tests {
     #[test]
     fn outer_headers_are_exact() {
         let mut out = [0u8; 50];
-        Outer::new(OuterHeaders {
-            dst_mac: [0x02, 0, 0, 0, 0, 2],
-            src_mac: [0x02, 0x70, 0x76, 18, 0, 1],
-            src_ip: u32::from(std::net::Ipv4Addr::new(198, 18, 0, 1)),
-            dst_ip: u32::from(std::net::Ipv4Addr::new(198, 18, 0, 2)),
-            vni: 0x123456,
-        })
-        .write(&mut out, 60, 50000);
+        assert!(outer(Encapsulation::Vxlan, 0x123456).write(&mut out, 60, 50000));
         let ip = crate::wire::Ipv4Packet::new_unchecked(&out[14..34]);
         assert!(ip.verify_checksum());
         assert!(ip.dont_frag());
@@ -368,6 +438,46 @@ mod tests {
         assert_eq!(&out[38..40], &(8u16 + 8 + 60).to_be_bytes());
         assert_eq!(&out[40..42], &[0, 0]);
         assert_eq!(&out[42..50], &[0x08, 0, 0, 0, 0x12, 0x34, 0x56, 0]);
+    }
+
+    fn outer(encapsulation: Encapsulation, id: u32) -> Outer {
+        Outer::new(OuterHeaders {
+            dst_mac: [0x02, 0, 0, 0, 0, 2],
+            src_mac: [0x02, 0x70, 0x76, 18, 0, 1],
+            src_ip: u32::from(std::net::Ipv4Addr::new(198, 18, 0, 1)),
+            dst_ip: u32::from(std::net::Ipv4Addr::new(198, 18, 0, 2)),
+            tunnel: TunnelId { encapsulation, id },
+        })
+    }
+
+    #[test]
+    fn geneve_outer_headers_are_exact() {
+        let mut out = [0xeeu8; 51];
+        assert!(outer(Encapsulation::Geneve, 0x123456).write(&mut out, 60, 50000));
+        let ip = crate::wire::Ipv4Packet::new_unchecked(&out[14..34]);
+        assert!(ip.verify_checksum());
+        assert_eq!((ip.total_len(), ip.protocol().0), (20 + 8 + 8 + 60, 17));
+        assert_eq!(&out[34..36], &50000u16.to_be_bytes());
+        assert_eq!(&out[36..38], &6081u16.to_be_bytes());
+        assert_eq!(&out[38..40], &(8u16 + 8 + 60).to_be_bytes());
+        assert_eq!(&out[40..42], &[0, 0]);
+        assert_eq!(&out[42..50], &[0, 0, 0x65, 0x58, 0x12, 0x34, 0x56, 0]);
+        assert_eq!(out[50], 0xee, "nothing written past the headers");
+    }
+
+    #[test]
+    fn gre_outer_headers_are_exact() {
+        let mut out = [0xeeu8; 43];
+        let o = outer(Encapsulation::Gre, 0x8765_4321);
+        assert_eq!(o.overhead(), 42);
+        assert!(o.write(&mut out, 60, 50000));
+        let ip = crate::wire::Ipv4Packet::new_unchecked(&out[14..34]);
+        assert!(ip.verify_checksum());
+        assert!(ip.dont_frag());
+        assert_eq!((ip.total_len(), ip.protocol().0), (20 + 8 + 60, 47));
+        assert_eq!(&out[34..42], &[0x20, 0, 0x65, 0x58, 0x87, 0x65, 0x43, 0x21]);
+        assert_eq!(out[42], 0xee, "nothing written past the headers");
+        assert!(!o.write(&mut out[..41], 60, 1), "too short");
     }
 
     #[test]

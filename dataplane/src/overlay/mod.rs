@@ -1,5 +1,13 @@
-//! VXLAN tenant networks (RFC 7348) between hosts, with Neutron's l2population and ARP
-//! responder: what `br-tun` does in an Open vSwitch deployment.
+//! Tenant networks between hosts, VXLAN (RFC 7348), Geneve (RFC 8926) or GRE with a key
+//! (RFC 2890), with Neutron's l2population and ARP responder: what `br-tun` does in an
+//! Open vSwitch deployment.
+//!
+//! Everything but the tunnel header is the same for the three: each overlay network has
+//! one [`Encapsulation`] and an identifier (VNI or GRE key) chosen in the snapshot; the
+//! encapsulation stage writes the outer headers from a per-kind template
+//! ([`encap::Outer`]), the decapsulation stage dispatches the outer IPv4 packet to a
+//! per-kind parser; l2population, flood lists, the ARP responder and the underlay's
+//! neighbours do not know which kind a network uses.
 //!
 //! Each remote host (tunnel endpoint) is a *tunnel port* of the snapshot
 //! ([`crate::snapshot::PortRole::Tunnel`]): a port id without a driver. So the L2 stage
@@ -10,7 +18,7 @@
 //! only for the ports that need it (a network without an overlay pays nothing):
 //!
 //! - [`decap::VxlanDecap`], on the uplink with the tunnel endpoint address (`local_ip`),
-//!   after classification: VXLAN to `local_ip` → VNI → network, source → tunnel port, the
+//!   after classification: VXLAN, Geneve or GRE to `local_ip` → (kind, VNI or key) → network, source → tunnel port, the
 //!   inner frame goes on to L2 as if received on that tunnel port; ARP for `local_ip` is
 //!   answered there.
 //! - [`arp_responder::ArpResponder`], on VM ports of overlay networks: ARP requests for
@@ -33,6 +41,7 @@ pub mod underlay;
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
+use crate::counters::{Counter, WorkerCounters};
 use crate::pipeline::{Stage, StageSet};
 use crate::port::PortId;
 use crate::snapshot::{mac_to_u64, BuildError, NetworkUid, PortRole};
@@ -41,6 +50,85 @@ use crate::table::U64Map;
 /// Bytes VXLAN adds in front of the inner frame: outer Ethernet (14), IPv4 (20), UDP (8)
 /// and VXLAN (8).
 pub const VXLAN_OVERHEAD: u16 = 50;
+/// Bytes Geneve without options adds: outer Ethernet (14), IPv4 (20), UDP (8), Geneve (8).
+pub const GENEVE_OVERHEAD: u16 = 50;
+/// Bytes GRE with a key adds: outer Ethernet (14), IPv4 (20), GRE with key (8).
+pub const GRE_OVERHEAD: u16 = 42;
+
+/// How an overlay network's frames travel between hosts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Encapsulation {
+    /// VXLAN, UDP 4789, the identifier a 24-bit VNI.
+    Vxlan,
+    /// Geneve without options, UDP 6081, the identifier a 24-bit VNI.
+    Geneve,
+    /// GRE (IPv4 protocol 47) with a 32-bit key, protocol 0x6558.
+    Gre,
+}
+
+impl Encapsulation {
+    /// Every kind, in counter order.
+    pub const ALL: [Encapsulation; 3] = [
+        Encapsulation::Vxlan,
+        Encapsulation::Geneve,
+        Encapsulation::Gre,
+    ];
+
+    /// Bytes the outer headers add in front of the inner frame.
+    #[inline]
+    pub const fn overhead(self) -> u16 {
+        match self {
+            Encapsulation::Vxlan => VXLAN_OVERHEAD,
+            Encapsulation::Geneve => GENEVE_OVERHEAD,
+            Encapsulation::Gre => GRE_OVERHEAD,
+        }
+    }
+
+    /// Lower-case name, as in `network_type`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Encapsulation::Vxlan => "vxlan",
+            Encapsulation::Geneve => "geneve",
+            Encapsulation::Gre => "gre",
+        }
+    }
+
+    /// The frames this host encapsulated with this kind.
+    #[inline(always)]
+    pub fn encapsulated(self, c: &WorkerCounters) -> &Counter {
+        match self {
+            Encapsulation::Vxlan => &c.vxlan_encapsulated,
+            Encapsulation::Geneve => &c.geneve_encapsulated,
+            Encapsulation::Gre => &c.gre_encapsulated,
+        }
+    }
+
+    /// The packets of this kind this host decapsulated.
+    #[inline(always)]
+    pub fn decapsulated(self, c: &WorkerCounters) -> &Counter {
+        match self {
+            Encapsulation::Vxlan => &c.vxlan_decapsulated,
+            Encapsulation::Geneve => &c.geneve_decapsulated,
+            Encapsulation::Gre => &c.gre_decapsulated,
+        }
+    }
+
+    /// Key of the (kind, identifier) → network table: a VNI of VXLAN and the same number
+    /// as a GRE key are different networks.
+    #[inline(always)]
+    pub(crate) fn key(self, id: u32) -> u64 {
+        (self as u64) << 32 | u64::from(id)
+    }
+}
+
+/// An overlay network's encapsulation and identifier (VNI or GRE key).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TunnelId {
+    /// The kind of tunnel.
+    pub encapsulation: Encapsulation,
+    /// VNI (VXLAN, Geneve) or key (GRE).
+    pub id: u32,
+}
 
 /// The first three bytes of the tunnel endpoint's MAC (locally administered, unicast),
 /// followed by the low three bytes of `local_ip`.
@@ -86,10 +174,10 @@ pub struct Overlay {
     uplink: PortId,
     local_ip: u32,
     mac: u64,
-    /// VNI → network slot.
-    by_vni: U64Map<u16>,
-    /// Per network slot, its VNI (0: not an overlay network).
-    vni_of: Box<[u32]>,
+    /// [`Encapsulation::key`] → network slot.
+    by_id: U64Map<u16>,
+    /// Per network slot, its tunnel (`None`: not an overlay network).
+    tunnel_of: Box<[Option<TunnelId>]>,
     /// `peer_key(slot, remote address)` → tunnel port: the network's peer list, checked on
     /// every decapsulated frame.
     peers: U64Map<PortId>,
@@ -110,8 +198,8 @@ impl Default for Overlay {
             uplink: PortId(u16::MAX),
             local_ip: 0,
             mac: 0,
-            by_vni: U64Map::with_max_len(0),
-            vni_of: Box::default(),
+            by_id: U64Map::with_max_len(0),
+            tunnel_of: Box::default(),
             peers: U64Map::with_max_len(0),
             flood_range: Box::default(),
             flood: Box::default(),
@@ -153,19 +241,16 @@ impl Overlay {
         self.mac
     }
 
-    /// The network slot of VNI `vni`.
+    /// The network slot of identifier `id` (VNI or key) of `kind`.
     #[inline]
-    pub fn network_of_vni(&self, vni: u32) -> Option<u16> {
-        self.by_vni.get(u64::from(vni))
+    pub fn network_of(&self, kind: Encapsulation, id: u32) -> Option<u16> {
+        self.by_id.get(kind.key(id))
     }
 
-    /// The VNI of network `slot`, if it is an overlay network.
+    /// The tunnel of network `slot`, if it is an overlay network.
     #[inline]
-    pub fn vni(&self, slot: u16) -> Option<u32> {
-        self.vni_of
-            .get(usize::from(slot))
-            .copied()
-            .filter(|&v| v != 0)
+    pub fn tunnel(&self, slot: u16) -> Option<TunnelId> {
+        self.tunnel_of.get(usize::from(slot)).copied().flatten()
     }
 
     /// The tunnel port of `remote` if that endpoint is a peer of network `slot`.
@@ -214,11 +299,11 @@ impl Overlay {
     }
 }
 
-/// Network slot and VNI of every overlay network, for [`OverlayBuilder::build`].
+/// Network slot and tunnel of every overlay network, for [`OverlayBuilder::build`].
 pub(crate) struct OverlayNetworks<'a> {
     pub(crate) slot_of: &'a HashMap<NetworkUid, u16>,
-    /// (slot, VNI) of each overlay network.
-    pub(crate) vnis: Vec<(u16, u32)>,
+    /// (slot, tunnel) of each overlay network.
+    pub(crate) tunnels: Vec<(u16, TunnelId)>,
     pub(crate) slots: usize,
 }
 
@@ -230,7 +315,7 @@ impl OverlayBuilder {
         ports: &[PortRole],
     ) -> Result<Overlay, BuildError> {
         let Some(endpoint) = self.endpoint else {
-            if !nets.vnis.is_empty() {
+            if !nets.tunnels.is_empty() {
                 return Err(BuildError::Overlay(
                     "an overlay network without tunnel endpoint",
                 ));
@@ -251,13 +336,26 @@ impl OverlayBuilder {
                 "the tunnel endpoint has address 0.0.0.0",
             ));
         }
-        let mut by_vni = U64Map::with_max_len(nets.vnis.len());
-        let mut vni_of = vec![0u32; nets.slots].into_boxed_slice();
-        for &(slot, vni) in &nets.vnis {
-            if by_vni.insert(u64::from(vni), slot).ok().flatten().is_some() {
-                return Err(BuildError::Overlay("a VNI used by two networks"));
+        let mut by_id = U64Map::with_max_len(nets.tunnels.len());
+        let mut tunnel_of = vec![None; nets.slots].into_boxed_slice();
+        for &(slot, tunnel) in &nets.tunnels {
+            let TunnelId { encapsulation, id } = tunnel;
+            let max = match encapsulation {
+                Encapsulation::Vxlan | Encapsulation::Geneve => crate::wire::vxlan::VNI_MAX,
+                Encapsulation::Gre => u32::MAX,
+            };
+            if id == 0 || id > max {
+                return Err(BuildError::Overlay("a VNI or GRE key out of range"));
             }
-            vni_of[usize::from(slot)] = vni;
+            if by_id
+                .insert(encapsulation.key(id), slot)
+                .ok()
+                .flatten()
+                .is_some()
+            {
+                return Err(BuildError::Overlay("a VNI or GRE key used by two networks"));
+            }
+            tunnel_of[usize::from(slot)] = Some(tunnel);
         }
         let mut remote_of = vec![0u32; ports.len()].into_boxed_slice();
         let mut by_remote = U64Map::with_max_len(self.tunnels.len());
@@ -291,7 +389,7 @@ impl OverlayBuilder {
                 .get(&uid)
                 .ok_or(BuildError::Overlay("a peer of an unknown network"))?;
             let ip = remote_of.get(port.index()).copied().unwrap_or(0);
-            if ip == 0 || vni_of[usize::from(slot)] == 0 {
+            if ip == 0 || tunnel_of[usize::from(slot)].is_none() {
                 return Err(BuildError::Overlay(
                     "a peer that is not a tunnel, or on a network without VNI",
                 ));
@@ -329,8 +427,8 @@ impl OverlayBuilder {
             uplink: endpoint.uplink,
             local_ip,
             mac: mac_to_u64(vtep_mac(endpoint.local_ip)),
-            by_vni,
-            vni_of,
+            by_id,
+            tunnel_of,
             peers,
             flood_range,
             flood: flood.into_boxed_slice(),
@@ -357,9 +455,11 @@ impl Overlay {
                 PortRole::Uplink { .. } if PortId(i as u16) == self.uplink => {
                     StageSet::EMPTY.with(Stage::VxlanDecap)
                 }
-                PortRole::Access { network, .. } if self.vni(network).is_some() => StageSet::EMPTY
-                    .with(Stage::ArpResponder)
-                    .with(Stage::VxlanEncap),
+                PortRole::Access { network, .. } if self.tunnel(network).is_some() => {
+                    StageSet::EMPTY
+                        .with(Stage::ArpResponder)
+                        .with(Stage::VxlanEncap)
+                }
                 _ => StageSet::EMPTY,
             };
             stages[i] = stages[i].union(add);

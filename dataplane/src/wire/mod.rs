@@ -21,6 +21,8 @@ pub mod checksum;
 pub mod arp;
 pub mod dhcp;
 pub mod ethernet;
+pub mod geneve;
+pub mod gre;
 pub mod icmpv4;
 pub mod ipv4;
 pub mod ipv6;
@@ -33,6 +35,8 @@ pub use arp::{ArpOperation, ArpPacket, ArpRepr};
 pub use ethernet::{
     EtherType, EthernetAddress, EthernetFrame, EthernetRepr, ParseEthernetAddressError,
 };
+pub use geneve::{GenevePacket, GeneveRepr, GENEVE_PORT};
+pub use gre::{GrePacket, GreRepr};
 pub use icmpv4::{Icmpv4Packet, Icmpv4Repr, Icmpv4Type, TimeExceeded, Unreachable};
 pub use ipv4::{IpProtocol, Ipv4Packet, Ipv4Repr};
 pub use tcp::{TcpFlags, TcpPacket, TcpRepr};
