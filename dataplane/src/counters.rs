@@ -164,6 +164,18 @@ pub struct WorkerCounters {
     pub busy_ns: Counter,
     /// Nanoseconds spent in passes that received nothing.
     pub idle_ns: Counter,
+    /// Frames handed to the worker that owns their output port's queue (see
+    /// [`crate::handoff`]).
+    pub handoffs: Counter,
+    /// Frames that could not be handed off because the ring to the owner was full (also
+    /// counted as drops, `handoff_ring_full`).
+    pub handoff_drops: Counter,
+    /// Frames other workers handed to this one to transmit.
+    pub handoffs_received: Counter,
+    /// Neighbours learned by other workers and applied here.
+    pub neighbor_news: Counter,
+    /// Neighbour news not delivered to a peer because the ring to it was full.
+    pub neighbor_news_lost: Counter,
     /// MAC addresses learned.
     pub macs_learned: Counter,
     /// Learned MAC addresses that moved to another port.
@@ -229,6 +241,11 @@ impl WorkerCounters {
             busy_loops: Counter::default(),
             busy_ns: Counter::default(),
             idle_ns: Counter::default(),
+            handoffs: Counter::default(),
+            handoff_drops: Counter::default(),
+            handoffs_received: Counter::default(),
+            neighbor_news: Counter::default(),
+            neighbor_news_lost: Counter::default(),
             macs_learned: Counter::default(),
             mac_moves: Counter::default(),
             macs_aged: Counter::default(),
@@ -271,6 +288,22 @@ impl WorkerCounters {
         if let Some(port) = port {
             self.port_drops.add(port, stage, reason, n);
         }
+    }
+
+    /// Frames that came into the worker: received, copied by flooding, made by the
+    /// worker (or injected), handed over by another worker.
+    pub fn frames_in(&self) -> u64 {
+        self.rx_packets.get()
+            + self.replicas.get()
+            + self.originated.get()
+            + self.handoffs_received.get()
+    }
+
+    /// Frames that left the worker: sent, dropped, consumed, handed to another worker.
+    /// Once the worker has flushed, `frames_in() == frames_out()` plus the packets waiting
+    /// for a neighbour; summed over workers whose handoff rings are empty, likewise.
+    pub fn frames_out(&self) -> u64 {
+        self.tx_packets.get() + self.dropped_total() + self.consumed.get() + self.handoffs.get()
     }
 
     /// Count of all drops.
