@@ -32,7 +32,7 @@ use crate::snapshot::{PortRole, Snapshot};
 /// Tunables of a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorkerConfig {
-    /// Worker index; also the transmit queue it uses on every port.
+    /// Worker index (its place among the workers of a [`crate::handoff::mesh`]).
     pub id: u16,
     /// Most MACs the worker learns across all networks.
     pub mac_table_capacity: usize,
@@ -163,7 +163,9 @@ impl Worker {
         counters.generation.set(snap.generation());
         Worker {
             pool,
-            ports: PortSet::new(config.id),
+            // Each worker's port holds only the queues that worker polls (the rest of a
+            // multi-queue port is another worker's): it transmits on the first of them.
+            ports: PortSet::new(0),
             poll_list: Vec::new(),
             snap,
             cell,
@@ -278,7 +280,7 @@ impl Worker {
         pkt.in_port = port;
         let mut pkts = [pkt];
         let counters = WorkerCounters::new(self.counters.ports.len());
-        let mut ports = PortSet::recorder(self.config.id);
+        let mut ports = PortSet::recorder(0);
         let running =
             self.stages
                 .trace
