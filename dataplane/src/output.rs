@@ -157,23 +157,7 @@ impl PortSet {
         pkt: Packet,
     ) {
         let Some(Some(a)) = self.slots.get_mut(out.index()) else {
-            if let Some(sink) = self.sink.as_mut() {
-                return record(sink, pool, out, pkt);
-            }
-            if let Some(owner) = self.handoff.owner(out.0) {
-                return self.hand_off(pool, counters, owner, out, pkt);
-            }
-            drop_packet(
-                pool,
-                counters,
-                pkt,
-                Stage::Output,
-                DropReason::PortNotAttached,
-            );
-            if let Some(pc) = counters.port(out) {
-                pc.tx_dropped.inc();
-            }
-            return;
+            return self.enqueue_elsewhere(pool, counters, out, pkt);
         };
         if !a.dirty {
             a.dirty = true;
@@ -184,6 +168,36 @@ impl PortSet {
         debug_assert!(queued.is_ok());
         if a.pending.is_full() {
             send(a, out, self.tx_queue, pool, counters, &mut self.capture);
+        }
+    }
+
+    /// [`PortSet::enqueue`] for a port not attached here: recorded by an explain pass,
+    /// handed to the worker that owns the port, or dropped. Out of line, so that the
+    /// loops that enqueue stay as small as with one worker.
+    #[cold]
+    #[inline(never)]
+    fn enqueue_elsewhere(
+        &mut self,
+        pool: &mut FramePool,
+        counters: &WorkerCounters,
+        out: PortId,
+        pkt: Packet,
+    ) {
+        if let Some(sink) = self.sink.as_mut() {
+            return record(sink, pool, out, pkt);
+        }
+        if let Some(owner) = self.handoff.owner(out.0) {
+            return self.hand_off(pool, counters, owner, out, pkt);
+        }
+        drop_packet(
+            pool,
+            counters,
+            pkt,
+            Stage::Output,
+            DropReason::PortNotAttached,
+        );
+        if let Some(pc) = counters.port(out) {
+            pc.tx_dropped.inc();
         }
     }
 
@@ -210,9 +224,8 @@ impl PortSet {
     }
 
     /// Queues `pkt` for the worker that owns `out`'s queue; pushes that worker's batch
-    /// when it is full. Out of line: the single-worker path never comes here.
-    #[cold]
-    #[inline(never)]
+    /// when it is full.
+    #[inline]
     fn hand_off(
         &mut self,
         pool: &mut FramePool,
