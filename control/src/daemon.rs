@@ -302,7 +302,23 @@ pub fn run(options: &Options) -> Result<(), StartError> {
     }
     let done = service.engine.shutdown().map_err(fail)?;
     if pollux_services::log::enabled(pollux_services::log::Level::Info) {
-        eprint!("{}", summary(&done.counters, &done.names));
+        eprint!(
+            "{}",
+            summary(&done.counters, &done.names, done.workers.len())
+        );
+        if done.workers.len() > 1 {
+            for (w, c) in done.workers.iter().enumerate() {
+                eprintln!(
+                    "polluxd: worker {w} alone: rx {} tx {} handoffs {} handed in {} handoff \
+                     drops {}",
+                    c.rx_packets.get(),
+                    c.tx_packets.get(),
+                    c.handoffs.get(),
+                    c.handoffs_received.get(),
+                    c.handoff_drops.get()
+                );
+            }
+        }
     }
     for (id, name) in &done.names {
         let Some(stats) = done.driver_stats.iter().find(|d| d.id == *id) else {
@@ -321,10 +337,12 @@ pub fn run(options: &Options) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Final counters, one line per port and one per drop reason.
-pub fn summary(c: &WorkerCounters, names: &[(PortId, String)]) -> String {
+/// Final counters of `workers` workers (summed), one line per port and one per drop
+/// reason.
+pub fn summary(c: &WorkerCounters, names: &[(PortId, String)], workers: usize) -> String {
+    let who = if workers > 1 { "workers" } else { "worker 0" };
     let mut s = format!(
-        "polluxd: worker 0: rx {} tx {} flood copies {} dropped {}\n",
+        "polluxd: {who}: rx {} tx {} flood copies {} dropped {}\n",
         c.rx_packets.get(),
         c.tx_packets.get(),
         c.replicas.get(),

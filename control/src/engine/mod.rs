@@ -588,6 +588,7 @@ impl Engine {
         drop(stopped);
         Ok(Shutdown {
             counters,
+            workers: self.worker_counters(),
             names,
             driver_stats,
         })
@@ -625,8 +626,10 @@ impl Drop for Engine {
 /// What [`Engine::shutdown`] leaves.
 #[derive(Debug)]
 pub struct Shutdown {
-    /// The worker's final counters.
+    /// The workers' final counters, summed.
     pub counters: Arc<WorkerCounters>,
+    /// Each worker's final counters, by index.
+    pub workers: Vec<Arc<WorkerCounters>>,
     /// (port id, driver name) of the ports.
     pub names: Vec<(PortId, String)>,
     /// Driver statistics of each port just before the stop.
