@@ -105,6 +105,20 @@ struct Rates {
     handed: f64,
     /// Frames dropped because a handoff ring was full (the receiver is behind).
     handoff_drops: f64,
+    /// Frames each worker sent per second of CPU time it got, summed: what the workers
+    /// would move with a CPU each, however busy the machine is.
+    per_cpu_second: f64,
+}
+
+/// CPU time the calling thread has used, in seconds.
+fn thread_cpu_secs() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_THREAD_CPUTIME_ID needs nothing else.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
 }
 
 /// Runs `workers` workers for `secs`.
@@ -160,7 +174,10 @@ fn run(workers: u16, handoff: bool, secs: f64) -> Rates {
             let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
             let _ = pin_current_thread(usize::from(w) % cpus);
             let epoch = Instant::now();
+            let cpu = thread_cpu_secs();
             worker.run(&stop, || epoch.elapsed().as_nanos() as u64);
+            let cpu = thread_cpu_secs() - cpu;
+            worker.counters().tx_packets.get() as f64 / cpu.max(1e-9)
         }));
     }
     // Warm up, then measure over a window.
@@ -181,9 +198,10 @@ fn run(workers: u16, handoff: bool, secs: f64) -> Rates {
     let elapsed = start.elapsed().as_secs_f64();
     let after = read();
     stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        t.join().expect("worker");
-    }
+    let per_cpu_second = threads
+        .into_iter()
+        .map(|t| t.join().expect("worker"))
+        .sum();
     if std::env::var_os("WORKERS_MPPS_DEBUG").is_some() {
         for c in &counters {
             eprintln!(
@@ -201,6 +219,7 @@ fn run(workers: u16, handoff: bool, secs: f64) -> Rates {
         sent: rate(0),
         handed: rate(1),
         handoff_drops: rate(2),
+        per_cpu_second,
     }
 }
 
@@ -215,10 +234,11 @@ fn main() {
             }
             let r = run(workers, handoff, secs);
             println!(
-                "{} workers={workers} {:.2} Mpps sent (handed off {:.2} Mpps, handoff drops \
-                 {:.2} Mpps)",
+                "{} workers={workers} {:.2} Mpps sent, {:.2} Mpps per CPU-second summed \
+                 (handed off {:.2} Mpps, handoff drops {:.2} Mpps)",
                 if handoff { "handoff" } else { "local" },
                 r.sent / 1e6,
+                r.per_cpu_second / 1e6,
                 r.handed / 1e6,
                 r.handoff_drops / 1e6
             );
