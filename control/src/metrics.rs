@@ -535,14 +535,18 @@ impl Collector for Scrape {
             "pollux_worker_handoff_drops",
             "Frames not handed off: the ring to the owning worker was full.",
             "worker",
-            self.workers.iter().map(|w| (w.id.as_str(), w.handoff_drops)),
+            self.workers
+                .iter()
+                .map(|w| (w.id.as_str(), w.handoff_drops)),
         )?;
         counter_family(
             &mut e,
             "pollux_worker_handoffs_received",
             "Frames other workers handed to this one to send.",
             "worker",
-            self.workers.iter().map(|w| (w.id.as_str(), w.handoffs_received)),
+            self.workers
+                .iter()
+                .map(|w| (w.id.as_str(), w.handoffs_received)),
         )?;
         counter_family(
             &mut e,

@@ -198,10 +198,7 @@ fn run(workers: u16, handoff: bool, secs: f64) -> Rates {
     let elapsed = start.elapsed().as_secs_f64();
     let after = read();
     stop.store(true, Ordering::Relaxed);
-    let per_cpu_second = threads
-        .into_iter()
-        .map(|t| t.join().expect("worker"))
-        .sum();
+    let per_cpu_second = threads.into_iter().map(|t| t.join().expect("worker")).sum();
     if std::env::var_os("WORKERS_MPPS_DEBUG").is_some() {
         for c in &counters {
             eprintln!(
