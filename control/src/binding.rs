@@ -75,7 +75,9 @@ pub fn describe(binding: &Binding) -> String {
 
 /// Driver resources of the ports, kept on the control thread. See the module docs.
 pub struct Bindings {
-    umem: Umem,
+    /// One per worker, over that worker's pool: an AF_XDP socket uses the UMEM of the
+    /// worker that polls its queue.
+    umems: Vec<Umem>,
     mem: MemPortConfig,
     xdp: BTreeMap<PortId, XdpAttachment>,
     /// Interface index each AF_XDP port's sockets are bound to.
@@ -88,7 +90,7 @@ pub struct Bindings {
 impl std::fmt::Debug for Bindings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Bindings")
-            .field("umem", &self.umem)
+            .field("umems", &self.umems)
             .field("xdp", &self.xdp.len())
             .field("ifindex", &self.ifindex)
             .finish_non_exhaustive()
@@ -96,11 +98,11 @@ impl std::fmt::Debug for Bindings {
 }
 
 impl Bindings {
-    /// Bindings whose AF_XDP sockets share `umem`, whose `mem` ports have rings of `mem`
-    /// geometry, and whose `mem` far ends go to `wires`.
-    pub fn new(umem: Umem, mem: MemPortConfig, wires: MemWires) -> Self {
+    /// Bindings whose AF_XDP sockets use `umems[w]` on worker `w`, whose `mem` ports have
+    /// rings of `mem` geometry, and whose `mem` far ends go to `wires`.
+    pub fn new(umems: Vec<Umem>, mem: MemPortConfig, wires: MemWires) -> Self {
         Bindings {
-            umem,
+            umems,
             mem,
             xdp: BTreeMap::new(),
             ifindex: BTreeMap::new(),
@@ -117,11 +119,36 @@ impl Bindings {
         }
     }
 
-    /// Prepares `plan`'s port: for AF_XDP, checks the MTU, attaches the XDP program,
-    /// creates one socket per queue and registers it. Errors name the interface and queue.
-    pub fn prepare(&mut self, plan: &PortPlan) -> Result<Prepared, String> {
+    /// Receive queues `binding` has (each polled by one worker).
+    pub fn queue_count(binding: &Binding) -> usize {
+        match binding {
+            Binding::Afxdp { queues, .. } => queues.len().max(1),
+            _ => 1,
+        }
+    }
+
+    /// Prepares `plan`'s port, queue `i` for worker `owners[i]` (one owner per queue, see
+    /// [`Bindings::queue_count`]): a part per worker, each opened on its worker and
+    /// holding only that worker's queues. For AF_XDP: checks the MTU, attaches the XDP
+    /// program, creates one socket per queue on its worker's UMEM and registers it.
+    /// Errors name the interface and queue.
+    pub fn prepare(
+        &mut self,
+        plan: &PortPlan,
+        owners: &[u16],
+    ) -> Result<Vec<(u16, Prepared)>, String> {
+        let first = owners.first().copied().unwrap_or(0);
         match &plan.binding {
-            Binding::Afxdp { interface, queues } => self.prepare_afxdp(plan, interface, queues),
+            Binding::Afxdp { interface, queues } => {
+                self.prepare_afxdp(plan, interface, queues, owners)
+            }
+            other => self.prepare_one(plan, other).map(|p| vec![(first, p)]),
+        }
+    }
+
+    fn prepare_one(&mut self, plan: &PortPlan, binding: &Binding) -> Result<Prepared, String> {
+        match binding {
+            Binding::Afxdp { .. } => Err("AF_XDP ports are prepared per worker".into()),
             Binding::Mem => {
                 let (port, wire) = mem_port(plan.key.clone(), self.mem);
                 lock(&self.wires).insert(plan.key.clone(), wire);
@@ -141,7 +168,8 @@ impl Bindings {
         plan: &PortPlan,
         interface: &str,
         queues: &[u32],
-    ) -> Result<Prepared, String> {
+        owners: &[u16],
+    ) -> Result<Vec<(u16, Prepared)>, String> {
         check_mtu(interface)?;
         let max_queue = queues.iter().copied().max().unwrap_or(0);
         let xdp = XdpProgram::attach(interface, XdpMode::Auto, max_queue + 1)
@@ -154,9 +182,15 @@ impl Bindings {
             busy_poll: busy_poll(),
             ..XskConfig::default()
         };
-        let mut sockets = Vec::with_capacity(queues.len());
-        for &q in queues {
-            let socket = XskSocket::new(&self.umem, interface, q, &config)
+        // The sockets of each worker, in queue order.
+        let mut parts: BTreeMap<u16, Vec<XskSocket>> = BTreeMap::new();
+        for (i, &q) in queues.iter().enumerate() {
+            let worker = owners.get(i).copied().unwrap_or(0);
+            let umem = self
+                .umems
+                .get(usize::from(worker))
+                .ok_or_else(|| format!("interface {interface} queue {q}: no worker {worker}"))?;
+            let socket = XskSocket::new(umem, interface, q, &config)
                 .and_then(|s| xdp.register(q, s.fd()).map(|()| s))
                 .map_err(|e| format!("interface {interface} queue {q}: {e}"))?;
             pollux_services::info!(
@@ -165,19 +199,27 @@ impl Bindings {
                 xdp.mode(),
                 socket.mode_note()
             );
-            sockets.push(socket);
+            parts.entry(worker).or_default().push(socket);
         }
         self.ifindex.insert(plan.id, xdp.ifindex());
         self.xdp.insert(plan.id, xdp);
-        let name = interface.to_string();
-        Ok(Prepared {
-            frames: queues.len() as u32 * FRAMES_PER_QUEUE,
-            // Port queue i is socket i.
-            queues: (0..queues.len() as u16).collect(),
-            open: Box::new(move |pool| {
-                AfXdpPort::new(name, sockets, pool).map(|p| Box::new(p) as Box<dyn Port>)
-            }),
-        })
+        Ok(parts
+            .into_iter()
+            .map(|(worker, sockets)| {
+                let name = interface.to_string();
+                let n = sockets.len();
+                let part = Prepared {
+                    frames: n as u32 * FRAMES_PER_QUEUE,
+                    // Queue i of the worker's part is its socket i; it transmits on its
+                    // first.
+                    queues: (0..n as u16).collect(),
+                    open: Box::new(move |pool: &mut FramePool| {
+                        AfXdpPort::new(name, sockets, pool).map(|p| Box::new(p) as Box<dyn Port>)
+                    }) as Opener,
+                };
+                (worker, part)
+            })
+            .collect())
     }
 
     /// Starts the protocol thread of a vhost-user port (binding its socket now in server

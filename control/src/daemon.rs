@@ -57,8 +57,9 @@ pub struct Options {
     pub state_dir: PathBuf,
     /// Generations kept for rollback.
     pub history: usize,
-    /// The CPU the worker is pinned to; `None` picks the last CPU.
-    pub core: Option<usize>,
+    /// The CPUs of the workers, one worker pinned to each; empty: one worker on the last
+    /// CPU.
+    pub cores: Vec<usize>,
     /// Where to serve Prometheus metrics.
     pub metrics: Option<SocketAddr>,
     /// Longest request line on the control socket.
@@ -78,7 +79,7 @@ impl Options {
             socket: DEFAULT_SOCKET.into(),
             state_dir: DEFAULT_STATE_DIR.into(),
             history: DEFAULT_HISTORY,
-            core: None,
+            cores: Vec::new(),
             metrics: None,
             max_request: RpcOptions::default().max_line,
             pool_frames: DEFAULT_POOL_FRAMES,
@@ -239,10 +240,14 @@ pub fn run(options: &Options) -> Result<(), StartError> {
     };
     let mut server = RpcServer::bind(&options.socket, rpc_options)
         .map_err(|e| fail(format!("control socket: {e}")))?;
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let core = options.core.unwrap_or(cores - 1);
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = if options.cores.is_empty() {
+        vec![cpus - 1]
+    } else {
+        options.cores.clone()
+    };
     let config = EngineConfig {
-        core: Some(core),
+        cores: cores.iter().map(|&c| Some(c)).collect(),
         pool_frames: options.pool_frames,
         mem: MemPortConfig {
             depth: DAEMON_MEM_DEPTH,
@@ -259,9 +264,15 @@ pub fn run(options: &Options) -> Result<(), StartError> {
         None => None,
     };
     pollux_services::info!(
-        "ready: generation {}, {} port(s), worker 0 on CPU {core}, socket {}{}",
+        "ready: generation {}, {} port(s), {}, socket {}{}",
         engine.generation(),
         engine.plans().len(),
+        cores
+            .iter()
+            .enumerate()
+            .map(|(w, c)| format!("worker {w} on CPU {c}"))
+            .collect::<Vec<_>>()
+            .join(", "),
         options.socket.display(),
         metrics
             .as_ref()
@@ -291,7 +302,23 @@ pub fn run(options: &Options) -> Result<(), StartError> {
     }
     let done = service.engine.shutdown().map_err(fail)?;
     if pollux_services::log::enabled(pollux_services::log::Level::Info) {
-        eprint!("{}", summary(&done.counters, &done.names));
+        eprint!(
+            "{}",
+            summary(&done.counters, &done.names, done.workers.len())
+        );
+        if done.workers.len() > 1 {
+            for (w, c) in done.workers.iter().enumerate() {
+                eprintln!(
+                    "polluxd: worker {w} alone: rx {} tx {} handoffs {} handed in {} handoff \
+                     drops {}",
+                    c.rx_packets.get(),
+                    c.tx_packets.get(),
+                    c.handoffs.get(),
+                    c.handoffs_received.get(),
+                    c.handoff_drops.get()
+                );
+            }
+        }
     }
     for (id, name) in &done.names {
         let Some(stats) = done.driver_stats.iter().find(|d| d.id == *id) else {
@@ -310,10 +337,12 @@ pub fn run(options: &Options) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Final counters, one line per port and one per drop reason.
-pub fn summary(c: &WorkerCounters, names: &[(PortId, String)]) -> String {
+/// Final counters of `workers` workers (summed), one line per port and one per drop
+/// reason.
+pub fn summary(c: &WorkerCounters, names: &[(PortId, String)], workers: usize) -> String {
+    let who = if workers > 1 { "workers" } else { "worker 0" };
     let mut s = format!(
-        "polluxd: worker 0: rx {} tx {} flood copies {} dropped {}\n",
+        "polluxd: {who}: rx {} tx {} flood copies {} dropped {}\n",
         c.rx_packets.get(),
         c.tx_packets.get(),
         c.replicas.get(),

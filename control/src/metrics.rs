@@ -232,6 +232,9 @@ impl MetricsSource {
                     busy_loops: w.busy_loops.get(),
                     busy_ns: w.busy_ns.get(),
                     idle_ns: w.idle_ns.get(),
+                    handoffs: w.handoffs.get(),
+                    handoff_drops: w.handoff_drops.get(),
+                    handoffs_received: w.handoffs_received.get(),
                 })
                 .collect(),
             generation: self.generation(),
@@ -292,6 +295,9 @@ struct WorkerScrape {
     busy_loops: u64,
     busy_ns: u64,
     idle_ns: u64,
+    handoffs: u64,
+    handoff_drops: u64,
+    handoffs_received: u64,
 }
 
 /// Counters per port in a scrape: rx/tx packets, bytes and drops, then QoS's.
@@ -533,6 +539,31 @@ impl Collector for Scrape {
             "Passes over the worker's poll list.",
             "worker",
             self.workers.iter().map(|w| (w.id.as_str(), w.loops)),
+        )?;
+        counter_family(
+            &mut e,
+            "pollux_worker_handoffs",
+            "Frames handed to the worker that polls their output port.",
+            "worker",
+            self.workers.iter().map(|w| (w.id.as_str(), w.handoffs)),
+        )?;
+        counter_family(
+            &mut e,
+            "pollux_worker_handoff_drops",
+            "Frames not handed off: the ring to the owning worker was full.",
+            "worker",
+            self.workers
+                .iter()
+                .map(|w| (w.id.as_str(), w.handoff_drops)),
+        )?;
+        counter_family(
+            &mut e,
+            "pollux_worker_handoffs_received",
+            "Frames other workers handed to this one to send.",
+            "worker",
+            self.workers
+                .iter()
+                .map(|w| (w.id.as_str(), w.handoffs_received)),
         )?;
         counter_family(
             &mut e,

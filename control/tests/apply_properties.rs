@@ -148,7 +148,7 @@ fn base_state() -> DesiredState {
 
 fn engine_config() -> EngineConfig {
     EngineConfig {
-        core: None,
+        cores: vec![None],
         pool_frames: 8192,
         ..Default::default()
     }

@@ -121,7 +121,7 @@ impl Lab {
         let wires = MemWires::default();
         let engine = Engine::start(
             &EngineConfig {
-                core: None,
+                cores: vec![None],
                 pool_frames: 4096,
                 ..Default::default()
             },

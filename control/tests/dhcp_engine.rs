@@ -102,7 +102,7 @@ fn start(dir: &TempDir, state: DesiredState, wires: &MemWires) -> Engine {
     let generation = store.current_generation().map_or(1, |g| g + 1);
     Engine::start(
         &EngineConfig {
-            core: None,
+            cores: vec![None],
             pool_frames: 4096,
             ..Default::default()
         },

@@ -303,7 +303,7 @@ fn raw(change: &Change) -> RawChange {
 fn start(dir: &TempDir, name: &str) -> Engine {
     let store = Store::open(&dir.0.join(name), HISTORY).unwrap();
     let config = EngineConfig {
-        core: None,
+        cores: vec![None],
         pool_frames: 4096,
         ..Default::default()
     };

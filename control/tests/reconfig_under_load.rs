@@ -234,10 +234,15 @@ impl Drop for TempDir {
 }
 
 fn start(tmp: &TempDir, wires: &MemWires) -> Engine {
+    start_workers(tmp, wires, 1)
+}
+
+/// As [`start`] with `workers` unpinned workers.
+fn start_workers(tmp: &TempDir, wires: &MemWires, workers: usize) -> Engine {
     let store = Store::open(&tmp.0.join("state"), 16).expect("open the store");
     Engine::start(
         &EngineConfig {
-            core: None,
+            cores: vec![None; workers],
             pool_frames: 8192,
             ..Default::default()
         },
@@ -589,10 +594,23 @@ fn counters_line(c: &WorkerCounters) -> String {
 
 #[test]
 fn unrelated_changes_do_not_disturb_a_stream() {
+    unrelated_changes(1);
+}
+
+/// The same with two workers: ports are spread over them, so the stream (and the ports
+/// that come and go) cross from one worker to the other through the handoff rings.
+#[test]
+fn unrelated_changes_do_not_disturb_a_stream_through_two_workers() {
+    unrelated_changes(2);
+}
+
+fn unrelated_changes(workers: usize) {
     let tmp = TempDir::new("stream");
     let wires = MemWires::default();
-    let mut engine = start(&tmp, &wires);
-    let counters = Arc::clone(engine.counters());
+    let mut engine = start_workers(&tmp, &wires, workers);
+    let per_worker = engine.worker_counters();
+    // Summed now: each worker's counters are live, a sum is a copy.
+    let sum = || WorkerCounters::summed(per_worker.iter().map(|c| &**c), 0);
     let base_view = stream_view(engine.state());
 
     let mut watched = Watched::default();
@@ -664,7 +682,7 @@ fn unrelated_changes_do_not_disturb_a_stream() {
         assert!(
             Instant::now() < deadline,
             "the traffic thread did not finish; counters: {}",
-            counters_line(&counters)
+            counters_line(&sum())
         );
         thread::sleep(Duration::from_millis(1));
     }
@@ -672,6 +690,19 @@ fn unrelated_changes_do_not_disturb_a_stream() {
     engine.shutdown().expect("the engine shuts down");
     watched.add(take_wires(&wires));
     watched.drain();
+    let counters = sum();
+    if workers > 1 {
+        let handed: u64 = per_worker.iter().map(|c| c.handoffs.get()).sum();
+        let received: u64 = per_worker.iter().map(|c| c.handoffs_received.get()).sum();
+        assert_eq!(handed, received, "every frame handed off was taken");
+        assert!(
+            per_worker
+                .iter()
+                .all(|c| c.rx_packets.get() + c.handoffs_received.get() > 0)
+                || handed == 0,
+            "the workers share the work"
+        );
+    }
 
     let fps = report.received as f64 / report.elapsed.as_secs_f64().max(1e-9);
     println!(
@@ -684,6 +715,15 @@ fn unrelated_changes_do_not_disturb_a_stream() {
         applies_elapsed / APPLIES as u32
     );
     println!("worker: {}", counters_line(&counters));
+    for (w, c) in per_worker.iter().enumerate() {
+        println!(
+            "worker {w}: rx {} tx {} handoffs {} handed in {}",
+            c.rx_packets.get(),
+            c.tx_packets.get(),
+            c.handoffs.get(),
+            c.handoffs_received.get()
+        );
+    }
 
     // Every problem at once: a stall (loss) usually comes with frames elsewhere.
     let mut problems = Vec::new();
@@ -897,7 +937,7 @@ fn moving_the_receiver_stops_delivery() {
     let tmp = TempDir::new("move");
     let wires = MemWires::default();
     let mut engine = start(&tmp, &wires);
-    let counters = Arc::clone(engine.counters());
+    let counters = engine.counters();
     let mut all = AllWires {
         wires: take_wires(&wires).into_iter().collect(),
         ..AllWires::default()

@@ -44,7 +44,7 @@ const METHOD_NOT_FOUND: i64 = -32601;
 const INVALID_PARAMS: i64 = -32602;
 
 /// Every method the contract (README "Control socket") names.
-const CONTRACT_METHODS: [&str; 20] = [
+const CONTRACT_METHODS: [&str; 21] = [
     "config.apply",
     "config.get",
     "config.history",
@@ -65,6 +65,7 @@ const CONTRACT_METHODS: [&str; 20] = [
     "trace.stop",
     "capture.start",
     "explain.run",
+    "workers.list",
 ];
 
 // ---------------------------------------------------------------------------------------

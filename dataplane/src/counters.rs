@@ -93,9 +93,8 @@ pub struct PortCounters {
 }
 
 impl PortCounters {
-    /// Zeroes every counter. Only the owning worker may call this.
-    pub fn reset(&self) {
-        for c in [
+    fn all(&self) -> [&Counter; 11] {
+        [
             &self.rx_packets,
             &self.rx_bytes,
             &self.rx_dropped,
@@ -107,8 +106,20 @@ impl PortCounters {
             &self.policed_ingress_packets,
             &self.policed_ingress_bytes,
             &self.dscp_marked,
-        ] {
+        ]
+    }
+
+    /// Zeroes every counter. Only the owning worker may call this.
+    pub fn reset(&self) {
+        for c in self.all() {
             c.reset();
+        }
+    }
+
+    /// Adds `other`'s counts to these (a sum nobody else writes).
+    pub fn add_from(&self, other: &PortCounters) {
+        for (a, b) in self.all().into_iter().zip(other.all()) {
+            a.add(b.get());
         }
     }
 }
@@ -164,6 +175,18 @@ pub struct WorkerCounters {
     pub busy_ns: Counter,
     /// Nanoseconds spent in passes that received nothing.
     pub idle_ns: Counter,
+    /// Frames handed to the worker that owns their output port's queue (see
+    /// [`crate::handoff`]).
+    pub handoffs: Counter,
+    /// Frames that could not be handed off because the ring to the owner was full (also
+    /// counted as drops, `handoff_ring_full`).
+    pub handoff_drops: Counter,
+    /// Frames other workers handed to this one to transmit.
+    pub handoffs_received: Counter,
+    /// Neighbours learned by other workers and applied here.
+    pub neighbor_news: Counter,
+    /// Neighbour news not delivered to a peer because the ring to it was full.
+    pub neighbor_news_lost: Counter,
     /// MAC addresses learned.
     pub macs_learned: Counter,
     /// Learned MAC addresses that moved to another port.
@@ -244,6 +267,11 @@ impl WorkerCounters {
             busy_loops: Counter::default(),
             busy_ns: Counter::default(),
             idle_ns: Counter::default(),
+            handoffs: Counter::default(),
+            handoff_drops: Counter::default(),
+            handoffs_received: Counter::default(),
+            neighbor_news: Counter::default(),
+            neighbor_news_lost: Counter::default(),
             macs_learned: Counter::default(),
             mac_moves: Counter::default(),
             macs_aged: Counter::default(),
@@ -272,6 +300,79 @@ impl WorkerCounters {
         }
     }
 
+    /// The sum of several workers' counters (gauges summed too, but the generation is the
+    /// oldest any of them runs), for showing one figure for all of them. Per-port counters
+    /// are kept for port ids below `max_ports`.
+    pub fn summed<'a>(
+        workers: impl IntoIterator<Item = &'a WorkerCounters>,
+        max_ports: usize,
+    ) -> Self {
+        fn add_all(to: &[Counter], from: &[Counter]) {
+            for (a, b) in to.iter().zip(from) {
+                a.add(b.get());
+            }
+        }
+        let sum = WorkerCounters::new(max_ports);
+        let mut generation = u64::MAX;
+        for w in workers {
+            sum.rx_packets.add(w.rx_packets.get());
+            sum.tx_packets.add(w.tx_packets.get());
+            sum.replicas.add(w.replicas.get());
+            sum.originated.add(w.originated.get());
+            sum.consumed.add(w.consumed.get());
+            sum.punted.add(w.punted.get());
+            add_all(&sum.punted_by_service, &w.punted_by_service);
+            sum.injected.add(w.injected.get());
+            sum.inject_dropped.add(w.inject_dropped.get());
+            add_all(&sum.drops, &w.drops);
+            add_all(&sum.stage_packets, &w.stage_packets);
+            add_all(&sum.stage_calls, &w.stage_calls);
+            add_all(&sum.stage_cycles, &w.stage_cycles);
+            add_all(&sum.stage_drops, &w.stage_drops);
+            for (port, stage, reason, n) in w.port_drops.iter() {
+                sum.port_drops.add(port, stage, reason, n);
+            }
+            sum.port_drops.overflow.add(w.port_drops.overflow.get());
+            sum.loops.add(w.loops.get());
+            sum.busy_loops.add(w.busy_loops.get());
+            sum.busy_ns.add(w.busy_ns.get());
+            sum.idle_ns.add(w.idle_ns.get());
+            sum.handoffs.add(w.handoffs.get());
+            sum.handoff_drops.add(w.handoff_drops.get());
+            sum.handoffs_received.add(w.handoffs_received.get());
+            sum.neighbor_news.add(w.neighbor_news.get());
+            sum.neighbor_news_lost.add(w.neighbor_news_lost.get());
+            sum.macs_learned.add(w.macs_learned.get());
+            sum.mac_moves.add(w.mac_moves.get());
+            sum.macs_aged.add(w.macs_aged.get());
+            sum.mac_table_full.add(w.mac_table_full.get());
+            sum.mac_port_limit.add(w.mac_port_limit.get());
+            sum.mac_move_refused.add(w.mac_move_refused.get());
+            sum.checksums_completed.add(w.checksums_completed.get());
+            sum.arp_responder_replies.add(w.arp_responder_replies.get());
+            sum.vxlan_encapsulated.add(w.vxlan_encapsulated.get());
+            sum.vxlan_decapsulated.add(w.vxlan_decapsulated.get());
+            sum.macs.set(sum.macs.get() + w.macs.get());
+            sum.icmp_errors.add(w.icmp_errors.get());
+            sum.icmp_rate_limited.add(w.icmp_rate_limited.get());
+            sum.fragments.add(w.fragments.get());
+            sum.sessions.set(sum.sessions.get() + w.sessions.get());
+            sum.neighbors.set(sum.neighbors.get() + w.neighbors.get());
+            sum.neighbor_waiting
+                .set(sum.neighbor_waiting.get() + w.neighbor_waiting.get());
+            generation = generation.min(w.generation.get());
+            for (a, b) in sum.ports.iter().zip(w.ports.iter()) {
+                a.add_from(b);
+            }
+        }
+        sum.generation.set(if generation == u64::MAX {
+            0
+        } else {
+            generation
+        });
+        sum
+    }
+
     /// Count of drops for one reason.
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize].get()
@@ -292,6 +393,22 @@ impl WorkerCounters {
         if let Some(port) = port {
             self.port_drops.add(port, stage, reason, n);
         }
+    }
+
+    /// Frames that came into the worker: received, copied by flooding, made by the
+    /// worker (or injected), handed over by another worker.
+    pub fn frames_in(&self) -> u64 {
+        self.rx_packets.get()
+            + self.replicas.get()
+            + self.originated.get()
+            + self.handoffs_received.get()
+    }
+
+    /// Frames that left the worker: sent, dropped, consumed, handed to another worker.
+    /// Once the worker has flushed, `frames_in() == frames_out()` plus the packets waiting
+    /// for a neighbour; summed over workers whose handoff rings are empty, likewise.
+    pub fn frames_out(&self) -> u64 {
+        self.tx_packets.get() + self.dropped_total() + self.consumed.get() + self.handoffs.get()
     }
 
     /// Count of all drops.

@@ -93,6 +93,7 @@ drop_reasons! {
     NotVxlan => "not_vxlan", "Sent to the tunnel endpoint's address but no tunnel packet (VXLAN on UDP 4789, Geneve on UDP 6081, GRE) nor ARP.";
     TunnelUnresolved => "tunnel_unresolved", "The remote tunnel endpoint's underlay MAC is not known yet (an ARP request was sent).";
     TunnelToTunnel => "tunnel_to_tunnel", "Decapsulated frame to a MAC behind another tunnel endpoint: hosts only relay between the overlay and their own ports.";
+    HandoffRingFull => "handoff_ring_full", "The worker that owns the output port's queue is behind: the handoff ring to it is full.";
     Policed => "policed", "QoS: over the port's bandwidth limit (a Neutron bandwidth_limit rule): its token bucket did not hold the frame's bytes.";
 }
 

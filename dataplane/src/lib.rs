@@ -18,6 +18,7 @@ pub mod conntrack;
 pub mod counters;
 pub mod drop;
 pub mod frag;
+pub mod handoff;
 pub mod icmp_error;
 pub mod l2;
 pub mod l3;

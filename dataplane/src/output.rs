@@ -5,6 +5,7 @@ use crate::buf::FramePool;
 use crate::conntrack::ConnTable;
 use crate::counters::WorkerCounters;
 use crate::drop::DropReason;
+use crate::handoff::HandoffOut;
 use crate::l3::ORIGINATED;
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
 use crate::pipeline::capture::Capturer;
@@ -35,6 +36,9 @@ pub struct PortSet {
     /// The port set of an explain pass, which has no ports: what would have been sent is
     /// recorded here instead (port and frame as it would leave).
     sink: Option<Vec<(PortId, Vec<u8>)>>,
+    /// Frames for ports whose queues another worker owns go there (see
+    /// [`crate::handoff`]); empty with one worker.
+    pub(crate) handoff: HandoffOut,
 }
 
 impl std::fmt::Debug for PortSet {
@@ -61,6 +65,7 @@ impl PortSet {
             tx_queue,
             capture: None,
             sink: None,
+            handoff: HandoffOut::default(),
         }
     }
 
@@ -152,20 +157,7 @@ impl PortSet {
         pkt: Packet,
     ) {
         let Some(Some(a)) = self.slots.get_mut(out.index()) else {
-            if let Some(sink) = self.sink.as_mut() {
-                return record(sink, pool, out, pkt);
-            }
-            drop_packet(
-                pool,
-                counters,
-                pkt,
-                Stage::Output,
-                DropReason::PortNotAttached,
-            );
-            if let Some(pc) = counters.port(out) {
-                pc.tx_dropped.inc();
-            }
-            return;
+            return self.enqueue_elsewhere(pool, counters, out, pkt);
         };
         if !a.dirty {
             a.dirty = true;
@@ -176,6 +168,36 @@ impl PortSet {
         debug_assert!(queued.is_ok());
         if a.pending.is_full() {
             send(a, out, self.tx_queue, pool, counters, &mut self.capture);
+        }
+    }
+
+    /// [`PortSet::enqueue`] for a port not attached here: recorded by an explain pass,
+    /// handed to the worker that owns the port, or dropped. Out of line, so that the
+    /// loops that enqueue stay as small as with one worker.
+    #[cold]
+    #[inline(never)]
+    fn enqueue_elsewhere(
+        &mut self,
+        pool: &mut FramePool,
+        counters: &WorkerCounters,
+        out: PortId,
+        pkt: Packet,
+    ) {
+        if let Some(sink) = self.sink.as_mut() {
+            return record(sink, pool, out, pkt);
+        }
+        if let Some(owner) = self.handoff.owner(out.0) {
+            return self.hand_off(pool, counters, owner, out, pkt);
+        }
+        drop_packet(
+            pool,
+            counters,
+            pkt,
+            Stage::Output,
+            DropReason::PortNotAttached,
+        );
+        if let Some(pc) = counters.port(out) {
+            pc.tx_dropped.inc();
         }
     }
 
@@ -190,7 +212,76 @@ impl PortSet {
                 }
             }
         }
+        if self.handoff.has_pending() {
+            self.flush_handoffs(pool, counters);
+        }
     }
+
+    /// Records that worker `owner` transmits on `port` for this one (`None`: none does).
+    /// A port attached here is always sent on here.
+    pub fn set_transmit_owner(&mut self, port: PortId, owner: Option<u16>) {
+        self.handoff.set_owner(port.0, owner);
+    }
+
+    /// Queues `pkt` for the worker that owns `out`'s queue; pushes that worker's batch
+    /// when it is full.
+    #[inline]
+    fn hand_off(
+        &mut self,
+        pool: &mut FramePool,
+        counters: &WorkerCounters,
+        owner: u16,
+        out: PortId,
+        pkt: Packet,
+    ) {
+        if let Err(pkt) = self.handoff.queue(owner, out.0, pkt) {
+            return drop_packet(
+                pool,
+                counters,
+                pkt,
+                Stage::Output,
+                DropReason::InternalError,
+            );
+        }
+        if self.handoff.full(owner) {
+            push_handoff(&mut self.handoff, owner, pool, counters);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn flush_handoffs(&mut self, pool: &mut FramePool, counters: &WorkerCounters) {
+        let mut owners = [0u16; crate::handoff::MAX_WORKERS];
+        let mut n = 0;
+        for owner in self.handoff.dirty() {
+            if n < owners.len() {
+                owners[n] = owner;
+                n += 1;
+            }
+        }
+        for &owner in &owners[..n] {
+            push_handoff(&mut self.handoff, owner, pool, counters);
+        }
+    }
+}
+
+/// Pushes the batch waiting for `owner` into its ring and counts the frames it refused
+/// as drops (the ring is full: the owner is behind).
+fn push_handoff(
+    handoff: &mut HandoffOut,
+    owner: u16,
+    pool: &mut FramePool,
+    counters: &WorkerCounters,
+) {
+    let handed = handoff.push(owner, pool, |pkt| {
+        counters.handoff_drops.inc();
+        let port = (pkt.in_port != ORIGINATED).then_some(pkt.in_port);
+        counters.count_drop(port, Stage::Output, DropReason::HandoffRingFull, 1);
+        if let Some(pc) = counters.port(pkt.in_port) {
+            pc.rx_dropped.inc();
+        }
+    });
+    counters.handoffs.add(handed as u64);
 }
 
 /// Records a frame an explain pass would send, and frees it.

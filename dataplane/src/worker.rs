@@ -14,6 +14,7 @@ use std::sync::Arc;
 use crate::buf::{FrameId, FramePool};
 use crate::conntrack::{ConnConfig, ConnTable, FlowKey6};
 use crate::counters::WorkerCounters;
+use crate::handoff::{Handoff, HandoffIn};
 use crate::l2::MacTable;
 use crate::l3::{self, RouterState, ORIGINATED};
 use crate::output::PortSet;
@@ -31,7 +32,7 @@ use crate::snapshot::{PortRole, Snapshot};
 /// Tunables of a worker.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorkerConfig {
-    /// Worker index; also the transmit queue it uses on every port.
+    /// Worker index (its place among the workers of a [`crate::handoff::mesh`]).
     pub id: u16,
     /// Most MACs the worker learns across all networks.
     pub mac_table_capacity: usize,
@@ -63,6 +64,12 @@ impl Default for WorkerConfig {
 
 /// NAT sessions a worker holds by default (about 12 MiB).
 pub const DEFAULT_SESSIONS: usize = 65_536;
+
+/// Frames a worker takes from the other workers' handoff rings per pass at most.
+pub const HANDOFFS_PER_PASS: usize = 4 * MAX_BURST;
+
+/// Neighbour news items a worker records per pass at most (ARP packets are few).
+pub const NEWS_PER_PASS: usize = 64;
 
 /// Jobs a worker runs per housekeeping round at most.
 pub const JOBS_PER_ROUND: usize = 64;
@@ -119,6 +126,10 @@ pub struct Worker {
     now_secs: u32,
     /// The same in nanoseconds.
     now_ns: u64,
+    /// Frames and neighbour news from the other workers (see [`crate::handoff`]).
+    handoff_in: HandoffIn,
+    /// Whether other workers are connected: one branch per pass for a lone worker.
+    has_peers: bool,
     /// Never disconnected: the worker holds a sender itself.
     jobs: Receiver<Job>,
     mailbox: Sender<Job>,
@@ -152,7 +163,9 @@ impl Worker {
         counters.generation.set(snap.generation());
         Worker {
             pool,
-            ports: PortSet::new(config.id),
+            // Each worker's port holds only the queues that worker polls (the rest of a
+            // multi-queue port is another worker's): it transmits on the first of them.
+            ports: PortSet::new(0),
             poll_list: Vec::new(),
             snap,
             cell,
@@ -169,10 +182,37 @@ impl Worker {
             next_housekeeping_ns: 0,
             now_secs: 0,
             now_ns: 0,
+            handoff_in: HandoffIn::default(),
+            has_peers: false,
             jobs,
             mailbox,
             config,
         }
+    }
+
+    /// Connects the worker to the others: `handoff` is its element of
+    /// [`crate::handoff::mesh`]. Frames for ports set with
+    /// [`Worker::set_transmit_owner`] go to their owner from then on, and neighbours
+    /// learned from ARP are told to every peer.
+    pub fn connect_workers(&mut self, handoff: Handoff) {
+        self.has_peers = handoff.out.connected();
+        self.ports.handoff = handoff.out;
+        self.handoff_in = handoff.inn;
+        if self.has_peers {
+            self.stages.l3.record_news(NEWS_PER_PASS);
+        }
+    }
+
+    /// Records that worker `owner` polls and transmits on `port` (`None`: no other
+    /// worker does), so frames this worker sends there are handed to it. A port attached
+    /// to this worker is sent on here whatever this says.
+    pub fn set_transmit_owner(&mut self, port: PortId, owner: Option<u16>) {
+        self.ports.set_transmit_owner(port, owner);
+    }
+
+    /// The worker's index.
+    pub fn id(&self) -> u16 {
+        self.config.id
     }
 
     /// The worker's mailbox.
@@ -240,7 +280,7 @@ impl Worker {
         pkt.in_port = port;
         let mut pkts = [pkt];
         let counters = WorkerCounters::new(self.counters.ports.len());
-        let mut ports = PortSet::recorder(self.config.id);
+        let mut ports = PortSet::recorder(0);
         let running =
             self.stages
                 .trace
@@ -436,9 +476,15 @@ impl Worker {
         self.now_secs = now_secs;
         self.now_ns = now_ns;
         let mut received = 0;
+        if self.has_peers {
+            received += self.take_from_peers();
+        }
         for i in 0..self.poll_list.len() {
             let (port_id, queue) = self.poll_list[i];
             received += self.process_burst(port_id, queue);
+        }
+        if self.has_peers {
+            self.tell_peers();
         }
         self.ports.flush(&mut self.pool, &self.counters);
         // Jobs, slow-path replies and the ports' own upkeep are cheap and latency matters
@@ -457,6 +503,48 @@ impl Worker {
             self.counters.busy_loops.inc();
         }
         received
+    }
+
+    /// Takes the frames other workers handed over (into this worker's pool: a frame left
+    /// in the ring when the pool is empty is back-pressure, not loss) and queues them for
+    /// their ports; applies the neighbours the others learned. Returns the frames taken.
+    #[cold]
+    #[inline(never)]
+    fn take_from_peers(&mut self) -> usize {
+        let now = self.now_secs;
+        let (router, counters) = (&mut self.stages.l3, &*self.counters);
+        self.handoff_in.news(|news| {
+            counters.neighbor_news.inc();
+            router.apply_news(news, now);
+        });
+        let (pool, ports) = (&mut self.pool, &mut self.ports);
+        self.handoff_in.take(HANDOFFS_PER_PASS, |port, frame| {
+            if frame.is_empty() || port == u16::MAX {
+                // A frame the sender could not copy; it counted the drop.
+                return true;
+            }
+            let Some((id, offset)) = pool.alloc_with(frame) else {
+                return false;
+            };
+            counters.handoffs_received.inc();
+            let mut pkt = Packet::received(id, offset, frame.len() as u16);
+            pkt.in_port = ORIGINATED;
+            pkt.meta.next = Next::Output(PortId(port));
+            ports.enqueue(pool, counters, PortId(port), pkt);
+            true
+        })
+    }
+
+    /// Tells the other workers what this pass learned from ARP.
+    #[cold]
+    #[inline(never)]
+    fn tell_peers(&mut self) {
+        let handoff = &mut self.ports.handoff;
+        let mut lost = 0;
+        let overflow = self.stages.l3.take_news(|news| lost += handoff.tell(&news));
+        if lost + overflow > 0 {
+            self.counters.neighbor_news_lost.add(lost + overflow);
+        }
     }
 
     #[inline]

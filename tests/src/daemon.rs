@@ -438,11 +438,13 @@ pub struct WorkerTotals {
     pub dropped: u64,
 }
 
-/// Parses the worker totals line of polluxd's final counters.
+/// Parses the worker totals line of polluxd's final counters (summed over the workers
+/// when several run).
 pub fn parse_worker_totals(stderr: &str) -> Option<WorkerTotals> {
-    let line = stderr
-        .lines()
-        .find_map(|l| l.strip_prefix("polluxd: worker 0: "))?;
+    let line = stderr.lines().find_map(|l| {
+        l.strip_prefix("polluxd: worker 0: ")
+            .or_else(|| l.strip_prefix("polluxd: workers: "))
+    })?;
     let w: Vec<&str> = line.split_whitespace().collect();
     // rx N tx N flood copies N dropped N
     match w.as_slice() {

@@ -10,5 +10,6 @@ pub mod harness;
 pub mod neutron_iptables;
 pub mod port_lab;
 pub mod vm_lab;
+pub mod workers;
 
 pub use pollux_testkit::{dhcp, netns, ovs};

@@ -202,6 +202,9 @@ enum Show {
     },
     /// Each pipeline stage's calls, packets per call and time per packet.
     Runtime,
+    /// Each worker: its CPU, the port queues it polls, its packets, handoffs to and from
+    /// the other workers and how busy it is.
+    Workers,
     /// The VM ports with a QoS policy: what their bandwidth limits dropped (packets and
     /// bytes, per direction) and how many packets they marked.
     Qos,
@@ -637,6 +640,7 @@ fn show_request(show: &Show) -> (&'static str, Value) {
             ("drops.list", params)
         }
         Show::Runtime => ("runtime.get", json!({})),
+        Show::Workers => ("workers.list", json!({})),
         Show::Qos => ("stats.get", json!({})),
     }
 }
@@ -898,6 +902,19 @@ const RUNTIME_COLUMNS: &[Column] = &[
     ("NS/PKT", "ns_per_packet"),
 ];
 
+const WORKER_QUEUE_COLUMNS: &[Column] = &[
+    ("WORKER", "id"),
+    ("CPU", "core"),
+    ("BUSY%", "busy_percent"),
+    ("RX", "rx_packets"),
+    ("TX", "tx_packets"),
+    ("HANDOFFS", "handoffs"),
+    ("HANDED_IN", "handoffs_received"),
+    ("HANDOFF_DROPS", "handoff_drops"),
+    ("DROPPED", "dropped"),
+    ("QUEUES", "queues"),
+];
+
 const HISTORY_COLUMNS: &[Column] = &[
     ("GENERATION", "generation"),
     ("APPLIED_AT", "applied_at"),
@@ -1110,6 +1127,21 @@ fn render_show(show: &Show, result: &Value) -> String {
         }
         Show::Drops { .. } => table(rows(result, "drops"), STAGE_DROP_COLUMNS),
         Show::Runtime => table(rows(result, "stages"), RUNTIME_COLUMNS),
+        Show::Workers => {
+            let workers: Vec<Value> = rows(result, "workers")
+                .iter()
+                .map(|w| {
+                    let mut w = w.clone();
+                    let queues: Vec<String> = rows(&w, "queues")
+                        .iter()
+                        .map(|q| format!("{}:{}", cell_text(q.get("port")), q["queue"]))
+                        .collect();
+                    w["queues"] = json!(queues.join(" "));
+                    w
+                })
+                .collect();
+            table(&workers, WORKER_QUEUE_COLUMNS)
+        }
         Show::Qos => table(rows(result, "qos"), QOS_COLUMNS),
     }
 }
@@ -1786,6 +1818,24 @@ mod tests {
             .join("\n")
             .replace("{}", &" ".repeat(20))
         );
+    }
+
+    #[test]
+    fn show_workers() {
+        let cli = Cli::try_parse_from(["polluxctl", "show", "workers"]).unwrap();
+        let (method, _) = request(&cli.command).unwrap();
+        assert_eq!(method, "workers.list");
+        let Command::Show(show) = &cli.command else {
+            unreachable!()
+        };
+        let result = json!({ "workers": [
+            { "id": 0, "core": 0, "busy_percent": 50.5, "rx_packets": 10, "tx_packets": 9,
+              "handoffs": 4, "handoffs_received": 3, "handoff_drops": 0, "dropped": 1,
+              "queues": [{ "port": "vm1", "queue": 0 }, { "port": "uplink:phys", "queue": 1 }] },
+        ]});
+        let out = render_show(show, &result);
+        assert!(out.contains("vm1:0 uplink:phys:1"), "{out}");
+        assert!(out.starts_with("WORKER  CPU  BUSY%"), "{out}");
     }
 
     #[test]

@@ -29,11 +29,11 @@ struct Args {
     /// Generations kept for rollback.
     #[arg(long, value_name = "N", default_value_t = DEFAULT_HISTORY)]
     history: usize,
-    /// Worker threads (only 1 is supported so far).
-    #[arg(long, value_name = "N", default_value_t = 1)]
-    workers: usize,
-    /// CPUs for the workers (e.g. `1` or `2-3`); the worker runs on the first. Default:
-    /// the last CPU.
+    /// Workers: the first N CPUs of --cores (default: one per CPU of --cores).
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
+    /// CPUs for the workers (e.g. `1` or `0,1` or `2-3`): one worker pinned to each.
+    /// Default: one worker on the last CPU.
     #[arg(long, value_name = "LIST")]
     cores: Option<String>,
     /// Serve Prometheus metrics on ADDR (e.g. `127.0.0.1:9477`) at /metrics.
@@ -65,21 +65,26 @@ struct Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     set_level(args.log_level);
-    if args.workers != 1 {
-        eprintln!(
-            "polluxd: --workers {}: only one worker is supported so far",
-            args.workers
-        );
-        return ExitCode::from(2);
-    }
-    let core = match args.cores.as_deref().map(parse_cpu_list) {
-        None => None,
-        Some(Ok(cpus)) => cpus.first().copied(),
+    let mut cores = match args.cores.as_deref().map(parse_cpu_list) {
+        None => Vec::new(),
+        Some(Ok(cpus)) => cpus,
         Some(Err(e)) => {
             eprintln!("polluxd: --cores: {e}");
             return ExitCode::from(2);
         }
     };
+    match args.workers {
+        None => {}
+        Some(1) if cores.is_empty() => {}
+        Some(n) if n >= 1 && n <= cores.len() => cores.truncate(n),
+        Some(n) => {
+            eprintln!(
+                "polluxd: --workers {n}: give --cores with at least {n} CPU(s), one per \
+                 worker (workers are pinned, never two on one CPU)"
+            );
+            return ExitCode::from(2);
+        }
+    }
     if args.busy_poll {
         pollux_control::binding::set_busy_poll(BusyPoll {
             budget: args.busy_poll_budget,
@@ -91,7 +96,7 @@ fn main() -> ExitCode {
         socket: args.socket,
         state_dir: args.state_dir,
         history: args.history,
-        core,
+        cores,
         metrics: args.metrics,
         max_request: args.max_request,
         pool_frames: args.pool_frames,

@@ -255,6 +255,7 @@ impl Engine {
         }
         let mut phases = Phases::start();
         let valid = validate(&state).map_err(ApplyError::Invalid)?;
+        super::refuse_flow_state(&state, self.workers.len())?;
         phases.mark("validate");
         let diff = match &edits {
             Some(edits) if edits.touched.len() <= DIFF_BY_TOUCHED_MAX => {
@@ -463,10 +464,10 @@ impl Engine {
         }
     }
 
-    /// Waits until the worker runs `generation` (or a newer one).
+    /// Waits until every worker runs `generation` (or a newer one).
     pub(super) fn wait_for_worker(&self, generation: u64) -> Result<(), ApplyError> {
         let deadline = Instant::now() + WORKER_TIMEOUT;
-        while self.worker.ack.get() < generation {
+        while self.workers.iter().any(|w| w.ack.get() < generation) {
             if Instant::now() > deadline {
                 return Err(ApplyError::Internal(format!(
                     "generation {generation} is committed, but the worker has not picked it up \

@@ -2,10 +2,12 @@
 //! NAT sessions, driver statistics and DHCP leases. Reads of the worker's tables run on
 //! the worker as a job, between two passes.
 
+use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::mpsc;
 
 use pollux_dataplane::conntrack::{ConnKey, Dir, FlowKey, Session, TcpState};
+use pollux_dataplane::l3::Neighbor;
 use pollux_dataplane::l3::REACHABLE_SECS;
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::secgroup::zone_port;
@@ -21,10 +23,23 @@ impl Engine {
     /// Learned and static FDB entries: (network id, MAC, port key, learned, age in
     /// seconds). Learned entries come from the worker's table, read by a job.
     pub fn fdb(&self) -> Result<Vec<FdbEntry>, ApplyError> {
-        let (now, learned) = self.call(|w| {
+        // Each worker learns on its own: a MAC several learned is shown once, as the
+        // worker that saw it last has it.
+        let mut latest = BTreeMap::new();
+        for (now, entries) in self.call_each(|w| {
             let entries: Vec<_> = w.macs().entries().collect();
             (w.now_secs(), entries)
-        })?;
+        })? {
+            for (slot, mac, entry) in entries {
+                let age = now.saturating_sub(entry.seen);
+                match latest.get(&(entry.uid, mac)) {
+                    Some(&(_, _, a)) if a <= age => {}
+                    _ => {
+                        latest.insert((entry.uid, mac), (slot, entry, age));
+                    }
+                }
+            }
+        }
         let networks = self.active.identities.networks_by_uid();
         let ports = self.active.identities.ports_by_id();
         let snap = self.publisher.current();
@@ -44,7 +59,7 @@ impl Engine {
                 });
             }
         }
-        for (_, mac, entry) in learned {
+        for ((_, mac), (_, entry, age_secs)) in latest {
             // Entries left by a removed network or port age out; they are not shown.
             if let (Some(&network_id), Some(&port)) =
                 (networks.get(&entry.uid), ports.get(&entry.port.0))
@@ -54,7 +69,7 @@ impl Engine {
                     mac: fmt_mac(mac_from_u64(mac)),
                     port: port.to_string(),
                     learned: true,
-                    age_secs: now.saturating_sub(entry.seen),
+                    age_secs,
                 });
             }
         }
@@ -66,13 +81,31 @@ impl Engine {
     /// sorted by network and address. Entries of removed networks are not shown (they age
     /// out).
     pub fn neighbors(&self) -> Result<Vec<NeighborEntry>, ApplyError> {
-        let (now, entries) = self.call(|w| {
+        // Workers tell each other what ARP taught them, so their tables agree but for
+        // entries still being asked for: each neighbour is shown once, the most
+        // recently confirmed.
+        let mut latest = BTreeMap::new();
+        let mut now = 0;
+        for (worker_now, entries) in self.call_each(|w| {
             let entries: Vec<_> = w.router().neighbors().entries().collect();
             (w.now_secs(), entries)
-        })?;
+        })? {
+            now = now.max(worker_now);
+            for (uid, ip, n) in entries {
+                let better =
+                    latest
+                        .get(&(uid.0, ip))
+                        .is_none_or(|(_, _, old): &(_, _, Neighbor)| {
+                            (n.mac().is_some(), n.confirmed) > (old.mac().is_some(), old.confirmed)
+                        });
+                if better {
+                    latest.insert((uid.0, ip), (uid, ip, n));
+                }
+            }
+        }
         let networks = self.active.identities.networks_by_uid();
-        let mut out: Vec<NeighborEntry> = entries
-            .into_iter()
+        let mut out: Vec<NeighborEntry> = latest
+            .into_values()
             .filter_map(|(uid, ip, n)| {
                 let network_id = networks.get(&uid.0)?.to_string();
                 let age_secs = now.saturating_sub(n.confirmed);
@@ -98,7 +131,7 @@ impl Engine {
     /// original flow: the routers' NAT sessions and the security groups' connections.
     /// Those of removed routers and ports are not shown.
     pub fn sessions(&self) -> Result<Vec<SessionEntry>, ApplyError> {
-        let (now, sessions) = self.call(|w| {
+        let per_worker = self.call_each(|w| {
             let now = u64::from(w.now_secs());
             let mut rows: Vec<SessionRow> = w
                 .sessions()
@@ -114,10 +147,11 @@ impl Engine {
             );
             (now, rows)
         })?;
+        let now = per_worker.iter().map(|(n, _)| *n).max().unwrap_or(0);
+        let sessions = per_worker.into_iter().flat_map(|(_, rows)| rows);
         let routers = self.active.identities.routers_by_uid();
         let ports = self.active.identities.ports_by_id();
         let mut out: Vec<SessionEntry> = sessions
-            .into_iter()
             .filter_map(|s| {
                 let (zone, router_id) = match zone_port(s.zone) {
                     Some(port) => (ports.get(&port.0)?.to_string(), None),
@@ -151,7 +185,10 @@ impl Engine {
     /// Every open port's driver name (its interface, for AF_XDP) and driver statistics,
     /// read by a job.
     pub fn driver_stats(&self) -> Result<Vec<DriverStats>, ApplyError> {
-        self.call(|w| {
+        // A port whose queues are on several workers has a part on each: one row, its
+        // counters summed.
+        let mut rows: BTreeMap<PortId, DriverStats> = BTreeMap::new();
+        for parts in self.call_each(|w| {
             w.ports()
                 .iter()
                 .map(|(id, p)| DriverStats {
@@ -159,8 +196,25 @@ impl Engine {
                     name: p.name().to_string(),
                     extra: p.stats().extra,
                 })
-                .collect()
-        })
+                .collect::<Vec<_>>()
+        })? {
+            for part in parts {
+                match rows.get_mut(&part.id) {
+                    None => {
+                        rows.insert(part.id, part);
+                    }
+                    Some(row) => {
+                        for (key, value) in part.extra {
+                            match row.extra.iter_mut().find(|(k, _)| *k == key) {
+                                Some((_, v)) => *v += value,
+                                None => row.extra.push((key, value)),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(rows.into_values().collect())
     }
 
     /// Every DHCP lease, by network id then address.
@@ -181,28 +235,42 @@ impl Engine {
             .unwrap_or_default()
     }
 
-    /// The worker's mailbox, for work that outlives one request (a capture's end).
-    pub(crate) fn mailbox(&self) -> Mailbox {
-        self.worker.mailbox.clone()
+    /// Worker `worker`'s mailbox, for work that outlives one request (a capture's end).
+    pub(crate) fn mailbox_on(&self, worker: u16) -> Mailbox {
+        self.workers[usize::from(worker)].mailbox.clone()
     }
 
-    /// Runs `f` on the worker's thread and returns its result.
-    pub(crate) fn call<R: Send + 'static>(
+    /// Runs `f` on worker `worker`'s thread and returns its result.
+    pub(crate) fn call_on<R: Send + 'static>(
         &self,
+        worker: u16,
         f: impl FnOnce(&mut Worker) -> R + Send + 'static,
     ) -> Result<R, ApplyError> {
+        let link = self
+            .workers
+            .get(usize::from(worker))
+            .ok_or_else(|| ApplyError::Internal(format!("no worker {worker}")))?;
         let (tx, rx) = mpsc::sync_channel(1);
-        self.worker
-            .mailbox
+        link.mailbox
             .post(move |w| {
                 let _ = tx.send(f(w));
             })
             .map_err(|e| ApplyError::Internal(e.to_string()))?;
         rx.recv_timeout(WORKER_TIMEOUT).map_err(|_| {
             ApplyError::Internal(format!(
-                "the worker did not answer within {WORKER_TIMEOUT:?}"
+                "worker {worker} did not answer within {WORKER_TIMEOUT:?}"
             ))
         })
+    }
+
+    /// Runs `f` on every worker, in worker order; their results.
+    pub(crate) fn call_each<R: Send + 'static>(
+        &self,
+        f: impl Fn(&mut Worker) -> R + Send + Clone + 'static,
+    ) -> Result<Vec<R>, ApplyError> {
+        (0..self.workers.len() as u16)
+            .map(|w| self.call_on(w, f.clone()))
+            .collect()
     }
 }
 

@@ -24,13 +24,18 @@
 //! behind the socket's list methods.
 
 mod apply;
+mod flow_state;
 mod inspect;
 mod objects;
+mod placement;
 mod ports;
 
 pub use apply::{state_from_json, ApplyOptions, ApplyOutcome};
 pub use inspect::{DriverStats, FdbEntry, NeighborEntry, NeighborState, SessionEntry, SessionFlow};
+pub use placement::Placement;
 pub use ports::{kind_name, port_label, PortStatus};
+
+use self::flow_state::refuse_flow_state;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -39,6 +44,7 @@ use std::time::{Duration, Instant};
 
 use pollux_dataplane::buf::{FramePool, DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM};
 use pollux_dataplane::counters::WorkerCounters;
+use pollux_dataplane::handoff::{mesh, MAX_WORKERS};
 use pollux_dataplane::port::{Port, PortId};
 use pollux_dataplane::publish::{GenerationAck, Publisher};
 use pollux_dataplane::slowpath::DEFAULT_RING_DEPTH;
@@ -70,11 +76,12 @@ const PORT_ID_SLOTS: usize = u16::MAX as usize;
 /// Only a wedged worker takes this long.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How the engine runs its worker.
+/// How the engine runs its workers.
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
-    /// CPU the worker is pinned to (`None`: not pinned).
-    pub core: Option<usize>,
+    /// One worker per entry, pinned to that CPU (`None`: not pinned, as tests run more
+    /// workers than they have CPUs); empty: one unpinned worker.
+    pub cores: Vec<Option<usize>>,
     /// Frames in the worker's pool; raised to what the initial ports need.
     pub pool_frames: u32,
     /// Ring geometry of `mem` ports.
@@ -86,7 +93,7 @@ pub struct EngineConfig {
 impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
-            core: None,
+            cores: vec![None],
             pool_frames: DEFAULT_POOL_FRAMES,
             mem: MemPortConfig::default(),
             worker: WorkerConfig::default(),
@@ -202,6 +209,9 @@ impl From<CompileError> for ApplyError {
     }
 }
 
+/// A port's part opened on a worker at start-up: (worker, port, the part, its queues).
+type OpenedPart = (u16, PortId, Box<dyn Port>, Vec<u16>);
+
 /// The running configuration.
 #[derive(Debug)]
 struct Active {
@@ -228,7 +238,9 @@ pub struct Engine {
     publisher: Publisher,
     store: Option<Store>,
     bindings: Bindings,
-    worker: WorkerLink,
+    /// Worker `i` at index `i`.
+    workers: Vec<WorkerLink>,
+    placement: Placement,
     status: BTreeMap<PortId, PortStatus>,
     /// Frames the open ports may hold, against the pool's capacity.
     frames_committed: u32,
@@ -246,7 +258,7 @@ impl fmt::Debug for Engine {
         f.debug_struct("Engine")
             .field("generation", &self.active.generation)
             .field("ports", &self.active.plans.len())
-            .field("worker", &self.worker)
+            .field("workers", &self.workers)
             .finish_non_exhaustive()
     }
 }
@@ -278,30 +290,52 @@ impl Engine {
             .iter()
             .map(|p| Bindings::frames_needed(&p.binding))
             .sum();
+        let cores: Vec<Option<usize>> = if config.cores.is_empty() {
+            vec![None]
+        } else {
+            config.cores.clone()
+        };
+        if cores.len() > MAX_WORKERS {
+            return Err(format!("at most {MAX_WORKERS} workers"));
+        }
+        refuse_flow_state(&initial.state, cores.len()).map_err(|e| e.to_string())?;
+        // Every worker's pool can hold every AF_XDP queue's frames: queues are placed on
+        // workers as they come, and a change may put them all on one.
         let pool_capacity = config.pool_frames.max(needed + SPARE_FRAMES);
-        let mut pool = FramePool::new(pool_capacity, DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM)
-            .map_err(|e| format!("frame pool of {pool_capacity} frames: {e}"))?;
-        // SAFETY: every socket made from this UMEM belongs to a port that lives in the
-        // worker (which drops its ports before its pool) or is closed by the engine before
-        // its frames go back to the pool; on the error path below the opened ports release
-        // their frames before the pool is dropped. No code indexes frames it does not own.
-        let umem = unsafe { Umem::new(&pool) }.map_err(|e| format!("AF_XDP UMEM: {e}"))?;
-        let mut bindings = Bindings::new(umem, config.mem, wires);
+        let mut pools = Vec::with_capacity(cores.len());
+        let mut umems = Vec::with_capacity(cores.len());
+        for _ in &cores {
+            let pool = FramePool::new(pool_capacity, DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM)
+                .map_err(|e| format!("frame pool of {pool_capacity} frames: {e}"))?;
+            // SAFETY: every socket made from this UMEM belongs to a port that lives in its
+            // worker (which drops its ports before its pool) or is closed by the engine
+            // before its frames go back to the pool; on the error path below the opened
+            // ports release their frames before the pool is dropped. No code indexes
+            // frames it does not own.
+            umems.push(unsafe { Umem::new(&pool) }.map_err(|e| format!("AF_XDP UMEM: {e}"))?);
+            pools.push(pool);
+        }
+        let mut bindings = Bindings::new(umems, config.mem, wires);
+        let mut placement = Placement::new(cores.len());
 
-        let mut opened: Vec<(PortId, Box<dyn Port>, Vec<u16>)> = Vec::new();
+        let mut opened: Vec<OpenedPart> = Vec::new();
         let mut failure = None;
-        for plan in &plans {
-            let result = bindings
-                .prepare(plan)
-                .and_then(|p| match (p.open)(&mut pool) {
-                    Ok(port) => Ok((port, p.queues)),
-                    Err(e) => Err(e.to_string()),
-                });
-            match result {
-                Ok((port, queues)) => opened.push((plan.id, port, queues)),
+        'plans: for plan in &plans {
+            let owners = placement.place(plan.id, Bindings::queue_count(&plan.binding));
+            let parts = match bindings.prepare(plan, &owners) {
+                Ok(parts) => parts,
                 Err(e) => {
                     failure = Some(format!("{}: {e}", plan.key));
                     break;
+                }
+            };
+            for (w, part) in parts {
+                match (part.open)(&mut pools[usize::from(w)]) {
+                    Ok(port) => opened.push((w, plan.id, port, part.queues)),
+                    Err(e) => {
+                        failure = Some(format!("{}: {e}", plan.key));
+                        break 'plans;
+                    }
                 }
             }
         }
@@ -312,27 +346,46 @@ impl Engine {
             _ => Ok(()),
         };
         if let Some(e) = failure.or(persisted.err()) {
-            for (_, mut port, _) in opened {
-                port.release_frames(&mut pool);
+            for (w, _, mut port, _) in opened {
+                port.release_frames(&mut pools[usize::from(w)]);
             }
             return Err(e);
         }
 
         let mut publisher = Publisher::new(snapshot);
-        let ack = publisher.register_worker();
-        let mut worker = Worker::new(
-            config.worker,
-            pool,
-            publisher.cell(),
-            Arc::clone(&ack),
-            PORT_ID_SLOTS,
-        );
+        let mut handoffs = mesh(cores.len(), pools[0].max_data_len()).into_iter();
+        let mut built = Vec::with_capacity(cores.len());
+        for (w, pool) in pools.into_iter().enumerate() {
+            let ack = publisher.register_worker();
+            let mut worker = Worker::new(
+                WorkerConfig {
+                    id: w as u16,
+                    ..config.worker
+                },
+                pool,
+                publisher.cell(),
+                Arc::clone(&ack),
+                PORT_ID_SLOTS,
+            );
+            if cores.len() > 1 {
+                worker.connect_workers(handoffs.next().expect("one end per worker"));
+            }
+            built.push((worker, ack));
+        }
         let mut status = BTreeMap::new();
-        for (id, port, queues) in opened {
-            worker.attach(id, port, &queues);
+        for (w, id, port, queues) in opened {
+            built[usize::from(w)].0.attach(id, port, &queues);
             status.insert(id, PortStatus::Up);
         }
-        let ends = worker.connect_slow_path(DEFAULT_RING_DEPTH);
+        for (id, owners) in placement.ports() {
+            for (w, (worker, _)) in built.iter_mut().enumerate() {
+                worker.set_transmit_owner(id, placement.transmit_owner(owners, w as u16));
+            }
+        }
+        let ends = built
+            .iter_mut()
+            .map(|(w, _)| w.connect_slow_path(DEFAULT_RING_DEPTH))
+            .collect();
         let dhcp = DhcpService::start(
             store.as_ref().map(|s| s.dir().join(LEASE_DIR)),
             dhcp_networks(&valid, &identities),
@@ -341,14 +394,17 @@ impl Engine {
         // The slow path's services, each taking the frames punted with its id: a service
         // joins with a line here (and its entry in the data plane's `slowpath::SERVICES`).
         let services: Vec<Box<dyn PuntService>> = vec![Box::new(dhcp.punt_handler())];
-        let slow_path = SlowPathThread::start(vec![ends], services)
-            .map_err(|e| format!("slow-path thread: {e}"))?;
-        let counters = worker.counters();
-        let mailbox = worker.mailbox();
+        let slow_path =
+            SlowPathThread::start(ends, services).map_err(|e| format!("slow-path thread: {e}"))?;
+        let all_counters: Vec<(usize, Arc<WorkerCounters>)> = built
+            .iter()
+            .enumerate()
+            .map(|(w, (worker, _))| (w, worker.counters()))
+            .collect();
         let cell = publisher.cell();
         let rules_cell = publisher.cell();
         let metrics = Arc::new(
-            MetricsSource::new(vec![(0, Arc::clone(&counters))], Vec::new())
+            MetricsSource::new(all_counters, Vec::new())
                 .with_generation_fn(move || cell.generation())
                 .with_dhcp_fn(dhcp.stats_fn())
                 .with_slow_path_fn(slow_path.stats_fn())
@@ -361,12 +417,25 @@ impl Engine {
                         .collect()
                 }),
         );
-        let thread = workers::spawn(worker, config.worker.id, config.core).map_err(|e| {
-            format!(
-                "worker on CPU {}: {e}",
-                config.core.map_or("-".into(), |c| c.to_string())
-            )
-        })?;
+        let mut links = Vec::with_capacity(built.len());
+        for (w, (worker, ack)) in built.into_iter().enumerate() {
+            let core = cores[w];
+            let counters = worker.counters();
+            let mailbox = worker.mailbox();
+            let thread = workers::spawn(worker, w as u16, core).map_err(|e| {
+                format!(
+                    "worker {w} on CPU {}: {e}",
+                    core.map_or("-".into(), |c| c.to_string())
+                )
+            })?;
+            links.push(WorkerLink {
+                thread: Some(thread),
+                mailbox,
+                counters,
+                ack,
+                core,
+            });
+        }
         let engine = Engine {
             active: Active {
                 state: initial.state,
@@ -378,13 +447,8 @@ impl Engine {
             publisher,
             store,
             bindings,
-            worker: WorkerLink {
-                thread: Some(thread),
-                mailbox,
-                counters,
-                ack,
-                core: config.core,
-            },
+            workers: links,
+            placement,
             status,
             frames_committed: needed,
             pool_capacity,
@@ -444,14 +508,38 @@ impl Engine {
         self.bindings.vhost_user_status(id)
     }
 
-    /// The worker's counters.
-    pub fn counters(&self) -> &Arc<WorkerCounters> {
-        &self.worker.counters
+    /// The workers' counters summed (the worker's own with one worker).
+    pub fn counters(&self) -> Arc<WorkerCounters> {
+        match self.workers.as_slice() {
+            [one] => Arc::clone(&one.counters),
+            many => Arc::new(WorkerCounters::summed(
+                many.iter().map(|w| &*w.counters),
+                PORT_ID_SLOTS,
+            )),
+        }
     }
 
-    /// The CPU the worker is pinned to.
+    /// Each worker's counters, by worker index.
+    pub fn worker_counters(&self) -> Vec<Arc<WorkerCounters>> {
+        self.workers
+            .iter()
+            .map(|w| Arc::clone(&w.counters))
+            .collect()
+    }
+
+    /// The CPU each worker is pinned to, by worker index.
+    pub fn worker_cores(&self) -> Vec<Option<usize>> {
+        self.workers.iter().map(|w| w.core).collect()
+    }
+
+    /// The CPU the first worker is pinned to.
     pub fn worker_core(&self) -> Option<usize> {
-        self.worker.core
+        self.workers.first().and_then(|w| w.core)
+    }
+
+    /// Which worker polls each queue of each port.
+    pub fn placement(&self) -> &Placement {
+        &self.placement
     }
 
     /// What the metrics endpoint exports.
@@ -481,7 +569,8 @@ impl Engine {
         if let Some(dhcp) = self.dhcp.take() {
             dhcp.stop();
         }
-        let stopped = self.stop_worker()?;
+        let stopped = self.stop_workers()?;
+        let counters = self.counters();
         // Ports by their driver's name, as the logs called them while running.
         let names = self
             .port_names()
@@ -498,20 +587,31 @@ impl Engine {
         // programs and the UMEM description), which go with `self`.
         drop(stopped);
         Ok(Shutdown {
-            counters: Arc::clone(&self.worker.counters),
+            counters,
+            workers: self.worker_counters(),
             names,
             driver_stats,
         })
     }
 
-    /// Stops the worker thread, if it runs: its ports release their frames and close.
-    fn stop_worker(&mut self) -> Result<Option<workers::StoppedWorker>, String> {
-        let Some(thread) = self.worker.thread.take() else {
-            return Ok(None);
-        };
-        let stopped = thread.stop().map_err(|_| "the worker thread panicked")?;
+    /// Stops the worker threads that run: their ports release their frames and close.
+    fn stop_workers(&mut self) -> Result<Vec<workers::StoppedWorker>, String> {
+        let mut stopped = Vec::new();
+        let mut panicked = false;
+        for link in &mut self.workers {
+            let Some(thread) = link.thread.take() else {
+                continue;
+            };
+            match thread.stop() {
+                Ok(s) => stopped.push(s),
+                Err(_) => panicked = true,
+            }
+        }
         self.publisher.reclaim();
-        Ok(Some(stopped))
+        if panicked {
+            return Err("a worker thread panicked".into());
+        }
+        Ok(stopped)
     }
 }
 
@@ -519,15 +619,17 @@ impl Drop for Engine {
     /// An engine dropped without [`Engine::shutdown`] (an error path, a failing test) still
     /// stops its worker, so no poll loop outlives it.
     fn drop(&mut self) {
-        let _ = self.stop_worker();
+        let _ = self.stop_workers();
     }
 }
 
 /// What [`Engine::shutdown`] leaves.
 #[derive(Debug)]
 pub struct Shutdown {
-    /// The worker's final counters.
+    /// The workers' final counters, summed.
     pub counters: Arc<WorkerCounters>,
+    /// Each worker's final counters, by index.
+    pub workers: Vec<Arc<WorkerCounters>>,
     /// (port id, driver name) of the ports.
     pub names: Vec<(PortId, String)>,
     /// Driver statistics of each port just before the stop.

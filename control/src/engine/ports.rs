@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use pollux_dataplane::port::PortId;
 
 use super::{ApplyError, Engine, SPARE_FRAMES};
-use crate::binding::{describe, Bindings};
+use crate::binding::{describe, Bindings, Opener};
 use crate::compile::{PortKind, PortPlan};
 
 /// The state of one port's binding.
@@ -171,82 +171,170 @@ impl Engine {
     }
 
     /// Prepares and opens each of `plans`' ports, attaching those that open; the outcome
-    /// for each. Fails only when the worker does not answer.
+    /// for each. Each port's queues are placed on workers (see [`super::Placement`]) and
+    /// each worker opens its part; the others learn where to hand its frames. Fails only
+    /// when a worker does not answer.
     pub(super) fn open_each(&mut self, plans: &[PortPlan]) -> Result<Vec<OpenOutcome>, ApplyError> {
         let mut outcomes = Vec::new();
         let mut pending = Vec::new();
-        let mut jobs = Vec::new();
+        let workers = self.workers.len();
+        let mut jobs: Vec<Vec<(PortId, Opener, Vec<u16>)>> =
+            (0..workers).map(|_| Vec::new()).collect();
         for plan in plans {
-            match self.bindings.prepare(plan) {
-                Ok(p) => {
-                    jobs.push((plan.id, p.open, p.queues));
-                    pending.push((plan.clone(), p.frames));
+            let owners = self
+                .placement
+                .place(plan.id, Bindings::queue_count(&plan.binding));
+            match self.bindings.prepare(plan, &owners) {
+                Ok(parts) => {
+                    let frames: u32 = parts.iter().map(|(_, p)| p.frames).sum();
+                    for (w, part) in parts {
+                        jobs[usize::from(w)].push((plan.id, part.open, part.queues));
+                    }
+                    pending.push((plan.clone(), frames));
                 }
-                Err(e) => outcomes.push((plan.clone(), Err(e))),
+                Err(e) => {
+                    self.placement.remove(plan.id);
+                    outcomes.push((plan.clone(), Err(e)));
+                }
             }
         }
-        if jobs.is_empty() {
+        if pending.is_empty() {
             return Ok(outcomes);
         }
-        let results = self.call(move |w| {
-            jobs.into_iter()
-                .map(|(id, open, queues)| {
-                    let port = open(w.pool_mut()).map_err(|e| e.to_string())?;
-                    w.attach_new(id, port, &queues);
-                    Ok(())
-                })
-                .collect::<Vec<Result<(), String>>>()
-        });
-        let results = match results {
-            Ok(r) => r,
-            Err(e) => {
-                for (plan, _) in &pending {
-                    self.bindings.release(plan.id, &plan.key);
-                }
-                return Err(e);
+        // Each port's failure, if any part of it failed on any worker.
+        let mut failed: BTreeMap<PortId, String> = BTreeMap::new();
+        let mut lost = None;
+        for (w, jobs) in jobs.into_iter().enumerate() {
+            if jobs.is_empty() {
+                continue;
             }
-        };
-        for ((plan, frames), result) in pending.into_iter().zip(results) {
-            match &result {
-                Ok(()) => {
+            let results = self.call_on(w as u16, move |w| {
+                jobs.into_iter()
+                    .map(|(id, open, queues)| {
+                        let port = open(w.pool_mut()).map_err(|e| e.to_string())?;
+                        w.attach_new(id, port, &queues);
+                        Ok(())
+                    })
+                    .collect::<Vec<Result<(), String>>>()
+            });
+            match results {
+                Ok(results) => {
+                    // Results come in the order of the jobs, which is the plans' order.
+                    let ids = pending.iter().map(|(p, _)| p.id).filter(|id| {
+                        self.placement
+                            .owners(*id)
+                            .is_some_and(|o| o.contains(&(w as u16)))
+                    });
+                    for (id, result) in ids.zip(results) {
+                        if let Err(e) = result {
+                            failed.entry(id).or_insert(e);
+                        }
+                    }
+                }
+                Err(e) => lost = Some(e),
+            }
+        }
+        if let Some(e) = lost {
+            let ids: Vec<PortPlan> = pending.iter().map(|(p, _)| p.clone()).collect();
+            self.detach_parts(&ids);
+            for (plan, _) in &pending {
+                self.placement.remove(plan.id);
+                self.bindings.release(plan.id, &plan.key);
+            }
+            return Err(e);
+        }
+        let broken: Vec<PortPlan> = pending
+            .iter()
+            .filter(|(p, _)| failed.contains_key(&p.id))
+            .map(|(p, _)| p.clone())
+            .collect();
+        self.detach_parts(&broken);
+        for (plan, frames) in pending {
+            let result = match failed.remove(&plan.id) {
+                None => {
                     self.frames_committed += frames;
                     self.status.insert(plan.id, PortStatus::Up);
+                    self.set_transmit_owners(plan.id)?;
+                    Ok(())
                 }
-                Err(_) => self.bindings.release(plan.id, &plan.key),
-            }
+                Some(e) => {
+                    self.placement.remove(plan.id);
+                    self.bindings.release(plan.id, &plan.key);
+                    Err(e)
+                }
+            };
             outcomes.push((plan, result));
         }
         Ok(outcomes)
     }
 
-    /// Takes `plans`' ports out of the worker, closes them here and gives their frames
-    /// back to the worker's pool.
+    /// Tells every worker that polls no queue of `port` which worker to hand its frames
+    /// for it to (or, after the port is gone, that none does).
+    fn set_transmit_owners(&self, port: PortId) -> Result<(), ApplyError> {
+        if self.workers.len() < 2 {
+            return Ok(());
+        }
+        let owners = self.placement.owners(port).map(<[u16]>::to_vec);
+        for w in 0..self.workers.len() as u16 {
+            let owner = owners
+                .as_deref()
+                .and_then(|o| self.placement.transmit_owner(o, w));
+            self.call_on(w, move |worker| worker.set_transmit_owner(port, owner))?;
+        }
+        Ok(())
+    }
+
+    /// Takes `plans`' ports out of every worker that holds a part of them, closes the
+    /// parts here and gives their frames back to their workers' pools.
+    fn detach_parts(&mut self, plans: &[PortPlan]) {
+        if plans.is_empty() {
+            return;
+        }
+        for w in 0..self.workers.len() as u16 {
+            let ids: Vec<PortId> = plans
+                .iter()
+                .map(|p| p.id)
+                .filter(|id| self.placement.owners(*id).is_none_or(|o| o.contains(&w)))
+                .collect();
+            if ids.is_empty() {
+                continue;
+            }
+            let taken = self.call_on(w, move |worker| {
+                ids.iter()
+                    .filter_map(|&id| worker.take_port(id))
+                    .collect::<Vec<_>>()
+            });
+            let mut frames = Vec::new();
+            if let Ok(ports) = taken {
+                for mut port in ports {
+                    frames.extend(port.close());
+                }
+            }
+            if !frames.is_empty() {
+                // Without waiting: later jobs (ports opened next) run after this one.
+                let _ = self.workers[usize::from(w)]
+                    .mailbox
+                    .post(move |worker| worker.free_frames(&frames));
+            }
+        }
+    }
+
+    /// Takes `plans`' ports out of the workers, closes them here and gives their frames
+    /// back to the workers' pools.
     pub(super) fn close_ports(&mut self, plans: &[PortPlan]) {
         if plans.is_empty() {
             return;
         }
-        let ids: Vec<PortId> = plans.iter().map(|p| p.id).collect();
-        let taken = self.call(move |w| {
-            ids.iter()
-                .filter_map(|&id| w.take_port(id))
-                .collect::<Vec<_>>()
-        });
-        let mut frames = Vec::new();
-        if let Ok(ports) = taken {
-            for mut port in ports {
-                frames.extend(port.close());
-            }
-        }
-        if !frames.is_empty() {
-            // Without waiting: later jobs (ports opened next) run after this one.
-            let _ = self.worker.mailbox.post(move |w| w.free_frames(&frames));
-        }
+        self.detach_parts(plans);
         for plan in plans {
             self.frames_committed = self
                 .frames_committed
                 .saturating_sub(Bindings::frames_needed(&plan.binding));
             self.bindings.release(plan.id, &plan.key);
             self.status.remove(&plan.id);
+            if !self.placement.remove(plan.id).is_empty() {
+                let _ = self.set_transmit_owners(plan.id);
+            }
         }
     }
 }

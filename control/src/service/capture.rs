@@ -178,8 +178,10 @@ pub fn open(e: &mut Engine, params: Option<Value>) -> Result<Box<dyn RpcStream>,
         filter: req.filter,
     });
     let capturer = Box::new(capturer);
+    // The worker that polls the port sees its frames both ways (others hand it theirs).
+    let home = e.placement().home(port);
     let started = e
-        .call(move |w| {
+        .call_on(home, move |w| {
             let now = w.now_ns();
             w.capture_start(capturer)
                 .map(|()| now)
@@ -201,7 +203,7 @@ pub fn open(e: &mut Engine, params: Option<Value>) -> Result<Box<dyn RpcStream>,
         deadline: Instant::now() + req.duration,
         req,
         reader,
-        mailbox: e.mailbox(),
+        mailbox: e.mailbox_on(home),
         clock_offset: wall.wrapping_sub(worker_now),
         frames: 0,
         bytes: 0,

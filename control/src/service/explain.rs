@@ -459,8 +459,9 @@ pub fn explain_run(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcEr
             .and_then(|q| parse_mac(&q.mac_address).ok()),
         _ => None,
     };
+    let home = e.placement().home(port);
     let answer = e
-        .call(move |w| {
+        .call_on(home, move |w| {
             let frame = match input {
                 Err(frame) => frame,
                 Ok(flow) => {

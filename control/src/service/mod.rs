@@ -8,6 +8,7 @@ mod capture;
 pub mod explain;
 mod stages;
 mod trace;
+mod workers;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -123,6 +124,7 @@ const METHODS: &[(&str, &str)] = &[
     ("trace.stop", trace::TRACE_STOP_USAGE),
     ("capture.start", capture::CAPTURE_START_USAGE),
     ("explain.run", explain::EXPLAIN_RUN_USAGE),
+    ("workers.list", workers::WORKERS_LIST_USAGE),
 ];
 
 /// The method handler of `polluxd`: the engine behind the socket.
@@ -184,6 +186,7 @@ impl Handler for Service {
                 "capture.start streams its frames: send it with an id",
             )),
             "explain.run" => explain::explain_run(e, params),
+            "workers.list" => workers::workers_list(e, params),
             m if m == "config.patch" || object_method(m).is_some() => {
                 let dry_run = params
                     .as_ref()
@@ -381,34 +384,7 @@ fn config_rollback(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcEr
 fn stats_get(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
     parse::<NoParams>(params)?;
     let c = e.counters();
-    let worker = json!({
-        "id": 0,
-        "core": e.worker_core(),
-        "rx_packets": c.rx_packets.get(),
-        "tx_packets": c.tx_packets.get(),
-        "flood_copies": c.replicas.get(),
-        "dropped": c.dropped_total(),
-        "loops": c.loops.get(),
-        "busy_loops": c.busy_loops.get(),
-        "busy_ns": c.busy_ns.get(),
-        "idle_ns": c.idle_ns.get(),
-        "macs": c.macs.get(),
-        "macs_learned": c.macs_learned.get(),
-        "mac_moves": c.mac_moves.get(),
-        "macs_aged": c.macs_aged.get(),
-        "mac_table_full": c.mac_table_full.get(),
-        "mac_port_limit": c.mac_port_limit.get(),
-        "mac_move_refused": c.mac_move_refused.get(),
-        "checksums_completed": c.checksums_completed.get(),
-        "vxlan_encapsulated": c.vxlan_encapsulated.get(),
-        "vxlan_decapsulated": c.vxlan_decapsulated.get(),
-        "geneve_encapsulated": c.geneve_encapsulated.get(),
-        "geneve_decapsulated": c.geneve_decapsulated.get(),
-        "gre_encapsulated": c.gre_encapsulated.get(),
-        "gre_decapsulated": c.gre_decapsulated.get(),
-        "arp_responder_replies": c.arp_responder_replies.get(),
-        "generation": c.generation.get(),
-    });
+    let workers = workers::worker_rows(e);
     let drops: Map<String, Value> = c
         .drop_summary()
         .into_iter()
@@ -471,7 +447,7 @@ fn stats_get(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
         .collect();
     Ok(json!({
         "uptime_secs": e.uptime().as_secs(),
-        "workers": [worker],
+        "workers": workers,
         "drops": drops,
         "dhcp": dhcp,
         "slow_path": { "services": slow_path, "unhandled": dispatched.unhandled },

@@ -108,8 +108,9 @@ pub fn drops_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcErr
         ),
         None => None,
     };
-    let counters = e.counters();
-    let rows = drop_rows(&[counters], p.per_port, only);
+    let counters = e.worker_counters();
+    let all: Vec<&WorkerCounters> = counters.iter().map(|c| &**c).collect();
+    let rows = drop_rows(&all, p.per_port, only);
     let drops: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -149,7 +150,9 @@ pub fn tsc_hz() -> Option<f64> {
 pub fn runtime_get(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
     super::parse::<super::NoParams>(params)?;
     let hz = tsc_hz();
-    let stages: Vec<Value> = runtime(&[e.counters()])
+    let counters = e.worker_counters();
+    let all: Vec<&WorkerCounters> = counters.iter().map(|c| &**c).collect();
+    let stages: Vec<Value> = runtime(&all)
         .into_iter()
         .map(|(stage, r)| {
             let per_packet = (r.packets > 0).then(|| r.cycles as f64 / r.packets as f64);

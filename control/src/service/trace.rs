@@ -175,8 +175,15 @@ pub fn trace_start(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcEr
         .find(|(_, name)| *name == p.port)
         .map(|(id, _)| id)
         .ok_or_else(|| RpcError::invalid_params(format!("no port {:?}", p.port)))?;
-    e.call(move |w| w.trace_start(port, count, filter))
-        .map_err(rpc_error)?;
+    // One trace at a time, on the worker that polls the port.
+    e.call_each(|w| {
+        w.trace_stop();
+    })
+    .map_err(rpc_error)?;
+    e.call_on(e.placement().home(port), move |w| {
+        w.trace_start(port, count, filter)
+    })
+    .map_err(rpc_error)?;
     Ok(json!({ "port": p.port, "count": count, "match": match_text(&filter) }))
 }
 
@@ -222,11 +229,14 @@ pub fn trace_show(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcErr
     let names = port_names(e);
     // Copied on the worker's thread, converted here.
     let snapshot = e
-        .call(|w| {
+        .call_each(|w| {
             w.trace()
                 .map(|t| (t.port(), t.remaining(), *t.filter(), t.records().to_vec()))
         })
-        .map_err(rpc_error)?;
+        .map_err(rpc_error)?
+        .into_iter()
+        .flatten()
+        .next();
     let Some((port, remaining, filter, records)) = snapshot else {
         return Ok(json!({ "running": false, "packets": [] }));
     };
@@ -244,8 +254,11 @@ pub fn trace_show(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcErr
 pub fn trace_stop(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
     parse::<NoParams>(params)?;
     let stopped = e
-        .call(|w| w.trace_stop().map(|t| t.records().len()))
-        .map_err(rpc_error)?;
+        .call_each(|w| w.trace_stop().map(|t| t.records().len()))
+        .map_err(rpc_error)?
+        .into_iter()
+        .flatten()
+        .next();
     Ok(json!({ "stopped": stopped.is_some(), "packets": stopped.unwrap_or(0) }))
 }
 

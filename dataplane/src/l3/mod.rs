@@ -32,6 +32,7 @@ use crate::buf::{FrameId, FramePool};
 use crate::conntrack::{Dir, FlowKey, InsertError};
 use crate::drop::DropReason;
 use crate::frag::{self, FragError};
+use crate::handoff::NeighborNews;
 use crate::icmp_error::{self, IcmpErrorKind};
 use crate::output::{drop_packet, output};
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
@@ -99,6 +100,12 @@ pub struct RouterState {
     cache: BurstCache,
     /// The next hop (network, address) an explained packet would wait for.
     pub(crate) explained_wait: Option<(NetworkUid, u32)>,
+    /// What this pass learned from ARP, for the other workers (see [`crate::handoff`]);
+    /// its capacity is fixed when workers are connected and 0 before, so a single worker
+    /// records nothing.
+    news: Vec<NeighborNews>,
+    /// News not recorded because `news` was full.
+    news_overflow: u64,
 }
 
 /// A burst is mostly runs of one flow. Like the L2 stage (and VPP's l2-fwd), the router
@@ -153,6 +160,33 @@ impl RouterState {
             icmp_per_source: KeyedLimiter::default(),
             ident: 0,
             cache: BurstCache::default(),
+            news: Vec::new(),
+            news_overflow: 0,
+        }
+    }
+
+    /// Starts recording what ARP teaches, for other workers: up to `per_pass` items
+    /// between two [`RouterState::take_news`].
+    pub fn record_news(&mut self, per_pass: usize) {
+        self.news = Vec::with_capacity(per_pass);
+    }
+
+    /// Hands what this pass learned from ARP to `tell`; returns the items that did not
+    /// fit the record since the last call.
+    pub fn take_news(&mut self, tell: impl FnMut(NeighborNews)) -> u64 {
+        self.news.drain(..).for_each(tell);
+        std::mem::take(&mut self.news_overflow)
+    }
+
+    /// Learns what another worker learned from ARP, as if this one had seen the packet.
+    pub fn apply_news(&mut self, news: NeighborNews, now: u32) {
+        if self
+            .neighbors
+            .learn(news.network, news.ip, news.mac, now, news.create)
+        {
+            // Packets waiting for it go at the next housekeeping or burst.
+            self.resolved = true;
+            self.cache.neighbor = None;
         }
     }
 
@@ -239,6 +273,16 @@ impl BurstStage for RouterState {
 }
 
 impl RouterState {
+    #[cold]
+    #[inline(never)]
+    fn note_news(&mut self, news: NeighborNews) {
+        if self.news.len() < self.news.capacity() {
+            self.news.push(news);
+        } else {
+            self.news_overflow += 1;
+        }
+    }
+
     /// Housekeeping: releases waiting packets whose next hop answered, drops those that waited
     /// too long (all of them with `all`) with an ICMP host unreachable to their senders, and
     /// ages neighbours.
@@ -383,10 +427,16 @@ impl RouterState {
             && !cx.dry_run
         {
             let mac = sender_mac.as_u64();
-            if self
-                .neighbors
-                .learn(net.uid, sender_ip, mac, now, ours.is_some())
-            {
+            let create = ours.is_some();
+            if self.news.capacity() > 0 {
+                self.note_news(NeighborNews {
+                    network: net.uid,
+                    ip: sender_ip,
+                    mac,
+                    create,
+                });
+            }
+            if self.neighbors.learn(net.uid, sender_ip, mac, now, create) {
                 self.resolved = true;
                 // The MAC of a next hop may have changed under the burst's cache.
                 self.cache.neighbor = None;
