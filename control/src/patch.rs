@@ -1,7 +1,8 @@
 //! Changes to one object of the desired state: put (create or replace by id) and delete.
 //!
-//! A change here only edits a [`DesiredState`]; the engine then runs the result exactly as
-//! a whole-state apply of it (validation against the whole state, diff, all-or-nothing,
+//! A change here only edits a [`DesiredState`] (a copy, or the state itself with a log to
+//! take the edit back: [`edit_in_place`], [`undo`]); the engine then runs the result as a
+//! whole-state apply of it (validation against the whole state, diff, all-or-nothing,
 //! history), so the two kinds of change cannot mean different things. A replaced object
 //! keeps its index and a new one goes last, so the error paths of validation name the
 //! index the object has in the resulting state, and the state equals what a client that

@@ -1,8 +1,10 @@
-//! Changes to single objects (`<collection>.put`, `.delete`, `config.patch`): each batch is
-//! made into the whole resulting state and applied as [`Engine::apply`] applies a state,
-//! so both kinds of change share validation, diff, history and rollback. What differs is
-//! cost: the diff looks at the objects a batch touches alone, and the store appends the
-//! batch to its journal where a whole state is written whole.
+//! Changes to single objects (`<collection>.put`, `.delete`, `config.patch`): each batch
+//! means what [`Engine::apply`] of the whole resulting state means, and shares its steps
+//! from compilation on, history and rollback. What differs is cost: the active state is
+//! changed in place (and taken back unless a generation comes of it) instead of copied, a
+//! change of ports alone is validated by [`revalidate_ports`] against the index of the
+//! active view (the whole validation when it cannot tell), the diff looks at the objects
+//! a batch touches alone, and the store appends the batch to its journal.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::time::Instant;
