@@ -1,7 +1,8 @@
 //! Changes to one object of the desired state: put (create or replace by id) and delete.
 //!
-//! A change here only edits a [`DesiredState`]; the engine then runs the result exactly as
-//! a whole-state apply of it (validation against the whole state, diff, all-or-nothing,
+//! A change here only edits a [`DesiredState`] (a copy, or the state itself with a log to
+//! take the edit back: [`edit_in_place`], [`undo`]); the engine then runs the result as a
+//! whole-state apply of it (validation against the whole state, diff, all-or-nothing,
 //! history), so the two kinds of change cannot mean different things. A replaced object
 //! keeps its index and a new one goes last, so the error paths of validation name the
 //! index the object has in the resulting state, and the state equals what a client that
@@ -297,75 +298,189 @@ fn position(ids: &[&str], id: &str) -> Option<usize> {
     ids.iter().position(|x| *x == id)
 }
 
+/// How to take one change made in place back (see [`undo`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Undo {
+    /// The object at this index was replaced; this was it.
+    Replaced(usize, Object),
+    /// An object was appended to the collection.
+    Appended(Collection),
+    /// The object at this index was removed; this was it.
+    Deleted(usize, Object),
+}
+
+/// Puts `object` at `at` (replacing what is there, which is returned), or appends it.
+fn place(state: &mut DesiredState, at: Option<usize>, object: Object) -> Option<Object> {
+    macro_rules! place {
+        ($items:expr, $o:expr, $variant:ident) => {
+            match at {
+                Some(i) => Some(Object::$variant(std::mem::replace(&mut $items[i], $o))),
+                None => {
+                    $items.push($o);
+                    None
+                }
+            }
+        };
+    }
+    match object {
+        Object::Uplink(o) => place!(state.uplinks, o, Uplink),
+        Object::Network(o) => place!(state.networks, o, Network),
+        Object::Subnet(o) => place!(state.subnets, o, Subnet),
+        Object::Port(o) => place!(state.ports, o, Port),
+        Object::Router(o) => place!(state.routers, o, Router),
+        Object::FloatingIp(o) => place!(state.floating_ips, o, FloatingIp),
+        Object::SecurityGroup(o) => place!(state.security_groups, o, SecurityGroup),
+        Object::AddressGroup(o) => place!(state.address_groups, o, AddressGroup),
+        Object::QosPolicy(o) => place!(state.qos_policies, o, QosPolicy),
+    }
+}
+
+/// Removes the object at `i` of `collection` and returns it.
+fn take(state: &mut DesiredState, collection: Collection, i: usize) -> Object {
+    match collection {
+        Collection::Uplinks => Object::Uplink(state.uplinks.remove(i)),
+        Collection::Networks => Object::Network(state.networks.remove(i)),
+        Collection::Subnets => Object::Subnet(state.subnets.remove(i)),
+        Collection::Ports => Object::Port(state.ports.remove(i)),
+        Collection::Routers => Object::Router(state.routers.remove(i)),
+        Collection::FloatingIps => Object::FloatingIp(state.floating_ips.remove(i)),
+        Collection::SecurityGroups => Object::SecurityGroup(state.security_groups.remove(i)),
+        Collection::AddressGroups => Object::AddressGroup(state.address_groups.remove(i)),
+        Collection::QosPolicies => Object::QosPolicy(state.qos_policies.remove(i)),
+    }
+}
+
+/// Inserts `object` at `i` of its collection.
+fn insert(state: &mut DesiredState, i: usize, object: Object) {
+    match object {
+        Object::Uplink(o) => state.uplinks.insert(i, o),
+        Object::Network(o) => state.networks.insert(i, o),
+        Object::Subnet(o) => state.subnets.insert(i, o),
+        Object::Port(o) => state.ports.insert(i, o),
+        Object::Router(o) => state.routers.insert(i, o),
+        Object::FloatingIp(o) => state.floating_ips.insert(i, o),
+        Object::SecurityGroup(o) => state.security_groups.insert(i, o),
+        Object::AddressGroup(o) => state.address_groups.insert(i, o),
+        Object::QosPolicy(o) => state.qos_policies.insert(i, o),
+    }
+}
+
 /// Puts `object` into `state`: replaces the object with its id in place, or appends it.
 /// Returns its index.
 pub fn put(state: &mut DesiredState, object: Object) -> usize {
-    fn place<T>(items: &mut Vec<T>, at: Option<usize>, item: T) -> usize {
-        match at {
-            Some(i) => {
-                items[i] = item;
-                i
-            }
-            None => {
-                items.push(item);
-                items.len() - 1
-            }
-        }
+    let collection = object.collection();
+    match put_in_place(state, object) {
+        Undo::Replaced(i, _) | Undo::Deleted(i, _) => i,
+        Undo::Appended(_) => collection.ids(state).len() - 1,
     }
-    let at = position(&object.collection().ids(state), object.id());
-    match object {
-        Object::Uplink(o) => place(&mut state.uplinks, at, o),
-        Object::Network(o) => place(&mut state.networks, at, o),
-        Object::Subnet(o) => place(&mut state.subnets, at, o),
-        Object::Port(o) => place(&mut state.ports, at, o),
-        Object::Router(o) => place(&mut state.routers, at, o),
-        Object::FloatingIp(o) => place(&mut state.floating_ips, at, o),
-        Object::SecurityGroup(o) => place(&mut state.security_groups, at, o),
-        Object::AddressGroup(o) => place(&mut state.address_groups, at, o),
-        Object::QosPolicy(o) => place(&mut state.qos_policies, at, o),
+}
+
+/// [`put`], saying how to take it back.
+pub fn put_in_place(state: &mut DesiredState, object: Object) -> Undo {
+    let collection = object.collection();
+    let at = position(&collection.ids(state), object.id());
+    match (place(state, at, object), at) {
+        (Some(old), Some(i)) => Undo::Replaced(i, old),
+        _ => Undo::Appended(collection),
     }
 }
 
 /// Removes the object `id` of `collection`, keeping the order of the others. `false`
 /// when there is none.
 pub fn delete(state: &mut DesiredState, collection: Collection, id: &str) -> bool {
-    let Some(i) = position(&collection.ids(state), id) else {
-        return false;
-    };
+    delete_in_place(state, collection, id).is_some()
+}
+
+/// [`delete`], saying how to take it back (`None`: there was no such object).
+pub fn delete_in_place(state: &mut DesiredState, collection: Collection, id: &str) -> Option<Undo> {
+    let i = position(&collection.ids(state), id)?;
+    Some(Undo::Deleted(i, take(state, collection, i)))
+}
+
+/// A copy of the object at `i` of `collection`.
+fn object_at(state: &DesiredState, collection: Collection, i: usize) -> Object {
     match collection {
-        Collection::Uplinks => drop(state.uplinks.remove(i)),
-        Collection::Networks => drop(state.networks.remove(i)),
-        Collection::Subnets => drop(state.subnets.remove(i)),
-        Collection::Ports => drop(state.ports.remove(i)),
-        Collection::Routers => drop(state.routers.remove(i)),
-        Collection::FloatingIps => drop(state.floating_ips.remove(i)),
-        Collection::SecurityGroups => drop(state.security_groups.remove(i)),
-        Collection::AddressGroups => drop(state.address_groups.remove(i)),
-        Collection::QosPolicies => drop(state.qos_policies.remove(i)),
+        Collection::Uplinks => Object::Uplink(state.uplinks[i].clone()),
+        Collection::Networks => Object::Network(state.networks[i].clone()),
+        Collection::Subnets => Object::Subnet(state.subnets[i].clone()),
+        Collection::Ports => Object::Port(state.ports[i].clone()),
+        Collection::Routers => Object::Router(state.routers[i].clone()),
+        Collection::FloatingIps => Object::FloatingIp(state.floating_ips[i].clone()),
+        Collection::SecurityGroups => Object::SecurityGroup(state.security_groups[i].clone()),
+        Collection::AddressGroups => Object::AddressGroup(state.address_groups[i].clone()),
+        Collection::QosPolicies => Object::QosPolicy(state.qos_policies[i].clone()),
     }
-    true
+}
+
+/// The `touched` objects of `state` alone, each collection in the order of `state`, and
+/// the settings sections left at their defaults: what [`crate::diff::diff_of`] needs of a
+/// state that is changed in place, whose earlier version is gone once the change is made.
+pub fn excerpt(state: &DesiredState, touched: &[(Collection, String)]) -> DesiredState {
+    let mut at: Vec<(usize, Collection, usize)> = Vec::new();
+    for (c, id) in touched {
+        if let Some(i) = position(&c.ids(state), id) {
+            let rank = Collection::ALL.iter().position(|x| x == c).unwrap_or(0);
+            if !at.contains(&(rank, *c, i)) {
+                at.push((rank, *c, i));
+            }
+        }
+    }
+    at.sort_by_key(|&(rank, _, i)| (rank, i));
+    let mut out = DesiredState::default();
+    for (_, c, i) in at {
+        place(&mut out, None, object_at(state, c, i));
+    }
+    out
+}
+
+/// Takes back changes made in place, given how (in the order they were made).
+pub fn undo(state: &mut DesiredState, log: Vec<Undo>) {
+    for u in log.into_iter().rev() {
+        match u {
+            Undo::Replaced(i, old) => {
+                let at = Some(i);
+                place(state, at, old);
+            }
+            Undo::Appended(collection) => {
+                let last = collection.ids(state).len() - 1;
+                take(state, collection, last);
+            }
+            Undo::Deleted(i, old) => insert(state, i, old),
+        }
+    }
 }
 
 /// `state` with `changes` made in order.
 pub fn edit(state: &DesiredState, changes: Vec<Change>) -> Result<DesiredState, PatchError> {
     let mut next = state.clone();
+    edit_in_place(&mut next, changes)?;
+    Ok(next)
+}
+
+/// Makes `changes` in order to `state` itself, saying how to take them back: a change
+/// costs what it touches, not a copy of the state. On error nothing changed.
+pub fn edit_in_place(
+    state: &mut DesiredState,
+    changes: Vec<Change>,
+) -> Result<Vec<Undo>, PatchError> {
+    let mut log = Vec::with_capacity(changes.len());
     for (k, change) in changes.into_iter().enumerate() {
         match change {
-            Change::Put(object) => {
-                put(&mut next, object);
-            }
-            Change::Delete { collection, id } => {
-                if !delete(&mut next, collection, &id) {
+            Change::Put(object) => log.push(put_in_place(state, object)),
+            Change::Delete { collection, id } => match delete_in_place(state, collection, &id) {
+                Some(u) => log.push(u),
+                None => {
+                    undo(state, log);
                     return Err(PatchError::UnknownObject {
                         collection,
                         id,
                         change: k,
                     });
                 }
-            }
+            },
         }
     }
-    Ok(next)
+    Ok(log)
 }
 
 /// `state` with `changes` (as sent) made in order, and the changes read; a put object
@@ -375,32 +490,51 @@ pub fn edit_raw(
     changes: Vec<RawChange>,
 ) -> Result<(DesiredState, Vec<Change>), PatchError> {
     let mut next = state.clone();
+    let (_, typed) = edit_raw_in_place(&mut next, changes)?;
+    Ok((next, typed))
+}
+
+/// [`edit_raw`] made to `state` itself, as [`edit_in_place`]: how to take the changes
+/// back, and the changes read. On error nothing changed.
+pub fn edit_raw_in_place(
+    state: &mut DesiredState,
+    changes: Vec<RawChange>,
+) -> Result<(Vec<Undo>, Vec<Change>), PatchError> {
+    let mut log = Vec::with_capacity(changes.len());
     let mut typed = Vec::with_capacity(changes.len());
     for (k, change) in changes.into_iter().enumerate() {
-        match change {
+        let done = match change {
             RawChange::Put { collection, object } => {
-                let ids = collection.ids(&next);
+                let ids = collection.ids(state);
                 let id = object.get(collection.key_field()).and_then(Value::as_str);
                 let index = id.and_then(|id| position(&ids, id)).unwrap_or(ids.len());
                 let path = format!("{collection}[{index}]");
-                let object =
-                    Object::from_json(collection, object, &path).map_err(PatchError::Invalid)?;
-                put(&mut next, object.clone());
-                typed.push(Change::Put(object));
+                Object::from_json(collection, object, &path)
+                    .map_err(PatchError::Invalid)
+                    .map(|object| {
+                        log.push(put_in_place(state, object.clone()));
+                        typed.push(Change::Put(object));
+                    })
             }
-            RawChange::Delete { collection, id } => {
-                if !delete(&mut next, collection, &id) {
-                    return Err(PatchError::UnknownObject {
-                        collection,
-                        id,
-                        change: k,
-                    });
+            RawChange::Delete { collection, id } => match delete_in_place(state, collection, &id) {
+                Some(u) => {
+                    log.push(u);
+                    typed.push(Change::Delete { collection, id });
+                    Ok(())
                 }
-                typed.push(Change::Delete { collection, id });
-            }
+                None => Err(PatchError::UnknownObject {
+                    collection,
+                    id,
+                    change: k,
+                }),
+            },
+        };
+        if let Err(e) = done {
+            undo(state, log);
+            return Err(e);
         }
     }
-    Ok((next, typed))
+    Ok((log, typed))
 }
 
 /// What a batch of changes is, beside the state it makes: the objects it touches (so that
@@ -535,6 +669,38 @@ mod tests {
                 change: 1
             }
         );
+    }
+
+    /// Changes made in place and taken back leave the state as it was, whatever they
+    /// were (replaced, appended, deleted, in any order).
+    #[test]
+    fn undo_takes_changes_back() {
+        let s = state();
+        let mut vm1 = s.ports[0].clone();
+        vm1.mac_address = "fa:16:3e:00:00:09".into();
+        let mut vm3 = vm1.clone();
+        vm3.id = "vm3".into();
+        let del = |id: &str| Change::Delete {
+            collection: Collection::Ports,
+            id: id.into(),
+        };
+        let changes = vec![
+            Change::Put(Object::Port(vm3.clone())),
+            del("vm1"),
+            Change::Put(Object::Port(vm1)),
+            del("vm3"),
+            Change::Put(Object::Port(vm3)),
+        ];
+        let mut next = s.clone();
+        let log = edit_in_place(&mut next, changes.clone()).unwrap();
+        assert_eq!(next, edit(&s, changes.clone()).unwrap());
+        undo(&mut next, log);
+        assert_eq!(next, s);
+        let mut failing = changes;
+        failing.push(del("vm9"));
+        let mut next = s.clone();
+        assert!(edit_in_place(&mut next, failing).is_err());
+        assert_eq!(next, s, "a refused batch changes nothing");
     }
 
     #[test]

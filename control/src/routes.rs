@@ -156,6 +156,7 @@ mod tests {
     use crate::model::DesiredState;
     use crate::validate::{validate, Route};
     use serde_json::{json, Value};
+    use std::sync::Arc;
 
     const ROUTER_FLOATING_IP: &str = include_str!("../../configs/router-floating-ip.toml");
 
@@ -416,7 +417,7 @@ mod tests {
     fn a_nexthop_outside_every_connected_subnet_has_no_interface() {
         // Validation rejects this, so the route is added to an already validated state.
         let mut v = valid(ROUTER_FLOATING_IP);
-        v.routers[0].routes.push(Route {
+        Arc::make_mut(&mut v.routers)[0].routes.push(Route {
             destination: Ipv4Cidr::new(Ipv4Addr::new(192, 0, 2, 0), 24),
             nexthop: Ipv4Addr::new(192, 0, 2, 1),
         });
@@ -438,7 +439,7 @@ mod tests {
     fn destinations_are_shown_without_host_bits() {
         // A hand-made state may hold a prefix with host bits; the table never shows them.
         let mut v = valid(ROUTER_FLOATING_IP);
-        v.routers[0].routes[0].destination = Ipv4Cidr {
+        Arc::make_mut(&mut v.routers)[0].routes[0].destination = Ipv4Cidr {
             addr: Ipv4Addr::new(198, 19, 7, 7),
             prefix: 16,
         };

@@ -39,20 +39,24 @@ pub fn dhcp_configs_of(
 ) -> Vec<(usize, DhcpConfig)> {
     // Subnets and ports by network, in their order, in one pass each: looking them up per
     // network would cost networks x (subnets + ports) on every change.
+    // Only those of the networks wanted: a change of one network's ports asks for one.
+    let wanted_networks: Vec<bool> = (0..v.networks.len()).map(&wanted).collect();
     let mut subnets_of = vec![Vec::new(); v.networks.len()];
     for (i, s) in v.subnets.iter().enumerate() {
-        subnets_of[s.network].push(i);
+        if wanted_networks[s.network] {
+            subnets_of[s.network].push(i);
+        }
     }
     let mut ports_of = vec![Vec::new(); v.networks.len()];
     // A port of another host gets its addresses from its own host's server.
     for (i, p) in v.ports.iter().enumerate() {
-        if p.remote_host.is_none() {
+        if p.remote_host.is_none() && wanted_networks[p.network] {
             ports_of[p.network].push(i);
         }
     }
     let mut out = Vec::new();
     for (n, net) in v.networks.iter().enumerate() {
-        if !wanted(n) {
+        if !wanted_networks[n] {
             continue;
         }
         let served: Vec<(usize, Ipv4Addr)> = subnets_of[n]

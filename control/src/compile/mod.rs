@@ -9,6 +9,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use pollux_dataplane::buf::{DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM};
 use pollux_dataplane::pipeline::Stage;
@@ -41,21 +42,24 @@ pub mod security_groups;
 const MAX_PORT_IDS: usize = u16::MAX as usize;
 
 /// Stable identities of ports, networks and physnets, carried across generations.
+///
+/// The maps are shared (`Arc`) and copied on write: compiling starts from a copy of the
+/// identities in use, which a change that adds or removes nothing never writes to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Identities {
     /// Port key (`uplink:NAME` or `port:ID`) → port id.
-    ports: BTreeMap<String, u16>,
+    ports: Arc<BTreeMap<String, u16>>,
     /// Next port id to try: ids are handed out round-robin so that a removed port's id is
     /// reused as late as possible (state learned on it has long aged out by then).
     next_port: u16,
     /// Network id → uid. A uid is never reused, so state left by a removed network can
     /// never be mistaken for a new network's.
-    networks: BTreeMap<String, u32>,
+    networks: Arc<BTreeMap<String, u32>>,
     next_network_uid: u32,
     /// Physnet name → id.
     physnets: BTreeMap<String, u16>,
     /// Router id → uid, never reused (the uid is in the router's MAC, which hosts cache).
-    routers: BTreeMap<String, u32>,
+    routers: Arc<BTreeMap<String, u32>>,
     next_router_uid: u32,
 }
 
@@ -119,7 +123,7 @@ impl Identities {
             };
             if !taken[usize::from(id)] {
                 taken[usize::from(id)] = true;
-                self.ports.insert(key.to_string(), id);
+                Arc::make_mut(&mut self.ports).insert(key.to_string(), id);
                 return Ok(PortId(id));
             }
         }
@@ -142,7 +146,7 @@ impl Identities {
         self.next_network_uid = uid
             .checked_add(1)
             .ok_or(CompileError::NetworkUidsExhausted)?;
-        self.networks.insert(id.to_string(), uid);
+        Arc::make_mut(&mut self.networks).insert(id.to_string(), uid);
         Ok(NetworkUid(uid))
     }
 
@@ -169,7 +173,7 @@ impl Identities {
             return Err(CompileError::RouterUidsExhausted);
         }
         self.next_router_uid = uid + 1;
-        self.routers.insert(id.to_string(), uid);
+        Arc::make_mut(&mut self.routers).insert(id.to_string(), uid);
         Ok(RouterUid(uid))
     }
 
@@ -190,11 +194,23 @@ impl Identities {
         keep_networks: &HashSet<&str>,
         keep_routers: &HashSet<&str>,
     ) {
-        self.ports.retain(|k, _| keep_ports.contains(k.as_str()));
-        self.networks
-            .retain(|k, _| keep_networks.contains(k.as_str()));
-        self.routers
-            .retain(|k, _| keep_routers.contains(k.as_str()));
+        if self.ports.keys().any(|k| !keep_ports.contains(k.as_str())) {
+            Arc::make_mut(&mut self.ports).retain(|k, _| keep_ports.contains(k.as_str()));
+        }
+        if self
+            .networks
+            .keys()
+            .any(|k| !keep_networks.contains(k.as_str()))
+        {
+            Arc::make_mut(&mut self.networks).retain(|k, _| keep_networks.contains(k.as_str()));
+        }
+        if self
+            .routers
+            .keys()
+            .any(|k| !keep_routers.contains(k.as_str()))
+        {
+            Arc::make_mut(&mut self.routers).retain(|k, _| keep_routers.contains(k.as_str()));
+        }
     }
 }
 
@@ -411,14 +427,30 @@ pub fn compile(
         }
     }
 
-    let keep_ports: HashSet<&str> = plans
-        .iter()
-        .map(|p| p.key.as_str())
-        .chain(tunnel_keys.iter().map(String::as_str))
-        .collect();
-    let keep_networks: HashSet<&str> = state.networks.iter().map(|n| n.id.as_str()).collect();
-    let keep_routers: HashSet<&str> = state.routers.iter().map(|r| r.id.as_str()).collect();
-    ids.retain(&keep_ports, &keep_networks, &keep_routers);
+    // Every key in use was assigned above, so the identities hold no other key when they
+    // hold as many as are in use (keys are distinct): the common case of a change that
+    // removes nothing, which then costs no set of every key.
+    let ports_in_use = plans.len() + tunnel_keys.len();
+    let retain = |ids: &mut Identities| {
+        let keep_ports: HashSet<&str> = plans
+            .iter()
+            .map(|p| p.key.as_str())
+            .chain(tunnel_keys.iter().map(String::as_str))
+            .collect();
+        let keep_networks: HashSet<&str> = state.networks.iter().map(|n| n.id.as_str()).collect();
+        let keep_routers: HashSet<&str> = state.routers.iter().map(|r| r.id.as_str()).collect();
+        ids.retain(&keep_ports, &keep_networks, &keep_routers);
+    };
+    if ids.ports.len() != ports_in_use
+        || ids.networks.len() != state.networks.len()
+        || ids.routers.len() != state.routers.len()
+    {
+        retain(&mut ids);
+    } else if cfg!(debug_assertions) {
+        let mut all = ids.clone();
+        retain(&mut all);
+        debug_assert_eq!(all, ids, "identities of keys no longer in use were kept");
+    }
     plans.sort_by_key(|p| p.id);
     let snapshot = b.build(generation).map_err(CompileError::Build)?;
     Ok(Compiled {

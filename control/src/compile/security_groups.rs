@@ -99,7 +99,7 @@ fn set_prefixes(state: &Validated) -> Vec<Vec<(u32, u8)>> {
             );
         }
     }
-    for ag in &state.address_groups {
+    for ag in state.address_groups.iter() {
         sets.push(
             ag.ipv4
                 .iter()
@@ -127,7 +127,7 @@ fn set_prefixes6(state: &Validated) -> Vec<Vec<(u128, u8)>> {
             );
         }
     }
-    for ag in &state.address_groups {
+    for ag in state.address_groups.iter() {
         sets.push(ag.ipv6.iter().map(|&(a, l)| (u128::from(a), l)).collect());
     }
     for s in &mut sets {
@@ -144,7 +144,7 @@ pub fn tables(state: &Validated, ports: &[(usize, PortId)]) -> SgTables {
     let prefixes6 = set_prefixes6(state);
     let mut names = Vec::new();
     let mut rules_of: Vec<Vec<(Direction, Compiled)>> = Vec::new();
-    for g in &state.security_groups {
+    for g in state.security_groups.iter() {
         let mut compiled = Vec::new();
         for r in &g.rules {
             let id = names.len() as u32;

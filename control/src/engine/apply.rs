@@ -18,21 +18,35 @@ use crate::patch::Edits;
 use crate::validate::{validate, Validated, ValidationError};
 use pollux_services::dhcp::service::NetworkDhcp;
 
+/// A state to apply, validated and diffed against the active one.
+pub(super) struct Next {
+    /// The state; `None` when the active state was changed in place into it (an object
+    /// change, [`super::objects`]), and is taken back by the caller unless it is applied.
+    pub state: Option<DesiredState>,
+    /// Its view.
+    pub valid: Validated,
+    /// What differs from the active state.
+    pub diff: Diff,
+    /// Whether the active [`crate::validate::PortIndex`] was brought in step with `valid`
+    /// (and is kept), rather than left for the next change to make again.
+    pub keep_index: bool,
+}
+
 /// How long each step of a change took, for the log: where the time of an apply goes.
-struct Phases {
+pub(super) struct Phases {
     last: Instant,
     took: Vec<(&'static str, Duration)>,
 }
 
 impl Phases {
-    fn start() -> Phases {
+    pub(super) fn start() -> Phases {
         Phases {
             last: Instant::now(),
             took: Vec::new(),
         }
     }
 
-    fn mark(&mut self, phase: &'static str) {
+    pub(super) fn mark(&mut self, phase: &'static str) {
         let now = Instant::now();
         self.took.push((phase, now - self.last));
         self.last = now;
@@ -179,7 +193,7 @@ fn dhcp_scope(diff: &Diff, old: &Validated, new: &Validated) -> Option<Vec<bool>
 
 /// Objects a batch may touch for its diff to look at them alone; a larger batch (it
 /// costs objects x state) is diffed whole.
-const DIFF_BY_TOUCHED_MAX: usize = 64;
+pub(super) const DIFF_BY_TOUCHED_MAX: usize = 64;
 
 /// Drops a replaced configuration on a thread of its own: freeing a large state takes
 /// tens of milliseconds that the reply need not wait for. Inline if no thread starts.
@@ -190,6 +204,27 @@ fn drop_elsewhere(old: Active) {
         .spawn(move || drop(old));
     if let Err(e) = spawned {
         pollux_services::log!(pollux_services::log::Level::Debug, "dropping inline: {e}");
+    }
+}
+
+/// Logs what a change did (at info) or why it was refused (at debug).
+pub(super) fn log_outcome(result: &Result<ApplyOutcome, ApplyError>, started: Instant) {
+    match result {
+        Ok(o) if o.applied => {
+            let (added, removed, changed) = o.diff.counts();
+            pollux_services::info!(
+                "generation {} applied in {:?}: {added} added, {removed} removed, \
+                 {changed} changed",
+                o.generation,
+                started.elapsed()
+            );
+        }
+        Ok(_) => {}
+        Err(e) => pollux_services::log!(
+            pollux_services::log::Level::Debug,
+            "change refused: {}",
+            e.to_string().lines().next().unwrap_or_default()
+        ),
     }
 }
 
@@ -219,23 +254,7 @@ impl Engine {
     ) -> Result<ApplyOutcome, ApplyError> {
         let started = Instant::now();
         let result = self.apply_inner(state, options, edits);
-        match &result {
-            Ok(o) if o.applied => {
-                let (added, removed, changed) = o.diff.counts();
-                pollux_services::info!(
-                    "generation {} applied in {:?}: {added} added, {removed} removed, \
-                     {changed} changed",
-                    o.generation,
-                    started.elapsed()
-                );
-            }
-            Ok(_) => {}
-            Err(e) => pollux_services::log!(
-                pollux_services::log::Level::Debug,
-                "change refused: {}",
-                e.to_string().lines().next().unwrap_or_default()
-            ),
-        }
+        log_outcome(&result, started);
         result
     }
 
@@ -270,6 +289,34 @@ impl Engine {
             _ => diff(&self.active.state, &state),
         };
         phases.mark("diff");
+        self.apply_checked(
+            Next {
+                state: Some(state),
+                valid,
+                diff,
+                keep_index: false,
+            },
+            options,
+            edits,
+            phases,
+        )
+    }
+
+    /// The steps of a change from compilation on (see the module documentation of
+    /// [`super`]), for a state validated and diffed against the active one.
+    pub(super) fn apply_checked(
+        &mut self,
+        next_state: Next,
+        options: ApplyOptions,
+        edits: Option<Edits>,
+        mut phases: Phases,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        let Next {
+            state,
+            valid,
+            diff,
+            keep_index,
+        } = next_state;
         let unchanged = ApplyOutcome {
             generation: self.active.generation,
             applied: false,
@@ -297,7 +344,9 @@ impl Engine {
         if let Some(store) = self.store.as_mut() {
             let committed = match edits {
                 Some(edits) if store.can_append() => store.append(next, &edits.journal),
-                _ => store.commit_owned(next, to_value(&state)),
+                _ => {
+                    store.commit_owned(next, to_value(state.as_ref().unwrap_or(&self.active.state)))
+                }
             };
             if let Err(e) = committed {
                 self.close_ports(&added);
@@ -310,6 +359,12 @@ impl Engine {
             .publish(compiled.snapshot)
             .map_err(|e| ApplyError::Internal(e.to_string()))?;
         phases.mark("publish");
+        let state = state.unwrap_or_else(|| std::mem::take(&mut self.active.state));
+        let index = if keep_index {
+            self.active.index.take()
+        } else {
+            None
+        };
         let old = std::mem::replace(
             &mut self.active,
             Active {
@@ -318,6 +373,7 @@ impl Engine {
                 generation: next,
                 identities: compiled.identities,
                 plans: compiled.ports,
+                index,
             },
         );
         let before = cfg!(debug_assertions).then(|| (old.valid.clone(), old.identities.clone()));

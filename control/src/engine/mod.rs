@@ -58,7 +58,7 @@ use crate::compile::{compile, CompileError, Compiled, Identities, PortPlan};
 use crate::metrics::MetricsSource;
 use crate::model::DesiredState;
 use crate::store::{Store, StoreError};
-use crate::validate::{validate, Validated, ValidationError};
+use crate::validate::{validate, PortIndex, Validated, ValidationError};
 use crate::workers::{self, WorkerThread};
 use pollux_services::dhcp::service::DhcpService;
 use pollux_services::dispatch::{PuntService, SlowPathThread};
@@ -220,6 +220,9 @@ struct Active {
     generation: u64,
     identities: Identities,
     plans: Vec<PortPlan>,
+    /// What a change of ports alone is checked against ([`PortIndex`]): made from `valid`
+    /// by the first such change, kept in step by the next ones, dropped by any other.
+    index: Option<PortIndex>,
 }
 
 /// The worker as the control thread sees it.
@@ -443,6 +446,7 @@ impl Engine {
                 generation: initial.generation,
                 identities,
                 plans,
+                index: None,
             },
             publisher,
             store,

@@ -343,7 +343,7 @@ impl Engine {
 type OpenOutcome = (PortPlan, Result<(), String>);
 
 /// How the ports of two configurations differ.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub(super) struct PortChanges {
     pub(super) added: Vec<PortPlan>,
     pub(super) removed: Vec<PortPlan>,
@@ -353,7 +353,58 @@ pub(super) struct PortChanges {
 }
 
 impl PortChanges {
+    /// The changes from `old` to `new`, both sorted by port id (as compiled): one merge
+    /// of the two lists, so that a change of one port does not cost a map of every port.
     pub(super) fn between(old: &[PortPlan], new: &[PortPlan]) -> Self {
+        let mut changes = PortChanges::default();
+        let (mut i, mut j) = (0, 0);
+        while i < old.len() || j < new.len() {
+            let (o, n) = (old.get(i), new.get(j));
+            match (o, n) {
+                (Some(o), Some(n)) if o.id == n.id && o.key == n.key => {
+                    if o.binding != n.binding {
+                        changes.rebound_old.push(o.clone());
+                        changes.rebound_new.push(n.clone());
+                    }
+                    i += 1;
+                    j += 1;
+                }
+                // The same id under another key: a port id handed again to a new port.
+                (Some(o), Some(n)) if o.id == n.id => {
+                    changes.removed.push(o.clone());
+                    changes.added.push(n.clone());
+                    i += 1;
+                    j += 1;
+                }
+                (Some(o), Some(n)) if o.id < n.id => {
+                    changes.removed.push(o.clone());
+                    i += 1;
+                }
+                (Some(o), None) => {
+                    changes.removed.push(o.clone());
+                    i += 1;
+                }
+                (_, Some(n)) => {
+                    changes.added.push(n.clone());
+                    j += 1;
+                }
+                (None, None) => unreachable!("the loop runs while a list has plans left"),
+            }
+        }
+        debug_assert!(
+            old.windows(2).all(|w| w[0].id < w[1].id) && new.windows(2).all(|w| w[0].id < w[1].id),
+            "port plans are sorted by id"
+        );
+        debug_assert_eq!(
+            changes,
+            PortChanges::by_key(old, new),
+            "the merge of the port plans is not their diff by key"
+        );
+        changes
+    }
+
+    /// [`PortChanges::between`] by key, whatever the order: what the merge must equal.
+    fn by_key(old: &[PortPlan], new: &[PortPlan]) -> Self {
         let old_by_key: BTreeMap<&str, &PortPlan> =
             old.iter().map(|p| (p.key.as_str(), p)).collect();
         let new_keys: BTreeSet<&str> = new.iter().map(|p| p.key.as_str()).collect();

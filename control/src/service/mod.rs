@@ -592,7 +592,7 @@ fn networks_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcErro
         port_counts[p.network] += 1;
     }
     let mut subnets: Vec<Vec<String>> = vec![Vec::new(); valid.networks.len()];
-    for s in &valid.subnets {
+    for s in valid.subnets.iter() {
         let cidr = match s.ipv6 {
             Some(v6) => format!("{}/{}", v6.addr, v6.prefix),
             None => s.cidr.to_string(),

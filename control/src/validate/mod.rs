@@ -14,6 +14,7 @@
 mod binding;
 mod floating_ip;
 mod host;
+mod incremental;
 mod network;
 mod port;
 mod qos;
@@ -29,6 +30,7 @@ pub(crate) mod fixtures;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use pollux_dataplane::snapshot::L2Config;
 
@@ -38,6 +40,7 @@ use pollux_services::addr::{check_dns_name, parse_cidr, parse_ipv4, Ipv4Cidr};
 pub use binding::{check_ifname, Binding};
 pub use floating_ip::{FloatingIp, FloatingIpTarget};
 pub use host::{machine_hostname, Host, Hosts};
+pub use incremental::{revalidate_ports, IndexUndo, PortIndex};
 pub use network::{Network, Segment, DEFAULT_MTU, JUMBO_MTU, MIN_MTU, VXLAN_OVERHEAD};
 /// The benchmark harness names the MAC formatter by this path (`pollux_services::addr` has it).
 pub use pollux_services::addr::fmt_mac;
@@ -69,6 +72,9 @@ impl fmt::Display for ValidationError {
 impl std::error::Error for ValidationError {}
 
 /// The typed view of a valid desired state, in document order. See the module docs.
+///
+/// Its parts are shared (`Arc`), so that a copy costs a reference per port and a change
+/// of one port ([`incremental`]) makes the next view without copying the others.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Validated {
     /// Learning parameters.
@@ -78,23 +84,23 @@ pub struct Validated {
     /// The hosts, and which one this is.
     pub hosts: Hosts,
     /// Uplinks.
-    pub uplinks: Vec<Uplink>,
+    pub uplinks: Arc<Vec<Uplink>>,
     /// Networks.
-    pub networks: Vec<Network>,
+    pub networks: Arc<Vec<Network>>,
     /// Subnets.
-    pub subnets: Vec<Subnet>,
+    pub subnets: Arc<Vec<Subnet>>,
     /// Ports.
-    pub ports: Vec<Port>,
+    pub ports: Vec<Arc<Port>>,
     /// Routers.
-    pub routers: Vec<Router>,
+    pub routers: Arc<Vec<Router>>,
     /// Floating IPs.
-    pub floating_ips: Vec<FloatingIp>,
+    pub floating_ips: Arc<Vec<FloatingIp>>,
     /// Security groups.
-    pub security_groups: Vec<SecurityGroup>,
+    pub security_groups: Arc<Vec<SecurityGroup>>,
     /// Address groups.
-    pub address_groups: Vec<AddressGroup>,
+    pub address_groups: Arc<Vec<AddressGroup>>,
     /// QoS policies.
-    pub qos_policies: Vec<QosPolicy>,
+    pub qos_policies: Arc<Vec<QosPolicy>>,
 }
 
 /// A checked route.
@@ -136,15 +142,15 @@ pub fn validate(state: &DesiredState) -> Result<Validated, Vec<ValidationError>>
         l2,
         dhcp,
         hosts,
-        uplinks,
-        networks: networks.items,
-        subnets: subnets.items,
-        ports: ports.items,
-        routers: routers.items,
-        floating_ips: floating_ips.items,
-        security_groups: security_groups.items,
-        address_groups: address_groups.items,
-        qos_policies: qos_policies.items,
+        uplinks: Arc::new(uplinks),
+        networks: Arc::new(networks.items),
+        subnets: Arc::new(subnets.items),
+        ports: ports.items.into_iter().map(Arc::new).collect(),
+        routers: Arc::new(routers.items),
+        floating_ips: Arc::new(floating_ips.items),
+        security_groups: Arc::new(security_groups.items),
+        address_groups: Arc::new(address_groups.items),
+        qos_policies: Arc::new(qos_policies.items),
     })
 }
 
@@ -155,6 +161,14 @@ struct Checked<T> {
     items: Vec<T>,
     ok: Vec<bool>,
     by_id: HashMap<String, usize>,
+}
+
+impl<T> fmt::Debug for Checked<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Checked")
+            .field("items", &self.items.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<T> Default for Checked<T> {

@@ -92,6 +92,14 @@ impl Port {
     }
 }
 
+/// Who owns each MAC and IPv6 address of the ports checked so far, per network (IPv4
+/// addresses are the checker's, shared with routers, floating IPs and DHCP servers).
+#[derive(Default)]
+pub(super) struct PortOwners {
+    macs: HashMap<(usize, [u8; 6]), String>,
+    ips6: HashMap<(usize, std::net::Ipv6Addr), String>,
+}
+
 impl Checker {
     pub(super) fn mac(&mut self, path: &str, s: &str) -> Option<[u8; 6]> {
         match parse_station_mac(s) {
@@ -133,12 +141,37 @@ impl Checker {
         hosts: &Hosts,
     ) -> Checked<Port> {
         let mut out = Checked::default();
-        let mut macs: HashMap<(usize, [u8; 6]), String> = HashMap::new();
-        let mut ips6: HashMap<(usize, std::net::Ipv6Addr), String> = HashMap::new();
+        let mut owners = PortOwners::default();
         for (i, p) in ports.iter().enumerate() {
-            let base = format!("ports[{i}]");
             let before = self.errors.len();
-            self.id(format!("{base}.id"), &p.id, "port", &mut out.by_id, i);
+            self.id(format!("ports[{i}].id"), &p.id, "port", &mut out.by_id, i);
+            let (port, core_ok) =
+                self.port(i, p, before, networks, subnets, groups, hosts, &mut owners);
+            out.items.push(port);
+            out.ok.push(core_ok);
+        }
+        out
+    }
+
+    /// Checks port `p` at index `i` (its id already checked, with `before` errors before
+    /// that), against the MACs and IPv6 addresses of the ports before it (`owners`);
+    /// whether its fields others depend on are valid. Its QoS policy is left unresolved
+    /// (`Checker::attach_qos`).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn port(
+        &mut self,
+        i: usize,
+        p: &model::Port,
+        before: usize,
+        networks: &Checked<Network>,
+        subnets: &Checked<Subnet>,
+        groups: &Checked<SecurityGroup>,
+        hosts: &Hosts,
+        owners: &mut PortOwners,
+    ) -> (Port, bool) {
+        let PortOwners { macs, ips6 } = owners;
+        {
+            let base = format!("ports[{i}]");
             let network = self.reference(
                 &format!("{base}.network_id"),
                 &p.network_id,
@@ -347,7 +380,7 @@ impl Checker {
             };
             let hostname = self.dns_name(format!("{base}.dns_name"), p.dns_name.as_deref());
             let extra_dhcp_opts = self.extra_dhcp_opts(&base, &p.extra_dhcp_opts);
-            out.items.push(Port {
+            let port = Port {
                 id: p.id.clone(),
                 network: network.unwrap_or(usize::MAX),
                 mac: mac.unwrap_or_default(),
@@ -363,10 +396,9 @@ impl Checker {
                 extra_dhcp_opts,
                 // Resolved once every port is known (`Checker::attach_qos`).
                 qos_policy: None,
-            });
-            out.ok.push(core_ok);
+            };
+            (port, core_ok)
         }
-        out
     }
 
     /// Encodes a port's `extra_dhcp_opts`. DHCPv6 entries are refused: there is no DHCPv6
