@@ -152,18 +152,33 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Sto
     }
 }
 
-/// Takes the directory's lock without waiting.
+/// How long a held lock is retried before the directory is reported as in use. A lock is
+/// also held, briefly, by a process that another thread of the same program is starting:
+/// the child has a copy of every descriptor from its fork until its exec closes them, and
+/// a `flock` lasts while any copy is open. Likewise a daemon that is exiting releases its
+/// lock as its descriptors close. A second daemon holds it for good.
+const LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Takes the directory's lock, retrying for at most [`LOCK_PATIENCE`].
 fn lock_dir(dir: &Path) -> Result<File, StoreError> {
     let path = dir.join(LOCK_FILE);
     let file = private_fs::open_or_create(&path).map_err(io_err("open lock file", &path))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(fs::TryLockError::WouldBlock) => Err(StoreError::Locked { path }),
-        Err(fs::TryLockError::Error(source)) => Err(StoreError::Io {
-            op: "lock",
-            path,
-            source,
-        }),
+    let deadline = std::time::Instant::now() + LOCK_PATIENCE;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked { path }),
+            Err(fs::TryLockError::Error(source)) => {
+                return Err(StoreError::Io {
+                    op: "lock",
+                    path,
+                    source,
+                })
+            }
+        }
     }
 }
 
