@@ -238,8 +238,9 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         &self.buffer.as_ref()[self.payload_range()]
     }
 
-    /// Whether the header checksum is correct.
-    #[inline]
+    /// Whether the header checksum is correct. Always inlined: every routed packet asks,
+    /// and as a call it cost ~15 instructions more per packet.
+    #[inline(always)]
     pub fn verify_checksum(&self) -> bool {
         let header = &self.buffer.as_ref()[..self.header_end()];
         // Headers without options are the rule: summed without a loop.
