@@ -160,6 +160,17 @@ fn received_kbps(report: &Value) -> f64 {
     bytes * 8.0 / secs / 1000.0
 }
 
+/// TCP through a policer (not a shaper) backs off at every policed segment, so it reaches
+/// most of the rate, never more: measured 3498 to 4112 kbit/s under a 4000 kbit/s limit
+/// on this machine. The bucket's rate itself is shown exactly by UDP ([`assert_near`]).
+fn assert_tcp_policed(what: &str, got: f64, limit: f64) {
+    eprintln!("{what}: {got:.0} kbit/s (limit {limit:.0})");
+    assert!(
+        got >= limit * 0.75 && got <= limit * 1.10,
+        "{what}: {got:.0} kbit/s is not between 75% and 110% of {limit:.0}"
+    );
+}
+
 fn assert_near(what: &str, got: f64, limit: f64) {
     eprintln!("{what}: {got:.0} kbit/s (limit {limit:.0})");
     assert!(
@@ -218,9 +229,9 @@ fn bandwidth_limits_and_dscp_marking() {
     assert_eq!(lab.port("vm-q2")["dscp_marked"], 0);
 
     // Egress (from q1) over TCP and UDP, ingress (to q1) over TCP and UDP.
-    assert_near("egress TCP", lab.iperf(&Q1, &Q3, None), EGRESS_KBPS);
+    assert_tcp_policed("egress TCP", lab.iperf(&Q1, &Q3, None), EGRESS_KBPS);
     assert_near("egress UDP", lab.iperf(&Q1, &Q3, Some("8M")), EGRESS_KBPS);
-    assert_near("ingress TCP", lab.iperf(&Q3, &Q1, None), INGRESS_KBPS);
+    assert_tcp_policed("ingress TCP", lab.iperf(&Q3, &Q1, None), INGRESS_KBPS);
     assert_near(
         "ingress UDP",
         lab.iperf(&Q3, &Q1, Some("12M")),
