@@ -23,11 +23,11 @@
 //!   validator's code) says for most edits whether the result must be accepted, refused
 //!   as invalid (often at which path) or refused as unsupported; any disagreement fails.
 
+use pollux_testkit::TempDir;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fs;
 use std::net::Ipv4Addr;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use pollux_control::binding::MemWires;
@@ -156,36 +156,6 @@ fn engine_config() -> EngineConfig {
 
 // ---------------------------------------------------------------------------------------
 // Temp directory and state-directory snapshots.
-
-/// A fresh directory under the system temp dir, removed on drop (also when a case fails).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let root = std::env::temp_dir().join(format!(
-            "pollux-apply-properties-{}-{n}-{nanos}",
-            std::process::id()
-        ));
-        fs::create_dir(&root).expect("create test temp dir");
-        TempDir(root)
-    }
-
-    /// The state directory (created by the store).
-    fn state_dir(&self) -> PathBuf {
-        self.0.join("state")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Every file of `dir`: name → bytes.
 fn dir_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
@@ -1185,7 +1155,7 @@ fn check_committed(
 
 fn run_case(edits: &[Edit]) {
     let tmp = TempDir::new();
-    let dir = tmp.state_dir();
+    let dir = tmp.join("state");
     let store = Store::open(&dir, HISTORY).expect("open the store");
     let wires = MemWires::default();
     let mut engine = Engine::start(

@@ -4,9 +4,9 @@
 //! the capture ended; one capture runs at a time, a client that hangs up ends its capture,
 //! and a capture with no traffic ends by its duration.
 
+use pollux_testkit::TempDir;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -86,27 +86,6 @@ fn udp(dst: [u8; 6], src: [u8; 6], sip: [u8; 4], dip: [u8; 4], tag: u8) -> Vec<u
     f
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let root = std::env::temp_dir().join(format!(
-            "pollux-capture-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        std::fs::create_dir(&root).expect("temp dir");
-        TempDir(root)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 struct Lab {
     server: RpcServer,
     service: Service,
@@ -135,7 +114,7 @@ impl Lab {
         )
         .expect("engine starts");
         let wires = std::mem::take(&mut *wires.lock().unwrap());
-        let socket = tmp.0.join("sock");
+        let socket = tmp.join("sock");
         let server = RpcServer::bind(&socket, RpcOptions::default()).expect("bind");
         Lab {
             server,

@@ -3,11 +3,10 @@
 //! come back out of its port; configuration changes reach the server with the snapshot;
 //! leases are persisted in the state directory and restored by a new engine.
 
+use pollux_testkit::TempDir;
 use std::collections::BTreeMap;
 use std::fs;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -75,30 +74,8 @@ fn state(vm1_ip: &str, with_vm2: bool) -> DesiredState {
     .expect("test state parses")
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let root = std::env::temp_dir().join(format!(
-            "pollux-dhcp-engine-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(&root).expect("temp dir");
-        TempDir(root)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 fn start(dir: &TempDir, state: DesiredState, wires: &MemWires) -> Engine {
-    let store = Store::open(&dir.0.join("state"), 8).expect("store");
+    let store = Store::open(&dir.join("state"), 8).expect("store");
     let generation = store.current_generation().map_or(1, |g| g + 1);
     Engine::start(
         &EngineConfig {
@@ -351,7 +328,7 @@ fn changes_reach_the_server_and_leases_survive_a_restart() {
 
     // Restart: the lease comes back from the state directory.
     engine.shutdown().expect("shutdown");
-    let lease_files: Vec<_> = fs::read_dir(dir.0.join("state").join(LEASE_DIR))
+    let lease_files: Vec<_> = fs::read_dir(dir.join("state").join(LEASE_DIR))
         .expect("lease dir")
         .collect();
     assert_eq!(lease_files.len(), 1, "one network, one file");
@@ -386,7 +363,7 @@ fn changes_reach_the_server_and_leases_survive_a_restart() {
     )
     .is_none());
     assert_eq!(
-        fs::read_dir(dir.0.join("state").join(LEASE_DIR))
+        fs::read_dir(dir.join("state").join(LEASE_DIR))
             .expect("lease dir")
             .count(),
         0

@@ -5,10 +5,10 @@
 //!
 //! Every daemon is SIGKILLed and reaped by a guard; every wait is bounded.
 
+use pollux_testkit::TempDir;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -25,28 +25,6 @@ const GENERATION_MISMATCH: i64 = -32002;
 const UNKNOWN_OBJECT: i64 = -32007;
 const INVALID_PARAMS: i64 = -32602;
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "plx-obj-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 struct Daemon {
     child: Child,
     socket: PathBuf,
@@ -62,12 +40,12 @@ impl Drop for Daemon {
 impl Daemon {
     /// Starts polluxd in `dir` (with `config` if given) and waits for its ready line.
     fn start(dir: &TempDir, config: Option<&Path>) -> Daemon {
-        let socket = dir.0.join("polluxd.sock");
+        let socket = dir.join("polluxd.sock");
         let mut cmd = Command::new(POLLUXD);
         cmd.arg("--socket")
             .arg(&socket)
             .arg("--state-dir")
-            .arg(dir.0.join("state"))
+            .arg(dir.join("state"))
             .arg("--pool-frames")
             .arg("4096");
         if let Some(config) = config {
@@ -137,7 +115,7 @@ fn base_state() -> Value {
 }
 
 fn start_base(dir: &TempDir) -> Daemon {
-    let config = dir.0.join("base.json");
+    let config = dir.join("base.json");
     std::fs::write(&config, base_state().to_string()).unwrap();
     Daemon::start(dir, Some(&config))
 }
@@ -487,7 +465,7 @@ fn polluxctl(socket: &Path, args: &[&str], stdin: Option<&str>) -> (i32, String,
 fn polluxctl_put_and_delete() {
     let dir = TempDir::new();
     let d = start_base(&dir);
-    let file = dir.0.join("vm2.json");
+    let file = dir.join("vm2.json");
     std::fs::write(
         &file,
         json!({ "port": port("vm2", "fa:16:3e:0a:00:12", "198.18.10.12") }).to_string(),

@@ -18,9 +18,8 @@
 //! At the end both engines stop and their stores are opened again: the same generation
 //! and state come back.
 
+use pollux_testkit::TempDir;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use pollux_control::binding::MemWires;
@@ -107,28 +106,6 @@ port_id = "p0"
 id = "sg0"
 rules = [{ direction = "ingress", ethertype = "IPv4", protocol = "tcp", port_range_min = 22, port_range_max = 22 }]
 "#;
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let root = std::env::temp_dir().join(format!(
-            "pollux-object-properties-{}-{n}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir(&root).expect("create test temp dir");
-        TempDir(root)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// One change, as choices resolved against the state it is made to.
 #[derive(Clone, Debug)]
@@ -301,7 +278,7 @@ fn raw(change: &Change) -> RawChange {
 }
 
 fn start(dir: &TempDir, name: &str) -> Engine {
-    let store = Store::open(&dir.0.join(name), HISTORY).unwrap();
+    let store = Store::open(&dir.join(name), HISTORY).unwrap();
     let config = EngineConfig {
         cores: vec![None],
         pool_frames: 4096,
@@ -453,7 +430,7 @@ fn run_case(steps: &[Step]) {
     drop(a);
     drop(b);
     for name in ["a", "b"] {
-        let store = Store::open(&dir.0.join(name), HISTORY).unwrap();
+        let store = Store::open(&dir.join(name), HISTORY).unwrap();
         let (g, value) = store.current().expect("a committed generation");
         assert_eq!(g, generation, "{name}: restart generation");
         let restored = state_from_json(value).unwrap();

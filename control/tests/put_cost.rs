@@ -12,8 +12,8 @@
 //! and the thread's CPU time, p50/p99/max. With `PUT_COST_PHASES=1` in the environment
 //! the engine logs each change's steps on stderr.
 
+use pollux_testkit::TempDir;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
 use std::time::Instant;
 
 use pollux_control::binding::MemWires;
@@ -86,24 +86,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 #[ignore = "a measurement: run in release with --ignored --nocapture"]
 fn one_port_changes_on_10000_ports() {
-    let dir = TempDir(std::env::temp_dir().join(format!("pollux-put-cost-{}", std::process::id())));
-    let _ = std::fs::remove_dir_all(&dir.0);
+    let dir = TempDir::new();
     let config = EngineConfig {
         pool_frames: 1 << 20,
         ..EngineConfig::default()
     };
-    let store = Store::open(&dir.0, 8).expect("store");
+    let store = Store::open(&dir.join("state"), 8).expect("store");
     let initial = Initial {
         state: state(),
         generation: 1,

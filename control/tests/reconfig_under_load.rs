@@ -13,10 +13,9 @@
 //!
 //! Every wait is bounded. The frame rates printed are for information only.
 
+use pollux_testkit::TempDir;
 use std::collections::BTreeMap;
-use std::fs;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -208,38 +207,13 @@ fn vid_of(f: &[u8]) -> Option<u16> {
         .then(|| u16::from_be_bytes([f[14], f[15]]) & 0x0fff)
 }
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let root = std::env::temp_dir().join(format!(
-            "pollux-reconfig-{tag}-{}-{n}-{nanos}",
-            std::process::id()
-        ));
-        fs::create_dir(&root).expect("create test temp dir");
-        TempDir(root)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 fn start(tmp: &TempDir, wires: &MemWires) -> Engine {
     start_workers(tmp, wires, 1)
 }
 
 /// As [`start`] with `workers` unpinned workers.
 fn start_workers(tmp: &TempDir, wires: &MemWires, workers: usize) -> Engine {
-    let store = Store::open(&tmp.0.join("state"), 16).expect("open the store");
+    let store = Store::open(&tmp.join("state"), 16).expect("open the store");
     Engine::start(
         &EngineConfig {
             cores: vec![None; workers],
@@ -605,7 +579,7 @@ fn unrelated_changes_do_not_disturb_a_stream_through_two_workers() {
 }
 
 fn unrelated_changes(workers: usize) {
-    let tmp = TempDir::new("stream");
+    let tmp = TempDir::new();
     let wires = MemWires::default();
     let mut engine = start_workers(&tmp, &wires, workers);
     let per_worker = engine.worker_counters();
@@ -934,7 +908,7 @@ fn send_phase(
 #[test]
 fn moving_the_receiver_stops_delivery() {
     const N: u64 = 10_000;
-    let tmp = TempDir::new("move");
+    let tmp = TempDir::new();
     let wires = MemWires::default();
     let mut engine = start(&tmp, &wires);
     let counters = engine.counters();

@@ -1,10 +1,11 @@
 //! The JSON-RPC control socket over a real Unix socket.
 
+use pollux_testkit::TempDir;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -63,29 +64,6 @@ impl Handler for TestHandler {
     }
 }
 
-/// A unique directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> Self {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "pollux-rpc-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A server thread serving a `TestHandler` until dropped.
 struct Server {
     path: PathBuf,
@@ -101,7 +79,7 @@ impl Server {
 
     fn start_with(options: RpcOptions) -> Self {
         let dir = TempDir::new();
-        let path = dir.0.join("polluxd.sock");
+        let path = dir.join("polluxd.sock");
         let server = RpcServer::bind(&path, options).unwrap();
         Self::spawn(server, path, dir)
     }
@@ -512,7 +490,7 @@ fn last_line_without_newline_is_answered_at_eof() {
 #[test]
 fn stale_socket_is_replaced() {
     let dir = TempDir::new();
-    let path = dir.0.join("polluxd.sock");
+    let path = dir.join("polluxd.sock");
     // A socket file nobody listens on, as a crashed daemon leaves it.
     drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
     assert!(std::fs::symlink_metadata(&path)
@@ -539,7 +517,7 @@ fn live_socket_is_not_stolen() {
 #[test]
 fn non_socket_file_is_never_deleted() {
     let dir = TempDir::new();
-    let path = dir.0.join("polluxd.sock");
+    let path = dir.join("polluxd.sock");
     std::fs::write(&path, b"precious").unwrap();
     let err = RpcServer::bind(&path, RpcOptions::default()).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists);
@@ -553,13 +531,13 @@ fn non_socket_file_is_never_deleted() {
 #[test]
 fn socket_mode_is_0660_and_removed_on_drop() {
     let dir = TempDir::new();
-    let path = dir.0.join("polluxd.sock");
+    let path = dir.join("polluxd.sock");
     let server = RpcServer::bind(&path, RpcOptions::default()).unwrap();
     let meta = std::fs::symlink_metadata(&path).unwrap();
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
     // Nothing else was left in the directory.
-    assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     drop(server);
     assert!(std::fs::symlink_metadata(&path).is_err());
 }
@@ -567,10 +545,10 @@ fn socket_mode_is_0660_and_removed_on_drop() {
 #[test]
 fn socket_path_near_the_address_limit() {
     let dir = TempDir::new();
-    let base = dir.0.as_os_str().len() + 1;
+    let base = dir.as_os_str().len() + 1;
     assert!(base < 100, "temp dir too deep for this test");
     // 105 bytes in all: fits, but a staged name next to it would not.
-    let path = dir.0.join("s".repeat(105 - base));
+    let path = dir.join("s".repeat(105 - base));
     let server = RpcServer::bind(&path, RpcOptions::default()).unwrap();
     let meta = std::fs::symlink_metadata(&path).unwrap();
     assert_eq!(meta.permissions().mode() & 0o7777, 0o660);

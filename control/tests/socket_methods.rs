@@ -7,6 +7,7 @@
 //! starts is SIGKILLed and reaped by a guard, so a failing test leaves nothing running.
 //! Every wait is bounded, and nothing asserts on timing beyond those bounds.
 
+use pollux_testkit::TempDir;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -72,48 +73,6 @@ const CONTRACT_METHODS: [&str; 21] = [
 // Temp directories and daemons
 // ---------------------------------------------------------------------------------------
 
-/// A unique directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "plx-sm-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.0.join("polluxd.sock")
-    }
-
-    fn state_dir(&self) -> PathBuf {
-        self.0.join("state")
-    }
-
-    /// Writes `text` to `name` in this directory.
-    fn file(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The highest CPU this process may run on (where the daemon's busy worker goes).
 fn last_cpu() -> usize {
     // SAFETY: `cpu_set_t` is plain data; sched_getaffinity fills it and CPU_ISSET reads it.
@@ -173,8 +132,8 @@ impl<'a> Spec<'a> {
     /// The socket and state directory of `dir`, with `config`.
     fn new(dir: &TempDir, config: Option<&'a Path>) -> Self {
         Spec {
-            socket: dir.socket(),
-            state_dir: dir.state_dir(),
+            socket: dir.join("polluxd.sock"),
+            state_dir: dir.join("state"),
             config,
             extra: Vec::new(),
         }
@@ -910,7 +869,7 @@ fn every_method_over_the_real_socket() {
 
     // config.apply, dry run: the diff, nothing else.
     let state2 = with_port(&base_state(), "vm-a3", "net-a", "fa:16:3e:0a:00:14");
-    let files = dir_contents(&dir.state_dir());
+    let files = dir_contents(&dir.join("state"));
     assert_eq!(files.len(), 1, "{:?}", files.keys());
     let dry = s.ok("config.apply", json!({ "state": state2, "dry_run": true }));
     assert_eq!(dry["applied"], false, "{dry}");
@@ -918,7 +877,7 @@ fn every_method_over_the_real_socket() {
     assert_eq!(dry["dry_run"], true, "{dry}");
     assert_eq!(dry["diff"]["added"]["ports"], json!(["vm-a3"]), "{dry}");
     assert_eq!(
-        dir_contents(&dir.state_dir()),
+        dir_contents(&dir.join("state")),
         files,
         "a dry run changed the state dir"
     );
@@ -942,7 +901,7 @@ fn every_method_over_the_real_socket() {
         json!(["vm-a3"]),
         "{applied}"
     );
-    assert_eq!(dir_contents(&dir.state_dir()).len(), 2);
+    assert_eq!(dir_contents(&dir.join("state")).len(), 2);
     let ports = s.ok("ports.list", json!({}));
     let a3 = ports["ports"]
         .as_array()
@@ -957,7 +916,7 @@ fn every_method_over_the_real_socket() {
     let same = s.ok("config.apply", json!({ "state": state2 }));
     assert_eq!(same["changed"], false, "{same}");
     assert_eq!(same["applied"], false, "{same}");
-    assert_eq!(dir_contents(&dir.state_dir()).len(), 2);
+    assert_eq!(dir_contents(&dir.join("state")).len(), 2);
 
     // expect_generation: stale is refused, current goes through.
     let state3 = with_port(&state2, "vm-b2", "net-b", "fa:16:3e:0b:00:15");
@@ -1055,11 +1014,11 @@ fn invalid_configurations_change_nothing() {
     let dir = TempDir::new();
     let daemon = start_base(&dir);
     let mut s = Session::new(&daemon, 1);
-    let before = dir_contents(&dir.state_dir());
+    let before = dir_contents(&dir.join("state"));
     assert!(!before.is_empty());
     let unchanged = |s: &mut Session, what: &str| {
         assert_eq!(
-            dir_contents(&dir.state_dir()),
+            dir_contents(&dir.join("state")),
             before,
             "{what}: the state dir changed"
         );
@@ -1712,13 +1671,13 @@ fn restart_into_the_persisted_generation_and_refuse_a_corrupt_one() {
     drop(daemon);
 
     // Corrupt the newest generation file: polluxd refuses to start and names it.
-    let newest = dir_contents(&dir.state_dir())
+    let newest = dir_contents(&dir.join("state"))
         .into_keys()
         .filter(|n| n.starts_with("gen-") && n.ends_with(".json"))
         .max()
         .unwrap();
     assert_eq!(newest, "gen-00000000000000000003.json");
-    let path = dir.state_dir().join(&newest);
+    let path = dir.join("state").join(&newest);
     let len = std::fs::metadata(&path).unwrap().len();
     std::fs::OpenOptions::new()
         .write(true)
@@ -1745,7 +1704,10 @@ fn restart_into_the_persisted_generation_and_refuse_a_corrupt_one() {
         corrupt,
         "the corrupt file was changed"
     );
-    assert!(!dir.socket().exists(), "a refused start left a socket file");
+    assert!(
+        !dir.join("polluxd.sock").exists(),
+        "a refused start left a socket file"
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1769,7 +1731,7 @@ fn socket_mode_stale_socket_and_second_daemon() {
     let other_state = dir.path().join("state-2");
     let config = dir.path().join("base.toml");
     let second = Spec {
-        socket: dir.socket(),
+        socket: dir.join("polluxd.sock"),
         state_dir: other_state,
         config: Some(&config),
         extra: Vec::new(),
@@ -1777,20 +1739,21 @@ fn socket_mode_stale_socket_and_second_daemon() {
     let (status, stderr) = second.fails();
     assert!(!status.success(), "{status}: {stderr}");
     assert!(
-        stderr.contains(&dir.socket().display().to_string()) && stderr.contains("already"),
+        stderr.contains(&dir.join("polluxd.sock").display().to_string())
+            && stderr.contains("already"),
         "unclear error from the second daemon:\n{stderr}"
     );
     assert!(first.is_running(), "{}", first.stderr_text());
     assert!(
-        dir.socket().exists(),
+        dir.join("polluxd.sock").exists(),
         "the second daemon removed the socket"
     );
     // A second daemon on the same state directory (own socket) is refused too, and leaves
     // the first one's generations alone.
-    let files_before = dir_contents(&dir.state_dir());
+    let files_before = dir_contents(&dir.join("state"));
     let second = Spec {
         socket: dir.path().join("second.sock"),
-        state_dir: dir.state_dir(),
+        state_dir: dir.join("state"),
         config: None,
         extra: Vec::new(),
     };
@@ -1800,7 +1763,7 @@ fn socket_mode_stale_socket_and_second_daemon() {
         stderr.contains("polluxd.lock") && stderr.contains("another polluxd"),
         "unclear error from the second daemon:\n{stderr}"
     );
-    assert_eq!(dir_contents(&dir.state_dir()), files_before);
+    assert_eq!(dir_contents(&dir.join("state")), files_before);
     assert!(
         !dir.path().join("second.sock").exists(),
         "the refused daemon left its socket behind"
@@ -1812,9 +1775,9 @@ fn socket_mode_stale_socket_and_second_daemon() {
     // SIGKILL leaves a stale socket file; the next start replaces it.
     first.kill();
     drop(first);
-    let meta = std::fs::symlink_metadata(dir.socket()).expect("stale socket file");
+    let meta = std::fs::symlink_metadata(dir.join("polluxd.sock")).expect("stale socket file");
     assert!(meta.file_type().is_socket());
-    let refused = UnixStream::connect(dir.socket()).unwrap_err();
+    let refused = UnixStream::connect(dir.join("polluxd.sock")).unwrap_err();
     assert_eq!(
         refused.kind(),
         std::io::ErrorKind::ConnectionRefused,

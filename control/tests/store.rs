@@ -2,44 +2,14 @@
 //! leftovers, corruption (named, never papered over), and a property test over random
 //! sequences of commits and reopens.
 
+use pollux_testkit::TempDir;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use pollux_control::store::{Store, StoreError, DEFAULT_HISTORY};
 use proptest::prelude::*;
 use serde_json::{json, Value};
-
-/// A fresh directory under the system temp dir, removed on drop. `path()` itself does not
-/// exist yet, so the store creates it.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        let root = std::env::temp_dir().join(format!(
-            "pollux-store-test-{tag}-{}-{n}-{nanos}",
-            std::process::id()
-        ));
-        fs::create_dir(&root).expect("create test temp dir");
-        TempDir(root)
-    }
-
-    fn path(&self) -> PathBuf {
-        self.0.join("state")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 fn gen_file(dir: &Path, generation: u64) -> PathBuf {
     dir.join(format!("gen-{generation:020}.json"))
@@ -81,8 +51,8 @@ fn expect_corrupt(result: Result<Store, StoreError>, file: &Path) -> String {
 
 #[test]
 fn empty_directory_is_created_0700_and_has_no_current() {
-    let tmp = TempDir::new("empty");
-    let dir = tmp.path().join("nested");
+    let tmp = TempDir::new();
+    let dir = tmp.join("state").join("nested");
     let store = Store::open(&dir, DEFAULT_HISTORY).expect("open");
     assert!(store.current().is_none());
     assert!(store.history().is_empty());
@@ -94,8 +64,8 @@ fn empty_directory_is_created_0700_and_has_no_current() {
 
 #[test]
 fn commit_current_history_get_round_trip() {
-    let tmp = TempDir::new("roundtrip");
-    let dir = tmp.path();
+    let tmp = TempDir::new();
+    let dir = tmp.join("state");
     let mut store = Store::open(&dir, DEFAULT_HISTORY).expect("open");
     store.commit(1, &state(1)).expect("commit 1");
     store.commit(2, &state(2)).expect("commit 2");
@@ -143,8 +113,8 @@ fn commit_current_history_get_round_trip() {
 
 #[test]
 fn history_pruning_keeps_exactly_n() {
-    let tmp = TempDir::new("prune");
-    let dir = tmp.path();
+    let tmp = TempDir::new();
+    let dir = tmp.join("state");
     let mut store = Store::open(&dir, 3).expect("open");
     for g in 1..=10 {
         store.commit(g * 10, &state(g)).expect("commit");
@@ -172,8 +142,8 @@ fn history_pruning_keeps_exactly_n() {
 
 #[test]
 fn history_zero_still_keeps_the_current_generation() {
-    let tmp = TempDir::new("zero");
-    let dir = tmp.path();
+    let tmp = TempDir::new();
+    let dir = tmp.join("state");
     let mut store = Store::open(&dir, 0).expect("open");
     store.commit(1, &state(1)).expect("commit");
     store.commit(2, &state(2)).expect("commit");
@@ -185,8 +155,8 @@ fn history_zero_still_keeps_the_current_generation() {
 
 #[test]
 fn stale_generation_is_refused() {
-    let tmp = TempDir::new("stale");
-    let dir = tmp.path();
+    let tmp = TempDir::new();
+    let dir = tmp.join("state");
     let mut store = Store::open(&dir, DEFAULT_HISTORY).expect("open");
     store.commit(4, &state(4)).expect("commit");
     for stale in [4, 3, 0] {
@@ -203,8 +173,8 @@ fn stale_generation_is_refused() {
     assert_eq!(store.current(), Some((4, &state(4))));
     assert_eq!(files(&dir), ["gen-00000000000000000004.json"]);
     // Generation 0 is fine as the first one.
-    let tmp2 = TempDir::new("stale0");
-    let mut empty = Store::open(&tmp2.path(), DEFAULT_HISTORY).expect("open");
+    let tmp2 = TempDir::new();
+    let mut empty = Store::open(&tmp2.join("state"), DEFAULT_HISTORY).expect("open");
     empty
         .commit(0, &state(0))
         .expect("generation 0 into an empty store");
@@ -212,8 +182,8 @@ fn stale_generation_is_refused() {
 
 #[test]
 fn reopen_after_commit_returns_the_same() {
-    let tmp = TempDir::new("reopen");
-    let dir = tmp.path();
+    let tmp = TempDir::new();
+    let dir = tmp.join("state");
     let mut store = Store::open(&dir, DEFAULT_HISTORY).expect("open");
     store.commit(7, &state(7)).expect("commit");
     store.commit(9, &state(9)).expect("commit");
@@ -234,8 +204,8 @@ fn reopen_after_commit_returns_the_same() {
 
 #[test]
 fn a_second_store_on_the_same_directory_is_refused_until_the_first_is_gone() {
-    let tmp = TempDir::new("lock");
-    let dir = tmp.path();
+    let tmp = TempDir::new();
+    let dir = tmp.join("state");
     let mut first = Store::open(&dir, DEFAULT_HISTORY).expect("open");
     first.commit(1, &state(1)).expect("commit");
     // A temp file of a commit in flight must survive the refused open.
@@ -270,8 +240,8 @@ fn a_second_store_on_the_same_directory_is_refused_until_the_first_is_gone() {
 
 #[test]
 fn leftover_temp_file_is_removed_and_unknown_files_ignored() {
-    let tmp = TempDir::new("tmpfile");
-    let dir = tmp.path();
+    let tmp = TempDir::new();
+    let dir = tmp.join("state");
     let mut store = Store::open(&dir, DEFAULT_HISTORY).expect("open");
     store.commit(1, &state(1)).expect("commit");
     drop(store);
@@ -307,8 +277,8 @@ fn leftover_temp_file_is_removed_and_unknown_files_ignored() {
 
 #[test]
 fn truncated_newest_file_is_corrupt_named_and_untouched() {
-    let tmp = TempDir::new("truncated");
-    let dir = tmp.path();
+    let tmp = TempDir::new();
+    let dir = tmp.join("state");
     let mut store = Store::open(&dir, DEFAULT_HISTORY).expect("open");
     store.commit(1, &state(1)).expect("commit");
     store.commit(2, &state(2)).expect("commit");
@@ -339,8 +309,8 @@ fn truncated_newest_file_is_corrupt_named_and_untouched() {
 
 #[test]
 fn unreadable_newest_file_is_corrupt() {
-    let tmp = TempDir::new("unreadable");
-    let dir = tmp.path();
+    let tmp = TempDir::new();
+    let dir = tmp.join("state");
     let mut store = Store::open(&dir, DEFAULT_HISTORY).expect("open");
     store.commit(1, &state(1)).expect("commit");
     drop(store);
@@ -354,8 +324,8 @@ fn unreadable_newest_file_is_corrupt() {
 
 #[test]
 fn inner_generation_mismatch_is_corrupt() {
-    let tmp = TempDir::new("mismatch");
-    let dir = tmp.path();
+    let tmp = TempDir::new();
+    let dir = tmp.join("state");
     let mut store = Store::open(&dir, DEFAULT_HISTORY).expect("open");
     store.commit(3, &state(3)).expect("commit");
     drop(store);
@@ -371,8 +341,8 @@ fn inner_generation_mismatch_is_corrupt() {
 
 #[test]
 fn corrupt_older_generation_does_not_block_open_but_get_names_it() {
-    let tmp = TempDir::new("older");
-    let dir = tmp.path();
+    let tmp = TempDir::new();
+    let dir = tmp.join("state");
     let mut store = Store::open(&dir, DEFAULT_HISTORY).expect("open");
     for g in 1..=3 {
         store.commit(g, &state(g)).expect("commit");
@@ -397,9 +367,9 @@ fn corrupt_older_generation_does_not_block_open_but_get_names_it() {
 
 #[test]
 fn errors_are_fit_for_a_log() {
-    let tmp = TempDir::new("errors");
+    let tmp = TempDir::new();
     // The "directory" is a file.
-    let file = tmp.0.join("plain-file");
+    let file = tmp.join("plain-file");
     fs::write(&file, b"x").unwrap();
     let err = Store::open(&file, DEFAULT_HISTORY).expect_err("not a directory");
     let message = err.to_string();
@@ -450,8 +420,8 @@ proptest! {
         history in 1usize..5,
         ops in prop::collection::vec(arb_op(), 1..12),
     ) {
-        let tmp = TempDir::new("prop");
-        let dir = tmp.path();
+        let tmp = TempDir::new();
+        let dir = tmp.join("state");
         let mut store = Store::open(&dir, history).expect("open");
         // Model: every committed generation with its state, oldest first.
         let mut committed: Vec<(u64, Value)> = Vec::new();
@@ -497,14 +467,14 @@ impl SmallTmpfs {
             euid_is_root(),
             "this test mounts a tmpfs to fill it up: run it as root (CI does)"
         );
-        let dir = TempDir::new("tmpfs");
+        let dir = TempDir::new();
         let status = std::process::Command::new("mount")
             .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700")])
             .arg("pollux-test")
-            .arg(&dir.0)
+            .arg(dir.path())
             .status()
             .expect("run mount");
-        assert!(status.success(), "mount tmpfs on {}", dir.0.display());
+        assert!(status.success(), "mount tmpfs on {}", dir.display());
         SmallTmpfs(dir)
     }
 }
@@ -512,7 +482,7 @@ impl SmallTmpfs {
 impl Drop for SmallTmpfs {
     fn drop(&mut self) {
         let _ = std::process::Command::new("umount")
-            .arg(&self.0 .0)
+            .arg(self.0.path())
             .status();
     }
 }
@@ -527,7 +497,7 @@ fn euid_is_root() -> bool {
 #[ignore = "needs root: mounts a tmpfs (run with --include-ignored as root)"]
 fn a_full_disk_fails_the_commit_without_leaving_anything_behind() {
     let fs = SmallTmpfs::mount("64k");
-    let dir = fs.0.path();
+    let dir = fs.0.join("state");
     let mut store = Store::open(&dir, DEFAULT_HISTORY).expect("open");
     store.commit(1, &state(1)).expect("a small commit fits");
     let before = files(&dir);
@@ -558,15 +528,15 @@ fn a_full_disk_fails_the_commit_without_leaving_anything_behind() {
 /// not followed (the file it points at is untouched).
 #[test]
 fn files_are_private_and_links_are_not_followed() {
-    let tmp = TempDir::new("private");
-    let dir = tmp.path();
+    let tmp = TempDir::new();
+    let dir = tmp.join("state");
     fs::create_dir_all(&dir).unwrap();
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
     let mut store = Store::open(&dir, DEFAULT_HISTORY).expect("open");
     let mode = |p: &Path| fs::symlink_metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir), 0o700, "the loose directory was not tightened");
 
-    let victim = tmp.0.join("victim");
+    let victim = tmp.join("victim");
     fs::write(&victim, b"precious").unwrap();
     let planted = dir.join("gen-00000000000000000001.json.tmp");
     std::os::unix::fs::symlink(&victim, &planted).unwrap();

@@ -3,41 +3,15 @@
 //! property test over random sequences of whole commits, appends, compactions, torn
 //! writes and reopens against a model.
 
+use pollux_testkit::TempDir;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use pollux_control::store::{Store, StoreError, COMPACT_AFTER_RECORDS, COMPACT_WHEN_QUIET_FOR};
 use proptest::prelude::*;
 use serde_json::{json, Value};
-
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let root = std::env::temp_dir().join(format!(
-            "pollux-journal-test-{tag}-{}-{n}",
-            std::process::id()
-        ));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir(&root).expect("create test temp dir");
-        TempDir(root)
-    }
-
-    fn path(&self) -> PathBuf {
-        self.0.join("state")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
 
 fn files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir(dir)
@@ -67,8 +41,8 @@ fn base_state() -> Value {
 
 #[test]
 fn appends_are_journal_lines_replayed_on_open() {
-    let tmp = TempDir::new("replay");
-    let dir = tmp.path();
+    let tmp = TempDir::new();
+    let dir = tmp.join("state");
     let mut store = Store::open(&dir, 16).expect("open");
     assert!(!store.can_append(), "an empty store has nothing to change");
     store.commit(1, &base_state()).expect("commit");
@@ -105,8 +79,8 @@ fn appends_are_journal_lines_replayed_on_open() {
 
 #[test]
 fn changes_that_do_not_apply_are_refused_and_change_nothing() {
-    let tmp = TempDir::new("refused");
-    let dir = tmp.path();
+    let tmp = TempDir::new();
+    let dir = tmp.join("state");
     let mut store = Store::open(&dir, 16).expect("open");
     store.commit(1, &base_state()).expect("commit");
     let err = store
@@ -123,8 +97,8 @@ fn changes_that_do_not_apply_are_refused_and_change_nothing() {
 
 #[test]
 fn compaction_folds_the_journal_and_pruning_takes_it_with_its_history() {
-    let tmp = TempDir::new("compact");
-    let dir = tmp.path();
+    let tmp = TempDir::new();
+    let dir = tmp.join("state");
     let mut store = Store::open(&dir, 3).expect("open");
     store.commit(1, &base_state()).expect("commit");
     for g in 2..=4 {
@@ -172,8 +146,8 @@ fn compaction_folds_the_journal_and_pruning_takes_it_with_its_history() {
 
 #[test]
 fn a_long_journal_is_due_for_compaction_at_once() {
-    let tmp = TempDir::new("long");
-    let dir = tmp.path();
+    let tmp = TempDir::new();
+    let dir = tmp.join("state");
     let mut store = Store::open(&dir, 4).expect("open");
     store.commit(1, &base_state()).expect("commit");
     for g in 2..=(COMPACT_AFTER_RECORDS as u64 + 1) {
@@ -184,8 +158,8 @@ fn a_long_journal_is_due_for_compaction_at_once() {
 
 #[test]
 fn a_torn_last_line_is_cut_on_open_and_a_bad_middle_line_is_corruption() {
-    let tmp = TempDir::new("torn");
-    let dir = tmp.path();
+    let tmp = TempDir::new();
+    let dir = tmp.join("state");
     let mut store = Store::open(&dir, 16).expect("open");
     store.commit(1, &base_state()).expect("commit");
     store.append(2, &json!([put("b", 2)])).expect("append");
@@ -230,8 +204,8 @@ fn a_torn_last_line_is_cut_on_open_and_a_bad_middle_line_is_corruption() {
 
 #[test]
 fn a_gap_in_the_journal_is_corruption() {
-    let tmp = TempDir::new("gap");
-    let dir = tmp.path();
+    let tmp = TempDir::new();
+    let dir = tmp.join("state");
     let mut store = Store::open(&dir, 16).expect("open");
     store.commit(1, &base_state()).expect("commit");
     store.append(2, &json!([put("b", 2)])).expect("append");
@@ -310,8 +284,8 @@ proptest! {
         history in 1usize..5,
         ops in prop::collection::vec(arb_op(), 1..16),
     ) {
-        let tmp = TempDir::new("prop");
-        let dir = tmp.path();
+        let tmp = TempDir::new();
+        let dir = tmp.join("state");
         let mut store = Store::open(&dir, history).expect("open");
         let mut committed: Vec<(u64, Value)> = Vec::new();
         for op in ops {

@@ -2,9 +2,7 @@
 //! workers, frames between ports of different workers handed over, `workers.list` showing
 //! each worker's queues, and what several workers cannot run refused with its path.
 
-use std::fs;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use pollux_testkit::TempDir;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -56,35 +54,13 @@ fn state(extra: &str) -> DesiredState {
     DesiredState::from_toml_str(&toml).expect("test state parses")
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static NEXT: AtomicU64 = AtomicU64::new(0);
-        let root = std::env::temp_dir().join(format!(
-            "pollux-workers-engine-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(&root).expect("temp dir");
-        TempDir(root)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
 fn start(
     dir: &TempDir,
     state: DesiredState,
     workers: usize,
     wires: &MemWires,
 ) -> Result<Engine, String> {
-    let store = pollux_control::store::Store::open(&dir.0.join("state"), 8).expect("store");
+    let store = pollux_control::store::Store::open(&dir.join("state"), 8).expect("store");
     Engine::start(
         &EngineConfig {
             cores: vec![None; workers],

@@ -1,7 +1,7 @@
-//! The namespace kit that the end-to-end tests (`pollux-tests`) and the benchmark harness
+//! The test kit that the end-to-end tests (`pollux-tests`) and the benchmark harness
 //! (`pollux-bench compare`) share: network namespaces and topologies deleted on drop,
 //! processes killed and reaped on drop, bounded probes (`ping`, `arping`, `iperf3`,
-//! `tcpdump`, DHCP clients) and a private Open vSwitch peer.
+//! `tcpdump`, DHCP clients), a private Open vSwitch peer and temporary directories.
 //!
 //! It knows nothing of Pollux (no dependency on its crates), so the harness and shell
 //! scripts can use it without building test code; everything Pollux-specific (frame
@@ -12,3 +12,6 @@ pub mod netns;
 pub mod ovs;
 pub mod packet_socket;
 pub mod signal;
+pub mod tempdir;
+
+pub use tempdir::TempDir;

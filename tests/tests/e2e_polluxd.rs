@@ -595,25 +595,8 @@ fn several_queues_per_interface() {
     }
     lab.assert_reach(&A1, &A2, 3, &polluxd);
     let _server = netns::iperf3_server(lab.vm(&A2), A2.ip, 5201).unwrap();
-    let r = lab
-        .vm(&A1)
-        .exec_timeout(
-            "iperf3",
-            &[
-                "-c",
-                A2.ip,
-                "-t",
-                "2",
-                "-P",
-                "4",
-                "-J",
-                "--connect-timeout",
-                "3000",
-            ],
-            Duration::from_secs(20),
-        )
-        .unwrap();
-    let summary = netns::parse_iperf3_json(&String::from_utf8_lossy(&r.stdout)).unwrap();
+    let summary = netns::iperf3_client_parallel(lab.vm(&A1), A2.ip, 5201, 2, 4)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         summary.received_bps > 0.0,
         "four TCP streams over two queues: {summary:?}"
@@ -690,25 +673,8 @@ fn two_workers_share_the_queues() {
     lab.assert_reach(&A1, &A2, 3, &polluxd);
     lab.assert_reach(&A2, &A1, 3, &polluxd);
     let _server = netns::iperf3_server(lab.vm(&A2), A2.ip, 5201).unwrap();
-    let r = lab
-        .vm(&A1)
-        .exec_timeout(
-            "iperf3",
-            &[
-                "-c",
-                A2.ip,
-                "-t",
-                "2",
-                "-P",
-                "8",
-                "-J",
-                "--connect-timeout",
-                "3000",
-            ],
-            Duration::from_secs(20),
-        )
-        .unwrap();
-    let summary = netns::parse_iperf3_json(&String::from_utf8_lossy(&r.stdout)).unwrap();
+    let summary = netns::iperf3_client_parallel(lab.vm(&A1), A2.ip, 5201, 2, 8)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(
         summary.received_bps > 0.0,
         "eight TCP streams through two workers: {summary:?}"

@@ -19,6 +19,7 @@
 //! Needs root and `ip`, `ping`, `qemu-system-x86_64`, `busybox` (static), `cpio`, `gzip`:
 //! it fails, never skips, when any is missing.
 
+use pollux_testkit::TempDir;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -165,15 +166,6 @@ impl Drop for TempFile {
     }
 }
 
-/// A directory removed on drop.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Starts QEMU with the guest on vhost-user socket `socket`; killed when dropped.
 fn start_guest(host: &Netns, kernel: &Path, initramfs: &Path, socket: &str) -> Proc {
     let memory = "memory-backend-memfd,id=mem,size=256M,share=on";
@@ -285,9 +277,8 @@ fn a_qemu_guest_on_a_vhost_user_port_gets_dhcp_and_pings_an_afxdp_namespace() {
     .unwrap();
     topo.addr("x1", "eth0", &format!("{X1_IP}/24")).unwrap();
     let host = topo.ns("host").unwrap();
-    let dir = TempDir(std::env::temp_dir().join(format!("{prefix}-vu-guest")));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let initramfs = build_initramfs(host, &dir.0, &modules);
+    let dir = TempDir::new();
+    let initramfs = build_initramfs(host, dir.path(), &modules);
 
     let config = ConfigFile::render(CONFIG, &prefix).unwrap();
     let socket = format!("/tmp/{prefix}-v1.sock");
