@@ -134,13 +134,19 @@ fn tag(frame: &mut Vec<u8>) {
 
 /// A frame from the internet host, arriving tagged on the uplink, to the router's MAC.
 fn from_internet(dst: [u8; 4], payload: &[u8], protocol: u8) -> Vec<u8> {
+    from_upstream(INTERNET, dst, 60, protocol, payload)
+}
+
+/// A packet from `src` beyond the upstream gateway, arriving tagged on the uplink with
+/// the gateway's MAC, to the router's MAC.
+fn from_upstream(src: [u8; 4], dst: [u8; 4], ttl: u8, protocol: u8, payload: &[u8]) -> Vec<u8> {
     let mut f = ipv4(
         ROUTER_MAC,
         UPSTREAM_MAC,
         None,
-        INTERNET,
+        src,
         dst,
-        60,
+        ttl,
         protocol,
         payload,
     );
@@ -444,17 +450,7 @@ fn an_error_from_upstream_about_a_snat_flow_reaches_its_host_as_about_its_own_pa
     // The upstream gateway cannot forward it (frag needed, next-hop MTU 1280), and
     // quotes only the first 8 bytes past the header, as RFC 792 allows.
     let error = icmp_error(3, 4, [0, 0, 0x05, 0x00], &ip_of(&out)[..28]);
-    let mut back = ipv4(
-        ROUTER_MAC,
-        UPSTREAM_MAC,
-        None,
-        UPSTREAM,
-        ROUTER_EXT,
-        64,
-        1,
-        &error,
-    );
-    tag(&mut back);
+    let back = from_upstream(UPSTREAM, ROUTER_EXT, 64, 1, &error);
     let f = one(&sw.exchange(UPLINK, &back), VM1);
     assert_eq!(&f[..6], &VM1_MAC);
     let (src, dst, quoted) = error_of(&f);
@@ -492,17 +488,7 @@ fn an_error_about_an_echo_request_finds_its_session_by_identifier() {
     let out = one(&sw.exchange(VM1, &ping), UPLINK);
     // Time exceeded, quoting the whole request as Linux does.
     let error = icmp_error(11, 0, [0; 4], ip_of(&out));
-    let mut back = ipv4(
-        ROUTER_MAC,
-        UPSTREAM_MAC,
-        None,
-        UPSTREAM,
-        ROUTER_EXT,
-        64,
-        1,
-        &error,
-    );
-    tag(&mut back);
+    let back = from_upstream(UPSTREAM, ROUTER_EXT, 64, 1, &error);
     let f = one(&sw.exchange(UPLINK, &back), VM1);
     let (src, dst, quoted) = error_of(&f);
     assert_eq!((src, dst), (UPSTREAM, VM1_IP));
