@@ -306,6 +306,28 @@ impl Bindings {
         }
     }
 
+    /// Why `plan`'s kernel interface can no longer stay bound: its MTU was raised above
+    /// what one pool frame holds (checked at bind time too, see [`check_mtu`]). `None` for
+    /// other drivers and for an interface that is gone (the link check handles that).
+    pub fn mtu_refusal(plan: &PortPlan) -> Option<String> {
+        match &plan.binding {
+            Binding::Afxdp { interface, .. } | Binding::Tap { interface } => {
+                check_mtu(interface).err()
+            }
+            _ => None,
+        }
+    }
+
+    /// The MTU of `plan`'s kernel interface, if it has one in this namespace.
+    pub fn interface_mtu(plan: &PortPlan) -> Option<u32> {
+        match &plan.binding {
+            Binding::Afxdp { interface, .. } | Binding::Tap { interface } => {
+                interface_mtu(interface).ok()
+            }
+            _ => None,
+        }
+    }
+
     /// The XDP mode of port `id`, if it is an AF_XDP port.
     pub fn xdp_mode(&self, id: PortId) -> Option<String> {
         self.xdp.get(&id).map(|x| x.mode().to_string())

@@ -13,7 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::{MutexGuard, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pollux_control::client::Client;
 use serde_json::{json, Value};
@@ -284,6 +284,42 @@ impl Polluxd {
         client
             .call(method, params)
             .unwrap_or_else(|e| panic!("{method}: {e}"))
+    }
+
+    /// `ports.list`'s entry of port `id` (a VM port's id or an uplink's name); panics when
+    /// there is none.
+    pub fn port(&self, id: &str) -> Value {
+        let list = self.call("ports.list", json!({}));
+        list["ports"]
+            .as_array()
+            .and_then(|ports| ports.iter().find(|p| p["id"] == id))
+            .cloned()
+            .unwrap_or_else(|| panic!("no port {id} in {list}"))
+    }
+
+    /// Waits up to `limit` for `f` to hold on port `id`'s entry and returns it; panics
+    /// with the entry and polluxd's log, saying it was not `what`, otherwise.
+    pub fn wait_port(
+        &self,
+        id: &str,
+        what: &str,
+        limit: Duration,
+        f: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let p = self.port(id);
+            if f(&p) {
+                return p;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "{id}: not {what} within {limit:?}: {p}\npolluxd stderr:\n{}",
+                    self.stderr_so_far()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// The worker's counter `name` (`stats.get` → `workers[0]`); panics when it has none.

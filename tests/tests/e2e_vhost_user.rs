@@ -25,8 +25,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use pollux_tests::daemon::{self, ConfigFile, Polluxd};
-use pollux_tests::netns::{ping, Netns, Proc, Topology, VethOptions};
-use serde_json::{json, Value};
+use pollux_tests::netns::{ping, Netns, Proc};
+use pollux_tests::vm_lab::{Vm, VmNet};
+use serde_json::json;
 
 const TOOLS: &[&str] = &[
     "ip",
@@ -41,6 +42,12 @@ const GUEST_MAC: &str = "fa:16:3e:17:00:11";
 const GUEST_IP: &str = "198.18.23.11";
 const X1_MAC: &str = "fa:16:3e:17:00:13";
 const X1_IP: &str = "198.18.23.13";
+/// The AF_XDP namespace beside the vhost-user ports.
+const X1: Vm = Vm {
+    role: "x1",
+    mac: X1_MAC,
+    ip: X1_IP,
+};
 /// Modules of the guest kernel, in load order (each after what it depends on).
 const MODULES: &[&str] = &[
     "kernel/drivers/virtio/virtio_ring.ko",
@@ -228,55 +235,15 @@ fn wait_console(qemu: &mut Proc, marker: &str, deadline: Instant) -> String {
     }
 }
 
-fn port(polluxd: &Polluxd, id: &str) -> Value {
-    let list = polluxd.call("ports.list", json!({}));
-    list["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["id"] == id)
-        .unwrap_or_else(|| panic!("no port {id} in {list}"))
-        .clone()
-}
-
-/// Waits up to `limit` for `f` to hold on port `id`; the last entry either way.
-fn wait_port(polluxd: &Polluxd, id: &str, limit: Duration, f: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let p = port(polluxd, id);
-        if f(&p) || Instant::now() >= deadline {
-            return p;
-        }
-        thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 #[ignore = "needs root: network namespaces, AF_XDP and QEMU (run with --include-ignored as root)"]
 fn a_qemu_guest_on_a_vhost_user_port_gets_dhcp_and_pings_an_afxdp_namespace() {
     let _serial = daemon::setup(TOOLS);
     let started = Instant::now();
     let (kernel, modules) = guest_kernel();
-    let mut topo = Topology::new();
-    for role in ["host", "x1"] {
-        topo.add_ns(role).unwrap();
-        topo.ns(role).unwrap().disable_ipv6().unwrap();
-    }
-    let prefix = topo.prefix().as_str().to_owned();
-    let x1_if = topo.prefix().ifname("x1").unwrap();
-    topo.veth_with(
-        "host",
-        &x1_if,
-        "x1",
-        "eth0",
-        &VethOptions {
-            mac_b: Some(X1_MAC.to_owned()),
-            ..VethOptions::default()
-        },
-    )
-    .unwrap();
-    topo.addr("x1", "eth0", &format!("{X1_IP}/24")).unwrap();
-    let host = topo.ns("host").unwrap();
+    let net = VmNet::new(&[&X1]);
+    let prefix = net.prefix().to_owned();
+    let host = net.host();
     let dir = TempDir::new();
     let initramfs = build_initramfs(host, dir.path(), &modules);
 
@@ -285,7 +252,7 @@ fn a_qemu_guest_on_a_vhost_user_port_gets_dhcp_and_pings_an_afxdp_namespace() {
     let _socket_file = TempFile(PathBuf::from(&socket));
     let polluxd =
         Polluxd::start(host, config.path(), &daemon::last_cpu()).unwrap_or_else(|e| panic!("{e}"));
-    let before = port(&polluxd, "vm-v1");
+    let before = polluxd.port("vm-v1");
     assert_eq!(before["driver"], "vhost-user", "{before}");
     assert_eq!(before["vhost_user"]["connected"], false, "{before}");
     assert!(
@@ -313,14 +280,14 @@ fn a_qemu_guest_on_a_vhost_user_port_gets_dhcp_and_pings_an_afxdp_namespace() {
     assert!(console.contains("VU-PING-EXIT 0"), "{console}");
 
     // And the other way: x1 pings the guest.
-    let r = ping(topo.ns("x1").unwrap(), GUEST_IP, 5, Duration::from_secs(15)).unwrap();
+    let r = ping(net.vm(&X1), GUEST_IP, 5, Duration::from_secs(15)).unwrap();
     assert!(
         r.all_received(),
         "x1 -> guest: {r:?}; polluxd stderr:\n{}",
         polluxd.stderr_so_far()
     );
 
-    let p = port(&polluxd, "vm-v1");
+    let p = polluxd.port("vm-v1");
     eprintln!("vm-v1: {p}");
     let vu = &p["vhost_user"];
     assert_eq!(vu["connected"], true, "{p}");
@@ -337,7 +304,7 @@ fn a_qemu_guest_on_a_vhost_user_port_gets_dhcp_and_pings_an_afxdp_namespace() {
     let rx = p["rx_packets"].as_u64().unwrap();
     let tx = p["tx_packets"].as_u64().unwrap();
     assert!(rx >= 12 && tx >= 12, "vm-v1 counters: {p}");
-    let x1 = port(&polluxd, "vm-x1");
+    let x1 = polluxd.port("vm-x1");
     assert!(
         x1["rx_packets"].as_u64().unwrap() >= 10,
         "vm-x1 counters: {x1}"
@@ -345,7 +312,7 @@ fn a_qemu_guest_on_a_vhost_user_port_gets_dhcp_and_pings_an_afxdp_namespace() {
 
     // The guest goes away: polluxd notices, counts it and stops the queues.
     drop(qemu);
-    let p = wait_port(&polluxd, "vm-v1", Duration::from_secs(10), |p| {
+    let p = polluxd.wait_port("vm-v1", "disconnected", Duration::from_secs(10), |p| {
         p["vhost_user"]["connected"] == false
     });
     assert_eq!(p["vhost_user"]["connected"], false, "{p}");

@@ -31,7 +31,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use pollux_tests::daemon::{self, ConfigFile, Polluxd};
-use pollux_tests::netns::{Netns, Proc, Topology, VethOptions};
+use pollux_tests::netns::{Netns, Proc};
+use pollux_tests::vm_lab::{Vm, VmNet};
 use serde_json::{json, Value};
 
 const TOOLS: &[&str] = &["ip", "ping", "dpdk-testpmd"];
@@ -41,6 +42,12 @@ const B_MAC: &str = "fa:16:3e:1a:00:0b";
 const X1_MAC: &str = "fa:16:3e:1a:00:13";
 /// testpmd's txonly frames go from 198.18.0.1 to 198.18.0.2 unless told otherwise.
 const X1_IP: &str = "198.18.0.2";
+/// The AF_XDP namespace beside the vhost-user ports.
+const X1: Vm = Vm {
+    role: "x1",
+    mac: X1_MAC,
+    ip: X1_IP,
+};
 /// An address x1 reaches B by (a static neighbour: testpmd answers no ARP).
 const B_IP: &str = "198.18.0.3";
 /// Traffic time per phase: enough for thousands of frames on a loaded machine.
@@ -219,39 +226,10 @@ impl Drop for TempFile {
     }
 }
 
-fn port(polluxd: &Polluxd, id: &str) -> Value {
-    let list = polluxd.call("ports.list", json!({}));
-    list["ports"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["id"] == id)
-        .unwrap_or_else(|| panic!("no port {id} in {list}"))
-        .clone()
-}
-
 fn counter(p: &Value, name: &str) -> u64 {
     p[name]
         .as_u64()
         .unwrap_or_else(|| panic!("no {name} in {p}"))
-}
-
-/// Waits until `f` holds on port `id`; panics with the port and polluxd's log otherwise.
-fn wait_port(polluxd: &Polluxd, id: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let p = port(polluxd, id);
-        if f(&p) {
-            return p;
-        }
-        if Instant::now() >= deadline {
-            panic!(
-                "{id}: not {what} within {WAIT:?}: {p}\npolluxd stderr:\n{}",
-                polluxd.stderr_so_far()
-            );
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn running(p: &Value) -> bool {
@@ -261,10 +239,10 @@ fn running(p: &Value) -> bool {
 /// Waits until port `id`'s counter `name` stops moving (the worker drained its rings).
 fn settled(polluxd: &Polluxd, id: &str, name: &str) -> u64 {
     let deadline = Instant::now() + WAIT;
-    let mut last = counter(&port(polluxd, id), name);
+    let mut last = counter(&polluxd.port(id), name);
     loop {
         thread::sleep(Duration::from_millis(300));
-        let now = counter(&port(polluxd, id), name);
+        let now = counter(&polluxd.port(id), name);
         if now == last {
             return now;
         }
@@ -312,7 +290,7 @@ impl Lab<'_> {
             "rxonly",
             None,
         );
-        wait_port(&self.polluxd, "tp-b", "running", running);
+        self.polluxd.wait_port("tp-b", "running", WAIT, running);
         let a_port = Front {
             socket: &self.a_sock,
             server: false,
@@ -326,12 +304,12 @@ impl Lab<'_> {
             "txonly",
             Some(peer),
         );
-        wait_port(&self.polluxd, "tp-a", "running", running);
+        self.polluxd.wait_port("tp-a", "running", WAIT, running);
         (a, b)
     }
 
     fn wait_disconnects(&self, id: &str, n: u64) {
-        let p = wait_port(&self.polluxd, id, "disconnected", |p| {
+        let p = self.polluxd.wait_port(id, "disconnected", WAIT, |p| {
             p["vhost_user"]["connected"] == false && p["vhost_user"]["disconnects"] == n
         });
         assert_eq!(p["vhost_user"]["running"], false, "{p}");
@@ -343,29 +321,12 @@ impl Lab<'_> {
 fn testpmd_front_ends_exchange_traffic_reconnect_and_reach_an_afxdp_namespace() {
     let _serial = daemon::setup(TOOLS);
     let started = Instant::now();
-    let mut topo = Topology::new();
-    for role in ["host", "x1"] {
-        topo.add_ns(role).unwrap();
-        topo.ns(role).unwrap().disable_ipv6().unwrap();
-    }
-    let prefix = topo.prefix().as_str().to_owned();
-    let x1_if = topo.prefix().ifname("x1").unwrap();
-    topo.veth_with(
-        "host",
-        &x1_if,
-        "x1",
-        "eth0",
-        &VethOptions {
-            mac_b: Some(X1_MAC.to_owned()),
-            ..VethOptions::default()
-        },
-    )
-    .unwrap();
-    topo.addr("x1", "eth0", &format!("{X1_IP}/24")).unwrap();
-    let x1 = topo.ns("x1").unwrap();
+    let net = VmNet::new(&[&X1]);
+    let prefix = net.prefix().to_owned();
+    let x1 = net.vm(&X1);
     x1.ip(&["neigh", "replace", B_IP, "lladdr", B_MAC, "dev", "eth0"])
         .unwrap();
-    let host = topo.ns("host").unwrap();
+    let host = net.host();
 
     let a_sock = format!("/tmp/{prefix}-a.sock");
     let b_sock = format!("/tmp/{prefix}-b.sock");
@@ -383,7 +344,7 @@ fn testpmd_front_ends_exchange_traffic_reconnect_and_reach_an_afxdp_namespace() 
         b_sock,
         polluxd,
     };
-    let p = port(&lab.polluxd, "tp-b");
+    let p = lab.polluxd.port("tp-b");
     assert_eq!(p["vhost_user"]["mode"], "client", "{p}");
     assert_eq!(p["vhost_user"]["connected"], false, "{p}");
 
@@ -423,7 +384,7 @@ fn testpmd_front_ends_exchange_traffic_reconnect_and_reach_an_afxdp_namespace() 
     b.kill();
     lab.wait_disconnects("tp-a", 2);
     lab.wait_disconnects("tp-b", 2);
-    let before = counter(&port(&lab.polluxd, "tp-b"), "tx_packets");
+    let before = counter(&lab.polluxd.port("tp-b"), "tx_packets");
     let (a, mut b) = lab.start_pair(2, B_MAC);
     assert!(
         b.wait_rx(1000),
@@ -442,8 +403,8 @@ fn testpmd_front_ends_exchange_traffic_reconnect_and_reach_an_afxdp_namespace() 
 
     // 3. vhost-user ↔ AF_XDP: A floods x1 while x1 pings B.
     let x1_before = x1_rx(x1);
-    let x1_tx_before = counter(&port(&lab.polluxd, "tp-x1"), "tx_packets");
-    let b_tx_before = counter(&port(&lab.polluxd, "tp-b"), "tx_packets");
+    let x1_tx_before = counter(&lab.polluxd.port("tp-x1"), "tx_packets");
+    let b_tx_before = counter(&lab.polluxd.port("tp-b"), "tx_packets");
     let (a, b) = lab.start_pair(3, X1_MAC);
     let pings = x1
         .exec_timeout(
@@ -473,7 +434,7 @@ fn testpmd_front_ends_exchange_traffic_reconnect_and_reach_an_afxdp_namespace() 
     );
     assert_eq!(b_rx, b_tx, "B's count against polluxd's tp-b tx_packets");
     assert!(
-        counter(&port(&lab.polluxd, "tp-x1"), "rx_packets") >= 100,
+        counter(&lab.polluxd.port("tp-x1"), "rx_packets") >= 100,
         "tp-x1 did not take x1's pings"
     );
 
@@ -481,13 +442,16 @@ fn testpmd_front_ends_exchange_traffic_reconnect_and_reach_an_afxdp_namespace() 
     // through its control queue (SET_VRING_ENABLE); A sends on both transmit queues.
     lab.wait_disconnects("tp-a", 4);
     lab.wait_disconnects("tp-b", 4);
-    let a_rx_before = counter(&port(&lab.polluxd, "tp-a"), "rx_packets");
-    let b_tx_before = counter(&port(&lab.polluxd, "tp-b"), "tx_packets");
+    let a_rx_before = counter(&lab.polluxd.port("tp-a"), "rx_packets");
+    let b_tx_before = counter(&lab.polluxd.port("tp-b"), "tx_packets");
     let (a, mut b) = lab.start_pair_with(4, B_MAC, 2);
     let two_pairs =
         |p: &Value| running(p) && p["vhost_user"]["queues_running"] == json!([0, 1, 2, 3]);
-    let pa = wait_port(&lab.polluxd, "tp-a", "running two pairs", two_pairs);
-    wait_port(&lab.polluxd, "tp-b", "running two pairs", two_pairs);
+    let pa = &lab
+        .polluxd
+        .wait_port("tp-a", "running two pairs", WAIT, two_pairs);
+    lab.polluxd
+        .wait_port("tp-b", "running two pairs", WAIT, two_pairs);
     assert!(
         pa["vhost_user"]["feature_names"]
             .as_array()

@@ -43,13 +43,21 @@ impl Engine {
     }
 
     /// Closes and reopens AF_XDP ports whose interface vanished, came back or was
-    /// recreated, and retries ports that are down. Called on a timer.
+    /// recreated, closes kernel-interface ports whose MTU was raised beyond a pool
+    /// frame (reopened once it is lowered again), and retries ports that are down.
+    /// Called on a timer.
     pub fn supervise_links(&mut self) {
         let mut close = Vec::new();
         let mut reopen = Vec::new();
         for plan in &self.active.plans {
             let up = self.status.get(&plan.id) == Some(&PortStatus::Up);
             if up && self.bindings.is_current(plan) {
+                // Left bound, such an interface would hand the socket frames no buffer
+                // holds, dropped where no drop reason shows them.
+                if let Some(why) = Bindings::mtu_refusal(plan) {
+                    pollux_services::warn!("{}: {why}; port closed until then", plan.key);
+                    close.push((plan.clone(), why));
+                }
                 continue;
             }
             if up {
@@ -58,16 +66,16 @@ impl Engine {
                     plan.key,
                     describe(&plan.binding)
                 );
-                close.push(plan.clone());
+                close.push((plan.clone(), "interface vanished".into()));
             }
             if Bindings::interface_present(plan) {
                 reopen.push(plan.clone());
             }
         }
-        self.close_ports(&close);
-        for plan in &close {
-            self.status
-                .insert(plan.id, PortStatus::Down("interface vanished".into()));
+        let plans: Vec<PortPlan> = close.iter().map(|(plan, _)| plan.clone()).collect();
+        self.close_ports(&plans);
+        for (plan, why) in close {
+            self.status.insert(plan.id, PortStatus::Down(why));
         }
         self.reopen(&reopen);
     }
@@ -85,7 +93,7 @@ impl Engine {
         for (plan, result) in outcomes {
             match result {
                 Ok(()) => pollux_services::info!(
-                    "{}: {} is back; port reopened",
+                    "{}: {} bound again; port reopened",
                     plan.key,
                     describe(&plan.binding)
                 ),

@@ -538,6 +538,10 @@ fn ports_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> 
         entry.insert("driver".into(), json!(driver));
         entry.insert("interface".into(), json!(interface));
         entry.insert("xdp_mode".into(), json!(e.xdp_mode(plan.id)));
+        entry.insert(
+            "interface_mtu".into(),
+            json!(crate::binding::Bindings::interface_mtu(plan)),
+        );
         if let Some((s, broken)) = e.vhost_user_status(plan.id) {
             let mode = match binding {
                 Binding::VhostUser { mode, .. } => mode.map_or("server", crate::binding::mode_name),
