@@ -291,6 +291,7 @@ pub fn run(options: &Options) -> Result<(), StartError> {
         }
         if last_link_check.elapsed() >= LINK_CHECK {
             service.engine.supervise_links();
+            service.engine.supervise_workers();
             service.engine.compact_store();
             last_link_check = Instant::now();
         }

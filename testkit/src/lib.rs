@@ -13,5 +13,6 @@ pub mod ovs;
 pub mod packet_socket;
 pub mod signal;
 pub mod tempdir;
+pub mod thread_stop;
 
 pub use tempdir::TempDir;

@@ -20,6 +20,7 @@
 use std::thread;
 use std::time::{Duration, Instant};
 
+use pollux_testkit::thread_stop::{thread_named, StoppedThread};
 use pollux_tests::daemon::{self, parse_worker_totals, xdp_attached, Polluxd};
 use pollux_tests::netns::{self, iperf3_client, iperf3_server, CaptureFormat, Netns, VethOptions};
 use pollux_tests::vm_lab::{Vm, VmNet};
@@ -672,5 +673,50 @@ fn two_workers_share_the_queues() {
     let (totals, stderr) = stop_cleanly(polluxd);
     eprintln!("polluxd with two workers:\n{stats:#}\n{stderr}");
     assert!(stderr.contains("polluxd: workers: rx"), "{stderr}");
+    assert!(totals.tx > 0);
+}
+
+/// A worker that stops polling (here: its thread held in a ptrace stop, as a debugger
+/// would) is reported within about a second, in the log and in `workers.list`, while the
+/// other worker goes on; when it runs again it is reported back and traffic flows.
+#[test]
+#[ignore = "needs root: network namespaces and ptrace (run with --include-ignored as root)"]
+fn a_stalled_worker_is_reported_and_recovers() {
+    let _serial = daemon::setup(TOOLS);
+    let lab = new_lab(&[A1, A2]);
+    two_queue_veth(&lab, &A1);
+    let config = lab.config("e2e-two-workers.toml");
+    let mut polluxd =
+        Polluxd::start(lab.host(), config.path(), "0,1").unwrap_or_else(|e| panic!("{e}"));
+    let stalled_ms = |polluxd: &Polluxd, w: usize| {
+        polluxd.call("workers.list", serde_json::json!({}))["workers"][w]["stalled_ms"].as_u64()
+    };
+    assert_eq!(stalled_ms(&polluxd, 1), None);
+    let tid = thread_named(polluxd.pid(), "pollux-worker-1")
+        .unwrap_or_else(|| panic!("no thread pollux-worker-1 in polluxd {}", polluxd.pid()));
+    let stopped = StoppedThread::stop(tid).unwrap_or_else(|e| panic!("ptrace {tid}: {e}"));
+    assert!(
+        polluxd.wait_stderr_contains(
+            "worker 1 on CPU 1 has not polled for",
+            Duration::from_secs(5)
+        ),
+        "no stall reported:\n{}",
+        polluxd.stderr_so_far()
+    );
+    let ms = stalled_ms(&polluxd, 1).expect("worker 1 is listed as stalled");
+    assert!(ms >= 1000, "stalled_ms {ms}");
+    assert_eq!(stalled_ms(&polluxd, 0), None, "worker 0 still polls");
+    drop(stopped);
+    assert!(
+        polluxd.wait_stderr_contains(
+            "worker 1 on CPU 1 polls again after",
+            Duration::from_secs(5)
+        ),
+        "no recovery reported:\n{}",
+        polluxd.stderr_so_far()
+    );
+    assert_eq!(stalled_ms(&polluxd, 1), None);
+    lab.assert_reach(&A1, &A2, 3, &polluxd);
+    let (totals, _stderr) = stop_cleanly(polluxd);
     assert!(totals.tx > 0);
 }

@@ -525,9 +525,20 @@ impl Engine {
         let deadline = Instant::now() + WORKER_TIMEOUT;
         while self.workers.iter().any(|w| w.ack.get() < generation) {
             if Instant::now() > deadline {
+                let late: Vec<String> = self
+                    .workers
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| w.ack.get() < generation)
+                    .map(|(i, w)| {
+                        let core = w.core.map_or("-".into(), |c| c.to_string());
+                        format!("worker {i} on CPU {core}")
+                    })
+                    .collect();
                 return Err(ApplyError::Internal(format!(
-                    "generation {generation} is committed, but the worker has not picked it up \
-                     within {WORKER_TIMEOUT:?}"
+                    "generation {generation} is committed, but {} has not picked it up within \
+                     {WORKER_TIMEOUT:?} (stalled: see workers.list)",
+                    late.join(", ")
                 )));
             }
             std::thread::sleep(Duration::from_micros(20));

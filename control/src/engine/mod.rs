@@ -29,6 +29,7 @@ mod inspect;
 mod objects;
 mod placement;
 mod ports;
+mod stall;
 
 pub use apply::{state_from_json, ApplyOptions, ApplyOutcome};
 pub use inspect::{DriverStats, FdbEntry, NeighborEntry, NeighborState, SessionEntry, SessionFlow};
@@ -254,6 +255,8 @@ pub struct Engine {
     slow_path: Option<SlowPathThread>,
     /// The DHCP server; `None` only after shutdown.
     dhcp: Option<DhcpService>,
+    /// The workers' loop counters as last seen, to find one that stalls.
+    stall: stall::StallWatch,
 }
 
 impl fmt::Debug for Engine {
@@ -460,6 +463,7 @@ impl Engine {
             started: Instant::now(),
             slow_path: Some(slow_path),
             dhcp: Some(dhcp),
+            stall: stall::StallWatch::default(),
         };
         engine.update_metric_ports();
         Ok(engine)

@@ -9,7 +9,7 @@ use crate::rpc::RpcError;
 
 pub(super) const WORKERS_LIST_USAGE: &str =
     "{} -> {workers: [{id, core, queues: [{port, queue}], rx_packets, tx_packets, \
-     handoffs, handoff_drops, handoffs_received, neighbor_news, busy_percent, ...}]}: each \
+     handoffs, handoff_drops, handoffs_received, neighbor_news, busy_percent, stalled_ms, ...}]}: each \
      worker, the port queues it polls and its counters";
 
 /// One row per worker, by index.
@@ -35,6 +35,7 @@ pub(super) fn worker_rows(e: &Engine) -> Vec<Value> {
             row["id"] = json!(w);
             row["core"] = json!(cores.get(w).copied().flatten());
             row["queues"] = json!(queues);
+            row["stalled_ms"] = json!(e.worker_stalled_for(w).map(|d| d.as_millis() as u64));
             row
         })
         .collect()
