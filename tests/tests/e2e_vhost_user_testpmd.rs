@@ -428,10 +428,10 @@ fn testpmd_front_ends_exchange_traffic_reconnect_and_reach_an_afxdp_namespace() 
         x1_got >= 1000 && x1_got <= x1_tx,
         "x1's kernel received {x1_got} of {x1_tx}"
     );
-    assert!(
-        b_tx >= 100,
-        "polluxd gave B {b_tx} frames of x1's 100 pings"
-    );
+    // x1's pings share its veth with A's flood coming the other way at line rate, and
+    // x1's AF_XDP queue has no back-pressure: on a loaded machine a few may be lost at
+    // the socket (one run lost 6 at load 12); what reaches polluxd must reach B exactly.
+    assert!(b_tx >= 90, "polluxd gave B {b_tx} frames of x1's 100 pings");
     assert_eq!(b_rx, b_tx, "B's count against polluxd's tp-b tx_packets");
     assert!(
         counter(&lab.polluxd.port("tp-x1"), "rx_packets") >= 100,
