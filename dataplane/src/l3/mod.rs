@@ -34,7 +34,7 @@ use crate::drop::DropReason;
 use crate::frag::{self, FragError};
 use crate::handoff::NeighborNews;
 use crate::icmp_error::{self, IcmpErrorKind};
-use crate::output::{drop_packet, output};
+use crate::output::{capture_drops_of, drop_held, output};
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
 use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::PortId;
@@ -266,6 +266,9 @@ impl BurstStage for RouterState {
                 }
             }
         }
+        if cx.ports.capture.is_some() {
+            capture_drops_of(cx, self.originated.as_slice());
+        }
         let sent = output(cx, self.originated.as_mut_slice());
         cx.counters.stage_packets[Stage::Output as usize].add(u64::from(sent));
         self.originated.clear();
@@ -318,13 +321,7 @@ impl RouterState {
                     self.icmp_error(cx, pkt, router, IcmpErrorKind::HostUnreachable);
                 }
             }
-            drop_packet(
-                cx.pool,
-                cx.counters,
-                *pkt,
-                Stage::L3,
-                DropReason::NeighborUnresolved,
-            );
+            drop_held(cx, *pkt, Stage::L3, DropReason::NeighborUnresolved);
         }
         counters
             .neighbor_waiting
