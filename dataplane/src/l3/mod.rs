@@ -34,6 +34,7 @@ use crate::drop::DropReason;
 use crate::frag::{self, FragError};
 use crate::handoff::NeighborNews;
 use crate::icmp_error::{self, IcmpErrorKind};
+use crate::l2::egress_port;
 use crate::output::{capture_drops_of, drop_held, output};
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
 use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
@@ -834,12 +835,7 @@ impl RouterState {
         let port = match self.cache.egress {
             Some((s, m, port)) if s == slot && m == mac => port,
             _ => {
-                let snap = cx.snap;
-                let port = snap.static_mac(slot, mac).or_else(|| {
-                    cx.macs
-                        .lookup(slot, iface.network_uid, mac)
-                        .filter(|&p| snap.port_serves(p, slot))
-                });
+                let port = egress_port(cx.snap, cx.macs, slot, iface.network_uid, mac);
                 self.cache.egress = Some((slot, mac, port));
                 port
             }
