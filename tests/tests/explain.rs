@@ -636,3 +636,40 @@ fn security_group_verdicts_name_the_rule() {
     assert!(ex.rules.is_empty(), "{:?}", ex.rules);
     assert_eq!(ex.dropped[0].reason, DropReason::SpoofedIp);
 }
+
+/// A trace of a packet that a port's security groups drop names that port and its
+/// groups, as explain does (`trace.show`'s JSON, made here from the worker's record).
+#[test]
+fn a_traced_security_group_drop_names_the_port_and_its_groups() {
+    let mut lab = Lab::new();
+    lab.announce();
+    let vm1 = lab.port("vm1");
+    lab.sw
+        .worker
+        .trace_start(PortId(vm1), 1, Default::default());
+    lab.sw.exchange(
+        vm1,
+        &tcp_frame(VM2_MAC, VM1_MAC, VM1_IP, VM2_IP, 64, 22, SYN),
+    );
+    let records = lab.sw.worker.trace().expect("tracing").records().to_vec();
+    assert_eq!(records.len(), 1);
+    let names: BTreeMap<PortId, String> = [vm1, lab.port("vm2")]
+        .into_iter()
+        .map(|p| (PortId(p), lab.name(p)))
+        .collect();
+    let groups_of = |p: PortId| vec![format!("groups of {}", names[&p])];
+    let shown = pollux_control::service::trace::record_json(&records[0], &names, &groups_of);
+    let refused: Vec<&serde_json::Value> = shown["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s.get("security_groups").is_some())
+        .collect();
+    assert_eq!(refused.len(), 1, "{shown:#}");
+    assert_eq!(refused[0]["stage"], "sg_ingress");
+    assert_eq!(refused[0]["port"], "vm2");
+    assert_eq!(
+        refused[0]["security_groups"],
+        serde_json::json!(["groups of vm2"])
+    );
+}

@@ -1115,11 +1115,20 @@ fn trace_report(result: &Value) -> String {
             cell_text(p.get("generation"))
         ));
         for step in rows(p, "steps") {
-            out.push(format!(
+            let mut line = format!(
                 "  {:<10} -> {}",
                 cell_text(step.get("stage")),
                 cell_text(step.get("next"))
-            ));
+            );
+            if let Some(groups) = step.get("security_groups").and_then(Value::as_array) {
+                let names: Vec<String> = groups.iter().map(|g| cell_text(Some(g))).collect();
+                line += &format!(
+                    "; port {} has security groups [{}]",
+                    cell_text(step.get("port")),
+                    names.join(", ")
+                );
+            }
+            out.push(line);
         }
     }
     out.join("\n")
