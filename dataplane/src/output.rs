@@ -329,36 +329,26 @@ fn send(
     }
     let refused = &pending[sent..];
     if !refused.is_empty() {
-        refuse(refused, out, pool, counters, capture);
-    }
-    a.pending.clear();
-}
-
-/// Frees the frames `out`'s transmit refused (its ring is full) and counts them as
-/// dropped; a capture of drops sees them. Out of line: a full ring is the exception.
-#[cold]
-#[inline(never)]
-fn refuse(
-    refused: &[Packet],
-    out: PortId,
-    pool: &mut FramePool,
-    counters: &WorkerCounters,
-    capture: &mut Option<Box<Capturer>>,
-) {
-    if let Some(capture) = capture.as_deref_mut() {
+        if let Some(capture) = capture.as_deref_mut() {
+            for pkt in refused {
+                let reason = DropReason::TxRingFull;
+                capture.dropped_late(pkt, Some(out), pool, Stage::Output, reason);
+            }
+        }
         for pkt in refused {
-            let reason = DropReason::TxRingFull;
-            capture.dropped_late(pkt, Some(out), pool, Stage::Output, reason);
+            pool.free(pkt.frame);
+        }
+        counters.count_drop(
+            Some(out),
+            Stage::Output,
+            DropReason::TxRingFull,
+            refused.len() as u64,
+        );
+        if let Some(pc) = pc {
+            pc.tx_dropped.add(refused.len() as u64);
         }
     }
-    for pkt in refused {
-        pool.free(pkt.frame);
-    }
-    let n = refused.len() as u64;
-    counters.count_drop(Some(out), Stage::Output, DropReason::TxRingFull, n);
-    if let Some(pc) = counters.port(out) {
-        pc.tx_dropped.add(n);
-    }
+    a.pending.clear();
 }
 
 /// Frees a packet's frame and counts it as dropped by `stage` for `reason`, against the
