@@ -1872,7 +1872,9 @@ fn polluxctl_against_the_daemon() {
     let stdout = text(&out.stdout);
     assert!(
         stdout.contains("would be dropped by sg_egress: sg_no_rule")
-            && stdout.contains("port vm-a1 has security groups []"),
+            && stdout.contains("port vm-a1 has security groups []")
+            && stdout.contains("no rule of port vm-a1's security groups [] allows it")
+            && stdout.contains("security groups [] of vm-a1 (egress): no rule allows it"),
         "explain: {stdout}"
     );
     if std::env::var_os("POLLUX_SHOW_EXPLAIN").is_some() {

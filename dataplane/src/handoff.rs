@@ -131,12 +131,13 @@ impl HandoffOut {
 
     /// Copies the batch waiting for `owner` into its ring, as many as fit, frees every
     /// frame of it (the ring holds copies) and empties it. Returns how many were handed
-    /// off; `refused` is told each frame that was not, after its frame was freed.
+    /// off; `refused` is told each frame that was not (with the pool, its bytes still
+    /// there), before its frame is freed.
     pub(crate) fn push(
         &mut self,
         owner: u16,
         pool: &mut FramePool,
-        mut refused: impl FnMut(&Packet),
+        mut refused: impl FnMut(&Packet, &FramePool),
     ) -> usize {
         let i = usize::from(owner);
         let (Some(Some(ring)), Some(batch)) = (self.frames.get_mut(i), self.pending.get_mut(i))
@@ -167,12 +168,12 @@ impl HandoffOut {
         };
         let mut handed = 0;
         for (k, pkt) in pkts.iter().enumerate() {
-            pool.free(pkt.frame);
             if k < pushed && !oversize[k] {
                 handed += 1;
             } else {
-                refused(pkt);
+                refused(pkt, pool);
             }
+            pool.free(pkt.frame);
         }
         batch.clear();
         handed

@@ -20,6 +20,7 @@ pub mod drop;
 pub mod frag;
 pub mod handoff;
 pub mod icmp_error;
+pub mod ident;
 pub mod l2;
 pub mod l3;
 pub mod lpm;

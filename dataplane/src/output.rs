@@ -189,10 +189,12 @@ impl PortSet {
         if let Some(owner) = self.handoff.owner(out.0) {
             return self.hand_off(pool, counters, owner, out, pkt);
         }
-        drop_packet(
+        drop_in_output(
             pool,
             counters,
+            &mut self.capture,
             pkt,
+            Some(out),
             Stage::Output,
             DropReason::PortNotAttached,
         );
@@ -235,16 +237,18 @@ impl PortSet {
         pkt: Packet,
     ) {
         if let Err(pkt) = self.handoff.queue(owner, out.0, pkt) {
-            return drop_packet(
+            return drop_in_output(
                 pool,
                 counters,
+                &mut self.capture,
                 pkt,
+                Some(out),
                 Stage::Output,
                 DropReason::InternalError,
             );
         }
         if self.handoff.full(owner) {
-            push_handoff(&mut self.handoff, owner, pool, counters);
+            push_handoff(&mut self.handoff, owner, pool, counters, &mut self.capture);
         }
     }
 
@@ -260,7 +264,7 @@ impl PortSet {
             }
         }
         for &owner in &owners[..n] {
-            push_handoff(&mut self.handoff, owner, pool, counters);
+            push_handoff(&mut self.handoff, owner, pool, counters, &mut self.capture);
         }
     }
 }
@@ -272,8 +276,17 @@ fn push_handoff(
     owner: u16,
     pool: &mut FramePool,
     counters: &WorkerCounters,
+    capture: &mut Option<Box<Capturer>>,
 ) {
-    let handed = handoff.push(owner, pool, |pkt| {
+    let handed = handoff.push(owner, pool, |pkt, pool| {
+        if let Some(capture) = capture.as_deref_mut() {
+            let out = match pkt.meta.next {
+                Next::Output(out) => Some(out),
+                _ => None,
+            };
+            let reason = DropReason::HandoffRingFull;
+            capture.dropped_late(pkt, out, pool, Stage::Output, reason);
+        }
         counters.handoff_drops.inc();
         let port = (pkt.in_port != ORIGINATED).then_some(pkt.in_port);
         counters.count_drop(port, Stage::Output, DropReason::HandoffRingFull, 1);
@@ -316,6 +329,12 @@ fn send(
     }
     let refused = &pending[sent..];
     if !refused.is_empty() {
+        if let Some(capture) = capture.as_deref_mut() {
+            for pkt in refused {
+                let reason = DropReason::TxRingFull;
+                capture.dropped_late(pkt, Some(out), pool, Stage::Output, reason);
+            }
+        }
         for pkt in refused {
             pool.free(pkt.frame);
         }
@@ -350,6 +369,57 @@ pub(crate) fn drop_packet(
     counters.count_drop(port, stage, reason, 1);
     if let Some(pc) = counters.port(pkt.in_port) {
         pc.rx_dropped.inc();
+    }
+}
+
+/// [`drop_packet`] for a drop decided inside the output stage, after the burst's drops
+/// went to the capture: a capture of drops sees it too (`out`: the port it was refused
+/// on its way to, for the transmit side's refusals).
+#[cold]
+#[inline(never)]
+fn drop_in_output(
+    pool: &mut FramePool,
+    counters: &WorkerCounters,
+    capture: &mut Option<Box<Capturer>>,
+    pkt: Packet,
+    out: Option<PortId>,
+    stage: Stage,
+    reason: DropReason,
+) {
+    if let Some(capture) = capture.as_deref_mut() {
+        capture.dropped_late(&pkt, out, pool, stage, reason);
+    }
+    drop_packet(pool, counters, pkt, stage, reason);
+}
+
+/// [`drop_packet`] for a frame a stage drops outside its burst's packets (a flood copy it
+/// made, a packet it held): a capture of drops sees it too.
+#[cold]
+#[inline(never)]
+pub(crate) fn drop_held(cx: &mut BurstCtx<'_>, pkt: Packet, stage: Stage, reason: DropReason) {
+    let (pool, counters) = (&mut *cx.pool, cx.counters);
+    drop_in_output(
+        pool,
+        counters,
+        &mut cx.ports.capture,
+        pkt,
+        None,
+        stage,
+        reason,
+    );
+}
+
+/// Copies the drops among `pkts` into the capture: for what a stage sends after its
+/// burst, which passed no copy of the burst's drops.
+#[cold]
+#[inline(never)]
+pub(crate) fn capture_drops_of(cx: &mut BurstCtx<'_>, pkts: &[Packet]) {
+    if let Some(capture) = cx.ports.capture.as_deref_mut() {
+        for pkt in pkts {
+            if let Next::Drop(reason, stage) = pkt.meta.next {
+                capture.dropped_late(pkt, None, cx.pool, stage, reason);
+            }
+        }
     }
 }
 
@@ -502,10 +572,12 @@ pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
             Next::Consumed | Next::Waiting => {}
             Next::Classify | Next::L2 | Next::Route(_) | Next::Arp | Next::SlowPath => {
                 debug_assert!(false, "packet left the pipeline unfinished: {pkt:?}");
-                drop_packet(
+                drop_in_output(
                     pool,
                     counters,
+                    &mut ports.capture,
                     *pkt,
+                    None,
                     Stage::Output,
                     DropReason::InternalError,
                 );
@@ -545,7 +617,15 @@ fn emit_tagged(
 ) {
     match set_egress_tag(pool, pkt, vid) {
         Ok(()) => ports.enqueue(pool, counters, out, *pkt),
-        Err(reason) => drop_packet(pool, counters, *pkt, Stage::Output, reason),
+        Err(reason) => drop_in_output(
+            pool,
+            counters,
+            &mut ports.capture,
+            *pkt,
+            Some(out),
+            Stage::Output,
+            reason,
+        ),
     }
 }
 
@@ -564,10 +644,12 @@ fn flood(
     let skip = flood_skip(pkt);
     let mut remaining = targets.iter().filter(|&&p| p != skip).count();
     if remaining == 0 {
-        return drop_packet(
+        return drop_in_output(
             pool,
             counters,
+            &mut ports.capture,
             *pkt,
+            None,
             Stage::Flood,
             DropReason::NoFloodTargets,
         );
@@ -620,10 +702,12 @@ fn flood_filtered(
     let skip = flood_skip(pkt);
     let mut remaining = targets.iter().filter(|&&p| p != skip).count();
     if remaining == 0 {
-        return drop_packet(
+        return drop_in_output(
             pool,
             counters,
+            &mut ports.capture,
             *pkt,
+            None,
             Stage::Flood,
             DropReason::NoFloodTargets,
         );
@@ -639,11 +723,23 @@ fn flood_filtered(
         if remaining == 0 {
             return match verdict {
                 Ok(()) => emit(snap, pool, ports, counters, pkt, out),
-                Err(reason) => drop_packet(pool, counters, *pkt, Stage::SgIngress, reason),
+                Err(reason) => drop_in_output(
+                    pool,
+                    counters,
+                    &mut ports.capture,
+                    *pkt,
+                    None,
+                    Stage::SgIngress,
+                    reason,
+                ),
             };
         }
         counters.replicas.inc();
         if let Err(reason) = verdict {
+            // The copy is not made: the capture is given the frame it would have been.
+            if let Some(capture) = ports.capture.as_deref_mut() {
+                capture.dropped_late(pkt, None, pool, Stage::SgIngress, reason);
+            }
             count_refused_replica(counters, pkt.in_port, reason);
             continue;
         }

@@ -1,28 +1,9 @@
 //! The interface every driver implements.
 
-use std::fmt;
-
 use crate::buf::{FrameId, FramePool};
 use crate::packet::{Batch, Packet};
 
-/// A port's identity, stable across configuration generations (the control plane assigns
-/// it and never reuses one while the port exists). Indexes per-port tables directly.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortId(pub u16);
-
-impl PortId {
-    /// The id as a table index.
-    #[inline]
-    pub fn index(self) -> usize {
-        usize::from(self.0)
-    }
-}
-
-impl fmt::Display for PortId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "port{}", self.0)
-    }
-}
+pub use crate::ident::PortId;
 
 /// Counters a driver keeps about its own queues (what the pipeline cannot see).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -19,9 +19,7 @@ use crate::lpm::{Lpm, LpmBuilder};
 use crate::snapshot::{fdb_key, mac_to_u64, NetworkUid};
 use crate::table::U64Map;
 
-/// Stable identity of a router, assigned by the control plane and never reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RouterUid(pub u32);
+pub use crate::ident::RouterUid;
 
 /// One interface of a router as the builder takes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,7 +114,12 @@ impl fmt::Display for RoutingError {
                 )
             }
             RoutingError::DuplicateMac(n, mac) => {
-                write!(f, "two routers use MAC {:02x?} on network uid {}", mac, n.0)
+                write!(
+                    f,
+                    "two routers use MAC {} on network uid {}",
+                    crate::wire::EthernetAddress(*mac),
+                    n.0
+                )
             }
             RoutingError::Invalid(r, why) => write!(f, "router uid {}: {why}", r.0),
             RoutingError::DuplicateFloatingIp(r, ip) => {

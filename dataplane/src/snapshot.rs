@@ -21,11 +21,7 @@ use crate::secgroup::SgTables;
 use crate::slowpath::{NetworkService, NetworkServices, ServiceId, SlowPathConfig};
 use crate::table::U64Map;
 
-/// Stable identity of a network, assigned by the control plane and never reused, so that
-/// state learned under one network can never be applied to another that later takes its
-/// slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NetworkUid(pub u32);
+pub use crate::ident::NetworkUid;
 
 /// A physical network (Neutron's `physical_network`, the left side of `bridge_mappings`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -237,17 +233,18 @@ pub(crate) fn fdb_key(network: u16, mac: u64) -> u64 {
     (u64::from(network) << 48) | mac
 }
 
-/// Packs a MAC big-endian into the low 48 bits of a `u64`.
+/// Packs a MAC big-endian into the low 48 bits of a `u64` ([`EthernetAddress::as_u64`]).
+///
+/// [`EthernetAddress::as_u64`]: crate::wire::EthernetAddress::as_u64
 #[inline]
 pub fn mac_to_u64(mac: [u8; 6]) -> u64 {
-    u64::from_be_bytes([0, 0, mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]])
+    crate::wire::EthernetAddress(mac).as_u64()
 }
 
 /// Unpacks a MAC packed by [`mac_to_u64`].
 #[inline]
 pub fn mac_from_u64(mac: u64) -> [u8; 6] {
-    let b = mac.to_be_bytes();
-    [b[2], b[3], b[4], b[5], b[6], b[7]]
+    crate::wire::EthernetAddress::from_u64(mac).0
 }
 
 fn mac_is_group(mac: [u8; 6]) -> bool {
@@ -255,10 +252,7 @@ fn mac_is_group(mac: [u8; 6]) -> bool {
 }
 
 fn fmt_mac(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    crate::wire::EthernetAddress(mac).to_string()
 }
 
 impl Snapshot {

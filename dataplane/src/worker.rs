@@ -327,6 +327,7 @@ impl Worker {
             &steps,
             &sent,
         );
+        let rules = explain::rule_checks(&self.snap, port, frame, &steps, &sent);
         Ok(Explanation {
             generation: self.snap.generation(),
             worker: self.config.id,
@@ -338,6 +339,7 @@ impl Worker {
             steps,
             sent,
             connections,
+            rules,
         })
     }
 

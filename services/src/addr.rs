@@ -4,6 +4,8 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use pollux_dataplane::wire::EthernetAddress;
+
 /// An IPv4 prefix: `addr` with its host bits zero, and the prefix length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Ipv4Cidr {
@@ -114,22 +116,12 @@ fn parse_addr_prefix(s: &str) -> Result<(Ipv4Addr, u8), String> {
     Ok((addr, prefix))
 }
 
-/// Parses a MAC (`fa:16:3e:00:00:01`, six hex bytes separated by colons).
+/// Parses a MAC (`fa:16:3e:00:00:01`, six hex bytes separated by colons): the data
+/// plane's [`EthernetAddress`] parser, with the message the configuration reports.
 pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
-    let bad = || format!("{s} is not a MAC address (six hex bytes like fa:16:3e:00:00:01)");
-    let mut mac = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut mac {
-        let part = parts.next().ok_or_else(bad)?;
-        if part.len() != 2 || !part.bytes().all(|c| c.is_ascii_hexdigit()) {
-            return Err(bad());
-        }
-        *b = u8::from_str_radix(part, 16).map_err(|_| bad())?;
-    }
-    if parts.next().is_some() {
-        return Err(bad());
-    }
-    Ok(mac)
+    s.parse::<EthernetAddress>()
+        .map(|m| m.0)
+        .map_err(|_| format!("{s} is not a MAC address (six hex bytes like fa:16:3e:00:00:01)"))
 }
 
 /// Parses a MAC a station may own: unicast and not all zeros.
@@ -146,12 +138,9 @@ pub fn parse_station_mac(s: &str) -> Result<[u8; 6], String> {
     Ok(mac)
 }
 
-/// Formats a MAC as `fa:16:3e:00:00:01`.
+/// Formats a MAC as `fa:16:3e:00:00:01` ([`EthernetAddress`]'s formatter).
 pub fn fmt_mac(mac: [u8; 6]) -> String {
-    mac.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+    EthernetAddress(mac).to_string()
 }
 
 /// Checks a DNS name (RFC 1123): one label or several joined by dots, a trailing dot

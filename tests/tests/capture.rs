@@ -209,3 +209,80 @@ fn a_match_takes_only_the_matching_frames() {
     assert_eq!((reader.captured(), reader.lost()), (2, 0));
     sw.assert_conserved();
 }
+
+/// Drops decided inside the output stage, after the burst's drops were copied, reach the
+/// capture too, with their stage and reason: a frame for a configured port that no worker
+/// drives (captured on the port it came in on) and frames a full transmit ring refuses
+/// (captured on the port they were for).
+#[test]
+fn drops_decided_in_the_output_stage_are_captured_with_stage_and_reason() {
+    const C: u16 = 3;
+    let mut b = SnapshotBuilder::new();
+    b.network(
+        NET,
+        Segment::Vlan {
+            physnet: PHYS,
+            vid: 100,
+        },
+    )
+    .uplink(PortId(UPLINK), PHYS)
+    .access_port(PortId(A), NET, &[mac(1)])
+    .access_port(PortId(B), NET, &[mac(2)])
+    .access_port(PortId(C), NET, &[mac(3)]);
+    let ring = pollux_drivers::mem::MemPortConfig {
+        depth: 8,
+        ..Default::default()
+    };
+    // C is configured but not attached to the worker.
+    let mut sw = MemSwitch::with(
+        &b,
+        &[UPLINK, A, B],
+        pollux_dataplane::worker::WorkerConfig::default(),
+        ring,
+        pollux_tests::harness::POOL_FRAMES,
+    );
+    let mut on_a = start(&mut sw, A, Directions::DROP, 100);
+    let to_c = frame(mac(3), mac(1), None, 1, 64);
+    let out = sw.exchange(A, &to_c);
+    assert!(out.values().all(Vec::is_empty), "nothing sent: {out:?}");
+    assert_eq!(
+        drain(&mut on_a),
+        vec![(
+            Directions::DROP,
+            Some((Stage::Output, DropReason::PortNotAttached)),
+            64,
+            to_c
+        )]
+    );
+    assert!(sw.worker.capture_stop().is_some());
+
+    // B's wire is never read: its transmit ring fills, then refuses.
+    let mut on_b = start(&mut sw, B, Directions::DROP, 100);
+    let mut sent = Vec::new();
+    for round in 0..3 {
+        for seq in 0..6 {
+            let f = frame(mac(2), mac(1), None, round * 10 + seq, 64);
+            sw.send(A, &f);
+            sent.push(f);
+        }
+        sw.run();
+    }
+    let refused = sw
+        .counters()
+        .stage_dropped(Stage::Output, DropReason::TxRingFull);
+    assert!(refused > 0, "the ring of 8 took 18 frames");
+    let seen = drain(&mut on_b);
+    assert_eq!(
+        seen.len() as u64,
+        refused,
+        "every refused frame is captured"
+    );
+    assert!(seen
+        .iter()
+        .all(|s| s.0 == Directions::DROP && s.1 == Some((Stage::Output, DropReason::TxRingFull))));
+    // The refused frames are the last ones sent, as they were.
+    let tail: Vec<Vec<u8>> = sent[sent.len() - seen.len()..].to_vec();
+    assert_eq!(seen.into_iter().map(|s| s.3).collect::<Vec<_>>(), tail);
+    sw.collect();
+    sw.assert_conserved();
+}

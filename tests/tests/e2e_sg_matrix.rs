@@ -85,11 +85,7 @@ impl Host {
     }
 
     fn mac_str(self) -> String {
-        let m = self.mac();
-        format!(
-            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
-            m[0], m[1], m[2], m[3], m[4], m[5]
-        )
+        pollux_dataplane::wire::EthernetAddress(self.mac()).to_string()
     }
 
     fn ip(self) -> [u8; 4] {

@@ -16,6 +16,7 @@ use pollux_dataplane::drop::DropReason;
 use pollux_dataplane::pipeline::explain::{ConnOwner, Explanation};
 use pollux_dataplane::pipeline::Stage;
 use pollux_dataplane::port::PortId;
+use pollux_dataplane::secgroup::{Direction, RuleVerdict};
 use pollux_dataplane::worker::WorkerConfig;
 use pollux_drivers::mem::MemPortConfig;
 use pollux_tests::frames::{arp, ipv4, tcp, udp, BROADCAST};
@@ -545,4 +546,130 @@ fn a_frame_for_no_attached_port_or_too_long_is_refused() {
         .expect("explains");
     assert_eq!(ex.dropped[0].reason, DropReason::Runt);
     assert_eq!(lab.state(), before);
+}
+
+/// The security groups' part of an answer: the rule (group and rule id) that lets the
+/// packet out of the sender's VM and into the receiver's, or that no rule of the
+/// receiver's groups allows it, which is what then drops it.
+/// A rule check as (port, direction, verdict, (group, rule)).
+type Checked = (PortId, Direction, RuleVerdict, Option<(String, String)>);
+
+#[test]
+fn security_group_verdicts_name_the_rule() {
+    let mut lab = Lab::new();
+    lab.announce();
+    let (vm1, vm2) = (PortId(lab.port("vm1")), PortId(lab.port("vm2")));
+    let checks = |ex: &Explanation| -> Vec<Checked> {
+        ex.rules
+            .iter()
+            .map(|r| {
+                let rule = r.rule.as_ref().map(|n| (n.group.clone(), n.rule.clone()));
+                (r.port, r.direction, r.verdict, rule)
+            })
+            .collect()
+    };
+    let named = |group: &str, rule: &str| Some((group.to_owned(), rule.to_owned()));
+    // TCP 80 from vm1 to vm2: "all"'s egress rule (its second, all/1) lets it out of
+    // vm1, "web"'s first rule (TCP 80 in) into vm2.
+    let (ex, real) = lab.check(
+        "vm1",
+        &tcp_frame(VM2_MAC, VM1_MAC, VM1_IP, VM2_IP, 64, 80, SYN),
+    );
+    assert_eq!(real["vm2"].len(), 1);
+    let said = checks(&ex);
+    assert_eq!(said.len(), 2, "{said:?}");
+    assert!(matches!(said[0].2, RuleVerdict::Rule(_)));
+    assert!(matches!(said[1].2, RuleVerdict::Rule(_)));
+    assert_eq!(
+        (said[0].0, said[0].1, said[0].3.clone()),
+        (vm1, Direction::Egress, named("all", "all/1"))
+    );
+    assert_eq!(
+        (said[1].0, said[1].1, said[1].3.clone()),
+        (vm2, Direction::Ingress, named("web", "web/0"))
+    );
+    // TCP 22: out of vm1 by the same rule; "web" has no rule for it, and the drop is
+    // that (sg_no_rule, under sg_ingress).
+    let (ex, real) = lab.check(
+        "vm1",
+        &tcp_frame(VM2_MAC, VM1_MAC, VM1_IP, VM2_IP, 64, 22, SYN),
+    );
+    assert!(real.values().all(Vec::is_empty));
+    assert_eq!(
+        checks(&ex),
+        vec![(
+            vm1,
+            Direction::Egress,
+            ex.rules[0].verdict,
+            named("all", "all/1")
+        )]
+    );
+    assert_eq!(
+        ex.dropped
+            .iter()
+            .map(|d| (d.stage, d.reason))
+            .collect::<Vec<_>>(),
+        vec![(Stage::SgIngress, DropReason::SgNoRule)]
+    );
+    // DHCP from vm2 needs no rule: Neutron's implicit one.
+    let (any, all) = ([0, 0, 0, 0], [255, 255, 255, 255]);
+    let dhcp = ipv4(
+        BROADCAST,
+        VM2_MAC,
+        None,
+        any,
+        all,
+        64,
+        17,
+        &udp(any, all, 68, 67, &[0; 8]),
+    );
+    let ex = lab.sw.worker.explain(vm2, &dhcp).expect("explains");
+    assert_eq!(
+        ex.rules.first().map(|r| (r.port, r.direction, r.verdict)),
+        Some((vm2, Direction::Egress, RuleVerdict::Implicit)),
+        "{ex:#?}"
+    );
+    // A drop before the groups (port security) has no rule check: nothing decided it
+    // but the reason.
+    let spoofed = tcp_frame(VM2_MAC, VM1_MAC, [198, 18, 1, 77], VM2_IP, 64, 80, SYN);
+    let (ex, _) = lab.check("vm1", &spoofed);
+    assert!(ex.rules.is_empty(), "{:?}", ex.rules);
+    assert_eq!(ex.dropped[0].reason, DropReason::SpoofedIp);
+}
+
+/// A trace of a packet that a port's security groups drop names that port and its
+/// groups, as explain does (`trace.show`'s JSON, made here from the worker's record).
+#[test]
+fn a_traced_security_group_drop_names_the_port_and_its_groups() {
+    let mut lab = Lab::new();
+    lab.announce();
+    let vm1 = lab.port("vm1");
+    lab.sw
+        .worker
+        .trace_start(PortId(vm1), 1, Default::default());
+    lab.sw.exchange(
+        vm1,
+        &tcp_frame(VM2_MAC, VM1_MAC, VM1_IP, VM2_IP, 64, 22, SYN),
+    );
+    let records = lab.sw.worker.trace().expect("tracing").records().to_vec();
+    assert_eq!(records.len(), 1);
+    let names: BTreeMap<PortId, String> = [vm1, lab.port("vm2")]
+        .into_iter()
+        .map(|p| (PortId(p), lab.name(p)))
+        .collect();
+    let groups_of = |p: PortId| vec![format!("groups of {}", names[&p])];
+    let shown = pollux_control::service::trace::record_json(&records[0], &names, &groups_of);
+    let refused: Vec<&serde_json::Value> = shown["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s.get("security_groups").is_some())
+        .collect();
+    assert_eq!(refused.len(), 1, "{shown:#}");
+    assert_eq!(refused[0]["stage"], "sg_ingress");
+    assert_eq!(refused[0]["port"], "vm2");
+    assert_eq!(
+        refused[0]["security_groups"],
+        serde_json::json!(["groups of vm2"])
+    );
 }

@@ -15,17 +15,13 @@ use std::time::{Duration, Instant};
 use pollux_dataplane::buf::FramePool;
 use pollux_dataplane::packet::Packet;
 use pollux_dataplane::port::Port;
+use pollux_dataplane::wire::EthernetAddress;
 use pollux_drivers::xsk::{AfXdpPort, Umem, XskConfig, XskSocket};
 
 const BATCH: usize = 64;
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let bytes: Vec<u8> = s
-        .split(':')
-        .map(|b| u8::from_str_radix(b, 16))
-        .collect::<Result<_, _>>()
-        .ok()?;
-    bytes.try_into().ok()
+    s.parse::<EthernetAddress>().ok().map(|m| m.0)
 }
 
 /// A 60-byte Ethernet/IPv4/UDP frame (64 on the wire with the FCS).

@@ -1034,6 +1034,33 @@ fn explain_report(result: &Value) -> String {
         }
         out.push(line);
     }
+    for g in rows(result, "security_groups") {
+        let groups: Vec<String> = g
+            .get("security_groups")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(|x| cell_text(Some(x))).collect())
+            .unwrap_or_default();
+        let verdict = match g.get("verdict").and_then(Value::as_str) {
+            Some("rule") => format!(
+                "allowed by rule {} of group {}",
+                cell_text(g.get("rule")),
+                cell_text(g.get("group"))
+            ),
+            Some("implicit") => "allowed without a rule (ARP, DHCP, neighbour discovery)".into(),
+            _ => "no rule allows it".into(),
+        };
+        let established = if g.get("established") == Some(&Value::Bool(true)) {
+            "; an established connection carries it"
+        } else {
+            ""
+        };
+        out.push(format!(
+            "  security groups [{}] of {} ({}): {verdict}{established}",
+            groups.join(", "),
+            cell_text(g.get("port")),
+            cell_text(g.get("direction")),
+        ));
+    }
     for c in rows(result, "connections") {
         let end = |k: &str| {
             let e = c.get(k).unwrap_or(&Value::Null);
@@ -1088,11 +1115,20 @@ fn trace_report(result: &Value) -> String {
             cell_text(p.get("generation"))
         ));
         for step in rows(p, "steps") {
-            out.push(format!(
+            let mut line = format!(
                 "  {:<10} -> {}",
                 cell_text(step.get("stage")),
                 cell_text(step.get("next"))
-            ));
+            );
+            if let Some(groups) = step.get("security_groups").and_then(Value::as_array) {
+                let names: Vec<String> = groups.iter().map(|g| cell_text(Some(g))).collect();
+                line += &format!(
+                    "; port {} has security groups [{}]",
+                    cell_text(step.get("port")),
+                    names.join(", ")
+                );
+            }
+            out.push(line);
         }
     }
     out.join("\n")

@@ -7,11 +7,12 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use pollux_dataplane::conntrack::{Dir, FlowKey};
+use pollux_dataplane::drop::DropReason;
 use pollux_dataplane::packet::Next;
 use pollux_dataplane::pipeline::explain::{default_dst_mac, ConnOwner, Explanation};
 use pollux_dataplane::pipeline::Stage;
 use pollux_dataplane::port::PortId;
-use pollux_dataplane::secgroup::zone_port;
+use pollux_dataplane::secgroup::{zone_port, Direction, RuleVerdict};
 use pollux_services::addr::{fmt_mac, parse_ipv4, parse_mac};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -29,7 +30,8 @@ pub const EXPLAIN_RUN_USAGE: &str =
      [{stage, next}], sent: [{port, frame: {vlan, src_mac, dst_mac, src_ip, dst_ip, ttl, \
      proto, src_port, dst_port}, hex}], dropped: [{stage, reason, help, port?, \
      security_groups?}], waiting_for?, connections: [{zone, kind, dir, original, reply, \
-     state}], frame}: what the worker would do with the frame received on `port`, from its \
+     state}], security_groups: [{port, direction: egress|ingress, security_groups, verdict: \
+     rule|implicit|no_rule, group?, rule?, established}], frame}: what the worker would do with the frame received on `port`, from its \
      live tables, changing nothing. Without `frame`, a TCP SYN (or UDP, ICMP echo) from the \
      VM port's MAC and first fixed IP to `dst_ip` (required), to the router's MAC off the \
      subnet, else to the port holding `dst_ip`";
@@ -328,8 +330,46 @@ pub fn describe_frame(frame: &[u8]) -> Value {
     d
 }
 
+/// What decided a drop, in words: for a packet no security-group rule allowed, the port
+/// and its groups; for any other reason (a port-security check, a connection quota, an
+/// MTU), the condition the reason names.
+fn drop_condition(
+    ex: &Explanation,
+    stage: Stage,
+    reason: DropReason,
+    name: &dyn Fn(PortId) -> String,
+    groups_of: impl Fn(PortId) -> Vec<String>,
+) -> String {
+    let sg_port = match stage {
+        Stage::SgEgress => Some(ex.in_port),
+        Stage::SgIngress => ex.steps.iter().rev().find_map(|s| match s.next {
+            Next::Output(p) => Some(p),
+            _ => None,
+        }),
+        _ => None,
+    };
+    match (reason, sg_port) {
+        (DropReason::SgNoRule, Some(p)) => format!(
+            "no rule of port {}'s security groups [{}] allows it",
+            name(p),
+            groups_of(p).join(", ")
+        ),
+        (_, Some(p)) => format!(
+            "{}; port {}'s security groups [{}]",
+            reason.help(),
+            name(p),
+            groups_of(p).join(", ")
+        ),
+        _ => reason.help().to_owned(),
+    }
+}
+
 /// The one-line answer.
-fn summary(ex: &Explanation, names: &BTreeMap<PortId, String>) -> (&'static str, String) {
+fn summary(
+    ex: &Explanation,
+    names: &BTreeMap<PortId, String>,
+    groups_of: impl Fn(PortId) -> Vec<String> + Copy,
+) -> (&'static str, String) {
     let name = |p: PortId| {
         names
             .get(&p)
@@ -360,7 +400,11 @@ fn summary(ex: &Explanation, names: &BTreeMap<PortId, String>) -> (&'static str,
     // The packet's own fate is its last step; what else would leave (an ICMP error, an
     // ARP request, fragments) is said after it.
     if let Some(Next::Drop(reason, stage)) = ex.steps.last().map(|s| s.next) {
-        let mut text = format!("would be dropped by {stage}: {}", reason.name());
+        let mut text = format!(
+            "would be dropped by {stage}: {} ({})",
+            reason.name(),
+            drop_condition(ex, stage, reason, &name, groups_of)
+        );
         if !ex.sent.is_empty() {
             text += &format!(
                 "; the router would send {} to {}",
@@ -376,6 +420,26 @@ fn summary(ex: &Explanation, names: &BTreeMap<PortId, String>) -> (&'static str,
     }
     if !ex.sent.is_empty() {
         let mut text = format!("would be sent to {}", ports(&ex.sent));
+        let allowed: Vec<String> = ex
+            .rules
+            .iter()
+            .filter_map(|r| {
+                let rule = r.rule.as_ref()?;
+                let way = match r.direction {
+                    Direction::Egress => "out of",
+                    Direction::Ingress => "into",
+                };
+                Some(format!(
+                    "rule {} of group {} {way} {}",
+                    rule.rule,
+                    rule.group,
+                    name(r.port)
+                ))
+            })
+            .collect();
+        if !allowed.is_empty() {
+            text += &format!(", allowed by {}", allowed.join(" and "));
+        }
         if !ex.dropped.is_empty() {
             text += &format!(" ({} copies dropped)", ex.dropped.len());
         }
@@ -384,7 +448,12 @@ fn summary(ex: &Explanation, names: &BTreeMap<PortId, String>) -> (&'static str,
     if let Some(d) = ex.dropped.first() {
         return (
             "dropped",
-            format!("would be dropped by {}: {}", d.stage, d.reason.name()),
+            format!(
+                "would be dropped by {}: {} ({})",
+                d.stage,
+                d.reason.name(),
+                drop_condition(ex, d.stage, d.reason, &name, groups_of)
+            ),
         );
     }
     if ex.consumed {
@@ -504,7 +573,7 @@ fn explanation_json(
             .cloned()
             .unwrap_or_else(|| format!("#{}", p.0))
     };
-    let groups_of = |p: PortId| -> Vec<String> {
+    let groups_of = &|p: PortId| -> Vec<String> {
         let n = name(p);
         e.state()
             .ports
@@ -513,7 +582,7 @@ fn explanation_json(
             .map(|q| q.security_groups.clone())
             .unwrap_or_default()
     };
-    let (verdict, text) = summary(ex, names);
+    let (verdict, text) = summary(ex, names, groups_of);
     let steps: Vec<Value> = ex
         .steps
         .iter()
@@ -582,6 +651,38 @@ fn explanation_json(
             })
         })
         .collect();
+    // Whether a security-group connection of `p` carries the packet (then its rule
+    // decided when the connection began).
+    let in_connection = |p: PortId| {
+        ex.connections
+            .iter()
+            .any(|c| matches!(c.owner, ConnOwner::Port(q) if q == p))
+    };
+    let security_groups: Vec<Value> = ex
+        .rules
+        .iter()
+        .map(|r| {
+            let mut v = json!({
+                "port": name(r.port),
+                "direction": match r.direction {
+                    Direction::Egress => "egress",
+                    Direction::Ingress => "ingress",
+                },
+                "security_groups": groups_of(r.port),
+                "verdict": match r.verdict {
+                    RuleVerdict::Rule(_) => "rule",
+                    RuleVerdict::Implicit => "implicit",
+                    RuleVerdict::NoRule => "no_rule",
+                },
+                "established": in_connection(r.port),
+            });
+            if let Some(rule) = &r.rule {
+                v["group"] = json!(rule.group);
+                v["rule"] = json!(rule.rule);
+            }
+            v
+        })
+        .collect();
     let mut out = json!({
         "worker": ex.worker,
         "port": name(ex.in_port),
@@ -593,6 +694,7 @@ fn explanation_json(
         "sent": sent,
         "dropped": dropped,
         "connections": connections,
+        "security_groups": security_groups,
         "generation": ex.generation,
     });
     if let Some((_, ip)) = ex.waiting_for {
@@ -678,8 +780,7 @@ mod tests {
 
     #[test]
     fn the_summary_is_the_packets_own_fate_then_what_else_would_leave() {
-        use pollux_dataplane::drop::DropReason;
-        use pollux_dataplane::pipeline::explain::{Dropped, Emitted};
+        use pollux_dataplane::pipeline::explain::{Dropped, Emitted, RuleCheck};
         use pollux_dataplane::pipeline::trace::TraceStep;
         let names: BTreeMap<PortId, String> = [(PortId(1), "vm1".to_owned())].into();
         let expired = Next::Drop(DropReason::TtlExpired, Stage::L3);
@@ -703,20 +804,55 @@ mod tests {
             to_slow_path: false,
             consumed: false,
             connections: Vec::new(),
+            rules: Vec::new(),
         };
+        let groups = |p: PortId| vec![format!("g{}", p.0), "default".to_owned()];
         assert_eq!(
-            summary(&ex, &names),
+            summary(&ex, &names, groups),
             (
                 "dropped",
-                "would be dropped by l3: ttl_expired; the router would send a frame to vm1"
-                    .to_owned()
+                format!(
+                    "would be dropped by l3: ttl_expired ({}); the router would send a frame to vm1",
+                    DropReason::TtlExpired.help()
+                )
             )
         );
+        // A packet no rule allowed: the port and its groups.
+        ex.steps[0] = TraceStep {
+            stage: Stage::SgEgress,
+            next: Next::Drop(DropReason::SgNoRule, Stage::SgEgress),
+        };
+        ex.sent.clear();
+        assert_eq!(
+            summary(&ex, &names, groups).1,
+            "would be dropped by sg_egress: sg_no_rule (no rule of port vm1's security groups \
+             [g1, default] allows it)"
+        );
+        // A packet a rule allowed: the rule, its group and the way it crossed the port.
+        ex.steps[0].next = Next::Output(PortId(1));
+        ex.dropped.clear();
+        ex.sent.push(Emitted {
+            port: PortId(1),
+            frame: vec![0; 60],
+        });
+        ex.rules.push(RuleCheck {
+            port: PortId(1),
+            direction: Direction::Egress,
+            verdict: RuleVerdict::Rule(3),
+            rule: Some(pollux_dataplane::secgroup::RuleName {
+                group: "web".into(),
+                rule: "r-80".into(),
+            }),
+        });
+        assert_eq!(
+            summary(&ex, &names, groups).1,
+            "would be sent to vm1, allowed by rule r-80 of group web out of vm1"
+        );
         ex.steps[0].next = Next::Flood;
-        assert_eq!(summary(&ex, &names).0, "sent");
+        assert_eq!(summary(&ex, &names, groups).0, "sent");
         ex.waiting_for = Some((pollux_dataplane::snapshot::NetworkUid(1), 0xc612_0201));
         assert_eq!(
-            summary(&ex, &names).1,
+            summary(&ex, &names, groups).1,
             "would wait for the MAC of next hop 198.18.2.1 (an ARP request would be sent)"
         );
     }

@@ -7,7 +7,7 @@
 mod capture;
 pub mod explain;
 mod stages;
-mod trace;
+pub mod trace;
 mod workers;
 
 use std::collections::HashMap;

@@ -7,6 +7,7 @@ use std::net::Ipv4Addr;
 
 use pollux_dataplane::packet::Next;
 use pollux_dataplane::pipeline::trace::{TraceMatch, TraceRecord, MAX_TRACE_PACKETS};
+use pollux_dataplane::pipeline::Stage;
 use pollux_dataplane::port::PortId;
 use pollux_services::addr::{fmt_mac, parse_cidr, parse_ipv4, parse_mac};
 use serde::Deserialize;
@@ -209,11 +210,41 @@ pub(super) fn next_text(next: Next, names: &BTreeMap<PortId, String>) -> String 
     }
 }
 
-fn record_json(r: &TraceRecord, names: &BTreeMap<PortId, String>) -> Value {
+/// A recorded packet as `trace.show` gives it. A security-group stage's drop names the
+/// port whose groups refused the packet, with those groups (`groups_of`): the input
+/// port's on the way out of its VM, the port it was headed for on the way in.
+pub fn record_json(
+    r: &TraceRecord,
+    names: &BTreeMap<PortId, String>,
+    groups_of: &dyn Fn(PortId) -> Vec<String>,
+) -> Value {
+    let name = |p: PortId| {
+        names
+            .get(&p)
+            .cloned()
+            .unwrap_or_else(|| format!("#{}", p.0))
+    };
+    let mut headed_for = None;
     let steps: Vec<Value> = r
         .steps()
         .iter()
-        .map(|s| json!({ "stage": s.stage.name(), "next": next_text(s.next, names) }))
+        .map(|s| {
+            let mut v = json!({ "stage": s.stage.name(), "next": next_text(s.next, names) });
+            let sg_port = match s.next {
+                Next::Output(p) => {
+                    headed_for = Some(p);
+                    None
+                }
+                Next::Drop(_, Stage::SgEgress) if s.stage == Stage::SgEgress => Some(r.port),
+                Next::Drop(_, Stage::SgIngress) if s.stage == Stage::SgIngress => headed_for,
+                _ => None,
+            };
+            if let Some(p) = sg_port {
+                v["port"] = json!(name(p));
+                v["security_groups"] = json!(groups_of(p));
+            }
+            v
+        })
         .collect();
     json!({
         "generation": r.generation,
@@ -240,7 +271,21 @@ pub fn trace_show(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcErr
     let Some((port, remaining, filter, records)) = snapshot else {
         return Ok(json!({ "running": false, "packets": [] }));
     };
-    let packets: Vec<Value> = records.iter().map(|r| record_json(r, &names)).collect();
+    let groups_of = |p: PortId| -> Vec<String> {
+        let Some(n) = names.get(&p) else {
+            return Vec::new();
+        };
+        e.state()
+            .ports
+            .iter()
+            .find(|q| &q.id == n)
+            .map(|q| q.security_groups.clone())
+            .unwrap_or_default()
+    };
+    let packets: Vec<Value> = records
+        .iter()
+        .map(|r| record_json(r, &names, &groups_of))
+        .collect();
     Ok(json!({
         "running": true,
         "port": names.get(&port).cloned().unwrap_or_else(|| format!("#{}", port.0)),

@@ -147,11 +147,7 @@ fn forward<const PER_PACKET_PORT: bool>(cx: &mut BurstCtx<'_>, pkts: &mut [Packe
                 {
                     Some(router) => Next::Route(router),
                     None if dst == net.service_mac => Next::SlowPath,
-                    None => match learner
-                        .macs
-                        .lookup(slot, net.uid, dst)
-                        .filter(|&p| snap.port_serves(p, slot))
-                    {
+                    None => match learned_port(snap, learner.macs, slot, net.uid, dst) {
                         Some(p) if p == in_port => Next::Drop(DropReason::Hairpin, Stage::L2),
                         Some(p) => Next::Output(p),
                         None => Next::Flood,
@@ -212,6 +208,38 @@ struct Learner<'a> {
     /// An explained packet teaches nothing.
     dry_run: bool,
     limits: LearnLimits,
+}
+
+/// The port frames to `mac` on network `slot` (identity `uid`) leave by, when the
+/// network has a static entry for it (a VM port's MAC): that port; else where the MAC was
+/// learned, if that port still serves the network; `None`: unknown, flood. The egress
+/// decision of routed packets, which are addressed to a neighbour (never to a router or
+/// service MAC); switched frames take the same two steps, with router and service MACs
+/// between them.
+#[inline(always)]
+pub(crate) fn egress_port(
+    snap: &Snapshot,
+    macs: &MacTable,
+    slot: u16,
+    uid: NetworkUid,
+    mac: u64,
+) -> Option<PortId> {
+    snap.static_mac(slot, mac)
+        .or_else(|| learned_port(snap, macs, slot, uid, mac))
+}
+
+/// Where `mac` was learned on network `slot` (identity `uid`), if that port still serves
+/// the network (a port moved to another network keeps no traffic of this one).
+#[inline(always)]
+fn learned_port(
+    snap: &Snapshot,
+    macs: &MacTable,
+    slot: u16,
+    uid: NetworkUid,
+    mac: u64,
+) -> Option<PortId> {
+    macs.lookup(slot, uid, mac)
+        .filter(|&p| snap.port_serves(p, slot))
 }
 
 impl Learner<'_> {

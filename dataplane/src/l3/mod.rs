@@ -34,7 +34,8 @@ use crate::drop::DropReason;
 use crate::frag::{self, FragError};
 use crate::handoff::NeighborNews;
 use crate::icmp_error::{self, IcmpErrorKind};
-use crate::output::{drop_packet, output};
+use crate::l2::egress_port;
+use crate::output::{capture_drops_of, drop_held, output};
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
 use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::PortId;
@@ -266,6 +267,9 @@ impl BurstStage for RouterState {
                 }
             }
         }
+        if cx.ports.capture.is_some() {
+            capture_drops_of(cx, self.originated.as_slice());
+        }
         let sent = output(cx, self.originated.as_mut_slice());
         cx.counters.stage_packets[Stage::Output as usize].add(u64::from(sent));
         self.originated.clear();
@@ -318,13 +322,7 @@ impl RouterState {
                     self.icmp_error(cx, pkt, router, IcmpErrorKind::HostUnreachable);
                 }
             }
-            drop_packet(
-                cx.pool,
-                cx.counters,
-                *pkt,
-                Stage::L3,
-                DropReason::NeighborUnresolved,
-            );
+            drop_held(cx, *pkt, Stage::L3, DropReason::NeighborUnresolved);
         }
         counters
             .neighbor_waiting
@@ -837,12 +835,7 @@ impl RouterState {
         let port = match self.cache.egress {
             Some((s, m, port)) if s == slot && m == mac => port,
             _ => {
-                let snap = cx.snap;
-                let port = snap.static_mac(slot, mac).or_else(|| {
-                    cx.macs
-                        .lookup(slot, iface.network_uid, mac)
-                        .filter(|&p| snap.port_serves(p, slot))
-                });
+                let port = egress_port(cx.snap, cx.macs, slot, iface.network_uid, mac);
                 self.cache.egress = Some((slot, mac, port));
                 port
             }

@@ -10,7 +10,7 @@
 use crate::buf::FramePool;
 use crate::counters::{Counter, WorkerCounters};
 use crate::drop::DropReason;
-use crate::output::{drop_packet, set_egress_tag};
+use crate::output::{drop_held, set_egress_tag};
 use crate::overlay::underlay::Underlay;
 use crate::overlay::{Encapsulation, Overlay, TunnelId};
 use crate::packet::{Meta, Next, Packet};
@@ -158,7 +158,7 @@ impl VxlanEncap<'_> {
             let mac = self.under.resolve_for(ov, remote, cx);
             match encap(ov, cx.pool, cx.counters, &mut copy, remote, mac) {
                 Next::Output(uplink) => cx.ports.enqueue(cx.pool, cx.counters, uplink, copy),
-                Next::Drop(reason, stage) => drop_packet(cx.pool, cx.counters, copy, stage, reason),
+                Next::Drop(reason, stage) => drop_held(cx, copy, stage, reason),
                 _ => unreachable_next(cx, copy),
             }
         }
@@ -175,13 +175,7 @@ impl VxlanEncap<'_> {
 #[cold]
 fn unreachable_next(cx: &mut BurstCtx<'_>, pkt: Packet) {
     debug_assert!(false, "encapsulation leaves a frame sent or dropped");
-    drop_packet(
-        cx.pool,
-        cx.counters,
-        pkt,
-        Stage::VxlanEncap,
-        DropReason::InternalError,
-    );
+    drop_held(cx, pkt, Stage::VxlanEncap, DropReason::InternalError);
 }
 
 /// Writes the outer headers of `pkt` towards `remote` (whose underlay MAC is `mac`, if

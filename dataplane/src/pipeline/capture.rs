@@ -28,7 +28,10 @@ impl Directions {
     pub const RX: Directions = Directions(1);
     /// Frames sent on the port, as handed to its transmit.
     pub const TX: Directions = Directions(2);
-    /// Frames received on the port that the pipeline dropped.
+    /// Frames received on the port that the pipeline dropped (in any stage, the output
+    /// stage's replication included), and frames for the port that its transmit side
+    /// refused (ring full, not attached, the owner's handoff ring full, no room for the
+    /// tag).
     pub const DROP: Directions = Directions(4);
     /// Every direction.
     pub const ALL: Directions = Directions(7);
@@ -227,6 +230,33 @@ impl Capturer {
         self.take(Directions::DROP, pkts, pool, |p| match p.meta.next {
             Next::Drop(reason, stage) => Some((stage as u8, reason as u8)),
             _ => None,
+        });
+    }
+
+    /// A frame dropped after the burst's drops were copied: in the output stage (a
+    /// transmit ring full, a port not attached, a handoff ring full, a refused flood
+    /// copy, no headroom for a tag) or among what a stage sends after its burst. Copied
+    /// when drops are captured and it came in on the port, or (`out`) was refused on its
+    /// way out of it. Out of line: drops are the exception.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn dropped_late(
+        &mut self,
+        pkt: &Packet,
+        out: Option<PortId>,
+        pool: &FramePool,
+        stage: Stage,
+        reason: DropReason,
+    ) {
+        let port = self.spec.port;
+        if self.budget == 0
+            || !self.spec.directions.contains(Directions::DROP)
+            || (pkt.in_port != port && out != Some(port))
+        {
+            return;
+        }
+        self.take(Directions::DROP, core::slice::from_ref(pkt), pool, |_| {
+            Some((stage as u8, reason as u8))
         });
     }
 

@@ -26,8 +26,9 @@ use crate::l3::NeighborTable;
 use crate::lpm::prefix_mask;
 use crate::port::PortId;
 use crate::routing::{Interface, Routing};
-use crate::secgroup::port_zone;
+use crate::secgroup::{port_zone, rule_for, Direction, RuleName, RuleVerdict};
 use crate::snapshot::{mac_from_u64, NetworkUid, PortRole, Snapshot};
+use crate::wire::EtherType;
 
 /// A frame an explained packet would send.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +65,68 @@ pub struct ConnMatch {
     pub expires: u64,
 }
 
+/// What the security groups of a port the packet crosses say of it by their rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RuleCheck {
+    /// The port.
+    pub port: PortId,
+    /// Out of its VM (the input port) or into it (an output port).
+    pub direction: Direction,
+    /// The verdict of its rules.
+    pub verdict: RuleVerdict,
+    /// For [`RuleVerdict::Rule`], the group and rule ids of the rule.
+    pub rule: Option<RuleName>,
+}
+
+/// The rule checks of an explained packet: on the way out of the input port's VM (unless
+/// a stage before the groups dropped it) and into each port it would be sent to (as it
+/// would leave, which is how that port's groups see it: routed, translated). A drop by a
+/// port's groups is its own answer: no rule allowed it (`sg_no_rule`), or what the reason
+/// names.
+pub(crate) fn rule_checks(
+    snap: &Snapshot,
+    in_port: PortId,
+    frame: &[u8],
+    steps: &[TraceStep],
+    sent: &[Emitted],
+) -> Vec<RuleCheck> {
+    let check = |port: PortId, direction: Direction, frame: &[u8]| {
+        let (ethertype, l3) = ethertype_of(frame)?;
+        let verdict = rule_for(snap, port, direction, frame, ethertype, l3)?;
+        let rule = match verdict {
+            RuleVerdict::Rule(id) => snap.security_groups().rule(id).cloned(),
+            RuleVerdict::Implicit | RuleVerdict::NoRule => None,
+        };
+        Some(RuleCheck {
+            port,
+            direction,
+            verdict,
+            rule,
+        })
+    };
+    let dropped_before_groups = steps.iter().any(|s| {
+        matches!(s.next, crate::packet::Next::Drop(_, stage)
+            if matches!(stage, Stage::Classify | Stage::VxlanDecap | Stage::ChecksumOffload | Stage::PortSecurity))
+    });
+    let mut checks = Vec::new();
+    if !dropped_before_groups {
+        checks.extend(check(in_port, Direction::Egress, frame));
+    }
+    for e in sent {
+        checks.extend(check(e.port, Direction::Ingress, &e.frame));
+    }
+    checks
+}
+
+/// The EtherType and network-layer offset of a frame, after one 802.1Q tag if any.
+fn ethertype_of(frame: &[u8]) -> Option<(EtherType, usize)> {
+    let be16 = |at: usize| Some(u16::from_be_bytes(frame.get(at..at + 2)?.try_into().ok()?));
+    match be16(12)? {
+        0x8100 => Some((EtherType(be16(16)?), 18)),
+        t => Some((EtherType(t), 14)),
+    }
+}
+
 /// Whose entry a [`ConnMatch`] is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnOwner {
@@ -98,6 +161,8 @@ pub struct Explanation {
     pub consumed: bool,
     /// Connection-table entries the packet matched before the pass.
     pub connections: Vec<ConnMatch>,
+    /// What the security groups of the ports it crosses say of it by their rules.
+    pub rules: Vec<RuleCheck>,
 }
 
 /// Why a frame could not be explained.

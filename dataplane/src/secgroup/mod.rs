@@ -560,6 +560,72 @@ impl<'c> Burst<'c> {
     }
 }
 
+/// What a port's security groups say of a packet by their rules alone (no connection
+/// consulted): for explain, which names the rule that lets a packet through, or says that
+/// none does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RuleVerdict {
+    /// Allowed without a rule, as on every port with groups (ARP, DHCP between a VM and
+    /// its server, IPv6 neighbour discovery): Neutron's implicit rules.
+    Implicit,
+    /// Allowed by the rule with this id (see [`SgTables::rule`]).
+    Rule(u32),
+    /// No rule of the port's groups allows it.
+    NoRule,
+}
+
+/// The verdict of `port`'s rules on the frame `data` (`l3` its network-layer offset,
+/// `ethertype` what it carries) crossing the port in `dir`, for explain. `None` when the
+/// port has no groups, or the rules do not decide the packet (it is malformed, or a later
+/// fragment, which passes with its first).
+pub fn rule_for(
+    snap: &Snapshot,
+    port: PortId,
+    dir: Direction,
+    data: &[u8],
+    ethertype: EtherType,
+    l3: usize,
+) -> Option<RuleVerdict> {
+    let tables = snap.security_groups();
+    let policy = tables.policy(port)?;
+    let ip = data.get(l3..)?;
+    let zone = port_zone(port);
+    match ethertype {
+        EtherType::ARP => Some(RuleVerdict::Implicit),
+        EtherType::IPV4 => {
+            let flow = ipv4_flow::<true>(ip, zone).ok()?;
+            rules_verdict(tables, policy, dir, &flow, ipv4_implicit(&flow, dir))
+        }
+        EtherType::IPV6 => {
+            let flow = ipv6_flow(ip, zone).ok()?;
+            rules_verdict(tables, policy, dir, &flow, ipv6_implicit(&flow, dir))
+        }
+        _ => Some(RuleVerdict::NoRule),
+    }
+}
+
+fn rules_verdict<K: SgKey>(
+    tables: &SgTables,
+    policy: &SgPolicy,
+    dir: Direction,
+    flow: &Flow<K>,
+    implicit: bool,
+) -> Option<RuleVerdict> {
+    if implicit {
+        return Some(RuleVerdict::Implicit);
+    }
+    if matches!(flow.fragment, Some((_, true))) {
+        return None;
+    }
+    let rule = K::rules(policy, dir).lookup(
+        K::sets(tables),
+        flow.key.remote(dir),
+        flow.key.proto(),
+        flow.port_key,
+    );
+    Some(rule.map_or(RuleVerdict::NoRule, RuleVerdict::Rule))
+}
+
 /// Decides one packet crossing `port` (whose policy is `policy`) in `dir`: `Ok` when it
 /// may pass. `data` is the frame, `meta` its metadata. `DRY` (an explained packet)
 /// decides the same but changes nothing: no connection created, touched, re-tagged or
