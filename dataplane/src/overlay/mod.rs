@@ -443,6 +443,11 @@ impl Overlay {
     /// Adds the overlay stages to the ports that need them: decapsulation on the
     /// endpoint's uplink, the ARP responder and encapsulation on VM ports of overlay
     /// networks. Nothing for anyone else.
+    /// The uplink of the tunnel endpoint, when there is one.
+    pub(crate) fn endpoint_uplink(&self) -> Option<PortId> {
+        self.enabled().then_some(self.uplink)
+    }
+
     pub(crate) fn enable_stages(&self, ports: &[PortRole], stages: &mut [StageSet]) {
         if !self.enabled() {
             return;

@@ -151,7 +151,7 @@ impl StageTable {
             }
         }
         if ran.contains(Stage::L3) {
-            self.l3.finish(cx);
+            self.l3.send_made(cx, &mut self.underlay);
             // What the router sent after the burst is the router's time.
             cx.counters.stage_cycles[Stage::L3 as usize].add(tsc::now().wrapping_sub(t));
         }
