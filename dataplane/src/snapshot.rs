@@ -1015,7 +1015,7 @@ impl SnapshotBuilder {
             if overlay_needs.contains(Stage::L3) {
                 for set in port_stages.iter_mut() {
                     if set.contains(Stage::L3) {
-                        *set = set.with(Stage::VxlanEncap);
+                        *set = set.with(Stage::TunnelEncap);
                     }
                 }
             }

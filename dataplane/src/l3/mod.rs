@@ -28,7 +28,7 @@ pub use neighbor::{
 
 use std::net::Ipv4Addr;
 
-use crate::overlay::encap::VxlanEncap;
+use crate::overlay::encap::TunnelEncap;
 use crate::overlay::underlay::Underlay;
 
 use crate::buf::{FrameId, FramePool};
@@ -253,8 +253,8 @@ impl RouterState {
             return;
         }
         if cx.snap.overlay().enabled() {
-            let outcome = VxlanEncap { under }.process(cx, self.originated.as_mut_slice());
-            cx.counters.stage_packets[Stage::VxlanEncap as usize].add(u64::from(outcome.packets));
+            let outcome = TunnelEncap { under }.process(cx, self.originated.as_mut_slice());
+            cx.counters.stage_packets[Stage::TunnelEncap as usize].add(u64::from(outcome.packets));
         }
         // What the router sends after the burst (released packets, ICMP errors) did not
         // pass the ingress security groups of its output port.
