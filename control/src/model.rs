@@ -579,6 +579,17 @@ pub struct Router {
     /// Extra routes.
     #[serde(default)]
     pub routes: Vec<Route>,
+    /// The host the router runs on (Neutron's L3-agent scheduling, its ports'
+    /// `binding:host_id`). Absent or this host's name: it runs here. Another host's name:
+    /// it runs there; on overlay networks its interfaces are that host's l2population
+    /// entries (centralized routing, as Neutron's legacy L3 agent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binding_host_id: Option<String>,
+    /// The MAC of its interfaces (Neutron's router ports' `mac_address`). Absent: its
+    /// polluxd picks one (`02:70:6c` and the router's number); needed when it runs on
+    /// another host and has an interface on an overlay network, which reaches it by MAC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac_address: Option<String>,
 }
 
 /// A router's gateway to an external network.

@@ -331,6 +331,8 @@ fn unresolved_references() {
             enable_snat: true,
         }),
         routes: vec![],
+        binding_host_id: None,
+        mac_address: None,
     });
     s.floating_ips.push(FloatingIp {
         id: "fip".into(),

@@ -993,6 +993,27 @@ impl SnapshotBuilder {
             port_stages[port.index()] = port_stages[port.index()].with(Stage::PortSecurity);
         }
         overlay.enable_stages(&ports, &mut port_stages);
+        // Decapsulated frames enter on the endpoint's uplink: it needs what the overlay
+        // networks need (a router, their services). A router on an overlay network may
+        // send what any of its ports received to a remote host: those ports encapsulate.
+        if let Some(endpoint) = overlay.endpoint_uplink() {
+            let mut overlay_needs = StageSet::EMPTY;
+            for (slot, net) in networks.iter().enumerate() {
+                if overlay.tunnel(slot as u16).is_some() {
+                    overlay_needs = overlay_needs.union(needs(net));
+                }
+            }
+            if let Some(set) = port_stages.get_mut(endpoint.index()) {
+                *set = set.union(overlay_needs);
+            }
+            if overlay_needs.contains(Stage::L3) {
+                for set in port_stages.iter_mut() {
+                    if set.contains(Stage::L3) {
+                        *set = set.with(Stage::TunnelEncap);
+                    }
+                }
+            }
+        }
         let security_groups = self.security_groups.clone();
         for port in security_groups.ports() {
             // By index: a scan of the policies per port costs ports squared, 100 million

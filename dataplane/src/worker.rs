@@ -651,7 +651,7 @@ impl Worker {
         };
         let router = &mut self.stages.l3;
         router.housekeeping(&mut cx, budget, all);
-        router.finish(&mut cx);
+        router.send_made(&mut cx, &mut self.stages.underlay);
         self.ports.flush(&mut self.pool, &self.counters);
     }
 

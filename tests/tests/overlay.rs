@@ -172,7 +172,7 @@ fn unicast_to_a_remote_port_is_encapsulated_exactly() {
     let out = sw.exchange(VM1, &inner);
     let c = sw.counters();
     assert_eq!(
-        dropped(&c, Stage::VxlanEncap, DropReason::TunnelUnresolved),
+        dropped(&c, Stage::TunnelEncap, DropReason::TunnelUnresolved),
         1
     );
     assert!(out.is_empty(), "{out:?}");
@@ -240,18 +240,18 @@ fn unknown_vni_and_endpoint_are_counted_drops() {
     no_flag[42] = 0;
     assert!(sw.exchange(UPLINK, &no_flag).is_empty());
     let c = sw.counters();
-    assert_eq!(dropped(&c, Stage::VxlanDecap, DropReason::UnknownVni), 1);
+    assert_eq!(dropped(&c, Stage::TunnelDecap, DropReason::UnknownVni), 1);
     assert_eq!(
-        dropped(&c, Stage::VxlanDecap, DropReason::UnknownTunnelEndpoint),
+        dropped(&c, Stage::TunnelDecap, DropReason::UnknownTunnelEndpoint),
         2
     );
-    assert_eq!(dropped(&c, Stage::VxlanDecap, DropReason::NotVxlan), 1);
-    assert_eq!(dropped(&c, Stage::VxlanDecap, DropReason::BadVxlan), 1);
+    assert_eq!(dropped(&c, Stage::TunnelDecap, DropReason::NotVxlan), 1);
+    assert_eq!(dropped(&c, Stage::TunnelDecap, DropReason::BadVxlan), 1);
     let charged: Vec<_> = c
         .port_drops
         .iter()
         .filter(|&(_, stage, reason, _)| {
-            stage == Stage::VxlanDecap && reason == DropReason::UnknownVni
+            stage == Stage::TunnelDecap && reason == DropReason::UnknownVni
         })
         .map(|(port, _, _, n)| (port, n))
         .collect();
@@ -419,7 +419,7 @@ fn malformed_outer_headers_are_counted_drops() {
     let c = sw.counters();
     let decap_drops: u64 = DropReason::ALL
         .iter()
-        .map(|&r| c.stage_dropped(Stage::VxlanDecap, r))
+        .map(|&r| c.stage_dropped(Stage::TunnelDecap, r))
         .sum();
     let classify_drops: u64 = DropReason::ALL
         .iter()
@@ -448,7 +448,7 @@ fn underlay_macs_expire_and_are_asked_for_again() {
     );
     assert_eq!(
         sw.counters()
-            .stage_dropped(Stage::VxlanEncap, DropReason::TunnelUnresolved),
+            .stage_dropped(Stage::TunnelEncap, DropReason::TunnelUnresolved),
         1
     );
     sw.assert_conserved();

@@ -96,7 +96,7 @@ fn gre(src_mac: [u8; 6], src_ip: [u8; 4], key: u32, inner: &[u8]) -> Vec<u8> {
 }
 
 fn dropped(c: &WorkerCounters, reason: DropReason) -> u64 {
-    c.stage_dropped(Stage::VxlanDecap, reason)
+    c.stage_dropped(Stage::TunnelDecap, reason)
 }
 
 /// The Geneve packet polluxd sends towards `dst_ip` at `dst_mac`, checked byte for byte
@@ -385,7 +385,7 @@ fn truncated_geneve_and_gre_packets_are_counted_drops() {
     sw.run();
     assert!(sw.collect().is_empty());
     let c = sw.counters();
-    let drops: u64 = [Stage::VxlanDecap, Stage::Classify]
+    let drops: u64 = [Stage::TunnelDecap, Stage::Classify]
         .iter()
         .flat_map(|&s| DropReason::ALL.iter().map(move |&r| (s, r)))
         .map(|(s, r)| c.stage_dropped(s, r))

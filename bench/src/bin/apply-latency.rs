@@ -348,6 +348,8 @@ fn generate(layout: &Layout, ports: usize, routers: usize) -> (DesiredState, Vec
             interfaces: vec![subnet_id(i)],
             external_gateway_info: None,
             routes: Vec::new(),
+            binding_host_id: None,
+            mac_address: None,
         })
         .collect();
     let state = DesiredState {

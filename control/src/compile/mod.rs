@@ -410,7 +410,12 @@ pub fn compile(
 
     b.security_groups(security_groups::tables(state, &filtered));
 
+    // A router runs on one host (Neutron's L3-agent scheduling); the others reach it
+    // over the overlay (above) or their physical networks.
     for (index, router) in state.routers.iter().enumerate() {
+        if !router.runs_here {
+            continue;
+        }
         let uid = ids.router(&router.id)?;
         b.router(router_spec(state, index, uid, &network_uid));
     }
@@ -438,12 +443,17 @@ pub fn compile(
             .chain(tunnel_keys.iter().map(String::as_str))
             .collect();
         let keep_networks: HashSet<&str> = state.networks.iter().map(|n| n.id.as_str()).collect();
-        let keep_routers: HashSet<&str> = state.routers.iter().map(|r| r.id.as_str()).collect();
+        let keep_routers: HashSet<&str> = state
+            .routers
+            .iter()
+            .filter(|r| r.runs_here)
+            .map(|r| r.id.as_str())
+            .collect();
         ids.retain(&keep_ports, &keep_networks, &keep_routers);
     };
     if ids.ports.len() != ports_in_use
         || ids.networks.len() != state.networks.len()
-        || ids.routers.len() != state.routers.len()
+        || ids.routers.len() != state.routers.iter().filter(|r| r.runs_here).count()
     {
         retain(&mut ids);
     } else if cfg!(debug_assertions) {
@@ -576,7 +586,7 @@ fn router_spec(
     );
     RouterSpec {
         uid,
-        mac: router_mac(uid),
+        mac: router.mac.unwrap_or_else(|| router_mac(uid)),
         interfaces,
         routes,
         external,
@@ -991,6 +1001,75 @@ mod tests {
         }
     }
 
+    /// [`OVERLAY`] with a gateway on sub-x and router r1 on it, run by `host` (absent:
+    /// this host).
+    fn overlay_with_router(host: Option<&str>) -> Validated {
+        let bound = host.map_or(String::new(), |h| format!("binding_host_id = \"{h}\"\n"));
+        let text = format!(
+            "{}\n[[routers]]\nid = \"r1\"\ninterfaces = [\"sub-x\"]\n\
+             mac_address = \"fa:16:3e:00:0f:01\"\n{bound}",
+            OVERLAY.replace(
+                "enable_dhcp = false",
+                "enable_dhcp = false\ngateway_ip = \"203.0.113.1\""
+            )
+        );
+        validate(&DesiredState::from_toml_str(&text).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_router_of_another_host_is_its_l2population_entry() {
+        // r1 runs on compute-3, which has no port on net-x: it joins the flood list for the
+        // router alone.
+        let c = compile(
+            &overlay_with_router(Some("compute-3")),
+            &Identities::default(),
+            1,
+        )
+        .unwrap();
+        assert!(
+            c.snapshot.routing().routers().is_empty(),
+            "r1 runs elsewhere"
+        );
+        assert!(c.identities.routers.is_empty());
+        let t2 = c.identities.port("host:compute-2").unwrap();
+        let t3 = c
+            .identities
+            .port("host:compute-3")
+            .expect("a tunnel to r1's host");
+        let ov = c.snapshot.overlay();
+        let slot = ov.network_of(Encapsulation::Vxlan, 5000).unwrap();
+        assert_eq!(ov.flood_tunnels(slot), &[t2, t3]);
+        assert_eq!(
+            ov.peer(slot, u32::from(Ipv4Addr::new(198, 18, 255, 3))),
+            Some(t3)
+        );
+        let r1 = pollux_dataplane::snapshot::mac_to_u64([0xfa, 0x16, 0x3e, 0, 0x0f, 1]);
+        assert_eq!(c.snapshot.static_mac(slot, r1), Some(t3));
+        assert_eq!(
+            ov.arp_answer(slot, u32::from(Ipv4Addr::new(203, 0, 113, 1))),
+            Some(r1)
+        );
+    }
+
+    #[test]
+    fn a_router_of_this_host_serves_an_overlay_network_with_its_given_mac() {
+        for host in [None, Some("compute-1")] {
+            let v = overlay_with_router(host);
+            let c = compile(&v, &Identities::default(), 1).unwrap();
+            let routers = c.snapshot.routing().routers();
+            assert_eq!(routers.len(), 1);
+            assert_eq!(routers[0].mac, [0xfa, 0x16, 0x3e, 0, 0x0f, 1]);
+            // Its own host answers ARP for it from the router, not the responder.
+            let ov = c.snapshot.overlay();
+            let slot = ov.network_of(Encapsulation::Vxlan, 5000).unwrap();
+            assert_eq!(
+                ov.arp_answer(slot, u32::from(Ipv4Addr::new(203, 0, 113, 1))),
+                None
+            );
+            assert!(c.identities.port("host:compute-3").is_none());
+        }
+    }
+
     #[test]
     fn what_the_overlay_does_not_do_is_refused_with_a_path() {
         let refused = |extra: &str, edit: &dyn Fn(&str) -> String| {
@@ -1000,16 +1079,6 @@ mod tests {
                 .unwrap_err()
                 .to_string()
         };
-        assert_eq!(
-            refused(
-                "\n[[routers]]\nid = \"r1\"\ninterfaces = [\"sub-x\"]\n",
-                &|t| t.replace(
-                    "enable_dhcp = false",
-                    "enable_dhcp = false\ngateway_ip = \"203.0.113.1\""
-                ),
-            ),
-            "routers[0]: routers on vxlan, geneve and gre networks are not supported by the data plane yet"
-        );
         assert_eq!(
             refused("", &|t| t.replace("198.18.255.2\"", "198.18.254.2\"")),
             "hosts[1].tunnel_ip: 198.18.254.2 is outside 198.18.255.0/24, the subnet of \

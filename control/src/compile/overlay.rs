@@ -1,9 +1,11 @@
 //! The overlay part of a compile: this host's tunnel endpoint, a tunnel port per remote
 //! host that has ports on an overlay network, the remote ports' MACs on those tunnels
 //! (l2population), each network's peers (the hosts with ports on it) and the addresses
-//! the ARP responder answers for.
+//! the ARP responder answers for. A router another host runs is, on overlay networks, an
+//! l2population entry of that host like its ports (its MAC, its interfaces' addresses).
 
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 
 use pollux_dataplane::overlay::EndpointSpec;
 use pollux_dataplane::port::PortId;
@@ -41,20 +43,6 @@ pub(super) fn compile_overlay(
             });
         }
     }
-    for (r, router) in state.routers.iter().enumerate() {
-        let on_overlay = router
-            .interfaces
-            .iter()
-            .map(|&s| state.subnets[s].network)
-            .chain(router.external_gateway.as_ref().map(|g| g.network))
-            .any(|n| state.networks[n].segment.is_overlay());
-        if on_overlay {
-            return Err(CompileError::Unsupported {
-                path: format!("routers[{r}]"),
-                what: "routers on vxlan, geneve and gre networks are not supported by the data plane yet".into(),
-            });
-        }
-    }
     let Some((uplink, (local_ip, prefix))) = state
         .uplinks
         .iter()
@@ -71,12 +59,31 @@ pub(super) fn compile_overlay(
         uplink: uplink_ids[uplink],
         local_ip,
     });
-    // Hosts with remote ports on overlay networks get a tunnel port, in host order.
+    // Routers another host runs, with their interfaces on overlay networks: l2population
+    // entries of that host, as its ports are.
+    let remote_routers: Vec<(usize, usize, Ipv4Addr, [u8; 6])> = state
+        .routers
+        .iter()
+        .filter_map(|r| Some((r, r.remote_host?, r.mac?)))
+        .flat_map(|(r, host, mac)| {
+            let interfaces = r.interfaces.iter().filter_map(|&s| {
+                let subnet = &state.subnets[s];
+                Some((subnet.network, subnet.gateway_ip?))
+            });
+            interfaces
+                .chain(r.external_gateway.map(|g| (g.network, g.ip)))
+                .map(move |(network, ip)| (host, network, ip, mac))
+        })
+        .filter(|&(_, network, _, _)| overlay_net(network))
+        .collect();
+    // Hosts with remote ports or routers on overlay networks get a tunnel port, in host
+    // order.
     let hosts: BTreeSet<usize> = state
         .ports
         .iter()
         .filter(|p| overlay_net(p.network))
         .filter_map(|p| p.remote_host)
+        .chain(remote_routers.iter().map(|&(host, ..)| host))
         .collect();
     let mut tunnel = vec![None; state.hosts.items.len()];
     let mut keys = Vec::new();
@@ -109,6 +116,15 @@ pub(super) fn compile_overlay(
         for f in &port.fixed_ips {
             b.arp_entry(uid, f.ip, port.mac);
         }
+    }
+    // A VM here asks for its gateway: the ARP responder answers with the MAC of the
+    // router on the other host, and the frames to it go through that host's tunnel.
+    for &(host, network, ip, mac) in &remote_routers {
+        let uid = network_uid[network];
+        if let Some(t) = tunnel[host] {
+            b.remote_port(uid, t, &[mac]);
+        }
+        b.arp_entry(uid, ip, mac);
     }
     Ok(keys)
 }

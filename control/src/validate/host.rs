@@ -132,6 +132,34 @@ impl Checker {
         }
         out
     }
+
+    /// Resolves a `binding_host_id` at `path`: whether it names this host (or is absent),
+    /// and the index of the other host it names, if valid.
+    pub(super) fn bound_host(
+        &mut self,
+        path: &str,
+        host: Option<&str>,
+        hosts: &Hosts,
+    ) -> (bool, Option<usize>) {
+        match host {
+            None => (true, None),
+            Some(h) if h == hosts.local => (true, None),
+            Some(h) => match hosts.index(h) {
+                Some(k) => (false, hosts.ok[k].then_some(k)),
+                None => {
+                    self.err(
+                        path,
+                        format!(
+                            "no host has name {h:?} (hosts[].name), and this host is {:?} \
+                             (agent.host)",
+                            hosts.local
+                        ),
+                    );
+                    (false, None)
+                }
+            },
+        }
+    }
 }
 
 #[cfg(test)]
@@ -270,6 +298,83 @@ mod tests {
                 "ports[0].mac_address: 02:70:76:00:00:01 is in 02:70:76:00:00:00/24, which \
                polluxd reserves for its VXLAN tunnel endpoints",
             ],
+        );
+    }
+
+    /// [`TWO_HOSTS`] with a subnet on net-x and router r1 on it.
+    fn with_router(edit: impl Fn(&mut crate::model::Router)) -> DesiredState {
+        state(|s| {
+            let sub = "[[subnets]]\nid = \"sub-x\"\nnetwork_id = \"net-x\"\n\
+                       cidr = \"203.0.113.0/24\"\ngateway_ip = \"203.0.113.1\"\n";
+            s.subnets = DesiredState::from_toml_str(sub).unwrap().subnets;
+            let mut r = crate::model::Router {
+                id: "r1".into(),
+                interfaces: vec!["sub-x".into()],
+                external_gateway_info: None,
+                routes: vec![],
+                binding_host_id: Some("compute-2".into()),
+                mac_address: Some("fa:16:3e:00:0f:01".into()),
+            };
+            edit(&mut r);
+            s.routers.push(r);
+        })
+    }
+
+    #[test]
+    fn routers_run_on_their_host_and_overlay_ones_have_a_mac() {
+        let v = validate(&with_router(|_| {})).unwrap();
+        assert_eq!(v.routers[0].remote_host, Some(1));
+        assert!(!v.routers[0].runs_here);
+        assert_eq!(v.routers[0].mac, Some([0xfa, 0x16, 0x3e, 0, 0x0f, 1]));
+        for here in [None, Some("compute-1")] {
+            let v = validate(&with_router(|r| r.binding_host_id = here.map(Into::into))).unwrap();
+            assert!(v.routers[0].runs_here);
+            assert_eq!(v.routers[0].remote_host, None);
+        }
+        assert_errors(
+            &with_router(|r| r.binding_host_id = Some("compute-9".into())),
+            &[
+                "routers[0].binding_host_id: no host has name \"compute-9\" (hosts[].name), and \
+               this host is \"compute-1\" (agent.host)",
+            ],
+        );
+        assert_errors(
+            &with_router(|r| r.mac_address = None),
+            &[
+                "routers[0].mac_address: a router of another host on a vxlan, geneve or gre \
+                 network needs a mac_address (Neutron's router ports' MAC) to be reached over \
+                 the overlay",
+            ],
+        );
+        // Its own host has no need of one: it picks its own.
+        let v = validate(&with_router(|r| {
+            r.mac_address = None;
+            r.binding_host_id = None;
+        }))
+        .unwrap();
+        assert_eq!(v.routers[0].mac, None);
+        assert_errors(
+            &with_router(|r| r.mac_address = Some("fa:16:3e:00:00:02".into())),
+            &[
+                "routers[0].mac_address: fa:16:3e:00:00:02 is already a MAC of port vm2 on \
+               network net-x",
+            ],
+        );
+        assert_errors(
+            &with_router(|r| r.mac_address = Some("02:70:6c:00:00:01".into())),
+            &[
+                "routers[0].mac_address: 02:70:6c:00:00:01 is in 02:70:6c:00:00:00/24, which \
+               polluxd reserves for its routers",
+            ],
+        );
+        let mut two = with_router(|_| {});
+        let mut r2 = two.routers[0].clone();
+        r2.id = "r2".into();
+        r2.interfaces.clear();
+        two.routers.push(r2);
+        assert_errors(
+            &two,
+            &["routers[1].mac_address: fa:16:3e:00:0f:01 is already the MAC of router r1"],
         );
     }
 

@@ -108,6 +108,12 @@ impl PortIndex {
             if let Some(g) = r.external_gateway {
                 other(&mut index.ips, g.network, g.ip);
             }
+            // A port taking a router's MAC is left to the whole validation to refuse.
+            if let Some(mac) = r.mac {
+                for n in r.networks(&valid.subnets) {
+                    index.macs.insert((n, mac), format!("router {}", r.id));
+                }
+            }
         }
         for f in valid.floating_ips.iter() {
             other(&mut index.ips, f.network, f.address);

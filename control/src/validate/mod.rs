@@ -131,7 +131,7 @@ pub fn validate(state: &DesiredState) -> Result<Validated, Vec<ValidationError>>
     let qos_policies = c.qos_policies(&state.qos_policies);
     c.attach_qos(state, &qos_policies, &mut networks, &mut ports);
     c.metering(state);
-    let routers = c.routers(&state.routers, &networks, &subnets);
+    let routers = c.routers(&state.routers, &networks, &subnets, &ports, &hosts);
     let floating_ips = c.floating_ips(&state.floating_ips, &ports, &subnets, &routers);
     // Last: every other address of each network is known by now.
     c.dhcp_servers(&state.subnets, &subnets);

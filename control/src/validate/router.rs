@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
-use super::{Checked, Checker, Network, Route, Subnet};
+use super::{Checked, Checker, Hosts, Network, Port, Route, Subnet};
 use crate::model;
 use pollux_services::addr::Ipv4Cidr;
 
@@ -32,6 +32,23 @@ pub struct Router {
     pub external_gateway: Option<ExternalGateway>,
     /// Extra routes (next hops in connected subnets).
     pub routes: Vec<Route>,
+    /// The host it runs on when that is another host (an index of `hosts`): this host
+    /// does not run it, and reaches its interfaces on overlay networks over the overlay.
+    pub remote_host: Option<usize>,
+    /// Whether it runs on this host (its `binding_host_id` is absent or names this host).
+    pub runs_here: bool,
+    /// The MAC of its interfaces, when the state gives one.
+    pub mac: Option<[u8; 6]>,
+}
+
+impl Router {
+    /// The networks it has an interface on, the external one included.
+    pub fn networks<'a>(&'a self, subnets: &'a [Subnet]) -> impl Iterator<Item = usize> + 'a {
+        self.interfaces
+            .iter()
+            .map(|&s| subnets[s].network)
+            .chain(self.external_gateway.map(|g| g.network))
+    }
 }
 
 impl Checker {
@@ -40,9 +57,12 @@ impl Checker {
         routers: &[model::Router],
         networks: &Checked<Network>,
         subnets: &Checked<Subnet>,
+        ports: &Checked<Port>,
+        hosts: &Hosts,
     ) -> Checked<Router> {
         let mut out = Checked::default();
         let mut attached: HashMap<usize, String> = HashMap::new();
+        let mut router_macs: HashMap<[u8; 6], String> = HashMap::new();
         for (i, r) in routers.iter().enumerate() {
             let base = format!("routers[{i}]");
             let before = self.errors.len();
@@ -186,15 +206,85 @@ impl Checker {
                     })
                 })
                 .collect();
-            out.items.push(Router {
+            let (runs_here, remote_host) = self.bound_host(
+                &format!("{base}.binding_host_id"),
+                r.binding_host_id.as_deref(),
+                hosts,
+            );
+            let mut router = Router {
                 id: r.id.clone(),
                 interfaces,
                 external_gateway,
                 routes,
-            });
+                remote_host,
+                runs_here,
+                mac: None,
+            };
+            router.mac = self.router_mac(
+                &base,
+                r,
+                &router,
+                networks,
+                subnets,
+                ports,
+                &mut router_macs,
+            );
+            out.items.push(router);
             out.ok.push(id_ok);
         }
         out
+    }
+
+    /// Checks a router's `mac_address`: a station MAC that no port on its networks and no
+    /// other router has. Needed for a router of another host on an overlay network: the
+    /// hosts that reach it over the overlay must know the MAC its own host gives it (the
+    /// same state on its host makes it use that MAC).
+    #[allow(clippy::too_many_arguments)]
+    fn router_mac(
+        &mut self,
+        base: &str,
+        r: &model::Router,
+        router: &Router,
+        networks: &Checked<Network>,
+        subnets: &Checked<Subnet>,
+        ports: &Checked<Port>,
+        router_macs: &mut HashMap<[u8; 6], String>,
+    ) -> Option<[u8; 6]> {
+        let path = format!("{base}.mac_address");
+        let Some(text) = r.mac_address.as_deref() else {
+            if !router.runs_here
+                && router
+                    .networks(&subnets.items)
+                    .any(|n| networks.items[n].segment.is_overlay())
+            {
+                self.err(
+                    path,
+                    "a router of another host on a vxlan, geneve or gre network needs a \
+                     mac_address (Neutron's router ports' MAC) to be reached over the overlay",
+                );
+            }
+            return None;
+        };
+        let mac = self.mac(&path, text)?;
+        for n in router.networks(&subnets.items) {
+            if let Some(p) = ports
+                .items
+                .iter()
+                .find(|p| p.network == n && p.macs().contains(&mac))
+            {
+                let msg = format!(
+                    "{text} is already a MAC of port {} on network {}",
+                    p.id, networks.items[n].id
+                );
+                self.err(path, msg);
+                return None;
+            }
+        }
+        if let Some(other) = router_macs.insert(mac, r.id.clone()) {
+            self.err(path, format!("{text} is already the MAC of router {other}"));
+            return None;
+        }
+        Some(mac)
     }
 
     /// The valid subnet of `network` that contains `ip`; an error when there is none.

@@ -28,6 +28,9 @@ pub use neighbor::{
 
 use std::net::Ipv4Addr;
 
+use crate::overlay::encap::TunnelEncap;
+use crate::overlay::underlay::Underlay;
+
 use crate::buf::{FrameId, FramePool};
 use crate::conntrack::{Dir, FlowKey, InsertError};
 use crate::drop::DropReason;
@@ -240,11 +243,19 @@ impl BurstStage for RouterState {
             produced: Pending::SEND | Pending::DONE,
         }
     }
+}
 
-    /// Sends the frames the router made or released in this pass.
-    fn finish(&mut self, cx: &mut BurstCtx<'_>) {
+impl RouterState {
+    /// Sends the frames the router made or released in this pass; those to remote hosts
+    /// of an overlay network (and the copies of a flood for them) are encapsulated first,
+    /// with `under`'s endpoint MACs, as the burst's own frames are.
+    pub(crate) fn send_made(&mut self, cx: &mut BurstCtx<'_>, under: &mut Underlay) {
         if self.originated.is_empty() {
             return;
+        }
+        if cx.snap.overlay().enabled() {
+            let outcome = TunnelEncap { under }.process(cx, self.originated.as_mut_slice());
+            cx.counters.stage_packets[Stage::TunnelEncap as usize].add(u64::from(outcome.packets));
         }
         // What the router sends after the burst (released packets, ICMP errors) did not
         // pass the ingress security groups of its output port.

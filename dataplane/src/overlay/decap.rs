@@ -19,15 +19,15 @@ const PROTO_UDP: u8 = 17;
 
 /// The decapsulation stage: a view of the worker's underlay state for one burst.
 #[derive(Debug)]
-pub struct VxlanDecap<'a> {
+pub struct TunnelDecap<'a> {
     /// Remote endpoints' MACs, learned from what they send.
     pub under: &'a mut Underlay,
 }
 
-impl BurstStage for VxlanDecap<'_> {
+impl BurstStage for TunnelDecap<'_> {
     #[inline(always)]
     fn id(&self) -> Stage {
-        Stage::VxlanDecap
+        Stage::TunnelDecap
     }
 
     #[inline(always)]
@@ -83,7 +83,7 @@ impl BurstStage for VxlanDecap<'_> {
                         run.packets += 1;
                         Next::L2
                     }
-                    Err(reason) => Next::Drop(reason, Stage::VxlanDecap),
+                    Err(reason) => Next::Drop(reason, Stage::TunnelDecap),
                 };
             } else if ethertype == EtherType::ARP {
                 let now = cx.now_secs;

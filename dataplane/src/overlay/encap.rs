@@ -29,15 +29,15 @@ const SPORT_BASE: u16 = 49152;
 
 /// The encapsulation stage: a view of the worker's underlay state for one burst.
 #[derive(Debug)]
-pub struct VxlanEncap<'a> {
+pub struct TunnelEncap<'a> {
     /// Remote endpoints' MACs, asked for when unknown.
     pub under: &'a mut Underlay,
 }
 
-impl BurstStage for VxlanEncap<'_> {
+impl BurstStage for TunnelEncap<'_> {
     #[inline(always)]
     fn id(&self) -> Stage {
-        Stage::VxlanEncap
+        Stage::TunnelEncap
     }
 
     #[inline(always)]
@@ -91,7 +91,7 @@ impl BurstStage for VxlanEncap<'_> {
                                 } else {
                                     DropReason::InternalError
                                 };
-                                pkt.meta.next = Next::Drop(reason, Stage::VxlanEncap);
+                                pkt.meta.next = Next::Drop(reason, Stage::TunnelEncap);
                                 produced |= Pending::DONE;
                                 continue;
                             }
@@ -124,7 +124,7 @@ impl BurstStage for VxlanEncap<'_> {
     }
 }
 
-impl VxlanEncap<'_> {
+impl TunnelEncap<'_> {
     /// Sends a copy of a flooded frame to every host in `tunnels`; the original stays to
     /// be flooded to the local ports, or, when there is none but its input port, goes to
     /// the last host itself. Returns the original's next step.
@@ -152,7 +152,7 @@ impl VxlanEncap<'_> {
             cx.counters.replicas.inc();
             let Some(mut copy) = cx.pool.clone_packet(pkt) else {
                 cx.counters
-                    .count_drop(None, Stage::VxlanEncap, DropReason::NoBuffers, 1);
+                    .count_drop(None, Stage::TunnelEncap, DropReason::NoBuffers, 1);
                 continue;
             };
             let mac = self.under.resolve_for(ov, remote, cx);
@@ -175,7 +175,7 @@ impl VxlanEncap<'_> {
 #[cold]
 fn unreachable_next(cx: &mut BurstCtx<'_>, pkt: Packet) {
     debug_assert!(false, "encapsulation leaves a frame sent or dropped");
-    drop_held(cx, pkt, Stage::VxlanEncap, DropReason::InternalError);
+    drop_held(cx, pkt, Stage::TunnelEncap, DropReason::InternalError);
 }
 
 /// Writes the outer headers of `pkt` towards `remote` (whose underlay MAC is `mac`, if
@@ -190,10 +190,10 @@ pub fn encap(
     mac: Option<u64>,
 ) -> Next {
     let Some(tunnel) = ov.tunnel(pkt.meta.network) else {
-        return Next::Drop(DropReason::InternalError, Stage::VxlanEncap);
+        return Next::Drop(DropReason::InternalError, Stage::TunnelEncap);
     };
     let Some(mac) = mac else {
-        return Next::Drop(DropReason::TunnelUnresolved, Stage::VxlanEncap);
+        return Next::Drop(DropReason::TunnelUnresolved, Stage::TunnelEncap);
     };
     let outer = Outer::new(OuterHeaders {
         dst_mac: mac_from_u64(mac),
@@ -218,19 +218,19 @@ fn push_outer(
     // The inner frame is untagged on the overlay.
     if pkt.meta.flags & Meta::VLAN != 0 {
         if let Err(reason) = set_egress_tag(pool, pkt, None) {
-            return Next::Drop(reason, Stage::VxlanEncap);
+            return Next::Drop(reason, Stage::TunnelEncap);
         }
     }
     let overhead = outer.overhead;
     if pkt.offset < overhead {
-        return Next::Drop(DropReason::NoHeadroom, Stage::VxlanEncap);
+        return Next::Drop(DropReason::NoHeadroom, Stage::TunnelEncap);
     }
     // One view of the headroom and the frame: the inner frame to hash, the headroom to
     // write.
     let start = usize::from(pkt.offset - overhead);
     let end = usize::from(pkt.offset) + usize::from(pkt.len);
     let Some(region) = pool.frame_mut(pkt.frame).get_mut(start..end) else {
-        return Next::Drop(DropReason::InternalError, Stage::VxlanEncap);
+        return Next::Drop(DropReason::InternalError, Stage::TunnelEncap);
     };
     let (headers, inner) = region.split_at_mut(usize::from(overhead));
     // GRE has no field to carry the flow's entropy.
@@ -240,7 +240,7 @@ fn push_outer(
         0
     };
     if !outer.write(headers, pkt.len, sport) {
-        return Next::Drop(DropReason::InternalError, Stage::VxlanEncap);
+        return Next::Drop(DropReason::InternalError, Stage::TunnelEncap);
     }
     pkt.offset -= overhead;
     pkt.len += overhead;

@@ -17,13 +17,13 @@
 //! to a remote MAC is `Next::Output(tunnel port)`. Three stages do the rest, each enabled
 //! only for the ports that need it (a network without an overlay pays nothing):
 //!
-//! - [`decap::VxlanDecap`], on the uplink with the tunnel endpoint address (`local_ip`),
+//! - [`decap::TunnelDecap`], on the uplink with the tunnel endpoint address (`local_ip`),
 //!   after classification: VXLAN, Geneve or GRE to `local_ip` → (kind, VNI or key) → network, source → tunnel port, the
 //!   inner frame goes on to L2 as if received on that tunnel port; ARP for `local_ip` is
 //!   answered there.
 //! - [`arp_responder::ArpResponder`], on VM ports of overlay networks: ARP requests for
 //!   the address of a known port (local or remote) are answered on the host.
-//! - [`encap::VxlanEncap`], on VM ports of overlay networks and the endpoint's uplink:
+//! - [`encap::TunnelEncap`], on VM ports of overlay networks and the endpoint's uplink:
 //!   frames to a tunnel port get their outer headers in the headroom and leave on the
 //!   uplink; broadcast and unknown unicast are replicated head-end to the network's flood
 //!   list (the hosts with ports on it) as well as flooded to the local ports.
@@ -443,6 +443,11 @@ impl Overlay {
     /// Adds the overlay stages to the ports that need them: decapsulation on the
     /// endpoint's uplink, the ARP responder and encapsulation on VM ports of overlay
     /// networks. Nothing for anyone else.
+    /// The uplink of the tunnel endpoint, when there is one.
+    pub(crate) fn endpoint_uplink(&self) -> Option<PortId> {
+        self.enabled().then_some(self.uplink)
+    }
+
     pub(crate) fn enable_stages(&self, ports: &[PortRole], stages: &mut [StageSet]) {
         if !self.enabled() {
             return;
@@ -453,12 +458,12 @@ impl Overlay {
                 // frame to another tunnel (`tunnel_to_tunnel`), and floods from a tunnel
                 // stay local.
                 PortRole::Uplink { .. } if PortId(i as u16) == self.uplink => {
-                    StageSet::EMPTY.with(Stage::VxlanDecap)
+                    StageSet::EMPTY.with(Stage::TunnelDecap)
                 }
                 PortRole::Access { network, .. } if self.tunnel(network).is_some() => {
                     StageSet::EMPTY
                         .with(Stage::ArpResponder)
-                        .with(Stage::VxlanEncap)
+                        .with(Stage::TunnelEncap)
                 }
                 _ => StageSet::EMPTY,
             };

@@ -97,9 +97,9 @@ stages! {
     Extension => "extension", "A stage added at run time (Worker::add_stage), not built in.";
     PortSecurity => "port_security", "Anti-spoofing of VM ports with port security (source MAC, addresses, ARP; no DHCP server or router advertisement from a VM).";
     ChecksumOffload => "checksum_offload", "Completes TCP/UDP checksums that a kernel sender with checksum offload left partial (AF_XDP ports).";
-    VxlanDecap => "vxlan_decap", "VXLAN, Geneve or GRE to the tunnel endpoint: VNI or key to network, inner frame on to L2 from the sender's tunnel port; ARP for the endpoint's address.";
+    TunnelDecap => "tunnel_decap", "VXLAN, Geneve or GRE to the tunnel endpoint: VNI or key to network, inner frame on to L2 from the sender's tunnel port; ARP for the endpoint's address.";
     ArpResponder => "arp_responder", "Answers ARP requests on overlay networks for addresses of known ports (l2population), on the host.";
-    VxlanEncap => "vxlan_encap", "Outer Ethernet/IPv4 and UDP/VXLAN, UDP/Geneve or GRE headers for frames to remote hosts; head-end replication of floods.";
+    TunnelEncap => "tunnel_encap", "Outer Ethernet/IPv4 and UDP/VXLAN, UDP/Geneve or GRE headers for frames to remote hosts; head-end replication of floods.";
     SgEgress => "sg_egress", "Security groups of VM ports, on traffic from the VM (after port security).";
     SgIngress => "sg_ingress", "Security groups of VM ports, on traffic to the VM (after the forwarding decision; flooded replicas per output port).";
     QosEgress => "qos_egress", "QoS of VM ports on traffic from the VM (Neutron egress): bandwidth limit, then DSCP marking.";

@@ -11,8 +11,8 @@ use crate::l3::RouterState;
 use crate::offload::ChecksumOffload;
 use crate::output::Output;
 use crate::overlay::arp_responder::ArpResponder;
-use crate::overlay::decap::VxlanDecap;
-use crate::overlay::encap::VxlanEncap;
+use crate::overlay::decap::TunnelDecap;
+use crate::overlay::encap::TunnelEncap;
 use crate::overlay::underlay::Underlay;
 use crate::packet::Packet;
 use crate::port_security::PortSecurityStage;
@@ -120,7 +120,7 @@ impl StageTable {
             }};
         }
         step!(self.classify);
-        step!(VxlanDecap {
+        step!(TunnelDecap {
             under: &mut self.underlay
         });
         step!(self.checksum_offload);
@@ -136,7 +136,7 @@ impl StageTable {
         step!(self.slow_path);
         step!(self.l3);
         step!(ArpResponder);
-        step!(VxlanEncap {
+        step!(TunnelEncap {
             under: &mut self.underlay
         });
         step!(self.sg_ingress);
@@ -151,7 +151,7 @@ impl StageTable {
             }
         }
         if ran.contains(Stage::L3) {
-            self.l3.finish(cx);
+            self.l3.send_made(cx, &mut self.underlay);
             // What the router sent after the burst is the router's time.
             cx.counters.stage_cycles[Stage::L3 as usize].add(tsc::now().wrapping_sub(t));
         }
