@@ -69,6 +69,10 @@ pub struct Options {
     /// Connections (NAT sessions and security-group connections) one port may hold in the
     /// worker's table; `None`: 1/8 of the table.
     pub conn_per_port: Option<usize>,
+    /// IPv6 connections (security-group connections of IPv6 flows, in the worker's IPv6
+    /// table) one port may hold; `None`: the same share of that table as `conn_per_port`
+    /// is of the IPv4 one.
+    pub conn6_per_port: Option<usize>,
 }
 
 impl Options {
@@ -84,6 +88,7 @@ impl Options {
             max_request: RpcOptions::default().max_line,
             pool_frames: DEFAULT_POOL_FRAMES,
             conn_per_port: None,
+            conn6_per_port: None,
         }
     }
 }
@@ -253,7 +258,7 @@ pub fn run(options: &Options) -> Result<(), StartError> {
             depth: DAEMON_MEM_DEPTH,
             ..MemPortConfig::default()
         },
-        worker: worker_config(options.conn_per_port).map_err(fail)?,
+        worker: worker_config(options.conn_per_port, options.conn6_per_port).map_err(fail)?,
     };
     let engine = Engine::start(&config, initial, Some(store), MemWires::default()).map_err(fail)?;
     let metrics = match options.metrics {
@@ -373,21 +378,34 @@ pub fn summary(c: &WorkerCounters, names: &[(PortId, String)], workers: usize) -
 /// The worker's tunables, with fresh random seeds for the hashes of the tables whose keys
 /// others choose (connections and neighbours, learned MACs), so that no VM or outside host
 /// can aim its keys at one probe run of them.
-fn worker_config(conn_per_port: Option<usize>) -> Result<WorkerConfig, String> {
+fn worker_config(
+    conn_per_port: Option<usize>,
+    conn6_per_port: Option<usize>,
+) -> Result<WorkerConfig, String> {
     use std::hash::BuildHasher;
     let random = std::collections::hash_map::RandomState::new();
     let mut config = WorkerConfig::default();
     config.conntrack.hash_seed = random.hash_one(0u64);
     config.hash_seed = random.hash_one(1u64);
-    if let Some(n) = conn_per_port {
-        let capacity = config.conntrack.capacity;
-        if !(1..=capacity).contains(&n) {
-            return Err(format!(
-                "--conn-per-port {n}: must be between 1 and the connection table's {capacity}"
-            ));
+    let quota = |flag: &str, n: usize, capacity: usize| {
+        if (1..=capacity).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!(
+                "--{flag} {n}: must be between 1 and the connection table's {capacity}"
+            ))
         }
-        config.conntrack.owner_quota = n;
+    };
+    if let Some(n) = conn_per_port {
+        config.conntrack.owner_quota = quota("conn-per-port", n, config.conntrack.capacity)?;
     }
+    // Derived after the IPv4 quota (its default share follows it), with a seed of its own.
+    let mut v6 = pollux_dataplane::worker::ipv6_conntrack(config.conntrack);
+    v6.hash_seed = random.hash_one(2u64);
+    if let Some(n) = conn6_per_port {
+        v6.owner_quota = quota("conn6-per-port", n, v6.capacity)?;
+    }
+    config.conntrack6 = Some(v6);
     Ok(config)
 }
 
@@ -397,13 +415,38 @@ mod tests {
 
     #[test]
     fn conn_per_port_sets_the_quota_within_the_table() {
-        let default = worker_config(None).unwrap();
+        let default = worker_config(None, None).unwrap();
         assert_eq!(
             default.conntrack.owner_quota,
             default.conntrack.capacity / 8
         );
-        assert_eq!(worker_config(Some(100)).unwrap().conntrack.owner_quota, 100);
-        assert!(worker_config(Some(0)).is_err());
-        assert!(worker_config(Some(default.conntrack.capacity + 1)).is_err());
+        assert_eq!(
+            worker_config(Some(100), None)
+                .unwrap()
+                .conntrack
+                .owner_quota,
+            100
+        );
+        assert!(worker_config(Some(0), None).is_err());
+        assert!(worker_config(Some(default.conntrack.capacity + 1), None).is_err());
+    }
+
+    #[test]
+    fn the_ipv6_quota_is_its_own() {
+        let v6 = |c: super::WorkerConfig| c.conntrack6.expect("set");
+        let default = worker_config(None, None).unwrap();
+        let d6 = v6(default);
+        assert_eq!(d6.capacity, default.conntrack.capacity / 4);
+        assert_eq!(d6.owner_quota, d6.capacity / 8, "the same share as IPv4");
+        assert_ne!(d6.hash_seed, default.conntrack.hash_seed);
+        // The IPv4 quota moves the IPv6 default share with it, unless given.
+        let c = worker_config(Some(800), None).unwrap();
+        assert_eq!(v6(c).owner_quota, 200);
+        let c = worker_config(Some(800), Some(50)).unwrap();
+        assert_eq!((c.conntrack.owner_quota, v6(c).owner_quota), (800, 50));
+        assert!(worker_config(None, Some(0)).is_err());
+        assert!(worker_config(None, Some(d6.capacity + 1))
+            .unwrap_err()
+            .contains("--conn6-per-port"));
     }
 }

@@ -79,6 +79,8 @@ drop_reasons! {
     SgInvalid => "sg_invalid", "Security groups: a TCP segment outside the tracked connection's sequence window (a forged RST, an out-of-window segment).";
     SgFragment => "sg_fragment", "Security groups: an IPv4 fragment other than the first whose first fragment was not admitted (or for a stateless group): it carries no ports to evaluate.";
     SgTruncated => "sg_truncated", "Security groups: the L4 header is cut short.";
+    SgRaNotFromRouter => "sg_ra_not_from_router", "Security groups: an ICMPv6 router advertisement to a port from a source that is not one of its network's routers (an IPv6 subnet's link-local gateway), which no rule of the port's groups allows either.";
+    SgConnLimitIpv6 => "sg_conn_limit_ipv6", "Security groups: the port holds its quota of tracked IPv6 connections, or the worker's IPv6 connection table is full (the IPv4 quota is apart: sg_conn_limit).";
     InternalError => "internal_error", "A broken internal invariant (a bug): e.g. a packet classified into a network or router its snapshot lacks, or one that left the pipeline unfinished.";
     UnknownVni => "unknown_vni", "Tunnel packet to the endpoint for a VNI (VXLAN, Geneve) or GRE key that no network of this host with that encapsulation has.";
     UnknownTunnelEndpoint => "unknown_tunnel_endpoint", "VXLAN, Geneve or GRE packet from an endpoint that is not a peer of the VNI's network (no port of the network is bound to that host).";

@@ -42,8 +42,12 @@ pub struct WorkerConfig {
     pub aging_budget: usize,
     /// Most neighbours (ARP entries) the worker's routers hold.
     pub neighbor_capacity: usize,
-    /// The worker's connection (NAT session) table.
+    /// The worker's connection table: NAT sessions and IPv4 security-group connections.
     pub conntrack: ConnConfig,
+    /// The worker's IPv6 connection table (security-group connections of IPv6 flows), with
+    /// its own per-port quota. `None`: a quarter of `conntrack`'s capacity and the same
+    /// share per port.
+    pub conntrack6: Option<ConnConfig>,
     /// Secret seed of the learned MAC table's hash; pick it at random.
     pub hash_seed: u64,
 }
@@ -57,6 +61,7 @@ impl Default for WorkerConfig {
             aging_budget: 512,
             neighbor_capacity: l3::DEFAULT_NEIGHBORS,
             conntrack: ConnConfig::with_capacity(DEFAULT_SESSIONS),
+            conntrack6: None,
             hash_seed: 0x1319_8a2e_0370_7344,
         }
     }
@@ -172,7 +177,11 @@ impl Worker {
             ack,
             macs: MacTable::with_seed(config.mac_table_capacity, config.hash_seed),
             conns: ConnTable::new(config.conntrack),
-            conns6: ConnTable::new(ipv6_conntrack(config.conntrack)),
+            conns6: ConnTable::new(
+                config
+                    .conntrack6
+                    .unwrap_or_else(|| ipv6_conntrack(config.conntrack)),
+            ),
             stages: StageTable::new(
                 RouterState::new(config.neighbor_capacity, config.conntrack.hash_seed),
                 max_ports,
@@ -701,9 +710,10 @@ impl Worker {
     }
 }
 
-/// The IPv6 connection table's configuration: a quarter of the IPv4 table's capacity
-/// (IPv6 is a VM's second family; its sessions are wider) and the same share per owner.
-fn ipv6_conntrack(v4: ConnConfig) -> ConnConfig {
+/// The IPv6 connection table's default configuration: a quarter of the IPv4 table's
+/// capacity (IPv6 is a VM's second family; its sessions are wider) and the same share per
+/// owner.
+pub fn ipv6_conntrack(v4: ConnConfig) -> ConnConfig {
     let capacity = (v4.capacity / 4).max(1024).min(v4.capacity.max(1));
     let quota = v4.owner_quota as u128 * capacity as u128 / v4.capacity.max(1) as u128;
     ConnConfig {

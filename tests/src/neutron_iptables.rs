@@ -18,8 +18,16 @@
 //!
 //! The desired state is read with serde structs of its own (lenient about fields it does
 //! not need), in the schema of `/work/coord/sg-config.md`: nested and top-level
-//! `security_group_rules`, `stateful`, `address_groups`. IPv4 only: an IPv6 rule is an
-//! error rather than silently left out.
+//! `security_group_rules`, `stateful`, `address_groups`.
+//!
+//! IPv6 rules go where the driver puts them, into an `ip6tables-restore` script of their
+//! own ([`SgState::to_hybrid_firewall6`]): `hash:net family inet6` sets `NIPv6<group>`,
+//! the same chains, the driver's fixed IPv6 rules (egress: neighbour discovery from `::`,
+//! the spoofing chain of address/MAC pairs with each MAC's link-local address, router
+//! advertisements dropped, every other ICMPv6 returned, DHCPv6 client allowed and server
+//! dropped; ingress: `_accept_inbound_icmpv6`'s MLD query, NS and NA before the
+//! connection state) and the provider rule the server adds for router advertisements from
+//! each IPv6 subnet's link-local gateway (`_select_ra_ips_for_network_ids`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -48,11 +56,25 @@ pub struct SgState {
     pub security_group_rules: Vec<SgRule>,
     #[serde(default)]
     pub address_groups: Vec<AddressGroup>,
+    #[serde(default)]
+    pub subnets: Vec<SgSubnet>,
+}
+
+/// A subnet, for the provider rules (IPv6: the router advertisements' source).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SgSubnet {
+    pub network_id: String,
+    #[serde(default)]
+    pub ip_version: Option<i64>,
+    #[serde(default)]
+    pub gateway_ip: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct SgPort {
     pub id: String,
+    #[serde(default)]
+    pub network_id: String,
     pub mac_address: String,
     #[serde(default)]
     pub fixed_ips: Vec<SgFixedIp>,
@@ -171,6 +193,74 @@ pub fn ipset_name(id: &str) -> String {
     cut(&format!("NIPv4{id}"), IPSET_NAME_MAX_LENGTH)
 }
 
+/// `NIPv6<id>`, the IPv6 ipset of a remote group or address group.
+pub fn ipset_name6(id: &str) -> String {
+    cut(&format!("NIPv6{id}"), IPSET_NAME_MAX_LENGTH)
+}
+
+/// The address family a script is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn ethertype(self) -> &'static str {
+        match self {
+            Family::V4 => "IPv4",
+            Family::V6 => "IPv6",
+        }
+    }
+
+    /// Whether `addr` (an address or prefix) is of this family.
+    fn has(self, addr: &str) -> bool {
+        addr.contains(':') == (self == Family::V6)
+    }
+
+    fn host_len(self) -> u8 {
+        match self {
+            Family::V4 => 32,
+            Family::V6 => 128,
+        }
+    }
+
+    fn ipset_name(self, id: &str) -> String {
+        match self {
+            Family::V4 => ipset_name(id),
+            Family::V6 => ipset_name6(id),
+        }
+    }
+}
+
+/// `addr` as a prefix (a host prefix when it has no length).
+fn as_cidr(addr: &str, family: Family) -> String {
+    if addr.contains('/') {
+        addr.to_owned()
+    } else {
+        format!("{addr}/{}", family.host_len())
+    }
+}
+
+/// The EUI-64 link-local address of `mac` (`get_ipv6_addr_by_EUI64`), as ip6tables prints
+/// it.
+pub fn link_local(mac: &str) -> String {
+    let b: Vec<u8> = mac
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).expect("a MAC address"))
+        .collect();
+    let groups = [
+        u16::from_be_bytes([b[0] ^ 0x02, b[1]]),
+        u16::from_be_bytes([b[2], 0xff]),
+        u16::from_be_bytes([0xfe, b[3]]),
+        u16::from_be_bytes([b[4], b[5]]),
+    ];
+    format!(
+        "fe80::{:x}:{:x}:{:x}:{:x}",
+        groups[0], groups[1], groups[2], groups[3]
+    )
+}
+
 fn cut(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
@@ -202,6 +292,11 @@ impl SgState {
 
     /// IPv4 members of a remote group: its ports' fixed IPs and allowed address pairs.
     fn group_members(&self, id: &str) -> Vec<String> {
+        self.group_members_of(id, Family::V4)
+    }
+
+    /// Members of a remote group of `family`.
+    fn group_members_of(&self, id: &str, family: Family) -> Vec<String> {
         let mut members = Vec::new();
         for port in self
             .ports
@@ -215,11 +310,15 @@ impl SgState {
                     .map(|a| a.ip_address.clone()),
             );
         }
-        members.retain(|m| !m.contains(':'));
+        members.retain(|m| family.has(m));
         members
     }
 
     fn address_group_members(&self, id: &str) -> Result<Vec<String>, String> {
+        self.address_group_members_of(id, Family::V4)
+    }
+
+    fn address_group_members_of(&self, id: &str, family: Family) -> Result<Vec<String>, String> {
         let ag = self
             .address_groups
             .iter()
@@ -228,7 +327,7 @@ impl SgState {
         Ok(ag
             .addresses
             .iter()
-            .filter(|m| !m.contains(':'))
+            .filter(|m| family.has(m))
             .cloned()
             .collect())
     }
@@ -416,7 +515,7 @@ impl SgState {
                  -m comment --comment \"Direct incoming traffic from VM to the security group chain.\" -j {o}"
             ));
 
-            let (ingress, egress) = self.port_rules(port, &sets)?;
+            let (ingress, egress) = self.port_rules(port, &sets, Family::V4)?;
 
             // Ingress: the provider DHCP rules, then the groups'.
             let mut in_rules = vec![established(&i)];
@@ -505,54 +604,237 @@ impl SgState {
         }
         sg_chain.push(format!("-A {CHAIN_PREFIX}sg-chain -j ACCEPT"));
 
-        let mut t = String::new();
-        t.push_str("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
-        writeln!(t, ":{CHAIN_PREFIX}OUTPUT - [0:0]").unwrap();
-        writeln!(t, ":{CHAIN_PREFIX}PREROUTING - [0:0]").unwrap();
-        writeln!(t, "-A PREROUTING -j {CHAIN_PREFIX}PREROUTING").unwrap();
-        writeln!(t, "-A OUTPUT -j {CHAIN_PREFIX}OUTPUT").unwrap();
-        for r in &raw {
-            writeln!(t, "{r}").unwrap();
-        }
-        t.push_str(
-            "COMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n",
-        );
-        t.push_str(":neutron-filter-top - [0:0]\n");
-        for c in [
-            "FORWARD",
-            "INPUT",
-            "OUTPUT",
-            "local",
-            "sg-chain",
-            "sg-fallback",
-        ] {
-            writeln!(t, ":{CHAIN_PREFIX}{c} - [0:0]").unwrap();
-        }
-        for (c, _) in &port_chains {
-            writeln!(t, ":{c} - [0:0]").unwrap();
-        }
-        t.push_str("-A INPUT -j ");
-        writeln!(t, "{CHAIN_PREFIX}INPUT").unwrap();
-        t.push_str("-A FORWARD -j neutron-filter-top\n");
-        writeln!(t, "-A FORWARD -j {CHAIN_PREFIX}FORWARD").unwrap();
-        t.push_str("-A OUTPUT -j neutron-filter-top\n");
-        writeln!(t, "-A OUTPUT -j {CHAIN_PREFIX}OUTPUT").unwrap();
-        writeln!(t, "-A neutron-filter-top -j {CHAIN_PREFIX}local").unwrap();
-        for r in forward.iter().chain(&input).chain(&sg_chain) {
-            writeln!(t, "{r}").unwrap();
-        }
-        for (_, rules) in &port_chains {
-            for r in rules {
-                writeln!(t, "{r}").unwrap();
+        let t = restore_script(&raw, &forward, &input, &sg_chain, &port_chains);
+        Ok(HybridFirewall { ipset, iptables: t })
+    }
+
+    /// The kernel's IPv6 version of these groups: the `ipset restore` script of the
+    /// `NIPv6<group>` sets and the `ip6tables-restore` script (in
+    /// [`HybridFirewall::iptables`]), each port's VM-side device named as the hybrid
+    /// plug names it.
+    pub fn to_hybrid_firewall6(&self) -> Result<HybridFirewall, String> {
+        self.to_hybrid_firewall6_on(&BTreeMap::new())
+    }
+
+    /// [`SgState::to_hybrid_firewall6`] with the VM-side device of the ports in `devices`
+    /// named otherwise.
+    pub fn to_hybrid_firewall6_on(
+        &self,
+        devices: &BTreeMap<String, String>,
+    ) -> Result<HybridFirewall, String> {
+        let family = Family::V6;
+        let tap_device = |id: &str| devices.get(id).cloned().unwrap_or_else(|| tap_device(id));
+        let mut sets: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for port in self.ports.iter().filter(|p| p.port_security_enabled) {
+            for gid in &port.security_groups {
+                for rule in self.rules_of(gid)? {
+                    if rule.ethertype.as_deref() != Some("IPv6") {
+                        continue;
+                    }
+                    if let Some(remote) = &rule.remote_group_id {
+                        let members = self.group_members_of(remote, family);
+                        if !members.is_empty() {
+                            sets.insert(remote.clone(), members);
+                        }
+                    } else if let Some(ag) = &rule.remote_address_group_id {
+                        let members = self.address_group_members_of(ag, family)?;
+                        if !members.is_empty() {
+                            sets.insert(ag.clone(), members);
+                        }
+                    }
+                }
             }
         }
-        writeln!(
-            t,
-            "-A {CHAIN_PREFIX}sg-fallback -m comment --comment \"Default drop rule for unmatched traffic.\" -j DROP"
-        )
-        .unwrap();
-        t.push_str("COMMIT\n");
+        let mut ipset = String::new();
+        for (id, members) in &sets {
+            let name = ipset_name6(id);
+            writeln!(
+                ipset,
+                "create {name} hash:net family inet6 hashsize 1024 maxelem 65536 -exist"
+            )
+            .unwrap();
+            for m in members {
+                writeln!(ipset, "add {name} {m} -exist").unwrap();
+            }
+        }
+
+        let (mut raw, mut forward, mut input, mut sg_chain) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut port_chains: Vec<(String, Vec<String>)> = Vec::new();
+        for (n, port) in self.filtered_sorted().iter().enumerate() {
+            let tap = tap_device(&port.id);
+            // The same zone rules as IPv4's (`_add_raw_rule` writes both tables).
+            let stateful = match port.security_groups.first() {
+                Some(g) => self.group(g)?.stateful,
+                None => true,
+            };
+            let suffix = &port.id;
+            let (comment, target) = if stateful {
+                (
+                    format!("Set zone for {suffix}"),
+                    format!("CT --zone {}", FIRST_ZONE + n as u32),
+                )
+            } else {
+                (
+                    format!("Make {suffix} stateless"),
+                    "CT --notrack".to_owned(),
+                )
+            };
+            let qvb = qvb_device(&port.id);
+            for m in [
+                format!("-m physdev --physdev-in {qvb}"),
+                format!("-i {qvb}"),
+                format!("-m physdev --physdev-in {tap}"),
+            ] {
+                raw.push(format!(
+                    "-A {CHAIN_PREFIX}PREROUTING {m} -m comment --comment \"{comment}\" -j {target}"
+                ));
+            }
+            let (i, o, sp) = (
+                port_chain('i', &port.id),
+                port_chain('o', &port.id),
+                port_chain('s', &port.id),
+            );
+            for (dir, chain) in [("out", &i), ("in", &o)] {
+                forward.push(format!(
+                    "-A {CHAIN_PREFIX}FORWARD -m physdev --physdev-{dir} {tap} --physdev-is-bridged \
+                     -m comment --comment \"Direct traffic from the VM interface to the security group chain.\" \
+                     -j {CHAIN_PREFIX}sg-chain"
+                ));
+                sg_chain.push(format!(
+                    "-A {CHAIN_PREFIX}sg-chain -m physdev --physdev-{dir} {tap} --physdev-is-bridged \
+                     -m comment --comment \"Jump to the VM specific chain.\" -j {chain}"
+                ));
+            }
+            input.push(format!(
+                "-A {CHAIN_PREFIX}INPUT -m physdev --physdev-in {tap} --physdev-is-bridged \
+                 -m comment --comment \"Direct incoming traffic from VM to the security group chain.\" -j {o}"
+            ));
+
+            let (mut ingress, egress) = self.port_rules(port, &sets, family)?;
+            // The provider rule: router advertisements from each IPv6 subnet's link-local
+            // gateway on the port's network, when the port has an IPv6 fixed IP.
+            if port.fixed_ips.iter().any(|f| family.has(&f.ip_address)) {
+                for gw in self.ra_sources(&port.network_id) {
+                    ingress.push(format!(
+                        "-s {gw}/128 -p ipv6-icmp -m icmp6 --icmpv6-type 134 -j RETURN"
+                    ));
+                }
+            }
+
+            // Ingress: `_accept_inbound_icmpv6` first, then the state and the rules.
+            let mut in_rules: Vec<String> = ICMPV6_ALLOWED_INGRESS_TYPES
+                .iter()
+                .map(|t| format!("-A {i} -p ipv6-icmp -m icmp6 --icmpv6-type {t} -j RETURN"))
+                .collect();
+            in_rules.push(established(&i));
+            in_rules.extend(dedup(ingress).into_iter().map(|r| format!("-A {i} {r}")));
+            in_rules.push(invalid(&i));
+            in_rules.push(fallback(&i));
+
+            // Egress: `_spoofing_rule` and `_drop_dhcp_rule` for IPv6, then the rest.
+            let mut out_rules: Vec<String> = ICMPV6_ALLOWED_UNSPEC_ADDR_TYPES
+                .iter()
+                .map(|t| {
+                    format!(
+                        "-A {o} -s ::/128 -d ff02::/16 -p ipv6-icmp -m icmp6 --icmpv6-type {t} \
+                         -m comment --comment \"Allow IPv6 ICMP traffic.\" -j RETURN"
+                    )
+                })
+                .collect();
+            out_rules.extend([
+                format!("-A {o} -j {sp}"),
+                format!(
+                    "-A {o} -p ipv6-icmp -m icmp6 --icmpv6-type 134 \
+                     -m comment --comment \"Drop IPv6 Router Advts from VM Instance.\" -j DROP"
+                ),
+                format!(
+                    "-A {o} -p ipv6-icmp -m comment --comment \"Allow IPv6 ICMP traffic.\" -j RETURN"
+                ),
+                format!(
+                    "-A {o} -p udp -m udp --sport 546 --dport 547 \
+                     -m comment --comment \"Allow DHCP client traffic.\" -j RETURN"
+                ),
+                format!(
+                    "-A {o} -p udp -m udp --sport 547 --dport 546 \
+                     -m comment --comment \"Prevent DHCP Spoofing by VM.\" -j DROP"
+                ),
+                established(&o),
+            ]);
+            out_rules.extend(dedup(egress).into_iter().map(|r| format!("-A {o} {r}")));
+            out_rules.push(invalid(&o));
+            out_rules.push(fallback(&o));
+
+            // Anti-spoofing: each (MAC, address) pair and each MAC's link-local address
+            // (`_build_ipv4v6_mac_ip_list`), address pairs first.
+            let own_mac = port.mac_address.to_ascii_uppercase();
+            let mut pairs: Vec<(String, String)> = Vec::new();
+            let mut push = |mac: &str, ip: &str| {
+                for p in [
+                    (mac.to_owned(), ip.to_owned()),
+                    (mac.to_owned(), link_local(mac)),
+                ] {
+                    if !pairs.contains(&p) {
+                        pairs.push(p);
+                    }
+                }
+            };
+            for pair in &port.allowed_address_pairs {
+                if family.has(&pair.ip_address) {
+                    let mac = pair
+                        .mac_address
+                        .as_deref()
+                        .map_or(own_mac.clone(), str::to_ascii_uppercase);
+                    push(&mac, &pair.ip_address);
+                }
+            }
+            for f in port.fixed_ips.iter().filter(|f| family.has(&f.ip_address)) {
+                push(&own_mac, &f.ip_address);
+            }
+            let mut spoof: Vec<String> = pairs
+                .iter()
+                .map(|(mac, ip)| pair_rule6(&sp, ip, mac))
+                .collect();
+            if port.fixed_ips.is_empty() {
+                spoof.push(format!(
+                    "-A {sp} -m mac --mac-source {own_mac} \
+                     -m comment --comment \"Allow traffic from defined IP/MAC pairs.\" -j RETURN"
+                ));
+            }
+            spoof.push(format!(
+                "-A {sp} -m comment --comment \"Drop traffic without an IP/MAC allow rule.\" -j DROP"
+            ));
+            port_chains.push((i, in_rules));
+            port_chains.push((o, out_rules));
+            port_chains.push((sp, spoof));
+        }
+        for port in self.ports.iter().filter(|p| !p.port_security_enabled) {
+            let tap = tap_device(&port.id);
+            for dir in ["out", "in"] {
+                forward.push(format!(
+                    "-A {CHAIN_PREFIX}FORWARD -m physdev --physdev-{dir} {tap} --physdev-is-bridged \
+                     -m comment --comment \"Accept all packets when port security is disabled.\" -j ACCEPT"
+                ));
+            }
+            input.push(format!(
+                "-A {CHAIN_PREFIX}INPUT -m physdev --physdev-in {tap} --physdev-is-bridged \
+                 -m comment --comment \"Accept all packets when port security is disabled.\" -j ACCEPT"
+            ));
+        }
+        sg_chain.push(format!("-A {CHAIN_PREFIX}sg-chain -j ACCEPT"));
+        let t = restore_script(&raw, &forward, &input, &sg_chain, &port_chains);
         Ok(HybridFirewall { ipset, iptables: t })
+    }
+
+    /// The link-local gateways of the IPv6 subnets of network `id`, the sources the
+    /// server lets router advertisements in from.
+    fn ra_sources(&self, network_id: &str) -> Vec<String> {
+        self.subnets
+            .iter()
+            .filter(|s| s.network_id == network_id && s.ip_version == Some(6))
+            .filter_map(|s| s.gateway_ip.clone())
+            .filter(|g| g.to_ascii_lowercase().starts_with("fe80:"))
+            .collect()
     }
 
     /// The rule arguments (without `-A chain`) of `port`'s groups, ingress and egress.
@@ -560,21 +842,24 @@ impl SgState {
         &self,
         port: &SgPort,
         sets: &BTreeMap<String, Vec<String>>,
+        family: Family,
     ) -> Result<(Vec<String>, Vec<String>), String> {
         let (mut ingress, mut egress) = (Vec::new(), Vec::new());
         for gid in &port.security_groups {
             for rule in self.rules_of(gid)? {
-                if rule.ethertype.as_deref().unwrap_or("IPv4") != "IPv4" {
-                    return Err(format!(
-                        "group `{gid}`: only IPv4 rules are translated (ip6tables not written)"
-                    ));
+                match rule.ethertype.as_deref().unwrap_or("IPv4") {
+                    "IPv4" | "IPv6" => {}
+                    e => return Err(format!("group `{gid}`: ethertype `{e}`")),
+                }
+                if rule.ethertype.as_deref().unwrap_or("IPv4") != family.ethertype() {
+                    continue;
                 }
                 let ingress_rule = match rule.direction.as_str() {
                     "ingress" => true,
                     "egress" => false,
                     d => return Err(format!("group `{gid}`: direction `{d}`")),
                 };
-                let Some(args) = rule_args(rule, ingress_rule, sets)? else {
+                let Some(args) = rule_args(rule, ingress_rule, sets, family)? else {
                     continue;
                 };
                 if ingress_rule {
@@ -586,6 +871,65 @@ impl SgState {
         }
         Ok((ingress, egress))
     }
+}
+
+/// The `iptables-restore` (or `ip6tables-restore`) script of the driver's chains: the
+/// `raw` zone rules, then the filter table's jumps, the per-port chains and the fallback.
+fn restore_script(
+    raw: &[String],
+    forward: &[String],
+    input: &[String],
+    sg_chain: &[String],
+    port_chains: &[(String, Vec<String>)],
+) -> String {
+    let mut t = String::new();
+    t.push_str("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    writeln!(t, ":{CHAIN_PREFIX}OUTPUT - [0:0]").unwrap();
+    writeln!(t, ":{CHAIN_PREFIX}PREROUTING - [0:0]").unwrap();
+    writeln!(t, "-A PREROUTING -j {CHAIN_PREFIX}PREROUTING").unwrap();
+    writeln!(t, "-A OUTPUT -j {CHAIN_PREFIX}OUTPUT").unwrap();
+    for r in raw {
+        writeln!(t, "{r}").unwrap();
+    }
+    t.push_str(
+        "COMMIT\n*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n",
+    );
+    t.push_str(":neutron-filter-top - [0:0]\n");
+    for c in [
+        "FORWARD",
+        "INPUT",
+        "OUTPUT",
+        "local",
+        "sg-chain",
+        "sg-fallback",
+    ] {
+        writeln!(t, ":{CHAIN_PREFIX}{c} - [0:0]").unwrap();
+    }
+    for (c, _) in port_chains {
+        writeln!(t, ":{c} - [0:0]").unwrap();
+    }
+    t.push_str("-A INPUT -j ");
+    writeln!(t, "{CHAIN_PREFIX}INPUT").unwrap();
+    t.push_str("-A FORWARD -j neutron-filter-top\n");
+    writeln!(t, "-A FORWARD -j {CHAIN_PREFIX}FORWARD").unwrap();
+    t.push_str("-A OUTPUT -j neutron-filter-top\n");
+    writeln!(t, "-A OUTPUT -j {CHAIN_PREFIX}OUTPUT").unwrap();
+    writeln!(t, "-A neutron-filter-top -j {CHAIN_PREFIX}local").unwrap();
+    for r in forward.iter().chain(input).chain(sg_chain) {
+        writeln!(t, "{r}").unwrap();
+    }
+    for (_, rules) in port_chains {
+        for r in rules {
+            writeln!(t, "{r}").unwrap();
+        }
+    }
+    writeln!(
+        t,
+        "-A {CHAIN_PREFIX}sg-fallback -m comment --comment \"Default drop rule for unmatched traffic.\" -j DROP"
+    )
+    .unwrap();
+    t.push_str("COMMIT\n");
+    t
 }
 
 fn established(chain: &str) -> String {
@@ -618,6 +962,21 @@ fn pair_rule(chain: &str, ip: &str, mac: &str) -> String {
     format!(
         "-A {chain} -s {cidr} -m mac --mac-source {mac} \
          -m comment --comment \"Allow traffic from defined IP/MAC pairs.\" -j RETURN"
+    )
+}
+
+/// `firewall.ICMPV6_ALLOWED_INGRESS_TYPES`: MLD query, neighbour solicitation and
+/// advertisement.
+const ICMPV6_ALLOWED_INGRESS_TYPES: [u8; 3] = [130, 135, 136];
+/// `constants.ICMPV6_ALLOWED_UNSPEC_ADDR_TYPES`: MLD report, neighbour solicitation, MLDv2
+/// report (duplicate address detection and its MLD from `::`).
+const ICMPV6_ALLOWED_UNSPEC_ADDR_TYPES: [u8; 3] = [131, 135, 143];
+
+fn pair_rule6(chain: &str, ip: &str, mac: &str) -> String {
+    format!(
+        "-A {chain} -s {} -m mac --mac-source {mac} \
+         -m comment --comment \"Allow traffic from defined IP/MAC pairs.\" -j RETURN",
+        as_cidr(ip, Family::V6)
     )
 }
 
@@ -658,8 +1017,17 @@ fn rule_args(
     rule: &SgRule,
     ingress: bool,
     sets: &BTreeMap<String, Vec<String>>,
+    family: Family,
 ) -> Result<Option<String>, String> {
-    let protocol = rule.protocol.as_ref().and_then(protocol_name);
+    // An IPv6 rule's legacy `icmp` is ICMPv6 (`_split_sgr_by_ethertype`).
+    let protocol =
+        rule.protocol
+            .as_ref()
+            .and_then(protocol_name)
+            .map(|p| match (family, p.as_str()) {
+                (Family::V6, "icmp") => "ipv6-icmp".to_owned(),
+                _ => p,
+            });
     let mut args: Vec<String> = Vec::new();
     let remote_set = rule
         .remote_group_id
@@ -668,11 +1036,7 @@ fn rule_args(
     if remote_set.is_none() {
         if let Some(prefix) = &rule.remote_ip_prefix {
             if !prefix.ends_with("/0") {
-                let cidr = if prefix.contains('/') {
-                    prefix.clone()
-                } else {
-                    format!("{prefix}/32")
-                };
+                let cidr = as_cidr(prefix, family);
                 args.push(format!("{} {cidr}", if ingress { "-s" } else { "-d" }));
             }
         }
@@ -689,8 +1053,9 @@ fn rule_args(
         }
         if let Some(min) = rule.port_range_min {
             match p.as_str() {
-                "icmp" => {
-                    let mut t = format!("--icmp-type {min}");
+                "icmp" | "ipv6-icmp" => {
+                    let kind = if p == "icmp" { "icmp" } else { "icmpv6" };
+                    let mut t = format!("--{kind}-type {min}");
                     if let Some(code) = rule.port_range_max {
                         write!(t, "/{code}").unwrap();
                     }
@@ -722,7 +1087,7 @@ fn rule_args(
         }
         args.push(format!(
             "-m set --match-set {} {}",
-            ipset_name(id),
+            family.ipset_name(id),
             if ingress { "src" } else { "dst" }
         ));
     }
@@ -905,14 +1270,45 @@ binding = { driver = "mem" }
     }
 
     #[test]
-    fn ipv6_rules_are_refused_not_dropped() {
+    fn ipv6_rules_go_to_the_ip6tables_script_only() {
         let text = format!(
-            "{STATE}\n[[security_group_rules]]\nid = \"v6\"\nsecurity_group_id = \"web\"\ndirection = \"ingress\"\nethertype = \"IPv6\"\n"
+            "{STATE}\n[[security_group_rules]]\nid = \"v6\"\nsecurity_group_id = \"web\"\ndirection = \"ingress\"\nethertype = \"IPv6\"\nprotocol = \"icmp\"\nport_range_min = 128\nremote_group_id = \"app\"\n"
         );
-        let err = SgState::from_toml(&text)
+        let state = SgState::from_toml(&text).unwrap();
+        let v4 = state.to_hybrid_firewall().unwrap();
+        assert!(!v4.iptables.contains("icmpv6"), "{}", v4.iptables);
+        // app has no IPv6 member: no set, and the rule is left out, as the driver does.
+        let v6 = state.to_hybrid_firewall6().unwrap();
+        assert!(v6.ipset.is_empty(), "{}", v6.ipset);
+        assert!(
+            !v6.iptables.contains("--icmpv6-type 128"),
+            "{}",
+            v6.iptables
+        );
+        let text = text.replace(
+            "ip_address = \"198.18.40.12\" }]",
+            "ip_address = \"198.18.40.12\" }, { subnet_id = \"s6\", ip_address = \"2001:db8:40::12\" }]",
+        );
+        let v6 = SgState::from_toml(&text)
             .unwrap()
-            .to_hybrid_firewall()
-            .unwrap_err();
-        assert!(err.contains("IPv4"), "{err}");
+            .to_hybrid_firewall6()
+            .unwrap();
+        assert!(
+            v6.ipset.contains("create NIPv6app hash:net family inet6")
+                && v6.ipset.contains("add NIPv6app 2001:db8:40::12 -exist"),
+            "{}",
+            v6.ipset
+        );
+        let i = "-A neutron-openvswi-im1";
+        for want in [
+            format!("{i} -p ipv6-icmp -m icmp6 --icmpv6-type 128 -m set --match-set NIPv6app src -j RETURN"),
+            format!("{i} -p ipv6-icmp -m icmp6 --icmpv6-type 135 -j RETURN"),
+            "-A neutron-openvswi-sm2 -s 2001:db8:40::12/128 -m mac --mac-source FA:16:3E:00:00:02".to_owned(),
+            "-A neutron-openvswi-sm2 -s fe80::f816:3eff:fe00:2/128 -m mac --mac-source FA:16:3E:00:00:02".to_owned(),
+            "-A neutron-openvswi-om2 -p ipv6-icmp -m icmp6 --icmpv6-type 134".to_owned(),
+        ] {
+            assert!(v6.iptables.contains(&want), "missing `{want}` in\n{}", v6.iptables);
+        }
+        assert!(!v6.iptables.contains("--icmp-type"), "{}", v6.iptables);
     }
 }

@@ -69,8 +69,12 @@ struct CompareArgs {
         default_value = "pollux,pollux-busy-poll,xsk-fwd,ovs-afxdp,linux-bridge,xdp-redirect"
     )]
     duts: Vec<String>,
-    /// Scenarios: l2-p2p, l2-vlan-push.
-    #[arg(long, value_delimiter = ',', default_value = "l2-p2p,l2-vlan-push")]
+    /// Scenarios: l2-p2p, l2-vlan-push, sg-udp.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "l2-p2p,l2-vlan-push,sg-udp"
+    )]
     scenarios: Vec<String>,
     /// Highest offered rate tried, frames per second (the first trial of each search).
     #[arg(long, value_name = "PPS", default_value_t = 2_000_000.0)]

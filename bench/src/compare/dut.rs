@@ -260,6 +260,18 @@ pub fn start(
                 vsctl(&args)?;
             }
             sw.wait_ready().map_err(|e| e.to_string())?;
+            if let Some(flows) = scenario.ovs_flows(ports) {
+                let ofctl = |cmd: &str, args: &[&str]| {
+                    sw.ofctl(cmd, "br0", args)
+                        .map_err(|e| format!("ovs-ofctl {cmd} {args:?}: {e}"))
+                };
+                ofctl("del-flows", &[])?;
+                for f in &flows {
+                    ofctl("add-flow", &[f.as_str()])?;
+                }
+                r.notes
+                    .push(format!("{} OpenFlow flows replace NORMAL", flows.len()));
+            }
             std::thread::sleep(Duration::from_secs(1));
             let version = run(&["ovs-vswitchd", "--version"]).unwrap_or_default();
             r.notes.push(format!(

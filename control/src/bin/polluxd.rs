@@ -52,6 +52,12 @@ struct Args {
     /// and security-group connections together); default 1/8 of the table.
     #[arg(long, value_name = "N")]
     conn_per_port: Option<usize>,
+    /// IPv6 connections one port may hold in the worker's IPv6 connection table (its
+    /// security-group connections of IPv6 flows), apart from --conn-per-port: a port
+    /// filling one family's share still opens connections of the other. Default: the
+    /// same share of that table as --conn-per-port of the IPv4 one.
+    #[arg(long, value_name = "N")]
+    conn6_per_port: Option<usize>,
     /// Preferred busy polling on every AF_XDP socket (SO_PREFER_BUSY_POLL): the worker's
     /// receive bursts run the interfaces' receive work (XDP, the copy into the pool) on
     /// its own CPU. Set `napi_defer_hard_irqs` and `gro_flush_timeout` on the interfaces.
@@ -101,6 +107,7 @@ fn main() -> ExitCode {
         max_request: args.max_request,
         pool_frames: args.pool_frames,
         conn_per_port: args.conn_per_port,
+        conn6_per_port: args.conn6_per_port,
     };
     match run(&options) {
         Ok(()) => ExitCode::SUCCESS,

@@ -171,7 +171,33 @@ pub fn tables(state: &Validated, ports: &[(usize, PortId)]) -> SgTables {
     }
     let sets = prefixes.iter().map(|p| AddressSet::new(p)).collect();
     let sets6 = prefixes6.iter().map(|p| AddressSet::new(p)).collect();
-    SgTables::new(policies, &port_policy, sets, names).with_ipv6_sets(sets6)
+    SgTables::new(policies, &port_policy, sets, names)
+        .with_ipv6_sets(sets6)
+        .with_ra_sources(ra_sources(state, ports))
+}
+
+/// The addresses each port accepts router advertisements from, as Neutron's
+/// `_select_ra_ips_for_network_ids` selects them: the gateway of each IPv6 subnet of the
+/// port's network when it is link-local (the only source an RA may have). Neutron's other
+/// case, a global gateway held by a router interface with `ipv6_ra_mode`, needs an IPv6
+/// router interface, which Pollux refuses; with a global gateway and no such router,
+/// Neutron allows no RA either.
+fn ra_sources(state: &Validated, ports: &[(usize, PortId)]) -> Vec<(PortId, Vec<u128>)> {
+    ports
+        .iter()
+        .map(|&(index, id)| {
+            let network = state.ports[index].network;
+            let routers = state
+                .subnets
+                .iter()
+                .filter(|s| s.network == network)
+                .filter_map(|s| s.ipv6.as_ref()?.gateway_ip)
+                .filter(|g| g.is_unicast_link_local())
+                .map(u128::from)
+                .collect();
+            (id, routers)
+        })
+        .collect()
 }
 
 /// The IPv4 and IPv6 prefixes of every address set.

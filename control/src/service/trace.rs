@@ -27,7 +27,8 @@ pub const TRACE_START_USAGE: &str =
 /// `rpc.list` usage of `trace.show`.
 pub const TRACE_SHOW_USAGE: &str =
     "{} -> {generation, running, port, remaining, packets: [{generation, port, len, steps: \
-     [{stage, next}]}], match}: what the trace recorded";
+     [{stage, next}], dropped?: {stage, reason, port, security_groups}}], match}: what the \
+     trace recorded (dropped: a security-group drop, with the port whose groups decided)";
 /// `rpc.list` usage of `trace.stop`.
 pub const TRACE_STOP_USAGE: &str = "{} -> {generation, stopped: bool, packets: n}";
 
@@ -246,12 +247,44 @@ pub fn record_json(
             v
         })
         .collect();
-    json!({
+    let mut v = json!({
         "generation": r.generation,
-        "port": names.get(&r.port).cloned().unwrap_or_else(|| format!("#{}", r.port.0)),
+        "port": name(r.port),
         "len": r.len,
         "steps": steps,
-    })
+    });
+    // A security-group drop names the port whose groups decided and those groups, as
+    // explain does: the input port's on the way out of the VM, the output port's on the
+    // way in.
+    let dropped = r.steps().iter().find_map(|s| match s.next {
+        Next::Drop(reason, stage) => Some((reason, stage)),
+        _ => None,
+    });
+    let sg_port = match dropped {
+        Some((_, Stage::SgEgress)) => Some(r.port),
+        Some((_, Stage::SgIngress)) => r.steps().iter().rev().find_map(|s| match s.next {
+            Next::Output(p) => Some(p),
+            _ => None,
+        }),
+        _ => None,
+    };
+    if let (Some((reason, stage)), Some(p)) = (dropped, sg_port) {
+        let n = name(p);
+        let groups = e
+            .state()
+            .ports
+            .iter()
+            .find(|q| q.id == n)
+            .map(|q| q.security_groups.clone())
+            .unwrap_or_default();
+        v["dropped"] = json!({
+            "stage": stage.name(),
+            "reason": reason.name(),
+            "port": n,
+            "security_groups": groups,
+        });
+    }
+    v
 }
 
 /// `trace.show`.

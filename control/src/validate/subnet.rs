@@ -296,7 +296,9 @@ impl Checker {
                 prefix,
                 gateway_ip: None,
             };
-            if !net.contains(ip) {
+            // Neutron takes a link-local gateway (the router's address that RAs come
+            // from) besides one inside the prefix.
+            if !net.contains(ip) && !ip.is_unicast_link_local() {
                 self.err(
                     p,
                     format!("{ip} is not inside the subnet's cidr {}", s.cidr),

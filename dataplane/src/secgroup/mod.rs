@@ -18,8 +18,9 @@
 //! - **Stateless** groups: every packet needs a rule of its own direction.
 //! - **Implicit allows** (Neutron's iptables driver): ARP; DHCP client requests out
 //!   (UDP 68 → 67) and DHCP replies in (67 → 68, from any server); IPv6 neighbour
-//!   discovery, MLD, router solicitations out and advertisements in, DHCPv6 client
-//!   traffic. Nothing else: no rule is a drop (`sg_no_rule`).
+//!   discovery, MLD, router solicitations out and advertisements in from the network's
+//!   routers (an IPv6 subnet's link-local gateway, as Neutron's provider rule), DHCPv6
+//!   client traffic. Nothing else: no rule is a drop (`sg_no_rule`).
 //!
 //! - **IPv6**: rules with `ethertype = "IPv6"` compile into rule sets of their own (remote
 //!   prefixes and address sets of IPv6 addresses), and IPv6 connections are tracked in
@@ -76,9 +77,10 @@ const DHCP_CLIENT: u16 = 68;
 const DHCPV6_CLIENT: u16 = 546;
 const DHCPV6_SERVER: u16 = 547;
 /// ICMPv6 neighbour discovery and MLD types Neutron lets through on every port: MLD query,
-/// report, done (130-132), router solicitation (133), router advertisement (134, in
-/// only), neighbour solicitation and advertisement (135, 136), MLDv2 report (143).
-const ICMPV6_IMPLICIT: [u8; 8] = [130, 131, 132, 133, 134, 135, 136, 143];
+/// report, done (130-132), router solicitation (133), neighbour solicitation and
+/// advertisement (135, 136), MLDv2 report (143). Router advertisements (134) pass in only
+/// from the network's routers ([`SgTables::ra_from_router`]).
+const ICMPV6_IMPLICIT: [u8; 7] = [130, 131, 132, 133, 135, 136, 143];
 const ICMPV6_ROUTER_ADVERTISEMENT: u8 = 134;
 const ICMPV6_PROTO: u8 = ICMPV6.0;
 
@@ -131,6 +133,9 @@ pub struct SgTables {
     rules: Box<[RuleName]>,
     /// Per rule: connections (stateful) or packets (stateless) it admitted.
     hits: Box<[Counter]>,
+    /// Per port id, the link-local addresses its network's routers send router
+    /// advertisements from (Neutron's `_select_ra_ips_for_network_ids`).
+    ra_sources: Box<[Box<[u128]>]>,
     /// Some port has a policy.
     any: bool,
 }
@@ -145,6 +150,7 @@ impl Clone for SgTables {
             sets6: self.sets6.clone(),
             rules: self.rules.clone(),
             hits: (0..self.rules.len()).map(|_| Counter::default()).collect(),
+            ra_sources: self.ra_sources.clone(),
             any: self.any,
         }
     }
@@ -178,6 +184,7 @@ impl SgTables {
             sets6: Box::default(),
             rules: rules.into(),
             hits,
+            ra_sources: Box::default(),
         }
     }
 
@@ -186,6 +193,33 @@ impl SgTables {
     pub fn with_ipv6_sets(mut self, sets6: Vec<AddressSet<u128>>) -> Self {
         self.sets6 = sets6.into();
         self
+    }
+
+    /// These tables with the addresses each port accepts router advertisements from
+    /// (`(port, link-local addresses of its network's routers)`); a port not given gets
+    /// router advertisements only as its rules allow them.
+    pub fn with_ra_sources(mut self, sources: Vec<(PortId, Vec<u128>)>) -> Self {
+        let slots = sources
+            .iter()
+            .map(|(p, _)| p.index() + 1)
+            .max()
+            .unwrap_or(0);
+        let mut by_port: Vec<Box<[u128]>> = vec![Box::default(); slots];
+        for (p, mut addrs) in sources {
+            addrs.sort_unstable();
+            addrs.dedup();
+            by_port[p.index()] = addrs.into();
+        }
+        self.ra_sources = by_port.into();
+        self
+    }
+
+    /// Whether `src` is one of the routers `port` accepts router advertisements from.
+    #[inline]
+    pub fn ra_from_router(&self, port: PortId, src: u128) -> bool {
+        self.ra_sources
+            .get(port.index())
+            .is_some_and(|a| a.contains(&src))
     }
 
     /// The policy of `port`, if it has security groups (port security on).
@@ -251,6 +285,10 @@ impl SgTables {
 /// An address family's flow key as the filter uses it: its connection table's key, with
 /// the remote end and the rules and address sets of its family.
 pub trait SgKey: ConnKey {
+    /// The drop of a connection the family's table has no room for (the port's quota in
+    /// that table, or the table full): each family has its own table and quota, so a port
+    /// filling one still opens connections of the other.
+    const CONN_LIMIT: DropReason;
     /// The family's addresses.
     type Addr: SgAddr;
     /// The identification of a fragmented datagram (IPv4: 16 bits, IPv6: 32).
@@ -267,6 +305,7 @@ pub trait SgKey: ConnKey {
 }
 
 impl SgKey for FlowKey {
+    const CONN_LIMIT: DropReason = DropReason::SgConnLimit;
     type Addr = u32;
     type Ident = u16;
 
@@ -304,6 +343,7 @@ impl SgKey for FlowKey {
 }
 
 impl SgKey for FlowKey6 {
+    const CONN_LIMIT: DropReason = DropReason::SgConnLimitIpv6;
     type Addr = u128;
     type Ident = u32;
 
@@ -679,7 +719,43 @@ fn filter_ipv6<const DRY: bool>(
     if ipv6_implicit(&flow, dir) {
         return Ok(());
     }
+    if dir == Direction::Ingress && is_router_advertisement(&flow) {
+        return router_advertisement::<DRY>(snap, conns6, now, port, policy, &flow);
+    }
     filter_flow::<DRY, _>(snap, conns6, now, port, policy, dir, &flow, &mut None)
+}
+
+/// A router advertisement to `port` passes when it comes from one of its network's
+/// routers, as Neutron's provider rule has it (ingress ICMPv6 type 134 from the link-local
+/// gateway of each of the network's IPv6 subnets); from anywhere else only when a rule of
+/// the port's groups allows it (`sg_ra_not_from_router` when none does): a rogue router
+/// on an uplink or a VM with port security off cannot become the VMs' default router.
+#[cold]
+#[inline(never)]
+fn router_advertisement<const DRY: bool>(
+    snap: &Snapshot,
+    conns6: &mut ConnTable<FlowKey6>,
+    now: u64,
+    port: PortId,
+    policy: &SgPolicy,
+    flow: &Flow<FlowKey6>,
+) -> Result<(), DropReason> {
+    if snap.security_groups().ra_from_router(port, flow.key.src) {
+        return Ok(());
+    }
+    let dir = Direction::Ingress;
+    match filter_flow::<DRY, _>(snap, conns6, now, port, policy, dir, flow, &mut None) {
+        Err(DropReason::SgNoRule) => Err(DropReason::SgRaNotFromRouter),
+        other => other,
+    }
+}
+
+/// Whether the IPv6 packet is a (first or only fragment of a) router advertisement.
+#[inline]
+fn is_router_advertisement(flow: &Flow<FlowKey6>) -> bool {
+    flow.key.proto == ICMPV6_PROTO
+        && (flow.port_key >> 8) as u8 == ICMPV6_ROUTER_ADVERTISEMENT
+        && !matches!(flow.fragment, Some((_, true)))
 }
 
 /// Decides a parsed packet of either family, its fragments included.
@@ -812,9 +888,7 @@ fn decide_new<const DRY: bool, K: SgKey>(
     let owner = u32::from(port.0);
     if DRY {
         return match conns.check_insert(&flow.key, &flow.key.reverse(), owner, now) {
-            Err(InsertError::QuotaExceeded | InsertError::TableFull) => {
-                Err(DropReason::SgConnLimit)
-            }
+            Err(InsertError::QuotaExceeded | InsertError::TableFull) => Err(K::CONN_LIMIT),
             Ok(()) | Err(InsertError::Exists) => Ok(()),
         };
     }
@@ -833,7 +907,7 @@ fn decide_new<const DRY: bool, K: SgKey>(
             conns.touch(id, Dir::Original, flow.flags, u32::from(flow.len), now);
             Ok(())
         }
-        Err(InsertError::QuotaExceeded | InsertError::TableFull) => Err(DropReason::SgConnLimit),
+        Err(InsertError::QuotaExceeded | InsertError::TableFull) => Err(K::CONN_LIMIT),
         // A live connection holds the reverse key (a flow to itself): let it pass untracked.
         Err(InsertError::Exists) => Ok(()),
     }
@@ -1064,9 +1138,9 @@ fn inner_flow6(quoted: &[u8], zone: u32) -> Option<FlowKey6> {
     })
 }
 
-/// Neutron's implicit IPv6 allows: neighbour discovery and MLD both ways, router
-/// advertisements in (router solicitations go out with the other ND types), DHCPv6
-/// client traffic out and server replies in. Nothing of it is tracked.
+/// Neutron's implicit IPv6 allows: neighbour discovery and MLD both ways (router
+/// advertisements are decided apart: [`router_advertisement`]), DHCPv6 client traffic out
+/// and server replies in. Nothing of it is tracked.
 #[inline]
 fn ipv6_implicit(flow: &Flow<FlowKey6>, dir: Direction) -> bool {
     if matches!(flow.fragment, Some((_, true))) {
@@ -1076,7 +1150,6 @@ fn ipv6_implicit(flow: &Flow<FlowKey6>, dir: Direction) -> bool {
         ICMPV6_PROTO => {
             let t = (flow.port_key >> 8) as u8;
             ICMPV6_IMPLICIT.contains(&t)
-                && (t != ICMPV6_ROUTER_ADVERTISEMENT || dir == Direction::Ingress)
         }
         UDP => match dir {
             Direction::Egress => (flow.key.sport, flow.key.dport) == (DHCPV6_CLIENT, DHCPV6_SERVER),

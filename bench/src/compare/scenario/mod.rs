@@ -39,6 +39,12 @@ pub trait Scenario: std::fmt::Debug {
     /// `ovs-vsctl` commands after `add-br br0` (netdev datapath), one argument list each;
     /// `None` if Open vSwitch (without a controller) cannot do this scenario.
     fn ovs_commands(&self, ports: Ports<'_>) -> Option<Vec<Vec<String>>>;
+    /// OpenFlow flows (`ovs-ofctl add-flow br0` syntax, port names allowed) that replace
+    /// the bridge's `NORMAL` flow after [`Scenario::ovs_commands`]; `None`: the default
+    /// `NORMAL` switching.
+    fn ovs_flows(&self, _ports: Ports<'_>) -> Option<Vec<String>> {
+        None
+    }
     /// `ip`/`bridge` commands (run in the DUT's namespace) that build the kernel's
     /// forwarding for this scenario, each an argument list.
     fn linux_commands(&self, ports: Ports<'_>) -> Option<Vec<Vec<String>>>;
@@ -56,13 +62,17 @@ pub trait Scenario: std::fmt::Debug {
 
 /// Every scenario, in report order.
 pub fn all() -> Vec<Box<dyn Scenario>> {
-    vec![Box::new(PortToPort), Box::new(VlanPush { vid: 100 })]
+    vec![
+        Box::new(PortToPort),
+        Box::new(VlanPush { vid: 100 }),
+        Box::new(SecurityGroups { filler_rules: 10 }),
+    ]
 }
 
-/// Scenarios that need what polluxd does not do yet (security groups): never run by
-/// default, only when named.
+/// Scenarios that need what polluxd does not do yet: never run by default, only when
+/// named.
 pub fn pending() -> Vec<Box<dyn Scenario>> {
-    vec![Box::new(SecurityGroups { filler_rules: 10 })]
+    Vec::new()
 }
 
 /// The scenario called `name`.
@@ -80,7 +90,8 @@ mod tests {
     /// Every scenario's desired state is one polluxd accepts, and its ports run without
     /// port security: the generator's addresses are no port's fixed IPs, and the other
     /// devices check no source addresses either (with it on, every frame is a
-    /// `spoofed_ip` drop).
+    /// `spoofed_ip` drop). The security-group scenario is the exception: its ports hold
+    /// the generator's and the sink's addresses, and every device filters them.
     #[test]
     fn pollux_configs_validate_without_port_security() {
         let ports = Ports {
@@ -92,8 +103,12 @@ mod tests {
             let state = pollux_control::model::DesiredState::from_toml_str(&text)
                 .unwrap_or_else(|e| panic!("{}: {e:?}", sc.name()));
             assert!(!state.ports.is_empty(), "{}", sc.name());
+            let filtered = sc.name().starts_with("sg-");
             assert!(
-                state.ports.iter().all(|p| !p.port_security_enabled),
+                state
+                    .ports
+                    .iter()
+                    .all(|p| p.port_security_enabled == filtered),
                 "{}",
                 sc.name()
             );
