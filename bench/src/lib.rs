@@ -386,6 +386,7 @@ impl Bench {
                 external: Some(2),
                 enable_snat: true,
                 floating_ips: Vec::new(),
+                metering: Vec::new(),
             });
         let mut sw = MemSwitch::new(&b, &[UPLINK, 1, 2]);
         // The hosts announce themselves (ARP requests for their gateways).

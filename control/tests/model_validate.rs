@@ -331,6 +331,7 @@ fn unresolved_references() {
             enable_snat: true,
         }),
         routes: vec![],
+        project_id: None,
     });
     s.floating_ips.push(FloatingIp {
         id: "fip".into(),

@@ -23,6 +23,7 @@ pub mod icmp_error;
 pub mod l2;
 pub mod l3;
 pub mod lpm;
+pub mod metering;
 pub mod offload;
 pub mod output;
 pub mod overlay;

@@ -348,6 +348,7 @@ fn generate(layout: &Layout, ports: usize, routers: usize) -> (DesiredState, Vec
             interfaces: vec![subnet_id(i)],
             external_gateway_info: None,
             routes: Vec::new(),
+            project_id: None,
         })
         .collect();
     let state = DesiredState {

@@ -462,6 +462,9 @@ impl Engine {
             dhcp: Some(dhcp),
         };
         engine.update_metric_ports();
+        let meters = engine.active.identities.meters();
+        let table = engine.metrics.meter_table(meters, true);
+        engine.metrics.install_meters(table);
         Ok(engine)
     }
 

@@ -32,6 +32,8 @@ pub struct Router {
     pub external_gateway: Option<ExternalGateway>,
     /// Extra routes (next hops in connected subnets).
     pub routes: Vec<Route>,
+    /// Its project (the project metering labels counted on it).
+    pub project_id: Option<String>,
 }
 
 impl Checker {
@@ -191,6 +193,7 @@ impl Checker {
                 interfaces,
                 external_gateway,
                 routes,
+                project_id: r.project_id.clone().filter(|p| !p.is_empty()),
             });
             out.ok.push(id_ok);
         }

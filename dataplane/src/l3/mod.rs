@@ -34,6 +34,7 @@ use crate::drop::DropReason;
 use crate::frag::{self, FragError};
 use crate::handoff::NeighborNews;
 use crate::icmp_error::{self, IcmpErrorKind};
+use crate::metering::MeterDirection;
 use crate::output::{drop_packet, output};
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
 use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
@@ -469,7 +470,7 @@ impl RouterState {
         };
         let router_mac = mac_to_u64(r.mac);
         let l3 = usize::from(pkt.meta.l3_offset);
-        let (ttl, total_len, dont_frag, protocol, arrived_dst) = {
+        let (ttl, total_len, dont_frag, protocol, arrived_src, arrived_dst) = {
             let data = cx.pool.data(pkt);
             let Some(ip) = data.get(l3..).and_then(|b| Ipv4Packet::new_checked(b).ok()) else {
                 return Next::Drop(DropReason::BadIpv4Header, Stage::L3);
@@ -477,8 +478,15 @@ impl RouterState {
             if ip.version() != 4 || !ip.verify_checksum() {
                 return Next::Drop(DropReason::BadIpv4Header, Stage::L3);
             }
-            let dst = u32::from(ip.dst_addr());
-            (ip.ttl(), ip.total_len(), ip.dont_frag(), ip.protocol(), dst)
+            let (src, dst) = (u32::from(ip.src_addr()), u32::from(ip.dst_addr()));
+            (
+                ip.ttl(),
+                ip.total_len(),
+                ip.dont_frag(),
+                ip.protocol(),
+                src,
+                dst,
+            )
         };
         // The route of the destination as it arrived decides whether NAT can be involved at
         // all: only what leaves through the external gateway, or is addressed to the
@@ -551,10 +559,26 @@ impl RouterState {
             self.icmp_error(cx, pkt, router, kind);
             return Next::Drop(DropReason::MtuExceeded, Stage::L3);
         }
+        let to_external = r.external == Some(hop.interface);
+        if let Some(metering) = &r.metering {
+            // What a qrouter's filter FORWARD chain sees: the destination after
+            // destination NAT, the source before source NAT (which a session's translation
+            // may already have applied above), with the TTL and MTU checks passed.
+            let from_external = routing.interface_on_network(r.external, pkt.meta.network);
+            if (from_external || to_external) && !cx.dry_run {
+                let counters = &cx.counters.meters;
+                let (src, len) = (arrived_src, total_len);
+                if from_external {
+                    metering.count(counters, MeterDirection::Ingress, src, dst, len);
+                }
+                if to_external {
+                    metering.count(counters, MeterDirection::Egress, src, dst, len);
+                }
+            }
+        }
         // Source NAT (POSTROUTING): what leaves through the external gateway, and what was
         // sent to a floating IP from inside (hairpin, so the reply comes back through here),
         // takes its floating IP or, with SNAT on, the gateway's address and a port.
-        let to_external = r.external == Some(hop.interface);
         if !nat.session
             && (to_external || nat.dnat)
             && routing.interface_on(router, pkt.meta.network) != r.external
