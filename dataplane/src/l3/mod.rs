@@ -34,7 +34,7 @@ use crate::drop::DropReason;
 use crate::frag::{self, FragError};
 use crate::handoff::NeighborNews;
 use crate::icmp_error::{self, IcmpErrorKind};
-use crate::metering::MeterDirection;
+use crate::metering::{MeterDirection, RouterMetering};
 use crate::output::{drop_packet, output};
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
 use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
@@ -566,14 +566,15 @@ impl RouterState {
             // may already have applied above), with the TTL and MTU checks passed.
             let from_external = routing.interface_on_network(r.external, pkt.meta.network);
             if (from_external || to_external) && !cx.dry_run {
-                let counters = &cx.counters.meters;
-                let (src, len) = (arrived_src, total_len);
-                if from_external {
-                    metering.count(counters, MeterDirection::Ingress, src, dst, len);
-                }
-                if to_external {
-                    metering.count(counters, MeterDirection::Egress, src, dst, len);
-                }
+                meter(
+                    cx,
+                    metering,
+                    from_external,
+                    to_external,
+                    arrived_src,
+                    dst,
+                    total_len,
+                );
             }
         }
         // Source NAT (POSTROUTING): what leaves through the external gateway, and what was
@@ -1107,6 +1108,27 @@ impl RouterState {
         // Broadcast, like any ARP request.
         pkt.meta.flags |= Meta::MULTICAST;
         let _ = self.originated.push(pkt);
+    }
+}
+
+/// Counts a packet crossing the external gateway in the router's metering labels: out of
+/// line, so that routers without labels keep the forwarding path as it was.
+#[inline(never)]
+fn meter(
+    cx: &BurstCtx<'_>,
+    metering: &RouterMetering,
+    from_external: bool,
+    to_external: bool,
+    src: u32,
+    dst: u32,
+    len: u16,
+) {
+    let counters = &cx.counters.meters;
+    if from_external {
+        metering.count(counters, MeterDirection::Ingress, src, dst, len);
+    }
+    if to_external {
+        metering.count(counters, MeterDirection::Egress, src, dst, len);
     }
 }
 
