@@ -33,7 +33,7 @@ count() { # scenario rounds -> "total driver" instructions inside Worker::poll
     echo "$total $driver"
 }
 
-for scenario in ${SCENARIOS:-access_to_access access_port_security access_qos_policed access_qos_marked access_to_uplink_push uplink_to_access_pop flood_8_ports route_10_routes route_1m_routes snat_steady vxlan_encap vxlan_decap geneve_encap geneve_decap gre_encap gre_decap sg_established_10_rules sg_established_10k_rules sg_new_10_rules sg_new_1k_rules sg_new_10k_rules sg_established_10_rules_ipv6}; do
+for scenario in ${SCENARIOS:-access_to_access access_port_security access_qos_policed access_qos_marked access_to_uplink_push uplink_to_access_pop flood_8_ports route_10_routes route_1m_routes snat_steady snat_metered_10_labels vxlan_encap vxlan_decap geneve_encap geneve_decap gre_encap gre_decap sg_established_10_rules sg_established_10k_rules sg_new_10_rules sg_new_1k_rules sg_new_10k_rules sg_established_10_rules_ipv6}; do
     read -r a da < <(count "$scenario" "$small")
     read -r b db < <(count "$scenario" "$large")
     awk -v a="$a" -v b="$b" -v da="$da" -v db="$db" -v n=$(( (large - small) * burst )) -v s="$scenario" \

@@ -46,6 +46,9 @@ pub enum Scenario {
     /// UDP from a VM through a router's SNAT to the external network (VLAN push), the
     /// session established: the steady state of a NATed flow.
     SnatSteady,
+    /// [`Scenario::SnatSteady`] through a router that counts 10 metering labels (each an
+    /// egress and an ingress rule and an excluded prefix), to set against it.
+    SnatMetered10,
     /// VM port to a remote port of a VXLAN network (l2population): encapsulated out of
     /// the uplink.
     VxlanEncap,
@@ -85,7 +88,7 @@ pub enum Scenario {
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 22] = [
+    pub const ALL: [Scenario; 23] = [
         Scenario::AccessToAccess,
         Scenario::AccessPortSecurity,
         Scenario::AccessToUplink,
@@ -108,6 +111,7 @@ impl Scenario {
         Scenario::AccessQosPoliced,
         Scenario::AccessQosMarked,
         Scenario::SgEstablished10Ipv6,
+        Scenario::SnatMetered10,
     ];
 
     /// Name used on the command line and in reports.
@@ -121,6 +125,7 @@ impl Scenario {
             Scenario::Route10 => "route_10_routes",
             Scenario::Route1M => "route_1m_routes",
             Scenario::SnatSteady => "snat_steady",
+            Scenario::SnatMetered10 => "snat_metered_10_labels",
             Scenario::VxlanEncap => "vxlan_encap",
             Scenario::VxlanDecap => "vxlan_decap",
             Scenario::GeneveEncap => "geneve_encap",
@@ -141,7 +146,7 @@ impl Scenario {
     /// Routes in the router's table, for the routing scenarios.
     fn routes(self) -> Option<usize> {
         match self {
-            Scenario::Route10 | Scenario::SnatSteady => Some(10),
+            Scenario::Route10 | Scenario::SnatSteady | Scenario::SnatMetered10 => Some(10),
             Scenario::Route1M => Some(1_000_000),
             _ => None,
         }
@@ -299,6 +304,7 @@ impl Bench {
             Scenario::Route10
             | Scenario::Route1M
             | Scenario::SnatSteady
+            | Scenario::SnatMetered10
             | Scenario::VxlanEncap
             | Scenario::VxlanDecap
             | Scenario::GeneveEncap
@@ -386,6 +392,11 @@ impl Bench {
                 external: Some(2),
                 enable_snat: true,
                 floating_ips: Vec::new(),
+                metering: if scenario == Scenario::SnatMetered10 {
+                    ten_labels()
+                } else {
+                    Vec::new()
+                },
             });
         let mut sw = MemSwitch::new(&b, &[UPLINK, 1, 2]);
         // The hosts announce themselves (ARP requests for their gateways).
@@ -428,7 +439,7 @@ impl Bench {
         }
         sw.collect();
         let dst = match scenario {
-            Scenario::SnatSteady => [203, 0, 113, 200],
+            Scenario::SnatSteady | Scenario::SnatMetered10 => [203, 0, 113, 200],
             _ => [198, 18, 2, 10],
         };
         let payload = udp([198, 18, 1, 10], dst, 40000, 9, &[0; 18]);
@@ -444,7 +455,7 @@ impl Bench {
         );
         assert_eq!(frame.len(), FRAME_LEN);
         let output = match scenario {
-            Scenario::SnatSteady => UPLINK,
+            Scenario::SnatSteady | Scenario::SnatMetered10 => UPLINK,
             _ => 2,
         };
         let mut bench = Bench {
@@ -704,4 +715,29 @@ impl Bench {
         let emitted = self.drain();
         assert_eq!((received, emitted), (BURST, self.emitted_per_round));
     }
+}
+
+/// Ten metering labels as a project might have them: each counts what leaves from one
+/// /28 of subnet A (the first one holds the benchmark's VM, the others do not), and
+/// each excludes a prefix and counts ingress to its /28.
+fn ten_labels() -> Vec<pollux_dataplane::metering::LabelMeterSpec> {
+    use pollux_dataplane::metering::{LabelMeterSpec, MeterDirection, MeterMatch};
+    (0..10u8)
+        .map(|i| {
+            let own = Some((u32::from_be_bytes([198, 18, 1, i * 16]), 28));
+            let excluded = Some((u32::from_be_bytes([198, 19, i, 0]), 24));
+            LabelMeterSpec {
+                slot: u16::from(i),
+                rules: vec![
+                    (
+                        MeterDirection::Egress,
+                        MeterMatch::new(None, excluded),
+                        true,
+                    ),
+                    (MeterDirection::Egress, MeterMatch::new(own, None), false),
+                    (MeterDirection::Ingress, MeterMatch::new(None, own), false),
+                ],
+            }
+        })
+        .collect()
 }

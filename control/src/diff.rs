@@ -53,6 +53,12 @@ pub struct ByCollection<T> {
     /// QoS policies.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub qos_policies: Vec<T>,
+    /// Metering labels.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub metering_labels: Vec<T>,
+    /// Top-level metering label rules.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub metering_label_rules: Vec<T>,
 }
 
 // Written out because the derive would require `T: Default`, which an empty list does not
@@ -70,6 +76,8 @@ impl<T> Default for ByCollection<T> {
             security_group_rules: Vec::new(),
             address_groups: Vec::new(),
             qos_policies: Vec::new(),
+            metering_labels: Vec::new(),
+            metering_label_rules: Vec::new(),
         }
     }
 }
@@ -88,6 +96,8 @@ impl<T> ByCollection<T> {
             ("security_group_rules", self.security_group_rules.as_slice()),
             ("address_groups", self.address_groups.as_slice()),
             ("qos_policies", self.qos_policies.as_slice()),
+            ("metering_labels", self.metering_labels.as_slice()),
+            ("metering_label_rules", self.metering_label_rules.as_slice()),
         ]
         .into_iter()
     }
@@ -230,6 +240,15 @@ pub fn diff(old: &DesiredState, new: &DesiredState) -> Diff {
     );
     collection!(address_groups, id);
     collection!(qos_policies, id);
+    collection!(metering_labels, id);
+    diff_list(
+        &old.metering_label_rules,
+        &new.metering_label_rules,
+        |x| x.id.as_deref().unwrap_or(""),
+        &mut d.added.metering_label_rules,
+        &mut d.removed.metering_label_rules,
+        &mut d.changed.objects.metering_label_rules,
+    );
     d.changed.l2 = old.l2 != new.l2;
     d.changed.dhcp = old.dhcp != new.dhcp;
     d

@@ -51,6 +51,34 @@ type SlowPathFn = Box<dyn Fn() -> DispatchStats + Send + Sync>;
 /// Each security-group rule's (group, rule, hits).
 type SgRulesFn = Box<dyn Fn() -> Vec<(String, String, u64)> + Send + Sync>;
 
+/// A metered (label, router) pair: its meter slot and the slot's counts when the pair
+/// got it, which its own counts start from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeterRow {
+    label: String,
+    router: String,
+    slot: u16,
+    base: [u64; 4],
+}
+
+/// What a metering label counted on one router (Neutron's iptables driver's label chain,
+/// split by direction).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MeterCount {
+    /// The label's id.
+    pub label: String,
+    /// The router's id.
+    pub router: String,
+    /// Packets that arrived through the external gateway.
+    pub ingress_packets: u64,
+    /// Their bytes (IPv4 total lengths).
+    pub ingress_bytes: u64,
+    /// Packets that left through the external gateway.
+    pub egress_packets: u64,
+    /// Their bytes.
+    pub egress_bytes: u64,
+}
+
 /// Everything a scrape reads: the workers' counters, the port names, the active
 /// generation and the config-apply statistics.
 pub struct MetricsSource {
@@ -63,6 +91,7 @@ pub struct MetricsSource {
     dhcp_fn: Option<DhcpFn>,
     slow_path_fn: Option<SlowPathFn>,
     sg_rules_fn: Option<SgRulesFn>,
+    meters: Mutex<Vec<MeterRow>>,
     apply_total: Counter,
     apply_failures_total: Counter,
     apply_seconds: Histogram,
@@ -92,6 +121,7 @@ impl MetricsSource {
             dhcp_fn: None,
             slow_path_fn: None,
             sg_rules_fn: None,
+            meters: Mutex::new(Vec::new()),
             apply_total: Counter::default(),
             apply_failures_total: Counter::default(),
             apply_seconds: Histogram::new(APPLY_BUCKETS),
@@ -132,6 +162,85 @@ impl MetricsSource {
     /// Replaces the port-name table (after a configuration change).
     pub fn set_ports(&self, ports: Vec<(PortId, String)>) {
         *self.ports.lock().unwrap_or_else(|e| e.into_inner()) = ports;
+    }
+
+    /// The metering table for the metered `(label, router, slot)` triples: a pair that keeps
+    /// its slot keeps its baseline; any other starts from the slot's counts now (or from
+    /// zero with `fresh`: workers that never counted). Built before the snapshot that
+    /// counts in a new slot is published, while no worker counts in it, so that the
+    /// baseline is exact.
+    pub fn meter_table<'a>(
+        &self,
+        pairs: impl IntoIterator<Item = (&'a str, &'a str, u16)>,
+        fresh: bool,
+    ) -> Vec<MeterRow> {
+        let old = self.meters.lock().unwrap_or_else(|e| e.into_inner());
+        pairs
+            .into_iter()
+            .map(|(label, router, slot)| {
+                let kept = old
+                    .iter()
+                    .find(|r| r.label == label && r.router == router && r.slot == slot);
+                let base = match kept {
+                    Some(r) => r.base,
+                    None if fresh => [0; 4],
+                    None => self.meter_sum(slot),
+                };
+                MeterRow {
+                    label: label.to_owned(),
+                    router: router.to_owned(),
+                    slot,
+                    base,
+                }
+            })
+            .collect()
+    }
+
+    /// Installs a table made by [`MetricsSource::meter_table`].
+    pub fn install_meters(&self, table: Vec<MeterRow>) {
+        *self.meters.lock().unwrap_or_else(|e| e.into_inner()) = table;
+    }
+
+    /// The workers' counts of meter slot `slot`, summed: ingress packets and bytes, egress
+    /// packets and bytes.
+    fn meter_sum(&self, slot: u16) -> [u64; 4] {
+        let mut v = [0u64; 4];
+        for (_, w) in &self.workers {
+            if let Some(m) = w.meters.get(usize::from(slot)) {
+                v[0] += m.packets[0].get();
+                v[1] += m.bytes[0].get();
+                v[2] += m.packets[1].get();
+                v[3] += m.bytes[1].get();
+            }
+        }
+        v
+    }
+
+    /// Each metered (label, router) pair's counts since the label was counted on the
+    /// router, in (label, router) order.
+    pub fn meter_counts(&self) -> Vec<MeterCount> {
+        let rows = self
+            .meters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let mut counts: Vec<MeterCount> = rows
+            .into_iter()
+            .map(|r| {
+                let now = self.meter_sum(r.slot);
+                let d = |i: usize| now[i].wrapping_sub(r.base[i]);
+                MeterCount {
+                    label: r.label,
+                    router: r.router,
+                    ingress_packets: d(0),
+                    ingress_bytes: d(1),
+                    egress_packets: d(2),
+                    egress_bytes: d(3),
+                }
+            })
+            .collect();
+        counts.sort_by(|a, b| (&a.label, &a.router).cmp(&(&b.label, &b.router)));
+        counts
     }
 
     /// Replaces the vhost-user ports' table (after a configuration change).
@@ -281,6 +390,7 @@ impl MetricsSource {
             dispatch: self.slow_path_fn.as_ref().map(|f| f()),
             dhcp: self.dhcp_fn.as_ref().map(|f| f()),
             sg_rules: self.sg_rules_fn.as_ref().map(|f| f()).unwrap_or_default(),
+            meters: self.meter_counts(),
             stage_metrics: crate::stage_counters::StageMetrics::scrape(
                 self.workers.iter().map(|(_, w)| &**w),
             ),
@@ -336,6 +446,7 @@ struct Scrape {
     dispatch: Option<DispatchStats>,
     dhcp: Option<ServiceStats>,
     sg_rules: Vec<(String, String, u64)>,
+    meters: Vec<MeterCount>,
     stage_metrics: crate::stage_counters::StageMetrics,
 }
 
@@ -713,6 +824,38 @@ impl Collector for Scrape {
             for (group, rule, n) in &self.sg_rules {
                 let labels = [("group", group.as_str()), ("rule", rule.as_str())];
                 ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        if !self.meters.is_empty() {
+            for (name, help, packets) in [
+                (
+                    "pollux_metering_label_packets",
+                    "Packets each metering label counted at a router's external gateway, by \
+                     direction, since the label was counted on the router.",
+                    true,
+                ),
+                (
+                    "pollux_metering_label_bytes",
+                    "Bytes (IPv4 total lengths) each metering label counted at a router's \
+                     external gateway, by direction.",
+                    false,
+                ),
+            ] {
+                let mut family = e.encode_descriptor(name, help, None, MetricType::Counter)?;
+                for m in &self.meters {
+                    for (direction, p, b) in [
+                        ("ingress", m.ingress_packets, m.ingress_bytes),
+                        ("egress", m.egress_packets, m.egress_bytes),
+                    ] {
+                        let labels = [
+                            ("label", m.label.as_str()),
+                            ("router", m.router.as_str()),
+                            ("direction", direction),
+                        ];
+                        let n = if packets { p } else { b };
+                        ConstCounter::new(n).encode(family.encode_family(&labels)?)?;
+                    }
+                }
             }
         }
         for ((name, help, is_gauge), n) in ROUTER_FAMILIES.into_iter().zip(self.router) {
@@ -1135,4 +1278,50 @@ fn respond(
     }
     stream.write_all(&out)?;
     stream.flush()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pair_keeps_its_counts_and_a_slot_given_again_starts_from_zero() {
+        let worker = Arc::new(WorkerCounters::new(1));
+        let source = MetricsSource::new(vec![(0, Arc::clone(&worker))], Vec::new());
+        source.install_meters(source.meter_table([("m", "r1", 7)], true));
+        worker.meters[7].packets[1].add(2);
+        worker.meters[7].bytes[1].add(300);
+        let row = |c: &MeterCount| (c.egress_packets, c.egress_bytes);
+        assert_eq!(
+            source.meter_counts().iter().map(row).collect::<Vec<_>>(),
+            [(2, 300)]
+        );
+        // An apply that keeps the pair on its slot keeps the counts.
+        source.install_meters(source.meter_table([("m", "r1", 7)], false));
+        assert_eq!(
+            source.meter_counts().iter().map(row).collect::<Vec<_>>(),
+            [(2, 300)]
+        );
+        // The label removed, its slot given to another pair: that pair starts from zero.
+        source.install_meters(source.meter_table([], false));
+        assert!(source.meter_counts().is_empty());
+        source.install_meters(source.meter_table([("other", "r2", 7)], false));
+        assert_eq!(
+            source.meter_counts().iter().map(row).collect::<Vec<_>>(),
+            [(0, 0)]
+        );
+        worker.meters[7].packets[1].add(1);
+        worker.meters[7].bytes[1].add(60);
+        assert_eq!(
+            source.meter_counts().iter().map(row).collect::<Vec<_>>(),
+            [(1, 60)]
+        );
+        let text = render(&source);
+        assert!(
+            text.contains(
+                "pollux_metering_label_bytes_total{label=\"other\",router=\"r2\",direction=\"egress\"} 60"
+            ),
+            "{text}"
+        );
+    }
 }

@@ -62,13 +62,14 @@ pub struct DesiredState {
     /// QoS policies (Neutron's), attached by a port's or a network's `qos_policy_id`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub qos_policies: Vec<QosPolicy>,
-    /// Neutron's metering labels: not built, so validation refuses any as not supported
-    /// (kept as raw values so that the refusal names them by path, not as unknown keys).
+    /// Neutron's metering labels, counted at the external gateways of their project's
+    /// routers (all routers for a shared label).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub metering_labels: Vec<serde_json::Value>,
-    /// Neutron's metering label rules: refused as not supported, as the labels.
+    pub metering_labels: Vec<MeteringLabel>,
+    /// Metering label rules outside their label, as the Neutron API lists them (each with
+    /// its `metering_label_id`); besides the rules nested in their label.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub metering_label_rules: Vec<serde_json::Value>,
+    pub metering_label_rules: Vec<MeteringLabelRule>,
 }
 
 /// The top-level keys of a desired state, in document order. Every validation error path
@@ -590,6 +591,61 @@ pub struct Router {
     /// another host and has an interface on an overlay network, which reaches it by MAC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_address: Option<String>,
+    /// Its project: the project metering labels that apply to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+}
+
+/// A metering label (Neutron's `metering_label`): packets and bytes counted at routers'
+/// external gateways by its rules.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeteringLabel {
+    /// Unique id.
+    pub id: String,
+    /// Human-readable name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// The project whose routers it is counted on (unless `shared`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+    /// Counted on every router (default false).
+    #[serde(default)]
+    pub shared: bool,
+    /// Its rules (a rule here needs no `metering_label_id`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<MeteringLabelRule>,
+}
+
+/// A metering label rule (Neutron's `metering_label_rule`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeteringLabelRule {
+    /// Its id (optional here).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The label it belongs to: required for a top-level rule, optional (and then its
+    /// label's) for a nested one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metering_label_id: Option<String>,
+    /// `ingress` (arriving through the external gateway) or `egress` (leaving by it).
+    pub direction: Direction,
+    /// Deprecated by Neutron: for egress the source prefix, for ingress the destination
+    /// prefix (what Neutron's iptables driver matches); not with the two below.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_ip_prefix: Option<String>,
+    /// Source prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ip_prefix: Option<String>,
+    /// Destination prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination_ip_prefix: Option<String>,
+    /// Matching packets are not counted by this label, whatever its other rules say.
+    #[serde(default)]
+    pub excluded: bool,
 }
 
 /// A router's gateway to an external network.

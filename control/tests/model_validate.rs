@@ -333,6 +333,7 @@ fn unresolved_references() {
         routes: vec![],
         binding_host_id: None,
         mac_address: None,
+        project_id: None,
     });
     s.floating_ips.push(FloatingIp {
         id: "fip".into(),

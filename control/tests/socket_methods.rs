@@ -45,7 +45,7 @@ const METHOD_NOT_FOUND: i64 = -32601;
 const INVALID_PARAMS: i64 = -32602;
 
 /// Every method the contract (README "Control socket") names.
-const CONTRACT_METHODS: [&str; 21] = [
+const CONTRACT_METHODS: [&str; 22] = [
     "config.apply",
     "config.get",
     "config.history",
@@ -67,6 +67,7 @@ const CONTRACT_METHODS: [&str; 21] = [
     "capture.start",
     "explain.run",
     "workers.list",
+    "metering.list",
 ];
 
 // ---------------------------------------------------------------------------------------
@@ -695,6 +696,12 @@ fn every_method_over_the_real_socket() {
 
     // sessions.list, leases.list, stats.get
     assert!(s.ok("sessions.list", json!({}))["sessions"].is_array());
+    assert_eq!(s.ok("metering.list", json!({}))["metering"], json!([]));
+    let filtered = s.ok(
+        "metering.list",
+        json!({ "label_id": "m", "router_id": "r1" }),
+    );
+    assert_eq!(filtered["metering"], json!([]), "{filtered}");
     assert!(s.ok("leases.list", json!({}))["leases"].is_array());
     let stats = s.ok("stats.get", json!({}));
     assert!(stats["uptime_secs"].is_u64(), "{stats}");

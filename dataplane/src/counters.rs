@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::drop::DropReason;
+use crate::metering::{MeterCounters, MAX_METERS};
 use crate::port::PortId;
 
 pub use crate::pipeline::Stage;
@@ -240,6 +241,8 @@ pub struct WorkerCounters {
     pub generation: Gauge,
     /// Per-port counters, indexed by [`PortId`].
     pub ports: Box<[PortCounters]>,
+    /// Metering counters, indexed by meter slot (see [`crate::metering`]).
+    pub meters: Box<[MeterCounters]>,
 }
 
 impl WorkerCounters {
@@ -297,6 +300,7 @@ impl WorkerCounters {
             neighbor_waiting: Gauge::default(),
             generation: Gauge::default(),
             ports: (0..max_ports).map(|_| PortCounters::default()).collect(),
+            meters: (0..MAX_METERS).map(|_| MeterCounters::default()).collect(),
         }
     }
 
@@ -363,6 +367,12 @@ impl WorkerCounters {
             generation = generation.min(w.generation.get());
             for (a, b) in sum.ports.iter().zip(w.ports.iter()) {
                 a.add_from(b);
+            }
+            for (a, b) in sum.meters.iter().zip(w.meters.iter()) {
+                for d in 0..2 {
+                    a.packets[d].add(b.packets[d].get());
+                    a.bytes[d].add(b.bytes[d].get());
+                }
             }
         }
         sum.generation.set(if generation == u64::MAX {

@@ -24,6 +24,7 @@ pub mod ident;
 pub mod l2;
 pub mod l3;
 pub mod lpm;
+pub mod metering;
 pub mod offload;
 pub mod output;
 pub mod overlay;

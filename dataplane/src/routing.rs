@@ -16,6 +16,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 
 use crate::lpm::{Lpm, LpmBuilder};
+use crate::metering::{LabelMeterSpec, RouterMetering};
 use crate::snapshot::{fdb_key, mac_to_u64, NetworkUid};
 use crate::table::U64Map;
 
@@ -66,6 +67,8 @@ pub struct RouterSpec {
     /// Floating IPs: `(fixed IP of a port behind the router, floating IP on the external
     /// network)`, translated 1:1 both ways.
     pub floating_ips: Vec<(Ipv4Addr, Ipv4Addr)>,
+    /// The metering labels counted at its external gateway.
+    pub metering: Vec<LabelMeterSpec>,
 }
 
 /// Why the routers cannot be compiled (the control plane's validation reports these
@@ -185,6 +188,8 @@ pub struct Router {
     /// Whether it has floating IPs (an external gateway and at least one), so that a
     /// router without them never looks a destination up among floating IPs.
     pub has_floating_ips: bool,
+    /// Its metering labels, if it has an external gateway and a label with counting rules.
+    pub metering: Option<Box<RouterMetering>>,
 }
 
 impl Router {
@@ -382,6 +387,7 @@ impl Routing {
                 external,
                 enable_snat: spec.enable_snat && external.is_some(),
                 has_floating_ips: external.is_some() && !spec.floating_ips.is_empty(),
+                metering: external.and_then(|_| RouterMetering::compile(&spec.metering)),
             });
         }
         routing.macs = Some(macs);
@@ -434,6 +440,14 @@ impl Routing {
             .iter()
             .copied()
             .find(|&i| self.interfaces[usize::from(i)].router == router)
+    }
+
+    /// Whether interface `interface` sits on network `slot`.
+    #[inline]
+    pub fn interface_on_network(&self, interface: Option<u16>, slot: u16) -> bool {
+        interface
+            .and_then(|i| self.interfaces.get(usize::from(i)))
+            .is_some_and(|i| i.network == slot)
     }
 
     /// Whether `ip` lies in the connected subnet of some router interface on network

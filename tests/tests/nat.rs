@@ -88,6 +88,7 @@ fn config_with_tenant_mtu(mtu: u16) -> SnapshotBuilder {
             external: Some(2),
             enable_snat: true,
             floating_ips: vec![(VM2_IP.into(), VM2_FIP.into())],
+            metering: Vec::new(),
         });
     b
 }

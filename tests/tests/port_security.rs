@@ -69,6 +69,7 @@ fn config() -> SnapshotBuilder {
             external: None,
             enable_snat: false,
             floating_ips: Vec::new(),
+            metering: Vec::new(),
             routes: Vec::new(),
         });
     b

@@ -58,6 +58,7 @@ fn router(default_route: bool) -> RouterSpec {
         external: Some(2),
         enable_snat: false,
         floating_ips: Vec::new(),
+        metering: Vec::new(),
         routes: if default_route {
             vec![RouteSpec {
                 destination: [0, 0, 0, 0].into(),

@@ -68,6 +68,7 @@ fn config(per_port: Option<BucketConfig>) -> SnapshotBuilder {
             external: None,
             enable_snat: false,
             floating_ips: Vec::new(),
+            metering: Vec::new(),
             routes: Vec::new(),
         });
     if let Some(limit) = per_port {

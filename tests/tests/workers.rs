@@ -233,6 +233,7 @@ fn neighbours_learned_on_one_worker_release_packets_waiting_on_another() {
             external: Some(1),
             enable_snat: false,
             floating_ips: Vec::new(),
+            metering: Vec::new(),
             routes: vec![RouteSpec {
                 destination: [0, 0, 0, 0].into(),
                 prefix_len: 0,

@@ -350,6 +350,7 @@ fn generate(layout: &Layout, ports: usize, routers: usize) -> (DesiredState, Vec
             routes: Vec::new(),
             binding_host_id: None,
             mac_address: None,
+            project_id: None,
         })
         .collect();
     let state = DesiredState {

@@ -183,6 +183,15 @@ enum Show {
         #[arg(long, value_name = "ID")]
         router: Option<String>,
     },
+    /// What each metering label counted at each router's external gateway.
+    Metering {
+        /// Only this label.
+        #[arg(long, value_name = "ID")]
+        label: Option<String>,
+        /// Only this router.
+        #[arg(long, value_name = "ID")]
+        router: Option<String>,
+    },
     /// DHCP leases.
     Leases {
         /// Only this network.
@@ -631,6 +640,13 @@ fn show_request(show: &Show) -> (&'static str, Value) {
         Show::Neighbors { network } => ("neighbors.list", optional("network_id", network)),
         Show::Sessions { router } => ("sessions.list", optional("router_id", router)),
         Show::Leases { network } => ("leases.list", optional("network_id", network)),
+        Show::Metering { label, router } => {
+            let mut params = optional("label_id", label);
+            if let Some(router) = router {
+                params["router_id"] = json!(router);
+            }
+            ("metering.list", params)
+        }
         Show::Stats => ("stats.get", json!({})),
         Show::Drops { port, per_port } => {
             let mut params = optional("port", port);
@@ -824,6 +840,16 @@ const SESSION_COLUMNS: &[Column] = &[
     ("PKTS_IN", "packets_in"),
     ("IDLE", "idle_secs"),
     ("EXPIRES", "expires_in_secs"),
+];
+
+const METERING_COLUMNS: &[Column] = &[
+    ("LABEL", "label_id"),
+    ("NAME", "name"),
+    ("ROUTER", "router_id"),
+    ("PKTS_IN", "ingress_packets"),
+    ("BYTES_IN", "ingress_bytes"),
+    ("PKTS_OUT", "egress_packets"),
+    ("BYTES_OUT", "egress_bytes"),
 ];
 
 const NEIGHBOR_COLUMNS: &[Column] = &[
@@ -1157,6 +1183,7 @@ fn render_show(show: &Show, result: &Value) -> String {
         Show::Neighbors { .. } => table(rows(result, "neighbors"), NEIGHBOR_COLUMNS),
         Show::Sessions { .. } => table(rows(result, "sessions"), SESSION_COLUMNS),
         Show::Leases { .. } => table(rows(result, "leases"), LEASE_COLUMNS),
+        Show::Metering { .. } => table(rows(result, "metering"), METERING_COLUMNS),
         Show::Stats => stats_report(result),
         Show::Drops { port, per_port } if port.is_some() || *per_port => {
             table(rows(result, "drops"), PORT_STAGE_DROP_COLUMNS)
@@ -1854,6 +1881,39 @@ mod tests {
             .join("\n")
             .replace("{}", &" ".repeat(20))
         );
+    }
+
+    #[test]
+    fn show_metering() {
+        let cli = Cli::try_parse_from([
+            "polluxctl",
+            "show",
+            "metering",
+            "--label",
+            "m1",
+            "--router",
+            "r1",
+        ])
+        .unwrap();
+        let Command::Show(show) = &cli.command else {
+            panic!("not show: {cli:?}");
+        };
+        assert_eq!(
+            show_request(show),
+            (
+                "metering.list",
+                json!({ "label_id": "m1", "router_id": "r1" })
+            )
+        );
+        let result = json!({ "metering": [{
+            "label_id": "m1", "name": "internet", "router_id": "r1", "packets": 5,
+            "bytes": 700, "ingress_packets": 2, "ingress_bytes": 100, "egress_packets": 3,
+            "egress_bytes": 600
+        }]});
+        let out = render_show(show, &result);
+        assert!(out.starts_with("LABEL  NAME      ROUTER  PKTS_IN"), "{out}");
+        assert!(out.contains("m1     internet  r1"), "{out}");
+        assert!(out.trim_end().ends_with("600"), "{out}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use pollux_dataplane::buf::{DEFAULT_FRAME_SIZE, DEFAULT_HEADROOM};
+use pollux_dataplane::metering::{LabelMeterSpec, MeterDirection, MeterMatch, MAX_METERS};
 use pollux_dataplane::pipeline::Stage;
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::port_security::{Ipv4Source, Ipv6Source, PortSecurity};
@@ -24,6 +25,7 @@ use pollux_dataplane::snapshot::{
 };
 
 use crate::identity::{dhcp_mac, router_mac};
+use crate::model::Direction;
 use crate::validate::{Binding, Segment, Validated};
 use pollux_services::addr::Ipv4Cidr;
 
@@ -61,6 +63,12 @@ pub struct Identities {
     /// Router id → uid, never reused (the uid is in the router's MAC, which hosts cache).
     routers: Arc<BTreeMap<String, u32>>,
     next_router_uid: u32,
+    /// (metering label id, router id) → meter slot, while the label is counted on the
+    /// router: its counts live in the workers' slot, so they survive any change that
+    /// keeps the pair. Handed out round-robin, as port ids are, so that a slot is reused
+    /// as late as possible.
+    meters: Arc<BTreeMap<(String, String), u16>>,
+    next_meter: u16,
 }
 
 /// The identity key of a Neutron port.
@@ -177,6 +185,38 @@ impl Identities {
         Ok(RouterUid(uid))
     }
 
+    /// (label id, router id, slot) of every metered pair.
+    pub fn meters(&self) -> impl Iterator<Item = (&str, &str, u16)> + '_ {
+        self.meters
+            .iter()
+            .map(|((label, router), &slot)| (label.as_str(), router.as_str(), slot))
+    }
+
+    /// The slot of (label, router), assigning one no other pair holds if it has none.
+    fn meter(&mut self, label: &str, router: &str) -> Result<u16, CompileError> {
+        let key = (label.to_owned(), router.to_owned());
+        if let Some(&slot) = self.meters.get(&key) {
+            return Ok(slot);
+        }
+        let mut taken = vec![false; MAX_METERS];
+        for &slot in self.meters.values() {
+            taken[usize::from(slot)] = true;
+        }
+        for _ in 0..MAX_METERS {
+            let slot = self.next_meter;
+            self.next_meter = if usize::from(slot) + 1 >= MAX_METERS {
+                0
+            } else {
+                slot + 1
+            };
+            if !taken[usize::from(slot)] {
+                Arc::make_mut(&mut self.meters).insert(key, slot);
+                return Ok(slot);
+            }
+        }
+        Err(CompileError::TooManyMeters)
+    }
+
     fn physnet(&mut self, name: &str) -> Result<PhysnetId, CompileError> {
         if let Some(&id) = self.physnets.get(name) {
             return Ok(PhysnetId(id));
@@ -266,6 +306,8 @@ pub enum CompileError {
     NetworkUidsExhausted,
     /// Sixteen million routers created over the daemon's life.
     RouterUidsExhausted,
+    /// More (metering label, router) pairs than the workers have counters for.
+    TooManyMeters,
     /// The data plane refused the configuration (validation should have caught it).
     Build(BuildError),
 }
@@ -282,6 +324,10 @@ impl fmt::Display for CompileError {
             CompileError::RouterUidsExhausted => {
                 write!(f, "router identities exhausted; restart polluxd")
             }
+            CompileError::TooManyMeters => write!(
+                f,
+                "metering_labels: more than {MAX_METERS} (label, router) pairs to count"
+            ),
             CompileError::Build(e) => write!(f, "data plane refused the configuration: {e}"),
         }
     }
@@ -412,12 +458,23 @@ pub fn compile(
 
     // A router runs on one host (Neutron's L3-agent scheduling); the others reach it
     // over the overlay (above) or their physical networks.
+    let mut metered: Vec<(&str, &str)> = Vec::new();
     for (index, router) in state.routers.iter().enumerate() {
         if !router.runs_here {
             continue;
         }
         let uid = ids.router(&router.id)?;
-        b.router(router_spec(state, index, uid, &network_uid));
+        let mut spec = router_spec(state, index, uid, &network_uid);
+        if spec.external.is_some() {
+            spec.metering = router_metering(state, index, &mut ids, &mut metered)?;
+        }
+        b.router(spec);
+    }
+    // A pair not counted any more frees its slot (and its counts with it).
+    if ids.meters.len() != metered.len() {
+        let keep: HashSet<(&str, &str)> = metered.iter().copied().collect();
+        Arc::make_mut(&mut ids.meters)
+            .retain(|(label, router), _| keep.contains(&(label.as_str(), router.as_str())));
     }
 
     b.slow_path(SlowPathConfig::default().with_per_port(ServiceId::DHCP, state.dhcp.port));
@@ -515,6 +572,42 @@ fn port_security(port: &crate::validate::Port, macs: &[[u8; 6]]) -> PortSecurity
     PortSecurity::new(macs, &sources).with_ipv6(&sources6)
 }
 
+/// The metering labels counted on router `index` (which has an external gateway), with
+/// their slots; each (label, router) pair is appended to `metered`.
+fn router_metering<'a>(
+    state: &'a Validated,
+    index: usize,
+    ids: &mut Identities,
+    metered: &mut Vec<(&'a str, &'a str)>,
+) -> Result<Vec<LabelMeterSpec>, CompileError> {
+    let router = &state.routers[index];
+    let prefix = |c: Option<Ipv4Cidr>| c.map(|c| (u32::from(c.addr), c.prefix));
+    let mut labels = Vec::new();
+    for label in state.metering_labels.iter() {
+        if !label.applies_to(router.project_id.as_deref()) {
+            continue;
+        }
+        let slot = ids.meter(&label.id, &router.id)?;
+        metered.push((label.id.as_str(), router.id.as_str()));
+        labels.push(LabelMeterSpec {
+            slot,
+            rules: label
+                .rules
+                .iter()
+                .map(|r| {
+                    let direction = match r.direction {
+                        Direction::Ingress => MeterDirection::Ingress,
+                        Direction::Egress => MeterDirection::Egress,
+                    };
+                    let matched = MeterMatch::new(prefix(r.source), prefix(r.destination));
+                    (direction, matched, r.excluded)
+                })
+                .collect(),
+        });
+    }
+    Ok(labels)
+}
+
 /// The data plane's view of router `index`: an interface at the gateway IP of each of its
 /// subnets and one at its external gateway's address, the extra routes, a default route
 /// via the external subnet's gateway (as Neutron's L3 agent adds), SNAT, and its floating
@@ -592,6 +685,7 @@ fn router_spec(
         external,
         enable_snat,
         floating_ips,
+        metering: Vec::new(),
     }
 }
 
@@ -781,6 +875,130 @@ mod tests {
             "#
         );
         validate(&DesiredState::from_toml_str(&text).unwrap()).unwrap()
+    }
+
+    /// Three routers on one external network (r1 and r2 of project p1, r3 of p2, r4 of p1
+    /// without a gateway) and the labels `labels` (TOML).
+    fn metered(labels: &str) -> Validated {
+        let text = format!(
+            r#"
+            [[networks]]
+            id = "ext"
+            network_type = "local"
+            [[subnets]]
+            id = "sub-ext"
+            network_id = "ext"
+            cidr = "203.0.113.0/24"
+            gateway_ip = "203.0.113.1"
+            [[routers]]
+            id = "r1"
+            project_id = "p1"
+            external_gateway_info = {{ network_id = "ext", external_fixed_ip = "203.0.113.10" }}
+            [[routers]]
+            id = "r2"
+            project_id = "p1"
+            external_gateway_info = {{ network_id = "ext", external_fixed_ip = "203.0.113.11" }}
+            [[routers]]
+            id = "r3"
+            project_id = "p2"
+            external_gateway_info = {{ network_id = "ext", external_fixed_ip = "203.0.113.12" }}
+            [[routers]]
+            id = "r4"
+            project_id = "p1"
+            {labels}
+            "#
+        );
+        validate(&DesiredState::from_toml_str(&text).unwrap()).unwrap()
+    }
+
+    fn meters(ids: &Identities) -> Vec<(String, String, u16)> {
+        ids.meters()
+            .map(|(l, r, s)| (l.to_owned(), r.to_owned(), s))
+            .collect()
+    }
+
+    #[test]
+    fn labels_are_counted_on_their_projects_routers_and_keep_their_slots() {
+        let shared = r#"
+            [[metering_labels]]
+            id = "all"
+            shared = true
+            rules = [{ direction = "egress", remote_ip_prefix = "0.0.0.0/0" }]
+        "#;
+        let project = r#"
+            [[metering_labels]]
+            id = "p1-label"
+            project_id = "p1"
+            rules = [{ direction = "ingress", remote_ip_prefix = "198.18.0.0/15" }]
+        "#;
+        let first = compile(
+            &metered(&format!("{shared}{project}")),
+            &Identities::default(),
+            1,
+        )
+        .unwrap();
+        let pairs: Vec<(String, String)> = meters(&first.identities)
+            .into_iter()
+            .map(|(l, r, _)| (l, r))
+            .collect();
+        let pair = |l: &str, r: &str| (l.to_owned(), r.to_owned());
+        // The shared label on every router with a gateway, the project's on its own.
+        assert_eq!(
+            pairs,
+            vec![
+                pair("all", "r1"),
+                pair("all", "r2"),
+                pair("all", "r3"),
+                pair("p1-label", "r1"),
+                pair("p1-label", "r2"),
+            ]
+        );
+        let routing = first.snapshot.routing();
+        let has: Vec<bool> = routing
+            .routers()
+            .iter()
+            .map(|r| r.metering.is_some())
+            .collect();
+        assert_eq!(
+            has,
+            [true, true, true, false],
+            "r4 has no gateway to count at"
+        );
+        let slots: HashSet<u16> = meters(&first.identities).iter().map(|m| m.2).collect();
+        assert_eq!(slots.len(), 5, "one slot per pair");
+        // A change that does not touch the labels keeps every slot.
+        let again = compile(
+            &metered(&format!("{shared}{project}")),
+            &first.identities,
+            2,
+        )
+        .unwrap();
+        assert_eq!(meters(&again.identities), meters(&first.identities));
+        // The project label removed, then added again: its pairs get new slots, the
+        // shared label keeps its own.
+        let without = compile(&metered(shared), &again.identities, 3).unwrap();
+        assert_eq!(meters(&without.identities), meters(&first.identities)[..3]);
+        let back = compile(
+            &metered(&format!("{shared}{project}")),
+            &without.identities,
+            4,
+        )
+        .unwrap();
+        let before: Vec<u16> = meters(&first.identities)[3..].iter().map(|m| m.2).collect();
+        let after: Vec<u16> = meters(&back.identities)[3..].iter().map(|m| m.2).collect();
+        assert!(
+            before.iter().all(|s| !after.contains(s)),
+            "{before:?} {after:?}"
+        );
+        // No labels: no router pays for metering.
+        let none = compile(&metered(""), &back.identities, 5).unwrap();
+        assert!(meters(&none.identities).is_empty());
+        assert!(none
+            .snapshot
+            .routing()
+            .routers()
+            .iter()
+            .all(|r| r.metering.is_none()));
     }
 
     #[test]

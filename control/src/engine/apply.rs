@@ -354,10 +354,15 @@ impl Engine {
             }
         }
         phases.mark("persist");
+        // Before the publish: no worker counts in a slot new to this generation yet.
+        let meters = self
+            .metrics
+            .meter_table(compiled.identities.meters(), false);
         // Committed: from here on the new generation is the running one, whatever happens.
         self.publisher
             .publish(compiled.snapshot)
             .map_err(|e| ApplyError::Internal(e.to_string()))?;
+        self.metrics.install_meters(meters);
         phases.mark("publish");
         let state = state.unwrap_or_else(|| std::mem::take(&mut self.active.state));
         let index = if keep_index {

@@ -466,6 +466,9 @@ impl Engine {
             stall: stall::StallWatch::default(),
         };
         engine.update_metric_ports();
+        let meters = engine.active.identities.meters();
+        let table = engine.metrics.meter_table(meters, true);
+        engine.metrics.install_meters(table);
         Ok(engine)
     }
 

@@ -116,6 +116,14 @@ const METHODS: &[(&str, &str)] = &[
          that is no port's), mac_address, ip_address, hostname?, state: offered|bound, \
          expires_in_secs}]}: the DHCP server's leases",
     ),
+    (
+        "metering.list",
+        "{label_id?: string, router_id?: string} -> {generation, metering: [{label_id, name, \
+         router_id, packets, bytes, ingress_packets, ingress_bytes, egress_packets, \
+         egress_bytes}]}: what each metering label counted at each router's external gateway \
+         (bytes: IPv4 total lengths; packets and bytes: both directions, Neutron's label \
+         chain) since the label was counted on the router",
+    ),
     ("version.get", "{} -> {generation, name, version}"),
     ("drops.list", stages::DROPS_LIST_USAGE),
     ("runtime.get", stages::RUNTIME_GET_USAGE),
@@ -175,6 +183,7 @@ impl Handler for Service {
             "routes.list" => routes_list(e, params),
             "neighbors.list" => neighbors_list(e, params),
             "sessions.list" => sessions_list(e, params),
+            "metering.list" => metering_list(e, params),
             "leases.list" => leases_list(e, params),
             "drops.list" => stages::drops_list(e, params),
             "runtime.get" => stages::runtime_get(e, params),
@@ -766,6 +775,43 @@ fn sessions_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcErro
     Ok(json!({ "sessions": sessions }))
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeteringFilter {
+    label_id: Option<String>,
+    router_id: Option<String>,
+}
+
+fn metering_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
+    let p: MeteringFilter = parse(params)?;
+    let labels = &e.validated().metering_labels;
+    let rows: Vec<Value> = e
+        .metrics()
+        .meter_counts()
+        .into_iter()
+        .filter(|m| p.label_id.as_ref().is_none_or(|id| *id == m.label))
+        .filter(|m| p.router_id.as_ref().is_none_or(|id| *id == m.router))
+        .map(|m| {
+            let name = labels
+                .iter()
+                .find(|l| l.id == m.label)
+                .and_then(|l| l.name.clone());
+            json!({
+                "label_id": m.label,
+                "name": name,
+                "router_id": m.router,
+                "packets": m.ingress_packets + m.egress_packets,
+                "bytes": m.ingress_bytes + m.egress_bytes,
+                "ingress_packets": m.ingress_packets,
+                "ingress_bytes": m.ingress_bytes,
+                "egress_packets": m.egress_packets,
+                "egress_bytes": m.egress_bytes,
+            })
+        })
+        .collect();
+    Ok(json!({ "metering": rows }))
+}
+
 fn protocol_name(proto: u8) -> String {
     match proto {
         1 => "icmp".into(),
@@ -854,6 +900,7 @@ mod tests {
                 Just("generation".to_string()),
                 Just("network_id".to_string()),
                 Just("router_id".to_string()),
+                Just("label_id".to_string()),
                 Just("port".to_string()),
                 Just("per_port".to_string()),
                 Just("count".to_string()),

@@ -247,44 +247,12 @@ pub fn record_json(
             v
         })
         .collect();
-    let mut v = json!({
+    json!({
         "generation": r.generation,
         "port": name(r.port),
         "len": r.len,
         "steps": steps,
-    });
-    // A security-group drop names the port whose groups decided and those groups, as
-    // explain does: the input port's on the way out of the VM, the output port's on the
-    // way in.
-    let dropped = r.steps().iter().find_map(|s| match s.next {
-        Next::Drop(reason, stage) => Some((reason, stage)),
-        _ => None,
-    });
-    let sg_port = match dropped {
-        Some((_, Stage::SgEgress)) => Some(r.port),
-        Some((_, Stage::SgIngress)) => r.steps().iter().rev().find_map(|s| match s.next {
-            Next::Output(p) => Some(p),
-            _ => None,
-        }),
-        _ => None,
-    };
-    if let (Some((reason, stage)), Some(p)) = (dropped, sg_port) {
-        let n = name(p);
-        let groups = e
-            .state()
-            .ports
-            .iter()
-            .find(|q| q.id == n)
-            .map(|q| q.security_groups.clone())
-            .unwrap_or_default();
-        v["dropped"] = json!({
-            "stage": stage.name(),
-            "reason": reason.name(),
-            "port": n,
-            "security_groups": groups,
-        });
-    }
-    v
+    })
 }
 
 /// `trace.show`.

@@ -314,6 +314,7 @@ mod tests {
                 routes: vec![],
                 binding_host_id: Some("compute-2".into()),
                 mac_address: Some("fa:16:3e:00:0f:01".into()),
+                project_id: None,
             };
             edit(&mut r);
             s.routers.push(r);

@@ -15,6 +15,7 @@ mod binding;
 mod floating_ip;
 mod host;
 mod incremental;
+mod metering;
 mod network;
 mod port;
 mod qos;
@@ -41,6 +42,7 @@ pub use binding::{check_ifname, Binding};
 pub use floating_ip::{FloatingIp, FloatingIpTarget};
 pub use host::{machine_hostname, Host, Hosts};
 pub use incremental::{revalidate_ports, IndexUndo, PortIndex};
+pub use metering::{MeteringLabel, MeteringRule};
 pub use network::{Network, Segment, DEFAULT_MTU, JUMBO_MTU, MIN_MTU, VXLAN_OVERHEAD};
 /// The benchmark harness names the MAC formatter by this path (`pollux_services::addr` has it).
 pub use pollux_services::addr::fmt_mac;
@@ -101,6 +103,8 @@ pub struct Validated {
     pub address_groups: Arc<Vec<AddressGroup>>,
     /// QoS policies.
     pub qos_policies: Arc<Vec<QosPolicy>>,
+    /// Metering labels, each with all its rules.
+    pub metering_labels: Arc<Vec<MeteringLabel>>,
 }
 
 /// A checked route.
@@ -130,7 +134,7 @@ pub fn validate(state: &DesiredState) -> Result<Validated, Vec<ValidationError>>
     let mut ports = c.ports(&state.ports, &networks, &subnets, &security_groups, &hosts);
     let qos_policies = c.qos_policies(&state.qos_policies);
     c.attach_qos(state, &qos_policies, &mut networks, &mut ports);
-    c.metering(state);
+    let metering_labels = c.metering_labels(&state.metering_labels, &state.metering_label_rules);
     let routers = c.routers(&state.routers, &networks, &subnets, &ports, &hosts);
     let floating_ips = c.floating_ips(&state.floating_ips, &ports, &subnets, &routers);
     // Last: every other address of each network is known by now.
@@ -151,6 +155,7 @@ pub fn validate(state: &DesiredState) -> Result<Validated, Vec<ValidationError>>
         security_groups: Arc::new(security_groups.items),
         address_groups: Arc::new(address_groups.items),
         qos_policies: Arc::new(qos_policies.items),
+        metering_labels: Arc::new(metering_labels.items),
     })
 }
 

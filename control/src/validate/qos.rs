@@ -236,22 +236,6 @@ impl Checker {
         }
     }
 
-    /// Refuses metering labels and rules: Neutron's metering agent has no counterpart in
-    /// Pollux yet, and a label accepted but never counted would be a silent lie.
-    pub(super) fn metering(&mut self, state: &model::DesiredState) {
-        for (key, items) in [
-            ("metering_labels", &state.metering_labels),
-            ("metering_label_rules", &state.metering_label_rules),
-        ] {
-            for i in 0..items.len() {
-                self.err(
-                    format!("{key}[{i}]"),
-                    "not supported: metering (Neutron's metering labels) is not built yet",
-                );
-            }
-        }
-    }
-
     /// Resolves the `qos_policy_id` of networks and ports, and gives each port the policy
     /// in force: its own, else its network's.
     pub(super) fn attach_qos(
@@ -419,30 +403,6 @@ mod tests {
                 "qos_policies[1].id: QoS policy id q is already used by qos_policies[0]",
                 "networks[0].qos_policy_id: no QoS policy has id \"missing\"",
                 "ports[0].qos_policy_id: no QoS policy has id \"nope\"",
-            ],
-        );
-    }
-
-    #[test]
-    fn metering_is_refused_as_not_supported() {
-        let text = r#"
-            [[metering_labels]]
-            id = "m1"
-            shared = true
-
-            [[metering_label_rules]]
-            metering_label_id = "m1"
-            direction = "ingress"
-            remote_ip_prefix = "0.0.0.0/0"
-        "#;
-        let state = crate::model::DesiredState::from_toml_str(text).unwrap();
-        assert_errors(
-            &state,
-            &[
-                "metering_labels[0]: not supported: metering (Neutron's metering labels) is \
-                 not built yet",
-                "metering_label_rules[0]: not supported: metering (Neutron's metering \
-                 labels) is not built yet",
             ],
         );
     }

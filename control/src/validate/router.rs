@@ -39,6 +39,8 @@ pub struct Router {
     pub runs_here: bool,
     /// The MAC of its interfaces, when the state gives one.
     pub mac: Option<[u8; 6]>,
+    /// Its project (the project metering labels counted on it).
+    pub project_id: Option<String>,
 }
 
 impl Router {
@@ -219,6 +221,7 @@ impl Checker {
                 remote_host,
                 runs_here,
                 mac: None,
+                project_id: r.project_id.clone().filter(|p| !p.is_empty()),
             };
             router.mac = self.router_mac(
                 &base,

@@ -38,6 +38,7 @@ use crate::frag::{self, FragError};
 use crate::handoff::NeighborNews;
 use crate::icmp_error::{self, IcmpErrorKind};
 use crate::l2::egress_port;
+use crate::metering::{MeterDirection, RouterMetering};
 use crate::output::{capture_drops_of, drop_held, output};
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
 use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
@@ -478,7 +479,7 @@ impl RouterState {
         };
         let router_mac = mac_to_u64(r.mac);
         let l3 = usize::from(pkt.meta.l3_offset);
-        let (ttl, total_len, dont_frag, protocol, arrived_dst) = {
+        let (ttl, total_len, dont_frag, protocol, arrived_src, arrived_dst) = {
             let data = cx.pool.data(pkt);
             let Some(ip) = data.get(l3..).and_then(|b| Ipv4Packet::new_checked(b).ok()) else {
                 return Next::Drop(DropReason::BadIpv4Header, Stage::L3);
@@ -486,8 +487,15 @@ impl RouterState {
             if ip.version() != 4 || !ip.verify_checksum() {
                 return Next::Drop(DropReason::BadIpv4Header, Stage::L3);
             }
-            let dst = u32::from(ip.dst_addr());
-            (ip.ttl(), ip.total_len(), ip.dont_frag(), ip.protocol(), dst)
+            let (src, dst) = (u32::from(ip.src_addr()), u32::from(ip.dst_addr()));
+            (
+                ip.ttl(),
+                ip.total_len(),
+                ip.dont_frag(),
+                ip.protocol(),
+                src,
+                dst,
+            )
         };
         // The route of the destination as it arrived decides whether NAT can be involved at
         // all: only what leaves through the external gateway, or is addressed to the
@@ -560,10 +568,27 @@ impl RouterState {
             self.icmp_error(cx, pkt, router, kind);
             return Next::Drop(DropReason::MtuExceeded, Stage::L3);
         }
+        let to_external = r.external == Some(hop.interface);
+        if let Some(metering) = &r.metering {
+            // What a qrouter's filter FORWARD chain sees: the destination after
+            // destination NAT, the source before source NAT (which a session's translation
+            // may already have applied above), with the TTL and MTU checks passed.
+            let from_external = routing.interface_on_network(r.external, pkt.meta.network);
+            if (from_external || to_external) && !cx.dry_run {
+                meter(
+                    cx,
+                    metering,
+                    from_external,
+                    to_external,
+                    arrived_src,
+                    dst,
+                    total_len,
+                );
+            }
+        }
         // Source NAT (POSTROUTING): what leaves through the external gateway, and what was
         // sent to a floating IP from inside (hairpin, so the reply comes back through here),
         // takes its floating IP or, with SNAT on, the gateway's address and a port.
-        let to_external = r.external == Some(hop.interface);
         if !nat.session
             && (to_external || nat.dnat)
             && routing.interface_on(router, pkt.meta.network) != r.external
@@ -1087,6 +1112,27 @@ impl RouterState {
         // Broadcast, like any ARP request.
         pkt.meta.flags |= Meta::MULTICAST;
         let _ = self.originated.push(pkt);
+    }
+}
+
+/// Counts a packet crossing the external gateway in the router's metering labels: out of
+/// line, so that routers without labels keep the forwarding path as it was.
+#[inline(never)]
+fn meter(
+    cx: &BurstCtx<'_>,
+    metering: &RouterMetering,
+    from_external: bool,
+    to_external: bool,
+    src: u32,
+    dst: u32,
+    len: u16,
+) {
+    let counters = &cx.counters.meters;
+    if from_external {
+        metering.count(counters, MeterDirection::Ingress, src, dst, len);
+    }
+    if to_external {
+        metering.count(counters, MeterDirection::Egress, src, dst, len);
     }
 }
 

@@ -106,7 +106,7 @@ pub(crate) fn rule_checks(
     };
     let dropped_before_groups = steps.iter().any(|s| {
         matches!(s.next, crate::packet::Next::Drop(_, stage)
-            if matches!(stage, Stage::Classify | Stage::VxlanDecap | Stage::ChecksumOffload | Stage::PortSecurity))
+            if matches!(stage, Stage::Classify | Stage::TunnelDecap | Stage::ChecksumOffload | Stage::PortSecurity))
     });
     let mut checks = Vec::new();
     if !dropped_before_groups {
