@@ -23,9 +23,11 @@
 //! and the client retries.
 
 pub mod dhcp;
+pub mod metadata;
 pub mod service;
 
 pub use dhcp::DHCP_SERVER_PORT;
+pub use metadata::{METADATA_ADDR, METADATA_PORT};
 pub use service::{
     NetworkService, NetworkServices, ServiceId, ServiceKind, ServiceMatch, MAX_SERVICES, SERVICES,
 };
@@ -268,6 +270,14 @@ impl SlowPath {
                     pkt.meta.flags &= !Meta::MULTICAST;
                     return Next::Output(pkt.in_port);
                 }
+            }
+        }
+        if net.metadata_via_router && pkt.meta.flags & Meta::MULTICAST == 0 {
+            // Sent to a router's MAC (the L2 stage's reason for sending it here) and not
+            // the proxy's: routed as if it had never come here.
+            let dst = EthernetFrame::new_unchecked(cx.pool.data(pkt)).dst_addr_u64();
+            if let Some(router) = snap.routing().router_by_mac(slot, dst) {
+                return Next::Route(router);
             }
         }
         not_for_service(net, pkt)
