@@ -443,8 +443,9 @@ fn drive(
             Ok(Some(req)) => {
                 conn.phase = start_upstream(conn, &req, table, network_id, now, events);
             }
-            Ok(None) if !socket.may_recv() => {
-                // The VM closed its side before the request was whole.
+            Ok(None) if socket.state() == tcp::State::CloseWait => {
+                // The VM closed its side before the request was whole (`may_recv` is
+                // false before the handshake ends too: not a close).
                 socket.close();
                 conn.phase = Phase::Done;
             }
