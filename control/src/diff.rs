@@ -139,6 +139,9 @@ pub struct Changed {
     /// Whether the `[dhcp]` section differs; serialised only when it does.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub dhcp: bool,
+    /// Whether the `[metadata]` section differs; serialised only when it does.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub metadata: bool,
 }
 
 /// The difference between two desired states; see the module documentation.
@@ -170,7 +173,10 @@ impl Diff {
     }
 
     fn changed_count(&self) -> usize {
-        self.changed.objects.len() + usize::from(self.changed.l2) + usize::from(self.changed.dhcp)
+        self.changed.objects.len()
+            + usize::from(self.changed.l2)
+            + usize::from(self.changed.dhcp)
+            + usize::from(self.changed.metadata)
     }
 }
 
@@ -202,6 +208,9 @@ impl fmt::Display for Diff {
         }
         if self.changed.dhcp {
             writeln!(f, "~ dhcp")?;
+        }
+        if self.changed.metadata {
+            writeln!(f, "~ metadata")?;
         }
         Ok(())
     }
@@ -251,6 +260,7 @@ pub fn diff(old: &DesiredState, new: &DesiredState) -> Diff {
     );
     d.changed.l2 = old.l2 != new.l2;
     d.changed.dhcp = old.dhcp != new.dhcp;
+    d.changed.metadata = old.metadata != new.metadata;
     d
 }
 
@@ -292,6 +302,7 @@ pub fn diff_of(old: &DesiredState, new: &DesiredState, touched: &[(Collection, S
     collection!(Collection::QosPolicies, qos_policies, id);
     d.changed.l2 = old.l2 != new.l2;
     d.changed.dhcp = old.dhcp != new.dhcp;
+    d.changed.metadata = old.metadata != new.metadata;
     d
 }
 
@@ -439,6 +450,8 @@ mod tests {
             dns_name: None,
             extra_dhcp_opts: Vec::new(),
             qos_policy_id: None,
+            device_id: None,
+            project_id: None,
         }
     }
 

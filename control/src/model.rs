@@ -24,6 +24,10 @@ pub struct DesiredState {
     /// Rate limits of the built-in DHCP server (`[dhcp]`); left out when all are defaults.
     #[serde(default, skip_serializing_if = "DhcpLimits::is_default")]
     pub dhcp: DhcpLimits,
+    /// The metadata proxy (`[metadata]`): where requests to 169.254.169.254 go. Absent:
+    /// no proxy, nothing is intercepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<Metadata>,
     /// This polluxd's own settings (`[agent]`): the host it runs on.
     #[serde(default, skip_serializing_if = "Agent::is_default")]
     pub agent: Agent,
@@ -74,9 +78,10 @@ pub struct DesiredState {
 
 /// The top-level keys of a desired state, in document order. Every validation error path
 /// starts with one of them.
-pub const TOP_LEVEL_KEYS: [&str; 16] = [
+pub const TOP_LEVEL_KEYS: [&str; 17] = [
     "l2",
     "dhcp",
+    "metadata",
     "agent",
     "hosts",
     "uplinks",
@@ -163,6 +168,84 @@ pub struct Host {
     pub name: String,
     /// The IPv4 address of its VXLAN endpoint (its `local_ip`).
     pub tunnel_ip: String,
+}
+
+/// The metadata proxy (`[metadata]`): Neutron's metadata agent settings, and its bounds.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metadata {
+    /// The metadata server's address (Nova's metadata API): an IPv4 or IPv6 address.
+    pub nova_metadata_host: String,
+    /// Its port (default 8775).
+    #[serde(default = "default_nova_metadata_port")]
+    pub nova_metadata_port: i64,
+    /// `http` (the default); `https` is not supported yet.
+    #[serde(default = "default_nova_metadata_protocol")]
+    pub nova_metadata_protocol: String,
+    /// The key of `X-Instance-ID-Signature` (HMAC-SHA256), shared with Nova.
+    #[serde(default)]
+    pub metadata_proxy_shared_secret: String,
+    /// Open connections in all (default 1024).
+    #[serde(default = "default_metadata_max_connections")]
+    pub max_connections: i64,
+    /// Open connections of one port (default 16).
+    #[serde(default = "default_metadata_max_connections_per_port")]
+    pub max_connections_per_port: i64,
+    /// Bytes of a request, head and body (default 8192).
+    #[serde(default = "default_metadata_max_request_bytes")]
+    pub max_request_bytes: i64,
+    /// Bytes of an answer (default 1048576).
+    #[serde(default = "default_metadata_max_response_bytes")]
+    pub max_response_bytes: i64,
+    /// Milliseconds a VM has to send its request (default 10000).
+    #[serde(default = "default_metadata_client_timeout_ms")]
+    pub client_timeout_ms: i64,
+    /// Milliseconds the metadata server has to accept a connection (default 5000).
+    #[serde(default = "default_metadata_connect_timeout_ms")]
+    pub connect_timeout_ms: i64,
+    /// Milliseconds the metadata server has to finish an answer (default 30000).
+    #[serde(default = "default_metadata_response_timeout_ms")]
+    pub response_timeout_ms: i64,
+    /// TCP segments per second one port may send to the proxy (default 1000).
+    #[serde(default = "default_metadata_port_rate")]
+    pub port_rate: i64,
+    /// Burst of one port (default 2000).
+    #[serde(default = "default_metadata_port_burst")]
+    pub port_burst: i64,
+}
+
+fn default_nova_metadata_port() -> i64 {
+    8775
+}
+fn default_nova_metadata_protocol() -> String {
+    "http".into()
+}
+fn default_metadata_max_connections() -> i64 {
+    1024
+}
+fn default_metadata_max_connections_per_port() -> i64 {
+    16
+}
+fn default_metadata_max_request_bytes() -> i64 {
+    8192
+}
+fn default_metadata_max_response_bytes() -> i64 {
+    1 << 20
+}
+fn default_metadata_client_timeout_ms() -> i64 {
+    10_000
+}
+fn default_metadata_connect_timeout_ms() -> i64 {
+    5_000
+}
+fn default_metadata_response_timeout_ms() -> i64 {
+    30_000
+}
+fn default_metadata_port_rate() -> i64 {
+    1000
+}
+fn default_metadata_port_burst() -> i64 {
+    2000
 }
 
 /// Rate limits of the built-in DHCP server (`[dhcp]`), in messages per second and bucket
@@ -445,6 +528,13 @@ pub struct Port {
     /// Its QoS policy; absent: its network's, if any (Neutron's port `qos_policy_id`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub qos_policy_id: Option<String>,
+    /// The instance it belongs to (Neutron's `device_id`): the metadata proxy's
+    /// `X-Instance-ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_id: Option<String>,
+    /// Its project (Neutron's `project_id`): the metadata proxy's `X-Tenant-ID`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
 }
 
 /// An entry of a port's `extra_dhcp_opts`, in Neutron's shape.
@@ -966,6 +1056,9 @@ fn locate(doc: &serde_json::Value, message: &str) -> Option<String> {
             "dhcp" => serde_json::from_value::<DhcpLimits>(v.clone())
                 .err()
                 .map(|_| "dhcp".to_owned()),
+            "metadata" => serde_json::from_value::<Metadata>(v.clone())
+                .err()
+                .map(|_| "metadata".to_owned()),
             "uplinks" => first_bad::<Uplink>(key, v),
             "networks" => first_bad::<Network>(key, v),
             "subnets" => first_bad::<Subnet>(key, v),

@@ -545,6 +545,8 @@ fn plan(edit: &Edit, engine: &Engine, fresh: &mut Fresh) -> Option<Planned> {
                 dns_name: None,
                 extra_dhcp_opts: Vec::new(),
                 qos_policy_id: None,
+                device_id: None,
+                project_id: None,
             });
             let expect = expect_valid(&s);
             Planned {

@@ -414,6 +414,8 @@ impl Churn {
             dns_name: None,
             extra_dhcp_opts: Vec::new(),
             qos_policy_id: None,
+            device_id: None,
+            project_id: None,
         });
     }
 

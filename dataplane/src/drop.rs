@@ -96,6 +96,8 @@ drop_reasons! {
     TunnelUnresolved => "tunnel_unresolved", "The remote tunnel endpoint's underlay MAC is not known yet (an ARP request was sent).";
     TunnelToTunnel => "tunnel_to_tunnel", "Decapsulated frame to a MAC behind another tunnel endpoint: hosts only relay between the overlay and their own ports.";
     HandoffRingFull => "handoff_ring_full", "The worker that owns the output port's queue is behind: the handoff ring to it is full.";
+    MetadataNotFromVm => "metadata_not_from_vm", "TCP to the metadata address 169.254.169.254:80 from a port that is not a VM's (an uplink, a tunnel): the proxy names the instance by its port.";
+    MetadataRateLimited => "metadata_rate_limited", "The port already sent its share of segments to the metadata proxy this second.";
     Policed => "policed", "QoS: over the port's bandwidth limit (a Neutron bandwidth_limit rule): its token bucket did not hold the frame's bytes.";
 }
 

@@ -155,6 +155,10 @@ pub struct NetworkEntry {
     /// offers none: the L2 stage sends broadcasts and frames to this MAC to the slow-path
     /// stage.
     pub service_mac: u64,
+    /// The metadata proxy serves this network's VMs through its router: the L2 stage sends
+    /// frames to a router MAC here through the slow-path stage, which takes TCP to
+    /// 169.254.169.254:80 before routing. Off, routed frames never see that stage.
+    pub metadata_via_router: bool,
     flood_start: u32,
     flood_len: u32,
 }
@@ -601,6 +605,8 @@ pub struct SnapshotBuilder {
     routers: Vec<RouterSpec>,
     /// Per network, the service MAC and the services on it.
     services: Vec<(NetworkUid, [u8; 6], NetworkService)>,
+    /// Networks whose VMs reach the metadata proxy through their router.
+    metadata_via_router: Vec<NetworkUid>,
     slow_path: SlowPathConfig,
     port_security: Vec<(PortId, PortSecurity)>,
     qos: Vec<(PortId, PortQos)>,
@@ -681,6 +687,13 @@ impl SnapshotBuilder {
         service: NetworkService,
     ) -> &mut Self {
         self.services.push((network, mac, service));
+        self
+    }
+
+    /// Takes TCP to 169.254.169.254:80 that VMs of `network` send to a router's MAC up
+    /// the punt ring for the metadata proxy, before routing (Neutron's router case).
+    pub fn metadata_via_router(&mut self, network: NetworkUid) -> &mut Self {
+        self.metadata_via_router.push(network);
         self
     }
 
@@ -912,6 +925,24 @@ impl SnapshotBuilder {
             service_macs[slot] = packed;
             services[slot].push(service.clone());
         }
+        let mut metadata_via_router = vec![false; nets.len()];
+        for uid in &self.metadata_via_router {
+            let slot = usize::from(
+                *slot_of
+                    .get(uid)
+                    .ok_or(BuildError::UnknownServiceNetwork(*uid))?,
+            );
+            metadata_via_router[slot] = true;
+            // The match the slow-path stage takes them by; with no address of its own
+            // unless the network's DHCP server carries the proxy too.
+            if !services[slot].iter().any(|s| s.id == ServiceId::METADATA) {
+                services[slot].push(NetworkService {
+                    id: ServiceId::METADATA,
+                    matches: crate::slowpath::metadata::MATCH,
+                    addresses: Box::new([]),
+                });
+            }
+        }
         let services: Box<[NetworkServices]> =
             services.into_iter().map(NetworkServices::new).collect();
         let mut port_security = vec![None; port_slots].into_boxed_slice();
@@ -949,6 +980,8 @@ impl SnapshotBuilder {
                 flood_len: (flood_ports.len() - start) as u32,
                 routed: !routing.on_network(slot as u16).is_empty(),
                 service_mac: service_macs[slot],
+                metadata_via_router: metadata_via_router[slot]
+                    && !routing.on_network(slot as u16).is_empty(),
             });
         }
 
@@ -960,7 +993,7 @@ impl SnapshotBuilder {
             if net.routed {
                 set = set.with(Stage::L3);
             }
-            if net.service_mac != NO_MAC {
+            if net.service_mac != NO_MAC || net.metadata_via_router {
                 set = set.with(Stage::SlowPath);
             }
             set

@@ -39,6 +39,23 @@ pub trait PuntService: Send {
 
     /// Whether the reply `handle` wrote went out: false when the inject ring was full.
     fn replied(&mut self, sent: bool);
+
+    /// [`PuntService::handle`] for an entry that came on the punt ring of worker `worker`
+    /// (an index into the rings the thread was started with): a service that sends later,
+    /// from [`PuntService::poll`], remembers it to send there.
+    fn handle_on(&mut self, worker: usize, entry: &[u8], reply: &mut Vec<u8>) -> bool {
+        let _ = worker;
+        self.handle(entry, reply)
+    }
+
+    /// Called every round of the thread, frames or not, for what a service sends on its
+    /// own (a TCP stack's timers, data from elsewhere): each entry (header, then frame)
+    /// with `send(worker, entry)`, false when that inject ring is full. Returns whether it
+    /// has work in progress: the thread then keeps its shortest sleep.
+    fn poll(&mut self, send: &mut dyn FnMut(usize, &[u8]) -> bool) -> bool {
+        let _ = send;
+        false
+    }
 }
 
 /// Frames of one service through the thread.
@@ -184,16 +201,36 @@ fn serve(
     let mut reply = Vec::with_capacity(MAX_RING_FRAME);
     while !stop.load(Ordering::Relaxed) {
         let mut handled = 0;
-        for end in &mut ends {
+        for (worker, end) in ends.iter_mut().enumerate() {
             let inject = &mut end.inject;
             handled += end.punt.pop_burst(BURST, |entry| {
-                dispatch(&mut services, counters, entry, &mut reply, |r| {
+                dispatch(&mut services, counters, worker, entry, &mut reply, |r| {
                     inject.push(r)
                 });
                 true
             });
         }
-        if handled == 0 {
+        let mut busy = false;
+        for (index, service) in services.iter_mut().enumerate() {
+            let Some(service) = service else { continue };
+            let counts = &counters.by_service[index];
+            busy |= service.poll(&mut |worker, entry| {
+                let sent = ends
+                    .get_mut(worker)
+                    .is_some_and(|end| end.inject.push(entry));
+                let counter = if sent {
+                    &counts.replies
+                } else {
+                    &counts.replies_lost
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                sent
+            });
+        }
+        if busy {
+            std::thread::sleep(MIN_IDLE_SLEEP);
+            idle_sleep = MIN_IDLE_SLEEP;
+        } else if handled == 0 {
             std::thread::sleep(idle_sleep);
             idle_sleep = (idle_sleep * 2).min(MAX_IDLE_SLEEP);
         } else {
@@ -207,6 +244,7 @@ fn serve(
 fn dispatch(
     services: &mut [Option<Box<dyn PuntService>>; MAX_SERVICES],
     counters: &Counters,
+    worker: usize,
     entry: &[u8],
     reply: &mut Vec<u8>,
     send: impl FnOnce(&[u8]) -> bool,
@@ -224,7 +262,7 @@ fn dispatch(
     };
     counts.received.fetch_add(1, Ordering::Relaxed);
     reply.clear();
-    if service.handle(entry, reply) {
+    if service.handle_on(worker, entry, reply) {
         let sent = send(reply);
         let counter = if sent {
             &counts.replies
@@ -343,6 +381,7 @@ mod tests {
         dispatch(
             &mut services,
             &counters,
+            0,
             &entry(ServiceId::DHCP, 1),
             &mut reply,
             |_| false,

@@ -1,7 +1,7 @@
 //! Slow-path services of Pollux: protocols above the data plane, served on the control side
 //! of the workers' punt/inject rings. `dispatch` is the thread that drains the rings and
 //! hands each frame to the service its ring header names; today the one service is the
-//! DHCP server (`dhcp`).
+//! DHCP server (`dhcp`) and the metadata proxy (`metadata`).
 //!
 //! The design's rule: this crate knows protocols, never drivers; it depends on
 //! `pollux-dataplane` (rings, wire formats, identities) and nothing else of Pollux.
@@ -15,4 +15,5 @@ pub mod addr;
 pub mod dhcp;
 pub mod dispatch;
 pub mod log;
+pub mod metadata;
 pub mod private_fs;

@@ -287,6 +287,8 @@ fn port(id: String, net: usize, mac_no: u32, addr: u32) -> Port {
         dns_name: None,
         extra_dhcp_opts: Vec::new(),
         qos_policy_id: None,
+        device_id: None,
+        project_id: None,
     }
 }
 
@@ -356,6 +358,7 @@ fn generate(layout: &Layout, ports: usize, routers: usize) -> (DesiredState, Vec
     let state = DesiredState {
         l2: Default::default(),
         dhcp: Default::default(),
+        metadata: Default::default(),
         agent: Default::default(),
         hosts: Vec::new(),
         uplinks: vec![Uplink {

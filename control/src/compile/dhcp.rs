@@ -54,6 +54,7 @@ pub fn dhcp_configs_of(
             ports_of[p.network].push(i);
         }
     }
+    let routed = super::metadata::routed_subnets(v);
     let mut out = Vec::new();
     for (n, net) in v.networks.iter().enumerate() {
         if !wanted_networks[n] {
@@ -87,6 +88,7 @@ pub fn dhcp_configs_of(
                             destination: r.destination,
                             nexthop: r.nexthop,
                         })
+                        .chain(super::metadata::isolated_route(v, &routed, i))
                         .collect(),
                     serve_unknown: s.serve_unknown,
                     pools: s.allocation_pools.clone(),

@@ -19,7 +19,7 @@ use pollux_dataplane::port_security::{Ipv4Source, Ipv6Source, PortSecurity};
 use pollux_dataplane::qos::PortQos;
 use pollux_dataplane::ratelimit::ByteRate;
 use pollux_dataplane::routing::{InterfaceSpec, RouteSpec, RouterSpec, RouterUid};
-use pollux_dataplane::slowpath::{ServiceId, SlowPathConfig};
+use pollux_dataplane::slowpath::{NetworkService, ServiceId, SlowPathConfig, METADATA_ADDR};
 use pollux_dataplane::snapshot::{
     BuildError, NetworkUid, PhysnetId, Segment as DpSegment, Snapshot, SnapshotBuilder,
 };
@@ -35,6 +35,7 @@ use pollux_services::addr::Ipv4Cidr;
 pub const MAX_MTU: u16 = (DEFAULT_FRAME_SIZE - DEFAULT_HEADROOM as u32 - 18) as u16;
 
 pub mod dhcp;
+pub mod metadata;
 mod overlay;
 
 pub use overlay::tunnel_key;
@@ -477,15 +478,36 @@ pub fn compile(
             .retain(|(label, router), _| keep.contains(&(label.as_str(), router.as_str())));
     }
 
-    b.slow_path(SlowPathConfig::default().with_per_port(ServiceId::DHCP, state.dhcp.port));
+    let mut slow_path = SlowPathConfig::default().with_per_port(ServiceId::DHCP, state.dhcp.port);
+    if let Some(m) = &state.metadata {
+        slow_path = slow_path.with_per_port(ServiceId::METADATA, m.port);
+    }
+    b.slow_path(slow_path);
     let mut dhcp_addresses: BTreeMap<usize, Vec<Ipv4Addr>> = BTreeMap::new();
     for (network, ip) in dhcp::dhcp_server_addresses(state) {
         dhcp_addresses.entry(network).or_default().push(ip);
     }
+    let served = metadata::metadata_networks(state);
     for (network, addresses) in dhcp_addresses {
         if state.networks[network].admin_state_up {
             let uid = network_uid[network];
             b.dhcp_server(uid, dhcp_mac(uid), &addresses);
+            if served[network].1 {
+                b.service(
+                    uid,
+                    dhcp_mac(uid),
+                    NetworkService {
+                        id: ServiceId::METADATA,
+                        matches: pollux_dataplane::slowpath::metadata::MATCH,
+                        addresses: Box::new([u32::from(METADATA_ADDR)]),
+                    },
+                );
+            }
+        }
+    }
+    for (network, &(via_router, _)) in served.iter().enumerate() {
+        if via_router && state.networks[network].admin_state_up {
+            b.metadata_via_router(network_uid[network]);
         }
     }
 

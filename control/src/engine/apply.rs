@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::ports::PortChanges;
 use super::{Active, ApplyError, Engine, WORKER_TIMEOUT};
 use crate::compile::dhcp::dhcp_configs_of;
+use crate::compile::metadata::metadata_table;
 use crate::compile::{compile, Identities};
 use crate::diff::{diff, diff_of, Diff};
 use crate::identity::dhcp_mac;
@@ -132,7 +133,7 @@ fn dhcp_networks_of(
 /// networks (whose MTU can come from their uplink), their subnets and ports, and the
 /// settings sections (and the identities of networks, which only change when networks
 /// come or go). Routers, floating IPs and security groups are not part of it.
-fn touches_dhcp(diff: &Diff) -> bool {
+fn touches_dhcp(diff: &Diff, metadata_on: bool) -> bool {
     fn objects<T>(c: &crate::diff::ByCollection<T>) -> bool {
         !c.uplinks.is_empty()
             || !c.networks.is_empty()
@@ -144,6 +145,26 @@ fn touches_dhcp(diff: &Diff) -> bool {
         || objects(&diff.changed.objects)
         || diff.changed.dhcp
         || diff.changed.l2
+        || diff.changed.metadata
+        // Routers make a subnet's metadata route (isolated or not).
+        || (metadata_on
+            && (!diff.added.routers.is_empty()
+            || !diff.removed.routers.is_empty()
+                || !diff.changed.objects.routers.is_empty()))
+}
+
+/// Whether a change can change what the metadata proxy serves: `[metadata]` itself, and
+/// with the proxy on, the networks, subnets, ports and routers it is made of.
+fn touches_metadata(diff: &Diff, new: &Validated) -> bool {
+    fn objects<T>(c: &crate::diff::ByCollection<T>) -> bool {
+        !c.networks.is_empty()
+            || !c.subnets.is_empty()
+            || !c.ports.is_empty()
+            || !c.routers.is_empty()
+    }
+    diff.changed.metadata
+        || (new.metadata.is_some()
+            && (objects(&diff.added) || objects(&diff.removed) || objects(&diff.changed.objects)))
 }
 
 /// The networks (indices into `new.networks`) whose DHCP servers a change can alter when
@@ -157,7 +178,8 @@ fn dhcp_scope(diff: &Diff, old: &Validated, new: &Validated) -> Option<Vec<bool>
         && none(&diff.removed)
         && none(&diff.changed.objects)
         && !diff.changed.dhcp
-        && !diff.changed.l2;
+        && !diff.changed.l2
+        && !diff.changed.metadata;
     if !ports_only {
         return None;
     }
@@ -333,7 +355,9 @@ impl Engine {
             return Ok(unchanged);
         }
         let diff = unchanged.diff;
-        let dhcp_scope = touches_dhcp(&diff)
+        // With the proxy on (before or after), routers decide which subnets are isolated.
+        let metadata_on = valid.metadata.is_some() || self.active.valid.metadata.is_some();
+        let dhcp_scope = touches_dhcp(&diff, metadata_on)
             .then(|| dhcp_scope(&diff, &self.active.valid, &valid))
             .flatten();
 
@@ -389,7 +413,7 @@ impl Engine {
             self.update_metric_ports();
         }
         phases.mark("metrics");
-        if touches_dhcp(&diff) {
+        if touches_dhcp(&diff, metadata_on) {
             if let Some(dhcp) = self.dhcp.as_mut() {
                 let (valid, identities) = (&self.active.valid, &self.active.identities);
                 match &dhcp_scope {
@@ -449,6 +473,10 @@ impl Engine {
             );
         }
         phases.mark("dhcp");
+        if touches_metadata(&diff, &self.active.valid) {
+            self.metadata
+                .reconfigure(metadata_table(&self.active.valid, &self.active.identities));
+        }
         self.wait_for_worker(next)?;
         phases.mark("worker");
 

@@ -223,6 +223,11 @@ impl Engine {
     }
 
     /// The DHCP server's counters.
+    pub fn metadata_stats(&self) -> pollux_services::metadata::MetadataStats {
+        self.metadata.stats()
+    }
+
+    /// The DHCP service's counters.
     pub fn dhcp_stats(&self) -> ServiceStats {
         self.dhcp.as_ref().map(|d| d.stats()).unwrap_or_default()
     }

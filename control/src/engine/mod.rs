@@ -55,6 +55,7 @@ use pollux_drivers::xsk::Umem;
 
 use self::apply::{dhcp_networks, to_value};
 use crate::binding::{Bindings, MemWires};
+use crate::compile::metadata::metadata_table;
 use crate::compile::{compile, CompileError, Compiled, Identities, PortPlan};
 use crate::metrics::MetricsSource;
 use crate::model::DesiredState;
@@ -63,6 +64,7 @@ use crate::validate::{validate, PortIndex, Validated, ValidationError};
 use crate::workers::{self, WorkerThread};
 use pollux_services::dhcp::service::DhcpService;
 use pollux_services::dispatch::{PuntService, SlowPathThread};
+use pollux_services::metadata::MetadataService;
 
 /// Directory of the DHCP lease files, inside the state directory.
 pub const LEASE_DIR: &str = "leases";
@@ -257,6 +259,8 @@ pub struct Engine {
     dhcp: Option<DhcpService>,
     /// The workers' loop counters as last seen, to find one that stalls.
     stall: stall::StallWatch,
+    /// The metadata proxy's table and counters (its stacks live on the slow-path thread).
+    metadata: MetadataService,
 }
 
 impl fmt::Debug for Engine {
@@ -399,7 +403,11 @@ impl Engine {
         .map_err(|e| format!("DHCP service: {e}"))?;
         // The slow path's services, each taking the frames punted with its id: a service
         // joins with a line here (and its entry in the data plane's `slowpath::SERVICES`).
-        let services: Vec<Box<dyn PuntService>> = vec![Box::new(dhcp.punt_handler())];
+        let metadata = MetadataService::new(metadata_table(&valid, &identities));
+        let services: Vec<Box<dyn PuntService>> = vec![
+            Box::new(dhcp.punt_handler()),
+            Box::new(metadata.punt_handler()),
+        ];
         let slow_path =
             SlowPathThread::start(ends, services).map_err(|e| format!("slow-path thread: {e}"))?;
         let all_counters: Vec<(usize, Arc<WorkerCounters>)> = built
@@ -464,6 +472,7 @@ impl Engine {
             slow_path: Some(slow_path),
             dhcp: Some(dhcp),
             stall: stall::StallWatch::default(),
+            metadata,
         };
         engine.update_metric_ports();
         let meters = engine.active.identities.meters();

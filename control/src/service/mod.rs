@@ -459,6 +459,7 @@ fn stats_get(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
         "workers": workers,
         "drops": drops,
         "dhcp": dhcp,
+        "metadata": e.metadata_stats().counts,
         "slow_path": { "services": slow_path, "unhandled": dispatched.unhandled },
         "qos": qos,
         "apply": { "total": m.apply_total(), "failures": m.apply_failures_total() },

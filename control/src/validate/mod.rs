@@ -50,7 +50,7 @@ pub use port::{AddressPair, AddressPair6, FixedIp, Port};
 pub use qos::{default_burst_kbit, BandwidthLimit, QosPolicy, MAX_KBPS, VALID_DSCP_MARKS};
 pub use router::{ExternalGateway, Router};
 pub use security_group::{protocol_number, AddressGroup, PortMatch, Remote, Rule, SecurityGroup};
-pub use settings::{DhcpLimits, MAX_DHCP_LIMIT};
+pub use settings::{DhcpLimits, MetadataSettings, MAX_DHCP_LIMIT};
 pub use subnet::{
     default_dhcp_server_ip, Ipv6Subnet, Subnet, MAX_LEASE_DURATION, MIN_LEASE_DURATION,
 };
@@ -83,6 +83,8 @@ pub struct Validated {
     pub l2: L2Config,
     /// Rate limits of the DHCP server.
     pub dhcp: DhcpLimits,
+    /// The metadata proxy, when `[metadata]` is configured.
+    pub metadata: Option<MetadataSettings>,
     /// The hosts, and which one this is.
     pub hosts: Hosts,
     /// Uplinks.
@@ -121,6 +123,7 @@ pub fn validate(state: &DesiredState) -> Result<Validated, Vec<ValidationError>>
     let mut c = Checker::default();
     let l2 = c.l2(&state.l2);
     let dhcp = c.dhcp_limits(&state.dhcp);
+    let metadata = c.metadata(state.metadata.as_ref());
     let uplinks = c.uplinks(&state.uplinks);
     let hosts = c.hosts(&state.agent, &state.hosts, &uplinks);
     let mut networks = c.networks(&state.networks, &uplinks);
@@ -145,6 +148,7 @@ pub fn validate(state: &DesiredState) -> Result<Validated, Vec<ValidationError>>
     Ok(Validated {
         l2,
         dhcp,
+        metadata,
         hosts,
         uplinks: Arc::new(uplinks),
         networks: Arc::new(networks.items),

@@ -76,6 +76,10 @@ pub struct Port {
     /// The QoS policy in force (an index of `qos_policies`): its own `qos_policy_id`, else
     /// its network's.
     pub qos_policy: Option<usize>,
+    /// `device_id` (empty when absent): the metadata proxy's `X-Instance-ID`.
+    pub device_id: String,
+    /// `project_id` (empty when absent): the metadata proxy's `X-Tenant-ID`.
+    pub project_id: String,
 }
 
 impl Port {
@@ -101,6 +105,22 @@ pub(super) struct PortOwners {
 }
 
 impl Checker {
+    /// An id the metadata proxy writes into an HTTP header (`device_id`, `project_id`):
+    /// at most 255 visible ASCII characters, so that no value can end a header line.
+    fn header_value(&mut self, path: String, value: &Option<String>) -> String {
+        let Some(v) = value else {
+            return String::new();
+        };
+        if v.len() > 255 || !v.bytes().all(|b| b.is_ascii_graphic()) {
+            self.err(
+                path,
+                format!("{v:?} is not an id of at most 255 visible ASCII characters"),
+            );
+            return String::new();
+        }
+        v.clone()
+    }
+
     pub(super) fn mac(&mut self, path: &str, s: &str) -> Option<[u8; 6]> {
         match parse_station_mac(s) {
             Ok(m)
@@ -380,6 +400,8 @@ impl Checker {
             };
             let hostname = self.dns_name(format!("{base}.dns_name"), p.dns_name.as_deref());
             let extra_dhcp_opts = self.extra_dhcp_opts(&base, &p.extra_dhcp_opts);
+            let device_id = self.header_value(format!("{base}.device_id"), &p.device_id);
+            let project_id = self.header_value(format!("{base}.project_id"), &p.project_id);
             let port = Port {
                 id: p.id.clone(),
                 network: network.unwrap_or(usize::MAX),
@@ -396,6 +418,8 @@ impl Checker {
                 extra_dhcp_opts,
                 // Resolved once every port is known (`Checker::attach_qos`).
                 qos_policy: None,
+                device_id,
+                project_id,
             };
             (port, core_ok)
         }

@@ -1,5 +1,8 @@
-//! The daemon-wide settings: learning parameters (`[l2]`) and the DHCP server's rate
-//! limits (`[dhcp]`).
+//! The daemon-wide settings: learning parameters (`[l2]`), the DHCP server's rate
+//! limits (`[dhcp]`) and the metadata proxy (`[metadata]`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
 
 use pollux_dataplane::ratelimit::BucketConfig;
 use pollux_dataplane::snapshot::L2Config;
@@ -22,6 +25,19 @@ pub struct DhcpLimits {
     pub network: BucketConfig,
     /// Dynamic leases the clients behind one port may hold (`leases_per_port`).
     pub leases_per_port: u32,
+}
+
+/// The checked metadata proxy settings (`[metadata]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetadataSettings {
+    /// The metadata server (`nova_metadata_host`, `nova_metadata_port`).
+    pub upstream: SocketAddr,
+    /// `metadata_proxy_shared_secret`.
+    pub secret: String,
+    /// The proxy's bounds.
+    pub limits: pollux_services::metadata::Limits,
+    /// Segments one port may send to the proxy (`port_rate`, `port_burst`).
+    pub port: BucketConfig,
 }
 
 /// Largest DHCP rate (per second) and burst of `[dhcp]`.
@@ -109,6 +125,104 @@ impl Checker {
             ),
             leases_per_port,
         }
+    }
+}
+
+impl Checker {
+    pub(super) fn metadata(&mut self, m: Option<&model::Metadata>) -> Option<MetadataSettings> {
+        let m = m?;
+        let before = self.errors.len();
+        let host = match m.nova_metadata_host.parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                self.err(
+                    "metadata.nova_metadata_host",
+                    format!(
+                        "not supported: {:?} is not an IP address (host names are not resolved)",
+                        m.nova_metadata_host
+                    ),
+                );
+                None
+            }
+        };
+        let port = match u16::try_from(m.nova_metadata_port) {
+            Ok(p) if p >= 1 => p,
+            _ => {
+                self.err(
+                    "metadata.nova_metadata_port",
+                    format!("{} is outside 1..=65535", m.nova_metadata_port),
+                );
+                0
+            }
+        };
+        match m.nova_metadata_protocol.as_str() {
+            "http" => {}
+            "https" => self.err(
+                "metadata.nova_metadata_protocol",
+                "not supported: https to the metadata server is not built yet",
+            ),
+            other => self.err(
+                "metadata.nova_metadata_protocol",
+                format!("{other:?} is neither \"http\" nor \"https\""),
+            ),
+        }
+        let mut count = |name: &str, v: i64, max: i64| -> usize {
+            if (1..=max).contains(&v) {
+                v as usize
+            } else {
+                self.err(
+                    format!("metadata.{name}"),
+                    format!("{v} is outside 1..={max}"),
+                );
+                1
+            }
+        };
+        let max_connections = count("max_connections", m.max_connections, 65_536);
+        let max_connections_per_port = count(
+            "max_connections_per_port",
+            m.max_connections_per_port,
+            65_536,
+        );
+        let max_request_bytes = count("max_request_bytes", m.max_request_bytes, 1 << 20);
+        let max_response_bytes = count("max_response_bytes", m.max_response_bytes, 1 << 30);
+        let client_timeout_ms = count("client_timeout_ms", m.client_timeout_ms, 3_600_000);
+        let connect_timeout_ms = count("connect_timeout_ms", m.connect_timeout_ms, 3_600_000);
+        let response_timeout_ms = count("response_timeout_ms", m.response_timeout_ms, 3_600_000);
+        let port_burst = count("port_burst", m.port_burst, MAX_DHCP_LIMIT);
+        let port_rate = match u32::try_from(m.port_rate) {
+            Ok(v) if i64::from(v) <= MAX_DHCP_LIMIT => v,
+            _ => {
+                self.err(
+                    "metadata.port_rate",
+                    format!(
+                        "{} is outside 0..={MAX_DHCP_LIMIT} (segments per second)",
+                        m.port_rate
+                    ),
+                );
+                0
+            }
+        };
+        if !self.clean(before) {
+            return None;
+        }
+        let ms = |v: usize| Duration::from_millis(v as u64);
+        Some(MetadataSettings {
+            upstream: SocketAddr::new(host?, port),
+            secret: m.metadata_proxy_shared_secret.clone(),
+            limits: pollux_services::metadata::Limits {
+                max_connections,
+                max_connections_per_port,
+                max_request_bytes,
+                max_response_bytes,
+                client_timeout: ms(client_timeout_ms),
+                connect_timeout: ms(connect_timeout_ms),
+                response_timeout: ms(response_timeout_ms),
+            },
+            port: BucketConfig {
+                rate_per_sec: port_rate,
+                burst: port_burst as u32,
+            },
+        })
     }
 }
 
@@ -234,5 +348,86 @@ mod tests {
                 "dhcp.network_burst: -5 is outside 1..=1000000 (messages)",
             ],
         );
+    }
+
+    fn with_metadata(edit: impl Fn(&mut model::Metadata)) -> model::DesiredState {
+        let mut state = base();
+        let mut m: model::Metadata =
+            serde_json::from_value(serde_json::json!({"nova_metadata_host": "198.19.250.2"}))
+                .unwrap();
+        edit(&mut m);
+        state.metadata = Some(m);
+        state
+    }
+
+    #[test]
+    fn metadata_is_off_without_its_section_and_has_defaults() {
+        assert_eq!(validate(&base()).unwrap().metadata, None);
+        let m = validate(&with_metadata(|_| {})).unwrap().metadata.unwrap();
+        assert_eq!(m.upstream, "198.19.250.2:8775".parse().unwrap());
+        assert_eq!(m.secret, "");
+        assert_eq!(m.limits, pollux_services::metadata::Limits::default());
+        assert_eq!(
+            m.port,
+            BucketConfig {
+                rate_per_sec: 1000,
+                burst: 2000
+            }
+        );
+        let m = validate(&with_metadata(|m| {
+            m.nova_metadata_host = "2001:db8::1".into();
+            m.nova_metadata_port = 80;
+            m.response_timeout_ms = 1500;
+        }))
+        .unwrap()
+        .metadata
+        .unwrap();
+        assert_eq!(m.upstream, "[2001:db8::1]:80".parse().unwrap());
+        assert_eq!(m.limits.response_timeout, Duration::from_millis(1500));
+    }
+
+    #[test]
+    fn metadata_refuses_what_it_does_not_enforce() {
+        assert_errors(
+            &with_metadata(|m| {
+                m.nova_metadata_protocol = "https".into();
+                m.nova_metadata_host = "nova.example".into();
+            }),
+            &[
+                "metadata.nova_metadata_host: not supported: \"nova.example\" is not an IP address (host names are not resolved)",
+                "metadata.nova_metadata_protocol: not supported: https to the metadata server is not built yet",
+            ],
+        );
+        assert_errors(
+            &with_metadata(|m| {
+                m.nova_metadata_port = 0;
+                m.max_connections = 0;
+                m.client_timeout_ms = -1;
+                m.port_rate = -1;
+                m.nova_metadata_protocol = "ftp".into();
+            }),
+            &[
+                "metadata.nova_metadata_port: 0 is outside 1..=65535",
+                "metadata.nova_metadata_protocol: \"ftp\" is neither \"http\" nor \"https\"",
+                "metadata.max_connections: 0 is outside 1..=65536",
+                "metadata.client_timeout_ms: -1 is outside 1..=3600000",
+                "metadata.port_rate: -1 is outside 0..=1000000 (segments per second)",
+            ],
+        );
+    }
+
+    #[test]
+    fn ids_written_into_headers_cannot_end_a_line() {
+        let mut state = base();
+        state.ports[0].device_id = Some("inst\r\nX-Instance-ID: other".into());
+        state.ports[0].project_id = Some("project-1".into());
+        assert_errors(
+            &state,
+            &["ports[0].device_id: \"inst\\r\\nX-Instance-ID: other\" is not an id of at most 255 visible ASCII characters"],
+        );
+        state.ports[0].device_id = Some("4f1c9a2e-0b7d-4c5e-9f00-1a2b3c4d5e6f".into());
+        let v = validate(&state).unwrap();
+        assert_eq!(v.ports[0].device_id, "4f1c9a2e-0b7d-4c5e-9f00-1a2b3c4d5e6f");
+        assert_eq!(v.ports[0].project_id, "project-1");
     }
 }

@@ -145,6 +145,9 @@ fn forward<const PER_PACKET_PORT: bool>(cx: &mut BurstCtx<'_>, pkts: &mut [Packe
                     .then(|| snap.routing().router_by_mac(slot, dst))
                     .flatten()
                 {
+                    // The metadata proxy's requests go to the router's MAC too; where it
+                    // serves the network they pass the slow-path stage first.
+                    Some(_) if net.metadata_via_router => Next::SlowPath,
                     Some(router) => Next::Route(router),
                     None if dst == net.service_mac => Next::SlowPath,
                     None => match learned_port(snap, learner.macs, slot, net.uid, dst) {

@@ -23,9 +23,11 @@
 //! and the client retries.
 
 pub mod dhcp;
+pub mod metadata;
 pub mod service;
 
 pub use dhcp::DHCP_SERVER_PORT;
+pub use metadata::{METADATA_ADDR, METADATA_PORT};
 pub use service::{
     NetworkService, NetworkServices, ServiceId, ServiceKind, ServiceMatch, MAX_SERVICES, SERVICES,
 };
@@ -144,6 +146,9 @@ pub struct SlowPath {
     budget_config: SlowPathConfig,
     /// The frames taken off the inject ring in one round.
     to_send: Batch,
+    /// Of those, the metadata proxy's: TCP segments of a connection the VM's security
+    /// groups track, checked (and so tracked) as any reply to the VM would be.
+    to_check: Batch,
 }
 
 impl Default for SlowPath {
@@ -154,6 +159,7 @@ impl Default for SlowPath {
             budgets: Vec::new(),
             budget_config: SlowPathConfig::default(),
             to_send: Batch::with_capacity(MAX_BURST),
+            to_check: Batch::with_capacity(MAX_BURST),
         }
     }
 }
@@ -270,6 +276,14 @@ impl SlowPath {
                 }
             }
         }
+        if net.metadata_via_router && pkt.meta.flags & Meta::MULTICAST == 0 {
+            // Sent to a router's MAC (the L2 stage's reason for sending it here) and not
+            // the proxy's: routed as if it had never come here.
+            let dst = EthernetFrame::new_unchecked(cx.pool.data(pkt)).dst_addr_u64();
+            if let Some(router) = snap.routing().router_by_mac(slot, dst) {
+                return Next::Route(router);
+            }
+        }
         not_for_service(net, pkt)
     }
 
@@ -326,14 +340,19 @@ impl SlowPath {
             return 0;
         };
         let (snap, counters) = (cx.snap, cx.counters);
-        let to_send = &mut self.to_send;
+        let (to_send, to_check) = (&mut self.to_send, &mut self.to_check);
         to_send.clear();
+        to_check.clear();
         let pool = &mut *cx.pool;
         let taken = ring.pop_burst(MAX_BURST, |entry| {
             match injected_packet(snap, pool, entry) {
-                Some(pkt) => {
+                Some((pkt, service)) => {
                     // A batch of MAX_BURST always has room: at most MAX_BURST are taken.
-                    let _ = to_send.push(pkt);
+                    let _ = if service == ServiceId::METADATA {
+                        to_check.push(pkt)
+                    } else {
+                        to_send.push(pkt)
+                    };
                     counters.injected.inc();
                     counters.originated.inc();
                 }
@@ -341,7 +360,17 @@ impl SlowPath {
             }
             true
         });
-        if !to_send.is_empty() {
+        if !self.to_check.is_empty() {
+            // The VM's SYN went through its security groups; the stack's SYN-ACK must be
+            // seen by them too, or the VM's next segment is out of the tracked window.
+            if snap.security_groups().any() {
+                crate::secgroup::SgIngress.process(cx, self.to_check.as_mut_slice());
+            }
+            let sent = output(cx, self.to_check.as_mut_slice());
+            counters.stage_packets[Stage::Output as usize].add(u64::from(sent));
+            self.to_check.clear();
+        }
+        if !self.to_send.is_empty() {
             let sent = output(cx, self.to_send.as_mut_slice());
             counters.stage_packets[Stage::Output as usize].add(u64::from(sent));
             self.to_send.clear();
@@ -362,9 +391,14 @@ fn not_for_service(net: &NetworkEntry, pkt: &Packet) -> Next {
     }
 }
 
-/// A packet for an inject ring entry, in a frame of the pool; `None` when the entry is
-/// malformed, its network or port is no longer configured, or the pool is empty.
-fn injected_packet(snap: &Snapshot, pool: &mut FramePool, entry: &[u8]) -> Option<Packet> {
+/// A packet for an inject ring entry, in a frame of the pool, and the service that sent
+/// it; `None` when the entry is malformed, its network or port is no longer configured,
+/// or the pool is empty.
+fn injected_packet(
+    snap: &Snapshot,
+    pool: &mut FramePool,
+    entry: &[u8],
+) -> Option<(Packet, ServiceId)> {
     let (header, frame) = RingHeader::read(entry)?;
     let eth = EthernetFrame::new_checked(frame).ok()?;
     let ethertype = eth.ethertype();
@@ -377,7 +411,7 @@ fn injected_packet(snap: &Snapshot, pool: &mut FramePool, entry: &[u8]) -> Optio
         return None;
     }
     let (id, offset) = pool.alloc_with(frame)?;
-    Some(Packet {
+    let pkt = Packet {
         frame: id,
         offset,
         len: frame.len() as u16,
@@ -390,7 +424,8 @@ fn injected_packet(snap: &Snapshot, pool: &mut FramePool, entry: &[u8]) -> Optio
             flags: 0,
             l3_offset: EthernetFrame::<&[u8]>::HEADER_LEN as u8,
         },
-    })
+    };
+    Some((pkt, header.service))
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::port::PortId;
 use crate::snapshot::Snapshot;
 use crate::wire::{IpProtocol, Ipv4Packet, TcpPacket, UdpPacket};
 
-use super::dhcp;
+use super::{dhcp, metadata};
 
 /// Which control-side service a punted frame is for (its index in [`SERVICES`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -27,6 +27,8 @@ pub struct ServiceId(pub u8);
 impl ServiceId {
     /// The DHCP server.
     pub const DHCP: ServiceId = ServiceId(0);
+    /// The metadata proxy.
+    pub const METADATA: ServiceId = ServiceId(1);
 
     /// Index into per-service tables (budgets, counters).
     #[inline(always)]
@@ -63,7 +65,7 @@ pub struct ServiceKind {
 }
 
 /// Every service, indexed by id. Adding one: a file with its admission check, a line here.
-pub static SERVICES: [ServiceKind; 1] = [dhcp::KIND];
+pub static SERVICES: [ServiceKind; 2] = [dhcp::KIND, metadata::KIND];
 
 const _: () = assert!(SERVICES.len() <= MAX_SERVICES);
 
@@ -193,7 +195,7 @@ mod tests {
         p
     }
 
-    const METADATA: ServiceId = ServiceId(1);
+    const METADATA: ServiceId = ServiceId::METADATA;
     const METADATA_IP: [u8; 4] = [169, 254, 169, 254];
 
     fn table() -> NetworkServices {
@@ -252,6 +254,7 @@ mod tests {
             assert_eq!(kind.id.index(), index, "{}", kind.name);
         }
         assert_eq!(ServiceId::DHCP.name(), "dhcp");
+        assert_eq!(ServiceId::METADATA.name(), "metadata");
         assert_eq!(ServiceId(3).name(), "unknown");
     }
 }
