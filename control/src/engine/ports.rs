@@ -93,7 +93,7 @@ impl Engine {
         for (plan, result) in outcomes {
             match result {
                 Ok(()) => pollux_services::info!(
-                    "{}: {} bound again; port reopened",
+                    "{}: {} is back; port reopened",
                     plan.key,
                     describe(&plan.binding)
                 ),
