@@ -573,15 +573,7 @@ fn explanation_json(
             .cloned()
             .unwrap_or_else(|| format!("#{}", p.0))
     };
-    let groups_of = &|p: PortId| -> Vec<String> {
-        let n = name(p);
-        e.state()
-            .ports
-            .iter()
-            .find(|q| q.id == n)
-            .map(|q| q.security_groups.clone())
-            .unwrap_or_default()
-    };
+    let groups_of = &|p: PortId| super::port_security_groups(e, names, p);
     let (verdict, text) = summary(ex, names, groups_of);
     let steps: Vec<Value> = ex
         .steps

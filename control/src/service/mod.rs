@@ -477,6 +477,24 @@ fn driver_name(b: &Binding) -> (&'static str, Option<&str>) {
 
 /// The QoS policy in force for each VM port that has one (its own, else its network's),
 /// by port id.
+/// The security groups of the port data-plane id `p` names in `names` (empty for an uplink
+/// or an unknown id): what trace and explain say beside a security-group verdict.
+pub(super) fn port_security_groups(
+    e: &Engine,
+    names: &std::collections::BTreeMap<PortId, String>,
+    p: PortId,
+) -> Vec<String> {
+    let Some(n) = names.get(&p) else {
+        return Vec::new();
+    };
+    e.state()
+        .ports
+        .iter()
+        .find(|q| &q.id == n)
+        .map(|q| q.security_groups.clone())
+        .unwrap_or_default()
+}
+
 fn qos_policy_ids(e: &Engine) -> HashMap<String, String> {
     let valid = e.validated();
     valid

@@ -272,17 +272,7 @@ pub fn trace_show(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcErr
     let Some((port, remaining, filter, records)) = snapshot else {
         return Ok(json!({ "running": false, "packets": [] }));
     };
-    let groups_of = |p: PortId| -> Vec<String> {
-        let Some(n) = names.get(&p) else {
-            return Vec::new();
-        };
-        e.state()
-            .ports
-            .iter()
-            .find(|q| &q.id == n)
-            .map(|q| q.security_groups.clone())
-            .unwrap_or_default()
-    };
+    let groups_of = |p: PortId| super::port_security_groups(e, &names, p);
     let packets: Vec<Value> = records
         .iter()
         .map(|r| record_json(r, &names, &groups_of))
