@@ -9,6 +9,7 @@ pub mod frames;
 pub mod harness;
 pub mod neutron_iptables;
 pub mod port_lab;
+pub mod router_lab;
 pub mod vm_lab;
 pub mod workers;
 

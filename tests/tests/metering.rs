@@ -6,117 +6,14 @@
 
 use pollux_dataplane::conntrack::ConnConfig;
 use pollux_dataplane::metering::{LabelMeterSpec, MeterDirection, MeterMatch};
-use pollux_dataplane::port::PortId;
-use pollux_dataplane::routing::{InterfaceSpec, RouteSpec, RouterSpec, RouterUid};
-use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
-use pollux_dataplane::worker::WorkerConfig;
-use pollux_drivers::mem::MemPortConfig;
-use pollux_tests::frames::{arp, ipv4, udp, vid_of, BROADCAST};
-use pollux_tests::harness::{MemSwitch, POOL_FRAMES};
+use pollux_dataplane::snapshot::SnapshotBuilder;
+use pollux_tests::frames::{ipv4, udp, vid_of};
+use pollux_tests::harness::MemSwitch;
+use pollux_tests::router_lab::*;
 
-const NET_A: NetworkUid = NetworkUid(10);
-const NET_B: NetworkUid = NetworkUid(20);
-const NET_EXT: NetworkUid = NetworkUid(30);
-const PHYS: PhysnetId = PhysnetId(1);
-const EXT_VID: u16 = 300;
-
-const VM1: u16 = 1;
-const VM2: u16 = 2;
-const VM3: u16 = 3;
-const UPLINK: u16 = 9;
-
-const VM1_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 1];
-const VM2_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 2];
-const VM3_MAC: [u8; 6] = [0xfa, 0x16, 0x3e, 0, 0, 3];
-const UPSTREAM_MAC: [u8; 6] = [0x02, 0xee, 0, 0, 0, 1];
-const ROUTER_MAC: [u8; 6] = [0x02, 0x70, 0x6c, 0, 0, 1];
-
-const VM1_IP: [u8; 4] = [198, 18, 1, 10];
-const VM3_IP: [u8; 4] = [198, 18, 1, 11];
-const VM2_IP: [u8; 4] = [198, 18, 2, 10];
-const GW_A: [u8; 4] = [198, 18, 1, 1];
-const GW_B: [u8; 4] = [198, 18, 2, 1];
-const ROUTER_EXT: [u8; 4] = [203, 0, 113, 10];
-const UPSTREAM: [u8; 4] = [203, 0, 113, 1];
-const VM2_FIP: [u8; 4] = [203, 0, 113, 20];
-const INTERNET: [u8; 4] = [203, 0, 113, 200];
-
-/// nat.rs's topology: VM1 and VM3 on A, VM2 (floating IP) on B, the external network
-/// tagged on the uplink; the router counts `metering`.
+/// nat.rs's topology, the router counting `metering`.
 fn config_metered(metering: Vec<LabelMeterSpec>) -> SnapshotBuilder {
-    let mtu = 1500;
-    let iface = |network, ip: [u8; 4], prefix_len| InterfaceSpec {
-        network,
-        ip: ip.into(),
-        prefix_len,
-        mtu: if network == NET_EXT { 1500 } else { mtu },
-    };
-    let mut b = SnapshotBuilder::new();
-    b.network(NET_A, Segment::Local)
-        .network(NET_B, Segment::Local)
-        .network(
-            NET_EXT,
-            Segment::Vlan {
-                physnet: PHYS,
-                vid: EXT_VID,
-            },
-        )
-        .access_port(PortId(VM1), NET_A, &[VM1_MAC])
-        .access_port(PortId(VM3), NET_A, &[VM3_MAC])
-        .access_port(PortId(VM2), NET_B, &[VM2_MAC])
-        .uplink(PortId(UPLINK), PHYS)
-        .router(RouterSpec {
-            uid: RouterUid(1),
-            mac: ROUTER_MAC,
-            interfaces: vec![
-                iface(NET_A, GW_A, 24),
-                iface(NET_B, GW_B, 24),
-                // A /25: INTERNET (.200) lies beyond the upstream gateway.
-                iface(NET_EXT, ROUTER_EXT, 25),
-            ],
-            routes: vec![RouteSpec {
-                destination: [0, 0, 0, 0].into(),
-                prefix_len: 0,
-                nexthop: UPSTREAM.into(),
-            }],
-            external: Some(2),
-            enable_snat: true,
-            floating_ips: vec![(VM2_IP.into(), VM2_FIP.into())],
-            metering,
-        });
-    b
-}
-
-fn switch_of(config: &SnapshotBuilder, conntrack: ConnConfig) -> MemSwitch {
-    let mut sw = MemSwitch::with(
-        config,
-        &[VM1, VM2, VM3, UPLINK],
-        WorkerConfig {
-            conntrack,
-            ..WorkerConfig::default()
-        },
-        MemPortConfig::default(),
-        POOL_FRAMES,
-    );
-    // Every host announces itself to the router (as a host does when it first asks for
-    // its gateway), so no test waits on ARP.
-    for (port, mac, ip, gw) in [
-        (VM1, VM1_MAC, VM1_IP, GW_A),
-        (VM3, VM3_MAC, VM3_IP, GW_A),
-        (VM2, VM2_MAC, VM2_IP, GW_B),
-    ] {
-        let out = sw.exchange(port, &arp(1, BROADCAST, mac, ip, [0; 6], gw));
-        assert_eq!(out[&port].len(), 1, "the router answers ARP on {port}");
-    }
-    let mut upstream = arp(1, BROADCAST, UPSTREAM_MAC, UPSTREAM, [0; 6], ROUTER_EXT);
-    tag(&mut upstream);
-    let out = sw.exchange(UPLINK, &upstream);
-    assert_eq!(out[&UPLINK].len(), 1);
-    sw
-}
-
-fn tag(frame: &mut Vec<u8>) {
-    frame.splice(12..12, [0x81, 0x00, (EXT_VID >> 8) as u8, EXT_VID as u8]);
+    topology(1500, metering)
 }
 
 fn prefix(ip: [u8; 4], len: u8) -> Option<(u32, u8)> {
