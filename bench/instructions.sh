@@ -21,21 +21,46 @@ burst=64
 small=200
 large=1200
 
-count() { # scenario rounds -> "total driver" instructions inside Worker::poll
-    valgrind --tool=callgrind --callgrind-out-file="$tmp/out" --collect-atstart=no \
-        --toggle-collect='*Worker*poll*' "$bin" "$1" "$2" >/dev/null 2>"$tmp/log" \
-        || { cat "$tmp/log" >&2; exit 1; }
-    total=$(awk '/^(summary|totals):/ { print $2; exit }' "$tmp/out")
+count() { # dir scenario rounds -> "total driver" instructions inside Worker::poll
+    valgrind --tool=callgrind --callgrind-out-file="$1/out" --collect-atstart=no \
+        --toggle-collect='*Worker*poll*' "$bin" "$2" "$3" >/dev/null 2>"$1/log" \
+        || { cat "$1/log" >&2; return 1; }
+    total=$(awk '/^(summary|totals):/ { print $2; exit }' "$1/out")
     # Run from outside the tree: inside it, callgrind_annotate shortens paths and then
     # misattributes inlined code, which changes the inclusive figures.
-    driver=$(cd "$tmp" && callgrind_annotate --inclusive=yes out 2>/dev/null \
+    driver=$(cd "$1" && callgrind_annotate --inclusive=yes out 2>/dev/null \
         | awk '/MemPort as pollux_dataplane::port::Port>::(rx|tx)_burst \[/ { gsub(",", "", $1); s += $1 } END { print s + 0 }')
     echo "$total $driver"
 }
 
-for scenario in ${SCENARIOS:-access_to_access access_port_security access_qos_policed access_qos_marked access_to_uplink_push uplink_to_access_pop flood_8_ports route_10_routes route_1m_routes snat_steady snat_metered_10_labels vxlan_encap vxlan_decap geneve_encap geneve_decap gre_encap gre_decap sg_established_10_rules sg_established_10k_rules sg_new_10_rules sg_new_1k_rules sg_new_10k_rules sg_established_10_rules_ipv6}; do
-    read -r a da < <(count "$scenario" "$small")
-    read -r b db < <(count "$scenario" "$large")
-    awk -v a="$a" -v b="$b" -v da="$da" -v db="$db" -v n=$(( (large - small) * burst )) -v s="$scenario" \
-        'BEGIN { t = (b - a) / n; d = (db - da) / n; printf "%s %.1f (pipeline %.1f, mem driver %.1f)\n", s, t, t - d, d }'
+measure() { # scenario -> its line in $tmp/<scenario>/line
+    local dir="$tmp/$1" a da b db
+    mkdir -p "$dir"
+    read -r a da < <(count "$dir" "$1" "$small") && [ -n "$a" ] || return 1
+    read -r b db < <(count "$dir" "$1" "$large") && [ -n "$b" ] || return 1
+    awk -v a="$a" -v b="$b" -v da="$da" -v db="$db" -v n=$(( (large - small) * burst )) -v s="$1" \
+        'BEGIN { t = (b - a) / n; d = (db - da) / n; printf "%s %.1f (pipeline %.1f, mem driver %.1f)\n", s, t, t - d, d }' \
+        > "$dir/line"
+}
+
+# Callgrind counts instructions, not time, so scenarios can share the CPUs: one per CPU
+# at a time (JOBS overrides), printed in the order asked for.
+scenarios=(${SCENARIOS:-access_to_access access_port_security access_qos_policed access_qos_marked access_to_uplink_push uplink_to_access_pop flood_8_ports route_10_routes route_1m_routes snat_steady snat_metered_10_labels vxlan_encap vxlan_decap geneve_encap geneve_decap gre_encap gre_decap sg_established_10_rules sg_established_10k_rules sg_new_10_rules sg_new_1k_rules sg_new_10k_rules sg_established_10_rules_ipv6})
+jobs_max=${JOBS:-$(nproc)}
+for scenario in "${scenarios[@]}"; do
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs_max" ]; do
+        wait -n || true
+    done
+    measure "$scenario" &
 done
+wait
+failed=0
+for scenario in "${scenarios[@]}"; do
+    if [ -f "$tmp/$scenario/line" ]; then
+        cat "$tmp/$scenario/line"
+    else
+        echo "$scenario: not measured (callgrind failed; its log is above)" >&2
+        failed=1
+    fi
+done
+exit "$failed"

@@ -3,6 +3,8 @@
 # system packages it needs first (as root, with apt-get), and cargo fetches the crates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each section says when it starts, so a slow run shows where its time went.
+section() { printf "== %s (at %dm%02ds)\n" "$1" $((SECONDS / 60)) $((SECONDS % 60)); }
 
 packages=(valgrind iproute2 iputils-ping iperf3 tcpdump ethtool openvswitch-switch python3 prometheus traceroute udhcpc isc-dhcp-client dhcpcd5 arping dnsmasq-base ipset iptables conntrack curl protobuf-compiler etcd-server neutron-server python3-neutron python3-etcd3gw python3-pip python3-setuptools qemu-system-x86 linux-image-amd64 busybox-static cpio dpdk-dev)
 missing=()
@@ -14,7 +16,7 @@ if [ ${#missing[@]} -gt 0 ]; then
         echo "missing packages: ${missing[*]} (run as root, or install them)" >&2
         exit 1
     fi
-    echo "== installing ${missing[*]}"
+    section "installing ${missing[*]}"
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
@@ -22,11 +24,17 @@ for c in rustfmt clippy; do
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
 done
 
-echo "== cargo fmt"
+section "cargo fmt"
 cargo fmt --all -- --check
-echo "== cargo clippy"
+section "cargo clippy"
 cargo clippy --workspace --all-targets -q -- -D warnings
-echo "== cargo test"
+if [ "$(id -u)" -eq 0 ]; then
+    # The root e2e tests run the release daemon (tests/src/daemon.rs builds it on first
+    # use); built here, its minutes show as their own section instead of inside one test.
+    section "release build of polluxd and polluxctl (for the e2e tests)"
+    cargo build --release -q -p pollux-control --bin polluxd --bin polluxctl
+fi
+section "cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # Tests that need root (network namespaces, XDP) are #[ignore = "needs root: ..."]: as
@@ -36,16 +44,16 @@ if [ "$(id -u)" -eq 0 ]; then
 else
     cargo test --workspace 2>&1 | tee "$log"
 fi
-echo "== ML2 mechanism driver unit tests (the interpreter neutron-server runs on)"
+section "ML2 mechanism driver unit tests (the interpreter neutron-server runs on)"
 /usr/bin/python3 -m unittest discover -s neutron -t neutron
-echo "== benchmarks compile and run once"
+section "benchmarks compile and run once"
 cargo bench -q -p pollux-bench --benches -- --test
-echo "== config.apply latency, small state (informational)"
+section "config.apply latency, small state (informational)"
 bench/apply-latency.sh --ports 100 --networks 10 --routers 10 --changes 20 --keep-going-secs 1
-echo "== instructions per packet (informational)"
+section "instructions per packet (informational)"
 bench/instructions.sh
 
-echo "== benchmark harness smoke run (pollux-bench compare, 1 s trials, bounded)"
+section "benchmark harness smoke run (pollux-bench compare, 1 s trials, bounded)"
 if [ "$(id -u)" -eq 0 ]; then
     cargo build -q -p pollux-control --bin polluxd --bin polluxctl -p pollux-bench --bin pollux-bench
     bench_json=$(mktemp --suffix=.json)
@@ -81,3 +89,4 @@ fi
 
 # One closing line for the whole run, summed over every test binary.
 awk '/^test result:/ { p += $4; f += $6; i += $8 } END { printf "tests: %d passed, %d failed, %d ignored\n", p, f, i }' "$log"
+section "done"
