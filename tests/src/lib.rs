@@ -10,6 +10,7 @@ pub mod harness;
 pub mod neutron_iptables;
 pub mod port_lab;
 pub mod router_lab;
+pub mod sg_matrix;
 pub mod vm_lab;
 pub mod workers;
 

@@ -23,71 +23,33 @@
 //! `ip`, `bridge`, `iptables-restore`, `ipset` and `conntrack` (apt: ipset, conntrack);
 //! fails, never skips.
 
-use std::collections::BTreeMap;
-use std::sync::{MutexGuard, OnceLock};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
 
 use pollux_control::client::Client;
-use pollux_testkit::packet_socket::PacketSocket;
-use pollux_tests::daemon::{self, ConfigFile, Polluxd};
+use pollux_tests::daemon::Polluxd;
 use pollux_tests::frames::{internet_checksum, transport_checksum};
-use pollux_tests::netns::{self, Prefix, Topology, VethOptions};
+use pollux_tests::netns::Topology;
 use pollux_tests::neutron_iptables::{self as nif, SgState};
+use pollux_tests::sg_matrix::{self, Family, Host, Matrix, Probe, WarmUp};
 use serde_json::json;
 
 const TOOLS: &[&str] = &["ip", "bridge", "iptables-restore", "ipset", "conntrack"];
-const CONFIG: &str = "e2e-sg-matrix.toml";
-/// Prefix root of this test's namespaces (the branch's tag), swept of dead runs first.
-const ROOT: &str = "sm";
-/// Time between phases, for conntrack on either side to see the previous phase.
-const PHASE_GAP: Duration = Duration::from_millis(300);
+const MATRIX: Matrix = Matrix {
+    family: Family::V4,
+    root: "sm",
+    config: "e2e-sg-matrix.toml",
+};
 /// The rule deleted before [`DELETION_PHASE`].
 const DELETED_RULE: &str = "web-http";
 /// The phase sent after [`DELETED_RULE`] is deleted.
 const DELETION_PHASE: u8 = 5;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Host {
-    M1,
-    M2,
-    M3,
-    M4,
-    M5,
-    Ex,
+/// The hosts' IPv4 addresses.
+trait Address {
+    fn ip(self) -> [u8; 4];
 }
 
-const HOSTS: [Host; 6] = [Host::M1, Host::M2, Host::M3, Host::M4, Host::M5, Host::Ex];
-
-impl Host {
-    /// The port id of the desired state, also the namespace role.
-    fn id(self) -> &'static str {
-        match self {
-            Host::M1 => "m1",
-            Host::M2 => "m2",
-            Host::M3 => "m3",
-            Host::M4 => "m4",
-            Host::M5 => "m5",
-            Host::Ex => "ex",
-        }
-    }
-
-    fn mac(self) -> [u8; 6] {
-        let last = match self {
-            Host::M1 => 1,
-            Host::M2 => 2,
-            Host::M3 => 3,
-            Host::M4 => 4,
-            Host::M5 => 5,
-            Host::Ex => 0x99,
-        };
-        [0xfa, 0x16, 0x3e, 0x28, 0x00, last]
-    }
-
-    fn mac_str(self) -> String {
-        pollux_dataplane::wire::EthernetAddress(self.mac()).to_string()
-    }
-
+impl Address for Host {
     fn ip(self) -> [u8; 4] {
         match self {
             Host::M1 => [198, 18, 40, 11],
@@ -122,23 +84,6 @@ const BROADCAST: [u8; 4] = [255, 255, 255, 255];
 const SYN: u8 = 0x02;
 const PSH_ACK: u8 = 0x18;
 const SYN_ACK: u8 = 0x12;
-
-#[derive(Debug, Clone)]
-struct Probe {
-    name: String,
-    phase: u8,
-    from: Host,
-    to: Host,
-    frame: Vec<u8>,
-    expect: bool,
-}
-
-impl Probe {
-    /// The IPv4 packet (what must arrive unchanged).
-    fn packet(&self) -> &[u8] {
-        &self.frame[14..]
-    }
-}
 
 /// The probe table under construction: each probe gets its own source port and IPv4
 /// identification, so that every packet is unique.
@@ -923,167 +868,23 @@ fn table() -> Table {
     t
 }
 
-/// Root, tools, polluxd built, one such test at a time, dead runs' namespaces removed.
-fn setup() -> MutexGuard<'static, ()> {
-    let guard = netns::exclusive(TOOLS);
-    let removed = netns::remove_stale(ROOT).expect("remove stale namespaces");
-    if !removed.is_empty() {
-        eprintln!("removed stale namespaces: {removed:?}");
-    }
-    guard
-}
-
-fn config_text() -> String {
-    let path = daemon::workspace_root().join("configs").join(CONFIG);
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// Sends every probe phase by phase from its host's `eth0`, then reads what each host
-/// received; the verdict of each probe, in table order.
-/// `delete_rule` runs before [`DELETION_PHASE`].
-fn run_probes(topo: &Topology, probes: &[Probe], delete_rule: &mut dyn FnMut()) -> Vec<bool> {
-    let sockets: BTreeMap<Host, PacketSocket> = HOSTS
-        .iter()
-        .map(|h| {
-            let ns = topo.ns(h.id()).unwrap();
-            (*h, ns.run_in(|| PacketSocket::open("eth0")).unwrap())
-        })
-        .collect();
-    warm_up(&sockets);
-    for s in sockets.values() {
-        s.recv_incoming(Duration::from_millis(100), 10_000);
-    }
-    let phases = probes.iter().map(|p| p.phase).max().unwrap_or(0);
-    for phase in 1..=phases {
-        if phase == DELETION_PHASE {
-            delete_rule();
-        }
-        for p in probes.iter().filter(|p| p.phase == phase) {
-            sockets[&p.from].send(&p.frame);
-            thread::sleep(Duration::from_millis(2));
-        }
-        thread::sleep(PHASE_GAP);
-    }
-    let received: BTreeMap<Host, Vec<Vec<u8>>> = sockets
-        .iter()
-        .map(|(h, s)| (*h, s.recv_incoming(Duration::from_millis(300), 10_000)))
-        .collect();
-    probes
-        .iter()
-        .map(|p| {
-            let want = p.packet();
-            received[&p.to].iter().any(|f| {
-                f.len() >= 14 + want.len()
-                    && f[12..14] == [0x08, 0x00]
-                    && &f[14..14 + want.len()] == want
-            })
-        })
-        .collect()
-}
-
-/// Waits until a datagram m2 (app: egress any) sends reaches ex (unfiltered), so both
-/// data paths are up before the matrix runs (at most 5 s).
-fn warm_up(sockets: &BTreeMap<Host, PacketSocket>) {
+/// m2 (app: egress any) to ex (unfiltered): up when this datagram passes.
+fn warm_up_datagram(n: u16) -> (Vec<u8>, Vec<u8>) {
     let mut t = Table::default();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut n = 0u16;
-    loop {
-        let ip = t.udp(1, "warm-up", at(Host::M2), at(Host::Ex), 29000 + n, 9, true);
-        sockets[&Host::M2].send(&t.probes.last().unwrap().frame);
-        let got = sockets[&Host::Ex].recv_incoming(Duration::from_millis(200), 1000);
-        if got
-            .iter()
-            .any(|f| f.len() >= 14 + ip.len() && f[14..14 + ip.len()] == ip[..])
-        {
-            return;
-        }
-        n += 1;
-        assert!(
-            Instant::now() < deadline,
-            "m2 -> ex: no warm-up datagram arrived within 5 s"
-        );
-    }
+    let ip = t.udp(1, "warm-up", at(Host::M2), at(Host::Ex), 29000 + n, 9, true);
+    (t.probes.pop().unwrap().frame, ip)
 }
 
-/// The kernel as Neutron's hybrid driver sets it up (see the module documentation),
-/// with the translated scripts loaded.
-fn kernel_lab() -> Topology {
-    let fw = SgState::from_toml(&config_text())
-        .and_then(|s| s.to_hybrid_firewall())
-        .unwrap_or_else(|e| panic!("translating {CONFIG}: {e}"));
-    let mut topo = Topology::with_prefix(Prefix::next_under(ROOT).unwrap());
-    for role in ["kh", "ki"] {
-        topo.add_ns(role).unwrap().disable_ipv6().unwrap();
-    }
-    let ki = topo.ns("ki").unwrap();
-    ki.ip(&["link", "add", "brint", "type", "bridge"]).unwrap();
-    ki.ip(&["link", "set", "brint", "up"]).unwrap();
-    for h in HOSTS {
-        let id = h.id();
-        let (tap, qvb, qvo, qbr) = (
-            nif::tap_device(id),
-            nif::qvb_device(id),
-            nif::qvo_device(id),
-            nif::qbr_device(id),
-        );
-        let kh = topo.ns("kh").unwrap();
-        kh.ip(&["link", "add", &qbr, "type", "bridge"]).unwrap();
-        kh.ip(&["link", "set", &qbr, "up"]).unwrap();
-        topo.add_ns(id).unwrap().disable_ipv6().unwrap();
-        let opts = VethOptions {
-            mac_b: Some(h.mac_str()),
-            ..VethOptions::default()
-        };
-        topo.veth_with("kh", &tap, id, "eth0", &opts).unwrap();
-        topo.veth("kh", &qvb, "ki", &qvo).unwrap();
-        let (kh, ki) = (topo.ns("kh").unwrap(), topo.ns("ki").unwrap());
-        kh.ip(&["link", "set", &tap, "master", &qbr]).unwrap();
-        kh.ip(&["link", "set", &qvb, "master", &qbr]).unwrap();
-        ki.ip(&["link", "set", &qvo, "master", "brint"]).unwrap();
-        // The integration bridge knows every port's MAC, as OVS's br-int does from its
-        // ports: no first frame is flooded to the others' bridges.
-        ki.exec_ok(
-            "bridge",
-            &[
-                "fdb",
-                "replace",
-                &h.mac_str(),
-                "dev",
-                &qvo,
-                "master",
-                "static",
-            ],
-        )
-        .unwrap();
-    }
-    let (kh, ki) = (topo.ns("kh").unwrap(), topo.ns("ki").unwrap());
-    kh.sysctl("net.bridge.bridge-nf-call-iptables", "1")
-        .unwrap();
-    // br-int is Open vSwitch in Neutron: no netfilter on it.
-    ki.sysctl("net.bridge.bridge-nf-call-iptables", "0")
-        .unwrap();
-    load(kh, topo.prefix(), "ipset", &["restore", "-file"], &fw.ipset);
-    load(kh, topo.prefix(), "iptables-restore", &[], &fw.iptables);
-    topo
-}
-
-/// Runs `tool ARGS FILE` in `ns` with `script` in FILE (a temporary file).
-fn load(ns: &netns::Netns, prefix: &Prefix, tool: &str, args: &[&str], script: &str) {
-    let file = std::env::temp_dir().join(format!("{prefix}-{tool}"));
-    std::fs::write(&file, script).unwrap();
-    let mut argv = args.to_vec();
-    argv.push(file.to_str().unwrap());
-    let loaded = ns.exec_ok(tool, &argv);
-    let _ = std::fs::remove_file(&file);
-    if let Err(e) = loaded {
-        panic!("loading the translated rules with {tool}: {e}\n{script}");
-    }
-}
+const WARM_UP: WarmUp = WarmUp {
+    from: Host::M2,
+    to: Host::Ex,
+    datagram: warm_up_datagram,
+};
 
 /// What the driver does when [`DELETED_RULE`] is deleted: the rules rewritten without
 /// it, then the connections it may have allowed deleted from its ports' zones.
 fn kernel_delete_rule(topo: &Topology) {
-    let text = config_text();
+    let text = MATRIX.config_text();
     let before = SgState::from_toml(&text).unwrap();
     let (group, rule) = before
         .rule_by_id(DELETED_RULE)
@@ -1092,8 +893,8 @@ fn kernel_delete_rule(topo: &Topology) {
         .and_then(|t| SgState::from_toml(&t))
         .and_then(|s| s.to_hybrid_firewall())
         .unwrap();
+    MATRIX.load_rules(topo, &after.iptables);
     let kh = topo.ns("kh").unwrap();
-    load(kh, topo.prefix(), "iptables-restore", &[], &after.iptables);
     let mut deleted = 0;
     for cmd in before.conntrack_deletes(&group, &rule) {
         let argv: Vec<&str> = cmd.iter().map(String::as_str).collect();
@@ -1115,37 +916,16 @@ fn kernel_verdicts() -> &'static [bool] {
     static VERDICTS: OnceLock<Vec<bool>> = OnceLock::new();
     VERDICTS.get_or_init(|| {
         let probes = table().probes;
-        let topo = kernel_lab();
-        run_probes(&topo, &probes, &mut || kernel_delete_rule(&topo))
+        let fw = SgState::from_toml(&MATRIX.config_text())
+            .and_then(|s| s.to_hybrid_firewall())
+            .unwrap_or_else(|e| panic!("translating {}: {e}", MATRIX.config));
+        let topo = MATRIX.kernel_lab(&fw);
+        MATRIX.run_probes(&topo, &probes, &WARM_UP, &mut |phase| {
+            if phase == DELETION_PHASE {
+                kernel_delete_rule(&topo);
+            }
+        })
     })
-}
-
-/// A printable table of the probes with the verdicts of each backend; `*` marks rows
-/// where a backend differs from the expectation.
-fn render(probes: &[Probe], columns: &[(&str, &[bool])]) -> String {
-    let mut s = format!("{:<3} {:<64} {:<8}", "#", "probe", "expect");
-    for (name, _) in columns {
-        s.push_str(&format!(" {name:<8}"));
-    }
-    s.push('\n');
-    let word = |b: bool| if b { "pass" } else { "drop" };
-    for (i, p) in probes.iter().enumerate() {
-        let bad = columns.iter().any(|(_, v)| v[i] != p.expect);
-        s.push_str(&format!(
-            "{:<3} {:<64} {:<8}",
-            i + 1,
-            p.name,
-            word(p.expect)
-        ));
-        for (_, v) in columns {
-            s.push_str(&format!(" {:<8}", word(v[i])));
-        }
-        if bad {
-            s.push_str(" *");
-        }
-        s.push('\n');
-    }
-    s
 }
 
 /// [`DELETED_RULE`] deleted from polluxd's running state with `config.apply`.
@@ -1173,22 +953,8 @@ fn pollux_delete_rule(polluxd: &Polluxd) {
 #[test]
 #[ignore = "needs root: network namespaces, iptables and ipset (run with --include-ignored as root)"]
 fn the_kernel_with_neutrons_rules_gives_the_expected_verdicts() {
-    let _serial = setup();
-    let probes = table().probes;
-    let kernel = kernel_verdicts();
-    let table = render(&probes, &[("kernel", kernel)]);
-    eprintln!("{table}");
-    let wrong = probes
-        .iter()
-        .zip(kernel)
-        .filter(|(p, k)| p.expect != **k)
-        .count();
-    assert_eq!(
-        wrong,
-        0,
-        "{wrong} of {} probes differ from the expected table:\n{table}",
-        probes.len()
-    );
+    let _serial = MATRIX.setup(TOOLS);
+    sg_matrix::assert_kernel_as_expected(&table().probes, kernel_verdicts());
 }
 
 /// The same probes through polluxd: every verdict is the kernel's and the table's. (The
@@ -1198,44 +964,20 @@ fn the_kernel_with_neutrons_rules_gives_the_expected_verdicts() {
 #[test]
 #[ignore = "needs root: network namespaces, XDP (run with --include-ignored as root)"]
 fn pollux_gives_the_kernels_verdicts() {
-    let _serial = setup();
-    daemon::polluxd_path();
+    let _serial = MATRIX.setup(TOOLS);
     let probes = table().probes;
     let kernel = kernel_verdicts();
-
-    let mut topo = Topology::with_prefix(Prefix::next_under(ROOT).unwrap());
-    topo.add_ns("host").unwrap().disable_ipv6().unwrap();
-    for h in HOSTS {
-        topo.add_ns(h.id()).unwrap().disable_ipv6().unwrap();
-        let switch_if = topo.prefix().ifname(h.id()).unwrap();
-        let opts = VethOptions {
-            mac_b: Some(h.mac_str()),
-            ..VethOptions::default()
-        };
-        topo.veth_with("host", &switch_if, h.id(), "eth0", &opts)
-            .unwrap();
-    }
-    let config = ConfigFile::render(CONFIG, topo.prefix().as_str()).unwrap();
-    let polluxd = Polluxd::start(topo.ns("host").unwrap(), config.path(), &daemon::last_cpu())
-        .unwrap_or_else(|e| panic!("{e}"));
-    let pollux = run_probes(&topo, &probes, &mut || pollux_delete_rule(&polluxd));
+    let (topo, polluxd) = MATRIX.pollux_lab();
+    let pollux = MATRIX.run_probes(&topo, &probes, &WARM_UP, &mut |phase| {
+        if phase == DELETION_PHASE {
+            pollux_delete_rule(&polluxd);
+        }
+    });
     let stopped = polluxd.stop();
-
-    let table = render(&probes, &[("kernel", kernel), ("pollux", &pollux)]);
-    eprintln!("{table}");
-    let differ: Vec<usize> = (0..probes.len())
-        .filter(|&i| pollux[i] != kernel[i])
-        .map(|i| i + 1)
-        .collect();
-    let unexpected = (0..probes.len())
-        .filter(|&i| pollux[i] != probes[i].expect)
-        .count();
-    assert!(
-        differ.is_empty() && unexpected == 0,
-        "pollux differs from the kernel on {} and from the expected table on {unexpected} of {} probes \
-         (rows {differ:?}):\n{table}\npolluxd: {:?}",
-        differ.len(),
-        probes.len(),
+    sg_matrix::assert_pollux_as_kernel(
+        &probes,
+        kernel,
+        &pollux,
         stopped.map(|(status, stderr)| format!("{status}: {stderr}")),
     );
 }
