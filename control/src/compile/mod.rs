@@ -1200,8 +1200,9 @@ mod tests {
             ov.peer(slot, u32::from(Ipv4Addr::new(198, 18, 255, 2))),
             Some(tunnel)
         );
-        let vm2 = pollux_dataplane::snapshot::mac_to_u64([0xfa, 0x16, 0x3e, 0, 0, 2]);
-        assert_eq!(c.snapshot.static_mac(slot, vm2), Some(tunnel));
+        let vm2 = pollux_dataplane::ident::PackedMac::from([0xfa, 0x16, 0x3e, 0, 0, 2]);
+        let key = pollux_dataplane::ident::FdbKey::packed(slot, vm2);
+        assert_eq!(c.snapshot.static_mac(key), Some(tunnel));
         assert_eq!(
             ov.arp_answer(slot, u32::from(Ipv4Addr::new(203, 0, 113, 12))),
             Some(vm2)
@@ -1283,8 +1284,9 @@ mod tests {
             ov.peer(slot, u32::from(Ipv4Addr::new(198, 18, 255, 3))),
             Some(t3)
         );
-        let r1 = pollux_dataplane::snapshot::mac_to_u64([0xfa, 0x16, 0x3e, 0, 0x0f, 1]);
-        assert_eq!(c.snapshot.static_mac(slot, r1), Some(t3));
+        let r1 = pollux_dataplane::ident::PackedMac::from([0xfa, 0x16, 0x3e, 0, 0x0f, 1]);
+        let key = pollux_dataplane::ident::FdbKey::packed(slot, r1);
+        assert_eq!(c.snapshot.static_mac(key), Some(t3));
         assert_eq!(
             ov.arp_answer(slot, u32::from(Ipv4Addr::new(203, 0, 113, 1))),
             Some(r1)
