@@ -20,6 +20,7 @@ use crate::lpm::{Lpm, LpmBuilder};
 use crate::metering::{LabelMeterSpec, RouterMetering};
 use crate::snapshot::NetworkUid;
 use crate::table::U64Map;
+use crate::wire::EthernetAddress;
 
 pub use crate::ident::RouterUid;
 
@@ -175,7 +176,7 @@ pub struct Router {
     /// Stable identity.
     pub uid: RouterUid,
     /// MAC of all its interfaces.
-    pub mac: [u8; 6],
+    pub mac: EthernetAddress,
     /// Its interfaces: indices into [`Routing::interfaces`].
     pub interfaces: Vec<InterfaceIndex>,
     /// Destination → index into `nexthops`.
@@ -385,7 +386,7 @@ impl Routing {
             }
             routing.routers.push(Router {
                 uid,
-                mac: spec.mac,
+                mac: EthernetAddress(spec.mac),
                 interfaces: own,
                 fib: fib.build(),
                 nexthops,

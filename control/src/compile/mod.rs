@@ -1030,7 +1030,7 @@ mod tests {
         let [r] = routing.routers() else {
             panic!("one router: {routing:?}")
         };
-        assert_eq!(r.mac, [0x02, 0x70, 0x6c, 0, 0, 1]);
+        assert_eq!(r.mac.0, [0x02, 0x70, 0x6c, 0, 0, 1]);
         let ips: Vec<Ipv4Addr> = r
             .interfaces
             .iter()
@@ -1300,7 +1300,7 @@ mod tests {
             let c = compile(&v, &Identities::default(), 1).unwrap();
             let routers = c.snapshot.routing().routers();
             assert_eq!(routers.len(), 1);
-            assert_eq!(routers[0].mac, [0xfa, 0x16, 0x3e, 0, 0x0f, 1]);
+            assert_eq!(routers[0].mac.0, [0xfa, 0x16, 0x3e, 0, 0x0f, 1]);
             // Its own host answers ARP for it from the router, not the responder.
             let ov = c.snapshot.overlay();
             let slot = ov.network_of(Encapsulation::Vxlan, 5000).unwrap();

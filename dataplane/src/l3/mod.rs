@@ -448,7 +448,7 @@ impl RouterState {
         }
         match (op, ours) {
             (ArpOperation::REQUEST, Some(router)) => {
-                answer_arp_in_place(data, l3, EthernetAddress(router.mac));
+                answer_arp_in_place(data, l3, router.mac);
                 pkt.meta.flags &= !Meta::MULTICAST;
                 Next::Output(pkt.in_port)
             }
@@ -995,7 +995,7 @@ impl RouterState {
             ident,
             ip,
             eth.src_addr(),
-            EthernetAddress(r.mac),
+            r.mac,
             &mut frame,
         );
         let Ok(len) = built else {

@@ -292,7 +292,7 @@ pub fn default_dst_mac(
         return owner;
     };
     let routing = snap.routing();
-    let router_mac = |i: &Interface| routing.router(i.router).map(|r| r.mac);
+    let router_mac = |i: &Interface| routing.router(i.router).map(|r| r.mac.0);
     let mut on_network = routing.interfaces().iter().filter(|i| i.network == slot);
     if let Some(i) = on_network.clone().find(|i| i.ip == dst_ip) {
         return router_mac(i);
