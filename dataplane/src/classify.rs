@@ -3,6 +3,7 @@
 
 use crate::buf::FramePool;
 use crate::drop::DropReason;
+use crate::ident::NetworkSlot;
 use crate::packet::{Meta, Next, Packet};
 use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::PortId;
@@ -83,7 +84,7 @@ fn classify_with(
     pool: &FramePool,
     in_port: PortId,
     pkts: &mut [Packet],
-    network_of: impl Fn(Option<u16>) -> Result<u16, DropReason>,
+    network_of: impl Fn(Option<u16>) -> Result<NetworkSlot, DropReason>,
 ) -> u64 {
     let frames = pool.reader();
     let mut bytes = 0;

@@ -15,6 +15,7 @@
 //! and they apply it as if they had seen the packet. See docs/DESIGN.md ("Workers").
 
 use crate::buf::FramePool;
+use crate::ident::PackedMac;
 use crate::packet::{Batch, Next, Packet, MAX_BURST};
 use crate::ring::{ring, Consumer, Producer};
 use crate::snapshot::NetworkUid;
@@ -41,7 +42,7 @@ pub struct NeighborNews {
     /// The sender's IPv4 address.
     pub ip: u32,
     /// The sender's MAC.
-    pub mac: u64,
+    pub mac: PackedMac,
     /// Whether the entry is created when absent (the packet was for a router).
     pub create: bool,
 }
@@ -50,7 +51,7 @@ impl NeighborNews {
     fn write(&self, slot: &mut [u8]) -> usize {
         slot[..4].copy_from_slice(&self.network.0.to_le_bytes());
         slot[4..8].copy_from_slice(&self.ip.to_le_bytes());
-        slot[8..16].copy_from_slice(&self.mac.to_le_bytes());
+        slot[8..16].copy_from_slice(&self.mac.get().to_le_bytes());
         slot[16] = u8::from(self.create);
         NEWS_SLOT
     }
@@ -62,7 +63,10 @@ impl NeighborNews {
         Some(NeighborNews {
             network: NetworkUid(word(0)),
             ip: word(4),
-            mac: u64::from(word(8)) | u64::from(word(12)) << 32,
+            // Written by `write` from a packed MAC: the top 16 bits are zero.
+            mac: PackedMac::from_bits(
+                (u64::from(word(8)) | u64::from(word(12)) << 32) & 0xffff_ffff_ffff,
+            ),
             create: slot[16] != 0,
         })
     }
@@ -300,7 +304,7 @@ mod tests {
         let news = NeighborNews {
             network: NetworkUid(7),
             ip: 0xc612_0001,
-            mac: 0x0a0b_0c0d_0e0f,
+            mac: PackedMac::from_bits(0x0a0b_0c0d_0e0f),
             create: true,
         };
         let mut slot = [0u8; NEWS_SLOT];
@@ -329,7 +333,7 @@ mod tests {
         let news = NeighborNews {
             network: NetworkUid(1),
             ip: 1,
-            mac: 2,
+            mac: PackedMac::from_bits(2),
             create: false,
         };
         assert_eq!(ends[0].out.tell(&news), 0);

@@ -22,10 +22,27 @@ pub use crate::wire::EthernetAddress;
 pub struct PortId(pub u16);
 
 impl PortId {
+    /// No port: the input port of frames the worker made itself (ARP requests, replies,
+    /// frames handed over by another worker), and the uplink of an overlay without one.
+    /// The control plane never assigns it.
+    pub const NONE: PortId = PortId(u16::MAX);
+
     /// The id as a table index.
     #[inline]
     pub fn index(self) -> usize {
         usize::from(self.0)
+    }
+}
+
+impl fmt::Display for RouterIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl fmt::Display for InterfaceIndex {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
     }
 }
 
@@ -95,6 +112,81 @@ impl InterfaceIndex {
     }
 }
 
+/// A MAC packed big-endian into the low 48 bits of a `u64` (as
+/// [`EthernetAddress::as_u64`]): the form the stages read it in from a frame (one load)
+/// and compare and hash it in. Integer order is the address's byte order.
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(transparent)]
+pub struct PackedMac(u64);
+
+impl PackedMac {
+    /// "No MAC", where a dense entry needs one (a network without services, a port
+    /// without a MAC). Above 48 bits, so no address packs to it.
+    pub const NONE: PackedMac = PackedMac(u64::MAX);
+
+    /// `mac`, packed.
+    #[inline(always)]
+    pub const fn new(mac: EthernetAddress) -> PackedMac {
+        PackedMac(mac.as_u64())
+    }
+
+    /// The MAC whose packed form is `bits`; the bits above 48 must be zero (they are
+    /// for everything read by [`crate::wire::EthernetFrame::dst_mac`] and the like).
+    #[inline(always)]
+    pub(crate) const fn from_bits(bits: u64) -> PackedMac {
+        debug_assert!(bits >> 48 == 0);
+        PackedMac(bits)
+    }
+
+    /// The packed integer, for hashing.
+    #[inline(always)]
+    pub const fn get(self) -> u64 {
+        self.0
+    }
+
+    /// The address.
+    #[inline]
+    pub const fn address(self) -> EthernetAddress {
+        EthernetAddress::from_u64(self.0)
+    }
+
+    /// The octets.
+    #[inline]
+    pub const fn octets(self) -> [u8; 6] {
+        self.address().0
+    }
+}
+
+impl From<EthernetAddress> for PackedMac {
+    #[inline]
+    fn from(mac: EthernetAddress) -> PackedMac {
+        PackedMac::new(mac)
+    }
+}
+
+impl From<[u8; 6]> for PackedMac {
+    #[inline]
+    fn from(mac: [u8; 6]) -> PackedMac {
+        PackedMac::new(EthernetAddress(mac))
+    }
+}
+
+impl fmt::Display for PackedMac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if *self == PackedMac::NONE {
+            f.write_str("none")
+        } else {
+            self.address().fmt(f)
+        }
+    }
+}
+
+impl fmt::Debug for PackedMac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 /// The key of the MAC tables (static and learned FDB, router MACs): the network slot in
 /// the top 16 bits, the MAC big-endian in the low 48, so that one integer compare and
 /// hash covers both.
@@ -106,14 +198,20 @@ impl FdbKey {
     /// The key of `mac` on network `slot`.
     #[inline(always)]
     pub const fn new(slot: NetworkSlot, mac: EthernetAddress) -> FdbKey {
-        FdbKey::packed(slot, mac.as_u64())
+        FdbKey::packed(slot, PackedMac::new(mac))
     }
 
-    /// The key of a MAC already packed by [`EthernetAddress::as_u64`] (the form the
-    /// stages read it in, two loads from the frame).
+    /// The key of a MAC already packed (the form the stages read it in, one load from
+    /// the frame).
     #[inline(always)]
-    pub const fn packed(slot: NetworkSlot, mac: u64) -> FdbKey {
-        FdbKey((slot.0 as u64) << 48 | mac)
+    pub const fn packed(slot: NetworkSlot, mac: PackedMac) -> FdbKey {
+        FdbKey((slot.0 as u64) << 48 | mac.0)
+    }
+
+    /// The key the tables hashed as `bits` ([`FdbKey::get`]).
+    #[inline(always)]
+    pub(crate) const fn from_bits(bits: u64) -> FdbKey {
+        FdbKey(bits)
     }
 
     /// The key as the tables hash it.
@@ -131,6 +229,12 @@ impl FdbKey {
     pub const fn mac(self) -> EthernetAddress {
         EthernetAddress::from_u64(self.0)
     }
+
+    /// The MAC, packed.
+    #[inline(always)]
+    pub const fn packed_mac(self) -> PackedMac {
+        PackedMac(self.0 & 0xffff_ffff_ffff)
+    }
 }
 
 // The types are their integers: tables of them are no larger.
@@ -143,6 +247,7 @@ const _: () = {
     assert!(size_of::<NetworkUid>() == 4);
     assert!(size_of::<RouterUid>() == 4);
     assert!(size_of::<FdbKey>() == 8);
+    assert!(size_of::<PackedMac>() == 8);
     assert!(size_of::<EthernetAddress>() == 6);
 };
 
@@ -156,7 +261,9 @@ mod tests {
         let key = FdbKey::new(NetworkSlot(7), mac);
         assert_eq!(key.get(), 7 << 48 | 0xfa16_3e01_0203);
         assert_eq!((key.slot(), key.mac()), (NetworkSlot(7), mac));
-        assert_eq!(FdbKey::packed(NetworkSlot(7), mac.as_u64()), key);
+        assert_eq!(FdbKey::packed(NetworkSlot(7), PackedMac::new(mac)), key);
+        assert_eq!(key.packed_mac(), PackedMac::from(mac));
+        assert_eq!(PackedMac::from(mac).to_string(), "fa:16:3e:01:02:03");
         assert_ne!(FdbKey::new(NetworkSlot(8), mac), key);
     }
 }

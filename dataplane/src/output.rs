@@ -6,7 +6,6 @@ use crate::conntrack::ConnTable;
 use crate::counters::WorkerCounters;
 use crate::drop::DropReason;
 use crate::handoff::HandoffOut;
-use crate::l3::ORIGINATED;
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
 use crate::pipeline::capture::Capturer;
 use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
@@ -288,7 +287,7 @@ fn push_handoff(
             capture.dropped_late(pkt, out, pool, Stage::Output, reason);
         }
         counters.handoff_drops.inc();
-        let port = (pkt.in_port != ORIGINATED).then_some(pkt.in_port);
+        let port = (pkt.in_port != PortId::NONE).then_some(pkt.in_port);
         counters.count_drop(port, Stage::Output, DropReason::HandoffRingFull, 1);
         if let Some(pc) = counters.port(pkt.in_port) {
             pc.rx_dropped.inc();
@@ -365,7 +364,7 @@ pub(crate) fn drop_packet(
 ) {
     pool.free(pkt.frame);
     // Frames the worker made itself come from no port.
-    let port = (pkt.in_port != ORIGINATED).then_some(pkt.in_port);
+    let port = (pkt.in_port != PortId::NONE).then_some(pkt.in_port);
     counters.count_drop(port, stage, reason, 1);
     if let Some(pc) = counters.port(pkt.in_port) {
         pc.rx_dropped.inc();
@@ -428,7 +427,7 @@ pub(crate) fn capture_drops_of(cx: &mut BurstCtx<'_>, pkts: &[Packet]) {
 #[cold]
 #[inline(never)]
 fn count_refused_replica(counters: &WorkerCounters, in_port: PortId, reason: DropReason) {
-    let port = (in_port != ORIGINATED).then_some(in_port);
+    let port = (in_port != PortId::NONE).then_some(in_port);
     counters.count_drop(port, Stage::SgIngress, reason, 1);
     if let Some(pc) = counters.port(in_port) {
         pc.rx_dropped.inc();
@@ -544,7 +543,7 @@ pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
         if let Next::Output(out) = pkt.meta.next {
             unicast += 1;
             let network = pkt.meta.network;
-            let key = u32::from(out.0) << 16 | u32::from(network);
+            let key = u32::from(out.0) << 16 | u32::from(network.0);
             if key != last_key {
                 last_key = key;
                 last_vid = snap.egress_vid(out, network);
@@ -676,7 +675,7 @@ fn flood(
 #[inline(always)]
 fn flood_skip(pkt: &Packet) -> PortId {
     if pkt.meta.flags & Meta::ROUTED != 0 {
-        PortId(u16::MAX)
+        PortId::NONE
     } else {
         pkt.in_port
     }

@@ -2,6 +2,7 @@
 
 use crate::buf::FrameId;
 use crate::drop::DropReason;
+use crate::ident::{NetworkSlot, RouterIndex};
 use crate::pipeline::Stage;
 use crate::port::PortId;
 
@@ -21,7 +22,7 @@ pub enum Next {
     /// Out through every other port of the packet's network.
     Flood,
     /// To the router with this index (its MAC was the destination).
-    Route(u16),
+    Route(RouterIndex),
     /// A broadcast ARP on a network with router interfaces: answered if it asks for a
     /// router address, flooded otherwise.
     Arp,
@@ -47,7 +48,7 @@ pub struct Meta {
     /// What happens to the packet next.
     pub next: Next,
     /// The network's slot in the active snapshot, set by classification.
-    pub network: u16,
+    pub network: NetworkSlot,
     /// EtherType after any 802.1Q tag.
     pub ethertype: u16,
     /// The received 802.1Q TCI; meaningful when `flags & Meta::VLAN` is set.

@@ -36,6 +36,7 @@
 //! the port's own is remembered, so that the rest of a run of one flow costs a few reads
 //! and comparisons per frame rather than the full check.
 
+use crate::ident::PackedMac;
 use core::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::buf::FramePool;
@@ -65,10 +66,8 @@ const ICMPV6_FROM_UNSPECIFIED: [u8; 3] = [131, 135, 143];
 /// An IPv4 source a port may use: addresses within `addr/len`, sent from `mac`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ipv4Source {
-    /// The MAC that may send from these addresses, packed as [`mac_to_u64`] does.
-    ///
-    /// [`mac_to_u64`]: crate::snapshot::mac_to_u64
-    pub mac: u64,
+    /// The MAC that may send from these addresses.
+    pub mac: PackedMac,
     /// The network address, host byte order.
     pub addr: u32,
     /// The prefix's mask, host byte order.
@@ -80,14 +79,14 @@ impl Ipv4Source {
     pub fn new(mac: [u8; 6], addr: Ipv4Addr, prefix_len: u8) -> Self {
         let mask = crate::lpm::prefix_mask(prefix_len);
         Ipv4Source {
-            mac: crate::snapshot::mac_to_u64(mac),
+            mac: PackedMac::from(mac),
             addr: u32::from(addr) & mask,
             mask,
         }
     }
 
     #[inline]
-    fn allows(&self, mac: u64, ip: u32) -> bool {
+    fn allows(&self, mac: PackedMac, ip: u32) -> bool {
         self.mac == mac && ip & self.mask == self.addr
     }
 }
@@ -95,9 +94,8 @@ impl Ipv4Source {
 /// An IPv6 source a port may use: addresses within `addr/len`, sent from `mac`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ipv6Source {
-    /// The MAC that may send from these addresses, packed as
-    /// [`crate::snapshot::mac_to_u64`] does.
-    pub mac: u64,
+    /// The MAC that may send from these addresses.
+    pub mac: PackedMac,
     /// The network address.
     pub addr: u128,
     /// The prefix length, 0..=128.
@@ -110,13 +108,13 @@ impl Ipv6Source {
         use crate::secgroup::SgAddr;
         let len = prefix_len.min(128);
         Ipv6Source {
-            mac: crate::snapshot::mac_to_u64(mac),
+            mac: PackedMac::from(mac),
             addr: u128::from(addr).masked(len),
             len,
         }
     }
 
-    fn allows(&self, mac: u64, ip: u128) -> bool {
+    fn allows(&self, mac: PackedMac, ip: u128) -> bool {
         use crate::secgroup::SgAddr;
         self.mac == mac && ip.masked(self.len) == self.addr
     }
@@ -126,8 +124,8 @@ impl Ipv6Source {
 /// pairs per port by default, so linear scans beat any index.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortSecurity {
-    /// MACs the port may send from, packed; its own first.
-    macs: Box<[u64]>,
+    /// MACs the port may send from; its own first.
+    macs: Box<[PackedMac]>,
     /// Link-local IPv6 address of each MAC of `macs`, same order.
     link_locals: Box<[Ipv6Addr]>,
     /// IPv4 sources: fixed IPs as /32, then address pairs.
@@ -140,10 +138,7 @@ impl PortSecurity {
     /// The policy of a port owning `macs` (its own first) and sending from `ipv4`.
     pub fn new(macs: &[[u8; 6]], ipv4: &[Ipv4Source]) -> Self {
         PortSecurity {
-            macs: macs
-                .iter()
-                .map(|&m| crate::snapshot::mac_to_u64(m))
-                .collect(),
+            macs: macs.iter().map(|&m| PackedMac::from(m)).collect(),
             link_locals: macs.iter().map(|&m| link_local_from_mac(m)).collect(),
             ipv4: ipv4.into(),
             ipv6: Box::default(),
@@ -162,7 +157,7 @@ impl PortSecurity {
     }
 
     /// Whether `mac` owns IPv6 address `ip`: its link-local address or an IPv6 source.
-    fn owns_ipv6(&self, mac: u64, ip: Ipv6Addr) -> bool {
+    fn owns_ipv6(&self, mac: PackedMac, ip: Ipv6Addr) -> bool {
         self.allows_link_local(mac, ip) || {
             let ip = u128::from(ip);
             self.ipv6.iter().any(|s| s.allows(mac, ip))
@@ -170,7 +165,7 @@ impl PortSecurity {
     }
 
     /// The MACs the port may send from, packed.
-    pub fn macs(&self) -> &[u64] {
+    pub fn macs(&self) -> &[PackedMac] {
         &self.macs
     }
 
@@ -180,17 +175,17 @@ impl PortSecurity {
     }
 
     #[inline]
-    fn allows_mac(&self, mac: u64) -> bool {
+    fn allows_mac(&self, mac: PackedMac) -> bool {
         self.macs.contains(&mac)
     }
 
     /// Whether `mac` may send from `ip`; never from 0.0.0.0, which no prefix gives.
     #[inline]
-    fn allows_ipv4(&self, mac: u64, ip: u32) -> bool {
+    fn allows_ipv4(&self, mac: PackedMac, ip: u32) -> bool {
         ip != 0 && self.ipv4.iter().any(|s| s.allows(mac, ip))
     }
 
-    fn allows_link_local(&self, mac: u64, ip: Ipv6Addr) -> bool {
+    fn allows_link_local(&self, mac: PackedMac, ip: Ipv6Addr) -> bool {
         self.macs
             .iter()
             .zip(self.link_locals.iter())
@@ -208,7 +203,7 @@ impl PortSecurity {
         dhcp_servers: &[u32],
     ) -> Option<DropReason> {
         // Classification checked that the frame holds a whole Ethernet header.
-        let src = EthernetFrame::new_unchecked(data).src_addr_u64();
+        let src = EthernetFrame::new_unchecked(data).src_mac();
         if !self.allows_mac(src) {
             return Some(DropReason::SpoofedMac);
         }
@@ -221,7 +216,12 @@ impl PortSecurity {
         }
     }
 
-    fn check_ipv4(&self, src_mac: u64, l3: &[u8], dhcp_servers: &[u32]) -> Option<DropReason> {
+    fn check_ipv4(
+        &self,
+        src_mac: PackedMac,
+        l3: &[u8],
+        dhcp_servers: &[u32],
+    ) -> Option<DropReason> {
         let Ok(ip) = Ipv4Packet::new_checked(l3) else {
             return Some(DropReason::BadIpv4Header);
         };
@@ -248,7 +248,13 @@ impl PortSecurity {
 
     /// Neighbour solicitation or advertisement `icmp` (type `ty`, from `::` when
     /// `unspecified`) sent from `src_mac`: see the module documentation.
-    fn check_nd(&self, src_mac: u64, ty: u8, unspecified: bool, icmp: &[u8]) -> Option<DropReason> {
+    fn check_nd(
+        &self,
+        src_mac: PackedMac,
+        ty: u8,
+        unspecified: bool,
+        icmp: &[u8],
+    ) -> Option<DropReason> {
         // Type, code, checksum, flags or reserved (8), target (16), then options.
         let Some(target) = icmp.get(8..24) else {
             return Some(DropReason::BadIpv6Header);
@@ -270,7 +276,7 @@ impl PortSecurity {
             if (kind == 1 || kind == 2) && len >= 8 {
                 let mut m = [0u8; 6];
                 m.copy_from_slice(&opts[2..8]);
-                if crate::snapshot::mac_to_u64(m) != src_mac {
+                if PackedMac::from(m) != src_mac {
                     return Some(DropReason::SpoofedNd);
                 }
             }
@@ -279,12 +285,12 @@ impl PortSecurity {
         None
     }
 
-    fn check_arp(&self, src_mac: u64, l3: &[u8]) -> Option<DropReason> {
+    fn check_arp(&self, src_mac: PackedMac, l3: &[u8]) -> Option<DropReason> {
         let arp = match ArpPacket::new_checked(l3) {
             Ok(arp) if arp.is_ethernet_ipv4() => arp,
             _ => return Some(DropReason::BadArp),
         };
-        if arp.sender_hardware_addr().as_u64() != src_mac {
+        if PackedMac::new(arp.sender_hardware_addr()) != src_mac {
             return Some(DropReason::SpoofedArp);
         }
         let spa = u32::from(arp.sender_protocol_addr());
@@ -292,7 +298,7 @@ impl PortSecurity {
         (spa != 0 && !self.allows_ipv4(src_mac, spa)).then_some(DropReason::SpoofedArp)
     }
 
-    fn check_ipv6(&self, src_mac: u64, l3: &[u8]) -> Option<DropReason> {
+    fn check_ipv6(&self, src_mac: PackedMac, l3: &[u8]) -> Option<DropReason> {
         let Ok(ip) = Ipv6Packet::new_checked(l3) else {
             return Some(DropReason::BadIpv6Header);
         };
@@ -398,8 +404,8 @@ pub fn check_burst(
 ) -> u64 {
     let mut refused = 0;
     // (MAC, IPv4 source) of the last frame whose source the port owns; no key equals
-    // `NONE` (MACs are 48 bits).
-    const NONE: (u64, u32) = (u64::MAX, 0);
+    // `NONE` (no frame is from `PackedMac::NONE`).
+    const NONE: (PackedMac, u32) = (PackedMac::NONE, 0);
     let mut owned = NONE;
     for pkt in pkts.iter_mut() {
         if pkt.meta.next != Next::L2 {
@@ -433,14 +439,14 @@ pub fn check_burst(
 /// The source of an IPv4 frame as the fast path of [`check_burst`] reads it.
 #[derive(Clone, Copy, Debug)]
 struct FrameSource {
-    mac: u64,
+    mac: PackedMac,
     ip: u32,
     /// UDP from or to port 67 or 68 (DHCP): its verdict depends on more than the source.
     dhcp_ports: bool,
 }
 
 impl FrameSource {
-    fn key(&self) -> (u64, u32) {
+    fn key(&self) -> (PackedMac, u32) {
         (self.mac, self.ip)
     }
 }
@@ -470,7 +476,7 @@ fn frame_source(frame: &[u8], l3: usize) -> Option<FrameSource> {
         })
     };
     Some(FrameSource {
-        mac: EthernetFrame::new_unchecked(frame).src_addr_u64(),
+        mac: EthernetFrame::new_unchecked(frame).src_mac(),
         ip: u32::from_be_bytes([h[12], h[13], h[14], h[15]]),
         dhcp_ports,
     })

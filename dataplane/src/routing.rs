@@ -15,10 +15,12 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::Ipv4Addr;
 
+use crate::ident::{FdbKey, InterfaceIndex, NetworkSlot, PackedMac, RouterIndex};
 use crate::lpm::{Lpm, LpmBuilder};
 use crate::metering::{LabelMeterSpec, RouterMetering};
-use crate::snapshot::{fdb_key, mac_to_u64, NetworkUid};
+use crate::snapshot::NetworkUid;
 use crate::table::U64Map;
+use crate::wire::EthernetAddress;
 
 pub use crate::ident::RouterUid;
 
@@ -142,9 +144,9 @@ impl std::error::Error for RoutingError {}
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Interface {
     /// Index of its router in [`Routing::routers`].
-    pub router: u16,
+    pub router: RouterIndex,
     /// Slot of its network.
-    pub network: u16,
+    pub network: NetworkSlot,
     /// Stable identity of its network (the key of neighbour entries).
     pub network_uid: NetworkUid,
     /// Its address, host byte order.
@@ -159,7 +161,7 @@ pub struct Interface {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NextHop {
     /// Index of the egress interface in [`Routing::interfaces`].
-    pub interface: u16,
+    pub interface: InterfaceIndex,
     /// The next hop's address, or 0 for a connected route (the destination itself).
     pub gateway: u32,
     /// The destination is the router's own address on `interface` (a receive
@@ -174,15 +176,15 @@ pub struct Router {
     /// Stable identity.
     pub uid: RouterUid,
     /// MAC of all its interfaces.
-    pub mac: [u8; 6],
+    pub mac: EthernetAddress,
     /// Its interfaces: indices into [`Routing::interfaces`].
-    pub interfaces: Vec<u16>,
+    pub interfaces: Vec<InterfaceIndex>,
     /// Destination → index into `nexthops`.
     pub fib: Lpm,
     /// The next hops the FIB points at.
     pub nexthops: Vec<NextHop>,
     /// The external gateway interface (index into [`Routing::interfaces`]).
-    pub external: Option<u16>,
+    pub external: Option<InterfaceIndex>,
     /// Source NAT through the external gateway.
     pub enable_snat: bool,
     /// Whether it has floating IPs (an external gateway and at least one), so that a
@@ -208,15 +210,15 @@ pub struct Routing {
     routers: Vec<Router>,
     interfaces: Vec<Interface>,
     /// Per network slot: indices into `interfaces` of the interfaces on it.
-    by_network: Vec<Vec<u16>>,
-    /// `fdb_key(slot, router MAC)` → router index.
-    macs: Option<U64Map<u16>>,
+    by_network: Vec<Vec<InterfaceIndex>>,
+    /// [`FdbKey`] of (slot, router MAC) → router index.
+    macs: Option<U64Map<RouterIndex>>,
     /// `router index << 32 | floating IP` → fixed IP.
     fixed_of: Option<U64Map<u32>>,
     /// `router index << 32 | fixed IP` → floating IP.
     floating_of: Option<U64Map<u32>>,
     /// `network slot << 32 | floating IP` → router index: who answers ARP for it.
-    floating_owner: Option<U64Map<u16>>,
+    floating_owner: Option<U64Map<RouterIndex>>,
 }
 
 impl Routing {
@@ -224,7 +226,7 @@ impl Routing {
     /// number of slots.
     pub(crate) fn compile(
         specs: &[RouterSpec],
-        slot_of: &HashMap<NetworkUid, u16>,
+        slot_of: &HashMap<NetworkUid, NetworkSlot>,
         networks: usize,
     ) -> Result<Routing, RoutingError> {
         let mut routing = Routing {
@@ -252,7 +254,9 @@ impl Routing {
         let mut floating_owner = U64Map::with_max_len(total_fips);
         for spec in specs {
             let uid = spec.uid;
-            let index = u16::try_from(routing.routers.len()).map_err(|_| too_many(uid))?;
+            let index = u16::try_from(routing.routers.len())
+                .map(RouterIndex)
+                .map_err(|_| too_many(uid))?;
             if spec.mac[0] & 1 == 1 {
                 return Err(RoutingError::Invalid(
                     uid,
@@ -271,11 +275,13 @@ impl Routing {
                 }
                 if own
                     .iter()
-                    .any(|&x: &u16| routing.interfaces[usize::from(x)].network == slot)
+                    .any(|&x: &InterfaceIndex| routing.interfaces[x.index()].network == slot)
                 {
                     return Err(RoutingError::TwoInterfacesOnNetwork(uid, i.network));
                 }
-                let at = u16::try_from(routing.interfaces.len()).map_err(|_| too_many(uid))?;
+                let at = u16::try_from(routing.interfaces.len())
+                    .map(InterfaceIndex)
+                    .map_err(|_| too_many(uid))?;
                 routing.interfaces.push(Interface {
                     router: index,
                     network: slot,
@@ -284,10 +290,10 @@ impl Routing {
                     prefix_len: i.prefix_len,
                     mtu: i.mtu,
                 });
-                routing.by_network[usize::from(slot)].push(at);
+                routing.by_network[slot.index()].push(at);
                 own.push(at);
                 if macs
-                    .insert(fdb_key(slot, mac_to_u64(spec.mac)), index)
+                    .insert(FdbKey::packed(slot, PackedMac::from(spec.mac)).get(), index)
                     .expect("sized for every interface")
                     .is_some()
                 {
@@ -306,7 +312,7 @@ impl Routing {
                     .iter()
                     .copied()
                     .find(|&x| {
-                        let i = &routing.interfaces[usize::from(x)];
+                        let i = &routing.interfaces[x.index()];
                         same_prefix(i.ip, via, i.prefix_len)
                     })
                     .ok_or(RoutingError::NexthopNotConnected(uid, r.nexthop))?;
@@ -327,7 +333,7 @@ impl Routing {
             // Own addresses last: a /32 replaces any route to the same prefix, so no
             // static route can take a router's own address away from it.
             for &at in &own {
-                let ip = routing.interfaces[usize::from(at)].ip;
+                let ip = routing.interfaces[at.index()].ip;
                 fib.insert(ip, 32, nexthops.len() as u32);
                 nexthops.push(NextHop {
                     interface: at,
@@ -343,10 +349,10 @@ impl Routing {
                 None => None,
             };
             if let Some(ext) = external {
-                let slot = routing.interfaces[usize::from(ext)].network;
+                let slot = routing.interfaces[ext.index()].network;
                 for &(fixed, floating) in &spec.floating_ips {
                     let (fixed_ip, floating_ip) = (u32::from(fixed), u32::from(floating));
-                    let router_key = |ip: u32| (u64::from(index) << 32) | u64::from(ip);
+                    let router_key = |ip: u32| (u64::from(index.0) << 32) | u64::from(ip);
                     let duplicate = |ip| RoutingError::DuplicateFloatingIp(uid, ip);
                     let full = "more floating IPs than fit";
                     if fixed_of
@@ -363,7 +369,7 @@ impl Routing {
                     {
                         return Err(duplicate(fixed));
                     }
-                    let owner_key = (u64::from(slot) << 32) | u64::from(floating_ip);
+                    let owner_key = (u64::from(slot.0) << 32) | u64::from(floating_ip);
                     if floating_owner
                         .insert(owner_key, index)
                         .map_err(|_| RoutingError::Invalid(uid, full))?
@@ -380,7 +386,7 @@ impl Routing {
             }
             routing.routers.push(Router {
                 uid,
-                mac: spec.mac,
+                mac: EthernetAddress(spec.mac),
                 interfaces: own,
                 fib: fib.build(),
                 nexthops,
@@ -409,88 +415,90 @@ impl Routing {
 
     /// The router with index `index`.
     #[inline]
-    pub fn router(&self, index: u16) -> Option<&Router> {
-        self.routers.get(usize::from(index))
+    pub fn router(&self, index: RouterIndex) -> Option<&Router> {
+        self.routers.get(index.index())
     }
 
     /// The interface with index `index`.
     #[inline]
-    pub fn interface(&self, index: u16) -> Option<&Interface> {
-        self.interfaces.get(usize::from(index))
+    pub fn interface(&self, index: InterfaceIndex) -> Option<&Interface> {
+        self.interfaces.get(index.index())
     }
 
-    /// The router whose MAC `mac` (packed) is on network `slot`.
+    /// The router whose MAC is `key`'s on `key`'s network.
     #[inline]
-    pub fn router_by_mac(&self, slot: u16, mac: u64) -> Option<u16> {
-        self.macs.as_ref()?.get(fdb_key(slot, mac))
+    pub fn router_by_mac(&self, key: FdbKey) -> Option<RouterIndex> {
+        self.macs.as_ref()?.get(key.get())
     }
 
     /// The router interfaces on network `slot`.
     #[inline]
-    pub fn on_network(&self, slot: u16) -> &[u16] {
-        self.by_network
-            .get(usize::from(slot))
-            .map_or(&[], Vec::as_slice)
+    pub fn on_network(&self, slot: NetworkSlot) -> &[InterfaceIndex] {
+        self.by_network.get(slot.index()).map_or(&[], Vec::as_slice)
     }
 
     /// The interface of router `router` on network `slot`.
     #[inline]
-    pub fn interface_on(&self, router: u16, slot: u16) -> Option<u16> {
+    pub fn interface_on(&self, router: RouterIndex, slot: NetworkSlot) -> Option<InterfaceIndex> {
         self.on_network(slot)
             .iter()
             .copied()
-            .find(|&i| self.interfaces[usize::from(i)].router == router)
+            .find(|&i| self.interfaces[i.index()].router == router)
     }
 
     /// Whether interface `interface` sits on network `slot`.
     #[inline]
-    pub fn interface_on_network(&self, interface: Option<u16>, slot: u16) -> bool {
+    pub fn interface_on_network(
+        &self,
+        interface: Option<InterfaceIndex>,
+        slot: NetworkSlot,
+    ) -> bool {
         interface
-            .and_then(|i| self.interfaces.get(usize::from(i)))
+            .and_then(|i| self.interfaces.get(i.index()))
             .is_some_and(|i| i.network == slot)
     }
 
     /// Whether `ip` lies in the connected subnet of some router interface on network
     /// `slot`: a neighbour the routers may learn there.
     #[inline]
-    pub fn on_connected_subnet(&self, slot: u16, ip: u32) -> bool {
+    pub fn on_connected_subnet(&self, slot: NetworkSlot, ip: u32) -> bool {
         self.on_network(slot).iter().any(|&i| {
-            let iface = &self.interfaces[usize::from(i)];
+            let iface = &self.interfaces[i.index()];
             same_prefix(iface.ip, ip, iface.prefix_len)
         })
     }
 
     /// The interface on network `slot` that owns address `ip` (host byte order).
     #[inline]
-    pub fn owner_of(&self, slot: u16, ip: u32) -> Option<u16> {
+    pub fn owner_of(&self, slot: NetworkSlot, ip: u32) -> Option<InterfaceIndex> {
         self.on_network(slot)
             .iter()
             .copied()
-            .find(|&i| self.interfaces[usize::from(i)].ip == ip)
+            .find(|&i| self.interfaces[i.index()].ip == ip)
     }
 
     /// The router that answers ARP for floating IP `ip` on network `slot`.
     #[inline]
-    pub fn floating_owner(&self, slot: u16, ip: u32) -> Option<u16> {
+    pub fn floating_owner(&self, slot: NetworkSlot, ip: u32) -> Option<RouterIndex> {
         self.floating_owner
             .as_ref()?
-            .get((u64::from(slot) << 32) | u64::from(ip))
+            .get((u64::from(slot.0) << 32) | u64::from(ip))
     }
 
     /// The fixed IP floating IP `ip` of router `router` maps to.
     #[inline]
-    pub fn fixed_of(&self, router: u16, ip: u32) -> Option<u32> {
+    pub fn fixed_of(&self, router: RouterIndex, ip: u32) -> Option<u32> {
         self.fixed_of
             .as_ref()?
-            .get((u64::from(router) << 32) | u64::from(ip))
+            .get((u64::from(router.0) << 32) | u64::from(ip))
     }
 
     /// The floating IP of fixed IP `ip` behind router `router`.
     #[inline]
-    pub fn floating_of(&self, router: u16, ip: u32) -> Option<u32> {
+    pub fn floating_of(&self, router: RouterIndex, ip: u32) -> Option<u32> {
         self.floating_of
             .as_ref()?
-            .get((u64::from(router) << 32) | u64::from(ip))
+            .get((u64::from(router.0) << 32) | u64::from(ip))
     }
 }
 

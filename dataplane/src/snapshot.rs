@@ -22,6 +22,7 @@ use crate::slowpath::{NetworkService, NetworkServices, ServiceId, SlowPathConfig
 use crate::table::U64Map;
 
 pub use crate::ident::NetworkUid;
+use crate::ident::{FdbKey, NetworkSlot, PackedMac};
 
 /// A physical network (Neutron's `physical_network`, the left side of `bridge_mappings`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -108,12 +109,9 @@ impl Default for L2Config {
     }
 }
 
-/// Slot value meaning "no network".
-pub(crate) const NO_NETWORK: u16 = u16::MAX;
-/// Most networks one snapshot can hold (slots are `u16`, one value is reserved).
-pub const MAX_NETWORKS: usize = NO_NETWORK as usize;
-/// Packed-MAC value meaning "no MAC" (above 48 bits, so no real MAC equals it).
-pub(crate) const NO_MAC: u64 = u64::MAX;
+/// Most networks one snapshot can hold (slots are `u16`, [`NetworkSlot::NONE`] is
+/// reserved).
+pub const MAX_NETWORKS: usize = NetworkSlot::NONE.index();
 
 /// What a port is in the active configuration.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -124,14 +122,15 @@ pub enum PortRole {
     /// A VM port: an untagged member of one network.
     Access {
         /// Network slot.
-        network: u16,
-        /// The port's own MAC, packed; source MACs equal to it need no learning.
-        mac: u64,
+        network: NetworkSlot,
+        /// The port's own MAC ([`PackedMac::NONE`] without one); source MACs equal to it
+        /// need no learning.
+        mac: PackedMac,
     },
     /// An uplink to a physical network, carrying its flat and VLAN networks.
     Uplink {
         /// Index into the snapshot's VLAN maps.
-        vlan_map: u16,
+        vlan_map: VlanMapIndex,
         /// The physical network.
         physnet: PhysnetId,
     },
@@ -151,10 +150,10 @@ pub struct NetworkEntry {
     uplink_vid: u16,
     /// Some router has an interface here: the L2 stage looks for router MACs and ARP.
     pub routed: bool,
-    /// MAC of the network's services (packed; the DHCP server's), or [`NO_MAC`] when it
+    /// MAC of the network's services (the DHCP server's), or [`PackedMac::NONE`] when it
     /// offers none: the L2 stage sends broadcasts and frames to this MAC to the slow-path
     /// stage.
-    pub service_mac: u64,
+    pub service_mac: PackedMac,
     /// The metadata proxy serves this network's VMs through its router: the L2 stage sends
     /// frames to a router MAC here through the slow-path stage, which takes TCP to
     /// 169.254.169.254:80 before routing. Off, routed frames never see that stage.
@@ -163,11 +162,16 @@ pub struct NetworkEntry {
     flood_len: u32,
 }
 
+/// An uplink's VLAN map's position in one snapshot's VLAN maps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[repr(transparent)]
+pub struct VlanMapIndex(pub u16);
+
 /// VLAN ID → network slot for one uplink.
 #[derive(Clone, Debug)]
 pub struct VlanMap {
-    by_vid: Box<[u16; 4096]>,
-    untagged: u16,
+    by_vid: Box<[NetworkSlot; 4096]>,
+    untagged: NetworkSlot,
 }
 
 impl VlanMap {
@@ -175,7 +179,7 @@ impl VlanMap {
     /// for an untagged frame. A priority tag (VID 0) counts as untagged, as 802.1Q requires.
     /// `None` when no network of the physnet uses that VID (or it has no flat network).
     #[inline]
-    pub fn network(&self, tci: Option<u16>) -> Option<u16> {
+    pub fn network(&self, tci: Option<u16>) -> Option<NetworkSlot> {
         let slot = match tci {
             None => self.untagged,
             Some(t) => match t & 0x0fff {
@@ -183,7 +187,7 @@ impl VlanMap {
                 vid => self.by_vid[usize::from(vid)],
             },
         };
-        (slot != NO_NETWORK).then_some(slot)
+        (slot != NetworkSlot::NONE).then_some(slot)
     }
 }
 
@@ -196,6 +200,7 @@ pub struct Snapshot {
     networks: Box<[NetworkEntry]>,
     flood_ports: Box<[PortId]>,
     vlan_maps: Box<[VlanMap]>,
+    /// Static MACs, keyed by [`FdbKey::get`].
     fdb: U64Map<PortId>,
     l2: L2Config,
     routing: Routing,
@@ -229,26 +234,6 @@ impl fmt::Debug for Snapshot {
             .field("routers", &self.routing.routers().len())
             .finish()
     }
-}
-
-/// Key of the FDB tables: network slot in the top 16 bits, MAC in the low 48.
-#[inline]
-pub(crate) fn fdb_key(network: u16, mac: u64) -> u64 {
-    (u64::from(network) << 48) | mac
-}
-
-/// Packs a MAC big-endian into the low 48 bits of a `u64` ([`EthernetAddress::as_u64`]).
-///
-/// [`EthernetAddress::as_u64`]: crate::wire::EthernetAddress::as_u64
-#[inline]
-pub fn mac_to_u64(mac: [u8; 6]) -> u64 {
-    crate::wire::EthernetAddress(mac).as_u64()
-}
-
-/// Unpacks a MAC packed by [`mac_to_u64`].
-#[inline]
-pub fn mac_from_u64(mac: u64) -> [u8; 6] {
-    crate::wire::EthernetAddress::from_u64(mac).0
 }
 
 fn mac_is_group(mac: [u8; 6]) -> bool {
@@ -309,8 +294,8 @@ impl Snapshot {
 
     /// A network by slot.
     #[inline]
-    pub fn network(&self, slot: u16) -> Option<&NetworkEntry> {
-        self.networks.get(usize::from(slot))
+    pub fn network(&self, slot: NetworkSlot) -> Option<&NetworkEntry> {
+        self.networks.get(slot.index())
     }
 
     /// Every network, indexed by slot.
@@ -319,23 +304,23 @@ impl Snapshot {
     }
 
     /// The slot of the network with identity `uid` (slots are taken in uid order).
-    pub fn network_slot(&self, uid: NetworkUid) -> Option<u16> {
+    pub fn network_slot(&self, uid: NetworkUid) -> Option<NetworkSlot> {
         self.networks
             .binary_search_by_key(&uid, |n| n.uid)
             .ok()
-            .map(|slot| slot as u16)
+            .map(|slot| NetworkSlot(slot as u16))
     }
 
     /// The DHCP server addresses of network `slot` (host byte order).
-    pub fn dhcp_addresses(&self, slot: u16) -> &[u32] {
+    pub fn dhcp_addresses(&self, slot: NetworkSlot) -> &[u32] {
         self.services(slot).addresses_of(ServiceId::DHCP)
     }
 
     /// The services network `slot` offers (an empty table when it offers none).
     #[inline]
-    pub fn services(&self, slot: u16) -> &NetworkServices {
+    pub fn services(&self, slot: NetworkSlot) -> &NetworkServices {
         static NONE: NetworkServices = NetworkServices::EMPTY;
-        self.services.get(usize::from(slot)).unwrap_or(&NONE)
+        self.services.get(slot.index()).unwrap_or(&NONE)
     }
 
     /// The slow path's limits.
@@ -345,14 +330,14 @@ impl Snapshot {
 
     /// The VLAN map of an uplink (`PortRole::Uplink::vlan_map`).
     #[inline]
-    pub fn vlan_map(&self, index: u16) -> Option<&VlanMap> {
-        self.vlan_maps.get(usize::from(index))
+    pub fn vlan_map(&self, index: VlanMapIndex) -> Option<&VlanMap> {
+        self.vlan_maps.get(usize::from(index.0))
     }
 
     /// Ports that receive flooded frames of a network, in id order.
     #[inline]
-    pub fn flood_ports(&self, slot: u16) -> &[PortId] {
-        match self.networks.get(usize::from(slot)) {
+    pub fn flood_ports(&self, slot: NetworkSlot) -> &[PortId] {
+        match self.networks.get(slot.index()) {
             Some(n) => {
                 let start = n.flood_start as usize;
                 &self.flood_ports[start..start + n.flood_len as usize]
@@ -393,20 +378,18 @@ impl Snapshot {
 
     /// The port that owns `mac` statically in a network (a VM port's MAC).
     #[inline]
-    pub fn static_mac(&self, slot: u16, mac: u64) -> Option<PortId> {
-        self.fdb.get(fdb_key(slot, mac))
+    pub fn static_mac(&self, key: FdbKey) -> Option<PortId> {
+        self.fdb.get(key.get())
     }
 
-    /// Every static FDB entry as `(network slot, packed MAC, port)`.
-    pub fn static_macs(&self) -> impl Iterator<Item = (u16, u64, PortId)> + '_ {
-        self.fdb
-            .iter()
-            .map(|(k, p)| ((k >> 48) as u16, k & 0xffff_ffff_ffff, p))
+    /// Every static FDB entry as `(network slot and MAC, port)`.
+    pub fn static_macs(&self) -> impl Iterator<Item = (FdbKey, PortId)> + '_ {
+        self.fdb.iter().map(|(k, p)| (FdbKey::from_bits(k), p))
     }
 
     /// Whether `port` carries network `slot` (so a MAC learned there may be used).
     #[inline]
-    pub fn port_serves(&self, port: PortId, slot: u16) -> bool {
+    pub fn port_serves(&self, port: PortId, slot: NetworkSlot) -> bool {
         match self.port(port) {
             PortRole::Absent => false,
             PortRole::Access { network, .. } => network == slot,
@@ -420,11 +403,11 @@ impl Snapshot {
     /// The 802.1Q VID a frame of network `slot` carries when leaving through `port`, or
     /// `None` when it leaves untagged.
     #[inline]
-    pub fn egress_vid(&self, port: PortId, slot: u16) -> Option<u16> {
+    pub fn egress_vid(&self, port: PortId, slot: NetworkSlot) -> Option<u16> {
         match self.ports.get(port.index()) {
             Some(PortRole::Uplink { .. }) => self
                 .networks
-                .get(usize::from(slot))
+                .get(slot.index())
                 .map(|n| n.uplink_vid)
                 .filter(|&vid| vid != 0),
             _ => None,
@@ -782,12 +765,12 @@ impl SnapshotBuilder {
         // Networks take slots in uid order, so equal configurations compile identically.
         let mut nets: Vec<(NetworkUid, Segment)> = self.networks.clone();
         nets.sort_by_key(|(uid, _)| *uid);
-        let mut slot_of: HashMap<NetworkUid, u16> = HashMap::new();
+        let mut slot_of: HashMap<NetworkUid, NetworkSlot> = HashMap::new();
         let mut vids: HashMap<(PhysnetId, u16), NetworkUid> = HashMap::new();
-        let mut flat: HashMap<PhysnetId, u16> = HashMap::new();
-        let mut tunnels: Vec<(u16, TunnelId)> = Vec::new();
+        let mut flat: HashMap<PhysnetId, NetworkSlot> = HashMap::new();
+        let mut tunnels: Vec<(NetworkSlot, TunnelId)> = Vec::new();
         for (slot, (uid, segment)) in nets.iter().enumerate() {
-            let slot = slot as u16;
+            let slot = NetworkSlot(slot as u16);
             if slot_of.insert(*uid, slot).is_some() {
                 return Err(BuildError::DuplicateNetwork(*uid));
             }
@@ -817,15 +800,15 @@ impl SnapshotBuilder {
         if let Some(w) = specs.windows(2).find(|w| w[0].0 == w[1].0) {
             return Err(BuildError::DuplicatePort(w[0].0));
         }
-        if specs.last().is_some_and(|(id, _)| id.0 == u16::MAX) {
+        if specs.last().is_some_and(|(id, _)| *id == PortId::NONE) {
             return Err(BuildError::ReservedPortId);
         }
         let port_slots = specs.last().map_or(0, |(id, _)| id.index() + 1);
         let mut ports = vec![PortRole::Absent; port_slots].into_boxed_slice();
-        let mut members: BTreeMap<u16, Vec<PortId>> = BTreeMap::new();
+        let mut members: BTreeMap<NetworkSlot, Vec<PortId>> = BTreeMap::new();
         let mut uplink_of: BTreeMap<PhysnetId, PortId> = BTreeMap::new();
         let mut vlan_maps = Vec::new();
-        let mut static_macs: Vec<(u16, [u8; 6], PortId)> = Vec::new();
+        let mut static_macs: Vec<(NetworkSlot, [u8; 6], PortId)> = Vec::new();
         for (id, spec) in specs {
             ports[id.index()] = match spec {
                 PortSpec::Access { network, macs } => {
@@ -845,23 +828,25 @@ impl SnapshotBuilder {
                     members.entry(slot).or_default().push(*id);
                     PortRole::Access {
                         network: slot,
-                        mac: macs.first().map_or(NO_MAC, |m| mac_to_u64(*m)),
+                        mac: macs
+                            .first()
+                            .map_or(PackedMac::NONE, |&m| PackedMac::from(m)),
                     }
                 }
                 PortSpec::Uplink { physnet } => {
                     if uplink_of.insert(*physnet, *id).is_some() {
                         return Err(BuildError::SecondUplink(*physnet));
                     }
-                    let mut by_vid = Box::new([NO_NETWORK; 4096]);
+                    let mut by_vid = Box::new([NetworkSlot::NONE; 4096]);
                     for (&(p, vid), uid) in &vids {
                         if p == *physnet {
                             by_vid[usize::from(vid)] = slot_of[uid];
                         }
                     }
-                    let untagged = flat.get(physnet).copied().unwrap_or(NO_NETWORK);
+                    let untagged = flat.get(physnet).copied().unwrap_or(NetworkSlot::NONE);
                     vlan_maps.push(VlanMap { by_vid, untagged });
                     PortRole::Uplink {
-                        vlan_map: (vlan_maps.len() - 1) as u16,
+                        vlan_map: VlanMapIndex((vlan_maps.len() - 1) as u16),
                         physnet: *physnet,
                     }
                 }
@@ -892,12 +877,12 @@ impl SnapshotBuilder {
         let mut fdb = U64Map::with_slots_per_entry(static_macs.len(), 8);
         for (slot, mac, port) in static_macs {
             if fdb
-                .insert(fdb_key(slot, mac_to_u64(mac)), port)
+                .insert(FdbKey::packed(slot, PackedMac::from(mac)).get(), port)
                 .expect("sized for every MAC")
                 .is_some()
             {
                 return Err(BuildError::DuplicateMac {
-                    network: nets[usize::from(slot)].0,
+                    network: nets[slot.index()].0,
                     mac,
                 });
             }
@@ -905,18 +890,17 @@ impl SnapshotBuilder {
 
         let routing =
             Routing::compile(&self.routers, &slot_of, nets.len()).map_err(BuildError::Routing)?;
-        let mut service_macs = vec![NO_MAC; nets.len()];
+        let mut service_macs = vec![PackedMac::NONE; nets.len()];
         let mut services: Vec<Vec<NetworkService>> = vec![Vec::new(); nets.len()];
         for (uid, mac, service) in &self.services {
-            let slot = usize::from(
-                *slot_of
-                    .get(uid)
-                    .ok_or(BuildError::UnknownServiceNetwork(*uid))?,
-            );
-            let packed = mac_to_u64(*mac);
+            let slot = slot_of
+                .get(uid)
+                .ok_or(BuildError::UnknownServiceNetwork(*uid))?
+                .index();
+            let packed = PackedMac::from(*mac);
             let taken = &services[slot];
             if mac_is_group(*mac)
-                || (service_macs[slot] != NO_MAC && service_macs[slot] != packed)
+                || (service_macs[slot] != PackedMac::NONE && service_macs[slot] != packed)
                 || taken.iter().any(|s| s.id == service.id)
                 || service.id.kind().is_none()
             {
@@ -927,11 +911,10 @@ impl SnapshotBuilder {
         }
         let mut metadata_via_router = vec![false; nets.len()];
         for uid in &self.metadata_via_router {
-            let slot = usize::from(
-                *slot_of
-                    .get(uid)
-                    .ok_or(BuildError::UnknownServiceNetwork(*uid))?,
-            );
+            let slot = slot_of
+                .get(uid)
+                .ok_or(BuildError::UnknownServiceNetwork(*uid))?
+                .index();
             metadata_via_router[slot] = true;
             // The match the slow-path stage takes them by; with no address of its own
             // unless the network's DHCP server carries the proxy too.
@@ -961,9 +944,10 @@ impl SnapshotBuilder {
         }
         let mut flood_ports = Vec::new();
         let mut networks = Vec::with_capacity(nets.len());
-        for (slot, (uid, segment)) in nets.iter().enumerate() {
+        for (index, (uid, segment)) in nets.iter().enumerate() {
+            let slot = NetworkSlot(index as u16);
             let start = flood_ports.len();
-            let mut list: Vec<PortId> = members.remove(&(slot as u16)).unwrap_or_default();
+            let mut list: Vec<PortId> = members.remove(&slot).unwrap_or_default();
             if let Some(uplink) = segment.physnet().and_then(|p| uplink_of.get(&p)) {
                 list.push(*uplink);
             }
@@ -978,10 +962,10 @@ impl SnapshotBuilder {
                 },
                 flood_start: start as u32,
                 flood_len: (flood_ports.len() - start) as u32,
-                routed: !routing.on_network(slot as u16).is_empty(),
-                service_mac: service_macs[slot],
-                metadata_via_router: metadata_via_router[slot]
-                    && !routing.on_network(slot as u16).is_empty(),
+                routed: !routing.on_network(slot).is_empty(),
+                service_mac: service_macs[index],
+                metadata_via_router: metadata_via_router[index]
+                    && !routing.on_network(slot).is_empty(),
             });
         }
 
@@ -993,7 +977,7 @@ impl SnapshotBuilder {
             if net.routed {
                 set = set.with(Stage::L3);
             }
-            if net.service_mac != NO_MAC || net.metadata_via_router {
+            if net.service_mac != PackedMac::NONE || net.metadata_via_router {
                 set = set.with(Stage::SlowPath);
             }
             set
@@ -1011,11 +995,9 @@ impl SnapshotBuilder {
                 let base = StageSet::BASE.with(Stage::L2);
                 match *role {
                     PortRole::Absent | PortRole::Tunnel => StageSet::BASE,
-                    PortRole::Access { network, .. } => base.union(
-                        networks
-                            .get(usize::from(network))
-                            .map_or(StageSet::EMPTY, needs),
-                    ),
+                    PortRole::Access { network, .. } => {
+                        base.union(networks.get(network.index()).map_or(StageSet::EMPTY, needs))
+                    }
                     PortRole::Uplink { physnet, .. } => {
                         base.union(physnet_needs.get(&physnet).copied().unwrap_or_default())
                     }
@@ -1032,7 +1014,7 @@ impl SnapshotBuilder {
         if let Some(endpoint) = overlay.endpoint_uplink() {
             let mut overlay_needs = StageSet::EMPTY;
             for (slot, net) in networks.iter().enumerate() {
-                if overlay.tunnel(slot as u16).is_some() {
+                if overlay.tunnel(NetworkSlot(slot as u16)).is_some() {
                     overlay_needs = overlay_needs.union(needs(net));
                 }
             }
@@ -1109,6 +1091,7 @@ impl SnapshotBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::EthernetAddress;
 
     const P1: PhysnetId = PhysnetId(1);
 
@@ -1146,26 +1129,33 @@ mod tests {
             other => panic!("{other:?}"),
         };
         let map = s.vlan_map(map).unwrap();
-        assert_eq!(map.network(Some(100)), Some(0));
+        assert_eq!(map.network(Some(100)), Some(NetworkSlot(0)));
         assert_eq!(
             map.network(Some(0x2000 | 200)),
-            Some(1),
+            Some(NetworkSlot(1)),
             "PCP bits are ignored"
         );
-        assert_eq!(map.network(None), Some(2));
-        assert_eq!(map.network(Some(0)), Some(2), "priority tag is untagged");
+        assert_eq!(map.network(None), Some(NetworkSlot(2)));
+        assert_eq!(
+            map.network(Some(0)),
+            Some(NetworkSlot(2)),
+            "priority tag is untagged"
+        );
         assert_eq!(map.network(Some(300)), None);
-        assert_eq!(s.flood_ports(0), &[PortId(0), PortId(1)]);
-        assert_eq!(s.flood_ports(3), &[PortId(3)]);
+        assert_eq!(s.flood_ports(NetworkSlot(0)), &[PortId(0), PortId(1)]);
+        assert_eq!(s.flood_ports(NetworkSlot(3)), &[PortId(3)]);
         // The same MAC in two networks is two independent entries.
-        let mac = mac_to_u64([2, 0, 0, 0, 0, 1]);
-        assert_eq!(s.static_mac(0, mac), Some(PortId(1)));
-        assert_eq!(s.static_mac(1, mac), Some(PortId(2)));
-        assert_eq!(s.static_mac(3, mac), None);
-        assert!(s.port_serves(PortId(0), 1) && !s.port_serves(PortId(0), 3));
-        assert_eq!(s.egress_vid(PortId(0), 1), Some(200));
-        assert_eq!(s.egress_vid(PortId(0), 2), None);
-        assert_eq!(s.egress_vid(PortId(1), 0), None);
+        let mac = EthernetAddress([2, 0, 0, 0, 0, 1]);
+        let key = |slot| FdbKey::new(NetworkSlot(slot), mac);
+        assert_eq!(s.static_mac(key(0)), Some(PortId(1)));
+        assert_eq!(s.static_mac(key(1)), Some(PortId(2)));
+        assert_eq!(s.static_mac(key(3)), None);
+        assert!(
+            s.port_serves(PortId(0), NetworkSlot(1)) && !s.port_serves(PortId(0), NetworkSlot(3))
+        );
+        assert_eq!(s.egress_vid(PortId(0), NetworkSlot(1)), Some(200));
+        assert_eq!(s.egress_vid(PortId(0), NetworkSlot(2)), None);
+        assert_eq!(s.egress_vid(PortId(1), NetworkSlot(0)), None);
         assert_eq!(s.port(PortId(9)), PortRole::Absent);
     }
 
@@ -1232,8 +1222,8 @@ mod tests {
     #[test]
     fn mac_packing_round_trips() {
         let mac = [0xfa, 0x16, 0x3e, 0x01, 0x02, 0x03];
-        assert_eq!(mac_to_u64(mac), 0xfa16_3e01_0203);
-        assert_eq!(mac_from_u64(mac_to_u64(mac)), mac);
+        assert_eq!(PackedMac::from(mac).get(), 0xfa16_3e01_0203);
+        assert_eq!(PackedMac::from(mac).octets(), mac);
     }
 }
 

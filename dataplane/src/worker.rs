@@ -16,7 +16,7 @@ use crate::conntrack::{ConnConfig, ConnTable, FlowKey6};
 use crate::counters::WorkerCounters;
 use crate::handoff::{Handoff, HandoffIn};
 use crate::l2::MacTable;
-use crate::l3::{self, RouterState, ORIGINATED};
+use crate::l3::{self, RouterState};
 use crate::output::PortSet;
 use crate::packet::{Batch, MAX_BURST};
 use crate::packet::{Next, Packet};
@@ -530,7 +530,8 @@ impl Worker {
         });
         let (pool, ports) = (&mut self.pool, &mut self.ports);
         self.handoff_in.take(HANDOFFS_PER_PASS, |port, frame| {
-            if frame.is_empty() || port == u16::MAX {
+            let port = PortId(port);
+            if frame.is_empty() || port == PortId::NONE {
                 // A frame the sender could not copy; it counted the drop.
                 return true;
             }
@@ -539,9 +540,9 @@ impl Worker {
             };
             counters.handoffs_received.inc();
             let mut pkt = Packet::received(id, offset, frame.len() as u16);
-            pkt.in_port = ORIGINATED;
-            pkt.meta.next = Next::Output(PortId(port));
-            ports.enqueue(pool, counters, PortId(port), pkt);
+            pkt.in_port = PortId::NONE;
+            pkt.meta.next = Next::Output(port);
+            ports.enqueue(pool, counters, port, pkt);
             true
         })
     }
@@ -607,7 +608,7 @@ impl Worker {
                 counters: &self.counters,
                 now_ns: self.now_ns,
                 now_secs: self.now_secs,
-                in_port: ORIGINATED,
+                in_port: PortId::NONE,
                 role: PortRole::Absent,
                 dry_run: false,
             };
@@ -654,7 +655,7 @@ impl Worker {
             counters: &self.counters,
             now_ns: self.now_ns,
             now_secs: self.now_secs,
-            in_port: ORIGINATED,
+            in_port: PortId::NONE,
             role: PortRole::Absent,
             dry_run: false,
         };

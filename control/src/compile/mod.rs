@@ -1030,7 +1030,7 @@ mod tests {
         let [r] = routing.routers() else {
             panic!("one router: {routing:?}")
         };
-        assert_eq!(r.mac, [0x02, 0x70, 0x6c, 0, 0, 1]);
+        assert_eq!(r.mac.0, [0x02, 0x70, 0x6c, 0, 0, 1]);
         let ips: Vec<Ipv4Addr> = r
             .interfaces
             .iter()
@@ -1200,8 +1200,9 @@ mod tests {
             ov.peer(slot, u32::from(Ipv4Addr::new(198, 18, 255, 2))),
             Some(tunnel)
         );
-        let vm2 = pollux_dataplane::snapshot::mac_to_u64([0xfa, 0x16, 0x3e, 0, 0, 2]);
-        assert_eq!(c.snapshot.static_mac(slot, vm2), Some(tunnel));
+        let vm2 = pollux_dataplane::ident::PackedMac::from([0xfa, 0x16, 0x3e, 0, 0, 2]);
+        let key = pollux_dataplane::ident::FdbKey::packed(slot, vm2);
+        assert_eq!(c.snapshot.static_mac(key), Some(tunnel));
         assert_eq!(
             ov.arp_answer(slot, u32::from(Ipv4Addr::new(203, 0, 113, 12))),
             Some(vm2)
@@ -1283,8 +1284,9 @@ mod tests {
             ov.peer(slot, u32::from(Ipv4Addr::new(198, 18, 255, 3))),
             Some(t3)
         );
-        let r1 = pollux_dataplane::snapshot::mac_to_u64([0xfa, 0x16, 0x3e, 0, 0x0f, 1]);
-        assert_eq!(c.snapshot.static_mac(slot, r1), Some(t3));
+        let r1 = pollux_dataplane::ident::PackedMac::from([0xfa, 0x16, 0x3e, 0, 0x0f, 1]);
+        let key = pollux_dataplane::ident::FdbKey::packed(slot, r1);
+        assert_eq!(c.snapshot.static_mac(key), Some(t3));
         assert_eq!(
             ov.arp_answer(slot, u32::from(Ipv4Addr::new(203, 0, 113, 1))),
             Some(r1)
@@ -1298,7 +1300,7 @@ mod tests {
             let c = compile(&v, &Identities::default(), 1).unwrap();
             let routers = c.snapshot.routing().routers();
             assert_eq!(routers.len(), 1);
-            assert_eq!(routers[0].mac, [0xfa, 0x16, 0x3e, 0, 0x0f, 1]);
+            assert_eq!(routers[0].mac.0, [0xfa, 0x16, 0x3e, 0, 0x0f, 1]);
             // Its own host answers ARP for it from the router, not the responder.
             let ov = c.snapshot.overlay();
             let slot = ov.network_of(Encapsulation::Vxlan, 5000).unwrap();

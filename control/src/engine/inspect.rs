@@ -11,7 +11,6 @@ use pollux_dataplane::l3::Neighbor;
 use pollux_dataplane::l3::REACHABLE_SECS;
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::secgroup::zone_port;
-use pollux_dataplane::snapshot::mac_from_u64;
 use pollux_dataplane::worker::{Mailbox, Worker};
 
 use super::{ApplyError, Engine, WORKER_TIMEOUT};
@@ -30,7 +29,8 @@ impl Engine {
             let entries: Vec<_> = w.macs().entries().collect();
             (w.now_secs(), entries)
         })? {
-            for (slot, mac, entry) in entries {
+            for (key, entry) in entries {
+                let (slot, mac) = (key.slot(), key.packed_mac());
                 let age = now.saturating_sub(entry.seen);
                 match latest.get(&(entry.uid, mac)) {
                     Some(&(_, _, a)) if a <= age => {}
@@ -44,15 +44,15 @@ impl Engine {
         let ports = self.active.identities.ports_by_id();
         let snap = self.publisher.current();
         let mut out = Vec::new();
-        for (slot, mac, port) in snap.static_macs() {
-            let Some(net) = snap.network(slot) else {
+        for (key, port) in snap.static_macs() {
+            let Some(net) = snap.network(key.slot()) else {
                 continue;
             };
             if let (Some(&network_id), Some(&port)) = (networks.get(&net.uid.0), ports.get(&port.0))
             {
                 out.push(FdbEntry {
                     network_id: network_id.to_string(),
-                    mac: fmt_mac(mac_from_u64(mac)),
+                    mac: fmt_mac(key.mac().0),
                     port: port.to_string(),
                     learned: false,
                     age_secs: 0,
@@ -66,7 +66,7 @@ impl Engine {
             {
                 out.push(FdbEntry {
                     network_id: network_id.to_string(),
-                    mac: fmt_mac(mac_from_u64(mac)),
+                    mac: fmt_mac(mac.octets()),
                     port: port.to_string(),
                     learned: true,
                     age_secs,
@@ -117,7 +117,7 @@ impl Engine {
                 Some(NeighborEntry {
                     network_id,
                     ip: Ipv4Addr::from(ip),
-                    mac: n.mac().map(|m| fmt_mac(mac_from_u64(m))),
+                    mac: n.mac().map(|m| fmt_mac(m.octets())),
                     state,
                     age_secs,
                 })

@@ -10,8 +10,9 @@
 //! moved to a VM port: a VM sending from that MAC would otherwise pull the host's traffic
 //! to itself. The entry ages out if the host really went away.
 
+use crate::ident::{FdbKey, NetworkSlot};
 use crate::port::PortId;
-use crate::snapshot::{fdb_key, NetworkUid, MAX_NETWORKS};
+use crate::snapshot::{NetworkUid, MAX_NETWORKS};
 use crate::table::U64Map;
 
 /// A learned MAC: where it was last seen and when.
@@ -94,11 +95,8 @@ impl MacTable {
 
     /// Learned MACs in one network slot (including entries left by an earlier owner of the
     /// slot until they age out).
-    pub fn count_in(&self, slot: u16) -> u32 {
-        self.per_network
-            .get(usize::from(slot))
-            .copied()
-            .unwrap_or(0)
+    pub fn count_in(&self, slot: NetworkSlot) -> u32 {
+        self.per_network.get(slot.index()).copied().unwrap_or(0)
     }
 
     /// Learned MACs on VM port `port`.
@@ -106,11 +104,12 @@ impl MacTable {
         self.per_vm_port[port.index()]
     }
 
-    /// The port a MAC was learned on in network `slot` with identity `uid`.
+    /// The port a MAC was learned on, by its key (network slot and MAC) and the
+    /// network's identity `uid`.
     #[inline]
-    pub fn lookup(&self, slot: u16, uid: NetworkUid, mac: u64) -> Option<PortId> {
+    pub fn lookup(&self, key: FdbKey, uid: NetworkUid) -> Option<PortId> {
         self.map
-            .get(fdb_key(slot, mac))
+            .get(key.get())
             .filter(|e| e.uid == uid.0)
             .map(|e| e.port)
     }
@@ -118,15 +117,8 @@ impl MacTable {
     /// Updates the timestamp of `mac` if it is already learned on `port` in this network;
     /// returns false (changing nothing) otherwise.
     #[inline]
-    pub fn refresh(
-        &mut self,
-        slot: u16,
-        uid: NetworkUid,
-        mac: u64,
-        port: PortId,
-        now: u32,
-    ) -> bool {
-        match self.map.get_mut(fdb_key(slot, mac)) {
+    pub fn refresh(&mut self, key: FdbKey, uid: NetworkUid, port: PortId, now: u32) -> bool {
+        match self.map.get_mut(key.get()) {
             Some(e) if e.uid == uid.0 && e.port == port => {
                 e.seen = now;
                 true
@@ -135,14 +127,14 @@ impl MacTable {
         }
     }
 
-    /// Records that `mac` was seen on uplink `port` in network `slot` at `now` (seconds).
-    /// A new entry is added only when the network has fewer than `limit` entries.
+    /// Records that `key`'s MAC was seen on uplink `port` in `key`'s network at `now`
+    /// (seconds). A new entry is added only when the network has fewer than `limit`
+    /// entries.
     #[inline]
     pub fn learn(
         &mut self,
-        slot: u16,
+        key: FdbKey,
         uid: NetworkUid,
-        mac: u64,
         port: PortId,
         now: u32,
         limit: u32,
@@ -152,30 +144,29 @@ impl MacTable {
             per_vm_port: u32::MAX,
             vm_port: false,
         };
-        self.learn_on(slot, uid, mac, port, now, limits)
+        self.learn_on(key, uid, port, now, limits)
     }
 
-    /// Records that `mac` was seen on `port` in network `slot` at `now` (seconds), within
+    /// Records that `key`'s MAC was seen on `port` in `key`'s network at `now` (seconds), within
     /// `limits`: a new entry needs room in the network's and (on a VM port) the port's
     /// quota; an entry learned on an uplink does not move to a VM port.
     #[inline]
     pub fn learn_on(
         &mut self,
-        slot: u16,
+        key: FdbKey,
         uid: NetworkUid,
-        mac: u64,
         port: PortId,
         now: u32,
         limits: LearnLimits,
     ) -> LearnOutcome {
-        let key = fdb_key(slot, mac);
+        let slot = key.slot();
         let fresh = Learned {
             port,
             uid: uid.0,
             seen: now,
             on_vm: limits.vm_port,
         };
-        if let Some(e) = self.map.get_mut(key) {
+        if let Some(e) = self.map.get_mut(key.get()) {
             let stale = e.uid != uid.0;
             if !stale && e.port == port {
                 e.seen = now;
@@ -202,15 +193,15 @@ impl MacTable {
                 LearnOutcome::Moved
             };
         }
-        if self.per_network[usize::from(slot)] >= limits.per_network {
+        if self.per_network[slot.index()] >= limits.per_network {
             return LearnOutcome::Full;
         }
         if limits.vm_port && self.per_vm_port[port.index()] >= limits.per_vm_port {
             return LearnOutcome::PortFull;
         }
-        match self.map.insert(key, fresh) {
+        match self.map.insert(key.get(), fresh) {
             Ok(_) => {
-                self.per_network[usize::from(slot)] += 1;
+                self.per_network[slot.index()] += 1;
                 if limits.vm_port {
                     self.per_vm_port[port.index()] += 1;
                 }
@@ -227,7 +218,7 @@ impl MacTable {
         let (cursor, removed) = self.map.retain_slots(self.age_cursor, budget, |key, e| {
             let keep = now.wrapping_sub(e.seen) < max_idle;
             if !keep {
-                counts[(key >> 48) as usize] -= 1;
+                counts[FdbKey::from_bits(key).slot().index()] -= 1;
                 if e.on_vm {
                     ports[e.port.index()] -= 1;
                 }
@@ -238,11 +229,9 @@ impl MacTable {
         removed
     }
 
-    /// Every entry as `(network slot, packed MAC, entry)`.
-    pub fn entries(&self) -> impl Iterator<Item = (u16, u64, Learned)> + '_ {
-        self.map
-            .iter()
-            .map(|(k, e)| ((k >> 48) as u16, k & 0xffff_ffff_ffff, e))
+    /// Every entry with its key (network slot and MAC).
+    pub fn entries(&self) -> impl Iterator<Item = (FdbKey, Learned)> + '_ {
+        self.map.iter().map(|(k, e)| (FdbKey::from_bits(k), e))
     }
 }
 
@@ -250,56 +239,65 @@ impl MacTable {
 mod tests {
     use super::*;
 
+    use crate::ident::PackedMac;
+
     const NET: NetworkUid = NetworkUid(5);
+
+    fn k(slot: u16, mac: u64) -> FdbKey {
+        FdbKey::packed(NetworkSlot(slot), PackedMac::from_bits(mac))
+    }
 
     #[test]
     fn learn_refresh_move_and_age() {
         let mut t = MacTable::new(16);
         assert_eq!(
-            t.learn(0, NET, 0xa, PortId(1), 100, 10),
+            t.learn(k(0, 0xa), NET, PortId(1), 100, 10),
             LearnOutcome::Learned
         );
         assert_eq!(
-            t.learn(0, NET, 0xa, PortId(1), 101, 10),
+            t.learn(k(0, 0xa), NET, PortId(1), 101, 10),
             LearnOutcome::Refreshed
         );
         assert_eq!(
-            t.learn(0, NET, 0xa, PortId(2), 102, 10),
+            t.learn(k(0, 0xa), NET, PortId(2), 102, 10),
             LearnOutcome::Moved
         );
-        assert_eq!(t.lookup(0, NET, 0xa), Some(PortId(2)));
+        assert_eq!(t.lookup(k(0, 0xa), NET), Some(PortId(2)));
         // The same MAC in another network is a separate entry.
         assert_eq!(
-            t.learn(1, NetworkUid(6), 0xa, PortId(3), 102, 10),
+            t.learn(k(1, 0xa), NetworkUid(6), PortId(3), 102, 10),
             LearnOutcome::Learned
         );
-        assert_eq!(t.lookup(0, NET, 0xa), Some(PortId(2)));
-        assert_eq!(t.lookup(1, NetworkUid(6), 0xa), Some(PortId(3)));
+        assert_eq!(t.lookup(k(0, 0xa), NET), Some(PortId(2)));
+        assert_eq!(t.lookup(k(1, 0xa), NetworkUid(6)), Some(PortId(3)));
         // An entry under another identity of the slot is invisible.
-        assert_eq!(t.lookup(0, NetworkUid(7), 0xa), None);
+        assert_eq!(t.lookup(k(0, 0xa), NetworkUid(7)), None);
         assert_eq!(t.age(401, 300, usize::MAX), 0);
         assert_eq!(t.age(402, 300, usize::MAX), 2);
         assert!(t.is_empty());
-        assert_eq!(t.count_in(0), 0);
+        assert_eq!(t.count_in(NetworkSlot(0)), 0);
     }
 
     #[test]
     fn quota_per_network_and_capacity_are_enforced() {
         let mut t = MacTable::new(4);
         for mac in 0..3 {
-            assert_eq!(t.learn(0, NET, mac, PortId(1), 0, 3), LearnOutcome::Learned);
+            assert_eq!(
+                t.learn(k(0, mac), NET, PortId(1), 0, 3),
+                LearnOutcome::Learned
+            );
         }
-        assert_eq!(t.learn(0, NET, 9, PortId(1), 0, 3), LearnOutcome::Full);
+        assert_eq!(t.learn(k(0, 9), NET, PortId(1), 0, 3), LearnOutcome::Full);
         assert_eq!(
-            t.learn(1, NetworkUid(6), 9, PortId(1), 0, 3),
+            t.learn(k(1, 9), NetworkUid(6), PortId(1), 0, 3),
             LearnOutcome::Learned
         );
         assert_eq!(
-            t.learn(2, NetworkUid(7), 9, PortId(1), 0, 3),
+            t.learn(k(2, 9), NetworkUid(7), PortId(1), 0, 3),
             LearnOutcome::Full,
             "table full"
         );
-        assert_eq!(t.count_in(0), 3);
+        assert_eq!(t.count_in(NetworkSlot(0)), 3);
     }
 
     fn vm(per_vm_port: u32) -> LearnLimits {
@@ -315,24 +313,24 @@ mod tests {
         let mut t = MacTable::new(16);
         let gateway = 0x5254_0000_0001;
         assert_eq!(
-            t.learn(0, NET, gateway, PortId(9), 10, 100),
+            t.learn(k(0, gateway), NET, PortId(9), 10, 100),
             LearnOutcome::Learned
         );
         assert_eq!(
-            t.learn_on(0, NET, gateway, PortId(1), 11, vm(8)),
+            t.learn_on(k(0, gateway), NET, PortId(1), 11, vm(8)),
             LearnOutcome::MoveRefused
         );
-        assert_eq!(t.lookup(0, NET, gateway), Some(PortId(9)));
+        assert_eq!(t.lookup(k(0, gateway), NET), Some(PortId(9)));
         assert_eq!(t.count_on_port(PortId(1)), 0);
         // Once the host is gone (aged out), the MAC may be learned anywhere.
         assert_eq!(t.age(400, 300, usize::MAX), 1);
         assert_eq!(
-            t.learn_on(0, NET, gateway, PortId(1), 401, vm(8)),
+            t.learn_on(k(0, gateway), NET, PortId(1), 401, vm(8)),
             LearnOutcome::Learned
         );
         // A VM's MAC may move to the uplink (the VM migrated) and between VM ports.
         assert_eq!(
-            t.learn_on(0, NET, gateway, PortId(2), 402, vm(8)),
+            t.learn_on(k(0, gateway), NET, PortId(2), 402, vm(8)),
             LearnOutcome::Moved
         );
         assert_eq!(
@@ -340,7 +338,7 @@ mod tests {
             (0, 1)
         );
         assert_eq!(
-            t.learn(0, NET, gateway, PortId(9), 403, 100),
+            t.learn(k(0, gateway), NET, PortId(9), 403, 100),
             LearnOutcome::Moved
         );
         assert_eq!(t.count_on_port(PortId(2)), 0);
@@ -351,32 +349,32 @@ mod tests {
         let mut t = MacTable::new(64);
         for mac in 0..4 {
             assert_eq!(
-                t.learn_on(0, NET, mac, PortId(1), 0, vm(4)),
+                t.learn_on(k(0, mac), NET, PortId(1), 0, vm(4)),
                 LearnOutcome::Learned
             );
         }
         assert_eq!(
-            t.learn_on(0, NET, 99, PortId(1), 0, vm(4)),
+            t.learn_on(k(0, 99), NET, PortId(1), 0, vm(4)),
             LearnOutcome::PortFull
         );
         // Another VM port and the uplink still learn in the same network.
         assert_eq!(
-            t.learn_on(0, NET, 99, PortId(2), 0, vm(4)),
+            t.learn_on(k(0, 99), NET, PortId(2), 0, vm(4)),
             LearnOutcome::Learned
         );
         assert_eq!(
-            t.learn(0, NET, 100, PortId(9), 0, 100),
+            t.learn(k(0, 100), NET, PortId(9), 0, 100),
             LearnOutcome::Learned
         );
         // A full port cannot take another port's MAC either; aging frees its quota.
         assert_eq!(
-            t.learn_on(0, NET, 99, PortId(1), 1, vm(4)),
+            t.learn_on(k(0, 99), NET, PortId(1), 1, vm(4)),
             LearnOutcome::PortFull
         );
         assert_eq!(t.age(1000, 300, usize::MAX), 6);
         assert_eq!(t.count_on_port(PortId(1)), 0);
         assert_eq!(
-            t.learn_on(0, NET, 99, PortId(1), 1000, vm(4)),
+            t.learn_on(k(0, 99), NET, PortId(1), 1000, vm(4)),
             LearnOutcome::Learned
         );
     }

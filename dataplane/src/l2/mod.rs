@@ -8,10 +8,11 @@ pub use learn::{LearnLimits, LearnOutcome, Learned, MacTable};
 
 use crate::counters::WorkerCounters;
 use crate::drop::DropReason;
+use crate::ident::{FdbKey, NetworkSlot, PackedMac};
 use crate::packet::{Meta, Next, Packet};
 use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::PortId;
-use crate::snapshot::{fdb_key, NetworkUid, PortRole, Snapshot, NO_MAC};
+use crate::snapshot::{NetworkUid, PortRole, Snapshot};
 use crate::wire::{EtherType, EthernetFrame};
 
 /// The L2 stage. Its table of learned MACs is the worker's (in the [`BurstCtx`]), since
@@ -72,12 +73,12 @@ fn forward<const PER_PACKET_PORT: bool>(cx: &mut BurstCtx<'_>, pkts: &mut [Packe
     // as the compiler can tell).
     let own_mac = std::hint::black_box(match cx.role {
         PortRole::Access { mac, .. } => mac,
-        _ => NO_MAC,
+        _ => PackedMac::NONE,
     });
     // A burst is mostly runs of one flow. Like VPP's l2-learn and l2-fwd, remember the last
     // key of each lookup within the burst, so a run costs one lookup rather than one per
-    // frame. No key equals `NO_KEY`: slot 0xffff is never assigned.
-    const NO_KEY: u64 = u64::MAX;
+    // frame. No key equals `NO_KEY`: its slot is `NetworkSlot::NONE`, never assigned.
+    const NO_KEY: FdbKey = FdbKey::packed(NetworkSlot::NONE, PackedMac::NONE);
     let mut last_src = NO_KEY;
     let mut last_dst = NO_KEY;
     let mut last_next = Next::Flood;
@@ -101,18 +102,18 @@ fn forward<const PER_PACKET_PORT: bool>(cx: &mut BurstCtx<'_>, pkts: &mut [Packe
         };
         let slot = pkt.meta.network;
         let Some(net) = snap.network(slot) else {
-            debug_assert!(false, "packet classified into missing slot {slot}");
+            debug_assert!(false, "packet classified into missing {slot}");
             pkt.meta.next = Next::Drop(DropReason::InternalError, Stage::L2);
             produced |= Pending::DONE;
             continue;
         };
         // Classification checked that the frame holds a whole Ethernet header.
         let eth = EthernetFrame::new_unchecked(frames.data(pkt));
-        let src = eth.src_addr_u64();
-        let src_key = fdb_key(slot, src);
+        let src = eth.src_mac();
+        let src_key = FdbKey::packed(slot, src);
         if src != own_mac && src_key != last_src {
             last_src = src_key;
-            if learner.learn(slot, net.uid, src) {
+            if learner.learn(src_key, net.uid) {
                 // The table changed: a cached forwarding decision may be stale.
                 last_dst = NO_KEY;
             }
@@ -121,7 +122,7 @@ fn forward<const PER_PACKET_PORT: bool>(cx: &mut BurstCtx<'_>, pkts: &mut [Packe
             // The network's services hear what they take (DHCP) and ARP for their
             // addresses, a router ARP for its addresses; everything else floods.
             let ethertype = pkt.meta.ethertype;
-            pkt.meta.next = if net.service_mac != NO_MAC
+            pkt.meta.next = if net.service_mac != PackedMac::NONE
                 && (ethertype == EtherType::IPV4.0 || ethertype == EtherType::ARP.0)
             {
                 produced |= Pending::SLOW_PATH;
@@ -134,15 +135,15 @@ fn forward<const PER_PACKET_PORT: bool>(cx: &mut BurstCtx<'_>, pkts: &mut [Packe
             };
             continue;
         }
-        let dst = eth.dst_addr_u64();
-        let dst_key = fdb_key(slot, dst);
+        let dst = eth.dst_mac();
+        let dst_key = FdbKey::packed(slot, dst);
         if dst_key != last_dst {
-            last_next = match snap.static_mac(slot, dst) {
+            last_next = match snap.static_mac(dst_key) {
                 Some(p) if p == in_port => Next::Drop(DropReason::Hairpin, Stage::L2),
                 Some(p) => Next::Output(p),
                 None => match net
                     .routed
-                    .then(|| snap.routing().router_by_mac(slot, dst))
+                    .then(|| snap.routing().router_by_mac(dst_key))
                     .flatten()
                 {
                     // The metadata proxy's requests go to the router's MAC too; where it
@@ -150,7 +151,7 @@ fn forward<const PER_PACKET_PORT: bool>(cx: &mut BurstCtx<'_>, pkts: &mut [Packe
                     Some(_) if net.metadata_via_router => Next::SlowPath,
                     Some(router) => Next::Route(router),
                     None if dst == net.service_mac => Next::SlowPath,
-                    None => match learned_port(snap, learner.macs, slot, net.uid, dst) {
+                    None => match learned_port(snap, learner.macs, dst_key, net.uid) {
                         Some(p) if p == in_port => Next::Drop(DropReason::Hairpin, Stage::L2),
                         Some(p) => Next::Output(p),
                         None => Next::Flood,
@@ -213,7 +214,7 @@ struct Learner<'a> {
     limits: LearnLimits,
 }
 
-/// The port frames to `mac` on network `slot` (identity `uid`) leave by, when the
+/// The port frames to `key`'s MAC on `key`'s network (identity `uid`) leave by, when the
 /// network has a static entry for it (a VM port's MAC): that port; else where the MAC was
 /// learned, if that port still serves the network; `None`: unknown, flood. The egress
 /// decision of routed packets, which are addressed to a neighbour (never to a router or
@@ -223,49 +224,42 @@ struct Learner<'a> {
 pub(crate) fn egress_port(
     snap: &Snapshot,
     macs: &MacTable,
-    slot: u16,
+    key: FdbKey,
     uid: NetworkUid,
-    mac: u64,
 ) -> Option<PortId> {
-    snap.static_mac(slot, mac)
-        .or_else(|| learned_port(snap, macs, slot, uid, mac))
+    snap.static_mac(key)
+        .or_else(|| learned_port(snap, macs, key, uid))
 }
 
-/// Where `mac` was learned on network `slot` (identity `uid`), if that port still serves
-/// the network (a port moved to another network keeps no traffic of this one).
+/// Where `key`'s MAC was learned on `key`'s network (identity `uid`), if that port still
+/// serves the network (a port moved to another network keeps no traffic of this one).
 #[inline(always)]
-fn learned_port(
-    snap: &Snapshot,
-    macs: &MacTable,
-    slot: u16,
-    uid: NetworkUid,
-    mac: u64,
-) -> Option<PortId> {
-    macs.lookup(slot, uid, mac)
-        .filter(|&p| snap.port_serves(p, slot))
+fn learned_port(snap: &Snapshot, macs: &MacTable, key: FdbKey, uid: NetworkUid) -> Option<PortId> {
+    macs.lookup(key, uid)
+        .filter(|&p| snap.port_serves(p, key.slot()))
 }
 
 impl Learner<'_> {
-    /// Learns or refreshes `src` on network `slot` (identity `uid`) from the burst's input
-    /// port; returns true when the table changed (an entry added or moved), which can
-    /// change forwarding decisions.
+    /// Learns or refreshes the source MAC of `key` on its network (identity `uid`) from
+    /// the burst's input port; returns true when the table changed (an entry added or
+    /// moved), which can change forwarding decisions.
     #[inline]
-    fn learn(&mut self, slot: u16, uid: NetworkUid, src: u64) -> bool {
+    fn learn(&mut self, key: FdbKey, uid: NetworkUid) -> bool {
         if self.dry_run {
             return false;
         }
         // The common case, a MAC already learned on this port, costs one lookup.
-        if self.macs.refresh(slot, uid, src, self.in_port, self.now) {
+        if self.macs.refresh(key, uid, self.in_port, self.now) {
             return false;
         }
         // A VM port's MAC is never learned elsewhere: the static entry wins, so a spoofed
         // source cannot pull a VM's traffic to another port.
-        if self.snap.static_mac(slot, src).is_some() {
+        if self.snap.static_mac(key).is_some() {
             return false;
         }
         let outcome = self
             .macs
-            .learn_on(slot, uid, src, self.in_port, self.now, self.limits);
+            .learn_on(key, uid, self.in_port, self.now, self.limits);
         count_learn(self.counters, outcome);
         matches!(outcome, LearnOutcome::Learned | LearnOutcome::Moved)
     }

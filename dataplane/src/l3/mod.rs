@@ -37,6 +37,7 @@ use crate::drop::DropReason;
 use crate::frag::{self, FragError};
 use crate::handoff::NeighborNews;
 use crate::icmp_error::{self, IcmpErrorKind};
+use crate::ident::{FdbKey, NetworkSlot, PackedMac, RouterIndex};
 use crate::l2::egress_port;
 use crate::metering::{MeterDirection, RouterMetering};
 use crate::output::{capture_drops_of, drop_held, output};
@@ -45,16 +46,12 @@ use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::PortId;
 use crate::ratelimit::{KeyedLimiter, TokenBucket, DEFAULT_KEYED_BUCKETS};
 use crate::routing::{Interface, NextHop, Router};
-use crate::snapshot::{mac_from_u64, mac_to_u64, NetworkUid};
+use crate::snapshot::NetworkUid;
 use crate::wire::{
     ipv4, ArpOperation, ArpPacket, EtherType, EthernetAddress, EthernetFrame, Icmpv4Packet,
     Icmpv4Type, IpProtocol, Ipv4Packet,
 };
 use related::{Crossing, Related};
-
-/// Input port of frames the router makes itself: no port has it, so flooding skips none
-/// and no port's counters are charged for them.
-pub const ORIGINATED: PortId = PortId(u16::MAX);
 
 /// A frame the router made in `frame` at `offset` (untagged Ethernet, `len` bytes) on
 /// network `network`, to go `next`: it comes from no port, and flooding skips none.
@@ -62,7 +59,7 @@ fn originated(
     frame: FrameId,
     offset: u16,
     len: usize,
-    network: u16,
+    network: NetworkSlot,
     ethertype: EtherType,
     next: Next,
 ) -> Packet {
@@ -70,7 +67,8 @@ fn originated(
         frame,
         offset,
         len: len as u16,
-        in_port: ORIGINATED,
+        // No port has it, so flooding skips none and no port's counters are charged.
+        in_port: PortId::NONE,
         meta: Meta {
             next,
             network,
@@ -121,11 +119,11 @@ pub struct RouterState {
 #[derive(Clone, Copy, Debug, Default)]
 struct BurstCache {
     /// `(router, destination)` → its next hop.
-    route: Option<(u16, u32, Option<NextHop>)>,
+    route: Option<(RouterIndex, u32, Option<NextHop>)>,
     /// `(network uid, next-hop address)` → its MAC (only resolved, fresh entries).
-    neighbor: Option<(NetworkUid, u32, u64)>,
+    neighbor: Option<(NetworkUid, u32, PackedMac)>,
     /// `(network slot, MAC)` → the port a routed frame to it leaves by (`None`: flooded).
-    egress: Option<(u16, u64, Option<PortId>)>,
+    egress: Option<(FdbKey, Option<PortId>)>,
     /// The NAT session the last translated flow key hit, and its direction. Within a burst
     /// (one clock reading) the router removes no live session: an insert only forgets
     /// sessions already expired at that reading, which a lookup never returns.
@@ -134,7 +132,7 @@ struct BurstCache {
 
 impl BurstCache {
     #[inline]
-    fn lookup(&mut self, r: &Router, router: u16, dst: u32) -> Option<NextHop> {
+    fn lookup(&mut self, r: &Router, router: RouterIndex, dst: u32) -> Option<NextHop> {
         match self.route {
             Some((cached_router, cached_dst, hop))
                 if cached_router == router && cached_dst == dst =>
@@ -345,27 +343,23 @@ impl RouterState {
     /// fragmented when they need it).
     fn release_resolved(&mut self, cx: &mut BurstCtx<'_>) {
         let snap = cx.snap;
-        let mut ready = [(Packet::default(), 0u16, 0u64); MAX_BURST];
+        let mut ready = [(Packet::default(), None, PackedMac::default()); MAX_BURST];
         let mut n = 0;
         let generation = snap.generation();
         self.neighbors
             .take_resolved(self.originated.remaining(), |w, mac| {
                 // An interface index is only meaningful in the snapshot it was taken from.
-                let interface = if w.generation == generation {
-                    w.interface
-                } else {
-                    u16::MAX
-                };
+                let interface = (w.generation == generation).then_some(w.interface);
                 ready[n] = (w.pkt, interface, mac);
                 n += 1;
             });
         for &(mut pkt, interface, mac) in &ready[..n] {
             let routing = snap.routing();
-            match routing.interface(interface) {
+            match interface.and_then(|i| routing.interface(i)) {
                 Some(iface) => {
                     let router_mac = routing
                         .router(iface.router)
-                        .map_or(0, |r| mac_to_u64(r.mac));
+                        .map_or(PackedMac::default(), |r| PackedMac::from(r.mac));
                     pkt.meta.next = self.send(cx, &mut pkt, iface, router_mac, mac);
                     if pkt.meta.next != Next::Consumed {
                         let _ = self.originated.push(pkt);
@@ -436,7 +430,7 @@ impl RouterState {
             && routing.on_connected_subnet(slot, sender_ip)
             && !cx.dry_run
         {
-            let mac = sender_mac.as_u64();
+            let mac = PackedMac::new(sender_mac);
             let create = ours.is_some();
             if self.news.capacity() > 0 {
                 self.note_news(NeighborNews {
@@ -454,7 +448,7 @@ impl RouterState {
         }
         match (op, ours) {
             (ArpOperation::REQUEST, Some(router)) => {
-                answer_arp_in_place(data, l3, EthernetAddress(router.mac));
+                answer_arp_in_place(data, l3, router.mac);
                 pkt.meta.flags &= !Meta::MULTICAST;
                 Next::Output(pkt.in_port)
             }
@@ -470,14 +464,14 @@ impl RouterState {
 
     /// An IPv4 packet sent to router `router`'s MAC.
     #[inline]
-    fn ipv4(&mut self, cx: &mut BurstCtx<'_>, router: u16, pkt: &mut Packet) -> Next {
+    fn ipv4(&mut self, cx: &mut BurstCtx<'_>, router: RouterIndex, pkt: &mut Packet) -> Next {
         let snap = cx.snap;
         let now = cx.now_secs;
         let routing = snap.routing();
         let Some(r) = routing.router(router) else {
             return Next::Drop(DropReason::InternalError, Stage::L3);
         };
-        let router_mac = mac_to_u64(r.mac);
+        let router_mac = PackedMac::from(r.mac);
         let l3 = usize::from(pkt.meta.l3_offset);
         let (ttl, total_len, dont_frag, protocol, arrived_src, arrived_dst) = {
             let data = cx.pool.data(pkt);
@@ -648,7 +642,7 @@ impl RouterState {
     fn inbound_nat(
         &mut self,
         cx: &mut BurstCtx<'_>,
-        router: u16,
+        router: RouterIndex,
         pkt: &Packet,
         total_len: u16,
     ) -> Inbound {
@@ -740,7 +734,7 @@ impl RouterState {
     fn outbound_nat(
         &mut self,
         cx: &mut BurstCtx<'_>,
-        router: u16,
+        router: RouterIndex,
         pkt: &Packet,
         inbound: &Inbound,
         total_len: u16,
@@ -822,8 +816,8 @@ impl RouterState {
         cx: &mut BurstCtx<'_>,
         pkt: &mut Packet,
         iface: &Interface,
-        router_mac: u64,
-        mac: u64,
+        router_mac: PackedMac,
+        mac: PackedMac,
     ) -> Next {
         let counters = cx.counters;
         let l3 = usize::from(pkt.meta.l3_offset);
@@ -863,16 +857,17 @@ impl RouterState {
         cx: &mut BurstCtx<'_>,
         pkt: &mut Packet,
         iface: &Interface,
-        mac: u64,
+        mac: PackedMac,
     ) -> Next {
         let slot = iface.network;
         pkt.meta.network = slot;
         pkt.meta.flags |= Meta::ROUTED;
+        let key = FdbKey::packed(slot, mac);
         let port = match self.cache.egress {
-            Some((s, m, port)) if s == slot && m == mac => port,
+            Some((k, port)) if k == key => port,
             _ => {
-                let port = egress_port(cx.snap, cx.macs, slot, iface.network_uid, mac);
-                self.cache.egress = Some((slot, mac, port));
+                let port = egress_port(cx.snap, cx.macs, key, iface.network_uid);
+                self.cache.egress = Some((key, port));
                 port
             }
         };
@@ -889,8 +884,8 @@ impl RouterState {
         cx: &mut BurstCtx<'_>,
         pkt: &Packet,
         iface: &Interface,
-        router_mac: u64,
-        mac: u64,
+        router_mac: PackedMac,
+        mac: PackedMac,
     ) -> Next {
         let counters = cx.counters;
         const ETH: usize = EthernetFrame::<&[u8]>::HEADER_LEN;
@@ -921,8 +916,8 @@ impl RouterState {
                 return false;
             };
             let mut eth = EthernetFrame::new_unchecked(&mut frame[..ETH]);
-            eth.set_dst_addr(EthernetAddress::from_u64(mac));
-            eth.set_src_addr(EthernetAddress::from_u64(router_mac));
+            eth.set_dst_addr(mac.address());
+            eth.set_src_addr(router_mac.address());
             eth.set_ethertype(EtherType::IPV4);
             let Some((id, offset)) = cx.pool.alloc_with(&frame[..ETH + written]) else {
                 return false;
@@ -962,7 +957,7 @@ impl RouterState {
         &mut self,
         cx: &mut BurstCtx<'_>,
         offending: &Packet,
-        router: u16,
+        router: RouterIndex,
         kind: IcmpErrorKind,
     ) {
         let snap = cx.snap;
@@ -1000,7 +995,7 @@ impl RouterState {
             ident,
             ip,
             eth.src_addr(),
-            EthernetAddress(r.mac),
+            r.mac,
             &mut frame,
         );
         let Ok(len) = built else {
@@ -1054,7 +1049,12 @@ impl RouterState {
 
     /// Refuses a TCP segment to a router address with a reset made in its place and sent
     /// back out of its port, under the same rate limits as ICMP errors.
-    fn tcp_reset(&mut self, cx: &mut BurstCtx<'_>, pkt: &mut Packet, router_mac: u64) -> Next {
+    fn tcp_reset(
+        &mut self,
+        cx: &mut BurstCtx<'_>,
+        pkt: &mut Packet,
+        router_mac: PackedMac,
+    ) -> Next {
         let l3 = usize::from(pkt.meta.l3_offset);
         let Some(reset) = reset::reset_for(cx.pool.data(pkt), l3) else {
             return Next::Drop(DropReason::ToRouter, Stage::L3);
@@ -1067,7 +1067,7 @@ impl RouterState {
         let mut eth = EthernetFrame::new_unchecked(&mut data[..]);
         let peer = eth.src_addr();
         eth.set_dst_addr(peer);
-        eth.set_src_addr(EthernetAddress::from_u64(router_mac));
+        eth.set_src_addr(router_mac.address());
         // The reset is shorter than the segment it replaces; it fits in its frame.
         pkt.len = len as u16;
         cx.counters.tcp_resets.inc();
@@ -1075,7 +1075,13 @@ impl RouterState {
     }
 
     /// Broadcasts an ARP request for `target` out of `iface`, from the router.
-    fn request(&mut self, cx: &mut BurstCtx<'_>, iface: &Interface, router_mac: u64, target: u32) {
+    fn request(
+        &mut self,
+        cx: &mut BurstCtx<'_>,
+        iface: &Interface,
+        router_mac: PackedMac,
+        target: u32,
+    ) {
         let counters = cx.counters;
         if self.originated.is_full() {
             return;
@@ -1084,12 +1090,12 @@ impl RouterState {
         {
             let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
             eth.set_dst_addr(EthernetAddress::BROADCAST);
-            eth.set_src_addr(EthernetAddress::from_u64(router_mac));
+            eth.set_src_addr(router_mac.address());
             eth.set_ethertype(EtherType::ARP);
         }
         let repr = crate::wire::ArpRepr {
             operation: ArpOperation::REQUEST,
-            sender_hardware_addr: EthernetAddress(mac_from_u64(router_mac)),
+            sender_hardware_addr: router_mac.address(),
             sender_protocol_addr: Ipv4Addr::from(iface.ip),
             target_hardware_addr: EthernetAddress([0; 6]),
             target_protocol_addr: Ipv4Addr::from(target),
@@ -1156,7 +1162,11 @@ pub(crate) fn answer_arp_in_place(data: &mut [u8], l3: usize, own: EthernetAddre
 
 /// Destination NAT of a packet without ports (a later fragment, ICMP other than echo): a
 /// floating IP still translates its address 1:1.
-fn floating_one_to_one(routing: &crate::routing::Routing, router: u16, ip: &mut [u8]) -> Inbound {
+fn floating_one_to_one(
+    routing: &crate::routing::Routing,
+    router: RouterIndex,
+    ip: &mut [u8],
+) -> Inbound {
     let p = Ipv4Packet::new_unchecked(&ip[..]);
     let (src, dst) = (u32::from(p.src_addr()), u32::from(p.dst_addr()));
     let mut inbound = Inbound::default();
@@ -1202,15 +1212,15 @@ struct Inbound {
 
 /// Addresses a routed frame to `mac`, from the router.
 #[inline(always)]
-fn set_macs(frame: &mut [u8], router_mac: u64, mac: u64) {
+fn set_macs(frame: &mut [u8], router_mac: PackedMac, mac: PackedMac) {
     let mut eth = EthernetFrame::new_unchecked(frame);
-    eth.set_dst_addr(EthernetAddress::from_u64(mac));
-    eth.set_src_addr(EthernetAddress::from_u64(router_mac));
+    eth.set_dst_addr(mac.address());
+    eth.set_src_addr(router_mac.address());
 }
 
 /// Answers an ICMP echo request to a router address in place; anything else addressed to
 /// the router is dropped.
-fn echo_reply(pool: &mut FramePool, pkt: &mut Packet, router_mac: u64) -> Next {
+fn echo_reply(pool: &mut FramePool, pkt: &mut Packet, router_mac: PackedMac) -> Next {
     let l3 = usize::from(pkt.meta.l3_offset);
     let data = pool.data_mut(pkt);
     let Some(ip) = data
@@ -1250,7 +1260,7 @@ fn echo_reply(pool: &mut FramePool, pkt: &mut Packet, router_mac: u64) -> Next {
     let mut eth = EthernetFrame::new_unchecked(&mut data[..]);
     let peer = eth.src_addr();
     eth.set_dst_addr(peer);
-    eth.set_src_addr(EthernetAddress::from_u64(router_mac));
+    eth.set_src_addr(router_mac.address());
     Next::Output(pkt.in_port)
 }
 

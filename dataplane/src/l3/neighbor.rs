@@ -22,6 +22,7 @@
 //! by default, so at least eight networks always fit), refusals are counted, and the
 //! table is hashed with a secret seed.
 
+use crate::ident::{InterfaceIndex, PackedMac};
 use crate::packet::Packet;
 use crate::snapshot::NetworkUid;
 use crate::table::U64Map;
@@ -45,14 +46,14 @@ pub const MAX_NETWORKS_WITH_NEIGHBORS: usize = 4096;
 /// Neighbours the table holds by default.
 pub const DEFAULT_CAPACITY: usize = 16_384;
 
-/// Packed MAC meaning "not resolved yet" (above 48 bits).
-const INCOMPLETE: u64 = u64::MAX;
+/// The MAC of a neighbour not resolved yet.
+const INCOMPLETE: PackedMac = PackedMac::NONE;
 
 /// One neighbour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Neighbor {
-    /// Packed MAC, or `INCOMPLETE`.
-    mac: u64,
+    /// Its MAC, or `INCOMPLETE`.
+    mac: PackedMac,
     /// Last confirmation (an ARP packet from it), worker seconds.
     pub confirmed: u32,
     /// Last ARP request sent for it, worker seconds.
@@ -71,7 +72,7 @@ impl Default for Neighbor {
 
 impl Neighbor {
     /// The MAC, when resolved.
-    pub fn mac(&self) -> Option<u64> {
+    pub fn mac(&self) -> Option<PackedMac> {
         (self.mac != INCOMPLETE).then_some(self.mac)
     }
 }
@@ -80,7 +81,7 @@ impl Neighbor {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Resolution {
     /// The MAC to send to, if known.
-    pub mac: Option<u64>,
+    pub mac: Option<PackedMac>,
     /// Send an ARP request now.
     pub request: bool,
 }
@@ -97,7 +98,7 @@ pub struct Waiting {
     /// Neighbour key it waits for.
     key: u64,
     /// Router interface index (in the snapshot of `generation`) it leaves through.
-    pub interface: u16,
+    pub interface: InterfaceIndex,
     /// Generation of the snapshot the interface index belongs to.
     pub generation: u64,
     /// When it started waiting.
@@ -255,7 +256,7 @@ impl NeighborTable {
         &mut self,
         network: NetworkUid,
         ip: u32,
-        mac: u64,
+        mac: PackedMac,
         now: u32,
         create: bool,
     ) -> bool {
@@ -286,7 +287,7 @@ impl NeighborTable {
         network: NetworkUid,
         ip: u32,
         pkt: Packet,
-        interface: u16,
+        interface: InterfaceIndex,
         generation: u64,
         now: u32,
     ) -> Result<(), Packet> {
@@ -314,7 +315,7 @@ impl NeighborTable {
 
     /// Takes out every waiting packet whose next hop is resolved now, with its MAC, up to
     /// `max` of them; keeps the order in which they arrived.
-    pub fn take_resolved(&mut self, max: usize, mut out: impl FnMut(Waiting, u64)) {
+    pub fn take_resolved(&mut self, max: usize, mut out: impl FnMut(Waiting, PackedMac)) {
         let mut taken = 0;
         let mut i = 0;
         while i < self.pending.len() && taken < max {
@@ -383,6 +384,10 @@ impl NeighborTable {
 mod tests {
     use super::*;
 
+    fn m(packed: u64) -> PackedMac {
+        PackedMac::from_bits(packed)
+    }
+
     const NET: NetworkUid = NetworkUid(7);
     const IP: u32 = 0xc612_0105;
 
@@ -398,9 +403,9 @@ mod tests {
         );
         assert!(!t.resolve(NET, IP, 100).request, "asked twice in a second");
         assert!(t.resolve(NET, IP, 101).request);
-        assert!(t.learn(NET, IP, 0x0a0b_0c0d_0e0f, 101, false));
+        assert!(t.learn(NET, IP, m(0x0a0b_0c0d_0e0f), 101, false));
         let r = t.resolve(NET, IP, 102);
-        assert_eq!(r.mac, Some(0x0a0b_0c0d_0e0f));
+        assert_eq!(r.mac, Some(m(0x0a0b_0c0d_0e0f)));
         assert!(!r.request);
     }
 
@@ -420,7 +425,7 @@ mod tests {
             (103 + EXPIRE_SECS, None),
         ] {
             if let Some(mac) = learn {
-                t.learn(NET, IP, mac, now, false);
+                t.learn(NET, IP, m(mac), now, false);
             }
             let before: Vec<_> = t.entries().collect();
             let asked = t.would_resolve(NET, IP, now);
@@ -432,18 +437,18 @@ mod tests {
     #[test]
     fn unsolicited_answers_create_nothing_unless_asked_to() {
         let mut t = NeighborTable::new(16);
-        assert!(!t.learn(NET, IP, 1, 5, false));
+        assert!(!t.learn(NET, IP, m(1), 5, false));
         assert!(t.is_empty());
-        assert!(t.learn(NET, IP, 1, 5, true));
-        assert_eq!(t.resolve(NET, IP, 6).mac, Some(1));
+        assert!(t.learn(NET, IP, m(1), 5, true));
+        assert_eq!(t.resolve(NET, IP, 6).mac, Some(m(1)));
     }
 
     #[test]
     fn a_stale_entry_is_used_while_it_is_asked_again_then_forgotten() {
         let mut t = NeighborTable::new(16);
-        t.learn(NET, IP, 9, 0, true);
+        t.learn(NET, IP, m(9), 0, true);
         let r = t.resolve(NET, IP, REACHABLE_SECS);
-        assert_eq!(r.mac, Some(9));
+        assert_eq!(r.mac, Some(m(9)));
         assert!(r.request, "a stale entry is re-confirmed");
         assert_eq!(t.resolve(NET, IP, EXPIRE_SECS).mac, None);
         assert_eq!(t.age(EXPIRE_SECS + RETRY_SECS * 300, 64), 1);
@@ -458,14 +463,15 @@ mod tests {
             ..Packet::default()
         };
         for n in 0..PENDING_PER_NEIGHBOR as u32 {
-            t.wait(NET, IP, pkt(n), 0, 1, 10).unwrap();
+            t.wait(NET, IP, pkt(n), InterfaceIndex(0), 1, 10).unwrap();
         }
-        assert!(t.wait(NET, IP, pkt(99), 0, 1, 10).is_err());
-        t.wait(NET, IP + 1, pkt(100), 0, 1, 10).unwrap();
+        assert!(t.wait(NET, IP, pkt(99), InterfaceIndex(0), 1, 10).is_err());
+        t.wait(NET, IP + 1, pkt(100), InterfaceIndex(0), 1, 10)
+            .unwrap();
         t.resolve(NET, IP, 10);
-        t.learn(NET, IP, 5, 11, false);
+        t.learn(NET, IP, m(5), 11, false);
         let mut out = Vec::new();
-        t.take_resolved(4, |w, mac| out.push((w.pkt.frame, mac)));
+        t.take_resolved(4, |w, mac| out.push((w.pkt.frame, mac.get())));
         assert_eq!(out, [(0, 5), (1, 5), (2, 5), (3, 5)]);
         let mut expired = Vec::new();
         t.take_expired(10 + PENDING_SECS - 1, false, |p| expired.push(p.frame));
@@ -488,7 +494,7 @@ mod tests {
         assert_eq!(t.quota_refusals(), 100 - u64::from(quota));
         // Another network, and ARP that creates entries, still find room.
         let other = NetworkUid(8);
-        assert!(t.learn(other, IP, 1, 10, true));
+        assert!(t.learn(other, IP, m(1), 10, true));
         assert_eq!(t.count_in(other), 1);
         // Aging gives the quota back.
         assert_eq!(t.age(10 + EXPIRE_SECS, usize::MAX), quota as usize + 1);
@@ -504,11 +510,13 @@ mod tests {
         let pkt = Packet::default();
         let mut queued = 0;
         for ip in 0..PENDING_CAPACITY as u32 {
-            if t.wait(NET, IP + ip, pkt, 0, 1, 10).is_ok() {
+            if t.wait(NET, IP + ip, pkt, InterfaceIndex(0), 1, 10).is_ok() {
                 queued += 1;
             }
         }
         assert_eq!(queued, PENDING_PER_NETWORK);
-        assert!(t.wait(NetworkUid(8), IP, pkt, 0, 1, 10).is_ok());
+        assert!(t
+            .wait(NetworkUid(8), IP, pkt, InterfaceIndex(0), 1, 10)
+            .is_ok());
     }
 }

@@ -41,7 +41,7 @@ pub(super) fn translate(
     conns: &ConnTable,
     routing: &Routing,
     now: u64,
-    router: u16,
+    router: crate::ident::RouterIndex,
     zone: u32,
     ip: &mut [u8],
     crossing: Crossing,

@@ -3,11 +3,11 @@
 //! this host or another, is answered here, from that port's MAC, and never crosses the
 //! underlay. Requests for other addresses, and gratuitous ARP, flood as before.
 
+use crate::ident::{NetworkSlot, PackedMac};
 use crate::overlay::Overlay;
 use crate::packet::{Meta, Next, Packet};
 use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
-use crate::snapshot::mac_from_u64;
-use crate::wire::{ArpOperation, ArpPacket, EtherType, EthernetAddress, EthernetFrame};
+use crate::wire::{ArpOperation, ArpPacket, EtherType, EthernetFrame};
 
 /// The ARP responder stage: stateless.
 #[derive(Clone, Copy, Debug, Default)]
@@ -51,7 +51,7 @@ impl BurstStage for ArpResponder {
 
 /// Rewrites an ARP request on network `slot` into its reply, if the configuration knows
 /// the asked address; returns whether it did.
-fn answer(ov: &Overlay, slot: u16, data: &mut [u8], l3: usize) -> bool {
+fn answer(ov: &Overlay, slot: NetworkSlot, data: &mut [u8], l3: usize) -> bool {
     let Some(Ok(req)) = data.get(l3..).map(ArpPacket::new_checked) else {
         return false;
     };
@@ -69,10 +69,10 @@ fn answer(ov: &Overlay, slot: u16, data: &mut [u8], l3: usize) -> bool {
     };
     let sender_mac = req.sender_hardware_addr();
     // A port asking for its own address (duplicate address detection) must hear no one.
-    if mac == sender_mac.as_u64() {
+    if mac == PackedMac::new(sender_mac) {
         return false;
     }
-    let mac = EthernetAddress(mac_from_u64(mac));
+    let mac = mac.address();
     let mut eth = EthernetFrame::new_unchecked(&mut data[..]);
     eth.set_dst_addr(sender_mac);
     eth.set_src_addr(mac);

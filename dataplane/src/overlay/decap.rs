@@ -7,6 +7,7 @@
 //! answered, anything else dropped. Every other frame goes on untouched.
 
 use crate::drop::DropReason;
+use crate::ident::{NetworkSlot, PackedMac};
 use crate::overlay::underlay::{self, ArpOutcome, Underlay};
 use crate::overlay::{Encapsulation, Overlay};
 use crate::packet::{Meta, Next, Packet};
@@ -40,7 +41,7 @@ impl BurstStage for TunnelDecap<'_> {
         let mut entered = 0;
         let mut produced = Pending::L2 | Pending::DONE;
         // A peer's MAC is confirmed once per burst and per change, not for every packet.
-        let mut confirmed = (0u32, u64::MAX);
+        let mut confirmed = (0u32, PackedMac::NONE);
         // Runs of one tunnel: its VNI and source are looked up once per run.
         let mut run = Run::default();
 
@@ -66,7 +67,7 @@ impl BurstStage for TunnelDecap<'_> {
                 entered += 1;
                 pkt.meta.next = match decap(ov, data, l3, &mut run) {
                     Ok(d) => {
-                        let src_mac = EthernetFrame::new_unchecked(data).src_addr_u64();
+                        let src_mac = EthernetFrame::new_unchecked(data).src_mac();
                         if confirmed != (d.outer_src, src_mac) {
                             confirmed = (d.outer_src, src_mac);
                             if !cx.dry_run {
@@ -130,7 +131,7 @@ struct Run {
     key: u64,
     kind: Encapsulation,
     src: u32,
-    slot: u16,
+    slot: NetworkSlot,
     tunnel: PortId,
     /// Packets decapsulated in this run, not yet in `decapsulated`.
     packets: u64,
@@ -144,7 +145,7 @@ impl Default for Run {
             key: u64::MAX,
             kind: Encapsulation::Vxlan,
             src: 0,
-            slot: 0,
+            slot: NetworkSlot::default(),
             tunnel: PortId::default(),
             packets: 0,
             decapsulated: [0; Encapsulation::ALL.len()],
@@ -168,7 +169,7 @@ struct Decapped {
     inner_len: usize,
     /// The inner frame's metadata.
     inner: Meta,
-    slot: u16,
+    slot: NetworkSlot,
     tunnel: PortId,
     /// The sending endpoint, host order.
     outer_src: u32,

@@ -10,13 +10,13 @@
 use crate::buf::FramePool;
 use crate::counters::{Counter, WorkerCounters};
 use crate::drop::DropReason;
+use crate::ident::{NetworkSlot, PackedMac};
 use crate::output::{drop_held, set_egress_tag};
 use crate::overlay::underlay::Underlay;
 use crate::overlay::{Encapsulation, Overlay, TunnelId};
 use crate::packet::{Meta, Next, Packet};
 use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::PortId;
-use crate::snapshot::mac_from_u64;
 use crate::wire::{geneve, gre, vxlan, EtherType};
 
 const ETH: usize = 14;
@@ -52,9 +52,9 @@ impl BurstStage for TunnelEncap<'_> {
         let mut produced = Pending::SEND;
         // Runs of one flow: the tunnel, its underlay MAC and the outer headers are made
         // once per run.
-        let mut last_out = PortId(u16::MAX);
+        let mut last_out = PortId::NONE;
         let mut last_remote = None;
-        let mut run: Option<(u32, u16, Outer, &Counter)> = None;
+        let mut run: Option<(u32, NetworkSlot, Outer, &Counter)> = None;
         for pkt in pkts.iter_mut() {
             match pkt.meta.next {
                 Next::Output(out) => {
@@ -75,8 +75,8 @@ impl BurstStage for TunnelEncap<'_> {
                         match (mac, ov.tunnel(slot)) {
                             (Some(mac), Some(tunnel)) => {
                                 let outer = Outer::new(OuterHeaders {
-                                    dst_mac: mac_from_u64(mac),
-                                    src_mac: mac_from_u64(ov.mac()),
+                                    dst_mac: mac.octets(),
+                                    src_mac: ov.mac().octets(),
                                     src_ip: ov.local_ip(),
                                     dst_ip: remote,
                                     tunnel,
@@ -132,7 +132,7 @@ impl TunnelEncap<'_> {
     fn replicate(&mut self, cx: &mut BurstCtx<'_>, pkt: &mut Packet, tunnels: &[PortId]) -> Next {
         let ov = cx.snap.overlay();
         let skip = if pkt.meta.flags & Meta::ROUTED != 0 {
-            PortId(u16::MAX)
+            PortId::NONE
         } else {
             pkt.in_port
         };
@@ -187,7 +187,7 @@ pub fn encap(
     counters: &WorkerCounters,
     pkt: &mut Packet,
     remote: u32,
-    mac: Option<u64>,
+    mac: Option<PackedMac>,
 ) -> Next {
     let Some(tunnel) = ov.tunnel(pkt.meta.network) else {
         return Next::Drop(DropReason::InternalError, Stage::TunnelEncap);
@@ -196,8 +196,8 @@ pub fn encap(
         return Next::Drop(DropReason::TunnelUnresolved, Stage::TunnelEncap);
     };
     let outer = Outer::new(OuterHeaders {
-        dst_mac: mac_from_u64(mac),
-        src_mac: mac_from_u64(ov.mac()),
+        dst_mac: mac.octets(),
+        src_mac: ov.mac().octets(),
         src_ip: ov.local_ip(),
         dst_ip: remote,
         tunnel,

@@ -42,9 +42,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 
 use crate::counters::{Counter, WorkerCounters};
+use crate::ident::{NetworkSlot, PackedMac};
 use crate::pipeline::{Stage, StageSet};
 use crate::port::PortId;
-use crate::snapshot::{mac_to_u64, BuildError, NetworkUid, PortRole};
+use crate::snapshot::{BuildError, NetworkUid, PortRole};
 use crate::table::U64Map;
 
 /// Bytes VXLAN adds in front of the inner frame: outer Ethernet (14), IPv4 (20), UDP (8)
@@ -173,9 +174,9 @@ pub(crate) struct OverlayBuilder {
 pub struct Overlay {
     uplink: PortId,
     local_ip: u32,
-    mac: u64,
+    mac: PackedMac,
     /// [`Encapsulation::key`] → network slot.
-    by_id: U64Map<u16>,
+    by_id: U64Map<NetworkSlot>,
     /// Per network slot, its tunnel (`None`: not an overlay network).
     tunnel_of: Box<[Option<TunnelId>]>,
     /// `peer_key(slot, remote address)` → tunnel port: the network's peer list, checked on
@@ -184,8 +185,8 @@ pub struct Overlay {
     /// Per network slot, the range of `flood` holding its tunnel ports.
     flood_range: Box<[(u32, u32)]>,
     flood: Box<[PortId]>,
-    /// `peer_key(slot, address)` → packed MAC, for the ARP responder.
-    arp: U64Map<u64>,
+    /// `peer_key(slot, address)` → MAC, for the ARP responder.
+    arp: U64Map<PackedMac>,
     /// Per port id, the remote address of a tunnel port (0 for other ports).
     remote_of: Box<[u32]>,
     /// Remote address → its tunnel port.
@@ -195,9 +196,9 @@ pub struct Overlay {
 impl Default for Overlay {
     fn default() -> Self {
         Overlay {
-            uplink: PortId(u16::MAX),
+            uplink: PortId::NONE,
             local_ip: 0,
-            mac: 0,
+            mac: PackedMac::NONE,
             by_id: U64Map::with_max_len(0),
             tunnel_of: Box::default(),
             peers: U64Map::with_max_len(0),
@@ -212,8 +213,8 @@ impl Default for Overlay {
 
 /// Key of the per-network address tables: slot in the high half, IPv4 address below.
 #[inline(always)]
-fn peer_key(slot: u16, ip: u32) -> u64 {
-    (u64::from(slot) << 32) | u64::from(ip)
+fn peer_key(slot: NetworkSlot, ip: u32) -> u64 {
+    (u64::from(slot.0) << 32) | u64::from(ip)
 }
 
 impl Overlay {
@@ -235,42 +236,42 @@ impl Overlay {
         self.local_ip
     }
 
-    /// The endpoint's MAC on the underlay, packed.
+    /// The endpoint's MAC on the underlay.
     #[inline]
-    pub fn mac(&self) -> u64 {
+    pub fn mac(&self) -> PackedMac {
         self.mac
     }
 
     /// The network slot of identifier `id` (VNI or key) of `kind`.
     #[inline]
-    pub fn network_of(&self, kind: Encapsulation, id: u32) -> Option<u16> {
+    pub fn network_of(&self, kind: Encapsulation, id: u32) -> Option<NetworkSlot> {
         self.by_id.get(kind.key(id))
     }
 
     /// The tunnel of network `slot`, if it is an overlay network.
     #[inline]
-    pub fn tunnel(&self, slot: u16) -> Option<TunnelId> {
-        self.tunnel_of.get(usize::from(slot)).copied().flatten()
+    pub fn tunnel(&self, slot: NetworkSlot) -> Option<TunnelId> {
+        self.tunnel_of.get(slot.index()).copied().flatten()
     }
 
     /// The tunnel port of `remote` if that endpoint is a peer of network `slot`.
     #[inline]
-    pub fn peer(&self, slot: u16, remote: u32) -> Option<PortId> {
+    pub fn peer(&self, slot: NetworkSlot, remote: u32) -> Option<PortId> {
         self.peers.get(peer_key(slot, remote))
     }
 
     /// The tunnel ports broadcast and unknown unicast of network `slot` are replicated to.
     #[inline]
-    pub fn flood_tunnels(&self, slot: u16) -> &[PortId] {
-        match self.flood_range.get(usize::from(slot)) {
+    pub fn flood_tunnels(&self, slot: NetworkSlot) -> &[PortId] {
+        match self.flood_range.get(slot.index()) {
             Some(&(start, len)) => &self.flood[start as usize..(start + len) as usize],
             None => &[],
         }
     }
 
-    /// The MAC (packed) of the port that has address `ip` on network `slot`.
+    /// The MAC of the port that has address `ip` on network `slot`.
     #[inline]
-    pub fn arp_answer(&self, slot: u16, ip: u32) -> Option<u64> {
+    pub fn arp_answer(&self, slot: NetworkSlot, ip: u32) -> Option<PackedMac> {
         self.arp.get(peer_key(slot, ip))
     }
 
@@ -301,9 +302,9 @@ impl Overlay {
 
 /// Network slot and tunnel of every overlay network, for [`OverlayBuilder::build`].
 pub(crate) struct OverlayNetworks<'a> {
-    pub(crate) slot_of: &'a HashMap<NetworkUid, u16>,
+    pub(crate) slot_of: &'a HashMap<NetworkUid, NetworkSlot>,
     /// (slot, tunnel) of each overlay network.
-    pub(crate) tunnels: Vec<(u16, TunnelId)>,
+    pub(crate) tunnels: Vec<(NetworkSlot, TunnelId)>,
     pub(crate) slots: usize,
 }
 
@@ -355,7 +356,7 @@ impl OverlayBuilder {
             {
                 return Err(BuildError::Overlay("a VNI or GRE key used by two networks"));
             }
-            tunnel_of[usize::from(slot)] = Some(tunnel);
+            tunnel_of[slot.index()] = Some(tunnel);
         }
         let mut remote_of = vec![0u32; ports.len()].into_boxed_slice();
         let mut by_remote = U64Map::with_max_len(self.tunnels.len());
@@ -381,7 +382,7 @@ impl OverlayBuilder {
                 _ => return Err(BuildError::Overlay("a tunnel that is not a tunnel port")),
             }
         }
-        let mut by_network: BTreeMap<u16, Vec<PortId>> = BTreeMap::new();
+        let mut by_network: BTreeMap<NetworkSlot, Vec<PortId>> = BTreeMap::new();
         let mut peers = U64Map::with_max_len(self.peers.len());
         for &(uid, port) in &self.peers {
             let slot = *nets
@@ -389,7 +390,7 @@ impl OverlayBuilder {
                 .get(&uid)
                 .ok_or(BuildError::Overlay("a peer of an unknown network"))?;
             let ip = remote_of.get(port.index()).copied().unwrap_or(0);
-            if ip == 0 || tunnel_of[usize::from(slot)].is_none() {
+            if ip == 0 || tunnel_of[slot.index()].is_none() {
                 return Err(BuildError::Overlay(
                     "a peer that is not a tunnel, or on a network without VNI",
                 ));
@@ -407,7 +408,7 @@ impl OverlayBuilder {
         let mut flood_range = vec![(0u32, 0u32); nets.slots].into_boxed_slice();
         for (slot, mut list) in by_network {
             list.sort_unstable();
-            flood_range[usize::from(slot)] = (flood.len() as u32, list.len() as u32);
+            flood_range[slot.index()] = (flood.len() as u32, list.len() as u32);
             flood.extend(list);
         }
         let mut arp = U64Map::with_max_len(self.arp.len());
@@ -419,14 +420,14 @@ impl OverlayBuilder {
             // Two ports with one address: validation refuses that; keep the first.
             let key = peer_key(slot, u32::from(ip));
             if arp.get(key).is_none() {
-                arp.insert(key, mac_to_u64(mac))
+                arp.insert(key, PackedMac::from(mac))
                     .map_err(|_| BuildError::Overlay("ARP responder table full"))?;
             }
         }
         Ok(Overlay {
             uplink: endpoint.uplink,
             local_ip,
-            mac: mac_to_u64(vtep_mac(endpoint.local_ip)),
+            mac: PackedMac::from(vtep_mac(endpoint.local_ip)),
             by_id,
             tunnel_of,
             peers,

@@ -9,12 +9,12 @@
 
 use crate::buf::FramePool;
 use crate::counters::WorkerCounters;
+use crate::ident::{PackedMac, PortId};
 use crate::l3::NeighborTable;
-use crate::l3::ORIGINATED;
 use crate::output::PortSet;
 use crate::overlay::Overlay;
 use crate::packet::{Meta, Next, Packet};
-use crate::snapshot::{mac_from_u64, NetworkUid};
+use crate::snapshot::NetworkUid;
 use crate::wire::{ArpOperation, ArpPacket, EtherType, EthernetAddress, EthernetFrame};
 
 /// The neighbour-table key of the underlay (network uids are handed out from 0 upwards
@@ -57,7 +57,7 @@ impl Underlay {
         pool: &mut FramePool,
         ports: &mut PortSet,
         counters: &WorkerCounters,
-    ) -> Option<u64> {
+    ) -> Option<PackedMac> {
         let r = self.neighbors.resolve(UNDERLAY, ip, now);
         if r.request {
             request(ov, ip, pool, ports, counters);
@@ -73,7 +73,7 @@ impl Underlay {
         ov: &Overlay,
         ip: u32,
         cx: &mut crate::pipeline::BurstCtx<'_>,
-    ) -> Option<u64> {
+    ) -> Option<PackedMac> {
         if cx.dry_run {
             let r = self.neighbors.would_resolve(UNDERLAY, ip, cx.now_secs);
             if r.request {
@@ -87,7 +87,7 @@ impl Underlay {
     /// Records that remote endpoint `ip` has `mac`. Addresses that are no remote endpoint
     /// of the snapshot are ignored.
     #[inline]
-    pub fn learn(&mut self, ov: &Overlay, ip: u32, mac: u64, now: u32) {
+    pub fn learn(&mut self, ov: &Overlay, ip: u32, mac: PackedMac, now: u32) {
         if ov.is_remote_endpoint(ip) {
             self.neighbors.learn(UNDERLAY, ip, mac, now, true);
         }
@@ -95,12 +95,12 @@ impl Underlay {
 
     /// Records that `ip`, a peer that just sent a VXLAN packet, has `mac`.
     #[inline]
-    pub(crate) fn learn_peer(&mut self, ip: u32, mac: u64, now: u32) {
+    pub(crate) fn learn_peer(&mut self, ip: u32, mac: PackedMac, now: u32) {
         self.neighbors.learn(UNDERLAY, ip, mac, now, true);
     }
 
     /// The remote endpoints known now, with their MAC (`None`: asked, not answered).
-    pub fn entries(&self) -> impl Iterator<Item = (u32, Option<u64>)> + '_ {
+    pub fn entries(&self) -> impl Iterator<Item = (u32, Option<PackedMac>)> + '_ {
         self.neighbors
             .entries()
             .filter(|(uid, _, _)| *uid == UNDERLAY)
@@ -150,7 +150,7 @@ fn request(
     let mut frame = [0u8; ETH + ARP_LEN];
     let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
     eth.set_dst_addr(EthernetAddress::BROADCAST);
-    eth.set_src_addr(EthernetAddress(mac_from_u64(ov.mac())));
+    eth.set_src_addr(ov.mac().address());
     eth.set_ethertype(EtherType::ARP);
     let mut arp = ArpPacket::new_unchecked(&mut frame[ETH..]);
     arp.set_hardware_type(1);
@@ -158,7 +158,7 @@ fn request(
     arp.set_hardware_len(6);
     arp.set_protocol_len(4);
     arp.set_operation(ArpOperation::REQUEST);
-    arp.set_sender_hardware_addr(EthernetAddress(mac_from_u64(ov.mac())));
+    arp.set_sender_hardware_addr(ov.mac().address());
     arp.set_sender_protocol_addr(ov.local_ip().into());
     arp.set_target_hardware_addr(EthernetAddress([0; 6]));
     arp.set_target_protocol_addr(ip.into());
@@ -170,7 +170,7 @@ fn request(
         frame: id,
         offset,
         len: frame.len() as u16,
-        in_port: ORIGINATED,
+        in_port: PortId::NONE,
         meta: Meta {
             next: Next::Output(ov.uplink()),
             ethertype: EtherType::ARP.0,
@@ -217,12 +217,12 @@ pub(crate) fn arp(
     let sender_mac = req.sender_hardware_addr();
     let op = req.operation();
     if !dry_run {
-        under.learn(ov, sender_ip, sender_mac.as_u64(), now);
+        under.learn(ov, sender_ip, PackedMac::new(sender_mac), now);
     }
     if op != ArpOperation::REQUEST {
         return ArpOutcome::Consumed;
     }
-    let ours = EthernetAddress(mac_from_u64(ov.mac()));
+    let ours = ov.mac().address();
     let mut eth = EthernetFrame::new_unchecked(&mut data[..]);
     eth.set_dst_addr(sender_mac);
     eth.set_src_addr(ours);

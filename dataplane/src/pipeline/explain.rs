@@ -21,13 +21,14 @@ use super::Stage;
 use crate::conntrack::{ConnTable, Dir, FlowKey, TcpState};
 use crate::counters::WorkerCounters;
 use crate::drop::DropReason;
+use crate::ident::{PackedMac, RouterIndex};
 use crate::l3::nat;
 use crate::l3::NeighborTable;
 use crate::lpm::prefix_mask;
 use crate::port::PortId;
 use crate::routing::{Interface, Routing};
 use crate::secgroup::{port_zone, rule_for, Direction, RuleName, RuleVerdict};
-use crate::snapshot::{mac_from_u64, NetworkUid, PortRole, Snapshot};
+use crate::snapshot::{NetworkUid, PortRole, Snapshot};
 use crate::wire::EtherType;
 
 /// A frame an explained packet would send.
@@ -131,7 +132,7 @@ fn ethertype_of(frame: &[u8]) -> Option<(EtherType, usize)> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConnOwner {
     /// NAT session of the router with this index in the snapshot.
-    Router(u16),
+    Router(RouterIndex),
     /// Security-group connection of this VM port.
     Port(PortId),
 }
@@ -254,7 +255,7 @@ pub(crate) fn connections(
     };
     let mut found = Vec::new();
     found.extend(entry(ConnOwner::Port(in_port), port_zone(in_port), frame));
-    let mut routers: Vec<u16> = steps
+    let mut routers: Vec<RouterIndex> = steps
         .iter()
         .filter_map(|s| match s.next {
             crate::packet::Next::Route(r) => Some(r),
@@ -291,7 +292,7 @@ pub fn default_dst_mac(
         return owner;
     };
     let routing = snap.routing();
-    let router_mac = |i: &Interface| routing.router(i.router).map(|r| r.mac);
+    let router_mac = |i: &Interface| routing.router(i.router).map(|r| r.mac.0);
     let mut on_network = routing.interfaces().iter().filter(|i| i.network == slot);
     if let Some(i) = on_network.clone().find(|i| i.ip == dst_ip) {
         return router_mac(i);
@@ -306,7 +307,7 @@ pub fn default_dst_mac(
             neighbors
                 .get(uid, dst_ip)
                 .and_then(|n| n.mac())
-                .map(mac_from_u64)
+                .map(PackedMac::octets)
         }),
     }
 }

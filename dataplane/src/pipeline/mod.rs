@@ -249,7 +249,7 @@ pub struct Outcome {
 }
 
 /// Everything a stage needs for one burst besides its own state. Built once per burst by
-/// the worker (and for housekeeping, with [`crate::l3::ORIGINATED`] as the input port).
+/// the worker (and for housekeeping, with [`PortId::NONE`] as the input port).
 pub struct BurstCtx<'a> {
     /// The snapshot of this pass: a burst never sees two generations.
     pub snap: &'a Snapshot,

@@ -1,8 +1,9 @@
 //! The DHCP server's entry in the slow path: which client messages a port may punt.
 
 use crate::drop::DropReason;
+use crate::ident::{FdbKey, NetworkSlot, PackedMac};
 use crate::port::PortId;
-use crate::snapshot::{mac_to_u64, Snapshot};
+use crate::snapshot::Snapshot;
 use crate::wire::{Ipv4Packet, UdpPacket};
 
 use super::service::{ServiceId, ServiceKind, ServiceMatch};
@@ -27,10 +28,10 @@ pub const KIND: ServiceKind = ServiceKind {
 /// options to whoever asks), and on a port with port security only one of its own MACs
 /// (else one VM could drain a pool that serves unknown MACs). A message too short to carry
 /// one is left to the server, which drops it.
-fn admit(snap: &Snapshot, slot: u16, port: PortId, l3: &[u8]) -> Option<DropReason> {
+fn admit(snap: &Snapshot, slot: NetworkSlot, port: PortId, l3: &[u8]) -> Option<DropReason> {
     let chaddr = dhcp_chaddr(l3)?;
     let foreign = snap
-        .static_mac(slot, chaddr)
+        .static_mac(FdbKey::packed(slot, chaddr))
         .is_some_and(|owner| owner != port)
         || snap
             .port_security(port)
@@ -40,13 +41,15 @@ fn admit(snap: &Snapshot, slot: u16, port: PortId, l3: &[u8]) -> Option<DropReas
 
 /// The `chaddr` of the DHCP message in the IPv4/UDP packet `l3`, packed, when the
 /// message is long enough to hold it.
-fn dhcp_chaddr(l3: &[u8]) -> Option<u64> {
+fn dhcp_chaddr(l3: &[u8]) -> Option<PackedMac> {
     let ip = Ipv4Packet::new_checked(l3).ok()?;
     let udp = UdpPacket::new_checked(ip.payload()).ok()?;
     // BOOTP: op, htype, hlen, hops, xid (4), secs, flags, ciaddr, yiaddr, siaddr, giaddr,
     // then chaddr at offset 28 (RFC 2131 §2).
     let mac = udp.payload().get(28..34)?;
-    Some(mac_to_u64([mac[0], mac[1], mac[2], mac[3], mac[4], mac[5]]))
+    Some(PackedMac::from([
+        mac[0], mac[1], mac[2], mac[3], mac[4], mac[5],
+    ]))
 }
 
 #[cfg(test)]

@@ -38,7 +38,12 @@ pub const KIND: ServiceKind = ServiceKind {
 
 /// Only a VM port has an instance behind it: the proxy names the instance by the port a
 /// request came in on, so a frame from an uplink or a tunnel has no identity to proxy with.
-fn admit(snap: &Snapshot, _slot: u16, port: PortId, _l3: &[u8]) -> Option<DropReason> {
+fn admit(
+    snap: &Snapshot,
+    _slot: crate::ident::NetworkSlot,
+    port: PortId,
+    _l3: &[u8],
+) -> Option<DropReason> {
     match snap.port(port) {
         PortRole::Access { .. } => None,
         _ => Some(DropReason::MetadataNotFromVm),

@@ -34,15 +34,16 @@ pub use service::{
 
 use crate::buf::FramePool;
 use crate::drop::DropReason;
-use crate::l3::{answer_arp_in_place, ORIGINATED};
+use crate::ident::FdbKey;
+use crate::l3::answer_arp_in_place;
 use crate::output::output;
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
 use crate::pipeline::{BurstCtx, BurstStage, Outcome, Pending, Stage};
 use crate::port::PortId;
 use crate::ratelimit::{BucketConfig, TokenBucket};
 use crate::ring::{self, Consumer, Producer};
-use crate::snapshot::{mac_from_u64, NetworkEntry, NetworkUid, Snapshot};
-use crate::wire::{ArpOperation, ArpPacket, EtherType, EthernetAddress, EthernetFrame};
+use crate::snapshot::{NetworkEntry, NetworkUid, Snapshot};
+use crate::wire::{ArpOperation, ArpPacket, EtherType, EthernetFrame};
 
 /// Bytes in front of every frame on either ring (see [`RingHeader`]).
 pub const RING_HEADER_LEN: usize = 8;
@@ -269,7 +270,7 @@ impl SlowPath {
                     && arp.operation() == ArpOperation::REQUEST
                     && services.addresses().contains(&asked)
                 {
-                    let own = EthernetAddress(mac_from_u64(net.service_mac));
+                    let own = net.service_mac.address();
                     answer_arp_in_place(data, l3, own);
                     pkt.meta.flags &= !Meta::MULTICAST;
                     return Next::Output(pkt.in_port);
@@ -279,8 +280,8 @@ impl SlowPath {
         if net.metadata_via_router && pkt.meta.flags & Meta::MULTICAST == 0 {
             // Sent to a router's MAC (the L2 stage's reason for sending it here) and not
             // the proxy's: routed as if it had never come here.
-            let dst = EthernetFrame::new_unchecked(cx.pool.data(pkt)).dst_addr_u64();
-            if let Some(router) = snap.routing().router_by_mac(slot, dst) {
+            let dst = EthernetFrame::new_unchecked(cx.pool.data(pkt)).dst_mac();
+            if let Some(router) = snap.routing().router_by_mac(FdbKey::packed(slot, dst)) {
                 return Next::Route(router);
             }
         }
@@ -407,7 +408,7 @@ fn injected_packet(
         return None;
     }
     let slot = snap.network_slot(header.network)?;
-    if !snap.port_serves(header.port, slot) || header.port == ORIGINATED {
+    if !snap.port_serves(header.port, slot) || header.port == PortId::NONE {
         return None;
     }
     let (id, offset) = pool.alloc_with(frame)?;
@@ -415,7 +416,7 @@ fn injected_packet(
         frame: id,
         offset,
         len: frame.len() as u16,
-        in_port: ORIGINATED,
+        in_port: PortId::NONE,
         meta: Meta {
             next: Next::Output(header.port),
             network: slot,

@@ -59,7 +59,7 @@ pub struct ServiceKind {
     pub name: &'static str,
     /// Checked before a frame is punted (and before the budget is spent): whether the
     /// port may send this frame to the service; `Some(reason)` drops it.
-    pub admit: fn(&Snapshot, u16, PortId, &[u8]) -> Option<DropReason>,
+    pub admit: fn(&Snapshot, crate::ident::NetworkSlot, PortId, &[u8]) -> Option<DropReason>,
     /// Why a frame is dropped when its port has spent its budget for this service.
     pub rate_limited: DropReason,
 }

@@ -4,6 +4,7 @@ use core::fmt;
 use core::str::FromStr;
 
 use super::{get_u16, set_u16, Error, Result};
+use crate::ident::PackedMac;
 
 /// A 48-bit IEEE MAC address.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -204,19 +205,19 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
     /// Destination address packed as [`EthernetAddress::as_u64`] does, read with one 8-byte
     /// load (the hot path keys its tables on this).
     #[inline]
-    pub fn dst_addr_u64(&self) -> u64 {
+    pub fn dst_mac(&self) -> PackedMac {
         let mut b = [0; 8];
         b.copy_from_slice(&self.buffer.as_ref()[field::DST.start..field::DST.start + 8]);
-        u64::from_be_bytes(b) >> 16
+        PackedMac::from_bits(u64::from_be_bytes(b) >> 16)
     }
 
     /// Source address packed as [`EthernetAddress::as_u64`] does, read with one 8-byte load
     /// that ends where the source address ends.
     #[inline]
-    pub fn src_addr_u64(&self) -> u64 {
+    pub fn src_mac(&self) -> PackedMac {
         let mut b = [0; 8];
         b.copy_from_slice(&self.buffer.as_ref()[field::SRC.end - 8..field::SRC.end]);
-        u64::from_be_bytes(b) & 0xffff_ffff_ffff
+        PackedMac::from_bits(u64::from_be_bytes(b) & 0xffff_ffff_ffff)
     }
 
     /// EtherType (or TPID, if the frame is VLAN-tagged).
@@ -403,8 +404,8 @@ mod tests {
         fn checked_never_panics(data in proptest::collection::vec(any::<u8>(), 0..200)) {
             if let Ok(f) = EthernetFrame::new_checked(&data[..]) {
                 let _ = (f.dst_addr(), f.src_addr(), f.ethertype(), f.payload());
-                prop_assert_eq!(f.dst_addr_u64(), f.dst_addr().as_u64());
-                prop_assert_eq!(f.src_addr_u64(), f.src_addr().as_u64());
+                prop_assert_eq!(f.dst_mac(), PackedMac::new(f.dst_addr()));
+                prop_assert_eq!(f.src_mac(), PackedMac::new(f.src_addr()));
                 let repr = EthernetRepr::parse(&f).unwrap();
                 prop_assert_eq!(repr.src_addr, f.src_addr());
             }
