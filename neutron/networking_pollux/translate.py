@@ -112,6 +112,13 @@ def port(p):
         obj['allowed_address_pairs'].append(entry)
     if p.get('dns_name'):
         obj['dns_name'] = p['dns_name']
+    # The metadata proxy names the instance and its project to Nova by these
+    # (X-Instance-ID, X-Tenant-ID) and answers 404 for a port without them.
+    if p.get('device_id'):
+        obj['device_id'] = p['device_id']
+    project = p.get('project_id') or p.get('tenant_id')
+    if project:
+        obj['project_id'] = project
     opts = []
     for o in p.get('extra_dhcp_opts') or []:
         entry = {'opt_name': o['opt_name'], 'opt_value': o['opt_value']}

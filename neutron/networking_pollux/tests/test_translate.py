@@ -22,6 +22,8 @@ def neutron_port(**kw):
         'binding:host_id': 'compute-1',
         'binding:profile': {},
         'device_owner': 'compute:nova',
+        'device_id': 'inst-1',
+        'project_id': 'proj-1',
         'status': 'ACTIVE',
     }
     p.update(kw)
@@ -50,7 +52,20 @@ class PortTest(unittest.TestCase):
             'allowed_address_pairs': [{'ip_address': '198.18.40.99',
                                        'mac_address': 'fa:16:3e:00:00:01'}],
             'binding': {'driver': 'tap', 'interface': 'tap0f2b6a4e-9d'},
+            # What the metadata proxy tells Nova (X-Instance-ID, X-Tenant-ID).
+            'device_id': 'inst-1',
+            'project_id': 'proj-1',
         })
+
+    def test_instance_and_project_only_when_neutron_has_them(self):
+        # An unattached port has device_id ''; older dicts carry tenant_id only.
+        obj = translate.port(neutron_port(device_id='', project_id=None,
+                                          tenant_id='proj-old'))
+        self.assertNotIn('device_id', obj)
+        self.assertEqual(obj['project_id'], 'proj-old')
+        obj = translate.port(neutron_port(device_id='', project_id=''))
+        self.assertNotIn('device_id', obj)
+        self.assertNotIn('project_id', obj)
 
     def test_profile_names_an_afxdp_interface(self):
         obj = translate.port(neutron_port(
