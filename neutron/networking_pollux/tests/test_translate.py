@@ -173,6 +173,33 @@ class L3Test(unittest.TestCase):
                                       'external_fixed_ip': '203.0.113.101'}})
         self.assertNotIn('external_gateway_info',
                          translate.router(dict(r, external_gateway_info=None), {}))
+
+    def test_router_host_mac_and_project(self):
+        r = {'id': 'r1', 'routes': [], 'project_id': 'proj-1'}
+        here = translate.router(r, {}, mac_address='fa:16:3e:00:0f:01',
+                                runs_on='l3', for_host='l3')
+        # On its own host: no binding_host_id, which polluxd reads as "runs here".
+        self.assertEqual(here, {'id': 'r1', 'interfaces': [], 'routes': [],
+                                'mac_address': 'fa:16:3e:00:0f:01',
+                                'project_id': 'proj-1'})
+        there = translate.router(r, {}, mac_address='fa:16:3e:00:0f:01',
+                                 runs_on='l3', for_host='compute-2')
+        self.assertEqual(there['binding_host_id'], 'l3')
+        self.assertEqual(there['mac_address'], 'fa:16:3e:00:0f:01')
+
+    def test_router_mac_is_its_oldest_ports(self):
+        ports = [
+            {'id': 'b', 'mac_address': 'fa:16:3e:00:00:0b',
+             'created_at': '2026-12-01T10:00:05Z'},
+            {'id': 'a', 'mac_address': 'fa:16:3e:00:00:0a',
+             'created_at': '2026-12-01T10:00:07Z'},
+            {'id': 'c', 'mac_address': 'fa:16:3e:00:00:0c',
+             'created_at': '2026-12-01T10:00:05Z'},
+        ]
+        # The oldest; between two of the same second, the smaller id.
+        self.assertEqual(translate.router_mac(ports), 'fa:16:3e:00:00:0b')
+        self.assertEqual(translate.router_mac(ports[1:]), 'fa:16:3e:00:00:0c')
+        self.assertIsNone(translate.router_mac([]))
         f = {'id': 'f1', 'floating_ip_address': '203.0.113.120', 'port_id': None,
              'fixed_ip_address': None, 'router_id': None}
         self.assertEqual(translate.floating_ip(f),
