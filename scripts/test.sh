@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 # Each section says when it starts, so a slow run shows where its time went.
 section() { printf "== %s (at %dm%02ds)\n" "$1" $((SECONDS / 60)) $((SECONDS % 60)); }
 
-packages=(valgrind iproute2 iputils-ping iperf3 tcpdump ethtool openvswitch-switch python3 prometheus traceroute udhcpc isc-dhcp-client dhcpcd5 arping dnsmasq-base ipset iptables conntrack curl protobuf-compiler etcd-server neutron-server python3-neutron python3-etcd3gw python3-pip python3-setuptools qemu-system-x86 linux-image-amd64 busybox-static cpio dpdk-dev)
+packages=(valgrind iproute2 iputils-ping iperf3 tcpdump ethtool openvswitch-switch python3 prometheus traceroute udhcpc isc-dhcp-client dhcpcd5 arping dnsmasq-base ipset iptables conntrack curl protobuf-compiler etcd-server neutron-server python3-neutron python3-etcd3gw python3-pip python3-setuptools man-db qemu-system-x86 linux-image-amd64 busybox-static cpio dpdk-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

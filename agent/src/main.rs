@@ -15,7 +15,6 @@ mod apply;
 mod keys;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
@@ -24,30 +23,7 @@ use serde_json::Value;
 
 use apply::Applier;
 use keys::ObjectKey;
-
-#[derive(Debug, Parser)]
-#[command(
-    version,
-    about = "Applies this host's share of the desired state, kept in etcd, to polluxd"
-)]
-struct Cli {
-    /// etcd endpoints (gRPC), e.g. http://127.0.0.1:2379; repeat for several.
-    #[arg(long = "etcd", required = true)]
-    endpoints: Vec<String>,
-    /// This host's name: Neutron's `binding:host_id` of the ports it serves.
-    #[arg(long)]
-    host: String,
-    /// polluxd's control socket.
-    #[arg(long, default_value = "/run/pollux/polluxd.sock")]
-    socket: PathBuf,
-    /// Key prefix shared with the mechanism driver.
-    #[arg(long, default_value = "/pollux")]
-    prefix: String,
-    /// Seconds the agent's lease lives without a keep-alive (the driver's view of
-    /// whether this host can take ports).
-    #[arg(long, default_value_t = 10)]
-    lease_ttl: i64,
-}
+use pollux_agent::cli::Cli;
 
 /// Why a session with etcd ended.
 #[derive(Debug)]

@@ -16,6 +16,7 @@
 //! and prints the graph).
 
 pub mod binding;
+pub mod cli;
 pub mod client;
 pub mod compile;
 pub mod daemon;

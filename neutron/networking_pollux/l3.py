@@ -10,7 +10,14 @@ associated; and the networks and subnets those need, unless the host has them al
 Objects go in reference order (networks, subnets, routers, floating IPs) and are
 removed in the reverse one.
 
-Not yet: routers spread over several hosts (scheduling, HA, DVR), an interface at an
+Each router carries the MAC of its oldest Neutron router port (Pollux gives a router one
+MAC on all its networks) and its project; `binding_host_id` names the L3 host to any
+other host it is written to (overlay networks, where the others reach it by that MAC),
+and is left out on the L3 host itself.
+
+Not yet: routers written to the other hosts of their overlay networks (the mechanism
+driver binds no overlay port yet), routers spread over several hosts (scheduling, HA,
+DVR), an interface at an
 address other than its subnet's gateway_ip (polluxd has no such interface: the router is
 not written, and the error logged), IPv6 routing.
 """
@@ -65,14 +72,17 @@ class PolluxL3RouterPlugin(store.HostKeys,
 
     # -- what the L3 host needs ----------------------------------------------------
 
-    def _wanted(self, admin):
+    def _wanted(self, admin, host):
         core = self._plugin()
         wanted = {c: {} for c in L3_COLLECTIONS}
         networks = set()
         for r in self.get_routers(admin):
-            ports = core.get_ports(admin, filters={
+            router_ports = core.get_ports(admin, filters={
                 'device_id': [r['id']],
-                'device_owner': [n_const.DEVICE_OWNER_ROUTER_INTF]})
+                'device_owner': [n_const.DEVICE_OWNER_ROUTER_INTF,
+                                 n_const.DEVICE_OWNER_ROUTER_GW]})
+            ports = [p for p in router_ports
+                     if p['device_owner'] == n_const.DEVICE_OWNER_ROUTER_INTF]
             subnets = {}
             for p in ports:
                 for ip in p['fixed_ips']:
@@ -84,7 +94,9 @@ class PolluxL3RouterPlugin(store.HostKeys,
                           'are not at the subnets\' gateway_ip, the only address a '
                           'Pollux router interface takes', r['id'], bad)
                 continue
-            obj = translate.router(r, subnets)
+            obj = translate.router(r, subnets,
+                                   mac_address=translate.router_mac(router_ports),
+                                   runs_on=self.l3_host, for_host=host)
             wanted['routers'][r['id']] = obj
             networks.update(core.get_subnet(admin, s)['network_id'] for s in subnets)
             if obj.get('external_gateway_info'):
@@ -113,9 +125,9 @@ class PolluxL3RouterPlugin(store.HostKeys,
                       'IPs are not written anywhere')
             return
         admin = context.elevated()
-        with self._reading(admin):
-            wanted = self._wanted(admin)
         host = self.l3_host
+        with self._reading(admin):
+            wanted = self._wanted(admin, host)
         served = self._port_networks(host)
         held = {c: self._held(host, c) for c in L3_COLLECTIONS}
         for c in L3_COLLECTIONS:

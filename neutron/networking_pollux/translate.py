@@ -112,6 +112,13 @@ def port(p):
         obj['allowed_address_pairs'].append(entry)
     if p.get('dns_name'):
         obj['dns_name'] = p['dns_name']
+    # The metadata proxy names the instance and its project to Nova by these
+    # (X-Instance-ID, X-Tenant-ID) and answers 404 for a port without them.
+    if p.get('device_id'):
+        obj['device_id'] = p['device_id']
+    project = p.get('project_id') or p.get('tenant_id')
+    if project:
+        obj['project_id'] = project
     opts = []
     for o in p.get('extra_dhcp_opts') or []:
         entry = {'opt_name': o['opt_name'], 'opt_value': o['opt_value']}
@@ -205,15 +212,37 @@ def member_addresses(p):
                   {pair['ip_address'] for pair in p.get('allowed_address_pairs') or []})
 
 
-def router(r, interface_subnets):
+def router_mac(router_ports):
+    """The one MAC a Pollux router has on all its networks, from Neutron's router ports
+    (interfaces and gateway), which have one each: the oldest port's, so that adding or
+    removing another interface never changes the MAC the VMs have in their ARP caches."""
+    if not router_ports:
+        return None
+    oldest = min(router_ports, key=lambda p: (p.get('created_at') or '', p['id']))
+    return oldest['mac_address']
+
+
+def router(r, interface_subnets, mac_address=None, runs_on=None, for_host=None):
     """A Neutron router, with the subnets of its interfaces (each at the subnet's
-    gateway_ip: polluxd has no other address for an interface), as polluxd's router."""
+    gateway_ip: polluxd has no other address for an interface), as polluxd's router,
+    written for `for_host`. `runs_on` is the host it is scheduled to: named as
+    `binding_host_id` only to another host (which reaches it over the overlay by
+    `mac_address`); on its own host the field stays out, which polluxd reads as "runs
+    here" whatever name it knows itself by (the agent does not tell it its host name)."""
     obj = {
         'id': r['id'],
         'interfaces': sorted(interface_subnets),
         'routes': [{'destination': rt['destination'], 'nexthop': rt['nexthop']}
                    for rt in r.get('routes') or []],
     }
+    if mac_address:
+        obj['mac_address'] = mac_address
+    if runs_on and for_host and runs_on != for_host:
+        obj['binding_host_id'] = runs_on
+    project = r.get('project_id') or r.get('tenant_id')
+    if project:
+        # The project whose metering labels count at its gateway.
+        obj['project_id'] = project
     gateway = r.get('external_gateway_info')
     if gateway:
         ips = [ip['ip_address'] for ip in gateway.get('external_fixed_ips') or []

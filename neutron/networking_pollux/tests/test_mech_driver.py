@@ -149,7 +149,7 @@ class DriverTest(DriverCase):
         self.assertIsNone(ctx.bound)
 
     def test_a_bound_port_brings_its_network_and_subnets(self):
-        port = neutron_port('p1')
+        port = neutron_port('p1', device_id='inst-1', project_id='proj-1')
         self.plugin.ports['p1'] = port
         self.driver.update_port_postcommit(FakePortContext(
             port, neutron_port('p1', **{'binding:vif_type': 'unbound'})))
@@ -157,8 +157,24 @@ class DriverTest(DriverCase):
                          ['networks/' + NET, 'ports/p1', 'subnets/' + SUB])
         written = json.loads(self.etcd.kv['/pollux/hosts/h1/ports/p1'])
         self.assertEqual(written, translate.port(port))
+        # The metadata proxy's X-Instance-ID and X-Tenant-ID.
+        self.assertEqual((written['device_id'], written['project_id']),
+                         ('inst-1', 'proj-1'))
         net = json.loads(self.etcd.kv['/pollux/hosts/h1/networks/' + NET])
         self.assertEqual(net['network_type'], 'local')
+
+    def test_a_port_attached_to_an_instance_later_is_rewritten(self):
+        # Nova binds the port, then sets device_id: the host must learn the instance.
+        bare = neutron_port('p1', device_id='', project_id='proj-1')
+        self.plugin.ports['p1'] = bare
+        self.driver.update_port_postcommit(FakePortContext(bare, None))
+        written = json.loads(self.etcd.kv['/pollux/hosts/h1/ports/p1'])
+        self.assertNotIn('device_id', written)
+        attached = neutron_port('p1', device_id='inst-2', project_id='proj-1')
+        self.plugin.ports['p1'] = attached
+        self.driver.update_port_postcommit(FakePortContext(attached, bare))
+        written = json.loads(self.etcd.kv['/pollux/hosts/h1/ports/p1'])
+        self.assertEqual(written['device_id'], 'inst-2')
 
     def test_moves_down_ports_and_last_port_cleanup(self):
         p1, p2 = neutron_port('p1'), neutron_port('p2')

@@ -22,6 +22,8 @@ def neutron_port(**kw):
         'binding:host_id': 'compute-1',
         'binding:profile': {},
         'device_owner': 'compute:nova',
+        'device_id': 'inst-1',
+        'project_id': 'proj-1',
         'status': 'ACTIVE',
     }
     p.update(kw)
@@ -50,7 +52,20 @@ class PortTest(unittest.TestCase):
             'allowed_address_pairs': [{'ip_address': '198.18.40.99',
                                        'mac_address': 'fa:16:3e:00:00:01'}],
             'binding': {'driver': 'tap', 'interface': 'tap0f2b6a4e-9d'},
+            # What the metadata proxy tells Nova (X-Instance-ID, X-Tenant-ID).
+            'device_id': 'inst-1',
+            'project_id': 'proj-1',
         })
+
+    def test_instance_and_project_only_when_neutron_has_them(self):
+        # An unattached port has device_id ''; older dicts carry tenant_id only.
+        obj = translate.port(neutron_port(device_id='', project_id=None,
+                                          tenant_id='proj-old'))
+        self.assertNotIn('device_id', obj)
+        self.assertEqual(obj['project_id'], 'proj-old')
+        obj = translate.port(neutron_port(device_id='', project_id=''))
+        self.assertNotIn('device_id', obj)
+        self.assertNotIn('project_id', obj)
 
     def test_profile_names_an_afxdp_interface(self):
         obj = translate.port(neutron_port(
@@ -158,6 +173,33 @@ class L3Test(unittest.TestCase):
                                       'external_fixed_ip': '203.0.113.101'}})
         self.assertNotIn('external_gateway_info',
                          translate.router(dict(r, external_gateway_info=None), {}))
+
+    def test_router_host_mac_and_project(self):
+        r = {'id': 'r1', 'routes': [], 'project_id': 'proj-1'}
+        here = translate.router(r, {}, mac_address='fa:16:3e:00:0f:01',
+                                runs_on='l3', for_host='l3')
+        # On its own host: no binding_host_id, which polluxd reads as "runs here".
+        self.assertEqual(here, {'id': 'r1', 'interfaces': [], 'routes': [],
+                                'mac_address': 'fa:16:3e:00:0f:01',
+                                'project_id': 'proj-1'})
+        there = translate.router(r, {}, mac_address='fa:16:3e:00:0f:01',
+                                 runs_on='l3', for_host='compute-2')
+        self.assertEqual(there['binding_host_id'], 'l3')
+        self.assertEqual(there['mac_address'], 'fa:16:3e:00:0f:01')
+
+    def test_router_mac_is_its_oldest_ports(self):
+        ports = [
+            {'id': 'b', 'mac_address': 'fa:16:3e:00:00:0b',
+             'created_at': '2026-12-01T10:00:05Z'},
+            {'id': 'a', 'mac_address': 'fa:16:3e:00:00:0a',
+             'created_at': '2026-12-01T10:00:07Z'},
+            {'id': 'c', 'mac_address': 'fa:16:3e:00:00:0c',
+             'created_at': '2026-12-01T10:00:05Z'},
+        ]
+        # The oldest; between two of the same second, the smaller id.
+        self.assertEqual(translate.router_mac(ports), 'fa:16:3e:00:00:0b')
+        self.assertEqual(translate.router_mac(ports[1:]), 'fa:16:3e:00:00:0c')
+        self.assertIsNone(translate.router_mac([]))
         f = {'id': 'f1', 'floating_ip_address': '203.0.113.120', 'port_id': None,
              'fixed_ip_address': None, 'router_id': None}
         self.assertEqual(translate.floating_ip(f),
