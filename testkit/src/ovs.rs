@@ -123,6 +123,18 @@ impl OvsSwitch {
         workdir: &Path,
         other_config: &[(&str, &str)],
     ) -> io::Result<OvsSwitch> {
+        OvsSwitch::start_program(netns, workdir, other_config, "ovs-vswitchd")
+    }
+
+    /// [`OvsSwitch::start_with`], running `program` (a path or a name on `PATH`) as
+    /// `ovs-vswitchd`: Debian's DPDK build is `/usr/lib/openvswitch-switch-dpdk/
+    /// ovs-vswitchd-dpdk`, chosen here rather than by the system-wide alternative.
+    pub fn start_program(
+        netns: &str,
+        workdir: &Path,
+        other_config: &[(&str, &str)],
+        program: &str,
+    ) -> io::Result<OvsSwitch> {
         let missing = missing_tools(OVS_TOOLS);
         if !missing.is_empty() {
             return Err(other(format!(
@@ -185,7 +197,7 @@ impl OvsSwitch {
 
         let mut vswitchd = Command::new("ip");
         vswitchd
-            .args(["netns", "exec", netns, "ovs-vswitchd"])
+            .args(["netns", "exec", netns, program])
             .arg(sw.db_target())
             .arg(format!("--unixctl={}", sw.ctl().display()))
             .arg(format!("--pidfile={}", sw.path("vswitchd.pid").display()))

@@ -29,21 +29,29 @@ pub enum DutKind {
     XskFwd,
     /// Open vSwitch userspace datapath with afxdp ports, one PMD thread.
     OvsAfxdp,
+    /// Open vSwitch on its DPDK datapath (`ovs-vswitchd-dpdk`), vhost-user client
+    /// ports, one PMD thread (vhost-user scenarios).
+    OvsDpdk,
     /// The kernel bridge.
     LinuxBridge,
     /// An XDP program redirecting ingress to egress: the ceiling on veth.
     XdpRedirect,
+    /// `dpdk-testpmd` forwarding between two `net_vhost` ports in io mode: the ceiling of
+    /// vhost-user scenarios.
+    TestpmdVhost,
 }
 
 impl DutKind {
     /// Every kind, in report order.
-    pub const ALL: [DutKind; 6] = [
+    pub const ALL: [DutKind; 8] = [
         DutKind::Pollux,
         DutKind::PolluxBusyPoll,
         DutKind::XskFwd,
         DutKind::OvsAfxdp,
+        DutKind::OvsDpdk,
         DutKind::LinuxBridge,
         DutKind::XdpRedirect,
+        DutKind::TestpmdVhost,
     ];
 
     /// Name on the command line and in reports.
@@ -55,6 +63,8 @@ impl DutKind {
             DutKind::OvsAfxdp => "ovs-afxdp",
             DutKind::LinuxBridge => "linux-bridge",
             DutKind::XdpRedirect => "xdp-redirect",
+            DutKind::OvsDpdk => "ovs-dpdk",
+            DutKind::TestpmdVhost => "testpmd-vhost",
         }
     }
 
@@ -78,8 +88,12 @@ pub struct Env<'a> {
     pub work: &'a Path,
     /// polluxd binary.
     pub polluxd: &'a Path,
+    /// The generator's CPU.
+    pub gen_cpu: usize,
     /// The DUT's CPU.
     pub dut_cpu: usize,
+    /// The generator's and the sink's vhost-user sockets (vhost-user scenarios).
+    pub vhost_sockets: &'a [PathBuf; 2],
     /// `SO_BUSY_POLL_BUDGET` for pollux-busy-poll.
     pub busy_poll_budget: u16,
 }
@@ -88,14 +102,16 @@ pub struct Env<'a> {
 #[derive(Debug, Default)]
 pub struct Running {
     /// Children to stop (SIGINT, then SIGKILL), last first.
-    children: Vec<(String, Child)>,
+    pub(super) children: Vec<(String, Child)>,
     /// Commands run in the DUT namespace when stopping.
-    cleanup: Vec<Vec<String>>,
+    pub(super) cleanup: Vec<Vec<String>>,
     /// sysfs writes `(path, value)` in the DUT namespace when stopping.
     restore: Vec<(String, String)>,
     xdp: Option<(BpfLink, BpfProgram)>,
     /// The private Open vSwitch of the kit.
-    ovs: Option<OvsSwitch>,
+    pub(super) ovs: Option<OvsSwitch>,
+    /// Logs whose last lines are kept with the notes when the device stops.
+    pub(super) logs: Vec<PathBuf>,
     /// polluxd's log and socket.
     pollux: Option<(PathBuf, PathBuf)>,
     /// xsk-fwd's log.
@@ -105,7 +121,11 @@ pub struct Running {
     pub notes: Vec<String>,
 }
 
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Result<(), String> {
+pub(super) fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut ok: impl FnMut() -> bool,
+) -> Result<(), String> {
     let end = Instant::now() + timeout;
     while Instant::now() < end {
         if interrupted() {
@@ -119,7 +139,7 @@ fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) -> Resu
     Err(format!("timed out waiting for {what}"))
 }
 
-fn spawn(args: &[&str], log: &Path) -> Result<Child, String> {
+pub(super) fn spawn(args: &[&str], log: &Path) -> Result<Child, String> {
     let file = fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
     Command::new(args[0])
         .args(&args[1..])
@@ -137,9 +157,24 @@ pub fn start(
     scenario: &dyn Scenario,
 ) -> Result<Option<Running>, String> {
     let t = env.topo;
-    let ports = Ports {
-        ingress: &t.ingress,
-        egress: &t.egress,
+    let sockets = env
+        .vhost_sockets
+        .each_ref()
+        .map(|p| p.to_str().unwrap_or_default());
+    let ports = if scenario.vhost_user() {
+        if kind == DutKind::PolluxBusyPoll {
+            // Busy polling is about AF_XDP sockets; vhost-user ports are polled anyway.
+            return Ok(None);
+        }
+        Ports {
+            ingress: sockets[0],
+            egress: sockets[1],
+        }
+    } else {
+        Ports {
+            ingress: &t.ingress,
+            egress: &t.egress,
+        }
     };
     let mut r = Running::default();
     r.ns.clone_from(&t.sw_ns);
@@ -278,6 +313,18 @@ pub fn start(
                 "{}; netdev datapath, afxdp ports (xdp-mode=best-effort), pmd-cpu-mask {mask}",
                 version.lines().next().unwrap_or("ovs").trim(),
             ));
+        }
+        DutKind::OvsDpdk => {
+            let Some(commands) = scenario.ovs_dpdk_commands(ports) else {
+                return Ok(None);
+            };
+            super::vhost_duts::start_ovs_dpdk(env, scenario, &commands, &mut r)?;
+        }
+        DutKind::TestpmdVhost => {
+            let Some(vdevs) = scenario.testpmd_vdevs(ports) else {
+                return Ok(None);
+            };
+            super::vhost_duts::start_testpmd(env, scenario, &vdevs, &mut r)?;
         }
         DutKind::LinuxBridge => {
             let Some(commands) = scenario.linux_commands(ports) else {
@@ -424,6 +471,16 @@ impl Running {
                     text.lines()
                         .skip_while(|l| !l.contains("stopping") && !l.contains("stopped"))
                         .filter(|l| !l.trim().is_empty())
+                        .map(|l| l.trim().to_string()),
+                );
+            }
+        }
+        for log in &self.logs {
+            if let Ok(text) = fs::read_to_string(log) {
+                let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+                self.notes.extend(
+                    lines[lines.len().saturating_sub(12)..]
+                        .iter()
                         .map(|l| l.trim().to_string()),
                 );
             }

@@ -7,13 +7,14 @@ use std::path::PathBuf;
 
 use super::dut::{self, DutKind, Env};
 use super::placement::{self, Cpus};
+use super::pvp_traffic::{PvpListener, PvpTraffic};
 use super::report::{mpps, Entry, LatencyPoint, Report};
 use super::scenario::Scenario;
 use super::search::SearchConfig;
 use super::sys::{self, interrupted, interrupted_error, pin_to_cpu, run};
 use super::throughput;
 use super::topology::{self, counter_delta, Topology};
-use super::traffic::{Traffic, TrialResult, TrialSpec};
+use super::traffic::{Traffic, TrafficPath, TrialResult, TrialSpec};
 
 /// Loss allowed at the PDR.
 pub const PDR_LOSS: f64 = 0.005;
@@ -115,12 +116,15 @@ fn run_in_topology(opts: &Options, work: &std::path::Path) -> Result<Report, Str
     for line in &report.placement {
         eprintln!("placement: {line}");
     }
+    let vhost_sockets = [work.join("pvp-gen.sock"), work.join("pvp-sink.sock")];
     let env = Env {
         topo: &topo,
         work,
         polluxd: &opts.polluxd,
+        gen_cpu: opts.cpus.gen,
         dut_cpu: opts.cpus.dut,
         busy_poll_budget: opts.busy_poll_budget,
+        vhost_sockets: &vhost_sockets,
     };
     for sc in &opts.scenarios {
         report
@@ -133,6 +137,13 @@ fn run_in_topology(opts: &Options, work: &std::path::Path) -> Result<Report, Str
             let key = format!("{}/{}", sc.name(), kind.name());
             progress(&format!("[{key}] starting"));
             topo.detach_xdp();
+            // vhost-user scenarios: the generator and the sink listen before the device
+            // starts, and it connects to them.
+            let listener = if sc.vhost_user() {
+                Some(PvpListener::bind(&vhost_sockets[0], &vhost_sockets[1])?)
+            } else {
+                None
+            };
             let running = match dut::start(kind, &env, sc.as_ref()) {
                 Ok(Some(r)) => r,
                 Ok(None) => {
@@ -147,6 +158,17 @@ fn run_in_topology(opts: &Options, work: &std::path::Path) -> Result<Report, Str
                     continue;
                 }
             };
+            let mut pvp: Option<PvpTraffic> = None;
+            if let Some(l) = &listener {
+                match l.accept(std::time::Duration::from_secs(30)) {
+                    Ok(t) => pvp = Some(t),
+                    Err(e) => {
+                        eprintln!("\npollux-bench: {key}: {e}");
+                        report.notes.push(format!("{key}: failed to connect: {e}"));
+                        continue;
+                    }
+                }
+            }
             let mut notes = placement::apply(&topo, opts.cpus, &running.pids())?;
             let dut_group =
                 placement::AutogroupPriority::raise(opts.cpus, &running.pids(), &own_group.names());
@@ -156,7 +178,11 @@ fn run_in_topology(opts: &Options, work: &std::path::Path) -> Result<Report, Str
                 eprintln!("[{key}] placement: {l}");
             }
             for &size in &opts.sizes {
-                let entry = measure(opts, &topo, &mut traffic, sc.as_ref(), kind, size)?;
+                let path: &mut dyn TrafficPath = match &mut pvp {
+                    Some(p) => p,
+                    None => &mut traffic,
+                };
+                let entry = measure(opts, &topo, path, sc.as_ref(), kind, size)?;
                 progress("");
                 eprintln!(
                     "[{key} {size}B] NDR {}, PDR {} ({} trials){}",
@@ -184,6 +210,7 @@ fn run_in_topology(opts: &Options, work: &std::path::Path) -> Result<Report, Str
             }
             notes.extend(running.stats());
             notes.extend(running.stop());
+            drop(pvp);
             drop(dut_group);
             topo.detach_xdp();
             report.dut_notes.insert(key, notes);
@@ -205,7 +232,7 @@ fn run_in_topology(opts: &Options, work: &std::path::Path) -> Result<Report, Str
 fn measure(
     opts: &Options,
     topo: &Topology,
-    traffic: &mut Traffic,
+    traffic: &mut dyn TrafficPath,
     sc: &dyn Scenario,
     kind: DutKind,
     size: u16,
@@ -213,7 +240,10 @@ fn measure(
     let label = format!("[{}/{} {size}B]", sc.name(), kind.name());
     let prime = sc.prime_frame();
     let trials: std::cell::RefCell<Vec<TrialResult>> = Default::default();
-    let trial = |traffic: &mut Traffic, phase: &str, rate: f64| -> Result<TrialResult, String> {
+    let trial = |traffic: &mut dyn TrafficPath,
+                 phase: &str,
+                 rate: f64|
+     -> Result<TrialResult, String> {
         if interrupted() {
             return Err(interrupted_error());
         }
@@ -226,7 +256,7 @@ fn measure(
         };
         let before = path_counters(topo, traffic);
         let n = trials.borrow().len() + 1;
-        let mut r = traffic.trial(&spec, |sent, recv| {
+        let mut r = traffic.run_trial(&spec, &mut |sent, recv| {
             progress(&format!(
                 "{label} {phase} trial {n} at {:.3} Mpps: sent {sent}, received {recv}",
                 rate / 1e6
@@ -282,8 +312,8 @@ fn measure(
     })
 }
 
-fn path_counters(topo: &Topology, traffic: &Traffic) -> BTreeMap<String, u64> {
+fn path_counters(topo: &Topology, traffic: &dyn TrafficPath) -> BTreeMap<String, u64> {
     let mut c = topo.path_counters();
-    c.extend(traffic.socket_counters());
+    c.extend(traffic.counters());
     c
 }

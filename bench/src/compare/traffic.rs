@@ -134,6 +134,40 @@ impl TrialResult {
     }
 }
 
+/// Where trials run: a generator and a sink around the device under test.
+pub trait TrafficPath {
+    /// Sends `frame` from the sink (so learning switches learn the sink's MAC), and
+    /// discards whatever arrives for a moment.
+    fn prime(&mut self, frame: &[u8]);
+    /// Runs one trial. `progress` is called about every 100 ms with the frames sent and
+    /// received so far.
+    fn run_trial(
+        &mut self,
+        spec: &TrialSpec,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<TrialResult, String>;
+    /// Counters of the generator's and the sink's own ends.
+    fn counters(&self) -> std::collections::BTreeMap<String, u64>;
+}
+
+impl TrafficPath for Traffic {
+    fn prime(&mut self, frame: &[u8]) {
+        Traffic::prime(self, frame);
+    }
+
+    fn run_trial(
+        &mut self,
+        spec: &TrialSpec,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<TrialResult, String> {
+        self.trial(spec, progress)
+    }
+
+    fn counters(&self) -> std::collections::BTreeMap<String, u64> {
+        self.socket_counters()
+    }
+}
+
 /// The generator's and the sink's sockets, with their pools (one UMEM each).
 pub struct Traffic {
     // Declaration order is drop order: ports and the XDP attachment before the pools

@@ -8,14 +8,17 @@
 use pollux_drivers::xdp::BpfInsn;
 
 mod p2p;
+mod pvp;
 mod security_groups;
 mod vlan_push;
 
 pub use p2p::PortToPort;
+pub use pvp::Pvp;
 pub use security_groups::SecurityGroups;
 pub use vlan_push::VlanPush;
 
-/// Names the DUT's two interfaces.
+/// Names the DUT's two interfaces (in vhost-user scenarios, the sockets of the
+/// harness's generator and sink).
 #[derive(Clone, Copy, Debug)]
 pub struct Ports<'a> {
     /// Towards the generator.
@@ -30,6 +33,11 @@ pub trait Scenario: std::fmt::Debug {
     fn name(&self) -> &'static str;
     /// One line for the report.
     fn describe(&self) -> &'static str;
+    /// Whether the generator and the sink are virtio-net devices on vhost-user (PVP):
+    /// [`Ports`] then name their sockets, which the device under test connects to.
+    fn vhost_user(&self) -> bool {
+        false
+    }
     /// VLAN ID the frames carry when they reach the sink.
     fn egress_vlan(&self) -> Option<u16>;
     /// The frame the sink sends before each trial (learning switches learn its MAC).
@@ -43,6 +51,16 @@ pub trait Scenario: std::fmt::Debug {
     /// the bridge's `NORMAL` flow after [`Scenario::ovs_commands`]; `None`: the default
     /// `NORMAL` switching.
     fn ovs_flows(&self, _ports: Ports<'_>) -> Option<Vec<String>> {
+        None
+    }
+    /// `ovs-vsctl` commands after `add-br br0` for Open vSwitch on its DPDK datapath;
+    /// `None` if it cannot do this scenario.
+    fn ovs_dpdk_commands(&self, _ports: Ports<'_>) -> Option<Vec<Vec<String>>> {
+        None
+    }
+    /// `--vdev` arguments of a `dpdk-testpmd` forwarding between its two ports (io mode,
+    /// no switching): the ceiling of vhost-user scenarios; `None` elsewhere.
+    fn testpmd_vdevs(&self, _ports: Ports<'_>) -> Option<Vec<String>> {
         None
     }
     /// `ip`/`bridge` commands (run in the DUT's namespace) that build the kernel's
@@ -66,6 +84,7 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
         Box::new(PortToPort),
         Box::new(VlanPush { vid: 100 }),
         Box::new(SecurityGroups { filler_rules: 10 }),
+        Box::new(Pvp),
     ]
 }
 
@@ -94,11 +113,16 @@ mod tests {
     /// the generator's and the sink's addresses, and every device filters them.
     #[test]
     fn pollux_configs_validate_without_port_security() {
-        let ports = Ports {
+        let veths = Ports {
             ingress: "pbn1t0g",
             egress: "pbn1t0k",
         };
+        let sockets = Ports {
+            ingress: "/tmp/pbn1.work/pvp-gen.sock",
+            egress: "/tmp/pbn1.work/pvp-sink.sock",
+        };
         for sc in all() {
+            let ports = if sc.vhost_user() { sockets } else { veths };
             let text = sc.pollux_config(ports).unwrap();
             let state = pollux_control::model::DesiredState::from_toml_str(&text)
                 .unwrap_or_else(|e| panic!("{}: {e:?}", sc.name()));
