@@ -1440,7 +1440,7 @@ mod tests {
             "the port's new MAC is in the snapshot"
         );
 
-        let router_changed = routed_port(1, "198.18.1.254");
+        let router_changed = routed_port(1, "198.18.1.253");
         let stale =
             compile_inner(&router_changed, &first.identities, 2, Some(&first.snapshot)).unwrap();
         let whole = compile(&router_changed, &first.identities, 2).unwrap();
