@@ -563,6 +563,22 @@ impl Edits {
             journal: journal_form(changes),
         }
     }
+
+    /// The edits of `changes` made in place as `log` says: each journal record also
+    /// names the index its object had in its collection, or that it is new, so that the
+    /// store finds its place without a scan of the collection.
+    pub fn of_placed(changes: &[Change], log: &[Undo]) -> Edits {
+        let mut edits = Edits::of(changes);
+        if let Value::Array(records) = &mut edits.journal {
+            for (record, undo) in records.iter_mut().zip(log) {
+                match undo {
+                    Undo::Replaced(at, _) | Undo::Deleted(at, _) => record["at"] = Value::from(*at),
+                    Undo::Appended(_) => record["new"] = Value::Bool(true),
+                }
+            }
+        }
+        edits
+    }
 }
 
 /// `changes` as the store's journal records them (see [`crate::store`]): the same edits,

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use crate::overlay::{
     Encapsulation, EndpointSpec, Overlay, OverlayBuilder, OverlayNetworks, TunnelId,
@@ -203,7 +204,10 @@ pub struct Snapshot {
     /// Static MACs, keyed by [`FdbKey::get`].
     fdb: U64Map<PortId>,
     l2: L2Config,
-    routing: Routing,
+    /// Shared with the previous generation when a change leaves every router as it was
+    /// ([`SnapshotBuilder::routers_of`]): compiling a thousand routers' tables is most of
+    /// what a one-port change would cost otherwise.
+    routing: Arc<Routing>,
     /// Per network slot, the services it offers (the slow path's table).
     services: Box<[NetworkServices]>,
     slow_path: SlowPathConfig,
@@ -398,6 +402,51 @@ impl Snapshot {
                 .network(slot)
                 .is_some_and(|n| n.segment.physnet() == Some(physnet)),
         }
+    }
+
+    /// The parts in which `self` and `other` forward differently (empty when they are the
+    /// same configuration), ignoring the generation and the security groups' hit counters:
+    /// the check that a configuration compiled from a previous one is what compiling it
+    /// from scratch makes. Compares their printed forms, so it is for tests and debug
+    /// builds, not for the control thread of a release build.
+    pub fn differences(&self, other: &Snapshot) -> Vec<&'static str> {
+        let fdb = |s: &Snapshot| {
+            let mut entries: Vec<_> = s.static_macs().collect();
+            entries.sort_unstable();
+            entries
+        };
+        // A copy's hit counters start from zero.
+        let sg = |s: &Snapshot| format!("{:?}", s.security_groups.clone());
+        let mut out = Vec::new();
+        let mut check = |name: &'static str, same: bool| {
+            if !same {
+                out.push(name);
+            }
+        };
+        check("ports", self.ports == other.ports);
+        check("port_stages", self.port_stages == other.port_stages);
+        check("networks", self.networks == other.networks);
+        check("flood_ports", self.flood_ports == other.flood_ports);
+        check(
+            "vlan_maps",
+            format!("{:?}", self.vlan_maps) == format!("{:?}", other.vlan_maps),
+        );
+        check("fdb", fdb(self) == fdb(other));
+        check("l2", self.l2 == other.l2);
+        check(
+            "routing",
+            format!("{:?}", self.routing) == format!("{:?}", other.routing),
+        );
+        check("services", self.services == other.services);
+        check("slow_path", self.slow_path == other.slow_path);
+        check("port_security", self.port_security == other.port_security);
+        check("qos", self.qos == other.qos);
+        check(
+            "overlay",
+            format!("{:?}", self.overlay) == format!("{:?}", other.overlay),
+        );
+        check("security_groups", sg(self) == sg(other));
+        out
     }
 
     /// The 802.1Q VID a frame of network `slot` carries when leaving through `port`, or
@@ -598,6 +647,8 @@ pub struct SnapshotBuilder {
     overlay: OverlayBuilder,
     /// MACs of remote ports: static FDB entries on their host's tunnel port.
     remote_macs: Vec<(NetworkUid, PortId, [u8; 6])>,
+    /// The routers of a previous snapshot, taken instead of compiling `routers`.
+    routing_of: Option<Arc<Routing>>,
 }
 
 impl SnapshotBuilder {
@@ -638,6 +689,15 @@ impl SnapshotBuilder {
     /// Adds a router.
     pub fn router(&mut self, router: RouterSpec) -> &mut Self {
         self.routers.push(router);
+        self
+    }
+
+    /// Takes the routers of `previous` as they are, instead of compiling those given to
+    /// [`SnapshotBuilder::router`]: for a change that leaves every router, and the network
+    /// slots they refer to, as they were (the caller's claim, which its test builds check
+    /// against a compile from scratch).
+    pub fn routers_of(&mut self, previous: &Snapshot) -> &mut Self {
+        self.routing_of = Some(Arc::clone(&previous.routing));
         self
     }
 
@@ -888,8 +948,13 @@ impl SnapshotBuilder {
             }
         }
 
-        let routing =
-            Routing::compile(&self.routers, &slot_of, nets.len()).map_err(BuildError::Routing)?;
+        let routing = match &self.routing_of {
+            Some(routing) => Arc::clone(routing),
+            None => Arc::new(
+                Routing::compile(&self.routers, &slot_of, nets.len())
+                    .map_err(BuildError::Routing)?,
+            ),
+        };
         let mut service_macs = vec![PackedMac::NONE; nets.len()];
         let mut services: Vec<Vec<NetworkService>> = vec![Vec::new(); nets.len()];
         for (uid, mac, service) in &self.services {

@@ -11,7 +11,7 @@ use super::ports::PortChanges;
 use super::{Active, ApplyError, Engine, WORKER_TIMEOUT};
 use crate::compile::dhcp::dhcp_configs_of;
 use crate::compile::metadata::metadata_table;
-use crate::compile::{compile, Identities};
+use crate::compile::{compile_reusing, routers_unchanged, Identities};
 use crate::diff::{diff, diff_of, Diff};
 use crate::identity::dhcp_mac;
 use crate::model::DesiredState;
@@ -349,7 +349,13 @@ impl Engine {
             return Ok(unchanged);
         }
         let next = self.active.generation + 1;
-        let compiled = compile(&valid, &self.active.identities, next)?;
+        // The running snapshot was compiled from the active state and identities.
+        let running = edits
+            .as_ref()
+            .is_some_and(|e| routers_unchanged(&e.touched, &self.active.valid, &valid))
+            .then(|| self.publisher.current());
+        let compiled = compile_reusing(&valid, &self.active.identities, next, running.as_deref())?;
+        drop(running);
         phases.mark("compile");
         if options.dry_run {
             return Ok(unchanged);
@@ -410,7 +416,7 @@ impl Engine {
         phases.mark("activate");
         // Port labels are by id and key, which a port keeps for as long as it exists.
         if !changes.added.is_empty() || !changes.removed.is_empty() {
-            self.update_metric_ports();
+            self.update_metric_ports_of(&changes);
         }
         phases.mark("metrics");
         if touches_dhcp(&diff, metadata_on) {

@@ -79,7 +79,8 @@ impl Engine {
             .collect();
         let before = Before::take(&self.active.state, &touched);
         let (log, typed) = edit_raw_in_place(&mut self.active.state, changes)?;
-        self.apply_in_place(before, log, Edits::of(&typed), options)
+        let edits = Edits::of_placed(&typed, &log);
+        self.apply_in_place(before, log, edits, options)
     }
 
     /// Applies the active state as `log` changed it in place from what `before` keeps

@@ -126,12 +126,33 @@ impl Engine {
             .map(|(id, key)| (id, port_label(&key).to_string()))
             .collect();
         self.metrics.set_ports(labels);
-        let names: std::collections::BTreeMap<PortId, String> =
-            self.port_names().into_iter().collect();
+        self.update_metric_vhost_user();
+    }
+
+    /// [`Engine::update_metric_ports`] for a change that added and removed the ports of
+    /// `changes`: what it costs is the ports it touched (and the vhost-user ports).
+    pub(super) fn update_metric_ports_of(&self, changes: &PortChanges) {
+        self.metrics.update_ports(
+            changes.removed.iter().map(|p| p.id),
+            changes
+                .added
+                .iter()
+                .map(|p| (p.id, port_label(&p.key).to_string())),
+        );
+        self.update_metric_vhost_user();
+    }
+
+    /// The vhost-user ports' labels, each found in the plans (sorted by id).
+    fn update_metric_vhost_user(&self) {
+        let plans = &self.active.plans;
+        let label = |id: PortId| {
+            let at = plans.binary_search_by_key(&id, |p| p.id).ok()?;
+            Some(port_label(&plans[at].key).to_string())
+        };
         self.metrics.set_vhost_user(
             self.bindings
                 .vhost_user_mailboxes()
-                .filter_map(|(id, m)| Some((port_label(names.get(&id)?).to_string(), m)))
+                .filter_map(|(id, m)| Some((label(id)?, m)))
                 .collect(),
         );
     }

@@ -13,7 +13,11 @@
 //! of `collection` whose `key` field equals the object's, in place, or append it) or
 //! `{"op": "delete", "collection": "ports", "key": "id", "id": "vm1"}` (remove it, keeping
 //! the order of the others): the same edits as `crate::patch` makes on the typed state,
-//! made here on its JSON form so that the store needs no model.
+//! made here on its JSON form so that the store needs no model. A change may say where
+//! its object is, as the engine found it, which spares a scan of the collection:
+//! `"at": 17`, its index (checked against the object's key there; an object not there is
+//! looked for by its key), or `"new": true` on a put of an object the collection does not
+//! hold (appended; the test builds check that it holds none).
 //!
 //! A record is written with one `write` and made durable with `fdatasync` before the
 //! change is acknowledged. A crash can therefore leave at most the last line torn (no
@@ -173,6 +177,15 @@ fn position(items: &[Value], key: &str, id: &str) -> Option<usize> {
         .position(|o| o.get(key).and_then(Value::as_str) == Some(id))
 }
 
+/// [`position`], looked at first where the change's `at` says.
+fn position_at(change: &Value, items: &[Value], key: &str, id: &str) -> Option<usize> {
+    let hint = change.get("at").and_then(Value::as_u64);
+    match hint.and_then(|at| items.get(usize::try_from(at).ok()?)) {
+        Some(o) if o.get(key).and_then(Value::as_str) == Some(id) => hint.map(|at| at as usize),
+        _ => position(items, key, id),
+    }
+}
+
 fn make_one(state: &mut Value, change: &Value) -> Result<Undo, ChangeError> {
     let collection = text(change, "collection")?;
     let key = text(change, "key")?;
@@ -191,7 +204,17 @@ fn make_one(state: &mut Value, change: &Value) -> Result<Undo, ChangeError> {
                 .get(key)
                 .and_then(Value::as_str)
                 .ok_or_else(|| format!("a put's object has no string {key:?}"))?;
-            match position(items, key, id) {
+            let new = change.get("new").and_then(Value::as_bool) == Some(true);
+            debug_assert!(
+                !new || position(items, key, id).is_none(),
+                "a put of a new object the state already holds"
+            );
+            let found = if new {
+                None
+            } else {
+                position_at(change, items, key, id)
+            };
+            match found {
                 Some(index) => {
                     let old = std::mem::replace(&mut items[index], object.clone());
                     Ok(Undo::Replaced {
@@ -210,7 +233,7 @@ fn make_one(state: &mut Value, change: &Value) -> Result<Undo, ChangeError> {
         }
         "delete" => {
             let id = text(change, "id")?;
-            let index = position(items, key, id)
+            let index = position_at(change, items, key, id)
                 .ok_or_else(|| format!("delete of {id:?}, which {collection} does not hold"))?;
             Ok(Undo::Removed {
                 collection: collection.to_owned(),

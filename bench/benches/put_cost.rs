@@ -3,14 +3,14 @@
 //! changes over the socket, whose wall-clock figures depend on what else the machine runs;
 //! the CPU time of the thread that makes the change does not.
 //!
-//! Ignored (it is a measurement, and wants a release build):
-//! `cargo test --release -p pollux-control --test put_cost -- --ignored --nocapture`.
-//! A state of 10,000 `mem` ports on 1,000 VLAN networks (one /25 subnet each) and 1,000
-//! routers (router i on subnet i); 400 one-port changes through `Engine::patch_raw` as
-//! `ports.put`/`ports.delete` make them (a port's fixed IP, its MAC, a removal, an
-//! addition, in turn), persisted to a state directory (fsync); per change the wall time
-//! and the thread's CPU time, p50/p99/max. With `PUT_COST_PHASES=1` in the environment
-//! the engine logs each change's steps on stderr.
+//! `cargo bench -p pollux-bench --bench put_cost`: a state of 10,000 `mem` ports on 1,000
+//! VLAN networks (one /25 subnet each) and 1,000 routers (router i on subnet i); 400
+//! one-port changes through `Engine::patch_raw` as `ports.put`/`ports.delete` make them (a
+//! port's fixed IP, its MAC, a removal, an addition, in turn), persisted to a state
+//! directory (fsync); per change the wall time and the thread's CPU time, p50/p99/max.
+//! With `PUT_COST_PHASES=1` in the environment the engine logs each change's steps on
+//! stderr. Run without `--bench` (`cargo bench -- --test`, as CI does, or `cargo test
+//! --benches`) it makes 20 changes on a tenth of the state: a check that it runs.
 
 use pollux_testkit::TempDir;
 use std::net::Ipv4Addr;
@@ -23,9 +23,26 @@ use pollux_control::patch::{Collection, RawChange};
 use pollux_control::store::Store;
 use serde_json::{json, Value};
 
-const NETWORKS: usize = 1000;
-const PORTS: usize = 10_000;
-const CHANGES: usize = 400;
+/// The size of the state and the number of changes made to it.
+#[derive(Clone, Copy)]
+struct Scale {
+    networks: usize,
+    ports: usize,
+    changes: usize,
+}
+
+const FULL: Scale = Scale {
+    networks: 1000,
+    ports: 10_000,
+    changes: 400,
+};
+
+/// A run that only shows the measurement still works.
+const QUICK: Scale = Scale {
+    networks: 100,
+    ports: 1000,
+    changes: 20,
+};
 
 fn thread_cpu_ns() -> u64 {
     let mut ts = libc::timespec {
@@ -42,8 +59,8 @@ fn subnet_base(n: usize) -> u32 {
     u32::from(Ipv4Addr::new(198, 18, 0, 0)) + n as u32 * 128
 }
 
-fn port(k: usize, host: u32, mac: u32) -> Value {
-    let n = k % NETWORKS;
+fn port(scale: Scale, k: usize, host: u32, mac: u32) -> Value {
+    let n = k % scale.networks;
     json!({
         "id": format!("port-{k:05}"),
         "network_id": format!("net-{n:05}"),
@@ -54,24 +71,27 @@ fn port(k: usize, host: u32, mac: u32) -> Value {
     })
 }
 
-fn state() -> DesiredState {
-    let networks: Vec<Value> = (0..NETWORKS)
+fn state(scale: Scale) -> DesiredState {
+    let Scale {
+        networks, ports, ..
+    } = scale;
+    let networks: Vec<Value> = (0..networks)
         .map(|n| {
             json!({"id": format!("net-{n:05}"), "network_type": "vlan",
                    "physical_network": "physnet1", "segmentation_id": n + 1})
         })
         .collect();
-    let subnets: Vec<Value> = (0..NETWORKS)
+    let subnets: Vec<Value> = (0..scale.networks)
         .map(|n| {
             json!({"id": format!("subnet-{n:05}"), "network_id": format!("net-{n:05}"),
                    "cidr": format!("{}/25", Ipv4Addr::from(subnet_base(n))),
                    "gateway_ip": Ipv4Addr::from(subnet_base(n) + 1).to_string()})
         })
         .collect();
-    let ports: Vec<Value> = (0..PORTS)
-        .map(|k| port(k, 2 + (k / NETWORKS) as u32, k as u32 + 1))
+    let ports: Vec<Value> = (0..ports)
+        .map(|k| port(scale, k, 2 + (k / scale.networks) as u32, k as u32 + 1))
         .collect();
-    let routers: Vec<Value> = (0..NETWORKS)
+    let routers: Vec<Value> = (0..scale.networks)
         .map(|n| json!({"id": format!("router-{n:05}"), "interfaces": [format!("subnet-{n:05}")]}))
         .collect();
     let doc = json!({
@@ -86,9 +106,15 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.min(sorted.len()) - 1]
 }
 
-#[test]
-#[ignore = "a measurement: run in release with --ignored --nocapture"]
-fn one_port_changes_on_10000_ports() {
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let measuring = args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test");
+    let scale = if measuring { FULL } else { QUICK };
+    let Scale {
+        networks,
+        ports,
+        changes,
+    } = scale;
     let dir = TempDir::new();
     let config = EngineConfig {
         pool_frames: 1 << 20,
@@ -96,7 +122,7 @@ fn one_port_changes_on_10000_ports() {
     };
     let store = Store::open(&dir.join("state"), 8).expect("store");
     let initial = Initial {
-        state: state(),
+        state: state(scale),
         generation: 1,
         persist: true,
     };
@@ -108,27 +134,28 @@ fn one_port_changes_on_10000_ports() {
         Engine::start(&config, initial, Some(store), MemWires::default()).expect("engine starts");
     let mut wall = Vec::new();
     let mut cpu = Vec::new();
-    let mut next_added = PORTS;
+    let mut next_added = ports;
     let started = Instant::now();
-    for i in 0..CHANGES {
-        let k = (i * 37) % (PORTS / 2);
+    for i in 0..changes {
+        let k = (i * 37) % (ports / 2);
         let change = match i % 4 {
             0 => RawChange::Put {
                 collection: Collection::Ports,
-                object: port(k, 100 + (i % 8) as u32, k as u32 + 1),
+                object: port(scale, k, 100 + (i % 8) as u32, k as u32 + 1),
             },
             1 => RawChange::Put {
                 collection: Collection::Ports,
-                object: port(k, 2 + (k / NETWORKS) as u32, 0x80_0000 + i as u32),
+                object: port(scale, k, 2 + (k / networks) as u32, 0x80_0000 + i as u32),
             },
             2 => RawChange::Delete {
                 collection: Collection::Ports,
-                id: format!("port-{:05}", PORTS / 2 + i),
+                id: format!("port-{:05}", ports / 2 + i),
             },
             _ => {
                 next_added += 1;
                 let mut p = port(
-                    PORTS / 2 + i - 1,
+                    scale,
+                    ports / 2 + i - 1,
                     110 + (i % 8) as u32,
                     0x90_0000 + i as u32,
                 );
@@ -151,7 +178,7 @@ fn one_port_changes_on_10000_ports() {
     wall.sort_by(f64::total_cmp);
     cpu.sort_by(f64::total_cmp);
     println!(
-        "put_cost: {CHANGES} one-port changes on {PORTS} ports: wall p50 {:.2} ms, p99 {:.2} ms, \
+        "put_cost: {changes} one-port changes on {ports} ports: wall p50 {:.2} ms, p99 {:.2} ms, \
          max {:.2} ms; control-thread CPU p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
          {:.0} changes/s",
         percentile(&wall, 50.0),
@@ -160,6 +187,6 @@ fn one_port_changes_on_10000_ports() {
         percentile(&cpu, 50.0),
         percentile(&cpu, 99.0),
         cpu[cpu.len() - 1],
-        CHANGES as f64 / total
+        changes as f64 / total
     );
 }
