@@ -59,6 +59,9 @@ pub struct ByCollection<T> {
     /// Top-level metering label rules.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub metering_label_rules: Vec<T>,
+    /// Trunks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub trunks: Vec<T>,
 }
 
 // Written out because the derive would require `T: Default`, which an empty list does not
@@ -78,6 +81,7 @@ impl<T> Default for ByCollection<T> {
             qos_policies: Vec::new(),
             metering_labels: Vec::new(),
             metering_label_rules: Vec::new(),
+            trunks: Vec::new(),
         }
     }
 }
@@ -98,6 +102,7 @@ impl<T> ByCollection<T> {
             ("qos_policies", self.qos_policies.as_slice()),
             ("metering_labels", self.metering_labels.as_slice()),
             ("metering_label_rules", self.metering_label_rules.as_slice()),
+            ("trunks", self.trunks.as_slice()),
         ]
         .into_iter()
     }
@@ -258,6 +263,7 @@ pub fn diff(old: &DesiredState, new: &DesiredState) -> Diff {
         &mut d.removed.metering_label_rules,
         &mut d.changed.objects.metering_label_rules,
     );
+    collection!(trunks, id);
     d.changed.l2 = old.l2 != new.l2;
     d.changed.dhcp = old.dhcp != new.dhcp;
     d.changed.metadata = old.metadata != new.metadata;
@@ -300,6 +306,7 @@ pub fn diff_of(old: &DesiredState, new: &DesiredState, touched: &[(Collection, S
     collection!(Collection::SecurityGroups, security_groups, id);
     collection!(Collection::AddressGroups, address_groups, id);
     collection!(Collection::QosPolicies, qos_policies, id);
+    collection!(Collection::Trunks, trunks, id);
     d.changed.l2 = old.l2 != new.l2;
     d.changed.dhcp = old.dhcp != new.dhcp;
     d.changed.metadata = old.metadata != new.metadata;

@@ -74,11 +74,15 @@ pub struct DesiredState {
     /// its `metering_label_id`); besides the rules nested in their label.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub metering_label_rules: Vec<MeteringLabelRule>,
+    /// Trunks (Neutron's trunk extension, VLAN-aware VMs): a parent port whose frames
+    /// tagged with a subport's VLAN ID are that subport's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trunks: Vec<Trunk>,
 }
 
 /// The top-level keys of a desired state, in document order. Every validation error path
 /// starts with one of them.
-pub const TOP_LEVEL_KEYS: [&str; 17] = [
+pub const TOP_LEVEL_KEYS: [&str; 18] = [
     "l2",
     "dhcp",
     "metadata",
@@ -96,6 +100,7 @@ pub const TOP_LEVEL_KEYS: [&str; 17] = [
     "qos_policies",
     "metering_labels",
     "metering_label_rules",
+    "trunks",
 ];
 
 /// MAC learning parameters.
@@ -686,6 +691,41 @@ pub struct Router {
     pub project_id: Option<String>,
 }
 
+/// A trunk (Neutron's `trunk`): the parent port `port_id`, bound on this host, carries
+/// its subports' frames tagged with their `segmentation_id`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Trunk {
+    /// Unique id.
+    pub id: String,
+    /// Human-readable name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Free text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Its project.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project_id: Option<String>,
+    /// The parent port.
+    pub port_id: String,
+    /// The subports.
+    #[serde(default)]
+    pub sub_ports: Vec<SubPort>,
+}
+
+/// A subport of a trunk (Neutron's `sub_ports[]` entry).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubPort {
+    /// The port: one of another network, with no binding of its own.
+    pub port_id: String,
+    /// `vlan` (Neutron's `inherit` is not supported).
+    pub segmentation_type: String,
+    /// Its VLAN ID in the parent's frames, 1–4094.
+    pub segmentation_id: i64,
+}
+
 /// A metering label (Neutron's `metering_label`): packets and bytes counted at routers'
 /// external gateways by its rules.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -1069,6 +1109,7 @@ fn locate(doc: &serde_json::Value, message: &str) -> Option<String> {
             "security_group_rules" => first_bad::<SecurityGroupRule>(key, v),
             "address_groups" => first_bad::<AddressGroup>(key, v),
             "qos_policies" => first_bad::<QosPolicy>(key, v),
+            "trunks" => first_bad::<Trunk>(key, v),
             _ => None,
         };
         if bad.is_some() {

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::model::{
     AddressGroup, DesiredState, FloatingIp, Network, Port, QosPolicy, Router, SecurityGroup,
-    Subnet, Uplink,
+    Subnet, Trunk, Uplink,
 };
 use crate::validate::ValidationError;
 
@@ -40,11 +40,13 @@ pub enum Collection {
     AddressGroups,
     /// `qos_policies` (with their rules).
     QosPolicies,
+    /// `trunks` (with their subports).
+    Trunks,
 }
 
 impl Collection {
     /// Every collection, in document order.
-    pub const ALL: [Collection; 9] = [
+    pub const ALL: [Collection; 10] = [
         Collection::Uplinks,
         Collection::Networks,
         Collection::Subnets,
@@ -54,6 +56,7 @@ impl Collection {
         Collection::SecurityGroups,
         Collection::AddressGroups,
         Collection::QosPolicies,
+        Collection::Trunks,
     ];
 
     /// The collection's key in the desired state (`ports`).
@@ -68,6 +71,7 @@ impl Collection {
             Collection::SecurityGroups => "security_groups",
             Collection::AddressGroups => "address_groups",
             Collection::QosPolicies => "qos_policies",
+            Collection::Trunks => "trunks",
         }
     }
 
@@ -84,6 +88,7 @@ impl Collection {
             Collection::SecurityGroups => "security_group",
             Collection::AddressGroups => "address_group",
             Collection::QosPolicies => "qos_policy",
+            Collection::Trunks => "trunk",
         }
     }
 
@@ -121,6 +126,7 @@ impl Collection {
                 state.address_groups.iter().map(|o| o.id.as_str()).collect()
             }
             Collection::QosPolicies => state.qos_policies.iter().map(|o| o.id.as_str()).collect(),
+            Collection::Trunks => state.trunks.iter().map(|o| o.id.as_str()).collect(),
         }
     }
 }
@@ -152,6 +158,8 @@ pub enum Object {
     AddressGroup(AddressGroup),
     /// A QoS policy.
     QosPolicy(QosPolicy),
+    /// A trunk.
+    Trunk(Trunk),
 }
 
 impl Object {
@@ -167,6 +175,7 @@ impl Object {
             Object::SecurityGroup(_) => Collection::SecurityGroups,
             Object::AddressGroup(_) => Collection::AddressGroups,
             Object::QosPolicy(_) => Collection::QosPolicies,
+            Object::Trunk(_) => Collection::Trunks,
         }
     }
 
@@ -182,6 +191,7 @@ impl Object {
             Object::SecurityGroup(o) => &o.id,
             Object::AddressGroup(o) => &o.id,
             Object::QosPolicy(o) => &o.id,
+            Object::Trunk(o) => &o.id,
         }
     }
 
@@ -200,6 +210,7 @@ impl Object {
             Object::SecurityGroup(o) => value(o),
             Object::AddressGroup(o) => value(o),
             Object::QosPolicy(o) => value(o),
+            Object::Trunk(o) => value(o),
         }
     }
 
@@ -226,6 +237,7 @@ impl Object {
             Collection::SecurityGroups => Object::SecurityGroup(read(value, path)?),
             Collection::AddressGroups => Object::AddressGroup(read(value, path)?),
             Collection::QosPolicies => Object::QosPolicy(read(value, path)?),
+            Collection::Trunks => Object::Trunk(read(value, path)?),
         })
     }
 }
@@ -332,6 +344,7 @@ fn place(state: &mut DesiredState, at: Option<usize>, object: Object) -> Option<
         Object::SecurityGroup(o) => place!(state.security_groups, o, SecurityGroup),
         Object::AddressGroup(o) => place!(state.address_groups, o, AddressGroup),
         Object::QosPolicy(o) => place!(state.qos_policies, o, QosPolicy),
+        Object::Trunk(o) => place!(state.trunks, o, Trunk),
     }
 }
 
@@ -347,6 +360,7 @@ fn take(state: &mut DesiredState, collection: Collection, i: usize) -> Object {
         Collection::SecurityGroups => Object::SecurityGroup(state.security_groups.remove(i)),
         Collection::AddressGroups => Object::AddressGroup(state.address_groups.remove(i)),
         Collection::QosPolicies => Object::QosPolicy(state.qos_policies.remove(i)),
+        Collection::Trunks => Object::Trunk(state.trunks.remove(i)),
     }
 }
 
@@ -362,6 +376,7 @@ fn insert(state: &mut DesiredState, i: usize, object: Object) {
         Object::SecurityGroup(o) => state.security_groups.insert(i, o),
         Object::AddressGroup(o) => state.address_groups.insert(i, o),
         Object::QosPolicy(o) => state.qos_policies.insert(i, o),
+        Object::Trunk(o) => state.trunks.insert(i, o),
     }
 }
 
@@ -409,6 +424,7 @@ fn object_at(state: &DesiredState, collection: Collection, i: usize) -> Object {
         Collection::SecurityGroups => Object::SecurityGroup(state.security_groups[i].clone()),
         Collection::AddressGroups => Object::AddressGroup(state.address_groups[i].clone()),
         Collection::QosPolicies => Object::QosPolicy(state.qos_policies[i].clone()),
+        Collection::Trunks => Object::Trunk(state.trunks[i].clone()),
     }
 }
 

@@ -177,6 +177,7 @@ fn nth(state: &DesiredState, collection: Collection, target: usize) -> Option<Ob
             Object::AddressGroup(state.address_groups.get(target)?.clone())
         }
         Collection::QosPolicies => Object::QosPolicy(state.qos_policies.get(target)?.clone()),
+        Collection::Trunks => Object::Trunk(state.trunks.get(target)?.clone()),
     })
 }
 

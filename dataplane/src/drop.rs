@@ -99,6 +99,7 @@ drop_reasons! {
     MetadataNotFromVm => "metadata_not_from_vm", "TCP to the metadata address 169.254.169.254:80 from a port that is not a VM's (an uplink, a tunnel): the proxy names the instance by its port.";
     MetadataRateLimited => "metadata_rate_limited", "The port already sent its share of segments to the metadata proxy this second.";
     Policed => "policed", "QoS: over the port's bandwidth limit (a Neutron bandwidth_limit rule): its token bucket did not hold the frame's bytes.";
+    UnknownTrunkVlan => "unknown_trunk_vlan", "Tagged frame on a trunk parent port whose VLAN ID no subport of its trunk has.";
 }
 
 impl fmt::Display for DropReason {

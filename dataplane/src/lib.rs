@@ -41,5 +41,6 @@ pub mod secgroup;
 pub mod slowpath;
 pub mod snapshot;
 mod table;
+pub mod trunk;
 pub mod wire;
 pub mod worker;

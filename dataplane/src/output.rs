@@ -537,6 +537,7 @@ pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
     // The key packs (port, network) into one word: one compare per packet.
     let mut last_key = u32::MAX;
     let mut last_vid = None;
+    let mut last_via = PortId(0);
     for pkt in pkts.iter_mut() {
         // Unicast first: it is most packets, and testing for it alone keeps the common
         // case off the dispatch over every other variant.
@@ -547,8 +548,9 @@ pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
             if key != last_key {
                 last_key = key;
                 last_vid = snap.egress_vid(out, network);
+                last_via = snap.transmit_port(out);
             }
-            emit_tagged(pool, ports, counters, pkt, out, last_vid);
+            emit_tagged(pool, ports, counters, pkt, out, last_vid, last_via);
             continue;
         }
         match pkt.meta.next {
@@ -601,10 +603,19 @@ fn emit(
     out: PortId,
 ) {
     let vid = snap.egress_vid(out, pkt.meta.network);
-    emit_tagged(pool, ports, counters, pkt, out, vid);
+    emit_tagged(
+        pool,
+        ports,
+        counters,
+        pkt,
+        out,
+        vid,
+        snap.transmit_port(out),
+    );
 }
 
-/// Tags `pkt` with `vid` (its egress tag on `out`) and queues it there.
+/// Tags `pkt` with `vid` (its egress tag on `out`) and queues it on `via`, the port that
+/// transmits for `out` (its trunk's parent for a subport).
 #[inline(always)]
 fn emit_tagged(
     pool: &mut FramePool,
@@ -613,8 +624,13 @@ fn emit_tagged(
     pkt: &mut Packet,
     out: PortId,
     vid: Option<u16>,
+    via: PortId,
 ) {
     match set_egress_tag(pool, pkt, vid) {
+        Ok(()) if via != out => {
+            crate::trunk::count_subport_tx(counters, out, pkt);
+            ports.enqueue(pool, counters, via, *pkt)
+        }
         Ok(()) => ports.enqueue(pool, counters, out, *pkt),
         Err(reason) => drop_in_output(
             pool,

@@ -21,6 +21,7 @@ use crate::routing::{RouterSpec, Routing, RoutingError};
 use crate::secgroup::SgTables;
 use crate::slowpath::{NetworkService, NetworkServices, ServiceId, SlowPathConfig};
 use crate::table::U64Map;
+use crate::trunk::Trunks;
 
 pub use crate::ident::NetworkUid;
 use crate::ident::{FdbKey, NetworkSlot, PackedMac};
@@ -219,6 +220,8 @@ pub struct Snapshot {
     overlay: Overlay,
     /// Security groups: per-port compiled rules, address sets, rule names and hits.
     security_groups: SgTables,
+    /// Trunk parents and their subports.
+    trunks: Trunks,
 }
 
 impl fmt::Debug for Snapshot {
@@ -459,8 +462,23 @@ impl Snapshot {
                 .get(slot.index())
                 .map(|n| n.uplink_vid)
                 .filter(|&vid| vid != 0),
+            // A trunk's subport: its frames carry its VLAN ID on the parent's interface.
+            Some(PortRole::Access { .. }) => self.trunks.parent(port).map(|(_, vid)| vid),
             _ => None,
         }
+    }
+
+    /// The trunks: parents, their subports and VLAN IDs.
+    #[inline]
+    pub fn trunks(&self) -> &Trunks {
+        &self.trunks
+    }
+
+    /// The port whose driver transmits frames for `port`: its trunk's parent for a
+    /// subport (which has no interface of its own), else itself.
+    #[inline]
+    pub fn transmit_port(&self, port: PortId) -> PortId {
+        self.trunks.parent(port).map_or(port, |(parent, _)| parent)
     }
 }
 
@@ -550,6 +568,8 @@ pub enum BuildError {
     Overlay(&'static str),
     /// Security groups given to a port without port security.
     SecurityGroupsWithoutPortSecurity(PortId),
+    /// The trunks are inconsistent (what is wrong).
+    Trunk(&'static str),
     /// A stage enabled for a port the configuration does not have.
     StageOnUnknownPort {
         /// The port.
@@ -616,6 +636,7 @@ impl fmt::Display for BuildError {
             BuildError::QosNotOnVmPort(p) => write!(f, "QoS for {p}, which is not a VM port"),
             BuildError::Routing(e) => e.fmt(f),
             BuildError::Overlay(what) => write!(f, "overlay: {what}"),
+            BuildError::Trunk(what) => write!(f, "trunks: {what}"),
             BuildError::StageOnUnknownPort { port, stage } => {
                 write!(
                     f,
@@ -649,6 +670,8 @@ pub struct SnapshotBuilder {
     remote_macs: Vec<(NetworkUid, PortId, [u8; 6])>,
     /// The routers of a previous snapshot, taken instead of compiling `routers`.
     routing_of: Option<Arc<Routing>>,
+    /// Trunk subports as (parent, VLAN ID, subport).
+    trunk_subports: Vec<(PortId, u16, PortId)>,
 }
 
 impl SnapshotBuilder {
@@ -768,6 +791,13 @@ impl SnapshotBuilder {
     /// port security). The built-in stages are enabled where they are needed without this.
     pub fn enable_stage(&mut self, port: PortId, stage: Stage) -> &mut Self {
         self.stages.push((port, stage));
+        self
+    }
+
+    /// Makes VM port `subport` a subport of trunk parent `parent` (a VM port too),
+    /// reached by VLAN ID `vid` in the parent's frames.
+    pub fn trunk_subport(&mut self, parent: PortId, vid: u16, subport: PortId) -> &mut Self {
+        self.trunk_subports.push((parent, vid, subport));
         self
     }
 
@@ -1126,6 +1156,7 @@ impl SnapshotBuilder {
                 }
             }
         }
+        let trunks = self.trunks(&ports, &mut port_stages)?;
         for &(port, stage) in &self.stages {
             match port_stages.get_mut(port.index()) {
                 Some(set) if ports[port.index()] != PortRole::Absent => *set = set.with(stage),
@@ -1149,7 +1180,39 @@ impl SnapshotBuilder {
             qos,
             overlay,
             security_groups,
+            trunks,
         })
+    }
+
+    /// The trunks, checked: parents and subports are VM ports, VLAN IDs 1..=4094 and
+    /// distinct per parent, a subport in one trunk and never a parent. Parents get the
+    /// trunk stage.
+    fn trunks(
+        &self,
+        ports: &[PortRole],
+        port_stages: &mut [StageSet],
+    ) -> Result<Trunks, BuildError> {
+        let vm = |p: PortId| matches!(ports.get(p.index()), Some(PortRole::Access { .. }));
+        let mut seen = std::collections::HashSet::new();
+        let parents: std::collections::HashSet<PortId> =
+            self.trunk_subports.iter().map(|t| t.0).collect();
+        for &(parent, vid, sub) in &self.trunk_subports {
+            if !vm(parent) || !vm(sub) {
+                return Err(BuildError::Trunk(
+                    "a trunk's parent or subport is not a VM port",
+                ));
+            }
+            if !(1..=4094).contains(&vid) {
+                return Err(BuildError::Trunk("a subport's VLAN ID is outside 1..=4094"));
+            }
+            if !seen.insert((parent, vid)) || !seen.insert((sub, 0)) || parents.contains(&sub) {
+                return Err(BuildError::Trunk(
+                    "a VLAN ID twice in a trunk, or a port twice as a subport or as both",
+                ));
+            }
+            port_stages[parent.index()] = port_stages[parent.index()].with(Stage::Trunk);
+        }
+        Ok(Trunks::new(self.trunk_subports.clone()))
     }
 }
 

@@ -441,6 +441,8 @@ fn object_method_name(c: Collection, put: bool) -> &'static str {
         (Collection::AddressGroups, false) => "address_groups.delete",
         (Collection::QosPolicies, true) => "qos_policies.put",
         (Collection::QosPolicies, false) => "qos_policies.delete",
+        (Collection::Trunks, true) => "trunks.put",
+        (Collection::Trunks, false) => "trunks.delete",
     }
 }
 

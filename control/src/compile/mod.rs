@@ -471,14 +471,28 @@ fn compile_inner(
     }
 
     let mut filtered = Vec::new();
+    // A trunk's subport has no binding either, but is of this host: a port in the
+    // snapshot whose frames its parent's driver carries (no plan of its own).
+    let subports: HashSet<usize> = state
+        .trunks
+        .iter()
+        .flat_map(|t| t.sub_ports.iter().map(|s| s.port))
+        .collect();
+    let mut port_ids: Vec<Option<PortId>> = vec![None; state.ports.len()];
+    let mut subport_keys: Vec<String> = Vec::new();
     for (i, port) in state.ports.iter().enumerate() {
         // A port of another host has no binding here: the overlay reaches it.
-        let Some(binding) = &port.binding else {
-            continue;
+        let binding = match &port.binding {
+            Some(binding) => Some(binding),
+            None if subports.contains(&i) => None,
+            None => continue,
         };
-        supported_binding(binding, || format!("ports[{i}].binding.driver"))?;
+        if let Some(binding) = binding {
+            supported_binding(binding, || format!("ports[{i}].binding.driver"))?;
+        }
         let key = vm_port_key(&port.id);
         let id = ids.assign_port(&key, &mut taken)?;
+        port_ids[i] = Some(id);
         if state.networks[port.network].admin_state_up {
             let macs = port.macs();
             b.access_port(id, network_uid[port.network], &macs);
@@ -488,19 +502,33 @@ fn compile_inner(
                 // Neutron's implicit allows.
                 filtered.push((i, id));
             }
-            if kernel_interface(binding) {
+            if binding.is_some_and(kernel_interface) {
                 b.enable_stage(id, Stage::ChecksumOffload);
             }
             if let Some(q) = port.qos_policy {
                 b.qos(id, port_qos(&state.qos_policies[q]));
             }
         }
-        plans.push(PortPlan {
-            id,
-            key,
-            kind: PortKind::Vm,
-            binding: binding.clone(),
-        });
+        match binding {
+            Some(binding) => plans.push(PortPlan {
+                id,
+                key,
+                kind: PortKind::Vm,
+                binding: binding.clone(),
+            }),
+            None => subport_keys.push(key),
+        }
+    }
+    for t in state.trunks.iter() {
+        let up = |port: usize| state.networks[state.ports[port].network].admin_state_up;
+        let Some(parent) = port_ids[t.parent].filter(|_| up(t.parent)) else {
+            continue;
+        };
+        for s in &t.sub_ports {
+            if let Some(sub) = port_ids[s.port].filter(|_| up(s.port)) {
+                b.trunk_subport(parent, s.vid, sub);
+            }
+        }
     }
     let tunnel_keys = overlay::compile_overlay(
         state,
@@ -574,11 +602,12 @@ fn compile_inner(
     // Every key in use was assigned above, so the identities hold no other key when they
     // hold as many as are in use (keys are distinct): the common case of a change that
     // removes nothing, which then costs no set of every key.
-    let ports_in_use = plans.len() + tunnel_keys.len();
+    let ports_in_use = plans.len() + subport_keys.len() + tunnel_keys.len();
     let retain = |ids: &mut Identities| {
         let keep_ports: HashSet<&str> = plans
             .iter()
             .map(|p| p.key.as_str())
+            .chain(subport_keys.iter().map(String::as_str))
             .chain(tunnel_keys.iter().map(String::as_str))
             .collect();
         let keep_networks: HashSet<&str> = state.networks.iter().map(|n| n.id.as_str()).collect();

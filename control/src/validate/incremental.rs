@@ -45,6 +45,9 @@ pub struct PortIndex {
     bound: HashMap<String, Holder>,
     /// Ports a floating IP maps to: a change of one is left to the whole validation.
     floating: HashSet<String>,
+    /// Trunks' parents and subports: a change of one is left to the whole validation
+    /// (whether it may be without a binding, its network, are the trunk's rules).
+    trunked: HashSet<String>,
 }
 
 /// What [`revalidate_ports`] changed in the index, to be taken back with
@@ -92,6 +95,7 @@ impl PortIndex {
             ips6: HashMap::new(),
             bound: HashMap::new(),
             floating: HashSet::new(),
+            trunked: HashSet::new(),
         };
         let other = |ips: &mut HashMap<_, _>, network: usize, ip: Ipv4Addr| {
             ips.insert((network, ip), Holder::Other);
@@ -119,6 +123,12 @@ impl PortIndex {
             other(&mut index.ips, f.network, f.address);
             if let Some(t) = f.target {
                 index.floating.insert(valid.ports[t.port].id.clone());
+            }
+        }
+        for t in valid.trunks.iter() {
+            index.trunked.insert(valid.ports[t.parent].id.clone());
+            for s in &t.sub_ports {
+                index.trunked.insert(valid.ports[s.port].id.clone());
             }
         }
         for u in valid.uplinks.iter() {
@@ -255,7 +265,11 @@ pub fn revalidate_ports(
     touched: &[&str],
 ) -> Option<(Validated, IndexUndo)> {
     let distinct: HashSet<&str> = touched.iter().copied().collect();
-    if distinct.len() != touched.len() || touched.iter().any(|id| index.floating.contains(*id)) {
+    if distinct.len() != touched.len()
+        || touched
+            .iter()
+            .any(|id| index.floating.contains(*id) || index.trunked.contains(*id))
+    {
         return None;
     }
     let mut olds: Vec<(usize, &Arc<Port>)> = Vec::new();
@@ -317,6 +331,14 @@ pub fn revalidate_ports(
         for f in Arc::make_mut(&mut next.floating_ips) {
             if let Some(t) = f.target.as_mut() {
                 t.port -= removed_before[t.port];
+            }
+        }
+    }
+    if removed > 0 && !valid.trunks.is_empty() {
+        for t in Arc::make_mut(&mut next.trunks) {
+            t.parent -= removed_before[t.parent];
+            for s in &mut t.sub_ports {
+                s.port -= removed_before[s.port];
             }
         }
     }

@@ -23,6 +23,7 @@ mod router;
 mod security_group;
 mod settings;
 mod subnet;
+mod trunk;
 mod uplink;
 
 #[cfg(test)]
@@ -54,6 +55,7 @@ pub use settings::{DhcpLimits, MetadataSettings, MAX_DHCP_LIMIT};
 pub use subnet::{
     default_dhcp_server_ip, Ipv6Subnet, Subnet, MAX_LEASE_DURATION, MIN_LEASE_DURATION,
 };
+pub use trunk::{SubPort, Trunk};
 pub use uplink::Uplink;
 
 /// One problem of a desired state.
@@ -107,6 +109,8 @@ pub struct Validated {
     pub qos_policies: Arc<Vec<QosPolicy>>,
     /// Metering labels, each with all its rules.
     pub metering_labels: Arc<Vec<MeteringLabel>>,
+    /// Trunks.
+    pub trunks: Arc<Vec<Trunk>>,
 }
 
 /// A checked route.
@@ -134,10 +138,12 @@ pub fn validate(state: &DesiredState) -> Result<Validated, Vec<ValidationError>>
         &state.security_group_rules,
         &address_groups,
     );
+    c.subports = trunk::subport_ids(&state.trunks);
     let mut ports = c.ports(&state.ports, &networks, &subnets, &security_groups, &hosts);
     let qos_policies = c.qos_policies(&state.qos_policies);
     c.attach_qos(state, &qos_policies, &mut networks, &mut ports);
     let metering_labels = c.metering_labels(&state.metering_labels, &state.metering_label_rules);
+    let trunks = c.trunks(&state.trunks, &ports, &networks);
     let routers = c.routers(&state.routers, &networks, &subnets, &ports, &hosts);
     let floating_ips = c.floating_ips(&state.floating_ips, &ports, &subnets, &routers);
     // Last: every other address of each network is known by now.
@@ -160,6 +166,7 @@ pub fn validate(state: &DesiredState) -> Result<Validated, Vec<ValidationError>>
         address_groups: Arc::new(address_groups.items),
         qos_policies: Arc::new(qos_policies.items),
         metering_labels: Arc::new(metering_labels.items),
+        trunks: Arc::new(trunks),
     })
 }
 
@@ -197,6 +204,8 @@ struct Checker {
     used_ips: HashMap<(usize, Ipv4Addr), String>,
     /// Kernel interfaces and sockets bound, with who binds them.
     bound: HashMap<String, String>,
+    /// Ports that trunks name as subports: they have no binding of their own.
+    subports: std::collections::HashSet<String>,
 }
 
 impl Checker {

@@ -389,6 +389,8 @@ impl Checker {
             let bpath = format!("{base}.binding");
             let binding = match (&p.binding, is_remote) {
                 (Some(b), false) => Some(self.binding(&bpath, b, &format!("port {}", p.id))),
+                // A trunk's subport rides on its parent's interface.
+                (None, false) if self.subports.contains(&p.id) => None,
                 (None, false) => {
                     self.err(bpath, "a port of this host needs a binding");
                     None

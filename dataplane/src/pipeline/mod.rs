@@ -104,6 +104,7 @@ stages! {
     SgIngress => "sg_ingress", "Security groups of VM ports, on traffic to the VM (after the forwarding decision; flooded replicas per output port).";
     QosEgress => "qos_egress", "QoS of VM ports on traffic from the VM (Neutron egress): bandwidth limit, then DSCP marking.";
     QosIngress => "qos_ingress", "QoS of VM ports on traffic to the VM (Neutron ingress): bandwidth limit, after the forwarding decision.";
+    Trunk => "trunk", "Trunk parents (VLAN-aware VMs): a burst split by VLAN ID into its subports' frames (tag popped) and the parent's, each run as received on its port.";
 }
 
 impl Stage {

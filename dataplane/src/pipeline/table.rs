@@ -89,6 +89,21 @@ impl StageTable {
     #[inline]
     pub fn run(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) {
         let enabled = cx.snap.port_stages(cx.in_port);
+        // A trunk's parent: its burst is split into one per port (`crate::trunk`).
+        if enabled.contains(Stage::Trunk) {
+            return crate::trunk::run_split(self, cx, pkts);
+        }
+        self.run_port(cx, pkts, enabled);
+    }
+
+    /// [`StageTable::run`] for a burst of one port, whose stages are `enabled`.
+    #[inline]
+    pub(crate) fn run_port(
+        &mut self,
+        cx: &mut BurstCtx<'_>,
+        pkts: &mut [Packet],
+        enabled: StageSet,
+    ) {
         let mut pending = Pending::CLASSIFY;
         let mut ran = StageSet::EMPTY;
         // One branch per burst while no trace runs.
