@@ -190,7 +190,7 @@ impl Lab {
         let c = compile(&valid, &Identities::default(), 1).expect("compiles");
         let ports: Vec<u16> = c.ports.iter().map(|p| p.id.0).collect();
         let routers = c.snapshot.routing().routers();
-        let macs: Vec<[u8; 6]> = routers.iter().map(|r| r.mac).collect();
+        let macs: Vec<[u8; 6]> = routers.iter().map(|r| r.mac.0).collect();
         let sw = MemSwitch::with_snapshot(
             c.snapshot,
             &ports,

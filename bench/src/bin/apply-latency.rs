@@ -379,6 +379,7 @@ fn generate(layout: &Layout, ports: usize, routers: usize) -> (DesiredState, Vec
         qos_policies: Vec::new(),
         metering_labels: Vec::new(),
         metering_label_rules: Vec::new(),
+        trunks: Vec::new(),
     };
     (state, port_net)
 }

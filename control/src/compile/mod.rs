@@ -1466,7 +1466,12 @@ mod tests {
             .snapshot
             .network_slot(whole.identities.network_uid("net-a").unwrap());
         assert_eq!(
-            reused.snapshot.static_mac(slot.unwrap(), 0xfa163e000002),
+            reused
+                .snapshot
+                .static_mac(pollux_dataplane::ident::FdbKey::new(
+                    slot.unwrap(),
+                    pollux_dataplane::wire::EthernetAddress([0xfa, 0x16, 0x3e, 0, 0, 2])
+                )),
             Some(vm1),
             "the port's new MAC is in the snapshot"
         );

@@ -295,7 +295,11 @@ mod tests {
         assert!(c.ports.iter().any(|p| p.id == parent));
         assert!(c.ports.iter().all(|p| p.id != sub));
         assert_eq!(c.snapshot.transmit_port(sub), parent);
-        assert_eq!(c.snapshot.egress_vid(sub, 1), Some(100));
+        assert_eq!(
+            c.snapshot
+                .egress_vid(sub, pollux_dataplane::ident::NetworkSlot(1)),
+            Some(100)
+        );
         assert!(c
             .snapshot
             .port_stages(parent)
