@@ -756,31 +756,6 @@ fn stopping_reports_where_the_queues_stopped() {
     );
 }
 
-/// A back end restarted under a running guest gets base 0 from a front end that never
-/// learnt where the old one stopped (DPDK's virtio-user): the ring resumes at the guest's
-/// used index, so chains already returned are not taken twice.
-#[test]
-fn a_restarted_back_end_resumes_at_the_used_index() {
-    let mut g = Guest::new();
-    let mut pool = FramePool::with_frames(64).unwrap();
-    let (mut port, _mailbox) = started(&g, true, &mut pool);
-    for i in 0..3 {
-        guest_sends(&mut g, i, &frame(60, i as u8));
-    }
-    assert_eq!(rx_all(&mut port, &mut pool).len(), 3);
-    drop(port);
-    let (mut port, _mailbox) = started(&g, true, &mut pool);
-    assert_eq!(
-        extra(&port, "resumed_at_used"),
-        1,
-        "only the transmit queue moved"
-    );
-    guest_sends(&mut g, 3, &frame(60, 3));
-    assert_eq!(rx_all(&mut port, &mut pool), vec![frame(60, 3)]);
-    assert_eq!(extra(&port, "broken_queues"), 0);
-    assert_eq!(g.used_idx(1), 4);
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 

@@ -32,9 +32,6 @@ struct Counters {
     call_errors: u64,
     /// Queues given up, by any reason.
     broken_queues: u64,
-    /// Queues started at the guest's used index instead of the base the front end sent
-    /// (its back end was restarted under it).
-    resumed_at_used: u64,
     /// Why the last queue was given up.
     last_broken: Option<Broken>,
 }
@@ -114,10 +111,7 @@ impl VhostUserPort {
                     .map(|r| r.with_event_idx(dev.event_idx).with_indirect(dev.indirect))
                 });
                 let ring = match ring {
-                    Some(Ok(r)) => {
-                        self.counters.resumed_at_used += u64::from(r.resumed_at_used());
-                        Some(r)
-                    }
+                    Some(Ok(r)) => Some(r),
                     Some(Err(why)) => {
                         failed.push((q, why));
                         None
@@ -290,7 +284,6 @@ impl Port for VhostUserPort {
             ("calls", c.calls),
             ("call_errors", c.call_errors),
             ("broken_queues", c.broken_queues),
-            ("resumed_at_used", c.resumed_at_used),
         ];
         stats
     }

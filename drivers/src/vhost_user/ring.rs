@@ -202,9 +202,6 @@ pub struct Ring {
     indirect: bool,
     /// The used index last published (for `used_event`).
     published: u16,
-    /// The ring started at the used index in guest memory, not at the base the front end
-    /// sent (see [`Ring::new`]).
-    resumed_at_used: bool,
 }
 
 // SAFETY: the raw pointers point into `mem`, which the ring owns a share of; the ring is
@@ -212,8 +209,7 @@ pub struct Ring {
 unsafe impl Send for Ring {}
 
 impl Ring {
-    /// The ring at `addrs` in `mem`, starting at available and used index `base`, or at
-    /// the used index in guest memory where that differs.
+    /// The ring at `addrs` in `mem`, starting at available and used index `base`.
     /// `writable`: the device writes the buffers (the guest's receive queue).
     pub fn new(
         mem: Arc<GuestMemory>,
@@ -234,16 +230,6 @@ impl Ring {
         let (Some(desc), Some(avail), Some(used)) = (desc, avail, used) else {
             return Err(Broken::RingAddress);
         };
-        // SAFETY: `used + 2` lies in the checked used ring, 2-aligned.
-        let used_idx = u16::from_le(unsafe { std::ptr::read_volatile(used.add(2).cast::<u16>()) });
-        // A front end whose back end died without answering GET_VRING_BASE cannot know
-        // where the device stopped; DPDK's virtio-user then sends 0. The used index can
-        // tell: chains are never held across calls, so every entry taken was returned.
-        // Starting there is what QEMU (after a lost back end) and DPDK's vhost library
-        // do; a wrong used index is at worst an available index too far ahead, which
-        // breaks the queue as any other.
-        let resumed_at_used = used_idx != base;
-        let base = used_idx;
         let ring = Ring {
             mem,
             desc,
@@ -256,7 +242,6 @@ impl Ring {
             event_idx: false,
             indirect: false,
             published: base,
-            resumed_at_used,
         };
         // SAFETY: `used` is checked to hold `6 + 8 * size` bytes, aligned to 4.
         unsafe { std::ptr::write_volatile(ring.used.cast::<u16>(), USED_F_NO_NOTIFY.to_le()) };
@@ -294,12 +279,6 @@ impl Ring {
                 self.last_avail.wrapping_sub(1).to_le(),
             )
         };
-    }
-
-    /// Whether the ring started at the guest's used index rather than at the base the
-    /// front end sent (a front end reconnecting to a restarted back end).
-    pub fn resumed_at_used(&self) -> bool {
-        self.resumed_at_used
     }
 
     /// The next available index to take (what `GET_VRING_BASE` reports).
