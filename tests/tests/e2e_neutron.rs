@@ -938,9 +938,21 @@ fn neutron_drives_polluxd_through_etcd() {
         "router created and attached: a's ping to outside through {snat:?} after the first call"
     );
     let state = lab.call("config.get", json!({}))["state"].clone();
+    // The router's MAC is one of its Neutron ports' (the L3 plugin picks the oldest).
+    let mut routers = state["routers"].clone();
+    let mac = routers[0]
+        .as_object_mut()
+        .and_then(|r| r.remove("mac_address"));
+    assert!(
+        mac.as_ref()
+            .and_then(Value::as_str)
+            .is_some_and(|m| m.starts_with("fa:16:3e:")),
+        "the router's MAC, from its Neutron port: {state}"
+    );
     assert_eq!(
-        state["routers"],
+        routers,
         json!([{ "id": router_id, "interfaces": [subnet["id"]], "routes": [],
+                 "project_id": PROJECT,
                  "external_gateway_info": { "network_id": ext,
                      "external_fixed_ip": router_ext, "enable_snat": true } }]),
         "{state}"
