@@ -18,7 +18,7 @@ use super::pacing::Pacer;
 use super::seq::SeqTracker;
 use super::sys::{interrupted, interrupted_error};
 use super::topology::{GEN_MAC, SINK_MAC};
-use super::traffic::{Latency, TrafficPath, TrialResult, TrialSpec};
+use super::traffic::{trial_result, TrafficPath, TrialResult, TrialSpec};
 use super::vhost_front::VirtioNet;
 
 const BURST: usize = 64;
@@ -227,26 +227,12 @@ impl TrafficPath for PvpTraffic {
         }
         self.discard_at_generator();
         let send_secs = (sent_done_at.unwrap_or_else(|| self.now_ns()) - start) as f64 / 1e9;
-        let secs = send_secs.max(spec.secs.min(send_secs.max(1e-3)));
-        let sent = (self.gen.tx_completed - completed_before).min(pacer.frames_sent());
-        let mut result = TrialResult {
-            requested_pps: spec.rate_pps,
-            offered_pps: sent as f64 / secs,
-            received_pps: tracker.unique as f64 / secs,
-            sent,
-            not_offered: pacer.skipped() + (pacer.frames_sent() - sent),
-            received: tracker.received,
-            lost: tracker.lost(sent),
-            duplicates: tracker.duplicates,
-            reordered: tracker.reordered,
+        let completed = self.gen.tx_completed - completed_before;
+        Ok(TrialResult {
             bad_vlan,
             foreign,
-            secs,
-            latency: Latency::of(&hist),
-            ..TrialResult::default()
-        };
-        result.generator_limited = !result.offered_in_full();
-        Ok(result)
+            ..trial_result(spec, send_secs, completed, &pacer, &tracker, &hist)
+        })
     }
 
     fn counters(&self) -> BTreeMap<String, u64> {

@@ -397,27 +397,12 @@ impl Traffic {
             }
         }
         let send_secs = (sent_done_at.unwrap_or_else(|| self.now_ns()) - start) as f64 / 1e9;
-        let secs = send_secs.max(spec.secs.min(send_secs.max(1e-3)));
-        let sent = (self.gen_completed() - completed_before).min(pacer.frames_sent());
-        let mut result = TrialResult {
-            requested_pps: spec.rate_pps,
-            offered_pps: sent as f64 / secs,
-            received_pps: tracker.unique as f64 / secs,
-            sent,
-            not_offered: pacer.skipped() + (pacer.frames_sent() - sent),
-            received: tracker.received,
-            lost: tracker.lost(sent),
-            duplicates: tracker.duplicates,
-            reordered: tracker.reordered,
+        let completed = self.gen_completed() - completed_before;
+        Ok(TrialResult {
             bad_vlan,
             foreign,
-            secs,
-            latency: Latency::of(&hist),
-            path: Default::default(),
-            ..TrialResult::default()
-        };
-        result.generator_limited = !result.offered_in_full();
-        Ok(result)
+            ..trial_result(spec, send_secs, completed, &pacer, &tracker, &hist)
+        })
     }
 
     /// The NAPI instance the kernel marked on the sink's socket (`SO_INCOMING_NAPI_ID`):
@@ -471,4 +456,36 @@ impl Drop for Traffic {
         self.gen.release_frames(&mut self.gen_pool);
         self.sink.release_frames(&mut self.sink_pool);
     }
+}
+
+/// The result of a trial from what the generator completed (`completed` frames of the
+/// `pacer`'s, sending over in `send_secs`) and what the sink's `tracker` and latency
+/// `hist` saw; every traffic path reports through it, so their figures mean the same.
+/// The caller adds what only it counts (stray frames).
+pub(crate) fn trial_result(
+    spec: &TrialSpec,
+    send_secs: f64,
+    completed: u64,
+    pacer: &Pacer,
+    tracker: &SeqTracker,
+    hist: &Histogram<u64>,
+) -> TrialResult {
+    let secs = send_secs.max(spec.secs.min(send_secs.max(1e-3)));
+    let sent = completed.min(pacer.frames_sent());
+    let mut result = TrialResult {
+        requested_pps: spec.rate_pps,
+        offered_pps: sent as f64 / secs,
+        received_pps: tracker.unique as f64 / secs,
+        sent,
+        not_offered: pacer.skipped() + (pacer.frames_sent() - sent),
+        received: tracker.received,
+        lost: tracker.lost(sent),
+        duplicates: tracker.duplicates,
+        reordered: tracker.reordered,
+        secs,
+        latency: Latency::of(hist),
+        ..TrialResult::default()
+    };
+    result.generator_limited = !result.offered_in_full();
+    result
 }
