@@ -170,6 +170,39 @@ impl PortSet {
         }
     }
 
+    /// Queues every packet of `pkts` for `out`, in order, as [`PortSet::enqueue`] would
+    /// one by one, but copying them into the port's batch together (a burst is mostly
+    /// runs of packets to one port).
+    #[inline]
+    pub(crate) fn enqueue_run(
+        &mut self,
+        pool: &mut FramePool,
+        counters: &WorkerCounters,
+        out: PortId,
+        mut pkts: &[Packet],
+    ) {
+        let Some(Some(a)) = self.slots.get_mut(out.index()) else {
+            for &pkt in pkts {
+                self.enqueue_elsewhere(pool, counters, out, pkt);
+            }
+            return;
+        };
+        if !a.dirty {
+            a.dirty = true;
+            self.dirty.push(out);
+        }
+        loop {
+            let queued = a.pending.extend_from_slice(pkts);
+            pkts = &pkts[queued..];
+            if a.pending.is_full() {
+                send(a, out, self.tx_queue, pool, counters, &mut self.capture);
+            }
+            if pkts.is_empty() {
+                return;
+            }
+        }
+    }
+
     /// [`PortSet::enqueue`] for a port not attached here: recorded by an explain pass,
     /// handed to the worker that owns the port, or dropped. Out of line, so that the
     /// loops that enqueue stay as small as with one worker.
@@ -538,7 +571,16 @@ pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
     let mut last_key = u32::MAX;
     let mut last_vid = None;
     let mut last_via = PortId(0);
-    for pkt in pkts.iter_mut() {
+    // The packets from `run_start` up to the one being looked at go to `run_via` and are
+    // queued together when the run ends (at another port, at a packet that is not
+    // unicast, or with the burst).
+    let mut run_start = 0;
+    let mut run_via = PortId::NONE;
+    let mut i = 0;
+    while i < pkts.len() {
+        let at = i;
+        i += 1;
+        let pkt = &mut pkts[at];
         // Unicast first: it is most packets, and testing for it alone keeps the common
         // case off the dispatch over every other variant.
         if let Next::Output(out) = pkt.meta.next {
@@ -547,12 +589,62 @@ pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
             let key = u32::from(out.0) << 16 | u32::from(network.0);
             if key != last_key {
                 last_key = key;
-                last_vid = snap.egress_vid(out, network);
-                last_via = snap.transmit_port(out);
+                (last_vid, last_via) = snap.egress(out, network);
             }
-            emit_tagged(pool, ports, counters, pkt, out, last_vid, last_via);
-            continue;
+            match set_egress_tag(pool, pkt, last_vid) {
+                Ok(()) => {
+                    if last_via != out {
+                        crate::trunk::count_subport_tx(counters, out, pkt);
+                    }
+                    if last_via != run_via {
+                        if run_start < at {
+                            ports.enqueue_run(pool, counters, run_via, &pkts[run_start..at]);
+                        }
+                        run_start = at;
+                        run_via = last_via;
+                    }
+                    if last_vid.is_none() && last_via == out {
+                        // The packets after it that go the same way untagged need no
+                        // more than joining the run: the common case, kept to a few
+                        // compares per packet.
+                        let same = pkts[i..]
+                            .iter()
+                            .take_while(|p| {
+                                p.meta.next == Next::Output(out)
+                                    && p.meta.network == network
+                                    && p.meta.flags & Meta::VLAN == 0
+                            })
+                            .count();
+                        i += same;
+                        unicast += same as u32;
+                    }
+                    continue;
+                }
+                Err(reason) => {
+                    let pkt = *pkt;
+                    if run_start < at {
+                        ports.enqueue_run(pool, counters, run_via, &pkts[run_start..at]);
+                    }
+                    (run_start, run_via) = (i, PortId::NONE);
+                    drop_in_output(
+                        pool,
+                        counters,
+                        &mut ports.capture,
+                        pkt,
+                        Some(out),
+                        Stage::Output,
+                        reason,
+                    );
+                    continue;
+                }
+            }
         }
+        // Whatever this packet becomes is queued after the run before it.
+        if run_start < at {
+            ports.enqueue_run(pool, counters, run_via, &pkts[run_start..at]);
+        }
+        (run_start, run_via) = (i, PortId::NONE);
+        let pkt = &mut pkts[at];
         match pkt.meta.next {
             // Taken above; kept so that the match stays exhaustive without a panic.
             Next::Output(out) => {
@@ -585,6 +677,9 @@ pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
             }
         }
     }
+    if run_start < pkts.len() {
+        ports.enqueue_run(pool, counters, run_via, &pkts[run_start..]);
+    }
     if flooded > 0 {
         let i = Stage::Flood as usize;
         counters.stage_calls[i].inc();
@@ -602,16 +697,8 @@ fn emit(
     pkt: &mut Packet,
     out: PortId,
 ) {
-    let vid = snap.egress_vid(out, pkt.meta.network);
-    emit_tagged(
-        pool,
-        ports,
-        counters,
-        pkt,
-        out,
-        vid,
-        snap.transmit_port(out),
-    );
+    let (vid, via) = snap.egress(out, pkt.meta.network);
+    emit_tagged(pool, ports, counters, pkt, out, vid, via);
 }
 
 /// Tags `pkt` with `vid` (its egress tag on `out`) and queues it on `via`, the port that

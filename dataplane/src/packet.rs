@@ -129,6 +129,15 @@ impl Batch {
         Ok(())
     }
 
+    /// Appends as many of `pkts` as fit, in order, with one copy; returns how many.
+    #[inline]
+    pub fn extend_from_slice(&mut self, pkts: &[Packet]) -> usize {
+        let n = pkts.len().min(self.capacity - self.len);
+        self.pkts[self.len..self.len + n].copy_from_slice(&pkts[..n]);
+        self.len += n;
+        n
+    }
+
     /// Room left before the batch is full.
     #[inline]
     pub fn remaining(&self) -> usize {
@@ -193,6 +202,21 @@ mod tests {
         b.clear();
         assert_eq!(b.remaining(), 2);
         assert_eq!(Batch::with_capacity(1000).capacity(), MAX_BURST);
+    }
+
+    #[test]
+    fn extend_takes_what_fits_in_order() {
+        let pkt = |frame| Packet {
+            frame,
+            ..Packet::default()
+        };
+        let mut b = Batch::with_capacity(3);
+        assert!(b.push(pkt(1)).is_ok());
+        assert_eq!(b.extend_from_slice(&[pkt(2), pkt(3), pkt(4)]), 2);
+        let frames: Vec<_> = b.as_slice().iter().map(|p| p.frame).collect();
+        assert_eq!(frames, [1, 2, 3]);
+        assert_eq!(b.extend_from_slice(&[pkt(5)]), 0);
+        assert_eq!(b.extend_from_slice(&[]), 0);
     }
 
     #[test]

@@ -468,6 +468,20 @@ impl Snapshot {
         }
     }
 
+    /// [`Snapshot::egress_vid`] and [`Snapshot::transmit_port`] in one lookup of the
+    /// port: how a frame of network `slot` leaves for `port`, `(tag, transmitting port)`.
+    #[inline]
+    pub fn egress(&self, port: PortId, slot: NetworkSlot) -> (Option<u16>, PortId) {
+        match self.ports.get(port.index()) {
+            Some(PortRole::Uplink { .. }) => (self.egress_vid(port, slot), port),
+            Some(PortRole::Access { .. }) => match self.trunks.parent(port) {
+                Some((parent, vid)) => (Some(vid), parent),
+                None => (None, port),
+            },
+            _ => (None, self.transmit_port(port)),
+        }
+    }
+
     /// The trunks: parents, their subports and VLAN IDs.
     #[inline]
     pub fn trunks(&self) -> &Trunks {
@@ -1284,6 +1298,12 @@ mod tests {
         assert_eq!(s.egress_vid(PortId(0), NetworkSlot(1)), Some(200));
         assert_eq!(s.egress_vid(PortId(0), NetworkSlot(2)), None);
         assert_eq!(s.egress_vid(PortId(1), NetworkSlot(0)), None);
+        for port in [PortId(0), PortId(1), PortId(7)] {
+            for slot in [NetworkSlot(0), NetworkSlot(1), NetworkSlot(2)] {
+                let apart = (s.egress_vid(port, slot), s.transmit_port(port));
+                assert_eq!(s.egress(port, slot), apart, "{port:?} {slot:?}");
+            }
+        }
         assert_eq!(s.port(PortId(9)), PortRole::Absent);
     }
 

@@ -300,6 +300,11 @@ mod tests {
                 .egress_vid(sub, pollux_dataplane::ident::NetworkSlot(1)),
             Some(100)
         );
+        assert_eq!(
+            c.snapshot
+                .egress(sub, pollux_dataplane::ident::NetworkSlot(1)),
+            (Some(100), parent)
+        );
         assert!(c
             .snapshot
             .port_stages(parent)

@@ -101,24 +101,33 @@ fn forward<const PER_PACKET_PORT: bool>(cx: &mut BurstCtx<'_>, pkts: &mut [Packe
             in_port
         };
         let slot = pkt.meta.network;
-        let Some(net) = snap.network(slot) else {
-            debug_assert!(false, "packet classified into missing {slot}");
-            pkt.meta.next = Next::Drop(DropReason::InternalError, Stage::L2);
-            produced |= Pending::DONE;
-            continue;
-        };
+        // The network's entry is needed only off the cached path (learning, group
+        // destinations, a new destination): a run of one flow skips the lookup.
+        macro_rules! net {
+            () => {
+                match snap.network(slot) {
+                    Some(net) => net,
+                    None => {
+                        missing_network(pkt);
+                        produced |= Pending::DONE;
+                        continue;
+                    }
+                }
+            };
+        }
         // Classification checked that the frame holds a whole Ethernet header.
-        let eth = EthernetFrame::new_unchecked(frames.data(pkt));
+        let eth = EthernetFrame::new_unchecked(&frames.mac_header(pkt)[..]);
         let src = eth.src_mac();
         let src_key = FdbKey::packed(slot, src);
         if src != own_mac && src_key != last_src {
             last_src = src_key;
-            if learner.learn(src_key, net.uid) {
+            if learner.learn(src_key, net!().uid) {
                 // The table changed: a cached forwarding decision may be stale.
                 last_dst = NO_KEY;
             }
         }
         if pkt.meta.flags & Meta::MULTICAST != 0 {
+            let net = net!();
             // The network's services hear what they take (DHCP) and ARP for their
             // addresses, a router ARP for its addresses; everything else floods.
             let ethertype = pkt.meta.ethertype;
@@ -138,6 +147,7 @@ fn forward<const PER_PACKET_PORT: bool>(cx: &mut BurstCtx<'_>, pkts: &mut [Packe
         let dst = eth.dst_mac();
         let dst_key = FdbKey::packed(slot, dst);
         if dst_key != last_dst {
+            let net = net!();
             last_next = match snap.static_mac(dst_key) {
                 Some(p) if p == in_port => Next::Drop(DropReason::Hairpin, Stage::L2),
                 Some(p) => Next::Output(p),
@@ -171,6 +181,14 @@ fn forward<const PER_PACKET_PORT: bool>(cx: &mut BurstCtx<'_>, pkts: &mut [Packe
         packets: entered,
         produced,
     }
+}
+
+/// A packet classified into a network the snapshot does not have: a bug, dropped.
+#[cold]
+#[inline(never)]
+fn missing_network(pkt: &mut Packet) {
+    debug_assert!(false, "packet classified into missing {}", pkt.meta.network);
+    pkt.meta.next = Next::Drop(DropReason::InternalError, Stage::L2);
 }
 
 /// A frame decapsulated from one remote host never goes to another: the sender
