@@ -160,7 +160,10 @@ fn run_in_topology(opts: &Options, work: &std::path::Path) -> Result<Report, Str
             };
             let mut pvp: Option<PvpTraffic> = None;
             if let Some(l) = &listener {
-                match l.accept(std::time::Duration::from_secs(30)) {
+                match l
+                    .accept(std::time::Duration::from_secs(30))
+                    .and_then(|t| running.wait_connected().map(|()| t))
+                {
                     Ok(t) => pvp = Some(t),
                     Err(e) => {
                         eprintln!("\npollux-bench: {key}: {e}");

@@ -401,7 +401,7 @@ impl Traffic {
         Ok(TrialResult {
             bad_vlan,
             foreign,
-            ..trial_result(spec, send_secs, completed, &pacer, &tracker, &hist)
+            ..trial_result(spec, send_secs, completed, 0, &pacer, &tracker, &hist)
         })
     }
 
@@ -461,17 +461,20 @@ impl Drop for Traffic {
 /// The result of a trial from what the generator completed (`completed` frames of the
 /// `pacer`'s, sending over in `send_secs`) and what the sink's `tracker` and latency
 /// `hist` saw; every traffic path reports through it, so their figures mean the same.
-/// The caller adds what only it counts (stray frames).
+/// `refused` frames were issued but the device under test had no room for them (a
+/// virtio transmit queue it had not drained): offered and lost, as frames a NIC's full
+/// receive ring drops would be. The caller adds what only it counts (stray frames).
 pub(crate) fn trial_result(
     spec: &TrialSpec,
     send_secs: f64,
     completed: u64,
+    refused: u64,
     pacer: &Pacer,
     tracker: &SeqTracker,
     hist: &Histogram<u64>,
 ) -> TrialResult {
     let secs = send_secs.max(spec.secs.min(send_secs.max(1e-3)));
-    let sent = completed.min(pacer.frames_sent());
+    let sent = (completed + refused).min(pacer.frames_sent());
     let mut result = TrialResult {
         requested_pps: spec.rate_pps,
         offered_pps: sent as f64 / secs,
