@@ -492,3 +492,43 @@ pub(crate) fn trial_result(
     result.generator_limited = !result.offered_in_full();
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> TrialSpec {
+        TrialSpec {
+            rate_pps: 1000.0,
+            secs: 1.0,
+            frame_size: 64,
+            expect_vlan: None,
+        }
+    }
+
+    /// Frames a full transmit queue refused were offered and are lost: the trial fails by
+    /// loss, not as generator-limited.
+    #[test]
+    fn refused_frames_are_offered_and_lost() {
+        let mut pacer = Pacer::new(1000.0, 0, 1000, 64);
+        let mut now = 0;
+        while !pacer.done() {
+            now += 1_000_000;
+            let due = pacer.due(now);
+            pacer.sent(due);
+        }
+        let mut tracker = SeqTracker::new(1000);
+        for seq in 0..900 {
+            tracker.record(seq);
+        }
+        let hist = Histogram::<u64>::new(3).unwrap();
+        let r = trial_result(&spec(), 1.0, 900, 100, &pacer, &tracker, &hist);
+        assert_eq!((r.sent, r.lost, r.not_offered), (1000, 100, 0));
+        assert!(!r.generator_limited);
+        assert!(!r.passes(0.0) && !r.passes(0.005));
+        // Without refusals the same completions leave 100 frames not offered (AF_XDP).
+        let r = trial_result(&spec(), 1.0, 900, 0, &pacer, &tracker, &hist);
+        assert_eq!((r.sent, r.lost, r.not_offered), (900, 0, 100));
+        assert!(r.generator_limited);
+    }
+}
