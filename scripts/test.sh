@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 # Each section says when it starts, so a slow run shows where its time went.
 section() { printf "== %s (at %dm%02ds)\n" "$1" $((SECONDS / 60)) $((SECONDS % 60)); }
 
-packages=(valgrind iproute2 iputils-ping iperf3 tcpdump ethtool openvswitch-switch python3 prometheus traceroute udhcpc isc-dhcp-client dhcpcd5 arping dnsmasq-base ipset iptables conntrack curl protobuf-compiler etcd-server neutron-server python3-neutron python3-etcd3gw python3-pip python3-setuptools man-db qemu-system-x86 linux-image-amd64 busybox-static cpio dpdk-dev)
+packages=(valgrind iproute2 iputils-ping iperf3 tcpdump ethtool openvswitch-switch python3 prometheus traceroute udhcpc isc-dhcp-client dhcpcd5 arping dnsmasq-base ipset iptables conntrack curl protobuf-compiler etcd-server neutron-server python3-neutron python3-etcd3gw python3-pip python3-setuptools man-db qemu-system-x86 linux-image-amd64 busybox-static cpio dpdk-dev openvswitch-switch-dpdk)
 missing=()
 for p in "${packages[@]}"; do
     dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -85,6 +85,42 @@ PY
     rm -f "$bench_json" "${bench_json%.json}.svg"
 else
     echo "skipped: needs root (network namespaces, XDP)"
+fi
+
+section "benchmark harness smoke run, PVP over vhost-user (pollux, ovs-dpdk, testpmd-vhost; bounded)"
+if [ "$(id -u)" -eq 0 ]; then
+    bench_json=$(mktemp --suffix=.json)
+    # 0.5 s trials, two per search and a low first rate: whether every device connects to
+    # the harness's virtio-net devices and forwards, not how fast (the debug build).
+    timeout 90 target/debug/pollux-bench compare --trial-secs 0.5 --sizes 64 --max-trials 2 \
+        --max-rate 50000 --duts pollux,ovs-dpdk,testpmd-vhost --scenarios pvp --out "$bench_json" >/dev/null
+    python3 - "$bench_json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+r = d["results"]
+assert not [n for n in d["notes"] if "failed" in n], d["notes"]
+assert {e["dut"] for e in r} == {"pollux", "ovs-dpdk", "testpmd-vhost"}, (r, d["notes"])
+for e in r:
+    assert e["scenario"] == "pvp" and e["frame_size"] == 64, e
+    o = e["overload_trial"]
+    # Frames went through the device between the harness's two virtio-net devices.
+    assert o["sent"] > 0 and o["received_pps"] > 0, (e["dut"], o)
+    assert o["path"].get("gen_virtio/tx_completed", 0) > 0, (e["dut"], o["path"])
+    for k in ("ndr", "pdr"):
+        v, f = e[k + "_pps"], e[k + "_search"]
+        assert (v is None and f["note"].startswith("none found") and f["lowest_failure"]) or v > 0, (e["dut"], k, f)
+assert "ovs-dpdk" in r[0]["ratios"] and "testpmd-vhost" in r[0]["ratios"], r[0]
+mpps = lambda v: "none" if v is None else "%.3f Mpps" % (v / 1e6)
+print("pvp smoke: " + ", ".join("%s NDR %s" % (e["dut"], mpps(e["ndr_pps"])) for e in r))
+PY
+    rm -f "$bench_json" "${bench_json%.json}.svg"
+    # The harness stops what it started: no DPDK process or runtime directory is left.
+    if pgrep -x dpdk-testpmd || pgrep -f "ovs-vswitchd-dpdk unix:/tmp/pbn" || ls -d /var/run/dpdk/pbn* 2>/dev/null; then
+        echo "pvp smoke: the harness left DPDK processes or runtime directories behind" >&2
+        exit 1
+    fi
+else
+    echo "skipped: needs root (network namespaces, vhost-user devices under test)"
 fi
 
 # One closing line for the whole run, summed over every test binary.

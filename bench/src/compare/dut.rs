@@ -388,6 +388,52 @@ impl Running {
         pids
     }
 
+    /// After the front end connected (vhost-user scenarios): waits until Open vSwitch has
+    /// every interface in its datapath. Its vhost ports are configured only once the
+    /// front end is there, and a port that fails then (no memory pool, say) is left out
+    /// of the datapath with nothing in the database: every trial would lose every frame.
+    pub fn wait_connected(&self) -> Result<(), String> {
+        let Some(sw) = &self.ovs else {
+            return Ok(());
+        };
+        let names = sw
+            .vsctl(&[
+                "--format=csv",
+                "--data=bare",
+                "--no-headings",
+                "--columns=name",
+                "list",
+                "Interface",
+            ])
+            .map_err(|e| e.to_string())?;
+        let names: Vec<&str> = names
+            .lines()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .collect();
+        let in_datapath = || {
+            sw.appctl(&["dpctl/show"]).is_ok_and(|dp| {
+                names
+                    .iter()
+                    .all(|n| dp.lines().any(|l| l.split_whitespace().nth(2) == Some(*n)))
+            })
+        };
+        wait_for(
+            "OVS ports in the datapath",
+            Duration::from_secs(10),
+            in_datapath,
+        )
+        .map_err(|e| {
+            let errors: Vec<String> = sw
+                .log_tail("vswitchd.log", 400)
+                .lines()
+                .filter(|l| l.contains("|ERR|"))
+                .map(String::from)
+                .collect();
+            format!("{e} ({names:?}); vswitchd errors:\n{}", errors.join("\n"))
+        })
+    }
+
     /// Device statistics worth keeping with the results (one line each).
     pub fn stats(&self) -> Vec<String> {
         let mut out = Vec::new();

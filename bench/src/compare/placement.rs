@@ -40,8 +40,24 @@ pub const NAPI_PRIO: u32 = 50;
 /// Nice value of the generator and of the DUT's datapath threads.
 pub const DATAPATH_NICE: i32 = -20;
 /// Names of the DUT datapath threads given `DATAPATH_NICE` (polluxd's worker, xsk-fwd's
-/// forwarding thread, OVS's PMD).
-const DATAPATH_THREADS: [&str; 3] = ["pollux-worker", super::xsk_fwd::THREAD_NAME, "pmd-c"];
+/// forwarding thread, OVS's PMD, DPDK's worker lcores: testpmd's forwarding one, named
+/// `rte-worker-N` by Debian's 22.11, `lcore-worker-N` or `dpdk-worker<N>` by others).
+const DATAPATH_THREADS: [&str; 6] = [
+    "pollux-worker",
+    super::xsk_fwd::THREAD_NAME,
+    "pmd-c",
+    "rte-worker",
+    "lcore-worker",
+    "dpdk-worker",
+];
+
+/// The datapath threads (thread id, name) of the device's processes `dut_pids`.
+pub fn datapath_threads(dut_pids: &[u32]) -> Vec<(u32, String)> {
+    DATAPATH_THREADS
+        .iter()
+        .flat_map(|prefix| threads_named(prefix, dut_pids))
+        .collect()
+}
 
 /// Moves the ingress receive work onto the DUT's CPU (after the DUT attached whatever
 /// it attaches, since NAPI instances come and go with XDP programs); returns what was
@@ -82,11 +98,9 @@ pub fn apply(topo: &Topology, cpus: Cpus, dut_pids: &[u32]) -> Result<Vec<String
     }
     if cpus.realtime {
         let mut named = Vec::new();
-        for prefix in DATAPATH_THREADS {
-            for (tid, name) in threads_named(prefix, dut_pids) {
-                set_nice(tid, DATAPATH_NICE)?;
-                named.push(name);
-            }
+        for (tid, name) in datapath_threads(dut_pids) {
+            set_nice(tid, DATAPATH_NICE)?;
+            named.push(name);
         }
         if !named.is_empty() {
             lines.push(format!(

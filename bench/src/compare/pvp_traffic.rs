@@ -3,8 +3,11 @@
 //! on vhost-user (what two VMs' virtio-net drivers would be). Trials run as on AF_XDP
 //! ([`super::traffic`]): stamped frames paced by a [`Pacer`], every frame the sink
 //! receives checked and its latency recorded. "Sent" counts frames the device under
-//! test took from the generator's transmit queue; a full queue pushes back (a rate the
-//! device cannot take shows up as frames written off by the pacer, and the trial fails).
+//! test took from the generator's transmit queue and the frames that queue, full,
+//! refused: those are lost at the device (as a NIC's full receive ring drops them), so a
+//! device that does not keep up fails the trial by loss (`gen_virtio/tx_queue_full`).
+//! Frames the pacer writes off (the generator's thread fell behind) are *not offered*,
+//! as on AF_XDP.
 
 use std::collections::BTreeMap;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -94,6 +97,7 @@ impl PvpListener {
             run_tag: seed & 0xffff_0000,
             trials: 0,
             gen_rx: 0,
+            gen_refused: 0,
         })
     }
 }
@@ -116,6 +120,8 @@ pub struct PvpTraffic {
     trials: u32,
     /// Frames that came back to the generator (flooded before the sink was learnt).
     gen_rx: u64,
+    /// Frames the generator's full transmit queue refused (lost at the device under test).
+    gen_refused: u64,
 }
 
 impl PvpTraffic {
@@ -166,6 +172,7 @@ impl TrafficPath for PvpTraffic {
         let start = self.now_ns();
         let mut pacer = Pacer::new(spec.rate_pps, start, total, MAX_CATCH_UP);
         let mut seq: u32 = 0;
+        let mut refused = 0u64;
         let hard_end = start + ((spec.secs * 2.0 + 5.0) * 1e9) as u64;
         let mut sent_done_at: Option<u64> = None;
         let mut next_progress = start + 100_000_000;
@@ -189,12 +196,17 @@ impl TrafficPath for PvpTraffic {
                         seq = seq.wrapping_add(1);
                         len
                     });
-                    pacer.sent(n as u64);
+                    // What the full queue did not take is given up now, not owed: a
+                    // VM's driver cannot hold it either, and a device that leaves its
+                    // receive queue full loses those frames.
+                    refused += (due - n) as u64;
+                    pacer.sent(due as u64);
                 }
             } else {
                 let done_at = *sent_done_at.get_or_insert(now);
-                let drained = self.gen.tx_completed - completed_before >= pacer.frames_sent();
-                if drained && tracker.unique >= pacer.frames_sent() {
+                let taken = pacer.frames_sent() - refused;
+                let drained = self.gen.tx_completed - completed_before >= taken;
+                if drained && tracker.unique >= taken {
                     break;
                 }
                 if now > done_at + DRAIN.as_nanos() as u64 {
@@ -228,10 +240,11 @@ impl TrafficPath for PvpTraffic {
         self.discard_at_generator();
         let send_secs = (sent_done_at.unwrap_or_else(|| self.now_ns()) - start) as f64 / 1e9;
         let completed = self.gen.tx_completed - completed_before;
+        self.gen_refused += refused;
         Ok(TrialResult {
             bad_vlan,
             foreign,
-            ..trial_result(spec, send_secs, completed, &pacer, &tracker, &hist)
+            ..trial_result(spec, send_secs, completed, refused, &pacer, &tracker, &hist)
         })
     }
 
@@ -240,6 +253,7 @@ impl TrafficPath for PvpTraffic {
             ("gen_virtio/tx_completed".to_string(), self.gen.tx_completed),
             ("gen_virtio/kicks".to_string(), self.gen.kicks),
             ("gen_virtio/rx_frames".to_string(), self.gen_rx),
+            ("gen_virtio/tx_queue_full".to_string(), self.gen_refused),
             ("sink_virtio/kicks".to_string(), self.sink.kicks),
         ])
     }

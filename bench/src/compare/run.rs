@@ -160,7 +160,10 @@ fn run_in_topology(opts: &Options, work: &std::path::Path) -> Result<Report, Str
             };
             let mut pvp: Option<PvpTraffic> = None;
             if let Some(l) = &listener {
-                match l.accept(std::time::Duration::from_secs(30)) {
+                match l
+                    .accept(std::time::Duration::from_secs(30))
+                    .and_then(|t| running.wait_connected().map(|()| t))
+                {
                     Ok(t) => pvp = Some(t),
                     Err(e) => {
                         eprintln!("\npollux-bench: {key}: {e}");
@@ -177,12 +180,13 @@ fn run_in_topology(opts: &Options, work: &std::path::Path) -> Result<Report, Str
                 progress("");
                 eprintln!("[{key}] placement: {l}");
             }
+            let dut_threads = placement::datapath_threads(&running.pids());
             for &size in &opts.sizes {
                 let path: &mut dyn TrafficPath = match &mut pvp {
                     Some(p) => p,
                     None => &mut traffic,
                 };
-                let entry = measure(opts, &topo, path, sc.as_ref(), kind, size)?;
+                let entry = measure(opts, &topo, path, &dut_threads, sc.as_ref(), kind, size)?;
                 progress("");
                 eprintln!(
                     "[{key} {size}B] NDR {}, PDR {} ({} trials){}",
@@ -233,6 +237,7 @@ fn measure(
     opts: &Options,
     topo: &Topology,
     traffic: &mut dyn TrafficPath,
+    dut_threads: &[(u32, String)],
     sc: &dyn Scenario,
     kind: DutKind,
     size: u16,
@@ -254,7 +259,7 @@ fn measure(
             frame_size: size,
             expect_vlan: sc.egress_vlan(),
         };
-        let before = path_counters(topo, traffic);
+        let before = path_counters(topo, traffic, dut_threads);
         let n = trials.borrow().len() + 1;
         let mut r = traffic.run_trial(&spec, &mut |sent, recv| {
             progress(&format!(
@@ -262,15 +267,28 @@ fn measure(
                 rate / 1e6
             ))
         })?;
-        r.path = counter_delta(&before, &path_counters(topo, traffic));
+        r.path = counter_delta(&before, &path_counters(topo, traffic, dut_threads));
+        let sum = |suffix: &str| -> u64 {
+            r.path
+                .iter()
+                .filter(|(k, _)| k.starts_with("dut/") && k.ends_with(suffix))
+                .map(|(_, v)| v)
+                .sum()
+        };
+        let (waited, preempted) = (sum("/waited_ns"), sum("/preempted"));
         progress_line(&format!(
-            "{label} {phase} trial {n} at {:.3} Mpps: offered {:.3}, received {:.3} Mpps, lost {}, not offered {}{}",
+            "{label} {phase} trial {n} at {:.3} Mpps: offered {:.3}, received {:.3} Mpps, lost {}, not offered {}{}{}",
             rate / 1e6,
             r.offered_pps / 1e6,
             r.received_pps / 1e6,
             r.lost,
             r.not_offered,
-            if r.generator_limited { " (generator-limited)" } else { "" }
+            if r.generator_limited { " (generator-limited)" } else { "" },
+            if preempted > 0 {
+                format!("; DUT preempted {preempted}x, {:.1} ms", waited as f64 / 1e6)
+            } else {
+                String::new()
+            }
         ), true);
         trials.borrow_mut().push(r.clone());
         Ok(r)
@@ -312,8 +330,21 @@ fn measure(
     })
 }
 
-fn path_counters(topo: &Topology, traffic: &dyn TrafficPath) -> BTreeMap<String, u64> {
+/// The counters along the path, and what other work took from the device's datapath
+/// threads (`dut/<thread>/waited_ns`, `dut/<thread>/preempted`): a device that loses
+/// frames at a rate far below what it forwards at overload was usually not running.
+fn path_counters(
+    topo: &Topology,
+    traffic: &dyn TrafficPath,
+    dut_threads: &[(u32, String)],
+) -> BTreeMap<String, u64> {
     let mut c = topo.path_counters();
     c.extend(traffic.counters());
+    for (tid, name) in dut_threads {
+        if let Some((waited, preempted)) = sys::preemption(*tid) {
+            c.insert(format!("dut/{name}/waited_ns"), waited);
+            c.insert(format!("dut/{name}/preempted"), preempted);
+        }
+    }
     c
 }

@@ -133,6 +133,22 @@ pub fn threads_named(prefix: &str, pids: &[u32]) -> Vec<(u32, String)> {
     out
 }
 
+/// How long thread `tid` has waited runnable while others ran on its CPU (ns,
+/// `/proc/<tid>/schedstat`) and how often it was preempted (involuntary context
+/// switches): what other work took from a device's datapath thread.
+pub fn preemption(tid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{tid}/schedstat")).ok()?;
+    let waited = stat.split_whitespace().nth(1)?.parse().ok()?;
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    let preempted = status
+        .lines()
+        .find_map(|l| l.strip_prefix("nonvoluntary_ctxt_switches:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    Some((waited, preempted))
+}
+
 /// Gives thread `tid` the real-time policy SCHED_FIFO at `prio` (0: back to SCHED_OTHER).
 pub fn set_fifo(tid: u32, prio: u32) -> Result<(), String> {
     let tid = tid.to_string();

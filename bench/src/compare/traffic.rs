@@ -401,7 +401,7 @@ impl Traffic {
         Ok(TrialResult {
             bad_vlan,
             foreign,
-            ..trial_result(spec, send_secs, completed, &pacer, &tracker, &hist)
+            ..trial_result(spec, send_secs, completed, 0, &pacer, &tracker, &hist)
         })
     }
 
@@ -461,17 +461,20 @@ impl Drop for Traffic {
 /// The result of a trial from what the generator completed (`completed` frames of the
 /// `pacer`'s, sending over in `send_secs`) and what the sink's `tracker` and latency
 /// `hist` saw; every traffic path reports through it, so their figures mean the same.
-/// The caller adds what only it counts (stray frames).
+/// `refused` frames were issued but the device under test had no room for them (a
+/// virtio transmit queue it had not drained): offered and lost, as frames a NIC's full
+/// receive ring drops would be. The caller adds what only it counts (stray frames).
 pub(crate) fn trial_result(
     spec: &TrialSpec,
     send_secs: f64,
     completed: u64,
+    refused: u64,
     pacer: &Pacer,
     tracker: &SeqTracker,
     hist: &Histogram<u64>,
 ) -> TrialResult {
     let secs = send_secs.max(spec.secs.min(send_secs.max(1e-3)));
-    let sent = completed.min(pacer.frames_sent());
+    let sent = (completed + refused).min(pacer.frames_sent());
     let mut result = TrialResult {
         requested_pps: spec.rate_pps,
         offered_pps: sent as f64 / secs,
@@ -488,4 +491,44 @@ pub(crate) fn trial_result(
     };
     result.generator_limited = !result.offered_in_full();
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> TrialSpec {
+        TrialSpec {
+            rate_pps: 1000.0,
+            secs: 1.0,
+            frame_size: 64,
+            expect_vlan: None,
+        }
+    }
+
+    /// Frames a full transmit queue refused were offered and are lost: the trial fails by
+    /// loss, not as generator-limited.
+    #[test]
+    fn refused_frames_are_offered_and_lost() {
+        let mut pacer = Pacer::new(1000.0, 0, 1000, 64);
+        let mut now = 0;
+        while !pacer.done() {
+            now += 1_000_000;
+            let due = pacer.due(now);
+            pacer.sent(due);
+        }
+        let mut tracker = SeqTracker::new(1000);
+        for seq in 0..900 {
+            tracker.record(seq);
+        }
+        let hist = Histogram::<u64>::new(3).unwrap();
+        let r = trial_result(&spec(), 1.0, 900, 100, &pacer, &tracker, &hist);
+        assert_eq!((r.sent, r.lost, r.not_offered), (1000, 100, 0));
+        assert!(!r.generator_limited);
+        assert!(!r.passes(0.0) && !r.passes(0.005));
+        // Without refusals the same completions leave 100 frames not offered (AF_XDP).
+        let r = trial_result(&spec(), 1.0, 900, 0, &pacer, &tracker, &hist);
+        assert_eq!((r.sent, r.lost, r.not_offered), (900, 0, 100));
+        assert!(r.generator_limited);
+    }
 }

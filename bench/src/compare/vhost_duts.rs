@@ -51,6 +51,11 @@ pub fn start_ovs_dpdk(
         &[
             ("dpdk-init", "true"),
             ("dpdk-extra", &extra),
+            // Without it OVS sizes one shared pool for a NIC (262,144 mbufs, ~600 MB),
+            // which --no-huge's memory cannot hold: the vhost ports fail when the front
+            // end connects ("Failed to create memory pool"). Per port, it takes what the
+            // port's queues need.
+            ("per-port-memory", "true"),
             ("pmd-cpu-mask", &mask),
         ],
         OVS_VSWITCHD_DPDK,
