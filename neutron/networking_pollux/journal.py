@@ -35,7 +35,9 @@ import threading
 import time
 import uuid
 
+from etcd3gw import exceptions as etcd_exc
 import eventlet
+from neutron_lib import context as n_context
 from neutron_lib.db import api as db_api
 from neutron_lib.db import model_base
 from neutron_lib import worker
@@ -88,8 +90,12 @@ def record(context, kind, object_id=None, host=None):
                                       created_at=_now()))
 
 
-def record_now(context, kind, object_id=None, host=None):
-    """A row in a transaction of its own (where Neutron gives no precommit)."""
+@db_api.retry_db_errors
+def record_now(kind, object_id=None, host=None):
+    """A row in a transaction of its own (where Neutron gives no precommit), on an
+    admin context of its own: the caller's may be a request's, done with its
+    transaction."""
+    context = n_context.get_admin_context()
     with db_api.CONTEXT_WRITER.using(context):
         record(context, kind, object_id, host)
 
@@ -234,8 +240,11 @@ class Journal(object):
         except Exception as e:
             self.etcd_errors += 1
             self._backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, self._backoff * 2))
-            LOG.warning('pollux journal: %s (etcd errors so far: %d); retrying in '
-                        '%.2fs', e, self.etcd_errors, self._backoff, exc_info=True)
+            # An etcd client error is expected while etcd is away; anything else is
+            # logged with where it came from.
+            LOG.warning('pollux journal: %s: %s (errors so far: %d); retrying in '
+                        '%.2fs', type(e).__name__, e, self.etcd_errors, self._backoff,
+                        exc_info=not isinstance(e, etcd_exc.Etcd3Exception))
             return False
         if self._backoff:
             LOG.info('pollux journal: etcd back, journal drained (%d rows written so '

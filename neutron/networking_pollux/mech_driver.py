@@ -410,11 +410,12 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
     def _address_group_changed(self, resource, event, trigger, payload):
         """Addresses added to or removed from a Neutron address group: the hosts whose
         rules name it get it again."""
-        self._record_now(payload.context, journal.ADDRESS_GROUP, payload.resource_id)
+        self._record_now(journal.ADDRESS_GROUP, payload.resource_id)
         self._wake()
 
-    def _record_now(self, plugin_context, kind, object_id=None, host=None):
-        journal.record_now(plugin_context, kind, object_id, host)
+    @staticmethod
+    def _record_now(kind, object_id=None, host=None):
+        journal.record_now(kind, object_id, host)
 
     def _security_group_rule_changed(self, resource, event, trigger, payload):
         if event == events.PRECOMMIT_CREATE:

@@ -142,7 +142,8 @@ class DriverCase(unittest.TestCase):
         # The journal in memory: what the precommits record, drained (in order, each
         # row recomputed from the fake plugin) when a postcommit wakes the drainer.
         self.rows = []
-        self.driver._record = self.driver._record_now = self.record
+        self.driver._record = self.record
+        self.driver._record_now = lambda *row: self.record(None, *row)
         self.driver._wake = self.drain
         self.driver._admin = FakePluginContext
 
