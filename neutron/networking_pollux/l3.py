@@ -1,8 +1,10 @@
 """The Pollux L3 service plugin (`service_plugins = pollux_router`): Neutron's routers and
 floating IPs in Neutron's own database (its L3 mixins), written after each change into
 etcd for the one host that runs them (`[ml2_pollux] l3_host`), as networking-vpp's L3
-plugin does for its hosts. What is written is recomputed whole for that host and only
-the differences are put or deleted, so one API call is a few object methods on the host.
+plugin does for its hosts, through the mechanism driver's journal (journal.py: an `l3`
+row, drained by `pollux_sync`). What is written is recomputed whole for that host and
+only the differences are put or deleted, so one API call is a few object methods on the
+host.
 
 A router goes there with the subnets of its interfaces, its external gateway (network,
 IPv4 address, SNAT) and its extra routes; a floating IP with its port and fixed IP once

@@ -1,6 +1,9 @@
 """The Pollux ML2 mechanism driver: binds ports on hosts whose pollux-agent is alive
-and writes each host's networks, subnets and ports into etcd after Neutron commits
-them (postcommit), under the keys translate.py names.
+and writes each host's networks, subnets and ports into etcd, under the keys
+translate.py names, through the journal (journal.py): each change's precommit records
+in its transaction what it touches (a port on a host, a network, a group...), its
+postcommit wakes the drainer, which recomputes those keys from Neutron's database and
+writes them; the `_reconcile_*` methods below are what a row of each kind does.
 
 A network and its subnets go to every host that has a served port on the network;
 a host's last port leaving the network takes them away there. A host gets the security
@@ -22,9 +25,11 @@ metering) is not written; what it writes carries every field Pollux
 enforces, so an unsupported one is refused by polluxd and logged by the agent, never
 silently dropped.
 
-Not yet: a journal (a postcommit write that fails while etcd is away is logged and
-lost until the resource changes again), l2population. Routers and floating IPs are the
-L3 service plugin's (l3.py).
+A row recomputes from the database and from what the host's keys hold (a port's
+previous groups are its key's), never from the change's values, so a row taken late or
+after a restart writes what Neutron holds then.
+
+Not yet: l2population. Routers and floating IPs are the L3 service plugin's (l3.py).
 """
 
 import json
