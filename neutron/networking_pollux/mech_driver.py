@@ -36,6 +36,8 @@ import json
 import os
 
 import eventlet
+from neutron.db import segments_db
+from neutron.plugins.ml2 import db as ml2_db
 from neutron_lib.api.definitions import portbindings
 from neutron_lib.callbacks import events
 from neutron_lib.callbacks import registry
@@ -78,11 +80,9 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
         journal.set_waker(self._wake)
 
     def get_workers(self):
-        # The main process's drainer: it alone reconciles every host at start.
-        drainer = self._new_journal(reconcile_all=True)
-        self._drainer, self._drainer_pid = drainer, os.getpid()
+        # The plugin worker's drainer: it alone reconciles every host at start.
         return [status.PortStatusWorker(status.PortStatus(self.etcd, self.prefix)),
-                journal.JournalWorker(drainer)]
+                journal.JournalWorker(self._new_journal(reconcile_all=True))]
 
     # -- the journal -----------------------------------------------------------
 
@@ -96,8 +96,9 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
         journal.record(plugin_context, kind, object_id, host)
 
     def _wake(self):
-        """After a commit: this process's drainer takes the rows (an API worker process
-        starts its own on its first change)."""
+        """After a commit: the drainer of the process that made it takes the rows, at
+        once (started by the process's first change: Neutron may run the plugin
+        worker's in a process of its own)."""
         if self._drainer is None or self._drainer_pid != os.getpid():
             self._drainer = self._new_journal(reconcile_all=False)
             self._drainer_pid = os.getpid()
@@ -130,9 +131,20 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
                 set(old.get('security_groups') or []) - self._groups(port) or
                 old.get('port_security_enabled', True) and
                 not port.get('port_security_enabled', True))
-            self._write_port(admin, port, None, remove_unneeded=left)
+            self._write_port(admin, port, self._bound_segment(admin, port),
+                             remove_unneeded=left)
         elif old is not None:
             self._remove_port(admin, old, host)
+
+    @staticmethod
+    def _bound_segment(admin, port):
+        """The segment ML2 bound the port to on its host (None: the network's own
+        provider attributes name it)."""
+        levels = ml2_db.get_binding_level_objs(admin, port['id'],
+                                               port[portbindings.HOST_ID])
+        if not levels:
+            return None
+        return segments_db.get_segment_by_id(admin, levels[-1].segment_id)
 
     def _reconcile_member_join(self, admin, row):
         try:

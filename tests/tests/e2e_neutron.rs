@@ -848,7 +848,10 @@ fn neutron_drives_polluxd_through_etcd() {
     );
     lab.wait_status(&b_id, "ACTIVE");
     wait_journal_empty(&lab);
-    assert!(ping(lab.vm("a"), &ip_b, 3), "a cannot ping b after the restarts");
+    assert!(
+        ping(lab.vm("a"), &ip_b, 3),
+        "a cannot ping b after the restarts"
+    );
     eprintln!("journal steps: {:?}", t0.elapsed());
 
     // c in a group of its own, which has Neutron's egress rules and no ingress rule: it

@@ -146,6 +146,8 @@ class DriverCase(unittest.TestCase):
         self.driver._record_now = lambda *row: self.record(None, *row)
         self.driver._wake = self.drain
         self.driver._admin = FakePluginContext
+        # The ports' networks name their one segment.
+        self.driver._bound_segment = lambda admin, port: None
 
     def record(self, plugin_context, kind, object_id=None, host=None):
         self.rows.append(journal.Row(len(self.rows) + 1, kind, object_id, host))
