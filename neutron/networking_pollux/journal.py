@@ -46,8 +46,9 @@ import sqlalchemy as sa
 
 LOG = logging.getLogger(__name__)
 
-#: Seconds a claim lives without its drainer touching it.
-CLAIM_TIMEOUT = 30.0
+#: Seconds a claim lives without its drainer touching it (between rows: a full
+#: reconcile that takes longer lets another drainer in beside it).
+CLAIM_TIMEOUT = 60.0
 #: Rows claimed at once.
 BATCH = 50
 #: Backoff after an etcd error: the first wait, doubled up to the last.
@@ -66,8 +67,9 @@ SECURITY_GROUP = 'security_group'  # a security group (object_id) where it is he
 ADDRESS_GROUP = 'address_group'    # an address group (object_id) where it is held
 HOST = 'host'                      # a whole host's share
 L3 = 'l3'                          # the L3 plugin's routers and floating IPs
+ALL = 'all'                        # every host (a drainer's start)
 KINDS = (PORT, MEMBER_JOIN, MEMBERS, NETWORK, SUBNET, SECURITY_GROUP, ADDRESS_GROUP,
-         HOST, L3)
+         HOST, L3, ALL)
 
 
 class PolluxJournal(model_base.BASEV2):
@@ -133,20 +135,21 @@ class Row(object):
 
 class Journal(object):
     """Drains the table: `reconcile(row)` writes a row's keys into etcd (raising when
-    etcd fails), `reconcile_all()` every host's; `context()` gives an admin context."""
+    etcd fails); `context()` gives an admin context. With `reconcile_all`, the drainer
+    queues an ALL row at its start, taken after the rows already there, under a claim
+    like any row (so no other drainer writes beside it)."""
 
-    def __init__(self, context, reconcile, reconcile_all, sleep=time.sleep,
+    def __init__(self, context, reconcile, reconcile_all=False, sleep=time.sleep,
                  clock=time.monotonic, name=None):
         self._context = context
         self._reconcile = reconcile
-        self._reconcile_all = reconcile_all
         self._sleep = sleep
         self._clock = clock
         self.name = name or '%s:%d:%s' % (socket.gethostname(), os.getpid(),
                                           uuid.uuid4().hex[:8])
         self._wake = threading.Event()
         self._stop = False
-        self.reconciled_all = False
+        self._queue_all = reconcile_all
         #: Counted for the logs: rows written into etcd, etcd errors met.
         self.rows_done = 0
         self.etcd_errors = 0
@@ -198,6 +201,12 @@ class Journal(object):
              .filter(PolluxJournal.claimed_by == self.name)
              .update({'claimed_at': _now()}, synchronize_session=False))
 
+    @db_api.retry_db_errors
+    def _add(self, kind):
+        ctx = self._context()
+        with db_api.CONTEXT_WRITER.using(ctx):
+            record(ctx, kind)
+
     def pending(self):
         ctx = self._context()
         with db_api.CONTEXT_READER.using(ctx):
@@ -228,15 +237,12 @@ class Journal(object):
                 raise
 
     def step(self):
-        """One round: the rows, then (once) every host. False when etcd failed."""
+        """One round of draining. False when etcd (or the database) failed."""
         try:
+            if self._queue_all:
+                self._add(ALL)
+                self._queue_all = False
             self.drain()
-            if not self.reconciled_all:
-                self._reconcile_all()
-                self.reconciled_all = True
-                LOG.info('pollux journal: every host reconciled with the database')
-                # Rows written meanwhile.
-                self.drain()
         except Exception as e:
             self.etcd_errors += 1
             self._backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, self._backoff * 2))

@@ -87,10 +87,8 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
     # -- the journal -----------------------------------------------------------
 
     def _new_journal(self, reconcile_all):
-        drainer = journal.Journal(n_context.get_admin_context, self._reconcile_row,
-                                  self._reconcile_all, sleep=eventlet.sleep)
-        drainer.reconciled_all = not reconcile_all
-        return drainer
+        return journal.Journal(n_context.get_admin_context, self._reconcile_row,
+                               reconcile_all=reconcile_all, sleep=eventlet.sleep)
 
     def _record(self, plugin_context, kind, object_id=None, host=None):
         journal.record(plugin_context, kind, object_id, host)
@@ -201,10 +199,9 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
             return
         sync(admin)
 
-    def _reconcile_all(self):
+    def _reconcile_all(self, admin, row):
         """Every host's keys against the database: the hosts with keys, the hosts of
         bound ports, then the L3 host."""
-        admin = self._admin()
         hosts_prefix = self.prefix.rstrip('/') + '/hosts/'
         hosts = {key[len(hosts_prefix):].split('/', 1)[0]
                  for key in self._keys(hosts_prefix)}
@@ -213,7 +210,9 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
                      self._bound_here(p, p.get(portbindings.VIF_TYPE)))
         for host in sorted(hosts):
             self._sync_host(admin, host)
-        self._reconcile_l3(admin, None)
+        self._reconcile_l3(admin, row)
+        LOG.info('pollux journal: every host reconciled with the database (%s)',
+                 ', '.join(sorted(hosts)))
 
     def _sync_host(self, admin, host):
         """A host's whole share of networks, subnets, ports and security: what its

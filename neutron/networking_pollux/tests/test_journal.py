@@ -79,7 +79,6 @@ class JournalCase(unittest.TestCase):
             ctx.session.query(journal.PolluxJournal).delete()
         self.done = []
         self.fail_next = 0
-        self.alls = 0
 
     def reconcile(self, row):
         if self.fail_next:
@@ -89,12 +88,10 @@ class JournalCase(unittest.TestCase):
         self.assertIn((row.kind, row.object_id, row.host), [r[:3] for r in rows()])
         self.done.append(row.what())
 
-    def reconcile_all(self):
-        self.alls += 1
-
-    def drainer(self, name):
+    def drainer(self, name, reconcile_all=False):
         return journal.Journal(n_context.get_admin_context, self.reconcile,
-                               self.reconcile_all, sleep=lambda s: None, name=name)
+                               reconcile_all=reconcile_all, sleep=lambda s: None,
+                               name=name)
 
 
 class JournalTest(JournalCase):
@@ -102,16 +99,17 @@ class JournalTest(JournalCase):
         add(journal.PORT, 'p1', 'h1')
         add(journal.NETWORK, 'n1')
         add(journal.SECURITY_GROUP, 'sg-1')
-        d = self.drainer('one')
+        d = self.drainer('one', reconcile_all=True)
         self.assertTrue(d.step())
         self.assertEqual(self.done, [('port', 'p1', 'h1'), ('network', 'n1', None),
-                                     ('security_group', 'sg-1', None)])
+                                     ('security_group', 'sg-1', None),
+                                     ('all', None, None)])
         self.assertEqual(rows(), [])
-        self.assertEqual((self.alls, d.rows_done), (1, 3))
+        self.assertEqual(d.rows_done, 4)
         add(journal.HOST, host='h2')
         self.assertTrue(d.step())
-        self.assertEqual(self.done[-1], ('host', None, 'h2'))
-        self.assertEqual(self.alls, 1, 'every host is reconciled once per drainer')
+        self.assertEqual(self.done[4:], [('host', None, 'h2')],
+                         'every host is reconciled once per drainer')
 
     def test_a_row_named_again_later_is_recomputed_once(self):
         for _ in range(3):
@@ -146,7 +144,6 @@ class JournalTest(JournalCase):
         add(journal.PORT, 'p2', 'h1')
         add(journal.PORT, 'p3', 'h1')
         d = self.drainer('one')
-        d.reconciled_all = True
         real = self.reconcile
 
         def second_fails(row):
@@ -168,7 +165,6 @@ class JournalTest(JournalCase):
         add(journal.PORT, 'p2', 'h1')
         # first holds the oldest row: second takes nothing, not even the newer one.
         self.assertEqual(second.claim(), [])
-        second.reconciled_all = True
         self.assertTrue(second.step())
         self.assertEqual(self.done, [])
         # first died holding its claim: once it expires, second drains in order.
@@ -194,8 +190,7 @@ class DriverJournalTest(fakes.DriverCase):
 
     def drainer(self, name):
         return journal.Journal(n_context.get_admin_context, self.driver._reconcile_row,
-                               self.driver._reconcile_all, sleep=lambda s: None,
-                               name=name)
+                               reconcile_all=True, sleep=lambda s: None, name=name)
 
     def update_port(self, port, original):
         ctx = fakes.FakePortContext(port, original)
@@ -213,7 +208,8 @@ class DriverJournalTest(fakes.DriverCase):
         first = self.drainer('first')
         self.assertFalse(first.step())
         self.assertEqual(self.keys('h1'), [])
-        self.assertEqual(rows(), [('port', 'p1', 'h1', None)])
+        # Kept, unclaimed, behind them the reconcile of every host the drainer queued.
+        self.assertEqual(rows(), [('port', 'p1', 'h1', None), ('all', None, None, None)])
         # neutron-server restarts (the first drainer is gone) and etcd comes back:
         # the next process's drainer takes the row left behind.
         del first
