@@ -8,8 +8,8 @@ a security group, a whole host, the L3 host...), never the values: the drainer
 recomputes the keys from the database when it takes the row, so a row taken late writes
 what Neutron holds then, and two rows naming the same thing cost one recomputation.
 
-One drainer runs in each neutron-server process that needs it (the plugin worker of the
-main process, and one started by the first change an API worker process journals).
+A drainer runs as a plugin worker (wherever Neutron runs those), and another in each
+process that makes changes, started by its first.
 They share the table: a drainer claims the oldest rows (`claimed_by`, `claimed_at`) in
 a locking read, and claims nothing while another's claim on them is live, so the rows
 are taken in order by one drainer at a time and one host's keys are never written by
@@ -18,10 +18,11 @@ while etcd is away leaves none behind) and expires after CLAIM_TIMEOUT (a proces
 while writing). A row is deleted only after etcd accepted its keys; on an etcd error the
 drainer backs off (BACKOFF_FIRST doubling to BACKOFF_MAX), logs, counts, and retries.
 
-At start a drainer takes the rows a previous process left, then reconciles every host
-once against the database (what was lost before the journal existed, or in the gaps
-below), and thereafter drains when woken (a postcommit in its process) or every POLL
-seconds (rows written by other processes).
+At start the plugin worker's drainer queues an ALL row behind the rows a previous
+process left: it takes those, then reconciles every host once against the database
+(what was lost before the journal existed, or in the gaps below), under a claim like any
+row. A drainer drains when woken (a postcommit in its process) and every POLL seconds
+(rows written by other processes).
 
 Gaps: Neutron publishes no PRECOMMIT event for an address group's change or a router
 interface's add and remove, so their rows are written right after the change commits;
