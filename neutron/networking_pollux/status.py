@@ -2,6 +2,8 @@
 while its polluxd holds the port; a worker in neutron-server watches those keys and sets
 the port ACTIVE when its key appears, DOWN when it goes (the port was removed from the
 host, or polluxd refused it). The driver binds a port DOWN, so ACTIVE means forwarding.
+After a lost watch (etcd away) the keys as they are set their ports ACTIVE and a port
+Pollux bound that is ACTIVE without its key DOWN: its key went while nothing watched.
 """
 
 import time
@@ -51,15 +53,37 @@ class PortStatus(object):
                                           status, host=host)
         LOG.debug('pollux: port %s on %s: %s', port_id, host, status)
 
+    def resync(self, keys):
+        """The keys as they are (`keys`, after the watch was set up): their ports
+        ACTIVE, and a port Pollux bound that Neutron has ACTIVE without its key DOWN
+        (its key went while no watch was there to see it: etcd was away)."""
+        present = set()
+        for key in keys:
+            parsed = parse_status_key(self.prefix, key)
+            if parsed is not None:
+                present.add(parsed)
+                self.apply(key, True)
+        admin = n_context.get_admin_context()
+        for port in self._plugin().get_ports(
+                admin, filters={'status': [n_const.PORT_STATUS_ACTIVE]}):
+            host = port.get('binding:host_id')
+            if 'pollux_binding' in (port.get('binding:vif_details') or {}) and \
+                    (host, port['id']) not in present:
+                self._plugin().update_port_status(admin, port['id'],
+                                                  n_const.PORT_STATUS_DOWN, host=host)
+                LOG.debug('pollux: port %s on %s: no status key, DOWN', port['id'],
+                          host)
+
     def run(self):
         """Watches the status keys for good: after the watch is set up, the keys as
-        they are, then every change (a key seen twice is applied twice, harmlessly)."""
+        they are (resync), then every change (a key seen twice is applied twice,
+        harmlessly)."""
         while True:
             cancel = None
             try:
                 events, cancel = self.etcd.watch_prefix(status_prefix(self.prefix))
-                for _value, meta in self.etcd.get_prefix(status_prefix(self.prefix)):
-                    self.apply(_text(meta['key']), True)
+                self.resync([_text(meta['key']) for _value, meta in
+                             self.etcd.get_prefix(status_prefix(self.prefix))])
                 for event in events:
                     self.apply(_text(event['kv']['key']), event.get('type') != 'DELETE')
             except Exception:

@@ -58,6 +58,8 @@ const TOOLS: &[&str] = &[
     "neutron-server",
     "neutron-db-manage",
     "python3",
+    "pgrep",
+    "kill",
 ];
 
 const ETCD: &str = etcd_kit::CLIENT_URL;
