@@ -6,8 +6,12 @@ After a lost watch (etcd away) the keys as they are set their ports ACTIVE and a
 Pollux bound that is ACTIVE without its key DOWN: its key went while nothing watched.
 """
 
+import json
 import time
 
+from etcd3gw.utils import _decode
+from etcd3gw.utils import _encode
+from etcd3gw.utils import _increment_last_byte
 import eventlet
 from neutron_lib import constants as n_const
 from neutron_lib import context as n_context
@@ -77,21 +81,48 @@ class PortStatus(object):
     def run(self):
         """Watches the status keys for good: after the watch is set up, the keys as
         they are (resync), then every change (a key seen twice is applied twice,
-        harmlessly)."""
+        harmlessly); when the watch's stream ends (etcd went away), again."""
         while True:
-            cancel = None
+            response = None
             try:
-                events, cancel = self.etcd.watch_prefix(status_prefix(self.prefix))
+                prefix = status_prefix(self.prefix)
+                # etcd3gw's watch_prefix never ends its iterator when the stream does,
+                # so a lost watch would go unnoticed: the stream is read here.
+                response = self.etcd.session.post(
+                    self.etcd.get_url('/watch'), stream=True, json={'create_request': {
+                        'key': _encode(prefix),
+                        'range_end': _encode(_increment_last_byte(prefix))}})
+                payloads = watch_payloads(response.iter_content(chunk_size=None))
+                created = next(payloads, None)
+                if not created or not created.get('result', {}).get('created'):
+                    raise RuntimeError('etcd did not create the watch: %s' % created)
                 self.resync([_text(meta['key']) for _value, meta in
-                             self.etcd.get_prefix(status_prefix(self.prefix))])
-                for event in events:
-                    self.apply(_text(event['kv']['key']), event.get('type') != 'DELETE')
+                             self.etcd.get_prefix(prefix)])
+                for payload in payloads:
+                    for event in payload.get('result', {}).get('events', []):
+                        self.apply(_text(_decode(event['kv']['key'])),
+                                   event.get('type') != 'DELETE')
+                LOG.warning('pollux: the port status watch ended (etcd away?); '
+                            'watching again')
             except Exception:
                 LOG.exception('pollux: watching port status in etcd; retrying')
             finally:
-                if cancel is not None:
-                    cancel()
+                if response is not None:
+                    response.close()
             time.sleep(RETRY)
+
+
+def watch_payloads(chunks):
+    """The JSON messages of a watch's stream (one a line) from its chunks."""
+    pending = b''
+    for chunk in chunks:
+        pending += chunk
+        *lines, pending = pending.split(b'\n')
+        for line in lines:
+            if line.strip():
+                yield json.loads(line)
+    if pending.strip():
+        yield json.loads(pending)
 
 
 def _text(b):

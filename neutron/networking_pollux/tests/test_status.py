@@ -50,6 +50,13 @@ class StatusTest(unittest.TestCase):
         ps.resync(['/pollux/status/h1/ports/p1', '/pollux/agents/h1'])
         self.assertEqual(plugin.calls, [('p1', 'ACTIVE', 'h1'), ('p2', 'DOWN', 'h1')])
 
+    def test_watch_messages_split_across_chunks(self):
+        chunks = [b'{"result": {"created": true}}\n{"result": {"ev',
+                  b'ents": [1]}}\n', b'{"result": {}}']
+        self.assertEqual(list(status.watch_payloads(chunks)), [
+            {'result': {'created': True}}, {'result': {'events': [1]}},
+            {'result': {}}])
+
 
 if __name__ == '__main__':
     unittest.main()
