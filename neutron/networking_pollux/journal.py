@@ -15,7 +15,7 @@ a locking read, and claims nothing while another's claim on them is live, so the
 are taken in order by one drainer at a time and one host's keys are never written by
 two drainers at once. A claim is released when etcd fails (so that a process killed
 while etcd is away leaves none behind) and expires after CLAIM_TIMEOUT (a process killed
-while writing). A row is deleted only after etcd accepted its keys; on an etcd error the
+while writing), at once when the claim's process was on this host and is gone. A row is deleted only after etcd accepted its keys; on an etcd error the
 drainer backs off (BACKOFF_FIRST doubling to BACKOFF_MAX), logs, counts, and retries.
 
 At start the plugin worker's drainer queues an ALL row behind the rows a previous
@@ -114,6 +114,23 @@ def ensure_table():
             raise
 
 
+def _process_gone(claimed_by):
+    """Whether a claim's drainer ran in a process of this host that is gone (a
+    neutron-server killed while it held the claim, whose successor need not wait for
+    the claim to expire). A process on another host counts as alive."""
+    host, _, rest = claimed_by.partition(':')
+    pid = rest.split(':', 1)[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 def _now():
     return datetime.datetime.utcnow().replace(microsecond=0)
 
@@ -146,8 +163,8 @@ class Journal(object):
         self._reconcile = reconcile
         self._sleep = sleep
         self._clock = clock
-        self.name = name or '%s:%d:%s' % (socket.gethostname(), os.getpid(),
-                                          uuid.uuid4().hex[:8])
+        self._name = name
+        self._uuid = uuid.uuid4().hex[:8]
         self._wake = threading.Event()
         self._stop = False
         self._queue_all = reconcile_all
@@ -155,6 +172,13 @@ class Journal(object):
         self.rows_done = 0
         self.etcd_errors = 0
         self._backoff = 0.0
+
+    @property
+    def name(self):
+        """Who claims: host, process (the one the drainer runs in: Neutron may make it
+        before forking) and the drainer."""
+        return self._name or '%s:%d:%s' % (socket.gethostname(), os.getpid(),
+                                           self._uuid)
 
     # -- the table -----------------------------------------------------------------
 
@@ -169,7 +193,8 @@ class Journal(object):
                     .order_by(PolluxJournal.id).limit(BATCH)
                     .with_for_update().all())
             for r in rows:
-                if r.claimed_by not in (None, self.name) and r.claimed_at > expired:
+                if r.claimed_by not in (None, self.name) and \
+                        r.claimed_at > expired and not _process_gone(r.claimed_by):
                     LOG.debug('pollux journal: %s drains; waiting', r.claimed_by)
                     return []
             for r in rows:

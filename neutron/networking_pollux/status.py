@@ -9,6 +9,7 @@ Pollux bound that is ACTIVE without its key DOWN: its key went while nothing wat
 import json
 import time
 
+from etcd3gw import exceptions as etcd_exc
 from etcd3gw.utils import _decode
 from etcd3gw.utils import _encode
 from etcd3gw.utils import _increment_last_byte
@@ -18,6 +19,7 @@ from neutron_lib import context as n_context
 from neutron_lib.plugins import directory
 from neutron_lib import worker
 from oslo_log import log as logging
+import requests
 
 LOG = logging.getLogger(__name__)
 
@@ -104,6 +106,10 @@ class PortStatus(object):
                                    event.get('type') != 'DELETE')
                 LOG.warning('pollux: the port status watch ended (etcd away?); '
                             'watching again')
+            except (etcd_exc.Etcd3Exception,
+                    requests.exceptions.RequestException) as e:
+                LOG.warning('pollux: watching port status in etcd: %s: %s; retrying',
+                            type(e).__name__, e)
             except Exception:
                 LOG.exception('pollux: watching port status in etcd; retrying')
             finally:

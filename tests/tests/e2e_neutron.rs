@@ -514,8 +514,10 @@ impl Lab {
             }
             assert!(
                 Instant::now() < end,
-                "{what}: polluxd's ports after {CONVERGE:?}: {ids:?}\nagent:\n{}",
-                self.agent_log()
+                "{what}: polluxd's ports after {CONVERGE:?}: {ids:?}\nagent:\n{}\n\
+                 neutron-server:\n{}",
+                self.agent_log(),
+                self.neutron_log_tail()
             );
             thread::sleep(Duration::from_millis(100));
         }

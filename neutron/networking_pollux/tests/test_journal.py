@@ -7,6 +7,8 @@ Run: /usr/bin/python3 -m unittest discover -s neutron -t neutron"""
 import datetime
 import os
 import shutil
+import socket
+import subprocess
 import tempfile
 import unittest
 
@@ -176,6 +178,27 @@ class JournalTest(JournalCase):
         self.assertTrue(second.step())
         self.assertEqual(self.done, [('port', 'p1', 'h1'), ('port', 'p2', 'h1')])
         self.assertEqual(rows(), [])
+
+    def test_a_gone_process_of_this_host_leaves_its_claim_at_once(self):
+        add(journal.PORT, 'p1', 'h1')
+        gone = subprocess.Popen(['true'])
+        gone.wait()
+        dead = self.drainer('%s:%d:killed' % (socket.gethostname(), gone.pid))
+        self.assertEqual(len(dead.claim()), 1)
+        # Another host's process is taken for alive, as this one is.
+        for claimer in ('elsewhere:%d:x' % gone.pid,
+                        '%s:%d:x' % (socket.gethostname(), os.getpid())):
+            ctx = n_context.get_admin_context()
+            with db_api.CONTEXT_WRITER.using(ctx):
+                ctx.session.query(journal.PolluxJournal).update(
+                    {'claimed_by': claimer})
+            self.assertEqual(self.drainer('next').claim(), [], claimer)
+        ctx = n_context.get_admin_context()
+        with db_api.CONTEXT_WRITER.using(ctx):
+            ctx.session.query(journal.PolluxJournal).update(
+                {'claimed_by': dead.name})
+        self.assertTrue(self.drainer('next').step())
+        self.assertEqual(self.done, [('port', 'p1', 'h1')])
 
 
 class DriverJournalTest(fakes.DriverCase):
