@@ -339,15 +339,14 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
                     self._plugin().get_address_group(admin, ag_id))
         return wanted
 
-    def _port_security(self, admin, host, port):
+    def _port_security(self, admin, port, held):
         """What one port needs on its host: its groups and the address groups their
-        rules name. A members' address group the host holds already is left out: the
-        membership updates keep it current, and recomputing it is a read of every
-        port in the group."""
+        rules name. A members' address group the host holds already (`held`) is left
+        out: the membership updates keep it current, and recomputing it is a read of
+        every port in the group."""
         wanted = {'security_groups': {}, 'address_groups': {}}
         if not port.get('port_security_enabled', True):
             return wanted
-        held = self._held(host, 'address_groups')
         for sg_id in port.get('security_groups') or []:
             sg = self._plugin().get_security_group(admin, sg_id)
             wanted['security_groups'][sg_id] = translate.security_group(sg)
@@ -488,10 +487,12 @@ class PolluxMechanismDriver(store.HostKeys, api.MechanismDriver):
             LOG.warning('pollux: port %s has vnic_type %s; Pollux serves normal '
                         'ports only', port['id'], port.get(portbindings.VNIC_TYPE))
         admin = plugin_context.elevated()
+        held = {c: self._held(host, c) for c in SECURITY_COLLECTIONS}
+        # No etcd request inside a database transaction: on SQLite a reader that
+        # waits for etcd holds every writer of the database off.
         with self._reading(admin):
-            needed = self._port_security(admin, host, port)
-        self._put_security(host, needed,
-                           {c: self._held(host, c) for c in SECURITY_COLLECTIONS})
+            needed = self._port_security(admin, port, held['address_groups'])
+        self._put_security(host, needed, held)
         self._put_if_changed(host, 'ports', translate.port(port))
         if remove_unneeded:
             self._sync_security(plugin_context, host)
