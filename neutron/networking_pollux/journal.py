@@ -233,11 +233,6 @@ class Journal(object):
         with db_api.CONTEXT_WRITER.using(ctx):
             record(ctx, kind)
 
-    def pending(self):
-        ctx = self._context()
-        with db_api.CONTEXT_READER.using(ctx):
-            return ctx.session.query(PolluxJournal).count()
-
     # -- draining ------------------------------------------------------------------
 
     def drain(self):
