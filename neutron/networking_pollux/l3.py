@@ -1,8 +1,10 @@
 """The Pollux L3 service plugin (`service_plugins = pollux_router`): Neutron's routers and
 floating IPs in Neutron's own database (its L3 mixins), written after each change into
 etcd for the one host that runs them (`[ml2_pollux] l3_host`), as networking-vpp's L3
-plugin does for its hosts. What is written is recomputed whole for that host and only
-the differences are put or deleted, so one API call is a few object methods on the host.
+plugin does for its hosts, through the mechanism driver's journal (journal.py: an `l3`
+row, drained by `pollux_sync`). What is written is recomputed whole for that host and
+only the differences are put or deleted, so one API call is a few object methods on the
+host.
 
 A router goes there with the subnets of its interfaces, its external gateway (network,
 IPv4 address, SNAT) and its extra routes; a floating IP with its port and fixed IP once
@@ -36,6 +38,7 @@ from neutron_lib.services import base as service_base
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from networking_pollux import journal
 from networking_pollux import store
 from networking_pollux import translate
 
@@ -56,6 +59,17 @@ class PolluxL3RouterPlugin(store.HostKeys,
         super(PolluxL3RouterPlugin, self).__init__()
         self.connect()
         self.l3_host = cfg.CONF.ml2_pollux.l3_host
+        # A row in the change's own transaction where Neutron publishes a PRECOMMIT
+        # event (a port's delete disassociates its floating IPs in its transaction).
+        for resource, event in (
+                (resources.ROUTER, events.PRECOMMIT_CREATE),
+                (resources.ROUTER, events.PRECOMMIT_UPDATE),
+                (resources.ROUTER, events.PRECOMMIT_DELETE),
+                (resources.FLOATING_IP, events.PRECOMMIT_CREATE),
+                (resources.FLOATING_IP, events.PRECOMMIT_UPDATE),
+                (resources.FLOATING_IP, events.PRECOMMIT_DELETE),
+                (resources.PORT, events.PRECOMMIT_DELETE)):
+            registry.subscribe(self._precommit, resource, event)
         registry.subscribe(self._port_deleted, resources.PORT, events.AFTER_DELETE)
         LOG.info('Pollux L3 plugin: routers and floating IPs on host %s', self.l3_host)
 
@@ -118,6 +132,19 @@ class PolluxL3RouterPlugin(store.HostKeys,
         return {json.loads(text)['network_id']
                 for text in self._held(host, 'ports').values()}
 
+    def pollux_sync(self, admin):
+        """The journal's drainer: the L3 host's keys as the database has them."""
+        self._sync(admin)
+
+    def _precommit(self, resource, event, trigger, payload):
+        journal.record(payload.context, journal.L3, host=self.l3_host)
+
+    def _journal(self, context):
+        """After a change commits: a row of its own (the router interfaces' changes
+        have no PRECOMMIT event), and the drainer woken."""
+        journal.record_now(journal.L3, host=self.l3_host)
+        journal.wake()
+
     def _sync(self, context):
         """Brings the L3 host's keys to Neutron's routers and floating IPs."""
         if not self.l3_host:
@@ -150,50 +177,50 @@ class PolluxL3RouterPlugin(store.HostKeys,
 
     def create_router(self, context, router):
         result = super(PolluxL3RouterPlugin, self).create_router(context, router)
-        self._sync(context)
+        self._journal(context)
         return result
 
     def update_router(self, context, router_id, router):
         result = super(PolluxL3RouterPlugin, self).update_router(
             context, router_id, router)
-        self._sync(context)
+        self._journal(context)
         return result
 
     def delete_router(self, context, router_id):
         super(PolluxL3RouterPlugin, self).delete_router(context, router_id)
-        self._sync(context)
+        self._journal(context)
 
     def add_router_interface(self, context, router_id, interface_info=None):
         result = super(PolluxL3RouterPlugin, self).add_router_interface(
             context, router_id, interface_info)
-        self._sync(context)
+        self._journal(context)
         return result
 
     def remove_router_interface(self, context, router_id, interface_info):
         result = super(PolluxL3RouterPlugin, self).remove_router_interface(
             context, router_id, interface_info)
-        self._sync(context)
+        self._journal(context)
         return result
 
     def create_floatingip(self, context, floatingip,
                           initial_status=n_const.FLOATINGIP_STATUS_ACTIVE):
         result = super(PolluxL3RouterPlugin, self).create_floatingip(
             context, floatingip, initial_status)
-        self._sync(context)
+        self._journal(context)
         return result
 
     def update_floatingip(self, context, fip_id, floatingip):
         result = super(PolluxL3RouterPlugin, self).update_floatingip(
             context, fip_id, floatingip)
-        self._sync(context)
+        self._journal(context)
         return result
 
     def delete_floatingip(self, context, fip_id):
         super(PolluxL3RouterPlugin, self).delete_floatingip(context, fip_id)
-        self._sync(context)
+        self._journal(context)
 
     def _port_deleted(self, resource, event, trigger, payload):
         # Its floating IPs were disassociated inside the port's delete transaction,
-        # where nothing is read or written here; the mechanism driver took their keys
-        # away with the port's.
-        self._sync(payload.context)
+        # journaled there (_precommit); the mechanism driver takes their keys away
+        # with the port's.
+        journal.wake()

@@ -26,7 +26,10 @@
 //! between the subnet and an external network (203.0.113.0/24, local) on which namespace
 //! o is a port with port security off and a fixed address lets a reach o (which sees
 //! the router's address), a floating IP lets o reach a, and both go again. Deleting a
-//! port in Neutron removes it from polluxd.
+//! port in Neutron removes it from polluxd. The driver's journal: a port set down while
+//! etcd is stopped leaves polluxd once etcd is back, and one set up again while etcd is
+//! stopped by a neutron-server then killed comes back once neutron-server is started
+//! again (the rows it left in the database); no row is left after either.
 //!
 //! Needs root and the Debian packages `etcd-server`, `neutron-server`, `python3-etcd3gw`,
 //! `python3-pip` (the driver is installed with pip into a directory of the test's own,
@@ -58,6 +61,8 @@ const TOOLS: &[&str] = &[
     "neutron-server",
     "neutron-db-manage",
     "python3",
+    "pgrep",
+    "kill",
 ];
 
 const ETCD: &str = etcd_kit::CLIENT_URL;
@@ -258,6 +263,20 @@ impl Lab {
         self.etcd = Some(etcd);
     }
 
+    /// etcd killed (an outage); [`Lab::restart_etcd`] brings it back on its data.
+    fn kill_etcd(&mut self) {
+        self.etcd.as_mut().unwrap().kill();
+    }
+
+    fn restart_etcd(&mut self) {
+        let ns = self.topo.ns("sw").unwrap();
+        self.etcd
+            .as_mut()
+            .unwrap()
+            .restart(ns)
+            .unwrap_or_else(|e| panic!("{e}"));
+    }
+
     /// The keys under `prefix`.
     fn etcd_keys(&self, prefix: &str) -> Vec<String> {
         self.etcd
@@ -298,11 +317,13 @@ impl Lab {
             SQLITE_LOCKED_IS_DEADLOCK,
         )
         .unwrap();
+        // The driver's models (its journal) join Neutron's in the metadata.
         let mut schema = Command::new("/usr/bin/python3");
-        schema.args([
+        schema.env("PYTHONPATH", self.dir.path("site")).args([
             "-c",
             "import sys, sqlalchemy\n\
              from neutron.db.migration.models import head\n\
+             import networking_pollux.journal\n\
              head.get_metadata().create_all(sqlalchemy.create_engine('sqlite:///' + sys.argv[1]))",
         ]);
         schema.arg(self.dir.path("neutron.sqlite"));
@@ -313,9 +334,14 @@ impl Lab {
             .arg(&conf)
             .args(["stamp", "heads"]);
         run_ok(stamp, "neutron-db-manage stamp heads");
+        self.spawn_neutron();
+    }
 
+    /// neutron-server on the installed driver and the database as they are, waited for
+    /// until its API answers.
+    fn spawn_neutron(&mut self) {
         let pythonpath = format!("PYTHONPATH={}", self.dir.str("site"));
-        let conf = conf.to_str().unwrap().to_owned();
+        let conf = self.dir.str("neutron.conf");
         let neutron = self
             .sw()
             .spawn(
@@ -338,6 +364,38 @@ impl Lab {
             );
             thread::sleep(Duration::from_millis(500));
         }
+    }
+
+    /// Kills neutron-server (SIGTERM and SIGKILL at once: no time to finish anything)
+    /// and every process it started.
+    fn kill_neutron(&mut self) {
+        let pid = self.neutron.as_ref().unwrap().pid();
+        let children = Command::new("pgrep")
+            .args(["-P", &pid.to_string()])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let _ = self.neutron.take().unwrap().stop(Duration::ZERO);
+        for child in children.split_whitespace() {
+            let _ = Command::new("kill").args(["-9", child]).status();
+        }
+    }
+
+    /// The rows of the driver's journal (`pollux_journal`) in Neutron's database.
+    fn journal_rows(&self) -> usize {
+        let mut count = Command::new("/usr/bin/python3");
+        count
+            .args([
+                "-c",
+                "import sqlite3, sys\n\
+                 db = sqlite3.connect(sys.argv[1], timeout=10)\n\
+                 print(db.execute('select count(*) from pollux_journal').fetchone()[0])",
+            ])
+            .arg(self.dir.path("neutron.sqlite"));
+        run_ok(count, "counting the journal's rows")
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     fn neutron_log_tail(&self) -> String {
@@ -459,8 +517,10 @@ impl Lab {
             }
             assert!(
                 Instant::now() < end,
-                "{what}: polluxd's ports after {CONVERGE:?}: {ids:?}\nagent:\n{}",
-                self.agent_log()
+                "{what}: polluxd's ports after {CONVERGE:?}: {ids:?}\nagent:\n{}\n\
+                 neutron-server:\n{}",
+                self.agent_log(),
+                self.neutron_log_tail()
             );
             thread::sleep(Duration::from_millis(100));
         }
@@ -565,6 +625,50 @@ fn ping(ns: &Netns, dst: &str, count: u32) -> bool {
     )
     .map(|o| o.status.success())
     .unwrap_or(false)
+}
+
+fn set_port_admin(lab: &Lab, port_id: &str, up: bool) {
+    let p = lab.api(
+        "PUT",
+        &format!("ports/{port_id}"),
+        Some(json!({ "port": { "admin_state_up": up } })),
+        200,
+    );
+    assert_eq!(p["port"]["admin_state_up"], up, "{p}");
+}
+
+/// Waits (at most [`CONVERGE`]) until neutron-server's log has `what`.
+fn wait_neutron_log(lab: &Lab, what: &str) {
+    let end = Instant::now() + CONVERGE;
+    while !std::fs::read_to_string(lab.dir.path("neutron.log"))
+        .unwrap_or_default()
+        .contains(what)
+    {
+        assert!(
+            Instant::now() < end,
+            "neutron-server's log has no {what:?} after {CONVERGE:?}:\n{}",
+            lab.neutron_log_tail()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits (at most [`CONVERGE`]) until the journal has no row left: each was deleted
+/// once etcd took its keys.
+fn wait_journal_empty(lab: &Lab) {
+    let end = Instant::now() + CONVERGE;
+    loop {
+        let rows = lab.journal_rows();
+        if rows == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < end,
+            "{rows} journal rows left after {CONVERGE:?}:\n{}",
+            lab.neutron_log_tail()
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
 }
 
 fn fixed_ip(port: &Value) -> String {
@@ -706,6 +810,56 @@ fn neutron_drives_polluxd_through_etcd() {
         ping(lab.vm("a"), &ip_b, 3),
         "a cannot ping b once b is up again"
     );
+
+    // The driver's journal. A change made while etcd is away is kept in Neutron's
+    // database and reaches polluxd once etcd is back (the drainer retries)...
+    let t0 = Instant::now();
+    lab.kill_etcd();
+    set_port_admin(&lab, &b_id, false);
+    wait_neutron_log(&lab, "pollux journal: ConnectionFailedError");
+    assert!(
+        lab.journal_rows() >= 1,
+        "no journal row for a change made while etcd is away"
+    );
+    let back = Instant::now();
+    lab.restart_etcd();
+    lab.wait_ports("port b set down while etcd was away", |ids| {
+        ids.contains(&a_id) && !ids.contains(&b_id)
+    });
+    eprintln!(
+        "journal: a change made while etcd was away reached polluxd {:?} after etcd's restart",
+        back.elapsed()
+    );
+    wait_journal_empty(&lab);
+    lab.wait_status(&b_id, "DOWN");
+    // ...and one whose neutron-server is killed before etcd comes back reaches polluxd
+    // from the rows that process left, when neutron-server starts again.
+    lab.kill_etcd();
+    set_port_admin(&lab, &b_id, true);
+    assert!(
+        lab.journal_rows() >= 1,
+        "no journal row for a change made while etcd is away"
+    );
+    lab.kill_neutron();
+    lab.restart_etcd();
+    let restart = Instant::now();
+    lab.spawn_neutron();
+    let api = restart.elapsed();
+    lab.wait_ports("port b set up by a neutron-server since killed", |ids| {
+        ids.contains(&a_id) && ids.contains(&b_id)
+    });
+    eprintln!(
+        "journal: a killed neutron-server's change reached polluxd {:?} after the restart \
+         (its API answered after {api:?})",
+        restart.elapsed()
+    );
+    lab.wait_status(&b_id, "ACTIVE");
+    wait_journal_empty(&lab);
+    assert!(
+        ping(lab.vm("a"), &ip_b, 3),
+        "a cannot ping b after the restarts"
+    );
+    eprintln!("journal steps: {:?}", t0.elapsed());
 
     // c in a group of its own, which has Neutron's egress rules and no ingress rule: it
     // reaches nobody in the default group, and nobody reaches it.

@@ -7,6 +7,9 @@ import contextlib
 import json
 import unittest
 
+from neutron_lib import exceptions as n_exc
+
+from networking_pollux import journal
 from networking_pollux import mech_driver
 from networking_pollux import translate
 
@@ -52,6 +55,8 @@ class FakePlugin(object):
         self.ports = {}
         self.groups = {}
         self.address_groups = {}
+        #: Subnets beyond the network's first (get_subnets lists that one only).
+        self.subnets = {}
 
     def get_security_group(self, ctx, sg_id):
         return self.groups[sg_id]
@@ -64,6 +69,17 @@ class FakePlugin(object):
         return [{'port_id': p['id'], 'security_group_id': g}
                 for p in self.ports.values() for g in p['security_groups']
                 if g in wanted]
+
+    def get_port(self, ctx, port_id):
+        if port_id not in self.ports:
+            raise n_exc.PortNotFound(port_id=port_id)
+        return self.ports[port_id]
+
+    def get_subnet(self, ctx, sub_id):
+        for sub in self.get_subnets(ctx) + list(self.subnets.values()):
+            if sub['id'] == sub_id:
+                return sub
+        raise n_exc.SubnetNotFound(subnet_id=sub_id)
 
     def get_network(self, ctx, net_id):
         return {'id': net_id, 'name': 'n', 'admin_state_up': True, 'mtu': 1500,
@@ -123,6 +139,29 @@ class DriverCase(unittest.TestCase):
         self.plugin = FakePlugin()
         self.driver._plugin = lambda: self.plugin
         self.driver._reading = lambda ctx: contextlib.nullcontext()
+        # The journal in memory: what the precommits record, drained (in order, each
+        # row recomputed from the fake plugin) when a postcommit wakes the drainer.
+        self.rows = []
+        self.driver._record = self.record
+        self.driver._record_now = lambda *row: self.record(None, *row)
+        self.driver._wake = self.drain
+        self.driver._admin = FakePluginContext
+        # The ports' networks name their one segment.
+        self.driver._bound_segment = lambda admin, port: None
+
+    def record(self, plugin_context, kind, object_id=None, host=None):
+        self.rows.append(journal.Row(len(self.rows) + 1, kind, object_id, host))
+
+    def drain(self):
+        rows, self.rows = self.rows, []
+        for row in rows:
+            self.driver._reconcile_row(row)
+
+    def commit(self, operation, context):
+        """A change as ML2 makes it: the precommit in the transaction, the postcommit
+        after it."""
+        getattr(self.driver, operation + '_precommit')(context)
+        getattr(self.driver, operation + '_postcommit')(context)
 
     def keys(self, host):
         prefix = translate.host_prefix('/pollux', host)
@@ -151,7 +190,7 @@ class DriverTest(DriverCase):
     def test_a_bound_port_brings_its_network_and_subnets(self):
         port = neutron_port('p1', device_id='inst-1', project_id='proj-1')
         self.plugin.ports['p1'] = port
-        self.driver.update_port_postcommit(FakePortContext(
+        self.commit('update_port', FakePortContext(
             port, neutron_port('p1', **{'binding:vif_type': 'unbound'})))
         self.assertEqual(self.keys('h1'),
                          ['networks/' + NET, 'ports/p1', 'subnets/' + SUB])
@@ -167,12 +206,12 @@ class DriverTest(DriverCase):
         # Nova binds the port, then sets device_id: the host must learn the instance.
         bare = neutron_port('p1', device_id='', project_id='proj-1')
         self.plugin.ports['p1'] = bare
-        self.driver.update_port_postcommit(FakePortContext(bare, None))
+        self.commit('update_port', FakePortContext(bare, None))
         written = json.loads(self.etcd.kv['/pollux/hosts/h1/ports/p1'])
         self.assertNotIn('device_id', written)
         attached = neutron_port('p1', device_id='inst-2', project_id='proj-1')
         self.plugin.ports['p1'] = attached
-        self.driver.update_port_postcommit(FakePortContext(attached, bare))
+        self.commit('update_port', FakePortContext(attached, bare))
         written = json.loads(self.etcd.kv['/pollux/hosts/h1/ports/p1'])
         self.assertEqual(written['device_id'], 'inst-2')
 
@@ -180,11 +219,11 @@ class DriverTest(DriverCase):
         p1, p2 = neutron_port('p1'), neutron_port('p2')
         self.plugin.ports.update(p1=p1, p2=p2)
         for p in (p1, p2):
-            self.driver.update_port_postcommit(FakePortContext(p, None))
+            self.commit('update_port', FakePortContext(p, None))
         # p1 moves to h2: h1 keeps the network for p2.
         moved = neutron_port('p1', host='h2')
         self.plugin.ports['p1'] = moved
-        self.driver.update_port_postcommit(FakePortContext(moved, p1))
+        self.commit('update_port', FakePortContext(moved, p1))
         self.assertEqual(self.keys('h1'),
                          ['networks/' + NET, 'ports/p2', 'subnets/' + SUB])
         self.assertEqual(self.keys('h2'),
@@ -192,17 +231,17 @@ class DriverTest(DriverCase):
         # p2 set down: h1's last port, so the network and subnet go too.
         down = neutron_port('p2', admin_state_up=False)
         self.plugin.ports['p2'] = down
-        self.driver.update_port_postcommit(FakePortContext(down, p2))
+        self.commit('update_port', FakePortContext(down, p2))
         self.assertEqual(self.keys('h1'), [])
         # p1 deleted.
         del self.plugin.ports['p1']
-        self.driver.delete_port_postcommit(FakePortContext(moved, None))
+        self.commit('delete_port', FakePortContext(moved, None))
         self.assertEqual(self.keys('h2'), [])
 
     def test_a_ports_floating_ips_and_routed_networks_on_its_removal(self):
         port = neutron_port('p1')
         self.plugin.ports['p1'] = port
-        self.driver.update_port_postcommit(FakePortContext(port, None))
+        self.commit('update_port', FakePortContext(port, None))
         # The L3 plugin's objects on the same host: a floating IP of p1, and a router
         # with an interface on p1's subnet.
         self.etcd.put('/pollux/hosts/h1/floating_ips/f1', json.dumps(
@@ -211,7 +250,7 @@ class DriverTest(DriverCase):
             {'id': 'r1', 'interfaces': [SUB], 'routes': []}))
         self.etcd.log = []
         del self.plugin.ports['p1']
-        self.driver.delete_port_postcommit(FakePortContext(port, None))
+        self.commit('delete_port', FakePortContext(port, None))
         ops = [(op, k.split('/', 4)[4]) for op, k in self.etcd.log]
         self.assertEqual(ops, [('delete', 'floating_ips/f1'), ('delete', 'ports/p1')])
         # The router still needs the network and subnet.
@@ -221,15 +260,18 @@ class DriverTest(DriverCase):
     def test_subnet_and_network_changes_reach_the_hosts_holding_them(self):
         port = neutron_port('p1')
         self.plugin.ports['p1'] = port
-        self.driver.update_port_postcommit(FakePortContext(port, None))
+        self.commit('update_port', FakePortContext(port, None))
 
         class Ctx(object):
             current = {'id': 'sub-2', 'network_id': NET, 'cidr': '198.18.41.0/24',
                        'enable_dhcp': False}
-        self.driver.create_subnet_postcommit(Ctx())
+            _plugin_context = FakePluginContext()
+        self.plugin.subnets['sub-2'] = Ctx.current
+        self.commit('create_subnet', Ctx())
         self.assertIn('subnets/sub-2', self.keys('h1'))
         self.assertEqual(self.keys('h2'), [])
-        self.driver.delete_subnet_postcommit(Ctx())
+        del self.plugin.subnets['sub-2']
+        self.commit('delete_subnet', Ctx())
         self.assertNotIn('subnets/sub-2', self.keys('h1'))
 
 
@@ -263,7 +305,7 @@ class SecurityGroupTest(DriverCase):
         port = neutron_port(pid, host=host, security_groups=list(groups),
                             fixed_ips=[{'subnet_id': SUB, 'ip_address': ip}])
         self.plugin.ports[pid] = port
-        self.driver.create_port_postcommit(FakePortContext(port, None))
+        self.commit('create_port', FakePortContext(port, None))
         return port
 
     def held(self, host, collection, obj_id):
@@ -294,7 +336,7 @@ class SecurityGroupTest(DriverCase):
         # A port outside the group changes nothing of it; p2 leaving it does.
         self.add('p3', 'h2', '198.18.40.13', groups=())
         del self.plugin.ports['p2']
-        self.driver.delete_port_postcommit(FakePortContext(neutron_port(
+        self.commit('delete_port', FakePortContext(neutron_port(
             'p2', host='h2', security_groups=['sg-1']), None))
         self.assertEqual(self.held('h1', 'address_groups', members)['addresses'],
                          ['198.18.40.11'])
@@ -327,8 +369,9 @@ class SecurityGroupTest(DriverCase):
         self.plugin.groups['sg-1']['security_group_rules'].append(icmp)
         self.etcd.log = []
         self.driver._security_group_rule_changed(
-            'security_group_rule', mech_driver.events.AFTER_CREATE, None,
+            'security_group_rule', mech_driver.events.PRECOMMIT_CREATE, None,
             Payload('r-icmp', state=icmp))
+        self.drain()
         self.assertEqual(self.etcd.log, [('put', '/pollux/hosts/h1/security_groups/sg-1')])
         rules = self.held('h1', 'security_groups', 'sg-1')['rules']
         self.assertIn({'id': 'r-icmp', 'direction': 'ingress', 'ethertype': 'IPv4',
@@ -339,8 +382,9 @@ class SecurityGroupTest(DriverCase):
             if r['id'] != 'r-members']
         self.etcd.log = []
         self.driver._security_group_rule_changed(
-            'security_group_rule', mech_driver.events.AFTER_DELETE, None,
+            'security_group_rule', mech_driver.events.PRECOMMIT_DELETE, None,
             Payload('r-members', metadata={'security_group_id': 'sg-1'}))
+        self.drain()
         self.assertEqual(self.etcd.log, [
             ('put', '/pollux/hosts/h1/security_groups/sg-1'),
             ('delete', '/pollux/hosts/h1/address_groups/'
@@ -376,7 +420,7 @@ class SecurityGroupTest(DriverCase):
                             fixed_ips=p1['fixed_ips'])
         self.plugin.ports['p1'] = bare
         self.etcd.log = []
-        self.driver.update_port_postcommit(FakePortContext(bare, p1))
+        self.commit('update_port', FakePortContext(bare, p1))
         self.assertEqual(self.keys('h1'),
                          ['networks/' + NET, 'ports/p1', 'subnets/' + SUB])
         ops = [(op, k.split('/', 4)[4]) for op, k in self.etcd.log]
