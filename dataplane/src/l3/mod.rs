@@ -131,7 +131,9 @@ struct BurstCache {
 }
 
 impl BurstCache {
-    #[inline]
+    /// The hop of `dst` through `router` (`r`): a run of one flow costs a compare, the
+    /// first packet of a destination the route lookup, out of line.
+    #[inline(always)]
     fn lookup(&mut self, r: &Router, router: RouterIndex, dst: u32) -> Option<NextHop> {
         match self.route {
             Some((cached_router, cached_dst, hop))
@@ -139,12 +141,15 @@ impl BurstCache {
             {
                 hop
             }
-            _ => {
-                let hop = r.lookup(dst);
-                self.route = Some((router, dst, hop));
-                hop
-            }
+            _ => self.lookup_route(r, router, dst),
         }
+    }
+
+    #[inline(never)]
+    fn lookup_route(&mut self, r: &Router, router: RouterIndex, dst: u32) -> Option<NextHop> {
+        let hop = r.lookup(dst);
+        self.route = Some((router, dst, hop));
+        hop
     }
 }
 
@@ -810,7 +815,7 @@ impl RouterState {
     /// Sends a routed packet (TTL already decremented) to `mac` through `iface`: in place when
     /// it fits the egress MTU, else as fragments made into new frames (the original is then
     /// consumed). Returns the packet's next step; fragments go to the originated batch.
-    #[inline]
+    #[inline(always)]
     fn send(
         &mut self,
         cx: &mut BurstCtx<'_>,
@@ -879,6 +884,8 @@ impl RouterState {
 
     /// Splits a routed packet into fragments of `iface`'s MTU, each in a new frame addressed
     /// to `mac`, queued on the originated batch.
+    #[cold]
+    #[inline(never)]
     fn fragment(
         &mut self,
         cx: &mut BurstCtx<'_>,

@@ -401,7 +401,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
 
     /// Decrements the TTL (with an incremental checksum update) and returns the new TTL.
     /// A TTL of 0 is left alone. A router drops the packet when this returns 0.
-    #[inline]
+    #[inline(always)]
     pub fn decrement_ttl(&mut self) -> u8 {
         let b = self.buffer.as_mut();
         let ttl = b[field::TTL];
