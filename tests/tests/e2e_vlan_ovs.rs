@@ -588,7 +588,7 @@ fn trunk_phase(topo: &Topology, polluxd: &Polluxd, diag: &dyn Fn() -> String) {
         .unwrap_or_else(|e| panic!("tcpdump in pvm: {e}"));
     let leak_s = netns::tcpdump(ns("svm"), "eth0", 50, &[], CaptureFormat::Text)
         .unwrap_or_else(|e| panic!("tcpdump in svm: {e}"));
-    let r = ping(ns("tvm"), STRAY_PEER_IP, 2, Duration::from_secs(2))
+    let r = ping(ns("tvm"), STRAY_PEER_IP, 1, Duration::from_secs(1))
         .unwrap_or_else(|e| panic!("ping tvm -> {STRAY_PEER_IP}: {e}"));
     let lines = cap
         .finish(Duration::from_millis(300))
