@@ -2033,3 +2033,75 @@ fn metrics_endpoint_reports_generation_and_applies() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn trunk_subports_are_in_ports_list_and_the_metrics() {
+    let dir = TempDir::new();
+    let config = dir.file("base.toml", &toml_of(&base_state()));
+    let daemon = Spec::new(&dir, Some(&config))
+        .arg("--metrics")
+        .arg("127.0.0.1:0")
+        .ready();
+    let addr = daemon.metrics_addr();
+    let mut c = daemon.client();
+    // vm-a1 becomes a VLAN-aware VM: subport vm-b2 (net-b, no binding) by VLAN 300.
+    let mut trunked = base_state();
+    trunked["ports"].as_array_mut().unwrap().push(json!({
+        "id": "vm-b2", "network_id": "net-b", "mac_address": "fa:16:3e:0b:00:14" }));
+    trunked["trunks"] = json!([{ "id": "trunk1", "port_id": "vm-a1",
+        "sub_ports": [{ "port_id": "vm-b2", "segmentation_type": "vlan",
+                        "segmentation_id": 300 }] }]);
+    c.call("config.apply", json!({ "state": trunked })).unwrap();
+
+    let ports = c.call("ports.list", json!({})).unwrap();
+    let sub = ports["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "vm-b2")
+        .unwrap_or_else(|| panic!("no subport vm-b2 in {ports}"))
+        .clone();
+    for (field, value) in [
+        ("kind", json!("subport")),
+        ("parent", json!("vm-a1")),
+        ("vlan_id", json!(300)),
+        ("trunk_id", json!("trunk1")),
+        ("network_id", json!("net-b")),
+        ("mac_address", json!("fa:16:3e:0b:00:14")),
+        ("rx_packets", json!(0)),
+        ("tx_packets", json!(0)),
+    ] {
+        assert_eq!(sub[field], value, "{field}: {sub}");
+    }
+    assert!(
+        sub["port_no"].is_u64() && sub.get("driver").is_none(),
+        "{sub}"
+    );
+    let parent_no = ports["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "vm-a1")
+        .map(|p| p["port_no"].clone());
+    assert_ne!(parent_no, Some(sub["port_no"].clone()), "{ports}");
+    let (_, body) = scrape(addr);
+    assert!(
+        body.contains("pollux_port_rx_packets_total{port=\"vm-b2\"}"),
+        "the subport's counters must be exported:\n{body}"
+    );
+
+    // Without the trunk (and the port) both forget it.
+    c.call("config.apply", json!({ "state": base_state() }))
+        .unwrap();
+    let ports = c.call("ports.list", json!({})).unwrap();
+    assert!(
+        !ports["ports"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == "vm-b2"),
+        "{ports}"
+    );
+    let (_, body) = scrape(addr);
+    assert!(!body.contains("port=\"vm-b2\""), "{body}");
+}

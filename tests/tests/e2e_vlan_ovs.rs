@@ -12,10 +12,28 @@
 //!                               │   acc200 (tag=200) ── phys200 ns eth0 198.18.60.21
 //! ```
 //!
+//! A second bridge of the same OVS is the VLAN-aware VM of a trunk port (Neutron's trunk
+//! extension): polluxd's port `tparent` (`<P>tp`) is the trunk's parent, its subport
+//! `tsub` is reached by VLAN 100 on the parent's wire.
+//!
+//! ```text
+//!  tvm ns (the VLAN-aware VM)            OVS ns, bridge br1
+//!   eth0   198.18.61.10 (untagged)  ──   tv0   (tag=1, native VLAN of vmtrunk)
+//!   eth100 198.18.62.10 (VLAN 100)  ──   tv100 (tag=100)
+//!   eth300 198.18.63.10 (VLAN 300)  ──   tv300 (tag=300, no subport has it)
+//!                                        vmtrunk (native-untagged 1, trunks 1,100,300)
+//!                                          │ veth: the parent's wire
+//!  HOST ns: polluxd  <P>tp = tparent (net-tp; subport tsub on net-ts by VLAN 100)
+//!                    <P>pa = tpvm (net-tp) ── pvm ns eth0 198.18.61.20
+//!                    <P>sa = tsvm (net-ts) ── svm ns eth0 198.18.62.20
+//! ```
+//!
 //! Both tenant networks carry 198.18.60.0/24, both VMs are 198.18.60.11 and both physical
 //! servers 198.18.60.21: only the 802.1Q tag tells the two broadcast domains apart. The
 //! test checks reachability (and who answered), the tags on the trunk, isolation between
-//! the VLANs, TCP over the trunk and polluxd's clean SIGINT shutdown with its counters.
+//! the VLANs, TCP over the trunk and polluxd's clean SIGINT shutdown with its counters;
+//! for the trunk port: both of the VM's networks reachable, the tags on the parent's wire,
+//! an unknown VLAN dropped and counted, the subport's counters and `polluxctl show ports`.
 //!
 //! Needs root and `apt-get install -y openvswitch-switch tcpdump iproute2 iputils-ping
 //! iperf3 ethtool`; it fails (never skips) when any of that is missing. Everything lives in
@@ -24,7 +42,8 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use pollux_tests::daemon::{last_cpu, polluxd_path, workspace_root, Polluxd};
+use pollux_tests::daemon::{last_cpu, polluxctl_path, polluxd_path, workspace_root, Polluxd};
+use serde_json::{json, Value};
 
 use pollux_tests::netns::{
     self, iperf3_client, iperf3_server, ping, CaptureFormat, Topology, VethOptions, PREFIX_ROOT,
@@ -46,6 +65,25 @@ const VM100_MAC: &str = "fa:16:3e:3c:01:11";
 const VM200_MAC: &str = "fa:16:3e:3c:02:11";
 const PHYS100_MAC: &str = "02:00:c6:12:3c:21";
 const PHYS200_MAC: &str = "02:00:c6:12:3c:22";
+
+/// The trunk port's parties: they must match `configs/e2e-vlan-ovs.toml`.
+const TRUNK_BRIDGE: &str = "br1";
+const PARENT_MAC: &str = "fa:16:3e:3c:10:01";
+const PARENT_CIDR: &str = "198.18.61.10/24";
+const TPVM_MAC: &str = "fa:16:3e:3c:10:02";
+const TPVM_IP: &str = "198.18.61.20";
+const SUB_MAC: &str = "fa:16:3e:3c:20:01";
+const SUB_CIDR: &str = "198.18.62.10/24";
+const TSVM_MAC: &str = "fa:16:3e:3c:20:02";
+const TSVM_IP: &str = "198.18.62.20";
+const SUB_VID: u16 = 100;
+/// A VLAN of the VM that no subport has, and its interface.
+const STRAY_VID: u16 = 300;
+const STRAY_MAC: &str = "02:00:c6:12:3f:01";
+const STRAY_CIDR: &str = "198.18.63.10/24";
+const STRAY_PEER_IP: &str = "198.18.63.20";
+/// OVS's VLAN for the trunk's untagged frames (its native VLAN, never on the wire).
+const NATIVE_VID: u16 = 1;
 
 // ---------------------------------------------------------------------------------------
 // polluxd's counters
@@ -312,12 +350,333 @@ fn ping_phase(topo: &Topology, vlan: &Vlan, other: &Vlan, diag: &dyn Fn() -> Str
     );
 }
 
+// ---------------------------------------------------------------------------------------
+// The trunk port (VLAN-aware VM)
+// ---------------------------------------------------------------------------------------
+
+/// The VM side of the trunk: namespaces tvm (the VLAN-aware VM), pvm and svm (VMs of the
+/// parent's and the subport's networks) and their veths. Before polluxd starts.
+fn trunk_topology(topo: &mut Topology, p: &str) {
+    for role in ["tvm", "pvm", "svm"] {
+        let ns = topo
+            .add_ns(role)
+            .unwrap_or_else(|e| panic!("namespace {role}: {e}"));
+        ns.disable_ipv6()
+            .unwrap_or_else(|e| panic!("disabling IPv6 in {role}: {e}"));
+    }
+    topo.veth("host", &format!("{p}tp"), "ovs", "vmtrunk")
+        .unwrap_or_else(|e| panic!("parent veth: {e}"));
+    let links = [
+        ("ovs", "tv0", "tvm", "eth0", PARENT_MAC, PARENT_CIDR),
+        ("ovs", "tv100", "tvm", "eth100", SUB_MAC, SUB_CIDR),
+        ("ovs", "tv300", "tvm", "eth300", STRAY_MAC, STRAY_CIDR),
+        (
+            "host",
+            &format!("{p}pa"),
+            "pvm",
+            "eth0",
+            TPVM_MAC,
+            "198.18.61.20/24",
+        ),
+        (
+            "host",
+            &format!("{p}sa"),
+            "svm",
+            "eth0",
+            TSVM_MAC,
+            "198.18.62.20/24",
+        ),
+    ];
+    for (switch_ns, switch_if, guest, guest_if, mac, cidr) in links {
+        topo.veth_with(
+            switch_ns,
+            switch_if,
+            guest,
+            guest_if,
+            &VethOptions {
+                mac_b: Some(mac.to_string()),
+                ..VethOptions::default()
+            },
+        )
+        .unwrap_or_else(|e| panic!("veth {switch_if} -> {guest} {guest_if}: {e}"));
+        topo.addr(guest, guest_if, cidr)
+            .unwrap_or_else(|e| panic!("address of {guest} {guest_if}: {e}"));
+    }
+}
+
+/// OVS's second bridge: the VM's trunk demultiplexed into one access port per VLAN.
+fn trunk_bridge(sw: &OvsSwitch) {
+    sw.add_bridge(TRUNK_BRIDGE).expect("add br1");
+    let native = format!("tag={NATIVE_VID}");
+    let trunks = format!("trunks={NATIVE_VID},{SUB_VID},{STRAY_VID}");
+    sw.vsctl(&[
+        "add-port",
+        TRUNK_BRIDGE,
+        "vmtrunk",
+        "vlan_mode=native-untagged",
+        &native,
+        &trunks,
+    ])
+    .expect("vmtrunk");
+    for (ifname, vid) in [
+        ("tv0", NATIVE_VID),
+        ("tv100", SUB_VID),
+        ("tv300", STRAY_VID),
+    ] {
+        sw.add_port(TRUNK_BRIDGE, ifname, Some(vid))
+            .unwrap_or_else(|e| panic!("{ifname}: {e}"));
+    }
+}
+
+/// The count of drop reason `reason` over all stages (`drops.list`).
+fn drops_of(polluxd: &Polluxd, reason: &str) -> u64 {
+    let drops = polluxd.call("drops.list", json!({}));
+    drops["drops"]
+        .as_array()
+        .map(|rows| {
+            rows.iter()
+                .filter(|r| r["reason"] == reason)
+                .filter_map(|r| r["count"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn counter_of(port: &Value, name: &str) -> u64 {
+    port[name]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no {name} in {port}"))
+}
+
+/// The VLAN-aware VM pings a VM of its subport's network (VLAN 100) and one of its
+/// parent's (untagged), then talks on a VLAN no subport has; the parent's wire is
+/// captured throughout.
+fn trunk_phase(topo: &Topology, polluxd: &Polluxd, diag: &dyn Fn() -> String) {
+    let ns = |role: &str| topo.ns(role).expect("namespace");
+    let wire = || {
+        netns::tcpdump(ns("ovs"), "vmtrunk", 200, &[], CaptureFormat::Text)
+            .unwrap_or_else(|e| panic!("tcpdump on vmtrunk: {e}"))
+    };
+
+    // (1) The subport: tagged 100 on the wire both ways, untagged at tsvm.
+    let sub_before = polluxd.port("tsub");
+    let cap = wire();
+    let r = ping(ns("tvm"), TSVM_IP, 3, Duration::from_secs(4))
+        .unwrap_or_else(|e| panic!("ping tvm -> {TSVM_IP}: {e}"));
+    let lines = cap
+        .finish(Duration::from_millis(300))
+        .expect("capture")
+        .lines;
+    assert!(
+        r.all_received(),
+        "tvm eth{SUB_VID} -> tsvm {TSVM_IP} (subport tsub, VLAN {SUB_VID}): {}/{} replies\n\
+         parent's wire:\n{}\n{}",
+        r.received,
+        r.transmitted,
+        show(&lines),
+        diag()
+    );
+    let seen = |lines: &[String], from: &str, tag: Tag, what: &str| {
+        lines
+            .iter()
+            .any(|l| src_mac(l) == from && tag_of(l) == tag && l.contains(what))
+    };
+    assert!(
+        seen(&lines, SUB_MAC, Tag::Vid(SUB_VID), "ICMP echo request")
+            && seen(&lines, TSVM_MAC, Tag::Vid(SUB_VID), "ICMP echo reply"),
+        "the parent's wire must carry tsub's echo requests and tsvm's replies tagged VID \
+         {SUB_VID}, got:\n{}",
+        show(&lines)
+    );
+    let untagged_sub: Vec<String> = lines
+        .iter()
+        .filter(|l| {
+            (src_mac(l) == SUB_MAC || src_mac(l) == TSVM_MAC) && tag_of(l) != Tag::Vid(SUB_VID)
+        })
+        .cloned()
+        .collect();
+    assert!(
+        untagged_sub.is_empty(),
+        "every frame of the subport's network on the parent's wire is tagged {SUB_VID}, \
+         offending:\n{}",
+        show(&untagged_sub)
+    );
+    let resolved = ns("svm")
+        .ip(&["neigh", "show", "198.18.62.10", "dev", "eth0"])
+        .unwrap_or_default();
+    assert!(
+        resolved.contains(SUB_MAC),
+        "svm must have learned 198.18.62.10 at the subport's MAC {SUB_MAC}: {resolved:?}"
+    );
+    let sub = polluxd.port("tsub");
+    assert_eq!(
+        (
+            &sub["kind"],
+            &sub["parent"],
+            &sub["vlan_id"],
+            &sub["trunk_id"]
+        ),
+        (
+            &json!("subport"),
+            &json!("tparent"),
+            &json!(SUB_VID),
+            &json!("trunk1")
+        ),
+        "{sub}"
+    );
+    for name in ["rx_packets", "tx_packets"] {
+        let moved = counter_of(&sub, name) - counter_of(&sub_before, name);
+        assert!(
+            moved >= u64::from(r.transmitted),
+            "tsub's {name} must count its {} echoes (and ARP), moved by {moved}: {sub}",
+            r.transmitted
+        );
+    }
+
+    // (2) The parent: untagged on the wire, on its own network.
+    let parent_before = polluxd.port("tparent");
+    let cap = wire();
+    let r = ping(ns("tvm"), TPVM_IP, 3, Duration::from_secs(4))
+        .unwrap_or_else(|e| panic!("ping tvm -> {TPVM_IP}: {e}"));
+    let lines = cap
+        .finish(Duration::from_millis(300))
+        .expect("capture")
+        .lines;
+    assert!(
+        r.all_received(),
+        "tvm eth0 -> tpvm {TPVM_IP} (the parent, untagged): {}/{} replies\n\
+         parent's wire:\n{}\n{}",
+        r.received,
+        r.transmitted,
+        show(&lines),
+        diag()
+    );
+    assert!(
+        seen(&lines, PARENT_MAC, Tag::Untagged, "ICMP echo request")
+            && seen(&lines, TPVM_MAC, Tag::Untagged, "ICMP echo reply"),
+        "the parent's wire must carry the parent's echo requests and tpvm's replies \
+         untagged, got:\n{}",
+        show(&lines)
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| (src_mac(l) == PARENT_MAC || src_mac(l) == TPVM_MAC)
+                && tag_of(l) != Tag::Untagged),
+        "no frame of the parent's network may be tagged on its wire, got:\n{}",
+        show(&lines)
+    );
+    let parent = polluxd.port("tparent");
+    for name in ["rx_packets", "tx_packets"] {
+        let moved = counter_of(&parent, name) - counter_of(&parent_before, name);
+        assert!(
+            moved >= u64::from(r.transmitted),
+            "tparent's {name} moved by {moved}: {parent}"
+        );
+    }
+    let sub_after = polluxd.port("tsub");
+    assert_eq!(
+        counter_of(&sub_after, "rx_packets"),
+        counter_of(&sub, "rx_packets"),
+        "the parent's untagged frames are never the subport's: {sub_after}"
+    );
+
+    // (3) A VLAN no subport has: dropped as unknown_trunk_vlan, on no network.
+    let dropped_before = drops_of(polluxd, "unknown_trunk_vlan");
+    let cap = wire();
+    let leak_p = netns::tcpdump(ns("pvm"), "eth0", 50, &[], CaptureFormat::Text)
+        .unwrap_or_else(|e| panic!("tcpdump in pvm: {e}"));
+    let leak_s = netns::tcpdump(ns("svm"), "eth0", 50, &[], CaptureFormat::Text)
+        .unwrap_or_else(|e| panic!("tcpdump in svm: {e}"));
+    let r = ping(ns("tvm"), STRAY_PEER_IP, 1, Duration::from_secs(1))
+        .unwrap_or_else(|e| panic!("ping tvm -> {STRAY_PEER_IP}: {e}"));
+    let lines = cap
+        .finish(Duration::from_millis(300))
+        .expect("capture")
+        .lines;
+    let leaked: Vec<String> = [leak_p, leak_s]
+        .into_iter()
+        .flat_map(|c| c.finish(Duration::ZERO).expect("capture").lines)
+        .filter(|l| l.contains(STRAY_MAC))
+        .collect();
+    assert_eq!(r.received, 0, "nobody is on VLAN {STRAY_VID}: {r:?}");
+    let stray = lines
+        .iter()
+        .filter(|l| src_mac(l) == STRAY_MAC && tag_of(l) == Tag::Vid(STRAY_VID))
+        .count() as u64;
+    assert!(
+        stray > 0,
+        "the VM's ARP requests must be on the parent's wire tagged {STRAY_VID}, got:\n{}",
+        show(&lines)
+    );
+    assert!(
+        !lines
+            .iter()
+            .any(|l| src_mac(l) != STRAY_MAC && tag_of(l) == Tag::Vid(STRAY_VID)),
+        "nothing may come back on VLAN {STRAY_VID}, got:\n{}",
+        show(&lines)
+    );
+    assert!(
+        leaked.is_empty(),
+        "VLAN {STRAY_VID} frames must reach no network, tpvm and tsvm got:\n{}",
+        show(&leaked)
+    );
+    let dropped = drops_of(polluxd, "unknown_trunk_vlan") - dropped_before;
+    assert!(
+        dropped >= stray,
+        "each of the {stray} frames tagged {STRAY_VID} must be dropped as \
+         unknown_trunk_vlan, counted {dropped}\n{}",
+        diag()
+    );
+
+    // (4) `polluxctl show ports`: the subport with its parent and VLAN ID.
+    let out = std::process::Command::new(polluxctl_path())
+        .arg("--socket")
+        .arg(polluxd.socket())
+        .args(["show", "ports"])
+        .output()
+        .expect("polluxctl show ports");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "polluxctl show ports: {out:?}");
+    let header: Vec<&str> = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header.get(1..4),
+        Some(&["KIND", "PARENT", "VLAN"][..]),
+        "{text}"
+    );
+    let row: Vec<&str> = text
+        .lines()
+        .find(|l| l.starts_with("tsub "))
+        .unwrap_or_else(|| panic!("no tsub row in:\n{text}"))
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row.get(..4),
+        Some(&["tsub", "subport", "tparent", "100"][..]),
+        "{text}"
+    );
+    eprintln!(
+        "trunk: tsub (VLAN {SUB_VID}) and tparent (untagged) reachable from the VLAN-aware \
+         VM; {stray} frames tagged {STRAY_VID} on the wire, {dropped} dropped as \
+         unknown_trunk_vlan; tsub rx {} tx {}",
+        counter_of(&sub, "rx_packets"),
+        counter_of(&sub, "tx_packets")
+    );
+}
+
 #[test]
 #[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
 fn pollux_vlan_uplink_interoperates_with_ovs() {
     let started = Instant::now();
     preflight();
     let polluxd_bin = polluxd_path();
+    // Built now, so that the build is not timed as the trunk phase's.
+    polluxctl_path();
     eprintln!(
         "polluxd binary: {} (build step took {:?})",
         polluxd_bin.display(),
@@ -366,6 +725,8 @@ fn pollux_vlan_uplink_interoperates_with_ovs() {
         // their veths leave partial.
     }
 
+    trunk_topology(&mut topo, &p);
+
     let workdir = PathBuf::from(format!(
         "{WORKDIR_PARENT}/{WORKDIR_PREFIX}{}",
         std::process::id()
@@ -377,6 +738,7 @@ fn pollux_vlan_uplink_interoperates_with_ovs() {
     sw.add_trunk(BRIDGE, "trunk", &[100, 200]).expect("trunk");
     sw.add_port(BRIDGE, "acc100", Some(100)).expect("acc100");
     sw.add_port(BRIDGE, "acc200", Some(200)).expect("acc200");
+    trunk_bridge(&sw);
     sw.wait_ready()
         .unwrap_or_else(|e| panic!("OVS ports: {e}\n{}", sw.diagnostics(BRIDGE)));
 
@@ -417,6 +779,10 @@ fn pollux_vlan_uplink_interoperates_with_ovs() {
             "OVS must know {mac} only on VLAN {vid}, got {fdb:?}"
         );
     }
+
+    let trunk_started = Instant::now();
+    trunk_phase(&topo, &polluxd, &diag);
+    eprintln!("trunk port phase took {:?}", trunk_started.elapsed());
 
     // (4) TCP across the trunk, VLAN 100.
     let server = iperf3_server(topo.ns("phys100").expect("phys100"), PHYS_IP, 5201)

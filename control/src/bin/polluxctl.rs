@@ -493,6 +493,20 @@ fn read_input(file: &Path, stdin: bool) -> io::Result<String> {
 /// when it starts with `/`).
 type Column<'a> = (&'a str, &'a str);
 
+/// The columns of `show ports`: [`PORT_COLUMNS`], with a trunk subport's parent and
+/// VLAN ID after its kind when there is one (a host without trunks sees no empty columns).
+fn port_columns(ports: &[Value]) -> Vec<Column<'static>> {
+    let mut columns = PORT_COLUMNS.to_vec();
+    if ports.iter().any(|p| p.get("parent").is_some()) {
+        let at = columns
+            .iter()
+            .position(|c| c.1 == "kind")
+            .map_or(0, |i| i + 1);
+        columns.splice(at..at, [("PARENT", "parent"), ("VLAN", "vlan_id")]);
+    }
+    columns
+}
+
 const PORT_COLUMNS: &[Column] = &[
     ("ID", "id"),
     ("KIND", "kind"),
@@ -890,7 +904,7 @@ fn render_show(show: &Show, result: &Value) -> String {
                 .filter(|p| p.get("vhost_user").is_some())
                 .cloned()
                 .collect();
-            let mut out = table(ports, PORT_COLUMNS);
+            let mut out = table(ports, &port_columns(ports));
             if !vhost.is_empty() {
                 out.push_str("\n\nvhost-user:\n");
                 out.push_str(&table(&vhost, VHOST_USER_COLUMNS));
@@ -1316,6 +1330,33 @@ mod tests {
         );
         let plain = json!({ "ports": [{ "id": "vm1", "driver": "afxdp" }] });
         assert!(!render_show(&Show::Ports, &plain).contains("vhost-user"));
+    }
+
+    #[test]
+    fn show_ports_gives_a_subport_its_parent_and_vlan_id() {
+        let result = json!({ "ports": [
+            { "id": "vm1", "kind": "vm", "port_no": 1, "network_id": "net-a",
+              "driver": "afxdp", "interface": "vm1-host", "state": "up", "rx_packets": 7 },
+            { "id": "sub1", "kind": "subport", "port_no": 2, "network_id": "net-b",
+              "parent": "vm1", "vlan_id": 100, "rx_packets": 3 },
+        ]});
+        let out = render_show(&Show::Ports, &result);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 3, "{out}");
+        assert!(
+            lines[0].starts_with("ID    KIND     PARENT  VLAN  NO  NETWORK"),
+            "{out}"
+        );
+        assert!(
+            lines[1].starts_with("vm1   vm       -          -   1  net-a"),
+            "{out}"
+        );
+        assert!(
+            lines[2].starts_with("sub1  subport  vm1      100   2  net-b"),
+            "{out}"
+        );
+        let plain = json!({ "ports": [{ "id": "vm1", "kind": "vm" }] });
+        assert!(!render_show(&Show::Ports, &plain).contains("PARENT"));
     }
 
     #[test]

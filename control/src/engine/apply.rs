@@ -400,6 +400,7 @@ impl Engine {
         } else {
             None
         };
+        let old_subports = self.subport_labels();
         let old = std::mem::replace(
             &mut self.active,
             Active {
@@ -417,6 +418,11 @@ impl Engine {
         // Port labels are by id and key, which a port keeps for as long as it exists.
         if !changes.added.is_empty() || !changes.removed.is_empty() {
             self.update_metric_ports_of(&changes);
+        }
+        // Subports have no plan, so the change's ports miss them; trunks are few and
+        // rarely changed, and a port may turn from one into the other: relabel all then.
+        if self.subport_labels() != old_subports {
+            self.update_metric_ports();
         }
         phases.mark("metrics");
         if touches_dhcp(&diff, metadata_on) {

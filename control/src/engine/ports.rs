@@ -117,13 +117,29 @@ impl Engine {
             .collect()
     }
 
-    /// Ports are labelled as `fdb.list` names them: a VM port by its id, an uplink as
-    /// `uplink:NAME`.
+    /// (port id, port id as users name it) of every trunk subport of the active
+    /// configuration: ports of the snapshot without a plan of their own.
+    pub(super) fn subport_labels(&self) -> Vec<(PortId, String)> {
+        let (valid, ids) = (&self.active.valid, &self.active.identities);
+        valid
+            .trunks
+            .iter()
+            .flat_map(|t| &t.sub_ports)
+            .filter_map(|s| {
+                let id = &valid.ports[s.port].id;
+                Some((ids.vm_port(id)?, id.clone()))
+            })
+            .collect()
+    }
+
+    /// Ports are labelled as `fdb.list` names them: a VM port (or a trunk's subport) by
+    /// its id, an uplink as `uplink:NAME`.
     pub(super) fn update_metric_ports(&self) {
         let labels = self
             .port_names()
             .into_iter()
             .map(|(id, key)| (id, port_label(&key).to_string()))
+            .chain(self.subport_labels())
             .collect();
         self.metrics.set_ports(labels);
         self.update_metric_vhost_user();

@@ -13,7 +13,7 @@ mod workers;
 use std::collections::HashMap;
 use std::time::Instant;
 
-use pollux_dataplane::counters::PortCounters;
+use pollux_dataplane::counters::{PortCounters, WorkerCounters};
 use pollux_dataplane::port::PortId;
 use pollux_dataplane::slowpath::{ServiceId, SERVICES};
 use serde::de::DeserializeOwned;
@@ -612,7 +612,53 @@ fn ports_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> 
         }
         ports.push(Value::Object(entry));
     }
+    ports.extend(subport_entries(e, &vms, &qos, &counters));
     Ok(json!({ "ports": ports }))
+}
+
+/// The `ports.list` entries of the trunks' subports: ports without a plan (their frames
+/// travel on the parent's interface), so each names its parent and VLAN ID instead of a
+/// driver of its own.
+fn subport_entries(
+    e: &Engine,
+    vms: &HashMap<&str, &crate::model::Port>,
+    qos: &HashMap<String, String>,
+    counters: &WorkerCounters,
+) -> Vec<Value> {
+    let valid = e.validated();
+    let ids = e.identities();
+    let mut entries = Vec::new();
+    for t in valid.trunks.iter() {
+        let parent = &valid.ports[t.parent];
+        for s in &t.sub_ports {
+            let p = &valid.ports[s.port];
+            // A port the compiler gave no id is in no snapshot yet.
+            let (Some(id), Some(model)) = (ids.vm_port(&p.id), vms.get(p.id.as_str())) else {
+                continue;
+            };
+            let mut entry = Map::new();
+            entry.insert("id".into(), json!(p.id));
+            entry.insert("kind".into(), json!("subport"));
+            entry.insert("port_no".into(), json!(id.0));
+            entry.insert("network_id".into(), json!(model.network_id));
+            entry.insert("mac_address".into(), json!(model.mac_address));
+            entry.insert("qos_policy_id".into(), json!(qos.get(p.id.as_str())));
+            entry.insert("trunk_id".into(), json!(t.id));
+            entry.insert("parent".into(), json!(parent.id));
+            entry.insert("vlan_id".into(), json!(s.vid));
+            if let Some(pc) = counters.port(id) {
+                entry.insert("rx_packets".into(), json!(pc.rx_packets.get()));
+                entry.insert("rx_bytes".into(), json!(pc.rx_bytes.get()));
+                entry.insert("rx_dropped".into(), json!(pc.rx_dropped.get()));
+                entry.insert("tx_packets".into(), json!(pc.tx_packets.get()));
+                entry.insert("tx_bytes".into(), json!(pc.tx_bytes.get()));
+                entry.insert("tx_dropped".into(), json!(pc.tx_dropped.get()));
+                insert_qos_counters(&mut entry, pc);
+            }
+            entries.push(Value::Object(entry));
+        }
+    }
+    entries
 }
 
 fn networks_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> {
