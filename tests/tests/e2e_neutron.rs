@@ -596,9 +596,13 @@ impl Lab {
 /// sent (panics after [`CONVERGE`]). A probe waits 100 ms for an answer while waiting
 /// for one, and 500 ms while waiting for none, so that a reply slow on a busy machine is
 /// not taken for a block.
+/// How long after `since` `dst` became reachable from `ns` (the answer's arrival) or
+/// unreachable (the first of two unanswered pings in a row: on a loaded machine one
+/// answer can be late without anything having changed).
 fn until_ping(ns: &Netns, dst: &str, reachable: bool, since: Instant, what: &str) -> Duration {
     let end = Instant::now() + CONVERGE;
     let wait = if reachable { "0.1" } else { "0.5" };
+    let mut first_unanswered = None;
     loop {
         let sent = since.elapsed();
         let ok = ns
@@ -609,8 +613,13 @@ fn until_ping(ns: &Netns, dst: &str, reachable: bool, since: Instant, what: &str
             )
             .map(|o| o.status.success())
             .unwrap_or(false);
-        if ok == reachable {
-            return if reachable { since.elapsed() } else { sent };
+        match (reachable, ok) {
+            (true, true) => return since.elapsed(),
+            (false, false) => match first_unanswered {
+                Some(first) => return first,
+                None => first_unanswered = Some(sent),
+            },
+            _ => first_unanswered = None,
         }
         assert!(Instant::now() < end, "{what}: not so after {CONVERGE:?}");
     }
