@@ -83,9 +83,9 @@ pub struct FrameReader<'a> {
 }
 
 impl<'a> FrameReader<'a> {
-    /// The data of a packet (as [`FramePool::data`]).
+    /// The whole frame holding a packet.
     #[inline(always)]
-    pub fn data(&self, pkt: &Packet) -> &'a [u8] {
+    fn frame_of(&self, pkt: &Packet) -> &'a [u8] {
         assert!(
             pkt.frame < self.frames,
             "frame {} is not in this pool",
@@ -94,11 +94,16 @@ impl<'a> FrameReader<'a> {
         let size = 1usize << self.frame_shift;
         // SAFETY: as in `FramePool::frame`: the frame lies inside the pool's region, which
         // the borrow `'a` of the pool keeps alive and free of `&mut` access.
-        let frame = unsafe {
+        unsafe {
             std::slice::from_raw_parts(self.base.as_ptr().add(pkt.frame as usize * size), size)
-        };
+        }
+    }
+
+    /// The data of a packet (as [`FramePool::data`]).
+    #[inline(always)]
+    pub fn data(&self, pkt: &Packet) -> &'a [u8] {
         let start = usize::from(pkt.offset);
-        &frame[start..start + usize::from(pkt.len)]
+        &self.frame_of(pkt)[start..start + usize::from(pkt.len)]
     }
 
     /// The first 12 bytes of a packet's data: both MAC addresses of a frame that
@@ -107,18 +112,8 @@ impl<'a> FrameReader<'a> {
     /// packet; the bytes lie inside the packet's frame whatever the length.
     #[inline(always)]
     pub fn mac_header(&self, pkt: &Packet) -> &'a [u8; 12] {
-        assert!(
-            pkt.frame < self.frames,
-            "frame {} is not in this pool",
-            pkt.frame
-        );
-        let size = 1usize << self.frame_shift;
-        // SAFETY: as in `FrameReader::data`.
-        let frame = unsafe {
-            std::slice::from_raw_parts(self.base.as_ptr().add(pkt.frame as usize * size), size)
-        };
         let start = usize::from(pkt.offset);
-        frame[start..start + 12]
+        self.frame_of(pkt)[start..start + 12]
             .try_into()
             .expect("a slice of 12 bytes")
     }

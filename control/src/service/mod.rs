@@ -602,18 +602,23 @@ fn ports_list(e: &mut Engine, params: Option<Value>) -> Result<Value, RpcError> 
             }
         }
         if let Some(pc) = counters.port(PortId(plan.id.0)) {
-            entry.insert("rx_packets".into(), json!(pc.rx_packets.get()));
-            entry.insert("rx_bytes".into(), json!(pc.rx_bytes.get()));
-            entry.insert("rx_dropped".into(), json!(pc.rx_dropped.get()));
-            entry.insert("tx_packets".into(), json!(pc.tx_packets.get()));
-            entry.insert("tx_bytes".into(), json!(pc.tx_bytes.get()));
-            entry.insert("tx_dropped".into(), json!(pc.tx_dropped.get()));
-            insert_qos_counters(&mut entry, pc);
+            insert_port_counters(&mut entry, pc);
         }
         ports.push(Value::Object(entry));
     }
     ports.extend(subport_entries(e, &vms, &qos, &counters));
     Ok(json!({ "ports": ports }))
+}
+
+/// A `ports.list` entry's counters: traffic, drops and the QoS policers'.
+fn insert_port_counters(entry: &mut Map<String, Value>, pc: &PortCounters) {
+    entry.insert("rx_packets".into(), json!(pc.rx_packets.get()));
+    entry.insert("rx_bytes".into(), json!(pc.rx_bytes.get()));
+    entry.insert("rx_dropped".into(), json!(pc.rx_dropped.get()));
+    entry.insert("tx_packets".into(), json!(pc.tx_packets.get()));
+    entry.insert("tx_bytes".into(), json!(pc.tx_bytes.get()));
+    entry.insert("tx_dropped".into(), json!(pc.tx_dropped.get()));
+    insert_qos_counters(entry, pc);
 }
 
 /// The `ports.list` entries of the trunks' subports: ports without a plan (their frames
@@ -647,13 +652,7 @@ fn subport_entries(
             entry.insert("parent".into(), json!(parent.id));
             entry.insert("vlan_id".into(), json!(s.vid));
             if let Some(pc) = counters.port(id) {
-                entry.insert("rx_packets".into(), json!(pc.rx_packets.get()));
-                entry.insert("rx_bytes".into(), json!(pc.rx_bytes.get()));
-                entry.insert("rx_dropped".into(), json!(pc.rx_dropped.get()));
-                entry.insert("tx_packets".into(), json!(pc.tx_packets.get()));
-                entry.insert("tx_bytes".into(), json!(pc.tx_bytes.get()));
-                entry.insert("tx_dropped".into(), json!(pc.tx_dropped.get()));
-                insert_qos_counters(&mut entry, pc);
+                insert_port_counters(&mut entry, pc);
             }
             entries.push(Value::Object(entry));
         }
