@@ -37,13 +37,13 @@ import time
 import uuid
 
 from etcd3gw import exceptions as etcd_exc
-import eventlet
 from neutron_lib import context as n_context
 from neutron_lib.db import api as db_api
 from neutron_lib.db import model_base
-from neutron_lib import worker
 from oslo_log import log as logging
 import sqlalchemy as sa
+
+from networking_pollux import green_worker
 
 LOG = logging.getLogger(__name__)
 
@@ -312,28 +312,9 @@ def wake():
         _waker()
 
 
-class JournalWorker(worker.BaseWorker):
+class JournalWorker(green_worker.GreenWorker):
     """Runs the main process's drainer in a green thread."""
 
     def __init__(self, drainer):
-        super(JournalWorker, self).__init__(worker_process_count=0,
-                                            desc='pollux journal')
+        super(JournalWorker, self).__init__('pollux journal', drainer.run, drainer.stop)
         self.drainer = drainer
-        self._thread = None
-
-    def start(self):
-        super(JournalWorker, self).start(desc='pollux journal')
-        self._thread = eventlet.spawn(self.drainer.run)
-
-    def stop(self):
-        self.drainer.stop()
-        if self._thread is not None:
-            self._thread.kill()
-            self._thread = None
-
-    def wait(self):
-        pass
-
-    @staticmethod
-    def reset():
-        pass

@@ -13,13 +13,13 @@ from etcd3gw import exceptions as etcd_exc
 from etcd3gw.utils import _decode
 from etcd3gw.utils import _encode
 from etcd3gw.utils import _increment_last_byte
-import eventlet
 from neutron_lib import constants as n_const
 from neutron_lib import context as n_context
 from neutron_lib.plugins import directory
-from neutron_lib import worker
 from oslo_log import log as logging
 import requests
+
+from networking_pollux import green_worker
 
 LOG = logging.getLogger(__name__)
 
@@ -135,27 +135,9 @@ def _text(b):
     return b.decode() if isinstance(b, bytes) else b
 
 
-class PortStatusWorker(worker.BaseWorker):
+class PortStatusWorker(green_worker.GreenWorker):
     """Runs the watch in a green thread of one neutron-server process."""
 
     def __init__(self, port_status):
-        super(PortStatusWorker, self).__init__(worker_process_count=0,
-                                               desc='pollux port status')
+        super(PortStatusWorker, self).__init__('pollux port status', port_status.run)
         self.port_status = port_status
-        self._thread = None
-
-    def start(self):
-        super(PortStatusWorker, self).start(desc='pollux port status')
-        self._thread = eventlet.spawn(self.port_status.run)
-
-    def stop(self):
-        if self._thread is not None:
-            self._thread.kill()
-            self._thread = None
-
-    def wait(self):
-        pass
-
-    @staticmethod
-    def reset():
-        pass
