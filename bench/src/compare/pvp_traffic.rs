@@ -21,7 +21,7 @@ use super::pacing::Pacer;
 use super::seq::SeqTracker;
 use super::sys::{interrupted, interrupted_error};
 use super::topology::{GEN_MAC, SINK_MAC};
-use super::traffic::{trial_result, TrafficPath, TrialResult, TrialSpec};
+use super::traffic::{new_run_tag, trial_result, TrafficPath, TrialResult, TrialSpec};
 use super::vhost_front::VirtioNet;
 
 const BURST: usize = 64;
@@ -86,15 +86,11 @@ impl PvpListener {
             .map_err(|e| format!("generator: {e}"))?;
         let sink =
             VirtioNet::connect(wait(&self.sink, "sink")?).map_err(|e| format!("sink: {e}"))?;
-        let seed = std::process::id().wrapping_mul(0x9e37_79b9)
-            ^ std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
         Ok(PvpTraffic {
             gen,
             sink,
             clock: Instant::now(),
-            run_tag: seed & 0xffff_0000,
+            run_tag: new_run_tag(),
             trials: 0,
             gen_rx: 0,
             gen_refused: 0,

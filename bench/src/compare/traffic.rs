@@ -238,10 +238,6 @@ impl Traffic {
             AfXdpPort::new("gen", vec![gen_sock], &mut gen_pool).map_err(|e| e.to_string())?;
         let sink =
             AfXdpPort::new("sink", vec![sink_sock], &mut sink_pool).map_err(|e| e.to_string())?;
-        let seed = std::process::id().wrapping_mul(0x9e37_79b9)
-            ^ std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.subsec_nanos());
         Ok(Traffic {
             gen,
             sink,
@@ -249,7 +245,7 @@ impl Traffic {
             gen_pool,
             sink_pool,
             clock: Instant::now(),
-            run_tag: seed & 0xffff_0000,
+            run_tag: new_run_tag(),
             trials: 0,
         })
     }
@@ -456,6 +452,16 @@ impl Drop for Traffic {
         self.gen.release_frames(&mut self.gen_pool);
         self.sink.release_frames(&mut self.sink_pool);
     }
+}
+
+/// The high half of every frame's trial tag for one traffic path: different for each
+/// run, so frames of an earlier run still in flight are never counted as this one's.
+pub(crate) fn new_run_tag() -> u32 {
+    let seed = std::process::id().wrapping_mul(0x9e37_79b9)
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    seed & 0xffff_0000
 }
 
 /// The result of a trial from what the generator completed (`completed` frames of the
