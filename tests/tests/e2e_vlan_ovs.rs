@@ -457,16 +457,21 @@ fn trunk_phase(topo: &Topology, polluxd: &Polluxd, diag: &dyn Fn() -> String) {
         netns::tcpdump(ns("ovs"), "vmtrunk", 200, &[], CaptureFormat::Text)
             .unwrap_or_else(|e| panic!("tcpdump on vmtrunk: {e}"))
     };
+    // Three pings from tvm to `dst`, with the parent's wire captured meanwhile.
+    let ping_on_wire = |dst: &str| {
+        let cap = wire();
+        let r = ping(ns("tvm"), dst, 3, Duration::from_secs(4))
+            .unwrap_or_else(|e| panic!("ping tvm -> {dst}: {e}"));
+        let lines = cap
+            .finish(Duration::from_millis(300))
+            .expect("capture")
+            .lines;
+        (r, lines)
+    };
 
     // (1) The subport: tagged 100 on the wire both ways, untagged at tsvm.
     let sub_before = polluxd.port("tsub");
-    let cap = wire();
-    let r = ping(ns("tvm"), TSVM_IP, 3, Duration::from_secs(4))
-        .unwrap_or_else(|e| panic!("ping tvm -> {TSVM_IP}: {e}"));
-    let lines = cap
-        .finish(Duration::from_millis(300))
-        .expect("capture")
-        .lines;
+    let (r, lines) = ping_on_wire(TSVM_IP);
     assert!(
         r.all_received(),
         "tvm eth{SUB_VID} -> tsvm {TSVM_IP} (subport tsub, VLAN {SUB_VID}): {}/{} replies\n\
@@ -535,13 +540,7 @@ fn trunk_phase(topo: &Topology, polluxd: &Polluxd, diag: &dyn Fn() -> String) {
 
     // (2) The parent: untagged on the wire, on its own network.
     let parent_before = polluxd.port("tparent");
-    let cap = wire();
-    let r = ping(ns("tvm"), TPVM_IP, 3, Duration::from_secs(4))
-        .unwrap_or_else(|e| panic!("ping tvm -> {TPVM_IP}: {e}"));
-    let lines = cap
-        .finish(Duration::from_millis(300))
-        .expect("capture")
-        .lines;
+    let (r, lines) = ping_on_wire(TPVM_IP);
     assert!(
         r.all_received(),
         "tvm eth0 -> tpvm {TPVM_IP} (the parent, untagged): {}/{} replies\n\
