@@ -8,6 +8,14 @@
 //! Frames are named by index; a [`crate::packet::Packet`] names a frame plus the offset
 //! and length of its data. Received data starts after [`FramePool::headroom`] bytes so
 //! that a VLAN tag or a VXLAN header can be pushed in front without moving the payload.
+//!
+//! A packet larger than one frame (a jumbo frame, later a TSO super-frame) is a *chain*:
+//! its first frame is the packet's own (`frame`, `offset`, `len` name the first segment,
+//! which holds every header the pipeline parses, since drivers fill it first), and the
+//! pool links the frames after it, each with its own segment, as VPP links its buffers.
+//! The packet says it is chained ([`Packet::chained`]), so an unchained packet never
+//! looks at the links; freeing a frame frees the frames linked
+//! after it, so no path that drops or transmits a packet can leak a chain's tail.
 
 use std::alloc::{self, Layout};
 use std::fmt;
@@ -25,6 +33,20 @@ const REGION_ALIGN: usize = 4096;
 
 /// Index of a frame within its pool.
 pub type FrameId = u32;
+
+/// The end of a chain: no frame follows.
+const NO_FRAME: FrameId = FrameId::MAX;
+
+/// The largest packet a chain may hold: a 64 KiB IP datagram behind an Ethernet header
+/// and two VLAN tags, which is what a TSO super-frame can reach.
+pub const MAX_CHAIN_LEN: usize = 65535 + 22;
+
+/// One frame's segment of a chain after the first: where its data lies in the frame.
+#[derive(Clone, Copy, Debug, Default)]
+struct Segment {
+    offset: u16,
+    len: u16,
+}
 
 /// Why a pool could not be created.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +90,13 @@ pub struct FramePool {
     /// never checks capacity or grows.
     free: Box<[FrameId]>,
     free_len: usize,
+    /// Per frame: the frame linked after it in a chain, [`NO_FRAME`] otherwise (every free
+    /// frame has none).
+    next: Box<[FrameId]>,
+    /// Per frame after the first of a chain: its segment.
+    segment: Box<[Segment]>,
+    /// Per first frame of a chain: the bytes in the frames after it.
+    tail_len: Box<[u32]>,
     /// Catches double frees and leaks in test builds; absent from release builds.
     #[cfg(debug_assertions)]
     owned_by_pool: Vec<bool>,
@@ -166,6 +195,9 @@ impl FramePool {
             frames,
             free_len: free.len(),
             free,
+            next: vec![NO_FRAME; frames as usize].into_boxed_slice(),
+            segment: vec![Segment::default(); frames as usize].into_boxed_slice(),
+            tail_len: vec![0; frames as usize].into_boxed_slice(),
             #[cfg(debug_assertions)]
             owned_by_pool: vec![true; frames as usize],
         })
@@ -245,9 +277,23 @@ impl FramePool {
         Some(frame)
     }
 
-    /// Returns a frame to the free list.
+    /// Returns a frame to the free list, with every frame chained after it.
     #[inline]
     pub fn free(&mut self, frame: FrameId) {
+        let mut at = frame;
+        loop {
+            let next = self.next[at as usize];
+            self.free_one(at);
+            if next == NO_FRAME {
+                return;
+            }
+            self.next[at as usize] = NO_FRAME;
+            at = next;
+        }
+    }
+
+    #[inline]
+    fn free_one(&mut self, frame: FrameId) {
         debug_assert!(frame < self.frames, "frame {frame} is not in this pool");
         #[cfg(debug_assertions)]
         {
@@ -326,11 +372,19 @@ impl FramePool {
         Some((frame, self.headroom))
     }
 
-    /// A copy of `pkt` in a fresh frame, at the same offset so the copy keeps the same
-    /// headroom; `None` when the pool is empty.
+    /// A copy of `pkt` (its whole chain) in fresh frames, the first at the same offset so
+    /// the copy keeps the same headroom; `None` when the pool runs short (nothing taken).
     #[inline]
     pub fn clone_packet(&mut self, pkt: &Packet) -> Option<Packet> {
+        if pkt.chained {
+            return self.clone_chain(pkt);
+        }
         let frame = self.alloc()?;
+        self.copy_head(pkt, frame);
+        Some(Packet { frame, ..*pkt })
+    }
+
+    fn copy_head(&mut self, pkt: &Packet, frame: FrameId) {
         let size = self.frame_size() as usize;
         let start = usize::from(pkt.offset);
         let len = usize::from(pkt.len);
@@ -343,7 +397,188 @@ impl FramePool {
             let dst = self.base.as_ptr().add(frame as usize * size + start);
             std::ptr::copy_nonoverlapping(src, dst, len);
         }
-        Some(Packet { frame, ..*pkt })
+    }
+
+    #[cold]
+    fn clone_chain(&mut self, pkt: &Packet) -> Option<Packet> {
+        let frames = 1 + self.tail_frames(pkt);
+        if self.free_len < frames {
+            return None;
+        }
+        let head = self.alloc()?;
+        self.copy_head(pkt, head);
+        let (mut from, mut last) = (self.next[pkt.frame as usize], head);
+        while from != NO_FRAME {
+            let to = self.alloc()?;
+            let seg = self.segment[from as usize];
+            let size = self.frame_size() as usize;
+            let (at, len) = (usize::from(seg.offset), usize::from(seg.len));
+            // SAFETY: `seg` was set by `link` inside frame `from`; `to` is a different,
+            // just-allocated frame; both lie in the region and `&mut self` is exclusive.
+            unsafe {
+                let src = self.base.as_ptr().add(from as usize * size + at);
+                let dst = self.base.as_ptr().add(to as usize * size + at);
+                std::ptr::copy_nonoverlapping(src, dst, len);
+            }
+            self.segment[to as usize] = seg;
+            self.next[last as usize] = to;
+            last = to;
+            from = self.next[from as usize];
+        }
+        self.tail_len[head as usize] = self.tail_len[pkt.frame as usize];
+        Some(Packet {
+            frame: head,
+            ..*pkt
+        })
+    }
+
+    /// Frames after the first in `pkt`'s chain.
+    fn tail_frames(&self, pkt: &Packet) -> usize {
+        let mut n = 0;
+        let mut at = if pkt.chained {
+            self.next[pkt.frame as usize]
+        } else {
+            NO_FRAME
+        };
+        while at != NO_FRAME {
+            n += 1;
+            at = self.next[at as usize];
+        }
+        n
+    }
+
+    /// Bytes of the whole packet: its first segment and, when chained, the rest.
+    #[inline(always)]
+    pub fn packet_len(&self, pkt: &Packet) -> usize {
+        usize::from(pkt.len) + self.tail_len(pkt)
+    }
+
+    /// Bytes of the packet after its first segment (zero unless it is chained): what a
+    /// header view of [`FramePool::data`] must allow for beyond its buffer.
+    #[inline(always)]
+    pub fn tail_len(&self, pkt: &Packet) -> usize {
+        if pkt.chained {
+            self.tail_len[pkt.frame as usize] as usize
+        } else {
+            0
+        }
+    }
+
+    /// The packet's data, segment by segment (the first is [`FramePool::data`]).
+    pub fn segments<'a>(&'a self, pkt: &Packet) -> Segments<'a> {
+        Segments {
+            pool: self,
+            first: Some(self.data(pkt)),
+            at: if pkt.chained {
+                self.next[pkt.frame as usize]
+            } else {
+                NO_FRAME
+            },
+        }
+    }
+
+    /// Copies the packet's bytes from byte `from` on into `out`, as many as fit; returns
+    /// how many it copied.
+    #[inline]
+    pub fn copy_out(&self, pkt: &Packet, from: usize, out: &mut [u8]) -> usize {
+        if !pkt.chained {
+            let data = self.data(pkt).get(from..).unwrap_or_default();
+            let n = data.len().min(out.len());
+            out[..n].copy_from_slice(&data[..n]);
+            return n;
+        }
+        self.copy_out_chain(pkt, from, out)
+    }
+
+    #[cold]
+    fn copy_out_chain(&self, pkt: &Packet, from: usize, out: &mut [u8]) -> usize {
+        let (mut skip, mut done) = (from, 0);
+        for seg in self.segments(pkt) {
+            if done == out.len() {
+                break;
+            }
+            if skip >= seg.len() {
+                skip -= seg.len();
+                continue;
+            }
+            let n = (seg.len() - skip).min(out.len() - done);
+            out[done..done + n].copy_from_slice(&seg[skip..skip + n]);
+            done += n;
+            skip = 0;
+        }
+        done
+    }
+
+    /// A received packet holding `bytes`: in one frame after the headroom when they fit,
+    /// chained over as many frames as they need otherwise (the first filled to its end,
+    /// so it holds every header, the rest from their start). `None` when the pool runs
+    /// short (nothing is taken) or `bytes` exceed [`MAX_CHAIN_LEN`].
+    #[inline]
+    pub fn alloc_packet(&mut self, bytes: &[u8]) -> Option<Packet> {
+        if bytes.len() <= self.max_data_len() {
+            let (frame, offset) = self.alloc_with(bytes)?;
+            return Some(Packet::received(frame, offset, bytes.len() as u16));
+        }
+        self.alloc_chain(bytes)
+    }
+
+    /// Frames a packet of `len` bytes takes (see [`FramePool::alloc_packet`]).
+    #[inline]
+    pub fn frames_for(&self, len: usize) -> usize {
+        1 + len
+            .saturating_sub(self.max_data_len())
+            .div_ceil(self.frame_size() as usize)
+    }
+
+    #[cold]
+    fn alloc_chain(&mut self, bytes: &[u8]) -> Option<Packet> {
+        if bytes.len() > MAX_CHAIN_LEN || self.free_len < self.frames_for(bytes.len()) {
+            return None;
+        }
+        let (first, rest) = bytes.split_at(self.max_data_len());
+        let size = self.frame_size() as usize;
+        let (head, offset) = self.alloc_with(first)?;
+        let mut last = head;
+        for piece in rest.chunks(size) {
+            let frame = self.alloc()?;
+            self.frame_mut(frame)[..piece.len()].copy_from_slice(piece);
+            self.segment[frame as usize] = Segment {
+                offset: 0,
+                len: piece.len() as u16,
+            };
+            self.next[last as usize] = frame;
+            last = frame;
+        }
+        self.tail_len[head as usize] = rest.len() as u32;
+        let mut pkt = Packet::received(head, offset, first.len() as u16);
+        pkt.chained = true;
+        Some(pkt)
+    }
+}
+
+/// The segments of a packet: see [`FramePool::segments`].
+#[derive(Debug)]
+pub struct Segments<'a> {
+    pool: &'a FramePool,
+    first: Option<&'a [u8]>,
+    at: FrameId,
+}
+
+impl<'a> Iterator for Segments<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        if let Some(first) = self.first.take() {
+            return Some(first);
+        }
+        if self.at == NO_FRAME {
+            return None;
+        }
+        let frame = self.at;
+        let seg = self.pool.segment[frame as usize];
+        self.at = self.pool.next[frame as usize];
+        let start = usize::from(seg.offset);
+        Some(&self.pool.frame(frame)[start..start + usize::from(seg.len)])
     }
 }
 
@@ -419,6 +654,118 @@ mod tests {
         assert_ne!(copy.frame, pkt.frame);
         assert_eq!(pool.data(&copy), b"hello, frame");
         assert!(pool.alloc_with(&vec![0; pool.max_data_len() + 1]).is_none());
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    fn read_back(pool: &FramePool, pkt: &Packet) -> Vec<u8> {
+        let mut out = vec![0; pool.packet_len(pkt) + 3];
+        let n = pool.copy_out(pkt, 0, &mut out);
+        out.truncate(n);
+        out
+    }
+
+    #[test]
+    fn a_packet_larger_than_a_frame_is_chained_and_read_back_whole() {
+        let mut pool = FramePool::with_frames(16).unwrap();
+        let bytes = pattern(9018);
+        let pkt = pool.alloc_packet(&bytes).unwrap();
+        assert!(pkt.chained);
+        assert_eq!(
+            usize::from(pkt.len),
+            pool.max_data_len(),
+            "the first frame is full"
+        );
+        assert_eq!(pool.data(&pkt), &bytes[..pool.max_data_len()]);
+        assert_eq!(pool.packet_len(&pkt), 9018);
+        assert_eq!(pool.tail_len(&pkt), 9018 - pool.max_data_len());
+        assert_eq!(pool.frames_for(9018), 5);
+        assert_eq!(pool.available(), 11);
+        assert_eq!(read_back(&pool, &pkt), bytes);
+        let mut part = [0u8; 100];
+        assert_eq!(pool.copy_out(&pkt, 5000, &mut part), 100);
+        assert_eq!(&part[..], &bytes[5000..5100]);
+        assert_eq!(pool.copy_out(&pkt, 9000, &mut part), 18, "stops at the end");
+        let joined: Vec<u8> = pool.segments(&pkt).flatten().copied().collect();
+        assert_eq!(joined, bytes);
+
+        let copy = pool.clone_packet(&pkt).unwrap();
+        assert!(copy.chained && copy.frame != pkt.frame);
+        assert_eq!(read_back(&pool, &copy), bytes);
+        assert_eq!(pool.available(), 6);
+        pool.free(pkt.frame);
+        assert_eq!(read_back(&pool, &copy), bytes, "the copy owns its frames");
+        pool.free(copy.frame);
+        assert_eq!(
+            pool.available(),
+            16,
+            "freeing a chain's first frame frees it all"
+        );
+    }
+
+    #[test]
+    fn a_chain_is_all_or_nothing() {
+        let mut pool = FramePool::with_frames(4).unwrap();
+        assert!(
+            pool.alloc_packet(&pattern(9018)).is_none(),
+            "needs 5 frames"
+        );
+        assert_eq!(pool.available(), 4, "nothing taken");
+        let pkt = pool.alloc_packet(&pattern(4000)).unwrap();
+        assert_eq!(pool.available(), 1);
+        assert!(pool.clone_packet(&pkt).is_none(), "a copy needs 3");
+        assert_eq!(pool.available(), 1);
+        assert!(pool.alloc_packet(&vec![0; MAX_CHAIN_LEN + 1]).is_none());
+        pool.free(pkt.frame);
+        assert_eq!(pool.available(), 4);
+    }
+
+    #[test]
+    fn a_packet_that_fits_one_frame_is_not_chained() {
+        let mut pool = FramePool::with_frames(2).unwrap();
+        let bytes = pattern(pool.max_data_len());
+        let pkt = pool.alloc_packet(&bytes).unwrap();
+        assert!(!pkt.chained);
+        assert_eq!(
+            (pool.packet_len(&pkt), pool.tail_len(&pkt)),
+            (bytes.len(), 0)
+        );
+        assert_eq!(pool.segments(&pkt).count(), 1);
+        assert_eq!(read_back(&pool, &pkt), bytes);
+    }
+
+    proptest::proptest! {
+        /// Any length up to the largest chain goes in and comes out byte for byte, takes
+        /// the frames `frames_for` says, and gives every one of them back when freed
+        /// (with its copy's, in either order).
+        #[test]
+        fn chains_round_trip_and_free_whole(
+            len in 0usize..MAX_CHAIN_LEN,
+            from in 0usize..70_000,
+            copy_first in proptest::bool::ANY,
+        ) {
+            let mut pool = FramePool::new(80, 2048, 256).unwrap();
+            let bytes = pattern(len);
+            let pkt = pool.alloc_packet(&bytes).unwrap();
+            proptest::prop_assert_eq!(pool.available(), 80 - pool.frames_for(len));
+            proptest::prop_assert_eq!(pool.packet_len(&pkt), len);
+            proptest::prop_assert_eq!(read_back(&pool, &pkt), bytes.clone());
+            let mut tail = vec![0; 300];
+            let n = pool.copy_out(&pkt, from, &mut tail);
+            let want = bytes.get(from..).unwrap_or_default();
+            proptest::prop_assert_eq!(&tail[..n], &want[..want.len().min(300)]);
+            if let Some(copy) = pool.clone_packet(&pkt) {
+                proptest::prop_assert_eq!(read_back(&pool, &copy), bytes);
+                let (a, b) = if copy_first { (copy, pkt) } else { (pkt, copy) };
+                pool.free(a.frame);
+                pool.free(b.frame);
+            } else {
+                pool.free(pkt.frame);
+            }
+            proptest::prop_assert_eq!(pool.available(), 80);
+        }
     }
 
     #[test]

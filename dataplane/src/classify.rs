@@ -56,7 +56,7 @@ pub fn classify(
             for pkt in pkts.iter_mut() {
                 pkt.in_port = in_port;
                 pkt.meta.next = Next::Drop(DropReason::PortNotConfigured, Stage::Classify);
-                bytes += u64::from(pkt.len);
+                bytes += pool.packet_len(pkt) as u64;
             }
             bytes
         }
@@ -89,7 +89,7 @@ fn classify_with(
     let frames = pool.reader();
     let mut bytes = 0;
     for pkt in pkts.iter_mut() {
-        bytes += u64::from(pkt.len);
+        bytes += pool.packet_len(pkt) as u64;
         pkt.in_port = in_port;
         pkt.meta = match parse(frames.data(pkt)) {
             Ok(meta) => meta,

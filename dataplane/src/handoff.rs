@@ -159,9 +159,12 @@ impl HandoffOut {
                     Next::Output(p) => p.0,
                     _ => NO_OWNER,
                 };
-                let Some(dst) = slot.get_mut(PORT_HEADER..PORT_HEADER + bytes.len()) else {
-                    // Larger than a slot (slots are sized from the pool, so never): an
-                    // empty slot, which the owner drops, and a drop here.
+                let dst = slot
+                    .get_mut(PORT_HEADER..PORT_HEADER + bytes.len())
+                    .filter(|_| !pkt.chained);
+                let Some(dst) = dst else {
+                    // Larger than a slot (slots are sized from a pool frame: a chained
+                    // jumbo frame): an empty slot, which the owner drops, and a drop here.
                     oversize[k] = true;
                     return 0;
                 };

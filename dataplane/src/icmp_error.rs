@@ -148,14 +148,15 @@ reasons! {
     }
 }
 
-/// Checks that an error may be sent about `offending` and returns the bytes to quote.
-fn offending_quote(offending: &[u8]) -> Result<&[u8], Suppressed> {
+/// Checks that an error may be sent about `offending` (the datagram's bytes, with
+/// `beyond` more in a chain's later frames) and returns the bytes to quote.
+fn offending_quote(offending: &[u8], beyond: usize) -> Result<&[u8], Suppressed> {
     match offending.first() {
         None => return Err(Suppressed::Truncated),
         Some(b) if b >> 4 != 4 => return Err(Suppressed::NotIpv4),
         Some(_) => {}
     }
-    let ip = Ipv4Packet::new_checked(offending).map_err(|e| match e {
+    let ip = Ipv4Packet::new_checked_within(offending, beyond).map_err(|e| match e {
         crate::wire::Error::Malformed => Suppressed::Malformed,
         _ => Suppressed::Truncated,
     })?;
@@ -182,8 +183,9 @@ fn offending_quote(offending: &[u8]) -> Result<&[u8], Suppressed> {
         }
     }
     let total = usize::from(ip.total_len());
-    // `check_len` guaranteed `total <= offending.len()`; the quote stops at the total
-    // length so Ethernet padding is never quoted.
+    // `check_len` guaranteed `total <= offending.len() + beyond`; the quote stops at the
+    // total length so Ethernet padding is never quoted (a chain's first frame holds more
+    // than a quote).
     offending
         .get(..total.min(MAX_QUOTE_LEN))
         .ok_or(Suppressed::Truncated)
@@ -218,7 +220,19 @@ pub fn build(
     offending: &[u8],
     out: &mut [u8],
 ) -> Result<usize, Suppressed> {
-    let quote = offending_quote(offending)?;
+    build_within(kind, router_ip, ident, offending, 0, out)
+}
+
+/// [`build`] about a datagram with `beyond` more bytes after `offending` in a chain.
+fn build_within(
+    kind: IcmpErrorKind,
+    router_ip: Ipv4Addr,
+    ident: u16,
+    offending: &[u8],
+    beyond: usize,
+    out: &mut [u8],
+) -> Result<usize, Suppressed> {
+    let quote = offending_quote(offending, beyond)?;
     let icmp_len = ICMP_HEADER_LEN + quote.len();
     let len = IPV4_HEADER_LEN + icmp_len;
     let out = out.get_mut(..len).ok_or(Suppressed::OutputTooSmall)?;
@@ -249,12 +263,15 @@ pub fn build(
 }
 
 /// [`build`] behind an untagged Ethernet header from `src_mac` to `dst_mac` (the output
-/// stage adds an 802.1Q tag where the port needs one). Returns the frame length.
+/// stage adds an 802.1Q tag where the port needs one), about a datagram with `beyond`
+/// more bytes after `offending` in a chain's later frames. Returns the frame length.
+#[allow(clippy::too_many_arguments)]
 pub fn build_frame(
     kind: IcmpErrorKind,
     router_ip: Ipv4Addr,
     ident: u16,
     offending: &[u8],
+    beyond: usize,
     dst_mac: EthernetAddress,
     src_mac: EthernetAddress,
     out: &mut [u8],
@@ -263,7 +280,7 @@ pub fn build_frame(
         return Err(Suppressed::OutputTooSmall);
     }
     let (eth, ip) = out.split_at_mut(ETHERNET_HEADER_LEN);
-    let len = build(kind, router_ip, ident, offending, ip)?;
+    let len = build_within(kind, router_ip, ident, offending, beyond, ip)?;
     EthernetRepr {
         src_addr: src_mac,
         dst_addr: dst_mac,
@@ -607,6 +624,7 @@ mod tests {
             ROUTER,
             0x1234,
             &PROBE,
+            0,
             dst,
             src,
             &mut out,
@@ -624,6 +642,7 @@ mod tests {
                 ROUTER,
                 0,
                 &PROBE,
+                0,
                 dst,
                 src,
                 &mut [0u8; 13]
@@ -636,6 +655,7 @@ mod tests {
                 ROUTER,
                 0,
                 &PROBE,
+                0,
                 dst,
                 src,
                 &mut [0u8; 14 + 67]
@@ -995,7 +1015,7 @@ mod tests {
             if let Ok(len) = build(kind, ROUTER, 1, &data, &mut out) {
                 check_built(kind, &data, &out[..len])?;
             }
-            let _ = build_frame(kind, ROUTER, 1, &data, EthernetAddress::BROADCAST, EthernetAddress([2, 0, 0, 0, 0, 1]), &mut out);
+            let _ = build_frame(kind, ROUTER, 1, &data, 0, EthernetAddress::BROADCAST, EthernetAddress([2, 0, 0, 0, 0, 1]), &mut out);
             let mut copy = data.clone();
             if let Ok(r) = echo_reply_in_place(&mut copy, 9) {
                 let ip = Ipv4Packet::new_checked(&copy[r]).unwrap();

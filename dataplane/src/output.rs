@@ -351,8 +351,15 @@ fn send(
     if let Some(capture) = capture.as_deref_mut() {
         capture.transmit(out, pending, pool);
     }
+    // Counted before the driver frees what it sends (a chain's length lives in the pool);
+    // what it refuses stays ours and is taken back out below.
+    let offered: u64 = pending.iter().map(|p| pool.packet_len(p) as u64).sum();
     let sent = a.port.tx_burst(queue, pool, pending).min(pending.len());
-    let bytes: u64 = pending[..sent].iter().map(|p| u64::from(p.len)).sum();
+    let refused_bytes: u64 = pending[sent..]
+        .iter()
+        .map(|p| pool.packet_len(p) as u64)
+        .sum();
+    let bytes = offered - refused_bytes;
     counters.tx_packets.add(sent as u64);
     let pc = counters.port(out);
     if let Some(pc) = pc {
@@ -594,7 +601,7 @@ pub fn output(cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> u32 {
             match set_egress_tag(pool, pkt, last_vid) {
                 Ok(()) => {
                     if last_via != out {
-                        crate::trunk::count_subport_tx(counters, out, pkt);
+                        crate::trunk::count_subport_tx(counters, pool, out, pkt);
                     }
                     if last_via != run_via {
                         if run_start < at {
@@ -715,7 +722,7 @@ fn emit_tagged(
 ) {
     match set_egress_tag(pool, pkt, vid) {
         Ok(()) if via != out => {
-            crate::trunk::count_subport_tx(counters, out, pkt);
+            crate::trunk::count_subport_tx(counters, pool, out, pkt);
             ports.enqueue(pool, counters, via, *pkt)
         }
         Ok(()) => ports.enqueue(pool, counters, out, *pkt),
@@ -819,9 +826,10 @@ fn flood_filtered(
             continue;
         }
         remaining -= 1;
-        let data = pool.data(pkt);
-        let verdict =
-            secgroup::filter_ingress(snap, conns, conns6, now, out, data, &pkt.meta, dry_run);
+        let (data, beyond) = (pool.data(pkt), pool.tail_len(pkt));
+        let verdict = secgroup::filter_ingress(
+            snap, conns, conns6, now, out, data, beyond, &pkt.meta, dry_run,
+        );
         if remaining == 0 {
             return match verdict {
                 Ok(()) => emit(snap, pool, ports, counters, pkt, out),

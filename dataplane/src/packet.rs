@@ -77,12 +77,16 @@ pub struct Packet {
     pub frame: FrameId,
     /// Start of the data within the frame.
     pub offset: u16,
-    /// Length of the data.
+    /// Length of the data in this frame: the whole packet unless it is chained.
     pub len: u16,
     /// Port the packet was received on.
     pub in_port: PortId,
     /// Per-packet metadata.
     pub meta: Meta,
+    /// More frames follow this one in the pool's chain (see [`crate::buf`]): the packet is
+    /// longer than `len`. Kept out of [`Meta`], which stages rebuild, because it describes
+    /// the buffer, not what the pipeline has learnt; it fits the handle's padding.
+    pub chained: bool,
 }
 
 impl Packet {
@@ -95,6 +99,7 @@ impl Packet {
             len,
             in_port: PortId(0),
             meta: Meta::default(),
+            chained: false,
         }
     }
 }
@@ -222,7 +227,7 @@ mod tests {
     #[test]
     fn packet_handle_stays_small() {
         assert!(
-            std::mem::size_of::<Packet>() <= 48,
+            std::mem::size_of::<Packet>() <= 24,
             "{}",
             std::mem::size_of::<Packet>()
         );

@@ -202,6 +202,19 @@ impl PortSecurity {
         l3_offset: usize,
         dhcp_servers: &[u32],
     ) -> Option<DropReason> {
+        self.check_within(data, 0, ethertype, l3_offset, dhcp_servers)
+    }
+
+    /// [`PortSecurity::check`] for a packet with `beyond` more bytes after `data` (the
+    /// rest of a chain; see `crate::buf`).
+    pub fn check_within(
+        &self,
+        data: &[u8],
+        beyond: usize,
+        ethertype: u16,
+        l3_offset: usize,
+        dhcp_servers: &[u32],
+    ) -> Option<DropReason> {
         // Classification checked that the frame holds a whole Ethernet header.
         let src = EthernetFrame::new_unchecked(data).src_mac();
         if !self.allows_mac(src) {
@@ -209,9 +222,9 @@ impl PortSecurity {
         }
         let l3 = data.get(l3_offset..).unwrap_or_default();
         match EtherType(ethertype) {
-            EtherType::IPV4 => self.check_ipv4(src, l3, dhcp_servers),
+            EtherType::IPV4 => self.check_ipv4(src, l3, beyond, dhcp_servers),
             EtherType::ARP => self.check_arp(src, l3),
-            EtherType::IPV6 => self.check_ipv6(src, l3),
+            EtherType::IPV6 => self.check_ipv6(src, l3, beyond),
             _ => Some(DropReason::EthertypeNotPermitted),
         }
     }
@@ -220,9 +233,10 @@ impl PortSecurity {
         &self,
         src_mac: PackedMac,
         l3: &[u8],
+        beyond: usize,
         dhcp_servers: &[u32],
     ) -> Option<DropReason> {
-        let Ok(ip) = Ipv4Packet::new_checked(l3) else {
+        let Ok(ip) = Ipv4Packet::new_checked_within(l3, beyond) else {
             return Some(DropReason::BadIpv4Header);
         };
         let src = u32::from(ip.src_addr());
@@ -298,8 +312,8 @@ impl PortSecurity {
         (spa != 0 && !self.allows_ipv4(src_mac, spa)).then_some(DropReason::SpoofedArp)
     }
 
-    fn check_ipv6(&self, src_mac: PackedMac, l3: &[u8]) -> Option<DropReason> {
-        let Ok(ip) = Ipv6Packet::new_checked(l3) else {
+    fn check_ipv6(&self, src_mac: PackedMac, l3: &[u8], beyond: usize) -> Option<DropReason> {
+        let Ok(ip) = Ipv6Packet::new_checked_within(l3, beyond) else {
             return Some(DropReason::BadIpv6Header);
         };
         let upper = match ip.upper_layer() {
@@ -412,16 +426,17 @@ pub fn check_burst(
             continue;
         }
         let data = pool.data(pkt);
+        let beyond = pool.tail_len(pkt);
         let l3 = usize::from(pkt.meta.l3_offset);
         let ipv4 = (pkt.meta.ethertype == EtherType::IPV4.0)
-            .then(|| frame_source(data, l3))
+            .then(|| frame_source(data, beyond, l3))
             .flatten();
         if let Some(source) = ipv4 {
             if source.key() == owned && !source.dhcp_ports {
                 continue;
             }
         }
-        match policy.check(data, pkt.meta.ethertype, l3, dhcp_servers) {
+        match policy.check_within(data, beyond, pkt.meta.ethertype, l3, dhcp_servers) {
             Some(reason) => {
                 pkt.meta.next = Next::Drop(reason, Stage::PortSecurity);
                 refused += 1;
@@ -451,15 +466,20 @@ impl FrameSource {
     }
 }
 
-/// The source MAC and address of the IPv4 packet at `l3` in `frame`, if its header is one
-/// [`PortSecurity::check`] accepts as well-formed (the same conditions as
-/// [`Ipv4Packet::check_len`]), read without building views.
+/// The source MAC and address of the IPv4 packet at `l3` in `frame` (with `beyond` more
+/// bytes in a chain), if its header is one [`PortSecurity::check`] accepts as well-formed
+/// (the same conditions as [`Ipv4Packet::check_len_within`]), read without building views.
 #[inline]
-fn frame_source(frame: &[u8], l3: usize) -> Option<FrameSource> {
+fn frame_source(frame: &[u8], beyond: usize, l3: usize) -> Option<FrameSource> {
     let h = frame.get(l3..l3.checked_add(20)?)?;
     let header_len = usize::from(h[0] & 0x0f) * 4;
     let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
-    if h[0] >> 4 != 4 || header_len < 20 || total < header_len || l3 + total > frame.len() {
+    if h[0] >> 4 != 4
+        || header_len < 20
+        || total < header_len
+        || l3 + total > frame.len() + beyond
+        || l3 + header_len > frame.len()
+    {
         return None;
     }
     let later_fragment = u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0;

@@ -68,7 +68,7 @@ impl Buckets {
         port: PortId,
         rate: ByteRate,
         now_ns: u64,
-        bytes: u16,
+        bytes: u32,
         dry_run: bool,
     ) -> bool {
         match self.0.get_mut(port.index()) {
@@ -83,7 +83,7 @@ impl Buckets {
                 if b.rate() != rate {
                     *b = ByteBucket::full(rate, now_ns);
                 }
-                b.allow(now_ns, u32::from(bytes))
+                b.allow(now_ns, bytes)
             }
             // A port beyond what the worker was sized for (it has no counters either and
             // cannot be attached): fail closed rather than pass unpoliced.
@@ -170,10 +170,11 @@ impl BurstStage for QosEgress {
             }
             checked += 1;
             if let Some(rate) = qos.egress {
-                if !self.buckets.allow(port, rate, now, pkt.len, cx.dry_run) {
+                let len = cx.pool.packet_len(pkt) as u32;
+                if !self.buckets.allow(port, rate, now, len, cx.dry_run) {
                     pkt.meta.next = Next::Drop(DropReason::Policed, Stage::QosEgress);
                     policed += 1;
-                    policed_bytes += u64::from(pkt.len);
+                    policed_bytes += u64::from(len);
                     continue;
                 }
             }
@@ -241,12 +242,13 @@ impl BurstStage for QosIngress {
                 continue;
             };
             checked += 1;
-            if !self.buckets.allow(out, rate, now, pkt.len, cx.dry_run) {
+            let len = cx.pool.packet_len(pkt) as u32;
+            if !self.buckets.allow(out, rate, now, len, cx.dry_run) {
                 pkt.meta.next = Next::Drop(DropReason::Policed, Stage::QosIngress);
                 refused = true;
                 if let Some(pc) = cx.counters.port(out) {
                     pc.policed_ingress_packets.inc();
-                    pc.policed_ingress_bytes.add(u64::from(pkt.len));
+                    pc.policed_ingress_bytes.add(u64::from(len));
                 }
             }
         }

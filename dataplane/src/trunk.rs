@@ -79,10 +79,15 @@ impl Trunks {
 /// subport's; the parent's counters count it again when its driver sends it.
 #[cold]
 #[inline(never)]
-pub(crate) fn count_subport_tx(counters: &WorkerCounters, sub: PortId, pkt: &Packet) {
+pub(crate) fn count_subport_tx(
+    counters: &WorkerCounters,
+    pool: &FramePool,
+    sub: PortId,
+    pkt: &Packet,
+) {
     if let Some(pc) = counters.port(sub) {
         pc.tx_packets.inc();
-        pc.tx_bytes.add(u64::from(pkt.len));
+        pc.tx_bytes.add(pool.packet_len(pkt) as u64);
     }
 }
 
@@ -177,7 +182,7 @@ fn finish(table: &mut StageTable, cx: &mut BurstCtx<'_>, pkts: &mut [Packet], t:
                 done |= 1 << k;
                 group[n] = *pkt;
                 n += 1;
-                bytes += u64::from(pkt.len);
+                bytes += cx.pool.packet_len(pkt) as u64;
             }
         }
         if port != parent {

@@ -77,6 +77,7 @@ fn originated(
             flags: Meta::ROUTED,
             l3_offset: EthernetFrame::<&[u8]>::HEADER_LEN as u8,
         },
+        chained: false,
     }
 }
 
@@ -109,6 +110,11 @@ pub struct RouterState {
     news: Vec<NeighborNews>,
     /// News not recorded because `news` was full.
     news_overflow: u64,
+    /// A datagram being fragmented, copied out of its frames (a jumbo one out of its
+    /// chain) so the pool can hand out the fragments' frames meanwhile, and the fragment
+    /// being written; allocated once.
+    scratch: Box<[u8]>,
+    fragment: Box<[u8]>,
 }
 
 /// A burst is mostly runs of one flow. Like the L2 stage (and VPP's l2-fwd), the router
@@ -170,6 +176,8 @@ impl RouterState {
             cache: BurstCache::default(),
             news: Vec::new(),
             news_overflow: 0,
+            scratch: vec![0; crate::buf::MAX_CHAIN_LEN].into_boxed_slice(),
+            fragment: vec![0; crate::buf::MAX_CHAIN_LEN].into_boxed_slice(),
         }
     }
 
@@ -274,6 +282,7 @@ impl RouterState {
                         u64::from(cx.now_secs),
                         out,
                         data,
+                        cx.pool.tail_len(pkt),
                         &pkt.meta,
                         cx.dry_run,
                     ) {
@@ -480,7 +489,11 @@ impl RouterState {
         let l3 = usize::from(pkt.meta.l3_offset);
         let (ttl, total_len, dont_frag, protocol, arrived_src, arrived_dst) = {
             let data = cx.pool.data(pkt);
-            let Some(ip) = data.get(l3..).and_then(|b| Ipv4Packet::new_checked(b).ok()) else {
+            let beyond = cx.pool.tail_len(pkt);
+            let Some(ip) = data
+                .get(l3..)
+                .and_then(|b| Ipv4Packet::new_checked_within(b, beyond).ok())
+            else {
                 return Next::Drop(DropReason::BadIpv4Header, Stage::L3);
             };
             if ip.version() != 4 || !ip.verify_checksum() {
@@ -828,16 +841,17 @@ impl RouterState {
         let l3 = usize::from(pkt.meta.l3_offset);
         // The TTL is decremented here, once the packet leaves (not while it waits for ARP),
         // with the one write access that also rewrites its MACs.
+        let beyond = cx.pool.tail_len(pkt);
         let data = cx.pool.data_mut(pkt);
         Ipv4Packet::new_unchecked(&mut data[l3..]).decrement_ttl();
-        // The frame bounds the datagram (its total length was checked against it), so a
-        // frame that fits needs no second look at the header.
+        // The packet bounds the datagram (its total length was checked against it), so a
+        // packet that fits needs no second look at the header.
         let fits = |len: usize| len <= usize::from(iface.mtu);
-        if fits(data.len().saturating_sub(l3))
+        if fits(data.len().saturating_sub(l3) + beyond)
             || fits(
                 data.get(l3..)
-                    .and_then(|b| Ipv4Packet::new_checked(b).ok())
-                    .map_or(0, |ip| usize::from(ip.total_len())),
+                    .and_then(|b| Ipv4Packet::new_checked_within(b, beyond).ok())
+                    .map_or(usize::MAX, |ip| usize::from(ip.total_len())),
             )
         {
             set_macs(data, router_mac, mac);
@@ -897,28 +911,28 @@ impl RouterState {
         let counters = cx.counters;
         const ETH: usize = EthernetFrame::<&[u8]>::HEADER_LEN;
         let l3 = usize::from(pkt.meta.l3_offset);
-        let data = cx.pool.data(pkt);
-        let Some(datagram) = data.get(l3..) else {
-            return Next::Drop(DropReason::BadIpv4Header, Stage::L3);
-        };
+        // The datagram stays in its frames while its fragments are made: copy it out first
+        // so that the pool can hand out new frames.
+        let len = cx.pool.packet_len(pkt).saturating_sub(l3);
+        let datagram = &mut self.scratch[..len.min(crate::buf::MAX_CHAIN_LEN)];
+        let len = cx.pool.copy_out(pkt, l3, datagram);
+        let datagram = &datagram[..len];
         let pieces = match frag::fragment_count(datagram, iface.mtu) {
             Ok(n) => n,
             Err(FragError::DontFragment) => return Next::Drop(DropReason::MtuExceeded, Stage::L3),
             Err(_) => return Next::Drop(DropReason::BadIpv4Header, Stage::L3),
         };
         // All fragments or none: a datagram missing one is worthless to the receiver.
-        if pieces > self.originated.remaining() || pieces > cx.pool.available() {
+        if pieces > self.originated.remaining()
+            || pieces > cx.pool.available()
+            || pieces > MAX_BURST
+        {
             return Next::Drop(DropReason::NoBuffers, Stage::L3);
         }
-        let mut frame = [0u8; 2048];
+        let frame = &mut self.fragment;
         let mut made = [Packet::default(); MAX_BURST];
         let mut n = 0;
-        // The datagram stays in its frame while its fragments are made: copy it out first so
-        // that the cx.pool can hand out new frames.
-        let mut copy = [0u8; 2048];
-        let len = datagram.len().min(copy.len());
-        copy[..len].copy_from_slice(&datagram[..len]);
-        let result = frag::fragment(&copy[..len], iface.mtu, |piece| {
+        let result = frag::fragment(datagram, iface.mtu, |piece| {
             let Some(written) = piece.write_to(&mut frame[ETH..]) else {
                 return false;
             };
@@ -926,17 +940,19 @@ impl RouterState {
             eth.set_dst_addr(mac.address());
             eth.set_src_addr(router_mac.address());
             eth.set_ethertype(EtherType::IPV4);
-            let Some((id, offset)) = cx.pool.alloc_with(&frame[..ETH + written]) else {
+            // A fragment for a jumbo network's smaller MTU may still need a chain.
+            let Some(made_pkt) = cx.pool.alloc_packet(&frame[..ETH + written]) else {
                 return false;
             };
             made[n] = originated(
-                id,
-                offset,
-                ETH + written,
+                made_pkt.frame,
+                made_pkt.offset,
+                usize::from(made_pkt.len),
                 pkt.meta.network,
                 EtherType::IPV4,
                 Next::Flood,
             );
+            made[n].chained = made_pkt.chained;
             n += 1;
             true
         });
@@ -983,11 +999,13 @@ impl RouterState {
             return;
         };
         let data = cx.pool.data(offending);
+        let beyond = cx.pool.tail_len(offending);
         let l3 = usize::from(offending.meta.l3_offset);
         let (Some(ip), Ok(eth)) = (data.get(l3..), EthernetFrame::new_checked(data)) else {
             return;
         };
-        let source = Ipv4Packet::new_checked(ip).map_or(0, |p| u32::from(p.src_addr()));
+        let source =
+            Ipv4Packet::new_checked_within(ip, beyond).map_or(0, |p| u32::from(p.src_addr()));
         if !self.may_answer(cx, source) {
             return;
         }
@@ -1001,6 +1019,7 @@ impl RouterState {
             Ipv4Addr::from(iface.ip),
             ident,
             ip,
+            beyond,
             eth.src_addr(),
             r.mac,
             &mut frame,
@@ -1229,10 +1248,11 @@ fn set_macs(frame: &mut [u8], router_mac: PackedMac, mac: PackedMac) {
 /// the router is dropped.
 fn echo_reply(pool: &mut FramePool, pkt: &mut Packet, router_mac: PackedMac) -> Next {
     let l3 = usize::from(pkt.meta.l3_offset);
+    let beyond = pool.tail_len(pkt);
     let data = pool.data_mut(pkt);
     let Some(ip) = data
         .get_mut(l3..)
-        .and_then(|b| Ipv4Packet::new_checked(b).ok())
+        .and_then(|b| Ipv4Packet::new_checked_within(b, beyond).ok())
     else {
         return Next::Drop(DropReason::BadIpv4Header, Stage::L3);
     };
@@ -1240,10 +1260,14 @@ fn echo_reply(pool: &mut FramePool, pkt: &mut Packet, router_mac: PackedMac) -> 
         return Next::Drop(DropReason::ToRouter, Stage::L3);
     }
     let header_len = ip.header_len();
+    // The reply is made in place and its checksum patched, so a chained (jumbo) request
+    // needs only the ICMP header, which its first frame holds.
     let total_len = usize::from(ip.total_len());
     let (src, dst) = (ip.src_addr(), ip.dst_addr());
     {
-        let Some(icmp_bytes) = ip.into_inner().get_mut(header_len..total_len) else {
+        let buffer = ip.into_inner();
+        let end = total_len.min(buffer.len());
+        let Some(icmp_bytes) = buffer.get_mut(header_len..end) else {
             return Next::Drop(DropReason::BadIpv4Header, Stage::L3);
         };
         let Ok(mut icmp) = Icmpv4Packet::new_checked(icmp_bytes) else {

@@ -225,6 +225,15 @@ fn push_outer(
     if pkt.offset < overhead {
         return Next::Drop(DropReason::NoHeadroom, Stage::TunnelEncap);
     }
+    // The outer lengths count the whole inner frame (every segment of a chain), which
+    // must leave room for the outer headers in a 64 KiB datagram.
+    let inner_len = match pkt.chained {
+        false => pkt.len,
+        true => match u16::try_from(pool.packet_len(pkt)) {
+            Ok(len) if len <= u16::MAX - overhead => len,
+            _ => return Next::Drop(DropReason::TooBig, Stage::TunnelEncap),
+        },
+    };
     // One view of the headroom and the frame: the inner frame to hash, the headroom to
     // write.
     let start = usize::from(pkt.offset - overhead);
@@ -239,7 +248,7 @@ fn push_outer(
     } else {
         0
     };
-    if !outer.write(headers, pkt.len, sport) {
+    if !outer.write(headers, inner_len, sport) {
         return Next::Drop(DropReason::InternalError, Stage::TunnelEncap);
     }
     pkt.offset -= overhead;

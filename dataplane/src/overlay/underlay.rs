@@ -178,6 +178,7 @@ fn request(
             flags: Meta::MULTICAST | Meta::ROUTED,
             ..Meta::default()
         },
+        chained: false,
     };
     ports.enqueue(pool, counters, ov.uplink(), pkt);
 }

@@ -147,18 +147,25 @@ pub fn capture(spec: CaptureSpec) -> (Capturer, CaptureReader) {
     )
 }
 
-/// Writes one captured frame into `slot`; returns the slot bytes used.
+/// Writes one captured frame into `slot` (every segment of a chain, up to the snap
+/// length); returns the slot bytes used.
 #[inline]
-fn fill(slot: &mut [u8], dir: Directions, drop: (u8, u8), now_ns: u64, frame: &[u8]) -> usize {
-    let kept = frame.len().min(slot.len() - HEADER);
+fn fill(
+    slot: &mut [u8],
+    dir: Directions,
+    drop: (u8, u8),
+    now_ns: u64,
+    pool: &FramePool,
+    pkt: &Packet,
+) -> usize {
+    let len = pool.packet_len(pkt);
     slot[0] = dir.0;
     slot[1] = drop.0;
     slot[2] = drop.1;
     slot[3] = 0;
-    slot[4..8].copy_from_slice(&(frame.len() as u32).to_le_bytes());
+    slot[4..8].copy_from_slice(&(len as u32).to_le_bytes());
     slot[8..16].copy_from_slice(&now_ns.to_le_bytes());
-    slot[HEADER..HEADER + kept].copy_from_slice(&frame[..kept]);
-    HEADER + kept
+    HEADER + pool.copy_out(pkt, 0, &mut slot[HEADER..])
 }
 
 impl Capturer {
@@ -190,7 +197,7 @@ impl Capturer {
         let written = self
             .ring
             .push_burst(wanted, |_, slot| match selected.next() {
-                Some((pkt, drop)) => fill(slot, dir, drop, now_ns, pool.data(pkt)),
+                Some((pkt, drop)) => fill(slot, dir, drop, now_ns, pool, pkt),
                 // `wanted` counted exactly the selected packets: never reached.
                 None => 0,
             });
@@ -336,12 +343,14 @@ mod tests {
     #[test]
     fn slots_read_back_with_their_header() {
         let mut slot = [0u8; HEADER + 8];
-        let frame = [7u8; 20];
+        let mut pool = FramePool::with_frames(8).unwrap();
+        let frame = pool.alloc_packet(&[7u8; 20]).unwrap();
         let used = fill(
             &mut slot,
             Directions::DROP,
             (Stage::PortSecurity as u8, DropReason::Runt as u8),
             42,
+            &pool,
             &frame,
         );
         assert_eq!(used, HEADER + 8);
@@ -350,6 +359,14 @@ mod tests {
         assert_eq!(f.drop, Some((Stage::PortSecurity, DropReason::Runt)));
         assert_eq!((f.orig_len, f.timestamp_ns), (20, 42));
         assert_eq!(f.data, &[7u8; 8]);
+        // A chained (jumbo) frame: its length whole, its bytes up to the snap length.
+        let jumbo: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let chained = pool.alloc_packet(&jumbo).unwrap();
+        let mut slot = vec![0u8; HEADER + 3000];
+        let used = fill(&mut slot, Directions::RX, (0, 0), 1, &pool, &chained);
+        let f = CapturedFrame::parse(&slot[..used]).unwrap();
+        assert_eq!(f.orig_len, 5000);
+        assert_eq!(f.data, &jumbo[..3000]);
         assert!(CapturedFrame::parse(&[9u8; HEADER]).is_none());
     }
 

@@ -93,7 +93,8 @@ pub(crate) fn rule_checks(
 ) -> Vec<RuleCheck> {
     let check = |port: PortId, direction: Direction, frame: &[u8]| {
         let (ethertype, l3) = ethertype_of(frame)?;
-        let verdict = rule_for(snap, port, direction, frame, ethertype, l3)?;
+        // An explained frame is one contiguous copy, never a chain.
+        let verdict = rule_for(snap, port, direction, frame, 0, ethertype, l3)?;
         let rule = match verdict {
             RuleVerdict::Rule(id) => snap.security_groups().rule(id).cloned(),
             RuleVerdict::Implicit | RuleVerdict::NoRule => None,

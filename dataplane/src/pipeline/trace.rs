@@ -165,7 +165,7 @@ pub struct TraceRecord {
     /// The port it came in on.
     pub port: PortId,
     /// Its length as received.
-    pub len: u16,
+    pub len: u32,
     steps: [TraceStep; MAX_TRACE_STEPS],
     n_steps: u8,
     /// Its index in the burst being traced.
@@ -257,7 +257,7 @@ impl Tracer {
             self.records.push(TraceRecord {
                 generation,
                 port,
-                len: pkt.len,
+                len: pool.packet_len(pkt) as u32,
                 steps: [TraceStep::default(); MAX_TRACE_STEPS],
                 n_steps: 0,
                 index: index as u8,

@@ -308,7 +308,7 @@ impl SlowPath {
             return Next::Drop(service.rate_limited, Stage::SlowPath);
         }
         let frame = cx.pool.data(pkt);
-        if frame.len() > MAX_RING_FRAME {
+        if frame.len() > MAX_RING_FRAME || pkt.chained {
             return Next::Drop(DropReason::PuntTooLarge, Stage::SlowPath);
         }
         let header = RingHeader {
@@ -425,6 +425,7 @@ fn injected_packet(
             flags: 0,
             l3_offset: EthernetFrame::<&[u8]>::HEADER_LEN as u8,
         },
+        chained: false,
     };
     Some((pkt, header.service))
 }

@@ -85,14 +85,33 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         Ok(p)
     }
 
+    /// [`Ipv4Packet::new_checked`] for the first segment of a chained packet (see
+    /// `crate::buf`): `buffer` holds the header and `beyond` more bytes of the packet follow
+    /// in other frames, so the total length is checked against both. Payload views end at
+    /// the buffer's end; the rest of the payload is in the chain.
+    #[inline]
+    pub fn new_checked_within(buffer: T, beyond: usize) -> Result<Self> {
+        let p = Self::new_unchecked(buffer);
+        p.check_len_within(beyond)?;
+        Ok(p)
+    }
+
     /// Checks that the buffer holds a fixed header, that the version is 4 and the IHL at
     /// least 5, and that `header_len <= total_len <= buffer length` ([`Error::Truncated`]
     /// for a short buffer, [`Error::Malformed`] for inconsistent fields). A buffer longer
     /// than `total_len` is fine: Ethernet pads short frames.
     #[inline]
     pub fn check_len(&self) -> Result<()> {
-        let len = self.buffer.as_ref().len();
-        if len < HEADER_LEN {
+        self.check_len_within(0)
+    }
+
+    /// [`Ipv4Packet::check_len`] with `beyond` bytes of the packet after the buffer (in a
+    /// chain's later frames); the header itself must lie in the buffer.
+    #[inline]
+    pub fn check_len_within(&self, beyond: usize) -> Result<()> {
+        let held = self.buffer.as_ref().len();
+        let len = held + beyond;
+        if held < HEADER_LEN {
             return Err(Error::Truncated);
         }
         if self.version() != 4 || self.header_len() < HEADER_LEN {
@@ -102,7 +121,8 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         if total < self.header_len() {
             return Err(Error::Malformed);
         }
-        if total > len {
+        // Without `beyond`, `header_len <= total <= held` already holds.
+        if total > len || self.header_len() > held {
             return Err(Error::Truncated);
         }
         Ok(())
@@ -618,6 +638,31 @@ mod tests {
         let repr = Ipv4Repr::parse(&p).unwrap();
         assert_eq!(repr.payload_len, 8);
         assert_eq!(repr.protocol, IpProtocol(2));
+    }
+
+    /// A chain's first frame holds the header and part of the payload: the total length
+    /// is checked against what the chain holds, the payload view ends at the buffer.
+    #[test]
+    fn a_chained_packets_header_is_checked_against_the_whole_chain() {
+        let mut p = vec![0u8; 1000];
+        p[0] = 0x45;
+        p[2..4].copy_from_slice(&3000u16.to_be_bytes());
+        assert_eq!(
+            Ipv4Packet::new_checked(&p[..]).unwrap_err(),
+            Error::Truncated
+        );
+        assert_eq!(
+            Ipv4Packet::new_checked_within(&p[..], 1999).unwrap_err(),
+            Error::Truncated
+        );
+        let ip = Ipv4Packet::new_checked_within(&p[..], 2000).unwrap();
+        assert_eq!(ip.payload().len(), 980);
+        p[0] = 0x4f;
+        assert_eq!(
+            Ipv4Packet::new_checked_within(&p[..40], 5000).unwrap_err(),
+            Error::Truncated,
+            "the options must be in the buffer"
+        );
     }
 
     #[test]

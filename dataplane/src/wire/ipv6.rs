@@ -55,9 +55,23 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         Ok(packet)
     }
 
+    /// [`Ipv6Packet::new_checked`] for the first segment of a chained packet: `beyond` more
+    /// bytes of the packet follow the buffer in other frames (see
+    /// `Ipv4Packet::new_checked_within`); the payload view ends at the buffer's end.
+    pub fn new_checked_within(buffer: T, beyond: usize) -> Result<Self> {
+        let packet = Ipv6Packet { buffer };
+        packet.check_len_within(beyond)?;
+        Ok(packet)
+    }
+
     /// Checks that the fixed header fits, that the version is 6 and that the payload the
     /// header announces fits in the buffer (trailing padding is allowed).
     pub fn check_len(&self) -> Result<()> {
+        self.check_len_within(0)
+    }
+
+    /// [`Ipv6Packet::check_len`] with `beyond` bytes of the packet after the buffer.
+    pub fn check_len_within(&self, beyond: usize) -> Result<()> {
         let data = self.buffer.as_ref();
         if data.len() < Self::HEADER_LEN {
             return Err(Error::Truncated);
@@ -65,7 +79,7 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
         if data[0] >> 4 != 6 {
             return Err(Error::Malformed);
         }
-        if Self::HEADER_LEN + usize::from(self.payload_len()) > data.len() {
+        if Self::HEADER_LEN + usize::from(self.payload_len()) > data.len() + beyond {
             return Err(Error::Truncated);
         }
         Ok(())
@@ -109,7 +123,9 @@ impl<T: AsRef<[u8]>> Ipv6Packet<T> {
 
     /// The payload the header announces.
     pub fn payload(&self) -> &[u8] {
-        let end = Self::HEADER_LEN + usize::from(self.payload_len());
+        // Within the buffer: a chained packet's payload goes on in other frames.
+        let end =
+            (Self::HEADER_LEN + usize::from(self.payload_len())).min(self.buffer.as_ref().len());
         &self.buffer.as_ref()[field::PAYLOAD][..end - Self::HEADER_LEN]
     }
 
@@ -186,6 +202,19 @@ mod tests {
         p[24..40].copy_from_slice(&"ff02::1".parse::<Ipv6Addr>().unwrap().octets());
         p.extend_from_slice(payload);
         p
+    }
+
+    #[test]
+    fn a_chained_packets_payload_length_is_checked_against_the_whole_chain() {
+        let mut p = packet(17, &[0; 960]);
+        p[4..6].copy_from_slice(&3000u16.to_be_bytes());
+        assert_eq!(
+            Ipv6Packet::new_checked(&p[..]).unwrap_err(),
+            Error::Truncated
+        );
+        assert!(Ipv6Packet::new_checked_within(&p[..], 2039).is_err());
+        let ip = Ipv6Packet::new_checked_within(&p[..], 2040).unwrap();
+        assert_eq!(ip.payload().len(), 960);
     }
 
     #[test]
