@@ -5,7 +5,7 @@
 //! worker's pool on receive and out of it on transmit, as for any port that cannot share
 //! memory with the pool.
 
-use pollux_dataplane::buf::FramePool;
+use pollux_dataplane::buf::{FramePool, MAX_CHAIN_LEN};
 use pollux_dataplane::packet::{Batch, Packet};
 use pollux_dataplane::port::{Port, PortStats};
 
@@ -65,20 +65,20 @@ impl Port for MemPort {
 
     #[inline]
     fn rx_burst(&mut self, _queue: u16, pool: &mut FramePool, batch: &mut Batch) -> usize {
-        let max_len = pool.max_data_len();
         let (mut added, mut bytes, mut oversize) = (0u64, 0u64, 0u64);
         self.rx.pop_burst(batch.remaining(), |frame| {
-            if frame.len() > max_len {
+            if frame.len() > MAX_CHAIN_LEN {
                 // Like a NIC given a frame larger than its buffers: count and discard.
                 oversize += 1;
                 return true;
             }
-            // With no free frame, leave the frame in the ring: back-pressure, not loss.
-            let Some((id, offset)) = pool.alloc_with(frame) else {
+            // A frame larger than a pool frame is chained over several. With no free
+            // frames, leave it in the ring: back-pressure, not loss.
+            let Some(pkt) = pool.alloc_packet(frame) else {
                 return false;
             };
             // Cannot fail: `pop_burst` offers at most `remaining()` frames.
-            let _ = batch.push(Packet::received(id, offset, frame.len() as u16));
+            let _ = batch.push(pkt);
             added += 1;
             bytes += frame.len() as u64;
             true
@@ -93,14 +93,14 @@ impl Port for MemPort {
     fn tx_burst(&mut self, _queue: u16, pool: &mut FramePool, pkts: &[Packet]) -> usize {
         let (mut oversize, mut bytes) = (0u64, 0u64);
         let sent = self.tx.push_burst(pkts.len(), |i, slot| {
-            let data = pool.data(&pkts[i]);
-            let Some(dst) = slot.get_mut(..data.len()) else {
+            let len = pool.packet_len(&pkts[i]);
+            let Some(dst) = slot.get_mut(..len) else {
                 oversize += 1;
                 return 0;
             };
-            dst.copy_from_slice(data);
-            bytes += data.len() as u64;
-            data.len()
+            pool.copy_out(&pkts[i], 0, dst);
+            bytes += len as u64;
+            len
         });
         for pkt in &pkts[..sent] {
             pool.free(pkt.frame);
@@ -179,18 +179,20 @@ mod tests {
         let mut pool = FramePool::with_frames(8).unwrap();
         let mut batch = Batch::with_capacity(8);
         assert!(wire.send(b"0123456789abcdef"));
-        assert!(
-            wire.send(&vec![7; 1900]),
-            "fits a slot but not a frame's data room"
-        );
-        assert_eq!(port.rx_burst(0, &mut pool, &mut batch), 1);
-        assert_eq!(port.stats().rx_dropped, 1);
-        let pkt = batch.as_slice()[0];
+        let big: Vec<u8> = (0..1900u32).map(|i| i as u8).collect();
+        assert!(wire.send(&big), "fits a slot but not a frame's data room");
+        assert_eq!(port.rx_burst(0, &mut pool, &mut batch), 2);
+        assert_eq!(port.stats().rx_dropped, 0);
+        let (pkt, chained) = (batch.as_slice()[0], batch.as_slice()[1]);
         assert_eq!(pool.data(&pkt), b"0123456789abcdef");
-        assert_eq!(port.tx_burst(0, &mut pool, &[pkt]), 1);
-        assert_eq!(pool.available(), 8, "transmit returns the frame");
+        assert!(chained.chained, "chained over two frames");
+        assert_eq!(pool.available(), 5);
+        assert_eq!(port.tx_burst(0, &mut pool, &[pkt, chained]), 2);
+        assert_eq!(pool.available(), 8, "transmit returns every frame");
         assert_eq!(wire.recv().unwrap(), b"0123456789abcdef");
+        assert_eq!(wire.recv().unwrap(), big, "sent whole");
         assert!(wire.recv().is_none());
+        assert_eq!(port.stats().tx_bytes, 16 + 1900);
     }
 
     #[test]

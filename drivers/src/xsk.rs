@@ -1095,9 +1095,14 @@ impl Port for AfXdpPort {
         tx.produce(max, || loop {
             let pkt = pkts.get(next)?;
             next += 1;
-            if pkt.len == 0 || u32::from(pkt.offset) + u32::from(pkt.len) > frame_size {
+            if pkt.len == 0
+                || u32::from(pkt.offset) + u32::from(pkt.len) > frame_size
+                || pkt.chained
+            {
                 // Accepted and dropped here: the kernel would discard it without a
-                // completion, and the frame would never come back.
+                // completion, and the frame would never come back. A chained (jumbo)
+                // frame needs multi-buffer AF_XDP, which these sockets do not use; the
+                // control plane keeps jumbo networks off AF_XDP ports, so none comes.
                 pool.free(pkt.frame);
                 bad += 1;
                 continue;

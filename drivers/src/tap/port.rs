@@ -4,7 +4,7 @@
 //! copies the frame into a pool frame; transmit copies a pool frame behind a zeroed
 //! header. Every frame that does not make it is counted with its reason.
 
-use pollux_dataplane::buf::{FrameId, FramePool};
+use pollux_dataplane::buf::{FrameId, FramePool, MAX_CHAIN_LEN};
 use pollux_dataplane::packet::{Batch, Packet};
 use pollux_dataplane::port::{Port, PortStats};
 
@@ -78,8 +78,8 @@ pub struct TapPort {
 }
 
 impl TapPort {
-    /// A port on `device`, with slots sized for frames of up to `max_frame` bytes (the
-    /// pool's [`FramePool::max_data_len`]): reads are posted at once.
+    /// A port on `device`, with slots sized for frames of up to `max_frame` bytes (those
+    /// larger than a pool frame are chained in the pool): reads are posted at once.
     pub fn new(
         device: TapDevice,
         max_frame: usize,
@@ -139,11 +139,10 @@ impl TapPort {
         result: i32,
         pool: &mut FramePool,
     ) -> Result<Option<Packet>, ()> {
-        let max_frame = pool.max_data_len();
         let Some(bytes) = self.queue.slot_mut(Dir::Rx, slot) else {
             return Ok(None);
         };
-        let (hdr, len) = match classify_read(bytes, result, max_frame) {
+        let (hdr, len) = match classify_read(bytes, result, MAX_CHAIN_LEN) {
             ReadOutcome::Frame { hdr, len } => {
                 self.rx_failing = false;
                 (hdr, len)
@@ -162,18 +161,20 @@ impl TapPort {
                 return Ok(None);
             }
         };
-        let frame = &bytes[VNET_HDR_LEN..VNET_HDR_LEN + len];
-        let Some((id, offset)) = pool.alloc_with(frame) else {
+        // Back-pressure before anything is changed: the frame is read again next time.
+        if pool.available() < pool.frames_for(len) {
             return Err(());
-        };
-        let pkt = Packet::received(id, offset, len as u16);
-        // `classify_read` checked the offsets against the frame, so this completes.
-        if hdr.needs_csum()
-            && vnet::complete_checksum(pool.data_mut(&pkt), hdr.csum_start, hdr.csum_offset)
-        {
+        }
+        let frame = &mut bytes[VNET_HDR_LEN..VNET_HDR_LEN + len];
+        // Completed in the slot, where the frame is in one piece (a jumbo frame is chained
+        // in the pool). `classify_read` checked the offsets against the frame, so this
+        // completes.
+        if hdr.needs_csum() && vnet::complete_checksum(frame, hdr.csum_start, hdr.csum_offset) {
             self.counters.rx_csum_completed += 1;
         }
-        Ok(Some(pkt))
+        // Larger than a pool frame: chained over several. Cannot fail: the frames are
+        // there and `classify_read` bounded the length.
+        pool.alloc_packet(frame).map(Some).ok_or(())
     }
 }
 
@@ -232,12 +233,12 @@ impl Port for TapPort {
                 self.counters.tx_slots_exhausted += 1;
                 break;
             };
-            let data = pool.data(pkt);
+            let len = pool.packet_len(pkt);
             let Some(out) = self.queue.slot_mut(Dir::Tx, slot) else {
                 self.queue.release(Dir::Tx, slot);
                 break;
             };
-            let total = VNET_HDR_LEN + data.len();
+            let total = VNET_HDR_LEN + len;
             if total > out.len() {
                 oversize += 1;
                 self.queue.release(Dir::Tx, slot);
@@ -247,12 +248,12 @@ impl Port for TapPort {
             }
             // Cannot fail: the slot is longer than `total`.
             let _ = vnet::emit_plain(out);
-            out[VNET_HDR_LEN..total].copy_from_slice(data);
+            pool.copy_out(pkt, 0, &mut out[VNET_HDR_LEN..total]);
             if !self.queue.queue_write(slot, total as u32) {
                 self.queue.release(Dir::Tx, slot);
                 break;
             }
-            bytes += data.len() as u64;
+            bytes += len as u64;
             pool.free(pkt.frame);
             sent += 1;
         }

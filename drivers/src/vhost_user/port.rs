@@ -218,6 +218,15 @@ impl Port for VhostUserPort {
             Err(why) => broken = Some(why),
             Ok(mut avail) => {
                 'frames: for pkt in pkts {
+                    if pkt.chained {
+                        // A jumbo frame in a chain: copying chains into the guest's
+                        // buffers is not written yet, and the control plane keeps jumbo
+                        // networks off vhost-user ports, so none comes.
+                        too_big += 1;
+                        pool.free(pkt.frame);
+                        sent += 1;
+                        continue;
+                    }
                     let data = pool.data(pkt);
                     let need = hdr_len + data.len();
                     self.segs.clear();
