@@ -170,7 +170,7 @@ impl Bindings {
         queues: &[u32],
         owners: &[u16],
     ) -> Result<Vec<(u16, Prepared)>, String> {
-        check_mtu(interface)?;
+        check_mtu(interface, MAX_MTU)?;
         let max_queue = queues.iter().copied().max().unwrap_or(0);
         let xdp = XdpProgram::attach(interface, XdpMode::Auto, max_queue + 1)
             .map_err(|e| format!("interface {interface}: {e}"))?;
@@ -311,9 +311,8 @@ impl Bindings {
     /// other drivers and for an interface that is gone (the link check handles that).
     pub fn mtu_refusal(plan: &PortPlan) -> Option<String> {
         match &plan.binding {
-            Binding::Afxdp { interface, .. } | Binding::Tap { interface } => {
-                check_mtu(interface).err()
-            }
+            Binding::Afxdp { interface, .. } => check_mtu(interface, MAX_MTU).err(),
+            Binding::Tap { interface } => check_mtu(interface, TAP_MAX_MTU).err(),
             _ => None,
         }
     }
@@ -338,7 +337,7 @@ impl Bindings {
 /// it: see `pollux_drivers::tap::device`); the worker then sets up its io_uring queue and
 /// posts the reads. The port holds no pool frames between calls.
 fn prepare_tap(plan: &PortPlan, interface: &str) -> Result<Prepared, String> {
-    check_mtu(interface)?;
+    check_mtu(interface, TAP_MAX_MTU)?;
     let device = TapDevice::open(interface).map_err(|e| format!("tap {interface}: {e}"))?;
     pollux_services::info!(
         "{} on tap {interface}: {}",
@@ -353,8 +352,8 @@ fn prepare_tap(plan: &PortPlan, interface: &str) -> Result<Prepared, String> {
     );
     let name = interface.to_string();
     Ok(Prepared {
-        open: Box::new(move |pool| {
-            TapPort::new(device, pool.max_data_len(), TapPortConfig::default())
+        open: Box::new(move |_pool| {
+            TapPort::new(device, TAP_MAX_FRAME, TapPortConfig::default())
                 .map(|p| Box::new(p) as Box<dyn Port>)
                 .map_err(|e| io::Error::new(e.kind(), format!("tap {name}: io_uring queue: {e}")))
         }),
@@ -436,15 +435,26 @@ fn interface_mtu(name: &str) -> io::Result<u32> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("bad MTU {text:?}")))
 }
 
-/// Refuses an interface that can receive frames larger than one frame of the pool: the
-/// AF_XDP socket would drop them (as `xdp_rx_dropped`) where no drop reason shows them,
-/// a tap port as `rx_oversize`.
-fn check_mtu(interface: &str) -> Result<(), String> {
+/// The largest MTU of a tap port's interface: the largest a network may have (a tap
+/// port's frames larger than one pool frame are chained; see `pollux_dataplane::buf`).
+const TAP_MAX_MTU: u16 = crate::validate::JUMBO_MTU as u16;
+/// A tap port's largest frame: its MTU with an Ethernet header and one 802.1Q tag.
+const TAP_MAX_FRAME: usize = TAP_MAX_MTU as usize + 18;
+
+/// Refuses an interface that can receive frames larger than its port can carry (`limit`,
+/// an MTU): the AF_XDP socket would drop them (as `xdp_rx_dropped`) where no drop reason
+/// shows them, a tap port as `rx_oversize`.
+fn check_mtu(interface: &str, limit: u16) -> Result<(), String> {
     match interface_mtu(interface) {
-        Ok(mtu) if mtu > u32::from(MAX_MTU) => Err(format!(
+        Ok(mtu) if mtu > u32::from(limit) && limit == MAX_MTU => Err(format!(
             "interface {interface} has MTU {mtu}, above {MAX_MTU}, the largest whose frames fit \
-             the data plane's {DEFAULT_FRAME_SIZE}-byte buffers (jumbo frames need multi-buffer \
-             AF_XDP, not supported yet); lower it with `ip link set {interface} mtu 1500`"
+             the data plane's {DEFAULT_FRAME_SIZE}-byte buffers (jumbo frames on AF_XDP need \
+             multi-buffer sockets, not supported yet; tap ports carry them); lower it with \
+             `ip link set {interface} mtu 1500`"
+        )),
+        Ok(mtu) if mtu > u32::from(limit) => Err(format!(
+            "interface {interface} has MTU {mtu}, above {limit}, the largest a port of this \
+             kind carries; lower it with `ip link set {interface} mtu {limit}`"
         )),
         // A missing interface is reported, with its name, by the XDP attach that follows.
         _ => Ok(()),

@@ -460,14 +460,38 @@ fn used_macs(state: &DesiredState, network_id: &str, except: Option<usize>) -> H
         .collect()
 }
 
+/// Whether every port network `n`'s frames cross can carry chains of pool frames (what a
+/// frame larger than one pool frame is): `mem` and tap ports, through a `mem` or tap
+/// uplink for a flat or VLAN network; never through a tunnel.
+fn carries_chains(state: &DesiredState, n: &Network) -> bool {
+    let chains = |b: &Binding| matches!(b, Binding::Mem {} | Binding::Tap { .. });
+    let through = match n.network_type {
+        NetworkType::Local => true,
+        NetworkType::Flat | NetworkType::Vlan => state
+            .uplinks
+            .iter()
+            .find(|u| Some(u.physnet.as_str()) == n.physical_network.as_deref())
+            .is_some_and(|u| chains(&u.binding)),
+        _ => false,
+    };
+    through
+        && state
+            .ports
+            .iter()
+            .filter(|p| p.network_id == n.id)
+            .all(|p| p.binding.as_ref().is_some_and(chains))
+}
+
 /// What the engine must answer for a state that passes validation: unsupported when a
-/// network's MTU exceeds what the data plane's buffers hold or a port is neither `mem` nor
+/// network's MTU exceeds what one of the data plane's buffers holds and one of the ports
+/// its frames cross cannot carry chains of them, or a port is neither `mem` nor
 /// `vhost-user` (the only drivers that open without root and a kernel interface).
 fn expect_valid(state: &DesiredState) -> Expect {
     let mtu_too_big = state.networks.iter().any(|n| {
         n.mtu
             .unwrap_or_else(|| uplink_mtu(state, n.physical_network.as_deref()))
             > i64::from(DATAPLANE_MAX_MTU)
+            && !carries_chains(state, n)
     });
     let not_mem = state
         .ports
@@ -805,10 +829,12 @@ fn plan(edit: &Edit, engine: &Engine, fresh: &mut Fresh) -> Option<Planned> {
                 socket: format!("/tmp/pollux-apply-properties-{}.sock", fresh.next()),
                 mode: Some(VhostUserMode::Client),
             });
+            // Refused on a jumbo network: vhost-user ports carry no chains yet.
+            let expect = expect_valid(&s);
             Planned {
                 what: format!("bind port {} to a vhost-user socket", s.ports[i].id),
                 op: apply(s),
-                expect: Expect::Ok,
+                expect,
             }
         }
         Edit::StaleGeneration { ahead } => {

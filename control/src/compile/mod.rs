@@ -438,15 +438,16 @@ fn compile_inner(
     let mut network_uid = Vec::with_capacity(state.networks.len());
     for (i, net) in state.networks.iter().enumerate() {
         if net.mtu > MAX_MTU {
-            return Err(CompileError::Unsupported {
-                path: format!("networks[{i}].mtu"),
-                what: format!(
-                    "{} is above {MAX_MTU}, the largest MTU whose frames fit the data plane's \
-                     {DEFAULT_FRAME_SIZE}-byte buffers (jumbo frames need multi-buffer AF_XDP, not \
-                     supported yet)",
-                    net.mtu
-                ),
-            });
+            if let Some(why) = jumbo_refusal(state, i) {
+                return Err(CompileError::Unsupported {
+                    path: format!("networks[{i}].mtu"),
+                    what: format!(
+                        "{} is above {MAX_MTU}, the largest MTU whose frames fit one of the data \
+                         plane's {DEFAULT_FRAME_SIZE}-byte buffers, and {why}",
+                        net.mtu
+                    ),
+                });
+            }
         }
         let uid = ids.network(&net.id)?;
         network_uid.push(uid);
@@ -640,6 +641,45 @@ fn compile_inner(
 
 /// Whether frames of this binding come from a kernel interface whose local senders may
 /// leave TCP/UDP checksums to an offload that AF_XDP does not carry.
+/// Why network `i`, whose MTU is above [`MAX_MTU`], cannot run: its larger frames travel
+/// as chains of buffers (see `pollux_dataplane::buf`), which only some drivers send and
+/// receive (tap and mem ports; not yet AF_XDP, which needs multi-buffer sockets, nor
+/// vhost-user), and which tunnels do not carry yet. `None` when every port the network's
+/// frames cross can carry them.
+fn jumbo_refusal(state: &Validated, i: usize) -> Option<String> {
+    let chains = |b: &Binding| matches!(b, Binding::Tap { .. } | Binding::Mem);
+    let kind = |b: &Binding| match b {
+        Binding::Afxdp { .. } => {
+            "an AF_XDP port, which carries frames of one buffer only (multi-buffer AF_XDP \
+             is not supported yet; tap ports carry jumbo frames)"
+        }
+        _ => "a vhost-user port, whose jumbo frames are not supported yet (tap ports carry them)",
+    };
+    match state.networks[i].segment {
+        Segment::Local => {}
+        Segment::Flat { uplink } | Segment::Vlan { uplink, .. } => {
+            let u = &state.uplinks[uplink];
+            if !chains(&u.binding) {
+                return Some(format!("its uplink {} is {}", u.name, kind(&u.binding)));
+            }
+        }
+        _ => return Some("jumbo frames through tunnels are not supported yet".into()),
+    }
+    let (j, port) = state
+        .ports
+        .iter()
+        .enumerate()
+        .find(|(_, p)| p.network == i && !p.binding.as_ref().is_some_and(chains))?;
+    Some(match &port.binding {
+        Some(b) => format!("port ports[{j}] ({}) is {}", port.id, kind(b)),
+        None => format!(
+            "port ports[{j}] ({}) is a trunk's subport, whose jumbo frames are not supported \
+             yet",
+            port.id
+        ),
+    })
+}
+
 fn kernel_interface(binding: &Binding) -> bool {
     matches!(binding, Binding::Afxdp { .. })
 }
@@ -1172,55 +1212,74 @@ mod tests {
         assert_ne!(compiled.identities, ids);
     }
 
+    /// A network above `MAX_MTU` compiles when every port its frames cross carries chains
+    /// (tap and mem ports, a mem or tap uplink), and is refused at its MTU's path, naming
+    /// the port, when one does not (AF_XDP, vhost-user, a subport, a tunnel).
     #[test]
-    fn jumbo_mtu_is_refused_with_a_path() {
-        let text = r#"
-            [[uplinks]]
-            name = "uplink0"
-            physnet = "physnet1"
-            binding = { driver = "mem" }
-            mtu = 9000
-
-            [[networks]]
-            id = "net-j"
-            network_type = "flat"
-            physical_network = "physnet1"
-            mtu = 9000
-            "#;
-        let v = validate(&DesiredState::from_toml_str(text).unwrap()).unwrap();
-        let err = compile(&v, &Identities::default(), 1)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.starts_with("networks[0].mtu: 9000 is above 1774"),
-            "{err}"
-        );
-    }
-
-    /// The data plane's limit is the only one between a valid MTU and a forwarded one:
-    /// `MAX_MTU` compiles, one more is refused as not supported, and the schema's bound
-    /// lies above both.
-    #[test]
-    fn max_mtu_is_the_boundary_of_what_compiles() {
+    fn jumbo_networks_compile_where_every_port_carries_chains() {
         assert!(i64::from(MAX_MTU) < crate::validate::JUMBO_MTU);
         assert!(i64::from(MAX_MTU) >= crate::validate::MIN_MTU);
-        let state = |mtu: u16| {
+        let state = |mtu: u16, uplink: &str, network: &str, port: &str| {
             let text = format!(
                 r#"
+                [[uplinks]]
+                name = "uplink0"
+                physnet = "physnet1"
+                binding = {uplink}
+                mtu = 9000
+
                 [[networks]]
-                id = "net-m"
-                network_type = "local"
+                id = "net-j"
+                {network}
                 mtu = {mtu}
+
+                [[ports]]
+                id = "vm-j"
+                network_id = "net-j"
+                mac_address = "fa:16:3e:00:00:01"
+                binding = {port}
                 "#
             );
             validate(&DesiredState::from_toml_str(&text).unwrap()).expect("a valid MTU")
         };
-        assert!(compile(&state(MAX_MTU), &Identities::default(), 1).is_ok());
-        let err = compile(&state(MAX_MTU + 1), &Identities::default(), 1).unwrap_err();
+        let mem = r#"{ driver = "mem" }"#;
+        let tap = r#"{ driver = "tap", interface = "tapj" }"#;
+        let xdp = r#"{ driver = "afxdp", interface = "vethj" }"#;
+        let vhost = r#"{ driver = "vhost-user", socket = "/run/pollux-j.sock", mode = "server" }"#;
+        let local = r#"network_type = "local""#;
+        let flat = r#"network_type = "flat"
+                physical_network = "physnet1""#;
+        let compiles = |mtu, uplink, network, port| {
+            compile(
+                &state(mtu, uplink, network, port),
+                &Identities::default(),
+                1,
+            )
+        };
+        let refusal = |mtu, uplink, network, port| match compiles(mtu, uplink, network, port) {
+            Err(CompileError::Unsupported { path, what }) => {
+                assert_eq!(path, "networks[0].mtu");
+                what
+            }
+            other => panic!("refused as unsupported: {:?}", other.map(|_| ())),
+        };
+        let tap_uplink = r#"{ driver = "tap", interface = "tapu" }"#;
+        let xdp_uplink = r#"{ driver = "afxdp", interface = "vethu" }"#;
+        for port in [mem, tap] {
+            assert!(compiles(9000, xdp_uplink, local, port).is_ok());
+            assert!(compiles(9000, tap_uplink, flat, port).is_ok());
+        }
         assert!(
-            matches!(&err, CompileError::Unsupported { path, .. } if path == "networks[0].mtu"),
-            "{err}"
+            compiles(MAX_MTU, xdp_uplink, flat, xdp).is_ok(),
+            "one buffer: anything"
         );
+        let err = refusal(MAX_MTU + 1, xdp_uplink, local, xdp);
+        assert!(err.contains("ports[0] (vm-j) is an AF_XDP port"), "{err}");
+        let err = refusal(9000, mem, local, vhost);
+        assert!(err.contains("is a vhost-user port"), "{err}");
+        let err = refusal(9000, xdp_uplink, flat, tap);
+        assert!(err.starts_with("9000 is above 1774"), "{err}");
+        assert!(err.contains("uplink uplink0 is an AF_XDP"), "{err}");
     }
 
     const OVERLAY: &str = r#"
