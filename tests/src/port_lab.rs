@@ -44,15 +44,19 @@ impl PortLab {
     /// `text` compiled as generation 1 on a switch with a port for each of its ports;
     /// `vms` are the names [`PortLab::send`] reports frames for.
     pub fn new(text: &str, vms: &[&'static str], worker: WorkerConfig) -> PortLab {
+        Self::with_ring(text, vms, worker, MemPortConfig::default())
+    }
+
+    /// [`PortLab::new`] with mem ports of geometry `ring` (larger slots for jumbo frames).
+    pub fn with_ring(
+        text: &str,
+        vms: &[&'static str],
+        worker: WorkerConfig,
+        ring: MemPortConfig,
+    ) -> PortLab {
         let c = compile_state(text, &Identities::default(), 1);
         let ports: Vec<u16> = c.ports.iter().map(|p| p.id.0).collect();
-        let sw = MemSwitch::with_snapshot(
-            c.snapshot,
-            &ports,
-            worker,
-            MemPortConfig::default(),
-            POOL_FRAMES,
-        );
+        let sw = MemSwitch::with_snapshot(c.snapshot, &ports, worker, ring, POOL_FRAMES);
         PortLab {
             sw,
             ids: c.identities,

@@ -1,5 +1,6 @@
 //! Property tests: whatever bytes arrive on whatever port, the worker never panics, every
-//! frame is accounted for exactly once, and no frame leaks from the pool.
+//! frame is accounted for exactly once, and no frame leaks from the pool, jumbo frames
+//! (chains of pool frames) included.
 
 use pollux_dataplane::overlay::EndpointSpec;
 use pollux_dataplane::pipeline::Stage;
@@ -8,7 +9,9 @@ use pollux_dataplane::port_security::{Ipv4Source, Ipv6Source, PortSecurity};
 use pollux_dataplane::secgroup::{RuleName, RuleSet, SgPolicy, SgRemote, SgRule, SgTables};
 use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
 use pollux_tests::frames::{frame, ipv4, ipv6_frame, mac, BROADCAST};
-use pollux_tests::harness::MemSwitch;
+use pollux_dataplane::worker::WorkerConfig;
+use pollux_drivers::mem::MemPortConfig;
+use pollux_tests::harness::{MemSwitch, POOL_FRAMES};
 use proptest::prelude::*;
 
 const PORTS: [u16; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
@@ -160,15 +163,20 @@ fn vxlan_frame() -> impl Strategy<Value = Vec<u8>> {
 }
 
 /// Frames with an IPv4, ARP or IPv6 EtherType and a header that is plausible or random,
-/// for the stages that read past Ethernet (port security, checksum offload).
+/// for the stages that read past Ethernet (port security, checksum offload); some of
+/// them longer than a pool frame, so chained.
 fn l3_frame() -> impl Strategy<Value = Vec<u8>> {
+    let l3 = prop_oneof![
+        4 => proptest::collection::vec(any::<u8>(), 0..200),
+        1 => proptest::collection::vec(any::<u8>(), 1780..9000),
+    ];
     let ethertype = prop_oneof![Just(0x0800u16), Just(0x0806), Just(0x86dd)];
     let src = prop_oneof![Just(mac(1)), Just(mac(2)), Just(mac(3)), any::<[u8; 6]>()];
     (
         src,
         ethertype,
         any::<bool>(),
-        proptest::collection::vec(any::<u8>(), 0..200),
+        l3,
     )
         .prop_map(|(src, ethertype, plausible, mut l3)| {
             if plausible && l3.len() >= 20 && ethertype == 0x0800 {
@@ -218,7 +226,7 @@ fn any_frame() -> impl Strategy<Value = Vec<u8>> {
         l3_frame(),
         structured.clone(),
         (structured.clone(), 0usize..20).prop_map(|(f, n)| f[..n.min(f.len())].to_vec()),
-        (structured, 1700usize..2100).prop_map(|(mut f, n)| {
+        (structured, prop_oneof![1700usize..2100, 2100usize..9300]).prop_map(|(mut f, n)| {
             f.resize(n, 0xee);
             f
         }),
@@ -249,7 +257,9 @@ proptest! {
 
     #[test]
     fn every_frame_is_accounted_for(inputs in proptest::collection::vec((0usize..PORTS.len(), any_frame()), 1..120)) {
-        let mut sw = MemSwitch::new(&topology(), &PORTS);
+        // Ring slots for jumbo frames: what is larger than a pool frame arrives chained.
+        let ring = MemPortConfig { depth: 1024, max_frame: 9216 };
+        let mut sw = MemSwitch::with(&topology(), &PORTS, WorkerConfig::default(), ring, POOL_FRAMES);
         let mut offered = 0u64;
         for (i, f) in &inputs {
             // Frames larger than a ring slot never reach the port; that is the wire's limit.

@@ -1,5 +1,6 @@
 //! End to end: the real `polluxd` (release build) switching between network namespaces on
-//! TAP ports, and between a TAP port and an AF_XDP port, checked with ping and iperf3.
+//! TAP ports, and between a TAP port and an AF_XDP port, checked with ping and iperf3;
+//! and jumbo frames (a 9000-byte network) between two TAP namespaces.
 //!
 //! ```text
 //!   namespace t1: <P>t1 198.18.21.11 (tap polluxd created, then moved here)  ┐
@@ -28,6 +29,7 @@ use serde_json::json;
 
 const TOOLS: &[&str] = &["ip", "ping", "iperf3", "ethtool"];
 const CONFIG: &str = "e2e-tap.toml";
+const JUMBO_CONFIG: &str = "e2e-tap-jumbo.toml";
 
 const T1: Vm = Vm {
     role: "t1",
@@ -43,6 +45,17 @@ const X1: Vm = Vm {
     role: "x1",
     mac: "fa:16:3e:15:00:13",
     ip: "198.18.21.13",
+};
+
+const J1: Vm = Vm {
+    role: "t1",
+    mac: "fa:16:3e:16:00:11",
+    ip: "198.18.22.11",
+};
+const J2: Vm = Vm {
+    role: "t2",
+    mac: "fa:16:3e:16:00:12",
+    ip: "198.18.22.12",
 };
 
 /// The lab: namespace `host` (polluxd), `t1` and `t2` (their taps are moved in by the
@@ -294,4 +307,67 @@ fn a_tap_port_removed_and_added_back_at_runtime() {
     lab.ns(T2.role)
         .ip(&["link", "del", "dev", &lab.ifname(&T2)])
         .unwrap();
+}
+
+/// A 9000-byte network on two TAP ports: full-size jumbo pings with DF set cross both
+/// ways, and TCP runs with 9000-byte frames, every one of them chained over several pool
+/// buffers inside polluxd (port security and a stateful group on the way).
+#[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
+fn tap_namespaces_exchange_jumbo_frames() {
+    let _serial = daemon::setup(TOOLS);
+    let lab = VmNet::with_roles(Topology::new(), &[J1.role, J2.role], &[]);
+    let config = ConfigFile::render(JUMBO_CONFIG, lab.topo.prefix().as_str()).unwrap();
+    let polluxd = Polluxd::start(lab.host(), config.path(), &daemon::last_cpu())
+        .unwrap_or_else(|e| panic!("{e}"));
+    for vm in [&J1, &J2] {
+        lab.move_tap(vm);
+        lab.ns(vm.role)
+            .ip(&["link", "set", "dev", &lab.ifname(vm), "mtu", "9000"])
+            .unwrap();
+    }
+    lab.assert_reach(&J1, &J2, 3, &polluxd);
+    for (from, to) in [(&J1, &J2), (&J2, &J1)] {
+        // 8972 bytes of ICMP data + 28 of headers = 9000: a full frame, DF set.
+        let out = lab
+            .ns(from.role)
+            .exec_timeout(
+                "ping",
+                &[
+                    "-M", "do", "-s", "8972", "-c", "3", "-i", "0.2", "-W", "2", to.ip,
+                ],
+                Duration::from_secs(15),
+            )
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "jumbo ping {} -> {} failed:\n{}",
+            from.role,
+            to.role,
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let tcp_bytes = lab.tcp(&J1, &J2, 3);
+    assert!(
+        tcp_bytes > 10_000_000,
+        "TCP t1 -> t2 moved {tcp_bytes} bytes"
+    );
+
+    let (status, stderr) = polluxd.stop().unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success(), "polluxd exited with {status}:\n{stderr}");
+    for vm in [J1, J2] {
+        let c = driver_counters(&stderr, &lab.ifname(&vm));
+        eprintln!("{} driver counters: {c:?}", vm.role);
+        assert_eq!(counter(&c, "rx_oversize"), 0, "{}: {c:?}", vm.role);
+        assert_eq!(counter(&c, "tx_oversize"), 0, "{}: {c:?}", vm.role);
+        assert_eq!(counter(&c, "rx_errors"), 0, "{}: {c:?}", vm.role);
+    }
+    // Both taps were polluxd's: they left with it.
+    for vm in [J1, J2] {
+        assert!(
+            wait_gone(&lab, vm.role, &lab.ifname(&vm)),
+            "{}'s tap stayed",
+            vm.role
+        );
+    }
 }
