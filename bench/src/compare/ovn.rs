@@ -9,7 +9,9 @@
 //! `OVS_RUNDIR` (the switch's work directory); it creates `br-int` itself, with the
 //! datapath type `ovn-bridge-datapath-type` names (`netdev`). The daemons are
 //! [`Proc`]s of the harness: dropping [`Ovn`] stops them (controller first) and removes
-//! the directory, on every exit path.
+//! the directory. They run inside the DUT's namespace (they talk over Unix sockets only),
+//! so where no destructor runs (an abort, SIGKILL) deleting the namespace kills them too:
+//! the panic hook does, and so does the next run for a dead one's namespaces.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -59,6 +61,8 @@ pub fn chassis_settings(sb: &str) -> Vec<String> {
 #[derive(Debug)]
 pub struct Ovn {
     dir: PathBuf,
+    /// The namespace the daemons run in (the switch's).
+    netns: String,
     /// Last started first: controller, northd, southbound, northbound.
     procs: Vec<(&'static str, Proc)>,
 }
@@ -80,6 +84,7 @@ impl Ovn {
         // From here on, Drop cleans up whatever has been started.
         let mut ovn = Ovn {
             dir: dir.to_path_buf(),
+            netns: sw.netns().to_string(),
             procs: Vec::new(),
         };
         for (db, schema) in [("nb", NB_SCHEMA), ("sb", SB_SCHEMA)] {
@@ -87,7 +92,7 @@ impl Ovn {
             let mut create = ovn.cmd("ovsdb-tool");
             create.arg("create").arg(&file).arg(schema);
             netns::run_checked(create, TIMEOUT).map_err(|e| e.to_string())?;
-            let mut server = ovn.cmd("ovsdb-server");
+            let mut server = ovn.daemon("ovsdb-server");
             server
                 .arg(&file)
                 .arg(format!("--remote=punix:{}", ovn.sock(db)))
@@ -115,7 +120,7 @@ impl Ovn {
             let sock = PathBuf::from(ovn.sock(db));
             wait_for(&format!("OVN {db} database"), TIMEOUT, || sock.exists())?;
         }
-        let mut northd = ovn.cmd("ovn-northd");
+        let mut northd = ovn.daemon("ovn-northd");
         northd
             .arg(format!("--ovnnb-db=unix:{}", ovn.sock("nb")))
             .arg(format!("--ovnsb-db=unix:{}", ovn.sock("sb")))
@@ -129,7 +134,7 @@ impl Ovn {
         args.extend(chassis_settings(&format!("unix:{}", ovn.sock("sb"))));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         sw.vsctl(&args).map_err(|e| e.to_string())?;
-        let mut controller = ovn.cmd("ovn-controller");
+        let mut controller = ovn.daemon("ovn-controller");
         // The switch's management sockets (br-int.mgmt) are in its work directory.
         controller
             .env("OVS_RUNDIR", sw.workdir())
@@ -170,6 +175,14 @@ impl Ovn {
         for var in ["OVN_RUNDIR", "OVN_LOGDIR", "OVN_DBDIR", "OVN_SYSCONFDIR"] {
             c.env(var, &self.dir);
         }
+        c
+    }
+
+    /// [`Ovn::cmd`] for a daemon: run in the namespace (`ip netns exec` execs it, so the
+    /// child is the daemon itself).
+    fn daemon(&self, prog: &str) -> Command {
+        let mut c = self.cmd("ip");
+        c.args(["netns", "exec", &self.netns, prog]);
         c
     }
 
