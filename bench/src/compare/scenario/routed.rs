@@ -18,6 +18,11 @@
 //!   rule for 198.18.0.0/24. The generator's and the sink's logical ports carry their
 //!   addresses, so the router knows the sink's MAC without asking.
 //!
+//! In `snat` the router also has a floating IP (203.0.113.20 for 198.18.0.20, a VM the
+//! flow never reaches: a `mem` port for polluxd; for the kernel its address on the
+//! gateway veth, DNAT and its SNAT before the router's; for OVN a `dnat_and_snat` rule),
+//! so every device has it in its NAT rules as a Neutron router with floating IPs does.
+//!
 //! Switches, the bare AF_XDP forwarder and the XDP redirect do not route.
 
 use pollux_control::validate::fmt_mac;
@@ -46,6 +51,12 @@ const EXTERNAL: &str = "203.0.113.0/24";
 const EXTERNAL_GW: [u8; 4] = [203, 0, 113, 1];
 const ROUTER_EXT_IP: [u8; 4] = [203, 0, 113, 10];
 const BEYOND: [u8; 4] = [198, 19, 0, 2];
+/// `snat`: a floating IP of another VM behind the router, as a Neutron router with a
+/// floating IP carries: the generator's flow does not use it, every device has it in
+/// its NAT rules.
+const FIP_VM_IP: [u8; 4] = [198, 18, 0, 20];
+const FIP_VM_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x01, 0x20];
+const FIP: [u8; 4] = [203, 0, 113, 20];
 
 /// One router between the generator's subnet and the sink's, with or without SNAT.
 #[derive(Clone, Copy, Debug)]
@@ -130,10 +141,18 @@ impl Scenario for Routed {
             ("outside", dotted(out_gw))
         };
         let router = if self.snat {
+            // The floating IP's VM is a `mem` port: never sent to, its ring polled empty.
             format!(
                 "interfaces = [\"inside-v4\"]\nexternal_gateway_info = {{ network_id = \"ext\", \
-                 external_fixed_ip = \"{}\", enable_snat = true }}",
-                dotted(ROUTER_EXT_IP)
+                 external_fixed_ip = \"{}\", enable_snat = true }}\n\n\
+                 [[ports]]\nid = \"vm-fip\"\nnetwork_id = \"inside\"\nmac_address = \"{}\"\n\
+                 fixed_ips = [{{ subnet_id = \"inside-v4\", ip_address = \"{}\" }}]\n\
+                 port_security_enabled = false\nbinding = {{ driver = \"mem\" }}\n\n\
+                 [[floating_ips]]\nid = \"fip\"\nfloating_ip_address = \"{}\"\nport_id = \"vm-fip\"",
+                dotted(ROUTER_EXT_IP),
+                fmt_mac(FIP_VM_MAC),
+                dotted(FIP_VM_IP),
+                dotted(FIP),
             )
         } else {
             "interfaces = [\"inside-v4\", \"outside-v4\"]".to_string()
@@ -214,8 +233,44 @@ mac_address = "{router_mac}"
         if self.snat {
             let gw = dotted(next_hop);
             let to = dotted(ROUTER_EXT_IP);
+            let (fip, fip32, vm, vm32) = (
+                dotted(FIP),
+                format!("{}/32", dotted(FIP)),
+                dotted(FIP_VM_IP),
+                format!("{}/32", dotted(FIP_VM_IP)),
+            );
+            // The floating IP as the L3 agent sets it: its address on the gateway device,
+            // DNAT in, and its SNAT before the router's (the agent's float-snat chain
+            // comes before its snat chain).
             c.extend(cmds(&[
                 &["ip", "route", "add", "default", "via", &gw, "dev", p.egress],
+                &["ip", "addr", "add", &fip32, "dev", p.egress],
+                &[
+                    "iptables",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "PREROUTING",
+                    "-d",
+                    &fip32,
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    &vm,
+                ],
+                &[
+                    "iptables",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "POSTROUTING",
+                    "-s",
+                    &vm32,
+                    "-j",
+                    "SNAT",
+                    "--to-source",
+                    &fip,
+                ],
                 &[
                     "iptables",
                     "-t",
@@ -288,6 +343,13 @@ mac_address = "{router_mac}"
                 &["lrp-set-gateway-chassis", "r1-out", chassis, "1"],
                 &["lr-route-add", "r1", "0.0.0.0/0", &gw],
                 &["lr-nat-add", "r1", "snat", &ext_ip, INSIDE],
+                &[
+                    "lr-nat-add",
+                    "r1",
+                    "dnat_and_snat",
+                    &dotted(FIP),
+                    &dotted(FIP_VM_IP),
+                ],
             ]));
         }
         Some(c)
@@ -336,6 +398,10 @@ mod tests {
             if snat {
                 assert!(text.contains("external_fixed_ip = \"203.0.113.10\""));
                 assert!(text.contains("gateway_ip = \"203.0.113.1\""));
+                assert_eq!(state.floating_ips.len(), 1);
+                assert_eq!(state.ports.len(), 3);
+            } else {
+                assert!(state.floating_ips.is_empty());
             }
         }
     }
@@ -360,9 +426,17 @@ mod tests {
             "ip addr add 203.0.113.10/24 dev pbn1t0k",
             "ip route add default via 203.0.113.1 dev pbn1t0k",
             "iptables -t nat -A POSTROUTING -o pbn1t0k -j SNAT --to-source 203.0.113.10",
+            "ip addr add 203.0.113.20/32 dev pbn1t0k",
+            "iptables -t nat -A PREROUTING -d 203.0.113.20/32 -j DNAT --to-destination 198.18.0.20",
         ] {
             assert!(snat.iter().any(|c| c == want), "missing `{want}`: {snat:?}");
         }
+        // The floating IP's SNAT comes before the router's, which would take its flows.
+        let pos = |want: &str| snat.iter().position(|c| c.contains(want)).unwrap();
+        assert!(
+            pos("-s 198.18.0.20/32 -j SNAT --to-source 203.0.113.20")
+                < pos("--to-source 203.0.113.10")
+        );
         let cleanup = joined(&Routed::snat().linux_router_cleanup(PORTS));
         assert!(cleanup.contains(&"iptables -t nat -F".to_string()));
         assert!(cleanup.contains(&"sysctl -qw net.ipv4.ip_forward=0".to_string()));
@@ -390,6 +464,7 @@ mod tests {
             "lrp-set-gateway-chassis r1-out ch1 1",
             "lr-route-add r1 0.0.0.0/0 203.0.113.1",
             "lr-nat-add r1 snat 203.0.113.10 198.18.0.0/24",
+            "lr-nat-add r1 dnat_and_snat 203.0.113.20 198.18.0.20",
             "lsp-set-addresses sink 02:00:00:00:02:02 203.0.113.1",
         ] {
             assert!(snat.iter().any(|c| c == want), "missing `{want}`: {snat:?}");
