@@ -4,7 +4,7 @@
 //! it (or that it cannot do the scenario), which VLAN the sink must see, and what the sink
 //! sends first so learning switches know where it is, and for routed scenarios the flow
 //! (the router's MAC, the addresses, what the sink must see). Later scenarios (VXLAN,
-//! floating IPs) add a module here and an entry in [`all`].
+//! traffic to a floating IP) add a module here and an entry in [`all`].
 
 use pollux_drivers::xdp::BpfInsn;
 
