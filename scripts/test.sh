@@ -87,6 +87,37 @@ else
     echo "skipped: needs root (network namespaces, XDP)"
 fi
 
+section "benchmark harness smoke run, SNAT through a router (pollux, linux-router; bounded, ~5 s)"
+if [ "$(id -u)" -eq 0 ]; then
+    bench_json=$(mktemp --suffix=.json)
+    # Whether each router forwards and translates (checked at the sink before the search),
+    # not how fast; OVN is left out (its daemons take longer to start than CI can spare).
+    timeout 60 target/debug/pollux-bench compare --trial-secs 0.5 --sizes 64 --max-trials 2 \
+        --max-rate 50000 --duts pollux,linux-router --scenarios snat --out "$bench_json" >/dev/null
+    python3 - "$bench_json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+r = d["results"]
+assert not [n for n in d["notes"] if "failed" in n], d["notes"]
+assert {e["dut"] for e in r} == {"pollux", "linux-router"}, (r, d["notes"])
+for e in r:
+    key = "snat/" + e["dut"]
+    assert any(n.startswith("forwarding checked") and "from 203.0.113.10" in n for n in d["dut_notes"][key]), d["dut_notes"][key]
+    # Every frame that reached the sink carried the translated source.
+    assert all(t["bad_source"] == 0 for t in e["all_trials"]), e["dut"]
+    assert e["overload_trial"]["received_pps"] > 0, (e["dut"], e["overload_trial"])
+    for k in ("ndr", "pdr"):
+        v, f = e[k + "_pps"], e[k + "_search"]
+        assert (v is None and f["note"].startswith("none found") and f["lowest_failure"]) or v > 0, (e["dut"], k, f)
+assert "linux-router" in r[0]["ratios"], r[0]
+mpps = lambda v: "none" if v is None else "%.3f Mpps" % (v / 1e6)
+print("snat smoke: " + ", ".join("%s NDR %s" % (e["dut"], mpps(e["ndr_pps"])) for e in r))
+PY
+    rm -f "$bench_json" "${bench_json%.json}.svg"
+else
+    echo "skipped: needs root (network namespaces, XDP)"
+fi
+
 section "benchmark harness smoke run, PVP over vhost-user (pollux, ovs-dpdk, testpmd-vhost; bounded)"
 if [ "$(id -u)" -eq 0 ]; then
     bench_json=$(mktemp --suffix=.json)

@@ -62,14 +62,16 @@ struct CompareArgs {
     #[arg(long, value_delimiter = ',', default_values_t = RFC2544_SIZES.to_vec())]
     sizes: Vec<u16>,
     /// Devices under test: pollux, pollux-busy-poll, xsk-fwd, ovs-afxdp, linux-bridge,
-    /// xdp-redirect; for vhost-user scenarios (pvp) also ovs-dpdk, testpmd-vhost.
+    /// xdp-redirect; for vhost-user scenarios (pvp) also ovs-dpdk, testpmd-vhost; for the
+    /// routed ones (routed, snat) also linux-router, ovn.
     #[arg(
         long,
         value_delimiter = ',',
         default_value = "pollux,pollux-busy-poll,xsk-fwd,ovs-afxdp,linux-bridge,xdp-redirect"
     )]
     duts: Vec<String>,
-    /// Scenarios: l2-p2p, l2-vlan-push, sg-udp, pvp (vhost-user; not in the default).
+    /// Scenarios: l2-p2p, l2-vlan-push, sg-udp; not in the default: pvp (vhost-user),
+    /// routed and snat (through a router; with --duts pollux,linux-router,ovn).
     #[arg(
         long,
         value_delimiter = ',',

@@ -12,6 +12,7 @@ use pollux_drivers::bpf::{BpfLink, BpfProgram, BPF_PROG_TYPE_XDP, BPF_XDP, XDP_F
 use pollux_drivers::netdev::Interface;
 use pollux_drivers::xdp::encode;
 
+use super::ovn::{self, Ovn};
 use super::scenario::{Ports, Scenario};
 use super::sys::{self, interrupted, interrupted_error, run, run_in, write_in};
 use super::topology::Topology;
@@ -34,6 +35,12 @@ pub enum DutKind {
     OvsDpdk,
     /// The kernel bridge.
     LinuxBridge,
+    /// The kernel as Neutron's L3 agent sets up a `qrouter` namespace: `ip_forward`, the
+    /// router's addresses and routes, and for SNAT an iptables `POSTROUTING` rule.
+    LinuxRouter,
+    /// OVN (`ovn-northd`, `ovn-controller`) programming Open vSwitch's userspace datapath
+    /// with afxdp ports, one PMD thread: a logical router between logical switches.
+    Ovn,
     /// An XDP program redirecting ingress to egress: the ceiling on veth.
     XdpRedirect,
     /// `dpdk-testpmd` forwarding between two `net_vhost` ports in io mode: the ceiling of
@@ -43,13 +50,15 @@ pub enum DutKind {
 
 impl DutKind {
     /// Every kind, in report order.
-    pub const ALL: [DutKind; 8] = [
+    pub const ALL: [DutKind; 10] = [
         DutKind::Pollux,
         DutKind::PolluxBusyPoll,
         DutKind::XskFwd,
         DutKind::OvsAfxdp,
         DutKind::OvsDpdk,
+        DutKind::Ovn,
         DutKind::LinuxBridge,
+        DutKind::LinuxRouter,
         DutKind::XdpRedirect,
         DutKind::TestpmdVhost,
     ];
@@ -62,6 +71,8 @@ impl DutKind {
             DutKind::XskFwd => "xsk-fwd",
             DutKind::OvsAfxdp => "ovs-afxdp",
             DutKind::LinuxBridge => "linux-bridge",
+            DutKind::LinuxRouter => "linux-router",
+            DutKind::Ovn => "ovn",
             DutKind::XdpRedirect => "xdp-redirect",
             DutKind::OvsDpdk => "ovs-dpdk",
             DutKind::TestpmdVhost => "testpmd-vhost",
@@ -110,6 +121,8 @@ pub struct Running {
     xdp: Option<(BpfLink, BpfProgram)>,
     /// The private Open vSwitch of the kit.
     pub(super) ovs: Option<OvsSwitch>,
+    /// The private OVN driving it (stopped before it).
+    ovn: Option<Ovn>,
     /// Logs whose last lines are kept with the notes when the device stops.
     pub(super) logs: Vec<PathBuf>,
     /// polluxd's log and socket.
@@ -336,6 +349,44 @@ pub fn start(
                 run_in(&t.sw_ns, &args)?;
             }
         }
+        DutKind::LinuxRouter => {
+            let Some(commands) = scenario.linux_router_commands(ports) else {
+                return Ok(None);
+            };
+            sys::ensure_packages(&[("iptables", "iptables")])?;
+            // The commands give the ingress veth the router's MAC; the next device gets
+            // the veth's own back.
+            let mac = run_in(
+                &t.sw_ns,
+                &["cat", &format!("/sys/class/net/{}/address", t.ingress)],
+            )?;
+            r.cleanup = scenario.linux_router_cleanup(ports);
+            r.cleanup.push(
+                ["ip", "link", "set", &t.ingress, "address", mac.trim()]
+                    .map(String::from)
+                    .into(),
+            );
+            for c in &commands {
+                let args: Vec<&str> = c.iter().map(String::as_str).collect();
+                run_in(&t.sw_ns, &args)?;
+            }
+            let version = run(&["iptables", "--version"]).unwrap_or_default();
+            r.notes.push(format!(
+                "the kernel's forwarding in the DUT namespace ({}): {}",
+                version.trim(),
+                commands
+                    .iter()
+                    .map(|c| c.join(" "))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ));
+        }
+        DutKind::Ovn => {
+            let Some(commands) = scenario.ovn_nb_commands(ovn::CHASSIS) else {
+                return Ok(None);
+            };
+            start_ovn(env, scenario, ports, &commands, &mut r)?;
+        }
         DutKind::XdpRedirect => {
             let (ingress, egress) = (t.ingress.clone(), t.egress.clone());
             let loaded = t
@@ -373,6 +424,76 @@ pub fn start(
         }
     }
     Ok(Some(r))
+}
+
+/// Starts a private Open vSwitch (one PMD thread on the DUT's CPU) and a private OVN
+/// on it, binds the DUT's interfaces (afxdp ports on `br-int`) to the logical ports
+/// `gen` and `sink`, and applies the scenario's `ovn-nbctl` commands; returns once the
+/// chassis has installed them.
+fn start_ovn(
+    env: &Env<'_>,
+    scenario: &dyn Scenario,
+    ports: Ports<'_>,
+    commands: &[Vec<String>],
+    r: &mut Running,
+) -> Result<(), String> {
+    let t = env.topo;
+    sys::ensure_packages(&ovn::PACKAGES)?;
+    let mask = format!("{:#x}", 1u64 << env.dut_cpu);
+    let ovs_dir = env.work.join(format!("ovn-ovs-{}", scenario.name()));
+    let sw = OvsSwitch::start_with(&t.sw_ns, &ovs_dir, &[("pmd-cpu-mask", &mask)])
+        .map_err(|e| e.to_string())?;
+    let sw = r.ovs.insert(sw);
+    let o = Ovn::start(&env.work.join(format!("ovn-{}", scenario.name())), sw)?;
+    let o = r.ovn.insert(o);
+    for (ifname, lport) in [(ports.ingress, "gen"), (ports.egress, "sink")] {
+        let iface_id = format!("external_ids:iface-id={lport}");
+        sw.vsctl(&[
+            "add-port",
+            "br-int",
+            ifname,
+            "--",
+            "set",
+            "interface",
+            ifname,
+            "type=afxdp",
+            "options:xdp-mode=best-effort",
+            &iface_id,
+        ])
+        .map_err(|e| e.to_string())?;
+    }
+    for c in commands {
+        let args: Vec<&str> = c.iter().map(String::as_str).collect();
+        o.nbctl(&args)?;
+    }
+    o.sync()
+        .map_err(|e| format!("{e}; ovn-controller log:\n{}", o.log_tail("controller.log")))?;
+    sw.wait_ready().map_err(|e| e.to_string())?;
+    let lflows = o
+        .sbctl(&["--bare", "--columns=_uuid", "list", "Logical_Flow"])
+        .map_or(0, |s| s.lines().filter(|l| !l.trim().is_empty()).count());
+    let oflows = sw
+        .ofctl("dump-flows", "br-int", &[])
+        .map_or(0, |s| s.lines().count().saturating_sub(1));
+    let version = run(&["ovn-controller", "--version"]).unwrap_or_default();
+    let ovs_version = run(&["ovs-vswitchd", "--version"]).unwrap_or_default();
+    r.notes.push(format!(
+        "{} on {}: chassis {}, br-int on the netdev datapath, afxdp ports \
+         (xdp-mode=best-effort), pmd-cpu-mask {mask}; {lflows} logical flows, \
+         {oflows} OpenFlow flows on br-int",
+        version.lines().next().unwrap_or("ovn-controller").trim(),
+        ovs_version.lines().next().unwrap_or("ovs").trim(),
+        ovn::CHASSIS,
+    ));
+    r.notes.push(format!(
+        "ovn-nbctl: {}",
+        commands
+            .iter()
+            .map(|c| c.join(" "))
+            .collect::<Vec<_>>()
+            .join("; ")
+    ));
+    Ok(())
 }
 
 /// Installs Open vSwitch with apt-get when `ovs-vswitchd` is missing.
@@ -479,6 +600,21 @@ impl Running {
 
     fn shutdown(&mut self) {
         self.xdp = None;
+        if let Some(o) = self.ovn.take() {
+            // Its logs go with its directory: keep their last lines first.
+            for file in ["northd.log", "controller.log"] {
+                let tail = o.log_tail(file);
+                self.notes.extend(
+                    tail.lines()
+                        .rev()
+                        .take(6)
+                        .collect::<Vec<_>>()
+                        .into_iter()
+                        .rev()
+                        .map(|l| format!("{file}: {}", l.trim())),
+                );
+            }
+        }
         if let Some(sw) = self.ovs.take() {
             // `exit --cleanup` removes the afxdp ports (and their XDP programs) before the
             // kit stops the daemons.

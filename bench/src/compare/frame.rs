@@ -33,11 +33,25 @@ pub struct Stamp {
     pub sent_ns: u64,
     /// VLAN ID of the frame's 802.1Q tag, if it has one.
     pub vlan: Option<u16>,
+    /// IPv4 source address (what a NAT on the way made of it).
+    pub src_ip: [u8; 4],
 }
 
-/// An untagged benchmark frame of `size` bytes on the wire (with FCS), stamp zeroed.
-/// Panics if `size` is below 64 or above 1518 + 4.
+/// An untagged benchmark frame of `size` bytes on the wire (with FCS), stamp zeroed,
+/// from [`SRC_IP`] to [`DST_IP`]. Panics if `size` is below 64 or above 1518 + 4.
 pub fn build(size: u16, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
+    build_ip(size, dst, src, SRC_IP, DST_IP)
+}
+
+/// [`build`] with other IPv4 addresses (routed scenarios send to a router's MAC and an
+/// address on another subnet).
+pub fn build_ip(
+    size: u16,
+    dst: [u8; 6],
+    src: [u8; 6],
+    src_ip: [u8; 4],
+    dst_ip: [u8; 4],
+) -> Vec<u8> {
     let size = usize::from(size);
     assert!((64..=1522).contains(&size), "frame size {size}");
     let len = size - FCS;
@@ -51,8 +65,8 @@ pub fn build(size: u16, dst: [u8; 6], src: [u8; 6]) -> Vec<u8> {
     ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
     ip[8] = 64;
     ip[9] = 17;
-    ip[12..16].copy_from_slice(&SRC_IP);
-    ip[16..20].copy_from_slice(&DST_IP);
+    ip[12..16].copy_from_slice(&src_ip);
+    ip[16..20].copy_from_slice(&dst_ip);
     let sum = pollux_dataplane::wire::checksum::checksum(ip);
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     let udp = &mut f[ETH + IP..ETH + IP + UDP];
@@ -111,7 +125,36 @@ pub fn parse(frame: &[u8]) -> Option<Stamp> {
         seq: u32::from_be_bytes(s[4..8].try_into().ok()?),
         sent_ns: u64::from_be_bytes(s[8..16].try_into().ok()?),
         vlan,
+        src_ip: ip[12..16].try_into().ok()?,
     })
+}
+
+/// The sink's answer to an ARP request for one of `addrs` (a router resolving its next
+/// hop: the sink's AF_XDP socket takes every frame, so its kernel never sees the request),
+/// from `mac`; `None` for anything else.
+pub fn arp_reply(frame: &[u8], addrs: &[[u8; 4]], mac: [u8; 6]) -> Option<Vec<u8>> {
+    // Untagged Ethernet/IPv4 ARP request: htype 1, ptype 0x0800, hlen 6, plen 4, op 1.
+    let arp = frame.get(ETH..ETH + 28)?;
+    if frame.get(12..14)? != [0x08, 0x06] || arp[..8] != [0, 1, 8, 0, 6, 4, 0, 1] {
+        return None;
+    }
+    let target: [u8; 4] = arp[24..28].try_into().ok()?;
+    if !addrs.contains(&target) {
+        return None;
+    }
+    let (sha, spa) = (&arp[8..14], &arp[14..18]);
+    // Padded to the Ethernet minimum (60 bytes without FCS).
+    let mut r = vec![0u8; 60];
+    r[..6].copy_from_slice(sha);
+    r[6..12].copy_from_slice(&mac);
+    r[12..14].copy_from_slice(&[0x08, 0x06]);
+    let a = &mut r[ETH..ETH + 28];
+    a[..8].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 2]);
+    a[8..14].copy_from_slice(&mac);
+    a[14..18].copy_from_slice(&target);
+    a[18..24].copy_from_slice(sha);
+    a[24..28].copy_from_slice(spa);
+    Some(r)
 }
 
 #[cfg(test)]
@@ -150,6 +193,33 @@ mod tests {
         assert_eq!((s.seq, s.vlan), (42, Some(100)));
     }
 
+    /// A router's request for one of the sink's addresses gets the sink's MAC; requests
+    /// for other addresses, replies and IP frames get nothing.
+    #[test]
+    fn the_sink_answers_arp_for_its_addresses_only() {
+        let router = [2, 0, 0, 0, 0xfe, 2];
+        let mut req = vec![0u8; 42];
+        req[..6].copy_from_slice(&[0xff; 6]);
+        req[6..12].copy_from_slice(&router);
+        req[12..14].copy_from_slice(&[0x08, 0x06]);
+        req[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+        req[22..28].copy_from_slice(&router);
+        req[28..32].copy_from_slice(&[203, 0, 113, 10]);
+        req[38..42].copy_from_slice(&[203, 0, 113, 1]);
+        let r = arp_reply(&req, &[[203, 0, 113, 1]], B).unwrap();
+        assert_eq!(r.len(), 60);
+        assert_eq!(&r[..6], &router);
+        assert_eq!(&r[6..12], &B);
+        assert_eq!(&r[20..22], &[0, 2]);
+        assert_eq!(&r[22..28], &B);
+        assert_eq!(&r[28..32], &[203, 0, 113, 1]);
+        assert_eq!(&r[32..38], &router);
+        assert_eq!(&r[38..42], &[203, 0, 113, 10]);
+        assert_eq!(arp_reply(&req, &[[203, 0, 113, 2]], B), None);
+        assert_eq!(arp_reply(&r, &[[203, 0, 113, 10]], B), None);
+        assert_eq!(arp_reply(&build(64, A, B), &[DST_IP], B), None);
+    }
+
     #[test]
     fn other_frames_are_not_stamps() {
         assert_eq!(parse(&[0u8; 10]), None);
@@ -159,6 +229,13 @@ mod tests {
         assert_eq!(parse(&f), None);
         let arp = [0u8; 60];
         assert_eq!(parse(&arp), None);
+        assert_eq!(parse(&build(64, A, B)).unwrap().src_ip, SRC_IP);
+        let routed = build_ip(64, A, B, [198, 18, 0, 1], [198, 19, 0, 2]);
+        assert_eq!(
+            pollux_dataplane::wire::checksum::checksum(&routed[14..34]),
+            0
+        );
+        assert_eq!(&routed[30..34], &[198, 19, 0, 2]);
         let p = tagged_prime(A, B, Some(100));
         assert_eq!(p.len(), 64);
         assert_eq!(parse(&p).unwrap().vlan, Some(100));

@@ -1,11 +1,12 @@
 //! `pollux-bench compare`: RFC 2544 throughput (NDR, PDR) and latency of Pollux, a bare
-//! AF_XDP forwarder on Pollux's driver, Open vSwitch (afxdp), the Linux bridge and an XDP
-//! redirect (the ceiling) on one veth
+//! AF_XDP forwarder on Pollux's driver, Open vSwitch (afxdp), OVN on it, the Linux bridge
+//! or router and an XDP redirect (the ceiling) on one veth
 //! topology, in one run, with one generator and one CPU placement. See bench/README.md,
 //! "Benchmark harness".
 
 pub mod dut;
 pub mod frame;
+pub mod ovn;
 pub mod pacing;
 pub mod placement;
 pub mod pvp_traffic;

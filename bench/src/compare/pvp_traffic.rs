@@ -133,7 +133,7 @@ impl PvpTraffic {
 }
 
 impl TrafficPath for PvpTraffic {
-    fn prime(&mut self, f: &[u8]) {
+    fn prime(&mut self, f: &[u8], _flow: &super::traffic::Flow) {
         for _ in 0..3 {
             self.sink.reclaim();
             self.sink.send(1, |buf| {

@@ -181,6 +181,22 @@ fn run_in_topology(opts: &Options, work: &std::path::Path) -> Result<Report, Str
                 eprintln!("[{key}] placement: {l}");
             }
             let dut_threads = placement::datapath_threads(&running.pids());
+            if sc.check_before_search() && pvp.is_none() {
+                match check_forwarding(&mut traffic, sc.as_ref()) {
+                    Ok(line) => notes.push(line),
+                    Err(e) => {
+                        progress("");
+                        eprintln!("pollux-bench: {key}: {e}");
+                        report.notes.push(format!("{key}: failed: {e}"));
+                        notes.extend(running.stats());
+                        notes.extend(running.stop());
+                        drop(dut_group);
+                        topo.detach_xdp();
+                        report.dut_notes.insert(key, notes);
+                        continue;
+                    }
+                }
+            }
             for &size in &opts.sizes {
                 let path: &mut dyn TrafficPath = match &mut pvp {
                     Some(p) => p,
@@ -232,6 +248,74 @@ fn run_in_topology(opts: &Options, work: &std::path::Path) -> Result<Report, Str
     Ok(report)
 }
 
+/// Rate and length of the trials that check a device forwards before its search.
+const CHECK_PPS: f64 = 1000.0;
+const CHECK_SECS: f64 = 0.2;
+/// How long a device may take to forward the flow as it should (its next hop resolved,
+/// its flows installed).
+const CHECK_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Sends short, slow trials until one gets every frame through with the scenario's
+/// rewriting (source translated, tag right); returns what it took, or an error with what
+/// the last trial saw if none does within [`CHECK_WITHIN`].
+fn check_forwarding(traffic: &mut Traffic, sc: &dyn Scenario) -> Result<String, String> {
+    let flow = sc.flow();
+    let spec = TrialSpec {
+        rate_pps: CHECK_PPS,
+        secs: CHECK_SECS,
+        frame_size: 64,
+        expect_vlan: sc.egress_vlan(),
+        flow: flow.clone(),
+    };
+    let start = std::time::Instant::now();
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        traffic.prime(&sc.prime_frame(), &flow.sink_addrs);
+        let r = traffic.trial(&spec, |_, _| ())?;
+        let through = r.sent > 0 && r.lost == 0 && r.bad_vlan == 0 && r.bad_source == 0;
+        if through {
+            return Ok(format!(
+                "forwarding checked before the search: {} of {} frames through to the sink \
+                 from {} after {attempts} trial(s) of {CHECK_SECS} s ({:.1} s); the sink \
+                 answered {} ARP request(s)",
+                r.received,
+                r.sent,
+                super::traffic::dotted(flow.expect_src_ip),
+                start.elapsed().as_secs_f64(),
+                r.arp_answered
+            ));
+        }
+        if start.elapsed() > CHECK_WITHIN {
+            let mut what = format!(
+                "does not forward the flow as the scenario says after {attempts} trials in \
+                 {:.0} s: last trial {} sent, {} received, {} lost",
+                start.elapsed().as_secs_f64(),
+                r.sent,
+                r.received,
+                r.lost
+            );
+            if r.bad_source > 0 {
+                what.push_str(&format!(
+                    ", {} with source {} instead of {} (not translated)",
+                    r.bad_source,
+                    r.wrong_source.as_deref().unwrap_or("?"),
+                    super::traffic::dotted(flow.expect_src_ip)
+                ));
+            }
+            if r.bad_vlan > 0 {
+                what.push_str(&format!(", {} mis-tagged", r.bad_vlan));
+            }
+            what.push_str(&format!(
+                ", {} foreign frame(s) at the sink, {} ARP request(s) answered",
+                r.foreign, r.arp_answered
+            ));
+            return Err(what);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// Searches NDR and PDR for one device and frame size, then measures latency.
 fn measure(
     opts: &Options,
@@ -244,6 +328,7 @@ fn measure(
 ) -> Result<Entry, String> {
     let label = format!("[{}/{} {size}B]", sc.name(), kind.name());
     let prime = sc.prime_frame();
+    let flow = sc.flow();
     let trials: std::cell::RefCell<Vec<TrialResult>> = Default::default();
     let trial = |traffic: &mut dyn TrafficPath,
                  phase: &str,
@@ -252,12 +337,13 @@ fn measure(
         if interrupted() {
             return Err(interrupted_error());
         }
-        traffic.prime(&prime);
+        traffic.prime(&prime, &flow);
         let spec = TrialSpec {
             rate_pps: rate,
             secs: opts.trial_secs,
             frame_size: size,
             expect_vlan: sc.egress_vlan(),
+            flow: flow.clone(),
         };
         let before = path_counters(topo, traffic, dut_threads);
         let n = trials.borrow().len() + 1;

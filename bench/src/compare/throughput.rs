@@ -30,6 +30,8 @@ pub struct FailedTrial {
     pub generator_limited: bool,
     /// Frames with a wrong VLAN tag.
     pub bad_vlan: u64,
+    /// Frames with a wrong source address (not translated).
+    pub bad_source: u64,
 }
 
 impl FailedTrial {
@@ -46,6 +48,7 @@ impl FailedTrial {
             },
             generator_limited: t.generator_limited,
             bad_vlan: t.bad_vlan,
+            bad_source: t.bad_source,
         }
     }
 
@@ -63,6 +66,12 @@ impl FailedTrial {
         }
         if self.bad_vlan > 0 {
             s.push_str(&format!(", {} mis-tagged", self.bad_vlan));
+        }
+        if self.bad_source > 0 {
+            s.push_str(&format!(
+                ", {} with a wrong source address",
+                self.bad_source
+            ));
         }
         s
     }
@@ -147,6 +156,7 @@ fn none_found(failures: &[&TrialResult], bound: &str, trial_budget: Option<u32>)
     }
     let limited: Vec<&&TrialResult> = failures.iter().filter(|t| t.generator_limited).collect();
     let mistagged = failures.iter().filter(|t| t.bad_vlan > 0).count();
+    let untranslated = failures.iter().filter(|t| t.bad_source > 0).count();
     let lossy = failures
         .iter()
         .filter(|t| !t.generator_limited)
@@ -180,6 +190,11 @@ fn none_found(failures: &[&TrialResult], bound: &str, trial_budget: Option<u32>)
     }
     if mistagged > 0 {
         parts.push(format!("{mistagged} trial(s) with mis-tagged frames"));
+    }
+    if untranslated > 0 {
+        parts.push(format!(
+            "{untranslated} trial(s) with frames of a wrong source address"
+        ));
     }
     if let Some(n) = trial_budget {
         parts.push(format!("the search used all its {n} trials (--max-trials)"));

@@ -46,6 +46,37 @@ pub struct TrialSpec {
     pub frame_size: u16,
     /// VLAN the frames must carry at the sink (`None`: untagged).
     pub expect_vlan: Option<u16>,
+    /// Addresses of the flow and what the sink must see of it.
+    pub flow: Flow,
+}
+
+/// The generator's flow: where its frames go, and what the sink must see of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// Destination MAC of the generator's frames: the sink's, or a router's.
+    pub dst_mac: [u8; 6],
+    /// IPv4 source address the generator sends from.
+    pub src_ip: [u8; 4],
+    /// IPv4 destination address.
+    pub dst_ip: [u8; 4],
+    /// Source address the frames must carry at the sink: `src_ip`, or what a NAT
+    /// translates it to. Frames with another are counted (`bad_source`) and fail the trial.
+    pub expect_src_ip: [u8; 4],
+    /// Addresses the sink answers ARP requests for with its MAC (a router's next hop).
+    pub sink_addrs: Vec<[u8; 4]>,
+}
+
+impl Default for Flow {
+    /// Switching: from the generator's address to the sink's MAC, nothing translated.
+    fn default() -> Flow {
+        Flow {
+            dst_mac: crate::compare::topology::SINK_MAC,
+            src_ip: frame::SRC_IP,
+            dst_ip: frame::DST_IP,
+            expect_src_ip: frame::SRC_IP,
+            sink_addrs: Vec::new(),
+        }
+    }
 }
 
 /// Latency percentiles in nanoseconds.
@@ -102,6 +133,13 @@ pub struct TrialResult {
     pub reordered: u64,
     /// Frames with the wrong VLAN tag (or a tag where none was expected).
     pub bad_vlan: u64,
+    /// Frames with another source address than [`Flow::expect_src_ip`] (not translated).
+    pub bad_source: u64,
+    /// The first wrong source address seen, dotted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wrong_source: Option<String>,
+    /// ARP requests the sink answered.
+    pub arp_answered: u64,
     /// Frames at the sink that were not this trial's.
     pub foreign: u64,
     /// Length of the sending phase, seconds.
@@ -121,10 +159,12 @@ impl TrialResult {
     }
 
     /// Whether the trial passes with at most `max_loss` of the frames sent lost (0 for
-    /// the NDR): the rate was offered in full, and no frame arrived with a wrong tag.
+    /// the NDR): the rate was offered in full, and no frame arrived with a wrong tag or
+    /// source address.
     pub fn passes(&self, max_loss: f64) -> bool {
         self.sent > 0
             && self.bad_vlan == 0
+            && self.bad_source == 0
             && self.offered_in_full()
             && if max_loss == 0.0 {
                 self.lost == 0
@@ -137,8 +177,8 @@ impl TrialResult {
 /// Where trials run: a generator and a sink around the device under test.
 pub trait TrafficPath {
     /// Sends `frame` from the sink (so learning switches learn the sink's MAC), and
-    /// discards whatever arrives for a moment.
-    fn prime(&mut self, frame: &[u8]);
+    /// discards whatever arrives for a moment (answering ARP for `flow`'s sink addresses).
+    fn prime(&mut self, frame: &[u8], flow: &Flow);
     /// Runs one trial. `progress` is called about every 100 ms with the frames sent and
     /// received so far.
     fn run_trial(
@@ -151,8 +191,8 @@ pub trait TrafficPath {
 }
 
 impl TrafficPath for Traffic {
-    fn prime(&mut self, frame: &[u8]) {
-        Traffic::prime(self, frame);
+    fn prime(&mut self, frame: &[u8], flow: &Flow) {
+        Traffic::prime(self, frame, &flow.sink_addrs);
     }
 
     fn run_trial(
@@ -255,28 +295,45 @@ impl Traffic {
     }
 
     /// Sends `frame` from the sink (so learning switches learn the sink's MAC), and
-    /// discards whatever arrives for a moment.
-    pub fn prime(&mut self, frame: &[u8]) {
+    /// discards whatever arrives for a moment, answering ARP for `sink_addrs`.
+    pub fn prime(&mut self, frame: &[u8], sink_addrs: &[[u8; 4]]) {
         for _ in 0..3 {
-            if let Some((id, off)) = self.sink_pool.alloc_with(frame) {
-                let pkt = Packet::received(id, off, frame.len() as u16);
-                if self.sink.tx_burst(0, &mut self.sink_pool, &[pkt]) == 0 {
-                    self.sink_pool.free(id);
-                }
-            }
+            self.send_from_sink(frame);
         }
         let until = Instant::now() + Duration::from_millis(50);
         let mut batch = Batch::with_capacity(BURST);
         while Instant::now() < until {
             self.sink.housekeeping(&mut self.sink_pool);
-            self.discard(&mut batch);
+            self.discard(&mut batch, sink_addrs);
         }
     }
 
-    fn discard(&mut self, batch: &mut Batch) {
+    fn send_from_sink(&mut self, frame: &[u8]) {
+        if let Some((id, off)) = self.sink_pool.alloc_with(frame) {
+            let pkt = Packet::received(id, off, frame.len() as u16);
+            if self.sink.tx_burst(0, &mut self.sink_pool, &[pkt]) == 0 {
+                self.sink_pool.free(id);
+            }
+        }
+    }
+
+    /// Answers `frame` if it is an ARP request for one of `sink_addrs`.
+    fn answer_arp(&mut self, frame: &[u8], sink_addrs: &[[u8; 4]]) -> bool {
+        let reply = frame::arp_reply(frame, sink_addrs, crate::compare::topology::SINK_MAC);
+        if let Some(r) = &reply {
+            self.send_from_sink(r);
+        }
+        reply.is_some()
+    }
+
+    fn discard(&mut self, batch: &mut Batch, sink_addrs: &[[u8; 4]]) {
         batch.clear();
         self.sink.rx_burst(0, &mut self.sink_pool, batch);
         for p in batch.as_slice() {
+            if !sink_addrs.is_empty() {
+                let data = self.sink_pool.data(p).to_vec();
+                self.answer_arp(&data, sink_addrs);
+            }
             self.sink_pool.free(p.frame);
         }
         batch.clear();
@@ -300,16 +357,20 @@ impl Traffic {
     ) -> Result<TrialResult, String> {
         self.trials += 1;
         let tag = self.run_tag | (self.trials & 0xffff);
-        let template = frame::build(
+        let flow = &spec.flow;
+        let template = frame::build_ip(
             spec.frame_size,
-            crate::compare::topology::SINK_MAC,
+            flow.dst_mac,
             crate::compare::topology::GEN_MAC,
+            flow.src_ip,
+            flow.dst_ip,
         );
         let total = Pacer::frames_for(spec.rate_pps, spec.secs).min(u64::from(u32::MAX));
         let mut tracker = SeqTracker::new(total);
         let mut hist =
             Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).map_err(|e| e.to_string())?;
         let (mut bad_vlan, mut foreign) = (0u64, 0u64);
+        let (mut bad_source, mut wrong_source, mut arp_answered) = (0u64, None, 0u64);
         let completed_before = self.gen_completed();
         let mut batch = Batch::with_capacity(BURST);
         let mut out: Vec<Packet> = Vec::with_capacity(BURST);
@@ -380,7 +441,19 @@ impl Traffic {
                             if s.vlan != spec.expect_vlan {
                                 bad_vlan += 1;
                             }
+                            if s.src_ip != flow.expect_src_ip {
+                                bad_source += 1;
+                                wrong_source.get_or_insert_with(|| dotted(s.src_ip));
+                            }
                             let _ = hist.record(rx_now.saturating_sub(s.sent_ns).max(1));
+                        }
+                        _ if !flow.sink_addrs.is_empty() => {
+                            let data = self.sink_pool.data(p).to_vec();
+                            if self.answer_arp(&data, &flow.sink_addrs) {
+                                arp_answered += 1;
+                            } else {
+                                foreign += 1;
+                            }
                         }
                         _ => foreign += 1,
                     }
@@ -396,6 +469,9 @@ impl Traffic {
         let completed = self.gen_completed() - completed_before;
         Ok(TrialResult {
             bad_vlan,
+            bad_source,
+            wrong_source,
+            arp_answered,
             foreign,
             ..trial_result(spec, send_secs, completed, 0, &pacer, &tracker, &hist)
         })
@@ -454,6 +530,11 @@ impl Drop for Traffic {
     }
 }
 
+/// `a.b.c.d`.
+pub fn dotted(a: [u8; 4]) -> String {
+    std::net::Ipv4Addr::from(a).to_string()
+}
+
 /// The high half of every frame's trial tag for one traffic path: different for each
 /// run, so frames of an earlier run still in flight are never counted as this one's.
 pub(crate) fn new_run_tag() -> u32 {
@@ -509,6 +590,7 @@ mod tests {
             secs: 1.0,
             frame_size: 64,
             expect_vlan: None,
+            flow: Flow::default(),
         }
     }
 

@@ -2,18 +2,23 @@
 //!
 //! Each scenario is a small module that says, for each kind of device, how to configure
 //! it (or that it cannot do the scenario), which VLAN the sink must see, and what the sink
-//! sends first so learning switches know where it is. Later scenarios (routing, SNAT,
-//! security groups, VXLAN, vhost-user) add a module here and an entry in [`all`].
+//! sends first so learning switches know where it is, and for routed scenarios the flow
+//! (the router's MAC, the addresses, what the sink must see). Later scenarios (VXLAN,
+//! traffic to a floating IP) add a module here and an entry in [`all`].
 
 use pollux_drivers::xdp::BpfInsn;
 
+use super::traffic::Flow;
+
 mod p2p;
 mod pvp;
+mod routed;
 mod security_groups;
 mod vlan_push;
 
 pub use p2p::PortToPort;
 pub use pvp::Pvp;
+pub use routed::Routed;
 pub use security_groups::SecurityGroups;
 pub use vlan_push::VlanPush;
 
@@ -42,6 +47,18 @@ pub trait Scenario: std::fmt::Debug {
     fn egress_vlan(&self) -> Option<u16>;
     /// The frame the sink sends before each trial (learning switches learn its MAC).
     fn prime_frame(&self) -> Vec<u8>;
+    /// The generator's flow and what the sink must see of it; by default switched
+    /// unchanged from the generator's address to the sink's MAC.
+    fn flow(&self) -> Flow {
+        Flow::default()
+    }
+    /// Whether the harness must see the device forward the flow as the scenario says
+    /// (every frame through, correctly translated) before it searches: routers resolve
+    /// their next hop and OVN installs its flows only after they start. A device that
+    /// never does is reported as failed, with what arrived, rather than measured.
+    fn check_before_search(&self) -> bool {
+        false
+    }
     /// polluxd's desired state (TOML), or `None` if Pollux cannot do this scenario.
     fn pollux_config(&self, ports: Ports<'_>) -> Option<String>;
     /// `ovs-vsctl` commands after `add-br br0` (netdev datapath), one argument list each;
@@ -70,6 +87,24 @@ pub trait Scenario: std::fmt::Debug {
     fn linux_cleanup(&self, _ports: Ports<'_>) -> Vec<Vec<String>> {
         cmds(&[&["ip", "link", "del", "lbr0"]])
     }
+    /// Commands (run in the DUT's namespace) that make it a router as Neutron's L3 agent
+    /// makes a `qrouter` namespace, each an argument list; `None` if the scenario is not
+    /// routed.
+    fn linux_router_commands(&self, _ports: Ports<'_>) -> Option<Vec<Vec<String>>> {
+        None
+    }
+    /// Commands that undo [`Scenario::linux_router_commands`] (run even if they failed
+    /// halfway; the harness restores the ingress veth's MAC itself).
+    fn linux_router_cleanup(&self, _ports: Ports<'_>) -> Vec<Vec<String>> {
+        Vec::new()
+    }
+    /// `ovn-nbctl` commands (argument lists) that build the scenario's logical topology;
+    /// the device binds its ingress interface to logical port `gen` and its egress to
+    /// `sink`, and `chassis` is its one chassis (for gateway ports). `None` if OVN is not
+    /// measured in this scenario.
+    fn ovn_nb_commands(&self, _chassis: &str) -> Option<Vec<Vec<String>>> {
+        None
+    }
     /// Arguments of `pollux-bench xsk-fwd` beyond the interfaces and CPU (the bare AF_XDP
     /// forwarder: only a tag push is available), or `None` if it cannot do this scenario.
     fn xsk_fwd_args(&self) -> Option<Vec<String>>;
@@ -84,6 +119,8 @@ pub fn all() -> Vec<Box<dyn Scenario>> {
         Box::new(PortToPort),
         Box::new(VlanPush { vid: 100 }),
         Box::new(SecurityGroups { filler_rules: 10 }),
+        Box::new(Routed::plain()),
+        Box::new(Routed::snat()),
         Box::new(Pvp),
     ]
 }
