@@ -87,9 +87,10 @@ fn classify_with(
     network_of: impl Fn(Option<u16>) -> Result<NetworkSlot, DropReason>,
 ) -> u64 {
     let frames = pool.reader();
-    let mut bytes = 0;
+    let (mut bytes, mut chained) = (0, false);
     for pkt in pkts.iter_mut() {
-        bytes += pool.packet_len(pkt) as u64;
+        bytes += u64::from(pkt.len);
+        chained |= pkt.chained;
         pkt.in_port = in_port;
         pkt.meta = match parse(frames.data(pkt)) {
             Ok(meta) => meta,
@@ -104,6 +105,9 @@ fn classify_with(
             Ok(_) => {}
             Err(reason) => pkt.meta.next = Next::Drop(reason, Stage::Classify),
         }
+    }
+    if chained {
+        bytes += crate::output::chain_tails(pool, pkts);
     }
     bytes
 }

@@ -334,7 +334,13 @@ fn push_handoff(
 #[inline(never)]
 fn record(sink: &mut Vec<(PortId, Vec<u8>)>, pool: &mut FramePool, out: PortId, pkt: Packet) {
     sink.push((out, pool.data(&pkt).to_vec()));
-    pool.free(pkt.frame);
+    pool.free_packet(&pkt);
+}
+
+/// Bytes of `pkts` beyond their first frames.
+#[cold]
+pub(crate) fn chain_tails(pool: &FramePool, pkts: &[Packet]) -> u64 {
+    pkts.iter().map(|p| pool.tail_len(p) as u64).sum()
 }
 
 #[inline]
@@ -351,15 +357,24 @@ fn send(
     if let Some(capture) = capture.as_deref_mut() {
         capture.transmit(out, pending, pool);
     }
-    // Counted before the driver frees what it sends (a chain's length lives in the pool);
-    // what it refuses stays ours and is taken back out below.
-    let offered: u64 = pending.iter().map(|p| pool.packet_len(p) as u64).sum();
+    // Counted before the driver frees what it sends (a chain's length lives in the pool):
+    // the first frames' lengths and, only when some packet is chained, the rest.
+    let (mut bytes, mut chained) = (0u64, false);
+    for p in pending {
+        bytes += u64::from(p.len);
+        chained |= p.chained;
+    }
+    if chained {
+        bytes += chain_tails(pool, pending);
+    }
     let sent = a.port.tx_burst(queue, pool, pending).min(pending.len());
-    let refused_bytes: u64 = pending[sent..]
-        .iter()
-        .map(|p| pool.packet_len(p) as u64)
-        .sum();
-    let bytes = offered - refused_bytes;
+    if sent < pending.len() {
+        // What the driver refused stays ours: its bytes were not sent.
+        bytes -= pending[sent..]
+            .iter()
+            .map(|p| pool.packet_len(p) as u64)
+            .sum::<u64>();
+    }
     counters.tx_packets.add(sent as u64);
     let pc = counters.port(out);
     if let Some(pc) = pc {
@@ -375,7 +390,7 @@ fn send(
             }
         }
         for pkt in refused {
-            pool.free(pkt.frame);
+            pool.free_packet(pkt);
         }
         counters.count_drop(
             Some(out),
@@ -402,7 +417,7 @@ pub(crate) fn drop_packet(
     stage: Stage,
     reason: DropReason,
 ) {
-    pool.free(pkt.frame);
+    pool.free_packet(&pkt);
     // Frames the worker made itself come from no port.
     let port = (pkt.in_port != PortId::NONE).then_some(pkt.in_port);
     counters.count_drop(port, stage, reason, 1);

@@ -474,11 +474,7 @@ fn frame_source(frame: &[u8], beyond: usize, l3: usize) -> Option<FrameSource> {
     let h = frame.get(l3..l3.checked_add(20)?)?;
     let header_len = usize::from(h[0] & 0x0f) * 4;
     let total = usize::from(u16::from_be_bytes([h[2], h[3]]));
-    if h[0] >> 4 != 4
-        || header_len < 20
-        || total < header_len
-        || l3 + total > frame.len() + beyond
-        || l3 + header_len > frame.len()
+    if h[0] >> 4 != 4 || header_len < 20 || total < header_len || l3 + total > frame.len() + beyond
     {
         return None;
     }

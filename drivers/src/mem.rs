@@ -65,6 +65,7 @@ impl Port for MemPort {
 
     #[inline]
     fn rx_burst(&mut self, _queue: u16, pool: &mut FramePool, batch: &mut Batch) -> usize {
+        let max_len = pool.max_data_len();
         let (mut added, mut bytes, mut oversize) = (0u64, 0u64, 0u64);
         self.rx.pop_burst(batch.remaining(), |frame| {
             if frame.len() > MAX_CHAIN_LEN {
@@ -72,10 +73,18 @@ impl Port for MemPort {
                 oversize += 1;
                 return true;
             }
-            // A frame larger than a pool frame is chained over several. With no free
-            // frames, leave it in the ring: back-pressure, not loss.
-            let Some(pkt) = pool.alloc_packet(frame) else {
-                return false;
+            // With no free frame, leave the frame in the ring: back-pressure, not loss.
+            let pkt = if frame.len() <= max_len {
+                let Some((id, offset)) = pool.alloc_with(frame) else {
+                    return false;
+                };
+                Packet::received(id, offset, frame.len() as u16)
+            } else {
+                // Larger than a pool frame: chained over several.
+                let Some(pkt) = pool.alloc_packet(frame) else {
+                    return false;
+                };
+                pkt
             };
             // Cannot fail: `pop_burst` offers at most `remaining()` frames.
             let _ = batch.push(pkt);
@@ -93,17 +102,26 @@ impl Port for MemPort {
     fn tx_burst(&mut self, _queue: u16, pool: &mut FramePool, pkts: &[Packet]) -> usize {
         let (mut oversize, mut bytes) = (0u64, 0u64);
         let sent = self.tx.push_burst(pkts.len(), |i, slot| {
-            let len = pool.packet_len(&pkts[i]);
+            let pkt = &pkts[i];
+            let len = if pkt.chained {
+                pool.packet_len(pkt)
+            } else {
+                usize::from(pkt.len)
+            };
             let Some(dst) = slot.get_mut(..len) else {
                 oversize += 1;
                 return 0;
             };
-            pool.copy_out(&pkts[i], 0, dst);
+            if pkt.chained {
+                pool.copy_out(pkt, 0, dst);
+            } else {
+                dst.copy_from_slice(pool.data(pkt));
+            }
             bytes += len as u64;
             len
         });
         for pkt in &pkts[..sent] {
-            pool.free(pkt.frame);
+            pool.free_packet(pkt);
         }
         self.tx_oversize += oversize;
         self.stats.tx_packets += sent as u64 - oversize;

@@ -1103,7 +1103,7 @@ impl Port for AfXdpPort {
                 // completion, and the frame would never come back. A chained (jumbo)
                 // frame needs multi-buffer AF_XDP, which these sockets do not use; the
                 // control plane keeps jumbo networks off AF_XDP ports, so none comes.
-                pool.free(pkt.frame);
+                pool.free_packet(pkt);
                 bad += 1;
                 continue;
             }

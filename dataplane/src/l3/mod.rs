@@ -469,7 +469,7 @@ impl RouterState {
             // A reply (or a request for another host) sent to our MAC: its news are taken.
             _ if unicast => {
                 counters.consumed.inc();
-                cx.pool.free(pkt.frame);
+                cx.pool.free_packet(pkt);
                 Next::Consumed
             }
             _ => Next::Flood,
@@ -635,7 +635,7 @@ impl RouterState {
                 // It would wait for the answer to an ARP request; nothing waits for an
                 // explained packet.
                 self.explained_wait = Some((iface.network_uid, target));
-                cx.pool.free(pkt.frame);
+                cx.pool.free_packet(pkt);
                 Next::Waiting
             }
             None => {
@@ -861,7 +861,7 @@ impl RouterState {
         if let Next::Drop(..) = next {
             return next;
         }
-        cx.pool.free(pkt.frame);
+        cx.pool.free_packet(pkt);
         counters.consumed.inc();
         next
     }
@@ -958,7 +958,7 @@ impl RouterState {
         });
         if result.is_err() {
             for p in &made[..n] {
-                cx.pool.free(p.frame);
+                cx.pool.free_packet(p);
             }
             return Next::Drop(DropReason::NoBuffers, Stage::L3);
         }

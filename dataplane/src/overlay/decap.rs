@@ -97,7 +97,7 @@ impl BurstStage for TunnelDecap<'_> {
                         produced |= Pending::SEND;
                     }
                     ArpOutcome::Consumed => {
-                        cx.pool.free(pkt.frame);
+                        cx.pool.free_packet(pkt);
                         cx.counters.consumed.inc();
                         pkt.meta.next = Next::Consumed;
                     }

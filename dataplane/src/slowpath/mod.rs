@@ -298,7 +298,7 @@ impl SlowPath {
         if cx.dry_run {
             // An explained packet would go to the slow path: it takes no token and is
             // not handed over.
-            cx.pool.free(pkt.frame);
+            cx.pool.free_packet(pkt);
             return Next::Consumed;
         }
         if !self
@@ -327,7 +327,7 @@ impl SlowPath {
         if !pushed {
             return Next::Drop(DropReason::PuntQueueFull, Stage::SlowPath);
         }
-        cx.pool.free(pkt.frame);
+        cx.pool.free_packet(pkt);
         cx.counters.punted.inc();
         cx.counters.punted_by_service[service.id.index() % MAX_SERVICES].inc();
         cx.counters.consumed.inc();

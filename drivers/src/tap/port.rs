@@ -242,7 +242,7 @@ impl Port for TapPort {
             if total > out.len() {
                 oversize += 1;
                 self.queue.release(Dir::Tx, slot);
-                pool.free(pkt.frame);
+                pool.free_packet(pkt);
                 sent += 1;
                 continue;
             }
@@ -254,7 +254,7 @@ impl Port for TapPort {
                 break;
             }
             bytes += len as u64;
-            pool.free(pkt.frame);
+            pool.free_packet(pkt);
             sent += 1;
         }
         self.submit();
