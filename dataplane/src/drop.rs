@@ -100,6 +100,7 @@ drop_reasons! {
     MetadataRateLimited => "metadata_rate_limited", "The port already sent its share of segments to the metadata proxy this second.";
     Policed => "policed", "QoS: over the port's bandwidth limit (a Neutron bandwidth_limit rule): its token bucket did not hold the frame's bytes.";
     UnknownTrunkVlan => "unknown_trunk_vlan", "Tagged frame on a trunk parent port whose VLAN ID no subport of its trunk has.";
+    FlowHandoffRingFull => "flow_handoff_ring_full", "The worker that owns the packet's flow (its connection or NAT session) is behind: the flow handoff ring to it is full.";
 }
 
 impl fmt::Display for DropReason {
