@@ -125,8 +125,10 @@ impl FlowHandoff {
     /// The stages to run for a burst whose port enables `enabled`, and what its packets
     /// are pending for: a received burst starts at classification, with this stage when
     /// the snapshot needs it; packets handed to this worker resume after the handoff,
-    /// the stages before it done where they were received.
-    #[inline]
+    /// the stages before it done where they were received. Out of line: a lone worker
+    /// never calls it, and the stage table it would be inlined into is the hot path.
+    #[cold]
+    #[inline(never)]
     pub(crate) fn prepare(&mut self, snap: &Snapshot, enabled: StageSet) -> (StageSet, Pending) {
         if self.resuming {
             let after = enabled
@@ -375,6 +377,9 @@ impl BurstStage for FlowHandoff {
         Pending::L2
     }
 
+    // Out of line, so that the stage table's loop (the single-worker hot path, which
+    // never runs it) keeps the shape it has without it.
+    #[inline(never)]
     fn process(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
         // An explained packet is decided where it is asked about.
         if cx.dry_run || !self.active {
