@@ -122,25 +122,25 @@ impl FlowHandoff {
         }
     }
 
-    /// The stages to run for a burst whose port enables `enabled`, and what its packets
-    /// are pending for: a received burst starts at classification, with this stage when
-    /// the snapshot needs it; packets handed to this worker resume after the handoff,
-    /// the stages before it done where they were received. Out of line: a lone worker
-    /// never calls it, and the stage table it would be inlined into is the hot path.
+    /// The stages to run for a burst whose port enables `enabled`: with this stage when
+    /// the snapshot needs it. Packets handed to this worker resume after the handoff:
+    /// the stages before it were done where they were received, and this stage, which
+    /// also takes packets pending classification, passes them on to the rest (so the
+    /// stage table needs no other way in). Out of line: a lone worker never calls it,
+    /// and the stage table it would be inlined into is the hot path.
     #[cold]
     #[inline(never)]
-    pub(crate) fn prepare(&mut self, snap: &Snapshot, enabled: StageSet) -> (StageSet, Pending) {
+    pub(crate) fn prepare(&mut self, snap: &Snapshot, enabled: StageSet) -> StageSet {
         if self.resuming {
-            let after = enabled
+            return enabled
                 .without(Stage::Classify)
                 .without(Stage::TunnelDecap)
                 .without(Stage::ChecksumOffload)
                 .without(Stage::PortSecurity)
                 .without(Stage::Trunk)
-                .without(Stage::FlowHandoff);
-            return (after, Pending::L2);
+                .with(Stage::FlowHandoff);
         }
-        (self.enable(snap, enabled), Pending::CLASSIFY)
+        self.enable(snap, enabled)
     }
 
     /// `enabled` with this stage in it when `snap` keeps state that follows a flow:
@@ -374,13 +374,21 @@ impl BurstStage for FlowHandoff {
     }
 
     fn wants(&self) -> Pending {
-        Pending::L2
+        // Handed packets enter here, the burst still pending classification.
+        Pending::L2 | Pending::CLASSIFY
     }
 
     // Out of line, so that the stage table's loop (the single-worker hot path, which
     // never runs it) keeps the shape it has without it.
     #[inline(never)]
     fn process(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
+        if self.resuming {
+            // Packets handed to this worker: on to the stateful stages.
+            return Outcome {
+                packets: 0,
+                produced: Pending::L2,
+            };
+        }
         // An explained packet is decided where it is asked about.
         if cx.dry_run || !self.active {
             return Outcome::default();

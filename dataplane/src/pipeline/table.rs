@@ -92,7 +92,11 @@ impl StageTable {
     /// made. Each stage's calls, packets and cycles are counted.
     #[inline]
     pub fn run(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) {
-        let enabled = cx.snap.port_stages(cx.in_port);
+        let mut enabled = cx.snap.port_stages(cx.in_port);
+        // One branch per burst for a lone worker.
+        if self.flow.active {
+            enabled = self.flow.prepare(cx.snap, enabled);
+        }
         // A trunk's parent: its burst is split into one per port (`crate::trunk`).
         if enabled.contains(Stage::Trunk) {
             return crate::trunk::run_split(self, cx, pkts);
@@ -109,11 +113,6 @@ impl StageTable {
         enabled: StageSet,
     ) {
         let mut pending = Pending::CLASSIFY;
-        let mut enabled = enabled;
-        // One branch per burst for a lone worker.
-        if self.flow.active {
-            (enabled, pending) = self.flow.prepare(cx.snap, enabled);
-        }
         let mut ran = StageSet::EMPTY;
         // One branch per burst while no trace runs.
         let mut traced = 0;
@@ -186,11 +185,11 @@ impl StageTable {
 impl StageTable {
     /// Runs packets another worker handed to this one as their flow's owner
     /// ([`crate::flow_owner`]), received in a burst of `cx.in_port` and classified there:
-    /// from the flow handoff on, with that port's stages.
+    /// from the flow handoff on, with that port's stages (a trunk parent's own frames,
+    /// untagged, split back to the parent).
     pub(crate) fn run_handed(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) {
         self.flow.resuming = true;
-        let enabled = cx.snap.port_stages(cx.in_port);
-        self.run_port(cx, pkts, enabled);
+        self.run(cx, pkts);
         self.flow.resuming = false;
     }
 }
