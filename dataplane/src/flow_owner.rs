@@ -350,9 +350,7 @@ fn ports(proto: u8, l4: &[u8], icmp: u8, echo: u8, echo_reply: u8) -> (u16, u16)
     match proto {
         6 | 17 | 33 | 132 | 136 => (word(0), word(2)),
         p if p == icmp => match l4.first() {
-            Some(&t) if t == echo || t == echo_reply || (icmp == ICMP && t == 0) => {
-                (word(4), word(4))
-            }
+            Some(&t) if t == echo || t == echo_reply => (word(4), word(4)),
             _ => (0, 0),
         },
         _ => (0, 0),
