@@ -316,12 +316,15 @@ pub fn run(options: &Options) -> Result<(), StartError> {
             for (w, c) in done.workers.iter().enumerate() {
                 eprintln!(
                     "polluxd: worker {w} alone: rx {} tx {} handoffs {} handed in {} handoff \
-                     drops {}",
+                     drops {} flow handoffs {} flows handed in {} flow handoff drops {}",
                     c.rx_packets.get(),
                     c.tx_packets.get(),
                     c.handoffs.get(),
                     c.handoffs_received.get(),
-                    c.handoff_drops.get()
+                    c.handoff_drops.get(),
+                    c.flow_handoffs.get(),
+                    c.flow_handoffs_received.get(),
+                    c.flow_handoff_drops.get()
                 );
             }
         }

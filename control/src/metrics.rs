@@ -360,6 +360,9 @@ impl MetricsSource {
                     handoffs: w.handoffs.get(),
                     handoff_drops: w.handoff_drops.get(),
                     handoffs_received: w.handoffs_received.get(),
+                    flow_handoffs: w.flow_handoffs.get(),
+                    flow_handoff_drops: w.flow_handoff_drops.get(),
+                    flow_handoffs_received: w.flow_handoffs_received.get(),
                 })
                 .collect(),
             generation: self.generation(),
@@ -424,6 +427,9 @@ struct WorkerScrape {
     handoffs: u64,
     handoff_drops: u64,
     handoffs_received: u64,
+    flow_handoffs: u64,
+    flow_handoff_drops: u64,
+    flow_handoffs_received: u64,
 }
 
 /// Counters per port in a scrape: rx/tx packets, bytes and drops, then QoS's.
@@ -691,6 +697,33 @@ impl Collector for Scrape {
             self.workers
                 .iter()
                 .map(|w| (w.id.as_str(), w.handoffs_received)),
+        )?;
+        counter_family(
+            &mut e,
+            "pollux_worker_flow_handoffs",
+            "Packets handed to the worker that owns their flow's state.",
+            "worker",
+            self.workers
+                .iter()
+                .map(|w| (w.id.as_str(), w.flow_handoffs)),
+        )?;
+        counter_family(
+            &mut e,
+            "pollux_worker_flow_handoff_drops",
+            "Packets not handed to their flow's owner: the ring to it was full.",
+            "worker",
+            self.workers
+                .iter()
+                .map(|w| (w.id.as_str(), w.flow_handoff_drops)),
+        )?;
+        counter_family(
+            &mut e,
+            "pollux_worker_flow_handoffs_received",
+            "Packets other workers handed to this one as their flow's owner.",
+            "worker",
+            self.workers
+                .iter()
+                .map(|w| (w.id.as_str(), w.flow_handoffs_received)),
         )?;
         counter_family(
             &mut e,

@@ -184,6 +184,14 @@ pub struct WorkerCounters {
     pub handoff_drops: Counter,
     /// Frames other workers handed to this one to transmit.
     pub handoffs_received: Counter,
+    /// Packets handed to the worker that owns their flow's state (see
+    /// [`crate::flow_owner`]).
+    pub flow_handoffs: Counter,
+    /// Packets that could not be handed to their flow's owner because the ring to it was
+    /// full (also counted as drops, `flow_handoff_ring_full`).
+    pub flow_handoff_drops: Counter,
+    /// Packets other workers handed to this one as their flow's owner.
+    pub flow_handoffs_received: Counter,
     /// Neighbours learned by other workers and applied here.
     pub neighbor_news: Counter,
     /// Neighbour news not delivered to a peer because the ring to it was full.
@@ -273,6 +281,9 @@ impl WorkerCounters {
             handoffs: Counter::default(),
             handoff_drops: Counter::default(),
             handoffs_received: Counter::default(),
+            flow_handoffs: Counter::default(),
+            flow_handoff_drops: Counter::default(),
+            flow_handoffs_received: Counter::default(),
             neighbor_news: Counter::default(),
             neighbor_news_lost: Counter::default(),
             macs_learned: Counter::default(),
@@ -344,6 +355,10 @@ impl WorkerCounters {
             sum.handoffs.add(w.handoffs.get());
             sum.handoff_drops.add(w.handoff_drops.get());
             sum.handoffs_received.add(w.handoffs_received.get());
+            sum.flow_handoffs.add(w.flow_handoffs.get());
+            sum.flow_handoff_drops.add(w.flow_handoff_drops.get());
+            sum.flow_handoffs_received
+                .add(w.flow_handoffs_received.get());
             sum.neighbor_news.add(w.neighbor_news.get());
             sum.neighbor_news_lost.add(w.neighbor_news_lost.get());
             sum.macs_learned.add(w.macs_learned.get());
@@ -412,13 +427,18 @@ impl WorkerCounters {
             + self.replicas.get()
             + self.originated.get()
             + self.handoffs_received.get()
+            + self.flow_handoffs_received.get()
     }
 
     /// Frames that left the worker: sent, dropped, consumed, handed to another worker.
     /// Once the worker has flushed, `frames_in() == frames_out()` plus the packets waiting
     /// for a neighbour; summed over workers whose handoff rings are empty, likewise.
     pub fn frames_out(&self) -> u64 {
-        self.tx_packets.get() + self.dropped_total() + self.consumed.get() + self.handoffs.get()
+        self.tx_packets.get()
+            + self.dropped_total()
+            + self.consumed.get()
+            + self.handoffs.get()
+            + self.flow_handoffs.get()
     }
 
     /// Count of all drops.

@@ -101,6 +101,7 @@ drop_reasons! {
     Policed => "policed", "QoS: over the port's bandwidth limit (a Neutron bandwidth_limit rule): its token bucket did not hold the frame's bytes.";
     UnknownTrunkVlan => "unknown_trunk_vlan", "Tagged frame on a trunk parent port whose VLAN ID no subport of its trunk has.";
     TooBig => "too_big", "A frame longer than where it goes can carry: a jumbo frame (chained over several buffers) toward a port whose driver sends frames of one buffer only (AF_XDP) or another worker's handoff ring, or a tunnel packet whose outer datagram would pass 64 KiB.";
+    FlowHandoffRingFull => "flow_handoff_ring_full", "The worker that owns the packet's flow (its connection or NAT session) is behind: the flow handoff ring to it is full.";
 }
 
 impl fmt::Display for DropReason {

@@ -9,14 +9,19 @@
 //! the owner's pool, so a frame never crosses from one worker's pool into another's and
 //! each pool's conservation stays its own.
 //!
+//! Flows whose state (a security-group connection, a NAT session) another worker owns go
+//! to that worker through a third ring per pair, with the metadata classification gave
+//! them (see [`crate::flow_owner`]): the owner runs the stateful stages for them.
+//!
 //! Neighbours (ARP) are per worker, but an ARP reply arrives on whichever worker polls
 //! the uplink's queue, not necessarily the one that asked: every worker tells the others
 //! what it learned from ARP through a second ring per pair (a few bytes per ARP packet),
 //! and they apply it as if they had seen the packet. See docs/DESIGN.md ("Workers").
 
 use crate::buf::FramePool;
-use crate::ident::PackedMac;
-use crate::packet::{Batch, Next, Packet, MAX_BURST};
+use crate::ident::{NetworkSlot, PackedMac};
+use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
+use crate::port::PortId;
 use crate::ring::{ring, Consumer, Producer};
 use crate::snapshot::NetworkUid;
 
@@ -32,6 +37,57 @@ const NEWS_SLOT: usize = 17;
 pub const MAX_WORKERS: usize = 64;
 /// Marks a port whose transmit no other worker owns.
 const NO_OWNER: u16 = u16::MAX;
+/// Slots per flow handoff ring between two workers: a burst from each of several queues
+/// may be on its way at once.
+pub const FLOW_DEPTH: usize = 1024;
+/// Bytes in front of a frame handed to its flow's owner: the burst's port (2), the
+/// packet's input port (2), and the metadata classification gave it: network slot (2),
+/// EtherType (2), TCI (2), flags (1), L3 offset (1).
+const FLOW_HEADER: usize = 12;
+
+/// A packet handed to the worker that owns its flow, as that worker receives it: the
+/// frame's bytes and what it needs to resume the packet after classification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HandedFlow<'a> {
+    /// The port whose receive burst the packet came in (a tunnel endpoint's uplink, a
+    /// trunk's subport): its stage set applies.
+    pub burst_port: PortId,
+    /// The packet's own input port (differs after tunnel decapsulation).
+    pub in_port: PortId,
+    /// Its metadata, `next` aside (it resumes at [`Next::L2`]).
+    pub meta: Meta,
+    /// The frame.
+    pub frame: &'a [u8],
+}
+
+fn write_flow_header(slot: &mut [u8], burst_port: PortId, pkt: &Packet) {
+    let m = &pkt.meta;
+    slot[0..2].copy_from_slice(&burst_port.0.to_le_bytes());
+    slot[2..4].copy_from_slice(&pkt.in_port.0.to_le_bytes());
+    slot[4..6].copy_from_slice(&m.network.0.to_le_bytes());
+    slot[6..8].copy_from_slice(&m.ethertype.to_le_bytes());
+    slot[8..10].copy_from_slice(&m.tci.to_le_bytes());
+    slot[10] = m.flags;
+    slot[11] = m.l3_offset;
+}
+
+fn read_flow(slot: &[u8]) -> Option<HandedFlow<'_>> {
+    let (h, frame) = slot.split_first_chunk::<FLOW_HEADER>()?;
+    let word = |at: usize| u16::from_le_bytes([h[at], h[at + 1]]);
+    Some(HandedFlow {
+        burst_port: PortId(word(0)),
+        in_port: PortId(word(2)),
+        meta: Meta {
+            next: Next::L2,
+            network: NetworkSlot(word(4)),
+            ethertype: word(6),
+            tci: word(8),
+            flags: h[10],
+            l3_offset: h[11],
+        },
+        frame,
+    })
+}
 
 /// A neighbour learned from an ARP packet, as [`crate::l3::neighbor::NeighborTable::learn`]
 /// takes it.
@@ -82,6 +138,8 @@ pub struct HandoffOut {
     /// `meta.next`.
     pending: Vec<Batch>,
     news: Vec<Option<Producer>>,
+    /// Flows for their owner, by peer worker index.
+    flows: Vec<Option<Producer>>,
     /// Owner worker by port id ([`NO_OWNER`]: none).
     owners: Vec<u16>,
     /// Some batch in `pending` holds frames.
@@ -202,6 +260,43 @@ impl HandoffOut {
             .map(|(i, _)| i as u16)
     }
 
+    /// Number of workers in the mesh (this one included); 1 when not connected.
+    pub fn workers(&self) -> usize {
+        self.flows.len().max(1)
+    }
+
+    /// Copies the packets `pkts[idx[k]]` (received in a burst of `burst_port`) into the
+    /// flow ring to `owner`, as many as fit, in order. Returns how many were copied: the
+    /// first that many of `idx`. Frames are left to the caller to free.
+    pub(crate) fn hand_flows(
+        &mut self,
+        owner: u16,
+        burst_port: PortId,
+        pkts: &[Packet],
+        idx: &[u8],
+        pool: &FramePool,
+    ) -> usize {
+        let Some(Some(ring)) = self.flows.get_mut(usize::from(owner)) else {
+            return 0;
+        };
+        ring.push_burst(idx.len(), |k, slot| {
+            let pkt = &pkts[usize::from(idx[k])];
+            let bytes = pool.data(pkt);
+            let dst = slot
+                .get_mut(FLOW_HEADER..FLOW_HEADER + bytes.len())
+                .filter(|_| !pkt.chained);
+            let Some(dst) = dst else {
+                // Slots are sized from a pool frame, so only a chain (which the control
+                // plane keeps off several workers): an empty slot, which the owner skips
+                // (the sender counted it handed; it is counted a drop there).
+                return 0;
+            };
+            dst.copy_from_slice(bytes);
+            write_flow_header(slot, burst_port, pkt);
+            FLOW_HEADER + bytes.len()
+        })
+    }
+
     /// Tells every peer about `news`; returns how many peers' rings were full.
     pub(crate) fn tell(&mut self, news: &NeighborNews) -> u64 {
         let mut full = 0;
@@ -219,6 +314,10 @@ impl HandoffOut {
 pub struct HandoffIn {
     frames: Vec<Consumer>,
     news: Vec<Consumer>,
+    flows: Vec<Consumer>,
+    /// The flow ring the next [`HandoffIn::take_flows`] starts with, so that one busy
+    /// peer cannot starve the others.
+    next_flow: usize,
 }
 
 impl HandoffIn {
@@ -238,6 +337,31 @@ impl HandoffIn {
                 };
                 take(u16::from_le_bytes(*port), frame)
             });
+        }
+        taken
+    }
+
+    /// Offers up to `max` packets other workers handed to this one as their flows' owner,
+    /// in each peer's order, to `take`, which returns false to leave that packet (and
+    /// that peer's later ones) in the ring. A slot the sender could not fill is offered
+    /// as `None` (count it a drop). Returns how many were taken.
+    #[inline]
+    pub fn take_flows(
+        &mut self,
+        max: usize,
+        mut take: impl FnMut(Option<HandedFlow<'_>>) -> bool,
+    ) -> usize {
+        let n = self.flows.len();
+        let mut taken = 0;
+        for k in 0..n {
+            if taken >= max {
+                break;
+            }
+            let ring = &mut self.flows[(self.next_flow + k) % n];
+            taken += ring.pop_burst(max - taken, |slot| take(read_flow(slot)));
+        }
+        if n > 0 {
+            self.next_flow = (self.next_flow + 1) % n;
         }
         taken
     }
@@ -276,6 +400,7 @@ pub fn mesh(workers: usize, max_frame: usize) -> Vec<Handoff> {
                     .map(|_| Batch::with_capacity(MAX_BURST))
                     .collect(),
                 news: (0..workers).map(|_| None).collect(),
+                flows: (0..workers).map(|_| None).collect(),
                 owners: Vec::new(),
                 any_pending: false,
             },
@@ -293,6 +418,9 @@ pub fn mesh(workers: usize, max_frame: usize) -> Vec<Handoff> {
             let (p, c) = ring(NEWS_DEPTH, NEWS_SLOT);
             ends[from].out.news[to] = Some(p);
             ends[to].inn.news.push(c);
+            let (p, c) = ring(FLOW_DEPTH, FLOW_HEADER + max_frame);
+            ends[from].out.flows[to] = Some(p);
+            ends[to].inn.flows.push(c);
         }
     }
     ends

@@ -17,6 +17,7 @@ pub mod classify;
 pub mod conntrack;
 pub mod counters;
 pub mod drop;
+pub mod flow_owner;
 pub mod frag;
 pub mod handoff;
 pub mod icmp_error;

@@ -219,6 +219,22 @@ pub struct Routing {
     floating_of: Option<U64Map<u32>>,
     /// `network slot << 32 | floating IP` → router index: who answers ARP for it.
     floating_owner: Option<U64Map<RouterIndex>>,
+    /// External addresses whose flows several workers must agree on (see
+    /// [`crate::flow_owner`]): a floating IP → its fixed IP, a SNAT router's gateway
+    /// address → 0 (steer by port).
+    external: Option<U64Map<u32>>,
+}
+
+/// What [`Routing::external_address`] knows of an address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExternalAddress {
+    /// A floating IP: flows to it are the fixed IP's.
+    Floating {
+        /// The fixed IP it maps to.
+        fixed: u32,
+    },
+    /// A SNAT router's external gateway address: replies find their session by port.
+    Snat,
 }
 
 impl Routing {
@@ -252,6 +268,7 @@ impl Routing {
         let mut fixed_of = U64Map::with_max_len(total_fips);
         let mut floating_of = U64Map::with_max_len(total_fips);
         let mut floating_owner = U64Map::with_max_len(total_fips);
+        let mut external_addresses = U64Map::with_max_len(total_fips + specs.len());
         for spec in specs {
             let uid = spec.uid;
             let index = u16::try_from(routing.routers.len())
@@ -369,6 +386,13 @@ impl Routing {
                     {
                         return Err(duplicate(fixed));
                     }
+                    // The first mapping wins where two routers share a floating IP (on
+                    // different external networks); flows of the other are then steered
+                    // by its floating IP alone, which both directions still agree on
+                    // only by chance: see `crate::flow_owner`.
+                    if external_addresses.get(u64::from(floating_ip)).is_none() {
+                        let _ = external_addresses.insert(u64::from(floating_ip), fixed_ip);
+                    }
                     let owner_key = (u64::from(slot.0) << 32) | u64::from(floating_ip);
                     if floating_owner
                         .insert(owner_key, index)
@@ -384,6 +408,14 @@ impl Routing {
                     "floating IPs need an external gateway",
                 ));
             }
+            if let (true, Some(gw)) = (spec.enable_snat, external) {
+                let ip = routing.interfaces[gw.index()].ip;
+                // A gateway address that is also a floating IP elsewhere: the floating IP
+                // keeps it (see above).
+                if external_addresses.get(u64::from(ip)).is_none() {
+                    let _ = external_addresses.insert(u64::from(ip), 0);
+                }
+            }
             routing.routers.push(Router {
                 uid,
                 mac: EthernetAddress(spec.mac),
@@ -396,11 +428,27 @@ impl Routing {
                 metering: external.and_then(|_| RouterMetering::compile(&spec.metering)),
             });
         }
+        routing.external = Some(external_addresses);
         routing.macs = Some(macs);
         routing.fixed_of = Some(fixed_of);
         routing.floating_of = Some(floating_of);
         routing.floating_owner = Some(floating_owner);
         Ok(routing)
+    }
+
+    /// Whether `ip` is a floating IP or a SNAT router's gateway address (see
+    /// [`ExternalAddress`]).
+    #[inline]
+    pub fn external_address(&self, ip: u32) -> Option<ExternalAddress> {
+        match self.external.as_ref()?.get(u64::from(ip))? {
+            0 => Some(ExternalAddress::Snat),
+            fixed => Some(ExternalAddress::Floating { fixed }),
+        }
+    }
+
+    /// Whether some router keeps state that follows a flow: SNAT sessions or floating IPs.
+    pub fn has_flow_state(&self) -> bool {
+        self.external.as_ref().is_some_and(|m| !m.is_empty())
     }
 
     /// The routers, in uid order.

@@ -197,7 +197,10 @@ fn finish(table: &mut StageTable, cx: &mut BurstCtx<'_>, pkts: &mut [Packet], t:
         }
         cx.in_port = port;
         cx.role = cx.snap.port(port);
-        let enabled = cx.snap.port_stages(port).without(Stage::Trunk);
+        let mut enabled = cx.snap.port_stages(port).without(Stage::Trunk);
+        if table.flow.active {
+            enabled = table.flow.prepare(cx.snap, enabled).without(Stage::Trunk);
+        }
         table.run_port(cx, &mut group[..n], enabled);
     }
     cx.in_port = parent;

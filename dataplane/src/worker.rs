@@ -14,6 +14,8 @@ use std::sync::Arc;
 use crate::buf::{FrameId, FramePool};
 use crate::conntrack::{ConnConfig, ConnTable, FlowKey6};
 use crate::counters::WorkerCounters;
+use crate::drop::DropReason;
+use crate::flow_owner::FlowHandoff;
 use crate::handoff::{Handoff, HandoffIn};
 use crate::l2::MacTable;
 use crate::l3::{self, RouterState};
@@ -23,7 +25,7 @@ use crate::packet::{Next, Packet};
 use crate::pipeline::capture::Capturer;
 use crate::pipeline::explain::{self, Emitted, ExplainError, Explanation};
 use crate::pipeline::trace::{TraceMatch, Tracer};
-use crate::pipeline::{BurstCtx, BurstStage, StageTable};
+use crate::pipeline::{BurstCtx, BurstStage, Stage, StageTable};
 use crate::port::{Port, PortId};
 use crate::publish::{GenerationAck, SnapshotCell};
 use crate::slowpath::{SlowPath, SlowPathEnds};
@@ -205,6 +207,26 @@ impl Worker {
     /// learned from ARP are told to every peer.
     pub fn connect_workers(&mut self, handoff: Handoff) {
         self.has_peers = handoff.out.connected();
+        let workers = handoff.out.workers();
+        if self.has_peers {
+            // Every flow has one owner (see [`crate::flow_owner`]); SNAT takes external
+            // ports from this worker's slice of the range, so that replies find it.
+            let ct = self.config.conntrack;
+            if (ct.worker, ct.workers) != (usize::from(self.config.id), workers) {
+                self.config.conntrack = ConnConfig {
+                    worker: usize::from(self.config.id),
+                    workers,
+                    ..ct
+                };
+                self.conns = ConnTable::new(self.config.conntrack);
+            }
+            self.stages.flow = FlowHandoff::new(
+                self.config.id,
+                workers as u16,
+                self.config.hash_seed ^ self.config.conntrack.hash_seed,
+                self.config.conntrack.snat_ports,
+            );
+        }
         self.ports.handoff = handoff.out;
         self.handoff_in = handoff.inn;
         if self.has_peers {
@@ -528,8 +550,10 @@ impl Worker {
             counters.neighbor_news.inc();
             router.apply_news(news, now);
         });
+        let mut taken = self.take_flows();
+        let counters = &*self.counters;
         let (pool, ports) = (&mut self.pool, &mut self.ports);
-        self.handoff_in.take(HANDOFFS_PER_PASS, |port, frame| {
+        taken += self.handoff_in.take(HANDOFFS_PER_PASS, |port, frame| {
             let port = PortId(port);
             if frame.is_empty() || port == PortId::NONE {
                 // A frame the sender could not copy; it counted the drop.
@@ -544,7 +568,75 @@ impl Worker {
             pkt.meta.next = Next::Output(port);
             ports.enqueue(pool, counters, port, pkt);
             true
-        })
+        });
+        taken
+    }
+
+    /// Runs the packets other workers handed to this one as their flows' owner (see
+    /// [`crate::flow_owner`]) through the stages after the handoff, a burst at a time,
+    /// each run of one burst port together. Returns the packets taken.
+    fn take_flows(&mut self) -> usize {
+        let mut total = 0;
+        while total < HANDOFFS_PER_PASS {
+            self.batch.clear();
+            let mut burst_ports = [PortId::NONE; MAX_BURST];
+            let (pool, batch, counters) = (&mut self.pool, &mut self.batch, &*self.counters);
+            let taken = self.handoff_in.take_flows(MAX_BURST, |handed| {
+                let Some(h) = handed else {
+                    // A slot the sender could not fill (it counted the packet handed).
+                    counters.flow_handoffs_received.inc();
+                    counters.count_drop(
+                        None,
+                        Stage::FlowHandoff,
+                        DropReason::FlowHandoffRingFull,
+                        1,
+                    );
+                    return true;
+                };
+                if batch.is_full() {
+                    return false;
+                }
+                let Some((id, offset)) = pool.alloc_with(h.frame) else {
+                    return false;
+                };
+                let mut pkt = Packet::received(id, offset, h.frame.len() as u16);
+                pkt.in_port = h.in_port;
+                pkt.meta = h.meta;
+                burst_ports[batch.len()] = h.burst_port;
+                let _ = batch.push(pkt);
+                true
+            });
+            total += taken;
+            let n = self.batch.len();
+            self.counters.flow_handoffs_received.add(n as u64);
+            let mut start = 0;
+            while start < n {
+                let port = burst_ports[start];
+                let end = (start..n).find(|&k| burst_ports[k] != port).unwrap_or(n);
+                let mut cx = BurstCtx {
+                    snap: &self.snap,
+                    pool: &mut self.pool,
+                    ports: &mut self.ports,
+                    macs: &mut self.macs,
+                    conns: &mut self.conns,
+                    conns6: &mut self.conns6,
+                    counters: &self.counters,
+                    now_ns: self.now_ns,
+                    now_secs: self.now_secs,
+                    in_port: port,
+                    role: self.snap.port(port),
+                    dry_run: false,
+                };
+                self.stages
+                    .run_handed(&mut cx, &mut self.batch.as_mut_slice()[start..end]);
+                start = end;
+            }
+            self.batch.clear();
+            if taken < MAX_BURST {
+                break;
+            }
+        }
+        total
     }
 
     /// Tells the other workers what this pass learned from ARP.

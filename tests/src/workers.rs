@@ -151,7 +151,8 @@ pub fn assert_conserved(workers: &[Worker]) {
             c.frames_in(),
             c.frames_out() + pending,
             "worker {}: conservation: rx {} + replicas {} + originated {} + handed in {} != \
-             tx {} + drops {:?} + consumed {} + handed off {} + waiting {pending}",
+             tx {} + drops {:?} + consumed {} + handed off {} + waiting {pending} (flows \
+             handed in {}, off {})",
             w.id(),
             c.rx_packets.get(),
             c.replicas.get(),
@@ -161,6 +162,8 @@ pub fn assert_conserved(workers: &[Worker]) {
             c.drop_summary(),
             c.consumed.get(),
             c.handoffs.get(),
+            c.flow_handoffs_received.get(),
+            c.flow_handoffs.get(),
         );
         let pool = w.pool();
         assert_eq!(
@@ -176,5 +179,17 @@ pub fn assert_conserved(workers: &[Worker]) {
         .map(|w| w.counters().handoffs_received.get())
         .sum();
     assert_eq!(handed_off, handed_in, "frames left in the handoff rings");
+    let flows_off: u64 = workers
+        .iter()
+        .map(|w| w.counters().flow_handoffs.get())
+        .sum();
+    let flows_in: u64 = workers
+        .iter()
+        .map(|w| w.counters().flow_handoffs_received.get())
+        .sum();
+    assert_eq!(
+        flows_off, flows_in,
+        "packets left in the flow handoff rings"
+    );
     assert_eq!(frames_in, frames_out + waiting);
 }

@@ -8,9 +8,9 @@ use pollux_dataplane::port::PortId;
 use pollux_dataplane::port_security::{Ipv4Source, Ipv6Source, PortSecurity};
 use pollux_dataplane::secgroup::{RuleName, RuleSet, SgPolicy, SgRemote, SgRule, SgTables};
 use pollux_dataplane::snapshot::{NetworkUid, PhysnetId, Segment, SnapshotBuilder};
-use pollux_tests::frames::{frame, ipv4, ipv6_frame, mac, BROADCAST};
 use pollux_dataplane::worker::WorkerConfig;
 use pollux_drivers::mem::MemPortConfig;
+use pollux_tests::frames::{frame, ipv4, ipv6_frame, mac, BROADCAST};
 use pollux_tests::harness::{MemSwitch, POOL_FRAMES};
 use proptest::prelude::*;
 
@@ -172,28 +172,22 @@ fn l3_frame() -> impl Strategy<Value = Vec<u8>> {
     ];
     let ethertype = prop_oneof![Just(0x0800u16), Just(0x0806), Just(0x86dd)];
     let src = prop_oneof![Just(mac(1)), Just(mac(2)), Just(mac(3)), any::<[u8; 6]>()];
-    (
-        src,
-        ethertype,
-        any::<bool>(),
-        l3,
-    )
-        .prop_map(|(src, ethertype, plausible, mut l3)| {
-            if plausible && l3.len() >= 20 && ethertype == 0x0800 {
-                // Version 4, IHL 5, the length it has, UDP or TCP from 198.18.1.2.
-                let total = l3.len() as u16;
-                l3[0] = 0x45;
-                l3[2..4].copy_from_slice(&total.to_be_bytes());
-                l3[6] &= 0x40;
-                l3[9] = if l3[9] & 1 == 0 { 17 } else { 6 };
-                l3[12..16].copy_from_slice(&[198, 18, 1, 2]);
-            }
-            let mut f = BROADCAST.to_vec();
-            f.extend_from_slice(&src);
-            f.extend_from_slice(&ethertype.to_be_bytes());
-            f.extend_from_slice(&l3);
-            f
-        })
+    (src, ethertype, any::<bool>(), l3).prop_map(|(src, ethertype, plausible, mut l3)| {
+        if plausible && l3.len() >= 20 && ethertype == 0x0800 {
+            // Version 4, IHL 5, the length it has, UDP or TCP from 198.18.1.2.
+            let total = l3.len() as u16;
+            l3[0] = 0x45;
+            l3[2..4].copy_from_slice(&total.to_be_bytes());
+            l3[6] &= 0x40;
+            l3[9] = if l3[9] & 1 == 0 { 17 } else { 6 };
+            l3[12..16].copy_from_slice(&[198, 18, 1, 2]);
+        }
+        let mut f = BROADCAST.to_vec();
+        f.extend_from_slice(&src);
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        f.extend_from_slice(&l3);
+        f
+    })
 }
 
 /// Frames that exercise the parser's branches: random bytes, well-formed frames to

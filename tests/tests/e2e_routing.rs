@@ -459,3 +459,157 @@ fn snat_floating_ip_and_hairpin_to_an_internet_namespace() {
     let (status, stderr) = polluxd.stop().unwrap_or_else(|e| panic!("{e}"));
     assert!(status.success(), "polluxd exited with {status}:\n{stderr}");
 }
+
+/// Replaces the veth `switch_if` (in the host namespace) to `role`'s `eth0` with one of
+/// `queues` queues each way, so that the kernel spreads flows over the queues and so over
+/// polluxd's workers; `mac` for `eth0`, then `cidr` (and `gateway`) as before.
+fn requeue(
+    topo: &Topology,
+    role: &str,
+    mac: Option<&str>,
+    cidr: &str,
+    gateway: Option<&str>,
+    queues: &str,
+) {
+    let switch_if = topo
+        .prefix()
+        .ifname(if role == "internet" { "ext" } else { role })
+        .unwrap();
+    let host = topo.ns("host").unwrap();
+    host.ip(&["link", "del", &switch_if]).unwrap();
+    let vm_ns = topo.ns(role).unwrap().name().to_owned();
+    host.ip(&[
+        "link",
+        "add",
+        &switch_if,
+        "numtxqueues",
+        queues,
+        "numrxqueues",
+        queues,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "numtxqueues",
+        queues,
+        "numrxqueues",
+        queues,
+        "netns",
+        &vm_ns,
+    ])
+    .unwrap();
+    host.ip(&["link", "set", &switch_if, "up"]).unwrap();
+    if let Some(mac) = mac {
+        topo.set_mac(role, "eth0", mac).unwrap();
+    }
+    topo.ns(role)
+        .unwrap()
+        .ip(&["link", "set", "eth0", "up"])
+        .unwrap();
+    topo.addr(role, "eth0", cidr).unwrap();
+    if let Some(gw) = gateway {
+        topo.route(role, "default", gw).unwrap();
+    }
+}
+
+/// polluxd with `--cores 0,1` and two-queue veths: a1 (security group: egress only)
+/// reaches the internet through SNAT, ping and eight TCP streams, whichever worker
+/// receives each direction; b1's floating IP works both ways; b1 cannot open anything to
+/// a1, a1's connections to b1 are answered. Flows are handed to their owners (counted).
+#[test]
+#[ignore = "needs root: network namespaces (run with --include-ignored as root)"]
+fn two_workers_keep_snat_and_security_group_state() {
+    let topo = lab(true);
+    requeue(&topo, A1.role, Some(A1.mac), A1.cidr, Some(A1.gateway), "2");
+    requeue(&topo, B1.role, Some(B1.mac), B1.cidr, Some(B1.gateway), "2");
+    requeue(
+        &topo,
+        "internet",
+        None,
+        &format!("{INTERNET}/24"),
+        None,
+        "2",
+    );
+    for vm in [&A1, &B1] {
+        topo.ns(vm.role)
+            .unwrap()
+            .ip(&["link", "set", "eth0", "mtu", vm.mtu])
+            .unwrap();
+    }
+    let config = ConfigFile::render("e2e-router-nat-workers.toml", topo.prefix().as_str()).unwrap();
+    let polluxd = Polluxd::start(topo.ns("host").unwrap(), config.path(), "0,1")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let a1 = topo.ns(A1.role).unwrap();
+    let b1 = topo.ns(B1.role).unwrap();
+    let internet = topo.ns("internet").unwrap();
+
+    let r = ping(a1, INTERNET, 5, Duration::from_secs(8)).unwrap();
+    assert!(
+        r.all_received(),
+        "a1 -> internet through SNAT: {r:?}\n{}",
+        polluxd.stderr_so_far()
+    );
+    let mut server = iperf3_server(internet, INTERNET, 5201).unwrap();
+    let snat = iperf3_client_parallel(a1, INTERNET, server.port(), 3, 8).unwrap();
+    let seen = server.proc_mut().stdout_so_far();
+    drop(server);
+    assert!(
+        snat.received_bytes > 0,
+        "iperf3 -P 8 a1 -> internet: {snat:?}"
+    );
+    assert!(
+        seen.contains(&format!("Accepted connection from {ROUTER_EXT}")),
+        "{seen}"
+    );
+
+    let r = ping(internet, B1_FIP, 5, Duration::from_secs(8)).unwrap();
+    assert!(r.all_received(), "internet -> b1's floating IP: {r:?}");
+    let mut server = iperf3_server(internet, INTERNET, 5202).unwrap();
+    let fip = iperf3_client_parallel(b1, INTERNET, server.port(), 3, 8).unwrap();
+    let seen = server.proc_mut().stdout_so_far();
+    drop(server);
+    assert!(
+        fip.received_bytes > 0,
+        "iperf3 -P 8 b1 -> internet: {fip:?}"
+    );
+    assert!(
+        seen.contains(&format!("Accepted connection from {B1_FIP}")),
+        "{seen}"
+    );
+
+    // Security groups: a1 opens connections to b1 (answered), b1 none to a1.
+    let r = ping(a1, B1.ip, 5, Duration::from_secs(8)).unwrap();
+    assert!(r.all_received(), "a1 -> b1: {r:?}");
+    let server = iperf3_server(b1, B1.ip, 5203).unwrap();
+    let sg = iperf3_client_parallel(a1, B1.ip, server.port(), 3, 8).unwrap();
+    drop(server);
+    assert!(sg.received_bytes > 0, "iperf3 -P 8 a1 -> b1: {sg:?}");
+    let r = ping(b1, A1.ip, 3, Duration::from_secs(4)).unwrap();
+    assert_eq!(
+        r.received, 0,
+        "b1 -> a1 must be refused by a1's group: {r:?}"
+    );
+
+    let stats = polluxd.call("workers.list", json!({}));
+    let rows = stats["workers"].as_array().expect("rows").clone();
+    let sum = |key: &str| -> u64 { rows.iter().map(|w| w[key].as_u64().unwrap_or(0)).sum() };
+    let per =
+        |key: &str| -> Vec<u64> { rows.iter().map(|w| w[key].as_u64().unwrap_or(0)).collect() };
+    assert!(sum("flow_handoffs") > 0, "{stats}");
+    eprintln!(
+        "two workers: iperf3 -P 8 through SNAT {:.2} Gbit/s (retransmits {:?}), through the \
+         floating IP {:.2} Gbit/s, a1 -> b1 with security groups {:.2} Gbit/s; flow handoffs \
+         {:?} (received {:?}, ring full {:?}), output handoffs {:?}",
+        snat.received_bps / 1e9,
+        snat.retransmits,
+        fip.received_bps / 1e9,
+        sg.received_bps / 1e9,
+        per("flow_handoffs"),
+        per("flow_handoffs_received"),
+        per("flow_handoff_drops"),
+        per("handoffs"),
+    );
+    let (status, stderr) = polluxd.stop().unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.success(), "polluxd exited with {status}:\n{stderr}");
+}

@@ -1,15 +1,20 @@
-//! What several workers cannot run yet: state that must follow a flow.
+//! What several workers cannot run yet: QoS token buckets.
 //!
-//! A security-group connection, a SNAT or floating-IP session and a QoS token bucket live
-//! in the tables of the worker that made them. With one worker per port queue, the two
-//! directions of a flow (or two flows of one port's bucket) can be processed by different
-//! workers, each of which would miss the other's state: replies would be dropped as
-//! unknown, translations would differ, a limit would be enforced once per worker. Until
-//! flows are handed to the worker that owns their state (docs/DESIGN.md, "Workers"), a
-//! configuration that needs such state is refused when more than one worker runs, with
-//! the path of the field, rather than run wrong.
+//! Security-group connections, SNAT sessions and floating IPs follow their flow: every
+//! flow has one owning worker, and packets another worker receives are handed to it
+//! (`pollux_dataplane::flow_owner`, docs/DESIGN.md "Workers"). A QoS bandwidth limit is
+//! a token bucket per port, not per flow: with several workers each would enforce the
+//! whole limit on what it sees, so a port could send up to the limit once per worker.
+//! Until the rate is split among the workers, a configuration with a QoS policy is
+//! refused when more than one worker runs, with the path of the field, rather than run
+//! wrong.
+//!
+//! Jumbo networks likewise: their frames larger than one pool frame travel as chains of
+//! frames, and the rings between workers (to the worker that polls the output port, or
+//! that owns the flow) carry one frame per slot, so a chain could not cross them.
 
 use super::ApplyError;
+use crate::compile::MAX_MTU;
 use crate::model::DesiredState;
 
 /// Refuses `state` when `workers` workers cannot run it; see the module documentation.
@@ -21,18 +26,12 @@ pub(super) fn refuse_flow_state(state: &DesiredState, workers: usize) -> Result<
         Err(ApplyError::Unsupported {
             path,
             what: format!(
-                "{what} with {workers} workers: flows are not handed to the worker that \
-                 holds their state yet (run one worker: --cores with one CPU)"
+                "{what} with {workers} workers: each worker would enforce the whole \
+                 limit (run one worker: --cores with one CPU)"
             ),
         })
     };
     for (i, port) in state.ports.iter().enumerate() {
-        if port.port_security_enabled && !port.security_groups.is_empty() {
-            return refuse(
-                format!("ports[{i}].security_groups"),
-                "security groups track connections per worker",
-            );
-        }
         if port.qos_policy_id.is_some() {
             return refuse(
                 format!("ports[{i}].qos_policy_id"),
@@ -48,25 +47,87 @@ pub(super) fn refuse_flow_state(state: &DesiredState, workers: usize) -> Result<
             );
         }
     }
-    for (i, router) in state.routers.iter().enumerate() {
-        if router
-            .external_gateway_info
-            .as_ref()
-            .is_some_and(|g| g.enable_snat)
-        {
-            return refuse(
-                format!("routers[{i}].external_gateway_info.enable_snat"),
-                "SNAT sessions are per worker",
-            );
-        }
-    }
-    for (i, fip) in state.floating_ips.iter().enumerate() {
-        if fip.port_id.is_some() {
-            return refuse(
-                format!("floating_ips[{i}].port_id"),
-                "floating-IP sessions are per worker",
-            );
+    for (i, network) in state.networks.iter().enumerate() {
+        let uplink_mtu = || {
+            let physnet = network.physical_network.as_deref()?;
+            state
+                .uplinks
+                .iter()
+                .find(|u| u.physnet == physnet)
+                .and_then(|u| u.mtu)
+        };
+        let mtu = network.mtu.or_else(uplink_mtu).unwrap_or(0);
+        if mtu > i64::from(MAX_MTU) {
+            return Err(ApplyError::Unsupported {
+                path: format!("networks[{i}].mtu"),
+                what: format!(
+                    "{mtu} with {workers} workers: frames above {MAX_MTU} bytes of MTU are \
+                     chained over several buffers, and the rings between workers carry one \
+                     buffer per frame (run one worker: --cores with one CPU)"
+                ),
+            });
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(extra: &str) -> DesiredState {
+        let text = format!(
+            r#"
+[[networks]]
+id = "net"
+network_type = "local"
+
+[[security_groups]]
+id = "sg"
+
+[[qos_policies]]
+id = "slow"
+rules = [{{ type = "bandwidth_limit", max_kbps = 1000 }}]
+
+[[ports]]
+id = "p"
+network_id = "net"
+mac_address = "fa:16:3e:00:00:01"
+security_groups = ["sg"]
+binding = {{ driver = "mem" }}
+{extra}
+"#
+        );
+        DesiredState::from_toml_str(&text).expect("parses")
+    }
+
+    #[test]
+    fn security_groups_run_on_several_workers_and_qos_is_refused_with_its_path() {
+        assert!(refuse_flow_state(&state(""), 4).is_ok());
+        let qos = state(r#"qos_policy_id = "slow""#);
+        assert!(refuse_flow_state(&qos, 1).is_ok());
+        match refuse_flow_state(&qos, 2) {
+            Err(ApplyError::Unsupported { path, what }) => {
+                assert_eq!(path, "ports[0].qos_policy_id");
+                assert!(what.contains("2 workers"), "{what}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn jumbo_networks_are_refused_on_several_workers_with_their_path() {
+        let mut jumbo = state("");
+        jumbo.networks[0].mtu = Some(9000);
+        assert!(refuse_flow_state(&jumbo, 1).is_ok());
+        match refuse_flow_state(&jumbo, 2) {
+            Err(ApplyError::Unsupported { path, what }) => {
+                assert_eq!(path, "networks[0].mtu");
+                assert!(what.contains("2 workers"), "{what}");
+            }
+            other => panic!("{other:?}"),
+        }
+        jumbo.networks[0].mtu = Some(i64::from(MAX_MTU));
+        assert!(refuse_flow_state(&jumbo, 2).is_ok());
+    }
 }

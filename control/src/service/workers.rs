@@ -9,7 +9,8 @@ use crate::rpc::RpcError;
 
 pub(super) const WORKERS_LIST_USAGE: &str =
     "{} -> {workers: [{id, core, queues: [{port, queue}], rx_packets, tx_packets, \
-     handoffs, handoff_drops, handoffs_received, neighbor_news, busy_percent, stalled_ms, ...}]}: each \
+     handoffs, handoff_drops, handoffs_received, flow_handoffs, flow_handoff_drops, \
+     flow_handoffs_received, neighbor_news, busy_percent, stalled_ms, ...}]}: each \
      worker, the port queues it polls and its counters";
 
 /// One row per worker, by index.
@@ -56,6 +57,9 @@ fn counters_json(c: &WorkerCounters) -> Value {
         "handoffs": c.handoffs.get(),
         "handoff_drops": c.handoff_drops.get(),
         "handoffs_received": c.handoffs_received.get(),
+        "flow_handoffs": c.flow_handoffs.get(),
+        "flow_handoff_drops": c.flow_handoff_drops.get(),
+        "flow_handoffs_received": c.flow_handoffs_received.get(),
         "neighbor_news": c.neighbor_news.get(),
         "neighbor_news_lost": c.neighbor_news_lost.get(),
         "loops": c.loops.get(),

@@ -103,8 +103,10 @@ pub fn worker_for_external_port(port: u16, workers: usize) -> Option<usize> {
 
 /// The worker (of `workers`) that owns the flow of `key`. Symmetric: a key and its
 /// [`FlowKey::reversed`] map to the same worker, so a flow without NAT needs nothing
-/// else; see the module documentation for NAT. The hash is fixed (not seeded), so every
-/// worker and the receive steering agree on it.
+/// else; see the module documentation for NAT. The hash is fixed (not seeded): the
+/// workers steer flows with [`crate::flow_owner`]'s hash instead, keyed per run so that a
+/// VM cannot choose where its flows go; this one is for receive steering that cannot
+/// hold a key (none uses it yet).
 pub fn owner_worker(key: &FlowKey, workers: usize) -> usize {
     if workers <= 1 {
         return 0;

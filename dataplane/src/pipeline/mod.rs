@@ -105,6 +105,7 @@ stages! {
     QosEgress => "qos_egress", "QoS of VM ports on traffic from the VM (Neutron egress): bandwidth limit, then DSCP marking.";
     QosIngress => "qos_ingress", "QoS of VM ports on traffic to the VM (Neutron ingress): bandwidth limit, after the forwarding decision.";
     Trunk => "trunk", "Trunk parents (VLAN-aware VMs): a burst split by VLAN ID into its subports' frames (tag popped) and the parent's, each run as received on its port.";
+    FlowHandoff => "flow_handoff", "With several workers: packets whose flow (connection, NAT session) another worker owns are handed to it before the stateful stages.";
 }
 
 impl Stage {

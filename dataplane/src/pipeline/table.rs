@@ -6,6 +6,7 @@ use super::trace::Tracer;
 use super::{tsc, BurstCtx, BurstStage, Pending, Stage, StageSet};
 use crate::classify::Classify;
 use crate::counters::WorkerCounters;
+use crate::flow_owner::FlowHandoff;
 use crate::l2::L2;
 use crate::l3::RouterState;
 use crate::offload::ChecksumOffload;
@@ -26,6 +27,8 @@ pub struct StageTable {
     classify: Classify,
     checksum_offload: ChecksumOffload,
     port_security: PortSecurityStage,
+    /// With several workers: hands packets to their flow's owner.
+    pub(crate) flow: FlowHandoff,
     sg_egress: SgEgress,
     qos_egress: QosEgress,
     /// Stages added at run time; they run after classification.
@@ -63,6 +66,7 @@ impl StageTable {
             classify: Classify,
             checksum_offload: ChecksumOffload,
             port_security: PortSecurityStage,
+            flow: FlowHandoff::default(),
             sg_egress: SgEgress,
             qos_egress: QosEgress::new(max_ports),
             extensions: Vec::new(),
@@ -88,7 +92,11 @@ impl StageTable {
     /// made. Each stage's calls, packets and cycles are counted.
     #[inline]
     pub fn run(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) {
-        let enabled = cx.snap.port_stages(cx.in_port);
+        let mut enabled = cx.snap.port_stages(cx.in_port);
+        // One branch per burst for a lone worker.
+        if self.flow.active {
+            enabled = self.flow.prepare(cx.snap, enabled);
+        }
         // A trunk's parent: its burst is split into one per port (`crate::trunk`).
         if enabled.contains(Stage::Trunk) {
             return crate::trunk::run_split(self, cx, pkts);
@@ -140,6 +148,7 @@ impl StageTable {
         });
         step!(self.checksum_offload);
         step!(self.port_security);
+        step!(self.flow);
         step!(self.sg_egress);
         step!(self.qos_egress);
         if !self.extensions.is_empty() {
@@ -170,6 +179,18 @@ impl StageTable {
             // What the router sent after the burst is the router's time.
             cx.counters.stage_cycles[Stage::L3 as usize].add(tsc::now().wrapping_sub(t));
         }
+    }
+}
+
+impl StageTable {
+    /// Runs packets another worker handed to this one as their flow's owner
+    /// ([`crate::flow_owner`]), received in a burst of `cx.in_port` and classified there:
+    /// from the flow handoff on, with that port's stages (a trunk parent's own frames,
+    /// untagged, split back to the parent).
+    pub(crate) fn run_handed(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) {
+        self.flow.resuming = true;
+        self.run(cx, pkts);
+        self.flow.resuming = false;
     }
 }
 
