@@ -180,50 +180,54 @@ fn ports_spread_over_two_workers_and_frames_cross_between_them() {
     service.engine.shutdown().expect("clean shutdown");
 }
 
-/// The refusal names the field, whether at start-up or in an apply.
+/// Security groups run on several workers (their flows are handed to the worker that owns
+/// their state); what cannot (a QoS token bucket, a jumbo network) is refused naming the
+/// field, whether at start-up or in an apply.
 #[test]
 fn state_that_must_follow_a_flow_is_refused_with_several_workers() {
-    let security_group = r#"
+    let policies = r#"
         [[security_groups]]
         id = "web"
         rules = [{ direction = "egress", ethertype = "IPv4" }]
-    "#;
-    let dir = TempDir::new();
-    let wires = MemWires::default();
-    let mut with_group = state(security_group);
-    with_group.ports[2].security_groups = vec!["web".into()];
-    // The test's frames are neither IPv4, ARP nor IPv6: port security is off but here.
-    with_group.ports[2].port_security_enabled = true;
-    let err = start(&dir, with_group.clone(), 2, &wires).expect_err("refused");
-    assert!(
-        err.contains("not supported: ports[2].security_groups:") && err.contains("2 workers"),
-        "{err}"
-    );
 
-    // One worker runs it; two start without it and refuse it in an apply.
-    let one = TempDir::new();
-    start(&one, with_group.clone(), 1, &MemWires::default())
-        .expect("one worker runs security groups")
-        .shutdown()
-        .expect("clean shutdown");
-    let mut engine = start(&TempDir::new(), state(security_group), 2, &wires).expect("starts");
-    match engine.apply(with_group, ApplyOptions::default()) {
-        Err(ApplyError::Unsupported { path, what }) => {
-            assert_eq!(path, "ports[2].security_groups");
-            assert!(what.contains("handed"), "{what}");
-        }
-        other => panic!("expected not supported, got {other:?}"),
-    }
-    let mut qos = state(
-        r#"
         [[qos_policies]]
         id = "slow"
         rules = [{ type = "bandwidth_limit", max_kbps = 1000, direction = "egress" }]
-        "#,
-    );
+    "#;
+    let wires = MemWires::default();
+    let mut with_group = state(policies);
+    with_group.ports[2].security_groups = vec!["web".into()];
+    // The test's frames are neither IPv4, ARP nor IPv6: port security is off but here.
+    with_group.ports[2].port_security_enabled = true;
+    start(&TempDir::new(), with_group.clone(), 2, &MemWires::default())
+        .expect("two workers run security groups")
+        .shutdown()
+        .expect("clean shutdown");
+
+    let mut qos = with_group.clone();
     qos.ports[1].qos_policy_id = Some("slow".into());
+    let err = start(&TempDir::new(), qos.clone(), 2, &wires).expect_err("refused");
+    assert!(
+        err.contains("not supported: ports[1].qos_policy_id:") && err.contains("2 workers"),
+        "{err}"
+    );
+    // One worker runs it; two start without it and refuse it in an apply.
+    start(&TempDir::new(), qos.clone(), 1, &MemWires::default())
+        .expect("one worker runs QoS")
+        .shutdown()
+        .expect("clean shutdown");
+    let mut engine = start(&TempDir::new(), with_group.clone(), 2, &wires).expect("starts");
     match engine.apply(qos, ApplyOptions::default()) {
-        Err(ApplyError::Unsupported { path, .. }) => assert_eq!(path, "ports[1].qos_policy_id"),
+        Err(ApplyError::Unsupported { path, what }) => {
+            assert_eq!(path, "ports[1].qos_policy_id");
+            assert!(what.contains("2 workers"), "{what}");
+        }
+        other => panic!("expected not supported, got {other:?}"),
+    }
+    let mut jumbo = with_group;
+    jumbo.networks[0].mtu = Some(9000);
+    match engine.apply(jumbo, ApplyOptions::default()) {
+        Err(ApplyError::Unsupported { path, .. }) => assert_eq!(path, "networks[0].mtu"),
         other => panic!("expected not supported, got {other:?}"),
     }
     assert_eq!(engine.generation(), 1, "nothing applied");
