@@ -106,11 +106,16 @@ pub trait Scenario: std::fmt::Debug {
         None
     }
     /// Arguments of `pollux-bench xsk-fwd` beyond the interfaces and CPU (the bare AF_XDP
-    /// forwarder: only a tag push is available), or `None` if it cannot do this scenario.
-    fn xsk_fwd_args(&self) -> Option<Vec<String>>;
+    /// forwarder: only a tag push is available), or `None` (the default) if it cannot do
+    /// this scenario.
+    fn xsk_fwd_args(&self) -> Option<Vec<String>> {
+        None
+    }
     /// The XDP program for the ingress interface that does this scenario's rewriting and
-    /// redirects to `egress_ifindex`, or `None` if there is no such ceiling.
-    fn xdp_program(&self, egress_ifindex: u32) -> Option<Vec<BpfInsn>>;
+    /// redirects to `egress_ifindex`, or `None` (the default) if there is no such ceiling.
+    fn xdp_program(&self, _egress_ifindex: u32) -> Option<Vec<BpfInsn>> {
+        None
+    }
 }
 
 /// Every scenario, in report order.

@@ -5,7 +5,6 @@
 //! sockets; every device connects to them as the vhost-user client.
 
 use pollux_control::validate::fmt_mac;
-use pollux_drivers::xdp::BpfInsn;
 
 use super::{cmds, Ports, Scenario};
 use crate::compare::topology::{GEN_MAC, SINK_MAC};
@@ -101,13 +100,5 @@ binding = {{ driver = "vhost-user", socket = "{egress}", mode = "client" }}
 
     fn linux_cleanup(&self, _: Ports<'_>) -> Vec<Vec<String>> {
         Vec::new()
-    }
-
-    fn xsk_fwd_args(&self) -> Option<Vec<String>> {
-        None
-    }
-
-    fn xdp_program(&self, _: u32) -> Option<Vec<BpfInsn>> {
-        None
     }
 }

@@ -26,7 +26,6 @@
 //! Switches, the bare AF_XDP forwarder and the XDP redirect do not route.
 
 use pollux_control::validate::fmt_mac;
-use pollux_drivers::xdp::BpfInsn;
 
 use super::{cmds, Ports, Scenario};
 use crate::compare::frame::{self, SRC_IP};
@@ -353,14 +352,6 @@ mac_address = "{router_mac}"
             ]));
         }
         Some(c)
-    }
-
-    fn xsk_fwd_args(&self) -> Option<Vec<String>> {
-        None
-    }
-
-    fn xdp_program(&self, _egress_ifindex: u32) -> Option<Vec<BpfInsn>> {
-        None
     }
 }
 

@@ -24,7 +24,6 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use pollux_control::validate::fmt_mac;
-use pollux_drivers::xdp::BpfInsn;
 use pollux_tests::neutron_iptables::SgState;
 
 use super::{cmds, Ports, Scenario};
@@ -292,14 +291,6 @@ impl Scenario for SecurityGroups {
             &["iptables", "-t", "raw", "-X"],
             &["ipset", "destroy"],
         ])
-    }
-
-    fn xsk_fwd_args(&self) -> Option<Vec<String>> {
-        None
-    }
-
-    fn xdp_program(&self, _egress_ifindex: u32) -> Option<Vec<BpfInsn>> {
-        None
     }
 }
 
