@@ -461,10 +461,15 @@ fn used_macs(state: &DesiredState, network_id: &str, except: Option<usize>) -> H
 }
 
 /// Whether every port network `n`'s frames cross can carry chains of pool frames (what a
-/// frame larger than one pool frame is): `mem` and tap ports, through a `mem` or tap
-/// uplink for a flat or VLAN network; never through a tunnel.
+/// frame larger than one pool frame is): `mem`, tap and vhost-user ports, through a
+/// `mem`, tap or vhost-user uplink for a flat or VLAN network; never through a tunnel.
 fn carries_chains(state: &DesiredState, n: &Network) -> bool {
-    let chains = |b: &Binding| matches!(b, Binding::Mem {} | Binding::Tap { .. });
+    let chains = |b: &Binding| {
+        matches!(
+            b,
+            Binding::Mem {} | Binding::Tap { .. } | Binding::VhostUser { .. }
+        )
+    };
     let through = match n.network_type {
         NetworkType::Local => true,
         NetworkType::Flat | NetworkType::Vlan => state
@@ -829,7 +834,7 @@ fn plan(edit: &Edit, engine: &Engine, fresh: &mut Fresh) -> Option<Planned> {
                 socket: format!("/tmp/pollux-apply-properties-{}.sock", fresh.next()),
                 mode: Some(VhostUserMode::Client),
             });
-            // Refused on a jumbo network: vhost-user ports carry no chains yet.
+            // Accepted on a jumbo network too: vhost-user ports carry chains.
             let expect = expect_valid(&s);
             Planned {
                 what: format!("bind port {} to a vhost-user socket", s.ports[i].id),

@@ -12,7 +12,7 @@ use pollux_dataplane::packet::{Batch, Packet};
 use pollux_dataplane::port::Port;
 use pollux_drivers::vhost_user::mailbox::{Command, Device, Mailbox, QueueSetup};
 use pollux_drivers::vhost_user::memory::{GuestMemory, RegionSpec};
-use pollux_drivers::vhost_user::VhostUserPort;
+use pollux_drivers::vhost_user::{VhostUserPort, MAX_FRAME};
 use proptest::prelude::*;
 
 mod vu_guest;
@@ -131,13 +131,14 @@ fn guest_sends(g: &mut Guest, i: u16, bytes: &[u8]) {
     g.make_available(1, i);
 }
 
+/// Every packet of a receive burst, whole (a chain's segments joined), freed after.
 fn rx_all(port: &mut VhostUserPort, pool: &mut FramePool) -> Vec<Vec<u8>> {
     let mut batch = Batch::with_capacity(64);
     port.rx_burst(0, pool, &mut batch);
     let out = batch
         .as_slice()
         .iter()
-        .map(|p| pool.data(p).to_vec())
+        .map(|p| pool.segments(p).flatten().copied().collect())
         .collect();
     for p in batch.as_slice() {
         pool.free(p.frame);
@@ -726,7 +727,8 @@ fn short_and_oversized_frames_are_counted_drops_not_breakage() {
     let (mut port, _mb) = started(&g, true, &mut pool);
     g.desc(1, 0, GPA + BUF, 4, 0, 0);
     g.make_available(1, 0);
-    g.desc(1, 1, GPA + BUF, 9000, 0, 0);
+    // Longer than the largest frame a port carries (a 9000-byte MTU's).
+    g.desc(1, 1, GPA + BUF, (HDR + MAX_FRAME + 1) as u32, 0, 0);
     g.make_available(1, 1);
     guest_sends(&mut g, 2, &frame(64, 3));
     let got = rx_all(&mut port, &mut pool);
@@ -761,10 +763,10 @@ proptest! {
 
     /// Whatever the guest writes into its descriptor table and available ring, the port
     /// neither panics nor leaks a frame, and every frame it hands over is a copy of
-    /// guest bytes no longer than a pool frame.
+    /// guest bytes no longer than the largest frame it carries.
     #[test]
     fn random_rings_never_panic_or_leak(
-        descs in proptest::collection::vec((any::<u64>(), 0u32..5000, 0u16..8, 0u16..300), 1..64),
+        descs in proptest::collection::vec((any::<u64>(), 0u32..12000, 0u16..8, 0u16..300), 1..64),
         heads in proptest::collection::vec(0u16..300, 0..64),
         idx_jump in 0u16..600,
         near in any::<bool>(),
@@ -788,7 +790,7 @@ proptest! {
         for _ in 0..3 {
             let got = rx_all(&mut port, &mut pool);
             for f in &got {
-                prop_assert!(f.len() <= pool.max_data_len());
+                prop_assert!(f.len() <= MAX_FRAME);
             }
             let (id, off) = pool.alloc_with(&frame(100, 0)).unwrap();
             let taken = port.tx_burst(0, &mut pool, &[Packet::received(id, off, 100)]);
@@ -823,7 +825,7 @@ proptest! {
         for _ in 0..3 {
             let got = rx_all(&mut port, &mut pool);
             for f in &got {
-                prop_assert!(f.len() <= pool.max_data_len());
+                prop_assert!(f.len() <= MAX_FRAME);
             }
             let (id, off) = pool.alloc_with(&frame(100, 0)).unwrap();
             let taken = port.tx_burst(0, &mut pool, &[Packet::received(id, off, 100)]);
@@ -832,5 +834,211 @@ proptest! {
             }
         }
         prop_assert_eq!(pool.available(), 128);
+    }
+}
+
+// Jumbo frames: a frame larger than one pool frame crosses as a chain of pool frames.
+
+/// The guest sends `bytes` (after a zeroed header) from `GUEST_TX`, as one chain of
+/// descriptors of `piece` bytes each (the last shorter), heads from descriptor 0.
+fn guest_sends_in_pieces(g: &mut Guest, bytes: &[u8], piece: usize) {
+    let mut buf = vec![0u8; HDR];
+    buf.extend_from_slice(bytes);
+    g.write(GUEST_TX, &buf);
+    let pieces = buf.len().div_ceil(piece);
+    for i in 0..pieces {
+        let len = piece.min(buf.len() - i * piece);
+        let more = i + 1 < pieces;
+        let next = if more { i as u16 + 1 } else { 0 };
+        let addr = GPA + GUEST_TX + (i * piece) as u64;
+        g.desc(1, i as u16, addr, len as u32, u16::from(more), next);
+    }
+    g.make_available(1, 0);
+}
+
+/// Guest memory for jumbo frames the guest sends and receives.
+const GUEST_TX: u64 = BUF + 0x20000;
+const GUEST_RX: u64 = BUF + 0x40000;
+
+/// The guest posts `count` receive buffers of `size` bytes at `GUEST_RX`: with
+/// `mergeable`, as `count` chains of one descriptor; without, as one chain of `count`
+/// descriptors.
+fn guest_posts(g: &mut Guest, count: u16, size: u32, mergeable: bool) {
+    for i in 0..count {
+        let addr = GPA + GUEST_RX + u64::from(i) * u64::from(size);
+        let more = !mergeable && i + 1 < count;
+        g.desc(
+            0,
+            i,
+            addr,
+            size,
+            2 | u16::from(more),
+            if more { i + 1 } else { 0 },
+        );
+        if mergeable || i == 0 {
+            g.make_available(0, i);
+        }
+    }
+}
+
+/// What the guest received in its buffers at `GUEST_RX` (of `size` bytes, used from
+/// entry `first`): the header's `num_buffers` and the frame after the header.
+fn guest_received(g: &Guest, first: u16, size: u32, mergeable: bool) -> (u16, Vec<u8>) {
+    let hdr = g.read(GUEST_RX, HDR);
+    let num = u16::from_le_bytes([hdr[10], hdr[11]]);
+    let total: usize = if mergeable {
+        (0..num).map(|i| g.used(0, first + i).1 as usize).sum()
+    } else {
+        g.used(0, first).1 as usize
+    };
+    let _ = size;
+    // The buffers lie one after another, so the frame is contiguous in guest memory.
+    (num, g.read(GUEST_RX + HDR as u64, total - HDR))
+}
+
+/// A packet in `pool` holding `bytes` (chained when larger than a frame).
+fn packet(pool: &mut FramePool, bytes: &[u8]) -> Packet {
+    pool.alloc_packet(bytes).expect("pool frames")
+}
+
+#[test]
+fn a_jumbo_frame_from_the_guest_arrives_as_a_chain_byte_for_byte() {
+    for piece in [2048, 4096, HDR + MAX_FRAME] {
+        let mut g = Guest::new();
+        let mut pool = FramePool::with_frames(32).unwrap();
+        let (mut port, _mb) = started(&g, true, &mut pool);
+        let jumbo = frame(MAX_FRAME, piece as u8);
+        guest_sends_in_pieces(&mut g, &jumbo, piece);
+        let mut batch = Batch::with_capacity(64);
+        let (got, allocs) = counting(|| port.rx_burst(0, &mut pool, &mut batch));
+        assert_eq!((got, allocs), (1, 0), "pieces of {piece}");
+        let pkt = batch.as_slice()[0];
+        assert!(pkt.chained);
+        assert_eq!(pool.packet_len(&pkt), MAX_FRAME);
+        assert_eq!(
+            pkt.len as usize,
+            pool.max_data_len(),
+            "the first frame is filled"
+        );
+        let bytes: Vec<u8> = pool.segments(&pkt).flatten().copied().collect();
+        assert_eq!(bytes, jumbo);
+        assert_eq!(g.used_idx(1), 1);
+        assert_eq!(port.stats().rx_bytes, MAX_FRAME as u64);
+        pool.free(pkt.frame);
+        assert_eq!(pool.available(), 32, "the whole chain is freed");
+        assert_eq!(extra(&port, "rx_oversize"), 0);
+    }
+}
+
+#[test]
+fn a_jumbo_frame_waits_in_the_ring_while_the_pool_is_short() {
+    let mut g = Guest::new();
+    let mut pool = FramePool::with_frames(16).unwrap();
+    let (mut port, _mb) = started(&g, true, &mut pool);
+    let jumbo = frame(MAX_FRAME, 5);
+    let need = pool.frames_for(MAX_FRAME);
+    let held: Vec<_> = (0..16 - (need - 1))
+        .map(|_| pool.alloc().unwrap())
+        .collect();
+    guest_sends_in_pieces(&mut g, &jumbo, 4096);
+    assert!(rx_all(&mut port, &mut pool).is_empty());
+    assert_eq!(g.used_idx(1), 0, "left in the ring");
+    assert_eq!(pool.available(), need - 1, "nothing taken");
+    assert_eq!(port.stats().rx_dropped, 0);
+    for f in held {
+        pool.free(f);
+    }
+    assert_eq!(rx_all(&mut port, &mut pool), vec![jumbo]);
+    assert_eq!(g.used_idx(1), 1);
+    assert_eq!(pool.available(), 16);
+}
+
+#[test]
+fn a_jumbo_frame_to_the_guest_crosses_byte_for_byte() {
+    // (buffer size, buffers, mergeable): 2 KiB and 4 KiB buffers, merged or one chain.
+    for (size, count, mergeable) in [
+        (2048, 5, true),
+        (4096, 3, true),
+        (2048, 5, false),
+        (4096, 3, false),
+    ] {
+        let mut g = Guest::new();
+        let mut pool = FramePool::with_frames(32).unwrap();
+        let (mut port, _mb) = started(&g, mergeable, &mut pool);
+        guest_posts(&mut g, count, size, mergeable);
+        // A frame of one pool frame first: the two paths mix in one burst.
+        let small = frame(100, 1);
+        let jumbo = frame(MAX_FRAME, size as u8);
+        g.desc(0, 10, GPA + BUF, 2048, 2, 0);
+        let pkts = [packet(&mut pool, &jumbo)];
+        assert!(pkts[0].chained);
+        let (sent, allocs) = counting(|| port.tx_burst(0, &mut pool, &pkts));
+        assert_eq!((sent, allocs), (1, 0));
+        assert_eq!(pool.available(), 32, "the port frees the whole chain");
+        let (num, got) = guest_received(&g, 0, size, mergeable);
+        assert_eq!(got, jumbo, "{size}-byte buffers, mergeable {mergeable}");
+        if mergeable {
+            assert_eq!(num, count, "num_buffers");
+            assert_eq!(g.used_idx(0), count);
+        } else {
+            assert_eq!(g.used_idx(0), 1);
+            assert_eq!(g.used(0, 0), (0, (HDR + MAX_FRAME) as u32));
+        }
+        assert_eq!(port.stats().tx_bytes, MAX_FRAME as u64);
+        assert_eq!(extra(&port, "tx_too_big"), 0);
+        // Then a one-frame packet and a jumbo one in the same burst: the small one to a
+        // fresh buffer, the jumbo one refused for want of buffers (kept by the caller).
+        g.make_available(0, 10);
+        let pkts = [packet(&mut pool, &small), packet(&mut pool, &jumbo)];
+        assert_eq!(port.tx_burst(0, &mut pool, &pkts), 1);
+        assert_eq!(g.read(BUF + HDR as u64, small.len()), small);
+        assert_eq!(extra(&port, "tx_no_buffers"), 1);
+        pool.free(pkts[1].frame);
+        assert_eq!(pool.available(), 32);
+    }
+}
+
+#[test]
+fn a_jumbo_frame_larger_than_an_unmerged_buffer_is_too_big() {
+    let mut g = Guest::new();
+    let mut pool = FramePool::with_frames(32).unwrap();
+    let (mut port, _mb) = started(&g, false, &mut pool);
+    // One 4 KiB buffer: not enough for 9018 bytes without mergeable buffers.
+    guest_posts(&mut g, 1, 4096, false);
+    let pkt = packet(&mut pool, &frame(MAX_FRAME, 0));
+    assert_eq!(port.tx_burst(0, &mut pool, &[pkt]), 1);
+    assert_eq!(extra(&port, "tx_too_big"), 1);
+    assert_eq!(g.used_idx(0), 0, "the buffer stays for the next frame");
+    assert_eq!(pool.available(), 32);
+    // The next frame, small enough, takes it.
+    let small = frame(1500, 3);
+    let pkt = packet(&mut pool, &small);
+    assert_eq!(port.tx_burst(0, &mut pool, &[pkt]), 1);
+    assert_eq!(guest_received(&g, 0, 4096, false).1, small);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Any frame length up to a 9000-byte MTU's crosses both ways byte for byte, in guest
+    /// pieces of any size, into 2 KiB mergeable buffers, and no pool frame leaks.
+    #[test]
+    fn every_length_crosses_both_ways(len in 14usize..=MAX_FRAME, piece in 64usize..5000, seed: u8) {
+        let mut g = Guest::new();
+        let mut pool = FramePool::with_frames(32).unwrap();
+        let (mut port, _mb) = started(&g, true, &mut pool);
+        let bytes = frame(len, seed);
+        // At most 60 descriptors: a chain may have 64.
+        guest_sends_in_pieces(&mut g, &bytes, piece.max((HDR + len).div_ceil(60)));
+        let mut batch = Batch::with_capacity(64);
+        prop_assert_eq!(port.rx_burst(0, &mut pool, &mut batch), 1);
+        let pkt = batch.as_slice()[0];
+        prop_assert_eq!(pkt.chained, len > pool.max_data_len());
+        guest_posts(&mut g, 5, 2048, true);
+        prop_assert_eq!(port.tx_burst(0, &mut pool, &[pkt]), 1);
+        prop_assert_eq!(pool.available(), 32);
+        let (num, got) = guest_received(&g, 0, 2048, true);
+        prop_assert_eq!(usize::from(num), (HDR + len).div_ceil(2048));
+        prop_assert_eq!(got, bytes);
     }
 }

@@ -639,28 +639,22 @@ fn compile_inner(
     })
 }
 
-/// Whether frames of this binding come from a kernel interface whose local senders may
-/// leave TCP/UDP checksums to an offload that AF_XDP does not carry.
 /// Why network `i`, whose MTU is above [`MAX_MTU`], cannot run: its larger frames travel
 /// as chains of buffers (see `pollux_dataplane::buf`), which only some drivers send and
-/// receive (tap and mem ports; not yet AF_XDP, which needs multi-buffer sockets, nor
-/// vhost-user), and which tunnels do not carry yet. `None` when every port the network's
-/// frames cross can carry them.
+/// receive (tap, vhost-user and mem ports, up to a 9000-byte MTU; not yet AF_XDP, which
+/// needs multi-buffer sockets), and which tunnels do not carry yet. `None` when every port
+/// the network's frames cross can carry them.
 fn jumbo_refusal(state: &Validated, i: usize) -> Option<String> {
-    let chains = |b: &Binding| matches!(b, Binding::Tap { .. } | Binding::Mem);
-    let kind = |b: &Binding| match b {
-        Binding::Afxdp { .. } => {
-            "an AF_XDP port, which carries frames of one buffer only (multi-buffer AF_XDP \
-             is not supported yet; tap ports carry jumbo frames)"
-        }
-        _ => "a vhost-user port, whose jumbo frames are not supported yet (tap ports carry them)",
-    };
+    // Every binding but AF_XDP carries chains.
+    let chains = |b: &Binding| !matches!(b, Binding::Afxdp { .. });
+    let afxdp = "an AF_XDP port, which carries frames of one buffer only (multi-buffer AF_XDP \
+                 is not supported yet; tap and vhost-user ports carry jumbo frames)";
     match state.networks[i].segment {
         Segment::Local => {}
         Segment::Flat { uplink } | Segment::Vlan { uplink, .. } => {
             let u = &state.uplinks[uplink];
             if !chains(&u.binding) {
-                return Some(format!("its uplink {} is {}", u.name, kind(&u.binding)));
+                return Some(format!("its uplink {} is {afxdp}", u.name));
             }
         }
         _ => return Some("jumbo frames through tunnels are not supported yet".into()),
@@ -671,7 +665,7 @@ fn jumbo_refusal(state: &Validated, i: usize) -> Option<String> {
         .enumerate()
         .find(|(_, p)| p.network == i && !p.binding.as_ref().is_some_and(chains))?;
     Some(match &port.binding {
-        Some(b) => format!("port ports[{j}] ({}) is {}", port.id, kind(b)),
+        Some(_) => format!("port ports[{j}] ({}) is {afxdp}", port.id),
         None => format!(
             "port ports[{j}] ({}) is a trunk's subport, whose jumbo frames are not supported \
              yet",
@@ -680,6 +674,8 @@ fn jumbo_refusal(state: &Validated, i: usize) -> Option<String> {
     })
 }
 
+/// Whether frames of this binding come from a kernel interface whose local senders may
+/// leave TCP/UDP checksums to an offload that AF_XDP does not carry.
 fn kernel_interface(binding: &Binding) -> bool {
     matches!(binding, Binding::Afxdp { .. })
 }
@@ -1213,8 +1209,8 @@ mod tests {
     }
 
     /// A network above `MAX_MTU` compiles when every port its frames cross carries chains
-    /// (tap and mem ports, a mem or tap uplink), and is refused at its MTU's path, naming
-    /// the port, when one does not (AF_XDP, vhost-user, a subport, a tunnel).
+    /// (tap, vhost-user and mem ports, a mem or tap uplink), and is refused at its MTU's
+    /// path, naming the port, when one does not (AF_XDP, a subport, a tunnel).
     #[test]
     fn jumbo_networks_compile_where_every_port_carries_chains() {
         assert!(i64::from(MAX_MTU) < crate::validate::JUMBO_MTU);
@@ -1265,7 +1261,7 @@ mod tests {
         };
         let tap_uplink = r#"{ driver = "tap", interface = "tapu" }"#;
         let xdp_uplink = r#"{ driver = "afxdp", interface = "vethu" }"#;
-        for port in [mem, tap] {
+        for port in [mem, tap, vhost] {
             assert!(compiles(9000, xdp_uplink, local, port).is_ok());
             assert!(compiles(9000, tap_uplink, flat, port).is_ok());
         }
@@ -1275,8 +1271,9 @@ mod tests {
         );
         let err = refusal(MAX_MTU + 1, xdp_uplink, local, xdp);
         assert!(err.contains("ports[0] (vm-j) is an AF_XDP port"), "{err}");
-        let err = refusal(9000, mem, local, vhost);
-        assert!(err.contains("is a vhost-user port"), "{err}");
+        assert!(compiles(9000, mem, flat, vhost).is_ok());
+        let err = refusal(9000, mem, local, xdp);
+        assert!(err.contains("ports[0] (vm-j) is an AF_XDP port"), "{err}");
         let err = refusal(9000, xdp_uplink, flat, tap);
         assert!(err.starts_with("9000 is above 1774"), "{err}");
         assert!(err.contains("uplink uplink0 is an AF_XDP"), "{err}");

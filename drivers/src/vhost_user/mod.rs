@@ -15,4 +15,4 @@ pub mod ring;
 
 pub use backend::{Mode, VhostUserBackend};
 pub use mailbox::{Mailbox, Status};
-pub use port::VhostUserPort;
+pub use port::{VhostUserPort, MAX_FRAME};

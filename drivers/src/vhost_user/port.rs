@@ -1,8 +1,11 @@
 //! [`VhostUserPort`]: the worker's side of a vhost-user port. Receive takes the guest's
-//! transmit chains and copies each frame (after the virtio-net header) into a pool frame;
-//! transmit copies pool frames into the guest's receive chains behind a header. Queues
-//! arrive from the protocol thread through the [`Mailbox`]; a queue whose descriptors
-//! break the rules is given up and counted, and the port carries on without it.
+//! transmit chains and copies each frame (after the virtio-net header) into a pool frame,
+//! or, for a jumbo frame larger than one, into a chain of them (see
+//! `pollux_dataplane::buf`); transmit copies a packet, segment by segment, into the
+//! guest's receive chains behind a header (over several with mergeable receive buffers).
+//! Frames up to [`MAX_FRAME`] bytes cross. Queues arrive from the protocol thread through
+//! the [`Mailbox`]; a queue whose descriptors break the rules is given up and counted,
+//! and the port carries on without it.
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
@@ -14,10 +17,15 @@ use pollux_dataplane::port::{Port, PortStats};
 use super::mailbox::{Command, Device, Mailbox, MAX_QUEUES, MAX_QUEUE_PAIRS, RX_QUEUE, TX_QUEUE};
 use super::ring::{Broken, Ring, Segments};
 
+/// The largest frame a vhost-user port carries, either way: a 9000-byte MTU (the
+/// largest a network may have) with an Ethernet header and one 802.1Q tag. Longer frames
+/// from the guest are dropped and counted (`rx_oversize`).
+pub const MAX_FRAME: usize = 9000 + 18;
+
 /// Frames the driver dropped or could not place, by reason.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Counters {
-    /// Guest frames longer than a pool frame.
+    /// Guest frames longer than [`MAX_FRAME`].
     rx_oversize: u64,
     /// Guest chains shorter than the virtio-net header.
     rx_short: u64,
@@ -56,6 +64,10 @@ pub struct VhostUserPort {
     mailbox: Arc<Mailbox>,
     active: Option<Active>,
     segs: Box<Segments>,
+    /// A guest's jumbo frame in one piece, on its way into a chain of pool frames: the
+    /// pool makes chains from contiguous bytes, and guest memory cannot be borrowed as a
+    /// slice (the guest may write it meanwhile). Allocated once, with the port.
+    jumbo: Box<[u8]>,
     stats: PortStats,
     counters: Counters,
     /// The pair whose transmit queue the next receive burst starts with.
@@ -70,6 +82,7 @@ impl VhostUserPort {
             mailbox,
             active: None,
             segs: Box::default(),
+            jumbo: vec![0; MAX_FRAME].into_boxed_slice(),
             stats: PortStats::default(),
             counters: Counters::default(),
             next_rx_pair: 0,
@@ -217,15 +230,13 @@ impl Port for VhostUserPort {
         match ring.available() {
             Err(why) => broken = Some(why),
             Ok(mut avail) => {
+                let mut jumbo = false;
                 'frames: for pkt in pkts {
                     if pkt.chained {
-                        // A jumbo frame in a chain: copying chains into the guest's
-                        // buffers is not written yet, and the control plane keeps jumbo
-                        // networks off vhost-user ports, so none comes.
-                        too_big += 1;
-                        pool.free(pkt.frame);
-                        sent += 1;
-                        continue;
+                        // A jumbo frame (a chain): it and the frames after it go out of
+                        // line, below, so that this loop stays as short as it was.
+                        jumbo = true;
+                        break;
                     }
                     let data = pool.data(pkt);
                     let need = hdr_len + data.len();
@@ -259,6 +270,22 @@ impl Port for VhostUserPort {
                     }
                     pool.free(pkt.frame);
                     sent += 1;
+                }
+                if jumbo {
+                    // Every frame before the first chain was taken: `sent` is its index.
+                    let hdr = &mut a.hdr[..hdr_len];
+                    let mut t = Tally {
+                        avail,
+                        ..Tally::default()
+                    };
+                    let gear = (&mut *ring, &mut *self.segs, &mut chains, hdr, mergeable);
+                    Self::tx_chains(gear, pool, &pkts[sent..], &mut t);
+                    sent += t.sent;
+                    delivered += t.delivered;
+                    bytes += t.bytes;
+                    too_big += t.too_big;
+                    no_buffers |= t.no_buffers;
+                    broken = broken.or(t.broken);
                 }
             }
         }
@@ -298,7 +325,98 @@ impl Port for VhostUserPort {
     }
 }
 
+/// Why no receive chains were gathered for a frame.
+enum Gather {
+    /// The guest has not posted enough: the frame waits for the next burst.
+    NoBuffers,
+    /// A chain broke the rules: the queue is given up.
+    Broken(Broken),
+}
+
+/// Collects the guest's receive chains for a frame of `need` bytes (with its header) into
+/// `segs` and `chains`, of the `avail` available: the first alone without mergeable
+/// buffers, as many as it takes (up to `chains`' length) with them. Returns how many; the
+/// caller checks whether they hold the frame.
+#[inline(always)]
+fn gather(
+    ring: &Ring,
+    segs: &mut Segments,
+    chains: &mut [(u16, u32); 32],
+    need: usize,
+    avail: u16,
+    mergeable: bool,
+) -> Result<usize, Gather> {
+    segs.clear();
+    let (mut n, mut have) = (0usize, 0usize);
+    while have < need && n < chains.len() && (mergeable || n == 0) {
+        if n as u16 >= avail {
+            return Err(Gather::NoBuffers);
+        }
+        chains[n] = ring.collect(n as u16, segs).map_err(Gather::Broken)?;
+        have += chains[n].1 as usize;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// What [`VhostUserPort::tx_chains`] did.
+#[derive(Debug, Default)]
+struct Tally {
+    /// Receive chains still available (in and out).
+    avail: u16,
+    sent: usize,
+    delivered: usize,
+    bytes: u64,
+    too_big: u64,
+    no_buffers: bool,
+    broken: Option<Broken>,
+}
+
+/// What copying into the guest's receive queue works with: the ring, scratch for the
+/// segments and heads of the chains a frame takes, the header, and whether receive
+/// buffers are mergeable.
+type Gear<'a> = (
+    &'a mut Ring,
+    &'a mut Segments,
+    &'a mut [(u16, u32); 32],
+    &'a mut [u8],
+    bool,
+);
+
 impl VhostUserPort {
+    /// The transmit loop for any packet, chained or not, from the first chain of a burst
+    /// on: as `tx_burst`'s, with each packet copied segment by segment
+    /// ([`Ring::fill_pieces`]). Out of line: jumbo frames are rare.
+    #[cold]
+    #[inline(never)]
+    fn tx_chains(gear: Gear<'_>, pool: &mut FramePool, pkts: &[Packet], t: &mut Tally) {
+        let (ring, segs, chains, hdr, mergeable) = gear;
+        for pkt in pkts {
+            let len = pool.packet_len(pkt);
+            let n = match gather(ring, segs, chains, hdr.len() + len, t.avail, mergeable) {
+                Ok(n) => n,
+                Err(Gather::NoBuffers) => {
+                    t.no_buffers = true;
+                    return;
+                }
+                Err(Gather::Broken(why)) => {
+                    t.broken = Some(why);
+                    return;
+                }
+            };
+            match ring.fill_pieces(segs, &chains[..n], hdr, len, pool.segments(pkt)) {
+                Some(used) => {
+                    t.avail -= used as u16;
+                    t.bytes += len as u64;
+                    t.delivered += 1;
+                }
+                None => t.too_big += 1,
+            }
+            pool.free(pkt.frame);
+            t.sent += 1;
+        }
+    }
+
     /// Receives from the guest's transmit queue of pair `pair` into `batch`.
     #[inline]
     fn rx_queue(&mut self, pair: usize, pool: &mut FramePool, batch: &mut Batch) -> usize {
@@ -327,20 +445,38 @@ impl VhostUserPort {
                             break;
                         }
                     };
-                    taken += 1;
-                    ring.push_used(head, 0);
                     let total = total as usize;
                     if total < hdr_len {
+                        taken += 1;
+                        ring.push_used(head, 0);
                         short += 1;
                         pool.free(frame);
                         continue;
                     }
                     let len = total - hdr_len;
                     if len > max {
-                        oversize += 1;
                         pool.free(frame);
+                        if len > MAX_FRAME {
+                            oversize += 1;
+                        } else {
+                            // Short of frames for the chain: the frame stays in the ring
+                            // for a later burst, as when one frame is lacking.
+                            let Some(pkt) =
+                                Self::rx_jumbo(&self.segs, &mut self.jumbo, hdr_len, len, pool)
+                            else {
+                                break;
+                            };
+                            // Cannot fail: at most `batch.remaining()` chains are taken.
+                            let _ = batch.push(pkt);
+                            added += 1;
+                            bytes += len as u64;
+                        }
+                        taken += 1;
+                        ring.push_used(head, 0);
                         continue;
                     }
+                    taken += 1;
+                    ring.push_used(head, 0);
                     let buf = &mut pool.frame_mut(frame)[headroom..headroom + len];
                     let copied = self.segs.read_into(hdr_len, buf);
                     // Cannot fail: at most `batch.remaining()` chains are taken.
@@ -367,5 +503,25 @@ impl VhostUserPort {
             self.call(queue);
         }
         added
+    }
+
+    /// A guest's frame of `len` bytes (more than one pool frame, at most [`MAX_FRAME`])
+    /// from `segs` after the `hdr_len`-byte header, as a chain of pool frames (through
+    /// `scratch`); `None`, with nothing taken, when the pool lacks the frames.
+    #[cold]
+    #[inline(never)]
+    fn rx_jumbo(
+        segs: &Segments,
+        scratch: &mut [u8],
+        hdr_len: usize,
+        len: usize,
+        pool: &mut FramePool,
+    ) -> Option<Packet> {
+        if pool.available() < pool.frames_for(len) {
+            return None;
+        }
+        let buf = &mut scratch[..len];
+        let copied = segs.read_into(hdr_len, buf);
+        pool.alloc_packet(&buf[..copied])
     }
 }

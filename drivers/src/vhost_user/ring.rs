@@ -179,6 +179,32 @@ impl Segments {
     }
 }
 
+/// Where the next byte goes in [`Segments`]: a segment and an offset in it.
+#[derive(Clone, Copy, Debug, Default)]
+struct Cursor {
+    seg: usize,
+    at: usize,
+}
+
+impl Segments {
+    /// Writes `src` at `to` and moves `to` past it, as far as the segments go.
+    fn write_at(&self, to: &mut Cursor, mut src: &[u8]) {
+        while !src.is_empty() && to.seg < self.n {
+            let room = self.len[to.seg] as usize - to.at;
+            let n = room.min(src.len());
+            // SAFETY: as in `read_into`: inside a checked, still mapped guest range;
+            // `at + n <= len[seg]`.
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), self.ptr[to.seg].add(to.at), n) };
+            src = &src[n..];
+            to.at += n;
+            if to.at == self.len[to.seg] as usize {
+                to.seg += 1;
+                to.at = 0;
+            }
+        }
+    }
+}
+
 /// One split virtqueue, from the device's side. See the module documentation.
 #[derive(Debug)]
 pub struct Ring {
@@ -533,6 +559,55 @@ impl Ring {
             hdr[10..12].copy_from_slice(&(used as u16).to_le_bytes());
         }
         segs.write_from(0, &[hdr, frame]);
+        let mut left = need;
+        for &(head, len) in &chains[..used] {
+            let n = left.min(len as usize);
+            self.push_used(head, n as u32);
+            left -= n;
+        }
+        self.take(used as u16);
+        Some(used)
+    }
+
+    /// As [`Ring::fill`], for a frame of `len` bytes in pieces (a chain of pool frames,
+    /// in order). Out of line, so that `fill` stays as short as it was for the frames of
+    /// one pool frame.
+    #[cold]
+    #[inline(never)]
+    pub fn fill_pieces<'a>(
+        &mut self,
+        segs: &Segments,
+        chains: &[(u16, u32)],
+        hdr: &mut [u8],
+        len: usize,
+        pieces: impl Iterator<Item = &'a [u8]>,
+    ) -> Option<usize> {
+        let need = hdr.len() + len;
+        let mut have = 0usize;
+        let mut used = 0;
+        for &(_, len) in chains {
+            used += 1;
+            have += len as usize;
+            if have >= need {
+                break;
+            }
+        }
+        if have < need {
+            return None;
+        }
+        if hdr.len() >= 12 {
+            hdr[10..12].copy_from_slice(&(used as u16).to_le_bytes());
+        }
+        let mut to = Cursor::default();
+        segs.write_at(&mut to, hdr);
+        let mut left = len;
+        for piece in pieces {
+            // The pieces add up to `len`; never write past it, which the used lengths
+            // below announce.
+            let piece = &piece[..piece.len().min(left)];
+            segs.write_at(&mut to, piece);
+            left -= piece.len();
+        }
         let mut left = need;
         for &(head, len) in &chains[..used] {
             let n = left.min(len as usize);
