@@ -296,7 +296,7 @@ impl Engine {
         }
         let mut phases = Phases::start();
         let valid = validate(&state).map_err(ApplyError::Invalid)?;
-        super::refuse_flow_state(&state, self.workers.len())?;
+        super::refuse_flow_state(&state, &valid, self.workers.len())?;
         phases.mark("validate");
         let diff = match &edits {
             Some(edits) if edits.touched.len() <= DIFF_BY_TOUCHED_MAX => {

@@ -16,9 +16,17 @@
 use super::ApplyError;
 use crate::compile::MAX_MTU;
 use crate::model::DesiredState;
+use crate::validate::Validated;
 
-/// Refuses `state` when `workers` workers cannot run it; see the module documentation.
-pub(super) fn refuse_flow_state(state: &DesiredState, workers: usize) -> Result<(), ApplyError> {
+/// Refuses `state` (validated as `valid`) when `workers` workers cannot run it; see the
+/// module documentation. A QoS policy is named where the document sets it (`valid`'s port
+/// policy includes its network's); a network's MTU is read from `valid`, its default
+/// resolved (the collections keep the document's order, so the indexes are the paths').
+pub(super) fn refuse_flow_state(
+    state: &DesiredState,
+    valid: &Validated,
+    workers: usize,
+) -> Result<(), ApplyError> {
     if workers <= 1 {
         return Ok(());
     }
@@ -47,23 +55,15 @@ pub(super) fn refuse_flow_state(state: &DesiredState, workers: usize) -> Result<
             );
         }
     }
-    for (i, network) in state.networks.iter().enumerate() {
-        let uplink_mtu = || {
-            let physnet = network.physical_network.as_deref()?;
-            state
-                .uplinks
-                .iter()
-                .find(|u| u.physnet == physnet)
-                .and_then(|u| u.mtu)
-        };
-        let mtu = network.mtu.or_else(uplink_mtu).unwrap_or(0);
-        if mtu > i64::from(MAX_MTU) {
+    for (i, network) in valid.networks.iter().enumerate() {
+        if network.mtu > MAX_MTU {
             return Err(ApplyError::Unsupported {
                 path: format!("networks[{i}].mtu"),
                 what: format!(
-                    "{mtu} with {workers} workers: frames above {MAX_MTU} bytes of MTU are \
+                    "{} with {workers} workers: frames above {MAX_MTU} bytes of MTU are \
                      chained over several buffers, and the rings between workers carry one \
-                     buffer per frame (run one worker: --cores with one CPU)"
+                     buffer per frame (run one worker: --cores with one CPU)",
+                    network.mtu
                 ),
             });
         }
@@ -74,6 +74,11 @@ pub(super) fn refuse_flow_state(state: &DesiredState, workers: usize) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validate::validate;
+
+    fn refuse(state: &DesiredState, workers: usize) -> Result<(), ApplyError> {
+        refuse_flow_state(state, &validate(state).expect("valid"), workers)
+    }
 
     fn state(extra: &str) -> DesiredState {
         let text = format!(
@@ -103,10 +108,10 @@ binding = {{ driver = "mem" }}
 
     #[test]
     fn security_groups_run_on_several_workers_and_qos_is_refused_with_its_path() {
-        assert!(refuse_flow_state(&state(""), 4).is_ok());
+        assert!(refuse(&state(""), 4).is_ok());
         let qos = state(r#"qos_policy_id = "slow""#);
-        assert!(refuse_flow_state(&qos, 1).is_ok());
-        match refuse_flow_state(&qos, 2) {
+        assert!(refuse(&qos, 1).is_ok());
+        match refuse(&qos, 2) {
             Err(ApplyError::Unsupported { path, what }) => {
                 assert_eq!(path, "ports[0].qos_policy_id");
                 assert!(what.contains("2 workers"), "{what}");
@@ -119,8 +124,8 @@ binding = {{ driver = "mem" }}
     fn jumbo_networks_are_refused_on_several_workers_with_their_path() {
         let mut jumbo = state("");
         jumbo.networks[0].mtu = Some(9000);
-        assert!(refuse_flow_state(&jumbo, 1).is_ok());
-        match refuse_flow_state(&jumbo, 2) {
+        assert!(refuse(&jumbo, 1).is_ok());
+        match refuse(&jumbo, 2) {
             Err(ApplyError::Unsupported { path, what }) => {
                 assert_eq!(path, "networks[0].mtu");
                 assert!(what.contains("2 workers"), "{what}");
@@ -128,6 +133,6 @@ binding = {{ driver = "mem" }}
             other => panic!("{other:?}"),
         }
         jumbo.networks[0].mtu = Some(i64::from(MAX_MTU));
-        assert!(refuse_flow_state(&jumbo, 2).is_ok());
+        assert!(refuse(&jumbo, 2).is_ok());
     }
 }

@@ -308,7 +308,7 @@ impl Engine {
         if cores.len() > MAX_WORKERS {
             return Err(format!("at most {MAX_WORKERS} workers"));
         }
-        refuse_flow_state(&initial.state, cores.len()).map_err(|e| e.to_string())?;
+        refuse_flow_state(&initial.state, &valid, cores.len()).map_err(|e| e.to_string())?;
         // Every worker's pool can hold every AF_XDP queue's frames: queues are placed on
         // workers as they come, and a change may put them all on one.
         let pool_capacity = config.pool_frames.max(needed + SPARE_FRAMES);
