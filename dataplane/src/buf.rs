@@ -488,6 +488,13 @@ impl FramePool {
         }
     }
 
+    /// Bytes of `pkts` beyond their first frames: what a burst's byte count adds once
+    /// it has seen that some packet of it is chained.
+    #[cold]
+    pub fn tails_len(&self, pkts: &[Packet]) -> u64 {
+        pkts.iter().map(|p| self.tail_len(p) as u64).sum()
+    }
+
     /// The packet's data, segment by segment (the first is [`FramePool::data`]).
     pub fn segments<'a>(&'a self, pkt: &Packet) -> Segments<'a> {
         Segments {

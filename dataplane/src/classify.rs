@@ -107,7 +107,7 @@ fn classify_with(
         }
     }
     if chained {
-        bytes += crate::output::chain_tails(pool, pkts);
+        bytes += pool.tails_len(pkts);
     }
     bytes
 }

@@ -337,12 +337,6 @@ fn record(sink: &mut Vec<(PortId, Vec<u8>)>, pool: &mut FramePool, out: PortId, 
     pool.free_packet(&pkt);
 }
 
-/// Bytes of `pkts` beyond their first frames.
-#[cold]
-pub(crate) fn chain_tails(pool: &FramePool, pkts: &[Packet]) -> u64 {
-    pkts.iter().map(|p| pool.tail_len(p) as u64).sum()
-}
-
 #[inline]
 fn send(
     a: &mut Attached,
@@ -365,7 +359,7 @@ fn send(
         chained |= p.chained;
     }
     if chained {
-        bytes += chain_tails(pool, pending);
+        bytes += pool.tails_len(pending);
     }
     let sent = a.port.tx_burst(queue, pool, pending).min(pending.len());
     if sent < pending.len() {
