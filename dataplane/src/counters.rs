@@ -239,6 +239,9 @@ pub struct WorkerCounters {
     pub tcp_resets: Counter,
     /// Fragments the routers made.
     pub fragments: Counter,
+    /// Packets the routers forwarded from their forwarding cache: a run of one
+    /// destination or one NAT flow within a burst, after its first packet.
+    pub route_cache_hits: Counter,
     /// NAT sessions held now.
     pub sessions: Gauge,
     /// Router neighbours (ARP entries) held now.
@@ -306,6 +309,7 @@ impl WorkerCounters {
             nat_icmp_errors: Counter::default(),
             tcp_resets: Counter::default(),
             fragments: Counter::default(),
+            route_cache_hits: Counter::default(),
             sessions: Gauge::default(),
             neighbors: Gauge::default(),
             neighbor_waiting: Gauge::default(),
