@@ -26,13 +26,20 @@
 mod apply;
 mod flow_state;
 mod inspect;
+mod load;
+mod moves;
 mod objects;
 mod placement;
 mod ports;
+mod rebalance;
 mod stall;
 
 pub use apply::{state_from_json, ApplyOptions, ApplyOutcome};
 pub use inspect::{DriverStats, FdbEntry, NeighborEntry, NeighborState, SessionEntry, SessionFlow};
+pub use load::QueueRate;
+pub use moves::{
+    AutoRebalance, Moved, QueueRow, RebalanceOptions, RebalanceOutcome, DEFAULT_IMPROVEMENT,
+};
 pub use placement::Placement;
 pub use ports::{kind_name, port_label, PortStatus};
 
@@ -91,6 +98,8 @@ pub struct EngineConfig {
     pub mem: MemPortConfig,
     /// Worker tunables.
     pub worker: WorkerConfig,
+    /// Rebalancing of receive queues by load (automatic: off by default).
+    pub rebalance: AutoRebalance,
 }
 
 impl Default for EngineConfig {
@@ -100,6 +109,7 @@ impl Default for EngineConfig {
             pool_frames: DEFAULT_POOL_FRAMES,
             mem: MemPortConfig::default(),
             worker: WorkerConfig::default(),
+            rebalance: AutoRebalance::default(),
         }
     }
 }
@@ -261,6 +271,10 @@ pub struct Engine {
     stall: stall::StallWatch,
     /// The metadata proxy's table and counters (its stacks live on the slow-path thread).
     metadata: MetadataService,
+    /// The receive queues' measured loads.
+    loads: load::LoadWatch,
+    /// Rebalancing's settings, pins and counters.
+    rebalance: moves::RebalanceState,
 }
 
 impl fmt::Debug for Engine {
@@ -473,6 +487,8 @@ impl Engine {
             dhcp: Some(dhcp),
             stall: stall::StallWatch::default(),
             metadata,
+            loads: load::LoadWatch::default(),
+            rebalance: moves::RebalanceState::new(config.rebalance),
         };
         engine.update_metric_ports();
         let meters = engine.active.identities.meters();
