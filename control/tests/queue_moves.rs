@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pollux_control::binding::MemWires;
-use pollux_control::engine::{Engine, EngineConfig, Initial};
+use pollux_control::engine::{AutoRebalance, Engine, EngineConfig, Initial};
 use pollux_control::model::DesiredState;
 use pollux_control::rpc::dispatch_line;
 use pollux_control::service::Service;
@@ -51,11 +51,16 @@ fn state() -> DesiredState {
 }
 
 fn start(dir: &TempDir, workers: usize, wires: &MemWires) -> Engine {
+    start_with(dir, workers, wires, AutoRebalance::default())
+}
+
+fn start_with(dir: &TempDir, workers: usize, wires: &MemWires, auto: AutoRebalance) -> Engine {
     let store = pollux_control::store::Store::open(&dir.join("state"), 8).expect("store");
     Engine::start(
         &EngineConfig {
             cores: vec![None; workers],
             pool_frames: 16384,
+            rebalance: auto,
             ..Default::default()
         },
         Initial {
@@ -363,6 +368,71 @@ fn a_rebalance_moves_a_busy_queue_off_the_busiest_worker() {
         json!({ "improvement_percent": 100 }),
     );
     assert_eq!(again["applied"], false, "{again}");
+    service.engine.shutdown().expect("clean shutdown");
+}
+
+/// `polluxd --auto-rebalance-interval`: two busy queues on worker 0 and none on worker 1;
+/// the control thread's timer moves one of them once two checks in a row found the plan
+/// worth it, and counts it.
+#[test]
+fn automatic_rebalancing_moves_a_busy_queue_after_two_checks() {
+    let dir = TempDir::new();
+    let wires = MemWires::default();
+    let auto = AutoRebalance {
+        interval: Some(Duration::from_millis(300)),
+        ..AutoRebalance::default()
+    };
+    let engine = start_with(&dir, 2, &wires, auto);
+    let mut ends: Vec<MemWire> = (1..=PORTS)
+        .map(|i| {
+            wires
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&format!("port:vm{i}"))
+                .expect("wire")
+        })
+        .collect();
+    let mut service = Service::new(engine);
+    // Round-robin: vm1 and vm3 on worker 0.
+    assert_eq!(queue_worker(&mut service, "vm1"), 0);
+    assert_eq!(queue_worker(&mut service, "vm3"), 0);
+    let list = result(&mut service, "workers.list", json!({}));
+    assert_eq!(list["rebalance"]["auto_interval_secs"], 0, "{list}");
+    let mut seq = 0u32;
+    let started = Instant::now();
+    let mut next_tick = Instant::now();
+    let mut applied_after = None;
+    while started.elapsed() < Duration::from_secs(20) {
+        for src in [0, 2] {
+            for _ in 0..32 {
+                ends[src].send(&frame(port_mac(1), port_mac(src), seq));
+                seq += 1;
+            }
+        }
+        while ends[1].recv().is_some() {}
+        if Instant::now() >= next_tick {
+            service.engine.supervise_workers();
+            next_tick += Duration::from_millis(100);
+            let (_, _, _, auto_applied, _) = service.engine.rebalance_stats();
+            if auto_applied > 0 {
+                applied_after = Some(started.elapsed());
+                break;
+            }
+        }
+    }
+    let after = applied_after.expect("an automatic rebalance within 20 s");
+    assert!(
+        after >= Duration::from_millis(600),
+        "two checks, an interval apart, before moving: {after:?}"
+    );
+    let (w1, w3) = (
+        queue_worker(&mut service, "vm1"),
+        queue_worker(&mut service, "vm3"),
+    );
+    assert_ne!(w1, w3, "the busy queues are on both workers now");
+    let list = result(&mut service, "workers.list", json!({}));
+    assert_eq!(list["rebalance"]["auto_applied"], 1, "{list}");
+    assert_eq!(list["rebalance"]["queues_moved"], 1, "{list}");
     service.engine.shutdown().expect("clean shutdown");
 }
 
