@@ -55,6 +55,27 @@ fn start(dir: &TempDir, workers: usize, wires: &MemWires) -> Engine {
 }
 
 fn start_with(dir: &TempDir, workers: usize, wires: &MemWires, auto: AutoRebalance) -> Engine {
+    start_as(dir, workers, wires, auto, true)
+}
+
+/// As [`start`], again in `dir` (the state is committed already).
+fn restart(dir: &TempDir, workers: usize) -> Engine {
+    start_as(
+        dir,
+        workers,
+        &MemWires::default(),
+        AutoRebalance::default(),
+        false,
+    )
+}
+
+fn start_as(
+    dir: &TempDir,
+    workers: usize,
+    wires: &MemWires,
+    auto: AutoRebalance,
+    persist: bool,
+) -> Engine {
     let store = pollux_control::store::Store::open(&dir.join("state"), 8).expect("store");
     Engine::start(
         &EngineConfig {
@@ -66,7 +87,7 @@ fn start_with(dir: &TempDir, workers: usize, wires: &MemWires, auto: AutoRebalan
         Initial {
             state: state(),
             generation: 1,
-            persist: true,
+            persist,
         },
         Some(store),
         Arc::clone(wires),
@@ -434,6 +455,66 @@ fn automatic_rebalancing_moves_a_busy_queue_after_two_checks() {
     assert_eq!(list["rebalance"]["auto_applied"], 1, "{list}");
     assert_eq!(list["rebalance"]["queues_moved"], 1, "{list}");
     service.engine.shutdown().expect("clean shutdown");
+}
+
+/// Pins are kept in the state directory: after a restart the pinned queue starts on its
+/// worker, still pinned; unpinned, the next start places it round-robin again. A pins
+/// file that cannot be parsed stops the start, naming it.
+#[test]
+fn pins_survive_a_restart() {
+    let dir = TempDir::new();
+    let mut service = Service::new(start(&dir, 2, &MemWires::default()));
+    assert_eq!(queue_worker(&mut service, "vm1"), 0);
+    result(
+        &mut service,
+        "workers.pin",
+        json!({ "port": "vm1", "worker": 1 }),
+    );
+    service.engine.shutdown().expect("clean shutdown");
+
+    let mut service = Service::new(restart(&dir, 2));
+    assert_eq!(
+        queue_worker(&mut service, "vm1"),
+        1,
+        "placed on its pinned worker"
+    );
+    let list = result(&mut service, "workers.list", json!({}));
+    let row = list["workers"][1]["queues"]
+        .as_array()
+        .expect("queues")
+        .iter()
+        .find(|q| q["port"] == "vm1")
+        .cloned()
+        .expect("vm1 on worker 1");
+    assert_eq!(row["pinned"], true, "{row}");
+    result(
+        &mut service,
+        "workers.pin",
+        json!({ "port": "vm1", "worker": null }),
+    );
+    service.engine.shutdown().expect("clean shutdown");
+
+    let mut service = Service::new(restart(&dir, 2));
+    assert_eq!(queue_worker(&mut service, "vm1"), 0, "round-robin again");
+    service.engine.shutdown().expect("clean shutdown");
+
+    std::fs::write(dir.join("state").join("queue-pins.json"), b"{not json").expect("write");
+    let store = pollux_control::store::Store::open(&dir.join("state"), 8).expect("store");
+    let err = Engine::start(
+        &EngineConfig {
+            cores: vec![None; 2],
+            ..Default::default()
+        },
+        Initial {
+            state: state(),
+            generation: 1,
+            persist: false,
+        },
+        Some(store),
+        MemWires::default(),
+    )
+    .expect_err("refused");
+    assert!(err.contains("queue-pins.json"), "{err}");
 }
 
 /// The methods' parameters: unknown fields, bad types, a port or queue or worker that

@@ -738,6 +738,8 @@ fn every_method_over_the_real_socket() {
         (json!(true), json!(false)),
         "{pin}"
     );
+    let unpin = s.ok("workers.pin", json!({ "port": "vm-a1", "worker": null }));
+    assert_eq!(unpin["pinned"], false, "{unpin}");
     let data = s.err(
         "workers.pin",
         json!({ "port": "vm-a1", "worker": 1 }),

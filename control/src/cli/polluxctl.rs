@@ -135,7 +135,7 @@ pub enum Command {
         improvement: Option<u8>,
     },
     /// Pin a port's receive queue to a worker: moved there now, never moved by a
-    /// rebalance (until unpinned or polluxd restarts).
+    /// rebalance (kept across restarts, until unpinned).
     Pin {
         /// The port (a VM port's id, or uplink:NAME).
         port: String,

@@ -341,11 +341,30 @@ impl Engine {
         }
         let mut bindings = Bindings::new(umems, config.mem, wires);
         let mut placement = Placement::new(cores.len());
+        let pins = match store.as_ref() {
+            Some(store) => moves::load_pins(store.dir())?,
+            None => Default::default(),
+        };
+        for (key, queues) in &pins {
+            for (q, w) in queues {
+                if usize::from(*w) >= cores.len() {
+                    pollux_services::warn!(
+                        "{key} queue {q} is pinned to worker {w}, and there are {} worker(s): \
+                         placed round-robin until unpinned or polluxd runs that many",
+                        cores.len()
+                    );
+                }
+            }
+        }
 
         let mut opened: Vec<OpenedPart> = Vec::new();
         let mut failure = None;
         'plans: for plan in &plans {
-            let owners = placement.place(plan.id, Bindings::queue_count(&plan.binding));
+            let owners = placement.place_pinned(
+                plan.id,
+                Bindings::queue_count(&plan.binding),
+                pins.get(&plan.key).unwrap_or(&Default::default()),
+            );
             let parts = match bindings.prepare(plan, &owners) {
                 Ok(parts) => parts,
                 Err(e) => {
@@ -488,7 +507,7 @@ impl Engine {
             stall: stall::StallWatch::default(),
             metadata,
             loads: load::LoadWatch::default(),
-            rebalance: moves::RebalanceState::new(config.rebalance),
+            rebalance: moves::RebalanceState::new(config.rebalance, pins),
         };
         engine.update_metric_ports();
         let meters = engine.active.identities.meters();

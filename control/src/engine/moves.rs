@@ -28,6 +28,8 @@
 //! `queue_move_hold_full`).
 
 use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -84,7 +86,7 @@ pub(super) struct RebalanceState {
 }
 
 impl RebalanceState {
-    pub(super) fn new(auto: AutoRebalance) -> Self {
+    pub(super) fn new(auto: AutoRebalance, pins: Pins) -> Self {
         RebalanceState {
             auto,
             last_check: Instant::now(),
@@ -93,9 +95,45 @@ impl RebalanceState {
             applied: 0,
             auto_applied: 0,
             moved: 0,
-            pins: BTreeMap::new(),
+            pins,
         }
     }
+}
+
+/// Queue pins: port key → queue → worker.
+pub(super) type Pins = BTreeMap<String, BTreeMap<u16, u16>>;
+
+/// The file, in the state directory, that keeps the pins across restarts.
+pub const PINS_FILE: &str = "queue-pins.json";
+
+/// Reads the pins kept in `dir` (none when there is no file). A file that cannot be read
+/// or parsed is an error naming it, as the state files are: polluxd never silently
+/// forgets what it was told.
+pub(super) fn load_pins(dir: &Path) -> Result<Pins, String> {
+    let path = dir.join(PINS_FILE);
+    let bytes = match pollux_services::private_fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Pins::new()),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Replaces the pins kept in `dir`: a temporary file, fsynced, renamed over the old one;
+/// no pins, no file.
+fn save_pins(dir: &Path, pins: &Pins) -> std::io::Result<()> {
+    let (path, tmp) = (dir.join(PINS_FILE), dir.join(format!("{PINS_FILE}.tmp")));
+    if pins.is_empty() {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => return std::fs::File::open(dir)?.sync_all(),
+        }
+    }
+    let mut file = pollux_services::private_fs::create_new(&tmp)?;
+    file.write_all(&serde_json::to_vec(pins).map_err(std::io::Error::other)?)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// One receive queue as `workers.list` shows it.
@@ -276,23 +314,51 @@ impl Engine {
         worker: Option<u16>,
     ) -> Result<bool, ApplyError> {
         let (id, key) = self.lookup_queue(name, queue)?;
-        let Some(to) = worker else {
-            if let Some(p) = self.rebalance.pins.get_mut(&key) {
-                p.remove(&queue);
-                if p.is_empty() {
-                    self.rebalance.pins.remove(&key);
+        let mut pins = self.rebalance.pins.clone();
+        let moved = match worker {
+            None => {
+                if let Some(p) = pins.get_mut(&key) {
+                    p.remove(&queue);
+                    if p.is_empty() {
+                        pins.remove(&key);
+                    }
                 }
+                false
             }
-            return Ok(false);
+            Some(to) => {
+                self.check_worker(to)?;
+                if let Some(why) = self.unmovable(id).filter(|_| {
+                    self.placement
+                        .owners(id)
+                        .and_then(|o| o.get(usize::from(queue)))
+                        != Some(&to)
+                }) {
+                    return Err(ApplyError::Unsupported {
+                        path: "queue".into(),
+                        what: why,
+                    });
+                }
+                pins.entry(key).or_default().insert(queue, to);
+                false
+            }
         };
-        self.check_worker(to)?;
-        let moved = self.move_queue(id, queue, to)?;
-        self.rebalance
-            .pins
-            .entry(key)
-            .or_default()
-            .insert(queue, to);
-        Ok(moved)
+        // Kept before the queue moves: a pin that could not be written is refused whole.
+        if pins != self.rebalance.pins {
+            if let Some(dir) = self.store.as_ref().map(|s| s.dir().to_path_buf()) {
+                save_pins(&dir, &pins).map_err(|source| {
+                    ApplyError::Store(crate::store::StoreError::Io {
+                        op: "write queue pins",
+                        path: dir.join(PINS_FILE),
+                        source,
+                    })
+                })?;
+            }
+            self.rebalance.pins = pins;
+        }
+        match worker {
+            Some(to) => self.move_queue(id, queue, to),
+            None => Ok(moved),
+        }
     }
 
     fn lookup_queue(&self, name: &str, queue: u16) -> Result<(PortId, String), ApplyError> {

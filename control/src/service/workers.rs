@@ -28,7 +28,7 @@ pub(super) const WORKERS_REBALANCE_USAGE: &str =
 pub(super) const WORKERS_PIN_USAGE: &str =
     "{port: string, queue?: u16 = 0, worker: u16|null} -> {port, queue, worker, pinned, \
      moved}: pin a receive queue to a worker (moved there now, never moved by a \
-     rebalance), or unpin it (worker null); not kept across restarts";
+     rebalance; kept across restarts), or unpin it (worker null)";
 
 /// A rate in cycles per second as a share of one CPU, in percent (one decimal).
 fn percent(cycles_per_sec: f64, hz: Option<f64>) -> Value {
