@@ -13,6 +13,10 @@ use pollux_dataplane::port::PortId;
 /// 500 ms timer), long enough to smooth bursts, short enough to follow a change.
 pub(super) const WINDOW: usize = 11;
 
+/// Samples closer than this are not taken: `workers.list` samples too, and a client
+/// calling it in a loop would otherwise shrink the window to a fraction of a second.
+pub(super) const MIN_SPACING: Duration = Duration::from_millis(200);
+
 /// A queue's rate over the window.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct QueueRate {
@@ -52,12 +56,20 @@ impl History {
 #[derive(Debug, Default)]
 pub(super) struct LoadWatch {
     queues: BTreeMap<(PortId, u16), History>,
+    last: Option<Instant>,
 }
 
 impl LoadWatch {
     /// Takes a sample at `now` of every queue in `seen`: (port, queue index, worker, its
     /// record). Queues no longer seen are forgotten.
     pub(super) fn observe(&mut self, seen: Vec<(PortId, u16, u16, Arc<QueueLoad>)>, now: Instant) {
+        if self
+            .last
+            .is_some_and(|t| now.saturating_duration_since(t) < MIN_SPACING)
+        {
+            return;
+        }
+        self.last = Some(now);
         let mut next = BTreeMap::new();
         for (port, queue, worker, record) in seen {
             let sample = (now, record.cycles.get(), record.packets.get());
@@ -118,6 +130,9 @@ mod tests {
             vec![(PortId(1), 0, 1, Arc::clone(&moved))],
             t0 + Duration::from_secs(2),
         );
+        assert_eq!(w.rate(PortId(1), 0), Some(r));
+        // Too soon after the last sample: not taken.
+        w.observe(Vec::new(), t0 + Duration::from_millis(2100));
         assert_eq!(w.rate(PortId(1), 0), Some(r));
         w.observe(Vec::new(), t0 + Duration::from_secs(3));
         assert_eq!(w.rate(PortId(1), 0), None, "gone");
