@@ -44,8 +44,12 @@ pub struct PortSet {
 }
 
 /// Frames a worker holds at most for ports whose queue is moving: a move takes a few
-/// housekeeping rounds, so this is a few hundred microseconds of line rate.
-pub const MAX_HELD: usize = 8192;
+/// housekeeping rounds (some hundreds of microseconds), so this is a port's frames for
+/// that long at about 1 Mpps. Released at once, they go in one go into the port's
+/// transmit ring (or the handoff ring to its new worker), 1024 slots for every driver:
+/// held beyond half of that, they would overflow it. Held frames are pool frames, an
+/// eighth of the spare the engine keeps beyond the AF_XDP rings' needs.
+pub const MAX_HELD: usize = 512;
 
 impl std::fmt::Debug for PortSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
