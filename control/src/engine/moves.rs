@@ -33,6 +33,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pollux_dataplane::counters::QueueLoad;
 use pollux_dataplane::port::PortId;
 
 use super::load::QueueRate;
@@ -207,7 +208,9 @@ pub struct RebalanceOptions {
 impl Engine {
     /// Why `port`'s queues cannot move between workers, if they cannot.
     fn unmovable(&self, id: PortId) -> Option<String> {
-        let plan = self.active.plans.iter().find(|p| p.id == id)?;
+        // Plans are sorted by id (as compiled): a lookup, not a scan, per queue.
+        let plans = &self.active.plans;
+        let plan = &plans[plans.binary_search_by_key(&id, |p| p.id).ok()?];
         let worker = self.placement.home(id);
         match &plan.binding {
             Binding::Mem | Binding::VhostUser { .. } => {
@@ -267,16 +270,18 @@ impl Engine {
         let mut rows = Vec::new();
         for (w, link) in self.workers.iter().enumerate() {
             let w = w as u16;
-            let records = link.counters.queue_loads();
+            let records: BTreeMap<(PortId, u16), Arc<QueueLoad>> = link
+                .counters
+                .queue_loads()
+                .into_iter()
+                .map(|r| ((r.port, r.queue), r))
+                .collect();
             for (port, q) in self.placement.queues_of(w) {
                 let key = names.get(&port).cloned().unwrap_or_default();
                 let local = self.placement.owners(port).map_or(0, |o| {
                     o[..usize::from(q)].iter().filter(|&&x| x == w).count()
                 });
-                let record = records
-                    .iter()
-                    .filter(|r| r.port == port)
-                    .find(|r| usize::from(r.queue) == local);
+                let record = records.get(&(port, local as u16));
                 rows.push(QueueRow {
                     port: port_label(&key).to_string(),
                     queue: q,
