@@ -102,6 +102,7 @@ drop_reasons! {
     UnknownTrunkVlan => "unknown_trunk_vlan", "Tagged frame on a trunk parent port whose VLAN ID no subport of its trunk has.";
     TooBig => "too_big", "A frame longer than where it goes can carry: a jumbo frame (chained over several buffers) toward a port whose driver sends frames of one buffer only (AF_XDP) or another worker's handoff ring, or a tunnel packet whose outer datagram would pass 64 KiB.";
     FlowHandoffRingFull => "flow_handoff_ring_full", "The worker that owns the packet's flow (its connection or NAT session) is behind: the flow handoff ring to it is full.";
+    QueueMoveHoldFull => "queue_move_hold_full", "Sent to a port whose queue is moving to another worker while this worker already held the most frames it keeps for such ports until the move ends.";
 }
 
 impl fmt::Display for DropReason {
