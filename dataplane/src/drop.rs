@@ -102,6 +102,8 @@ drop_reasons! {
     UnknownTrunkVlan => "unknown_trunk_vlan", "Tagged frame on a trunk parent port whose VLAN ID no subport of its trunk has.";
     TooBig => "too_big", "A frame longer than where it goes can carry: a jumbo frame (chained over several buffers) toward a port whose driver sends frames of one buffer only (AF_XDP) or another worker's handoff ring, or a tunnel packet whose outer datagram would pass 64 KiB.";
     FlowHandoffRingFull => "flow_handoff_ring_full", "The worker that owns the packet's flow (its connection or NAT session) is behind: the flow handoff ring to it is full.";
+    GsoPoolShort => "gso_pool_short", "A TCP super-frame (TSO from a TAP port) to segment for an egress that cannot take it whole, while the pool held fewer frames than its segments need.";
+    GsoUnsupported => "gso_unsupported", "A TCP super-frame (TSO from a TAP port) that could not be carried or segmented where it goes: its headers do not match its GSO type (or carry IPv6 extension headers), or it goes into a tunnel, which carries no super-frames.";
 }
 
 impl fmt::Display for DropReason {

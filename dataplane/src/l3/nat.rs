@@ -92,6 +92,16 @@ fn key_of(ip: &[u8], zone: u32, flags: bool) -> Result<L4, Unkeyed> {
 /// identifier). A UDP checksum of zero (none) stays zero.
 #[inline]
 pub fn rewrite(ip: &mut [u8], key: &FlowKey, to: &Rewrite) {
+    rewrite_with(ip, key, to, false)
+}
+
+/// [`rewrite`], for a packet whose TCP or UDP checksum field is `partial` (a TSO
+/// super-frame's, holding the pseudo-header sum for the device or the segmenter to
+/// complete): the address changes are added to that sum as they are, not through its
+/// complement, and the port changes leave it alone (ports are not in the pseudo-header),
+/// as Linux's `inet_proto_csum_replace4` does for `CHECKSUM_PARTIAL`.
+#[inline]
+pub fn rewrite_with(ip: &mut [u8], key: &FlowKey, to: &Rewrite, partial: bool) {
     // Every changed field's difference is summed, then each checksum is patched once.
     let addresses = delta32(key.src, to.src) + delta32(key.dst, to.dst);
     let mut p = Ipv4Packet::new_unchecked(&mut ip[..]);
@@ -124,6 +134,12 @@ pub fn rewrite(ip: &mut [u8], key: &FlowKey, to: &Rewrite) {
     let csum = u16::from_be_bytes([old[0], old[1]]);
     if key.proto == UDP && csum == 0 {
         // No checksum: only the ports change.
+        set_ports(l4, key, to);
+        return;
+    }
+    if partial && key.proto != ICMP {
+        let field = crate::gso::apply_partial(csum, addresses);
+        l4[csum_at..csum_at + 2].copy_from_slice(&field.to_be_bytes());
         set_ports(l4, key, to);
         return;
     }

@@ -229,6 +229,11 @@ fn push_outer(
     // must leave room for the outer headers in a 64 KiB datagram.
     let inner_len = match pkt.chained {
         false => pkt.len,
+        // A tunnel carries no super-frame: its outer datagram would need segmenting of
+        // its own. (Not yet segmented here: counted.)
+        true if pool.offload(pkt).is_some_and(|o| o.is_gso()) => {
+            return Next::Drop(DropReason::GsoUnsupported, Stage::TunnelEncap)
+        }
         true => match u16::try_from(pool.packet_len(pkt)) {
             Ok(len) if len <= u16::MAX - overhead => len,
             _ => return Next::Drop(DropReason::TooBig, Stage::TunnelEncap),
