@@ -353,7 +353,8 @@ fn prepare_tap(plan: &PortPlan, interface: &str) -> Result<Prepared, String> {
     let name = interface.to_string();
     Ok(Prepared {
         open: Box::new(move |_pool| {
-            TapPort::new(device, TAP_MAX_FRAME, TapPortConfig::default())
+            let config = TapPortConfig::for_device(&device);
+            TapPort::new(device, TAP_MAX_FRAME, config)
                 .map(|p| Box::new(p) as Box<dyn Port>)
                 .map_err(|e| io::Error::new(e.kind(), format!("tap {name}: io_uring queue: {e}")))
         }),
