@@ -4,10 +4,18 @@
 //! a cable would; the worker drives the [`MemPort`] end. Frames are copied into the
 //! worker's pool on receive and out of it on transmit, as for any port that cannot share
 //! memory with the pool.
+//!
+//! A port made by [`mem_port_vnet`] stands in for a TAP port that negotiated TSO: every
+//! frame on its wire follows a 12-byte virtio-net header, as on the tap's descriptor; a
+//! TCP super-frame offered with a GSO header enters as one (its [`Offload`] kept), and
+//! one sent leaves whole behind a GSO header, so tests of super-frames need no kernel.
 
 use pollux_dataplane::buf::{FramePool, MAX_CHAIN_LEN};
-use pollux_dataplane::packet::{Batch, Packet};
+use pollux_dataplane::gso;
+use pollux_dataplane::packet::{Batch, Offload, Packet};
 use pollux_dataplane::port::{Port, PortStats};
+
+use crate::tap::vnet::{VnetHdr, FLAG_NEEDS_CSUM, VNET_HDR_LEN};
 
 use pollux_dataplane::ring::{ring, Consumer, Producer};
 
@@ -40,12 +48,21 @@ pub fn mem_port(name: impl Into<String>, config: MemPortConfig) -> (MemPort, Mem
             tx: to_wire,
             stats: PortStats::default(),
             tx_oversize: 0,
+            vnet: false,
         },
         MemWire {
             tx: to_port,
             rx: from_port,
         },
     )
+}
+
+/// A connected port and wire end whose frames carry a virtio-net header (see the module
+/// documentation); `config.max_frame` counts the header.
+pub fn mem_port_vnet(name: impl Into<String>, config: MemPortConfig) -> (MemPort, MemWire) {
+    let (mut port, wire) = mem_port(name, config);
+    port.vnet = true;
+    (port, wire)
 }
 
 /// The worker's end. See the module documentation.
@@ -56,6 +73,93 @@ pub struct MemPort {
     tx: Producer,
     stats: PortStats,
     tx_oversize: u64,
+    /// Frames on the wire follow a virtio-net header; super-frames cross whole.
+    vnet: bool,
+}
+
+impl MemPort {
+    /// `rx_burst` of a port whose frames follow a virtio-net header.
+    #[cold]
+    fn rx_vnet(&mut self, pool: &mut FramePool, batch: &mut Batch) -> usize {
+        let (mut added, mut bytes, mut bad) = (0u64, 0u64, 0u64);
+        self.rx.pop_burst(batch.remaining(), |slot| {
+            let (Ok(hdr), Some(frame)) = (VnetHdr::parse(slot), slot.get(VNET_HDR_LEN..)) else {
+                bad += 1;
+                return true;
+            };
+            if frame.len() > MAX_CHAIN_LEN || pool.available() < pool.frames_for(frame.len()) {
+                bad += u64::from(frame.len() > MAX_CHAIN_LEN);
+                return frame.len() > MAX_CHAIN_LEN;
+            }
+            let pkt = if hdr.is_gso() {
+                let offload = Offload {
+                    flags: hdr.flags,
+                    gso_type: hdr.gso_type,
+                    hdr_len: hdr.hdr_len,
+                    gso_size: hdr.gso_size,
+                    csum_start: hdr.csum_start,
+                    csum_offset: hdr.csum_offset,
+                };
+                pool.alloc_offloaded(frame, offload)
+            } else {
+                pool.alloc_packet(frame)
+            };
+            let Some(pkt) = pkt else {
+                return false;
+            };
+            let _ = batch.push(pkt);
+            added += 1;
+            bytes += frame.len() as u64;
+            true
+        });
+        self.stats.rx_packets += added;
+        self.stats.rx_bytes += bytes;
+        self.stats.rx_dropped += bad;
+        added as usize
+    }
+
+    /// `tx_burst` of a port whose frames follow a virtio-net header.
+    #[cold]
+    fn tx_vnet(&mut self, pool: &mut FramePool, pkts: &[Packet]) -> usize {
+        let (mut oversize, mut bytes) = (0u64, 0u64);
+        let sent = self.tx.push_burst(pkts.len(), |i, slot| {
+            let pkt = &pkts[i];
+            let len = pool.packet_len(pkt);
+            let hdr = match pool.offload(pkt) {
+                Some(off) if off.is_gso() => match gso::layout(pool, pkt, &off) {
+                    Ok(l) => VnetHdr {
+                        flags: FLAG_NEEDS_CSUM,
+                        gso_type: off.gso_type,
+                        hdr_len: l.payload_at as u16,
+                        gso_size: off.gso_size,
+                        csum_start: l.l4 as u16,
+                        csum_offset: 16,
+                        num_buffers: 0,
+                    },
+                    Err(_) => {
+                        oversize += 1;
+                        return 0;
+                    }
+                },
+                _ => VnetHdr::default(),
+            };
+            let Some(dst) = slot.get_mut(..VNET_HDR_LEN + len) else {
+                oversize += 1;
+                return 0;
+            };
+            let _ = hdr.emit(dst);
+            pool.copy_out(pkt, 0, &mut dst[VNET_HDR_LEN..]);
+            bytes += len as u64;
+            VNET_HDR_LEN + len
+        });
+        for pkt in &pkts[..sent] {
+            pool.free_packet(pkt);
+        }
+        self.tx_oversize += oversize;
+        self.stats.tx_packets += sent as u64 - oversize;
+        self.stats.tx_bytes += bytes;
+        sent
+    }
 }
 
 impl Port for MemPort {
@@ -63,8 +167,15 @@ impl Port for MemPort {
         &self.name
     }
 
+    fn takes_gso(&self) -> bool {
+        self.vnet
+    }
+
     #[inline]
     fn rx_burst(&mut self, _queue: u16, pool: &mut FramePool, batch: &mut Batch) -> usize {
+        if self.vnet {
+            return self.rx_vnet(pool, batch);
+        }
         let max_len = pool.max_data_len();
         let (mut added, mut bytes, mut oversize) = (0u64, 0u64, 0u64);
         self.rx.pop_burst(batch.remaining(), |frame| {
@@ -100,6 +211,9 @@ impl Port for MemPort {
 
     #[inline]
     fn tx_burst(&mut self, _queue: u16, pool: &mut FramePool, pkts: &[Packet]) -> usize {
+        if self.vnet {
+            return self.tx_vnet(pool, pkts);
+        }
         let (mut oversize, mut bytes) = (0u64, 0u64);
         let sent = self.tx.push_burst(pkts.len(), |i, slot| {
             let pkt = &pkts[i];
