@@ -82,6 +82,14 @@ fn originated(
     }
 }
 
+/// Whether `pkt` is a super-frame whose segments fit `mtu` (then its total length, which
+/// does not, is no reason for "fragmentation needed").
+#[cold]
+#[inline(never)]
+fn segments_fit(pool: &FramePool, pkt: &Packet, mtu: u16) -> bool {
+    gso::segment_ip_len(pool, pkt).is_some_and(|len| len <= usize::from(mtu))
+}
+
 /// Whether `pkt` is a super-frame whose L4 checksum is still partial (TSO from a TAP
 /// port): NAT then patches the pseudo-header sum it holds rather than a checksum. One
 /// branch for a packet that is not chained.
@@ -584,9 +592,9 @@ impl RouterState {
         let Some(iface) = routing.interface(hop.interface) else {
             return Next::Drop(DropReason::NoRoute, Stage::L3);
         };
-        // A super-frame goes out as segments: their length is what must fit.
-        let wire_len = gso::segment_ip_len(cx.pool, pkt).unwrap_or(usize::from(total_len));
-        if wire_len > usize::from(iface.mtu) && dont_frag {
+        // A super-frame goes out as segments: their length is what must fit (looked at
+        // only for a datagram that would not, so other packets never pay for it).
+        if total_len > iface.mtu && dont_frag && !segments_fit(cx.pool, pkt, iface.mtu) {
             let kind = IcmpErrorKind::FragNeeded { mtu: iface.mtu };
             self.icmp_error(cx, pkt, router, kind);
             return Next::Drop(DropReason::MtuExceeded, Stage::L3);
@@ -855,12 +863,8 @@ impl RouterState {
         // The TTL is decremented here, once the packet leaves (not while it waits for ARP),
         // with the one write access that also rewrites its MACs.
         let beyond = cx.pool.tail_len(pkt);
-        let super_len = gso::segment_ip_len(cx.pool, pkt);
         let data = cx.pool.data_mut(pkt);
         Ipv4Packet::new_unchecked(&mut data[l3..]).decrement_ttl();
-        if let Some(len) = super_len {
-            return self.forward_super_frame(cx, pkt, iface, router_mac, mac, len);
-        }
         // The packet bounds the datagram (its total length was checked against it), so a
         // packet that fits needs no second look at the header.
         let fits = |len: usize| len <= usize::from(iface.mtu);
@@ -873,6 +877,9 @@ impl RouterState {
         {
             set_macs(data, router_mac, mac);
             return self.egress(cx, pkt, iface, mac);
+        }
+        if let Some(len) = gso::segment_ip_len(cx.pool, pkt) {
+            return self.forward_super_frame(cx, pkt, iface, router_mac, mac, len);
         }
         let next = self.fragment(cx, pkt, iface, router_mac, mac);
         if let Next::Drop(..) = next {
