@@ -48,7 +48,6 @@ pub fn mem_port(name: impl Into<String>, config: MemPortConfig) -> (MemPort, Mem
             tx: to_wire,
             stats: PortStats::default(),
             tx_oversize: 0,
-            vnet: false,
         },
         MemWire {
             tx: to_port,
@@ -59,11 +58,15 @@ pub fn mem_port(name: impl Into<String>, config: MemPortConfig) -> (MemPort, Mem
 
 /// A connected port and wire end whose frames carry a virtio-net header (see the module
 /// documentation); `config.max_frame` counts the header.
-pub fn mem_port_vnet(name: impl Into<String>, config: MemPortConfig) -> (MemPort, MemWire) {
-    let (mut port, wire) = mem_port(name, config);
-    port.vnet = true;
-    (port, wire)
+pub fn mem_port_vnet(name: impl Into<String>, config: MemPortConfig) -> (VnetMemPort, MemWire) {
+    let (port, wire) = mem_port(name, config);
+    (VnetMemPort(port), wire)
 }
+
+/// A mem port whose frames carry a virtio-net header: a TAP port with TSO, without the
+/// kernel. A type of its own, so the plain port's loops stay as they were.
+#[derive(Debug)]
+pub struct VnetMemPort(MemPort);
 
 /// The worker's end. See the module documentation.
 #[derive(Debug)]
@@ -73,16 +76,13 @@ pub struct MemPort {
     tx: Producer,
     stats: PortStats,
     tx_oversize: u64,
-    /// Frames on the wire follow a virtio-net header; super-frames cross whole.
-    vnet: bool,
 }
 
-impl MemPort {
-    /// `rx_burst` of a port whose frames follow a virtio-net header.
-    #[cold]
+impl VnetMemPort {
     fn rx_vnet(&mut self, pool: &mut FramePool, batch: &mut Batch) -> usize {
         let (mut added, mut bytes, mut bad) = (0u64, 0u64, 0u64);
-        self.rx.pop_burst(batch.remaining(), |slot| {
+        let port = &mut self.0;
+        port.rx.pop_burst(batch.remaining(), |slot| {
             let (Ok(hdr), Some(frame)) = (VnetHdr::parse(slot), slot.get(VNET_HDR_LEN..)) else {
                 bad += 1;
                 return true;
@@ -112,17 +112,16 @@ impl MemPort {
             bytes += frame.len() as u64;
             true
         });
-        self.stats.rx_packets += added;
-        self.stats.rx_bytes += bytes;
-        self.stats.rx_dropped += bad;
+        port.stats.rx_packets += added;
+        port.stats.rx_bytes += bytes;
+        port.stats.rx_dropped += bad;
         added as usize
     }
 
-    /// `tx_burst` of a port whose frames follow a virtio-net header.
-    #[cold]
     fn tx_vnet(&mut self, pool: &mut FramePool, pkts: &[Packet]) -> usize {
         let (mut oversize, mut bytes) = (0u64, 0u64);
-        let sent = self.tx.push_burst(pkts.len(), |i, slot| {
+        let port = &mut self.0;
+        let sent = port.tx.push_burst(pkts.len(), |i, slot| {
             let pkt = &pkts[i];
             let len = pool.packet_len(pkt);
             let hdr = match pool.offload(pkt) {
@@ -155,10 +154,32 @@ impl MemPort {
         for pkt in &pkts[..sent] {
             pool.free_packet(pkt);
         }
-        self.tx_oversize += oversize;
-        self.stats.tx_packets += sent as u64 - oversize;
-        self.stats.tx_bytes += bytes;
+        port.tx_oversize += oversize;
+        port.stats.tx_packets += sent as u64 - oversize;
+        port.stats.tx_bytes += bytes;
         sent
+    }
+}
+
+impl Port for VnetMemPort {
+    fn name(&self) -> &str {
+        &self.0.name
+    }
+
+    fn takes_gso(&self) -> bool {
+        true
+    }
+
+    fn rx_burst(&mut self, _queue: u16, pool: &mut FramePool, batch: &mut Batch) -> usize {
+        self.rx_vnet(pool, batch)
+    }
+
+    fn tx_burst(&mut self, _queue: u16, pool: &mut FramePool, pkts: &[Packet]) -> usize {
+        self.tx_vnet(pool, pkts)
+    }
+
+    fn stats(&self) -> PortStats {
+        self.0.stats()
     }
 }
 
@@ -167,15 +188,8 @@ impl Port for MemPort {
         &self.name
     }
 
-    fn takes_gso(&self) -> bool {
-        self.vnet
-    }
-
     #[inline]
     fn rx_burst(&mut self, _queue: u16, pool: &mut FramePool, batch: &mut Batch) -> usize {
-        if self.vnet {
-            return self.rx_vnet(pool, batch);
-        }
         let max_len = pool.max_data_len();
         let (mut added, mut bytes, mut oversize) = (0u64, 0u64, 0u64);
         self.rx.pop_burst(batch.remaining(), |frame| {
@@ -211,9 +225,6 @@ impl Port for MemPort {
 
     #[inline]
     fn tx_burst(&mut self, _queue: u16, pool: &mut FramePool, pkts: &[Packet]) -> usize {
-        if self.vnet {
-            return self.tx_vnet(pool, pkts);
-        }
         let (mut oversize, mut bytes) = (0u64, 0u64);
         let sent = self.tx.push_burst(pkts.len(), |i, slot| {
             let pkt = &pkts[i];
