@@ -344,16 +344,16 @@ fn prepare_tap(plan: &PortPlan, interface: &str, tso: bool) -> Result<Prepared, 
     let device =
         TapDevice::open_with(interface, tso).map_err(|e| format!("tap {interface}: {e}"))?;
     pollux_services::info!(
-        "{} on tap {interface}{}: {}",
+        "{} on tap {interface}: {}{}",
         plan.key,
-        if device.tso { " (TSO)" } else { "" },
         match device.origin {
             Origin::Created => "created (removed when the port closes)".to_string(),
             Origin::Attached { multi_queue } => format!(
                 "attached to the existing device{}",
                 if multi_queue { " (multi_queue)" } else { "" }
             ),
-        }
+        },
+        if device.tso { "; TSO on" } else { "" }
     );
     let name = interface.to_string();
     Ok(Prepared {
