@@ -298,7 +298,12 @@ fn tap_namespaces_exchange_ping_tcp_and_udp_and_reach_an_afxdp_namespace() {
         udp_bytes > 10_000_000,
         "UDP t2 -> t1 delivered {udp_bytes} bytes"
     );
-    assert!(lost < 5_000, "UDP t2 -> t1 lost {lost} datagrams");
+    assert!(
+        lost < 5_000,
+        "UDP t2 -> t1 lost {lost} datagrams; polluxd: {}\n{}",
+        polluxd.call("stats.get", json!({})),
+        polluxd.call("ports.list", json!({}))
+    );
 
     // TAP <-> AF_XDP.
     lab.assert_reach(&T1, &X1, 3, &polluxd);
