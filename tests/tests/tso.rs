@@ -573,3 +573,63 @@ fn port_security_and_a_stateful_group_see_a_super_frame_as_one_segment() {
     assert_eq!(lab.sw.counters().dropped(DropReason::SpoofedIp), 1);
     lab.sw.assert_conserved();
 }
+
+#[test]
+fn an_ipv6_super_frame_is_kept_whole_or_segmented_as_its_port_takes_it() {
+    let mut sw = switched();
+    let (src, dst) = (
+        [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+    );
+    let data = pattern(30_000);
+    let frame_to = |mac: [u8; 6]| {
+        let mut l4 = tcp(IP1, IP3, 40000, 5201, 77, 1, 0x18, 64000, &data);
+        let len = l4.len() as u32;
+        let pseudo = checksum::combine(&[
+            checksum::sum(&src),
+            checksum::sum(&dst),
+            (len >> 16) as u16,
+            len as u16,
+            6,
+        ]);
+        l4[16..18].copy_from_slice(&pseudo.to_be_bytes());
+        let frame = pollux_tests::frames::ipv6_frame(mac, TAP1_MAC, src, dst, 6, &l4);
+        let mut out = vec![0; VNET_HDR_LEN];
+        VnetHdr {
+            flags: FLAG_NEEDS_CSUM,
+            gso_type: pollux_drivers::tap::vnet::GSO_TCPV6,
+            hdr_len: 74,
+            gso_size: 1428,
+            csum_start: 54,
+            csum_offset: 16,
+            num_buffers: 0,
+        }
+        .emit(&mut out)
+        .unwrap();
+        (frame.clone(), [out, frame].concat())
+    };
+    let (plain_frame, framed) = frame_to(TAP2_MAC);
+    let out = sw.exchange(TAP1, &framed);
+    assert_eq!(out[&TAP2], vec![framed.clone()], "whole to a TAP port");
+    let (_, framed) = frame_to(MEM3_MAC);
+    let out = sw.exchange(TAP1, &framed);
+    let segs = &out[&MEM3];
+    assert_eq!(segs.len(), 30_000usize.div_ceil(1428));
+    let mut joined = Vec::new();
+    for s in segs {
+        assert!(s.len() <= 1514);
+        let plen = usize::from(u16::from_be_bytes([s[18], s[19]]));
+        assert_eq!(s.len(), 54 + plen);
+        let l4 = &s[54..];
+        assert_eq!(
+            pollux_tests::frames::transport_checksum6(src, dst, 6, l4),
+            0
+        );
+        let seq = u32::from_be_bytes([l4[4], l4[5], l4[6], l4[7]]);
+        assert_eq!(seq, 77 + joined.len() as u32);
+        joined.extend_from_slice(&l4[20..]);
+    }
+    assert_eq!(joined, data);
+    assert_eq!(plain_frame.len(), 54 + 20 + 30_000);
+    sw.assert_conserved();
+}
