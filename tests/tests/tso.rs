@@ -633,3 +633,62 @@ fn an_ipv6_super_frame_is_kept_whole_or_segmented_as_its_port_takes_it() {
     assert_eq!(plain_frame.len(), 54 + 20 + 30_000);
     sw.assert_conserved();
 }
+
+#[test]
+fn a_super_frame_into_a_vxlan_tunnel_is_segmented_first() {
+    use pollux_dataplane::overlay::{vtep_mac, EndpointSpec};
+    use pollux_dataplane::snapshot::PhysnetId;
+    use pollux_tests::frames::{arp, BROADCAST};
+    use std::net::Ipv4Addr;
+    const UPLINK: u16 = 0;
+    const TUN_B: u16 = 10;
+    const LOCAL: [u8; 4] = [198, 18, 0, 1];
+    const HOST_B: [u8; 4] = [198, 18, 0, 2];
+    const HOST_B_MAC: [u8; 6] = [0x02, 0xbb, 0, 0, 0, 2];
+    const REMOTE: [u8; 6] = [0x02, 0, 0, 0, 0, 5];
+    let mut b = SnapshotBuilder::new();
+    b.network(NET, Segment::Vxlan { vni: 100 })
+        .uplink(PortId(UPLINK), PhysnetId(0))
+        .tunnel_endpoint(EndpointSpec {
+            uplink: PortId(UPLINK),
+            local_ip: Ipv4Addr::from(LOCAL),
+        })
+        .access_port(PortId(TAP1), NET, &[TAP1_MAC])
+        .tunnel_port(PortId(TUN_B), Ipv4Addr::from(HOST_B))
+        .remote_port(NET, PortId(TUN_B), &[REMOTE]);
+    let mut sw = MemSwitch::with(
+        &b,
+        &[UPLINK, TAP1],
+        WorkerConfig::default(),
+        BIG,
+        POOL_FRAMES,
+    );
+    make_tap(&mut sw, TAP1);
+    sw.run();
+    sw.collect();
+    let vtep = vtep_mac(Ipv4Addr::from(LOCAL));
+    sw.exchange(
+        UPLINK,
+        &arp(1, BROADCAST, HOST_B_MAC, HOST_B, [0; 6], LOCAL),
+    );
+    let data = pattern(20_000);
+    let frame = super_frame(REMOTE, TAP1_MAC, IP1, IP2, (40000, 5201), 5, 1, 0x18, &data);
+    let out = sw.exchange(TAP1, &with_gso(&frame, MSS));
+    let segs = &out[&UPLINK];
+    assert_eq!(segs.len(), 20_000usize.div_ceil(usize::from(MSS)));
+    let mut joined = Vec::new();
+    for s in segs {
+        assert_eq!((&s[..6], &s[6..12]), (&HOST_B_MAC[..], &vtep[..]));
+        assert_eq!(s[23], 17, "UDP");
+        assert_eq!(u16::from_be_bytes([s[36], s[37]]), 4789, "VXLAN");
+        let inner = &s[50..];
+        assert!(inner.len() <= 1514);
+        let (src, dst, _, _, seq, _, payload) = tcp_of(inner);
+        assert_eq!((src, dst), (IP1, IP2));
+        assert_eq!(seq, 5 + joined.len() as u32);
+        joined.extend_from_slice(&payload);
+    }
+    assert_eq!(joined, data);
+    assert_eq!(sw.counters().gso_segments.get(), segs.len() as u64);
+    sw.assert_conserved();
+}
