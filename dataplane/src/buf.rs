@@ -9,13 +9,15 @@
 //! and length of its data. Received data starts after [`FramePool::headroom`] bytes so
 //! that a VLAN tag or a VXLAN header can be pushed in front without moving the payload.
 //!
-//! A packet larger than one frame (a jumbo frame, later a TSO super-frame) is a *chain*:
+//! A packet larger than one frame (a jumbo frame, a TSO super-frame) is a *chain*:
 //! its first frame is the packet's own (`frame`, `offset`, `len` name the first segment,
 //! which holds every header the pipeline parses, since drivers fill it first), and the
 //! pool links the frames after it, each with its own segment, as VPP links its buffers.
 //! The packet says it is chained ([`Packet::chained`]), so an unchained packet never
 //! looks at the links; freeing a frame frees the frames linked
-//! after it, so no path that drops or transmits a packet can leak a chain's tail.
+//! after it, so no path that drops or transmits a packet can leak a chain's tail. A TSO
+//! super-frame's offload state ([`Offload`]) is kept per first frame beside the chain's
+//! length and read only through a chained packet ([`FramePool::offload`]).
 
 use std::alloc::{self, Layout};
 use std::fmt;
