@@ -159,7 +159,9 @@ impl Bindings {
                 })
             }
             Binding::VhostUser { socket, mode } => self.prepare_vhost_user(plan, socket, *mode),
-            Binding::Tap { interface } => prepare_tap(plan, interface),
+            // TSO with one worker only: the rings between workers carry one frame per
+            // packet, so a super-frame could not be handed to another worker.
+            Binding::Tap { interface } => prepare_tap(plan, interface, self.umems.len() <= 1),
         }
     }
 
@@ -335,12 +337,14 @@ impl Bindings {
 
 /// Opens `plan`'s tap on the control thread (attaching to an existing tap or creating
 /// it: see `pollux_drivers::tap::device`); the worker then sets up its io_uring queue and
-/// posts the reads. The port holds no pool frames between calls.
-fn prepare_tap(plan: &PortPlan, interface: &str) -> Result<Prepared, String> {
+/// posts the reads. The port holds no pool frames between calls. `tso`: negotiate TSO
+/// (TCP super-frames carried whole between such ports, segmented for the others).
+fn prepare_tap(plan: &PortPlan, interface: &str, tso: bool) -> Result<Prepared, String> {
     check_mtu(interface, TAP_MAX_MTU)?;
-    let device = TapDevice::open(interface).map_err(|e| format!("tap {interface}: {e}"))?;
+    let device =
+        TapDevice::open_with(interface, tso).map_err(|e| format!("tap {interface}: {e}"))?;
     pollux_services::info!(
-        "{} on tap {interface}: {}",
+        "{} on tap {interface}: {}{}",
         plan.key,
         match device.origin {
             Origin::Created => "created (removed when the port closes)".to_string(),
@@ -348,12 +352,14 @@ fn prepare_tap(plan: &PortPlan, interface: &str) -> Result<Prepared, String> {
                 "attached to the existing device{}",
                 if multi_queue { " (multi_queue)" } else { "" }
             ),
-        }
+        },
+        if device.tso { "; TSO on" } else { "" }
     );
     let name = interface.to_string();
     Ok(Prepared {
         open: Box::new(move |_pool| {
-            TapPort::new(device, TAP_MAX_FRAME, TapPortConfig::default())
+            let config = TapPortConfig::for_device(&device);
+            TapPort::new(device, TAP_MAX_FRAME, config)
                 .map(|p| Box::new(p) as Box<dyn Port>)
                 .map_err(|e| io::Error::new(e.kind(), format!("tap {name}: io_uring queue: {e}")))
         }),

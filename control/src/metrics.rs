@@ -376,6 +376,7 @@ impl MetricsSource {
             mac_port_limit: sum(&|w| w.mac_port_limit.get()),
             mac_move_refused: sum(&|w| w.mac_move_refused.get()),
             checksums_completed: sum(&|w| w.checksums_completed.get()),
+            gso_segments: sum(&|w| w.gso_segments.get()),
             overlay: [
                 sum(&|w| w.vxlan_encapsulated.get()),
                 sum(&|w| w.vxlan_decapsulated.get()),
@@ -456,6 +457,7 @@ struct Scrape {
     mac_port_limit: u64,
     mac_move_refused: u64,
     checksums_completed: u64,
+    gso_segments: u64,
     /// VXLAN encapsulated and decapsulated, ARP responder replies, Geneve and GRE
     /// encapsulated and decapsulated.
     overlay: [u64; 7],
@@ -822,6 +824,12 @@ impl Collector for Scrape {
             "pollux_checksums_completed",
             "TCP/UDP checksums completed for kernel senders that left them partial (checksum offload).",
             self.checksums_completed,
+        )?;
+        counter(
+            &mut e,
+            "pollux_gso_segments",
+            "Segments made in software from TCP super-frames (TSO from a TAP port) for egresses that cannot take them whole.",
+            self.gso_segments,
         )?;
         for (name, help, v) in [
             (

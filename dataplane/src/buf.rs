@@ -9,20 +9,22 @@
 //! and length of its data. Received data starts after [`FramePool::headroom`] bytes so
 //! that a VLAN tag or a VXLAN header can be pushed in front without moving the payload.
 //!
-//! A packet larger than one frame (a jumbo frame, later a TSO super-frame) is a *chain*:
+//! A packet larger than one frame (a jumbo frame, a TSO super-frame) is a *chain*:
 //! its first frame is the packet's own (`frame`, `offset`, `len` name the first segment,
 //! which holds every header the pipeline parses, since drivers fill it first), and the
 //! pool links the frames after it, each with its own segment, as VPP links its buffers.
 //! The packet says it is chained ([`Packet::chained`]), so an unchained packet never
 //! looks at the links; freeing a frame frees the frames linked
-//! after it, so no path that drops or transmits a packet can leak a chain's tail.
+//! after it, so no path that drops or transmits a packet can leak a chain's tail. A TSO
+//! super-frame's offload state ([`Offload`]) is kept per first frame beside the chain's
+//! length and read only through a chained packet ([`FramePool::offload`]).
 
 use std::alloc::{self, Layout};
 use std::fmt;
 use std::marker::PhantomData;
 use std::ptr::NonNull;
 
-use crate::packet::Packet;
+use crate::packet::{Offload, Packet};
 
 /// Default frame size: one 2 KiB frame holds a 1500-byte MTU frame plus headroom.
 pub const DEFAULT_FRAME_SIZE: u32 = 2048;
@@ -97,6 +99,10 @@ pub struct FramePool {
     segment: Box<[Segment]>,
     /// Per first frame of a chain: the bytes in the frames after it.
     tail_len: Box<[u32]>,
+    /// Per first frame of a chain: its offload state (a TSO super-frame's GSO type and
+    /// size, its partial checksum); default (none) for every other chain. Read only
+    /// through a chained packet, so the one-frame path never loads it.
+    offload: Box<[Offload]>,
     /// Catches double frees and leaks in test builds; absent from release builds.
     #[cfg(debug_assertions)]
     owned_by_pool: Vec<bool>,
@@ -198,6 +204,7 @@ impl FramePool {
             next: vec![NO_FRAME; frames as usize].into_boxed_slice(),
             segment: vec![Segment::default(); frames as usize].into_boxed_slice(),
             tail_len: vec![0; frames as usize].into_boxed_slice(),
+            offload: vec![Offload::default(); frames as usize].into_boxed_slice(),
             #[cfg(debug_assertions)]
             owned_by_pool: vec![true; frames as usize],
         })
@@ -459,6 +466,7 @@ impl FramePool {
             from = self.next[from as usize];
         }
         self.tail_len[head as usize] = self.tail_len[pkt.frame as usize];
+        self.offload[head as usize] = self.offload[pkt.frame as usize];
         Some(Packet {
             frame: head,
             ..*pkt
@@ -562,6 +570,37 @@ impl FramePool {
         self.alloc_chain(bytes)
     }
 
+    /// A received TSO super-frame holding `bytes`, with its offload state: always a
+    /// chain (one frame long when the bytes fit one), since the state lives beside the
+    /// chain's links and only a chained packet is asked for it. `None` as for
+    /// [`FramePool::alloc_packet`].
+    #[cold]
+    pub fn alloc_offloaded(&mut self, bytes: &[u8], offload: Offload) -> Option<Packet> {
+        let mut pkt = if bytes.len() <= self.max_data_len() {
+            let (frame, offset) = self.alloc_with(bytes)?;
+            self.tail_len[frame as usize] = 0;
+            let mut pkt = Packet::received(frame, offset, bytes.len() as u16);
+            pkt.chained = true;
+            pkt
+        } else {
+            self.alloc_chain(bytes)?
+        };
+        pkt.chained = true;
+        self.offload[pkt.frame as usize] = offload;
+        Some(pkt)
+    }
+
+    /// The offload state of a super-frame: `None` for an unchained packet (without a
+    /// load from the pool) and for a chain that carries none (a jumbo frame).
+    #[inline(always)]
+    pub fn offload(&self, pkt: &Packet) -> Option<Offload> {
+        if !pkt.chained {
+            return None;
+        }
+        let o = self.offload[pkt.frame as usize];
+        (o.gso_type != Offload::GSO_NONE || o.flags != 0).then_some(o)
+    }
+
     /// Frames a packet of `len` bytes takes (see [`FramePool::alloc_packet`]).
     #[inline]
     pub fn frames_for(&self, len: usize) -> usize {
@@ -591,6 +630,7 @@ impl FramePool {
             last = frame;
         }
         self.tail_len[head as usize] = rest.len() as u32;
+        self.offload[head as usize] = Offload::default();
         let mut pkt = Packet::received(head, offset, first.len() as u16);
         pkt.chained = true;
         Some(pkt)
@@ -775,6 +815,40 @@ mod tests {
         );
         assert_eq!(pool.segments(&pkt).count(), 1);
         assert_eq!(read_back(&pool, &pkt), bytes);
+    }
+
+    #[test]
+    fn offload_state_travels_with_a_chain_and_only_a_chain() {
+        let mut pool = FramePool::with_frames(80).unwrap();
+        let off = Offload {
+            flags: Offload::NEEDS_CSUM,
+            gso_type: Offload::GSO_TCPV4,
+            hdr_len: 66,
+            gso_size: 1448,
+            csum_start: 34,
+            csum_offset: 16,
+        };
+        // A super-frame that fits one frame is still a chain, so its state has a home.
+        let small = pool.alloc_offloaded(&pattern(1000), off).unwrap();
+        assert!(small.chained);
+        assert_eq!(pool.offload(&small), Some(off));
+        assert_eq!((pool.packet_len(&small), pool.tail_len(&small)), (1000, 0));
+        assert_eq!(read_back(&pool, &small), pattern(1000));
+        let big = pool.alloc_offloaded(&pattern(65_000), off).unwrap();
+        assert_eq!(pool.offload(&big), Some(off));
+        let copy = pool.clone_packet(&big).unwrap();
+        assert_eq!(pool.offload(&copy), Some(off), "a flooded copy keeps it");
+        // Freed and reused as a jumbo chain or a single frame: no state.
+        pool.free_packet(&big);
+        pool.free_packet(&small);
+        let jumbo = pool.alloc_packet(&pattern(9000)).unwrap();
+        assert_eq!(pool.offload(&jumbo), None);
+        let one = pool.alloc_packet(&pattern(100)).unwrap();
+        assert_eq!(pool.offload(&one), None);
+        for p in [jumbo, one, copy] {
+            pool.free_packet(&p);
+        }
+        assert_eq!(pool.available(), 80);
     }
 
     proptest::proptest! {

@@ -259,6 +259,10 @@ pub struct WorkerCounters {
     pub mac_move_refused: Counter,
     /// TCP/UDP checksums completed for kernel senders that left them partial.
     pub checksums_completed: Counter,
+    /// TCP super-frames segmented in software for an egress that cannot take them.
+    pub gso_frames: Counter,
+    /// Segments those super-frames made.
+    pub gso_segments: Counter,
     /// ARP requests on overlay networks answered by the ARP responder.
     pub arp_responder_replies: Counter,
     /// Frames VXLAN-encapsulated towards a remote tunnel endpoint (head-end copies
@@ -346,6 +350,8 @@ impl WorkerCounters {
             mac_port_limit: Counter::default(),
             mac_move_refused: Counter::default(),
             checksums_completed: Counter::default(),
+            gso_frames: Counter::default(),
+            gso_segments: Counter::default(),
             arp_responder_replies: Counter::default(),
             vxlan_encapsulated: Counter::default(),
             vxlan_decapsulated: Counter::default(),
@@ -422,6 +428,8 @@ impl WorkerCounters {
             sum.mac_port_limit.add(w.mac_port_limit.get());
             sum.mac_move_refused.add(w.mac_move_refused.get());
             sum.checksums_completed.add(w.checksums_completed.get());
+            sum.gso_frames.add(w.gso_frames.get());
+            sum.gso_segments.add(w.gso_segments.get());
             sum.arp_responder_replies.add(w.arp_responder_replies.get());
             sum.vxlan_encapsulated.add(w.vxlan_encapsulated.get());
             sum.vxlan_decapsulated.add(w.vxlan_decapsulated.get());

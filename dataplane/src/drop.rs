@@ -103,6 +103,8 @@ drop_reasons! {
     TooBig => "too_big", "A frame longer than where it goes can carry: a jumbo frame (chained over several buffers) toward a port whose driver sends frames of one buffer only (AF_XDP) or another worker's handoff ring, or a tunnel packet whose outer datagram would pass 64 KiB.";
     FlowHandoffRingFull => "flow_handoff_ring_full", "The worker that owns the packet's flow (its connection or NAT session) is behind: the flow handoff ring to it is full.";
     QueueMoveHoldFull => "queue_move_hold_full", "Sent to a port whose queue is moving to another worker while this worker already held the most frames it keeps for such ports until the move ends.";
+    GsoPoolShort => "gso_pool_short", "A TCP super-frame (TSO from a TAP port) to segment for an egress that cannot take it whole, while the pool held fewer frames than its segments need.";
+    GsoUnsupported => "gso_unsupported", "A TCP super-frame (TSO from a TAP port) that could not be carried or segmented where it goes: its headers do not match its GSO type (or carry IPv6 extension headers), it would need fragmenting after the router (its segments too long for the egress MTU without DF), or it is flooded into tunnels.";
 }
 
 impl fmt::Display for DropReason {

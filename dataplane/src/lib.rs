@@ -19,6 +19,7 @@ pub mod counters;
 pub mod drop;
 pub mod flow_owner;
 pub mod frag;
+pub mod gso;
 pub mod handoff;
 pub mod icmp_error;
 pub mod ident;

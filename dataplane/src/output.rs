@@ -5,6 +5,7 @@ use crate::buf::FramePool;
 use crate::conntrack::ConnTable;
 use crate::counters::WorkerCounters;
 use crate::drop::DropReason;
+use crate::gso::{GsoError, Segmenter};
 use crate::handoff::HandoffOut;
 use crate::packet::{Batch, Meta, Next, Packet, MAX_BURST};
 use crate::pipeline::capture::Capturer;
@@ -22,6 +23,9 @@ struct Attached {
     port: Box<dyn Port>,
     pending: Batch,
     dirty: bool,
+    /// The port takes TCP super-frames whole ([`Port::takes_gso`]); for the others they
+    /// are segmented as their batch goes out.
+    gso: bool,
 }
 
 /// The ports a worker drives, with a transmit batch per port.
@@ -101,6 +105,7 @@ impl PortSet {
         }
         self.dirty.reserve(self.slots.len());
         let new = Attached {
+            gso: port.takes_gso(),
             port,
             pending: Batch::with_capacity(MAX_BURST),
             dirty: false,
@@ -457,6 +462,9 @@ fn send(
         chained |= p.chained;
     }
     if chained {
+        if !a.gso && has_super_frame(pool, pending) {
+            return send_segmented(a, out, queue, pool, counters, capture);
+        }
         bytes += pool.tails_len(pending);
     }
     let sent = a.port.tx_burst(queue, pool, pending).min(pending.len());
@@ -495,6 +503,95 @@ fn send(
         }
     }
     a.pending.clear();
+}
+
+/// Whether some packet of a batch with a chain in it is a TCP super-frame.
+#[cold]
+#[inline(never)]
+fn has_super_frame(pool: &FramePool, pkts: &[Packet]) -> bool {
+    pkts.iter()
+        .any(|p| pool.offload(p).is_some_and(|o| o.is_gso()))
+}
+
+/// Sends `a`'s batch, which holds super-frames, to a port that does not take them: each
+/// is replaced by its segments (made in fresh frames, all of them or none, see
+/// [`crate::gso`]), the rest go as they are, in order; the batch goes out whenever it
+/// fills. A super-frame that cannot be segmented is a counted drop. Each super-frame is
+/// consumed and its segments originated, as the router's fragments are, so the worker's
+/// conservation of packets holds.
+#[cold]
+#[inline(never)]
+fn send_segmented(
+    a: &mut Attached,
+    out: PortId,
+    queue: u16,
+    pool: &mut FramePool,
+    counters: &WorkerCounters,
+    capture: &mut Option<Box<Capturer>>,
+) {
+    let mut held = [Packet::default(); MAX_BURST];
+    let n = a.pending.len();
+    held[..n].copy_from_slice(a.pending.as_slice());
+    a.pending.clear();
+    for pkt in &held[..n] {
+        if !pool.offload(pkt).is_some_and(|o| o.is_gso()) {
+            push_or_send(a, out, queue, pool, counters, capture, *pkt);
+            continue;
+        }
+        let mut segmenter = match Segmenter::new(pool, pkt) {
+            Ok(s) => s,
+            Err(e) => {
+                let reason = match e {
+                    GsoError::PoolShort => DropReason::GsoPoolShort,
+                    GsoError::Unsupported => DropReason::GsoUnsupported,
+                };
+                drop_in_output(
+                    pool,
+                    counters,
+                    capture,
+                    *pkt,
+                    Some(out),
+                    Stage::Output,
+                    reason,
+                );
+                if let Some(pc) = counters.port(out) {
+                    pc.tx_dropped.inc();
+                }
+                continue;
+            }
+        };
+        let mut made = 0u64;
+        while let Some(seg) = segmenter.next(pool) {
+            made += 1;
+            push_or_send(a, out, queue, pool, counters, capture, seg);
+        }
+        pool.free_packet(pkt);
+        counters.consumed.inc();
+        counters.originated.add(made);
+        counters.gso_frames.inc();
+        counters.gso_segments.add(made);
+    }
+    if !a.pending.is_empty() {
+        send(a, out, queue, pool, counters, capture);
+    }
+}
+
+/// Queues `pkt` in `a`'s batch, sending the batch when it fills (for [`send_segmented`]:
+/// what it queues holds no super-frame, so the batch goes out the ordinary way).
+fn push_or_send(
+    a: &mut Attached,
+    out: PortId,
+    queue: u16,
+    pool: &mut FramePool,
+    counters: &WorkerCounters,
+    capture: &mut Option<Box<Capturer>>,
+    pkt: Packet,
+) {
+    // The batch is sent the moment it fills, so there is always room here.
+    let _ = a.pending.push(pkt);
+    if a.pending.is_full() {
+        send(a, out, queue, pool, counters, capture);
+    }
 }
 
 /// Frees a packet's frame and counts it as dropped by `stage` for `reason`, against the

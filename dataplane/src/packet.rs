@@ -69,6 +69,54 @@ impl Meta {
     pub const ROUTED: u8 = 1 << 2;
 }
 
+/// The offload state a super-frame carries (the fields of the virtio-net header a TSO
+/// sender fills in): stored in the pool beside the chain's links, per first frame, and
+/// read only for a chained packet (see [`crate::buf::FramePool::offload`]), so packets of
+/// one frame never touch it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Offload {
+    /// `NEEDS_CSUM` / `DATA_VALID` bits, as in the virtio-net header.
+    pub flags: u8,
+    /// `GSO_*` type, ECN bit included; `GSO_NONE`: not a super-frame.
+    pub gso_type: u8,
+    /// Bytes of headers before the payload (Ethernet to the end of TCP).
+    pub hdr_len: u16,
+    /// Payload bytes per segment (the sender's MSS).
+    pub gso_size: u16,
+    /// Where the partial checksum's coverage starts, from the start of the frame.
+    pub csum_start: u16,
+    /// Where, from `csum_start`, the checksum field is.
+    pub csum_offset: u16,
+}
+
+impl Offload {
+    /// `VIRTIO_NET_HDR_F_NEEDS_CSUM`: the L4 checksum field holds the pseudo-header sum.
+    pub const NEEDS_CSUM: u8 = 1;
+    /// `VIRTIO_NET_HDR_F_DATA_VALID`.
+    pub const DATA_VALID: u8 = 2;
+    /// `VIRTIO_NET_HDR_GSO_NONE`.
+    pub const GSO_NONE: u8 = 0;
+    /// `VIRTIO_NET_HDR_GSO_TCPV4`.
+    pub const GSO_TCPV4: u8 = 1;
+    /// `VIRTIO_NET_HDR_GSO_TCPV6`.
+    pub const GSO_TCPV6: u8 = 4;
+    /// `VIRTIO_NET_HDR_GSO_ECN`, or-ed into a GSO type: the sender set CWR on the
+    /// super-frame (the first segment keeps it).
+    pub const GSO_ECN: u8 = 0x80;
+
+    /// Whether this is a TSO super-frame (any GSO type, ECN bit aside).
+    #[inline]
+    pub fn is_gso(&self) -> bool {
+        self.gso_type & !Self::GSO_ECN != Self::GSO_NONE
+    }
+
+    /// Whether the L4 checksum is still partial (the pseudo-header sum only).
+    #[inline]
+    pub fn needs_csum(&self) -> bool {
+        self.flags & Self::NEEDS_CSUM != 0
+    }
+}
+
 /// A packet: which frame holds it, where its data starts, how long it is, where it came
 /// from and what the pipeline knows about it. Small and `Copy`, so stages pass it by value.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

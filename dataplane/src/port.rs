@@ -39,6 +39,12 @@ pub trait Port: Send {
     /// port owns the frames of that prefix from now on; the caller keeps the rest.
     fn tx_burst(&mut self, queue: u16, pool: &mut FramePool, pkts: &[Packet]) -> usize;
 
+    /// Whether the port takes TCP super-frames whole (a TAP port that negotiated TSO): the
+    /// output stage segments them for every port that does not (see [`crate::gso`]).
+    fn takes_gso(&self) -> bool {
+        false
+    }
+
     /// Periodic work off the per-packet path: reaping transmit completions, refilling
     /// receive rings, reading kernel statistics. Called every few microseconds when busy
     /// and on every idle loop.

@@ -11,13 +11,17 @@
 //! polluxd holds each tap's file descriptor in namespace `host`; the test then moves the
 //! netdevs into the VMs' namespaces (`ip link set ... netns`), as a container runtime
 //! would, and the descriptors keep working. The TAP namespaces keep the kernel's default
-//! offloads (no ethtool step): the tap enables none, so their kernel checksums and
-//! segments before a frame reaches polluxd.
+//! offloads (no ethtool step), and polluxd negotiates TSO on the taps: their TCP goes to
+//! polluxd as super-frames of up to 64 KiB with partial checksums, which go whole from
+//! one TAP namespace to the other (counted by both taps' drivers) and are segmented
+//! (checksums completed) toward the AF_XDP namespace (counted by the worker). TCP runs
+//! both ways between the TAP namespaces, with a transfer whose bytes are compared end to
+//! end, and both ways between a TAP and the AF_XDP namespace.
 //!
 //! Every tap lives only in the test's namespaces, which are deleted (taps with them) on
 //! every exit path; the one polluxd created also goes away when polluxd exits or a change
 //! removes its port at runtime, which the tests check. Needs root and `ip`, `ping`,
-//! `iperf3`, `ethtool`: it fails, never skips, when any is missing.
+//! `iperf3`, `ethtool`, `python3`: it fails, never skips, when any is missing.
 
 use std::thread;
 use std::time::{Duration, Instant};
@@ -27,7 +31,7 @@ use pollux_tests::netns::{iperf3_client, iperf3_server, parse_iperf3_json, Topol
 use pollux_tests::vm_lab::{Vm, VmNet};
 use serde_json::json;
 
-const TOOLS: &[&str] = &["ip", "ping", "iperf3", "ethtool"];
+const TOOLS: &[&str] = &["ip", "ping", "iperf3", "ethtool", "python3"];
 const CONFIG: &str = "e2e-tap.toml";
 const JUMBO_CONFIG: &str = "e2e-tap-jumbo.toml";
 
@@ -87,7 +91,28 @@ trait TapLab {
     fn has_link(&self, role: &str, ifname: &str) -> bool;
     fn tcp(&self, from: &Vm, to: &Vm, secs: u32) -> u64;
     fn udp(&self, from: &Vm, to: &Vm) -> (u64, u64);
+    fn transfer(&self, from: &Vm, to: &Vm, bytes: usize);
 }
+
+/// Receives one TCP connection on `argv[1]`:5300 until EOF (bounded by timeouts) and
+/// prints the byte count and SHA-256 of what came.
+const RECEIVER: &str = "import hashlib, socket, sys
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((sys.argv[1], 5300)); s.listen(1); s.settimeout(20)
+print('listening', file=sys.stderr, flush=True)
+c, _ = s.accept(); c.settimeout(20); h = hashlib.sha256(); n = 0
+while True:
+    b = c.recv(1 << 20)
+    if not b: break
+    h.update(b); n += len(b)
+print(n, h.hexdigest(), flush=True)";
+
+/// Sends `argv[2]` bytes of a seeded pseudo-random stream to `argv[1]`:5300 and prints the
+/// byte count and SHA-256 of what it sent.
+const SENDER: &str = "import hashlib, random, socket, sys
+data = random.Random(17).randbytes(int(sys.argv[2]))
+c = socket.create_connection((sys.argv[1], 5300), timeout=20); c.sendall(data); c.close()
+print(len(data), hashlib.sha256(data).hexdigest(), flush=True)";
 
 impl TapLab for VmNet {
     fn ifname(&self, vm: &Vm) -> String {
@@ -125,6 +150,53 @@ impl TapLab for VmNet {
             r.retransmits
         );
         r.received_bytes
+    }
+
+    /// Sends `bytes` bytes from `from` to `to` over one TCP connection and asserts that
+    /// the receiver got exactly them (same count, same SHA-256).
+    fn transfer(&self, from: &Vm, to: &Vm, bytes: usize) {
+        let mut rx = self
+            .ns(to.role)
+            .spawn("python3", &["-c", RECEIVER, to.ip])
+            .unwrap();
+        assert!(
+            rx.wait_stderr_contains("listening", Duration::from_secs(10)),
+            "receiver in {} did not start: {}",
+            to.role,
+            rx.stderr_so_far()
+        );
+        let n = bytes.to_string();
+        let out = self
+            .ns(from.role)
+            .exec_timeout(
+                "python3",
+                &["-c", SENDER, to.ip, &n],
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "sender in {}: {}",
+            from.role,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let sent = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let done = rx.wait_timeout(Duration::from_secs(30)).unwrap();
+        assert!(
+            done.is_some_and(|s| s.success()),
+            "receiver: {}",
+            rx.stderr_so_far()
+        );
+        let got = rx.stdout_so_far().trim().to_string();
+        eprintln!(
+            "transfer {} -> {}: sent {sent}, received {got}",
+            from.role, to.role
+        );
+        assert_eq!(
+            got, sent,
+            "{} -> {}: the bytes received are the bytes sent",
+            from.role, to.role
+        );
     }
 
     /// UDP from `from` to `to` at 200 Mbit/s for 2 s; returns (bytes received, datagrams
@@ -208,20 +280,30 @@ fn tap_namespaces_exchange_ping_tcp_and_udp_and_reach_an_afxdp_namespace() {
     lab.move_tap(&T1);
     lab.move_tap(&T2);
 
-    // TAP <-> TAP.
+    // TAP <-> TAP: TCP both ways (as super-frames), and bytes compared end to end.
     lab.assert_reach(&T1, &T2, 5, &polluxd);
     lab.assert_reach(&T2, &T1, 5, &polluxd);
-    let tcp_bytes = lab.tcp(&T1, &T2, 3);
-    assert!(
-        tcp_bytes > 10_000_000,
-        "TCP t1 -> t2 moved {tcp_bytes} bytes"
-    );
+    for (from, to) in [(&T1, &T2), (&T2, &T1)] {
+        let tcp_bytes = lab.tcp(from, to, 3);
+        assert!(
+            tcp_bytes > 100_000_000,
+            "TCP {} -> {} moved {tcp_bytes} bytes",
+            from.role,
+            to.role
+        );
+        lab.transfer(from, to, 64 << 20);
+    }
     let (udp_bytes, lost) = lab.udp(&T2, &T1);
     assert!(
         udp_bytes > 10_000_000,
         "UDP t2 -> t1 delivered {udp_bytes} bytes"
     );
-    assert!(lost < 5_000, "UDP t2 -> t1 lost {lost} datagrams");
+    assert!(
+        lost < 5_000,
+        "UDP t2 -> t1 lost {lost} datagrams; polluxd: {}\n{}",
+        polluxd.call("stats.get", json!({})),
+        polluxd.call("ports.list", json!({}))
+    );
 
     // TAP <-> AF_XDP.
     lab.assert_reach(&T1, &X1, 3, &polluxd);
@@ -233,6 +315,25 @@ fn tap_namespaces_exchange_ping_tcp_and_udp_and_reach_an_afxdp_namespace() {
         from_afxdp > 1_000_000,
         "TCP x1 -> t1 moved {from_afxdp} bytes"
     );
+    lab.transfer(&T1, &X1, 16 << 20);
+    lab.transfer(&X1, &T2, 16 << 20);
+
+    // Super-frames toward x1 were segmented by the worker; none was dropped.
+    let stats = polluxd.call("stats.get", json!({}));
+    let worker = &stats["workers"][0];
+    let segmented = worker["gso_segments"].as_u64().unwrap_or(0);
+    eprintln!(
+        "worker: {} super-frames segmented into {segmented} segments",
+        worker["gso_frames"]
+    );
+    assert!(
+        segmented > 1_000,
+        "segments made for the AF_XDP port: {worker}"
+    );
+    for reason in ["gso_pool_short", "gso_unsupported", "too_big"] {
+        let n = stats["drops"][reason].as_u64().unwrap_or(0);
+        assert_eq!(n, 0, "{reason}: {}", stats["drops"]);
+    }
 
     let (status, stderr) = polluxd.stop().unwrap_or_else(|e| panic!("{e}"));
     assert!(status.success(), "polluxd exited with {status}:\n{stderr}");
@@ -241,8 +342,13 @@ fn tap_namespaces_exchange_ping_tcp_and_udp_and_reach_an_afxdp_namespace() {
     for vm in [T1, T2] {
         let c = driver_counters(&stderr, &lab.ifname(&vm));
         eprintln!("{} driver counters: {c:?}", vm.role);
-        // The kernel segments and checksums before the tap (no offload enabled).
+        // TSO negotiated: super-frames came in and went out whole, none refused.
+        assert_eq!(counter(&c, "tso"), 1, "{}: {c:?}", vm.role);
+        assert!(counter(&c, "rx_gso_frames") > 1_000, "{}: {c:?}", vm.role);
+        assert!(counter(&c, "tx_gso_frames") > 1_000, "{}: {c:?}", vm.role);
         assert_eq!(counter(&c, "rx_gso_dropped"), 0, "{}: {c:?}", vm.role);
+        assert_eq!(counter(&c, "tx_gso_bad"), 0, "{}: {c:?}", vm.role);
+        assert_eq!(counter(&c, "tx_oversize"), 0, "{}: {c:?}", vm.role);
         assert_eq!(counter(&c, "rx_errors"), 0, "{}: {c:?}", vm.role);
         assert_eq!(counter(&c, "tx_errors"), 0, "{}: {c:?}", vm.role);
         assert_eq!(counter(&c, "bogus_completions"), 0, "{}: {c:?}", vm.role);

@@ -119,6 +119,8 @@ fn counters_json(c: &WorkerCounters) -> Value {
         "mac_port_limit": c.mac_port_limit.get(),
         "mac_move_refused": c.mac_move_refused.get(),
         "checksums_completed": c.checksums_completed.get(),
+        "gso_frames": c.gso_frames.get(),
+        "gso_segments": c.gso_segments.get(),
         "vxlan_encapsulated": c.vxlan_encapsulated.get(),
         "vxlan_decapsulated": c.vxlan_decapsulated.get(),
         "geneve_encapsulated": c.geneve_encapsulated.get(),

@@ -36,6 +36,7 @@ use crate::buf::{FrameId, FramePool};
 use crate::conntrack::{Dir, FlowKey, InsertError};
 use crate::drop::DropReason;
 use crate::frag::{self, FragError};
+use crate::gso;
 use crate::handoff::NeighborNews;
 use crate::icmp_error::{self, IcmpErrorKind};
 use crate::ident::{FdbKey, NetworkSlot, PackedMac, RouterIndex};
@@ -80,6 +81,22 @@ fn originated(
         },
         chained: false,
     }
+}
+
+/// Whether `pkt` is a super-frame whose segments fit `mtu` (then its total length, which
+/// does not, is no reason for "fragmentation needed").
+#[cold]
+#[inline(never)]
+fn segments_fit(pool: &FramePool, pkt: &Packet, mtu: u16) -> bool {
+    gso::segment_ip_len(pool, pkt).is_some_and(|len| len <= usize::from(mtu))
+}
+
+/// Whether `pkt` is a super-frame whose L4 checksum is still partial (TSO from a TAP
+/// port): NAT then patches the pseudo-header sum it holds rather than a checksum. One
+/// branch for a packet that is not chained.
+#[inline(always)]
+fn partial_checksum(pool: &FramePool, pkt: &Packet) -> bool {
+    pool.offload(pkt).is_some_and(|o| o.needs_csum())
 }
 
 /// Length of an Ethernet ARP frame without FCS, padded to the 60-byte minimum.
@@ -594,7 +611,9 @@ impl RouterState {
         let Some(iface) = routing.interface(hop.interface) else {
             return Next::Drop(DropReason::NoRoute, Stage::L3);
         };
-        if total_len > iface.mtu && dont_frag {
+        // A super-frame goes out as segments: their length is what must fit (looked at
+        // only for a datagram that would not, so other packets never pay for it).
+        if total_len > iface.mtu && dont_frag && !segments_fit(cx.pool, pkt, iface.mtu) {
             let kind = IcmpErrorKind::FragNeeded { mtu: iface.mtu };
             self.icmp_error(cx, pkt, router, kind);
             return Next::Drop(DropReason::MtuExceeded, Stage::L3);
@@ -730,6 +749,7 @@ impl RouterState {
             return Inbound::default();
         };
         let l3 = usize::from(pkt.meta.l3_offset);
+        let partial = partial_checksum(cx.pool, pkt);
         let ip = &mut cx.pool.data_mut(pkt)[l3..];
         let now = u64::from(now);
         match nat::flow_key(ip, zone) {
@@ -754,14 +774,14 @@ impl RouterState {
                             let owner = cx.conns.session(id).owner();
                             remember_fragments(cx.conns, ip, &l4.key, &to, owner, now);
                         }
-                        nat::rewrite(ip, &l4.key, &to);
+                        nat::rewrite_with(ip, &l4.key, &to, partial);
                     }
                     if !cx.dry_run {
                         cx.conns.touch(id, dir, l4.flags, u32::from(total_len), now);
                     }
                     inbound.session = true;
                 } else if let Some(fixed) = routing.fixed_of(router, l4.key.dst) {
-                    nat::rewrite(ip, &l4.key, &nat::to_dst(&l4.key, fixed));
+                    nat::rewrite_with(ip, &l4.key, &nat::to_dst(&l4.key, fixed), partial);
                     inbound.dnat = true;
                 }
                 inbound
@@ -824,6 +844,7 @@ impl RouterState {
         };
         let zone = r.uid.0;
         let l3 = usize::from(pkt.meta.l3_offset);
+        let partial = partial_checksum(cx.pool, pkt);
         let ip = &mut cx.pool.data_mut(pkt)[l3..];
         let p = Ipv4Packet::new_unchecked(&ip[..]);
         let (src, dst) = (u32::from(p.src_addr()), u32::from(p.dst_addr()));
@@ -839,7 +860,7 @@ impl RouterState {
         }
         if let Some(floating) = routing.floating_of(router, src) {
             match current {
-                Ok(l4) => nat::rewrite(ip, &l4.key, &nat::to_src(&l4.key, floating)),
+                Ok(l4) => nat::rewrite_with(ip, &l4.key, &nat::to_src(&l4.key, floating), partial),
                 Err(_) => nat::rewrite_addresses(ip, floating, dst),
             }
             return Ok(());
@@ -877,7 +898,7 @@ impl RouterState {
         };
         if let Some(to) = cx.conns.session(id).rewrite(Dir::Original) {
             remember_fragments(cx.conns, ip, &original.key, &to, owner, now);
-            nat::rewrite(ip, &key, &to);
+            nat::rewrite_with(ip, &key, &to, partial);
         }
         cx.conns
             .touch(id, Dir::Original, original.flags, u32::from(total_len), now);
@@ -916,6 +937,9 @@ impl RouterState {
             set_macs(data, router_mac, mac);
             return self.egress(cx, pkt, iface, mac);
         }
+        if let Some(len) = gso::segment_ip_len(cx.pool, pkt) {
+            return self.forward_super_frame(cx, pkt, iface, router_mac, mac, len);
+        }
         let next = self.fragment(cx, pkt, iface, router_mac, mac);
         if let Next::Drop(..) = next {
             return next;
@@ -923,6 +947,28 @@ impl RouterState {
         cx.pool.free_packet(pkt);
         counters.consumed.inc();
         next
+    }
+
+    /// `send` for a super-frame (TTL decremented), whose segments are `len` bytes
+    /// of IP at most: forwarded whole when they fit the egress MTU (each segment will),
+    /// never fragmented (its checksum is partial, and a sender that sets no DF on TCP is
+    /// not worth a segmenter in front of the fragmenter): a counted drop otherwise.
+    #[cold]
+    #[inline(never)]
+    fn forward_super_frame(
+        &mut self,
+        cx: &mut BurstCtx<'_>,
+        pkt: &mut Packet,
+        iface: &Interface,
+        router_mac: PackedMac,
+        mac: PackedMac,
+        len: usize,
+    ) -> Next {
+        if len > usize::from(iface.mtu) {
+            return Next::Drop(DropReason::GsoUnsupported, Stage::L3);
+        }
+        set_macs(cx.pool.data_mut(pkt), router_mac, mac);
+        self.egress(cx, pkt, iface, mac)
     }
 
     /// Puts a routed packet (addressed to `mac`) on `iface`'s network and picks its port as
@@ -1386,7 +1432,8 @@ fn planned_snat(
     // its reply key.
     if let Some(to) = crate::conntrack::Session::planned_rewrite(original.key, reply) {
         let l3 = usize::from(pkt.meta.l3_offset);
-        nat::rewrite(&mut cx.pool.data_mut(pkt)[l3..], &key, &to);
+        let partial = partial_checksum(cx.pool, pkt);
+        nat::rewrite_with(&mut cx.pool.data_mut(pkt)[l3..], &key, &to, partial);
     }
     Ok(())
 }

@@ -136,6 +136,46 @@ pub fn rewrite(ip: &mut [u8], key: &FlowKey, to: &Rewrite) {
     set_ports(l4, key, to);
 }
 
+/// [`rewrite`] for a packet whose TCP checksum field is partial (a TSO super-frame's,
+/// holding the pseudo-header sum for the device or the segmenter to complete): the
+/// address changes are added to that sum as they are, not through its complement, and
+/// the port changes leave it alone (ports are not in the pseudo-header), as Linux's
+/// `inet_proto_csum_replace4` does for `CHECKSUM_PARTIAL`. Out of line: only
+/// super-frames come here.
+#[cold]
+#[inline(never)]
+pub fn rewrite_partial(ip: &mut [u8], key: &FlowKey, to: &Rewrite) {
+    let addresses = delta32(key.src, to.src) + delta32(key.dst, to.dst);
+    let mut p = Ipv4Packet::new_unchecked(&mut ip[..]);
+    p.set_src_addr(to.src.into());
+    p.set_dst_addr(to.dst.into());
+    p.set_checksum(apply(p.checksum(), addresses));
+    let header_len = p.header_len();
+    let Some(l4) = ip.get_mut(header_len..) else {
+        return;
+    };
+    let csum_at = match key.proto {
+        TCP => 16,
+        UDP => 6,
+        _ => return set_ports(l4, key, to),
+    };
+    if let Some(old) = l4.get(csum_at..csum_at + 2) {
+        let field = crate::gso::apply_partial(u16::from_be_bytes([old[0], old[1]]), addresses);
+        l4[csum_at..csum_at + 2].copy_from_slice(&field.to_be_bytes());
+    }
+    set_ports(l4, key, to);
+}
+
+/// [`rewrite`] or [`rewrite_partial`], as the packet's checksum is.
+#[inline(always)]
+pub fn rewrite_with(ip: &mut [u8], key: &FlowKey, to: &Rewrite, partial: bool) {
+    if partial {
+        rewrite_partial(ip, key, to)
+    } else {
+        rewrite(ip, key, to)
+    }
+}
+
 fn set_ports(l4: &mut [u8], key: &FlowKey, to: &Rewrite) {
     if key.proto == ICMP {
         if let Some(id) = l4.get_mut(4..6) {

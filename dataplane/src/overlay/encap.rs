@@ -10,6 +10,7 @@
 use crate::buf::FramePool;
 use crate::counters::{Counter, WorkerCounters};
 use crate::drop::DropReason;
+use crate::gso::{GsoError, Segmenter};
 use crate::ident::{NetworkSlot, PackedMac};
 use crate::output::{drop_held, set_egress_tag};
 use crate::overlay::underlay::Underlay;
@@ -106,7 +107,11 @@ impl BurstStage for TunnelEncap<'_> {
                     let Some((_, _, counter)) = run else {
                         continue;
                     };
-                    pkt.meta.next = push_outer(ov, cx.pool, counter, pkt, &outer);
+                    let mut next = push_outer(ov, cx.pool, counter, pkt, &outer);
+                    if next == Next::Drop(DropReason::GsoUnsupported, Stage::TunnelEncap) {
+                        next = encap_segments(cx, ov, counter, pkt, &outer);
+                    }
+                    pkt.meta.next = next;
                     produced |= Pending::of(pkt.meta.next);
                 }
                 Next::Flood => {
@@ -176,6 +181,47 @@ impl TunnelEncap<'_> {
     }
 }
 
+/// Encapsulates a super-frame (which `push_outer` refused whole: a tunnel carries none)
+/// as its segments: each made in fresh frames (see [`crate::gso`]), given `outer` and
+/// queued on the uplink at once, as head-end replication queues its copies. The
+/// super-frame is consumed and its segments originated, so the worker's conservation
+/// holds; the original's next step is returned.
+#[cold]
+#[inline(never)]
+fn encap_segments(
+    cx: &mut BurstCtx<'_>,
+    ov: &Overlay,
+    counter: &Counter,
+    pkt: &Packet,
+    outer: &Outer,
+) -> Next {
+    let mut segmenter = match Segmenter::new(cx.pool, pkt) {
+        Ok(s) => s,
+        Err(GsoError::PoolShort) => {
+            return Next::Drop(DropReason::GsoPoolShort, Stage::TunnelEncap)
+        }
+        Err(GsoError::Unsupported) => {
+            return Next::Drop(DropReason::GsoUnsupported, Stage::TunnelEncap)
+        }
+    };
+    let mut made = 0;
+    while let Some(mut seg) = segmenter.next(cx.pool) {
+        made += 1;
+        match push_outer(ov, cx.pool, counter, &mut seg, outer) {
+            Next::Output(uplink) => cx.ports.enqueue(cx.pool, cx.counters, uplink, seg),
+            Next::Drop(reason, stage) => drop_held(cx, seg, stage, reason),
+            _ => unreachable_next(cx, seg),
+        }
+    }
+    cx.pool.free_packet(pkt);
+    let c = cx.counters;
+    c.consumed.inc();
+    c.originated.add(made);
+    c.gso_frames.inc();
+    c.gso_segments.add(made);
+    Next::Consumed
+}
+
 #[cold]
 fn unreachable_next(cx: &mut BurstCtx<'_>, pkt: Packet) {
     debug_assert!(false, "encapsulation leaves a frame sent or dropped");
@@ -233,6 +279,11 @@ fn push_outer(
     // must leave room for the outer headers in a 64 KiB datagram.
     let inner_len = match pkt.chained {
         false => pkt.len,
+        // A tunnel carries no super-frame (its outer datagram would need segmenting of
+        // its own): the caller segments it first, or drops it, counted.
+        true if pool.offload(pkt).is_some_and(|o| o.is_gso()) => {
+            return Next::Drop(DropReason::GsoUnsupported, Stage::TunnelEncap)
+        }
         true => match u16::try_from(pool.packet_len(pkt)) {
             Ok(len) if len <= u16::MAX - overhead => len,
             _ => return Next::Drop(DropReason::TooBig, Stage::TunnelEncap),

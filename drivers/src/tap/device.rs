@@ -48,7 +48,22 @@ pub struct TapDevice {
     pub name: String,
     /// How the port came by it.
     pub origin: Origin,
+    /// Whether TSO was negotiated (`TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 |
+    /// TUN_F_TSO_ECN`): the kernel hands over TCP super-frames with a partial checksum,
+    /// and takes them back whole.
+    pub tso: bool,
 }
+
+/// The offloads a TSO port negotiates: checksums left partial, TCP segmentation over
+/// IPv4 and IPv6 (with ECN). Not UFO nor USO: UDP super-frames would need a segmenter
+/// of their own.
+pub const TSO_OFFLOADS: libc::c_ulong = TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_TSO_ECN;
+
+// <linux/if_tun.h>, which the libc crate does not carry.
+const TUN_F_CSUM: libc::c_ulong = 0x01;
+const TUN_F_TSO4: libc::c_ulong = 0x02;
+const TUN_F_TSO6: libc::c_ulong = 0x04;
+const TUN_F_TSO_ECN: libc::c_ulong = 0x08;
 
 /// `struct ifreq` as `TUNSETIFF` reads it: the name and `ifr_flags`, padded to 40 bytes.
 #[repr(C)]
@@ -62,9 +77,9 @@ impl TapDevice {
     /// Attaches a queue to tap `name` or creates it (see the module documentation), with
     /// `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR` (and `IFF_MULTI_QUEUE` when an existing device
     /// has it; a created one gets it too, so more queues can join later), a 12-byte
-    /// little-endian virtio-net header, and no offloads (phase 1: the kernel checksums
-    /// and segments before handing frames over).
-    pub fn open(name: &str) -> io::Result<TapDevice> {
+    /// little-endian virtio-net header, and TSO ([`TSO_OFFLOADS`]) when `tso` (else no
+    /// offloads: the kernel checksums and segments before handing frames over).
+    pub fn open_with(name: &str, tso: bool) -> io::Result<TapDevice> {
         if name.is_empty() || name.len() >= libc::IF_NAMESIZE || name.contains(['/', '\0']) {
             return Err(invalid(format!("{name:?} is not an interface name")));
         }
@@ -105,14 +120,21 @@ impl TapDevice {
             "TUNSETVNETHDRSZ",
         )?;
         set_int(&fd, libc::TUNSETVNETLE, 1, "TUNSETVNETLE")?;
-        // No TUN_F_CSUM / TUN_F_TSO*: an attached device may have had offloads on (a VM
-        // manager sets them), and phase 1 cannot take what they would let through.
-        set_uint(&fd, libc::TUNSETOFFLOAD, 0, "TUNSETOFFLOAD")?;
+        // Set either way: an attached device may have had other offloads on (a VM
+        // manager sets them, UFO among them), which the port could not take.
+        let offloads = if tso { TSO_OFFLOADS } else { 0 };
+        set_uint(&fd, libc::TUNSETOFFLOAD, offloads, "TUNSETOFFLOAD")?;
         Ok(TapDevice {
             fd,
             name: name.to_string(),
             origin,
+            tso,
         })
+    }
+
+    /// [`TapDevice::open_with`] TSO on: what a port gets by default.
+    pub fn open(name: &str) -> io::Result<TapDevice> {
+        Self::open_with(name, true)
     }
 }
 

@@ -7,10 +7,11 @@
 //! see, so one parser serves both. The byte order is little-endian: the port sets
 //! `TUNSETVNETLE`, so this holds on any host.
 //!
-//! Phase 1 of offloads: the port enables no offload with `TUNSETOFFLOAD`, so the kernel
-//! hands over complete frames (checksummed, segmented). A frame that still says
-//! `NEEDS_CSUM` gets its checksum completed as a device would; one with a GSO type is a
-//! counted drop (carrying super-frames is phase 2).
+//! A port that negotiated TSO (`TUNSETOFFLOAD`, see [`super::device`]) receives TCP
+//! super-frames: their header (GSO type and size, partial checksum) becomes the packet's
+//! [`pollux_dataplane::packet::Offload`], and a super-frame written back carries it
+//! again. A frame that says `NEEDS_CSUM` without GSO gets its checksum completed as a
+//! device would; a GSO type the port did not negotiate is a counted drop.
 
 use pollux_dataplane::wire::checksum;
 
@@ -23,6 +24,10 @@ pub const FLAG_NEEDS_CSUM: u8 = 1;
 pub const FLAG_DATA_VALID: u8 = 2;
 /// `VIRTIO_NET_HDR_GSO_NONE`.
 pub const GSO_NONE: u8 = 0;
+/// `VIRTIO_NET_HDR_GSO_TCPV4`.
+pub const GSO_TCPV4: u8 = 1;
+/// `VIRTIO_NET_HDR_GSO_TCPV6`.
+pub const GSO_TCPV6: u8 = 4;
 /// `VIRTIO_NET_HDR_GSO_ECN`: a bit that may be or-ed into a GSO type.
 pub const GSO_ECN: u8 = 0x80;
 
