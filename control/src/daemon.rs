@@ -25,7 +25,9 @@ use pollux_dataplane::worker::WorkerConfig;
 use pollux_drivers::mem::MemPortConfig;
 
 use crate::binding::MemWires;
-use crate::engine::{Engine, EngineConfig, Initial, DEFAULT_POOL_FRAMES};
+use crate::engine::{
+    AutoRebalance, Engine, EngineConfig, Initial, DEFAULT_IMPROVEMENT, DEFAULT_POOL_FRAMES,
+};
 use crate::metrics::MetricsServer;
 use crate::model::DesiredState;
 use crate::rpc::{RpcOptions, RpcServer};
@@ -73,6 +75,10 @@ pub struct Options {
     /// table) one port may hold; `None`: the same share of that table as `conn_per_port`
     /// is of the IPv4 one.
     pub conn6_per_port: Option<usize>,
+    /// How often receive queues are rebalanced by load; `None`: only on demand.
+    pub auto_rebalance_interval: Option<Duration>,
+    /// The share by which a rebalance must lower the variance of the workers' loads.
+    pub rebalance_improvement: f64,
 }
 
 impl Options {
@@ -89,6 +95,8 @@ impl Options {
             pool_frames: DEFAULT_POOL_FRAMES,
             conn_per_port: None,
             conn6_per_port: None,
+            auto_rebalance_interval: None,
+            rebalance_improvement: DEFAULT_IMPROVEMENT,
         }
     }
 }
@@ -259,6 +267,10 @@ pub fn run(options: &Options) -> Result<(), StartError> {
             ..MemPortConfig::default()
         },
         worker: worker_config(options.conn_per_port, options.conn6_per_port).map_err(fail)?,
+        rebalance: AutoRebalance {
+            interval: options.auto_rebalance_interval,
+            improvement: options.rebalance_improvement,
+        },
     };
     let engine = Engine::start(&config, initial, Some(store), MemWires::default()).map_err(fail)?;
     let metrics = match options.metrics {

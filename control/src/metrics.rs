@@ -394,6 +394,7 @@ impl MetricsSource {
                 sum(&|w| w.nat_icmp_errors.get()),
                 sum(&|w| w.tcp_resets.get()),
                 sum(&|w| w.fragments.get()),
+                sum(&|w| w.route_cache_hits.get()),
                 sum(&|w| w.originated.get()),
                 sum(&|w| w.consumed.get()),
             ],
@@ -460,7 +461,7 @@ struct Scrape {
     overlay: [u64; 7],
     mac_aged: u64,
     /// In [`ROUTER_FAMILIES`] order.
-    router: [u64; 9],
+    router: [u64; 10],
     /// In [`SLOW_PATH_FAMILIES`] order.
     slow_path: [u64; 3],
     /// Per service of the data plane, the frames punted for it.
@@ -489,7 +490,7 @@ const SLOW_PATH_FAMILIES: [(&str, &str); 3] = [
 ];
 
 /// The routers' families: name, help, and whether it is a gauge (else a counter).
-const ROUTER_FAMILIES: [(&str, &str, bool); 9] = [
+const ROUTER_FAMILIES: [(&str, &str, bool); 10] = [
     (
         "pollux_nat_sessions",
         "NAT sessions held now, over all workers.",
@@ -519,6 +520,11 @@ const ROUTER_FAMILIES: [(&str, &str, bool); 9] = [
     (
         "pollux_fragments",
         "IPv4 fragments the routers made.",
+        false,
+    ),
+    (
+        "pollux_route_cache_hits",
+        "Packets the routers forwarded from their forwarding cache (a run of one destination or NAT flow within a burst, after its first packet).",
         false,
     ),
     (

@@ -45,7 +45,7 @@ const METHOD_NOT_FOUND: i64 = -32601;
 const INVALID_PARAMS: i64 = -32602;
 
 /// Every method the contract (README "Control socket") names.
-const CONTRACT_METHODS: [&str; 22] = [
+const CONTRACT_METHODS: [&str; 24] = [
     "config.apply",
     "config.get",
     "config.history",
@@ -67,6 +67,8 @@ const CONTRACT_METHODS: [&str; 22] = [
     "capture.start",
     "explain.run",
     "workers.list",
+    "workers.rebalance",
+    "workers.pin",
     "metering.list",
 ];
 
@@ -712,6 +714,48 @@ fn every_method_over_the_real_socket() {
         assert!(workers[0][key].is_u64(), "{key}: {stats}");
     }
     assert!(stats["drops"].is_object(), "{stats}");
+
+    // workers.list's queues and rebalancing, workers.rebalance, workers.pin: one worker,
+    // nothing to move; a worker that does not exist is refused with its path.
+    let list = s.ok("workers.list", json!({}));
+    let queues = list["workers"][0]["queues"].as_array().unwrap();
+    assert_eq!(queues.len(), 4, "{list}");
+    for q in queues {
+        assert_eq!(q["movable"], true, "mem ports move: {q}");
+        assert!(q["packets"].is_u64() && q["cycles"].is_u64(), "{q}");
+    }
+    assert_eq!(
+        list["rebalance"]["auto_interval_secs"],
+        Value::Null,
+        "{list}"
+    );
+    let plan = s.ok("workers.rebalance", json!({ "dry_run": true }));
+    assert_eq!(plan["moves"], json!([]), "{plan}");
+    assert_eq!(plan["applied"], false, "{plan}");
+    let pin = s.ok("workers.pin", json!({ "port": "vm-a1", "worker": 0 }));
+    assert_eq!(
+        (pin["pinned"].clone(), pin["moved"].clone()),
+        (json!(true), json!(false)),
+        "{pin}"
+    );
+    let unpin = s.ok("workers.pin", json!({ "port": "vm-a1", "worker": null }));
+    assert_eq!(unpin["pinned"], false, "{unpin}");
+    let data = s.err(
+        "workers.pin",
+        json!({ "port": "vm-a1", "worker": 1 }),
+        NOT_SUPPORTED,
+    );
+    assert_eq!(data["path"], "worker", "{data}");
+    s.err(
+        "workers.pin",
+        json!({ "port": "vm-a1" , "worker": -1 }),
+        INVALID_PARAMS,
+    );
+    s.err(
+        "workers.rebalance",
+        json!({ "improvement_percent": 200 }),
+        INVALID_PARAMS,
+    );
 
     // drops.list, runtime.get
     let drops = s.ok("drops.list", json!({}));

@@ -383,6 +383,15 @@ impl FramePool {
         &mut self.frame_mut(pkt.frame)[start..start + usize::from(pkt.len)]
     }
 
+    /// [`FramePool::data_mut`], inlined into its caller. `data_mut` stays out of line: it
+    /// has many callers, and inlining it into all of them made some dearer (register
+    /// pressure in larger stages); a per-packet loop that writes every packet uses this.
+    #[inline(always)]
+    pub fn data_mut_inlined(&mut self, pkt: &Packet) -> &mut [u8] {
+        let start = usize::from(pkt.offset);
+        &mut self.frame_mut(pkt.frame)[start..start + usize::from(pkt.len)]
+    }
+
     /// Copies `bytes` into a fresh frame after the headroom; `None` when the pool is empty
     /// or the bytes do not fit (callers check [`FramePool::max_data_len`] first).
     #[inline]

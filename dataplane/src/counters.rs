@@ -6,6 +6,7 @@
 //! really had. The block is cache-line aligned so two workers never share a line.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::drop::DropReason;
 use crate::metering::{MeterCounters, MAX_METERS};
@@ -63,6 +64,50 @@ impl Gauge {
     #[inline]
     pub fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// The load of one receive queue on the worker that polls it, as OVS measures an rxq's
+/// processing cycles: every poll that returned frames adds the time-stamp-counter cycles
+/// from before the driver's receive to the end of the burst's pipeline (its transmit
+/// batches included), and the frames. Empty polls are the worker's idle time, not a
+/// queue's. Counts start at zero on the worker that polls the queue (a moved queue starts
+/// again on its new worker).
+#[derive(Debug)]
+pub struct QueueLoad {
+    /// The port.
+    pub port: PortId,
+    /// The queue, as the worker's part of the port numbers it (an AF_XDP port's queues on
+    /// one worker are 0, 1, ... in the order of the port's `queues`).
+    pub queue: u16,
+    /// Frames received from the queue.
+    pub packets: Counter,
+    /// Polls that returned frames.
+    pub bursts: Counter,
+    /// Cycles spent on those polls.
+    pub cycles: Counter,
+}
+
+impl QueueLoad {
+    /// A queue with nothing counted yet.
+    pub fn new(port: PortId, queue: u16) -> Self {
+        QueueLoad {
+            port,
+            queue,
+            packets: Counter::default(),
+            bursts: Counter::default(),
+            cycles: Counter::default(),
+        }
+    }
+}
+
+impl WorkerCounters {
+    /// The receive queues' loads, in polling order.
+    pub fn queue_loads(&self) -> Vec<Arc<QueueLoad>> {
+        self.rx_queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 }
 
@@ -176,6 +221,10 @@ pub struct WorkerCounters {
     pub busy_ns: Counter,
     /// Nanoseconds spent in passes that received nothing.
     pub idle_ns: Counter,
+    /// The load of each receive queue the worker polls, in polling order (see
+    /// [`QueueLoad`]): replaced by the worker when its poll list changes, read by the
+    /// control thread. Never locked on the packet path.
+    pub rx_queues: Mutex<Vec<Arc<QueueLoad>>>,
     /// Frames handed to the worker that owns their output port's queue (see
     /// [`crate::handoff`]).
     pub handoffs: Counter,
@@ -239,6 +288,9 @@ pub struct WorkerCounters {
     pub tcp_resets: Counter,
     /// Fragments the routers made.
     pub fragments: Counter,
+    /// Packets the routers forwarded from their forwarding cache: a run of one
+    /// destination or one NAT flow within a burst, after its first packet.
+    pub route_cache_hits: Counter,
     /// NAT sessions held now.
     pub sessions: Gauge,
     /// Router neighbours (ARP entries) held now.
@@ -278,6 +330,7 @@ impl WorkerCounters {
             busy_loops: Counter::default(),
             busy_ns: Counter::default(),
             idle_ns: Counter::default(),
+            rx_queues: Mutex::new(Vec::new()),
             handoffs: Counter::default(),
             handoff_drops: Counter::default(),
             handoffs_received: Counter::default(),
@@ -306,6 +359,7 @@ impl WorkerCounters {
             nat_icmp_errors: Counter::default(),
             tcp_resets: Counter::default(),
             fragments: Counter::default(),
+            route_cache_hits: Counter::default(),
             sessions: Gauge::default(),
             neighbors: Gauge::default(),
             neighbor_waiting: Gauge::default(),

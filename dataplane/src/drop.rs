@@ -84,7 +84,7 @@ drop_reasons! {
     InternalError => "internal_error", "A broken internal invariant (a bug): e.g. a packet classified into a network or router its snapshot lacks, or one that left the pipeline unfinished.";
     UnknownVni => "unknown_vni", "Tunnel packet to the endpoint for a VNI (VXLAN, Geneve) or GRE key that no network of this host with that encapsulation has.";
     UnknownTunnelEndpoint => "unknown_tunnel_endpoint", "VXLAN, Geneve or GRE packet from an endpoint that is not a peer of the VNI's network (no port of the network is bound to that host).";
-    BadOuterIpv4 => "bad_outer_ipv4", "Packet to the tunnel endpoint's address with a malformed outer IPv4 header (version, header or total length), or a fragment (tunnel packets are never reassembled).";
+    BadOuterIpv4 => "bad_outer_ipv4", "Packet to the tunnel endpoint's address with a malformed outer IPv4 header (version, header or total length, checksum), or a fragment (tunnel packets are never reassembled).";
     BadVxlan => "bad_vxlan", "Malformed VXLAN packet to the tunnel endpoint: UDP length, VXLAN flags without the VNI bit, or a runt or 802.1Q-tagged inner frame.";
     BadGeneve => "bad_geneve", "Malformed Geneve packet to the tunnel endpoint: UDP length, a version other than 0, options longer than announced or than the packet, or a runt or 802.1Q-tagged inner frame.";
     GeneveCriticalOption => "geneve_critical_option", "Geneve packet with an option whose critical bit is set: Pollux understands no option, and RFC 8926 has such packets dropped.";
@@ -102,6 +102,7 @@ drop_reasons! {
     UnknownTrunkVlan => "unknown_trunk_vlan", "Tagged frame on a trunk parent port whose VLAN ID no subport of its trunk has.";
     TooBig => "too_big", "A frame longer than where it goes can carry: a jumbo frame (chained over several buffers) toward a port whose driver sends frames of one buffer only (AF_XDP) or another worker's handoff ring, or a tunnel packet whose outer datagram would pass 64 KiB.";
     FlowHandoffRingFull => "flow_handoff_ring_full", "The worker that owns the packet's flow (its connection or NAT session) is behind: the flow handoff ring to it is full.";
+    QueueMoveHoldFull => "queue_move_hold_full", "Sent to a port whose queue is moving to another worker while this worker already held the most frames it keeps for such ports until the move ends.";
 }
 
 impl fmt::Display for DropReason {

@@ -37,6 +37,9 @@ const NEWS_SLOT: usize = 17;
 pub const MAX_WORKERS: usize = 64;
 /// Marks a port whose transmit no other worker owns.
 const NO_OWNER: u16 = u16::MAX;
+/// Marks a port whose queue is moving between workers: frames for it are held by the
+/// sender until the move ends (see [`crate::output::PortSet::hold`]).
+const HOLD: u16 = u16::MAX - 1;
 /// Slots per flow handoff ring between two workers: a burst from each of several queues
 /// may be on its way at once.
 pub const FLOW_DEPTH: usize = 1024;
@@ -163,6 +166,19 @@ impl HandoffOut {
             self.owners.resize(i + 1, NO_OWNER);
         }
         self.owners[i] = owner.unwrap_or(NO_OWNER);
+    }
+
+    /// Holds the frames for `port` in this worker from now on, until its owner is set
+    /// again (its queue is moving between workers).
+    pub fn set_hold(&mut self, port: u16) {
+        self.set_owner(port, None);
+        self.owners[usize::from(port)] = HOLD;
+    }
+
+    /// Whether frames for `port` are held here (see [`HandoffOut::set_hold`]).
+    #[inline]
+    pub fn holding(&self, port: u16) -> bool {
+        self.owners.get(usize::from(port)) == Some(&HOLD)
     }
 
     /// Whether any peer is connected.
@@ -364,6 +380,12 @@ impl HandoffIn {
             self.next_flow = (self.next_flow + 1) % n;
         }
         taken
+    }
+
+    /// Whether every ring from the other workers (frames and flows) is empty.
+    pub fn is_empty(&mut self) -> bool {
+        self.frames.iter_mut().all(Consumer::is_empty)
+            && self.flows.iter_mut().all(Consumer::is_empty)
     }
 
     /// Hands every neighbour news item waiting to `apply`.

@@ -38,7 +38,18 @@ pub struct PortSet {
     /// Frames for ports whose queues another worker owns go there (see
     /// [`crate::handoff`]); empty with one worker.
     pub(crate) handoff: HandoffOut,
+    /// Frames for ports whose queue is moving between workers, in the order they were
+    /// sent (see [`PortSet::hold`]); empty but while a move runs.
+    held: Vec<Packet>,
 }
+
+/// Frames a worker holds at most for ports whose queue is moving: a move takes a few
+/// housekeeping rounds (some hundreds of microseconds), so this is a port's frames for
+/// that long at about 1 Mpps. Released at once, they go in one go into the port's
+/// transmit ring (or the handoff ring to its new worker), 1024 slots for every driver:
+/// held beyond half of that, they would overflow it. Held frames are pool frames, an
+/// eighth of the spare the engine keeps beyond the AF_XDP rings' needs.
+pub const MAX_HELD: usize = 512;
 
 impl std::fmt::Debug for PortSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -65,6 +76,7 @@ impl PortSet {
             capture: None,
             sink: None,
             handoff: HandoffOut::default(),
+            held: Vec::new(),
         }
     }
 
@@ -218,6 +230,9 @@ impl PortSet {
         if let Some(sink) = self.sink.as_mut() {
             return record(sink, pool, out, pkt);
         }
+        if self.handoff.holding(out.0) {
+            return self.hold_frame(pool, counters, out, pkt);
+        }
         if let Some(owner) = self.handoff.owner(out.0) {
             return self.hand_off(pool, counters, owner, out, pkt);
         }
@@ -255,6 +270,89 @@ impl PortSet {
     /// A port attached here is always sent on here.
     pub fn set_transmit_owner(&mut self, port: PortId, owner: Option<u16>) {
         self.handoff.set_owner(port.0, owner);
+    }
+
+    /// Holds the frames sent to `port` here from now on, in order, instead of handing them
+    /// to the worker that polled it: its queue is moving to another worker. A port
+    /// attached here is still sent on; once detached, its frames wait for
+    /// [`PortSet::release_held`].
+    pub fn hold(&mut self, port: PortId) {
+        self.handoff.set_hold(port.0);
+    }
+
+    /// Ends the hold of `port`: from now on worker `owner` transmits on it (`None`: this
+    /// one, or none), and the frames held for it are sent there, in the order they came.
+    pub fn release_held(
+        &mut self,
+        pool: &mut FramePool,
+        counters: &WorkerCounters,
+        port: PortId,
+        owner: Option<u16>,
+    ) {
+        self.handoff.set_owner(port.0, owner);
+        if self.held.is_empty() {
+            return;
+        }
+        let held = std::mem::take(&mut self.held);
+        for pkt in held {
+            match pkt.meta.next {
+                Next::Output(out) if out == port => self.enqueue(pool, counters, out, pkt),
+                _ => self.held.push(pkt),
+            }
+        }
+        self.flush(pool, counters);
+    }
+
+    /// Frames held for moving ports.
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// Drops every held frame (the worker stops): counted, never leaked.
+    pub(crate) fn drop_held(&mut self, pool: &mut FramePool, counters: &WorkerCounters) {
+        for pkt in std::mem::take(&mut self.held) {
+            let out = match pkt.meta.next {
+                Next::Output(out) => Some(out),
+                _ => None,
+            };
+            drop_in_output(
+                pool,
+                counters,
+                &mut self.capture,
+                pkt,
+                out,
+                Stage::Output,
+                DropReason::PortNotAttached,
+            );
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn hold_frame(
+        &mut self,
+        pool: &mut FramePool,
+        counters: &WorkerCounters,
+        out: PortId,
+        mut pkt: Packet,
+    ) {
+        if self.held.len() >= MAX_HELD {
+            drop_in_output(
+                pool,
+                counters,
+                &mut self.capture,
+                pkt,
+                Some(out),
+                Stage::Output,
+                DropReason::QueueMoveHoldFull,
+            );
+            if let Some(pc) = counters.port(out) {
+                pc.tx_dropped.inc();
+            }
+            return;
+        }
+        pkt.meta.next = Next::Output(out);
+        self.held.push(pkt);
     }
 
     /// Queues `pkt` for the worker that owns `out`'s queue; pushes that worker's batch

@@ -218,6 +218,11 @@ impl Consumer {
         taken
     }
 
+    /// Whether the producer has published nothing this end has not read.
+    pub fn is_empty(&mut self) -> bool {
+        self.ready(1) == 0
+    }
+
     /// Reads one frame into `out`; false when the ring is empty.
     pub fn pop_into(&mut self, out: &mut Vec<u8>) -> bool {
         self.pop_burst(1, |frame| {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use crate::buf::{FrameId, FramePool};
 use crate::conntrack::{ConnConfig, ConnTable, FlowKey6};
-use crate::counters::WorkerCounters;
+use crate::counters::{QueueLoad, WorkerCounters};
 use crate::drop::DropReason;
 use crate::flow_owner::FlowHandoff;
 use crate::handoff::{Handoff, HandoffIn};
@@ -25,7 +25,7 @@ use crate::packet::{Next, Packet};
 use crate::pipeline::capture::Capturer;
 use crate::pipeline::explain::{self, Emitted, ExplainError, Explanation};
 use crate::pipeline::trace::{TraceMatch, Tracer};
-use crate::pipeline::{BurstCtx, BurstStage, Stage, StageTable};
+use crate::pipeline::{tsc, BurstCtx, BurstStage, Stage, StageTable};
 use crate::port::{Port, PortId};
 use crate::publish::{GenerationAck, SnapshotCell};
 use crate::slowpath::{SlowPath, SlowPathEnds};
@@ -78,6 +78,10 @@ pub const HANDOFFS_PER_PASS: usize = 4 * MAX_BURST;
 /// Neighbour news items a worker records per pass at most (ARP packets are few).
 pub const NEWS_PER_PASS: usize = 64;
 
+/// Rounds of [`Worker::drain_peers`] at most (each takes up to [`HANDOFFS_PER_PASS`]
+/// frames and as many flow packets).
+pub const DRAIN_ROUNDS: usize = 256;
+
 /// Jobs a worker runs per housekeeping round at most.
 pub const JOBS_PER_ROUND: usize = 64;
 
@@ -116,6 +120,9 @@ pub struct Worker {
     ports: PortSet,
     pool: FramePool,
     poll_list: Vec<(PortId, u16)>,
+    /// The load of each entry of `poll_list`, at the same index (shared with the control
+    /// thread through the counters).
+    poll_load: Vec<Arc<QueueLoad>>,
     cell: Arc<SnapshotCell>,
     snap: Arc<Snapshot>,
     ack: Arc<GenerationAck>,
@@ -174,6 +181,7 @@ impl Worker {
             // multi-queue port is another worker's): it transmits on the first of them.
             ports: PortSet::new(0),
             poll_list: Vec::new(),
+            poll_load: Vec::new(),
             snap,
             cell,
             ack,
@@ -239,6 +247,49 @@ impl Worker {
     /// to this worker is sent on here whatever this says.
     pub fn set_transmit_owner(&mut self, port: PortId, owner: Option<u16>) {
         self.ports.set_transmit_owner(port, owner);
+    }
+
+    /// Holds the frames this worker sends to `port` from now on (see
+    /// [`PortSet::hold`]): the first step of moving the port's queue to another worker,
+    /// so that nothing is handed to the worker letting go of it meanwhile. Flushes first:
+    /// what was sent before goes the old way.
+    pub fn hold_port(&mut self, port: PortId) {
+        self.ports.flush(&mut self.pool, &self.counters);
+        self.ports.hold(port);
+    }
+
+    /// Ends [`Worker::hold_port`]: worker `owner` (`None`: this one, which has the port
+    /// attached now) transmits on `port`, and the frames held for it go there first, in
+    /// order.
+    pub fn release_held(&mut self, port: PortId, owner: Option<u16>) {
+        self.ports
+            .release_held(&mut self.pool, &self.counters, port, owner);
+    }
+
+    /// Takes everything the other workers have handed this one so far (frames to send,
+    /// packets of flows it owns), runs it and flushes: after it, nothing another worker
+    /// handed over before this call is still on its way. Returns false when the rings
+    /// could not be emptied (the pool stayed short, or the peers kept filling them faster
+    /// than this drained them for [`DRAIN_ROUNDS`] rounds).
+    pub fn drain_peers(&mut self) -> bool {
+        if !self.has_peers {
+            return true;
+        }
+        for _ in 0..DRAIN_ROUNDS {
+            let taken = self.take_from_peers();
+            self.ports.flush(&mut self.pool, &self.counters);
+            if self.handoff_in.is_empty() {
+                return true;
+            }
+            if taken == 0 {
+                // Frames in the rings and none taken: the pool is short; ports' upkeep
+                // (transmit completions) gives frames back.
+                for (_, port) in self.ports.iter_mut() {
+                    port.housekeeping(&mut self.pool);
+                }
+            }
+        }
+        false
     }
 
     /// The worker's index.
@@ -397,6 +448,28 @@ impl Worker {
         self.detach(id);
         self.ports.attach(id, port);
         self.poll_list.extend(rx_queues.iter().map(|&q| (id, q)));
+        self.sync_queue_loads();
+    }
+
+    /// Gives every entry of the poll list its load record (a new one for a queue new to
+    /// this worker) and publishes the list of them to the counters.
+    fn sync_queue_loads(&mut self) {
+        let old = std::mem::take(&mut self.poll_load);
+        self.poll_load = self
+            .poll_list
+            .iter()
+            .map(|&(port, queue)| {
+                old.iter()
+                    .find(|l| l.port == port && l.queue == queue)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(QueueLoad::new(port, queue)))
+            })
+            .collect();
+        *self
+            .counters
+            .rx_queues
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = self.poll_load.clone();
     }
 
     /// Attaches a port that is new under `id`: as [`Worker::attach`], with the port's
@@ -422,6 +495,7 @@ impl Worker {
     pub fn take_port(&mut self, id: PortId) -> Option<Box<dyn Port>> {
         self.ports.flush(&mut self.pool, &self.counters);
         self.poll_list.retain(|&(p, _)| p != id);
+        self.sync_queue_loads();
         self.ports.detach(id)
     }
 
@@ -514,7 +588,18 @@ impl Worker {
         }
         for i in 0..self.poll_list.len() {
             let (port_id, queue) = self.poll_list[i];
-            received += self.process_burst(port_id, queue);
+            // One time-stamp read per queue polled, one more per burst: the queue's load
+            // for rebalancing (see [`QueueLoad`]).
+            let t = tsc::now();
+            let n = self.process_burst(port_id, queue);
+            if n > 0 {
+                if let Some(load) = self.poll_load.get(i) {
+                    load.cycles.add(tsc::now().wrapping_sub(t));
+                    load.packets.add(n as u64);
+                    load.bursts.inc();
+                }
+                received += n;
+            }
         }
         if self.has_peers {
             self.tell_peers();
@@ -790,6 +875,7 @@ impl Worker {
     pub fn park(&mut self) {
         // Packets waiting for ARP hold frames: they are dropped, not leaked.
         self.router_housekeeping(0, true);
+        self.ports.drop_held(&mut self.pool, &self.counters);
         self.suspend();
         for (_, port) in self.ports.iter_mut() {
             port.release_frames(&mut self.pool);

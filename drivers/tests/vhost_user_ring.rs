@@ -172,6 +172,47 @@ fn frames_from_the_guest_arrive_byte_for_byte() {
     assert_eq!(extra(&port, "broken_queues"), 0);
 }
 
+/// A port moves between workers (`polluxd`'s `workers.pin`, `workers.rebalance`): it
+/// goes to another thread with another frame pool between two bursts and carries on
+/// where it stopped, holding no frame of the first pool.
+#[test]
+fn a_port_moved_to_another_thread_and_pool_carries_on() {
+    let mut g = Guest::new();
+    let mut pool_a = FramePool::with_frames(256).unwrap();
+    let (mut port, _mb) = started(&g, true, &mut pool_a);
+    let frames: Vec<Vec<u8>> = (0..6).map(|i| frame(60 + 90 * i, i as u8)).collect();
+    for (i, f) in frames[..3].iter().enumerate() {
+        guest_sends(&mut g, i as u16, f);
+    }
+    assert_eq!(rx_all(&mut port, &mut pool_a), frames[..3].to_vec());
+    port.housekeeping(&mut pool_a);
+    assert_eq!(
+        pool_a.available(),
+        256,
+        "the port holds none of the first pool"
+    );
+    for (i, f) in frames[3..].iter().enumerate() {
+        guest_sends(&mut g, 3 + i as u16, f);
+    }
+    let (got, back) = std::thread::spawn(move || {
+        let mut pool_b = FramePool::with_frames(256).unwrap();
+        port.housekeeping(&mut pool_b);
+        let got = rx_all(&mut port, &mut pool_b);
+        assert_eq!(pool_b.available(), 256);
+        (got, port)
+    })
+    .join()
+    .expect("the second thread");
+    assert_eq!(
+        got,
+        frames[3..].to_vec(),
+        "the rest, in order, on the new thread"
+    );
+    assert_eq!(g.used_idx(1), 6);
+    assert_eq!(back.stats().rx_packets, 6);
+    assert_eq!(extra(&back, "broken_queues"), 0);
+}
+
 #[test]
 fn frames_to_the_guest_fill_its_buffers_and_merge_when_small() {
     let mut g = Guest::new();

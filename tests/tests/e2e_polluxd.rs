@@ -676,6 +676,80 @@ fn two_workers_share_the_queues() {
     assert!(totals.tx > 0);
 }
 
+/// Two workers on AF_XDP veths: while iperf3 runs, `polluxctl show workers` lists each
+/// receive queue's load (the two queues of vm-a1 on their two workers busy), `polluxctl
+/// rebalance` plans but moves nothing (an AF_XDP queue's socket is bound to its
+/// worker's UMEM), `polluxctl pin` of such a queue is refused naming the reason, and
+/// traffic goes on as before.
+#[test]
+#[ignore = "needs root: network namespaces and AF_XDP (run with --include-ignored as root)"]
+fn two_workers_show_queue_load_and_refuse_to_move_af_xdp_queues() {
+    let _serial = daemon::setup(TOOLS);
+    let lab = new_lab(&[A1, A2]);
+    two_queue_veth(&lab, &A1);
+    let config = lab.config("e2e-two-workers.toml");
+    let polluxd =
+        Polluxd::start(lab.host(), config.path(), "0,1").unwrap_or_else(|e| panic!("{e}"));
+    lab.assert_reach(&A1, &A2, 3, &polluxd);
+    let _server = netns::iperf3_server(lab.vm(&A2), A2.ip, 5201).unwrap();
+    let summary = netns::iperf3_client_parallel(lab.vm(&A1), A2.ip, 5201, 2, 8)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(summary.received_bps > 0.0, "{summary:?}");
+    let list = polluxd.call("workers.list", serde_json::json!({}));
+    let queue = |w: usize, port: &str, q: u64| -> serde_json::Value {
+        list["workers"][w]["queues"]
+            .as_array()
+            .and_then(|qs| qs.iter().find(|x| x["port"] == port && x["queue"] == q))
+            .cloned()
+            .unwrap_or_else(|| panic!("no {port}:{q} on worker {w}: {list}"))
+    };
+    for (w, q) in [(0, 0), (1, 1)] {
+        let row = queue(w, "vm-a1", q);
+        assert_eq!(row["movable"], false, "{row}");
+        assert!(
+            row["not_movable"]
+                .as_str()
+                .is_some_and(|r| r.contains("UMEM")),
+            "{row}"
+        );
+    }
+    // Which of vm-a1's queues the kernel's RSS gave the streams is its choice: together
+    // they received the client's segments.
+    let packets = queue(0, "vm-a1", 0)["packets"].as_u64().unwrap_or(0)
+        + queue(1, "vm-a1", 1)["packets"].as_u64().unwrap_or(0);
+    assert!(packets > 1000, "{list}");
+    let ctl = |args: &[&str]| {
+        let out = std::process::Command::new(daemon::polluxctl_path())
+            .arg("--socket")
+            .arg(polluxd.socket())
+            .args(args)
+            .output()
+            .expect("polluxctl runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, shown, _) = ctl(&["show", "workers"]);
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.contains("PINNED  MOVABLE  BUSY%"), "{shown}");
+    let (code, plan, err) = ctl(&["rebalance"]);
+    assert_eq!(code, Some(0), "{plan}{err}");
+    assert!(plan.starts_with("nothing to move"), "{plan}");
+    let (code, out, err) = ctl(&["pin", "vm-a1", "0", "--queue", "1"]);
+    assert_eq!(code, Some(1), "refused: {out}{err}");
+    assert!(err.contains("UMEM"), "{err}");
+    let after = polluxd.call("workers.list", serde_json::json!({}));
+    assert_eq!(after["workers"][1]["queues"][0]["port"], "vm-a1", "{after}");
+    assert_eq!(after["rebalance"]["queues_moved"], 0, "{after}");
+    lab.assert_reach(&A1, &A2, 3, &polluxd);
+    lab.assert_reach(&A2, &A1, 3, &polluxd);
+    eprintln!("{shown}\n{plan}");
+    let (totals, _stderr) = stop_cleanly(polluxd);
+    assert!(totals.tx > 0);
+}
+
 /// A worker that stops polling (here: its thread held in a ptrace stop, as a debugger
 /// would) is reported within about a second, in the log and in `workers.list`, while the
 /// other worker goes on; when it runs again it is reported back and traffic flows.

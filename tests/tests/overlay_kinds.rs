@@ -269,6 +269,12 @@ fn refused_geneve_and_gre_packets_are_counted_drops() {
         gre(HOST_B_MAC, HOST_B, ID, &inner[..10]),
         DropReason::BadGre,
     ));
+    // Either kind with a wrong outer header checksum.
+    for good in [&good_geneve, &good_gre] {
+        let mut f = good.clone();
+        f[24] ^= 0x10;
+        cases.push((f, DropReason::BadOuterIpv4));
+    }
     // Either kind as a fragment.
     for good in [&good_geneve, &good_gre] {
         let mut f = good.clone();

@@ -185,6 +185,26 @@ fn request(command: &Command) -> Result<(&'static str, Value), Failure> {
         }
         Command::Show(show) => show_request(show),
         Command::History => ("config.history", json!({})),
+        Command::Rebalance {
+            dry_run,
+            improvement,
+        } => {
+            let mut params = optional("improvement_percent", improvement);
+            params["dry_run"] = json!(dry_run);
+            ("workers.rebalance", params)
+        }
+        Command::Pin {
+            port,
+            worker,
+            queue,
+        } => (
+            "workers.pin",
+            json!({ "port": port, "queue": queue, "worker": worker }),
+        ),
+        Command::Unpin { port, queue } => (
+            "workers.pin",
+            json!({ "port": port, "queue": queue, "worker": null }),
+        ),
         Command::Version => ("version.get", json!({})),
         Command::RpcList => ("rpc.list", json!({})),
         Command::Trace(Trace::Start {
@@ -675,6 +695,68 @@ const WORKER_QUEUE_COLUMNS: &[Column] = &[
     ("QUEUES", "queues"),
 ];
 
+const QUEUE_LOAD_COLUMNS: &[Column] = &[
+    ("WORKER", "worker"),
+    ("PORT", "port"),
+    ("QUEUE", "queue"),
+    ("PINNED", "pinned"),
+    ("MOVABLE", "movable"),
+    ("BUSY%", "busy_percent"),
+    ("PKTS/S", "packets_per_sec"),
+    ("PACKETS", "packets"),
+    ("CYCLES/PKT", "cycles_per_packet"),
+];
+
+const REBALANCE_MOVE_COLUMNS: &[Column] = &[
+    ("PORT", "port"),
+    ("QUEUE", "queue"),
+    ("FROM", "from"),
+    ("TO", "to"),
+    ("BUSY%", "busy_percent"),
+];
+
+const REBALANCE_LOAD_COLUMNS: &[Column] = &[
+    ("WORKER", "worker"),
+    ("BUSY%_BEFORE", "before"),
+    ("BUSY%_AFTER", "after"),
+];
+
+/// `polluxctl rebalance`: the verdict, each worker's load before and after, the moves.
+fn rebalance_report(result: &Value) -> String {
+    let applied = result["applied"].as_bool().unwrap_or(false);
+    let moves = rows(result, "moves");
+    let verdict = if applied {
+        format!("moved {} queue(s)", moves.len())
+    } else if result["dry_run"].as_bool().unwrap_or(false) {
+        format!("dry run: would move {} queue(s)", moves.len())
+    } else if moves.is_empty() {
+        "nothing to move".to_string()
+    } else {
+        "not applied: below the threshold".to_string()
+    };
+    let loads: Vec<Value> = rows(result, "before")
+        .iter()
+        .zip(rows(result, "after"))
+        .map(|(b, a)| {
+            json!({ "worker": b["worker"], "before": b["busy_percent"], "after": a["busy_percent"] })
+        })
+        .collect();
+    let mut out = format!(
+        "{verdict}; load variance {} better (threshold {}%)\n\n{}",
+        match result["improvement_percent"].as_f64() {
+            Some(p) => format!("{p}%"),
+            None => "-".into(),
+        },
+        cell_text(result.get("threshold_percent")),
+        table(&loads, REBALANCE_LOAD_COLUMNS)
+    );
+    if !moves.is_empty() {
+        out.push_str("\n\n");
+        out.push_str(&table(moves, REBALANCE_MOVE_COLUMNS));
+    }
+    out
+}
+
 const HISTORY_COLUMNS: &[Column] = &[
     ("GENERATION", "generation"),
     ("APPLIED_AT", "applied_at"),
@@ -693,6 +775,17 @@ fn render(command: &Command, result: &Value) -> String {
         Command::Show(show) => render_show(show, result),
         Command::History => table(&history_rows(result), HISTORY_COLUMNS),
         Command::Version => version_report(result),
+        Command::Rebalance { .. } => rebalance_report(result),
+        Command::Pin { .. } | Command::Unpin { .. } => {
+            let (port, queue) = (cell_text(result.get("port")), &result["queue"]);
+            match result["worker"].as_u64() {
+                Some(w) if result["moved"].as_bool() == Some(true) => {
+                    format!("{port} queue {queue} moved to worker {w} and pinned there")
+                }
+                Some(w) => format!("{port} queue {queue} pinned to worker {w}"),
+                None => format!("{port} queue {queue} unpinned"),
+            }
+        }
         Command::RpcList => table(rows(result, "methods"), METHOD_COLUMNS),
         Command::Trace(Trace::Start { .. }) => {
             let filter = result.get("match").and_then(Value::as_str).unwrap_or("");
@@ -937,7 +1030,22 @@ fn render_show(show: &Show, result: &Value) -> String {
                     w
                 })
                 .collect();
-            table(&workers, WORKER_QUEUE_COLUMNS)
+            let queues: Vec<Value> = rows(result, "workers")
+                .iter()
+                .flat_map(|w| {
+                    rows(w, "queues").iter().map(|q| {
+                        let mut q = q.clone();
+                        q["worker"] = w["id"].clone();
+                        q
+                    })
+                })
+                .collect();
+            let mut out = table(&workers, WORKER_QUEUE_COLUMNS);
+            if !queues.is_empty() {
+                out.push_str("\n\n");
+                out.push_str(&table(&queues, QUEUE_LOAD_COLUMNS));
+            }
+            out
         }
         Show::Qos => table(rows(result, "qos"), QOS_COLUMNS),
     }
@@ -1693,6 +1801,61 @@ mod tests {
         let out = render_show(show, &result);
         assert!(out.contains("vm1:0 uplink:phys:1"), "{out}");
         assert!(out.starts_with("WORKER  CPU  BUSY%"), "{out}");
+        // Then one row per queue, with its load.
+        let result = json!({ "workers": [
+            { "id": 1, "core": 1, "busy_percent": 50.5, "rx_packets": 10,
+              "queues": [{ "port": "vm1", "queue": 0, "pinned": true, "movable": true,
+                           "busy_percent": 42.5, "packets_per_sec": 1000.0,
+                           "packets": 10, "cycles_per_packet": 310.5 }] },
+        ]});
+        let out = render_show(show, &result);
+        assert!(
+            out.contains("WORKER  PORT  QUEUE  PINNED  MOVABLE  BUSY%"),
+            "{out}"
+        );
+        assert!(out.contains("42.5") && out.contains("310.5"), "{out}");
+    }
+
+    #[test]
+    fn rebalance_and_pin() {
+        let cli =
+            Cli::try_parse_from(["polluxctl", "rebalance", "--dry-run", "--improvement", "10"])
+                .unwrap();
+        assert_eq!(
+            request(&cli.command).unwrap(),
+            (
+                "workers.rebalance",
+                json!({ "dry_run": true, "improvement_percent": 10 })
+            )
+        );
+        assert!(Cli::try_parse_from(["polluxctl", "rebalance", "--improvement", "101"]).is_err());
+        let result = json!({ "applied": true, "dry_run": false, "improvement_percent": 100.0,
+            "threshold_percent": 25.0,
+            "before": [{ "worker": 0, "busy_percent": 90.0 }, { "worker": 1, "busy_percent": 0.0 }],
+            "after": [{ "worker": 0, "busy_percent": 45.0 }, { "worker": 1, "busy_percent": 45.0 }],
+            "moves": [{ "port": "vm2", "queue": 0, "from": 0, "to": 1, "busy_percent": 45.0 }] });
+        let out = render(&cli.command, &result);
+        assert!(
+            out.starts_with("moved 1 queue(s); load variance 100% better"),
+            "{out}"
+        );
+        assert!(out.contains("vm2       0     0   1   45.0"), "{out}");
+        let cli = Cli::try_parse_from(["polluxctl", "pin", "vm1", "1", "--queue", "0"]).unwrap();
+        assert_eq!(
+            request(&cli.command).unwrap(),
+            (
+                "workers.pin",
+                json!({ "port": "vm1", "queue": 0, "worker": 1 })
+            )
+        );
+        let cli = Cli::try_parse_from(["polluxctl", "unpin", "vm1"]).unwrap();
+        assert_eq!(
+            request(&cli.command).unwrap(),
+            (
+                "workers.pin",
+                json!({ "port": "vm1", "queue": 0, "worker": null })
+            )
+        );
     }
 
     #[test]

@@ -49,6 +49,9 @@ fn main() -> ExitCode {
         pool_frames: args.pool_frames,
         conn_per_port: args.conn_per_port,
         conn6_per_port: args.conn6_per_port,
+        auto_rebalance_interval: (args.auto_rebalance_interval > 0)
+            .then(|| std::time::Duration::from_secs(args.auto_rebalance_interval)),
+        rebalance_improvement: f64::from(args.rebalance_improvement) / 100.0,
     };
     match run(&options) {
         Ok(()) => ExitCode::SUCCESS,

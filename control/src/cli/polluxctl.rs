@@ -122,6 +122,37 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         expect_generation: Option<u64>,
     },
+    /// Assign the receive queues to the workers by their measured load (busiest first,
+    /// each to the least loaded worker; pinned queues and queues that cannot move stay):
+    /// applied when the variance of the workers' loads falls by at least the threshold.
+    Rebalance {
+        /// Show the plan, move nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The threshold (percent of the variance) instead of the daemon's.
+        #[arg(long, value_name = "PERCENT",
+              value_parser = clap::value_parser!(u8).range(0..=100))]
+        improvement: Option<u8>,
+    },
+    /// Pin a port's receive queue to a worker: moved there now, never moved by a
+    /// rebalance (kept across restarts, until unpinned).
+    Pin {
+        /// The port (a VM port's id, or uplink:NAME).
+        port: String,
+        /// The worker (as `show workers` numbers them).
+        worker: u16,
+        /// The port's queue.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        queue: u16,
+    },
+    /// Unpin a port's receive queue (it stays where it is until a rebalance moves it).
+    Unpin {
+        /// The port (a VM port's id, or uplink:NAME).
+        port: String,
+        /// The port's queue.
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        queue: u16,
+    },
     /// Print the versions of polluxctl and polluxd.
     Version,
     /// List the daemon's methods.

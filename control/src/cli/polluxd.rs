@@ -57,6 +57,17 @@ pub struct Args {
     /// same share of that table as --conn-per-port of the IPv4 one.
     #[arg(long, value_name = "N")]
     pub conn6_per_port: Option<usize>,
+    /// Rebalance the receive queues by measured load every SECS seconds (0: never, the
+    /// default; `polluxctl rebalance` does it on demand): queues move when two checks in a
+    /// row find a plan lowering the variance of the workers' loads by
+    /// --rebalance-improvement. Only mem and vhost-user queues move.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    pub auto_rebalance_interval: u64,
+    /// The share (percent) by which a rebalance must lower the variance of the workers'
+    /// loads to move queues.
+    #[arg(long, value_name = "PERCENT", default_value_t = 25,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub rebalance_improvement: u8,
     /// Preferred busy polling on every AF_XDP socket (SO_PREFER_BUSY_POLL): the worker's
     /// receive bursts run the interfaces' receive work (XDP, the copy into the pool) on
     /// its own CPU. Set `napi_defer_hard_irqs` and `gro_flush_timeout` on the interfaces.

@@ -26,13 +26,20 @@
 mod apply;
 mod flow_state;
 mod inspect;
+mod load;
+mod moves;
 mod objects;
 mod placement;
 mod ports;
+mod rebalance;
 mod stall;
 
 pub use apply::{state_from_json, ApplyOptions, ApplyOutcome};
 pub use inspect::{DriverStats, FdbEntry, NeighborEntry, NeighborState, SessionEntry, SessionFlow};
+pub use load::QueueRate;
+pub use moves::{
+    AutoRebalance, Moved, QueueRow, RebalanceOptions, RebalanceOutcome, DEFAULT_IMPROVEMENT,
+};
 pub use placement::Placement;
 pub use ports::{kind_name, port_label, PortStatus};
 
@@ -91,6 +98,8 @@ pub struct EngineConfig {
     pub mem: MemPortConfig,
     /// Worker tunables.
     pub worker: WorkerConfig,
+    /// Rebalancing of receive queues by load (automatic: off by default).
+    pub rebalance: AutoRebalance,
 }
 
 impl Default for EngineConfig {
@@ -100,6 +109,7 @@ impl Default for EngineConfig {
             pool_frames: DEFAULT_POOL_FRAMES,
             mem: MemPortConfig::default(),
             worker: WorkerConfig::default(),
+            rebalance: AutoRebalance::default(),
         }
     }
 }
@@ -266,6 +276,10 @@ pub struct Engine {
     identities_undo: Option<crate::compile::IdentitiesUndo>,
     /// Generations published as a patch of the running snapshot.
     patched: u64,
+    /// The receive queues' measured loads.
+    loads: load::LoadWatch,
+    /// Rebalancing's settings, pins and counters.
+    rebalance: moves::RebalanceState,
 }
 
 impl fmt::Debug for Engine {
@@ -332,11 +346,30 @@ impl Engine {
         }
         let mut bindings = Bindings::new(umems, config.mem, wires);
         let mut placement = Placement::new(cores.len());
+        let pins = match store.as_ref() {
+            Some(store) => moves::load_pins(store.dir())?,
+            None => Default::default(),
+        };
+        for (key, queues) in &pins {
+            for (q, w) in queues {
+                if usize::from(*w) >= cores.len() {
+                    pollux_services::warn!(
+                        "{key} queue {q} is pinned to worker {w}, and there are {} worker(s): \
+                         placed round-robin until unpinned or polluxd runs that many",
+                        cores.len()
+                    );
+                }
+            }
+        }
 
         let mut opened: Vec<OpenedPart> = Vec::new();
         let mut failure = None;
         'plans: for plan in &plans {
-            let owners = placement.place(plan.id, Bindings::queue_count(&plan.binding));
+            let owners = placement.place_pinned(
+                plan.id,
+                Bindings::queue_count(&plan.binding),
+                pins.get(&plan.key).unwrap_or(&Default::default()),
+            );
             let parts = match bindings.prepare(plan, &owners) {
                 Ok(parts) => parts,
                 Err(e) => {
@@ -480,6 +513,8 @@ impl Engine {
             metadata,
             identities_undo: None,
             patched: 0,
+            loads: load::LoadWatch::default(),
+            rebalance: moves::RebalanceState::new(config.rebalance, pins),
         };
         engine.update_metric_ports();
         let meters = engine.active.identities.meters();

@@ -36,15 +36,46 @@ impl Placement {
     /// Places the `queues` queues of `port` (replacing an earlier placement of it) and
     /// returns the worker of each.
     pub fn place(&mut self, port: PortId, queues: usize) -> Vec<u16> {
+        self.place_pinned(port, queues, &BTreeMap::new())
+    }
+
+    /// [`Placement::place`], with the queues of `pinned` (queue index → worker) on their
+    /// worker (a worker that does not exist is ignored: round-robin); the others go
+    /// round-robin.
+    pub fn place_pinned(
+        &mut self,
+        port: PortId,
+        queues: usize,
+        pinned: &BTreeMap<u16, u16>,
+    ) -> Vec<u16> {
         let owners: Vec<u16> = (0..queues.max(1))
-            .map(|_| {
-                let w = self.next;
-                self.next = (self.next + 1) % self.workers;
-                w
+            .map(|q| match pinned.get(&(q as u16)) {
+                Some(&w) if w < self.workers => w,
+                _ => {
+                    let w = self.next;
+                    self.next = (self.next + 1) % self.workers;
+                    w
+                }
             })
             .collect();
         self.ports.insert(port, owners.clone());
         owners
+    }
+
+    /// Records that queue `queue` of `port` is polled by `worker` now (it moved); false
+    /// when the port has no such queue.
+    pub fn set_worker(&mut self, port: PortId, queue: u16, worker: u16) -> bool {
+        match self
+            .ports
+            .get_mut(&port)
+            .and_then(|o| o.get_mut(usize::from(queue)))
+        {
+            Some(w) => {
+                *w = worker;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Forgets `port`; returns the workers its queues were on.
@@ -114,5 +145,11 @@ mod tests {
         assert_eq!(p.home(PortId(2)), 0);
         let mut one = Placement::new(1);
         assert_eq!(one.place(PortId(5), 3), vec![0, 0, 0]);
+        // A pinned queue goes to its worker and takes no turn of the round-robin.
+        let pins = BTreeMap::from([(1u16, 0u16)]);
+        assert_eq!(p.place_pinned(PortId(7), 3, &pins), vec![0, 0, 1]);
+        assert!(p.set_worker(PortId(7), 2, 0));
+        assert!(!p.set_worker(PortId(7), 3, 0));
+        assert_eq!(p.owners(PortId(7)), Some(&[0, 0, 0][..]));
     }
 }

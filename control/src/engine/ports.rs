@@ -226,9 +226,10 @@ impl Engine {
         let mut jobs: Vec<Vec<(PortId, Opener, Vec<u16>)>> =
             (0..workers).map(|_| Vec::new()).collect();
         for plan in plans {
-            let owners = self
-                .placement
-                .place(plan.id, Bindings::queue_count(&plan.binding));
+            let pins = self.pins_of(&plan.key);
+            let owners =
+                self.placement
+                    .place_pinned(plan.id, Bindings::queue_count(&plan.binding), &pins);
             match self.bindings.prepare(plan, &owners) {
                 Ok(parts) => {
                     let frames: u32 = parts.iter().map(|(_, p)| p.frames).sum();

@@ -98,6 +98,8 @@ impl Engine {
                 None => {}
             }
         }
+        self.sample_loads();
+        self.auto_rebalance();
     }
 
     /// How long worker `w` has been stalled, as of the last [`Engine::supervise_workers`]

@@ -133,6 +133,8 @@ const METHODS: &[(&str, &str)] = &[
     ("capture.start", capture::CAPTURE_START_USAGE),
     ("explain.run", explain::EXPLAIN_RUN_USAGE),
     ("workers.list", workers::WORKERS_LIST_USAGE),
+    ("workers.rebalance", workers::WORKERS_REBALANCE_USAGE),
+    ("workers.pin", workers::WORKERS_PIN_USAGE),
 ];
 
 /// The method handler of `polluxd`: the engine behind the socket.
@@ -196,6 +198,8 @@ impl Handler for Service {
             )),
             "explain.run" => explain::explain_run(e, params),
             "workers.list" => workers::workers_list(e, params),
+            "workers.rebalance" => workers::workers_rebalance(e, params),
+            "workers.pin" => workers::workers_pin(e, params),
             m if m == "config.patch" || object_method(m).is_some() => {
                 let dry_run = params
                     .as_ref()

@@ -16,6 +16,7 @@
 //! Frames the stage makes (ARP requests) or releases from the waiting queue are collected
 //! in the router state's originated batch and sent after the burst (`BurstStage::finish`).
 
+mod fast;
 pub(crate) mod nat;
 mod neighbor;
 mod related;
@@ -134,6 +135,8 @@ struct BurstCache {
     /// (one clock reading) the router removes no live session: an insert only forgets
     /// sessions already expired at that reading, which a lookup never returns.
     session: Option<(FlowKey, crate::conntrack::SessionId, Dir)>,
+    /// The last destination forwarded plainly (see [`fast`]); forgotten with `neighbor`.
+    forward: Option<fast::Forward>,
 }
 
 impl BurstCache {
@@ -203,6 +206,7 @@ impl RouterState {
             // Packets waiting for it go at the next housekeeping or burst.
             self.resolved = true;
             self.cache.neighbor = None;
+            self.cache.forward = None;
         }
     }
 
@@ -229,13 +233,24 @@ impl BurstStage for RouterState {
     fn process(&mut self, cx: &mut BurstCtx<'_>, pkts: &mut [Packet]) -> Outcome {
         self.cache = BurstCache::default();
         let mut entered = 0;
+        let mut cache_hits = 0;
         for pkt in pkts.iter_mut() {
             let next = match pkt.meta.next {
                 Next::Route(router) => {
                     if pkt.meta.ethertype == EtherType::ARP.0 {
                         self.arp(cx, pkt, true)
                     } else if pkt.meta.ethertype == EtherType::IPV4.0 {
-                        self.ipv4(cx, router, pkt)
+                        let cached = match &self.cache.forward {
+                            Some(f) => fast::forward(cx, f, router, pkt),
+                            None => None,
+                        };
+                        match cached {
+                            Some(next) => {
+                                cache_hits += 1;
+                                next
+                            }
+                            None => self.ipv4(cx, router, pkt),
+                        }
                     } else {
                         Next::Drop(DropReason::NotRoutable, Stage::L3)
                     }
@@ -245,6 +260,9 @@ impl BurstStage for RouterState {
             };
             entered += 1;
             pkt.meta.next = next;
+        }
+        if cache_hits > 0 {
+            cx.counters.route_cache_hits.add(cache_hits);
         }
         if self.resolved {
             self.resolved = false;
@@ -458,6 +476,7 @@ impl RouterState {
                 self.resolved = true;
                 // The MAC of a next hop may have changed under the burst's cache.
                 self.cache.neighbor = None;
+                self.cache.forward = None;
             }
         }
         match (op, ours) {
@@ -515,18 +534,18 @@ impl RouterState {
         // between the router's own subnets pays nothing for NAT.
         let mut hop = self.cache.lookup(r, router, arrived_dst);
         let arrived_for_router = hop.is_some_and(|h| h.own_address);
-        let nat = match r.external {
-            Some(external)
-                if hop.is_some_and(|h| h.interface == external)
-                    || arrived_for_router
-                    || (r.has_floating_ips && routing.fixed_of(router, arrived_dst).is_some()) =>
-            {
-                // Destination NAT first (a qrouter's PREROUTING): a packet of a known session
-                // takes the session's translation whole, otherwise a floating IP as
-                // destination becomes its fixed IP.
-                self.inbound_nat(cx, router, pkt, total_len)
-            }
-            _ => Inbound::default(),
+        let nat_involved = r.external.is_some_and(|external| {
+            hop.is_some_and(|h| h.interface == external)
+                || arrived_for_router
+                || (r.has_floating_ips && routing.fixed_of(router, arrived_dst).is_some())
+        });
+        let nat = if nat_involved {
+            // Destination NAT first (a qrouter's PREROUTING): a packet of a known session
+            // takes the session's translation whole, otherwise a floating IP as
+            // destination becomes its fixed IP.
+            self.inbound_nat(cx, router, pkt, total_len)
+        } else {
+            Inbound::default()
         };
         let dst = if nat.session || nat.dnat {
             u32::from(Ipv4Packet::new_unchecked(&cx.pool.data(pkt)[l3..]).dst_addr())
@@ -630,7 +649,35 @@ impl RouterState {
             self.request(cx, iface, router_mac, target);
         }
         match resolution.mac {
-            Some(mac) => self.send(cx, pkt, iface, router_mac, mac),
+            Some(mac) => {
+                let next = self.send(cx, pkt, iface, router_mac, mac);
+                // Forwarded plainly and in place (it fit the MTU): the rest of the run to
+                // this destination may take the same decision (see `fast`).
+                if r.metering.is_none()
+                    && !resolution.request
+                    && !cx.dry_run
+                    && total_len <= iface.mtu
+                    && matches!(next, Next::Output(_) | Next::Flood)
+                {
+                    let nat = if nat_involved {
+                        self.cached_translation(cx, &nat)
+                    } else {
+                        None
+                    };
+                    if !nat_involved || nat.is_some() {
+                        self.cache.forward = Some(fast::Forward {
+                            router,
+                            dst: arrived_dst,
+                            mtu: iface.mtu,
+                            macs: fast::Forward::macs(router_mac, mac),
+                            network: iface.network,
+                            next,
+                            nat,
+                        });
+                    }
+                }
+                next
+            }
             None if cx.dry_run => {
                 // It would wait for the answer to an ARP request; nothing waits for an
                 // explained packet.
@@ -654,6 +701,18 @@ impl RouterState {
                 }
             }
         }
+    }
+
+    /// The translation the fast path may repeat for the rest of the run of the packet's
+    /// flow: only a packet the session's translation alone handled (not a fragment, an
+    /// ICMP error, a destination NAT without a session or a new source NAT).
+    fn cached_translation(&self, cx: &BurstCtx<'_>, nat: &Inbound) -> Option<fast::Translation> {
+        let (original, (key, id, dir)) = (nat.original?, self.cache.session?);
+        if !nat.session || nat.dnat || key != original.key {
+            return None;
+        }
+        let to = cx.conns.session(id).rewrite(dir)?;
+        fast::Translation::new(key, id, dir, to)
     }
 
     /// Destination NAT of router `router` (which has an external gateway) on the packet.

@@ -60,6 +60,32 @@ pub fn sum20(header: &[u8; 20]) -> u16 {
     fold(word(0) + word(4) + word(8) + word(12) + word(16))
 }
 
+/// Whether a 20-byte header sums to all ones (its checksum is right). The words are read
+/// in the machine's byte order: a one's-complement sum read in the other order is the
+/// same sum byte-swapped (RFC 1071 §2(B)), and all ones is the same either way, so the
+/// check needs no byte swaps.
+#[inline(always)]
+pub fn sums_to_ones20(header: &[u8; 20]) -> bool {
+    let word = |i: usize| {
+        u64::from(u32::from_ne_bytes([
+            header[i],
+            header[i + 1],
+            header[i + 2],
+            header[i + 3],
+        ]))
+    };
+    fold(word(0) + word(4) + word(8) + word(12) + word(16)) == 0xffff
+}
+
+/// [`apply`] for a difference already folded to 16 bits ([`fold`] of the sum of
+/// [`delta16`]/[`delta32`]): a translation applied to many packets folds it once, and each
+/// packet then needs one end-around carry instead of a fold.
+#[inline(always)]
+pub fn apply_folded(csum: u16, delta: u16) -> u16 {
+    let t = u32::from(!csum) + u32::from(delta);
+    !((t & 0xffff) + (t >> 16)) as u16
+}
+
 /// The checksum of `data`: the complement of its [`sum`].
 #[inline]
 pub fn checksum(data: &[u8]) -> u16 {
@@ -223,6 +249,26 @@ mod tests {
         ) {
             let one_by_one = update16(update32(csum, a.0, a.1), b.0, b.1);
             prop_assert_eq!(apply(csum, delta32(a.0, a.1) + delta16(b.0, b.1)), one_by_one);
+        }
+
+        #[test]
+        fn sums_to_ones20_matches_sum(header in proptest::array::uniform20(any::<u8>()), fix in any::<bool>()) {
+            let mut header = header;
+            if fix {
+                // Make it a valid header: the checksum field (bytes 10 and 11) set as a
+                // sender would.
+                header[10] = 0;
+                header[11] = 0;
+                let c = !sum(&header);
+                header[10..12].copy_from_slice(&c.to_be_bytes());
+            }
+            prop_assert_eq!(sums_to_ones20(&header), sum(&header) == 0xffff);
+        }
+
+        #[test]
+        fn apply_folded_matches_apply(csum in any::<u16>(), a in any::<u32>(), b in any::<u32>(), c in any::<u16>(), d in any::<u16>()) {
+            let delta = delta32(a, b) + delta16(c, d);
+            prop_assert_eq!(apply_folded(csum, fold(delta)), apply(csum, delta));
         }
 
         #[test]

@@ -267,7 +267,7 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         let header = &self.buffer.as_ref()[..self.header_end()];
         // Headers without options are the rule: summed without a loop.
         match <&[u8; HEADER_LEN]>::try_from(header) {
-            Ok(h) => checksum::sum20(h) == 0xffff,
+            Ok(h) => checksum::sums_to_ones20(h),
             Err(_) => checksum::sum(header) == 0xffff,
         }
     }
