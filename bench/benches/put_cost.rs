@@ -175,12 +175,13 @@ fn main() {
         assert!(outcome.applied, "change {i} applied");
     }
     let total = started.elapsed().as_secs_f64();
+    let patched = engine.patched_generations();
     wall.sort_by(f64::total_cmp);
     cpu.sort_by(f64::total_cmp);
     println!(
         "put_cost: {changes} one-port changes on {ports} ports: wall p50 {:.2} ms, p99 {:.2} ms, \
          max {:.2} ms; control-thread CPU p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms; \
-         {:.0} changes/s",
+         {:.0} changes/s; {patched} compiled as a patch of the running snapshot",
         percentile(&wall, 50.0),
         percentile(&wall, 99.0),
         wall[wall.len() - 1],

@@ -108,6 +108,42 @@ impl Collection {
             .find(|c| c.name() == kind || c.singular() == kind)
     }
 
+    /// The index of its object `id` in `state`: a scan, without the list of every id
+    /// (a change of one port on a host with 10,000 looks a few times).
+    pub fn position(self, state: &DesiredState, id: &str) -> Option<usize> {
+        fn find<T>(items: &[T], key: impl Fn(&T) -> &str, id: &str) -> Option<usize> {
+            items.iter().position(|o| key(o) == id)
+        }
+        match self {
+            Collection::Uplinks => find(&state.uplinks, |o| &o.name, id),
+            Collection::Networks => find(&state.networks, |o| &o.id, id),
+            Collection::Subnets => find(&state.subnets, |o| &o.id, id),
+            Collection::Ports => find(&state.ports, |o| &o.id, id),
+            Collection::Routers => find(&state.routers, |o| &o.id, id),
+            Collection::FloatingIps => find(&state.floating_ips, |o| &o.id, id),
+            Collection::SecurityGroups => find(&state.security_groups, |o| &o.id, id),
+            Collection::AddressGroups => find(&state.address_groups, |o| &o.id, id),
+            Collection::QosPolicies => find(&state.qos_policies, |o| &o.id, id),
+            Collection::Trunks => find(&state.trunks, |o| &o.id, id),
+        }
+    }
+
+    /// How many objects it has in `state`.
+    pub fn len(self, state: &DesiredState) -> usize {
+        match self {
+            Collection::Uplinks => state.uplinks.len(),
+            Collection::Networks => state.networks.len(),
+            Collection::Subnets => state.subnets.len(),
+            Collection::Ports => state.ports.len(),
+            Collection::Routers => state.routers.len(),
+            Collection::FloatingIps => state.floating_ips.len(),
+            Collection::SecurityGroups => state.security_groups.len(),
+            Collection::AddressGroups => state.address_groups.len(),
+            Collection::QosPolicies => state.qos_policies.len(),
+            Collection::Trunks => state.trunks.len(),
+        }
+    }
+
     /// The ids of its objects in `state`, in order.
     pub fn ids(self, state: &DesiredState) -> Vec<&str> {
         match self {
@@ -306,10 +342,6 @@ impl fmt::Display for PatchError {
     }
 }
 
-fn position(ids: &[&str], id: &str) -> Option<usize> {
-    ids.iter().position(|x| *x == id)
-}
-
 /// How to take one change made in place back (see [`undo`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Undo {
@@ -386,14 +418,14 @@ pub fn put(state: &mut DesiredState, object: Object) -> usize {
     let collection = object.collection();
     match put_in_place(state, object) {
         Undo::Replaced(i, _) | Undo::Deleted(i, _) => i,
-        Undo::Appended(_) => collection.ids(state).len() - 1,
+        Undo::Appended(_) => collection.len(state) - 1,
     }
 }
 
 /// [`put`], saying how to take it back.
 pub fn put_in_place(state: &mut DesiredState, object: Object) -> Undo {
     let collection = object.collection();
-    let at = position(&collection.ids(state), object.id());
+    let at = collection.position(state, object.id());
     match (place(state, at, object), at) {
         (Some(old), Some(i)) => Undo::Replaced(i, old),
         _ => Undo::Appended(collection),
@@ -408,7 +440,7 @@ pub fn delete(state: &mut DesiredState, collection: Collection, id: &str) -> boo
 
 /// [`delete`], saying how to take it back (`None`: there was no such object).
 pub fn delete_in_place(state: &mut DesiredState, collection: Collection, id: &str) -> Option<Undo> {
-    let i = position(&collection.ids(state), id)?;
+    let i = collection.position(state, id)?;
     Some(Undo::Deleted(i, take(state, collection, i)))
 }
 
@@ -434,7 +466,7 @@ fn object_at(state: &DesiredState, collection: Collection, i: usize) -> Object {
 pub fn excerpt(state: &DesiredState, touched: &[(Collection, String)]) -> DesiredState {
     let mut at: Vec<(usize, Collection, usize)> = Vec::new();
     for (c, id) in touched {
-        if let Some(i) = position(&c.ids(state), id) {
+        if let Some(i) = c.position(state, id) {
             let rank = Collection::ALL.iter().position(|x| x == c).unwrap_or(0);
             if !at.contains(&(rank, *c, i)) {
                 at.push((rank, *c, i));
@@ -458,7 +490,7 @@ pub fn undo(state: &mut DesiredState, log: Vec<Undo>) {
                 place(state, at, old);
             }
             Undo::Appended(collection) => {
-                let last = collection.ids(state).len() - 1;
+                let last = collection.len(state) - 1;
                 take(state, collection, last);
             }
             Undo::Deleted(i, old) => insert(state, i, old),
@@ -521,9 +553,10 @@ pub fn edit_raw_in_place(
     for (k, change) in changes.into_iter().enumerate() {
         let done = match change {
             RawChange::Put { collection, object } => {
-                let ids = collection.ids(state);
                 let id = object.get(collection.key_field()).and_then(Value::as_str);
-                let index = id.and_then(|id| position(&ids, id)).unwrap_or(ids.len());
+                let index = id
+                    .and_then(|id| collection.position(state, id))
+                    .unwrap_or_else(|| collection.len(state));
                 let path = format!("{collection}[{index}]");
                 Object::from_json(collection, object, &path)
                     .map_err(PatchError::Invalid)

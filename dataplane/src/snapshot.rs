@@ -18,7 +18,7 @@ use crate::port::PortId;
 use crate::port_security::PortSecurity;
 use crate::qos::PortQos;
 use crate::routing::{RouterSpec, Routing, RoutingError};
-use crate::secgroup::SgTables;
+use crate::secgroup::{SgPolicy, SgTables};
 use crate::slowpath::{NetworkService, NetworkServices, ServiceId, SlowPathConfig};
 use crate::table::U64Map;
 use crate::trunk::Trunks;
@@ -201,7 +201,9 @@ pub struct Snapshot {
     port_stages: Box<[StageSet]>,
     networks: Box<[NetworkEntry]>,
     flood_ports: Box<[PortId]>,
-    vlan_maps: Box<[VlanMap]>,
+    /// Shared with the previous generation by a change of ports alone
+    /// ([`Snapshot::patch_ports`]), as the other parts no port change touches are.
+    vlan_maps: Arc<[VlanMap]>,
     /// Static MACs, keyed by [`FdbKey::get`].
     fdb: U64Map<PortId>,
     l2: L2Config,
@@ -210,18 +212,20 @@ pub struct Snapshot {
     /// what a one-port change would cost otherwise.
     routing: Arc<Routing>,
     /// Per network slot, the services it offers (the slow path's table).
-    services: Box<[NetworkServices]>,
+    services: Arc<[NetworkServices]>,
     slow_path: SlowPathConfig,
-    /// Per port id, the port-security policy of a VM port that has it on.
-    port_security: Box<[Option<PortSecurity>]>,
+    /// Per port id, the port-security policy of a VM port that has it on; each shared
+    /// with the generation that made it, so that a change of one port copies pointers.
+    port_security: Box<[Option<Arc<PortSecurity>>]>,
     /// Per port id, the QoS of a VM port that has a policy.
     qos: Box<[Option<PortQos>]>,
     /// The tunnel endpoint and overlay networks, if any.
-    overlay: Overlay,
+    overlay: Arc<Overlay>,
     /// Security groups: per-port compiled rules, address sets, rule names and hits.
-    security_groups: SgTables,
+    /// Shared (hit counters and all) by a change that touches no port with port security.
+    security_groups: Arc<SgTables>,
     /// Trunk parents and their subports.
-    trunks: Trunks,
+    trunks: Arc<Trunks>,
 }
 
 impl fmt::Debug for Snapshot {
@@ -362,7 +366,7 @@ impl Snapshot {
     /// The port-security policy of `port`, if it has port security on.
     #[inline]
     pub fn port_security(&self, port: PortId) -> Option<&PortSecurity> {
-        self.port_security.get(port.index())?.as_ref()
+        self.port_security.get(port.index())?.as_deref()
     }
 
     /// The QoS of `port`, if it has a policy (its own or its network's).
@@ -419,7 +423,7 @@ impl Snapshot {
             entries
         };
         // A copy's hit counters start from zero.
-        let sg = |s: &Snapshot| format!("{:?}", s.security_groups.clone());
+        let sg = |s: &Snapshot| format!("{:?}", (*s.security_groups).clone());
         let mut out = Vec::new();
         let mut check = |name: &'static str, same: bool| {
             if !same {
@@ -449,7 +453,234 @@ impl Snapshot {
             format!("{:?}", self.overlay) == format!("{:?}", other.overlay),
         );
         check("security_groups", sg(self) == sg(other));
+        check("trunks", self.trunks == other.trunks);
         out
+    }
+
+    /// This configuration with the VM ports `old` taken out and `new` put in, as
+    /// generation `generation`: what a build from scratch of the whole configuration so
+    /// changed makes, at the cost of the ports touched (and a copy of the per-port arrays
+    /// and the static MACs); every other part (routers, VLAN maps, services, overlay,
+    /// trunks, and the security groups when no port with port security is touched) is
+    /// shared with `self`. `Ok(None)` when the change reaches beyond its ports (a port of
+    /// a trunk or an overlay network, a network not in `self`, a security-group policy
+    /// `self` does not hold or no longer used, the first or last port with groups or an
+    /// ingress QoS, a full MAC table, with an overlay a change of the number of port
+    /// slots): the caller builds from scratch. The control
+    /// plane's test builds compare every result with a build from scratch
+    /// ([`Snapshot::differences`]).
+    pub fn patch_ports(
+        &self,
+        generation: u64,
+        old: &[AccessPort],
+        new: &[AccessPort],
+    ) -> Result<Option<Snapshot>, BuildError> {
+        if !self.trunks.is_empty() {
+            return Ok(None);
+        }
+        let mut ports = self.ports.to_vec();
+        let mut port_stages = self.port_stages.to_vec();
+        let mut port_security = self.port_security.to_vec();
+        let mut qos = self.qos.to_vec();
+        let mut fdb = self.fdb.clone();
+        let sg_touched = old
+            .iter()
+            .chain(new)
+            .any(|p| p.port_security.is_some() || p.security_groups.is_some());
+        let mut sg = sg_touched.then(|| (*self.security_groups).clone());
+        let mut touched: Vec<NetworkSlot> = Vec::new();
+        for p in old {
+            let i = p.id.index();
+            let Some(PortRole::Access { network, .. }) = ports.get(i).copied() else {
+                return Ok(None);
+            };
+            if self.overlay.tunnel(network).is_some() {
+                return Ok(None);
+            }
+            for mac in &p.macs {
+                let key = FdbKey::packed(network, PackedMac::from(*mac)).get();
+                if fdb.remove(key) != Some(p.id) {
+                    return Ok(None);
+                }
+            }
+            ports[i] = PortRole::Absent;
+            port_stages[i] = StageSet::BASE;
+            port_security[i] = None;
+            qos[i] = None;
+            if let Some(sg) = sg.as_mut() {
+                sg.set_port(p.id, None);
+            }
+            touched.push(network);
+        }
+        for p in new {
+            if p.id == PortId::NONE {
+                return Err(BuildError::ReservedPortId);
+            }
+            let Some(slot) = self.network_slot(p.network) else {
+                return Ok(None);
+            };
+            if self.overlay.tunnel(slot).is_some() {
+                return Ok(None);
+            }
+            let i = p.id.index();
+            if ports.len() <= i {
+                ports.resize(i + 1, PortRole::Absent);
+                port_stages.resize(i + 1, StageSet::BASE);
+                port_security.resize(i + 1, None);
+                qos.resize(i + 1, None);
+            }
+            if ports[i] != PortRole::Absent {
+                return Err(BuildError::DuplicatePort(p.id));
+            }
+            for &mac in &p.macs {
+                if mac_is_group(mac) {
+                    return Err(BuildError::GroupMac { port: p.id, mac });
+                }
+                match fdb.insert(FdbKey::packed(slot, PackedMac::from(mac)).get(), p.id) {
+                    Ok(None) => {}
+                    Ok(Some(_)) => {
+                        return Err(BuildError::DuplicateMac {
+                            network: p.network,
+                            mac,
+                        })
+                    }
+                    Err(_) => return Ok(None),
+                }
+            }
+            ports[i] = PortRole::Access {
+                network: slot,
+                mac: p
+                    .macs
+                    .first()
+                    .map_or(PackedMac::NONE, |&m| PackedMac::from(m)),
+            };
+            if p.security_groups.is_some() && p.port_security.is_none() {
+                return Err(BuildError::SecurityGroupsWithoutPortSecurity(p.id));
+            }
+            port_security[i] = p.port_security.clone().map(Arc::new);
+            qos[i] = p.qos;
+            if let Some(sg) = sg.as_mut() {
+                let policy = p.security_groups.as_ref().map(|(pol, ra)| (pol, &ra[..]));
+                if !sg.set_port(p.id, policy) {
+                    return Ok(None);
+                }
+            }
+            touched.push(slot);
+        }
+        // As long as a build from scratch makes the per-port arrays: one past the last
+        // port it has.
+        let len = ports
+            .iter()
+            .rposition(|r| *r != PortRole::Absent)
+            .map_or(0, |last| last + 1);
+        // The overlay's per-port table is as long as the ports' (the patch shares it).
+        if self.overlay.enabled() && len != self.ports.len() {
+            return Ok(None);
+        }
+        ports.truncate(len);
+        port_stages.truncate(len);
+        port_security.truncate(len);
+        qos.truncate(len);
+        // What every port's stages depend on must stay as it was.
+        if let Some(sg) = sg.as_mut() {
+            if !sg.settle() || sg.any() != self.security_groups.any() {
+                return Ok(None);
+            }
+        }
+        let ingress_qos = |q: &[Option<PortQos>]| q.iter().flatten().any(|q| q.ingress.is_some());
+        let qos_ingress = ingress_qos(&self.qos);
+        if ingress_qos(&qos) != qos_ingress {
+            return Ok(None);
+        }
+        let overlay_l3 = self.overlay.endpoint_uplink().is_some()
+            && self.networks.iter().enumerate().any(|(slot, n)| {
+                n.routed && self.overlay.tunnel(NetworkSlot(slot as u16)).is_some()
+            });
+        for p in new {
+            let PortRole::Access { network, .. } = ports[p.id.index()] else {
+                unreachable!("put in above");
+            };
+            let net = &self.networks[network.index()];
+            let mut set = StageSet::BASE.with(Stage::L2);
+            if net.routed {
+                set = set.with(Stage::L3);
+                if overlay_l3 {
+                    set = set.with(Stage::TunnelEncap);
+                }
+            }
+            if net.service_mac != PackedMac::NONE || net.metadata_via_router {
+                set = set.with(Stage::SlowPath);
+            }
+            if p.port_security.is_some() {
+                set = set.with(Stage::PortSecurity);
+            }
+            if p.security_groups.is_some() {
+                set = set.with(Stage::SgEgress);
+            }
+            if self.security_groups.any() {
+                set = set.with(Stage::SgIngress);
+            }
+            if p.qos.is_some_and(|q| q.acts_on_egress()) {
+                set = set.with(Stage::QosEgress);
+            }
+            if qos_ingress {
+                set = set.with(Stage::QosIngress);
+            }
+            for &stage in &p.stages {
+                set = set.with(stage);
+            }
+            port_stages[p.id.index()] = set;
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        let mut networks = self.networks.to_vec();
+        let mut flood_ports = Vec::with_capacity(self.flood_ports.len() + new.len());
+        for (slot, n) in networks.iter_mut().enumerate() {
+            let slot = NetworkSlot(slot as u16);
+            let before = self.flood_ports(slot);
+            let start = flood_ports.len();
+            if touched.binary_search(&slot).is_ok() {
+                let mut list: Vec<PortId> = before
+                    .iter()
+                    .copied()
+                    .filter(|id| !old.iter().any(|p| p.id == *id))
+                    .collect();
+                list.extend(
+                    new.iter()
+                        .filter(|p| {
+                            matches!(ports[p.id.index()],
+                                PortRole::Access { network, .. } if network == slot)
+                        })
+                        .map(|p| p.id),
+                );
+                list.sort_unstable();
+                flood_ports.extend(list);
+            } else {
+                flood_ports.extend_from_slice(before);
+            }
+            n.flood_start = start as u32;
+            n.flood_len = (flood_ports.len() - start) as u32;
+        }
+        Ok(Some(Snapshot {
+            generation,
+            ports: ports.into(),
+            port_stages: port_stages.into(),
+            networks: networks.into(),
+            flood_ports: flood_ports.into(),
+            vlan_maps: Arc::clone(&self.vlan_maps),
+            fdb,
+            l2: self.l2,
+            routing: Arc::clone(&self.routing),
+            services: Arc::clone(&self.services),
+            slow_path: self.slow_path,
+            port_security: port_security.into(),
+            qos: qos.into(),
+            overlay: Arc::clone(&self.overlay),
+            security_groups: sg
+                .map(Arc::new)
+                .unwrap_or_else(|| Arc::clone(&self.security_groups)),
+            trunks: Arc::clone(&self.trunks),
+        }))
     }
 
     /// The 802.1Q VID a frame of network `slot` carries when leaving through `port`, or
@@ -494,6 +725,34 @@ impl Snapshot {
     pub fn transmit_port(&self, port: PortId) -> PortId {
         self.trunks.parent(port).map_or(port, |(parent, _)| parent)
     }
+}
+
+/// Static MACs a snapshot's table holds: those it has and room for a few more, which
+/// changes of ports take without a table made again.
+fn fdb_room(macs: usize) -> usize {
+    macs + macs / 8 + 64
+}
+
+/// A VM port as [`Snapshot::patch_ports`] takes it: what the builder's calls for one port
+/// ([`SnapshotBuilder::access_port`], `port_security`, `qos`, `enable_stage` and its
+/// share of the security groups) give.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessPort {
+    /// Its id.
+    pub id: PortId,
+    /// Its network.
+    pub network: NetworkUid,
+    /// Its MACs, its own first.
+    pub macs: Vec<[u8; 6]>,
+    /// Its anti-spoofing policy, with port security on.
+    pub port_security: Option<PortSecurity>,
+    /// Its security-group policy (one the running tables hold) and the addresses it takes
+    /// router advertisements from, with port security on.
+    pub security_groups: Option<(SgPolicy, Vec<u128>)>,
+    /// Its QoS.
+    pub qos: Option<PortQos>,
+    /// Stages enabled for it besides those its roles bring.
+    pub stages: Vec<Stage>,
 }
 
 /// A port as the builder takes it.
@@ -978,7 +1237,9 @@ impl SnapshotBuilder {
 
         // Every frame to a MAC behind an uplink misses here first: keep the table sparse so
         // a miss costs about one probe.
-        let mut fdb = U64Map::with_slots_per_entry(static_macs.len(), 8);
+        // With room for the ports later changes add ([`Snapshot::patch_ports`]); a table
+        // that fills up is made again by the next compile from scratch.
+        let mut fdb = U64Map::with_slots_per_entry(fdb_room(static_macs.len()), 8);
         for (slot, mac, port) in static_macs {
             if fdb
                 .insert(FdbKey::packed(slot, PackedMac::from(mac)).get(), port)
@@ -1040,7 +1301,9 @@ impl SnapshotBuilder {
         let mut port_security = vec![None; port_slots].into_boxed_slice();
         for (port, policy) in &self.port_security {
             match ports.get(port.index()) {
-                Some(PortRole::Access { .. }) => port_security[port.index()] = Some(policy.clone()),
+                Some(PortRole::Access { .. }) => {
+                    port_security[port.index()] = Some(Arc::new(policy.clone()))
+                }
                 _ => return Err(BuildError::PortSecurityNotOnVmPort(*port)),
             }
         }
@@ -1184,17 +1447,17 @@ impl SnapshotBuilder {
             port_stages,
             networks: networks.into_boxed_slice(),
             flood_ports: flood_ports.into_boxed_slice(),
-            vlan_maps: vlan_maps.into_boxed_slice(),
+            vlan_maps: vlan_maps.into(),
             fdb,
             l2: self.l2,
             routing,
-            services,
+            services: services.into(),
             slow_path: self.slow_path,
             port_security,
             qos,
-            overlay,
-            security_groups,
-            trunks,
+            overlay: Arc::new(overlay),
+            security_groups: Arc::new(security_groups),
+            trunks: Arc::new(trunks),
         })
     }
 

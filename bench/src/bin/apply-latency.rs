@@ -25,7 +25,9 @@
 //! `polluxd` (which must exit 0), a human summary and one line of JSON with every figure.
 //!
 //! With `--method put` phases 2 and 3 send each change as the one object instead
-//! (`ports.put`, `ports.delete` for a removal), the same changes in the same order.
+//! (`ports.put`, `ports.delete` for a removal), the same changes in the same order, and a
+//! fourth phase runs `--clients` clients at once for `--keep-going-secs`, each sending
+//! `ports.put` of ports of its own back to back: puts per second and each put's latency.
 //!
 //! Usage: `apply-latency [--ports N] [--networks N] [--routers N] [--changes N]
 //! [--keep-going-secs S] [--method apply|put] [--polluxd PATH]`; `bench/apply-latency.sh` builds both binaries
@@ -56,6 +58,8 @@ const RANGE_SIZE: u64 = 1 << 17;
 const SPARES: usize = 2;
 /// MACs of ports created by changes start here (initial ports use 1..=ports).
 const CHANGE_MAC_BASE: u32 = 0x80_0000;
+/// MACs of the concurrent clients' changes: client `c`'s `n`-th is this + c << 16 + n.
+const CONCURRENT_MAC_BASE: u32 = 0xc0_0000;
 /// How long polluxd may take to report `ready`.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long polluxd may take to exit after SIGTERM (it closes 10,000 ports).
@@ -84,6 +88,11 @@ struct Args {
     /// Seconds of back-to-back one-port changes for the sustained rate.
     #[arg(long, default_value_t = 5.0)]
     keep_going_secs: f64,
+    /// With `--method put`: clients sending `ports.put` at once for `--keep-going-secs`
+    /// after the sustained phase (each changing the MACs of ports of its own); 0 or 1:
+    /// no such phase.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
     /// Samples of the no-op apply and of the dry run.
     #[arg(long, default_value_t = 20)]
     probes: usize,
@@ -1055,6 +1064,15 @@ fn measure(
         f64::NAN
     };
 
+    // Phase 4: several clients at once (`ports.put` of ports of their own).
+    let concurrent = if args.method == Method::Put && args.clients > 1 && !state.ports.is_empty() {
+        let c = concurrent_puts(args.clients, window, state, socket)?;
+        generation += c.0.len() as u64;
+        Some(c)
+    } else {
+        None
+    };
+
     // The daemon runs exactly what we think it does.
     let got = conn.call("config.get", json!({}))?;
     let active: DesiredState = got
@@ -1122,6 +1140,19 @@ fn measure(
         "  sustained: {sustained} applies in {sustained_secs:.2} s = {rate:.1} applies/s \
          (client encoding included)"
     );
+    if let Some((lat, secs)) = &concurrent {
+        let s = sorted(lat);
+        eprintln!(
+            "  concurrent: {} clients, {} ports.put in {secs:.2} s = {:.1} puts/s; each put \
+             p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            args.clients,
+            lat.len(),
+            lat.len() as f64 / secs,
+            p(&s, 50.0),
+            p(&s, 99.0),
+            s.last().copied().unwrap_or(f64::NAN)
+        );
+    }
     eprintln!(
         "  config.get matches generation {generation} ({} ports)",
         state.ports.len()
@@ -1156,7 +1187,77 @@ fn measure(
     for (kind, v) in KINDS.iter().zip(&by_kind) {
         figures[format!("one_port_{kind}_p50_ms")] = round3(p(&sorted(v), 50.0));
     }
+    if let Some((lat, secs)) = &concurrent {
+        let s = sorted(lat);
+        figures["concurrent_clients"] = json!(args.clients);
+        figures["concurrent_puts"] = json!(lat.len());
+        figures["concurrent_puts_per_sec"] = round3(lat.len() as f64 / secs);
+        figures["concurrent_p50_ms"] = round3(p(&s, 50.0));
+        figures["concurrent_p99_ms"] = round3(p(&s, 99.0));
+        figures["concurrent_max_ms"] = round3(s.last().copied().unwrap_or(f64::NAN));
+    }
     Ok(figures)
+}
+
+/// `clients` threads, each on its own connection, sending `ports.put` back to back for
+/// `window`, each a fresh MAC for one of the ports of its own (every `clients`-th port of
+/// `state`, at most 64); `state` gets their last MACs. Every put's latency, and the
+/// seconds it all took.
+fn concurrent_puts(
+    clients: usize,
+    window: Duration,
+    state: &mut DesiredState,
+    socket: &Path,
+) -> Res<(Vec<f64>, f64)> {
+    let clients = clients.min(state.ports.len()).min(16);
+    let started = Instant::now();
+    // Each client's latencies and its ports as it left them.
+    type ClientThread = JoinHandle<Res<(Vec<f64>, Vec<Port>)>>;
+    let handles: Vec<ClientThread> = (0..clients)
+        .map(|c| {
+            let mut ports: Vec<Port> = state
+                .ports
+                .iter()
+                .skip(c)
+                .step_by(clients)
+                .take(64)
+                .cloned()
+                .collect();
+            let socket = socket.to_path_buf();
+            thread::spawn(move || {
+                let mut conn = Conn::connect(&socket)?;
+                let mut latencies = Vec::new();
+                let mut n = 0u32;
+                while started.elapsed() < window && n < 0xffff {
+                    let k = n as usize % ports.len();
+                    ports[k].mac_address = mac(CONCURRENT_MAC_BASE + ((c as u32) << 16) + n);
+                    n += 1;
+                    let id = conn.id();
+                    let request = json!({ "jsonrpc": "2.0", "id": id, "method": "ports.put",
+                                          "params": { "port": ports[k] } });
+                    let line = serde_json::to_vec(&request)
+                        .map_err(|e| format!("cannot encode the change: {e}"))?;
+                    let (result, took) = conn.send(id, &line)?;
+                    if !outcome(&result)?.applied {
+                        return Err(format!("client {c}: a put was not applied: {result}"));
+                    }
+                    latencies.push(ms(took));
+                }
+                Ok((latencies, ports))
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for h in handles {
+        let (latencies, ports) = h.join().map_err(|_| "a client thread panicked")??;
+        all.extend(latencies);
+        for port in ports {
+            if let Some(p) = state.ports.iter_mut().find(|p| p.id == port.id) {
+                *p = port;
+            }
+        }
+    }
+    Ok((all, started.elapsed().as_secs_f64()))
 }
 
 /// Added, removed and changed objects of a `diff` as the socket reports it.

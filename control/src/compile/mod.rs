@@ -39,7 +39,11 @@ pub mod metadata;
 mod overlay;
 
 pub use overlay::tunnel_key;
+mod ports;
 pub mod security_groups;
+pub mod spans;
+
+pub use ports::{compile_ports, IdentitiesUndo, PortsCompiled};
 
 /// Port ids are `u16` and 0xffff is reserved by the data plane.
 const MAX_PORT_IDS: usize = u16::MAX as usize;
@@ -408,6 +412,7 @@ fn compile_inner(
     generation: u64,
     routers_of: Option<&Snapshot>,
 ) -> Result<Compiled, CompileError> {
+    let mut spans = spans::Spans::start();
     let mut ids = previous.clone();
     let mut taken = ids.taken_port_ids();
     let mut b = SnapshotBuilder::new();
@@ -471,6 +476,7 @@ fn compile_inner(
         }
     }
 
+    spans.mark("uplinks+networks");
     let mut filtered = Vec::new();
     // A trunk's subport has no binding either, but is of this host: a port in the
     // snapshot whose frames its parent's driver carries (no plan of its own).
@@ -520,6 +526,7 @@ fn compile_inner(
             None => subport_keys.push(key),
         }
     }
+    spans.mark("ports");
     for t in state.trunks.iter() {
         let up = |port: usize| state.networks[state.ports[port].network].admin_state_up;
         let Some(parent) = port_ids[t.parent].filter(|_| up(t.parent)) else {
@@ -540,7 +547,9 @@ fn compile_inner(
         &network_uid,
     )?;
 
+    spans.mark("trunks+overlay");
     b.security_groups(security_groups::tables(state, &filtered));
+    spans.mark("security_groups");
 
     // A router runs on one host (Neutron's L3-agent scheduling); the others reach it
     // over the overlay (above) or their physical networks.
@@ -567,6 +576,7 @@ fn compile_inner(
             .retain(|(label, router), _| keep.contains(&(label.as_str(), router.as_str())));
     }
 
+    spans.mark("routers");
     let mut slow_path = SlowPathConfig::default().with_per_port(ServiceId::DHCP, state.dhcp.port);
     if let Some(m) = &state.metadata {
         slow_path = slow_path.with_per_port(ServiceId::METADATA, m.port);
@@ -600,6 +610,7 @@ fn compile_inner(
         }
     }
 
+    spans.mark("services");
     // Every key in use was assigned above, so the identities hold no other key when they
     // hold as many as are in use (keys are distinct): the common case of a change that
     // removes nothing, which then costs no set of every key.
@@ -631,7 +642,15 @@ fn compile_inner(
         debug_assert_eq!(all, ids, "identities of keys no longer in use were kept");
     }
     plans.sort_by_key(|p| p.id);
+    spans.mark("identities");
     let snapshot = b.build(generation).map_err(CompileError::Build)?;
+    spans.mark("build");
+    if let Some(summary) = spans.summary() {
+        pollux_services::log!(
+            pollux_services::log::Level::Debug,
+            "compile parts (CPU) of generation {generation}: {summary}"
+        );
+    }
     Ok(Compiled {
         snapshot,
         ports: plans,

@@ -156,19 +156,26 @@ pub fn tables(state: &Validated, ports: &[(usize, PortId)]) -> SgTables {
         }
         rules_of.push(compiled);
     }
-    let mut policies: Vec<SgPolicy> = Vec::new();
+    // Policies in the order of their sorted groups, whatever the order of the ports, so
+    // that a change of ports that keeps the set of groups in use keeps every policy's
+    // index (and can be made to a copy of the running tables: `Snapshot::patch_ports`).
     let mut by_groups: BTreeMap<Vec<usize>, u32> = BTreeMap::new();
-    let mut port_policy = Vec::with_capacity(ports.len());
+    let mut port_groups = Vec::with_capacity(ports.len());
     for &(index, id) in ports {
         let mut groups = state.ports[index].security_groups.clone();
         groups.sort_unstable();
-        let next = policies.len() as u32;
-        let at = *by_groups.entry(groups.clone()).or_insert_with(|| {
-            policies.push(policy(state, &groups, &rules_of, (&prefixes, &prefixes6)));
-            next
-        });
-        port_policy.push((id, at));
+        by_groups.entry(groups.clone()).or_default();
+        port_groups.push((id, groups));
     }
+    let mut policies: Vec<SgPolicy> = Vec::with_capacity(by_groups.len());
+    for (groups, at) in by_groups.iter_mut() {
+        *at = policies.len() as u32;
+        policies.push(policy(state, groups, &rules_of, (&prefixes, &prefixes6)));
+    }
+    let port_policy: Vec<(PortId, u32)> = port_groups
+        .iter()
+        .map(|(id, groups)| (*id, by_groups[groups]))
+        .collect();
     let sets = prefixes.iter().map(|p| AddressSet::new(p)).collect();
     let sets6 = prefixes6.iter().map(|p| AddressSet::new(p)).collect();
     SgTables::new(policies, &port_policy, sets, names)
@@ -182,6 +189,25 @@ pub fn tables(state: &Validated, ports: &[(usize, PortId)]) -> SgTables {
 /// case, a global gateway held by a router interface with `ipv6_ra_mode`, needs an IPv6
 /// router interface, which Pollux refuses; with a global gateway and no such router,
 /// Neutron allows no RA either.
+/// The policy of a port with port security and no groups (Neutron's deny-all, but for the
+/// implicit allows): made of no rule and no address set, so a change of ports alone can
+/// give it without the state's groups.
+pub fn ungrouped(state: &Validated) -> SgPolicy {
+    policy(state, &[], &[], (&[], &[]))
+}
+
+/// What [`ra_sources`] gives a port of `network`, from that network's subnets alone.
+pub fn ra_sources_of(state: &Validated, network: usize) -> Vec<u128> {
+    state
+        .subnets
+        .iter()
+        .filter(|s| s.network == network)
+        .filter_map(|s| s.ipv6.as_ref().and_then(|v6| v6.gateway_ip))
+        .filter(|g| g.is_unicast_link_local())
+        .map(u128::from)
+        .collect()
+}
+
 fn ra_sources(state: &Validated, ports: &[(usize, PortId)]) -> Vec<(PortId, Vec<u128>)> {
     // Per network once: a scan of the subnets per port costs ports x subnets, 10 million
     // steps on a host with 10,000 ports and 1,000 subnets.

@@ -11,7 +11,9 @@ use super::ports::PortChanges;
 use super::{Active, ApplyError, Engine, WORKER_TIMEOUT};
 use crate::compile::dhcp::dhcp_configs_of;
 use crate::compile::metadata::metadata_table;
-use crate::compile::{compile_reusing, routers_unchanged, Identities};
+use crate::compile::{
+    compile_ports, compile_reusing, routers_unchanged, Compiled, Identities, PortsCompiled,
+};
 use crate::diff::{diff, diff_of, Diff};
 use crate::identity::dhcp_mac;
 use crate::model::DesiredState;
@@ -37,6 +39,9 @@ pub(super) struct Next {
 pub(super) struct Phases {
     last: Instant,
     took: Vec<(&'static str, Duration)>,
+    /// The same steps in the control thread's CPU time (what a loaded machine does not
+    /// inflate; what the steps that wait, persist and worker, do not spend).
+    cpu: crate::compile::spans::Spans,
 }
 
 impl Phases {
@@ -44,6 +49,7 @@ impl Phases {
         Phases {
             last: Instant::now(),
             took: Vec::new(),
+            cpu: crate::compile::spans::Spans::start(),
         }
     }
 
@@ -51,6 +57,7 @@ impl Phases {
         let now = Instant::now();
         self.took.push((phase, now - self.last));
         self.last = now;
+        self.cpu.mark(phase);
     }
 
     fn summary(&self) -> String {
@@ -193,15 +200,16 @@ fn dhcp_scope(diff: &Diff, old: &Validated, new: &Validated) -> Option<Vec<bool>
     let now: HashSet<&str> = diff.added.ports.iter().map(String::as_str).collect();
     let before: HashSet<&str> = diff.removed.ports.iter().map(String::as_str).collect();
     // The networks are the same objects in both states (none changed), but not
-    // necessarily at the same index: matched by id.
+    // necessarily at the same index: matched by id. The ports are looked for one by one:
+    // a change touches few, and hashing every port's id costs more than a scan per port.
     let mut touched: HashSet<&str> = HashSet::new();
-    for p in &new.ports {
-        if now.contains(p.id.as_str()) || changed.contains(p.id.as_str()) {
+    for id in now.iter().chain(&changed) {
+        if let Some(p) = new.ports.iter().find(|p| p.id == *id) {
             touched.insert(new.networks[p.network].id.as_str());
         }
     }
-    for p in &old.ports {
-        if before.contains(p.id.as_str()) || changed.contains(p.id.as_str()) {
+    for id in before.iter().chain(&changed) {
+        if let Some(p) = old.ports.iter().find(|p| p.id == *id) {
             touched.insert(old.networks[p.network].id.as_str());
         }
     }
@@ -211,6 +219,12 @@ fn dhcp_scope(diff: &Diff, old: &Validated, new: &Validated) -> Option<Vec<bool>
             .map(|n| touched.contains(n.id.as_str()))
             .collect(),
     )
+}
+
+/// A change compiled: whole, or as a patch of the running snapshot.
+enum Made {
+    Whole(Compiled),
+    Patched(PortsCompiled),
 }
 
 /// Objects a batch may touch for its diff to look at them alone; a larger batch (it
@@ -325,8 +339,32 @@ impl Engine {
     }
 
     /// The steps of a change from compilation on (see the module documentation of
-    /// [`super`]), for a state validated and diffed against the active one.
+    /// [`super`]), for a state validated and diffed against the active one. Identities a
+    /// patch changed in place are taken back unless a new generation came of it.
     pub(super) fn apply_checked(
+        &mut self,
+        next_state: Next,
+        options: ApplyOptions,
+        edits: Option<Edits>,
+        phases: Phases,
+    ) -> Result<ApplyOutcome, ApplyError> {
+        let generation = self.active.generation;
+        let result = self.apply_compiled(next_state, options, edits, phases);
+        self.take_back_identities(generation);
+        result
+    }
+
+    /// Takes back the change a patch made in place to the active identities, unless a
+    /// generation after `generation` was published with them.
+    pub(super) fn take_back_identities(&mut self, generation: u64) {
+        if let Some(undo) = self.identities_undo.take() {
+            if self.active.generation == generation {
+                self.active.identities.undo(undo);
+            }
+        }
+    }
+
+    fn apply_compiled(
         &mut self,
         next_state: Next,
         options: ApplyOptions,
@@ -354,7 +392,33 @@ impl Engine {
             .as_ref()
             .is_some_and(|e| routers_unchanged(&e.touched, &self.active.valid, &valid))
             .then(|| self.publisher.current());
-        let compiled = compile_reusing(&valid, &self.active.identities, next, running.as_deref())?;
+        // What the test builds' checks of DHCP below compare with (a patch changes the
+        // identities in place).
+        let identities_before = cfg!(debug_assertions).then(|| self.active.identities.clone());
+        let patched = match (&edits, &running) {
+            (Some(edits), Some(snapshot)) => compile_ports(
+                &valid,
+                &self.active.valid,
+                &mut self.active.identities,
+                &edits.touched,
+                next,
+                snapshot,
+                &self.active.plans,
+            )?,
+            _ => None,
+        };
+        let compiled = match patched {
+            Some(mut patched) => {
+                self.identities_undo = Some(std::mem::take(&mut patched.undo));
+                Made::Patched(patched)
+            }
+            None => Made::Whole(compile_reusing(
+                &valid,
+                &self.active.identities,
+                next,
+                running.as_deref(),
+            )?),
+        };
         drop(running);
         phases.mark("compile");
         if options.dry_run {
@@ -367,7 +431,15 @@ impl Engine {
             .then(|| dhcp_scope(&diff, &self.active.valid, &valid))
             .flatten();
 
-        let changes = PortChanges::between(&self.active.plans, &compiled.ports);
+        let changes = match &compiled {
+            Made::Whole(c) => PortChanges::between(&self.active.plans, &c.ports),
+            Made::Patched(p) => PortChanges {
+                added: p.added.clone(),
+                removed: p.removed.clone(),
+                rebound_old: p.rebound_old.clone(),
+                rebound_new: p.rebound_new.clone(),
+            },
+        };
         self.check_frame_budget(&changes)?;
         let added = self.open_ports(&changes.added)?;
         phases.mark("open");
@@ -385,12 +457,30 @@ impl Engine {
         }
         phases.mark("persist");
         // Before the publish: no worker counts in a slot new to this generation yet.
-        let meters = self
-            .metrics
-            .meter_table(compiled.identities.meters(), false);
+        let meters = {
+            let identities = match &compiled {
+                Made::Whole(c) => &c.identities,
+                Made::Patched(_) => &self.active.identities,
+            };
+            self.metrics.meter_table(identities.meters(), false)
+        };
+        let (snapshot, identities, plans) = match compiled {
+            Made::Whole(c) => (c.snapshot, c.identities, c.ports),
+            Made::Patched(p) => {
+                self.patched += 1;
+                let mut plans = std::mem::take(&mut self.active.plans);
+                p.apply_to(&mut plans);
+                (
+                    p.snapshot,
+                    std::mem::take(&mut self.active.identities),
+                    plans,
+                )
+            }
+        };
+        self.identities_undo = None;
         // Committed: from here on the new generation is the running one, whatever happens.
         self.publisher
-            .publish(compiled.snapshot)
+            .publish(snapshot)
             .map_err(|e| ApplyError::Internal(e.to_string()))?;
         self.metrics.install_meters(meters);
         phases.mark("publish");
@@ -407,12 +497,12 @@ impl Engine {
                 state,
                 valid,
                 generation: next,
-                identities: compiled.identities,
-                plans: compiled.ports,
+                identities,
+                plans,
                 index,
             },
         );
-        let before = cfg!(debug_assertions).then(|| (old.valid.clone(), old.identities.clone()));
+        let before = identities_before.map(|ids| (old.valid.clone(), ids));
         drop_elsewhere(old);
         phases.mark("activate");
         // Port labels are by id and key, which a port keeps for as long as it exists.
@@ -504,6 +594,12 @@ impl Engine {
             "generation {next}: {}",
             phases.summary()
         );
+        if let Some(cpu) = phases.cpu.summary() {
+            pollux_services::log!(
+                pollux_services::log::Level::Debug,
+                "CPU of generation {next}: {cpu}"
+            );
+        }
         Ok(ApplyOutcome {
             generation: next,
             applied: true,

@@ -271,6 +271,11 @@ pub struct Engine {
     stall: stall::StallWatch,
     /// The metadata proxy's table and counters (its stacks live on the slow-path thread).
     metadata: MetadataService,
+    /// How to take back what the change under way did to the active identities in place
+    /// ([`crate::compile::compile_ports`]), until its generation is published.
+    identities_undo: Option<crate::compile::IdentitiesUndo>,
+    /// Generations published as a patch of the running snapshot.
+    patched: u64,
     /// The receive queues' measured loads.
     loads: load::LoadWatch,
     /// Rebalancing's settings, pins and counters.
@@ -506,6 +511,8 @@ impl Engine {
             dhcp: Some(dhcp),
             stall: stall::StallWatch::default(),
             metadata,
+            identities_undo: None,
+            patched: 0,
             loads: load::LoadWatch::default(),
             rebalance: moves::RebalanceState::new(config.rebalance, pins),
         };
@@ -539,6 +546,18 @@ impl Engine {
     /// The port identities in use.
     pub fn identities(&self) -> &Identities {
         &self.active.identities
+    }
+
+    /// The snapshot the workers run (or are about to).
+    pub fn snapshot(&self) -> Arc<pollux_dataplane::snapshot::Snapshot> {
+        self.publisher.current()
+    }
+
+    /// How many generations were compiled as a patch of the running snapshot
+    /// ([`crate::compile::compile_ports`]) rather than whole: what the tests and the
+    /// benchmark check the fast path is taken by.
+    pub fn patched_generations(&self) -> u64 {
+        self.patched
     }
 
     /// The binding status of port `id`.

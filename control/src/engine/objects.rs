@@ -99,6 +99,8 @@ impl Engine {
         let result = panic::catch_unwind(AssertUnwindSafe(|| {
             self.apply_edited(before, edits, options, &mut index_undo)
         }));
+        // A step that panicked left what it changed in place: taken back as a refusal is.
+        self.take_back_identities(generation);
         if self.active.generation == generation {
             if let (Some(u), Some(index)) = (index_undo, self.active.index.as_mut()) {
                 index.undo(u);

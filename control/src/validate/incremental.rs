@@ -303,18 +303,27 @@ pub fn revalidate_ports(
     // The order of the state: the old ports, those deleted left out and those replaced in
     // place, then the new ones in the order they were appended.
     let mut ports = Vec::with_capacity(state.ports.len());
+    // Copied a run of untouched ports at a time: the touched ones are where `olds` found
+    // them (no lookup of every port's id).
     let mut removed_before = vec![0usize; valid.ports.len()];
     let mut removed = 0;
-    for (k, p) in valid.ports.iter().enumerate() {
-        removed_before[k] = removed;
-        if distinct.contains(p.id.as_str()) {
-            match checked.remove(p.id.as_str()) {
-                Some(new) => ports.push(new),
-                None => removed += 1,
-            }
-        } else {
-            ports.push(Arc::clone(p));
+    let mut at_old: Vec<usize> = olds.iter().map(|&(i, _)| i).collect();
+    at_old.sort_unstable();
+    let mut from = 0;
+    for k in at_old.into_iter().chain(std::iter::once(valid.ports.len())) {
+        for slot in &mut removed_before[from..k] {
+            *slot = removed;
         }
+        ports.extend(valid.ports[from..k].iter().map(Arc::clone));
+        let Some(p) = valid.ports.get(k) else {
+            break;
+        };
+        removed_before[k] = removed;
+        match checked.remove(p.id.as_str()) {
+            Some(new) => ports.push(new),
+            None => removed += 1,
+        }
+        from = k + 1;
     }
     for &(_, p) in &news {
         if let Some(new) = checked.remove(p.id.as_str()) {

@@ -214,6 +214,75 @@ impl SgTables {
         self
     }
 
+    /// Gives `port` the held policy equal to `policy`, with the addresses it accepts
+    /// router advertisements from, or takes its policy away (`None`): how a change of
+    /// ports edits a copy of the running tables ([`crate::snapshot::Snapshot::patch_ports`]).
+    /// False, and nothing changed, when not exactly one held policy equals `policy` (a
+    /// build from scratch would number them otherwise).
+    pub fn set_port(&mut self, port: PortId, policy: Option<(&SgPolicy, &[u128])>) -> bool {
+        let i = port.index();
+        let Some((policy, ra)) = policy else {
+            if let Some(slot) = self.port_policy.get_mut(i) {
+                *slot = u32::MAX;
+            }
+            if let Some(slot) = self.ra_sources.get_mut(i) {
+                *slot = Box::default();
+            }
+            return true;
+        };
+        let mut equal = self
+            .policies
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| *p == policy);
+        let (Some((at, _)), None) = (equal.next(), equal.next()) else {
+            return false;
+        };
+        if self.port_policy.len() <= i {
+            let mut grown = std::mem::take(&mut self.port_policy).into_vec();
+            grown.resize(i + 1, u32::MAX);
+            self.port_policy = grown.into();
+        }
+        if self.ra_sources.len() <= i {
+            let mut grown = std::mem::take(&mut self.ra_sources).into_vec();
+            grown.resize(i + 1, Box::default());
+            self.ra_sources = grown.into();
+        }
+        self.port_policy[i] = at as u32;
+        let mut ra = ra.to_vec();
+        ra.sort_unstable();
+        ra.dedup();
+        self.ra_sources[i] = ra.into();
+        true
+    }
+
+    /// Ends a run of [`SgTables::set_port`]: the per-port tables as long as a build from
+    /// scratch makes them. False when some policy is left without a port (a build from
+    /// scratch would not hold it).
+    pub fn settle(&mut self) -> bool {
+        let len = self
+            .port_policy
+            .iter()
+            .rposition(|&p| p != u32::MAX)
+            .map_or(0, |last| last + 1);
+        if len < self.port_policy.len() {
+            let mut cut = std::mem::take(&mut self.port_policy).into_vec();
+            cut.truncate(len);
+            self.port_policy = cut.into();
+        }
+        if len < self.ra_sources.len() {
+            let mut cut = std::mem::take(&mut self.ra_sources).into_vec();
+            cut.truncate(len);
+            self.ra_sources = cut.into();
+        }
+        self.any = len > 0;
+        let mut used = vec![false; self.policies.len()];
+        for &p in self.port_policy.iter().filter(|&&p| p != u32::MAX) {
+            used[p as usize] = true;
+        }
+        used.into_iter().all(|u| u)
+    }
+
     /// Whether `src` is one of the routers `port` accepts router advertisements from.
     #[inline]
     pub fn ra_from_router(&self, port: PortId, src: u128) -> bool {
