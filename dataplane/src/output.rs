@@ -241,18 +241,14 @@ impl PortSet {
         if let Some(owner) = self.handoff.owner(out.0) {
             return self.hand_off(pool, counters, owner, out, pkt);
         }
-        drop_in_output(
+        refused_at_port(
             pool,
             counters,
             &mut self.capture,
             pkt,
-            Some(out),
-            Stage::Output,
+            out,
             DropReason::PortNotAttached,
         );
-        if let Some(pc) = counters.port(out) {
-            pc.tx_dropped.inc();
-        }
     }
 
     /// Sends every queued batch.
@@ -342,18 +338,14 @@ impl PortSet {
         mut pkt: Packet,
     ) {
         if self.held.len() >= MAX_HELD {
-            drop_in_output(
+            refused_at_port(
                 pool,
                 counters,
                 &mut self.capture,
                 pkt,
-                Some(out),
-                Stage::Output,
+                out,
                 DropReason::QueueMoveHoldFull,
             );
-            if let Some(pc) = counters.port(out) {
-                pc.tx_dropped.inc();
-            }
             return;
         }
         pkt.meta.next = Next::Output(out);
@@ -545,18 +537,7 @@ fn send_segmented(
                     GsoError::PoolShort => DropReason::GsoPoolShort,
                     GsoError::Unsupported => DropReason::GsoUnsupported,
                 };
-                drop_in_output(
-                    pool,
-                    counters,
-                    capture,
-                    *pkt,
-                    Some(out),
-                    Stage::Output,
-                    reason,
-                );
-                if let Some(pc) = counters.port(out) {
-                    pc.tx_dropped.inc();
-                }
+                refused_at_port(pool, counters, capture, *pkt, out, reason);
                 continue;
             }
         };
@@ -612,6 +593,32 @@ pub(crate) fn drop_packet(
     counters.count_drop(port, stage, reason, 1);
     if let Some(pc) = counters.port(pkt.in_port) {
         pc.rx_dropped.inc();
+    }
+}
+
+/// [`drop_in_output`] for a frame refused on its way to port `out`: the port counts it as
+/// a transmit drop too.
+#[cold]
+#[inline(never)]
+fn refused_at_port(
+    pool: &mut FramePool,
+    counters: &WorkerCounters,
+    capture: &mut Option<Box<Capturer>>,
+    pkt: Packet,
+    out: PortId,
+    reason: DropReason,
+) {
+    drop_in_output(
+        pool,
+        counters,
+        capture,
+        pkt,
+        Some(out),
+        Stage::Output,
+        reason,
+    );
+    if let Some(pc) = counters.port(out) {
+        pc.tx_dropped.inc();
     }
 }
 
