@@ -530,6 +530,20 @@ impl Ring {
         flags & AVAIL_F_NO_INTERRUPT == 0
     }
 
+    /// Returns `chains` to the driver as used, `need` bytes written over them in order,
+    /// and takes them off the collected ones: the end of [`Ring::fill`] and
+    /// [`Ring::fill_pieces`].
+    #[inline(always)]
+    fn use_chains(&mut self, chains: &[(u16, u32)], need: usize) {
+        let mut left = need;
+        for &(head, len) in chains {
+            let n = left.min(len as usize);
+            self.push_used(head, n as u32);
+            left -= n;
+        }
+        self.take(chains.len() as u16);
+    }
+
     /// Writes a frame into the segments of chains collected by [`Ring::collect`]:
     /// the virtio-net header `hdr` (its `num_buffers` set to the chains used), then
     /// `frame`. `chains` holds each collected chain's head and length. Returns how many
@@ -543,29 +557,12 @@ impl Ring {
         frame: &[u8],
     ) -> Option<usize> {
         let need = hdr.len() + frame.len();
-        let mut have = 0usize;
-        let mut used = 0;
-        for &(_, len) in chains {
-            used += 1;
-            have += len as usize;
-            if have >= need {
-                break;
-            }
-        }
-        if have < need {
-            return None;
-        }
+        let used = chains_for(chains, need)?;
         if hdr.len() >= 12 {
             hdr[10..12].copy_from_slice(&(used as u16).to_le_bytes());
         }
         segs.write_from(0, &[hdr, frame]);
-        let mut left = need;
-        for &(head, len) in &chains[..used] {
-            let n = left.min(len as usize);
-            self.push_used(head, n as u32);
-            left -= n;
-        }
-        self.take(used as u16);
+        self.use_chains(&chains[..used], need);
         Some(used)
     }
 
@@ -583,18 +580,7 @@ impl Ring {
         pieces: impl Iterator<Item = &'a [u8]>,
     ) -> Option<usize> {
         let need = hdr.len() + len;
-        let mut have = 0usize;
-        let mut used = 0;
-        for &(_, len) in chains {
-            used += 1;
-            have += len as usize;
-            if have >= need {
-                break;
-            }
-        }
-        if have < need {
-            return None;
-        }
+        let used = chains_for(chains, need)?;
         if hdr.len() >= 12 {
             hdr[10..12].copy_from_slice(&(used as u16).to_le_bytes());
         }
@@ -608,13 +594,23 @@ impl Ring {
             segs.write_at(&mut to, piece);
             left -= piece.len();
         }
-        let mut left = need;
-        for &(head, len) in &chains[..used] {
-            let n = left.min(len as usize);
-            self.push_used(head, n as u32);
-            left -= n;
-        }
-        self.take(used as u16);
+        self.use_chains(&chains[..used], need);
         Some(used)
     }
+}
+
+/// How many of the collected `chains` (head, length) a frame of `need` bytes takes, in
+/// order; `None` when all of them together are too short.
+#[inline(always)]
+fn chains_for(chains: &[(u16, u32)], need: usize) -> Option<usize> {
+    let mut have = 0usize;
+    let mut used = 0;
+    for &(_, len) in chains {
+        used += 1;
+        have += len as usize;
+        if have >= need {
+            break;
+        }
+    }
+    (have >= need).then_some(used)
 }
